@@ -1,0 +1,1 @@
+//! Token issuing and verification (being written).

@@ -1,0 +1,16 @@
+//! The Key Vault secrets-compatible server, as a library.
+//!
+//! Data flows one way: HTTP request → auth (who) → vault domain (what it means) → crypto (seal/open) →
+//! store (bytes and rows). Nothing below [`vault`] knows about HTTP; nothing above [`store`] knows about SQL.
+//!
+//! - [`http`]: the axum router, Key Vault wire mapping, one error → response table.
+//! - [`auth`]: the built-in token issuer (OAuth2 client credentials, OIDC discovery, JWKS) and verification.
+//! - [`vault`]: versions, latest, soft delete, recover, purge, retention sweeper, backup.
+//! - [`crypto`]: envelope encryption, key providers.
+//! - [`store`]: the `SecretStore` trait and its SQLite implementation.
+//! - [`tls`]: certificates (files or a generated dev CA) and the rustls configuration.
+
+pub mod auth;
+pub mod crypto;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,105 @@
+//! Secret identifiers: `{scheme}://{host[:port]}/secrets/{name}[/{version}]` (also `/deletedsecrets/{name}`).
+
+use std::fmt;
+
+/// A parsed secret identifier.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretId {
+    /// The identifier as given.
+    pub source_id: String,
+    /// `scheme://host[:port]`, without a trailing slash.
+    pub vault_url: String,
+    /// The collection: `secrets` or `deletedsecrets`.
+    pub collection: String,
+    pub name: String,
+    pub version: Option<String>,
+}
+
+/// Why a string is not a secret identifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretIdError {
+    pub id: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for SecretIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "'{}' is not a valid secret identifier: {}", self.id, self.reason)
+    }
+}
+
+impl std::error::Error for SecretIdError {}
+
+impl SecretId {
+    /// Parse an identifier such as `https://myvault.vault.azure.net/secrets/name/0123…`.
+    pub fn parse(id: &str) -> Result<SecretId, SecretIdError> {
+        let err = |reason| SecretIdError { id: id.to_string(), reason };
+        let (scheme, rest) = id.split_once("://").ok_or_else(|| err("missing scheme"))?;
+        if scheme != "https" && scheme != "http" {
+            return Err(err("the scheme must be https"));
+        }
+        let (host, path) = rest.split_once('/').ok_or_else(|| err("missing path"))?;
+        if host.is_empty() {
+            return Err(err("missing host"));
+        }
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let segments: Vec<&str> = path.split('/').collect();
+        let (collection, name, version) = match segments.as_slice() {
+            [c, n] => (*c, *n, None),
+            [c, n, ""] => (*c, *n, None),
+            [c, n, v] => (*c, *n, Some(*v)),
+            _ => return Err(err("expected /secrets/{name}[/{version}]")),
+        };
+        if collection != "secrets" && collection != "deletedsecrets" {
+            return Err(err("the collection must be 'secrets' or 'deletedsecrets'"));
+        }
+        if !crate::rules::is_valid_name(name) {
+            return Err(err("the name must be 1-127 characters of 0-9, a-z, A-Z and '-'"));
+        }
+        if let Some(v) = version {
+            if collection == "deletedsecrets" || v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(err("bad version segment"));
+            }
+        }
+        Ok(SecretId {
+            source_id: id.to_string(),
+            vault_url: format!("{scheme}://{host}"),
+            collection: collection.to_string(),
+            name: name.to_string(),
+            version: version.map(str::to_string),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versioned_and_unversioned() {
+        let id = SecretId::parse("https://kv.vault.azure.net/secrets/n/968bc1b35f5449dfaf7109294020deb5").unwrap();
+        assert_eq!(id.vault_url, "https://kv.vault.azure.net");
+        assert_eq!(id.name, "n");
+        assert_eq!(id.version.as_deref(), Some("968bc1b35f5449dfaf7109294020deb5"));
+        let id = SecretId::parse("https://127.0.0.1:8443/secrets/abc").unwrap();
+        assert_eq!(id.vault_url, "https://127.0.0.1:8443");
+        assert_eq!(id.version, None);
+        let id = SecretId::parse("https://kv.vault.azure.net/deletedsecrets/abc").unwrap();
+        assert_eq!(id.collection, "deletedsecrets");
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        for bad in [
+            "kv.vault.azure.net/secrets/n",
+            "https://kv.vault.azure.net/keys/n",
+            "https://kv.vault.azure.net/secrets",
+            "https://kv.vault.azure.net/secrets/n/v/extra",
+            "https://kv.vault.azure.net/secrets/bad_name",
+            "ftp://kv/secrets/n",
+            "https:///secrets/n",
+        ] {
+            assert!(SecretId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

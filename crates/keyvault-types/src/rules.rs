@@ -1,0 +1,65 @@
+//! The service's rules for names and sizes (protocol.md §2, §10).
+
+/// Largest secret value, in bytes of UTF-8 ("maximum size of 25k bytes").
+pub const MAX_VALUE_BYTES: usize = 25 * 1024;
+/// Longest content type, in characters.
+pub const MAX_CONTENT_TYPE_CHARS: usize = 255;
+/// Most tags on one secret.
+pub const MAX_TAGS: usize = 15;
+/// Longest tag name, in characters.
+pub const MAX_TAG_NAME_CHARS: usize = 512;
+/// Longest tag value, in characters.
+pub const MAX_TAG_VALUE_CHARS: usize = 512;
+/// Longest secret name.
+pub const MAX_NAME_CHARS: usize = 127;
+/// Page size bounds for `maxresults`.
+pub const MIN_PAGE_SIZE: u32 = 1;
+pub const MAX_PAGE_SIZE: u32 = 25;
+/// Most versions one backup may carry.
+pub const MAX_BACKUP_VERSIONS: usize = 500;
+/// Soft-delete retention bounds, in days.
+pub const MIN_RETENTION_DAYS: u32 = 7;
+pub const MAX_RETENTION_DAYS: u32 = 90;
+
+/// Whether `name` is a valid object name: `^[0-9a-zA-Z-]{1,127}$`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_CHARS
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Whether `version` is a version id as the service issues them: 32 lowercase (or uppercase) hex digits.
+pub fn is_valid_version(version: &str) -> bool {
+    version.len() == 32 && version.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The key under which a name is stored and compared: names are case-insensitive.
+pub fn name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("a"));
+        assert!(is_valid_name("0-start-with-digit"));
+        assert!(is_valid_name("-dash"));
+        assert!(is_valid_name(&"x".repeat(127)));
+        assert!(!is_valid_name(&"x".repeat(128)));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("under_score"));
+        assert!(!is_valid_name("dot.name"));
+        assert!(!is_valid_name("ünïcode"));
+        assert!(!is_valid_name("sp ace"));
+    }
+
+    #[test]
+    fn versions() {
+        assert!(is_valid_version("968bc1b35f5449dfaf7109294020deb5"));
+        assert!(!is_valid_version("968bc1b35f5449dfaf7109294020deb"));
+        assert!(!is_valid_version("968bc1b35f5449dfaf7109294020debz"));
+    }
+}
