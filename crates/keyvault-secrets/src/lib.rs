@@ -1,0 +1,1 @@
+//! The Key Vault secrets client (being written).
