@@ -11,6 +11,15 @@
 //! - [`tls`]: certificates (files or a generated dev CA) and the rustls configuration.
 
 pub mod auth;
+pub mod config;
 pub mod crypto;
+pub mod http;
+pub mod local;
+pub mod server;
 pub mod store;
 pub mod tls;
+pub mod vault;
+
+pub use config::Config;
+pub use local::LocalVault;
+pub use server::{DevCredentials, Server, ServerInfo, StartError};

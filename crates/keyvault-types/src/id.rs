@@ -24,7 +24,11 @@ pub struct SecretIdError {
 
 impl fmt::Display for SecretIdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "'{}' is not a valid secret identifier: {}", self.id, self.reason)
+        write!(
+            f,
+            "'{}' is not a valid secret identifier: {}",
+            self.id, self.reason
+        )
     }
 }
 
@@ -33,7 +37,10 @@ impl std::error::Error for SecretIdError {}
 impl SecretId {
     /// Parse an identifier such as `https://myvault.vault.azure.net/secrets/name/0123…`.
     pub fn parse(id: &str) -> Result<SecretId, SecretIdError> {
-        let err = |reason| SecretIdError { id: id.to_string(), reason };
+        let err = |reason| SecretIdError {
+            id: id.to_string(),
+            reason,
+        };
         let (scheme, rest) = id.split_once("://").ok_or_else(|| err("missing scheme"))?;
         if scheme != "https" && scheme != "http" {
             return Err(err("the scheme must be https"));
@@ -54,12 +61,16 @@ impl SecretId {
             return Err(err("the collection must be 'secrets' or 'deletedsecrets'"));
         }
         if !crate::rules::is_valid_name(name) {
-            return Err(err("the name must be 1-127 characters of 0-9, a-z, A-Z and '-'"));
+            return Err(err(
+                "the name must be 1-127 characters of 0-9, a-z, A-Z and '-'",
+            ));
         }
-        if let Some(v) = version {
-            if collection == "deletedsecrets" || v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err(err("bad version segment"));
-            }
+        if let Some(v) = version
+            && (collection == "deletedsecrets"
+                || v.is_empty()
+                || !v.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(err("bad version segment"));
         }
         Ok(SecretId {
             source_id: id.to_string(),
@@ -77,10 +88,16 @@ mod tests {
 
     #[test]
     fn parses_versioned_and_unversioned() {
-        let id = SecretId::parse("https://kv.vault.azure.net/secrets/n/968bc1b35f5449dfaf7109294020deb5").unwrap();
+        let id = SecretId::parse(
+            "https://kv.vault.azure.net/secrets/n/968bc1b35f5449dfaf7109294020deb5",
+        )
+        .unwrap();
         assert_eq!(id.vault_url, "https://kv.vault.azure.net");
         assert_eq!(id.name, "n");
-        assert_eq!(id.version.as_deref(), Some("968bc1b35f5449dfaf7109294020deb5"));
+        assert_eq!(
+            id.version.as_deref(),
+            Some("968bc1b35f5449dfaf7109294020deb5")
+        );
         let id = SecretId::parse("https://127.0.0.1:8443/secrets/abc").unwrap();
         assert_eq!(id.vault_url, "https://127.0.0.1:8443");
         assert_eq!(id.version, None);

@@ -4,7 +4,7 @@
 //! - [`api_version`]: every api-version the official SDKs send.
 //! - [`rules`]: names, sizes and limits the service enforces.
 //! - [`id`]: parsing secret identifiers (`https://{vault}/secrets/{name}[/{version}]`).
-//! - [`recovery`]: `DeletionRecoveryLevel`.
+//! - [`recovery`]: the `DeletionRecoveryLevel` values.
 //!
 //! Nothing here does I/O.
 

@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn deleted_bundle_flattens() {
         let d = DeletedSecretBundle {
-            secret: SecretBundle { id: Some("i".into()), ..Default::default() },
+            secret: SecretBundle {
+                id: Some("i".into()),
+                ..Default::default()
+            },
             deletion: DeletionInfo {
                 recovery_id: Some("r".into()),
                 deleted_date: Some(1),
@@ -246,19 +249,31 @@ mod tests {
             },
         };
         let s = serde_json::to_string(&d).unwrap();
-        assert_eq!(s, r#"{"id":"i","recoveryId":"r","deletedDate":1,"scheduledPurgeDate":2}"#);
+        assert_eq!(
+            s,
+            r#"{"id":"i","recoveryId":"r","deletedDate":1,"scheduledPurgeDate":2}"#
+        );
         let back: DeletedSecretBundle = serde_json::from_str(&s).unwrap();
         assert_eq!(back, d);
     }
 
     #[test]
     fn list_result_writes_null_next_link_and_tolerates_nulls() {
-        let l: SecretListResult = ListResult { value: vec![], next_link: None };
-        assert_eq!(serde_json::to_string(&l).unwrap(), r#"{"value":[],"nextLink":null}"#);
-        let back: SecretListResult = serde_json::from_str(r#"{"value":null,"nextLink":null}"#).unwrap();
+        let l: SecretListResult = ListResult {
+            value: vec![],
+            next_link: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&l).unwrap(),
+            r#"{"value":[],"nextLink":null}"#
+        );
+        let back: SecretListResult =
+            serde_json::from_str(r#"{"value":null,"nextLink":null}"#).unwrap();
         assert!(back.value.is_empty());
-        let with_nulls: SecretItem =
-            serde_json::from_str(r#"{"id":"x","contentType":null,"tags":null,"attributes":{"nbf":null}}"#).unwrap();
+        let with_nulls: SecretItem = serde_json::from_str(
+            r#"{"id":"x","contentType":null,"tags":null,"attributes":{"nbf":null}}"#,
+        )
+        .unwrap();
         assert_eq!(with_nulls.content_type, None);
     }
 

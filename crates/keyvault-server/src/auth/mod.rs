@@ -1,1 +1,41 @@
-//! Token issuing and verification (being written).
+//! The built-in identity provider and token verification.
+//!
+//! - [`keys`]: the server's token-signing key (ES256, a PKCS#8 file in the data dir) and its JWK.
+//! - [`token`]: issuing JWT access tokens ([`TokenIssuer`]) and verifying them ([`TokenVerifier`]).
+//! - [`clients`]: known OAuth2 clients and their argon2-hashed secrets ([`ClientRegistry`]).
+//! - [`routes`]: the Entra-compatible endpoints: `POST /{tenant}/oauth2/v2.0/token`, OIDC discovery and JWKS.
+//!
+//! No token, client secret or private key ever appears in an error message, a log line or a `Debug` impl.
+
+pub mod clients;
+pub mod keys;
+pub mod routes;
+pub mod token;
+pub(crate) mod util;
+
+pub use clients::{ClientRegistry, generate_client_id, generate_secret, hash_secret};
+pub use keys::{SigningKey, TOKEN_ALG};
+pub use routes::{AuthState, router};
+pub use token::{Claims, DEFAULT_TOKEN_LIFETIME_SECS, Principal, TokenIssuer, TokenVerifier};
+pub use util::unix_now;
+
+/// Errors of the auth layer. Messages name what went wrong, never the token, a secret or key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No bearer token was presented.
+    #[error("no access token was presented")]
+    MissingToken,
+    /// The token was presented but is not acceptable; the reason is a fixed, non-secret phrase.
+    #[error("invalid access token: {0}")]
+    InvalidToken(&'static str),
+    /// The signing key could not be loaded, created or used (the message names the file, never its content).
+    #[error("signing key: {0}")]
+    Key(String),
+    /// Hashing a client secret failed.
+    #[error("could not hash the client secret")]
+    Hash,
+    /// A stored client-secret hash is not a valid argon2 PHC string.
+    #[error("invalid client secret hash for client '{0}'")]
+    InvalidHash(String),
+}

@@ -1,1 +1,625 @@
-//! Envelope encryption (being written).
+//! Envelope encryption at rest, and backup blob encryption.
+//!
+//! Every secret version is sealed under its own random 256-bit data key with AES-256-GCM; the data key is
+//! wrapped (AES-256-GCM) by the vault's key-encryption key (KEK) from a [`KeyProvider`]. The associated data
+//! of both encryptions binds the ciphertext to (format version, KEK id, vault, name key, version), so rows
+//! cannot be swapped between names, versions or vaults.
+//!
+//! Sealed value layout (format 1):
+//!
+//! ```text
+//! [format = 1][kek id len: u8][kek id][wrap nonce: 12][wrapped data key + tag: 48][data nonce: 12][ciphertext + tag]
+//! ```
+//!
+//! Backup blobs are encrypted under a key derived from the KEK with HKDF-SHA256, so any server holding the
+//! same KEK can restore them:
+//!
+//! ```text
+//! ["KVRSBACKUP1"][kek id len: u8][kek id][nonce: 12][ciphertext + tag]      (AAD = everything before the ciphertext)
+//! ```
+//!
+//! Nothing in this module logs, formats or returns key material or plaintext in an error.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of a key-encryption key and of a data key, in bytes.
+pub const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+/// Format byte of sealed values written by this version.
+const FORMAT_V1: u8 = 1;
+/// Magic prefix of backup blobs.
+const BACKUP_MAGIC: &[u8] = b"KVRSBACKUP1";
+/// HKDF info for the backup key.
+const BACKUP_INFO: &[u8] = b"keyvault-rs backup v1";
+/// HKDF salt for the backup key (fixed: the KEK is already uniformly random).
+const BACKUP_SALT: &[u8] = b"keyvault-rs backup salt";
+/// Domain labels mixed into the AAD so the wrap and data encryptions can never be confused.
+const LABEL_WRAP: &[u8] = b"keyvault-rs wrap";
+const LABEL_DATA: &[u8] = b"keyvault-rs data";
+/// Largest key file we are willing to read (a key is one line of 64 hex chars).
+const MAX_KEY_FILE_LEN: u64 = 1024;
+
+/// Errors of this module. Messages never contain key material or plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The value or blob could not be authenticated/decrypted (tampered, truncated, foreign key, wrong binding).
+    #[error("decryption failed")]
+    Decrypt,
+    /// The input is not a backup blob of a known format.
+    #[error("not a valid backup blob")]
+    BadBlob,
+    /// The key file (or key variable) could not be created, read or accepted.
+    #[error("key file: {0}")]
+    KeyFile(String),
+    /// The system random number generator failed.
+    #[error("random number generator failure")]
+    Rng,
+}
+
+/// A 256-bit key-encryption key. Zeroized on drop; `Debug` never shows it.
+#[derive(Clone)]
+pub struct Kek(Zeroizing<[u8; KEY_LEN]>);
+
+impl Kek {
+    /// Wrap raw key bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Kek(Zeroizing::new(bytes))
+    }
+
+    /// The key's id: the first 8 hex characters of SHA-256 of the key.
+    pub fn id(&self) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.0.as_ref());
+        hex::encode(&digest.as_ref()[..4])
+    }
+
+    fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Kek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Kek(<redacted>)")
+    }
+}
+
+/// Where key-encryption keys come from. `current` seals new values; `get` opens values sealed under any
+/// key the provider still knows (so the KEK can be rotated by re-wrapping).
+pub trait KeyProvider: Send + Sync + 'static {
+    /// The id and key used to seal new values.
+    fn current(&self) -> (&str, &Kek);
+    /// The key with this id, if known.
+    fn get(&self, kek_id: &str) -> Option<&Kek>;
+}
+
+/// One fixed key with its id (shared by the file and static providers).
+struct SingleKey {
+    id: String,
+    kek: Kek,
+}
+
+impl SingleKey {
+    fn new(kek: Kek) -> Self {
+        SingleKey { id: kek.id(), kek }
+    }
+
+    fn get(&self, kek_id: &str) -> Option<&Kek> {
+        (kek_id == self.id).then_some(&self.kek)
+    }
+}
+
+/// A KEK stored in a local file (one line, hex), created with mode 0600 on first start.
+pub struct FileKeyProvider {
+    key: SingleKey,
+}
+
+impl fmt::Debug for FileKeyProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileKeyProvider")
+            .field("kek_id", &self.key.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileKeyProvider {
+    /// Load the key file at `path`, or create it with a fresh random key if it does not exist.
+    ///
+    /// A new file is written with permissions 0600 from the moment it exists and fsynced (file and
+    /// directory) before this returns. An existing file is refused if it is not a regular file, is readable
+    /// or writable by group/others, or does not hold exactly one 32-byte key (64 hex chars, or base64).
+    pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Self::load(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) => Err(key_file_err(path, "cannot inspect", &e)),
+        }
+    }
+
+    /// The id of the key.
+    pub fn kek_id(&self) -> &str {
+        &self.key.id
+    }
+
+    fn load(path: &Path) -> Result<Self, CryptoError> {
+        let meta = std::fs::metadata(path).map_err(|e| key_file_err(path, "cannot inspect", &e))?;
+        if !meta.is_file() {
+            return Err(CryptoError::KeyFile(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        check_private(path, &meta)?;
+        if meta.len() > MAX_KEY_FILE_LEN {
+            return Err(CryptoError::KeyFile(format!(
+                "{} is malformed: expected one line holding a 32-byte key",
+                path.display()
+            )));
+        }
+        let mut file =
+            std::fs::File::open(path).map_err(|e| key_file_err(path, "cannot open", &e))?;
+        let mut text = Zeroizing::new(String::new());
+        Read::by_ref(&mut file)
+            .take(MAX_KEY_FILE_LEN)
+            .read_to_string(&mut text)
+            .map_err(|e| key_file_err(path, "cannot read", &e))?;
+        let kek = parse_key_text(&text).ok_or_else(|| {
+            CryptoError::KeyFile(format!(
+                "{} is malformed: expected one line holding a 32-byte key (64 hex characters or base64)",
+                path.display()
+            ))
+        })?;
+        Ok(FileKeyProvider {
+            key: SingleKey::new(kek),
+        })
+    }
+
+    fn create(path: &Path) -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| CryptoError::Rng)?;
+        let mut line = Zeroizing::new(hex::encode(bytes.as_ref()));
+        line.push('\n');
+
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = match options.open(path) {
+            Ok(f) => f,
+            // Someone else created it between our check and now: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Self::load(path),
+            Err(e) => return Err(key_file_err(path, "cannot create", &e)),
+        };
+        let written = file
+            .write_all(line.as_bytes())
+            .and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            drop(file);
+            // Do not leave a half-written key file behind: the next start would refuse it.
+            let _ = std::fs::remove_file(path);
+            return Err(key_file_err(path, "cannot write", &e));
+        }
+        drop(file);
+        sync_parent_dir(path)?;
+        let kek = Kek::from_bytes(*bytes);
+        tracing::info!(path = %path.display(), kek_id = %kek.id(), "created a new key-encryption key file");
+        Ok(FileKeyProvider {
+            key: SingleKey::new(kek),
+        })
+    }
+}
+
+impl KeyProvider for FileKeyProvider {
+    fn current(&self) -> (&str, &Kek) {
+        (&self.key.id, &self.key.kek)
+    }
+    fn get(&self, kek_id: &str) -> Option<&Kek> {
+        self.key.get(kek_id)
+    }
+}
+
+/// A KEK given directly: from base64 (e.g. the `KEYVAULT_KEK` environment variable) or raw bytes.
+pub struct StaticKeyProvider {
+    key: SingleKey,
+}
+
+impl fmt::Debug for StaticKeyProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKeyProvider")
+            .field("kek_id", &self.key.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StaticKeyProvider {
+    /// Standard or URL-safe base64 (padded or not) of exactly 32 bytes; surrounding whitespace is ignored.
+    pub fn from_base64(s: &str) -> Result<Self, CryptoError> {
+        let bytes = decode_base64_key(s.trim()).ok_or_else(|| {
+            CryptoError::KeyFile(
+                "the key must be the base64 encoding of exactly 32 bytes".to_string(),
+            )
+        })?;
+        Ok(Self::from_bytes(*bytes))
+    }
+
+    /// A provider for these raw key bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        StaticKeyProvider {
+            key: SingleKey::new(Kek::from_bytes(bytes)),
+        }
+    }
+
+    /// The id of the key.
+    pub fn kek_id(&self) -> &str {
+        &self.key.id
+    }
+}
+
+impl KeyProvider for StaticKeyProvider {
+    fn current(&self) -> (&str, &Kek) {
+        (&self.key.id, &self.key.kek)
+    }
+    fn get(&self, kek_id: &str) -> Option<&Kek> {
+        self.key.get(kek_id)
+    }
+}
+
+/// Seals and opens secret values and backup blobs with keys from a [`KeyProvider`].
+#[derive(Clone)]
+pub struct Envelope {
+    provider: Arc<dyn KeyProvider>,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("kek_id", &self.provider.current().0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Envelope {
+    /// An envelope over this provider.
+    pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
+        Envelope {
+            provider,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// The id of the KEK new values are sealed under.
+    pub fn current_kek_id(&self) -> &str {
+        self.provider.current().0
+    }
+
+    /// Seal `plaintext` for (vault, name, version). `name_key` is compared case-insensitively: it is
+    /// lower-cased (ASCII) before being bound, so the display casing and the name key give the same binding.
+    pub fn seal(
+        &self,
+        vault: &str,
+        name_key: &str,
+        version: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let (kek_id, kek) = self.provider.current();
+        let kek_id_bytes = kek_id.as_bytes();
+        let kek_id_len = u8::try_from(kek_id_bytes.len())
+            .map_err(|_| CryptoError::KeyFile("key id too long".into()))?;
+        let name_key = name_key.to_ascii_lowercase();
+
+        let mut data_key = Zeroizing::new([0u8; KEY_LEN]);
+        self.rng
+            .fill(data_key.as_mut())
+            .map_err(|_| CryptoError::Rng)?;
+        let wrap_nonce = self.nonce()?;
+        let data_nonce = self.nonce()?;
+
+        let mut out = Vec::with_capacity(
+            2 + kek_id_bytes.len()
+                + NONCE_LEN
+                + KEY_LEN
+                + TAG_LEN
+                + NONCE_LEN
+                + plaintext.len()
+                + TAG_LEN,
+        );
+        out.push(FORMAT_V1);
+        out.push(kek_id_len);
+        out.extend_from_slice(kek_id_bytes);
+
+        // Wrap the data key under the KEK.
+        let wrap_aad = binding_aad(LABEL_WRAP, FORMAT_V1, kek_id, vault, &name_key, version);
+        let mut wrapped = Zeroizing::new(data_key.to_vec());
+        aead_key(kek.bytes())?
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(wrap_nonce),
+                Aad::from(&wrap_aad),
+                &mut *wrapped,
+            )
+            .map_err(|_| CryptoError::Decrypt)?;
+        out.extend_from_slice(&wrap_nonce);
+        out.extend_from_slice(&wrapped);
+
+        // Encrypt the value under the data key.
+        let data_aad = binding_aad(LABEL_DATA, FORMAT_V1, kek_id, vault, &name_key, version);
+        out.extend_from_slice(&data_nonce);
+        let mut body = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        body.extend_from_slice(plaintext);
+        let sealed = aead_key(data_key.as_ref())?.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(data_nonce),
+            Aad::from(&data_aad),
+            &mut body,
+        );
+        if sealed.is_err() {
+            body.zeroize();
+            return Err(CryptoError::Decrypt);
+        }
+        out.append(&mut body);
+        data_key.zeroize();
+        Ok(out)
+    }
+
+    /// Open a value sealed by [`Envelope::seal`] for the same (vault, name, version). Any mismatch, tampering,
+    /// truncation or unknown KEK gives [`CryptoError::Decrypt`].
+    pub fn open(
+        &self,
+        vault: &str,
+        name_key: &str,
+        version: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let mut r = Reader(sealed);
+        let format = r.u8().ok_or(CryptoError::Decrypt)?;
+        if format != FORMAT_V1 {
+            return Err(CryptoError::Decrypt);
+        }
+        let id_len = usize::from(r.u8().ok_or(CryptoError::Decrypt)?);
+        let kek_id = std::str::from_utf8(r.take(id_len).ok_or(CryptoError::Decrypt)?)
+            .map_err(|_| CryptoError::Decrypt)?;
+        let wrap_nonce = r.nonce().ok_or(CryptoError::Decrypt)?;
+        let wrapped = r.take(KEY_LEN + TAG_LEN).ok_or(CryptoError::Decrypt)?;
+        let data_nonce = r.nonce().ok_or(CryptoError::Decrypt)?;
+        let ciphertext = r.rest();
+        if ciphertext.len() < TAG_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+        let kek = self.provider.get(kek_id).ok_or(CryptoError::Decrypt)?;
+        let name_key = name_key.to_ascii_lowercase();
+
+        let wrap_aad = binding_aad(LABEL_WRAP, format, kek_id, vault, &name_key, version);
+        let mut key_buf = Zeroizing::new(wrapped.to_vec());
+        let data_key = aead_key(kek.bytes())?
+            .open_in_place(
+                Nonce::assume_unique_for_key(wrap_nonce),
+                Aad::from(&wrap_aad),
+                &mut key_buf,
+            )
+            .map_err(|_| CryptoError::Decrypt)?;
+        if data_key.len() != KEY_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+
+        let data_aad = binding_aad(LABEL_DATA, format, kek_id, vault, &name_key, version);
+        let mut buf = Zeroizing::new(ciphertext.to_vec());
+        let len = aead_key(data_key)?
+            .open_in_place(
+                Nonce::assume_unique_for_key(data_nonce),
+                Aad::from(&data_aad),
+                &mut buf,
+            )
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Encrypt and authenticate a backup payload under the backup key derived from the current KEK.
+    pub fn seal_backup(&self, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let (kek_id, kek) = self.provider.current();
+        let kek_id_len = u8::try_from(kek_id.len())
+            .map_err(|_| CryptoError::KeyFile("key id too long".into()))?;
+        let nonce = self.nonce()?;
+        let mut out = Vec::with_capacity(
+            BACKUP_MAGIC.len() + 1 + kek_id.len() + NONCE_LEN + payload.len() + TAG_LEN,
+        );
+        out.extend_from_slice(BACKUP_MAGIC);
+        out.push(kek_id_len);
+        out.extend_from_slice(kek_id.as_bytes());
+        out.extend_from_slice(&nonce);
+        let header_len = out.len();
+        let mut body = Vec::with_capacity(payload.len() + TAG_LEN);
+        body.extend_from_slice(payload);
+        let sealed = backup_key(kek)?.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&out[..header_len]),
+            &mut body,
+        );
+        if sealed.is_err() {
+            body.zeroize();
+            return Err(CryptoError::Decrypt);
+        }
+        out.append(&mut body);
+        Ok(out)
+    }
+
+    /// Open a backup blob. Not a blob (bad magic, truncated header) → [`CryptoError::BadBlob`]; tampered,
+    /// foreign key or truncated body → [`CryptoError::Decrypt`].
+    pub fn open_backup(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let mut r = Reader(blob);
+        if r.take(BACKUP_MAGIC.len()) != Some(BACKUP_MAGIC) {
+            return Err(CryptoError::BadBlob);
+        }
+        let id_len = usize::from(r.u8().ok_or(CryptoError::BadBlob)?);
+        let kek_id = std::str::from_utf8(r.take(id_len).ok_or(CryptoError::BadBlob)?)
+            .map_err(|_| CryptoError::BadBlob)?;
+        let nonce = r.nonce().ok_or(CryptoError::BadBlob)?;
+        let header_len = blob.len() - r.0.len();
+        let body = r.rest();
+        if body.len() < TAG_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+        let kek = self.provider.get(kek_id).ok_or(CryptoError::Decrypt)?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        let len = backup_key(kek)?
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&blob[..header_len]),
+                &mut buf,
+            )
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    fn nonce(&self) -> Result<[u8; NONCE_LEN], CryptoError> {
+        let mut n = [0u8; NONCE_LEN];
+        self.rng.fill(&mut n).map_err(|_| CryptoError::Rng)?;
+        Ok(n)
+    }
+}
+
+/// The associated data binding a sealed value: a domain label, then each field length-prefixed (u32 BE).
+fn binding_aad(
+    label: &[u8],
+    format: u8,
+    kek_id: &str,
+    vault: &str,
+    name_key: &str,
+    version: &str,
+) -> Vec<u8> {
+    let mut aad =
+        Vec::with_capacity(64 + kek_id.len() + vault.len() + name_key.len() + version.len());
+    for field in [
+        label,
+        &[format][..],
+        kek_id.as_bytes(),
+        vault.as_bytes(),
+        name_key.as_bytes(),
+        version.as_bytes(),
+    ] {
+        // Fields longer than u32::MAX cannot occur (names and versions are short); saturate rather than panic.
+        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+        aad.extend_from_slice(&len.to_be_bytes());
+        aad.extend_from_slice(field);
+    }
+    aad
+}
+
+fn aead_key(bytes: &[u8]) -> Result<LessSafeKey, CryptoError> {
+    UnboundKey::new(&AES_256_GCM, bytes)
+        .map(LessSafeKey::new)
+        .map_err(|_| CryptoError::Decrypt)
+}
+
+fn backup_key(kek: &Kek) -> Result<LessSafeKey, CryptoError> {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, BACKUP_SALT).extract(kek.bytes());
+    let okm = prk
+        .expand(&[BACKUP_INFO], &AES_256_GCM)
+        .map_err(|_| CryptoError::Decrypt)?;
+    Ok(LessSafeKey::new(UnboundKey::from(okm)))
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn nonce(&mut self) -> Option<[u8; NONCE_LEN]> {
+        self.take(NONCE_LEN).and_then(|b| b.try_into().ok())
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+fn decode_base64_key(s: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    for engine in [&STANDARD, &URL_SAFE, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        if let Ok(v) = engine.decode(s) {
+            let v = Zeroizing::new(v);
+            if let Ok(arr) = <[u8; KEY_LEN]>::try_from(v.as_slice()) {
+                return Some(Zeroizing::new(arr));
+            }
+        }
+    }
+    None
+}
+
+/// The key in a key file: one line, 64 hex characters (what we write) or base64 of 32 bytes.
+fn parse_key_text(text: &str) -> Option<Kek> {
+    let t = text.trim();
+    if t.is_empty() || t.contains(['\n', '\r']) {
+        return None;
+    }
+    if t.len() == 2 * KEY_LEN && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        hex::decode_to_slice(t, bytes.as_mut()).ok()?;
+        return Some(Kek::from_bytes(*bytes));
+    }
+    decode_base64_key(t).map(|b| Kek::from_bytes(*b))
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), CryptoError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CryptoError::KeyFile(format!(
+            "{} has permissions {mode:03o}: it must not be accessible by group or others (chmod 600)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), CryptoError> {
+    Ok(())
+}
+
+fn sync_parent_dir(path: &Path) -> Result<(), CryptoError> {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| key_file_err(path, "cannot sync the directory of", &e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn key_file_err(path: &Path, what: &str, e: &std::io::Error) -> CryptoError {
+    CryptoError::KeyFile(format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,159 @@
-//! Storage (being written).
+//! Storage: the [`SecretStore`] trait (bytes and rows; nothing above it knows about SQL) and its SQLite
+//! implementation ([`sqlite::SqliteStore`]).
+//!
+//! Names compare case-insensitively: a store keys on the *name key* `name.to_ascii_lowercase()` and keeps the
+//! display casing of the latest write. Versions are compared as given (lowercase hex). Every key includes the
+//! vault. Values arrive sealed ([`crate::crypto::Envelope`]) and are opaque bytes to the store.
+//!
+//! [`conformance::run_all`] is the behavioural contract every backend must pass.
+
+use std::fmt;
+
+#[doc(hidden)]
+pub mod conformance;
+pub mod sqlite;
+
+/// Tags of a secret version.
+pub type Tags = std::collections::BTreeMap<String, String>;
+
+/// One version of a secret as stored. `sealed` is the envelope-encrypted value (opaque bytes to the store).
+#[derive(Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    /// The name in its display casing (that of the latest write of the name).
+    pub name: String,
+    pub version: String,
+    pub sealed: Vec<u8>,
+    pub content_type: Option<String>,
+    pub tags: Option<Tags>,
+    pub enabled: bool,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+impl fmt::Debug for VersionRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VersionRow")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("sealed_len", &self.sealed.len())
+            .field("content_type", &self.content_type)
+            .field("tags", &self.tags)
+            .field("enabled", &self.enabled)
+            .field("nbf", &self.nbf)
+            .field("exp", &self.exp)
+            .field("created", &self.created)
+            .field("updated", &self.updated)
+            .finish()
+    }
+}
+
+/// A soft-deleted name: its latest version and when it was deleted / will be purged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedRow {
+    pub latest: VersionRow,
+    pub deleted_on: i64,
+    pub scheduled_purge: i64,
+}
+
+/// A change to the attributes of one version. `None` = unchanged; `updated` is always set.
+#[derive(Clone, Debug, Default)]
+pub struct VersionPatch {
+    pub content_type: Option<String>,
+    pub tags: Option<Tags>,
+    pub enabled: Option<bool>,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+    pub updated: i64,
+}
+
+/// Errors of a store. Messages never contain sealed bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the name is deleted but recoverable")]
+    Deleted,
+    #[error("the name already exists")]
+    Exists,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage of one or more vaults: versioned rows keyed by (vault, name key, version), the live/deleted
+/// state of each name, keyset-paged listings and transactional set / delete / recover / purge / restore.
+#[async_trait::async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    /// Add a version and make it the latest of its name; the name's display casing becomes row.name.
+    /// Err(Deleted) if the name is soft-deleted. (A restored or recovered name behaves like any live name.)
+    /// Err(Exists) if the name already has a version with this id.
+    async fn put_version(&self, vault: &str, row: VersionRow) -> StoreResult<()>;
+    /// A version of a live name (the latest when `version` is None). Ok(None) if absent, or if the name is deleted.
+    async fn get_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> StoreResult<Option<VersionRow>>;
+    /// Apply `patch` to one version of a live name (latest when None) and return the row after the change.
+    async fn update_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: Option<&str>,
+        patch: VersionPatch,
+    ) -> StoreResult<Option<VersionRow>>;
+    /// Live names whose key sorts after `after` (a name key), ascending by key, each as its latest version. At most `limit`.
+    async fn list_latest(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRow>>;
+    /// Versions of a live name in creation order, after the cursor `after` (a position returned earlier), at most `limit`;
+    /// each with its position (i64 cursor). Unknown or deleted name → empty.
+    async fn list_versions(
+        &self,
+        vault: &str,
+        name: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, VersionRow)>>;
+    /// Every version of a live name, creation order (for backup). Empty if absent or deleted.
+    async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>>;
+    /// Soft-delete a live name (all its versions leave the live listings). None if not live.
+    async fn soft_delete(
+        &self,
+        vault: &str,
+        name: &str,
+        deleted_on: i64,
+        scheduled_purge: i64,
+    ) -> StoreResult<Option<DeletedRow>>;
+    /// A deleted name with its latest version. None if not deleted.
+    async fn get_deleted(&self, vault: &str, name: &str) -> StoreResult<Option<DeletedRow>>;
+    /// Deleted names after `after` (name key), ascending, at most `limit`.
+    async fn list_deleted(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeletedRow>>;
+    /// Make a deleted name live again with all its versions; returns its latest version. None if not deleted.
+    async fn recover(&self, vault: &str, name: &str) -> StoreResult<Option<VersionRow>>;
+    /// Remove a deleted name and all its versions for good. false if it was not deleted.
+    async fn purge(&self, vault: &str, name: &str) -> StoreResult<bool>;
+    /// Purge, in every vault, deleted names whose scheduled_purge <= now. Returns how many names.
+    async fn purge_expired(&self, now: i64) -> StoreResult<u64>;
+    /// Create a name from `versions` (creation order; the last is the latest). Err(Exists) if the name is live OR deleted. All or nothing.
+    async fn restore(&self, vault: &str, versions: Vec<VersionRow>) -> StoreResult<()>;
+    /// Is the store usable (for /readyz)?
+    async fn health(&self) -> StoreResult<()>;
+}
+
+/// The name key of a name: names compare case-insensitively (ASCII).
+pub(crate) fn name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}

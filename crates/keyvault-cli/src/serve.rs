@@ -1,0 +1,140 @@
+//! `keyvault serve`: configuration from a TOML file, the environment and flags (in rising precedence).
+
+use clap::Args;
+use keyvault_server::{Config, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  keyvault serve --dev --data-dir ./vault-data --addr 127.0.0.1:8443"
+)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "KEYVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8443].
+    #[arg(long, env = "KEYVAULT_ADDR")]
+    addr: Option<SocketAddr>,
+    /// Data directory: database, keys, dev certificates [default: ./keyvault-data].
+    #[arg(long, env = "KEYVAULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Development mode: generate a CA and server certificate, create a client, write dev-credentials.json.
+    #[arg(long)]
+    dev: bool,
+    /// Server certificate chain (PEM).
+    #[arg(long, env = "KEYVAULT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "KEYVAULT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Days a deleted secret stays recoverable, 7-90 [default: 90].
+    #[arg(long, env = "KEYVAULT_RETENTION_DAYS")]
+    retention_days: Option<u32>,
+    /// Refuse purges before the retention period ends.
+    #[arg(long, env = "KEYVAULT_PURGE_PROTECTION")]
+    purge_protection: bool,
+    /// Tenant id in tokens and the auth challenge [default: keyvault-rs].
+    #[arg(long, env = "KEYVAULT_TENANT_ID")]
+    tenant_id: Option<String>,
+    /// Vault name [default: myvault].
+    #[arg(long, env = "KEYVAULT_VAULT_NAME")]
+    vault_name: Option<String>,
+    /// DNS suffix vaults are addressed under (`https://{name}.{suffix}`) [default: localhost:{port}].
+    #[arg(long, env = "KEYVAULT_RESOURCE_SUFFIX")]
+    resource_suffix: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = self.addr {
+            config.addr = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        config.dev |= self.dev;
+        if let Some(v) = self.tls_cert {
+            config.tls.cert = Some(v);
+        }
+        if let Some(v) = self.tls_key {
+            config.tls.key = Some(v);
+        }
+        if let Some(v) = self.retention_days {
+            config.retention_days = v;
+        }
+        config.purge_protection |= self.purge_protection;
+        if let Some(v) = self.tenant_id {
+            config.tenant_id = v;
+        }
+        if let Some(v) = self.vault_name {
+            config.vault_name = v;
+        }
+        if let Some(v) = self.resource_suffix {
+            config.resource_suffix = Some(v);
+        }
+        Ok(config)
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+        let info = server.info().clone();
+        tracing::info!(addr = %info.local_addr, resource = %info.resource, "keyvault listening");
+        if let Some(dev) = &info.dev {
+            let creds =
+                std::path::absolute(data_dir.join("dev-credentials.json")).unwrap_or_default();
+            println!("keyvault dev server listening on {}", info.local_addr);
+            println!("  vault_url:       {}", dev.vault_url);
+            println!(
+                "  vault_url_named: {} (where *.localhost resolves)",
+                dev.vault_url_named
+            );
+            println!("  ca_cert:         {}", dev.ca_cert.display());
+            println!("  tenant_id:       {}", dev.tenant_id);
+            println!("  client_id:       {}", dev.client_id);
+            println!("  client_secret:   (in {})", creds.display());
+            println!("  authority_host:  {}", dev.authority_host);
+        }
+        server
+            .serve(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!("keyvault stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,977 @@
+//! The Entra-compatible identity endpoints: OAuth2 client-credentials token endpoint, OIDC discovery, JWKS.
+//!
+//! - `POST /{tenant}/oauth2/v2.0/token`
+//! - `GET /{tenant}/v2.0/.well-known/openid-configuration` (and `/{tenant}/.well-known/openid-configuration`)
+//! - `GET /{tenant}/discovery/v2.0/keys` (and `/{tenant}/discovery/keys`)
+//!
+//! Each also answers with a trailing `/`. Query strings are ignored.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::clients::{ClientRegistry, generate_client_id};
+use super::keys::TOKEN_ALG;
+use super::token::TokenIssuer;
+use super::util::utc_from_unix;
+
+/// What the identity endpoints need. Cheap to clone.
+#[derive(Clone)]
+pub struct AuthState {
+    /// Signs the tokens; its `iss` should be `https://{host}/{tenant}/v2.0`.
+    pub issuer: Arc<TokenIssuer>,
+    /// Who may ask for tokens.
+    pub clients: Arc<ClientRegistry>,
+    /// The one tenant served (compared exactly with the path segment).
+    pub tenant: String,
+    /// The resources tokens may be issued for (e.g. `https://localhost:8443`); a scope must name one of them.
+    pub audiences: Vec<String>,
+    /// Current time, Unix seconds ([`super::unix_now`] in production).
+    pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthState")
+            .field("issuer", &self.issuer)
+            .field("clients", &self.clients)
+            .field("tenant", &self.tenant)
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router of the identity endpoints (state applied; merge it into the server's router).
+pub fn router(state: AuthState) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/{tenant}/oauth2/v2.0/token/", post(token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration/",
+            get(openid_configuration),
+        )
+        .route(
+            "/{tenant}/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route(
+            "/{tenant}/.well-known/openid-configuration/",
+            get(openid_configuration),
+        )
+        .route("/{tenant}/discovery/v2.0/keys", get(jwks))
+        .route("/{tenant}/discovery/v2.0/keys/", get(jwks))
+        .route("/{tenant}/discovery/keys", get(jwks))
+        .route("/{tenant}/discovery/keys/", get(jwks))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Token endpoint
+// ---------------------------------------------------------------------------------------------------------
+
+/// The token request's known form fields; everything else is ignored.
+#[derive(Default)]
+struct TokenForm {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Zeroizing<String>>,
+    scope: Option<String>,
+}
+
+impl TokenForm {
+    fn parse(body: &[u8]) -> Result<Self, OAuthError> {
+        let mut form = TokenForm::default();
+        for (name, value) in form_urlencoded::parse(body) {
+            let duplicate = match name.as_ref() {
+                "grant_type" => form.grant_type.replace(value.into_owned()).is_some(),
+                "client_id" => form.client_id.replace(value.into_owned()).is_some(),
+                "client_secret" => form
+                    .client_secret
+                    .replace(Zeroizing::new(value.into_owned()))
+                    .is_some(),
+                "scope" => form.scope.replace(value.into_owned()).is_some(),
+                _ => false,
+            };
+            if duplicate {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("AADSTS90015: The request parameter '{}' is repeated.", name),
+                    &[],
+                ));
+            }
+        }
+        Ok(form)
+    }
+}
+
+async fn token(
+    State(state): State<AuthState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let correlation = correlation_id(&headers);
+    match token_inner(&state, &tenant, &headers, &body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(&state, &correlation),
+    }
+}
+
+async fn token_inner(
+    state: &AuthState,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, OAuthError> {
+    if tenant != state.tenant {
+        return Err(OAuthError::tenant_not_found("invalid_request", tenant));
+    }
+    let form = TokenForm::parse(body)?;
+
+    let grant_type = form
+        .grant_type
+        .as_deref()
+        .ok_or_else(|| OAuthError::missing_parameter("grant_type"))?;
+    if grant_type != "client_credentials" {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!(
+                "AADSTS70003: The app requested an unsupported grant type '{}'.",
+                truncate(grant_type, 64)
+            ),
+            &[70003],
+        ));
+    }
+
+    // Client credentials: in the body (client_secret_post) or in HTTP Basic (client_secret_basic), not both.
+    let (client_id, client_secret) = match basic_credentials(headers)? {
+        Some((id, secret)) => {
+            if form.client_secret.is_some() {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "AADSTS90014: More than one client authentication method was used.".into(),
+                    &[90014],
+                ));
+            }
+            if form
+                .client_id
+                .as_deref()
+                .is_some_and(|body_id| body_id != id)
+            {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "AADSTS90014: The client_id in the body does not match the Authorization header."
+                        .into(),
+                    &[90014],
+                ));
+            }
+            (id, Some(secret))
+        }
+        None => (
+            form.client_id
+                .clone()
+                .ok_or_else(|| OAuthError::missing_parameter("client_id"))?,
+            form.client_secret.clone(),
+        ),
+    };
+
+    let scope = form
+        .scope
+        .as_deref()
+        .ok_or_else(|| OAuthError::missing_parameter("scope"))?;
+    let Some(audience) = audience_for_scope(scope, &state.audiences) else {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!(
+                "AADSTS70011: The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {} is not valid.",
+                truncate(scope, 200)
+            ),
+            &[70011],
+        ));
+    };
+
+    let Some(secret) = client_secret.filter(|s| !s.is_empty()) else {
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
+            &[7000218],
+        ));
+    };
+
+    if !state.clients.verify_async(&client_id, &secret).await {
+        tracing::info!(client_id = ?truncate(&client_id, 64), "token request refused: invalid client credentials");
+        // The same answer for an unknown client and a wrong secret.
+        let mut err = OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.".into(),
+            &[7000215],
+        );
+        err.basic_challenge = headers.contains_key(header::AUTHORIZATION);
+        return Err(err);
+    }
+
+    let now = (state.clock)();
+    let (access_token, expires_in) =
+        state
+            .issuer
+            .issue(&client_id, &audience, now)
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not issue a token");
+                OAuthError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "AADSTS50000: There was an error issuing a token.".into(),
+                    &[50000],
+                )
+            })?;
+    tracing::info!(client_id = ?client_id, audience = %audience, "issued access token");
+    let body = json!({
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": access_token,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Client credentials from `Authorization: Basic` (RFC 6749 §2.3.1: each part form-urlencoded). `None` when
+/// there is no Basic header.
+fn basic_credentials(
+    headers: &HeaderMap,
+) -> Result<Option<(String, Zeroizing<String>)>, OAuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || {
+        OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000216: The Authorization header does not carry valid Basic client credentials."
+                .into(),
+            &[7000216],
+        )
+    };
+    let Ok(value) = value.to_str() else {
+        return Err(bad());
+    };
+    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| bad())?);
+    let decoded = std::str::from_utf8(&decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    let id = form_decode(id).ok_or_else(bad)?;
+    let secret = Zeroizing::new(form_decode(secret).ok_or_else(bad)?);
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok(Some((id, secret)))
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte); `None` if the result is
+/// not UTF-8.
+fn form_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The audience a scope asks for: `<resource>/.default` (or a bare `<resource>`), matched against the
+/// configured audiences ignoring a trailing `/` and ASCII case. Several space-separated scopes are accepted
+/// when exactly one of them is a `/.default` scope (the others, e.g. `openid`, are ignored).
+fn audience_for_scope(scope: &str, audiences: &[String]) -> Option<String> {
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    let defaults: Vec<&str> = scopes
+        .iter()
+        .copied()
+        .filter(|s| s.ends_with("/.default"))
+        .collect();
+    let resource = match (defaults.len(), scopes.len()) {
+        (1, _) => defaults[0].strip_suffix("/.default")?,
+        (0, 1) => scopes[0],
+        _ => return None,
+    };
+    let want = resource.trim_end_matches('/');
+    if want.is_empty() {
+        return None;
+    }
+    audiences
+        .iter()
+        .find(|a| a.trim_end_matches('/').eq_ignore_ascii_case(want))
+        .cloned()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Discovery and JWKS
+// ---------------------------------------------------------------------------------------------------------
+
+async fn openid_configuration(
+    State(state): State<AuthState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let correlation = correlation_id(&headers);
+    if tenant != state.tenant {
+        return OAuthError::tenant_not_found("invalid_tenant", &tenant)
+            .into_response(&state, &correlation);
+    }
+    let Some(host) = request_host(&headers, &uri) else {
+        return OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS900023: The request has no valid Host header.".into(),
+            &[900023],
+        )
+        .into_response(&state, &correlation);
+    };
+    let base = format!("https://{host}/{tenant}");
+    let doc = json!({
+        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": [TOKEN_ALG],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "grant_types_supported": ["client_credentials"],
+        "issuer": format!("{base}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "tid", "appid", "jti"],
+        "tenant_region_scope": null,
+    });
+    json_response(StatusCode::OK, &doc)
+}
+
+async fn jwks(
+    State(state): State<AuthState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if tenant != state.tenant {
+        return OAuthError::tenant_not_found("invalid_tenant", &tenant)
+            .into_response(&state, &correlation_id(&headers));
+    }
+    json_response(StatusCode::OK, &state.issuer.jwks())
+}
+
+/// `host[:port]` the client used: the `Host` header (HTTP/1.1), else the URI authority (HTTP/2
+/// `:authority`). Only characters valid in a host and port are accepted.
+fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let host = match headers.get(header::HOST) {
+        Some(h) => h.to_str().ok()?.trim().to_owned(),
+        None => uri.authority()?.as_str().to_owned(),
+    };
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && !host.contains('@')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+    valid.then_some(host)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------------------------
+
+/// An OAuth2 error in Entra's shape.
+#[derive(Debug)]
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    codes: &'static [u32],
+    /// Add `WWW-Authenticate: Basic` (RFC 6749 §5.2, when the client used HTTP Basic).
+    basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: String,
+        codes: &'static [u32],
+    ) -> Self {
+        Self {
+            status,
+            error,
+            description,
+            codes,
+            basic_challenge: false,
+        }
+    }
+
+    fn tenant_not_found(error: &'static str, tenant: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            error,
+            format!(
+                "AADSTS90002: Tenant '{}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.",
+                truncate(tenant, 100)
+            ),
+            &[90002],
+        )
+    }
+
+    fn missing_parameter(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "AADSTS900144: The request body must contain the following parameter: '{name}'."
+            ),
+            &[900144],
+        )
+    }
+
+    fn into_response(self, state: &AuthState, correlation_id: &str) -> Response {
+        let (y, mo, d, h, mi, s) = utc_from_unix((state.clock)());
+        let timestamp = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z");
+        let trace_id = generate_client_id();
+        let body = json!({
+            "error": self.error,
+            "error_description": format!(
+                "{}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation_id}\r\nTimestamp: {timestamp}",
+                self.description
+            ),
+            "error_codes": self.codes,
+            "timestamp": timestamp,
+            "trace_id": trace_id,
+            "correlation_id": correlation_id,
+        });
+        let mut response = json_response(self.status, &body);
+        if self.basic_challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keyvault-rs\""),
+            );
+        }
+        response
+    }
+}
+
+/// The client's `client-request-id` when it is UUID-shaped, else a fresh id.
+fn correlation_id(headers: &HeaderMap) -> String {
+    headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 36 && v.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .unwrap_or_else(generate_client_id)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// At most `max` characters of `s` (for echoing client input in messages).
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::{SigningKey, hash_secret};
+
+    const NOW: i64 = 1_700_000_000;
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT_ID: &str = "0e9f5a8e-6d2b-4c1e-9f3a-2b7c8d9e0f1a";
+    // Contains characters that need form/percent encoding.
+    const SECRET: &str = "s3cr3t~value+with/odd=chars&more";
+    const AUD: &str = "https://localhost:8443";
+
+    fn secret_hash() -> &'static str {
+        static HASH: OnceLock<String> = OnceLock::new();
+        HASH.get_or_init(|| hash_secret(SECRET).unwrap())
+    }
+
+    fn state() -> AuthState {
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let issuer = TokenIssuer::new(
+            key,
+            format!("https://localhost:8443/{TENANT}/v2.0"),
+            TENANT.into(),
+            3600,
+        );
+        let clients = ClientRegistry::new();
+        clients.add(CLIENT_ID, secret_hash()).unwrap();
+        AuthState {
+            issuer: Arc::new(issuer),
+            clients: Arc::new(clients),
+            tenant: TENANT.into(),
+            audiences: vec![AUD.into()],
+            clock: Arc::new(|| NOW),
+        }
+    }
+
+    fn enc(s: &str) -> String {
+        form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    fn python_form(client_id: &str, secret: &str, scope: &str) -> String {
+        format!(
+            "client_id={}&client_secret={}&grant_type=client_credentials&scope={}&client_info=1",
+            enc(client_id),
+            enc(secret),
+            enc(scope)
+        )
+    }
+
+    async fn send(state: &AuthState, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+        let response = router(state.clone()).oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    fn post_form(path: &str, body: String) -> Request<Body> {
+        Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("host", "localhost:8443")
+            .body(Body::from(body))
+            .unwrap()
+    }
+
+    fn get(path: &str, host: &str) -> Request<Body> {
+        Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    fn token_path() -> String {
+        format!("/{TENANT}/oauth2/v2.0/token")
+    }
+
+    fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_error: &str) {
+        assert_eq!(status, want_status, "{body}");
+        assert_eq!(body["error"], want_error, "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .starts_with("AADSTS")
+        );
+        assert!(body["error_codes"].is_array());
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(body["trace_id"].as_str().unwrap().len(), 36);
+        assert_eq!(body["correlation_id"].as_str().unwrap().len(), 36);
+    }
+
+    #[tokio::test]
+    async fn token_success_with_python_form() {
+        let state = state();
+        let req = post_form(
+            &format!("{}?client-request-id=abc&x=1", token_path()),
+            python_form(CLIENT_ID, SECRET, "https://localhost:8443/.default"),
+        );
+        let (status, headers, body) = send(&state, req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(headers["content-type"], "application/json; charset=utf-8");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body["expires_in"].is_i64(), "{body}");
+        assert_eq!(body["expires_in"], 3599);
+        assert_eq!(body["ext_expires_in"], 3599);
+        let token = body["access_token"].as_str().unwrap();
+
+        let verifier = state.issuer.verifier(state.audiences.clone());
+        let principal = verifier.verify(token, NOW).unwrap();
+        assert_eq!(principal.id, CLIENT_ID);
+        assert_eq!(principal.tenant, TENANT);
+
+        // The JWKS publishes the key id the token is signed with.
+        let (status, _, jwks) = send(
+            &state,
+            get(&format!("/{TENANT}/discovery/v2.0/keys"), "localhost:8443"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
+        assert_eq!(jwks["keys"][0]["alg"], "ES256");
+        let (_, _, jwks2) = send(
+            &state,
+            get(&format!("/{TENANT}/discovery/keys/"), "localhost:8443"),
+        )
+        .await;
+        assert_eq!(jwks, jwks2);
+    }
+
+    #[tokio::test]
+    async fn token_with_basic_auth_and_several_scopes() {
+        let state = state();
+        let basic = STANDARD.encode(format!("{}:{}", enc(CLIENT_ID), enc(SECRET)));
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("{}/", token_path()))
+            .header("authorization", format!("Basic {basic}"))
+            .body(Body::from(
+                "grant_type=client_credentials&scope=openid+https%3A%2F%2Flocalhost%3A8443%2F.default+offline_access",
+            ))
+            .unwrap();
+        let (status, _, body) = send(&state, req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        let verifier = state.issuer.verifier(state.audiences.clone());
+        assert_eq!(verifier.verify(token, NOW).unwrap().id, CLIENT_ID);
+
+        // Basic and a body secret at once is refused.
+        let req = Request::builder()
+            .method("POST")
+            .uri(token_path())
+            .header("authorization", format!("Basic {basic}"))
+            .body(Body::from(python_form(
+                CLIENT_ID,
+                SECRET,
+                "https://localhost:8443/.default",
+            )))
+            .unwrap();
+        let (status, _, body) = send(&state, req).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_and_unknown_client_look_the_same() {
+        let state = state();
+        let (status, headers, wrong) = send(
+            &state,
+            post_form(
+                &token_path(),
+                python_form(
+                    CLIENT_ID,
+                    "not-the-secret",
+                    "https://localhost:8443/.default",
+                ),
+            ),
+        )
+        .await;
+        assert_error(status, &wrong, StatusCode::UNAUTHORIZED, "invalid_client");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert!(headers.get("www-authenticate").is_none());
+        let (status, _, unknown) = send(
+            &state,
+            post_form(
+                &token_path(),
+                python_form("someone-else", SECRET, "https://localhost:8443/.default"),
+            ),
+        )
+        .await;
+        assert_error(status, &unknown, StatusCode::UNAUTHORIZED, "invalid_client");
+        let first_line = |v: &Value| {
+            v["error_description"]
+                .as_str()
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(first_line(&wrong), first_line(&unknown));
+        assert_eq!(wrong["error_codes"], unknown["error_codes"]);
+        // The secret is never echoed.
+        assert!(!wrong.to_string().contains("not-the-secret"));
+    }
+
+    #[tokio::test]
+    async fn request_errors() {
+        let state = state();
+        let scope = "https://localhost:8443/.default";
+
+        // Wrong tenant.
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                "/other-tenant/oauth2/v2.0/token",
+                python_form(CLIENT_ID, SECRET, scope),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("AADSTS90002: Tenant 'other-tenant' not found")
+        );
+
+        // Bad scopes (refused before any secret is checked).
+        for bad in [
+            "https://vault.azure.net/.default",
+            "https://localhost:8444/.default",
+            "https://localhost:8443/.default https://other/.default",
+            "openid profile",
+            "/.default",
+            "",
+        ] {
+            let (status, _, body) = send(
+                &state,
+                post_form(&token_path(), python_form(CLIENT_ID, SECRET, bad)),
+            )
+            .await;
+            assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_scope");
+        }
+
+        // Missing scope.
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!("client_id={CLIENT_ID}&client_secret=x&grant_type=client_credentials"),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+        // Other grant types, missing grant type.
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!("grant_type=password&client_id={CLIENT_ID}&username=a&password=b"),
+            ),
+        )
+        .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        );
+        let (status, _, body) = send(
+            &state,
+            post_form(&token_path(), format!("client_id={CLIENT_ID}")),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+        // Missing client_id / client_secret.
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!("grant_type=client_credentials&scope={}", enc(scope)),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!(
+                    "grant_type=client_credentials&client_id={CLIENT_ID}&scope={}",
+                    enc(scope)
+                ),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+
+        // Repeated parameter.
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                "grant_type=client_credentials&grant_type=client_credentials".into(),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+        // Malformed Basic header.
+        let req = Request::builder()
+            .method("POST")
+            .uri(token_path())
+            .header("authorization", "Basic !!!")
+            .body(Body::from(format!(
+                "grant_type=client_credentials&scope={}",
+                enc(scope)
+            )))
+            .unwrap();
+        let (status, _, body) = send(&state, req).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+
+        // The correlation id is echoed when the client sends one.
+        let req = Request::builder()
+            .method("POST")
+            .uri("/nope/oauth2/v2.0/token")
+            .header("client-request-id", "11111111-2222-3333-4444-555555555555")
+            .body(Body::empty())
+            .unwrap();
+        let (_, _, body) = send(&state, req).await;
+        assert_eq!(
+            body["correlation_id"],
+            "11111111-2222-3333-4444-555555555555"
+        );
+    }
+
+    #[tokio::test]
+    async fn discovery_uses_the_request_host() {
+        let state = state();
+        for path in [
+            format!("/{TENANT}/v2.0/.well-known/openid-configuration"),
+            format!("/{TENANT}/v2.0/.well-known/openid-configuration/"),
+            format!("/{TENANT}/.well-known/openid-configuration"),
+            format!("/{TENANT}/v2.0/.well-known/openid-configuration?appid=x"),
+        ] {
+            let (status, headers, doc) = send(&state, get(&path, "myvault.localhost:9443")).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(headers["content-type"], "application/json; charset=utf-8");
+            let base = format!("https://myvault.localhost:9443/{TENANT}");
+            assert_eq!(doc["issuer"], format!("{base}/v2.0"));
+            assert_eq!(doc["token_endpoint"], format!("{base}/oauth2/v2.0/token"));
+            assert_eq!(
+                doc["authorization_endpoint"],
+                format!("{base}/oauth2/v2.0/authorize")
+            );
+            assert_eq!(doc["jwks_uri"], format!("{base}/discovery/v2.0/keys"));
+            assert_eq!(
+                doc["token_endpoint_auth_methods_supported"],
+                json!(["client_secret_post", "client_secret_basic"])
+            );
+            assert_eq!(
+                doc["id_token_signing_alg_values_supported"],
+                json!(["ES256"])
+            );
+        }
+
+        // HTTP/2 style: no Host header, authority in the URI.
+        let req = Request::builder()
+            .uri(format!(
+                "https://127.0.0.1:8443/{TENANT}/v2.0/.well-known/openid-configuration"
+            ))
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, doc) = send(&state, req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            doc["issuer"],
+            format!("https://127.0.0.1:8443/{TENANT}/v2.0")
+        );
+
+        // Unknown tenant, bad host.
+        let (status, _, body) = send(
+            &state,
+            get("/common/v2.0/.well-known/openid-configuration", "localhost"),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_tenant");
+        let (status, _, body) = send(&state, get("/common/discovery/v2.0/keys", "localhost")).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_tenant");
+        let (status, _, body) = send(
+            &state,
+            get(
+                &format!("/{TENANT}/v2.0/.well-known/openid-configuration"),
+                "evil\"host",
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+
+    #[test]
+    fn scope_to_audience() {
+        let auds = vec![
+            "https://localhost:8443".to_owned(),
+            "https://vault.azure.net".to_owned(),
+        ];
+        let a = |s: &str| audience_for_scope(s, &auds);
+        assert_eq!(a("https://localhost:8443/.default").as_deref(), Some(AUD));
+        assert_eq!(a("https://localhost:8443").as_deref(), Some(AUD));
+        assert_eq!(a("https://localhost:8443/").as_deref(), Some(AUD));
+        assert_eq!(a("https://localhost:8443//.default").as_deref(), Some(AUD));
+        assert_eq!(a("HTTPS://LOCALHOST:8443/.default").as_deref(), Some(AUD));
+        assert_eq!(
+            a("  openid https://vault.azure.net/.default  profile ").as_deref(),
+            Some("https://vault.azure.net")
+        );
+        assert_eq!(
+            a("https://localhost:8443/.default https://vault.azure.net/.default"),
+            None
+        );
+        assert_eq!(a("https://localhost:8443 https://vault.azure.net"), None);
+        assert_eq!(a("https://localhost/.default"), None);
+        assert_eq!(a(""), None);
+        assert_eq!(a("/.default"), None);
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form_decode("a+b%2Bc%25%3d").as_deref(), Some("a b+c%="));
+        assert_eq!(form_decode("50%").as_deref(), Some("50%"));
+        assert_eq!(form_decode("%zz%4").as_deref(), Some("%zz%4"));
+        assert_eq!(form_decode("%C3%BC").as_deref(), Some("ü"));
+        assert_eq!(form_decode("%FF"), None);
+    }
+}

@@ -1,0 +1,696 @@
+//! Access tokens: JWTs signed by the server's [`SigningKey`] (ES256), issued by [`TokenIssuer`] and checked by
+//! [`TokenVerifier`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use super::AuthError;
+use super::keys::{SigningKey, TOKEN_ALG};
+
+/// Token lifetime used unless configured otherwise. Well above the 300 s under which Python's azure-identity
+/// renews a cached token.
+pub const DEFAULT_TOKEN_LIFETIME_SECS: i64 = 3600;
+
+/// Tolerated clock skew, applied to both `exp` and `nbf`.
+pub const CLOCK_SKEW_SECS: i64 = 60;
+
+/// Tokens longer than this are rejected before any parsing or hashing.
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// How many verified tokens the verifier remembers.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// The claims of an access token issued by this server (an Entra v2 app-only token, trimmed down).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// `https://{host}/{tenant}/v2.0`.
+    pub iss: String,
+    /// The resource the token is for, e.g. `https://localhost:8443`.
+    pub aud: String,
+    /// The principal: the client id.
+    pub sub: String,
+    /// The client id (Entra's `appid`).
+    pub appid: String,
+    /// The tenant.
+    pub tid: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    /// A random token id.
+    pub jti: String,
+}
+
+/// Who a verified token speaks for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Principal {
+    /// The token's `sub` (for tokens of this server: the client id).
+    pub id: String,
+    /// The token's `tid`.
+    pub tenant: String,
+}
+
+/// Issues access tokens for authenticated clients.
+pub struct TokenIssuer {
+    key: Arc<SigningKey>,
+    issuer: String,
+    tenant: String,
+    lifetime_secs: i64,
+}
+
+impl TokenIssuer {
+    /// `issuer` is the exact `iss` claim (the server passes `https://{issuer_host}/{tenant}/v2.0`);
+    /// `lifetime_secs` is clamped to at least 2 s (see [`DEFAULT_TOKEN_LIFETIME_SECS`]).
+    pub fn new(key: Arc<SigningKey>, issuer: String, tenant: String, lifetime_secs: i64) -> Self {
+        Self {
+            key,
+            issuer,
+            tenant,
+            lifetime_secs: lifetime_secs.max(2),
+        }
+    }
+
+    /// The `iss` of the tokens.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The `tid` of the tokens.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The signing key.
+    pub fn key(&self) -> &Arc<SigningKey> {
+        &self.key
+    }
+
+    /// Token lifetime in seconds (`exp - iat`).
+    pub fn lifetime_secs(&self) -> i64 {
+        self.lifetime_secs
+    }
+
+    /// Issues a token for `client_id` (both `sub` and `appid`) and `audience` at time `now` (Unix seconds).
+    /// Returns the compact JWS and the `expires_in` to report: one second under the lifetime, as Entra does
+    /// (3599 for a one-hour token), so a client's expiry estimate is never later than the real one.
+    pub fn issue(
+        &self,
+        client_id: &str,
+        audience: &str,
+        now: i64,
+    ) -> Result<(String, i64), AuthError> {
+        let mut jti = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut jti)
+            .map_err(|_| AuthError::Key("no randomness".into()))?;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: audience.to_owned(),
+            sub: client_id.to_owned(),
+            appid: client_id.to_owned(),
+            tid: self.tenant.clone(),
+            iat: now,
+            nbf: now,
+            exp: now + self.lifetime_secs,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+        };
+        let header = serde_json::json!({ "typ": "JWT", "alg": TOKEN_ALG, "kid": self.key.kid() });
+        let header = serde_json::to_vec(&header).map_err(|_| AuthError::Key("encode".into()))?;
+        let claims = serde_json::to_vec(&claims).map_err(|_| AuthError::Key("encode".into()))?;
+        let mut token = URL_SAFE_NO_PAD.encode(header);
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(claims));
+        let signature = self.key.sign(token.as_bytes())?;
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok((token, self.lifetime_secs - 1))
+    }
+
+    /// The JWKS document: `{"keys":[jwk]}`.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.key.jwk()] })
+    }
+
+    /// A verifier for the tokens of this issuer, accepting the given audiences.
+    pub fn verifier(&self, audiences: Vec<String>) -> TokenVerifier {
+        TokenVerifier::new(vec![self.key.clone()], self.issuer.clone(), audiences)
+    }
+}
+
+impl fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("issuer", &self.issuer)
+            .field("tenant", &self.tenant)
+            .field("kid", &self.key.kid())
+            .field("lifetime_secs", &self.lifetime_secs)
+            .finish()
+    }
+}
+
+/// Verifies access tokens: algorithm pinned to ES256, `kid` among the known keys, signature, exact `iss`,
+/// `aud` among the accepted audiences, `exp`/`nbf` with [`CLOCK_SKEW_SECS`] of skew.
+///
+/// Verified tokens are cached by SHA-256 (bounded; earliest-expiring entries go first), so a repeated token
+/// costs a hash and a map lookup; a cached token is still rejected once expired. Cloning is cheap and clones
+/// share the cache.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    inner: Arc<VerifierInner>,
+}
+
+struct VerifierInner {
+    keys: HashMap<String, DecodingKey>,
+    issuer: String,
+    audiences: Vec<String>,
+    validation: Validation,
+    cache: RwLock<Cache>,
+}
+
+impl TokenVerifier {
+    /// A verifier trusting `keys`, for tokens whose `iss` is exactly `issuer` and whose `aud` is one of
+    /// `audiences`.
+    pub fn new(keys: Vec<Arc<SigningKey>>, issuer: String, audiences: Vec<String>) -> Self {
+        let keys = keys
+            .iter()
+            .map(|k| (k.kid().to_owned(), DecodingKey::from_ec_der(k.public_key())))
+            .collect();
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&audiences);
+        // Time is checked by us against the caller's clock (see `check_times`).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        Self {
+            inner: Arc::new(VerifierInner {
+                keys,
+                issuer,
+                audiences,
+                validation,
+                cache: RwLock::new(Cache::default()),
+            }),
+        }
+    }
+
+    /// The accepted `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    /// The accepted audiences.
+    pub fn audiences(&self) -> &[String] {
+        &self.inner.audiences
+    }
+
+    /// Verifies `token` at time `now` (Unix seconds).
+    pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::InvalidToken("empty token"));
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::InvalidToken("token too long"));
+        }
+        let digest = token_digest(token);
+        let inner = &*self.inner;
+
+        let cached = {
+            let cache = inner.cache.read().unwrap_or_else(PoisonError::into_inner);
+            cache.map.get(&digest).cloned()
+        };
+        if let Some(entry) = cached {
+            return match check_times(entry.nbf, entry.exp, now) {
+                Ok(()) => Ok(entry.principal),
+                Err(e) => {
+                    if entry.exp + CLOCK_SKEW_SECS <= now {
+                        let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
+                        cache.remove(&digest);
+                    }
+                    Err(e)
+                }
+            };
+        }
+
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::InvalidToken("malformed token"))?;
+        if header.alg != Algorithm::ES256 {
+            return Err(AuthError::InvalidToken("unsupported signing algorithm"));
+        }
+        let kid = header
+            .kid
+            .ok_or(AuthError::InvalidToken("no key id in the token header"))?;
+        let key = inner
+            .keys
+            .get(&kid)
+            .ok_or(AuthError::InvalidToken("unknown signing key"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &inner.validation)
+            .map_err(|e| map_jwt_error(e.kind()))?;
+        let claims = data.claims;
+        check_times(claims.nbf, claims.exp, now)?;
+
+        let principal = Principal {
+            id: claims.sub,
+            tenant: claims.tid,
+        };
+        let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
+        cache.insert(
+            digest,
+            CacheEntry {
+                principal: principal.clone(),
+                nbf: claims.nbf,
+                exp: claims.exp,
+            },
+            now,
+        );
+        Ok(principal)
+    }
+
+    #[cfg(test)]
+    fn cache_len(&self) -> usize {
+        self.inner
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
+    }
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("issuer", &self.inner.issuer)
+            .field("audiences", &self.inner.audiences)
+            .field("kids", &self.inner.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn check_times(nbf: i64, exp: i64, now: i64) -> Result<(), AuthError> {
+    if exp.saturating_add(CLOCK_SKEW_SECS) <= now {
+        return Err(AuthError::InvalidToken("token expired"));
+    }
+    if nbf.saturating_sub(CLOCK_SKEW_SECS) > now {
+        return Err(AuthError::InvalidToken("token not yet valid"));
+    }
+    Ok(())
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> AuthError {
+    AuthError::InvalidToken(match kind {
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "unsupported signing algorithm"
+        }
+        ErrorKind::MissingRequiredClaim(_) => "missing claim",
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidKeyFormat => "bad signature",
+        _ => "malformed token",
+    })
+}
+
+#[derive(Clone)]
+struct CacheEntry {
+    principal: Principal,
+    nbf: i64,
+    exp: i64,
+}
+
+/// Verified tokens by SHA-256, with an index by expiry for eviction.
+#[derive(Default)]
+struct Cache {
+    map: HashMap<[u8; 32], CacheEntry>,
+    by_exp: BTreeSet<(i64, [u8; 32])>,
+}
+
+impl Cache {
+    fn insert(&mut self, digest: [u8; 32], entry: CacheEntry, now: i64) {
+        if self.map.contains_key(&digest) {
+            return;
+        }
+        if self.map.len() >= CACHE_CAPACITY {
+            // Drop what has expired, then, if still full, whatever expires first.
+            while let Some(&(exp, d)) = self.by_exp.first() {
+                if exp.saturating_add(CLOCK_SKEW_SECS) > now {
+                    break;
+                }
+                self.by_exp.pop_first();
+                self.map.remove(&d);
+            }
+            while self.map.len() >= CACHE_CAPACITY {
+                let Some((_, d)) = self.by_exp.pop_first() else {
+                    break;
+                };
+                self.map.remove(&d);
+            }
+        }
+        self.by_exp.insert((entry.exp, digest));
+        self.map.insert(digest, entry);
+    }
+
+    fn remove(&mut self, digest: &[u8; 32]) {
+        if let Some(entry) = self.map.remove(digest) {
+            self.by_exp.remove(&(entry.exp, *digest));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const ISS: &str = "https://localhost:8443/t1/v2.0";
+    const AUD: &str = "https://localhost:8443";
+    const NOW: i64 = 1_700_000_000;
+
+    fn setup() -> (TokenIssuer, TokenVerifier) {
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let issuer = TokenIssuer::new(key, ISS.into(), "t1".into(), DEFAULT_TOKEN_LIFETIME_SECS);
+        let verifier = issuer.verifier(vec![AUD.into(), "https://vault.azure.net".into()]);
+        (issuer, verifier)
+    }
+
+    fn invalid(r: Result<Principal, AuthError>) -> &'static str {
+        match r {
+            Err(AuthError::InvalidToken(reason)) => reason,
+            other => panic!("expected InvalidToken, got {other:?}"),
+        }
+    }
+
+    fn b64(v: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn round_trip() {
+        let (issuer, verifier) = setup();
+        let (token, expires_in) = issuer.issue("client-1", AUD, NOW).unwrap();
+        assert_eq!(expires_in, 3599);
+        let p = verifier.verify(&token, NOW).unwrap();
+        assert_eq!(
+            p,
+            Principal {
+                id: "client-1".into(),
+                tenant: "t1".into()
+            }
+        );
+        // Second audience works too.
+        let (token, _) = issuer
+            .issue("client-1", "https://vault.azure.net", NOW)
+            .unwrap();
+        verifier.verify(&token, NOW + 10).unwrap();
+
+        // The claims look like an Entra app token.
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Claims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims.iss, ISS);
+        assert_eq!(claims.appid, "client-1");
+        assert_eq!(claims.exp - claims.iat, 3600);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some(issuer.key().kid()));
+    }
+
+    #[test]
+    fn jsonwebtoken_verifies_with_the_published_jwk() {
+        // Interop: a generic verifier given only the JWKS accepts our signature.
+        let (issuer, _) = setup();
+        let (token, _) = issuer.issue("c", AUD, NOW).unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(issuer.jwks()).unwrap();
+        let key = DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+        let mut v = Validation::new(Algorithm::ES256);
+        v.validate_exp = false;
+        v.set_audience(&[AUD]);
+        jsonwebtoken::decode::<Claims>(&token, &key, &v).unwrap();
+    }
+
+    #[test]
+    fn expiry_and_not_before_with_skew() {
+        let (issuer, verifier) = setup();
+        let (token, _) = issuer.issue("c", AUD, NOW).unwrap();
+        let exp = NOW + DEFAULT_TOKEN_LIFETIME_SECS;
+        // Fresh verifier each time so the cache does not answer.
+        let fresh = || issuer.verifier(vec![AUD.into()]);
+        assert!(fresh().verify(&token, exp + CLOCK_SKEW_SECS - 1).is_ok());
+        assert_eq!(
+            invalid(fresh().verify(&token, exp + CLOCK_SKEW_SECS)),
+            "token expired"
+        );
+        assert!(fresh().verify(&token, NOW - CLOCK_SKEW_SECS).is_ok());
+        assert_eq!(
+            invalid(fresh().verify(&token, NOW - CLOCK_SKEW_SECS - 1)),
+            "token not yet valid"
+        );
+        assert_eq!(
+            invalid(verifier.verify(&token, exp + 3600)),
+            "token expired"
+        );
+    }
+
+    #[test]
+    fn wrong_issuer_and_audience() {
+        let (issuer, _) = setup();
+        let other = TokenIssuer::new(
+            issuer.key().clone(),
+            "https://evil/t1/v2.0".into(),
+            "t1".into(),
+            3600,
+        );
+        let (token, _) = other.issue("c", AUD, NOW).unwrap();
+        assert_eq!(
+            invalid(issuer.verifier(vec![AUD.into()]).verify(&token, NOW)),
+            "wrong issuer"
+        );
+        let (token, _) = issuer.issue("c", "https://other", NOW).unwrap();
+        assert_eq!(
+            invalid(issuer.verifier(vec![AUD.into()]).verify(&token, NOW)),
+            "wrong audience"
+        );
+    }
+
+    #[test]
+    fn bad_signature() {
+        let (issuer, verifier) = setup();
+        let (token, _) = issuer.issue("c", AUD, NOW).unwrap();
+        // Flip a character in the middle of the signature (the last one may only carry padding bits).
+        let sig_start = token.rfind('.').unwrap() + 1;
+        let i = sig_start + 10;
+        let mut bytes = token.clone().into_bytes();
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert_eq!(invalid(verifier.verify(&tampered, NOW)), "bad signature");
+
+        // Tampered payload with the original signature.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+        claims["sub"] = "admin".into();
+        parts[1] = b64(&claims);
+        assert_eq!(
+            invalid(verifier.verify(&parts.join("."), NOW)),
+            "bad signature"
+        );
+
+        // Signed by another key that claims our kid.
+        let impostor = TokenIssuer::new(
+            Arc::new(SigningKey::generate().unwrap()),
+            ISS.into(),
+            "t1".into(),
+            3600,
+        );
+        let (token2, _) = impostor.issue("c", AUD, NOW).unwrap();
+        let mut parts2: Vec<&str> = token2.split('.').collect();
+        let header = b64(&serde_json::json!({"typ":"JWT","alg":"ES256","kid": issuer.key().kid()}));
+        parts2[0] = &header;
+        assert_eq!(
+            invalid(verifier.verify(&parts2.join("."), NOW)),
+            "bad signature"
+        );
+    }
+
+    #[test]
+    fn alg_none_and_hs256_confusion_rejected() {
+        let (issuer, verifier) = setup();
+        let (token, _) = issuer.issue("c", AUD, NOW).unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let kid = issuer.key().kid();
+
+        for alg in ["none", "None", "NONE"] {
+            let header = b64(&serde_json::json!({"typ":"JWT","alg": alg,"kid": kid}));
+            assert!(
+                verifier
+                    .verify(&format!("{header}.{payload}."), NOW)
+                    .is_err()
+            );
+            assert!(
+                verifier
+                    .verify(&format!("{header}.{payload}"), NOW)
+                    .is_err()
+            );
+        }
+
+        // HS256 with the public key bytes (raw point, and the JWK JSON) as the HMAC secret.
+        let claims: Claims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let jwk_json = serde_json::to_vec(&issuer.key().jwk()).unwrap();
+        for secret in [issuer.key().public_key(), &jwk_json[..]] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.to_owned());
+            let forged =
+                jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap();
+            assert_eq!(
+                invalid(verifier.verify(&forged, NOW)),
+                "unsupported signing algorithm"
+            );
+        }
+
+        // ES384 / EdDSA / RS256 labels are refused before any signature work.
+        for alg in ["ES384", "EdDSA", "RS256", "PS256"] {
+            let header = b64(&serde_json::json!({"typ":"JWT","alg": alg,"kid": kid}));
+            let sig = token.rsplit('.').next().unwrap();
+            assert!(
+                verifier
+                    .verify(&format!("{header}.{payload}.{sig}"), NOW)
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_or_missing_kid() {
+        let (issuer, verifier) = setup();
+        let (token, _) = issuer.issue("c", AUD, NOW).unwrap();
+        let rest = token.split_once('.').unwrap().1;
+        let header = b64(&serde_json::json!({"typ":"JWT","alg":"ES256","kid":"nope"}));
+        assert_eq!(
+            invalid(verifier.verify(&format!("{header}.{rest}"), NOW)),
+            "unknown signing key"
+        );
+        let header = b64(&serde_json::json!({"typ":"JWT","alg":"ES256"}));
+        assert_eq!(
+            invalid(verifier.verify(&format!("{header}.{rest}"), NOW)),
+            "no key id in the token header"
+        );
+        // A token from an issuer with another key.
+        let other = TokenIssuer::new(
+            Arc::new(SigningKey::generate().unwrap()),
+            ISS.into(),
+            "t1".into(),
+            3600,
+        );
+        let (token, _) = other.issue("c", AUD, NOW).unwrap();
+        assert_eq!(invalid(verifier.verify(&token, NOW)), "unknown signing key");
+    }
+
+    #[test]
+    fn garbage_and_empty() {
+        let (_, verifier) = setup();
+        let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        for t in [
+            "",
+            "garbage",
+            "a.b",
+            "a.b.c",
+            "...",
+            "eyJhbGciOiJFUzI1NiJ9..",
+            "Bearer x",
+            "\u{0}\u{1}",
+            "ü.ü.ü",
+            long.as_str(),
+        ] {
+            assert!(verifier.verify(t, NOW).is_err(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn errors_never_contain_the_token() {
+        let (issuer, verifier) = setup();
+        let (token, _) = issuer.issue("c", "https://other", NOW).unwrap();
+        let err = verifier.verify(&token, NOW).unwrap_err();
+        let text = format!("{err} {err:?}");
+        for part in token.split('.') {
+            assert!(!text.contains(part), "{text}");
+        }
+    }
+
+    #[test]
+    fn cache_hits_and_expired_cached_token_is_rejected() {
+        let (issuer, verifier) = setup();
+        let (token, _) = issuer.issue("c", AUD, NOW).unwrap();
+        assert_eq!(verifier.cache_len(), 0);
+        verifier.verify(&token, NOW).unwrap();
+        assert_eq!(verifier.cache_len(), 1);
+        // Clones share the cache; a hit gives the same principal.
+        let clone = verifier.clone();
+        assert_eq!(clone.verify(&token, NOW + 1).unwrap().id, "c");
+        assert_eq!(verifier.cache_len(), 1);
+        // The cache still enforces time.
+        assert_eq!(
+            invalid(verifier.verify(&token, NOW - 3600)),
+            "token not yet valid"
+        );
+        assert_eq!(verifier.cache_len(), 1);
+        let late = NOW + DEFAULT_TOKEN_LIFETIME_SECS + CLOCK_SKEW_SECS;
+        assert_eq!(invalid(verifier.verify(&token, late)), "token expired");
+        assert_eq!(verifier.cache_len(), 0);
+        // Failures are not cached.
+        let _ = verifier.verify("x.y.z", NOW);
+        assert_eq!(verifier.cache_len(), 0);
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let mut cache = Cache::default();
+        let entry = |exp| CacheEntry {
+            principal: Principal {
+                id: "c".into(),
+                tenant: "t".into(),
+            },
+            nbf: 0,
+            exp,
+        };
+        for i in 0..CACHE_CAPACITY as u32 {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            // Half of them already expired at t=1000.
+            let exp = if i % 2 == 0 { 500 } else { 5000 + i64::from(i) };
+            cache.insert(d, entry(exp), 0);
+        }
+        assert_eq!(cache.map.len(), CACHE_CAPACITY);
+        // Full: inserting at t=1000 purges the expired half.
+        cache.insert([0xff; 32], entry(9000), 1000);
+        assert_eq!(cache.map.len(), CACHE_CAPACITY / 2 + 1);
+        assert_eq!(cache.by_exp.len(), cache.map.len());
+        // Fill again with live entries; the earliest-expiring one goes first.
+        let mut i = 0u32;
+        while cache.map.len() < CACHE_CAPACITY {
+            let mut d = [0xaa; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            cache.insert(d, entry(100_000), 1000);
+            i += 1;
+        }
+        let first = *cache.by_exp.first().unwrap();
+        cache.insert([0xee; 32], entry(100_000), 1000);
+        assert_eq!(cache.map.len(), CACHE_CAPACITY);
+        assert!(!cache.map.contains_key(&first.1));
+        assert_eq!(cache.by_exp.len(), cache.map.len());
+    }
+}

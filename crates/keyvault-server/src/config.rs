@@ -1,0 +1,182 @@
+//! Server configuration: typed, explicit, passed in. Read from a TOML file, then overridden by the
+//! environment and flags (the CLI does the overriding).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything `keyvault serve` needs to know.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen. Default `127.0.0.1:8443`.
+    pub addr: SocketAddr,
+    /// Where the database, keys and dev certificates live. Default `./keyvault-data`.
+    pub data_dir: PathBuf,
+    /// Development mode: generate a CA and server certificate, create a client, write dev-credentials.json.
+    pub dev: bool,
+    /// The vault's name (part of the values' associated data; shown in `vault_url_named`). Default `myvault`.
+    pub vault_name: String,
+    /// The tenant id in tokens, the challenge and the issuer's paths. Default `keyvault-rs`.
+    pub tenant_id: String,
+    /// Days a deleted secret stays recoverable, 7–90. Default 90.
+    pub retention_days: u32,
+    /// Refuse purges of deleted secrets before their retention ends. Default off.
+    pub purge_protection: bool,
+    /// The DNS suffix vaults are addressed under: a vault at `https://{name}.{suffix}` answers the challenge
+    /// with `resource="https://{suffix}"`. Default `localhost:{port}`.
+    pub resource_suffix: Option<String>,
+    /// The host (and port) in the `iss` claim of issued tokens and in the challenge's `authorization`.
+    /// Default: the listening address.
+    pub issuer_host: Option<String>,
+    /// Lifetime of issued access tokens, in seconds. Default 3600.
+    pub token_lifetime_secs: i64,
+    /// Seconds between runs of the retention sweeper. Default 60.
+    pub sweep_interval_secs: u64,
+    pub tls: TlsConfig,
+    /// OAuth clients allowed to get tokens (client credentials).
+    pub clients: Vec<ClientConfig>,
+}
+
+/// TLS certificate and key (PEM files). Required unless `dev` is on.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// An OAuth client: its id and the argon2 hashes (PHC strings) of its secrets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub secret_hashes: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("keyvault-data"),
+            dev: false,
+            vault_name: "myvault".to_string(),
+            tenant_id: "keyvault-rs".to_string(),
+            retention_days: 90,
+            purge_protection: false,
+            resource_suffix: None,
+            issuer_host: None,
+            token_lifetime_secs: 3600,
+            sweep_interval_secs: 60,
+            tls: TlsConfig::default(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Parse a TOML configuration file's text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))
+    }
+
+    /// Check the values that have rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use keyvault_types::rules::{MAX_RETENTION_DAYS, MIN_RETENTION_DAYS};
+        if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&self.retention_days) {
+            return Err(ConfigError(format!(
+                "retention_days must be from {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS}, not {}",
+                self.retention_days
+            )));
+        }
+        if !keyvault_types::rules::is_valid_name(&self.vault_name) {
+            return Err(ConfigError(format!(
+                "vault_name must be 1-127 characters of 0-9, a-z, A-Z and '-', not '{}'",
+                self.vault_name
+            )));
+        }
+        let tenant_ok = !self.tenant_id.is_empty()
+            && self.tenant_id.len() <= 64
+            && self
+                .tenant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !tenant_ok {
+            return Err(ConfigError(
+                "tenant_id must be 1-64 characters of 0-9, a-z, A-Z, '-' and '.'".to_string(),
+            ));
+        }
+        if self.token_lifetime_secs < 600 {
+            return Err(ConfigError(
+                "token_lifetime_secs must be at least 600".to_string(),
+            ));
+        }
+        if !self.dev && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+            return Err(ConfigError(
+                "a TLS certificate and key are required (tls.cert and tls.key, or --tls-cert/--tls-key); \
+                 use --dev to generate a development CA"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = Config::from_toml(
+            r#"
+            addr = "0.0.0.0:9443"
+            data_dir = "/var/lib/keyvault"
+            retention_days = 7
+            purge_protection = true
+            tenant_id = "contoso"
+            [tls]
+            cert = "server.pem"
+            key = "server-key.pem"
+            [[clients]]
+            client_id = "app"
+            secret_hashes = ["$argon2id$v=19$m=19456,t=2,p=1$abc$def"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.addr.port(), 9443);
+        assert_eq!(c.retention_days, 7);
+        assert!(c.purge_protection);
+        assert_eq!(c.clients[0].client_id, "app");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(Config::from_toml("retention_days = \"x\"").is_err());
+        assert!(Config::from_toml("unknown_key = 1").is_err());
+        let c = Config {
+            retention_days: 6,
+            dev: true,
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("retention_days")
+        );
+        let c = Config::default();
+        assert!(c.validate().unwrap_err().to_string().contains("TLS"));
+        let c = Config {
+            dev: true,
+            ..Config::default()
+        };
+        c.validate().unwrap();
+    }
+}

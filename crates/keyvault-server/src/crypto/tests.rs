@@ -1,0 +1,309 @@
+use super::*;
+
+fn envelope_with(bytes: [u8; KEY_LEN]) -> Envelope {
+    Envelope::new(Arc::new(StaticKeyProvider::from_bytes(bytes)))
+}
+
+fn envelope() -> Envelope {
+    envelope_with([7u8; KEY_LEN])
+}
+
+const V: &str = "vault1";
+const N: &str = "my-secret";
+const VER: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn round_trip() {
+    let env = envelope();
+    for plaintext in [&b""[..], b"x", b"hello world", &[0u8; 4096][..]] {
+        let sealed = env.seal(V, N, VER, plaintext).unwrap();
+        assert_eq!(sealed[0], FORMAT_V1);
+        assert_eq!(
+            sealed.len(),
+            2 + 8 + NONCE_LEN + KEY_LEN + TAG_LEN + NONCE_LEN + plaintext.len() + TAG_LEN
+        );
+        if plaintext.len() > 8 && plaintext.iter().any(|&b| b != 0) {
+            assert!(
+                !sealed.windows(plaintext.len()).any(|w| w == plaintext),
+                "plaintext visible"
+            );
+        }
+        let opened = env.open(V, N, VER, &sealed).unwrap();
+        assert_eq!(opened.as_slice(), plaintext);
+    }
+}
+
+#[test]
+fn name_binding_is_case_insensitive() {
+    let env = envelope();
+    let sealed = env.seal(V, "My-Secret", VER, b"v").unwrap();
+    assert_eq!(
+        env.open(V, "my-secret", VER, &sealed).unwrap().as_slice(),
+        b"v"
+    );
+    assert_eq!(
+        env.open(V, "MY-SECRET", VER, &sealed).unwrap().as_slice(),
+        b"v"
+    );
+}
+
+#[test]
+fn binding_mismatch_fails() {
+    let env = envelope();
+    let sealed = env.seal(V, N, VER, b"value").unwrap();
+    assert!(matches!(
+        env.open("vault2", N, VER, &sealed),
+        Err(CryptoError::Decrypt)
+    ));
+    assert!(matches!(
+        env.open(V, "other", VER, &sealed),
+        Err(CryptoError::Decrypt)
+    ));
+    assert!(matches!(
+        env.open(V, N, "00000000000000000000000000000000", &sealed),
+        Err(CryptoError::Decrypt)
+    ));
+    // Length prefixes make field boundaries unambiguous.
+    let a = env.seal("ab", "c", VER, b"value").unwrap();
+    assert!(env.open("a", "bc", VER, &a).is_err());
+}
+
+#[test]
+fn every_byte_flip_fails() {
+    let env = envelope();
+    let sealed = env.seal(V, N, VER, b"some secret value").unwrap();
+    for i in 0..sealed.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut t = sealed.clone();
+            t[i] ^= bit;
+            assert!(
+                matches!(env.open(V, N, VER, &t), Err(CryptoError::Decrypt)),
+                "flip at {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn truncation_and_extension_fail() {
+    let env = envelope();
+    let sealed = env.seal(V, N, VER, b"some secret value").unwrap();
+    for len in 0..sealed.len() {
+        assert!(
+            matches!(
+                env.open(V, N, VER, &sealed[..len]),
+                Err(CryptoError::Decrypt)
+            ),
+            "len {len}"
+        );
+    }
+    let mut longer = sealed.clone();
+    longer.push(0);
+    assert!(env.open(V, N, VER, &longer).is_err());
+}
+
+#[test]
+fn garbage_fails_without_panic() {
+    let env = envelope();
+    let rng = SystemRandom::new();
+    assert!(env.open(V, N, VER, &[]).is_err());
+    assert!(env.open_backup(&[]).is_err());
+    for len in 0..300usize {
+        let mut buf = vec![0u8; len];
+        rng.fill(&mut buf).unwrap();
+        assert!(env.open(V, N, VER, &buf).is_err());
+        assert!(env.open_backup(&buf).is_err());
+        // Plausible headers followed by garbage.
+        if len > 2 {
+            buf[0] = FORMAT_V1;
+            buf[1] = 8;
+            assert!(env.open(V, N, VER, &buf).is_err());
+        }
+        let mut blob = BACKUP_MAGIC.to_vec();
+        blob.extend_from_slice(&buf);
+        assert!(env.open_backup(&blob).is_err());
+    }
+}
+
+#[test]
+fn seals_differ() {
+    let env = envelope();
+    let a = env.seal(V, N, VER, b"same").unwrap();
+    let b = env.seal(V, N, VER, b"same").unwrap();
+    assert_ne!(a, b);
+    let a = env.seal_backup(b"same").unwrap();
+    let b = env.seal_backup(b"same").unwrap();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn unknown_kek_fails() {
+    let a = envelope_with([1u8; KEY_LEN]);
+    let b = envelope_with([2u8; KEY_LEN]);
+    let sealed = a.seal(V, N, VER, b"value").unwrap();
+    assert!(matches!(
+        b.open(V, N, VER, &sealed),
+        Err(CryptoError::Decrypt)
+    ));
+}
+
+#[test]
+fn backup_round_trip_and_rejections() {
+    let env = envelope();
+    let payload = br#"{"versions":[1,2,3]}"#;
+    let blob = env.seal_backup(payload).unwrap();
+    assert!(blob.starts_with(BACKUP_MAGIC));
+    assert_eq!(env.open_backup(&blob).unwrap().as_slice(), payload);
+    // Another server with the same KEK restores it.
+    assert_eq!(envelope().open_backup(&blob).unwrap().as_slice(), payload);
+    // A different KEK does not.
+    assert!(matches!(
+        envelope_with([9u8; KEY_LEN]).open_backup(&blob),
+        Err(CryptoError::Decrypt)
+    ));
+    // Every bit flip is rejected.
+    for i in 0..blob.len() {
+        let mut t = blob.clone();
+        t[i] ^= 0x01;
+        let r = env.open_backup(&t);
+        assert!(
+            matches!(r, Err(CryptoError::Decrypt | CryptoError::BadBlob)),
+            "flip at {i}"
+        );
+    }
+    for len in 0..blob.len() {
+        assert!(env.open_backup(&blob[..len]).is_err(), "len {len}");
+    }
+    // A sealed value is not a backup blob, and vice versa.
+    let sealed = env.seal(V, N, VER, payload).unwrap();
+    assert!(matches!(
+        env.open_backup(&sealed),
+        Err(CryptoError::BadBlob)
+    ));
+    assert!(env.open(V, N, VER, &blob).is_err());
+}
+
+#[test]
+fn backup_key_differs_from_kek() {
+    // A blob must not open as if it were sealed directly under the KEK.
+    let kek = Kek::from_bytes([7u8; KEY_LEN]);
+    let derived = backup_key(&kek).unwrap();
+    let direct = aead_key(kek.bytes()).unwrap();
+    let nonce = [0u8; NONCE_LEN];
+    let mut a = b"probe".to_vec();
+    let mut b = b"probe".to_vec();
+    derived
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut a)
+        .unwrap();
+    direct
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut b)
+        .unwrap();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn debug_is_redacted() {
+    let kek = Kek::from_bytes([0xAB; KEY_LEN]);
+    assert_eq!(format!("{kek:?}"), "Kek(<redacted>)");
+    let p = StaticKeyProvider::from_bytes([0xAB; KEY_LEN]);
+    let shown = format!("{p:?} {:?}", envelope());
+    assert!(!shown.contains("abab") && !shown.contains("171"), "{shown}");
+}
+
+#[test]
+fn kek_id_is_sha256_prefix() {
+    let kek = Kek::from_bytes([0u8; KEY_LEN]);
+    // SHA-256 of 32 zero bytes = 66687aadf862bd77...
+    assert_eq!(kek.id(), "66687aad");
+}
+
+#[test]
+fn static_provider_base64() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let bytes: [u8; KEY_LEN] = std::array::from_fn(|i| (i * 37 + 250) as u8);
+    let a = StaticKeyProvider::from_base64(&STANDARD.encode(bytes)).unwrap();
+    let b =
+        StaticKeyProvider::from_base64(&format!(" {}\n", URL_SAFE_NO_PAD.encode(bytes))).unwrap();
+    assert_eq!(a.kek_id(), b.kek_id());
+    assert_eq!(a.current().1.bytes(), &bytes);
+    assert!(matches!(
+        StaticKeyProvider::from_base64(&STANDARD.encode([1u8; 31])),
+        Err(CryptoError::KeyFile(_))
+    ));
+    assert!(StaticKeyProvider::from_base64("not base64!").is_err());
+    assert!(StaticKeyProvider::from_base64("").is_err());
+}
+
+#[cfg(unix)]
+#[test]
+fn key_file_created_private_and_reloaded() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kek");
+    let created = FileKeyProvider::load_or_create(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.trim().len(), 64);
+    assert!(text.ends_with('\n'));
+    let reloaded = FileKeyProvider::load_or_create(&path).unwrap();
+    assert_eq!(created.kek_id(), reloaded.kek_id());
+    assert_eq!(created.current().1.bytes(), reloaded.current().1.bytes());
+    // What one seals, the reloaded provider opens.
+    let a = Envelope::new(Arc::new(created));
+    let b = Envelope::new(Arc::new(reloaded));
+    let sealed = a.seal(V, N, VER, b"persisted").unwrap();
+    assert_eq!(b.open(V, N, VER, &sealed).unwrap().as_slice(), b"persisted");
+    // A second fresh file gets a different key.
+    let other = FileKeyProvider::load_or_create(&dir.path().join("kek2")).unwrap();
+    assert_ne!(other.kek_id(), b.current_kek_id());
+}
+
+#[cfg(unix)]
+#[test]
+fn key_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kek");
+    FileKeyProvider::load_or_create(&path).unwrap();
+    for mode in [0o640, 0o604, 0o660, 0o606] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        match FileKeyProvider::load_or_create(&path) {
+            Err(CryptoError::KeyFile(msg)) => assert!(msg.contains("chmod 600"), "{msg}"),
+            other => panic!("mode {mode:o}: {other:?}"),
+        }
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(FileKeyProvider::load_or_create(&path).is_ok());
+}
+
+#[cfg(unix)]
+#[test]
+fn malformed_key_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kek");
+    let secret_like = "a".repeat(63);
+    let cases = ["", "\n", "zz", &secret_like, "00\n11", &"0".repeat(2000)];
+    for content in cases {
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        match FileKeyProvider::load_or_create(&path) {
+            Err(CryptoError::KeyFile(msg)) => {
+                assert!(msg.contains("malformed"), "{msg}");
+                assert!(!msg.contains(&secret_like), "error must not echo the file");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A base64 key written by an operator is accepted.
+    use base64::engine::general_purpose::STANDARD;
+    std::fs::write(&path, format!("{}\n", STANDARD.encode([5u8; KEY_LEN]))).unwrap();
+    let p = FileKeyProvider::load_or_create(&path).unwrap();
+    assert_eq!(p.current().1.bytes(), &[5u8; KEY_LEN]);
+    // A directory is not a key file.
+    assert!(matches!(
+        FileKeyProvider::load_or_create(dir.path()),
+        Err(CryptoError::KeyFile(_))
+    ));
+}

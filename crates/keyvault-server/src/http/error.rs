@@ -1,0 +1,115 @@
+//! The one table from errors to Key Vault responses: status, error code, inner code, message.
+
+use super::respond::json_response;
+use crate::vault::VaultError;
+use axum::response::Response;
+use http::StatusCode;
+use keyvault_types::models::ErrorBody;
+
+/// An error on its way to the client, already in Key Vault's terms.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub inner: Option<&'static str>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            inner: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_parameter(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadParameter", message)
+    }
+
+    pub fn with_inner(mut self, inner: &'static str) -> Self {
+        self.inner = Some(inner);
+        self
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let body = ErrorBody::new(self.code, self.message.clone());
+        match self.inner {
+            Some(inner) => body.with_inner(inner),
+            None => body,
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        json_response(self.status, &self.body())
+    }
+
+    /// Map a vault error. `vault_url` is this vault's base URL as the client addressed it.
+    pub fn from_vault(e: VaultError, vault_url: &str) -> Self {
+        match e {
+            VaultError::NotFound { name } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "SecretNotFound",
+                format!(
+                    "A secret with (name/id) {name} was not found in this key vault. If you recently deleted this \
+                     secret you may be able to recover it using the correct recovery command. For help resolving \
+                     this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
+                ),
+            ),
+            VaultError::DeletedNotFound { name } => {
+                ApiError::new(StatusCode::NOT_FOUND, "SecretNotFound", format!("Deleted Secret not found: {name}"))
+            }
+            VaultError::Disabled { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "Forbidden", "Operation get is not allowed on a disabled secret.")
+                    .with_inner("SecretDisabled")
+            }
+            VaultError::DeletedButRecoverable { name } => ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; \
+                     in this state, the secret can only be recovered or purged."
+                ),
+            )
+            .with_inner("ObjectIsDeletedButRecoverable"),
+            VaultError::RestoreConflict { name, version } => ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "There was a conflict restoring the secret '{vault_url}/secrets/{name}/{version}'. This can \
+                     happen if either: a second secret with the same name was created after the first secret was \
+                     deleted; or the secret is still in a deleted state and has not been purged. Purge the deleted \
+                     secret or choose another vault, then try again."
+                ),
+            ),
+            VaultError::PurgeProtected => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "Operation \"purge\" is not allowed because purge protection is enabled for this vault. Key \
+                     Vault service will automatically purge it after the retention period has passed.\r\nVault: \
+                     {vault_url};location=local"
+                ),
+            ),
+            VaultError::BadParameter(message) => ApiError::bad_parameter(message),
+            VaultError::Unavailable(cause) => {
+                tracing::warn!(%cause, "storage unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The service is temporarily unavailable. Please retry.",
+                )
+            }
+            VaultError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError",
+                    "The server encountered an internal error. Please retry the request.",
+                )
+            }
+        }
+    }
+}

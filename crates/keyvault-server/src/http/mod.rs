@@ -1,0 +1,548 @@
+//! The HTTP face of the vault: Key Vault's secrets REST API, wire-exact (protocol.md).
+//!
+//! Every vault request goes through [`vault_request`]: authentication first (before the body is read or
+//! anything is validated, as the SDKs' challenge flow requires), then api-version, route, name, body.
+//! Errors become responses in one place ([`error::ApiError`]).
+
+pub mod error;
+mod respond;
+mod wire;
+
+use crate::auth::TokenVerifier;
+use crate::vault::{SecretAttributesInput, Vault};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::get;
+use base64::Engine;
+use error::ApiError;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use keyvault_types::models::{
+    BackupSecretResult, ListResult, SecretRestoreParameters, SecretSetParameters,
+    SecretUpdateParameters,
+};
+use keyvault_types::{ApiVersion, rules};
+use respond::{empty, json_response};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Instant;
+use wire::WireContext;
+
+/// Largest body of a set or update request.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest body of a restore request (a backup of up to 500 versions of 25 KB).
+pub const MAX_RESTORE_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// What the vault routes share.
+pub struct HttpState {
+    pub vault: Arc<Vault>,
+    pub verifier: Arc<TokenVerifier>,
+    /// The `WWW-Authenticate` value of every 401.
+    pub challenge: HeaderValue,
+}
+
+/// The whole HTTP application: health, the token issuer's routes, and the vault API.
+pub fn app(state: Arc<HttpState>, auth_routes: Router) -> Router {
+    let health_state = state.clone();
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let state = health_state.clone();
+                async move {
+                    match state.vault.store().health().await {
+                        Ok(()) => {
+                            json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+                        }
+                        Err(e) => json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &serde_json::json!({"status": "unavailable", "reason": e.to_string()}),
+                        ),
+                    }
+                }
+            }),
+        )
+        .fallback(vault_request)
+        .with_state(state)
+        .merge(auth_routes)
+}
+
+/// Entry point of every vault request.
+pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let client_request_id = req.headers().get("x-ms-client-request-id").cloned();
+    let mut resp = match handle(&state, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    let status = resp.status();
+    let headers = resp.headers_mut();
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, state.challenge.clone());
+    }
+    decorate(headers, client_request_id);
+    tracing::debug!(%method, %path, status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+fn decorate(headers: &mut HeaderMap, client_request_id: Option<HeaderValue>) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(header::EXPIRES, HeaderValue::from_static("-1"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000;includeSubDomains"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&new_request_id()) {
+        headers.insert("x-ms-request-id", v);
+    }
+    if let Some(v) = client_request_id {
+        headers.insert("x-ms-client-request-id", v);
+    }
+    headers.insert(
+        "x-ms-keyvault-service-version",
+        HeaderValue::from_static(concat!("keyvault-rs/", env!("CARGO_PKG_VERSION"))),
+    );
+}
+
+fn new_request_id() -> String {
+    let v = crate::vault::new_version();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &v[0..8],
+        &v[8..12],
+        &v[12..16],
+        &v[16..20],
+        &v[20..32]
+    )
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "AKV10000: Request is missing a Bearer or PoP token.",
+    )
+}
+
+/// The bearer token of a request, if it carries one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
+fn vault_url(req: &Request) -> Result<String, ApiError> {
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    if !ok {
+        return Err(ApiError::bad_parameter(
+            "The request has a missing or invalid Host header.",
+        ));
+    }
+    Ok(format!("https://{}", host.to_ascii_lowercase()))
+}
+
+/// The query parameters the API reads, percent-decoded in names and values (JS sends `api%2Dversion`).
+#[derive(Default)]
+struct Query {
+    api_version: Option<String>,
+    maxresults: Option<String>,
+    skiptoken: Option<String>,
+}
+
+fn parse_query(query: Option<&str>) -> Query {
+    let mut q = Query::default();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let slot = match k.as_ref() {
+            "api-version" => &mut q.api_version,
+            "maxresults" => &mut q.maxresults,
+            "$skiptoken" => &mut q.skiptoken,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(v.into_owned());
+        }
+    }
+    q
+}
+
+fn api_version(q: &Query) -> Result<ApiVersion, ApiError> {
+    match q.api_version.as_deref() {
+        None | Some("") => Err(ApiError::bad_parameter(
+            "The 'api-version' query parameter is required. Consider using the latest supported version (2026-04-01).",
+        )),
+        Some(v) => v
+            .parse::<ApiVersion>()
+            .map_err(|e| ApiError::bad_parameter(e.to_string())),
+    }
+}
+
+fn page_size(q: &Query) -> Result<usize, ApiError> {
+    match q.maxresults.as_deref() {
+        None | Some("") => Ok(rules::MAX_PAGE_SIZE as usize),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (rules::MIN_PAGE_SIZE..=rules::MAX_PAGE_SIZE).contains(&n) => Ok(n as usize),
+            _ => Err(ApiError::bad_parameter(format!(
+                "Invalid value for maxresults: {}. It must be an integer from {} to {}.",
+                printable(s),
+                rules::MIN_PAGE_SIZE,
+                rules::MAX_PAGE_SIZE
+            ))),
+        },
+    }
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+/// The path's segments, percent-decoded, with one trailing empty segment dropped (`/secrets/x/` = latest).
+fn segments(path: &str) -> Vec<String> {
+    let mut segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    if segs.len() > 1 && segs.last().is_some_and(|s| s.is_empty()) {
+        segs.pop();
+    }
+    segs
+}
+
+async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+    })?;
+    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_parameter("The request body is missing."));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // serde's own message can quote the input (which may hold a value): describe, never quote.
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "is not valid JSON"
+            }
+            _ if e.to_string().starts_with("missing field `value`") => {
+                "lacks the required 'value' property"
+            }
+            _ => "has a property of the wrong type or shape",
+        };
+        ApiError::bad_parameter(format!(
+            "The request body {what} (line {}, column {}).",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn attributes_input(
+    content_type: Option<String>,
+    tags: Option<keyvault_types::models::Tags>,
+    attributes: Option<keyvault_types::models::SecretAttributes>,
+) -> SecretAttributesInput {
+    let attributes = attributes.unwrap_or_default();
+    SecretAttributesInput {
+        content_type,
+        tags,
+        enabled: attributes.enabled,
+        nbf: attributes.nbf,
+        exp: attributes.exp,
+    }
+}
+
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("The requested resource does not support http method '{method}'."),
+    )
+}
+
+async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
+    // 1. Who: before anything else, and before the body is read.
+    let token = bearer(req.headers()).ok_or_else(unauthorized)?;
+    let now = state.vault.now();
+    state
+        .verifier
+        .verify(token, now)
+        .map_err(|_| unauthorized())?;
+
+    // 2. Which version of the API, and where the client thinks we are.
+    let query = parse_query(req.uri().query());
+    let api_version = api_version(&query)?;
+    let base = vault_url(&req)?;
+    let ctx = WireContext {
+        vault_url: &base,
+        settings: state.vault.settings(),
+        api_version,
+    };
+    let vault = &state.vault;
+    let map = |e| ApiError::from_vault(e, &base);
+
+    // 3. What: route on method and path segments.
+    let method = req.method().clone();
+    let segs = segments(req.uri().path());
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let next_link = |path: &str, token: Option<String>| {
+        token.map(|t| {
+            let mut link = format!("{base}{path}?api-version={api_version}&$skiptoken={t}");
+            if let Some(n) = query.maxresults.as_deref() {
+                link.push_str(&format!("&maxresults={n}"));
+            }
+            link
+        })
+    };
+    let body = req.into_body();
+
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["secrets"]) => {
+            let page = vault
+                .list(query.skiptoken.as_deref(), page_size(&query)?)
+                .await
+                .map_err(map)?;
+            let result = ListResult {
+                value: page.items.into_iter().map(|r| ctx.item(r, false)).collect(),
+                next_link: next_link("/secrets", page.next),
+            };
+            Ok(json_response(StatusCode::OK, &result))
+        }
+        (&Method::POST, ["secrets", "restore"]) => {
+            let params: SecretRestoreParameters = read_json(body, MAX_RESTORE_BODY_BYTES).await?;
+            let blob = decode_blob(&params.value)?;
+            let row = vault.restore(&blob).await.map_err(map)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ctx.bundle(crate::vault::Secret { row, value: None }),
+            ))
+        }
+        (&Method::PUT, ["secrets", name]) => {
+            crate::vault::check_name(name).map_err(map)?;
+            let p: SecretSetParameters = read_json(body, MAX_BODY_BYTES).await?;
+            let attrs = attributes_input(p.content_type, p.tags, p.attributes);
+            let secret = vault.set(name, p.value, attrs).await.map_err(map)?;
+            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+        }
+        (&Method::GET, ["secrets", name]) => {
+            let secret = vault.get(name, None).await.map_err(map)?;
+            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+        }
+        (&Method::PATCH, ["secrets", name]) => update(vault, &ctx, name, None, body)
+            .await
+            .map_err(|e| e.or_vault(&base)),
+        (&Method::DELETE, ["secrets", name]) => {
+            let deleted = vault.delete(name).await.map_err(map)?;
+            Ok(json_response(StatusCode::OK, &ctx.deleted_bundle(deleted)))
+        }
+        (&Method::GET, ["secrets", name, "versions"]) => {
+            let page = vault
+                .list_versions(name, query.skiptoken.as_deref(), page_size(&query)?)
+                .await
+                .map_err(map)?;
+            let result = ListResult {
+                value: page.items.into_iter().map(|r| ctx.item(r, true)).collect(),
+                next_link: next_link(&format!("/secrets/{name}/versions"), page.next),
+            };
+            Ok(json_response(StatusCode::OK, &result))
+        }
+        (&Method::POST, ["secrets", name, "backup"]) => {
+            let blob = vault.backup(name).await.map_err(map)?;
+            let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(blob);
+            Ok(json_response(
+                StatusCode::OK,
+                &BackupSecretResult { value: Some(value) },
+            ))
+        }
+        (&Method::GET, ["secrets", name, version]) => {
+            crate::vault::check_name(name).map_err(map)?;
+            if !rules::is_valid_version(version) {
+                return Err(map(crate::vault::VaultError::NotFound {
+                    name: name.to_string(),
+                }));
+            }
+            let secret = vault.get(name, Some(version)).await.map_err(map)?;
+            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+        }
+        (&Method::PATCH, ["secrets", name, version]) => {
+            crate::vault::check_name(name).map_err(map)?;
+            if !rules::is_valid_version(version) {
+                return Err(map(crate::vault::VaultError::NotFound {
+                    name: name.to_string(),
+                }));
+            }
+            update(vault, &ctx, name, Some(version), body)
+                .await
+                .map_err(|e| e.or_vault(&base))
+        }
+        (&Method::GET, ["deletedsecrets"]) => {
+            let page = vault
+                .list_deleted(query.skiptoken.as_deref(), page_size(&query)?)
+                .await
+                .map_err(map)?;
+            let result = ListResult {
+                value: page
+                    .items
+                    .into_iter()
+                    .map(|d| ctx.deleted_item(d))
+                    .collect(),
+                next_link: next_link("/deletedsecrets", page.next),
+            };
+            Ok(json_response(StatusCode::OK, &result))
+        }
+        (&Method::GET, ["deletedsecrets", name]) => {
+            let deleted = vault.get_deleted(name).await.map_err(map)?;
+            Ok(json_response(StatusCode::OK, &ctx.deleted_bundle(deleted)))
+        }
+        (&Method::DELETE, ["deletedsecrets", name]) => {
+            vault.purge(name).await.map_err(map)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::POST, ["deletedsecrets", name, "recover"]) => {
+            let row = vault.recover(name).await.map_err(map)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ctx.bundle(crate::vault::Secret { row, value: None }),
+            ))
+        }
+        (
+            _,
+            ["secrets"]
+            | ["secrets", _]
+            | ["secrets", _, _]
+            | ["deletedsecrets"]
+            | ["deletedsecrets", _],
+        )
+        | (_, ["deletedsecrets", _, "recover"]) => Err(method_not_allowed(&method)),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "The requested path was not found: {}",
+                printable(&segs.join("/"))
+            ),
+        )),
+    }
+}
+
+/// Either an API error already, or a vault error still to be mapped.
+enum UpdateError {
+    Api(ApiError),
+    Vault(crate::vault::VaultError),
+}
+
+impl UpdateError {
+    fn or_vault(self, base: &str) -> ApiError {
+        match self {
+            UpdateError::Api(e) => e,
+            UpdateError::Vault(e) => ApiError::from_vault(e, base),
+        }
+    }
+}
+
+async fn update(
+    vault: &Vault,
+    ctx: &WireContext<'_>,
+    name: &str,
+    version: Option<&str>,
+    body: Body,
+) -> Result<Response, UpdateError> {
+    crate::vault::check_name(name).map_err(UpdateError::Vault)?;
+    let p: SecretUpdateParameters = read_json(body, MAX_BODY_BYTES)
+        .await
+        .map_err(UpdateError::Api)?;
+    let attrs = attributes_input(p.content_type, p.tags, p.attributes);
+    let secret = vault
+        .update(name, version, attrs)
+        .await
+        .map_err(UpdateError::Vault)?;
+    Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+}
+
+/// A backup blob as the SDKs send it: base64url without padding (tolerating padding and standard base64).
+fn decode_blob(value: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = value.trim().trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
+        .map_err(|_| ApiError::bad_parameter("The backup blob is not valid base64url."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_decode_and_drop_one_trailing_slash() {
+        assert_eq!(segments("/secrets/abc/"), vec!["secrets", "abc"]);
+        assert_eq!(segments("/secrets/abc"), vec!["secrets", "abc"]);
+        assert_eq!(segments("/secrets"), vec!["secrets"]);
+        assert_eq!(segments("/secrets/"), vec!["secrets"]);
+        assert_eq!(
+            segments("/secrets/a%62c/versions"),
+            vec!["secrets", "abc", "versions"]
+        );
+    }
+
+    #[test]
+    fn query_names_are_percent_decoded() {
+        let q = parse_query(Some("api%2Dversion=7.4&maxresults=3&%24skiptoken=abc"));
+        assert_eq!(q.api_version.as_deref(), Some("7.4"));
+        assert_eq!(q.maxresults.as_deref(), Some("3"));
+        assert_eq!(q.skiptoken.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! An in-process vault for tests: a real HTTPS server on 127.0.0.1:0 with a fresh data directory.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let vault = keyvault_server::local::LocalVault::start().await?;
+//! println!("{} trusts {} bytes of CA", vault.vault_url(), vault.ca_cert_pem().len());
+//! vault.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use crate::config::Config;
+use crate::server::{DevCredentials, Server, StartError};
+use crate::vault::{Clock, SystemClock};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Settings of a [`LocalVault`].
+#[derive(Clone)]
+pub struct LocalVaultOptions {
+    pub retention_days: u32,
+    pub purge_protection: bool,
+    /// The clock the vault and its token checks use.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for LocalVaultOptions {
+    fn default() -> Self {
+        LocalVaultOptions {
+            retention_days: 90,
+            purge_protection: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A running in-process vault. Stops when [`LocalVault::shutdown`] is awaited or when dropped.
+pub struct LocalVault {
+    creds: DevCredentials,
+    ca_pem: Vec<u8>,
+    vault: Arc<crate::vault::Vault>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    dir: tempfile::TempDir,
+}
+
+impl LocalVault {
+    /// Start a vault with default settings.
+    pub async fn start() -> Result<LocalVault, StartError> {
+        Self::start_with(LocalVaultOptions::default()).await
+    }
+
+    /// Start a vault with these settings.
+    pub async fn start_with(options: LocalVaultOptions) -> Result<LocalVault, StartError> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| StartError::Setup(format!("cannot create a temp dir: {e}")))?;
+        let config = Config {
+            addr: "127.0.0.1:0".parse().expect("a valid address"),
+            data_dir: dir.path().to_path_buf(),
+            dev: true,
+            retention_days: options.retention_days,
+            purge_protection: options.purge_protection,
+            ..Config::default()
+        };
+        let server = Server::bind_with_clock(config, options.clock).await?;
+        let creds = server
+            .info()
+            .dev
+            .clone()
+            .expect("dev mode always has credentials");
+        let ca_pem = std::fs::read(&creds.ca_cert)
+            .map_err(|e| StartError::Setup(format!("cannot read the dev CA: {e}")))?;
+        let vault = server.vault().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = rx.await;
+        }));
+        Ok(LocalVault {
+            creds,
+            ca_pem,
+            vault,
+            stop: Some(tx),
+            task: Some(task),
+            dir,
+        })
+    }
+
+    /// `https://127.0.0.1:{port}` (clients turn challenge-resource verification off for it).
+    pub fn vault_url(&self) -> &str {
+        &self.creds.vault_url
+    }
+
+    /// `https://myvault.localhost:{port}` (passes challenge-resource verification where it resolves).
+    pub fn vault_url_named(&self) -> &str {
+        &self.creds.vault_url_named
+    }
+
+    /// The dev CA certificate, PEM.
+    pub fn ca_cert_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.creds.tenant_id
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.creds.client_id
+    }
+
+    pub fn client_secret(&self) -> &str {
+        self.creds.client_secret.expose()
+    }
+
+    /// `https://127.0.0.1:{port}`: the token endpoint is `{authority_host}/{tenant}/oauth2/v2.0/token`.
+    pub fn authority_host(&self) -> &str {
+        &self.creds.authority_host
+    }
+
+    /// Everything at once, as `keyvault serve --dev` writes it.
+    pub fn credentials(&self) -> &DevCredentials {
+        &self.creds
+    }
+
+    /// The data directory (deleted when the vault is dropped).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The vault domain behind the server (for tests that drive the sweeper or inspect state).
+    pub fn vault(&self) -> &Arc<crate::vault::Vault> {
+        &self.vault
+    }
+
+    /// Stop the server and wait until it has finished.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LocalVault {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Putting the parts together: open the store, load keys and certificates, bind, serve until told to stop.
+
+use crate::auth::{AuthState, ClientRegistry, SigningKey, TokenIssuer, TokenVerifier};
+use crate::config::{Config, ConfigError};
+use crate::crypto::{Envelope, FileKeyProvider, KeyProvider, StaticKeyProvider};
+use crate::http::{self, HttpState};
+use crate::store::SecretStore;
+use crate::store::sqlite::SqliteStore;
+use crate::vault::{Clock, SystemClock, Vault, VaultSettings};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use keyvault_types::SecretString;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// The environment variable that may hold the key-encryption key (base64 of 32 bytes) instead of a key file.
+pub const KEK_ENV: &str = "KEYVAULT_KEK";
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> StartError + '_ {
+    move |e| StartError::Setup(format!("{what}: {e}"))
+}
+
+/// What a client needs to know to use this server (what `--dev` writes to `dev-credentials.json`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DevCredentials {
+    /// `https://127.0.0.1:{port}`: always resolvable; clients turn challenge-resource verification off.
+    pub vault_url: String,
+    /// `https://{vault}.localhost:{port}`: passes the SDKs' challenge-resource verification where
+    /// `*.localhost` resolves to the loopback address.
+    pub vault_url_named: String,
+    /// The dev CA certificate (PEM) that clients must trust.
+    pub ca_cert: PathBuf,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// The token issuer: `POST {authority_host}/{tenant_id}/oauth2/v2.0/token`.
+    pub authority_host: String,
+}
+
+impl std::fmt::Debug for DevCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCredentials")
+            .field("vault_url", &self.vault_url)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Facts about a bound server.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub local_addr: SocketAddr,
+    /// `https://{addr}`.
+    pub base_url: String,
+    /// The challenge's resource (`https://{suffix}`), which is also the token audience.
+    pub resource: String,
+    pub ca_cert: Option<PathBuf>,
+    pub dev: Option<DevCredentials>,
+}
+
+/// A bound, ready-to-serve vault server.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    vault: Arc<Vault>,
+    info: ServerInfo,
+    data_dir: PathBuf,
+    sweep_interval: Duration,
+}
+
+fn host_of(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(setup("cannot create the data directory"))?;
+    }
+    Ok(())
+}
+
+/// Write `contents` to `path` atomically (temporary file, fsync, rename) with mode 0600.
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Server {
+    /// Open everything and bind the listener. Nothing is served until [`Server::serve`].
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Self::bind_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Server::bind`] with an injected clock (tests).
+    pub async fn bind_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Server, StartError> {
+        config.validate()?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let data_dir = config.data_dir.clone();
+        create_private_dir(&data_dir)?;
+
+        // Keys and storage.
+        let provider: Arc<dyn KeyProvider> = match std::env::var(KEK_ENV) {
+            Ok(b64) => Arc::new(
+                StaticKeyProvider::from_base64(&b64)
+                    .map_err(setup("the key in KEYVAULT_KEK is not usable"))?,
+            ),
+            Err(_) => Arc::new(
+                FileKeyProvider::load_or_create(&data_dir.join("kek.key"))
+                    .map_err(setup("cannot load the key-encryption key"))?,
+            ),
+        };
+        let envelope = Arc::new(Envelope::new(provider));
+        let store: Arc<dyn SecretStore> = Arc::new(
+            SqliteStore::open(&data_dir.join("vault.db"))
+                .map_err(setup("cannot open the database"))?,
+        );
+        let settings = VaultSettings {
+            name: config.vault_name.clone(),
+            retention_days: config.retention_days,
+            purge_protection: config.purge_protection,
+        };
+        let vault = Arc::new(Vault::new(store, envelope, clock.clone(), settings));
+
+        // TLS.
+        let material = if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+            crate::tls::load_pem_files(cert, key)
+                .map_err(setup("cannot load the TLS certificate"))?
+        } else {
+            let named = format!("{}.localhost", config.vault_name.to_ascii_lowercase());
+            crate::tls::load_or_create_dev_pki_with_names(&data_dir.join("tls"), &[&named])
+                .map_err(setup("cannot create the development certificates"))?
+        };
+        let tls = crate::tls::server_config(&material).map_err(setup("bad TLS configuration"))?;
+
+        // Listen: the port is known from here on.
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(setup("cannot read the listening address"))?;
+        let host = host_of(&local_addr);
+        let base_url = format!("https://{host}");
+        let suffix = config
+            .resource_suffix
+            .clone()
+            .unwrap_or_else(|| format!("localhost:{}", local_addr.port()));
+        let resource = format!("https://{suffix}");
+        let issuer_host = config.issuer_host.clone().unwrap_or_else(|| host.clone());
+        let issuer = format!("https://{issuer_host}/{}/v2.0", config.tenant_id);
+
+        // Tokens.
+        let signing_key = Arc::new(
+            SigningKey::load_or_create(&data_dir.join("token-signing-key.pk8"))
+                .map_err(setup("cannot load the token signing key"))?,
+        );
+        let token_issuer = Arc::new(TokenIssuer::new(
+            signing_key.clone(),
+            issuer.clone(),
+            config.tenant_id.clone(),
+            config.token_lifetime_secs,
+        ));
+        let audiences = vec![resource.clone(), format!("{resource}/")];
+        let verifier = Arc::new(TokenVerifier::new(
+            vec![signing_key],
+            issuer,
+            audiences.clone(),
+        ));
+        let clients = Arc::new(ClientRegistry::new());
+        for c in &config.clients {
+            for hash in &c.secret_hashes {
+                clients
+                    .add(c.client_id.as_str(), hash.as_str())
+                    .map_err(setup("bad client in the configuration"))?;
+            }
+        }
+        let dev = if config.dev {
+            Some(dev_credentials(
+                &config, &data_dir, &clients, &base_url, &host, &material,
+            )?)
+        } else {
+            None
+        };
+
+        let challenge = format!(
+            "Bearer authorization=\"https://{issuer_host}/{}\", resource=\"{resource}\"",
+            config.tenant_id
+        );
+        let challenge =
+            ::http::HeaderValue::from_str(&challenge).map_err(setup("bad challenge header"))?;
+        let clock_fn: Arc<dyn Fn() -> i64 + Send + Sync> = {
+            let clock = clock.clone();
+            Arc::new(move || clock.now())
+        };
+        let auth_state = AuthState {
+            issuer: token_issuer,
+            clients,
+            tenant: config.tenant_id.clone(),
+            audiences,
+            clock: clock_fn,
+        };
+        let state = Arc::new(HttpState {
+            vault: vault.clone(),
+            verifier,
+            challenge,
+        });
+        let app = http::app(state, crate::auth::router(auth_state));
+
+        Ok(Server {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+            app,
+            vault,
+            info: ServerInfo {
+                local_addr,
+                base_url,
+                resource,
+                ca_cert: material.ca_pem_path.clone(),
+                dev,
+            },
+            data_dir,
+            sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
+        })
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish (up to 10 s),
+    /// (every acknowledged write is already on disk).
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        if let Some(dev) = &self.info.dev {
+            let json = serde_json::to_vec_pretty(dev).map_err(std::io::Error::other)?;
+            write_private_file(&self.data_dir.join("dev-credentials.json"), &json)?;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http2().max_concurrent_streams(256);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let (tcp, _peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let service = TowerToHyperService::new(self.app.clone());
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+        }
+        let _ = sweeper.await;
+        Ok(())
+    }
+}
+
+async fn sweep_loop(
+    vault: Arc<Vault>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        match vault.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "retention sweep purged deleted secrets"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+    }
+}
+
+/// The dev client: reused from an earlier `dev-credentials.json` in the data dir, or made anew.
+fn dev_credentials(
+    config: &Config,
+    data_dir: &Path,
+    clients: &ClientRegistry,
+    base_url: &str,
+    host: &str,
+    material: &crate::tls::TlsMaterial,
+) -> Result<DevCredentials, StartError> {
+    let previous: Option<DevCredentials> = std::fs::read(data_dir.join("dev-credentials.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let (client_id, client_secret) = match previous {
+        Some(p) if p.tenant_id == config.tenant_id => (p.client_id, p.client_secret),
+        _ => (
+            crate::auth::generate_client_id(),
+            SecretString::new(crate::auth::generate_secret()),
+        ),
+    };
+    let hash = crate::auth::hash_secret(client_secret.expose())
+        .map_err(setup("cannot hash the dev secret"))?;
+    clients
+        .add(client_id.as_str(), hash)
+        .map_err(setup("cannot register the dev client"))?;
+    let port = host.rsplit(':').next().unwrap_or_default();
+    Ok(DevCredentials {
+        vault_url: base_url.to_string(),
+        vault_url_named: format!(
+            "https://{}.localhost:{port}",
+            config.vault_name.to_ascii_lowercase()
+        ),
+        ca_cert: material
+            .ca_pem_path
+            .clone()
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
+            .unwrap_or_default(),
+        tenant_id: config.tenant_id.clone(),
+        client_id,
+        client_secret,
+        authority_host: base_url.to_string(),
+    })
+}

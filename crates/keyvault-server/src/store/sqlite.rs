@@ -1,0 +1,1019 @@
+//! The embedded [`SecretStore`]: one SQLite file (bundled SQLite, WAL, `synchronous=FULL`).
+//!
+//! - **Writes** go to one dedicated writer thread that owns the only write connection. Requests arrive over
+//!   a channel; the writer drains whatever is queued (up to [`BATCH_CAP`]), runs each request in its own
+//!   `SAVEPOINT` inside one transaction (a failing request rolls back only itself), commits once (one fsync
+//!   for the whole batch: group commit), then answers every caller. A write is durable before its method
+//!   returns `Ok`.
+//! - **Reads** run on `spawn_blocking` over a small pool of read-only connections (WAL readers never block
+//!   the writer, and see every write that has been acknowledged).
+//! - **Paging** is keyset-only (`name_key > ?` / `seq > ?`) over partial indexes for live and deleted names,
+//!   so a page deep in a million names costs what the first page costs.
+//! - The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
+//!
+//! Schema (version 1):
+//!
+//! ```text
+//! names(vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)   PK (vault, name_key)
+//!     names_live    (vault, name_key, ...covering)   WHERE deleted_on IS NULL
+//!     names_deleted (vault, name_key, ...covering)   WHERE deleted_on IS NOT NULL
+//!     names_purge   (scheduled_purge)                WHERE scheduled_purge IS NOT NULL
+//! versions(seq AUTOINCREMENT, vault, name_key, version, sealed, content_type, tags (JSON), enabled, nbf, exp,
+//!          created, updated)                                    UNIQUE (vault, name_key, version)
+//!     versions_by_name (vault, name_key, seq)
+//! ```
+//!
+//! `seq` is the position returned by [`SecretStore::list_versions`]; it is never reused (AUTOINCREMENT).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{
+    DeletedRow, SecretStore, StoreError, StoreResult, Tags, VersionPatch, VersionRow, name_key,
+};
+
+/// The schema version this code writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Most write requests committed together in one transaction.
+pub const BATCH_CAP: usize = 256;
+/// Write requests that may wait for the writer before callers are held back.
+const QUEUE_CAP: usize = 4096;
+/// Most read connections open at once.
+const MAX_READERS: usize = 8;
+/// Names purged per write request by `purge_expired` (keeps the writer responsive).
+const PURGE_CHUNK: usize = 256;
+/// How long a connection waits for a lock held by another process before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA_V1: &str = "
+CREATE TABLE names (
+    vault           TEXT    NOT NULL,
+    name_key        TEXT    NOT NULL,
+    display_name    TEXT    NOT NULL,
+    latest_seq      INTEGER NOT NULL,
+    deleted_on      INTEGER,
+    scheduled_purge INTEGER,
+    PRIMARY KEY (vault, name_key),
+    CHECK ((deleted_on IS NULL) = (scheduled_purge IS NULL))
+) WITHOUT ROWID;
+CREATE INDEX names_live ON names (vault, name_key, display_name, latest_seq, deleted_on) WHERE deleted_on IS NULL;
+CREATE INDEX names_deleted ON names (vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)
+    WHERE deleted_on IS NOT NULL;
+CREATE INDEX names_purge ON names (scheduled_purge) WHERE scheduled_purge IS NOT NULL;
+CREATE TABLE versions (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    vault        TEXT    NOT NULL,
+    name_key     TEXT    NOT NULL,
+    version      TEXT    NOT NULL,
+    sealed       BLOB    NOT NULL,
+    content_type TEXT,
+    tags         TEXT,
+    enabled      INTEGER NOT NULL,
+    nbf          INTEGER,
+    exp          INTEGER,
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL,
+    UNIQUE (vault, name_key, version)
+);
+CREATE INDEX versions_by_name ON versions (vault, name_key, seq);
+";
+
+/// The SQLite [`SecretStore`]. See the module documentation.
+///
+/// Dropping it (or [`SqliteStore::close`]) lets the writer finish the writes already queued, then stop.
+pub struct SqliteStore {
+    path: PathBuf,
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path`, migrate its schema, and start the writer thread.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let mut conn = open_writer(path)?;
+        migrate(&mut conn)?;
+        let readers = Arc::new(ReadPool::new(path.to_path_buf()));
+        // Fail now, not at the first request, if readers cannot open the file.
+        let probe = readers.checkout()?;
+        readers.checkin(probe);
+
+        let (tx, rx) = mpsc::channel(QUEUE_CAP);
+        let stats = Arc::new(Stats::default());
+        let writer_stats = stats.clone();
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, &writer_stats))
+            .map_err(|e| StoreError::Internal(format!("cannot start the database writer: {e}")))?;
+        tracing::debug!(path = %path.display(), "opened the SQLite store");
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            tx: Some(tx),
+            writer: Mutex::new(Some(writer)),
+            readers,
+            stats,
+        })
+    }
+
+    /// Finish the writes already queued, stop the writer and close every connection. Later calls on this
+    /// store fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        if let Some(tx) = &self.tx {
+            let (ack, done) = oneshot::channel();
+            if tx.send(Msg::Close(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+        self.readers.close();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            // The writer has acknowledged and is exiting; joining waits only for its last instructions.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write transactions committed so far (for metrics). Each holds one or more writes (group commit).
+    pub fn committed_batches(&self) -> u64 {
+        self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Write requests committed so far (for metrics), including those that answered with their own error.
+    pub fn committed_writes(&self) -> u64 {
+        self.stats.writes.load(Ordering::Relaxed)
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(Msg::Job(Box::new(Job {
+            f: Some(f),
+            out: None,
+            reply,
+        })))
+        .await
+        .map_err(|_| closed())?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let permit = self
+            .readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = pool.checkout()?;
+            let result = f(&conn);
+            pool.checkin(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("a database read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain what is queued and exit.
+        drop(self.tx.take());
+        let handle = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle.filter(|h| h.thread().id() != std::thread::current().id()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
+}
+
+#[async_trait::async_trait]
+impl SecretStore for SqliteStore {
+    async fn put_version(&self, vault: &str, row: VersionRow) -> StoreResult<()> {
+        let vault = vault.to_owned();
+        self.write(move |c| put(c, &vault, &row)).await
+    }
+
+    async fn get_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> StoreResult<Option<VersionRow>> {
+        let (vault, key, version) = (vault.to_owned(), name_key(name), version.map(str::to_owned));
+        self.read(move |c| Ok(find_live(c, &vault, &key, version.as_deref())?.map(|(_, row)| row)))
+            .await
+    }
+
+    async fn update_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: Option<&str>,
+        patch: VersionPatch,
+    ) -> StoreResult<Option<VersionRow>> {
+        let (vault, key, version) = (vault.to_owned(), name_key(name), version.map(str::to_owned));
+        self.write(move |c| update(c, &vault, &key, version.as_deref(), patch))
+            .await
+    }
+
+    async fn list_latest(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRow>> {
+        let (vault, after) = (vault.to_owned(), after.map(name_key).unwrap_or_default());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SQL_LIST_LATEST)?;
+            let rows = stmt.query_map(params![vault, after, sql_limit(limit)], |r| {
+                version_row(r, 0)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn list_versions(
+        &self,
+        vault: &str,
+        name: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, VersionRow)>> {
+        let (vault, key) = (vault.to_owned(), name_key(name));
+        self.read(move |c| {
+            versions_of_live(c, &vault, &key, after.unwrap_or(i64::MIN), sql_limit(limit))
+        })
+        .await
+    }
+
+    async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>> {
+        let (vault, key) = (vault.to_owned(), name_key(name));
+        self.read(move |c| {
+            Ok(versions_of_live(c, &vault, &key, i64::MIN, -1)?
+                .into_iter()
+                .map(|(_, row)| row)
+                .collect())
+        })
+        .await
+    }
+
+    async fn soft_delete(
+        &self,
+        vault: &str,
+        name: &str,
+        deleted_on: i64,
+        scheduled_purge: i64,
+    ) -> StoreResult<Option<DeletedRow>> {
+        let (vault, key) = (vault.to_owned(), name_key(name));
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE names SET deleted_on = ?3, scheduled_purge = ?4
+                     WHERE vault = ?1 AND name_key = ?2 AND deleted_on IS NULL",
+                )?
+                .execute(params![vault, key, deleted_on, scheduled_purge])?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            find_deleted(c, &vault, &key)
+        })
+        .await
+    }
+
+    async fn get_deleted(&self, vault: &str, name: &str) -> StoreResult<Option<DeletedRow>> {
+        let (vault, key) = (vault.to_owned(), name_key(name));
+        self.read(move |c| find_deleted(c, &vault, &key)).await
+    }
+
+    async fn list_deleted(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeletedRow>> {
+        let (vault, after) = (vault.to_owned(), after.map(name_key).unwrap_or_default());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SQL_LIST_DELETED)?;
+            let rows = stmt.query_map(params![vault, after, sql_limit(limit)], deleted_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn recover(&self, vault: &str, name: &str) -> StoreResult<Option<VersionRow>> {
+        let (vault, key) = (vault.to_owned(), name_key(name));
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE names SET deleted_on = NULL, scheduled_purge = NULL
+                     WHERE vault = ?1 AND name_key = ?2 AND deleted_on IS NOT NULL",
+                )?
+                .execute(params![vault, key])?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            Ok(find_live(c, &vault, &key, None)?.map(|(_, row)| row))
+        })
+        .await
+    }
+
+    async fn purge(&self, vault: &str, name: &str) -> StoreResult<bool> {
+        let (vault, key) = (vault.to_owned(), name_key(name));
+        self.write(move |c| purge_deleted(c, &vault, &key)).await
+    }
+
+    async fn purge_expired(&self, now: i64) -> StoreResult<u64> {
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .write(move |c| purge_expired_chunk(c, now, PURGE_CHUNK))
+                .await?;
+            total += n as u64;
+            if n < PURGE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn restore(&self, vault: &str, versions: Vec<VersionRow>) -> StoreResult<()> {
+        let vault = vault.to_owned();
+        self.write(move |c| restore(c, &vault, &versions)).await
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        match &self.tx {
+            Some(tx) if !tx.is_closed() => {}
+            _ => {
+                return Err(StoreError::Unavailable(
+                    "the database writer is not running".into(),
+                ));
+            }
+        }
+        self.read(|c| {
+            c.prepare_cached("SELECT 1 FROM names LIMIT 1")?
+                .query([])?
+                .next()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Connections and schema
+
+fn open_writer(path: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!(
+            "cannot put {} in WAL mode (got {mode})",
+            path.display()
+        )));
+    }
+    // WAL + FULL: every commit is fsynced before it returns, so acknowledged writes survive a crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Internal(format!(
+            "the database has schema version {version}, newer than this server supports ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1)?;
+    }
+    // Later migrations: `if version < 2 { ... }`.
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// SQLite's messages name tables, columns and constraints, never bound values, so no sealed bytes leak.
+    fn from(e: rusqlite::Error) -> Self {
+        let transient = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _) if matches!(
+                f.code,
+                ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::DiskFull
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::ReadOnly
+            )
+        );
+        if transient {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Internal(e.to_string())
+        }
+    }
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Read pool
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// One permit per connection that may be open at once.
+    permits: Arc<Semaphore>,
+    closed: AtomicBool,
+}
+
+impl ReadPool {
+    fn new(path: PathBuf) -> Self {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(MAX_READERS)),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn checkout(&self) -> StoreResult<Connection> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_reader(&self.path),
+        }
+    }
+
+    fn checkin(&self, conn: Connection) {
+        if !self.closed.load(Ordering::Acquire) {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.permits.close();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The writer: group commit
+
+#[derive(Default)]
+struct Stats {
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+enum Msg {
+    Job(Box<dyn WriteJob>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Why a whole batch failed; turned into an error for each caller.
+#[derive(Clone)]
+struct BatchFailure {
+    unavailable: bool,
+    message: String,
+}
+
+impl BatchFailure {
+    fn from_db(e: rusqlite::Error) -> Self {
+        match StoreError::from(e) {
+            StoreError::Unavailable(message) => BatchFailure {
+                unavailable: true,
+                message,
+            },
+            other => BatchFailure {
+                unavailable: false,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn to_error(&self) -> StoreError {
+        if self.unavailable {
+            StoreError::Unavailable(self.message.clone())
+        } else {
+            StoreError::Internal(self.message.clone())
+        }
+    }
+}
+
+/// One queued write: run inside the batch's transaction, answered after the commit.
+trait WriteJob: Send {
+    /// Run the request; true if it succeeded (its savepoint is kept), false if it is to be rolled back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answer the caller once the batch has committed (`None`) or failed.
+    fn finish(self: Box<Self>, failure: Option<&BatchFailure>);
+}
+
+struct Job<T, F> {
+    f: Option<F>,
+    out: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let out = f(conn);
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, failure: Option<&BatchFailure>) {
+        let Job { out, reply, .. } = *self;
+        let answer = match (out, failure) {
+            // A request that failed on its own keeps its own error (it was rolled back either way).
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), None) => Ok(v),
+            (_, Some(f)) => Err(f.to_error()),
+            (None, None) => Err(StoreError::Internal("the write was not run".into())),
+        };
+        // The caller may have gone away (cancelled); the write stands regardless.
+        let _ = reply.send(answer);
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats) {
+    let mut acks = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch: Vec<Box<dyn WriteJob>> = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Job(job) => batch.push(job),
+                Msg::Close(ack) => {
+                    // Refuse new requests; what is already queued is still drained below.
+                    rx.close();
+                    acks.push(ack);
+                }
+            }
+            if batch.len() < BATCH_CAP {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&conn, batch, stats);
+        }
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the database writer connection failed");
+    }
+    for ack in acks {
+        let _ = ack.send(());
+    }
+}
+
+fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>, stats: &Stats) {
+    let failure = execute_batch(conn, &mut batch);
+    match &failure {
+        None => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Some(f) => {
+            tracing::error!(error = %f.message, writes = batch.len(), "a database write batch failed")
+        }
+    }
+    for job in batch {
+        job.finish(failure.as_ref());
+    }
+}
+
+fn execute_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Option<BatchFailure> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return Some(BatchFailure::from_db(e));
+    }
+    for job in batch.iter_mut() {
+        let result = conn.execute_batch("SAVEPOINT op").and_then(|()| {
+            if job.run(conn) {
+                conn.execute_batch("RELEASE op")
+            } else {
+                conn.execute_batch("ROLLBACK TO op; RELEASE op")
+            }
+        });
+        if let Err(e) = result {
+            rollback(conn);
+            return Some(BatchFailure::from_db(e));
+        }
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (e.g. an I/O error): nothing of this batch stands.
+            return Some(BatchFailure {
+                unavailable: true,
+                message: "the write transaction was aborted".into(),
+            });
+        }
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => None,
+        Err(e) => {
+            rollback(conn);
+            Some(BatchFailure::from_db(e))
+        }
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if conn.is_autocommit() {
+        return; // SQLite already rolled the transaction back.
+    }
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::error!(error = %e, "rolling back a failed write batch failed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Queries (constants, so tests can check their plans)
+
+/// The version columns, in the order [`version_row`] reads them after the display name.
+macro_rules! vcols {
+    () => {
+        "v.version, v.sealed, v.content_type, v.tags, v.enabled, v.nbf, v.exp, v.created, v.updated"
+    };
+}
+
+const SQL_LIST_LATEST: &str = concat!(
+    "SELECT n.display_name, ",
+    vcols!(),
+    " FROM names AS n INDEXED BY names_live JOIN versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key LIMIT ?3"
+);
+const SQL_LIST_DELETED: &str = concat!(
+    "SELECT n.display_name, ",
+    vcols!(),
+    ", n.deleted_on, n.scheduled_purge FROM names AS n INDEXED BY names_deleted
+     JOIN versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = ?1 AND n.deleted_on IS NOT NULL AND n.name_key > ?2 ORDER BY n.name_key LIMIT ?3"
+);
+const SQL_FIND_LATEST: &str = concat!(
+    "SELECT v.seq, n.display_name, ",
+    vcols!(),
+    " FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL"
+);
+const SQL_FIND_VERSION: &str = concat!(
+    "SELECT v.seq, n.display_name, ",
+    vcols!(),
+    " FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
+     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL AND v.version = ?3"
+);
+const SQL_FIND_DELETED: &str = concat!(
+    "SELECT n.display_name, ",
+    vcols!(),
+    ", n.deleted_on, n.scheduled_purge FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NOT NULL"
+);
+const SQL_VERSIONS_OF_LIVE: &str = concat!(
+    "SELECT v.seq, n.display_name, ",
+    vcols!(),
+    " FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
+     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL AND v.seq > ?3 ORDER BY v.seq LIMIT ?4"
+);
+const SQL_PURGE_DUE: &str = "SELECT vault, name_key FROM names INDEXED BY names_purge
+     WHERE scheduled_purge IS NOT NULL AND scheduled_purge <= ?1 LIMIT ?2";
+
+// ---------------------------------------------------------------------------------------------------------
+// Rows
+
+/// Columns read by [`version_row`] after the display name.
+const NCOLS: usize = 10;
+
+/// A [`VersionRow`] from the display name at `at` followed by [`VCOLS`].
+fn version_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<VersionRow> {
+    let tags: Option<String> = r.get(at + 4)?;
+    let tags = match tags {
+        None => None,
+        Some(json) => Some(serde_json::from_str::<Tags>(&json).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                at + 4,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
+        })?),
+    };
+    Ok(VersionRow {
+        name: r.get(at)?,
+        version: r.get(at + 1)?,
+        sealed: r.get(at + 2)?,
+        content_type: r.get(at + 3)?,
+        tags,
+        enabled: r.get(at + 5)?,
+        nbf: r.get(at + 6)?,
+        exp: r.get(at + 7)?,
+        created: r.get(at + 8)?,
+        updated: r.get(at + 9)?,
+    })
+}
+
+fn deleted_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeletedRow> {
+    Ok(DeletedRow {
+        latest: version_row(r, 0)?,
+        deleted_on: r.get(NCOLS)?,
+        scheduled_purge: r.get(NCOLS + 1)?,
+    })
+}
+
+fn tags_json(tags: &Option<Tags>) -> StoreResult<Option<String>> {
+    tags.as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Internal(format!("cannot encode tags: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Operations (each runs on one connection: reads on a reader, writes inside the writer's savepoint)
+
+/// A version of a live name (the latest when `version` is None), with its seq.
+fn find_live(
+    c: &Connection,
+    vault: &str,
+    key: &str,
+    version: Option<&str>,
+) -> StoreResult<Option<(i64, VersionRow)>> {
+    let found = match version {
+        None => c
+            .prepare_cached(SQL_FIND_LATEST)?
+            .query_row(params![vault, key], |r| Ok((r.get(0)?, version_row(r, 1)?)))
+            .optional()?,
+        Some(version) => c
+            .prepare_cached(SQL_FIND_VERSION)?
+            .query_row(params![vault, key, version], |r| {
+                Ok((r.get(0)?, version_row(r, 1)?))
+            })
+            .optional()?,
+    };
+    Ok(found)
+}
+
+fn find_deleted(c: &Connection, vault: &str, key: &str) -> StoreResult<Option<DeletedRow>> {
+    Ok(c.prepare_cached(SQL_FIND_DELETED)?
+        .query_row(params![vault, key], deleted_row)
+        .optional()?)
+}
+
+/// Versions of a live name with seq > `after`, in creation order; `limit` < 0 means all.
+fn versions_of_live(
+    c: &Connection,
+    vault: &str,
+    key: &str,
+    after: i64,
+    limit: i64,
+) -> StoreResult<Vec<(i64, VersionRow)>> {
+    let mut stmt = c.prepare_cached(SQL_VERSIONS_OF_LIVE)?;
+    let rows = stmt.query_map(params![vault, key, after, limit], |r| {
+        Ok((r.get(0)?, version_row(r, 1)?))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Insert one version row; a version id the name already has → Err(Exists).
+fn insert_version(c: &Connection, vault: &str, key: &str, row: &VersionRow) -> StoreResult<i64> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO versions (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            vault,
+            key,
+            row.version,
+            row.sealed,
+            row.content_type,
+            tags_json(&row.tags)?,
+            row.enabled,
+            row.nbf,
+            row.exp,
+            row.created,
+            row.updated
+        ]);
+    match inserted {
+        Ok(_) => Ok(c.last_insert_rowid()),
+        Err(e) if is_constraint(&e) => Err(StoreError::Exists),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Is the name deleted (Some(true)), live (Some(false)) or absent (None)?
+fn name_state(c: &Connection, vault: &str, key: &str) -> StoreResult<Option<bool>> {
+    Ok(c.prepare_cached(
+        "SELECT deleted_on IS NOT NULL FROM names WHERE vault = ?1 AND name_key = ?2",
+    )?
+    .query_row(params![vault, key], |r| r.get(0))
+    .optional()?)
+}
+
+fn put(c: &Connection, vault: &str, row: &VersionRow) -> StoreResult<()> {
+    let key = name_key(&row.name);
+    if name_state(c, vault, &key)? == Some(true) {
+        return Err(StoreError::Deleted);
+    }
+    let seq = insert_version(c, vault, &key, row)?;
+    c.prepare_cached(
+        "INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (vault, name_key) DO UPDATE SET display_name = excluded.display_name, latest_seq = excluded.latest_seq",
+    )?
+    .execute(params![vault, key, row.name, seq])?;
+    Ok(())
+}
+
+fn update(
+    c: &Connection,
+    vault: &str,
+    key: &str,
+    version: Option<&str>,
+    patch: VersionPatch,
+) -> StoreResult<Option<VersionRow>> {
+    let Some((seq, mut row)) = find_live(c, vault, key, version)? else {
+        return Ok(None);
+    };
+    let VersionPatch {
+        content_type,
+        tags,
+        enabled,
+        nbf,
+        exp,
+        updated,
+    } = patch;
+    if content_type.is_some() {
+        row.content_type = content_type;
+    }
+    if tags.is_some() {
+        row.tags = tags;
+    }
+    if let Some(enabled) = enabled {
+        row.enabled = enabled;
+    }
+    if nbf.is_some() {
+        row.nbf = nbf;
+    }
+    if exp.is_some() {
+        row.exp = exp;
+    }
+    row.updated = updated;
+    c.prepare_cached(
+        "UPDATE versions SET content_type = ?2, tags = ?3, enabled = ?4, nbf = ?5, exp = ?6, updated = ?7 WHERE seq = ?1",
+    )?
+    .execute(params![seq, row.content_type, tags_json(&row.tags)?, row.enabled, row.nbf, row.exp, row.updated])?;
+    Ok(Some(row))
+}
+
+fn purge_deleted(c: &Connection, vault: &str, key: &str) -> StoreResult<bool> {
+    let removed = c
+        .prepare_cached(
+            "DELETE FROM names WHERE vault = ?1 AND name_key = ?2 AND deleted_on IS NOT NULL",
+        )?
+        .execute(params![vault, key])?;
+    if removed == 0 {
+        return Ok(false);
+    }
+    c.prepare_cached("DELETE FROM versions WHERE vault = ?1 AND name_key = ?2")?
+        .execute(params![vault, key])?;
+    Ok(true)
+}
+
+/// Purge at most `chunk` deleted names due at `now`; returns how many.
+fn purge_expired_chunk(c: &Connection, now: i64, chunk: usize) -> StoreResult<usize> {
+    let due: Vec<(String, String)> = {
+        let mut stmt = c.prepare_cached(SQL_PURGE_DUE)?;
+        let rows = stmt.query_map(params![now, sql_limit(chunk)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut purged = 0;
+    for (vault, key) in &due {
+        if purge_deleted(c, vault, key)? {
+            purged += 1;
+        }
+    }
+    if purged > 0 {
+        tracing::debug!(purged, "purged deleted secrets past their retention");
+    }
+    Ok(purged)
+}
+
+fn restore(c: &Connection, vault: &str, versions: &[VersionRow]) -> StoreResult<()> {
+    let Some(latest) = versions.last() else {
+        return Err(StoreError::Internal(
+            "nothing to restore: no versions".into(),
+        ));
+    };
+    let key = name_key(&latest.name);
+    if versions.iter().any(|v| name_key(&v.name) != key) {
+        return Err(StoreError::Internal(
+            "the versions to restore belong to different names".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !versions.iter().all(|v| seen.insert(v.version.as_str())) {
+        return Err(StoreError::Internal(
+            "the versions to restore repeat a version id".into(),
+        ));
+    }
+    if name_state(c, vault, &key)?.is_some() {
+        return Err(StoreError::Exists);
+    }
+    let mut latest_seq = 0;
+    for row in versions {
+        latest_seq = insert_version(c, vault, &key, row)?;
+    }
+    c.prepare_cached(
+        "INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![vault, key, latest.name, latest_seq])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,528 @@
+use super::*;
+use crate::store::conformance;
+
+fn row(name: &str, version: &str, n: i64) -> VersionRow {
+    VersionRow {
+        name: name.to_string(),
+        version: version.to_string(),
+        sealed: format!("sealed-{name}-{version}").into_bytes(),
+        content_type: Some("text/plain".into()),
+        tags: Some(Tags::from([("n".to_string(), n.to_string())])),
+        enabled: true,
+        nbf: None,
+        exp: Some(2_000_000_000),
+        created: n,
+        updated: n,
+    }
+}
+
+fn version(n: usize) -> String {
+    format!("{n:032x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("kv.db")).unwrap());
+    conformance::run_all(store.clone()).await;
+    // Run it again on the same (now populated) database: the suite must not depend on an empty store.
+    conformance::run_all(store.clone()).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_sees_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let (live, deleted, versions) = {
+        let store = SqliteStore::open(&path).unwrap();
+        for i in 0..50usize {
+            let name = format!("Secret-{i:02}");
+            store
+                .put_version("v", row(&name, &version(i * 10), 1))
+                .await
+                .unwrap();
+            store
+                .put_version("v", row(&name, &version(i * 10 + 1), 2))
+                .await
+                .unwrap();
+        }
+        let patch = VersionPatch {
+            enabled: Some(false),
+            updated: 99,
+            ..Default::default()
+        };
+        store
+            .update_version("v", "secret-03", None, patch)
+            .await
+            .unwrap()
+            .unwrap();
+        for i in (0..50).step_by(5) {
+            store
+                .soft_delete("v", &format!("secret-{i:02}"), 10, 1_000_000)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        store
+            .restore(
+                "w",
+                vec![
+                    row("Restored", &version(7), 1),
+                    row("Restored", &version(3), 2),
+                ],
+            )
+            .await
+            .unwrap();
+        let live = store.list_latest("v", None, 1000).await.unwrap();
+        let deleted = store.list_deleted("v", None, 1000).await.unwrap();
+        let versions = store.all_versions("w", "restored").await.unwrap();
+        (live, deleted, versions)
+        // Dropped here without close(): the writer drains and exits.
+    };
+    assert_eq!(live.len(), 40);
+    assert_eq!(deleted.len(), 10);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.list_latest("v", None, 1000).await.unwrap(), live);
+    assert_eq!(store.list_deleted("v", None, 1000).await.unwrap(), deleted);
+    assert_eq!(store.all_versions("w", "RESTORED").await.unwrap(), versions);
+    let updated = store
+        .get_version("v", "secret-03", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!updated.enabled);
+    assert_eq!(updated.updated, 99);
+    // Positions keep increasing across a reopen (never reused).
+    let before = store
+        .list_versions("v", "secret-01", None, 10)
+        .await
+        .unwrap();
+    store
+        .put_version("v", row("secret-01", &version(999), 3))
+        .await
+        .unwrap();
+    let after = store
+        .list_versions("v", "secret-01", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 3);
+    assert!(after[2].0 > before[1].0);
+    store.close().await;
+}
+
+/// A quarter of the writes hit one shared name; the rest spread over 97 names.
+fn name_for(i: usize) -> String {
+    match i % 4 {
+        0 => "shared".to_string(),
+        _ => format!("name-{}", i % 97),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_puts_all_land() {
+    const TASKS: usize = 64;
+    const TOTAL: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("kv.db")).unwrap());
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut n = 0;
+            for i in (t..TOTAL).step_by(TASKS) {
+                let name = name_for(i);
+                store
+                    .put_version("v", row(&name, &version(i), i as i64))
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut acknowledged = 0;
+    for h in handles {
+        acknowledged += h.await.unwrap();
+    }
+    assert_eq!(acknowledged, TOTAL);
+
+    let mut found = 0;
+    let names = store.list_latest("v", None, 1000).await.unwrap();
+    let expected: std::collections::BTreeSet<String> = (0..TOTAL).map(name_for).collect();
+    assert_eq!(
+        names
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
+    for r in &names {
+        found += store.all_versions("v", &r.name).await.unwrap().len();
+    }
+    assert_eq!(found, TOTAL, "every acknowledged put is stored");
+    assert_eq!(
+        store.all_versions("v", "shared").await.unwrap().len(),
+        TOTAL / 4
+    );
+
+    let (batches, writes) = (store.committed_batches(), store.committed_writes());
+    println!("{writes} writes in {batches} commits");
+    assert_eq!(writes, TOTAL as u64);
+    assert!(
+        batches < writes,
+        "group commit: concurrent writes share transactions"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_write_does_not_spoil_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("kv.db")).unwrap());
+    store
+        .put_version("v", row("dead", &version(0), 0))
+        .await
+        .unwrap();
+    store
+        .soft_delete("v", "dead", 1, 1_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 1..=200usize {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let name = if i % 2 == 0 {
+                "dead".to_string()
+            } else {
+                format!("alive-{i}")
+            };
+            (i, store.put_version("v", row(&name, &version(i), 0)).await)
+        }));
+    }
+    for h in handles {
+        let (i, result) = h.await.unwrap();
+        if i % 2 == 0 {
+            assert!(
+                matches!(result, Err(StoreError::Deleted)),
+                "{i}: {result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "{i}: {result:?}");
+        }
+    }
+    assert_eq!(store.list_latest("v", None, 1000).await.unwrap().len(), 100);
+    store.recover("v", "dead").await.unwrap().unwrap();
+    assert_eq!(
+        store.all_versions("v", "dead").await.unwrap().len(),
+        1,
+        "no refused version slipped in"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_finishes_queued_writes_then_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let mut handles = Vec::new();
+    for i in 0..300usize {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            (
+                i,
+                store
+                    .put_version("v", row(&format!("n{i}"), &version(i), 0))
+                    .await,
+            )
+        }));
+    }
+    tokio::task::yield_now().await;
+    store.close().await;
+    let mut ok = Vec::new();
+    for h in handles {
+        let (i, result) = h.await.unwrap();
+        match result {
+            Ok(()) => ok.push(i),
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("{i}: {e}"),
+        }
+    }
+    assert!(matches!(
+        store.put_version("v", row("late", &version(1), 0)).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.get_version("v", "n0", None).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(store.health().await.is_err());
+    drop(store);
+
+    let store = SqliteStore::open(&path).unwrap();
+    for i in &ok {
+        assert!(
+            store
+                .get_version("v", &format!("n{i}"), None)
+                .await
+                .unwrap()
+                .is_some(),
+            "acknowledged n{i}"
+        );
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn schema_is_versioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    SqliteStore::open(&path).unwrap().close().await;
+    {
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = c
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+    // Reopening an up-to-date database is a no-op.
+    SqliteStore::open(&path).unwrap().close().await;
+    // A database from a newer server is refused, not damaged.
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    match SqliteStore::open(&path) {
+        Err(StoreError::Internal(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    assert!(SqliteStore::open(&path).is_err());
+    assert!(SqliteStore::open(&dir.path().join("missing-dir").join("kv.db")).is_err());
+}
+
+/// Every query used for lookups and paging is answered from an index: no table scan, no sort.
+#[test]
+fn queries_use_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut c = open_writer(&path).unwrap();
+    migrate(&mut c).unwrap();
+    for (name, sql) in [
+        ("list_latest", SQL_LIST_LATEST),
+        ("list_deleted", SQL_LIST_DELETED),
+        ("find_latest", SQL_FIND_LATEST),
+        ("find_version", SQL_FIND_VERSION),
+        ("find_deleted", SQL_FIND_DELETED),
+        ("versions_of_live", SQL_VERSIONS_OF_LIVE),
+        ("purge_due", SQL_PURGE_DUE),
+    ] {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = std::iter::repeat_n(rusqlite::types::Null, stmt.parameter_count());
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        println!("{name}: {plan:?}");
+        for step in &plan {
+            assert!(
+                !step.starts_with("SCAN") && !step.contains("TEMP B-TREE"),
+                "{name}: {plan:?}"
+            );
+        }
+        assert!(
+            plan.iter().all(|s| s.starts_with("SEARCH")),
+            "{name}: {plan:?}"
+        );
+    }
+}
+
+#[test]
+fn version_row_debug_hides_sealed() {
+    let r = VersionRow {
+        sealed: vec![0xde, 0xad, 0xbe, 0xef, 0x42],
+        ..row("n", "v", 1)
+    };
+    let shown = format!("{r:?}");
+    assert!(shown.contains("sealed_len: 5"), "{shown}");
+    assert!(!shown.contains("222") && !shown.contains("dead"), "{shown}");
+    let d = DeletedRow {
+        latest: r,
+        deleted_on: 1,
+        scheduled_purge: 2,
+    };
+    assert!(format!("{d:?}").contains("sealed_len: 5"));
+}
+
+/// Acknowledged writes survive `kill -9`: a child process writes and reports each acknowledgement, the
+/// parent kills it mid-stream, reopens the file and finds every acknowledged version.
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    const CHILD_ENV: &str = "KEYVAULT_STORE_SIGKILL_CHILD";
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        sigkill_child(Path::new(&path));
+        return;
+    }
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::sqlite::tests::acknowledged_writes_survive_sigkill",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            let (name, version) = rest.split_once(' ').unwrap();
+            acked.push((name.to_string(), version.to_string()));
+            if acked.len() >= 400 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        acked.len() >= 400,
+        "the child stopped early after {} writes",
+        acked.len()
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(&path).unwrap();
+        for (name, version) in &acked {
+            let got = store.get_version("v", name, Some(version)).await.unwrap();
+            assert!(got.is_some(), "acknowledged {name}/{version} was lost");
+        }
+        store.close().await;
+    });
+    let c = Connection::open(&path).unwrap();
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+fn sigkill_child(path: &Path) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Arc::new(SqliteStore::open(path).unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut tasks = Vec::new();
+        for t in 0..16usize {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0usize;
+                while tokio::time::Instant::now() < deadline {
+                    let name = format!("n{}", i % 50);
+                    let v = version(t * 1_000_000 + i);
+                    store.put_version("v", row(&name, &v, 0)).await.unwrap();
+                    println!("ACK {name} {v}");
+                    i += 1;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+/// Paging cost does not grow with depth. Run with `--ignored --nocapture` (KV_BENCH_NAMES to resize).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: a benchmark over many names"]
+async fn deep_pages_cost_like_first_pages() {
+    let n: usize = std::env::var("KV_BENCH_NAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    {
+        let mut c = open_writer(&path).unwrap();
+        migrate(&mut c).unwrap();
+        let tx = c.transaction().unwrap();
+        {
+            let mut put_v = tx
+                .prepare(
+                    "INSERT INTO versions (vault, name_key, version, sealed, enabled, created, updated)
+                     VALUES ('v', ?1, ?2, x'00112233445566778899', 1, 0, 0)",
+                )
+                .unwrap();
+            let mut put_n = tx
+                .prepare(
+                    "INSERT INTO names (vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)
+                     VALUES ('v', ?1, ?1, ?2, ?3, ?3)",
+                )
+                .unwrap();
+            for i in 0..n {
+                let key = format!("name-{i:08}");
+                put_v.execute(params![key, version(i)]).unwrap();
+                // Every third name is deleted, interleaved with the live ones.
+                let deleted = (i % 3 == 0).then_some(5_i64);
+                put_n
+                    .execute(params![key, tx.last_insert_rowid(), deleted])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let time = |after: Option<String>, deleted: bool| {
+        let store = &store;
+        async move {
+            let start = std::time::Instant::now();
+            for _ in 0..20 {
+                let len = if deleted {
+                    store
+                        .list_deleted("v", after.as_deref(), 25)
+                        .await
+                        .unwrap()
+                        .len()
+                } else {
+                    store
+                        .list_latest("v", after.as_deref(), 25)
+                        .await
+                        .unwrap()
+                        .len()
+                };
+                assert_eq!(len, 25);
+            }
+            start.elapsed() / 20
+        }
+    };
+    for deleted in [false, true] {
+        let first = time(None, deleted).await;
+        let deep = time(Some(format!("name-{:08}", n * 9 / 10)), deleted).await;
+        println!("{n} names, deleted={deleted}: first page {first:?}, page at 90% {deep:?}");
+        assert!(
+            deep < first * 5 + Duration::from_millis(5),
+            "deep page {deep:?} vs first {first:?}"
+        );
+    }
+    store.close().await;
+}

@@ -1,0 +1,455 @@
+//! The vault domain: versions, latest, soft delete, recover, purge, retention sweep, backup and restore.
+//!
+//! It speaks in names, versions and attributes; it knows nothing about HTTP. Values are sealed by
+//! [`crate::crypto::Envelope`] before they reach the [`SecretStore`] and opened only on the way out.
+
+mod backup;
+pub mod clock;
+
+use crate::crypto::Envelope;
+use crate::store::{DeletedRow, SecretStore, StoreError, Tags, VersionPatch, VersionRow};
+use keyvault_types::rules::{self, name_key};
+use keyvault_types::{DeletionRecoveryLevel, SecretString};
+use std::sync::Arc;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
+/// How this vault treats deleted secrets.
+#[derive(Clone, Debug)]
+pub struct VaultSettings {
+    /// The vault's name: part of every value's associated data, so values cannot move between vaults.
+    pub name: String,
+    /// Days a deleted secret stays recoverable (7–90).
+    pub retention_days: u32,
+    /// When on, deleted secrets cannot be purged before their retention ends.
+    pub purge_protection: bool,
+}
+
+impl VaultSettings {
+    pub fn recovery_level(&self) -> DeletionRecoveryLevel {
+        DeletionRecoveryLevel::for_vault(self.retention_days, self.purge_protection)
+    }
+}
+
+/// What can go wrong in a vault operation. The HTTP layer maps each to a status and Key Vault error code.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("secret {name} not found")]
+    NotFound { name: String },
+    #[error("deleted secret {name} not found")]
+    DeletedNotFound { name: String },
+    #[error("secret {name} is disabled")]
+    Disabled { name: String },
+    #[error("secret {name} is deleted but recoverable")]
+    DeletedButRecoverable { name: String },
+    #[error("restore conflict for {name}/{version}")]
+    RestoreConflict { name: String, version: String },
+    #[error("purge protection is on")]
+    PurgeProtected,
+    #[error("{0}")]
+    BadParameter(String),
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type VaultResult<T> = Result<T, VaultError>;
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => VaultError::Unavailable(m),
+            other => VaultError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// One version of a secret, with its value when the operation returns one.
+#[derive(Clone, Debug)]
+pub struct Secret {
+    pub row: VersionRow,
+    pub value: Option<SecretString>,
+}
+
+/// The attributes a caller may set.
+#[derive(Clone, Debug, Default)]
+pub struct SecretAttributesInput {
+    pub content_type: Option<String>,
+    pub tags: Option<Tags>,
+    pub enabled: Option<bool>,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+}
+
+/// A page of a listing and the cursor of the next page, if there is one.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// The vault: the domain operations over a store, an envelope and a clock.
+pub struct Vault {
+    store: Arc<dyn SecretStore>,
+    envelope: Arc<Envelope>,
+    clock: Arc<dyn Clock>,
+    settings: VaultSettings,
+}
+
+impl Vault {
+    pub fn new(
+        store: Arc<dyn SecretStore>,
+        envelope: Arc<Envelope>,
+        clock: Arc<dyn Clock>,
+        settings: VaultSettings,
+    ) -> Vault {
+        Vault {
+            store,
+            envelope,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &VaultSettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Arc<dyn SecretStore> {
+        &self.store
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    fn vault(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Add a new version of `name` holding `value`; it becomes the latest.
+    pub async fn set(
+        &self,
+        name: &str,
+        value: SecretString,
+        attrs: SecretAttributesInput,
+    ) -> VaultResult<Secret> {
+        check_name(name)?;
+        check_value(&value)?;
+        check_attributes(&attrs)?;
+        let version = new_version();
+        let now = self.now();
+        let sealed = self
+            .envelope
+            .seal(
+                self.vault(),
+                &name_key(name),
+                &version,
+                value.expose().as_bytes(),
+            )
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        let row = VersionRow {
+            name: name.to_string(),
+            version,
+            sealed,
+            content_type: attrs.content_type,
+            tags: attrs.tags,
+            enabled: attrs.enabled.unwrap_or(true),
+            nbf: attrs.nbf,
+            exp: attrs.exp,
+            created: now,
+            updated: now,
+        };
+        match self.store.put_version(self.vault(), row.clone()).await {
+            Ok(()) => Ok(Secret {
+                row,
+                value: Some(value),
+            }),
+            Err(StoreError::Deleted) => Err(VaultError::DeletedButRecoverable {
+                name: name.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A version of `name` (the latest when `version` is None), with its value.
+    pub async fn get(&self, name: &str, version: Option<&str>) -> VaultResult<Secret> {
+        let row = self.find(name, version).await?;
+        if !row.enabled {
+            return Err(VaultError::Disabled { name: row.name });
+        }
+        let value = self.open(&row)?;
+        Ok(Secret {
+            row,
+            value: Some(value),
+        })
+    }
+
+    async fn find(&self, name: &str, version: Option<&str>) -> VaultResult<VersionRow> {
+        check_name(name)?;
+        let version = version.map(str::to_ascii_lowercase);
+        self.store
+            .get_version(self.vault(), name, version.as_deref())
+            .await?
+            .ok_or_else(|| VaultError::NotFound {
+                name: name.to_string(),
+            })
+    }
+
+    fn open(&self, row: &VersionRow) -> VaultResult<SecretString> {
+        let plain = self
+            .envelope
+            .open(
+                self.vault(),
+                &name_key(&row.name),
+                &row.version,
+                &row.sealed,
+            )
+            .map_err(|e| {
+                VaultError::Internal(format!("cannot open {}/{}: {e}", row.name, row.version))
+            })?;
+        let text = std::str::from_utf8(&plain).map_err(|_| {
+            VaultError::Internal(format!("{}/{} is not UTF-8", row.name, row.version))
+        })?;
+        Ok(SecretString::new(text))
+    }
+
+    /// Change the given attributes of one version (the latest when `version` is None).
+    pub async fn update(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        attrs: SecretAttributesInput,
+    ) -> VaultResult<Secret> {
+        check_name(name)?;
+        check_attributes(&attrs)?;
+        let patch = VersionPatch {
+            content_type: attrs.content_type,
+            tags: attrs.tags,
+            enabled: attrs.enabled,
+            nbf: attrs.nbf,
+            exp: attrs.exp,
+            updated: self.now(),
+        };
+        let version = version.map(str::to_ascii_lowercase);
+        let row = self
+            .store
+            .update_version(self.vault(), name, version.as_deref(), patch)
+            .await?
+            .ok_or_else(|| VaultError::NotFound {
+                name: name.to_string(),
+            })?;
+        Ok(Secret { row, value: None })
+    }
+
+    /// Live secrets, each as its latest version, after the cursor `after`.
+    pub async fn list(&self, after: Option<&str>, limit: usize) -> VaultResult<Page<VersionRow>> {
+        let after = after.map(parse_name_cursor).transpose()?;
+        let mut rows = self
+            .store
+            .list_latest(self.vault(), after.as_deref(), limit + 1)
+            .await?;
+        let next = next_cursor(&mut rows, limit, |r| name_key(&r.name));
+        Ok(Page { items: rows, next })
+    }
+
+    /// The versions of a live secret, oldest first. An unknown name gives an empty page.
+    pub async fn list_versions(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> VaultResult<Page<VersionRow>> {
+        check_name(name)?;
+        let after = match after {
+            None => None,
+            Some(s) => Some(s.parse::<i64>().map_err(|_| bad_skiptoken())?),
+        };
+        let mut rows = self
+            .store
+            .list_versions(self.vault(), name, after, limit + 1)
+            .await?;
+        let next = next_cursor(&mut rows, limit, |(pos, _)| pos.to_string());
+        Ok(Page {
+            items: rows.into_iter().map(|(_, r)| r).collect(),
+            next,
+        })
+    }
+
+    /// Soft-delete a secret: all its versions leave the live listings until recovered or purged.
+    pub async fn delete(&self, name: &str) -> VaultResult<DeletedRow> {
+        check_name(name)?;
+        let now = self.now();
+        let purge_at = now + i64::from(self.settings.retention_days) * 86_400;
+        self.store
+            .soft_delete(self.vault(), name, now, purge_at)
+            .await?
+            .ok_or_else(|| VaultError::NotFound {
+                name: name.to_string(),
+            })
+    }
+
+    pub async fn get_deleted(&self, name: &str) -> VaultResult<DeletedRow> {
+        check_name(name)?;
+        self.store
+            .get_deleted(self.vault(), name)
+            .await?
+            .ok_or_else(|| VaultError::DeletedNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    pub async fn list_deleted(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> VaultResult<Page<DeletedRow>> {
+        let after = after.map(parse_name_cursor).transpose()?;
+        let mut rows = self
+            .store
+            .list_deleted(self.vault(), after.as_deref(), limit + 1)
+            .await?;
+        let next = next_cursor(&mut rows, limit, |r| name_key(&r.latest.name));
+        Ok(Page { items: rows, next })
+    }
+
+    /// Make a deleted secret live again, with all its versions. Returns its latest version.
+    pub async fn recover(&self, name: &str) -> VaultResult<VersionRow> {
+        check_name(name)?;
+        self.store
+            .recover(self.vault(), name)
+            .await?
+            .ok_or_else(|| VaultError::DeletedNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// Remove a deleted secret for good. Refused while purge protection is on.
+    pub async fn purge(&self, name: &str) -> VaultResult<()> {
+        check_name(name)?;
+        if self.store.get_deleted(self.vault(), name).await?.is_none() {
+            return Err(VaultError::DeletedNotFound {
+                name: name.to_string(),
+            });
+        }
+        if !self.settings.recovery_level().is_purgeable() {
+            return Err(VaultError::PurgeProtected);
+        }
+        if self.store.purge(self.vault(), name).await? {
+            Ok(())
+        } else {
+            Err(VaultError::DeletedNotFound {
+                name: name.to_string(),
+            })
+        }
+    }
+
+    /// Purge every deleted secret whose retention has ended. Returns how many were purged.
+    pub async fn sweep(&self) -> VaultResult<u64> {
+        Ok(self.store.purge_expired(self.now()).await?)
+    }
+}
+
+fn next_cursor<T>(
+    rows: &mut Vec<T>,
+    limit: usize,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(cursor)
+    } else {
+        None
+    }
+}
+
+fn parse_name_cursor(s: &str) -> VaultResult<String> {
+    if rules::is_valid_name(s) {
+        Ok(name_key(s))
+    } else {
+        Err(bad_skiptoken())
+    }
+}
+
+fn bad_skiptoken() -> VaultError {
+    VaultError::BadParameter("The $skiptoken parameter is not valid.".to_string())
+}
+
+/// A new version id: 32 lowercase hex digits (a UUIDv4 without dashes).
+pub fn new_version() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the system random number generator failed");
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    hex::encode(bytes)
+}
+
+pub(crate) fn check_name(name: &str) -> VaultResult<()> {
+    if rules::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(VaultError::BadParameter(format!(
+            "The request URI contains an invalid name: {}",
+            printable(name)
+        )))
+    }
+}
+
+/// A name as it may appear in a message: printable ASCII only, bounded in length.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(200)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+fn check_value(value: &SecretString) -> VaultResult<()> {
+    if value.len() > rules::MAX_VALUE_BYTES {
+        return Err(VaultError::BadParameter(format!(
+            "The secret value is too large: {} bytes; the maximum is {} bytes.",
+            value.len(),
+            rules::MAX_VALUE_BYTES
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_attributes(attrs: &SecretAttributesInput) -> VaultResult<()> {
+    if let Some(ct) = &attrs.content_type
+        && ct.chars().count() > rules::MAX_CONTENT_TYPE_CHARS
+    {
+        return Err(VaultError::BadParameter(format!(
+            "The content type is too long; the maximum is {} characters.",
+            rules::MAX_CONTENT_TYPE_CHARS
+        )));
+    }
+    if let Some(tags) = &attrs.tags {
+        if tags.len() > rules::MAX_TAGS {
+            return Err(VaultError::BadParameter(format!(
+                "Too many tags: {}; the maximum is {}.",
+                tags.len(),
+                rules::MAX_TAGS
+            )));
+        }
+        for (k, v) in tags {
+            if k.is_empty() || k.chars().count() > rules::MAX_TAG_NAME_CHARS {
+                return Err(VaultError::BadParameter(format!(
+                    "Tag names must be 1 to {} characters long.",
+                    rules::MAX_TAG_NAME_CHARS
+                )));
+            }
+            if v.chars().count() > rules::MAX_TAG_VALUE_CHARS {
+                return Err(VaultError::BadParameter(format!(
+                    "Tag values must be at most {} characters long.",
+                    rules::MAX_TAG_VALUE_CHARS
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

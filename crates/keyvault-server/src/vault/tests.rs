@@ -1,0 +1,125 @@
+use super::*;
+use crate::crypto::StaticKeyProvider;
+use crate::store::sqlite::SqliteStore;
+
+fn vault_in(dir: &std::path::Path, clock: Arc<dyn Clock>, purge_protection: bool) -> Vault {
+    let store = Arc::new(SqliteStore::open(&dir.join("v.db")).unwrap());
+    let envelope = Arc::new(Envelope::new(Arc::new(StaticKeyProvider::from_bytes(
+        [7u8; 32],
+    ))));
+    let settings = VaultSettings {
+        name: "v".into(),
+        retention_days: 7,
+        purge_protection,
+    };
+    Vault::new(store, envelope, clock, settings)
+}
+
+#[test]
+fn versions_are_uuid4_hex() {
+    let a = new_version();
+    assert_eq!(a.len(), 32);
+    assert!(
+        a.bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    assert_eq!(&a[12..13], "4");
+    assert_ne!(a, new_version());
+}
+
+#[tokio::test]
+async fn values_are_sealed_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    let s = v
+        .set("n", SecretString::new("plain-sentinel"), Default::default())
+        .await
+        .unwrap();
+    let row = v
+        .store()
+        .get_version("v", "n", Some(&s.row.version))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!row.sealed.windows(14).any(|w| w == b"plain-sentinel"));
+    assert_eq!(
+        v.get("N", None).await.unwrap().value.unwrap().expose(),
+        "plain-sentinel"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_sets_of_one_name_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Arc::new(vault_in(dir.path(), Arc::new(SystemClock), false));
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let v = v.clone();
+        tasks.push(tokio::spawn(async move {
+            v.set(
+                "hot",
+                SecretString::new(format!("v{i}")),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .row
+            .version
+        }));
+    }
+    let mut versions = std::collections::BTreeSet::new();
+    for t in tasks {
+        assert!(versions.insert(t.await.unwrap()));
+    }
+    let mut listed = 0;
+    let mut after = None;
+    loop {
+        let page = v.list_versions("hot", after.as_deref(), 25).await.unwrap();
+        listed += page.items.len();
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(listed, 64);
+}
+
+#[tokio::test]
+async fn errors_by_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let v = vault_in(dir.path(), clock.clone(), true);
+    assert!(matches!(
+        v.get("x", None).await,
+        Err(VaultError::NotFound { .. })
+    ));
+    assert!(matches!(
+        v.set("bad name", SecretString::new("x"), Default::default())
+            .await,
+        Err(VaultError::BadParameter(_))
+    ));
+    v.set("x", SecretString::new("1"), Default::default())
+        .await
+        .unwrap();
+    let d = v.delete("x").await.unwrap();
+    assert_eq!(d.deleted_on, 1_000_000);
+    assert_eq!(d.scheduled_purge, 1_000_000 + 7 * 86_400);
+    assert!(matches!(
+        v.set("X", SecretString::new("2"), Default::default()).await,
+        Err(VaultError::DeletedButRecoverable { .. })
+    ));
+    assert!(matches!(
+        v.purge("x").await,
+        Err(VaultError::PurgeProtected)
+    ));
+    assert!(matches!(
+        v.purge("y").await,
+        Err(VaultError::DeletedNotFound { .. })
+    ));
+    clock.advance(7 * 86_400);
+    assert_eq!(v.sweep().await.unwrap(), 1);
+    assert!(matches!(
+        v.get_deleted("x").await,
+        Err(VaultError::DeletedNotFound { .. })
+    ));
+}

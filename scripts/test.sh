@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's test command: format and lint gates, every Rust test, then the official Python and JS
+# SDKs against the real `keyvault` binary. Needs the Rust toolchain, Python 3.11 and Node 20.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build (keyvault binary)"
+cargo build -p keyvault-cli
+echo "== cargo test"
+cargo test --workspace
+echo "== end-to-end: official SDKs against the real binary"
+KEYVAULT_BIN="$PWD/target/debug/keyvault" bash tests/e2e/run.sh
