@@ -1,0 +1,276 @@
+//! The real `keyvault` binary: `serve` from a config file with TLS files and a configured client,
+//! configuration errors, graceful shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyvault");
+
+fn hash_secret(secret: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains(secret));
+    hash
+}
+
+/// Start the server and read its listening address from the log on stderr.
+fn start(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("KEYVAULT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server reports its address");
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the server did not stop within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn serves_with_tls_files_and_configured_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    // Any PEM certificate and key will do; the dev PKI makes a valid pair signed by its own CA.
+    let pki = dir.path().join("pki");
+    keyvault_server::tls::load_or_create_dev_pki(&pki).unwrap();
+    let secret = "s3cret-for-config-test";
+    let config = dir.path().join("keyvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            addr = "127.0.0.1:0"
+            data_dir = "{data}"
+            tenant_id = "contoso"
+            retention_days = 7
+            purge_protection = true
+            [tls]
+            cert = "{pki}/server.pem"
+            key = "{pki}/server-key.pem"
+            [[clients]]
+            client_id = "app-one"
+            secret_hashes = ["{hash}"]
+            "#,
+            data = dir.path().join("data").display(),
+            pki = pki.display(),
+            hash = hash_secret(secret),
+        ),
+    )
+    .unwrap();
+    // A flag overrides the file.
+    let (mut child, addr) = start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--retention-days",
+        "30",
+    ]);
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let base = format!("https://{addr}");
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(keyvault_server::tls::client_config_trusting(&ca).unwrap())
+        .build()
+        .unwrap();
+
+    let token_url = format!("{base}/contoso/oauth2/v2.0/token");
+    let form = |s: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("client_id", "app-one")
+            .append_pair("client_secret", s)
+            .append_pair("scope", &format!("https://localhost:{port}/.default"))
+            .finish()
+    };
+    let post = |body: String| {
+        http.post(&token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let resp = post(form("wrong")).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = post(form(secret)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let token: serde_json::Value = resp.json().await.unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+
+    let resp = http
+        .get(format!("{base}/secrets?api-version=7.6"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        format!(
+            "Bearer authorization=\"https://{addr}/contoso\", resource=\"https://localhost:{port}\""
+        )
+        .as_str()
+    );
+    let resp = http
+        .put(format!("{base}/secrets/from-config?api-version=7.6"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"value": "v"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["attributes"]["recoverableDays"], 30);
+    assert_eq!(body["attributes"]["recoveryLevel"], "CustomizedRecoverable");
+
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let data = dir.path().join("d");
+    let data = data.to_str().unwrap();
+    let (code, err) = run(&["serve", "--data-dir", data, "--addr", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("TLS certificate and key are required"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        data,
+        "--addr",
+        "127.0.0.1:0",
+        "--retention-days",
+        "5",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("retention_days must be from 7 to 90"), "{err}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "retention_days = \"many\"\n").unwrap();
+    let (code, err) = run(&["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("bad.toml"), "{err}");
+    let (code, err) = run(&["serve", "--config", "/nonexistent/keyvault.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let args = [
+        "serve",
+        "--dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ];
+    let creds_path = data.join("dev-credentials.json");
+    let mut first = None;
+    for round in 0..2 {
+        let (mut child, addr) = start(&args);
+        let start_wait = Instant::now();
+        let written_for_this_run = || {
+            std::fs::read(&creds_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|c| c["vault_url"] == format!("https://{addr}"))
+        };
+        while !written_for_this_run() {
+            assert!(
+                start_wait.elapsed() < Duration::from_secs(10),
+                "round {round}: no credentials"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&creds_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let creds: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&creds_path).unwrap()).unwrap();
+        assert_eq!(creds["vault_url"], format!("https://{addr}"));
+        assert_eq!(creds["authority_host"], format!("https://{addr}"));
+        let port = addr.rsplit(':').next().unwrap();
+        assert_eq!(
+            creds["vault_url_named"],
+            format!("https://myvault.localhost:{port}")
+        );
+        assert!(std::path::Path::new(creds["ca_cert"].as_str().unwrap()).is_absolute());
+        let identity = (
+            creds["client_id"].clone(),
+            creds["client_secret"].clone(),
+            std::fs::read(creds["ca_cert"].as_str().unwrap()).unwrap(),
+        );
+        match &first {
+            None => first = Some(identity),
+            Some(f) => assert_eq!(
+                f, &identity,
+                "round {round}: same client and CA after a restart"
+            ),
+        }
+        sigterm(&child);
+        assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    }
+}

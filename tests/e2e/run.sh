@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# End-to-end tests: the official Azure SDKs (Python sync + aio, JS) against the keyvault binary.
+#
+#   KEYVAULT_BIN=path/to/keyvault tests/e2e/run.sh [extra pytest args...]
+#
+# Builds nothing but the Python venv (tests/e2e/.venv) and the npm packages
+# (tests/e2e/js/node_modules). The caller must have built the binary
+# (default: target/debug/keyvault relative to the repository root).
+set -euo pipefail
+
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$E2E_DIR/../.." && pwd)"
+
+KEYVAULT_BIN="${KEYVAULT_BIN:-target/debug/keyvault}"
+case "$KEYVAULT_BIN" in
+  /*) ;;
+  *) KEYVAULT_BIN="$REPO_ROOT/$KEYVAULT_BIN" ;;
+esac
+export KEYVAULT_BIN
+if [[ ! -x "$KEYVAULT_BIN" ]]; then
+  echo "e2e: keyvault binary not found or not executable: $KEYVAULT_BIN (build it first, e.g. cargo build -p keyvault-cli)" >&2
+  exit 2
+fi
+
+PYTHON="${PYTHON:-python3}"
+VENV="$E2E_DIR/.venv"
+REQ="$E2E_DIR/requirements.txt"
+
+hash_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# --- Python venv -------------------------------------------------------------
+req_hash="$(hash_of "$REQ")"
+if [[ ! -x "$VENV/bin/python" || "$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)" != "$req_hash" ]]; then
+  echo "e2e: preparing Python venv in $VENV" >&2
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$REQ"
+  echo "$req_hash" > "$VENV/.requirements.sha256"
+fi
+
+# --- npm packages ------------------------------------------------------------
+JS_DIR="$E2E_DIR/js"
+lock_hash="$(hash_of "$JS_DIR/package-lock.json")"
+if [[ ! -d "$JS_DIR/node_modules" || "$(cat "$JS_DIR/node_modules/.e2e-lock.sha256" 2>/dev/null || true)" != "$lock_hash" ]]; then
+  echo "e2e: npm ci in $JS_DIR" >&2
+  (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_hash" > "$JS_DIR/node_modules/.e2e-lock.sha256"
+fi
+
+# Bound each suite so a hung server cannot block CI forever.
+with_timeout() {
+  if command -v timeout >/dev/null 2>&1; then timeout --kill-after=10 "$@"; else shift; "$@"; fi
+}
+
+status=0
+
+echo "e2e: pytest (binary: $KEYVAULT_BIN)" >&2
+(cd "$E2E_DIR/python" && with_timeout 420 "$VENV/bin/python" -m pytest -q "$@") || status=1
+
+echo "e2e: node --test" >&2
+(cd "$JS_DIR" && with_timeout 240 node --test --test-reporter=spec secrets.test.mjs) || status=1
+
+if [[ $status -ne 0 ]]; then
+  echo "e2e: FAILED" >&2
+else
+  echo "e2e: all passed" >&2
+fi
+exit $status
