@@ -1,1 +1,81 @@
-//! The Key Vault secrets client (being written).
+//! # keyvault-secrets
+//!
+//! An Azure Key Vault secrets client: the API of Python's `azure-keyvault-secrets`, in idiomatic async
+//! Rust, with a blocking wrapper. It speaks Key Vault's wire (challenge authentication, paging, soft
+//! delete), so it works against Azure Key Vault and against `keyvault-server`.
+//!
+//! ## Module map
+//!
+//! | Module | What is in it |
+//! |---|---|
+//! | crate root | [`SecretClient`] (async) and [`SecretClientOptions`]; the models re-exported |
+//! | [`models`] | [`KeyVaultSecret`], [`SecretProperties`], [`DeletedSecret`], [`KeyVaultSecretIdentifier`], [`SetSecretOptions`], [`UpdateSecretPropertiesOptions`] |
+//! | [`credentials`] | [`TokenCredential`](credentials::TokenCredential) and the credentials: static token, client secret, environment, managed identity, Azure CLI, default chain |
+//! | [`pager`] | [`Pager`] (a `Stream` of items, resumable) and [`Pages`] |
+//! | [`poller`] | [`Poller`] for `begin_delete_secret` / `begin_recover_deleted_secret` |
+//! | [`error`] | [`Error`] and [`ErrorKind`] (not found, exists, authentication, HTTP, connection, credential, data, invalid argument) |
+//! | [`http`] | raw [`Request`](http::Request) / [`Response`](http::Response) for [`SecretClient::send_request`], the [`Transport`](http::Transport) trait |
+//! | [`blocking`] | `blocking::SecretClient` with the same methods; pagers are `Iterator`s (feature `blocking`, on by default) |
+//!
+//! Dates are [`time::OffsetDateTime`] (UTC). Secret values are [`SecretString`]: `Debug` never shows them.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use keyvault_secrets::{SecretClient, SetSecretOptions, credentials::ClientSecretCredential};
+//! use std::sync::Arc;
+//!
+//! # async fn demo() -> keyvault_secrets::Result<()> {
+//! let credential = Arc::new(ClientSecretCredential::new("tenant-id", "client-id", "client-secret", None)?);
+//! let client = SecretClient::new("https://my-vault.vault.azure.net", credential, None)?;
+//!
+//! let options = SetSecretOptions::default().content_type("text/plain").tag("env", "prod");
+//! let secret = client.set_secret("api-key", "sk-123", Some(options)).await?;
+//! assert_eq!(secret.value(), Some("sk-123"));
+//!
+//! let mut secrets = client.list_properties_of_secrets(None)?;
+//! while let Some(properties) = secrets.next().await {
+//!     println!("{}", properties?.name);
+//! }
+//!
+//! let deleted = client.begin_delete_secret("api-key").await?.await?; // wait until deleted
+//! println!("deleted on {:?}", deleted.deleted_on);
+//! client.purge_deleted_secret("api-key").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## The pipeline
+//!
+//! Every request goes through retries (exponential backoff with jitter on 408/429/5xx and connection
+//! errors, honouring `Retry-After`), Key Vault's challenge authentication (the first request learns the
+//! scope and tenant from the 401; tokens are cached and refreshed before they expire), and logging with
+//! `tracing` (one span per operation; secret values, tokens and client secrets redacted).
+
+#[cfg(feature = "blocking")]
+pub mod blocking;
+mod client;
+pub mod credentials;
+pub mod error;
+pub mod http;
+pub mod models;
+pub mod pager;
+mod pipeline;
+pub mod poller;
+
+pub use client::{SecretClient, SecretClientOptions};
+pub use error::{Error, ErrorKind, Result};
+pub use keyvault_types::{ApiVersion, DeletionRecoveryLevel, SecretString};
+pub use models::{
+    DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties, SetSecretOptions,
+    Tags, UpdateSecretPropertiesOptions,
+};
+pub use pager::{Page, Pager, Pages};
+pub use pipeline::retry::RetryOptions;
+pub use poller::{Poller, PollerStatus};
+pub use time::OffsetDateTime;
+
+/// The README's examples, compiled as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

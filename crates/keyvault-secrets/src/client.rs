@@ -1,0 +1,791 @@
+//! The async [`SecretClient`] and its [`SecretClientOptions`].
+
+use crate::credentials::TokenCredential;
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{
+    Method, Request, ReqwestTransport, Response, StatusCode, Transport, TransportConfig,
+};
+use crate::models::{
+    DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties, SetSecretOptions,
+    UpdateSecretPropertiesOptions,
+};
+use crate::pager::{FetchPage, Page, PageFuture, Pager};
+use crate::pipeline::Pipeline;
+use crate::pipeline::challenge::ChallengeAuth;
+use crate::pipeline::retry::RetryOptions;
+use crate::poller::Poller;
+use base64::Engine;
+use keyvault_types::models::{
+    BackupSecretResult, DeletedSecretBundle, DeletedSecretListResult, SecretBundle,
+    SecretListResult, SecretRestoreParameters, SecretSetParameters, SecretUpdateParameters,
+};
+use keyvault_types::{ApiVersion, SecretString, rules};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Options of [`SecretClient::new`]. Start from `Default` and change what you need:
+///
+/// ```
+/// # use keyvault_secrets::{SecretClientOptions, ApiVersion};
+/// let options = SecretClientOptions {
+///     api_version: ApiVersion::V7_6,
+///     verify_challenge_resource: false,
+///     ..Default::default()
+/// };
+/// ```
+#[derive(Clone, Debug)]
+pub struct SecretClientOptions {
+    /// The api-version sent with every request. Default: the newest, [`ApiVersion::LATEST`].
+    pub api_version: ApiVersion,
+    /// Retries (default: 4 retries, 0.8 s doubling, ±20 % jitter, at most 60 s apart).
+    pub retry: RetryOptions,
+    /// Check that the challenge's resource is a parent domain of the vault (default `true`).
+    /// Turn off for vaults on `localhost`/IP addresses.
+    pub verify_challenge_resource: bool,
+    /// Extra trusted CA certificates, PEM (each entry may hold several certificates).
+    pub additional_ca_certificates: Vec<Vec<u8>>,
+    /// Trust the operating system's root certificates (default `true`).
+    pub trust_system_roots: bool,
+    /// TCP + TLS connect timeout (default 30 s).
+    pub connect_timeout: Option<Duration>,
+    /// Timeout of one try, from sending to the end of the body (default 120 s).
+    pub request_timeout: Option<Duration>,
+    /// Appended to the `User-Agent` header.
+    pub user_agent_suffix: Option<String>,
+    /// Log requests and responses (headers and bodies, redacted) at `DEBUG` on target
+    /// `keyvault_secrets::http` (Python: `logging_enable`). Default `false`.
+    pub logging_enable: bool,
+    /// Default delay between polls of a [`Poller`] (default 2 s).
+    pub polling_interval: Duration,
+    /// Send requests through this transport instead of the built-in one (tests, proxies, …).
+    pub transport: Option<Arc<dyn Transport>>,
+}
+
+impl Default for SecretClientOptions {
+    fn default() -> Self {
+        SecretClientOptions {
+            api_version: ApiVersion::LATEST,
+            retry: RetryOptions::default(),
+            verify_challenge_resource: true,
+            additional_ca_certificates: Vec::new(),
+            trust_system_roots: true,
+            connect_timeout: Some(Duration::from_secs(30)),
+            request_timeout: Some(Duration::from_secs(120)),
+            user_agent_suffix: None,
+            logging_enable: false,
+            polling_interval: Duration::from_secs(2),
+            transport: None,
+        }
+    }
+}
+
+impl SecretClientOptions {
+    /// The built-in transport for these options (TLS roots, extra CAs, timeouts, user agent), e.g. to
+    /// wrap it in a [`Transport`] of your own and pass that back in [`SecretClientOptions::transport`].
+    pub fn build_transport(&self) -> Result<Arc<dyn Transport>> {
+        make_transport(None, self.transport_config())
+    }
+
+    fn transport_config(&self) -> TransportConfig {
+        TransportConfig {
+            extra_ca_pem: self.additional_ca_certificates.clone(),
+            trust_system_roots: self.trust_system_roots,
+            connect_timeout: self.connect_timeout,
+            timeout: self.request_timeout,
+            user_agent: user_agent(self.user_agent_suffix.as_deref()),
+        }
+    }
+}
+
+pub(crate) fn user_agent(suffix: Option<&str>) -> String {
+    let base = format!(
+        "azsdk-rust-keyvault-secrets/{} ({}; {})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    match suffix {
+        Some(s) if !s.is_empty() => format!("{base} {s}"),
+        _ => base,
+    }
+}
+
+/// Build the built-in transport, or take the given one.
+pub(crate) fn make_transport(
+    given: Option<Arc<dyn Transport>>,
+    config: TransportConfig,
+) -> Result<Arc<dyn Transport>> {
+    match given {
+        Some(t) => Ok(t),
+        None => Ok(Arc::new(ReqwestTransport::new(&config)?)),
+    }
+}
+
+/// Check a vault URL and reduce it to `https://host[:port]`.
+fn parse_vault_url(vault_url: &str) -> Result<Url> {
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid vault URL '{vault_url}': {why}"),
+        )
+    };
+    let url = Url::parse(vault_url.trim()).map_err(|e| bad(&e.to_string()))?;
+    if url.scheme() != "https" {
+        return Err(bad("the scheme must be https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("missing host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials in the URL are not allowed"));
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(bad("the vault must be at the root of the host (no path)"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("no query or fragment allowed"));
+    }
+    Url::parse(&url.origin().ascii_serialization()).map_err(|e| bad(&e.to_string()))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if rules::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "invalid secret name '{name}': names are 1-127 characters of 0-9, a-z, A-Z and '-'"
+            ),
+        ))
+    }
+}
+
+fn check_version(version: &str) -> Result<()> {
+    if !version.is_empty() && version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid secret version '{version}'"),
+        ))
+    }
+}
+
+fn check_page_size(max_page_size: Option<u32>) -> Result<()> {
+    match max_page_size {
+        Some(n) if !(rules::MIN_PAGE_SIZE..=rules::MAX_PAGE_SIZE).contains(&n) => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "max_page_size must be between {} and {}, got {n}",
+                rules::MIN_PAGE_SIZE,
+                rules::MAX_PAGE_SIZE
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// base64url, padding optional on input and absent on output (as the service and SDKs do).
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_encode_padding(false)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+}
+
+/// The state shared by a client, its clones, its pagers and its pollers.
+pub(crate) struct ClientInner {
+    vault: Url,
+    api_version: ApiVersion,
+    pipeline: Pipeline,
+    polling_interval: Duration,
+}
+
+impl ClientInner {
+    /// `{vault}{path}?api-version=…` plus extra query pairs.
+    fn url(&self, path: &str, query: &[(&str, String)]) -> String {
+        let mut url = self.vault.clone();
+        url.set_path(path);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("api-version", self.api_version.as_str());
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        url.into()
+    }
+
+    fn same_origin(&self, url: &Url) -> bool {
+        url.origin() == self.vault.origin()
+    }
+
+    /// Send and turn an error status into an [`Error`].
+    async fn call(&self, request: Request) -> Result<Response> {
+        self.pipeline.send(request).await?.error_for_status()
+    }
+
+    async fn call_json<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        self.call(request).await?.json()
+    }
+
+    /// One poll of a long-running operation: 200/403 = done, 404 = not yet, else an error.
+    pub(crate) async fn operation_done(&self, path: &str) -> Result<bool> {
+        let response = self
+            .pipeline
+            .send(Request::new(Method::GET, self.url(path, &[])))
+            .await?;
+        match response.status {
+            s if s.is_success() || s == StatusCode::FORBIDDEN => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(response.to_error()),
+        }
+    }
+
+    /// The URL of a next page: the path and query of `next_link` on this vault, with our api-version.
+    fn next_page_url(&self, next_link: &str) -> Result<String> {
+        let link = Url::parse(next_link)
+            .or_else(|_| self.vault.join(next_link))
+            .map_err(|e| {
+                Error::with_source(ErrorKind::InvalidArgument, "invalid continuation token", e)
+            })?;
+        let mut url = self.vault.clone();
+        url.set_path(link.path());
+        // Keep the link's query verbatim (the skip token is opaque), replacing only the api-version.
+        let mut query = format!("api-version={}", self.api_version.as_str());
+        for part in link.query().unwrap_or("").split('&') {
+            let name = part.split('=').next().unwrap_or("");
+            if part.is_empty()
+                || name == "api-version"
+                || name == "api%2Dversion"
+                || name == "api%2dversion"
+            {
+                continue;
+            }
+            query.push('&');
+            query.push_str(part);
+        }
+        url.set_query(Some(&query));
+        Ok(url.into())
+    }
+}
+
+/// A client for the secrets of one vault (Python: `azure.keyvault.secrets.aio.SecretClient`).
+///
+/// Cheap to clone (clones share connections, the token cache and the retry settings).
+///
+/// ```no_run
+/// # async fn demo() -> keyvault_secrets::Result<()> {
+/// use keyvault_secrets::{SecretClient, credentials::DefaultAzureCredential};
+/// use std::sync::Arc;
+///
+/// let credential = Arc::new(DefaultAzureCredential::new()?);
+/// let client = SecretClient::new("https://my-vault.vault.azure.net/", credential, None)?;
+/// let secret = client.set_secret("db-password", "s3cr3t", None).await?;
+/// println!("{} {:?}", secret.name, secret.properties.version);
+/// let secret = client.get_secret("db-password", None).await?;
+/// assert_eq!(secret.value(), Some("s3cr3t"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SecretClient {
+    inner: Arc<ClientInner>,
+}
+
+impl fmt::Debug for SecretClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretClient")
+            .field("vault_url", &self.vault_url())
+            .field("api_version", &self.inner.api_version)
+            .finish()
+    }
+}
+
+macro_rules! span {
+    ($op:literal $(, $k:ident = $v:expr)*) => {
+        tracing::info_span!(concat!("keyvault_secrets.", $op) $(, $k = %$v)*)
+    };
+}
+
+impl SecretClient {
+    /// A client for the vault at `vault_url` (`https://{name}.vault.azure.net`), authenticating with
+    /// `credential`. Fails (without I/O) on a URL that is not an https URL of a host root.
+    pub fn new(
+        vault_url: &str,
+        credential: Arc<dyn TokenCredential>,
+        options: Option<SecretClientOptions>,
+    ) -> Result<Self> {
+        let options = options.unwrap_or_default();
+        let vault = parse_vault_url(vault_url)?;
+        let transport = make_transport(options.transport.clone(), options.transport_config())?;
+        Ok(SecretClient {
+            inner: Arc::new(ClientInner {
+                vault,
+                api_version: options.api_version,
+                pipeline: Pipeline {
+                    transport,
+                    retry: options.retry,
+                    auth: Some(ChallengeAuth::new(
+                        credential,
+                        options.verify_challenge_resource,
+                    )),
+                    logging: options.logging_enable,
+                },
+                polling_interval: options.polling_interval,
+            }),
+        })
+    }
+
+    /// The vault's URL, `https://host[:port]` (no trailing slash).
+    pub fn vault_url(&self) -> &str {
+        self.inner.vault.as_str().trim_end_matches('/')
+    }
+
+    /// The api-version this client sends.
+    pub fn api_version(&self) -> ApiVersion {
+        self.inner.api_version
+    }
+
+    /// Release the connections now. Later calls (on this client and its clones) fail with
+    /// [`ErrorKind::Connection`]. Dropping the last clone releases them too.
+    pub fn close(&self) {
+        self.inner.pipeline.transport.close();
+    }
+
+    /// Set a secret's value: creates the secret, or a new version of it. `PUT /secrets/{name}`.
+    pub async fn set_secret(
+        &self,
+        name: &str,
+        value: impl Into<SecretString>,
+        options: Option<SetSecretOptions>,
+    ) -> Result<KeyVaultSecret> {
+        check_name(name)?;
+        let options = options.unwrap_or_default();
+        let body = SecretSetParameters {
+            value: value.into(),
+            tags: options.tags.clone(),
+            content_type: options.content_type.clone(),
+            attributes: options.attributes(),
+        };
+        let req = Request::new(
+            Method::PUT,
+            self.inner.url(&format!("/secrets/{name}"), &[]),
+        )
+        .with_json(&body)?;
+        async { KeyVaultSecret::from_bundle(self.inner.call_json::<SecretBundle>(req).await?) }
+            .instrument(span!("set_secret", name = name))
+            .await
+    }
+
+    /// Get a secret with its value: the latest version, or `version`. `GET /secrets/{name}/{version}`.
+    pub async fn get_secret(&self, name: &str, version: Option<&str>) -> Result<KeyVaultSecret> {
+        check_name(name)?;
+        if let Some(v) = version {
+            check_version(v)?;
+        }
+        let path = format!("/secrets/{name}/{}", version.unwrap_or(""));
+        let req = Request::new(Method::GET, self.inner.url(&path, &[]));
+        async { KeyVaultSecret::from_bundle(self.inner.call_json::<SecretBundle>(req).await?) }
+            .instrument(span!("get_secret", name = name))
+            .await
+    }
+
+    /// Get a secret by its full id (which must be on this client's vault).
+    pub async fn get_secret_by_id(&self, id: &KeyVaultSecretIdentifier) -> Result<KeyVaultSecret> {
+        let vault = parse_vault_url(id.vault_url())?;
+        if !self.inner.same_origin(&vault) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the secret id '{id}' is not on this client's vault '{}'",
+                    self.vault_url()
+                ),
+            ));
+        }
+        self.get_secret(id.name(), id.version()).await
+    }
+
+    /// Properties of every secret (no values, no versions). `GET /secrets`.
+    pub fn list_properties_of_secrets(
+        &self,
+        max_page_size: Option<u32>,
+    ) -> Result<Pager<SecretProperties>> {
+        check_page_size(max_page_size)?;
+        Ok(self.pager::<SecretListResult, _, _>(
+            "/secrets".to_string(),
+            max_page_size,
+            "list_properties_of_secrets",
+            |l| (l.value, l.next_link),
+            SecretProperties::from_item,
+        ))
+    }
+
+    /// Properties of every version of a secret (no values). `GET /secrets/{name}/versions`.
+    pub fn list_properties_of_secret_versions(
+        &self,
+        name: &str,
+        max_page_size: Option<u32>,
+    ) -> Result<Pager<SecretProperties>> {
+        check_name(name)?;
+        check_page_size(max_page_size)?;
+        Ok(self.pager::<SecretListResult, _, _>(
+            format!("/secrets/{name}/versions"),
+            max_page_size,
+            "list_properties_of_secret_versions",
+            |l| (l.value, l.next_link),
+            SecretProperties::from_item,
+        ))
+    }
+
+    /// Every deleted secret. `GET /deletedsecrets`.
+    pub fn list_deleted_secrets(&self, max_page_size: Option<u32>) -> Result<Pager<DeletedSecret>> {
+        check_page_size(max_page_size)?;
+        Ok(self.pager::<DeletedSecretListResult, _, _>(
+            "/deletedsecrets".to_string(),
+            max_page_size,
+            "list_deleted_secrets",
+            |l| (l.value, l.next_link),
+            DeletedSecret::from_item,
+        ))
+    }
+
+    fn pager<L, W, T>(
+        &self,
+        path: String,
+        max_page_size: Option<u32>,
+        op: &'static str,
+        split: fn(L) -> (Vec<W>, Option<String>),
+        convert: fn(W) -> Result<T>,
+    ) -> Pager<T>
+    where
+        L: DeserializeOwned + 'static,
+        W: 'static,
+        T: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let query: Vec<(&str, String)> = max_page_size
+            .map(|n| vec![("maxresults", n.to_string())])
+            .unwrap_or_default();
+        let first = inner.url(&path, &query);
+        let fetch: FetchPage<T> = Arc::new(move |token: Option<String>| {
+            let inner = inner.clone();
+            let first = first.clone();
+            Box::pin(
+                async move {
+                    let url = match token {
+                        None => first,
+                        Some(t) => inner.next_page_url(&t)?,
+                    };
+                    let list: L = inner.call_json(Request::new(Method::GET, url)).await?;
+                    let (items, next) = split(list);
+                    let items = items.into_iter().map(convert).collect::<Result<Vec<T>>>()?;
+                    Ok(Page {
+                        items,
+                        continuation_token: next.filter(|n| !n.is_empty()),
+                    })
+                }
+                .instrument(tracing::info_span!("keyvault_secrets.list", op)),
+            ) as PageFuture<T>
+        });
+        Pager::new(fetch)
+    }
+
+    /// Update a version's properties (not its value): the latest version, or `version`.
+    /// `PATCH /secrets/{name}/{version}`.
+    pub async fn update_secret_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        options: UpdateSecretPropertiesOptions,
+    ) -> Result<SecretProperties> {
+        check_name(name)?;
+        if let Some(v) = version {
+            check_version(v)?;
+        }
+        let body = SecretUpdateParameters {
+            content_type: options.content_type.clone(),
+            attributes: options.attributes(),
+            tags: options.tags.clone(),
+        };
+        let path = format!("/secrets/{name}/{}", version.unwrap_or(""));
+        let req = Request::new(Method::PATCH, self.inner.url(&path, &[])).with_json(&body)?;
+        async { SecretProperties::from_bundle(self.inner.call_json::<SecretBundle>(req).await?) }
+            .instrument(span!("update_secret_properties", name = name))
+            .await
+    }
+
+    /// Delete every version of a secret. `DELETE /secrets/{name}`; the poller then watches
+    /// `GET /deletedsecrets/{name}` (done at once when the vault has no soft delete).
+    pub async fn begin_delete_secret(&self, name: &str) -> Result<Poller<DeletedSecret>> {
+        check_name(name)?;
+        let req = Request::new(
+            Method::DELETE,
+            self.inner.url(&format!("/secrets/{name}"), &[]),
+        );
+        let deleted = async {
+            DeletedSecret::from_bundle(self.inner.call_json::<DeletedSecretBundle>(req).await?)
+        }
+        .instrument(span!("begin_delete_secret", name = name))
+        .await?;
+        let done = deleted.recovery_id.is_none();
+        Ok(Poller::new(
+            deleted,
+            done,
+            format!("/deletedsecrets/{name}"),
+            self.inner.clone(),
+            self.inner.polling_interval,
+        ))
+    }
+
+    /// A deleted secret. `GET /deletedsecrets/{name}`.
+    pub async fn get_deleted_secret(&self, name: &str) -> Result<DeletedSecret> {
+        check_name(name)?;
+        let req = Request::new(
+            Method::GET,
+            self.inner.url(&format!("/deletedsecrets/{name}"), &[]),
+        );
+        async {
+            DeletedSecret::from_bundle(self.inner.call_json::<DeletedSecretBundle>(req).await?)
+        }
+        .instrument(span!("get_deleted_secret", name = name))
+        .await
+    }
+
+    /// Recover a deleted secret (all its versions). `POST /deletedsecrets/{name}/recover`; the poller
+    /// then watches `GET /secrets/{name}/`.
+    pub async fn begin_recover_deleted_secret(
+        &self,
+        name: &str,
+    ) -> Result<Poller<SecretProperties>> {
+        check_name(name)?;
+        let req = Request::new(
+            Method::POST,
+            self.inner
+                .url(&format!("/deletedsecrets/{name}/recover"), &[]),
+        );
+        let recovered = async {
+            SecretProperties::from_bundle(self.inner.call_json::<SecretBundle>(req).await?)
+        }
+        .instrument(span!("begin_recover_deleted_secret", name = name))
+        .await?;
+        Ok(Poller::new(
+            recovered,
+            false,
+            format!("/secrets/{name}/"),
+            self.inner.clone(),
+            self.inner.polling_interval,
+        ))
+    }
+
+    /// Permanently delete a deleted secret. `DELETE /deletedsecrets/{name}` (204).
+    pub async fn purge_deleted_secret(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let req = Request::new(
+            Method::DELETE,
+            self.inner.url(&format!("/deletedsecrets/{name}"), &[]),
+        );
+        async { self.inner.call(req).await.map(drop) }
+            .instrument(span!("purge_deleted_secret", name = name))
+            .await
+    }
+
+    /// A protected backup of every version of a secret. `POST /secrets/{name}/backup`.
+    pub async fn backup_secret(&self, name: &str) -> Result<Vec<u8>> {
+        check_name(name)?;
+        let req = Request::new(
+            Method::POST,
+            self.inner.url(&format!("/secrets/{name}/backup"), &[]),
+        );
+        async {
+            let r: BackupSecretResult = self.inner.call_json(req).await?;
+            let value = r
+                .value
+                .ok_or_else(|| Error::new(ErrorKind::Data, "the backup response has no value"))?;
+            b64()
+                .decode(value.trim_end_matches('='))
+                .map_err(|e| Error::with_source(ErrorKind::Data, "the backup is not base64url", e))
+        }
+        .instrument(span!("backup_secret", name = name))
+        .await
+    }
+
+    /// Restore a backup made by [`SecretClient::backup_secret`]. `POST /secrets/restore`.
+    pub async fn restore_secret_backup(&self, backup: &[u8]) -> Result<SecretProperties> {
+        if backup.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the backup is empty",
+            ));
+        }
+        let body = SecretRestoreParameters {
+            value: b64().encode(backup),
+        };
+        let req =
+            Request::new(Method::POST, self.inner.url("/secrets/restore", &[])).with_json(&body)?;
+        async { SecretProperties::from_bundle(self.inner.call_json::<SecretBundle>(req).await?) }
+            .instrument(span!("restore_secret_backup"))
+            .await
+    }
+
+    /// Send a raw request through this client's pipeline (auth, retries, logging), like the SDK's
+    /// `send_request`. The URL may be relative to the vault (`/secrets/x/`) or absolute on the vault;
+    /// `api-version` is added when missing. Returns the response whatever its status.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: keyvault_secrets::SecretClient) -> keyvault_secrets::Result<()> {
+    /// use keyvault_secrets::http::{Method, Request};
+    /// let response = client.send_request(Request::new(Method::GET, "/secrets/my-secret/")).await?;
+    /// println!("{} {}", response.status, response.text().len());
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_request(&self, mut request: Request) -> Result<Response> {
+        let mut url = if request.url.starts_with('/') {
+            self.inner.vault.join(&request.url)
+        } else {
+            Url::parse(&request.url)
+        }
+        .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, "invalid request URL", e))?;
+        if !self.inner.same_origin(&url) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the request URL '{}' is not on this client's vault '{}'",
+                    request.url,
+                    self.vault_url()
+                ),
+            ));
+        }
+        if !url.query_pairs().any(|(k, _)| k == "api-version") {
+            url.query_pairs_mut()
+                .append_pair("api-version", self.inner.api_version.as_str());
+        }
+        request.url = url.into();
+        self.inner
+            .pipeline
+            .send(request)
+            .instrument(span!("send_request"))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::StaticTokenCredential;
+
+    fn client(url: &str) -> Result<SecretClient> {
+        SecretClient::new(url, Arc::new(StaticTokenCredential::from_token("t")), None)
+    }
+
+    #[test]
+    fn vault_urls() {
+        assert_eq!(
+            client("https://v.vault.azure.net/").unwrap().vault_url(),
+            "https://v.vault.azure.net"
+        );
+        assert_eq!(
+            client("https://V.vault.azure.net:443").unwrap().vault_url(),
+            "https://v.vault.azure.net"
+        );
+        assert_eq!(
+            client("https://127.0.0.1:8443").unwrap().vault_url(),
+            "https://127.0.0.1:8443"
+        );
+        for bad in [
+            "http://v.vault.azure.net",
+            "v.vault.azure.net",
+            "https://v.vault.azure.net/x",
+            "https://v/?a=b",
+            "https://u:p@v/",
+        ] {
+            assert_eq!(
+                client(bad).unwrap_err().kind(),
+                ErrorKind::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn arguments_fail_before_io() {
+        // Port 9 (discard) on a reserved address: any I/O would be a connection error, not this.
+        let c = client("https://192.0.2.1:9").unwrap();
+        let kind = |r: Result<KeyVaultSecret>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(c.get_secret("bad_name", None).await),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            kind(c.get_secret("ok", Some("../x")).await),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            kind(c.set_secret("", "v", None).await),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            c.list_properties_of_secrets(Some(0)).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            c.list_properties_of_secrets(Some(26)).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            c.list_properties_of_secret_versions("a.b", None)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            c.restore_secret_backup(b"").await.unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        let other: KeyVaultSecretIdentifier =
+            "https://other.vault.azure.net/secrets/x".parse().unwrap();
+        assert_eq!(
+            kind(c.get_secret_by_id(&other).await),
+            ErrorKind::InvalidArgument
+        );
+        let r = c
+            .send_request(Request::new(Method::GET, "https://evil.example/secrets"))
+            .await;
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn next_links_stay_on_the_vault() {
+        let c = client("https://v.vault.azure.net").unwrap();
+        let u = c
+            .inner
+            .next_page_url("https://v.vault.azure.net:443/secrets?api-version=7.2&$skiptoken=eyJ+a=&maxresults=1")
+            .unwrap();
+        assert_eq!(
+            u,
+            "https://v.vault.azure.net/secrets?api-version=2026-04-01&$skiptoken=eyJ+a=&maxresults=1"
+        );
+        let u = c
+            .inner
+            .next_page_url("https://elsewhere.example/deletedsecrets?$skiptoken=x")
+            .unwrap();
+        assert!(
+            u.starts_with("https://v.vault.azure.net/deletedsecrets?"),
+            "{u}"
+        );
+    }
+
+    #[test]
+    fn backup_base64_tolerates_padding() {
+        assert_eq!(b64().decode("AQI").unwrap(), vec![1, 2]);
+        assert_eq!(b64().decode("AQI=").unwrap(), vec![1, 2]);
+        assert_eq!(b64().encode([1u8, 2]), "AQI");
+        assert_eq!(b64().encode([0xfbu8, 0xff]), "-_8");
+    }
+}

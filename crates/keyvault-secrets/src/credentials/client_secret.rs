@@ -1,0 +1,253 @@
+use super::{
+    AccessToken, DEFAULT_AUTHORITY_HOST, TokenCredential, TokenRequestOptions, one_scope,
+    resolve_tenant, valid_tenant,
+};
+use crate::client::{make_transport, user_agent};
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{HeaderValue, Method, Request, Response, Transport, TransportConfig};
+use crate::pipeline::Pipeline;
+use crate::pipeline::retry::RetryOptions;
+use async_trait::async_trait;
+use keyvault_types::SecretString;
+use serde::Deserialize;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Options of [`ClientSecretCredential`].
+#[derive(Clone, Debug)]
+pub struct ClientSecretCredentialOptions {
+    /// The authority, e.g. `https://login.microsoftonline.com` (default) or a vault server's issuer.
+    pub authority_host: String,
+    /// Tenants besides the credential's own that a vault's challenge may name (`"*"` for any).
+    pub additionally_allowed_tenants: Vec<String>,
+    /// Extra trusted CA certificates, PEM.
+    pub additional_ca_certificates: Vec<Vec<u8>>,
+    /// Trust the operating system's root certificates (default `true`).
+    pub trust_system_roots: bool,
+    /// Retries of the token request.
+    pub retry: RetryOptions,
+    /// Timeout of one token request (default 30 s).
+    pub timeout: Option<Duration>,
+    /// Send through this transport instead of the built-in one.
+    pub transport: Option<Arc<dyn Transport>>,
+}
+
+impl Default for ClientSecretCredentialOptions {
+    fn default() -> Self {
+        ClientSecretCredentialOptions {
+            authority_host: DEFAULT_AUTHORITY_HOST.to_string(),
+            additionally_allowed_tenants: Vec::new(),
+            additional_ca_certificates: Vec::new(),
+            trust_system_roots: true,
+            retry: RetryOptions::default(),
+            timeout: Some(Duration::from_secs(30)),
+            transport: None,
+        }
+    }
+}
+
+/// A service principal's client secret, exchanged at `{authority}/{tenant}/oauth2/v2.0/token`
+/// (OAuth2 client credentials). Works with Entra ID and with `keyvault-server`'s issuer.
+pub struct ClientSecretCredential {
+    tenant_id: String,
+    client_id: String,
+    client_secret: SecretString,
+    authority: String,
+    allowed_tenants: Vec<String>,
+    pipeline: Pipeline,
+}
+
+impl fmt::Debug for ClientSecretCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSecretCredential")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("authority", &self.authority)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_on: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// A number or a numeric string (services disagree).
+pub(crate) fn as_i64(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Turn a token endpoint's answer into an [`AccessToken`] (`expires_in` seconds, or `expires_on` Unix time).
+pub(crate) fn parse_token_response(who: &str, response: &Response) -> Result<AccessToken> {
+    if !response.status.is_success() {
+        let detail = serde_json::from_slice::<OAuthError>(&response.body)
+            .ok()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.error.unwrap_or_default(),
+                    e.error_description.unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| response.to_error().message().to_string());
+        return Err(Error::new(
+            ErrorKind::Credential,
+            format!(
+                "{who}: the token request failed with status {}: {detail}",
+                response.status.as_u16()
+            ),
+        ));
+    }
+    let t: TokenResponse = response
+        .json()
+        .map_err(|e| Error::new(ErrorKind::Credential, format!("{who}: {}", e.message())))?;
+    let token = t.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Credential,
+            format!("{who}: the token response has no access_token"),
+        )
+    })?;
+    let now = OffsetDateTime::now_utc();
+    let expires_on = if let Some(secs) = t.expires_in.as_ref().and_then(as_i64) {
+        now + time::Duration::seconds(secs)
+    } else if let Some(at) = t.expires_on.as_ref().and_then(as_i64) {
+        OffsetDateTime::from_unix_timestamp(at).unwrap_or(now)
+    } else {
+        // A missing lifetime counts as expired: usable once, fetched again next time.
+        now
+    };
+    Ok(AccessToken::new(token, expires_on))
+}
+
+impl ClientSecretCredential {
+    /// A credential for `client_id` in `tenant_id`. Fails (without I/O) on a bad tenant or authority.
+    pub fn new(
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<SecretString>,
+        options: Option<ClientSecretCredentialOptions>,
+    ) -> Result<Self> {
+        let options = options.unwrap_or_default();
+        let tenant_id = tenant_id.into();
+        let client_id = client_id.into();
+        if !valid_tenant(&tenant_id) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid tenant id '{tenant_id}'"),
+            ));
+        }
+        if client_id.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the client id is empty",
+            ));
+        }
+        let authority = normalize_authority(&options.authority_host)?;
+        let transport = make_transport(
+            options.transport.clone(),
+            TransportConfig {
+                extra_ca_pem: options.additional_ca_certificates.clone(),
+                trust_system_roots: options.trust_system_roots,
+                connect_timeout: options.timeout,
+                timeout: options.timeout,
+                user_agent: user_agent(None),
+            },
+        )?;
+        Ok(ClientSecretCredential {
+            tenant_id,
+            client_id,
+            client_secret: client_secret.into(),
+            authority,
+            allowed_tenants: options.additionally_allowed_tenants,
+            pipeline: Pipeline {
+                transport,
+                retry: options.retry,
+                auth: None,
+                logging: false,
+            },
+        })
+    }
+}
+
+/// `https://host[:port][/path]` without a trailing slash; https only.
+pub(crate) fn normalize_authority(authority: &str) -> Result<String> {
+    let authority = authority.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(authority).map_err(|e| {
+        Error::with_source(
+            ErrorKind::InvalidArgument,
+            format!("invalid authority host '{authority}'"),
+            e,
+        )
+    })?;
+    if url.scheme() != "https" || url.host_str().is_none() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid authority host '{authority}': it must be an https URL"),
+        ));
+    }
+    Ok(authority.to_string())
+}
+
+#[async_trait]
+impl TokenCredential for ClientSecretCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions>,
+    ) -> Result<AccessToken> {
+        const WHO: &str = "ClientSecretCredential";
+        let scope = one_scope(WHO, scopes)?;
+        let options = options.unwrap_or_default();
+        let tenant = resolve_tenant(
+            WHO,
+            &self.tenant_id,
+            options.tenant_id.as_deref(),
+            &self.allowed_tenants,
+        )?;
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("client_id", &self.client_id)
+                .append_pair("client_secret", self.client_secret.expose())
+                .append_pair("grant_type", "client_credentials")
+                .append_pair("scope", scope);
+            if let Some(claims) = &options.claims {
+                form.append_pair("claims", claims);
+            }
+            SecretString::new(form.finish())
+        };
+        let mut request = Request::new(
+            Method::POST,
+            format!("{}/{tenant}/oauth2/v2.0/token", self.authority),
+        );
+        request.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        request.body = Some(bytes::Bytes::copy_from_slice(body.expose().as_bytes()));
+        let response = self.pipeline.send(request).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Credential,
+                format!("{WHO}: cannot reach the authority: {}", e.message()),
+                e,
+            )
+        })?;
+        parse_token_response(WHO, &response)
+    }
+}

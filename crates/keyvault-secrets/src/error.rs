@@ -1,0 +1,247 @@
+//! One error type for everything the client does: [`Error`], classified by [`ErrorKind`].
+//!
+//! The kinds map to the exceptions of the Python SDK (azure-core):
+//!
+//! | Python                      | Rust                                  |
+//! |-----------------------------|---------------------------------------|
+//! | `ResourceNotFoundError`     | [`ErrorKind::ResourceNotFound`] (404) |
+//! | `ResourceExistsError`       | [`ErrorKind::ResourceExists`] (409)   |
+//! | `ClientAuthenticationError` | [`ErrorKind::ClientAuthentication`] (401, or a challenge the client refuses) |
+//! | `HttpResponseError`         | [`ErrorKind::HttpResponse`] (every other error status) |
+//! | `ServiceRequestError`       | [`ErrorKind::Connection`]             |
+//! | `CredentialUnavailableError`, `ClientAuthenticationError` from a credential | [`ErrorKind::Credential`] |
+//! | `DecodeError`               | [`ErrorKind::Data`]                   |
+//! | `ValueError`                | [`ErrorKind::InvalidArgument`]        |
+//!
+//! Every error that came from an HTTP response carries [`Error::status`], the Key Vault error code
+//! ([`Error::error_code`], e.g. `SecretNotFound`) and the service's message ([`Error::message`]).
+
+use http::StatusCode;
+use std::fmt;
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What went wrong, coarsely. Match on it to decide what to do; read details through [`Error`]'s accessors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// 404: the secret (or version, or deleted secret) does not exist. Python: `ResourceNotFoundError`.
+    ResourceNotFound,
+    /// 409: the name is in use (e.g. soft-deleted, or restore over an existing secret). Python: `ResourceExistsError`.
+    ResourceExists,
+    /// 401 from the vault, or a challenge the client refused. Python: `ClientAuthenticationError`.
+    ClientAuthentication,
+    /// Any other error status (400, 403, 429, 5xx, …). Python: `HttpResponseError`.
+    HttpResponse,
+    /// The request did not get an answer: DNS, TCP, TLS, timeout, or a closed client.
+    Connection,
+    /// A credential could not produce a token.
+    Credential,
+    /// The service answered something this client cannot read.
+    Data,
+    /// An argument was rejected before any I/O (bad name, bad URL, bad id, bad page size, …).
+    InvalidArgument,
+    /// Anything else (e.g. an I/O error while reading a CA file).
+    Other,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::ResourceNotFound => "resource not found",
+            ErrorKind::ResourceExists => "resource exists",
+            ErrorKind::ClientAuthentication => "client authentication failed",
+            ErrorKind::HttpResponse => "HTTP error response",
+            ErrorKind::Connection => "connection error",
+            ErrorKind::Credential => "credential error",
+            ErrorKind::Data => "data error",
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::Other => "error",
+        })
+    }
+}
+
+/// The error of every fallible operation in this crate.
+///
+/// `Display` prints the kind, the HTTP status and Key Vault code when there are some, and the message; it
+/// never prints the source (walk [`std::error::Error::source`] for the chain).
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    status: Option<StatusCode>,
+    error_code: Option<String>,
+    inner_error_code: Option<String>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            status: None,
+            error_code: None,
+            inner_error_code: None,
+            source: None,
+        }
+    }
+
+    /// A new error of `kind` that wraps a cause.
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let mut e = Error::new(kind, message);
+        e.source = Some(Box::new(source));
+        e
+    }
+
+    /// The error for an HTTP error response: the kind follows the status (Python's `error_map`).
+    pub(crate) fn from_response(
+        status: StatusCode,
+        error_code: Option<String>,
+        inner_error_code: Option<String>,
+        message: Option<String>,
+    ) -> Self {
+        let kind = match status.as_u16() {
+            401 => ErrorKind::ClientAuthentication,
+            404 => ErrorKind::ResourceNotFound,
+            409 => ErrorKind::ResourceExists,
+            _ => ErrorKind::HttpResponse,
+        };
+        let message = message.unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("error response")
+                .to_string()
+        });
+        Error {
+            kind,
+            message,
+            status: Some(status),
+            error_code,
+            inner_error_code,
+            source: None,
+        }
+    }
+
+    /// The coarse classification.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message: the service's `error.message` for HTTP errors, else a description.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The HTTP status, for errors that came from a response (every kind from `ResourceNotFound` to
+    /// `HttpResponse`, as Python's `HttpResponseError.status_code`).
+    pub fn status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    /// Alias of [`Error::status`] (the name the Azure SDK for Rust uses).
+    pub fn http_status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    /// The Key Vault error code (`error.code` of the body, or the `x-ms-error-code` header), e.g.
+    /// `SecretNotFound`, `Forbidden`, `BadParameter`, `Conflict`, `Throttled`.
+    pub fn error_code(&self) -> Option<&str> {
+        self.error_code.as_deref()
+    }
+
+    /// The innermost `innererror.code` of the body, e.g. `SecretDisabled` or `ObjectIsDeletedButRecoverable`.
+    pub fn inner_error_code(&self) -> Option<&str> {
+        self.inner_error_code.as_deref()
+    }
+
+    /// Whether this is an HTTP error response (Python: an instance of `HttpResponseError`).
+    pub fn is_http_response(&self) -> bool {
+        self.status.is_some()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(s) = self.status {
+            d.field("status", &s.as_u16());
+        }
+        if let Some(c) = &self.error_code {
+            d.field("error_code", c);
+        }
+        if let Some(c) = &self.inner_error_code {
+            d.field("inner_error_code", c);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(s) = self.status {
+            write!(f, " ({}", s.as_u16())?;
+            if let Some(c) = &self.error_code {
+                write!(f, " {c}")?;
+            }
+            write!(f, ")")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_status() {
+        let e = Error::from_response(
+            StatusCode::NOT_FOUND,
+            Some("SecretNotFound".into()),
+            None,
+            Some("gone".into()),
+        );
+        assert_eq!(e.kind(), ErrorKind::ResourceNotFound);
+        assert_eq!(
+            e.to_string(),
+            "resource not found (404 SecretNotFound): gone"
+        );
+        assert_eq!(
+            Error::from_response(StatusCode::CONFLICT, None, None, None).kind(),
+            ErrorKind::ResourceExists
+        );
+        assert_eq!(
+            Error::from_response(StatusCode::UNAUTHORIZED, None, None, None).kind(),
+            ErrorKind::ClientAuthentication
+        );
+        let e = Error::from_response(StatusCode::FORBIDDEN, None, None, None);
+        assert_eq!(e.kind(), ErrorKind::HttpResponse);
+        assert_eq!(e.message(), "Forbidden");
+        assert!(e.is_http_response());
+    }
+
+    #[test]
+    fn error_is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+}

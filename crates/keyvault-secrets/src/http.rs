@@ -1,0 +1,328 @@
+//! Raw HTTP: the [`Request`] and [`Response`] of [`SecretClient::send_request`](crate::SecretClient::send_request),
+//! and the one-method [`Transport`] trait the pipeline sends through (swap it in tests with
+//! [`SecretClientOptions::transport`](crate::SecretClientOptions::transport)).
+
+use crate::error::{Error, ErrorKind, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use keyvault_types::models::{ErrorBody, ErrorDetail};
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub use http::header::{HeaderMap, HeaderName, HeaderValue};
+pub use http::{Method, StatusCode};
+
+/// An HTTP request. For [`SecretClient::send_request`](crate::SecretClient::send_request) the URL may be
+/// relative to the vault (`/secrets/name/`); `api-version` is added when missing.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+}
+
+impl Request {
+    /// A request without headers or body.
+    pub fn new(method: Method, url: impl Into<String>) -> Self {
+        Request {
+            method,
+            url: url.into(),
+            headers: HeaderMap::new(),
+            body: None,
+        }
+    }
+
+    /// Set a JSON body (and `Content-Type: application/json`).
+    pub fn with_json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Result<Self> {
+        let bytes = serde_json::to_vec(body).map_err(|e| {
+            Error::with_source(ErrorKind::InvalidArgument, "cannot serialise the body", e)
+        })?;
+        self.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.body = Some(Bytes::from(bytes));
+        Ok(self)
+    }
+
+    /// Add a header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Whether retrying after a connection error is safe (everything but POST).
+    pub(crate) fn is_idempotent(&self) -> bool {
+        self.method != Method::POST
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &crate::pipeline::logging::redacted_headers(&self.headers),
+            )
+            .field(
+                "body",
+                &self.body.as_ref().map(|b| format!("<{} bytes>", b.len())),
+            )
+            .finish()
+    }
+}
+
+/// An HTTP response, whatever its status.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field(
+                "headers",
+                &crate::pipeline::logging::redacted_headers(&self.headers),
+            )
+            .field("body", &format!("<{} bytes>", self.body.len()))
+            .finish()
+    }
+}
+
+impl Response {
+    pub fn new(status: StatusCode, headers: HeaderMap, body: impl Into<Bytes>) -> Self {
+        Response {
+            status,
+            headers,
+            body: body.into(),
+        }
+    }
+
+    /// Parse the body as JSON; a body that does not fit is an [`ErrorKind::Data`] error.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Data,
+                format!(
+                    "cannot parse the {} response body: {e}",
+                    self.status.as_u16()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// `Ok(self)` for 2xx, else the [`Error`] for this response.
+    pub fn error_for_status(self) -> Result<Self> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            Err(self.to_error())
+        }
+    }
+
+    /// The error this response stands for: kind by status, Key Vault code from the `x-ms-error-code`
+    /// header or the body, message from the body.
+    pub fn to_error(&self) -> Error {
+        let body: Option<ErrorBody> = serde_json::from_slice(&self.body).ok();
+        let header_code = self
+            .headers
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (code, inner, message) = match body {
+            Some(ErrorBody { error }) => {
+                let mut inner: Option<&ErrorDetail> = error.innererror.as_deref();
+                let mut inner_code = None;
+                while let Some(d) = inner {
+                    if d.code.is_some() {
+                        inner_code = d.code.clone();
+                    }
+                    inner = d.innererror.as_deref();
+                }
+                (error.code, inner_code, error.message)
+            }
+            None => {
+                let text = self.text();
+                let text = text.trim();
+                (
+                    None,
+                    None,
+                    (!text.is_empty()).then(|| text.chars().take(512).collect()),
+                )
+            }
+        };
+        Error::from_response(self.status, header_code.or(code), inner, message)
+    }
+}
+
+/// Sends one request and returns its response (any status). Errors are for requests without an answer.
+#[async_trait]
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// Send `request` (its URL is absolute).
+    async fn send(&self, request: &Request) -> Result<Response>;
+
+    /// Release connections; later sends fail with [`ErrorKind::Connection`]. The default does nothing.
+    fn close(&self) {}
+}
+
+/// TLS and timeout settings of the built-in transport.
+#[derive(Clone, Debug)]
+pub(crate) struct TransportConfig {
+    pub extra_ca_pem: Vec<Vec<u8>>,
+    pub trust_system_roots: bool,
+    pub connect_timeout: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub user_agent: String,
+}
+
+/// The built-in transport: reqwest over rustls with the ring provider.
+pub(crate) struct ReqwestTransport {
+    client: Mutex<Option<reqwest::Client>>,
+}
+
+impl fmt::Debug for ReqwestTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let open = self.client.lock().map(|c| c.is_some()).unwrap_or(false);
+        f.debug_struct("ReqwestTransport")
+            .field("open", &open)
+            .finish()
+    }
+}
+
+fn system_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!(error = %e, "could not load some system root certificates");
+        }
+        found.certs
+    })
+}
+
+/// A rustls client configuration with the ring provider, the system roots (if asked) and extra PEM CAs.
+pub(crate) fn tls_config(config: &TransportConfig) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if config.trust_system_roots {
+        let (_added, _ignored) = roots.add_parsable_certificates(system_roots().iter().cloned());
+    }
+    for pem in &config.extra_ca_pem {
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidArgument,
+                    "cannot read a CA certificate PEM",
+                    e,
+                )
+            })?;
+            roots.add(cert).map_err(|e| {
+                Error::with_source(ErrorKind::InvalidArgument, "cannot use a CA certificate", e)
+            })?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "an additional CA certificate PEM contains no certificate",
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::with_source(ErrorKind::Other, "cannot configure TLS", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+impl ReqwestTransport {
+    pub(crate) fn new(config: &TransportConfig) -> Result<Self> {
+        let tls = tls_config(config)?;
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .user_agent(config.user_agent.clone())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(t) = config.connect_timeout {
+            builder = builder.connect_timeout(t);
+        }
+        if let Some(t) = config.timeout {
+            builder = builder.timeout(t);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::with_source(ErrorKind::Other, "cannot build the HTTP client", e))?;
+        Ok(ReqwestTransport {
+            client: Mutex::new(Some(client)),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for ReqwestTransport {
+    async fn send(&self, request: &Request) -> Result<Response> {
+        let client = self
+            .client
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Other, "transport lock poisoned"))?
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::Connection, "the client is closed"))?;
+        let mut builder = client
+            .request(request.method.clone(), &request.url)
+            .headers(request.headers.clone());
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        let response = builder.send().await.map_err(connection_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(connection_error)?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn close(&self) {
+        if let Ok(mut c) = self.client.lock() {
+            c.take();
+        }
+    }
+}
+
+fn connection_error(e: reqwest::Error) -> Error {
+    // reqwest's Display omits the cause chain; include it, it is where TLS and DNS errors are told.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    let what = if e.is_timeout() {
+        "request timed out"
+    } else {
+        "request failed"
+    };
+    Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e)
+}

@@ -1,0 +1,183 @@
+//! [`Pager`]: a lazy, resumable stream over the items of a listing; [`Pages`]: the same listing page by page.
+//!
+//! The continuation token is the service's `nextLink` (opaque). Resume a listing with
+//! [`Pager::by_page_from`] or [`Pager::resume_from`]; the client only ever sends it to its own vault.
+
+use crate::error::Result;
+use futures_core::Stream;
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+pub(crate) type PageFuture<T> = Pin<Box<dyn Future<Output = Result<Page<T>>> + Send>>;
+pub(crate) type FetchPage<T> = Arc<dyn Fn(Option<String>) -> PageFuture<T> + Send + Sync>;
+
+/// One page of a listing.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Page<T> {
+    /// The items of this page (possibly fewer than the page size, possibly none).
+    pub items: Vec<T>,
+    /// The token of the next page; `None` on the last page.
+    pub continuation_token: Option<String>,
+}
+
+/// A stream of pages. Ends after the last page, or after the first error.
+pub struct Pages<T> {
+    fetch: FetchPage<T>,
+    /// `Some(token)`: a fetch is due (`None` token = the first page). `None`: finished.
+    next: Option<Option<String>>,
+    in_flight: Option<PageFuture<T>>,
+}
+
+impl<T> fmt::Debug for Pages<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pages")
+            .field("continuation_token", &self.continuation_token())
+            .field("in_flight", &self.in_flight.is_some())
+            .finish()
+    }
+}
+
+impl<T> Pages<T> {
+    /// The token of the next page to fetch (`None` before the first page and after the last).
+    pub fn continuation_token(&self) -> Option<&str> {
+        self.next.as_ref().and_then(|t| t.as_deref())
+    }
+}
+
+impl<T> Stream for Pages<T> {
+    type Item = Result<Page<T>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.in_flight.is_none() {
+            match this.next.take() {
+                None => return Poll::Ready(None),
+                Some(token) => this.in_flight = Some((this.fetch)(token)),
+            }
+        }
+        let fut = this.in_flight.as_mut().expect("a fetch is in flight");
+        let result = ready!(fut.as_mut().poll(cx));
+        this.in_flight = None;
+        match &result {
+            Ok(page) => this.next = page.continuation_token.clone().map(Some),
+            Err(_) => this.next = None,
+        }
+        Poll::Ready(Some(result))
+    }
+}
+
+/// A listing as a lazy [`Stream`] of items (Python: `ItemPaged` / `AsyncItemPaged`).
+///
+/// Nothing is fetched until the stream is polled. Use [`futures_util::StreamExt`] (or
+/// `futures::StreamExt`) to iterate: `while let Some(item) = pager.next().await { … }`.
+pub struct Pager<T> {
+    pages: Pages<T>,
+    buffer: VecDeque<T>,
+}
+
+impl<T> fmt::Debug for Pager<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pager")
+            .field("pages", &self.pages)
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl<T> Pager<T> {
+    pub(crate) fn new(fetch: FetchPage<T>) -> Self {
+        Pager {
+            pages: Pages {
+                fetch,
+                next: Some(None),
+                in_flight: None,
+            },
+            buffer: VecDeque::new(),
+        }
+    }
+
+    /// The listing page by page, from where this pager is (items of a partly consumed page are dropped).
+    pub fn by_page(self) -> Pages<T> {
+        self.pages
+    }
+
+    /// Python's `by_page(continuation_token=…)`: the pages from the page `token` names.
+    pub fn by_page_from(self, continuation_token: impl Into<String>) -> Pages<T> {
+        self.resume_from(continuation_token).pages
+    }
+
+    /// Restart this pager at the page `token` names (a token from [`Page::continuation_token`]).
+    pub fn resume_from(mut self, continuation_token: impl Into<String>) -> Self {
+        self.buffer.clear();
+        self.pages.in_flight = None;
+        self.pages.next = Some(Some(continuation_token.into()));
+        self
+    }
+
+    /// The token of the next page to fetch: resuming from it skips the items still buffered.
+    pub fn continuation_token(&self) -> Option<&str> {
+        self.pages.continuation_token()
+    }
+}
+
+impl<T: Unpin> Stream for Pager<T> {
+    type Item = Result<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.buffer.pop_front() {
+                return Poll::Ready(Some(Ok(item)));
+            }
+            match ready!(Pin::new(&mut this.pages).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(page)) => this.buffer.extend(page.items),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn numbers(pages: usize, per_page: usize) -> Pager<usize> {
+        Pager::new(Arc::new(move |token: Option<String>| {
+            Box::pin(async move {
+                let page: usize = token.map(|t| t.parse().unwrap()).unwrap_or(0);
+                let items = (page * per_page..(page + 1) * per_page).collect();
+                let next = (page + 1 < pages).then(|| (page + 1).to_string());
+                Ok(Page {
+                    items,
+                    continuation_token: next,
+                })
+            }) as PageFuture<usize>
+        }))
+    }
+
+    #[tokio::test]
+    async fn items_pages_and_resume() {
+        let all: Vec<usize> = numbers(3, 2).map(|r| r.unwrap()).collect().await;
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
+        let mut pages = numbers(3, 2).by_page();
+        let first = pages.next().await.unwrap().unwrap();
+        assert_eq!(first.items, vec![0, 1]);
+        let token = first.continuation_token.unwrap();
+        assert_eq!(pages.continuation_token(), Some(token.as_str()));
+        let rest: Vec<usize> = numbers(3, 2)
+            .resume_from(token)
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        assert_eq!(rest, vec![2, 3, 4, 5]);
+        let mut empty = numbers(1, 0);
+        assert!(empty.next().await.is_none());
+    }
+}

@@ -1,0 +1,303 @@
+//! Key Vault's challenge authentication (protocol.md §4).
+//!
+//! The first request goes out without a token and without its body; the 401's `WWW-Authenticate: Bearer
+//! authorization="…/{tenant}", resource="…"` (or `scope="…"`) names the scope and tenant. The client checks
+//! that the resource is a parent domain of the vault (unless told not to), gets a token, caches it, and
+//! resends. Later requests carry the cached token, refreshed 5 minutes before it expires; a 401 with a
+//! challenge on an authorised request triggers one fresh challenge round.
+
+use crate::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{HeaderValue, Request, Response, StatusCode};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+/// Refresh a cached token this long before it expires.
+const REFRESH_MARGIN: time::Duration = time::Duration::minutes(5);
+
+/// What a challenge told us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    pub scope: String,
+    pub tenant_id: Option<String>,
+    pub claims: Option<String>,
+    /// The host of the resource/scope URL (for verification).
+    pub resource_host: Option<String>,
+}
+
+/// Parse the parameters of a `Bearer` challenge. `None` when there is no usable Bearer challenge.
+pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let idx = header.to_ascii_lowercase().find("bearer")?;
+    let params = &header[idx + "bearer".len()..];
+    let mut scope = None;
+    let mut resource = None;
+    let mut authorization = None;
+    let mut claims = None;
+    for part in params.split(',') {
+        let Some((k, v)) = part.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().to_ascii_lowercase();
+        let v = v.trim().trim_matches('"').trim();
+        match k.as_str() {
+            "scope" => scope = Some(v.to_string()),
+            "resource" => resource = Some(v.to_string()),
+            "authorization" | "authorization_uri" => authorization = Some(v.to_string()),
+            "claims" => claims = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    let scope = match (scope, &resource) {
+        (Some(s), _) if !s.is_empty() => s,
+        (_, Some(r)) if !r.is_empty() => format!("{}/.default", r.trim_end_matches('/')),
+        _ => return None,
+    };
+    let resource_host = reqwest::Url::parse(&scope)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let tenant_id = authorization
+        .as_deref()
+        .and_then(|a| reqwest::Url::parse(a).ok())
+        .and_then(|u| {
+            u.path_segments()
+                .and_then(|mut s| s.next().map(str::to_string))
+        })
+        .filter(|t| !t.is_empty() && !t.to_ascii_lowercase().ends_with("adfs"));
+    Some(Challenge {
+        scope,
+        tenant_id,
+        claims,
+        resource_host,
+    })
+}
+
+/// Whether the challenge's resource is a parent domain of the vault host (ports are ignored, as in the
+/// Rust and JS SDKs).
+pub(crate) fn verify_resource(challenge: &Challenge, request_url: &str) -> Result<()> {
+    let host = reqwest::Url::parse(request_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .unwrap_or_default();
+    let ok = match &challenge.resource_host {
+        Some(r) => host.ends_with(&format!(".{r}")),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::ClientAuthentication,
+            format!(
+                "the challenge resource '{}' does not match the requested domain '{host}'; set \
+                 `verify_challenge_resource: false` in the client options to disable this check \
+                 (see https://aka.ms/azsdk/blog/vault-uri)",
+                challenge.scope
+            ),
+        ))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    challenge: Option<Challenge>,
+    token: Option<AccessToken>,
+}
+
+/// The challenge policy: one per client.
+pub(crate) struct ChallengeAuth {
+    credential: Arc<dyn TokenCredential>,
+    verify_resource: bool,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for ChallengeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeAuth")
+            .field("credential", &self.credential)
+            .field("verify_resource", &self.verify_resource)
+            .finish()
+    }
+}
+
+fn challenge_of(resp: &Response) -> Option<Challenge> {
+    if resp.status != StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    resp.headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(parse_challenge)
+}
+
+fn with_token(req: &Request, token: &AccessToken) -> Result<Request> {
+    let mut req = req.clone();
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {}", token.token.expose())).map_err(|_| {
+            Error::new(
+                ErrorKind::Credential,
+                "the access token is not a valid header value",
+            )
+        })?;
+    value.set_sensitive(true);
+    req.headers.insert(http::header::AUTHORIZATION, value);
+    Ok(req)
+}
+
+impl ChallengeAuth {
+    pub(crate) fn new(credential: Arc<dyn TokenCredential>, verify_resource: bool) -> Self {
+        ChallengeAuth {
+            credential,
+            verify_resource,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// A valid token for `challenge`, from the cache unless `force` or close to expiry.
+    async fn token(&self, challenge: &Challenge, force: bool) -> Result<AccessToken> {
+        let mut state = self.state.lock().await;
+        let fresh = |t: &AccessToken| t.expires_on - OffsetDateTime::now_utc() > REFRESH_MARGIN;
+        let cached = if !force && state.challenge.as_ref() == Some(challenge) {
+            state.token.as_ref().filter(|t| fresh(t)).cloned()
+        } else {
+            None
+        };
+        if let Some(t) = cached {
+            return Ok(t);
+        }
+        let options = TokenRequestOptions {
+            tenant_id: challenge.tenant_id.clone(),
+            claims: challenge.claims.clone(),
+        };
+        let token = self
+            .credential
+            .get_token(&[challenge.scope.as_str()], Some(options))
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::Credential => e,
+                _ => Error::with_source(
+                    ErrorKind::Credential,
+                    format!("cannot get a token: {}", e.message()),
+                    e,
+                ),
+            })?;
+        tracing::debug!(scope = %challenge.scope, tenant = ?challenge.tenant_id, "got an access token");
+        state.challenge = Some(challenge.clone());
+        state.token = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn cached_challenge(&self) -> Option<Challenge> {
+        self.state.lock().await.challenge.clone()
+    }
+
+    async fn clear(&self) {
+        let mut s = self.state.lock().await;
+        s.challenge = None;
+        s.token = None;
+    }
+
+    fn accept(&self, challenge: &Challenge, url: &str) -> Result<()> {
+        if self.verify_resource {
+            verify_resource(challenge, url)?;
+        }
+        Ok(())
+    }
+
+    /// Send `req` through `next`, authorising it.
+    pub(crate) async fn send<F, Fut>(&self, req: &Request, next: F) -> Result<Response>
+    where
+        F: Fn(Request) -> Fut,
+        Fut: std::future::Future<Output = Result<Response>>,
+    {
+        if !req.url.starts_with("https://") {
+            return Err(Error::new(
+                ErrorKind::ClientAuthentication,
+                "bearer token authentication is not permitted for non-TLS protected (non-https) URLs",
+            ));
+        }
+        let response = match self.cached_challenge().await {
+            None => {
+                // The first request: no token, no body; learn the scope from the challenge.
+                let mut bare = req.clone();
+                bare.body = None;
+                bare.headers.remove(http::header::CONTENT_TYPE);
+                let response = next(bare).await?;
+                let Some(challenge) = challenge_of(&response) else {
+                    return Ok(response);
+                };
+                self.accept(&challenge, &req.url)?;
+                let token = self.token(&challenge, false).await?;
+                next(with_token(req, &token)?).await?
+            }
+            Some(challenge) => {
+                let token = self.token(&challenge, false).await?;
+                next(with_token(req, &token)?).await?
+            }
+        };
+        if response.status != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        // A 401 on an authorised request: one more challenge round with a fresh token.
+        let Some(challenge) = challenge_of(&response) else {
+            self.clear().await;
+            return Ok(response);
+        };
+        self.accept(&challenge, &req.url)?;
+        let token = self.token(&challenge, true).await?;
+        next(with_token(req, &token)?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_key_vault_challenges() {
+        let c = parse_challenge(
+            r#"Bearer authorization="https://login.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47", resource="https://vault.azure.net""#,
+        )
+        .unwrap();
+        assert_eq!(c.scope, "https://vault.azure.net/.default");
+        assert_eq!(
+            c.tenant_id.as_deref(),
+            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+        );
+        assert_eq!(c.resource_host.as_deref(), Some("vault.azure.net"));
+
+        let c = parse_challenge(
+            r#"Bearer authorization_uri="https://127.0.0.1:8443/tenant-1/", scope="https://localhost:8443/.default""#,
+        )
+        .unwrap();
+        assert_eq!(c.scope, "https://localhost:8443/.default");
+        assert_eq!(c.tenant_id.as_deref(), Some("tenant-1"));
+        assert_eq!(c.resource_host.as_deref(), Some("localhost"));
+
+        let c = parse_challenge(r#"Bearer authorization="https://adfs.example/adfs", resource="https://vault.azure.net/""#).unwrap();
+        assert_eq!(c.tenant_id, None);
+        assert_eq!(c.scope, "https://vault.azure.net/.default");
+
+        assert_eq!(parse_challenge(r#"Basic realm="x""#), None);
+        assert_eq!(
+            parse_challenge(r#"Bearer authorization="https://login/x""#),
+            None
+        );
+    }
+
+    #[test]
+    fn resource_verification() {
+        let c = parse_challenge(
+            r#"Bearer authorization="https://l/t", resource="https://vault.azure.net""#,
+        )
+        .unwrap();
+        assert!(verify_resource(&c, "https://myvault.vault.azure.net/secrets/x").is_ok());
+        assert!(verify_resource(&c, "https://MyVault.Vault.Azure.NET:443/secrets/x").is_ok());
+        let e = verify_resource(&c, "https://evil.example/secrets/x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ClientAuthentication);
+        assert!(verify_resource(&c, "https://vault.azure.net/secrets/x").is_err());
+        assert!(verify_resource(&c, "https://xvault.azure.net/secrets/x").is_err());
+    }
+}

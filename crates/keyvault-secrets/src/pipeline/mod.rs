@@ -1,0 +1,134 @@
+//! The request pipeline: retry → challenge auth → logging → [`Transport`].
+
+pub(crate) mod challenge;
+pub(crate) mod logging;
+pub(crate) mod retry;
+
+use crate::error::{ErrorKind, Result};
+use crate::http::{HeaderValue, Request, Response, Transport};
+use challenge::ChallengeAuth;
+use retry::RetryOptions;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// A random `u64` from std's randomly keyed hasher (good enough for jitter and request ids).
+pub(crate) fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+/// A random number in [0, 1).
+pub(crate) fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A random UUID-shaped request id.
+pub(crate) fn request_id() -> String {
+    let a = random_u64();
+    let b = random_u64();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        ((b >> 48) & 0x3fff) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Sends requests with retries, optional challenge auth and logging.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    pub transport: Arc<dyn Transport>,
+    pub retry: RetryOptions,
+    pub auth: Option<ChallengeAuth>,
+    pub logging: bool,
+}
+
+impl Pipeline {
+    async fn send_once(&self, req: Request) -> Result<Response> {
+        logging::log_request(&req, self.logging);
+        let start = Instant::now();
+        let result = self.transport.send(&req).await;
+        match &result {
+            Ok(resp) => logging::log_response(&req, resp, start.elapsed(), self.logging),
+            Err(e) => tracing::debug!(
+                target: "keyvault_secrets::http",
+                method = %req.method, url = %req.url, error = %e, "no response"
+            ),
+        }
+        result
+    }
+
+    async fn send_authorized(&self, req: &Request) -> Result<Response> {
+        match &self.auth {
+            Some(auth) => auth.send(req, |r| self.send_once(r)).await,
+            None => self.send_once(req.clone()).await,
+        }
+    }
+
+    /// Send `req` (absolute URL) and return the final response, whatever its status.
+    pub(crate) async fn send(&self, mut req: Request) -> Result<Response> {
+        if !req.headers.contains_key(http::header::ACCEPT) {
+            req.headers.insert(
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if let Ok(v) = HeaderValue::from_str(&request_id()) {
+            req.headers.insert("x-ms-client-request-id", v);
+        }
+        let mut attempt = 0u32;
+        loop {
+            let result = self.send_authorized(&req).await;
+            let delay = match &result {
+                Ok(resp) if retry::retry_status(resp.status, &req.method) => {
+                    retry::retry_after(&resp.headers).unwrap_or_else(|| self.retry.backoff(attempt))
+                }
+                Err(e) if e.kind() == ErrorKind::Connection && req.is_idempotent() => {
+                    if e.message().contains("the client is closed") {
+                        return result;
+                    }
+                    self.retry.backoff(attempt)
+                }
+                _ => return result,
+            };
+            if attempt >= self.retry.max_retries {
+                return result;
+            }
+            let delay = delay.min(self.retry.max_delay);
+            tracing::debug!(
+                attempt = attempt + 1,
+                delay_ms = delay.as_millis() as u64,
+                status = result.as_ref().ok().map(|r| r.status.as_u16()),
+                "retrying"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_look_like_uuids() {
+        let a = request_id();
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, request_id());
+        let u = random_unit();
+        assert!((0.0..1.0).contains(&u));
+    }
+}

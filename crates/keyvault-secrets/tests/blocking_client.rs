@@ -1,0 +1,180 @@
+//! The blocking client against the real server. The server runs on its own multi-thread runtime;
+//! the client is used from plain (non-async) test code.
+#![cfg(feature = "blocking")]
+
+mod common;
+
+use common::*;
+use keyvault_secrets::blocking::SecretClient;
+use keyvault_secrets::credentials::StaticTokenCredential;
+use keyvault_secrets::http::{Method, Request, StatusCode};
+use keyvault_secrets::{
+    ErrorKind, KeyVaultSecretIdentifier, SetSecretOptions, UpdateSecretPropertiesOptions,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn server() -> (tokio::runtime::Runtime, keyvault_server::local::LocalVault) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let v = rt.block_on(vault());
+    (rt, v)
+}
+
+#[test]
+fn every_operation_blocking() {
+    let (rt, v) = server();
+    let c = SecretClient::new(v.vault_url(), credential(&v), Some(options(&v))).unwrap();
+    assert_eq!(c.vault_url(), v.vault_url());
+
+    let s = c
+        .set_secret(
+            "app-config",
+            r#"{"debug":false}"#,
+            Some(SetSecretOptions::default().content_type("application/json")),
+        )
+        .unwrap();
+    assert_eq!(s.value(), Some(r#"{"debug":false}"#));
+    let v1 = s.properties.version.clone().unwrap();
+    c.set_secret("app-config", "two", None).unwrap();
+    assert_eq!(
+        c.get_secret("app-config", None).unwrap().value(),
+        Some("two")
+    );
+    assert_eq!(
+        c.get_secret("app-config", Some(&v1))
+            .unwrap()
+            .properties
+            .content_type
+            .as_deref(),
+        Some("application/json")
+    );
+    let id = KeyVaultSecretIdentifier::parse(&s.id).unwrap();
+    assert_eq!(
+        c.get_secret_by_id(&id).unwrap().value(),
+        Some(r#"{"debug":false}"#)
+    );
+    let p = c
+        .update_secret_properties(
+            "app-config",
+            Some(&v1),
+            UpdateSecretPropertiesOptions::default().tag("a", "b"),
+        )
+        .unwrap();
+    assert_eq!(p.tags["a"], "b");
+
+    for i in 0..7 {
+        c.set_secret(&format!("many-{i}"), "x", None).unwrap();
+    }
+    let names: Vec<String> = c
+        .list_properties_of_secrets(Some(3))
+        .unwrap()
+        .map(|p| p.unwrap().name)
+        .collect();
+    assert_eq!(names.len(), 8);
+    let pages: Vec<_> = c
+        .list_properties_of_secrets(Some(3))
+        .unwrap()
+        .by_page()
+        .map(|p| p.unwrap())
+        .collect();
+    assert_eq!(pages.len(), 3);
+    let token = pages[0].continuation_token.clone().unwrap();
+    let rest = c
+        .list_properties_of_secrets(Some(3))
+        .unwrap()
+        .resume_from(token)
+        .count();
+    assert_eq!(rest, 5);
+    assert_eq!(
+        c.list_properties_of_secret_versions("app-config", Some(1))
+            .unwrap()
+            .count(),
+        2
+    );
+
+    let backup = c.backup_secret("app-config").unwrap();
+    let started = Instant::now();
+    let mut poller = c.begin_delete_secret("app-config").unwrap();
+    assert_eq!(poller.result().name, "app-config");
+    poller.wait().unwrap();
+    assert!(poller.done());
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(
+        c.get_deleted_secret("app-config").unwrap().name,
+        "app-config"
+    );
+    assert_eq!(c.list_deleted_secrets(None).unwrap().count(), 1);
+    let recovered = c
+        .begin_recover_deleted_secret("app-config")
+        .unwrap()
+        .wait_for_result()
+        .unwrap();
+    assert_eq!(recovered.name, "app-config");
+    c.begin_delete_secret("app-config").unwrap().wait().unwrap();
+    c.purge_deleted_secret("app-config").unwrap();
+    let restored = c.restore_secret_backup(&backup).unwrap();
+    assert_eq!(restored.name, "app-config");
+    assert_eq!(
+        c.get_secret("app-config", None).unwrap().value(),
+        Some("two")
+    );
+
+    let r = c
+        .send_request(Request::new(Method::GET, "/secrets/app-config/"))
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Errors.
+    assert_eq!(
+        c.get_secret("missing", None).unwrap_err().kind(),
+        ErrorKind::ResourceNotFound
+    );
+    assert_eq!(
+        c.set_secret("bad name", "v", None).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let bad = SecretClient::new(
+        v.vault_url(),
+        Arc::new(StaticTokenCredential::from_token("x")),
+        Some(options(&v)),
+    )
+    .unwrap();
+    assert_eq!(
+        bad.get_secret("missing", None).unwrap_err().kind(),
+        ErrorKind::ClientAuthentication
+    );
+    c.close();
+    assert_eq!(
+        c.get_secret("missing", None).unwrap_err().kind(),
+        ErrorKind::Connection
+    );
+    // Dropping the clients and pollers (and so their runtimes) closes their sockets: the server drains at once.
+    drop((c, bad, poller));
+    rt.block_on(v.shutdown());
+}
+
+#[test]
+fn blocking_retries_429() {
+    let (rt, v) = server();
+    let base = options(&v);
+    let throttling = Arc::new(Throttling {
+        inner: base.build_transport().unwrap(),
+        throttle: AtomicUsize::new(1),
+        headers: vec![("x-ms-retry-after-ms", "300")],
+        seen: AtomicUsize::new(0),
+    });
+    let mut o = options(&v);
+    o.transport = Some(throttling.clone());
+    let c = SecretClient::new(v.vault_url(), credential(&v), Some(o)).unwrap();
+    let started = Instant::now();
+    c.set_secret("t", "v", None).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    assert_eq!(throttling.seen.load(Ordering::SeqCst), 3);
+    drop(c);
+    rt.block_on(v.shutdown());
+}

@@ -1,0 +1,303 @@
+//! One policy at a time, against a tiny hand-made HTTPS server: the challenge flow on the wire,
+//! throttling with Retry-After, paging links, and error bodies.
+
+mod mock;
+
+use futures_util::StreamExt;
+use keyvault_secrets::credentials::StaticTokenCredential;
+use keyvault_secrets::http::StatusCode;
+use keyvault_secrets::{ErrorKind, RetryOptions, SecretClient, SecretClientOptions};
+use mock::{MockResponse, start};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CHALLENGE: &str = r#"Bearer authorization="https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47", resource="https://vault.azure.net""#;
+const BUNDLE: &str = r#"{"value":"v","id":"https://kv.vault.azure.net/secrets/n/968bc1b35f5449dfaf7109294020deb5","attributes":{"enabled":true,"created":1613504488,"updated":1613504488,"recoveryLevel":"CustomizedRecoverable+Purgeable","recoverableDays":7}}"#;
+
+fn unauthorized() -> MockResponse {
+    MockResponse::json(401, r#"{"error":{"code":"Unauthorized","message":"AKV10000: Request is missing a Bearer or PoP token."}}"#)
+        .header("www-authenticate", CHALLENGE)
+}
+
+fn client(url: &str, ca: &[u8]) -> SecretClient {
+    SecretClient::new(
+        url,
+        Arc::new(StaticTokenCredential::from_token("tok-1")),
+        Some(SecretClientOptions {
+            verify_challenge_resource: false,
+            additional_ca_certificates: vec![ca.to_vec()],
+            trust_system_roots: false,
+            retry: RetryOptions {
+                max_retries: 2,
+                initial_delay: Duration::from_millis(10),
+                max_delay: Duration::from_secs(5),
+            },
+            ..Default::default()
+        }),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn challenge_flow_on_the_wire() {
+    let server = start(|req, _| match req.header("authorization") {
+        None => unauthorized(),
+        Some("Bearer tok-1") => MockResponse::json(200, BUNDLE),
+        Some(_) => unauthorized(),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let s = c.set_secret("n", "v", None).await.unwrap();
+    assert_eq!(s.value(), Some("v"));
+    c.get_secret("n", None).await.unwrap();
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3);
+    // 1: bare PUT, no token, no body.
+    assert_eq!(reqs[0].method, "PUT");
+    assert_eq!(reqs[0].target, "/secrets/n?api-version=2026-04-01");
+    assert!(reqs[0].header("authorization").is_none());
+    assert!(reqs[0].body.is_empty());
+    // 2: the same PUT with token and body.
+    assert_eq!(reqs[1].header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(reqs[1].header("content-type"), Some("application/json"));
+    assert_eq!(String::from_utf8_lossy(&reqs[1].body), r#"{"value":"v"}"#);
+    assert!(reqs[1].header("x-ms-client-request-id").is_some());
+    assert!(
+        reqs[1]
+            .header("user-agent")
+            .unwrap()
+            .starts_with("azsdk-rust-keyvault-secrets/")
+    );
+    // 3: later requests carry the cached token at once; latest version has a trailing slash.
+    assert_eq!(reqs[2].method, "GET");
+    assert_eq!(reqs[2].target, "/secrets/n/?api-version=2026-04-01");
+    assert_eq!(reqs[2].header("authorization"), Some("Bearer tok-1"));
+}
+
+#[tokio::test]
+async fn resource_verification_blocks_a_foreign_resource() {
+    let server = start(|_, _| unauthorized()).await;
+    let c = SecretClient::new(
+        &server.url,
+        Arc::new(StaticTokenCredential::from_token("tok-1")),
+        Some(SecretClientOptions {
+            additional_ca_certificates: vec![server.ca_pem.clone()],
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let e = c.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ClientAuthentication);
+    // The token was never sent.
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none())
+    );
+}
+
+#[tokio::test]
+async fn throttled_requests_wait_for_retry_after() {
+    let server = start(|req, n| match (req.header("authorization"), n) {
+        (None, _) => unauthorized(),
+        (Some(_), 1) => MockResponse::json(
+            429,
+            r#"{"error":{"code":"Throttled","message":"slow down"}}"#,
+        )
+        .header("retry-after", "1"),
+        (Some(_), _) => MockResponse::json(200, BUNDLE),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let started = Instant::now();
+    // POST (not idempotent) is still retried on 429.
+    c.begin_recover_deleted_secret("n").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_for_idempotent_methods_only() {
+    let server = start(|req, _| match req.header("authorization") {
+        None => unauthorized(),
+        Some(_) => MockResponse::json(
+            500,
+            r#"{"error":{"code":"InternalError","message":"boom"}}"#,
+        ),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let e = c.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::HttpResponse);
+    assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(e.error_code(), Some("InternalError"));
+    assert_eq!(e.message(), "boom");
+    assert_eq!(server.requests().len(), 1 + 3); // challenge + 1 try + 2 retries
+    let before = server.requests().len();
+    let e = c.backup_secret("n").await.unwrap_err(); // POST: not retried
+    assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(server.requests().len(), before + 1);
+}
+
+#[tokio::test]
+async fn next_links_are_followed_with_our_api_version() {
+    let server = start(|req, _| {
+        if req.header("authorization").is_none() {
+            return unauthorized();
+        }
+        let item = |n: &str| format!(r#"{{"id":"https://kv.vault.azure.net/secrets/{n}","attributes":{{"enabled":true}}}}"#);
+        if req.target.contains("skiptoken") {
+            MockResponse::json(200, format!(r#"{{"value":[{}],"nextLink":null}}"#, item("b")))
+        } else {
+            MockResponse::json(
+                200,
+                format!(r#"{{"value":[{}],"nextLink":"https://kv.vault.azure.net:443/secrets?api-version=7.2&$skiptoken=eyJOZXh0TWFya2VyIjoiMiJ9&maxresults=1"}}"#, item("a")),
+            )
+        }
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let names: Vec<String> = c
+        .list_properties_of_secrets(Some(1))
+        .unwrap()
+        .map(|p| p.unwrap().name)
+        .collect()
+        .await;
+    assert_eq!(names, vec!["a", "b"]);
+    let reqs = server.requests();
+    assert_eq!(
+        reqs[1].target,
+        "/secrets?api-version=2026-04-01&maxresults=1"
+    );
+    // Sent to our own vault, not to the link's host; api-version replaced; the token kept verbatim.
+    assert_eq!(
+        reqs[2].target,
+        "/secrets?api-version=2026-04-01&$skiptoken=eyJOZXh0TWFya2VyIjoiMiJ9&maxresults=1"
+    );
+}
+
+#[tokio::test]
+async fn rejected_token_gets_one_fresh_challenge_then_fails() {
+    let server = start(|_, _| unauthorized()).await;
+    let c = client(&server.url, &server.ca_pem);
+    let e = c.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ClientAuthentication);
+    assert!(e.message().contains("AKV10000"), "{e}");
+    // bare + authorised + one re-challenged retry.
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn client_secret_credential_posts_the_v2_form() {
+    use keyvault_secrets::credentials::{
+        ClientSecretCredential, ClientSecretCredentialOptions, TokenCredential,
+    };
+    let server = start(|req, _| {
+        if req.target == "/my-tenant/oauth2/v2.0/token" {
+            MockResponse::json(200, r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"at-1"}"#)
+        } else {
+            MockResponse::json(400, r#"{"error":"invalid_request","error_description":"AADSTS900144: wrong path"}"#)
+        }
+    })
+    .await;
+    let options = ClientSecretCredentialOptions {
+        authority_host: format!("{}/", server.url),
+        additional_ca_certificates: vec![server.ca_pem.clone()],
+        trust_system_roots: false,
+        ..Default::default()
+    };
+    let c =
+        ClientSecretCredential::new("my-tenant", "app-id", "p@ss&word=1", Some(options.clone()))
+            .unwrap();
+    let t = c
+        .get_token(&["https://vault.azure.net/.default"], None)
+        .await
+        .unwrap();
+    assert_eq!(t.token.expose(), "at-1");
+    let req = &server.requests()[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(
+        req.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    let form: Vec<(String, String)> = form_urlencoded::parse(&req.body).into_owned().collect();
+    assert!(form.contains(&("client_secret".into(), "p@ss&word=1".into())));
+    assert!(form.contains(&("grant_type".into(), "client_credentials".into())));
+    assert!(form.contains(&("scope".into(), "https://vault.azure.net/.default".into())));
+    assert!(form.contains(&("client_id".into(), "app-id".into())));
+    assert!(!format!("{c:?}").contains("p@ss"));
+    let other = ClientSecretCredential::new("other", "app-id", "s", Some(options)).unwrap();
+    let e = other
+        .get_token(&["https://vault.azure.net/.default"], None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Credential);
+    assert!(e.message().contains("AADSTS900144"), "{e}");
+}
+
+#[tokio::test]
+async fn managed_identity_imds_and_app_service() {
+    use keyvault_secrets::credentials::{
+        ManagedIdentityCredential, ManagedIdentityCredentialOptions, TokenCredential,
+    };
+    let server = start(|req, _| {
+        if req.target.starts_with("/imds?") && req.header("metadata") == Some("true") {
+            MockResponse::json(200, r#"{"access_token":"imds-tok","expires_on":"4102444800","resource":"https://vault.azure.net","token_type":"Bearer"}"#)
+        } else if req.target.starts_with("/msi?") && req.header("x-identity-header") == Some("hdr") {
+            MockResponse::json(200, r#"{"access_token":"app-tok","expires_on":4102444800}"#)
+        } else {
+            MockResponse::json(400, r#"{"error":"invalid_request","error_description":"Identity not found"}"#)
+        }
+    })
+    .await;
+    let transport = SecretClientOptions {
+        additional_ca_certificates: vec![server.ca_pem.clone()],
+        ..Default::default()
+    }
+    .build_transport()
+    .unwrap();
+    let options = ManagedIdentityCredentialOptions {
+        imds_endpoint: Some(format!("{}/imds", server.url)),
+        client_id: Some("user-assigned".into()),
+        transport: Some(transport.clone()),
+        ..Default::default()
+    };
+    let imds = ManagedIdentityCredential::with_env(|_| None, Some(options.clone())).unwrap();
+    let t = imds
+        .get_token(&["https://vault.azure.net/.default"], None)
+        .await
+        .unwrap();
+    assert_eq!(t.token.expose(), "imds-tok");
+    assert_eq!(t.expires_on.unix_timestamp(), 4102444800);
+    let r = &server.requests()[0];
+    assert_eq!(
+        r.target,
+        "/imds?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&client_id=user-assigned"
+    );
+    let url = format!("{}/msi", server.url);
+    let app = ManagedIdentityCredential::with_env(
+        |n| match n {
+            "IDENTITY_ENDPOINT" => Some(url.clone()),
+            "IDENTITY_HEADER" => Some("hdr".into()),
+            _ => None,
+        },
+        Some(options),
+    )
+    .unwrap();
+    let t = app
+        .get_token(&["https://vault.azure.net/.default"], None)
+        .await
+        .unwrap();
+    assert_eq!(t.token.expose(), "app-tok");
+    assert!(
+        server.requests()[1]
+            .target
+            .starts_with("/msi?api-version=2019-08-01&resource=")
+    );
+    assert!(!format!("{app:?}").contains("hdr"));
+}
