@@ -43,6 +43,22 @@ pub struct ServeArgs {
     /// DNS suffix vaults are addressed under (`https://{name}.{suffix}`) [default: localhost:{port}].
     #[arg(long, env = "KEYVAULT_RESOURCE_SUFFIX")]
     resource_suffix: Option<String>,
+    /// Host (and port) in the `iss` claim of issued tokens; nodes behind one address must share it
+    /// [default: the listening address].
+    #[arg(long, env = "KEYVAULT_ISSUER_HOST")]
+    issuer_host: Option<String>,
+    /// Storage: `sqlite` (the data directory's vault.db), `sqlite:PATH`, or
+    /// `postgres://user:password@host:port/dbname` for several nodes over one database. Prefer the
+    /// environment variable or the config file for a URL with a password [default: sqlite].
+    #[arg(long, env = "KEYVAULT_STORE", hide_env_values = true)]
+    store: Option<String>,
+    /// Key-encryption key file (created if missing; ignored when KEYVAULT_KEK is set)
+    /// [default: DATA_DIR/kek.key].
+    #[arg(long, env = "KEYVAULT_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+    /// Token signing key file (created if missing) [default: DATA_DIR/token-signing-key.pk8].
+    #[arg(long, env = "KEYVAULT_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -80,6 +96,18 @@ impl ServeArgs {
         }
         if let Some(v) = self.resource_suffix {
             config.resource_suffix = Some(v);
+        }
+        if let Some(v) = self.issuer_host {
+            config.issuer_host = Some(v);
+        }
+        if let Some(v) = self.store {
+            config.store = Some(keyvault_server::config::StoreLocation(v));
+        }
+        if let Some(v) = self.kek_file {
+            config.kek_file = Some(v);
+        }
+        if let Some(v) = self.signing_key_file {
+            config.signing_key_file = Some(v);
         }
         Ok(config)
     }

@@ -24,8 +24,18 @@ fn hash_secret(secret: &str) -> String {
     hash
 }
 
+/// A server child process that is killed if a test panics before stopping it.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Start the server and read its listening address from the log on stderr.
-fn start(args: &[&str]) -> (Child, String) {
+fn start(args: &[&str]) -> (Server, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("KEYVAULT_LOG", "info")
@@ -33,7 +43,7 @@ fn start(args: &[&str]) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -47,13 +57,14 @@ fn start(args: &[&str]) -> (Child, String) {
             }
         }
     });
+    let server = Server(child);
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the server reports its address");
-    (child, addr)
+    (server, addr)
 }
 
-fn sigterm(child: &Child) {
+fn sigterm(Server(child): &Server) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -61,7 +72,7 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+fn wait_exit(Server(child): &mut Server, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -36,6 +36,64 @@ pub struct Config {
     pub tls: TlsConfig,
     /// OAuth clients allowed to get tokens (client credentials).
     pub clients: Vec<ClientConfig>,
+    /// Where secrets are stored: absent or `"sqlite"` = the embedded SQLite database `vault.db` in the data
+    /// directory; `"sqlite:PATH"` = another SQLite file; `"postgres://user:password@host:port/dbname"` = a
+    /// PostgreSQL database that any number of server nodes may share.
+    pub store: Option<StoreLocation>,
+    /// The key-encryption key file (created at first start if missing). Default `{data_dir}/kek.key`.
+    /// Every node over one shared store must use the same key (this file, or `KEYVAULT_KEK`).
+    pub kek_file: Option<PathBuf>,
+    /// The token signing key file (PKCS#8 PEM; created at first start if missing). Default
+    /// `{data_dir}/token-signing-key.pk8`. Nodes that share it accept each other's tokens.
+    pub signing_key_file: Option<PathBuf>,
+}
+
+/// The `store` setting: a backend name or URL. Its `Debug` hides a password in the URL.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreLocation(pub String);
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url_password(&self.0))
+    }
+}
+
+/// `scheme://user:password@host…` → `scheme://user:***@host…` (other strings unchanged).
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The storage backend a configuration selects.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded SQLite database at this path.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (connection URL, which may hold a password).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreBackend::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreBackend::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&redact_url_password(url))
+                .finish(),
+        }
+    }
 }
 
 /// TLS certificate and key (PEM files). Required unless `dev` is on.
@@ -70,6 +128,9 @@ impl Default for Config {
             sweep_interval_secs: 60,
             tls: TlsConfig::default(),
             clients: Vec::new(),
+            store: None,
+            kek_file: None,
+            signing_key_file: None,
         }
     }
 }
@@ -85,8 +146,49 @@ impl Config {
         toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))
     }
 
+    /// The storage backend selected by `store`.
+    pub fn store_backend(&self) -> Result<StoreBackend, ConfigError> {
+        let Some(StoreLocation(location)) = &self.store else {
+            return Ok(StoreBackend::Sqlite(self.data_dir.join("vault.db")));
+        };
+        let location = location.trim();
+        if location.is_empty() || location == "sqlite" {
+            Ok(StoreBackend::Sqlite(self.data_dir.join("vault.db")))
+        } else if let Some(path) = location.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(ConfigError(
+                    "store = \"sqlite:\" needs a file path".to_string(),
+                ));
+            }
+            Ok(StoreBackend::Sqlite(PathBuf::from(path)))
+        } else if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            Ok(StoreBackend::Postgres(location.to_string()))
+        } else {
+            Err(ConfigError(format!(
+                "store must be \"sqlite\", \"sqlite:PATH\" or a postgres:// URL, not '{}'",
+                redact_url_password(location)
+            )))
+        }
+    }
+
+    /// The key-encryption key file.
+    pub fn kek_path(&self) -> PathBuf {
+        self.kek_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("kek.key"))
+    }
+
+    /// The token signing key file.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("token-signing-key.pk8"))
+    }
+
     /// Check the values that have rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store_backend()?;
         use keyvault_types::rules::{MAX_RETENTION_DAYS, MIN_RETENTION_DAYS};
         if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&self.retention_days) {
             return Err(ConfigError(format!(
@@ -178,5 +280,49 @@ mod tests {
             ..Config::default()
         };
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn selects_the_store() {
+        let c = Config::from_toml(r#"data_dir = "/d""#).unwrap();
+        assert_eq!(
+            c.store_backend().unwrap(),
+            StoreBackend::Sqlite("/d/vault.db".into())
+        );
+        let c = Config::from_toml(
+            r#"
+            store = "postgres://kv:s3cret@db.example:5432/keyvault"
+            kek_file = "/run/secrets/kek"
+            signing_key_file = "/run/secrets/signing.pk8"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.store_backend().unwrap(),
+            StoreBackend::Postgres("postgres://kv:s3cret@db.example:5432/keyvault".into())
+        );
+        assert_eq!(c.kek_path(), PathBuf::from("/run/secrets/kek"));
+        assert_eq!(
+            c.signing_key_path(),
+            PathBuf::from("/run/secrets/signing.pk8")
+        );
+        let shown = format!("{c:?} {:?}", c.store_backend().unwrap());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("kv:***@db.example"), "{shown}");
+        let c = Config {
+            store: Some(StoreLocation("sqlite:/x/y.db".into())),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.store_backend().unwrap(),
+            StoreBackend::Sqlite("/x/y.db".into())
+        );
+        let c = Config {
+            store: Some(StoreLocation("mysql://u:pw@h/db".into())),
+            dev: true,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("store") && !err.contains("pw"), "{err}");
     }
 }

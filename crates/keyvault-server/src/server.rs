@@ -1,10 +1,11 @@
 //! Putting the parts together: open the store, load keys and certificates, bind, serve until told to stop.
 
 use crate::auth::{AuthState, ClientRegistry, SigningKey, TokenIssuer, TokenVerifier};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreBackend};
 use crate::crypto::{Envelope, FileKeyProvider, KeyProvider, StaticKeyProvider};
 use crate::http::{self, HttpState};
 use crate::store::SecretStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::vault::{Clock, SystemClock, Vault, VaultSettings};
 use axum::Router;
@@ -156,16 +157,28 @@ impl Server {
                 StaticKeyProvider::from_base64(&b64)
                     .map_err(setup("the key in KEYVAULT_KEK is not usable"))?,
             ),
-            Err(_) => Arc::new(
-                FileKeyProvider::load_or_create(&data_dir.join("kek.key"))
-                    .map_err(setup("cannot load the key-encryption key"))?,
-            ),
+            Err(_) => {
+                let path = config.kek_path();
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    create_private_dir(parent)?;
+                }
+                Arc::new(
+                    FileKeyProvider::load_or_create(&path)
+                        .map_err(setup("cannot load the key-encryption key"))?,
+                )
+            }
         };
         let envelope = Arc::new(Envelope::new(provider));
-        let store: Arc<dyn SecretStore> = Arc::new(
-            SqliteStore::open(&data_dir.join("vault.db"))
-                .map_err(setup("cannot open the database"))?,
-        );
+        let store: Arc<dyn SecretStore> = match config.store_backend()? {
+            StoreBackend::Sqlite(path) => {
+                Arc::new(SqliteStore::open(&path).map_err(setup("cannot open the database"))?)
+            }
+            StoreBackend::Postgres(url) => Arc::new(
+                PostgresStore::open(&url)
+                    .await
+                    .map_err(setup("cannot open the PostgreSQL store"))?,
+            ),
+        };
         let settings = VaultSettings {
             name: config.vault_name.clone(),
             retention_days: config.retention_days,
@@ -206,7 +219,7 @@ impl Server {
 
         // Tokens.
         let signing_key = Arc::new(
-            SigningKey::load_or_create(&data_dir.join("token-signing-key.pk8"))
+            SigningKey::load_or_create(&config.signing_key_path())
                 .map_err(setup("cannot load the token signing key"))?,
         );
         let token_issuer = Arc::new(TokenIssuer::new(
@@ -359,11 +372,34 @@ async fn sweep_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(every);
+    let mut leader = false;
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = ticker.tick() => {}
+        }
+        // With a shared store, one node at a time sweeps; the others keep asking, and one of them takes
+        // over when the leader dies.
+        match vault.store().try_acquire_leadership().await {
+            Ok(true) => {
+                if !leader {
+                    tracing::debug!("this node runs the retention sweeper");
+                }
+                leader = true;
+            }
+            Ok(false) => {
+                if leader {
+                    tracing::info!("another node now runs the retention sweeper");
+                }
+                leader = false;
+                continue;
+            }
+            Err(e) => {
+                leader = false;
+                tracing::warn!(error = %e, "cannot tell whether this node should run the retention sweeper");
+                continue;
+            }
         }
         match vault.sweep().await {
             Ok(0) => {}

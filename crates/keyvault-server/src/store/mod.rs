@@ -1,5 +1,6 @@
-//! Storage: the [`SecretStore`] trait (bytes and rows; nothing above it knows about SQL) and its SQLite
-//! implementation ([`sqlite::SqliteStore`]).
+//! Storage: the [`SecretStore`] trait (bytes and rows; nothing above it knows about SQL) and its
+//! implementations: embedded SQLite ([`sqlite::SqliteStore`], the default) and PostgreSQL
+//! ([`postgres::PostgresStore`], for several server nodes over one database).
 //!
 //! Names compare case-insensitively: a store keys on the *name key* `name.to_ascii_lowercase()` and keeps the
 //! display casing of the latest write. Versions are compared as given (lowercase hex). Every key includes the
@@ -11,6 +12,9 @@ use std::fmt;
 
 #[doc(hidden)]
 pub mod conformance;
+#[doc(hidden)]
+pub mod pgtest;
+pub mod postgres;
 pub mod sqlite;
 
 /// Tags of a secret version.
@@ -151,6 +155,12 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn restore(&self, vault: &str, versions: Vec<VersionRow>) -> StoreResult<()>;
     /// Is the store usable (for /readyz)?
     async fn health(&self) -> StoreResult<()>;
+    /// Should this node run background work (the retention sweeper) now? Called before each run. A store
+    /// shared by several nodes answers true on one node at a time and moves the role to another node when
+    /// that one dies; a store private to this node is always the leader.
+    async fn try_acquire_leadership(&self) -> StoreResult<bool> {
+        Ok(true)
+    }
 }
 
 /// The name key of a name: names compare case-insensitively (ASCII).

@@ -1,0 +1,895 @@
+//! The scale-out [`SecretStore`]: one PostgreSQL database shared by any number of stateless server nodes.
+//!
+//! - **Connections**: a small pool ([`pool`]) with bounded waits; connection-level failures become
+//!   [`StoreError::Unavailable`] (HTTP 503), and the pool replaces broken connections by itself, so a node
+//!   keeps running through a database restart.
+//! - **Concurrency** (READ COMMITTED + row locks): every write that reads before it writes first locks the
+//!   name's row in `kv_names` (`INSERT … ON CONFLICT DO UPDATE` creates-or-locks it; `UPDATE`/`DELETE`
+//!   lock it; `SELECT … FOR UPDATE` for attribute changes). Version rows are inserted only while the name's
+//!   row is locked, so a version's `seq` (an identity column) orders versions by commit within a name, the
+//!   latest is well defined when several nodes set the same name at once, and a name is never both live and
+//!   deleted. Multi-statement operations run in one transaction; each statement sees what committed before it.
+//! - **Ordering**: keys are `COLLATE "C"`, so keyset paging sorts names by bytes, exactly as SQLite does.
+//! - **Schema**: versioned migrations in `kv_schema_migrations`, applied at start inside a transaction that
+//!   holds `pg_advisory_xact_lock(`[`MIGRATION_LOCK_KEY`]`)`, so several nodes may start at once.
+//! - **Leadership**: [`SecretStore::try_acquire_leadership`] holds the session-level advisory lock
+//!   [`LEADER_LOCK_KEY`] on a dedicated connection; when the leader node dies its session ends, the lock is
+//!   released, and the next node to try takes over. (The sweeper is also safe if two nodes ever run it at
+//!   once: purges lock rows with `SKIP LOCKED` and re-check the deleted state.)
+//!
+//! Schema (version 1):
+//!
+//! ```text
+//! kv_names(vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)   PK (vault, name_key)
+//!     kv_names_live    (vault, name_key) INCLUDE (latest_seq, display_name)   WHERE deleted_on IS NULL
+//!     kv_names_deleted (vault, name_key)                                      WHERE deleted_on IS NOT NULL
+//!     kv_names_purge   (scheduled_purge)                                      WHERE scheduled_purge IS NOT NULL
+//! kv_versions(seq IDENTITY, vault, name_key, version, sealed BYTEA, content_type, tags (JSON text), enabled,
+//!             nbf, exp, created, updated)                          UNIQUE (vault, name_key, version)
+//!     kv_versions_by_name (vault, name_key, seq)
+//! kv_schema_migrations(version, applied_at)
+//! ```
+
+pub mod pool;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use self::pool::{Conn, Pool};
+use super::{
+    DeletedRow, SecretStore, StoreError, StoreResult, Tags, VersionPatch, VersionRow, name_key,
+};
+
+/// The schema version this code writes and understands.
+pub const SCHEMA_VERSION: i32 = 1;
+/// Connections a node keeps open at most.
+pub const POOL_SIZE: usize = 16;
+/// The advisory lock held (per transaction) while migrations run.
+pub const MIGRATION_LOCK_KEY: i64 = 0x6b76_5f6d_6967_7261; // "kv_migra"
+/// The advisory lock held (per session) by the node that runs background work.
+pub const LEADER_LOCK_KEY: i64 = 0x6b76_5f6c_6561_6472; // "kv_leadr"
+/// Names purged per transaction by `purge_expired`.
+const PURGE_CHUNK: i64 = 256;
+/// Longest a single store operation may take before it fails with `Unavailable` (a hung database, a lock
+/// held by a stalled session): the caller gets a 503 instead of waiting forever.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the leader's liveness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const MIGRATIONS: &[(i32, &str)] = &[(1, SCHEMA_V1)];
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE kv_names (
+    vault           TEXT COLLATE "C" NOT NULL,
+    name_key        TEXT COLLATE "C" NOT NULL,
+    display_name    TEXT   NOT NULL,
+    latest_seq      BIGINT NOT NULL,
+    deleted_on      BIGINT,
+    scheduled_purge BIGINT,
+    PRIMARY KEY (vault, name_key),
+    CHECK ((deleted_on IS NULL) = (scheduled_purge IS NULL))
+);
+CREATE INDEX kv_names_live ON kv_names (vault, name_key) INCLUDE (latest_seq, display_name)
+    WHERE deleted_on IS NULL;
+CREATE INDEX kv_names_deleted ON kv_names (vault, name_key) WHERE deleted_on IS NOT NULL;
+CREATE INDEX kv_names_purge ON kv_names (scheduled_purge) WHERE scheduled_purge IS NOT NULL;
+CREATE TABLE kv_versions (
+    seq          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    vault        TEXT COLLATE "C" NOT NULL,
+    name_key     TEXT COLLATE "C" NOT NULL,
+    version      TEXT COLLATE "C" NOT NULL,
+    sealed       BYTEA   NOT NULL,
+    content_type TEXT,
+    tags         TEXT,
+    enabled      BOOLEAN NOT NULL,
+    nbf          BIGINT,
+    exp          BIGINT,
+    created      BIGINT  NOT NULL,
+    updated      BIGINT  NOT NULL,
+    UNIQUE (vault, name_key, version)
+);
+CREATE INDEX kv_versions_by_name ON kv_versions (vault, name_key, seq);
+"#;
+
+// ---------------------------------------------------------------------------------------------------------
+// Queries
+
+/// The version columns, in the order [`version_row`] reads them after the display name.
+macro_rules! vcols {
+    () => {
+        "v.version, v.sealed, v.content_type, v.tags, v.enabled, v.nbf, v.exp, v.created, v.updated"
+    };
+}
+
+const SQL_LIST_LATEST: &str = concat!(
+    "SELECT n.display_name, ",
+    vcols!(),
+    " FROM kv_names AS n JOIN kv_versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = $1 AND n.deleted_on IS NULL AND n.name_key > $2 ORDER BY n.name_key LIMIT $3"
+);
+const SQL_LIST_DELETED: &str = concat!(
+    "SELECT n.display_name, ",
+    vcols!(),
+    ", n.deleted_on, n.scheduled_purge FROM kv_names AS n JOIN kv_versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = $1 AND n.deleted_on IS NOT NULL AND n.name_key > $2 ORDER BY n.name_key LIMIT $3"
+);
+const SQL_FIND_LATEST: &str = concat!(
+    "SELECT v.seq, n.display_name, ",
+    vcols!(),
+    " FROM kv_names AS n JOIN kv_versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL"
+);
+const SQL_FIND_VERSION: &str = concat!(
+    "SELECT v.seq, n.display_name, ",
+    vcols!(),
+    " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
+     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL AND v.version = $3"
+);
+const SQL_FIND_DELETED: &str = concat!(
+    "SELECT n.display_name, ",
+    vcols!(),
+    ", n.deleted_on, n.scheduled_purge FROM kv_names AS n JOIN kv_versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NOT NULL"
+);
+const SQL_VERSIONS_OF_LIVE: &str = concat!(
+    "SELECT v.seq, n.display_name, ",
+    vcols!(),
+    " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
+     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL AND v.seq > $3 ORDER BY v.seq LIMIT $4"
+);
+/// Create the name's row (live, placeholder latest) or lock the existing one; returns a row only when the
+/// name is live (a deleted name's row is locked but not returned).
+const SQL_LOCK_FOR_PUT: &str = "INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
+     VALUES ($1, $2, $3, 0)
+     ON CONFLICT (vault, name_key) DO UPDATE SET display_name = EXCLUDED.display_name
+         WHERE kv_names.deleted_on IS NULL
+     RETURNING 1";
+const SQL_INSERT_VERSION: &str = "INSERT INTO kv_versions
+     (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq";
+const SQL_SET_LATEST: &str =
+    "UPDATE kv_names SET latest_seq = $3 WHERE vault = $1 AND name_key = $2";
+const SQL_LOCK_LIVE: &str = "SELECT latest_seq FROM kv_names
+     WHERE vault = $1 AND name_key = $2 AND deleted_on IS NULL FOR UPDATE";
+const SQL_UPDATE_VERSION: &str = "UPDATE kv_versions
+     SET content_type = $2, tags = $3, enabled = $4, nbf = $5, exp = $6, updated = $7 WHERE seq = $1";
+const SQL_SOFT_DELETE: &str = "UPDATE kv_names SET deleted_on = $3, scheduled_purge = $4
+     WHERE vault = $1 AND name_key = $2 AND deleted_on IS NULL";
+const SQL_RECOVER: &str = "UPDATE kv_names SET deleted_on = NULL, scheduled_purge = NULL
+     WHERE vault = $1 AND name_key = $2 AND deleted_on IS NOT NULL";
+const SQL_PURGE_NAME: &str =
+    "DELETE FROM kv_names WHERE vault = $1 AND name_key = $2 AND deleted_on IS NOT NULL";
+const SQL_PURGE_VERSIONS: &str = "DELETE FROM kv_versions WHERE vault = $1 AND name_key = $2";
+/// Delete (and lock, skipping rows another transaction holds) up to $2 names due at $1.
+const SQL_PURGE_DUE_NAMES: &str = "DELETE FROM kv_names WHERE (vault, name_key) IN (
+         SELECT vault, name_key FROM kv_names
+         WHERE scheduled_purge IS NOT NULL AND scheduled_purge <= $1
+         LIMIT $2 FOR UPDATE SKIP LOCKED)
+     AND deleted_on IS NOT NULL AND scheduled_purge <= $1
+     RETURNING vault, name_key";
+const SQL_PURGE_DUE_VERSIONS: &str = r#"DELETE FROM kv_versions AS v
+     USING unnest($1::text[], $2::text[]) AS g(vault, name_key)
+     WHERE v.vault = g.vault COLLATE "C" AND v.name_key = g.name_key COLLATE "C""#;
+const SQL_CLAIM_FOR_RESTORE: &str =
+    "INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
+     VALUES ($1, $2, $3, 0) ON CONFLICT (vault, name_key) DO NOTHING RETURNING 1";
+const SQL_HEALTH: &str = "SELECT 1 FROM kv_names LIMIT 1";
+
+// ---------------------------------------------------------------------------------------------------------
+// The store
+
+/// The PostgreSQL [`SecretStore`]. See the module documentation.
+pub struct PostgresStore {
+    config: tokio_postgres::Config,
+    pool: Pool,
+    /// The dedicated connection holding the leader lock, while this node is the leader.
+    leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &describe_target(&self.config))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `host:port/db` of a configuration (never the password), for messages.
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or_default();
+    format!("{host}:{port}/{db}")
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url` (`postgres://user:password@host:port/dbname?…`, or a libpq
+    /// key=value string), apply pending schema migrations, and make the pool ready.
+    ///
+    /// Unless the URL says otherwise, connections time out after [`pool::CONNECT_TIMEOUT`], use TCP
+    /// keepalives (so a vanished database is noticed), and identify as `application_name=keyvault`.
+    pub async fn open(url: &str) -> StoreResult<PostgresStore> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::Internal(format!("invalid PostgreSQL connection string: {e}"))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(pool::CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("keyvault");
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+
+        let mut client = pool::connect(&config).await?;
+        migrate(&mut client).await?;
+        let pool = Pool::new(config.clone(), POOL_SIZE);
+        pool.add_idle(client);
+        tracing::debug!(target = %describe_target(&config), "opened the PostgreSQL store");
+        Ok(PostgresStore {
+            config,
+            pool,
+            leader: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Drop the idle connections and give up leadership (in-use connections close as they come back).
+    pub async fn close(&self) {
+        self.pool.clear();
+        self.leader.lock().await.take();
+    }
+
+    /// Run one operation on a pooled connection, bounded by [`OPERATION_TIMEOUT`].
+    async fn run<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
+    {
+        let work = async {
+            let mut pooled = self.pool.get().await?;
+            let result = op(pooled.conn()).await;
+            pooled.finish(result)
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database did not answer within {OPERATION_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+/// A message for a driver error (never bound values: PostgreSQL's messages name relations and
+/// constraints; `detail`, which may quote key values, is left out).
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Is this driver error about the connection or the server's availability (rather than the request)?
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
+            // 53 insufficient resources, 57 operator intervention (shutdown, cancel, timeouts), 58 system error.
+            matches!(class, "08" | "40" | "53" | "57" | "58")
+        }
+        None => {
+            if e.is_closed() {
+                return true;
+            }
+            let text = e.to_string();
+            // Kinds without a public accessor: I/O, connect, timeout, protocol-level failures.
+            std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                || text.starts_with("error communicating")
+                || text.starts_with("error connecting")
+                || text.starts_with("timeout")
+                || text.starts_with("unexpected message")
+                || text.starts_with("error parsing response")
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_transient(&e) {
+            StoreError::Unavailable(describe(&e))
+        } else {
+            StoreError::Internal(describe(&e))
+        }
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
+    let tx = client.transaction().await?;
+    // Serialize migrations across nodes starting at once; released at commit or rollback.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS kv_schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(max(version), 0) FROM kv_schema_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Internal(format!(
+            "the database has schema version {current}, newer than this server supports ({SCHEMA_VERSION})"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO kv_schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tracing::info!(version, "applied a PostgreSQL schema migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rows
+
+/// A [`VersionRow`] from the display name at column `at` followed by the version columns.
+fn version_row(r: &Row, at: usize) -> StoreResult<VersionRow> {
+    let tags: Option<String> = r.try_get(at + 4)?;
+    let tags = tags
+        .map(|json| serde_json::from_str::<Tags>(&json))
+        .transpose()
+        .map_err(|e| StoreError::Internal(format!("stored tags are not valid JSON: {e}")))?;
+    Ok(VersionRow {
+        name: r.try_get(at)?,
+        version: r.try_get(at + 1)?,
+        sealed: r.try_get(at + 2)?,
+        content_type: r.try_get(at + 3)?,
+        tags,
+        enabled: r.try_get(at + 5)?,
+        nbf: r.try_get(at + 6)?,
+        exp: r.try_get(at + 7)?,
+        created: r.try_get(at + 8)?,
+        updated: r.try_get(at + 9)?,
+    })
+}
+
+/// Columns read by [`version_row`] after the display name.
+const NCOLS: usize = 10;
+
+fn deleted_row(r: &Row) -> StoreResult<DeletedRow> {
+    Ok(DeletedRow {
+        latest: version_row(r, 0)?,
+        deleted_on: r.try_get(NCOLS)?,
+        scheduled_purge: r.try_get(NCOLS + 1)?,
+    })
+}
+
+fn seq_and_row(r: &Row) -> StoreResult<(i64, VersionRow)> {
+    Ok((r.try_get(0)?, version_row(r, 1)?))
+}
+
+fn tags_json(tags: &Option<Tags>) -> StoreResult<Option<String>> {
+    tags.as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Internal(format!("cannot encode tags: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Operations on one connection (or transaction)
+
+type Stmts = std::collections::HashMap<&'static str, tokio_postgres::Statement>;
+
+async fn find_live<C: tokio_postgres::GenericClient>(
+    stmts: &mut Stmts,
+    c: &C,
+    vault: &str,
+    key: &str,
+    version: Option<&str>,
+) -> StoreResult<Option<(i64, VersionRow)>> {
+    let row = match version {
+        None => {
+            let st = Conn::prepare(stmts, c, SQL_FIND_LATEST).await?;
+            c.query_opt(&st, &[&vault, &key]).await?
+        }
+        Some(version) => {
+            let st = Conn::prepare(stmts, c, SQL_FIND_VERSION).await?;
+            c.query_opt(&st, &[&vault, &key, &version]).await?
+        }
+    };
+    row.as_ref().map(seq_and_row).transpose()
+}
+
+async fn find_deleted<C: tokio_postgres::GenericClient>(
+    stmts: &mut Stmts,
+    c: &C,
+    vault: &str,
+    key: &str,
+) -> StoreResult<Option<DeletedRow>> {
+    let st = Conn::prepare(stmts, c, SQL_FIND_DELETED).await?;
+    c.query_opt(&st, &[&vault, &key])
+        .await?
+        .as_ref()
+        .map(deleted_row)
+        .transpose()
+}
+
+async fn versions_of_live<C: tokio_postgres::GenericClient>(
+    stmts: &mut Stmts,
+    c: &C,
+    vault: &str,
+    key: &str,
+    after: i64,
+    limit: Option<i64>,
+) -> StoreResult<Vec<(i64, VersionRow)>> {
+    let st = Conn::prepare(stmts, c, SQL_VERSIONS_OF_LIVE).await?;
+    c.query(&st, &[&vault, &key, &after, &limit])
+        .await?
+        .iter()
+        .map(seq_and_row)
+        .collect()
+}
+
+/// Insert one version of a name whose row this transaction holds; a version id it already has → Exists.
+async fn insert_version<C: tokio_postgres::GenericClient>(
+    stmts: &mut Stmts,
+    c: &C,
+    vault: &str,
+    key: &str,
+    row: &VersionRow,
+) -> StoreResult<i64> {
+    let st = Conn::prepare(stmts, c, SQL_INSERT_VERSION).await?;
+    let tags = tags_json(&row.tags)?;
+    let inserted = c
+        .query_one(
+            &st,
+            &[
+                &vault,
+                &key,
+                &row.version,
+                &row.sealed,
+                &row.content_type,
+                &tags,
+                &row.enabled,
+                &row.nbf,
+                &row.exp,
+                &row.created,
+                &row.updated,
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(r) => Ok(r.try_get(0)?),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Exists),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn put(conn: &mut Conn, vault: &str, row: &VersionRow) -> StoreResult<()> {
+    let key = name_key(&row.name);
+    let Conn { client, stmts } = conn;
+    let tx = client.transaction().await?;
+    let lock = Conn::prepare(stmts, &tx, SQL_LOCK_FOR_PUT).await?;
+    if tx
+        .query_opt(&lock, &[&vault, &key, &row.name])
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::Deleted);
+    }
+    let seq = insert_version(stmts, &tx, vault, &key, row).await?;
+    let st = Conn::prepare(stmts, &tx, SQL_SET_LATEST).await?;
+    tx.execute(&st, &[&vault, &key, &seq]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn update(
+    conn: &mut Conn,
+    vault: &str,
+    key: &str,
+    version: Option<&str>,
+    patch: VersionPatch,
+) -> StoreResult<Option<VersionRow>> {
+    let Conn { client, stmts } = conn;
+    let tx = client.transaction().await?;
+    // Lock the name so a concurrent delete or set waits for this change (and vice versa).
+    let lock = Conn::prepare(stmts, &tx, SQL_LOCK_LIVE).await?;
+    if tx.query_opt(&lock, &[&vault, &key]).await?.is_none() {
+        return Ok(None);
+    }
+    let Some((seq, mut row)) = find_live(stmts, &tx, vault, key, version).await? else {
+        return Ok(None);
+    };
+    let VersionPatch {
+        content_type,
+        tags,
+        enabled,
+        nbf,
+        exp,
+        updated,
+    } = patch;
+    if content_type.is_some() {
+        row.content_type = content_type;
+    }
+    if tags.is_some() {
+        row.tags = tags;
+    }
+    if let Some(enabled) = enabled {
+        row.enabled = enabled;
+    }
+    if nbf.is_some() {
+        row.nbf = nbf;
+    }
+    if exp.is_some() {
+        row.exp = exp;
+    }
+    row.updated = updated;
+    let tags = tags_json(&row.tags)?;
+    let st = Conn::prepare(stmts, &tx, SQL_UPDATE_VERSION).await?;
+    tx.execute(
+        &st,
+        &[
+            &seq,
+            &row.content_type,
+            &tags,
+            &row.enabled,
+            &row.nbf,
+            &row.exp,
+            &row.updated,
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
+
+async fn soft_delete(
+    conn: &mut Conn,
+    vault: &str,
+    key: &str,
+    deleted_on: i64,
+    scheduled_purge: i64,
+) -> StoreResult<Option<DeletedRow>> {
+    let Conn { client, stmts } = conn;
+    let tx = client.transaction().await?;
+    let st = Conn::prepare(stmts, &tx, SQL_SOFT_DELETE).await?;
+    if tx
+        .execute(&st, &[&vault, &key, &deleted_on, &scheduled_purge])
+        .await?
+        == 0
+    {
+        return Ok(None);
+    }
+    // A new statement: sees every version committed before this transaction took the row.
+    let deleted = find_deleted(stmts, &tx, vault, key).await?;
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+async fn recover(conn: &mut Conn, vault: &str, key: &str) -> StoreResult<Option<VersionRow>> {
+    let Conn { client, stmts } = conn;
+    let tx = client.transaction().await?;
+    let st = Conn::prepare(stmts, &tx, SQL_RECOVER).await?;
+    if tx.execute(&st, &[&vault, &key]).await? == 0 {
+        return Ok(None);
+    }
+    let live = find_live(stmts, &tx, vault, key, None).await?;
+    tx.commit().await?;
+    Ok(live.map(|(_, row)| row))
+}
+
+async fn purge(conn: &mut Conn, vault: &str, key: &str) -> StoreResult<bool> {
+    let Conn { client, stmts } = conn;
+    let tx = client.transaction().await?;
+    let st = Conn::prepare(stmts, &tx, SQL_PURGE_NAME).await?;
+    if tx.execute(&st, &[&vault, &key]).await? == 0 {
+        return Ok(false);
+    }
+    // New versions of this name need its row, which this transaction holds until commit.
+    let st = Conn::prepare(stmts, &tx, SQL_PURGE_VERSIONS).await?;
+    tx.execute(&st, &[&vault, &key]).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Purge at most [`PURGE_CHUNK`] names due at `now` in one transaction; returns how many.
+async fn purge_expired_chunk(conn: &mut Conn, now: i64) -> StoreResult<u64> {
+    let Conn { client, stmts } = conn;
+    let tx = client.transaction().await?;
+    let st = Conn::prepare(stmts, &tx, SQL_PURGE_DUE_NAMES).await?;
+    let gone = tx.query(&st, &[&now, &PURGE_CHUNK]).await?;
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let mut vaults = Vec::with_capacity(gone.len());
+    let mut keys = Vec::with_capacity(gone.len());
+    for r in &gone {
+        vaults.push(r.try_get::<_, String>(0)?);
+        keys.push(r.try_get::<_, String>(1)?);
+    }
+    let st = Conn::prepare(stmts, &tx, SQL_PURGE_DUE_VERSIONS).await?;
+    tx.execute(&st, &[&vaults, &keys]).await?;
+    tx.commit().await?;
+    Ok(gone.len() as u64)
+}
+
+async fn restore(conn: &mut Conn, vault: &str, versions: &[VersionRow]) -> StoreResult<()> {
+    let Some(latest) = versions.last() else {
+        return Err(StoreError::Internal(
+            "nothing to restore: no versions".into(),
+        ));
+    };
+    let key = name_key(&latest.name);
+    if versions.iter().any(|v| name_key(&v.name) != key) {
+        return Err(StoreError::Internal(
+            "the versions to restore belong to different names".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !versions.iter().all(|v| seen.insert(v.version.as_str())) {
+        return Err(StoreError::Internal(
+            "the versions to restore repeat a version id".into(),
+        ));
+    }
+    let Conn { client, stmts } = conn;
+    let tx = client.transaction().await?;
+    let st = Conn::prepare(stmts, &tx, SQL_CLAIM_FOR_RESTORE).await?;
+    if tx
+        .query_opt(&st, &[&vault, &key, &latest.name])
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::Exists);
+    }
+    let mut latest_seq = 0;
+    for row in versions {
+        latest_seq = insert_version(stmts, &tx, vault, &key, row).await?;
+    }
+    let st = Conn::prepare(stmts, &tx, SQL_SET_LATEST).await?;
+    tx.execute(&st, &[&vault, &key, &latest_seq]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl SecretStore for PostgresStore {
+    async fn put_version(&self, vault: &str, row: VersionRow) -> StoreResult<()> {
+        self.run(async |c| put(c, vault, &row).await).await
+    }
+
+    async fn get_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> StoreResult<Option<VersionRow>> {
+        let key = name_key(name);
+        self.run(async |c| {
+            let Conn { client, stmts } = c;
+            Ok(find_live(stmts, &*client, vault, &key, version)
+                .await?
+                .map(|(_, row)| row))
+        })
+        .await
+    }
+
+    async fn update_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: Option<&str>,
+        patch: VersionPatch,
+    ) -> StoreResult<Option<VersionRow>> {
+        let key = name_key(name);
+        self.run(async |c| update(c, vault, &key, version, patch).await)
+            .await
+    }
+
+    async fn list_latest(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRow>> {
+        let after = after.map(name_key).unwrap_or_default();
+        self.run(async |c| {
+            let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_LATEST).await?;
+            c.client
+                .query(&st, &[&vault, &after, &sql_limit(limit)])
+                .await?
+                .iter()
+                .map(|r| version_row(r, 0))
+                .collect()
+        })
+        .await
+    }
+
+    async fn list_versions(
+        &self,
+        vault: &str,
+        name: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, VersionRow)>> {
+        let key = name_key(name);
+        self.run(async |c| {
+            let Conn { client, stmts } = c;
+            versions_of_live(
+                stmts,
+                &*client,
+                vault,
+                &key,
+                after.unwrap_or(i64::MIN),
+                Some(sql_limit(limit)),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>> {
+        let key = name_key(name);
+        self.run(async |c| {
+            let Conn { client, stmts } = c;
+            Ok(
+                versions_of_live(stmts, &*client, vault, &key, i64::MIN, None)
+                    .await?
+                    .into_iter()
+                    .map(|(_, row)| row)
+                    .collect(),
+            )
+        })
+        .await
+    }
+
+    async fn soft_delete(
+        &self,
+        vault: &str,
+        name: &str,
+        deleted_on: i64,
+        scheduled_purge: i64,
+    ) -> StoreResult<Option<DeletedRow>> {
+        let key = name_key(name);
+        self.run(async |c| soft_delete(c, vault, &key, deleted_on, scheduled_purge).await)
+            .await
+    }
+
+    async fn get_deleted(&self, vault: &str, name: &str) -> StoreResult<Option<DeletedRow>> {
+        let key = name_key(name);
+        self.run(async |c| {
+            let Conn { client, stmts } = c;
+            find_deleted(stmts, &*client, vault, &key).await
+        })
+        .await
+    }
+
+    async fn list_deleted(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeletedRow>> {
+        let after = after.map(name_key).unwrap_or_default();
+        self.run(async |c| {
+            let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_DELETED).await?;
+            c.client
+                .query(&st, &[&vault, &after, &sql_limit(limit)])
+                .await?
+                .iter()
+                .map(deleted_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn recover(&self, vault: &str, name: &str) -> StoreResult<Option<VersionRow>> {
+        let key = name_key(name);
+        self.run(async |c| recover(c, vault, &key).await).await
+    }
+
+    async fn purge(&self, vault: &str, name: &str) -> StoreResult<bool> {
+        let key = name_key(name);
+        self.run(async |c| purge(c, vault, &key).await).await
+    }
+
+    async fn purge_expired(&self, now: i64) -> StoreResult<u64> {
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .run(async |c| purge_expired_chunk(c, now).await)
+                .await?;
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                if total > 0 {
+                    tracing::debug!(
+                        purged = total,
+                        "purged deleted secrets past their retention"
+                    );
+                }
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn restore(&self, vault: &str, versions: Vec<VersionRow>) -> StoreResult<()> {
+        self.run(async |c| restore(c, vault, &versions).await).await
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        self.run(async |c| {
+            let st = Conn::prepare(&mut c.stmts, &c.client, SQL_HEALTH).await?;
+            c.client.query_opt(&st, &[]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn try_acquire_leadership(&self) -> StoreResult<bool> {
+        let mut leader = self.leader.lock().await;
+        if let Some(client) = leader.as_ref() {
+            // Still the leader while the session that holds the lock is alive.
+            let alive = !client.is_closed()
+                && matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await,
+                    Ok(Ok(_))
+                );
+            if alive {
+                return Ok(true);
+            }
+            leader.take();
+            tracing::warn!("lost the connection that held background-work leadership");
+        }
+        let client = pool::connect(&self.config).await?;
+        let attempt = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK_KEY]),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("taking the leader lock timed out".into()))??;
+        let acquired: bool = attempt.try_get(0)?;
+        if acquired {
+            tracing::info!("this node now runs background work (PostgreSQL advisory lock taken)");
+            *leader = Some(client);
+        }
+        Ok(acquired)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! A small connection pool for [`tokio_postgres`]: a bounded set of connections, each with its own cache of
+//! prepared statements, handed out for one store operation at a time.
+//!
+//! - Waiting for a free connection and opening a new one are both bounded ([`WAIT_TIMEOUT`],
+//!   [`CONNECT_TIMEOUT`]), so when the database is unreachable a request fails in seconds with
+//!   [`StoreError::Unavailable`] instead of hanging.
+//! - A connection goes back to the pool only if the operation that used it finished and did not fail with a
+//!   connection-level error. A connection whose operation was cancelled half-way (the caller went away) or
+//!   that broke is dropped; the next checkout opens a fresh one. That is how the pool recovers by itself after
+//!   the database restarts: idle connections the server closed are noticed (`is_closed`) and replaced.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::store::{StoreError, StoreResult};
+
+/// How long an operation waits for a free connection before failing with `Unavailable`.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a connection (TCP, startup, authentication) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One connection and the statements prepared on it.
+pub struct Conn {
+    pub client: Client,
+    pub stmts: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// The prepared statement for `sql` on this connection (prepared on first use), via `client`
+    /// (the connection itself or a transaction on it).
+    pub async fn prepare<C: tokio_postgres::GenericClient>(
+        stmts: &mut HashMap<&'static str, Statement>,
+        client: &C,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(stmt) = stmts.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = client.prepare(sql).await?;
+        stmts.insert(sql, stmt.clone());
+        Ok(stmt)
+    }
+}
+
+/// A bounded pool of connections to one database.
+pub struct Pool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Conn>>,
+    permits: Semaphore,
+    size: usize,
+}
+
+impl Pool {
+    pub fn new(config: tokio_postgres::Config, size: usize) -> Pool {
+        Pool {
+            config,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size),
+            size,
+        }
+    }
+
+    /// Put an already open connection in the pool (the one used for migrations at start).
+    pub fn add_idle(&self, client: Client) {
+        self.lock_idle().push(Conn {
+            client,
+            stmts: HashMap::new(),
+        });
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection for one operation: an idle one that is still open, or a new one.
+    pub async fn get(&self) -> StoreResult<Pooled<'_>> {
+        let permit = match tokio::time::timeout(WAIT_TIMEOUT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the pool is closed".into())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "all {} database connections stayed busy for {WAIT_TIMEOUT:?}",
+                    self.size
+                )));
+            }
+        };
+        loop {
+            let Some(conn) = self.lock_idle().pop() else {
+                break;
+            };
+            if !conn.client.is_closed() {
+                return Ok(Pooled {
+                    pool: self,
+                    conn: Some(conn),
+                    reusable: false,
+                    _permit: permit,
+                });
+            }
+        }
+        let client = connect(&self.config).await?;
+        Ok(Pooled {
+            pool: self,
+            conn: Some(Conn {
+                client,
+                stmts: HashMap::new(),
+            }),
+            reusable: false,
+            _permit: permit,
+        })
+    }
+
+    /// Drop every idle connection (the ones in use are dropped when they come back).
+    pub fn clear(&self) {
+        self.lock_idle().clear();
+    }
+}
+
+/// Open one connection (bounded by [`CONNECT_TIMEOUT`]) and drive it on a background task.
+pub async fn connect(config: &tokio_postgres::Config) -> StoreResult<Client> {
+    let (client, connection) =
+        match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL: {}",
+                    super::describe(&e)
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "connecting to PostgreSQL took longer than {CONNECT_TIMEOUT:?}"
+                )));
+            }
+        };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %super::describe(&e), "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A connection checked out of the pool. It returns to the pool on drop only if [`Pooled::finish`] said the
+/// operation completed without a connection-level failure.
+pub struct Pooled<'a> {
+    pool: &'a Pool,
+    conn: Option<Conn>,
+    reusable: bool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Pooled<'_> {
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("present until drop")
+    }
+
+    /// The operation is over with `result`: keep the connection unless the failure was the connection's.
+    pub fn finish<T>(mut self, result: StoreResult<T>) -> StoreResult<T> {
+        self.reusable = !matches!(result, Err(StoreError::Unavailable(_)));
+        result
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        let keep = self
+            .conn
+            .take()
+            .filter(|conn| self.reusable && !conn.client.is_closed());
+        if let Some(conn) = keep {
+            self.pool.lock_idle().push(conn);
+        }
+    }
+}

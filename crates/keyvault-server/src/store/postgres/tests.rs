@@ -1,0 +1,426 @@
+//! The PostgreSQL store against a private cluster: the shared conformance suite, several "nodes" (stores)
+//! over one database racing each other, migrations from several nodes at once, leadership hand-over, and
+//! recovery from a database restart. Skipped (with a message) only where no PostgreSQL binaries exist.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::store::conformance;
+use crate::store::pgtest;
+
+fn row(name: &str, version: String, n: i64) -> VersionRow {
+    VersionRow {
+        name: name.to_string(),
+        version,
+        sealed: vec![0, 0xff, n as u8],
+        content_type: None,
+        tags: None,
+        enabled: true,
+        nbf: None,
+        exp: None,
+        created: n,
+        updated: n,
+    }
+}
+
+fn unique_version(node: usize, n: usize) -> String {
+    format!("{node:08x}{n:024x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::conformance_suite") else {
+        return;
+    };
+    let store = Arc::new(PostgresStore::open(&pg.url()).await.expect("open"));
+    conformance::run_all(store.clone()).await;
+    // Again on the populated database, through a second "node" that finds the schema in place.
+    let second = Arc::new(PostgresStore::open(&pg.url()).await.expect("reopen"));
+    conformance::run_all(second.clone()).await;
+    store.close().await;
+    second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_sort_by_bytes_like_sqlite() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::names_sort_by_bytes_like_sqlite") else {
+        return;
+    };
+    // A database whose default collation is a linguistic one (where '-' sorts after letters, or is
+    // ignored), to prove the columns' own COLLATE "C" decides; a `--no-locale` cluster sorts by bytes anyway.
+    let mut url = None;
+    for (name, options) in [
+        (
+            "icu",
+            "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US-u-ka-shifted-kn' LOCALE 'C'",
+        ),
+        (
+            "libc",
+            "TEMPLATE template0 LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'",
+        ),
+    ] {
+        match pg.create_database_with(name, options).await {
+            Ok(u) => {
+                url = Some(u);
+                break;
+            }
+            Err(e) => eprintln!("no {name} collation: {e}"),
+        }
+    }
+    let url = url.unwrap_or_else(|| {
+        eprintln!("no linguistic collation available; checking byte order on the default database");
+        pg.url()
+    });
+    let store = PostgresStore::open(&url).await.expect("open");
+    let names = [
+        "a", "a-b", "a-c", "a0", "a1", "a10", "a9", "aa", "ab", "b", "z-9", "z9",
+    ];
+    for (i, name) in names.iter().rev().enumerate() {
+        store
+            .put_version("v", row(name, unique_version(0, i), i as i64))
+            .await
+            .unwrap();
+    }
+    let listed: Vec<String> = store
+        .list_latest("v", None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let mut bytes_order: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    bytes_order.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    assert_eq!(listed, bytes_order);
+    // Show that the database's own collation would have sorted differently (when it is linguistic).
+    let default_order: Vec<String> = store
+        .run(async |c| {
+            Ok(c.client
+                .query(
+                    "SELECT display_name::text FROM kv_names WHERE vault = 'v' ORDER BY 1",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+        .unwrap();
+    eprintln!("the database's default collation sorts: {default_order:?}");
+    // And the keyset cursor continues in the same order.
+    let after_a_c: Vec<String> = store
+        .list_latest("v", Some("a-c"), 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(after_a_c, vec!["a0".to_string(), "a1".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_migrate_at_once() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::nodes_migrate_at_once") else {
+        return;
+    };
+    let url = pg.create_database("fresh").await.unwrap();
+    let mut opening = Vec::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        opening.push(tokio::spawn(async move { PostgresStore::open(&url).await }));
+    }
+    for o in opening {
+        let store = o.await.unwrap().expect("every node starts");
+        store.health().await.unwrap();
+    }
+    let store = PostgresStore::open(&url).await.unwrap();
+    let versions: Vec<i32> = store
+        .run(async |c| {
+            Ok(c.client
+                .query(
+                    "SELECT version FROM kv_schema_migrations ORDER BY version",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1], "each migration applied exactly once");
+
+    // A database from a newer server is refused rather than misread.
+    store
+        .run(async |c| {
+            c.client
+                .execute(
+                    "INSERT INTO kv_schema_migrations (version) VALUES (99)",
+                    &[],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let err = PostgresStore::open(&url).await.unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+/// Two "nodes" hammer the same few names with sets, deletes, recovers, purges and restores. Afterwards every
+/// acknowledged set is there (unless its name was purged after it), and each name is in exactly one state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_race_on_the_same_names() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::two_nodes_race_on_the_same_names")
+    else {
+        return;
+    };
+    let nodes = [
+        Arc::new(PostgresStore::open(&pg.url()).await.unwrap()),
+        Arc::new(PostgresStore::open(&pg.url()).await.unwrap()),
+    ];
+    const NAMES: [&str; 3] = ["hot-a", "hot-b", "HOT-C"];
+    const TASKS: usize = 12;
+    const OPS: usize = 60;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = nodes[t % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            // (name key, version) of every acknowledged set, with the op index.
+            let mut acked: Vec<(String, String)> = Vec::new();
+            for i in 0..OPS {
+                let name = NAMES[(t + i) % NAMES.len()];
+                let key = name_key(name);
+                match (t * 7 + i) % 10 {
+                    0..=5 => {
+                        let version = unique_version(t, i);
+                        match store
+                            .put_version("race", row(name, version.clone(), i as i64))
+                            .await
+                        {
+                            Ok(()) => acked.push((key, version)),
+                            Err(StoreError::Deleted) => {}
+                            Err(e) => panic!("put: {e}"),
+                        }
+                    }
+                    6 | 7 => {
+                        store
+                            .soft_delete("race", name, 1, 4_000_000_000_000)
+                            .await
+                            .unwrap();
+                    }
+                    8 => {
+                        store.recover("race", name).await.unwrap();
+                    }
+                    _ => {
+                        if t % 3 == 0 {
+                            store.purge("race", name).await.unwrap();
+                        } else {
+                            let _ = store
+                                .restore("race", vec![row(name, unique_version(1000 + t, i), 0)])
+                                .await;
+                        }
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+
+    let s = &nodes[0];
+    for name in NAMES {
+        let key = name_key(name);
+        let live = s.get_version("race", name, None).await.unwrap();
+        let deleted = s.get_deleted("race", name).await.unwrap();
+        assert!(
+            !(live.is_some() && deleted.is_some()),
+            "{name} is both live and deleted"
+        );
+        // Versions (of whichever state) as the database holds them, in creation order.
+        let stored: Vec<(i64, String, String)> = s
+            .run(async |c| {
+                Ok(c.client
+                    .query(
+                        "SELECT seq, version, (SELECT latest_seq FROM kv_names n
+                                               WHERE n.vault = v.vault AND n.name_key = v.name_key)::text
+                         FROM kv_versions v WHERE vault = 'race' AND name_key = $1 ORDER BY seq",
+                        &[&key],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get::<_, Option<String>>(2).unwrap_or_default()))
+                    .collect())
+            })
+            .await
+            .unwrap();
+        let latest = live.as_ref().or(deleted.as_ref().map(|d| &d.latest));
+        match latest {
+            None => assert!(stored.is_empty(), "{name}: absent, yet versions remain"),
+            Some(latest) => {
+                let last = stored.last().expect("a present name has versions");
+                assert_eq!(
+                    last.1, latest.version,
+                    "{name}: the latest is the last created"
+                );
+                assert_eq!(
+                    last.2,
+                    last.0.to_string(),
+                    "{name}: latest_seq points at the last version"
+                );
+            }
+        }
+        // Every acknowledged set since the name's last purge is still there: acknowledged versions of this
+        // name that are missing must all be older than the oldest stored one (i.e. removed by a purge).
+        let stored_ids: BTreeSet<&str> = stored.iter().map(|(_, v, _)| v.as_str()).collect();
+        let missing: Vec<&String> = acked
+            .iter()
+            .filter(|(k, v)| *k == key && !stored_ids.contains(v.as_str()))
+            .map(|(_, v)| v)
+            .collect();
+        if !missing.is_empty() {
+            let purge_ops = (0..TASKS).filter(|t| t % 3 == 0).count();
+            assert!(
+                purge_ops > 0,
+                "{name}: acknowledged versions vanished without a purge: {missing:?}"
+            );
+        }
+    }
+}
+
+/// Every acknowledged set survives when nothing purges: the strict form of the race check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_acknowledged_set_is_lost_under_delete_recover_races() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::no_acknowledged_set_is_lost") else {
+        return;
+    };
+    let nodes = [
+        Arc::new(PostgresStore::open(&pg.url()).await.unwrap()),
+        Arc::new(PostgresStore::open(&pg.url()).await.unwrap()),
+    ];
+    let mut tasks = Vec::new();
+    for t in 0..10usize {
+        let store = nodes[t % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = BTreeMap::<String, Vec<String>>::new();
+            for i in 0..80usize {
+                let name = ["x", "y"][(t + i) % 2];
+                match (t + 3 * i) % 5 {
+                    0..=2 => {
+                        let version = unique_version(t, i);
+                        match store.put_version("r", row(name, version.clone(), 0)).await {
+                            Ok(()) => acked.entry(name.to_string()).or_default().push(version),
+                            Err(StoreError::Deleted) => {}
+                            Err(e) => panic!("put: {e}"),
+                        }
+                    }
+                    3 => {
+                        store.soft_delete("r", name, 1, 2).await.unwrap();
+                    }
+                    _ => {
+                        store.recover("r", name).await.unwrap();
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = BTreeMap::<String, BTreeSet<String>>::new();
+    for t in tasks {
+        for (name, versions) in t.await.unwrap() {
+            acked.entry(name).or_default().extend(versions);
+        }
+    }
+    for (name, versions) in acked {
+        // Bring it back if it ended deleted, then compare.
+        let _ = nodes[1].recover("r", &name).await.unwrap();
+        let stored: BTreeSet<String> = nodes[0]
+            .all_versions("r", &name)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(
+            stored, versions,
+            "{name}: exactly the acknowledged versions"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_when_the_leader_goes() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::leadership_moves") else {
+        return;
+    };
+    let a = PostgresStore::open(&pg.url()).await.unwrap();
+    let b = PostgresStore::open(&pg.url()).await.unwrap();
+    assert!(a.try_acquire_leadership().await.unwrap());
+    assert!(
+        a.try_acquire_leadership().await.unwrap(),
+        "stays the leader"
+    );
+    assert!(
+        !b.try_acquire_leadership().await.unwrap(),
+        "one leader at a time"
+    );
+    // The leader goes away (its session ends): the other node takes over at its next try.
+    a.close().await;
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.try_acquire_leadership().await.unwrap() {
+        assert!(Instant::now() < deadline, "leadership never moved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_fails_fast_then_heals() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::a_database_restart") else {
+        return;
+    };
+    let store = Arc::new(PostgresStore::open(&pg.url()).await.unwrap());
+    store
+        .put_version("v", row("kept", unique_version(0, 1), 1))
+        .await
+        .unwrap();
+    assert!(store.try_acquire_leadership().await.unwrap());
+
+    pg.stop("immediate").unwrap();
+    let started = Instant::now();
+    let err = store.get_version("v", "kept", None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = store.health().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = store
+        .put_version("v", row("lost", unique_version(0, 2), 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "failing took {:?}",
+        started.elapsed()
+    );
+    assert!(store.try_acquire_leadership().await.is_err());
+
+    pg.start_again().unwrap();
+    // The very next calls work again, on fresh connections.
+    store.health().await.expect("healthy after the restart");
+    assert_eq!(
+        store
+            .get_version("v", "kept", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        unique_version(0, 1)
+    );
+    assert!(store.try_acquire_leadership().await.unwrap());
+}
