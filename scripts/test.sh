@@ -8,9 +8,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo build (keyvault binary)"
-cargo build -p keyvault-cli
-echo "== cargo test"
+echo "== cargo test (also builds target/debug/keyvault, which the end-to-end tests run)"
 cargo test --workspace
 echo "== end-to-end: official SDKs against the real binary"
 KEYVAULT_BIN="$PWD/target/debug/keyvault" bash tests/e2e/run.sh

@@ -1,16 +1,45 @@
-//! `keyvault`: serve a Key Vault-compatible vault (and, later, operate on its secrets).
-//! Parsing and wiring only; the work is done by the library crates.
+//! `keyvault`: serve a Key Vault-compatible vault, and operate on the secrets of any vault (this one or
+//! Azure Key Vault) through the `keyvault-secrets` client. Parsing and wiring only; the work is done by
+//! the library crates.
 
+#[macro_use]
+mod errors;
+#[macro_use]
+mod when;
+mod bulk;
+mod conn;
+mod render;
+mod secret;
 mod serve;
+mod token;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use errors::{CliError, CliResult, io_error};
+use std::io::Write;
 use std::process::ExitCode;
+
+const AFTER_HELP: &str = concat!(
+    "Quick start:
+  keyvault serve --dev --data-dir ./vault-data &
+  export KEYVAULT_DEV_CREDENTIALS=./vault-data/dev-credentials.json
+  keyvault secret set db-pass --value-stdin <<< 's3cr3t'
+  keyvault secret show db-pass -o value
+
+Connection: --vault-url (KEYVAULT_URL); credentials from --dev-credentials (KEYVAULT_DEV_CREDENTIALS), else a
+client secret from --tenant-id/--client-id/--client-secret (AZURE_TENANT_ID, AZURE_CLIENT_ID,
+AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST), else managed identity or the Azure CLI; --ca-file
+(KEYVAULT_CA_FILE) trusts a private CA.
+
+",
+    exit_codes_help!()
+);
 
 #[derive(Parser)]
 #[command(
     name = "keyvault",
     version,
-    about = "A Key Vault-compatible secret store: server and tools"
+    about = "A Key Vault-compatible secret store: server and tools",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,31 +50,83 @@ struct Cli {
 enum Command {
     /// Run the vault server.
     Serve(Box<serve::ServeArgs>),
+    /// Operate on secrets: set, show, list, update, delete, recover, purge, backup, restore, import, export.
+    Secret(secret::SecretArgs),
+    /// Print a bearer token for the configured credential (for curl and debugging).
+    Token(token::TokenArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  keyvault completions bash > ~/.local/share/bash-completion/completions/keyvault
+  keyvault completions zsh > \"${fpath[1]}/_keyvault\"
+  keyvault completions fish > ~/.config/fish/completions/keyvault.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print the argon2 hash of a client secret read from standard input (for `[[clients]]` in the config).
+    #[command(after_help = "Example:\n  keyvault hash-secret <<< 'my-client-secret'")]
     HashSecret,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYVAULT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(*args),
-        Command::HashSecret => hash_secret(),
+        Command::Serve(args) => serve::run(*args).map_err(|e| CliError::new(2, e)),
+        Command::HashSecret => hash_secret().map_err(|e| CliError::new(2, e)),
+        Command::Completions { shell } => completions(shell),
+        Command::Secret(args) => runtime().and_then(|rt| {
+            let mut out = std::io::stdout().lock();
+            let result = rt.block_on(async {
+                let fallback = secret::fallback_url(&args.command)?;
+                let conn = args.conn.connect(fallback.as_deref())?;
+                secret::run(&conn, args.command, &mut out).await
+            });
+            result.and(out.flush().map_err(io_error))
+        }),
+        Command::Token(args) => runtime().and_then(|rt| {
+            let mut out = std::io::stdout().lock();
+            let result = rt.block_on(token::run(args, &mut out));
+            result.and(out.flush().map_err(io_error))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.code == 0 => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(e.code)
         }
     }
+}
+
+/// The runtime of the client commands: one thread is plenty for a CLI (bulk commands overlap requests).
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::other(format!("cannot start the runtime: {e}")))
+}
+
+fn completions(shell: clap_complete::Shell) -> CliResult {
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "keyvault", &mut buf);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&buf)
+        .and_then(|()| out.flush())
+        .map_err(io_error)
 }
 
 fn hash_secret() -> Result<(), String> {

@@ -121,6 +121,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
+        let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         let info = server.info().clone();
         tracing::info!(addr = %info.local_addr, resource = %info.resource, "keyvault listening");
@@ -139,30 +140,26 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             println!("  client_secret:   (in {})", creds.display());
             println!("  authority_host:  {}", dev.authority_host);
         }
-        server
-            .serve(shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())?;
+        server.serve(shutdown).await.map_err(|e| e.to_string())?;
         tracing::info!("keyvault stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is first
+/// polled, so a signal that arrives right after start-up (e.g. once dev-credentials.json is written)
+/// still shuts the server down gracefully.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }

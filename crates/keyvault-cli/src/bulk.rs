@@ -1,0 +1,720 @@
+//! `keyvault secret import` and `export`: many secrets at once, with progress, a summary, and
+//! per-item errors that do not stop the rest.
+
+use crate::conn::{Conn, Output};
+use crate::errors::{CliError, CliResult, Target, code, io_error};
+use crate::secret::{parse_tags, utf8_value, write_private};
+use clap::{Args, ValueEnum};
+use futures_util::StreamExt;
+use keyvault_secrets::{ErrorKind, SetSecretOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub const IMPORT_HELP: &str = "Input: a JSON object of name → value (the output of `export`), or a .env file \
+(NAME=value lines; `export NAME=…`, # comments, 'single' and \"double\" quotes with \\n, \\\", \\\\, \\$ escapes). \
+In a .env file every '_' in a name becomes '-' (Key Vault names allow only letters, digits and '-'), so \
+DB_PASSWORD is stored as DB-PASSWORD; names in JSON are used as they are. Names are case-insensitive: when \
+one appears twice, the last value wins.
+
+Safe to re-run: each secret's latest value is read first, and a new version is written only when the secret \
+does not exist, its value differs, or its latest version is disabled. Secrets already equal are left alone \
+(\"unchanged\"), so re-running an import does not pile up versions. Only values are compared: --content-type \
+and --tags apply to the versions that import writes.
+
+A failed secret (bad name, deleted but not purged, …) is reported and the others go on; the exit code is then \
+6. A credential or connection failure stops the import. A summary goes to standard error; with -o json a \
+report ({\"created\": […], \"updated\": […], \"unchanged\": […], \"failed\": [{\"name\", \"error\"}]}) goes \
+to standard output, with -o tsv one `name<TAB>result` line per secret.
+
+Examples:
+  keyvault secret import --file .env
+  keyvault secret import --file secrets.json --tags source=import --dry-run
+  keyvault secret export --file all.json && keyvault secret import --file all.json --vault-url https://other.vault.azure.net";
+
+pub const EXPORT_HELP: &str = "Writes a JSON object of name → value (sorted by name), or a .env file where \
+every '-' in a name becomes '_' (so the file can be sourced; `import` maps them back). Disabled secrets \
+cannot be read and are skipped. The file is created readable by its owner only (mode 600). A secret that \
+fails is reported and the others go on; the exit code is then 6.
+
+Examples:
+  keyvault secret export --file secrets.json
+  keyvault secret export --format env > .env
+  keyvault secret export | jq -r '.[\"db-pass\"]'";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A JSON object of name → value.
+    Json,
+    /// NAME=\"value\" lines.
+    Env,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The file to import (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    pub file: PathBuf,
+    /// The file's format [default: json for *.json or when it starts with '{', else env].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Content type of the versions written.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Tags of the versions written: KEY=VALUE pairs.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    pub tags: Option<Vec<String>>,
+    /// Read and compare, but write nothing: report what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Where to write (default: standard output; `-` too).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// The format [default: env for *.env and .env, else json].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
+}
+
+#[derive(Args)]
+pub struct BulkArgs {
+    /// Requests in flight at once (1-64).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    /// No progress bar (there is one only when standard error is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+// ------------------------------------------------------------------ progress
+
+/// A one-line progress bar on standard error (only when it is a terminal).
+struct Progress {
+    label: &'static str,
+    total: usize,
+    done: usize,
+    enabled: bool,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new(label: &'static str, total: usize, no_progress: bool) -> Self {
+        Progress {
+            label,
+            total,
+            done: 0,
+            enabled: !no_progress && total > 0 && std::io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    fn draw(&mut self) {
+        if !self.enabled {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = (self.done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        eprint!(
+            "\r\x1b[2K{} [{}{}] {}/{}",
+            self.label,
+            "#".repeat(filled),
+            "-".repeat(WIDTH - filled),
+            self.done,
+            self.total
+        );
+        self.last = Some(Instant::now());
+    }
+
+    fn tick(&mut self) {
+        self.done += 1;
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(80));
+        if due || self.done == self.total {
+            self.draw();
+        }
+    }
+
+    /// Print a line above the bar.
+    fn message(&mut self, line: &str) {
+        if self.enabled {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("{line}");
+        if self.enabled && self.last.is_some() {
+            self.draw();
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.enabled && self.last.is_some() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+// ------------------------------------------------------------------ .env files
+
+/// Parse a .env file into (name, value) pairs, in order. Errors name the line.
+pub fn parse_env(text: &str) -> Result<Vec<(String, String)>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    let mut line = 1;
+    let mut out = Vec::new();
+    let n = chars.len();
+    while i < n {
+        // Start of a line: skip blanks.
+        while i < n && (chars[i] == ' ' || chars[i] == '\t') {
+            i += 1;
+        }
+        if i >= n {
+            break;
+        }
+        if chars[i] == '\n' || chars[i] == '\r' {
+            if chars[i] == '\n' {
+                line += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if chars[i] == '#' {
+            while i < n && chars[i] != '\n' {
+                i += 1;
+            }
+            continue;
+        }
+        let start_line = line;
+        let eol = (i..n).find(|&j| chars[j] == '\n').unwrap_or(n);
+        let Some(eq) = (i..eol).find(|&j| chars[j] == '=') else {
+            return Err(format!("line {start_line}: expected NAME=value"));
+        };
+        let mut key: String = chars[i..eq].iter().collect::<String>().trim().to_string();
+        if let Some(rest) = key.strip_prefix("export ") {
+            key = rest.trim().to_string();
+        }
+        if key.is_empty() {
+            return Err(format!("line {start_line}: missing name before '='"));
+        }
+        i = eq + 1;
+        while i < n && (chars[i] == ' ' || chars[i] == '\t') {
+            i += 1;
+        }
+        let mut value = String::new();
+        let quote = chars.get(i).copied().filter(|c| *c == '"' || *c == '\'');
+        if let Some(q) = quote {
+            i += 1;
+            loop {
+                let Some(&c) = chars.get(i) else {
+                    return Err(format!("line {start_line}: unterminated {q}quoted value"));
+                };
+                i += 1;
+                if c == q {
+                    break;
+                }
+                if c == '\n' {
+                    line += 1;
+                }
+                if c == '\\' && q == '"' {
+                    let Some(&e) = chars.get(i) else {
+                        return Err(format!("line {start_line}: unterminated \"quoted value"));
+                    };
+                    i += 1;
+                    match e {
+                        'n' => value.push('\n'),
+                        'r' => value.push('\r'),
+                        't' => value.push('\t'),
+                        '"' | '\\' | '$' | '`' | '\'' => value.push(e),
+                        '\n' => line += 1, // a line continuation
+                        other => {
+                            value.push('\\');
+                            value.push(other);
+                        }
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+            // Only blanks or a comment may follow on the line.
+            let eol = (i..n).find(|&j| chars[j] == '\n').unwrap_or(n);
+            let rest: String = chars[i..eol].iter().collect();
+            let rest = rest.trim();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                return Err(format!(
+                    "line {line}: unexpected text after the closing quote"
+                ));
+            }
+            i = eol;
+        } else {
+            let raw: String = chars[i..eol].iter().collect();
+            // An inline comment starts at a '#' after a blank.
+            let cut = raw
+                .char_indices()
+                .find(|&(j, c)| c == '#' && j > 0 && raw[..j].ends_with([' ', '\t']))
+                .map_or(raw.len(), |(j, _)| j);
+            value = raw[..cut].trim().to_string();
+            i = eol;
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// A .env line for `name` = `value`, double-quoted with escapes.
+pub fn env_line(name: &str, value: &str) -> String {
+    let mut s = String::with_capacity(name.len() + value.len() + 4);
+    s.push_str(name);
+    s.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '$' => s.push_str("\\$"),
+            '`' => s.push_str("\\`"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            c => s.push(c),
+        }
+    }
+    s.push_str("\"\n");
+    s
+}
+
+// ------------------------------------------------------------------ import
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Whether an error is about the connection or the credential rather than one secret.
+fn is_fatal(e: &keyvault_secrets::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Connection | ErrorKind::Credential | ErrorKind::ClientAuthentication
+    )
+}
+
+fn read_input(path: &Path) -> CliResult<(Vec<u8>, String)> {
+    if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut b)
+            .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
+        Ok((b, "standard input".to_string()))
+    } else {
+        let b = std::fs::read(path)
+            .map_err(|e| CliError::bad_input(format!("cannot read {}: {e}", path.display())))?;
+        Ok((b, format!("'{}'", path.display())))
+    }
+}
+
+/// The entries of an import file, each a value or a per-item error.
+fn parse_input(
+    text: &str,
+    format: Format,
+    from: &str,
+) -> CliResult<Vec<(String, Result<String, String>)>> {
+    match format {
+        Format::Env => {
+            let pairs = parse_env(text).map_err(|e| CliError::bad_input(format!("{from}: {e}")))?;
+            Ok(pairs
+                .into_iter()
+                .map(|(k, v)| (k.replace('_', "-"), Ok(v)))
+                .collect())
+        }
+        Format::Json => {
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+                .map_err(|e| {
+                    CliError::bad_input(format!("{from} is not a JSON object of name → value: {e}"))
+                })?;
+            Ok(map
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => Ok(s),
+                        serde_json::Value::Number(n) => Ok(n.to_string()),
+                        serde_json::Value::Bool(b) => Ok(b.to_string()),
+                        _ => Err("the value is not a string".to_string()),
+                    };
+                    (k, v)
+                })
+                .collect())
+        }
+    }
+}
+
+pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliResult {
+    let (bytes, from) = read_input(&args.file)?;
+    let text = zeroize::Zeroizing::new(utf8_value(bytes, &from)?);
+    let format = args.format.unwrap_or_else(|| {
+        let by_name = args
+            .file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        if by_name || text.trim_start().starts_with('{') {
+            Format::Json
+        } else {
+            Format::Env
+        }
+    });
+    let entries = parse_input(&text, format, &from)?;
+    // Names are case-insensitive: the last of a name wins, at the place of the first.
+    let mut order: Vec<(String, Result<String, String>)> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (name, value) in entries {
+        match seen.get(&name.to_ascii_lowercase()) {
+            Some(&at) => {
+                eprintln!(
+                    "warning: '{name}' appears more than once (names are case-insensitive); the last value wins"
+                );
+                order[at] = (name, value);
+            }
+            None => {
+                seen.insert(name.to_ascii_lowercase(), order.len());
+                order.push((name, value));
+            }
+        }
+    }
+    let options = SetSecretOptions {
+        content_type: args.content_type.clone(),
+        tags: args.tags.as_deref().map(parse_tags).transpose()?,
+        ..Default::default()
+    };
+    let client = &conn.client;
+    let vault = conn.vault();
+    let stop = AtomicBool::new(false);
+    let fatal: std::sync::Mutex<Option<CliError>> = std::sync::Mutex::new(None);
+    let dry_run = args.dry_run;
+    let one = |name: String, value: Result<String, String>| {
+        let options = options.clone();
+        let stop = &stop;
+        let fatal = &fatal;
+        async move {
+            let value = match value {
+                Ok(v) => zeroize::Zeroizing::new(v),
+                Err(e) => return (name, Err(Some(e))),
+            };
+            if stop.load(Ordering::Relaxed) {
+                return (name, Err(None));
+            }
+            let fail = |e: keyvault_secrets::Error, name: &str| {
+                let cli = CliError::from_client(&e, Target::Secret(name, None), vault);
+                if is_fatal(&e) {
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut f) = fatal.lock() {
+                        f.get_or_insert(CliError::new(cli.code, cli.message.clone()));
+                    }
+                    None
+                } else {
+                    Some(cli.message)
+                }
+            };
+            let outcome = match client.get_secret(&name, None).await {
+                Ok(s) if s.value() == Some(value.as_str()) => Outcome::Unchanged,
+                Ok(_) => Outcome::Updated,
+                Err(e) if e.kind() == ErrorKind::ResourceNotFound => Outcome::Created,
+                Err(e)
+                    if e.status().map(|s| s.as_u16()) == Some(403)
+                        && e.inner_error_code() == Some("SecretDisabled") =>
+                {
+                    Outcome::Updated
+                }
+                Err(e) => return (name.clone(), Err(fail(e, &name))),
+            };
+            // A dry run cannot learn from a write that the name is held by a deleted secret: ask.
+            if dry_run && outcome == Outcome::Created {
+                match client.get_deleted_secret(&name).await {
+                    Ok(_) => {
+                        return (
+                            name.clone(),
+                            Err(Some(format!(
+                                "secret '{name}' is deleted but recoverable in {vault}: recover or purge it first"
+                            ))),
+                        );
+                    }
+                    Err(e) if e.kind() == ErrorKind::ResourceNotFound => {}
+                    Err(e) => return (name.clone(), Err(fail(e, &name))),
+                }
+            }
+            if outcome != Outcome::Unchanged
+                && !dry_run
+                && let Err(e) = client
+                    .set_secret(&name, value.as_str(), Some(options))
+                    .await
+            {
+                return (name.clone(), Err(fail(e, &name)));
+            }
+            (name, Ok(outcome))
+        }
+    };
+    let mut progress = Progress::new(
+        if dry_run { "checking" } else { "importing" },
+        order.len(),
+        args.bulk.no_progress,
+    );
+    let mut results = futures_util::stream::iter(order.into_iter().map(|(n, v)| one(n, v)))
+        .buffered(args.bulk.concurrency.into());
+    let mut report: Vec<(String, Result<Outcome, Option<String>>)> = Vec::new();
+    while let Some((name, result)) = results.next().await {
+        if let Err(Some(e)) = &result {
+            progress.message(&format!("error: {name}: {e}"));
+        }
+        progress.tick();
+        report.push((name, result));
+    }
+    progress.finish();
+
+    let count = |o: Outcome| report.iter().filter(|(_, r)| *r == Ok(o)).count();
+    let failed: Vec<(&str, &str)> = report
+        .iter()
+        .filter_map(|(n, r)| match r {
+            Err(Some(e)) => Some((n.as_str(), e.as_str())),
+            _ => None,
+        })
+        .collect();
+    let skipped = report.iter().filter(|(_, r)| *r == Err(None)).count();
+    let (created, updated, unchanged) = (
+        count(Outcome::Created),
+        count(Outcome::Updated),
+        count(Outcome::Unchanged),
+    );
+    let mut summary = if dry_run {
+        format!(
+            "dry run: {} secrets: {created} would be created, {updated} would be updated, {unchanged} unchanged, {} failed",
+            report.len(),
+            failed.len()
+        )
+    } else {
+        format!(
+            "imported {} secrets: {created} created, {updated} updated, {unchanged} unchanged, {} failed",
+            report.len(),
+            failed.len()
+        )
+    };
+    if skipped > 0 {
+        summary.push_str(&format!(", {skipped} not attempted"));
+    }
+    eprintln!("{summary}");
+
+    match conn.output {
+        Output::Json => {
+            let names = |o: Outcome| -> Vec<&str> {
+                report
+                    .iter()
+                    .filter(|(_, r)| *r == Ok(o))
+                    .map(|(n, _)| n.as_str())
+                    .collect()
+            };
+            let json = serde_json::json!({
+                "dryRun": dry_run,
+                "created": names(Outcome::Created),
+                "updated": names(Outcome::Updated),
+                "unchanged": names(Outcome::Unchanged),
+                "failed": failed.iter().map(|(n, e)| serde_json::json!({"name": n, "error": e})).collect::<Vec<_>>(),
+            });
+            let text = serde_json::to_string_pretty(&json).expect("json serialises");
+            writeln!(out, "{text}").map_err(io_error)?;
+        }
+        Output::Tsv => {
+            for (name, r) in &report {
+                let result = match r {
+                    Ok(o) => o.as_str(),
+                    Err(Some(_)) => "failed",
+                    Err(None) => "not-attempted",
+                };
+                writeln!(out, "{name}\t{result}").map_err(io_error)?;
+            }
+        }
+        Output::Table | Output::Value => {}
+    }
+    if let Some(e) = fatal.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
+    if !failed.is_empty() {
+        return Err(CliError::new(
+            code::PARTIAL,
+            format!("{} of {} secrets failed", failed.len(), report.len()),
+        ));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ export
+
+pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliResult {
+    let to_file = args.file.as_ref().filter(|p| *p != Path::new("-"));
+    if let Some(p) = to_file
+        && !args.overwrite
+        && p.exists()
+    {
+        return Err(CliError::bad_input(format!(
+            "{} exists (pass --overwrite to replace it)",
+            p.display()
+        )));
+    }
+    let format = args.format.unwrap_or_else(|| {
+        let is_env = to_file.is_some_and(|p| {
+            p.extension().is_some_and(|e| e.eq_ignore_ascii_case("env"))
+                || p.file_name().is_some_and(|n| n == ".env")
+        });
+        if is_env { Format::Env } else { Format::Json }
+    });
+    let client = &conn.client;
+    let vault = conn.vault();
+    let mut pager = client
+        .list_properties_of_secrets(None)
+        .map_err(|e| CliError::from_client(&e, Target::Vault, vault))?;
+    let mut names = Vec::new();
+    let mut disabled = 0usize;
+    while let Some(p) = pager.next().await {
+        let p = p.map_err(|e| CliError::from_client(&e, Target::Vault, vault))?;
+        if p.enabled == Some(false) {
+            disabled += 1;
+        } else {
+            names.push(p.name);
+        }
+    }
+    let mut progress = Progress::new("exporting", names.len(), args.bulk.no_progress);
+    let mut results = futures_util::stream::iter(names.into_iter().map(|name| async move {
+        let r = client.get_secret(&name, None).await;
+        (name, r)
+    }))
+    .buffer_unordered(args.bulk.concurrency.into());
+    let mut values: BTreeMap<String, zeroize::Zeroizing<String>> = BTreeMap::new();
+    let mut failed = 0usize;
+    while let Some((name, r)) = results.next().await {
+        match r {
+            Ok(s) => {
+                values.insert(
+                    name,
+                    zeroize::Zeroizing::new(s.value().unwrap_or_default().to_string()),
+                );
+            }
+            Err(e) if is_fatal(&e) => {
+                progress.finish();
+                return Err(CliError::from_client(&e, Target::Vault, vault));
+            }
+            Err(e) => {
+                failed += 1;
+                let msg = CliError::from_client(&e, Target::Secret(&name, None), vault);
+                progress.message(&format!("error: {name}: {msg}"));
+            }
+        }
+        progress.tick();
+    }
+    progress.finish();
+    let text = zeroize::Zeroizing::new(match format {
+        Format::Json => {
+            let map: serde_json::Map<String, serde_json::Value> = values
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string())))
+                .collect();
+            let mut s =
+                serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("serialises");
+            s.push('\n');
+            s
+        }
+        Format::Env => values
+            .iter()
+            .map(|(k, v)| env_line(&k.replace('-', "_"), v))
+            .collect(),
+    });
+    let place = match to_file {
+        Some(p) => {
+            write_private(p, text.as_bytes())?;
+            p.display().to_string()
+        }
+        None => {
+            out.write_all(text.as_bytes()).map_err(io_error)?;
+            "standard output".to_string()
+        }
+    };
+    let mut summary = format!("exported {} secrets to {place}", values.len());
+    if disabled > 0 {
+        summary.push_str(&format!(", {disabled} disabled skipped"));
+    }
+    if failed > 0 {
+        summary.push_str(&format!(", {failed} failed"));
+    }
+    eprintln!("{summary}");
+    if failed > 0 {
+        return Err(CliError::new(
+            code::PARTIAL,
+            format!("{failed} secrets could not be exported"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_parsing() {
+        let text = "\u{feff}# comment\nA=1\nexport B = two words # note\n\nC=\"x\\ny \\\"q\\\" \\$HOME\"\nD='a\\nb'\nE=\nF=\"multi\nline\"\nG=a#b\n";
+        let got = parse_env(text).unwrap();
+        let want: Vec<(String, String)> = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "x\ny \"q\" $HOME"),
+            ("D", "a\\nb"),
+            ("E", ""),
+            ("F", "multi\nline"),
+            ("G", "a#b"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        assert!(parse_env("JUSTTEXT\n").unwrap_err().contains("line 1"));
+        assert!(parse_env("A=1\nB=\"open\n").unwrap_err().contains("line 2"));
+        assert!(parse_env("A=\"x\" y\n").is_err());
+    }
+
+    #[test]
+    fn env_round_trip() {
+        for v in [
+            "plain",
+            "",
+            "with \"quotes\" and 'single'",
+            "back\\slash\\n",
+            "$VAR `cmd` # not a comment",
+            "multi\nline\r\nvalue\n",
+            "  padded  ",
+            "unicode ✓ é",
+        ] {
+            let line = env_line("K", v);
+            assert_eq!(
+                parse_env(&line).unwrap(),
+                vec![("K".to_string(), v.to_string())],
+                "{line}"
+            );
+        }
+    }
+}

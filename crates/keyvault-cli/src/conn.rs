@@ -1,0 +1,336 @@
+//! Where the vault is and who we are: `--vault-url`, credentials, CA, output format.
+
+use crate::errors::{CliError, CliResult};
+use clap::{Args, ValueEnum};
+use keyvault_secrets::credentials::{
+    AccessToken, ClientSecretCredential, ClientSecretCredentialOptions, DefaultAzureCredential,
+    DefaultAzureCredentialOptions, TokenCredential, TokenRequestOptions,
+};
+use keyvault_secrets::{RetryOptions, SecretClient, SecretClientOptions, SecretString};
+use serde::Deserialize;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns with a header (the default on a terminal).
+    Table,
+    /// JSON (the default when standard output is not a terminal).
+    Json,
+    /// Tab-separated columns, no header, one line per item (tabs and newlines in fields escaped).
+    Tsv,
+    /// Only the value: the secret's value for `show`, else one bare field per item (see each command's help).
+    Value,
+}
+
+/// Connection and output options shared by every command that talks to a vault.
+#[derive(Args, Clone, Debug)]
+pub struct ConnArgs {
+    /// The vault's URL, e.g. https://myvault.vault.azure.net.
+    #[arg(long, env = "KEYVAULT_URL", global = true, value_name = "URL")]
+    pub vault_url: Option<String>,
+    /// The dev-credentials.json written by `keyvault serve --dev` (or its data directory): vault URL,
+    /// CA, tenant, client id and secret in one go.
+    #[arg(
+        long,
+        env = "KEYVAULT_DEV_CREDENTIALS",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub dev_credentials: Option<PathBuf>,
+    /// Extra trusted CA certificate(s), PEM (for a vault with a private CA).
+    #[arg(long, env = "KEYVAULT_CA_FILE", global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Tenant of a client-secret credential.
+    #[arg(long, env = "AZURE_TENANT_ID", global = true, hide_env_values = true)]
+    pub tenant_id: Option<String>,
+    /// Client (application) id of a client-secret credential.
+    #[arg(long, env = "AZURE_CLIENT_ID", global = true, hide_env_values = true)]
+    pub client_id: Option<String>,
+    /// Client secret (prefer the AZURE_CLIENT_SECRET variable: flags show up in `ps`).
+    #[arg(
+        long,
+        env = "AZURE_CLIENT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub client_secret: Option<String>,
+    /// Token authority [default: https://login.microsoftonline.com].
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", global = true, value_name = "URL")]
+    pub authority_host: Option<String>,
+    /// Output format [default: table on a terminal, json otherwise].
+    #[arg(long, short = 'o', env = "KEYVAULT_OUTPUT", global = true, value_enum)]
+    pub output: Option<Output>,
+    /// Retries of a failed request (connection errors, 408, 429, 5xx).
+    #[arg(long, env = "KEYVAULT_MAX_RETRIES", global = true, default_value_t = 3)]
+    pub max_retries: u32,
+    /// Skip the check that the vault's authentication challenge names a resource of the vault's own
+    /// domain (needed for a vault on an IP address without --dev-credentials; never use it with real
+    /// Azure credentials against a vault you do not trust).
+    #[arg(long, global = true)]
+    pub no_challenge_verification: bool,
+}
+
+/// The `dev-credentials.json` of `keyvault serve --dev`.
+#[derive(Deserialize)]
+struct DevCredentials {
+    vault_url: String,
+    ca_cert: PathBuf,
+    tenant_id: String,
+    client_id: String,
+    client_secret: SecretString,
+    authority_host: String,
+}
+
+/// Extra trusted CA certificates, PEM.
+type CaCerts = Vec<Vec<u8>>;
+
+/// A connected vault client and how to print.
+pub struct Conn {
+    pub client: SecretClient,
+    pub output: Output,
+}
+
+impl Conn {
+    pub fn vault(&self) -> &str {
+        self.client.vault_url()
+    }
+}
+
+impl ConnArgs {
+    /// The output format: the flag, else table on a terminal and JSON otherwise.
+    pub fn output(&self) -> Output {
+        self.output.unwrap_or_else(|| {
+            if std::io::stdout().is_terminal() {
+                Output::Table
+            } else {
+                Output::Json
+            }
+        })
+    }
+
+    fn dev_credentials(&self) -> CliResult<Option<DevCredentials>> {
+        let Some(path) = &self.dev_credentials else {
+            return Ok(None);
+        };
+        let path = if path.is_dir() {
+            path.join("dev-credentials.json")
+        } else {
+            path.clone()
+        };
+        let bytes = std::fs::read(&path).map_err(|e| {
+            CliError::bad_input(format!(
+                "cannot read the dev credentials {}: {e}",
+                path.display()
+            ))
+        })?;
+        let creds = serde_json::from_slice(&bytes).map_err(|e| {
+            CliError::bad_input(format!(
+                "{} is not a dev-credentials.json: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Some(creds))
+    }
+
+    /// Build the client. `fallback_url` is used when neither a flag, the environment nor dev
+    /// credentials name a vault (e.g. the vault of a secret id).
+    pub fn connect(&self, fallback_url: Option<&str>) -> CliResult<Conn> {
+        self.connect_with(fallback_url, |c| c)
+    }
+
+    /// [`ConnArgs::connect`], with the credential passed through `wrap` first.
+    pub fn connect_with(
+        &self,
+        fallback_url: Option<&str>,
+        wrap: impl FnOnce(Arc<dyn TokenCredential>) -> Arc<dyn TokenCredential>,
+    ) -> CliResult<Conn> {
+        let dev = self.dev_credentials()?;
+        let vault_url = self
+            .vault_url
+            .clone()
+            .or_else(|| dev.as_ref().map(|d| d.vault_url.clone()))
+            .or_else(|| fallback_url.map(str::to_string))
+            .ok_or_else(|| {
+                CliError::bad_input(
+                    "no vault URL: pass --vault-url, set KEYVAULT_URL, or pass --dev-credentials",
+                )
+            })?;
+        let (credential, cas) = self.credential_from(&dev)?;
+        let credential = wrap(credential);
+        let local = is_local_host(&vault_url);
+        let options = SecretClientOptions {
+            verify_challenge_resource: !(self.no_challenge_verification
+                || (dev.is_some() && local)),
+            additional_ca_certificates: cas,
+            retry: RetryOptions {
+                max_retries: self.max_retries,
+                initial_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(30),
+            },
+            connect_timeout: Some(Duration::from_secs(15)),
+            polling_interval: Duration::from_secs(1),
+            user_agent_suffix: Some(format!("keyvault-cli/{}", env!("CARGO_PKG_VERSION"))),
+            ..Default::default()
+        };
+        let client = SecretClient::new(&vault_url, credential, Some(options))
+            .map_err(|e| CliError::from_client(&e, crate::errors::Target::Vault, &vault_url))?;
+        Ok(Conn {
+            client,
+            output: self.output(),
+        })
+    }
+
+    /// The credential (and extra CAs) the flags, the environment or the dev credentials describe.
+    pub fn credential(&self) -> CliResult<Arc<dyn TokenCredential>> {
+        Ok(self.credential_from(&self.dev_credentials()?)?.0)
+    }
+
+    fn credential_from(
+        &self,
+        dev: &Option<DevCredentials>,
+    ) -> CliResult<(Arc<dyn TokenCredential>, CaCerts)> {
+        let mut cas = Vec::new();
+        if let Some(d) = &dev {
+            cas.push(read_file(&d.ca_cert, "the dev CA certificate")?);
+        }
+        if let Some(p) = &self.ca_file {
+            cas.push(read_file(p, "the CA file")?);
+        }
+        let credential: Arc<dyn TokenCredential> = match (dev, &self.client_secret) {
+            (Some(d), _) => Arc::new(client_secret_credential(
+                &d.tenant_id,
+                &d.client_id,
+                d.client_secret.expose(),
+                d.authority_host.clone(),
+                cas.clone(),
+            )?),
+            (None, Some(secret)) => {
+                let (Some(tenant), Some(client)) = (&self.tenant_id, &self.client_id) else {
+                    return Err(CliError::bad_input(
+                        "a client secret needs a tenant and a client id: pass --tenant-id and \
+                         --client-id (or set AZURE_TENANT_ID and AZURE_CLIENT_ID)",
+                    ));
+                };
+                Arc::new(client_secret_credential(
+                    tenant,
+                    client,
+                    secret,
+                    self.authority_host
+                        .clone()
+                        .unwrap_or_else(|| ClientSecretCredentialOptions::default().authority_host),
+                    cas.clone(),
+                )?)
+            }
+            (None, None) => Arc::new(
+                DefaultAzureCredential::with_options(DefaultAzureCredentialOptions {
+                    environment: ClientSecretCredentialOptions {
+                        additional_ca_certificates: cas.clone(),
+                        ..Default::default()
+                    },
+                    tenant_id: self.tenant_id.clone(),
+                    managed_identity_client_id: self.client_id.clone(),
+                    ..Default::default()
+                })
+                .map_err(|e| CliError::from_client(&e, crate::errors::Target::Vault, ""))?,
+            ),
+        };
+        Ok((credential, cas))
+    }
+}
+
+fn client_secret_credential(
+    tenant: &str,
+    client: &str,
+    secret: &str,
+    authority_host: String,
+    cas: Vec<Vec<u8>>,
+) -> CliResult<ClientSecretCredential> {
+    ClientSecretCredential::new(
+        tenant,
+        client,
+        secret,
+        Some(ClientSecretCredentialOptions {
+            authority_host,
+            additional_ca_certificates: cas,
+            retry: RetryOptions {
+                max_retries: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+    )
+    .map_err(|e| CliError::bad_input(format!("invalid credential: {}", e.message())))
+}
+
+fn read_file(path: &Path, what: &str) -> CliResult<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| CliError::bad_input(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// Whether the URL's host is an IP address, `localhost` or a `*.localhost` name.
+pub fn is_local_host(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        return v6
+            .split(']')
+            .next()
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let host = host.to_ascii_lowercase();
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host == "localhost"
+        || host.ends_with(".localhost")
+}
+
+/// A credential that remembers the last token it handed out (for `keyvault token`).
+#[derive(Debug)]
+pub struct Capturing {
+    pub inner: Arc<dyn TokenCredential>,
+    pub last: Arc<Mutex<Option<(String, AccessToken)>>>,
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for Capturing {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions>,
+    ) -> keyvault_secrets::Result<AccessToken> {
+        let token = self.inner.get_token(scopes, options).await?;
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((scopes.join(" "), token.clone()));
+        }
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_host;
+
+    #[test]
+    fn local_hosts() {
+        for local in [
+            "https://127.0.0.1:8443",
+            "https://localhost:1",
+            "https://myvault.localhost:8443/",
+            "https://[::1]:8443",
+            "https://10.0.0.1",
+        ] {
+            assert!(is_local_host(local), "{local}");
+        }
+        for remote in [
+            "https://v.vault.azure.net",
+            "https://localhost.example.com:1",
+        ] {
+            assert!(!is_local_host(remote), "{remote}");
+        }
+    }
+}

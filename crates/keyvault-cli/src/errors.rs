@@ -1,0 +1,180 @@
+//! The CLI's error: one line for the user and an exit code for scripts.
+
+use keyvault_secrets::{Error, ErrorKind};
+use std::fmt;
+
+/// Exit codes (documented in `keyvault --help`).
+pub mod code {
+    /// Connection failures, server errors, anything else.
+    pub const OTHER: u8 = 1;
+    /// Bad input: usage errors, invalid names, values or files, a 400 from the vault.
+    pub const BAD_INPUT: u8 = 2;
+    /// The secret (or version, or deleted secret) does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// Conflict: e.g. the name is held by a deleted secret, or a restore over an existing secret.
+    pub const CONFLICT: u8 = 4;
+    /// Unauthorized or forbidden: no token, a refused token, a disabled secret, a denied operation.
+    pub const FORBIDDEN: u8 = 5;
+    /// A bulk import or export finished, but some items failed.
+    pub const PARTIAL: u8 = 6;
+}
+
+/// The exit-code table, for `--help` (a macro so that `concat!` can use it).
+macro_rules! exit_codes_help {
+    () => {
+        "Exit codes:
+  0  success
+  1  connection failure, server error, anything else
+  2  bad input (usage, invalid name/value/date/file, 400 from the vault)
+  3  not found (secret, version or deleted secret)
+  4  conflict (e.g. name held by a deleted secret, restore over an existing secret)
+  5  unauthorized or forbidden (credential failure, 401, 403, disabled secret)
+  6  bulk import/export finished with some items failed"
+    };
+}
+
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+/// What an operation was about, to word a not-found or conflict error.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// A secret, optionally one version of it.
+    Secret(&'a str, Option<&'a str>),
+    /// A deleted secret.
+    Deleted(&'a str),
+    /// The vault itself (listings, restore, token).
+    Vault,
+}
+
+impl CliError {
+    /// An error with `message` made one line (services put line breaks in some descriptions).
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        let message = if message.contains(['\n', '\r']) {
+            message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            message
+        };
+        CliError { code, message }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(code::BAD_INPUT, message)
+    }
+
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(code::OTHER, message)
+    }
+
+    /// An error of the client library, worded for `target` in `vault`.
+    pub fn from_client(e: &Error, target: Target<'_>, vault: &str) -> Self {
+        let codes = match (e.error_code(), e.inner_error_code()) {
+            (Some(c), Some(i)) if c != i => format!(" ({c}: {i})"),
+            (Some(c), _) => format!(" ({c})"),
+            (None, Some(i)) => format!(" ({i})"),
+            (None, None) => String::new(),
+        };
+        let what = match target {
+            Target::Secret(name, None) => format!("secret '{name}'"),
+            Target::Secret(name, Some(v)) => format!("secret '{name}' version '{v}'"),
+            Target::Deleted(name) => format!("deleted secret '{name}'"),
+            Target::Vault => String::new(),
+        };
+        let msg = e.message().trim_end_matches('.');
+        let status = e.status().map(|s| s.as_u16());
+        let (code, message) = match e.kind() {
+            ErrorKind::ResourceNotFound if !what.is_empty() => {
+                (code::NOT_FOUND, format!("{what} not found in {vault}"))
+            }
+            ErrorKind::ResourceNotFound => (code::NOT_FOUND, format!("not found: {msg}")),
+            ErrorKind::ResourceExists if !what.is_empty() => (
+                code::CONFLICT,
+                format!("conflict on {what} in {vault}: {msg}"),
+            ),
+            ErrorKind::ResourceExists => (code::CONFLICT, format!("conflict: {msg}")),
+            ErrorKind::ClientAuthentication => {
+                let mut m = format!("not authorized by {vault}: {}", with_sources(e));
+                if m.contains("verify_challenge_resource") {
+                    m.push_str(
+                        " [keyvault: --dev-credentials turns the check off for a local dev vault; \
+                         --no-challenge-verification turns it off always]",
+                    );
+                }
+                (code::FORBIDDEN, m)
+            }
+            ErrorKind::Credential => (
+                code::FORBIDDEN,
+                format!("cannot get a token: {}", with_sources(e)),
+            ),
+            ErrorKind::HttpResponse if status == Some(403) => {
+                let on = if what.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {what}")
+                };
+                (code::FORBIDDEN, format!("forbidden{on}: {msg}"))
+            }
+            ErrorKind::HttpResponse if status == Some(400) => {
+                (code::BAD_INPUT, format!("rejected by {vault}: {msg}"))
+            }
+            ErrorKind::HttpResponse => (
+                code::OTHER,
+                format!(
+                    "{vault} answered {}: {msg}",
+                    status.map(|s| s.to_string()).unwrap_or_default()
+                ),
+            ),
+            ErrorKind::InvalidArgument => (code::BAD_INPUT, with_sources(e)),
+            ErrorKind::Connection => {
+                let mut m = format!("cannot reach {vault}: {}", with_sources(e));
+                if m.contains("certificate") {
+                    m.push_str(" [trust a private CA with --ca-file]");
+                }
+                (code::OTHER, m)
+            }
+            _ => (code::OTHER, with_sources(e)),
+        };
+        CliError::new(code, format!("{message}{codes}"))
+    }
+}
+
+/// The message followed by its causes (`a: b: c`), without repeats.
+fn with_sources(e: &Error) -> String {
+    let mut out = e.message().to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Writing to standard output: a closed pipe ends the program quietly (exit 0).
+pub fn io_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::new(0, "")
+    } else {
+        CliError::other(format!("cannot write the output: {e}"))
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;

@@ -1,0 +1,404 @@
+//! Printing secrets as a table, JSON, TSV or a bare value.
+
+use crate::conn::Output;
+use crate::errors::{CliResult, io_error};
+use crate::when;
+use keyvault_secrets::{DeletedSecret, KeyVaultSecret, SecretProperties};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// A secret as the CLI prints it (JSON field names in camelCase; dates in RFC 3339).
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct View {
+    pub name: String,
+    pub version: Option<String>,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub content_type: Option<String>,
+    pub enabled: Option<bool>,
+    pub not_before: Option<String>,
+    pub expires: Option<String>,
+    pub created: Option<String>,
+    pub updated: Option<String>,
+    pub recovery_level: Option<String>,
+    pub recoverable_days: Option<i32>,
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_purge_date: Option<String>,
+}
+
+impl View {
+    pub fn from_properties(p: &SecretProperties) -> Self {
+        View {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            id: p.id.clone(),
+            value: None,
+            content_type: p.content_type.clone(),
+            enabled: p.enabled,
+            not_before: p.not_before.map(when::format),
+            expires: p.expires_on.map(when::format),
+            created: p.created_on.map(when::format),
+            updated: p.updated_on.map(when::format),
+            recovery_level: p.recovery_level.as_ref().map(|l| l.to_string()),
+            recoverable_days: p.recoverable_days,
+            tags: p.tags.clone(),
+            managed: p.managed,
+            key_id: p.key_id.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// With the value (only `show` prints one).
+    pub fn from_secret(s: &KeyVaultSecret) -> Self {
+        View {
+            value: Some(s.value().unwrap_or_default().to_string()),
+            ..Self::from_properties(&s.properties)
+        }
+    }
+
+    pub fn from_deleted(d: &DeletedSecret) -> Self {
+        View {
+            recovery_id: d.recovery_id.clone(),
+            deleted_date: d.deleted_on.map(when::format),
+            scheduled_purge_date: d.scheduled_purge_date.map(when::format),
+            ..Self::from_properties(&d.properties)
+        }
+    }
+}
+
+/// A column of table and TSV output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Col {
+    Name,
+    Version,
+    Value,
+    Enabled,
+    ContentType,
+    NotBefore,
+    Expires,
+    Created,
+    Updated,
+    RecoveryLevel,
+    Tags,
+    DeletedDate,
+    ScheduledPurgeDate,
+    RecoveryId,
+    Id,
+}
+
+impl Col {
+    fn header(self) -> &'static str {
+        match self {
+            Col::Name => "Name",
+            Col::Version => "Version",
+            Col::Value => "Value",
+            Col::Enabled => "Enabled",
+            Col::ContentType => "Content type",
+            Col::NotBefore => "Not before",
+            Col::Expires => "Expires",
+            Col::Created => "Created",
+            Col::Updated => "Updated",
+            Col::RecoveryLevel => "Recovery level",
+            Col::Tags => "Tags",
+            Col::DeletedDate => "Deleted",
+            Col::ScheduledPurgeDate => "Purge date",
+            Col::RecoveryId => "Recovery id",
+            Col::Id => "Id",
+        }
+    }
+
+    fn cell(self, v: &View) -> String {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        match self {
+            Col::Name => v.name.clone(),
+            Col::Version => s(&v.version),
+            Col::Value => s(&v.value),
+            Col::Enabled => v.enabled.map(|b| b.to_string()).unwrap_or_default(),
+            Col::ContentType => s(&v.content_type),
+            Col::NotBefore => s(&v.not_before),
+            Col::Expires => s(&v.expires),
+            Col::Created => s(&v.created),
+            Col::Updated => s(&v.updated),
+            Col::RecoveryLevel => s(&v.recovery_level),
+            Col::Tags => v
+                .tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            Col::DeletedDate => s(&v.deleted_date),
+            Col::ScheduledPurgeDate => s(&v.scheduled_purge_date),
+            Col::RecoveryId => s(&v.recovery_id),
+            Col::Id => v.id.clone(),
+        }
+    }
+}
+
+/// Columns of one secret's details.
+pub const DETAIL: &[Col] = &[
+    Col::Name,
+    Col::Version,
+    Col::Enabled,
+    Col::ContentType,
+    Col::NotBefore,
+    Col::Expires,
+    Col::Created,
+    Col::Updated,
+    Col::RecoveryLevel,
+    Col::Tags,
+    Col::Id,
+];
+/// Columns of one secret's details with its value (`show`).
+pub const DETAIL_WITH_VALUE: &[Col] = &[
+    Col::Name,
+    Col::Version,
+    Col::Value,
+    Col::Enabled,
+    Col::ContentType,
+    Col::NotBefore,
+    Col::Expires,
+    Col::Created,
+    Col::Updated,
+    Col::RecoveryLevel,
+    Col::Tags,
+    Col::Id,
+];
+/// Columns of a deleted secret's details.
+pub const DELETED_DETAIL: &[Col] = &[
+    Col::Name,
+    Col::Version,
+    Col::Enabled,
+    Col::ContentType,
+    Col::Expires,
+    Col::Updated,
+    Col::Tags,
+    Col::DeletedDate,
+    Col::ScheduledPurgeDate,
+    Col::RecoveryId,
+    Col::RecoveryLevel,
+    Col::Id,
+];
+/// `secret list`.
+pub const LIST: &[Col] = &[
+    Col::Name,
+    Col::Enabled,
+    Col::ContentType,
+    Col::Expires,
+    Col::Updated,
+    Col::Tags,
+];
+/// `secret list-versions`.
+pub const VERSIONS: &[Col] = &[
+    Col::Version,
+    Col::Enabled,
+    Col::ContentType,
+    Col::NotBefore,
+    Col::Expires,
+    Col::Created,
+    Col::Updated,
+    Col::Tags,
+];
+/// `secret list-deleted`.
+pub const DELETED_LIST: &[Col] = &[
+    Col::Name,
+    Col::DeletedDate,
+    Col::ScheduledPurgeDate,
+    Col::Enabled,
+    Col::ContentType,
+    Col::Tags,
+];
+
+/// Escape a TSV field: backslash, tab, newline and carriage return.
+fn tsv_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Table cells: control characters shown as escapes so a value cannot break the layout.
+fn table_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn width(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// What `-o value` prints for an item of a given command.
+pub type ValueOf = fn(&View) -> String;
+
+/// Print a list of items.
+pub fn print_list(
+    out: &mut dyn Write,
+    format: Output,
+    views: &[View],
+    cols: &[Col],
+    value_of: ValueOf,
+) -> CliResult {
+    match format {
+        Output::Json => {
+            let text = serde_json::to_string_pretty(views).expect("views serialise");
+            writeln!(out, "{text}").map_err(io_error)
+        }
+        Output::Tsv => {
+            for v in views {
+                let line: Vec<String> = cols.iter().map(|c| tsv_escape(&c.cell(v))).collect();
+                writeln!(out, "{}", line.join("\t")).map_err(io_error)?;
+            }
+            Ok(())
+        }
+        Output::Value => {
+            for v in views {
+                writeln!(out, "{}", value_of(v)).map_err(io_error)?;
+            }
+            Ok(())
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| cols.iter().map(|c| table_escape(&c.cell(v))).collect())
+                .collect();
+            let headers: Vec<String> = cols.iter().map(|c| c.header().to_string()).collect();
+            let widths: Vec<usize> = (0..cols.len())
+                .map(|i| {
+                    rows.iter()
+                        .map(|r| width(&r[i]))
+                        .chain([width(&headers[i])])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: &[String]| {
+                let mut s = String::new();
+                for (i, c) in cells.iter().enumerate() {
+                    if i + 1 == cells.len() {
+                        s.push_str(c);
+                    } else {
+                        s.push_str(c);
+                        s.push_str(&" ".repeat(widths[i] - width(c) + 2));
+                    }
+                }
+                s.trim_end().to_string()
+            };
+            writeln!(out, "{}", line(&headers)).map_err(io_error)?;
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            writeln!(out, "{}", line(&rule)).map_err(io_error)?;
+            for r in &rows {
+                writeln!(out, "{}", line(r)).map_err(io_error)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Print one item: JSON object, a TSV line, the bare value, or a two-column table.
+pub fn print_one(
+    out: &mut dyn Write,
+    format: Output,
+    view: &View,
+    cols: &[Col],
+    value_of: ValueOf,
+) -> CliResult {
+    match format {
+        Output::Json => {
+            let text = serde_json::to_string_pretty(view).expect("views serialise");
+            writeln!(out, "{text}").map_err(io_error)
+        }
+        Output::Tsv | Output::Value => {
+            print_list(out, format, std::slice::from_ref(view), cols, value_of)
+        }
+        Output::Table => {
+            let w = cols.iter().map(|c| width(c.header())).max().unwrap_or(0);
+            for c in cols {
+                let cell = table_escape(&c.cell(view));
+                let h = c.header();
+                writeln!(out, "{h}{}  {cell}", " ".repeat(w - width(h))).map_err(io_error)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn value_id(v: &View) -> String {
+    v.id.clone()
+}
+
+pub fn value_name(v: &View) -> String {
+    v.name.clone()
+}
+
+pub fn value_version(v: &View) -> String {
+    v.version.clone().unwrap_or_default()
+}
+
+pub fn value_value(v: &View) -> String {
+    v.value.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(tsv_escape("a\tb\nc\\"), "a\\tb\\nc\\\\");
+        assert_eq!(table_escape("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn table_layout() {
+        let views = vec![
+            View {
+                name: "a".into(),
+                enabled: Some(true),
+                ..Default::default()
+            },
+            View {
+                name: "longer-name".into(),
+                tags: [("k".to_string(), "v".to_string())].into(),
+                ..Default::default()
+            },
+        ];
+        let mut out = Vec::new();
+        print_list(
+            &mut out,
+            Output::Table,
+            &views,
+            &[Col::Name, Col::Enabled, Col::Tags],
+            value_name,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Name         Enabled  Tags\n-----------  -------  ----\na            true\nlonger-name           k=v\n"
+        );
+    }
+}

@@ -1,0 +1,565 @@
+//! `keyvault secret …`: one command per operation of the secrets API, on the `keyvault-secrets` client.
+
+use crate::bulk::{ExportArgs, ImportArgs};
+use crate::conn::{Conn, ConnArgs};
+use crate::errors::{CliError, CliResult, Target, io_error};
+use crate::render::{self, View};
+use crate::when::when_arg;
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use keyvault_secrets::{
+    KeyVaultSecretIdentifier, OffsetDateTime, Pager, SetSecretOptions, Tags,
+    UpdateSecretPropertiesOptions,
+};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+#[command(after_help = exit_codes_help!())]
+pub struct SecretArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub command: SecretCommand,
+}
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret's value: creates the secret, or a new version of it.
+    #[command(after_help = SET_HELP)]
+    Set(SetArgs),
+    /// Show a secret with its value: the latest version, a given version, or a full secret id.
+    #[command(
+        after_help = "Output: `-o value` prints only the value (followed by a newline).
+
+Examples:
+  keyvault secret show db-pass
+  keyvault secret show db-pass --version 3f0c5d2e8b6a4c1e9d7f0a2b4c6d8e0f -o json
+  keyvault secret show --id https://myvault.vault.azure.net/secrets/db-pass/3f0c5d2e8b6a4c1e9d7f0a2b4c6d8e0f
+  export DB_PASS=\"$(keyvault secret show db-pass -o value)\""
+    )]
+    Show(ShowArgs),
+    /// List the secrets of the vault (names and properties; never values).
+    #[command(after_help = "Output: `-o value` prints one name per line.
+
+Examples:
+  keyvault secret list
+  keyvault secret list -o tsv | cut -f1")]
+    List,
+    /// List the versions of a secret (properties; never values).
+    #[command(after_help = "Output: `-o value` prints one version per line.
+
+Example:
+  keyvault secret list-versions db-pass")]
+    ListVersions(NameArg),
+    /// Change a version's properties (not its value): the latest version, or --version.
+    #[command(after_help = UPDATE_HELP)]
+    Update(UpdateArgs),
+    /// Delete a secret (every version). With soft delete it stays recoverable until purged.
+    #[command(after_help = "Output: `-o value` prints the name.
+
+Examples:
+  keyvault secret delete db-pass
+  keyvault secret delete db-pass --wait && keyvault secret purge db-pass")]
+    Delete(WaitArgs),
+    /// List the deleted (recoverable) secrets.
+    #[command(after_help = "Output: `-o value` prints one name per line.
+
+Example:
+  keyvault secret list-deleted")]
+    ListDeleted,
+    /// Show a deleted secret: when it was deleted and when it will be purged.
+    #[command(after_help = "Output: `-o value` prints the name.
+
+Example:
+  keyvault secret show-deleted db-pass")]
+    ShowDeleted(NameArg),
+    /// Recover a deleted secret (every version).
+    #[command(after_help = "Output: `-o value` prints the id of the latest version.
+
+Example:
+  keyvault secret recover db-pass --wait")]
+    Recover(WaitArgs),
+    /// Permanently delete a deleted secret.
+    #[command(after_help = "Example:
+  keyvault secret delete db-pass --wait && keyvault secret purge db-pass")]
+    Purge(NameArg),
+    /// Write a protected backup of a secret (every version) to a file.
+    #[command(
+        after_help = "The backup can only be restored into a vault of the same kind.
+
+Example:
+  keyvault secret backup db-pass --file db-pass.kvbackup"
+    )]
+    Backup(BackupArgs),
+    /// Restore a secret from a backup file (the name must be free: not in use, not deleted).
+    #[command(
+        after_help = "Output: `-o value` prints the id of the restored secret's latest version.
+
+Example:
+  keyvault secret restore --file db-pass.kvbackup"
+    )]
+    Restore(RestoreArgs),
+    /// Set many secrets from a .env file or a JSON object of name → value.
+    #[command(after_help = crate::bulk::IMPORT_HELP)]
+    Import(ImportArgs),
+    /// Write every enabled secret's latest value to a JSON object or a .env file.
+    #[command(after_help = crate::bulk::EXPORT_HELP)]
+    Export(ExportArgs),
+}
+
+const SET_HELP: &str = concat!(
+    "Exactly one of --value, --file or --value-stdin gives the value. --file is read as is; --value-stdin \
+     drops one trailing newline (so `echo pass | …` stores `pass`). Values must be UTF-8 text (encode binary \
+     data first, e.g. with base64). Prefer --file or --value-stdin to --value: command lines end up in shell \
+     history and `ps`.
+
+",
+    when_help!(),
+    "
+
+Output: `-o value` prints the id of the new version.
+
+Examples:
+  keyvault secret set db-pass --value-stdin < password.txt
+  printf %s \"$TOKEN\" | keyvault secret set api-token --value-stdin --expires 30d --tags env=prod team=web
+  keyvault secret set tls-key --file key.pem --content-type application/x-pem-file"
+);
+
+const UPDATE_HELP: &str = concat!(
+    "Only the flags given change. --tags replaces every tag; `--tags` with nothing after it removes them all.
+
+",
+    when_help!(),
+    "
+
+Output: `-o value` prints the id of the version.
+
+Examples:
+  keyvault secret update db-pass --expires 2030-01-01 --tags env=prod
+  keyvault secret update db-pass --version 3f0c5d2e8b6a4c1e9d7f0a2b4c6d8e0f --disabled"
+);
+
+#[derive(Args)]
+pub struct NameArg {
+    /// The secret's name: 1-127 characters of 0-9, a-z, A-Z and '-'.
+    pub name: String,
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// The secret's name.
+    pub name: String,
+    /// Wait until the vault has finished the operation.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct ValueSource {
+    /// The value (visible in shell history and `ps`: prefer --file or --value-stdin).
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
+    /// Read the value from a file, as is.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Read the value from standard input (one trailing newline is dropped).
+    #[arg(long)]
+    pub value_stdin: bool,
+}
+
+#[derive(Args)]
+pub struct PropertyArgs {
+    /// Content type, e.g. text/plain or application/json.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Tags: space-separated KEY=VALUE pairs (a bare KEY has an empty value).
+    #[arg(long, num_args = 0.., value_name = "KEY=VALUE")]
+    pub tags: Option<Vec<String>>,
+    /// Expiry date (see WHEN below).
+    #[arg(long, value_name = "WHEN", value_parser = when_arg)]
+    pub expires: Option<OffsetDateTime>,
+    /// Not-before date (see WHEN below).
+    #[arg(long, value_name = "WHEN", value_parser = when_arg)]
+    pub not_before: Option<OffsetDateTime>,
+    /// Disable the version (it cannot be read until enabled again).
+    #[arg(long, conflicts_with = "enabled")]
+    pub disabled: bool,
+    /// Enable the version.
+    #[arg(long)]
+    pub enabled: bool,
+}
+
+#[derive(Args)]
+pub struct SetArgs {
+    /// The secret's name: 1-127 characters of 0-9, a-z, A-Z and '-'.
+    pub name: String,
+    #[command(flatten)]
+    pub source: ValueSource,
+    #[command(flatten)]
+    pub props: PropertyArgs,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// The secret's name.
+    #[arg(required_unless_present = "id")]
+    pub name: Option<String>,
+    /// A version (default: the latest).
+    #[arg(long, conflicts_with = "id")]
+    pub version: Option<String>,
+    /// A full secret id, https://{vault}/secrets/{name}[/{version}] (also gives the vault URL).
+    #[arg(long, value_name = "URL", conflicts_with = "name")]
+    pub id: Option<String>,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// The secret's name.
+    pub name: String,
+    /// A version (default: the latest).
+    #[arg(long)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub props: PropertyArgs,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// The secret's name.
+    pub name: String,
+    /// Where to write the backup (`-` for standard output).
+    #[arg(long, value_name = "PATH")]
+    pub file: PathBuf,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The backup file (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    pub file: PathBuf,
+}
+
+/// Parse `KEY=VALUE` tags.
+pub fn parse_tags(tags: &[String]) -> CliResult<Tags> {
+    let mut out = Tags::new();
+    for t in tags {
+        let (k, v) = t.split_once('=').unwrap_or((t.as_str(), ""));
+        if k.is_empty() {
+            return Err(CliError::bad_input(format!(
+                "invalid tag '{t}': expected KEY=VALUE"
+            )));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+impl PropertyArgs {
+    fn enabled(&self) -> Option<bool> {
+        match (self.enabled, self.disabled) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+
+    pub fn set_options(&self) -> CliResult<SetSecretOptions> {
+        Ok(SetSecretOptions {
+            content_type: self.content_type.clone(),
+            enabled: self.enabled(),
+            expires_on: self.expires,
+            not_before: self.not_before,
+            tags: self.tags.as_deref().map(parse_tags).transpose()?,
+        })
+    }
+
+    fn update_options(&self) -> CliResult<UpdateSecretPropertiesOptions> {
+        Ok(UpdateSecretPropertiesOptions {
+            content_type: self.content_type.clone(),
+            enabled: self.enabled(),
+            expires_on: self.expires,
+            not_before: self.not_before,
+            tags: self.tags.as_deref().map(parse_tags).transpose()?,
+        })
+    }
+}
+
+/// Bytes that must be text: say where the first bad byte is, never what the value is.
+pub fn utf8_value(bytes: Vec<u8>, from: &str) -> CliResult<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        CliError::bad_input(format!(
+            "the value from {from} is not valid UTF-8 (byte {at}, line {line}): Key Vault secret values \
+             are text; encode binary data first (e.g. base64)"
+        ))
+    })
+}
+
+fn read_value(source: &ValueSource) -> CliResult<String> {
+    if let Some(v) = &source.value {
+        return Ok(v.clone());
+    }
+    if let Some(path) = &source.file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| CliError::bad_input(format!("cannot read {}: {e}", path.display())))?;
+        return utf8_value(bytes, &format!("'{}'", path.display()));
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
+    let mut value = utf8_value(bytes, "standard input")?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    Ok(value)
+}
+
+/// The vault to use for `show --id`, when no other source names one.
+pub fn fallback_url(command: &SecretCommand) -> CliResult<Option<String>> {
+    if let SecretCommand::Show(ShowArgs { id: Some(id), .. }) = command {
+        let id = KeyVaultSecretIdentifier::parse(id)
+            .map_err(|e| CliError::bad_input(e.message().to_string()))?;
+        return Ok(Some(id.vault_url().to_string()));
+    }
+    Ok(None)
+}
+
+async fn collect<T: Unpin>(
+    mut pager: Pager<T>,
+    conn: &Conn,
+    target: Target<'_>,
+) -> CliResult<Vec<T>> {
+    let mut items = Vec::new();
+    while let Some(item) = pager.next().await {
+        items.push(item.map_err(|e| CliError::from_client(&e, target, conn.vault()))?);
+    }
+    Ok(items)
+}
+
+pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> CliResult {
+    let client = &conn.client;
+    let vault = conn.vault();
+    let fmt = conn.output;
+    let err = |target| on(target, vault);
+    match command {
+        SecretCommand::Set(a) => {
+            let options = a.props.set_options()?;
+            let value = zeroize::Zeroizing::new(read_value(&a.source)?);
+            let s = client
+                .set_secret(&a.name, value.as_str(), Some(options))
+                .await
+                .map_err(err(Target::Secret(&a.name, None)))?;
+            let v = View::from_properties(&s.properties);
+            render::print_one(out, fmt, &v, render::DETAIL, render::value_id)
+        }
+        SecretCommand::Show(a) => {
+            let s = match (&a.id, &a.name) {
+                (Some(id), _) => {
+                    let id = KeyVaultSecretIdentifier::parse(id)
+                        .map_err(|e| CliError::bad_input(e.message().to_string()))?;
+                    client
+                        .get_secret_by_id(&id)
+                        .await
+                        .map_err(err(Target::Secret(id.name(), id.version())))?
+                }
+                (None, Some(name)) => client
+                    .get_secret(name, a.version.as_deref())
+                    .await
+                    .map_err(err(Target::Secret(name, a.version.as_deref())))?,
+                (None, None) => return Err(CliError::bad_input("a name or --id is required")),
+            };
+            let v = View::from_secret(&s);
+            render::print_one(out, fmt, &v, render::DETAIL_WITH_VALUE, render::value_value)
+        }
+        SecretCommand::List => {
+            let pager = client
+                .list_properties_of_secrets(None)
+                .map_err(err(Target::Vault))?;
+            let items = collect(pager, conn, Target::Vault).await?;
+            let views: Vec<View> = items.iter().map(View::from_properties).collect();
+            render::print_list(out, fmt, &views, render::LIST, render::value_name)
+        }
+        SecretCommand::ListVersions(a) => {
+            let target = Target::Secret(&a.name, None);
+            let pager = client
+                .list_properties_of_secret_versions(&a.name, None)
+                .map_err(err(target))?;
+            let mut items = collect(pager, conn, target).await?;
+            // Oldest first, like a history.
+            items.sort_by_key(|p| p.created_on);
+            let views: Vec<View> = items.iter().map(View::from_properties).collect();
+            render::print_list(out, fmt, &views, render::VERSIONS, render::value_version)
+        }
+        SecretCommand::Update(a) => {
+            let options = a.props.update_options()?;
+            if options == UpdateSecretPropertiesOptions::default() {
+                return Err(CliError::bad_input(
+                    "nothing to update: give at least one of --content-type, --tags, --expires, \
+                     --not-before, --enabled, --disabled",
+                ));
+            }
+            let p = client
+                .update_secret_properties(&a.name, a.version.as_deref(), options)
+                .await
+                .map_err(err(Target::Secret(&a.name, a.version.as_deref())))?;
+            render::print_one(
+                out,
+                fmt,
+                &View::from_properties(&p),
+                render::DETAIL,
+                render::value_id,
+            )
+        }
+        SecretCommand::Delete(a) => {
+            let target = Target::Secret(&a.name, None);
+            let mut poller = client
+                .begin_delete_secret(&a.name)
+                .await
+                .map_err(err(target))?;
+            if a.wait {
+                poller.wait().await.map_err(err(target))?;
+            }
+            let d = poller.into_result();
+            render::print_one(
+                out,
+                fmt,
+                &View::from_deleted(&d),
+                render::DELETED_DETAIL,
+                render::value_name,
+            )
+        }
+        SecretCommand::ListDeleted => {
+            let pager = client
+                .list_deleted_secrets(None)
+                .map_err(err(Target::Vault))?;
+            let items = collect(pager, conn, Target::Vault).await?;
+            let views: Vec<View> = items.iter().map(View::from_deleted).collect();
+            render::print_list(out, fmt, &views, render::DELETED_LIST, render::value_name)
+        }
+        SecretCommand::ShowDeleted(a) => {
+            let d = client
+                .get_deleted_secret(&a.name)
+                .await
+                .map_err(err(Target::Deleted(&a.name)))?;
+            render::print_one(
+                out,
+                fmt,
+                &View::from_deleted(&d),
+                render::DELETED_DETAIL,
+                render::value_name,
+            )
+        }
+        SecretCommand::Recover(a) => {
+            let target = Target::Deleted(&a.name);
+            let mut poller = client
+                .begin_recover_deleted_secret(&a.name)
+                .await
+                .map_err(err(target))?;
+            if a.wait {
+                poller
+                    .wait()
+                    .await
+                    .map_err(err(Target::Secret(&a.name, None)))?;
+            }
+            let p = poller.into_result();
+            render::print_one(
+                out,
+                fmt,
+                &View::from_properties(&p),
+                render::DETAIL,
+                render::value_id,
+            )
+        }
+        SecretCommand::Purge(a) => {
+            client
+                .purge_deleted_secret(&a.name)
+                .await
+                .map_err(err(Target::Deleted(&a.name)))?;
+            eprintln!("purged '{}'", a.name);
+            Ok(())
+        }
+        SecretCommand::Backup(a) => {
+            let to_stdout = a.file == Path::new("-");
+            if !to_stdout && !a.overwrite && a.file.exists() {
+                return Err(CliError::bad_input(format!(
+                    "{} exists (pass --overwrite to replace it)",
+                    a.file.display()
+                )));
+            }
+            let bytes = client
+                .backup_secret(&a.name)
+                .await
+                .map_err(err(Target::Secret(&a.name, None)))?;
+            if to_stdout {
+                out.write_all(&bytes).map_err(io_error)?;
+            } else {
+                write_private(&a.file, &bytes)?;
+                eprintln!(
+                    "backed up '{}' to {} ({} bytes)",
+                    a.name,
+                    a.file.display(),
+                    bytes.len()
+                );
+            }
+            Ok(())
+        }
+        SecretCommand::Restore(a) => {
+            let bytes = if a.file == Path::new("-") {
+                let mut b = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut b)
+                    .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
+                b
+            } else {
+                std::fs::read(&a.file).map_err(|e| {
+                    CliError::bad_input(format!("cannot read {}: {e}", a.file.display()))
+                })?
+            };
+            let p = client
+                .restore_secret_backup(&bytes)
+                .await
+                .map_err(err(Target::Vault))?;
+            render::print_one(
+                out,
+                fmt,
+                &View::from_properties(&p),
+                render::DETAIL,
+                render::value_id,
+            )
+        }
+        SecretCommand::Import(a) => crate::bulk::import(conn, a, out).await,
+        SecretCommand::Export(a) => crate::bulk::export(conn, a, out).await,
+    }
+}
+
+/// Turn a client error about `target` into the CLI's error.
+fn on<'a>(target: Target<'a>, vault: &'a str) -> impl Fn(keyvault_secrets::Error) -> CliError + 'a {
+    move |e| CliError::from_client(&e, target, vault)
+}
+
+/// Write a file readable by its owner only (it holds secrets).
+pub fn write_private(path: &Path, bytes: &[u8]) -> CliResult {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .map_err(|e| CliError::other(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.flush())
+        .map_err(|e| CliError::other(format!("cannot write {}: {e}", path.display())))
+}

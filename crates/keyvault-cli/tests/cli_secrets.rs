@@ -1,0 +1,751 @@
+//! The real `keyvault` binary against a real vault: every secret command, every output format, exit
+//! codes, value sources, errors, `token`, completions and help. One vault for the whole file; every test
+//! uses its own secret names.
+
+mod cli_support;
+
+use cli_support::{command, kv, kv_in, run_with, shared};
+
+#[test]
+fn set_and_show_in_every_format() {
+    let v = shared();
+    let set = kv(
+        v,
+        &[
+            "secret",
+            "set",
+            "fmt-a",
+            "--value",
+            "hunter2",
+            "--content-type",
+            "text/plain",
+            "--tags",
+            "env=prod",
+            "team=web",
+            "--expires",
+            "30d",
+            "--not-before",
+            "2024-01-01T00:00:00Z",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let j = set.json();
+    assert_eq!(j["name"], "fmt-a");
+    assert_eq!(j["contentType"], "text/plain");
+    assert_eq!(j["tags"]["env"], "prod");
+    assert_eq!(j["tags"]["team"], "web");
+    assert_eq!(j["notBefore"], "2024-01-01T00:00:00Z");
+    assert_eq!(j["enabled"], true);
+    assert!(j.get("value").is_none(), "set does not echo the value: {j}");
+    let version = j["version"].as_str().unwrap().to_string();
+    assert_eq!(version.len(), 32);
+    let expires = j["expires"].as_str().unwrap();
+    assert!(
+        expires.ends_with('Z') && expires.len() == 20,
+        "RFC 3339: {expires}"
+    );
+    assert!(!set.stdout.contains("hunter2"));
+
+    // Not a terminal: JSON by default.
+    let j = kv(v, &["secret", "show", "fmt-a"]).ok().json();
+    assert_eq!(j["value"], "hunter2");
+    assert_eq!(j["version"], version.as_str());
+    assert_eq!(
+        j["id"],
+        format!("{}/secrets/fmt-a/{version}", v.url).as_str()
+    );
+
+    let value = kv(v, &["secret", "show", "fmt-a", "-o", "value"]).ok();
+    assert_eq!(value.stdout, "hunter2\n");
+
+    let tsv = kv(v, &["secret", "show", "fmt-a", "-o", "tsv"]).ok();
+    let cols: Vec<&str> = tsv.stdout.trim_end_matches('\n').split('\t').collect();
+    assert_eq!(cols[0], "fmt-a");
+    assert_eq!(cols[1], version);
+    assert_eq!(cols[2], "hunter2");
+    assert_eq!(cols[3], "true");
+    assert_eq!(cols[4], "text/plain");
+    assert_eq!(cols[10], "env=prod,team=web");
+    assert_eq!(tsv.stdout.lines().count(), 1);
+
+    let table = kv(v, &["secret", "show", "fmt-a", "-o", "table"]).ok();
+    assert!(table.stdout.contains("Value"), "{}", table.stdout);
+    assert!(table.stdout.contains("hunter2"));
+    assert!(table.stdout.contains("Tags            env=prod,team=web"));
+
+    // KEYVAULT_OUTPUT picks the format too.
+    let mut c = command(Some(v));
+    c.env("KEYVAULT_OUTPUT", "value");
+    assert_eq!(
+        run_with(c, &["secret", "show", "fmt-a"], None).ok().stdout,
+        "hunter2\n"
+    );
+
+    // `-o value` of set is the new version's id.
+    let id = kv(
+        v,
+        &["secret", "set", "fmt-a", "--value", "x", "-o", "value"],
+    )
+    .ok();
+    assert!(
+        id.stdout.starts_with(&format!("{}/secrets/fmt-a/", v.url)),
+        "{}",
+        id.stdout
+    );
+}
+
+#[test]
+fn value_sources_and_utf8() {
+    let v = shared();
+    let dir = tempfile::tempdir().unwrap();
+    // --file: as is, trailing newline kept.
+    let file = dir.path().join("value.txt");
+    std::fs::write(&file, "line one\nline two ✓\n").unwrap();
+    kv(
+        v,
+        &[
+            "secret",
+            "set",
+            "src-file",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let j = kv(v, &["secret", "show", "src-file"]).ok().json();
+    assert_eq!(j["value"], "line one\nline two ✓\n");
+
+    // --value-stdin: one trailing newline dropped.
+    kv_in(
+        v,
+        &["secret", "set", "src-stdin", "--value-stdin"],
+        b"from stdin\n",
+    )
+    .ok();
+    let j = kv(v, &["secret", "show", "src-stdin"]).ok().json();
+    assert_eq!(j["value"], "from stdin");
+
+    // Not UTF-8: a clear error, exit 2, and the bytes are never echoed.
+    let bin = dir.path().join("binary.bin");
+    std::fs::write(&bin, b"ok\n\xff\xfesecret-bytes").unwrap();
+    let e = kv(
+        v,
+        &["secret", "set", "src-bin", "--file", bin.to_str().unwrap()],
+    )
+    .code(2);
+    assert!(e.stderr.contains("not valid UTF-8"), "{}", e.stderr);
+    assert!(e.stderr.contains("line 2"), "{}", e.stderr);
+    assert!(!e.stderr.contains("secret-bytes"), "{}", e.stderr);
+    let e = kv_in(
+        v,
+        &["secret", "set", "src-bin", "--value-stdin"],
+        b"\xc3\x28",
+    )
+    .code(2);
+    assert!(
+        e.stderr
+            .starts_with("error: the value from standard input is not valid UTF-8"),
+        "{}",
+        e.stderr
+    );
+    kv(v, &["secret", "show", "src-bin"]).code(3);
+
+    // The vault's 400 (too large) is bad input too, and the value is not echoed.
+    let big = "v".repeat(30_000);
+    let e = kv_in(
+        v,
+        &["secret", "set", "src-big", "--value-stdin"],
+        big.as_bytes(),
+    )
+    .code(2);
+    assert!(e.stderr.contains("too large"), "{}", e.stderr);
+    assert!(!e.stderr.contains("vvvvvvvv"));
+
+    // Exactly one source.
+    kv(v, &["secret", "set", "src-none"]).code(2);
+    kv_in(
+        v,
+        &["secret", "set", "src-two", "--value", "a", "--value-stdin"],
+        b"b",
+    )
+    .code(2);
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "set",
+            "src-missing",
+            "--file",
+            "/nonexistent/file",
+        ],
+    )
+    .code(2);
+    assert!(e.stderr.contains("cannot read /nonexistent/file"));
+}
+
+#[test]
+fn names_are_checked_as_key_vault_does() {
+    let v = shared();
+    for bad in [
+        "ünïcode",
+        "has_underscore",
+        "dot.ted",
+        "名前",
+        &"a".repeat(128),
+    ] {
+        let e = kv(v, &["secret", "set", bad, "--value", "v"]).code(2);
+        assert!(
+            e.stderr
+                .starts_with(&format!("error: invalid secret name '{bad}'")),
+            "{bad}: {}",
+            e.stderr
+        );
+        kv(v, &["secret", "show", bad]).code(2);
+    }
+    kv(v, &["secret", "set", &"a".repeat(127), "--value", "v"]).ok();
+    // Names are case-insensitive.
+    kv(v, &["secret", "set", "Mixed-Case", "--value", "v1"]).ok();
+    let j = kv(v, &["secret", "show", "mixed-case"]).ok().json();
+    assert_eq!(j["value"], "v1");
+}
+
+#[test]
+fn versions_update_and_ids() {
+    let v = shared();
+    let first = kv(
+        v,
+        &["secret", "set", "ver-a", "--value", "one", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let old = first["version"].as_str().unwrap().to_string();
+    kv(v, &["secret", "set", "ver-a", "--value", "two"]).ok();
+
+    let versions = kv(v, &["secret", "list-versions", "ver-a", "-o", "value"]).ok();
+    let listed: Vec<&str> = versions.stdout.lines().collect();
+    assert_eq!(listed.len(), 2, "{}", versions.stdout);
+    assert!(listed.contains(&old.as_str()));
+    let j = kv(v, &["secret", "list-versions", "ver-a"]).ok().json();
+    assert_eq!(j.as_array().unwrap().len(), 2);
+    assert!(!versions.stdout.contains("one") && !versions.stdout.contains("two"));
+
+    let j = kv(v, &["secret", "show", "ver-a", "--version", &old])
+        .ok()
+        .json();
+    assert_eq!(j["value"], "one");
+    let id = format!("{}/secrets/ver-a/{old}", v.url);
+    let j = kv(v, &["secret", "show", "--id", &id]).ok().json();
+    assert_eq!(j["value"], "one");
+    // --id alone gives the vault URL (no dev credentials needed for the URL, only for the token).
+    let j = kv(
+        v,
+        &[
+            "secret",
+            "show",
+            "--id",
+            &format!("{}/secrets/ver-a", v.url),
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(j["value"], "two");
+    kv(v, &["secret", "show", "--id", "https://x/keys/k"]).code(2);
+    kv(
+        v,
+        &[
+            "secret",
+            "show",
+            "ver-a",
+            "--version",
+            "0123456789abcdef0123456789abcdef",
+        ],
+    )
+    .code(3);
+
+    // Update: only what is given changes.
+    let j = kv(
+        v,
+        &[
+            "secret",
+            "update",
+            "ver-a",
+            "--content-type",
+            "application/json",
+            "--tags",
+            "a=1",
+            "flag",
+            "--expires",
+            "2031-02-03",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(j["contentType"], "application/json");
+    assert_eq!(j["tags"]["a"], "1");
+    assert_eq!(j["tags"]["flag"], "");
+    assert_eq!(j["expires"], "2031-02-03T00:00:00Z");
+    let j = kv(v, &["secret", "update", "ver-a", "--tags"]).ok().json();
+    assert_eq!(j["tags"], serde_json::json!({}));
+    assert_eq!(j["contentType"], "application/json");
+
+    // Disable the old version: reading it is forbidden (exit 5), the latest still reads.
+    let j = kv(
+        v,
+        &["secret", "update", "ver-a", "--version", &old, "--disabled"],
+    )
+    .ok()
+    .json();
+    assert_eq!(j["enabled"], false);
+    let e = kv(v, &["secret", "show", "ver-a", "--version", &old]).code(5);
+    assert!(e.stderr.contains("SecretDisabled"), "{}", e.stderr);
+    kv(v, &["secret", "show", "ver-a"]).ok();
+    kv(
+        v,
+        &["secret", "update", "ver-a", "--version", &old, "--enabled"],
+    )
+    .ok();
+    kv(v, &["secret", "show", "ver-a", "--version", &old]).ok();
+
+    let e = kv(v, &["secret", "update", "ver-a"]).code(2);
+    assert!(e.stderr.contains("nothing to update"));
+    kv(v, &["secret", "update", "ver-missing", "--disabled"]).code(3);
+    kv(v, &["secret", "update", "ver-a", "--enabled", "--disabled"]).code(2);
+    let e = kv(v, &["secret", "update", "ver-a", "--expires", "soon"]).code(2);
+    assert!(e.stderr.contains("invalid date 'soon'"), "{}", e.stderr);
+}
+
+#[test]
+fn listings_never_print_values() {
+    let v = shared();
+    let value = "list-value-must-not-leak-7f3a";
+    kv(
+        v,
+        &["secret", "set", "lst-a", "--value", value, "--tags", "k=v"],
+    )
+    .ok();
+    kv(v, &["secret", "set", "lst-b", "--value", value]).ok();
+    for format in ["table", "json", "tsv", "value"] {
+        for cmd in [
+            vec!["secret", "list", "-o", format],
+            vec!["secret", "list-versions", "lst-a", "-o", format],
+        ] {
+            let out = kv(v, &cmd).ok();
+            assert!(!out.stdout.contains(value), "{cmd:?}: {}", out.stdout);
+        }
+    }
+    let names = kv(v, &["secret", "list", "-o", "value"]).ok();
+    assert!(names.stdout.lines().any(|l| l == "lst-a"));
+    assert!(names.stdout.lines().any(|l| l == "lst-b"));
+    let table = kv(v, &["secret", "list", "-o", "table"]).ok();
+    let mut lines = table.stdout.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("Name ") && header.contains("Tags"),
+        "{header}"
+    );
+    assert!(lines.next().unwrap().starts_with("----"));
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("lst-a ") && l.ends_with("k=v"))
+    );
+    let tsv = kv(v, &["secret", "list", "-o", "tsv"]).ok();
+    let row = tsv
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("lst-a\t"))
+        .unwrap();
+    assert_eq!(row.split('\t').count(), 6);
+    let json = kv(v, &["secret", "list"]).ok().json();
+    let item = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "lst-a")
+        .unwrap();
+    assert!(item.get("value").is_none());
+    assert_eq!(item["version"], serde_json::Value::Null);
+}
+
+#[test]
+fn delete_recover_purge() {
+    let v = shared();
+    kv(v, &["secret", "set", "del-a", "--value", "v1"]).ok();
+    let d = kv(v, &["secret", "delete", "del-a", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(d["name"], "del-a");
+    assert_eq!(
+        d["recoveryId"],
+        format!("{}/deletedsecrets/del-a", v.url).as_str()
+    );
+    assert!(d["deletedDate"].as_str().unwrap().ends_with('Z'));
+    assert!(d["scheduledPurgeDate"].is_string());
+
+    // The name is held: set is a conflict, show is not found.
+    let e = kv(v, &["secret", "set", "del-a", "--value", "v2"]).code(4);
+    assert!(
+        e.stderr.contains("ObjectIsDeletedButRecoverable") && e.stderr.contains("'del-a'"),
+        "{}",
+        e.stderr
+    );
+    kv(v, &["secret", "show", "del-a"]).code(3);
+
+    let names = kv(v, &["secret", "list-deleted", "-o", "value"]).ok();
+    assert!(
+        names.stdout.lines().any(|l| l == "del-a"),
+        "{}",
+        names.stdout
+    );
+    for format in ["table", "tsv", "json"] {
+        kv(v, &["secret", "list-deleted", "-o", format]).ok();
+    }
+    let shown = kv(v, &["secret", "show-deleted", "del-a", "-o", "table"]).ok();
+    assert!(shown.stdout.contains("Purge date"), "{}", shown.stdout);
+
+    let r = kv(v, &["secret", "recover", "del-a", "--wait", "-o", "value"]).ok();
+    assert!(r.stdout.starts_with(&format!("{}/secrets/del-a/", v.url)));
+    assert_eq!(
+        kv(v, &["secret", "show", "del-a", "-o", "value"])
+            .ok()
+            .stdout,
+        "v1\n"
+    );
+    kv(v, &["secret", "show-deleted", "del-a"]).code(3);
+    kv(v, &["secret", "recover", "del-a"]).code(3);
+
+    let d = kv(v, &["secret", "delete", "del-a", "--wait", "-o", "value"]).ok();
+    assert_eq!(d.stdout, "del-a\n");
+    let p = kv(v, &["secret", "purge", "del-a"]).ok();
+    assert!(p.stdout.is_empty());
+    let e = kv(v, &["secret", "show-deleted", "del-a"]).code(3);
+    assert_eq!(
+        e.stderr,
+        format!(
+            "error: deleted secret 'del-a' not found in {} (SecretNotFound)\n",
+            v.url
+        )
+    );
+    kv(v, &["secret", "purge", "del-a"]).code(3);
+    kv(v, &["secret", "delete", "del-a"]).code(3);
+    // The name is free again.
+    kv(v, &["secret", "set", "del-a", "--value", "v3"]).ok();
+}
+
+#[test]
+fn backup_and_restore() {
+    let v = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bk.kvbackup");
+    let f = file.to_str().unwrap();
+    kv(v, &["secret", "set", "bk-a", "--value", "first"]).ok();
+    kv(v, &["secret", "set", "bk-a", "--value", "second"]).ok();
+    kv(v, &["secret", "backup", "bk-a", "--file", f]).ok();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let e = kv(v, &["secret", "backup", "bk-a", "--file", f]).code(2);
+    assert!(e.stderr.contains("--overwrite"));
+    kv(v, &["secret", "backup", "bk-a", "--file", f, "--overwrite"]).ok();
+    kv(v, &["secret", "backup", "bk-missing", "--file", "-"]).code(3);
+
+    // Restoring over the live secret is a conflict.
+    kv(v, &["secret", "restore", "--file", f]).code(4);
+    kv(v, &["secret", "delete", "bk-a", "--wait"]).ok();
+    kv(v, &["secret", "purge", "bk-a"]).ok();
+    let r = kv(v, &["secret", "restore", "--file", f, "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["name"], "bk-a");
+    assert_eq!(
+        kv(v, &["secret", "show", "bk-a", "-o", "value"])
+            .ok()
+            .stdout,
+        "second\n"
+    );
+    let versions = kv(v, &["secret", "list-versions", "bk-a", "-o", "value"]).ok();
+    assert_eq!(versions.stdout.lines().count(), 2);
+
+    // Backup to stdout and restore from stdin.
+    let bytes = kv(v, &["secret", "backup", "bk-a", "--file", "-"])
+        .ok()
+        .stdout_bytes;
+    assert!(!bytes.is_empty());
+    kv(v, &["secret", "delete", "bk-a", "--wait"]).ok();
+    kv(v, &["secret", "purge", "bk-a"]).ok();
+    kv_in(v, &["secret", "restore", "--file", "-"], &bytes).ok();
+    kv_in(v, &["secret", "restore", "--file", "-"], b"").code(2);
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, b"not a backup").unwrap();
+    kv(
+        v,
+        &["secret", "restore", "--file", garbage.to_str().unwrap()],
+    )
+    .code(2);
+}
+
+#[test]
+fn connection_and_credential_errors() {
+    let v = shared();
+    // No vault.
+    let e = run_with(command(None), &["secret", "list"], None).code(2);
+    assert!(e.stderr.contains("no vault URL"), "{}", e.stderr);
+    // Nothing listens: exit 1, quickly with --max-retries 0.
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "list",
+            "--vault-url",
+            "https://127.0.0.1:1",
+            "--max-retries",
+            "0",
+        ],
+    )
+    .code(1);
+    assert!(
+        e.stderr
+            .starts_with("error: cannot reach https://127.0.0.1:1"),
+        "{}",
+        e.stderr
+    );
+    // Untrusted certificate.
+    let e = run_with(
+        command(None),
+        &[
+            "secret",
+            "list",
+            "--vault-url",
+            &v.url,
+            "--max-retries",
+            "0",
+        ],
+        None,
+    )
+    .code(1);
+    assert!(e.stderr.contains("--ca-file"), "{}", e.stderr);
+    // A wrong client secret from the AZURE_* variables: exit 5.
+    let mut c = command(None);
+    c.env("AZURE_TENANT_ID", "keyvault-rs")
+        .env("AZURE_CLIENT_ID", "nobody")
+        .env("AZURE_CLIENT_SECRET", "wrong-secret-xyz")
+        .env("AZURE_AUTHORITY_HOST", &v.url)
+        .env("KEYVAULT_CA_FILE", &v.ca);
+    let e = run_with(
+        c,
+        &[
+            "secret",
+            "list",
+            "--vault-url",
+            &v.url,
+            "--no-challenge-verification",
+        ],
+        None,
+    )
+    .code(5);
+    assert!(
+        e.stderr.starts_with("error: cannot get a token"),
+        "{}",
+        e.stderr
+    );
+    assert_eq!(e.stderr.lines().count(), 1, "one line: {}", e.stderr);
+    assert!(!e.stderr.contains("wrong-secret-xyz"));
+    // The challenge's resource does not match an IP-address URL without dev credentials.
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&v.creds).unwrap()).unwrap();
+    let mut c = command(None);
+    c.env("AZURE_TENANT_ID", creds["tenant_id"].as_str().unwrap())
+        .env("AZURE_CLIENT_ID", creds["client_id"].as_str().unwrap())
+        .env(
+            "AZURE_CLIENT_SECRET",
+            creds["client_secret"].as_str().unwrap(),
+        )
+        .env("AZURE_AUTHORITY_HOST", &v.url)
+        .env("KEYVAULT_URL", &v.url)
+        .env("KEYVAULT_CA_FILE", &v.ca);
+    let e = run_with(c, &["secret", "list"], None).code(5);
+    assert!(
+        e.stderr.contains("--no-challenge-verification"),
+        "{}",
+        e.stderr
+    );
+    // …and works with the check off, with the credentials from the environment.
+    let mut c = command(None);
+    c.env("AZURE_TENANT_ID", creds["tenant_id"].as_str().unwrap())
+        .env("AZURE_CLIENT_ID", creds["client_id"].as_str().unwrap())
+        .env(
+            "AZURE_CLIENT_SECRET",
+            creds["client_secret"].as_str().unwrap(),
+        )
+        .env("AZURE_AUTHORITY_HOST", &v.url)
+        .env("KEYVAULT_URL", &v.url)
+        .env("KEYVAULT_CA_FILE", &v.ca);
+    run_with(c, &["secret", "list", "--no-challenge-verification"], None).ok();
+    // The dev-credentials flag (a file or its directory) instead of the variable.
+    let creds_path = v.creds.to_str().unwrap();
+    run_with(
+        command(None),
+        &["secret", "list", "--dev-credentials", creds_path],
+        None,
+    )
+    .ok();
+    run_with(
+        command(None),
+        &[
+            "secret",
+            "--dev-credentials",
+            v.creds.parent().unwrap().to_str().unwrap(),
+            "list",
+        ],
+        None,
+    )
+    .ok();
+    let e = run_with(
+        command(None),
+        &["secret", "list", "--dev-credentials", "/nonexistent.json"],
+        None,
+    )
+    .code(2);
+    assert!(e.stderr.contains("cannot read the dev credentials"));
+    // Not found, worded for people.
+    let e = kv(v, &["secret", "show", "no-such-secret"]).code(3);
+    assert_eq!(
+        e.stderr,
+        format!(
+            "error: secret 'no-such-secret' not found in {} (SecretNotFound)\n",
+            v.url
+        )
+    );
+    // Usage errors are bad input.
+    kv(v, &["secret", "frobnicate"]).code(2);
+    kv(v, &["secret", "list", "-o", "yaml"]).code(2);
+}
+
+#[test]
+fn broken_pipe_is_not_an_error() {
+    let v = shared();
+    kv(v, &["secret", "set", "pipe-a", "--value", "v"]).ok();
+    let mut child = command(Some(v))
+        .args(["secret", "list-versions", "pipe-a", "-o", "table"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the command has had time to reach the vault.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn token_prints_a_bearer_token() {
+    let v = shared();
+    let t = kv(v, &["token"]).ok();
+    let token = t.stdout.trim_end();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    assert_eq!(t.stdout.lines().count(), 1);
+    let j = kv(v, &["token", "-o", "json"]).ok().json();
+    assert_eq!(j["tokenType"], "Bearer");
+    assert!(j["scope"].as_str().unwrap().ends_with("/.default"));
+    assert!(j["expiresOn"].as_str().unwrap().ends_with('Z'));
+    let scope = j["scope"].as_str().unwrap().to_string();
+    let t = kv(v, &["token", "--scope", &scope]).ok();
+    assert_eq!(t.stdout.trim_end().split('.').count(), 3);
+    // The token works for a raw request (what `curl -H "Authorization: Bearer …"` does).
+    let ca = std::fs::read(&v.ca).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(keyvault_server::tls::client_config_trusting(&ca).unwrap())
+            .build()
+            .unwrap()
+            .get(format!("{}/secrets?api-version=7.6", v.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let e = run_with(
+        command(None),
+        &[
+            "token",
+            "--vault-url",
+            "https://127.0.0.1:1",
+            "--max-retries",
+            "0",
+        ],
+        None,
+    )
+    .code(1);
+    assert!(e.stderr.contains("cannot reach"));
+}
+
+#[test]
+fn completions_and_help() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_with(command(None), &["completions", shell], None).ok();
+        assert!(out.stdout.contains("keyvault"), "{shell}");
+        assert!(out.stdout.contains("list-deleted"), "{shell}");
+    }
+    run_with(command(None), &["completions", "tcsh"], None).code(2);
+    let top = run_with(command(None), &["--help"], None).ok();
+    assert!(top.stdout.contains("Exit codes:"), "{}", top.stdout);
+    for cmd in [
+        vec!["secret"],
+        vec!["token"],
+        vec!["completions"],
+        vec!["serve"],
+        vec!["hash-secret"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let out = run_with(command(None), &args, None).ok();
+        assert!(
+            out.stdout.contains("Example") || out.stdout.contains("Exit codes"),
+            "{cmd:?}: {}",
+            out.stdout
+        );
+    }
+    for sub in [
+        "set",
+        "show",
+        "list",
+        "list-versions",
+        "update",
+        "delete",
+        "list-deleted",
+        "show-deleted",
+        "recover",
+        "purge",
+        "backup",
+        "restore",
+        "import",
+        "export",
+    ] {
+        let out = run_with(command(None), &["secret", sub, "--help"], None).ok();
+        assert!(
+            out.stdout.contains("Example"),
+            "secret {sub} --help has an example:\n{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains(&format!("keyvault secret {sub}")),
+            "{sub}"
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! Shared by the `cli_*` tests: an in-process vault (a real HTTPS server on 127.0.0.1:0) with its
+//! dev-credentials.json, and a runner for the real `keyvault` binary.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyvault");
+
+/// A running vault and the dev-credentials.json that points at it.
+pub struct Vault {
+    pub url: String,
+    pub creds: PathBuf,
+    pub ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Start a vault on its own runtime thread; it runs until the test process ends.
+pub fn start_vault() -> Vault {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let lv = keyvault_server::LocalVault::start().await.unwrap();
+            let creds = serde_json::to_vec(lv.credentials()).unwrap();
+            tx.send((
+                creds,
+                lv.vault_url().to_string(),
+                lv.credentials().ca_cert.clone(),
+            ))
+            .unwrap();
+            std::future::pending::<()>().await;
+            drop(lv);
+        });
+    });
+    let (creds, url, ca) = rx.recv().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev-credentials.json");
+    std::fs::write(&path, creds).unwrap();
+    Vault {
+        url,
+        creds: path,
+        ca,
+        _dir: dir,
+    }
+}
+
+/// The vault shared by the tests of one file.
+pub fn shared() -> &'static Vault {
+    static VAULT: OnceLock<Vault> = OnceLock::new();
+    VAULT.get_or_init(start_vault)
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stdout_bytes: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success; stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}; stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// A command for the binary with a clean environment (no ambient Azure or keyvault settings).
+pub fn command(vault: Option<&Vault>) -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AZURE_") || k.starts_with("KEYVAULT_") || k == "IDENTITY_ENDPOINT" {
+            c.env_remove(k);
+        }
+    }
+    if let Some(v) = vault {
+        c.env("KEYVAULT_DEV_CREDENTIALS", &v.creds);
+    }
+    c
+}
+
+pub fn run_with(mut c: Command, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    c.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stdout_bytes: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `keyvault ARGS` against `vault`.
+pub fn kv(vault: &Vault, args: &[&str]) -> Out {
+    run_with(command(Some(vault)), args, None)
+}
+
+/// `keyvault ARGS < stdin` against `vault`.
+pub fn kv_in(vault: &Vault, args: &[&str], stdin: &[u8]) -> Out {
+    run_with(command(Some(vault)), args, Some(stdin))
+}
