@@ -67,6 +67,25 @@ enum Command {
     /// Print the argon2 hash of a client secret read from standard input (for `[[clients]]` in the config).
     #[command(after_help = "Example:\n  keyvault hash-secret <<< 'my-client-secret'")]
     HashSecret,
+    /// Work with the server's hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that an audit log has not been edited, truncated or reordered (exit 0 when intact, 2 when not).
+    #[command(
+        after_help = "Examples:\n  keyvault audit verify vault-data/audit.log\n  \
+                            keyvault audit verify --chain vault-data/audit.log   # with audit.log.1, .2, … rotated files"
+    )]
+    Verify {
+        /// The audit log file.
+        file: std::path::PathBuf,
+        /// Also verify the rotated files (FILE.1, FILE.2, …) as one chain, oldest first.
+        #[arg(long)]
+        chain: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +105,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args).map_err(|e| CliError::new(2, e)),
         Command::HashSecret => hash_secret().map_err(|e| CliError::new(2, e)),
+        Command::Audit(AuditCommand::Verify { file, chain }) => audit_verify(&file, chain),
         Command::Completions { shell } => completions(shell),
         Command::Secret(args) => runtime().and_then(|rt| {
             let mut out = std::io::stdout().lock();
@@ -141,4 +161,32 @@ fn hash_secret() -> Result<(), String> {
     let hash = keyvault_server::auth::hash_secret(&secret).map_err(|e| e.to_string())?;
     println!("{hash}");
     Ok(())
+}
+
+fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
+    use keyvault_server::audit;
+    let report = if chain {
+        audit::verify_chain(file)
+    } else {
+        audit::verify_file(file)
+    };
+    match report {
+        Ok(r) => {
+            println!(
+                "ok: {} line(s) in {} file(s), seq {}..{}, last hash {}",
+                r.lines,
+                r.files,
+                r.first_seq.map_or("-".to_string(), |s| s.to_string()),
+                r.last_seq.map_or("-".to_string(), |s| s.to_string()),
+                r.last_hash.as_deref().unwrap_or("-")
+            );
+            if !r.complete {
+                eprintln!(
+                    "warning: the chain does not start at its first line (older lines are missing)"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(CliError::new(2, format!("audit log is not intact: {e}"))),
+    }
 }

@@ -285,3 +285,56 @@ fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
         assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
     }
 }
+
+#[tokio::test]
+async fn audit_verify_detects_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let (mut server, addr) = start(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    let ca = std::fs::read(data.join("tls/ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(keyvault_server::tls::client_config_trusting(&ca).unwrap())
+        .build()
+        .unwrap();
+    for path in ["secrets", "secrets/a/", "deletedsecrets"] {
+        let resp = http
+            .get(format!("https://{addr}/{path}?api-version=7.6"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    sigterm(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
+
+    let log = data.join("audit.log");
+    let verify = |path: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["audit", "verify", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = verify(&log);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok: 3 line(s)"), "{out}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"status\":401", "\"status\":200", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, edited).unwrap();
+    let (code, out) = verify(&log);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not intact"), "{out}");
+}

@@ -46,6 +46,44 @@ pub struct Config {
     /// The token signing key file (PKCS#8 PEM; created at first start if missing). Default
     /// `{data_dir}/token-signing-key.pk8`. Nodes that share it accept each other's tokens.
     pub signing_key_file: Option<PathBuf>,
+    /// Custom roles (`[[roles]] name = "…", permissions = ["get", "list"]`), in addition to the built-ins.
+    pub roles: Vec<RoleConfig>,
+    /// Role assignments (`[[assignments]] principal = "<client id>", role = "Key Vault Secrets User",
+    /// scope = "/" | "/secrets/NAME" | "/secrets/PREFIX*"`).
+    pub assignments: Vec<AssignmentConfig>,
+    /// The role a `[[clients]]` entry gets on the whole vault when no `[[assignments]]` entry names it (so
+    /// configurations from before access control keep working). Default `"Key Vault Administrator"`;
+    /// `"none"` (or empty) = such clients may do nothing until assigned a role.
+    pub default_client_role: String,
+    /// The role of the `--dev` client on the whole vault (in addition to any assignment). Default
+    /// `"Key Vault Administrator"`; `"none"` = only its assignments.
+    pub dev_client_role: String,
+    /// The audit log: one hash-chained JSON line per request decision. Default: off, except in `--dev`
+    /// mode, where it is `{data_dir}/audit.log`. `"none"` turns it off in dev mode too.
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated (renamed to `FILE.N`; the chain continues in the new file).
+    /// Default 64 MiB.
+    pub audit_max_bytes: u64,
+}
+
+/// A custom role: a name and a permission set (`get`, `list`, `set`, `delete`, `recover`, `backup`,
+/// `restore`, `purge`, `admin`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    pub name: String,
+    pub permissions: Vec<crate::auth::policy::Permission>,
+}
+
+/// A role assignment: a principal (client id or external identity id), a role (name or built-in Azure
+/// role id) and a scope (default the whole vault).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentConfig {
+    pub principal: String,
+    pub role: String,
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// The `store` setting: a backend name or URL. Its `Debug` hides a password in the URL.
@@ -131,6 +169,12 @@ impl Default for Config {
             store: None,
             kek_file: None,
             signing_key_file: None,
+            roles: Vec::new(),
+            assignments: Vec::new(),
+            default_client_role: crate::auth::policy::ADMINISTRATOR.to_string(),
+            dev_client_role: crate::auth::policy::ADMINISTRATOR.to_string(),
+            audit_log: None,
+            audit_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -186,9 +230,59 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("token-signing-key.pk8"))
     }
 
+    /// The audit log file, if auditing is on.
+    pub fn audit_log_path(&self) -> Option<PathBuf> {
+        match &self.audit_log {
+            Some(p) if p.as_os_str().is_empty() || p.as_os_str() == "none" => None,
+            Some(p) => Some(p.clone()),
+            None if self.dev => Some(self.data_dir.join("audit.log")),
+            None => None,
+        }
+    }
+
+    /// The access policy the configuration describes: built-in and custom roles, the assignments, and the
+    /// default role of `[[clients]]` entries without assignments. (The dev client is added by the server.)
+    pub fn policy(&self) -> Result<crate::auth::policy::Policy, ConfigError> {
+        use crate::auth::policy::{Assignment, Policy, Scope};
+        let policy = Policy::new();
+        let bad = |e: crate::auth::policy::PolicyError| ConfigError(format!("access control: {e}"));
+        for r in &self.roles {
+            policy
+                .define_role(&r.name, r.permissions.clone())
+                .map_err(bad)?;
+        }
+        for a in &self.assignments {
+            let scope = Scope::parse(a.scope.as_deref().unwrap_or("/")).map_err(bad)?;
+            policy
+                .assign(Assignment {
+                    id: String::new(),
+                    principal: a.principal.clone(),
+                    role: a.role.clone(),
+                    scope,
+                })
+                .map_err(bad)?;
+        }
+        if let Some(role) = role_setting(&self.default_client_role) {
+            for c in &self.clients {
+                if !self.assignments.iter().any(|a| a.principal == c.client_id) {
+                    policy
+                        .assign(Assignment {
+                            id: String::new(),
+                            principal: c.client_id.clone(),
+                            role: role.to_string(),
+                            scope: Scope::Vault,
+                        })
+                        .map_err(bad)?;
+                }
+            }
+        }
+        Ok(policy)
+    }
+
     /// Check the values that have rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_backend()?;
+        self.policy()?;
         use keyvault_types::rules::{MAX_RETENTION_DAYS, MIN_RETENTION_DAYS};
         if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&self.retention_days) {
             return Err(ConfigError(format!(
@@ -227,6 +321,12 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A role setting: `None` for "none" or empty.
+pub fn role_setting(s: &str) -> Option<&str> {
+    let t = s.trim();
+    (!t.is_empty() && !t.eq_ignore_ascii_case("none")).then_some(t)
 }
 
 #[cfg(test)]
@@ -324,5 +424,76 @@ mod tests {
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("store") && !err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn access_control_section() {
+        use crate::auth::policy::Operation;
+        let c = Config::from_toml(
+            r#"
+            dev = true
+            [[clients]]
+            client_id = "legacy"
+            secret_hashes = []
+            [[clients]]
+            client_id = "app"
+            secret_hashes = []
+            [[roles]]
+            name = "Rotator"
+            permissions = ["set", "list"]
+            [[assignments]]
+            principal = "app"
+            role = "Key Vault Secrets User"
+            scope = "/secrets/db-*"
+            [[assignments]]
+            principal = "ci"
+            role = "rotator"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let p = c.policy().unwrap();
+        // A client without assignments keeps full rights (the default); one with assignments has only those.
+        assert!(
+            p.authorize("legacy", Operation::SecretPurge, Some("x"))
+                .is_ok()
+        );
+        assert!(p.authorize("legacy", Operation::VaultAdmin, None).is_ok());
+        assert!(
+            p.authorize("app", Operation::SecretGet, Some("db-pass"))
+                .is_ok()
+        );
+        assert!(
+            p.authorize("app", Operation::SecretGet, Some("other"))
+                .is_err()
+        );
+        assert!(p.authorize("ci", Operation::SecretSet, Some("x")).is_ok());
+        assert!(p.authorize("ci", Operation::SecretGet, Some("x")).is_err());
+        assert_eq!(c.audit_log_path(), Some(c.data_dir.join("audit.log")));
+
+        let strict = Config {
+            default_client_role: "none".into(),
+            ..c.clone()
+        };
+        let p = strict.policy().unwrap();
+        assert!(
+            p.authorize("legacy", Operation::SecretGet, Some("x"))
+                .is_err()
+        );
+
+        for bad in [
+            "[[assignments]]\nprincipal = \"a\"\nrole = \"nope\"",
+            "[[assignments]]\nprincipal = \"a\"\nrole = \"Key Vault Reader\"\nscope = \"/keys/x\"",
+            "[[roles]]\nname = \"r\"\npermissions = [\"fly\"]",
+            "[[roles]]\nname = \"Key Vault Reader\"\npermissions = [\"get\"]",
+        ] {
+            let r = Config::from_toml(bad).and_then(|c| c.policy().map(|_| ()));
+            assert!(r.is_err(), "{bad}");
+        }
+        let off = Config {
+            audit_log: Some("none".into()),
+            ..c
+        };
+        assert_eq!(off.audit_log_path(), None);
     }
 }

@@ -4,12 +4,15 @@
 //! store (bytes and rows). Nothing below [`vault`] knows about HTTP; nothing above [`store`] knows about SQL.
 //!
 //! - [`http`]: the axum router, Key Vault wire mapping, one error → response table.
-//! - [`auth`]: the built-in token issuer (OAuth2 client credentials, OIDC discovery, JWKS) and verification.
+//! - [`auth`]: the built-in token issuer (OAuth2 client credentials, OIDC discovery, JWKS), verification,
+//!   and access control ([`auth::policy`]).
+//! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`vault`]: versions, latest, soft delete, recover, purge, retention sweeper, backup.
 //! - [`crypto`]: envelope encryption, key providers.
 //! - [`store`]: the `SecretStore` trait and its SQLite implementation.
 //! - [`tls`]: certificates (files or a generated dev CA) and the rustls configuration.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;

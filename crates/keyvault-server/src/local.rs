@@ -39,6 +39,9 @@ pub struct LocalVault {
     creds: DevCredentials,
     ca_pem: Vec<u8>,
     vault: Arc<crate::vault::Vault>,
+    policy: Arc<crate::auth::Policy>,
+    clients: Arc<crate::auth::ClientRegistry>,
+    audit: Option<crate::audit::AuditLog>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     dir: tempfile::TempDir,
@@ -71,6 +74,9 @@ impl LocalVault {
         let ca_pem = std::fs::read(&creds.ca_cert)
             .map_err(|e| StartError::Setup(format!("cannot read the dev CA: {e}")))?;
         let vault = server.vault().clone();
+        let policy = server.policy().clone();
+        let clients = server.clients().clone();
+        let audit = server.audit().cloned();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
@@ -79,6 +85,9 @@ impl LocalVault {
             creds,
             ca_pem,
             vault,
+            policy,
+            clients,
+            audit,
             stop: Some(tx),
             task: Some(task),
             dir,
@@ -130,6 +139,34 @@ impl LocalVault {
     /// The vault domain behind the server (for tests that drive the sweeper or inspect state).
     pub fn vault(&self) -> &Arc<crate::vault::Vault> {
         &self.vault
+    }
+
+    /// The access policy: assign roles to principals at run time (the dev client is Key Vault
+    /// Administrator).
+    pub fn policy(&self) -> &Arc<crate::auth::Policy> {
+        &self.policy
+    }
+
+    /// The OAuth clients that may get tokens.
+    pub fn clients(&self) -> &Arc<crate::auth::ClientRegistry> {
+        &self.clients
+    }
+
+    /// Registers another OAuth client with a new random secret; returns (client id, secret). It may do
+    /// nothing until given a role through [`LocalVault::policy`].
+    pub fn add_client(&self) -> (String, String) {
+        let id = crate::auth::generate_client_id();
+        let secret = crate::auth::generate_secret();
+        let hash = crate::auth::hash_secret(&secret).expect("argon2 hashing works");
+        self.clients
+            .add(id.as_str(), hash)
+            .expect("a fresh hash is valid");
+        (id, secret)
+    }
+
+    /// The audit log (`{data_dir}/audit.log`).
+    pub fn audit(&self) -> Option<&crate::audit::AuditLog> {
+        self.audit.as_ref()
     }
 
     /// Stop the server and wait until it has finished.

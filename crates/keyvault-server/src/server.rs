@@ -1,5 +1,7 @@
 //! Putting the parts together: open the store, load keys and certificates, bind, serve until told to stop.
 
+use crate::audit::AuditLog;
+use crate::auth::policy::{Assignment, Policy, Scope};
 use crate::auth::{AuthState, ClientRegistry, SigningKey, TokenIssuer, TokenVerifier};
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::crypto::{Envelope, FileKeyProvider, KeyProvider, StaticKeyProvider};
@@ -95,6 +97,10 @@ pub struct Server {
     acceptor: TlsAcceptor,
     app: Router,
     vault: Arc<Vault>,
+    policy: Arc<Policy>,
+    clients: Arc<ClientRegistry>,
+    issuer: Arc<TokenIssuer>,
+    audit: Option<AuditLog>,
     info: ServerInfo,
     data_dir: PathBuf,
     sweep_interval: Duration,
@@ -250,6 +256,28 @@ impl Server {
             None
         };
 
+        // Access control: the configured roles and assignments, plus the dev client's role.
+        let policy = Arc::new(config.policy()?);
+        if let (Some(dev), Some(role)) =
+            (&dev, crate::config::role_setting(&config.dev_client_role))
+        {
+            policy
+                .assign(Assignment {
+                    id: String::new(),
+                    principal: dev.client_id.clone(),
+                    role: role.to_string(),
+                    scope: Scope::Vault,
+                })
+                .map_err(setup("dev_client_role"))?;
+        }
+        let audit = match config.audit_log_path() {
+            Some(path) => Some(
+                AuditLog::open(&path, config.audit_max_bytes)
+                    .map_err(setup("cannot open the audit log"))?,
+            ),
+            None => None,
+        };
+
         let challenge = format!(
             "Bearer authorization=\"https://{issuer_host}/{}\", resource=\"{resource}\"",
             config.tenant_id
@@ -261,8 +289,8 @@ impl Server {
             Arc::new(move || clock.now())
         };
         let auth_state = AuthState {
-            issuer: token_issuer,
-            clients,
+            issuer: token_issuer.clone(),
+            clients: clients.clone(),
             tenant: config.tenant_id.clone(),
             audiences,
             clock: clock_fn,
@@ -271,6 +299,8 @@ impl Server {
             vault: vault.clone(),
             verifier,
             challenge,
+            policy: policy.clone(),
+            audit: audit.clone(),
         });
         let app = http::app(state, crate::auth::router(auth_state));
 
@@ -279,6 +309,10 @@ impl Server {
             acceptor: TlsAcceptor::from(tls),
             app,
             vault,
+            policy,
+            clients,
+            issuer: token_issuer,
+            audit,
             info: ServerInfo {
                 local_addr,
                 base_url,
@@ -297,6 +331,26 @@ impl Server {
 
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
+    }
+
+    /// The access policy (roles and assignments); changes take effect on the next request.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The OAuth clients that may get tokens; changes take effect on the next token request.
+    pub fn clients(&self) -> &Arc<ClientRegistry> {
+        &self.clients
+    }
+
+    /// The built-in token issuer.
+    pub fn issuer(&self) -> &Arc<TokenIssuer> {
+        &self.issuer
+    }
+
+    /// The audit log, if on.
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
     }
 
     /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish (up to 10 s),
@@ -362,6 +416,9 @@ impl Server {
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
         }
         let _ = sweeper.await;
+        if let Some(audit) = &self.audit {
+            audit.flush().await;
+        }
         Ok(())
     }
 }

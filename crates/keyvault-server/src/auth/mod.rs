@@ -3,18 +3,22 @@
 //! - [`keys`]: the server's token-signing key (ES256, a PKCS#8 file in the data dir) and its JWK.
 //! - [`token`]: issuing JWT access tokens ([`TokenIssuer`]) and verifying them ([`TokenVerifier`]).
 //! - [`clients`]: known OAuth2 clients and their argon2-hashed secrets ([`ClientRegistry`]).
+//! - [`policy`]: access control: permissions, roles, assignments and the decision point
+//!   ([`Policy::authorize`]).
 //! - [`routes`]: the Entra-compatible endpoints: `POST /{tenant}/oauth2/v2.0/token`, OIDC discovery and JWKS.
 //!
 //! No token, client secret or private key ever appears in an error message, a log line or a `Debug` impl.
 
 pub mod clients;
 pub mod keys;
+pub mod policy;
 pub mod routes;
 pub mod token;
 pub(crate) mod util;
 
 pub use clients::{ClientRegistry, generate_client_id, generate_secret, hash_secret};
 pub use keys::{SigningKey, TOKEN_ALG};
+pub use policy::{Assignment, Denied, Operation, Permission, Policy, Role, Scope};
 pub use routes::{AuthState, router};
 pub use token::{Claims, DEFAULT_TOKEN_LIFETIME_SECS, Principal, TokenIssuer, TokenVerifier};
 pub use util::unix_now;

@@ -1,6 +1,7 @@
 //! The one table from errors to Key Vault responses: status, error code, inner code, message.
 
 use super::respond::json_response;
+use crate::auth::policy::{Denied, Permission};
 use crate::vault::VaultError;
 use axum::response::Response;
 use http::StatusCode;
@@ -44,6 +45,33 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         json_response(self.status, &self.body())
+    }
+
+    /// A denial by the access policy: 403 `Forbidden` / `ForbiddenByRbac`, in the shape of Key Vault's RBAC
+    /// message, naming the principal, the data action and the missing permission.
+    pub fn forbidden(denied: &Denied, vault_name: &str) -> Self {
+        let resource = match &denied.name {
+            Some(name) => format!("/vaults/{vault_name}/secrets/{name}"),
+            None => format!("/vaults/{vault_name}"),
+        };
+        let permission = match denied.permission {
+            Permission::Admin => "vault administration".to_string(),
+            p => format!("secrets {p}"),
+        };
+        let p = &denied.principal;
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or \
+                 role definitions were changed recently, please observe propagation time.\r\nCaller: \
+                 appid={p};oid={p}\r\nAction: '{action}'\r\nResource: '{resource}'\r\nAssignment: (not found)\r\n\
+                 DecisionReason: 'DeniedWithNoValidRBAC'\r\nPrincipal: '{p}' does not have {permission} permission \
+                 on key vault '{vault_name}'\r\nVault: {vault_name};location=local\r\n",
+                action = denied.operation.data_action(),
+            ),
+        )
+        .with_inner("ForbiddenByRbac")
     }
 
     /// Map a vault error. `vault_url` is this vault's base URL as the client addressed it.

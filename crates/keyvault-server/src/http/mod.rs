@@ -1,14 +1,18 @@
 //! The HTTP face of the vault: Key Vault's secrets REST API, wire-exact (protocol.md).
 //!
 //! Every vault request goes through [`vault_request`]: authentication first (before the body is read or
-//! anything is validated, as the SDKs' challenge flow requires), then api-version, route, name, body.
-//! Errors become responses in one place ([`error::ApiError`]).
+//! anything is validated, as the SDKs' challenge flow requires), then api-version, route, name,
+//! authorization ([`Policy::authorize`], before the body is read or the store touched), body.
+//! Errors become responses in one place ([`error::ApiError`]). Every request's decision is written to the
+//! audit log, if there is one.
 
 pub mod error;
 mod respond;
 mod wire;
 
+use crate::audit::{AuditLog, AuditRecord, Outcome};
 use crate::auth::TokenVerifier;
+use crate::auth::policy::{Operation, Policy, Visibility};
 use crate::vault::{SecretAttributesInput, Vault};
 use axum::Router;
 use axum::body::Body;
@@ -40,6 +44,10 @@ pub struct HttpState {
     pub verifier: Arc<TokenVerifier>,
     /// The `WWW-Authenticate` value of every 401.
     pub challenge: HeaderValue,
+    /// Who may do what.
+    pub policy: Arc<Policy>,
+    /// Where request decisions are recorded (if anywhere).
+    pub audit: Option<AuditLog>,
 }
 
 /// The whole HTTP application: health, the token issuer's routes, and the vault API.
@@ -78,21 +86,27 @@ pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) ->
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let client_request_id = req.headers().get("x-ms-client-request-id").cloned();
-    let mut resp = match handle(&state, req).await {
+    let request_id = new_request_id();
+    let mut record = AuditRecord::new(request_id.clone());
+    let mut resp = match handle(&state, req, &mut record).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
     let status = resp.status();
+    if let Some(audit) = &state.audit {
+        record.status = status.as_u16();
+        audit.record(record);
+    }
     let headers = resp.headers_mut();
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, state.challenge.clone());
     }
-    decorate(headers, client_request_id);
+    decorate(headers, client_request_id, &request_id);
     tracing::debug!(%method, %path, status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     resp
 }
 
-fn decorate(headers: &mut HeaderMap, client_request_id: Option<HeaderValue>) {
+fn decorate(headers: &mut HeaderMap, client_request_id: Option<HeaderValue>, request_id: &str) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers.insert(header::EXPIRES, HeaderValue::from_static("-1"));
@@ -104,7 +118,7 @@ fn decorate(headers: &mut HeaderMap, client_request_id: Option<HeaderValue>) {
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000;includeSubDomains"),
     );
-    if let Ok(v) = HeaderValue::from_str(&new_request_id()) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert("x-ms-request-id", v);
     }
     if let Some(v) = client_request_id {
@@ -298,14 +312,70 @@ fn method_not_allowed(method: &Method) -> ApiError {
     )
 }
 
-async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
+/// Records the operation and asks the policy; a denial becomes the 403.
+fn gate(
+    state: &HttpState,
+    principal: &str,
+    rec: &mut AuditRecord,
+    op: Operation,
+    name: Option<&str>,
+    version: Option<&str>,
+) -> Result<(), ApiError> {
+    rec.operation = Some(op.as_str());
+    rec.secret = name.map(str::to_string);
+    rec.version = version.map(printable);
+    match state.policy.authorize(principal, op, name) {
+        Ok(()) => {
+            rec.outcome = Outcome::Allowed;
+            Ok(())
+        }
+        Err(denied) => {
+            rec.outcome = Outcome::Denied;
+            Err(ApiError::forbidden(&denied, &state.vault.settings().name))
+        }
+    }
+}
+
+/// [`gate`] for listings: which names the principal may see (a 403 if none).
+fn gate_list(
+    state: &HttpState,
+    principal: &str,
+    rec: &mut AuditRecord,
+    op: Operation,
+) -> Result<Visibility, ApiError> {
+    rec.operation = Some(op.as_str());
+    match state.policy.visibility(principal, op) {
+        Ok(v) => {
+            rec.outcome = Outcome::Allowed;
+            Ok(v)
+        }
+        Err(denied) => {
+            rec.outcome = Outcome::Denied;
+            Err(ApiError::forbidden(&denied, &state.vault.settings().name))
+        }
+    }
+}
+
+/// A valid secret name, or the vault's 400.
+fn valid_name(name: &str, base: &str) -> Result<(), ApiError> {
+    crate::vault::check_name(name).map_err(|e| ApiError::from_vault(e, base))
+}
+
+async fn handle(
+    state: &HttpState,
+    req: Request,
+    rec: &mut AuditRecord,
+) -> Result<Response, ApiError> {
     // 1. Who: before anything else, and before the body is read.
     let token = bearer(req.headers()).ok_or_else(unauthorized)?;
     let now = state.vault.now();
-    state
+    let principal = state
         .verifier
         .verify(token, now)
         .map_err(|_| unauthorized())?;
+    let who = principal.id.as_str();
+    rec.principal = Some(principal.id.clone());
+    rec.outcome = Outcome::Rejected;
 
     // 2. Which version of the API, and where the client thinks we are.
     let query = parse_query(req.uri().query());
@@ -336,17 +406,24 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
 
     match (&method, segs.as_slice()) {
         (&Method::GET, ["secrets"]) => {
+            let visible = gate_list(state, who, rec, Operation::SecretList)?;
             let page = vault
                 .list(query.skiptoken.as_deref(), page_size(&query)?)
                 .await
                 .map_err(map)?;
             let result = ListResult {
-                value: page.items.into_iter().map(|r| ctx.item(r, false)).collect(),
+                value: page
+                    .items
+                    .into_iter()
+                    .filter(|r| visible.allows(&r.name))
+                    .map(|r| ctx.item(r, false))
+                    .collect(),
                 next_link: next_link("/secrets", page.next),
             };
             Ok(json_response(StatusCode::OK, &result))
         }
         (&Method::POST, ["secrets", "restore"]) => {
+            gate(state, who, rec, Operation::SecretRestore, None, None)?;
             let params: SecretRestoreParameters = read_json(body, MAX_RESTORE_BODY_BYTES).await?;
             let blob = decode_blob(&params.value)?;
             let row = vault.restore(&blob).await.map_err(map)?;
@@ -356,24 +433,42 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
             ))
         }
         (&Method::PUT, ["secrets", name]) => {
-            crate::vault::check_name(name).map_err(map)?;
+            valid_name(name, &base)?;
+            gate(state, who, rec, Operation::SecretSet, Some(name), None)?;
             let p: SecretSetParameters = read_json(body, MAX_BODY_BYTES).await?;
             let attrs = attributes_input(p.content_type, p.tags, p.attributes);
             let secret = vault.set(name, p.value, attrs).await.map_err(map)?;
             Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::GET, ["secrets", name]) => {
+            valid_name(name, &base)?;
+            gate(state, who, rec, Operation::SecretGet, Some(name), None)?;
             let secret = vault.get(name, None).await.map_err(map)?;
             Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
         }
-        (&Method::PATCH, ["secrets", name]) => update(vault, &ctx, name, None, body)
-            .await
-            .map_err(|e| e.or_vault(&base)),
+        (&Method::PATCH, ["secrets", name]) => {
+            valid_name(name, &base)?;
+            gate(state, who, rec, Operation::SecretUpdate, Some(name), None)?;
+            update(vault, &ctx, name, None, body)
+                .await
+                .map_err(|e| e.or_vault(&base))
+        }
         (&Method::DELETE, ["secrets", name]) => {
+            valid_name(name, &base)?;
+            gate(state, who, rec, Operation::SecretDelete, Some(name), None)?;
             let deleted = vault.delete(name).await.map_err(map)?;
             Ok(json_response(StatusCode::OK, &ctx.deleted_bundle(deleted)))
         }
         (&Method::GET, ["secrets", name, "versions"]) => {
+            valid_name(name, &base)?;
+            gate(
+                state,
+                who,
+                rec,
+                Operation::SecretListVersions,
+                Some(name),
+                None,
+            )?;
             let page = vault
                 .list_versions(name, query.skiptoken.as_deref(), page_size(&query)?)
                 .await
@@ -385,6 +480,8 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &result))
         }
         (&Method::POST, ["secrets", name, "backup"]) => {
+            valid_name(name, &base)?;
+            gate(state, who, rec, Operation::SecretBackup, Some(name), None)?;
             let blob = vault.backup(name).await.map_err(map)?;
             let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(blob);
             Ok(json_response(
@@ -393,7 +490,15 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
             ))
         }
         (&Method::GET, ["secrets", name, version]) => {
-            crate::vault::check_name(name).map_err(map)?;
+            valid_name(name, &base)?;
+            gate(
+                state,
+                who,
+                rec,
+                Operation::SecretGet,
+                Some(name),
+                Some(version),
+            )?;
             if !rules::is_valid_version(version) {
                 return Err(map(crate::vault::VaultError::NotFound {
                     name: name.to_string(),
@@ -403,7 +508,15 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::PATCH, ["secrets", name, version]) => {
-            crate::vault::check_name(name).map_err(map)?;
+            valid_name(name, &base)?;
+            gate(
+                state,
+                who,
+                rec,
+                Operation::SecretUpdate,
+                Some(name),
+                Some(version),
+            )?;
             if !rules::is_valid_version(version) {
                 return Err(map(crate::vault::VaultError::NotFound {
                     name: name.to_string(),
@@ -414,6 +527,7 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
                 .map_err(|e| e.or_vault(&base))
         }
         (&Method::GET, ["deletedsecrets"]) => {
+            let visible = gate_list(state, who, rec, Operation::SecretListDeleted)?;
             let page = vault
                 .list_deleted(query.skiptoken.as_deref(), page_size(&query)?)
                 .await
@@ -422,6 +536,7 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
                 value: page
                     .items
                     .into_iter()
+                    .filter(|d| visible.allows(&d.latest.name))
                     .map(|d| ctx.deleted_item(d))
                     .collect(),
                 next_link: next_link("/deletedsecrets", page.next),
@@ -429,14 +544,27 @@ async fn handle(state: &HttpState, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &result))
         }
         (&Method::GET, ["deletedsecrets", name]) => {
+            valid_name(name, &base)?;
+            gate(
+                state,
+                who,
+                rec,
+                Operation::SecretGetDeleted,
+                Some(name),
+                None,
+            )?;
             let deleted = vault.get_deleted(name).await.map_err(map)?;
             Ok(json_response(StatusCode::OK, &ctx.deleted_bundle(deleted)))
         }
         (&Method::DELETE, ["deletedsecrets", name]) => {
+            valid_name(name, &base)?;
+            gate(state, who, rec, Operation::SecretPurge, Some(name), None)?;
             vault.purge(name).await.map_err(map)?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["deletedsecrets", name, "recover"]) => {
+            valid_name(name, &base)?;
+            gate(state, who, rec, Operation::SecretRecover, Some(name), None)?;
             let row = vault.recover(name).await.map_err(map)?;
             Ok(json_response(
                 StatusCode::OK,

@@ -1,0 +1,807 @@
+//! Access control: who may do what. Key Vault's permissions, Azure's built-in roles, custom roles,
+//! assignments of a role to a principal at a scope, and the one decision point, [`Policy::authorize`].
+//!
+//! - A [`Permission`] is one of Key Vault's secret permissions (get, list, set, delete, recover, backup,
+//!   restore, purge) or vault administration.
+//! - An [`Operation`] is one route of the API; it needs exactly one permission and names Azure's data action
+//!   in a denial.
+//! - A [`Role`] is a named permission set: the built-ins mirror Azure's (Key Vault Administrator, Secrets
+//!   Officer, Secrets User, Reader); custom roles come from the configuration or the admin API.
+//! - An [`Assignment`] gives a principal a role at a [`Scope`]: the whole vault, one secret, or every secret
+//!   whose name starts with a prefix. Names compare case-insensitively, as Key Vault's do.
+//!
+//! The [`Policy`] is shared (`Arc`) and swappable at run time: changes take effect on the next request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+/// One of Key Vault's secret permissions, or vault administration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// Read a secret's value (GET a secret).
+    Get,
+    /// Read metadata: list secrets, versions and deleted secrets; read a deleted secret (which has no value).
+    List,
+    /// Create a secret or a version, and update attributes (PUT, PATCH).
+    Set,
+    Delete,
+    Recover,
+    Backup,
+    Restore,
+    Purge,
+    /// Manage principals, roles and assignments (the admin API).
+    Admin,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 9] = [
+        Permission::Get,
+        Permission::List,
+        Permission::Set,
+        Permission::Delete,
+        Permission::Recover,
+        Permission::Backup,
+        Permission::Restore,
+        Permission::Purge,
+        Permission::Admin,
+    ];
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// The name used in configuration, the admin API and access-policy messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Get => "get",
+            Permission::List => "list",
+            Permission::Set => "set",
+            Permission::Delete => "delete",
+            Permission::Recover => "recover",
+            Permission::Backup => "backup",
+            Permission::Restore => "restore",
+            Permission::Purge => "purge",
+            Permission::Admin => "admin",
+        }
+    }
+
+    /// Parses a permission name (case-insensitive; `administration` is accepted for `admin`).
+    pub fn parse(s: &str) -> Option<Permission> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "administration" {
+            return Some(Permission::Admin);
+        }
+        Permission::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl Serialize for Permission {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Permission {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Permission::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown permission '{s}' (expected get, list, set, delete, recover, backup, restore, purge or admin)"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of permissions.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Permissions(u16);
+
+impl Permissions {
+    pub const NONE: Permissions = Permissions(0);
+
+    pub fn of(perms: &[Permission]) -> Permissions {
+        Permissions(perms.iter().fold(0, |acc, p| acc | p.bit()))
+    }
+
+    pub fn contains(self, p: Permission) -> bool {
+        self.0 & p.bit() != 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Permission> {
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
+    }
+}
+
+impl fmt::Debug for Permissions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// One route of the API: what it is called in the audit log, which permission it needs, and Azure's data
+/// action (named in a denial).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    SecretGet,
+    SecretSet,
+    SecretUpdate,
+    SecretDelete,
+    SecretList,
+    SecretListVersions,
+    SecretListDeleted,
+    SecretGetDeleted,
+    SecretPurge,
+    SecretRecover,
+    SecretBackup,
+    SecretRestore,
+    /// Any admin API call.
+    VaultAdmin,
+}
+
+impl Operation {
+    /// The permission the operation needs.
+    pub fn permission(self) -> Permission {
+        match self {
+            Operation::SecretGet => Permission::Get,
+            Operation::SecretSet | Operation::SecretUpdate => Permission::Set,
+            Operation::SecretDelete => Permission::Delete,
+            Operation::SecretList
+            | Operation::SecretListVersions
+            | Operation::SecretListDeleted
+            | Operation::SecretGetDeleted => Permission::List,
+            Operation::SecretPurge => Permission::Purge,
+            Operation::SecretRecover => Permission::Recover,
+            Operation::SecretBackup => Permission::Backup,
+            Operation::SecretRestore => Permission::Restore,
+            Operation::VaultAdmin => Permission::Admin,
+        }
+    }
+
+    /// Azure RBAC's data action for the operation.
+    pub fn data_action(self) -> &'static str {
+        match self {
+            Operation::SecretGet => "Microsoft.KeyVault/vaults/secrets/getSecret/action",
+            Operation::SecretSet => "Microsoft.KeyVault/vaults/secrets/setSecret/action",
+            Operation::SecretUpdate => "Microsoft.KeyVault/vaults/secrets/update/action",
+            Operation::SecretDelete => "Microsoft.KeyVault/vaults/secrets/delete",
+            Operation::SecretList
+            | Operation::SecretListVersions
+            | Operation::SecretListDeleted
+            | Operation::SecretGetDeleted => {
+                "Microsoft.KeyVault/vaults/secrets/readMetadata/action"
+            }
+            Operation::SecretPurge => "Microsoft.KeyVault/vaults/secrets/purge/action",
+            Operation::SecretRecover => "Microsoft.KeyVault/vaults/secrets/recover/action",
+            Operation::SecretBackup => "Microsoft.KeyVault/vaults/secrets/backup/action",
+            Operation::SecretRestore => "Microsoft.KeyVault/vaults/secrets/restore/action",
+            Operation::VaultAdmin => "Microsoft.KeyVault/vaults/write",
+        }
+    }
+
+    /// The operation's name in the audit log (Azure's diagnostic-log operation names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::SecretGet => "SecretGet",
+            Operation::SecretSet => "SecretSet",
+            Operation::SecretUpdate => "SecretUpdate",
+            Operation::SecretDelete => "SecretDelete",
+            Operation::SecretList => "SecretList",
+            Operation::SecretListVersions => "SecretListVersions",
+            Operation::SecretListDeleted => "SecretListDeleted",
+            Operation::SecretGetDeleted => "SecretGetDeleted",
+            Operation::SecretPurge => "SecretPurge",
+            Operation::SecretRecover => "SecretRecover",
+            Operation::SecretBackup => "SecretBackup",
+            Operation::SecretRestore => "SecretRestore",
+            Operation::VaultAdmin => "VaultAdmin",
+        }
+    }
+}
+
+/// Where an assignment applies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The whole vault: every secret, and the vault-level operations (list, restore, administration).
+    Vault,
+    /// One secret (lowercased name).
+    Secret(String),
+    /// Every secret whose (lowercased) name starts with this prefix.
+    Prefix(String),
+}
+
+impl Scope {
+    /// Parses `/` (or empty, or `vault`) = the vault; `/secrets/NAME` = one secret; `/secrets/PREFIX*` = a name
+    /// prefix. The leading slash is optional.
+    pub fn parse(s: &str) -> Result<Scope, PolicyError> {
+        let t = s.trim();
+        if t.is_empty() || t == "/" || t.eq_ignore_ascii_case("vault") {
+            return Ok(Scope::Vault);
+        }
+        let t = t.trim_start_matches('/');
+        let bad = || {
+            PolicyError(format!(
+                "scope must be \"/\", \"/secrets/NAME\" or \"/secrets/PREFIX*\", not '{s}'"
+            ))
+        };
+        let rest = t.strip_prefix("secrets/").ok_or_else(bad)?;
+        let (name, prefix) = match rest.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        let name_ok =
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && name.len() <= 127;
+        if !name_ok || (!prefix && name.is_empty()) {
+            return Err(bad());
+        }
+        let name = name.to_ascii_lowercase();
+        Ok(if prefix {
+            Scope::Prefix(name)
+        } else {
+            Scope::Secret(name)
+        })
+    }
+
+    /// Whether the scope covers the secret `name` (`None` = a vault-level operation).
+    fn covers(&self, name: Option<&str>) -> bool {
+        match (self, name) {
+            (Scope::Vault, _) => true,
+            (_, None) => false,
+            (Scope::Secret(s), Some(n)) => s.eq_ignore_ascii_case(n),
+            (Scope::Prefix(p), Some(n)) => {
+                n.len() >= p.len() && n.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Vault => f.write_str("/"),
+            Scope::Secret(n) => write!(f, "/secrets/{n}"),
+            Scope::Prefix(p) => write!(f, "/secrets/{p}*"),
+        }
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Scope::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A named permission set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    /// Azure's role definition id for the built-ins; `None` for custom roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub permissions: Vec<Permission>,
+    #[serde(default)]
+    pub builtin: bool,
+}
+
+impl Role {
+    fn perms(&self) -> Permissions {
+        Permissions::of(&self.permissions)
+    }
+}
+
+pub const ADMINISTRATOR: &str = "Key Vault Administrator";
+pub const SECRETS_OFFICER: &str = "Key Vault Secrets Officer";
+pub const SECRETS_USER: &str = "Key Vault Secrets User";
+pub const READER: &str = "Key Vault Reader";
+
+/// Azure's built-in Key Vault roles, restricted to secrets:
+///
+/// | Role | Permissions |
+/// |---|---|
+/// | Key Vault Administrator | everything, including administration |
+/// | Key Vault Secrets Officer | every secret permission (get, list, set, delete, recover, backup, restore, purge) |
+/// | Key Vault Secrets User | get, list (Azure: `getSecret` + `readMetadata`) |
+/// | Key Vault Reader | list: metadata only, never a value (Azure: `readMetadata`) |
+pub fn builtin_roles() -> Vec<Role> {
+    use Permission::*;
+    let secret_all = vec![Get, List, Set, Delete, Recover, Backup, Restore, Purge];
+    let mut admin = secret_all.clone();
+    admin.push(Admin);
+    let role = |name: &str, id: &str, permissions: Vec<Permission>| Role {
+        name: name.to_string(),
+        id: Some(id.to_string()),
+        permissions,
+        builtin: true,
+    };
+    vec![
+        role(ADMINISTRATOR, "00482a5a-887f-4fb3-b363-3b7fe8e74483", admin),
+        role(
+            SECRETS_OFFICER,
+            "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+            secret_all,
+        ),
+        role(
+            SECRETS_USER,
+            "4633458b-17de-408a-b874-0445c86b69e6",
+            vec![Get, List],
+        ),
+        role(READER, "21090545-7ca7-4776-b22c-e363c2ee13ab", vec![List]),
+    ]
+}
+
+/// A role given to a principal at a scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Generated when absent.
+    #[serde(default)]
+    pub id: String,
+    /// The principal: a client id (the `sub` of our tokens) or an external identity's id.
+    pub principal: String,
+    /// A role name (case-insensitive) or a built-in role's Azure id.
+    pub role: String,
+    #[serde(default = "vault_scope")]
+    pub scope: Scope,
+}
+
+fn vault_scope() -> Scope {
+    Scope::Vault
+}
+
+/// A policy change that cannot be made, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+/// A denial: who was refused what, for the 403 message and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub principal: String,
+    pub operation: Operation,
+    pub permission: Permission,
+    pub name: Option<String>,
+}
+
+/// Which names a principal may list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    /// Everything (the permission is held at vault scope).
+    All,
+    /// Only names covered by these scopes.
+    Some(Vec<Scope>),
+}
+
+impl Visibility {
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            Visibility::All => true,
+            Visibility::Some(scopes) => scopes.iter().any(|s| s.covers(Some(name))),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Snapshot {
+    /// Lowercased role name → role.
+    roles: BTreeMap<String, Role>,
+    /// In insertion order.
+    assignments: Vec<Assignment>,
+    /// Principal → (permissions, scope), derived from the above.
+    grants: HashMap<String, Vec<(Permissions, Scope)>>,
+}
+
+impl Snapshot {
+    fn role(&self, name_or_id: &str) -> Option<&Role> {
+        let key = name_or_id.trim().to_ascii_lowercase();
+        self.roles.get(&key).or_else(|| {
+            self.roles.values().find(|r| {
+                r.id.as_deref()
+                    .is_some_and(|id| id.eq_ignore_ascii_case(&key))
+            })
+        })
+    }
+
+    fn rebuild(&mut self) {
+        let mut grants: HashMap<String, Vec<(Permissions, Scope)>> = HashMap::new();
+        for a in &self.assignments {
+            if let Some(role) = self.role(&a.role) {
+                grants
+                    .entry(a.principal.clone())
+                    .or_default()
+                    .push((role.perms(), a.scope.clone()));
+            }
+        }
+        self.grants = grants;
+    }
+}
+
+/// Roles and assignments, and the decision point. Readers never wait for long: a decision takes the read
+/// lock, looks up the principal and scans its grants.
+pub struct Policy {
+    inner: RwLock<Snapshot>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("Policy")
+            .field("roles", &s.roles.len())
+            .field("assignments", &s.assignments.len())
+            .finish()
+    }
+}
+
+impl Policy {
+    /// The built-in roles and no assignments: every request is denied.
+    pub fn new() -> Self {
+        let mut snapshot = Snapshot::default();
+        for r in builtin_roles() {
+            snapshot.roles.insert(r.name.to_ascii_lowercase(), r);
+        }
+        Policy {
+            inner: RwLock::new(snapshot),
+        }
+    }
+
+    /// The one decision point: may `principal` perform `operation` on the secret `name` (`None` for the
+    /// vault-level operations: list, list deleted, restore, administration)?
+    pub fn authorize(
+        &self,
+        principal: &str,
+        operation: Operation,
+        name: Option<&str>,
+    ) -> Result<(), Denied> {
+        let permission = operation.permission();
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let allowed = s.grants.get(principal).is_some_and(|grants| {
+            grants
+                .iter()
+                .any(|(perms, scope)| perms.contains(permission) && scope.covers(name))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denied {
+                principal: principal.to_string(),
+                operation,
+                permission,
+                name: name.map(str::to_string),
+            })
+        }
+    }
+
+    /// Which secrets `principal` may see with `permission`: all, some, or none (`Err`, for a 403).
+    pub fn visibility(&self, principal: &str, operation: Operation) -> Result<Visibility, Denied> {
+        let permission = operation.permission();
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let mut scopes = Vec::new();
+        for (perms, scope) in s.grants.get(principal).into_iter().flatten() {
+            if !perms.contains(permission) {
+                continue;
+            }
+            if *scope == Scope::Vault {
+                return Ok(Visibility::All);
+            }
+            scopes.push(scope.clone());
+        }
+        if scopes.is_empty() {
+            Err(Denied {
+                principal: principal.to_string(),
+                operation,
+                permission,
+                name: None,
+            })
+        } else {
+            Ok(Visibility::Some(scopes))
+        }
+    }
+
+    /// Every permission `principal` holds at vault scope or for `name`.
+    pub fn effective(&self, principal: &str, name: Option<&str>) -> Permissions {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let bits = s
+            .grants
+            .get(principal)
+            .into_iter()
+            .flatten()
+            .filter(|(_, scope)| scope.covers(name))
+            .fold(0, |acc, (p, _)| acc | p.0);
+        Permissions(bits)
+    }
+
+    /// All roles, built-in first, then custom by name.
+    pub fn roles(&self) -> Vec<Role> {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let mut roles: Vec<Role> = s.roles.values().cloned().collect();
+        roles.sort_by(|a, b| b.builtin.cmp(&a.builtin).then(a.name.cmp(&b.name)));
+        roles
+    }
+
+    /// Defines (or redefines) a custom role. Built-in roles cannot be changed.
+    pub fn define_role(
+        &self,
+        name: &str,
+        permissions: Vec<Permission>,
+    ) -> Result<Role, PolicyError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 {
+            return Err(PolicyError("a role name must be 1-128 characters".into()));
+        }
+        let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if s.role(name).is_some_and(|r| r.builtin) {
+            return Err(PolicyError(format!(
+                "'{name}' is a built-in role and cannot be redefined"
+            )));
+        }
+        let mut permissions = permissions;
+        permissions.sort();
+        permissions.dedup();
+        let role = Role {
+            name: name.to_string(),
+            id: None,
+            permissions,
+            builtin: false,
+        };
+        s.roles.insert(name.to_ascii_lowercase(), role.clone());
+        s.rebuild();
+        Ok(role)
+    }
+
+    /// Removes a custom role that no assignment uses. Returns whether it existed.
+    pub fn remove_role(&self, name: &str) -> Result<bool, PolicyError> {
+        let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(role) = s.role(name).cloned() else {
+            return Ok(false);
+        };
+        if role.builtin {
+            return Err(PolicyError(format!(
+                "'{}' is a built-in role and cannot be removed",
+                role.name
+            )));
+        }
+        if s.assignments
+            .iter()
+            .any(|a| a.role.eq_ignore_ascii_case(&role.name))
+        {
+            return Err(PolicyError(format!(
+                "role '{}' is still assigned; remove its assignments first",
+                role.name
+            )));
+        }
+        s.roles.remove(&role.name.to_ascii_lowercase());
+        Ok(true)
+    }
+
+    /// Adds an assignment (the role must exist). An identical assignment (same principal, role and scope) is
+    /// not added twice: the existing one is returned. The returned assignment carries its id and the role's
+    /// canonical name.
+    pub fn assign(&self, mut assignment: Assignment) -> Result<Assignment, PolicyError> {
+        let principal = assignment.principal.trim();
+        if principal.is_empty() || principal.len() > 256 {
+            return Err(PolicyError(
+                "a principal id must be 1-256 characters".into(),
+            ));
+        }
+        assignment.principal = principal.to_string();
+        let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let role = s
+            .role(&assignment.role)
+            .ok_or_else(|| PolicyError(format!("unknown role '{}'", assignment.role)))?;
+        assignment.role = role.name.clone();
+        if let Some(existing) = s.assignments.iter().find(|a| {
+            a.principal == assignment.principal
+                && a.role == assignment.role
+                && a.scope == assignment.scope
+        }) {
+            return Ok(existing.clone());
+        }
+        if assignment.id.is_empty() {
+            assignment.id = crate::auth::generate_client_id();
+        } else if s.assignments.iter().any(|a| a.id == assignment.id) {
+            return Err(PolicyError(format!(
+                "an assignment with id '{}' exists",
+                assignment.id
+            )));
+        }
+        s.assignments.push(assignment.clone());
+        s.rebuild();
+        Ok(assignment)
+    }
+
+    /// Removes an assignment by id. Returns whether it existed.
+    pub fn unassign(&self, id: &str) -> bool {
+        let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let before = s.assignments.len();
+        s.assignments.retain(|a| a.id != id);
+        let removed = s.assignments.len() != before;
+        if removed {
+            s.rebuild();
+        }
+        removed
+    }
+
+    /// Removes every assignment of a principal. Returns how many there were.
+    pub fn unassign_principal(&self, principal: &str) -> usize {
+        let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let before = s.assignments.len();
+        s.assignments.retain(|a| a.principal != principal);
+        let removed = before - s.assignments.len();
+        if removed > 0 {
+            s.rebuild();
+        }
+        removed
+    }
+
+    /// The assignments, optionally of one principal, in the order they were made.
+    pub fn assignments(&self, principal: Option<&str>) -> Vec<Assignment> {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        s.assignments
+            .iter()
+            .filter(|a| principal.is_none_or(|p| a.principal == p))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the principal has any assignment.
+    pub fn has_assignments(&self, principal: &str) -> bool {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        s.assignments.iter().any(|a| a.principal == principal)
+    }
+}
+
+/// A shared policy.
+pub type SharedPolicy = Arc<Policy>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assign(p: &Policy, principal: &str, role: &str, scope: &str) -> Assignment {
+        p.assign(Assignment {
+            id: String::new(),
+            principal: principal.into(),
+            role: role.into(),
+            scope: Scope::parse(scope).unwrap(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn scopes_parse_and_cover() {
+        assert_eq!(Scope::parse("/").unwrap(), Scope::Vault);
+        assert_eq!(Scope::parse("").unwrap(), Scope::Vault);
+        assert_eq!(
+            Scope::parse("/secrets/Db-Pass").unwrap(),
+            Scope::Secret("db-pass".into())
+        );
+        assert_eq!(
+            Scope::parse("secrets/app-*").unwrap(),
+            Scope::Prefix("app-".into())
+        );
+        assert_eq!(
+            Scope::parse("/secrets/*").unwrap(),
+            Scope::Prefix("".into())
+        );
+        for bad in ["/keys/x", "/secrets/", "/secrets/a_b", "/secrets/a*b", "x"] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+        let s = Scope::parse("/secrets/app-*").unwrap();
+        assert!(s.covers(Some("APP-one")));
+        assert!(!s.covers(Some("ap")));
+        assert!(!s.covers(None));
+        assert!(Scope::Secret("x".into()).covers(Some("X")));
+        assert_eq!(s.to_string(), "/secrets/app-*");
+    }
+
+    #[test]
+    fn builtin_roles_grant_what_azure_grants() {
+        let p = Policy::new();
+        assign(&p, "admin", ADMINISTRATOR, "/");
+        assign(&p, "officer", SECRETS_OFFICER, "/");
+        assign(&p, "user", "key vault secrets user", "/");
+        assign(&p, "reader", "21090545-7ca7-4776-b22c-e363c2ee13ab", "/");
+        let ops = |who: &str| -> Vec<Permission> {
+            Permission::ALL
+                .into_iter()
+                .filter(|perm| p.effective(who, None).contains(*perm))
+                .collect()
+        };
+        use Permission::*;
+        assert_eq!(ops("admin"), Permission::ALL.to_vec());
+        assert_eq!(
+            ops("officer"),
+            vec![Get, List, Set, Delete, Recover, Backup, Restore, Purge]
+        );
+        assert_eq!(ops("user"), vec![Get, List]);
+        assert_eq!(ops("reader"), vec![List]);
+        assert_eq!(ops("nobody"), vec![]);
+        assert!(p.authorize("reader", Operation::SecretList, None).is_ok());
+        let d = p
+            .authorize("reader", Operation::SecretGet, Some("x"))
+            .unwrap_err();
+        assert_eq!(d.permission, Get);
+        assert_eq!(d.principal, "reader");
+    }
+
+    #[test]
+    fn secret_and_prefix_scopes() {
+        let p = Policy::new();
+        assign(&p, "u", SECRETS_USER, "/secrets/one");
+        assign(&p, "u", READER, "/secrets/team-*");
+        assert!(p.authorize("u", Operation::SecretGet, Some("ONE")).is_ok());
+        assert!(p.authorize("u", Operation::SecretGet, Some("two")).is_err());
+        assert!(
+            p.authorize("u", Operation::SecretGet, Some("team-a"))
+                .is_err()
+        );
+        assert!(
+            p.authorize("u", Operation::SecretListVersions, Some("team-a"))
+                .is_ok()
+        );
+        // Vault-level operations need a vault-scope grant.
+        assert!(p.authorize("u", Operation::SecretList, None).is_err());
+        let v = p.visibility("u", Operation::SecretList).unwrap();
+        assert!(v.allows("one") && v.allows("Team-b") && !v.allows("two"));
+        assert!(p.visibility("x", Operation::SecretList).is_err());
+        assign(&p, "u", READER, "/");
+        assert_eq!(
+            p.visibility("u", Operation::SecretList).unwrap(),
+            Visibility::All
+        );
+    }
+
+    #[test]
+    fn custom_roles_and_changes_at_run_time() {
+        let p = Policy::new();
+        assert!(p.define_role(ADMINISTRATOR, vec![]).is_err());
+        p.define_role("Rotator", vec![Permission::Set, Permission::List])
+            .unwrap();
+        assert!(
+            p.assign(Assignment {
+                id: String::new(),
+                principal: "r".into(),
+                role: "nope".into(),
+                scope: Scope::Vault
+            })
+            .is_err()
+        );
+        let a = assign(&p, "r", "rotator", "/");
+        assert_eq!(a.role, "Rotator");
+        assert_eq!(assign(&p, "r", "ROTATOR", "/").id, a.id, "no duplicate");
+        assert!(p.authorize("r", Operation::SecretSet, Some("x")).is_ok());
+        assert!(p.authorize("r", Operation::SecretUpdate, Some("x")).is_ok());
+        assert!(p.authorize("r", Operation::SecretGet, Some("x")).is_err());
+        assert!(p.remove_role("rotator").is_err(), "still assigned");
+        // Redefining a role changes what its holders may do at once.
+        p.define_role("rotator", vec![Permission::Get]).unwrap();
+        assert!(p.authorize("r", Operation::SecretGet, Some("x")).is_ok());
+        assert!(p.authorize("r", Operation::SecretSet, Some("x")).is_err());
+        assert!(p.unassign(&a.id));
+        assert!(!p.unassign(&a.id));
+        assert!(p.authorize("r", Operation::SecretGet, Some("x")).is_err());
+        assert!(p.remove_role("rotator").unwrap());
+        assert!(p.remove_role(READER).is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! The audit log through the real HTTP API: every request of a run appears exactly once, with its
+//! decision and never a value or a token; the chain verifies; every kind of tampering is detected.
+
+use keyvault_server::audit::{self, GENESIS};
+use keyvault_server::auth::policy::{Assignment, READER, Scope};
+use keyvault_server::local::LocalVault;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+
+const VALUE: &str = "super-secret-value-6c1f";
+
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+async fn token(lv: &LocalVault, http: &reqwest::Client, id: &str, secret: &str) -> String {
+    let port = lv.vault_url().rsplit(':').next().unwrap();
+    let resp = http
+        .post(format!(
+            "{}/{}/oauth2/v2.0/token",
+            lv.authority_host(),
+            lv.tenant_id()
+        ))
+        .body(form_body(&[
+            ("client_id", id),
+            ("client_secret", secret),
+            ("grant_type", "client_credentials"),
+            ("scope", &format!("https://localhost:{port}/.default")),
+        ]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// Sends a request; returns (status, x-ms-request-id).
+async fn send(
+    lv: &LocalVault,
+    http: &reqwest::Client,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, String) {
+    let mut req = http.request(method, format!("{}{path}", lv.vault_url()));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let id = resp.headers()["x-ms-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (resp.status(), id)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+/// (token, method, path, body; then the expected principal, operation, secret, outcome, status).
+type Step<'a> = (
+    Option<&'a str>,
+    Method,
+    String,
+    Option<Value>,
+    Option<String>,
+    Value,
+    Value,
+    &'static str,
+    u16,
+);
+
+#[tokio::test]
+async fn every_request_is_audited_once_and_the_chain_detects_tampering() {
+    let lv = LocalVault::start().await.unwrap();
+    let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let admin = token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let (reader_id, reader_secret) = lv.add_client();
+    lv.policy()
+        .assign(Assignment {
+            id: String::new(),
+            principal: reader_id.clone(),
+            role: READER.into(),
+            scope: Scope::Vault,
+        })
+        .unwrap();
+    let reader = token(&lv, &http, &reader_id, &reader_secret).await;
+
+    // (principal, operation, secret, outcome, status) expected per request id.
+    let mut want: HashMap<String, (Option<String>, Value, Value, &str, u16)> = HashMap::new();
+    let a = Some(lv.client_id().to_string());
+    let r = Some(reader_id.clone());
+    let q = "?api-version=7.6";
+    let steps: Vec<Step> = vec![
+        (
+            None,
+            Method::GET,
+            format!("/secrets/s1{q}"),
+            None,
+            None,
+            Value::Null,
+            Value::Null,
+            "unauthenticated",
+            401,
+        ),
+        (
+            Some(&admin),
+            Method::PUT,
+            format!("/secrets/s1{q}"),
+            Some(json!({"value": VALUE})),
+            a.clone(),
+            json!("SecretSet"),
+            json!("s1"),
+            "allowed",
+            200,
+        ),
+        (
+            Some(&admin),
+            Method::GET,
+            format!("/secrets/s1/{q}"),
+            None,
+            a.clone(),
+            json!("SecretGet"),
+            json!("s1"),
+            "allowed",
+            200,
+        ),
+        (
+            Some(&admin),
+            Method::GET,
+            format!("/secrets/nope/{q}"),
+            None,
+            a.clone(),
+            json!("SecretGet"),
+            json!("nope"),
+            "allowed",
+            404,
+        ),
+        (
+            Some(&admin),
+            Method::GET,
+            "/secrets?api-version=bogus".to_string(),
+            None,
+            a.clone(),
+            Value::Null,
+            Value::Null,
+            "rejected",
+            400,
+        ),
+        (
+            Some(&reader),
+            Method::GET,
+            format!("/secrets{q}"),
+            None,
+            r.clone(),
+            json!("SecretList"),
+            Value::Null,
+            "allowed",
+            200,
+        ),
+        (
+            Some(&reader),
+            Method::GET,
+            format!("/secrets/s1/{q}"),
+            None,
+            r.clone(),
+            json!("SecretGet"),
+            json!("s1"),
+            "denied",
+            403,
+        ),
+        (
+            Some(&reader),
+            Method::DELETE,
+            format!("/secrets/s1{q}"),
+            None,
+            r.clone(),
+            json!("SecretDelete"),
+            json!("s1"),
+            "denied",
+            403,
+        ),
+        (
+            Some(&admin),
+            Method::DELETE,
+            format!("/secrets/s1{q}"),
+            None,
+            a.clone(),
+            json!("SecretDelete"),
+            json!("s1"),
+            "allowed",
+            200,
+        ),
+        (
+            Some(&admin),
+            Method::DELETE,
+            format!("/deletedsecrets/s1{q}"),
+            None,
+            a.clone(),
+            json!("SecretPurge"),
+            json!("s1"),
+            "allowed",
+            204,
+        ),
+    ];
+    for (tok, method, path, body, principal, op, secret, outcome, status) in steps {
+        let (s, id) = send(&lv, &http, tok, method, &path, body).await;
+        assert_eq!(s.as_u16(), status, "{path}");
+        want.insert(id, (principal, op, secret, outcome, status));
+    }
+    let log = lv.audit().expect("dev mode audits");
+    log.flush().await;
+    let path = log.path().to_path_buf();
+    assert_eq!(path, lv.data_dir().join("audit.log"));
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(VALUE), "a value leaked into the audit log");
+    assert!(
+        !text.contains(&admin) && !text.contains(&reader),
+        "a token leaked"
+    );
+    assert!(!text.contains(lv.client_secret()), "a client secret leaked");
+    let lines = lines(&path);
+    assert_eq!(lines.len(), want.len(), "one line per request:\n{text}");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let id = v["requestId"].as_str().unwrap();
+        let (principal, op, secret, outcome, status) = want.remove(id).expect("each request once");
+        assert_eq!(
+            v["principal"].as_str().map(String::from),
+            principal,
+            "{line}"
+        );
+        assert_eq!(v["operation"], op, "{line}");
+        assert_eq!(v["secret"], secret, "{line}");
+        assert_eq!(v["outcome"], outcome, "{line}");
+        assert_eq!(v["status"], status, "{line}");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+    assert!(want.is_empty());
+
+    let report = audit::verify_file(&path).unwrap();
+    assert_eq!(report.lines, lines.len() as u64);
+    assert_eq!(report.first_prev.as_deref(), Some(GENESIS));
+    assert_eq!(audit::verify_chain(&path).unwrap(), report);
+
+    // Tampering, each on a copy of the real log.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("audit.log");
+    let tampered = |name: &str, f: &dyn Fn(&mut Vec<String>)| {
+        let mut l = lines.clone();
+        f(&mut l);
+        write_lines(&copy, &l);
+        let err = audit::verify_file(&copy).expect_err(name);
+        (err.line, err.reason)
+    };
+    let (line, reason) = tampered("edit", &|l| {
+        l[6] = l[6].replace("\"status\":403", "\"status\":200");
+    });
+    assert_eq!(line, 7);
+    assert!(reason.contains("edited"), "{reason}");
+    let (line, _) = tampered("edit the last line", &|l| {
+        let last = l.len() - 1;
+        l[last] = l[last].replace("\"outcome\":\"allowed\"", "\"outcome\":\"denied\"");
+    });
+    assert_eq!(line, lines.len() as u64);
+    let (line, reason) = tampered("remove", &|l| {
+        l.remove(3);
+    });
+    assert_eq!(line, 4);
+    assert!(reason.contains("removed"), "{reason}");
+    // Removing the first line: the rest verifies on its own (a rotated file starts mid-chain too), but the
+    // report says the chain does not start at the beginning.
+    let mut l = lines.clone();
+    l.remove(0);
+    write_lines(&copy, &l);
+    let r = audit::verify_file(&copy).unwrap();
+    assert!(!r.complete);
+    assert_eq!(r.first_seq, Some(1));
+    assert!(report.complete);
+    let (line, _) = tampered("reorder", &|l| l.swap(2, 3));
+    assert_eq!(line, 3);
+    let (line, _) = tampered("insert a copy", &|l| {
+        let dup = l[4].clone();
+        l.insert(5, dup);
+    });
+    assert_eq!(line, 6);
+    let (line, reason) = tampered("re-hash an edited line", &|l| {
+        // An edit whose own hash is recomputed still breaks the link from the next line.
+        let edited = l[2].replace("\"status\":200", "\"status\":201");
+        let mut body = edited[..edited.len() - 75].to_string();
+        body.push('}');
+        let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()));
+        body.pop();
+        l[2] = format!("{body},\"hash\":\"{hash}\"}}");
+    });
+    assert_eq!(line, 4, "{reason}");
+    assert!(reason.contains("chain"), "{reason}");
+    let (line, _) = tampered("truncated line", &|l| {
+        let last = l.len() - 1;
+        l[last].truncate(20);
+    });
+    assert_eq!(line, lines.len() as u64);
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text.truncate(text.len() - 1);
+    std::fs::write(&copy, &text).unwrap();
+    let err = audit::verify_file(&copy).unwrap_err();
+    assert!(err.reason.contains("incomplete"), "{err}");
+
+    // A restarted server continues the chain in the same file.
+    lv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reopened_log_continues_the_chain_and_rotation_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut seq = 0;
+    for round in 0..3 {
+        let log = audit::AuditLog::open(&path, 4096).unwrap();
+        for i in 0..40 {
+            let mut r = audit::AuditRecord::new(format!("r{round}-{i}"));
+            r.principal = Some("p".into());
+            r.operation = Some("SecretGet");
+            r.secret = Some("name".into());
+            r.outcome = audit::Outcome::Allowed;
+            r.status = 200;
+            log.record(r);
+            seq += 1;
+        }
+        log.flush().await;
+    }
+    let files = audit::chain_files(&path);
+    assert!(files.len() >= 3, "{files:?}");
+    let report = audit::verify_chain(&path).unwrap();
+    assert_eq!(report.lines, seq);
+    assert_eq!(report.last_seq, Some(seq - 1));
+    // Removing a whole middle file breaks the chain.
+    let mut without = files.clone();
+    without.remove(1);
+    assert!(audit::verify_files(&without).is_err());
+    // Reordering files too.
+    let mut reordered = files.clone();
+    reordered.swap(0, 1);
+    assert!(audit::verify_files(&reordered).is_err());
+}
