@@ -8,6 +8,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== installing the pinned official SDKs (tests/e2e: Python venv, npm ci)"
+E2E_SETUP_ONLY=1 bash tests/e2e/run.sh
 echo "== cargo test (also builds target/debug/keyvault, which the end-to-end tests run)"
 cargo test --workspace
 echo "== end-to-end: official SDKs against the real binary"

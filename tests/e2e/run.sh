@@ -2,6 +2,7 @@
 # End-to-end tests: the official Azure SDKs (Python sync + aio, JS) against the keyvault binary.
 #
 #   KEYVAULT_BIN=path/to/keyvault tests/e2e/run.sh [extra pytest args...]
+#   E2E_SETUP_ONLY=1 tests/e2e/run.sh      # only install the pinned SDKs
 #
 # Builds nothing but the Python venv (tests/e2e/.venv) and the npm packages
 # (tests/e2e/js/node_modules). The caller must have built the binary
@@ -17,10 +18,6 @@ case "$KEYVAULT_BIN" in
   *) KEYVAULT_BIN="$REPO_ROOT/$KEYVAULT_BIN" ;;
 esac
 export KEYVAULT_BIN
-if [[ ! -x "$KEYVAULT_BIN" ]]; then
-  echo "e2e: keyvault binary not found or not executable: $KEYVAULT_BIN (build it first, e.g. cargo build -p keyvault-cli)" >&2
-  exit 2
-fi
 
 PYTHON="${PYTHON:-python3}"
 VENV="$E2E_DIR/.venv"
@@ -44,6 +41,17 @@ if [[ ! -d "$JS_DIR/node_modules" || "$(cat "$JS_DIR/node_modules/.e2e-lock.sha2
   echo "e2e: npm ci in $JS_DIR" >&2
   (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$lock_hash" > "$JS_DIR/node_modules/.e2e-lock.sha256"
+fi
+
+# E2E_SETUP_ONLY=1: only prepare the venv and npm packages (Rust tests that drive the Python SDK use the venv).
+if [[ "${E2E_SETUP_ONLY:-}" == 1 ]]; then
+  echo "e2e: setup done ($VENV, $JS_DIR/node_modules)" >&2
+  exit 0
+fi
+
+if [[ ! -x "$KEYVAULT_BIN" ]]; then
+  echo "e2e: keyvault binary not found or not executable: $KEYVAULT_BIN (build it first, e.g. cargo build -p keyvault-cli)" >&2
+  exit 2
 fi
 
 # Bound each suite so a hung server cannot block CI forever.

@@ -748,3 +748,43 @@ async fn a_node_dies_and_the_database_restarts_under_load() {
         assert_eq!(got["value"], value.as_str(), "{name}");
     }
 }
+
+/// The venv of the end-to-end suite (`E2E_SETUP_ONLY=1 tests/e2e/run.sh` makes it; scripts/test.sh does so
+/// before `cargo test`).
+fn e2e_python() -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/.venv/bin/python");
+    python.is_file().then_some(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_python_sdk_sees_one_vault_through_either_node() {
+    let Some(python) = e2e_python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must prepare tests/e2e/.venv before cargo test"
+        );
+        eprintln!("skipped: no tests/e2e/.venv (run: E2E_SETUP_ONLY=1 tests/e2e/run.sh)");
+        return;
+    };
+    let Some(s) = start_cluster("postgres_nodes::the_official_python_sdk_sees_one_vault") else {
+        return;
+    };
+    let a = s.start("node-a").await;
+    let b = s.start("node-b").await;
+    let ca = s.path("pki/ca.pem");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/python/two_nodes.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(&ca)
+        .args([TENANT, CLIENT_ID, &a.base, &b.base])
+        .env("KV_CLIENT_SECRET", CLIENT_SECRET)
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("two nodes: one vault"), "{stdout}");
+}
