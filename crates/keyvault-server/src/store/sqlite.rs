@@ -91,6 +91,9 @@ pub struct SqliteStore {
     path: PathBuf,
     tx: Option<mpsc::Sender<Msg>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Moves WAL pages into the database file off the commit path (see [`checkpoint_loop`]).
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    stop_checkpoints: Arc<AtomicBool>,
     readers: Arc<ReadPool>,
     stats: Arc<Stats>,
 }
@@ -120,11 +123,20 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, &writer_stats))
             .map_err(|e| StoreError::Internal(format!("cannot start the database writer: {e}")))?;
+        let stop_checkpoints = Arc::new(AtomicBool::new(false));
+        let checkpoint_conn = open_checkpointer(path)?;
+        let stop = stop_checkpoints.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, &stop))
+            .map_err(|e| StoreError::Internal(format!("cannot start the WAL checkpointer: {e}")))?;
         tracing::debug!(path = %path.display(), "opened the SQLite store");
         Ok(SqliteStore {
             path: path.to_path_buf(),
             tx: Some(tx),
             writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            stop_checkpoints,
             readers,
             stats,
         })
@@ -140,6 +152,7 @@ impl SqliteStore {
             }
         }
         self.readers.close();
+        self.stop_checkpointer();
         let handle = self
             .writer
             .lock()
@@ -148,6 +161,19 @@ impl SqliteStore {
         if let Some(handle) = handle {
             // The writer has acknowledged and is exiting; joining waits only for its last instructions.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    fn stop_checkpointer(&self) {
+        self.stop_checkpoints.store(true, Ordering::SeqCst);
+        let handle = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            handle.thread().unpark();
+            let _ = handle.join();
         }
     }
 
@@ -212,6 +238,7 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        self.stop_checkpointer();
         // Closing the channel lets the writer drain what is queued and exit.
         drop(self.tx.take());
         let handle = self
@@ -268,10 +295,8 @@ impl SecretStore for SqliteStore {
         let (vault, after) = (vault.to_owned(), after.map(name_key).unwrap_or_default());
         self.read(move |c| {
             let mut stmt = c.prepare_cached(SQL_LIST_LATEST)?;
-            let rows = stmt.query_map(params![vault, after, sql_limit(limit)], |r| {
-                version_row(r, 0)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let rows = stmt.query_map(params![vault, after], |r| version_row(r, 0))?;
+            Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -284,16 +309,14 @@ impl SecretStore for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<(i64, VersionRow)>> {
         let (vault, key) = (vault.to_owned(), name_key(name));
-        self.read(move |c| {
-            versions_of_live(c, &vault, &key, after.unwrap_or(i64::MIN), sql_limit(limit))
-        })
-        .await
+        self.read(move |c| versions_of_live(c, &vault, &key, after.unwrap_or(i64::MIN), limit))
+            .await
     }
 
     async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>> {
         let (vault, key) = (vault.to_owned(), name_key(name));
         self.read(move |c| {
-            Ok(versions_of_live(c, &vault, &key, i64::MIN, -1)?
+            Ok(versions_of_live(c, &vault, &key, i64::MIN, usize::MAX)?
                 .into_iter()
                 .map(|(_, row)| row)
                 .collect())
@@ -338,8 +361,8 @@ impl SecretStore for SqliteStore {
         let (vault, after) = (vault.to_owned(), after.map(name_key).unwrap_or_default());
         self.read(move |c| {
             let mut stmt = c.prepare_cached(SQL_LIST_DELETED)?;
-            let rows = stmt.query_map(params![vault, after, sql_limit(limit)], deleted_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let rows = stmt.query_map(params![vault, after], deleted_row)?;
+            Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -422,7 +445,35 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
     }
     // WAL + FULL: every commit is fsynced before it returns, so acknowledged writes survive a crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Checkpoints run on their own thread (checkpoint_loop), not inside a commit; this is only a safety net
+    // should that thread fall behind (about 40 MB of WAL).
+    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
     Ok(conn)
+}
+
+fn open_checkpointer(path: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Copy committed WAL pages into the database file every few milliseconds (PASSIVE: never blocks the
+/// writer or readers), so that commits do not pay for checkpoints and the WAL stays small. Committed data is
+/// already durable in the WAL; a checkpoint only moves it.
+fn checkpoint_loop(conn: Connection, stop: &AtomicBool) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::park_timeout(EVERY);
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
+    }
 }
 
 fn open_reader(path: &Path) -> StoreResult<Connection> {
@@ -477,10 +528,6 @@ impl From<rusqlite::Error> for StoreError {
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
-}
-
-fn sql_limit(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -727,14 +774,14 @@ const SQL_LIST_LATEST: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
     " FROM names AS n INDEXED BY names_live JOIN versions AS v ON v.seq = n.latest_seq
-     WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key LIMIT ?3"
+     WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
 );
 const SQL_LIST_DELETED: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
     ", n.deleted_on, n.scheduled_purge FROM names AS n INDEXED BY names_deleted
      JOIN versions AS v ON v.seq = n.latest_seq
-     WHERE n.vault = ?1 AND n.deleted_on IS NOT NULL AND n.name_key > ?2 ORDER BY n.name_key LIMIT ?3"
+     WHERE n.vault = ?1 AND n.deleted_on IS NOT NULL AND n.name_key > ?2 ORDER BY n.name_key"
 );
 const SQL_FIND_LATEST: &str = concat!(
     "SELECT v.seq, n.display_name, ",
@@ -758,10 +805,10 @@ const SQL_VERSIONS_OF_LIVE: &str = concat!(
     "SELECT v.seq, n.display_name, ",
     vcols!(),
     " FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
-     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL AND v.seq > ?3 ORDER BY v.seq LIMIT ?4"
+     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL AND v.seq > ?3 ORDER BY v.seq"
 );
 const SQL_PURGE_DUE: &str = "SELECT vault, name_key FROM names INDEXED BY names_purge
-     WHERE scheduled_purge IS NOT NULL AND scheduled_purge <= ?1 LIMIT ?2";
+     WHERE scheduled_purge IS NOT NULL AND scheduled_purge <= ?1";
 
 // ---------------------------------------------------------------------------------------------------------
 // Rows
@@ -842,19 +889,19 @@ fn find_deleted(c: &Connection, vault: &str, key: &str) -> StoreResult<Option<De
         .optional()?)
 }
 
-/// Versions of a live name with seq > `after`, in creation order; `limit` < 0 means all.
+/// Versions of a live name with seq > `after`, in creation order, at most `limit`.
 fn versions_of_live(
     c: &Connection,
     vault: &str,
     key: &str,
     after: i64,
-    limit: i64,
+    limit: usize,
 ) -> StoreResult<Vec<(i64, VersionRow)>> {
     let mut stmt = c.prepare_cached(SQL_VERSIONS_OF_LIVE)?;
-    let rows = stmt.query_map(params![vault, key, after, limit], |r| {
+    let rows = stmt.query_map(params![vault, key, after], |r| {
         Ok((r.get(0)?, version_row(r, 1)?))
     })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Insert one version row; a version id the name already has → Err(Exists).
@@ -966,10 +1013,8 @@ fn purge_deleted(c: &Connection, vault: &str, key: &str) -> StoreResult<bool> {
 fn purge_expired_chunk(c: &Connection, now: i64, chunk: usize) -> StoreResult<usize> {
     let due: Vec<(String, String)> = {
         let mut stmt = c.prepare_cached(SQL_PURGE_DUE)?;
-        let rows = stmt.query_map(params![now, sql_limit(chunk)], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        rows.collect::<Result<_, _>>()?
+        let rows = stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.take(chunk).collect::<Result<_, _>>()?
     };
     let mut purged = 0;
     for (vault, key) in &due {

@@ -1,0 +1,415 @@
+//! The load generator: closed-loop workers (each sends its next request when the previous one is answered),
+//! every run bounded by a request budget and a deadline, per-request latencies kept exactly.
+
+use crate::client::{Call, Conn};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The API version every request names.
+pub const API: &str = "7.6";
+
+/// One measured operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// The baseline server's fixed answer.
+    Baseline,
+    GetLatest,
+    GetVersion,
+    ListFirst,
+    ListDeep,
+    Update,
+    Set,
+    /// DELETE then POST recover of the same name: one op = two durable writes.
+    DeleteRecover,
+}
+
+impl Op {
+    pub const ALL: [Op; 7] = [
+        Op::GetLatest,
+        Op::GetVersion,
+        Op::ListFirst,
+        Op::ListDeep,
+        Op::Update,
+        Op::Set,
+        Op::DeleteRecover,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Baseline => "baseline",
+            Op::GetLatest => "get",
+            Op::GetVersion => "get-version",
+            Op::ListFirst => "list-first",
+            Op::ListDeep => "list-deep",
+            Op::Update => "update",
+            Op::Set => "set",
+            Op::DeleteRecover => "delete-recover",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.label() == s)
+    }
+}
+
+/// The preloaded secrets the operations address.
+pub struct Dataset {
+    pub names: Vec<String>,
+    /// The version of each name made by the preload.
+    pub versions: Vec<String>,
+    /// The `$skiptoken` of a page deep in the listing (the name before it, lowercased).
+    pub deep_token: String,
+    pub value: String,
+}
+
+impl Dataset {
+    /// Names `bench-0000000`…: zero-padded, so sorted order is numeric order.
+    pub fn name(i: usize) -> String {
+        format!("bench-{i:07}")
+    }
+}
+
+/// A small, fast, per-worker PRNG (xorshift64*): request mix only, nothing secret.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n.max(1)
+    }
+}
+
+/// The outcome of one run.
+pub struct Cell {
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    /// Latencies of the successful operations, nanoseconds, sorted.
+    pub latencies: Vec<u64>,
+    /// Largest VmRSS of the server seen during the run (KiB), if a pid was sampled.
+    pub peak_rss_kib: u64,
+    /// CPU seconds the server (or the baseline's threads) spent during the run.
+    pub server_cpu_s: f64,
+    /// Bytes the server sent to storage during the run.
+    pub server_write_bytes: u64,
+    /// Server syscalls counted during the run (`--perf-stat`): (name, count).
+    pub syscalls: Vec<(String, f64)>,
+}
+
+impl Cell {
+    /// Server CPU microseconds per successful operation.
+    pub fn cpu_us_per_op(&self) -> f64 {
+        1e6 * self.server_cpu_s / self.ok.max(1) as f64
+    }
+
+    /// KiB sent to storage per successful operation.
+    pub fn write_kib_per_op(&self) -> f64 {
+        self.server_write_bytes as f64 / 1024.0 / self.ok.max(1) as f64
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank =
+            ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[rank - 1] as f64 / 1e6
+    }
+}
+
+/// Bounds of one run.
+#[derive(Clone, Copy)]
+pub struct Bounds {
+    pub max_requests: u64,
+    pub max_time: Duration,
+}
+
+/// Everything a worker needs to build its requests.
+pub struct Workload {
+    pub op: Op,
+    pub data: Arc<Dataset>,
+    pub bearer: HeaderValue,
+    pub workers: usize,
+}
+
+/// Whose CPU time and storage writes a run accounts.
+#[derive(Clone, Copy)]
+pub enum Server {
+    /// The `keyvault serve` process (its RSS is sampled too).
+    Process(u32),
+    /// The in-process baseline's threads.
+    Baseline,
+    /// Nobody (warm-up).
+    Untracked,
+}
+
+impl Server {
+    fn cpu(self) -> f64 {
+        match self {
+            Server::Process(pid) => crate::process::cpu_seconds(&format!("/proc/{pid}/stat")),
+            Server::Baseline => crate::process::own_threads_cpu_seconds("baseline"),
+            Server::Untracked => 0.0,
+        }
+    }
+
+    fn written(self) -> u64 {
+        match self {
+            Server::Process(pid) => crate::process::storage_write_bytes(pid),
+            _ => 0,
+        }
+    }
+}
+
+/// Run `workload` on `conns` (one per worker) within `bounds`, accounting `server`'s CPU, writes and RSS.
+/// The connections are handed back for the next run (keep-alive across runs).
+pub async fn run(
+    workload: Arc<Workload>,
+    conns: Vec<Conn>,
+    bounds: Bounds,
+    server: Server,
+) -> (Cell, Vec<Conn>) {
+    let pid = match server {
+        Server::Process(pid) => Some(pid),
+        _ => None,
+    };
+    let cpu_before = server.cpu();
+    let written_before = server.written();
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + bounds.max_time;
+    let sampler = pid.map(|pid| {
+        tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(crate::process::memory_kib(pid).0);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if Instant::now() >= deadline {
+                    return peak.max(crate::process::memory_kib(pid).0);
+                }
+            }
+        })
+    });
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (w, conn) in conns.into_iter().enumerate() {
+        let workload = workload.clone();
+        let issued = issued.clone();
+        tasks.push(tokio::spawn(worker(
+            w, conn, workload, issued, bounds, deadline,
+        )));
+    }
+    let mut cell = Cell {
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        peak_rss_kib: 0,
+        server_cpu_s: 0.0,
+        server_write_bytes: 0,
+        syscalls: Vec::new(),
+    };
+    let mut conns = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match task.await {
+            Ok((w, conn)) => {
+                conns.push(conn);
+                cell.ok += w.latencies.len() as u64;
+                cell.errors += w.errors;
+                if cell.first_error.is_none() {
+                    cell.first_error = w.first_error;
+                }
+                cell.latencies.extend(w.latencies);
+            }
+            Err(e) => {
+                cell.errors += 1;
+                cell.first_error
+                    .get_or_insert(format!("worker panicked: {e}"));
+            }
+        }
+    }
+    cell.elapsed = started.elapsed();
+    cell.server_cpu_s = (server.cpu() - cpu_before).max(0.0);
+    cell.server_write_bytes = server.written().saturating_sub(written_before);
+    if let Some(s) = sampler {
+        s.abort();
+        cell.peak_rss_kib = pid.map(|p| crate::process::memory_kib(p).0).unwrap_or(0);
+        if let Ok(peak) = s.await {
+            cell.peak_rss_kib = cell.peak_rss_kib.max(peak);
+        }
+    }
+    cell.latencies.sort_unstable();
+    (cell, conns)
+}
+
+struct WorkerResult {
+    latencies: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn worker(
+    w: usize,
+    mut conn: Conn,
+    workload: Arc<Workload>,
+    issued: Arc<AtomicU64>,
+    bounds: Bounds,
+    deadline: Instant,
+) -> (WorkerResult, Conn) {
+    let mut out = WorkerResult {
+        latencies: Vec::new(),
+        errors: 0,
+        first_error: None,
+    };
+    let mut rng = Rng::new(w as u64 + 1 + (workload.op as u64) * 1000);
+    let data = &workload.data;
+    let n = data.names.len();
+    // Names owned by this worker (delete-recover must not race another worker on one name).
+    let owned = (n.saturating_sub(w) + workload.workers - 1) / workload.workers.max(1);
+    let mut path = String::with_capacity(128);
+    let mut k: u64 = 0;
+    loop {
+        if Instant::now() >= deadline
+            || issued.fetch_add(1, Ordering::Relaxed) >= bounds.max_requests
+        {
+            break;
+        }
+        k += 1;
+        let started = Instant::now();
+        let result = match workload.op {
+            Op::Baseline => one(&mut conn, Method::GET, "/", &workload.bearer, None).await,
+            Op::GetLatest => {
+                let i = rng.below(n);
+                path.clear();
+                let _ = write!(path, "/secrets/{}?api-version={API}", data.names[i]);
+                one(&mut conn, Method::GET, &path, &workload.bearer, None).await
+            }
+            Op::GetVersion => {
+                let i = rng.below(n);
+                path.clear();
+                let _ = write!(
+                    path,
+                    "/secrets/{}/{}?api-version={API}",
+                    data.names[i], data.versions[i]
+                );
+                one(&mut conn, Method::GET, &path, &workload.bearer, None).await
+            }
+            Op::ListFirst => {
+                path.clear();
+                let _ = write!(path, "/secrets?api-version={API}&maxresults=25");
+                one(&mut conn, Method::GET, &path, &workload.bearer, None).await
+            }
+            Op::ListDeep => {
+                path.clear();
+                let _ = write!(
+                    path,
+                    "/secrets?api-version={API}&maxresults=25&$skiptoken={}",
+                    data.deep_token
+                );
+                one(&mut conn, Method::GET, &path, &workload.bearer, None).await
+            }
+            Op::Update => {
+                let i = rng.below(n);
+                path.clear();
+                let _ = write!(path, "/secrets/{}?api-version={API}", data.names[i]);
+                let body = format!(
+                    r#"{{"contentType":"text/plain","tags":{{"bench":"{}"}}}}"#,
+                    k % 1000
+                );
+                one(
+                    &mut conn,
+                    Method::PATCH,
+                    &path,
+                    &workload.bearer,
+                    Some(Bytes::from(body)),
+                )
+                .await
+            }
+            Op::Set => {
+                let i = rng.below(n);
+                path.clear();
+                let _ = write!(path, "/secrets/{}?api-version={API}", data.names[i]);
+                let body = format!(r#"{{"value":"{}"}}"#, data.value);
+                one(
+                    &mut conn,
+                    Method::PUT,
+                    &path,
+                    &workload.bearer,
+                    Some(Bytes::from(body)),
+                )
+                .await
+            }
+            Op::DeleteRecover => {
+                if owned == 0 {
+                    Err("no name for this worker (fewer secrets than workers)".to_string())
+                } else {
+                    let i = w + workload.workers * ((k as usize - 1) % owned);
+                    path.clear();
+                    let _ = write!(path, "/secrets/{}?api-version={API}", data.names[i]);
+                    match one(&mut conn, Method::DELETE, &path, &workload.bearer, None).await {
+                        Ok(()) => {
+                            path.clear();
+                            let _ = write!(
+                                path,
+                                "/deletedsecrets/{}/recover?api-version={API}",
+                                data.names[i]
+                            );
+                            one(&mut conn, Method::POST, &path, &workload.bearer, None).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(()) => out.latencies.push(started.elapsed().as_nanos() as u64),
+            Err(e) => {
+                out.errors += 1;
+                out.first_error.get_or_insert(e);
+            }
+        }
+    }
+    (out, conn)
+}
+
+async fn one(
+    conn: &mut Conn,
+    method: Method,
+    path: &str,
+    bearer: &HeaderValue,
+    body: Option<Bytes>,
+) -> Result<(), String> {
+    let (status, bytes) = conn
+        .send(Call {
+            method: method.clone(),
+            path,
+            bearer: Some(bearer),
+            body,
+            form: false,
+        })
+        .await?;
+    if status == StatusCode::OK || status == StatusCode::NO_CONTENT {
+        Ok(())
+    } else {
+        Err(format!(
+            "{method} {path} answered {status}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+        ))
+    }
+}

@@ -1,0 +1,260 @@
+//! The server under test: the real `keyvault serve --dev` binary in its own process.
+
+use crate::client::{Call, Proto, Target};
+use http::{Method, StatusCode};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the server may take to write its credentials and answer /healthz.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a SIGTERM'd server may take to drain and exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What `dev-credentials.json` says.
+pub struct Creds {
+    pub vault_url: String,
+    pub ca_pem: Vec<u8>,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub authority_host: String,
+}
+
+/// A running `keyvault serve`, killed on drop if still running.
+pub struct ServerProc {
+    child: Child,
+    pub pid: u32,
+    pub creds: Creds,
+    pub target: Target,
+    /// From spawn to `dev-credentials.json` written.
+    pub creds_after: Duration,
+    /// From spawn to the first 200 on /healthz.
+    pub ready_after: Duration,
+    log: PathBuf,
+}
+
+impl ServerProc {
+    /// Start `bin serve --dev` on `data_dir` (port chosen by the kernel) and wait until it is ready.
+    pub async fn start(bin: &Path, data_dir: &Path) -> Result<ServerProc, String> {
+        let creds_path = data_dir.join("dev-credentials.json");
+        // Readiness is "the file appears": remove the previous run's copy (the server then makes a new client).
+        match std::fs::remove_file(&creds_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", creds_path.display())),
+        }
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let log = data_dir.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KEYVAULT_LOG", "warn")
+            .env_remove("KEYVAULT_CONFIG")
+            .env_remove("KEYVAULT_KEK")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let pid = child.id();
+
+        // 1. The credentials file (written atomically just before the accept loop starts).
+        let creds_after = loop {
+            if creds_path.exists() {
+                break started.elapsed();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the server exited ({status}) before it was ready; log: {}",
+                    tail(&log)
+                ));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                return Err(format!("the server was not ready within {START_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        };
+        let creds = match read_creds(&creds_path) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = child.kill();
+                return Err(e);
+            }
+        };
+        let target = match Target::new(&creds.vault_url, &creds.ca_pem) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = child.kill();
+                return Err(e);
+            }
+        };
+
+        // 2. The first 200 on /healthz, each attempt on a new connection (as a fresh client would).
+        let ready_after = loop {
+            if let Ok(mut conn) = target.connect(Proto::H1).await
+                && let Ok((StatusCode::OK, _)) = conn
+                    .send(Call {
+                        method: Method::GET,
+                        path: "/healthz",
+                        bearer: None,
+                        body: None,
+                        form: false,
+                    })
+                    .await
+            {
+                break started.elapsed();
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                return Err("the server never answered /healthz".to_string());
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        };
+        Ok(ServerProc {
+            child,
+            pid,
+            creds,
+            target,
+            creds_after,
+            ready_after,
+            log,
+        })
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        memory_kib(self.pid)
+    }
+
+    /// SIGTERM, wait for the graceful exit (killing after [`STOP_TIMEOUT`]). Returns how long it took.
+    pub async fn stop(mut self) -> Result<Duration, String> {
+        let asked = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !sent {
+            let _ = self.child.kill();
+        }
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(asked.elapsed()),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "the server exited with {status}; log: {}",
+                        tail(&self.log)
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("waiting for the server: {e}")),
+            }
+            if asked.elapsed() > STOP_TIMEOUT {
+                let _ = self.child.kill();
+                return Err(format!("the server did not stop within {STOP_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read_creds(path: &Path) -> Result<Creds, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let field = |k: &str| {
+        v[k].as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{} lacks {k}", path.display()))
+    };
+    let ca_path = field("ca_cert")?;
+    Ok(Creds {
+        vault_url: field("vault_url")?,
+        ca_pem: std::fs::read(&ca_path).map_err(|e| format!("cannot read {ca_path}: {e}"))?,
+        tenant_id: field("tenant_id")?,
+        client_id: field("client_id")?,
+        client_secret: field("client_secret")?,
+        authority_host: field("authority_host")?,
+    })
+}
+
+/// (VmRSS, VmHWM) of a process in KiB, from /proc (0 when unreadable).
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU time of a process (or thread: `/proc/PID/task/TID`), in seconds.
+pub fn cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// CPU seconds of this process's threads whose name starts with `prefix` (the in-process baseline).
+pub fn own_threads_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .map(|c| c.starts_with(prefix))
+                .unwrap_or(false)
+        })
+        .map(|t| cpu_seconds(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// Bytes the process caused to be sent to storage (`write_bytes` of /proc/PID/io).
+pub fn storage_write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The last lines of the server's log, for error messages.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
