@@ -6,6 +6,7 @@
 mod errors;
 #[macro_use]
 mod when;
+mod admin;
 mod bulk;
 mod conn;
 mod render;
@@ -54,6 +55,12 @@ enum Command {
     Secret(secret::SecretArgs),
     /// Print a bearer token for the configured credential (for curl and debugging).
     Token(token::TokenArgs),
+    /// Manage the applications (OAuth clients) that may get tokens: create, list, show, delete, add-secret,
+    /// remove-secret (the server's admin API; needs Key Vault Administrator).
+    Principal(admin::PrincipalArgs),
+    /// Manage role assignments: assign, list, remove, definitions (the server's admin API; needs Key Vault
+    /// Administrator).
+    Role(admin::RoleArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   keyvault completions bash > ~/.local/share/bash-completion/completions/keyvault
@@ -113,6 +120,22 @@ fn main() -> ExitCode {
                 let fallback = secret::fallback_url(&args.command)?;
                 let conn = args.conn.connect(fallback.as_deref())?;
                 secret::run(&conn, args.command, &mut out).await
+            });
+            result.and(out.flush().map_err(io_error))
+        }),
+        Command::Principal(args) => runtime().and_then(|rt| {
+            let mut out = std::io::stdout().lock();
+            let result = rt.block_on(async {
+                let conn = args.conn.connect(None)?;
+                admin::run_principal(&conn, args.command, &mut out).await
+            });
+            result.and(out.flush().map_err(io_error))
+        }),
+        Command::Role(args) => runtime().and_then(|rt| {
+            let mut out = std::io::stdout().lock();
+            let result = rt.block_on(async {
+                let conn = args.conn.connect(None)?;
+                admin::run_role(&conn, args.command, &mut out).await
             });
             result.and(out.flush().map_err(io_error))
         }),

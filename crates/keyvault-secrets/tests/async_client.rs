@@ -547,6 +547,74 @@ async fn retries_429_honouring_retry_after() {
     v.shutdown().await;
 }
 
+/// Records the status of every response that passes through.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn keyvault_secrets::http::Transport>,
+    statuses: std::sync::Mutex<Vec<u16>>,
+}
+
+#[async_trait::async_trait]
+impl keyvault_secrets::http::Transport for Recording {
+    async fn send(
+        &self,
+        request: &Request,
+    ) -> keyvault_secrets::Result<keyvault_secrets::http::Response> {
+        let resp = self.inner.send(request).await?;
+        self.statuses.lock().unwrap().push(resp.status.as_u16());
+        Ok(resp)
+    }
+}
+
+#[tokio::test]
+async fn the_servers_own_429_is_retried_once_the_window_passes() {
+    // A budget of 3 requests per 1-second window on the real server.
+    let v = LocalVault::start_with(LocalVaultOptions {
+        throttle: keyvault_server::http::throttle::ThrottleSettings {
+            limit: Some(3),
+            create_limit: None,
+            window: Duration::from_secs(1),
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let base = options(&v);
+    let recording = Arc::new(Recording {
+        inner: base.build_transport().unwrap(),
+        statuses: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut o = options(&v);
+    o.transport = Some(recording.clone());
+    let c = SecretClient::new(v.vault_url(), credential(&v), Some(o)).unwrap();
+    c.set_secret("t", "v", None).await.unwrap(); // fetches this client's token
+    // Without retries, the 4th request in one window is refused with Key Vault's 429.
+    let mut strict = options(&v);
+    strict.retry = keyvault_secrets::RetryOptions::none();
+    let no_retry = SecretClient::new(v.vault_url(), credential(&v), Some(strict)).unwrap();
+    // (Rarely, a window ends between the last refusal and the next request: then try again.)
+    for _ in 0..3 {
+        let e = loop {
+            if let Err(e) = no_retry.get_secret("t", None).await {
+                break e;
+            }
+        };
+        assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(e.error_code(), Some("Throttled"));
+        // The retrying client is refused too (one budget per vault), waits Retry-After, and succeeds.
+        recording.statuses.lock().unwrap().clear();
+        let s = c.get_secret("t", None).await.unwrap();
+        assert_eq!(s.value(), Some("v"));
+        let statuses = recording.statuses.lock().unwrap().clone();
+        assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+        if statuses.contains(&429) {
+            v.shutdown().await;
+            return;
+        }
+    }
+    panic!("the retrying client was never throttled");
+}
+
 #[tokio::test]
 async fn tokens_are_cached_refreshed_and_rechallenged() {
     let v = vault().await;

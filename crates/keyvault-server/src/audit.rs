@@ -1,7 +1,7 @@
 //! The audit log: one JSON line per request decision, hash-chained, rotated by size.
 //!
 //! A line is `{"seq":N,"time":"…","requestId":"…","principal":"…"|null,"operation":"SecretGet"|null,
-//! "secret":"…"|null,"version":"…"|null,"outcome":"allowed"|"denied"|"unauthenticated"|"rejected",
+//! "secret":"…"|null,"version":"…"|null,["target":"…",]"outcome":"allowed"|"denied"|"unauthenticated"|"rejected"|"throttled",
 //! "status":200,"prev":"<hex>","hash":"<hex>"}`: `hash` is the SHA-256 of the line as written without its
 //! `hash` member (that is, the text up to `"prev":"<hex>"` and a closing `}`), and `prev` is the `hash` of
 //! the line before (64 zeros for the very first line). `seq` counts from 0 across rotations. Editing,
@@ -39,6 +39,8 @@ pub enum Outcome {
     Rejected,
     /// The policy refused it: 403.
     Denied,
+    /// Authenticated, but over the vault's request budget: 429 (no authorization decision was made).
+    Throttled,
     /// The policy allowed it; `status` tells how it ended.
     Allowed,
 }
@@ -53,6 +55,8 @@ pub struct AuditRecord {
     pub operation: Option<&'static str>,
     pub secret: Option<String>,
     pub version: Option<String>,
+    /// What an admin API call acted on (a client id, an assignment id); absent from lines without one.
+    pub target: Option<String>,
     pub outcome: Outcome,
     pub status: u16,
 }
@@ -67,6 +71,7 @@ impl AuditRecord {
             operation: None,
             secret: None,
             version: None,
+            target: None,
             outcome: Outcome::Unauthenticated,
             status: 0,
         }
@@ -84,6 +89,8 @@ struct Body<'a> {
     operation: Option<&'a str>,
     secret: Option<&'a str>,
     version: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<&'a str>,
     outcome: Outcome,
     status: u16,
     prev: &'a str,
@@ -141,6 +148,7 @@ fn make_line(record: &AuditRecord, seq: u64, prev: &str) -> (String, String) {
         operation: record.operation,
         secret: record.secret.as_deref(),
         version: record.version.as_deref(),
+        target: record.target.as_deref(),
         outcome: record.outcome,
         status: record.status,
         prev,
@@ -534,6 +542,7 @@ mod tests {
             operation: Some("SecretGet"),
             secret: Some(format!("s{i}")),
             version: None,
+            target: None,
             outcome: Outcome::Allowed,
             status: 200,
         }

@@ -64,6 +64,17 @@ pub struct Config {
     /// Size at which the audit log is rotated (renamed to `FILE.N`; the chain continues in the new file).
     /// Default 64 MiB.
     pub audit_max_bytes: u64,
+    /// Throttling, like Key Vault's service limits: at most this many authenticated requests per window
+    /// (10 s) on this vault; more get 429 `Throttled` with `Retry-After`. Default: off. (Key Vault: 4000.)
+    pub rate_limit_per_10s: Option<u32>,
+    /// A separate budget for creates (PUT) per window; unset = creates count against
+    /// `rate_limit_per_10s`. Default: off. (Key Vault: 300.)
+    pub rate_limit_create_per_10s: Option<u32>,
+    /// External OIDC issuers whose tokens are accepted (`[[trusted_issuers]] issuer, audience, jwks_file,
+    /// principal_claim`); their principal is the claim's value (default `sub`), for `[[assignments]]`.
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// The throttling window in seconds. Default 10 (Key Vault's); the limits' names keep saying "10s".
+    pub rate_limit_window_secs: u64,
 }
 
 /// A custom role: a name and a permission set (`get`, `list`, `set`, `delete`, `recover`, `backup`,
@@ -84,6 +95,31 @@ pub struct AssignmentConfig {
     pub role: String,
     #[serde(default)]
     pub scope: Option<String>,
+}
+
+/// A trusted external token issuer: the exact `iss`, the `aud` its tokens must carry, its keys (a JWKS
+/// file; ES256 and RS256 keys are used) and the claim naming the principal (default `sub`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_file: PathBuf,
+    #[serde(default)]
+    pub principal_claim: Option<String>,
+}
+
+impl TrustedIssuerConfig {
+    /// Reads the JWKS and builds the issuer.
+    pub fn load(&self) -> Result<crate::auth::external::TrustedIssuer, ConfigError> {
+        crate::auth::external::TrustedIssuer::load(
+            &self.issuer,
+            &self.audience,
+            &self.jwks_file,
+            self.principal_claim.as_deref(),
+        )
+        .map_err(|e| ConfigError(format!("trusted issuer '{}': {e}", self.issuer)))
+    }
 }
 
 /// The `store` setting: a backend name or URL. Its `Debug` hides a password in the URL.
@@ -175,6 +211,10 @@ impl Default for Config {
             dev_client_role: crate::auth::policy::ADMINISTRATOR.to_string(),
             audit_log: None,
             audit_max_bytes: 64 * 1024 * 1024,
+            rate_limit_per_10s: None,
+            rate_limit_create_per_10s: None,
+            rate_limit_window_secs: 10,
+            trusted_issuers: Vec::new(),
         }
     }
 }
@@ -279,10 +319,30 @@ impl Config {
         Ok(policy)
     }
 
+    /// The request budgets.
+    pub fn throttle_settings(&self) -> crate::http::throttle::ThrottleSettings {
+        crate::http::throttle::ThrottleSettings {
+            limit: self.rate_limit_per_10s,
+            create_limit: self.rate_limit_create_per_10s,
+            window: std::time::Duration::from_secs(self.rate_limit_window_secs),
+        }
+    }
+
     /// Check the values that have rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_backend()?;
         self.policy()?;
+        if self.rate_limit_per_10s == Some(0) || self.rate_limit_create_per_10s == Some(0) {
+            return Err(ConfigError(
+                "rate_limit_per_10s and rate_limit_create_per_10s must be at least 1 (leave them out for no limit)"
+                    .to_string(),
+            ));
+        }
+        if !(1..=3600).contains(&self.rate_limit_window_secs) {
+            return Err(ConfigError(
+                "rate_limit_window_secs must be from 1 to 3600".to_string(),
+            ));
+        }
         use keyvault_types::rules::{MAX_RETENTION_DAYS, MIN_RETENTION_DAYS};
         if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&self.retention_days) {
             return Err(ConfigError(format!(
@@ -356,6 +416,38 @@ mod tests {
         assert!(c.purge_protection);
         assert_eq!(c.clients[0].client_id, "app");
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn throttling_and_trusted_issuers() {
+        let c = Config::from_toml(
+            r#"
+            dev = true
+            rate_limit_per_10s = 4000
+            rate_limit_create_per_10s = 300
+            [[trusted_issuers]]
+            issuer = "https://idp.example.com"
+            audience = "api://kv"
+            jwks_file = "/nonexistent/jwks.json"
+            principal_claim = "oid"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let t = c.throttle_settings();
+        assert_eq!((t.limit, t.create_limit), (Some(4000), Some(300)));
+        assert_eq!(t.window, std::time::Duration::from_secs(10));
+        assert_eq!(c.trusted_issuers[0].principal_claim.as_deref(), Some("oid"));
+        assert!(c.trusted_issuers[0].load().is_err(), "no JWKS file");
+        assert!(!Config::default().throttle_settings().enabled());
+        for bad in [
+            "dev = true\nrate_limit_per_10s = 0",
+            "dev = true\nrate_limit_window_secs = 0",
+        ] {
+            let c = Config::from_toml(bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_toml("[[trusted_issuers]]\nissuer = \"x\"").is_err());
     }
 
     #[test]

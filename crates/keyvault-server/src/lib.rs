@@ -6,12 +6,14 @@
 //! - [`http`]: the axum router, Key Vault wire mapping, one error → response table.
 //! - [`auth`]: the built-in token issuer (OAuth2 client credentials, OIDC discovery, JWKS), verification,
 //!   and access control ([`auth::policy`]).
+//! - [`admin`]: principals, client secrets and role assignments managed at run time (the admin API).
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`vault`]: versions, latest, soft delete, recover, purge, retention sweeper, backup.
 //! - [`crypto`]: envelope encryption, key providers.
 //! - [`store`]: the `SecretStore` trait and its SQLite implementation.
 //! - [`tls`]: certificates (files or a generated dev CA) and the rustls configuration.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;

@@ -22,6 +22,11 @@ pub struct LocalVaultOptions {
     pub purge_protection: bool,
     /// The clock the vault and its token checks use.
     pub clock: Arc<dyn Clock>,
+    /// Throttling (`rate_limit_per_10s`, `rate_limit_create_per_10s`, `rate_limit_window_secs` of the
+    /// configuration). Default: off.
+    pub throttle: crate::http::throttle::ThrottleSettings,
+    /// Trusted external OIDC issuers (`[[trusted_issuers]]`). Default: none.
+    pub trusted_issuers: Vec<crate::config::TrustedIssuerConfig>,
 }
 
 impl Default for LocalVaultOptions {
@@ -30,6 +35,8 @@ impl Default for LocalVaultOptions {
             retention_days: 90,
             purge_protection: false,
             clock: Arc::new(SystemClock),
+            throttle: Default::default(),
+            trusted_issuers: Vec::new(),
         }
     }
 }
@@ -63,6 +70,10 @@ impl LocalVault {
             dev: true,
             retention_days: options.retention_days,
             purge_protection: options.purge_protection,
+            rate_limit_per_10s: options.throttle.limit,
+            rate_limit_create_per_10s: options.throttle.create_limit,
+            rate_limit_window_secs: options.throttle.window.as_secs().max(1),
+            trusted_issuers: options.trusted_issuers,
             ..Config::default()
         };
         let server = Server::bind_with_clock(config, options.clock).await?;

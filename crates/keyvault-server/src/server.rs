@@ -126,7 +126,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StartError> {
 }
 
 /// Write `contents` to `path` atomically (temporary file, fsync, rename) with mode 0600.
-fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -235,10 +235,21 @@ impl Server {
             config.token_lifetime_secs,
         ));
         let audiences = vec![resource.clone(), format!("{resource}/")];
-        let verifier = Arc::new(TokenVerifier::new(
+        let trusted = config
+            .trusted_issuers
+            .iter()
+            .map(|t| t.load())
+            .collect::<Result<Vec<_>, _>>()?;
+        if trusted.iter().any(|t| t.issuer() == issuer) {
+            return Err(StartError::Setup(format!(
+                "a trusted issuer cannot be this server's own issuer ({issuer})"
+            )));
+        }
+        let verifier = Arc::new(TokenVerifier::with_trusted_issuers(
             vec![signing_key],
             issuer,
             audiences.clone(),
+            trusted,
         ));
         let clients = Arc::new(ClientRegistry::new());
         for c in &config.clients {
@@ -270,6 +281,11 @@ impl Server {
                 })
                 .map_err(setup("dev_client_role"))?;
         }
+        // What the admin API made earlier (managed principals, secrets and assignments).
+        let admin = Arc::new(
+            crate::admin::AccessAdmin::load(Some(&data_dir), clients.clone(), policy.clone())
+                .map_err(StartError::Setup)?,
+        );
         let audit = match config.audit_log_path() {
             Some(path) => Some(
                 AuditLog::open(&path, config.audit_max_bytes)
@@ -301,6 +317,8 @@ impl Server {
             challenge,
             policy: policy.clone(),
             audit: audit.clone(),
+            throttle: crate::http::throttle::Throttle::new(config.throttle_settings()),
+            admin: admin.clone(),
         });
         let app = http::app(state, crate::auth::router(auth_state));
 

@@ -371,3 +371,109 @@ async fn a_reopened_log_continues_the_chain_and_rotation_keeps_it() {
     reordered.swap(0, 1);
     assert!(audit::verify_files(&reordered).is_err());
 }
+
+#[tokio::test]
+async fn throttling_is_429_with_retry_after_after_authentication_and_audited() {
+    let lv = LocalVault::start_with(keyvault_server::local::LocalVaultOptions {
+        throttle: keyvault_server::http::throttle::ThrottleSettings {
+            limit: Some(100),
+            create_limit: Some(2),
+            window: std::time::Duration::from_secs(60),
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let admin = token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let q = "?api-version=7.6";
+    let url = |p: &str| format!("{}{p}{q}", lv.vault_url());
+    // Two creates pass; the third is throttled, with Key Vault's body and a Retry-After.
+    for i in 0..2 {
+        let r = http
+            .put(url(&format!("/secrets/t{i}")))
+            .bearer_auth(&admin)
+            .json(&json!({"value": VALUE}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = http
+        .put(url("/secrets/t9"))
+        .bearer_auth(&admin)
+        .json(&json!({"value": VALUE}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let throttled_id = r.headers()["x-ms-request-id"].to_str().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"error": {"code": "Throttled", "message": "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached"}})
+    );
+    // Creates have their own budget: reads still pass, and the throttled PUT created nothing.
+    let (status, _) = send(
+        &lv,
+        &http,
+        Some(&admin),
+        Method::GET,
+        &format!("/secrets/t9{q}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Without a valid token it is still 401 (the budget is decided after authentication).
+    let (status, unauth_id) = send(
+        &lv,
+        &http,
+        None,
+        Method::PUT,
+        &format!("/secrets/t9{q}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(
+        &lv,
+        &http,
+        Some("not-a-token"),
+        Method::GET,
+        &format!("/secrets{q}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    lv.audit().unwrap().flush().await;
+    let log = lv.data_dir().join("audit.log");
+    audit::verify_chain(&log).unwrap();
+    let records: Vec<Value> = lines(&log)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["requestId"] == id)
+            .unwrap()
+            .clone()
+    };
+    let t = find(&throttled_id);
+    assert_eq!(t["outcome"], "throttled");
+    assert_eq!(t["status"], 429);
+    assert_eq!(t["principal"], lv.client_id());
+    assert_eq!(find(&unauth_id)["outcome"], "unauthenticated");
+    lv.shutdown().await;
+}

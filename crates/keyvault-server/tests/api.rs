@@ -773,6 +773,7 @@ async fn retention_sweep_purges_what_is_due() {
         retention_days: 7,
         purge_protection: true,
         clock: clock.clone(),
+        ..Default::default()
     })
     .await;
     v.set("old", json!({"value": "x"})).await;

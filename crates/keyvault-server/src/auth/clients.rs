@@ -67,10 +67,44 @@ fn fill_random(buf: &mut [u8]) {
         .expect("the operating system's random number generator failed");
 }
 
-/// The OAuth2 clients this server knows: client id → argon2 PHC hashes of its secrets. Shareable (`Arc`) and
-/// mutable at run time. `Debug` shows client ids and secret counts only.
+/// One stored client secret: its argon2 PHC hash and optional expiry.
+#[derive(Clone, PartialEq, Eq)]
+struct StoredSecret {
+    hash: String,
+    /// Unix seconds after which the secret is refused.
+    expires_on: Option<i64>,
+}
+
+/// What may be shown about a client secret: never the secret or its hash.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretInfo {
+    /// A stable id of the secret (the first 16 hex digits of the SHA-256 of its hash).
+    pub key_id: String,
+    /// Unix seconds; `None` = never expires.
+    pub expires_on: Option<i64>,
+}
+
+/// The id of a stored secret: derived from its hash (which is salted), so it says nothing about the secret.
+pub fn key_id_of(phc_hash: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, phc_hash.as_bytes());
+    hex::encode(&digest.as_ref()[..8])
+}
+
+/// The result of checking a client secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    /// The secret matches, but it has expired.
+    Expired,
+    /// Unknown client, or no matching secret.
+    Invalid,
+}
+
+/// The OAuth2 clients this server knows: client id → argon2 PHC hashes of its secrets (each with an optional
+/// expiry). Shareable (`Arc`) and mutable at run time. `Debug` shows client ids and secret counts only.
 pub struct ClientRegistry {
-    clients: RwLock<HashMap<String, Vec<String>>>,
+    clients: RwLock<HashMap<String, Vec<StoredSecret>>>,
     /// Bounds concurrent argon2 verifications (each takes ~19 MiB and a core for tens of milliseconds).
     limiter: Arc<Semaphore>,
 }
@@ -101,31 +135,81 @@ impl ClientRegistry {
         client_id: impl Into<String>,
         phc_hash: impl Into<String>,
     ) -> Result<(), AuthError> {
+        self.add_with_expiry(client_id, phc_hash, None)
+    }
+
+    /// [`add`](Self::add) with an expiry (unix seconds): after it, the secret is refused. Adding a hash that
+    /// is already there updates its expiry.
+    pub fn add_with_expiry(
+        &self,
+        client_id: impl Into<String>,
+        phc_hash: impl Into<String>,
+        expires_on: Option<i64>,
+    ) -> Result<(), AuthError> {
         let client_id = client_id.into();
         let phc_hash = phc_hash.into();
         if !is_argon2_phc(&phc_hash) {
             return Err(AuthError::InvalidHash(client_id));
         }
         let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
-        let hashes = clients.entry(client_id).or_default();
-        if !hashes.contains(&phc_hash) {
-            hashes.push(phc_hash);
+        let secrets = clients.entry(client_id).or_default();
+        match secrets.iter_mut().find(|s| s.hash == phc_hash) {
+            Some(existing) => existing.expires_on = expires_on,
+            None => secrets.push(StoredSecret {
+                hash: phc_hash,
+                expires_on,
+            }),
         }
         Ok(())
+    }
+
+    /// Adds a client with no secrets (it cannot get tokens until it has one). No change if it exists.
+    pub fn ensure(&self, client_id: impl Into<String>) {
+        self.clients
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(client_id.into())
+            .or_default();
     }
 
     /// Removes one secret hash of a client; the client stays (possibly with no secrets). Returns whether it
     /// was there.
     pub fn remove_secret(&self, client_id: &str, phc_hash: &str) -> bool {
+        self.remove_secret_where(client_id, |s| s.hash == phc_hash)
+    }
+
+    /// Removes the secret with this [`key_id_of`] id. Returns whether it was there.
+    pub fn remove_secret_by_key_id(&self, client_id: &str, key_id: &str) -> bool {
+        self.remove_secret_where(client_id, |s| key_id_of(&s.hash) == key_id)
+    }
+
+    fn remove_secret_where(&self, client_id: &str, f: impl Fn(&StoredSecret) -> bool) -> bool {
         let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
         match clients.get_mut(client_id) {
-            Some(hashes) => {
-                let before = hashes.len();
-                hashes.retain(|h| h != phc_hash);
-                hashes.len() != before
+            Some(secrets) => {
+                let before = secrets.len();
+                secrets.retain(|s| !f(s));
+                secrets.len() != before
             }
             None => false,
         }
+    }
+
+    /// The client's secrets (ids and expiries), or `None` for an unknown client.
+    pub fn secrets(&self, client_id: &str) -> Option<Vec<SecretInfo>> {
+        self.clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(client_id)
+            .map(|secrets| {
+                secrets
+                    .iter()
+                    .map(|s| SecretInfo {
+                        key_id: key_id_of(&s.hash),
+                        expires_on: s.expires_on,
+                    })
+                    .collect()
+            })
     }
 
     /// Removes a client and all its secrets. Returns whether it existed.
@@ -158,14 +242,20 @@ impl ClientRegistry {
         ids
     }
 
-    /// Checks `secret` against the client's hashes (argon2 verification; the final comparison is
-    /// constant-time). An unknown client, or one without secrets, is checked against a dummy hash so that it
-    /// costs the same time. This is CPU-heavy (tens of milliseconds): call it from a blocking thread.
+    /// Checks `secret` against the client's hashes, ignoring expiry (see [`verify_at`](Self::verify_at)).
     pub fn verify(&self, client_id: &str, secret: &str) -> bool {
+        self.verify_at(client_id, secret, i64::MIN) == Verdict::Valid
+    }
+
+    /// Checks `secret` against the client's hashes (argon2 verification; the final comparison is
+    /// constant-time) at unix time `now`: a matching secret past its expiry is [`Verdict::Expired`]. An
+    /// unknown client, or one without secrets, is checked against a dummy hash so that it costs the same
+    /// time. This is CPU-heavy (tens of milliseconds): call it from a blocking thread.
+    pub fn verify_at(&self, client_id: &str, secret: &str, now: i64) -> Verdict {
         if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
-            return false;
+            return Verdict::Invalid;
         }
-        let hashes = self
+        let secrets = self
             .clients
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -173,17 +263,22 @@ impl ClientRegistry {
             .cloned()
             .unwrap_or_default();
         let argon2 = Argon2::default();
-        if hashes.is_empty() {
+        if secrets.is_empty() {
             if let Ok(dummy) = PasswordHash::new(DUMMY_HASH) {
                 let _ = argon2.verify_password(secret.as_bytes(), &dummy);
             }
-            return false;
+            return Verdict::Invalid;
         }
-        hashes.iter().any(|phc| {
-            PasswordHash::new(phc)
+        let matching = secrets.iter().find(|s| {
+            PasswordHash::new(&s.hash)
                 .map(|parsed| argon2.verify_password(secret.as_bytes(), &parsed).is_ok())
                 .unwrap_or(false)
-        })
+        });
+        match matching {
+            None => Verdict::Invalid,
+            Some(s) if s.expires_on.is_some_and(|exp| now >= exp) => Verdict::Expired,
+            Some(_) => Verdict::Valid,
+        }
     }
 }
 
@@ -191,8 +286,18 @@ impl ClientRegistry {
     /// [`verify`](Self::verify) on a blocking thread, with at most one verification per core at a time (the
     /// rest wait), so a burst of token requests can neither stall the async runtime nor exhaust memory.
     pub async fn verify_async(self: &Arc<Self>, client_id: &str, secret: &str) -> bool {
+        self.verify_async_at(client_id, secret, i64::MIN).await == Verdict::Valid
+    }
+
+    /// [`verify_at`](Self::verify_at) on a blocking thread, like [`verify_async`](Self::verify_async).
+    pub async fn verify_async_at(
+        self: &Arc<Self>,
+        client_id: &str,
+        secret: &str,
+        now: i64,
+    ) -> Verdict {
         let Ok(permit) = self.limiter.clone().acquire_owned().await else {
-            return false;
+            return Verdict::Invalid;
         };
         let this = Arc::clone(self);
         let client_id = client_id.to_owned();
@@ -200,10 +305,10 @@ impl ClientRegistry {
         // The permit moves into the task: it is held until the hashing ends, even if this future is dropped.
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            this.verify(&client_id, &secret)
+            this.verify_at(&client_id, &secret, now)
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(Verdict::Invalid)
     }
 }
 
@@ -259,6 +364,27 @@ mod tests {
 
         let debug = format!("{registry:?}");
         assert!(!debug.contains("argon2"), "{debug}");
+    }
+
+    #[test]
+    fn expired_secrets_are_refused_and_listed_without_hashes() {
+        let registry = ClientRegistry::new();
+        let secret = generate_secret();
+        let hash = hash_secret(&secret).unwrap();
+        registry
+            .add_with_expiry("c", hash.clone(), Some(1_000))
+            .unwrap();
+        assert_eq!(registry.verify_at("c", &secret, 999), Verdict::Valid);
+        assert_eq!(registry.verify_at("c", &secret, 1_000), Verdict::Expired);
+        assert_eq!(registry.verify_at("c", "wrong", 1_000), Verdict::Invalid);
+        let info = registry.secrets("c").unwrap();
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].key_id, key_id_of(&hash));
+        assert_eq!(info[0].expires_on, Some(1_000));
+        assert!(registry.secrets("nope").is_none());
+        assert!(registry.remove_secret_by_key_id("c", &info[0].key_id));
+        assert_eq!(registry.verify_at("c", &secret, 0), Verdict::Invalid);
+        assert!(registry.contains("c"));
     }
 
     #[test]

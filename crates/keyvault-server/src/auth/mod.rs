@@ -2,6 +2,7 @@
 //!
 //! - [`keys`]: the server's token-signing key (ES256, a PKCS#8 file in the data dir) and its JWK.
 //! - [`token`]: issuing JWT access tokens ([`TokenIssuer`]) and verifying them ([`TokenVerifier`]).
+//! - [`external`]: trusted external OIDC issuers (ES256/RS256 tokens verified with their JWKS).
 //! - [`clients`]: known OAuth2 clients and their argon2-hashed secrets ([`ClientRegistry`]).
 //! - [`policy`]: access control: permissions, roles, assignments and the decision point
 //!   ([`Policy::authorize`]).
@@ -10,6 +11,7 @@
 //! No token, client secret or private key ever appears in an error message, a log line or a `Debug` impl.
 
 pub mod clients;
+pub mod external;
 pub mod keys;
 pub mod policy;
 pub mod routes;

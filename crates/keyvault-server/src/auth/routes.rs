@@ -218,7 +218,24 @@ async fn token_inner(
         ));
     };
 
-    if !state.clients.verify_async(&client_id, &secret).await {
+    let verdict = state
+        .clients
+        .verify_async_at(&client_id, &secret, (state.clock)())
+        .await;
+    if verdict == super::clients::Verdict::Expired {
+        tracing::info!(client_id = ?truncate(&client_id, 64), "token request refused: expired client secret");
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            format!(
+                "AADSTS7000222: The provided client secret keys for app '{}' are expired. Create new keys for \
+                 your app, or consider using certificate credentials for added security.",
+                truncate(&client_id, 64)
+            ),
+            &[7000222],
+        ));
+    }
+    if verdict != super::clients::Verdict::Valid {
         tracing::info!(client_id = ?truncate(&client_id, 64), "token request refused: invalid client credentials");
         // The same answer for an unknown client and a wrong secret.
         let mut err = OAuthError::new(

@@ -171,6 +171,8 @@ struct VerifierInner {
     issuer: String,
     audiences: Vec<String>,
     validation: Validation,
+    /// Trusted external issuers (by exact `iss`).
+    external: Vec<super::external::TrustedIssuer>,
     cache: RwLock<Cache>,
 }
 
@@ -178,6 +180,21 @@ impl TokenVerifier {
     /// A verifier trusting `keys`, for tokens whose `iss` is exactly `issuer` and whose `aud` is one of
     /// `audiences`.
     pub fn new(keys: Vec<Arc<SigningKey>>, issuer: String, audiences: Vec<String>) -> Self {
+        Self::with_trusted_issuers(keys, issuer, audiences, Vec::new())
+    }
+
+    /// [`new`](Self::new), also accepting tokens of trusted external issuers (see [`super::external`]). An
+    /// external issuer with our own `iss` is ignored.
+    pub fn with_trusted_issuers(
+        keys: Vec<Arc<SigningKey>>,
+        issuer: String,
+        audiences: Vec<String>,
+        external: Vec<super::external::TrustedIssuer>,
+    ) -> Self {
+        let external = external
+            .into_iter()
+            .filter(|e| e.issuer() != issuer)
+            .collect();
         let keys = keys
             .iter()
             .map(|k| (k.kid().to_owned(), DecodingKey::from_ec_der(k.public_key())))
@@ -196,6 +213,7 @@ impl TokenVerifier {
                 issuer,
                 audiences,
                 validation,
+                external,
                 cache: RwLock::new(Cache::default()),
             }),
         }
@@ -241,6 +259,25 @@ impl TokenVerifier {
 
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::InvalidToken("malformed token"))?;
+        if !inner.external.is_empty() {
+            let iss = super::external::unverified_issuer(token);
+            if let Some(ext) = iss.and_then(|iss| inner.external.iter().find(|e| e.issuer() == iss))
+            {
+                let (principal, nbf, exp) = ext.verify(token, &header)?;
+                check_times(nbf, exp, now)?;
+                let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
+                cache.insert(
+                    digest,
+                    CacheEntry {
+                        principal: principal.clone(),
+                        nbf,
+                        exp,
+                    },
+                    now,
+                );
+                return Ok(principal);
+            }
+        }
         if header.alg != Algorithm::ES256 {
             return Err(AuthError::InvalidToken("unsupported signing algorithm"));
         }
@@ -311,7 +348,7 @@ fn check_times(nbf: i64, exp: i64, now: i64) -> Result<(), AuthError> {
     Ok(())
 }
 
-fn map_jwt_error(kind: &ErrorKind) -> AuthError {
+pub(crate) fn map_jwt_error(kind: &ErrorKind) -> AuthError {
     AuthError::InvalidToken(match kind {
         ErrorKind::InvalidSignature => "bad signature",
         ErrorKind::InvalidIssuer => "wrong issuer",

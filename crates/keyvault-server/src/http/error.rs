@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub inner: Option<&'static str>,
     pub message: String,
+    /// Seconds for a `Retry-After` header (throttling).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             code,
             inner: None,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -44,7 +47,24 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        json_response(self.status, &self.body())
+        let mut resp = json_response(self.status, &self.body());
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        resp
+    }
+
+    /// Over the vault's request budget: 429 `Throttled`, as Key Vault words it, with `Retry-After`.
+    pub fn throttled(retry_after_secs: u64) -> Self {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Throttled",
+            "Request was not processed because too many requests were received. Reason: \
+             VaultRequestTypeLimitReached",
+        );
+        e.retry_after = Some(retry_after_secs);
+        e
     }
 
     /// A denial by the access policy: 403 `Forbidden` / `ForbiddenByRbac`, in the shape of Key Vault's RBAC

@@ -1,13 +1,16 @@
 //! The HTTP face of the vault: Key Vault's secrets REST API, wire-exact (protocol.md).
 //!
 //! Every vault request goes through [`vault_request`]: authentication first (before the body is read or
-//! anything is validated, as the SDKs' challenge flow requires), then api-version, route, name,
+//! anything is validated, as the SDKs' challenge flow requires), then the request budget ([`throttle`]),
+//! then api-version, route, name,
 //! authorization ([`Policy::authorize`], before the body is read or the store touched), body.
 //! Errors become responses in one place ([`error::ApiError`]). Every request's decision is written to the
 //! audit log, if there is one.
 
+mod admin;
 pub mod error;
 mod respond;
+pub mod throttle;
 mod wire;
 
 use crate::audit::{AuditLog, AuditRecord, Outcome};
@@ -48,6 +51,10 @@ pub struct HttpState {
     pub policy: Arc<Policy>,
     /// Where request decisions are recorded (if anywhere).
     pub audit: Option<AuditLog>,
+    /// The vault's request budgets (`None` = unlimited).
+    pub throttle: Option<throttle::Throttle>,
+    /// Principals, their secrets and role assignments made through the admin API.
+    pub admin: Arc<crate::admin::AccessAdmin>,
 }
 
 /// The whole HTTP application: health, the token issuer's routes, and the vault API.
@@ -375,7 +382,39 @@ async fn handle(
         .map_err(|_| unauthorized())?;
     let who = principal.id.as_str();
     rec.principal = Some(principal.id.clone());
+
+    // 1b. How much: over the vault's budget → 429 (after authentication, so that requests without a valid
+    // token neither use up the budget nor learn anything but 401).
+    if let Some(throttle) = &state.throttle {
+        let kind = if req.method() == Method::PUT {
+            throttle::RequestKind::Create
+        } else {
+            throttle::RequestKind::Other
+        };
+        if let Err(retry_after) = throttle.admit(kind) {
+            rec.outcome = Outcome::Throttled;
+            return Err(ApiError::throttled(retry_after));
+        }
+    }
     rec.outcome = Outcome::Rejected;
+
+    // The admin API (no api-version).
+    if req.uri().path() == "/admin" || req.uri().path().starts_with("/admin/") {
+        let method = req.method().clone();
+        let segs = segments(req.uri().path());
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let query = req.uri().query().map(str::to_string);
+        return admin::handle(
+            state,
+            who,
+            rec,
+            method,
+            &segs,
+            query.as_deref(),
+            req.into_body(),
+        )
+        .await;
+    }
 
     // 2. Which version of the API, and where the client thinks we are.
     let query = parse_query(req.uri().query());

@@ -1,0 +1,472 @@
+//! `keyvault principal …` and `keyvault role …`: the server's admin API (`/admin/…`), through the client
+//! library's `send_request` (the same authentication pipeline as every other command). Needs the
+//! administration permission (Key Vault Administrator). A generated client secret is printed once, to
+//! standard output only.
+
+use crate::conn::{Conn, ConnArgs, Output};
+use crate::errors::{CliError, CliResult, Target, io_error};
+use clap::{Args, Subcommand};
+use keyvault_secrets::http::{Method, Request};
+use serde_json::Value;
+use std::io::Write;
+
+#[derive(Args)]
+pub struct PrincipalArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub command: PrincipalCommand,
+}
+
+#[derive(Subcommand)]
+pub enum PrincipalCommand {
+    /// Create an application (OAuth client): prints its client id and a generated secret, shown once.
+    #[command(
+        after_help = "Output: `-o value` prints only the client secret; `-o json` prints clientId, \
+clientSecret, keyId, secrets and assignments.
+
+Examples:
+  keyvault principal create --name billing --role \"Key Vault Secrets User\" --scope '/secrets/billing-*'
+  keyvault principal create --name ci --expires 90d -o json"
+    )]
+    Create {
+        /// A display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// When the secret expires: 30d, 12h, 2w, 2030-01-01 or RFC 3339 [default: never].
+        #[arg(long, value_name = "WHEN", value_parser = crate::when::when_arg)]
+        expires: Option<time::OffsetDateTime>,
+        /// A role to assign at once (name or built-in role id).
+        #[arg(long)]
+        role: Option<String>,
+        /// The role's scope: /, /secrets/NAME or /secrets/PREFIX* [default: /].
+        #[arg(long, requires = "role")]
+        scope: Option<String>,
+    },
+    /// List the principals that may get tokens (`-o value`: their client ids).
+    List,
+    /// Show one principal (`-o value`: its secrets' key ids).
+    Show {
+        /// The client id.
+        client_id: String,
+    },
+    /// Delete a principal made with `principal create`, its secrets and its role assignments.
+    Delete {
+        /// The client id.
+        client_id: String,
+    },
+    /// Add a secret to a principal (rotation): printed once. Remove the old one with `remove-secret`.
+    AddSecret {
+        /// The client id.
+        client_id: String,
+        /// When the secret expires: 30d, 12h, 2w, 2030-01-01 or RFC 3339 [default: never].
+        #[arg(long, value_name = "WHEN", value_parser = crate::when::when_arg)]
+        expires: Option<time::OffsetDateTime>,
+    },
+    /// Remove one secret of a principal, by key id (see `principal show`).
+    RemoveSecret {
+        /// The client id.
+        client_id: String,
+        /// The secret's key id.
+        key_id: String,
+    },
+}
+
+#[derive(Args)]
+pub struct RoleArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub command: RoleCommand,
+}
+
+#[derive(Subcommand)]
+pub enum RoleCommand {
+    /// Assign a role to a principal (a client id, or an external identity's id) at a scope.
+    #[command(
+        after_help = "Roles: Key Vault Administrator, Key Vault Secrets Officer, Key Vault Secrets User, \
+Key Vault Reader, and custom roles from the configuration.
+
+Examples:
+  keyvault role assign --principal 6f1c…  --role \"Key Vault Reader\"
+  keyvault role assign --principal 6f1c…  --role \"Key Vault Secrets User\" --scope /secrets/db-password"
+    )]
+    Assign {
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        role: String,
+        /// /, /secrets/NAME or /secrets/PREFIX* [default: /].
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// List role assignments (`-o value`: their ids).
+    List {
+        /// Only this principal's.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Remove a role assignment made with `role assign` (by id; see `role list`).
+    Remove {
+        /// The assignment id.
+        id: String,
+    },
+    /// List the role definitions (`-o value`: their names).
+    Definitions,
+}
+
+/// An id as one path segment: letters, digits, '-', '_' and '.'.
+fn segment(id: &str) -> CliResult<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 256
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(id)
+    } else {
+        Err(CliError::bad_input(format!(
+            "'{id}' is not a valid id (letters, digits, '-', '_' and '.')"
+        )))
+    }
+}
+
+/// Sends an admin request; a non-2xx answer becomes the CLI's error.
+async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> CliResult<Value> {
+    let vault = conn.vault().to_string();
+    let mut req = Request::new(method, path);
+    if let Some(b) = &body {
+        req = req
+            .with_json(b)
+            .map_err(|e| CliError::from_client(&e, Target::Vault, &vault))?;
+    }
+    let resp = conn
+        .client
+        .send_request(req)
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| CliError::from_client(&e, Target::Vault, &vault))?;
+    if resp.body.is_empty() {
+        return Ok(Value::Null);
+    }
+    resp.json::<Value>()
+        .map_err(|e| CliError::from_client(&e, Target::Vault, &vault))
+}
+
+fn expires(t: Option<time::OffsetDateTime>) -> Value {
+    t.map_or(Value::Null, |t| Value::from(t.unix_timestamp()))
+}
+
+fn when(v: &Value) -> String {
+    v.as_i64()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .map(crate::when::format)
+        .unwrap_or_else(|| "never".to_string())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows: a table (with header), TSV, or one bare field per row.
+fn rows(
+    out: &mut dyn Write,
+    output: Output,
+    header: &[&str],
+    rows: &[Vec<String>],
+    value_column: usize,
+) -> CliResult {
+    let mut text = String::new();
+    match output {
+        Output::Value => {
+            for r in rows {
+                text.push_str(&r[value_column]);
+                text.push('\n');
+            }
+        }
+        Output::Tsv => {
+            for r in rows {
+                let fields: Vec<String> = r
+                    .iter()
+                    .map(|f| f.replace('\t', "\\t").replace('\n', "\\n"))
+                    .collect();
+                text.push_str(&fields.join("\t"));
+                text.push('\n');
+            }
+        }
+        Output::Table | Output::Json => {
+            let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+            for r in rows {
+                for (w, f) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(f.chars().count());
+                }
+            }
+            let line = |fields: Vec<&str>| {
+                let mut l = String::new();
+                for (i, (f, w)) in fields.iter().zip(&widths).enumerate() {
+                    if i + 1 == fields.len() {
+                        l.push_str(f);
+                    } else {
+                        l.push_str(&format!("{f:<w$}  "));
+                    }
+                }
+                l.trim_end().to_string() + "\n"
+            };
+            text.push_str(&line(header.to_vec()));
+            for r in rows {
+                text.push_str(&line(r.iter().map(String::as_str).collect()));
+            }
+        }
+    }
+    out.write_all(text.as_bytes()).map_err(io_error)
+}
+
+fn json(out: &mut dyn Write, v: &Value) -> CliResult {
+    let text = zeroize::Zeroizing::new(format!(
+        "{}\n",
+        serde_json::to_string_pretty(v).expect("json serialises")
+    ));
+    out.write_all(text.as_bytes()).map_err(io_error)
+}
+
+fn principal_rows(list: &[Value]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|p| {
+            let secrets = p["secrets"].as_array().map_or(0, Vec::len);
+            vec![
+                s(&p["clientId"]),
+                s(&p["displayName"]),
+                if p["managed"] == true {
+                    "api"
+                } else {
+                    "config"
+                }
+                .to_string(),
+                secrets.to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn assignment_rows(list: &[Value]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|a| {
+            vec![
+                s(&a["id"]),
+                s(&a["principal"]),
+                s(&a["role"]),
+                s(&a["scope"]),
+                if a["managed"] == true {
+                    "api"
+                } else {
+                    "config"
+                }
+                .to_string(),
+            ]
+        })
+        .collect()
+}
+
+const PRINCIPAL_HEADER: [&str; 4] = ["Client id", "Name", "Source", "Secrets"];
+const ASSIGNMENT_HEADER: [&str; 5] = ["Id", "Principal", "Role", "Scope", "Source"];
+
+/// Prints a newly generated secret (with the client id) in the chosen format.
+fn print_new_secret(out: &mut dyn Write, output: Output, v: &Value) -> CliResult {
+    let secret = zeroize::Zeroizing::new(s(&v["clientSecret"]));
+    let text = zeroize::Zeroizing::new(match output {
+        Output::Json => {
+            json(out, v)?;
+            eprintln!("note: store the client secret now; it cannot be shown again");
+            return Ok(());
+        }
+        Output::Value => format!("{}\n", secret.as_str()),
+        Output::Tsv => format!(
+            "{}\t{}\t{}\t{}\n",
+            s(&v["clientId"]),
+            secret.as_str(),
+            s(&v["keyId"]),
+            when(&v["expiresOn"])
+        ),
+        Output::Table => format!(
+            "Client id      {}\nClient secret  {}\nKey id         {}\nExpires        {}\n",
+            s(&v["clientId"]),
+            secret.as_str(),
+            s(&v["keyId"]),
+            when(&v["expiresOn"])
+        ),
+    });
+    out.write_all(text.as_bytes()).map_err(io_error)?;
+    eprintln!("note: store the client secret now; it cannot be shown again");
+    Ok(())
+}
+
+pub async fn run_principal(
+    conn: &Conn,
+    command: PrincipalCommand,
+    out: &mut dyn Write,
+) -> CliResult {
+    let output = conn.output;
+    match command {
+        PrincipalCommand::Create {
+            name,
+            expires: exp,
+            role,
+            scope,
+        } => {
+            let mut body = serde_json::json!({ "expiresOn": expires(exp) });
+            if let Some(n) = name {
+                body["displayName"] = Value::String(n);
+            }
+            if let Some(r) = role {
+                body["role"] = Value::String(r);
+            }
+            if let Some(sc) = scope {
+                body["scope"] = Value::String(sc);
+            }
+            let mut v = call(conn, Method::POST, "/admin/principals", Some(body)).await?;
+            // The secret's own expiry, for the table.
+            if v.get("expiresOn").is_none() {
+                let e = v["secrets"][0]["expiresOn"].clone();
+                v["expiresOn"] = e;
+            }
+            let r = print_new_secret(out, output, &v);
+            if let Some(Value::String(secret)) = v.get_mut("clientSecret") {
+                zeroize::Zeroize::zeroize(secret);
+            }
+            r
+        }
+        PrincipalCommand::List => {
+            let v = call(conn, Method::GET, "/admin/principals", None).await?;
+            if output == Output::Json {
+                return json(out, &v["value"]);
+            }
+            let list = v["value"].as_array().cloned().unwrap_or_default();
+            rows(out, output, &PRINCIPAL_HEADER, &principal_rows(&list), 0)
+        }
+        PrincipalCommand::Show { client_id } => {
+            let path = format!("/admin/principals/{}", segment(&client_id)?);
+            let v = call(conn, Method::GET, &path, None).await?;
+            if output == Output::Json {
+                return json(out, &v);
+            }
+            let secrets: Vec<Vec<String>> = v["secrets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|x| vec![s(&x["keyId"]), when(&x["expiresOn"])])
+                .collect();
+            if output == Output::Table {
+                rows(out, output, &PRINCIPAL_HEADER, &principal_rows(&[v]), 0)?;
+                out.write_all(b"\n").map_err(io_error)?;
+            }
+            rows(out, output, &["Secret key id", "Expires"], &secrets, 0)
+        }
+        PrincipalCommand::Delete { client_id } => {
+            let path = format!("/admin/principals/{}", segment(&client_id)?);
+            let v = call(conn, Method::DELETE, &path, None).await?;
+            match output {
+                Output::Json => json(out, &v),
+                _ => Ok(()),
+            }
+        }
+        PrincipalCommand::AddSecret {
+            client_id,
+            expires: exp,
+        } => {
+            let path = format!("/admin/principals/{}/secrets", segment(&client_id)?);
+            let body = serde_json::json!({ "expiresOn": expires(exp) });
+            let mut v = call(conn, Method::POST, &path, Some(body)).await?;
+            let r = print_new_secret(out, output, &v);
+            if let Some(Value::String(secret)) = v.get_mut("clientSecret") {
+                zeroize::Zeroize::zeroize(secret);
+            }
+            r
+        }
+        PrincipalCommand::RemoveSecret { client_id, key_id } => {
+            let path = format!(
+                "/admin/principals/{}/secrets/{}",
+                segment(&client_id)?,
+                segment(&key_id)?
+            );
+            call(conn, Method::DELETE, &path, None).await.map(|_| ())
+        }
+    }
+}
+
+pub async fn run_role(conn: &Conn, command: RoleCommand, out: &mut dyn Write) -> CliResult {
+    let output = conn.output;
+    match command {
+        RoleCommand::Assign {
+            principal,
+            role,
+            scope,
+        } => {
+            let mut body = serde_json::json!({ "principal": principal, "role": role });
+            if let Some(sc) = scope {
+                body["scope"] = Value::String(sc);
+            }
+            let v = call(conn, Method::POST, "/admin/roleAssignments", Some(body)).await?;
+            if output == Output::Json {
+                return json(out, &v);
+            }
+            rows(out, output, &ASSIGNMENT_HEADER, &assignment_rows(&[v]), 0)
+        }
+        RoleCommand::List { principal } => {
+            let path = match principal {
+                Some(p) => format!("/admin/roleAssignments?principal={}", segment(&p)?),
+                None => "/admin/roleAssignments".to_string(),
+            };
+            let v = call(conn, Method::GET, &path, None).await?;
+            if output == Output::Json {
+                return json(out, &v["value"]);
+            }
+            let list = v["value"].as_array().cloned().unwrap_or_default();
+            rows(out, output, &ASSIGNMENT_HEADER, &assignment_rows(&list), 0)
+        }
+        RoleCommand::Remove { id } => {
+            let path = format!("/admin/roleAssignments/{}", segment(&id)?);
+            let v = call(conn, Method::DELETE, &path, None).await?;
+            match output {
+                Output::Json => json(out, &v),
+                _ => Ok(()),
+            }
+        }
+        RoleCommand::Definitions => {
+            let v = call(conn, Method::GET, "/admin/roles", None).await?;
+            if output == Output::Json {
+                return json(out, &v["value"]);
+            }
+            let list: Vec<Vec<String>> = v["value"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    let perms: Vec<String> = r["permissions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(s)
+                        .collect();
+                    vec![
+                        s(&r["name"]),
+                        if r["builtin"] == true {
+                            "built-in"
+                        } else {
+                            "custom"
+                        }
+                        .to_string(),
+                        perms.join(","),
+                    ]
+                })
+                .collect();
+            rows(out, output, &["Name", "Kind", "Permissions"], &list, 0)
+        }
+    }
+}

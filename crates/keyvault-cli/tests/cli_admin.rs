@@ -1,0 +1,132 @@
+//! `keyvault principal …` and `keyvault role …`: the real binary against a real vault's admin API.
+
+mod cli_support;
+
+use cli_support::{command, kv, run_with, shared};
+
+/// `keyvault ARGS` as the application `client_id` with `secret` (not the dev client).
+fn as_app(client_id: &str, secret: &str, args: &[&str]) -> cli_support::Out {
+    let v = shared();
+    let creds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&v.creds).unwrap()).unwrap();
+    let mut c = command(None);
+    c.env("KEYVAULT_URL", &v.url)
+        .env("KEYVAULT_CA_FILE", &v.ca)
+        .env("AZURE_TENANT_ID", creds["tenant_id"].as_str().unwrap())
+        .env(
+            "AZURE_AUTHORITY_HOST",
+            creds["authority_host"].as_str().unwrap(),
+        )
+        .env("AZURE_CLIENT_ID", client_id)
+        .env("AZURE_CLIENT_SECRET", secret);
+    let mut all = args.to_vec();
+    all.push("--no-challenge-verification");
+    run_with(c, &all, None)
+}
+
+#[test]
+fn principals_and_roles_from_the_command_line() {
+    let v = shared();
+    kv(v, &["secret", "set", "adm-db", "--value", "v1"]).ok();
+    kv(v, &["secret", "set", "other-db", "--value", "v1"]).ok();
+
+    // Create an application with a role; its secret is printed once.
+    let created = kv(
+        v,
+        &[
+            "principal",
+            "create",
+            "--name",
+            "billing",
+            "--role",
+            "Key Vault Secrets User",
+            "--scope",
+            "/secrets/adm-*",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let j = created.json();
+    let id = j["clientId"].as_str().unwrap().to_string();
+    let secret = j["clientSecret"].as_str().unwrap().to_string();
+    assert!(created.stderr.contains("cannot be shown again"));
+    assert!(!created.stderr.contains(&secret));
+
+    // The application can read but not write, and cannot administer.
+    let shown = as_app(&id, &secret, &["secret", "show", "adm-db", "-o", "value"]).ok();
+    assert_eq!(shown.stdout.trim_end(), "v1");
+    as_app(&id, &secret, &["secret", "set", "adm-db", "--value", "v2"]).code(5);
+    as_app(&id, &secret, &["principal", "list"]).code(5);
+
+    // Listed, with its assignment.
+    let ids = kv(v, &["principal", "list", "-o", "value"]).ok();
+    assert!(ids.stdout.lines().any(|l| l == id), "{}", ids.stdout);
+    let table = kv(v, &["principal", "list", "-o", "table"]).ok();
+    assert!(table.stdout.starts_with("Client id"), "{}", table.stdout);
+    assert!(!table.stdout.contains(&secret));
+    let assignments = kv(v, &["role", "list", "--principal", &id, "-o", "json"]).ok();
+    let a = assignments.json();
+    assert_eq!(a[0]["role"], "Key Vault Secrets User");
+    assert_eq!(a[0]["scope"], "/secrets/adm-*");
+
+    // Another role at vault scope: now it sees every name (before: only adm-*).
+    let assigned = kv(
+        v,
+        &[
+            "role",
+            "assign",
+            "--principal",
+            &id,
+            "--role",
+            "Key Vault Reader",
+            "-o",
+            "value",
+        ],
+    )
+    .ok();
+    let assignment_id = assigned.stdout.trim().to_string();
+    let names = as_app(&id, &secret, &["secret", "list", "-o", "value"]).ok();
+    assert!(names.stdout.contains("other-db"), "{}", names.stdout);
+    kv(v, &["role", "remove", &assignment_id]).ok();
+    let names = as_app(&id, &secret, &["secret", "list", "-o", "value"]).ok();
+    assert!(!names.stdout.contains("other-db") && names.stdout.contains("adm-db"));
+    kv(v, &["role", "remove", &assignment_id]).code(3);
+    let defs = kv(v, &["role", "definitions", "-o", "value"]).ok();
+    assert!(defs.stdout.contains("Key Vault Secrets User"));
+
+    // Rotation: a second secret, then the first removed.
+    let added = kv(
+        v,
+        &[
+            "principal",
+            "add-secret",
+            &id,
+            "--expires",
+            "30d",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let secret2 = added.json()["clientSecret"].as_str().unwrap().to_string();
+    let old_key = j["keyId"].as_str().unwrap();
+    as_app(&id, &secret2, &["secret", "show", "adm-db", "-o", "value"]).ok();
+    let keys = kv(v, &["principal", "show", &id, "-o", "value"]).ok();
+    assert_eq!(keys.stdout.lines().count(), 2, "{}", keys.stdout);
+    kv(v, &["principal", "remove-secret", &id, old_key]).ok();
+    as_app(&id, &secret, &["secret", "show", "adm-db"]).code(5);
+    as_app(&id, &secret2, &["secret", "show", "adm-db", "-o", "value"]).ok();
+
+    // Deleted: gone, and a second delete is "not found"; the dev client is not deletable (conflict).
+    kv(v, &["principal", "delete", &id]).ok();
+    as_app(&id, &secret2, &["secret", "show", "adm-db"]).code(5);
+    kv(v, &["principal", "delete", &id]).code(3);
+    let dev_id = {
+        let creds: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&v.creds).unwrap()).unwrap();
+        creds["client_id"].as_str().unwrap().to_string()
+    };
+    kv(v, &["principal", "delete", &dev_id]).code(4);
+    kv(v, &["principal", "delete", "not/valid"]).code(2);
+}

@@ -1,0 +1,255 @@
+//! The admin API: JSON endpoints under `/admin`, for principals holding the administration permission
+//! (Key Vault Administrator, or a custom role with `admin`). Authenticated and throttled like every request;
+//! `api-version` is not required (and ignored). Errors have Key Vault's shape.
+//!
+//! | Method and path | Does |
+//! |---|---|
+//! | `GET /admin/principals` | every principal that may get tokens: `{"value":[…]}` |
+//! | `POST /admin/principals` `{"displayName"?, "expiresOn"?, "role"?, "scope"?}` | creates an application; 201 with `clientSecret` (shown once) |
+//! | `GET /admin/principals/{id}` | one principal |
+//! | `DELETE /admin/principals/{id}` | deletes a managed principal and its assignments |
+//! | `POST /admin/principals/{id}/secrets` `{"expiresOn"?}` | adds a secret (rotation); 201 with `clientSecret` (shown once) |
+//! | `DELETE /admin/principals/{id}/secrets/{keyId}` | removes a secret; 204 |
+//! | `GET /admin/roleAssignments[?principal=ID]` | the assignments |
+//! | `POST /admin/roleAssignments` `{"principal", "role", "scope"?}` | assigns a role; 201 (200 if it existed) |
+//! | `DELETE /admin/roleAssignments/{id}` | removes a managed assignment |
+//! | `GET /admin/roles` | the roles |
+//!
+//! `expiresOn` is unix seconds, like Key Vault's `exp`.
+
+use super::error::ApiError;
+use super::respond::{empty, json_response};
+use super::{HttpState, gate, printable, read_json};
+use crate::admin::AdminError;
+use crate::audit::AuditRecord;
+use crate::auth::policy::{Operation, Scope};
+use axum::body::Body;
+use axum::response::Response;
+use http::{Method, StatusCode};
+use serde::Deserialize;
+
+const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
+
+impl AdminError {
+    fn into_api(self) -> ApiError {
+        match self {
+            AdminError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", m),
+            AdminError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
+            AdminError::BadParameter(m) => ApiError::bad_parameter(m),
+            AdminError::Internal(cause) => {
+                tracing::error!(%cause, "admin API internal error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError",
+                    "The server encountered an internal error. Please retry the request.",
+                )
+            }
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreatePrincipal {
+    display_name: Option<String>,
+    expires_on: Option<i64>,
+    role: Option<String>,
+    scope: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddSecret {
+    expires_on: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateAssignment {
+    principal: String,
+    role: String,
+    scope: Option<String>,
+}
+
+/// An optional JSON body: empty = the default.
+async fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                format!(
+                    "The request body is larger than the limit of {MAX_ADMIN_BODY_BYTES} bytes."
+                ),
+            )
+        })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_parameter(format!(
+            "The request body is not valid for this operation (line {}, column {}).",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn scope_of(s: Option<&str>) -> Result<Scope, ApiError> {
+    Scope::parse(s.unwrap_or("/")).map_err(|e| ApiError::bad_parameter(e.0))
+}
+
+fn query_principal(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "principal")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Handles a request under `/admin` from the authenticated `who`.
+pub(super) async fn handle(
+    state: &HttpState,
+    who: &str,
+    rec: &mut AuditRecord,
+    method: Method,
+    segs: &[&str],
+    query: Option<&str>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    gate(state, who, rec, Operation::VaultAdmin, None, None)?;
+    let admin = &state.admin;
+    let now = state.vault.now();
+    let err = AdminError::into_api;
+    let mut op = |name: &'static str, target: Option<&str>| {
+        rec.operation = Some(name);
+        rec.target = target.map(printable);
+    };
+    match (&method, segs) {
+        (&Method::GET, ["admin", "principals"]) => {
+            op("PrincipalList", None);
+            let value = admin.principals();
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "value": value }),
+            ))
+        }
+        (&Method::POST, ["admin", "principals"]) => {
+            op("PrincipalCreate", None);
+            let p: CreatePrincipal = optional_json(body).await?;
+            let role = match (p.role, p.scope) {
+                (Some(role), scope) => Some((role, scope_of(scope.as_deref())?)),
+                (None, Some(_)) => {
+                    return Err(ApiError::bad_parameter("scope is given without a role"));
+                }
+                (None, None) => None,
+            };
+            let (view, secret, assignment) = admin
+                .create_principal(p.display_name, p.expires_on, role, now)
+                .await
+                .map_err(err)?;
+            rec.target = Some(view.client_id.clone());
+            let mut body = serde_json::to_value(&view).unwrap_or_default();
+            body["clientSecret"] = serde_json::Value::String(secret.client_secret.to_string());
+            body["keyId"] = serde_json::Value::String(secret.key_id.clone());
+            if let Some(a) = assignment {
+                body["assignments"] = serde_json::json!([a]);
+            }
+            let resp = json_response(StatusCode::CREATED, &body);
+            zeroize_value(body);
+            Ok(resp)
+        }
+        (&Method::GET, ["admin", "principals", id]) => {
+            op("PrincipalGet", Some(id));
+            let view = admin.principal(id).map_err(err)?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
+        (&Method::DELETE, ["admin", "principals", id]) => {
+            op("PrincipalDelete", Some(id));
+            let view = admin.delete_principal(id).map_err(err)?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
+        (&Method::POST, ["admin", "principals", id, "secrets"]) => {
+            op("PrincipalSecretAdd", Some(id));
+            let p: AddSecret = optional_json(body).await?;
+            let secret = admin.add_secret(id, p.expires_on, now).await.map_err(err)?;
+            Ok(json_response(StatusCode::CREATED, &secret))
+        }
+        (&Method::DELETE, ["admin", "principals", id, "secrets", key_id]) => {
+            op("PrincipalSecretRemove", Some(&format!("{id}/{key_id}")));
+            admin.remove_secret(id, key_id).map_err(err)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::GET, ["admin", "roleAssignments"]) => {
+            op("RoleAssignmentList", None);
+            let principal = query_principal(query);
+            let value = admin.assignments(principal.as_deref());
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "value": value }),
+            ))
+        }
+        (&Method::POST, ["admin", "roleAssignments"]) => {
+            op("RoleAssignmentCreate", None);
+            let p: CreateAssignment = read_json(body, MAX_ADMIN_BODY_BYTES).await?;
+            let scope = scope_of(p.scope.as_deref())?;
+            let existed = admin
+                .assignments(Some(p.principal.trim()))
+                .iter()
+                .map(|a| a.id.clone())
+                .collect::<Vec<_>>();
+            let a = admin.assign(&p.principal, &p.role, scope).map_err(err)?;
+            rec.target = Some(a.id.clone());
+            let status = if existed.contains(&a.id) {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok(json_response(status, &a))
+        }
+        (&Method::DELETE, ["admin", "roleAssignments", id]) => {
+            op("RoleAssignmentDelete", Some(id));
+            let a = admin.unassign(id).map_err(err)?;
+            Ok(json_response(StatusCode::OK, &a))
+        }
+        (&Method::GET, ["admin", "roles"]) => {
+            op("RoleList", None);
+            let value = state.policy.roles();
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "value": value }),
+            ))
+        }
+        (
+            _,
+            ["admin", "principals"]
+            | ["admin", "principals", _]
+            | ["admin", "principals", _, "secrets"]
+            | ["admin", "principals", _, "secrets", _]
+            | ["admin", "roleAssignments"]
+            | ["admin", "roleAssignments", _]
+            | ["admin", "roles"],
+        ) => Err(super::method_not_allowed(&method)),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "The requested path was not found: {}",
+                printable(&segs.join("/"))
+            ),
+        )),
+    }
+}
+
+/// Overwrites the strings of a JSON value that held a generated secret.
+fn zeroize_value(value: serde_json::Value) {
+    use zeroize::Zeroize;
+    if let serde_json::Value::Object(map) = value {
+        for (_, v) in map {
+            if let serde_json::Value::String(mut s) = v {
+                s.zeroize();
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The admin API through real HTTPS (in-process LocalVault): principals, their secrets (rotation, expiry),
+//! role assignments; guarded by the administration permission; changes take effect at once; audited
+//! without a secret.
+
+use keyvault_server::local::{LocalVault, LocalVaultOptions};
+use keyvault_server::vault::ManualClock;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const NOW: i64 = 1_800_000_000;
+
+struct H {
+    lv: LocalVault,
+    http: reqwest::Client,
+    clock: Arc<ManualClock>,
+    admin: String,
+}
+
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+impl H {
+    async fn start() -> H {
+        let clock = Arc::new(ManualClock::new(NOW));
+        let lv = LocalVault::start_with(LocalVaultOptions {
+            clock: clock.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        let mut h = H {
+            lv,
+            http,
+            clock,
+            admin: String::new(),
+        };
+        let (id, secret) = (
+            h.lv.client_id().to_string(),
+            h.lv.client_secret().to_string(),
+        );
+        h.admin = h.token(&id, &secret).await.unwrap();
+        h
+    }
+
+    /// A token, or the token endpoint's (status, body).
+    async fn token(&self, client_id: &str, secret: &str) -> Result<String, (StatusCode, Value)> {
+        let port = self.lv.vault_url().rsplit(':').next().unwrap();
+        let resp = self
+            .http
+            .post(format!(
+                "{}/{}/oauth2/v2.0/token",
+                self.lv.authority_host(),
+                self.lv.tenant_id()
+            ))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(&[
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("grant_type", "client_credentials"),
+                ("scope", &format!("https://localhost:{port}/.default")),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        if status == StatusCode::OK {
+            Ok(body["access_token"].as_str().unwrap().to_string())
+        } else {
+            Err((status, body))
+        }
+    }
+
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.lv.vault_url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, value)
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(Some(&self.admin), method, path, body).await
+    }
+}
+
+#[tokio::test]
+async fn principals_are_created_used_rotated_and_deleted_at_run_time() {
+    let h = H::start().await;
+    // Create an application with a role in one call; the secret is returned once.
+    let (status, created) = h
+        .admin(
+            Method::POST,
+            "/admin/principals",
+            Some(json!({"displayName": "billing app", "role": "Key Vault Secrets User", "scope": "/secrets/billing-*"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["clientId"].as_str().unwrap().to_string();
+    let secret1 = created["clientSecret"].as_str().unwrap().to_string();
+    let key1 = created["keyId"].as_str().unwrap().to_string();
+    assert_eq!(created["displayName"], "billing app");
+    assert_eq!(created["managed"], true);
+    assert_eq!(created["assignments"][0]["scope"], "/secrets/billing-*");
+    assert_eq!(
+        created["secrets"],
+        json!([{"keyId": key1, "expiresOn": null}])
+    );
+
+    // It works at once, with exactly its role.
+    h.admin(
+        Method::PUT,
+        "/secrets/billing-db?api-version=7.6",
+        Some(json!({"value": "v"})),
+    )
+    .await;
+    let app = h.token(&id, &secret1).await.unwrap();
+    let (status, _) = h
+        .call(
+            Some(&app),
+            Method::GET,
+            "/secrets/billing-db?api-version=7.6",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = h
+        .call(
+            Some(&app),
+            Method::PUT,
+            "/secrets/billing-db?api-version=7.6",
+            Some(json!({"value": "w"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["code"], "Forbidden");
+    // Not an administrator: the admin API is 403; without a token, 401.
+    let (status, body) = h
+        .call(Some(&app), Method::GET, "/admin/principals", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vault administration")
+    );
+    let (status, _) = h.call(None, Method::GET, "/admin/principals", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Listed (with the dev client, which is not managed), never with a secret or a hash.
+    let (status, list) = h.admin(Method::GET, "/admin/principals", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = list.to_string();
+    assert!(
+        !text.contains(&secret1) && !text.contains("argon2"),
+        "{text}"
+    );
+    let dev = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["clientId"] == h.lv.client_id())
+        .unwrap();
+    assert_eq!(dev["managed"], false);
+    let (status, _) = h
+        .admin(
+            Method::DELETE,
+            &format!("/admin/principals/{}", h.lv.client_id()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Rotation: a second secret (expiring), both work; the first is removed and refused.
+    let (status, added) = h
+        .admin(
+            Method::POST,
+            &format!("/admin/principals/{id}/secrets"),
+            Some(json!({"expiresOn": NOW + 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let secret2 = added["clientSecret"].as_str().unwrap().to_string();
+    assert_eq!(added["expiresOn"], NOW + 60);
+    assert_ne!(secret1, secret2);
+    h.token(&id, &secret1).await.unwrap();
+    h.token(&id, &secret2).await.unwrap();
+    let (status, _) = h
+        .admin(
+            Method::DELETE,
+            &format!("/admin/principals/{id}/secrets/{key1}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = h.token(&id, &secret1).await.unwrap_err();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+    // An expired secret is refused with Entra's "expired" error.
+    h.clock.advance(61);
+    let (status, body) = h.token(&id, &secret2).await.unwrap_err();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS7000222"),
+        "{body}"
+    );
+    let (status, _) = h
+        .admin(
+            Method::POST,
+            &format!("/admin/principals/{id}/secrets"),
+            Some(json!({"expiresOn": NOW})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Deleted: its token no longer authorizes anything, and it cannot get another.
+    let (status, deleted) = h
+        .admin(Method::DELETE, &format!("/admin/principals/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["clientId"], id);
+    let (status, _) = h
+        .call(
+            Some(&app),
+            Method::GET,
+            "/secrets/billing-db?api-version=7.6",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = h
+        .admin(Method::DELETE, &format!("/admin/principals/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "NotFound");
+    let (_, list) = h
+        .admin(
+            Method::GET,
+            &format!("/admin/roleAssignments?principal={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(list["value"], json!([]));
+
+    // The audit log names the operations and targets, never a secret.
+    h.lv.audit().unwrap().flush().await;
+    let log = std::fs::read_to_string(h.lv.data_dir().join("audit.log")).unwrap();
+    assert!(!log.contains(&secret1) && !log.contains(&secret2));
+    let created_line = log
+        .lines()
+        .find(|l| l.contains("\"operation\":\"PrincipalCreate\""))
+        .unwrap();
+    assert!(
+        created_line.contains(&format!("\"target\":\"{id}\"")),
+        "{created_line}"
+    );
+    keyvault_server::audit::verify_chain(&h.lv.data_dir().join("audit.log")).unwrap();
+    // …and the access file holds hashes only.
+    let stored = std::fs::read_to_string(h.lv.data_dir().join("access.json")).unwrap();
+    assert!(!stored.contains(&secret2));
+    h.lv.shutdown().await;
+}
+
+#[tokio::test]
+async fn role_assignments_through_the_api() {
+    let h = H::start().await;
+    let (id, secret) = h.lv.add_client();
+    let tok = h.token(&id, &secret).await.unwrap();
+    let (status, _) = h
+        .call(Some(&tok), Method::GET, "/secrets?api-version=7.6", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let body = json!({"principal": id, "role": "Key Vault Reader"});
+    let (status, a) = h
+        .admin(Method::POST, "/admin/roleAssignments", Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    assert_eq!(a["scope"], "/");
+    assert_eq!(a["role"], "Key Vault Reader");
+    assert_eq!(a["managed"], true);
+    let (status, again) = h
+        .admin(Method::POST, "/admin/roleAssignments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], a["id"]);
+    // Effective at once, with the same token.
+    let (status, _) = h
+        .call(Some(&tok), Method::GET, "/secrets?api-version=7.6", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (_, list) = h
+        .admin(
+            Method::GET,
+            &format!("/admin/roleAssignments?principal={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(list["value"].as_array().unwrap().len(), 1);
+    let (_, all) = h.admin(Method::GET, "/admin/roleAssignments", None).await;
+    let dev = all["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["principal"] == h.lv.client_id())
+        .unwrap()
+        .clone();
+    assert_eq!(dev["managed"], false);
+    let (status, body) = h
+        .admin(
+            Method::DELETE,
+            &format!("/admin/roleAssignments/{}", dev["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    for bad in [
+        json!({"principal": id, "role": "nope"}),
+        json!({"principal": id, "role": "Key Vault Reader", "scope": "/keys/x"}),
+        json!({"principal": "", "role": "Key Vault Reader"}),
+        json!({"role": "Key Vault Reader"}),
+    ] {
+        let (status, body) = h
+            .admin(Method::POST, "/admin/roleAssignments", Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} → {body}");
+        assert_eq!(body["error"]["code"], "BadParameter");
+    }
+
+    let (status, _) = h
+        .admin(
+            Method::DELETE,
+            &format!("/admin/roleAssignments/{}", a["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h
+        .call(Some(&tok), Method::GET, "/secrets?api-version=7.6", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = h
+        .admin(Method::DELETE, "/admin/roleAssignments/nope", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, roles) = h.admin(Method::GET, "/admin/roles", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(roles["value"].as_array().unwrap().len(), 4);
+    let (status, _) = h.admin(Method::PUT, "/admin/roles", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = h.admin(Method::GET, "/admin/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    h.lv.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
+    use keyvault_server::auth::{SigningKey, TokenIssuer, unix_now};
+    const ISS: &str = "https://idp.example.com/corp/v2.0";
+    const AUD: &str = "api://keyvault";
+    // The test issuer: its own key, published as a JWKS file.
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::generate().unwrap());
+    let idp = TokenIssuer::new(key.clone(), ISS.into(), "corp".into(), 3600);
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, idp.jwks().to_string()).unwrap();
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        trusted_issuers: vec![keyvault_server::config::TrustedIssuerConfig {
+            issuer: ISS.into(),
+            audience: AUD.into(),
+            jwks_file: jwks,
+            principal_claim: None,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let get = |token: String| {
+        let req = http
+            .get(format!("{}/secrets?api-version=7.6", lv.vault_url()))
+            .bearer_auth(token);
+        async move { req.send().await.unwrap().status() }
+    };
+    let now = unix_now();
+    let (alice, _) = idp.issue("alice@corp", AUD, now).unwrap();
+    // Authenticated, but no assignment yet: 403. Assigned by the claim's value: 200.
+    assert_eq!(get(alice.clone()).await, StatusCode::FORBIDDEN);
+    lv.policy()
+        .assign(keyvault_server::auth::Assignment {
+            id: String::new(),
+            principal: "alice@corp".into(),
+            role: "Key Vault Reader".into(),
+            scope: keyvault_server::auth::Scope::Vault,
+        })
+        .unwrap();
+    assert_eq!(get(alice).await, StatusCode::OK);
+    // Wrong audience, an expired token, or a key the issuer never published: 401.
+    let (wrong_aud, _) = idp.issue("alice@corp", "api://other", now).unwrap();
+    assert_eq!(get(wrong_aud).await, StatusCode::UNAUTHORIZED);
+    let (expired, _) = idp.issue("alice@corp", AUD, now - 7200).unwrap();
+    assert_eq!(get(expired).await, StatusCode::UNAUTHORIZED);
+    let rogue = TokenIssuer::new(
+        Arc::new(SigningKey::generate().unwrap()),
+        ISS.into(),
+        "corp".into(),
+        3600,
+    );
+    let (forged, _) = rogue.issue("alice@corp", AUD, now).unwrap();
+    assert_eq!(get(forged).await, StatusCode::UNAUTHORIZED);
+    lv.shutdown().await;
+}
