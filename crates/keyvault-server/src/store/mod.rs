@@ -72,6 +72,28 @@ pub struct VersionPatch {
     pub updated: i64,
 }
 
+impl VersionPatch {
+    /// Change the fields this patch sets (the others stay), and the `updated` time.
+    pub fn apply_to(self, row: &mut VersionRow) {
+        if self.content_type.is_some() {
+            row.content_type = self.content_type;
+        }
+        if self.tags.is_some() {
+            row.tags = self.tags;
+        }
+        if let Some(enabled) = self.enabled {
+            row.enabled = enabled;
+        }
+        if self.nbf.is_some() {
+            row.nbf = self.nbf;
+        }
+        if self.exp.is_some() {
+            row.exp = self.exp;
+        }
+        row.updated = self.updated;
+    }
+}
+
 /// Errors of a store. Messages never contain sealed bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

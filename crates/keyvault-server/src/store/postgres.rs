@@ -536,30 +536,7 @@ async fn update(
     let Some((seq, mut row)) = find_live(stmts, &tx, vault, key, version).await? else {
         return Ok(None);
     };
-    let VersionPatch {
-        content_type,
-        tags,
-        enabled,
-        nbf,
-        exp,
-        updated,
-    } = patch;
-    if content_type.is_some() {
-        row.content_type = content_type;
-    }
-    if tags.is_some() {
-        row.tags = tags;
-    }
-    if let Some(enabled) = enabled {
-        row.enabled = enabled;
-    }
-    if nbf.is_some() {
-        row.nbf = nbf;
-    }
-    if exp.is_some() {
-        row.exp = exp;
-    }
-    row.updated = updated;
+    patch.apply_to(&mut row);
     let tags = tags_json(&row.tags)?;
     let st = Conn::prepare(stmts, &tx, SQL_UPDATE_VERSION).await?;
     tx.execute(

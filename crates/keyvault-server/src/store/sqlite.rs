@@ -964,30 +964,7 @@ fn update(
     let Some((seq, mut row)) = find_live(c, vault, key, version)? else {
         return Ok(None);
     };
-    let VersionPatch {
-        content_type,
-        tags,
-        enabled,
-        nbf,
-        exp,
-        updated,
-    } = patch;
-    if content_type.is_some() {
-        row.content_type = content_type;
-    }
-    if tags.is_some() {
-        row.tags = tags;
-    }
-    if let Some(enabled) = enabled {
-        row.enabled = enabled;
-    }
-    if nbf.is_some() {
-        row.nbf = nbf;
-    }
-    if exp.is_some() {
-        row.exp = exp;
-    }
-    row.updated = updated;
+    patch.apply_to(&mut row);
     c.prepare_cached(
         "UPDATE versions SET content_type = ?2, tags = ?3, enabled = ?4, nbf = ?5, exp = ?6, updated = ?7 WHERE seq = ?1",
     )?
