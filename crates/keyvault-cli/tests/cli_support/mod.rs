@@ -116,7 +116,15 @@ pub fn run_with(mut c: Command, args: &[&str], stdin: Option<&[u8]>) -> Out {
     let mut child = c.spawn().unwrap();
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input).unwrap();
+        // The command may exit (e.g. on a usage error) before it reads all of its input: a broken pipe
+        // here is not the test's failure; the exit code and output below say what happened.
+        if let Err(e) = pipe.write_all(input) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "writing stdin: {e}"
+            );
+        }
     }
     let out = child.wait_with_output().unwrap();
     Out {
