@@ -46,6 +46,10 @@ pub struct Config {
     /// The token signing key file (PKCS#8 PEM; created at first start if missing). Default
     /// `{data_dir}/token-signing-key.pk8`. Nodes that share it accept each other's tokens.
     pub signing_key_file: Option<PathBuf>,
+    /// Retired token signing keys (existing PKCS#8 files): still published in the JWKS and accepted, never
+    /// used to sign. To rotate: generate a new `signing_key_file`, list the old one here until the tokens it
+    /// signed have expired (`token_lifetime_secs`), then drop it.
+    pub previous_signing_key_files: Vec<PathBuf>,
     /// Custom roles (`[[roles]] name = "…", permissions = ["get", "list"]`), in addition to the built-ins.
     pub roles: Vec<RoleConfig>,
     /// Role assignments (`[[assignments]] principal = "<client id>", role = "Key Vault Secrets User",
@@ -205,6 +209,7 @@ impl Default for Config {
             store: None,
             kek_file: None,
             signing_key_file: None,
+            previous_signing_key_files: Vec::new(),
             roles: Vec::new(),
             assignments: Vec::new(),
             default_client_role: crate::auth::policy::ADMINISTRATOR.to_string(),

@@ -228,12 +228,21 @@ impl Server {
             SigningKey::load_or_create(&config.signing_key_path())
                 .map_err(setup("cannot load the token signing key"))?,
         );
-        let token_issuer = Arc::new(TokenIssuer::new(
-            signing_key.clone(),
-            issuer.clone(),
-            config.tenant_id.clone(),
-            config.token_lifetime_secs,
-        ));
+        let previous_keys = config
+            .previous_signing_key_files
+            .iter()
+            .map(|path| SigningKey::load(path).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(setup("cannot load a previous token signing key"))?;
+        let token_issuer = Arc::new(
+            TokenIssuer::new(
+                signing_key.clone(),
+                issuer.clone(),
+                config.tenant_id.clone(),
+                config.token_lifetime_secs,
+            )
+            .with_previous_keys(previous_keys),
+        );
         let audiences = vec![resource.clone(), format!("{resource}/")];
         let trusted = config
             .trusted_issuers
@@ -246,7 +255,7 @@ impl Server {
             )));
         }
         let verifier = Arc::new(TokenVerifier::with_trusted_issuers(
-            vec![signing_key],
+            token_issuer.verification_keys(),
             issuer,
             audiences.clone(),
             trusted,

@@ -78,6 +78,15 @@ impl SigningKey {
         }
     }
 
+    /// Loads an existing key file (PEM or DER PKCS#8); never creates one.
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let bytes = Zeroizing::new(
+            std::fs::read(path)
+                .map_err(|e| AuthError::Key(format!("{}: cannot read: {e}", path.display())))?,
+        );
+        Self::from_file_bytes(&bytes, path)
+    }
+
     /// Builds the key from PKCS#8 v1/v2 DER bytes of a P-256 key.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, AuthError> {
         let rng = SystemRandom::new();

@@ -60,6 +60,8 @@ pub struct Principal {
 /// Issues access tokens for authenticated clients.
 pub struct TokenIssuer {
     key: Arc<SigningKey>,
+    /// Retired signing keys: no longer used to sign, still published and accepted (key rotation).
+    previous: Vec<Arc<SigningKey>>,
     issuer: String,
     tenant: String,
     lifetime_secs: i64,
@@ -71,6 +73,7 @@ impl TokenIssuer {
     pub fn new(key: Arc<SigningKey>, issuer: String, tenant: String, lifetime_secs: i64) -> Self {
         Self {
             key,
+            previous: Vec::new(),
             issuer,
             tenant,
             lifetime_secs: lifetime_secs.max(2),
@@ -133,14 +136,28 @@ impl TokenIssuer {
         Ok((token, self.lifetime_secs - 1))
     }
 
-    /// The JWKS document: `{"keys":[jwk]}`.
+    /// Also publish and accept these retired keys (tokens they signed stay valid until they expire).
+    pub fn with_previous_keys(mut self, previous: Vec<Arc<SigningKey>>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// Every key tokens of this issuer may carry: the signing key first, then the retired ones.
+    pub fn verification_keys(&self) -> Vec<Arc<SigningKey>> {
+        std::iter::once(self.key.clone())
+            .chain(self.previous.iter().cloned())
+            .collect()
+    }
+
+    /// The JWKS document: `{"keys":[jwk, …]}`, the signing key first.
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({ "keys": [self.key.jwk()] })
+        let keys: Vec<_> = self.verification_keys().iter().map(|k| k.jwk()).collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// A verifier for the tokens of this issuer, accepting the given audiences.
     pub fn verifier(&self, audiences: Vec<String>) -> TokenVerifier {
-        TokenVerifier::new(vec![self.key.clone()], self.issuer.clone(), audiences)
+        TokenVerifier::new(self.verification_keys(), self.issuer.clone(), audiences)
     }
 }
 
