@@ -109,10 +109,13 @@ async fn serves_with_tls_files_and_configured_clients() {
             [[clients]]
             client_id = "app-one"
             secret_hashes = ["{hash}"]
+            secrets = [{{ hash = "{expired}", expires_on = 1 }}, {{ hash = "{next}", expires_on = 4102444800 }}]
             "#,
             data = dir.path().join("data").display(),
             pki = pki.display(),
             hash = hash_secret(secret),
+            expired = hash_secret("retired-secret"),
+            next = hash_secret("next-secret"),
         ),
     )
     .unwrap();
@@ -149,6 +152,11 @@ async fn serves_with_tls_files_and_configured_clients() {
     };
     let resp = post(form("wrong")).await.unwrap();
     assert_eq!(resp.status(), 401);
+    // Rotation from the config file: an expired secret is refused, one that expires later works.
+    let resp = post(form("retired-secret")).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = post(form("next-secret")).await.unwrap();
+    assert_eq!(resp.status(), 200);
     let resp = post(form(secret)).await.unwrap();
     assert_eq!(resp.status(), 200);
     let token: serde_json::Value = resp.json().await.unwrap();

@@ -182,12 +182,26 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
-/// An OAuth client: its id and the argon2 hashes (PHC strings) of its secrets.
+/// An OAuth client: its id and the argon2 hashes (PHC strings) of its secrets — several, for rotation.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub client_id: String,
+    /// Hashes of secrets that do not expire.
+    #[serde(default)]
     pub secret_hashes: Vec<String>,
+    /// Secrets with an expiry: `secrets = [{ hash = "$argon2id$…", expires_on = 1900000000 }]`.
+    #[serde(default)]
+    pub secrets: Vec<ClientSecretConfig>,
+}
+
+/// One client secret's hash and, optionally, when it stops being accepted (Unix seconds).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSecretConfig {
+    pub hash: String,
+    #[serde(default)]
+    pub expires_on: Option<i64>,
 }
 
 impl Default for Config {

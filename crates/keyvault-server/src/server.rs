@@ -262,9 +262,11 @@ impl Server {
         ));
         let clients = Arc::new(ClientRegistry::new());
         for c in &config.clients {
-            for hash in &c.secret_hashes {
+            let never = c.secret_hashes.iter().map(|hash| (hash, None));
+            let expiring = c.secrets.iter().map(|s| (&s.hash, s.expires_on));
+            for (hash, expires_on) in never.chain(expiring) {
                 clients
-                    .add(c.client_id.as_str(), hash.as_str())
+                    .add_with_expiry(c.client_id.as_str(), hash.as_str(), expires_on)
                     .map_err(setup("bad client in the configuration"))?;
             }
         }
