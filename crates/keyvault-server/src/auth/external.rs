@@ -278,3 +278,85 @@ mod tests {
         assert!(TrustedIssuer::from_jwks("", AUD, &jwks, None).is_err());
     }
 }
+
+#[cfg(test)]
+mod rs256_tests {
+    use super::*;
+
+    /// A 2048-bit RSA key made for this test only (openssl genpkey), and its public JWKS.
+    const KEY_PEM: &[u8] = include_bytes!("testdata/rsa-test-key.pem");
+    const JWKS: &str = include_str!("testdata/rsa-test-jwks.json");
+
+    fn sign_rs256(header: serde_json::Value, claims: serde_json::Value) -> String {
+        let der = match rustls_pemfile::private_key(&mut &KEY_PEM[..]) {
+            Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(k))) => k.secret_pkcs8_der().to_vec(),
+            other => panic!("the test key is PKCS#8: {other:?}"),
+        };
+        let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
+        let mut t = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap());
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()));
+        let mut sig = vec![0; pair.public().modulus_len()];
+        pair.sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            t.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(sig));
+        t
+    }
+
+    #[test]
+    fn rs256_tokens_verify_with_an_rsa_jwks_and_nothing_else_does() {
+        let issuer =
+            TrustedIssuer::from_jwks("https://idp.example.com/rsa", "api://kv", JWKS, Some("oid"))
+                .unwrap();
+        let claims = serde_json::json!({"iss": "https://idp.example.com/rsa", "aud": "api://kv",
+            "sub": "s", "oid": "rsa-user", "exp": 2_000, "nbf": 1_000});
+        let check = |token: &str| {
+            let header = jsonwebtoken::decode_header(token).unwrap();
+            issuer.verify(token, &header)
+        };
+        let good = sign_rs256(
+            serde_json::json!({"alg": "RS256", "kid": "rsa-test-1"}),
+            claims.clone(),
+        );
+        let (p, nbf, exp) = check(&good).unwrap();
+        assert_eq!((p.id.as_str(), nbf, exp), ("rsa-user", 1_000, 2_000));
+        // One RSA key: a token without kid is accepted; a wrong kid is not.
+        assert!(
+            check(&sign_rs256(
+                serde_json::json!({"alg": "RS256"}),
+                claims.clone()
+            ))
+            .is_ok()
+        );
+        assert!(
+            check(&sign_rs256(
+                serde_json::json!({"alg": "RS256", "kid": "other"}),
+                claims.clone()
+            ))
+            .is_err()
+        );
+        // The RSA key verifies RS256 only: the same signature labelled PS256 or ES256 is refused.
+        for alg in ["PS256", "ES256", "HS256"] {
+            let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
+            parts[0] = URL_SAFE_NO_PAD.encode(
+                serde_json::to_vec(&serde_json::json!({"alg": alg, "kid": "rsa-test-1"})).unwrap(),
+            );
+            assert!(check(&parts.join(".")).is_err(), "{alg}");
+        }
+        // A tampered payload fails the signature.
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&serde_json::json!({"iss": "https://idp.example.com/rsa",
+                "aud": "api://kv", "sub": "s", "oid": "admin", "exp": 2_000, "nbf": 1_000}))
+            .unwrap(),
+        );
+        parts[1] = &forged;
+        assert!(check(&parts.join(".")).is_err());
+    }
+}
