@@ -273,7 +273,7 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
             format!("The request body is larger than the limit of {limit} bytes."),
         )
     })?;
-    let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+    // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_parameter("The request body is missing."));
     }

@@ -189,3 +189,26 @@ pub trait SecretStore: Send + Sync + 'static {
 pub(crate) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
+
+/// What every backend checks before a restore: at least one version, one name, no repeated version id.
+/// Returns the latest version (the last) and the name key.
+pub(crate) fn check_restore(versions: &[VersionRow]) -> StoreResult<(&VersionRow, String)> {
+    let Some(latest) = versions.last() else {
+        return Err(StoreError::Internal(
+            "nothing to restore: no versions".into(),
+        ));
+    };
+    let key = name_key(&latest.name);
+    if versions.iter().any(|v| name_key(&v.name) != key) {
+        return Err(StoreError::Internal(
+            "the versions to restore belong to different names".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !versions.iter().all(|v| seen.insert(v.version.as_str())) {
+        return Err(StoreError::Internal(
+            "the versions to restore repeat a version id".into(),
+        ));
+    }
+    Ok((latest, key))
+}

@@ -627,23 +627,7 @@ async fn purge_expired_chunk(conn: &mut Conn, now: i64) -> StoreResult<u64> {
 }
 
 async fn restore(conn: &mut Conn, vault: &str, versions: &[VersionRow]) -> StoreResult<()> {
-    let Some(latest) = versions.last() else {
-        return Err(StoreError::Internal(
-            "nothing to restore: no versions".into(),
-        ));
-    };
-    let key = name_key(&latest.name);
-    if versions.iter().any(|v| name_key(&v.name) != key) {
-        return Err(StoreError::Internal(
-            "the versions to restore belong to different names".into(),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    if !versions.iter().all(|v| seen.insert(v.version.as_str())) {
-        return Err(StoreError::Internal(
-            "the versions to restore repeat a version id".into(),
-        ));
-    }
+    let (latest, key) = super::check_restore(versions)?;
     let Conn { client, stmts } = conn;
     let tx = client.transaction().await?;
     let st = Conn::prepare(stmts, &tx, SQL_CLAIM_FOR_RESTORE).await?;

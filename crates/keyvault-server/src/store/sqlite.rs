@@ -1006,23 +1006,7 @@ fn purge_expired_chunk(c: &Connection, now: i64, chunk: usize) -> StoreResult<us
 }
 
 fn restore(c: &Connection, vault: &str, versions: &[VersionRow]) -> StoreResult<()> {
-    let Some(latest) = versions.last() else {
-        return Err(StoreError::Internal(
-            "nothing to restore: no versions".into(),
-        ));
-    };
-    let key = name_key(&latest.name);
-    if versions.iter().any(|v| name_key(&v.name) != key) {
-        return Err(StoreError::Internal(
-            "the versions to restore belong to different names".into(),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    if !versions.iter().all(|v| seen.insert(v.version.as_str())) {
-        return Err(StoreError::Internal(
-            "the versions to restore repeat a version id".into(),
-        ));
-    }
+    let (latest, key) = super::check_restore(versions)?;
     if name_state(c, vault, &key)?.is_some() {
         return Err(StoreError::Exists);
     }
