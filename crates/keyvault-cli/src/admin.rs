@@ -85,7 +85,7 @@ pub enum RoleCommand {
     /// Assign a role to a principal (a client id, or an external identity's id) at a scope.
     #[command(
         after_help = "Roles: Key Vault Administrator, Key Vault Secrets Officer, Key Vault Secrets User, \
-Key Vault Reader, and custom roles from the configuration.
+Key Vault Reader, and custom roles (`role define`, or the configuration's [[roles]]).
 
 Examples:
   keyvault role assign --principal 6f1c…  --role \"Key Vault Reader\"
@@ -113,7 +113,60 @@ Examples:
     },
     /// List the role definitions (`-o value`: their names).
     Definitions,
+    /// Define a custom role (or redefine one made with `role define`): a name and its permissions.
+    #[command(
+        after_help = "Permissions: get, list, set, delete, recover, backup, restore, purge, admin.
+
+Examples:
+  keyvault role define \"CI Reader\" --permissions get,list
+  keyvault role assign --principal 6f1c… --role \"CI Reader\" --scope '/secrets/ci-*'"
+    )]
+    Define {
+        /// The role's name (1-128 characters).
+        name: String,
+        /// Comma-separated permissions.
+        #[arg(long, value_delimiter = ',', required = true)]
+        permissions: Vec<String>,
+    },
+    /// Delete a custom role made with `role define` (refused while it is assigned).
+    DeleteDefinition {
+        /// The role's name.
+        name: String,
+    },
 }
+
+/// A role name as one path segment (percent-encoded).
+fn role_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.trim().bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn role_row(r: &Value) -> Vec<String> {
+    let perms: Vec<String> = r["permissions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(s)
+        .collect();
+    let kind = if r["builtin"] == true {
+        "built-in"
+    } else if r["managed"] == true {
+        "custom"
+    } else {
+        "configured"
+    };
+    vec![s(&r["name"]), kind.to_string(), perms.join(",")]
+}
+
+const ROLE_HEADER: [&str; 3] = ["Name", "Kind", "Permissions"];
 
 /// An id as one path segment: letters, digits, '-', '_' and '.'.
 fn segment(id: &str) -> CliResult<&str> {
@@ -446,27 +499,31 @@ pub async fn run_role(conn: &Conn, command: RoleCommand, out: &mut dyn Write) ->
                 .cloned()
                 .unwrap_or_default()
                 .iter()
-                .map(|r| {
-                    let perms: Vec<String> = r["permissions"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(s)
-                        .collect();
-                    vec![
-                        s(&r["name"]),
-                        if r["builtin"] == true {
-                            "built-in"
-                        } else {
-                            "custom"
-                        }
-                        .to_string(),
-                        perms.join(","),
-                    ]
-                })
+                .map(role_row)
                 .collect();
-            rows(out, output, &["Name", "Kind", "Permissions"], &list, 0)
+            rows(out, output, &ROLE_HEADER, &list, 0)
+        }
+        RoleCommand::Define { name, permissions } => {
+            let permissions: Vec<String> = permissions
+                .iter()
+                .map(|p| p.trim().to_ascii_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect();
+            let body = serde_json::json!({ "permissions": permissions });
+            let path = format!("/admin/roles/{}", role_segment(&name));
+            let v = call(conn, Method::PUT, &path, Some(body)).await?;
+            if output == Output::Json {
+                return json(out, &v);
+            }
+            rows(out, output, &ROLE_HEADER, &[role_row(&v)], 0)
+        }
+        RoleCommand::DeleteDefinition { name } => {
+            let path = format!("/admin/roles/{}", role_segment(&name));
+            let v = call(conn, Method::DELETE, &path, None).await?;
+            match output {
+                Output::Json => json(out, &v),
+                _ => Ok(()),
+            }
         }
     }
 }

@@ -130,3 +130,102 @@ fn principals_and_roles_from_the_command_line() {
     kv(v, &["principal", "delete", &dev_id]).code(4);
     kv(v, &["principal", "delete", "not/valid"]).code(2);
 }
+
+#[test]
+fn custom_roles_from_the_command_line() {
+    let v = shared();
+    kv(v, &["secret", "set", "ci-token", "--value", "t1"]).ok();
+    let created = kv(v, &["principal", "create", "--name", "ci", "-o", "json"]).ok();
+    let j = created.json();
+    let (id, secret) = (
+        j["clientId"].as_str().unwrap().to_string(),
+        j["clientSecret"].as_str().unwrap().to_string(),
+    );
+
+    // Defined, listed as custom, assigned at a prefix: the application reads (get) but cannot write.
+    let defined = kv(
+        v,
+        &[
+            "role",
+            "define",
+            "CI Reader",
+            "--permissions",
+            "get,list",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        defined.json()["permissions"],
+        serde_json::json!(["get", "list"])
+    );
+    let table = kv(v, &["role", "definitions", "-o", "tsv"]).ok();
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l == "CI Reader\tcustom\tget,list"),
+        "{}",
+        table.stdout
+    );
+    // Built-in roles cannot be redefined; unknown permissions are bad input.
+    kv(
+        v,
+        &["role", "define", "Key Vault Reader", "--permissions", "get"],
+    )
+    .code(4);
+    kv(v, &["role", "define", "Odd", "--permissions", "get,fly"]).code(2);
+    let assigned = kv(
+        v,
+        &[
+            "role",
+            "assign",
+            "--principal",
+            &id,
+            "--role",
+            "ci reader",
+            "--scope",
+            "/secrets/ci-*",
+            "-o",
+            "value",
+        ],
+    )
+    .ok();
+    let shown = as_app(&id, &secret, &["secret", "show", "ci-token", "-o", "value"]).ok();
+    assert_eq!(shown.stdout.trim_end(), "t1");
+    as_app(
+        &id,
+        &secret,
+        &["secret", "set", "ci-token", "--value", "t2"],
+    )
+    .code(5);
+
+    // Redefined with set: takes effect on the next request.
+    kv(
+        v,
+        &[
+            "role",
+            "define",
+            "CI Reader",
+            "--permissions",
+            "get,list,set",
+        ],
+    )
+    .ok();
+    as_app(
+        &id,
+        &secret,
+        &["secret", "set", "ci-token", "--value", "t2"],
+    )
+    .ok();
+
+    // Not deletable while assigned; deletable after.
+    kv(v, &["role", "delete-definition", "CI Reader"]).code(4);
+    kv(v, &["role", "remove", assigned.stdout.trim()]).ok();
+    kv(v, &["role", "delete-definition", "ci reader"]).ok();
+    kv(v, &["role", "delete-definition", "CI Reader"]).code(3);
+    let names = kv(v, &["role", "definitions", "-o", "value"]).ok();
+    assert!(!names.stdout.contains("CI Reader"), "{}", names.stdout);
+    kv(v, &["principal", "delete", &id]).ok();
+}

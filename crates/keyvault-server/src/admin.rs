@@ -1,24 +1,39 @@
 //! Run-time administration of access: principals (OAuth clients) created through the admin API, their
-//! secrets (with optional expiry, for rotation) and role assignments.
+//! secrets (with optional expiry, for rotation), custom roles and role assignments.
 //!
-//! What the admin API makes is *managed*: kept in `{data_dir}/access.json` (mode 0600, written atomically:
-//! temporary file, fsync, rename) and loaded again at start. What the configuration declares (`[[clients]]`,
-//! `[[assignments]]`, the default and dev roles) is not managed: it is listed, but it can only be changed in
-//! the configuration (the API answers 409). Only argon2 hashes are stored; a generated client secret is
-//! returned once, by the call that creates it.
+//! What the admin API makes is *managed*, and kept in one **access document** (JSON; argon2 hashes only — a
+//! generated client secret is returned once, by the call that creates it, and never stored in the clear):
 //!
-//! Every change is made in memory ([`ClientRegistry`], [`Policy`]) after the file is written, so it takes
-//! effect on the next request and survives a restart. Changes are serialised by one mutex (they are rare);
-//! decisions never take it.
+//! - with a store private to this node (SQLite), in `{data_dir}/access.json` (mode 0600, written atomically:
+//!   temporary file, fsync, rename);
+//! - with a store shared by several nodes (PostgreSQL), in the store itself
+//!   ([`SecretStore::put_access_doc`]), replaced by compare-and-set on a revision number, so two nodes
+//!   changing access at once never lose each other's change. Every node polls the revision
+//!   ([`POLL_INTERVAL`]) and applies what another node changed, so a principal or assignment made through
+//!   one node works on every node within about a second, and a revocation takes effect as fast. A node
+//!   switching to a shared store imports its `access.json` if the store has no document yet.
+//!
+//! What the configuration declares (`[[clients]]`, `[[roles]]`, `[[assignments]]`, the default and dev
+//! roles) is not managed: it is listed, but it can only be changed in the configuration (the API answers
+//! 409).
+//!
+//! A change is saved first and then applied in memory ([`ClientRegistry`], [`Policy`]) as the difference
+//! between the old and the new document, so it takes effect on the next request and survives a restart.
+//! Changes on one node are serialised by one async mutex (they are rare); decisions never take it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::clients::{SecretInfo, key_id_of};
-use crate::auth::policy::{Assignment, Policy, Scope};
+use crate::auth::policy::{Assignment, Permission, Policy, Role, Scope};
 use crate::auth::{ClientRegistry, generate_client_id, generate_secret, hash_secret};
+use crate::store::{SecretStore, StoreError};
+
+/// How often a node asks a shared store whether another node changed the access document.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The file's name in the data directory.
 pub const ACCESS_FILE: &str = "access.json";
@@ -33,9 +48,21 @@ pub enum AdminError {
     #[error("{0}")]
     BadParameter(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => AdminError::Unavailable(m),
+            other => AdminError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The access document.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AccessFile {
@@ -43,6 +70,15 @@ struct AccessFile {
     principals: Vec<StoredPrincipal>,
     #[serde(default)]
     assignments: Vec<Assignment>,
+    #[serde(default)]
+    roles: Vec<StoredRole>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredRole {
+    name: String,
+    permissions: Vec<Permission>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -56,7 +92,7 @@ struct StoredPrincipal {
     secrets: Vec<StoredSecret>,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredSecret {
     /// argon2id PHC string.
@@ -92,6 +128,16 @@ pub struct AssignmentView {
     pub managed: bool,
 }
 
+/// A role as the admin API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleView {
+    #[serde(flatten)]
+    pub role: Role,
+    /// Defined through the admin API (`false`: built in, or from the configuration).
+    pub managed: bool,
+}
+
 /// A newly generated client secret: returned once, never stored in the clear.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -113,19 +159,41 @@ impl std::fmt::Debug for NewSecret {
     }
 }
 
+/// Where the access document is kept.
+enum Backend {
+    /// Nowhere: changes live as long as the process (tests).
+    Memory,
+    /// `{data_dir}/access.json`: a store private to this node.
+    File(PathBuf),
+    /// In the store, shared by every node that uses it.
+    Shared(Arc<dyn SecretStore>),
+}
+
+/// The document whose contents are in the registry and the policy now, and its revision.
+struct Applied {
+    revision: i64,
+    doc: AccessFile,
+}
+
 /// The admin side of access control.
 pub struct AccessAdmin {
     clients: Arc<ClientRegistry>,
     policy: Arc<Policy>,
-    /// `None`: changes are kept in memory only (tests).
-    path: Option<PathBuf>,
-    file: Mutex<AccessFile>,
+    backend: Backend,
+    applied: Mutex<Applied>,
+    /// Serialises changes and reloads on this node (held across the save).
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for AccessAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.backend {
+            Backend::Memory => "memory".to_string(),
+            Backend::File(p) => p.display().to_string(),
+            Backend::Shared(_) => "shared store".to_string(),
+        };
         f.debug_struct("AccessAdmin")
-            .field("path", &self.path)
+            .field("backend", &backend)
             .finish()
     }
 }
@@ -148,64 +216,282 @@ fn valid_expiry(expires_on: Option<i64>, now: i64) -> Result<(), AdminError> {
     }
 }
 
+fn parse_doc(bytes: &[u8], origin: &str) -> Result<AccessFile, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("{origin}: not a valid access document: {e}"))
+}
+
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 impl AccessAdmin {
-    /// Loads `{data_dir}/access.json` (if there is one) into the registry and the policy. A managed
-    /// assignment whose role no longer exists is kept in the file and skipped, with a warning.
-    pub fn load(
+    /// Loads the access document into the registry and the policy: from `store` when it shares one between
+    /// nodes (importing `{data_dir}/access.json` if the store has none yet), else from
+    /// `{data_dir}/access.json`; with neither, changes are kept in memory only. A managed assignment whose
+    /// role no longer exists is kept in the document and skipped, with a warning.
+    pub async fn open(
         data_dir: Option<&Path>,
+        store: Option<Arc<dyn SecretStore>>,
         clients: Arc<ClientRegistry>,
         policy: Arc<Policy>,
     ) -> Result<AccessAdmin, String> {
         let path = data_dir.map(|d| d.join(ACCESS_FILE));
-        let file: AccessFile = match &path {
-            Some(p) => match std::fs::read(p) {
-                Ok(bytes) => serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: not a valid access file: {e}", p.display()))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => AccessFile::default(),
-                Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
-            },
-            None => AccessFile::default(),
+        let (backend, revision, doc) = match (store.filter(|s| s.shares_access_doc()), path) {
+            (Some(store), path) => {
+                let (revision, doc) = Self::load_shared(store.as_ref(), path.as_deref()).await?;
+                (Backend::Shared(store), revision, doc)
+            }
+            (None, Some(path)) => {
+                let doc = match read_file(&path)? {
+                    Some(bytes) => parse_doc(&bytes, &path.display().to_string())?,
+                    None => AccessFile::default(),
+                };
+                (Backend::File(path), 0, doc)
+            }
+            (None, None) => (Backend::Memory, 0, AccessFile::default()),
         };
-        for p in &file.principals {
-            clients.ensure(p.client_id.as_str());
-            for s in &p.secrets {
-                clients
-                    .add_with_expiry(p.client_id.as_str(), s.hash.as_str(), s.expires_on)
-                    .map_err(|e| format!("access file: {e}"))?;
+        let admin = AccessAdmin {
+            clients,
+            policy,
+            backend,
+            applied: Mutex::new(Applied {
+                revision: 0,
+                doc: AccessFile::default(),
+            }),
+            writer: tokio::sync::Mutex::new(()),
+        };
+        {
+            let mut applied = admin.lock();
+            admin.install(&mut applied, doc, revision);
+        }
+        Ok(admin)
+    }
+
+    /// The shared document, after importing a local `access.json` into an empty store.
+    async fn load_shared(
+        store: &dyn SecretStore,
+        local: Option<&Path>,
+    ) -> Result<(i64, AccessFile), String> {
+        let local_doc = match local {
+            Some(p) => read_file(p)?.map(|b| (p, b)),
+            None => None,
+        };
+        for _ in 0..4 {
+            if let Some(shared) = store.access_doc().await.map_err(|e| e.to_string())? {
+                if let Some((p, _)) = &local_doc {
+                    tracing::warn!(
+                        file = %p.display(),
+                        "ignoring the local access file: the shared store's access document is used"
+                    );
+                }
+                return Ok((shared.revision, parse_doc(&shared.doc, "the store")?));
+            }
+            let Some((p, bytes)) = &local_doc else {
+                return Ok((0, AccessFile::default()));
+            };
+            let doc = parse_doc(bytes, &p.display().to_string())?;
+            let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+            if let Some(revision) = store
+                .put_access_doc(0, &json)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                tracing::info!(file = %p.display(), "imported the local access file into the shared store");
+                return Ok((revision, doc));
+            }
+            // Another node wrote the first document meanwhile: use it.
+        }
+        Err("the shared access document kept changing while loading it".into())
+    }
+
+    /// Starts polling a shared store for other nodes' changes (no-op otherwise). The task ends when the
+    /// admin is dropped.
+    pub fn spawn_refresher(self: &Arc<Self>) {
+        if !matches!(self.backend, Backend::Shared(_)) {
+            return;
+        }
+        let weak: Weak<AccessAdmin> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(admin) = weak.upgrade() else { return };
+                if let Err(e) = admin.refresh().await {
+                    tracing::warn!(error = %e, "cannot read the shared access document");
+                }
+            }
+        });
+    }
+
+    /// Applies what other nodes changed in a shared store's access document. Returns whether anything
+    /// changed. (Nothing to do for a private store.)
+    pub async fn refresh(&self) -> Result<bool, AdminError> {
+        let Backend::Shared(store) = &self.backend else {
+            return Ok(false);
+        };
+        if store.access_revision().await? == self.lock().revision {
+            return Ok(false);
+        }
+        let _writer = self.writer.lock().await;
+        self.reload_locked().await
+    }
+
+    /// Reads the shared document and applies it if it is newer. The caller holds `writer`.
+    async fn reload_locked(&self) -> Result<bool, AdminError> {
+        let Backend::Shared(store) = &self.backend else {
+            return Ok(false);
+        };
+        let Some(shared) = store.access_doc().await? else {
+            return Ok(false);
+        };
+        if shared.revision == self.lock().revision {
+            return Ok(false);
+        }
+        let doc = parse_doc(&shared.doc, "the store").map_err(AdminError::Internal)?;
+        let mut applied = self.lock();
+        self.install(&mut applied, doc, shared.revision);
+        tracing::info!(
+            revision = shared.revision,
+            "applied another node's access-control change"
+        );
+        Ok(true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Saves `next` if the document is still at `revision`: the new revision, or None when another node
+    /// changed it first.
+    async fn save(&self, revision: i64, next: &AccessFile) -> Result<Option<i64>, AdminError> {
+        match &self.backend {
+            Backend::Memory => Ok(Some(revision + 1)),
+            Backend::File(path) => {
+                let json = serde_json::to_vec_pretty(next)
+                    .map_err(|e| AdminError::Internal(e.to_string()))?;
+                crate::server::write_private_file(path, &json).map_err(|e| {
+                    tracing::error!(error = %e, path = %path.display(), "cannot write the access file");
+                    AdminError::Internal("the change could not be saved".into())
+                })?;
+                Ok(Some(revision + 1))
+            }
+            Backend::Shared(store) => {
+                let json =
+                    serde_json::to_vec(next).map_err(|e| AdminError::Internal(e.to_string()))?;
+                Ok(store.put_access_doc(revision, &json).await?)
             }
         }
-        for a in &file.assignments {
-            if let Err(e) = policy.assign(a.clone()) {
+    }
+
+    /// Makes one change: `edit` the current document (it may refuse), save it, apply it. When another node
+    /// changed the document meanwhile, its change is applied first and `edit` runs again on the result.
+    async fn change<T>(
+        &self,
+        mut edit: impl FnMut(&mut AccessFile) -> Result<T, AdminError>,
+    ) -> Result<T, AdminError> {
+        let _writer = self.writer.lock().await;
+        for _ in 0..8 {
+            let (revision, mut next) = {
+                let applied = self.lock();
+                (applied.revision, applied.doc.clone())
+            };
+            let out = edit(&mut next)?;
+            match self.save(revision, &next).await? {
+                Some(new_revision) => {
+                    let mut applied = self.lock();
+                    self.install(&mut applied, next, new_revision);
+                    return Ok(out);
+                }
+                None => {
+                    self.reload_locked().await?;
+                }
+            }
+        }
+        Err(AdminError::Unavailable(
+            "the access document kept changing on other nodes; try again".into(),
+        ))
+    }
+
+    /// Puts `next` into the registry and the policy, as the difference from what is there now.
+    fn install(&self, applied: &mut Applied, next: AccessFile, revision: i64) {
+        let old = std::mem::replace(&mut applied.doc, next);
+        applied.revision = revision;
+        let new = &applied.doc;
+        let same_name = |a: &StoredRole, b: &StoredRole| a.name.eq_ignore_ascii_case(&b.name);
+        // Roles first: new assignments may name them.
+        for role in &new.roles {
+            if !old.roles.iter().any(|o| o == role) {
+                if let Err(e) = self
+                    .policy
+                    .define_role(&role.name, role.permissions.clone())
+                {
+                    tracing::warn!(role = %role.name, error = %e, "skipping a stored role");
+                }
+            }
+        }
+        for gone in old
+            .principals
+            .iter()
+            .filter(|o| !new.principals.iter().any(|p| p.client_id == o.client_id))
+        {
+            self.clients.remove(&gone.client_id);
+        }
+        for p in &new.principals {
+            let before = old.principals.iter().find(|o| o.client_id == p.client_id);
+            self.clients.ensure(p.client_id.as_str());
+            if let Some(before) = before {
+                for s in before.secrets.iter().filter(|s| !p.secrets.contains(s)) {
+                    self.clients.remove_secret(&p.client_id, &s.hash);
+                }
+            }
+            for s in &p.secrets {
+                if before.is_some_and(|b| b.secrets.contains(s)) {
+                    continue;
+                }
+                if let Err(e) = self.clients.add_with_expiry(
+                    p.client_id.as_str(),
+                    s.hash.as_str(),
+                    s.expires_on,
+                ) {
+                    tracing::warn!(client = %p.client_id, error = %e, "skipping a stored secret");
+                }
+            }
+        }
+        for a in old
+            .assignments
+            .iter()
+            .filter(|o| !new.assignments.iter().any(|a| a.id == o.id))
+        {
+            self.policy.unassign(&a.id);
+        }
+        for a in new
+            .assignments
+            .iter()
+            .filter(|a| !old.assignments.iter().any(|o| o.id == a.id))
+        {
+            if let Err(e) = self.policy.assign(a.clone()) {
                 tracing::warn!(assignment = %a.id, error = %e, "skipping a stored role assignment");
             }
         }
-        Ok(AccessAdmin {
-            clients,
-            policy,
-            path,
-            file: Mutex::new(file),
-        })
+        for role in old
+            .roles
+            .iter()
+            .filter(|o| !new.roles.iter().any(|r| same_name(r, o)))
+        {
+            if let Err(e) = self.policy.remove_role(&role.name) {
+                tracing::warn!(role = %role.name, error = %e, "cannot remove a role");
+            }
+        }
     }
 
-    fn persist(&self, file: &AccessFile) -> Result<(), AdminError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let json =
-            serde_json::to_vec_pretty(file).map_err(|e| AdminError::Internal(e.to_string()))?;
-        crate::server::write_private_file(path, &json).map_err(|e| {
-            tracing::error!(error = %e, path = %path.display(), "cannot write the access file");
-            AdminError::Internal("the change could not be saved".into())
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, AccessFile> {
-        self.file.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn view(&self, file: &AccessFile, client_id: &str) -> Option<PrincipalView> {
+    fn view(&self, doc: &AccessFile, client_id: &str) -> Option<PrincipalView> {
         let secrets = self.clients.secrets(client_id)?;
-        let stored = file.principals.iter().find(|p| p.client_id == client_id);
+        let stored = doc.principals.iter().find(|p| p.client_id == client_id);
         Some(PrincipalView {
             client_id: client_id.to_string(),
             display_name: stored.and_then(|p| p.display_name.clone()),
@@ -217,17 +503,17 @@ impl AccessAdmin {
 
     /// Every principal that may get tokens (managed or not), by client id.
     pub fn principals(&self) -> Vec<PrincipalView> {
-        let file = self.lock();
+        let applied = self.lock();
         self.clients
             .client_ids()
             .iter()
-            .filter_map(|id| self.view(&file, id))
+            .filter_map(|id| self.view(&applied.doc, id))
             .collect()
     }
 
     pub fn principal(&self, client_id: &str) -> Result<PrincipalView, AdminError> {
-        let file = self.lock();
-        self.view(&file, client_id)
+        let applied = self.lock();
+        self.view(&applied.doc, client_id)
             .ok_or_else(|| not_found_principal(client_id))
     }
 
@@ -243,34 +529,32 @@ impl AccessAdmin {
             valid_display_name(name)?;
         }
         valid_expiry(expires_on, now)?;
-        if let Some((role, _)) = &role {
-            self.check_role(role)?;
-        }
         let (secret, hash) = new_secret_and_hash().await?;
         let client_id = generate_client_id();
-        {
-            let mut file = self.lock();
-            let mut next = file.clone();
-            next.principals.push(StoredPrincipal {
-                client_id: client_id.clone(),
-                display_name,
-                created_on: now,
-                secrets: vec![StoredSecret {
-                    hash: hash.clone(),
-                    expires_on,
+        let assignment = self
+            .change(|doc| {
+                let assignment = match &role {
+                    Some((role, scope)) => {
+                        Some(self.new_assignment(doc, &client_id, role, scope.clone())?.0)
+                    }
+                    None => None,
+                };
+                doc.principals.push(StoredPrincipal {
+                    client_id: client_id.clone(),
+                    display_name: display_name.clone(),
                     created_on: now,
-                }],
-            });
-            self.persist(&next)?;
-            self.clients
-                .add_with_expiry(client_id.as_str(), hash.as_str(), expires_on)
-                .map_err(|e| AdminError::Internal(e.to_string()))?;
-            *file = next;
-        }
-        let assignment = match role {
-            Some((role, scope)) => Some(self.assign(&client_id, &role, scope)?),
-            None => None,
-        };
+                    secrets: vec![StoredSecret {
+                        hash: hash.clone(),
+                        expires_on,
+                        created_on: now,
+                    }],
+                });
+                if let Some(a) = &assignment {
+                    doc.assignments.push(a.clone());
+                }
+                Ok(assignment)
+            })
+            .await?;
         let view = self.principal(&client_id)?;
         Ok((
             view,
@@ -280,27 +564,30 @@ impl AccessAdmin {
                 client_secret: secret,
                 expires_on,
             },
-            assignment,
+            assignment.map(|a| managed_view(a, true)),
         ))
     }
 
     /// Deletes a managed principal, its secrets and every assignment naming it.
-    pub fn delete_principal(&self, client_id: &str) -> Result<PrincipalView, AdminError> {
-        let mut file = self.lock();
-        let view = self
-            .view(&file, client_id)
-            .ok_or_else(|| not_found_principal(client_id))?;
-        if !view.managed {
-            return Err(not_managed_principal(client_id));
-        }
-        let mut next = file.clone();
-        next.principals.retain(|p| p.client_id != client_id);
-        next.assignments.retain(|a| a.principal != client_id);
-        self.persist(&next)?;
-        self.clients.remove(client_id);
-        self.policy.unassign_principal(client_id);
-        *file = next;
-        Ok(view)
+    pub async fn delete_principal(&self, client_id: &str) -> Result<PrincipalView, AdminError> {
+        let view = self.principal(client_id)?;
+        self.change(|doc| {
+            if !doc.principals.iter().any(|p| p.client_id == client_id) {
+                return Err(if self.clients.contains(client_id) {
+                    not_managed_principal(client_id)
+                } else {
+                    not_found_principal(client_id)
+                });
+            }
+            doc.principals.retain(|p| p.client_id != client_id);
+            doc.assignments.retain(|a| a.principal != client_id);
+            Ok(())
+        })
+        .await?;
+        Ok(PrincipalView {
+            managed: true,
+            ..view
+        })
     }
 
     /// Adds a secret to a managed principal (rotation); returns it once.
@@ -313,28 +600,21 @@ impl AccessAdmin {
         valid_expiry(expires_on, now)?;
         self.check_managed(client_id)?;
         let (secret, hash) = new_secret_and_hash().await?;
-        let mut file = self.lock();
-        let mut next = file.clone();
-        let stored = next
-            .principals
-            .iter_mut()
-            .find(|p| p.client_id == client_id)
-            .ok_or_else(|| not_found_principal(client_id))?;
-        if stored.secrets.len() >= 16 {
-            return Err(AdminError::Conflict(
-                "a principal may have at most 16 secrets; remove an old one first".into(),
-            ));
-        }
-        stored.secrets.push(StoredSecret {
-            hash: hash.clone(),
-            expires_on,
-            created_on: now,
-        });
-        self.persist(&next)?;
-        self.clients
-            .add_with_expiry(client_id, hash.as_str(), expires_on)
-            .map_err(|e| AdminError::Internal(e.to_string()))?;
-        *file = next;
+        self.change(|doc| {
+            let stored = managed_mut(doc, client_id, &self.clients)?;
+            if stored.secrets.len() >= 16 {
+                return Err(AdminError::Conflict(
+                    "a principal may have at most 16 secrets; remove an old one first".into(),
+                ));
+            }
+            stored.secrets.push(StoredSecret {
+                hash: hash.clone(),
+                expires_on,
+                created_on: now,
+            });
+            Ok(())
+        })
+        .await?;
         Ok(NewSecret {
             client_id: client_id.to_string(),
             key_id: key_id_of(&hash),
@@ -344,146 +624,284 @@ impl AccessAdmin {
     }
 
     /// Removes one secret of a managed principal (the end of a rotation).
-    pub fn remove_secret(&self, client_id: &str, key_id: &str) -> Result<(), AdminError> {
-        self.check_managed(client_id)?;
-        let mut file = self.lock();
-        let mut next = file.clone();
-        let stored = next
-            .principals
-            .iter_mut()
-            .find(|p| p.client_id == client_id)
-            .ok_or_else(|| not_found_principal(client_id))?;
-        let before = stored.secrets.len();
-        stored.secrets.retain(|s| key_id_of(&s.hash) != key_id);
-        if stored.secrets.len() == before {
-            return Err(AdminError::NotFound(format!(
-                "Principal '{client_id}' has no secret with key id '{key_id}'."
-            )));
-        }
-        self.persist(&next)?;
-        self.clients.remove_secret_by_key_id(client_id, key_id);
-        *file = next;
-        Ok(())
+    pub async fn remove_secret(&self, client_id: &str, key_id: &str) -> Result<(), AdminError> {
+        self.change(|doc| {
+            let stored = managed_mut(doc, client_id, &self.clients)?;
+            let before = stored.secrets.len();
+            stored.secrets.retain(|s| key_id_of(&s.hash) != key_id);
+            if stored.secrets.len() == before {
+                return Err(AdminError::NotFound(format!(
+                    "Principal '{client_id}' has no secret with key id '{key_id}'."
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn check_managed(&self, client_id: &str) -> Result<(), AdminError> {
-        let file = self.lock();
-        if file.principals.iter().any(|p| p.client_id == client_id) {
-            Ok(())
-        } else if self.clients.contains(client_id) {
-            Err(not_managed_principal(client_id))
-        } else {
-            Err(not_found_principal(client_id))
-        }
+        let applied = self.lock();
+        let mut doc = applied.doc.clone();
+        managed_mut(&mut doc, client_id, &self.clients).map(|_| ())
     }
 
-    fn check_role(&self, role: &str) -> Result<(), AdminError> {
-        let known = self.policy.roles().iter().any(|r| {
-            r.name.eq_ignore_ascii_case(role.trim())
+    /// The role named `role` (name, case-insensitive, or a built-in role's Azure id).
+    fn find_role(&self, role: &str) -> Option<Role> {
+        let role = role.trim();
+        self.policy.roles().into_iter().find(|r| {
+            r.name.eq_ignore_ascii_case(role)
                 || r.id
                     .as_deref()
-                    .is_some_and(|id| id.eq_ignore_ascii_case(role.trim()))
-        });
-        if known {
-            Ok(())
-        } else {
-            Err(AdminError::BadParameter(format!("unknown role '{role}'")))
+                    .is_some_and(|id| id.eq_ignore_ascii_case(role))
+        })
+    }
+
+    /// A new assignment for `doc` (not yet added), or the identical one in force, with whether it is new.
+    fn new_assignment(
+        &self,
+        doc: &AccessFile,
+        principal: &str,
+        role: &str,
+        scope: Scope,
+    ) -> Result<(Assignment, bool), AdminError> {
+        let principal = principal.trim();
+        if principal.is_empty() || principal.len() > 256 || principal.chars().any(char::is_control)
+        {
+            return Err(AdminError::BadParameter(
+                "a principal id must be 1-256 characters, without control characters".into(),
+            ));
         }
+        let role = self
+            .find_role(role)
+            .ok_or_else(|| AdminError::BadParameter(format!("unknown role '{role}'")))?;
+        let same =
+            |a: &Assignment| a.principal == principal && a.role == role.name && a.scope == scope;
+        if let Some(existing) = doc.assignments.iter().find(|a| same(a)) {
+            return Ok((existing.clone(), false));
+        }
+        if let Some(existing) = self
+            .policy
+            .assignments(Some(principal))
+            .into_iter()
+            .find(|a| same(a))
+        {
+            return Ok((existing, false));
+        }
+        Ok((
+            Assignment {
+                id: generate_client_id(),
+                principal: principal.to_string(),
+                role: role.name,
+                scope,
+            },
+            true,
+        ))
     }
 
     /// The assignments, optionally of one principal.
     pub fn assignments(&self, principal: Option<&str>) -> Vec<AssignmentView> {
-        let file = self.lock();
+        let applied = self.lock();
         self.policy
             .assignments(principal)
             .into_iter()
             .map(|a| {
-                let managed = file.assignments.iter().any(|m| m.id == a.id);
-                AssignmentView {
-                    id: a.id,
-                    principal: a.principal,
-                    role: a.role,
-                    scope: a.scope,
-                    managed,
-                }
+                let managed = applied.doc.assignments.iter().any(|m| m.id == a.id);
+                managed_view(a, managed)
             })
             .collect()
     }
 
     /// Gives `principal` (a client id or an external identity's id) `role` at `scope`. An identical
-    /// assignment is returned as it is.
-    pub fn assign(
+    /// assignment is returned as it is; the flag says whether a new one was made.
+    pub async fn assign(
         &self,
         principal: &str,
         role: &str,
         scope: Scope,
-    ) -> Result<AssignmentView, AdminError> {
-        let mut file = self.lock();
-        let before: Vec<String> = self
-            .policy
-            .assignments(None)
-            .into_iter()
-            .map(|a| a.id)
-            .collect();
-        let a = self
-            .policy
-            .assign(Assignment {
-                id: String::new(),
-                principal: principal.to_string(),
-                role: role.to_string(),
-                scope,
+    ) -> Result<(AssignmentView, bool), AdminError> {
+        let (a, created) = self
+            .change(|doc| {
+                let (a, created) = self.new_assignment(doc, principal, role, scope.clone())?;
+                if created {
+                    doc.assignments.push(a.clone());
+                }
+                Ok((a, created))
             })
-            .map_err(|e| AdminError::BadParameter(e.0))?;
-        let existed = before.contains(&a.id);
-        if !existed {
-            let mut next = file.clone();
-            next.assignments.push(a.clone());
-            if let Err(e) = self.persist(&next) {
-                self.policy.unassign(&a.id);
-                return Err(e);
-            }
-            *file = next;
-        }
-        let managed = file.assignments.iter().any(|m| m.id == a.id);
-        Ok(AssignmentView {
-            id: a.id,
-            principal: a.principal,
-            role: a.role,
-            scope: a.scope,
-            managed,
-        })
+            .await?;
+        let managed = created || self.lock().doc.assignments.iter().any(|m| m.id == a.id);
+        Ok((managed_view(a, managed), created))
     }
 
     /// Removes a managed assignment.
-    pub fn unassign(&self, id: &str) -> Result<AssignmentView, AdminError> {
-        let mut file = self.lock();
-        let Some(a) = self
-            .policy
-            .assignments(None)
+    pub async fn unassign(&self, id: &str) -> Result<AssignmentView, AdminError> {
+        let removed = self
+            .change(|doc| {
+                if let Some(at) = doc.assignments.iter().position(|m| m.id == id) {
+                    return Ok(doc.assignments.remove(at));
+                }
+                if self.policy.assignments(None).iter().any(|a| a.id == id) {
+                    return Err(AdminError::Conflict(format!(
+                        "Role assignment '{id}' is declared in the server configuration; change it there."
+                    )));
+                }
+                Err(AdminError::NotFound(format!(
+                    "Role assignment '{id}' was not found."
+                )))
+            })
+            .await?;
+        Ok(managed_view(removed, true))
+    }
+
+    /// Every role (built-in, configured, managed), built-in first.
+    pub fn roles(&self) -> Vec<RoleView> {
+        let applied = self.lock();
+        self.policy
+            .roles()
             .into_iter()
-            .find(|a| a.id == id)
-        else {
-            return Err(AdminError::NotFound(format!(
-                "Role assignment '{id}' was not found."
-            )));
-        };
-        if !file.assignments.iter().any(|m| m.id == id) {
-            return Err(AdminError::Conflict(format!(
-                "Role assignment '{id}' is declared in the server configuration; change it there."
-            )));
+            .map(|role| {
+                let managed = applied
+                    .doc
+                    .roles
+                    .iter()
+                    .any(|r| r.name.eq_ignore_ascii_case(&role.name));
+                RoleView { role, managed }
+            })
+            .collect()
+    }
+
+    /// Defines a custom role, or redefines one made through the API. Built-in and configured roles cannot
+    /// be changed here. Returns the role and whether it is new.
+    pub async fn define_role(
+        &self,
+        name: &str,
+        permissions: Vec<Permission>,
+    ) -> Result<(RoleView, bool), AdminError> {
+        let name = name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+            return Err(AdminError::BadParameter(
+                "a role name must be 1-128 characters, without control characters".into(),
+            ));
         }
-        let mut next = file.clone();
-        next.assignments.retain(|m| m.id != id);
-        self.persist(&next)?;
-        self.policy.unassign(id);
-        *file = next;
-        Ok(AssignmentView {
-            id: a.id,
-            principal: a.principal,
-            role: a.role,
-            scope: a.scope,
+        if permissions.is_empty() {
+            return Err(AdminError::BadParameter(
+                "a role needs at least one permission".into(),
+            ));
+        }
+        let mut permissions = permissions;
+        permissions.sort();
+        permissions.dedup();
+        let created = self
+            .change(|doc| {
+                let existing = doc
+                    .roles
+                    .iter()
+                    .position(|r| r.name.eq_ignore_ascii_case(&name));
+                if existing.is_none() {
+                    if let Some(r) = self.find_role(&name) {
+                        return Err(AdminError::Conflict(format!(
+                            "Role '{}' is {}; it cannot be changed through the admin API.",
+                            r.name,
+                            if r.builtin {
+                                "built in"
+                            } else {
+                                "declared in the server configuration"
+                            }
+                        )));
+                    }
+                }
+                let role = StoredRole {
+                    name: match existing {
+                        Some(at) => doc.roles[at].name.clone(),
+                        None => name.clone(),
+                    },
+                    permissions: permissions.clone(),
+                };
+                match existing {
+                    Some(at) => doc.roles[at] = role,
+                    None => doc.roles.push(role),
+                }
+                Ok(existing.is_none())
+            })
+            .await?;
+        let role = self
+            .find_role(&name)
+            .ok_or_else(|| AdminError::Internal("the role was saved but is not in force".into()))?;
+        Ok((
+            RoleView {
+                role,
+                managed: true,
+            },
+            created,
+        ))
+    }
+
+    /// Removes a custom role made through the API; refused while any assignment uses it.
+    pub async fn remove_role(&self, name: &str) -> Result<RoleView, AdminError> {
+        let role = self.find_role(name).ok_or_else(|| {
+            AdminError::NotFound(format!("Role '{}' was not found.", name.trim()))
+        })?;
+        self.change(|doc| {
+            let Some(at) = doc
+                .roles
+                .iter()
+                .position(|r| r.name.eq_ignore_ascii_case(&role.name))
+            else {
+                return Err(AdminError::Conflict(format!(
+                    "Role '{}' is {}; it cannot be removed through the admin API.",
+                    role.name,
+                    if role.builtin {
+                        "built in"
+                    } else {
+                        "declared in the server configuration"
+                    }
+                )));
+            };
+            let in_use = doc
+                .assignments
+                .iter()
+                .any(|a| a.role.eq_ignore_ascii_case(&role.name))
+                || self
+                    .policy
+                    .assignments(None)
+                    .iter()
+                    .any(|a| a.role.eq_ignore_ascii_case(&role.name));
+            if in_use {
+                return Err(AdminError::Conflict(format!(
+                    "Role '{}' is still assigned; remove its assignments first.",
+                    role.name
+                )));
+            }
+            doc.roles.remove(at);
+            Ok(())
+        })
+        .await?;
+        Ok(RoleView {
+            role,
             managed: true,
         })
+    }
+}
+
+/// The managed principal `client_id` in `doc`, or why it cannot be changed.
+fn managed_mut<'d>(
+    doc: &'d mut AccessFile,
+    client_id: &str,
+    clients: &ClientRegistry,
+) -> Result<&'d mut StoredPrincipal, AdminError> {
+    match doc.principals.iter_mut().find(|p| p.client_id == client_id) {
+        Some(p) => Ok(p),
+        None if clients.contains(client_id) => Err(not_managed_principal(client_id)),
+        None => Err(not_found_principal(client_id)),
+    }
+}
+
+fn managed_view(a: Assignment, managed: bool) -> AssignmentView {
+    AssignmentView {
+        id: a.id,
+        principal: a.principal,
+        role: a.role,
+        scope: a.scope,
+        managed,
     }
 }
 
@@ -517,7 +935,9 @@ mod tests {
     async fn changes_persist_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let (clients, policy) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
-        let admin = AccessAdmin::load(Some(dir.path()), clients.clone(), policy.clone()).unwrap();
+        let admin = AccessAdmin::open(Some(dir.path()), None, clients.clone(), policy.clone())
+            .await
+            .unwrap();
         let (view, secret, a) = admin
             .create_principal(
                 Some("app".into()),
@@ -528,7 +948,11 @@ mod tests {
             .await
             .unwrap();
         let a = a.unwrap();
-        let ext = admin.assign("external-1", READER, Scope::Vault).unwrap();
+        let (ext, created) = admin
+            .assign("external-1", READER, Scope::Vault)
+            .await
+            .unwrap();
+        assert!(created);
         let path = dir.path().join(ACCESS_FILE);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(secret.client_secret.as_str()));
@@ -540,8 +964,9 @@ mod tests {
 
         // A fresh start from the same data directory.
         let (clients2, policy2) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
-        let admin2 =
-            AccessAdmin::load(Some(dir.path()), clients2.clone(), policy2.clone()).unwrap();
+        let admin2 = AccessAdmin::open(Some(dir.path()), None, clients2.clone(), policy2.clone())
+            .await
+            .unwrap();
         use crate::auth::clients::Verdict;
         assert_eq!(
             clients2.verify_at(&view.client_id, &secret.client_secret, 1_500),
@@ -561,10 +986,12 @@ mod tests {
                 .as_deref(),
             Some("app")
         );
-        admin2.unassign(&ext.id).unwrap();
-        admin2.delete_principal(&view.client_id).unwrap();
+        admin2.unassign(&ext.id).await.unwrap();
+        admin2.delete_principal(&view.client_id).await.unwrap();
         let (clients3, policy3) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
-        let admin3 = AccessAdmin::load(Some(dir.path()), clients3.clone(), policy3).unwrap();
+        let admin3 = AccessAdmin::open(Some(dir.path()), None, clients3.clone(), policy3)
+            .await
+            .unwrap();
         assert!(admin3.principals().is_empty());
         assert!(admin3.assignments(None).is_empty());
         assert!(!clients3.contains(&view.client_id));

@@ -294,9 +294,16 @@ impl Server {
         }
         // What the admin API made earlier (managed principals, secrets and assignments).
         let admin = Arc::new(
-            crate::admin::AccessAdmin::load(Some(&data_dir), clients.clone(), policy.clone())
-                .map_err(StartError::Setup)?,
+            crate::admin::AccessAdmin::open(
+                Some(&data_dir),
+                Some(vault.store().clone()),
+                clients.clone(),
+                policy.clone(),
+            )
+            .await
+            .map_err(StartError::Setup)?,
         );
+        admin.spawn_refresher();
         let audit = match config.audit_log_path() {
             Some(path) => Some(
                 AuditLog::open(&path, config.audit_max_bytes)

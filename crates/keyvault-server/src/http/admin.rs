@@ -13,16 +13,19 @@
 //! | `GET /admin/roleAssignments[?principal=ID]` | the assignments |
 //! | `POST /admin/roleAssignments` `{"principal", "role", "scope"?}` | assigns a role; 201 (200 if it existed) |
 //! | `DELETE /admin/roleAssignments/{id}` | removes a managed assignment |
-//! | `GET /admin/roles` | the roles |
+//! | `GET /admin/roles` | the roles (`managed`: defined through this API) |
+//! | `PUT /admin/roles/{name}` `{"permissions": ["get", "list", …]}` | defines or redefines a custom role; 201 (200 if it existed) |
+//! | `DELETE /admin/roles/{name}` | removes a custom role made here (409 while assigned) |
 //!
-//! `expiresOn` is unix seconds, like Key Vault's `exp`.
+//! `expiresOn` is unix seconds, like Key Vault's `exp`. Permissions: get, list, set, delete, recover,
+//! backup, restore, purge, admin.
 
 use super::error::ApiError;
 use super::respond::{empty, json_response};
 use super::{HttpState, gate, printable, read_json};
 use crate::admin::AdminError;
 use crate::audit::AuditRecord;
-use crate::auth::policy::{Operation, Scope};
+use crate::auth::policy::{Operation, Permission, Scope};
 use axum::body::Body;
 use axum::response::Response;
 use http::{Method, StatusCode};
@@ -36,6 +39,14 @@ impl AdminError {
             AdminError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", m),
             AdminError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
             AdminError::BadParameter(m) => ApiError::bad_parameter(m),
+            AdminError::Unavailable(cause) => {
+                tracing::warn!(%cause, "admin API: storage unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The service is temporarily unavailable. Please retry the request.",
+                )
+            }
             AdminError::Internal(cause) => {
                 tracing::error!(%cause, "admin API internal error");
                 ApiError::new(
@@ -69,6 +80,12 @@ struct CreateAssignment {
     principal: String,
     role: String,
     scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DefineRole {
+    permissions: Vec<Permission>,
 }
 
 /// An optional JSON body: empty = the default.
@@ -167,7 +184,7 @@ pub(super) async fn handle(
         }
         (&Method::DELETE, ["admin", "principals", id]) => {
             op("PrincipalDelete", Some(id));
-            let view = admin.delete_principal(id).map_err(err)?;
+            let view = admin.delete_principal(id).await.map_err(err)?;
             Ok(json_response(StatusCode::OK, &view))
         }
         (&Method::POST, ["admin", "principals", id, "secrets"]) => {
@@ -178,7 +195,7 @@ pub(super) async fn handle(
         }
         (&Method::DELETE, ["admin", "principals", id, "secrets", key_id]) => {
             op("PrincipalSecretRemove", Some(&format!("{id}/{key_id}")));
-            admin.remove_secret(id, key_id).map_err(err)?;
+            admin.remove_secret(id, key_id).await.map_err(err)?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&Method::GET, ["admin", "roleAssignments"]) => {
@@ -194,32 +211,46 @@ pub(super) async fn handle(
             op("RoleAssignmentCreate", None);
             let p: CreateAssignment = read_json(body, MAX_ADMIN_BODY_BYTES).await?;
             let scope = scope_of(p.scope.as_deref())?;
-            let existed = admin
-                .assignments(Some(p.principal.trim()))
-                .iter()
-                .map(|a| a.id.clone())
-                .collect::<Vec<_>>();
-            let a = admin.assign(&p.principal, &p.role, scope).map_err(err)?;
+            let (a, created) = admin
+                .assign(&p.principal, &p.role, scope)
+                .await
+                .map_err(err)?;
             rec.target = Some(a.id.clone());
-            let status = if existed.contains(&a.id) {
-                StatusCode::OK
-            } else {
+            let status = if created {
                 StatusCode::CREATED
+            } else {
+                StatusCode::OK
             };
             Ok(json_response(status, &a))
         }
         (&Method::DELETE, ["admin", "roleAssignments", id]) => {
             op("RoleAssignmentDelete", Some(id));
-            let a = admin.unassign(id).map_err(err)?;
+            let a = admin.unassign(id).await.map_err(err)?;
             Ok(json_response(StatusCode::OK, &a))
         }
         (&Method::GET, ["admin", "roles"]) => {
             op("RoleList", None);
-            let value = state.policy.roles();
+            let value = admin.roles();
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "value": value }),
             ))
+        }
+        (&Method::PUT, ["admin", "roles", name]) => {
+            op("RoleDefine", Some(name));
+            let p: DefineRole = read_json(body, MAX_ADMIN_BODY_BYTES).await?;
+            let (role, created) = admin.define_role(name, p.permissions).await.map_err(err)?;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(status, &role))
+        }
+        (&Method::DELETE, ["admin", "roles", name]) => {
+            op("RoleDelete", Some(name));
+            let role = admin.remove_role(name).await.map_err(err)?;
+            Ok(json_response(StatusCode::OK, &role))
         }
         (
             _,
@@ -229,7 +260,8 @@ pub(super) async fn handle(
             | ["admin", "principals", _, "secrets", _]
             | ["admin", "roleAssignments"]
             | ["admin", "roleAssignments", _]
-            | ["admin", "roles"],
+            | ["admin", "roles"]
+            | ["admin", "roles", _],
         ) => Err(super::method_not_allowed(&method)),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,

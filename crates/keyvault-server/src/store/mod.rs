@@ -183,6 +183,38 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn try_acquire_leadership(&self) -> StoreResult<bool> {
         Ok(true)
     }
+    /// Does this store keep the access-control document (what the admin API made: principals, their
+    /// secret hashes, role assignments, custom roles) for every node that shares it? A store private to one
+    /// node answers false, and the node keeps the document in its data directory.
+    fn shares_access_doc(&self) -> bool {
+        false
+    }
+    /// The shared access-control document and its revision (None before the first change).
+    async fn access_doc(&self) -> StoreResult<Option<AccessDoc>> {
+        Ok(None)
+    }
+    /// The revision of the shared access-control document (0 before the first change): a cheap query
+    /// nodes poll to learn that another node changed it.
+    async fn access_revision(&self) -> StoreResult<i64> {
+        Ok(0)
+    }
+    /// Replaces the shared access-control document if its revision is still `expected` (0: there is none
+    /// yet). Ok(Some(new revision)), or Ok(None) when another node changed it first (read it again, redo
+    /// the change, and try again).
+    async fn put_access_doc(&self, expected: i64, doc: &[u8]) -> StoreResult<Option<i64>> {
+        let _ = (expected, doc);
+        Err(StoreError::Internal(
+            "this store does not keep an access-control document".into(),
+        ))
+    }
+}
+
+/// The access-control document shared through a store, as opaque bytes, with its revision (incremented
+/// by every change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessDoc {
+    pub revision: i64,
+    pub doc: Vec<u8>,
 }
 
 /// The name key of a name: names compare case-insensitively (ASCII).

@@ -29,6 +29,10 @@
 //!     kv_versions_by_name (vault, name_key, seq)
 //! kv_schema_migrations(version, applied_at)
 //! ```
+//!
+//! Version 2 adds `kv_access(id = 1, revision, doc BYTEA, updated_at)`: the access-control document (what the
+//! admin API made), replaced by compare-and-set on `revision` so concurrent changes on two nodes never
+//! overwrite each other; nodes poll `revision` to pick up each other's changes.
 
 pub mod pool;
 
@@ -44,7 +48,7 @@ use super::{
 };
 
 /// The schema version this code writes and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 /// Connections a node keeps open at most.
 pub const POOL_SIZE: usize = 16;
 /// The advisory lock held (per transaction) while migrations run.
@@ -59,7 +63,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the leader's liveness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, SCHEMA_V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE kv_names (
@@ -92,6 +96,16 @@ CREATE TABLE kv_versions (
     UNIQUE (vault, name_key, version)
 );
 CREATE INDEX kv_versions_by_name ON kv_versions (vault, name_key, seq);
+"#;
+
+/// Version 2: the access-control document the admin API writes (one row), shared by every node.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE kv_access (
+    id         SMALLINT PRIMARY KEY CHECK (id = 1),
+    revision   BIGINT NOT NULL,
+    doc        BYTEA  NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 "#;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -177,6 +191,7 @@ const SQL_CLAIM_FOR_RESTORE: &str =
     "INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
      VALUES ($1, $2, $3, 0) ON CONFLICT (vault, name_key) DO NOTHING RETURNING 1";
 const SQL_HEALTH: &str = "SELECT 1 FROM kv_names LIMIT 1";
+const SQL_ACCESS_REVISION: &str = "SELECT revision FROM kv_access WHERE id = 1";
 
 // ---------------------------------------------------------------------------------------------------------
 // The store
@@ -817,6 +832,63 @@ impl SecretStore for PostgresStore {
             let st = Conn::prepare(&mut c.stmts, &c.client, SQL_HEALTH).await?;
             c.client.query_opt(&st, &[]).await?;
             Ok(())
+        })
+        .await
+    }
+
+    fn shares_access_doc(&self) -> bool {
+        true
+    }
+
+    async fn access_doc(&self) -> StoreResult<Option<super::AccessDoc>> {
+        self.run(async |c| {
+            let row = c
+                .client
+                .query_opt("SELECT revision, doc FROM kv_access WHERE id = 1", &[])
+                .await?;
+            row.map(|r| {
+                Ok(super::AccessDoc {
+                    revision: r.try_get(0)?,
+                    doc: r.try_get(1)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn access_revision(&self) -> StoreResult<i64> {
+        self.run(async |c| {
+            let st = Conn::prepare(&mut c.stmts, &c.client, SQL_ACCESS_REVISION).await?;
+            let row = c.client.query_opt(&st, &[]).await?;
+            Ok(match row {
+                Some(r) => r.try_get(0)?,
+                None => 0,
+            })
+        })
+        .await
+    }
+
+    async fn put_access_doc(&self, expected: i64, doc: &[u8]) -> StoreResult<Option<i64>> {
+        self.run(async |c| {
+            let row = if expected == 0 {
+                c.client
+                    .query_opt(
+                        "INSERT INTO kv_access (id, revision, doc) VALUES (1, 1, $1)
+                         ON CONFLICT (id) DO NOTHING RETURNING revision",
+                        &[&doc],
+                    )
+                    .await?
+            } else {
+                c.client
+                    .query_opt(
+                        "UPDATE kv_access SET revision = revision + 1, doc = $2, updated_at = now()
+                         WHERE id = 1 AND revision = $1 RETURNING revision",
+                        &[&expected, &doc],
+                    )
+                    .await?
+            };
+            row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
         })
         .await
     }

@@ -1,0 +1,463 @@
+//! Access control over a shared PostgreSQL store: what the admin API changes through one node (principals,
+//! their secrets, custom roles, assignments) is in force on every node, concurrent changes through two nodes
+//! are all kept, and a node moving from its own data directory to a shared store brings its changes along.
+//!
+//! Two in-process servers over one private PostgreSQL cluster (skipped, with a message, when PostgreSQL is
+//! not installed), real HTTPS, the admin API and the token endpoint.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use keyvault_server::auth::hash_secret;
+use keyvault_server::config::Config;
+use keyvault_server::server::Server;
+use keyvault_server::store::pgtest::{self, PgCluster};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const ADMIN_ID: &str = "admin-app";
+const ADMIN_SECRET: &str = "admin-secret-for-the-shared-access-test";
+/// Longer than a node's poll interval, with room for a loaded machine.
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+struct Node {
+    base: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// A node over `store` (a PostgreSQL URL, or None for its own SQLite) with its own data directory and
+    /// the key files in `shared`.
+    async fn start(data_dir: &Path, shared: &Path, store: Option<&str>) -> Node {
+        let hash = hash_secret(ADMIN_SECRET).unwrap();
+        let store_line = store
+            .map(|s| format!("store = \"{s}\"\n"))
+            .unwrap_or_default();
+        let toml = format!(
+            r#"
+addr = "127.0.0.1:0"
+dev = true
+data_dir = "{data}"
+{store_line}kek_file = "{shared}/kek.key"
+signing_key_file = "{shared}/signing.pk8"
+issuer_host = "issuer.test"
+resource_suffix = "vault.test"
+
+[[clients]]
+client_id = "{ADMIN_ID}"
+secret_hashes = ["{hash}"]
+
+[[assignments]]
+principal = "{ADMIN_ID}"
+role = "Key Vault Administrator"
+"#,
+            data = data_dir.display(),
+            shared = shared.display(),
+        );
+        let config = Config::from_toml(&toml).unwrap();
+        let server = Server::bind(config).await.unwrap();
+        let ca = std::fs::read(server.info().ca_cert.as_ref().unwrap()).unwrap();
+        let tls = keyvault_server::tls::client_config_trusting(&ca).unwrap();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        let base = server.info().base_url.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = rx.await;
+        }));
+        Node {
+            base,
+            http,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.task).await;
+    }
+
+    /// A token, or the token endpoint's status.
+    async fn token(&self, client_id: &str, secret: &str) -> Result<String, StatusCode> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("client_id", client_id)
+            .append_pair("client_secret", secret)
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("scope", "https://vault.test/.default");
+        let resp = self
+            .http
+            .post(format!("{}/keyvault-rs/oauth2/v2.0/token", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.finish())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        if status == StatusCode::OK {
+            Ok(body["access_token"].as_str().unwrap().to_string())
+        } else {
+            Err(status)
+        }
+    }
+
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}{sep}api-version=7.5", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, value)
+    }
+
+    async fn admin_token(&self) -> String {
+        self.token(ADMIN_ID, ADMIN_SECRET).await.unwrap()
+    }
+}
+
+/// Waits until `check` holds (it is retried), or fails the test after [`PROPAGATION`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {PROPAGATION:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster(test: &str) -> Option<(PgCluster, String)> {
+    let cluster = pgtest::start_or_skip(test)?;
+    let url = cluster.create_database("access").await.unwrap();
+    Some((cluster, url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_through_one_node_are_in_force_on_the_other() {
+    let Some((_cluster, url)) =
+        cluster("admin_changes_through_one_node_are_in_force_on_the_other").await
+    else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(dir_a.path(), shared.path(), Some(&url)).await;
+    let b = Node::start(dir_b.path(), shared.path(), Some(&url)).await;
+    let (admin_a, admin_b) = (a.admin_token().await, b.admin_token().await);
+    let (st, _) = a
+        .call(
+            &admin_a,
+            Method::PUT,
+            "/secrets/app-db",
+            Some(json!({"value": "v1"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+
+    // A principal made through A, with Secrets User: B issues it tokens and lets it read, not write.
+    let (st, created) = a
+        .call(
+            &admin_a,
+            Method::POST,
+            "/admin/principals",
+            Some(json!({"displayName": "app", "role": "Key Vault Secrets User"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let id = created["clientId"].as_str().unwrap().to_string();
+    let secret = created["clientSecret"].as_str().unwrap().to_string();
+    eventually("B issues tokens to a principal made through A", || async {
+        b.token(&id, &secret).await.is_ok()
+    })
+    .await;
+    let app = b.token(&id, &secret).await.unwrap();
+    let (st, got) = b.call(&app, Method::GET, "/secrets/app-db", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(got["value"], "v1");
+    let (st, err) = b
+        .call(
+            &app,
+            Method::PUT,
+            "/secrets/app-db",
+            Some(json!({"value": "v2"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(err["error"]["innererror"]["code"], "ForbiddenByRbac");
+
+    // A custom role defined and assigned through B (prefix scope) lets it write through A.
+    let (st, role) = b
+        .call(
+            &admin_b,
+            Method::PUT,
+            "/admin/roles/App%20Writer",
+            Some(json!({"permissions": ["get", "set"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{role}");
+    assert_eq!(role["managed"], true);
+    let (st, assignment) = b
+        .call(
+            &admin_b,
+            Method::POST,
+            "/admin/roleAssignments",
+            Some(json!({"principal": id, "role": "app writer", "scope": "/secrets/app-*"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{assignment}");
+    assert_eq!(assignment["role"], "App Writer");
+    eventually("A enforces an assignment made through B", || async {
+        let (st, _) = a
+            .call(
+                &app,
+                Method::PUT,
+                "/secrets/app-db",
+                Some(json!({"value": "v2"})),
+            )
+            .await;
+        st == StatusCode::OK
+    })
+    .await;
+    let (st, _) = a
+        .call(
+            &app,
+            Method::PUT,
+            "/secrets/other",
+            Some(json!({"value": "x"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "outside the prefix");
+
+    // The role cannot go while assigned, on either node.
+    eventually("A lists the role defined through B", || async {
+        let (_, roles) = a.call(&admin_a, Method::GET, "/admin/roles", None).await;
+        roles["value"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|r| r["name"] == "App Writer" && r["managed"] == true)
+        })
+    })
+    .await;
+    let (st, _) = a
+        .call(&admin_a, Method::DELETE, "/admin/roles/App%20Writer", None)
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // Concurrent changes through both nodes: every one is kept (compare-and-set, no lost update).
+    let mut made = Vec::new();
+    let jobs = (0..8).map(|i| {
+        let (node, token) = if i % 2 == 0 {
+            (&a, &admin_a)
+        } else {
+            (&b, &admin_b)
+        };
+        let principal = format!("external-{i}");
+        async move {
+            let (st, v) = node
+                .call(
+                    token,
+                    Method::POST,
+                    "/admin/roleAssignments",
+                    Some(json!({"principal": principal, "role": "Key Vault Reader"})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+            v["id"].as_str().unwrap().to_string()
+        }
+    });
+    for id in futures_join_all(jobs).await {
+        made.push(id);
+    }
+    for node in [&a, &b] {
+        let token = node.admin_token().await;
+        eventually(
+            "both nodes list all eight concurrent assignments",
+            || async {
+                let (_, list) = node
+                    .call(&token, Method::GET, "/admin/roleAssignments", None)
+                    .await;
+                let ids: Vec<&str> = list["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|a| a["id"].as_str())
+                    .collect();
+                made.iter().all(|m| ids.contains(&m.as_str()))
+            },
+        )
+        .await;
+    }
+
+    // Removing the assignment through A, then the role through B; deleting the principal through B ends its
+    // access through A too.
+    let assignment_id = assignment["id"].as_str().unwrap();
+    let (st, _) = a
+        .call(
+            &admin_a,
+            Method::DELETE,
+            &format!("/admin/roleAssignments/{assignment_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    eventually(
+        "B removes the role once A removed its assignment",
+        || async {
+            let (st, _) = b
+                .call(&admin_b, Method::DELETE, "/admin/roles/App%20Writer", None)
+                .await;
+            st == StatusCode::OK
+        },
+    )
+    .await;
+    let (st, _) = b
+        .call(
+            &admin_b,
+            Method::DELETE,
+            &format!("/admin/principals/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    eventually(
+        "A refuses the deleted principal's token and secret",
+        || async {
+            let (st, _) = a.call(&app, Method::GET, "/secrets/app-db", None).await;
+            st == StatusCode::FORBIDDEN && a.token(&id, &secret).await.is_err()
+        },
+    )
+    .await;
+
+    // A new node reads it all from the store.
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = Node::start(dir_c.path(), shared.path(), Some(&url)).await;
+    let admin_c = c.admin_token().await;
+    let (_, list) = c
+        .call(&admin_c, Method::GET, "/admin/roleAssignments", None)
+        .await;
+    let managed = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["managed"] == true)
+        .count();
+    assert_eq!(managed, 8);
+    assert!(c.token(&id, &secret).await.is_err());
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moving_to_a_shared_store_brings_its_access_file() {
+    let Some((_cluster, url)) =
+        cluster("a_node_moving_to_a_shared_store_brings_its_access_file").await
+    else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // On its own SQLite store first: the admin API writes DATA_DIR/access.json.
+    let alone = Node::start(dir.path(), shared.path(), None).await;
+    let admin = alone.admin_token().await;
+    let (st, created) = alone
+        .call(
+            &admin,
+            Method::POST,
+            "/admin/principals",
+            Some(json!({"role": "Key Vault Reader"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let id = created["clientId"].as_str().unwrap().to_string();
+    let secret = created["clientSecret"].as_str().unwrap().to_string();
+    alone.stop().await;
+    assert!(dir.path().join("access.json").exists());
+
+    // The same data directory over PostgreSQL: imported; a second node sees it.
+    let moved = Node::start(dir.path(), shared.path(), Some(&url)).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Node::start(other_dir.path(), shared.path(), Some(&url)).await;
+    for node in [&moved, &other] {
+        let token = node.token(&id, &secret).await.expect("imported principal");
+        let (st, _) = node.call(&token, Method::GET, "/secrets", None).await;
+        assert_eq!(st, StatusCode::OK, "Reader lists");
+        let (st, _) = node
+            .call(
+                &token,
+                Method::PUT,
+                "/secrets/x",
+                Some(json!({"value": "x"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+    }
+    moved.stop().await;
+    other.stop().await;
+}
+
+/// Runs futures concurrently on this task (no extra crate).
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    for r in results {
+        out.push(r.expect("every future finished"));
+    }
+    out
+}
