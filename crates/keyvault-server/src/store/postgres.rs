@@ -9,6 +9,8 @@
 //!   row is locked, so a version's `seq` (an identity column) orders versions by commit within a name, the
 //!   latest is well defined when several nodes set the same name at once, and a name is never both live and
 //!   deleted. Multi-statement operations run in one transaction; each statement sees what committed before it.
+//!   A set (the hot write) is one statement and one round trip (`SQL_PUT`): the upsert that locks the name
+//!   draws the version's `seq` while holding the lock, and the version is inserted in the same statement.
 //! - **Ordering**: keys are `COLLATE "C"`, so keyset paging sorts names by bytes, exactly as SQLite does.
 //! - **Schema**: versioned migrations in `kv_schema_migrations`, applied at start inside a transaction that
 //!   holds `pg_advisory_xact_lock(`[`MIGRATION_LOCK_KEY`]`)`, so several nodes may start at once.
@@ -156,11 +158,24 @@ const SQL_VERSIONS_OF_LIVE: &str = concat!(
 );
 /// Create the name's row (live, placeholder latest) or lock the existing one; returns a row only when the
 /// name is live (a deleted name's row is locked but not returned).
-const SQL_LOCK_FOR_PUT: &str = "INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
-     VALUES ($1, $2, $3, 0)
-     ON CONFLICT (vault, name_key) DO UPDATE SET display_name = EXCLUDED.display_name
-         WHERE kv_names.deleted_on IS NULL
-     RETURNING 1";
+/// A new version in one statement (one round trip, autocommit): create-or-lock the name's row, unless it is
+/// deleted, taking the version's `seq` from the identity sequence while the row is locked (so seqs order a
+/// name's versions by commit), then insert the version with that seq. No row back: the name is deleted. A
+/// repeated version id fails the whole statement (unique violation), leaving the name as it was.
+const SQL_PUT: &str = "WITH n AS (
+         INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
+         VALUES ($1::text, $2::text, $3::text, nextval(pg_get_serial_sequence('kv_versions', 'seq')))
+         ON CONFLICT (vault, name_key) DO UPDATE
+             SET display_name = EXCLUDED.display_name,
+                 latest_seq = nextval(pg_get_serial_sequence('kv_versions', 'seq'))
+             WHERE kv_names.deleted_on IS NULL
+         RETURNING latest_seq)
+     INSERT INTO kv_versions
+         (seq, vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
+     OVERRIDING SYSTEM VALUE
+     SELECT n.latest_seq, $1, $2, $4::text, $5::bytea, $6::text, $7::text, $8::boolean, $9::bigint,
+            $10::bigint, $11::bigint, $12::bigint FROM n
+     RETURNING seq";
 const SQL_INSERT_VERSION: &str = "INSERT INTO kv_versions
      (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq";
@@ -518,20 +533,33 @@ async fn insert_version<C: tokio_postgres::GenericClient>(
 async fn put(conn: &mut Conn, vault: &str, row: &VersionRow) -> StoreResult<()> {
     let key = name_key(&row.name);
     let Conn { client, stmts } = conn;
-    let tx = client.transaction().await?;
-    let lock = Conn::prepare(stmts, &tx, SQL_LOCK_FOR_PUT).await?;
-    if tx
-        .query_opt(&lock, &[&vault, &key, &row.name])
-        .await?
-        .is_none()
-    {
-        return Err(StoreError::Deleted);
+    let st = Conn::prepare(stmts, &*client, SQL_PUT).await?;
+    let tags = tags_json(&row.tags)?;
+    let inserted = client
+        .query_opt(
+            &st,
+            &[
+                &vault,
+                &key,
+                &row.name,
+                &row.version,
+                &row.sealed,
+                &row.content_type,
+                &tags,
+                &row.enabled,
+                &row.nbf,
+                &row.exp,
+                &row.created,
+                &row.updated,
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(StoreError::Deleted),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Exists),
+        Err(e) => Err(e.into()),
     }
-    let seq = insert_version(stmts, &tx, vault, &key, row).await?;
-    let st = Conn::prepare(stmts, &tx, SQL_SET_LATEST).await?;
-    tx.execute(&st, &[&vault, &key, &seq]).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 async fn update(
