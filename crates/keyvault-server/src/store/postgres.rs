@@ -164,7 +164,7 @@ const SQL_VERSIONS_OF_LIVE: &str = concat!(
 /// repeated version id fails the whole statement (unique violation), leaving the name as it was.
 const SQL_PUT: &str = "WITH n AS (
          INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
-         VALUES ($1::text, $2::text, $3::text, nextval(pg_get_serial_sequence('kv_versions', 'seq')))
+         VALUES ($1::text, $2::text, $12::text, nextval(pg_get_serial_sequence('kv_versions', 'seq')))
          ON CONFLICT (vault, name_key) DO UPDATE
              SET display_name = EXCLUDED.display_name,
                  latest_seq = nextval(pg_get_serial_sequence('kv_versions', 'seq'))
@@ -173,8 +173,8 @@ const SQL_PUT: &str = "WITH n AS (
      INSERT INTO kv_versions
          (seq, vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
      OVERRIDING SYSTEM VALUE
-     SELECT n.latest_seq, $1, $2, $4::text, $5::bytea, $6::text, $7::text, $8::boolean, $9::bigint,
-            $10::bigint, $11::bigint, $12::bigint FROM n
+     SELECT n.latest_seq, $1, $2, $3::text, $4::bytea, $5::text, $6::text, $7::boolean, $8::bigint,
+            $9::bigint, $10::bigint, $11::bigint FROM n
      RETURNING seq";
 const SQL_INSERT_VERSION: &str = "INSERT INTO kv_versions
      (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
@@ -495,6 +495,28 @@ async fn versions_of_live<C: tokio_postgres::GenericClient>(
         .collect()
 }
 
+/// The parameters of [`SQL_INSERT_VERSION`] ($1-$11; [`SQL_PUT`] adds the display name as $12).
+fn version_params<'a>(
+    vault: &'a (dyn tokio_postgres::types::ToSql + Sync),
+    key: &'a (dyn tokio_postgres::types::ToSql + Sync),
+    row: &'a VersionRow,
+    tags: &'a Option<String>,
+) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    vec![
+        vault,
+        key,
+        &row.version,
+        &row.sealed,
+        &row.content_type,
+        tags,
+        &row.enabled,
+        &row.nbf,
+        &row.exp,
+        &row.created,
+        &row.updated,
+    ]
+}
+
 /// Insert one version of a name whose row this transaction holds; a version id it already has → Exists.
 async fn insert_version<C: tokio_postgres::GenericClient>(
     stmts: &mut Stmts,
@@ -506,22 +528,7 @@ async fn insert_version<C: tokio_postgres::GenericClient>(
     let st = Conn::prepare(stmts, c, SQL_INSERT_VERSION).await?;
     let tags = tags_json(&row.tags)?;
     let inserted = c
-        .query_one(
-            &st,
-            &[
-                &vault,
-                &key,
-                &row.version,
-                &row.sealed,
-                &row.content_type,
-                &tags,
-                &row.enabled,
-                &row.nbf,
-                &row.exp,
-                &row.created,
-                &row.updated,
-            ],
-        )
+        .query_one(&st, &version_params(&vault, &key, row, &tags))
         .await;
     match inserted {
         Ok(r) => Ok(r.try_get(0)?),
@@ -535,25 +542,9 @@ async fn put(conn: &mut Conn, vault: &str, row: &VersionRow) -> StoreResult<()> 
     let Conn { client, stmts } = conn;
     let st = Conn::prepare(stmts, &*client, SQL_PUT).await?;
     let tags = tags_json(&row.tags)?;
-    let inserted = client
-        .query_opt(
-            &st,
-            &[
-                &vault,
-                &key,
-                &row.name,
-                &row.version,
-                &row.sealed,
-                &row.content_type,
-                &tags,
-                &row.enabled,
-                &row.nbf,
-                &row.exp,
-                &row.created,
-                &row.updated,
-            ],
-        )
-        .await;
+    let mut params = version_params(&vault, &key, row, &tags);
+    params.push(&row.name);
+    let inserted = client.query_opt(&st, &params).await;
     match inserted {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(StoreError::Deleted),
