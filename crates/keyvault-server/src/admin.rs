@@ -240,7 +240,7 @@ impl AccessAdmin {
         policy: Arc<Policy>,
     ) -> Result<AccessAdmin, String> {
         let path = data_dir.map(|d| d.join(ACCESS_FILE));
-        let (backend, revision, doc) = match (store.filter(|s| s.shares_access_doc()), path) {
+        let (backend, revision, doc) = match (store.filter(|s| s.is_shared()), path) {
             (Some(store), path) => {
                 let (revision, doc) = Self::load_shared(store.as_ref(), path.as_deref()).await?;
                 (Backend::Shared(store), revision, doc)

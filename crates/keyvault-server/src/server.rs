@@ -185,6 +185,9 @@ impl Server {
                     .map_err(setup("cannot open the PostgreSQL store"))?,
             ),
         };
+        crate::store::check_key(store.as_ref(), &envelope)
+            .await
+            .map_err(StartError::Setup)?;
         let settings = VaultSettings {
             name: config.vault_name.clone(),
             retention_days: config.retention_days,

@@ -276,6 +276,16 @@ impl KeyProvider for StaticKeyProvider {
     }
 }
 
+/// The id of the KEK a value from [`Envelope::seal`] was sealed under (None if it is not such a value).
+pub fn sealed_kek_id(sealed: &[u8]) -> Option<&str> {
+    let mut r = Reader(sealed);
+    if r.u8()? != FORMAT_V1 {
+        return None;
+    }
+    let id_len = usize::from(r.u8()?);
+    std::str::from_utf8(r.take(id_len)?).ok()
+}
+
 /// Seals and opens secret values and backup blobs with keys from a [`KeyProvider`].
 #[derive(Clone)]
 pub struct Envelope {

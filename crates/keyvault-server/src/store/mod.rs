@@ -183,10 +183,11 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn try_acquire_leadership(&self) -> StoreResult<bool> {
         Ok(true)
     }
-    /// Does this store keep the access-control document (what the admin API made: principals, their
-    /// secret hashes, role assignments, custom roles) for every node that shares it? A store private to one
-    /// node answers false, and the node keeps the document in its data directory.
-    fn shares_access_doc(&self) -> bool {
+    /// Is this store shared by several nodes? Then it keeps, for all of them, the access-control document
+    /// (what the admin API made: principals, their secret hashes, role assignments, custom roles) and the
+    /// key check. A store private to one node answers false, and the node keeps the document in its data
+    /// directory.
+    fn is_shared(&self) -> bool {
         false
     }
     /// The shared access-control document and its revision (None before the first change).
@@ -198,6 +199,17 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn access_revision(&self) -> StoreResult<i64> {
         Ok(0)
     }
+    /// A small value kept for every node sharing this store (e.g. [`KEY_CHECK`]); None if absent, or if the
+    /// store keeps none (a store private to one node).
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let _ = key;
+        Ok(None)
+    }
+    /// Keeps `value` under `key` unless a value is there already; returns the value kept (the first one).
+    async fn meta_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        let _ = key;
+        Ok(value.to_vec())
+    }
     /// Replaces the shared access-control document if its revision is still `expected` (0: there is none
     /// yet). Ok(Some(new revision)), or Ok(None) when another node changed it first (read it again, redo
     /// the change, and try again).
@@ -206,6 +218,44 @@ pub trait SecretStore: Send + Sync + 'static {
         Err(StoreError::Internal(
             "this store does not keep an access-control document".into(),
         ))
+    }
+}
+
+/// The name under which a store keeps its key check ([`check_key`]).
+pub const KEY_CHECK: &str = "kek-check";
+
+/// Refuses a key-encryption key that cannot open what other nodes wrote to a shared store. The first node
+/// seals a fixed text under its KEK and keeps it in the store; every node then opens it at start. A node
+/// with another key (a different `kek_file` or `KEYVAULT_KEK`) would seal values the others cannot open:
+/// it stops here instead, naming both key ids. Stores not shared between nodes keep no check.
+pub async fn check_key(
+    store: &dyn SecretStore,
+    envelope: &crate::crypto::Envelope,
+) -> Result<(), String> {
+    const TEXT: &[u8] = b"keyvault-rs key check";
+    if !store.is_shared() {
+        return Ok(());
+    }
+    let stored = match store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? {
+        Some(v) => v,
+        None => {
+            let sealed = envelope
+                .seal("", KEY_CHECK, "", TEXT)
+                .map_err(|e| e.to_string())?;
+            store
+                .meta_insert(KEY_CHECK, &sealed)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    match envelope.open("", KEY_CHECK, "", &stored) {
+        Ok(text) if text.as_slice() == TEXT => Ok(()),
+        _ => Err(format!(
+            "this node's key-encryption key (id {}) cannot open what the other nodes of this store wrote \
+             (key id {}): every node over one store must use the same kek_file or KEYVAULT_KEK",
+            envelope.current_kek_id(),
+            crate::crypto::sealed_kek_id(&stored).unwrap_or("unknown")
+        )),
     }
 }
 

@@ -34,7 +34,8 @@
 //!
 //! Version 2 adds `kv_access(id = 1, revision, doc BYTEA, updated_at)`: the access-control document (what the
 //! admin API made), replaced by compare-and-set on `revision` so concurrent changes on two nodes never
-//! overwrite each other; nodes poll `revision` to pick up each other's changes.
+//! overwrite each other; nodes poll `revision` to pick up each other's changes. It also adds `kv_meta(key,
+//! value)`: the key check ([`crate::store::check_key`]) that stops a node with another KEK.
 
 pub mod pool;
 
@@ -100,13 +101,18 @@ CREATE TABLE kv_versions (
 CREATE INDEX kv_versions_by_name ON kv_versions (vault, name_key, seq);
 "#;
 
-/// Version 2: the access-control document the admin API writes (one row), shared by every node.
+/// Version 2: the access-control document the admin API writes (one row), shared by every node, and small
+/// values every node reads at start (`kv_meta`: the key check).
 const SCHEMA_V2: &str = r#"
 CREATE TABLE kv_access (
     id         SMALLINT PRIMARY KEY CHECK (id = 1),
     revision   BIGINT NOT NULL,
     doc        BYTEA  NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE kv_meta (
+    key   TEXT COLLATE "C" PRIMARY KEY,
+    value BYTEA NOT NULL
 );
 "#;
 
@@ -855,8 +861,36 @@ impl SecretStore for PostgresStore {
         .await
     }
 
-    fn shares_access_doc(&self) -> bool {
+    fn is_shared(&self) -> bool {
         true
+    }
+
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.run(async |c| {
+            let row = c
+                .client
+                .query_opt("SELECT value FROM kv_meta WHERE key = $1", &[&key])
+                .await?;
+            row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+        })
+        .await
+    }
+
+    async fn meta_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        self.run(async |c| {
+            c.client
+                .execute(
+                    "INSERT INTO kv_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                    &[&key, &value],
+                )
+                .await?;
+            let row = c
+                .client
+                .query_one("SELECT value FROM kv_meta WHERE key = $1", &[&key])
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 
     async fn access_doc(&self) -> StoreResult<Option<super::AccessDoc>> {

@@ -424,3 +424,40 @@ async fn a_database_restart_fails_fast_then_heals() {
     );
     assert!(store.try_acquire_leadership().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_key_is_refused() {
+    use crate::crypto::{Envelope, StaticKeyProvider};
+    let Some(pg) = pgtest::start_or_skip("store::postgres::a_node_with_another_key_is_refused")
+    else {
+        return;
+    };
+    let envelope = |byte: u8| Envelope::new(Arc::new(StaticKeyProvider::from_bytes([byte; 32])));
+    let (first, same, other) = (envelope(1), envelope(1), envelope(2));
+    let store = PostgresStore::open(&pg.url()).await.unwrap();
+    assert!(store.meta(crate::store::KEY_CHECK).await.unwrap().is_none());
+    crate::store::check_key(&store, &first)
+        .await
+        .expect("the first node sets the check");
+    assert!(store.meta(crate::store::KEY_CHECK).await.unwrap().is_some());
+    let second = PostgresStore::open(&pg.url()).await.unwrap();
+    crate::store::check_key(&second, &same)
+        .await
+        .expect("the same key passes");
+    let err = crate::store::check_key(&second, &other)
+        .await
+        .expect_err("another key is refused");
+    assert!(err.contains(other.current_kek_id()), "{err}");
+    assert!(err.contains(first.current_kek_id()), "{err}");
+    // The first value kept stays: a second insert does not replace it.
+    let kept = store.meta(crate::store::KEY_CHECK).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .meta_insert(crate::store::KEY_CHECK, b"other")
+            .await
+            .unwrap(),
+        kept
+    );
+    store.close().await;
+    second.close().await;
+}
