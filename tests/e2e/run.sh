@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# End-to-end tests: the official Azure SDKs (Python sync + aio, JS) against the keyvault binary.
+# End-to-end tests: the official Azure SDKs (Python sync + aio, JS, Rust) against the keyvault binary.
 #
 #   KEYVAULT_BIN=path/to/keyvault tests/e2e/run.sh [extra pytest args...]
-#   E2E_SETUP_ONLY=1 tests/e2e/run.sh      # only install the pinned SDKs
+#   E2E_SETUP_ONLY=1 tests/e2e/run.sh      # only install the pinned SDKs (and compile the Rust tests)
 #
-# Builds nothing but the Python venv (tests/e2e/.venv) and the npm packages
-# (tests/e2e/js/node_modules). The caller must have built the binary
+# Builds nothing but the Python venv (tests/e2e/.venv), the npm packages
+# (tests/e2e/js/node_modules) and the standalone Rust SDK test project tests/e2e/rust
+# (CARGO_TARGET_DIR=target/e2e-rust). The caller must have built the binary
 # (default: target/debug/keyvault relative to the repository root).
 set -euo pipefail
 
@@ -43,9 +44,18 @@ if [[ ! -d "$JS_DIR/node_modules" || "$(cat "$JS_DIR/node_modules/.e2e-lock.sha2
   echo "$lock_hash" > "$JS_DIR/node_modules/.e2e-lock.sha256"
 fi
 
-# E2E_SETUP_ONLY=1: only prepare the venv and npm packages (Rust tests that drive the Python SDK use the venv).
+# --- Rust SDK project (standalone cargo project, own lock file and target dir) ---
+# Its own target dir, so it never shares (or waits on the lock of) the workspace's target/debug.
+RUST_DIR="$E2E_DIR/rust"
+RUST_CARGO=(env CARGO_TARGET_DIR="$REPO_ROOT/target/e2e-rust" cargo)
+RUST_ARGS=(--locked --manifest-path "$RUST_DIR/Cargo.toml")
+
+# E2E_SETUP_ONLY=1: only prepare the venv and npm packages (Rust tests that drive the Python SDK use the venv)
+# and compile the Rust SDK tests (no server is started).
 if [[ "${E2E_SETUP_ONLY:-}" == 1 ]]; then
-  echo "e2e: setup done ($VENV, $JS_DIR/node_modules)" >&2
+  echo "e2e: cargo build --tests ($RUST_DIR)" >&2
+  "${RUST_CARGO[@]}" build --tests "${RUST_ARGS[@]}"
+  echo "e2e: setup done ($VENV, $JS_DIR/node_modules, Rust SDK tests built)" >&2
   exit 0
 fi
 
@@ -66,6 +76,13 @@ echo "e2e: pytest (binary: $KEYVAULT_BIN)" >&2
 
 echo "e2e: node --test" >&2
 (cd "$JS_DIR" && with_timeout 240 node --test --test-reporter=spec secrets.test.mjs) || status=1
+
+echo "e2e: cargo test (official Rust SDK, $RUST_DIR)" >&2
+if "${RUST_CARGO[@]}" build --tests "${RUST_ARGS[@]}"; then
+  with_timeout 300 "${RUST_CARGO[@]}" test "${RUST_ARGS[@]}" || status=1
+else
+  status=1
+fi
 
 if [[ $status -ne 0 ]]; then
   echo "e2e: FAILED" >&2
