@@ -424,14 +424,12 @@ impl AccessAdmin {
         let new = &applied.doc;
         let same_name = |a: &StoredRole, b: &StoredRole| a.name.eq_ignore_ascii_case(&b.name);
         // Roles first: new assignments may name them.
-        for role in &new.roles {
-            if !old.roles.iter().any(|o| o == role) {
-                if let Err(e) = self
-                    .policy
-                    .define_role(&role.name, role.permissions.clone())
-                {
-                    tracing::warn!(role = %role.name, error = %e, "skipping a stored role");
-                }
+        for role in new.roles.iter().filter(|r| !old.roles.contains(r)) {
+            if let Err(e) = self
+                .policy
+                .define_role(&role.name, role.permissions.clone())
+            {
+                tracing::warn!(role = %role.name, error = %e, "skipping a stored role");
             }
         }
         for gone in old
@@ -796,18 +794,18 @@ impl AccessAdmin {
                     .roles
                     .iter()
                     .position(|r| r.name.eq_ignore_ascii_case(&name));
-                if existing.is_none() {
-                    if let Some(r) = self.find_role(&name) {
-                        return Err(AdminError::Conflict(format!(
-                            "Role '{}' is {}; it cannot be changed through the admin API.",
-                            r.name,
-                            if r.builtin {
-                                "built in"
-                            } else {
-                                "declared in the server configuration"
-                            }
-                        )));
-                    }
+                if existing.is_none()
+                    && let Some(r) = self.find_role(&name)
+                {
+                    return Err(AdminError::Conflict(format!(
+                        "Role '{}' is {}; it cannot be changed through the admin API.",
+                        r.name,
+                        if r.builtin {
+                            "built in"
+                        } else {
+                            "declared in the server configuration"
+                        }
+                    )));
                 }
                 let role = StoredRole {
                     name: match existing {

@@ -74,8 +74,9 @@ pub struct Config {
     /// A separate budget for creates (PUT) per window; unset = creates count against
     /// `rate_limit_per_10s`. Default: off. (Key Vault: 300.)
     pub rate_limit_create_per_10s: Option<u32>,
-    /// External OIDC issuers whose tokens are accepted (`[[trusted_issuers]] issuer, audience, jwks_file,
-    /// principal_claim`); their principal is the claim's value (default `sub`), for `[[assignments]]`.
+    /// External OIDC issuers whose tokens are accepted (`[[trusted_issuers]] issuer, audience, jwks_file` or
+    /// `jwks_url` (`ca_file`, `jwks_refresh_secs`), `principal_claim`); their principal is the claim's value
+    /// (default `sub`), for `[[assignments]]`.
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
     /// The throttling window in seconds. Default 10 (Key Vault's); the limits' names keep saying "10s".
     pub rate_limit_window_secs: u64,
@@ -101,28 +102,122 @@ pub struct AssignmentConfig {
     pub scope: Option<String>,
 }
 
-/// A trusted external token issuer: the exact `iss`, the `aud` its tokens must carry, its keys (a JWKS
-/// file; ES256 and RS256 keys are used) and the claim naming the principal (default `sub`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A trusted external token issuer: the exact `iss`, the `aud` its tokens must carry, its keys (ES256 and
+/// RS256 keys of a JWKS) and the claim naming the principal (default `sub`).
+///
+/// The keys come from exactly one of `jwks_file` (read at start) and `jwks_url` (`https://…`; `http://` only
+/// to 127.0.0.1, `localhost` or `::1`), fetched at start and every `jwks_refresh_secs` (default 3600), and
+/// when a token names a `kid` the issuer doesn't know (see [`crate::auth::external`]). `ca_file`: PEM
+/// certificates that are then the only roots trusted for `jwks_url` (for a private issuer: Keycloak,
+/// Kubernetes…); default: the platform's roots.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(try_from = "TrustedIssuerToml")]
 pub struct TrustedIssuerConfig {
     pub issuer: String,
     pub audience: String,
-    pub jwks_file: PathBuf,
-    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub jwks_refresh_secs: Option<u64>,
     pub principal_claim: Option<String>,
 }
 
+/// [`TrustedIssuerConfig`] as written, checked on the way in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustedIssuerToml {
+    issuer: String,
+    audience: String,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    jwks_refresh_secs: Option<u64>,
+    #[serde(default)]
+    principal_claim: Option<String>,
+}
+
+impl TryFrom<TrustedIssuerToml> for TrustedIssuerConfig {
+    type Error = ConfigError;
+
+    fn try_from(t: TrustedIssuerToml) -> Result<Self, ConfigError> {
+        let c = TrustedIssuerConfig {
+            issuer: t.issuer,
+            audience: t.audience,
+            jwks_file: t.jwks_file,
+            jwks_url: t.jwks_url,
+            ca_file: t.ca_file,
+            jwks_refresh_secs: t.jwks_refresh_secs,
+            principal_claim: t.principal_claim,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
 impl TrustedIssuerConfig {
-    /// Reads the JWKS and builds the issuer.
+    /// Checks the settings without reading any file or fetching anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str| ConfigError(format!("trusted issuer '{}': {what}", self.issuer));
+        if self.issuer.trim().is_empty() || self.audience.trim().is_empty() {
+            return Err(bad("issuer and audience must not be empty"));
+        }
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), Some(_)) => return Err(bad("set either jwks_file or jwks_url, not both")),
+            (None, None) => return Err(bad("set jwks_file or jwks_url")),
+            (Some(_), None) => {
+                if self.ca_file.is_some() || self.jwks_refresh_secs.is_some() {
+                    return Err(bad(
+                        "ca_file and jwks_refresh_secs apply to jwks_url only, not to jwks_file",
+                    ));
+                }
+            }
+            (None, Some(url)) => {
+                crate::auth::external::check_jwks_url(url).map_err(|e| bad(&e))?;
+            }
+        }
+        let max = crate::auth::external::MAX_JWKS_REFRESH_SECS;
+        if self
+            .jwks_refresh_secs
+            .is_some_and(|secs| secs == 0 || secs > max)
+        {
+            return Err(bad(&format!("jwks_refresh_secs must be 1 to {max}")));
+        }
+        Ok(())
+    }
+
+    /// Builds the issuer: reads the JWKS file, or prepares fetching the JWKS URL (nothing is fetched
+    /// yet: see [`TrustedIssuer::refresh`](crate::auth::external::TrustedIssuer::refresh)).
     pub fn load(&self) -> Result<crate::auth::external::TrustedIssuer, ConfigError> {
-        crate::auth::external::TrustedIssuer::load(
-            &self.issuer,
-            &self.audience,
-            &self.jwks_file,
-            self.principal_claim.as_deref(),
-        )
-        .map_err(|e| ConfigError(format!("trusted issuer '{}': {e}", self.issuer)))
+        use crate::auth::external::{DEFAULT_JWKS_REFRESH_SECS, RemoteJwks, TrustedIssuer};
+        self.validate()?;
+        let bad = |e: String| ConfigError(format!("trusted issuer '{}': {e}", self.issuer));
+        let claim = self.principal_claim.as_deref();
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(file), _) => TrustedIssuer::load(&self.issuer, &self.audience, file, claim),
+            (None, Some(url)) => {
+                let ca_pem = match &self.ca_file {
+                    Some(path) => Some(
+                        std::fs::read(path)
+                            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?,
+                    ),
+                    None => None,
+                };
+                let source = RemoteJwks {
+                    url: url.clone(),
+                    ca_pem,
+                    refresh: std::time::Duration::from_secs(
+                        self.jwks_refresh_secs.unwrap_or(DEFAULT_JWKS_REFRESH_SECS),
+                    ),
+                };
+                TrustedIssuer::from_url(&self.issuer, &self.audience, source, claim)
+            }
+            (None, None) => Err("set jwks_file or jwks_url".into()),
+        }
+        .map_err(bad)
     }
 }
 
@@ -467,6 +562,88 @@ mod tests {
             assert!(c.validate().is_err(), "{bad}");
         }
         assert!(Config::from_toml("[[trusted_issuers]]\nissuer = \"x\"").is_err());
+    }
+
+    #[test]
+    fn trusted_issuers_with_a_jwks_url() {
+        let parse = |fields: &str| {
+            Config::from_toml(&format!(
+                "dev = true\n[[trusted_issuers]]\nissuer = \"https://idp.example.com\"\n\
+                 audience = \"api://kv\"\n{fields}"
+            ))
+        };
+        let c = parse(
+            "jwks_url = \"https://idp.example.com/keys\"\nca_file = \"/etc/ca.pem\"\n\
+             jwks_refresh_secs = 600",
+        )
+        .unwrap();
+        let t = &c.trusted_issuers[0];
+        assert_eq!(t.jwks_url.as_deref(), Some("https://idp.example.com/keys"));
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            (t.jwks_file.as_ref(), t.jwks_refresh_secs),
+            (None, Some(600))
+        );
+        assert!(t.load().is_err(), "no such CA file");
+        // Without a CA file: the platform roots; nothing is fetched yet, so no keys.
+        let t = parse("jwks_url = \"https://idp.example.com/keys\"")
+            .unwrap()
+            .trusted_issuers[0]
+            .load()
+            .unwrap();
+        assert_eq!(t.jwks_url(), Some("https://idp.example.com/keys"));
+        assert!(!t.has_keys());
+        // Plain http only to a loopback address.
+        for ok in [
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            parse(&format!("jwks_url = \"{ok}\"")).unwrap();
+        }
+
+        let must_fail = [
+            // Both sources, or neither.
+            "jwks_url = \"https://idp.example.com/keys\"\njwks_file = \"/etc/jwks.json\"",
+            "principal_claim = \"oid\"",
+            // Not https (http only to loopback), not a URL, credentials in it.
+            "jwks_url = \"http://idp.example.com/keys\"",
+            "jwks_url = \"http://10.0.0.1/keys\"",
+            "jwks_url = \"ftp://idp.example.com/keys\"",
+            "jwks_url = \"idp.example.com/keys\"",
+            "jwks_url = \"https://user:pass@idp.example.com/keys\"",
+            // URL-only settings with a file; a refresh period out of range; unknown fields.
+            "jwks_file = \"/etc/jwks.json\"\nca_file = \"/etc/ca.pem\"",
+            "jwks_file = \"/etc/jwks.json\"\njwks_refresh_secs = 60",
+            "jwks_url = \"https://idp.example.com/keys\"\njwks_refresh_secs = 0",
+            "jwks_url = \"https://idp.example.com/keys\"\njwks_refresh_secs = 99999999",
+            "jwks_url = \"https://idp.example.com/keys\"\nrefresh = 60",
+        ];
+        for bad in must_fail {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("trusted") || err.contains("unknown field"),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse("principal_claim = \"oid\"").unwrap_err().to_string();
+        assert!(err.contains("set jwks_file or jwks_url"), "{err}");
+        let err = parse("jwks_url = \"http://idp.example.com/keys\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https://"), "{err}");
+        // Built in code: load() checks too.
+        let both = TrustedIssuerConfig {
+            issuer: "https://idp.example.com".into(),
+            audience: "api://kv".into(),
+            jwks_file: Some("/etc/jwks.json".into()),
+            jwks_url: Some("https://idp.example.com/keys".into()),
+            ..Default::default()
+        };
+        assert!(both.load().unwrap_err().to_string().contains("not both"));
     }
 
     #[test]

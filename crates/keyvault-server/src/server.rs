@@ -104,6 +104,8 @@ pub struct Server {
     info: ServerInfo,
     data_dir: PathBuf,
     sweep_interval: Duration,
+    /// Trusted external issuers (those with a JWKS URL are refreshed while serving).
+    trusted_issuers: Vec<crate::auth::external::TrustedIssuer>,
 }
 
 fn host_of(addr: &SocketAddr) -> String {
@@ -257,11 +259,15 @@ impl Server {
                 "a trusted issuer cannot be this server's own issuer ({issuer})"
             )));
         }
+        // Issuers with a JWKS URL: the first fetch (a failure is logged; `serve` keeps retrying).
+        for t in trusted.iter().filter(|t| t.jwks_url().is_some()) {
+            t.refresh_logged().await;
+        }
         let verifier = Arc::new(TokenVerifier::with_trusted_issuers(
             token_issuer.verification_keys(),
             issuer,
             audiences.clone(),
-            trusted,
+            trusted.clone(),
         ));
         let clients = Arc::new(ClientRegistry::new());
         for c in &config.clients {
@@ -361,6 +367,7 @@ impl Server {
             },
             data_dir,
             sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
+            trusted_issuers: trusted,
         })
     }
 
@@ -400,6 +407,12 @@ impl Server {
             write_private_file(&self.data_dir.join("dev-credentials.json"), &json)?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let jwks_refreshers: Vec<_> = self
+            .trusted_issuers
+            .iter()
+            .filter(|t| t.jwks_url().is_some())
+            .map(|t| tokio::spawn(t.clone().refresh_loop(stop_rx.clone())))
+            .collect();
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -455,6 +468,9 @@ impl Server {
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
         }
         let _ = sweeper.await;
+        for refresher in jwks_refreshers {
+            let _ = refresher.await;
+        }
         if let Some(audit) = &self.audit {
             audit.flush().await;
         }

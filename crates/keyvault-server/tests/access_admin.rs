@@ -406,8 +406,8 @@ async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
         trusted_issuers: vec![keyvault_server::config::TrustedIssuerConfig {
             issuer: ISS.into(),
             audience: AUD.into(),
-            jwks_file: jwks,
-            principal_claim: None,
+            jwks_file: Some(jwks),
+            ..Default::default()
         }],
         ..Default::default()
     })

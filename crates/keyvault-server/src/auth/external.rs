@@ -1,6 +1,6 @@
 //! Trusted external OIDC issuers: access tokens signed by another identity provider (Entra, Keycloak, a CI
 //! system's OIDC tokens…) are accepted when their `iss` is exactly a configured issuer, their `aud` is the
-//! configured audience, and their signature verifies with one of the issuer's keys (a JWKS file).
+//! configured audience, and their signature verifies with one of the issuer's keys (its JWKS).
 //!
 //! - Algorithms: ES256 (EC P-256 keys) and RS256 (RSA keys) only. The algorithm a key verifies is fixed by
 //!   its type, and must be the token header's `alg` (no algorithm confusion; `none` and HMAC are refused).
@@ -8,8 +8,28 @@
 //!   issuer has exactly one key of its algorithm.
 //! - `exp` is required, `nbf` honoured if present (with the same clock skew as our own tokens).
 //! - The principal is the value of the configured claim (default `sub`): role assignments name it.
+//!
+//! Where the keys come from:
+//!
+//! - a JWKS file ([`TrustedIssuer::load`]), read once at start; or
+//! - a JWKS URL ([`TrustedIssuer::from_url`]): `https` only (plain `http` only to 127.0.0.1, `localhost` or
+//!   `::1`), trusting the platform's root certificates or only those of a configured CA file; no redirects;
+//!   5 s to connect, 10 s in all, at most [`MAX_JWKS_BYTES`]. The server fetches the keys at start (a
+//!   failure is logged and the server starts anyway: that issuer's tokens get 401 until a fetch succeeds,
+//!   retried with backoff from 1 s up to 5 min), then every `jwks_refresh_secs` ([`refresh_loop`]).
+//!   A token whose `kid` the issuer does not know triggers a fetch right away and is verified again after
+//!   it (at most one such fetch per [`KID_MISS_REFRESH_INTERVAL`] per issuer, so a flood of made-up `kid`s
+//!   cannot hammer the identity provider), so a key rotation at the provider works at once. A failed or
+//!   unusable fetch keeps the last good keys. A new key set replaces the old one atomically; when it drops
+//!   a key, the token verifier forgets the tokens it had cached (so tokens signed by a withdrawn key stop
+//!   working at once, not when they expire).
+//!
+//! [`refresh_loop`]: TrustedIssuer::refresh_loop
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,30 +39,108 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use super::AuthError;
 use super::token::Principal;
 
-/// One trusted issuer and its keys.
+/// How often a JWKS URL is fetched again unless configured otherwise (`jwks_refresh_secs`).
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 3600;
+/// The longest `jwks_refresh_secs` (a week).
+pub const MAX_JWKS_REFRESH_SECS: u64 = 7 * 24 * 3600;
+/// The largest JWKS document accepted from a URL.
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// At most one fetch per issuer in this interval is caused by tokens with an unknown `kid`.
+pub const KID_MISS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries after failed fetches: 1 s, 2 s, 4 s… up to this (and never later than the refresh period).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// Where to fetch an issuer's JWKS, and how often.
+#[derive(Clone, Debug)]
+pub struct RemoteJwks {
+    /// `https://…` (or `http://` to a loopback address).
+    pub url: String,
+    /// PEM certificates: the only roots trusted for this URL. `None`: the platform's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Time between fetches.
+    pub refresh: Duration,
+}
+
+/// One trusted issuer and its keys. Clones share the keys (and their refreshing).
 #[derive(Clone)]
 pub struct TrustedIssuer {
+    inner: Arc<Inner>,
+}
+
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+struct Inner {
     issuer: String,
     audience: String,
     principal_claim: String,
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    /// The current key set, replaced as a whole.
+    keys: RwLock<Arc<Vec<IssuerKey>>>,
+    /// Bumped each time the key set changes.
+    generation: AtomicU64,
+    /// Called after a new key set dropped a key (the verifier's cache clears itself).
+    on_keys_removed: Mutex<Vec<Hook>>,
+    remote: Option<Remote>,
+}
+
+struct IssuerKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+    /// The JWK as JSON: what tells a key set's changes.
+    jwk: String,
+}
+
+struct Remote {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    refresh: Duration,
+    /// Held during a fetch (one at a time); the time of the last fetch an unknown `kid` caused.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for TrustedIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustedIssuer")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("principal_claim", &self.principal_claim)
-            .field(
-                "kids",
-                &self.keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
-            )
+            .field("issuer", &self.inner.issuer)
+            .field("audience", &self.inner.audience)
+            .field("principal_claim", &self.inner.principal_claim)
+            .field("jwks_url", &self.jwks_url())
+            .field("kids", &self.kids())
             .finish()
     }
 }
 
 impl TrustedIssuer {
+    fn build(
+        issuer: &str,
+        audience: &str,
+        principal_claim: Option<&str>,
+        keys: Vec<IssuerKey>,
+        remote: Option<Remote>,
+    ) -> Result<TrustedIssuer, String> {
+        if issuer.trim().is_empty() || audience.trim().is_empty() {
+            return Err("a trusted issuer needs an issuer and an audience".into());
+        }
+        let principal_claim = principal_claim
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .unwrap_or("sub")
+            .to_string();
+        Ok(TrustedIssuer {
+            inner: Arc::new(Inner {
+                issuer: issuer.to_string(),
+                audience: audience.to_string(),
+                principal_claim,
+                keys: RwLock::new(Arc::new(keys)),
+                generation: AtomicU64::new(0),
+                on_keys_removed: Mutex::new(Vec::new()),
+                remote,
+            }),
+        })
+    }
+
     /// An issuer from its JWKS document (`{"keys":[…]}`). Keys other than EC P-256 and RSA signature keys are
     /// skipped; at least one must remain.
     pub fn from_jwks(
@@ -54,53 +152,8 @@ impl TrustedIssuer {
         if issuer.trim().is_empty() || audience.trim().is_empty() {
             return Err("a trusted issuer needs an issuer and an audience".into());
         }
-        let set: JwkSet =
-            serde_json::from_str(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
-            if jwk
-                .common
-                .public_key_use
-                .as_ref()
-                .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
-            {
-                continue;
-            }
-            let alg = match &jwk.algorithm {
-                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-                    Algorithm::ES256
-                }
-                AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                _ => continue,
-            };
-            if let Some(declared) = jwk.common.key_algorithm {
-                let matches = matches!(
-                    (declared, alg),
-                    (jsonwebtoken::jwk::KeyAlgorithm::ES256, Algorithm::ES256)
-                        | (jsonwebtoken::jwk::KeyAlgorithm::RS256, Algorithm::RS256)
-                );
-                if !matches {
-                    continue;
-                }
-            }
-            let key =
-                DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key in the JWKS: {e}"))?;
-            keys.push((jwk.common.key_id.clone(), alg, key));
-        }
-        if keys.is_empty() {
-            return Err("the JWKS has no ES256 (EC P-256) or RS256 (RSA) signature key".into());
-        }
-        let principal_claim = principal_claim
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .unwrap_or("sub")
-            .to_string();
-        Ok(TrustedIssuer {
-            issuer: issuer.to_string(),
-            audience: audience.to_string(),
-            principal_claim,
-            keys,
-        })
+        let keys = parse_jwks(jwks)?;
+        Self::build(issuer, audience, principal_claim, keys, None)
     }
 
     /// [`from_jwks`](Self::from_jwks) reading the JWKS from a file.
@@ -116,8 +169,215 @@ impl TrustedIssuer {
             .map_err(|e| format!("{}: {e}", jwks_file.display()))
     }
 
+    /// An issuer whose JWKS is fetched from a URL. It has no keys until [`refresh`](Self::refresh) (or
+    /// [`refresh_loop`](Self::refresh_loop), or a token with an unknown `kid`) fetches them.
+    pub fn from_url(
+        issuer: &str,
+        audience: &str,
+        source: RemoteJwks,
+        principal_claim: Option<&str>,
+    ) -> Result<TrustedIssuer, String> {
+        let url = check_jwks_url(&source.url)?;
+        if source.refresh.is_zero() {
+            return Err("the JWKS refresh period must be at least one second".into());
+        }
+        let client = http_client(source.ca_pem.as_deref(), url.scheme() == "https")?;
+        let remote = Remote {
+            url,
+            client,
+            refresh: source.refresh,
+            fetching: tokio::sync::Mutex::new(None),
+        };
+        Self::build(issuer, audience, principal_claim, Vec::new(), Some(remote))
+    }
+
     pub fn issuer(&self) -> &str {
-        &self.issuer
+        &self.inner.issuer
+    }
+
+    /// The JWKS URL, for an issuer whose keys are fetched.
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.inner.remote.as_ref().map(|r| r.url.as_str())
+    }
+
+    /// The `kid`s of the current keys (`None` for a key without one).
+    pub fn kids(&self) -> Vec<Option<String>> {
+        self.snapshot().iter().map(|k| k.kid.clone()).collect()
+    }
+
+    /// Whether the issuer has keys (an issuer fetched from a URL has none before its first good fetch).
+    pub fn has_keys(&self) -> bool {
+        !self.snapshot().is_empty()
+    }
+
+    fn snapshot(&self) -> Arc<Vec<IssuerKey>> {
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Counts the key set's changes.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// Calls `hook` whenever a new key set drops a key.
+    pub(crate) fn on_keys_removed(&self, hook: Hook) {
+        self.inner
+            .on_keys_removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(hook);
+    }
+
+    /// Replaces the key set; tells whether it changed.
+    fn install(&self, keys: Vec<IssuerKey>) -> bool {
+        let new = Arc::new(keys);
+        let old = std::mem::replace(
+            &mut *self
+                .inner
+                .keys
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            new.clone(),
+        );
+        let within = |a: &[IssuerKey], b: &[IssuerKey]| {
+            a.iter().all(|k| b.iter().any(|other| other.jwk == k.jwk))
+        };
+        let removed = !within(&old, &new);
+        let changed = removed || !within(&new, &old);
+        if changed {
+            self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        if removed {
+            let hooks = self
+                .inner
+                .on_keys_removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for hook in hooks.iter() {
+                hook();
+            }
+        }
+        changed
+    }
+
+    /// Fetches the JWKS from the issuer's URL now and, if it is usable, makes it the key set. Returns whether
+    /// the key set changed. On an error the keys stay as they were. (Fetches of one issuer take turns.)
+    pub async fn refresh(&self) -> Result<bool, String> {
+        let Some(remote) = &self.inner.remote else {
+            return Err("this issuer's keys come from a file".into());
+        };
+        let _turn = remote.fetching.lock().await;
+        self.fetch_and_install(remote).await
+    }
+
+    /// [`refresh`](Self::refresh), logging a failure; tells whether the issuer has keys afterwards.
+    pub async fn refresh_logged(&self) -> bool {
+        if let Err(e) = self.refresh().await {
+            self.log_failure(&e);
+        }
+        self.has_keys()
+    }
+
+    async fn fetch_and_install(&self, remote: &Remote) -> Result<bool, String> {
+        let text = fetch(remote).await?;
+        let keys = parse_jwks(&text)?;
+        let count = keys.len();
+        let changed = self.install(keys);
+        if changed {
+            tracing::info!(issuer = %self.inner.issuer, keys = count,
+                "trusted issuer: signing keys fetched");
+        } else {
+            tracing::debug!(issuer = %self.inner.issuer, keys = count,
+                "trusted issuer: signing keys unchanged");
+        }
+        Ok(changed)
+    }
+
+    fn log_failure(&self, error: &str) {
+        if self.has_keys() {
+            tracing::warn!(issuer = %self.inner.issuer, %error,
+                "cannot refresh a trusted issuer's JWKS; keeping its last good keys");
+        } else {
+            tracing::error!(issuer = %self.inner.issuer, %error,
+                "cannot fetch a trusted issuer's JWKS; its tokens are refused until a fetch succeeds");
+        }
+    }
+
+    /// Keeps the keys of an issuer with a JWKS URL fresh until `stop` changes (or its sender is dropped):
+    /// a fetch every refresh period, and after a failure retries at 1 s, 2 s, 4 s… (at most 5 min, at most
+    /// the refresh period). Returns at once for an issuer whose keys come from a file.
+    pub async fn refresh_loop(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(remote) = &self.inner.remote else {
+            return;
+        };
+        let mut failures = u32::from(!self.has_keys());
+        loop {
+            let wait = match failures {
+                0 => remote.refresh,
+                n => retry_delay(n).min(remote.refresh),
+            };
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let result = tokio::select! {
+                _ = stop.changed() => return,
+                result = self.refresh() => result,
+            };
+            match result {
+                Ok(_) => {
+                    if failures > 0 {
+                        tracing::info!(issuer = %self.inner.issuer, "trusted issuer: JWKS fetched again");
+                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.log_failure(&e);
+                }
+            }
+        }
+    }
+
+    /// Whether this token header names a `kid` (of an algorithm we accept) that none of the keys has.
+    pub(crate) fn is_unknown_kid(&self, header: &Header) -> bool {
+        let Some(kid) = &header.kid else {
+            return false;
+        };
+        matches!(header.alg, Algorithm::ES256 | Algorithm::RS256)
+            && !self
+                .snapshot()
+                .iter()
+                .any(|k| k.kid.as_deref() == Some(kid.as_str()) && k.alg == header.alg)
+    }
+
+    /// For a token with an unknown `kid`: fetches the JWKS, unless a fetch for that reason happened less than
+    /// [`KID_MISS_REFRESH_INTERVAL`] ago (or the issuer's keys come from a file). Waits for a fetch already
+    /// under way. Returns whether the keys changed meanwhile (so verifying again may succeed).
+    pub(crate) async fn refresh_for_unknown_kid(&self) -> bool {
+        let Some(remote) = &self.inner.remote else {
+            return false;
+        };
+        let seen = self.generation();
+        let mut last = remote.fetching.lock().await;
+        if self.generation() != seen {
+            return true;
+        }
+        if last.is_some_and(|t| t.elapsed() < KID_MISS_REFRESH_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match self.fetch_and_install(remote).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                self.log_failure(&e);
+                false
+            }
+        }
     }
 
     /// Verifies a token whose (unverified) `iss` is this issuer's. Returns the principal, `nbf` and `exp`.
@@ -130,13 +390,13 @@ impl TrustedIssuer {
         if alg != Algorithm::ES256 && alg != Algorithm::RS256 {
             return Err(AuthError::InvalidToken("unsupported signing algorithm"));
         }
+        let keys = self.snapshot();
         let key = match &header.kid {
-            Some(kid) => self
-                .keys
+            Some(kid) => keys
                 .iter()
-                .find(|(k, a, _)| k.as_deref() == Some(kid.as_str()) && *a == alg),
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()) && k.alg == alg),
             None => {
-                let mut of_alg = self.keys.iter().filter(|(_, a, _)| *a == alg);
+                let mut of_alg = keys.iter().filter(|k| k.alg == alg);
                 match (of_alg.next(), of_alg.next()) {
                     (Some(only), None) => Some(only),
                     _ => None,
@@ -144,21 +404,22 @@ impl TrustedIssuer {
             }
         }
         .ok_or(AuthError::InvalidToken("unknown signing key"))?;
+        let inner = &*self.inner;
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&inner.issuer]);
+        validation.set_audience(&[&inner.audience]);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = 0;
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.2, &validation)
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
             .map_err(|e| super::token::map_jwt_error(e.kind()))?;
         let claims = data.claims;
         let exp = claims["exp"]
             .as_i64()
             .ok_or(AuthError::InvalidToken("missing claim"))?;
         let nbf = claims["nbf"].as_i64().unwrap_or(i64::MIN / 2);
-        let id = claims[self.principal_claim.as_str()]
+        let id = claims[inner.principal_claim.as_str()]
             .as_str()
             .filter(|s| !s.is_empty() && s.len() <= 256)
             .ok_or(AuthError::InvalidToken("missing claim"))?
@@ -166,6 +427,182 @@ impl TrustedIssuer {
         let tenant = claims["tid"].as_str().unwrap_or_default().to_string();
         Ok((Principal { id, tenant }, nbf, exp))
     }
+}
+
+/// The usable keys of a JWKS document: EC P-256 (ES256) and RSA (RS256) signature keys; at least one.
+fn parse_jwks(jwks: &str) -> Result<Vec<IssuerKey>, String> {
+    let set: JwkSet =
+        serde_json::from_str(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
+        {
+            continue;
+        }
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            _ => continue,
+        };
+        if let Some(declared) = jwk.common.key_algorithm {
+            let matches = matches!(
+                (declared, alg),
+                (jsonwebtoken::jwk::KeyAlgorithm::ES256, Algorithm::ES256)
+                    | (jsonwebtoken::jwk::KeyAlgorithm::RS256, Algorithm::RS256)
+            );
+            if !matches {
+                continue;
+            }
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key in the JWKS: {e}"))?;
+        keys.push(IssuerKey {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+            jwk: serde_json::to_string(jwk).unwrap_or_default(),
+        });
+    }
+    if keys.is_empty() {
+        return Err("the JWKS has no ES256 (EC P-256) or RS256 (RSA) signature key".into());
+    }
+    Ok(keys)
+}
+
+/// A JWKS URL we are willing to fetch: `https`, or `http` to a loopback address; no credentials in it.
+pub fn check_jwks_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed =
+        reqwest::Url::parse(url.trim()).map_err(|e| format!("jwks_url is not a URL: {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("jwks_url must not contain credentials".into());
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if host.is_empty() {
+        return Err("jwks_url has no host".into());
+    }
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(parsed),
+        _ => Err(
+            "jwks_url must be an https:// URL (http:// only to 127.0.0.1, localhost or ::1)".into(),
+        ),
+    }
+}
+
+/// The platform's root certificates (read once).
+fn platform_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!(error = %e, "could not load some platform root certificates");
+        }
+        found.certs
+    })
+}
+
+/// The HTTP client for one issuer's JWKS: rustls with the ring provider, the given roots (or the
+/// platform's), no redirects, bounded time.
+fn http_client(ca_pem: Option<&[u8]>, https: bool) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            let certs = rustls_pemfile::certs(&mut &pem[..])
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("cannot read the CA file: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA file holds no certificate".into());
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("cannot use a certificate of the CA file: {e}"))?;
+            }
+        }
+        None => {
+            let (added, _ignored) =
+                roots.add_parsable_certificates(platform_roots().iter().cloned());
+            if added == 0 && https {
+                tracing::warn!(
+                    "no platform root certificates found: set ca_file for a trusted issuer's jwks_url"
+                );
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot configure TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(FETCH_TIMEOUT)
+        .user_agent(concat!("keyvault-rs/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", describe(e)))
+}
+
+/// GETs the JWKS document (a 2xx answer of at most [`MAX_JWKS_BYTES`]).
+async fn fetch(remote: &Remote) -> Result<String, String> {
+    let mut response = remote
+        .client
+        .get(remote.url.clone())
+        .header(
+            reqwest::header::ACCEPT,
+            "application/jwk-set+json, application/json",
+        )
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch the JWKS: {}", describe(e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("the JWKS endpoint answered {status}"));
+    }
+    let too_large = || format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes");
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("cannot read the JWKS: {}", describe(e)))?
+    {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "the JWKS is not UTF-8 text".to_string())
+}
+
+/// A reqwest error and its causes, without the URL.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(MAX_RETRY_DELAY)
 }
 
 /// The `iss` of a token, read without verifying anything (to choose the issuer whose keys verify it).
@@ -265,6 +702,79 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.id, "s-1");
+    }
+
+    #[test]
+    fn a_new_key_set_tells_what_changed() {
+        use std::sync::atomic::AtomicUsize;
+        let (a, b) = (
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+        );
+        let set = |keys: &[&SigningKey]| {
+            let keys: Vec<_> = keys.iter().map(|k| k.jwk()).collect();
+            parse_jwks(&serde_json::json!({ "keys": keys }).to_string()).unwrap()
+        };
+        let jwks = serde_json::json!({"keys": [a.jwk()]}).to_string();
+        let issuer = TrustedIssuer::from_jwks(ISS, AUD, &jwks, None).unwrap();
+        let removals = Arc::new(AtomicUsize::new(0));
+        let counter = removals.clone();
+        issuer.on_keys_removed(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        let header = |k: &SigningKey| {
+            jsonwebtoken::decode_header(&sign(
+                k,
+                serde_json::json!({"alg": "ES256", "kid": k.kid()}),
+                claims(),
+            ))
+            .unwrap()
+        };
+        assert!(!issuer.is_unknown_kid(&header(&a)));
+        assert!(issuer.is_unknown_kid(&header(&b)));
+
+        // The same keys again: no change. A key added: a change, nothing removed. A key dropped: both.
+        let g0 = issuer.generation();
+        assert!(!issuer.install(set(&[&a])));
+        assert_eq!(
+            (issuer.generation(), removals.load(Ordering::SeqCst)),
+            (g0, 0)
+        );
+        assert!(issuer.install(set(&[&a, &b])));
+        assert_eq!(
+            (issuer.generation(), removals.load(Ordering::SeqCst)),
+            (g0 + 1, 0)
+        );
+        assert!(issuer.install(set(&[&b])));
+        assert_eq!(
+            (issuer.generation(), removals.load(Ordering::SeqCst)),
+            (g0 + 2, 1)
+        );
+        assert_eq!(issuer.kids(), vec![Some(b.kid().to_string())]);
+        assert!(issuer.is_unknown_kid(&header(&a)));
+        let c = claims();
+        assert!(
+            check(
+                &issuer,
+                &sign(&a, serde_json::json!({"alg": "ES256", "kid": a.kid()}), c)
+            )
+            .is_err()
+        );
+
+        // A file-based issuer never fetches.
+        assert_eq!(issuer.jwks_url(), None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(issuer.refresh()).is_err());
+        assert!(!rt.block_on(issuer.refresh_for_unknown_kid()));
+    }
+
+    #[test]
+    fn retries_back_off() {
+        let secs = |n| retry_delay(n).as_secs();
+        assert_eq!((secs(1), secs(2), secs(3), secs(9)), (1, 2, 4, 256));
+        assert_eq!((secs(10), secs(u32::MAX)), (300, 300));
     }
 
     #[test]

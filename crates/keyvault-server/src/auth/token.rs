@@ -208,7 +208,7 @@ impl TokenVerifier {
         audiences: Vec<String>,
         external: Vec<super::external::TrustedIssuer>,
     ) -> Self {
-        let external = external
+        let external: Vec<super::external::TrustedIssuer> = external
             .into_iter()
             .filter(|e| e.issuer() != issuer)
             .collect();
@@ -224,16 +224,28 @@ impl TokenVerifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = 0;
-        Self {
-            inner: Arc::new(VerifierInner {
+        let inner = Arc::new_cyclic(|me: &std::sync::Weak<VerifierInner>| {
+            // A trusted issuer's new key set that drops a key: forget the cached tokens (some may have been
+            // signed by that key).
+            for ext in &external {
+                let me = me.clone();
+                ext.on_keys_removed(Box::new(move || {
+                    if let Some(inner) = me.upgrade() {
+                        *inner.cache.write().unwrap_or_else(PoisonError::into_inner) =
+                            Cache::default();
+                    }
+                }));
+            }
+            VerifierInner {
                 keys,
                 issuer,
                 audiences,
                 validation,
                 external,
                 cache: RwLock::new(Cache::default()),
-            }),
-        }
+            }
+        });
+        Self { inner }
     }
 
     /// The accepted `iss`.
@@ -280,6 +292,7 @@ impl TokenVerifier {
             let iss = super::external::unverified_issuer(token);
             if let Some(ext) = iss.and_then(|iss| inner.external.iter().find(|e| e.issuer() == iss))
             {
+                let generation = ext.generation();
                 let (principal, nbf, exp) = ext.verify(token, &header)?;
                 check_times(nbf, exp, now)?;
                 let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
@@ -292,6 +305,11 @@ impl TokenVerifier {
                     },
                     now,
                 );
+                // Verified with keys that were replaced meanwhile: don't keep it (the replacement may have
+                // cleared the cache before this entry went in).
+                if ext.generation() != generation {
+                    cache.remove(&digest);
+                }
                 return Ok(principal);
             }
         }
@@ -325,6 +343,27 @@ impl TokenVerifier {
             now,
         );
         Ok(principal)
+    }
+
+    /// [`verify`](Self::verify), and for a token of a trusted issuer with a JWKS URL whose `kid` the issuer
+    /// does not know: fetch the issuer's keys (rate-limited, see [`super::external`]) and verify again, so
+    /// that a key rotation at the identity provider works at once.
+    pub async fn verify_async(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        let first = self.verify(token, now);
+        if first.is_ok() || self.inner.external.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return first;
+        }
+        let Some(ext) = super::external::unverified_issuer(token)
+            .and_then(|iss| self.inner.external.iter().find(|e| e.issuer() == iss))
+        else {
+            return first;
+        };
+        let unknown_kid = jsonwebtoken::decode_header(token).is_ok_and(|h| ext.is_unknown_kid(&h));
+        if unknown_kid && ext.refresh_for_unknown_kid().await {
+            self.verify(token, now)
+        } else {
+            first
+        }
     }
 
     #[cfg(test)]
