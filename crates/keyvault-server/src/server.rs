@@ -279,6 +279,7 @@ impl Server {
                     .map_err(setup("bad client in the configuration"))?;
             }
         }
+        verifier.refuse_local_client_ids(clients.clone());
         let dev = if config.dev {
             Some(dev_credentials(
                 &config, &data_dir, &clients, &base_url, &host, &material,

@@ -450,5 +450,12 @@ async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
     );
     let (forged, _) = rogue.issue("alice@corp", AUD, now).unwrap();
     assert_eq!(get(forged).await, StatusCode::UNAUTHORIZED);
+    // The identity provider cannot speak for a local application (here the dev client, an Administrator),
+    // whether it existed at start or was made at run time.
+    let (as_dev, _) = idp.issue(lv.client_id(), AUD, now).unwrap();
+    assert_eq!(get(as_dev).await, StatusCode::UNAUTHORIZED);
+    let (app_id, _) = lv.add_client();
+    let (as_app, _) = idp.issue(&app_id, AUD, now).unwrap();
+    assert_eq!(get(as_app).await, StatusCode::UNAUTHORIZED);
     lv.shutdown().await;
 }

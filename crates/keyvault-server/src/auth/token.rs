@@ -190,6 +190,8 @@ struct VerifierInner {
     validation: Validation,
     /// Trusted external issuers (by exact `iss`).
     external: Vec<super::external::TrustedIssuer>,
+    /// This server's clients: an external identity may not carry one of their ids as its principal.
+    local_clients: std::sync::OnceLock<Arc<super::ClientRegistry>>,
     cache: RwLock<Cache>,
 }
 
@@ -242,10 +244,18 @@ impl TokenVerifier {
                 audiences,
                 validation,
                 external,
+                local_clients: std::sync::OnceLock::new(),
                 cache: RwLock::new(Cache::default()),
             }
         });
         Self { inner }
+    }
+
+    /// Refuses external tokens whose principal is the id of one of `clients` (this server's own
+    /// applications): a trusted identity provider can name its identities as it likes, and must not be able
+    /// to speak for a local application and get its role assignments. Such a token is a 401.
+    pub fn refuse_local_client_ids(&self, clients: Arc<super::ClientRegistry>) {
+        let _ = self.inner.local_clients.set(clients);
     }
 
     /// The accepted `iss`.
@@ -295,6 +305,19 @@ impl TokenVerifier {
                 let generation = ext.generation();
                 let (principal, nbf, exp) = ext.verify(token, &header)?;
                 check_times(nbf, exp, now)?;
+                if inner
+                    .local_clients
+                    .get()
+                    .is_some_and(|c| c.contains(&principal.id))
+                {
+                    tracing::warn!(
+                        issuer = ext.issuer(),
+                        "refused an external token whose principal is a local client id"
+                    );
+                    return Err(AuthError::InvalidToken(
+                        "an external token cannot name a local client",
+                    ));
+                }
                 let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
                 cache.insert(
                     digest,
