@@ -8,6 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+mod common;
+
 const NOW: i64 = 1_800_000_000;
 
 struct H {
@@ -15,14 +17,6 @@ struct H {
     http: reqwest::Client,
     clock: Arc<ManualClock>,
     admin: String,
-}
-
-fn form_body(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
 }
 
 impl H {
@@ -34,11 +28,7 @@ impl H {
         })
         .await
         .unwrap();
-        let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap();
+        let http = common::vault_client(&lv);
         let mut h = H {
             lv,
             http,
@@ -55,26 +45,8 @@ impl H {
 
     /// A token, or the token endpoint's (status, body).
     async fn token(&self, client_id: &str, secret: &str) -> Result<String, (StatusCode, Value)> {
-        let port = self.lv.vault_url().rsplit(':').next().unwrap();
-        let resp = self
-            .http
-            .post(format!(
-                "{}/{}/oauth2/v2.0/token",
-                self.lv.authority_host(),
-                self.lv.tenant_id()
-            ))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form_body(&[
-                ("client_id", client_id),
-                ("client_secret", secret),
-                ("grant_type", "client_credentials"),
-                ("scope", &format!("https://localhost:{port}/.default")),
-            ]))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap();
+        let (status, body) =
+            common::request_vault_token(&self.lv, &self.http, client_id, secret).await;
         if status == StatusCode::OK {
             Ok(body["access_token"].as_str().unwrap().to_string())
         } else {
@@ -95,18 +67,7 @@ impl H {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, value)
+        common::send_json(req, body).await
     }
 
     async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -413,29 +374,21 @@ async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
     })
     .await
     .unwrap();
-    let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
+    let http = common::vault_client(&lv);
     let get = |token: String| {
-        let req = http
-            .get(format!("{}/secrets?api-version=7.6", lv.vault_url()))
-            .bearer_auth(token);
-        async move { req.send().await.unwrap().status() }
+        let (http, base) = (&http, lv.vault_url());
+        async move { common::list_status(http, base, &token).await }
     };
     let now = unix_now();
     let (alice, _) = idp.issue("alice@corp", AUD, now).unwrap();
     // Authenticated, but no assignment yet: 403. Assigned by the claim's value: 200.
     assert_eq!(get(alice.clone()).await, StatusCode::FORBIDDEN);
-    lv.policy()
-        .assign(keyvault_server::auth::Assignment {
-            id: String::new(),
-            principal: "alice@corp".into(),
-            role: "Key Vault Reader".into(),
-            scope: keyvault_server::auth::Scope::Vault,
-        })
-        .unwrap();
+    common::assign(
+        &lv,
+        "alice@corp",
+        "Key Vault Reader",
+        keyvault_server::auth::Scope::Vault,
+    );
     assert_eq!(get(alice).await, StatusCode::OK);
     // Wrong audience, an expired token, or a key the issuer never published: 401.
     let (wrong_aud, _) = idp.issue("alice@corp", "api://other", now).unwrap();

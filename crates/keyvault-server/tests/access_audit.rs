@@ -2,44 +2,16 @@
 //! decision and never a value or a token; the chain verifies; every kind of tampering is detected.
 
 use keyvault_server::audit::{self, GENESIS};
-use keyvault_server::auth::policy::{Assignment, READER, Scope};
+use keyvault_server::auth::policy::{READER, Scope};
 use keyvault_server::local::LocalVault;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
 
+mod common;
+
 const VALUE: &str = "super-secret-value-6c1f";
-
-fn form_body(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
-}
-
-async fn token(lv: &LocalVault, http: &reqwest::Client, id: &str, secret: &str) -> String {
-    let port = lv.vault_url().rsplit(':').next().unwrap();
-    let resp = http
-        .post(format!(
-            "{}/{}/oauth2/v2.0/token",
-            lv.authority_host(),
-            lv.tenant_id()
-        ))
-        .body(form_body(&[
-            ("client_id", id),
-            ("client_secret", secret),
-            ("grant_type", "client_credentials"),
-            ("scope", &format!("https://localhost:{port}/.default")),
-        ]))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .send()
-        .await
-        .unwrap();
-    let body: Value = resp.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_string()
-}
 
 /// Sends a request; returns (status, x-ms-request-id).
 async fn send(
@@ -95,22 +67,11 @@ type Step<'a> = (
 #[tokio::test]
 async fn every_request_is_audited_once_and_the_chain_detects_tampering() {
     let lv = LocalVault::start().await.unwrap();
-    let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
-    let admin = token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
     let (reader_id, reader_secret) = lv.add_client();
-    lv.policy()
-        .assign(Assignment {
-            id: String::new(),
-            principal: reader_id.clone(),
-            role: READER.into(),
-            scope: Scope::Vault,
-        })
-        .unwrap();
-    let reader = token(&lv, &http, &reader_id, &reader_secret).await;
+    common::assign(&lv, &reader_id, READER, Scope::Vault);
+    let reader = common::vault_token(&lv, &http, &reader_id, &reader_secret).await;
 
     // (principal, operation, secret, outcome, status) expected per request id.
     let mut want: HashMap<String, (Option<String>, Value, Value, &str, u16)> = HashMap::new();
@@ -384,12 +345,8 @@ async fn throttling_is_429_with_retry_after_after_authentication_and_audited() {
     })
     .await
     .unwrap();
-    let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
-    let admin = token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
     let q = "?api-version=7.6";
     let url = |p: &str| format!("{}{p}{q}", lv.vault_url());
     // Two creates pass; the third is throttled, with Key Vault's body and a Retry-After.

@@ -15,10 +15,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use keyvault_server::auth::{Assignment, Scope, SigningKey, TokenIssuer, unix_now};
+use keyvault_server::auth::{Scope, SigningKey, TokenIssuer, unix_now};
 use keyvault_server::config::TrustedIssuerConfig;
 use keyvault_server::local::{LocalVault, LocalVaultOptions};
 use reqwest::StatusCode;
+
+mod common;
 
 const ISS: &str = "https://idp.example.com/corp/v2.0";
 const AUD: &str = "api://keyvault";
@@ -189,35 +191,17 @@ impl Vault {
         })
         .await
         .unwrap();
-        let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap();
+        let http = common::vault_client(&lv);
         Vault { lv, http }
     }
 
     /// Lists secrets with this token.
     async fn get(&self, token: &str) -> StatusCode {
-        self.http
-            .get(format!("{}/secrets?api-version=7.6", self.lv.vault_url()))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
+        common::list_status(&self.http, self.lv.vault_url(), token).await
     }
 
     fn assign_alice(&self) {
-        self.lv
-            .policy()
-            .assign(Assignment {
-                id: String::new(),
-                principal: ALICE.into(),
-                role: "Key Vault Reader".into(),
-                scope: Scope::Vault,
-            })
-            .unwrap();
+        common::assign(&self.lv, ALICE, "Key Vault Reader", Scope::Vault);
     }
 }
 

@@ -11,6 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
+mod common;
+
 const API: &str = "7.6";
 
 struct Harness {
@@ -19,22 +21,10 @@ struct Harness {
     admin: String,
 }
 
-fn form_body(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
-}
-
 impl Harness {
     async fn start() -> Harness {
         let lv = LocalVault::start().await.unwrap();
-        let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap();
+        let http = common::vault_client(&lv);
         let mut h = Harness {
             lv,
             http,
@@ -49,27 +39,7 @@ impl Harness {
     }
 
     async fn token(&self, client_id: &str, secret: &str) -> String {
-        let port = self.lv.vault_url().rsplit(':').next().unwrap();
-        let resp = self
-            .http
-            .post(format!(
-                "{}/{}/oauth2/v2.0/token",
-                self.lv.authority_host(),
-                self.lv.tenant_id()
-            ))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form_body(&[
-                ("client_id", client_id),
-                ("client_secret", secret),
-                ("grant_type", "client_credentials"),
-                ("scope", &format!("https://localhost:{port}/.default")),
-            ]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let body: Value = resp.json().await.unwrap();
-        body["access_token"].as_str().unwrap().to_string()
+        common::vault_token(&self.lv, &self.http, client_id, secret).await
     }
 
     /// A new client with `role` at `scope` (or no role), and its token.
@@ -83,15 +53,7 @@ impl Harness {
     }
 
     fn assign(&self, principal: &str, role: &str, scope: &str) -> Assignment {
-        self.lv
-            .policy()
-            .assign(Assignment {
-                id: String::new(),
-                principal: principal.to_string(),
-                role: role.to_string(),
-                scope: Scope::parse(scope).unwrap(),
-            })
-            .unwrap()
+        common::assign(&self.lv, principal, role, Scope::parse(scope).unwrap())
     }
 
     async fn call(
@@ -101,21 +63,9 @@ impl Harness {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = format!("{}{path}{sep}api-version={API}", self.lv.vault_url());
-        let mut req = self.http.request(method, url).bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, json)
+        let url = common::api_url(self.lv.vault_url(), path, API);
+        let req = self.http.request(method, url).bearer_auth(token);
+        common::send_json(req, body).await
     }
 
     async fn admin_ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {

@@ -16,6 +16,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+mod common;
+
 const ADMIN_ID: &str = "admin-app";
 const ADMIN_SECRET: &str = "admin-secret-for-the-shared-access-test";
 /// Longer than a node's poll interval, with room for a loaded machine.
@@ -60,11 +62,7 @@ role = "Key Vault Administrator"
         let config = Config::from_toml(&toml).unwrap();
         let server = Server::bind(config).await.unwrap();
         let ca = std::fs::read(server.info().ca_cert.as_ref().unwrap()).unwrap();
-        let tls = keyvault_server::tls::client_config_trusting(&ca).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap();
+        let http = common::https_client(&ca);
         let base = server.info().base_url.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
@@ -87,21 +85,15 @@ role = "Key Vault Administrator"
 
     /// A token, or the token endpoint's status.
     async fn token(&self, client_id: &str, secret: &str) -> Result<String, StatusCode> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("client_id", client_id)
-            .append_pair("client_secret", secret)
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("scope", "https://vault.test/.default");
-        let resp = self
-            .http
-            .post(format!("{}/keyvault-rs/oauth2/v2.0/token", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.finish())
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap();
+        let url = format!("{}/keyvault-rs/oauth2/v2.0/token", self.base);
+        let (status, body) = common::request_token(
+            &self.http,
+            &url,
+            client_id,
+            secret,
+            "https://vault.test/.default",
+        )
+        .await;
         if status == StatusCode::OK {
             Ok(body["access_token"].as_str().unwrap().to_string())
         } else {
@@ -116,23 +108,11 @@ role = "Key Vault Administrator"
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let mut req = self
+        let req = self
             .http
-            .request(method, format!("{}{path}{sep}api-version=7.5", self.base))
+            .request(method, common::api_url(&self.base, path, "7.5"))
             .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, value)
+        common::send_json(req, body).await
     }
 
     async fn admin_token(&self) -> String {

@@ -12,6 +12,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::{Value, json};
 
+mod common;
+
 struct Setup {
     lv: LocalVault,
     http: reqwest::Client,
@@ -31,11 +33,7 @@ fn b64(v: &Value) -> String {
 impl Setup {
     async fn start() -> Setup {
         let lv = LocalVault::start().await.unwrap();
-        let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap();
+        let http = common::vault_client(&lv);
         let key_path = lv.data_dir().join("token-signing-key.pk8");
         let pem = std::fs::read(&key_path).unwrap();
         let der = rustls_pemfile::private_key(&mut pem.as_slice())
@@ -48,28 +46,7 @@ impl Setup {
         )
         .unwrap();
         let key = SigningKey::load_or_create(&key_path).unwrap();
-        let port = lv.vault_url().rsplit(':').next().unwrap();
-        let form = form_urlencoded::Serializer::new(String::new())
-            .append_pair("client_id", lv.client_id())
-            .append_pair("client_secret", lv.client_secret())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("scope", &format!("https://localhost:{port}/.default"))
-            .finish();
-        let resp: Value = http
-            .post(format!(
-                "{}/{}/oauth2/v2.0/token",
-                lv.authority_host(),
-                lv.tenant_id()
-            ))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = resp["access_token"].as_str().unwrap();
+        let token = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
         let payload = token.split('.').nth(1).unwrap();
         let claims: Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
@@ -336,13 +313,11 @@ async fn a_valid_token_maps_to_its_principal_assignments() {
             .contains("Principal: 'stranger'"),
         "{body}"
     );
-    s.lv.policy()
-        .assign(keyvault_server::auth::Assignment {
-            id: String::new(),
-            principal: "stranger".into(),
-            role: "Key Vault Reader".into(),
-            scope: keyvault_server::auth::Scope::Vault,
-        })
-        .unwrap();
+    common::assign(
+        &s.lv,
+        "stranger",
+        "Key Vault Reader",
+        keyvault_server::auth::Scope::Vault,
+    );
     assert_eq!(s.status(&stranger).await, StatusCode::OK);
 }

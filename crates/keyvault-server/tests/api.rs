@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+mod common;
+
 const API: &str = "7.6";
 
 struct Vault {
@@ -16,44 +18,12 @@ struct Vault {
     token: String,
 }
 
-fn http_client(lv: &LocalVault) -> reqwest::Client {
-    let tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap()
-}
-
 async fn token_for(lv: &LocalVault, http: &reqwest::Client) -> String {
-    let port = lv.vault_url().rsplit(':').next().unwrap();
-    let resp = http
-        .post(format!(
-            "{}/{}/oauth2/v2.0/token",
-            lv.authority_host(),
-            lv.tenant_id()
-        ))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form_body(&[
-            ("client_id", lv.client_id()),
-            ("client_secret", lv.client_secret()),
-            ("grant_type", "client_credentials"),
-            ("scope", &format!("https://localhost:{port}/.default")),
-        ]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) =
+        common::request_vault_token(lv, http, lv.client_id(), lv.client_secret()).await;
+    assert_eq!(status, StatusCode::OK);
     assert!(body["expires_in"].is_i64());
     body["access_token"].as_str().unwrap().to_string()
-}
-
-fn form_body(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
 }
 
 impl Vault {
@@ -63,14 +33,13 @@ impl Vault {
 
     async fn start_with(options: LocalVaultOptions) -> Vault {
         let lv = LocalVault::start_with(options).await.unwrap();
-        let http = http_client(&lv);
+        let http = common::vault_client(&lv);
         let token = token_for(&lv, &http).await;
         Vault { lv, http, token }
     }
 
     fn url(&self, path: &str) -> String {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        format!("{}{path}{sep}api-version={API}", self.lv.vault_url())
+        common::api_url(self.lv.vault_url(), path, API)
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -78,19 +47,8 @@ impl Vault {
     }
 
     async fn raw(&self, method: Method, url: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, url).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, json)
+        let req = self.http.request(method, url).bearer_auth(&self.token);
+        common::send_json(req, body).await
     }
 
     async fn set(&self, name: &str, body: Value) -> Value {

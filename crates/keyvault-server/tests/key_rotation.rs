@@ -6,6 +6,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 const HOST: &str = "vault.rotation.test";
 
 struct Running {
@@ -47,42 +49,22 @@ async fn start(data: &Path, signing: PathBuf, previous: Vec<PathBuf>) -> Running
 
 impl Running {
     fn http(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(
-                keyvault_server::tls::client_config_trusting(&self.ca).unwrap(),
-            )
-            .build()
-            .unwrap()
+        common::https_client(&self.ca)
     }
 
     async fn token(&self) -> String {
-        let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", &self.client_id)
-            .append_pair("client_secret", &self.client_secret)
-            .append_pair("scope", &format!("https://{HOST}/.default"))
-            .finish();
-        let resp = self
-            .http()
-            .post(format!("{}/keyvault-rs/oauth2/v2.0/token", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let v: Value = resp.json().await.unwrap();
-        v["access_token"].as_str().unwrap().to_string()
+        common::client_token(
+            &self.http(),
+            &format!("{}/keyvault-rs/oauth2/v2.0/token", self.base),
+            &self.client_id,
+            &self.client_secret,
+            &format!("https://{HOST}/.default"),
+        )
+        .await
     }
 
     async fn list_status(&self, token: &str) -> StatusCode {
-        self.http()
-            .get(format!("{}/secrets?api-version=7.6", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
+        common::list_status(&self.http(), &self.base, token).await
     }
 
     async fn jwks_kids(&self) -> Vec<String> {

@@ -1,0 +1,151 @@
+//! Helpers shared by the integration tests: an HTTPS client trusting the server's CA, tokens from the token
+//! endpoint (client credentials), requests answered with JSON, role assignments.
+//!
+//! Each test binary compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use keyvault_server::auth::{Assignment, Scope};
+use keyvault_server::local::LocalVault;
+use reqwest::{RequestBuilder, StatusCode};
+use serde_json::Value;
+
+/// An HTTPS client that trusts the CA in `ca_pem` (the dev PKI of the server under test).
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    let tls = keyvault_server::tls::client_config_trusting(ca_pem).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
+/// An HTTPS client that trusts the LocalVault's CA.
+pub fn vault_client(lv: &LocalVault) -> reqwest::Client {
+    https_client(lv.ca_cert_pem())
+}
+
+/// `pairs` as an `application/x-www-form-urlencoded` body.
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// Asks the token endpoint at `url` for a token with client credentials: the status and the JSON body.
+pub async fn request_token(
+    http: &reqwest::Client,
+    url: &str,
+    client_id: &str,
+    secret: &str,
+    scope: &str,
+) -> (StatusCode, Value) {
+    let resp = http
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    (status, body)
+}
+
+/// A token from the token endpoint at `url`, which must answer 200.
+pub async fn client_token(
+    http: &reqwest::Client,
+    url: &str,
+    client_id: &str,
+    secret: &str,
+    scope: &str,
+) -> String {
+    let (status, body) = request_token(http, url, client_id, secret, scope).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// The LocalVault's token endpoint.
+pub fn token_url(lv: &LocalVault) -> String {
+    format!(
+        "{}/{}/oauth2/v2.0/token",
+        lv.authority_host(),
+        lv.tenant_id()
+    )
+}
+
+/// The scope of the LocalVault's resource (`https://localhost:PORT/.default`).
+pub fn vault_scope(lv: &LocalVault) -> String {
+    let port = lv.vault_url().rsplit(':').next().unwrap();
+    format!("https://localhost:{port}/.default")
+}
+
+/// Asks the LocalVault's token endpoint for a token for `client_id`: the status and the JSON body.
+pub async fn request_vault_token(
+    lv: &LocalVault,
+    http: &reqwest::Client,
+    client_id: &str,
+    secret: &str,
+) -> (StatusCode, Value) {
+    request_token(http, &token_url(lv), client_id, secret, &vault_scope(lv)).await
+}
+
+/// A token from the LocalVault's token endpoint for `client_id`, which must answer 200.
+pub async fn vault_token(
+    lv: &LocalVault,
+    http: &reqwest::Client,
+    client_id: &str,
+    secret: &str,
+) -> String {
+    client_token(http, &token_url(lv), client_id, secret, &vault_scope(lv)).await
+}
+
+/// `base` + `path` with `api-version=API` appended to the query.
+pub fn api_url(base: &str, path: &str, api: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{base}{path}{sep}api-version={api}")
+}
+
+/// Sends `req` (with `body` as JSON, if any): the status and the JSON body (`Null` for an empty body).
+pub async fn send_json(req: RequestBuilder, body: Option<Value>) -> (StatusCode, Value) {
+    let req = match body {
+        Some(b) => req.json(&b),
+        None => req,
+    };
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let json = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    (status, json)
+}
+
+/// The status of listing secrets (`GET {base}/secrets?api-version=7.6`) with `token`.
+pub async fn list_status(http: &reqwest::Client, base: &str, token: &str) -> StatusCode {
+    http.get(format!("{base}/secrets?api-version=7.6"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Assigns `role` to `principal` at `scope` in the LocalVault's policy.
+pub fn assign(lv: &LocalVault, principal: &str, role: &str, scope: Scope) -> Assignment {
+    lv.policy()
+        .assign(Assignment {
+            id: String::new(),
+            principal: principal.to_string(),
+            role: role.to_string(),
+            scope,
+        })
+        .unwrap()
+}
