@@ -8,13 +8,17 @@
 //! target/release/keyvault-bench                # 10k and 100k secrets, c = 1, 16, 64, h1 and h2
 //! target/release/keyvault-bench --large        # also 1M secrets
 //! target/release/keyvault-bench --smoke        # N = 200, ~3 s, every operation (CI: exits non-zero on errors)
+//! target/release/keyvault-bench --clients      # sequential get: keyvault-secrets vs the Python SDK
+//! target/release/keyvault-bench --postgres     # PostgreSQL store: SET/GET vs PostgreSQL's own insert rate
 //! ```
 //!
 //! Loads go to 127.0.0.1 only; every run is bounded by `--max-requests` and `--seconds`.
 
 mod baseline;
 mod client;
+mod clients;
 mod load;
+mod pg;
 mod process;
 mod report;
 
@@ -42,16 +46,39 @@ struct Args {
     /// Also measure with 1,000,000 secrets (preloading them over HTTPS takes a few minutes).
     #[arg(long)]
     large: bool,
-    /// Store sizes to measure (secrets preloaded before measuring).
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    /// Instead of the SQLite matrix: sequential (c = 1) `get_secret` through the `keyvault-secrets` crate's
+    /// async SecretClient and through the official Python SDK (tests/e2e/.venv), on one server.
+    #[arg(long, conflicts_with = "postgres")]
+    clients: bool,
+    /// `--clients`: the Python interpreter with azure-keyvault-secrets [default: tests/e2e/.venv/bin/python].
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// `--clients`: measure the Rust clients only.
+    #[arg(long)]
+    no_python: bool,
+    /// Instead of the SQLite matrix: the PostgreSQL store (a private cluster is started) — SET and GET at
+    /// each concurrency, and PostgreSQL's own single-row insert rate at the same concurrencies.
+    #[arg(long)]
+    postgres: bool,
+    /// `--postgres` diagnostics: log every SQL statement and copy PostgreSQL's log to this file at the end
+    /// (slows PostgreSQL down: not for figures).
+    #[arg(long, requires = "postgres")]
+    pg_statement_log: Option<PathBuf>,
+    /// `--postgres`: interleaved rounds per concurrency (every operation runs `--seconds` per round).
+    #[arg(long, default_value_t = 3)]
+    pg_rounds: usize,
+    /// Store sizes to measure (secrets preloaded before measuring) [default: 10000,100000; --clients and
+    /// --postgres: 10000, first size only].
+    #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
     /// Concurrent workers (HTTP/1.1: one connection each; HTTP/2: streams on one connection).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
-    /// Protocols: h1, h2.
-    #[arg(long, value_delimiter = ',', default_value = "h1,h2")]
+    /// Protocols: h1, h2 [default: h1,h2; --postgres: h1].
+    #[arg(long, value_delimiter = ',')]
     protos: Vec<String>,
-    /// Operations: get, get-version, list-first, list-deep, update, set, delete-recover.
+    /// Operations: get, get-version, list-first, list-deep, update, set, delete-recover [default: all;
+    /// --postgres: set,get].
     #[arg(long, value_delimiter = ',')]
     ops: Vec<String>,
     /// Seconds per measured run (upper bound).
@@ -99,8 +126,25 @@ fn main() -> ExitCode {
         args.warmup = 0.0;
         args.max_requests = 2_000;
         args.preload_concurrency = 16;
-    } else if args.large && !args.sizes.contains(&1_000_000) {
+    } else if args.sizes.is_empty() {
+        args.sizes = if args.clients || args.postgres {
+            vec![10_000]
+        } else {
+            vec![10_000, 100_000]
+        };
+    }
+    if args.large && !args.smoke && !args.sizes.contains(&1_000_000) {
         args.sizes.push(1_000_000);
+    }
+    if args.protos.is_empty() {
+        args.protos = if args.postgres {
+            vec!["h1".into()]
+        } else {
+            vec!["h1".into(), "h2".into()]
+        };
+    }
+    if args.postgres && args.ops.is_empty() {
+        args.ops = vec!["set".into(), "get".into()];
     }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -184,6 +228,52 @@ async fn run(args: Args) -> Result<bool, String> {
         args.seconds, args.max_requests, args.warmup, args.value_bytes, machine.nproc
     );
     eprintln!("{}\n{settings}", machine.describe());
+    let bounds = Bounds {
+        max_requests: args.max_requests,
+        max_time: Duration::from_secs_f64(args.seconds),
+    };
+    let warm = Bounds {
+        max_requests: args.max_requests,
+        max_time: Duration::from_secs_f64(args.warmup),
+    };
+    if args.clients {
+        let s = clients_settings(&args, args.sizes[0], bounds);
+        let r = clients::measure(&bin, &root.path().join("clients"), &s).await?;
+        let text = format!(
+            "## Machine\n\n{}\n\n{}",
+            machine.describe(),
+            clients::render(&r)
+        );
+        return finish(&args, &text, r.rows.iter().all(|row| row.cell.errors == 0));
+    }
+    if args.postgres {
+        let s = pg::Settings {
+            n: args.sizes[0],
+            concurrency: args.concurrency.clone(),
+            protos: protos.clone(),
+            ops: ops.clone(),
+            bounds,
+            warm,
+            value_bytes: args.value_bytes,
+            preload_concurrency: args.preload_concurrency,
+            statement_log: args.pg_statement_log.clone(),
+            rounds: args.pg_rounds,
+        };
+        return match pg::measure(&bin, root.path(), &s).await? {
+            Some(r) => {
+                let text = format!(
+                    "## Machine\n\n{}\n\n{settings}\n\n{}",
+                    machine.describe(),
+                    pg::render(&r)
+                );
+                finish(&args, &text, r.rows.iter().all(|row| row.cell.errors == 0))
+            }
+            None => {
+                println!("PostgreSQL mode skipped: PostgreSQL is not installed.");
+                Ok(true)
+            }
+        };
+    }
     let mut sizes = Vec::new();
     let mut baseline: Option<baseline::Baseline> = None;
     let mut all_ok = true;
@@ -193,12 +283,37 @@ async fn run(args: Args) -> Result<bool, String> {
         sizes.push(size);
     }
     drop(baseline);
-    let text = report::render(&machine, &settings, &sizes, &args.concurrency);
+    let mut text = report::render(&machine, &settings, &sizes, &args.concurrency);
+    if args.smoke {
+        // The client library too (Rust only: the smoke run must not need Python).
+        let mut s = clients_settings(&args, args.sizes[0], bounds);
+        s.python = Err("smoke runs do not start Python".into());
+        let r = clients::measure(&bin, &root.path().join("clients"), &s).await?;
+        all_ok &= r.rows.iter().all(|row| row.cell.errors == 0);
+        text.push('\n');
+        text.push_str(&clients::render(&r));
+    }
+    finish(&args, &text, all_ok)
+}
+
+/// Print the report (and write it to `--output`); returns `ok`.
+fn finish(args: &Args, text: &str, ok: bool) -> Result<bool, String> {
     println!("{text}");
     if let Some(path) = &args.output {
-        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(all_ok)
+    Ok(ok)
+}
+
+fn clients_settings(args: &Args, n: usize, bounds: Bounds) -> clients::Settings {
+    clients::Settings {
+        n,
+        value_bytes: args.value_bytes,
+        preload_concurrency: args.preload_concurrency,
+        bounds,
+        warmup_ops: if args.smoke { 2 } else { 50 },
+        python: clients::locate_python(args.python.clone(), args.no_python),
+    }
 }
 
 async fn measure_size(

@@ -37,6 +37,15 @@ pub struct ServerProc {
 impl ServerProc {
     /// Start `bin serve --dev` on `data_dir` (port chosen by the kernel) and wait until it is ready.
     pub async fn start(bin: &Path, data_dir: &Path) -> Result<ServerProc, String> {
+        ServerProc::start_with(bin, data_dir, &[]).await
+    }
+
+    /// [`ServerProc::start`] with more `serve` arguments (e.g. `--store postgres://…`).
+    pub async fn start_with(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[String],
+    ) -> Result<ServerProc, String> {
         let creds_path = data_dir.join("dev-credentials.json");
         // Readiness is "the file appears": remove the previous run's copy (the server then makes a new client).
         match std::fs::remove_file(&creds_path) {
@@ -56,7 +65,9 @@ impl ServerProc {
         let mut child = Command::new(bin)
             .args(["serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("KEYVAULT_LOG", "warn")
+            .env_remove("KEYVAULT_STORE")
             .env_remove("KEYVAULT_CONFIG")
             .env_remove("KEYVAULT_KEK")
             .stdin(Stdio::null())

@@ -120,7 +120,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Thousands separators: 12345 → 12,345.
-fn group(n: f64) -> String {
+pub fn group(n: f64) -> String {
     let s = format!("{:.0}", n.max(0.0));
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {

@@ -1,5 +1,6 @@
 //! `keyvault-bench --smoke` against the real `keyvault` binary: every operation on N = 200 secrets, a few
-//! seconds, exit status 0 only if every request succeeded. No timing assertions.
+//! seconds, and sequential gets through the `keyvault-secrets` client (not Python, not PostgreSQL); exit
+//! status 0 only if every request succeeded. No timing assertions.
 //!
 //! The server binary is the workspace's `target/<profile>/keyvault`, which `cargo test --workspace` builds
 //! (keyvault-cli's integration tests run it); alone: `cargo build -p keyvault-cli && cargo test -p keyvault-bench`.
@@ -50,4 +51,11 @@ fn smoke_run_exercises_every_operation() {
         }
     }
     assert!(stdout.contains("## Targets"), "{stdout}");
+    // The client-library section, Rust client only (no Python in smoke runs).
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("| keyvault-secrets SecretClient")),
+        "no keyvault-secrets client row in:\n{stdout}"
+    );
 }
