@@ -150,7 +150,11 @@ async fn nodes_migrate_at_once() {
         })
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2], "each migration applied exactly once");
+    assert_eq!(
+        versions,
+        vec![1, 2, 3],
+        "each migration applied exactly once"
+    );
 
     // A database from a newer server is refused rather than misread.
     store
@@ -460,4 +464,105 @@ async fn a_node_with_another_key_is_refused() {
     );
     store.close().await;
     second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_upgraded_with_its_data() {
+    let Some(pg) =
+        pgtest::start_or_skip("store::postgres::a_version_1_database_is_upgraded_with_its_data")
+    else {
+        return;
+    };
+    let url = pg.create_database("from_v1").await.unwrap();
+    // The schema and rows exactly as version 1 of this store made them.
+    let client = pool::connect(&url.parse().unwrap()).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE kv_schema_migrations (version INTEGER PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             {SCHEMA_V1}
+             INSERT INTO kv_schema_migrations (version) VALUES (1);
+             INSERT INTO kv_versions (vault, name_key, version, sealed, enabled, created, updated) VALUES
+                 ('v', 'app', 'aa', '\\x01', true, 1, 1),
+                 ('v', 'app', 'bb', '\\x02', true, 2, 2),
+                 ('v', 'gone', 'cc', '\\x03', true, 3, 3);
+             INSERT INTO kv_names (vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)
+             VALUES ('v', 'app', 'App', 2, NULL, NULL), ('v', 'gone', 'Gone', 3, 10, 20);"
+        ))
+        .await
+        .unwrap();
+    drop(client);
+
+    let store = PostgresStore::open(&url).await.unwrap();
+    let latest = store.get_version("v", "APP", None).await.unwrap().unwrap();
+    assert_eq!(
+        (latest.name.as_str(), latest.version.as_str()),
+        ("App", "bb")
+    );
+    let older = store
+        .get_version("v", "app", Some("aa"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(older.sealed, vec![1]);
+    let versions: Vec<String> = store
+        .list_versions("v", "app", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r.version)
+        .collect();
+    assert_eq!(versions, ["aa", "bb"]);
+    let deleted = store.get_deleted("v", "gone").await.unwrap().unwrap();
+    assert_eq!(deleted.latest.version, "cc");
+    // New writes after the upgrade: a new latest, an update by version, a recover.
+    store
+        .put_version("v", row("App", "dd".to_string(), 4))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_version("v", "app", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        "dd"
+    );
+    let patched = store
+        .update_version(
+            "v",
+            "app",
+            Some("aa"),
+            VersionPatch {
+                enabled: Some(false),
+                updated: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!patched.enabled);
+    assert!(
+        !store
+            .get_version("v", "app", Some("aa"))
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
+    assert!(
+        store
+            .get_version("v", "app", Some("bb"))
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
+    assert_eq!(
+        store.recover("v", "gone").await.unwrap().unwrap().version,
+        "cc"
+    );
+    store.close().await;
 }
