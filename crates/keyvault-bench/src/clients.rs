@@ -256,8 +256,8 @@ async fn rust_run(client: &SecretClient, data: &Dataset, s: &Settings, pid: u32)
     cell.latencies.sort_unstable();
     ClientRow {
         client: "keyvault-secrets SecretClient (async, reqwest)".into(),
-        // The transport offers h2 first by ALPN and the server accepts it.
-        proto: "h2",
+        // The built-in transport speaks HTTP/1.1 unless `http2` is set.
+        proto: "h1",
         cell,
         client_cpu_s: Some(client_cpu),
     }

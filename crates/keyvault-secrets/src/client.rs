@@ -63,6 +63,10 @@ pub struct SecretClientOptions {
     pub polling_interval: Duration,
     /// Send requests through this transport instead of the built-in one (tests, proxies, …).
     pub transport: Option<Arc<dyn Transport>>,
+    /// Offer HTTP/2 (ALPN `h2`) when connecting. Default `false`: HTTP/1.1 keep-alive, like the Azure SDKs'
+    /// default transports; for one request at a time it costs the client (and the server) about a third of
+    /// what HTTP/2 does (`BENCHMARKS.md`). Turn it on to multiplex many concurrent requests on one connection.
+    pub http2: bool,
 }
 
 impl Default for SecretClientOptions {
@@ -79,6 +83,7 @@ impl Default for SecretClientOptions {
             logging_enable: false,
             polling_interval: Duration::from_secs(2),
             transport: None,
+            http2: false,
         }
     }
 }
@@ -97,6 +102,7 @@ impl SecretClientOptions {
             connect_timeout: self.connect_timeout,
             timeout: self.request_timeout,
             user_agent: user_agent(self.user_agent_suffix.as_deref()),
+            http2: self.http2,
         }
     }
 }

@@ -190,6 +190,8 @@ pub(crate) struct TransportConfig {
     pub connect_timeout: Option<Duration>,
     pub timeout: Option<Duration>,
     pub user_agent: String,
+    /// Offer HTTP/2 by ALPN (else HTTP/1.1 only).
+    pub http2: bool,
 }
 
 /// The built-in transport: reqwest over rustls with the ring provider.
@@ -251,7 +253,11 @@ pub(crate) fn tls_config(config: &TransportConfig) -> Result<rustls::ClientConfi
         .map_err(|e| Error::with_source(ErrorKind::Other, "cannot configure TLS", e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tls.alpn_protocols = if config.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(tls)
 }
 
@@ -325,4 +331,31 @@ fn connection_error(e: reqwest::Error) -> Error {
         "request failed"
     };
     Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e)
+}
+
+#[cfg(test)]
+mod alpn_tests {
+    use super::*;
+
+    fn config(http2: bool) -> TransportConfig {
+        TransportConfig {
+            extra_ca_pem: Vec::new(),
+            trust_system_roots: false,
+            connect_timeout: None,
+            timeout: None,
+            user_agent: "test".into(),
+            http2,
+        }
+    }
+
+    #[test]
+    fn http2_is_offered_only_when_asked_for() {
+        let h1 = tls_config(&config(false)).unwrap();
+        assert_eq!(h1.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let h2 = tls_config(&config(true)).unwrap();
+        assert_eq!(
+            h2.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
 }

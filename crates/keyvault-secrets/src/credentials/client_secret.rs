@@ -168,6 +168,7 @@ impl ClientSecretCredential {
                 connect_timeout: options.timeout,
                 timeout: options.timeout,
                 user_agent: user_agent(None),
+                http2: false,
             },
         )?;
         Ok(ClientSecretCredential {

@@ -109,6 +109,7 @@ impl ManagedIdentityCredential {
                 connect_timeout: options.connect_timeout,
                 timeout: options.timeout,
                 user_agent: user_agent(None),
+                http2: false,
             },
         )?;
         Ok(ManagedIdentityCredential {
