@@ -120,7 +120,8 @@ CREATE TABLE kv_meta (
 /// Version 3: lighter sets. A set updates its name's row in place (a HOT update: no index covers the columns
 /// it changes, and pages keep room for the new tuple), and versions are keyed by (vault, name_key, seq) alone
 /// (the seq-only primary key goes; every lookup by seq also names the name). A set then writes two index
-/// entries instead of five.
+/// entries instead of five. The identity sequence gets a fixed name, so a set draws from it without looking
+/// it up (`pg_get_serial_sequence` reads the catalog on every call).
 const SCHEMA_V3: &str = r#"
 DROP INDEX kv_names_live;
 ALTER TABLE kv_names SET (fillfactor = 80);
@@ -128,6 +129,9 @@ CREATE UNIQUE INDEX kv_versions_name_seq ON kv_versions (vault, name_key, seq);
 ALTER TABLE kv_versions DROP CONSTRAINT kv_versions_pkey;
 ALTER TABLE kv_versions ADD CONSTRAINT kv_versions_pkey PRIMARY KEY USING INDEX kv_versions_name_seq;
 DROP INDEX kv_versions_by_name;
+DO $$ BEGIN
+    EXECUTE format('ALTER SEQUENCE %s RENAME TO kv_versions_seq', pg_get_serial_sequence('kv_versions', 'seq'));
+END $$;
 "#;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -188,10 +192,10 @@ const SQL_VERSIONS_OF_LIVE: &str = concat!(
 /// repeated version id fails the whole statement (unique violation), leaving the name as it was.
 const SQL_PUT: &str = "WITH n AS (
          INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
-         VALUES ($1::text, $2::text, $12::text, nextval(pg_get_serial_sequence('kv_versions', 'seq')))
+         VALUES ($1::text, $2::text, $12::text, nextval('kv_versions_seq'))
          ON CONFLICT (vault, name_key) DO UPDATE
              SET display_name = EXCLUDED.display_name,
-                 latest_seq = nextval(pg_get_serial_sequence('kv_versions', 'seq'))
+                 latest_seq = nextval('kv_versions_seq')
              WHERE kv_names.deleted_on IS NULL
          RETURNING latest_seq)
      INSERT INTO kv_versions
