@@ -1,8 +1,16 @@
 //! Known OAuth2 clients and their secrets, stored as argon2id PHC hashes (several per client, for rotation).
+//!
+//! Successful verifications are remembered (bounded, [`VERIFIED_CAPACITY`]) under an HMAC-SHA256, keyed by a
+//! random per-process key, of (client id, secret, stored hash): a client that asks for tokens again with
+//! the same secret costs a few hashes instead of an argon2 run. Neither the secret nor anything
+//! brute-forceable without the in-memory key is kept. A remembered verification only counts while its
+//! stored hash is still one of the client's (the lookup goes through the client's current secrets, and
+//! removing a secret or a client also forgets its entries), and the secret's expiry is checked on every
+//! use. Failed verifications are never remembered (and unknown clients always pay the dummy argon2 run).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params};
@@ -16,6 +24,9 @@ use super::AuthError;
 
 /// Secrets longer than this are refused without hashing.
 const MAX_SECRET_LEN: usize = 1024;
+
+/// Most remembered successful verifications (see the module documentation).
+pub const VERIFIED_CAPACITY: usize = 4096;
 
 /// A hash of a random, discarded secret with the same parameters as [`hash_secret`]: verifying an unknown
 /// client's secret against it costs what verifying a known client's does, so timing does not tell which
@@ -107,6 +118,10 @@ pub struct ClientRegistry {
     clients: RwLock<HashMap<String, Vec<StoredSecret>>>,
     /// Bounds concurrent argon2 verifications (each takes ~19 MiB and a core for tens of milliseconds).
     limiter: Arc<Semaphore>,
+    /// Remembered successful verifications: tag → client id.
+    verified: Mutex<HashMap<[u8; 32], String>>,
+    /// The key of the tags (random, never leaves the process).
+    verified_key: ring::hmac::Key,
 }
 
 impl Default for ClientRegistry {
@@ -122,10 +137,79 @@ impl ClientRegistry {
             .map(|n| n.get())
             .unwrap_or(2)
             .clamp(1, 16);
+        let mut key = Zeroizing::new([0u8; 32]);
+        fill_random(&mut key[..]);
         Self {
             clients: RwLock::new(HashMap::new()),
             limiter: Arc::new(Semaphore::new(permits)),
+            verified: Mutex::new(HashMap::new()),
+            verified_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key[..]),
         }
+    }
+
+    /// The tag under which a successful verification of `secret` against `phc_hash` is remembered.
+    fn tag(&self, client_id: &str, secret: &str, phc_hash: &str) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.verified_key);
+        // Length-prefixed, so that no two different triples feed the same bytes.
+        for part in [client_id, secret, phc_hash] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    fn remember(&self, client_id: &str, tag: [u8; 32]) {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CAPACITY && !verified.contains_key(&tag) {
+            // Full: drop an arbitrary entry (its client pays one argon2 run next time).
+            if let Some(victim) = verified.keys().next().copied() {
+                verified.remove(&victim);
+            }
+        }
+        verified.insert(tag, client_id.to_owned());
+    }
+
+    fn forget_client(&self, client_id: &str) {
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, c| c != client_id);
+    }
+
+    /// The verdict for a remembered verification of `secret` among `secrets`, if there is one.
+    fn remembered(
+        &self,
+        client_id: &str,
+        secret: &str,
+        secrets: &[StoredSecret],
+        now: i64,
+    ) -> Option<Verdict> {
+        if secrets.is_empty() {
+            return None;
+        }
+        let tags: Vec<[u8; 32]> = secrets
+            .iter()
+            .map(|s| self.tag(client_id, secret, &s.hash))
+            .collect();
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = tags.iter().position(|t| verified.contains_key(t))?;
+        Some(if secrets[i].expires_on.is_some_and(|exp| now >= exp) {
+            Verdict::Expired
+        } else {
+            Verdict::Valid
+        })
+    }
+
+    /// The client's current secrets (a copy, so that no lock is held while hashing).
+    fn secrets_of(&self, client_id: &str) -> Vec<StoredSecret> {
+        self.clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(client_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Adds a secret hash (a PHC string from [`hash_secret`]) to `client_id`, creating the client if needed.
@@ -184,15 +268,23 @@ impl ClientRegistry {
     }
 
     fn remove_secret_where(&self, client_id: &str, f: impl Fn(&StoredSecret) -> bool) -> bool {
-        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
-        match clients.get_mut(client_id) {
-            Some(secrets) => {
-                let before = secrets.len();
-                secrets.retain(|s| !f(s));
-                secrets.len() != before
+        let removed = {
+            let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+            match clients.get_mut(client_id) {
+                Some(secrets) => {
+                    let before = secrets.len();
+                    secrets.retain(|s| !f(s));
+                    secrets.len() != before
+                }
+                None => false,
             }
-            None => false,
+        };
+        if removed {
+            // Entries of the removed hash could no longer match anyway (lookups go through the current
+            // hashes); forget the client's entries so that none outlives the secret.
+            self.forget_client(client_id);
         }
+        removed
     }
 
     /// The client's secrets (ids and expiries), or `None` for an unknown client.
@@ -214,11 +306,14 @@ impl ClientRegistry {
 
     /// Removes a client and all its secrets. Returns whether it existed.
     pub fn remove(&self, client_id: &str) -> bool {
-        self.clients
+        let removed = self
+            .clients
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(client_id)
-            .is_some()
+            .is_some();
+        self.forget_client(client_id);
+        removed
     }
 
     /// Whether `client_id` is known.
@@ -250,18 +345,16 @@ impl ClientRegistry {
     /// Checks `secret` against the client's hashes (argon2 verification; the final comparison is
     /// constant-time) at unix time `now`: a matching secret past its expiry is [`Verdict::Expired`]. An
     /// unknown client, or one without secrets, is checked against a dummy hash so that it costs the same
-    /// time. This is CPU-heavy (tens of milliseconds): call it from a blocking thread.
+    /// time. This is CPU-heavy (tens of milliseconds) unless the same secret was verified recently (see the
+    /// module documentation): call it from a blocking thread.
     pub fn verify_at(&self, client_id: &str, secret: &str, now: i64) -> Verdict {
         if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
             return Verdict::Invalid;
         }
-        let secrets = self
-            .clients
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(client_id)
-            .cloned()
-            .unwrap_or_default();
+        let secrets = self.secrets_of(client_id);
+        if let Some(verdict) = self.remembered(client_id, secret, &secrets, now) {
+            return verdict;
+        }
         let argon2 = Argon2::default();
         if secrets.is_empty() {
             if let Ok(dummy) = PasswordHash::new(DUMMY_HASH) {
@@ -274,10 +367,14 @@ impl ClientRegistry {
                 .map(|parsed| argon2.verify_password(secret.as_bytes(), &parsed).is_ok())
                 .unwrap_or(false)
         });
-        match matching {
-            None => Verdict::Invalid,
-            Some(s) if s.expires_on.is_some_and(|exp| now >= exp) => Verdict::Expired,
-            Some(_) => Verdict::Valid,
+        let Some(s) = matching else {
+            return Verdict::Invalid;
+        };
+        self.remember(client_id, self.tag(client_id, secret, &s.hash));
+        if s.expires_on.is_some_and(|exp| now >= exp) {
+            Verdict::Expired
+        } else {
+            Verdict::Valid
         }
     }
 }
@@ -296,6 +393,14 @@ impl ClientRegistry {
         secret: &str,
         now: i64,
     ) -> Verdict {
+        if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+            return Verdict::Invalid;
+        }
+        // A remembered verification costs a few hashes: no need for a blocking thread.
+        let secrets = self.secrets_of(client_id);
+        if let Some(verdict) = self.remembered(client_id, secret, &secrets, now) {
+            return verdict;
+        }
         let Ok(permit) = self.limiter.clone().acquire_owned().await else {
             return Verdict::Invalid;
         };
@@ -385,6 +490,60 @@ mod tests {
         assert!(registry.remove_secret_by_key_id("c", &info[0].key_id));
         assert_eq!(registry.verify_at("c", &secret, 0), Verdict::Invalid);
         assert!(registry.contains("c"));
+    }
+
+    fn remembered_len(registry: &ClientRegistry) -> usize {
+        registry.verified.lock().unwrap().len()
+    }
+
+    #[test]
+    fn successful_verifications_are_remembered_until_the_secret_goes() {
+        let registry = ClientRegistry::new();
+        let secret = generate_secret();
+        let hash = hash_secret(&secret).unwrap();
+        registry
+            .add_with_expiry("c", hash.clone(), Some(1_000))
+            .unwrap();
+        assert_eq!(registry.verify_at("c", "wrong", 0), Verdict::Invalid);
+        assert_eq!(remembered_len(&registry), 0, "failures are not remembered");
+        assert_eq!(registry.verify_at("c", &secret, 0), Verdict::Valid);
+        assert_eq!(remembered_len(&registry), 1);
+        let tag = registry.tag("c", &secret, &hash);
+        assert!(registry.verified.lock().unwrap().contains_key(&tag));
+        // A hit answers without argon2, and still checks the expiry.
+        let secrets = registry.secrets_of("c");
+        assert_eq!(
+            registry.remembered("c", &secret, &secrets, 999),
+            Some(Verdict::Valid)
+        );
+        assert_eq!(registry.verify_at("c", &secret, 1_000), Verdict::Expired);
+        assert_eq!(registry.remembered("c", "wrong", &secrets, 0), None);
+        assert_eq!(registry.remembered("other", &secret, &secrets, 0), None);
+        // Removing the secret forgets it; a remembered entry cannot revive it.
+        assert!(registry.remove_secret("c", &hash));
+        assert_eq!(remembered_len(&registry), 0);
+        assert_eq!(registry.verify_at("c", &secret, 0), Verdict::Invalid);
+        // Re-added, verified, then the client removed: forgotten again.
+        registry.add("c", hash.clone()).unwrap();
+        assert_eq!(registry.verify_at("c", &secret, 0), Verdict::Valid);
+        assert_eq!(remembered_len(&registry), 1);
+        assert!(registry.remove("c"));
+        assert_eq!(remembered_len(&registry), 0);
+        assert_eq!(registry.verify_at("c", &secret, 0), Verdict::Invalid);
+    }
+
+    #[tokio::test]
+    async fn remembered_verifications_skip_the_blocking_pool() {
+        let registry = Arc::new(ClientRegistry::new());
+        let secret = generate_secret();
+        let hash = hash_secret(&secret).unwrap();
+        registry.add("c", hash.clone()).unwrap();
+        assert!(registry.verify_async("c", &secret).await);
+        // Remove by key id: the remembered entry goes with it.
+        assert!(registry.verify_async("c", &secret).await);
+        assert!(registry.remove_secret_by_key_id("c", &key_id_of(&hash)));
+        assert!(!registry.verify_async("c", &secret).await);
+        assert_eq!(remembered_len(&registry), 0);
     }
 
     #[test]

@@ -91,10 +91,11 @@ pub fn app(state: Arc<HttpState>, auth_routes: Router) -> Router {
 pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Only kept when it will be logged (the URI is reference-counted: no copy of the path).
+    let uri = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().clone());
     let client_request_id = req.headers().get("x-ms-client-request-id").cloned();
-    let request_id = new_request_id();
-    let mut record = AuditRecord::new(request_id.clone());
+    let request_id = RequestId::next();
+    let mut record = AuditRecord::new(request_id.as_str().to_owned());
     let mut resp = match handle(&state, req, &mut record).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -102,18 +103,29 @@ pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) ->
     let status = resp.status();
     if let Some(audit) = &state.audit {
         record.status = status.as_u16();
-        audit.record(record);
+        if method == Method::GET || method == Method::HEAD {
+            audit.record(record);
+        } else {
+            // A change (or an attempt at one) is in the audit log before the client hears of it.
+            audit.record_written(record).await;
+        }
     }
     let headers = resp.headers_mut();
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, state.challenge.clone());
     }
-    decorate(headers, client_request_id, &request_id);
-    tracing::debug!(%method, %path, status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    decorate(headers, client_request_id, request_id.header_value());
+    if let Some(uri) = uri {
+        tracing::debug!(%method, path = uri.path(), status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    }
     resp
 }
 
-fn decorate(headers: &mut HeaderMap, client_request_id: Option<HeaderValue>, request_id: &str) {
+fn decorate(
+    headers: &mut HeaderMap,
+    client_request_id: Option<HeaderValue>,
+    request_id: HeaderValue,
+) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers.insert(header::EXPIRES, HeaderValue::from_static("-1"));
@@ -125,28 +137,80 @@ fn decorate(headers: &mut HeaderMap, client_request_id: Option<HeaderValue>, req
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000;includeSubDomains"),
     );
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-ms-request-id", v);
-    }
+    headers.insert(X_MS_REQUEST_ID, request_id);
     if let Some(v) = client_request_id {
-        headers.insert("x-ms-client-request-id", v);
+        headers.insert(X_MS_CLIENT_REQUEST_ID, v);
     }
     headers.insert(
-        "x-ms-keyvault-service-version",
+        X_MS_SERVICE_VERSION,
         HeaderValue::from_static(concat!("keyvault-rs/", env!("CARGO_PKG_VERSION"))),
     );
 }
 
-fn new_request_id() -> String {
-    let v = crate::vault::new_version();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &v[0..8],
-        &v[8..12],
-        &v[12..16],
-        &v[16..20],
-        &v[20..32]
-    )
+const X_MS_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-ms-request-id");
+const X_MS_CLIENT_REQUEST_ID: header::HeaderName =
+    header::HeaderName::from_static("x-ms-client-request-id");
+const X_MS_SERVICE_VERSION: header::HeaderName =
+    header::HeaderName::from_static("x-ms-keyvault-service-version");
+
+/// A request id, GUID-shaped (`8-4-4-4-12` lowercase hex): 80 random bits drawn once per process, then a
+/// 48-bit counter. Unique within a process and, with overwhelming probability, across processes; costs no
+/// system call and no allocation (ids are not secrets, and need not be unpredictable).
+struct RequestId([u8; 36]);
+
+impl RequestId {
+    fn next() -> RequestId {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static PREFIX: OnceLock<[u8; 10]> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prefix = PREFIX.get_or_init(|| {
+            let mut bytes = [0u8; 10];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .expect("the system random number generator failed");
+            bytes[6] = (bytes[6] & 0x0f) | 0x40; // shaped like a UUIDv4
+            bytes[8] = (bytes[8] & 0x3f) | 0x80;
+            bytes
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
+        let mut raw = [0u8; 16];
+        raw[..10].copy_from_slice(prefix);
+        raw[10..].copy_from_slice(&n.to_be_bytes()[2..]);
+        let mut hex = [0u8; 32];
+        // Cannot fail: 16 bytes make exactly 32 hex digits.
+        let _ = hex::encode_to_slice(raw, &mut hex);
+        let mut out = [b'-'; 36];
+        out[0..8].copy_from_slice(&hex[0..8]);
+        out[9..13].copy_from_slice(&hex[8..12]);
+        out[14..18].copy_from_slice(&hex[12..16]);
+        out[19..23].copy_from_slice(&hex[16..20]);
+        out[24..36].copy_from_slice(&hex[20..32]);
+        RequestId(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits and dashes are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// A 200 with a JSON body, serialised straight into a buffer sized for a typical secret bundle.
+fn json_ok<T: serde::Serialize>(body: &T) -> Response {
+    let mut bytes = Vec::with_capacity(768);
+    if serde_json::to_writer(&mut bytes, body).is_err() {
+        // Serialising our own models cannot fail; if it ever did, the client gets a 500.
+        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let mut resp = Response::new(Body::from(bytes));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
 }
 
 fn unauthorized() -> ApiError {
@@ -170,13 +234,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
 fn vault_url(req: &Request) -> Result<String, ApiError> {
     let host = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
+        Some(a) => a.as_str(),
         None => req
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
+            .unwrap_or_default(),
     };
     let ok = !host.is_empty()
         && host.len() <= 255
@@ -188,7 +251,11 @@ fn vault_url(req: &Request) -> Result<String, ApiError> {
             "The request has a missing or invalid Host header.",
         ));
     }
-    Ok(format!("https://{}", host.to_ascii_lowercase()))
+    let mut url = String::with_capacity("https://".len() + host.len());
+    url.push_str("https://");
+    url.push_str(host);
+    url.make_ascii_lowercase();
+    Ok(url)
 }
 
 /// The query parameters the API reads, percent-decoded in names and values (JS sends `api%2Dversion`).
@@ -248,16 +315,13 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-/// The path's segments, percent-decoded, with one trailing empty segment dropped (`/secrets/x/` = latest).
-fn segments(path: &str) -> Vec<String> {
-    let mut segs: Vec<String> = path
+/// The path's segments, percent-decoded (borrowed unless they had escapes), with one trailing empty
+/// segment dropped (`/secrets/x/` = latest).
+fn segments(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
+    let mut segs: Vec<_> = path
         .trim_start_matches('/')
         .split('/')
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
         .collect();
     if segs.len() > 1 && segs.last().is_some_and(|s| s.is_empty()) {
         segs.pop();
@@ -378,7 +442,8 @@ async fn handle(
     let now = state.vault.now();
     let principal = state
         .verifier
-        .verify(token, now)
+        .verify_async(token, now)
+        .await
         .map_err(|_| unauthorized())?;
     let who = principal.id.as_str();
     rec.principal = Some(principal.id.clone());
@@ -401,8 +466,9 @@ async fn handle(
     // The admin API (no api-version).
     if req.uri().path() == "/admin" || req.uri().path().starts_with("/admin/") {
         let method = req.method().clone();
-        let segs = segments(req.uri().path());
-        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let path = req.uri().path().to_owned();
+        let segs = segments(&path);
+        let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).collect();
         let query = req.uri().query().map(str::to_string);
         return admin::handle(
             state,
@@ -430,8 +496,9 @@ async fn handle(
 
     // 3. What: route on method and path segments.
     let method = req.method().clone();
-    let segs = segments(req.uri().path());
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let (parts, body) = req.into_parts();
+    let segs = segments(parts.uri.path());
+    let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).collect();
     let next_link = |path: &str, token: Option<String>| {
         token.map(|t| {
             let mut link = format!("{base}{path}?api-version={api_version}&$skiptoken={t}");
@@ -441,7 +508,6 @@ async fn handle(
             link
         })
     };
-    let body = req.into_body();
 
     match (&method, segs.as_slice()) {
         (&Method::GET, ["secrets"]) => {
@@ -477,13 +543,13 @@ async fn handle(
             let p: SecretSetParameters = read_json(body, MAX_BODY_BYTES).await?;
             let attrs = attributes_input(p.content_type, p.tags, p.attributes);
             let secret = vault.set(name, p.value, attrs).await.map_err(map)?;
-            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+            Ok(json_ok(&ctx.bundle(secret)))
         }
         (&Method::GET, ["secrets", name]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretGet, Some(name), None)?;
             let secret = vault.get(name, None).await.map_err(map)?;
-            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+            Ok(json_ok(&ctx.bundle(secret)))
         }
         (&Method::PATCH, ["secrets", name]) => {
             valid_name(name, &base)?;
@@ -544,7 +610,7 @@ async fn handle(
                 }));
             }
             let secret = vault.get(name, Some(version)).await.map_err(map)?;
-            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+            Ok(json_ok(&ctx.bundle(secret)))
         }
         (&Method::PATCH, ["secrets", name, version]) => {
             valid_name(name, &base)?;
@@ -661,7 +727,7 @@ async fn update(
         .update(name, version, attrs)
         .await
         .map_err(UpdateError::Vault)?;
-    Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+    Ok(json_ok(&ctx.bundle(secret)))
 }
 
 /// A backup blob as the SDKs send it: base64url without padding (tolerating padding and standard base64).

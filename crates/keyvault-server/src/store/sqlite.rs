@@ -5,8 +5,13 @@
 //!   `SAVEPOINT` inside one transaction (a failing request rolls back only itself), commits once (one fsync
 //!   for the whole batch: group commit), then answers every caller. A write is durable before its method
 //!   returns `Ok`.
-//! - **Reads** run on `spawn_blocking` over a small pool of read-only connections (WAL readers never block
-//!   the writer, and see every write that has been acknowledged).
+//! - **Reads** use a small pool of read-only connections (WAL readers never block the writer, and see every
+//!   write that has been acknowledged), each with its prepared statements cached. Point reads and pages of
+//!   at most [`INLINE_SCAN_ROWS`] rows run *inline* on the calling thread (a primary-key lookup costs a few
+//!   microseconds: a hand-off to another thread would cost more than the read, in context switches); reads
+//!   of unbounded size (every version of a name) run on `spawn_blocking`. Inline reads work on any runtime
+//!   flavour (no `block_in_place`). A WAL reader does not wait for the writer or the (PASSIVE)
+//!   checkpointer, so an inline read does not block its thread for longer than the read itself.
 //! - **Paging** is keyset-only (`name_key > ?` / `seq > ?`) over partial indexes for live and deleted names,
 //!   so a page deep in a million names costs what the first page costs.
 //! - The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
@@ -44,8 +49,31 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub const BATCH_CAP: usize = 256;
 /// Write requests that may wait for the writer before callers are held back.
 const QUEUE_CAP: usize = 4096;
-/// Most read connections open at once.
+/// Most read connections open at once on `spawn_blocking` (long reads).
 const MAX_READERS: usize = 8;
+/// Most idle read connections kept for reuse (inline reads may briefly open more, one per thread reading).
+const MAX_IDLE_READERS: usize = 8;
+/// Pages of at most this many rows are read inline; larger ones on `spawn_blocking`.
+pub const INLINE_SCAN_ROWS: usize = 128;
+/// Prepared statements cached per connection (every query of this module fits).
+const STATEMENT_CACHE: usize = 32;
+/// How often the checkpointer copies the WAL into the database. A page changed many times between two
+/// checkpoints is copied once; the WAL grows meanwhile (bounded by `wal_autocheckpoint`).
+const CHECKPOINT_EVERY_MS: u64 = 100;
+/// WAL pages after which a commit checkpoints by itself (in the commit path): only a safety net should the
+/// checkpointer fall behind. About 40 MiB of WAL with 1 KiB pages: well above what a write-heavy load adds
+/// between two checkpoints (≈ 8 pages per write).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 40_000;
+/// The page size of new databases. Every commit writes each page it changed to the WAL in full, and a
+/// write changes one leaf page in each of four indexes at random places: smaller pages mean proportionally
+/// fewer bytes written, copied and checksummed per write (and per checkpoint).
+const PAGE_SIZE: i64 = 1024;
+/// The writer's page cache, as SQLite's `cache_size` (negative = KiB): 16 MiB.
+const WRITER_CACHE_KIB: i64 = -16 * 1024;
+/// Each reader's page cache: 4 MiB (SQLite's default is 2). Like the writer's, it grows only as pages are
+/// read; a reader drops it whenever it sees that the database changed. At most [`MAX_IDLE_READERS`] of
+/// them stay open, which bounds what the caches can hold on to when the server is idle.
+const READER_CACHE_KIB: i64 = -4 * 1024;
 /// Names purged per write request by `purge_expired` (keeps the writer responsive).
 const PURGE_CHUNK: usize = 256;
 /// How long a connection waits for a lock held by another process before giving up.
@@ -211,6 +239,15 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?
     }
 
+    /// A short read, run on the calling thread (see the module documentation).
+    fn read_inline<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let conn = self.readers.checkout()?;
+        let result = f(&conn);
+        self.readers.checkin(conn);
+        result
+    }
+
+    /// A read of unbounded size, run on `spawn_blocking` (at most [`MAX_READERS`] at once).
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -269,9 +306,8 @@ impl SecretStore for SqliteStore {
         name: &str,
         version: Option<&str>,
     ) -> StoreResult<Option<VersionRow>> {
-        let (vault, key, version) = (vault.to_owned(), name_key(name), version.map(str::to_owned));
-        self.read(move |c| Ok(find_live(c, &vault, &key, version.as_deref())?.map(|(_, row)| row)))
-            .await
+        let key = name_key(name);
+        self.read_inline(|c| Ok(find_live(c, vault, &key, version)?.map(|(_, row)| row)))
     }
 
     async fn update_version(
@@ -292,13 +328,13 @@ impl SecretStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<VersionRow>> {
-        let (vault, after) = (vault.to_owned(), after.map(name_key).unwrap_or_default());
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(SQL_LIST_LATEST)?;
-            let rows = stmt.query_map(params![vault, after], |r| version_row(r, 0))?;
-            Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        let after = after.map(name_key).unwrap_or_default();
+        if limit <= INLINE_SCAN_ROWS {
+            return self.read_inline(|c| list_latest(c, vault, &after, limit));
+        }
+        let vault = vault.to_owned();
+        self.read(move |c| list_latest(c, &vault, &after, limit))
+            .await
     }
 
     async fn list_versions(
@@ -308,8 +344,12 @@ impl SecretStore for SqliteStore {
         after: Option<i64>,
         limit: usize,
     ) -> StoreResult<Vec<(i64, VersionRow)>> {
-        let (vault, key) = (vault.to_owned(), name_key(name));
-        self.read(move |c| versions_of_live(c, &vault, &key, after.unwrap_or(i64::MIN), limit))
+        let (key, after) = (name_key(name), after.unwrap_or(i64::MIN));
+        if limit <= INLINE_SCAN_ROWS {
+            return self.read_inline(|c| versions_of_live(c, vault, &key, after, limit));
+        }
+        let vault = vault.to_owned();
+        self.read(move |c| versions_of_live(c, &vault, &key, after, limit))
             .await
     }
 
@@ -348,8 +388,8 @@ impl SecretStore for SqliteStore {
     }
 
     async fn get_deleted(&self, vault: &str, name: &str) -> StoreResult<Option<DeletedRow>> {
-        let (vault, key) = (vault.to_owned(), name_key(name));
-        self.read(move |c| find_deleted(c, &vault, &key)).await
+        let key = name_key(name);
+        self.read_inline(|c| find_deleted(c, vault, &key))
     }
 
     async fn list_deleted(
@@ -358,13 +398,13 @@ impl SecretStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<DeletedRow>> {
-        let (vault, after) = (vault.to_owned(), after.map(name_key).unwrap_or_default());
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(SQL_LIST_DELETED)?;
-            let rows = stmt.query_map(params![vault, after], deleted_row)?;
-            Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        let after = after.map(name_key).unwrap_or_default();
+        if limit <= INLINE_SCAN_ROWS {
+            return self.read_inline(|c| list_deleted(c, vault, &after, limit));
+        }
+        let vault = vault.to_owned();
+        self.read(move |c| list_deleted(c, &vault, &after, limit))
+            .await
     }
 
     async fn recover(&self, vault: &str, name: &str) -> StoreResult<Option<VersionRow>> {
@@ -416,13 +456,12 @@ impl SecretStore for SqliteStore {
                 ));
             }
         }
-        self.read(|c| {
+        self.read_inline(|c| {
             c.prepare_cached("SELECT 1 FROM names LIMIT 1")?
                 .query([])?
                 .next()?;
             Ok(())
         })
-        .await
     }
 }
 
@@ -436,6 +475,12 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The writer's pages stay cached between batches (it is the only writer, so they stay valid): index
+    // pages are not read again from the file for each write. Grows only as pages are used.
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+    // Only takes effect on a new database (before its first table), and must precede the switch to WAL.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Internal(format!(
@@ -446,8 +491,8 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
     // WAL + FULL: every commit is fsynced before it returns, so acknowledged writes survive a crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Checkpoints run on their own thread (checkpoint_loop), not inside a commit; this is only a safety net
-    // should that thread fall behind (about 40 MB of WAL).
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    // should that thread fall behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     Ok(conn)
 }
 
@@ -460,11 +505,11 @@ fn open_checkpointer(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
-/// Copy committed WAL pages into the database file every few milliseconds (PASSIVE: never blocks the
+/// Copy committed WAL pages into the database file every [`CHECKPOINT_EVERY_MS`] (PASSIVE: never blocks the
 /// writer or readers), so that commits do not pay for checkpoints and the WAL stays small. Committed data is
 /// already durable in the WAL; a checkpoint only moves it.
 fn checkpoint_loop(conn: Connection, stop: &AtomicBool) {
-    const EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(CHECKPOINT_EVERY_MS);
     while !stop.load(Ordering::SeqCst) {
         std::thread::park_timeout(EVERY);
         let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -481,6 +526,8 @@ fn open_reader(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
     Ok(conn)
 }
 
@@ -567,12 +614,20 @@ impl ReadPool {
     }
 
     fn checkin(&self, conn: Connection) {
-        if !self.closed.load(Ordering::Acquire) {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+        if self.closed.load(Ordering::Acquire) {
+            return;
         }
+        let surplus = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+                None
+            } else {
+                Some(conn)
+            }
+        };
+        // A surplus connection is closed outside the lock.
+        drop(surplus);
     }
 
     fn close(&self) {
@@ -718,16 +773,21 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>, stats: &Stats
     }
 }
 
+/// Runs a statement without results through the statement cache (no parsing per call).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn execute_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Option<BatchFailure> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         return Some(BatchFailure::from_db(e));
     }
     for job in batch.iter_mut() {
-        let result = conn.execute_batch("SAVEPOINT op").and_then(|()| {
+        let result = exec_cached(conn, "SAVEPOINT op").and_then(|()| {
             if job.run(conn) {
-                conn.execute_batch("RELEASE op")
+                exec_cached(conn, "RELEASE op")
             } else {
-                conn.execute_batch("ROLLBACK TO op; RELEASE op")
+                exec_cached(conn, "ROLLBACK TO op").and_then(|()| exec_cached(conn, "RELEASE op"))
             }
         });
         if let Err(e) = result {
@@ -742,7 +802,7 @@ fn execute_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Option<B
             });
         }
     }
-    match conn.execute_batch("COMMIT") {
+    match exec_cached(conn, "COMMIT") {
         Ok(()) => None,
         Err(e) => {
             rollback(conn);
@@ -883,6 +943,28 @@ fn find_live(
     Ok(found)
 }
 
+fn list_latest(
+    c: &Connection,
+    vault: &str,
+    after: &str,
+    limit: usize,
+) -> StoreResult<Vec<VersionRow>> {
+    let mut stmt = c.prepare_cached(SQL_LIST_LATEST)?;
+    let rows = stmt.query_map(params![vault, after], |r| version_row(r, 0))?;
+    Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
+}
+
+fn list_deleted(
+    c: &Connection,
+    vault: &str,
+    after: &str,
+    limit: usize,
+) -> StoreResult<Vec<DeletedRow>> {
+    let mut stmt = c.prepare_cached(SQL_LIST_DELETED)?;
+    let rows = stmt.query_map(params![vault, after], deleted_row)?;
+    Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
+}
+
 fn find_deleted(c: &Connection, vault: &str, key: &str) -> StoreResult<Option<DeletedRow>> {
     Ok(c.prepare_cached(SQL_FIND_DELETED)?
         .query_row(params![vault, key], deleted_row)
@@ -940,17 +1022,29 @@ fn name_state(c: &Connection, vault: &str, key: &str) -> StoreResult<Option<bool
     .optional()?)
 }
 
+/// Runs inside its own savepoint: on `Err`, the version inserted first is rolled back with it.
 fn put(c: &Connection, vault: &str, row: &VersionRow) -> StoreResult<()> {
     let key = name_key(&row.name);
-    if name_state(c, vault, &key)? == Some(true) {
+    // The common case takes two statements: insert the version, then point the (live) name at it. The
+    // name's state is only looked up when something is in the way, to give the same answer as checking
+    // it first would: a deleted name is `Deleted` whatever the version.
+    let seq = match insert_version(c, vault, &key, row) {
+        Ok(seq) => seq,
+        Err(StoreError::Exists) if name_state(c, vault, &key)? == Some(true) => {
+            return Err(StoreError::Deleted);
+        }
+        Err(e) => return Err(e),
+    };
+    let changed = c
+        .prepare_cached(
+            "INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (vault, name_key) DO UPDATE SET display_name = excluded.display_name, latest_seq = excluded.latest_seq
+             WHERE names.deleted_on IS NULL",
+        )?
+        .execute(params![vault, key, row.name, seq])?;
+    if changed == 0 {
         return Err(StoreError::Deleted);
     }
-    let seq = insert_version(c, vault, &key, row)?;
-    c.prepare_cached(
-        "INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (vault, name_key) DO UPDATE SET display_name = excluded.display_name, latest_seq = excluded.latest_seq",
-    )?
-    .execute(params![vault, key, row.name, seq])?;
     Ok(())
 }
 

@@ -305,6 +305,98 @@ async fn schema_is_versioned() {
     }
 }
 
+/// Reads run inline on the caller's thread: they work on a current-thread runtime, see every acknowledged
+/// write at once, and large pages still go through the blocking pool.
+#[tokio::test(flavor = "current_thread")]
+async fn inline_reads_on_a_current_thread_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
+    for i in 0..(INLINE_SCAN_ROWS + 10) {
+        let name = format!("n{i:04}");
+        store
+            .put_version("v", row(&name, &version(i), i as i64))
+            .await
+            .unwrap();
+        // Read-your-writes right after the acknowledgement.
+        let got = store.get_version("v", &name, None).await.unwrap().unwrap();
+        assert_eq!(got.version, version(i));
+    }
+    let small = store.list_latest("v", None, 5).await.unwrap();
+    assert_eq!(small.len(), 5);
+    let large = store
+        .list_latest("v", None, INLINE_SCAN_ROWS + 100)
+        .await
+        .unwrap();
+    assert_eq!(large.len(), INLINE_SCAN_ROWS + 10);
+    assert!(store.health().await.is_ok());
+    store.close().await;
+    assert!(matches!(
+        store.get_version("v", "n0000", None).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+/// A put on a deleted name is refused and leaves nothing behind, whether or not its version id is taken.
+#[tokio::test]
+async fn a_refused_put_on_a_deleted_name_leaves_no_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
+    store
+        .put_version("v", row("Gone", &version(1), 1))
+        .await
+        .unwrap();
+    store
+        .soft_delete("v", "gone", 5, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    for v in [version(2), version(1)] {
+        assert!(matches!(
+            store.put_version("v", row("GONE", &v, 2)).await,
+            Err(StoreError::Deleted)
+        ));
+    }
+    let deleted = store.get_deleted("v", "gone").await.unwrap().unwrap();
+    assert_eq!(deleted.latest.name, "Gone");
+    store.recover("v", "gone").await.unwrap().unwrap();
+    let versions = store.all_versions("v", "gone").await.unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].version, version(1));
+    store.close().await;
+}
+
+/// New databases get the small page size; an existing database keeps the one it was created with.
+#[tokio::test]
+async fn page_size_of_new_and_existing_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let page_size = |path: &Path| -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap()
+    };
+    let fresh = dir.path().join("fresh.db");
+    SqliteStore::open(&fresh).unwrap().close().await;
+    assert_eq!(page_size(&fresh), PAGE_SIZE);
+
+    let old = dir.path().join("old.db");
+    {
+        let c = Connection::open(&old).unwrap();
+        c.pragma_update(None, "page_size", 4096).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("CREATE TABLE t (x); DROP TABLE t;")
+            .unwrap();
+    }
+    let store = SqliteStore::open(&old).unwrap();
+    store
+        .put_version("v", row("a", &version(1), 1))
+        .await
+        .unwrap();
+    assert!(store.get_version("v", "a", None).await.unwrap().is_some());
+    store.close().await;
+    assert_eq!(page_size(&old), 4096);
+}
+
 #[tokio::test]
 async fn not_a_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
