@@ -12,15 +12,15 @@
 //!   of unbounded size (every version of a name) run on `spawn_blocking`. Inline reads work on any runtime
 //!   flavour (no `block_in_place`). A WAL reader does not wait for the writer or the (PASSIVE)
 //!   checkpointer, so an inline read does not block its thread for longer than the read itself.
-//! - **Paging** is keyset-only (`name_key > ?` / `seq > ?`) over partial indexes for live and deleted names,
-//!   so a page deep in a million names costs what the first page costs.
+//! - **Paging** is keyset-only (`name_key > ?` / `seq > ?`) over the names' primary key (live names) and a
+//!   partial index (deleted names), so a page deep in a million names costs what the first page costs.
 //! - The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
 //!
-//! Schema (version 1):
+//! Schema (version 2):
 //!
 //! ```text
 //! names(vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)   PK (vault, name_key)
-//!     names_live    (vault, name_key, ...covering)   WHERE deleted_on IS NULL
+//!     (WITHOUT ROWID: the table is ordered by its key; live names are listed in that order)
 //!     names_deleted (vault, name_key, ...covering)   WHERE deleted_on IS NOT NULL
 //!     names_purge   (scheduled_purge)                WHERE scheduled_purge IS NOT NULL
 //! versions(seq AUTOINCREMENT, vault, name_key, version, sealed, content_type, tags (JSON), enabled, nbf, exp,
@@ -44,7 +44,7 @@ use super::{
 };
 
 /// The schema version this code writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Most write requests committed together in one transaction.
 pub const BATCH_CAP: usize = 256;
 /// Write requests that may wait for the writer before callers are held back.
@@ -111,6 +111,10 @@ CREATE TABLE versions (
 );
 CREATE INDEX versions_by_name ON versions (vault, name_key, seq);
 ";
+
+/// Version 2: live names are listed in primary-key order (the table itself is that B-tree, `WITHOUT ROWID`),
+/// so the covering `names_live` index goes: it held `latest_seq`, so every set rewrote an entry in it.
+const SCHEMA_V2: &str = "DROP INDEX names_live;";
 
 /// The SQLite [`SecretStore`]. See the module documentation.
 ///
@@ -542,7 +546,9 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if version < 1 {
         tx.execute_batch(SCHEMA_V1)?;
     }
-    // Later migrations: `if version < 2 { ... }`.
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -833,7 +839,7 @@ macro_rules! vcols {
 const SQL_LIST_LATEST: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
-    " FROM names AS n INDEXED BY names_live JOIN versions AS v ON v.seq = n.latest_seq
+    " FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
      WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
 );
 const SQL_LIST_DELETED: &str = concat!(

@@ -618,3 +618,54 @@ async fn deep_pages_cost_like_first_pages() {
     }
     store.close().await;
 }
+
+/// Listing live names seeks the primary key (keyset paging), with no temporary sort; a version 1 database
+/// (with the former `names_live` index) is migrated and keeps its rows.
+#[tokio::test]
+async fn live_listing_seeks_the_primary_key_and_v1_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute_batch(
+            "INSERT INTO versions (vault, name_key, version, sealed, enabled, created, updated)
+                 VALUES ('v', 'a', '01', x'01', 1, 1, 1);
+             INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES ('v', 'a', 'A', 1);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let listed = store.list_latest("v", None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "A");
+    store.close().await;
+    let c = Connection::open(&path).unwrap();
+    let v: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    let gone: Option<String> = c
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE name = 'names_live'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap();
+    assert_eq!(gone, None);
+    let plan: Vec<String> = c
+        .prepare(&format!("EXPLAIN QUERY PLAN {SQL_LIST_LATEST} LIMIT 25"))
+        .unwrap()
+        .query_map(params!["v", ""], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let plan = plan.join(" | ");
+    assert!(
+        plan.contains("SEARCH n USING PRIMARY KEY (vault=? AND name_key>?)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+}
