@@ -282,11 +282,31 @@ fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
             creds["client_secret"].clone(),
             std::fs::read(creds["ca_cert"].as_str().unwrap()).unwrap(),
         );
+        // The secret's hash is kept (0600) and reused: the client still gets tokens after a restart.
+        let hash_path = data.join("dev-client.hash");
+        assert_eq!(
+            std::fs::metadata(&hash_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let kept_hash = std::fs::read_to_string(&hash_path).unwrap();
+        assert!(kept_hash.starts_with(creds["client_id"].as_str().unwrap()));
+        assert!(!kept_hash.contains(creds["client_secret"].as_str().unwrap()));
+        let token = std::process::Command::new(BIN)
+            .args(["token", "--dev-credentials", creds_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            token.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        assert_eq!(token.stdout.split(|b| *b == b'.').count(), 3, "a JWT");
+        let identity = (identity.0, identity.1, identity.2, kept_hash);
         match &first {
             None => first = Some(identity),
             Some(f) => assert_eq!(
                 f, &identity,
-                "round {round}: same client and CA after a restart"
+                "round {round}: same client, CA and kept hash after a restart"
             ),
         }
         sigterm(&child);

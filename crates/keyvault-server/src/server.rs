@@ -523,6 +523,9 @@ async fn sweep_loop(
 }
 
 /// The dev client: reused from an earlier `dev-credentials.json` in the data dir, or made anew.
+/// The dev client's secret hash, kept between starts (see [`dev_credentials`]).
+const DEV_HASH_FILE: &str = "dev-client.hash";
+
 fn dev_credentials(
     config: &Config,
     data_dir: &Path,
@@ -541,8 +544,23 @@ fn dev_credentials(
             SecretString::new(crate::auth::generate_secret()),
         ),
     };
-    let hash = crate::auth::hash_secret(client_secret.expose())
-        .map_err(setup("cannot hash the dev secret"))?;
+    // The secret's argon2 hash is kept beside the credentials (`{client id} {hash}`, 0600), so a restart
+    // reuses it instead of spending an argon2 run (most of a dev start's CPU).
+    let hash_path = data_dir.join(DEV_HASH_FILE);
+    let kept = std::fs::read_to_string(&hash_path).ok().and_then(|text| {
+        let (id, hash) = text.trim().split_once(' ')?;
+        (id == client_id).then(|| hash.to_string())
+    });
+    let hash = match kept {
+        Some(hash) => hash,
+        None => {
+            let hash = crate::auth::hash_secret(client_secret.expose())
+                .map_err(setup("cannot hash the dev secret"))?;
+            write_private_file(&hash_path, format!("{client_id} {hash}\n").as_bytes())
+                .map_err(setup("cannot write the dev client's hash"))?;
+            hash
+        }
+    };
     clients
         .add(client_id.as_str(), hash)
         .map_err(setup("cannot register the dev client"))?;
