@@ -9,219 +9,21 @@
 //!   the name row; INSERT the version … RETURNING seq; UPDATE the name's latest; COMMIT: five round trips)
 //!   on tables with the same kind of indexes.
 //!
-//! The cluster helpers are a copy of `keyvault_server::store::pgtest` (that one turns `fsync` off, which
-//! suits tests but not a write benchmark). PostgreSQL refuses to run as root: as root, the cluster runs as
+//! The cluster is `keyvault_server::store::pgtest`'s, started with production durability
+//! ([`PgCluster::start_durable`]). PostgreSQL refuses to run as root: as root, the cluster runs as
 //! `$KEYVAULT_PG_USER` (default `nobody`) through `runuser`.
 
 use crate::client::Proto;
 use crate::load::{self, Bounds, Cell, Dataset, Op, Rng, Server, Workload};
 use crate::process::{ServerProc, cpu_seconds};
 use crate::report;
+use keyvault_server::store::pgtest::{PgCluster, find_binaries};
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls, Statement};
-
-// ---------------------------------------------------------------------------------------------------------
-// The private cluster
-
-/// Where `initdb` and `pg_ctl` live: `$KEYVAULT_PG_BIN`, `PATH`, or the newest `/usr/lib/postgresql/*/bin`.
-pub fn find_binaries() -> Option<PathBuf> {
-    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    let given = std::env::var_os("KEYVAULT_PG_BIN")
-        .map(PathBuf::from)
-        .filter(|d| has_both(d));
-    let on_path = || {
-        std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).find(|d| has_both(d)))
-    };
-    if let Some(dir) = given.or_else(on_path) {
-        return Some(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            has_both(&bin).then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
-}
-
-/// A running private cluster; stopped (`-m immediate`) and removed on drop.
-pub struct PgCluster {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    run_as: Option<String>,
-}
-
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-fn id_of(user: &str, flag: &str) -> Result<u32, String> {
-    let out = Command::new("id")
-        .args([flag, user])
-        .output()
-        .map_err(|e| format!("cannot run id: {e}"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| format!("no such user: {user}"))
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
-
-fn check(what: &str, out: std::io::Result<Output>) -> Result<(), String> {
-    let out = out.map_err(|e| format!("cannot run {what}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-impl PgCluster {
-    /// `initdb` a cluster under `root` (or /tmp when running as root) and start it on a free port.
-    pub fn start(bin: &Path, root: &Path) -> Result<PgCluster, String> {
-        let as_root = running_as_root();
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("kvbench-pg-");
-        // The unprivileged user must be able to reach the directory: /tmp, not a private $TMPDIR.
-        let dir = if as_root {
-            builder.tempdir_in("/tmp")
-        } else {
-            builder.tempdir_in(root)
-        }
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-        let run_as = if as_root {
-            let user = std::env::var("KEYVAULT_PG_USER").unwrap_or_else(|_| "nobody".into());
-            let (uid, gid) = (id_of(&user, "-u")?, id_of(&user, "-g")?);
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(|e| format!("cannot hand {} to {user}: {e}", dir.path().display()))?;
-            Some(user)
-        } else {
-            None
-        };
-        let mut cluster = PgCluster {
-            bin: bin.to_path_buf(),
-            dir,
-            port: 0,
-            run_as,
-        };
-        check(
-            "initdb",
-            cluster
-                .command("initdb")
-                .arg("-D")
-                .arg(cluster.data_dir())
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--no-sync",
-                ])
-                .output(),
-        )?;
-        let mut last = String::new();
-        for _ in 0..5 {
-            cluster.port = free_port()?;
-            // Durable defaults (fsync, synchronous_commit, full_page_writes on); room for 64 + 16 + 2
-            // connections.
-            let options = format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200",
-                cluster.port,
-                cluster.dir.path().display()
-            );
-            match check(
-                "pg_ctl start",
-                cluster
-                    .command("pg_ctl")
-                    .arg("-D")
-                    .arg(cluster.data_dir())
-                    .arg("-l")
-                    .arg(cluster.dir.path().join("server.log"))
-                    .args(["-w", "-t", "60", "-o", &options, "start"])
-                    .output(),
-            ) {
-                Ok(()) => return Ok(cluster),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
-        cmd.current_dir(self.dir.path());
-        cmd
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    pub fn url_for(&self, dbname: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
-    }
-
-    /// The postmaster's pid (first line of `postmaster.pid`).
-    pub fn postmaster_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// The server's data directory filesystem, for the report.
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
 
 /// CPU seconds of the postmaster and its children (backends, WAL writer, checkpointer, …).
 fn pg_cpu_seconds(postmaster: u32) -> f64 {
@@ -520,7 +322,7 @@ pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Option<PgR
         "postgres: starting a private cluster with {}",
         pg_bin.display()
     );
-    let cluster = PgCluster::start(&pg_bin, root)?;
+    let cluster = PgCluster::start_durable(&pg_bin, root)?;
     let postmaster = cluster
         .postmaster_pid()
         .ok_or("cannot read the postmaster's pid")?;

@@ -62,6 +62,8 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     port: u16,
     run_as: Option<String>,
+    /// Production durability (`fsync`, `full_page_writes` on) rather than the tests' fast settings.
+    durable: bool,
 }
 
 impl std::fmt::Debug for PgCluster {
@@ -112,16 +114,27 @@ fn check(what: &str, out: std::io::Result<Output>) -> Result<(), String> {
 }
 
 impl PgCluster {
-    /// `initdb` a new cluster in a temporary directory and start it on a free port of 127.0.0.1.
+    /// `initdb` a new cluster in a temporary directory and start it on a free port of 127.0.0.1, with `fsync`
+    /// and `full_page_writes` off (tests: fast, and a crash of the machine loses nothing that matters).
     pub fn start(bin: &Path) -> Result<PgCluster, String> {
+        Self::start_in(bin, None, false)
+    }
+
+    /// [`PgCluster::start`] with production durability (`fsync`, `synchronous_commit`, `full_page_writes` on),
+    /// in a temporary directory under `parent` (for benchmarks: the filesystem matters).
+    pub fn start_durable(bin: &Path, parent: &Path) -> Result<PgCluster, String> {
+        Self::start_in(bin, Some(parent), true)
+    }
+
+    fn start_in(bin: &Path, parent: Option<&Path>, durable: bool) -> Result<PgCluster, String> {
         let root = running_as_root();
         let mut builder = tempfile::Builder::new();
         builder.prefix("kvpg-");
         // The unprivileged user must be able to reach the directory: /tmp, not a private $TMPDIR.
-        let dir = if root {
-            builder.tempdir_in("/tmp")
-        } else {
-            builder.tempdir()
+        let dir = match (root, parent) {
+            (true, _) => builder.tempdir_in("/tmp"),
+            (false, Some(parent)) => builder.tempdir_in(parent),
+            (false, None) => builder.tempdir(),
         }
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
         let run_as = if root {
@@ -138,6 +151,7 @@ impl PgCluster {
             dir,
             port: 0,
             run_as,
+            durable,
         };
         check(
             "initdb",
@@ -258,6 +272,22 @@ impl PgCluster {
         Ok(self.query_text(&sql).await?.into_iter().flatten().next())
     }
 
+    /// The postmaster's pid (the first line of `postmaster.pid`), while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The cluster's directory (its data directory is `data` inside it).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -265,9 +295,13 @@ impl PgCluster {
 
     /// Start the (stopped) cluster again on the same port and wait until it accepts connections.
     pub fn start_again(&self) -> Result<(), String> {
+        let fast = if self.durable {
+            ""
+        } else {
+            " -c fsync=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
+            "-p {} -c listen_addresses=127.0.0.1 -k {}{fast} -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
