@@ -219,7 +219,7 @@ fn rust_client(server: &ServerProc) -> Result<SecretClient, String> {
 async fn rust_run(client: &SecretClient, data: &Dataset, s: &Settings, pid: u32) -> ClientRow {
     let n = data.names.len();
     let mut rng = Rng::new(42);
-    let mut cell = empty_cell();
+    let mut cell = Cell::default();
     // Warm-up: the challenge, the token, the connection.
     for _ in 0..s.warmup_ops.max(1) {
         if let Err(e) = client.get_secret(&data.names[rng.below(n)], None).await {
@@ -260,20 +260,6 @@ async fn rust_run(client: &SecretClient, data: &Dataset, s: &Settings, pid: u32)
         proto: "h1",
         cell,
         client_cpu_s: Some(client_cpu),
-    }
-}
-
-fn empty_cell() -> Cell {
-    Cell {
-        ok: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-        peak_rss_kib: 0,
-        server_cpu_s: 0.0,
-        server_write_bytes: 0,
-        syscalls: Vec::new(),
     }
 }
 
@@ -357,7 +343,7 @@ async fn python_run(
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let json: serde_json::Value =
         serde_json::from_str(&line).map_err(|e| format!("seq_get.py printed {line:?}: {e}"))?;
-    let mut cell = empty_cell();
+    let mut cell = Cell::default();
     cell.ok = json["ops"].as_u64().unwrap_or(0);
     cell.errors = json["errors"].as_u64().unwrap_or(0);
     cell.first_error = json["first_error"].as_str().map(str::to_string);

@@ -91,6 +91,7 @@ impl Rng {
 }
 
 /// The outcome of one run.
+#[derive(Default)]
 pub struct Cell {
     pub ok: u64,
     pub errors: u64,
@@ -214,17 +215,7 @@ pub async fn run(
             w, conn, workload, issued, bounds, deadline,
         )));
     }
-    let mut cell = Cell {
-        ok: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-        peak_rss_kib: 0,
-        server_cpu_s: 0.0,
-        server_write_bytes: 0,
-        syscalls: Vec::new(),
-    };
+    let mut cell = Cell::default();
     let mut conns = Vec::with_capacity(tasks.len());
     for task in tasks {
         match task.await {

@@ -210,17 +210,7 @@ async fn pg_run(
             (lat, errors, first, conn)
         }));
     }
-    let mut cell = Cell {
-        ok: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-        peak_rss_kib: 0,
-        server_cpu_s: 0.0,
-        server_write_bytes: 0,
-        syscalls: Vec::new(),
-    };
+    let mut cell = Cell::default();
     let mut back = Vec::new();
     for t in tasks {
         match t.await {
