@@ -343,13 +343,7 @@ async fn python_run(
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let json: serde_json::Value =
         serde_json::from_str(&line).map_err(|e| format!("seq_get.py printed {line:?}: {e}"))?;
-    let mut cell = Cell::default();
-    cell.ok = json["ops"].as_u64().unwrap_or(0);
-    cell.errors = json["errors"].as_u64().unwrap_or(0);
-    cell.first_error = json["first_error"].as_str().map(str::to_string);
-    cell.elapsed = Duration::from_secs_f64(json["seconds"].as_f64().unwrap_or(0.0));
-    cell.server_cpu_s = server_cpu;
-    cell.latencies = json["latencies_us"]
+    let mut latencies: Vec<u64> = json["latencies_us"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -358,7 +352,16 @@ async fn python_run(
                 .collect()
         })
         .unwrap_or_default();
-    cell.latencies.sort_unstable();
+    latencies.sort_unstable();
+    let cell = Cell {
+        ok: json["ops"].as_u64().unwrap_or(0),
+        errors: json["errors"].as_u64().unwrap_or(0),
+        first_error: json["first_error"].as_str().map(str::to_string),
+        elapsed: Duration::from_secs_f64(json["seconds"].as_f64().unwrap_or(0.0)),
+        server_cpu_s: server_cpu,
+        latencies,
+        ..Cell::default()
+    };
     let versions = json["versions"]
         .as_object()
         .map(|o| {
