@@ -267,6 +267,19 @@ pub struct AccessDoc {
     pub doc: Vec<u8>,
 }
 
+/// Tags as the stores keep them: JSON text (None: no tags).
+pub(crate) fn tags_json(tags: &Option<Tags>) -> StoreResult<Option<String>> {
+    tags.as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Internal(format!("cannot encode tags: {e}")))
+}
+
+/// Tags back from their stored JSON text.
+pub(crate) fn tags_from_json(json: Option<String>) -> serde_json::Result<Option<Tags>> {
+    json.map(|j| serde_json::from_str::<Tags>(&j)).transpose()
+}
+
 /// The name key of a name: names compare case-insensitively (ASCII).
 pub(crate) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()

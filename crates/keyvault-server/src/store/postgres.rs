@@ -48,7 +48,7 @@ use tokio_postgres::error::SqlState;
 
 use self::pool::{Conn, Pool};
 use super::{
-    DeletedRow, SecretStore, StoreError, StoreResult, Tags, VersionPatch, VersionRow, name_key,
+    DeletedRow, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow, name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
@@ -428,10 +428,7 @@ async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
 
 /// A [`VersionRow`] from the display name at column `at` followed by the version columns.
 fn version_row(r: &Row, at: usize) -> StoreResult<VersionRow> {
-    let tags: Option<String> = r.try_get(at + 4)?;
-    let tags = tags
-        .map(|json| serde_json::from_str::<Tags>(&json))
-        .transpose()
+    let tags = super::tags_from_json(r.try_get(at + 4)?)
         .map_err(|e| StoreError::Internal(format!("stored tags are not valid JSON: {e}")))?;
     Ok(VersionRow {
         name: r.try_get(at)?,
@@ -460,13 +457,6 @@ fn deleted_row(r: &Row) -> StoreResult<DeletedRow> {
 
 fn seq_and_row(r: &Row) -> StoreResult<(i64, VersionRow)> {
     Ok((r.try_get(0)?, version_row(r, 1)?))
-}
-
-fn tags_json(tags: &Option<Tags>) -> StoreResult<Option<String>> {
-    tags.as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Internal(format!("cannot encode tags: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------------------

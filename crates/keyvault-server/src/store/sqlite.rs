@@ -40,7 +40,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    DeletedRow, SecretStore, StoreError, StoreResult, Tags, VersionPatch, VersionRow, name_key,
+    DeletedRow, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow, name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
@@ -884,17 +884,9 @@ const NCOLS: usize = 10;
 
 /// A [`VersionRow`] from the display name at `at` followed by [`VCOLS`].
 fn version_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<VersionRow> {
-    let tags: Option<String> = r.get(at + 4)?;
-    let tags = match tags {
-        None => None,
-        Some(json) => Some(serde_json::from_str::<Tags>(&json).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(
-                at + 4,
-                rusqlite::types::Type::Text,
-                Box::new(e),
-            )
-        })?),
-    };
+    let tags = super::tags_from_json(r.get(at + 4)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(at + 4, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(VersionRow {
         name: r.get(at)?,
         version: r.get(at + 1)?,
@@ -915,13 +907,6 @@ fn deleted_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeletedRow> {
         deleted_on: r.get(NCOLS)?,
         scheduled_purge: r.get(NCOLS + 1)?,
     })
-}
-
-fn tags_json(tags: &Option<Tags>) -> StoreResult<Option<String>> {
-    tags.as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Internal(format!("cannot encode tags: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------------------

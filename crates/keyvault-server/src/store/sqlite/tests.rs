@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::Tags;
 use crate::store::conformance;
 
 fn row(name: &str, version: &str, n: i64) -> VersionRow {
