@@ -34,6 +34,25 @@ impl Node {
     /// A node over `store` (a PostgreSQL URL, or None for its own SQLite) with its own data directory and
     /// the key files in `shared`.
     async fn start(data_dir: &Path, shared: &Path, store: Option<&str>) -> Node {
+        let server = Server::bind(Self::config(data_dir, shared, store))
+            .await
+            .unwrap();
+        let ca = std::fs::read(server.info().ca_cert.as_ref().unwrap()).unwrap();
+        let http = common::https_client(&ca);
+        let base = server.info().base_url.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = rx.await;
+        }));
+        Node {
+            base,
+            http,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn config(data_dir: &Path, shared: &Path, store: Option<&str>) -> Config {
         let hash = hash_secret(ADMIN_SECRET).unwrap();
         let store_line = store
             .map(|s| format!("store = \"{s}\"\n"))
@@ -59,21 +78,7 @@ role = "Key Vault Administrator"
             data = data_dir.display(),
             shared = shared.display(),
         );
-        let config = Config::from_toml(&toml).unwrap();
-        let server = Server::bind(config).await.unwrap();
-        let ca = std::fs::read(server.info().ca_cert.as_ref().unwrap()).unwrap();
-        let http = common::https_client(&ca);
-        let base = server.info().base_url.clone();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(async move {
-            let _ = rx.await;
-        }));
-        Node {
-            base,
-            http,
-            stop: Some(tx),
-            task,
-        }
+        Config::from_toml(&toml).unwrap()
     }
 
     async fn stop(mut self) {
@@ -440,4 +445,34 @@ async fn futures_join_all<F: std::future::Future>(
         out.push(r.expect("every future finished"));
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_key_encryption_key_does_not_start() {
+    let Some((_cluster, url)) =
+        cluster("a_node_with_another_key_encryption_key_does_not_start").await
+    else {
+        return;
+    };
+    let (shared, other_keys) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let first = Node::start(dir.path(), shared.path(), Some(&url)).await;
+    // Its own kek_file (a new key is created at start): refused before it serves anything.
+    let other_dir = tempfile::tempdir().unwrap();
+    let refused = Server::bind(Node::config(
+        other_dir.path(),
+        other_keys.path(),
+        Some(&url),
+    ))
+    .await;
+    let err = refused
+        .err()
+        .expect("a node with another KEK is refused")
+        .to_string();
+    assert!(err.contains("key-encryption key"), "{err}");
+    // The same key file: starts.
+    let same_dir = tempfile::tempdir().unwrap();
+    let same = Node::start(same_dir.path(), shared.path(), Some(&url)).await;
+    same.stop().await;
+    first.stop().await;
 }
