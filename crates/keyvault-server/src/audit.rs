@@ -18,7 +18,9 @@
 //!
 //! - **Mutating requests** (every method but GET/HEAD) use [`AuditLog::record_written`]: the response waits
 //!   until the line has been handed to the kernel (the writer is woken at once, without lingering), so a
-//!   crash of the server process can never lose the audit line of a change a client was told about.
+//!   crash of the server process can never lose the audit line of a change a client was told about. If the
+//!   write itself fails (a full disk), the error is logged and the response still goes out: the change is
+//!   already committed, and the chain resumes after the last line written.
 //! - **Reads** use [`AuditLog::record`]: queued, written within about [`LINGER`]. A crash of the process
 //!   loses at most the lines of the reads answered in that last instant.
 //! - Lines are **not fsynced** one by one (the chain would then cost a disk flush per request): a power
@@ -129,7 +131,8 @@ fn now_ms() -> i64 {
 }
 
 /// Unix milliseconds as RFC 3339 UTC, `2024-05-01T12:34:56.789Z`.
-pub fn rfc3339_ms(ms: i64) -> String {
+#[cfg(test)]
+fn rfc3339_ms(ms: i64) -> String {
     let mut buf = [0u8; TIME_BUF];
     let len = rfc3339_ms_into(ms, &mut buf);
     String::from_utf8_lossy(&buf[..len]).into_owned()
@@ -138,7 +141,8 @@ pub fn rfc3339_ms(ms: i64) -> String {
 /// Room for any `i64` millisecond time (years beyond 9999 take more digits).
 const TIME_BUF: usize = 48;
 
-/// [`rfc3339_ms`] into a buffer, without allocating; returns the length written.
+/// Unix milliseconds as RFC 3339 UTC (`2024-05-01T12:34:56.789Z`) into a buffer, without allocating; returns
+/// the length written.
 fn rfc3339_ms_into(ms: i64, buf: &mut [u8; TIME_BUF]) -> usize {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
@@ -167,14 +171,10 @@ fn rfc3339_ms_into(ms: i64, buf: &mut [u8; TIME_BUF]) -> usize {
     start - out.len()
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
-}
-
 /// A line's hash as lowercase hex.
 type HashHex = [u8; 64];
 
-fn sha256_hex_array(data: &[u8]) -> HashHex {
+fn sha256_hex(data: &[u8]) -> HashHex {
     let mut out = [0u8; 64];
     // Cannot fail: 32 bytes make exactly 64 hex digits.
     let _ = hex::encode_to_slice(
@@ -222,7 +222,7 @@ fn append_line(buf: &mut Vec<u8>, record: &AuditRecord, seq: u64, prev: &str) ->
     let start = buf.len();
     // Serialising this struct into memory cannot fail (strings, integers and an enum).
     let _ = serde_json::to_writer(&mut *buf, &body);
-    let hash = sha256_hex_array(&buf[start..]);
+    let hash = sha256_hex(&buf[start..]);
     buf.pop(); // the closing brace
     buf.extend_from_slice(b",\"hash\":\"");
     buf.extend_from_slice(&hash);
@@ -245,7 +245,7 @@ fn check_line(line: &str) -> Result<(u64, String, String), String> {
     let mut body = String::with_capacity(head.len() + 1);
     body.push_str(head);
     body.push('}');
-    if sha256_hex(body.as_bytes()) != hash {
+    if hex_str(&sha256_hex(body.as_bytes())) != hash {
         return Err("the line's content does not match its hash (edited)".to_string());
     }
     let fields: ChainFields =

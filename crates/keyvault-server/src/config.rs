@@ -110,7 +110,7 @@ pub struct AssignmentConfig {
 /// when a token names a `kid` the issuer doesn't know (see [`crate::auth::external`]). `ca_file`: PEM
 /// certificates that are then the only roots trusted for `jwks_url` (for a private issuer: Keycloak,
 /// Kubernetes…); default: the platform's roots.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(try_from = "TrustedIssuerToml")]
 pub struct TrustedIssuerConfig {
     pub issuer: String,
@@ -120,6 +120,26 @@ pub struct TrustedIssuerConfig {
     pub ca_file: Option<PathBuf>,
     pub jwks_refresh_secs: Option<u64>,
     pub principal_claim: Option<String>,
+}
+
+impl std::fmt::Debug for TrustedIssuerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustedIssuerConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwks_file", &self.jwks_file)
+            .field(
+                "jwks_url",
+                &self
+                    .jwks_url
+                    .as_deref()
+                    .map(crate::auth::external::redact_query),
+            )
+            .field("ca_file", &self.ca_file)
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .field("principal_claim", &self.principal_claim)
+            .finish()
+    }
 }
 
 /// [`TrustedIssuerConfig`] as written, checked on the way in.

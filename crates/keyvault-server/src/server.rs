@@ -259,9 +259,16 @@ impl Server {
                 "a trusted issuer cannot be this server's own issuer ({issuer})"
             )));
         }
-        // Issuers with a JWKS URL: the first fetch (a failure is logged; `serve` keeps retrying).
-        for t in trusted.iter().filter(|t| t.jwks_url().is_some()) {
-            t.refresh_logged().await;
+        // Issuers with a JWKS URL: the first fetches, side by side (a failure is logged; `serve` keeps retrying).
+        let first_fetches: Vec<_> = (trusted.iter())
+            .filter(|t| t.jwks_url().is_some())
+            .map(|t| {
+                let t = t.clone();
+                tokio::spawn(async move { t.refresh_logged().await })
+            })
+            .collect();
+        for fetch in first_fetches {
+            let _ = fetch.await;
         }
         let verifier = Arc::new(TokenVerifier::with_trusted_issuers(
             token_issuer.verification_keys(),
@@ -522,10 +529,10 @@ async fn sweep_loop(
     }
 }
 
-/// The dev client: reused from an earlier `dev-credentials.json` in the data dir, or made anew.
 /// The dev client's secret hash, kept between starts (see [`dev_credentials`]).
 const DEV_HASH_FILE: &str = "dev-client.hash";
 
+/// The dev client: reused from an earlier `dev-credentials.json` in the data dir, or made anew.
 fn dev_credentials(
     config: &Config,
     data_dir: &Path,

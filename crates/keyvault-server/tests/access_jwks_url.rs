@@ -5,7 +5,7 @@
 //! vault fetch the keys again) and tokens of the withdrawn key, even one accepted before, are refused; when
 //! the endpoint fails (error status, garbage, no usable key, gone) the last good keys stay; an issuer that is
 //! down at start is retried; a flood of unknown `kid`s causes a single fetch; an https endpoint with a
-//! private CA works with `ca_file` and not without it.
+//! private CA works with `ca_file` and not without it; a redirect or a document over 1 MiB gives no keys.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +37,10 @@ enum Mode {
     Garbage,
     /// 200 with a JWKS without keys.
     NoKeys,
+    /// 302 to `/real`, which serves the current JWKS.
+    Redirect,
+    /// 200 with the current JWKS padded with whitespace past 1 MiB (a valid document, but too large).
+    Oversized,
 }
 
 struct EndpointState {
@@ -52,21 +56,32 @@ struct Endpoint {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn jwks_handler(State(state): State<Arc<EndpointState>>) -> (StatusCode, String) {
+async fn jwks_handler(State(state): State<Arc<EndpointState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
     state.hits.fetch_add(1, Ordering::SeqCst);
     let mode = *state.mode.lock().unwrap();
+    let jwks = state.jwks.lock().unwrap().clone();
     match mode {
-        Mode::Serve => (StatusCode::OK, state.jwks.lock().unwrap().clone()),
-        Mode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
-        Mode::Garbage => (StatusCode::OK, "<html>maintenance</html>".into()),
-        Mode::NoKeys => (StatusCode::OK, r#"{"keys":[]}"#.into()),
+        Mode::Serve => (StatusCode::OK, jwks).into_response(),
+        Mode::Unavailable => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Mode::Garbage => (StatusCode::OK, "<html>maintenance</html>").into_response(),
+        Mode::NoKeys => (StatusCode::OK, r#"{"keys":[]}"#).into_response(),
+        Mode::Redirect => (StatusCode::FOUND, [("location", "/real")]).into_response(),
+        Mode::Oversized => {
+            (StatusCode::OK, format!("{jwks}{}", " ".repeat(1 << 21))).into_response()
+        }
     }
+}
+
+async fn real_handler(State(state): State<Arc<EndpointState>>) -> (StatusCode, String) {
+    (StatusCode::OK, state.jwks.lock().unwrap().clone())
 }
 
 impl Endpoint {
     fn router(state: &Arc<EndpointState>) -> Router {
         Router::new()
             .route("/jwks", get(jwks_handler))
+            .route("/real", get(real_handler))
             .with_state(state.clone())
     }
 
@@ -348,4 +363,31 @@ async fn an_https_jwks_url_of_a_private_ca_needs_its_ca_file() {
     assert_eq!(endpoint.hits(), 1);
     with_ca.lv.shutdown().await;
     without_ca.lv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redirect_or_an_oversized_jwks_gives_no_keys() {
+    let idp = Idp::new();
+    for mode in [Mode::Redirect, Mode::Oversized] {
+        let endpoint = Endpoint::http(idp.jwks(), mode).await;
+        let v = Vault::start(&endpoint.url, None, None).await;
+        v.assign_alice();
+        assert_eq!(endpoint.hits(), 1, "{mode:?}: fetched once at start");
+        assert_eq!(
+            v.get(&idp.token(ALICE)).await,
+            StatusCode::UNAUTHORIZED,
+            "{mode:?}: the document is refused, so the issuer has no keys"
+        );
+        // The same endpoint serving normally: the issuer's tokens work (the failure was the mode).
+        endpoint.set_mode(Mode::Serve);
+        let fixed = Vault::start(&endpoint.url, None, None).await;
+        fixed.assign_alice();
+        assert_eq!(
+            fixed.get(&idp.token(ALICE)).await,
+            StatusCode::OK,
+            "{mode:?}"
+        );
+        v.lv.shutdown().await;
+        fixed.lv.shutdown().await;
+    }
 }

@@ -160,7 +160,16 @@ impl ClientRegistry {
         out
     }
 
-    fn remember(&self, client_id: &str, tag: [u8; 32]) {
+    /// Remembers a successful verification of `phc_hash`, if the client still has that hash (checked under
+    /// the clients' lock, so a removal that ran meanwhile wins).
+    fn remember(&self, client_id: &str, phc_hash: &str, tag: [u8; 32]) {
+        let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
+        if !clients
+            .get(client_id)
+            .is_some_and(|secrets| secrets.iter().any(|s| s.hash == phc_hash))
+        {
+            return;
+        }
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         if verified.len() >= VERIFIED_CAPACITY && !verified.contains_key(&tag) {
             // Full: drop an arbitrary entry (its client pays one argon2 run next time).
@@ -268,20 +277,19 @@ impl ClientRegistry {
     }
 
     fn remove_secret_where(&self, client_id: &str, f: impl Fn(&StoredSecret) -> bool) -> bool {
-        let removed = {
-            let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
-            match clients.get_mut(client_id) {
-                Some(secrets) => {
-                    let before = secrets.len();
-                    secrets.retain(|s| !f(s));
-                    secrets.len() != before
-                }
-                None => false,
+        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+        let removed = match clients.get_mut(client_id) {
+            Some(secrets) => {
+                let before = secrets.len();
+                secrets.retain(|s| !f(s));
+                secrets.len() != before
             }
+            None => false,
         };
         if removed {
             // Entries of the removed hash could no longer match anyway (lookups go through the current
-            // hashes); forget the client's entries so that none outlives the secret.
+            // hashes); forget the client's entries so that none outlives the secret. Done under the
+            // clients' lock, which `remember` also holds: no verification in flight can re-add one.
             self.forget_client(client_id);
         }
         removed
@@ -306,12 +314,8 @@ impl ClientRegistry {
 
     /// Removes a client and all its secrets. Returns whether it existed.
     pub fn remove(&self, client_id: &str) -> bool {
-        let removed = self
-            .clients
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(client_id)
-            .is_some();
+        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+        let removed = clients.remove(client_id).is_some();
         self.forget_client(client_id);
         removed
     }
@@ -370,7 +374,7 @@ impl ClientRegistry {
         let Some(s) = matching else {
             return Verdict::Invalid;
         };
-        self.remember(client_id, self.tag(client_id, secret, &s.hash));
+        self.remember(client_id, &s.hash, self.tag(client_id, secret, &s.hash));
         if s.expires_on.is_some_and(|exp| now >= exp) {
             Verdict::Expired
         } else {
@@ -539,8 +543,21 @@ mod tests {
         let hash = hash_secret(&secret).unwrap();
         registry.add("c", hash.clone()).unwrap();
         assert!(registry.verify_async("c", &secret).await);
+        // With every blocking-pool permit taken, a remembered secret is still verified (no argon2 run).
+        let permits = registry
+            .limiter
+            .clone()
+            .acquire_many_owned(registry.limiter.available_permits() as u32)
+            .await
+            .unwrap();
+        let hit = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            registry.verify_async("c", &secret),
+        )
+        .await;
+        assert_eq!(hit, Ok(true), "answered from memory, without a permit");
+        drop(permits);
         // Remove by key id: the remembered entry goes with it.
-        assert!(registry.verify_async("c", &secret).await);
         assert!(registry.remove_secret_by_key_id("c", &key_id_of(&hash)));
         assert!(!registry.verify_async("c", &secret).await);
         assert_eq!(remembered_len(&registry), 0);

@@ -106,7 +106,7 @@ impl std::fmt::Debug for TrustedIssuer {
             .field("issuer", &self.inner.issuer)
             .field("audience", &self.inner.audience)
             .field("principal_claim", &self.inner.principal_claim)
-            .field("jwks_url", &self.jwks_url())
+            .field("jwks_url", &self.jwks_url().map(redact_query))
             .field("kids", &self.kids())
             .finish()
     }
@@ -149,9 +149,6 @@ impl TrustedIssuer {
         jwks: &str,
         principal_claim: Option<&str>,
     ) -> Result<TrustedIssuer, String> {
-        if issuer.trim().is_empty() || audience.trim().is_empty() {
-            return Err("a trusted issuer needs an issuer and an audience".into());
-        }
         let keys = parse_jwks(jwks)?;
         Self::build(issuer, audience, principal_claim, keys, None)
     }
@@ -474,6 +471,14 @@ fn parse_jwks(jwks: &str) -> Result<Vec<IssuerKey>, String> {
     Ok(keys)
 }
 
+/// A URL for logs and `Debug`: its query (which may carry a signature or a key) replaced by `?…`.
+pub fn redact_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    }
+}
+
 /// A JWKS URL we are willing to fetch: `https`, or `http` to a loopback address; no credentials in it.
 pub fn check_jwks_url(url: &str) -> Result<reqwest::Url, String> {
     let parsed =
@@ -509,22 +514,11 @@ fn platform_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
 /// The HTTP client for one issuer's JWKS: rustls with the ring provider, the given roots (or the
 /// platform's), no redirects, bounded time.
 fn http_client(ca_pem: Option<&[u8]>, https: bool) -> Result<reqwest::Client, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            let certs = rustls_pemfile::certs(&mut &pem[..])
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("cannot read the CA file: {e}"))?;
-            if certs.is_empty() {
-                return Err("the CA file holds no certificate".into());
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("cannot use a certificate of the CA file: {e}"))?;
-            }
-        }
+    let tls = match ca_pem {
+        Some(pem) => crate::tls::client_config_trusting(pem)
+            .map_err(|e| format!("cannot use the CA file: {e}"))?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             let (added, _ignored) =
                 roots.add_parsable_certificates(platform_roots().iter().cloned());
             if added == 0 && https {
@@ -532,16 +526,20 @@ fn http_client(ca_pem: Option<&[u8]>, https: bool) -> Result<reqwest::Client, St
                     "no platform root certificates found: set ca_file for a trusted issuer's jwks_url"
                 );
             }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("cannot configure TLS: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
         }
+    };
+    let mut builder = reqwest::Client::builder();
+    if !https {
+        // Plain http is allowed to loopback only: never through a proxy from the environment.
+        builder = builder.no_proxy();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot configure TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    builder
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
