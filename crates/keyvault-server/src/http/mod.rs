@@ -198,21 +198,6 @@ impl RequestId {
     }
 }
 
-/// A 200 with a JSON body, serialised straight into a buffer sized for a typical secret bundle.
-fn json_ok<T: serde::Serialize>(body: &T) -> Response {
-    let mut bytes = Vec::with_capacity(768);
-    if serde_json::to_writer(&mut bytes, body).is_err() {
-        // Serialising our own models cannot fail; if it ever did, the client gets a 500.
-        return empty(StatusCode::INTERNAL_SERVER_ERROR);
-    }
-    let mut resp = Response::new(Body::from(bytes));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    resp
-}
-
 fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -543,13 +528,13 @@ async fn handle(
             let p: SecretSetParameters = read_json(body, MAX_BODY_BYTES).await?;
             let attrs = attributes_input(p.content_type, p.tags, p.attributes);
             let secret = vault.set(name, p.value, attrs).await.map_err(map)?;
-            Ok(json_ok(&ctx.bundle(secret)))
+            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::GET, ["secrets", name]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretGet, Some(name), None)?;
             let secret = vault.get(name, None).await.map_err(map)?;
-            Ok(json_ok(&ctx.bundle(secret)))
+            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::PATCH, ["secrets", name]) => {
             valid_name(name, &base)?;
@@ -610,7 +595,7 @@ async fn handle(
                 }));
             }
             let secret = vault.get(name, Some(version)).await.map_err(map)?;
-            Ok(json_ok(&ctx.bundle(secret)))
+            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::PATCH, ["secrets", name, version]) => {
             valid_name(name, &base)?;
@@ -727,7 +712,7 @@ async fn update(
         .update(name, version, attrs)
         .await
         .map_err(UpdateError::Vault)?;
-    Ok(json_ok(&ctx.bundle(secret)))
+    Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
 }
 
 /// A backup blob as the SDKs send it: base64url without padding (tolerating padding and standard base64).

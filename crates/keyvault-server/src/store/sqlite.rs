@@ -51,8 +51,17 @@ pub const BATCH_CAP: usize = 256;
 const QUEUE_CAP: usize = 4096;
 /// Most read connections open at once on `spawn_blocking` (long reads).
 const MAX_READERS: usize = 8;
-/// Most idle read connections kept for reuse (inline reads may briefly open more, one per thread reading).
-const MAX_IDLE_READERS: usize = 8;
+/// Idle read connections kept for reuse: enough for one inline read per runtime worker plus the
+/// [`MAX_READERS`] long reads, so a busy server does not close and reopen connections.
+fn max_idle_readers() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(64)
+            + MAX_READERS
+    })
+}
 /// Pages of at most this many rows are read inline; larger ones on `spawn_blocking`.
 pub const INLINE_SCAN_ROWS: usize = 128;
 /// Prepared statements cached per connection (every query of this module fits).
@@ -71,7 +80,7 @@ const PAGE_SIZE: i64 = 1024;
 /// The writer's page cache, as SQLite's `cache_size` (negative = KiB): 16 MiB.
 const WRITER_CACHE_KIB: i64 = -16 * 1024;
 /// Each reader's page cache: 4 MiB (SQLite's default is 2). Like the writer's, it grows only as pages are
-/// read; a reader drops it whenever it sees that the database changed. At most [`MAX_IDLE_READERS`] of
+/// read; a reader drops it whenever it sees that the database changed. At most [`max_idle_readers`] of
 /// them stay open, which bounds what the caches can hold on to when the server is idle.
 const READER_CACHE_KIB: i64 = -4 * 1024;
 /// Names purged per write request by `purge_expired` (keeps the writer responsive).
@@ -625,7 +634,7 @@ impl ReadPool {
         }
         let surplus = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE_READERS {
+            if idle.len() < max_idle_readers() {
                 idle.push(conn);
                 None
             } else {

@@ -306,8 +306,8 @@ async fn schema_is_versioned() {
     }
 }
 
-/// Reads run inline on the caller's thread: they work on a current-thread runtime, see every acknowledged
-/// write at once, and large pages still go through the blocking pool.
+/// Reads run inline on the caller's thread: they work on a current-thread runtime and see every acknowledged
+/// write at once; pages too large to read inline are read whole as well.
 #[tokio::test(flavor = "current_thread")]
 async fn inline_reads_on_a_current_thread_runtime() {
     let dir = tempfile::tempdir().unwrap();
