@@ -13,6 +13,8 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
         Ok(()) => {
             let mut resp = Response::new(Body::from(bytes));
             *resp.status_mut() = status;
+            // Room for every header the response gets (`decorate` adds seven more): no regrowth.
+            resp.headers_mut().reserve(RESPONSE_HEADERS);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json; charset=utf-8"),
@@ -26,6 +28,9 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
         }
     }
 }
+
+/// Headers of a JSON response with Key Vault's decoration (content type, seven more, one spare).
+const RESPONSE_HEADERS: usize = 10;
 
 /// A response with no body.
 pub fn empty(status: StatusCode) -> Response {

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+mod cache;
 #[doc(hidden)]
 pub mod conformance;
 #[doc(hidden)]

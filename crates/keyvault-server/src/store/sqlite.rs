@@ -39,6 +39,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::cache::{LiveCache, Lookup, WriteMark};
 use super::{
     DeletedRow, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow, name_key, tags_json,
 };
@@ -85,6 +86,8 @@ const WRITER_CACHE_KIB: i64 = -16 * 1024;
 const READER_CACHE_KIB: i64 = -4 * 1024;
 /// Names purged per write request by `purge_expired` (keeps the writer responsive).
 const PURGE_CHUNK: usize = 256;
+/// Bytes of rows the cache of latest versions ([`LiveCache`]) may hold.
+const LIVE_CACHE_BYTES: usize = 32 << 20;
 /// How long a connection waits for a lock held by another process before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -137,6 +140,11 @@ pub struct SqliteStore {
     stop_checkpoints: Arc<AtomicBool>,
     readers: Arc<ReadPool>,
     stats: Arc<Stats>,
+    /// The latest version of recently read live names (see [`super::cache`]).
+    cache: Arc<LiveCache>,
+    /// `DB.lock`, locked exclusively while the store is open: the cache is exact only if this process is
+    /// the database's only writer.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -150,6 +158,12 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Open (creating if needed) the database at `path`, migrate its schema, and start the writer thread.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with_cache(path, LIVE_CACHE_BYTES)
+    }
+
+    /// [`SqliteStore::open`] with a cache of latest versions of at most `cache_bytes` (0: none).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> StoreResult<SqliteStore> {
+        let lock = lock_database(path)?;
         let mut conn = open_writer(path)?;
         migrate(&mut conn)?;
         let readers = Arc::new(ReadPool::new(path.to_path_buf()));
@@ -180,6 +194,8 @@ impl SqliteStore {
             stop_checkpoints,
             readers,
             stats,
+            cache: Arc::new(LiveCache::new(cache_bytes)),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -192,6 +208,7 @@ impl SqliteStore {
                 let _ = done.await;
             }
         }
+        self.cache.disable();
         self.readers.close();
         self.stop_checkpointer();
         let handle = self
@@ -203,6 +220,8 @@ impl SqliteStore {
             // The writer has acknowledged and is exiting; joining waits only for its last instructions.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // Another store may open the file now.
+        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 
     fn stop_checkpointer(&self) {
@@ -223,6 +242,11 @@ impl SqliteStore {
         &self.path
     }
 
+    #[cfg(test)]
+    pub(crate) fn cache_for_tests(&self) -> &LiveCache {
+        &self.cache
+    }
+
     /// Write transactions committed so far (for metrics). Each holds one or more writes (group commit).
     pub fn committed_batches(&self) -> u64 {
         self.stats.commits.load(Ordering::Relaxed)
@@ -233,7 +257,23 @@ impl SqliteStore {
         self.stats.writes.load(Ordering::Relaxed)
     }
 
+    /// A write that changes no live name's latest version (nothing cached can go stale).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.write_marked(WriteMark::none(), f).await
+    }
+
+    /// Hide the name `key` of `vault` in the cache until the write given to [`Self::write_marked`] with this
+    /// mark has been committed (or has failed); then its entry is dropped.
+    fn mark(&self, vault: &str, key: &str) -> WriteMark {
+        self.cache.begin_write(vault, key)
+    }
+
+    /// A write, answered after its batch committed; `mark` is dropped just before the answer.
+    async fn write_marked<T, F>(&self, mark: WriteMark, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -244,6 +284,7 @@ impl SqliteStore {
             f: Some(f),
             out: None,
             reply,
+            mark,
         })))
         .await
         .map_err(|_| closed())?;
@@ -309,8 +350,9 @@ fn closed() -> StoreError {
 #[async_trait::async_trait]
 impl SecretStore for SqliteStore {
     async fn put_version(&self, vault: &str, row: VersionRow) -> StoreResult<()> {
+        let mark = self.mark(vault, &name_key(&row.name));
         let vault = vault.to_owned();
-        self.write(move |c| put(c, &vault, &row)).await
+        self.write_marked(mark, move |c| put(c, &vault, &row)).await
     }
 
     async fn get_version(
@@ -320,7 +362,18 @@ impl SecretStore for SqliteStore {
         version: Option<&str>,
     ) -> StoreResult<Option<VersionRow>> {
         let key = name_key(name);
-        self.read_inline(|c| Ok(find_live(c, vault, &key, version)?.map(|(_, row)| row)))
+        let lookup = self.cache.get(vault, &key);
+        if let Lookup::Hit(row) = &lookup
+            && version.is_none_or(|v| v == row.version)
+        {
+            return Ok(Some(VersionRow::clone(row)));
+        }
+        let found =
+            self.read_inline(|c| Ok(find_live(c, vault, &key, version)?.map(|(_, row)| row)))?;
+        if let (Lookup::Miss(ticket), None, Some(row)) = (lookup, version, &found) {
+            self.cache.fill(vault, &key, ticket, row);
+        }
+        Ok(found)
     }
 
     async fn update_version(
@@ -331,7 +384,8 @@ impl SecretStore for SqliteStore {
         patch: VersionPatch,
     ) -> StoreResult<Option<VersionRow>> {
         let (vault, key, version) = (vault.to_owned(), name_key(name), version.map(str::to_owned));
-        self.write(move |c| update(c, &vault, &key, version.as_deref(), patch))
+        let mark = self.mark(&vault, &key);
+        self.write_marked(mark, move |c| update(c, &vault, &key, version.as_deref(), patch))
             .await
     }
 
@@ -385,7 +439,8 @@ impl SecretStore for SqliteStore {
         scheduled_purge: i64,
     ) -> StoreResult<Option<DeletedRow>> {
         let (vault, key) = (vault.to_owned(), name_key(name));
-        self.write(move |c| {
+        let mark = self.mark(&vault, &key);
+        self.write_marked(mark, move |c| {
             let changed = c
                 .prepare_cached(
                     "UPDATE names SET deleted_on = ?3, scheduled_purge = ?4
@@ -422,7 +477,8 @@ impl SecretStore for SqliteStore {
 
     async fn recover(&self, vault: &str, name: &str) -> StoreResult<Option<VersionRow>> {
         let (vault, key) = (vault.to_owned(), name_key(name));
-        self.write(move |c| {
+        let mark = self.mark(&vault, &key);
+        self.write_marked(mark, move |c| {
             let changed = c
                 .prepare_cached(
                     "UPDATE names SET deleted_on = NULL, scheduled_purge = NULL
@@ -439,7 +495,9 @@ impl SecretStore for SqliteStore {
 
     async fn purge(&self, vault: &str, name: &str) -> StoreResult<bool> {
         let (vault, key) = (vault.to_owned(), name_key(name));
-        self.write(move |c| purge_deleted(c, &vault, &key)).await
+        let mark = self.mark(&vault, &key);
+        self.write_marked(mark, move |c| purge_deleted(c, &vault, &key))
+            .await
     }
 
     async fn purge_expired(&self, now: i64) -> StoreResult<u64> {
@@ -457,7 +515,12 @@ impl SecretStore for SqliteStore {
 
     async fn restore(&self, vault: &str, versions: Vec<VersionRow>) -> StoreResult<()> {
         let vault = vault.to_owned();
-        self.write(move |c| restore(c, &vault, &versions)).await
+        // The name must be absent (so not cached); marking it anyway keeps the rule simple: every write to a
+        // name marks it.
+        let key = versions.first().map(|v| name_key(&v.name)).unwrap_or_default();
+        let mark = self.mark(&vault, &key);
+        self.write_marked(mark, move |c| restore(c, &vault, &versions))
+            .await
     }
 
     async fn health(&self) -> StoreResult<()> {
@@ -480,6 +543,34 @@ impl SecretStore for SqliteStore {
 
 // ---------------------------------------------------------------------------------------------------------
 // Connections and schema
+
+/// Lock `DB.lock` exclusively (an advisory `flock`, released by the kernel if the process dies): a second
+/// server on the same database would make the other's cache stale, so it is refused.
+fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "{} is in use by another keyvault process (its lock {} is held)",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
 
 fn open_writer(path: &Path) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -711,6 +802,8 @@ struct Job<T, F> {
     f: Option<F>,
     out: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
+    /// Dropped (un-hiding the name in the cache) after the batch committed or failed, before the answer.
+    mark: WriteMark,
 }
 
 impl<T, F> WriteJob for Job<T, F>
@@ -727,7 +820,10 @@ where
     }
 
     fn finish(self: Box<Self>, failure: Option<&BatchFailure>) {
-        let Job { out, reply, .. } = *self;
+        let Job {
+            out, reply, mark, ..
+        } = *self;
+        drop(mark);
         let answer = match (out, failure) {
             // A request that failed on its own keeps its own error (it was rolled back either way).
             (Some(Err(e)), _) => Err(e),
