@@ -302,6 +302,37 @@ fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
         );
         assert_eq!(token.stdout.split(|b| *b == b'.').count(), 3, "a JWT");
         let identity = (identity.0, identity.1, identity.2, kept_hash);
+        if round == 0 {
+            // A second server on the same data directory is refused (its database is in use), and the
+            // running one is unaffected.
+            let second = Command::new(BIN)
+                .args(args)
+                .env("KEYVAULT_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut second = Server(second);
+            let status = wait_exit(&mut second, Duration::from_secs(15));
+            assert!(!status.success(), "a second server on one data dir started");
+            let mut stderr = String::new();
+            use std::io::Read;
+            second
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            assert!(
+                stderr.contains("in use by another keyvault process"),
+                "{stderr}"
+            );
+            assert!(
+                written_for_this_run(),
+                "the first server's credentials stay"
+            );
+        }
         match &first {
             None => first = Some(identity),
             Some(f) => assert_eq!(

@@ -40,6 +40,10 @@ pub struct Config {
     /// directory; `"sqlite:PATH"` = another SQLite file; `"postgres://user:password@host:port/dbname"` = a
     /// PostgreSQL database that any number of server nodes may share.
     pub store: Option<StoreLocation>,
+    /// MiB of memory for the SQLite store's cache of live secrets' latest versions (rows as stored: values
+    /// stay sealed). Reads of cached secrets skip the database. 0 turns it off. Default 32. (PostgreSQL: no
+    /// cache; other nodes write too.)
+    pub cache_mib: u64,
     /// The key-encryption key file (created at first start if missing). Default `{data_dir}/kek.key`.
     /// Every node over one shared store must use the same key (this file, or `KEYVAULT_KEK`).
     pub kek_file: Option<PathBuf>,
@@ -333,6 +337,7 @@ impl Default for Config {
             issuer_host: None,
             token_lifetime_secs: 3600,
             sweep_interval_secs: 60,
+            cache_mib: 32,
             tls: TlsConfig::default(),
             clients: Vec::new(),
             store: None,

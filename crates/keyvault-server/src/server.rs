@@ -179,7 +179,12 @@ impl Server {
         let envelope = Arc::new(Envelope::new(provider));
         let store: Arc<dyn SecretStore> = match config.store_backend()? {
             StoreBackend::Sqlite(path) => {
-                Arc::new(SqliteStore::open(&path).map_err(setup("cannot open the database"))?)
+                let cache_bytes =
+                    usize::try_from(config.cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+                Arc::new(
+                    SqliteStore::open_with_cache(&path, cache_bytes)
+                        .map_err(setup("cannot open the database"))?,
+                )
             }
             StoreBackend::Postgres(url) => Arc::new(
                 PostgresStore::open(&url)
