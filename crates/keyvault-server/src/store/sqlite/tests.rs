@@ -670,3 +670,137 @@ async fn live_listing_seeks_the_primary_key_and_v1_migrates() {
     );
     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
 }
+
+/// (bytes read, read calls, bytes written, write calls) of this thread so far.
+fn thread_io() -> [u64; 4] {
+    let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+    let get = |key: &str| -> u64 {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    [get("rchar:"), get("syscr:"), get("wchar:"), get("syscw:")]
+}
+
+/// (CPU nanoseconds, user ticks, system ticks) of this thread so far.
+fn thread_cpu() -> [u64; 3] {
+    let ns = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    [
+        ns.split_whitespace().next().unwrap().parse().unwrap(),
+        fields[11].parse().unwrap(),
+        fields[12].parse().unwrap(),
+    ]
+}
+
+/// What the writer spends per set, measured without the other threads: sets over 10,000 names run the way
+/// the writer runs them (one transaction per batch of KV_BENCH_BATCH, default 34 — what 64 concurrent
+/// callers make —, one savepoint per set) on this thread, after KV_BENCH_WARM_UP sets (default a tenth of
+/// KV_BENCH_PUTS, default 50,000) in batches of 64. A checkpoint every 50 batches is left out of the counts.
+/// Prints CPU time and file reads and writes per set (a WAL frame is two writes); KV_BENCH_CACHE_KIB
+/// overrides [`WRITER_CACHE_KIB`]. Run it alone, in release:
+/// `cargo test --release -p keyvault-server --lib writer_cost_direct -- --ignored --nocapture`
+#[test]
+#[ignore = "slow: a benchmark"]
+fn writer_cost_direct() {
+    const NAMES: usize = 10_000;
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<i64>().ok());
+    let puts = env("KV_BENCH_PUTS").map_or(50_000, |n| n as usize);
+    let batch = env("KV_BENCH_BATCH").map_or(34, |n| n as usize);
+    let warm_up = env("KV_BENCH_WARM_UP").map_or(puts / 10, |n| n as usize);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut c = open_writer(&path).unwrap();
+    migrate(&mut c).unwrap();
+    if let Some(kib) = env("KV_BENCH_CACHE_KIB") {
+        c.pragma_update(None, "cache_size", -kib).unwrap();
+    }
+    let checkpointer = open_checkpointer(&path).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next_row = |k: usize, preload: bool| {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let i = if preload {
+            k
+        } else {
+            (r >> 33) as usize % NAMES
+        };
+        VersionRow {
+            name: format!("bench-{i:07}"),
+            version: format!("{r:016x}{k:016x}"),
+            sealed: vec![0x5a; 120],
+            content_type: None,
+            tags: None,
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: 1,
+            updated: 1,
+        }
+    };
+    // Counts (CPU ns, user ticks, system ticks, bytes read, reads, bytes written, writes) so far.
+    let counts = || {
+        let (cpu, io) = (thread_cpu(), thread_io());
+        [cpu[0], cpu[1], cpu[2], io[0], io[1], io[2], io[3]]
+    };
+    let mut spent = [0; 7];
+    let mut k = 0;
+    for (preload, total, size) in [
+        (true, NAMES, 64),
+        (false, warm_up, 64),
+        (false, puts, batch),
+    ] {
+        let start = counts();
+        let mut left_out = [0; 7];
+        let end = k + total;
+        let mut batches = 0;
+        while k < end {
+            let rows: Vec<VersionRow> = (k..(k + size).min(end))
+                .map(|k| next_row(k, preload))
+                .collect();
+            exec_cached(&c, "BEGIN IMMEDIATE").unwrap();
+            for row in &rows {
+                exec_cached(&c, "SAVEPOINT op").unwrap();
+                put(&c, "v", row).unwrap();
+                exec_cached(&c, "RELEASE op").unwrap();
+            }
+            exec_cached(&c, "COMMIT").unwrap();
+            k += rows.len();
+            batches += 1;
+            if batches % 50 == 0 {
+                let before = counts();
+                checkpointer
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .unwrap();
+                let after = counts();
+                (0..7).for_each(|i| left_out[i] += after[i] - before[i]);
+            }
+        }
+        let stop = counts();
+        spent = std::array::from_fn(|i| stop[i] - start[i] - left_out[i]);
+    }
+    let per_put = |n: u64| n as f64 / puts as f64;
+    println!(
+        "{puts} sets in batches of {batch}: writer {:.1} µs/set (user {:.1}, system {:.1}); per set {:.2} reads \
+         ({:.0} B), {:.2} writes ({:.0} B); database {} KiB",
+        per_put(spent[0]) / 1000.0,
+        per_put(spent[1]) * 10_000.0,
+        per_put(spent[2]) * 10_000.0,
+        per_put(spent[4]),
+        per_put(spent[3]),
+        per_put(spent[6]),
+        per_put(spent[5]),
+        std::fs::metadata(&path).unwrap().len() / 1024,
+    );
+}
