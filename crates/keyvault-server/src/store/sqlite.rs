@@ -12,6 +12,10 @@
 //!   of unbounded size (every version of a name) run on `spawn_blocking`. Inline reads work on any runtime
 //!   flavour (no `block_in_place`). A WAL reader does not wait for the writer or the (PASSIVE)
 //!   checkpointer, so an inline read does not block its thread for longer than the read itself.
+//! - **Cache**: the latest version of recently read live names is kept in memory ([`super::cache`], sealed rows,
+//!   bounded by bytes); writes hide a name from the moment they are queued until their batch committed, so the
+//!   cache is exact. It relies on this process being the database's only writer: [`SqliteStore::open`] takes an
+//!   exclusive lock on `DB.lock` and refuses a database another process holds.
 //! - **Paging** is keyset-only (`name_key > ?` / `seq > ?`) over the names' primary key (live names) and a
 //!   partial index (deleted names), so a page deep in a million names costs what the first page costs.
 //! - The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
