@@ -260,11 +260,6 @@ impl SqliteStore {
         &self.path
     }
 
-    #[cfg(test)]
-    pub(crate) fn cache_for_tests(&self) -> &LiveCache {
-        &self.cache
-    }
-
     /// Write transactions committed so far (for metrics). Each holds one or more writes (group commit).
     pub fn committed_batches(&self) -> u64 {
         self.stats.commits.load(Ordering::Relaxed)
