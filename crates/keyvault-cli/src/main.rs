@@ -7,6 +7,7 @@ mod errors;
 #[macro_use]
 mod when;
 mod admin;
+mod allocator;
 mod bulk;
 mod conn;
 mod render;
@@ -96,6 +97,7 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    allocator::configure();
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Serve(_) => "info",
