@@ -110,6 +110,28 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// Pool another run of the same operation into this one (interleaved rounds): counts, time, CPU and bytes
+    /// add up, latencies merge, the peak is the larger one.
+    pub fn absorb(&mut self, other: Cell) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_unstable();
+        self.peak_rss_kib = self.peak_rss_kib.max(other.peak_rss_kib);
+        self.server_cpu_s += other.server_cpu_s;
+        self.server_write_bytes += other.server_write_bytes;
+        for (name, count) in other.syscalls {
+            match self.syscalls.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += count,
+                None => self.syscalls.push((name, count)),
+            }
+        }
+    }
+
     /// Server CPU microseconds per successful operation.
     pub fn cpu_us_per_op(&self) -> f64 {
         1e6 * self.server_cpu_s / self.ok.max(1) as f64

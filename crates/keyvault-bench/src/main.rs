@@ -109,6 +109,10 @@ struct Args {
     /// measured run; the counts go to this directory and into the report.
     #[arg(long)]
     perf_stat: Option<PathBuf>,
+    /// Interleaved rounds per protocol and concurrency: the baseline and every operation run once per round
+    /// (`--seconds` each), and each row pools its rounds. More rounds make ratios steadier on a noisy machine.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Skip the baseline (ratios are then not shown).
     #[arg(long)]
     no_baseline: bool,
@@ -223,9 +227,19 @@ async fn run(args: Args) -> Result<bool, String> {
 
     let machine = Machine::probe(root.path());
     let settings = format!(
-        "runs: ≤ {:.2} s and ≤ {} requests each after {:.2} s warm-up; values {} bytes; client: {} tokio workers, \
+        "runs: ≤ {:.2} s and ≤ {} requests each after {:.2} s warm-up{}; values {} bytes; client: {} tokio workers, \
          hyper conn API (HTTP/1.1: one keep-alive TLS connection per worker; HTTP/2: one connection, one stream per worker)",
-        args.seconds, args.max_requests, args.warmup, args.value_bytes, machine.nproc
+        args.seconds,
+        args.max_requests,
+        args.warmup,
+        match args.rounds {
+            0 | 1 => String::new(),
+            r => format!(
+                "; {r} interleaved rounds (baseline, then each operation) per protocol and concurrency, pooled in each row"
+            ),
+        },
+        args.value_bytes,
+        machine.nproc
     );
     eprintln!("{}\n{settings}", machine.describe());
     let bounds = Bounds {
@@ -381,85 +395,90 @@ async fn measure_size(
         max_requests: args.max_requests,
         max_time: Duration::from_secs_f64(args.warmup),
     };
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut peak_rss = 0;
+    let rounds = args.rounds.max(1);
     for &proto in protos {
         for &c in &args.concurrency {
-            if let Some(b) = baseline.as_ref() {
-                let target = Target::new(&b.base_url, &b.ca_pem)?;
-                let mut conns = target.connect_workers(proto, c).await?;
-                let workload = Arc::new(Workload {
-                    op: Op::Baseline,
-                    data: data.clone(),
-                    bearer: token.clone(),
-                    workers: c,
-                });
-                if !warm.max_time.is_zero() {
-                    conns = load::run(workload.clone(), conns, warm, Server::Untracked)
-                        .await
-                        .1;
-                }
-                let (cell, _) = load::run(workload, conns, bounds, Server::Baseline).await;
-                eprintln!("{}", report::progress(n, Op::Baseline, proto, c, &cell));
-                rows.push(Row {
-                    op: Op::Baseline,
-                    proto,
-                    concurrency: c,
-                    cell,
-                });
-            }
+            let mut base_conns = match baseline.as_ref() {
+                Some(b) => Some(
+                    Target::new(&b.base_url, &b.ca_pem)?
+                        .connect_workers(proto, c)
+                        .await?,
+                ),
+                None => None,
+            };
             let mut conns = server.target.connect_workers(proto, c).await?;
-            for &op in ops {
-                let workload = Arc::new(Workload {
-                    op,
-                    data: data.clone(),
-                    bearer: token.clone(),
-                    workers: c,
-                });
-                if !warm.max_time.is_zero() {
-                    conns = load::run(workload.clone(), conns, warm, Server::Untracked)
-                        .await
-                        .1;
+            // Rounds interleave the baseline and every operation, so that a slow stretch of this shared machine
+            // hits all of them; each row pools its rounds.
+            for round in 0..rounds {
+                if let Some(mut bconns) = base_conns.take() {
+                    let workload = Arc::new(Workload {
+                        op: Op::Baseline,
+                        data: data.clone(),
+                        bearer: token.clone(),
+                        workers: c,
+                    });
+                    if !warm.max_time.is_zero() {
+                        bconns = load::run(workload.clone(), bconns, warm, Server::Untracked)
+                            .await
+                            .1;
+                    }
+                    let (cell, back) = load::run(workload, bconns, bounds, Server::Baseline).await;
+                    base_conns = Some(back);
+                    eprintln!("{}", report::progress(n, Op::Baseline, proto, c, &cell));
+                    push_pooled(&mut rows, Op::Baseline, proto, c, cell);
                 }
-                let label = format!("n{n}-{}-c{c}-{}", proto.label(), op.label());
-                let mut perfs = Vec::new();
-                if let Some(dir) = &args.perf {
-                    perfs.push(start_perf(&record_args(
-                        server.pid,
-                        &dir.join(format!("{label}.data")),
-                    ))?);
+                for &op in ops {
+                    let workload = Arc::new(Workload {
+                        op,
+                        data: data.clone(),
+                        bearer: token.clone(),
+                        workers: c,
+                    });
+                    if !warm.max_time.is_zero() {
+                        conns = load::run(workload.clone(), conns, warm, Server::Untracked)
+                            .await
+                            .1;
+                    }
+                    let mut label = format!("n{n}-{}-c{c}-{}", proto.label(), op.label());
+                    if rounds > 1 {
+                        label.push_str(&format!("-r{}", round + 1));
+                    }
+                    let mut perfs = Vec::new();
+                    if let Some(dir) = &args.perf {
+                        perfs.push(start_perf(&record_args(
+                            server.pid,
+                            &dir.join(format!("{label}.data")),
+                        ))?);
+                    }
+                    let stat_file = args
+                        .perf_stat
+                        .as_ref()
+                        .map(|d| d.join(format!("{label}.stat")));
+                    if let Some(file) = &stat_file {
+                        perfs.push(start_perf(&stat_args(server.pid, file))?);
+                    }
+                    if !perfs.is_empty() {
+                        // Let perf attach before the measured run starts.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    let (mut cell, back) =
+                        load::run(workload, conns, bounds, Server::Process(server.pid)).await;
+                    conns = back;
+                    for p in perfs {
+                        stop_perf(p).await;
+                    }
+                    if let Some(file) = &stat_file {
+                        cell.syscalls = read_perf_stat(file);
+                    }
+                    eprintln!("{}", report::progress(n, op, proto, c, &cell));
+                    if let Some(e) = &cell.first_error {
+                        eprintln!("  first error: {e}");
+                    }
+                    peak_rss = peak_rss.max(cell.peak_rss_kib);
+                    push_pooled(&mut rows, op, proto, c, cell);
                 }
-                let stat_file = args
-                    .perf_stat
-                    .as_ref()
-                    .map(|d| d.join(format!("{label}.stat")));
-                if let Some(file) = &stat_file {
-                    perfs.push(start_perf(&stat_args(server.pid, file))?);
-                }
-                if !perfs.is_empty() {
-                    // Let perf attach before the measured run starts.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                let (mut cell, back) =
-                    load::run(workload, conns, bounds, Server::Process(server.pid)).await;
-                conns = back;
-                for p in perfs {
-                    stop_perf(p).await;
-                }
-                if let Some(file) = &stat_file {
-                    cell.syscalls = read_perf_stat(file);
-                }
-                eprintln!("{}", report::progress(n, op, proto, c, &cell));
-                if let Some(e) = &cell.first_error {
-                    eprintln!("  first error: {e}");
-                }
-                peak_rss = peak_rss.max(cell.peak_rss_kib);
-                rows.push(Row {
-                    op,
-                    proto,
-                    concurrency: c,
-                    cell,
-                });
             }
         }
     }
@@ -598,6 +617,22 @@ fn db_size(dir: &Path) -> u64 {
 
 struct Perf {
     child: std::process::Child,
+}
+
+/// Add a run to the rows: pooled into the row of the same operation, protocol and concurrency if there is one.
+fn push_pooled(rows: &mut Vec<Row>, op: Op, proto: Proto, concurrency: usize, cell: load::Cell) {
+    match rows
+        .iter_mut()
+        .find(|r| r.op == op && r.proto == proto && r.concurrency == concurrency)
+    {
+        Some(row) => row.cell.absorb(cell),
+        None => rows.push(Row {
+            op,
+            proto,
+            concurrency,
+            cell,
+        }),
+    }
 }
 
 /// The syscalls counted by `--perf-stat` (tracepoints), and context switches.

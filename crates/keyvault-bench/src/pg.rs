@@ -527,16 +527,7 @@ fn push_merged(rows: &mut Vec<PgRow>, row: PgRow) {
         rows.push(row);
         return;
     };
-    let (a, b) = (&mut into.cell, row.cell);
-    a.ok += b.ok;
-    a.errors += b.errors;
-    if a.first_error.is_none() {
-        a.first_error = b.first_error;
-    }
-    a.elapsed += b.elapsed;
-    a.latencies.extend(b.latencies);
-    a.latencies.sort_unstable();
-    a.server_cpu_s += b.server_cpu_s;
+    into.cell.absorb(row.cell);
     into.kv_cpu_s = match (into.kv_cpu_s, row.kv_cpu_s) {
         (Some(x), Some(y)) => Some(x + y),
         (x, y) => x.or(y),
