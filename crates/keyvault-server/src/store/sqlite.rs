@@ -381,12 +381,13 @@ impl SecretStore for SqliteStore {
         {
             return Ok(Some(VersionRow::clone(row)));
         }
-        let found =
-            self.read_inline(|c| Ok(find_live(c, vault, &key, version)?.map(|(_, row)| row)))?;
-        if let (Lookup::Miss(ticket), None, Some(row)) = (lookup, version, &found) {
+        let found = self.read_inline(|c| find_live(c, vault, &key, version))?;
+        // A read by version fills the cache too when that version is the latest (clients that pin the version
+        // they were given read it over and over).
+        if let (Lookup::Miss(ticket), Some((_, row, true))) = (lookup, &found) {
             self.cache.fill(vault, &key, ticket, row);
         }
-        Ok(found)
+        Ok(found.map(|(_, row, _)| row))
     }
 
     async fn update_version(
@@ -503,7 +504,7 @@ impl SecretStore for SqliteStore {
             if changed == 0 {
                 return Ok(None);
             }
-            Ok(find_live(c, &vault, &key, None)?.map(|(_, row)| row))
+            Ok(find_live(c, &vault, &key, None)?.map(|(_, row, _)| row))
         })
         .await
     }
@@ -981,7 +982,7 @@ const SQL_FIND_LATEST: &str = concat!(
 const SQL_FIND_VERSION: &str = concat!(
     "SELECT v.seq, n.display_name, ",
     vcols!(),
-    " FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
+    ", v.seq = n.latest_seq FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL AND v.version = ?3"
 );
 const SQL_FIND_DELETED: &str = concat!(
@@ -1036,21 +1037,25 @@ fn deleted_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeletedRow> {
 // Operations (each runs on one connection: reads on a reader, writes inside the writer's savepoint)
 
 /// A version of a live name (the latest when `version` is None), with its seq.
+/// A live name's version (its latest if `version` is `None`): its `seq`, the row, and whether it is the name's
+/// latest version.
 fn find_live(
     c: &Connection,
     vault: &str,
     key: &str,
     version: Option<&str>,
-) -> StoreResult<Option<(i64, VersionRow)>> {
+) -> StoreResult<Option<(i64, VersionRow, bool)>> {
     let found = match version {
         None => c
             .prepare_cached(SQL_FIND_LATEST)?
-            .query_row(params![vault, key], |r| Ok((r.get(0)?, version_row(r, 1)?)))
+            .query_row(params![vault, key], |r| {
+                Ok((r.get(0)?, version_row(r, 1)?, true))
+            })
             .optional()?,
         Some(version) => c
             .prepare_cached(SQL_FIND_VERSION)?
             .query_row(params![vault, key, version], |r| {
-                Ok((r.get(0)?, version_row(r, 1)?))
+                Ok((r.get(0)?, version_row(r, 1)?, r.get(1 + NCOLS)?))
             })
             .optional()?,
     };
@@ -1169,7 +1174,7 @@ fn update(
     version: Option<&str>,
     patch: VersionPatch,
 ) -> StoreResult<Option<VersionRow>> {
-    let Some((seq, mut row)) = find_live(c, vault, key, version)? else {
+    let Some((seq, mut row, _)) = find_live(c, vault, key, version)? else {
         return Ok(None);
     };
     patch.apply_to(&mut row);
