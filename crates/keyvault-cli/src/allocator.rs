@@ -1,7 +1,7 @@
 //! The process's memory allocator: mimalloc instead of glibc's. A request allocates and frees many small
 //! buffers on two or more threads; glibc's allocator spent ≈ 11 % of the server's CPU per GET and ≈ 13 % per
-//! SET on that (`malloc_consolidate` runs before every allocation of 1 KiB or more). With mimalloc a GET
-//! costs the server about a quarter less CPU (BENCHMARKS.md, session 4).
+//! SET on that (`malloc_consolidate` runs before every allocation of 1 KiB or more). With mimalloc a SET costs
+//! the server 5–14 % less CPU and a GET up to 15 % less (BENCHMARKS.md, session 4).
 //!
 //! Two settings keep memory as low as glibc's when idle (≈ 2 MiB of anonymous memory in a `--dev` server
 //! instead of 27): no transparent huge pages (the `no_thp` build feature; with them a few live bytes pin
