@@ -426,3 +426,44 @@ async fn one(
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(ok: u64, ms: u64, latencies: &[u64], cpu: f64, rss: u64, futex: f64) -> Cell {
+        Cell {
+            ok,
+            errors: 1,
+            first_error: Some(format!("error after {ok}")),
+            elapsed: Duration::from_millis(ms),
+            latencies: latencies.to_vec(),
+            peak_rss_kib: rss,
+            server_cpu_s: cpu,
+            server_write_bytes: 1024 * ok,
+            syscalls: vec![("futex".into(), futex)],
+        }
+    }
+
+    /// Pooled rounds: counts, time, CPU and bytes add up, latencies merge in order, the peak is the larger.
+    #[test]
+    fn absorb_pools_two_rounds() {
+        let mut a = cell(100, 1000, &[1, 5, 9], 0.5, 300, 10.0);
+        let mut b = cell(300, 1000, &[2, 3, 20], 1.5, 200, 30.0);
+        b.syscalls.push(("fsync".into(), 4.0));
+        a.absorb(b);
+        assert_eq!((a.ok, a.errors), (400, 2));
+        assert_eq!(a.first_error.as_deref(), Some("error after 100"));
+        assert_eq!(a.elapsed, Duration::from_secs(2));
+        assert_eq!(a.latencies, vec![1, 2, 3, 5, 9, 20]);
+        assert_eq!(a.peak_rss_kib, 300);
+        assert_eq!(a.rate(), 200.0);
+        assert_eq!(a.cpu_us_per_op(), 5000.0);
+        assert_eq!(a.write_kib_per_op(), 1.0);
+        assert_eq!(
+            a.syscalls,
+            vec![("futex".to_string(), 40.0), ("fsync".to_string(), 4.0)]
+        );
+        assert_eq!(a.quantile_ms(0.5), 3e-6);
+    }
+}
