@@ -1036,7 +1036,6 @@ fn deleted_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeletedRow> {
 // ---------------------------------------------------------------------------------------------------------
 // Operations (each runs on one connection: reads on a reader, writes inside the writer's savepoint)
 
-/// A version of a live name (the latest when `version` is None), with its seq.
 /// A live name's version (its latest if `version` is `None`): its `seq`, the row, and whether it is the name's
 /// latest version.
 fn find_live(
