@@ -112,9 +112,7 @@ pub async fn measure(bin: &Path, dir: &Path, s: &Settings) -> Result<ClientsRepo
             max_requests: s.warmup_ops,
             max_time: s.bounds.max_time,
         };
-        conns = load::run(workload.clone(), conns, warm, Server::Untracked)
-            .await
-            .1;
+        conns = load::warm_up(&workload, conns, warm).await;
         let own = self_cpu();
         let (cell, _) = load::run(workload, conns, s.bounds, Server::Process(server.pid)).await;
         let client_cpu = self_cpu() - own;

@@ -200,6 +200,16 @@ impl Server {
     }
 }
 
+/// Run `workload` unrecorded within `warm` on `conns` (nothing if `warm` has no time), then hand them back.
+pub async fn warm_up(workload: &Arc<Workload>, conns: Vec<Conn>, warm: Bounds) -> Vec<Conn> {
+    if warm.max_time.is_zero() {
+        return conns;
+    }
+    run(workload.clone(), conns, warm, Server::Untracked)
+        .await
+        .1
+}
+
 /// Run `workload` on `conns` (one per worker) within `bounds`, accounting `server`'s CPU, writes and RSS.
 /// The connections are handed back for the next run (keep-alive across runs).
 pub async fn run(

@@ -409,38 +409,28 @@ async fn measure_size(
                 None => None,
             };
             let mut conns = server.target.connect_workers(proto, c).await?;
+            let workload = |op| {
+                Arc::new(Workload {
+                    op,
+                    data: data.clone(),
+                    bearer: token.clone(),
+                    workers: c,
+                })
+            };
             // Rounds interleave the baseline and every operation, so that a slow stretch of this shared machine
             // hits all of them; each row pools its rounds.
             for round in 0..rounds {
-                if let Some(mut bconns) = base_conns.take() {
-                    let workload = Arc::new(Workload {
-                        op: Op::Baseline,
-                        data: data.clone(),
-                        bearer: token.clone(),
-                        workers: c,
-                    });
-                    if !warm.max_time.is_zero() {
-                        bconns = load::run(workload.clone(), bconns, warm, Server::Untracked)
-                            .await
-                            .1;
-                    }
+                if let Some(bconns) = base_conns.take() {
+                    let workload = workload(Op::Baseline);
+                    let bconns = load::warm_up(&workload, bconns, warm).await;
                     let (cell, back) = load::run(workload, bconns, bounds, Server::Baseline).await;
                     base_conns = Some(back);
                     eprintln!("{}", report::progress(n, Op::Baseline, proto, c, &cell));
                     push_pooled(&mut rows, Op::Baseline, proto, c, cell);
                 }
                 for &op in ops {
-                    let workload = Arc::new(Workload {
-                        op,
-                        data: data.clone(),
-                        bearer: token.clone(),
-                        workers: c,
-                    });
-                    if !warm.max_time.is_zero() {
-                        conns = load::run(workload.clone(), conns, warm, Server::Untracked)
-                            .await
-                            .1;
-                    }
+                    let workload = workload(op);
+                    conns = load::warm_up(&workload, conns, warm).await;
                     let mut label = format!("n{n}-{}-c{c}-{}", proto.label(), op.label());
                     if rounds > 1 {
                         label.push_str(&format!("-r{}", round + 1));

@@ -448,11 +448,7 @@ pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Option<PgR
                         bearer: token.clone(),
                         workers: c,
                     });
-                    if !s.warm.max_time.is_zero() {
-                        conns = load::run(workload.clone(), conns, s.warm, Server::Untracked)
-                            .await
-                            .1;
-                    }
+                    conns = load::warm_up(&workload, conns, s.warm).await;
                     let lsn = wal_now().await?;
                     let cpu = pg_cpu_seconds(postmaster);
                     let (cell, back) =

@@ -19,6 +19,8 @@ fn smoke_run_exercises_every_operation() {
     );
     let out = Command::new(&bench)
         .arg("--smoke")
+        // Two interleaved rounds: each row must pool both (one row per operation, protocol and concurrency).
+        .args(["--rounds", "2"])
         .arg("--server-bin")
         .arg(&server)
         .output()
@@ -41,16 +43,20 @@ fn smoke_run_exercises_every_operation() {
         "delete+recover",
     ] {
         for proto in ["h1", "h2"] {
-            assert!(
-                stdout
-                    .lines()
-                    .any(|l| l.starts_with(&format!("| {op} "))
-                        && l.contains(&format!("| {proto} |"))),
-                "no {op} {proto} row in:\n{stdout}"
+            let rows = stdout
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&format!("| {op} ")) && l.contains(&format!("| {proto} |"))
+                })
+                .count();
+            assert_eq!(
+                rows, 3,
+                "{op} {proto}: not one row per concurrency (1, 16, 64) in:\n{stdout}"
             );
         }
     }
     assert!(stdout.contains("## Targets"), "{stdout}");
+    assert!(stdout.contains("2 interleaved rounds"), "{stdout}");
     // The client-library section, Rust client only (no Python in smoke runs).
     assert!(
         stdout

@@ -64,6 +64,38 @@ fn start(args: &[&str]) -> (Server, String) {
     (server, addr)
 }
 
+/// The arguments of `serve --dev` on `data`, on a port the kernel picks.
+fn dev_args(data: &std::path::Path) -> [&str; 6] {
+    [
+        "serve",
+        "--dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ]
+}
+
+/// `dev-credentials.json` at `path` is complete and written by the server listening on `addr`.
+fn dev_credentials_for(path: &std::path::Path, addr: &str) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|c| c["vault_url"] == format!("https://{addr}"))
+}
+
+/// Wait (at most 10 s) until the server on `addr` has written its credentials to `path`.
+fn wait_for_dev_credentials(path: &std::path::Path, addr: &str) {
+    let start = Instant::now();
+    while !dev_credentials_for(path, addr) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no credentials from the server on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn sigterm(Server(child): &Server) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -236,32 +268,12 @@ fn bad_configuration_is_a_clear_error() {
 fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let args = [
-        "serve",
-        "--dev",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-    ];
+    let args = dev_args(&data);
     let creds_path = data.join("dev-credentials.json");
     let mut first = None;
     for round in 0..2 {
         let (mut child, addr) = start(&args);
-        let start_wait = Instant::now();
-        let written_for_this_run = || {
-            std::fs::read(&creds_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .is_some_and(|c| c["vault_url"] == format!("https://{addr}"))
-        };
-        while !written_for_this_run() {
-            assert!(
-                start_wait.elapsed() < Duration::from_secs(10),
-                "round {round}: no credentials"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_dev_credentials(&creds_path, &addr);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&creds_path).unwrap().permissions().mode() & 0o777,
@@ -329,7 +341,7 @@ fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
                 "{stderr}"
             );
             assert!(
-                written_for_this_run(),
+                dev_credentials_for(&creds_path, &addr),
                 "the first server's credentials stay"
             );
         }
@@ -349,14 +361,7 @@ fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
 async fn audit_verify_detects_tampering() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let (mut server, addr) = start(&[
-        "serve",
-        "--dev",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-    ]);
+    let (mut server, addr) = start(&dev_args(&data));
     let ca = std::fs::read(data.join("tls/ca.pem")).unwrap();
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(keyvault_server::tls::client_config_trusting(&ca).unwrap())
@@ -414,27 +419,9 @@ fn rss_anon_kib(pid: u32) -> u64 {
 fn idle_server_gives_freed_memory_back() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let (mut child, addr) = start(&[
-        "serve",
-        "--dev",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-    ]);
+    let (mut child, addr) = start(&dev_args(&data));
     let creds_path = data.join("dev-credentials.json");
-    let start_wait = Instant::now();
-    while !std::fs::read(&creds_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|c| c["vault_url"] == format!("https://{addr}"))
-    {
-        assert!(
-            start_wait.elapsed() < Duration::from_secs(10),
-            "no credentials"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_dev_credentials(&creds_path, &addr);
     for _ in 0..3 {
         let token = Command::new(BIN)
             .args(["token", "--dev-credentials", creds_path.to_str().unwrap()])

@@ -938,69 +938,40 @@ async fn reads_never_go_back_behind_acknowledged_writes() {
 /// A read by version fills the cache only with the name's latest version.
 #[tokio::test]
 async fn reads_by_version_cache_only_the_latest() {
+    /// `created` of version `v` of "n" (its latest if `None`): each version below is created at its number.
+    async fn created(store: &SqliteStore, v: Option<usize>) -> i64 {
+        let version = v.map(version);
+        let row = store.get_version("v", "n", version.as_deref()).await;
+        row.unwrap().expect("found").created
+    }
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
-    store
-        .put_version("v", row("n", &version(1), 1))
-        .await
-        .unwrap();
-    store
-        .put_version("v", row("n", &version(2), 2))
-        .await
-        .unwrap();
-    let created = |row: Option<VersionRow>| row.expect("found").created;
+    for n in 1..=2 {
+        store
+            .put_version("v", row("n", &version(n), n as i64))
+            .await
+            .unwrap();
+    }
     // An older version comes from the database and is not cached.
-    assert_eq!(
-        created(
-            store
-                .get_version("v", "n", Some(&version(1)))
-                .await
-                .unwrap()
-        ),
-        1
-    );
+    assert_eq!(created(&store, Some(1)).await, 1);
     assert!(matches!(store.cache.get("v", "n"), Lookup::Miss(_)));
     // The latest, asked for by its version, is cached.
-    assert_eq!(
-        created(
-            store
-                .get_version("v", "n", Some(&version(2)))
-                .await
-                .unwrap()
-        ),
-        2
-    );
+    assert_eq!(created(&store, Some(2)).await, 2);
     match store.cache.get("v", "n") {
         Lookup::Hit(r) => assert_eq!(r.version, version(2)),
         _ => panic!("the latest version, read by version, was not cached"),
     }
     // Served from the cache or not, every read answers what it asked for.
-    assert_eq!(created(store.get_version("v", "n", None).await.unwrap()), 2);
-    assert_eq!(
-        created(
-            store
-                .get_version("v", "n", Some(&version(1)))
-                .await
-                .unwrap()
-        ),
-        1
-    );
+    assert_eq!(created(&store, None).await, 2);
+    assert_eq!(created(&store, Some(1)).await, 1);
     // A new version replaces it: the old latest, read by version, is not cached again.
     store
         .put_version("v", row("n", &version(3), 3))
         .await
         .unwrap();
-    assert_eq!(
-        created(
-            store
-                .get_version("v", "n", Some(&version(2)))
-                .await
-                .unwrap()
-        ),
-        2
-    );
+    assert_eq!(created(&store, Some(2)).await, 2);
     assert!(matches!(store.cache.get("v", "n"), Lookup::Miss(_)));
-    assert_eq!(created(store.get_version("v", "n", None).await.unwrap()), 3);
+    assert_eq!(created(&store, None).await, 3);
     store.close().await;
 }
 
