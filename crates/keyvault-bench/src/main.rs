@@ -17,6 +17,7 @@
 mod baseline;
 mod client;
 mod clients;
+mod disk;
 mod load;
 mod pg;
 mod process;
@@ -341,6 +342,7 @@ async fn measure_size(
 ) -> Result<SizeReport, String> {
     let dir = root.join(format!("n{n}"));
     let load_before = report::loadavg();
+    let sync_before = probe_sync(root);
 
     // 1. Empty store: start, preload over HTTPS, stop.
     let server = ServerProc::start(bin, &dir).await?;
@@ -475,6 +477,7 @@ async fn measure_size(
     let (rss_after, hwm) = server.memory_kib();
     let restart = (server.creds_after, server.ready_after);
     server.stop().await?;
+    let sync_after = probe_sync(root);
     Ok(SizeReport {
         n,
         preload,
@@ -490,8 +493,18 @@ async fn measure_size(
         get_body_bytes: get_body,
         load_before,
         load_after: report::loadavg(),
+        sync_before,
+        sync_after,
         rows,
     })
+}
+
+/// The data disk's sync latency now, as text for the report (see [`disk`]): 100 syncs or 1 s.
+fn probe_sync(dir: &Path) -> String {
+    match disk::sync_latency(dir, 100, Duration::from_secs(1)) {
+        Ok(s) => s.describe(),
+        Err(e) => format!("not measured ({e})"),
+    }
 }
 
 fn ms(d: Duration) -> f64 {

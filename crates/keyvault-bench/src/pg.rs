@@ -295,6 +295,9 @@ pub struct PgReport {
     pub data_fs: String,
     pub load_before: String,
     pub load_after: String,
+    /// The cluster disk's sync latency before the first round and after the last ([`crate::disk`]).
+    pub sync_before: String,
+    pub sync_after: String,
     pub rows: Vec<PgRow>,
 }
 
@@ -308,6 +311,7 @@ pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Option<PgR
         return Ok(None);
     };
     let load_before = report::loadavg();
+    let sync_before = crate::probe_sync(root);
     eprintln!(
         "postgres: starting a private cluster with {}",
         pg_bin.display()
@@ -510,6 +514,8 @@ pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Option<PgR
         data_fs,
         load_before,
         load_after: report::loadavg(),
+        sync_before,
+        sync_after: crate::probe_sync(root),
         rows,
     }))
 }
@@ -554,7 +560,7 @@ pub fn render(r: &PgReport) -> String {
          {}; private cluster on 127.0.0.1, data on {}. keyvault: `serve --dev --store postgres://…`, {} secrets \
          preloaded in {:.2} s ({}/s, c=64); keyvault's connections to PostgreSQL at the end: {}. Version rows \
          average {:.0} bytes; the baseline's rows carry {} bytes of payload. Each row pools {} interleaved rounds (insert, put-shaped txn, keyvault ops, in turn). Load average {} \
-         before, {} after.\n",
+         before, {} after. Disk sync (4 KiB write + fsync on the cluster's filesystem): {} before, {} after.\n",
         r.version,
         r.data_fs,
         report::group(r.n as f64),
@@ -565,7 +571,9 @@ pub fn render(r: &PgReport) -> String {
         r.row_bytes,
         r.rounds,
         r.load_before,
-        r.load_after
+        r.load_after,
+        r.sync_before,
+        r.sync_after
     );
     let _ = writeln!(
         out,

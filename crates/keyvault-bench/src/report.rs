@@ -99,6 +99,9 @@ pub struct SizeReport {
     pub get_body_bytes: usize,
     pub load_before: String,
     pub load_after: String,
+    /// The data disk's sync latency before the size's first run and after its last ([`crate::disk`]).
+    pub sync_before: String,
+    pub sync_after: String,
     pub rows: Vec<Row>,
 }
 
@@ -154,11 +157,14 @@ pub fn render_size(s: &SizeReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### {} secrets\n\nGET body {} bytes (the baseline answers as many). Load average {} before, {} after.\n",
+        "### {} secrets\n\nGET body {} bytes (the baseline answers as many). Load average {} before, {} after. \
+         Disk sync (4 KiB write + fsync in the data directory, what a commit waits for): {} before, {} after.\n",
         group(s.n as f64),
         s.get_body_bytes,
         s.load_before,
-        s.load_after
+        s.load_after,
+        s.sync_before,
+        s.sync_after
     );
     let _ = writeln!(
         out,

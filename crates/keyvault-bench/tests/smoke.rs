@@ -57,6 +57,10 @@ fn smoke_run_exercises_every_operation() {
     }
     assert!(stdout.contains("## Targets"), "{stdout}");
     assert!(stdout.contains("2 interleaved rounds"), "{stdout}");
+    assert!(
+        stdout.contains("Disk sync (4 KiB write + fsync"),
+        "{stdout}"
+    );
     // The client-library section, Rust client only (no Python in smoke runs).
     assert!(
         stdout
