@@ -107,7 +107,7 @@ pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) ->
             audit.record(record);
         } else {
             // A change (or an attempt at one) is in the audit log before the client hears of it.
-            audit.record_written(record).await;
+            audit.record_written(record);
         }
     }
     let headers = resp.headers_mut();
