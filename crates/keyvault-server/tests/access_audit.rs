@@ -434,3 +434,40 @@ async fn throttling_is_429_with_retry_after_after_authentication_and_audited() {
     assert_eq!(find(&unauth_id)["outcome"], "unauthenticated");
     lv.shutdown().await;
 }
+
+/// A change's line is in the file by the time its response arrives (no flush, no waiting): a crash right
+/// after the response could not lose it. Checked for changes that succeed and for ones that are refused.
+#[tokio::test]
+async fn a_change_is_in_the_audit_file_before_its_response() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let path = lv.audit().expect("dev mode audits").path().to_path_buf();
+    let q = "?api-version=7.6";
+    for i in 0..20 {
+        let (method, url, body, status) = match i % 3 {
+            0 => (
+                Method::PUT,
+                format!("/secrets/c{i}{q}"),
+                Some(json!({"value": VALUE})),
+                200,
+            ),
+            1 => (
+                Method::PATCH,
+                format!("/secrets/c{}{q}", i - 1),
+                Some(json!({"contentType": "t"})),
+                200,
+            ),
+            _ => (Method::DELETE, format!("/secrets/missing{i}{q}"), None, 404),
+        };
+        let (s, id) = send(&lv, &http, Some(&admin), method, &url, body).await;
+        assert_eq!(s.as_u16(), status, "{url}");
+        let line = lines(&path)
+            .into_iter()
+            .find(|l| l.contains(&format!("\"requestId\":\"{id}\"")))
+            .unwrap_or_else(|| panic!("no line for request {id} ({url}) when its response came"));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["status"], status, "{line}");
+    }
+    audit::verify_file(&path).unwrap();
+}
