@@ -48,8 +48,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// `,"hash":"` + 64 hex + `"}`.
 const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 
-/// How long the writer waits for more records after a write, so that lines under load go out in batches.
-/// A mutating request's record cuts the wait short (see the module documentation).
+/// How long the background thread waits for more queued lines after a write, so that lines under load go out in
+/// batches.
+/// [`AuditLog::flush`] cuts the wait short.
 pub const LINGER: Duration = Duration::from_millis(2);
 
 /// Queued lines the background thread formats and writes per hold of the chain's mutex.
@@ -573,7 +574,9 @@ impl AuditLog {
 }
 
 fn lock(state: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
-    // A panic while formatting a line leaves at worst an unwritten line in the buffer: still a valid chain.
+    // Nothing done under the lock panics (strings and integers formatted into a `Vec`, file calls that return
+    // errors). Should it ever, the state is used as left: at worst a buffered line the next one does not chain
+    // to, which verification reports — better than an audit log that stops for good.
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
