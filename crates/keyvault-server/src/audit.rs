@@ -49,8 +49,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 
 /// How long the background thread waits for more queued lines after a write, so that lines under load go out in
-/// batches.
-/// [`AuditLog::flush`] cuts the wait short.
+/// batches. [`AuditLog::flush`] cuts the wait short.
 pub const LINGER: Duration = Duration::from_millis(2);
 
 /// Queued lines the background thread formats and writes per hold of the chain's mutex.
