@@ -22,16 +22,12 @@ impl SyncLatency {
     pub fn describe(&self) -> String {
         format!(
             "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} syncs)",
-            ms(self.p50),
-            ms(self.p99),
-            ms(self.max),
+            crate::ms(self.p50),
+            crate::ms(self.p99),
+            crate::ms(self.max),
             self.samples
         )
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Times `count` rounds (or as many as fit in `budget`) of a 4 KiB write followed by `fsync` (what SQLite

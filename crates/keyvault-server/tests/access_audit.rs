@@ -439,7 +439,7 @@ async fn throttling_is_429_with_retry_after_after_authentication_and_audited() {
 }
 
 /// A change's line is in the file by the time its response arrives (no flush, no waiting): a crash right
-/// after the response could not lose it. Checked for changes that succeed and for ones that are refused.
+/// after the response could not lose it. Checked for changes that succeed and for one that fails (404).
 #[tokio::test]
 async fn a_change_is_in_the_audit_file_before_its_response() {
     let lv = LocalVault::start().await.unwrap();
