@@ -142,23 +142,30 @@ async fn all_version_pages(
     vault: &str,
     name: &str,
     page: usize,
-) -> Vec<(i64, VersionRow)> {
-    let mut out: Vec<(i64, VersionRow)> = Vec::new();
-    let mut after = None;
+) -> Vec<VersionRow> {
+    let mut out: Vec<VersionRow> = Vec::new();
+    let mut after: Option<String> = None;
     loop {
         let rows = s
-            .list_versions(vault, name, after, page)
+            .list_versions(vault, name, after.as_deref(), page)
             .await
             .expect("list_versions");
         assert!(
             rows.len() <= page,
             "list_versions returned more than the limit"
         );
-        let Some((pos, _)) = rows.last() else { break };
-        after = Some(*pos);
+        let Some(last) = rows.last() else { break };
+        after = Some(last.version.clone());
         out.extend(rows);
     }
     out
+}
+
+/// `rows` as `list_versions` orders them: by version id.
+fn by_version(rows: &[VersionRow]) -> Vec<VersionRow> {
+    let mut sorted = rows.to_vec();
+    sorted.sort_by(|a, b| a.version.cmp(&b.version));
+    sorted
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -574,22 +581,22 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
         rows,
         "all_versions in creation order"
     );
+    // The ids are random here, so version-id order is not creation order.
+    let sorted = by_version(&rows);
+    assert_ne!(
+        sorted, rows,
+        "the test's ids happen to be in creation order"
+    );
 
     for page in [1, 4, 10, 26, 100] {
         let got = all_version_pages(s, v, "MANY", page).await;
-        let positions: Vec<i64> = got.iter().map(|(p, _)| *p).collect();
-        assert!(
-            positions.windows(2).all(|w| w[0] < w[1]),
-            "positions increase"
-        );
-        let got: Vec<VersionRow> = got.into_iter().map(|(_, r)| r).collect();
         assert_eq!(
-            got, rows,
-            "page size {page}: every version once, in creation order"
+            got, sorted,
+            "page size {page}: every version once, in version-id order"
         );
     }
     let first = s.list_versions(v, "many", None, 3).await.unwrap();
-    assert_eq!(first.len(), 3);
+    assert_eq!(first, sorted[..3]);
     assert!(
         s.list_versions(v, "many", None, 0)
             .await
@@ -598,16 +605,31 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
         "limit 0"
     );
     let rest = s
-        .list_versions(v, "many", Some(first[2].0), 1000)
+        .list_versions(v, "many", Some(&first[2].version), 1000)
         .await
         .unwrap();
-    assert_eq!(rest.len(), rows.len() - 3);
-    let last = rest.last().expect("more versions").0;
+    assert_eq!(rest, sorted[3..]);
+    let last = &sorted.last().expect("versions").version;
     assert!(
         s.list_versions(v, "many", Some(last), 10)
             .await
             .unwrap()
             .is_empty()
+    );
+    // A cursor need not be an id the name has: the page starts after it.
+    let mid = &sorted[12].version;
+    let between = format!("{}0", &mid[..31]);
+    let from_between = s
+        .list_versions(v, "many", Some(&between), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        from_between,
+        sorted
+            .iter()
+            .filter(|r| r.version > between)
+            .cloned()
+            .collect::<Vec<_>>()
     );
     assert!(
         s.list_versions(v, "unknown", None, 10)
@@ -617,14 +639,20 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
         "unknown name"
     );
 
-    // Positions stay valid across new versions: a later page picks up a version added since.
-    let added = row("many", 99);
+    // Cursors stay valid across new versions: a later page picks up a version added since whose id sorts
+    // after the cursor, and the newest version is the latest whatever its id.
+    let mut added = row("many", 99);
+    added.version = "f".repeat(32);
     put(s, v, &added).await;
     let tail = s.list_versions(v, "many", Some(last), 10).await.unwrap();
-    assert_eq!(
-        tail.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-        vec![added]
-    );
+    assert_eq!(tail, vec![added.clone()]);
+    let mut low = row("many", 100);
+    low.version = "0".repeat(32);
+    put(s, v, &low).await;
+    assert_eq!(latest(s, v, "many").await, Some(low.clone()));
+    let listed = all_version_pages(s, v, "many", 7).await;
+    assert_eq!(listed.first(), Some(&low));
+    assert_eq!(listed.last(), Some(&added));
 }
 
 async fn soft_delete_and_recover(s: &dyn SecretStore, v: &str) {
@@ -887,12 +915,8 @@ async fn restore(s: &dyn SecretStore, v: &str) {
         versions,
         "ids, order and attributes kept"
     );
-    let listed: Vec<VersionRow> = all_version_pages(s, v, "restored", 2)
-        .await
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    assert_eq!(listed, versions);
+    let listed = all_version_pages(s, v, "restored", 2).await;
+    assert_eq!(listed, by_version(&versions));
     assert_eq!(
         latest(s, v, "RESTORED").await.as_ref(),
         versions.last(),
@@ -1036,12 +1060,16 @@ async fn concurrent_puts(store: Arc<dyn SecretStore>, v: &str) {
     let s = &*store;
     let stored = all_version_pages(s, v, "hot", 100).await;
     assert_eq!(stored.len(), TASKS * EACH, "every concurrent put landed");
-    let stored_ids: BTreeSet<String> = stored.iter().map(|(_, r)| r.version.clone()).collect();
+    let stored_ids: BTreeSet<String> = stored.iter().map(|r| r.version.clone()).collect();
     assert_eq!(stored_ids, written);
+    assert!(
+        stored.windows(2).all(|w| w[0].version < w[1].version),
+        "listed by version id"
+    );
     let newest = latest(s, v, "hot").await.expect("latest");
     assert_eq!(
-        Some(&newest.version),
-        stored.last().map(|(_, r)| &r.version),
+        s.all_versions(v, "hot").await.unwrap().last(),
+        Some(&newest),
         "the latest is the last created"
     );
     let live = all_live(s, v, 1000).await;

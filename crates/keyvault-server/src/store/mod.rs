@@ -140,15 +140,16 @@ pub trait SecretStore: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<VersionRow>>;
-    /// Versions of a live name in creation order, after the cursor `after` (a position returned earlier), at most `limit`;
-    /// each with its position (i64 cursor). Unknown or deleted name → empty.
+    /// Versions of a live name sorted by version id (as Key Vault lists them; ids this server makes grow with
+    /// time, see [`crate::vault::new_version`]), those after the version id `after` (the last one of the
+    /// previous page), at most `limit`. Unknown or deleted name → empty.
     async fn list_versions(
         &self,
         vault: &str,
         name: &str,
-        after: Option<i64>,
+        after: Option<&str>,
         limit: usize,
-    ) -> StoreResult<Vec<(i64, VersionRow)>>;
+    ) -> StoreResult<Vec<VersionRow>>;
     /// Every version of a live name, creation order (for backup). Empty if absent or deleted.
     async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>>;
     /// Soft-delete a live name (all its versions leave the live listings). None if not live.

@@ -178,11 +178,20 @@ const SQL_FIND_DELETED: &str = concat!(
          ON v.vault = n.vault AND v.name_key = n.name_key AND v.seq = n.latest_seq
      WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NOT NULL"
 );
+/// A page of a live name's versions in version-id order (the unique (vault, name_key, version) index).
 const SQL_VERSIONS_OF_LIVE: &str = concat!(
-    "SELECT v.seq, n.display_name, ",
+    "SELECT n.display_name, ",
     vcols!(),
     " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
-     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL AND v.seq > $3 ORDER BY v.seq LIMIT $4"
+     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL AND v.version > $3
+     ORDER BY v.version LIMIT $4"
+);
+/// Every version of a live name in creation order (a backup restores its last version as the latest).
+const SQL_ALL_VERSIONS_OF_LIVE: &str = concat!(
+    "SELECT n.display_name, ",
+    vcols!(),
+    " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
+     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL ORDER BY v.seq"
 );
 /// Create the name's row (live, placeholder latest) or lock the existing one; returns a row only when the
 /// name is live (a deleted name's row is locked but not returned).
@@ -498,19 +507,20 @@ async fn find_deleted<C: tokio_postgres::GenericClient>(
         .transpose()
 }
 
+/// A page of a live name's versions after the version id `after`, in version-id order.
 async fn versions_of_live<C: tokio_postgres::GenericClient>(
     stmts: &mut Stmts,
     c: &C,
     vault: &str,
     key: &str,
-    after: i64,
-    limit: Option<i64>,
-) -> StoreResult<Vec<(i64, VersionRow)>> {
+    after: &str,
+    limit: i64,
+) -> StoreResult<Vec<VersionRow>> {
     let st = Conn::prepare(stmts, c, SQL_VERSIONS_OF_LIVE).await?;
     c.query(&st, &[&vault, &key, &after, &limit])
         .await?
         .iter()
-        .map(seq_and_row)
+        .map(|r| version_row(r, 0))
         .collect()
 }
 
@@ -760,21 +770,15 @@ impl SecretStore for PostgresStore {
         &self,
         vault: &str,
         name: &str,
-        after: Option<i64>,
+        after: Option<&str>,
         limit: usize,
-    ) -> StoreResult<Vec<(i64, VersionRow)>> {
+    ) -> StoreResult<Vec<VersionRow>> {
         let key = name_key(name);
+        // Every version id sorts after "" (ids are 32 hex digits).
+        let after = after.unwrap_or_default();
         self.run(async |c| {
             let Conn { client, stmts } = c;
-            versions_of_live(
-                stmts,
-                &*client,
-                vault,
-                &key,
-                after.unwrap_or(i64::MIN),
-                Some(sql_limit(limit)),
-            )
-            .await
+            versions_of_live(stmts, &*client, vault, &key, after, sql_limit(limit)).await
         })
         .await
     }
@@ -783,13 +787,13 @@ impl SecretStore for PostgresStore {
         let key = name_key(name);
         self.run(async |c| {
             let Conn { client, stmts } = c;
-            Ok(
-                versions_of_live(stmts, &*client, vault, &key, i64::MIN, None)
-                    .await?
-                    .into_iter()
-                    .map(|(_, row)| row)
-                    .collect(),
-            )
+            let st = Conn::prepare(stmts, &*client, SQL_ALL_VERSIONS_OF_LIVE).await?;
+            client
+                .query(&st, &[&vault, &key])
+                .await?
+                .iter()
+                .map(|r| version_row(r, 0))
+                .collect()
         })
         .await
     }

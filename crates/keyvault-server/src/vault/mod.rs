@@ -5,6 +5,7 @@
 
 mod backup;
 pub mod clock;
+mod version_id;
 
 use crate::crypto::Envelope;
 use crate::store::{DeletedRow, SecretStore, StoreError, Tags, VersionPatch, VersionRow};
@@ -13,6 +14,7 @@ use keyvault_types::{DeletionRecoveryLevel, SecretString};
 use std::sync::Arc;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use version_id::new_version;
 
 /// How this vault treats deleted secrets.
 #[derive(Clone, Debug)]
@@ -254,7 +256,9 @@ impl Vault {
         Ok(Page { items: rows, next })
     }
 
-    /// The versions of a live secret, oldest first. An unknown name gives an empty page.
+    /// The versions of a live secret sorted by version id, as Key Vault lists them (oldest first for the ids
+    /// this server makes). The cursor is the last version id of the previous page. An unknown name gives an
+    /// empty page.
     pub async fn list_versions(
         &self,
         name: &str,
@@ -263,18 +267,16 @@ impl Vault {
     ) -> VaultResult<Page<VersionRow>> {
         check_name(name)?;
         let after = match after {
+            Some(s) if rules::is_valid_version(s) => Some(s.to_ascii_lowercase()),
+            Some(_) => return Err(bad_skiptoken()),
             None => None,
-            Some(s) => Some(s.parse::<i64>().map_err(|_| bad_skiptoken())?),
         };
         let mut rows = self
             .store
-            .list_versions(self.vault(), name, after, limit + 1)
+            .list_versions(self.vault(), name, after.as_deref(), limit + 1)
             .await?;
-        let next = next_cursor(&mut rows, limit, |(pos, _)| pos.to_string());
-        Ok(Page {
-            items: rows.into_iter().map(|(_, r)| r).collect(),
-            next,
-        })
+        let next = next_cursor(&mut rows, limit, |r| r.version.clone());
+        Ok(Page { items: rows, next })
     }
 
     /// Soft-delete a secret: all its versions leave the live listings until recovered or purged.
@@ -374,16 +376,6 @@ fn parse_name_cursor(s: &str) -> VaultResult<String> {
 
 fn bad_skiptoken() -> VaultError {
     VaultError::BadParameter("The $skiptoken parameter is not valid.".to_string())
-}
-
-/// A new version id: 32 lowercase hex digits (a UUIDv4 without dashes).
-pub fn new_version() -> String {
-    let mut bytes = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("the system random number generator failed");
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    hex::encode(bytes)
 }
 
 pub(crate) fn check_name(name: &str) -> VaultResult<()> {

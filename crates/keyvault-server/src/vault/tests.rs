@@ -15,16 +15,58 @@ fn vault_in(dir: &std::path::Path, clock: Arc<dyn Clock>, purge_protection: bool
     Vault::new(store, envelope, clock, settings)
 }
 
-#[test]
-fn versions_are_uuid4_hex() {
-    let a = new_version();
-    assert_eq!(a.len(), 32);
-    assert!(
-        a.bytes()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+/// Versions are listed by version id, as Key Vault lists them; the ids this server makes grow with time, so a
+/// secret's versions list oldest first, across pages; a skiptoken that is not a version id is refused.
+#[tokio::test]
+async fn versions_list_oldest_first_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    let mut made = Vec::new();
+    for i in 0..7 {
+        let s = v
+            .set(
+                "rotated",
+                SecretString::new(format!("v{i}")),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        made.push(s.row.version);
+    }
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = v
+            .list_versions("ROTATED", after.as_deref(), 3)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        listed.extend(page.items.into_iter().map(|r| r.version));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed, made);
+    // An upper-case cursor is the same cursor.
+    let upper = made[4].to_ascii_uppercase();
+    let rest = v.list_versions("rotated", Some(&upper), 25).await.unwrap();
+    assert_eq!(
+        rest.items
+            .into_iter()
+            .map(|r| r.version)
+            .collect::<Vec<_>>(),
+        made[5..]
     );
-    assert_eq!(&a[12..13], "4");
-    assert_ne!(a, new_version());
+    for bad in ["12", "not-a-version", &"g".repeat(32)] {
+        assert!(
+            matches!(
+                v.list_versions("rotated", Some(bad), 25).await,
+                Err(VaultError::BadParameter(_))
+            ),
+            "{bad}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -510,7 +510,7 @@ async fn a_version_1_database_is_upgraded_with_its_data() {
         .await
         .unwrap()
         .into_iter()
-        .map(|(_, r)| r.version)
+        .map(|r| r.version)
         .collect();
     assert_eq!(versions, ["aa", "bb"]);
     let deleted = store.get_deleted("v", "gone").await.unwrap().unwrap();

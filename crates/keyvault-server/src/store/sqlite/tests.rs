@@ -96,21 +96,22 @@ async fn reopen_sees_everything() {
         .unwrap();
     assert!(!updated.enabled);
     assert_eq!(updated.updated, 99);
-    // Positions keep increasing across a reopen (never reused).
-    let before = store
-        .list_versions("v", "secret-01", None, 10)
-        .await
-        .unwrap();
+    // A version set after a reopen becomes the latest (positions are not reused), whatever its id's place in
+    // the listing: version(5) sorts between the name's two earlier ids (10 and 11).
     store
-        .put_version("v", row("secret-01", &version(999), 3))
+        .put_version("v", row("secret-01", &version(5), 3))
         .await
         .unwrap();
-    let after = store
+    let listed: Vec<String> = store
         .list_versions("v", "secret-01", None, 10)
         .await
-        .unwrap();
-    assert_eq!(after.len(), 3);
-    assert!(after[2].0 > before[1].0);
+        .unwrap()
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(listed, [version(5), version(10), version(11)]);
+    let latest = store.get_version("v", "secret-01", None).await.unwrap();
+    assert_eq!(latest.map(|r| r.version), Some(version(5)));
     store.close().await;
 }
 
@@ -622,7 +623,7 @@ async fn deep_pages_cost_like_first_pages() {
 }
 
 /// Listing live names seeks the primary key (keyset paging), with no temporary sort; a version 1 database
-/// (with the former `names_live` index) is migrated and keeps its rows.
+/// (with the former `names_live` and `versions_by_name` indexes) is migrated and keeps its rows.
 #[tokio::test]
 async fn live_listing_seeks_the_primary_key_and_v1_migrates() {
     let dir = tempfile::tempdir().unwrap();
@@ -648,15 +649,18 @@ async fn live_listing_seeks_the_primary_key_and_v1_migrates() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(v, SCHEMA_VERSION);
-    let gone: Option<String> = c
-        .query_row(
-            "SELECT name FROM sqlite_master WHERE name = 'names_live'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .unwrap();
-    assert_eq!(gone, None);
+    // Versions 2 and 3 dropped these indexes.
+    for index in ["names_live", "versions_by_name"] {
+        let gone: Option<String> = c
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE name = ?1",
+                [index],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(gone, None);
+    }
     let plan: Vec<String> = c
         .prepare(&format!("EXPLAIN QUERY PLAN {SQL_LIST_LATEST} LIMIT 25"))
         .unwrap()

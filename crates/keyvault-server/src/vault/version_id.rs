@@ -1,0 +1,145 @@
+//! Version ids: 32 lowercase hex digits that grow with time.
+//!
+//! Key Vault lists a secret's versions sorted by version id, and so does this server (the stores page by it:
+//! one index serves both the lookup by id and the listing). An id is laid out as a UUIDv7 (RFC 9562) without
+//! dashes: 48 bits of Unix time in milliseconds, the version nibble `7`, 12 bits, the variant bits `10`, 62
+//! bits; the 74 bits after the time are random. So a secret's versions made by this server list oldest
+//! first, as people expect, while ids stay unguessable (74 random bits for the first id in a millisecond).
+//!
+//! Within one process ids strictly increase (RFC 9562 §6.2, monotonic random): an id made in the same
+//! millisecond as the previous one, or after the clock stepped back, continues from the previous id plus a
+//! random increment of 1 to 2³², keeping its time. Ids made by several processes (nodes sharing
+//! PostgreSQL) interleave by their clocks; the order of two sets of one name racing each other is
+//! arbitrary either way.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Bits after the timestamp that are not fixed: 12 + 62.
+const RANDOM_BITS: u32 = 74;
+const RANDOM_MASK: u128 = (1 << RANDOM_BITS) - 1;
+const MS_MASK: u64 = (1 << 48) - 1;
+
+/// The previous id's (milliseconds, random part).
+static LAST: Mutex<(u64, u128)> = Mutex::new((0, 0));
+
+/// A new version id (see the module documentation).
+pub fn new_version() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the system random number generator failed");
+    let random = u128::from_le_bytes(bytes);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        & MS_MASK;
+    let (ms, r) = {
+        let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+        *last = next(*last, now_ms, random);
+        *last
+    };
+    format!("{:032x}", layout(ms, r))
+}
+
+/// The (milliseconds, random part) following `last` at `now_ms`, drawing on `random`.
+fn next(last: (u64, u128), now_ms: u64, random: u128) -> (u64, u128) {
+    // A fresh millisecond starts below half the range, so the increments that follow have room.
+    let fresh = random & (RANDOM_MASK >> 1);
+    if now_ms > last.0 {
+        return (now_ms, fresh);
+    }
+    let step = 1 + (random >> 96); // 1 ..= 2^32, from bits `fresh` does not use
+    match last.1.checked_add(step).filter(|r| *r <= RANDOM_MASK) {
+        Some(r) => (last.0, r),
+        // The random part ran out (2^73 ids in one millisecond, or a corrupted state): borrow the next one.
+        None => ((last.0 + 1) & MS_MASK, fresh),
+    }
+}
+
+/// The UUIDv7 bits of (milliseconds, 74-bit random part).
+fn layout(ms: u64, r: u128) -> u128 {
+    let rand_a = (r >> 62) & 0xfff;
+    let rand_b = r & ((1 << 62) - 1);
+    (u128::from(ms) << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyvault_types::rules;
+
+    #[test]
+    fn ids_are_uuidv7_shaped_lowercase_hex_and_carry_the_time() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let id = new_version();
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        assert!(rules::is_valid_version(&id), "{id}");
+        assert_eq!(id, id.to_ascii_lowercase());
+        assert_eq!(&id[12..13], "7", "version nibble: {id}");
+        assert!("89ab".contains(&id[16..17]), "variant: {id}");
+        let ms = u128::from_str_radix(&id[..12], 16).unwrap();
+        // Another test's id may have pushed the time ahead by a millisecond at most.
+        assert!(
+            ms >= before && ms <= after + 1,
+            "{before} <= {ms} <= {after}"
+        );
+    }
+
+    #[test]
+    fn ids_strictly_increase_across_threads() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..5_000).map(|_| new_version()).collect::<Vec<_>>()))
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            let ids = t.join().unwrap();
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "each thread sees increasing ids"
+            );
+            all.extend(ids);
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "no id twice");
+    }
+
+    #[test]
+    fn same_millisecond_and_clock_steps_back_continue_from_the_last_id() {
+        let last = (1_000, 5);
+        let (ms, r) = next(last, 1_000, 7 << 96);
+        assert_eq!(
+            (ms, r),
+            (1_000, 5 + 8),
+            "same millisecond: last + 1 + the high random bits"
+        );
+        let (ms, r) = next(last, 900, 0);
+        assert_eq!(
+            (ms, r),
+            (1_000, 6),
+            "clock stepped back: keep the last time"
+        );
+        let (ms, r) = next(last, 1_001, u128::MAX);
+        assert_eq!(
+            (ms, r),
+            (1_001, RANDOM_MASK >> 1),
+            "a new millisecond starts fresh, below half"
+        );
+        let (ms, r) = next((1_000, RANDOM_MASK), 1_000, 3);
+        assert_eq!(
+            (ms, r),
+            (1_001, 3),
+            "exhausted: borrow the next millisecond"
+        );
+        // The layout keeps the order of (ms, r).
+        assert!(layout(1_000, RANDOM_MASK) < layout(1_001, 0));
+        assert!(layout(1_000, 1 << 62) > layout(1_000, (1 << 62) - 1));
+    }
+}
