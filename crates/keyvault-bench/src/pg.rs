@@ -5,9 +5,13 @@
 //!
 //! - `pg insert`: single-row `INSERT INTO bench_t (id, v) VALUES ($1, $2)` in autocommit (one durable commit
 //!   each) from `c` tokio-postgres connections, rows as large as the store's version rows;
-//! - `pg put-shaped txn`: the statements of the store's put path without HTTP and crypto (BEGIN; upsert-lock
-//!   the name row; INSERT the version … RETURNING seq; UPDATE the name's latest; COMMIT: five round trips)
-//!   on tables with the same kind of indexes.
+//! - `pg put-shaped txn`: the statements of the store's former put path without HTTP and crypto (BEGIN;
+//!   upsert-lock the name row; INSERT the version; UPDATE the name's latest; COMMIT: five round trips);
+//! - `pg put statement`: the store's current put (one statement: upsert the name row pointing at the new
+//!   version, insert the version),
+//!
+//! the two put shapes on tables with the store's kind of indexes (schema version 4: the names' primary key, the versions'
+//! unique (name, version)).
 //!
 //! The cluster is `keyvault_server::store::pgtest`'s, started with production durability
 //! ([`PgCluster::start_durable`]). PostgreSQL refuses to run as root: as root, the cluster runs as
@@ -71,40 +75,39 @@ const BENCH_SCHEMA: &str = r#"
 CREATE TABLE bench_t (id TEXT PRIMARY KEY, v BYTEA NOT NULL);
 CREATE TABLE bench_names (
     k          TEXT COLLATE "C" PRIMARY KEY,
-    display    TEXT   NOT NULL,
-    latest     BIGINT NOT NULL,
+    display    TEXT NOT NULL,
+    latest     TEXT COLLATE "C" NOT NULL,
     deleted_on BIGINT
-);
-CREATE INDEX bench_names_live ON bench_names (k) INCLUDE (latest, display) WHERE deleted_on IS NULL;
+) WITH (fillfactor = 80);
 CREATE TABLE bench_versions (
-    seq     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq     BIGINT GENERATED ALWAYS AS IDENTITY,
     k       TEXT COLLATE "C" NOT NULL,
     version TEXT COLLATE "C" NOT NULL,
     v       BYTEA  NOT NULL,
     created BIGINT NOT NULL,
     UNIQUE (k, version)
 );
-CREATE INDEX bench_versions_by_name ON bench_versions (k, seq);
 "#;
 const SQL_INSERT: &str = "INSERT INTO bench_t (id, v) VALUES ($1, $2)";
-const SQL_LOCK: &str = "INSERT INTO bench_names (k, display, latest) VALUES ($1, $1, 0)
+const SQL_LOCK: &str = "INSERT INTO bench_names (k, display, latest) VALUES ($1, $1, '')
      ON CONFLICT (k) DO UPDATE SET display = EXCLUDED.display WHERE bench_names.deleted_on IS NULL
      RETURNING 1";
 const SQL_VERSION: &str =
-    "INSERT INTO bench_versions (k, version, v, created) VALUES ($1, $2, $3, $4) RETURNING seq";
+    "INSERT INTO bench_versions (k, version, v, created) VALUES ($1, $2, $3, $4)";
 const SQL_LATEST: &str = "UPDATE bench_names SET latest = $2 WHERE k = $1";
-/// The store's one-statement put (since e5be4a3): create-or-lock the name, draw the seq, insert the version.
+/// The store's one-statement put (schema version 4): create the name's row or lock it and point it at the
+/// new version, then insert the version (one index entry).
 const SQL_PUT_ONE: &str = "WITH n AS (
          INSERT INTO bench_names (k, display, latest)
-         VALUES ($1::text, $1::text, nextval(pg_get_serial_sequence('bench_versions', 'seq')))
+         VALUES ($1::text, $1::text, $2::text)
          ON CONFLICT (k) DO UPDATE
              SET display = EXCLUDED.display,
-                 latest = nextval(pg_get_serial_sequence('bench_versions', 'seq'))
+                 latest = EXCLUDED.latest
              WHERE bench_names.deleted_on IS NULL
-         RETURNING latest)
-     INSERT INTO bench_versions (seq, k, version, v, created) OVERRIDING SYSTEM VALUE
-     SELECT n.latest, $1::text, $2::text, $3::bytea, $4::bigint FROM n
-     RETURNING seq";
+         RETURNING 1)
+     INSERT INTO bench_versions (k, version, v, created)
+     SELECT $1::text, $2::text, $3::bytea, $4::bigint FROM n
+     RETURNING 1";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -245,11 +248,8 @@ async fn put_txn(
     let tx = client.transaction().await?;
     tx.query_opt(&stmts[0], &[&key]).await?;
     let now: i64 = 1_700_000_000;
-    let seq: i64 = tx
-        .query_one(&stmts[1], &[&key, &version, &row, &now])
-        .await?
-        .get(0);
-    tx.execute(&stmts[2], &[&key, &seq]).await?;
+    tx.execute(&stmts[1], &[&key, &version, &row, &now]).await?;
+    tx.execute(&stmts[2], &[&key, &version]).await?;
     tx.commit().await
 }
 

@@ -10,7 +10,7 @@
 //!   latest is well defined when several nodes set the same name at once, and a name is never both live and
 //!   deleted. Multi-statement operations run in one transaction; each statement sees what committed before it.
 //!   A set (the hot write) is one statement and one round trip (`SQL_PUT`): the upsert that locks the name
-//!   draws the version's `seq` while holding the lock, and the version is inserted in the same statement.
+//!   points it at the new version id, and the version is inserted (drawing its `seq`) in the same statement.
 //! - **Ordering**: keys are `COLLATE "C"`, so keyset paging sorts names by bytes, exactly as SQLite does.
 //! - **Schema**: versioned migrations in `kv_schema_migrations`, applied at start inside a transaction that
 //!   holds `pg_advisory_xact_lock(`[`MIGRATION_LOCK_KEY`]`)`, so several nodes may start at once.
@@ -19,15 +19,15 @@
 //!   released, and the next node to try takes over. (The sweeper is also safe if two nodes ever run it at
 //!   once: purges lock rows with `SKIP LOCKED` and re-check the deleted state.)
 //!
-//! Schema (version 3):
+//! Schema (version 4):
 //!
 //! ```text
-//! kv_names(vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)   PK (vault, name_key)
+//! kv_names(vault, name_key, display_name, latest_version, deleted_on, scheduled_purge) PK (vault, name_key)
 //!     fillfactor 80 (sets update the row in place: HOT)
 //!     kv_names_deleted (vault, name_key)                                      WHERE deleted_on IS NOT NULL
 //!     kv_names_purge   (scheduled_purge)                                      WHERE scheduled_purge IS NOT NULL
 //! kv_versions(seq IDENTITY, vault, name_key, version, sealed BYTEA, content_type, tags (JSON text), enabled,
-//!             nbf, exp, created, updated)       PK (vault, name_key, seq)   UNIQUE (vault, name_key, version)
+//!             nbf, exp, created, updated)  UNIQUE (vault, name_key, version) (also the replica identity)
 //! kv_access(id = 1, revision, doc, updated_at)      kv_meta(key, value)
 //! kv_schema_migrations(version, applied_at)
 //! ```
@@ -35,8 +35,9 @@
 //! Version 2 adds `kv_access(id = 1, revision, doc BYTEA, updated_at)`: the access-control document (what the
 //! admin API made), replaced by compare-and-set on `revision` so concurrent changes on two nodes never
 //! overwrite each other; nodes poll `revision` to pick up each other's changes. It also adds `kv_meta(key,
-//! value)`: the key check ([`crate::store::check_key`]) that stops a node with another KEK. Version 3 makes sets
-//! lighter (see `SCHEMA_V3`).
+//! value)`: the key check ([`crate::store::check_key`]) that stops a node with another KEK. Versions 3 and 4
+//! make sets lighter (see `SCHEMA_V3`, `SCHEMA_V4`): a set updates its name's row in place and inserts one
+//! version row with one index entry.
 
 pub mod pool;
 
@@ -52,7 +53,7 @@ use super::{
 };
 
 /// The schema version this code writes and understands.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// Connections a node keeps open at most.
 pub const POOL_SIZE: usize = 16;
 /// The advisory lock held (per transaction) while migrations run.
@@ -67,7 +68,12 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the leader's liveness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE kv_names (
@@ -134,6 +140,20 @@ DO $$ BEGIN
 END $$;
 "#;
 
+/// Version 4: a set inserts one index entry. A name points at its latest version by version id (through the
+/// unique (vault, name_key, version) index, which also pages the versions listing), so the (vault, name_key,
+/// seq) primary key goes; `seq` (still drawn while the name's row is locked) only orders a backup's versions.
+/// The unique index becomes the replica identity (logical replication needs one).
+const SCHEMA_V4: &str = r#"
+ALTER TABLE kv_names ADD COLUMN latest_version TEXT COLLATE "C";
+UPDATE kv_names AS n SET latest_version = v.version FROM kv_versions AS v
+    WHERE v.vault = n.vault AND v.name_key = n.name_key AND v.seq = n.latest_seq;
+ALTER TABLE kv_names ALTER COLUMN latest_version SET NOT NULL;
+ALTER TABLE kv_names DROP COLUMN latest_seq;
+ALTER TABLE kv_versions DROP CONSTRAINT kv_versions_pkey;
+ALTER TABLE kv_versions REPLICA IDENTITY USING INDEX kv_versions_vault_name_key_version_key;
+"#;
+
 // ---------------------------------------------------------------------------------------------------------
 // Queries
 
@@ -148,21 +168,21 @@ const SQL_LIST_LATEST: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
     " FROM kv_names AS n JOIN kv_versions AS v
-         ON v.vault = n.vault AND v.name_key = n.name_key AND v.seq = n.latest_seq
+         ON v.vault = n.vault AND v.name_key = n.name_key AND v.version = n.latest_version
      WHERE n.vault = $1 AND n.deleted_on IS NULL AND n.name_key > $2 ORDER BY n.name_key LIMIT $3"
 );
 const SQL_LIST_DELETED: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
     ", n.deleted_on, n.scheduled_purge FROM kv_names AS n JOIN kv_versions AS v
-         ON v.vault = n.vault AND v.name_key = n.name_key AND v.seq = n.latest_seq
+         ON v.vault = n.vault AND v.name_key = n.name_key AND v.version = n.latest_version
      WHERE n.vault = $1 AND n.deleted_on IS NOT NULL AND n.name_key > $2 ORDER BY n.name_key LIMIT $3"
 );
 const SQL_FIND_LATEST: &str = concat!(
     "SELECT v.seq, n.display_name, ",
     vcols!(),
     " FROM kv_names AS n JOIN kv_versions AS v
-         ON v.vault = n.vault AND v.name_key = n.name_key AND v.seq = n.latest_seq
+         ON v.vault = n.vault AND v.name_key = n.name_key AND v.version = n.latest_version
      WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL"
 );
 const SQL_FIND_VERSION: &str = concat!(
@@ -175,7 +195,7 @@ const SQL_FIND_DELETED: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
     ", n.deleted_on, n.scheduled_purge FROM kv_names AS n JOIN kv_versions AS v
-         ON v.vault = n.vault AND v.name_key = n.name_key AND v.seq = n.latest_seq
+         ON v.vault = n.vault AND v.name_key = n.name_key AND v.version = n.latest_version
      WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NOT NULL"
 );
 /// A page of a live name's versions in version-id order (the unique (vault, name_key, version) index).
@@ -193,36 +213,32 @@ const SQL_ALL_VERSIONS_OF_LIVE: &str = concat!(
     " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL ORDER BY v.seq"
 );
-/// Create the name's row (live, placeholder latest) or lock the existing one; returns a row only when the
-/// name is live (a deleted name's row is locked but not returned).
-/// A new version in one statement (one round trip, autocommit): create-or-lock the name's row, unless it is
-/// deleted, taking the version's `seq` from the identity sequence while the row is locked (so seqs order a
-/// name's versions by commit), then insert the version with that seq. No row back: the name is deleted. A
-/// repeated version id fails the whole statement (unique violation), leaving the name as it was.
+/// A new version in one statement (one round trip, autocommit): create the name's row, or lock and point
+/// the existing one at the new version unless it is deleted (an update that changes no indexed column:
+/// HOT), then insert the version; its `seq` is drawn while the row is locked, so seqs order a name's
+/// versions by commit. No row back: the name is deleted. A repeated version id fails the whole statement
+/// (unique violation), leaving the name as it was.
 const SQL_PUT: &str = "WITH n AS (
-         INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
-         VALUES ($1::text, $2::text, $12::text, nextval('kv_versions_seq'))
+         INSERT INTO kv_names (vault, name_key, display_name, latest_version)
+         VALUES ($1::text, $2::text, $12::text, $3::text)
          ON CONFLICT (vault, name_key) DO UPDATE
              SET display_name = EXCLUDED.display_name,
-                 latest_seq = nextval('kv_versions_seq')
+                 latest_version = EXCLUDED.latest_version
              WHERE kv_names.deleted_on IS NULL
-         RETURNING latest_seq)
+         RETURNING 1)
      INSERT INTO kv_versions
-         (seq, vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
-     OVERRIDING SYSTEM VALUE
-     SELECT n.latest_seq, $1, $2, $3::text, $4::bytea, $5::text, $6::text, $7::boolean, $8::bigint,
+         (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
+     SELECT $1, $2, $3::text, $4::bytea, $5::text, $6::text, $7::boolean, $8::bigint,
             $9::bigint, $10::bigint, $11::bigint FROM n
-     RETURNING seq";
+     RETURNING 1";
 const SQL_INSERT_VERSION: &str = "INSERT INTO kv_versions
      (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq";
-const SQL_SET_LATEST: &str =
-    "UPDATE kv_names SET latest_seq = $3 WHERE vault = $1 AND name_key = $2";
-const SQL_LOCK_LIVE: &str = "SELECT latest_seq FROM kv_names
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+const SQL_LOCK_LIVE: &str = "SELECT 1 FROM kv_names
      WHERE vault = $1 AND name_key = $2 AND deleted_on IS NULL FOR UPDATE";
 const SQL_UPDATE_VERSION: &str = "UPDATE kv_versions
      SET content_type = $2, tags = $3, enabled = $4, nbf = $5, exp = $6, updated = $7
-     WHERE vault = $8 AND name_key = $9 AND seq = $1";
+     WHERE vault = $8 AND name_key = $9 AND version = $1";
 const SQL_SOFT_DELETE: &str = "UPDATE kv_names SET deleted_on = $3, scheduled_purge = $4
      WHERE vault = $1 AND name_key = $2 AND deleted_on IS NULL";
 const SQL_RECOVER: &str = "UPDATE kv_names SET deleted_on = NULL, scheduled_purge = NULL
@@ -241,8 +257,8 @@ const SQL_PURGE_DUE_VERSIONS: &str = r#"DELETE FROM kv_versions AS v
      USING unnest($1::text[], $2::text[]) AS g(vault, name_key)
      WHERE v.vault = g.vault COLLATE "C" AND v.name_key = g.name_key COLLATE "C""#;
 const SQL_CLAIM_FOR_RESTORE: &str =
-    "INSERT INTO kv_names (vault, name_key, display_name, latest_seq)
-     VALUES ($1, $2, $3, 0) ON CONFLICT (vault, name_key) DO NOTHING RETURNING 1";
+    "INSERT INTO kv_names (vault, name_key, display_name, latest_version)
+     VALUES ($1, $2, $3, $4) ON CONFLICT (vault, name_key) DO NOTHING RETURNING 1";
 const SQL_HEALTH: &str = "SELECT 1 FROM kv_names LIMIT 1";
 const SQL_ACCESS_REVISION: &str = "SELECT revision FROM kv_access WHERE id = 1";
 
@@ -553,14 +569,14 @@ async fn insert_version<C: tokio_postgres::GenericClient>(
     vault: &str,
     key: &str,
     row: &VersionRow,
-) -> StoreResult<i64> {
+) -> StoreResult<()> {
     let st = Conn::prepare(stmts, c, SQL_INSERT_VERSION).await?;
     let tags = tags_json(&row.tags)?;
     let inserted = c
-        .query_one(&st, &version_params(&vault, &key, row, &tags))
+        .execute(&st, &version_params(&vault, &key, row, &tags))
         .await;
     match inserted {
-        Ok(r) => Ok(r.try_get(0)?),
+        Ok(_) => Ok(()),
         Err(e) if is_unique_violation(&e) => Err(StoreError::Exists),
         Err(e) => Err(e.into()),
     }
@@ -596,7 +612,7 @@ async fn update(
     if tx.query_opt(&lock, &[&vault, &key]).await?.is_none() {
         return Ok(None);
     }
-    let Some((seq, mut row)) = find_live(stmts, &tx, vault, key, version).await? else {
+    let Some((_, mut row)) = find_live(stmts, &tx, vault, key, version).await? else {
         return Ok(None);
     };
     patch.apply_to(&mut row);
@@ -605,7 +621,7 @@ async fn update(
     tx.execute(
         &st,
         &[
-            &seq,
+            &row.version,
             &row.content_type,
             &tags,
             &row.enabled,
@@ -697,18 +713,16 @@ async fn restore(conn: &mut Conn, vault: &str, versions: &[VersionRow]) -> Store
     let tx = client.transaction().await?;
     let st = Conn::prepare(stmts, &tx, SQL_CLAIM_FOR_RESTORE).await?;
     if tx
-        .query_opt(&st, &[&vault, &key, &latest.name])
+        .query_opt(&st, &[&vault, &key, &latest.name, &latest.version])
         .await?
         .is_none()
     {
         return Err(StoreError::Exists);
     }
-    let mut latest_seq = 0;
+    // In order: the last inserted gets the highest seq, as it would have had when it was set.
     for row in versions {
-        latest_seq = insert_version(stmts, &tx, vault, &key, row).await?;
+        insert_version(stmts, &tx, vault, &key, row).await?;
     }
-    let st = Conn::prepare(stmts, &tx, SQL_SET_LATEST).await?;
-    tx.execute(&st, &[&vault, &key, &latest_seq]).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -152,7 +152,7 @@ async fn nodes_migrate_at_once() {
         .unwrap();
     assert_eq!(
         versions,
-        vec![1, 2, 3],
+        vec![1, 2, 3, 4],
         "each migration applied exactly once"
     );
 
@@ -252,14 +252,20 @@ async fn two_nodes_race_on_the_same_names() {
             .run(async |c| {
                 Ok(c.client
                     .query(
-                        "SELECT seq, version, (SELECT latest_seq FROM kv_names n
-                                               WHERE n.vault = v.vault AND n.name_key = v.name_key)::text
+                        "SELECT seq, version, (SELECT latest_version FROM kv_names n
+                                               WHERE n.vault = v.vault AND n.name_key = v.name_key)
                          FROM kv_versions v WHERE vault = 'race' AND name_key = $1 ORDER BY seq",
                         &[&key],
                     )
                     .await?
                     .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get::<_, Option<String>>(2).unwrap_or_default()))
+                    .map(|r| {
+                        (
+                            r.get(0),
+                            r.get(1),
+                            r.get::<_, Option<String>>(2).unwrap_or_default(),
+                        )
+                    })
                     .collect())
             })
             .await
@@ -274,9 +280,8 @@ async fn two_nodes_race_on_the_same_names() {
                     "{name}: the latest is the last created"
                 );
                 assert_eq!(
-                    last.2,
-                    last.0.to_string(),
-                    "{name}: latest_seq points at the last version"
+                    last.2, last.1,
+                    "{name}: the name points at the last version"
                 );
             }
         }
@@ -494,6 +499,22 @@ async fn a_version_1_database_is_upgraded_with_its_data() {
     drop(client);
 
     let store = PostgresStore::open(&url).await.unwrap();
+    // A set inserts one index entry: the versions' only index is the unique (vault, name_key, version).
+    let indexes: Vec<String> = store
+        .run(async |c| {
+            Ok(c.client
+                .query(
+                    "SELECT indexname::text FROM pg_indexes WHERE tablename = 'kv_versions'",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+        .unwrap();
+    assert_eq!(indexes, ["kv_versions_vault_name_key_version_key"]);
     let latest = store.get_version("v", "APP", None).await.unwrap().unwrap();
     assert_eq!(
         (latest.name.as_str(), latest.version.as_str()),
