@@ -44,6 +44,9 @@ pub struct Config {
     /// stay sealed). Reads of cached secrets skip the database. 0 turns it off. Default 32. (PostgreSQL: no
     /// cache; other nodes write too.)
     pub cache_mib: u64,
+    /// PostgreSQL connections this node keeps open at most (1–1000). Default 16. Size it so that every
+    /// node's pool (plus one leader connection per node) fits the database's `max_connections`.
+    pub pg_pool_size: usize,
     /// The key-encryption key file (created at first start if missing). Default `{data_dir}/kek.key`.
     /// Every node over one shared store must use the same key (this file, or `KEYVAULT_KEK`).
     pub kek_file: Option<PathBuf>,
@@ -338,6 +341,7 @@ impl Default for Config {
             token_lifetime_secs: 3600,
             sweep_interval_secs: 60,
             cache_mib: 32,
+            pg_pool_size: crate::store::postgres::POOL_SIZE,
             tls: TlsConfig::default(),
             clients: Vec::new(),
             store: None,
@@ -477,6 +481,12 @@ impl Config {
                     .to_string(),
             ));
         }
+        if !(1..=1000).contains(&self.pg_pool_size) {
+            return Err(ConfigError(format!(
+                "pg_pool_size must be from 1 to 1000, not {}",
+                self.pg_pool_size
+            )));
+        }
         if !(1..=3600).contains(&self.rate_limit_window_secs) {
             return Err(ConfigError(
                 "rate_limit_window_secs must be from 1 to 3600".to_string(),
@@ -582,6 +592,8 @@ mod tests {
         for bad in [
             "dev = true\nrate_limit_per_10s = 0",
             "dev = true\nrate_limit_window_secs = 0",
+            "dev = true\npg_pool_size = 0",
+            "dev = true\npg_pool_size = 1001",
         ] {
             let c = Config::from_toml(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

@@ -187,7 +187,7 @@ impl Server {
                 )
             }
             StoreBackend::Postgres(url) => Arc::new(
-                PostgresStore::open(&url)
+                PostgresStore::open_with_pool(&url, config.pg_pool_size)
                     .await
                     .map_err(setup("cannot open the PostgreSQL store"))?,
             ),

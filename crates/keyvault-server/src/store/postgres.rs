@@ -54,7 +54,7 @@ use super::{
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: i32 = 4;
-/// Connections a node keeps open at most.
+/// Connections a node keeps open at most, unless configured (`pg_pool_size`).
 pub const POOL_SIZE: usize = 16;
 /// The advisory lock held (per transaction) while migrations run.
 pub const MIGRATION_LOCK_KEY: i64 = 0x6b76_5f6d_6967_7261; // "kv_migra"
@@ -306,6 +306,11 @@ impl PostgresStore {
     /// Unless the URL says otherwise, connections time out after [`pool::CONNECT_TIMEOUT`], use TCP
     /// keepalives (so a vanished database is noticed), and identify as `application_name=keyvault`.
     pub async fn open(url: &str) -> StoreResult<PostgresStore> {
+        Self::open_with_pool(url, POOL_SIZE).await
+    }
+
+    /// [`PostgresStore::open`] with a pool of at most `pool_size` connections (at least 1).
+    pub async fn open_with_pool(url: &str, pool_size: usize) -> StoreResult<PostgresStore> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             StoreError::Internal(format!("invalid PostgreSQL connection string: {e}"))
         })?;
@@ -322,7 +327,7 @@ impl PostgresStore {
 
         let mut client = pool::connect(&config).await?;
         migrate(&mut client).await?;
-        let pool = Pool::new(config.clone(), POOL_SIZE);
+        let pool = Pool::new(config.clone(), pool_size.max(1));
         pool.add_idle(client);
         tracing::debug!(target = %describe_target(&config), "opened the PostgreSQL store");
         Ok(PostgresStore {

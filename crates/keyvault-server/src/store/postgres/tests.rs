@@ -587,3 +587,44 @@ async fn a_version_1_database_is_upgraded_with_its_data() {
     );
     store.close().await;
 }
+
+/// `pg_pool_size` bounds the connections a node opens, however many requests wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_size_bounds_the_connections() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::the_pool_size_bounds_the_connections")
+    else {
+        return;
+    };
+    let url = pg.create_database("pool").await.unwrap();
+    let store = Arc::new(PostgresStore::open_with_pool(&url, 3).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("p{}", i % 6);
+            store
+                .put_version("v", row(&name, crate::vault::new_version(), i))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let open: i64 = store
+        .run(async |c| {
+            Ok(c.client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'keyvault'",
+                    &[],
+                )
+                .await?
+                .get(0))
+        })
+        .await
+        .unwrap();
+    assert!((1..=3).contains(&open), "{open} connections open");
+    let listed = store.list_latest("v", None, 100).await.unwrap();
+    assert_eq!(listed.len(), 6);
+}
