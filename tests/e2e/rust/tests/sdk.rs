@@ -257,9 +257,19 @@ async fn set_get_versions_and_update() {
         sizes.len() >= 3 && sizes.iter().all(|&s| s <= 2),
         "page sizes {sizes:?}"
     );
-    let listed: BTreeSet<String> = versions.iter().map(|p| version_of(p.id.as_ref())).collect();
+    let in_order: Vec<String> = versions.iter().map(|p| version_of(p.id.as_ref())).collect();
+    let listed: BTreeSet<String> = in_order.iter().cloned().collect();
     assert_eq!(listed.len(), 5, "5 distinct versions expected");
     assert!(listed.contains(&v1_version) && listed.contains(&v2_version));
+    // Sorted by version id, as Key Vault lists them; this server's ids grow with time, so oldest first.
+    assert!(
+        in_order.iter().eq(listed.iter()),
+        "not sorted by id: {in_order:?}"
+    );
+    assert_eq!(
+        (in_order[0].as_str(), in_order[1].as_str()),
+        (v1_version.as_str(), v2_version.as_str())
+    );
     let p1 = versions
         .iter()
         .find(|p| version_of(p.id.as_ref()) == v1_version)
