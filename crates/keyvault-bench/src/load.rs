@@ -148,13 +148,17 @@ impl Cell {
 
     /// The `q` quantile in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let rank =
-            ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[rank - 1] as f64 / 1e6
+        quantile(&self.latencies, q).map_or(f64::NAN, |ns| ns as f64 / 1e6)
     }
+}
+
+/// The `q` quantile (nearest rank) of sorted values; `None` when there are none.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
 }
 
 /// Bounds of one run.
@@ -475,5 +479,9 @@ mod tests {
             vec![("futex".to_string(), 40.0), ("fsync".to_string(), 4.0)]
         );
         assert_eq!(a.quantile_ms(0.5), 3e-6);
+        assert_eq!(quantile(&[1, 2, 3, 4], 0.5), Some(2));
+        assert_eq!(quantile(&[1, 2, 3, 4], 0.99), Some(4));
+        assert_eq!(quantile(&[7], 0.0), Some(7));
+        assert_eq!(quantile::<u64>(&[], 0.5), None);
     }
 }

@@ -29,6 +29,24 @@ fn unique_version(node: usize, n: usize) -> String {
     format!("{node:08x}{n:024x}")
 }
 
+/// The first column of every row `sql` (no parameters) returns, read on one of `store`'s connections.
+async fn column<T: tokio_postgres::types::FromSqlOwned>(
+    store: &PostgresStore,
+    sql: &str,
+) -> Vec<T> {
+    store
+        .run(async |c| {
+            Ok(c.client
+                .query(sql, &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite() {
     let Some(pg) = pgtest::start_or_skip("store::postgres::conformance_suite") else {
@@ -94,20 +112,11 @@ async fn names_sort_by_bytes_like_sqlite() {
     bytes_order.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     assert_eq!(listed, bytes_order);
     // Show that the database's own collation would have sorted differently (when it is linguistic).
-    let default_order: Vec<String> = store
-        .run(async |c| {
-            Ok(c.client
-                .query(
-                    "SELECT display_name::text FROM kv_names WHERE vault = 'v' ORDER BY 1",
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-        })
-        .await
-        .unwrap();
+    let default_order: Vec<String> = column(
+        &store,
+        "SELECT display_name::text FROM kv_names WHERE vault = 'v' ORDER BY 1",
+    )
+    .await;
     eprintln!("the database's default collation sorts: {default_order:?}");
     // And the keyset cursor continues in the same order.
     let after_a_c: Vec<String> = store
@@ -136,20 +145,11 @@ async fn nodes_migrate_at_once() {
         store.health().await.unwrap();
     }
     let store = PostgresStore::open(&url).await.unwrap();
-    let versions: Vec<i32> = store
-        .run(async |c| {
-            Ok(c.client
-                .query(
-                    "SELECT version FROM kv_schema_migrations ORDER BY version",
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-        })
-        .await
-        .unwrap();
+    let versions: Vec<i32> = column(
+        &store,
+        "SELECT version FROM kv_schema_migrations ORDER BY version",
+    )
+    .await;
     assert_eq!(
         versions,
         vec![1, 2, 3, 4],
@@ -500,20 +500,11 @@ async fn a_version_1_database_is_upgraded_with_its_data() {
 
     let store = PostgresStore::open(&url).await.unwrap();
     // A set inserts one index entry: the versions' only index is the unique (vault, name_key, version).
-    let indexes: Vec<String> = store
-        .run(async |c| {
-            Ok(c.client
-                .query(
-                    "SELECT indexname::text FROM pg_indexes WHERE tablename = 'kv_versions'",
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-        })
-        .await
-        .unwrap();
+    let indexes: Vec<String> = column(
+        &store,
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'kv_versions'",
+    )
+    .await;
     assert_eq!(indexes, ["kv_versions_vault_name_key_version_key"]);
     let latest = store.get_version("v", "APP", None).await.unwrap().unwrap();
     assert_eq!(
@@ -611,20 +602,13 @@ async fn the_pool_size_bounds_the_connections() {
     for t in tasks {
         t.await.unwrap();
     }
-    let open: i64 = store
-        .run(async |c| {
-            Ok(c.client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND application_name = 'keyvault'",
-                    &[],
-                )
-                .await?
-                .get(0))
-        })
-        .await
-        .unwrap();
-    assert!((1..=3).contains(&open), "{open} connections open");
+    let open: Vec<i64> = column(
+        &store,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'keyvault'",
+    )
+    .await;
+    assert!((1..=3).contains(&open[0]), "{open:?} connections open");
     let listed = store.list_latest("v", None, 100).await.unwrap();
     assert_eq!(listed.len(), 6);
 }
