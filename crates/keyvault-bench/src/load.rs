@@ -105,6 +105,8 @@ pub struct Cell {
     pub server_cpu_s: f64,
     /// Bytes the server sent to storage during the run.
     pub server_write_bytes: u64,
+    /// CPU seconds the server's database (PostgreSQL) spent during the run; None for the embedded store.
+    pub store_cpu_s: Option<f64>,
     /// Server syscalls counted during the run (`--perf-stat`): (name, count).
     pub syscalls: Vec<(String, f64)>,
 }
@@ -123,6 +125,10 @@ impl Cell {
         self.latencies.sort_unstable();
         self.peak_rss_kib = self.peak_rss_kib.max(other.peak_rss_kib);
         self.server_cpu_s += other.server_cpu_s;
+        self.store_cpu_s = match (self.store_cpu_s, other.store_cpu_s) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
         self.server_write_bytes += other.server_write_bytes;
         for (name, count) in other.syscalls {
             match self.syscalls.iter_mut().find(|(n, _)| *n == name) {
@@ -135,6 +141,11 @@ impl Cell {
     /// Server CPU microseconds per successful operation.
     pub fn cpu_us_per_op(&self) -> f64 {
         1e6 * self.server_cpu_s / self.ok.max(1) as f64
+    }
+
+    /// The database's (PostgreSQL's) CPU microseconds per successful operation, if it was measured.
+    pub fn store_cpu_us_per_op(&self) -> Option<f64> {
+        self.store_cpu_s.map(|s| 1e6 * s / self.ok.max(1) as f64)
     }
 
     /// KiB sent to storage per successful operation.
@@ -454,6 +465,7 @@ mod tests {
             latencies: latencies.to_vec(),
             peak_rss_kib: rss,
             server_cpu_s: cpu,
+            store_cpu_s: Some(cpu / 2.0),
             server_write_bytes: 1024 * ok,
             syscalls: vec![("futex".into(), futex)],
         }
@@ -473,6 +485,15 @@ mod tests {
         assert_eq!(a.peak_rss_kib, 300);
         assert_eq!(a.rate(), 200.0);
         assert_eq!(a.cpu_us_per_op(), 5000.0);
+        assert_eq!(a.store_cpu_us_per_op(), Some(2500.0));
+        // A run without the database's CPU (the embedded store) stays without it.
+        let mut sqlite = cell(1, 1, &[1], 1.0, 1, 0.0);
+        sqlite.store_cpu_s = None;
+        sqlite.absorb(Cell {
+            store_cpu_s: None,
+            ..cell(1, 1, &[1], 1.0, 1, 0.0)
+        });
+        assert_eq!(sqlite.store_cpu_us_per_op(), None);
         assert_eq!(a.write_kib_per_op(), 1.0);
         assert_eq!(
             a.syscalls,

@@ -10,6 +10,7 @@
 //! target/release/keyvault-bench --smoke        # N = 200, ~3 s, every operation (CI: exits non-zero on errors)
 //! target/release/keyvault-bench --clients      # sequential get: keyvault-secrets vs the Python SDK
 //! target/release/keyvault-bench --postgres     # PostgreSQL store: SET/GET vs PostgreSQL's own insert rate
+//! target/release/keyvault-bench --store postgres   # the whole matrix with the server on PostgreSQL
 //! ```
 //!
 //! Loads go to 127.0.0.1 only; every run is bounded by `--max-requests` and `--seconds`.
@@ -61,6 +62,11 @@ struct Args {
     /// each concurrency, and PostgreSQL's own single-row insert rate at the same concurrencies.
     #[arg(long)]
     postgres: bool,
+    /// The store behind the server in the matrix: `sqlite` (the embedded store, in the data directory) or
+    /// `postgres` (a private durable PostgreSQL cluster is started, one database per size; the report adds
+    /// PostgreSQL's CPU per operation; skipped with a message if PostgreSQL is not installed).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"], conflicts_with_all = ["postgres", "clients"])]
+    store: String,
     /// `--postgres` diagnostics: log every SQL statement and copy PostgreSQL's log to this file at the end
     /// (slows PostgreSQL down: not for figures).
     #[arg(long, requires = "postgres")]
@@ -289,17 +295,32 @@ async fn run(args: Args) -> Result<bool, String> {
             }
         };
     }
+    let cluster = match args.store.as_str() {
+        "postgres" => match pg::Cluster::start(root.path()).await? {
+            Some(c) => Some(c),
+            None => {
+                println!("PostgreSQL matrix skipped: PostgreSQL is not installed.");
+                return Ok(true);
+            }
+        },
+        _ => None,
+    };
+    let mut rig = Rig {
+        bin: &bin,
+        root: root.path(),
+        baseline: None,
+        cluster,
+    };
     let mut sizes = Vec::new();
-    let mut baseline: Option<baseline::Baseline> = None;
     let mut all_ok = true;
     for &n in &args.sizes {
-        let size = measure_size(&args, &bin, root.path(), n, &protos, &ops, &mut baseline).await?;
+        let size = measure_size(&args, &mut rig, n, &protos, &ops).await?;
         all_ok &= size.rows.iter().all(|r| r.cell.errors == 0);
         sizes.push(size);
     }
-    drop(baseline);
+    drop(rig);
     let mut text = report::render(&machine, &settings, &sizes, &args.concurrency);
-    if args.smoke {
+    if args.smoke && args.store == "sqlite" {
         // The client library too (Rust only: the smoke run must not need Python).
         let mut s = clients_settings(&args, args.sizes[0], bounds);
         s.python = Err("smoke runs do not start Python".into());
@@ -331,21 +352,43 @@ fn clients_settings(args: &Args, n: usize, bounds: Bounds) -> clients::Settings 
     }
 }
 
+/// What the sizes of one matrix run share.
+struct Rig<'a> {
+    /// The `keyvault` binary.
+    bin: &'a Path,
+    /// The run's temporary directory.
+    root: &'a Path,
+    /// Started at the first size (unless `--no-baseline`), then reused.
+    baseline: Option<baseline::Baseline>,
+    /// With `--store postgres`: the cluster (a database per size).
+    cluster: Option<pg::Cluster>,
+}
+
 async fn measure_size(
     args: &Args,
-    bin: &Path,
-    root: &Path,
+    rig: &mut Rig<'_>,
     n: usize,
     protos: &[Proto],
     ops: &[Op],
-    baseline: &mut Option<baseline::Baseline>,
 ) -> Result<SizeReport, String> {
+    let (bin, root, cluster) = (rig.bin, rig.root, rig.cluster.as_ref());
+    let baseline = &mut rig.baseline;
     let dir = root.join(format!("n{n}"));
     let load_before = report::loadavg();
     let sync_before = probe_sync(root);
+    // The store: SQLite in the data directory, or a fresh PostgreSQL database per size.
+    let database = format!("kv_{n}");
+    let (store_args, store) = match cluster {
+        Some(c) => (
+            vec!["--store".to_string(), c.create_database(&database).await?],
+            Some(format!("{}, database `{database}`", c.version)),
+        ),
+        None => (Vec::new(), None),
+    };
+    let store_cpu = || cluster.map(pg::Cluster::cpu_seconds);
 
     // 1. Empty store: start, preload over HTTPS, stop.
-    let server = ServerProc::start(bin, &dir).await?;
+    let server = ServerProc::start_with(bin, &dir, &store_args).await?;
     let empty_ready = server.ready_after;
     let (empty_rss, _) = server.memory_kib();
     let token = bearer(&server).await?;
@@ -364,7 +407,7 @@ async fn measure_size(
     server.stop().await?;
 
     // 2. Restart with N secrets in the store: time to ready, idle RSS.
-    let server = ServerProc::start(bin, &dir).await?;
+    let server = ServerProc::start_with(bin, &dir, &store_args).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (idle_rss, _) = server.memory_kib();
     let token = bearer(&server).await?;
@@ -455,9 +498,13 @@ async fn measure_size(
                         // Let perf attach before the measured run starts.
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
+                    let store_cpu_before = store_cpu();
                     let (mut cell, back) =
                         load::run(workload, conns, bounds, Server::Process(server.pid)).await;
                     conns = back;
+                    if let (Some(before), Some(after)) = (store_cpu_before, store_cpu()) {
+                        cell.store_cpu_s = Some((after - before).max(0.0));
+                    }
                     for p in perfs {
                         stop_perf(p).await;
                     }
@@ -489,7 +536,11 @@ async fn measure_size(
         idle_rss_kib: idle_rss,
         peak_rss_kib: peak_rss.max(rss_after),
         hwm_kib: hwm,
-        db_bytes: db_size(&dir),
+        db_bytes: match cluster {
+            Some(c) => c.database_bytes(&database).await?,
+            None => db_size(&dir),
+        },
+        store,
         get_body_bytes: get_body,
         load_before,
         load_after: report::loadavg(),

@@ -302,51 +302,104 @@ pub struct PgReport {
 }
 
 /// Run the PostgreSQL mode; `Ok(None)` when PostgreSQL is not installed (the message is printed).
-pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Option<PgReport>, String> {
-    let Some(pg_bin) = find_binaries() else {
+/// A private durable cluster with an admin connection, for `--postgres` and for the matrix on PostgreSQL
+/// (`--store postgres`).
+pub struct Cluster {
+    cluster: PgCluster,
+    admin: Client,
+    postmaster: u32,
+    /// PostgreSQL's version and its durability settings, for the report.
+    pub version: String,
+}
+
+impl Cluster {
+    /// Starts a cluster under `root`, or None (with a message) if PostgreSQL is not installed.
+    pub async fn start(root: &Path) -> Result<Option<Cluster>, String> {
+        let Some(pg_bin) = find_binaries() else {
+            eprintln!(
+                "postgres: SKIPPED: no PostgreSQL binaries (initdb and pg_ctl) in $KEYVAULT_PG_BIN, on PATH or \
+                 in /usr/lib/postgresql/*/bin; install PostgreSQL (Debian: apt-get install postgresql) to run this mode"
+            );
+            return Ok(None);
+        };
         eprintln!(
-            "postgres: SKIPPED: no PostgreSQL binaries (initdb and pg_ctl) in $KEYVAULT_PG_BIN, on PATH or in \
-             /usr/lib/postgresql/*/bin; install PostgreSQL (Debian: apt-get install postgresql) to run this mode"
+            "postgres: starting a private cluster with {}",
+            pg_bin.display()
         );
-        return Ok(None);
-    };
+        let cluster = PgCluster::start_durable(&pg_bin, root)?;
+        let postmaster = cluster
+            .postmaster_pid()
+            .ok_or("cannot read the postmaster's pid")?;
+        let admin = connect(&cluster.url_for("postgres")).await?;
+        let row = admin
+            .query_one(
+                "SELECT current_setting('server_version'), current_setting('fsync'), \
+                 current_setting('synchronous_commit'), current_setting('wal_level'), \
+                 current_setting('shared_buffers')",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        let version = format!(
+            "PostgreSQL {} (fsync={}, synchronous_commit={}, wal_level={}, shared_buffers={})",
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3),
+            row.get::<_, String>(4)
+        );
+        eprintln!("postgres: {version}");
+        Ok(Some(Cluster {
+            cluster,
+            admin,
+            postmaster,
+            version,
+        }))
+    }
+
+    /// Creates the database `name` and returns its URL.
+    pub async fn create_database(&self, name: &str) -> Result<String, String> {
+        self.admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(pg_err)?;
+        Ok(self.cluster.url_for(name))
+    }
+
+    /// Bytes of the database `name` on disk (tables, indexes, TOAST; not the WAL).
+    pub async fn database_bytes(&self, name: &str) -> Result<u64, String> {
+        let bytes: i64 = self
+            .admin
+            .query_one("SELECT pg_database_size($1::text)", &[&name])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
+    /// CPU seconds PostgreSQL (the postmaster and every process it started) has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        pg_cpu_seconds(self.postmaster)
+    }
+}
+
+pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Option<PgReport>, String> {
     let load_before = report::loadavg();
     let sync_before = crate::probe_sync(root);
-    eprintln!(
-        "postgres: starting a private cluster with {}",
-        pg_bin.display()
-    );
-    let cluster = PgCluster::start_durable(&pg_bin, root)?;
-    let postmaster = cluster
-        .postmaster_pid()
-        .ok_or("cannot read the postmaster's pid")?;
-    let admin = connect(&cluster.url_for("postgres")).await?;
+    let Some(pg) = Cluster::start(root).await? else {
+        return Ok(None);
+    };
+    let Cluster {
+        cluster,
+        admin,
+        postmaster,
+        version,
+    } = pg;
     admin
         .batch_execute("CREATE DATABASE kv")
         .await
         .map_err(pg_err)?;
     admin.batch_execute(BENCH_SCHEMA).await.map_err(pg_err)?;
-    let version: String = admin
-        .query_one("SHOW server_version", &[])
-        .await
-        .map_err(pg_err)?
-        .get(0);
-    let settings_row = admin
-        .query_one(
-            "SELECT current_setting('fsync'), current_setting('synchronous_commit'), \
-             current_setting('wal_level'), current_setting('shared_buffers')",
-            &[],
-        )
-        .await
-        .map_err(pg_err)?;
-    let version = format!(
-        "PostgreSQL {version} (fsync={}, synchronous_commit={}, wal_level={}, shared_buffers={})",
-        settings_row.get::<_, String>(0),
-        settings_row.get::<_, String>(1),
-        settings_row.get::<_, String>(2),
-        settings_row.get::<_, String>(3)
-    );
-    eprintln!("postgres: {version}");
     if s.statement_log.is_some() {
         for sql in [
             "ALTER SYSTEM SET log_statement = 'all'",

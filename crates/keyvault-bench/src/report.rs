@@ -96,6 +96,8 @@ pub struct SizeReport {
     pub peak_rss_kib: u64,
     pub hwm_kib: u64,
     pub db_bytes: u64,
+    /// The server's store when it is not the embedded SQLite one (PostgreSQL: version, settings, database).
+    pub store: Option<String>,
     pub get_body_bytes: usize,
     pub load_before: String,
     pub load_after: String,
@@ -166,13 +168,20 @@ pub fn render_size(s: &SizeReport) -> String {
         s.sync_before,
         s.sync_after
     );
+    // On PostgreSQL: its CPU per operation too (the server's own disk writes are then only its audit log).
+    let pg = s.store.is_some();
+    if let Some(store) = &s.store {
+        let _ = writeln!(out, "Store: {store}.\n");
+    }
     let _ = writeln!(
         out,
-        "| operation | proto | c | req/s | vs baseline | p50 ms | p99 ms | p99.9 ms | p50 / p99 vs baseline | server CPU µs/op (vs baseline) | disk KiB/op | errors |"
+        "| operation | proto | c | req/s | vs baseline | p50 ms | p99 ms | p99.9 ms | p50 / p99 vs baseline | server CPU µs/op (vs baseline) | {}disk KiB/op | errors |",
+        if pg { "PostgreSQL CPU µs/op | " } else { "" }
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|",
+        if pg { "---:|" } else { "" }
     );
     for r in &s.rows {
         let cell = &r.cell;
@@ -208,9 +217,14 @@ pub fn render_size(s: &SizeReport) -> String {
             Op::DeleteRecover => "delete+recover (pairs)",
             op => op.label(),
         };
+        let store_cpu = match (pg, cell.store_cpu_us_per_op()) {
+            (false, _) => String::new(),
+            (true, Some(us)) => format!("{us:.0} | "),
+            (true, None) => "– | ".into(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {}{:.1} | {} |",
             label,
             r.proto.label(),
             r.concurrency,
@@ -221,6 +235,7 @@ pub fn render_size(s: &SizeReport) -> String {
             cell.quantile_ms(0.999),
             lat,
             cpu,
+            store_cpu,
             cell.write_kib_per_op(),
             cell.errors
         );
@@ -315,7 +330,10 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn targets(s: &SizeReport, top: usize, low: usize) -> Vec<String> {
-    let n = group(s.n as f64);
+    let n = match s.store {
+        Some(_) => format!("{} on PostgreSQL", group(s.n as f64)),
+        None => group(s.n as f64),
+    };
     let mut lines = Vec::new();
     for proto in [Proto::H1, Proto::H2] {
         if let (Some(get), Some(base)) = (

@@ -1,6 +1,7 @@
 //! `keyvault-bench --smoke` against the real `keyvault` binary: every operation on N = 200 secrets, a few
-//! seconds, and sequential gets through the `keyvault-secrets` client (not Python, not PostgreSQL); exit
-//! status 0 only if every request succeeded. No timing assertions.
+//! seconds, and sequential gets through the `keyvault-secrets` client (not Python); exit status 0 only if
+//! every request succeeded. Then the same matrix with the server on PostgreSQL (`--store postgres`, a private
+//! cluster; skipped without PostgreSQL binaries). No timing assertions.
 //!
 //! The server binary is the workspace's `target/<profile>/keyvault`, which `cargo test --workspace` builds
 //! (keyvault-cli's integration tests run it); alone: `cargo build -p keyvault-cli && cargo test -p keyvault-bench`.
@@ -8,8 +9,20 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn smoke_run_exercises_every_operation() {
+/// The operations every matrix row set has (besides the baseline).
+const OPERATIONS: [&str; 7] = [
+    "get",
+    "get-version",
+    "list-first",
+    "list-deep",
+    "update",
+    "set",
+    "delete+recover",
+];
+
+/// Runs `keyvault-bench` with `args` against the workspace's server; returns its stdout, after checking that
+/// it exited 0.
+fn bench(args: &[&str]) -> String {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_keyvault-bench"));
     let server = bench.with_file_name("keyvault");
     assert!(
@@ -18,39 +31,38 @@ fn smoke_run_exercises_every_operation() {
         server.display()
     );
     let out = Command::new(&bench)
-        .arg("--smoke")
-        // Two interleaved rounds: each row must pool both (one row per operation, protocol and concurrency).
-        .args(["--rounds", "2"])
+        .args(args)
         .arg("--server-bin")
         .arg(&server)
         .output()
         .expect("keyvault-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "keyvault-bench --smoke failed ({}):\n{stdout}\n{}",
+        "keyvault-bench {args:?} failed ({}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    for op in [
-        "baseline",
-        "get",
-        "get-version",
-        "list-first",
-        "list-deep",
-        "update",
-        "set",
-        "delete+recover",
-    ] {
+    stdout
+}
+
+/// The report's table rows of `op` over `proto`.
+fn rows<'a>(stdout: &'a str, op: &str, proto: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("| {op} ")) && l.contains(&format!("| {proto} |")))
+        .collect()
+}
+
+#[test]
+fn smoke_run_exercises_every_operation() {
+    // Two interleaved rounds: each row must pool both (one row per operation, protocol and concurrency).
+    let stdout = bench(&["--smoke", "--rounds", "2"]);
+    for op in std::iter::once("baseline").chain(OPERATIONS) {
         for proto in ["h1", "h2"] {
-            let rows = stdout
-                .lines()
-                .filter(|l| {
-                    l.starts_with(&format!("| {op} ")) && l.contains(&format!("| {proto} |"))
-                })
-                .count();
             assert_eq!(
-                rows, 3,
+                rows(&stdout, op, proto).len(),
+                3,
                 "{op} {proto}: not one row per concurrency (1, 16, 64) in:\n{stdout}"
             );
         }
@@ -68,4 +80,34 @@ fn smoke_run_exercises_every_operation() {
             .any(|l| l.starts_with("| keyvault-secrets SecretClient")),
         "no keyvault-secrets client row in:\n{stdout}"
     );
+}
+
+/// `--smoke --store postgres`: the same matrix against `keyvault serve --store postgres://…` on a private
+/// cluster, with PostgreSQL's CPU per operation. Skipped (with a message) without PostgreSQL binaries.
+#[test]
+fn smoke_run_on_postgres_exercises_every_operation() {
+    let stdout = bench(&["--smoke", "--store", "postgres", "--protos", "h1"]);
+    if stdout.contains("PostgreSQL matrix skipped") {
+        eprintln!("SKIPPED smoke_run_on_postgres_exercises_every_operation: {stdout}");
+        return;
+    }
+    assert!(stdout.contains("Store: PostgreSQL"), "{stdout}");
+    assert!(stdout.contains("| PostgreSQL CPU µs/op |"), "{stdout}");
+    for op in OPERATIONS {
+        let rows = rows(&stdout, op, "h1");
+        assert_eq!(
+            rows.len(),
+            3,
+            "{op}: not one row per concurrency in:\n{stdout}"
+        );
+        for row in rows {
+            // The PostgreSQL CPU column holds a figure (not "–") for every keyvault operation.
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert!(
+                cells[11].parse::<f64>().is_ok(),
+                "{op}: no PostgreSQL CPU figure in {row}"
+            );
+        }
+    }
+    assert!(stdout.contains("on PostgreSQL, GET latest"), "{stdout}");
 }
