@@ -10,8 +10,8 @@
 //! - `pg put statement`: the store's current put (one statement: upsert the name row pointing at the new
 //!   version, insert the version),
 //!
-//! the two put shapes on tables with the store's kind of indexes (schema version 4: the names' primary key, the versions'
-//! unique (name, version)).
+//! the two put shapes on tables with the store's kind of indexes (schema version 5: the names' primary key and
+//! partial index of live names, the versions' unique (name, version)).
 //!
 //! The cluster is `keyvault_server::store::pgtest`'s, started with production durability
 //! ([`PgCluster::start_durable`]). PostgreSQL refuses to run as root: as root, the cluster runs as
@@ -79,6 +79,7 @@ CREATE TABLE bench_names (
     latest     TEXT COLLATE "C" NOT NULL,
     deleted_on BIGINT
 ) WITH (fillfactor = 80);
+CREATE INDEX bench_names_live ON bench_names (k) WHERE deleted_on IS NULL;
 CREATE TABLE bench_versions (
     seq     BIGINT GENERATED ALWAYS AS IDENTITY,
     k       TEXT COLLATE "C" NOT NULL,

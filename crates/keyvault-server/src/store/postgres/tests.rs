@@ -152,7 +152,7 @@ async fn nodes_migrate_at_once() {
     .await;
     assert_eq!(
         versions,
-        vec![1, 2, 3, 4],
+        (1..=SCHEMA_VERSION).collect::<Vec<_>>(),
         "each migration applied exactly once"
     );
 
@@ -637,9 +637,11 @@ fn rows_scanned(plan: &serde_json::Value) -> f64 {
 }
 
 /// Every listing reads its page, not the table: with a few thousand names, the first page, a deep page, a page
-/// of deleted names and a page of versions read at most a few pages' worth of rows, with PostgreSQL's custom
+/// of deleted names and a page of versions read at most a few pages' worth of rows — before the tables have
+/// statistics (as right after a bulk load, until autovacuum analyzes them) and after, with PostgreSQL's custom
 /// plans and with the generic plan it switches a prepared statement to. (The plain joins these statements
-/// replaced were planned as hash joins over both whole tables: every page read every row.)
+/// replaced were planned as hash joins over both whole tables: every page read every row; and without
+/// statistics, paging over the primary key read and sorted every name.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_read_only_their_page() {
     let Some(pg) = pgtest::start_or_skip("store::postgres::listings_read_only_their_page") else {
@@ -648,8 +650,11 @@ async fn listings_read_only_their_page() {
     let url = pg.create_database("plans").await.unwrap();
     let store = PostgresStore::open(&url).await.unwrap();
     // 3,000 names with one version each (500 in the middle deleted), and one live name with 3,000 versions.
-    // Inserted directly: the store's put would take longer and prove nothing more here.
+    // Inserted directly: the store's put would take longer and prove nothing more here. No statistics until
+    // the ANALYZE below (autovacuum is off for these tables).
     let fill = "
+        ALTER TABLE kv_names SET (autovacuum_enabled = false);
+        ALTER TABLE kv_versions SET (autovacuum_enabled = false);
         INSERT INTO kv_names (vault, name_key, display_name, latest_version, deleted_on, scheduled_purge)
         SELECT 'v', 'n-' || lpad(i::text, 5, '0'), 'N-' || lpad(i::text, 5, '0'), md5(i::text),
                CASE WHEN i BETWEEN 1000 AND 1499 THEN 1 END, CASE WHEN i BETWEEN 1000 AND 1499 THEN 2 END
@@ -660,8 +665,7 @@ async fn listings_read_only_their_page() {
         INSERT INTO kv_names (vault, name_key, display_name, latest_version)
         VALUES ('v', 'many', 'many', md5('2999x'));
         INSERT INTO kv_versions (vault, name_key, version, sealed, enabled, created, updated)
-        SELECT 'v', 'many', md5(i::text || 'x'), '\\x00ff', true, i, i FROM generate_series(0, 2999) AS i;
-        ANALYZE kv_names; ANALYZE kv_versions;";
+        SELECT 'v', 'many', md5(i::text || 'x'), '\\x00ff', true, i, i FROM generate_series(0, 2999) AS i;";
     store
         .run(async |c| Ok(c.client.batch_execute(fill).await?))
         .await
@@ -690,9 +694,25 @@ async fn listings_read_only_their_page() {
             0,
         ),
     ];
-    for mode in ["auto", "force_generic_plan"] {
+    for (stats, mode) in [
+        ("no statistics", "auto"),
+        ("no statistics", "force_generic_plan"),
+        ("analyzed", "auto"),
+        ("analyzed", "force_generic_plan"),
+    ] {
+        if stats == "analyzed" && mode == "auto" {
+            store
+                .run(async |c| {
+                    Ok(c.client
+                        .batch_execute("ANALYZE kv_names; ANALYZE kv_versions")
+                        .await?)
+                })
+                .await
+                .unwrap();
+        }
+        let mode_label = format!("{stats}, {mode}");
         for (i, (what, sql, args, expect)) in cases.iter().enumerate() {
-            let statement = format!("s{i}_{}", mode.len());
+            let statement = format!("s{i}_{}_{}", stats.len(), mode.len());
             let prepare = format!("SET plan_cache_mode = {mode}; PREPARE {statement} AS {sql}");
             let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {statement}{args}");
             let (returned, scanned) = store
@@ -724,12 +744,44 @@ async fn listings_read_only_their_page() {
                 })
                 .await
                 .unwrap();
-            assert_eq!(returned as usize, *expect, "{what} ({mode})");
+            assert_eq!(returned as usize, *expect, "{what} ({mode_label})");
             assert!(
                 scanned <= 120.0,
-                "{what} ({mode}): the plan read {scanned} rows for a page of {returned}: {sql}"
+                "{what} ({mode_label}): the plan read {scanned} rows for a page of {returned}: {sql}"
             );
         }
     }
+    // Sets on existing names stay HOT updates of their name's row (no index holds what a set changes): every
+    // update of this transaction's 20 sets is HOT.
+    let (updated, hot): (i64, i64) = store
+        .run(async |c| {
+            let tx = c.client.transaction().await?;
+            let put = tx.prepare(SQL_PUT).await?;
+            for i in 0..20 {
+                let key = format!("n-{:05}", 2000 + i * 7);
+                let version = crate::vault::new_version();
+                tx.query_opt(
+                    &put,
+                    &[&"v", &key, &version, &vec![0u8, 1], &None::<String>, &None::<String>, &true,
+                      &None::<i64>, &None::<i64>, &1i64, &1i64, &key.to_uppercase()],
+                )
+                .await?
+                .expect("the name is live");
+            }
+            let row = tx
+                .query_one(
+                    "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'kv_names'",
+                    &[],
+                )
+                .await?;
+            Ok((row.get(0), row.get(1)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated, hot),
+        (20, 20),
+        "updates and HOT updates of kv_names"
+    );
     store.close().await;
 }
