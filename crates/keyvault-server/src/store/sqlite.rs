@@ -16,17 +16,18 @@
 //!   bounded by bytes); writes hide a name from the moment they are queued until their batch committed, so the
 //!   cache is exact. It relies on this process being the database's only writer: [`SqliteStore::open`] takes an
 //!   exclusive lock on `DB.lock` and refuses a database another process holds.
-//! - **Paging** is keyset-only (`name_key > ?` / `version > ?`) over the names' primary key (live names), a
-//!   partial index (deleted names) and the versions' unique (vault, name_key, version) index (a name's
-//!   versions, listed by version id as Key Vault does), so a page deep in a million names costs what the first
-//!   page costs.
+//! - **Paging** is keyset-only (`name_key > ?` / `version > ?`) over the names' primary key (live names, with a
+//!   partial index of live names where soft-deleted ones crowd the key order), a partial index (deleted names)
+//!   and the versions' unique (vault, name_key, version) index (a name's versions, listed by version id as Key
+//!   Vault does), so a page deep in a million names costs what the first page costs.
 //! - The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
 //!
-//! Schema (version 3):
+//! Schema (version 4):
 //!
 //! ```text
 //! names(vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)   PK (vault, name_key)
 //!     (WITHOUT ROWID: the table is ordered by its key; live names are listed in that order)
+//!     names_live    (vault, name_key)                WHERE deleted_on IS NULL
 //!     names_deleted (vault, name_key, ...covering)   WHERE deleted_on IS NOT NULL
 //!     names_purge   (scheduled_purge)                WHERE scheduled_purge IS NOT NULL
 //! versions(seq AUTOINCREMENT, vault, name_key, version, sealed, content_type, tags (JSON), enabled, nbf, exp,
@@ -53,7 +54,7 @@ use super::{
 };
 
 /// The schema version this code writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// Most write requests committed together in one transaction.
 pub const BATCH_CAP: usize = 256;
 /// Write requests that may wait for the writer before callers are held back.
@@ -148,6 +149,12 @@ const SCHEMA_V2: &str = "DROP INDEX names_live;";
 /// Version 3: a name's versions are listed by version id (as Key Vault lists them) over the unique
 /// (vault, name_key, version) index, so the index by creation order goes: every set inserted into it.
 const SCHEMA_V3: &str = "DROP INDEX versions_by_name;";
+
+/// Version 4: an index of live names alone, for the pages that soft-deleted names would otherwise fill (see
+/// [`list_latest`]). A set leaves it alone (it holds neither column a set changes, and its condition's column
+/// changes only on delete and recover); a new name adds an entry.
+const SCHEMA_V4: &str =
+    "CREATE INDEX names_live ON names (vault, name_key) WHERE deleted_on IS NULL;";
 
 /// The SQLite [`SecretStore`]. See the module documentation.
 ///
@@ -686,6 +693,9 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if version < 3 {
         tx.execute_batch(SCHEMA_V3)?;
     }
+    if version < 4 {
+        tx.execute_batch(SCHEMA_V4)?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -978,10 +988,21 @@ macro_rules! vcols {
     };
 }
 
-const SQL_LIST_LATEST: &str = concat!(
+/// Up to `?3` names after `?2` in key order, live or not (the primary key), each live one with its latest
+/// version: (name_key, live, display name, version columns — NULL for a deleted name).
+const SQL_LIST_WINDOW: &str = concat!(
+    "SELECT n.name_key, n.deleted_on IS NULL, n.display_name, ",
+    vcols!(),
+    " FROM (SELECT name_key, display_name, latest_seq, deleted_on FROM names
+           WHERE vault = ?1 AND name_key > ?2 ORDER BY name_key LIMIT ?3) AS n
+     LEFT JOIN versions AS v ON v.seq = n.latest_seq AND n.deleted_on IS NULL
+     ORDER BY n.name_key"
+);
+/// Live names after `?2` over the index of live names (a table lookup per name).
+const SQL_LIST_LIVE: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
-    " FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
+    " FROM names AS n INDEXED BY names_live JOIN versions AS v ON v.seq = n.latest_seq
      WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
 );
 const SQL_LIST_DELETED: &str = concat!(
@@ -1085,15 +1106,56 @@ fn find_live(
     Ok(found)
 }
 
+/// Names of the primary key a page reads past its own rows before it switches to `names_live`.
+const LIST_WINDOW_SLACK: usize = 64;
+
+/// A page of live names. Most vaults hold few soft-deleted names, so the page is read in key order from the
+/// primary key (which holds every column: no lookup per name), skipping deleted names — but only within a
+/// window of `limit` + [`LIST_WINDOW_SLACK`] names. Where deleted names crowd the window (vaults that create
+/// and delete many secrets keep them for the whole retention period), the rest of the page comes from the
+/// index of live names: a page never reads more than that window of deleted names, however many there are.
 fn list_latest(
     c: &Connection,
     vault: &str,
     after: &str,
     limit: usize,
 ) -> StoreResult<Vec<VersionRow>> {
-    let mut stmt = c.prepare_cached(SQL_LIST_LATEST)?;
-    let rows = stmt.query_map(params![vault, after], |r| version_row(r, 0))?;
-    Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let window = limit + LIST_WINDOW_SLACK;
+    let mut page = Vec::with_capacity(limit);
+    let mut scanned = 0;
+    let mut last_key = None;
+    {
+        let mut stmt = c.prepare_cached(SQL_LIST_WINDOW)?;
+        let mut rows = stmt.query(params![
+            vault,
+            after,
+            i64::try_from(window).unwrap_or(i64::MAX)
+        ])?;
+        while let Some(r) = rows.next()? {
+            scanned += 1;
+            if r.get::<_, bool>(1)? {
+                page.push(version_row(r, 2)?);
+                if page.len() == limit {
+                    return Ok(page);
+                }
+            }
+            last_key = Some(r.get::<_, String>(0)?);
+        }
+    }
+    if scanned < window {
+        // The end of the vault's names.
+        return Ok(page);
+    }
+    let from = last_key.unwrap_or_default();
+    let mut stmt = c.prepare_cached(SQL_LIST_LIVE)?;
+    let rest = stmt.query_map(params![vault, from], |r| version_row(r, 0))?;
+    for row in rest.take(limit - page.len()) {
+        page.push(row?);
+    }
+    Ok(page)
 }
 
 fn list_deleted(
