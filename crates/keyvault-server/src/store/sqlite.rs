@@ -988,15 +988,12 @@ macro_rules! vcols {
     };
 }
 
-/// Up to `?3` names after `?2` in key order, live or not (the primary key), each live one with its latest
-/// version: (name_key, live, display name, version columns — NULL for a deleted name).
-const SQL_LIST_WINDOW: &str = concat!(
-    "SELECT n.name_key, n.deleted_on IS NULL, n.display_name, ",
+/// Live names after `?2` in key order over the primary key, skipping deleted names.
+const SQL_LIST_LATEST: &str = concat!(
+    "SELECT n.display_name, ",
     vcols!(),
-    " FROM (SELECT name_key, display_name, latest_seq, deleted_on FROM names
-           WHERE vault = ?1 AND name_key > ?2 ORDER BY name_key LIMIT ?3) AS n
-     LEFT JOIN versions AS v ON v.seq = n.latest_seq AND n.deleted_on IS NULL
-     ORDER BY n.name_key"
+    " FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
+     WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
 );
 /// Live names after `?2` over the index of live names (a table lookup per name).
 const SQL_LIST_LIVE: &str = concat!(
@@ -1106,14 +1103,18 @@ fn find_live(
     Ok(found)
 }
 
-/// Names of the primary key a page reads past its own rows before it switches to `names_live`.
-const LIST_WINDOW_SLACK: usize = 64;
+/// SQLite virtual-machine steps a page may take over the primary key before it switches to `names_live`: a
+/// fixed allowance plus this much per row asked for. A page among live names takes about 17 steps a row;
+/// skipping a deleted name takes a few, so a page skips a couple of hundred deleted names at most this way.
+const LIST_SCAN_STEPS_PER_ROW: usize = 40;
+const LIST_SCAN_STEPS_BASE: usize = 1_000;
 
 /// A page of live names. Most vaults hold few soft-deleted names, so the page is read in key order from the
-/// primary key (which holds every column: no lookup per name), skipping deleted names — but only within a
-/// window of `limit` + [`LIST_WINDOW_SLACK`] names. Where deleted names crowd the window (vaults that create
-/// and delete many secrets keep them for the whole retention period), the rest of the page comes from the
-/// index of live names: a page never reads more than that window of deleted names, however many there are.
+/// primary key (which holds every column: no lookup per name), skipping deleted names — on a budget of
+/// virtual-machine steps (SQLite's progress handler interrupts the statement when it is spent). Where deleted
+/// names crowd the key order (vaults that create and delete many secrets keep them for the whole retention
+/// period), the rest of the page comes from the index of live names, one table lookup per name. A page never
+/// wades through more than a couple of hundred deleted names, however many there are.
 fn list_latest(
     c: &Connection,
     vault: &str,
@@ -1123,33 +1124,30 @@ fn list_latest(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let window = limit + LIST_WINDOW_SLACK;
     let mut page = Vec::with_capacity(limit);
-    let mut scanned = 0;
-    let mut last_key = None;
-    {
-        let mut stmt = c.prepare_cached(SQL_LIST_WINDOW)?;
-        let mut rows = stmt.query(params![
-            vault,
-            after,
-            i64::try_from(window).unwrap_or(i64::MAX)
-        ])?;
-        while let Some(r) = rows.next()? {
-            scanned += 1;
-            if r.get::<_, bool>(1)? {
-                page.push(version_row(r, 2)?);
-                if page.len() == limit {
-                    return Ok(page);
-                }
+    let budget = LIST_SCAN_STEPS_BASE.saturating_add(LIST_SCAN_STEPS_PER_ROW.saturating_mul(limit));
+    c.progress_handler(i32::try_from(budget).unwrap_or(i32::MAX), Some(|| true));
+    let scanned = (|| -> rusqlite::Result<()> {
+        let mut stmt = c.prepare_cached(SQL_LIST_LATEST)?;
+        let mut rows = stmt.query(params![vault, after])?;
+        while page.len() < limit {
+            match rows.next()? {
+                Some(r) => page.push(version_row(r, 0)?),
+                None => break,
             }
-            last_key = Some(r.get::<_, String>(0)?);
         }
+        Ok(())
+    })();
+    c.progress_handler(0, None::<fn() -> bool>);
+    match scanned {
+        Ok(()) => return Ok(page),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::OperationInterrupted => {}
+        Err(e) => return Err(e.into()),
     }
-    if scanned < window {
-        // The end of the vault's names.
-        return Ok(page);
-    }
-    let from = last_key.unwrap_or_default();
+    // The budget ran out among deleted names: continue after the last live name found.
+    let from = page
+        .last()
+        .map_or_else(|| after.to_owned(), |r| name_key(&r.name));
     let mut stmt = c.prepare_cached(SQL_LIST_LIVE)?;
     let rest = stmt.query_map(params![vault, from], |r| version_row(r, 0))?;
     for row in rest.take(limit - page.len()) {
