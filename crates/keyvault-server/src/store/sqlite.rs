@@ -988,20 +988,23 @@ macro_rules! vcols {
     };
 }
 
-/// Live names after `?2` in key order over the primary key, skipping deleted names.
-const SQL_LIST_LATEST: &str = concat!(
-    "SELECT n.display_name, ",
-    vcols!(),
-    " FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
-     WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
-);
-/// Live names after `?2` over the index of live names (a table lookup per name).
-const SQL_LIST_LIVE: &str = concat!(
-    "SELECT n.display_name, ",
-    vcols!(),
-    " FROM names AS n INDEXED BY names_live JOIN versions AS v ON v.seq = n.latest_seq
-     WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
-);
+/// Live names after `?2` in key order, with their latest versions, reading `names` as `$names` says.
+macro_rules! list_live {
+    ($names:literal) => {
+        concat!(
+            "SELECT n.display_name, ",
+            vcols!(),
+            " FROM ",
+            $names,
+            " JOIN versions AS v ON v.seq = n.latest_seq
+             WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
+        )
+    };
+}
+/// Over the primary key, skipping deleted names.
+const SQL_LIST_LATEST: &str = list_live!("names AS n");
+/// Over the index of live names (a table lookup per name).
+const SQL_LIST_LIVE: &str = list_live!("names AS n INDEXED BY names_live");
 const SQL_LIST_DELETED: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),

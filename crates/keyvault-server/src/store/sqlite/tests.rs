@@ -22,6 +22,14 @@ fn version(n: usize) -> String {
     format!("{n:032x}")
 }
 
+/// A new database (`kv.db` in the returned directory), migrated, and its writer connection.
+fn migrated_writer() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = open_writer(&dir.path().join("kv.db")).unwrap();
+    migrate(&mut c).unwrap();
+    (dir, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
@@ -412,10 +420,7 @@ async fn not_a_database_is_refused() {
 /// Every query used for lookups and paging is answered from an index: no table scan, no sort.
 #[test]
 fn queries_use_indexes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kv.db");
-    let mut c = open_writer(&path).unwrap();
-    migrate(&mut c).unwrap();
+    let (_dir, c) = migrated_writer();
     for (name, sql) in [
         ("list_latest", SQL_LIST_LATEST),
         ("list_live", SQL_LIST_LIVE),
@@ -735,10 +740,8 @@ fn writer_cost_direct() {
     let puts = env("KV_BENCH_PUTS").map_or(50_000, |n| n as usize);
     let batch = env("KV_BENCH_BATCH").map_or(34, |n| n as usize);
     let warm_up = env("KV_BENCH_WARM_UP").map_or(puts / 10, |n| n as usize);
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, c) = migrated_writer();
     let path = dir.path().join("kv.db");
-    let mut c = open_writer(&path).unwrap();
-    migrate(&mut c).unwrap();
     if let Some(kib) = env("KV_BENCH_CACHE_KIB") {
         c.pragma_update(None, "cache_size", -kib).unwrap();
     }
@@ -1020,10 +1023,7 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
 /// without the budget).
 #[test]
 fn pages_do_not_read_every_deleted_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kv.db");
-    let mut c = open_writer(&path).unwrap();
-    migrate(&mut c).unwrap();
+    let (_dir, mut c) = migrated_writer();
     let tx = c.transaction().unwrap();
     let mut live = Vec::new();
     for i in 0..4_000 {
