@@ -302,7 +302,6 @@ pub struct PgReport {
     pub rows: Vec<PgRow>,
 }
 
-/// Run the PostgreSQL mode; `Ok(None)` when PostgreSQL is not installed (the message is printed).
 /// A private durable cluster with an admin connection, for `--postgres` and for the matrix on PostgreSQL
 /// (`--store postgres`).
 pub struct Cluster {
@@ -384,6 +383,7 @@ impl Cluster {
     }
 }
 
+/// Run the PostgreSQL mode; `Ok(None)` when PostgreSQL is not installed (the message is printed).
 pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Option<PgReport>, String> {
     let load_before = report::loadavg();
     let sync_before = crate::probe_sync(root);
