@@ -183,11 +183,15 @@ macro_rules! version_columns {
     };
 }
 
-/// The latest version of the name row `n`, for a `LATERAL` subquery.
+/// The latest version of the name row `n`, for a `LATERAL` subquery (optionally with more columns first).
 macro_rules! latest_of_n {
     () => {
+        latest_of_n!("")
+    };
+    ($columns:literal) => {
         concat!(
             "SELECT ",
+            $columns,
             version_columns!(),
             " FROM kv_versions
              WHERE vault = n.vault AND name_key = n.name_key AND version = n.latest_version LIMIT 1"
@@ -222,12 +226,15 @@ const SQL_LIST_DELETED: &str = concat!(
     latest_of_n!(),
     ") AS v ORDER BY n.name_key"
 );
+/// A live name's latest version: the name, then its version by id. Also a `LATERAL` lookup (see
+/// [`SQL_LIST_LATEST`]): as a plain join, PostgreSQL scanned the name's versions by (vault, name_key) and
+/// filtered on the version id under every plan — a name with thousands of versions read up to all of them.
 const SQL_FIND_LATEST: &str = concat!(
     "SELECT v.seq, n.display_name, ",
     vcols!(),
-    " FROM kv_names AS n JOIN kv_versions AS v
-         ON v.vault = n.vault AND v.name_key = n.name_key AND v.version = n.latest_version
-     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL"
+    " FROM kv_names AS n CROSS JOIN LATERAL (",
+    latest_of_n!("seq, "),
+    ") AS v WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL"
 );
 const SQL_FIND_VERSION: &str = concat!(
     "SELECT v.seq, n.display_name, ",
@@ -235,12 +242,13 @@ const SQL_FIND_VERSION: &str = concat!(
     " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL AND v.version = $3"
 );
+/// A deleted name and its latest version, like [`SQL_FIND_LATEST`].
 const SQL_FIND_DELETED: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
-    ", n.deleted_on, n.scheduled_purge FROM kv_names AS n JOIN kv_versions AS v
-         ON v.vault = n.vault AND v.name_key = n.name_key AND v.version = n.latest_version
-     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NOT NULL"
+    ", n.deleted_on, n.scheduled_purge FROM kv_names AS n CROSS JOIN LATERAL (",
+    latest_of_n!(),
+    ") AS v WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NOT NULL"
 );
 /// A page of a live name's versions in version-id order (the unique (vault, name_key, version) index). The
 /// name is looked up first: as a plain join PostgreSQL may walk the versions and check the name for each, all
@@ -295,11 +303,15 @@ const SQL_RECOVER: &str = "UPDATE kv_names SET deleted_on = NULL, scheduled_purg
 const SQL_PURGE_NAME: &str =
     "DELETE FROM kv_names WHERE vault = $1 AND name_key = $2 AND deleted_on IS NOT NULL";
 const SQL_PURGE_VERSIONS: &str = "DELETE FROM kv_versions WHERE vault = $1 AND name_key = $2";
-/// Delete (and lock, skipping rows another transaction holds) up to $2 names due at $1.
-const SQL_PURGE_DUE_NAMES: &str = "DELETE FROM kv_names WHERE (vault, name_key) IN (
-         SELECT vault, name_key FROM kv_names
+/// Delete (and lock, skipping rows another transaction holds) up to $2 names due at $1, the longest due first.
+/// The chunk is picked over the purge index (ordered, so that the `LIMIT` stops the scan whatever the
+/// statistics) and its rows are deleted by their tuple ids, which the lock keeps valid. (The `IN (…)` form
+/// this replaced was planned as a hash join that read every due name for each chunk, and without statistics
+/// read the whole table for every sweep, even with nothing due.)
+const SQL_PURGE_DUE_NAMES: &str = "DELETE FROM kv_names WHERE ctid = ANY(ARRAY(
+         SELECT ctid FROM kv_names
          WHERE scheduled_purge IS NOT NULL AND scheduled_purge <= $1
-         LIMIT $2 FOR UPDATE SKIP LOCKED)
+         ORDER BY scheduled_purge LIMIT $2 FOR UPDATE SKIP LOCKED))
      AND deleted_on IS NOT NULL AND scheduled_purge <= $1
      RETURNING vault, name_key";
 const SQL_PURGE_DUE_VERSIONS: &str = r#"DELETE FROM kv_versions AS v

@@ -613,18 +613,21 @@ async fn the_pool_size_bounds_the_connections() {
     assert_eq!(listed.len(), 6);
 }
 
-/// Rows a plan's scans read (`EXPLAIN (ANALYZE, FORMAT JSON)` output): returned and filtered out, every loop.
+/// Rows a plan's scans of tables and indexes read (`EXPLAIN (ANALYZE, FORMAT JSON)` output): returned and
+/// filtered out, every loop. Scans of functions, subqueries and CTEs read no stored rows and are not counted,
+/// nor are the rows a statement changes.
 fn rows_scanned(plan: &serde_json::Value) -> f64 {
     let node = |key: &str| {
         plan.get(key)
             .and_then(serde_json::Value::as_f64)
             .unwrap_or(0.0)
     };
-    let own = if plan
-        .get("Node Type")
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|t| t.contains("Scan"))
-    {
+    let scans_a_table = plan.get("Relation Name").is_some()
+        && plan
+            .get("Node Type")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|t| t.ends_with("Scan"));
+    let own = if scans_a_table {
         (node("Actual Rows") + node("Rows Removed by Filter")) * node("Actual Loops").max(1.0)
     } else {
         0.0
@@ -636,22 +639,49 @@ fn rows_scanned(plan: &serde_json::Value) -> f64 {
     own + children
 }
 
-/// Every listing reads its page, not the table: with a few thousand names, the first page, a deep page, a page
-/// of deleted names and a page of versions read at most a few pages' worth of rows — before the tables have
-/// statistics (as right after a bulk load, until autovacuum analyzes them) and after, with PostgreSQL's custom
-/// plans and with the generic plan it switches a prepared statement to. (The plain joins these statements
-/// replaced were planned as hash joins over both whole tables: every page read every row; and without
-/// statistics, paging over the primary key read and sorted every name.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listings_read_only_their_page() {
-    let Some(pg) = pgtest::start_or_skip("store::postgres::listings_read_only_their_page") else {
-        return;
+/// A plan's shape in one line, for failure messages: `Nested Loop(Index Scan kv_names_pkey: 1, …)`, with each
+/// node's relation or index and the rows it read per loop.
+fn plan_outline(plan: &serde_json::Value) -> String {
+    let text = |key: &str| plan.get(key).and_then(serde_json::Value::as_str);
+    let mut out = text("Node Type").unwrap_or("?").to_owned();
+    if let Some(on) = text("Index Name").or(text("Relation Name")) {
+        out.push(' ');
+        out.push_str(on);
+    }
+    let rows = |key: &str| {
+        plan.get(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
     };
-    let url = pg.create_database("plans").await.unwrap();
-    let store = PostgresStore::open(&url).await.unwrap();
-    // 3,000 names with one version each (500 in the middle deleted), and one live name with 3,000 versions.
-    // Inserted directly: the store's put would take longer and prove nothing more here. No statistics until
-    // the ANALYZE below (autovacuum is off for these tables).
+    out.push_str(&format!(
+        ": {}",
+        rows("Actual Rows") + rows("Rows Removed by Filter")
+    ));
+    if let Some(children) = plan.get("Plans").and_then(serde_json::Value::as_array) {
+        let inner: Vec<String> = children.iter().map(plan_outline).collect();
+        out.push_str(&format!("({})", inner.join(", ")));
+    }
+    out
+}
+
+/// The rows a statement returned or, for an `INSERT`, `UPDATE` or `DELETE` without `RETURNING`, changed.
+fn rows_out(root: &serde_json::Value) -> f64 {
+    let rows = |plan: &serde_json::Value| plan["Actual Rows"].as_f64().unwrap_or(0.0);
+    if root["Node Type"] != "ModifyTable" || rows(root) > 0.0 {
+        return rows(root);
+    }
+    // `INSERT … ON CONFLICT` counts what it inserted; other changes without `RETURNING` what they were fed.
+    match (root.get("Tuples Inserted"), root["Plans"].get(0)) {
+        (Some(inserted), _) => inserted.as_f64().unwrap_or(0.0),
+        (None, Some(input)) => rows(input),
+        (None, None) => 0.0,
+    }
+}
+
+/// Fills a fresh database directly (the store's put would take longer and prove nothing more for plans): 3,000
+/// names with one version each, 500 of them (in the middle) deleted and due for purge at 2, and one live name
+/// with 3,000 versions. No statistics until [`analyze`] (autovacuum is off for these tables).
+async fn fill_for_plans(store: &PostgresStore) {
     let fill = "
         ALTER TABLE kv_names SET (autovacuum_enabled = false);
         ALTER TABLE kv_versions SET (autovacuum_enabled = false);
@@ -670,6 +700,89 @@ async fn listings_read_only_their_page() {
         .run(async |c| Ok(c.client.batch_execute(fill).await?))
         .await
         .unwrap();
+}
+
+async fn analyze(store: &PostgresStore) {
+    store
+        .run(async |c| {
+            Ok(c.client
+                .batch_execute("ANALYZE kv_names; ANALYZE kv_versions")
+                .await?)
+        })
+        .await
+        .unwrap();
+}
+
+/// The four planning situations a statement meets: tables without statistics (right after a bulk load, until
+/// autovacuum analyzes them) and analyzed, each with PostgreSQL's custom plans and with the generic plan it
+/// switches a prepared statement to. The caller runs [`analyze`] before the first "analyzed" one.
+const PLAN_SITUATIONS: [(&str, &str); 4] = [
+    ("no statistics", "auto"),
+    ("no statistics", "force_generic_plan"),
+    ("analyzed", "auto"),
+    ("analyzed", "force_generic_plan"),
+];
+
+/// Runs `sql` as the prepared statement `name` with `args` (a parenthesised SQL list) six times — PostgreSQL
+/// considers the generic plan after five custom ones — under `plan_cache_mode` = `mode`, then once more under
+/// `EXPLAIN ANALYZE`; returns the rows the statement returned (or changed), the rows its scans read and the
+/// plan's outline. All of
+/// it runs in a transaction that is rolled back (each run in its own savepoint, so that a statement that
+/// changes rows meets the same rows every time).
+async fn explain(
+    store: &PostgresStore,
+    name: &str,
+    sql: &str,
+    args: &str,
+    mode: &str,
+) -> (f64, f64, String) {
+    let prepare = format!("SET plan_cache_mode = {mode}; PREPARE {name} AS {sql}");
+    let run = format!("SAVEPOINT p; EXECUTE {name}{args}; ROLLBACK TO SAVEPOINT p");
+    let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}{args}");
+    store
+        .run(async |c| {
+            c.client.batch_execute("BEGIN").await?;
+            c.client.batch_execute(&prepare).await?;
+            for _ in 0..6 {
+                c.client.batch_execute(&run).await?;
+            }
+            // The simple protocol answers in text (the column's type is `json`).
+            let json: String = c
+                .client
+                .simple_query(&explain)
+                .await?
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            c.client
+                .batch_execute(&format!(
+                    "ROLLBACK; DEALLOCATE {name}; RESET plan_cache_mode"
+                ))
+                .await?;
+            let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let root = &plan[0]["Plan"];
+            Ok((rows_out(root), rows_scanned(root), plan_outline(root)))
+        })
+        .await
+        .unwrap()
+}
+
+/// Every listing reads its page, not the table: with a few thousand names, the first page, a deep page, a page
+/// of deleted names and a page of versions read at most a few pages' worth of rows, in every
+/// [`PLAN_SITUATIONS`]. (The plain joins these statements replaced were planned as hash joins over both whole
+/// tables: every page read every row; and without statistics, paging over the primary key read and sorted
+/// every name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_read_only_their_page() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::listings_read_only_their_page") else {
+        return;
+    };
+    let url = pg.create_database("plans").await.unwrap();
+    let store = PostgresStore::open(&url).await.unwrap();
+    fill_for_plans(&store).await;
     let cases: [(&str, &str, &str, usize); 6] = [
         ("first page", SQL_LIST_LATEST, "('v', '', 26)", 26),
         ("deep page", SQL_LIST_LATEST, "('v', 'n-02700', 26)", 26),
@@ -694,60 +807,20 @@ async fn listings_read_only_their_page() {
             0,
         ),
     ];
-    for (stats, mode) in [
-        ("no statistics", "auto"),
-        ("no statistics", "force_generic_plan"),
-        ("analyzed", "auto"),
-        ("analyzed", "force_generic_plan"),
-    ] {
+    for (stats, mode) in PLAN_SITUATIONS {
         if stats == "analyzed" && mode == "auto" {
-            store
-                .run(async |c| {
-                    Ok(c.client
-                        .batch_execute("ANALYZE kv_names; ANALYZE kv_versions")
-                        .await?)
-                })
-                .await
-                .unwrap();
+            analyze(&store).await;
         }
-        let mode_label = format!("{stats}, {mode}");
         for (i, (what, sql, args, expect)) in cases.iter().enumerate() {
-            let statement = format!("s{i}_{}_{}", stats.len(), mode.len());
-            let prepare = format!("SET plan_cache_mode = {mode}; PREPARE {statement} AS {sql}");
-            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {statement}{args}");
-            let (returned, scanned) = store
-                .run(async |c| {
-                    c.client.batch_execute(&prepare).await?;
-                    // Several runs: PostgreSQL considers the generic plan after five custom ones.
-                    for _ in 0..6 {
-                        c.client
-                            .batch_execute(&format!("EXECUTE {statement}{args}"))
-                            .await?;
-                    }
-                    // The simple protocol answers in text (the column's type is `json`).
-                    let json: String = c
-                        .client
-                        .simple_query(&explain)
-                        .await?
-                        .iter()
-                        .find_map(|m| match m {
-                            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                                r.get(0).map(str::to_owned)
-                            }
-                            _ => None,
-                        })
-                        .unwrap_or_default();
-                    c.client.batch_execute("RESET plan_cache_mode").await?;
-                    let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
-                    let root = &plan[0]["Plan"];
-                    Ok((root["Actual Rows"].as_f64().unwrap(), rows_scanned(root)))
-                })
-                .await
-                .unwrap();
-            assert_eq!(returned as usize, *expect, "{what} ({mode_label})");
+            let name = format!("s{i}_{}_{}", stats.len(), mode.len());
+            let (returned, scanned, plan) = explain(&store, &name, sql, args, mode).await;
+            assert_eq!(
+                returned as usize, *expect,
+                "{what} ({stats}, {mode}): {plan}"
+            );
             assert!(
                 scanned <= 120.0,
-                "{what} ({mode_label}): the plan read {scanned} rows for a page of {returned}: {sql}"
+                "{what} ({stats}, {mode}): the plan read {scanned} rows for a page of {returned}: {plan}\n{sql}"
             );
         }
     }
@@ -783,5 +856,144 @@ async fn listings_read_only_their_page() {
         (20, 20),
         "updates and HOT updates of kv_names"
     );
+    store.close().await;
+}
+
+/// Every other statement reads the rows it is about, not the tables, in every [`PLAN_SITUATIONS`]: point
+/// reads and changes of one name, a name's versions, and the retention sweeper — both when nothing is due
+/// (what nearly every sweep finds) and when a chunk of names is (its names, then their versions, by index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_statements_and_sweeps_read_only_their_rows() {
+    let Some(pg) =
+        pgtest::start_or_skip("store::postgres::point_statements_and_sweeps_read_only_their_rows")
+    else {
+        return;
+    };
+    let url = pg.create_database("plans").await.unwrap();
+    let store = PostgresStore::open(&url).await.unwrap();
+    fill_for_plans(&store).await;
+    // The names a sweep's first chunk deletes, as array literals (EXECUTE takes no subqueries).
+    let due = 1000..1256;
+    let due_vaults = format!("ARRAY[{}]", vec!["'v'"; due.len()].join(","));
+    let due_keys = format!(
+        "ARRAY[{}]",
+        due.map(|i| format!("'n-{i:05}'"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let cases: Vec<(&str, &str, String, usize)> = vec![
+        ("latest", SQL_FIND_LATEST, "('v', 'n-02000')".into(), 1),
+        ("latest of many", SQL_FIND_LATEST, "('v', 'many')".into(), 1),
+        (
+            "latest of a deleted name",
+            SQL_FIND_LATEST,
+            "('v', 'n-01007')".into(),
+            0,
+        ),
+        (
+            "a version",
+            SQL_FIND_VERSION,
+            "('v', 'many', md5('17x'))".into(),
+            1,
+        ),
+        (
+            "a deleted name",
+            SQL_FIND_DELETED,
+            "('v', 'n-01007')".into(),
+            1,
+        ),
+        (
+            "all versions",
+            SQL_ALL_VERSIONS_OF_LIVE,
+            "('v', 'n-02000')".into(),
+            1,
+        ),
+        (
+            "all versions of many",
+            SQL_ALL_VERSIONS_OF_LIVE,
+            "('v', 'many')".into(),
+            3000,
+        ),
+        ("lock", SQL_LOCK_LIVE, "('v', 'n-02000')".into(), 1),
+        (
+            "set",
+            SQL_PUT,
+            "('v', 'n-02000', 'new', '\\x00', NULL, NULL, true, NULL, NULL, 1, 1, 'N')".into(),
+            1,
+        ),
+        (
+            "set of a new name",
+            SQL_PUT,
+            "('v', 'n-09999', 'new', '\\x00', NULL, NULL, true, NULL, NULL, 1, 1, 'N')".into(),
+            1,
+        ),
+        (
+            "update",
+            SQL_UPDATE_VERSION,
+            "(md5('17x'), 'text/plain', NULL, true, NULL, NULL, 5, 'v', 'many')".into(),
+            1,
+        ),
+        (
+            "delete",
+            SQL_SOFT_DELETE,
+            "('v', 'n-02000', 5, 6)".into(),
+            1,
+        ),
+        ("recover", SQL_RECOVER, "('v', 'n-01007')".into(), 1),
+        ("purge", SQL_PURGE_NAME, "('v', 'n-01007')".into(), 1),
+        (
+            "purge versions",
+            SQL_PURGE_VERSIONS,
+            "('v', 'many')".into(),
+            3000,
+        ),
+        (
+            "restore's claim",
+            SQL_CLAIM_FOR_RESTORE,
+            "('v', 'n-09999', 'N', 'x')".into(),
+            1,
+        ),
+        (
+            "restore's claim, taken",
+            SQL_CLAIM_FOR_RESTORE,
+            "('v', 'n-02000', 'N', 'x')".into(),
+            0,
+        ),
+        (
+            "sweep, nothing due",
+            SQL_PURGE_DUE_NAMES,
+            "(1, 256)".into(),
+            0,
+        ),
+        (
+            "sweep, names due",
+            SQL_PURGE_DUE_NAMES,
+            "(3, 256)".into(),
+            256,
+        ),
+        (
+            "sweep, their versions",
+            SQL_PURGE_DUE_VERSIONS,
+            format!("({due_vaults}, {due_keys})"),
+            256,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (stats, mode) in PLAN_SITUATIONS {
+        if stats == "analyzed" && mode == "auto" {
+            analyze(&store).await;
+        }
+        for (i, (what, sql, args, expect)) in cases.iter().enumerate() {
+            let name = format!("p{i}_{}_{}", stats.len(), mode.len());
+            let (out, scanned, plan) = explain(&store, &name, sql, args, mode).await;
+            let bound = 2 * expect.max(&1) + 10;
+            if out as usize != *expect || scanned > bound as f64 {
+                failures.push(format!(
+                    "{what} ({stats}, {mode}): {out} rows out of {expect}, {scanned} read (at most {bound}): {plan}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     store.close().await;
 }
