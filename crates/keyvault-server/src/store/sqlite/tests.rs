@@ -459,6 +459,31 @@ fn queries_use_indexes() {
     }
 }
 
+/// The bundled SQLite is built as `.cargo/config.toml` asks: connections' page caches are separate (no
+/// global page-cache mutex, which concurrent readers contended for) and allocations are not counted under a
+/// global mutex.
+#[test]
+fn sqlite_is_built_without_global_page_cache_and_memory_statistics() {
+    let c = Connection::open_in_memory().unwrap();
+    let options: Vec<String> = c
+        .prepare("PRAGMA compile_options")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+    assert!(
+        !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "{options:?}"
+    );
+    // SQLite lists DEFAULT_MEMSTATUS only when it is not its default (1).
+    assert!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "{options:?}"
+    );
+}
+
 #[test]
 fn version_row_debug_hides_sealed() {
     let r = VersionRow {
