@@ -99,6 +99,25 @@ async fn latest(s: &dyn SecretStore, vault: &str, name: &str) -> Option<VersionR
     s.get_version(vault, name, None).await.expect("get_version")
 }
 
+/// `r` as listings return it: without its sealed value (listings never carry values).
+fn listed(r: &VersionRow) -> VersionRow {
+    VersionRow {
+        sealed: Vec::new(),
+        ..r.clone()
+    }
+}
+
+fn listed_all(rows: &[VersionRow]) -> Vec<VersionRow> {
+    rows.iter().map(listed).collect()
+}
+
+fn assert_no_values(rows: &[VersionRow], listing: &str) {
+    assert!(
+        rows.iter().all(|r| r.sealed.is_empty()),
+        "{listing} returned sealed values"
+    );
+}
+
 async fn all_live(s: &dyn SecretStore, vault: &str, page: usize) -> Vec<VersionRow> {
     let mut out: Vec<VersionRow> = Vec::new();
     let mut after: Option<String> = None;
@@ -111,6 +130,7 @@ async fn all_live(s: &dyn SecretStore, vault: &str, page: usize) -> Vec<VersionR
             rows.len() <= page,
             "list_latest returned more than the limit"
         );
+        assert_no_values(&rows, "list_latest");
         let Some(last) = rows.last() else { break };
         after = Some(name_key(&last.name));
         out.extend(rows);
@@ -130,6 +150,8 @@ async fn all_deleted(s: &dyn SecretStore, vault: &str, page: usize) -> Vec<Delet
             rows.len() <= page,
             "list_deleted returned more than the limit"
         );
+        let latest: Vec<VersionRow> = rows.iter().map(|d| d.latest.clone()).collect();
+        assert_no_values(&latest, "list_deleted");
         let Some(last) = rows.last() else { break };
         after = Some(name_key(&last.latest.name));
         out.extend(rows);
@@ -154,6 +176,7 @@ async fn all_version_pages(
             rows.len() <= page,
             "list_versions returned more than the limit"
         );
+        assert_no_values(&rows, "list_versions");
         let Some(last) = rows.last() else { break };
         after = Some(last.version.clone());
         out.extend(rows);
@@ -296,10 +319,9 @@ async fn case_insensitive_names(s: &dyn SecretStore, v: &str) {
         shown(&v1, "MYSECRET"),
         "every version shows the latest display casing"
     );
-    let listed = all_live(s, v, 10).await;
     assert_eq!(
-        listed,
-        vec![v2.clone()],
+        all_live(s, v, 10).await,
+        vec![listed(&v2)],
         "one name, listed as its latest version"
     );
     let versions = s.all_versions(v, "mysecret").await.unwrap();
@@ -538,7 +560,8 @@ async fn list_latest_paging(s: &dyn SecretStore, v: &str) {
             "page size {page}: every live name exactly once, ascending by key"
         );
         assert_eq!(
-            got, want,
+            got,
+            listed_all(&want),
             "page size {page}: ascending by name key, each its latest version"
         );
     }
@@ -554,7 +577,7 @@ async fn list_latest_paging(s: &dyn SecretStore, v: &str) {
         .iter()
         .filter(|r| name_key(&r.name).as_str() > after)
         .take(3)
-        .cloned()
+        .map(listed)
         .collect();
     assert_eq!(got, expect);
     // After the last name: nothing.
@@ -591,12 +614,13 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
     for page in [1, 4, 10, 26, 100] {
         let got = all_version_pages(s, v, "MANY", page).await;
         assert_eq!(
-            got, sorted,
+            got,
+            listed_all(&sorted),
             "page size {page}: every version once, in version-id order"
         );
     }
     let first = s.list_versions(v, "many", None, 3).await.unwrap();
-    assert_eq!(first, sorted[..3]);
+    assert_eq!(first, listed_all(&sorted[..3]));
     assert!(
         s.list_versions(v, "many", None, 0)
             .await
@@ -608,7 +632,7 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
         .list_versions(v, "many", Some(&first[2].version), 1000)
         .await
         .unwrap();
-    assert_eq!(rest, sorted[3..]);
+    assert_eq!(rest, listed_all(&sorted[3..]));
     let last = &sorted.last().expect("versions").version;
     assert!(
         s.list_versions(v, "many", Some(last), 10)
@@ -628,7 +652,7 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
         sorted
             .iter()
             .filter(|r| r.version > between)
-            .cloned()
+            .map(listed)
             .collect::<Vec<_>>()
     );
     assert!(
@@ -645,14 +669,14 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
     added.version = "f".repeat(32);
     put(s, v, &added).await;
     let tail = s.list_versions(v, "many", Some(last), 10).await.unwrap();
-    assert_eq!(tail, vec![added.clone()]);
+    assert_eq!(tail, vec![listed(&added)]);
     let mut low = row("many", 100);
     low.version = "0".repeat(32);
     put(s, v, &low).await;
     assert_eq!(latest(s, v, "many").await, Some(low.clone()));
-    let listed = all_version_pages(s, v, "many", 7).await;
-    assert_eq!(listed.first(), Some(&low));
-    assert_eq!(listed.last(), Some(&added));
+    let pages = all_version_pages(s, v, "many", 7).await;
+    assert_eq!(pages.first(), Some(&listed(&low)));
+    assert_eq!(pages.last(), Some(&listed(&added)));
 }
 
 async fn soft_delete_and_recover(s: &dyn SecretStore, v: &str) {
@@ -781,6 +805,13 @@ async fn list_deleted_paging(s: &dyn SecretStore, v: &str) {
     }
     want.sort_by_key(|d| name_key(&d.latest.name));
     for page in [1, 3, 100] {
+        let want: Vec<DeletedRow> = want
+            .iter()
+            .map(|d| DeletedRow {
+                latest: listed(&d.latest),
+                ..d.clone()
+            })
+            .collect();
         assert_eq!(all_deleted(s, v, page).await, want, "page size {page}");
     }
     assert!(
@@ -916,7 +947,7 @@ async fn restore(s: &dyn SecretStore, v: &str) {
         "ids, order and attributes kept"
     );
     let listed = all_version_pages(s, v, "restored", 2).await;
-    assert_eq!(listed, by_version(&versions));
+    assert_eq!(listed, listed_all(&by_version(&versions)));
     assert_eq!(
         latest(s, v, "RESTORED").await.as_ref(),
         versions.last(),

@@ -134,6 +134,7 @@ pub trait SecretStore: Send + Sync + 'static {
         patch: VersionPatch,
     ) -> StoreResult<Option<VersionRow>>;
     /// Live names whose key sorts after `after` (a name key), ascending by key, each as its latest version. At most `limit`.
+    /// Listings return rows without their values (`sealed` empty): no listing shows a value, so none reads one.
     async fn list_latest(
         &self,
         vault: &str,
@@ -142,7 +143,7 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<VersionRow>>;
     /// Versions of a live name sorted by version id (as Key Vault lists them; ids this server makes grow with
     /// time, see [`crate::vault::new_version`]), those after the version id `after` (the last one of the
-    /// previous page), at most `limit`. Unknown or deleted name → empty.
+    /// previous page), at most `limit`. Unknown or deleted name → empty. Without values, like every listing.
     async fn list_versions(
         &self,
         vault: &str,
@@ -162,7 +163,7 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> StoreResult<Option<DeletedRow>>;
     /// A deleted name with its latest version. None if not deleted.
     async fn get_deleted(&self, vault: &str, name: &str) -> StoreResult<Option<DeletedRow>>;
-    /// Deleted names after `after` (name key), ascending, at most `limit`.
+    /// Deleted names after `after` (name key), ascending, at most `limit`. Without values, like every listing.
     async fn list_deleted(
         &self,
         vault: &str,

@@ -22,7 +22,7 @@
 //!   Vault does), so a page deep in a million names costs what the first page costs.
 //! - The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
 //!
-//! Schema (version 4):
+//! Schema (version 5):
 //!
 //! ```text
 //! names(vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)   PK (vault, name_key)
@@ -30,14 +30,16 @@
 //!     names_live    (vault, name_key)                WHERE deleted_on IS NULL
 //!     names_deleted (vault, name_key, ...covering)   WHERE deleted_on IS NOT NULL
 //!     names_purge   (scheduled_purge)                WHERE scheduled_purge IS NOT NULL
-//! versions(seq AUTOINCREMENT, vault, name_key, version, sealed, content_type, tags (JSON), enabled, nbf, exp,
-//!          created, updated)                                    UNIQUE (vault, name_key, version)
+//! versions(seq AUTOINCREMENT, vault, name_key, version, content_type, tags (JSON), enabled, nbf, exp, created,
+//!          updated, sealed)
+//!     versions_name_version UNIQUE (vault, name_key, version)
 //! ```
 //!
 //! `seq` orders a name's versions by creation (`latest_seq` points at the latest); it is never reused
 //! (AUTOINCREMENT). Version 3 dropped the `versions_by_name (vault, name_key, seq)` index: listings page by
 //! version id over the unique index, and a set inserts into one index fewer (about a third less writer CPU and
-//! disk writes per set, `BENCHMARKS.md`).
+//! disk writes per set, `BENCHMARKS.md`). Version 5 moved the sealed value to the end of the row, so that
+//! listings (which never return values) do not walk a large value's overflow pages to reach the attributes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,7 +56,7 @@ use super::{
 };
 
 /// The schema version this code writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// Most write requests committed together in one transaction.
 pub const BATCH_CAP: usize = 256;
 /// Write requests that may wait for the writer before callers are held back.
@@ -155,6 +157,41 @@ const SCHEMA_V3: &str = "DROP INDEX versions_by_name;";
 /// changes only on delete and recover); a new name adds an entry.
 const SCHEMA_V4: &str =
     "CREATE INDEX names_live ON names (vault, name_key) WHERE deleted_on IS NULL;";
+
+/// Version 5: the sealed value is the last column of `versions`. A row larger than a page's share keeps its
+/// first bytes in the leaf and the rest in a chain of overflow pages; every column stored after the value lay
+/// at the chain's far end, so reading a version's attributes (a listing's whole work) walked the value's
+/// overflow pages. With the value last, a listing reads only the leaf, and does not read the value at all:
+/// a page of 25 secrets of 4 KiB took 2.1x the server CPU of the same page after this change (BENCHMARKS.md,
+/// session 8). SQLite cannot reorder columns in place, so the table is rebuilt (every version copied once, in
+/// `seq` order, keeping each `seq`; AUTOINCREMENT's high-water mark carried over, so no seq is ever reused),
+/// and its unique (vault, name_key, version) index is built after the copy, from sorted keys.
+const SCHEMA_V5: &str = "
+CREATE TABLE versions_v5 (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    vault        TEXT    NOT NULL,
+    name_key     TEXT    NOT NULL,
+    version      TEXT    NOT NULL,
+    content_type TEXT,
+    tags         TEXT,
+    enabled      INTEGER NOT NULL,
+    nbf          INTEGER,
+    exp          INTEGER,
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL,
+    sealed       BLOB    NOT NULL
+);
+INSERT INTO versions_v5
+    (seq, vault, name_key, version, content_type, tags, enabled, nbf, exp, created, updated, sealed)
+    SELECT seq, vault, name_key, version, content_type, tags, enabled, nbf, exp, created, updated, sealed
+    FROM versions ORDER BY seq;
+DELETE FROM sqlite_sequence WHERE name = 'versions_v5';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'versions_v5', max(seq) FROM sqlite_sequence WHERE name = 'versions' HAVING count(*) > 0;
+DROP TABLE versions;
+ALTER TABLE versions_v5 RENAME TO versions;
+CREATE UNIQUE INDEX versions_name_version ON versions (vault, name_key, version);
+";
 
 /// The SQLite [`SecretStore`]. See the module documentation.
 ///
@@ -696,10 +733,28 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if version < 4 {
         tx.execute_batch(SCHEMA_V4)?;
     }
+    if version < 5 {
+        tx.execute_batch(SCHEMA_V5)?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
     tx.commit()?;
+    if (1..5).contains(&version) {
+        // Version 5 copied the whole `versions` table through the WAL (330 MiB for a million versions): copy it
+        // into the database now and give the WAL's disk space back. Nothing else has the database open yet.
+        let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "WAL checkpoint after the schema upgrade failed");
+        }
+        tracing::info!(
+            from = version,
+            to = SCHEMA_VERSION,
+            "upgraded the SQLite schema"
+        );
+    }
     Ok(())
 }
 
@@ -988,12 +1043,20 @@ macro_rules! vcols {
     };
 }
 
+/// [`vcols`] for listings: an empty blob where the sealed value would be (listings never carry values, and
+/// do not read them).
+macro_rules! listed_vcols {
+    () => {
+        "v.version, X'', v.content_type, v.tags, v.enabled, v.nbf, v.exp, v.created, v.updated"
+    };
+}
+
 /// Live names after `?2` in key order, with their latest versions, reading `names` as `$names` says.
 macro_rules! list_live {
     ($names:literal) => {
         concat!(
             "SELECT n.display_name, ",
-            vcols!(),
+            listed_vcols!(),
             " FROM ",
             $names,
             " JOIN versions AS v ON v.seq = n.latest_seq
@@ -1007,7 +1070,7 @@ const SQL_LIST_LATEST: &str = list_live!("names AS n");
 const SQL_LIST_LIVE: &str = list_live!("names AS n INDEXED BY names_live");
 const SQL_LIST_DELETED: &str = concat!(
     "SELECT n.display_name, ",
-    vcols!(),
+    listed_vcols!(),
     ", n.deleted_on, n.scheduled_purge FROM names AS n INDEXED BY names_deleted
      JOIN versions AS v ON v.seq = n.latest_seq
      WHERE n.vault = ?1 AND n.deleted_on IS NOT NULL AND n.name_key > ?2 ORDER BY n.name_key"
@@ -1032,7 +1095,7 @@ const SQL_FIND_DELETED: &str = concat!(
 );
 const SQL_VERSIONS_OF_LIVE: &str = concat!(
     "SELECT n.display_name, ",
-    vcols!(),
+    listed_vcols!(),
     " FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL AND v.version > ?3 ORDER BY v.version"
 );

@@ -719,6 +719,126 @@ async fn live_listing_seeks_the_primary_key_and_v1_migrates() {
     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
 }
 
+/// A version 4 database (the sealed value in the middle of `versions`) is rebuilt with the value last: every
+/// version keeps its `seq`, value and attributes; AUTOINCREMENT's high-water mark survives (a purged last
+/// version's seq is not handed out again); the unique (vault, name_key, version) index is there again.
+#[tokio::test]
+async fn a_version_4_database_gets_its_values_last_and_keeps_every_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let big = row("big", &version(2), 2);
+    let big = VersionRow {
+        sealed: (0..=255u8).cycle().take(5_000).collect(),
+        ..big
+    };
+    {
+        let c = Connection::open(&path).unwrap();
+        for script in [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4] {
+            c.execute_batch(script).unwrap();
+        }
+        c.pragma_update(None, "user_version", 4).unwrap();
+        let mut put = c
+            .prepare(
+                "INSERT INTO versions (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp,
+                                       created, updated)
+                 VALUES ('v', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .unwrap();
+        for r in [
+            row("a", &version(1), 1),
+            big.clone(),
+            row("gone", &version(3), 3),
+        ] {
+            put.execute(params![
+                name_key(&r.name),
+                r.version,
+                r.sealed,
+                r.content_type,
+                tags_json(&r.tags).unwrap(),
+                r.enabled,
+                r.nbf,
+                r.exp,
+                r.created,
+                r.updated
+            ])
+            .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES ('v', 'a', 'a', 1);
+             INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES ('v', 'big', 'big', 2);
+             DELETE FROM versions WHERE seq = 3;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.get_version("v", "big", None).await.unwrap(),
+        Some(big.clone())
+    );
+    assert_eq!(
+        store.get_version("v", "a", None).await.unwrap(),
+        Some(row("a", &version(1), 1))
+    );
+    let listed = store.list_latest("v", None, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["a", "big"]
+    );
+    store
+        .put_version("v", row("a", &version(4), 4))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let c = Connection::open(&path).unwrap();
+    let columns: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('versions') ORDER BY cid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        columns.last().map(String::as_str),
+        Some("sealed"),
+        "{columns:?}"
+    );
+    assert_eq!(columns.len(), 12, "{columns:?}");
+    let seqs: Vec<(i64, String)> = c
+        .prepare("SELECT seq, version FROM versions ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Seq 3 was taken (and its version purged) before the upgrade: the new version gets 4.
+    assert_eq!(
+        seqs,
+        [(1, version(1)), (2, version(2)), (4, version(4))],
+        "kept seqs, and no reuse"
+    );
+    let sequences: Vec<(String, i64)> = c
+        .prepare("SELECT name, seq FROM sqlite_sequence ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sequences, [("versions".to_string(), 4)]);
+    let unique: String = c
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'versions'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        unique
+            .contains("UNIQUE INDEX versions_name_version ON versions (vault, name_key, version)"),
+        "{unique}"
+    );
+}
+
 /// (bytes read, read calls, bytes written, write calls) of this thread so far.
 fn thread_io() -> [u64; 4] {
     let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
