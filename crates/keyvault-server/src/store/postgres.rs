@@ -176,8 +176,8 @@ macro_rules! vcols {
     };
 }
 
-/// [`vcols`] for listings: an empty value where the sealed one would be (listings never carry values; the
-/// subqueries' unused value column is then dropped by the planner, so a large value is not even detoasted).
+/// [`vcols`] for listings: an empty value where the sealed one would be (listings never carry values, so a
+/// large, TOASTed value is never fetched for one).
 macro_rules! listed_vcols {
     () => {
         "v.version, '\\x'::bytea, v.content_type, v.tags, v.enabled, v.nbf, v.exp, v.created, v.updated"
