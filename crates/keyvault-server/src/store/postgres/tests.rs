@@ -304,6 +304,96 @@ async fn two_nodes_race_on_the_same_names() {
 }
 
 /// Every acknowledged set survives when nothing purges: the strict form of the race check.
+/// Two nodes sweep the same due names at once while a third recovers some of them: every due name is either
+/// purged by exactly one sweep, with all its versions, or recovered whole; the sweeps' counts add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sweeps_and_recovers_share_the_due_names() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::concurrent_sweeps") else {
+        return;
+    };
+    let url = pg.create_database("sweeps").await.unwrap();
+    let nodes = [
+        Arc::new(PostgresStore::open(&url).await.unwrap()),
+        Arc::new(PostgresStore::open(&url).await.unwrap()),
+        Arc::new(PostgresStore::open(&url).await.unwrap()),
+    ];
+    const NAMES: usize = 900;
+    let name = |i: usize| format!("due-{i:04}");
+    let mut fill = Vec::new();
+    for part in 0..6 {
+        let store = nodes[part % 3].clone();
+        fill.push(tokio::spawn(async move {
+            for i in (part..NAMES).step_by(6) {
+                for n in 0..2 {
+                    store
+                        .put_version("s", row(&name(i), unique_version(i, n), n as i64))
+                        .await
+                        .unwrap();
+                }
+                store
+                    .soft_delete("s", &name(i), 900, 1_100)
+                    .await
+                    .unwrap()
+                    .expect("deleted");
+            }
+        }));
+    }
+    for t in fill {
+        t.await.unwrap();
+    }
+    let recovering = nodes[2].clone();
+    let recovers = tokio::spawn(async move {
+        let mut recovered = BTreeSet::new();
+        for i in (0..NAMES).rev().step_by(4) {
+            if recovering.recover("s", &name(i)).await.unwrap().is_some() {
+                recovered.insert(i);
+            }
+        }
+        recovered
+    });
+    // The sweeps start while the recovers are under way (a few dozen in), so that they overlap.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let sweeps: Vec<_> = nodes[..2]
+        .iter()
+        .map(|store| {
+            let store = store.clone();
+            tokio::spawn(async move { store.purge_expired(1_100).await.unwrap() })
+        })
+        .collect();
+    let mut purged = 0;
+    for sweep in sweeps {
+        purged += sweep.await.unwrap();
+    }
+    let recovered = recovers.await.unwrap();
+    assert!(purged > 0, "the sweeps purged nothing");
+    assert_eq!(
+        purged as usize + recovered.len(),
+        NAMES,
+        "each due name purged once or recovered ({} recovered)",
+        recovered.len()
+    );
+    for i in 0..NAMES {
+        let versions = nodes[0].all_versions("s", &name(i)).await.unwrap();
+        let deleted = nodes[0].get_deleted("s", &name(i)).await.unwrap();
+        assert!(deleted.is_none(), "{}: still deleted", name(i));
+        if recovered.contains(&i) {
+            assert_eq!(versions.len(), 2, "{}: recovered whole", name(i));
+        } else {
+            assert!(versions.is_empty(), "{}: purged", name(i));
+        }
+    }
+    let orphans: Vec<i64> = column(
+        &nodes[0],
+        "SELECT count(*) FROM kv_versions AS v WHERE v.vault = 's'
+         AND NOT EXISTS (SELECT 1 FROM kv_names AS n WHERE n.vault = v.vault AND n.name_key = v.name_key)",
+    )
+    .await;
+    assert_eq!(orphans, [0], "versions left without their name");
+    for node in nodes {
+        node.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_acknowledged_set_is_lost_under_delete_recover_races() {
     let Some(pg) = pgtest::start_or_skip("store::postgres::no_acknowledged_set_is_lost") else {
