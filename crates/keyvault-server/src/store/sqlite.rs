@@ -162,7 +162,7 @@ const SCHEMA_V4: &str =
 /// first bytes in the leaf and the rest in a chain of overflow pages; every column stored after the value lay
 /// at the chain's far end, so reading a version's attributes (a listing's whole work) walked the value's
 /// overflow pages. With the value last, a listing reads only the leaf, and does not read the value at all:
-/// a page of 25 secrets of 4 KiB took 2.1x the server CPU of the same page after this change (BENCHMARKS.md,
+/// a page of 25 secrets of 4 KiB took about twice the server CPU it takes after this change (BENCHMARKS.md,
 /// session 8). SQLite cannot reorder columns in place, so the table is rebuilt (every version copied once, in
 /// `seq` order, keeping each `seq`; AUTOINCREMENT's high-water mark carried over, so no seq is ever reused),
 /// and its unique (vault, name_key, version) index is built after the copy, from sorted keys.
