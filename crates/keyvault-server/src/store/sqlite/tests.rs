@@ -30,6 +30,20 @@ fn migrated_writer() -> (tempfile::TempDir, Connection) {
     (dir, c)
 }
 
+/// Every row of `sql` (no parameters), each as `read` makes it.
+fn all_rows<T>(
+    c: &Connection,
+    sql: &str,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Vec<T> {
+    c.prepare(sql)
+        .unwrap()
+        .query_map([], read)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
@@ -465,13 +479,7 @@ fn queries_use_indexes() {
 #[test]
 fn sqlite_is_built_without_global_page_cache_and_memory_statistics() {
     let c = Connection::open_in_memory().unwrap();
-    let options: Vec<String> = c
-        .prepare("PRAGMA compile_options")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let options: Vec<String> = all_rows(&c, "PRAGMA compile_options", |r| r.get(0));
     assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
     assert!(
         !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
@@ -791,39 +799,32 @@ async fn a_version_4_database_gets_its_values_last_and_keeps_every_seq() {
     store.close().await;
 
     let c = Connection::open(&path).unwrap();
-    let columns: Vec<String> = c
-        .prepare("SELECT name FROM pragma_table_info('versions') ORDER BY cid")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let columns: Vec<String> = all_rows(
+        &c,
+        "SELECT name FROM pragma_table_info('versions') ORDER BY cid",
+        |r| r.get(0),
+    );
     assert_eq!(
         columns.last().map(String::as_str),
         Some("sealed"),
         "{columns:?}"
     );
     assert_eq!(columns.len(), 12, "{columns:?}");
-    let seqs: Vec<(i64, String)> = c
-        .prepare("SELECT seq, version FROM versions ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let seqs: Vec<(i64, String)> =
+        all_rows(&c, "SELECT seq, version FROM versions ORDER BY seq", |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        });
     // Seq 3 was taken (and its version purged) before the upgrade: the new version gets 4.
     assert_eq!(
         seqs,
         [(1, version(1)), (2, version(2)), (4, version(4))],
         "kept seqs, and no reuse"
     );
-    let sequences: Vec<(String, i64)> = c
-        .prepare("SELECT name, seq FROM sqlite_sequence ORDER BY name")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let sequences: Vec<(String, i64)> = all_rows(
+        &c,
+        "SELECT name, seq FROM sqlite_sequence ORDER BY name",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
     assert_eq!(sequences, [("versions".to_string(), 4)]);
     let unique: String = c
         .query_row(
