@@ -41,7 +41,7 @@ pub struct Config {
     /// PostgreSQL database that any number of server nodes may share.
     pub store: Option<StoreLocation>,
     /// MiB of memory for the SQLite store's cache of live secrets' latest versions (rows as stored: values
-    /// stay sealed). Reads of cached secrets skip the database. 0 turns it off. Default 32. (PostgreSQL: no
+    /// stay sealed). Reads of cached secrets skip the database. 0 turns it off. Default 64. (PostgreSQL: no
     /// cache; other nodes write too.)
     pub cache_mib: u64,
     /// PostgreSQL connections this node keeps open at most (1–1000). Default 16. Size it so that every
@@ -340,7 +340,7 @@ impl Default for Config {
             issuer_host: None,
             token_lifetime_secs: 3600,
             sweep_interval_secs: 60,
-            cache_mib: 32,
+            cache_mib: 64,
             pg_pool_size: crate::store::postgres::POOL_SIZE,
             tls: TlsConfig::default(),
             clients: Vec::new(),

@@ -107,7 +107,7 @@ const READER_CACHE_KIB: i64 = -4 * 1024;
 /// Names purged per write request by `purge_expired` (keeps the writer responsive).
 const PURGE_CHUNK: usize = 256;
 /// Bytes of rows the cache of latest versions ([`LiveCache`]) may hold.
-const LIVE_CACHE_BYTES: usize = 32 << 20;
+const LIVE_CACHE_BYTES: usize = 64 << 20;
 /// How long a connection waits for a lock held by another process before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -415,7 +415,8 @@ fn closed() -> StoreError {
 #[async_trait::async_trait]
 impl SecretStore for SqliteStore {
     async fn put_version(&self, vault: &str, row: VersionRow) -> StoreResult<()> {
-        let mark = self.mark(vault, &name_key(&row.name));
+        // The new version is cached once committed, unless another write to the name is still in flight.
+        let mark = self.cache.begin_put(vault, &row);
         let vault = vault.to_owned();
         self.write_marked(mark, move |c| put(c, &vault, &row)).await
     }
@@ -428,11 +429,12 @@ impl SecretStore for SqliteStore {
     ) -> StoreResult<Option<VersionRow>> {
         let key = name_key(name);
         let lookup = self.cache.get(vault, &key);
-        if let Lookup::Hit(row) = &lookup
-            && version.is_none_or(|v| v == row.version)
-        {
-            return Ok(Some(VersionRow::clone(row)));
-        }
+        let lookup = match lookup {
+            Lookup::Hit(row) if version.is_none_or(|v| v == row.version) => return Ok(Some(row)),
+            // The latest version is cached, but another was asked for: the cache cannot be filled with it.
+            Lookup::Hit(_) => Lookup::Busy,
+            other => other,
+        };
         let found = self.read_inline(|c| find_live(c, vault, &key, version))?;
         // A read by version fills the cache too when that version is the latest (clients that pin the version
         // they were given read it over and over).
@@ -923,8 +925,14 @@ where
 
     fn finish(self: Box<Self>, failure: Option<&BatchFailure>) {
         let Job {
-            out, reply, mark, ..
+            out,
+            reply,
+            mut mark,
+            ..
         } = *self;
+        if matches!((&out, failure), (Some(Ok(_)), None)) {
+            mark.committed();
+        }
         drop(mark);
         let answer = match (out, failure) {
             // A request that failed on its own keeps its own error (it was rolled back either way).

@@ -986,6 +986,77 @@ fn writer_cost_direct() {
     );
 }
 
+/// What a GET that misses the cache costs SQLite: KV_BENCH_NAMES names (default 100,000, one version each,
+/// 120-byte values) are written, then one reader looks up KV_BENCH_READS random names (default 200,000) by
+/// name through [`find_live`], as a GET that misses the cache does, after as many unmeasured lookups.
+/// Prints CPU time and file reads per lookup. KV_BENCH_READER_KIB overrides [`READER_CACHE_KIB`],
+/// KV_BENCH_MMAP sets the reader's `mmap_size`. Run it alone, in release:
+/// `cargo test --release -p keyvault-server --lib reader_cost_direct -- --ignored --nocapture`
+#[test]
+#[ignore = "slow: a benchmark"]
+fn reader_cost_direct() {
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<i64>().ok());
+    let names = env("KV_BENCH_NAMES").map_or(100_000, |n| n as usize);
+    let reads = env("KV_BENCH_READS").map_or(200_000, |n| n as usize);
+    let (dir, mut c) = migrated_writer();
+    let path = dir.path().join("kv.db");
+    // Written in a scattered order, as clients create names: the B-trees fill as they do in service.
+    let order: Vec<usize> = (0..names).map(|i| i.wrapping_mul(7_919) % names).collect();
+    assert!(names % 7_919 != 0, "a permutation of the names");
+    for chunk in order.chunks(1_000) {
+        let tx = c.transaction().unwrap();
+        for &i in chunk {
+            let row = VersionRow {
+                name: format!("bench-{i:07}"),
+                version: format!("{:032x}", (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                sealed: vec![0x5a; 120],
+                content_type: None,
+                tags: None,
+                enabled: true,
+                nbf: None,
+                exp: None,
+                created: 1,
+                updated: 1,
+            };
+            put(&tx, "v", &row).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let reader = open_reader(&path).unwrap();
+    if let Some(kib) = env("KV_BENCH_READER_KIB") {
+        reader.pragma_update(None, "cache_size", -kib).unwrap();
+    }
+    if let Some(bytes) = env("KV_BENCH_MMAP") {
+        reader.pragma_update(None, "mmap_size", bytes).unwrap();
+    }
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut lookup = || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let i = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % names;
+        let found = find_live(&reader, "v", &format!("bench-{i:07}"), None).unwrap();
+        assert!(found.is_some_and(|(_, row, latest)| latest && row.sealed.len() == 120));
+    };
+    (0..reads).for_each(|_| lookup());
+    let (cpu, io) = (thread_cpu(), thread_io());
+    (0..reads).for_each(|_| lookup());
+    let (cpu2, io2) = (thread_cpu(), thread_io());
+    let per = |a: u64, b: u64| (b - a) as f64 / reads as f64;
+    println!(
+        "{reads} lookups among {names} names: {:.2} µs/lookup (user {:.2}, system {:.2}); {:.2} reads ({:.0} B) \
+         per lookup; database {} KiB",
+        per(cpu[0], cpu2[0]) / 1000.0,
+        per(cpu[1], cpu2[1]) * 10_000.0,
+        per(cpu[2], cpu2[2]) * 10_000.0,
+        per(io[1], io2[1]),
+        per(io[0], io2[0]),
+        std::fs::metadata(&path).unwrap().len() / 1024,
+    );
+}
+
 // The cache of latest versions (`store/cache.rs`) inside the store: exact under concurrent writes, and the
 // store's lock.
 
@@ -1101,7 +1172,75 @@ async fn reads_never_go_back_behind_acknowledged_writes() {
     store.close().await;
 }
 
-/// A read by version fills the cache only with the name's latest version.
+/// Puts, updates and deletes race on a few names from many tasks: once all are answered, the cache holds
+/// for each name exactly what the database holds as its latest version. Every task ends with puts and
+/// writes each name every third call, so each name's last write is a put, which caches its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_writes_leave_only_the_latest_version_cached() {
+    const NAMES: usize = 3;
+    const TASKS: usize = 8;
+    const WRITES: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..WRITES {
+                let name = format!("Name{}", (t + k) % NAMES);
+                let n = (t * WRITES + k) as i64;
+                match if k + 3 < WRITES { k % 12 } else { 0 } {
+                    // Now and then an update of the latest version, or a delete and a recover: writes that
+                    // are not puts, in flight while puts to the same name end.
+                    5 => {
+                        let patch = VersionPatch {
+                            content_type: Some(format!("updated-{n}")),
+                            updated: n,
+                            ..VersionPatch::default()
+                        };
+                        store.update_version("v", &name, None, patch).await.unwrap();
+                    }
+                    11 => {
+                        if store
+                            .soft_delete("v", &name, n, n + 1)
+                            .await
+                            .unwrap()
+                            .is_some()
+                        {
+                            store.recover("v", &name).await.unwrap();
+                        }
+                    }
+                    _ => {
+                        // A put to a name being deleted is refused (Deleted); that is one of the races.
+                        let _ = store
+                            .put_version("v", row(&name, &version(n as usize + 1), n))
+                            .await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let reader = open_reader(&path).unwrap();
+    for i in 0..NAMES {
+        let key = format!("name{i}");
+        let (_, latest, _) = find_live(&reader, "v", &key, None).unwrap().expect("live");
+        match store.cache.get("v", &key) {
+            Lookup::Hit(cached) => assert!(
+                cached == latest,
+                "{key}: {cached:?} cached, {latest:?} stored"
+            ),
+            Lookup::Miss(_) => panic!("{key}: its last write, a put, did not cache its row"),
+            Lookup::Busy => panic!("{key}: no write is in flight"),
+        }
+    }
+    store.close().await;
+}
+
+/// A put caches the version it makes latest; a read by version fills the cache only with the latest.
 #[tokio::test]
 async fn reads_by_version_cache_only_the_latest() {
     /// `created` of version `v` of "n" (its latest if `None`): each version below is created at its number.
@@ -1110,6 +1249,13 @@ async fn reads_by_version_cache_only_the_latest() {
         let row = store.get_version("v", "n", version.as_deref()).await;
         row.unwrap().expect("found").created
     }
+    fn cached(store: &SqliteStore) -> Option<String> {
+        match store.cache.get("v", "n") {
+            Lookup::Hit(r) => Some(r.version),
+            Lookup::Miss(_) => None,
+            Lookup::Busy => panic!("no write is in flight"),
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
     for n in 1..=2 {
@@ -1117,26 +1263,34 @@ async fn reads_by_version_cache_only_the_latest() {
             .put_version("v", row("n", &version(n), n as i64))
             .await
             .unwrap();
+        assert_eq!(
+            cached(&store),
+            Some(version(n)),
+            "the put cached its version"
+        );
     }
-    // An older version comes from the database and is not cached.
+    // An older version comes from the database and leaves the latest cached.
     assert_eq!(created(&store, Some(1)).await, 1);
-    assert!(matches!(store.cache.get("v", "n"), Lookup::Miss(_)));
-    // The latest, asked for by its version, is cached.
+    assert_eq!(cached(&store), Some(version(2)));
+    // Once the entry is gone (a write that did not commit here: a put of a name in the way), the latest, asked
+    // for by its version, fills it; an older version does not.
+    let clash = store.put_version("v", row("n", &version(2), 9)).await;
+    assert!(clash.is_err(), "a repeated version id is refused");
+    assert_eq!(cached(&store), None);
+    assert_eq!(created(&store, Some(1)).await, 1);
+    assert_eq!(cached(&store), None);
     assert_eq!(created(&store, Some(2)).await, 2);
-    match store.cache.get("v", "n") {
-        Lookup::Hit(r) => assert_eq!(r.version, version(2)),
-        _ => panic!("the latest version, read by version, was not cached"),
-    }
+    assert_eq!(cached(&store), Some(version(2)));
     // Served from the cache or not, every read answers what it asked for.
     assert_eq!(created(&store, None).await, 2);
     assert_eq!(created(&store, Some(1)).await, 1);
-    // A new version replaces it: the old latest, read by version, is not cached again.
+    // A new version replaces it; the old latest, read by version, is not cached again.
     store
         .put_version("v", row("n", &version(3), 3))
         .await
         .unwrap();
     assert_eq!(created(&store, Some(2)).await, 2);
-    assert!(matches!(store.cache.get("v", "n"), Lookup::Miss(_)));
+    assert_eq!(cached(&store), Some(version(3)));
     assert_eq!(created(&store, None).await, 3);
     store.close().await;
 }
