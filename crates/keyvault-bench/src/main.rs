@@ -123,6 +123,10 @@ struct Args {
     /// Skip the baseline (ratios are then not shown).
     #[arg(long)]
     no_baseline: bool,
+    /// After the restart with N secrets, GET every secret once (`--preload-concurrency` connections) before
+    /// measuring: the server as it runs after a while, its cache holding what fits, rather than just started.
+    #[arg(long)]
+    read_all_first: bool,
     /// Also write the report (markdown) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -234,7 +238,7 @@ async fn run(args: Args) -> Result<bool, String> {
 
     let machine = Machine::probe(root.path());
     let settings = format!(
-        "runs: ≤ {:.2} s and ≤ {} requests each after {:.2} s warm-up{}; values {} bytes; client: {} tokio workers, \
+        "runs: ≤ {:.2} s and ≤ {} requests each after {:.2} s warm-up{}{}; values {} bytes; client: {} tokio workers, \
          hyper conn API (HTTP/1.1: one keep-alive TLS connection per worker; HTTP/2: one connection, one stream per worker)",
         args.seconds,
         args.max_requests,
@@ -244,6 +248,11 @@ async fn run(args: Args) -> Result<bool, String> {
             r => format!(
                 "; {r} interleaved rounds (baseline, then each operation) per protocol and concurrency, pooled in each row"
             ),
+        },
+        if args.read_all_first {
+            "; every secret read once after the restart, before the first run"
+        } else {
+            ""
         },
         args.value_bytes,
         machine.nproc
@@ -420,6 +429,14 @@ async fn measure_size(
         value,
     });
     let get_body = sample_get(&server.target, &token, &data).await?;
+    if args.read_all_first {
+        let took = read_all(&server.target, &token, &data, args.preload_concurrency).await?;
+        eprintln!(
+            "n={n}: read every secret once in {:.2} s ({:.0}/s)",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+    }
 
     // 3. The baseline, answering a body as large as a GET's.
     if baseline.is_none() && !args.no_baseline {
@@ -630,6 +647,50 @@ async fn preload(
         }
     }
     Ok((versions, started.elapsed()))
+}
+
+/// GET every secret once with `workers` concurrent connections; returns the time taken.
+async fn read_all(
+    target: &Target,
+    bearer: &HeaderValue,
+    data: &Arc<Dataset>,
+    workers: usize,
+) -> Result<Duration, String> {
+    let conns = target.connect_workers(Proto::H1, workers.max(1)).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        let (next, bearer, data) = (next.clone(), bearer.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = data.names.get(i) else {
+                    return Ok::<_, String>(());
+                };
+                let path = format!("/secrets/{name}?api-version={}", load::API);
+                let (status, bytes) = conn
+                    .send(Call {
+                        method: Method::GET,
+                        path: &path,
+                        bearer: Some(&bearer),
+                        body: None,
+                        form: false,
+                    })
+                    .await?;
+                if status != StatusCode::OK {
+                    return Err(format!(
+                        "GET {name} answered {status}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    ));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| format!("read-all worker: {e}"))??;
+    }
+    Ok(started.elapsed())
 }
 
 /// GET one secret; returns the response body's size (the baseline answers as many bytes).
