@@ -542,19 +542,23 @@ impl<'a> Unpacker<'a> {
         Some(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
-    fn str(&mut self) -> Option<&'a str> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = usize::try_from(self.varint()?).ok()?;
-        std::str::from_utf8(self.take(len)?).ok()
+        self.take(len)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
     }
 }
 
-/// The vault and name of a packed row match (vault, name key).
+/// The vault and name of a packed row match (vault, name key). Compares bytes: on every lookup.
 fn packed_key_is(packed: &[u8], vault: &str, name_key: &str) -> bool {
     let mut r = Unpacker(packed);
     r.take(1).is_some()
-        && r.str() == Some(vault)
-        && r.str()
-            .is_some_and(|name| name.eq_ignore_ascii_case(name_key))
+        && r.bytes() == Some(vault.as_bytes())
+        && r.bytes()
+            .is_some_and(|name| name.eq_ignore_ascii_case(name_key.as_bytes()))
 }
 
 fn unpack(packed: &[u8]) -> Option<VersionRow> {
