@@ -304,7 +304,7 @@ impl LiveCache {
         {
             entry.remove();
         }
-        if let Some(packed) = install {
+        if let Some(packed) = install.filter(|_| self.enabled()) {
             shard.insert_row(hash, packed, self.shard_budget);
         }
     }
@@ -720,6 +720,17 @@ mod tests {
         assert!(matches!(cache.get("v", "a"), Lookup::Busy));
         drop(cache.begin_write("v", "a"));
         assert_eq!(cache.rows(), 0);
+    }
+
+    #[test]
+    fn a_put_ending_after_the_cache_closed_caches_nothing() {
+        let cache = Arc::new(LiveCache::new(1 << 20));
+        let mut put = cache.begin_put("v", &row("A", "1", 10));
+        cache.disable();
+        put.committed();
+        drop(put);
+        assert_eq!((cache.rows(), cache.bytes()), (0, 0));
+        assert!(matches!(cache.get("v", "a"), Lookup::Busy));
     }
 
     fn full_row() -> VersionRow {

@@ -12,8 +12,9 @@
 //!   of unbounded size (every version of a name) run on `spawn_blocking`. Inline reads work on any runtime
 //!   flavour (no `block_in_place`). A WAL reader does not wait for the writer or the (PASSIVE)
 //!   checkpointer, so an inline read does not block its thread for longer than the read itself.
-//! - **Cache**: the latest version of recently read live names is kept in memory (`store/cache.rs`, sealed rows,
-//!   bounded by bytes); writes hide a name from the moment they are queued until their batch committed, so the
+//! - **Cache**: the latest version of recently read or set live names is kept in memory (`store/cache.rs`,
+//!   sealed rows, bounded by bytes); writes hide a name from the moment they are queued until their batch
+//!   committed (a set then caches the version it wrote, if no other write to the name is in flight), so the
 //!   cache is exact. It relies on this process being the database's only writer: [`SqliteStore::open`] takes an
 //!   exclusive lock on `DB.lock` and refuses a database another process holds.
 //! - **Paging** is keyset-only (`name_key > ?` / `version > ?`) over the names' primary key (live names, with a
