@@ -5,6 +5,9 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The most `mmap_mib` may be: SQLite maps at most 2 GiB less 64 KiB (its `SQLITE_MAX_MMAP_SIZE`).
+pub const MAX_MMAP_MIB: u64 = 2047;
+
 /// Everything `keyvault serve` needs to know.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +47,11 @@ pub struct Config {
     /// stay sealed). Reads of cached secrets skip the database. 0 turns it off. Default 64. (PostgreSQL: no
     /// cache; other nodes write too.)
     pub cache_mib: u64,
+    /// MiB of the SQLite database file each reader connection maps into memory (SQLite's `mmap_size`;
+    /// 0–2047). Default 0: reads copy pages with `pread`. Mapped, a read that misses the cache costs about
+    /// half as much (BENCHMARKS.md, session 9), but the mapped pages count in the process's resident memory
+    /// (up to the file's size), and an I/O error on the file becomes a crash instead of an error.
+    pub mmap_mib: u64,
     /// PostgreSQL connections this node keeps open at most (1–1000). Default 16. Size it so that every
     /// node's pool (plus one leader connection per node) fits the database's `max_connections`.
     pub pg_pool_size: usize,
@@ -341,6 +349,7 @@ impl Default for Config {
             token_lifetime_secs: 3600,
             sweep_interval_secs: 60,
             cache_mib: 64,
+            mmap_mib: 0,
             pg_pool_size: crate::store::postgres::POOL_SIZE,
             tls: TlsConfig::default(),
             clients: Vec::new(),
@@ -487,6 +496,12 @@ impl Config {
                 self.pg_pool_size
             )));
         }
+        if self.mmap_mib > MAX_MMAP_MIB {
+            return Err(ConfigError(format!(
+                "mmap_mib must be from 0 to {MAX_MMAP_MIB}, not {}",
+                self.mmap_mib
+            )));
+        }
         if !(1..=3600).contains(&self.rate_limit_window_secs) {
             return Err(ConfigError(
                 "rate_limit_window_secs must be from 1 to 3600".to_string(),
@@ -594,6 +609,7 @@ mod tests {
             "dev = true\nrate_limit_window_secs = 0",
             "dev = true\npg_pool_size = 0",
             "dev = true\npg_pool_size = 1001",
+            "dev = true\nmmap_mib = 2048",
         ] {
             let c = Config::from_toml(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

@@ -8,7 +8,7 @@ use crate::crypto::{Envelope, FileKeyProvider, KeyProvider, StaticKeyProvider};
 use crate::http::{self, HttpState};
 use crate::store::SecretStore;
 use crate::store::postgres::PostgresStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::vault::{Clock, SystemClock, Vault, VaultSettings};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -179,10 +179,13 @@ impl Server {
         let envelope = Arc::new(Envelope::new(provider));
         let store: Arc<dyn SecretStore> = match config.store_backend()? {
             StoreBackend::Sqlite(path) => {
-                let cache_bytes =
-                    usize::try_from(config.cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+                let options = SqliteOptions {
+                    cache_bytes: usize::try_from(config.cache_mib.saturating_mul(1 << 20))
+                        .unwrap_or(usize::MAX),
+                    mmap_bytes: config.mmap_mib.saturating_mul(1 << 20),
+                };
                 Arc::new(
-                    SqliteStore::open_with_cache(&path, cache_bytes)
+                    SqliteStore::open_with(&path, options)
                         .map_err(setup("cannot open the database"))?,
                 )
             }

@@ -221,18 +221,39 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// How a [`SqliteStore`] is set up, besides its file.
+#[derive(Clone, Copy, Debug)]
+pub struct SqliteOptions {
+    /// Bytes of rows the cache of latest versions may hold (0: no cache). Default 64 MiB.
+    pub cache_bytes: usize,
+    /// Bytes of the file each reader maps into memory (SQLite's `mmap_size`, which caps it at 2 GiB; 0: none,
+    /// the default). See `mmap_mib` in the server's configuration.
+    pub mmap_bytes: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            cache_bytes: LIVE_CACHE_BYTES,
+            mmap_bytes: 0,
+        }
+    }
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the database at `path`, migrate its schema, and start the writer thread.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
-        Self::open_with_cache(path, LIVE_CACHE_BYTES)
+        Self::open_with(path, SqliteOptions::default())
     }
 
-    /// [`SqliteStore::open`] with a cache of latest versions of at most `cache_bytes` (0: none).
-    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> StoreResult<SqliteStore> {
+    /// [`SqliteStore::open`] with these options.
+    pub fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
+        let cache_bytes = options.cache_bytes;
         let lock = lock_database(path)?;
         let mut conn = open_writer(path)?;
         migrate(&mut conn)?;
-        let readers = Arc::new(ReadPool::new(path.to_path_buf()));
+        let mmap_bytes = i64::try_from(options.mmap_bytes).unwrap_or(i64::MAX);
+        let readers = Arc::new(ReadPool::new(path.to_path_buf(), mmap_bytes));
         // Fail now, not at the first request, if readers cannot open the file.
         let probe = readers.checkout()?;
         readers.checkin(probe);
@@ -706,13 +727,17 @@ fn checkpoint_loop(conn: Connection, stop: &AtomicBool) {
     }
 }
 
-fn open_reader(path: &Path) -> StoreResult<Connection> {
+/// A read-only connection; `mmap_bytes` > 0 maps that much of the file (reads then copy no pages).
+fn open_reader(path: &Path, mmap_bytes: i64) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+    if mmap_bytes > 0 {
+        conn.pragma_update(None, "mmap_size", mmap_bytes)?;
+    }
     Ok(conn)
 }
 
@@ -793,6 +818,7 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 
 struct ReadPool {
     path: PathBuf,
+    mmap_bytes: i64,
     idle: Mutex<Vec<Connection>>,
     /// One permit per connection that may be open at once.
     permits: Arc<Semaphore>,
@@ -800,9 +826,10 @@ struct ReadPool {
 }
 
 impl ReadPool {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, mmap_bytes: i64) -> Self {
         ReadPool {
             path,
+            mmap_bytes,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(MAX_READERS)),
             closed: AtomicBool::new(false),
@@ -820,7 +847,7 @@ impl ReadPool {
             .pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => open_reader(&self.path),
+            None => open_reader(&self.path, self.mmap_bytes),
         }
     }
 

@@ -54,6 +54,20 @@ async fn conformance_suite() {
     store.close().await;
 }
 
+/// The suite again with every read going to a reader that maps the file (no cache): `mmap_mib` changes how
+/// pages are read, never what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_mapped_without_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        cache_bytes: 0,
+        mmap_bytes: 64 << 20,
+    };
+    let store = Arc::new(SqliteStore::open_with(&dir.path().join("kv.db"), options).unwrap());
+    conformance::run_all(store.clone()).await;
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_sees_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -990,7 +1004,7 @@ fn writer_cost_direct() {
 /// 120-byte values) are written, then one reader looks up KV_BENCH_READS random names (default 200,000) by
 /// name through [`find_live`], as a GET that misses the cache does, after as many unmeasured lookups.
 /// Prints CPU time and file reads per lookup. KV_BENCH_READER_KIB overrides [`READER_CACHE_KIB`],
-/// KV_BENCH_MMAP sets the reader's `mmap_size`. Run it alone, in release:
+/// KV_BENCH_MMAP maps that many bytes of the file, as `mmap_mib` does. Run it alone, in release:
 /// `cargo test --release -p keyvault-server --lib reader_cost_direct -- --ignored --nocapture`
 #[test]
 #[ignore = "slow: a benchmark"]
@@ -1024,12 +1038,10 @@ fn reader_cost_direct() {
     }
     c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
-    let reader = open_reader(&path).unwrap();
+    // Opened as the store opens its readers (`mmap_mib` = KV_BENCH_MMAP bytes).
+    let reader = open_reader(&path, env("KV_BENCH_MMAP").unwrap_or(0)).unwrap();
     if let Some(kib) = env("KV_BENCH_READER_KIB") {
         reader.pragma_update(None, "cache_size", -kib).unwrap();
-    }
-    if let Some(bytes) = env("KV_BENCH_MMAP") {
-        reader.pragma_update(None, "mmap_size", bytes).unwrap();
     }
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut lookup = || {
@@ -1172,6 +1184,42 @@ async fn reads_never_go_back_behind_acknowledged_writes() {
     store.close().await;
 }
 
+/// `mmap_bytes` maps the file into each reader (and only there: the writer keeps `pread`/`pwrite`); the
+/// default maps nothing. Reads through the mapping see every committed write.
+#[tokio::test]
+async fn readers_map_the_file_only_when_asked() {
+    let mmap_of = |store: &SqliteStore| -> i64 {
+        let c = store.readers.checkout().unwrap();
+        let v = c.query_row("PRAGMA mmap_size", [], |r| r.get(0)).unwrap();
+        store.readers.checkin(c);
+        v
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("plain.db")).unwrap();
+    assert_eq!(mmap_of(&store), 0);
+    store.close().await;
+
+    let options = SqliteOptions {
+        cache_bytes: 0, // every read goes to a reader
+        mmap_bytes: 8 << 20,
+    };
+    let store = SqliteStore::open_with(&dir.path().join("mapped.db"), options).unwrap();
+    assert_eq!(mmap_of(&store), 8 << 20);
+    for n in 1..=3 {
+        for name in ["a", "b"] {
+            store
+                .put_version("v", row(name, &version(n), n as i64))
+                .await
+                .unwrap();
+            let got = store.get_version("v", name, None).await.unwrap().unwrap();
+            assert_eq!(got, row(name, &version(n), n as i64));
+        }
+    }
+    let page = store.list_latest("v", None, 10).await.unwrap();
+    assert_eq!(page.len(), 2);
+    store.close().await;
+}
+
 /// Puts, updates and deletes race on a few names from many tasks: once all are answered, the cache holds
 /// for each name exactly what the database holds as its latest version. Every task ends with puts and
 /// writes each name every third call, so each name's last write is a put, which caches its row.
@@ -1224,7 +1272,7 @@ async fn racing_writes_leave_only_the_latest_version_cached() {
     for t in tasks {
         t.await.unwrap();
     }
-    let reader = open_reader(&path).unwrap();
+    let reader = open_reader(&path, 0).unwrap();
     for i in 0..NAMES {
         let key = format!("name{i}");
         let (_, latest, _) = find_live(&reader, "v", &key, None).unwrap().expect("live");
