@@ -442,3 +442,61 @@ fn idle_server_gives_freed_memory_back() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
+
+/// Whether the process maps `vault.db` (its readers do with `mmap_mib`).
+fn maps_database(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .any(|l| l.ends_with("/vault.db"))
+}
+
+/// `mmap_mib` in the config file reaches the store: with it (and no cache, so reads go to the database) the
+/// server maps its database file once it has read from it, and reads answer what was written; without it,
+/// nothing is mapped.
+#[test]
+fn mmap_mib_maps_the_database_for_reads() {
+    for mmap_mib in [16, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("dev");
+        let config = dir.path().join("keyvault.toml");
+        std::fs::write(&config, format!("mmap_mib = {mmap_mib}\ncache_mib = 0\n")).unwrap();
+        let mut args = dev_args(&data).to_vec();
+        args.extend(["--config", config.to_str().unwrap()]);
+        let (mut child, addr) = start(&args);
+        let creds_path = data.join("dev-credentials.json");
+        wait_for_dev_credentials(&creds_path, &addr);
+        let cli = |args: &[&str], stdin: &str| {
+            use std::io::Write;
+            let mut c = Command::new(BIN)
+                .args(args)
+                .args(["--dev-credentials", creds_path.to_str().unwrap()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        cli(
+            &["secret", "set", "mapped", "--value-stdin"],
+            "through the map",
+        );
+        let shown = cli(&["secret", "show", "mapped", "-o", "value"], "");
+        assert_eq!(shown.trim_end(), "through the map");
+        assert_eq!(
+            maps_database(child.0.id()),
+            mmap_mib > 0,
+            "mmap_mib = {mmap_mib}"
+        );
+        sigterm(&child);
+        assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    }
+}
