@@ -868,6 +868,22 @@ fn thread_io() -> [u64; 4] {
     [get("rchar:"), get("syscr:"), get("wchar:"), get("syscw:")]
 }
 
+/// Name number `i` of the store benchmarks below, with a 120-byte (sealed) value.
+fn bench_row(i: usize, version: String) -> VersionRow {
+    VersionRow {
+        name: format!("bench-{i:07}"),
+        version,
+        sealed: vec![0x5a; 120],
+        content_type: None,
+        tags: None,
+        enabled: true,
+        nbf: None,
+        exp: None,
+        created: 1,
+        updated: 1,
+    }
+}
+
 /// (CPU nanoseconds, user ticks, system ticks) of this thread so far.
 fn thread_cpu() -> [u64; 3] {
     let ns = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
@@ -918,18 +934,7 @@ fn writer_cost_direct() {
         } else {
             (r >> 33) as usize % NAMES
         };
-        VersionRow {
-            name: format!("bench-{i:07}"),
-            version: format!("{r:016x}{k:016x}"),
-            sealed: vec![0x5a; 120],
-            content_type: None,
-            tags: None,
-            enabled: true,
-            nbf: None,
-            exp: None,
-            created: 1,
-            updated: 1,
-        }
+        bench_row(i, format!("{r:016x}{k:016x}"))
     };
     // Counts (CPU ns, user ticks, system ticks, bytes read, reads, bytes written, writes) so far.
     let counts = || {
@@ -1020,19 +1025,8 @@ fn reader_cost_direct() {
     for chunk in order.chunks(1_000) {
         let tx = c.transaction().unwrap();
         for &i in chunk {
-            let row = VersionRow {
-                name: format!("bench-{i:07}"),
-                version: format!("{:032x}", (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                sealed: vec![0x5a; 120],
-                content_type: None,
-                tags: None,
-                enabled: true,
-                nbf: None,
-                exp: None,
-                created: 1,
-                updated: 1,
-            };
-            put(&tx, "v", &row).unwrap();
+            let version = format!("{:032x}", (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            put(&tx, "v", &bench_row(i, version)).unwrap();
         }
         tx.commit().unwrap();
     }
