@@ -57,7 +57,8 @@ fn rows<'a>(stdout: &'a str, op: &str, proto: &str) -> Vec<&'a str> {
 #[test]
 fn smoke_run_exercises_every_operation() {
     // Two interleaved rounds: each row must pool both (one row per operation, protocol and concurrency).
-    let stdout = bench(&["--smoke", "--rounds", "2"]);
+    // Every secret is read once before the first run (a GET answered otherwise than 200 fails the harness).
+    let stdout = bench(&["--smoke", "--rounds", "2", "--read-all-first"]);
     for op in std::iter::once("baseline").chain(OPERATIONS) {
         for proto in ["h1", "h2"] {
             assert_eq!(
@@ -69,6 +70,10 @@ fn smoke_run_exercises_every_operation() {
     }
     assert!(stdout.contains("## Targets"), "{stdout}");
     assert!(stdout.contains("2 interleaved rounds"), "{stdout}");
+    assert!(
+        stdout.contains("every secret read once after the restart"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("Disk sync (4 KiB write + fsync"),
         "{stdout}"
