@@ -96,7 +96,7 @@ impl VersionPatch {
 }
 
 /// Errors of a store. Messages never contain sealed bytes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the name is deleted but recoverable")]
     Deleted,

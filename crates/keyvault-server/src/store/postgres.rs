@@ -41,14 +41,17 @@
 //! version row with one index entry. Version 5 pages live names over a partial index of their own
 //! (`SCHEMA_V5`).
 
+pub mod batch;
 pub mod pool;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
+use self::batch::Batcher;
 use self::pool::{Conn, Pool};
 use super::{
     DeletedRow, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow, name_key, tags_json,
@@ -337,7 +340,9 @@ const SQL_ACCESS_REVISION: &str = "SELECT revision FROM kv_access WHERE id = 1";
 /// The PostgreSQL [`SecretStore`]. See the module documentation.
 pub struct PostgresStore {
     config: tokio_postgres::Config,
-    pool: Pool,
+    pool: Arc<Pool>,
+    /// Sets, written in batches ([`batch`]).
+    sets: Arc<Batcher>,
     /// The dedicated connection holding the leader lock, while this node is the leader.
     leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
@@ -396,12 +401,14 @@ impl PostgresStore {
 
         let mut client = pool::connect(&config).await?;
         migrate(&mut client).await?;
-        let pool = Pool::new(config.clone(), pool_size.max(1));
+        let pool = Arc::new(Pool::new(config.clone(), pool_size.max(1)));
         pool.add_idle(client);
+        let sets = Batcher::new(pool.clone(), batch::IN_FLIGHT.min(pool_size));
         tracing::debug!(target = %describe_target(&config), "opened the PostgreSQL store");
         Ok(PostgresStore {
             config,
             pool,
+            sets,
             leader: tokio::sync::Mutex::new(None),
         })
     }
@@ -417,17 +424,30 @@ impl PostgresStore {
     where
         F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
     {
-        let work = async {
-            let mut pooled = self.pool.get().await?;
-            let result = op(pooled.conn()).await;
-            pooled.finish(result)
-        };
-        match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "the database did not answer within {OPERATION_TIMEOUT:?}"
-            ))),
-        }
+        run_on(&self.pool, op).await
+    }
+
+    /// Statements that wrote more than one set (see [`batch`]).
+    pub fn set_batches_run(&self) -> u64 {
+        self.sets.batches_run()
+    }
+}
+
+/// Run one operation on a connection of `pool`, bounded by [`OPERATION_TIMEOUT`].
+async fn run_on<T, F>(pool: &Pool, op: F) -> StoreResult<T>
+where
+    F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
+{
+    let work = async {
+        let mut pooled = pool.get().await?;
+        let result = op(pooled.conn()).await;
+        pooled.finish(result)
+    };
+    match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the database did not answer within {OPERATION_TIMEOUT:?}"
+        ))),
     }
 }
 
@@ -804,7 +824,7 @@ async fn restore(conn: &mut Conn, vault: &str, versions: &[VersionRow]) -> Store
 #[async_trait::async_trait]
 impl SecretStore for PostgresStore {
     async fn put_version(&self, vault: &str, row: VersionRow) -> StoreResult<()> {
-        self.run(async |c| put(c, vault, &row).await).await
+        self.sets.put(vault, row).await
     }
 
     async fn get_version(

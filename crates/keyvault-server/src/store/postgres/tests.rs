@@ -1018,6 +1018,17 @@ async fn point_statements_and_sweeps_read_only_their_rows() {
             1,
         ),
         (
+            "set of many: live, deleted and new names",
+            batch::SQL_PUT_MANY,
+            "(ARRAY['v', 'v', 'v'], ARRAY['n-02000', 'n-01007', 'n-09999'], ARRAY['new1', 'new2', 'new3'], \
+              ARRAY['\\x00', '\\x00', '\\x00']::bytea[], ARRAY[NULL, NULL, NULL]::text[], \
+              ARRAY[NULL, NULL, NULL]::text[], ARRAY[true, true, true], ARRAY[NULL, NULL, NULL]::bigint[], \
+              ARRAY[NULL, NULL, NULL]::bigint[], ARRAY[1, 1, 1]::bigint[], ARRAY[1, 1, 1]::bigint[], \
+              ARRAY['N', 'N', 'N'])"
+                .into(),
+            2,
+        ),
+        (
             "update",
             SQL_UPDATE_VERSION,
             "(md5('17x'), 'text/plain', NULL, true, NULL, NULL, 5, 'v', 'many')".into(),
@@ -1085,5 +1096,155 @@ async fn point_statements_and_sweeps_read_only_their_rows() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    store.close().await;
+}
+
+/// Drive `futures` together on the calling task, each polled before any of them is polled twice: everything
+/// they start without waiting (here: joining the queue of sets) happens before other tasks run.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none()
+                && let std::task::Poll::Ready(out) = future.as_mut().poll(cx)
+            {
+                *output = Some(out);
+            }
+        }
+        if outputs.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+/// Sets in flight together are written by one statement, and each gets its own answer: new names and live
+/// ones get their version, deleted names `Deleted` (and keep their state), and sets of one name go in turn
+/// (all land; the last one written is the latest).
+#[tokio::test]
+async fn sets_in_flight_together_share_one_statement() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::sets_in_flight_together_share_one_statement")
+    else {
+        return;
+    };
+    let store = PostgresStore::open(&pg.url()).await.expect("open");
+    let v = "vault";
+    for name in ["gone-1", "gone-2", "live"] {
+        store
+            .put_version(v, row(name, unique_version(0, 0), 0))
+            .await
+            .unwrap();
+    }
+    for name in ["gone-1", "gone-2"] {
+        store.soft_delete(v, name, 10, 20).await.unwrap().unwrap();
+    }
+    let before = store.set_batches_run();
+
+    let mut sets: Vec<VersionRow> = (0..40)
+        .map(|i| row(&format!("new-{i}"), unique_version(1, i), 1))
+        .collect();
+    sets.push(row("live", unique_version(2, 0), 2));
+    sets.push(row("gone-1", unique_version(2, 1), 2));
+    sets.push(row("Gone-2", unique_version(2, 2), 2));
+    for (i, casing) in ["Dup", "DUP", "dup"].into_iter().enumerate() {
+        sets.push(row(casing, unique_version(3, i), 3));
+    }
+    let answers = join_all(
+        sets.iter()
+            .map(|r| store.put_version(v, r.clone()))
+            .collect(),
+    )
+    .await;
+
+    // The 43 distinct names went in one statement; the other two sets of "dup" each alone after it.
+    assert_eq!(store.set_batches_run() - before, 1, "one batch statement");
+    for (set, answer) in sets.iter().zip(&answers) {
+        let name = set.name.to_lowercase();
+        if name.starts_with("gone-") {
+            assert!(
+                matches!(answer, Err(StoreError::Deleted)),
+                "{name}: {answer:?}"
+            );
+            let deleted = store.get_deleted(v, &name).await.unwrap().expect("still deleted");
+            assert_eq!(deleted.latest.version, unique_version(0, 0), "{name} unchanged");
+        } else {
+            assert!(answer.is_ok(), "{name}: {answer:?}");
+        }
+    }
+    for set in &sets[..41] {
+        let latest = store.get_version(v, &set.name, None).await.unwrap();
+        assert_eq!(latest.as_ref(), Some(set), "{} is its new version", set.name);
+    }
+    let dups = store.all_versions(v, "dup").await.unwrap();
+    assert_eq!(dups.len(), 3, "every set of one name landed");
+    let latest = store.get_version(v, "dup", None).await.unwrap().unwrap();
+    assert_eq!(Some(&latest), dups.last(), "the last written is the latest");
+    assert!(sets[43..].contains(&latest));
+    store.close().await;
+}
+
+/// A set that fails on its own (a version id its name already has) fails alone: the others in its batch
+/// are written.
+#[tokio::test]
+async fn a_failing_set_in_a_batch_fails_alone() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::a_failing_set_in_a_batch_fails_alone")
+    else {
+        return;
+    };
+    let store = PostgresStore::open(&pg.url()).await.expect("open");
+    let v = "vault";
+    let taken = row("taken", unique_version(0, 0), 0);
+    store.put_version(v, taken.clone()).await.unwrap();
+    let mut sets: Vec<VersionRow> = (0..10)
+        .map(|i| row(&format!("new-{i}"), unique_version(1, i), 1))
+        .collect();
+    sets.insert(5, row("taken", unique_version(0, 0), 7));
+    let answers = join_all(
+        sets.iter()
+            .map(|r| store.put_version(v, r.clone()))
+            .collect(),
+    )
+    .await;
+    for (set, answer) in sets.iter().zip(&answers) {
+        if set.name == "taken" {
+            assert!(matches!(answer, Err(StoreError::Exists)), "{answer:?}");
+        } else {
+            assert!(answer.is_ok(), "{}: {answer:?}", set.name);
+            let latest = store.get_version(v, &set.name, None).await.unwrap();
+            assert_eq!(latest.as_ref(), Some(set));
+        }
+    }
+    assert_eq!(store.all_versions(v, "taken").await.unwrap(), vec![taken]);
+    store.close().await;
+}
+
+/// A set whose caller went away before its batch started (the client disconnected) is never written.
+#[tokio::test]
+async fn a_set_abandoned_before_its_batch_is_not_written() {
+    let Some(pg) =
+        pgtest::start_or_skip("store::postgres::a_set_abandoned_before_its_batch_is_not_written")
+    else {
+        return;
+    };
+    let store = PostgresStore::open(&pg.url()).await.expect("open");
+    let v = "vault";
+    let mut abandoned = store.put_version(v, row("abandoned", unique_version(0, 0), 0));
+    // Polled once: it joins the queue (and starts a batch task, which cannot run before this task waits).
+    let polled = abandoned
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    assert!(polled.is_pending());
+    drop(abandoned);
+    store
+        .put_version(v, row("kept", unique_version(0, 1), 0))
+        .await
+        .unwrap();
+    assert!(store.get_version(v, "kept", None).await.unwrap().is_some());
+    assert_eq!(store.get_version(v, "abandoned", None).await.unwrap(), None);
+    assert!(store.all_versions(v, "abandoned").await.unwrap().is_empty());
     store.close().await;
 }
