@@ -403,7 +403,7 @@ impl PostgresStore {
         migrate(&mut client).await?;
         let pool = Arc::new(Pool::new(config.clone(), pool_size.max(1)));
         pool.add_idle(client);
-        let sets = Batcher::new(pool.clone(), batch::IN_FLIGHT.min(pool_size));
+        let sets = Batcher::new(pool.clone(), batch::MAX_IN_FLIGHT.min(pool_size));
         tracing::debug!(target = %describe_target(&config), "opened the PostgreSQL store");
         Ok(PostgresStore {
             config,

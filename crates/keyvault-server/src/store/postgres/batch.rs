@@ -1,25 +1,31 @@
 //! Group commit for sets: concurrent [`SecretStore::put_version`](crate::store::SecretStore::put_version)
 //! calls on one node share a statement, a transaction and its commit.
 //!
-//! - Every set joins a queue. At most `in_flight` batches run at once, each a task with its own pooled
-//!   connection. A batch takes what is queued when it starts (up to [`MAX_BATCH`] sets, one per name), so a
-//!   set on an idle node runs alone, with the one-set statement, and under load the sets that arrive while
-//!   batches run share the next one. PostgreSQL's cost of a commit, a statement and a round trip is then paid
-//!   once per batch instead of once per set.
+//! - Every set joins a queue, drained by batch tasks, each with its own pooled connection. A batch takes what
+//!   waits when it starts (up to [`MAX_BATCH`] sets), so a set on an idle node runs alone, with the one-set
+//!   statement, and under load the sets that arrive while a batch runs share the next one. PostgreSQL's cost
+//!   of a commit, a statement and a round trip is then paid once per batch instead of once per set.
+//! - One task runs while it keeps up: that makes batches largest and PostgreSQL's work per set smallest.
+//!   When the oldest waiting set has waited [`STALL`] (a batch waits for a row lock another session holds,
+//!   or for a slow commit), another task starts, up to [`MAX_IN_FLIGHT`]; an extra task stops once the
+//!   queue no longer falls behind.
+//! - A name is in one running batch at most: a later set of it waits for the next batch (until the earlier
+//!   one is acknowledged both are in flight, so either order is a valid outcome), and a name whose row is
+//!   locked holds up its own batch, not the ones after it.
 //! - A batch is one autocommit statement ([`SQL_PUT_MANY`]): its sets commit together or not at all, and none
 //!   is acknowledged before the commit. It locks its names' rows in byte order, so batches (from any node)
-//!   cannot deadlock each other; the name rows are what serializes sets of one name, across nodes, as
-//!   with single sets.
+//!   cannot deadlock each other; the name rows are what serializes sets of one name across nodes, as with
+//!   single sets.
 //! - A set to a deleted name is answered `Deleted` without failing the others (its row is not returned). If
 //!   the statement fails because of one set (a version id its name already has) or is rolled back (a
 //!   deadlock with some other write), each set of the batch runs again alone and gets its own answer.
 //! - A set whose caller went away before its batch started is dropped, never written.
-//! - Two sets of the same name never share a batch; the later one waits for the next. (Until the earlier is
-//!   acknowledged both are in flight, so either order is a valid outcome.)
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -29,8 +35,12 @@ use crate::store::{StoreError, StoreResult, VersionRow, name_key, tags_json};
 
 /// Sets in one batch at most.
 pub const MAX_BATCH: usize = 128;
-/// Batches a node runs at once at most (never more than its pool's connections).
-pub const IN_FLIGHT: usize = 4;
+/// Batches a node runs at once at most (never more than its pool's connections). One runs while it keeps
+/// up, which makes batches largest and PostgreSQL's work per set smallest; another starts only when the
+/// sets waiting have waited [`STALL`] (a batch waiting for a row lock another session holds, a slow commit).
+pub const MAX_IN_FLIGHT: usize = 4;
+/// How long the oldest waiting set may wait before the running batches count as stalled.
+pub const STALL: Duration = Duration::from_millis(20);
 /// How long a set waits for its batch's answer: its turn in the queue plus the batch itself, which is bounded
 /// by [`OPERATION_TIMEOUT`]; a set that waits longer is answered `Unavailable` (it may still commit).
 const ANSWER_TIMEOUT: Duration = OPERATION_TIMEOUT.saturating_mul(2);
@@ -66,6 +76,9 @@ pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
 struct Job {
     vault: String,
     key: String,
+    /// Of (vault, key), with the batcher's hasher: a name is in one running batch at most.
+    name: u64,
+    queued: Instant,
     row: VersionRow,
     answer: oneshot::Sender<StoreResult<()>>,
 }
@@ -73,26 +86,40 @@ struct Job {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Job>,
-    /// Batch tasks running (each takes batches until the queue is empty).
+    /// Batch tasks running (each takes batches until the queue is empty or another task keeps up).
     running: usize,
+    /// The names ([`Job::name`]) in the running batches. (Two names with one hash only wait for each other.)
+    writing: HashSet<u64>,
+}
+
+impl Queue {
+    /// Whether the set waiting longest has waited [`STALL`] or more.
+    fn behind(&self) -> bool {
+        self.waiting
+            .front()
+            .is_some_and(|job| job.queued.elapsed() >= STALL)
+    }
 }
 
 /// The queue of sets and the batches that drain it. See the module documentation.
 pub struct Batcher {
     pool: Arc<Pool>,
-    in_flight: usize,
+    max_in_flight: usize,
+    hasher: RandomState,
     queue: Mutex<Queue>,
     /// Batch statements run so far (with more than one set), for tests and diagnostics.
-    batches: std::sync::atomic::AtomicU64,
+    batches: AtomicU64,
 }
 
 impl Batcher {
-    pub fn new(pool: Arc<Pool>, in_flight: usize) -> Arc<Batcher> {
+    /// A batcher over `pool`, running at most `max_in_flight` batches at once.
+    pub fn new(pool: Arc<Pool>, max_in_flight: usize) -> Arc<Batcher> {
         Arc::new(Batcher {
             pool,
-            in_flight: in_flight.max(1),
+            max_in_flight: max_in_flight.max(1),
+            hasher: RandomState::new(),
             queue: Mutex::default(),
-            batches: Default::default(),
+            batches: AtomicU64::new(0),
         })
     }
 
@@ -102,77 +129,103 @@ impl Batcher {
 
     /// Statements that wrote more than one set so far.
     pub fn batches_run(&self) -> u64 {
-        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Add `row` as its name's latest version (see [`crate::store::SecretStore::put_version`]) in the next
     /// batch that can take it; answers once that batch committed (or failed).
     pub async fn put(self: &Arc<Self>, vault: &str, row: VersionRow) -> StoreResult<()> {
-        let (answer, answered) = oneshot::channel();
+        let (answer, mut answered) = oneshot::channel();
+        let key = name_key(&row.name);
+        let queued = Instant::now();
         let job = Job {
+            name: self.hasher.hash_one((vault, &key)),
             vault: vault.to_owned(),
-            key: name_key(&row.name),
+            key,
+            queued,
             row,
             answer,
         };
-        let start = {
-            let mut queue = self.lock();
-            queue.waiting.push_back(job);
-            let start = queue.running < self.in_flight;
-            queue.running += usize::from(start);
-            start
-        };
-        if start {
-            let mut task = Running {
-                batcher: Arc::clone(self),
-                counted: true,
-            };
-            tokio::spawn(async move {
-                while let Some(batch) = task.batcher.take_batch(&mut task.counted) {
-                    task.batcher.run(batch).await;
+        self.lock().waiting.push_back(job);
+        self.start_if_needed();
+        loop {
+            match tokio::time::timeout(STALL, &mut answered).await {
+                Ok(Ok(answer)) => return answer,
+                Ok(Err(_)) => {
+                    return Err(StoreError::Unavailable(
+                        "the set was interrupted (the server is stopping)".into(),
+                    ));
                 }
-            });
-        }
-        match tokio::time::timeout(ANSWER_TIMEOUT, answered).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(StoreError::Unavailable(
-                "the set was interrupted (the server is stopping)".into(),
-            )),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "the set was not answered within {ANSWER_TIMEOUT:?}"
-            ))),
+                Err(_) if queued.elapsed() >= ANSWER_TIMEOUT => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the set was not answered within {ANSWER_TIMEOUT:?}"
+                    )));
+                }
+                // Still waiting: if the batches ahead are stalled, another may take this set.
+                Err(_) => self.start_if_needed(),
+            }
         }
     }
 
-    /// The next batch: waiting sets in arrival order, one per name, at most [`MAX_BATCH`]; sets whose caller
-    /// went away are dropped. None when nothing waits: then the task stops counting as running (`counted`), in
-    /// the same critical section, so a set that arrives next starts a new task.
-    fn take_batch(&self, counted: &mut bool) -> Option<Vec<Job>> {
-        let mut queue = self.lock();
-        let mut batch: Vec<Job> = Vec::new();
-        let mut later = VecDeque::new();
-        while let Some(job) = queue.waiting.pop_front() {
-            if job.answer.is_closed() {
-                continue;
+    /// Start a batch task if none runs, or if the running ones have fallen [`STALL`] behind and fewer than
+    /// `max_in_flight` run.
+    fn start_if_needed(self: &Arc<Self>) {
+        {
+            let mut queue = self.lock();
+            let start = queue.running == 0
+                || (queue.running < self.max_in_flight && queue.behind());
+            if !start {
+                return;
             }
-            if batch.len() == MAX_BATCH {
-                later.push_back(job);
-                later.append(&mut queue.waiting);
-                break;
-            }
-            if batch
-                .iter()
-                .any(|b| b.key == job.key && b.vault == job.vault)
-            {
-                later.push_back(job);
-            } else {
-                batch.push(job);
-            }
+            queue.running += 1;
         }
-        queue.waiting = later;
+        let mut task = Running {
+            batcher: Arc::clone(self),
+            counted: true,
+            names: Vec::new(),
+        };
+        tokio::spawn(async move {
+            let batcher = Arc::clone(&task.batcher);
+            while let Some(batch) = batcher.next_batch(&mut task) {
+                batcher.run(batch).await;
+            }
+        });
+    }
+
+    /// The next batch for `task`, once its previous batch's names are released: waiting sets in arrival
+    /// order, one per name and none of a name another batch is writing, at most [`MAX_BATCH`]; sets whose
+    /// caller went away are dropped. None when there is nothing to take, or when another task runs and keeps
+    /// up: then this task stops counting as running, in the same critical section, so that a set arriving
+    /// next starts a task if it needs one.
+    fn next_batch(&self, task: &mut Running) -> Option<Vec<Job>> {
+        let mut queue = self.lock();
+        for name in task.names.drain(..) {
+            queue.writing.remove(&name);
+        }
+        let mut batch: Vec<Job> = Vec::new();
+        if queue.running == 1 || queue.behind() {
+            let mut later = VecDeque::new();
+            while let Some(job) = queue.waiting.pop_front() {
+                if job.answer.is_closed() {
+                    continue;
+                }
+                if batch.len() == MAX_BATCH {
+                    later.push_back(job);
+                    later.append(&mut queue.waiting);
+                    break;
+                }
+                if queue.writing.insert(job.name) {
+                    task.names.push(job.name);
+                    batch.push(job);
+                } else {
+                    later.push_back(job);
+                }
+            }
+            queue.waiting = later;
+        }
         if batch.is_empty() {
             queue.running -= 1;
-            *counted = false;
+            task.counted = false;
             return None;
         }
         Some(batch)
@@ -182,8 +235,7 @@ impl Batcher {
     async fn run(&self, batch: Vec<Job>) {
         let answers = run_on(&self.pool, async |c| write_batch(c, &batch).await).await;
         if batch.len() > 1 {
-            self.batches
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.batches.fetch_add(1, Ordering::Relaxed);
         }
         match answers {
             Ok(answers) => {
@@ -200,17 +252,22 @@ impl Batcher {
     }
 }
 
-/// A batch task. It stops counting as running when it finds the queue empty, or else when it is dropped
-/// half-way (the runtime is shutting down), so that later sets never wait for a task that is gone.
+/// A batch task: counted as running, and holding the names of its batch, until it stops. When it is dropped
+/// half-way (the runtime is shutting down) it releases both, so later sets never wait for a task that is gone.
 struct Running {
     batcher: Arc<Batcher>,
     counted: bool,
+    names: Vec<u64>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         if self.counted {
-            self.batcher.lock().running -= 1;
+            let mut queue = self.batcher.lock();
+            queue.running -= 1;
+            for name in &self.names {
+                queue.writing.remove(name);
+            }
         }
     }
 }

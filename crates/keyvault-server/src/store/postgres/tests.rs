@@ -1248,3 +1248,55 @@ async fn a_set_abandoned_before_its_batch_is_not_written() {
     assert!(store.all_versions(v, "abandoned").await.unwrap().is_empty());
     store.close().await;
 }
+
+/// A set waiting for a name whose row another session has locked holds up its own batch only: sets of other
+/// names that arrive after it are written meanwhile (another batch starts once the queue falls behind), and
+/// the waiting set lands when the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_waiting_for_a_locked_name_does_not_hold_up_the_others() {
+    let Some(pg) = pgtest::start_or_skip(
+        "store::postgres::a_set_waiting_for_a_locked_name_does_not_hold_up_the_others",
+    ) else {
+        return;
+    };
+    let store = Arc::new(PostgresStore::open(&pg.url()).await.expect("open"));
+    let v = "vault";
+    for name in ["locked", "free"] {
+        store
+            .put_version(v, row(name, unique_version(0, 0), 0))
+            .await
+            .unwrap();
+    }
+    let other = pool::connect(&tokio_postgres::Config::from_str(&pg.url()).unwrap())
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key = 'locked' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .put_version(v, row("locked", unique_version(1, 0), 1))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        let set = row("free", unique_version(2, i), 2);
+        tokio::time::timeout(Duration::from_secs(10), store.put_version(v, set.clone()))
+            .await
+            .expect("a set of another name is not held up by the locked one")
+            .unwrap();
+        assert_eq!(store.get_version(v, "free", None).await.unwrap(), Some(set));
+    }
+    assert!(!waiting.is_finished(), "the set of the locked name waits");
+    other.batch_execute("COMMIT").await.unwrap();
+    waiting.await.unwrap().expect("lands once the lock is gone");
+    let latest = store.get_version(v, "locked", None).await.unwrap().unwrap();
+    assert_eq!(latest.version, unique_version(1, 0));
+    store.close().await;
+}
