@@ -172,8 +172,8 @@ impl Batcher {
     fn start_if_needed(self: &Arc<Self>) {
         {
             let mut queue = self.lock();
-            let start = queue.running == 0
-                || (queue.running < self.max_in_flight && queue.behind());
+            let start =
+                queue.running == 0 || (queue.running < self.max_in_flight && queue.behind());
             if !start {
                 return;
             }
@@ -331,8 +331,10 @@ async fn put_many(
     let versions = column(|j| &j.row.version);
     let names = column(|j| &j.row.name);
     let sealed: Vec<&[u8]> = batch.iter().map(|j| j.row.sealed.as_slice()).collect();
-    let content_types: Vec<Option<&str>> =
-        batch.iter().map(|j| j.row.content_type.as_deref()).collect();
+    let content_types: Vec<Option<&str>> = batch
+        .iter()
+        .map(|j| j.row.content_type.as_deref())
+        .collect();
     let tags: Vec<Option<&str>> = tags.iter().map(Option::as_deref).collect();
     let enabled: Vec<bool> = batch.iter().map(|j| j.row.enabled).collect();
     let nbf: Vec<Option<i64>> = batch.iter().map(|j| j.row.nbf).collect();

@@ -1127,7 +1127,8 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// (all land; the last one written is the latest).
 #[tokio::test]
 async fn sets_in_flight_together_share_one_statement() {
-    let Some(pg) = pgtest::start_or_skip("store::postgres::sets_in_flight_together_share_one_statement")
+    let Some(pg) =
+        pgtest::start_or_skip("store::postgres::sets_in_flight_together_share_one_statement")
     else {
         return;
     };
@@ -1169,15 +1170,28 @@ async fn sets_in_flight_together_share_one_statement() {
                 matches!(answer, Err(StoreError::Deleted)),
                 "{name}: {answer:?}"
             );
-            let deleted = store.get_deleted(v, &name).await.unwrap().expect("still deleted");
-            assert_eq!(deleted.latest.version, unique_version(0, 0), "{name} unchanged");
+            let deleted = store
+                .get_deleted(v, &name)
+                .await
+                .unwrap()
+                .expect("still deleted");
+            assert_eq!(
+                deleted.latest.version,
+                unique_version(0, 0),
+                "{name} unchanged"
+            );
         } else {
             assert!(answer.is_ok(), "{name}: {answer:?}");
         }
     }
     for set in &sets[..41] {
         let latest = store.get_version(v, &set.name, None).await.unwrap();
-        assert_eq!(latest.as_ref(), Some(set), "{} is its new version", set.name);
+        assert_eq!(
+            latest.as_ref(),
+            Some(set),
+            "{} is its new version",
+            set.name
+        );
     }
     let dups = store.all_versions(v, "dup").await.unwrap();
     assert_eq!(dups.len(), 3, "every set of one name landed");
