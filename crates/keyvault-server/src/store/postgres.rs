@@ -51,7 +51,7 @@ use std::time::Duration;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-use self::batch::Batcher;
+use self::batch::{Batcher, Get, Set};
 use self::pool::{Conn, Pool};
 use super::{
     DeletedRow, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow, name_key, tags_json,
@@ -253,6 +253,25 @@ const SQL_FIND_VERSION: &str = concat!(
     " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL AND v.version = $3"
 );
+/// Many reads in one query (see [`batch`]): for each (vault, name key, version or NULL for the latest) at
+/// the same index of the three arrays, the live name's version, as [`SQL_FIND_LATEST`] or
+/// [`SQL_FIND_VERSION`] would answer it, numbered by its index (from 1). Absent and deleted names return no
+/// row. Each name and each version is an index lookup: a `LATERAL` subquery with its own `LIMIT` (one row
+/// anyway), as in [`SQL_LIST_LATEST`]. (As a plain join, without statistics PostgreSQL hash-joined the
+/// requested names with every live name.)
+const SQL_GET_MANY: &str = concat!(
+    "SELECT g.i, n.display_name, ",
+    vcols!(),
+    r#" FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS g(vault, name_key, version, i)
+     CROSS JOIN LATERAL (SELECT vault, name_key, display_name, latest_version FROM kv_names
+         WHERE vault = g.vault COLLATE "C" AND name_key = g.name_key COLLATE "C" AND deleted_on IS NULL
+         LIMIT 1) AS n
+     CROSS JOIN LATERAL (SELECT "#,
+    version_columns!(),
+    r#" FROM kv_versions
+         WHERE vault = n.vault AND name_key = n.name_key
+           AND version = COALESCE(g.version COLLATE "C", n.latest_version) LIMIT 1) AS v"#
+);
 /// A deleted name and its latest version, like [`SQL_FIND_LATEST`].
 const SQL_FIND_DELETED: &str = concat!(
     "SELECT n.display_name, ",
@@ -342,7 +361,9 @@ pub struct PostgresStore {
     config: tokio_postgres::Config,
     pool: Arc<Pool>,
     /// Sets, written in batches ([`batch`]).
-    sets: Arc<Batcher>,
+    sets: Arc<Batcher<Set>>,
+    /// Reads of one version (`get_version`), in batches.
+    gets: Arc<Batcher<Get>>,
     /// The dedicated connection holding the leader lock, while this node is the leader.
     leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
@@ -403,12 +424,15 @@ impl PostgresStore {
         migrate(&mut client).await?;
         let pool = Arc::new(Pool::new(config.clone(), pool_size.max(1)));
         pool.add_idle(client);
-        let sets = Batcher::new(pool.clone(), batch::MAX_IN_FLIGHT.min(pool_size));
+        let in_flight = batch::MAX_IN_FLIGHT.min(pool_size);
+        let sets = Batcher::new(pool.clone(), in_flight);
+        let gets = Batcher::new(pool.clone(), in_flight);
         tracing::debug!(target = %describe_target(&config), "opened the PostgreSQL store");
         Ok(PostgresStore {
             config,
             pool,
             sets,
+            gets,
             leader: tokio::sync::Mutex::new(None),
         })
     }
@@ -430,6 +454,11 @@ impl PostgresStore {
     /// Statements that wrote more than one set (see [`batch`]).
     pub fn set_batches_run(&self) -> u64 {
         self.sets.batches_run()
+    }
+
+    /// Queries that read more than one version (see [`batch`]).
+    pub fn get_batches_run(&self) -> u64 {
+        self.gets.batches_run()
     }
 }
 
@@ -824,7 +853,12 @@ async fn restore(conn: &mut Conn, vault: &str, versions: &[VersionRow]) -> Store
 #[async_trait::async_trait]
 impl SecretStore for PostgresStore {
     async fn put_version(&self, vault: &str, row: VersionRow) -> StoreResult<()> {
-        self.sets.put(vault, row).await
+        let set = Set {
+            vault: vault.to_owned(),
+            key: name_key(&row.name),
+            row,
+        };
+        self.sets.submit(set).await
     }
 
     async fn get_version(
@@ -833,14 +867,12 @@ impl SecretStore for PostgresStore {
         name: &str,
         version: Option<&str>,
     ) -> StoreResult<Option<VersionRow>> {
-        let key = name_key(name);
-        self.run(async |c| {
-            let Conn { client, stmts } = c;
-            Ok(find_live(stmts, &*client, vault, &key, version)
-                .await?
-                .map(|(_, row)| row))
-        })
-        .await
+        let get = Get {
+            vault: vault.to_owned(),
+            key: name_key(name),
+            version: version.map(str::to_owned),
+        };
+        self.gets.submit(get).await
     }
 
     async fn update_version(

@@ -1,25 +1,28 @@
-//! Group commit for sets: concurrent [`SecretStore::put_version`](crate::store::SecretStore::put_version)
-//! calls on one node share a statement, a transaction and its commit.
+//! Group commit for sets, and shared statements for reads: concurrent
+//! [`put_version`](crate::store::SecretStore::put_version) calls on one node share a statement, a transaction
+//! and its commit; concurrent [`get_version`](crate::store::SecretStore::get_version) calls share a query.
 //!
-//! - Every set joins a queue, drained by batch tasks, each with its own pooled connection. A batch takes what
-//!   waits when it starts (up to [`MAX_BATCH`] sets), so a set on an idle node runs alone, with the one-set
-//!   statement, and under load the sets that arrive while a batch runs share the next one. PostgreSQL's cost
-//!   of a commit, a statement and a round trip is then paid once per batch instead of once per set.
-//! - One task runs while it keeps up: that makes batches largest and PostgreSQL's work per set smallest.
-//!   When the oldest waiting set has waited [`STALL`] (a batch waits for a row lock another session holds,
-//!   or for a slow commit), another task starts, up to [`MAX_IN_FLIGHT`]; an extra task stops once the
-//!   queue no longer falls behind.
-//! - A name is in one running batch at most: a later set of it waits for the next batch (until the earlier
-//!   one is acknowledged both are in flight, so either order is a valid outcome), and a name whose row is
-//!   locked holds up its own batch, not the ones after it.
-//! - A batch is one autocommit statement ([`SQL_PUT_MANY`]): its sets commit together or not at all, and none
-//!   is acknowledged before the commit. It locks its names' rows in byte order, so batches (from any node)
-//!   cannot deadlock each other; the name rows are what serializes sets of one name across nodes, as with
-//!   single sets.
-//! - A set to a deleted name is answered `Deleted` without failing the others (its row is not returned). If
-//!   the statement fails because of one set (a version id its name already has) or is rolled back (a
-//!   deadlock with some other write), each set of the batch runs again alone and gets its own answer.
-//! - A set whose caller went away before its batch started is dropped, never written.
+//! - Every operation joins its kind's queue, drained by batch tasks, each with its own pooled connection. A
+//!   batch takes what waits when it starts (up to [`MAX_BATCH`]), so an operation on an idle node runs alone,
+//!   with its one-row statement, and under load the operations that arrive while a batch runs share the next
+//!   one. PostgreSQL's cost of a statement, a round trip and (for sets) a commit is then paid once per batch
+//!   instead of once per operation.
+//! - One task runs while it keeps up: that makes batches largest and PostgreSQL's work per operation
+//!   smallest. When the oldest waiting operation has waited [`STALL`] (a batch waits for a row lock another
+//!   session holds, or for a slow commit), another task starts, up to [`MAX_IN_FLIGHT`]; an extra task stops
+//!   once the queue no longer falls behind.
+//! - Sets: a name is in one running batch at most. A later set of it waits for the next batch (until the
+//!   earlier one is acknowledged both are in flight, so either order is a valid outcome), and a name whose row
+//!   is locked holds up its own batch, not the ones after it. A batch is one autocommit statement
+//!   ([`SQL_PUT_MANY`]): its sets commit together or not at all, and none is acknowledged before the commit.
+//!   It locks its names' rows in byte order, so batches (from any node) cannot deadlock each other; the name
+//!   rows are what serializes sets of one name across nodes, as with single sets. A set to a deleted name is
+//!   answered `Deleted` without failing the others (its row is not returned). If the statement fails because
+//!   of one set (a version id its name already has) or is rolled back (a deadlock with some other write),
+//!   each set of the batch runs again alone and gets its own answer.
+//! - Reads ([`SQL_GET_MANY`]): one query looks up every requested name (its latest version, or the version
+//!   asked for). It starts after each of its reads arrived, so each sees every write acknowledged before it.
+//! - An operation whose caller went away before its batch started is dropped: a set is then never written.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -30,10 +33,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::pool::{Conn, Pool};
-use super::{OPERATION_TIMEOUT, is_unique_violation, put, run_on};
-use crate::store::{StoreError, StoreResult, VersionRow, name_key, tags_json};
+use super::{
+    OPERATION_TIMEOUT, SQL_GET_MANY, find_live, is_unique_violation, put, run_on, version_row,
+};
+use crate::store::{StoreError, StoreResult, VersionRow, tags_json};
 
-/// Sets in one batch at most.
+/// Operations in one batch at most.
 pub const MAX_BATCH: usize = 128;
 /// Batches a node runs at once at most (never more than its pool's connections). One runs while it keeps
 /// up, which makes batches largest and PostgreSQL's work per set smallest; another starts only when the
@@ -72,28 +77,41 @@ pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
      ORDER BY i.vault, i.name_key
      RETURNING vault, name_key"#;
 
-/// One set waiting for (or in) a batch.
-struct Job {
-    vault: String,
-    key: String,
-    /// Of (vault, key), with the batcher's hasher: a name is in one running batch at most.
-    name: u64,
-    queued: Instant,
-    row: VersionRow,
-    answer: oneshot::Sender<StoreResult<()>>,
+/// Work that concurrent callers can share a statement for.
+pub trait Work: Sized + Send + Sync + 'static {
+    /// What each caller gets back.
+    type Answer: Send + 'static;
+    /// Whether two operations of one name must not share a batch, nor run in two batches at once.
+    const ONE_PER_NAME: bool;
+    /// The (vault, name key) this operation is about.
+    fn name(&self) -> (&str, &str);
+    /// Run `batch` on `conn`: each operation's answer, in order; Err when the whole batch failed.
+    fn run(
+        conn: &mut Conn,
+        batch: &[Self],
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<Self::Answer>>>> + Send;
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Job>,
+/// One operation waiting for (or in) a batch.
+struct Job<W: Work> {
+    work: W,
+    /// Of (vault, key), with the batcher's hasher (for [`Work::ONE_PER_NAME`]).
+    name: u64,
+    queued: Instant,
+    answer: oneshot::Sender<StoreResult<W::Answer>>,
+}
+
+struct Queue<W: Work> {
+    waiting: VecDeque<Job<W>>,
     /// Batch tasks running (each takes batches until the queue is empty or another task keeps up).
     running: usize,
-    /// The names ([`Job::name`]) in the running batches. (Two names with one hash only wait for each other.)
+    /// The names ([`Job::name`]) in the running batches, for [`Work::ONE_PER_NAME`]. (Two names with one hash
+    /// only wait for each other.)
     writing: HashSet<u64>,
 }
 
-impl Queue {
-    /// Whether the set waiting longest has waited [`STALL`] or more.
+impl<W: Work> Queue<W> {
+    /// Whether the operation waiting longest has waited [`STALL`] or more.
     fn behind(&self) -> bool {
         self.waiting
             .front()
@@ -101,49 +119,53 @@ impl Queue {
     }
 }
 
-/// The queue of sets and the batches that drain it. See the module documentation.
-pub struct Batcher {
+/// A queue of operations and the batches that drain it. See the module documentation.
+pub struct Batcher<W: Work> {
     pool: Arc<Pool>,
     max_in_flight: usize,
     hasher: RandomState,
-    queue: Mutex<Queue>,
-    /// Batch statements run so far (with more than one set), for tests and diagnostics.
+    queue: Mutex<Queue<W>>,
+    /// Batches of more than one operation run so far, for tests and diagnostics.
     batches: AtomicU64,
 }
 
-impl Batcher {
+impl<W: Work> Batcher<W> {
     /// A batcher over `pool`, running at most `max_in_flight` batches at once.
-    pub fn new(pool: Arc<Pool>, max_in_flight: usize) -> Arc<Batcher> {
+    pub fn new(pool: Arc<Pool>, max_in_flight: usize) -> Arc<Batcher<W>> {
         Arc::new(Batcher {
             pool,
             max_in_flight: max_in_flight.max(1),
             hasher: RandomState::new(),
-            queue: Mutex::default(),
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                running: 0,
+                writing: HashSet::new(),
+            }),
             batches: AtomicU64::new(0),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<W>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Statements that wrote more than one set so far.
+    /// Batches of more than one operation so far.
     pub fn batches_run(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
     }
 
-    /// Add `row` as its name's latest version (see [`crate::store::SecretStore::put_version`]) in the next
-    /// batch that can take it; answers once that batch committed (or failed).
-    pub async fn put(self: &Arc<Self>, vault: &str, row: VersionRow) -> StoreResult<()> {
+    /// Do `work` in the next batch that can take it; answers once that batch is done (for sets: committed).
+    pub async fn submit(self: &Arc<Self>, work: W) -> StoreResult<W::Answer> {
         let (answer, mut answered) = oneshot::channel();
-        let key = name_key(&row.name);
         let queued = Instant::now();
         let job = Job {
-            name: self.hasher.hash_one((vault, &key)),
-            vault: vault.to_owned(),
-            key,
+            name: if W::ONE_PER_NAME {
+                self.hasher.hash_one(work.name())
+            } else {
+                0
+            },
+            work,
             queued,
-            row,
             answer,
         };
         self.lock().waiting.push_back(job);
@@ -153,15 +175,15 @@ impl Batcher {
                 Ok(Ok(answer)) => return answer,
                 Ok(Err(_)) => {
                     return Err(StoreError::Unavailable(
-                        "the set was interrupted (the server is stopping)".into(),
+                        "the operation was interrupted (the server is stopping)".into(),
                     ));
                 }
                 Err(_) if queued.elapsed() >= ANSWER_TIMEOUT => {
                     return Err(StoreError::Unavailable(format!(
-                        "the set was not answered within {ANSWER_TIMEOUT:?}"
+                        "the database did not answer within {ANSWER_TIMEOUT:?}"
                     )));
                 }
-                // Still waiting: if the batches ahead are stalled, another may take this set.
+                // Still waiting: if the batches ahead are stalled, another may take this operation.
                 Err(_) => self.start_if_needed(),
             }
         }
@@ -186,66 +208,74 @@ impl Batcher {
         };
         tokio::spawn(async move {
             let batcher = Arc::clone(&task.batcher);
-            while let Some(batch) = batcher.next_batch(&mut task) {
-                batcher.run(batch).await;
+            while let Some((works, answers)) = batcher.next_batch(&mut task) {
+                batcher.run(works, answers).await;
             }
         });
     }
 
-    /// The next batch for `task`, once its previous batch's names are released: waiting sets in arrival
-    /// order, one per name and none of a name another batch is writing, at most [`MAX_BATCH`]; sets whose
-    /// caller went away are dropped. None when there is nothing to take, or when another task runs and keeps
-    /// up: then this task stops counting as running, in the same critical section, so that a set arriving
-    /// next starts a task if it needs one.
-    fn next_batch(&self, task: &mut Running) -> Option<Vec<Job>> {
+    /// The next batch for `task`, once its previous batch's names are released: waiting operations in
+    /// arrival order (for [`Work::ONE_PER_NAME`], one per name and none of a name another batch holds), at
+    /// most [`MAX_BATCH`]; operations whose caller went away are dropped. None when there is nothing to take,
+    /// or when another task runs and keeps up: then this task stops counting as running, in the same critical
+    /// section, so that an operation arriving next starts a task if it needs one.
+    #[allow(clippy::type_complexity)]
+    fn next_batch(
+        &self,
+        task: &mut Running<W>,
+    ) -> Option<(Vec<W>, Vec<oneshot::Sender<StoreResult<W::Answer>>>)> {
         let mut queue = self.lock();
         for name in task.names.drain(..) {
             queue.writing.remove(&name);
         }
-        let mut batch: Vec<Job> = Vec::new();
+        let mut works = Vec::new();
+        let mut answers = Vec::new();
         if queue.running == 1 || queue.behind() {
             let mut later = VecDeque::new();
             while let Some(job) = queue.waiting.pop_front() {
                 if job.answer.is_closed() {
                     continue;
                 }
-                if batch.len() == MAX_BATCH {
+                if works.len() == MAX_BATCH {
                     later.push_back(job);
                     later.append(&mut queue.waiting);
                     break;
                 }
-                if queue.writing.insert(job.name) {
+                if W::ONE_PER_NAME {
+                    if !queue.writing.insert(job.name) {
+                        later.push_back(job);
+                        continue;
+                    }
                     task.names.push(job.name);
-                    batch.push(job);
-                } else {
-                    later.push_back(job);
                 }
+                works.push(job.work);
+                answers.push(job.answer);
             }
             queue.waiting = later;
         }
-        if batch.is_empty() {
+        if works.is_empty() {
             queue.running -= 1;
             task.counted = false;
             return None;
         }
-        Some(batch)
+        Some((works, answers))
     }
 
-    /// Write one batch and answer its sets.
-    async fn run(&self, batch: Vec<Job>) {
-        let answers = run_on(&self.pool, async |c| write_batch(c, &batch).await).await;
-        if batch.len() > 1 {
+    /// Run one batch and answer its operations.
+    async fn run(&self, works: Vec<W>, answers: Vec<oneshot::Sender<StoreResult<W::Answer>>>) {
+        let results = run_on(&self.pool, async |c| W::run(c, &works).await).await;
+        if works.len() > 1 {
             self.batches.fetch_add(1, Ordering::Relaxed);
         }
-        match answers {
-            Ok(answers) => {
-                for (job, answer) in batch.into_iter().zip(answers) {
-                    let _ = job.answer.send(answer);
+        match results {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
                 }
             }
             Err(e) => {
-                for job in batch {
-                    let _ = job.answer.send(Err(e.clone()));
+                for answer in answers {
+                    let _ = answer.send(Err(e.clone()));
                 }
             }
         }
@@ -253,14 +283,15 @@ impl Batcher {
 }
 
 /// A batch task: counted as running, and holding the names of its batch, until it stops. When it is dropped
-/// half-way (the runtime is shutting down) it releases both, so later sets never wait for a task that is gone.
-struct Running {
-    batcher: Arc<Batcher>,
+/// half-way (the runtime is shutting down) it releases both, so later operations never wait for a task that
+/// is gone.
+struct Running<W: Work> {
+    batcher: Arc<Batcher<W>>,
     counted: bool,
     names: Vec<u64>,
 }
 
-impl Drop for Running {
+impl<W: Work> Drop for Running<W> {
     fn drop(&mut self) {
         if self.counted {
             let mut queue = self.batcher.lock();
@@ -272,9 +303,82 @@ impl Drop for Running {
     }
 }
 
+/// A set: `row` becomes the latest version of its name in `vault`.
+pub struct Set {
+    pub vault: String,
+    pub key: String,
+    pub row: VersionRow,
+}
+
+impl Work for Set {
+    type Answer = ();
+    const ONE_PER_NAME: bool = true;
+
+    fn name(&self) -> (&str, &str) {
+        (&self.vault, &self.key)
+    }
+
+    async fn run(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResult<()>>> {
+        write_sets(conn, batch).await
+    }
+}
+
+/// A read of a live name's latest version, or of the version asked for.
+pub struct Get {
+    pub vault: String,
+    pub key: String,
+    pub version: Option<String>,
+}
+
+impl Work for Get {
+    type Answer = Option<VersionRow>;
+    const ONE_PER_NAME: bool = false;
+
+    fn name(&self) -> (&str, &str) {
+        (&self.vault, &self.key)
+    }
+
+    async fn run(
+        conn: &mut Conn,
+        batch: &[Get],
+    ) -> StoreResult<Vec<StoreResult<Option<VersionRow>>>> {
+        if let [get] = batch {
+            let Conn { client, stmts } = conn;
+            let found = find_live(
+                stmts,
+                &*client,
+                &get.vault,
+                &get.key,
+                get.version.as_deref(),
+            )
+            .await?;
+            return Ok(vec![Ok(found.map(|(_, row)| row))]);
+        }
+        let Conn { client, stmts } = conn;
+        let st = Conn::prepare(stmts, &*client, SQL_GET_MANY).await?;
+        let vaults: Vec<&str> = batch.iter().map(|g| g.vault.as_str()).collect();
+        let keys: Vec<&str> = batch.iter().map(|g| g.key.as_str()).collect();
+        let versions: Vec<Option<&str>> = batch.iter().map(|g| g.version.as_deref()).collect();
+        let rows = client.query(&st, &[&vaults, &keys, &versions]).await?;
+        let mut found: Vec<StoreResult<Option<VersionRow>>> =
+            batch.iter().map(|_| Ok(None)).collect();
+        for r in &rows {
+            let at: i64 = r.try_get(0)?;
+            let slot = usize::try_from(at - 1)
+                .ok()
+                .and_then(|i| found.get_mut(i))
+                .ok_or_else(|| {
+                    StoreError::Internal(format!("a read batch answered for row {at}"))
+                })?;
+            *slot = Ok(Some(version_row(r, 1)?));
+        }
+        Ok(found)
+    }
+}
+
 /// The answer of each set of `batch`, in order: one statement for the whole batch, or (for one set, or after
 /// a failure caused by one of them) the one-set statement for each.
-async fn write_batch(conn: &mut Conn, batch: &[Job]) -> StoreResult<Vec<StoreResult<()>>> {
+async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResult<()>>> {
     // Tags are checked when a request is parsed; should one still not serialize, the one-set statement
     // reports it for that set alone.
     let tags: StoreResult<Vec<Option<String>>> =
@@ -320,12 +424,12 @@ fn is_rollback(e: &tokio_postgres::Error) -> bool {
 /// Run [`SQL_PUT_MANY`] for `batch`: the (vault, name key) of each set done.
 async fn put_many(
     conn: &mut Conn,
-    batch: &[Job],
+    batch: &[Set],
     tags: &[Option<String>],
 ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let Conn { client, stmts } = conn;
     let st = Conn::prepare(stmts, &*client, SQL_PUT_MANY).await?;
-    let column = |f: fn(&Job) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+    let column = |f: fn(&Set) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
     let vaults = column(|j| &j.vault);
     let keys = column(|j| &j.key);
     let versions = column(|j| &j.row.version);

@@ -1029,6 +1029,14 @@ async fn point_statements_and_sweeps_read_only_their_rows() {
             2,
         ),
         (
+            "reads of many: latest, a version, deleted and absent names",
+            SQL_GET_MANY,
+            "(ARRAY['v', 'v', 'v', 'v', 'v'], ARRAY['n-02000', 'many', 'many', 'n-01007', 'n-09999'], \
+              ARRAY[NULL, md5('17x'), NULL, NULL, NULL])"
+                .into(),
+            3,
+        ),
+        (
             "update",
             SQL_UPDATE_VERSION,
             "(md5('17x'), 'text/plain', NULL, true, NULL, NULL, 5, 'v', 'many')".into(),
@@ -1312,5 +1320,72 @@ async fn a_set_waiting_for_a_locked_name_does_not_hold_up_the_others() {
     waiting.await.unwrap().expect("lands once the lock is gone");
     let latest = store.get_version(v, "locked", None).await.unwrap().unwrap();
     assert_eq!(latest.version, unique_version(1, 0));
+    store.close().await;
+}
+
+/// Reads in flight together are answered by one query, each as it would be alone: the latest version or the
+/// one asked for, nothing for deleted or absent names or unknown versions, the same answer for a repeated read.
+#[tokio::test]
+async fn reads_in_flight_together_share_one_query() {
+    let Some(pg) =
+        pgtest::start_or_skip("store::postgres::reads_in_flight_together_share_one_query")
+    else {
+        return;
+    };
+    let store = PostgresStore::open(&pg.url()).await.expect("open");
+    let v = "vault";
+    let a1 = row("Alpha", unique_version(0, 1), 1);
+    let a2 = row("ALPHA", unique_version(0, 2), 2);
+    let b = row("beta", unique_version(0, 3), 3);
+    let gone = row("gone", unique_version(0, 4), 4);
+    for r in [&a1, &a2, &b, &gone] {
+        store.put_version(v, r.clone()).await.unwrap();
+    }
+    store.soft_delete(v, "gone", 10, 20).await.unwrap().unwrap();
+    // The latest's display name is that of the latest write; an older version reads with it too.
+    let a1_now = VersionRow {
+        name: "ALPHA".into(),
+        ..a1.clone()
+    };
+    let reads: Vec<(&str, Option<String>, Option<VersionRow>)> = vec![
+        ("alpha", None, Some(a2.clone())),
+        ("alpha", Some(a1.version.clone()), Some(a1_now)),
+        ("Alpha", Some(a2.version.clone()), Some(a2.clone())),
+        ("alpha", Some(unique_version(9, 9)), None),
+        ("alpha", Some(b.version.clone()), None),
+        ("beta", None, Some(b.clone())),
+        ("BETA", None, Some(b.clone())),
+        ("gone", None, None),
+        ("gone", Some(gone.version.clone()), None),
+        ("absent", None, None),
+    ];
+    let before = store.get_batches_run();
+    let answers = join_all(
+        reads
+            .iter()
+            .map(|(name, version, _)| store.get_version(v, name, version.as_deref()))
+            .collect(),
+    )
+    .await;
+    assert_eq!(store.get_batches_run() - before, 1, "one query");
+    for ((name, version, expected), answer) in reads.iter().zip(answers) {
+        assert_eq!(
+            answer.unwrap().as_ref(),
+            expected.as_ref(),
+            "{name} {version:?}"
+        );
+    }
+    // Alone, through the one-read statement, the same.
+    for (name, version, expected) in &reads {
+        let alone = store
+            .get_version(v, name, version.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(
+            alone.as_ref(),
+            expected.as_ref(),
+            "{name} {version:?} alone"
+        );
+    }
     store.close().await;
 }
