@@ -11,6 +11,9 @@
 //!   deleted. Multi-statement operations run in one transaction; each statement sees what committed before it.
 //!   A set (the hot write) is one statement and one round trip (`SQL_PUT`): the upsert that locks the name
 //!   points it at the new version id, and the version is inserted (drawing its `seq`) in the same statement.
+//! - **Batches** ([`batch`]): concurrent sets on a node share one statement and one commit (group commit,
+//!   `batch::SQL_PUT_MANY`), and concurrent reads of a version one query (`SQL_GET_MANY`); alone, each
+//!   runs its one-row statement.
 //! - **Ordering**: keys are `COLLATE "C"`, so keyset paging sorts names by bytes, exactly as SQLite does.
 //! - **Schema**: versioned migrations in `kv_schema_migrations`, applied at start inside a transaction that
 //!   holds `pg_advisory_xact_lock(`[`MIGRATION_LOCK_KEY`]`)`, so several nodes may start at once.
