@@ -25,10 +25,12 @@ pub enum Op {
     Set,
     /// DELETE then POST recover of the same name: one op = two durable writes.
     DeleteRecover,
+    /// A read-mostly mix on random names: nine GETs of the latest version for each SET (drawn at random).
+    Mixed,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::GetLatest,
         Op::GetVersion,
         Op::ListFirst,
@@ -36,6 +38,7 @@ impl Op {
         Op::Update,
         Op::Set,
         Op::DeleteRecover,
+        Op::Mixed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Op {
             Op::Update => "update",
             Op::Set => "set",
             Op::DeleteRecover => "delete-recover",
+            Op::Mixed => "mixed",
         }
     }
 
@@ -338,6 +342,12 @@ async fn worker(
                 let _ = write!(path, "/secrets/{}?api-version={API}", data.names[i]);
                 one(&mut conn, Method::GET, &path, &workload.bearer, None).await
             }
+            Op::Mixed if rng.below(10) != 0 => {
+                let i = rng.below(n);
+                path.clear();
+                let _ = write!(path, "/secrets/{}?api-version={API}", data.names[i]);
+                one(&mut conn, Method::GET, &path, &workload.bearer, None).await
+            }
             Op::GetVersion => {
                 let i = rng.below(n);
                 path.clear();
@@ -379,7 +389,7 @@ async fn worker(
                 )
                 .await
             }
-            Op::Set => {
+            Op::Set | Op::Mixed => {
                 let i = rng.below(n);
                 path.clear();
                 let _ = write!(path, "/secrets/{}?api-version={API}", data.names[i]);

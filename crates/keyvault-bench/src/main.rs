@@ -84,7 +84,8 @@ struct Args {
     /// Protocols: h1, h2 [default: h1,h2; --postgres: h1].
     #[arg(long, value_delimiter = ',')]
     protos: Vec<String>,
-    /// Operations: get, get-version, list-first, list-deep, update, set, delete-recover [default: all;
+    /// Operations: get, get-version, list-first, list-deep, update, set, delete-recover, mixed (9 GETs : 1 SET on
+    /// random names) [default: all;
     /// --postgres: set,get].
     #[arg(long, value_delimiter = ',')]
     ops: Vec<String>,

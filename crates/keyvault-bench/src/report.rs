@@ -215,6 +215,7 @@ pub fn render_size(s: &SizeReport) -> String {
         };
         let label = match r.op {
             Op::DeleteRecover => "delete+recover (pairs)",
+            Op::Mixed => "mixed (9 get : 1 set)",
             op => op.label(),
         };
         let store_cpu = match (pg, cell.store_cpu_us_per_op()) {

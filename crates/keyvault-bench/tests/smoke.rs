@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The operations every matrix row set has (besides the baseline).
-const OPERATIONS: [&str; 7] = [
+const OPERATIONS: [&str; 8] = [
     "get",
     "get-version",
     "list-first",
@@ -18,6 +18,7 @@ const OPERATIONS: [&str; 7] = [
     "update",
     "set",
     "delete+recover",
+    "mixed",
 ];
 
 /// Runs `keyvault-bench` with `args` against the workspace's server; returns its stdout, after checking that
