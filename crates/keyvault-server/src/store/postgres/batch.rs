@@ -2,10 +2,10 @@
 //! [`put_version`](crate::store::SecretStore::put_version) calls on one node share a statement, a transaction
 //! and its commit; concurrent [`get_version`](crate::store::SecretStore::get_version) calls share a query.
 //!
-//! - Every operation joins its kind's queue, drained by batch tasks, each with its own pooled connection. A
-//!   batch takes what waits when it starts (up to [`MAX_BATCH`]), so an operation on an idle node runs alone,
-//!   with its one-row statement, and under load the operations that arrive while a batch runs share the next
-//!   one. PostgreSQL's cost of a statement, a round trip and (for sets) a commit is then paid once per batch
+//! - An operation that finds nothing running or waiting runs at once, by its caller, with its one-row
+//!   statement. Otherwise it joins its kind's queue, drained by batch tasks, each with its own pooled
+//!   connection: a batch takes what waits when it starts (up to [`MAX_BATCH`]), so the operations that arrive
+//!   while one runs share the next. PostgreSQL's cost of a statement, a round trip and (for sets) a commit is then paid once per batch
 //!   instead of once per operation.
 //! - One task runs while it keeps up: that makes batches largest and PostgreSQL's work per operation
 //!   smallest. When the oldest waiting operation has waited [`STALL`] (a batch waits for a row lock another
@@ -22,7 +22,8 @@
 //!   each set of the batch runs again alone and gets its own answer.
 //! - Reads ([`SQL_GET_MANY`]): one query looks up every requested name (its latest version, or the version
 //!   asked for). It starts after each of its reads arrived, so each sees every write acknowledged before it.
-//! - An operation whose caller went away before its batch started is dropped: a set is then never written.
+//! - A queued operation whose caller went away before its batch started is dropped: a set is then never
+//!   written.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -156,14 +157,41 @@ impl<W: Work> Batcher<W> {
 
     /// Do `work` in the next batch that can take it; answers once that batch is done (for sets: committed).
     pub async fn submit(self: &Arc<Self>, work: W) -> StoreResult<W::Answer> {
+        let name = if W::ONE_PER_NAME {
+            self.hasher.hash_one(work.name())
+        } else {
+            0
+        };
+        let alone = {
+            let mut queue = self.lock();
+            let alone = queue.running == 0 && queue.waiting.is_empty();
+            if alone {
+                queue.running = 1;
+                if W::ONE_PER_NAME {
+                    queue.writing.insert(name);
+                }
+            }
+            alone
+        };
+        if alone {
+            // Nothing runs or waits: run it here, as a batch of one, without a task's hand-offs; what arrives
+            // meanwhile queues, and a task takes it when this ends.
+            let _turn = Alone {
+                batcher: self,
+                name,
+            };
+            let mut answers = run_on(&self.pool, async |c| {
+                W::run(c, std::slice::from_ref(&work)).await
+            })
+            .await?;
+            return answers.pop().unwrap_or_else(|| {
+                Err(StoreError::Internal("a batch of one had no answer".into()))
+            });
+        }
         let (answer, mut answered) = oneshot::channel();
         let queued = Instant::now();
         let job = Job {
-            name: if W::ONE_PER_NAME {
-                self.hasher.hash_one(work.name())
-            } else {
-                0
-            },
+            name,
             work,
             queued,
             answer,
@@ -278,6 +306,30 @@ impl<W: Work> Batcher<W> {
                     let _ = answer.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+/// An operation run by its own caller (see [`Batcher::submit`]): counted as running, and holding its name,
+/// until it ends or its caller goes away; then a task starts for what queued meanwhile.
+struct Alone<'a, W: Work> {
+    batcher: &'a Arc<Batcher<W>>,
+    name: u64,
+}
+
+impl<W: Work> Drop for Alone<'_, W> {
+    fn drop(&mut self) {
+        {
+            let mut queue = self.batcher.lock();
+            queue.running -= 1;
+            if W::ONE_PER_NAME {
+                queue.writing.remove(&self.name);
+            }
+        }
+        // Without a runtime (it is shutting down) nothing can run; a waiting caller that is still there starts a
+        // task itself when it has waited `STALL`.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.batcher.start_if_needed();
         }
     }
 }

@@ -1169,7 +1169,8 @@ async fn sets_in_flight_together_share_one_statement() {
     )
     .await;
 
-    // The 43 distinct names went in one statement; the other two sets of "dup" each alone after it.
+    // The first set ran at once, alone; the other 42 distinct names, queued behind it, went in one statement;
+    // the other two sets of "dup" each alone after that.
     assert_eq!(store.set_batches_run() - before, 1, "one batch statement");
     for (set, answer) in sets.iter().zip(&answers) {
         let name = set.name.to_lowercase();
@@ -1244,7 +1245,7 @@ async fn a_failing_set_in_a_batch_fails_alone() {
     store.close().await;
 }
 
-/// A set whose caller went away before its batch started (the client disconnected) is never written.
+/// A queued set whose caller went away before its batch started (the client disconnected) is never written.
 #[tokio::test]
 async fn a_set_abandoned_before_its_batch_is_not_written() {
     let Some(pg) =
@@ -1254,17 +1255,19 @@ async fn a_set_abandoned_before_its_batch_is_not_written() {
     };
     let store = PostgresStore::open(&pg.url()).await.expect("open");
     let v = "vault";
-    let mut abandoned = store.put_version(v, row("abandoned", unique_version(0, 0), 0));
-    // Polled once: it joins the queue (and starts a batch task, which cannot run before this task waits).
-    let polled = abandoned
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-    assert!(polled.is_pending());
+    let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+    // The first set finds nothing running and runs at once; the second, polled while it runs, queues.
+    let mut first = store.put_version(v, row("first", unique_version(0, 0), 0));
+    assert!(first.as_mut().poll(noop).is_pending());
+    let mut abandoned = store.put_version(v, row("abandoned", unique_version(0, 1), 0));
+    assert!(abandoned.as_mut().poll(noop).is_pending());
     drop(abandoned);
+    first.await.unwrap();
     store
-        .put_version(v, row("kept", unique_version(0, 1), 0))
+        .put_version(v, row("kept", unique_version(0, 2), 0))
         .await
         .unwrap();
+    assert!(store.get_version(v, "first", None).await.unwrap().is_some());
     assert!(store.get_version(v, "kept", None).await.unwrap().is_some());
     assert_eq!(store.get_version(v, "abandoned", None).await.unwrap(), None);
     assert!(store.all_versions(v, "abandoned").await.unwrap().is_empty());
@@ -1367,7 +1370,11 @@ async fn reads_in_flight_together_share_one_query() {
             .collect(),
     )
     .await;
-    assert_eq!(store.get_batches_run() - before, 1, "one query");
+    assert_eq!(
+        store.get_batches_run() - before,
+        1,
+        "one query (after the first read, run alone)"
+    );
     for ((name, version, expected), answer) in reads.iter().zip(answers) {
         assert_eq!(
             answer.unwrap().as_ref(),
