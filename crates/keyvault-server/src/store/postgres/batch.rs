@@ -41,14 +41,15 @@ use crate::store::{StoreError, StoreResult, VersionRow, tags_json};
 
 /// Operations in one batch at most.
 pub const MAX_BATCH: usize = 128;
-/// Batches a node runs at once at most (never more than its pool's connections). One runs while it keeps
-/// up, which makes batches largest and PostgreSQL's work per set smallest; another starts only when the
-/// sets waiting have waited [`STALL`] (a batch waiting for a row lock another session holds, a slow commit).
+/// Batches of one kind a node runs at once at most (never more than its pool's connections). One runs while
+/// it keeps up, which makes batches largest and PostgreSQL's work per operation smallest; another starts only
+/// when the operations waiting have waited [`STALL`] (a batch waiting for a row lock another session holds,
+/// a slow commit).
 pub const MAX_IN_FLIGHT: usize = 4;
-/// How long the oldest waiting set may wait before the running batches count as stalled.
+/// How long the oldest waiting operation may wait before the running batches count as stalled.
 pub const STALL: Duration = Duration::from_millis(20);
-/// How long a set waits for its batch's answer: its turn in the queue plus the batch itself, which is bounded
-/// by [`OPERATION_TIMEOUT`]; a set that waits longer is answered `Unavailable` (it may still commit).
+/// How long a queued operation waits for its answer: its turn in the queue plus the batch itself, which is
+/// bounded by [`OPERATION_TIMEOUT`]; one that waits longer is answered `Unavailable` (a set may still commit).
 const ANSWER_TIMEOUT: Duration = OPERATION_TIMEOUT.saturating_mul(2);
 
 /// Many sets in one statement: the arrays hold one set each, at the same index (the parameters of
