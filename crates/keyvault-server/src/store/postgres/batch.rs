@@ -218,13 +218,13 @@ impl<W: Work> Batcher<W> {
         }
     }
 
-    /// Start a batch task if none runs, or if the running ones have fallen [`STALL`] behind and fewer than
-    /// `max_in_flight` run.
+    /// Start a batch task if operations wait and none runs, or if the running ones have fallen [`STALL`]
+    /// behind and fewer than `max_in_flight` run.
     fn start_if_needed(self: &Arc<Self>) {
         {
             let mut queue = self.lock();
-            let start =
-                queue.running == 0 || (queue.running < self.max_in_flight && queue.behind());
+            let start = !queue.waiting.is_empty()
+                && (queue.running == 0 || (queue.running < self.max_in_flight && queue.behind()));
             if !start {
                 return;
             }
