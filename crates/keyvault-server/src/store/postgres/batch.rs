@@ -83,10 +83,9 @@ pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
 pub trait Work: Sized + Send + Sync + 'static {
     /// What each caller gets back.
     type Answer: Send + 'static;
-    /// Whether two operations of one name must not share a batch, nor run in two batches at once.
-    const ONE_PER_NAME: bool;
-    /// The (vault, name key) this operation is about.
-    fn name(&self) -> (&str, &str);
+    /// The (vault, name key) this operation holds while it runs, if operations of one name must not share a
+    /// batch nor run in two batches at once.
+    fn exclusive_name(&self) -> Option<(&str, &str)>;
     /// Run `batch` on `conn`: each operation's answer, in order; Err when the whole batch failed.
     fn run(
         conn: &mut Conn,
@@ -97,8 +96,8 @@ pub trait Work: Sized + Send + Sync + 'static {
 /// One operation waiting for (or in) a batch.
 struct Job<W: Work> {
     work: W,
-    /// Of (vault, key), with the batcher's hasher (for [`Work::ONE_PER_NAME`]).
-    name: u64,
+    /// Of [`Work::exclusive_name`], with the batcher's hasher.
+    name: Option<u64>,
     queued: Instant,
     answer: oneshot::Sender<StoreResult<W::Answer>>,
 }
@@ -107,8 +106,8 @@ struct Queue<W: Work> {
     waiting: VecDeque<Job<W>>,
     /// Batch tasks running (each takes batches until the queue is empty or another task keeps up).
     running: usize,
-    /// The names ([`Job::name`]) in the running batches, for [`Work::ONE_PER_NAME`]. (Two names with one hash
-    /// only wait for each other.)
+    /// The exclusive names ([`Job::name`]) in the running batches. (Two names with one hash only wait for each
+    /// other.)
     writing: HashSet<u64>,
 }
 
@@ -158,19 +157,13 @@ impl<W: Work> Batcher<W> {
 
     /// Do `work` in the next batch that can take it; answers once that batch is done (for sets: committed).
     pub async fn submit(self: &Arc<Self>, work: W) -> StoreResult<W::Answer> {
-        let name = if W::ONE_PER_NAME {
-            self.hasher.hash_one(work.name())
-        } else {
-            0
-        };
+        let name = work.exclusive_name().map(|n| self.hasher.hash_one(n));
         let alone = {
             let mut queue = self.lock();
             let alone = queue.running == 0 && queue.waiting.is_empty();
             if alone {
                 queue.running = 1;
-                if W::ONE_PER_NAME {
-                    queue.writing.insert(name);
-                }
+                queue.writing.extend(name);
             }
             alone
         };
@@ -244,7 +237,7 @@ impl<W: Work> Batcher<W> {
     }
 
     /// The next batch for `task`, once its previous batch's names are released: waiting operations in
-    /// arrival order (for [`Work::ONE_PER_NAME`], one per name and none of a name another batch holds), at
+    /// arrival order (one per exclusive name, and none of a name another batch holds), at
     /// most [`MAX_BATCH`]; operations whose caller went away are dropped. None when there is nothing to take,
     /// or when another task runs and keeps up: then this task stops counting as running, in the same critical
     /// section, so that an operation arriving next starts a task if it needs one.
@@ -270,12 +263,12 @@ impl<W: Work> Batcher<W> {
                     later.append(&mut queue.waiting);
                     break;
                 }
-                if W::ONE_PER_NAME {
-                    if !queue.writing.insert(job.name) {
+                if let Some(name) = job.name {
+                    if !queue.writing.insert(name) {
                         later.push_back(job);
                         continue;
                     }
-                    task.names.push(job.name);
+                    task.names.push(name);
                 }
                 works.push(job.work);
                 answers.push(job.answer);
@@ -315,7 +308,7 @@ impl<W: Work> Batcher<W> {
 /// until it ends or its caller goes away; then a task starts for what queued meanwhile.
 struct Alone<'a, W: Work> {
     batcher: &'a Arc<Batcher<W>>,
-    name: u64,
+    name: Option<u64>,
 }
 
 impl<W: Work> Drop for Alone<'_, W> {
@@ -323,8 +316,8 @@ impl<W: Work> Drop for Alone<'_, W> {
         {
             let mut queue = self.batcher.lock();
             queue.running -= 1;
-            if W::ONE_PER_NAME {
-                queue.writing.remove(&self.name);
+            if let Some(name) = &self.name {
+                queue.writing.remove(name);
             }
         }
         // Without a runtime (it is shutting down) nothing can run; a waiting caller that is still there starts a
@@ -365,10 +358,9 @@ pub struct Set {
 
 impl Work for Set {
     type Answer = ();
-    const ONE_PER_NAME: bool = true;
 
-    fn name(&self) -> (&str, &str) {
-        (&self.vault, &self.key)
+    fn exclusive_name(&self) -> Option<(&str, &str)> {
+        Some((&self.vault, &self.key))
     }
 
     async fn run(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResult<()>>> {
@@ -385,10 +377,9 @@ pub struct Get {
 
 impl Work for Get {
     type Answer = Option<VersionRow>;
-    const ONE_PER_NAME: bool = false;
 
-    fn name(&self) -> (&str, &str) {
-        (&self.vault, &self.key)
+    fn exclusive_name(&self) -> Option<(&str, &str)> {
+        None
     }
 
     async fn run(
@@ -457,13 +448,14 @@ async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResu
             Err(e) => return Err(e.into()),
         }
     }
-    let mut answers = Vec::with_capacity(batch.len());
+    let mut answers: Vec<StoreResult<()>> = Vec::with_capacity(batch.len());
     for job in batch {
-        let answer = put(conn, &job.vault, &job.row).await;
-        if let Err(StoreError::Unavailable(_)) = &answer {
-            // The connection is gone: the rest cannot be written on it either.
-            return Err(answer.unwrap_err());
-        }
+        let answer = match answers.last() {
+            // The connection broke: the rest cannot be written on it (the sets written before keep their
+            // answers: they are committed).
+            Some(Err(e @ StoreError::Unavailable(_))) if conn.client.is_closed() => Err(e.clone()),
+            _ => put(conn, &job.vault, &job.row).await,
+        };
         answers.push(answer);
     }
     Ok(answers)

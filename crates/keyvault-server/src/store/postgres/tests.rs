@@ -49,10 +49,10 @@ async fn column<T: tokio_postgres::types::FromSqlOwned>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite() {
-    let Some(pg) = pgtest::start_or_skip("store::postgres::conformance_suite") else {
+    let Some((pg, store)) = open_or_skip("store::postgres::conformance_suite").await else {
         return;
     };
-    let store = Arc::new(PostgresStore::open(&pg.url()).await.expect("open"));
+    let store = Arc::new(store);
     conformance::run_all(store.clone()).await;
     // Again on the populated database, through a second "node" that finds the schema in place.
     let second = Arc::new(PostgresStore::open(&pg.url()).await.expect("reopen"));
@@ -1107,6 +1107,13 @@ async fn point_statements_and_sweeps_read_only_their_rows() {
     store.close().await;
 }
 
+/// A private cluster and a store opened on it; None (with a message) where PostgreSQL is not installed.
+async fn open_or_skip(test: &str) -> Option<(pgtest::PgCluster, PostgresStore)> {
+    let pg = pgtest::start_or_skip(test)?;
+    let store = PostgresStore::open(&pg.url()).await.expect("open");
+    Some((pg, store))
+}
+
 /// Drive `futures` together on the calling task, each polled before any of them is polled twice: everything
 /// they start without waiting (here: joining the queue of sets) happens before other tasks run.
 async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
@@ -1135,12 +1142,11 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// (all land; the last one written is the latest).
 #[tokio::test]
 async fn sets_in_flight_together_share_one_statement() {
-    let Some(pg) =
-        pgtest::start_or_skip("store::postgres::sets_in_flight_together_share_one_statement")
+    let Some((_pg, store)) =
+        open_or_skip("store::postgres::sets_in_flight_together_share_one_statement").await
     else {
         return;
     };
-    let store = PostgresStore::open(&pg.url()).await.expect("open");
     let v = "vault";
     for name in ["gone-1", "gone-2", "live"] {
         store
@@ -1214,11 +1220,11 @@ async fn sets_in_flight_together_share_one_statement() {
 /// are written.
 #[tokio::test]
 async fn a_failing_set_in_a_batch_fails_alone() {
-    let Some(pg) = pgtest::start_or_skip("store::postgres::a_failing_set_in_a_batch_fails_alone")
+    let Some((_pg, store)) =
+        open_or_skip("store::postgres::a_failing_set_in_a_batch_fails_alone").await
     else {
         return;
     };
-    let store = PostgresStore::open(&pg.url()).await.expect("open");
     let v = "vault";
     let taken = row("taken", unique_version(0, 0), 0);
     store.put_version(v, taken.clone()).await.unwrap();
@@ -1248,12 +1254,11 @@ async fn a_failing_set_in_a_batch_fails_alone() {
 /// A queued set whose caller went away before its batch started (the client disconnected) is never written.
 #[tokio::test]
 async fn a_set_abandoned_before_its_batch_is_not_written() {
-    let Some(pg) =
-        pgtest::start_or_skip("store::postgres::a_set_abandoned_before_its_batch_is_not_written")
+    let Some((_pg, store)) =
+        open_or_skip("store::postgres::a_set_abandoned_before_its_batch_is_not_written").await
     else {
         return;
     };
-    let store = PostgresStore::open(&pg.url()).await.expect("open");
     let v = "vault";
     let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
     // The first set finds nothing running and runs at once; the second, polled while it runs, queues.
@@ -1279,12 +1284,14 @@ async fn a_set_abandoned_before_its_batch_is_not_written() {
 /// the waiting set lands when the lock goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_waiting_for_a_locked_name_does_not_hold_up_the_others() {
-    let Some(pg) = pgtest::start_or_skip(
+    let Some((pg, store)) = open_or_skip(
         "store::postgres::a_set_waiting_for_a_locked_name_does_not_hold_up_the_others",
-    ) else {
+    )
+    .await
+    else {
         return;
     };
-    let store = Arc::new(PostgresStore::open(&pg.url()).await.expect("open"));
+    let store = Arc::new(store);
     let v = "vault";
     for name in ["locked", "free"] {
         store
@@ -1330,12 +1337,11 @@ async fn a_set_waiting_for_a_locked_name_does_not_hold_up_the_others() {
 /// one asked for, nothing for deleted or absent names or unknown versions, the same answer for a repeated read.
 #[tokio::test]
 async fn reads_in_flight_together_share_one_query() {
-    let Some(pg) =
-        pgtest::start_or_skip("store::postgres::reads_in_flight_together_share_one_query")
+    let Some((_pg, store)) =
+        open_or_skip("store::postgres::reads_in_flight_together_share_one_query").await
     else {
         return;
     };
-    let store = PostgresStore::open(&pg.url()).await.expect("open");
     let v = "vault";
     let a1 = row("Alpha", unique_version(0, 1), 1);
     let a2 = row("ALPHA", unique_version(0, 2), 2);
