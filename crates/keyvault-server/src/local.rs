@@ -27,6 +27,8 @@ pub struct LocalVaultOptions {
     pub throttle: crate::http::throttle::ThrottleSettings,
     /// Trusted external OIDC issuers (`[[trusted_issuers]]`). Default: none.
     pub trusted_issuers: Vec<crate::config::TrustedIssuerConfig>,
+    /// The tenant of the built-in issuer (`tenant_id`). Default: the configuration's default.
+    pub tenant_id: Option<String>,
 }
 
 impl Default for LocalVaultOptions {
@@ -37,6 +39,7 @@ impl Default for LocalVaultOptions {
             clock: Arc::new(SystemClock),
             throttle: Default::default(),
             trusted_issuers: Vec::new(),
+            tenant_id: None,
         }
     }
 }
@@ -64,7 +67,9 @@ impl LocalVault {
     pub async fn start_with(options: LocalVaultOptions) -> Result<LocalVault, StartError> {
         let dir = tempfile::tempdir()
             .map_err(|e| StartError::Setup(format!("cannot create a temp dir: {e}")))?;
+        let defaults = Config::default();
         let config = Config {
+            tenant_id: options.tenant_id.unwrap_or(defaults.tenant_id.clone()),
             addr: "127.0.0.1:0".parse().expect("a valid address"),
             data_dir: dir.path().to_path_buf(),
             dev: true,
@@ -74,7 +79,7 @@ impl LocalVault {
             rate_limit_create_per_10s: options.throttle.create_limit,
             rate_limit_window_secs: options.throttle.window.as_secs().max(1),
             trusted_issuers: options.trusted_issuers,
-            ..Config::default()
+            ..defaults
         };
         let server = Server::bind_with_clock(config, options.clock).await?;
         let creds = server

@@ -10,10 +10,8 @@ use crate::store::SecretStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::vault::{Clock, SystemClock, Vault, VaultSettings};
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use keyvault_types::SecretString;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -95,7 +93,7 @@ pub struct ServerInfo {
 pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    app: Router,
+    app: http::App,
     vault: Arc<Vault>,
     policy: Arc<Policy>,
     clients: Arc<ClientRegistry>,
@@ -453,7 +451,7 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
-            let service = TowerToHyperService::new(self.app.clone());
+            let service = self.app.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {

@@ -687,6 +687,41 @@ async fn soft_delete_recover_purge() {
     assert_eq!(b3["value"], "reborn");
 }
 
+/// Vault requests skip the router; a tenant named like a collection still owns its issuer's routes, and the
+/// vault's own paths still answer as the vault.
+#[tokio::test]
+async fn a_tenant_named_like_a_collection_keeps_its_token_routes() {
+    let v = Vault::start_with(LocalVaultOptions {
+        tenant_id: Some("secrets".into()),
+        ..Default::default()
+    })
+    .await;
+    assert!(common::token_url(&v.lv).contains("/secrets/oauth2/v2.0/token"));
+    let discovery = format!(
+        "{}/secrets/v2.0/.well-known/openid-configuration",
+        v.lv.authority_host()
+    );
+    let resp = v.http.get(&discovery).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: Value = resp.json().await.unwrap();
+    assert!(
+        doc["token_endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/secrets/oauth2/v2.0/token")
+    );
+    let b = v.set("oauth2", json!({"value": "x"})).await;
+    assert_eq!(b["value"], "x");
+    let (s, b) = v.call(Method::GET, "/secrets/oauth2", None).await;
+    assert_eq!((s, &b["value"]), (StatusCode::OK, &json!("x")));
+    let (s, b) = v.call(Method::GET, "/secrets/absent", None).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "SecretNotFound");
+    let (s, _) = v
+        .raw(Method::GET, &format!("{}/healthz", v.lv.vault_url()), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn purge_protection_and_custom_retention() {
     let v = Vault::start_with(LocalVaultOptions {

@@ -57,8 +57,62 @@ pub struct HttpState {
     pub admin: Arc<crate::admin::AccessAdmin>,
 }
 
-/// The whole HTTP application: health, the token issuer's routes, and the vault API.
-pub fn app(state: Arc<HttpState>, auth_routes: Router) -> Router {
+/// The whole HTTP application: health, the token issuer's routes, and the vault API (see [`App`]).
+pub fn app(state: Arc<HttpState>, auth_routes: Router) -> App {
+    App {
+        router: router(state.clone(), auth_routes),
+        state,
+    }
+}
+
+/// The server's request handler. Requests for the vault's secrets (`/secrets…`, `/deletedsecrets…`) go
+/// straight to [`vault_request`]; the others go through the router (health, the token issuer's routes, and
+/// the router's fallback, which is [`vault_request`] too). The answer is the router's in either case: the
+/// shortcut only skips its route lookup and the layers of boxed services around the fallback, which cost
+/// every request about as much as the rest of a GET's routing and validation.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<HttpState>,
+    router: Router,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let req = req.map(Body::new);
+        if skips_router(req.uri().path()) {
+            let state = self.state.clone();
+            Box::pin(async move { Ok(vault_request(State(state), req).await) })
+        } else {
+            let router = self.router.clone();
+            Box::pin(tower::ServiceExt::oneshot(router, req))
+        }
+    }
+}
+
+/// Whether the router would hand this path to its fallback ([`vault_request`]) for sure: its first segment is
+/// one of the vault's collections, and it is not the shape of a token issuer route (`/{tenant}/oauth2/…`,
+/// `/{tenant}/v2.0/…`, `/{tenant}/.well-known/…`, `/{tenant}/discovery/…`, which a tenant named like a
+/// collection would own). Compared as sent (percent-encoded), as the router compares.
+fn skips_router(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let (first, after) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(first, "secrets" | "deletedsecrets") {
+        return false;
+    }
+    let second = after.split('/').next().unwrap_or_default();
+    !matches!(second, "oauth2" | "v2.0" | ".well-known" | "discovery")
+}
+
+/// Health, the token issuer's routes, and everything else to [`vault_request`].
+fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
     let health_state = state.clone();
     Router::new()
         .route(
@@ -747,6 +801,39 @@ mod tests {
         assert_eq!(q.api_version.as_deref(), Some("7.4"));
         assert_eq!(q.maxresults.as_deref(), Some("3"));
         assert_eq!(q.skiptoken.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn only_collection_paths_skip_the_router() {
+        for path in [
+            "/secrets",
+            "/secrets/",
+            "/secrets/a",
+            "/secrets/a/versions",
+            "/secrets/restore",
+            "/deletedsecrets",
+            "/deletedsecrets/a/recover",
+            "/secrets/oauth2x/v2.0/token",
+        ] {
+            assert!(skips_router(path), "{path}");
+        }
+        for path in [
+            "",
+            "/",
+            "/healthz",
+            "/readyz",
+            "/admin",
+            "/secretsx/a",
+            "/Secrets/a",
+            "/keyvault-rs/oauth2/v2.0/token",
+            // The token issuer's routes of a tenant named like a collection.
+            "/secrets/oauth2/v2.0/token",
+            "/secrets/v2.0/.well-known/openid-configuration",
+            "/deletedsecrets/.well-known/openid-configuration",
+            "/secrets/discovery/keys",
+        ] {
+            assert!(!skips_router(path), "{path}");
+        }
     }
 
     #[test]
