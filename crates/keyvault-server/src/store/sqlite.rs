@@ -48,7 +48,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Statement, TransactionBehavior, params,
+};
+use std::cell::RefCell;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cache::{LiveCache, Lookup, WriteMark};
@@ -252,6 +255,8 @@ impl SqliteStore {
         let lock = lock_database(path)?;
         let mut conn = open_writer(path)?;
         migrate(&mut conn)?;
+        // The writer's statements prepare on this schema (checked here, where an error can be returned).
+        drop(Tx::new(&conn)?);
         let mmap_bytes = i64::try_from(options.mmap_bytes).unwrap_or(i64::MAX);
         let readers = Arc::new(ReadPool::new(path.to_path_buf(), mmap_bytes));
         // Fail now, not at the first request, if readers cannot open the file.
@@ -348,7 +353,7 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
     {
         self.write_marked(WriteMark::none(), f).await
     }
@@ -363,7 +368,7 @@ impl SqliteStore {
     async fn write_marked<T, F>(&self, mark: WriteMark, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
     {
         let tx = self.tx.as_ref().ok_or_else(closed)?;
         let (reply, answer) = oneshot::channel();
@@ -925,7 +930,7 @@ impl BatchFailure {
 /// One queued write: run inside the batch's transaction, answered after the commit.
 trait WriteJob: Send {
     /// Run the request; true if it succeeded (its savepoint is kept), false if it is to be rolled back.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, tx: &Tx<'_>) -> bool;
     /// Answer the caller once the batch has committed (`None`) or failed.
     fn finish(self: Box<Self>, failure: Option<&BatchFailure>);
 }
@@ -941,11 +946,11 @@ struct Job<T, F> {
 impl<T, F> WriteJob for Job<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    F: FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, tx: &Tx<'_>) -> bool {
         let Some(f) = self.f.take() else { return false };
-        let out = f(conn);
+        let out = f(tx);
         let ok = out.is_ok();
         self.out = Some(out);
         ok
@@ -976,6 +981,14 @@ where
 
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats) {
     let mut acks = Vec::new();
+    // Prepared before the store opened (see `SqliteStore::open_with`), so this fails only if SQLite does.
+    let tx = match Tx::new(&conn) {
+        Ok(tx) => Some(tx),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot prepare the writer's statements");
+            None
+        }
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut batch: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut next = Some(first);
@@ -992,10 +1005,21 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats) {
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            run_batch(&conn, batch, stats);
+        match (&tx, batch.is_empty()) {
+            (_, true) => {}
+            (Some(tx), false) => run_batch(tx, batch, stats),
+            (None, false) => {
+                let failure = BatchFailure {
+                    unavailable: false,
+                    message: "the database writer could not prepare its statements".into(),
+                };
+                for job in batch {
+                    job.finish(Some(&failure));
+                }
+            }
         }
     }
+    drop(tx);
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the database writer connection failed");
     }
@@ -1004,8 +1028,8 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats) {
     }
 }
 
-fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>, stats: &Stats) {
-    let failure = execute_batch(conn, &mut batch);
+fn run_batch(tx: &Tx<'_>, mut batch: Vec<Box<dyn WriteJob>>, stats: &Stats) {
+    let failure = execute_batch(tx, &mut batch);
     match &failure {
         None => {
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -1022,21 +1046,64 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>, stats: &Stats
     }
 }
 
+/// What a write request runs on: the writer's connection (it dereferences to it), with the statements of
+/// every batch and every set prepared once. They bypass rusqlite's statement cache, which hashes a
+/// statement's text twice per use (to find it, and to put it back): about as much work as the savepoint
+/// around a set (`writer_cost_direct`, BENCHMARKS.md session 11).
+pub(crate) struct Tx<'c> {
+    conn: &'c Connection,
+    begin: RefCell<Statement<'c>>,
+    savepoint: RefCell<Statement<'c>>,
+    release: RefCell<Statement<'c>>,
+    commit: RefCell<Statement<'c>>,
+    insert_version: RefCell<Statement<'c>>,
+    point_name: RefCell<Statement<'c>>,
+}
+
+impl<'c> Tx<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        let prepare = |sql: &str| conn.prepare(sql).map(RefCell::new);
+        Ok(Tx {
+            conn,
+            begin: prepare("BEGIN IMMEDIATE")?,
+            savepoint: prepare("SAVEPOINT op")?,
+            release: prepare("RELEASE op")?,
+            commit: prepare("COMMIT")?,
+            insert_version: prepare(SQL_INSERT_VERSION)?,
+            point_name: prepare(SQL_POINT_NAME)?,
+        })
+    }
+
+    /// Runs a prepared statement without parameters or results.
+    fn exec(stmt: &RefCell<Statement<'c>>) -> rusqlite::Result<()> {
+        stmt.borrow_mut().execute([]).map(drop)
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
 /// Runs a statement without results through the statement cache (no parsing per call).
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-fn execute_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Option<BatchFailure> {
-    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
+fn execute_batch(tx: &Tx<'_>, batch: &mut [Box<dyn WriteJob>]) -> Option<BatchFailure> {
+    let conn = tx.conn;
+    if let Err(e) = Tx::exec(&tx.begin) {
         return Some(BatchFailure::from_db(e));
     }
     for job in batch.iter_mut() {
-        let result = exec_cached(conn, "SAVEPOINT op").and_then(|()| {
-            if job.run(conn) {
-                exec_cached(conn, "RELEASE op")
+        let result = Tx::exec(&tx.savepoint).and_then(|()| {
+            if job.run(tx) {
+                Tx::exec(&tx.release)
             } else {
-                exec_cached(conn, "ROLLBACK TO op").and_then(|()| exec_cached(conn, "RELEASE op"))
+                exec_cached(conn, "ROLLBACK TO op").and_then(|()| Tx::exec(&tx.release))
             }
         });
         if let Err(e) = result {
@@ -1051,7 +1118,7 @@ fn execute_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Option<B
             });
         }
     }
-    match exec_cached(conn, "COMMIT") {
+    match Tx::exec(&tx.commit) {
         Ok(()) => None,
         Err(e) => {
             rollback(conn);
@@ -1141,6 +1208,14 @@ const SQL_ALL_VERSIONS_OF_LIVE: &str = concat!(
     " FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL"
 );
+const SQL_INSERT_VERSION: &str = "INSERT INTO versions
+    (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+/// Create a name, or point a live one at its new latest version (a deleted one is left alone: 0 rows).
+const SQL_POINT_NAME: &str =
+    "INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (vault, name_key) DO UPDATE SET display_name = excluded.display_name, latest_seq = excluded.latest_seq
+     WHERE names.deleted_on IS NULL";
 const SQL_PURGE_DUE: &str = "SELECT vault, name_key FROM names INDEXED BY names_purge
      WHERE scheduled_purge IS NOT NULL AND scheduled_purge <= ?1";
 
@@ -1289,25 +1364,20 @@ fn versions_of_live(
 }
 
 /// Insert one version row; a version id the name already has → Err(Exists).
-fn insert_version(c: &Connection, vault: &str, key: &str, row: &VersionRow) -> StoreResult<i64> {
-    let inserted = c
-        .prepare_cached(
-            "INSERT INTO versions (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?
-        .execute(params![
-            vault,
-            key,
-            row.version,
-            row.sealed,
-            row.content_type,
-            tags_json(&row.tags)?,
-            row.enabled,
-            row.nbf,
-            row.exp,
-            row.created,
-            row.updated
-        ]);
+fn insert_version(c: &Tx<'_>, vault: &str, key: &str, row: &VersionRow) -> StoreResult<i64> {
+    let inserted = c.insert_version.borrow_mut().execute(params![
+        vault,
+        key,
+        row.version,
+        row.sealed,
+        row.content_type,
+        tags_json(&row.tags)?,
+        row.enabled,
+        row.nbf,
+        row.exp,
+        row.created,
+        row.updated
+    ]);
     match inserted {
         Ok(_) => Ok(c.last_insert_rowid()),
         Err(e) if is_constraint(&e) => Err(StoreError::Exists),
@@ -1325,7 +1395,7 @@ fn name_state(c: &Connection, vault: &str, key: &str) -> StoreResult<Option<bool
 }
 
 /// Runs inside its own savepoint: on `Err`, the version inserted first is rolled back with it.
-fn put(c: &Connection, vault: &str, row: &VersionRow) -> StoreResult<()> {
+fn put(c: &Tx<'_>, vault: &str, row: &VersionRow) -> StoreResult<()> {
     let key = name_key(&row.name);
     // The common case takes two statements: insert the version, then point the (live) name at it. The
     // name's state is only looked up when something is in the way, to give the same answer as checking
@@ -1338,11 +1408,8 @@ fn put(c: &Connection, vault: &str, row: &VersionRow) -> StoreResult<()> {
         Err(e) => return Err(e),
     };
     let changed = c
-        .prepare_cached(
-            "INSERT INTO names (vault, name_key, display_name, latest_seq) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (vault, name_key) DO UPDATE SET display_name = excluded.display_name, latest_seq = excluded.latest_seq
-             WHERE names.deleted_on IS NULL",
-        )?
+        .point_name
+        .borrow_mut()
         .execute(params![vault, key, row.name, seq])?;
     if changed == 0 {
         return Err(StoreError::Deleted);
@@ -1401,7 +1468,7 @@ fn purge_expired_chunk(c: &Connection, now: i64, chunk: usize) -> StoreResult<us
     Ok(purged)
 }
 
-fn restore(c: &Connection, vault: &str, versions: &[VersionRow]) -> StoreResult<()> {
+fn restore(c: &Tx<'_>, vault: &str, versions: &[VersionRow]) -> StoreResult<()> {
     let (latest, key) = super::check_restore(versions)?;
     if name_state(c, vault, &key)?.is_some() {
         return Err(StoreError::Exists);

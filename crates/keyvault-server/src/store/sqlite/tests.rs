@@ -922,6 +922,7 @@ fn writer_cost_direct() {
         c.pragma_update(None, "cache_size", -kib).unwrap();
     }
     let checkpointer = open_checkpointer(&path).unwrap();
+    let w = Tx::new(&c).unwrap();
     let stats = Stats::default();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next_row = |k: usize, preload: bool| {
@@ -963,7 +964,7 @@ fn writer_cost_direct() {
                 .map(|row| {
                     let (reply, _) = oneshot::channel();
                     Box::new(Job {
-                        f: Some(move |c: &Connection| put(c, "v", &row)),
+                        f: Some(move |c: &Tx<'_>| put(c, "v", &row)),
                         out: None,
                         reply,
                         mark: WriteMark::none(),
@@ -971,7 +972,7 @@ fn writer_cost_direct() {
                 })
                 .collect();
             let commits = stats.commits.load(Ordering::Relaxed);
-            run_batch(&c, jobs, &stats);
+            run_batch(&w, jobs, &stats);
             assert_eq!(
                 stats.commits.load(Ordering::Relaxed),
                 commits + 1,
@@ -1024,10 +1025,12 @@ fn reader_cost_direct() {
     assert!(names % 7_919 != 0, "a permutation of the names");
     for chunk in order.chunks(1_000) {
         let tx = c.transaction().unwrap();
+        let w = Tx::new(&tx).unwrap();
         for &i in chunk {
             let version = format!("{:032x}", (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            put(&tx, "v", &bench_row(i, version)).unwrap();
+            put(&w, "v", &bench_row(i, version)).unwrap();
         }
+        drop(w);
         tx.commit().unwrap();
     }
     c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -1367,10 +1370,11 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
 fn pages_do_not_read_every_deleted_name() {
     let (_dir, mut c) = migrated_writer();
     let tx = c.transaction().unwrap();
+    let w = Tx::new(&tx).unwrap();
     let mut live = Vec::new();
     for i in 0..4_000 {
         let name = format!("n-{i:05}");
-        put(&tx, "v", &row(&name, &version(i), i as i64)).unwrap();
+        put(&w, "v", &row(&name, &version(i), i as i64)).unwrap();
         if i < 3_000 || (3_500..3_540).contains(&i) {
             tx.execute(
                 "UPDATE names SET deleted_on = 1, scheduled_purge = 2 WHERE name_key = ?1",
@@ -1381,6 +1385,7 @@ fn pages_do_not_read_every_deleted_name() {
             live.push(name);
         }
     }
+    drop(w);
     tx.commit().unwrap();
 
     // Every live name once, in order, for several page sizes.
