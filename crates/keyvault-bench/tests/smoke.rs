@@ -1,7 +1,8 @@
 //! `keyvault-bench --smoke` against the real `keyvault` binary: every operation on N = 200 secrets, a few
 //! seconds, and sequential gets through the `keyvault-secrets` client (not Python); exit status 0 only if
 //! every request succeeded. Then the same matrix with the server on PostgreSQL (`--store postgres`, a private
-//! cluster; skipped without PostgreSQL binaries). No timing assertions.
+//! cluster; skipped without PostgreSQL binaries). No timing assertions. And `python/count_instructions.py`
+//! (the server under callgrind) on a handful of requests (skipped without valgrind).
 //!
 //! The server binary is the workspace's `target/<profile>/keyvault`, which `cargo test --workspace` builds
 //! (keyvault-cli's integration tests run it); alone: `cargo build -p keyvault-cli && cargo test -p keyvault-bench`.
@@ -116,4 +117,48 @@ fn smoke_run_on_postgres_exercises_every_operation() {
         }
     }
     assert!(stdout.contains("on PostgreSQL, GET latest"), "{stdout}");
+}
+
+/// `python/count_instructions.py` against the workspace's server, with a few requests of each kind: the
+/// profile has a positive count for them. Skipped (with a message) without valgrind or Python 3.
+#[test]
+fn count_instructions_script_counts_requests() {
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("valgrind") || !have("python3") {
+        eprintln!("skipped: valgrind or python3 not found");
+        return;
+    }
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_keyvault-bench")).with_file_name("keyvault");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/count_instructions.py");
+    let dir = tempfile::tempdir().unwrap();
+    for (op, connections) in [("get", "1"), ("set", "2")] {
+        let profile = dir.path().join(format!("{op}.callgrind"));
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&server)
+            .args(["--op", op, "--requests", "6", "--names", "4"])
+            .args(["--connections", connections, "--out"])
+            .arg(&profile)
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "count_instructions.py --op {op} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(report["requests"], 6, "{report}");
+        assert!(
+            report["instructions_per_request"].as_u64().unwrap() > 1_000,
+            "{report}"
+        );
+        assert!(profile.is_file(), "the profile is kept where --out says");
+    }
 }
