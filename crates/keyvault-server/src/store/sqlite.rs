@@ -1048,8 +1048,9 @@ fn run_batch(tx: &Tx<'_>, mut batch: Vec<Box<dyn WriteJob>>, stats: &Stats) {
 
 /// What a write request runs on: the writer's connection (it dereferences to it), with the statements of
 /// every batch and every set prepared once. They bypass rusqlite's statement cache, which hashes a
-/// statement's text twice per use (to find it, and to put it back): about as much work as the savepoint
-/// around a set (`writer_cost_direct`, BENCHMARKS.md session 11).
+/// statement's text twice per use (to find it, and to put it back): about 2k instructions each time, an
+/// eighth of the writer's instructions per set (`writer_cost_direct` under callgrind, BENCHMARKS.md
+/// session 11).
 pub(crate) struct Tx<'c> {
     conn: &'c Connection,
     begin: RefCell<Statement<'c>>,
@@ -1365,7 +1366,8 @@ fn versions_of_live(
 
 /// Insert one version row; a version id the name already has → Err(Exists).
 fn insert_version(c: &Tx<'_>, vault: &str, key: &str, row: &VersionRow) -> StoreResult<i64> {
-    let inserted = c.insert_version.borrow_mut().execute(params![
+    let mut stmt = c.insert_version.borrow_mut();
+    let inserted = stmt.execute(params![
         vault,
         key,
         row.version,
@@ -1378,6 +1380,9 @@ fn insert_version(c: &Tx<'_>, vault: &str, key: &str, row: &VersionRow) -> Store
         row.created,
         row.updated
     ]);
+    // The statement stays prepared: let it not keep a copy of the (sealed) value until the next set.
+    stmt.clear_bindings();
+    drop(stmt);
     match inserted {
         Ok(_) => Ok(c.last_insert_rowid()),
         Err(e) if is_constraint(&e) => Err(StoreError::Exists),
