@@ -47,7 +47,8 @@ def main() -> int:
     p.add_argument("--names", type=int, default=1000)
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--out", default=None)
-    p.add_argument("--keep", action="store_true", help="keep the data directory (printed)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the data directory (always kept without --out: the profile is in it)")
     a = p.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
@@ -82,11 +83,12 @@ def main() -> int:
     if total is None:
         print(f"no instruction total in {out}", file=sys.stderr)
         return 1
+    keep = a.keep or not a.out
     print(json.dumps({"op": a.op, "requests": a.requests, "connections": a.connections,
                       "names": a.names, "instructions": total,
                       "instructions_per_request": round(total / a.requests),
-                      "profile": out}))
-    if not a.keep and a.out:
+                      "profile": out, "data_dir": data if keep else None}))
+    if not keep:
         shutil.rmtree(data, ignore_errors=True)
     return 0
 

@@ -69,7 +69,9 @@ impl LocalVault {
             .map_err(|e| StartError::Setup(format!("cannot create a temp dir: {e}")))?;
         let defaults = Config::default();
         let config = Config {
-            tenant_id: options.tenant_id.unwrap_or(defaults.tenant_id.clone()),
+            tenant_id: options
+                .tenant_id
+                .unwrap_or_else(|| defaults.tenant_id.clone()),
             addr: "127.0.0.1:0".parse().expect("a valid address"),
             data_dir: dir.path().to_path_buf(),
             dev: true,

@@ -722,6 +722,37 @@ async fn a_tenant_named_like_a_collection_keeps_its_token_routes() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// HEAD on a vault path answers as the router shapes it, over both protocols: the vault's 405 with its
+/// length and no body (HTTP/2 resets a stream whose HEAD answer carries a body).
+#[tokio::test]
+async fn head_requests_get_an_empty_405_over_http1_and_http2() {
+    let v = Vault::start().await;
+    v.set("h", json!({"value": "x"})).await;
+    let mut h1 = keyvault_server::tls::client_config_trusting(v.lv.ca_cert_pem()).unwrap();
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let h1 = reqwest::Client::builder()
+        .tls_backend_preconfigured(h1)
+        .build()
+        .unwrap();
+    for (client, version) in [
+        (&v.http, reqwest::Version::HTTP_2),
+        (&h1, reqwest::Version::HTTP_11),
+    ] {
+        for path in ["/secrets/h", "/secrets/absent", "/deletedsecrets/h"] {
+            let resp = client
+                .head(v.url(path))
+                .bearer_auth(&v.token)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("HEAD {path} over {version:?}: {e}"));
+            assert_eq!(resp.version(), version);
+            assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert!(resp.headers().get("content-length").is_some(), "{path}");
+            assert!(resp.bytes().await.unwrap().is_empty(), "{path}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn purge_protection_and_custom_retention() {
     let v = Vault::start_with(LocalVaultOptions {

@@ -68,8 +68,9 @@ pub fn app(state: Arc<HttpState>, auth_routes: Router) -> App {
 /// The server's request handler. Requests for the vault's secrets (`/secrets…`, `/deletedsecrets…`) go
 /// straight to [`vault_request`]; the others go through the router (health, the token issuer's routes, and
 /// the router's fallback, which is [`vault_request`] too). The answer is the router's in either case: the
-/// shortcut only skips its route lookup and the layers of boxed services around the fallback, which cost
-/// every request about as much as the rest of a GET's routing and validation.
+/// shortcut only skips its route lookup and the boxed services around the fallback (3.5 % of a GET's
+/// instructions, BENCHMARKS.md session 11). HEAD and CONNECT always take the router, which shapes their
+/// responses (a HEAD answer keeps its `content-length` and loses its body; HTTP/2 refuses a body there).
 #[derive(Clone)]
 pub struct App {
     state: Arc<HttpState>,
@@ -85,7 +86,8 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let req = req.map(Body::new);
-        if skips_router(req.uri().path()) {
+        let shaped_by_router = matches!(*req.method(), Method::HEAD | Method::CONNECT);
+        if !shaped_by_router && skips_router(req.uri().path()) {
             let state = self.state.clone();
             Box::pin(async move { Ok(vault_request(State(state), req).await) })
         } else {
