@@ -68,7 +68,7 @@ pub fn app(state: Arc<HttpState>, auth_routes: Router) -> App {
 /// The server's request handler. Requests for the vault's secrets (`/secrets…`, `/deletedsecrets…`) go
 /// straight to [`vault_request`]; the others go through the router (health, the token issuer's routes, and
 /// the router's fallback, which is [`vault_request`] too). The answer is the router's in either case: the
-/// shortcut only skips its route lookup and the boxed services around the fallback (3.5 % of a GET's
+/// shortcut only skips its route lookup and the boxed services around the fallback (about 3 % of a GET's
 /// instructions, BENCHMARKS.md session 11). HEAD and CONNECT always take the router, which shapes their
 /// responses (a HEAD answer keeps its `content-length` and loses its body; HTTP/2 refuses a body there).
 #[derive(Clone)]
