@@ -77,7 +77,8 @@ pub struct AuditRecord {
     /// Unix milliseconds.
     pub time_ms: i64,
     pub request_id: String,
-    pub principal: Option<String>,
+    /// Shared with the token cache's copy (no allocation per request).
+    pub principal: Option<std::sync::Arc<str>>,
     pub operation: Option<&'static str>,
     pub secret: Option<String>,
     pub version: Option<String>,
@@ -199,7 +200,7 @@ fn hex_str(h: &HashHex) -> &str {
 #[cfg(test)]
 fn make_line(record: &AuditRecord, seq: u64, prev: &str) -> (String, String) {
     let mut buf = Vec::new();
-    let hash = append_line(&mut buf, record, seq, prev);
+    let hash = append_line(&mut buf, &mut TimeText::default(), record, seq, prev);
     buf.pop(); // the newline
     (
         String::from_utf8(buf).unwrap_or_default(),
@@ -207,14 +208,49 @@ fn make_line(record: &AuditRecord, seq: u64, prev: &str) -> (String, String) {
     )
 }
 
+/// The RFC 3339 text of the last millisecond formatted: lines come many to a millisecond under load, and
+/// formatting a date costs more than the rest of a line's fields.
+struct TimeText {
+    ms: i64,
+    buf: [u8; TIME_BUF],
+    len: usize,
+}
+
+impl Default for TimeText {
+    fn default() -> Self {
+        let mut t = TimeText {
+            ms: 0,
+            buf: [0; TIME_BUF],
+            len: 0,
+        };
+        t.len = rfc3339_ms_into(0, &mut t.buf);
+        t
+    }
+}
+
+impl TimeText {
+    fn at(&mut self, ms: i64) -> &str {
+        if ms != self.ms {
+            self.len = rfc3339_ms_into(ms, &mut self.buf);
+            self.ms = ms;
+        }
+        // Digits and punctuation: always ASCII.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
 /// Appends the line for `record` at position `seq` after `prev`, with its newline, to `buf`; returns its
 /// hash. Formats straight into `buf`: no allocation once `buf` has grown.
-fn append_line(buf: &mut Vec<u8>, record: &AuditRecord, seq: u64, prev: &str) -> HashHex {
-    let mut time = [0u8; TIME_BUF];
-    let time_len = rfc3339_ms_into(record.time_ms, &mut time);
+fn append_line(
+    buf: &mut Vec<u8>,
+    time: &mut TimeText,
+    record: &AuditRecord,
+    seq: u64,
+    prev: &str,
+) -> HashHex {
     let body = Body {
         seq,
-        time: std::str::from_utf8(&time[..time_len]).unwrap_or_default(),
+        time: time.at(record.time_ms),
         request_id: &record.request_id,
         principal: record.principal.as_deref(),
         operation: record.operation,
@@ -453,6 +489,7 @@ struct Writer {
     written: (u64, HashHex, u64),
     /// Whether the last write failed (a failure is logged once, not per line).
     failing: bool,
+    time: TimeText,
 }
 
 /// The last line of a file (without the newline), if the file has any.
@@ -526,6 +563,7 @@ impl AuditLog {
             buf: Vec::with_capacity(64 * 1024),
             written: (next_seq, prev_hex, size),
             failing: false,
+            time: TimeText::default(),
         };
         let state = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -657,7 +695,13 @@ impl Writer {
     fn append(&mut self, record: &AuditRecord) -> std::io::Result<()> {
         let start = self.buf.len();
         let prev = self.prev;
-        let hash = append_line(&mut self.buf, record, self.next_seq, hex_str(&prev));
+        let hash = append_line(
+            &mut self.buf,
+            &mut self.time,
+            record,
+            self.next_seq,
+            hex_str(&prev),
+        );
         let len = (self.buf.len() - start) as u64;
         if self.size > 0 && self.size + len > self.max_bytes {
             // The line goes to the next file: write out the ones before it, rotate, and keep it buffered.
@@ -741,6 +785,22 @@ mod tests {
         assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(rfc3339_ms(-62_167_219_200_000), "0000-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn time_text_formats_each_new_millisecond() {
+        let mut t = TimeText::default();
+        for ms in [
+            0,
+            0,
+            1_795_000_123_456,
+            1_795_000_123_456,
+            1_795_000_123_457,
+            -1,
+            0,
+        ] {
+            assert_eq!(t.at(ms), rfc3339_ms(ms));
+        }
     }
 
     #[test]

@@ -420,8 +420,8 @@ impl TrustedIssuer {
             .as_str()
             .filter(|s| !s.is_empty() && s.len() <= 256)
             .ok_or(AuthError::InvalidToken("missing claim"))?
-            .to_string();
-        let tenant = claims["tid"].as_str().unwrap_or_default().to_string();
+            .into();
+        let tenant = claims["tid"].as_str().unwrap_or_default().into();
         Ok((Principal { id, tenant }, nbf, exp))
     }
 }
@@ -651,7 +651,7 @@ mod tests {
         let issuer = TrustedIssuer::from_jwks(ISS, AUD, &jwks, Some("oid")).unwrap();
         let h = |k: &SigningKey| serde_json::json!({"alg": "ES256", "kid": k.kid()});
         let (p, nbf, exp) = check(&issuer, &sign(&b, h(&b), claims())).unwrap();
-        assert_eq!((p.id.as_str(), nbf, exp), ("alice-oid", 1_000, 2_000));
+        assert_eq!((&*p.id, nbf, exp), ("alice-oid", 1_000, 2_000));
         assert_eq!(
             unverified_issuer(&sign(&b, h(&b), claims())).as_deref(),
             Some(ISS)
@@ -699,7 +699,7 @@ mod tests {
             &sign(&a, serde_json::json!({"alg": "ES256"}), claims()),
         )
         .unwrap();
-        assert_eq!(p.id, "s-1");
+        assert_eq!(&*p.id, "s-1");
     }
 
     #[test]
@@ -833,7 +833,7 @@ mod rs256_tests {
             claims.clone(),
         );
         let (p, nbf, exp) = check(&good).unwrap();
-        assert_eq!((p.id.as_str(), nbf, exp), ("rsa-user", 1_000, 2_000));
+        assert_eq!((&*p.id, nbf, exp), ("rsa-user", 1_000, 2_000));
         // One RSA key: a token without kid is accepted; a wrong kid is not.
         assert!(
             check(&sign_rs256(

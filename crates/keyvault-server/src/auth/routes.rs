@@ -664,8 +664,8 @@ mod tests {
 
         let verifier = state.issuer.verifier(state.audiences.clone());
         let principal = verifier.verify(token, NOW).unwrap();
-        assert_eq!(principal.id, CLIENT_ID);
-        assert_eq!(principal.tenant, TENANT);
+        assert_eq!(&*principal.id, CLIENT_ID);
+        assert_eq!(&*principal.tenant, TENANT);
 
         // The JWKS publishes the key id the token is signed with.
         let (status, _, jwks) = send(
@@ -701,7 +701,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{body}");
         let token = body["access_token"].as_str().unwrap();
         let verifier = state.issuer.verifier(state.audiences.clone());
-        assert_eq!(verifier.verify(token, NOW).unwrap().id, CLIENT_ID);
+        assert_eq!(verifier.verify(token, NOW).unwrap().id, CLIENT_ID.into());
 
         // Basic and a body secret at once is refused.
         let req = Request::builder()

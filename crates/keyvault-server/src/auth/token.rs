@@ -51,10 +51,11 @@ pub struct Claims {
 /// Who a verified token speaks for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Principal {
-    /// The token's `sub` (for tokens of this server: the client id).
-    pub id: String,
+    /// The token's `sub` (for tokens of this server: the client id). Shared: every request of a cached token
+    /// gets the cache's copy without allocating.
+    pub id: Arc<str>,
     /// The token's `tid`.
-    pub tenant: String,
+    pub tenant: Arc<str>,
 }
 
 /// Issues access tokens for authenticated clients.
@@ -352,8 +353,8 @@ impl TokenVerifier {
         check_times(claims.nbf, claims.exp, now)?;
 
         let principal = Principal {
-            id: claims.sub,
-            tenant: claims.tid,
+            id: claims.sub.into(),
+            tenant: claims.tid.into(),
         };
         let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
         cache.insert(
@@ -756,7 +757,7 @@ mod tests {
         assert_eq!(verifier.cache_len(), 1);
         // Clones share the cache; a hit gives the same principal.
         let clone = verifier.clone();
-        assert_eq!(clone.verify(&token, NOW + 1).unwrap().id, "c");
+        assert_eq!(clone.verify(&token, NOW + 1).unwrap().id, "c".into());
         assert_eq!(verifier.cache_len(), 1);
         // The cache still enforces time.
         assert_eq!(

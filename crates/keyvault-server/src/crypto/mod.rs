@@ -344,7 +344,7 @@ impl Envelope {
         let kek_id_bytes = kek_id.as_bytes();
         let kek_id_len = u8::try_from(kek_id_bytes.len())
             .map_err(|_| CryptoError::KeyFile("key id too long".into()))?;
-        let name_key = name_key.to_ascii_lowercase();
+        let name_key = ascii_lowercase(name_key);
 
         // The data key and both nonces from one call to the system's generator (one system call, not three).
         let mut random = Zeroizing::new([0u8; KEY_LEN + 2 * NONCE_LEN]);
@@ -372,20 +372,23 @@ impl Envelope {
         out.extend_from_slice(kek_id_bytes);
 
         // Wrap the data key under the KEK.
-        let wrap_aad = binding_aad(LABEL_WRAP, FORMAT_V1, kek_id, vault, &name_key, version);
-        let mut wrapped = Zeroizing::new(data_key.to_vec());
-        kek.aead()
-            .seal_in_place_append_tag(
+        let mut aad = binding_aad(LABEL_WRAP, FORMAT_V1, kek_id, vault, &name_key, version);
+        let mut wrapped = Zeroizing::new(*data_key);
+        let wrap_tag = kek
+            .aead()
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(wrap_nonce),
-                Aad::from(&wrap_aad),
-                &mut *wrapped,
+                Aad::from(&aad),
+                wrapped.as_mut(),
             )
             .map_err(|_| CryptoError::Decrypt)?;
         out.extend_from_slice(&wrap_nonce);
-        out.extend_from_slice(&wrapped);
+        out.extend_from_slice(wrapped.as_ref());
+        out.extend_from_slice(wrap_tag.as_ref());
 
         // Encrypt the value under the data key.
-        let data_aad = binding_aad(LABEL_DATA, FORMAT_V1, kek_id, vault, &name_key, version);
+        relabel(&mut aad, LABEL_DATA);
+        let data_aad = aad;
         out.extend_from_slice(&data_nonce);
         let mut body = Vec::with_capacity(plaintext.len() + TAG_LEN);
         body.extend_from_slice(plaintext);
@@ -428,23 +431,25 @@ impl Envelope {
             return Err(CryptoError::Decrypt);
         }
         let kek = self.provider.get(kek_id).ok_or(CryptoError::Decrypt)?;
-        let name_key = name_key.to_ascii_lowercase();
+        let name_key = ascii_lowercase(name_key);
 
-        let wrap_aad = binding_aad(LABEL_WRAP, format, kek_id, vault, &name_key, version);
-        let mut key_buf = Zeroizing::new(wrapped.to_vec());
+        let mut aad = binding_aad(LABEL_WRAP, format, kek_id, vault, &name_key, version);
+        let mut key_buf = Zeroizing::new([0u8; KEY_LEN + TAG_LEN]);
+        key_buf.copy_from_slice(wrapped);
         let data_key = kek
             .aead()
             .open_in_place(
                 Nonce::assume_unique_for_key(wrap_nonce),
-                Aad::from(&wrap_aad),
-                &mut key_buf,
+                Aad::from(&aad),
+                key_buf.as_mut(),
             )
             .map_err(|_| CryptoError::Decrypt)?;
         if data_key.len() != KEY_LEN {
             return Err(CryptoError::Decrypt);
         }
 
-        let data_aad = binding_aad(LABEL_DATA, format, kek_id, vault, &name_key, version);
+        relabel(&mut aad, LABEL_DATA);
+        let data_aad = aad;
         let mut buf = Zeroizing::new(ciphertext.to_vec());
         let len = aead_key(data_key)?
             .open_in_place(
@@ -522,6 +527,24 @@ impl Envelope {
         self.rng.fill(&mut n).map_err(|_| CryptoError::Rng)?;
         Ok(n)
     }
+}
+
+/// `s` with ASCII letters lower-cased, borrowed when it has no upper-case letter (names usually have none).
+fn ascii_lowercase(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// The two bindings of a value differ only in their label, and the labels are as long as each other: the
+/// data binding is the wrap binding with its label overwritten (one buffer for both).
+const _: () = assert!(LABEL_WRAP.len() == LABEL_DATA.len());
+
+/// Replaces the label of an associated data made by [`binding_aad`] (after its 4-byte length).
+fn relabel(aad: &mut [u8], label: &[u8]) {
+    aad[4..4 + label.len()].copy_from_slice(label);
 }
 
 /// The associated data binding a sealed value: a domain label, then each field length-prefixed (u32 BE).

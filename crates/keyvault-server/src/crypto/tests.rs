@@ -307,3 +307,86 @@ fn malformed_key_file_is_refused() {
         Err(CryptoError::KeyFile(_))
     ));
 }
+
+/// Format 1 written out by hand (independently of `seal` and `open`): the data key wrapped under the KEK with
+/// the wrap binding, the value under the data key with the data binding, each binding every field
+/// length-prefixed. Values stored by earlier builds must keep opening, and `seal` must keep writing this.
+fn reference_aad(label: &[u8], kek_id: &str, name_key: &str) -> Vec<u8> {
+    let mut aad = Vec::new();
+    for field in [
+        label,
+        &[FORMAT_V1][..],
+        kek_id.as_bytes(),
+        V.as_bytes(),
+        name_key.as_bytes(),
+        VER.as_bytes(),
+    ] {
+        aad.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        aad.extend_from_slice(field);
+    }
+    aad
+}
+
+#[test]
+fn format_v1_is_stable() {
+    let kek_bytes = [7u8; KEY_LEN];
+    let env = envelope_with(kek_bytes);
+    let kek_id = env.current_kek_id().to_string();
+    let key = |bytes: &[u8]| LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).unwrap());
+    let (data_key, wrap_nonce, data_nonce) = ([3u8; KEY_LEN], [1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+
+    // Sealed by hand → opened by `open`, whatever the casing of the name asked for.
+    let mut wrapped = data_key.to_vec();
+    key(&kek_bytes)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(wrap_nonce),
+            Aad::from(reference_aad(b"keyvault-rs wrap", &kek_id, "my-secret")),
+            &mut wrapped,
+        )
+        .unwrap();
+    let mut body = b"the value".to_vec();
+    key(&data_key)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(data_nonce),
+            Aad::from(reference_aad(b"keyvault-rs data", &kek_id, "my-secret")),
+            &mut body,
+        )
+        .unwrap();
+    let mut sealed = vec![FORMAT_V1, kek_id.len() as u8];
+    sealed.extend_from_slice(kek_id.as_bytes());
+    sealed.extend_from_slice(&wrap_nonce);
+    sealed.extend_from_slice(&wrapped);
+    sealed.extend_from_slice(&data_nonce);
+    sealed.extend_from_slice(&body);
+    for name in ["my-secret", "My-Secret"] {
+        assert_eq!(
+            env.open(V, name, VER, &sealed).unwrap().as_slice(),
+            b"the value"
+        );
+    }
+
+    // Sealed by `seal` → opened by hand.
+    let sealed = env.seal(V, "My-Secret", VER, b"another value").unwrap();
+    let rest = &sealed[2 + kek_id.len()..];
+    let (nonce, rest) = rest.split_at(NONCE_LEN);
+    let (wrapped, rest) = rest.split_at(KEY_LEN + TAG_LEN);
+    let (nonce2, ciphertext) = rest.split_at(NONCE_LEN);
+    let mut wrapped = wrapped.to_vec();
+    let data_key = key(&kek_bytes)
+        .open_in_place(
+            Nonce::try_assume_unique_for_key(nonce).unwrap(),
+            Aad::from(reference_aad(b"keyvault-rs wrap", &kek_id, "my-secret")),
+            &mut wrapped,
+        )
+        .unwrap()
+        .to_vec();
+    let mut ciphertext = ciphertext.to_vec();
+    let value = key(&data_key)
+        .open_in_place(
+            Nonce::try_assume_unique_for_key(nonce2).unwrap(),
+            Aad::from(reference_aad(b"keyvault-rs data", &kek_id, "my-secret")),
+            &mut ciphertext,
+        )
+        .unwrap();
+    assert_eq!(value, b"another value");
+}

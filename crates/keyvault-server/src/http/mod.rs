@@ -32,6 +32,7 @@ use keyvault_types::models::{
 use keyvault_types::{ApiVersion, rules};
 use respond::{empty, json_response};
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 use wire::WireContext;
@@ -273,11 +274,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
-fn vault_url(req: &Request) -> Result<String, ApiError> {
-    let host = match req.uri().authority() {
+fn vault_url(uri: &http::Uri, headers: &HeaderMap) -> Result<String, ApiError> {
+    let host = match uri.authority() {
         Some(a) => a.as_str(),
-        None => req
-            .headers()
+        None => headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default(),
@@ -301,13 +301,14 @@ fn vault_url(req: &Request) -> Result<String, ApiError> {
 
 /// The query parameters the API reads, percent-decoded in names and values (JS sends `api%2Dversion`).
 #[derive(Default)]
-struct Query {
-    api_version: Option<String>,
-    maxresults: Option<String>,
-    skiptoken: Option<String>,
+struct Query<'a> {
+    api_version: Option<Cow<'a, str>>,
+    maxresults: Option<Cow<'a, str>>,
+    skiptoken: Option<Cow<'a, str>>,
 }
 
-fn parse_query(query: Option<&str>) -> Query {
+/// Borrows from the query where nothing needed decoding (the usual case): no allocation.
+fn parse_query(query: Option<&str>) -> Query<'_> {
     let mut q = Query::default();
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let slot = match k.as_ref() {
@@ -317,7 +318,7 @@ fn parse_query(query: Option<&str>) -> Query {
             _ => continue,
         };
         if slot.is_none() {
-            *slot = Some(v.into_owned());
+            *slot = Some(v);
         }
     }
     q
@@ -356,14 +357,20 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-/// The path's segments, percent-decoded (borrowed unless they had escapes), with one trailing empty
-/// segment dropped (`/secrets/x/` = latest).
-fn segments(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
-    let mut segs: Vec<_> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
-        .collect();
+/// The path's segments, percent-decoded, with one trailing empty segment dropped (`/secrets/x/` = latest).
+/// Borrowed from the path, or from `decoded` when the path has escapes: one allocation in the usual case.
+fn path_segments<'a>(path: &'a str, decoded: &'a mut Vec<Cow<'a, str>>) -> Vec<&'a str> {
+    let path = path.trim_start_matches('/');
+    let mut segs: Vec<&'a str> = if path.contains('%') {
+        *decoded = path
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+            .collect();
+        let decoded: &'a Vec<Cow<'a, str>> = decoded;
+        decoded.iter().map(|s| s.as_ref()).collect()
+    } else {
+        path.split('/').collect()
+    };
     if segs.len() > 1 && segs.last().is_some_and(|s| s.is_empty()) {
         segs.pop();
     }
@@ -486,7 +493,7 @@ async fn handle(
         .verify_async(token, now)
         .await
         .map_err(|_| unauthorized())?;
-    let who = principal.id.as_str();
+    let who: &str = &principal.id;
     rec.principal = Some(principal.id.clone());
 
     // 1b. How much: over the vault's budget → 429 (after authentication, so that requests without a valid
@@ -508,8 +515,8 @@ async fn handle(
     if req.uri().path() == "/admin" || req.uri().path().starts_with("/admin/") {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let segs = segments(&path);
-        let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).collect();
+        let mut decoded = Vec::new();
+        let segs = path_segments(&path, &mut decoded);
         let query = req.uri().query().map(str::to_string);
         return admin::handle(
             state,
@@ -524,9 +531,11 @@ async fn handle(
     }
 
     // 2. Which version of the API, and where the client thinks we are.
-    let query = parse_query(req.uri().query());
+    let method = req.method().clone();
+    let (parts, body) = req.into_parts();
+    let query = parse_query(parts.uri.query());
     let api_version = api_version(&query)?;
-    let base = vault_url(&req)?;
+    let base = vault_url(&parts.uri, &parts.headers)?;
     let ctx = WireContext {
         vault_url: &base,
         settings: state.vault.settings(),
@@ -536,10 +545,8 @@ async fn handle(
     let map = |e| ApiError::from_vault(e, &base);
 
     // 3. What: route on method and path segments.
-    let method = req.method().clone();
-    let (parts, body) = req.into_parts();
-    let segs = segments(parts.uri.path());
-    let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).collect();
+    let mut decoded = Vec::new();
+    let segs = path_segments(parts.uri.path(), &mut decoded);
     let next_link = |path: &str, token: Option<String>| {
         token.map(|t| {
             let mut link = format!("{base}{path}?api-version={api_version}&$skiptoken={t}");
@@ -787,13 +794,19 @@ mod tests {
 
     #[test]
     fn segments_decode_and_drop_one_trailing_slash() {
-        assert_eq!(segments("/secrets/abc/"), vec!["secrets", "abc"]);
-        assert_eq!(segments("/secrets/abc"), vec!["secrets", "abc"]);
-        assert_eq!(segments("/secrets"), vec!["secrets"]);
-        assert_eq!(segments("/secrets/"), vec!["secrets"]);
+        let segments = |path: &str| path_segments(path, &mut Vec::new()).join("/");
+        assert_eq!(segments("/secrets/abc/"), "secrets/abc");
+        assert_eq!(segments("/secrets/abc"), "secrets/abc");
+        assert_eq!(segments("/secrets"), "secrets");
+        assert_eq!(segments("/secrets/"), "secrets");
+        assert_eq!(segments("/"), "");
+        assert_eq!(segments("/secrets/a%62c/versions"), "secrets/abc/versions");
+        assert_eq!(segments("/secrets/a%2Fb/"), "secrets/a/b");
+        assert_eq!(segments("/secrets/%zz%41/x"), "secrets/%zzA/x");
+        let mut decoded = Vec::new();
         assert_eq!(
-            segments("/secrets/a%62c/versions"),
-            vec!["secrets", "abc", "versions"]
+            path_segments("/secrets/a%2Fb/v", &mut decoded),
+            ["secrets", "a/b", "v"]
         );
     }
 
