@@ -71,6 +71,19 @@ pub enum Outcome {
     Allowed,
 }
 
+impl Outcome {
+    /// The name in a line (as serde names it: lower case).
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Rejected => "rejected",
+            Outcome::Denied => "denied",
+            Outcome::Throttled => "throttled",
+            Outcome::Allowed => "allowed",
+        }
+    }
+}
+
 /// What the HTTP layer records about one request.
 #[derive(Clone, Debug)]
 pub struct AuditRecord {
@@ -105,7 +118,9 @@ impl AuditRecord {
     }
 }
 
-/// The body of a line, members in the order they are written.
+/// The body of a line, members in the order they are written: what [`append_line`] writes by hand, kept as
+/// the reference it is tested against.
+#[cfg(test)]
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Body<'a> {
@@ -248,22 +263,36 @@ fn append_line(
     seq: u64,
     prev: &str,
 ) -> HashHex {
-    let body = Body {
-        seq,
-        time: time.at(record.time_ms),
-        request_id: &record.request_id,
-        principal: record.principal.as_deref(),
-        operation: record.operation,
-        secret: record.secret.as_deref(),
-        version: record.version.as_deref(),
-        target: record.target.as_deref(),
-        outcome: record.outcome,
-        status: record.status,
-        prev,
-    };
     let start = buf.len();
-    // Serialising this struct into memory cannot fail (strings, integers and an enum).
-    let _ = serde_json::to_writer(&mut *buf, &body);
+    buf.extend_from_slice(b"{\"seq\":");
+    crate::json::push_int(buf, seq);
+    buf.extend_from_slice(b",\"time\":");
+    crate::json::push_str(buf, time.at(record.time_ms));
+    buf.extend_from_slice(b",\"requestId\":");
+    crate::json::push_str(buf, &record.request_id);
+    for (key, value) in [
+        (&b",\"principal\":"[..], record.principal.as_deref()),
+        (b",\"operation\":", record.operation),
+        (b",\"secret\":", record.secret.as_deref()),
+        (b",\"version\":", record.version.as_deref()),
+    ] {
+        buf.extend_from_slice(key);
+        match value {
+            Some(v) => crate::json::push_str(buf, v),
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+    if let Some(target) = record.target.as_deref() {
+        buf.extend_from_slice(b",\"target\":");
+        crate::json::push_str(buf, target);
+    }
+    buf.extend_from_slice(b",\"outcome\":\"");
+    buf.extend_from_slice(record.outcome.as_str().as_bytes());
+    buf.extend_from_slice(b"\",\"status\":");
+    crate::json::push_int(buf, record.status);
+    buf.extend_from_slice(b",\"prev\":");
+    crate::json::push_str(buf, prev);
+    buf.push(b'}');
     let hash = sha256_hex(&buf[start..]);
     buf.pop(); // the closing brace
     buf.extend_from_slice(b",\"hash\":\"");
@@ -785,6 +814,70 @@ mod tests {
         assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(rfc3339_ms(-62_167_219_200_000), "0000-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn hand_written_lines_are_what_serde_writes() {
+        let odd = [
+            "plain",
+            "",
+            "quote\"d",
+            "back\\slash",
+            "tab\tnew\nline\r\u{1}\u{1f}",
+            "del\u{7f} é ü 日本 🙂",
+            "</script>",
+        ];
+        let outcomes = [
+            Outcome::Unauthenticated,
+            Outcome::Rejected,
+            Outcome::Denied,
+            Outcome::Throttled,
+            Outcome::Allowed,
+        ];
+        let mut time = TimeText::default();
+        for (i, text) in odd.iter().enumerate() {
+            for (j, outcome) in outcomes.iter().enumerate() {
+                let some = |k: usize| (!(i + j + k).is_multiple_of(3)).then(|| text.to_string());
+                let record = AuditRecord {
+                    time_ms: 1_795_000_123_456 + (i * 7 + j) as i64,
+                    request_id: text.to_string(),
+                    principal: some(1).map(Into::into),
+                    operation: ((i + j) % 2 == 0).then_some("SecretGet"),
+                    secret: some(2),
+                    version: some(3),
+                    target: some(4),
+                    outcome: *outcome,
+                    status: [0, 200, 401, 65535][(i + j) % 4],
+                };
+                let seq = [0, 1, u64::MAX][(i + j) % 3];
+                let mut buf = Vec::new();
+                let hash = append_line(&mut buf, &mut time, &record, seq, text);
+                let line = String::from_utf8(buf).unwrap();
+                let time_text = rfc3339_ms(record.time_ms);
+                let reference = serde_json::to_string(&Body {
+                    seq,
+                    time: &time_text,
+                    request_id: &record.request_id,
+                    principal: record.principal.as_deref(),
+                    operation: record.operation,
+                    secret: record.secret.as_deref(),
+                    version: record.version.as_deref(),
+                    target: record.target.as_deref(),
+                    outcome: record.outcome,
+                    status: record.status,
+                    prev: text,
+                })
+                .unwrap();
+                assert_eq!(hex_str(&hash), hex_str(&sha256_hex(reference.as_bytes())));
+                let with_hash = format!(
+                    "{},\"hash\":\"{}\"}}\n",
+                    &reference[..reference.len() - 1],
+                    hex_str(&hash)
+                );
+                assert_eq!(line, with_hash);
+                assert!(check_line(line.trim_end()).is_ok(), "{line}");
+            }
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use keyvault_types::models::{
     SecretUpdateParameters,
 };
 use keyvault_types::{ApiVersion, rules};
-use respond::{empty, json_response};
+use respond::{bundle_response, empty, json_response};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -580,7 +580,7 @@ async fn handle(
             let params: SecretRestoreParameters = read_json(body, MAX_RESTORE_BODY_BYTES).await?;
             let blob = decode_blob(&params.value)?;
             let row = vault.restore(&blob).await.map_err(map)?;
-            Ok(json_response(
+            Ok(bundle_response(
                 StatusCode::OK,
                 &ctx.bundle(crate::vault::Secret { row, value: None }),
             ))
@@ -591,13 +591,13 @@ async fn handle(
             let p: SecretSetParameters = read_json(body, MAX_BODY_BYTES).await?;
             let attrs = attributes_input(p.content_type, p.tags, p.attributes);
             let secret = vault.set(name, p.value, attrs).await.map_err(map)?;
-            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+            Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::GET, ["secrets", name]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretGet, Some(name), None)?;
             let secret = vault.get(name, None).await.map_err(map)?;
-            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+            Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::PATCH, ["secrets", name]) => {
             valid_name(name, &base)?;
@@ -658,7 +658,7 @@ async fn handle(
                 }));
             }
             let secret = vault.get(name, Some(version)).await.map_err(map)?;
-            Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+            Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::PATCH, ["secrets", name, version]) => {
             valid_name(name, &base)?;
@@ -719,7 +719,7 @@ async fn handle(
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretRecover, Some(name), None)?;
             let row = vault.recover(name).await.map_err(map)?;
-            Ok(json_response(
+            Ok(bundle_response(
                 StatusCode::OK,
                 &ctx.bundle(crate::vault::Secret { row, value: None }),
             ))
@@ -775,7 +775,7 @@ async fn update(
         .update(name, version, attrs)
         .await
         .map_err(UpdateError::Vault)?;
-    Ok(json_response(StatusCode::OK, &ctx.bundle(secret)))
+    Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
 }
 
 /// A backup blob as the SDKs send it: base64url without padding (tolerating padding and standard base64).
