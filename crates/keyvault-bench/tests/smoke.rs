@@ -2,7 +2,8 @@
 //! seconds, and sequential gets through the `keyvault-secrets` client (not Python); exit status 0 only if
 //! every request succeeded. Then the same matrix with the server on PostgreSQL (`--store postgres`, a private
 //! cluster; skipped without PostgreSQL binaries). No timing assertions. And `python/count_instructions.py`
-//! (the server under callgrind) on a handful of requests (skipped without valgrind).
+//! (the server under callgrind) on a handful of requests (skipped without valgrind), and `python/ab.py` (two
+//! builds compared in alternating runs) on one pair of smoke runs.
 //!
 //! The server binary is the workspace's `target/<profile>/keyvault`, which `cargo test --workspace` builds
 //! (keyvault-cli's integration tests run it); alone: `cargo build -p keyvault-cli && cargo test -p keyvault-bench`.
@@ -160,5 +161,48 @@ fn count_instructions_script_counts_requests() {
             "{report}"
         );
         assert!(profile.is_file(), "the profile is kept where --out says");
+    }
+}
+
+/// `python/ab.py` with the workspace's server as both builds, one pair of `--smoke` runs over HTTP/1.1: a
+/// summary row for each operation and concurrency, with a share of the baseline for each build. Skipped (with
+/// a message) without Python 3.
+#[test]
+fn ab_script_compares_two_builds() {
+    let python = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python {
+        eprintln!("skipped: python3 not found");
+        return;
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_keyvault-bench"));
+    let server = bench.with_file_name("keyvault");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/ab.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&server)
+        .arg(&server)
+        .args(["--pairs", "1", "--bench"])
+        .arg(&bench)
+        .args(["--", "--smoke", "--protos", "h1", "--ops", "get,set"])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ab.py failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for op in ["get", "set"] {
+        for c in [1, 16, 64] {
+            let row = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("| {op} | h1 | {c} | ")))
+                .unwrap_or_else(|| panic!("no summary row for {op} c={c} in:\n{stdout}"));
+            assert!(row.contains("% | ") && row.contains("of 1 |"), "{row}");
+        }
     }
 }
