@@ -2,8 +2,11 @@
 //! [`TokenVerifier`].
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
+
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
+use zeroize::Zeroizing;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,6 +30,11 @@ const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// How many verified tokens the verifier remembers.
 const CACHE_CAPACITY: usize = 10_000;
+/// And how many bytes of them at most (tokens of external issuers can be several kilobytes).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// A cached token is found by a keyed hash of this many of its last bytes: its signature's, which differ
+/// from one token to the next; the whole token is then compared.
+const CACHE_KEY_TAIL: usize = 32;
 
 /// The claims of an access token issued by this server (an Entra v2 app-only token, trimmed down).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -277,20 +285,19 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::InvalidToken("token too long"));
         }
-        let digest = token_digest(token);
         let inner = &*self.inner;
 
         let cached = {
             let cache = inner.cache.read().unwrap_or_else(PoisonError::into_inner);
-            cache.map.get(&digest).cloned()
+            cache.get(token)
         };
-        if let Some(entry) = cached {
-            return match check_times(entry.nbf, entry.exp, now) {
-                Ok(()) => Ok(entry.principal),
+        if let Some((principal, nbf, exp)) = cached {
+            return match check_times(nbf, exp, now) {
+                Ok(()) => Ok(principal),
                 Err(e) => {
-                    if entry.exp + CLOCK_SKEW_SECS <= now {
+                    if exp + CLOCK_SKEW_SECS <= now {
                         let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
-                        cache.remove(&digest);
+                        cache.remove(token);
                     }
                     Err(e)
                 }
@@ -320,19 +327,11 @@ impl TokenVerifier {
                     ));
                 }
                 let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
-                cache.insert(
-                    digest,
-                    CacheEntry {
-                        principal: principal.clone(),
-                        nbf,
-                        exp,
-                    },
-                    now,
-                );
+                cache.insert(token, principal.clone(), nbf, exp, now);
                 // Verified with keys that were replaced meanwhile: don't keep it (the replacement may have
                 // cleared the cache before this entry went in).
                 if ext.generation() != generation {
-                    cache.remove(&digest);
+                    cache.remove(token);
                 }
                 return Ok(principal);
             }
@@ -357,15 +356,7 @@ impl TokenVerifier {
             tenant: claims.tid.into(),
         };
         let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
-        cache.insert(
-            digest,
-            CacheEntry {
-                principal: principal.clone(),
-                nbf: claims.nbf,
-                exp: claims.exp,
-            },
-            now,
-        );
+        cache.insert(token, principal.clone(), claims.nbf, claims.exp, now);
         Ok(principal)
     }
 
@@ -396,7 +387,7 @@ impl TokenVerifier {
             .cache
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .map
+            .table
             .len()
     }
 }
@@ -409,13 +400,6 @@ impl fmt::Debug for TokenVerifier {
             .field("kids", &self.inner.keys.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
-}
-
-fn token_digest(token: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 fn check_times(nbf: i64, exp: i64, now: i64) -> Result<(), AuthError> {
@@ -442,48 +426,112 @@ pub(crate) fn map_jwt_error(kind: &ErrorKind) -> AuthError {
     })
 }
 
-#[derive(Clone)]
 struct CacheEntry {
+    /// The token itself, wiped from memory when the entry goes.
+    token: Zeroizing<String>,
+    hash: u64,
+    /// Tells entries with the same hash apart in `by_exp`.
+    serial: u64,
     principal: Principal,
     nbf: i64,
     exp: i64,
 }
 
-/// Verified tokens by SHA-256, with an index by expiry for eviction.
+/// Verified tokens, kept whole and compared whole (in constant time), found by a keyed hash of their last
+/// [`CACHE_KEY_TAIL`] bytes: hashing all of a token (a kilobyte or more) on every request cost more than the
+/// rest of the lookup. With an index by expiry for eviction.
 #[derive(Default)]
 struct Cache {
-    map: HashMap<[u8; 32], CacheEntry>,
-    by_exp: BTreeSet<(i64, [u8; 32])>,
+    table: hashbrown::HashTable<CacheEntry>,
+    /// `(exp, hash, serial)` of every entry.
+    by_exp: BTreeSet<(i64, u64, u64)>,
+    hasher: RandomState,
+    /// Bytes of the cached tokens.
+    bytes: usize,
+    serials: u64,
+}
+
+/// Whether two tokens are the same, in time that depends on their length only.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
 }
 
 impl Cache {
-    fn insert(&mut self, digest: [u8; 32], entry: CacheEntry, now: i64) {
-        if self.map.contains_key(&digest) {
-            return;
-        }
-        if self.map.len() >= CACHE_CAPACITY {
-            // Drop what has expired, then, if still full, whatever expires first.
-            while let Some(&(exp, d)) = self.by_exp.first() {
-                if exp.saturating_add(CLOCK_SKEW_SECS) > now {
-                    break;
-                }
-                self.by_exp.pop_first();
-                self.map.remove(&d);
-            }
-            while self.map.len() >= CACHE_CAPACITY {
-                let Some((_, d)) = self.by_exp.pop_first() else {
-                    break;
-                };
-                self.map.remove(&d);
-            }
-        }
-        self.by_exp.insert((entry.exp, digest));
-        self.map.insert(digest, entry);
+    fn hash(&self, token: &str) -> u64 {
+        let bytes = token.as_bytes();
+        self.hasher
+            .hash_one(&bytes[bytes.len().saturating_sub(CACHE_KEY_TAIL)..])
     }
 
-    fn remove(&mut self, digest: &[u8; 32]) {
-        if let Some(entry) = self.map.remove(digest) {
-            self.by_exp.remove(&(entry.exp, *digest));
+    /// The principal, `nbf` and `exp` of a cached token.
+    fn get(&self, token: &str) -> Option<(Principal, i64, i64)> {
+        self.table
+            .find(self.hash(token), |e| same_token(&e.token, token))
+            .map(|e| (e.principal.clone(), e.nbf, e.exp))
+    }
+
+    fn insert(&mut self, token: &str, principal: Principal, nbf: i64, exp: i64, now: i64) {
+        let hash = self.hash(token);
+        if self
+            .table
+            .find(hash, |e| same_token(&e.token, token))
+            .is_some()
+        {
+            return;
+        }
+        let full =
+            |c: &Cache| c.table.len() >= CACHE_CAPACITY || c.bytes + token.len() > CACHE_BYTES;
+        if full(self) {
+            // Drop what has expired, then, if still full, whatever expires first.
+            while let Some(&(first_exp, hash, serial)) = self.by_exp.first() {
+                if first_exp.saturating_add(CLOCK_SKEW_SECS) > now {
+                    break;
+                }
+                self.remove_entry(first_exp, hash, serial);
+            }
+            while full(self) {
+                let Some(&(first_exp, hash, serial)) = self.by_exp.first() else {
+                    break;
+                };
+                self.remove_entry(first_exp, hash, serial);
+            }
+        }
+        self.serials += 1;
+        let serial = self.serials;
+        self.by_exp.insert((exp, hash, serial));
+        self.bytes += token.len();
+        self.table.insert_unique(
+            hash,
+            CacheEntry {
+                token: Zeroizing::new(token.to_owned()),
+                hash,
+                serial,
+                principal,
+                nbf,
+                exp,
+            },
+            |e| e.hash,
+        );
+    }
+
+    fn remove(&mut self, token: &str) {
+        let hash = self.hash(token);
+        if let Ok(found) = self.table.find_entry(hash, |e| same_token(&e.token, token)) {
+            let (entry, _) = found.remove();
+            self.by_exp.remove(&(entry.exp, hash, entry.serial));
+            self.bytes -= entry.token.len();
+        }
+    }
+
+    fn remove_entry(&mut self, exp: i64, hash: u64, serial: u64) {
+        self.by_exp.remove(&(exp, hash, serial));
+        if let Ok(found) = self.table.find_entry(hash, |e| e.serial == serial) {
+            let (entry, _) = found.remove();
+            self.bytes -= entry.token.len();
         }
     }
 }
@@ -776,38 +824,72 @@ mod tests {
     #[test]
     fn cache_is_bounded() {
         let mut cache = Cache::default();
-        let entry = |exp| CacheEntry {
-            principal: Principal {
-                id: "c".into(),
-                tenant: "t".into(),
-            },
-            nbf: 0,
-            exp,
+        let principal = || Principal {
+            id: "c".into(),
+            tenant: "t".into(),
         };
+        let token = |prefix: &str, i: u32| format!("{prefix}.{i:08}");
         for i in 0..CACHE_CAPACITY as u32 {
-            let mut d = [0u8; 32];
-            d[..4].copy_from_slice(&i.to_be_bytes());
             // Half of them already expired at t=1000.
             let exp = if i % 2 == 0 { 500 } else { 5000 + i64::from(i) };
-            cache.insert(d, entry(exp), 0);
+            cache.insert(&token("a", i), principal(), 0, exp, 0);
         }
-        assert_eq!(cache.map.len(), CACHE_CAPACITY);
+        assert_eq!(cache.table.len(), CACHE_CAPACITY);
+        assert!(cache.get(&token("a", 1)).is_some());
         // Full: inserting at t=1000 purges the expired half.
-        cache.insert([0xff; 32], entry(9000), 1000);
-        assert_eq!(cache.map.len(), CACHE_CAPACITY / 2 + 1);
-        assert_eq!(cache.by_exp.len(), cache.map.len());
+        cache.insert("b", principal(), 0, 9000, 1000);
+        assert_eq!(cache.table.len(), CACHE_CAPACITY / 2 + 1);
+        assert_eq!(cache.by_exp.len(), cache.table.len());
+        assert!(cache.get(&token("a", 0)).is_none());
+        assert!(cache.get(&token("a", 1)).is_some());
         // Fill again with live entries; the earliest-expiring one goes first.
         let mut i = 0u32;
-        while cache.map.len() < CACHE_CAPACITY {
-            let mut d = [0xaa; 32];
-            d[..4].copy_from_slice(&i.to_be_bytes());
-            cache.insert(d, entry(100_000), 1000);
+        while cache.table.len() < CACHE_CAPACITY {
+            cache.insert(&token("c", i), principal(), 0, 100_000, 1000);
             i += 1;
         }
-        let first = *cache.by_exp.first().unwrap();
-        cache.insert([0xee; 32], entry(100_000), 1000);
-        assert_eq!(cache.map.len(), CACHE_CAPACITY);
-        assert!(!cache.map.contains_key(&first.1));
-        assert_eq!(cache.by_exp.len(), cache.map.len());
+        cache.insert("d", principal(), 0, 100_000, 1000);
+        assert_eq!(cache.table.len(), CACHE_CAPACITY);
+        assert!(
+            cache.get(&token("a", 1)).is_none(),
+            "the earliest expiry went"
+        );
+        assert!(cache.get("d").is_some());
+        assert_eq!(cache.by_exp.len(), cache.table.len());
+        let bytes: usize = cache.table.iter().map(|e| e.token.len()).sum();
+        assert_eq!(cache.bytes, bytes);
+    }
+
+    #[test]
+    fn cache_is_bounded_in_bytes_and_compares_whole_tokens() {
+        let mut cache = Cache::default();
+        let principal = |id: &str| Principal {
+            id: id.into(),
+            tenant: "t".into(),
+        };
+        // Tokens that share their last bytes (what the hash reads) are still told apart.
+        let tail = "x".repeat(CACHE_KEY_TAIL);
+        cache.insert(&format!("one.{tail}"), principal("one"), 0, 10, 0);
+        cache.insert(&format!("two.{tail}"), principal("two"), 0, 20, 0);
+        assert_eq!(&*cache.get(&format!("one.{tail}")).unwrap().0.id, "one");
+        assert_eq!(&*cache.get(&format!("two.{tail}")).unwrap().0.id, "two");
+        assert!(cache.get(&format!("owe.{tail}")).is_none());
+        assert!(cache.get(&tail).is_none());
+        assert!(cache.get("").is_none());
+        cache.remove(&format!("one.{tail}"));
+        assert!(cache.get(&format!("one.{tail}")).is_none());
+        assert!(cache.get(&format!("two.{tail}")).is_some());
+        // Large tokens: at most CACHE_BYTES of them, the earliest expiry evicted first.
+        let big = |i: usize| format!("{i:04}{}", "y".repeat(64 * 1024));
+        let n = CACHE_BYTES / big(0).len();
+        for i in 0..n + 3 {
+            cache.insert(&big(i), principal("big"), 0, 1000 + i as i64, 0);
+        }
+        assert!(cache.bytes <= CACHE_BYTES, "{}", cache.bytes);
+        assert!(cache.get(&big(0)).is_none());
+        assert!(cache.get(&big(n + 2)).is_some());
+        let bytes: usize = cache.table.iter().map(|e| e.token.len()).sum();
+        assert_eq!(cache.bytes, bytes);
+        assert_eq!(cache.by_exp.len(), cache.table.len());
     }
 }
