@@ -32,14 +32,16 @@ pub fn bundle_response(status: StatusCode, bundle: &SecretBundle) -> Response {
 fn body_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
-    // Room for every header the response gets (`decorate` adds seven more): no regrowth.
-    resp.headers_mut().reserve(RESPONSE_HEADERS);
+    // No room reserved: `decorate` replaces a map that has only this header with a decorated copy.
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
     );
     resp
 }
+
+/// The content type of every JSON body.
+pub(super) const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// A typical secret bundle's size, with room to spare.
 const BODY_CAPACITY: usize = 768;
@@ -139,7 +141,7 @@ fn write_attributes(buf: &mut Vec<u8>, a: &SecretAttributes) {
 }
 
 /// Headers of a JSON response with Key Vault's decoration (content type, seven more, one spare).
-const RESPONSE_HEADERS: usize = 10;
+pub(super) const RESPONSE_HEADERS: usize = 10;
 
 /// A response with no body.
 pub fn empty(status: StatusCode) -> Response {
