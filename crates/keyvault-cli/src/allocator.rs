@@ -7,10 +7,72 @@
 //! instead of 27): no transparent huge pages (the `no_thp` build feature; with them a few live bytes pin
 //! 2 MiB pages), and freed memory goes back to the OS when it is freed ([`configure`]).
 
-use std::ffi::c_int;
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::{c_int, c_void};
+
+use libmimalloc_sys as mi;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Mimalloc = Mimalloc;
+
+/// mimalloc as Rust's allocator. Unlike the `mimalloc` crate's, which asks for every allocation's alignment,
+/// it calls plain `mi_malloc` when the alignment is at most a word's — nearly every allocation (bytes,
+/// strings, most structs). mimalloc's aligned entry point serves only blocks of 1 KiB or less on its fast
+/// path: every larger buffer (hyper's and rustls's, a request body) took its generic path, which allocates
+/// the size plus the alignment and then aligns (about 190 instructions more, 4 times per GET).
+struct Mimalloc;
+
+/// Every mimalloc block is aligned to at least a word: block sizes are multiples of the word size and pages
+/// start 16-byte aligned (`MI_PAGE_MIN_START_BLOCK_ALIGN`). Stricter alignments go through the aligned calls.
+const WORD_ALIGN: usize = std::mem::size_of::<usize>();
+
+// SAFETY: each method forwards to the mimalloc call with the same contract (a null pointer on failure, `ptr`
+// from this allocator for `dealloc` and `realloc`), and returns memory aligned as `layout` asks: plain calls
+// only when the alignment is at most a word, which every mimalloc block has (see `WORD_ALIGN`).
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Mimalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: see the impl.
+        unsafe {
+            if layout.align() <= WORD_ALIGN {
+                mi::mi_malloc(layout.size()).cast()
+            } else {
+                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: see the impl.
+        unsafe {
+            if layout.align() <= WORD_ALIGN {
+                mi::mi_zalloc(layout.size()).cast()
+            } else {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: see the impl; mimalloc frees blocks of either kind with `mi_free`.
+        unsafe { mi::mi_free(ptr.cast::<c_void>()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: see the impl.
+        unsafe {
+            if layout.align() <= WORD_ALIGN {
+                mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            } else {
+                mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
 
 /// mimalloc's number for its `purge_delay` option (`mi_option_t` in `mimalloc.h`, the same in mimalloc 2
 /// and 3; the Rust binding does not name it).
@@ -25,6 +87,41 @@ pub fn configure() {
     // SAFETY: `mi_option_set` only stores an integer in mimalloc's table of options (`PURGE_DELAY` is a valid
     // option, see above); it is called before `main` starts any other thread.
     unsafe {
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        mi::mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks of every size class and alignment come back aligned as asked, keep their contents through
+    /// `realloc`, and are zeroed by `alloc_zeroed`.
+    #[test]
+    fn alignment_contents_and_zeroing() {
+        #[allow(unsafe_code)]
+        // SAFETY: every layout has a non-zero size; each pointer is checked for null, used within its size
+        // and freed once with the layout it was allocated with (or reallocated to).
+        unsafe {
+            for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+                for size in [1, 7, 8, 24, 40, 100, 1000, 1024, 1025, 4096, 70_000] {
+                    let layout = Layout::from_size_align(size, align).unwrap();
+                    let p = GLOBAL.alloc(layout);
+                    assert!(!p.is_null());
+                    assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                    std::ptr::write_bytes(p, 0xab, size);
+                    let q = GLOBAL.realloc(p, layout, size * 3);
+                    assert!(!q.is_null());
+                    assert_eq!(q as usize % align, 0, "realloc size {size} align {align}");
+                    assert!((0..size).all(|i| *q.add(i) == 0xab));
+                    GLOBAL.dealloc(q, Layout::from_size_align(size * 3, align).unwrap());
+                    let z = GLOBAL.alloc_zeroed(layout);
+                    assert!(!z.is_null());
+                    assert_eq!(z as usize % align, 0);
+                    assert!((0..size).all(|i| *z.add(i) == 0));
+                    GLOBAL.dealloc(z, layout);
+                }
+            }
+        }
     }
 }
