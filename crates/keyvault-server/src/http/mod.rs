@@ -342,16 +342,29 @@ struct Query<'a> {
 
 /// Borrows from the query where nothing needed decoding (the usual case): no allocation.
 fn parse_query(query: Option<&str>) -> Query<'_> {
+    let query = query.unwrap_or_default();
     let mut q = Query::default();
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+    let mut take = |k: Cow<'_, str>, v| {
         let slot = match k.as_ref() {
             "api-version" => &mut q.api_version,
             "maxresults" => &mut q.maxresults,
             "$skiptoken" => &mut q.skiptoken,
-            _ => continue,
+            _ => return,
         };
         if slot.is_none() {
             *slot = Some(v);
+        }
+    };
+    if query.contains(['%', '+']) {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            take(k, v);
+        }
+    } else {
+        // Nothing to decode: split as `form_urlencoded` does (empty pieces skipped, a piece without `=` has an
+        // empty value), without its byte-by-byte decoding.
+        for piece in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
+            take(Cow::Borrowed(k), Cow::Borrowed(v));
         }
     }
     q
@@ -841,6 +854,35 @@ mod tests {
             path_segments("/secrets/a%2Fb/v", &mut decoded),
             ["secrets", "a/b", "v"]
         );
+    }
+
+    #[test]
+    fn plain_queries_split_as_form_urlencoded_does() {
+        for query in [
+            "",
+            "api-version=7.6",
+            "api-version=7.6&maxresults=3&$skiptoken=abc",
+            "&&api-version=7.4&",
+            "api-version&maxresults=",
+            "api-version==7.6=x&api-version=7.5",
+            "maxresults=1&maxresults=2",
+            "x=1&api-version=7.6;y",
+        ] {
+            let q = parse_query(Some(query));
+            let mut expected: [Option<String>; 3] = Default::default();
+            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                let i = match k.as_ref() {
+                    "api-version" => 0,
+                    "maxresults" => 1,
+                    "$skiptoken" => 2,
+                    _ => continue,
+                };
+                expected[i].get_or_insert_with(|| v.into_owned());
+            }
+            let got = [&q.api_version, &q.maxresults, &q.skiptoken]
+                .map(|v| v.as_deref().map(str::to_owned));
+            assert_eq!(got, expected, "{query}");
+        }
     }
 
     #[test]
