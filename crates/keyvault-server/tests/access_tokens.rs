@@ -289,6 +289,21 @@ async fn bad_tokens_get_401_with_the_challenge() {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{header:?}");
         assert!(resp.headers().contains_key("www-authenticate"));
     }
+    // Tokens that are not text, or text outside ASCII: refused like any other bad token.
+    for raw in [&b"Bearer \xff\xfe.\x80"[..], "Bearer é.é.é".as_bytes()] {
+        let resp = s
+            .http
+            .get(format!("{}/secrets?api-version=7.6", s.lv.vault_url()))
+            .header(
+                "authorization",
+                reqwest::header::HeaderValue::from_bytes(raw).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{raw:?}");
+        assert!(resp.headers().contains_key("www-authenticate"));
+    }
 }
 
 #[tokio::test]

@@ -285,24 +285,10 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::InvalidToken("token too long"));
         }
-        let inner = &*self.inner;
-
-        let cached = {
-            let cache = inner.cache.read().unwrap_or_else(PoisonError::into_inner);
-            cache.get(token)
-        };
-        if let Some((principal, nbf, exp)) = cached {
-            return match check_times(nbf, exp, now) {
-                Ok(()) => Ok(principal),
-                Err(e) => {
-                    if exp + CLOCK_SKEW_SECS <= now {
-                        let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
-                        cache.remove(token);
-                    }
-                    Err(e)
-                }
-            };
+        if let Some(cached) = self.verify_cached(token.as_bytes(), now) {
+            return cached;
         }
+        let inner = &*self.inner;
 
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::InvalidToken("malformed token"))?;
@@ -331,7 +317,7 @@ impl TokenVerifier {
                 // Verified with keys that were replaced meanwhile: don't keep it (the replacement may have
                 // cleared the cache before this entry went in).
                 if ext.generation() != generation {
-                    cache.remove(token);
+                    cache.remove(token.as_bytes());
                 }
                 return Ok(principal);
             }
@@ -358,6 +344,28 @@ impl TokenVerifier {
         let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
         cache.insert(token, principal.clone(), claims.nbf, claims.exp, now);
         Ok(principal)
+    }
+
+    /// A token verified before and still cached: its principal, or the error its times give at `now`. `None`
+    /// when it is not cached ([`verify`](Self::verify) then). Takes the header's bytes: a cached token is
+    /// compared byte for byte, so it needs no check that it is text first (a kilobyte on every request).
+    pub fn verify_cached(&self, token: &[u8], now: i64) -> Option<Result<Principal, AuthError>> {
+        let inner = &*self.inner;
+        let (principal, nbf, exp) = inner
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)?;
+        Some(match check_times(nbf, exp, now) {
+            Ok(()) => Ok(principal),
+            Err(e) => {
+                if exp + CLOCK_SKEW_SECS <= now {
+                    let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
+                    cache.remove(token);
+                }
+                Err(e)
+            }
+        })
     }
 
     /// [`verify`](Self::verify), and for a token of a trusted issuer with a JWKS URL whose `kid` the issuer
@@ -452,33 +460,28 @@ struct Cache {
 }
 
 /// Whether two tokens are the same, in time that depends on their length only.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
-            == 0
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl Cache {
-    fn hash(&self, token: &str) -> u64 {
-        let bytes = token.as_bytes();
+    fn hash(&self, token: &[u8]) -> u64 {
         self.hasher
-            .hash_one(&bytes[bytes.len().saturating_sub(CACHE_KEY_TAIL)..])
+            .hash_one(&token[token.len().saturating_sub(CACHE_KEY_TAIL)..])
     }
 
     /// The principal, `nbf` and `exp` of a cached token.
-    fn get(&self, token: &str) -> Option<(Principal, i64, i64)> {
+    fn get(&self, token: &[u8]) -> Option<(Principal, i64, i64)> {
         self.table
-            .find(self.hash(token), |e| same_token(&e.token, token))
+            .find(self.hash(token), |e| same_token(e.token.as_bytes(), token))
             .map(|e| (e.principal.clone(), e.nbf, e.exp))
     }
 
     fn insert(&mut self, token: &str, principal: Principal, nbf: i64, exp: i64, now: i64) {
-        let hash = self.hash(token);
+        let hash = self.hash(token.as_bytes());
         if self
             .table
-            .find(hash, |e| same_token(&e.token, token))
+            .find(hash, |e| same_token(e.token.as_bytes(), token.as_bytes()))
             .is_some()
         {
             return;
@@ -518,9 +521,12 @@ impl Cache {
         );
     }
 
-    fn remove(&mut self, token: &str) {
+    fn remove(&mut self, token: &[u8]) {
         let hash = self.hash(token);
-        if let Ok(found) = self.table.find_entry(hash, |e| same_token(&e.token, token)) {
+        if let Ok(found) = self
+            .table
+            .find_entry(hash, |e| same_token(e.token.as_bytes(), token))
+        {
             let (entry, _) = found.remove();
             self.by_exp.remove(&(entry.exp, hash, entry.serial));
             self.bytes -= entry.token.len();
@@ -822,6 +828,32 @@ mod tests {
     }
 
     #[test]
+    fn verify_cached_finds_verified_tokens_by_their_bytes() {
+        let (issuer, verifier) = setup();
+        let (token, _) = issuer.issue("client-1", AUD, NOW).unwrap();
+        assert!(verifier.verify_cached(token.as_bytes(), NOW).is_none());
+        verifier.verify(&token, NOW).unwrap();
+        let p = verifier
+            .verify_cached(token.as_bytes(), NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*p.id, "client-1");
+        // One byte off (the signature's last): not cached.
+        let mut other = token.clone().into_bytes();
+        *other.last_mut().unwrap() ^= 1;
+        assert!(verifier.verify_cached(&other, NOW).is_none());
+        assert!(verifier.verify_cached(b"\xff\xfe", NOW).is_none());
+        // Expired: an error, and the token leaves the cache.
+        let late = NOW + DEFAULT_TOKEN_LIFETIME_SECS + CLOCK_SKEW_SECS + 1;
+        assert!(matches!(
+            verifier.verify_cached(token.as_bytes(), late),
+            Some(Err(_))
+        ));
+        assert!(verifier.verify_cached(token.as_bytes(), NOW).is_none());
+        assert_eq!(verifier.cache_len(), 0);
+    }
+
+    #[test]
     fn cache_is_bounded() {
         let mut cache = Cache::default();
         let principal = || Principal {
@@ -835,13 +867,13 @@ mod tests {
             cache.insert(&token("a", i), principal(), 0, exp, 0);
         }
         assert_eq!(cache.table.len(), CACHE_CAPACITY);
-        assert!(cache.get(&token("a", 1)).is_some());
+        assert!(cache.get(token("a", 1).as_bytes()).is_some());
         // Full: inserting at t=1000 purges the expired half.
         cache.insert("b", principal(), 0, 9000, 1000);
         assert_eq!(cache.table.len(), CACHE_CAPACITY / 2 + 1);
         assert_eq!(cache.by_exp.len(), cache.table.len());
-        assert!(cache.get(&token("a", 0)).is_none());
-        assert!(cache.get(&token("a", 1)).is_some());
+        assert!(cache.get(token("a", 0).as_bytes()).is_none());
+        assert!(cache.get(token("a", 1).as_bytes()).is_some());
         // Fill again with live entries; the earliest-expiring one goes first.
         let mut i = 0u32;
         while cache.table.len() < CACHE_CAPACITY {
@@ -851,10 +883,10 @@ mod tests {
         cache.insert("d", principal(), 0, 100_000, 1000);
         assert_eq!(cache.table.len(), CACHE_CAPACITY);
         assert!(
-            cache.get(&token("a", 1)).is_none(),
+            cache.get(token("a", 1).as_bytes()).is_none(),
             "the earliest expiry went"
         );
-        assert!(cache.get("d").is_some());
+        assert!(cache.get(b"d").is_some());
         assert_eq!(cache.by_exp.len(), cache.table.len());
         let bytes: usize = cache.table.iter().map(|e| e.token.len()).sum();
         assert_eq!(cache.bytes, bytes);
@@ -871,14 +903,15 @@ mod tests {
         let tail = "x".repeat(CACHE_KEY_TAIL);
         cache.insert(&format!("one.{tail}"), principal("one"), 0, 10, 0);
         cache.insert(&format!("two.{tail}"), principal("two"), 0, 20, 0);
-        assert_eq!(&*cache.get(&format!("one.{tail}")).unwrap().0.id, "one");
-        assert_eq!(&*cache.get(&format!("two.{tail}")).unwrap().0.id, "two");
-        assert!(cache.get(&format!("owe.{tail}")).is_none());
-        assert!(cache.get(&tail).is_none());
-        assert!(cache.get("").is_none());
-        cache.remove(&format!("one.{tail}"));
-        assert!(cache.get(&format!("one.{tail}")).is_none());
-        assert!(cache.get(&format!("two.{tail}")).is_some());
+        let get = |c: &Cache, t: &str| c.get(t.as_bytes());
+        assert_eq!(&*get(&cache, &format!("one.{tail}")).unwrap().0.id, "one");
+        assert_eq!(&*get(&cache, &format!("two.{tail}")).unwrap().0.id, "two");
+        assert!(get(&cache, &format!("owe.{tail}")).is_none());
+        assert!(get(&cache, &tail).is_none());
+        assert!(get(&cache, "").is_none());
+        cache.remove(format!("one.{tail}").as_bytes());
+        assert!(get(&cache, &format!("one.{tail}")).is_none());
+        assert!(get(&cache, &format!("two.{tail}")).is_some());
         // Large tokens: at most CACHE_BYTES of them, the earliest expiry evicted first.
         let big = |i: usize| format!("{i:04}{}", "y".repeat(64 * 1024));
         let n = CACHE_BYTES / big(0).len();
@@ -886,8 +919,8 @@ mod tests {
             cache.insert(&big(i), principal("big"), 0, 1000 + i as i64, 0);
         }
         assert!(cache.bytes <= CACHE_BYTES, "{}", cache.bytes);
-        assert!(cache.get(&big(0)).is_none());
-        assert!(cache.get(&big(n + 2)).is_some());
+        assert!(get(&cache, &big(0)).is_none());
+        assert!(get(&cache, &big(n + 2)).is_some());
         let bytes: usize = cache.table.iter().map(|e| e.token.len()).sum();
         assert_eq!(cache.bytes, bytes);
         assert_eq!(cache.by_exp.len(), cache.table.len());

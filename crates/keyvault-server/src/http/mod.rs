@@ -297,13 +297,12 @@ fn unauthorized() -> ApiError {
 }
 
 /// The bearer token of a request, if it carries one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+/// The bearer token's bytes (checked to be text only when it is not in the token cache: see `handle`).
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let token = value[space + 1..].trim_ascii();
+    (value[..space].eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
 }
 
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
@@ -534,11 +533,15 @@ async fn handle(
     // 1. Who: before anything else, and before the body is read.
     let token = bearer(req.headers()).ok_or_else(unauthorized)?;
     let now = state.vault.now();
-    let principal = state
-        .verifier
-        .verify_async(token, now)
-        .await
-        .map_err(|_| unauthorized())?;
+    let verified = match state.verifier.verify_cached(token, now) {
+        Some(cached) => cached,
+        // Not seen before (or no longer cached): a token must be text to be parsed.
+        None => match std::str::from_utf8(token) {
+            Ok(token) => state.verifier.verify_async(token, now).await,
+            Err(_) => Err(crate::auth::AuthError::InvalidToken("malformed token")),
+        },
+    };
+    let principal = verified.map_err(|_| unauthorized())?;
     let who: &str = &principal.id;
     rec.principal = Some(principal.id.clone());
 
@@ -974,10 +977,21 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer abc"),
         );
-        assert_eq!(bearer(&h), Some("abc"));
+        assert_eq!(bearer(&h), Some(&b"abc"[..]));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("BEARER  a.b.c "),
+        );
+        assert_eq!(bearer(&h), Some(&b"a.b.c"[..]));
+        // Not text: handed on as bytes; `handle` answers 401 unless the token cache holds exactly these bytes.
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer a\xffb").unwrap(),
+        );
+        assert_eq!(bearer(&h), Some(&b"a\xffb"[..]));
     }
 }
