@@ -2,11 +2,9 @@
 //! [`TokenVerifier`].
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasher, RandomState};
-
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, PoisonError, RwLock};
-use zeroize::Zeroizing;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,6 +12,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::AuthError;
 use super::keys::{SigningKey, TOKEN_ALG};
@@ -359,7 +358,7 @@ impl TokenVerifier {
         Some(match check_times(nbf, exp, now) {
             Ok(()) => Ok(principal),
             Err(e) => {
-                if exp + CLOCK_SKEW_SECS <= now {
+                if exp.saturating_add(CLOCK_SKEW_SECS) <= now {
                     let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
                     cache.remove(token);
                 }

@@ -296,8 +296,8 @@ fn unauthorized() -> ApiError {
     )
 }
 
-/// The bearer token of a request, if it carries one.
-/// The bearer token's bytes (checked to be text only when it is not in the token cache: see `handle`).
+/// The bearer token of a request, if it carries one, as bytes: `handle` checks that it is text only when it
+/// is not in the token cache.
 fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let space = value.iter().position(|&b| b == b' ')?;
