@@ -763,7 +763,10 @@ const STAT_EVENTS: &[&str] = &[
     "syscalls:sys_enter_recvfrom",
     "syscalls:sys_enter_epoll_wait",
     "syscalls:sys_enter_getrandom",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_madvise",
     "context-switches",
+    "page-faults",
 ];
 
 fn record_args(pid: u32, out: &Path) -> Vec<String> {

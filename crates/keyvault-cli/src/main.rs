@@ -112,7 +112,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(*args).map_err(|e| CliError::new(2, e)),
+        Command::Serve(args) => {
+            allocator::start_purger();
+            serve::run(*args).map_err(|e| CliError::new(2, e))
+        }
         Command::HashSecret => hash_secret().map_err(|e| CliError::new(2, e)),
         Command::Audit(AuditCommand::Verify { file, chain }) => audit_verify(&file, chain),
         Command::Completions { shell } => completions(shell),
