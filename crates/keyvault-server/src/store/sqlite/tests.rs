@@ -1429,3 +1429,65 @@ fn pages_do_not_read_every_deleted_name() {
          {among_live}"
     );
 }
+
+/// The writer thread runs ten nice levels above the process when the process may raise a thread's priority
+/// (root or `CAP_SYS_NICE`), and keeps the process's priority, without failing, when it may not.
+#[cfg(target_os = "linux")]
+#[test]
+fn writer_priority_is_raised_when_permitted() {
+    fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+    // Whether this process may lower a thread's nice value: try it on a scratch thread.
+    let (base, permitted) = std::thread::spawn(|| {
+        let base = own_nice();
+        let tid = rustix::thread::gettid();
+        let permitted =
+            base > -20 && rustix::process::setpriority_process(Some(tid), base - 1).is_ok();
+        (base, permitted)
+    })
+    .join()
+    .unwrap();
+    let nice = std::thread::spawn(|| {
+        raise_writer_priority();
+        own_nice()
+    })
+    .join()
+    .unwrap();
+    if permitted {
+        assert_eq!(nice, (base - WRITER_NICE_BOOST).max(-20));
+    } else {
+        assert_eq!(nice, base);
+    }
+    // A store's writer thread does it: every `sqlite-writer` thread of this process runs at that priority
+    // (those of other tests too, all started the same way) once it is running.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let writers = loop {
+        let writers: Vec<i32> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                // Field 19 of `stat` is the nice value; the command name before it is in parentheses.
+                let after_name = stat.rsplit_once(')')?.1;
+                let nice = after_name.split_whitespace().nth(16)?.parse().ok()?;
+                (comm.trim() == "sqlite-writer").then_some(nice)
+            })
+            .collect();
+        if writers.iter().all(|&n| n == nice) && !writers.is_empty()
+            || std::time::Instant::now() > deadline
+        {
+            break writers;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!writers.is_empty(), "no sqlite-writer thread found");
+    assert!(
+        writers.iter().all(|&n| n == nice),
+        "{writers:?}, expected {nice}"
+    );
+    drop(store);
+}
