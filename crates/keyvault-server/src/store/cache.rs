@@ -43,6 +43,8 @@ const SHARDS: usize = 16;
 /// a measurement (`cache_memory` in the tests: about 400 bytes of resident memory per row of a 64-byte
 /// value, whose packed bytes are about 220), so that the budget is memory, not an estimate of the contents.
 const ENTRY_OVERHEAD: usize = 160;
+/// Older versions kept per name ([`Older`]).
+const OLDER_PER_NAME: usize = 2;
 /// A shard over its budget evicts one in this many of its rows (amortised O(1) per fill, and the cache stays
 /// close to full).
 const EVICT_ONE_IN: u64 = 4;
@@ -71,6 +73,42 @@ struct Shard {
 struct Slot {
     hash: u64,
     state: State,
+    /// Older versions of the name read by id since its latest was cached (with [`State::Row`] only).
+    older: Option<Box<Older>>,
+}
+
+/// The last [`OLDER_PER_NAME`] older versions of a name read by id: clients that pin a version keep reading
+/// it after a newer one is set. Dropped with the slot's row, so every write to the name drops them too.
+#[derive(Default)]
+struct Older {
+    rows: [Option<Arc<[u8]>>; OLDER_PER_NAME],
+    /// Where the next one goes (the oldest is replaced).
+    next: usize,
+}
+
+impl Older {
+    fn find(&self, version: &str) -> Option<&Arc<[u8]>> {
+        self.rows
+            .iter()
+            .flatten()
+            .find(|packed| packed_version_is(packed, version))
+    }
+
+    fn bytes(&self) -> usize {
+        self.rows.iter().flatten().map(|p| entry_bytes(p)).sum()
+    }
+}
+
+impl Slot {
+    /// Bytes of the rows held (overhead included).
+    fn bytes(&self) -> usize {
+        match &self.state {
+            State::Row(packed) => {
+                entry_bytes(packed) + self.older.as_ref().map_or(0, |o| o.bytes())
+            }
+            State::Busy(_) => 0,
+        }
+    }
 }
 
 enum State {
@@ -101,6 +139,9 @@ pub(crate) enum Lookup {
     Hit(VersionRow),
     /// Not cached: read the database, then offer the row to [`LiveCache::fill`] with this ticket.
     Miss(Ticket),
+    /// A version other than the cached latest, not cached: read the database, then offer the row to
+    /// [`LiveCache::fill_older`] with this ticket.
+    MissOlder(Ticket),
     /// A write to the name is in flight: read the database and do not fill.
     Busy,
 }
@@ -157,25 +198,33 @@ impl LiveCache {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached latest version of a live name.
-    pub(crate) fn get(&self, vault: &str, name_key: &str) -> Lookup {
+    /// The cached latest version of a live name, or (`version`) that version of it.
+    pub(crate) fn get(&self, vault: &str, name_key: &str, version: Option<&str>) -> Lookup {
         if !self.enabled() {
             return Lookup::Busy;
         }
         let hash = self.hash(vault, name_key);
         let guard = self.lock(Self::shard_of(hash));
+        let ticket = Ticket {
+            hash,
+            generation: guard.generation,
+        };
         let packed = match guard.table.find(hash, |s| s.is(hash, vault, name_key)) {
             Some(Slot {
-                state: State::Row(packed),
+                state: State::Row(latest),
+                older,
                 ..
-            }) => packed.clone(),
+            }) => match version {
+                Some(v) if !packed_version_is(latest, v) => {
+                    match older.as_ref().and_then(|o| o.find(v)) {
+                        Some(packed) => packed.clone(),
+                        None => return Lookup::MissOlder(ticket),
+                    }
+                }
+                _ => latest.clone(),
+            },
             Some(_) => return Lookup::Busy,
-            None => {
-                return Lookup::Miss(Ticket {
-                    hash,
-                    generation: guard.generation,
-                });
-            }
+            None => return Lookup::Miss(ticket),
         };
         drop(guard);
         // Unpacking allocates: outside the lock. A row that does not unpack (never: it was packed here) is
@@ -200,6 +249,44 @@ impl LiveCache {
             return;
         }
         shard.insert_row(hash, packed, self.shard_budget);
+    }
+
+    /// Offer an older version of a name read from the database after `ticket`'s [`Lookup::MissOlder`]. Kept
+    /// with the name's cached latest version only if no write to the shard finished, and none to the name
+    /// started, since the miss (the same rule as [`Self::fill`]); dropped with it.
+    pub(crate) fn fill_older(&self, vault: &str, name_key: &str, ticket: Ticket, row: &VersionRow) {
+        let Some(packed) = self.pack_to_cache(vault, name_key, row) else {
+            return;
+        };
+        let hash = ticket.hash;
+        let mut guard = self.lock(Self::shard_of(hash));
+        let shard = &mut *guard;
+        if shard.generation != ticket.generation {
+            return;
+        }
+        let Some(slot) = shard.table.find_mut(hash, |s| s.is(hash, vault, name_key)) else {
+            return;
+        };
+        let State::Row(latest) = &slot.state else {
+            return;
+        };
+        if packed_version_is(latest, &row.version) {
+            return;
+        }
+        let older = slot.older.get_or_insert_with(Box::default);
+        if older.find(&row.version).is_some() {
+            return;
+        }
+        let at = older.next;
+        older.next = (at + 1) % OLDER_PER_NAME;
+        let added = entry_bytes(&packed);
+        let dropped = older.rows[at]
+            .replace(packed)
+            .map_or(0, |p| entry_bytes(&p));
+        shard.bytes = shard.bytes + added - dropped;
+        while shard.bytes > self.shard_budget && shard.bytes > 0 {
+            shard.evict_some();
+        }
     }
 
     /// The row packed, if the cache takes it: a row of another name (never: the caller looked it up by this
@@ -250,9 +337,9 @@ impl LiveCache {
                 ..
             }) => b.writes += 1,
             Some(slot) => {
-                if let State::Row(packed) = std::mem::replace(&mut slot.state, busy()) {
-                    shard.bytes -= entry_bytes(&packed);
-                }
+                shard.bytes -= slot.bytes();
+                slot.older = None;
+                slot.state = busy();
             }
             None => {
                 shard.table.insert_unique(
@@ -260,6 +347,7 @@ impl LiveCache {
                     Slot {
                         hash,
                         state: busy(),
+                        older: None,
                     },
                     |s| s.hash,
                 );
@@ -337,6 +425,7 @@ impl Shard {
             Slot {
                 hash,
                 state: State::Row(packed),
+                older: None,
             },
             |s| s.hash,
         );
@@ -350,11 +439,11 @@ impl Shard {
         let mut freed = 0;
         self.table.retain(|slot| match &slot.state {
             State::Busy(_) => true,
-            State::Row(packed) => {
+            State::Row(_) => {
                 i += 1;
                 let keep = i % EVICT_ONE_IN != drop_at;
                 if !keep {
-                    freed += entry_bytes(packed);
+                    freed += slot.bytes();
                 }
                 keep
             }
@@ -557,6 +646,22 @@ fn packed_key_is(packed: &[u8], vault: &str, name_key: &str) -> bool {
             .is_some_and(|name| name.eq_ignore_ascii_case(name_key.as_bytes()))
 }
 
+/// The version of a packed row is `version` (compared without unpacking the row).
+fn packed_version_is(packed: &[u8], version: &str) -> bool {
+    let mut r = Unpacker(packed);
+    let Some(&flags) = r.take(1).and_then(|f| f.first()) else {
+        return false;
+    };
+    if r.bytes().is_none() || r.bytes().is_none() {
+        return false; // the vault, the name
+    }
+    if flags & FLAG_HEX_VERSION != 0 {
+        hex_version(version).is_some_and(|bytes| r.take(16) == Some(&bytes[..]))
+    } else {
+        r.bytes() == Some(version.as_bytes())
+    }
+}
+
 fn unpack(packed: &[u8]) -> Option<VersionRow> {
     let mut r = Unpacker(packed);
     let flags = *r.take(1)?.first()?;
@@ -626,15 +731,15 @@ mod tests {
     }
 
     fn miss(cache: &LiveCache, name: &str) -> Ticket {
-        match cache.get("v", name) {
+        match cache.get("v", name, None) {
             Lookup::Miss(t) => t,
             Lookup::Hit(_) => panic!("{name}: unexpected hit"),
-            Lookup::Busy => panic!("{name}: unexpected busy"),
+            Lookup::MissOlder(_) | Lookup::Busy => panic!("{name}: unexpected busy"),
         }
     }
 
     fn hit(cache: &LiveCache, name: &str) -> VersionRow {
-        match cache.get("v", name) {
+        match cache.get("v", name, None) {
             Lookup::Hit(r) => r,
             _ => panic!("{name}: expected a hit"),
         }
@@ -647,7 +752,7 @@ mod tests {
         cache.fill("v", "a", t, &row("A", "1", 10));
         assert_eq!(hit(&cache, "a").version, "1");
         // Another vault, another name: still misses.
-        assert!(matches!(cache.get("w", "a"), Lookup::Miss(_)));
+        assert!(matches!(cache.get("w", "a", None), Lookup::Miss(_)));
         miss(&cache, "b");
     }
 
@@ -657,16 +762,125 @@ mod tests {
         let t = miss(&cache, "a");
         cache.fill("v", "a", t, &row("A", "1", 10));
         let mark = cache.begin_write("v", "a");
-        assert!(matches!(cache.get("v", "a"), Lookup::Busy));
+        assert!(matches!(cache.get("v", "a", None), Lookup::Busy));
         let second = cache.begin_write("v", "a");
         drop(mark);
         assert!(
-            matches!(cache.get("v", "a"), Lookup::Busy),
+            matches!(cache.get("v", "a", None), Lookup::Busy),
             "still busy while a second write is in flight"
         );
         drop(second);
         miss(&cache, "a");
         assert_eq!(cache.rows(), 0);
+    }
+
+    fn get_version(cache: &LiveCache, name: &str, version: &str) -> Lookup {
+        cache.get("v", name, Some(version))
+    }
+
+    fn v(n: u32) -> String {
+        format!("{n:032x}")
+    }
+
+    #[test]
+    fn older_versions_read_by_id_are_kept_beside_the_latest_and_dropped_by_any_write() {
+        let cache = Arc::new(LiveCache::new(1 << 20));
+        // No row for the name: a read by version misses as any read does.
+        assert!(matches!(get_version(&cache, "a", &v(1)), Lookup::Miss(_)));
+        let t = miss(&cache, "a");
+        cache.fill("v", "a", t, &row("A", &v(3), 10));
+        let latest_bytes = cache.bytes();
+        // The latest by its id: a hit. An older one: a miss that may be filled beside it.
+        assert_eq!(
+            match get_version(&cache, "a", &v(3)) {
+                Lookup::Hit(r) => r.version,
+                _ => panic!("the latest by id"),
+            },
+            v(3)
+        );
+        let Lookup::MissOlder(t) = get_version(&cache, "a", &v(1)) else {
+            panic!("an older version should miss as older");
+        };
+        cache.fill_older("v", "a", t, &row("A", &v(1), 10));
+        let Lookup::Hit(r) = get_version(&cache, "a", &v(1)) else {
+            panic!("the older version is cached");
+        };
+        assert_eq!((r.version.as_str(), r.sealed.len()), (v(1).as_str(), 10));
+        assert_eq!(
+            hit(&cache, "a").version,
+            v(3),
+            "the latest is still the latest"
+        );
+        assert!(cache.bytes() > latest_bytes);
+        // Offering it again, or offering the latest as older, changes nothing.
+        let Lookup::MissOlder(t) = get_version(&cache, "a", &v(2)) else {
+            panic!("v2 is not cached");
+        };
+        cache.fill_older("v", "a", t, &row("A", &v(3), 10));
+        assert!(matches!(
+            get_version(&cache, "a", &v(2)),
+            Lookup::MissOlder(_)
+        ));
+        // At most OLDER_PER_NAME: the oldest offered goes first.
+        for n in [2, 0] {
+            let Lookup::MissOlder(t) = get_version(&cache, "a", &v(n)) else {
+                panic!("v{n} is not cached yet");
+            };
+            cache.fill_older("v", "a", t, &row("A", &v(n), 10));
+        }
+        assert!(matches!(
+            get_version(&cache, "a", &v(1)),
+            Lookup::MissOlder(_)
+        ));
+        assert!(matches!(get_version(&cache, "a", &v(2)), Lookup::Hit(_)));
+        assert!(matches!(get_version(&cache, "a", &v(0)), Lookup::Hit(_)));
+        // Any write to the name (an update of an older version included) drops them all.
+        let mark = cache.begin_write("v", "a");
+        assert!(matches!(get_version(&cache, "a", &v(2)), Lookup::Busy));
+        assert_eq!(cache.bytes(), 0);
+        drop(mark);
+        assert!(matches!(get_version(&cache, "a", &v(2)), Lookup::Miss(_)));
+        assert_eq!((cache.rows(), cache.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn an_older_version_read_that_raced_a_write_is_not_cached() {
+        let cache = Arc::new(LiveCache::new(1 << 20));
+        let t = miss(&cache, "a");
+        cache.fill("v", "a", t, &row("A", &v(2), 10));
+        let Lookup::MissOlder(t) = get_version(&cache, "a", &v(1)) else {
+            panic!("an older version should miss as older");
+        };
+        // A write to another name of the same shard ends meanwhile: the offer is refused (the shard's
+        // generation moved), as any fill after a write ended.
+        drop(cache.begin_write("v", "a"));
+        let t2 = miss(&cache, "a");
+        cache.fill("v", "a", t2, &row("A", &v(2), 10));
+        cache.fill_older("v", "a", t, &row("A", &v(1), 10));
+        assert!(matches!(
+            get_version(&cache, "a", &v(1)),
+            Lookup::MissOlder(_)
+        ));
+    }
+
+    #[test]
+    fn older_versions_count_against_the_budget() {
+        let budget = 64 * 1024;
+        let cache = Arc::new(LiveCache::new(budget));
+        for i in 0..400 {
+            let name = format!("n{i}");
+            if let Lookup::Miss(t) = cache.get("v", &name, None) {
+                cache.fill("v", &name, t, &row(&name, &v(9), 100));
+            }
+            for n in 0..3 {
+                if let Lookup::MissOlder(t) = cache.get("v", &name, Some(&v(n))) {
+                    cache.fill_older("v", &name, t, &row(&name, &v(n), 100));
+                }
+            }
+        }
+        let held = cache.bytes();
+        assert!(held <= budget, "{held} > {budget}");
+        assert!(cache.rows() > 0);
     }
 
     #[test]
@@ -681,7 +895,7 @@ mod tests {
         let t = miss(&cache, "a");
         let mark = cache.begin_write("v", "a");
         cache.fill("v", "a", t, &row("A", "old", 10));
-        assert!(matches!(cache.get("v", "a"), Lookup::Busy));
+        assert!(matches!(cache.get("v", "a", None), Lookup::Busy));
         drop(mark);
         miss(&cache, "a");
         assert_eq!(cache.rows(), 0);
@@ -693,7 +907,7 @@ mod tests {
         let cache = Arc::new(LiveCache::new(budget));
         for i in 0..2000 {
             let name = format!("n{i}");
-            if let Lookup::Miss(t) = cache.get("v", &name) {
+            if let Lookup::Miss(t) = cache.get("v", &name, None) {
                 cache.fill("v", &name, t, &row(&name, "1", 100));
             }
         }
@@ -716,7 +930,7 @@ mod tests {
     #[test]
     fn disabled_cache_never_hits() {
         let cache = Arc::new(LiveCache::new(0));
-        assert!(matches!(cache.get("v", "a"), Lookup::Busy));
+        assert!(matches!(cache.get("v", "a", None), Lookup::Busy));
         drop(cache.begin_write("v", "a"));
         assert_eq!(cache.rows(), 0);
     }
@@ -729,7 +943,7 @@ mod tests {
         put.committed();
         drop(put);
         assert_eq!((cache.rows(), cache.bytes()), (0, 0));
-        assert!(matches!(cache.get("v", "a"), Lookup::Busy));
+        assert!(matches!(cache.get("v", "a", None), Lookup::Busy));
     }
 
     fn full_row() -> VersionRow {
@@ -794,7 +1008,7 @@ mod tests {
         let cache = Arc::new(LiveCache::new(1 << 20));
         let r = full_row();
         let mut mark = cache.begin_put("v", &r);
-        assert!(matches!(cache.get("v", "db-password"), Lookup::Busy));
+        assert!(matches!(cache.get("v", "db-password", None), Lookup::Busy));
         mark.committed();
         drop(mark);
         let cached = hit(&cache, "db-password");
@@ -810,7 +1024,7 @@ mod tests {
         let mut second = cache.begin_put("v", &row("DB-PASSWORD", "4", 10));
         first.committed();
         drop(first);
-        assert!(matches!(cache.get("v", "db-password"), Lookup::Busy));
+        assert!(matches!(cache.get("v", "db-password", None), Lookup::Busy));
         second.committed();
         drop(second);
         let cached = hit(&cache, "db-password");
@@ -861,7 +1075,7 @@ mod tests {
             let mut r = row(&name, &format!("{:032x}", i * 7_919), 170);
             r.created = 1_790_000_000;
             r.updated = r.created;
-            if let Lookup::Miss(t) = cache.get("bench", &name) {
+            if let Lookup::Miss(t) = cache.get("bench", &name, None) {
                 cache.fill("bench", &name, t, &r);
             }
         }

@@ -458,18 +458,21 @@ impl SecretStore for SqliteStore {
         version: Option<&str>,
     ) -> StoreResult<Option<VersionRow>> {
         let key = name_key(name);
-        let lookup = self.cache.get(vault, &key);
-        let lookup = match lookup {
-            Lookup::Hit(row) if version.is_none_or(|v| v == row.version) => return Ok(Some(row)),
-            // The latest version is cached, but another was asked for: the cache cannot be filled with it.
-            Lookup::Hit(_) => Lookup::Busy,
+        let lookup = match self.cache.get(vault, &key, version) {
+            Lookup::Hit(row) => return Ok(Some(row)),
             other => other,
         };
         let found = self.read_inline(|c| find_live(c, vault, &key, version))?;
-        // A read by version fills the cache too when that version is the latest (clients that pin the version
-        // they were given read it over and over).
-        if let (Lookup::Miss(ticket), Some((_, row, true))) = (lookup, &found) {
-            self.cache.fill(vault, &key, ticket, row);
+        // A read by version fills the cache too (clients that pin the version they were given read it over
+        // and over): as the name's latest when it is, or beside the cached latest when it is an older one.
+        match (lookup, &found) {
+            (Lookup::Miss(ticket), Some((_, row, true))) => {
+                self.cache.fill(vault, &key, ticket, row)
+            }
+            (Lookup::MissOlder(ticket), Some((_, row, false))) => {
+                self.cache.fill_older(vault, &key, ticket, row);
+            }
+            _ => {}
         }
         Ok(found.map(|(_, row, _)| row))
     }

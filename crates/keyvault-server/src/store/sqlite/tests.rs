@@ -1147,7 +1147,7 @@ async fn reads_never_go_back_behind_acknowledged_writes() {
     for n in 0..NAMES {
         let name = format!("n{n}");
         store.get_version("v", &name, None).await.unwrap();
-        let cached = match store.cache.get("v", &name) {
+        let cached = match store.cache.get("v", &name, None) {
             Lookup::Hit(row) => row,
             _ => panic!("{name} not cached after a read"),
         };
@@ -1273,21 +1273,136 @@ async fn racing_writes_leave_only_the_latest_version_cached() {
     for i in 0..NAMES {
         let key = format!("name{i}");
         let (_, latest, _) = find_live(&reader, "v", &key, None).unwrap().expect("live");
-        match store.cache.get("v", &key) {
+        match store.cache.get("v", &key, None) {
             Lookup::Hit(cached) => assert!(
                 cached == latest,
                 "{key}: {cached:?} cached, {latest:?} stored"
             ),
             Lookup::Miss(_) => panic!("{key}: its last write, a put, did not cache its row"),
-            Lookup::Busy => panic!("{key}: no write is in flight"),
+            Lookup::MissOlder(_) | Lookup::Busy => panic!("{key}: no write is in flight"),
         }
     }
     store.close().await;
 }
 
-/// A put caches the version it makes latest; a read by version fills the cache only with the latest.
+/// Reads of older versions by id racing puts, updates of older versions by id, and deletes with recovers:
+/// whatever older version the cache holds in the end is what the database holds for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_writes_leave_no_stale_older_version_cached() {
+    const NAMES: usize = 2;
+    const TASKS: usize = 4;
+    const WRITES: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    for i in 0..NAMES {
+        store
+            .put_version("v", row(&format!("name{i}"), &version(1), 1))
+            .await
+            .unwrap();
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for r in 0..TASKS {
+        let (store, done) = (store.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut k = r;
+            while done.load(Ordering::SeqCst) < TASKS {
+                let name = format!("name{}", k % NAMES);
+                // Versions 1 to 40 of each name: some exist, some are not written yet.
+                let v = version(1 + (k * 7) % 40);
+                store.get_version("v", &name, Some(&v)).await.unwrap();
+                k += 1;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut writers = Vec::new();
+    for t in 0..TASKS {
+        let (store, done) = (store.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            for k in 0..WRITES {
+                let name = format!("name{}", (t + k) % NAMES);
+                let n = 2 + t * WRITES + k;
+                match k % 6 {
+                    // An update of an older version, by id.
+                    1 | 4 => {
+                        let patch = VersionPatch {
+                            content_type: Some(format!("updated-{n}")),
+                            updated: n as i64,
+                            ..VersionPatch::default()
+                        };
+                        let older = version(1 + (n * 7) % 40);
+                        store
+                            .update_version("v", &name, Some(&older), patch)
+                            .await
+                            .unwrap();
+                    }
+                    5 => {
+                        if store
+                            .soft_delete("v", &name, n as i64, n as i64 + 1)
+                            .await
+                            .unwrap()
+                            .is_some()
+                        {
+                            store.recover("v", &name).await.unwrap();
+                        }
+                    }
+                    _ => {
+                        // Versions 2 to 40 only (ids the readers ask for); a repeated one is refused.
+                        let v = version(2 + n % 39);
+                        let _ = store.put_version("v", row(&name, &v, n as i64)).await;
+                    }
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    // Quiet now: each name's latest and two older versions read, so the check below covers entries filled
+    // during the race (if any survived) and after it.
+    for i in 0..NAMES {
+        let key = format!("name{i}");
+        store.get_version("v", &key, None).await.unwrap();
+        for n in [1, 2, 3] {
+            store
+                .get_version("v", &key, Some(&version(n)))
+                .await
+                .unwrap();
+        }
+    }
+    let reader = open_reader(&path, 0).unwrap();
+    let mut older_cached = 0;
+    for i in 0..NAMES {
+        let key = format!("name{i}");
+        for n in 1..=40 {
+            let v = version(n);
+            if let Lookup::Hit(cached) = store.cache.get("v", &key, Some(&v)) {
+                let (_, stored, _) = find_live(&reader, "v", &key, Some(&v))
+                    .unwrap()
+                    .expect("a cached version exists");
+                assert!(
+                    cached == stored,
+                    "{key} {v}: {cached:?} cached, {stored:?} stored"
+                );
+                older_cached += 1;
+            }
+        }
+    }
+    assert!(older_cached > 0, "nothing cached to check");
+    store.close().await;
+}
+
+/// A put caches the version it makes latest; a read by version fills the cache with the latest, or, when an
+/// older version is asked for and the latest is cached, with that version beside it; any write to the name
+/// drops both, and every read answers what the database holds.
 #[tokio::test]
-async fn reads_by_version_cache_only_the_latest() {
+async fn reads_by_version_cache_the_latest_and_older_versions_beside_it() {
     /// `created` of version `v` of "n" (its latest if `None`): each version below is created at its number.
     async fn created(store: &SqliteStore, v: Option<usize>) -> i64 {
         let version = v.map(version);
@@ -1295,11 +1410,15 @@ async fn reads_by_version_cache_only_the_latest() {
         row.unwrap().expect("found").created
     }
     fn cached(store: &SqliteStore) -> Option<String> {
-        match store.cache.get("v", "n") {
+        match store.cache.get("v", "n", None) {
             Lookup::Hit(r) => Some(r.version),
             Lookup::Miss(_) => None,
-            Lookup::Busy => panic!("no write is in flight"),
+            Lookup::MissOlder(_) | Lookup::Busy => panic!("no write is in flight"),
         }
+    }
+    /// Whether version `v` of "n" is served from the cache.
+    fn cached_version(store: &SqliteStore, v: usize) -> bool {
+        matches!(store.cache.get("v", "n", Some(&version(v))), Lookup::Hit(r) if r.version == version(v))
     }
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
@@ -1314,29 +1433,76 @@ async fn reads_by_version_cache_only_the_latest() {
             "the put cached its version"
         );
     }
-    // An older version comes from the database and leaves the latest cached.
+    // An older version comes from the database once, then from the cache, beside the latest.
+    assert!(!cached_version(&store, 1));
+    assert_eq!(created(&store, Some(1)).await, 1);
+    assert!(cached_version(&store, 1));
     assert_eq!(created(&store, Some(1)).await, 1);
     assert_eq!(cached(&store), Some(version(2)));
-    // Once the entry is gone (a write that did not commit here: a put of a name in the way), the latest, asked
-    // for by its version, fills it; an older version does not.
+    // Updating the older version drops it (and the latest): the next reads see the update.
+    let patch = VersionPatch {
+        content_type: Some("changed".into()),
+        tags: None,
+        enabled: Some(false),
+        nbf: None,
+        exp: None,
+        updated: 50,
+    };
+    store
+        .update_version("v", "n", Some(&version(1)), patch)
+        .await
+        .unwrap()
+        .expect("updated");
+    assert!(!cached_version(&store, 1));
+    assert_eq!(cached(&store), None);
+    assert_eq!(created(&store, None).await, 2);
+    for _ in 0..2 {
+        let row = store
+            .get_version("v", "n", Some(&version(1)))
+            .await
+            .unwrap()
+            .expect("found");
+        assert_eq!(
+            (row.content_type.as_deref(), row.enabled, row.updated),
+            (Some("changed"), false, 50)
+        );
+    }
+    assert!(cached_version(&store, 1), "read again after the update");
+    // Once the entry is gone (a write that did not commit here: a put of a name in the way), an older
+    // version is not cached without its latest; the latest, asked for by its version, fills it.
     let clash = store.put_version("v", row("n", &version(2), 9)).await;
     assert!(clash.is_err(), "a repeated version id is refused");
     assert_eq!(cached(&store), None);
     assert_eq!(created(&store, Some(1)).await, 1);
     assert_eq!(cached(&store), None);
+    assert!(!cached_version(&store, 1));
     assert_eq!(created(&store, Some(2)).await, 2);
     assert_eq!(cached(&store), Some(version(2)));
-    // Served from the cache or not, every read answers what it asked for.
-    assert_eq!(created(&store, None).await, 2);
+    // A new version replaces them; the old latest, read by version, is cached beside it.
     assert_eq!(created(&store, Some(1)).await, 1);
-    // A new version replaces it; the old latest, read by version, is not cached again.
+    assert!(cached_version(&store, 1));
     store
         .put_version("v", row("n", &version(3), 3))
         .await
         .unwrap();
+    assert!(
+        !cached_version(&store, 1),
+        "the put dropped the older versions"
+    );
     assert_eq!(created(&store, Some(2)).await, 2);
+    assert!(cached_version(&store, 2));
     assert_eq!(cached(&store), Some(version(3)));
     assert_eq!(created(&store, None).await, 3);
+    // A delete hides every version at once.
+    store.soft_delete("v", "n", 10, 20).await.unwrap().unwrap();
+    assert!(
+        store
+            .get_version("v", "n", Some(&version(2)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!cached_version(&store, 2));
     store.close().await;
 }
 
