@@ -84,7 +84,7 @@ const PURGE_DELAY: c_int = 15;
 /// Session 4 purged at once (no delay): every free that emptied a span returned it to the OS (`madvise`, and
 /// on two cores an inter-processor interrupt to flush the other core's TLB), and the next allocation faulted
 /// the pages in again: 0.5 `madvise` calls and 1 page fault per SET, 0.1 page faults per GET. With the delay,
-/// memory freed and reused within it stays mapped: 0.00 `madvise` and 0.06 page faults per SET, 0.02 per GET
+/// memory freed and reused within it stays mapped: 0.00 `madvise` and 0.06 page faults per SET, 0.01–0.02 per GET
 /// (`keyvault-bench --perf-stat`; BENCHMARKS.md, session 13). mimalloc purges only when some thread allocates
 /// or collects, so an idle server would keep what it freed last (an argon2 check of a client secret takes
 /// 19 MiB): see [`start_purger`].
@@ -104,13 +104,13 @@ pub fn configure() {
     }
 }
 
-/// Gives every free block back to the OS now (a forced collection: this thread's heap, then every pending
-/// purge, however recent).
-pub fn collect() {
+/// Gives free memory back to the OS now: with `force`, every free block however recently freed (this
+/// thread's heap, then every pending purge); without, what has been free for [`PURGE_DELAY_MS`].
+pub fn collect(force: bool) {
     #[allow(unsafe_code)]
     // SAFETY: `mi_collect` may be called from any thread at any time; it frees nothing in use.
     unsafe {
-        mi::mi_collect(true);
+        mi::mi_collect(force);
     }
 }
 
@@ -128,16 +128,7 @@ pub fn start_purger() {
             loop {
                 std::thread::sleep(PURGE_EVERY);
                 turn = (turn + 1) % FORCE_EVERY_TURNS;
-                if turn == 0 {
-                    collect();
-                } else {
-                    #[allow(unsafe_code)]
-                    // SAFETY: `mi_collect` may be called from any thread at any time; it frees nothing in
-                    // use. `false`: only what has been free for the purge delay.
-                    unsafe {
-                        mi::mi_collect(false);
-                    }
-                }
+                collect(turn == 0);
             }
         });
     if let Err(e) = spawned {

@@ -125,7 +125,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         // Start-up is done (with `--dev`, an argon2 hash of the client's secret: 19 MiB, freed): give back
         // what it used now rather than at the purger's next forced turn.
-        crate::allocator::collect();
+        crate::allocator::collect(true);
         let info = server.info().clone();
         tracing::info!(addr = %info.local_addr, resource = %info.resource, "keyvault listening");
         if let Some(dev) = &info.dev {

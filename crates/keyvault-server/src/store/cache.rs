@@ -734,7 +734,8 @@ mod tests {
         match cache.get("v", name, None) {
             Lookup::Miss(t) => t,
             Lookup::Hit(_) => panic!("{name}: unexpected hit"),
-            Lookup::MissOlder(_) | Lookup::Busy => panic!("{name}: unexpected busy"),
+            Lookup::MissOlder(_) => panic!("{name}: unexpected older-version miss"),
+            Lookup::Busy => panic!("{name}: unexpected busy"),
         }
     }
 
@@ -851,8 +852,8 @@ mod tests {
         let Lookup::MissOlder(t) = get_version(&cache, "a", &v(1)) else {
             panic!("an older version should miss as older");
         };
-        // A write to another name of the same shard ends meanwhile: the offer is refused (the shard's
-        // generation moved), as any fill after a write ended.
+        // A write to the name begins and ends meanwhile, and its latest is cached again: the offer is refused
+        // (the shard's generation moved), as any fill after a write ended.
         drop(cache.begin_write("v", "a"));
         let t2 = miss(&cache, "a");
         cache.fill("v", "a", t2, &row("A", &v(2), 10));

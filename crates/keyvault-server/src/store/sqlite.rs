@@ -730,9 +730,10 @@ const WRITER_NICE_BOOST: i32 = 10;
 /// Lets the writer run ahead of the request threads (Linux, when permitted). Every write waits for the
 /// single writer's batch, so under a write load the writer is the serial part: when it shares the cores
 /// with request threads (and, on one machine, with the clients) at equal priority, the scheduler gives it
-/// a fair share at best, and while it waits for a core the requests queued behind it wait too, and cores
-/// fall idle in between (SET at c = 64: 15–18 % idle). The writer never keeps a core long: it sleeps on its
-/// queue when idle, on the disk at each commit, and a batch holds at most [`BATCH_CAP`] writes.
+/// a fair share at best, and while it waits for a core every request queued behind it waits too (SET at
+/// c = 64: 5 of 6 alternating runs faster with it, BENCHMARKS.md session 13). The writer never keeps a core
+/// long: it sleeps on its queue when idle, on the disk at each commit, and a batch holds at most
+/// [`BATCH_CAP`] writes.
 /// Without the permission the writer keeps the process's priority (logged at debug).
 fn raise_writer_priority() {
     #[cfg(target_os = "linux")]
