@@ -113,6 +113,13 @@ pub struct Cell {
     pub store_cpu_s: Option<f64>,
     /// Server syscalls counted during the run (`--perf-stat`): (name, count).
     pub syscalls: Vec<(String, f64)>,
+    /// Seconds the server's threads (or the baseline's) were ready to run but waited for a CPU.
+    pub server_wait_s: f64,
+    /// The same for the load generator's own threads (the harness, but the baseline's).
+    pub client_wait_s: f64,
+    /// The machine's CPU seconds during the run: idle (or waiting for I/O), and in all.
+    pub machine_idle_s: f64,
+    pub machine_all_s: f64,
 }
 
 impl Cell {
@@ -134,6 +141,10 @@ impl Cell {
             (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
         };
         self.server_write_bytes += other.server_write_bytes;
+        self.server_wait_s += other.server_wait_s;
+        self.client_wait_s += other.client_wait_s;
+        self.machine_idle_s += other.machine_idle_s;
+        self.machine_all_s += other.machine_all_s;
         for (name, count) in other.syscalls {
             match self.syscalls.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, c)) => *c += count,
@@ -150,6 +161,25 @@ impl Cell {
     /// The database's (PostgreSQL's) CPU microseconds per successful operation, if it was measured.
     pub fn store_cpu_us_per_op(&self) -> Option<f64> {
         self.store_cpu_s.map(|s| 1e6 * s / self.ok.max(1) as f64)
+    }
+
+    /// Microseconds the server's threads waited for a CPU per successful operation.
+    pub fn server_wait_us_per_op(&self) -> f64 {
+        1e6 * self.server_wait_s / self.ok.max(1) as f64
+    }
+
+    /// Microseconds the load generator's threads waited for a CPU per successful operation.
+    pub fn client_wait_us_per_op(&self) -> f64 {
+        1e6 * self.client_wait_s / self.ok.max(1) as f64
+    }
+
+    /// Share of the machine's CPU time that was idle during the run (0 to 1; NaN if not measured).
+    pub fn idle_share(&self) -> f64 {
+        if self.machine_all_s > 0.0 {
+            self.machine_idle_s / self.machine_all_s
+        } else {
+            f64::NAN
+        }
     }
 
     /// KiB sent to storage per successful operation.
@@ -211,6 +241,15 @@ impl Server {
         }
     }
 
+    /// Seconds its threads waited for a CPU so far.
+    fn waited(self) -> f64 {
+        match self {
+            Server::Process(pid) => crate::process::run_queue_wait_seconds(Some(pid), ""),
+            Server::Baseline => crate::process::run_queue_wait_seconds(None, "baseline"),
+            Server::Untracked => 0.0,
+        }
+    }
+
     fn written(self) -> u64 {
         match self {
             Server::Process(pid) => crate::process::storage_write_bytes(pid),
@@ -243,6 +282,9 @@ pub async fn run(
     };
     let cpu_before = server.cpu();
     let written_before = server.written();
+    let waited_before = server.waited();
+    let client_waited_before = crate::process::run_queue_wait_seconds(None, "!baseline");
+    let machine_before = crate::process::machine_cpu_seconds();
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + bounds.max_time;
@@ -289,6 +331,12 @@ pub async fn run(
     cell.elapsed = started.elapsed();
     cell.server_cpu_s = (server.cpu() - cpu_before).max(0.0);
     cell.server_write_bytes = server.written().saturating_sub(written_before);
+    cell.server_wait_s = (server.waited() - waited_before).max(0.0);
+    cell.client_wait_s =
+        (crate::process::run_queue_wait_seconds(None, "!baseline") - client_waited_before).max(0.0);
+    let machine_after = crate::process::machine_cpu_seconds();
+    cell.machine_idle_s = (machine_after.0 - machine_before.0).max(0.0);
+    cell.machine_all_s = (machine_after.1 - machine_before.1).max(0.0);
     if let Some(s) = sampler {
         s.abort();
         cell.peak_rss_kib = pid.map(|p| crate::process::memory_kib(p).0).unwrap_or(0);
@@ -478,6 +526,10 @@ mod tests {
             store_cpu_s: Some(cpu / 2.0),
             server_write_bytes: 1024 * ok,
             syscalls: vec![("futex".into(), futex)],
+            server_wait_s: cpu / 4.0,
+            client_wait_s: cpu / 8.0,
+            machine_idle_s: cpu,
+            machine_all_s: 4.0 * cpu,
         }
     }
 
@@ -505,6 +557,11 @@ mod tests {
         });
         assert_eq!(sqlite.store_cpu_us_per_op(), None);
         assert_eq!(a.write_kib_per_op(), 1.0);
+        // Waits add up (0.125 + 0.375 s over 400 ops), and the idle share is of the pooled machine time.
+        assert_eq!(a.server_wait_us_per_op(), 1250.0);
+        assert_eq!(a.client_wait_us_per_op(), 625.0);
+        assert_eq!(a.idle_share(), 0.25);
+        assert!(Cell::default().idle_share().is_nan());
         assert_eq!(
             a.syscalls,
             vec![("futex".to_string(), 40.0), ("fsync".to_string(), 4.0)]

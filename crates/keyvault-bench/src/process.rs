@@ -253,6 +253,55 @@ pub fn own_threads_cpu_seconds(prefix: &str) -> f64 {
         .sum()
 }
 
+/// Seconds the threads of a process spent ready to run but waiting for a CPU (the run-queue delay the kernel
+/// keeps per thread: the second field of `/proc/PID/task/TID/schedstat`, in ns), summed over the threads
+/// whose name starts with `prefix` ("" for all, `!`-prefixed for all but those). Threads that ended are not
+/// counted.
+pub fn run_queue_wait_seconds(pid: Option<u32>, prefix: &str) -> f64 {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}/task"),
+        None => "/proc/self/task".to_string(),
+    };
+    let (wanted, prefix) = match prefix.strip_prefix('!') {
+        Some(p) => (false, p),
+        None => (true, prefix),
+    };
+    let Ok(tasks) = std::fs::read_dir(dir) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            prefix.is_empty()
+                || std::fs::read_to_string(t.path().join("comm"))
+                    .map(|c| c.starts_with(prefix) == wanted)
+                    .unwrap_or(false)
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
+}
+
+/// The machine's CPU time so far, in seconds: (idle, including waiting for I/O; all), from `/proc/stat`.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let idle = ticks.iter().skip(3).take(2).sum::<u64>();
+    let all = ticks.iter().take(8).sum::<u64>();
+    (idle as f64 / 100.0, all as f64 / 100.0)
+}
+
 /// Bytes the process caused to be sent to storage (`write_bytes` of /proc/PID/io).
 pub fn storage_write_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))

@@ -154,6 +154,15 @@ pub fn progress(n: usize, op: Op, proto: Proto, c: usize, cell: &Cell) -> String
     )
 }
 
+/// An operation as the tables name it.
+fn row_label(op: Op) -> &'static str {
+    match op {
+        Op::DeleteRecover => "delete+recover (pairs)",
+        Op::Mixed => "mixed (9 get : 1 set)",
+        op => op.label(),
+    }
+}
+
 /// The table of one store size.
 pub fn render_size(s: &SizeReport) -> String {
     let mut out = String::new();
@@ -213,11 +222,7 @@ pub fn render_size(s: &SizeReport) -> String {
                 format!("{:.0}", cell.cpu_us_per_op()),
             ),
         };
-        let label = match r.op {
-            Op::DeleteRecover => "delete+recover (pairs)",
-            Op::Mixed => "mixed (9 get : 1 set)",
-            op => op.label(),
-        };
+        let label = row_label(r.op);
         let store_cpu = match (pg, cell.store_cpu_us_per_op()) {
             (false, _) => String::new(),
             (true, Some(us)) => format!("{us:.0} | "),
@@ -240,6 +245,35 @@ pub fn render_size(s: &SizeReport) -> String {
             cell.write_kib_per_op(),
             cell.errors
         );
+    }
+    let measured: Vec<&Row> = s
+        .rows
+        .iter()
+        .filter(|r| r.cell.machine_all_s > 0.0)
+        .collect();
+    if !measured.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nScheduling during the measured run (`/proc`): the machine's CPU time left idle, and how long the \
+             server's threads and the load generator's were ready to run but waited for a CPU, per operation:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| operation | proto | c | CPU idle | server waited µs/op | client waited µs/op |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+        for r in measured {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.0} % | {:.1} | {:.1} |",
+                row_label(r.op),
+                r.proto.label(),
+                r.concurrency,
+                100.0 * r.cell.idle_share(),
+                r.cell.server_wait_us_per_op(),
+                r.cell.client_wait_us_per_op()
+            );
+        }
     }
     let with_syscalls: Vec<&Row> = s
         .rows

@@ -49,11 +49,36 @@ fn bench(args: &[&str]) -> String {
     stdout
 }
 
-/// The report's table rows of `op` over `proto`.
+/// The rows of `op` over `proto` in the report's main tables (throughput, latency, CPU: 12 columns or more).
 fn rows<'a>(stdout: &'a str, op: &str, proto: &str) -> Vec<&'a str> {
+    any_rows(stdout, op, proto)
+        .into_iter()
+        .filter(|l| l.matches('|').count() > 12)
+        .collect()
+}
+
+/// Rows of `op` over `proto` in any of the report's tables.
+fn any_rows<'a>(stdout: &'a str, op: &str, proto: &str) -> Vec<&'a str> {
     stdout
         .lines()
         .filter(|l| l.starts_with(&format!("| {op} ")) && l.contains(&format!("| {proto} |")))
+        .collect()
+}
+
+/// The rows of `op` over `proto` in the scheduling tables: (CPU idle %, server waited µs/op, client waited µs/op).
+fn scheduling_rows(stdout: &str, op: &str, proto: &str) -> Vec<(f64, f64, f64)> {
+    any_rows(stdout, op, proto)
+        .into_iter()
+        .filter(|l| l.matches('|').count() == 7)
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let num = |s: &str| {
+                s.trim_end_matches(" %")
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("not a number: {s:?} in {l}"))
+            };
+            (num(cells[4]), num(cells[5]), num(cells[6]))
+        })
         .collect()
 }
 
@@ -69,6 +94,26 @@ fn smoke_run_exercises_every_operation() {
                 3,
                 "{op} {proto}: not one row per concurrency (1, 16, 64) in:\n{stdout}"
             );
+        }
+    }
+    // The scheduling table: a row per operation, protocol and concurrency, with an idle share in 0–100 % and
+    // waits that are not negative.
+    assert!(
+        stdout.contains("Scheduling during the measured run"),
+        "{stdout}"
+    );
+    for op in std::iter::once("baseline").chain(OPERATIONS) {
+        for proto in ["h1", "h2"] {
+            let sched = scheduling_rows(&stdout, op, proto);
+            assert_eq!(
+                sched.len(),
+                3,
+                "{op} {proto}: scheduling rows in:\n{stdout}"
+            );
+            for (idle, server, client) in sched {
+                assert!((0.0..=100.0).contains(&idle), "{op} {proto}: idle {idle}");
+                assert!(server >= 0.0 && client >= 0.0, "{op} {proto}: waits");
+            }
         }
     }
     assert!(stdout.contains("## Targets"), "{stdout}");
