@@ -117,6 +117,8 @@ pub struct Cell {
     pub server_wait_s: f64,
     /// The same for the load generator's own threads (the harness, but the baseline's).
     pub client_wait_s: f64,
+    /// CPU seconds the load generator's threads spent during the run.
+    pub client_cpu_s: f64,
     /// The machine's CPU seconds during the run: idle (or waiting for I/O), and in all.
     pub machine_idle_s: f64,
     pub machine_all_s: f64,
@@ -143,6 +145,7 @@ impl Cell {
         self.server_write_bytes += other.server_write_bytes;
         self.server_wait_s += other.server_wait_s;
         self.client_wait_s += other.client_wait_s;
+        self.client_cpu_s += other.client_cpu_s;
         self.machine_idle_s += other.machine_idle_s;
         self.machine_all_s += other.machine_all_s;
         for (name, count) in other.syscalls {
@@ -171,6 +174,11 @@ impl Cell {
     /// Microseconds the load generator's threads waited for a CPU per successful operation.
     pub fn client_wait_us_per_op(&self) -> f64 {
         1e6 * self.client_wait_s / self.ok.max(1) as f64
+    }
+
+    /// The load generator's CPU microseconds per successful operation.
+    pub fn client_cpu_us_per_op(&self) -> f64 {
+        1e6 * self.client_cpu_s / self.ok.max(1) as f64
     }
 
     /// Share of the machine's CPU time that was idle during the run (0 to 1; NaN if not measured).
@@ -284,6 +292,7 @@ pub async fn run(
     let written_before = server.written();
     let waited_before = server.waited();
     let client_waited_before = crate::process::run_queue_wait_seconds(None, "!baseline");
+    let client_cpu_before = crate::process::threads_cpu_seconds(None, "!baseline");
     let machine_before = crate::process::machine_cpu_seconds();
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -334,6 +343,8 @@ pub async fn run(
     cell.server_wait_s = (server.waited() - waited_before).max(0.0);
     cell.client_wait_s =
         (crate::process::run_queue_wait_seconds(None, "!baseline") - client_waited_before).max(0.0);
+    cell.client_cpu_s =
+        (crate::process::threads_cpu_seconds(None, "!baseline") - client_cpu_before).max(0.0);
     let machine_after = crate::process::machine_cpu_seconds();
     cell.machine_idle_s = (machine_after.0 - machine_before.0).max(0.0);
     cell.machine_all_s = (machine_after.1 - machine_before.1).max(0.0);
@@ -528,6 +539,7 @@ mod tests {
             syscalls: vec![("futex".into(), futex)],
             server_wait_s: cpu / 4.0,
             client_wait_s: cpu / 8.0,
+            client_cpu_s: cpu / 2.0,
             machine_idle_s: cpu,
             machine_all_s: 4.0 * cpu,
         }
@@ -560,6 +572,7 @@ mod tests {
         // Waits add up (0.125 + 0.375 s over 400 ops), and the idle share is of the pooled machine time.
         assert_eq!(a.server_wait_us_per_op(), 1250.0);
         assert_eq!(a.client_wait_us_per_op(), 625.0);
+        assert_eq!(a.client_cpu_us_per_op(), 2500.0);
         assert_eq!(a.idle_share(), 0.25);
         assert!(Cell::default().idle_share().is_nan());
         assert_eq!(

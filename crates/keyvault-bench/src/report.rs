@@ -254,22 +254,24 @@ pub fn render_size(s: &SizeReport) -> String {
     if !measured.is_empty() {
         let _ = writeln!(
             out,
-            "\nScheduling during the measured run (`/proc`): the machine's CPU time left idle, and how long the \
-             server's threads and the load generator's were ready to run but waited for a CPU, per operation:\n"
+            "\nCPU and scheduling during the measured run (`/proc`): the machine's CPU time left idle, the load \
+             generator's CPU per operation (it shares the machine), and how long the server's threads and the \
+             load generator's were ready to run but waited for a CPU, per operation:\n"
         );
         let _ = writeln!(
             out,
-            "| operation | proto | c | CPU idle | server waited µs/op | client waited µs/op |"
+            "| operation | proto | c | CPU idle | client CPU µs/op | server waited µs/op | client waited µs/op |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
         for r in measured {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} % | {:.1} | {:.1} |",
+                "| {} | {} | {} | {:.0} % | {:.1} | {:.1} | {:.1} |",
                 row_label(r.op),
                 r.proto.label(),
                 r.concurrency,
                 100.0 * r.cell.idle_share(),
+                r.cell.client_cpu_us_per_op(),
                 r.cell.server_wait_us_per_op(),
                 r.cell.client_wait_us_per_op()
             );

@@ -65,11 +65,12 @@ fn any_rows<'a>(stdout: &'a str, op: &str, proto: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// The rows of `op` over `proto` in the scheduling tables: (CPU idle %, server waited µs/op, client waited µs/op).
-fn scheduling_rows(stdout: &str, op: &str, proto: &str) -> Vec<(f64, f64, f64)> {
+/// The rows of `op` over `proto` in the CPU and scheduling tables: (CPU idle %, client CPU µs/op, server
+/// waited µs/op, client waited µs/op).
+fn scheduling_rows(stdout: &str, op: &str, proto: &str) -> Vec<(f64, f64, f64, f64)> {
     any_rows(stdout, op, proto)
         .into_iter()
-        .filter(|l| l.matches('|').count() == 7)
+        .filter(|l| l.matches('|').count() == 8)
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             let num = |s: &str| {
@@ -77,7 +78,7 @@ fn scheduling_rows(stdout: &str, op: &str, proto: &str) -> Vec<(f64, f64, f64)> 
                     .parse::<f64>()
                     .unwrap_or_else(|_| panic!("not a number: {s:?} in {l}"))
             };
-            (num(cells[4]), num(cells[5]), num(cells[6]))
+            (num(cells[4]), num(cells[5]), num(cells[6]), num(cells[7]))
         })
         .collect()
 }
@@ -96,10 +97,10 @@ fn smoke_run_exercises_every_operation() {
             );
         }
     }
-    // The scheduling table: a row per operation, protocol and concurrency, with an idle share in 0–100 % and
-    // waits that are not negative.
+    // The CPU and scheduling table: a row per operation, protocol and concurrency, with an idle share in
+    // 0–100 %, the load generator's CPU, and waits that are not negative.
     assert!(
-        stdout.contains("Scheduling during the measured run"),
+        stdout.contains("CPU and scheduling during the measured run"),
         "{stdout}"
     );
     for op in std::iter::once("baseline").chain(OPERATIONS) {
@@ -110,8 +111,10 @@ fn smoke_run_exercises_every_operation() {
                 3,
                 "{op} {proto}: scheduling rows in:\n{stdout}"
             );
-            for (idle, server, client) in sched {
+            for (idle, client_cpu, server, client) in sched {
                 assert!((0.0..=100.0).contains(&idle), "{op} {proto}: idle {idle}");
+                // The load generator did the work of every request: it used some CPU.
+                assert!(client_cpu > 0.0, "{op} {proto}: client CPU {client_cpu}");
                 assert!(server >= 0.0 && client >= 0.0, "{op} {proto}: waits");
             }
         }
