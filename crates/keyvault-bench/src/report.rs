@@ -305,7 +305,7 @@ pub fn render_size(s: &SizeReport) -> String {
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} |",
-                r.op.label(),
+                row_label(r.op),
                 r.proto.label(),
                 r.concurrency,
                 per.join(" | ")
