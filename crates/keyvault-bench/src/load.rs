@@ -115,7 +115,7 @@ pub struct Cell {
     pub syscalls: Vec<(String, f64)>,
     /// Seconds the server's threads (or the baseline's) were ready to run but waited for a CPU.
     pub server_wait_s: f64,
-    /// The same for the load generator's own threads (the harness, but the baseline's).
+    /// The same for the load generator's threads (the harness's own threads other than the baseline's).
     pub client_wait_s: f64,
     /// CPU seconds the load generator's threads spent during the run.
     pub client_cpu_s: f64,

@@ -330,3 +330,61 @@ fn tail(log: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that computes for a while shows that much more CPU in its `schedstat`, counted for the
+    /// threads its name selects and not for the others; the machine's counters move forward.
+    #[test]
+    fn schedstat_counts_a_named_threads_cpu() {
+        let machine_before = machine_cpu_seconds();
+        let [mine, all, others] = std::thread::Builder::new()
+            .name("kvb-test-spin".into())
+            .spawn(|| {
+                let read = || {
+                    [
+                        threads_cpu_seconds(None, "kvb-test-spin"),
+                        threads_cpu_seconds(None, ""),
+                        threads_cpu_seconds(None, "!kvb-test-spin"),
+                    ]
+                };
+                let before = read();
+                // Compute until this thread has had 30 ms of CPU by its own count (or 5 s have passed, on
+                // a machine too busy to give it that).
+                let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let mut x = 1u64;
+                while threads_cpu_seconds(None, "kvb-test-spin") - before[0] < 0.03
+                    && std::time::Instant::now() < give_up
+                {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                }
+                let after = read();
+                [0, 1, 2].map(|i| after[i] - before[i])
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(mine >= 0.03, "{mine}");
+        // "!name" selects every thread but those: what all threads used, less what they used, is the named
+        // thread's (other tests' threads, running meanwhile, count in both and cancel out).
+        assert!(
+            all - others >= 0.02,
+            "all {all}, others {others}, mine {mine}"
+        );
+        let machine_after = machine_cpu_seconds();
+        assert!(
+            machine_after.1 > machine_before.1,
+            "{machine_before:?} → {machine_after:?}"
+        );
+        assert!(machine_after.0 <= machine_after.1);
+        // Waits are never negative, and a process that does not exist has none.
+        assert!(run_queue_wait_seconds(None, "") >= 0.0);
+        assert_eq!(run_queue_wait_seconds(Some(u32::MAX), ""), 0.0);
+    }
+}
