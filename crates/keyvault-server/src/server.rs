@@ -181,6 +181,7 @@ impl Server {
                     cache_bytes: usize::try_from(config.cache_mib.saturating_mul(1 << 20))
                         .unwrap_or(usize::MAX),
                     mmap_bytes: config.mmap_mib.saturating_mul(1 << 20),
+                    ..SqliteOptions::default()
                 };
                 Arc::new(
                     SqliteStore::open_with(&path, options)

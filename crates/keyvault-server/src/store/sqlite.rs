@@ -86,9 +86,16 @@ const STATEMENT_CACHE: usize = 32;
 /// checkpoints is copied once; the WAL grows meanwhile (bounded by `wal_autocheckpoint`).
 const CHECKPOINT_EVERY_MS: u64 = 100;
 /// WAL pages after which a commit checkpoints by itself (in the commit path): only a safety net should the
-/// checkpointer fall behind. About 40 MiB of WAL with 1 KiB pages: well above what a write-heavy load adds
-/// between two checkpoints (≈ 8 pages per write).
+/// checkpointer fall behind or stop. About 40 MiB of WAL with 1 KiB pages, above [`WAL_REWIND_FRAMES`].
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 40_000;
+/// WAL frames (pages) past which the checkpointer has the log rewound (see [`checkpoint_loop`]): about
+/// 16 MiB of WAL with 1 KiB pages, a fraction of a second of sustained sets.
+pub const WAL_REWIND_FRAMES: u32 = 16_384;
+/// The checkpointer pauses the writer for its last pass only once a pass copied at most this many frames
+/// (so that the frames committed meanwhile, which the paused pass copies, are few as well).
+const REWIND_FINAL_FRAMES: u32 = 512;
+/// Catch-up passes the checkpointer runs, at most, before giving up a rewind until its next turn.
+const REWIND_MAX_PASSES: u32 = 8;
 /// The page size of new databases. Every commit writes each page it changed to the WAL in full, and a set
 /// changes a leaf page at a random place in each of three B-trees (`names`, and the two indexes of
 /// `versions`; new rows of `versions` itself are appended): smaller pages mean proportionally fewer bytes
@@ -232,6 +239,9 @@ pub struct SqliteOptions {
     /// Bytes of the file each reader maps into memory (SQLite's `mmap_size`, which caps it at 2 GiB; 0: none,
     /// the default). See `mmap_mib` in the server's configuration.
     pub mmap_bytes: u64,
+    /// WAL frames past which the checkpointer rewinds the log under a sustained write load (default
+    /// [`WAL_REWIND_FRAMES`]; 0 never does, leaving it to SQLite's own checkpoint inside a commit).
+    pub wal_rewind_frames: u32,
 }
 
 impl Default for SqliteOptions {
@@ -239,6 +249,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             cache_bytes: LIVE_CACHE_BYTES,
             mmap_bytes: 0,
+            wal_rewind_frames: WAL_REWIND_FRAMES,
         }
     }
 }
@@ -266,19 +277,31 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE_CAP);
         let stats = Arc::new(Stats::default());
         let writer_stats = stats.clone();
+        let gate = Arc::new(BatchGate::default());
+        let writer_gate = gate.clone();
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 raise_writer_priority();
-                writer_loop(conn, rx, &writer_stats)
+                writer_loop(conn, rx, &writer_stats, &writer_gate)
             })
             .map_err(|e| StoreError::Internal(format!("cannot start the database writer: {e}")))?;
         let stop_checkpoints = Arc::new(AtomicBool::new(false));
         let checkpoint_conn = open_checkpointer(path)?;
         let stop = stop_checkpoints.clone();
+        // The database file again, for the checkpointer to sync on its own (see `checkpoint_loop`).
+        let db_file = std::fs::File::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let checkpointer = Checkpointer {
+            conn: checkpoint_conn,
+            db_file,
+            gate,
+            stats: stats.clone(),
+            rewind_frames: options.wal_rewind_frames,
+        };
         let checkpointer = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, &stop))
+            .spawn(move || checkpoint_loop(checkpointer, &stop))
             .map_err(|e| StoreError::Internal(format!("cannot start the WAL checkpointer: {e}")))?;
         tracing::debug!(path = %path.display(), "opened the SQLite store");
         Ok(SqliteStore {
@@ -350,6 +373,12 @@ impl SqliteStore {
     /// Write requests committed so far (for metrics), including those that answered with their own error.
     pub fn committed_writes(&self) -> u64 {
         self.stats.writes.load(Ordering::Relaxed)
+    }
+
+    /// Times the checkpointer copied the whole WAL into the database with the writer paused, so that the
+    /// writer's next commit could start the log over (see [`checkpoint_loop`]).
+    pub fn wal_rewinds(&self) -> u64 {
+        self.stats.rewinds.load(Ordering::Relaxed)
     }
 
     /// A write that changes no live name's latest version (nothing cached can go stale).
@@ -754,18 +783,178 @@ fn raise_writer_priority() {
     }
 }
 
+/// The checkpointer's connection and what it shares with the writer.
+struct Checkpointer {
+    conn: Connection,
+    /// The database file, synced by the checkpointer before it pauses the writer.
+    db_file: std::fs::File,
+    gate: Arc<BatchGate>,
+    stats: Arc<Stats>,
+    /// [`SqliteOptions::wal_rewind_frames`].
+    rewind_frames: u32,
+}
+
+impl Checkpointer {
+    /// One PASSIVE checkpoint: (frames in the WAL when it started, frames copied into the database by its
+    /// end, this pass or earlier), or `None` if SQLite refused.
+    fn pass(&self) -> Option<(u32, u32)> {
+        let result = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            });
+        match result {
+            // -1 when the database is not in WAL mode (it always is here).
+            Ok((log, done)) => Some((
+                u32::try_from(log).unwrap_or(0),
+                u32::try_from(done).unwrap_or(0),
+            )),
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL checkpoint skipped");
+                None
+            }
+        }
+    }
+
+    /// Copies the rest of a long WAL while the writer keeps committing, then the last few frames with the
+    /// writer paused between two batches, so that its next commit starts the log over. `first` is the
+    /// turn's first pass.
+    fn rewind(&self, first: (u32, u32), stop: &AtomicBool) {
+        let (log, mut done) = first;
+        // Frames the last pass copied: the frames committed while it (and the sync after it) ran are of the
+        // same order.
+        let mut copied = log;
+        let mut passes = 1;
+        loop {
+            // SQLite syncs the database file only in a pass that reaches the end of the log: that would be
+            // the paused one, with every page copied since the last rewind still to write back. Sync here,
+            // while the writer keeps going.
+            if let Err(e) = self.db_file.sync_data() {
+                tracing::debug!(error = %e, "syncing the database file before a WAL rewind failed");
+                return;
+            }
+            if copied <= REWIND_FINAL_FRAMES {
+                break;
+            }
+            if passes >= REWIND_MAX_PASSES || stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some((next_log, next_done)) = self.pass() else {
+                return;
+            };
+            // The log may have been started over in between (then every frame in it is new).
+            copied = if next_log >= done {
+                next_log - done
+            } else {
+                next_log
+            };
+            done = next_done;
+            passes += 1;
+        }
+        let _paused = self.gate.pause();
+        if let Some((log, done)) = self.pass()
+            && log > 0
+            && done == log
+        {
+            self.stats.rewinds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Lets the checkpointer pause the writer between two batches, without waiting behind a writer that keeps
+/// starting new ones.
+#[derive(Default)]
+struct BatchGate {
+    state: Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// The writer is running a batch.
+    writing: bool,
+    /// The checkpointer is running its paused pass (or waiting for the batch in progress to end).
+    paused: bool,
+}
+
+impl BatchGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer, before a batch: waits while the checkpointer's paused pass runs. The batch lasts until
+    /// the returned guard is dropped (even by a panic, so the checkpointer never waits for a dead writer).
+    fn begin_batch(&self) -> GateBatch<'_> {
+        let mut state = self.lock();
+        while state.paused {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.writing = true;
+        GateBatch(self)
+    }
+
+    /// The checkpointer: waits for the batch in progress, if any, to end; no batch starts until the
+    /// returned guard is dropped.
+    fn pause(&self) -> GatePause<'_> {
+        let mut state = self.lock();
+        state.paused = true;
+        while state.writing {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        GatePause(self)
+    }
+}
+
+struct GateBatch<'g>(&'g BatchGate);
+
+impl Drop for GateBatch<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.writing = false;
+        if state.paused {
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+struct GatePause<'g>(&'g BatchGate);
+
+impl Drop for GatePause<'_> {
+    fn drop(&mut self) {
+        self.0.lock().paused = false;
+        self.0.changed.notify_all();
+    }
+}
+
 /// Copy committed WAL pages into the database file every [`CHECKPOINT_EVERY_MS`] (PASSIVE: never blocks the
-/// writer or readers), so that commits do not pay for checkpoints and the WAL stays small. Committed data is
-/// already durable in the WAL; a checkpoint only moves it.
-fn checkpoint_loop(conn: Connection, stop: &AtomicBool) {
+/// writer or readers), so that commits do not pay for checkpoints. Committed data is already durable in the
+/// WAL; a checkpoint only moves it.
+///
+/// The log itself is started over only by a commit that begins when every frame in it has been copied. Under
+/// a sustained write load that never happens by itself — the writer appends while a pass copies — so the
+/// WAL would grow until SQLite's own checkpoint ran inside a commit (`wal_autocheckpoint`), whose sync of the
+/// database file (tens of milliseconds with many pages written) every queued write waited for: SET's p99.9
+/// (BENCHMARKS.md, session 15). So once the WAL is past [`SqliteOptions::wal_rewind_frames`], the
+/// checkpointer repeats passes while the writer keeps going, each copying what was committed during the
+/// last one, syncing the database file after each, and once a pass copied at most [`REWIND_FINAL_FRAMES`],
+/// pauses the writer between two batches ([`BatchGate`]), copies the last frames and lets it go: the writer
+/// waits for that short pass only (its sync of the database file has little left to write back), and its
+/// next commit starts the log over (if no reader still reads from it).
+fn checkpoint_loop(checkpointer: Checkpointer, stop: &AtomicBool) {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(CHECKPOINT_EVERY_MS);
     while !stop.load(Ordering::SeqCst) {
         std::thread::park_timeout(EVERY);
-        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        if let Some((log, done)) = checkpointer.pass()
+            && checkpointer.rewind_frames > 0
+            && log >= checkpointer.rewind_frames
+        {
+            checkpointer.rewind((log, done), stop);
         }
     }
 }
@@ -928,6 +1117,7 @@ impl ReadPool {
 struct Stats {
     commits: AtomicU64,
     writes: AtomicU64,
+    rewinds: AtomicU64,
 }
 
 enum Msg {
@@ -1017,7 +1207,7 @@ where
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats) {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats, gate: &BatchGate) {
     let mut acks = Vec::new();
     // Prepared before the store opened (see `SqliteStore::open_with`), so this fails only if SQLite does.
     let tx = match Tx::new(&conn) {
@@ -1045,7 +1235,11 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats) {
         }
         match (&tx, batch.is_empty()) {
             (_, true) => {}
-            (Some(tx), false) => run_batch(tx, batch, stats),
+            (Some(tx), false) => {
+                // The checkpointer may copy the WAL's last frames between two batches (`checkpoint_loop`).
+                let _batch = gate.begin_batch();
+                run_batch(tx, batch, stats);
+            }
             (None, false) => {
                 let failure = BatchFailure {
                     unavailable: false,

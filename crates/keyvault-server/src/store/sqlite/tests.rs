@@ -62,6 +62,7 @@ async fn conformance_suite_mapped_without_cache() {
     let options = SqliteOptions {
         cache_bytes: 0,
         mmap_bytes: 64 << 20,
+        ..SqliteOptions::default()
     };
     let store = Arc::new(SqliteStore::open_with(&dir.path().join("kv.db"), options).unwrap());
     conformance::run_all(store.clone()).await;
@@ -1199,6 +1200,7 @@ async fn readers_map_the_file_only_when_asked() {
     let options = SqliteOptions {
         cache_bytes: 0, // every read goes to a reader
         mmap_bytes: 8 << 20,
+        ..SqliteOptions::default()
     };
     let store = SqliteStore::open_with(&dir.path().join("mapped.db"), options).unwrap();
     assert_eq!(mmap_of(&store), 8 << 20);
@@ -1656,4 +1658,75 @@ fn writer_priority_is_raised_when_permitted() {
         "{writers:?}, expected {nice}"
     );
     drop(store);
+}
+
+/// Under writes that never pause, the checkpointer has the WAL started over (pausing the writer for one
+/// short pass) instead of leaving it to grow until SQLite checkpoints inside a commit. SQLite counts every
+/// start-over in the WAL file's header (its checkpoint sequence number, bytes 12..16). Nothing written is
+/// lost, before or after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sustained_writes_have_the_wal_started_over_by_the_checkpointer() {
+    const TASKS: usize = 8;
+    const NAMES: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let options = SqliteOptions {
+        wal_rewind_frames: 128,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open_with(&path, options).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            // Each task writes its own names, so the last version it acknowledged is each one's latest.
+            let mut last = std::collections::BTreeMap::new();
+            let mut i = t;
+            while store.wal_rewinds() < 4 && std::time::Instant::now() < deadline {
+                let name = format!("n{}", i % NAMES);
+                store
+                    .put_version("v", row(&name, &version(i), i as i64))
+                    .await
+                    .unwrap();
+                last.insert(name, i);
+                i += TASKS;
+            }
+            last
+        }));
+    }
+    let mut latest = std::collections::BTreeMap::new();
+    for h in handles {
+        latest.extend(h.await.unwrap());
+    }
+    let rewinds = store.wal_rewinds();
+    let commits = store.committed_batches();
+    let wal = std::fs::read(dir.path().join("kv.db-wal")).unwrap();
+    let restarts = u32::from_be_bytes(wal[12..16].try_into().unwrap());
+    let wal_frames = (wal.len() - 32) / (1024 + 24);
+    println!(
+        "{commits} commits, {rewinds} rewinds, {restarts} restarts, WAL file {wal_frames} frames"
+    );
+    assert!(
+        rewinds >= 4,
+        "the checkpointer copied the whole log with the writer paused"
+    );
+    // The writer starts the log over at its first commit after such a pass.
+    assert!(restarts >= 3, "the log was started over {restarts} times");
+    assert!(
+        (wal_frames as i64) < WAL_AUTOCHECKPOINT_PAGES / 2,
+        "the log never grew to SQLite's own checkpoint inside a commit ({wal_frames} frames)"
+    );
+    let check = |store: Arc<SqliteStore>, latest: std::collections::BTreeMap<String, usize>| async move {
+        for (name, i) in &latest {
+            let got = store.get_version("v", name, None).await.unwrap().unwrap();
+            assert_eq!(got.version, version(*i), "{name}");
+        }
+    };
+    check(store.clone(), latest.clone()).await;
+    store.close().await;
+    drop(store);
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    check(store.clone(), latest).await;
+    store.close().await;
 }
