@@ -86,11 +86,14 @@ const STATEMENT_CACHE: usize = 32;
 /// checkpoints is copied once; the WAL grows meanwhile (bounded by `wal_autocheckpoint`).
 const CHECKPOINT_EVERY_MS: u64 = 100;
 /// WAL pages after which a commit checkpoints by itself (in the commit path): only a safety net should the
-/// checkpointer fall behind or stop. About 40 MiB of WAL with 1 KiB pages, above [`WAL_REWIND_FRAMES`].
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 40_000;
-/// WAL frames (pages) past which the checkpointer has the log rewound (see [`checkpoint_loop`]): about
-/// 16 MiB of WAL with 1 KiB pages, a fraction of a second of sustained sets.
-pub const WAL_REWIND_FRAMES: u32 = 16_384;
+/// checkpointer fall behind or stop. About 100 MiB of WAL with 1 KiB pages, well above
+/// [`WAL_REWIND_FRAMES`] plus what sustained sets add while the checkpointer catches up.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 100_000;
+/// WAL frames (pages) past which the checkpointer has the log started over (see [`checkpoint_loop`]): about
+/// 32 MiB of WAL with 1 KiB pages, half a second of sets at c = 64 on the benchmark machine. Each rewind
+/// syncs the database file a few times; 16 Ki frames wrote ≈ 30 % more bytes per set than the old
+/// behaviour, 32 Ki ≈ 10 % (BENCHMARKS.md, session 15).
+pub const WAL_REWIND_FRAMES: u32 = 32_768;
 /// The checkpointer pauses the writer for its last pass only once a pass copied at most this many frames
 /// (so that the frames committed meanwhile, which the paused pass copies, are few as well).
 const REWIND_FINAL_FRAMES: u32 = 512;
