@@ -384,6 +384,12 @@ impl SqliteStore {
         self.stats.rewinds.load(Ordering::Relaxed)
     }
 
+    /// Times the checkpointer paused the writer for the last pass of a rewind (at least
+    /// [`SqliteStore::wal_rewinds`]: a reader that started before the pass can keep it from copying all).
+    pub fn wal_rewind_pauses(&self) -> u64 {
+        self.stats.rewind_pauses.load(Ordering::Relaxed)
+    }
+
     /// A write that changes no live name's latest version (nothing cached can go stale).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
@@ -828,6 +834,12 @@ impl Checkpointer {
         // same order.
         let mut copied = log;
         let mut passes = 1;
+        // A pass that could not copy every frame it saw was held back by a reader still reading an older
+        // state of the database: the log cannot be started over until it ends, so no pause now (the next
+        // turn tries again).
+        if done < log {
+            return;
+        }
         loop {
             // SQLite syncs the database file only in a pass that reaches the end of the log: that would be
             // the paused one, with every page copied since the last rewind still to write back. Sync here,
@@ -845,6 +857,9 @@ impl Checkpointer {
             let Some((next_log, next_done)) = self.pass() else {
                 return;
             };
+            if next_done < next_log {
+                return;
+            }
             // The log may have been started over in between (then every frame in it is new).
             copied = if next_log >= done {
                 next_log - done
@@ -855,6 +870,7 @@ impl Checkpointer {
             passes += 1;
         }
         let _paused = self.gate.pause();
+        self.stats.rewind_pauses.fetch_add(1, Ordering::Relaxed);
         if let Some((log, done)) = self.pass()
             && log > 0
             && done == log
@@ -1121,6 +1137,7 @@ struct Stats {
     commits: AtomicU64,
     writes: AtomicU64,
     rewinds: AtomicU64,
+    rewind_pauses: AtomicU64,
 }
 
 enum Msg {

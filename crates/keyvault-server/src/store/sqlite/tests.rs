@@ -1731,3 +1731,67 @@ async fn sustained_writes_have_the_wal_started_over_by_the_checkpointer() {
     check(store.clone(), latest).await;
     store.close().await;
 }
+
+/// A reader that keeps an old state of the database open holds every checkpoint back from the log's end: the
+/// checkpointer then never pauses the writer (the pause could not lead to a start-over), writes go on, and
+/// once the reader ends the log is started over again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_reader_holds_rewinds_back_without_pausing_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let options = SqliteOptions {
+        wal_rewind_frames: 64,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open_with(&path, options).unwrap());
+    store
+        .put_version("v", row("first", &version(0), 0))
+        .await
+        .unwrap();
+    // A read transaction on the state with one secret, open while the writes below go on.
+    let reader = store.readers.checkout().unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let n: i64 = reader
+        .query_row("SELECT count(*) FROM names", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let write_for = |store: Arc<SqliteStore>, from: usize, until: std::time::Duration| async move {
+        let end = std::time::Instant::now() + until;
+        let mut i = from;
+        while std::time::Instant::now() < end {
+            store
+                .put_version("v", row(&format!("n{}", i % 50), &version(i), i as i64))
+                .await
+                .unwrap();
+            i += 1;
+        }
+        i
+    };
+    // Several checkpointer turns (100 ms each) with a log far past the threshold.
+    let next = write_for(store.clone(), 1, Duration::from_millis(700)).await;
+    assert!(next > 50, "writes went on ({next})");
+    assert_eq!(
+        store.wal_rewind_pauses(),
+        0,
+        "no pause while the reader holds the log"
+    );
+    assert_eq!(store.wal_rewinds(), 0);
+    // The reader still sees its own state.
+    let n: i64 = reader
+        .query_row("SELECT count(*) FROM names", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    reader.execute_batch("COMMIT").unwrap();
+    store.readers.checkin(reader);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut i = next;
+    while store.wal_rewinds() == 0 && std::time::Instant::now() < deadline {
+        i = write_for(store.clone(), i, Duration::from_millis(50)).await;
+    }
+    assert!(
+        store.wal_rewinds() >= 1,
+        "rewinds resume once the reader ended"
+    );
+    store.close().await;
+}
