@@ -92,7 +92,7 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 100_000;
 /// WAL frames (pages) past which the checkpointer has the log started over (see [`checkpoint_loop`]): about
 /// 32 MiB of WAL with 1 KiB pages, half a second of sets at c = 64 on the benchmark machine. Each rewind
 /// syncs the database file a few times; 16 Ki frames wrote ≈ 30 % more bytes per set than the old
-/// behaviour, 32 Ki ≈ 10 % (BENCHMARKS.md, session 15).
+/// behaviour, 32 Ki 10–18 % (BENCHMARKS.md, session 15).
 pub const WAL_REWIND_FRAMES: u32 = 32_768;
 /// The checkpointer pauses the writer for its last pass only once a pass copied at most this many frames
 /// (so that the frames committed meanwhile, which the paused pass copies, are few as well).
