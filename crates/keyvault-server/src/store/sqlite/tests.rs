@@ -1795,3 +1795,59 @@ async fn a_long_reader_holds_rewinds_back_without_pausing_the_writer() {
     );
     store.close().await;
 }
+
+/// The checkpointer's pause waits for the batch in progress and holds the next one back until it ends; a
+/// writer that keeps starting batches cannot hold it off (the pause is requested before it waits).
+#[test]
+fn the_batch_gate_pauses_between_batches() {
+    use std::sync::mpsc::channel;
+    let gate = Arc::new(BatchGate::default());
+    let batch = gate.begin_batch();
+    let (paused_tx, paused_rx) = channel();
+    let (release_tx, release_rx) = channel::<()>();
+    let checkpointer = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            let pause = gate.pause();
+            paused_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            drop(pause);
+        })
+    };
+    // The batch in progress keeps the pause waiting.
+    assert!(paused_rx.recv_timeout(Duration::from_millis(200)).is_err());
+    drop(batch);
+    paused_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Paused: the writer's next batch waits.
+    let (started_tx, started_rx) = channel();
+    let writer = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            let _batch = gate.begin_batch();
+            started_tx.send(()).unwrap();
+        })
+    };
+    assert!(started_rx.recv_timeout(Duration::from_millis(200)).is_err());
+    release_tx.send(()).unwrap();
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    checkpointer.join().unwrap();
+    writer.join().unwrap();
+    // And a writer that starts batch after batch does not keep a pause waiting beyond the current one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (gate, stop) = (gate.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let _batch = gate.begin_batch();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    for _ in 0..20 {
+        let pause = gate.pause();
+        assert!(!gate.lock().writing, "no batch runs while paused");
+        drop(pause);
+    }
+    stop.store(true, Ordering::SeqCst);
+    busy.join().unwrap();
+}
