@@ -237,20 +237,36 @@ pub fn cpu_seconds(stat_path: &str) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-/// CPU seconds of this process's threads whose name starts with `prefix` (the in-process baseline).
+/// CPU seconds of this process's threads whose name starts with `prefix` (the in-process baseline), in the
+/// same ticks as the server's [`cpu_seconds`].
 pub fn own_threads_cpu_seconds(prefix: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .map(|c| c.starts_with(prefix))
-                .unwrap_or(false)
-        })
-        .map(|t| cpu_seconds(&t.path().join("stat").to_string_lossy()))
+    threads(None, prefix)
+        .map(|t| cpu_seconds(&t.join("stat").to_string_lossy()))
         .sum()
+}
+
+/// The `/proc/…/task/TID` directories of the threads of `pid` (this process if `None`) whose name starts
+/// with `prefix` ("" for all, `!`-prefixed for all but those). Threads that ended are not listed.
+fn threads(pid: Option<u32>, prefix: &str) -> impl Iterator<Item = std::path::PathBuf> {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}/task"),
+        None => "/proc/self/task".to_string(),
+    };
+    let (wanted, prefix) = match prefix.strip_prefix('!') {
+        Some(p) => (false, p.to_string()),
+        None => (true, prefix.to_string()),
+    };
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|t| t.path())
+        .filter(move |t| {
+            prefix.is_empty()
+                || std::fs::read_to_string(t.join("comm"))
+                    .map(|c| c.starts_with(prefix.as_str()) == wanted)
+                    .unwrap_or(false)
+        })
 }
 
 /// Seconds the threads of a process spent ready to run but waiting for a CPU (the run-queue delay the kernel
@@ -270,26 +286,8 @@ pub fn threads_cpu_seconds(pid: Option<u32>, prefix: &str) -> f64 {
 /// Field `field` (ns) of `schedstat`, summed over the threads of `pid` (this process if `None`) named by
 /// `prefix`, in seconds.
 fn schedstat_seconds(pid: Option<u32>, prefix: &str, field: usize) -> f64 {
-    let dir = match pid {
-        Some(pid) => format!("/proc/{pid}/task"),
-        None => "/proc/self/task".to_string(),
-    };
-    let (wanted, prefix) = match prefix.strip_prefix('!') {
-        Some(p) => (false, p),
-        None => (true, prefix),
-    };
-    let Ok(tasks) = std::fs::read_dir(dir) else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|t| {
-            prefix.is_empty()
-                || std::fs::read_to_string(t.path().join("comm"))
-                    .map(|c| c.starts_with(prefix) == wanted)
-                    .unwrap_or(false)
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+    threads(pid, prefix)
+        .filter_map(|t| std::fs::read_to_string(t.join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().nth(field)?.parse::<u64>().ok())
         .sum::<u64>() as f64
         / 1e9
