@@ -245,6 +245,9 @@ pub struct SqliteOptions {
     /// WAL frames past which the checkpointer rewinds the log under a sustained write load (default
     /// [`WAL_REWIND_FRAMES`]; 0 never does, leaving it to SQLite's own checkpoint inside a commit).
     pub wal_rewind_frames: u32,
+    /// Whether the writer hands each commit's WAL frames to the kernel in one write (the `walbuf` VFS; default
+    /// true) rather than SQLite's two per frame.
+    pub buffer_wal_writes: bool,
 }
 
 impl Default for SqliteOptions {
@@ -253,6 +256,7 @@ impl Default for SqliteOptions {
             cache_bytes: LIVE_CACHE_BYTES,
             mmap_bytes: 0,
             wal_rewind_frames: WAL_REWIND_FRAMES,
+            buffer_wal_writes: true,
         }
     }
 }
@@ -267,7 +271,7 @@ impl SqliteStore {
     pub fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let cache_bytes = options.cache_bytes;
         let lock = lock_database(path)?;
-        let mut conn = open_writer(path)?;
+        let mut conn = open_writer_with(path, options.buffer_wal_writes)?;
         migrate(&mut conn)?;
         // The writer's statements prepare on this schema (checked here, where an error can be returned).
         drop(Tx::new(&conn)?);
@@ -723,11 +727,21 @@ fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
     }
 }
 
+#[cfg(test)]
 fn open_writer(path: &Path) -> StoreResult<Connection> {
+    open_writer_with(path, true)
+}
+
+/// The writer's connection; with `buffer_wal`, through the [`walbuf`] VFS (when it could be registered).
+fn open_writer_with(path: &Path, buffer_wal: bool) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)
+    let opened = match walbuf::name().filter(|_| buffer_wal) {
+        Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+        None => Connection::open_with_flags(path, flags),
+    };
+    let conn = opened
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -1743,3 +1757,4 @@ fn restore(c: &Tx<'_>, vault: &str, versions: &[VersionRow]) -> StoreResult<()> 
 
 #[cfg(test)]
 mod tests;
+mod walbuf;
