@@ -957,6 +957,33 @@ fn a_commit_reaches_the_wal_in_a_write_or_two() {
     assert_eq!(check, "ok");
 }
 
+/// On a device that does not promise power-safe overwrites (here: the `psow=0` URI parameter), SQLite pads a
+/// commit to a sector boundary and writes a frame's tail after its sync, which the buffer's commit rule would
+/// not see: such a WAL file is not buffered at all, and its commits are as SQLite writes them.
+#[test]
+fn without_powersafe_overwrite_the_wal_is_not_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let uri = format!("file:{}?psow=0", path.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let c = Connection::open_with_flags_and_vfs(&uri, flags, walbuf::name().unwrap()).unwrap();
+    c.pragma_update(None, "page_size", PAGE_SIZE).unwrap();
+    let mode: String = c
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
+    c.execute_batch("CREATE TABLE blobs (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        .unwrap();
+    insert_blobs(&c, 0, 1);
+    let writes = insert_blobs(&c, 1, 60);
+    assert!(writes >= 72, "{writes} writes");
+    assert_blobs(&open_reader(&path, 0).unwrap(), 0, 61);
+}
+
 /// A transaction larger than the writer's page cache spills pages into the WAL before its commit and reads
 /// them back (and rewrites some in place, at earlier offsets, when it changes them again): the buffered
 /// frames must be in the file before any of that. Each transaction here inserts, then rewrites every row

@@ -21,9 +21,10 @@
 //! from a delayed write is returned by the call that flushed it (`xWrite`, `xSync`, …); SQLite then fails the
 //! transaction as it would have on the write itself.
 //!
-//! Only when the file's device reports `SQLITE_IOCAP_POWERSAFE_OVERWRITE` (the default on Unix): otherwise
-//! SQLite pads a commit to a sector boundary and writes a frame's tail after the sync, which the commit rule
-//! would not see; such files pass every call straight through. Files other than WAL files (the database, its
+//! Only when the database promises power-safe overwrites (`SQLITE_IOCAP_POWERSAFE_OVERWRITE`, the default on
+//! Unix unless the `psow=0` URI parameter says otherwise): otherwise SQLite pads a commit to a sector boundary
+//! and writes a frame's tail after the sync, which the commit rule would not see; such WAL files pass every
+//! call straight through. Files other than WAL files (the database, its
 //! journal) are the default VFS's own, untouched.
 //!
 //! The store opens only its writer's connection through this VFS ([`super::open_writer`]).
@@ -152,10 +153,17 @@ unsafe extern "C" fn x_open(
             rc
         };
     }
+    // SQLite pads commits (and writes after the sync) unless the *database* file promises power-safe
+    // overwrites. The default VFS decides that from the database's `psow` URI parameter, or else from the
+    // compile-time default, which is what the WAL file itself reports (it never gets the parameter).
     // SAFETY: `real` is open; `xDeviceCharacteristics` is a version-1 method every file has.
     let characteristics =
         unsafe { call(real, |m| m.xDeviceCharacteristics) }.map_or(0, |f| unsafe { f(real) });
-    let buffer = if characteristics & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0 {
+    // SAFETY: `name` is the WAL file name SQLite passed to xOpen, which the URI functions accept (they read
+    // the database's parameters).
+    let psow_parameter =
+        !name.is_null() && unsafe { ffi::sqlite3_uri_boolean(name, c"psow".as_ptr(), 1) } != 0;
+    let buffer = if characteristics & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0 && psow_parameter {
         Box::into_raw(Box::new(Buffer {
             start: 0,
             data: Vec::new(),
