@@ -113,7 +113,7 @@ const PAGE_SIZE: i64 = 1024;
 /// Measured on sets (`writer_cost_direct` in the tests) with the larger cache full: 2 MiB takes about 15
 /// to 20 % less of the writer's CPU than 16 MiB at 34 sets per commit (what 64 concurrent callers make),
 /// and 40 % less at one set per commit, while reading about 5 pages per set back from the OS.
-/// In effect it holds 512 KiB: [`open_writer`] sets it before the database's 1-KiB page size is known, and
+/// In effect it holds 512 KiB: [`open_writer_with`] sets it before the database's 1-KiB page size is known, and
 /// SQLite counts it in pages of the size of that moment (4 KiB). A full 2 to 8 MiB reads far fewer pages per
 /// set (2.58 → 0.95 → 0.01) for the same writer CPU per set within the noise (BENCHMARKS.md, session 16).
 const WRITER_CACHE_KIB: i64 = -2 * 1024;

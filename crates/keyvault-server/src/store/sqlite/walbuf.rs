@@ -27,7 +27,7 @@
 //! call straight through. Files other than WAL files (the database, its
 //! journal) are the default VFS's own, untouched.
 //!
-//! The store opens only its writer's connection through this VFS ([`super::open_writer`]).
+//! The store opens only its writer's connection through this VFS ([`super::open_writer_with`]).
 //!
 //! `unsafe`: a VFS is a table of C callbacks over memory SQLite allocates; there is no safe interface to it
 //! in `rusqlite`. Every block below states what it relies on.
