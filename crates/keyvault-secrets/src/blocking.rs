@@ -1,7 +1,12 @@
-//! A blocking [`SecretClient`]: the async client driven by its own single-threaded Tokio runtime
-//! (no logic is written twice). Pagers are [`Iterator`]s; pollers block in `wait()`.
+//! A blocking [`SecretClient`]: the async client driven by a Tokio runtime (no logic is written twice). Pagers
+//! are [`Iterator`]s; pollers block in `wait()`.
 //!
-//! Like `reqwest::blocking`, do not create, use or drop it inside an async runtime.
+//! Every blocking client of the process shares one runtime with one worker thread (`keyvault-blocking`), started
+//! by the first client. A call runs on the calling thread; the connection tasks (the clients' and the
+//! credentials' pooled connections) run on that worker, so a connection opened during one client's call keeps
+//! working for another client that shares its credential or transport.
+//!
+//! Like `reqwest::blocking`, do not call it inside an async runtime.
 //!
 //! ```no_run
 //! use keyvault_secrets::blocking::SecretClient;
@@ -30,15 +35,31 @@ use crate::{ApiVersion, SecretClientOptions};
 use futures_util::StreamExt;
 use keyvault_types::SecretString;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::runtime::Runtime;
+
+/// The runtime all blocking clients drive their calls on (see the module documentation).
+fn runtime() -> Result<&'static Runtime> {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("keyvault-blocking")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::with_source(ErrorKind::Other, "cannot start a runtime", e))?;
+    // Two first clients racing: one runtime wins, the other is dropped here (outside any runtime).
+    Ok(RUNTIME.get_or_init(|| rt))
+}
 
 /// The blocking counterpart of [`crate::SecretClient`], with the same methods.
 #[derive(Clone)]
 pub struct SecretClient {
     inner: crate::SecretClient,
-    rt: Arc<Runtime>,
+    rt: &'static Runtime,
 }
 
 impl fmt::Debug for SecretClient {
@@ -52,19 +73,19 @@ impl fmt::Debug for SecretClient {
 /// A listing as an [`Iterator`] of items.
 pub struct Pager<T> {
     inner: crate::Pager<T>,
-    rt: Arc<Runtime>,
+    rt: &'static Runtime,
 }
 
 /// A listing as an [`Iterator`] of pages.
 pub struct Pages<T> {
     inner: crate::Pages<T>,
-    rt: Arc<Runtime>,
+    rt: &'static Runtime,
 }
 
 /// A long-running operation; [`Poller::wait`] blocks until it is done.
 pub struct Poller<T> {
     inner: crate::Poller<T>,
-    rt: Arc<Runtime>,
+    rt: &'static Runtime,
 }
 
 impl<T> fmt::Debug for Pager<T> {
@@ -174,18 +195,12 @@ impl SecretClient {
         credential: Arc<dyn TokenCredential>,
         options: Option<SecretClientOptions>,
     ) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::with_source(ErrorKind::Other, "cannot start a runtime", e))?;
+        let rt = runtime()?;
         let inner = {
             let _guard = rt.enter();
             crate::SecretClient::new(vault_url, credential, options)?
         };
-        Ok(SecretClient {
-            inner,
-            rt: Arc::new(rt),
-        })
+        Ok(SecretClient { inner, rt })
     }
 
     /// The async client this one drives.
@@ -231,10 +246,7 @@ impl SecretClient {
     }
 
     fn pager<T>(&self, inner: crate::Pager<T>) -> Pager<T> {
-        Pager {
-            inner,
-            rt: self.rt.clone(),
-        }
+        Pager { inner, rt: self.rt }
     }
 
     pub fn list_properties_of_secrets(
@@ -271,10 +283,7 @@ impl SecretClient {
 
     pub fn begin_delete_secret(&self, name: &str) -> Result<Poller<DeletedSecret>> {
         let inner = self.rt.block_on(self.inner.begin_delete_secret(name))?;
-        Ok(Poller {
-            inner,
-            rt: self.rt.clone(),
-        })
+        Ok(Poller { inner, rt: self.rt })
     }
 
     pub fn get_deleted_secret(&self, name: &str) -> Result<DeletedSecret> {
@@ -285,10 +294,7 @@ impl SecretClient {
         let inner = self
             .rt
             .block_on(self.inner.begin_recover_deleted_secret(name))?;
-        Ok(Poller {
-            inner,
-            rt: self.rt.clone(),
-        })
+        Ok(Poller { inner, rt: self.rt })
     }
 
     pub fn purge_deleted_secret(&self, name: &str) -> Result<()> {

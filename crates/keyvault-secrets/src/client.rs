@@ -415,6 +415,16 @@ impl SecretClient {
                 ),
             ));
         }
+        if id.is_deleted() {
+            // `/deletedsecrets/{name}` is not the live secret: reading the live one instead would answer with
+            // another object than the one named (a deleted secret is read with `get_deleted_secret`).
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "'{id}' is a deleted secret's id; get_deleted_secret reads a deleted secret"
+                ),
+            ));
+        }
         self.get_secret(id.name(), id.version()).await
     }
 
@@ -736,6 +746,11 @@ mod tests {
             kind(c.set_secret("", "v", None).await),
             ErrorKind::InvalidArgument
         );
+        let deleted: KeyVaultSecretIdentifier =
+            "https://192.0.2.1:9/deletedsecrets/gone".parse().unwrap();
+        let e = c.get_secret_by_id(&deleted).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("get_deleted_secret"), "{e}");
         assert_eq!(
             c.list_properties_of_secrets(Some(0)).unwrap_err().kind(),
             ErrorKind::InvalidArgument

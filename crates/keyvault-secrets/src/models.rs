@@ -165,6 +165,10 @@ impl KeyVaultSecretIdentifier {
     pub fn version(&self) -> Option<&str> {
         self.0.version.as_deref()
     }
+    /// Whether the id is a deleted secret's (`/deletedsecrets/{name}`, a `recovery_id`).
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.0.collection == "deletedsecrets"
+    }
 }
 
 impl FromStr for KeyVaultSecretIdentifier {

@@ -178,3 +178,32 @@ fn blocking_retries_429() {
     drop(c);
     rt.block_on(v.shutdown());
 }
+
+/// One credential shared by several blocking clients (the usual pattern): the credential's pooled connection to
+/// the token endpoint, opened during one client's call, must still work for another client's token request.
+/// Each blocking client used to drive its own runtime only while inside a call, so the second client's token
+/// request waited on a connection nobody drove until it timed out.
+#[test]
+fn blocking_clients_share_one_credential() {
+    let (_rt, v) = server();
+    let shared = credential(&v);
+    let a = SecretClient::new(v.vault_url(), shared.clone(), Some(options(&v))).unwrap();
+    a.set_secret("shared-cred", "one", None).unwrap();
+    let started = Instant::now();
+    let b = SecretClient::new(v.vault_url(), shared.clone(), Some(options(&v))).unwrap();
+    assert_eq!(
+        b.get_secret("shared-cred", None).unwrap().value(),
+        Some("one")
+    );
+    let c = SecretClient::new(v.vault_url(), shared, Some(options(&v))).unwrap();
+    drop(a);
+    assert_eq!(
+        c.get_secret("shared-cred", None).unwrap().value(),
+        Some("one")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "token requests through the shared credential took {:?}",
+        started.elapsed()
+    );
+}

@@ -41,7 +41,10 @@ impl SecretId {
             id: id.to_string(),
             reason,
         };
+        // As the Python SDK reads an id (`urlparse`): scheme and host in any case (kept in lower case), and empty
+        // path segments ignored (`https://v//secrets/n/{version}/` is the same id).
         let (scheme, rest) = id.split_once("://").ok_or_else(|| err("missing scheme"))?;
+        let scheme = scheme.to_ascii_lowercase();
         if scheme != "https" && scheme != "http" {
             return Err(err("the scheme must be https"));
         }
@@ -49,11 +52,11 @@ impl SecretId {
         if host.is_empty() {
             return Err(err("missing host"));
         }
+        let host = host.to_ascii_lowercase();
         let path = path.split(['?', '#']).next().unwrap_or_default();
-        let segments: Vec<&str> = path.split('/').collect();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let (collection, name, version) = match segments.as_slice() {
             [c, n] => (*c, *n, None),
-            [c, n, ""] => (*c, *n, None),
             [c, n, v] => (*c, *n, Some(*v)),
             _ => return Err(err("expected /secrets/{name}[/{version}]")),
         };
@@ -85,6 +88,24 @@ impl SecretId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_ids_as_the_python_sdk_does() {
+        let id = SecretId::parse("HTTPS://KV.Vault.Azure.NET:443//secrets/Name/abc123/").unwrap();
+        assert_eq!(id.vault_url, "https://kv.vault.azure.net:443");
+        assert_eq!(id.name, "Name");
+        assert_eq!(id.version.as_deref(), Some("abc123"));
+        let id = SecretId::parse("https://kv.vault.azure.net/secrets/n//").unwrap();
+        assert_eq!((id.name.as_str(), id.version), ("n", None));
+        for bad in [
+            "https://kv/secrets",
+            "https://kv/secrets/n/v/extra",
+            "ftp://kv/secrets/n",
+            "https:///secrets/n",
+        ] {
+            assert!(SecretId::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_versioned_and_unversioned() {

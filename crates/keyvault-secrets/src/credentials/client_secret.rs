@@ -126,7 +126,13 @@ pub(crate) fn parse_token_response(who: &str, response: &Response) -> Result<Acc
     })?;
     let now = OffsetDateTime::now_utc();
     let expires_on = if let Some(secs) = t.expires_in.as_ref().and_then(as_i64) {
-        now + time::Duration::seconds(secs)
+        if secs <= 0 {
+            now
+        } else {
+            // A lifetime past the calendar's end (an `expires_in` of 1e19) is the latest date, not a panic.
+            now.checked_add(time::Duration::seconds(secs))
+                .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
+        }
     } else if let Some(at) = t.expires_on.as_ref().and_then(as_i64) {
         OffsetDateTime::from_unix_timestamp(at).unwrap_or(now)
     } else {
@@ -187,9 +193,18 @@ impl ClientSecretCredential {
     }
 }
 
-/// `https://host[:port][/path]` without a trailing slash; https only.
+/// `https://host[:port][/path]` without a trailing slash; https only. A bare host (`login.microsoftonline.us`,
+/// as azure-identity's `AzureAuthorityHosts` spell them and `AZURE_AUTHORITY_HOST` often holds) means https.
 pub(crate) fn normalize_authority(authority: &str) -> Result<String> {
-    let authority = authority.trim().trim_end_matches('/');
+    let authority = authority.trim();
+    let with_scheme;
+    let authority = if authority.is_empty() || authority.contains("://") {
+        authority
+    } else {
+        with_scheme = format!("https://{authority}");
+        &with_scheme
+    }
+    .trim_end_matches('/');
     let url = reqwest::Url::parse(authority).map_err(|e| {
         Error::with_source(
             ErrorKind::InvalidArgument,
@@ -250,5 +265,82 @@ impl TokenCredential for ClientSecretCredential {
             )
         })?;
         parse_token_response(WHO, &response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{HeaderMap, StatusCode};
+    use bytes::Bytes;
+
+    fn answer(body: &str) -> Response {
+        Response {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn authority_hosts() {
+        for (given, want) in [
+            (
+                "https://login.microsoftonline.com/",
+                "https://login.microsoftonline.com",
+            ),
+            (
+                "login.microsoftonline.us",
+                "https://login.microsoftonline.us",
+            ),
+            ("localhost:8443", "https://localhost:8443"),
+            (" https://127.0.0.1:9/x/ ", "https://127.0.0.1:9/x"),
+        ] {
+            assert_eq!(normalize_authority(given).unwrap(), want, "{given}");
+        }
+        for bad in [
+            "http://login.microsoftonline.com",
+            "",
+            "https://",
+            "ftp://x",
+        ] {
+            assert_eq!(
+                normalize_authority(bad).unwrap_err().kind(),
+                ErrorKind::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+
+    /// A token endpoint's lifetime is input: out of any calendar's range it is the latest date (never a panic),
+    /// and zero or negative it is expired now.
+    #[test]
+    fn token_lifetimes_out_of_range() {
+        let far = parse_token_response("t", &answer(r#"{"access_token":"a","expires_in":1e19}"#))
+            .unwrap();
+        assert_eq!(far.expires_on, time::PrimitiveDateTime::MAX.assume_utc());
+        let far = parse_token_response(
+            "t",
+            &answer(r#"{"access_token":"a","expires_in":"9223372036854775807"}"#),
+        )
+        .unwrap();
+        assert_eq!(far.expires_on, time::PrimitiveDateTime::MAX.assume_utc());
+        let before = OffsetDateTime::now_utc();
+        for lifetime in ["-1e19", "-5", "0"] {
+            let t = parse_token_response(
+                "t",
+                &answer(&format!(
+                    r#"{{"access_token":"a","expires_in":{lifetime}}}"#
+                )),
+            )
+            .unwrap();
+            assert!(
+                t.expires_on >= before && t.expires_on <= OffsetDateTime::now_utc(),
+                "{lifetime}"
+            );
+        }
+        let hour = parse_token_response("t", &answer(r#"{"access_token":"a","expires_in":3600}"#))
+            .unwrap();
+        assert!(hour.expires_on > before + time::Duration::seconds(3590));
     }
 }

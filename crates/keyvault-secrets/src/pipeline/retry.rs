@@ -54,21 +54,25 @@ pub(crate) fn retry_status(status: StatusCode, method: &Method) -> bool {
     }
 }
 
-/// The delay the server asked for, if any.
+/// The delay the server asked for, if any. A delay too long for a `Duration` (say `Retry-After: 1e20`) is the
+/// longest one, which the caller caps at its maximum delay: the server's header never panics the client.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs = |s: f64| {
+        (s.is_finite() && s >= 0.0).then(|| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+    };
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(ms) = headers
+        if let Some(delay) = headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|ms| ms.is_finite() && *ms >= 0.0)
+            .and_then(|ms| secs(ms / 1000.0))
         {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+            return Some(delay);
         }
     }
     let v = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    if let Ok(s) = v.parse::<f64>() {
+        return secs(s);
     }
     let when = httpdate::parse_http_date(v).ok()?;
     Some(
@@ -102,6 +106,20 @@ mod tests {
         ));
         assert!(!retry_status(StatusCode::NOT_FOUND, &Method::GET));
         assert!(!retry_status(StatusCode::UNAUTHORIZED, &Method::GET));
+    }
+
+    #[test]
+    fn huge_retry_after_is_the_longest_delay_not_a_panic() {
+        for (name, value) in [
+            ("retry-after", "1e20"),
+            ("retry-after", "1e308"),
+            ("retry-after-ms", "1e25"),
+            ("x-ms-retry-after-ms", "18446744073709551616000"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            assert_eq!(retry_after(&h), Some(Duration::MAX), "{name}: {value}");
+        }
     }
 
     #[test]
