@@ -191,9 +191,10 @@ pub struct ErrorBody {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
-    #[serde(default)]
+    /// Key Vault's `innererror` carries a code only (`{"code":"SecretDisabled"}`): no `"message": null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub innererror: Option<Box<ErrorDetail>>,
@@ -282,7 +283,7 @@ mod tests {
         let e = ErrorBody::new("Forbidden", "no").with_inner("SecretDisabled");
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            r#"{"error":{"code":"Forbidden","message":"no","innererror":{"code":"SecretDisabled","message":null}}}"#
+            r#"{"error":{"code":"Forbidden","message":"no","innererror":{"code":"SecretDisabled"}}}"#
         );
     }
 }

@@ -239,7 +239,13 @@ describe("@azure/keyvault-secrets against keyvault", () => {
     for (let i = garbage.length >> 1; i < (garbage.length >> 1) + 4 && i < garbage.length; i++) garbage[i] ^= 0xff;
     await (await client.beginDeleteSecret(name, poll)).pollUntilDone();
     await client.purgeDeletedSecret(name);
-    await expectRestError(client.restoreSecretBackup(garbage), 400, "BadParameter");
+    await expectRestError(client.restoreSecretBackup(garbage), 400, "Malformed backup blob");
+    // The SDK's own test of a malformed backup: 4,728 zero bytes, Key Vault's message.
+    await assert.rejects(client.restoreSecretBackup(new Uint8Array(4728)), (e) => {
+      assert.equal(e.statusCode, 400);
+      assert.equal(e.message, "Backup blob contains invalid or corrupt version.");
+      return true;
+    });
     await expectRestError(client.getSecret(name), 404);
   });
 

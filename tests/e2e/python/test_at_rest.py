@@ -163,7 +163,8 @@ def test_tampered_backup_is_rejected(bclient, tamper):
     with pytest.raises(HttpResponseError) as ei:
         bclient.restore_secret_backup(bad)
     assert ei.value.status_code == 400, (ei.value.status_code, ei.value.message)
-    assert ei.value.error.code == "BadParameter"
+    assert ei.value.error.code == "Malformed backup blob"
+    assert ei.value.error.message == "Backup blob contains invalid or corrupt version."
 
     # nothing was written
     with pytest.raises(ResourceNotFoundError):

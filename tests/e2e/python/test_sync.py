@@ -288,6 +288,22 @@ def test_disabled_secret_get_is_forbidden(client):
     assert ei.value.status_code == 403
 
 
+def test_deleted_disabled_secret(client):
+    """Key Vault refuses GET /deletedsecrets/{name} of a disabled secret with 403 SecretDisabled; the SDK's delete
+    poller takes that as done, the secret is listed among the deleted, and it recovers still disabled."""
+    name = unique_name("del-disabled")
+    client.set_secret(name, "v", enabled=False)
+    deleted = client.begin_delete_secret(name).result()
+    assert deleted.name == name and deleted.properties.enabled is False
+    with pytest.raises(HttpResponseError) as ei:
+        client.get_deleted_secret(name)
+    assert ei.value.status_code == 403
+    assert ei.value.error.code == "Forbidden"
+    assert name in {d.name for d in client.list_deleted_secrets()}
+    recovered = client.begin_recover_deleted_secret(name).result()
+    assert recovered.enabled is False
+
+
 # ---------------------------------------------------------------------------------------
 # listing / paging
 # ---------------------------------------------------------------------------------------
@@ -550,7 +566,8 @@ def test_restore_garbage_is_bad_request(client):
     with pytest.raises(HttpResponseError) as ei:
         client.restore_secret_backup(b"this is not a backup blob at all")
     assert ei.value.status_code == 400
-    assert ei.value.error.code == "BadParameter"
+    assert ei.value.error.code == "Malformed backup blob"
+    assert ei.value.error.message == "Backup blob contains invalid or corrupt version."
 
 
 # ---------------------------------------------------------------------------------------

@@ -141,6 +141,12 @@ impl ApiError {
                      {vault_url};location=local"
                 ),
             ),
+            // Key Vault's own code and text for a blob it cannot restore (the JS SDK's tests compare the text).
+            VaultError::MalformedBackup => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Malformed backup blob",
+                "Backup blob contains invalid or corrupt version.",
+            ),
             VaultError::BadParameter(message) => ApiError::bad_parameter(message),
             VaultError::Unavailable(cause) => {
                 tracing::warn!(%cause, "storage unavailable");

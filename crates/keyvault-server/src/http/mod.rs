@@ -431,8 +431,15 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
         )
     })?;
     // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_parameter("The request body is missing."));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ApiError::bad_parameter("The request body is missing.")),
+        // serde reads a struct from an array of its fields in order too: `["v"]` would set a secret.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::bad_parameter(
+                "The request body is not a JSON object.",
+            ));
+        }
     }
     serde_json::from_slice(&bytes).map_err(|e| {
         // serde's own message can quote the input (which may hold a value): describe, never quote.
@@ -472,7 +479,8 @@ fn method_not_allowed(method: &Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "MethodNotAllowed",
-        format!("The requested resource does not support http method '{method}'."),
+        // Key Vault's text (recorded for `PUT /secrets/`, 2022).
+        format!("HTTP {method} not allowed"),
     )
 }
 

@@ -38,10 +38,7 @@ struct BackupVersion {
 }
 
 fn bad_blob() -> VaultError {
-    VaultError::BadParameter(
-        "The backup blob is malformed, was altered, or was made by a vault with a different key."
-            .to_string(),
-    )
+    VaultError::MalformedBackup
 }
 
 impl Vault {

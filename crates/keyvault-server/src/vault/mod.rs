@@ -48,6 +48,9 @@ pub enum VaultError {
     RestoreConflict { name: String, version: String },
     #[error("purge protection is on")]
     PurgeProtected,
+    /// A restore blob that does not open: not made by this vault's key, altered, or not a backup at all.
+    #[error("malformed backup blob")]
+    MalformedBackup,
     #[error("{0}")]
     BadParameter(String),
     #[error("storage unavailable: {0}")]
@@ -292,14 +295,24 @@ impl Vault {
             })
     }
 
+    /// A deleted secret (its latest version's attributes, never a value). As in Key Vault, a deleted secret
+    /// whose latest version is disabled is refused like a GET of that version (403 `SecretDisabled`); it is
+    /// still listed, recovered and purged (the SDKs' delete pollers take the 403 as "deleted").
     pub async fn get_deleted(&self, name: &str) -> VaultResult<DeletedRow> {
         check_name(name)?;
-        self.store
+        let row = self
+            .store
             .get_deleted(self.vault(), name)
             .await?
             .ok_or_else(|| VaultError::DeletedNotFound {
                 name: name.to_string(),
-            })
+            })?;
+        if !row.latest.enabled {
+            return Err(VaultError::Disabled {
+                name: row.latest.name,
+            });
+        }
+        Ok(row)
     }
 
     pub async fn list_deleted(
@@ -316,13 +329,15 @@ impl Vault {
         Ok(Page { items: rows, next })
     }
 
-    /// Make a deleted secret live again, with all its versions. Returns its latest version.
+    /// Make a deleted secret live again, with all its versions. Returns its latest version. A name with no
+    /// deleted secret gets Key Vault's answer for it: the plain "secret not found" (recorded in 2022), not the
+    /// "Deleted Secret not found" of a GET or purge.
     pub async fn recover(&self, name: &str) -> VaultResult<VersionRow> {
         check_name(name)?;
         self.store
             .recover(self.vault(), name)
             .await?
-            .ok_or_else(|| VaultError::DeletedNotFound {
+            .ok_or_else(|| VaultError::NotFound {
                 name: name.to_string(),
             })
     }

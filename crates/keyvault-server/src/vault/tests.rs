@@ -165,3 +165,36 @@ async fn errors_by_state() {
         Err(VaultError::DeletedNotFound { .. })
     ));
 }
+
+/// A deleted secret whose latest version is disabled is refused like a GET of that version (Key Vault answers
+/// 403 `SecretDisabled`), while it is still listed among the deleted and can be recovered.
+#[tokio::test]
+async fn a_disabled_deleted_secret_is_listed_and_recovered_but_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    let off = SecretAttributesInput {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    v.set("dark", SecretString::new("v"), off).await.unwrap();
+    v.set("lit", SecretString::new("v"), Default::default())
+        .await
+        .unwrap();
+    v.delete("dark").await.unwrap();
+    v.delete("lit").await.unwrap();
+    assert!(matches!(
+        v.get_deleted("DARK").await,
+        Err(VaultError::Disabled { .. })
+    ));
+    assert_eq!(v.get_deleted("lit").await.unwrap().latest.name, "lit");
+    let listed: Vec<String> = v
+        .list_deleted(None, 25)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|d| d.latest.name)
+        .collect();
+    assert_eq!(listed, ["dark", "lit"]);
+    assert!(!v.recover("dark").await.unwrap().enabled);
+}
