@@ -471,7 +471,13 @@ pub async fn run_role(conn: &Conn, command: RoleCommand, out: &mut dyn Write) ->
         }
         RoleCommand::List { principal } => {
             let path = match principal {
-                Some(p) => format!("/admin/roleAssignments?principal={}", segment(&p)?),
+                // Any principal an assignment may name (a client id or an external subject), encoded.
+                Some(p) => format!(
+                    "/admin/roleAssignments?{}",
+                    form_urlencoded::Serializer::new(String::new())
+                        .append_pair("principal", &p)
+                        .finish()
+                ),
                 None => "/admin/roleAssignments".to_string(),
             };
             let v = call(conn, Method::GET, &path, None).await?;

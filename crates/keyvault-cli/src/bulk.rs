@@ -35,7 +35,8 @@ Examples:
   keyvault secret export --file all.json && keyvault secret import --file all.json --vault-url https://other.vault.azure.net";
 
 pub const EXPORT_HELP: &str = "Writes a JSON object of name → value (sorted by name), or a .env file where \
-every '-' in a name becomes '_' (so the file can be sourced; `import` maps them back). Disabled secrets \
+every '-' in a name becomes '_' (so the file can be sourced; `import` maps them back; a name that starts \
+with a digit cannot be a shell variable and is reported instead of written). Disabled secrets \
 cannot be read and are skipped. The file is created readable by its owner only (mode 600). A secret that \
 fails is reported and the others go on; the exit code is then 6.
 
@@ -272,7 +273,9 @@ pub fn parse_env(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// A .env line for `name` = `value`, double-quoted with escapes.
+/// A .env line for `name` = `value`, double-quoted. Inside double quotes a POSIX shell keeps every character as
+/// it is except `\\`, `"`, `$` and `` ` ``, which are escaped; line breaks are written as they are (a shell keeps
+/// them; `\\n` would stay two characters when the file is sourced), and `import` reads both forms.
 pub fn env_line(name: &str, value: &str) -> String {
     let mut s = String::with_capacity(name.len() + value.len() + 4);
     s.push_str(name);
@@ -283,13 +286,21 @@ pub fn env_line(name: &str, value: &str) -> String {
             '"' => s.push_str("\\\""),
             '$' => s.push_str("\\$"),
             '`' => s.push_str("\\`"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
             c => s.push(c),
         }
     }
     s.push_str("\"\n");
     s
+}
+
+/// Whether `name` can be a shell variable's name (letters, digits and '_', not starting with a digit), so that a
+/// sourced line assigns it instead of running as a command.
+fn is_shell_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 // ------------------------------------------------------------------ import
@@ -334,6 +345,33 @@ fn read_input(path: &Path) -> CliResult<(Vec<u8>, String)> {
 }
 
 /// The entries of an import file, each a value or a per-item error.
+/// A JSON object's members in the order the file has them (a `serde_json::Map` sorts them by name, which would
+/// make "the last value wins" depend on the names' order instead of the file's).
+struct InOrder(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for InOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = InOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<InOrder, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(member) = map.next_entry()? {
+                    out.push(member);
+                }
+                Ok(InOrder(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
 fn parse_input(
     text: &str,
     format: Format,
@@ -348,11 +386,10 @@ fn parse_input(
                 .collect())
         }
         Format::Json => {
-            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-                .map_err(|e| {
-                    CliError::bad_input(format!("{from} is not a JSON object of name → value: {e}"))
-                })?;
-            Ok(map
+            let InOrder(entries) = serde_json::from_str(text).map_err(|e| {
+                CliError::bad_input(format!("{from} is not a JSON object of name → value: {e}"))
+            })?;
+            Ok(entries
                 .into_iter()
                 .map(|(k, v)| {
                     let v = match v {
@@ -366,6 +403,17 @@ fn parse_input(
                 .collect())
         }
     }
+}
+
+/// Why a secret was not imported.
+#[derive(Debug, PartialEq, Eq)]
+enum Failed {
+    /// This secret failed; the others go on.
+    Error(String),
+    /// This secret failed with an error that stops the import (connection, credential): it is the import's error.
+    Fatal(String),
+    /// Not attempted: an earlier fatal error stopped the import.
+    NotAttempted,
 }
 
 pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliResult {
@@ -417,10 +465,10 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
         async move {
             let value = match value {
                 Ok(v) => zeroize::Zeroizing::new(v),
-                Err(e) => return (name, Err(Some(e))),
+                Err(e) => return (name, Err(Failed::Error(e))),
             };
             if stop.load(Ordering::Relaxed) {
-                return (name, Err(None));
+                return (name, Err(Failed::NotAttempted));
             }
             let fail = |e: keyvault_secrets::Error, name: &str| {
                 let cli = CliError::from_client(&e, Target::Secret(name, None), vault);
@@ -429,9 +477,10 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
                     if let Ok(mut f) = fatal.lock() {
                         f.get_or_insert(CliError::new(cli.code, cli.message.clone()));
                     }
-                    None
+                    // Attempted and failed; reported once, as the import's error, not per secret.
+                    Failed::Fatal(cli.message)
                 } else {
-                    Some(cli.message)
+                    Failed::Error(cli.message)
                 }
             };
             let outcome = match client.get_secret(&name, None).await {
@@ -452,7 +501,7 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
                     Ok(_) => {
                         return (
                             name.clone(),
-                            Err(Some(format!(
+                            Err(Failed::Error(format!(
                                 "secret '{name}' is deleted but recoverable in {vault}: recover or purge it first"
                             ))),
                         );
@@ -479,9 +528,9 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
     );
     let mut results = futures_util::stream::iter(order.into_iter().map(|(n, v)| one(n, v)))
         .buffered(args.bulk.concurrency.into());
-    let mut report: Vec<(String, Result<Outcome, Option<String>>)> = Vec::new();
+    let mut report: Vec<(String, Result<Outcome, Failed>)> = Vec::new();
     while let Some((name, result)) = results.next().await {
-        if let Err(Some(e)) = &result {
+        if let Err(Failed::Error(e)) = &result {
             progress.message(&format!("error: {name}: {e}"));
         }
         progress.tick();
@@ -493,11 +542,14 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
     let failed: Vec<(&str, &str)> = report
         .iter()
         .filter_map(|(n, r)| match r {
-            Err(Some(e)) => Some((n.as_str(), e.as_str())),
+            Err(Failed::Error(e) | Failed::Fatal(e)) => Some((n.as_str(), e.as_str())),
             _ => None,
         })
         .collect();
-    let skipped = report.iter().filter(|(_, r)| *r == Err(None)).count();
+    let skipped = report
+        .iter()
+        .filter(|(_, r)| *r == Err(Failed::NotAttempted))
+        .count();
     let (created, updated, unchanged) = (
         count(Outcome::Created),
         count(Outcome::Updated),
@@ -544,8 +596,8 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
             for (name, r) in &report {
                 let result = match r {
                     Ok(o) => o.as_str(),
-                    Err(Some(_)) => "failed",
-                    Err(None) => "not-attempted",
+                    Err(Failed::Error(_) | Failed::Fatal(_)) => "failed",
+                    Err(Failed::NotAttempted) => "not-attempted",
                 };
                 writeln!(out, "{name}\t{result}").map_err(io_error)?;
             }
@@ -628,6 +680,7 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
         progress.tick();
     }
     progress.finish();
+    let mut skipped = 0usize;
     let text = zeroize::Zeroizing::new(match format {
         Format::Json => {
             let map: serde_json::Map<String, serde_json::Value> = values
@@ -639,10 +692,22 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
             s.push('\n');
             s
         }
-        Format::Env => values
-            .iter()
-            .map(|(k, v)| env_line(&k.replace('-', "_"), v))
-            .collect(),
+        Format::Env => {
+            let mut text = String::new();
+            for (k, v) in &values {
+                let var = k.replace('-', "_");
+                if is_shell_name(&var) {
+                    text.push_str(&env_line(&var, v));
+                } else {
+                    // Sourced, the line would run as a command (and show the value in its error).
+                    skipped += 1;
+                    eprintln!(
+                        "error: {k}: a name that starts with a digit cannot be a shell variable; not written (--format json keeps it)"
+                    );
+                }
+            }
+            text
+        }
     });
     let place = match to_file {
         Some(p) => {
@@ -654,7 +719,8 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
             "standard output".to_string()
         }
     };
-    let mut summary = format!("exported {} secrets to {place}", values.len());
+    failed += skipped;
+    let mut summary = format!("exported {} secrets to {place}", values.len() - skipped);
     if disabled > 0 {
         summary.push_str(&format!(", {disabled} disabled skipped"));
     }
@@ -716,5 +782,79 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    /// What `source` in a real shell makes of an exported line: the value, byte for byte.
+    #[test]
+    fn env_lines_source_in_a_shell() {
+        let dir = std::env::temp_dir().join(format!("kv-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("out.env");
+        for v in [
+            "plain",
+            "",
+            "multi\nline\r\nvalue\n",
+            "with \"quotes\" and 'single' \\n back\\slash",
+            "$HOME `id` $(id) # not a comment ! *",
+            "unicode ✓ é\ttab",
+        ] {
+            std::fs::write(&file, env_line("K_1", v)).unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(r#"set -e; . "$1"; printf '%s' "$K_1""#)
+                .arg("sh")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{v:?}: {out:?}");
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
+            assert_eq!(
+                parse_env(&std::fs::read_to_string(&file).unwrap()).unwrap(),
+                vec![("K_1".to_string(), v.to_string())]
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shell_names() {
+        for ok in ["A", "db_pass", "_x", "X9_"] {
+            assert!(is_shell_name(ok), "{ok}");
+        }
+        for bad in ["", "9lives", "a.b", "é"] {
+            assert!(!is_shell_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_members_keep_the_file_order() {
+        let got = parse_input(r#"{"j1":"v","b":2,"J1":"w","a":true}"#, Format::Json, "f").unwrap();
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["j1", "b", "J1", "a"]);
+        assert_eq!(got[2].1, Ok("w".to_string()));
+        assert_eq!(got[1].1, Ok("2".to_string()));
+        assert!(parse_input("[1]", Format::Json, "f").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_overwritten_file_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kv-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("old.json");
+        std::fs::write(&file, "a much longer old content than the new one").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&file, b"new").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        let fresh = dir.join("fresh.json");
+        write_private(&fresh, b"x").unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

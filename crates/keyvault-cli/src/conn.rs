@@ -55,7 +55,8 @@ pub struct ConnArgs {
         long,
         env = "AZURE_CLIENT_SECRET",
         global = true,
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub client_secret: Option<String>,
     /// Token authority [default: https://login.microsoftonline.com].
@@ -195,10 +196,10 @@ impl ConnArgs {
     ) -> CliResult<(Arc<dyn TokenCredential>, CaCerts)> {
         let mut cas = Vec::new();
         if let Some(d) = &dev {
-            cas.push(read_file(&d.ca_cert, "the dev CA certificate")?);
+            cas.push(read_pem_certificates(&d.ca_cert, "the dev CA certificate")?);
         }
         if let Some(p) = &self.ca_file {
-            cas.push(read_file(p, "the CA file")?);
+            cas.push(read_pem_certificates(p, "the CA file")?);
         }
         let credential: Arc<dyn TokenCredential> = match (dev, &self.client_secret) {
             (Some(d), _) => Arc::new(client_secret_credential(
@@ -270,6 +271,24 @@ fn read_file(path: &Path, what: &str) -> CliResult<Vec<u8>> {
     std::fs::read(path)
         .map_err(|e| CliError::bad_input(format!("cannot read {what} {}: {e}", path.display())))
 }
+
+/// A file that must hold PEM certificates (a CA bundle); one that holds none is named in the error.
+fn read_pem_certificates(path: &Path, what: &str) -> CliResult<Vec<u8>> {
+    let bytes = read_file(path, what)?;
+    if bytes
+        .windows(CERT_PEM_BEGIN.len())
+        .any(|w| w == CERT_PEM_BEGIN)
+    {
+        Ok(bytes)
+    } else {
+        Err(CliError::bad_input(format!(
+            "{what} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )))
+    }
+}
+
+const CERT_PEM_BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// Whether the URL's host is an IP address, `localhost` or a `*.localhost` name.
 pub fn is_local_host(url: &str) -> bool {

@@ -215,6 +215,11 @@ fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
             }
             Ok(())
         }
+        // Line 0 is the file itself: it could not be read, which says nothing about the chain.
+        Err(e) if e.line == 0 => Err(CliError::new(
+            2,
+            format!("cannot verify the audit log: {e}"),
+        )),
         Err(e) => Err(CliError::new(2, format!("audit log is not intact: {e}"))),
     }
 }

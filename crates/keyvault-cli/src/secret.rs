@@ -158,8 +158,9 @@ pub struct WaitArgs {
 #[derive(Args)]
 #[group(required = true, multiple = false)]
 pub struct ValueSource {
-    /// The value (visible in shell history and `ps`: prefer --file or --value-stdin).
-    #[arg(long, value_name = "VALUE")]
+    /// The value (visible in shell history and `ps`: prefer --file or --value-stdin). It may start with
+    /// '-' (`--value -x` is the value "-x").
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
     pub value: Option<String>,
     /// Read the value from a file, as is.
     #[arg(long, value_name = "PATH")]
@@ -547,19 +548,35 @@ fn on<'a>(target: Target<'a>, vault: &'a str) -> impl Fn(keyvault_secrets::Error
     move |e| CliError::from_client(&e, target, vault)
 }
 
-/// Write a file readable by its owner only (it holds secrets).
+/// Write a file readable by its owner only (it holds secrets). A regular file that already exists (`--overwrite`)
+/// is made private before it is emptied and written, not left with the mode it had; a file that cannot be made
+/// private is not written. Other files (a pipe, a terminal) are written as they are.
 pub fn write_private(path: &Path, bytes: &[u8]) -> CliResult {
+    let fail = |e: std::io::Error| CliError::other(format!("cannot write {}: {e}", path.display()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options
-        .open(path)
-        .map_err(|e| CliError::other(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|()| f.flush())
-        .map_err(|e| CliError::other(format!("cannot write {}: {e}", path.display())))
+    let mut f = options.open(path).map_err(fail)?;
+    let meta = f.metadata().map_err(fail)?;
+    if meta.is_file() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o7777 != 0o600 {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| {
+                        CliError::other(format!(
+                            "cannot make {} readable by its owner only: {e}",
+                            path.display()
+                        ))
+                    })?;
+            }
+        }
+        f.set_len(0).map_err(fail)?;
+    }
+    f.write_all(bytes).and_then(|()| f.flush()).map_err(fail)
 }

@@ -18,7 +18,7 @@ Output: the bare token by default (`-o value`); `-o json` gives {\"accessToken\"
 
 Examples:
   curl -H \"Authorization: Bearer $(keyvault token --dev-credentials ./keyvault-data)\" \\
-       --cacert ./keyvault-data/pki/ca.pem \"https://127.0.0.1:8443/secrets?api-version=7.6\"
+       --cacert ./keyvault-data/tls/ca.pem \"https://127.0.0.1:8443/secrets?api-version=7.6\"
   keyvault token --scope https://vault.azure.net/.default -o json"
 )]
 pub struct TokenArgs {
