@@ -192,6 +192,28 @@ fn custom_roles_from_the_command_line() {
         ],
     )
     .ok();
+    // An external identity's subject (not a path segment) can be assigned and listed.
+    kv(
+        v,
+        &[
+            "role",
+            "assign",
+            "--principal",
+            "user@example.com",
+            "--role",
+            "Key Vault Reader",
+        ],
+    )
+    .ok();
+    let listed = kv(
+        v,
+        &["role", "list", "--principal", "user@example.com", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["principal"], "user@example.com");
     let shown = as_app(&id, &secret, &["secret", "show", "ci-token", "-o", "value"]).ok();
     assert_eq!(shown.stdout.trim_end(), "t1");
     as_app(
