@@ -207,7 +207,14 @@ fn custom_roles_from_the_command_line() {
     .ok();
     let listed = kv(
         v,
-        &["role", "list", "--principal", "user@example.com", "-o", "json"],
+        &[
+            "role",
+            "list",
+            "--principal",
+            "user@example.com",
+            "-o",
+            "json",
+        ],
     )
     .ok()
     .json();

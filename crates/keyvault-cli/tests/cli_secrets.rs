@@ -120,7 +120,11 @@ fn value_sources_and_utf8() {
     // --value may start with '-' (and is never echoed back as an unknown argument).
     for dashed in ["--opt-like-secret", "-p4ss-word", "-"] {
         let out = kv(v, &["secret", "set", "src-dash", "--value", dashed]).ok();
-        assert!(!out.stderr.contains(dashed) || dashed == "-", "{}", out.stderr);
+        assert!(
+            !out.stderr.contains(dashed) || dashed == "-",
+            "{}",
+            out.stderr
+        );
         let j = kv(v, &["secret", "show", "src-dash"]).ok().json();
         assert_eq!(j["value"], dashed);
     }

@@ -462,9 +462,31 @@ pub fn chain_files(active: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Verifies the whole chain of an active file and its rotated predecessors.
+/// Verifies the whole chain of an active file and its rotated predecessors. A running server may rotate while
+/// the files are read (the list then misses the files made meanwhile, and the chain seems to skip lines): a
+/// failure is checked again on a fresh list, up to three times, and reported only if the list did not change.
 pub fn verify_chain(active: &Path) -> Result<VerifyReport, VerifyError> {
-    verify_files(&chain_files(active))
+    verify_listed(active, chain_files)
+}
+
+fn verify_listed(
+    active: &Path,
+    mut list: impl FnMut(&Path) -> Vec<PathBuf>,
+) -> Result<VerifyReport, VerifyError> {
+    let mut files = list(active);
+    let mut tries = 1;
+    loop {
+        let result = verify_files(&files);
+        if result.is_ok() || tries == 3 {
+            return result;
+        }
+        let now = list(active);
+        if now == files {
+            return result;
+        }
+        files = now;
+        tries += 1;
+    }
 }
 
 /// Why the audit log could not be opened.
@@ -1018,5 +1040,27 @@ mod tests {
         // Dropping the oldest file leaves a chain that verifies but does not start at the genesis.
         let r = verify_files(&files[1..]).unwrap();
         assert_ne!(r.first_prev.as_deref(), Some(GENESIS));
+
+        // A listing made before a rotation misses the file it made: the chain seems to skip lines. Verified
+        // again on a fresh listing, it is intact; a listing that stays the same keeps the failure.
+        let stale: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != files.len() - 2)
+            .map(|(_, f)| f.clone())
+            .collect();
+        assert!(verify_files(&stale).is_err());
+        let mut calls = 0;
+        let r = verify_listed(&path, |p| {
+            calls += 1;
+            if calls == 1 {
+                stale.clone()
+            } else {
+                chain_files(p)
+            }
+        })
+        .unwrap();
+        assert_eq!((r.lines, calls), (100, 2));
+        assert!(verify_listed(&path, |_| stale.clone()).is_err());
     }
 }
