@@ -338,10 +338,10 @@ impl SecretClient {
                 pipeline: Pipeline {
                     transport,
                     retry: options.retry,
-                    auth: Some(ChallengeAuth::new(
+                    auth: Some(Arc::new(ChallengeAuth::new(
                         credential,
                         options.verify_challenge_resource,
-                    )),
+                    ))),
                     logging: options.logging_enable,
                 },
                 polling_interval: options.polling_interval,
@@ -648,6 +648,29 @@ impl SecretClient {
         async { SecretProperties::from_bundle(self.inner.call_json::<SecretBundle>(req).await?) }
             .instrument(span!("restore_secret_backup"))
             .await
+    }
+
+    /// The same client (the same connections, token cache and options) with request and response logging
+    /// switched on or off: the Python SDK's per-call `logging_enable=True`, as a view of the client.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: keyvault_secrets::SecretClient) -> keyvault_secrets::Result<()> {
+    /// let secret = client.with_logging_enable(true).get_secret("my-secret", None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_logging_enable(&self, enabled: bool) -> SecretClient {
+        let inner = &self.inner;
+        SecretClient {
+            inner: Arc::new(ClientInner {
+                vault: inner.vault.clone(),
+                api_version: inner.api_version,
+                pipeline: Pipeline {
+                    logging: enabled,
+                    ..inner.pipeline.clone()
+                },
+                polling_interval: inner.polling_interval,
+            }),
+        }
     }
 
     /// Send a raw request through this client's pipeline (auth, retries, logging), like the SDK's

@@ -55,5 +55,25 @@ async fn logging_redacts_values_and_tokens() {
     assert!(!log.contains("TOP-SECRET-VALUE"), "{log}");
     assert!(!log.contains(v.client_secret()), "{log}");
     assert!(!log.contains(&token.token.expose()[..20]), "{log}");
+
+    // Logging for one call (Python's per-call `logging_enable=True`): a view of a quiet client that shares its
+    // connections and token cache.
+    let counting = Arc::new(Counting::new(credential(&v)));
+    let quiet = SecretClient::new(v.vault_url(), counting.clone(), Some(options(&v))).unwrap();
+    quiet.set_secret("quiet-one", "v", None).await.unwrap();
+    quiet
+        .with_logging_enable(true)
+        .get_secret("loud-one", None)
+        .await
+        .unwrap_err();
+    quiet.get_secret("quiet-one", None).await.unwrap();
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let detailed = |name: &str| {
+        log.lines()
+            .any(|l| l.contains(name) && l.contains("headers=") && l.contains("DEBUG"))
+    };
+    assert!(detailed("loud-one"), "{log}");
+    assert!(!detailed("quiet-one"), "{log}");
+    assert_eq!(counting.calls(), 1, "the view shares the client's token");
     v.shutdown().await;
 }

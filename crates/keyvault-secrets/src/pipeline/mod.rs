@@ -46,12 +46,13 @@ pub(crate) fn request_id() -> String {
     )
 }
 
-/// Sends requests with retries, optional challenge auth and logging.
-#[derive(Debug)]
+/// Sends requests with retries, optional challenge auth and logging. A clone shares the transport and the
+/// challenge state (the cached token).
+#[derive(Clone, Debug)]
 pub(crate) struct Pipeline {
     pub transport: Arc<dyn Transport>,
     pub retry: RetryOptions,
-    pub auth: Option<ChallengeAuth>,
+    pub auth: Option<Arc<ChallengeAuth>>,
     pub logging: bool,
 }
 
