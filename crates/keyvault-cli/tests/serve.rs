@@ -516,3 +516,102 @@ fn mmap_mib_maps_the_database_for_reads() {
         assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
     }
 }
+
+/// A TLS connection to the server on `addr`, handshake done, as a blocking stream.
+fn tls_connection(
+    ca_pem: &[u8],
+    addr: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let config = keyvault_server::tls::client_config_trusting(ca_pem).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// How long until the server ends the connection (a read returns end of input or an error).
+fn closed_after(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+) -> Duration {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Connections that go quiet are closed (`idle_timeout_secs`): one that never sends a request, one that stops
+/// in the middle of its headers, and a keep-alive connection left unused; one in use stays open.
+#[test]
+fn quiet_connections_are_closed() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let config = dir.path().join("keyvault.toml");
+    std::fs::write(&config, "idle_timeout_secs = 2\n").unwrap();
+    let mut args = dev_args(&data).to_vec();
+    args.extend(["--config", config.to_str().unwrap()]);
+    let (mut child, addr) = start(&args);
+    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
+    let ca = std::fs::read(data.join("tls").join("ca.pem")).unwrap();
+    // The open-file limit leaves room for the 4,096 connections the server admits (up to the hard limit).
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let files: Vec<String> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .map(str::to_string)
+        .collect();
+    let (soft, hard) = (&files[0], &files[1]);
+    let want = hard.parse::<u64>().map_or(5120, |h| h.min(5120));
+    assert!(
+        soft == "unlimited" || soft.parse::<u64>().unwrap() >= want,
+        "{limits}"
+    );
+
+    let mut silent = tls_connection(&ca, &addr);
+    let mut partial = tls_connection(&ca, &addr);
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let mut used = tls_connection(&ca, &addr);
+    let request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut buf = [0u8; 4096];
+    // In use: a request every 0.5 s for 4 s (twice the limit) is answered on the same connection.
+    for _ in 0..8 {
+        used.write_all(request).unwrap();
+        let n = used.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // By now the two quiet ones were closed (after about 2 s); the used one closes 2 s after its last answer.
+    for (what, stream) in [("silent", &mut silent), ("partial headers", &mut partial)] {
+        let waited = closed_after(stream);
+        assert!(
+            waited < Duration::from_secs(1),
+            "{what}: still open {waited:?} after 4 s"
+        );
+    }
+    let waited = closed_after(&mut used);
+    assert!(
+        waited > Duration::from_millis(800) && waited < Duration::from_secs(6),
+        "unused keep-alive connection closed after {waited:?}"
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}

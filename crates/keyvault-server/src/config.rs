@@ -39,6 +39,9 @@ pub struct Config {
     pub token_lifetime_secs: i64,
     /// Seconds between runs of the retention sweeper. Default 60.
     pub sweep_interval_secs: u64,
+    /// Seconds a connection may stay without traffic either way before the server closes it (1–86400).
+    /// Default 120. A request's headers must arrive within this too, and within 30 s at most.
+    pub idle_timeout_secs: u64,
     pub tls: TlsConfig,
     /// OAuth clients allowed to get tokens (client credentials).
     pub clients: Vec<ClientConfig>,
@@ -351,6 +354,7 @@ impl Default for Config {
             issuer_host: None,
             token_lifetime_secs: 3600,
             sweep_interval_secs: 60,
+            idle_timeout_secs: 120,
             cache_mib: 64,
             mmap_mib: 0,
             pg_pool_size: crate::store::postgres::POOL_SIZE,
@@ -507,6 +511,12 @@ impl Config {
                 self.audit_max_bytes
             )));
         }
+        if !(1..=86_400).contains(&self.idle_timeout_secs) {
+            return Err(ConfigError(format!(
+                "idle_timeout_secs must be from 1 to 86400, not {}",
+                self.idle_timeout_secs
+            )));
+        }
         if self.mmap_mib > MAX_MMAP_MIB {
             return Err(ConfigError(format!(
                 "mmap_mib must be from 0 to {MAX_MMAP_MIB}, not {}",
@@ -622,6 +632,7 @@ mod tests {
             "dev = true\npg_pool_size = 1001",
             "dev = true\nmmap_mib = 2048",
             "dev = true\naudit_max_bytes = 4096",
+            "dev = true\nidle_timeout_secs = 0",
         ] {
             let c = Config::from_toml(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

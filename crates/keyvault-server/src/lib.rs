@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod http;
+mod idle;
 mod json;
 pub mod local;
 pub mod server;

@@ -26,10 +26,37 @@ use tokio_rustls::TlsAcceptor;
 pub const KEK_ENV: &str = "KEYVAULT_KEK";
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a request's headers may take to arrive (HTTP/1.1).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 4096;
+
+/// Raises the soft limit on open files towards the hard one, so that `MAX_CONNECTIONS` connections (and the
+/// database's and logs' files) fit: a soft limit of 1,024, common by default, would make `accept` fail long
+/// before the connection budget is spent.
+fn raise_open_file_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let wanted = (MAX_CONNECTIONS + 1024) as u64;
+        let mut limit = getrlimit(Resource::Nofile);
+        let current = limit.current.unwrap_or(u64::MAX);
+        if current < wanted {
+            let target = limit.maximum.map_or(wanted, |max| max.min(wanted));
+            if target > current {
+                limit.current = Some(target);
+                match setrlimit(Resource::Nofile, limit) {
+                    Ok(()) => {
+                        tracing::debug!(from = current, to = target, "raised the open-file limit")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "could not raise the open-file limit"),
+                }
+            }
+        }
+    }
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +129,8 @@ pub struct Server {
     info: ServerInfo,
     data_dir: PathBuf,
     sweep_interval: Duration,
+    /// A connection without traffic for this long is closed ([`crate::idle`]).
+    idle_timeout: Duration,
     /// Trusted external issuers (those with a JWKS URL are refreshed while serving).
     trusted_issuers: Vec<crate::auth::external::TrustedIssuer>,
 }
@@ -382,6 +411,7 @@ impl Server {
             },
             data_dir,
             sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
             trusted_issuers: trusted,
         })
     }
@@ -430,9 +460,17 @@ impl Server {
             .collect();
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        raise_open_file_limit();
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http2().max_concurrent_streams(256);
+        // A request's headers arrive within 30 s (or the idle limit, if shorter), counted from when the
+        // connection starts waiting for them: a client trickling a header byte by byte is cut off too.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.idle_timeout.min(HEADER_READ_TIMEOUT));
+        let idle_timeout = self.idle_timeout;
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -466,8 +504,9 @@ impl Server {
                     }
                     Err(_) => return,
                 };
+                let io = crate::idle::IdleIo::new(tls, idle_timeout);
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
                     .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "connection ended with an error");
