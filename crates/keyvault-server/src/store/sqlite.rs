@@ -762,6 +762,10 @@ fn open_writer_with(path: &Path, buffer_wal: bool) -> StoreResult<Connection> {
     }
     // WAL + FULL: every commit is fsynced before it returns, so acknowledged writes survive a crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // What a write removes or replaces (a purged secret's sealed values and wrapped keys, its name and tags) is
+    // overwritten with zeros in the pages written, not left in free space where a copy of the file (and the
+    // key) would recover it. Copies in older WAL frames last until the log is overwritten.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     // Checkpoints run on their own thread (checkpoint_loop), not inside a commit; this is only a safety net
     // should that thread fall behind.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;

@@ -2012,3 +2012,52 @@ fn the_batch_gate_pauses_between_batches() {
     stop.store(true, Ordering::SeqCst);
     busy.join().unwrap();
 }
+
+/// A purged secret's bytes (sealed value, name, tags) are not left in the database file's free space.
+#[tokio::test]
+async fn purged_bytes_are_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let mut doomed = row("Doomed-Name-7f3a", &version(1), 1);
+    // Large enough to spill into overflow pages (1 KiB pages), which a purge frees whole.
+    doomed.sealed = b"SEALED-CANARY-".repeat(300);
+    doomed.tags = Some(Tags::from([(
+        "tag-canary".to_string(),
+        "tv-canary".to_string(),
+    )]));
+    store.put_version("v", doomed).await.unwrap();
+    for i in 0..20 {
+        store
+            .put_version("v", row(&format!("keep-{i}"), &version(i + 10), 1))
+            .await
+            .unwrap();
+    }
+    store
+        .soft_delete("v", "doomed-name-7f3a", 10, 1_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.purge("v", "doomed-name-7f3a").await.unwrap());
+    store.close().await;
+    // Everything in the database file itself (the checkpoint copies the purge's pages over the old ones).
+    let c = Connection::open(&path).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    let bytes = std::fs::read(&path).unwrap();
+    let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    for canary in [
+        &b"SEALED-CANARY-"[..],
+        b"Doomed-Name-7f3a",
+        b"tag-canary",
+        b"tv-canary",
+    ] {
+        assert!(
+            !find(canary),
+            "{} is still in the file",
+            String::from_utf8_lossy(canary)
+        );
+    }
+    assert!(find(b"keep-19"), "the other secrets are there");
+}
