@@ -40,7 +40,7 @@ pub struct Config {
     /// Seconds between runs of the retention sweeper. Default 60.
     pub sweep_interval_secs: u64,
     /// Seconds a connection may stay without traffic either way before the server closes it (1–86400).
-    /// Default 120. A request's headers must arrive within this too, and within 30 s at most.
+    /// Default 120. A client sending for 30 s (or this long, if shorter) without an answer is cut off too.
     pub idle_timeout_secs: u64,
     pub tls: TlsConfig,
     /// OAuth clients allowed to get tokens (client credentials).
