@@ -26,9 +26,11 @@ import subprocess
 import sys
 
 # | get | h1 | 64 | 52,995 | 73 % | 1.101 | 3.763 | 5.478 | 1.3× / 1.5× | 23 (1.6×) | 0.4 | 0 |
+# Only the share is required: the other columns can read "–" in a run too short or too starved to measure them.
 ROW = re.compile(
     r"^\| (?P<op>[^|]+?) \| (?P<proto>h1|h2) \| (?P<c>\d+) \| (?P<rate>[\d,]+) \| (?P<share>\d+) % \|"
-    r".*\| (?P<cpu>[\d.]+)(?: \((?P<mult>[\d.]+|inf)×\))? \| [\d.]+ \| (?P<errors>\d+) \|$")
+    r".*\| (?P<errors>\d+) \|$")
+MULT = re.compile(r"\| [\d.]+ \((?P<mult>[\d.]+|inf)×\) \|")
 
 
 def rows(report: str) -> dict[tuple[str, str, int], tuple[float, float | None]]:
@@ -37,9 +39,10 @@ def rows(report: str) -> dict[tuple[str, str, int], tuple[float, float | None]]:
     for line in report.splitlines():
         m = ROW.match(line.strip())
         if m and m["op"] != "baseline":
+            mult = MULT.search(line)
             out[(m["op"], m["proto"], int(m["c"]))] = (
                 int(m["share"]) / 100,
-                float(m["mult"]) if m["mult"] and m["mult"] != "inf" else None)
+                float(mult["mult"]) if mult and mult["mult"] != "inf" else None)
     return out
 
 
