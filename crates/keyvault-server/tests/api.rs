@@ -329,6 +329,9 @@ async fn bad_input_gets_key_vault_errors() {
         json!({"value": "s3cret-sentinel", "tags": "s3cret-sentinel"}),
         json!({"value": "s3cret-sentinel", "attributes": {"enabled": "s3cret-sentinel"}}),
         json!({"value": "s3cret-sentinel", "attributes": {"exp": 1.5}}),
+        // Dates past year 9999 (or before year 1): no client could list the secret.
+        json!({"value": "s3cret-sentinel", "attributes": {"exp": 253_402_300_800i64}}),
+        json!({"value": "s3cret-sentinel", "attributes": {"nbf": i64::MIN}}),
         json!({"nope": 1}),
         json!([1, 2]),
         // serde would read a struct from an array of its fields: not a Key Vault body.

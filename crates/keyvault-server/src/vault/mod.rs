@@ -455,8 +455,23 @@ pub(crate) fn check_attributes(attrs: &SecretAttributesInput) -> VaultResult<()>
             }
         }
     }
+    // Dates a client can hold: Key Vault's service and SDKs keep them as calendar dates of years 1–9999 (.NET's
+    // `DateTime`, Python's `datetime`); one past them would break every listing that includes the secret.
+    for (field, at) in [("nbf", attrs.nbf), ("exp", attrs.exp)] {
+        if let Some(at) = at
+            && !(MIN_DATE..=MAX_DATE).contains(&at)
+        {
+            return Err(VaultError::BadParameter(format!(
+                "The attribute '{field}' is out of range: a Unix time from {MIN_DATE} (year 1) to {MAX_DATE} (year 9999) is expected."
+            )));
+        }
+    }
     Ok(())
 }
+
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z as Unix times.
+const MIN_DATE: i64 = -62_135_596_800;
+const MAX_DATE: i64 = 253_402_300_799;
 
 #[cfg(test)]
 mod tests;
