@@ -415,7 +415,13 @@ impl TrustedIssuer {
         let exp = claims["exp"]
             .as_i64()
             .ok_or(AuthError::InvalidToken("missing claim"))?;
-        let nbf = claims["nbf"].as_i64().unwrap_or(i64::MIN / 2);
+        // `nbf` is optional, but when present it counts, whatever JSON number it is (RFC 7519's NumericDate may
+        // have a fraction): a fractional, exponent-form or out-of-range `nbf` is read as the second it falls in
+        // (rounded up), and one that is not a number at all makes the token invalid.
+        let nbf = match &claims["nbf"] {
+            serde_json::Value::Null => i64::MIN / 2,
+            v => numeric_date_ceil(v).ok_or(AuthError::InvalidToken("bad nbf"))?,
+        };
         let id = claims[inner.principal_claim.as_str()]
             .as_str()
             .filter(|s| !s.is_empty() && s.len() <= 256)
@@ -424,6 +430,16 @@ impl TrustedIssuer {
         let tenant = claims["tid"].as_str().unwrap_or_default().into();
         Ok((Principal { id, tenant }, nbf, exp))
     }
+}
+
+/// A JSON number as whole seconds, rounded up (saturating); not a number: `None`.
+fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    // `as` saturates at i64's bounds (and NaN cannot come from JSON).
+    Some(f.ceil() as i64)
 }
 
 /// The usable keys of a JWKS document: EC P-256 (ES256) and RSA (RS256) signature keys; at least one.
@@ -690,6 +706,20 @@ mod tests {
         let mut c = claims();
         c.as_object_mut().unwrap().remove("exp");
         assert!(check(&issuer, &sign(&a, h(&a), c)).is_err());
+        // `nbf` in any JSON number form counts (rounded up); not a number, the token is refused.
+        for (nbf, want) in [
+            (serde_json::json!(1_500.5), Some(1_501)),
+            (serde_json::json!(1e10), Some(10_000_000_000)),
+            (serde_json::json!(1e300), Some(i64::MAX)),
+            (serde_json::json!(1_000), Some(1_000)),
+            (serde_json::json!("1000"), None),
+            (serde_json::json!(true), None),
+        ] {
+            let mut c = claims();
+            c["nbf"] = nbf.clone();
+            let got = check(&issuer, &sign(&a, h(&a), c)).ok().map(|(_, nbf, _)| nbf);
+            assert_eq!(got, want, "{nbf}");
+        }
 
         // One key: a token without kid is accepted.
         let single = serde_json::json!({"keys": [a.jwk()]}).to_string();
