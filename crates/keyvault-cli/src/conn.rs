@@ -26,8 +26,9 @@ pub enum Output {
     Value,
 }
 
-/// Connection and output options shared by every command that talks to a vault.
-#[derive(Args, Clone, Debug)]
+/// Connection and output options shared by every command that talks to a vault. `Debug` hides the client
+/// secret.
+#[derive(Args, Clone)]
 pub struct ConnArgs {
     /// The vault's URL, e.g. https://myvault.vault.azure.net.
     #[arg(long, env = "KEYVAULT_URL", global = true, value_name = "URL")]
@@ -330,9 +331,50 @@ impl TokenCredential for Capturing {
     }
 }
 
+impl std::fmt::Debug for ConnArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnArgs")
+            .field("vault_url", &self.vault_url)
+            .field("dev_credentials", &self.dev_credentials)
+            .field("ca_file", &self.ca_file)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("authority_host", &self.authority_host)
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_local_host;
+
+    #[test]
+    fn debug_hides_the_client_secret() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            conn: super::ConnArgs,
+        }
+        let cli = Cli::parse_from([
+            "kv",
+            "--client-id",
+            "app",
+            "--client-secret",
+            "-S3cret-canary",
+        ]);
+        let shown = format!("{:?}", cli.conn);
+        assert!(!shown.contains("S3cret-canary"), "{shown}");
+        assert!(
+            shown.contains("app") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn local_hosts() {

@@ -408,9 +408,14 @@ impl Config {
         } else if location.starts_with("postgres://") || location.starts_with("postgresql://") {
             Ok(StoreBackend::Postgres(location.to_string()))
         } else {
+            // Not echoed whole: a mistyped URL (`postgres:/user:password@…`) may carry a password anywhere.
+            let start: String = location
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '-')
+                .take(20)
+                .collect();
             Err(ConfigError(format!(
-                "store must be \"sqlite\", \"sqlite:PATH\" or a postgres:// URL, not '{}'",
-                redact_url_password(location)
+                "store must be \"sqlite\", \"sqlite:PATH\" or a postgres:// URL; the one given starts with '{start}' and is not one of them"
             )))
         }
     }
@@ -788,6 +793,17 @@ mod tests {
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("store") && !err.contains("pw"), "{err}");
+        // A mistyped URL whose password the URL form does not delimit is not echoed either.
+        let c = Config {
+            store: Some(StoreLocation("postgres:/kv:CANARYPW6@x/db".into())),
+            dev: true,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("'postgres'") && !err.contains("CANARYPW6"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,16 +26,16 @@ const ALLOWED_HEADERS: &[&str] = &[
     "x-ms-retry-after-ms",
 ];
 
-/// JSON keys whose values are never logged.
-const SECRET_KEYS: &[&str] = &[
-    "value",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "client_secret",
-    "accessToken",
-    "password",
-];
+/// Whether a JSON key's value is never logged: `value`, and any key that names a secret, token, password or
+/// credential in any spelling (`client_secret`, `clientSecret`, `accessToken`, `refresh_token`, …). A pattern,
+/// not a list, so that a field added later (or an admin API's) is covered too.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key == "value"
+        || ["secret", "token", "password", "credential"]
+            .iter()
+            .any(|word| key.contains(word))
+}
 
 /// Headers as `name: value` pairs, with every header outside the allow-list shown as `REDACTED`.
 pub(crate) fn redacted_headers(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -57,7 +57,7 @@ fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                if SECRET_KEYS.contains(&k.as_str()) && !v.is_array() && !v.is_null() {
+                if is_secret_key(k) && !v.is_array() && !v.is_null() {
                     *v = serde_json::Value::String("REDACTED".into());
                 } else {
                     redact(v);
@@ -126,6 +126,14 @@ pub(crate) fn log_response(req: &Request, resp: &Response, elapsed: Duration, de
 mod tests {
     use super::*;
     use crate::http::HeaderValue;
+
+    #[test]
+    fn secret_keys_in_any_spelling_are_redacted() {
+        let b = br#"{"clientId":"app","clientSecret":"CANARY-1","secrets":[{"client_secret":"CANARY-2"}],"refreshToken":"CANARY-3","Password":"CANARY-4","nested":{"credentialValue":"CANARY-5"}}"#;
+        let s = redacted_body(b);
+        assert!(!s.contains("CANARY"), "{s}");
+        assert!(s.contains(r#""clientId":"app""#), "{s}");
+    }
 
     #[test]
     fn bodies_are_redacted() {

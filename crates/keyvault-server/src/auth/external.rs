@@ -717,7 +717,9 @@ mod tests {
         ] {
             let mut c = claims();
             c["nbf"] = nbf.clone();
-            let got = check(&issuer, &sign(&a, h(&a), c)).ok().map(|(_, nbf, _)| nbf);
+            let got = check(&issuer, &sign(&a, h(&a), c))
+                .ok()
+                .map(|(_, nbf, _)| nbf);
             assert_eq!(got, want, "{nbf}");
         }
 

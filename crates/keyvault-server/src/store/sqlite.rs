@@ -274,6 +274,7 @@ impl SqliteStore {
     pub fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let cache_bytes = options.cache_bytes;
         let lock = lock_database(path)?;
+        make_private(path)?;
         let mut conn = open_writer_with(path, options.buffer_wal_writes)?;
         migrate(&mut conn)?;
         // The writer's statements prepare on this schema (checked here, where an error can be returned).
@@ -704,6 +705,53 @@ impl SecretStore for SqliteStore {
 
 /// Lock `DB.lock` exclusively (an advisory `flock`, released by the kernel if the process dies): a second
 /// server on the same database would make the other's cache stale, so it is refused.
+/// The database file readable and writable by its owner only, created so when new (SQLite gives its log and
+/// shared-memory files the database file's mode). Values are sealed, but names, tags, content types and dates
+/// are not, and a data directory that already existed may let others in. A file in the store's place that is
+/// not a regular file (a device, `/dev/null`), or that this process may not change, is left as it is.
+fn make_private(path: &Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let fail = |e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                for file in [
+                    path.to_path_buf(),
+                    sibling(path, "-wal"),
+                    sibling(path, "-shm"),
+                ] {
+                    if let Ok(meta) = std::fs::metadata(&file)
+                        && meta.is_file()
+                        && meta.permissions().mode() & 0o077 != 0
+                        && let Err(e) =
+                            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot make the file private");
+                    }
+                }
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Ok(())
+}
+
+/// `path` with `suffix` appended to its file name (`vault.db` → `vault.db-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");

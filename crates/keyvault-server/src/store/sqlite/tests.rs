@@ -2061,3 +2061,36 @@ async fn purged_bytes_are_overwritten() {
     }
     assert!(find(b"keep-19"), "the other secrets are there");
 }
+
+/// The database and its log are readable by their owner only: new ones are made so, and an existing one that
+/// others could read is made private when the store opens.
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .put_version("v", row("a", &version(1), 1))
+        .await
+        .unwrap();
+    for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    store.close().await;
+    drop(store);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(
+        store
+            .get_version("v", "a", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "a"
+    );
+}
