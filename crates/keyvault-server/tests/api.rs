@@ -332,6 +332,9 @@ async fn bad_input_gets_key_vault_errors() {
         // Dates past year 9999 (or before year 1): no client could list the secret.
         json!({"value": "s3cret-sentinel", "attributes": {"exp": 253_402_300_800i64}}),
         json!({"value": "s3cret-sentinel", "attributes": {"nbf": i64::MIN}}),
+        // NUL: PostgreSQL's text cannot hold it, so neither store takes it.
+        json!({"value": "s3cret-sentinel", "contentType": "a\u{0}b"}),
+        json!({"value": "s3cret-sentinel", "tags": {"k": "v\u{0}"}}),
         json!({"nope": 1}),
         json!([1, 2]),
         // serde would read a struct from an array of its fields: not a Key Vault body.

@@ -424,6 +424,18 @@ fn check_value(value: &SecretString) -> VaultResult<()> {
 }
 
 pub(crate) fn check_attributes(attrs: &SecretAttributesInput) -> VaultResult<()> {
+    // A NUL character: PostgreSQL's text cannot hold one, so neither store takes it (the same answer on both).
+    let has_nul = |s: &str| s.contains('\0');
+    if attrs.content_type.as_deref().is_some_and(has_nul)
+        || attrs
+            .tags
+            .as_ref()
+            .is_some_and(|t| t.iter().any(|(k, v)| has_nul(k) || has_nul(v)))
+    {
+        return Err(VaultError::BadParameter(
+            "The content type and tags cannot contain a NUL character (U+0000).".to_string(),
+        ));
+    }
     if let Some(ct) = &attrs.content_type
         && ct.chars().count() > rules::MAX_CONTENT_TYPE_CHARS
     {

@@ -441,8 +441,9 @@ async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResu
                     })
                     .collect());
             }
-            // One set's fault (a version id its name has) or a rollback: each on its own below.
-            Err(e) if is_unique_violation(&e) || is_rollback(&e) => {
+            // One set's fault (a version id its name has, or data the database refuses, class 22) or a
+            // rollback: each on its own below, so that the others are not failed with it.
+            Err(e) if is_unique_violation(&e) || is_rollback(&e) || is_data_exception(&e) => {
                 tracing::debug!(sets = batch.len(), error = %super::describe(&e), "a batch of sets failed; writing them one by one");
             }
             Err(e) => return Err(e.into()),
@@ -459,6 +460,12 @@ async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResu
         answers.push(answer);
     }
     Ok(answers)
+}
+
+/// A data exception (class 22: a value the database cannot hold, such as a NUL character in text), which is
+/// one set's and not the batch's.
+fn is_data_exception(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22"))
 }
 
 /// A transaction rollback (class 40: serialization failure, deadlock), which running again may not repeat.

@@ -1251,6 +1251,40 @@ async fn a_failing_set_in_a_batch_fails_alone() {
     store.close().await;
 }
 
+/// A set whose data the database refuses (a NUL character, which PostgreSQL text cannot hold; the vault
+/// refuses it earlier, this is the store's own guard) fails alone, not the sets batched with it.
+#[tokio::test]
+async fn a_set_the_database_refuses_fails_alone() {
+    let Some((_pg, store)) =
+        open_or_skip("store::postgres::a_set_the_database_refuses_fails_alone").await
+    else {
+        return;
+    };
+    let v = "vault";
+    let mut sets: Vec<VersionRow> = (0..10)
+        .map(|i| row(&format!("fine-{i}"), unique_version(2, i), 1))
+        .collect();
+    let mut bad = row("nul", unique_version(3, 0), 1);
+    bad.content_type = Some("a\u{0}b".into());
+    sets.insert(4, bad);
+    let answers = join_all(
+        sets.iter()
+            .map(|r| store.put_version(v, r.clone()))
+            .collect(),
+    )
+    .await;
+    for (set, answer) in sets.iter().zip(&answers) {
+        if set.name == "nul" {
+            assert!(answer.is_err(), "{answer:?}");
+        } else {
+            assert!(answer.is_ok(), "{}: {answer:?}", set.name);
+            let latest = store.get_version(v, &set.name, None).await.unwrap();
+            assert_eq!(latest.as_ref(), Some(set));
+        }
+    }
+    store.close().await;
+}
+
 /// A queued set whose caller went away before its batch started (the client disconnected) is never written.
 #[tokio::test]
 async fn a_set_abandoned_before_its_batch_is_not_written() {
