@@ -271,6 +271,41 @@ async fn bad_tokens_get_401_with_the_challenge() {
             "{what} must be refused"
         );
     }
+    // A well-signed token for another resource gets Key Vault's text naming both audiences; others the generic one.
+    let other_resource = s.token(json!({"aud": "https://management.azure.com/"}));
+    let resp = s
+        .http
+        .get(format!("{}/secrets?api-version=7.6", s.lv.vault_url()))
+        .header("authorization", format!("Bearer {other_resource}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        format!(
+            "AKV10022: Invalid audience. Expected {aud}, found: https://management.azure.com/."
+        )
+    );
+    let resp = s
+        .http
+        .get(format!("{}/secrets?api-version=7.6", s.lv.vault_url()))
+        .header(
+            "authorization",
+            format!(
+                "Bearer {}",
+                s.token(json!({"exp": now - 120, "iat": now - 4000, "nbf": now - 4000}))
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "AKV10000: Request is missing a Bearer or PoP token."
+    );
     // A token too big for the server's header limit is refused before it reaches the verifier.
     let status = s.status(&"a".repeat(20_000)).await;
     assert!(

@@ -296,6 +296,43 @@ fn unauthorized() -> ApiError {
     )
 }
 
+/// The 401 for a presented token that was refused. A token whose signature holds but whose audience is not
+/// this vault's gets Key Vault's own text for it (`AKV10022`, naming both), the usual mistake (a token asked
+/// for another resource's scope); every other reason gets the generic `AKV10000` text.
+fn refused(e: &crate::auth::AuthError, token: &[u8], challenge: &HeaderValue) -> ApiError {
+    if !matches!(e, crate::auth::AuthError::InvalidToken("wrong audience")) {
+        return unauthorized();
+    }
+    let expected = challenge
+        .to_str()
+        .ok()
+        .and_then(|c| c.split("resource=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default();
+    let found = token_audience(token).unwrap_or_else(|| "none".to_string());
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        format!("AKV10022: Invalid audience. Expected {expected}, found: {found}."),
+    )
+}
+
+/// The `aud` claim of a token whose signature was checked (its first, if a list), if it is short printable
+/// text: it is the client's own claim, shown back to help it ask for the right scope.
+fn token_audience(token: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split(|&b| b == b'.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let aud = match &claims["aud"] {
+        serde_json::Value::Array(list) => list.first()?.as_str()?,
+        v => v.as_str()?,
+    };
+    (aud.len() <= 200 && aud.bytes().all(|b| b.is_ascii_graphic())).then(|| aud.to_string())
+}
+
 /// The bearer token of a request, if it carries one, as bytes: `handle` checks that it is text only when it
 /// is not in the token cache.
 fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
@@ -549,7 +586,7 @@ async fn handle(
             Err(_) => Err(crate::auth::AuthError::InvalidToken("malformed token")),
         },
     };
-    let principal = verified.map_err(|_| unauthorized())?;
+    let principal = verified.map_err(|e| refused(&e, token, &state.challenge))?;
     let who: &str = &principal.id;
     rec.principal = Some(principal.id.clone());
 
