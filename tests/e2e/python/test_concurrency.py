@@ -132,6 +132,7 @@ def test_mixed_random_load_has_no_server_errors(raw):
     # every name ends in a coherent state: live xor deleted xor absent
     for n in names:
         live = raw.request("GET", f"/secrets/{n}/versions").json()["value"]
+        # 403: deleted, its latest version disabled (Key Vault refuses to show it, as a GET of the version)
         deleted = raw.request("GET", f"/deletedsecrets/{n}").status_code
-        assert deleted in (200, 404)
-        assert not (live and deleted == 200), f"{n} is both live and deleted"
+        assert deleted in (200, 403, 404)
+        assert not (live and deleted in (200, 403)), f"{n} is both live and deleted"
