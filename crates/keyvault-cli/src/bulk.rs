@@ -344,7 +344,6 @@ fn read_input(path: &Path) -> CliResult<(Vec<u8>, String)> {
     }
 }
 
-/// The entries of an import file, each a value or a per-item error.
 /// A JSON object's members in the order the file has them (a `serde_json::Map` sorts them by name, which would
 /// make "the last value wins" depend on the names' order instead of the file's).
 struct InOrder(Vec<(String, serde_json::Value)>);
@@ -372,6 +371,7 @@ impl<'de> serde::Deserialize<'de> for InOrder {
     }
 }
 
+/// The entries of an import file, each a value or a per-item error.
 fn parse_input(
     text: &str,
     format: Format,
@@ -787,9 +787,8 @@ mod tests {
     /// What `source` in a real shell makes of an exported line: the value, byte for byte.
     #[test]
     fn env_lines_source_in_a_shell() {
-        let dir = std::env::temp_dir().join(format!("kv-env-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("out.env");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.env");
         for v in [
             "plain",
             "",
@@ -813,7 +812,6 @@ mod tests {
                 vec![("K_1".to_string(), v.to_string())]
             );
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -840,21 +838,19 @@ mod tests {
     #[test]
     fn an_overwritten_file_is_made_private() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("kv-private-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("old.json");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("old.json");
         std::fs::write(&file, "a much longer old content than the new one").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_private(&file, b"new").unwrap();
         let meta = std::fs::metadata(&file).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
-        let fresh = dir.join("fresh.json");
+        let fresh = dir.path().join("fresh.json");
         write_private(&fresh, b"x").unwrap();
         assert_eq!(
             std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

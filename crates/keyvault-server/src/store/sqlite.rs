@@ -703,8 +703,6 @@ impl SecretStore for SqliteStore {
 // ---------------------------------------------------------------------------------------------------------
 // Connections and schema
 
-/// Lock `DB.lock` exclusively (an advisory `flock`, released by the kernel if the process dies): a second
-/// server on the same database would make the other's cache stale, so it is refused.
 /// The database file readable and writable by its owner only, created so when new (SQLite gives its log and
 /// shared-memory files the database file's mode). Values are sealed, but names, tags, content types and dates
 /// are not, and a data directory that already existed may let others in. A file in the store's place that is
@@ -752,10 +750,10 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Lock `DB.lock` exclusively (an advisory `flock`, released by the kernel if the process dies): a second
+/// server on the same database would make the other's cache stale, so it is refused.
 fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
+    let lock_path = sibling(path, ".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
