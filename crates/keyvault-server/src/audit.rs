@@ -531,6 +531,8 @@ struct Writer {
     /// Bytes in the file, including those still in `buf`.
     size: u64,
     max_bytes: u64,
+    /// Rotated files kept (0 = all).
+    keep_files: usize,
     next_seq: u64,
     /// The hash of the last line appended to `buf` (or written).
     prev: HashHex,
@@ -574,8 +576,18 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
 
 impl AuditLog {
     /// Opens (or creates, mode 0600) the audit log at `path`, continuing its chain (or that of its newest
-    /// rotated file), and starts the writer thread.
+    /// rotated file), and starts the writer thread. Every rotated file is kept.
     pub fn open(path: &Path, max_bytes: u64) -> Result<AuditLog, AuditError> {
+        Self::open_keeping(path, max_bytes, 0)
+    }
+
+    /// [`AuditLog::open`], keeping at most `keep_files` rotated files (0 = all): after each rotation the
+    /// oldest beyond that many are deleted.
+    pub fn open_keeping(
+        path: &Path,
+        max_bytes: u64,
+        keep_files: u32,
+    ) -> Result<AuditLog, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
@@ -609,6 +621,7 @@ impl AuditLog {
             file,
             size,
             max_bytes: max_bytes.max(4096),
+            keep_files: keep_files as usize,
             next_seq,
             prev: prev_hex,
             buf: Vec::with_capacity(64 * 1024),
@@ -805,6 +818,17 @@ impl Writer {
         self.file = open_append(&self.path)?;
         self.size = 0;
         self.written.2 = 0;
+        if self.keep_files > 0 {
+            // `chain_files` lists the rotated files oldest first, then the (new, empty) active file.
+            let files = chain_files(&self.path);
+            let rotated = files.len().saturating_sub(1);
+            for old in files.iter().take(rotated.saturating_sub(self.keep_files)) {
+                // A file that cannot be removed is retried at the next rotation; the chain is unaffected.
+                if let Err(e) = std::fs::remove_file(old) {
+                    tracing::warn!(file = %old.display(), error = %e, "cannot remove an old audit file");
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -1006,6 +1030,34 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 800);
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_only_the_newest_files_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open_keeping(&path, 4096, 2).unwrap();
+        for i in 0..200 {
+            log.record(record(i));
+        }
+        log.flush().await;
+        // Every line is ~300 bytes: 200 lines rotate far more than twice.
+        let files = chain_files(&path);
+        assert_eq!(files.len(), 3, "{files:?}");
+        let numbers: Vec<u64> = files[..2]
+            .iter()
+            .map(|f| f.extension().unwrap().to_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            numbers[0] > 1 && numbers[1] == numbers[0] + 1,
+            "{numbers:?}"
+        );
+        // What is left verifies, up to the last line, but no longer from the genesis.
+        let r = verify_chain(&path).unwrap();
+        assert_eq!(r.last_seq, Some(199));
+        assert!(!r.complete);
+        assert!(r.first_seq.unwrap() > 0);
+        assert_eq!(r.lines, 200 - r.first_seq.unwrap());
     }
 
     #[tokio::test]

@@ -89,6 +89,9 @@ pub struct Config {
     /// Size at which the audit log is rotated (renamed to `FILE.N`; the chain continues in the new file).
     /// Default 64 MiB.
     pub audit_max_bytes: u64,
+    /// Rotated audit files kept: after a rotation the oldest beyond this many are deleted (the chain then
+    /// starts mid-way, which [`crate::audit::verify_chain`] reports as incomplete). Default 0 = keep them all.
+    pub audit_keep_files: u32,
     /// Throttling, like Key Vault's service limits: at most this many authenticated requests per window
     /// (10 s) on this vault; more get 429 `Throttled` with `Retry-After`. Default: off. (Key Vault: 4000.)
     pub rate_limit_per_10s: Option<u32>,
@@ -370,6 +373,7 @@ impl Default for Config {
             dev_client_role: crate::auth::policy::ADMINISTRATOR.to_string(),
             audit_log: None,
             audit_max_bytes: 64 * 1024 * 1024,
+            audit_keep_files: 0,
             rate_limit_per_10s: None,
             rate_limit_create_per_10s: None,
             rate_limit_window_secs: 10,
@@ -592,6 +596,7 @@ mod tests {
             retention_days = 7
             purge_protection = true
             tenant_id = "contoso"
+            audit_keep_files = 5
             [tls]
             cert = "server.pem"
             key = "server-key.pem"
@@ -604,6 +609,8 @@ mod tests {
         assert_eq!(c.addr.port(), 9443);
         assert_eq!(c.retention_days, 7);
         assert!(c.purge_protection);
+        assert_eq!(c.audit_keep_files, 5);
+        assert_eq!(Config::default().audit_keep_files, 0);
         assert_eq!(c.clients[0].client_id, "app");
         c.validate().unwrap();
     }

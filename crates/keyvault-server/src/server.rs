@@ -359,7 +359,7 @@ impl Server {
         admin.spawn_refresher();
         let audit = match config.audit_log_path() {
             Some(path) => Some(
-                AuditLog::open(&path, config.audit_max_bytes)
+                AuditLog::open_keeping(&path, config.audit_max_bytes, config.audit_keep_files)
                     .map_err(setup("cannot open the audit log"))?,
             ),
             None => None,
