@@ -166,29 +166,15 @@ const TIME_BUF: usize = 48;
 /// Unix milliseconds as RFC 3339 UTC (`2024-05-01T12:34:56.789Z`) into a buffer, without allocating; returns
 /// the length written.
 fn rfc3339_ms_into(ms: i64, buf: &mut [u8; TIME_BUF]) -> usize {
-    let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day, hour, minute, second) =
+        crate::auth::util::utc_from_unix(ms.div_euclid(1000));
     let mut out = &mut buf[..];
     let start = out.len();
     // Cannot fail: TIME_BUF holds the longest possible text.
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
     );
     start - out.len()
 }
