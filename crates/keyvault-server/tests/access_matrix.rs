@@ -95,10 +95,21 @@ impl Harness {
 
     /// All names of a listing, following nextLinks.
     async fn list_all(&self, token: &str, path: &str) -> (StatusCode, BTreeSet<String>) {
+        let (s, names, _) = self.list_with_links(token, path).await;
+        (s, names)
+    }
+
+    /// All names of a listing and the nextLinks followed.
+    async fn list_with_links(
+        &self,
+        token: &str,
+        path: &str,
+    ) -> (StatusCode, BTreeSet<String>, Vec<String>) {
         let mut names = BTreeSet::new();
+        let mut links = Vec::new();
         let (s, mut body) = self.call(token, Method::GET, path, None).await;
         if s != StatusCode::OK {
-            return (s, names);
+            return (s, names, links);
         }
         loop {
             for item in body["value"].as_array().unwrap() {
@@ -108,11 +119,12 @@ impl Harness {
             let Some(next) = body["nextLink"].as_str() else {
                 break;
             };
+            links.push(next.to_string());
             let resp = self.http.get(next).bearer_auth(token).send().await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             body = resp.json().await.unwrap();
         }
-        (s, names)
+        (s, names, links)
     }
 }
 
@@ -345,8 +357,10 @@ async fn prefix_scopes_filter_listings_and_changes_apply_at_once() {
     for name in ["team-a", "team-b", "other", "TEAM-c"] {
         h.set(name).await;
     }
+    h.set_deleted("payroll-deleted").await;
+    h.set_deleted("team-deleted").await;
     let (id, token) = h.principal(Some((READER, "/secrets/team-*"))).await;
-    let (s, names) = h.list_all(&token, "/secrets?maxresults=1").await;
+    let (s, names, links) = h.list_with_links(&token, "/secrets?maxresults=1").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         names,
@@ -355,6 +369,25 @@ async fn prefix_scopes_filter_listings_and_changes_apply_at_once() {
             .map(String::from)
             .collect()
     );
+    // No nextLink names a secret the caller may not see (`other` sorts first: a plain cursor after the
+    // first page would be its name). Nor in the deleted listing.
+    assert!(!links.is_empty());
+    for link in &links {
+        assert!(!link.to_lowercase().contains("other"), "{link}");
+    }
+    let (s, names, links) = h
+        .list_with_links(&token, "/deletedsecrets?maxresults=1")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(names, ["team-deleted".to_string()].into_iter().collect());
+    for link in &links {
+        assert!(!link.contains("payroll"), "{link}");
+    }
+    // A cursor the caller makes up is refused: it could walk the names it may not see.
+    let (s, b) = h
+        .call(&token, Method::GET, "/secrets?$skiptoken=other", None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     // Reader: metadata only.
     let (s, b) = h
         .call(&token, Method::GET, "/secrets/team-a/versions", None)

@@ -394,6 +394,11 @@ impl Visibility {
             Visibility::Some(scopes) => scopes.iter().any(|s| s.covers(Some(name))),
         }
     }
+
+    /// Whether every name is visible.
+    pub fn is_all(&self) -> bool {
+        matches!(self, Visibility::All)
+    }
 }
 
 #[derive(Default)]

@@ -39,8 +39,10 @@ const FORMAT_V1: u8 = 1;
 const BACKUP_MAGIC: &[u8] = b"KVRSBACKUP1";
 /// HKDF info for the backup key.
 const BACKUP_INFO: &[u8] = b"keyvault-rs backup v1";
-/// HKDF salt for the backup key (fixed: the KEK is already uniformly random).
+/// HKDF salt for the keys derived from the KEK (fixed: the KEK is already uniformly random).
 const BACKUP_SALT: &[u8] = b"keyvault-rs backup salt";
+/// HKDF info for the key of listing cursors shown to callers who may not see every name.
+const CURSOR_INFO: &[u8] = b"keyvault-rs list cursor v1";
 /// Domain labels mixed into the AAD so the wrap and data encryptions can never be confused.
 const LABEL_WRAP: &[u8] = b"keyvault-rs wrap";
 const LABEL_DATA: &[u8] = b"keyvault-rs data";
@@ -522,6 +524,48 @@ impl Envelope {
         Ok(buf)
     }
 
+    /// Seals a listing cursor (the name key a page ended at) into opaque URL-safe text, bound to `kind` (which
+    /// listing it belongs to), under a key derived from the current KEK: every node sharing the KEK opens it.
+    pub fn seal_cursor(&self, kind: &str, cursor: &str) -> Result<String, CryptoError> {
+        use base64::Engine;
+        let nonce = self.nonce()?;
+        let mut buf = Vec::with_capacity(NONCE_LEN + cursor.len() + TAG_LEN);
+        buf.extend_from_slice(&nonce);
+        let mut body = cursor.as_bytes().to_vec();
+        cursor_key(self.provider.current().1)?
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kind.as_bytes()),
+                &mut body,
+            )
+            .map_err(|_| CryptoError::Decrypt)?;
+        buf.append(&mut body);
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
+    }
+
+    /// Opens a cursor made by [`Envelope::seal_cursor`] for the same `kind`; `None` if it was not (altered,
+    /// another listing's, or sealed under another KEK).
+    pub fn open_cursor(&self, kind: &str, text: &str) -> Option<String> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        let mut r = Reader(&raw);
+        let nonce = r.nonce()?;
+        let mut body = r.rest().to_vec();
+        let len = cursor_key(self.provider.current().1)
+            .ok()?
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kind.as_bytes()),
+                &mut body,
+            )
+            .ok()?
+            .len();
+        body.truncate(len);
+        String::from_utf8(body).ok()
+    }
+
     fn nonce(&self) -> Result<[u8; NONCE_LEN], CryptoError> {
         let mut n = [0u8; NONCE_LEN];
         self.rng.fill(&mut n).map_err(|_| CryptoError::Rng)?;
@@ -581,9 +625,19 @@ fn aead_key(bytes: &[u8]) -> Result<LessSafeKey, CryptoError> {
 }
 
 fn backup_key(kek: &Kek) -> Result<LessSafeKey, CryptoError> {
+    derived_key(kek, BACKUP_INFO)
+}
+
+fn cursor_key(kek: &Kek) -> Result<LessSafeKey, CryptoError> {
+    derived_key(kek, CURSOR_INFO)
+}
+
+/// An AES-256-GCM key derived from the KEK with HKDF-SHA256 for one purpose (`info`).
+fn derived_key(kek: &Kek, info: &[u8]) -> Result<LessSafeKey, CryptoError> {
     let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, BACKUP_SALT).extract(kek.bytes());
+    let info = [info];
     let okm = prk
-        .expand(&[BACKUP_INFO], &AES_256_GCM)
+        .expand(&info, &AES_256_GCM)
         .map_err(|_| CryptoError::Decrypt)?;
     Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }

@@ -654,17 +654,14 @@ async fn handle(
     match (&method, segs.as_slice()) {
         (&Method::GET, ["secrets"]) => {
             let visible = gate_list(state, who, rec, Operation::SecretList)?;
+            let allows = |name: &str| visible.allows(name);
+            let filter = (!visible.is_all()).then_some(&allows as crate::vault::Visible);
             let page = vault
-                .list(query.skiptoken.as_deref(), page_size(&query)?)
+                .list(query.skiptoken.as_deref(), page_size(&query)?, filter)
                 .await
                 .map_err(map)?;
             let result = ListResult {
-                value: page
-                    .items
-                    .into_iter()
-                    .filter(|r| visible.allows(&r.name))
-                    .map(|r| ctx.item(r, false))
-                    .collect(),
+                value: page.items.into_iter().map(|r| ctx.item(r, false)).collect(),
                 next_link: next_link("/secrets", page.next),
             };
             Ok(json_response(StatusCode::OK, &result))
@@ -775,15 +772,16 @@ async fn handle(
         }
         (&Method::GET, ["deletedsecrets"]) => {
             let visible = gate_list(state, who, rec, Operation::SecretListDeleted)?;
+            let allows = |name: &str| visible.allows(name);
+            let filter = (!visible.is_all()).then_some(&allows as crate::vault::Visible);
             let page = vault
-                .list_deleted(query.skiptoken.as_deref(), page_size(&query)?)
+                .list_deleted(query.skiptoken.as_deref(), page_size(&query)?, filter)
                 .await
                 .map_err(map)?;
             let result = ListResult {
                 value: page
                     .items
                     .into_iter()
-                    .filter(|d| visible.allows(&d.latest.name))
                     .map(|d| ctx.deleted_item(d))
                     .collect(),
                 next_link: next_link("/deletedsecrets", page.next),

@@ -248,15 +248,25 @@ impl Vault {
         Ok(Secret { row, value: None })
     }
 
-    /// Live secrets, each as its latest version, after the cursor `after`.
-    pub async fn list(&self, after: Option<&str>, limit: usize) -> VaultResult<Page<VersionRow>> {
-        let after = after.map(parse_name_cursor).transpose()?;
-        let mut rows = self
-            .store
-            .list_latest(self.vault(), after.as_deref(), limit + 1)
-            .await?;
-        let next = next_cursor(&mut rows, limit, |r| name_key(&r.name));
-        Ok(Page { items: rows, next })
+    /// Live secrets, each as its latest version, after the cursor `after`. With `visible`, only the names it
+    /// allows (see [`Vault::scan`]).
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        visible: Option<Visible<'_>>,
+    ) -> VaultResult<Page<VersionRow>> {
+        let vault = self.vault();
+        let store = &self.store;
+        self.scan(
+            "secrets",
+            after,
+            limit,
+            visible,
+            |r: &VersionRow| &r.name,
+            |after, n| async move { store.list_latest(vault, after.as_deref(), n).await },
+        )
+        .await
     }
 
     /// The versions of a live secret sorted by version id, as Key Vault lists them (oldest first for the ids
@@ -315,18 +325,103 @@ impl Vault {
         Ok(row)
     }
 
+    /// Deleted secrets after the cursor `after`; with `visible`, only the names it allows.
     pub async fn list_deleted(
         &self,
         after: Option<&str>,
         limit: usize,
+        visible: Option<Visible<'_>>,
     ) -> VaultResult<Page<DeletedRow>> {
-        let after = after.map(parse_name_cursor).transpose()?;
-        let mut rows = self
-            .store
-            .list_deleted(self.vault(), after.as_deref(), limit + 1)
-            .await?;
-        let next = next_cursor(&mut rows, limit, |r| name_key(&r.latest.name));
-        Ok(Page { items: rows, next })
+        let vault = self.vault();
+        let store = &self.store;
+        self.scan(
+            "deletedsecrets",
+            after,
+            limit,
+            visible,
+            |r: &DeletedRow| &r.latest.name,
+            |after, n| async move { store.list_deleted(vault, after.as_deref(), n).await },
+        )
+        .await
+    }
+
+    /// One page of a listing in name order. For a caller who may see every name (`visible` = `None`) the
+    /// cursor is the last name of the page, as it is. For a caller who may see only some names, hidden
+    /// names must not show through the cursor, and pages should not come back empty for every hidden name
+    /// in a row: the page is filled from up to [`SCAN_BUDGET`] rows, and the cursor is sealed (opaque,
+    /// authenticated: such a caller cannot start a listing anywhere but where a page of its own ended).
+    async fn scan<T, Fut>(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+        visible: Option<Visible<'_>>,
+        name_of: impl Fn(&T) -> &str,
+        fetch: impl Fn(Option<String>, usize) -> Fut,
+    ) -> VaultResult<Page<T>>
+    where
+        Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+    {
+        let mut after = match after {
+            None => None,
+            Some(t) => Some(match t.strip_prefix(SEALED_CURSOR) {
+                Some(sealed) => self
+                    .envelope
+                    .open_cursor(kind, sealed)
+                    .filter(|c| rules::is_valid_name(c))
+                    .ok_or_else(bad_skiptoken)?,
+                None if visible.is_none() => parse_name_cursor(t)?,
+                None => return Err(bad_skiptoken()),
+            }),
+        };
+        let Some(visible) = visible else {
+            let mut rows = fetch(after, limit + 1).await?;
+            let next = next_cursor(&mut rows, limit, |r| name_key(name_of(r)));
+            return Ok(Page { items: rows, next });
+        };
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        let batch = (limit + 1).max(SCAN_BATCH);
+        // The name key the scan stopped after, when it stopped before the end of the listing.
+        let mut stopped = None;
+        loop {
+            let rows = fetch(after.take(), batch).await?;
+            let full = rows.len() == batch;
+            scanned += rows.len();
+            let last = rows.last().map(|r| name_key(name_of(r)));
+            for row in rows {
+                if !visible(name_of(&row)) {
+                    continue;
+                }
+                if items.len() == limit {
+                    // One more visible name: there is a next page, and it starts after this page's last.
+                    let key = items.last().map(|r| name_key(name_of(r)));
+                    return Ok(Page {
+                        next: key.map(|k| self.seal_cursor(kind, &k)).transpose()?,
+                        items,
+                    });
+                }
+                items.push(row);
+            }
+            if !full {
+                break;
+            }
+            if scanned >= SCAN_BUDGET {
+                stopped = last;
+                break;
+            }
+            after = last;
+        }
+        let next = stopped.map(|k| self.seal_cursor(kind, &k)).transpose()?;
+        Ok(Page { items, next })
+    }
+
+    fn seal_cursor(&self, kind: &str, cursor: &str) -> VaultResult<String> {
+        let sealed = self
+            .envelope
+            .seal_cursor(kind, cursor)
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        Ok(format!("{SEALED_CURSOR}{sealed}"))
     }
 
     /// Make a deleted secret live again, with all its versions. Returns its latest version. A name with no
@@ -367,6 +462,15 @@ impl Vault {
         Ok(self.store.purge_expired(self.now()).await?)
     }
 }
+
+/// Which names a caller may see in a listing.
+pub type Visible<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
+/// Marks a sealed cursor (`_` is not a name character, and is URL-safe base64's).
+const SEALED_CURSOR: &str = "_";
+/// Rows a filtered listing reads per store call, and at most per page before it returns what it has.
+const SCAN_BATCH: usize = 100;
+const SCAN_BUDGET: usize = 1000;
 
 fn next_cursor<T>(
     rows: &mut Vec<T>,

@@ -188,7 +188,7 @@ async fn a_disabled_deleted_secret_is_listed_and_recovered_but_not_shown() {
     ));
     assert_eq!(v.get_deleted("lit").await.unwrap().latest.name, "lit");
     let listed: Vec<String> = v
-        .list_deleted(None, 25)
+        .list_deleted(None, 25, None)
         .await
         .unwrap()
         .items
@@ -197,4 +197,76 @@ async fn a_disabled_deleted_secret_is_listed_and_recovered_but_not_shown() {
         .collect();
     assert_eq!(listed, ["dark", "lit"]);
     assert!(!v.recover("dark").await.unwrap().enabled);
+}
+
+/// A caller who may see only some names pages through exactly those, in order, and no cursor shows a hidden
+/// name: cursors are sealed, other callers' plain cursors are refused, a cursor of one listing does not open
+/// in another, and a run of hidden names longer than the scan budget gives a short page, not a wrong one.
+#[tokio::test]
+async fn filtered_listings_show_no_hidden_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Arc::new(vault_in(dir.path(), Arc::new(SystemClock), false));
+    // Visible: app-0 … app-4; hidden names sort between and around them, and a run of more than twice the
+    // scan budget sits between app-3 and app-4.
+    let mut names: Vec<String> = (0..5).map(|i| format!("app-{i}")).collect();
+    names.extend((0..5).map(|i| format!("app-{i}-hidden")));
+    names.extend((0..2 * SCAN_BUDGET + 50).map(|i| format!("app-3-z{i:05}")));
+    names.push("zz-payroll".into());
+    let mut sets = tokio::task::JoinSet::new();
+    for name in names {
+        let v = v.clone();
+        sets.spawn(async move {
+            v.set(&name, SecretString::new("v"), Default::default())
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(done) = sets.join_next().await {
+        done.unwrap();
+    }
+    let allows = |n: &str| n.starts_with("app-") && !n.contains("hidden") && !n.contains("-z");
+    let filter: Visible = &allows;
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut sizes = Vec::new();
+    loop {
+        let page = v.list(after.as_deref(), 1, Some(filter)).await.unwrap();
+        sizes.push(page.items.len());
+        seen.extend(page.items.iter().map(|r| r.name.clone()));
+        let Some(next) = page.next else { break };
+        assert!(next.starts_with('_'), "{next}");
+        assert!(
+            !next.contains("hidden") && !next.contains("payroll"),
+            "{next}"
+        );
+        after = Some(next);
+    }
+    assert_eq!(seen, ["app-0", "app-1", "app-2", "app-3", "app-4"]);
+    // One page per visible name, and an empty one (with a cursor) where a whole scan budget was hidden.
+    assert_eq!(sizes, [1, 1, 1, 1, 0, 1]);
+
+    // A caller who sees everything gets plain cursors; the restricted caller cannot use one.
+    let all = v.list(None, 2, None).await.unwrap();
+    let plain = all.next.unwrap();
+    assert_eq!(plain, "app-0-hidden");
+    assert!(matches!(
+        v.list(Some(&plain), 1, Some(filter)).await,
+        Err(VaultError::BadParameter(_))
+    ));
+    // A sealed cursor opens only in its own listing, and not once altered.
+    let sealed = v.list(None, 1, Some(filter)).await.unwrap().next.unwrap();
+    assert!(v.list(Some(&sealed), 1, None).await.is_ok());
+    assert!(matches!(
+        v.list_deleted(Some(&sealed), 1, Some(filter)).await,
+        Err(VaultError::BadParameter(_))
+    ));
+    let mut bent = sealed.clone().into_bytes();
+    let at = bent.len() - 3;
+    bent[at] = if bent[at] == b'A' { b'B' } else { b'A' };
+    let bent = String::from_utf8(bent).unwrap();
+    assert!(matches!(
+        v.list(Some(&bent), 1, Some(filter)).await,
+        Err(VaultError::BadParameter(_))
+    ));
 }
