@@ -15,7 +15,7 @@ pub mod recovery;
 pub mod rules;
 pub mod secret;
 
-pub use api_version::ApiVersion;
+pub use api_version::{ApiVersion, UnknownApiVersion};
 pub use id::{SecretId, SecretIdError};
 pub use recovery::DeletionRecoveryLevel;
 pub use secret::SecretString;

@@ -134,6 +134,35 @@ where
 pub type SecretListResult = ListResult<SecretItem>;
 pub type DeletedSecretListResult = ListResult<DeletedSecretItem>;
 
+/// An optional struct read from a JSON object (or `null`) only. serde's derive also reads a struct from an
+/// array of its fields in order, so `"attributes": [false]` would disable a secret; Key Vault refuses it.
+fn object_only<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectOnly<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_option(ObjectOnly(std::marker::PhantomData))
+}
+
 /// Body of `PUT /secrets/{name}`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,7 +172,11 @@ pub struct SecretSetParameters {
     pub tags: Option<Tags>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object_only"
+    )]
     pub attributes: Option<SecretAttributes>,
 }
 
@@ -164,7 +197,11 @@ impl fmt::Debug for SecretSetParameters {
 pub struct SecretUpdateParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object_only"
+    )]
     pub attributes: Option<SecretAttributes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Tags>,
@@ -224,6 +261,35 @@ impl ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_are_read_from_an_object_only() {
+        let p: SecretSetParameters =
+            serde_json::from_str(r#"{"value":"x","attributes":{"enabled":false,"exp":5}}"#)
+                .unwrap();
+        let a = p.attributes.unwrap();
+        assert_eq!((a.enabled, a.exp), (Some(false), Some(5)));
+        for absent in [r#"{"value":"x"}"#, r#"{"value":"x","attributes":null}"#] {
+            let p: SecretSetParameters = serde_json::from_str(absent).unwrap();
+            assert!(p.attributes.is_none());
+        }
+        for bad in [
+            r#"{"value":"x","attributes":[false,5,2000000000]}"#,
+            r#"{"value":"x","attributes":[]}"#,
+            r#"{"value":"x","attributes":"enabled"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<SecretSetParameters>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            serde_json::from_str::<SecretUpdateParameters>(r#"{"attributes":[true]}"#).is_err()
+        );
+        let p: SecretUpdateParameters =
+            serde_json::from_str(r#"{"attributes":{"enabled":true}}"#).unwrap();
+        assert_eq!(p.attributes.unwrap().enabled, Some(true));
+    }
 
     #[test]
     fn parses_real_set_response() {
