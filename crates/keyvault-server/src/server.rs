@@ -27,6 +27,8 @@ pub const KEK_ENV: &str = "KEYVAULT_KEK";
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a client may send without being answered: a request trickled byte by byte is cut off.
+/// The most a request's headers may take (64 KiB: a bearer token with many group claims fits).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -463,7 +465,13 @@ impl Server {
         raise_open_file_limit();
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http2().max_concurrent_streams(256);
+        // The same header budget on both protocols (hyper's defaults differ: about 400 KiB on HTTP/1.1, 16 KiB
+        // on HTTP/2), so a large token works or fails alike whichever protocol the client negotiated.
+        builder
+            .http2()
+            .max_concurrent_streams(256)
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        builder.http1().max_buf_size(MAX_HEADER_BYTES);
         // Quiet connections, and clients that trickle a request without ever completing it, are cut off by
         // `IdleIo` (one timer per connection). hyper's own `header_read_timeout` would do the second for
         // HTTP/1.1 too, but makes and drops a timer for every request: 2.8 % of a GET's instructions.

@@ -92,17 +92,7 @@ struct DefineRole {
 async fn optional_json<T: serde::de::DeserializeOwned + Default>(
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                format!(
-                    "The request body is larger than the limit of {MAX_ADMIN_BODY_BYTES} bytes."
-                ),
-            )
-        })?;
+    let bytes = super::read_body(body, MAX_ADMIN_BODY_BYTES).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

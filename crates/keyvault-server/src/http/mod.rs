@@ -344,19 +344,14 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
 fn vault_url(uri: &http::Uri, headers: &HeaderMap) -> Result<String, ApiError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
     let host = match uri.authority() {
         Some(a) => a.as_str(),
-        None => headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default(),
+        None => first.and_then(|h| h.to_str().ok()).unwrap_or_default(),
     };
-    let ok = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
-    if !ok {
+    // RFC 9112 §3.2: more than one Host line, or an invalid one, is a 400.
+    if second.is_some() || !valid_host(host) {
         return Err(ApiError::bad_parameter(
             "The request has a missing or invalid Host header.",
         ));
@@ -366,6 +361,33 @@ fn vault_url(uri: &http::Uri, headers: &HeaderMap) -> Result<String, ApiError> {
     url.push_str(host);
     url.make_ascii_lowercase();
     Ok(url)
+}
+
+/// `host[:port]` as a client may send it: a name of letters, digits, `-`, `.`, `_` or `~`, or an IPv6
+/// address in brackets, then at most a port number.
+fn valid_host(host: &str) -> bool {
+    let (name_ok, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, after)) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), after),
+            None => return false,
+        },
+        None => {
+            let (name, port) = match host.find(':') {
+                Some(i) => host.split_at(i),
+                None => (host, ""),
+            };
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+            (ok, port)
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
+    };
+    host.len() <= 255 && name_ok && port_ok
 }
 
 /// The query parameters the API reads, percent-decoded in names and values (JS sends `api%2Dversion`).
@@ -411,9 +433,10 @@ fn api_version(q: &Query) -> Result<ApiVersion, ApiError> {
         None | Some("") => Err(ApiError::bad_parameter(
             "The 'api-version' query parameter is required. Consider using the latest supported version (2026-04-01).",
         )),
-        Some(v) => v
-            .parse::<ApiVersion>()
-            .map_err(|e| ApiError::bad_parameter(e.to_string())),
+        // The version is echoed in the message: bounded and printable, like every echoed input.
+        Some(v) => v.parse::<ApiVersion>().map_err(|_| {
+            ApiError::bad_parameter(keyvault_types::UnknownApiVersion(printable(v)).to_string())
+        }),
     }
 }
 
@@ -459,14 +482,49 @@ fn path_segments<'a>(path: &'a str, decoded: &'a mut Vec<Cow<'a, str>>) -> Vec<&
     segs
 }
 
-async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// The most of an oversized body read (and dropped) before its 413 is sent.
+const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A request body of at most `limit` bytes. A larger one gets 413, sent once the client has sent the body
+/// (up to [`DRAIN_MAX_BYTES`]), not while it still sends: over HTTP/1.1 a server that closes a connection
+/// with unread request bytes resets it, and the client then never sees the 413 (an SDK sees a broken
+/// connection). A declared length over the limit is refused before any of the body is read (no
+/// `100 Continue`) when the body is too large to drain. A body that breaks off or is badly framed gets 400.
+pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestEntityTooLarge",
             format!("The request body is larger than the limit of {limit} bytes."),
         )
-    })?;
+    };
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_MAX_BYTES) {
+            while let Some(Ok(_)) = body.frame().await {}
+        }
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(too_large())
+            } else {
+                Err(ApiError::bad_parameter(
+                    "The request body could not be read.",
+                ))
+            }
+        }
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
     // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(ApiError::bad_parameter("The request body is missing.")),
@@ -644,7 +702,8 @@ async fn handle(
     let next_link = |path: &str, token: Option<String>| {
         token.map(|t| {
             let mut link = format!("{base}{path}?api-version={api_version}&$skiptoken={t}");
-            if let Some(n) = query.maxresults.as_deref() {
+            // The number as parsed, not as sent (`%2B2` arrives as `+2`, which a client would send as a space).
+            if let (Some(_), Ok(n)) = (&query.maxresults, page_size(&query)) {
                 link.push_str(&format!("&maxresults={n}"));
             }
             link
@@ -883,6 +942,31 @@ fn decode_blob(value: &str) -> Result<Vec<u8>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_checked_and_one_is_required() {
+        for good in [
+            "myvault.localhost:8443",
+            "127.0.0.1:443",
+            "kv.vault.azure.net",
+            "[::1]:8443",
+            "[::1]",
+            "under_score~x",
+        ] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in [
+            "", ":::", "a]b[:", "[::1", "[zz]:1", "a:b", "a:123456", "a b", "a/b", "a@b", ":80",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+        let uri: http::Uri = "/secrets".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append(header::HOST, HeaderValue::from_static("a.example"));
+        assert_eq!(vault_url(&uri, &headers).unwrap(), "https://a.example");
+        headers.append(header::HOST, HeaderValue::from_static("b.example"));
+        assert!(vault_url(&uri, &headers).is_err());
+    }
 
     #[test]
     fn segments_decode_and_drop_one_trailing_slash() {
