@@ -1015,3 +1015,33 @@ async fn responses_look_like_key_vault() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// Within the limits on a value (25,600 bytes) a secret's versions can make a backup larger than a restore
+/// accepts (JSON writes a control character in six bytes): the backup is refused with 400, and the secret stays.
+#[tokio::test]
+async fn a_backup_too_large_to_restore_is_refused() {
+    let v = Vault::start().await;
+    let value = "\u{1}".repeat(25_600);
+    // 25,600 × 6 bytes of JSON a version: 170 of them make about 26 MB before encryption.
+    for _ in 0..170 {
+        v.set("wide", json!({ "value": value })).await;
+    }
+    let (s, b) = v.call(Method::POST, "/secrets/wide/backup", None).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "BadParameter");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than the 25165824 bytes a restore accepts"),
+        "{b}"
+    );
+    let (s, _) = v.call(Method::GET, "/secrets/wide", None).await;
+    assert_eq!(s, StatusCode::OK);
+    // A smaller one of the same kind backs up, and its text fits the restore limit.
+    for _ in 0..3 {
+        v.set("narrow", json!({ "value": value })).await;
+    }
+    let (s, b) = v.call(Method::POST, "/secrets/narrow/backup", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b["value"].as_str().unwrap().len() < keyvault_server::http::MAX_RESTORE_BODY_BYTES);
+}

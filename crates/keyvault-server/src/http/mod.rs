@@ -39,8 +39,9 @@ use wire::WireContext;
 
 /// Largest body of a set or update request.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-/// Largest body of a restore request (a backup of up to 500 versions of 25 KB).
-pub const MAX_RESTORE_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Largest body of a restore request: the base64 text of the largest backup blob, and room for the JSON around it.
+pub const MAX_RESTORE_BODY_BYTES: usize =
+    crate::vault::MAX_BACKUP_BLOB_BYTES.div_ceil(3) * 4 + 1024;
 
 /// What the vault routes share.
 pub struct HttpState {

@@ -11,6 +11,9 @@ use keyvault_types::rules::{self, name_key};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+/// The largest backup blob made and restored. Within the limits on values (25 KB) and tags, 500 versions can
+/// exceed it (JSON escapes a control character in six bytes), so the size is checked, not assumed.
+pub const MAX_BACKUP_BLOB_BYTES: usize = 24 * 1024 * 1024;
 const FORMAT: &str = "keyvault-rs/secret-backup/1";
 
 #[derive(Serialize, Deserialize)]
@@ -82,9 +85,19 @@ impl Vault {
         let mut json = Zeroizing::new(Vec::with_capacity(size + 64));
         serde_json::to_writer(&mut *json, &payload)
             .map_err(|e| VaultError::Internal(e.to_string()))?;
-        self.envelope
+        let blob = self
+            .envelope
             .seal_backup(&json)
-            .map_err(|e| VaultError::Internal(e.to_string()))
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        // A backup that restore would refuse is no backup: refuse it now, while the secret still exists.
+        if blob.len() > MAX_BACKUP_BLOB_BYTES {
+            return Err(VaultError::BadParameter(format!(
+                "The backup of secret {name} would be {} bytes, more than the {MAX_BACKUP_BLOB_BYTES} bytes \
+                 a restore accepts.",
+                blob.len()
+            )));
+        }
+        Ok(blob)
     }
 
     /// Recreate a secret, with all its versions and their original ids, from a backup blob.

@@ -4,6 +4,7 @@
 //! [`crate::crypto::Envelope`] before they reach the [`SecretStore`] and opened only on the way out.
 
 mod backup;
+pub use backup::MAX_BACKUP_BLOB_BYTES;
 pub mod clock;
 mod version_id;
 
