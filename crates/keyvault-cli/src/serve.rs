@@ -151,7 +151,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is first
 /// polled, so a signal that arrives right after start-up (e.g. once dev-credentials.json is written)
-/// still shuts the server down gracefully.
+/// still shuts the server down gracefully. A second signal while the server drains (which waits up to 10 s
+/// for requests in flight) ends the process at once, with exit code 130: what was acknowledged is already on
+/// disk, as after a crash.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int =
@@ -163,6 +165,14 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
             _ = int.recv() => {},
             _ = term.recv() => {},
         }
-        tracing::info!("shutting down");
+        tracing::info!("shutting down (a second signal stops at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            tracing::warn!("second signal: stopping without waiting for requests in flight");
+            std::process::exit(130);
+        });
     })
 }

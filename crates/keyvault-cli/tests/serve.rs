@@ -628,34 +628,7 @@ async fn oversized_and_broken_bodies_get_their_answers() {
     let (mut child, addr) = start(&dev_args(&data));
     let creds_path = data.join("dev-credentials.json");
     wait_for_dev_credentials(&creds_path, &addr);
-    let creds: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&creds_path).unwrap()).unwrap();
-    let ca = std::fs::read(creds["ca_cert"].as_str().unwrap()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(keyvault_server::tls::client_config_trusting(&ca).unwrap())
-        .build()
-        .unwrap();
-    let port = addr.rsplit(':').next().unwrap();
-    let form = form_urlencoded::Serializer::new(String::new())
-        .append_pair("grant_type", "client_credentials")
-        .append_pair("client_id", creds["client_id"].as_str().unwrap())
-        .append_pair("client_secret", creds["client_secret"].as_str().unwrap())
-        .append_pair("scope", &format!("https://localhost:{port}/.default"))
-        .finish();
-    let token: serde_json::Value = http
-        .post(format!(
-            "https://{addr}/{}/oauth2/v2.0/token",
-            creds["tenant_id"].as_str().unwrap()
-        ))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap().to_string();
+    let (ca, token, http) = dev_token(&creds_path, &addr).await;
 
     let answer = |request: Vec<u8>| {
         let mut stream = tls_connection(&ca, &addr);
@@ -730,4 +703,78 @@ async fn oversized_and_broken_bodies_get_their_answers() {
     sigterm(&child);
     let exit = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)));
     assert!(exit.await.unwrap().success());
+}
+
+/// The dev server's CA, a token for its client, and the HTTPS client that fetched it (keep it alive).
+async fn dev_token(creds_path: &std::path::Path, addr: &str) -> (Vec<u8>, String, reqwest::Client) {
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(creds_path).unwrap()).unwrap();
+    let ca = std::fs::read(creds["ca_cert"].as_str().unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(keyvault_server::tls::client_config_trusting(&ca).unwrap())
+        .build()
+        .unwrap();
+    let port = addr.rsplit(':').next().unwrap();
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_id", creds["client_id"].as_str().unwrap())
+        .append_pair("client_secret", creds["client_secret"].as_str().unwrap())
+        .append_pair("scope", &format!("https://localhost:{port}/.default"))
+        .finish();
+    let token: serde_json::Value = http
+        .post(format!(
+            "https://{addr}/{}/oauth2/v2.0/token",
+            creds["tenant_id"].as_str().unwrap()
+        ))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+    (ca, token, http)
+}
+
+/// SIGTERM waits for a request in flight (here one whose body never arrives, up to the 10-s drain); a second
+/// signal ends the process at once, with exit code 130.
+#[tokio::test]
+async fn a_second_signal_stops_at_once() {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let (mut child, addr) = start(&dev_args(&data));
+    let creds_path = data.join("dev-credentials.json");
+    wait_for_dev_credentials(&creds_path, &addr);
+    let (ca, token, _http) = dev_token(&creds_path, &addr).await;
+    let mut stuck = tls_connection(&ca, &addr);
+    let head = format!(
+        "PUT /secrets/s?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"val"
+    );
+    stuck.write_all(head.as_bytes()).unwrap();
+    stuck.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the first signal waits for the request"
+    );
+    let second = Instant::now();
+    sigterm(&child);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+            .await
+            .unwrap();
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        second.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "{status:?} {:?}", status.signal());
+    drop(stuck);
 }

@@ -561,10 +561,18 @@ impl Config {
                 "tenant_id must be 1-64 characters of 0-9, a-z, A-Z, '-' and '.'".to_string(),
             ));
         }
-        if self.token_lifetime_secs < 600 {
-            return Err(ConfigError(
-                "token_lifetime_secs must be at least 600".to_string(),
-            ));
+        // Entra ID's own range for access tokens: 10 minutes to a day.
+        if !(600..=86_400).contains(&self.token_lifetime_secs) {
+            return Err(ConfigError(format!(
+                "token_lifetime_secs must be from 600 to 86400, not {}",
+                self.token_lifetime_secs
+            )));
+        }
+        if !(1..=86_400).contains(&self.sweep_interval_secs) {
+            return Err(ConfigError(format!(
+                "sweep_interval_secs must be from 1 to 86400, not {}",
+                self.sweep_interval_secs
+            )));
         }
         if !self.dev && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return Err(ConfigError(
@@ -645,6 +653,9 @@ mod tests {
             "dev = true\nmmap_mib = 2048",
             "dev = true\naudit_max_bytes = 4096",
             "dev = true\nidle_timeout_secs = 0",
+            "dev = true\ntoken_lifetime_secs = 9223372036854775807",
+            "dev = true\ntoken_lifetime_secs = 599",
+            "dev = true\nsweep_interval_secs = 0",
         ] {
             let c = Config::from_toml(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");
