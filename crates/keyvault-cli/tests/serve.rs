@@ -628,7 +628,7 @@ async fn oversized_and_broken_bodies_get_their_answers() {
     let (mut child, addr) = start(&dev_args(&data));
     let creds_path = data.join("dev-credentials.json");
     wait_for_dev_credentials(&creds_path, &addr);
-    let (ca, token, http) = dev_token(&creds_path, &addr).await;
+    let (ca, token, _http) = dev_token(&creds_path, &addr).await;
 
     let answer = |request: Vec<u8>| {
         let mut stream = tls_connection(&ca, &addr);
