@@ -39,22 +39,18 @@ impl AdminError {
             AdminError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", m),
             AdminError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
             AdminError::BadParameter(m) => ApiError::bad_parameter(m),
-            AdminError::Unavailable(cause) => {
-                tracing::warn!(%cause, "admin API: storage unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "The service is temporarily unavailable. Please retry the request.",
-                )
-            }
-            AdminError::Internal(cause) => {
-                tracing::error!(%cause, "admin API internal error");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalServerError",
-                    "The server encountered an internal error. Please retry the request.",
-                )
-            }
+            AdminError::Unavailable(cause) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable. Please retry the request.",
+            )
+            .with_cause(format!("admin API: {cause}")),
+            AdminError::Internal(cause) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "The server encountered an internal error. Please retry the request.",
+            )
+            .with_cause(format!("admin API: {cause}")),
         }
     }
 }

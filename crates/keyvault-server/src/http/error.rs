@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (throttling).
     pub retry_after: Option<u64>,
+    /// For a 5xx: what went wrong inside, for the server's log (logged with the request's id where the
+    /// request is answered, never sent to the client).
+    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -26,7 +29,14 @@ impl ApiError {
             inner: None,
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
+    }
+
+    /// With the internal cause the server logs.
+    pub fn with_cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self
     }
 
     pub fn bad_parameter(message: impl Into<String>) -> Self {
@@ -148,22 +158,18 @@ impl ApiError {
                 "Backup blob contains invalid or corrupt version.",
             ),
             VaultError::BadParameter(message) => ApiError::bad_parameter(message),
-            VaultError::Unavailable(cause) => {
-                tracing::warn!(%cause, "storage unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "The service is temporarily unavailable. Please retry.",
-                )
-            }
-            VaultError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalServerError",
-                    "The server encountered an internal error. Please retry the request.",
-                )
-            }
+            VaultError::Unavailable(cause) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable. Please retry.",
+            )
+            .with_cause(cause),
+            VaultError::Internal(cause) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "The server encountered an internal error. Please retry the request.",
+            )
+            .with_cause(cause),
         }
     }
 }

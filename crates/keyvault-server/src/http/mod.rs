@@ -156,7 +156,18 @@ pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) ->
     let mut record = AuditRecord::new(request_id.as_str().to_owned());
     let mut resp = match handle(&state, req, &mut record).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // With the id the client got (`x-ms-request-id`) and the audit log has: the three line up.
+            if let Some(cause) = &e.cause {
+                let id = request_id.as_str();
+                if e.status == StatusCode::SERVICE_UNAVAILABLE {
+                    tracing::warn!(request_id = id, %method, %cause, "storage unavailable");
+                } else {
+                    tracing::error!(request_id = id, %method, %cause, "internal error");
+                }
+            }
+            e.into_response()
+        }
     };
     let status = resp.status();
     if let Some(audit) = &state.audit {
@@ -174,7 +185,7 @@ pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) ->
     }
     decorate(headers, client_request_id, request_id.header_value());
     if let Some(uri) = uri {
-        tracing::debug!(%method, path = uri.path(), status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+        tracing::debug!(request_id = request_id.as_str(), %method, path = uri.path(), status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     }
     resp
 }
