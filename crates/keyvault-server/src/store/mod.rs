@@ -187,9 +187,8 @@ pub trait SecretStore: Send + Sync + 'static {
         Ok(true)
     }
     /// Is this store shared by several nodes? Then it keeps, for all of them, the access-control document
-    /// (what the admin API made: principals, their secret hashes, role assignments, custom roles) and the
-    /// key check. A store private to one node answers false, and the node keeps the document in its data
-    /// directory.
+    /// (what the admin API made: principals, their secret hashes, role assignments, custom roles). A store
+    /// private to one node answers false, and the node keeps the document in its data directory.
     fn is_shared(&self) -> bool {
         false
     }
@@ -202,17 +201,16 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn access_revision(&self) -> StoreResult<i64> {
         Ok(0)
     }
-    /// A small value kept for every node sharing this store (e.g. [`KEY_CHECK`]); None if absent, or if the
-    /// store keeps none (a store private to one node).
-    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let _ = key;
-        Ok(None)
-    }
+    /// A small value kept beside the secrets (the key check [`KEY_CHECK`], the purge-protection record; on a
+    /// shared store, one for every node); None if absent. Every store keeps them: a store without them could
+    /// not stop a server started with the wrong key.
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Keeps `value` under `key` unless a value is there already; returns the value kept (the first one).
-    async fn meta_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
-        let _ = key;
-        Ok(value.to_vec())
-    }
+    async fn meta_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
+    /// One stored version (of any vault and name, live or deleted) with what its value was sealed for; None
+    /// if the store holds no version. A store written before the key check existed has values but no check:
+    /// [`check_key`] opens one of them before it writes the check.
+    async fn any_sealed(&self) -> StoreResult<Option<SealedValue>>;
     /// Replaces the shared access-control document if its revision is still `expected` (0: there is none
     /// yet). Ok(Some(new revision)), or Ok(None) when another node changed it first (read it again, redo
     /// the change, and try again).
@@ -221,6 +219,26 @@ pub trait SecretStore: Send + Sync + 'static {
         Err(StoreError::Internal(
             "this store does not keep an access-control document".into(),
         ))
+    }
+}
+
+/// A sealed value as stored, with the (vault, name key, version) it was sealed for ([`SecretStore::any_sealed`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedValue {
+    pub vault: String,
+    pub name_key: String,
+    pub version: String,
+    pub sealed: Vec<u8>,
+}
+
+impl fmt::Debug for SealedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedValue")
+            .field("vault", &self.vault)
+            .field("name_key", &self.name_key)
+            .field("version", &self.version)
+            .field("sealed_len", &self.sealed.len())
+            .finish()
     }
 }
 
