@@ -245,21 +245,30 @@ impl fmt::Debug for SealedValue {
 /// The name under which a store keeps its key check ([`check_key`]).
 pub const KEY_CHECK: &str = "kek-check";
 
-/// Refuses a key-encryption key that cannot open what other nodes wrote to a shared store. The first node
-/// seals a fixed text under its KEK and keeps it in the store; every node then opens it at start. A node
-/// with another key (a different `kek_file` or `KEYVAULT_KEK`) would seal values the others cannot open:
-/// it stops here instead, naming both key ids. Stores not shared between nodes keep no check.
+/// Refuses a key-encryption key that cannot open what the store holds. The first server over a store seals
+/// a fixed text under its KEK and keeps it in the store; every start then opens it. A server with another
+/// key (another `kek_file` or `KEYVAULT_KEK`, or a lost key file made anew) could open none of the stored
+/// values and would seal new ones under its own key, leaving the store with values under two keys: it stops
+/// here instead, naming both key ids. Over a shared store, this keeps every node on one key.
+///
+/// A store written before the check existed holds values but no check. The check is written only once the
+/// key has opened one of those values: written blindly, it would make a wrong key the one every later start
+/// must have.
 pub async fn check_key(
     store: &dyn SecretStore,
     envelope: &crate::crypto::Envelope,
 ) -> Result<(), String> {
     const TEXT: &[u8] = b"keyvault-rs key check";
-    if !store.is_shared() {
-        return Ok(());
-    }
     let stored = match store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? {
         Some(v) => v,
         None => {
+            if let Some(value) = store.any_sealed().await.map_err(|e| e.to_string())? {
+                let opened =
+                    envelope.open(&value.vault, &value.name_key, &value.version, &value.sealed);
+                if opened.is_err() {
+                    return Err(wrong_key(store, envelope, &value.sealed));
+                }
+            }
             let sealed = envelope
                 .seal("", KEY_CHECK, "", TEXT)
                 .map_err(|e| e.to_string())?;
@@ -271,13 +280,43 @@ pub async fn check_key(
     };
     match envelope.open("", KEY_CHECK, "", &stored) {
         Ok(text) if text.as_slice() == TEXT => Ok(()),
-        _ => Err(format!(
-            "this node's key-encryption key (id {}) cannot open what the other nodes of this store wrote \
-             (key id {}): every node over one store must use the same kek_file or KEYVAULT_KEK",
-            envelope.current_kek_id(),
-            crate::crypto::sealed_kek_id(&stored).unwrap_or("unknown")
-        )),
+        _ => Err(wrong_key(store, envelope, &stored)),
     }
+}
+
+/// Why [`check_key`] refuses this key: both key ids, and what to change.
+fn wrong_key(store: &dyn SecretStore, envelope: &crate::crypto::Envelope, sealed: &[u8]) -> String {
+    let ours = envelope.current_kek_id();
+    let theirs = crate::crypto::sealed_kek_id(sealed).unwrap_or("unknown");
+    if store.is_shared() {
+        format!(
+            "this node's key-encryption key (id {ours}) cannot open what the other nodes of this store wrote \
+             (key id {theirs}): every node over one store must use the same kek_file or KEYVAULT_KEK"
+        )
+    } else {
+        format!(
+            "the key-encryption key (id {ours}) is not the one this database was written with (key id \
+             {theirs}): start with the kek_file or KEYVAULT_KEK it was written with"
+        )
+    }
+}
+
+/// The id of the key-encryption key the store's values are sealed under (that of its key check, or else of
+/// a stored value); None for a store that holds neither. A server whose key file is missing asks this before
+/// making a new key: a store that already holds values needs the key they were sealed under.
+pub async fn sealed_key_id(store: &dyn SecretStore) -> StoreResult<Option<String>> {
+    let sealed = match store.meta(KEY_CHECK).await? {
+        Some(check) => check,
+        None => match store.any_sealed().await? {
+            Some(value) => value.sealed,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(
+        crate::crypto::sealed_kek_id(&sealed)
+            .unwrap_or("unknown")
+            .to_owned(),
+    ))
 }
 
 /// The access-control document shared through a store, as opaque bytes, with its revision (incremented
