@@ -251,6 +251,13 @@ impl Server {
         crate::store::check_key(store.as_ref(), &envelope)
             .await
             .map_err(StartError::Setup)?;
+        crate::store::check_purge_protection(
+            store.as_ref(),
+            &config.vault_name,
+            config.purge_protection,
+        )
+        .await
+        .map_err(StartError::Setup)?;
         let settings = VaultSettings {
             name: config.vault_name.clone(),
             retention_days: config.retention_days,

@@ -1,9 +1,9 @@
 //! What a server checks about its store before it serves, on the default SQLite store in temp dirs: that its
 //! key-encryption key is the one the database was written with (a wrong, lost or mistyped key would read
-//! nothing and seal new values under a second key).
+//! nothing and seal new values under a second key), and that purge protection, once on, stays on.
 
 use keyvault_server::crypto::StaticKeyProvider;
-use keyvault_server::vault::SecretAttributesInput;
+use keyvault_server::vault::{SecretAttributesInput, VaultError};
 use keyvault_server::{Config, Server};
 use keyvault_types::SecretString;
 use std::path::{Path, PathBuf};
@@ -191,4 +191,31 @@ async fn a_database_from_before_the_key_check_is_checked_against_its_values() {
         .err()
         .expect("refused by the check");
     assert!(err.contains(&format!("(key id {id_a})")), "{err}");
+}
+
+#[tokio::test]
+async fn purge_protection_cannot_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Off, then off again: nothing recorded, nothing refused.
+    drop(start(config(&data, None, false)).await.unwrap());
+    let server = start(config(&data, None, true)).await.unwrap();
+    set(&server, "guarded", "v").await;
+    server.vault().delete("guarded").await.unwrap();
+    drop(server);
+
+    let err = start(config(&data, None, false))
+        .await
+        .err()
+        .expect("turning purge protection off is refused");
+    assert!(
+        err.contains("purge protection was enabled on this vault and cannot be turned off"),
+        "{err}"
+    );
+    let server = start(config(&data, None, true)).await.unwrap();
+    assert!(matches!(
+        server.vault().purge("guarded").await,
+        Err(VaultError::PurgeProtected)
+    ));
+    assert!(server.vault().get_deleted("guarded").await.is_ok());
 }

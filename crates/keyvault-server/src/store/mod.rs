@@ -319,6 +319,37 @@ pub async fn sealed_key_id(store: &dyn SecretStore) -> StoreResult<Option<String
     ))
 }
 
+/// The name under which a store records that purge protection was turned on for `vault`.
+fn purge_protection_key(vault: &str) -> String {
+    format!("purge-protection:{vault}")
+}
+
+/// Keeps purge protection on once it has been turned on, as Key Vault does (enabling it cannot be undone).
+/// A server started with it records that in the store (over a shared store, for every node); one started
+/// without it over a store holding that record refuses to start, instead of letting secrets deleted under
+/// protection be purged.
+pub async fn check_purge_protection(
+    store: &dyn SecretStore,
+    vault: &str,
+    enabled: bool,
+) -> Result<(), String> {
+    let key = purge_protection_key(vault);
+    if enabled {
+        store
+            .meta_insert(&key, b"enabled")
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    match store.meta(&key).await.map_err(|e| e.to_string())? {
+        Some(_) => Err(format!(
+            "purge protection was enabled on this vault and cannot be turned off (vault {vault}): start \
+             with purge_protection = true (--purge-protection)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The access-control document shared through a store, as opaque bytes, with its revision (incremented
 /// by every change).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -599,6 +599,32 @@ async fn a_store_without_a_check_is_checked_against_its_values() {
     store.close().await;
 }
 
+/// Purge protection turned on by one node is on for every node over the store, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_protection_stays_on_for_every_node() {
+    use crate::store::check_purge_protection;
+    let Some(pg) =
+        pgtest::start_or_skip("store::postgres::purge_protection_stays_on_for_every_node")
+    else {
+        return;
+    };
+    let (a, b) = (
+        PostgresStore::open(&pg.url()).await.unwrap(),
+        PostgresStore::open(&pg.url()).await.unwrap(),
+    );
+    check_purge_protection(&a, "v", false).await.unwrap();
+    check_purge_protection(&a, "v", true).await.unwrap();
+    let err = check_purge_protection(&b, "v", false)
+        .await
+        .expect_err("another node cannot turn it off");
+    assert!(err.contains("cannot be turned off"), "{err}");
+    check_purge_protection(&b, "v", true).await.unwrap();
+    // Another vault over the same store keeps its own setting.
+    check_purge_protection(&b, "other", false).await.unwrap();
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_upgraded_with_its_data() {
     let Some(pg) =
