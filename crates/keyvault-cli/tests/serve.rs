@@ -264,6 +264,83 @@ fn bad_configuration_is_a_clear_error() {
     assert!(err.contains("cannot read"), "{err}");
 }
 
+/// `serve` on a data dir whose database holds secrets: the exit status and stderr of a start that fails.
+fn refused_start(data: &std::path::Path, kek_env: Option<&str>) -> String {
+    let mut command = Command::new(BIN);
+    command.args(dev_args(data)).env_remove("KEYVAULT_KEK");
+    if let Some(kek) = kek_env {
+        command.env("KEYVAULT_KEK", kek);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the server started: {stderr}");
+    stderr
+}
+
+/// The real binary over a database with secrets: another key (`KEYVAULT_KEK`) and a missing key file are
+/// refused at start, naming the key ids, and no new key file is made; the right key still starts.
+#[tokio::test]
+async fn a_key_that_does_not_open_the_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let server = keyvault_server::Server::bind(keyvault_server::Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.clone(),
+            dev: true,
+            ..keyvault_server::Config::default()
+        })
+        .await
+        .unwrap();
+        server
+            .vault()
+            .set(
+                "db-password",
+                keyvault_secrets::SecretString::new("hunter2"),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let kek = data.join("kek.key");
+    let written_with = keyvault_server::crypto::FileKeyProvider::load_or_create(&kek)
+        .unwrap()
+        .kek_id()
+        .to_string();
+
+    // 32 bytes of 2, another key than the one the database was written with.
+    let other = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    let other_id = keyvault_server::crypto::StaticKeyProvider::from_base64(other)
+        .unwrap()
+        .kek_id()
+        .to_string();
+    let stderr = refused_start(&data, Some(other));
+    assert!(
+        stderr.contains(&format!(
+            "the key-encryption key (id {other_id}) is not the one this database was written with \
+             (key id {written_with})"
+        )),
+        "{stderr}"
+    );
+
+    let saved = std::fs::read(&kek).unwrap();
+    std::fs::remove_file(&kek).unwrap();
+    let stderr = refused_start(&data, None);
+    assert!(stderr.contains("is missing"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("key id {written_with}")),
+        "{stderr}"
+    );
+    assert!(!kek.exists(), "no new key file was made");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(&kek, saved).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (mut child, _addr) = start(&dev_args(&data));
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
 #[test]
 fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
     let dir = tempfile::tempdir().unwrap();

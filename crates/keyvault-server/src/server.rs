@@ -172,6 +172,46 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
     std::fs::rename(&tmp, path)
 }
 
+/// The key-encryption key: `KEYVAULT_KEK`, or the key file (created at the first start). A missing key file
+/// is made anew only while the store holds no sealed value: a new key could open none of those (the file was
+/// lost, or `kek_file` has a typo), and the values sealed from then on would be under a second key. The
+/// server refuses to start instead, before anything is written.
+async fn key_provider(
+    config: &Config,
+    store: &dyn SecretStore,
+) -> Result<Arc<dyn KeyProvider>, StartError> {
+    if let Ok(b64) = std::env::var(KEK_ENV) {
+        return Ok(Arc::new(
+            StaticKeyProvider::from_base64(&b64)
+                .map_err(setup("the key in KEYVAULT_KEK is not usable"))?,
+        ));
+    }
+    let path = config.kek_path();
+    let missing = matches!(
+        std::fs::symlink_metadata(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    );
+    if missing
+        && let Some(kek_id) = crate::store::sealed_key_id(store)
+            .await
+            .map_err(setup("cannot read the database"))?
+    {
+        return Err(StartError::Setup(format!(
+            "the key-encryption key file {} is missing, but this database already holds values sealed \
+             under key id {kek_id}: restore that key file, point kek_file at it, or set KEYVAULT_KEK \
+             (a new key could not open them)",
+            path.display()
+        )));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir(parent)?;
+    }
+    Ok(Arc::new(
+        FileKeyProvider::load_or_create(&path)
+            .map_err(setup("cannot load the key-encryption key"))?,
+    ))
+}
+
 impl Server {
     /// Open everything and bind the listener. Nothing is served until [`Server::serve`].
     pub async fn bind(config: Config) -> Result<Server, StartError> {
@@ -188,24 +228,7 @@ impl Server {
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
 
-        // Keys and storage.
-        let provider: Arc<dyn KeyProvider> = match std::env::var(KEK_ENV) {
-            Ok(b64) => Arc::new(
-                StaticKeyProvider::from_base64(&b64)
-                    .map_err(setup("the key in KEYVAULT_KEK is not usable"))?,
-            ),
-            Err(_) => {
-                let path = config.kek_path();
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    create_private_dir(parent)?;
-                }
-                Arc::new(
-                    FileKeyProvider::load_or_create(&path)
-                        .map_err(setup("cannot load the key-encryption key"))?,
-                )
-            }
-        };
-        let envelope = Arc::new(Envelope::new(provider));
+        // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
         let store: Arc<dyn SecretStore> = match config.store_backend()? {
             StoreBackend::Sqlite(path) => {
                 let options = SqliteOptions {
@@ -225,9 +248,18 @@ impl Server {
                     .map_err(setup("cannot open the PostgreSQL store"))?,
             ),
         };
+        let provider = key_provider(&config, store.as_ref()).await?;
+        let envelope = Arc::new(Envelope::new(provider));
         crate::store::check_key(store.as_ref(), &envelope)
             .await
             .map_err(StartError::Setup)?;
+        crate::store::check_purge_protection(
+            store.as_ref(),
+            &config.vault_name,
+            config.purge_protection,
+        )
+        .await
+        .map_err(StartError::Setup)?;
         let settings = VaultSettings {
             name: config.vault_name.clone(),
             retention_days: config.retention_days,

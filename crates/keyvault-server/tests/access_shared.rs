@@ -457,19 +457,26 @@ async fn a_node_with_another_key_encryption_key_does_not_start() {
     let (shared, other_keys) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let first = Node::start(dir.path(), shared.path(), Some(&url)).await;
-    // Its own kek_file (a new key is created at start): refused before it serves anything.
+    // Its own kek_file, which does not exist: refused before it serves anything, and no key is made for a
+    // store that already holds a key check.
     let other_dir = tempfile::tempdir().unwrap();
-    let refused = Server::bind(Node::config(
-        other_dir.path(),
-        other_keys.path(),
-        Some(&url),
-    ))
-    .await;
-    let err = refused
+    let other_config = || Node::config(other_dir.path(), other_keys.path(), Some(&url));
+    let err = Server::bind(other_config())
+        .await
+        .err()
+        .expect("a node without its key file is refused")
+        .to_string();
+    assert!(err.contains("key-encryption key file"), "{err}");
+    assert!(!other_keys.path().join("kek.key").exists());
+    // Another key in its kek_file: refused before it serves anything.
+    keyvault_server::crypto::FileKeyProvider::load_or_create(&other_keys.path().join("kek.key"))
+        .unwrap();
+    let err = Server::bind(other_config())
+        .await
         .err()
         .expect("a node with another KEK is refused")
         .to_string();
-    assert!(err.contains("key-encryption key"), "{err}");
+    assert!(err.contains("cannot open what the other nodes"), "{err}");
     // The same key file: starts.
     let same_dir = tempfile::tempdir().unwrap();
     let same = Node::start(same_dir.path(), shared.path(), Some(&url)).await;

@@ -32,6 +32,8 @@ pub async fn run_all(store: Arc<dyn SecretStore>) {
     restore(s, &format!("restore-{run}")).await;
     vaults_are_separate(s, &format!("va-{run}"), &format!("vb-{run}")).await;
     concurrent_puts(store.clone(), &format!("conc-{run}")).await;
+    meta_keeps_the_first_value(s, &format!("meta-{run}")).await;
+    any_sealed_finds_a_stored_value(s).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1111,4 +1113,25 @@ async fn concurrent_puts(store: Arc<dyn SecretStore>, v: &str) {
             EACH
         );
     }
+}
+
+/// The key check and the purge-protection record rely on this: the first value kept stays.
+async fn meta_keeps_the_first_value(s: &dyn SecretStore, key: &str) {
+    assert_eq!(s.meta(key).await.unwrap(), None);
+    assert_eq!(s.meta_insert(key, b"first").await.unwrap(), b"first");
+    assert_eq!(s.meta_insert(key, b"second").await.unwrap(), b"first");
+    assert_eq!(s.meta(key).await.unwrap().as_deref(), Some(&b"first"[..]));
+}
+
+/// After the checks above the store holds versions: one of them comes back, with its value (every value this
+/// suite writes is non-empty) and the name key it was sealed for.
+async fn any_sealed_finds_a_stored_value(s: &dyn SecretStore) {
+    let found = s
+        .any_sealed()
+        .await
+        .unwrap()
+        .expect("a store holding versions has one to show");
+    assert_eq!(name_key(&found.name_key), found.name_key);
+    assert_eq!(found.version.len(), 32, "{found:?}");
+    assert!(!found.sealed.is_empty());
 }

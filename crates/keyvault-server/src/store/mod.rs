@@ -187,9 +187,8 @@ pub trait SecretStore: Send + Sync + 'static {
         Ok(true)
     }
     /// Is this store shared by several nodes? Then it keeps, for all of them, the access-control document
-    /// (what the admin API made: principals, their secret hashes, role assignments, custom roles) and the
-    /// key check. A store private to one node answers false, and the node keeps the document in its data
-    /// directory.
+    /// (what the admin API made: principals, their secret hashes, role assignments, custom roles). A store
+    /// private to one node answers false, and the node keeps the document in its data directory.
     fn is_shared(&self) -> bool {
         false
     }
@@ -202,17 +201,16 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn access_revision(&self) -> StoreResult<i64> {
         Ok(0)
     }
-    /// A small value kept for every node sharing this store (e.g. [`KEY_CHECK`]); None if absent, or if the
-    /// store keeps none (a store private to one node).
-    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let _ = key;
-        Ok(None)
-    }
+    /// A small value kept beside the secrets (the key check [`KEY_CHECK`], the purge-protection record; on a
+    /// shared store, one for every node); None if absent. Every store keeps them: a store without them could
+    /// not stop a server started with the wrong key.
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Keeps `value` under `key` unless a value is there already; returns the value kept (the first one).
-    async fn meta_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
-        let _ = key;
-        Ok(value.to_vec())
-    }
+    async fn meta_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
+    /// One stored version (of any vault and name, live or deleted) with what its value was sealed for; None
+    /// if the store holds no version. A store written before the key check existed has values but no check:
+    /// [`check_key`] opens one of them before it writes the check.
+    async fn any_sealed(&self) -> StoreResult<Option<SealedValue>>;
     /// Replaces the shared access-control document if its revision is still `expected` (0: there is none
     /// yet). Ok(Some(new revision)), or Ok(None) when another node changed it first (read it again, redo
     /// the change, and try again).
@@ -224,24 +222,53 @@ pub trait SecretStore: Send + Sync + 'static {
     }
 }
 
+/// A sealed value as stored, with the (vault, name key, version) it was sealed for ([`SecretStore::any_sealed`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedValue {
+    pub vault: String,
+    pub name_key: String,
+    pub version: String,
+    pub sealed: Vec<u8>,
+}
+
+impl fmt::Debug for SealedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedValue")
+            .field("vault", &self.vault)
+            .field("name_key", &self.name_key)
+            .field("version", &self.version)
+            .field("sealed_len", &self.sealed.len())
+            .finish()
+    }
+}
+
 /// The name under which a store keeps its key check ([`check_key`]).
 pub const KEY_CHECK: &str = "kek-check";
 
-/// Refuses a key-encryption key that cannot open what other nodes wrote to a shared store. The first node
-/// seals a fixed text under its KEK and keeps it in the store; every node then opens it at start. A node
-/// with another key (a different `kek_file` or `KEYVAULT_KEK`) would seal values the others cannot open:
-/// it stops here instead, naming both key ids. Stores not shared between nodes keep no check.
+/// Refuses a key-encryption key that cannot open what the store holds. The first server over a store seals
+/// a fixed text under its KEK and keeps it in the store; every start then opens it. A server with another
+/// key (another `kek_file` or `KEYVAULT_KEK`, or a lost key file made anew) could open none of the stored
+/// values and would seal new ones under its own key, leaving the store with values under two keys: it stops
+/// here instead, naming both key ids. Over a shared store, this keeps every node on one key.
+///
+/// A store written before the check existed holds values but no check. The check is written only once the
+/// key has opened one of those values: written blindly, it would make a wrong key the one every later start
+/// must have.
 pub async fn check_key(
     store: &dyn SecretStore,
     envelope: &crate::crypto::Envelope,
 ) -> Result<(), String> {
     const TEXT: &[u8] = b"keyvault-rs key check";
-    if !store.is_shared() {
-        return Ok(());
-    }
     let stored = match store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? {
         Some(v) => v,
         None => {
+            if let Some(value) = store.any_sealed().await.map_err(|e| e.to_string())? {
+                let opened =
+                    envelope.open(&value.vault, &value.name_key, &value.version, &value.sealed);
+                if opened.is_err() {
+                    return Err(wrong_key(store, envelope, &value.sealed));
+                }
+            }
             let sealed = envelope
                 .seal("", KEY_CHECK, "", TEXT)
                 .map_err(|e| e.to_string())?;
@@ -253,12 +280,73 @@ pub async fn check_key(
     };
     match envelope.open("", KEY_CHECK, "", &stored) {
         Ok(text) if text.as_slice() == TEXT => Ok(()),
-        _ => Err(format!(
-            "this node's key-encryption key (id {}) cannot open what the other nodes of this store wrote \
-             (key id {}): every node over one store must use the same kek_file or KEYVAULT_KEK",
-            envelope.current_kek_id(),
-            crate::crypto::sealed_kek_id(&stored).unwrap_or("unknown")
+        _ => Err(wrong_key(store, envelope, &stored)),
+    }
+}
+
+/// Why [`check_key`] refuses this key: both key ids, and what to change.
+fn wrong_key(store: &dyn SecretStore, envelope: &crate::crypto::Envelope, sealed: &[u8]) -> String {
+    let ours = envelope.current_kek_id();
+    let theirs = crate::crypto::sealed_kek_id(sealed).unwrap_or("unknown");
+    if store.is_shared() {
+        format!(
+            "this node's key-encryption key (id {ours}) cannot open what the other nodes of this store wrote \
+             (key id {theirs}): every node over one store must use the same kek_file or KEYVAULT_KEK"
+        )
+    } else {
+        format!(
+            "the key-encryption key (id {ours}) is not the one this database was written with (key id \
+             {theirs}): start with the kek_file or KEYVAULT_KEK it was written with"
+        )
+    }
+}
+
+/// The id of the key-encryption key the store's values are sealed under (that of its key check, or else of
+/// a stored value); None for a store that holds neither. A server whose key file is missing asks this before
+/// making a new key: a store that already holds values needs the key they were sealed under.
+pub async fn sealed_key_id(store: &dyn SecretStore) -> StoreResult<Option<String>> {
+    let sealed = match store.meta(KEY_CHECK).await? {
+        Some(check) => check,
+        None => match store.any_sealed().await? {
+            Some(value) => value.sealed,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(
+        crate::crypto::sealed_kek_id(&sealed)
+            .unwrap_or("unknown")
+            .to_owned(),
+    ))
+}
+
+/// The name under which a store records that purge protection was turned on for `vault`.
+fn purge_protection_key(vault: &str) -> String {
+    format!("purge-protection:{vault}")
+}
+
+/// Keeps purge protection on once it has been turned on, as Key Vault does (enabling it cannot be undone).
+/// A server started with it records that in the store (over a shared store, for every node); one started
+/// without it over a store holding that record refuses to start, instead of letting secrets deleted under
+/// protection be purged.
+pub async fn check_purge_protection(
+    store: &dyn SecretStore,
+    vault: &str,
+    enabled: bool,
+) -> Result<(), String> {
+    let key = purge_protection_key(vault);
+    if enabled {
+        store
+            .meta_insert(&key, b"enabled")
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    match store.meta(&key).await.map_err(|e| e.to_string())? {
+        Some(_) => Err(format!(
+            "purge protection was enabled on this vault and cannot be turned off (vault {vault}): start \
+             with purge_protection = true (--purge-protection)"
         )),
+        None => Ok(()),
     }
 }
 

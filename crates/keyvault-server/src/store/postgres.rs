@@ -57,7 +57,8 @@ use tokio_postgres::error::SqlState;
 use self::batch::{Batcher, Get, Set};
 use self::pool::{Conn, Pool};
 use super::{
-    DeletedRow, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow, name_key, tags_json,
+    DeletedRow, SealedValue, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow,
+    name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
@@ -1062,6 +1063,29 @@ impl SecretStore for PostgresStore {
                 .query_one("SELECT value FROM kv_meta WHERE key = $1", &[&key])
                 .await?;
             Ok(row.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn any_sealed(&self) -> StoreResult<Option<SealedValue>> {
+        self.run(async |c| {
+            let row = c
+                .client
+                .query_opt(
+                    "SELECT vault, name_key, version, sealed FROM kv_versions LIMIT 1",
+                    &[],
+                )
+                .await?;
+            row.map(|r| -> Result<SealedValue, tokio_postgres::Error> {
+                Ok(SealedValue {
+                    vault: r.try_get(0)?,
+                    name_key: r.try_get(1)?,
+                    version: r.try_get(2)?,
+                    sealed: r.try_get(3)?,
+                })
+            })
+            .transpose()
+            .map_err(Into::into)
         })
         .await
     }

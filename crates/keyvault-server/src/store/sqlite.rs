@@ -23,7 +23,7 @@
 //!   Vault does), so a page deep in a million names costs what the first page costs.
 //! - The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
 //!
-//! Schema (version 5):
+//! Schema (version 6):
 //!
 //! ```text
 //! names(vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)   PK (vault, name_key)
@@ -34,6 +34,7 @@
 //! versions(seq AUTOINCREMENT, vault, name_key, version, content_type, tags (JSON), enabled, nbf, exp, created,
 //!          updated, sealed)
 //!     versions_name_version UNIQUE (vault, name_key, version)
+//! meta(key, value)   PK (key)   (WITHOUT ROWID: small values read at start, e.g. the key check)
 //! ```
 //!
 //! `seq` orders a name's versions by creation (`latest_seq` points at the latest); it is never reused
@@ -41,6 +42,7 @@
 //! version id over the unique index, and a set inserts into one index fewer (about a third less writer CPU and
 //! disk writes per set, `BENCHMARKS.md`). Version 5 moved the sealed value to the end of the row, so that
 //! listings (which never return values) do not walk a large value's overflow pages to reach the attributes.
+//! Version 6 added `meta`, for the key check ([`super::check_key`]) and the purge-protection record.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,11 +58,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cache::{LiveCache, Lookup, WriteMark};
 use super::{
-    DeletedRow, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow, name_key, tags_json,
+    DeletedRow, SealedValue, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow,
+    name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// Most write requests committed together in one transaction.
 pub const BATCH_CAP: usize = 256;
 /// Write requests that may wait for the writer before callers are held back.
@@ -208,6 +211,17 @@ INSERT INTO sqlite_sequence (name, seq)
 DROP TABLE versions;
 ALTER TABLE versions_v5 RENAME TO versions;
 CREATE UNIQUE INDEX versions_name_version ON versions (vault, name_key, version);
+";
+
+/// Version 6: small values kept beside the secrets and read at start ([`SecretStore::meta`]): the key check
+/// that stops a server whose key-encryption key is not the one the database was written with, and the record
+/// that purge protection was turned on. A database from before has no check; [`super::check_key`] writes one
+/// once the key has opened a value the database holds.
+const SCHEMA_V6: &str = "
+CREATE TABLE meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The SQLite [`SecretStore`]. See the module documentation.
@@ -682,6 +696,50 @@ impl SecretStore for SqliteStore {
             .await
     }
 
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.read_inline(|c| {
+            let value = c
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            Ok(value)
+        })
+    }
+
+    async fn meta_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            )?
+            .execute(params![key, value])?;
+            let kept = c
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([&key], |r| r.get(0))?;
+            Ok(kept)
+        })
+        .await
+    }
+
+    async fn any_sealed(&self) -> StoreResult<Option<SealedValue>> {
+        self.read_inline(|c| {
+            let found = c
+                .prepare_cached(
+                    "SELECT vault, name_key, version, sealed FROM versions ORDER BY seq LIMIT 1",
+                )?
+                .query_row([], |r| {
+                    Ok(SealedValue {
+                        vault: r.get(0)?,
+                        name_key: r.get(1)?,
+                        version: r.get(2)?,
+                        sealed: r.get(3)?,
+                    })
+                })
+                .optional()?;
+            Ok(found)
+        })
+    }
+
     async fn health(&self) -> StoreResult<()> {
         match &self.tx {
             Some(tx) if !tx.is_closed() => {}
@@ -1082,6 +1140,9 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if version < 5 {
         tx.execute_batch(SCHEMA_V5)?;
     }
+    if version < 6 {
+        tx.execute_batch(SCHEMA_V6)?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -1095,6 +1156,8 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         if let Err(e) = done {
             tracing::warn!(error = %e, "WAL checkpoint after the schema upgrade failed");
         }
+    }
+    if (1..SCHEMA_VERSION).contains(&version) {
         tracing::info!(
             from = version,
             to = SCHEMA_VERSION,

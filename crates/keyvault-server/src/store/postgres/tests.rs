@@ -561,6 +561,70 @@ async fn a_node_with_another_key_is_refused() {
     second.close().await;
 }
 
+/// A database from before the key check (rows, no `kv_meta` row): a node whose key opens none of its values
+/// is refused without writing a check; the right key writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_a_check_is_checked_against_its_values() {
+    use crate::crypto::{Envelope, StaticKeyProvider};
+    let Some(pg) = pgtest::start_or_skip(
+        "store::postgres::a_store_without_a_check_is_checked_against_its_values",
+    ) else {
+        return;
+    };
+    let envelope = |byte: u8| Envelope::new(Arc::new(StaticKeyProvider::from_bytes([byte; 32])));
+    let (right, wrong) = (envelope(1), envelope(2));
+    let store = PostgresStore::open(&pg.url()).await.unwrap();
+    let version = unique_version(0, 1);
+    let sealed = right.seal("v", "app", &version, b"value").unwrap();
+    store
+        .put_version(
+            "v",
+            VersionRow {
+                sealed,
+                ..row("App", version, 1)
+            },
+        )
+        .await
+        .unwrap();
+    let err = crate::store::check_key(&store, &wrong)
+        .await
+        .expect_err("a key that opens none of the values is refused");
+    assert!(err.contains(wrong.current_kek_id()), "{err}");
+    assert!(err.contains(right.current_kek_id()), "{err}");
+    assert!(store.meta(crate::store::KEY_CHECK).await.unwrap().is_none());
+    crate::store::check_key(&store, &right)
+        .await
+        .expect("the key the values were sealed under");
+    assert!(store.meta(crate::store::KEY_CHECK).await.unwrap().is_some());
+    store.close().await;
+}
+
+/// Purge protection turned on by one node is on for every node over the store, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_protection_stays_on_for_every_node() {
+    use crate::store::check_purge_protection;
+    let Some(pg) =
+        pgtest::start_or_skip("store::postgres::purge_protection_stays_on_for_every_node")
+    else {
+        return;
+    };
+    let (a, b) = (
+        PostgresStore::open(&pg.url()).await.unwrap(),
+        PostgresStore::open(&pg.url()).await.unwrap(),
+    );
+    check_purge_protection(&a, "v", false).await.unwrap();
+    check_purge_protection(&a, "v", true).await.unwrap();
+    let err = check_purge_protection(&b, "v", false)
+        .await
+        .expect_err("another node cannot turn it off");
+    assert!(err.contains("cannot be turned off"), "{err}");
+    check_purge_protection(&b, "v", true).await.unwrap();
+    // Another vault over the same store keeps its own setting.
+    check_purge_protection(&b, "other", false).await.unwrap();
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_upgraded_with_its_data() {
     let Some(pg) =

@@ -345,6 +345,54 @@ async fn schema_is_versioned() {
     }
 }
 
+/// The metadata (the key check, the purge-protection record) survives a reopen; a version 5 database (no
+/// `meta` table) gets one and keeps its rows, and `any_sealed` finds the first of them with what it was
+/// sealed for.
+#[tokio::test]
+async fn meta_is_kept_and_a_version_5_database_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.any_sealed().await.unwrap(), None);
+    store
+        .put_version("v", row("First", &version(1), 1))
+        .await
+        .unwrap();
+    store
+        .put_version("v", row("second", &version(2), 2))
+        .await
+        .unwrap();
+    assert_eq!(store.meta_insert("k", b"one").await.unwrap(), b"one");
+    store.close().await;
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.meta("k").await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(store.meta_insert("k", b"two").await.unwrap(), b"one");
+    store.close().await;
+
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE meta; PRAGMA user_version = 5;")
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.meta("k").await.unwrap(), None);
+    assert_eq!(
+        store.any_sealed().await.unwrap(),
+        Some(crate::store::SealedValue {
+            vault: "v".into(),
+            name_key: "first".into(),
+            version: version(1),
+            sealed: row("First", &version(1), 1).sealed,
+        })
+    );
+    assert_eq!(store.meta_insert("k", b"three").await.unwrap(), b"three");
+    store.close().await;
+    let v: i64 = Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+}
+
 /// Reads run inline on the caller's thread: they work on a current-thread runtime and see every acknowledged
 /// write at once; pages too large to read inline are read whole as well.
 #[tokio::test(flavor = "current_thread")]
