@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::clients::{SecretInfo, key_id_of};
-use crate::auth::policy::{Assignment, Permission, Policy, Role, Scope};
+use crate::auth::policy::{Assignment, Permission, Policy, Role, Scope, check_role_name};
 use crate::auth::{ClientRegistry, generate_client_id, generate_secret, hash_secret};
 use crate::store::{SecretStore, StoreError};
 
@@ -654,6 +654,24 @@ impl AccessAdmin {
         })
     }
 
+    /// A role of the document that the policy refused when it was loaded (saved before the rule on role
+    /// names was the same everywhere): it can only be removed.
+    fn stored_role_not_in_force(&self, name: &str) -> Option<Role> {
+        let name = name.trim();
+        let applied = self.lock();
+        let stored = applied
+            .doc
+            .roles
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(name))?;
+        Some(Role {
+            name: stored.name.clone(),
+            id: None,
+            permissions: stored.permissions.clone(),
+            builtin: false,
+        })
+    }
+
     /// A new assignment for `doc` (not yet added), or the identical one in force, with whether it is new.
     fn new_assignment(
         &self,
@@ -774,12 +792,11 @@ impl AccessAdmin {
         name: &str,
         permissions: Vec<Permission>,
     ) -> Result<(RoleView, bool), AdminError> {
-        let name = name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-            return Err(AdminError::BadParameter(
-                "a role name must be 1-128 characters, without control characters".into(),
-            ));
-        }
+        // The policy's own rule, checked before anything is saved: a name it would refuse must never reach
+        // the document (it would be saved but not in force, and not removable).
+        let name = check_role_name(name)
+            .map_err(|e| AdminError::BadParameter(e.0))?
+            .to_string();
         if permissions.is_empty() {
             return Err(AdminError::BadParameter(
                 "a role needs at least one permission".into(),
@@ -835,9 +852,12 @@ impl AccessAdmin {
 
     /// Removes a custom role made through the API; refused while any assignment uses it.
     pub async fn remove_role(&self, name: &str) -> Result<RoleView, AdminError> {
-        let role = self.find_role(name).ok_or_else(|| {
-            AdminError::NotFound(format!("Role '{}' was not found.", name.trim()))
-        })?;
+        let role = self
+            .find_role(name)
+            .or_else(|| self.stored_role_not_in_force(name))
+            .ok_or_else(|| {
+                AdminError::NotFound(format!("Role '{}' was not found.", name.trim()))
+            })?;
         self.change(|doc| {
             let Some(at) = doc
                 .roles
@@ -993,5 +1013,83 @@ mod tests {
         assert!(admin3.principals().is_empty());
         assert!(admin3.assignments(None).is_empty());
         assert!(!clients3.contains(&view.client_id));
+    }
+
+    fn stored_role_names(dir: &Path) -> Vec<String> {
+        let Ok(bytes) = std::fs::read(dir.join(ACCESS_FILE)) else {
+            return Vec::new();
+        };
+        let doc = parse_doc(&bytes, "test").unwrap();
+        doc.roles.into_iter().map(|r| r.name).collect()
+    }
+
+    #[tokio::test]
+    async fn role_names_are_checked_once_before_saving() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Arc::new(Policy::new());
+        let admin = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            Arc::new(ClientRegistry::new()),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+        // 100 two-byte characters: 100 characters, 200 bytes. Saved, in force, and removable.
+        let long = "é".repeat(100);
+        let (role, created) = admin
+            .define_role(&long, vec![Permission::Get])
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(role.role.name, long);
+        assert!(policy.roles().iter().any(|r| r.name == long));
+        assert_eq!(stored_role_names(dir.path()), vec![long.clone()]);
+        admin.remove_role(&long).await.unwrap();
+        assert!(stored_role_names(dir.path()).is_empty());
+
+        // Refused with 400 before anything is saved or applied.
+        for bad in [
+            "é".repeat(129),
+            "a\u{202E}b".into(),
+            "a\u{200B}b".into(),
+            "a\u{FFFD}b".into(),
+            "a\u{7}b".into(),
+        ] {
+            let e = admin
+                .define_role(&bad, vec![Permission::Get])
+                .await
+                .unwrap_err();
+            assert!(matches!(e, AdminError::BadParameter(_)), "{bad:?}: {e:?}");
+        }
+        assert!(stored_role_names(dir.path()).is_empty());
+        assert!(admin.roles().iter().all(|r| !r.managed));
+    }
+
+    #[tokio::test]
+    async fn a_stored_role_the_policy_refuses_can_still_be_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Saved by an older version, whose rule let it through.
+        std::fs::write(
+            dir.path().join(ACCESS_FILE),
+            r#"{"roles":[{"name":"a\u202eb","permissions":["get"]}]}"#,
+        )
+        .unwrap();
+        let policy = Arc::new(Policy::new());
+        let admin = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            Arc::new(ClientRegistry::new()),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(policy.roles().len(), 4, "not in force");
+        admin.remove_role("a\u{202E}b").await.unwrap();
+        assert!(stored_role_names(dir.path()).is_empty());
+        assert!(matches!(
+            admin.remove_role("a\u{202E}b").await,
+            Err(AdminError::NotFound(_))
+        ));
     }
 }

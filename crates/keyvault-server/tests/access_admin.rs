@@ -347,6 +347,43 @@ async fn role_assignments_through_the_api() {
     assert_eq!(roles["value"].as_array().unwrap().len(), 4);
     let (status, _) = h.admin(Method::PUT, "/admin/roles", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Role names: counted in characters (100 'é' = 200 bytes is fine, and removable); invalid UTF-8 after
+    // percent-decoding, bidirectional overrides and zero-width characters are 400, and nothing is defined.
+    let perms = json!({"permissions": ["get"]});
+    let long = "%C3%A9".repeat(100);
+    let (status, body) = h
+        .admin(
+            Method::PUT,
+            &format!("/admin/roles/{long}"),
+            Some(perms.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["name"], "é".repeat(100));
+    let (status, body) = h
+        .admin(Method::DELETE, &format!("/admin/roles/{long}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for bad in [
+        "a%FFb",
+        "a%E2%80%AEb",
+        "a%E2%80%8Bb",
+        "%EF%BB%BFab",
+        &"%C3%A9".repeat(129),
+    ] {
+        let (status, body) = h
+            .admin(
+                Method::PUT,
+                &format!("/admin/roles/{bad}"),
+                Some(perms.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} → {body}");
+        assert_eq!(body["error"]["code"], "BadParameter");
+    }
+    let (_, roles) = h.admin(Method::GET, "/admin/roles", None).await;
+    assert_eq!(roles["value"].as_array().unwrap().len(), 4);
     let (status, _) = h.admin(Method::GET, "/admin/nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     h.lv.shutdown().await;
