@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -112,6 +113,9 @@ pub enum Verdict {
     Invalid,
 }
 
+/// Called with a client's id after the client is removed.
+pub(crate) type RemovalHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The OAuth2 clients this server knows: client id → argon2 PHC hashes of its secrets (each with an optional
 /// expiry). Shareable (`Arc`) and mutable at run time. `Debug` shows client ids and secret counts only.
 pub struct ClientRegistry {
@@ -122,6 +126,11 @@ pub struct ClientRegistry {
     verified: Mutex<HashMap<[u8; 32], String>>,
     /// The key of the tags (random, never leaves the process).
     verified_key: ring::hmac::Key,
+    /// How many clients have been removed: lets a check that a client exists tell whether a removal ran
+    /// while it was using the answer (see [`removals`](Self::removals)).
+    removals: AtomicU64,
+    /// Run after each removal (the token verifier forgets the client's cached tokens).
+    on_removed: Mutex<Vec<RemovalHook>>,
 }
 
 impl Default for ClientRegistry {
@@ -144,7 +153,24 @@ impl ClientRegistry {
             limiter: Arc::new(Semaphore::new(permits)),
             verified: Mutex::new(HashMap::new()),
             verified_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key[..]),
+            removals: AtomicU64::new(0),
+            on_removed: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs `hook` with the client's id after every removal of a client.
+    pub(crate) fn on_removed(&self, hook: RemovalHook) {
+        self.on_removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(hook);
+    }
+
+    /// A counter that grows with every removal of a client (bumped before the removal hooks run). Read it
+    /// before [`contains`](Self::contains) and again after keeping something that relies on the answer: if it
+    /// changed, a removal may have run in between, and what was kept may be stale.
+    pub(crate) fn removals(&self) -> u64 {
+        self.removals.load(Ordering::SeqCst)
     }
 
     /// The tag under which a successful verification of `secret` against `phc_hash` is remembered.
@@ -314,9 +340,25 @@ impl ClientRegistry {
 
     /// Removes a client and all its secrets. Returns whether it existed.
     pub fn remove(&self, client_id: &str) -> bool {
-        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
-        let removed = clients.remove(client_id).is_some();
-        self.forget_client(client_id);
+        let removed = {
+            let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+            let removed = clients.remove(client_id).is_some();
+            self.forget_client(client_id);
+            if removed {
+                self.removals.fetch_add(1, Ordering::SeqCst);
+            }
+            removed
+        };
+        if removed {
+            for hook in self
+                .on_removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                hook(client_id);
+            }
+        }
         removed
     }
 
