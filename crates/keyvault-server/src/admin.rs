@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::clients::{SecretInfo, key_id_of};
+use crate::auth::clients::{SecretInfo, generate_selected_secret, key_id_of};
 use crate::auth::policy::{Assignment, Permission, Policy, Role, Scope, check_role_name};
-use crate::auth::{ClientRegistry, generate_client_id, generate_secret, hash_secret};
+use crate::auth::{ClientRegistry, generate_client_id, hash_secret};
 use crate::store::{SecretStore, StoreError};
 
 /// How often a node asks a shared store whether another node changed the access document.
@@ -100,6 +100,10 @@ struct StoredSecret {
     #[serde(default)]
     expires_on: Option<i64>,
     created_on: i64,
+    /// The selector the secret starts with, which picks this hash out of the principal's (see
+    /// [`generate_selected_secret`]). Absent for secrets made before selectors: those are tried in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    selector: Option<String>,
 }
 
 /// A principal as the admin API shows it (never a secret or a hash).
@@ -451,10 +455,11 @@ impl AccessAdmin {
                 if before.is_some_and(|b| b.secrets.contains(s)) {
                     continue;
                 }
-                if let Err(e) = self.clients.add_with_expiry(
+                if let Err(e) = self.clients.add_selected(
                     p.client_id.as_str(),
                     s.hash.as_str(),
                     s.expires_on,
+                    s.selector.clone(),
                 ) {
                     tracing::warn!(client = %p.client_id, error = %e, "skipping a stored secret");
                 }
@@ -527,7 +532,8 @@ impl AccessAdmin {
             valid_display_name(name)?;
         }
         valid_expiry(expires_on, now)?;
-        let (secret, hash) = new_secret_and_hash().await?;
+        let (secret, stored) = new_secret_and_hash(expires_on, now).await?;
+        let hash = stored.hash.clone();
         let client_id = generate_client_id();
         let assignment = self
             .change(|doc| {
@@ -541,11 +547,7 @@ impl AccessAdmin {
                     client_id: client_id.clone(),
                     display_name: display_name.clone(),
                     created_on: now,
-                    secrets: vec![StoredSecret {
-                        hash: hash.clone(),
-                        expires_on,
-                        created_on: now,
-                    }],
+                    secrets: vec![stored.clone()],
                 });
                 if let Some(a) = &assignment {
                     doc.assignments.push(a.clone());
@@ -597,19 +599,16 @@ impl AccessAdmin {
     ) -> Result<NewSecret, AdminError> {
         valid_expiry(expires_on, now)?;
         self.check_managed(client_id)?;
-        let (secret, hash) = new_secret_and_hash().await?;
+        let (secret, stored) = new_secret_and_hash(expires_on, now).await?;
+        let hash = stored.hash.clone();
         self.change(|doc| {
-            let stored = managed_mut(doc, client_id, &self.clients)?;
-            if stored.secrets.len() >= 16 {
+            let principal = managed_mut(doc, client_id, &self.clients)?;
+            if principal.secrets.len() >= 16 {
                 return Err(AdminError::Conflict(
                     "a principal may have at most 16 secrets; remove an old one first".into(),
                 ));
             }
-            stored.secrets.push(StoredSecret {
-                hash: hash.clone(),
-                expires_on,
-                created_on: now,
-            });
+            principal.secrets.push(stored.clone());
             Ok(())
         })
         .await?;
@@ -933,12 +932,22 @@ fn not_managed_principal(client_id: &str) -> AdminError {
     ))
 }
 
-/// A new secret and its argon2 hash (computed on a blocking thread).
-async fn new_secret_and_hash() -> Result<(zeroize::Zeroizing<String>, String), AdminError> {
-    tokio::task::spawn_blocking(|| {
-        let secret = zeroize::Zeroizing::new(generate_secret());
+/// A new secret (with a selector), and the secret to store: its argon2 hash (computed on a blocking thread)
+/// and selector.
+async fn new_secret_and_hash(
+    expires_on: Option<i64>,
+    now: i64,
+) -> Result<(zeroize::Zeroizing<String>, StoredSecret), AdminError> {
+    tokio::task::spawn_blocking(move || {
+        let (selector, secret) = generate_selected_secret();
         let hash = hash_secret(&secret).map_err(|e| AdminError::Internal(e.to_string()))?;
-        Ok((secret, hash))
+        let stored = StoredSecret {
+            hash,
+            expires_on,
+            created_on: now,
+            selector: Some(selector),
+        };
+        Ok((secret, stored))
     })
     .await
     .map_err(|e| AdminError::Internal(e.to_string()))?
@@ -1013,6 +1022,65 @@ mod tests {
         assert!(admin3.principals().is_empty());
         assert!(admin3.assignments(None).is_empty());
         assert!(!clients3.contains(&view.client_id));
+    }
+
+    #[tokio::test]
+    async fn api_secrets_keep_their_selector_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            Arc::new(ClientRegistry::new()),
+            Arc::new(Policy::new()),
+        )
+        .await
+        .unwrap();
+        let (view, first, _) = admin
+            .create_principal(None, None, None, 1_000)
+            .await
+            .unwrap();
+        let second = admin
+            .add_secret(&view.client_id, None, 1_000)
+            .await
+            .unwrap();
+        let bytes = std::fs::read(dir.path().join(ACCESS_FILE)).unwrap();
+        let doc = parse_doc(&bytes, "test").unwrap();
+        let selectors: Vec<&str> = doc.principals[0]
+            .secrets
+            .iter()
+            .map(|s| s.selector.as_deref().unwrap())
+            .collect();
+        assert_eq!(selectors.len(), 2);
+        for (selector, secret) in selectors.iter().zip([&first, &second]) {
+            assert_eq!(
+                secret
+                    .client_secret
+                    .strip_prefix(selector)
+                    .unwrap()
+                    .chars()
+                    .next(),
+                Some('~')
+            );
+        }
+
+        let clients = Arc::new(ClientRegistry::new());
+        AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            clients.clone(),
+            Arc::new(Policy::new()),
+        )
+        .await
+        .unwrap();
+        assert!(clients.verify(&view.client_id, &first.client_secret));
+        assert!(clients.verify(&view.client_id, &second.client_secret));
+        // The other secret's selector with this one's random part is just a wrong secret.
+        let crossed = format!(
+            "{}{}",
+            selectors[1],
+            &first.client_secret[selectors[0].len()..]
+        );
+        assert!(!clients.verify(&view.client_id, &crossed));
     }
 
     fn stored_role_names(dir: &Path) -> Vec<String> {
