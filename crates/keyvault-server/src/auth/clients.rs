@@ -572,6 +572,12 @@ fn is_argon2_phc(phc: &str) -> bool {
         && parsed.hash.is_some()
 }
 
+/// A valid hash whose secret nobody knows, for tests elsewhere that need many hashes without hashing.
+#[cfg(test)]
+pub(crate) fn tests_dummy_hash() -> &'static str {
+    DUMMY_HASH
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
