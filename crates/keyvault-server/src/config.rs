@@ -454,6 +454,20 @@ impl Config {
         use crate::auth::policy::{Assignment, Policy, Scope};
         let policy = Policy::new();
         let bad = |e: crate::auth::policy::PolicyError| ConfigError(format!("access control: {e}"));
+        // A principal is compared exactly (with a token's `sub`), but an assignment's is trimmed when it is
+        // made: `principal = " app"` would give "app" that role while the default-role check below, seeing
+        // no assignment naming "app", made it an Administrator as well. Refused rather than trimmed here
+        // too, so that what the file says is exactly what is in force.
+        let named = (self.clients.iter()).map(|c| ("[[clients]] client_id", &c.client_id));
+        let assigned =
+            (self.assignments.iter()).map(|a| ("[[assignments]] principal", &a.principal));
+        for (what, id) in named.chain(assigned) {
+            if id.trim() != id {
+                return Err(ConfigError(format!(
+                    "access control: {what} {id:?} has leading or trailing whitespace; remove it"
+                )));
+            }
+        }
         for r in &self.roles {
             policy
                 .define_role(&r.name, r.permissions.clone())
@@ -893,5 +907,42 @@ mod tests {
             ..c
         };
         assert_eq!(off.audit_log_path(), None);
+    }
+
+    #[test]
+    fn whitespace_around_a_principal_is_refused() {
+        // Trimmed, the assignment would apply to "reader" while the default role (Administrator) did too.
+        let c = Config::from_toml(
+            r#"
+            dev = true
+            [[clients]]
+            client_id = "reader"
+            secret_hashes = []
+            [[assignments]]
+            principal = " reader"
+            role = "Key Vault Reader"
+            "#,
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("[[assignments]] principal \" reader\""), "{e}");
+        assert!(c.policy().is_err());
+
+        let c = Config::from_toml(
+            "[[clients]]\nclient_id = \"reader\\t\"\nsecret_hashes = []\n[[assignments]]\nprincipal = \"reader\"\nrole = \"Key Vault Reader\"",
+        )
+        .unwrap();
+        let e = c.policy().unwrap_err().to_string();
+        assert!(e.contains("[[clients]] client_id \"reader\\t\""), "{e}");
+
+        // Without the whitespace: only the assignment, no default Administrator.
+        let c = Config::from_toml(
+            "[[clients]]\nclient_id = \"reader\"\nsecret_hashes = []\n[[assignments]]\nprincipal = \"reader\"\nrole = \"Key Vault Reader\"",
+        )
+        .unwrap();
+        let p = c.policy().unwrap();
+        use crate::auth::policy::Operation;
+        assert!(p.authorize("reader", Operation::SecretList, None).is_ok());
+        assert!(p.authorize("reader", Operation::VaultAdmin, None).is_err());
     }
 }

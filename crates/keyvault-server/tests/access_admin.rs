@@ -209,21 +209,41 @@ async fn principals_are_created_used_rotated_and_deleted_at_run_time() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    // Deleted: its token no longer authorizes anything, and it cannot get another.
+    // Deleted: its unexpired token (verified and cached above) is refused at once, as a token, with 401 and a
+    // challenge — not 403: it names an identity that no longer exists — and it cannot get another.
     let (status, deleted) = h
         .admin(Method::DELETE, &format!("/admin/principals/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(deleted["clientId"], id);
-    let (status, _) = h
-        .call(
+    let get_with_old_token = || {
+        h.call(
             Some(&app),
             Method::GET,
             "/secrets/billing-db?api-version=7.6",
             None,
         )
+    };
+    assert_eq!(get_with_old_token().await.0, StatusCode::UNAUTHORIZED);
+    // A role assigned later to the deleted client's id (the API takes any id, for external subjects) does
+    // not bring the old token back.
+    let (status, a) = h
+        .admin(
+            Method::POST,
+            "/admin/roleAssignments",
+            Some(json!({"principal": id, "role": "Key Vault Secrets User"})),
+        )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    assert_eq!(get_with_old_token().await.0, StatusCode::UNAUTHORIZED);
+    let (status, _) = h
+        .admin(
+            Method::DELETE,
+            &format!("/admin/roleAssignments/{}", a["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, body) = h
         .admin(Method::DELETE, &format!("/admin/principals/{id}"), None)
         .await;
@@ -347,6 +367,43 @@ async fn role_assignments_through_the_api() {
     assert_eq!(roles["value"].as_array().unwrap().len(), 4);
     let (status, _) = h.admin(Method::PUT, "/admin/roles", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Role names: counted in characters (100 'é' = 200 bytes is fine, and removable); invalid UTF-8 after
+    // percent-decoding, bidirectional overrides and zero-width characters are 400, and nothing is defined.
+    let perms = json!({"permissions": ["get"]});
+    let long = "%C3%A9".repeat(100);
+    let (status, body) = h
+        .admin(
+            Method::PUT,
+            &format!("/admin/roles/{long}"),
+            Some(perms.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["name"], "é".repeat(100));
+    let (status, body) = h
+        .admin(Method::DELETE, &format!("/admin/roles/{long}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for bad in [
+        "a%FFb",
+        "a%E2%80%AEb",
+        "a%E2%80%8Bb",
+        "%EF%BB%BFab",
+        &"%C3%A9".repeat(129),
+    ] {
+        let (status, body) = h
+            .admin(
+                Method::PUT,
+                &format!("/admin/roles/{bad}"),
+                Some(perms.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} → {body}");
+        assert_eq!(body["error"]["code"], "BadParameter");
+    }
+    let (_, roles) = h.admin(Method::GET, "/admin/roles", None).await;
+    assert_eq!(roles["value"].as_array().unwrap().len(), 4);
     let (status, _) = h.admin(Method::GET, "/admin/nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     h.lv.shutdown().await;

@@ -337,10 +337,10 @@ async fn admin_changes_through_one_node_are_in_force_on_the_other() {
         .await;
     assert_eq!(st, StatusCode::OK);
     eventually(
-        "A refuses the deleted principal's token and secret",
+        "A refuses the deleted principal's token (401: its client is gone) and secret",
         || async {
             let (st, _) = a.call(&app, Method::GET, "/secrets/app-db", None).await;
-            st == StatusCode::FORBIDDEN && a.token(&id, &secret).await.is_err()
+            st == StatusCode::UNAUTHORIZED && a.token(&id, &secret).await.is_err()
         },
     )
     .await;

@@ -344,9 +344,20 @@ async fn bad_tokens_get_401_with_the_challenge() {
 #[tokio::test]
 async fn a_valid_token_maps_to_its_principal_assignments() {
     let s = Setup::start().await;
-    // A token for a principal the server has never seen (no client registered) but with a valid signature:
-    // authenticated, and then the policy decides.
+    // A well-signed token of this server's issuer for a client it does not have (never registered, or
+    // deleted): 401, whatever is assigned to that id — the admin API takes any id, for external subjects.
+    let ghost = s.token(json!({"sub": "ghost", "appid": "ghost"}));
+    assert_eq!(s.status(&ghost).await, StatusCode::UNAUTHORIZED);
+    common::assign(
+        &s.lv,
+        "ghost",
+        "Key Vault Reader",
+        keyvault_server::auth::Scope::Vault,
+    );
+    assert_eq!(s.status(&ghost).await, StatusCode::UNAUTHORIZED);
+    // A client that exists: authenticated, and then the policy decides.
     let stranger = s.token(json!({"sub": "stranger", "appid": "stranger"}));
+    s.lv.clients().ensure("stranger");
     let resp = s
         .http
         .get(format!("{}/secrets?api-version=7.6", s.lv.vault_url()))

@@ -7,9 +7,21 @@
 //! stored hash is still one of the client's (the lookup goes through the client's current secrets, and
 //! removing a secret or a client also forgets its entries), and the secret's expiry is checked on every
 //! use. Failed verifications are never remembered (and unknown clients always pay the dummy argon2 run).
+//!
+//! A secret made by the admin API starts with a *selector* (see [`generate_selected_secret`]) kept next to its
+//! hash, so a secret is checked against one hash only, whatever the number of the client's secrets (up to 16):
+//! a wrong secret costs one argon2 run, as for an unknown client, and the time of a failure says nothing about
+//! how many secrets a client has. Secrets without a selector (configured `secret_hashes` and `secrets`, the dev
+//! client's, and admin-API secrets made before selectors) are still accepted by trying each such hash in turn:
+//! a failed attempt then costs one run per selector-less hash of the client — at most 16 for a principal of the
+//! admin API (its limit of secrets), as many as the configuration lists for a configured client. Rotating an
+//! old secret (add a new one, remove the old) brings an admin-API principal down to one run.
 
 use std::collections::HashMap;
 use std::fmt;
+#[cfg(test)]
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -54,6 +66,44 @@ pub fn generate_secret() -> String {
     URL_SAFE_NO_PAD.encode(&bytes[..])
 }
 
+/// How many characters a secret's selector has (base64url: 48 random bits, so that two secrets of one client
+/// practically never share one).
+pub const SELECTOR_LEN: usize = 8;
+
+/// Ends the selector at the start of a secret. Not a base64url character, so a secret of the old format (43
+/// base64url characters) never looks like it has a selector.
+const SELECTOR_END: u8 = b'~';
+
+/// A new client secret for the admin API, and its selector: `{selector}~{secret}`, where the selector is
+/// [`SELECTOR_LEN`] random base64url characters and `secret` is [`generate_secret`]'s 32 random bytes. The
+/// selector is not secret (it is stored in the clear next to the hash): it only says which of the client's
+/// hashes to check (see the module documentation); the 32 bytes after it are what must be guessed.
+pub fn generate_selected_secret() -> (String, Zeroizing<String>) {
+    let mut bytes = [0u8; SELECTOR_LEN * 3 / 4];
+    fill_random(&mut bytes);
+    let selector = URL_SAFE_NO_PAD.encode(bytes);
+    let secret = Zeroizing::new(format!(
+        "{selector}{}{}",
+        SELECTOR_END as char,
+        generate_secret().as_str()
+    ));
+    (selector, secret)
+}
+
+/// Whether `s` can be a selector: [`SELECTOR_LEN`] base64url characters.
+pub fn is_selector(s: &str) -> bool {
+    s.len() == SELECTOR_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The selector a presented secret starts with, if it has the shape of [`generate_selected_secret`]'s.
+fn selector_of(secret: &str) -> Option<&str> {
+    let selector = secret.get(..SELECTOR_LEN)?;
+    (is_selector(selector) && secret.as_bytes().get(SELECTOR_LEN) == Some(&SELECTOR_END))
+        .then_some(selector)
+}
+
 /// A new client id shaped like Entra's: a random (version 4) UUID, `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`.
 pub fn generate_client_id() -> String {
     let mut b = [0u8; 16];
@@ -84,6 +134,8 @@ struct StoredSecret {
     hash: String,
     /// Unix seconds after which the secret is refused.
     expires_on: Option<i64>,
+    /// The selector the secret starts with, if it was made with one ([`generate_selected_secret`]).
+    selector: Option<String>,
 }
 
 /// What may be shown about a client secret: never the secret or its hash.
@@ -112,6 +164,9 @@ pub enum Verdict {
     Invalid,
 }
 
+/// Called with a client's id after the client is removed.
+pub(crate) type RemovalHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The OAuth2 clients this server knows: client id → argon2 PHC hashes of its secrets (each with an optional
 /// expiry). Shareable (`Arc`) and mutable at run time. `Debug` shows client ids and secret counts only.
 pub struct ClientRegistry {
@@ -122,6 +177,14 @@ pub struct ClientRegistry {
     verified: Mutex<HashMap<[u8; 32], String>>,
     /// The key of the tags (random, never leaves the process).
     verified_key: ring::hmac::Key,
+    /// How many clients have been removed: lets a check that a client exists tell whether a removal ran
+    /// while it was using the answer (see [`removals`](Self::removals)).
+    removals: AtomicU64,
+    /// Run after each removal (the token verifier forgets the client's cached tokens).
+    on_removed: Mutex<Vec<RemovalHook>>,
+    /// argon2 verifications run (tests count them: the cost of a failed attempt is the point).
+    #[cfg(test)]
+    argon2_runs: AtomicUsize,
 }
 
 impl Default for ClientRegistry {
@@ -144,7 +207,26 @@ impl ClientRegistry {
             limiter: Arc::new(Semaphore::new(permits)),
             verified: Mutex::new(HashMap::new()),
             verified_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key[..]),
+            removals: AtomicU64::new(0),
+            on_removed: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            argon2_runs: AtomicUsize::new(0),
         }
+    }
+
+    /// Runs `hook` with the client's id after every removal of a client.
+    pub(crate) fn on_removed(&self, hook: RemovalHook) {
+        self.on_removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(hook);
+    }
+
+    /// A counter that grows with every removal of a client (bumped before the removal hooks run). Read it
+    /// before [`contains`](Self::contains) and again after keeping something that relies on the answer: if it
+    /// changed, a removal may have run in between, and what was kept may be stale.
+    pub(crate) fn removals(&self) -> u64 {
+        self.removals.load(Ordering::SeqCst)
     }
 
     /// The tag under which a successful verification of `secret` against `phc_hash` is remembered.
@@ -239,18 +321,35 @@ impl ClientRegistry {
         phc_hash: impl Into<String>,
         expires_on: Option<i64>,
     ) -> Result<(), AuthError> {
+        self.add_selected(client_id, phc_hash, expires_on, None)
+    }
+
+    /// [`add_with_expiry`](Self::add_with_expiry) for a secret that starts with `selector` (from
+    /// [`generate_selected_secret`]): only a secret carrying that selector is checked against this hash.
+    /// Fails if the selector is not [`SELECTOR_LEN`] base64url characters.
+    pub fn add_selected(
+        &self,
+        client_id: impl Into<String>,
+        phc_hash: impl Into<String>,
+        expires_on: Option<i64>,
+        selector: Option<String>,
+    ) -> Result<(), AuthError> {
         let client_id = client_id.into();
         let phc_hash = phc_hash.into();
-        if !is_argon2_phc(&phc_hash) {
+        if !is_argon2_phc(&phc_hash) || selector.as_deref().is_some_and(|s| !is_selector(s)) {
             return Err(AuthError::InvalidHash(client_id));
         }
         let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
         let secrets = clients.entry(client_id).or_default();
         match secrets.iter_mut().find(|s| s.hash == phc_hash) {
-            Some(existing) => existing.expires_on = expires_on,
+            Some(existing) => {
+                existing.expires_on = expires_on;
+                existing.selector = selector;
+            }
             None => secrets.push(StoredSecret {
                 hash: phc_hash,
                 expires_on,
+                selector,
             }),
         }
         Ok(())
@@ -314,9 +413,25 @@ impl ClientRegistry {
 
     /// Removes a client and all its secrets. Returns whether it existed.
     pub fn remove(&self, client_id: &str) -> bool {
-        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
-        let removed = clients.remove(client_id).is_some();
-        self.forget_client(client_id);
+        let removed = {
+            let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+            let removed = clients.remove(client_id).is_some();
+            self.forget_client(client_id);
+            if removed {
+                self.removals.fetch_add(1, Ordering::SeqCst);
+            }
+            removed
+        };
+        if removed {
+            for hook in self
+                .on_removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                hook(client_id);
+            }
+        }
         removed
     }
 
@@ -347,9 +462,12 @@ impl ClientRegistry {
     }
 
     /// Checks `secret` against the client's hashes (argon2 verification; the final comparison is
-    /// constant-time) at unix time `now`: a matching secret past its expiry is [`Verdict::Expired`]. An
-    /// unknown client, or one without secrets, is checked against a dummy hash so that it costs the same
-    /// time. This is CPU-heavy (tens of milliseconds) unless the same secret was verified recently (see the
+    /// constant-time) at unix time `now`: a matching secret past its expiry is [`Verdict::Expired`]. A secret
+    /// that carries the selector of one of the client's hashes is checked against that hash only; any other
+    /// against each hash without a selector (see the module documentation). When there is nothing to check
+    /// against (an unknown client, one without secrets, a selector-shaped secret matching none of a client
+    /// whose secrets all have selectors), a dummy hash is checked, so that it costs the same time as one hash.
+    /// This is CPU-heavy (tens of milliseconds per hash) unless the same secret was verified recently (see the
     /// module documentation): call it from a blocking thread.
     pub fn verify_at(&self, client_id: &str, secret: &str, now: i64) -> Verdict {
         if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
@@ -359,18 +477,19 @@ impl ClientRegistry {
         if let Some(verdict) = self.remembered(client_id, secret, &secrets, now) {
             return verdict;
         }
-        let argon2 = Argon2::default();
-        if secrets.is_empty() {
-            if let Ok(dummy) = PasswordHash::new(DUMMY_HASH) {
-                let _ = argon2.verify_password(secret.as_bytes(), &dummy);
-            }
+        let selected = selector_of(secret)
+            .and_then(|sel| secrets.iter().find(|s| s.selector.as_deref() == Some(sel)));
+        let candidates: Vec<&StoredSecret> = match selected {
+            Some(s) => vec![s],
+            None => secrets.iter().filter(|s| s.selector.is_none()).collect(),
+        };
+        if candidates.is_empty() {
+            self.argon2_matches(secret, DUMMY_HASH);
             return Verdict::Invalid;
         }
-        let matching = secrets.iter().find(|s| {
-            PasswordHash::new(&s.hash)
-                .map(|parsed| argon2.verify_password(secret.as_bytes(), &parsed).is_ok())
-                .unwrap_or(false)
-        });
+        let matching = candidates
+            .into_iter()
+            .find(|s| self.argon2_matches(secret, &s.hash));
         let Some(s) = matching else {
             return Verdict::Invalid;
         };
@@ -384,6 +503,17 @@ impl ClientRegistry {
 }
 
 impl ClientRegistry {
+    /// One argon2 verification of `secret` against `phc_hash` (the only place one runs).
+    fn argon2_matches(&self, secret: &str, phc_hash: &str) -> bool {
+        #[cfg(test)]
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        PasswordHash::new(phc_hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(secret.as_bytes(), &parsed)
+                .is_ok()
+        })
+    }
+
     /// [`verify`](Self::verify) on a blocking thread, with at most one verification per core at a time (the
     /// rest wait), so a burst of token requests can neither stall the async runtime nor exhaust memory.
     pub async fn verify_async(self: &Arc<Self>, client_id: &str, secret: &str) -> bool {
@@ -440,6 +570,12 @@ fn is_argon2_phc(phc: &str) -> bool {
     Algorithm::try_from(parsed.algorithm).is_ok()
         && Params::try_from(&parsed).is_ok()
         && parsed.hash.is_some()
+}
+
+/// A valid hash whose secret nobody knows, for tests elsewhere that need many hashes without hashing.
+#[cfg(test)]
+pub(crate) fn tests_dummy_hash() -> &'static str {
+    DUMMY_HASH
 }
 
 #[cfg(test)]
@@ -563,6 +699,74 @@ mod tests {
         assert_eq!(remembered_len(&registry), 0);
     }
 
+    /// How many argon2 runs `f` made.
+    fn runs(registry: &ClientRegistry, f: impl FnOnce()) -> usize {
+        let before = registry.argon2_runs.load(Ordering::Relaxed);
+        f();
+        registry.argon2_runs.load(Ordering::Relaxed) - before
+    }
+
+    #[test]
+    fn a_failed_attempt_costs_one_argon2_run_whatever_the_number_of_secrets() {
+        let registry = ClientRegistry::new();
+        // 16 secrets made the admin API's way (its limit per principal).
+        let made: Vec<(String, Zeroizing<String>)> = (0..16)
+            .map(|_| {
+                let (selector, secret) = generate_selected_secret();
+                let hash = hash_secret(&secret).unwrap();
+                registry
+                    .add_selected("c", hash, None, Some(selector.clone()))
+                    .unwrap();
+                (selector, secret)
+            })
+            .collect();
+        // A wrong secret with a valid-looking (even a real) selector: one run; so is any other wrong secret,
+        // and an unknown client.
+        let (sel, _) = &made[7];
+        let wrong = format!("{sel}~{}", generate_secret());
+        for attempt in [wrong.as_str(), "AAAAAAAA~nope", "no-selector", "x"] {
+            let n = runs(&registry, || {
+                assert_eq!(registry.verify_at("c", attempt, 0), Verdict::Invalid)
+            });
+            assert_eq!(n, 1, "{attempt}");
+        }
+        let n = runs(&registry, || {
+            assert_eq!(registry.verify_at("unknown", &wrong, 0), Verdict::Invalid)
+        });
+        assert_eq!(n, 1);
+        // Every one of the 16 is accepted, each for one run (then remembered: none).
+        for (_, secret) in &made {
+            assert_eq!(runs(&registry, || assert!(registry.verify("c", secret))), 1);
+            assert_eq!(runs(&registry, || assert!(registry.verify("c", secret))), 0);
+        }
+    }
+
+    #[test]
+    fn secrets_without_a_selector_are_still_accepted() {
+        let registry = ClientRegistry::new();
+        // A configured (or pre-selector) secret, which may even look like it has a selector, next to a new one.
+        let old = "abcdefgh~configured-by-hand";
+        registry.add("c", hash_secret(old).unwrap()).unwrap();
+        registry.add("c", hash_secret("plain").unwrap()).unwrap();
+        let (selector, new) = generate_selected_secret();
+        registry
+            .add_selected("c", hash_secret(&new).unwrap(), None, Some(selector))
+            .unwrap();
+        assert!(registry.verify("c", old));
+        assert!(registry.verify("c", "plain"));
+        assert!(registry.verify("c", &new));
+        // A wrong secret tries the selector-less hashes (two here), never the selected one.
+        assert_eq!(
+            runs(&registry, || assert!(!registry.verify("c", "wrong"))),
+            2
+        );
+        assert!(
+            registry
+                .add_selected("c", DUMMY_HASH, None, Some("bad!".into()))
+                .is_err()
+        );
+    }
+
     #[test]
     fn add_rejects_non_argon2_hashes() {
         let registry = ClientRegistry::new();
@@ -605,5 +809,19 @@ mod tests {
         assert_eq!(secret.len(), 43);
         assert_eq!(URL_SAFE_NO_PAD.decode(&secret).unwrap().len(), 32);
         assert_ne!(secret, generate_secret());
+        assert_eq!(selector_of(&secret), None);
+
+        let (selector, secret) = generate_selected_secret();
+        assert_eq!(secret.len(), SELECTOR_LEN + 1 + 43);
+        assert_eq!(selector_of(&secret), Some(selector.as_str()));
+        assert!(is_selector(&selector));
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(&secret[SELECTOR_LEN + 1..])
+                .unwrap()
+                .len(),
+            32
+        );
+        assert_ne!(selector, generate_selected_secret().0);
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! The [`Policy`] is shared (`Arc`) and swappable at run time: changes take effect on the next request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -346,6 +346,52 @@ pub fn builtin_roles() -> Vec<Role> {
     ]
 }
 
+/// The most characters (not bytes) a role name may have.
+pub const MAX_ROLE_NAME_CHARS: usize = 128;
+
+/// The one rule for role names, wherever a role is defined (configuration, admin API, a stored access
+/// document), so that a name accepted and saved by one is never refused by another: trimmed, 1 to
+/// [`MAX_ROLE_NAME_CHARS`] characters, with no control character and no invisible or bidirectional-formatting
+/// one (a name that displays like another, or reorders the text around it in a listing, an audit line or a
+/// 409 message, must not be definable), and no U+FFFD, which is what a malformed percent-encoded path segment
+/// decodes to. Returns the trimmed name.
+pub fn check_role_name(name: &str) -> Result<&str, PolicyError> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0
+        || chars > MAX_ROLE_NAME_CHARS
+        || name
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c) || c == char::REPLACEMENT_CHARACTER)
+    {
+        return Err(PolicyError(format!(
+            "a role name must be 1-{MAX_ROLE_NAME_CHARS} characters, without control, invisible or \
+             bidirectional-formatting characters (nor U+FFFD, which invalid UTF-8 in a path decodes to)"
+        )));
+    }
+    Ok(name)
+}
+
+/// Characters that change how text displays without showing themselves: Unicode's format characters (general
+/// category Cf) that occur in text — soft hyphen, zero-width spaces and joiners, directional marks, embeddings,
+/// overrides and isolates, invisible operators, the byte-order mark, tags — and the line and paragraph
+/// separators. (`char::is_control` covers only category Cc.)
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
 /// A role given to a principal at a scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
@@ -550,10 +596,7 @@ impl Policy {
         name: &str,
         permissions: Vec<Permission>,
     ) -> Result<Role, PolicyError> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 128 {
-            return Err(PolicyError("a role name must be 1-128 characters".into()));
-        }
+        let name = check_role_name(name)?;
         let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         if s.role(name).is_some_and(|r| r.builtin) {
             return Err(PolicyError(format!(
@@ -602,46 +645,82 @@ impl Policy {
     /// Adds an assignment (the role must exist). An identical assignment (same principal, role and scope) is
     /// not added twice: the existing one is returned. The returned assignment carries its id and the role's
     /// canonical name.
-    pub fn assign(&self, mut assignment: Assignment) -> Result<Assignment, PolicyError> {
-        let principal = assignment.principal.trim();
-        if principal.is_empty() || principal.len() > 256 {
-            return Err(PolicyError(
-                "a principal id must be 1-256 characters".into(),
-            ));
-        }
-        assignment.principal = principal.to_string();
+    pub fn assign(&self, assignment: Assignment) -> Result<Assignment, PolicyError> {
+        self.assign_all(vec![assignment])
+            .pop()
+            .expect("one result per assignment")
+    }
+
+    /// [`assign`](Self::assign) for each assignment, in order, under one lock and with one rebuild of the
+    /// grants: loading a document of thousands of assignments one [`assign`](Self::assign) at a time
+    /// rebuilt the grants and scanned every assignment once per assignment (quadratic).
+    pub fn assign_all(&self, assignments: Vec<Assignment>) -> Vec<Result<Assignment, PolicyError>> {
         let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        let role = s
-            .role(&assignment.role)
-            .ok_or_else(|| PolicyError(format!("unknown role '{}'", assignment.role)))?;
-        assignment.role = role.name.clone();
-        if let Some(existing) = s.assignments.iter().find(|a| {
-            a.principal == assignment.principal
-                && a.role == assignment.role
-                && a.scope == assignment.scope
-        }) {
-            return Ok(existing.clone());
+        let mut ids: HashSet<String> = s.assignments.iter().map(|a| a.id.clone()).collect();
+        let mut same: HashMap<(String, String, Scope), usize> = (s.assignments.iter().enumerate())
+            .map(|(i, a)| ((a.principal.clone(), a.role.clone(), a.scope.clone()), i))
+            .collect();
+        let mut added = false;
+        let mut out = Vec::with_capacity(assignments.len());
+        for mut assignment in assignments {
+            let principal = assignment.principal.trim();
+            if principal.is_empty() || principal.len() > 256 {
+                out.push(Err(PolicyError(
+                    "a principal id must be 1-256 characters".into(),
+                )));
+                continue;
+            }
+            assignment.principal = principal.to_string();
+            let Some(role) = s.role(&assignment.role) else {
+                out.push(Err(PolicyError(format!(
+                    "unknown role '{}'",
+                    assignment.role
+                ))));
+                continue;
+            };
+            assignment.role = role.name.clone();
+            let key = (
+                assignment.principal.clone(),
+                assignment.role.clone(),
+                assignment.scope.clone(),
+            );
+            if let Some(&at) = same.get(&key) {
+                out.push(Ok(s.assignments[at].clone()));
+                continue;
+            }
+            if assignment.id.is_empty() {
+                assignment.id = crate::auth::generate_client_id();
+            } else if ids.contains(&assignment.id) {
+                out.push(Err(PolicyError(format!(
+                    "an assignment with id '{}' exists",
+                    assignment.id
+                ))));
+                continue;
+            }
+            ids.insert(assignment.id.clone());
+            same.insert(key, s.assignments.len());
+            s.assignments.push(assignment.clone());
+            added = true;
+            out.push(Ok(assignment));
         }
-        if assignment.id.is_empty() {
-            assignment.id = crate::auth::generate_client_id();
-        } else if s.assignments.iter().any(|a| a.id == assignment.id) {
-            return Err(PolicyError(format!(
-                "an assignment with id '{}' exists",
-                assignment.id
-            )));
+        if added {
+            s.rebuild();
         }
-        s.assignments.push(assignment.clone());
-        s.rebuild();
-        Ok(assignment)
+        out
     }
 
     /// Removes an assignment by id. Returns whether it existed.
     pub fn unassign(&self, id: &str) -> bool {
+        self.unassign_all(&HashSet::from([id])) == 1
+    }
+
+    /// Removes the assignments with these ids, with one rebuild of the grants. Returns how many there were.
+    pub fn unassign_all(&self, ids: &HashSet<&str>) -> usize {
         let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         let before = s.assignments.len();
-        s.assignments.retain(|a| a.id != id);
-        let removed = s.assignments.len() != before;
-        if removed {
+        s.assignments.retain(|a| !ids.contains(a.id.as_str()));
+        let removed = before - s.assignments.len();
+        if removed > 0 {
             s.rebuild();
         }
         removed
@@ -808,5 +887,43 @@ mod tests {
         assert!(p.authorize("r", Operation::SecretGet, Some("x")).is_err());
         assert!(p.remove_role("rotator").unwrap());
         assert!(p.remove_role(READER).is_err());
+    }
+
+    #[test]
+    fn role_names_count_characters_and_refuse_invisible_ones() {
+        let p = Policy::new();
+        // 128 two-byte characters (256 bytes) are a valid name; 129 are not.
+        let long = "é".repeat(MAX_ROLE_NAME_CHARS);
+        assert_eq!(check_role_name(&format!(" {long} ")), Ok(long.as_str()));
+        assert_eq!(
+            p.define_role(&long, vec![Permission::Get]).unwrap().name,
+            long
+        );
+        assert!(p.roles().iter().any(|r| r.name == long));
+        assert!(check_role_name(&format!("{long}é")).is_err());
+        for bad in [
+            "",
+            "  ",
+            "a\u{7}b",
+            "a\u{202E}b",
+            "a\u{200B}b",
+            "a\u{200F}b",
+            "a\u{2066}b",
+            "a\u{2069}b",
+            "\u{FEFF}ab",
+            "a\u{FFFD}b",
+            "a\u{E0041}b",
+        ] {
+            assert!(check_role_name(bad).is_err(), "{bad:?}");
+            assert!(
+                p.define_role(bad, vec![Permission::Get]).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(p.roles().len(), builtin_roles().len() + 1);
+        // Letters of any script are fine.
+        for good in ["Rotator", "CI Reader", "Ротатор", "ローテーター", "Café-1"] {
+            assert_eq!(check_role_name(good), Ok(good));
+        }
     }
 }

@@ -259,10 +259,32 @@ impl TokenVerifier {
         Self { inner }
     }
 
-    /// Refuses external tokens whose principal is the id of one of `clients` (this server's own
-    /// applications): a trusted identity provider can name its identities as it likes, and must not be able
-    /// to speak for a local application and get its role assignments. Such a token is a 401.
+    /// Tells the verifier this server's clients (its own applications), for two rules; a token that breaks
+    /// either is a 401:
+    ///
+    /// - an external token whose principal is the id of one of `clients` is refused: a trusted identity
+    ///   provider can name its identities as it likes, and must not be able to speak for a local application
+    ///   and get its role assignments;
+    /// - a token of this server's own issuer must name a client that exists *now*: a deleted principal's
+    ///   unexpired token stays refused even if an assignment naming its id is made later (the admin API
+    ///   accepts any id, for external subjects).
+    ///
+    /// The second rule costs nothing on the path of a cached token (every request but a token's first): it is
+    /// checked when a token is verified, before it is cached, and removing a client forgets its cached tokens
+    /// (through a removal hook). A removal that runs while a token is being verified is caught by the
+    /// registry's removal counter, read before the check and again after the token is cached (as a trusted
+    /// issuer's key change is caught by its generation).
     pub fn refuse_local_client_ids(&self, clients: Arc<super::ClientRegistry>) {
+        let me = Arc::downgrade(&self.inner);
+        clients.on_removed(Box::new(move |client_id| {
+            if let Some(inner) = me.upgrade() {
+                inner
+                    .cache
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove_principal(client_id);
+            }
+        }));
         let _ = self.inner.local_clients.set(clients);
     }
 
@@ -335,6 +357,12 @@ impl TokenVerifier {
             .map_err(|e| map_jwt_error(e.kind()))?;
         let claims = data.claims;
         check_times(claims.nbf, claims.exp, now)?;
+        // Our own token for a client that no longer exists (see `refuse_local_client_ids`).
+        let clients = inner.local_clients.get();
+        let removals = clients.map(|c| c.removals());
+        if clients.is_some_and(|c| !c.contains(&claims.sub)) {
+            return Err(AuthError::InvalidToken("the token's client does not exist"));
+        }
 
         let principal = Principal {
             id: claims.sub.into(),
@@ -342,6 +370,10 @@ impl TokenVerifier {
         };
         let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
         cache.insert(token, principal.clone(), claims.nbf, claims.exp, now);
+        // A client removed since the check: its hook may have run before this entry went in.
+        if clients.map(|c| c.removals()) != removals {
+            cache.remove(token.as_bytes());
+        }
         Ok(principal)
     }
 
@@ -529,6 +561,19 @@ impl Cache {
             let (entry, _) = found.remove();
             self.by_exp.remove(&(entry.exp, hash, entry.serial));
             self.bytes -= entry.token.len();
+        }
+    }
+
+    /// Forgets every token of `principal` (a scan: this runs when a client is removed, which is rare).
+    fn remove_principal(&mut self, principal: &str) {
+        let gone: Vec<(i64, u64, u64)> = self
+            .table
+            .iter()
+            .filter(|e| &*e.principal.id == principal)
+            .map(|e| (e.exp, e.hash, e.serial))
+            .collect();
+        for (exp, hash, serial) in gone {
+            self.remove_entry(exp, hash, serial);
         }
     }
 
@@ -824,6 +869,39 @@ mod tests {
         // Failures are not cached.
         let _ = verifier.verify("x.y.z", NOW);
         assert_eq!(verifier.cache_len(), 0);
+    }
+
+    #[test]
+    fn tokens_of_a_removed_client_are_refused_even_when_cached() {
+        let (issuer, verifier) = setup();
+        let clients = Arc::new(crate::auth::ClientRegistry::new());
+        clients.ensure("app");
+        clients.ensure("other");
+        verifier.refuse_local_client_ids(clients.clone());
+        let (app, _) = issuer.issue("app", AUD, NOW).unwrap();
+        let (other, _) = issuer.issue("other", AUD, NOW).unwrap();
+        let (never, _) = issuer.issue("never-existed", AUD, NOW).unwrap();
+        assert_eq!(
+            invalid(verifier.verify(&never, NOW)),
+            "the token's client does not exist"
+        );
+        verifier.verify(&app, NOW).unwrap();
+        verifier.verify(&other, NOW).unwrap();
+        assert_eq!(verifier.cache_len(), 2);
+        assert!(verifier.verify_cached(app.as_bytes(), NOW).is_some());
+
+        // Removed: its cached token goes at once (the other client's stays), and verifying it again fails.
+        assert!(clients.remove("app"));
+        assert_eq!(verifier.cache_len(), 1);
+        assert!(verifier.verify_cached(app.as_bytes(), NOW).is_none());
+        assert_eq!(
+            invalid(verifier.verify(&app, NOW)),
+            "the token's client does not exist"
+        );
+        assert!(verifier.verify_cached(other.as_bytes(), NOW).is_some());
+        // An id that exists again (here: re-added) is accepted again; tokens do not outlive their client.
+        clients.ensure("app");
+        assert_eq!(&*verifier.verify(&app, NOW).unwrap().id, "app");
     }
 
     #[test]
