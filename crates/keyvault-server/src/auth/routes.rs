@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
@@ -119,14 +119,29 @@ impl TokenForm {
     }
 }
 
+/// The most a token request's form may take (a client credentials request is a few hundred bytes).
+const MAX_TOKEN_FORM_BYTES: usize = 64 * 1024;
+
 async fn token(
     State(state): State<AuthState>,
-    Path(tenant): Path<String>,
+    tenant: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let correlation = correlation_id(&headers);
-    match token_inner(&state, &tenant, &headers, &body).await {
+    // The extractors' own refusals are plain text; a client of this endpoint expects the OAuth error shape.
+    let result = match (
+        tenant,
+        crate::http::read_body(body, MAX_TOKEN_FORM_BYTES).await,
+    ) {
+        (Err(_), _) => Err(OAuthError::tenant_not_found(
+            "invalid_request",
+            "(not valid UTF-8)",
+        )),
+        (_, Err(e)) => Err(OAuthError::new(e.status, "invalid_request", e.message, &[])),
+        (Ok(Path(tenant)), Ok(body)) => token_inner(&state, &tenant, &headers, &body).await,
+    };
+    match result {
         Ok(response) => response,
         Err(e) => e.into_response(&state, &correlation),
     }
@@ -624,6 +639,20 @@ mod tests {
             .header("host", host)
             .body(Body::empty())
             .unwrap()
+    }
+
+    /// What the extractors would have refused as plain text is answered in the OAuth error shape.
+    #[tokio::test]
+    async fn bad_paths_and_oversized_forms_get_oauth_errors() {
+        let state = state();
+        let (status, _, body) =
+            send(&state, post_form("/%ff/oauth2/v2.0/token", String::new())).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        let big = format!("grant_type=client_credentials&pad={}", "a".repeat(100_000));
+        let (status, _, body) = send(&state, post_form(&token_path(), big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert_eq!(body["error"], "invalid_request", "{body}");
+        assert!(body["error_codes"].is_array(), "{body}");
     }
 
     fn token_path() -> String {
