@@ -700,12 +700,8 @@ fn quiet_connections_are_closed() {
 #[tokio::test]
 async fn oversized_and_broken_bodies_get_their_answers() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dev");
-    let (mut child, addr) = start(&dev_args(&data));
-    let creds_path = data.join("dev-credentials.json");
-    wait_for_dev_credentials(&creds_path, &addr);
-    let (ca, token, _http) = dev_token(&creds_path, &addr).await;
+    let (dir, mut child, addr) = dev_server();
+    let (ca, token, _http) = dev_token(&dir.path().join("dev/dev-credentials.json"), &addr).await;
 
     let answer = |request: Vec<u8>| {
         let mut stream = tls_connection(&ca, &addr);
@@ -782,6 +778,15 @@ async fn oversized_and_broken_bodies_get_their_answers() {
     assert!(exit.await.unwrap().success());
 }
 
+/// A `--dev` server in a new temporary directory (its data in `dev/`), ready.
+fn dev_server() -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let (child, addr) = start(&dev_args(&data));
+    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
+    (dir, child, addr)
+}
+
 /// The dev server's CA, a token for its client, and the HTTPS client that fetched it (keep it alive).
 async fn dev_token(creds_path: &std::path::Path, addr: &str) -> (Vec<u8>, String, reqwest::Client) {
     let creds: serde_json::Value =
@@ -821,12 +826,8 @@ async fn dev_token(creds_path: &std::path::Path, addr: &str) -> (Vec<u8>, String
 async fn a_second_signal_stops_at_once() {
     use std::io::Write;
     use std::os::unix::process::ExitStatusExt;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dev");
-    let (mut child, addr) = start(&dev_args(&data));
-    let creds_path = data.join("dev-credentials.json");
-    wait_for_dev_credentials(&creds_path, &addr);
-    let (ca, token, _http) = dev_token(&creds_path, &addr).await;
+    let (dir, mut child, addr) = dev_server();
+    let (ca, token, _http) = dev_token(&dir.path().join("dev/dev-credentials.json"), &addr).await;
     let mut stuck = tls_connection(&ca, &addr);
     let head = format!(
         "PUT /secrets/s?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
