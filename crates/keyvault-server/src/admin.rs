@@ -203,10 +203,20 @@ impl std::fmt::Debug for AccessAdmin {
     }
 }
 
+/// A display name is shown in listings: the same characters are refused as in role names (spoofing by
+/// direction overrides or invisible characters), only the length differs.
 fn valid_display_name(name: &str) -> Result<(), AdminError> {
-    if name.chars().count() > 256 || name.chars().any(char::is_control) {
+    if name.chars().count() > 256
+        || name.chars().any(|c| {
+            c.is_control()
+                || crate::auth::policy::is_invisible_format(c)
+                || c == char::REPLACEMENT_CHARACTER
+        })
+    {
         return Err(AdminError::BadParameter(
-            "displayName must be at most 256 characters, without control characters".into(),
+            "displayName must be at most 256 characters, without control, invisible or \
+             bidirectional-formatting characters"
+                .into(),
         ));
     }
     Ok(())
@@ -1181,6 +1191,21 @@ mod tests {
         };
         let doc = parse_doc(&bytes, "test").unwrap();
         doc.roles.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn display_names_refuse_what_role_names_refuse() {
+        assert!(valid_display_name("billing app — é 日本").is_ok());
+        assert!(valid_display_name(&"é".repeat(256)).is_ok());
+        for bad in [
+            "é".repeat(257),
+            "admin\u{202E}nimda".into(),
+            "a\u{200B}b".into(),
+            "a\u{FFFD}b".into(),
+            "a\nb".into(),
+        ] {
+            assert!(valid_display_name(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[tokio::test]

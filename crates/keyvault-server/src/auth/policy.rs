@@ -376,7 +376,7 @@ pub fn check_role_name(name: &str) -> Result<&str, PolicyError> {
 /// category Cf) that occur in text — soft hyphen, zero-width spaces and joiners, directional marks, embeddings,
 /// overrides and isolates, invisible operators, the byte-order mark, tags — and the line and paragraph
 /// separators. (`char::is_control` covers only category Cc.)
-fn is_invisible_format(c: char) -> bool {
+pub(crate) fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
