@@ -183,12 +183,14 @@ impl FileKeyProvider {
         }
         let mut file =
             std::fs::File::open(path).map_err(|e| key_file_err(path, "cannot open", &e))?;
-        let mut text = Zeroizing::new(String::new());
+        let mut raw = Zeroizing::new(Vec::new());
         Read::by_ref(&mut file)
             .take(MAX_KEY_FILE_LEN)
-            .read_to_string(&mut text)
+            .read_to_end(&mut raw)
             .map_err(|e| key_file_err(path, "cannot read", &e))?;
-        let kek = parse_key_text(&text).ok_or_else(|| {
+        // A file of raw key bytes is not text: the same "malformed" answer as any other wrong content.
+        let text = std::str::from_utf8(&raw).unwrap_or_default();
+        let kek = parse_key_text(text).ok_or_else(|| {
             CryptoError::KeyFile(format!(
                 "{} is malformed: expected one line holding a 32-byte key (64 hex characters or base64)",
                 path.display()

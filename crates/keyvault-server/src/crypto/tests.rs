@@ -284,7 +284,18 @@ fn malformed_key_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kek");
     let secret_like = "a".repeat(63);
-    let cases = ["", "\n", "zz", &secret_like, "00\n11", &"0".repeat(2000)];
+    let raw_key: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(37) | 0x80).collect();
+    let zeros = "0".repeat(2000);
+    let cases: [&[u8]; 7] = [
+        b"",
+        b"\n",
+        b"zz",
+        secret_like.as_bytes(),
+        b"00\n11",
+        zeros.as_bytes(),
+        // 32 raw key bytes (not UTF-8): malformed like the rest, not an I/O error.
+        &raw_key,
+    ];
     for content in cases {
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
