@@ -856,3 +856,61 @@ async fn a_second_signal_stops_at_once() {
     assert_eq!(status.code(), Some(130), "{status:?} {:?}", status.signal());
     drop(stuck);
 }
+
+/// A store that holds secrets of another vault name, and none of this one's, is most likely a renamed or
+/// mistyped `vault_name` (values are bound to their vault's name, so the vault looks empty): the server says
+/// so when it starts.
+#[tokio::test]
+async fn another_vault_name_over_a_store_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let server = keyvault_server::Server::bind(keyvault_server::Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.clone(),
+            dev: true,
+            ..keyvault_server::Config::default()
+        })
+        .await
+        .unwrap();
+        server
+            .vault()
+            .set(
+                "db-password",
+                keyvault_secrets::SecretString::new("v"),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // The lines a server logs up to the one with its address.
+    let start_lines = |vault_name: &str| {
+        let mut args = dev_args(&data).to_vec();
+        args.extend(["--vault-name", vault_name]);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env_remove("KEYVAULT_KEK")
+            .env("KEYVAULT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let server = Server(child);
+        let lines: Vec<String> = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("addr="))
+            .collect();
+        drop(server);
+        lines.join("\n")
+    };
+    let renamed = start_lines("othervault");
+    assert!(
+        renamed.contains("store holds secrets of another vault name")
+            && renamed.contains("store_holds=myvault"),
+        "{renamed}"
+    );
+    let same = start_lines("myvault");
+    assert!(!same.contains("another vault name"), "{same}");
+}

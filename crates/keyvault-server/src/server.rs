@@ -260,6 +260,7 @@ impl Server {
         )
         .await
         .map_err(StartError::Setup)?;
+        warn_if_vault_looks_renamed(store.as_ref(), &config.vault_name).await;
         let settings = VaultSettings {
             name: config.vault_name.clone(),
             retention_days: config.retention_days,
@@ -567,6 +568,26 @@ impl Server {
             audit.flush().await;
         }
         Ok(())
+    }
+}
+
+/// Values are bound to their vault's name, so a store opened under another `vault_name` looks empty. When this
+/// vault has no secret (live or deleted) but the store holds another vault's, say so: a renamed or mistyped
+/// `vault_name` is the likely cause, and nothing else would tell.
+async fn warn_if_vault_looks_renamed(store: &dyn crate::store::SecretStore, vault: &str) {
+    let empty = matches!(store.list_latest(vault, None, 1).await, Ok(rows) if rows.is_empty())
+        && matches!(store.list_deleted(vault, None, 1).await, Ok(rows) if rows.is_empty());
+    if !empty {
+        return;
+    }
+    if let Ok(Some(other)) = store.any_sealed().await
+        && other.vault != vault
+    {
+        tracing::warn!(
+            vault_name = vault,
+            store_holds = %other.vault,
+            "this vault has no secrets, but the store holds secrets of another vault name: is vault_name right?"
+        );
     }
 }
 
