@@ -7,7 +7,7 @@ use std::fmt;
 pub mod code {
     /// Connection failures, server errors, anything else.
     pub const OTHER: u8 = 1;
-    /// Bad input: usage errors, invalid names, values or files, a 400 from the vault.
+    /// Bad input: usage errors, invalid names, values or files, a 400 or 413 from the vault.
     pub const BAD_INPUT: u8 = 2;
     /// The secret (or version, or deleted secret) does not exist.
     pub const NOT_FOUND: u8 = 3;
@@ -25,7 +25,7 @@ macro_rules! exit_codes_help {
         "Exit codes:
   0  success
   1  connection failure, server error, anything else
-  2  bad input (usage, invalid name/value/date/file, 400 from the vault)
+  2  bad input (usage, invalid name/value/date/file, 400 or 413 from the vault)
   3  not found (secret, version or deleted secret)
   4  conflict (e.g. name held by a deleted secret, restore over an existing secret)
   5  unauthorized or forbidden (credential failure, 401, 403, disabled secret)
@@ -123,7 +123,8 @@ impl CliError {
                 };
                 (code::FORBIDDEN, format!("forbidden{on}: {msg}"))
             }
-            ErrorKind::HttpResponse if status == Some(400) => {
+            // 413 too: whether a too-large value gets 400 or 413 depends only on how large it is.
+            ErrorKind::HttpResponse if matches!(status, Some(400 | 413)) => {
                 (code::BAD_INPUT, format!("rejected by {vault}: {msg}"))
             }
             ErrorKind::HttpResponse => (

@@ -174,6 +174,16 @@ fn value_sources_and_utf8() {
     .code(2);
     assert!(e.stderr.contains("too large"), "{}", e.stderr);
     assert!(!e.stderr.contains("vvvvvvvv"));
+    // Larger than the request limit, it is the vault's 413: the same exit code.
+    let huge = "v".repeat(300_000);
+    let e = kv_in(
+        v,
+        &["secret", "set", "src-big", "--value-stdin"],
+        huge.as_bytes(),
+    )
+    .code(2);
+    assert!(e.stderr.contains("RequestEntityTooLarge"), "{}", e.stderr);
+    assert!(!e.stderr.contains("vvvvvvvv"));
 
     // Exactly one source.
     kv(v, &["secret", "set", "src-none"]).code(2);
