@@ -224,7 +224,14 @@ async fn principals_are_created_used_rotated_and_deleted_at_run_time() {
             None,
         )
     };
-    assert_eq!(get_with_old_token().await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = get_with_old_token().await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Said as it is (not "missing a token", which the SDKs would show for a token they did send).
+    assert_eq!(
+        body["error"]["message"],
+        "The access token was issued to a client that has since been deleted.",
+        "{body}"
+    );
     // A role assigned later to the deleted client's id (the API takes any id, for external subjects) does
     // not bring the old token back.
     let (status, a) = h

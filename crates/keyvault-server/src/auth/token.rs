@@ -180,6 +180,10 @@ impl fmt::Debug for TokenIssuer {
     }
 }
 
+/// Why a token of this server's own issuer is refused when its client has been deleted (the HTTP layer
+/// words its 401 for it: the token itself is well formed and signed).
+pub const CLIENT_GONE: &str = "the token's client does not exist";
+
 /// Verifies access tokens: algorithm pinned to ES256, `kid` among the known keys, signature, exact `iss`,
 /// `aud` among the accepted audiences, `exp`/`nbf` with [`CLOCK_SKEW_SECS`] of skew.
 ///
@@ -361,7 +365,7 @@ impl TokenVerifier {
         let clients = inner.local_clients.get();
         let removals = clients.map(|c| c.removals());
         if clients.is_some_and(|c| !c.contains(&claims.sub)) {
-            return Err(AuthError::InvalidToken("the token's client does not exist"));
+            return Err(AuthError::InvalidToken(CLIENT_GONE));
         }
 
         let principal = Principal {

@@ -312,8 +312,17 @@ fn unauthorized() -> ApiError {
 /// this vault's gets Key Vault's own text for it (`AKV10022`, naming both), the usual mistake (a token asked
 /// for another resource's scope); every other reason gets the generic `AKV10000` text.
 fn refused(e: &crate::auth::AuthError, token: &[u8], challenge: &HeaderValue) -> ApiError {
-    if !matches!(e, crate::auth::AuthError::InvalidToken("wrong audience")) {
-        return unauthorized();
+    match e {
+        crate::auth::AuthError::InvalidToken("wrong audience") => {}
+        // Key Vault has no such case (its identities live in Entra ID): say what happened, without an AKV code.
+        crate::auth::AuthError::InvalidToken(crate::auth::token::CLIENT_GONE) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "The access token was issued to a client that has since been deleted.",
+            );
+        }
+        _ => return unauthorized(),
     }
     let expected = challenge
         .to_str()
