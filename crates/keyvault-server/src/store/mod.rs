@@ -328,6 +328,12 @@ fn purge_protection_key(vault: &str) -> String {
 /// A server started with it records that in the store (over a shared store, for every node); one started
 /// without it over a store holding that record refuses to start, instead of letting secrets deleted under
 /// protection be purged.
+/// Whether another server over this store turned purge protection on for `vault` after this one started: a
+/// node started without it must not purge what the vault now protects (read at each purge; purges are rare).
+pub async fn purge_protection_recorded(store: &dyn SecretStore, vault: &str) -> StoreResult<bool> {
+    Ok(store.meta(&purge_protection_key(vault)).await?.is_some())
+}
+
 pub async fn check_purge_protection(
     store: &dyn SecretStore,
     vault: &str,

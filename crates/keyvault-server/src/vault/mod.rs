@@ -369,6 +369,7 @@ impl Vault {
                 Some(sealed) => self
                     .envelope
                     .open_cursor(kind, sealed)
+                    .map(|c| c.trim_end_matches('\0').to_string())
                     .filter(|c| rules::is_valid_name(c))
                     .ok_or_else(bad_skiptoken)?,
                 None if visible.is_none() => parse_name_cursor(t)?,
@@ -418,9 +419,16 @@ impl Vault {
     }
 
     fn seal_cursor(&self, kind: &str, cursor: &str) -> VaultResult<String> {
+        // Padded to the longest name: the cursor's length must not tell how long the name it holds is.
+        let mut padded = String::with_capacity(rules::MAX_NAME_CHARS);
+        padded.push_str(cursor);
+        padded.extend(std::iter::repeat_n(
+            '\0',
+            rules::MAX_NAME_CHARS.saturating_sub(cursor.len()),
+        ));
         let sealed = self
             .envelope
-            .seal_cursor(kind, cursor)
+            .seal_cursor(kind, &padded)
             .map_err(|e| VaultError::Internal(e.to_string()))?;
         Ok(format!("{SEALED_CURSOR}{sealed}"))
     }
@@ -446,7 +454,9 @@ impl Vault {
                 name: name.to_string(),
             });
         }
-        if !self.settings.recovery_level().is_purgeable() {
+        if !self.settings.recovery_level().is_purgeable()
+            || crate::store::purge_protection_recorded(self.store.as_ref(), self.vault()).await?
+        {
             return Err(VaultError::PurgeProtected);
         }
         if self.store.purge(self.vault(), name).await? {

@@ -1,6 +1,7 @@
 use super::*;
 use crate::crypto::StaticKeyProvider;
 use crate::store::sqlite::SqliteStore;
+use std::collections::BTreeSet;
 
 fn vault_in(dir: &std::path::Path, clock: Arc<dyn Clock>, purge_protection: bool) -> Vault {
     let store = Arc::new(SqliteStore::open(&dir.join("v.db")).unwrap());
@@ -230,11 +231,13 @@ async fn filtered_listings_show_no_hidden_name() {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     let mut sizes = Vec::new();
+    let mut lengths = Vec::new();
     loop {
         let page = v.list(after.as_deref(), 1, Some(filter)).await.unwrap();
         sizes.push(page.items.len());
         seen.extend(page.items.iter().map(|r| r.name.clone()));
         let Some(next) = page.next else { break };
+        lengths.push(next.len());
         assert!(next.starts_with('_'), "{next}");
         assert!(
             !next.contains("hidden") && !next.contains("payroll"),
@@ -243,6 +246,12 @@ async fn filtered_listings_show_no_hidden_name() {
         after = Some(next);
     }
     assert_eq!(seen, ["app-0", "app-1", "app-2", "app-3", "app-4"]);
+    // Every sealed cursor has the same length, whatever the length of the name it holds.
+    assert_eq!(
+        lengths.iter().collect::<BTreeSet<_>>().len(),
+        1,
+        "{lengths:?}"
+    );
     // One page per visible name, and an empty one (with a cursor) where a whole scan budget was hidden.
     assert_eq!(sizes, [1, 1, 1, 1, 0, 1]);
 
@@ -269,4 +278,28 @@ async fn filtered_listings_show_no_hidden_name() {
         v.list(Some(&bent), 1, Some(filter)).await,
         Err(VaultError::BadParameter(_))
     ));
+}
+
+/// A server started without purge protection does not purge once another server over the same store has
+/// turned it on for this vault (a rolling change on PostgreSQL): the record in the store is read at each purge.
+#[tokio::test]
+async fn purge_protection_turned_on_elsewhere_stops_purges_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    for name in ["before", "after"] {
+        v.set(name, SecretString::new("v"), Default::default())
+            .await
+            .unwrap();
+        v.delete(name).await.unwrap();
+    }
+    v.purge("before").await.unwrap();
+    // Another node over this store starts with purge protection.
+    crate::store::check_purge_protection(v.store().as_ref(), "v", true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        v.purge("after").await,
+        Err(VaultError::PurgeProtected)
+    ));
+    assert!(v.recover("after").await.is_ok());
 }
