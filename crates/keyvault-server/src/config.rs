@@ -455,9 +455,9 @@ impl Config {
         let policy = Policy::new();
         let bad = |e: crate::auth::policy::PolicyError| ConfigError(format!("access control: {e}"));
         // A principal is compared exactly (with a token's `sub`), but an assignment's is trimmed when it is
-        // made: `principal = " app"` would give "app" that role while the default-role check below, seeing
-        // no assignment naming "app", made it an Administrator as well. Refused rather than trimmed here
-        // too, so that what the file says is exactly what is in force.
+        // made: `principal = " app"` would name "app" without saying so, and `client_id = " app"` would give a
+        // default role to a principal no token names. Refused rather than trimmed here too, so that what the
+        // file says is exactly what is in force.
         let named = (self.clients.iter()).map(|c| ("[[clients]] client_id", &c.client_id));
         let assigned =
             (self.assignments.iter()).map(|a| ("[[assignments]] principal", &a.principal));
@@ -485,18 +485,8 @@ impl Config {
                 .map_err(bad)?;
         }
         if let Some(role) = role_setting(&self.default_client_role) {
-            for c in &self.clients {
-                if !self.assignments.iter().any(|a| a.principal == c.client_id) {
-                    policy
-                        .assign(Assignment {
-                            id: String::new(),
-                            principal: c.client_id.clone(),
-                            role: role.to_string(),
-                            scope: Scope::Vault,
-                        })
-                        .map_err(bad)?;
-                }
-            }
+            let clients = self.clients.iter().map(|c| c.client_id.clone());
+            policy.set_default_role(role, clients).map_err(bad)?;
         }
         Ok(policy)
     }

@@ -455,6 +455,9 @@ struct Snapshot {
     assignments: Vec<Assignment>,
     /// Principal → (permissions, scope), derived from the above.
     grants: HashMap<String, Vec<(Permissions, Scope)>>,
+    /// A role on the whole vault for these principals while no assignment names them
+    /// ([`Policy::set_default_role`]).
+    default_role: Option<(String, HashSet<String>)>,
 }
 
 impl Snapshot {
@@ -476,6 +479,15 @@ impl Snapshot {
                     .entry(a.principal.clone())
                     .or_default()
                     .push((role.perms(), a.scope.clone()));
+            }
+        }
+        if let Some((role, principals)) = &self.default_role
+            && let Some(role) = self.role(role)
+        {
+            for p in principals {
+                if !grants.contains_key(p) {
+                    grants.insert(p.clone(), vec![(role.perms(), Scope::Vault)]);
+                }
             }
         }
         self.grants = grants;
@@ -640,6 +652,24 @@ impl Policy {
         }
         s.roles.remove(&role.name.to_ascii_lowercase());
         Ok(true)
+    }
+
+    /// Gives each of `principals` `role` on the whole vault for as long as no assignment names it: the
+    /// first assignment made for one (in the configuration or through the admin API, on any node) replaces
+    /// its default, and removing its last assignment gives the default back. Not an assignment: it is not
+    /// listed, and cannot be removed but by the configuration.
+    pub fn set_default_role(
+        &self,
+        role: &str,
+        principals: impl IntoIterator<Item = String>,
+    ) -> Result<(), PolicyError> {
+        let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(role) = s.role(role) else {
+            return Err(PolicyError(format!("unknown role '{role}'")));
+        };
+        s.default_role = Some((role.name.clone(), principals.into_iter().collect()));
+        s.rebuild();
+        Ok(())
     }
 
     /// Adds an assignment (the role must exist). An identical assignment (same principal, role and scope) is
@@ -827,6 +857,35 @@ mod tests {
             .unwrap_err();
         assert_eq!(d.permission, Get);
         assert_eq!(d.principal, "reader");
+    }
+
+    /// The default role (configured clients named by no assignment) yields to any assignment, made in the
+    /// configuration or later: an admin who narrows a configured client gets what was asked for, not the
+    /// narrow role on top of Administrator. Removing the last assignment gives the default back.
+    #[test]
+    fn a_default_role_yields_to_any_assignment() {
+        let p = Policy::new();
+        p.set_default_role(ADMINISTRATOR, ["cfg".to_string(), "named".to_string()])
+            .unwrap();
+        assert!(p.set_default_role("nope", ["x".to_string()]).is_err());
+        assert!(
+            p.authorize("cfg", Operation::SecretPurge, Some("a"))
+                .is_ok()
+        );
+        assert!(
+            p.authorize("other", Operation::SecretGet, Some("a"))
+                .is_err()
+        );
+        // Not an assignment: nothing listed.
+        assert!(p.assignments(Some("cfg")).is_empty());
+        let a = assign(&p, "cfg", READER, "/");
+        assert!(p.authorize("cfg", Operation::SecretList, None).is_ok());
+        assert!(p.authorize("cfg", Operation::SecretGet, Some("a")).is_err());
+        assert!(p.authorize("cfg", Operation::VaultAdmin, None).is_err());
+        // The other default principal keeps its default.
+        assert!(p.authorize("named", Operation::VaultAdmin, None).is_ok());
+        assert!(p.unassign(&a.id));
+        assert!(p.authorize("cfg", Operation::VaultAdmin, None).is_ok());
     }
 
     #[test]
