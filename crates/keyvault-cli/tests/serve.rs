@@ -277,31 +277,34 @@ fn refused_start(data: &std::path::Path, kek_env: Option<&str>) -> String {
     stderr
 }
 
+/// A `--dev` data directory (key file, database) holding one secret, `db-password`, made in-process.
+async fn dev_data_with_a_secret(data: &std::path::Path) {
+    let server = keyvault_server::Server::bind(keyvault_server::Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.to_path_buf(),
+        dev: true,
+        ..keyvault_server::Config::default()
+    })
+    .await
+    .unwrap();
+    server
+        .vault()
+        .set(
+            "db-password",
+            keyvault_secrets::SecretString::new("hunter2"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+}
+
 /// The real binary over a database with secrets: another key (`KEYVAULT_KEK`) and a missing key file are
 /// refused at start, naming the key ids, and no new key file is made; the right key still starts.
 #[tokio::test]
 async fn a_key_that_does_not_open_the_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    {
-        let server = keyvault_server::Server::bind(keyvault_server::Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data.clone(),
-            dev: true,
-            ..keyvault_server::Config::default()
-        })
-        .await
-        .unwrap();
-        server
-            .vault()
-            .set(
-                "db-password",
-                keyvault_secrets::SecretString::new("hunter2"),
-                Default::default(),
-            )
-            .await
-            .unwrap();
-    }
+    dev_data_with_a_secret(&data).await;
     let kek = data.join("kek.key");
     let written_with = keyvault_server::crypto::FileKeyProvider::load_or_create(&kek)
         .unwrap()
@@ -864,25 +867,7 @@ async fn a_second_signal_stops_at_once() {
 async fn another_vault_name_over_a_store_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    {
-        let server = keyvault_server::Server::bind(keyvault_server::Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data.clone(),
-            dev: true,
-            ..keyvault_server::Config::default()
-        })
-        .await
-        .unwrap();
-        server
-            .vault()
-            .set(
-                "db-password",
-                keyvault_secrets::SecretString::new("v"),
-                Default::default(),
-            )
-            .await
-            .unwrap();
-    }
+    dev_data_with_a_secret(&data).await;
     // The lines a server logs up to the one with its address.
     let start_lines = |vault_name: &str| {
         let mut args = dev_args(&data).to_vec();

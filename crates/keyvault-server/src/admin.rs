@@ -1185,6 +1185,20 @@ mod tests {
         eprintln!("list assignments and principals: {:?}", started.elapsed());
     }
 
+    /// An admin over the access file in `dir`, with no clients, and its policy.
+    async fn file_admin(dir: &Path) -> (AccessAdmin, Arc<Policy>) {
+        let policy = Arc::new(Policy::new());
+        let admin = AccessAdmin::open(
+            Some(dir),
+            None,
+            Arc::new(ClientRegistry::new()),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+        (admin, policy)
+    }
+
     fn stored_role_names(dir: &Path) -> Vec<String> {
         let Ok(bytes) = std::fs::read(dir.join(ACCESS_FILE)) else {
             return Vec::new();
@@ -1211,15 +1225,7 @@ mod tests {
     #[tokio::test]
     async fn role_names_are_checked_once_before_saving() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = Arc::new(Policy::new());
-        let admin = AccessAdmin::open(
-            Some(dir.path()),
-            None,
-            Arc::new(ClientRegistry::new()),
-            policy.clone(),
-        )
-        .await
-        .unwrap();
+        let (admin, policy) = file_admin(dir.path()).await;
         // 100 two-byte characters: 100 characters, 200 bytes. Saved, in force, and removable.
         let long = "é".repeat(100);
         let (role, created) = admin
@@ -1260,15 +1266,7 @@ mod tests {
             r#"{"roles":[{"name":"a\u202eb","permissions":["get"]}]}"#,
         )
         .unwrap();
-        let policy = Arc::new(Policy::new());
-        let admin = AccessAdmin::open(
-            Some(dir.path()),
-            None,
-            Arc::new(ClientRegistry::new()),
-            policy.clone(),
-        )
-        .await
-        .unwrap();
+        let (admin, policy) = file_admin(dir.path()).await;
         assert_eq!(policy.roles().len(), 4, "not in force");
         admin.remove_role("a\u{202E}b").await.unwrap();
         assert!(stored_role_names(dir.path()).is_empty());
