@@ -1062,14 +1062,7 @@ mod tests {
     #[tokio::test]
     async fn api_secrets_keep_their_selector_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let admin = AccessAdmin::open(
-            Some(dir.path()),
-            None,
-            Arc::new(ClientRegistry::new()),
-            Arc::new(Policy::new()),
-        )
-        .await
-        .unwrap();
+        let (admin, _) = file_admin(dir.path()).await;
         let (view, first, _) = admin
             .create_principal(None, None, None, 1_000)
             .await
@@ -1156,16 +1149,8 @@ mod tests {
             serde_json::to_vec(&doc).unwrap(),
         )
         .unwrap();
-        let policy = Arc::new(Policy::new());
         let started = std::time::Instant::now();
-        let admin = AccessAdmin::open(
-            Some(dir.path()),
-            None,
-            Arc::new(ClientRegistry::new()),
-            policy.clone(),
-        )
-        .await
-        .unwrap();
+        let (admin, policy) = file_admin(dir.path()).await;
         eprintln!("open with {n} principals: {:?}", started.elapsed());
         assert_eq!(policy.assignments(None).len(), n);
         for k in 0..3 {

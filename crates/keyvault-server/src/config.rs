@@ -899,6 +899,32 @@ mod tests {
         assert_eq!(off.audit_log_path(), None);
     }
 
+    /// A configured client named by no assignment gets `default_client_role`, until an assignment (here made
+    /// at run time, as through the admin API) names it.
+    #[test]
+    fn configured_clients_get_the_default_role_until_assigned() {
+        use crate::auth::policy::{Assignment, Operation, READER, Scope};
+        let c =
+            Config::from_toml("dev = true\n[[clients]]\nclient_id = \"app\"\nsecret_hashes = []")
+                .unwrap();
+        let policy = c.policy().unwrap();
+        assert!(policy.authorize("app", Operation::VaultAdmin, None).is_ok());
+        policy
+            .assign(Assignment {
+                id: String::new(),
+                principal: "app".into(),
+                role: READER.into(),
+                scope: Scope::Vault,
+            })
+            .unwrap();
+        assert!(
+            policy
+                .authorize("app", Operation::VaultAdmin, None)
+                .is_err()
+        );
+        assert!(policy.authorize("app", Operation::SecretList, None).is_ok());
+    }
+
     #[test]
     fn whitespace_around_a_principal_is_refused() {
         // Trimmed, the assignment would apply to "reader" while the default role (Administrator) did too.

@@ -574,7 +574,7 @@ impl Server {
 /// Values are bound to their vault's name, so a store opened under another `vault_name` looks empty. When this
 /// vault has no secret (live or deleted) but the store holds another vault's, say so: a renamed or mistyped
 /// `vault_name` is the likely cause, and nothing else would tell.
-async fn warn_if_vault_looks_renamed(store: &dyn crate::store::SecretStore, vault: &str) {
+async fn warn_if_vault_looks_renamed(store: &dyn SecretStore, vault: &str) {
     let empty = matches!(store.list_latest(vault, None, 1).await, Ok(rows) if rows.is_empty())
         && matches!(store.list_deleted(vault, None, 1).await, Ok(rows) if rows.is_empty());
     if !empty {

@@ -521,8 +521,8 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<axum::body
         )
     };
     let declared = axum::body::HttpBody::size_hint(&body).exact();
-    if declared.is_some_and(|n| n > limit as u64) {
-        if declared.is_some_and(|n| n <= DRAIN_MAX_BYTES) {
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        if n <= DRAIN_MAX_BYTES {
             while let Some(Ok(_)) = body.frame().await {}
         }
         return Err(too_large());

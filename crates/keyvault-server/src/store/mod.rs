@@ -328,12 +328,6 @@ fn purge_protection_key(vault: &str) -> String {
 /// A server started with it records that in the store (over a shared store, for every node); one started
 /// without it over a store holding that record refuses to start, instead of letting secrets deleted under
 /// protection be purged.
-/// Whether another server over this store turned purge protection on for `vault` after this one started: a
-/// node started without it must not purge what the vault now protects (read at each purge; purges are rare).
-pub async fn purge_protection_recorded(store: &dyn SecretStore, vault: &str) -> StoreResult<bool> {
-    Ok(store.meta(&purge_protection_key(vault)).await?.is_some())
-}
-
 pub async fn check_purge_protection(
     store: &dyn SecretStore,
     vault: &str,
@@ -347,13 +341,22 @@ pub async fn check_purge_protection(
             .map_err(|e| e.to_string())?;
         return Ok(());
     }
-    match store.meta(&key).await.map_err(|e| e.to_string())? {
-        Some(_) => Err(format!(
+    if purge_protection_recorded(store, vault)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!(
             "purge protection was enabled on this vault and cannot be turned off (vault {vault}): start \
              with purge_protection = true (--purge-protection)"
-        )),
-        None => Ok(()),
+        ));
     }
+    Ok(())
+}
+
+/// Whether another server over this store turned purge protection on for `vault` after this one started: a
+/// node started without it must not purge what the vault now protects (read at each purge; purges are rare).
+pub async fn purge_protection_recorded(store: &dyn SecretStore, vault: &str) -> StoreResult<bool> {
+    Ok(store.meta(&purge_protection_key(vault)).await?.is_some())
 }
 
 /// The access-control document shared through a store, as opaque bytes, with its revision (incremented

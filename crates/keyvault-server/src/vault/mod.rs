@@ -479,8 +479,9 @@ pub type Visible<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
 
 /// Marks a sealed cursor (`_` is not a name character, and is URL-safe base64's).
 const SEALED_CURSOR: &str = "_";
-/// Rows a filtered listing reads per store call, and at most per page before it returns what it has.
+/// Rows a filtered listing reads per store call.
 const SCAN_BATCH: usize = 100;
+/// Rows a filtered listing reads at most for one page before it returns what it has.
 const SCAN_BUDGET: usize = 1000;
 
 fn next_cursor<T>(
