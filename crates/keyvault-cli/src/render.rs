@@ -221,7 +221,7 @@ pub const DELETED_LIST: &[Col] = &[
 ];
 
 /// Escape a TSV field: backslash, tab, newline and carriage return.
-fn tsv_escape(s: &str) -> String {
+pub fn tsv_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -81,12 +81,18 @@ Example:
   keyvault secret recover db-pass --wait")]
     Recover(WaitArgs),
     /// Permanently delete a deleted secret.
-    #[command(after_help = "Example:
-  keyvault secret delete db-pass --wait && keyvault secret purge db-pass")]
+    #[command(
+        after_help = "Output: `-o value` prints the name; `-o json` prints {\"name\", \"purged\": true}.
+
+Example:
+  keyvault secret delete db-pass --wait && keyvault secret purge db-pass"
+    )]
     Purge(NameArg),
     /// Write a protected backup of a secret (every version) to a file.
     #[command(
-        after_help = "The backup can only be restored into a vault of the same kind.
+        after_help = "The backup can only be restored into a vault of the same kind. Written to a file, `-o value` \
+prints the file's path and `-o json` prints {\"name\", \"file\", \"bytes\"}; `--file -` writes the backup itself \
+to standard output.
 
 Example:
   keyvault secret backup db-pass --file db-pass.kvbackup"
@@ -486,8 +492,8 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
                 .purge_deleted_secret(&a.name)
                 .await
                 .map_err(err(Target::Deleted(&a.name)))?;
-            eprintln!("purged '{}'", a.name);
-            Ok(())
+            let done = serde_json::json!({ "name": a.name, "purged": true });
+            done_line(out, fmt, &done, &a.name, || format!("purged '{}'", a.name))
         }
         SecretCommand::Backup(a) => {
             let to_stdout = a.file == Path::new("-");
@@ -505,12 +511,12 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
                 out.write_all(&bytes).map_err(io_error)?;
             } else {
                 write_private(&a.file, &bytes)?;
-                eprintln!(
-                    "backed up '{}' to {} ({} bytes)",
-                    a.name,
-                    a.file.display(),
-                    bytes.len()
-                );
+                let file = a.file.display().to_string();
+                let done =
+                    serde_json::json!({ "name": a.name, "file": file, "bytes": bytes.len() });
+                done_line(out, fmt, &done, &file, || {
+                    format!("backed up '{}' to {file} ({} bytes)", a.name, bytes.len())
+                })?;
             }
             Ok(())
         }
@@ -540,6 +546,32 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
         }
         SecretCommand::Import(a) => crate::bulk::import(conn, a, out).await,
         SecretCommand::Export(a) => crate::bulk::export(conn, a, out).await,
+    }
+}
+
+/// What a command that returns nothing from the vault prints when it is done: `json` as JSON, `bare` alone
+/// with `-o value` and `-o tsv` (so scripts can check it), and on a terminal's table output a sentence for
+/// people, on standard error.
+fn done_line(
+    out: &mut dyn Write,
+    fmt: crate::conn::Output,
+    json: &serde_json::Value,
+    bare: &str,
+    sentence: impl FnOnce() -> String,
+) -> CliResult {
+    use crate::conn::Output;
+    match fmt {
+        Output::Json => {
+            let text = serde_json::to_string_pretty(json).expect("JSON values serialise");
+            writeln!(out, "{text}").map_err(io_error)
+        }
+        Output::Tsv | Output::Value => {
+            writeln!(out, "{}", render::tsv_escape(bare)).map_err(io_error)
+        }
+        Output::Table => {
+            eprintln!("{}", sentence());
+            Ok(())
+        }
     }
 }
 

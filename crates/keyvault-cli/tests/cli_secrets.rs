@@ -441,8 +441,10 @@ fn delete_recover_purge() {
 
     let d = kv(v, &["secret", "delete", "del-a", "--wait", "-o", "value"]).ok();
     assert_eq!(d.stdout, "del-a\n");
-    let p = kv(v, &["secret", "purge", "del-a"]).ok();
-    assert!(p.stdout.is_empty());
+    let p = kv(v, &["secret", "purge", "del-a", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(p, serde_json::json!({ "name": "del-a", "purged": true }));
     let e = kv(v, &["secret", "show-deleted", "del-a"]).code(3);
     assert_eq!(
         e.stderr,
@@ -473,13 +475,49 @@ fn backup_and_restore() {
     );
     let e = kv(v, &["secret", "backup", "bk-a", "--file", f]).code(2);
     assert!(e.stderr.contains("--overwrite"));
-    kv(v, &["secret", "backup", "bk-a", "--file", f, "--overwrite"]).ok();
+    let b = kv(
+        v,
+        &[
+            "secret",
+            "backup",
+            "bk-a",
+            "--file",
+            f,
+            "--overwrite",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["name"], "bk-a");
+    assert_eq!(b["file"], f);
+    assert_eq!(
+        b["bytes"].as_u64(),
+        Some(std::fs::metadata(&file).unwrap().len())
+    );
+    let b = kv(
+        v,
+        &[
+            "secret",
+            "backup",
+            "bk-a",
+            "--file",
+            f,
+            "--overwrite",
+            "-o",
+            "value",
+        ],
+    )
+    .ok();
+    assert_eq!(b.stdout, format!("{f}\n"));
     kv(v, &["secret", "backup", "bk-missing", "--file", "-"]).code(3);
 
     // Restoring over the live secret is a conflict.
     kv(v, &["secret", "restore", "--file", f]).code(4);
     kv(v, &["secret", "delete", "bk-a", "--wait"]).ok();
-    kv(v, &["secret", "purge", "bk-a"]).ok();
+    let p = kv(v, &["secret", "purge", "bk-a", "-o", "value"]).ok();
+    assert_eq!(p.stdout, "bk-a\n");
     let r = kv(v, &["secret", "restore", "--file", f, "-o", "json"])
         .ok()
         .json();
