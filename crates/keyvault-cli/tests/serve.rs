@@ -739,6 +739,38 @@ async fn oversized_and_broken_bodies_get_their_answers() {
         assert!(got.starts_with("HTTP/1.1 413"), "{got}");
         assert!(got.contains(r#""code":"RequestEntityTooLarge""#), "{got}");
     }
+    // The same body sent chunked (no declared length), in 64 KiB chunks.
+    let mut chunked = format!(
+        "PUT /secrets/big?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for _ in 0..2 {
+        let got = answer(chunked.clone());
+        assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+        assert!(got.contains(r#""code":"RequestEntityTooLarge""#), "{got}");
+    }
+    // A chunked body within the limit is read whole.
+    let small = r#"{"value":"chunked value"}"#;
+    let got = answer(
+        format!(
+            "PUT /secrets/chunked?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            &small[..5],
+            small.len() - 5,
+            &small[5..]
+        )
+        .into_bytes(),
+    );
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains(r#""value":"chunked value""#), "{got}");
     let broken = format!(
         "PUT /secrets/b?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"

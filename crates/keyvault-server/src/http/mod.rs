@@ -527,21 +527,45 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<axum::body
         }
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let e = e.into_inner();
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(too_large())
+    let unreadable = || ApiError::bad_parameter("The request body could not be read.");
+    if declared.is_some() {
+        // The usual case: a declared length within the limit (a body longer than it declared is an error
+        // of hyper's, reported as unreadable).
+        return axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| unreadable());
+    }
+    // No declared length (chunked, or HTTP/2 without `content-length`): read up to the limit, then drain
+    // what is left, as for a declared length.
+    let mut buf = Vec::new();
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(if seen > limit as u64 {
+                too_large()
             } else {
-                Err(ApiError::bad_parameter(
-                    "The request body could not be read.",
-                ))
-            }
+                unreadable()
+            });
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > DRAIN_MAX_BYTES {
+            break;
+        }
+        if seen <= limit as u64 {
+            buf.extend_from_slice(&data);
+        } else if !buf.is_empty() {
+            // Over the limit: what was read is dropped (wiped: it may hold a secret).
+            zeroize::Zeroize::zeroize(&mut buf);
+            buf = Vec::new();
         }
     }
+    if seen > limit as u64 {
+        return Err(too_large());
+    }
+    Ok(axum::body::Bytes::from(buf))
 }
 
 async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
