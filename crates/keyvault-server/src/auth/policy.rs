@@ -18,6 +18,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::vault::NameRange;
+
 /// One of Key Vault's secret permissions, or vault administration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Permission {
@@ -444,6 +446,20 @@ impl Visibility {
     /// Whether every name is visible.
     pub fn is_all(&self) -> bool {
         matches!(self, Visibility::All)
+    }
+
+    /// The visible names as ranges of the listing order; `None` when every name is visible.
+    pub fn name_ranges(&self) -> Option<Vec<NameRange>> {
+        let Visibility::Some(scopes) = self else {
+            return None;
+        };
+        let ranges = scopes.iter().map(|s| match s {
+            // Not in `Some` (a vault scope makes it `All`), but it would cover every name.
+            Scope::Vault => NameRange::Prefix(String::new()),
+            Scope::Secret(n) => NameRange::Name(n.clone()),
+            Scope::Prefix(p) => NameRange::Prefix(p.clone()),
+        });
+        Some(ranges.collect())
     }
 }
 
@@ -907,6 +923,24 @@ mod tests {
         assert!(p.authorize("u", Operation::SecretList, None).is_err());
         let v = p.visibility("u", Operation::SecretList).unwrap();
         assert!(v.allows("one") && v.allows("Team-b") && !v.allows("two"));
+        // The listing's ranges say the same.
+        let ranges = v.name_ranges().unwrap();
+        assert_eq!(
+            ranges,
+            [
+                NameRange::Name("one".into()),
+                NameRange::Prefix("team-".into())
+            ]
+        );
+        for name in [
+            "one", "ONE", "Team-b", "team-", "two", "on", "one1", "team", "tea",
+        ] {
+            assert_eq!(
+                ranges.iter().any(|r| r.covers(name)),
+                v.allows(name),
+                "{name}"
+            );
+        }
         assert!(p.visibility("x", Operation::SecretList).is_err());
         assign(&p, "u", READER, "/");
         assert_eq!(

@@ -758,8 +758,8 @@ async fn handle(
     match (&method, segs.as_slice()) {
         (&Method::GET, ["secrets"]) => {
             let visible = gate_list(state, who, rec, Operation::SecretList)?;
-            let allows = |name: &str| visible.allows(name);
-            let filter = (!visible.is_all()).then_some(&allows as crate::vault::Visible);
+            let ranges = visible.name_ranges();
+            let filter = ranges.as_deref();
             let page = vault
                 .list(query.skiptoken.as_deref(), page_size(&query)?, filter)
                 .await
@@ -876,8 +876,8 @@ async fn handle(
         }
         (&Method::GET, ["deletedsecrets"]) => {
             let visible = gate_list(state, who, rec, Operation::SecretListDeleted)?;
-            let allows = |name: &str| visible.allows(name);
-            let filter = (!visible.is_all()).then_some(&allows as crate::vault::Visible);
+            let ranges = visible.name_ranges();
+            let filter = ranges.as_deref();
             let page = vault
                 .list_deleted(query.skiptoken.as_deref(), page_size(&query)?, filter)
                 .await

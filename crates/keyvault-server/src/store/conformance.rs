@@ -572,16 +572,18 @@ async fn list_latest_paging(s: &dyn SecretStore, v: &str) {
         "limit 0"
     );
 
-    // A cursor that is not itself a name continues from where it would sort.
-    let after = "name-0505";
-    let got = s.list_latest(v, Some(after), 3).await.unwrap();
-    let expect: Vec<VersionRow> = want
-        .iter()
-        .filter(|r| name_key(&r.name).as_str() > after)
-        .take(3)
-        .map(listed)
-        .collect();
-    assert_eq!(got, expect);
+    // A cursor that is not itself a name continues from where it would sort: a longer name, or the bound a
+    // filtered listing jumps to (just before `name-1`, `name-04`: a character below `\x7f` appended).
+    for after in ["name-0505", "name-0\x7f", "name-03\x7f"] {
+        let got = s.list_latest(v, Some(after), 3).await.unwrap();
+        let expect: Vec<VersionRow> = want
+            .iter()
+            .filter(|r| name_key(&r.name).as_str() > after)
+            .take(3)
+            .map(listed)
+            .collect();
+        assert_eq!(got, expect, "after {after:?}");
+    }
     // After the last name: nothing.
     assert!(
         s.list_latest(v, Some("zzz-last"), 10)

@@ -349,8 +349,11 @@ impl Vault {
     /// One page of a listing in name order. For a caller who may see every name (`visible` = `None`) the
     /// cursor is the last name of the page, as it is. For a caller who may see only some names, hidden
     /// names must not show through the cursor, and pages should not come back empty for every hidden name
-    /// in a row: the page is filled from up to [`SCAN_BUDGET`] rows, and the cursor is sealed (opaque,
-    /// authenticated: such a caller cannot start a listing anywhere but where a page of its own ended).
+    /// in a row. The scan jumps over the stretches of the name order that no visible range covers (each
+    /// store call starts at the next visible name it can), so hidden rows are read only where a range
+    /// ends inside a batch, and it stops after [`SCAN_BUDGET`] rows or [`SCAN_CALLS`] store calls with what
+    /// it has. The cursor is sealed (opaque, authenticated: such a caller cannot start a listing anywhere
+    /// but where a page of its own ended).
     async fn scan<T, Fut>(
         &self,
         kind: &str,
@@ -382,17 +385,20 @@ impl Vault {
             return Ok(Page { items: rows, next });
         };
         let mut items = Vec::new();
-        let mut scanned = 0;
-        let batch = (limit + 1).max(SCAN_BATCH);
+        let (mut scanned, mut calls) = (0, 0);
         // The name key the scan stopped after, when it stopped before the end of the listing.
         let mut stopped = None;
-        loop {
-            let rows = fetch(after.take(), batch).await?;
+        // `after` is always a name key that was listed (or none): the cursor of a short page names a row.
+        while let Some(from) = visible_from(visible, after.as_deref()) {
+            // Rows inside a range are all visible: ask for what the page still needs, and one more.
+            let batch = limit + 1 - items.len();
+            let rows = fetch(from, batch).await?;
             let full = rows.len() == batch;
             scanned += rows.len();
+            calls += 1;
             let last = rows.last().map(|r| name_key(name_of(r)));
             for row in rows {
-                if !visible(name_of(&row)) {
+                if !visible.iter().any(|r| r.covers(name_of(&row))) {
                     continue;
                 }
                 if items.len() == limit {
@@ -408,7 +414,7 @@ impl Vault {
             if !full {
                 break;
             }
-            if scanned >= SCAN_BUDGET {
+            if scanned >= SCAN_BUDGET || calls >= SCAN_CALLS {
                 stopped = last;
                 break;
             }
@@ -474,15 +480,76 @@ impl Vault {
     }
 }
 
-/// Which names a caller may see in a listing.
-pub type Visible<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+/// Which names a caller may see in a listing: those in any of these ranges.
+pub type Visible<'a> = &'a [NameRange];
+
+/// A stretch of the name order: one name, or every name that starts with a prefix. Held lowercase (name
+/// keys); names of any case match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameRange {
+    Name(String),
+    Prefix(String),
+}
+
+impl NameRange {
+    /// Whether the range holds `name` (any case).
+    pub fn covers(&self, name: &str) -> bool {
+        match self {
+            NameRange::Name(n) => n.eq_ignore_ascii_case(name),
+            NameRange::Prefix(p) => name
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+        }
+    }
+
+    /// The first name key the range can hold.
+    fn start(&self) -> &str {
+        match self {
+            NameRange::Name(k) | NameRange::Prefix(k) => k,
+        }
+    }
+
+    /// Whether the range can hold a name key that sorts after `key`.
+    fn goes_past(&self, key: &str) -> bool {
+        match self {
+            NameRange::Name(n) => key < n.as_str(),
+            NameRange::Prefix(p) => key < p.as_str() || key.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Where a filtered scan that has listed up to `after` goes on from: `after` itself while a range still
+/// holds it, or a bound just before the next range's first key (the store lists the keys after a bound).
+/// `None`: no range holds a key after `after`, the listing is over.
+fn visible_from(ranges: &[NameRange], after: Option<&str>) -> Option<Option<String>> {
+    let start = ranges
+        .iter()
+        .filter(|r| after.is_none_or(|a| r.goes_past(a)))
+        .map(NameRange::start)
+        .min()?;
+    Some(match after {
+        Some(a) if a >= start => Some(a.to_string()),
+        _ => just_before(start),
+    })
+}
+
+/// A bound that sorts before `key` and after every name key that sorts before `key` (name keys are ASCII
+/// below `\x7f`). `None` (the start of the listing) for the empty key.
+fn just_before(key: &str) -> Option<String> {
+    let (&last, _) = key.as_bytes().split_last()?;
+    let mut bound = key[..key.len() - 1].to_string();
+    bound.push(char::from(last.checked_sub(1)?));
+    bound.push('\x7f');
+    Some(bound)
+}
 
 /// Marks a sealed cursor (`_` is not a name character, and is URL-safe base64's).
 const SEALED_CURSOR: &str = "_";
-/// Rows a filtered listing reads per store call.
-const SCAN_BATCH: usize = 100;
 /// Rows a filtered listing reads at most for one page before it returns what it has.
 const SCAN_BUDGET: usize = 1000;
+/// Store calls a filtered listing makes at most for one page (one per range it crosses, about).
+const SCAN_CALLS: usize = 50;
 
 fn next_cursor<T>(
     rows: &mut Vec<T>,
