@@ -216,6 +216,15 @@ impl SecretClient {
         self.inner.api_version()
     }
 
+    /// The same client with request and response logging switched on or off (see
+    /// [`crate::SecretClient::with_logging_enable`]; Python's per-call `logging_enable=True`).
+    pub fn with_logging_enable(&self, enabled: bool) -> SecretClient {
+        SecretClient {
+            inner: self.inner.with_logging_enable(enabled),
+            rt: self.rt,
+        }
+    }
+
     /// Release the connections now (see [`crate::SecretClient::close`]); the runtime is driven briefly so
     /// that the connection tasks see it and close their sockets.
     pub fn close(&self) {

@@ -171,8 +171,9 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// A version id, or `""`: the latest version, as in the Python SDK (`version or ""`).
 fn check_version(version: &str) -> Result<()> {
-    if !version.is_empty() && version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if version.bytes().all(|b| b.is_ascii_alphanumeric()) {
         Ok(())
     } else {
         Err(Error::new(
@@ -390,7 +391,8 @@ impl SecretClient {
             .await
     }
 
-    /// Get a secret with its value: the latest version, or `version`. `GET /secrets/{name}/{version}`.
+    /// Get a secret with its value: the latest version (`None` or `Some("")`), or `version`.
+    /// `GET /secrets/{name}/{version}`.
     pub async fn get_secret(&self, name: &str, version: Option<&str>) -> Result<KeyVaultSecret> {
         check_name(name)?;
         if let Some(v) = version {
@@ -513,8 +515,8 @@ impl SecretClient {
         Pager::new(fetch)
     }
 
-    /// Update a version's properties (not its value): the latest version, or `version`.
-    /// `PATCH /secrets/{name}/{version}`.
+    /// Update a version's properties (not its value): the latest version (`None` or `Some("")`), or
+    /// `version`. `PATCH /secrets/{name}/{version}`.
     pub async fn update_secret_properties(
         &self,
         name: &str,

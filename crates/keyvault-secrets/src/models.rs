@@ -68,7 +68,59 @@ pub struct KeyVaultSecret {
     pub properties: SecretProperties,
 }
 
+impl SecretProperties {
+    /// Properties for the secret id `id` (`{vault}/secrets/{name}[/{version}]`), every attribute unset and no
+    /// tags: for test doubles and for code that builds models itself (the fields are public to set).
+    /// Python: `SecretProperties(attributes, vault_id)`.
+    ///
+    /// ```
+    /// use keyvault_secrets::{KeyVaultSecret, SecretProperties};
+    /// let mut p = SecretProperties::new("https://myvault.vault.azure.net/secrets/db-password/0123")?;
+    /// p.content_type = Some("text/plain".into());
+    /// let fake = KeyVaultSecret::new(p, "s3cr3t");
+    /// assert_eq!((fake.name.as_str(), fake.value()), ("db-password", Some("s3cr3t")));
+    /// # Ok::<(), keyvault_secrets::Error>(())
+    /// ```
+    pub fn new(id: &str) -> Result<Self> {
+        let id = SecretId::parse(id).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidArgument,
+                format!("not a secret id: {e}"),
+                e,
+            )
+        })?;
+        Ok(SecretProperties {
+            id: id.source_id,
+            name: id.name,
+            version: id.version,
+            vault_url: id.vault_url,
+            content_type: None,
+            enabled: None,
+            not_before: None,
+            expires_on: None,
+            created_on: None,
+            updated_on: None,
+            recovery_level: None,
+            recoverable_days: None,
+            key_id: None,
+            managed: None,
+            tags: Tags::new(),
+        })
+    }
+}
+
 impl KeyVaultSecret {
+    /// A secret with these properties and this value (its id and name are the properties'). Python:
+    /// `KeyVaultSecret(properties, value)`.
+    pub fn new(properties: SecretProperties, value: impl Into<SecretString>) -> Self {
+        KeyVaultSecret {
+            id: properties.id.clone(),
+            name: properties.name.clone(),
+            value: Some(value.into()),
+            properties,
+        }
+    }
+
     /// The value as a string slice (a deliberate, greppable read of the secret).
     pub fn value(&self) -> Option<&str> {
         self.value.as_ref().map(SecretString::expose)
@@ -107,6 +159,21 @@ pub struct DeletedSecret {
 }
 
 impl DeletedSecret {
+    /// A deleted secret with these properties (its id and name are the properties') and no deletion facts
+    /// yet (the fields are public to set). Python: `DeletedSecret(properties, deleted_date=None,
+    /// recovery_id=None, scheduled_purge_date=None)`.
+    pub fn new(properties: SecretProperties) -> Self {
+        DeletedSecret {
+            id: properties.id.clone(),
+            name: properties.name.clone(),
+            properties,
+            recovery_id: None,
+            deleted_on: None,
+            scheduled_purge_date: None,
+            value: None,
+        }
+    }
+
     /// Python's name for [`DeletedSecret::deleted_on`].
     pub fn deleted_date(&self) -> Option<OffsetDateTime> {
         self.deleted_on
@@ -400,6 +467,34 @@ impl DeletedSecret {
 mod tests {
     use super::*;
     use keyvault_types::models::{DeletedSecretListResult, SecretListResult};
+
+    /// Models built by user code (test doubles): from an id, with the id's parts, nothing else set.
+    #[test]
+    fn models_built_by_hand() {
+        let mut p = SecretProperties::new("https://kv.vault.azure.net:8443/secrets/n/abc").unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.version.as_deref(), p.vault_url.as_str()),
+            ("n", Some("abc"), "https://kv.vault.azure.net:8443")
+        );
+        assert!(p.enabled.is_none() && p.created_on.is_none() && p.tags.is_empty());
+        p.tags.insert("env".into(), "test".into());
+        let secret = KeyVaultSecret::new(p.clone(), String::from("v"));
+        assert_eq!(
+            (secret.id.as_str(), secret.value()),
+            (p.id.as_str(), Some("v"))
+        );
+        assert!(!format!("{secret:?}").contains("\"v\""));
+        let mut d = DeletedSecret::new(
+            SecretProperties::new("https://kv.vault.azure.net/secrets/n").unwrap(),
+        );
+        d.recovery_id = Some("https://kv.vault.azure.net/deletedsecrets/n".into());
+        assert_eq!(
+            (d.name.as_str(), d.properties.version.as_deref()),
+            ("n", None)
+        );
+        let e = SecretProperties::new("https://kv.vault.azure.net/keys/k").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
 
     #[test]
     fn real_set_response() {

@@ -72,6 +72,9 @@ async fn set_get_update_with_every_field() {
     assert_eq!(got.properties, s.properties);
     let got = c.get_secret("api-key", Some(&version)).await.unwrap();
     assert_eq!(got.id, s.id);
+    // An empty version is the latest, as in the Python SDK (`version or ""`).
+    let got = c.get_secret("api-key", Some("")).await.unwrap();
+    assert_eq!(got.id, s.id);
     let id = KeyVaultSecretIdentifier::parse(&s.id).unwrap();
     assert_eq!(id.name(), "api-key");
     assert_eq!(id.version(), Some(version.as_str()));
