@@ -44,18 +44,35 @@ Examples:
         scope: Option<String>,
     },
     /// List the principals that may get tokens (`-o value`: their client ids).
+    #[command(after_help = "Examples:
+  keyvault principal list
+  keyvault principal list -o value | xargs -n1 keyvault principal show")]
     List,
     /// Show one principal (`-o value`: its secrets' key ids).
+    #[command(after_help = "Example:
+  keyvault principal show 6f1c…")]
     Show {
         /// The client id.
         client_id: String,
     },
     /// Delete a principal made with `principal create`, its secrets and its role assignments.
+    #[command(
+        after_help = "Its tokens stop working at once (401), as do its secrets.
+
+Example:
+  keyvault principal delete 6f1c…"
+    )]
     Delete {
         /// The client id.
         client_id: String,
     },
     /// Add a secret to a principal (rotation): printed once. Remove the old one with `remove-secret`.
+    #[command(after_help = "Output: `-o value` prints only the new client secret.
+
+Examples:
+  keyvault principal add-secret 6f1c… --expires 90d
+  keyvault principal show 6f1c…            # the key ids of its secrets
+  keyvault principal remove-secret 6f1c… KEY_ID_OF_THE_OLD_ONE")]
     AddSecret {
         /// The client id.
         client_id: String,
@@ -64,6 +81,8 @@ Examples:
         expires: Option<time::OffsetDateTime>,
     },
     /// Remove one secret of a principal, by key id (see `principal show`).
+    #[command(after_help = "Example:
+  keyvault principal remove-secret 6f1c… 2c9d…")]
     RemoveSecret {
         /// The client id.
         client_id: String,
@@ -101,17 +120,24 @@ Examples:
         scope: Option<String>,
     },
     /// List role assignments (`-o value`: their ids).
+    #[command(after_help = "Examples:
+  keyvault role list
+  keyvault role list --principal 6f1c… -o json")]
     List {
         /// Only this principal's.
         #[arg(long)]
         principal: Option<String>,
     },
     /// Remove a role assignment made with `role assign` (by id; see `role list`).
+    #[command(after_help = "Example:
+  keyvault role remove 0b7e…")]
     Remove {
         /// The assignment id.
         id: String,
     },
     /// List the role definitions (`-o value`: their names).
+    #[command(after_help = "Example:
+  keyvault role definitions")]
     Definitions,
     /// Define a custom role (or redefine one made with `role define`): a name and its permissions.
     #[command(
@@ -129,6 +155,8 @@ Examples:
         permissions: Vec<String>,
     },
     /// Delete a custom role made with `role define` (refused while it is assigned).
+    #[command(after_help = "Example:
+  keyvault role delete-definition \"CI Reader\"")]
     DeleteDefinition {
         /// The role's name.
         name: String,

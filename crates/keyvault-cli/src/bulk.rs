@@ -37,7 +37,7 @@ Examples:
 pub const EXPORT_HELP: &str = "Writes a JSON object of name → value (sorted by name), or a .env file where \
 every '-' in a name becomes '_' (so the file can be sourced; `import` maps them back; a name that starts \
 with a digit cannot be a shell variable and is reported instead of written). Disabled secrets \
-cannot be read and are skipped. The file is created readable by its owner only (mode 600). A secret that \
+cannot be read and are skipped, as are secrets deleted while the export runs. The file is created readable by its owner only (mode 600). A secret that \
 fails is reported and the others go on; the exit code is then 6.
 
 Examples:
@@ -658,7 +658,7 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
     }))
     .buffer_unordered(args.bulk.concurrency.into());
     let mut values: BTreeMap<String, zeroize::Zeroizing<String>> = BTreeMap::new();
-    let mut failed = 0usize;
+    let (mut failed, mut gone) = (0usize, 0usize);
     while let Some((name, r)) = results.next().await {
         match r {
             Ok(s) => {
@@ -671,6 +671,8 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
                 progress.finish();
                 return Err(CliError::from_client(&e, Target::Vault, vault));
             }
+            // Deleted since it was listed: not there to export, as if the listing had come later.
+            Err(e) if e.kind() == ErrorKind::ResourceNotFound => gone += 1,
             Err(e) => {
                 failed += 1;
                 let msg = CliError::from_client(&e, Target::Secret(&name, None), vault);
@@ -723,6 +725,9 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
     let mut summary = format!("exported {} secrets to {place}", values.len() - skipped);
     if disabled > 0 {
         summary.push_str(&format!(", {disabled} disabled skipped"));
+    }
+    if gone > 0 {
+        summary.push_str(&format!(", {gone} deleted since listed"));
     }
     if failed > 0 {
         summary.push_str(&format!(", {failed} failed"));

@@ -59,8 +59,8 @@ enum Command {
     /// Manage the applications (OAuth clients) that may get tokens: create, list, show, delete, add-secret,
     /// remove-secret (the server's admin API; needs Key Vault Administrator).
     Principal(admin::PrincipalArgs),
-    /// Manage role assignments: assign, list, remove, definitions (the server's admin API; needs Key Vault
-    /// Administrator).
+    /// Manage role assignments and custom roles: assign, list, remove, definitions, define, delete-definition
+    /// (the server's admin API; needs Key Vault Administrator).
     Role(admin::RoleArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:

@@ -31,8 +31,13 @@ pub struct ServeArgs {
     /// Days a deleted secret stays recoverable, 7-90 [default: 90].
     #[arg(long, env = "KEYVAULT_RETENTION_DAYS")]
     retention_days: Option<u32>,
-    /// Refuse purges before the retention period ends.
-    #[arg(long, env = "KEYVAULT_PURGE_PROTECTION")]
+    /// Refuse purges before the retention period ends (cannot be undone). The variable takes true/false,
+    /// 1/0, yes/no, on/off.
+    #[arg(
+        long,
+        env = "KEYVAULT_PURGE_PROTECTION",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     purge_protection: bool,
     /// Tenant id in tokens and the auth challenge [default: keyvault-rs].
     #[arg(long, env = "KEYVAULT_TENANT_ID")]

@@ -329,7 +329,8 @@ pub struct ClientConfig {
     /// Hashes of secrets that do not expire.
     #[serde(default)]
     pub secret_hashes: Vec<String>,
-    /// Secrets with an expiry: `secrets = [{ hash = "$argon2id$…", expires_on = 1900000000 }]`.
+    /// Secrets with an expiry: `secrets = [{ hash = "$argon2id$…", expires_on = 2030-01-01T00:00:00Z }]`
+    /// (a TOML date-time with an offset, the same as an RFC 3339 string, or Unix seconds).
     #[serde(default)]
     pub secrets: Vec<ClientSecretConfig>,
 }
@@ -339,8 +340,31 @@ pub struct ClientConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClientSecretConfig {
     pub hash: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unix_seconds")]
     pub expires_on: Option<i64>,
+}
+
+/// A moment as Unix seconds, written as an integer, a TOML date-time with an offset, or an RFC 3339 string.
+fn unix_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let rfc3339 = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(|t| Some(t.unix_timestamp()))
+            .map_err(|_| {
+                D::Error::custom(format!(
+                    "'{s}' is not a date-time with an offset (e.g. 2030-01-01T00:00:00Z)"
+                ))
+            })
+    };
+    match toml::Value::deserialize(d)? {
+        toml::Value::Integer(secs) => Ok(Some(secs)),
+        toml::Value::String(s) => rfc3339(&s),
+        toml::Value::Datetime(t) => rfc3339(&t.to_string()),
+        other => Err(D::Error::custom(format!(
+            "expected a date-time or Unix seconds, not a {}",
+            other.type_str()
+        ))),
+    }
 }
 
 impl Default for Config {
@@ -625,6 +649,31 @@ mod tests {
         assert_eq!(Config::default().audit_keep_files, 0);
         assert_eq!(c.clients[0].client_id, "app");
         c.validate().unwrap();
+    }
+
+    /// A client secret's expiry: Unix seconds, a TOML date-time or an RFC 3339 string, all the same moment;
+    /// a date-time without an offset, or another type, is refused with the expected form.
+    #[test]
+    fn client_secret_expiry_forms() {
+        let expiry = |v: &str| {
+            Config::from_toml(&format!(
+                "[[clients]]\nclient_id = \"app\"\nsecrets = [{{ hash = \"h\", expires_on = {v} }}]"
+            ))
+            .map(|c| c.clients[0].secrets[0].expires_on)
+            .map_err(|e| e.to_string())
+        };
+        for v in [
+            "1893456000",
+            "2030-01-01T00:00:00Z",
+            "2030-01-01T01:00:00+01:00",
+            "\"2030-01-01T00:00:00Z\"",
+        ] {
+            assert_eq!(expiry(v), Ok(Some(1_893_456_000)), "{v}");
+        }
+        for v in ["2030-01-01T00:00:00", "2030-01-01", "\"soon\"", "true"] {
+            let e = expiry(v).unwrap_err();
+            assert!(e.contains("date-time"), "{v}: {e}");
+        }
     }
 
     #[test]

@@ -784,6 +784,7 @@ fn make_private(path: &Path) -> StoreResult<()> {
                     path.to_path_buf(),
                     sibling(path, "-wal"),
                     sibling(path, "-shm"),
+                    sibling(path, ".lock"),
                 ] {
                     if let Ok(meta) = std::fs::metadata(&file)
                         && meta.is_file()
@@ -812,14 +813,14 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 /// server on the same database would make the other's cache stale, so it is refused.
 fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
     let lock_path = sibling(path, ".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| {
-            StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
-        })?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // Owner-only, like the database files beside it (it is empty, but says where they are and who runs them).
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&lock_path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(

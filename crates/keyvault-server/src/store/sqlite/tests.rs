@@ -2124,14 +2124,24 @@ async fn database_files_are_private() {
         .put_version("v", row("a", &version(1), 1))
         .await
         .unwrap();
-    for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
-        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    let files = [
+        path.clone(),
+        sibling(&path, "-wal"),
+        sibling(&path, "-shm"),
+        sibling(&path, ".lock"),
+    ];
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
     }
     store.close().await;
     drop(store);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // The log files are gone after a clean close.
+    for file in [&files[0], &files[3]] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&files[3]), 0o600, "the lock file");
     assert_eq!(
         store
             .get_version("v", "a", None)
