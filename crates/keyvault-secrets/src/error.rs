@@ -72,6 +72,8 @@ pub struct Error {
     status: Option<StatusCode>,
     error_code: Option<String>,
     inner_error_code: Option<String>,
+    /// The error response's headers (boxed: most errors have none).
+    headers: Option<Box<http::HeaderMap>>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -84,6 +86,7 @@ impl Error {
             status: None,
             error_code: None,
             inner_error_code: None,
+            headers: None,
             source: None,
         }
     }
@@ -124,8 +127,15 @@ impl Error {
             status: Some(status),
             error_code,
             inner_error_code,
+            headers: None,
             source: None,
         }
+    }
+
+    /// The same error, with the headers of the response it came from.
+    pub(crate) fn with_headers(mut self, headers: http::HeaderMap) -> Self {
+        self.headers = Some(Box::new(headers));
+        self
     }
 
     /// The coarse classification.
@@ -164,6 +174,29 @@ impl Error {
     pub fn is_http_response(&self) -> bool {
         self.status.is_some()
     }
+
+    /// Whether authentication failed, at the vault (401, a refused challenge) or in the credential (Python:
+    /// an instance of `ClientAuthenticationError`, of which `CredentialUnavailableError` is a subclass).
+    pub fn is_client_authentication(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::ClientAuthentication | ErrorKind::Credential
+        )
+    }
+
+    /// The headers of the error response (Python: `error.response.headers`); `None` for errors that did not
+    /// come from a response.
+    pub fn response_headers(&self) -> Option<&http::HeaderMap> {
+        self.headers.as_deref()
+    }
+
+    /// The service's id for the failed request (`x-ms-request-id`), the one to quote to its operators.
+    pub fn request_id(&self) -> Option<&str> {
+        self.response_headers()?
+            .get("x-ms-request-id")?
+            .to_str()
+            .ok()
+    }
 }
 
 impl fmt::Debug for Error {
@@ -178,6 +211,9 @@ impl fmt::Debug for Error {
         }
         if let Some(c) = &self.inner_error_code {
             d.field("inner_error_code", c);
+        }
+        if let Some(id) = self.request_id() {
+            d.field("request_id", &id);
         }
         if let Some(s) = &self.source {
             d.field("source", s);

@@ -169,6 +169,7 @@ impl Response {
             }
         };
         Error::from_response(self.status, header_code.or(code), inner, message)
+            .with_headers(self.headers.clone())
     }
 }
 

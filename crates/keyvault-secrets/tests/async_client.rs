@@ -390,6 +390,18 @@ async fn error_kinds() {
     let e = c.get_secret("nope", None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ResourceNotFound);
     assert!(e.message().contains("was not found"), "{e}");
+    // The response's headers, and its request id (Python: `e.response.headers["x-ms-request-id"]`).
+    let id = e.request_id().expect("x-ms-request-id");
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(
+        e.response_headers()
+            .unwrap()
+            .get("x-ms-request-id")
+            .unwrap(),
+        id
+    );
+    assert!(format!("{e:?}").contains(id));
+    assert!(!e.is_client_authentication());
     let e = c
         .get_secret("nope", Some("0123456789abcdef0123456789abcdef"))
         .await
@@ -444,6 +456,10 @@ async fn error_kinds() {
     let wc = SecretClient::new(v.vault_url(), Arc::new(wrong), Some(options(&v))).unwrap();
     let e = wc.get_secret("nope", None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Credential, "{e}");
+    assert!(
+        e.is_client_authentication(),
+        "Python: a ClientAuthenticationError"
+    );
     // Challenge resource verification is on by default: 127.0.0.1 is not under the challenge's resource.
     let mut strict = options(&v);
     strict.verify_challenge_resource = true;
