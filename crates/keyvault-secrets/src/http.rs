@@ -179,7 +179,8 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Send `request` (its URL is absolute).
     async fn send(&self, request: &Request) -> Result<Response>;
 
-    /// Release connections; later sends fail with [`ErrorKind::Connection`]. The default does nothing.
+    /// Release connections now; a later send opens new ones (as azure-core's transports reopen their
+    /// session). The default does nothing.
     fn close(&self) {}
 }
 
@@ -195,8 +196,10 @@ pub(crate) struct TransportConfig {
     pub http2: bool,
 }
 
-/// The built-in transport: reqwest over rustls with the ring provider.
+/// The built-in transport: reqwest over rustls with the ring provider. `close` drops the connection pool;
+/// the next send builds a new one from the same settings.
 pub(crate) struct ReqwestTransport {
+    config: TransportConfig,
     client: Mutex<Option<reqwest::Client>>,
 }
 
@@ -264,6 +267,13 @@ pub(crate) fn tls_config(config: &TransportConfig) -> Result<rustls::ClientConfi
 
 impl ReqwestTransport {
     pub(crate) fn new(config: &TransportConfig) -> Result<Self> {
+        Ok(ReqwestTransport {
+            client: Mutex::new(Some(Self::build(config)?)),
+            config: config.clone(),
+        })
+    }
+
+    fn build(config: &TransportConfig) -> Result<reqwest::Client> {
         let tls = tls_config(config)?;
         let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -275,25 +285,31 @@ impl ReqwestTransport {
         if let Some(t) = config.timeout {
             builder = builder.timeout(t);
         }
-        let client = builder
+        builder
             .build()
-            .map_err(|e| Error::with_source(ErrorKind::Other, "cannot build the HTTP client", e))?;
-        Ok(ReqwestTransport {
-            client: Mutex::new(Some(client)),
-        })
+            .map_err(|e| Error::with_source(ErrorKind::Other, "cannot build the HTTP client", e))
+    }
+
+    /// The connection pool, opened again after a `close`.
+    fn client(&self) -> Result<reqwest::Client> {
+        let mut client = self
+            .client
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Other, "transport lock poisoned"))?;
+        if let Some(open) = client.as_ref() {
+            return Ok(open.clone());
+        }
+        let opened = Self::build(&self.config)?;
+        *client = Some(opened.clone());
+        Ok(opened)
     }
 }
 
 #[async_trait]
 impl Transport for ReqwestTransport {
     async fn send(&self, request: &Request) -> Result<Response> {
-        let client = self
-            .client
-            .lock()
-            .map_err(|_| Error::new(ErrorKind::Other, "transport lock poisoned"))?
-            .clone()
-            .ok_or_else(|| Error::new(ErrorKind::Connection, "the client is closed"))?;
-        let mut builder = client
+        let mut builder = self
+            .client()?
             .request(request.method.clone(), &request.url)
             .headers(request.headers.clone());
         if let Some(body) = &request.body {
@@ -358,5 +374,30 @@ mod alpn_tests {
             h2.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `close` drops the connection pool (its sockets with it); the next send builds a new one.
+    #[test]
+    fn close_drops_the_pool_and_a_send_reopens_it() {
+        let t = ReqwestTransport::new(&TransportConfig {
+            extra_ca_pem: Vec::new(),
+            trust_system_roots: false,
+            connect_timeout: None,
+            timeout: None,
+            user_agent: "test".into(),
+            http2: false,
+        })
+        .unwrap();
+        let open = |t: &ReqwestTransport| t.client.lock().unwrap().is_some();
+        assert!(open(&t));
+        t.close();
+        assert!(!open(&t));
+        t.client().unwrap();
+        assert!(open(&t));
     }
 }

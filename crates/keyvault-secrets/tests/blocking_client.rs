@@ -149,9 +149,10 @@ fn every_operation_blocking() {
         ErrorKind::ClientAuthentication
     );
     c.close();
+    // Used again after close: new connections, as in the Python SDK.
     assert_eq!(
         c.get_secret("missing", None).unwrap_err().kind(),
-        ErrorKind::Connection
+        ErrorKind::ResourceNotFound
     );
     // Dropping the clients and pollers (and so their runtimes) closes their sockets: the server drains at once.
     drop((c, bad, poller));
