@@ -604,6 +604,10 @@ async fn sweep_loop(
             _ = stop.changed() => return,
             _ = ticker.tick() => {}
         }
+        // Purge protection turned on by another node over the same store: report it from now on.
+        if let Err(e) = vault.refresh_purge_protection().await {
+            tracing::debug!(error = %e, "cannot read whether purge protection was turned on elsewhere");
+        }
         // With a shared store, one node at a time sweeps; the others keep asking, and one of them takes
         // over when the leader dies.
         match vault.store().try_acquire_leadership().await {

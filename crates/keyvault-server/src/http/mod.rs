@@ -735,7 +735,8 @@ async fn handle(
     let base = vault_url(&parts.uri, &parts.headers)?;
     let ctx = WireContext {
         vault_url: &base,
-        settings: state.vault.settings(),
+        recovery_level: state.vault.recovery_level(),
+        retention_days: state.vault.settings().retention_days,
         api_version,
     };
     let vault = &state.vault;

@@ -1,17 +1,18 @@
 //! From domain rows to the wire models of `keyvault-types`.
 
 use crate::store::{DeletedRow, VersionRow};
-use crate::vault::{Secret, VaultSettings};
-use keyvault_types::ApiVersion;
+use crate::vault::Secret;
 use keyvault_types::models::{
     DeletedSecretBundle, DeletedSecretItem, DeletionInfo, SecretAttributes, SecretBundle,
     SecretItem,
 };
+use keyvault_types::{ApiVersion, DeletionRecoveryLevel};
 
-/// What every mapping needs: the vault's URL as addressed, the vault's settings, the request's api-version.
+/// What every mapping needs: the vault's URL as addressed, its recovery settings, the request's api-version.
 pub struct WireContext<'a> {
     pub vault_url: &'a str,
-    pub settings: &'a VaultSettings,
+    pub recovery_level: DeletionRecoveryLevel,
+    pub retention_days: u32,
     pub api_version: ApiVersion,
 }
 
@@ -23,11 +24,11 @@ impl WireContext<'_> {
             exp: row.exp,
             created: Some(row.created),
             updated: Some(row.updated),
-            recovery_level: Some(self.settings.recovery_level().as_str().to_string()),
+            recovery_level: Some(self.recovery_level.as_str().to_string()),
             recoverable_days: self
                 .api_version
                 .has_recoverable_days()
-                .then_some(self.settings.retention_days as i32),
+                .then_some(self.retention_days as i32),
         }
     }
 

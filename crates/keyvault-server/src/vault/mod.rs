@@ -13,6 +13,7 @@ use crate::store::{DeletedRow, SecretStore, StoreError, Tags, VersionPatch, Vers
 use keyvault_types::rules::{self, name_key};
 use keyvault_types::{DeletionRecoveryLevel, SecretString};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use version_id::new_version;
@@ -101,6 +102,9 @@ pub struct Vault {
     envelope: Arc<Envelope>,
     clock: Arc<dyn Clock>,
     settings: VaultSettings,
+    /// Purge protection found recorded in the store without being configured here: another node over the
+    /// same store turned it on (it cannot be turned off again).
+    purge_protection_recorded: AtomicBool,
 }
 
 impl Vault {
@@ -115,11 +119,43 @@ impl Vault {
             envelope,
             clock,
             settings,
+            purge_protection_recorded: AtomicBool::new(false),
         }
     }
 
     pub fn settings(&self) -> &VaultSettings {
         &self.settings
+    }
+
+    /// Whether purge protection is on: configured here, or seen recorded in the store.
+    pub fn purge_protection(&self) -> bool {
+        self.settings.purge_protection || self.purge_protection_recorded.load(Ordering::Relaxed)
+    }
+
+    /// The recovery level this vault reports (and enforces).
+    pub fn recovery_level(&self) -> DeletionRecoveryLevel {
+        DeletionRecoveryLevel::for_vault(self.settings.retention_days, self.purge_protection())
+    }
+
+    /// Read whether purge protection was turned on by another node over the same store since this one
+    /// started (the server does this at every sweep interval), so that this node reports it too.
+    pub async fn refresh_purge_protection(&self) -> VaultResult<bool> {
+        if !self.purge_protection()
+            && crate::store::purge_protection_recorded(self.store.as_ref(), self.vault()).await?
+        {
+            self.note_purge_protection_recorded();
+        }
+        Ok(self.purge_protection())
+    }
+
+    fn note_purge_protection_recorded(&self) {
+        if !self.purge_protection_recorded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                vault = %self.settings.name,
+                "purge protection was turned on for this vault by another server over the same store: \
+                 purges are refused from now on; configure purge_protection = true here too"
+            );
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn SecretStore> {
@@ -460,9 +496,11 @@ impl Vault {
                 name: name.to_string(),
             });
         }
-        if !self.settings.recovery_level().is_purgeable()
-            || crate::store::purge_protection_recorded(self.store.as_ref(), self.vault()).await?
-        {
+        if self.purge_protection() {
+            return Err(VaultError::PurgeProtected);
+        }
+        if crate::store::purge_protection_recorded(self.store.as_ref(), self.vault()).await? {
+            self.note_purge_protection_recorded();
             return Err(VaultError::PurgeProtected);
         }
         if self.store.purge(self.vault(), name).await? {

@@ -310,6 +310,7 @@ async fn purge_protection_turned_on_elsewhere_stops_purges_here() {
         v.delete(name).await.unwrap();
     }
     v.purge("before").await.unwrap();
+    assert!(v.recovery_level().is_purgeable());
     // Another node over this store starts with purge protection.
     crate::store::check_purge_protection(v.store().as_ref(), "v", true)
         .await
@@ -318,7 +319,26 @@ async fn purge_protection_turned_on_elsewhere_stops_purges_here() {
         v.purge("after").await,
         Err(VaultError::PurgeProtected)
     ));
+    // The refused purge noted it: this node reports the level the vault now has.
+    assert_eq!(
+        v.recovery_level(),
+        DeletionRecoveryLevel::CustomizedRecoverable
+    );
     assert!(v.recover("after").await.is_ok());
+
+    // Without a purge, the server's periodic refresh notices it.
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    assert!(!v.refresh_purge_protection().await.unwrap());
+    crate::store::check_purge_protection(v.store().as_ref(), "v", true)
+        .await
+        .unwrap();
+    assert!(v.recovery_level().is_purgeable(), "not read yet");
+    assert!(v.refresh_purge_protection().await.unwrap());
+    assert_eq!(
+        v.recovery_level(),
+        DeletionRecoveryLevel::CustomizedRecoverable
+    );
 }
 
 /// Where a filtered scan goes on from: inside a range it stays, between ranges it jumps to just before the
