@@ -550,8 +550,8 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
 }
 
 /// What a command that returns nothing from the vault prints when it is done: `json` as JSON, `bare` alone
-/// with `-o value` and `-o tsv` (so scripts can check it), and on a terminal's table output a sentence for
-/// people, on standard error.
+/// with `-o value` (as it is) and `-o tsv` (escaped), so scripts can check it, and with table output a
+/// sentence for people, on standard error.
 fn done_line(
     out: &mut dyn Write,
     fmt: crate::conn::Output,
@@ -565,9 +565,9 @@ fn done_line(
             let text = serde_json::to_string_pretty(json).expect("JSON values serialise");
             writeln!(out, "{text}").map_err(io_error)
         }
-        Output::Tsv | Output::Value => {
-            writeln!(out, "{}", render::tsv_escape(bare)).map_err(io_error)
-        }
+        Output::Tsv => writeln!(out, "{}", render::tsv_escape(bare)).map_err(io_error),
+        // As it is: `$(… -o value)` must give the real path.
+        Output::Value => writeln!(out, "{bare}").map_err(io_error),
         Output::Table => {
             eprintln!("{}", sentence());
             Ok(())

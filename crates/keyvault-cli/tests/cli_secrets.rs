@@ -511,6 +511,27 @@ fn backup_and_restore() {
     )
     .ok();
     assert_eq!(b.stdout, format!("{f}\n"));
+    // A path with a tab and a backslash: as it is with `-o value`, escaped with `-o tsv`.
+    let odd = dir.path().join("we\\ird\tname");
+    let o = odd.to_str().unwrap();
+    let b = kv(v, &["secret", "backup", "bk-a", "--file", o, "-o", "value"]).ok();
+    assert_eq!(b.stdout, format!("{o}\n"));
+    assert!(odd.exists());
+    let b = kv(
+        v,
+        &[
+            "secret",
+            "backup",
+            "bk-a",
+            "--file",
+            o,
+            "--overwrite",
+            "-o",
+            "tsv",
+        ],
+    )
+    .ok();
+    assert!(b.stdout.ends_with("we\\\\ird\\tname\n"), "{}", b.stdout);
     kv(v, &["secret", "backup", "bk-missing", "--file", "-"]).code(3);
 
     // Restoring over the live secret is a conflict.
