@@ -102,6 +102,10 @@ pub struct Config {
     /// `jwks_url` (`ca_file`, `jwks_refresh_secs`), `principal_claim`); their principal is the claim's value
     /// (default `sub`), for `[[assignments]]`.
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// Accept a certificate's client assertion again while it is valid (as Entra ID does: MSAL, under
+    /// azure-identity's `CertificateCredential`, reuses one assertion for up to 9 minutes when it asks for
+    /// another scope). Default `false`: an assertion id (`jti`) is accepted once.
+    pub allow_client_assertion_reuse: bool,
     /// The throttling window in seconds. Default 10 (Key Vault's); the limits' names keep saying "10s".
     pub rate_limit_window_secs: u64,
 }
@@ -406,6 +410,7 @@ impl Default for Config {
             rate_limit_create_per_10s: None,
             rate_limit_window_secs: 10,
             trusted_issuers: Vec::new(),
+            allow_client_assertion_reuse: false,
         }
     }
 }

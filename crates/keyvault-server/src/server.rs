@@ -362,6 +362,7 @@ impl Server {
         }
         // Certificates and federated credentials (client assertions at the token endpoint).
         let mut assertions = ClientAssertions::new();
+        assertions.allow_reuse(config.allow_client_assertion_reuse);
         for c in &config.clients {
             let bad = |e: String| StartError::Setup(format!("[[clients]] '{}': {e}", c.client_id));
             // A client with only certificates or federated credentials is known all the same.

@@ -6,7 +6,8 @@
 //!   must verify with its public key (RS256 or PS256 for RSA, ES256 for EC P-256); `iss` = `sub` = the client
 //!   id; `aud` = this server's token endpoint (`https://{issuer_host}/{tenant}/oauth2/v2.0/token`); `exp` in
 //!   the future and at most [`MAX_ASSERTION_LIFETIME_SECS`] away; `nbf` (if any) not in the future; a `jti`
-//!   that was not used before (a replayed assertion is refused while it is valid).
+//!   that was not used before (a replayed assertion is refused while it is valid), unless reuse is allowed
+//!   ([`ClientAssertions::allow_reuse`]: Entra accepts reuse, and MSAL relies on it for up to 9 minutes).
 //! - **federated credentials** (workload identity): a token of a `[[trusted_issuers]]` issuer (e.g. a
 //!   Kubernetes service account token) whose `sub` is the subject configured for the client
 //!   (`[[clients]] federated`) and whose `aud` is the entry's audience ([`DEFAULT_FEDERATED_AUDIENCE`] unless
@@ -22,7 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 
-use super::external::{TrustedIssuer, token_times};
+use super::external::{TrustedIssuer, numeric_date_ceil, token_times};
 use super::token::CLOCK_SKEW_SECS;
 
 /// The assertion type of a JWT client assertion.
@@ -165,6 +166,8 @@ pub struct ClientAssertions {
     /// `client id \n jti` → the assertion's `exp`.
     seen: Mutex<HashMap<String, i64>>,
     capacity: usize,
+    /// Accept an assertion id again (no replay check).
+    allow_reuse: bool,
 }
 
 impl std::fmt::Debug for ClientAssertions {
@@ -179,6 +182,12 @@ impl ClientAssertions {
             capacity: REPLAY_CAPACITY,
             ..Default::default()
         }
+    }
+
+    /// Accepts a certificate assertion's `jti` more than once while the assertion is valid, as Entra ID does
+    /// (MSAL reuses an assertion for up to 9 minutes). Default: refused after its first use.
+    pub fn allow_reuse(&mut self, allow: bool) {
+        self.allow_reuse = allow;
     }
 
     /// Adds certificates a client may sign assertions with.
@@ -270,7 +279,20 @@ impl ClientAssertions {
         if !audience_matches(&claims["aud"], audiences) {
             return Err(AssertionError::WrongAudience);
         }
-        let (nbf, exp) = token_times(&claims).map_err(|_| AssertionError::NotInValidTimeRange)?;
+        // MSAL writes `exp` and `iat` with a fraction (Python's `time.time()`): a NumericDate may have one
+        // (RFC 7519 §2). A fractional `exp` counts from its whole second (never later than it says).
+        let exp = match &claims["exp"] {
+            v if v.is_i64() => v.as_i64(),
+            v => v
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.floor() as i64),
+        }
+        .ok_or(AssertionError::NotInValidTimeRange)?;
+        let nbf = match &claims["nbf"] {
+            serde_json::Value::Null => i64::MIN / 2,
+            v => numeric_date_ceil(v).ok_or(AssertionError::NotInValidTimeRange)?,
+        };
         if exp.saturating_add(CLOCK_SKEW_SECS) <= now
             || nbf.saturating_sub(CLOCK_SKEW_SECS) > now
             || exp.saturating_sub(now) > MAX_ASSERTION_LIFETIME_SECS + CLOCK_SKEW_SECS
@@ -281,6 +303,9 @@ impl ClientAssertions {
             .as_str()
             .filter(|j| !j.is_empty() && j.len() <= 256)
             .ok_or(AssertionError::Replayed)?;
+        if self.allow_reuse {
+            return Ok(());
+        }
         self.remember(client_id, jti, exp, now)
     }
 
@@ -530,8 +555,16 @@ mod tests {
         let a = registry(&cert);
         let ok = sign(&cert, header(&cert), claims("1"));
         assert_eq!(check(&a, &ok, NOW).unwrap(), CLIENT);
-        // The same assertion again: a replay.
+        // The same assertion again: a replay; unless reuse is allowed (as Entra allows it).
         assert_eq!(check(&a, &ok, NOW + 1), Err(AssertionError::Replayed));
+        let mut lenient = registry(&cert);
+        lenient.allow_reuse(true);
+        assert!(check(&lenient, &ok, NOW).is_ok() && check(&lenient, &ok, NOW + 1).is_ok());
+        // A NumericDate with a fraction, as MSAL writes them.
+        let mut c = claims("1.5");
+        c["exp"] = serde_json::json!(NOW as f64 + 600.25);
+        c["iat"] = serde_json::json!(NOW as f64 + 0.25);
+        assert!(check(&a, &sign(&cert, header(&cert), c), NOW).is_ok());
         // Expired, not yet valid (beyond the skew), or lasting more than an hour.
         let mut c = claims("2");
         c["exp"] = (NOW - CLOCK_SKEW_SECS).into();

@@ -451,7 +451,7 @@ pub(crate) fn token_times(claims: &serde_json::Value) -> Result<(i64, i64), Auth
 }
 
 /// A JSON number as whole seconds, rounded up (saturating); not a number: `None`.
-fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
+pub(crate) fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
     if let Some(i) = v.as_i64() {
         return Some(i);
     }
