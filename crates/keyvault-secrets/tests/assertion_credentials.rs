@@ -274,3 +274,53 @@ async fn default_credential_uses_the_workload_identity() {
     assert_eq!(got.value.as_ref().unwrap().expose(), "yes");
     k.lv.shutdown().await;
 }
+
+/// A configuration the server cannot use says which client and what is wrong, and the server does not start.
+#[tokio::test]
+async fn misconfigured_clients_do_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |client: ClientConfig| async move {
+        match LocalVault::start_with(LocalVaultOptions {
+            clients: vec![client],
+            ..Default::default()
+        })
+        .await
+        {
+            Ok(_) => panic!("the vault started"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let missing = dir.path().join("missing.pem");
+    let e = start(ClientConfig {
+        client_id: "app".into(),
+        certificates: vec![missing.clone()],
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        e.contains("[[clients]] 'app'") && e.contains(&format!("{}: not found", missing.display())),
+        "{e}"
+    );
+    let (_, key) = certificate(false);
+    let e = start(ClientConfig {
+        client_id: "app".into(),
+        certificates: vec![write(dir.path(), "key-only.pem", &key)],
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        e.contains("no certificate") && !e.contains("PRIVATE KEY"),
+        "{e}"
+    );
+    let e = start(ClientConfig {
+        client_id: "app".into(),
+        federated: vec![FederatedConfig {
+            issuer: "https://not-trusted.example/".into(),
+            subject: "s".into(),
+            audience: None,
+        }],
+        ..Default::default()
+    })
+    .await;
+    assert!(e.contains("is not one of the [[trusted_issuers]]"), "{e}");
+}

@@ -467,7 +467,10 @@ mod tests {
         assert!(make("\u{30}\u{82}binary").contains("not PEM"));
         let (ed_cert, ed_key) = cert_pem(&rcgen::PKCS_ED25519);
         let unsupported = make(&format!("{ed_cert}{ed_key}"));
-        assert!(unsupported.contains("unsupported private key type"), "{unsupported}");
+        assert!(
+            unsupported.contains("unsupported private key type"),
+            "{unsupported}"
+        );
         // A chain in any order: the leaf is the certificate of the key.
         ClientCertificateCredential::from_pem(
             "t",
