@@ -29,8 +29,9 @@ const AFTER_HELP: &str = concat!(
 
 Connection: --vault-url (KEYVAULT_URL); credentials from --dev-credentials (KEYVAULT_DEV_CREDENTIALS), else a
 client secret from --tenant-id/--client-id/--client-secret (AZURE_TENANT_ID, AZURE_CLIENT_ID,
-AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST), else managed identity or the Azure CLI; --ca-file
-(KEYVAULT_CA_FILE) trusts a private CA.
+AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST), else a certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload
+identity (AZURE_FEDERATED_TOKEN_FILE), managed identity or the Azure CLI; --ca-file (KEYVAULT_CA_FILE) trusts
+a private CA.
 
 ",
     exit_codes_help!()

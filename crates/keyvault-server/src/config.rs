@@ -102,6 +102,11 @@ pub struct Config {
     /// `jwks_url` (`ca_file`, `jwks_refresh_secs`), `principal_claim`); their principal is the claim's value
     /// (default `sub`), for `[[assignments]]`.
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// Accept a certificate's client assertion again while it is valid. Default `true`, as Entra ID does:
+    /// MSAL, under azure-identity's `CertificateCredential`, reuses one assertion for up to 9 minutes when it
+    /// asks for another token, and the official SDKs must work unchanged. `false`: an assertion id (`jti`) is
+    /// accepted once (replays refused, per node).
+    pub allow_client_assertion_reuse: bool,
     /// The throttling window in seconds. Default 10 (Key Vault's); the limits' names keep saying "10s".
     pub rate_limit_window_secs: u64,
 }
@@ -321,8 +326,10 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
-/// An OAuth client: its id and the argon2 hashes (PHC strings) of its secrets — several, for rotation.
-#[derive(Clone, Debug, Deserialize)]
+/// An OAuth client: its id and how it proves it: the argon2 hashes (PHC strings) of its secrets — several,
+/// for rotation —, certificates (client assertions signed with their keys), federated credentials (tokens of
+/// a trusted issuer: workload identity).
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub client_id: String,
@@ -333,6 +340,32 @@ pub struct ClientConfig {
     /// (a TOML date-time with an offset, the same as an RFC 3339 string, or Unix seconds).
     #[serde(default)]
     pub secrets: Vec<ClientSecretConfig>,
+    /// PEM files of the client's certificates (public certificates; every certificate of a file counts).
+    #[serde(default)]
+    pub certificates: Vec<PathBuf>,
+    /// Federated credentials: `federated = [{ issuer = "…", subject = "system:serviceaccount:ns:sa" }]`.
+    #[serde(default)]
+    pub federated: Vec<FederatedConfig>,
+}
+
+/// A federated credential: tokens of `issuer` (one of `[[trusted_issuers]]`) whose `sub` is `subject` and whose
+/// `aud` is `audience` (default `api://AzureADTokenExchange`) stand for the client.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedConfig {
+    pub issuer: String,
+    pub subject: String,
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+impl FederatedConfig {
+    /// The audience tokens must carry.
+    pub fn audience(&self) -> &str {
+        self.audience
+            .as_deref()
+            .unwrap_or(crate::auth::assertion::DEFAULT_FEDERATED_AUDIENCE)
+    }
 }
 
 /// One client secret's hash and, optionally, when it stops being accepted (Unix seconds).
@@ -402,6 +435,7 @@ impl Default for Config {
             rate_limit_create_per_10s: None,
             rate_limit_window_secs: 10,
             trusted_issuers: Vec::new(),
+            allow_client_assertion_reuse: true,
         }
     }
 }
@@ -528,6 +562,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_backend()?;
         self.policy()?;
+        self.validate_client_credentials()?;
         if self.rate_limit_per_10s == Some(0) || self.rate_limit_create_per_10s == Some(0) {
             return Err(ConfigError(
                 "rate_limit_per_10s and rate_limit_create_per_10s must be at least 1 (leave them out for no limit)"
@@ -608,6 +643,43 @@ impl Config {
                  use --dev to generate a development CA"
                     .to_string(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `[[clients]]` certificates and federated credentials: federated issuers must be trusted issuers (files
+    /// are read at start).
+    pub fn validate_client_credentials(&self) -> Result<(), ConfigError> {
+        for c in &self.clients {
+            let bad = |what: String| ConfigError(format!("[[clients]] '{}': {what}", c.client_id));
+            if c.certificates.iter().any(|p| p.as_os_str().is_empty()) {
+                return Err(bad("a certificates entry is empty".into()));
+            }
+            for f in &c.federated {
+                if f.subject.trim().is_empty() {
+                    return Err(bad(format!(
+                        "federated credential of issuer '{}': subject must not be empty",
+                        f.issuer
+                    )));
+                }
+                if f.audience.as_deref().is_some_and(|a| a.trim().is_empty()) {
+                    return Err(bad(format!(
+                        "federated credential of issuer '{}': audience must not be empty (leave it out for \
+                         {})",
+                        f.issuer,
+                        crate::auth::assertion::DEFAULT_FEDERATED_AUDIENCE
+                    )));
+                }
+                if !self.trusted_issuers.iter().any(|t| t.issuer == f.issuer) {
+                    return Err(bad(format!(
+                        "federated credential: issuer '{}' is not one of the [[trusted_issuers]] (add it there \
+                         with its keys)",
+                        f.issuer
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -796,6 +868,41 @@ mod tests {
             ..Default::default()
         };
         assert!(both.load().unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
+    fn client_certificates_and_federated_credentials() {
+        let base = "dev = true\n[[trusted_issuers]]\nissuer = \"https://aks.example/\"\naudience = \"kv\"\n\
+                    jwks_file = \"jwks.json\"\n[[clients]]\nclient_id = \"app\"\ncertificates = [\"app.pem\"]\n";
+        let ok = Config::from_toml(&format!(
+            "{base}federated = [{{ issuer = \"https://aks.example/\", subject = \"system:serviceaccount:a:b\" }}]"
+        ))
+        .unwrap();
+        ok.validate().unwrap();
+        let c = &ok.clients[0];
+        assert_eq!(c.certificates, [PathBuf::from("app.pem")]);
+        assert_eq!(c.federated[0].audience(), "api://AzureADTokenExchange");
+        for (federated, want) in [
+            (
+                "{ issuer = \"https://other.example/\", subject = \"s\" }",
+                "issuer 'https://other.example/' is not one of the [[trusted_issuers]]",
+            ),
+            (
+                "{ issuer = \"https://aks.example/\", subject = \" \" }",
+                "subject must not be empty",
+            ),
+            (
+                "{ issuer = \"https://aks.example/\", subject = \"s\", audience = \"\" }",
+                "audience must not be empty",
+            ),
+        ] {
+            let c = Config::from_toml(&format!("{base}federated = [{federated}]")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("[[clients]] 'app'") && e.contains(want), "{e}");
+        }
+        let e =
+            Config::from_toml(&format!("{base}federated = [{{ issuer = \"x\" }}]")).unwrap_err();
+        assert!(e.to_string().contains("subject"), "{e}");
     }
 
     #[test]

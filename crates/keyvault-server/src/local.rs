@@ -29,6 +29,9 @@ pub struct LocalVaultOptions {
     pub trusted_issuers: Vec<crate::config::TrustedIssuerConfig>,
     /// The tenant of the built-in issuer (`tenant_id`). Default: the configuration's default.
     pub tenant_id: Option<String>,
+    /// Configured clients (`[[clients]]`: secrets, certificates, federated credentials), besides the dev
+    /// client. Default: none.
+    pub clients: Vec<crate::config::ClientConfig>,
 }
 
 impl Default for LocalVaultOptions {
@@ -40,6 +43,7 @@ impl Default for LocalVaultOptions {
             throttle: Default::default(),
             trusted_issuers: Vec::new(),
             tenant_id: None,
+            clients: Vec::new(),
         }
     }
 }
@@ -81,6 +85,7 @@ impl LocalVault {
             rate_limit_create_per_10s: options.throttle.create_limit,
             rate_limit_window_secs: options.throttle.window.as_secs().max(1),
             trusted_issuers: options.trusted_issuers,
+            clients: options.clients,
             ..defaults
         };
         let server = Server::bind_with_clock(config, options.clock).await?;

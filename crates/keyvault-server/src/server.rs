@@ -2,7 +2,10 @@
 
 use crate::audit::AuditLog;
 use crate::auth::policy::{Assignment, Policy, Scope};
-use crate::auth::{AuthState, ClientRegistry, SigningKey, TokenIssuer, TokenVerifier};
+use crate::auth::{
+    AuthState, ClientAssertions, ClientCertificate, ClientRegistry, FederatedCredential,
+    SigningKey, TokenIssuer, TokenVerifier,
+};
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::crypto::{Envelope, FileKeyProvider, KeyProvider, StaticKeyProvider};
 use crate::http::{self, HttpState};
@@ -357,6 +360,42 @@ impl Server {
                     .map_err(setup("bad client in the configuration"))?;
             }
         }
+        // Certificates and federated credentials (client assertions at the token endpoint).
+        let mut assertions = ClientAssertions::new();
+        assertions.allow_reuse(config.allow_client_assertion_reuse);
+        for c in &config.clients {
+            let bad = |e: String| StartError::Setup(format!("[[clients]] '{}': {e}", c.client_id));
+            // A client with only certificates or federated credentials is known all the same.
+            if !c.certificates.is_empty() || !c.federated.is_empty() {
+                clients.ensure(c.client_id.as_str());
+            }
+            for path in &c.certificates {
+                assertions
+                    .add_certificates(&c.client_id, ClientCertificate::load(path).map_err(bad)?);
+            }
+            for f in &c.federated {
+                let issuer = (trusted.iter().find(|t| t.issuer() == f.issuer))
+                    .ok_or_else(|| bad(format!("issuer '{}' is not a trusted issuer", f.issuer)))?;
+                assertions.add_federated(
+                    &c.client_id,
+                    FederatedCredential {
+                        issuer: issuer.clone(),
+                        subject: f.subject.clone(),
+                        audience: f.audience().to_string(),
+                    },
+                );
+            }
+        }
+        // What a certificate assertion's `aud` may be: the token endpoint under the issuer's host, or under
+        // the listening address (and `localhost` for a loopback one), as clients spell the authority.
+        let mut assertion_hosts = vec![issuer_host.clone(), host.clone()];
+        if local_addr.ip().is_loopback() {
+            assertion_hosts.push(format!("localhost:{}", local_addr.port()));
+        }
+        assertion_hosts.dedup();
+        let assertion_audiences = (assertion_hosts.iter())
+            .map(|h| format!("https://{h}/{}/oauth2/v2.0/token", config.tenant_id))
+            .collect();
         verifier.refuse_local_client_ids(clients.clone());
         let dev = if config.dev {
             Some(dev_credentials(
@@ -416,6 +455,8 @@ impl Server {
             tenant: config.tenant_id.clone(),
             audiences,
             clock: clock_fn,
+            assertions: Arc::new(assertions),
+            assertion_audiences,
         };
         let state = Arc::new(HttpState {
             vault: vault.clone(),

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Options of [`ClientSecretCredential`].
+/// Options of [`ClientSecretCredential`], and the token-request options every client credential shares
+/// ([`ClientCertificateCredential`](super::ClientCertificateCredential),
+/// [`WorkloadIdentityCredential`](super::WorkloadIdentityCredential),
+/// [`ClientAssertionCredential`](super::ClientAssertionCredential)).
 #[derive(Clone, Debug)]
 pub struct ClientSecretCredentialOptions {
     /// The authority, e.g. `https://login.microsoftonline.com` (default) or a vault server's issuer.
@@ -51,22 +54,141 @@ impl Default for ClientSecretCredentialOptions {
 /// A service principal's client secret, exchanged at `{authority}/{tenant}/oauth2/v2.0/token`
 /// (OAuth2 client credentials). Works with Entra ID and with `keyvault-server`'s issuer.
 pub struct ClientSecretCredential {
-    tenant_id: String,
-    client_id: String,
+    endpoint: TokenEndpoint,
     client_secret: SecretString,
-    authority: String,
-    allowed_tenants: Vec<String>,
-    pipeline: Pipeline,
 }
 
 impl fmt::Debug for ClientSecretCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientSecretCredential")
-            .field("tenant_id", &self.tenant_id)
-            .field("client_id", &self.client_id)
+            .field("tenant_id", &self.endpoint.tenant_id)
+            .field("client_id", &self.endpoint.client_id)
             .field("client_secret", &"<redacted>")
-            .field("authority", &self.authority)
+            .field("authority", &self.endpoint.authority)
             .finish()
+    }
+}
+
+/// What the client-credentials grant shares whatever proves the client's identity (a secret, a certificate's
+/// signed assertion, a federated token): tenant, client id, authority, allowed tenants and the HTTP pipeline.
+pub(crate) struct TokenEndpoint {
+    pub(crate) tenant_id: String,
+    pub(crate) client_id: String,
+    pub(crate) authority: String,
+    allowed_tenants: Vec<String>,
+    pipeline: Pipeline,
+}
+
+/// How a token request proves the client's identity.
+pub(crate) enum ClientAuth<'a> {
+    /// `client_secret`.
+    Secret(&'a SecretString),
+    /// `client_assertion` with `client_assertion_type` = [`JWT_BEARER`].
+    Assertion(&'a SecretString),
+}
+
+/// RFC 7523's client assertion type: the assertion is a JWT.
+pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+impl TokenEndpoint {
+    /// Checks the arguments (without I/O) and builds the pipeline.
+    pub(crate) fn new(
+        tenant_id: String,
+        client_id: String,
+        options: &ClientSecretCredentialOptions,
+    ) -> Result<Self> {
+        if !valid_tenant(&tenant_id) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid tenant id '{tenant_id}'"),
+            ));
+        }
+        if client_id.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the client id is empty",
+            ));
+        }
+        let authority = normalize_authority(&options.authority_host)?;
+        let transport = make_transport(
+            options.transport.clone(),
+            TransportConfig {
+                extra_ca_pem: options.additional_ca_certificates.clone(),
+                trust_system_roots: options.trust_system_roots,
+                connect_timeout: options.timeout,
+                timeout: options.timeout,
+                user_agent: user_agent(None),
+                http2: false,
+            },
+        )?;
+        Ok(TokenEndpoint {
+            tenant_id,
+            client_id,
+            authority,
+            allowed_tenants: options.additionally_allowed_tenants.clone(),
+            pipeline: Pipeline {
+                transport,
+                retry: options.retry.clone(),
+                auth: None,
+                logging: false,
+            },
+        })
+    }
+
+    /// The token endpoint's URL for this request's tenant (the credential's own, or one the vault's challenge
+    /// names and the options allow). A certificate's assertion names it as its audience.
+    pub(crate) fn token_url(&self, who: &str, options: &TokenRequestOptions) -> Result<String> {
+        let tenant = resolve_tenant(
+            who,
+            &self.tenant_id,
+            options.tenant_id.as_deref(),
+            &self.allowed_tenants,
+        )?;
+        Ok(format!("{}/{tenant}/oauth2/v2.0/token", self.authority))
+    }
+
+    /// Posts the client-credentials grant for `scope` to `url` and reads the answer.
+    pub(crate) async fn request(
+        &self,
+        who: &str,
+        url: String,
+        scope: &str,
+        options: &TokenRequestOptions,
+        auth: ClientAuth<'_>,
+    ) -> Result<AccessToken> {
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("client_id", &self.client_id);
+            match auth {
+                ClientAuth::Secret(secret) => {
+                    form.append_pair("client_secret", secret.expose());
+                }
+                ClientAuth::Assertion(assertion) => {
+                    form.append_pair("client_assertion_type", JWT_BEARER)
+                        .append_pair("client_assertion", assertion.expose());
+                }
+            }
+            form.append_pair("grant_type", "client_credentials")
+                .append_pair("scope", scope);
+            if let Some(claims) = &options.claims {
+                form.append_pair("claims", claims);
+            }
+            SecretString::new(form.finish())
+        };
+        let mut request = Request::new(Method::POST, url);
+        request.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        request.body = Some(bytes::Bytes::copy_from_slice(body.expose().as_bytes()));
+        let response = self.pipeline.send(request).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Credential,
+                format!("{who}: cannot reach the authority: {}", e.message()),
+                e,
+            )
+        })?;
+        parse_token_response(who, &response)
     }
 }
 
@@ -151,44 +273,9 @@ impl ClientSecretCredential {
         options: Option<ClientSecretCredentialOptions>,
     ) -> Result<Self> {
         let options = options.unwrap_or_default();
-        let tenant_id = tenant_id.into();
-        let client_id = client_id.into();
-        if !valid_tenant(&tenant_id) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("invalid tenant id '{tenant_id}'"),
-            ));
-        }
-        if client_id.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "the client id is empty",
-            ));
-        }
-        let authority = normalize_authority(&options.authority_host)?;
-        let transport = make_transport(
-            options.transport.clone(),
-            TransportConfig {
-                extra_ca_pem: options.additional_ca_certificates.clone(),
-                trust_system_roots: options.trust_system_roots,
-                connect_timeout: options.timeout,
-                timeout: options.timeout,
-                user_agent: user_agent(None),
-                http2: false,
-            },
-        )?;
         Ok(ClientSecretCredential {
-            tenant_id,
-            client_id,
+            endpoint: TokenEndpoint::new(tenant_id.into(), client_id.into(), &options)?,
             client_secret: client_secret.into(),
-            authority,
-            allowed_tenants: options.additionally_allowed_tenants,
-            pipeline: Pipeline {
-                transport,
-                retry: options.retry,
-                auth: None,
-                logging: false,
-            },
         })
     }
 }
@@ -231,40 +318,9 @@ impl TokenCredential for ClientSecretCredential {
         const WHO: &str = "ClientSecretCredential";
         let scope = one_scope(WHO, scopes)?;
         let options = options.unwrap_or_default();
-        let tenant = resolve_tenant(
-            WHO,
-            &self.tenant_id,
-            options.tenant_id.as_deref(),
-            &self.allowed_tenants,
-        )?;
-        let body = {
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("client_id", &self.client_id)
-                .append_pair("client_secret", self.client_secret.expose())
-                .append_pair("grant_type", "client_credentials")
-                .append_pair("scope", scope);
-            if let Some(claims) = &options.claims {
-                form.append_pair("claims", claims);
-            }
-            SecretString::new(form.finish())
-        };
-        let mut request = Request::new(
-            Method::POST,
-            format!("{}/{tenant}/oauth2/v2.0/token", self.authority),
-        );
-        request.headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        request.body = Some(bytes::Bytes::copy_from_slice(body.expose().as_bytes()));
-        let response = self.pipeline.send(request).await.map_err(|e| {
-            Error::with_source(
-                ErrorKind::Credential,
-                format!("{WHO}: cannot reach the authority: {}", e.message()),
-                e,
-            )
-        })?;
-        parse_token_response(WHO, &response)
+        let url = self.endpoint.token_url(WHO, &options)?;
+        let auth = ClientAuth::Secret(&self.client_secret);
+        self.endpoint.request(WHO, url, scope, &options, auth).await
     }
 }
 

@@ -1,7 +1,8 @@
 use super::{
     AccessToken, AzureCliCredential, AzureCliCredentialOptions, ClientSecretCredentialOptions,
     EnvironmentCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    TokenCredential, TokenRequestOptions,
+    TokenCredential, TokenRequestOptions, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::retry::RetryOptions;
@@ -13,19 +14,34 @@ use std::time::Duration;
 /// Options of [`DefaultAzureCredential`].
 #[derive(Clone, Debug, Default)]
 pub struct DefaultAzureCredentialOptions {
-    /// Options of the environment credential (authority, extra CAs, …).
+    /// Options of the environment and workload identity credentials (authority, extra CAs, …).
     pub environment: ClientSecretCredentialOptions,
-    /// Client id of a user-assigned managed identity.
+    /// Client id of a user-assigned managed identity. Default: `AZURE_CLIENT_ID` (as azure-identity).
     pub managed_identity_client_id: Option<String>,
+    /// Client id of the workload identity. Default: `AZURE_CLIENT_ID`.
+    pub workload_identity_client_id: Option<String>,
     /// Tenant for the Azure CLI credential.
     pub tenant_id: Option<String>,
     pub exclude_environment_credential: bool,
+    pub exclude_workload_identity_credential: bool,
     pub exclude_managed_identity_credential: bool,
     pub exclude_cli_credential: bool,
 }
 
-/// Tries, in order, [`EnvironmentCredential`], [`ManagedIdentityCredential`] and
-/// [`AzureCliCredential`]; uses the first that returns a token (and keeps using it). When none does,
+/// A credential of the chain that could not be made (its settings are missing): says why when asked.
+#[derive(Debug)]
+struct Unavailable(String);
+
+#[async_trait]
+impl TokenCredential for Unavailable {
+    async fn get_token(&self, _: &[&str], _: Option<TokenRequestOptions>) -> Result<AccessToken> {
+        Err(Error::new(ErrorKind::Credential, self.0.clone()))
+    }
+}
+
+/// Tries, in order, [`EnvironmentCredential`], [`WorkloadIdentityCredential`] (when
+/// `AZURE_FEDERATED_TOKEN_FILE` & co. are set, as on AKS), [`ManagedIdentityCredential`] (user-assigned
+/// with `managed_identity_client_id`, else `AZURE_CLIENT_ID` when set) and [`AzureCliCredential`]; uses the first that returns a token (and keeps using it). When none does,
 /// the error lists why each failed.
 pub struct DefaultAzureCredential {
     chain: Vec<(&'static str, Box<dyn TokenCredential>)>,
@@ -76,13 +92,33 @@ impl DefaultAzureCredential {
                 )),
             ));
         }
+        let client_id_from_env = || lookup("AZURE_CLIENT_ID").filter(|v| !v.is_empty());
+        if !options.exclude_workload_identity_credential {
+            let workload = WorkloadIdentityCredential::with_env(
+                lookup.clone(),
+                Some(WorkloadIdentityCredentialOptions {
+                    client_id: options.workload_identity_client_id.clone(),
+                    common: options.environment.clone(),
+                    ..Default::default()
+                }),
+            );
+            chain.push((
+                "WorkloadIdentityCredential",
+                match workload {
+                    Ok(c) => Box::new(c),
+                    Err(e) => Box::new(Unavailable(e.message().to_string())),
+                },
+            ));
+        }
         if !options.exclude_managed_identity_credential {
+            let client_id =
+                (options.managed_identity_client_id.clone()).or_else(client_id_from_env);
             chain.push((
                 "ManagedIdentityCredential",
                 Box::new(ManagedIdentityCredential::with_env(
                     lookup,
                     Some(ManagedIdentityCredentialOptions {
-                        client_id: options.managed_identity_client_id.clone(),
+                        client_id,
                         connect_timeout: Some(Duration::from_secs(1)),
                         retry: RetryOptions::none(),
                         ..Default::default()
@@ -191,6 +227,10 @@ mod tests {
             |_| None,
         )
         .unwrap();
+        assert_eq!(
+            c.chain.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["EnvironmentCredential", "WorkloadIdentityCredential"]
+        );
         let e = c
             .get_token(&["https://vault.azure.net/.default"], None)
             .await
@@ -199,8 +239,52 @@ mod tests {
         assert!(
             e.message().contains(
                 "- EnvironmentCredential: EnvironmentCredential authentication unavailable"
+            ) && e.message().contains(
+                "- WorkloadIdentityCredential: WorkloadIdentityCredential authentication unavailable"
             ),
             "{e}"
         );
+    }
+
+    /// On AKS (the webhook's variables set): environment → workload identity → managed identity (for
+    /// `AZURE_CLIENT_ID`) → CLI; the workload identity can be left out.
+    #[test]
+    fn chain_order_and_the_managed_identitys_client_id() {
+        let env = |n: &str| match n {
+            "AZURE_TENANT_ID" => Some("t".to_string()),
+            "AZURE_CLIENT_ID" => Some("wi-client".to_string()),
+            "AZURE_FEDERATED_TOKEN_FILE" => Some("/var/run/secrets/token".to_string()),
+            _ => None,
+        };
+        let c = DefaultAzureCredential::with_env(Default::default(), env).unwrap();
+        let names: Vec<&str> = c.chain.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "EnvironmentCredential",
+                "WorkloadIdentityCredential",
+                "ManagedIdentityCredential",
+                "AzureCliCredential"
+            ]
+        );
+        let dbg = format!("{:?}", c.chain[1].1);
+        assert!(
+            dbg.contains("wi-client") && dbg.contains("/var/run/secrets/token"),
+            "{dbg}"
+        );
+        let dbg = format!("{:?}", c.chain[2].1);
+        assert!(dbg.contains("Some(\"wi-client\")"), "{dbg}");
+        let c = DefaultAzureCredential::with_env(
+            DefaultAzureCredentialOptions {
+                exclude_workload_identity_credential: true,
+                managed_identity_client_id: Some("mi-client".into()),
+                ..Default::default()
+            },
+            env,
+        )
+        .unwrap();
+        let names: Vec<&str> = c.chain.iter().map(|(n, _)| *n).collect();
+        assert!(!names.contains(&"WorkloadIdentityCredential"), "{names:?}");
+        assert!(format!("{:?}", c.chain[1].1).contains("mi-client"));
     }
 }

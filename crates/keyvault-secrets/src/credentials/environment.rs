@@ -1,20 +1,23 @@
 use super::{
-    AccessToken, ClientSecretCredential, ClientSecretCredentialOptions, TokenCredential,
-    TokenRequestOptions,
+    AccessToken, ClientCertificateCredential, ClientCertificateCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, TokenCredential, TokenRequestOptions,
 };
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use std::fmt;
 
-/// Options of [`EnvironmentCredential`]: those of the underlying [`ClientSecretCredential`]
-/// (`authority_host` is overridden by `AZURE_AUTHORITY_HOST` when that is set).
+/// Options of [`EnvironmentCredential`]: those of the underlying [`ClientSecretCredential`] or
+/// [`ClientCertificateCredential`] (`authority_host` is overridden by `AZURE_AUTHORITY_HOST` when that is set).
 pub type EnvironmentCredentialOptions = ClientSecretCredentialOptions;
 
-/// A client secret from the environment: `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`,
-/// and optionally `AZURE_AUTHORITY_HOST`. When they are incomplete the credential still builds, and
-/// `get_token` says which are missing.
+/// A service principal from the environment, as azure-identity reads it: `AZURE_TENANT_ID`,
+/// `AZURE_CLIENT_ID` and either `AZURE_CLIENT_SECRET` (a [`ClientSecretCredential`]) or, when there is no
+/// secret, `AZURE_CLIENT_CERTIFICATE_PATH` (a [`ClientCertificateCredential`]; with
+/// `AZURE_CLIENT_CERTIFICATE_PASSWORD`, refused as an encrypted key is, and
+/// `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` = `true`/`1`); optionally `AZURE_AUTHORITY_HOST`. When they are
+/// incomplete, or the certificate file is not usable, the credential still builds, and `get_token` says why.
 pub struct EnvironmentCredential {
-    inner: std::result::Result<ClientSecretCredential, String>,
+    inner: std::result::Result<Box<dyn TokenCredential>, String>,
 }
 
 impl fmt::Debug for EnvironmentCredential {
@@ -41,29 +44,45 @@ impl EnvironmentCredential {
         let tenant = get("AZURE_TENANT_ID");
         let client = get("AZURE_CLIENT_ID");
         let secret = get("AZURE_CLIENT_SECRET");
-        let inner = match (tenant, client, secret) {
-            (Some(t), Some(c), Some(s)) => {
-                let mut options = options.unwrap_or_default();
-                if let Some(a) = get("AZURE_AUTHORITY_HOST") {
-                    options.authority_host = a;
-                }
-                ClientSecretCredential::new(t, c, s, Some(options)).map_err(|e| {
-                    format!(
-                        "EnvironmentCredential: the environment is not usable: {}",
-                        e.message()
-                    )
-                })
+        let certificate = get("AZURE_CLIENT_CERTIFICATE_PATH");
+        let unusable = |e: Error| {
+            format!(
+                "EnvironmentCredential: the environment is not usable: {}",
+                e.message()
+            )
+        };
+        let mut options = options.unwrap_or_default();
+        if let Some(a) = get("AZURE_AUTHORITY_HOST") {
+            options.authority_host = a;
+        }
+        let inner = match (tenant, client, secret, certificate) {
+            (Some(t), Some(c), Some(s), _) => ClientSecretCredential::new(t, c, s, Some(options))
+                .map(|c| Box::new(c) as Box<dyn TokenCredential>)
+                .map_err(unusable),
+            (Some(t), Some(c), None, Some(path)) => {
+                let send_chain = get("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
+                    .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+                let options = ClientCertificateCredentialOptions {
+                    common: options,
+                    password: get("AZURE_CLIENT_CERTIFICATE_PASSWORD").map(Into::into),
+                    send_certificate_chain: send_chain,
+                };
+                ClientCertificateCredential::new(t, c, path, Some(options))
+                    .map(|c| Box::new(c) as Box<dyn TokenCredential>)
+                    .map_err(unusable)
             }
-            (t, c, s) => {
-                let missing: Vec<&str> = [
+            (t, c, s, cert) => {
+                let mut missing: Vec<&str> = [
                     ("AZURE_TENANT_ID", t.is_none()),
                     ("AZURE_CLIENT_ID", c.is_none()),
-                    ("AZURE_CLIENT_SECRET", s.is_none()),
                 ]
                 .into_iter()
                 .filter(|(_, m)| *m)
                 .map(|(n, _)| n)
                 .collect();
+                if s.is_none() && cert.is_none() {
+                    missing.push("AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH");
+                }
                 Err(format!(
                     "EnvironmentCredential authentication unavailable: environment variables are not fully \
                      configured (missing {})",
@@ -74,7 +93,7 @@ impl EnvironmentCredential {
         EnvironmentCredential { inner }
     }
 
-    /// Whether the environment had every variable.
+    /// Whether the environment had every variable (and a usable certificate file, if that was chosen).
     pub fn is_configured(&self) -> bool {
         self.inner.is_ok()
     }
@@ -111,7 +130,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Credential);
         assert!(
-            e.message().contains("AZURE_TENANT_ID, AZURE_CLIENT_SECRET"),
+            e.message()
+                .contains("AZURE_TENANT_ID, AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH"),
             "{e}"
         );
         let c = EnvironmentCredential::with_env(
@@ -130,5 +150,41 @@ mod tests {
             dbg.contains("https://login.example.com") && !dbg.contains("s3cr3t"),
             "{dbg}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_when_there_is_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        let env = |secret: Option<&str>| {
+            let path = path.display().to_string();
+            let secret = secret.map(str::to_string);
+            move |n: &str| match n {
+                "AZURE_TENANT_ID" => Some("t".into()),
+                "AZURE_CLIENT_ID" => Some("c".into()),
+                "AZURE_CLIENT_SECRET" => secret.clone(),
+                "AZURE_CLIENT_CERTIFICATE_PATH" => Some(path.clone()),
+                _ => None,
+            }
+        };
+        // The file is missing: not usable, and the error says so.
+        let c = EnvironmentCredential::with_env(env(None), None);
+        assert!(!c.is_configured());
+        let e = c.get_token(&["s/.default"], None).await.unwrap_err();
+        assert!(e.message().contains("cert.pem: not found"), "{e}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["app".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+        let c = EnvironmentCredential::with_env(env(None), None);
+        assert!(
+            format!("{c:?}").contains("ClientCertificateCredential"),
+            "{c:?}"
+        );
+        // A secret wins, as in azure-identity.
+        let c = EnvironmentCredential::with_env(env(Some("s")), None);
+        assert!(format!("{c:?}").contains("ClientSecretCredential"), "{c:?}");
     }
 }

@@ -4,25 +4,38 @@
 //! - [`StaticTokenCredential`]: a token you already have.
 //! - [`ClientSecretCredential`]: a service principal's client secret, against Entra ID or any issuer with
 //!   the same token endpoint shape (`{authority}/{tenant}/oauth2/v2.0/token`), e.g. our server's.
+//! - [`ClientCertificateCredential`]: a service principal's certificate (a PEM file with its private key):
+//!   the token request carries a JWT signed with the key (`client_assertion`).
+//! - [`WorkloadIdentityCredential`]: an AKS workload identity: the federated token in
+//!   `AZURE_FEDERATED_TOKEN_FILE`, exchanged as a client assertion.
+//! - [`ClientAssertionCredential`]: a client assertion your code provides.
 //! - [`EnvironmentCredential`]: a client secret from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
-//!   `AZURE_CLIENT_SECRET` (and `AZURE_AUTHORITY_HOST`).
+//!   `AZURE_CLIENT_SECRET`, or else a certificate from `AZURE_CLIENT_CERTIFICATE_PATH` (and
+//!   `AZURE_AUTHORITY_HOST`).
 //! - [`ManagedIdentityCredential`]: IMDS, or App Service's `IDENTITY_ENDPOINT`.
 //! - [`AzureCliCredential`]: `az account get-access-token`.
-//! - [`DefaultAzureCredential`]: environment → managed identity → Azure CLI, the first that works.
+//! - [`DefaultAzureCredential`]: environment → workload identity → managed identity → Azure CLI, the first
+//!   that works.
 
 mod azure_cli;
+mod client_assertion;
+mod client_certificate;
 mod client_secret;
 mod default;
 mod environment;
 mod managed_identity;
 mod static_token;
+mod workload_identity;
 
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialOptions};
+pub use client_assertion::{AssertionFn, ClientAssertionCredential};
+pub use client_certificate::{ClientCertificateCredential, ClientCertificateCredentialOptions};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialOptions};
 pub use default::{DefaultAzureCredential, DefaultAzureCredentialOptions};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialOptions};
 pub use managed_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions};
 pub use static_token::StaticTokenCredential;
+pub use workload_identity::{WorkloadIdentityCredential, WorkloadIdentityCredentialOptions};
 
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;

@@ -383,6 +383,27 @@ impl TrustedIssuer {
         token: &str,
         header: &Header,
     ) -> Result<(Principal, i64, i64), AuthError> {
+        let inner = &*self.inner;
+        let claims = self.verify_claims(token, header, &inner.audience)?;
+        let (nbf, exp) = token_times(&claims)?;
+        let id = claims[inner.principal_claim.as_str()]
+            .as_str()
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or(AuthError::InvalidToken("missing claim"))?
+            .into();
+        let tenant = claims["tid"].as_str().unwrap_or_default().into();
+        Ok((Principal { id, tenant }, nbf, exp))
+    }
+
+    /// Checks a token's signature (with the key its header selects), `iss` (this issuer) and `aud` (`audience`:
+    /// the issuer's own for access tokens, a federated credential's for client assertions). Returns its claims;
+    /// the times are the caller's to check ([`token_times`]).
+    pub(crate) fn verify_claims(
+        &self,
+        token: &str,
+        header: &Header,
+        audience: &str,
+    ) -> Result<serde_json::Value, AuthError> {
         let alg = header.alg;
         if alg != Algorithm::ES256 && alg != Algorithm::RS256 {
             return Err(AuthError::InvalidToken("unsupported signing algorithm"));
@@ -401,39 +422,36 @@ impl TrustedIssuer {
             }
         }
         .ok_or(AuthError::InvalidToken("unknown signing key"))?;
-        let inner = &*self.inner;
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.set_issuer(&[&inner.issuer]);
-        validation.set_audience(&[&inner.audience]);
+        validation.set_issuer(&[&self.inner.issuer]);
+        validation.set_audience(&[audience]);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = 0;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
             .map_err(|e| super::token::map_jwt_error(e.kind()))?;
-        let claims = data.claims;
-        let exp = claims["exp"]
-            .as_i64()
-            .ok_or(AuthError::InvalidToken("missing claim"))?;
-        // `nbf` is optional, but when present it counts, whatever JSON number it is (RFC 7519's NumericDate may
-        // have a fraction): a fractional, exponent-form or out-of-range `nbf` is read as the second it falls in
-        // (rounded up), and one that is not a number at all makes the token invalid.
-        let nbf = match &claims["nbf"] {
-            serde_json::Value::Null => i64::MIN / 2,
-            v => numeric_date_ceil(v).ok_or(AuthError::InvalidToken("bad nbf"))?,
-        };
-        let id = claims[inner.principal_claim.as_str()]
-            .as_str()
-            .filter(|s| !s.is_empty() && s.len() <= 256)
-            .ok_or(AuthError::InvalidToken("missing claim"))?
-            .into();
-        let tenant = claims["tid"].as_str().unwrap_or_default().into();
-        Ok((Principal { id, tenant }, nbf, exp))
+        Ok(data.claims)
     }
 }
 
+/// A verified token's `nbf` (very early when absent) and `exp` (required).
+pub(crate) fn token_times(claims: &serde_json::Value) -> Result<(i64, i64), AuthError> {
+    let exp = claims["exp"]
+        .as_i64()
+        .ok_or(AuthError::InvalidToken("missing claim"))?;
+    // `nbf` is optional, but when present it counts, whatever JSON number it is (RFC 7519's NumericDate may
+    // have a fraction): a fractional, exponent-form or out-of-range `nbf` is read as the second it falls in
+    // (rounded up), and one that is not a number at all makes the token invalid.
+    let nbf = match &claims["nbf"] {
+        serde_json::Value::Null => i64::MIN / 2,
+        v => numeric_date_ceil(v).ok_or(AuthError::InvalidToken("bad nbf"))?,
+    };
+    Ok((nbf, exp))
+}
+
 /// A JSON number as whole seconds, rounded up (saturating); not a number: `None`.
-fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
+pub(crate) fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
     if let Some(i) = v.as_i64() {
         return Some(i);
     }

@@ -3,6 +3,8 @@
 //! - [`keys`]: the server's token-signing key (ES256, a PKCS#8 file in the data dir) and its JWK.
 //! - [`token`]: issuing JWT access tokens ([`TokenIssuer`]) and verifying them ([`TokenVerifier`]).
 //! - [`external`]: trusted external OIDC issuers (ES256/RS256 tokens verified with their JWKS).
+//! - [`assertion`]: client assertions at the token endpoint: certificates' signed JWTs and federated tokens
+//!   (workload identity) ([`ClientAssertions`]).
 //! - [`clients`]: known OAuth2 clients and their argon2-hashed secrets ([`ClientRegistry`]).
 //! - [`policy`]: access control: permissions, roles, assignments and the decision point
 //!   ([`Policy::authorize`]).
@@ -10,6 +12,7 @@
 //!
 //! No token, client secret or private key ever appears in an error message, a log line or a `Debug` impl.
 
+pub mod assertion;
 pub mod clients;
 pub mod external;
 pub mod keys;
@@ -18,6 +21,7 @@ pub mod routes;
 pub mod token;
 pub(crate) mod util;
 
+pub use assertion::{ClientAssertions, ClientCertificate, FederatedCredential};
 pub use clients::{ClientRegistry, generate_client_id, generate_secret, hash_secret};
 pub use keys::{SigningKey, TOKEN_ALG};
 pub use policy::{Assignment, Denied, Operation, Permission, Policy, Role, Scope};

@@ -20,6 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use super::assertion::{AssertionError, ClientAssertions, JWT_BEARER};
 use super::clients::{ClientRegistry, generate_client_id};
 use super::keys::TOKEN_ALG;
 use super::token::TokenIssuer;
@@ -38,6 +39,11 @@ pub struct AuthState {
     pub audiences: Vec<String>,
     /// Current time, Unix seconds ([`super::unix_now`] in production).
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Clients that may authenticate with a client assertion (certificates, federated credentials).
+    pub assertions: Arc<ClientAssertions>,
+    /// The token endpoint's URLs a certificate assertion's `aud` may name
+    /// (`https://{host}/{tenant}/oauth2/v2.0/token`).
+    pub assertion_audiences: Vec<String>,
 }
 
 impl fmt::Debug for AuthState {
@@ -47,6 +53,7 @@ impl fmt::Debug for AuthState {
             .field("clients", &self.clients)
             .field("tenant", &self.tenant)
             .field("audiences", &self.audiences)
+            .field("assertions", &self.assertions)
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +96,8 @@ struct TokenForm {
     grant_type: Option<String>,
     client_id: Option<String>,
     client_secret: Option<Zeroizing<String>>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<Zeroizing<String>>,
     scope: Option<String>,
 }
 
@@ -104,6 +113,14 @@ impl TokenForm {
                     .replace(Zeroizing::new(value.into_owned()))
                     .is_some(),
                 "scope" => form.scope.replace(value.into_owned()).is_some(),
+                "client_assertion_type" => form
+                    .client_assertion_type
+                    .replace(value.into_owned())
+                    .is_some(),
+                "client_assertion" => form
+                    .client_assertion
+                    .replace(Zeroizing::new(value.into_owned()))
+                    .is_some(),
                 _ => false,
             };
             if duplicate {
@@ -174,6 +191,21 @@ async fn token_inner(
         ));
     }
 
+    // A client assertion (a certificate's signed JWT, or a federated token) instead of a secret.
+    if form.client_assertion.is_some() || form.client_assertion_type.is_some() {
+        if form.client_secret.is_some() || basic_credentials(headers)?.is_some() {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "AADSTS90014: More than one client authentication method was used.".into(),
+                &[90014],
+            ));
+        }
+        let audience = requested_audience(&form, state)?;
+        let client_id = verify_assertion(state, &form).await?;
+        return issue(state, &client_id, &audience);
+    }
+
     // Client credentials: in the body (client_secret_post) or in HTTP Basic (client_secret_basic), not both.
     let (client_id, client_secret) = match basic_credentials(headers)? {
         Some((id, secret)) => {
@@ -208,21 +240,7 @@ async fn token_inner(
         ),
     };
 
-    let scope = form
-        .scope
-        .as_deref()
-        .ok_or_else(|| OAuthError::missing_parameter("scope"))?;
-    let Some(audience) = audience_for_scope(scope, &state.audiences) else {
-        return Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            format!(
-                "AADSTS70011: The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {} is not valid.",
-                truncate(scope, 200)
-            ),
-            &[70011],
-        ));
-    };
+    let audience = requested_audience(&form, state)?;
 
     let Some(secret) = client_secret.filter(|s| !s.is_empty()) else {
         return Err(OAuthError::new(
@@ -263,20 +281,168 @@ async fn token_inner(
         return Err(err);
     }
 
+    issue(state, &client_id, &audience)
+}
+
+/// The audience the request's `scope` asks for (one of the configured resources).
+fn requested_audience(form: &TokenForm, state: &AuthState) -> Result<String, OAuthError> {
+    let scope = form
+        .scope
+        .as_deref()
+        .ok_or_else(|| OAuthError::missing_parameter("scope"))?;
+    audience_for_scope(scope, &state.audiences).ok_or_else(|| {
+        OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!(
+                "AADSTS70011: The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {} is not valid.",
+                truncate(scope, 200)
+            ),
+            &[70011],
+        )
+    })
+}
+
+/// Verifies the request's client assertion; returns the client it stands for.
+async fn verify_assertion(state: &AuthState, form: &TokenForm) -> Result<String, OAuthError> {
+    let assertion_type = (form.client_assertion_type.as_deref())
+        .ok_or_else(|| OAuthError::missing_parameter("client_assertion_type"))?;
+    if assertion_type != JWT_BEARER {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "AADSTS50027: The client_assertion_type '{}' is not supported; it must be '{JWT_BEARER}'.",
+                truncate(assertion_type, 100)
+            ),
+            &[50027],
+        ));
+    }
+    let assertion = (form.client_assertion.as_deref())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| OAuthError::missing_parameter("client_assertion"))?;
+    let client_id = form.client_id.as_deref().filter(|c| !c.is_empty());
     let now = (state.clock)();
-    let (access_token, expires_in) =
-        state
-            .issuer
-            .issue(&client_id, &audience, now)
-            .map_err(|e| {
-                tracing::error!(error = %e, "could not issue a token");
-                OAuthError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "AADSTS50000: There was an error issuing a token.".into(),
-                    &[50000],
-                )
-            })?;
+    let verdict = state
+        .assertions
+        .verify(client_id, assertion, &state.assertion_audiences, now)
+        .await
+        .and_then(|id| {
+            // A client removed since (or only in the assertion configuration) gets no token.
+            if state.clients.contains(&id) {
+                Ok(id)
+            } else {
+                Err(AssertionError::BadSignature)
+            }
+        });
+    verdict.map_err(|e| {
+        let who = truncate(client_id.unwrap_or("(from the assertion)"), 64);
+        tracing::info!(client_id = ?who, reason = ?e, "token request refused: client assertion");
+        assertion_error(e, who)
+    })
+}
+
+/// The OAuth error of a refused assertion, worded as Entra words it.
+fn assertion_error(e: AssertionError, client_id: &str) -> OAuthError {
+    use AssertionError as A;
+    let (status, error, description, codes): (_, _, String, &'static [u32]) = match e {
+        A::Malformed => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS50027: JWT token is invalid or malformed.".into(),
+            &[50027],
+        ),
+        A::BadSignature => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            format!(
+                "AADSTS700027: Client assertion failed signature validation. No certificate of app '{client_id}' \
+                 matches the assertion's x5t#S256 (or x5t) and verifies its signature."
+            ),
+            &[700027],
+        ),
+        A::WrongClient => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter."
+                .into(),
+            &[700021],
+        ),
+        A::WrongAudience => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS700023: Client assertion audience claim does not match Realm issuer: 'aud' must be this \
+             server's token endpoint URL."
+                .into(),
+            &[700023],
+        ),
+        A::NotInValidTimeRange => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS700024: Client assertion is not within its valid time range (it must have 'exp' in the \
+             future, at most an hour away, and no 'nbf' in the future)."
+                .into(),
+            &[700024],
+        ),
+        A::Replayed => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS50027: The client assertion has no 'jti', or its 'jti' was used before: make a new \
+             assertion for each request."
+                .into(),
+            &[50027],
+        ),
+        A::ReplayCacheFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "AADSTS90033: A transient error has occurred (too many client assertions in use). Please try \
+             again."
+                .into(),
+            &[90033],
+        ),
+        A::NoFederatedIssuer => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS700211: No matching federated identity record found for presented assertion issuer."
+                .into(),
+            &[700211],
+        ),
+        A::NoFederatedAudience => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS700212: No matching federated identity record found for presented assertion audience."
+                .into(),
+            &[700212],
+        ),
+        A::NoFederatedSubject => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS700213: No matching federated identity record found for presented assertion subject."
+                .into(),
+            &[700213],
+        ),
+        A::FederatedSignature => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS50013: Assertion failed signature validation (with the keys of its issuer).".into(),
+            &[50013],
+        ),
+    };
+    OAuthError::new(status, error, description, codes)
+}
+
+/// Issues an access token to `client_id` for `audience`.
+fn issue(state: &AuthState, client_id: &str, audience: &str) -> Result<Response, OAuthError> {
+    let now = (state.clock)();
+    let (access_token, expires_in) = state.issuer.issue(client_id, audience, now).map_err(|e| {
+        tracing::error!(error = %e, "could not issue a token");
+        OAuthError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "AADSTS50000: There was an error issuing a token.".into(),
+            &[50000],
+        )
+    })?;
     tracing::info!(client_id = ?client_id, audience = %audience, "issued access token");
     let body = json!({
         "token_type": "Bearer",
@@ -402,7 +568,7 @@ async fn openid_configuration(
     let base = format!("https://{host}/{tenant}");
     let doc = json!({
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "private_key_jwt"],
         "jwks_uri": format!("{base}/discovery/v2.0/keys"),
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["pairwise"],
@@ -598,6 +764,8 @@ mod tests {
             tenant: TENANT.into(),
             audiences: vec![AUD.into()],
             clock: Arc::new(|| NOW),
+            assertions: Arc::new(ClientAssertions::new()),
+            assertion_audiences: vec![format!("https://localhost:8443/{TENANT}/oauth2/v2.0/token")],
         }
     }
 
@@ -922,6 +1090,88 @@ mod tests {
         );
     }
 
+    /// Client assertions: the form's rules (the assertion's own checks are `assertion`'s tests).
+    #[tokio::test]
+    async fn client_assertion_forms() {
+        let state = state();
+        let scope = enc("https://localhost:8443/.default");
+        let jwt_bearer = enc(JWT_BEARER);
+        let code = |body: &Value| body["error_codes"][0].as_u64();
+        // A secret and an assertion together.
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!(
+                    "client_id={CLIENT_ID}&client_secret=x&client_assertion_type={jwt_bearer}\
+                     &client_assertion=a.b.c&grant_type=client_credentials&scope={scope}"
+                ),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(code(&body), Some(90014));
+        // Another assertion type; none; no assertion.
+        for (form, want) in [
+            (
+                format!("client_assertion_type=saml&client_assertion=a.b.c&scope={scope}"),
+                "not supported",
+            ),
+            (
+                format!("client_assertion=a.b.c&scope={scope}"),
+                "'client_assertion_type'",
+            ),
+            (
+                format!("client_assertion_type={jwt_bearer}&scope={scope}"),
+                "'client_assertion'",
+            ),
+        ] {
+            let form = format!("client_id={CLIENT_ID}&grant_type=client_credentials&{form}");
+            let (status, _, body) = send(&state, post_form(&token_path(), form)).await;
+            assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+            let description = body["error_description"].as_str().unwrap();
+            assert!(description.contains(want), "{description}");
+        }
+        // Not a JWT; a JWT of a client with no certificate.
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!(
+                    "client_id={CLIENT_ID}&client_assertion_type={jwt_bearer}&client_assertion=garbage\
+                     &grant_type=client_credentials&scope={scope}"
+                ),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+        assert_eq!(code(&body), Some(50027));
+        let b64 = |v: Value| {
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let unsigned = format!(
+            "{}.{}.c2ln",
+            b64(json!({"alg": "RS256", "typ": "JWT", "x5t#S256": "abc"})),
+            b64(
+                json!({"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": "x", "exp": NOW + 60, "jti": "1"})
+            )
+        );
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!(
+                    "client_id={CLIENT_ID}&client_assertion_type={jwt_bearer}&client_assertion={unsigned}\
+                     &grant_type=client_credentials&scope={scope}"
+                ),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+        assert_eq!(code(&body), Some(700027));
+    }
+
     #[tokio::test]
     async fn discovery_uses_the_request_host() {
         let state = state();
@@ -944,7 +1194,11 @@ mod tests {
             assert_eq!(doc["jwks_uri"], format!("{base}/discovery/v2.0/keys"));
             assert_eq!(
                 doc["token_endpoint_auth_methods_supported"],
-                json!(["client_secret_post", "client_secret_basic"])
+                json!([
+                    "client_secret_post",
+                    "client_secret_basic",
+                    "private_key_jwt"
+                ])
             );
             assert_eq!(
                 doc["id_token_signing_alg_values_supported"],

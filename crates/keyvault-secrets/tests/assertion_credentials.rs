@@ -1,0 +1,326 @@
+//! Certificate and workload identity credentials against the real server (in process, HTTPS):
+//! `ClientCertificateCredential` signs a client assertion that the server's token endpoint verifies with the
+//! certificate configured for the client (`[[clients]] certificates`), and `WorkloadIdentityCredential` posts a
+//! federated token (a trusted issuer's JWT, as the kubelet projects a service account token) that the server
+//! matches against the client's `federated` credentials. Shown: both read a secret through `SecretClient`;
+//! an unknown certificate, a wrong client, a wrong subject or audience get the OAuth errors; the token file
+//! is read again at each request; `DefaultAzureCredential` finds the workload identity from the environment.
+
+mod common;
+
+use keyvault_secrets::credentials::{
+    ClientCertificateCredential, ClientCertificateCredentialOptions, ClientSecretCredentialOptions,
+    DefaultAzureCredential, DefaultAzureCredentialOptions, TokenCredential,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+use keyvault_secrets::{ErrorKind, SecretClient};
+use keyvault_server::auth::{SigningKey, TokenIssuer, unix_now};
+use keyvault_server::config::{ClientConfig, FederatedConfig, TrustedIssuerConfig};
+use keyvault_server::local::{LocalVault, LocalVaultOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const RSA_TEST_KEY: &str = include_str!("data/rsa-test-key.pem");
+
+/// A certificate and its key: (certificate PEM, key PEM).
+fn certificate(rsa: bool) -> (String, String) {
+    let key = if rsa {
+        rcgen::KeyPair::from_pem_and_sign_algo(RSA_TEST_KEY, &rcgen::PKCS_RSA_SHA256).unwrap()
+    } else {
+        rcgen::KeyPair::generate().unwrap()
+    };
+    let cert = rcgen::CertificateParams::new(vec!["cert-app".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn common_options(lv: &LocalVault) -> ClientSecretCredentialOptions {
+    ClientSecretCredentialOptions {
+        authority_host: lv.authority_host().to_string(),
+        additional_ca_certificates: vec![lv.ca_cert_pem().to_vec()],
+        trust_system_roots: false,
+        ..Default::default()
+    }
+}
+
+fn scope(lv: &LocalVault) -> String {
+    // The resource the vault's challenge names (`https://localhost:{port}`).
+    let port = lv.vault_url().rsplit(':').next().unwrap();
+    format!("https://localhost:{port}/.default")
+}
+
+#[tokio::test]
+async fn certificate_credential_reads_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ec_cert, ec_key) = certificate(false);
+    let (rsa_cert, rsa_key) = certificate(true);
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        clients: vec![ClientConfig {
+            client_id: "cert-app".into(),
+            certificates: vec![
+                write(dir.path(), "ec-cert.pem", &ec_cert),
+                write(dir.path(), "rsa-cert.pem", &rsa_cert),
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    common::client(&lv)
+        .set_secret("db-password", "hunter2", None)
+        .await
+        .unwrap();
+    let credential = |pem: &str, client_id: &str, chain: bool| {
+        ClientCertificateCredential::new(
+            lv.tenant_id(),
+            client_id,
+            write(dir.path(), "client.pem", pem),
+            Some(ClientCertificateCredentialOptions {
+                common: common_options(&lv),
+                send_certificate_chain: chain,
+                ..Default::default()
+            }),
+        )
+        .unwrap()
+    };
+    // EC (ES256) and RSA (RS256) keys, with and without the chain in x5c: a token, then the secret.
+    for (pem, chain) in [
+        (format!("{ec_cert}{ec_key}"), false),
+        (format!("{rsa_key}{rsa_cert}"), true),
+    ] {
+        let c = SecretClient::new(
+            lv.vault_url(),
+            Arc::new(credential(&pem, "cert-app", chain)),
+            Some(common::options(&lv)),
+        )
+        .unwrap();
+        let got = c.get_secret("db-password", None).await.unwrap();
+        assert_eq!(got.value.as_ref().unwrap().expose(), "hunter2");
+    }
+    // A certificate the server doesn't know for this client: the token request fails with the OAuth error.
+    let (other_cert, other_key) = certificate(false);
+    let stranger = credential(&format!("{other_cert}{other_key}"), "cert-app", false);
+    let e = stranger.get_token(&[&scope(&lv)], None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Credential);
+    assert!(
+        e.message().contains("status 401") && e.message().contains("invalid_client: AADSTS700027"),
+        "{e}"
+    );
+    // The right certificate for another client id (the dev client, which has none): refused the same way.
+    let impostor = credential(&format!("{ec_cert}{ec_key}"), lv.client_id(), false);
+    let e = impostor.get_token(&[&scope(&lv)], None).await.unwrap_err();
+    assert!(e.message().contains("AADSTS700027"), "{e}");
+    // Each request carries a new assertion (a new jti): asking twice works.
+    let fine = credential(&format!("{ec_cert}{ec_key}"), "cert-app", false);
+    fine.get_token(&[&scope(&lv)], None).await.unwrap();
+    fine.get_token(&[&scope(&lv)], None).await.unwrap();
+    lv.shutdown().await;
+}
+
+const ISS: &str = "https://oidc.prod-aks.example.com/0000-cluster/";
+const SUBJECT: &str = "system:serviceaccount:apps:billing";
+const EXCHANGE: &str = "api://AzureADTokenExchange";
+
+struct Cluster {
+    idp: TokenIssuer,
+    lv: LocalVault,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A vault trusting a "cluster" issuer (JWKS file), with client `wi-app` federated to SUBJECT.
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let idp = TokenIssuer::new(
+            Arc::new(SigningKey::generate().unwrap()),
+            ISS.into(),
+            "cluster".into(),
+            3600,
+        );
+        let jwks = write(dir.path(), "jwks.json", &idp.jwks().to_string());
+        let lv = LocalVault::start_with(LocalVaultOptions {
+            trusted_issuers: vec![TrustedIssuerConfig {
+                issuer: ISS.into(),
+                audience: "api://keyvault".into(),
+                jwks_file: Some(jwks),
+                ..Default::default()
+            }],
+            clients: vec![ClientConfig {
+                client_id: "wi-app".into(),
+                federated: vec![FederatedConfig {
+                    issuer: ISS.into(),
+                    subject: SUBJECT.into(),
+                    audience: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        Cluster { idp, lv, dir }
+    }
+
+    /// The projected token file, as the kubelet writes it.
+    fn token_file(&self, subject: &str, audience: &str) -> PathBuf {
+        let (token, _) = self.idp.issue(subject, audience, unix_now()).unwrap();
+        write(self.dir.path(), "azure-identity-token", &token)
+    }
+
+    fn credential(&self, file: PathBuf) -> WorkloadIdentityCredential {
+        WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+            tenant_id: Some(self.lv.tenant_id().into()),
+            client_id: Some("wi-app".into()),
+            token_file_path: Some(file),
+            common: common_options(&self.lv),
+        }))
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn workload_identity_reads_a_secret() {
+    let k = Cluster::start().await;
+    common::client(&k.lv)
+        .set_secret("billing-key", "k-42", None)
+        .await
+        .unwrap();
+    let file = k.token_file(SUBJECT, EXCHANGE);
+    let c = SecretClient::new(
+        k.lv.vault_url(),
+        Arc::new(k.credential(file.clone())),
+        Some(common::options(&k.lv)),
+    )
+    .unwrap();
+    let got = c.get_secret("billing-key", None).await.unwrap();
+    assert_eq!(got.value.as_ref().unwrap().expose(), "k-42");
+
+    // The file is read at each request: the same credential follows a rotation, and a file holding another
+    // service account's token (or one for another audience) is refused.
+    let wi = k.credential(file);
+    let scope = scope(&k.lv);
+    wi.get_token(&[&scope], None).await.unwrap();
+    k.token_file("system:serviceaccount:apps:other", EXCHANGE);
+    let e = wi.get_token(&[&scope], None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Credential);
+    assert!(e.message().contains("invalid_client: AADSTS700213"), "{e}");
+    k.token_file(SUBJECT, "api://somewhere-else");
+    let e = wi.get_token(&[&scope], None).await.unwrap_err();
+    assert!(e.message().contains("AADSTS700212"), "{e}");
+    // A token of the right subject signed by someone else.
+    let rogue = TokenIssuer::new(
+        Arc::new(SigningKey::generate().unwrap()),
+        ISS.into(),
+        "cluster".into(),
+        3600,
+    );
+    let (forged, _) = rogue.issue(SUBJECT, EXCHANGE, unix_now()).unwrap();
+    write(k.dir.path(), "azure-identity-token", &forged);
+    let e = wi.get_token(&[&scope], None).await.unwrap_err();
+    assert!(e.message().contains("AADSTS50013"), "{e}");
+    // An expired one.
+    let (old, _) = k.idp.issue(SUBJECT, EXCHANGE, unix_now() - 7200).unwrap();
+    write(k.dir.path(), "azure-identity-token", &old);
+    let e = wi.get_token(&[&scope], None).await.unwrap_err();
+    assert!(e.message().contains("AADSTS700024"), "{e}");
+    // Rotated back to a good token: works again.
+    k.token_file(SUBJECT, EXCHANGE);
+    wi.get_token(&[&scope], None).await.unwrap();
+    k.lv.shutdown().await;
+}
+
+/// As on AKS: the webhook's variables, and DefaultAzureCredential picks the workload identity.
+#[tokio::test]
+async fn default_credential_uses_the_workload_identity() {
+    let k = Cluster::start().await;
+    let file = k.token_file(SUBJECT, EXCHANGE);
+    let env = {
+        let (tenant, authority) = (
+            k.lv.tenant_id().to_string(),
+            k.lv.authority_host().to_string(),
+        );
+        let file = file.display().to_string();
+        move |n: &str| match n {
+            "AZURE_TENANT_ID" => Some(tenant.clone()),
+            "AZURE_CLIENT_ID" => Some("wi-app".to_string()),
+            "AZURE_FEDERATED_TOKEN_FILE" => Some(file.clone()),
+            "AZURE_AUTHORITY_HOST" => Some(authority.clone()),
+            _ => None,
+        }
+    };
+    let c = DefaultAzureCredential::with_env(
+        DefaultAzureCredentialOptions {
+            environment: common_options(&k.lv),
+            exclude_managed_identity_credential: true,
+            exclude_cli_credential: true,
+            ..Default::default()
+        },
+        env,
+    )
+    .unwrap();
+    let client =
+        SecretClient::new(k.lv.vault_url(), Arc::new(c), Some(common::options(&k.lv))).unwrap();
+    client.set_secret("from-aks", "yes", None).await.unwrap();
+    let got = client.get_secret("from-aks", None).await.unwrap();
+    assert_eq!(got.value.as_ref().unwrap().expose(), "yes");
+    k.lv.shutdown().await;
+}
+
+/// A configuration the server cannot use says which client and what is wrong, and the server does not start.
+#[tokio::test]
+async fn misconfigured_clients_do_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |client: ClientConfig| async move {
+        match LocalVault::start_with(LocalVaultOptions {
+            clients: vec![client],
+            ..Default::default()
+        })
+        .await
+        {
+            Ok(_) => panic!("the vault started"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let missing = dir.path().join("missing.pem");
+    let e = start(ClientConfig {
+        client_id: "app".into(),
+        certificates: vec![missing.clone()],
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        e.contains("[[clients]] 'app'") && e.contains(&format!("{}: not found", missing.display())),
+        "{e}"
+    );
+    let (_, key) = certificate(false);
+    let e = start(ClientConfig {
+        client_id: "app".into(),
+        certificates: vec![write(dir.path(), "key-only.pem", &key)],
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        e.contains("no certificate") && !e.contains("PRIVATE KEY"),
+        "{e}"
+    );
+    let e = start(ClientConfig {
+        client_id: "app".into(),
+        federated: vec![FederatedConfig {
+            issuer: "https://not-trusted.example/".into(),
+            subject: "s".into(),
+            audience: None,
+        }],
+        ..Default::default()
+    })
+    .await;
+    assert!(e.contains("is not one of the [[trusted_issuers]]"), "{e}");
+}

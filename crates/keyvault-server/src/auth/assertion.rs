@@ -1,0 +1,699 @@
+//! Client assertions at the token endpoint (RFC 7523 `client_assertion_type` =
+//! `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`), as Entra ID takes them:
+//!
+//! - **certificate credentials**: a JWT the client signs with the private key of a certificate configured for
+//!   it (`[[clients]] certificates`). The header's `x5t#S256` (or `x5t`) picks the certificate; the signature
+//!   must verify with its public key (RS256 or PS256 for RSA, ES256 for EC P-256); `iss` = `sub` = the client
+//!   id; `aud` = this server's token endpoint (`https://{issuer_host}/{tenant}/oauth2/v2.0/token`); `exp` in
+//!   the future and at most [`MAX_ASSERTION_LIFETIME_SECS`] away; `nbf` (if any) not in the future; a `jti`
+//!   that was not used before (a replayed assertion is refused while it is valid), unless reuse is allowed
+//!   ([`ClientAssertions::allow_reuse`]: Entra accepts reuse, and MSAL relies on it for up to 9 minutes).
+//! - **federated credentials** (workload identity): a token of a `[[trusted_issuers]]` issuer (e.g. a
+//!   Kubernetes service account token) whose `sub` is the subject configured for the client
+//!   (`[[clients]] federated`) and whose `aud` is the entry's audience ([`DEFAULT_FEDERATED_AUDIENCE`] unless
+//!   set). Such a token may be presented again while it is valid (as the kubelet's projected token is).
+//!
+//! Clock skew: [`CLOCK_SKEW_SECS`] on both ends. No assertion or key appears in errors, logs or `Debug`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+
+use super::external::{TrustedIssuer, numeric_date_ceil, token_times};
+use super::token::CLOCK_SKEW_SECS;
+
+/// The assertion type of a JWT client assertion.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The audience of federated tokens unless a `federated` entry sets another (Entra ID's).
+pub const DEFAULT_FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The longest a certificate assertion may be valid (`exp` − now).
+pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
+/// The most assertion ids remembered (each until its assertion expires) to refuse replays.
+pub const REPLAY_CAPACITY: usize = 100_000;
+/// The longest assertion accepted (a certificate chain in `x5c` makes a few KiB).
+const MAX_ASSERTION_LEN: usize = 32 * 1024;
+
+/// Why an assertion was refused. The token endpoint turns each into an OAuth error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionError {
+    /// Not a JWT (or too large).
+    Malformed,
+    /// Unknown client, no certificate of its matches, or the signature does not verify.
+    BadSignature,
+    /// `iss` or `sub` is not the client id.
+    WrongClient,
+    /// `aud` is not this token endpoint.
+    WrongAudience,
+    /// Expired, not yet valid, lasting more than an hour, or without `exp`.
+    NotInValidTimeRange,
+    /// The `jti` is missing or was used before.
+    Replayed,
+    /// Too many assertions in flight to remember them all: try again later.
+    ReplayCacheFull,
+    /// Federated: the client has no federated credential for the token's issuer.
+    NoFederatedIssuer,
+    /// Federated: the token's `aud` is not the credential's audience.
+    NoFederatedAudience,
+    /// Federated: the token's `sub` is not the credential's subject.
+    NoFederatedSubject,
+    /// Federated: the token's signature does not verify with its issuer's keys.
+    FederatedSignature,
+}
+
+/// A client's certificate: its thumbprints and public key.
+pub struct ClientCertificate {
+    x5t: String,
+    x5t_s256: String,
+    key: DecodingKey,
+    rsa: bool,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("x5t#S256", &self.x5t_s256)
+            .field("key", &if self.rsa { "RSA" } else { "EC P-256" })
+            .finish()
+    }
+}
+
+impl ClientCertificate {
+    /// Every certificate of a PEM file (public certificates: a private key in the file is ignored). Errors
+    /// say what is wrong with the file, never its content.
+    pub fn load(path: &Path) -> Result<Vec<ClientCertificate>, String> {
+        let pem = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!("certificate file {}: not found", path.display())
+            } else {
+                format!("certificate file {}: {e}", path.display())
+            }
+        })?;
+        Self::from_pem(&pem).map_err(|e| format!("certificate file {}: {e}", path.display()))
+    }
+
+    /// Every certificate of a PEM document.
+    pub fn from_pem(pem: &[u8]) -> Result<Vec<ClientCertificate>, String> {
+        let mut out = Vec::new();
+        for der in rustls_pemfile::certs(&mut &pem[..]) {
+            let der = der.map_err(|_| "not a valid PEM file".to_string())?;
+            out.push(Self::from_der(der.as_ref())?);
+        }
+        if out.is_empty() {
+            return Err("no certificate (a CERTIFICATE block)".into());
+        }
+        Ok(out)
+    }
+
+    /// A DER X.509 certificate with an RSA or EC P-256 key.
+    pub fn from_der(der: &[u8]) -> Result<ClientCertificate, String> {
+        let SubjectPublicKey {
+            algorithm,
+            curve,
+            key: public,
+        } = subject_public_key(der).ok_or("not a valid X.509 certificate")?;
+        let (key, rsa) = match (algorithm, curve) {
+            (OID_RSA, _) => (DecodingKey::from_rsa_der(public), true),
+            (OID_EC, Some(OID_P256)) if public.len() == 65 && public[0] == 4 => {
+                (DecodingKey::from_ec_der(public), false)
+            }
+            _ => return Err("unsupported key type (RSA or EC P-256 keys are supported)".into()),
+        };
+        let digest = |alg| URL_SAFE_NO_PAD.encode(ring::digest::digest(alg, der));
+        Ok(ClientCertificate {
+            x5t: digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
+            x5t_s256: digest(&ring::digest::SHA256),
+            key,
+            rsa,
+        })
+    }
+
+    /// The base64url SHA-256 thumbprint (`x5t#S256`).
+    pub fn thumbprint_sha256(&self) -> &str {
+        &self.x5t_s256
+    }
+
+    fn accepts(&self, alg: Algorithm) -> bool {
+        if self.rsa {
+            matches!(alg, Algorithm::RS256 | Algorithm::PS256)
+        } else {
+            alg == Algorithm::ES256
+        }
+    }
+}
+
+/// A federated credential: tokens of `issuer` with this `sub` and `aud` stand for the client.
+#[derive(Clone, Debug)]
+pub struct FederatedCredential {
+    pub issuer: TrustedIssuer,
+    pub subject: String,
+    pub audience: String,
+}
+
+#[derive(Default, Debug)]
+struct ClientKeys {
+    certificates: Vec<ClientCertificate>,
+    federated: Vec<FederatedCredential>,
+}
+
+/// The clients that may authenticate with assertions, and the assertion ids seen.
+#[derive(Default)]
+pub struct ClientAssertions {
+    clients: HashMap<String, ClientKeys>,
+    /// `client id \n jti` → the assertion's `exp`.
+    seen: Mutex<HashMap<String, i64>>,
+    capacity: usize,
+    /// Accept an assertion id again (no replay check).
+    allow_reuse: bool,
+}
+
+impl std::fmt::Debug for ClientAssertions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.clients.iter()).finish()
+    }
+}
+
+impl ClientAssertions {
+    pub fn new() -> Self {
+        ClientAssertions {
+            capacity: REPLAY_CAPACITY,
+            ..Default::default()
+        }
+    }
+
+    /// Accepts a certificate assertion's `jti` more than once while the assertion is valid, as Entra ID does
+    /// (MSAL reuses an assertion for up to 9 minutes). Refused after its first use unless set (the server's
+    /// configuration sets it by default: `allow_client_assertion_reuse`).
+    pub fn allow_reuse(&mut self, allow: bool) {
+        self.allow_reuse = allow;
+    }
+
+    /// Adds certificates a client may sign assertions with.
+    pub fn add_certificates(&mut self, client_id: &str, certificates: Vec<ClientCertificate>) {
+        let keys = self.clients.entry(client_id.to_string()).or_default();
+        keys.certificates.extend(certificates);
+    }
+
+    /// Adds a federated credential of a client.
+    pub fn add_federated(&mut self, client_id: &str, federated: FederatedCredential) {
+        let keys = self.clients.entry(client_id.to_string()).or_default();
+        keys.federated.push(federated);
+    }
+
+    /// Whether a client has any certificate or federated credential.
+    pub fn has_client(&self, client_id: &str) -> bool {
+        self.clients.contains_key(client_id)
+    }
+
+    /// Verifies `assertion` for the client named by the request's `client_id` (or, when the request names
+    /// none, by the assertion's `iss`). `audiences`: the token endpoint URLs a certificate assertion may name.
+    /// Returns the client id.
+    pub async fn verify(
+        &self,
+        client_id: Option<&str>,
+        assertion: &str,
+        audiences: &[String],
+        now: i64,
+    ) -> Result<String, AssertionError> {
+        if assertion.len() > MAX_ASSERTION_LEN {
+            return Err(AssertionError::Malformed);
+        }
+        let header =
+            jsonwebtoken::decode_header(assertion).map_err(|_| AssertionError::Malformed)?;
+        let unverified = unverified_claims(assertion).ok_or(AssertionError::Malformed)?;
+        let iss = unverified["iss"]
+            .as_str()
+            .ok_or(AssertionError::Malformed)?;
+        let client_id = client_id.unwrap_or(iss);
+        let Some(keys) = self.clients.get(client_id) else {
+            return Err(if iss == client_id {
+                AssertionError::BadSignature
+            } else {
+                AssertionError::NoFederatedIssuer
+            });
+        };
+        if iss == client_id {
+            self.verify_certificate(client_id, keys, assertion, &header, audiences, now)?;
+        } else {
+            verify_federated(keys, iss, assertion, &header, now).await?;
+        }
+        Ok(client_id.to_string())
+    }
+
+    fn verify_certificate(
+        &self,
+        client_id: &str,
+        keys: &ClientKeys,
+        assertion: &str,
+        header: &Header,
+        audiences: &[String],
+        now: i64,
+    ) -> Result<(), AssertionError> {
+        let s256 = header.x5t_s256.as_deref().map(|t| t.trim_end_matches('='));
+        let sha1 = header.x5t.as_deref().map(|t| t.trim_end_matches('='));
+        let certificate = keys
+            .certificates
+            .iter()
+            .find(|c| match (s256, sha1) {
+                (Some(t), _) => c.x5t_s256 == t,
+                (None, Some(t)) => c.x5t == t,
+                (None, None) => false,
+            })
+            .filter(|c| c.accepts(header.alg))
+            .ok_or(AssertionError::BadSignature)?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_required_spec_claims::<&str>(&[]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        let claims =
+            jsonwebtoken::decode::<serde_json::Value>(assertion, &certificate.key, &validation)
+                .map_err(|_| AssertionError::BadSignature)?
+                .claims;
+        if claims["iss"].as_str() != Some(client_id) || claims["sub"].as_str() != Some(client_id) {
+            return Err(AssertionError::WrongClient);
+        }
+        if !audience_matches(&claims["aud"], audiences) {
+            return Err(AssertionError::WrongAudience);
+        }
+        // MSAL writes `exp` and `iat` with a fraction (Python's `time.time()`): a NumericDate may have one
+        // (RFC 7519 §2). A fractional `exp` counts from its whole second (never later than it says).
+        let exp = match &claims["exp"] {
+            v if v.is_i64() => v.as_i64(),
+            v => v
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.floor() as i64),
+        }
+        .ok_or(AssertionError::NotInValidTimeRange)?;
+        let nbf = match &claims["nbf"] {
+            serde_json::Value::Null => i64::MIN / 2,
+            v => numeric_date_ceil(v).ok_or(AssertionError::NotInValidTimeRange)?,
+        };
+        if exp.saturating_add(CLOCK_SKEW_SECS) <= now
+            || nbf.saturating_sub(CLOCK_SKEW_SECS) > now
+            || exp.saturating_sub(now) > MAX_ASSERTION_LIFETIME_SECS + CLOCK_SKEW_SECS
+        {
+            return Err(AssertionError::NotInValidTimeRange);
+        }
+        let jti = claims["jti"]
+            .as_str()
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or(AssertionError::Replayed)?;
+        if self.allow_reuse {
+            return Ok(());
+        }
+        self.remember(client_id, jti, exp, now)
+    }
+
+    /// Records an assertion id until its assertion expires; refuses one seen before.
+    fn remember(
+        &self,
+        client_id: &str,
+        jti: &str,
+        exp: i64,
+        now: i64,
+    ) -> Result<(), AssertionError> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = format!("{client_id}\n{jti}");
+        if seen
+            .get(&key)
+            .is_some_and(|until| until.saturating_add(CLOCK_SKEW_SECS) > now)
+        {
+            return Err(AssertionError::Replayed);
+        }
+        if seen.len() >= self.capacity {
+            seen.retain(|_, until| until.saturating_add(CLOCK_SKEW_SECS) > now);
+            if seen.len() >= self.capacity {
+                return Err(AssertionError::ReplayCacheFull);
+            }
+        }
+        seen.insert(key, exp);
+        Ok(())
+    }
+}
+
+async fn verify_federated(
+    keys: &ClientKeys,
+    iss: &str,
+    assertion: &str,
+    header: &Header,
+    now: i64,
+) -> Result<(), AssertionError> {
+    let of_issuer: Vec<&FederatedCredential> = (keys.federated.iter())
+        .filter(|f| f.issuer.issuer() == iss)
+        .collect();
+    let Some(first) = of_issuer.first() else {
+        return Err(AssertionError::NoFederatedIssuer);
+    };
+    let issuer = &first.issuer;
+    if issuer.is_unknown_kid(header) {
+        issuer.refresh_for_unknown_kid().await;
+    }
+    // The most telling refusal: a subject mismatch over an audience mismatch over a bad signature.
+    let mut refusal = AssertionError::FederatedSignature;
+    for credential in of_issuer {
+        let claims = match issuer.verify_claims(assertion, header, &credential.audience) {
+            Ok(claims) => claims,
+            Err(super::AuthError::InvalidToken("wrong audience")) => {
+                if refusal == AssertionError::FederatedSignature {
+                    refusal = AssertionError::NoFederatedAudience;
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let (nbf, exp) = token_times(&claims).map_err(|_| AssertionError::NotInValidTimeRange)?;
+        if exp.saturating_add(CLOCK_SKEW_SECS) <= now || nbf.saturating_sub(CLOCK_SKEW_SECS) > now {
+            return Err(AssertionError::NotInValidTimeRange);
+        }
+        if claims["sub"].as_str() == Some(credential.subject.as_str()) {
+            return Ok(());
+        }
+        refusal = AssertionError::NoFederatedSubject;
+    }
+    Err(refusal)
+}
+
+/// `aud` (a string or an array of them) names one of `audiences` (ASCII case and a trailing `/` aside).
+fn audience_matches(aud: &serde_json::Value, audiences: &[String]) -> bool {
+    let same = |a: &str| {
+        let a = a.trim_end_matches('/');
+        audiences
+            .iter()
+            .any(|want| want.trim_end_matches('/').eq_ignore_ascii_case(a))
+    };
+    match aud {
+        serde_json::Value::String(a) => same(a),
+        serde_json::Value::Array(all) => all.iter().filter_map(|a| a.as_str()).any(same),
+        _ => false,
+    }
+}
+
+/// A JWT's claims, not verified (to choose how to verify them).
+fn unverified_claims(token: &str) -> Option<serde_json::Value> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(|c| c.is_object())
+}
+
+// --- A minimal DER reader: just enough of X.509 to find the subject public key. --------------------------
+
+const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// One DER element: (tag, content, rest).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A certificate's SubjectPublicKeyInfo, in parts.
+struct SubjectPublicKey<'a> {
+    /// The key algorithm's OID.
+    algorithm: &'a [u8],
+    /// The curve's OID (EC keys).
+    curve: Option<&'a [u8]>,
+    /// The BIT STRING's bytes: an RSAPublicKey's DER, an EC point.
+    key: &'a [u8],
+}
+
+/// The certificate's subject public key.
+fn subject_public_key(cert: &[u8]) -> Option<SubjectPublicKey<'_>> {
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, certificate, _) = der(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, mut tbs, _) = der(certificate)? else {
+        return None;
+    };
+    // [0] version (optional), serialNumber, signature, issuer, validity, subject.
+    if tbs.first() == Some(&0xa0) {
+        tbs = der(tbs)?.2;
+    }
+    for _ in 0..5 {
+        tbs = der(tbs)?.2;
+    }
+    let (SEQUENCE, spki, _) = der(tbs)? else {
+        return None;
+    };
+    let (SEQUENCE, algorithm, rest) = der(spki)? else {
+        return None;
+    };
+    let (0x03, bits, _) = der(rest)? else {
+        return None;
+    };
+    let (0x06, oid, params) = der(algorithm)? else {
+        return None;
+    };
+    let curve = match der(params) {
+        Some((0x06, curve, _)) => Some(curve),
+        _ => None,
+    };
+    // A BIT STRING's first byte counts the unused bits of its last: a key has none.
+    let (0, public) = bits.split_first()? else {
+        return None;
+    };
+    Some(SubjectPublicKey {
+        algorithm: oid,
+        curve,
+        key: public,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+    const CLIENT: &str = "cert-app";
+    const AUD: &str = "https://127.0.0.1:8443/keyvault-rs/oauth2/v2.0/token";
+
+    struct TestCert {
+        key: ring::signature::EcdsaKeyPair,
+        der: Vec<u8>,
+    }
+
+    fn test_cert() -> TestCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["app".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        TestCert {
+            key: pair,
+            der: cert.der().to_vec(),
+        }
+    }
+
+    fn sign(cert: &TestCert, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let mut t = URL_SAFE_NO_PAD.encode(header.to_string());
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let sig = cert
+            .key
+            .sign(&ring::rand::SystemRandom::new(), t.as_bytes())
+            .unwrap();
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
+        t
+    }
+
+    fn header(cert: &TestCert) -> serde_json::Value {
+        let s256 = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &cert.der));
+        serde_json::json!({"alg": "ES256", "typ": "JWT", "x5t#S256": s256})
+    }
+
+    fn claims(jti: &str) -> serde_json::Value {
+        serde_json::json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT, "jti": jti,
+            "nbf": NOW, "iat": NOW, "exp": NOW + 600})
+    }
+
+    fn registry(cert: &TestCert) -> ClientAssertions {
+        let mut a = ClientAssertions::new();
+        a.add_certificates(
+            CLIENT,
+            vec![ClientCertificate::from_der(&cert.der).unwrap()],
+        );
+        a
+    }
+
+    fn check(a: &ClientAssertions, token: &str, now: i64) -> Result<String, AssertionError> {
+        let audiences = [AUD.to_string()];
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(a.verify(Some(CLIENT), token, &audiences, now))
+    }
+
+    #[test]
+    fn certificate_assertions() {
+        let cert = test_cert();
+        let a = registry(&cert);
+        let ok = sign(&cert, header(&cert), claims("1"));
+        assert_eq!(check(&a, &ok, NOW).unwrap(), CLIENT);
+        // The same assertion again: a replay; unless reuse is allowed (as Entra allows it).
+        assert_eq!(check(&a, &ok, NOW + 1), Err(AssertionError::Replayed));
+        let mut lenient = registry(&cert);
+        lenient.allow_reuse(true);
+        assert!(check(&lenient, &ok, NOW).is_ok() && check(&lenient, &ok, NOW + 1).is_ok());
+        // A NumericDate with a fraction, as MSAL writes them.
+        let mut c = claims("1.5");
+        c["exp"] = serde_json::json!(NOW as f64 + 600.25);
+        c["iat"] = serde_json::json!(NOW as f64 + 0.25);
+        assert!(check(&a, &sign(&cert, header(&cert), c), NOW).is_ok());
+        // Expired, not yet valid (beyond the skew), or lasting more than an hour.
+        let mut c = claims("2");
+        c["exp"] = (NOW - CLOCK_SKEW_SECS).into();
+        assert_eq!(
+            check(&a, &sign(&cert, header(&cert), c), NOW),
+            Err(AssertionError::NotInValidTimeRange)
+        );
+        let mut c = claims("3");
+        c["nbf"] = (NOW + CLOCK_SKEW_SECS + 1).into();
+        assert_eq!(
+            check(&a, &sign(&cert, header(&cert), c), NOW),
+            Err(AssertionError::NotInValidTimeRange)
+        );
+        let mut c = claims("4");
+        c["exp"] = (NOW + 2 * 3600).into();
+        assert_eq!(
+            check(&a, &sign(&cert, header(&cert), c), NOW),
+            Err(AssertionError::NotInValidTimeRange)
+        );
+        // Another audience, another subject, no jti.
+        let mut c = claims("5");
+        c["aud"] = "https://login.microsoftonline.com/t/oauth2/v2.0/token".into();
+        assert_eq!(
+            check(&a, &sign(&cert, header(&cert), c), NOW),
+            Err(AssertionError::WrongAudience)
+        );
+        let mut c = claims("6");
+        c["sub"] = "someone-else".into();
+        assert_eq!(
+            check(&a, &sign(&cert, header(&cert), c), NOW),
+            Err(AssertionError::WrongClient)
+        );
+        let mut c = claims("7");
+        c.as_object_mut().unwrap().remove("jti");
+        assert_eq!(
+            check(&a, &sign(&cert, header(&cert), c), NOW),
+            Err(AssertionError::Replayed)
+        );
+        // Signed by another key with the configured certificate's thumbprint; an unknown thumbprint; none.
+        let other = test_cert();
+        assert_eq!(
+            check(&a, &sign(&other, header(&cert), claims("8")), NOW),
+            Err(AssertionError::BadSignature)
+        );
+        assert_eq!(
+            check(&a, &sign(&other, header(&other), claims("9")), NOW),
+            Err(AssertionError::BadSignature)
+        );
+        let bare = serde_json::json!({"alg": "ES256", "typ": "JWT"});
+        assert_eq!(
+            check(&a, &sign(&cert, bare, claims("10")), NOW),
+            Err(AssertionError::BadSignature)
+        );
+        // The algorithm is fixed by the key: HS256 with the thumbprint is refused.
+        let mut h = header(&cert);
+        h["alg"] = "HS256".into();
+        assert_eq!(
+            check(&a, &sign(&cert, h, claims("11")), NOW),
+            Err(AssertionError::BadSignature)
+        );
+        assert_eq!(check(&a, "not-a-jwt", NOW), Err(AssertionError::Malformed));
+        // An unknown client: the same answer as a bad signature.
+        let audiences = [AUD.to_string()];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let unknown = rt.block_on(a.verify(Some("nobody"), &ok, &audiences, NOW));
+        assert_eq!(unknown, Err(AssertionError::NoFederatedIssuer));
+        let mut c = claims("12");
+        c["iss"] = "nobody".into();
+        c["sub"] = "nobody".into();
+        let unknown = rt.block_on(a.verify(None, &sign(&cert, header(&cert), c), &audiences, NOW));
+        assert_eq!(unknown, Err(AssertionError::BadSignature));
+    }
+
+    #[test]
+    fn replay_memory_is_bounded() {
+        let cert = test_cert();
+        let mut a = registry(&cert);
+        a.capacity = 2;
+        a.remember(CLIENT, "a", NOW + 10, NOW).unwrap();
+        a.remember(CLIENT, "b", NOW + 600, NOW).unwrap();
+        assert_eq!(
+            a.remember(CLIENT, "c", NOW + 600, NOW),
+            Err(AssertionError::ReplayCacheFull)
+        );
+        // Once "a" has expired its room is free again, and its id may come back.
+        let later = NOW + 10 + CLOCK_SKEW_SECS;
+        a.remember(CLIENT, "c", later + 600, later).unwrap();
+        assert_eq!(
+            a.remember(CLIENT, "b", NOW + 600, later),
+            Err(AssertionError::Replayed)
+        );
+    }
+
+    #[test]
+    fn certificate_files() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["app".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let c = ClientCertificate::from_pem(cert.pem().as_bytes()).unwrap();
+        assert_eq!(c.len(), 1);
+        let rsa = rcgen::KeyPair::from_pem_and_sign_algo(
+            include_str!("testdata/rsa-test-key.pem"),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .unwrap();
+        let rsa_cert = rcgen::CertificateParams::new(vec!["app".into()])
+            .unwrap()
+            .self_signed(&rsa)
+            .unwrap();
+        let both = format!("{}{}", cert.pem(), rsa_cert.pem());
+        let c = ClientCertificate::from_pem(both.as_bytes()).unwrap();
+        assert!(!c[0].rsa && c[1].rsa);
+        let e = ClientCertificate::from_pem(key.serialize_pem().as_bytes()).unwrap_err();
+        assert!(e.contains("no certificate"), "{e}");
+        let e = ClientCertificate::load(Path::new("/nonexistent/c.pem")).unwrap_err();
+        assert!(e.contains("/nonexistent/c.pem: not found"), "{e}");
+        // An Ed25519 certificate: not a supported key type.
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let ed_cert = rcgen::CertificateParams::new(vec!["app".into()])
+            .unwrap()
+            .self_signed(&ed)
+            .unwrap();
+        let e = ClientCertificate::from_pem(ed_cert.pem().as_bytes()).unwrap_err();
+        assert!(e.contains("unsupported key type"), "{e}");
+        assert!(ClientCertificate::from_der(b"\x30\x03\x02\x01\x01").is_err());
+    }
+}
