@@ -32,8 +32,9 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 pub const DEFAULT_FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// The longest a certificate assertion may be valid (`exp` − now).
 pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
-/// The most assertion ids remembered (each until its assertion expires) to refuse replays.
-pub const REPLAY_CAPACITY: usize = 100_000;
+/// The most assertion ids remembered per client (each until its assertion expires) to refuse replays. Per
+/// client, so that one client cannot use up the others' room.
+pub const REPLAY_CAPACITY: usize = 20_000;
 /// The longest assertion accepted (a certificate chain in `x5c` makes a few KiB).
 const MAX_ASSERTION_LEN: usize = 32 * 1024;
 
@@ -159,12 +160,22 @@ struct ClientKeys {
     federated: Vec<FederatedCredential>,
 }
 
+/// One client's assertion ids, each until its assertion expires.
+#[derive(Default)]
+struct SeenIds {
+    /// `jti` → the assertion's `exp`.
+    ids: HashMap<String, i64>,
+    /// While full: no id is due to expire before this time, so there is nothing to sweep until then.
+    full_until: Option<i64>,
+}
+
 /// The clients that may authenticate with assertions, and the assertion ids seen.
 #[derive(Default)]
 pub struct ClientAssertions {
     clients: HashMap<String, ClientKeys>,
-    /// `client id \n jti` → the assertion's `exp`.
-    seen: Mutex<HashMap<String, i64>>,
+    /// Client id → the assertion ids it used.
+    seen: Mutex<HashMap<String, SeenIds>>,
+    /// Per client.
     capacity: usize,
     /// Accept an assertion id again (no replay check).
     allow_reuse: bool,
@@ -319,20 +330,32 @@ impl ClientAssertions {
         now: i64,
     ) -> Result<(), AssertionError> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = format!("{client_id}\n{jti}");
-        if seen
-            .get(&key)
-            .is_some_and(|until| until.saturating_add(CLOCK_SKEW_SECS) > now)
-        {
+        if !seen.contains_key(client_id) {
+            seen.insert(client_id.to_string(), SeenIds::default());
+        }
+        let Some(mine) = seen.get_mut(client_id) else {
+            return Err(AssertionError::ReplayCacheFull);
+        };
+        let live = |until: i64| until.saturating_add(CLOCK_SKEW_SECS) > now;
+        if mine.ids.get(jti).is_some_and(|&until| live(until)) {
             return Err(AssertionError::Replayed);
         }
-        if seen.len() >= self.capacity {
-            seen.retain(|_, until| until.saturating_add(CLOCK_SKEW_SECS) > now);
-            if seen.len() >= self.capacity {
+        if mine.ids.len() >= self.capacity {
+            if mine.full_until.is_some_and(|t| now < t) {
                 return Err(AssertionError::ReplayCacheFull);
             }
+            mine.ids.retain(|_, until| live(*until));
+            if mine.ids.len() >= self.capacity {
+                mine.full_until = mine
+                    .ids
+                    .values()
+                    .min()
+                    .map(|until| until.saturating_add(CLOCK_SKEW_SECS));
+                return Err(AssertionError::ReplayCacheFull);
+            }
+            mine.full_until = None;
         }
-        seen.insert(key, exp);
+        mine.ids.insert(jti.to_string(), exp);
         Ok(())
     }
 }
@@ -652,8 +675,15 @@ mod tests {
             a.remember(CLIENT, "c", NOW + 600, NOW),
             Err(AssertionError::ReplayCacheFull)
         );
-        // Once "a" has expired its room is free again, and its id may come back.
+        // Another client's room is its own.
+        a.remember("other", "c", NOW + 600, NOW).unwrap();
+        // Nothing expires before "a": still full a second before, without a sweep.
         let later = NOW + 10 + CLOCK_SKEW_SECS;
+        assert_eq!(
+            a.remember(CLIENT, "c", NOW + 600, later - 1),
+            Err(AssertionError::ReplayCacheFull)
+        );
+        // Once "a" has expired its room is free again, and its id may come back.
         a.remember(CLIENT, "c", later + 600, later).unwrap();
         assert_eq!(
             a.remember(CLIENT, "b", NOW + 600, later),
