@@ -475,62 +475,37 @@ fn backup_and_restore() {
     );
     let e = kv(v, &["secret", "backup", "bk-a", "--file", f]).code(2);
     assert!(e.stderr.contains("--overwrite"));
-    let b = kv(
-        v,
-        &[
-            "secret",
-            "backup",
-            "bk-a",
-            "--file",
-            f,
-            "--overwrite",
-            "-o",
-            "json",
-        ],
-    )
-    .ok()
-    .json();
+    // Over the file, printing the result as `out`.
+    let backup_to = |file: &str, out: &str| {
+        kv(
+            v,
+            &[
+                "secret",
+                "backup",
+                "bk-a",
+                "--file",
+                file,
+                "--overwrite",
+                "-o",
+                out,
+            ],
+        )
+        .ok()
+    };
+    let b = backup_to(f, "json").json();
     assert_eq!(b["name"], "bk-a");
     assert_eq!(b["file"], f);
     assert_eq!(
         b["bytes"].as_u64(),
         Some(std::fs::metadata(&file).unwrap().len())
     );
-    let b = kv(
-        v,
-        &[
-            "secret",
-            "backup",
-            "bk-a",
-            "--file",
-            f,
-            "--overwrite",
-            "-o",
-            "value",
-        ],
-    )
-    .ok();
-    assert_eq!(b.stdout, format!("{f}\n"));
+    assert_eq!(backup_to(f, "value").stdout, format!("{f}\n"));
     // A path with a tab and a backslash: as it is with `-o value`, escaped with `-o tsv`.
     let odd = dir.path().join("we\\ird\tname");
     let o = odd.to_str().unwrap();
-    let b = kv(v, &["secret", "backup", "bk-a", "--file", o, "-o", "value"]).ok();
-    assert_eq!(b.stdout, format!("{o}\n"));
+    assert_eq!(backup_to(o, "value").stdout, format!("{o}\n"));
     assert!(odd.exists());
-    let b = kv(
-        v,
-        &[
-            "secret",
-            "backup",
-            "bk-a",
-            "--file",
-            o,
-            "--overwrite",
-            "-o",
-            "tsv",
-        ],
-    )
-    .ok();
+    let b = backup_to(o, "tsv");
     assert!(b.stdout.ends_with("we\\\\ird\\tname\n"), "{}", b.stdout);
     kv(v, &["secret", "backup", "bk-missing", "--file", "-"]).code(3);
 
