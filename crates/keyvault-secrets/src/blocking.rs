@@ -170,6 +170,9 @@ impl<T> Poller<T> {
     pub fn done(&self) -> bool {
         self.inner.done()
     }
+    pub fn polling_interval(&self) -> Duration {
+        self.inner.polling_interval()
+    }
     pub fn set_polling_interval(&mut self, interval: Duration) {
         self.inner.set_polling_interval(interval);
     }
@@ -180,6 +183,11 @@ impl<T> Poller<T> {
     /// Block until the operation is done.
     pub fn wait(&mut self) -> Result<()> {
         self.rt.block_on(self.inner.wait())
+    }
+    /// Block until the operation is done or `timeout` has passed, whichever comes first; the status then
+    /// (Python: `poller.wait(timeout)`).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<PollerStatus> {
+        self.rt.block_on(self.inner.wait_timeout(timeout))
     }
     /// Block until done, then return the result.
     pub fn wait_for_result(mut self) -> Result<T> {

@@ -562,6 +562,18 @@ impl SecretClient {
         ))
     }
 
+    /// Delete a secret and wait until the deletion is done: the async Python client's `delete_secret`
+    /// (`begin_delete_secret(name).await?.await`).
+    pub async fn delete_secret(&self, name: &str) -> Result<DeletedSecret> {
+        self.begin_delete_secret(name).await?.await
+    }
+
+    /// Recover a deleted secret and wait until it can be read: the async Python client's
+    /// `recover_deleted_secret` (`begin_recover_deleted_secret(name).await?.await`).
+    pub async fn recover_deleted_secret(&self, name: &str) -> Result<SecretProperties> {
+        self.begin_recover_deleted_secret(name).await?.await
+    }
+
     /// A deleted secret. `GET /deletedsecrets/{name}`.
     pub async fn get_deleted_secret(&self, name: &str) -> Result<DeletedSecret> {
         check_name(name)?;

@@ -112,6 +112,15 @@ impl<T> Poller<T> {
         }
     }
 
+    /// Poll until the operation is done or `timeout` has passed, whichever comes first, and return the status
+    /// then (Python: `poller.wait(timeout)`; `InProgress` when the time ran out).
+    pub async fn wait_timeout(&mut self, timeout: Duration) -> Result<PollerStatus> {
+        match tokio::time::timeout(timeout, self.wait()).await {
+            Ok(waited) => waited.map(|()| self.status),
+            Err(_elapsed) => Ok(self.status),
+        }
+    }
+
     /// Wait, then return the result.
     pub async fn wait_for_result(mut self) -> Result<T> {
         self.wait().await?;

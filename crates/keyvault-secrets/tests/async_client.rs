@@ -10,7 +10,8 @@ use keyvault_secrets::credentials::{
 use keyvault_secrets::http::{Method, Request, StatusCode};
 use keyvault_secrets::{
     ApiVersion, DeletionRecoveryLevel, ErrorKind, KeyVaultSecretIdentifier, OffsetDateTime,
-    SecretClient, SecretClientOptions, SetSecretOptions, UpdateSecretPropertiesOptions,
+    PollerStatus, SecretClient, SecretClientOptions, SetSecretOptions,
+    UpdateSecretPropertiesOptions,
 };
 use keyvault_server::local::{LocalVault, LocalVaultOptions};
 use std::sync::Arc;
@@ -333,6 +334,43 @@ async fn delete_recover_purge_with_pollers() {
     c.set_secret("important-secret", "fresh", None)
         .await
         .unwrap();
+
+    // The async Python client's one-call forms: delete and recover, each waiting until done.
+    let deleted = c.delete_secret("important-secret").await.unwrap();
+    assert!(deleted.recovery_id.is_some());
+    let recovered = c.recover_deleted_secret("important-secret").await.unwrap();
+    assert_eq!(recovered.name, "important-secret");
+    assert_eq!(
+        c.get_secret("important-secret", None)
+            .await
+            .unwrap()
+            .value(),
+        Some("fresh")
+    );
+
+    // A bounded wait (Python: `poller.wait(timeout)`): a recovery whose secret is deleted again before it is
+    // seen never completes, and the wait returns InProgress when its time is up.
+    c.delete_secret("important-secret").await.unwrap();
+    let mut poller = c
+        .begin_recover_deleted_secret("important-secret")
+        .await
+        .unwrap();
+    c.delete_secret("important-secret").await.unwrap();
+    poller.set_polling_interval(Duration::from_millis(20));
+    let started = Instant::now();
+    assert_eq!(
+        poller
+            .wait_timeout(Duration::from_millis(300))
+            .await
+            .unwrap(),
+        PollerStatus::InProgress
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    c.recover_deleted_secret("important-secret").await.unwrap();
+    assert_eq!(
+        poller.wait_timeout(Duration::from_secs(5)).await.unwrap(),
+        PollerStatus::Succeeded
+    );
     v.shutdown().await;
 }
 

@@ -9,7 +9,8 @@ use keyvault_secrets::blocking::SecretClient;
 use keyvault_secrets::credentials::StaticTokenCredential;
 use keyvault_secrets::http::{Method, Request, StatusCode};
 use keyvault_secrets::{
-    ErrorKind, KeyVaultSecretIdentifier, SetSecretOptions, UpdateSecretPropertiesOptions,
+    ErrorKind, KeyVaultSecretIdentifier, PollerStatus, SetSecretOptions,
+    UpdateSecretPropertiesOptions,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,6 +102,10 @@ fn every_operation_blocking() {
     let started = Instant::now();
     let mut poller = c.begin_delete_secret("app-config").unwrap();
     assert_eq!(poller.result().name, "app-config");
+    assert_eq!(
+        poller.wait_timeout(Duration::from_secs(5)).unwrap(),
+        PollerStatus::Succeeded
+    );
     poller.wait().unwrap();
     assert!(poller.done());
     assert!(started.elapsed() < Duration::from_millis(1500));
