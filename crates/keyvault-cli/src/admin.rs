@@ -442,10 +442,40 @@ pub async fn run_principal(
                 .map(|x| vec![s(&x["keyId"]), when(&x["expiresOn"])])
                 .collect();
             if output == Output::Table {
-                rows(out, output, &PRINCIPAL_HEADER, &principal_rows(&[v]), 0)?;
+                rows(
+                    out,
+                    output,
+                    &PRINCIPAL_HEADER,
+                    &principal_rows(&[v.clone()]),
+                    0,
+                )?;
                 out.write_all(b"\n").map_err(io_error)?;
             }
-            rows(out, output, &["Secret key id", "Expires"], &secrets, 0)
+            rows(out, output, &["Secret key id", "Expires"], &secrets, 0)?;
+            if output == Output::Table {
+                // What else it may sign in with (`[[clients]] certificates`, `federated`).
+                let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+                let certificates: Vec<Vec<String>> =
+                    list("certificates").iter().map(|c| vec![s(c)]).collect();
+                if !certificates.is_empty() {
+                    out.write_all(b"\n").map_err(io_error)?;
+                    rows(out, output, &["Certificate (x5t#S256)"], &certificates, 0)?;
+                }
+                let federated: Vec<Vec<String>> = (list("federated").iter())
+                    .map(|f| vec![s(&f["issuer"]), s(&f["subject"]), s(&f["audience"])])
+                    .collect();
+                if !federated.is_empty() {
+                    out.write_all(b"\n").map_err(io_error)?;
+                    rows(
+                        out,
+                        output,
+                        &["Federated issuer", "Subject", "Audience"],
+                        &federated,
+                        0,
+                    )?;
+                }
+            }
+            Ok(())
         }
         PrincipalCommand::Delete { client_id } => {
             let path = format!("/admin/principals/{}", segment(&client_id)?);

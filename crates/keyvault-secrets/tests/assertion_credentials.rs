@@ -51,6 +51,18 @@ fn common_options(lv: &LocalVault) -> ClientSecretCredentialOptions {
     }
 }
 
+/// `GET /admin/principals/{id}` as the dev client (an administrator).
+async fn admin_view(lv: &LocalVault, client_id: &str) -> serde_json::Value {
+    use keyvault_secrets::http::{Method, Request};
+    let path = format!("/admin/principals/{client_id}");
+    let r = common::client(lv)
+        .send_request(Request::new(Method::GET, path))
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
 fn scope(lv: &LocalVault) -> String {
     // The resource the vault's challenge names (`https://localhost:{port}`).
     let port = lv.vault_url().rsplit(':').next().unwrap();
@@ -123,6 +135,14 @@ async fn certificate_credential_reads_a_secret() {
     let fine = credential(&format!("{ec_cert}{ec_key}"), "cert-app", false);
     fine.get_token(&[&scope(&lv)], None).await.unwrap();
     fine.get_token(&[&scope(&lv)], None).await.unwrap();
+    // The admin API shows the client's certificates by thumbprint (x5t#S256), as the credential computes it.
+    let shown = admin_view(&lv, "cert-app").await;
+    let rsa = credential(&format!("{rsa_key}{rsa_cert}"), "cert-app", false);
+    assert_eq!(
+        shown["certificates"],
+        serde_json::json!([fine.thumbprint_sha256(), rsa.thumbprint_sha256()])
+    );
+    assert!(shown.get("federated").is_none(), "{shown}");
     lv.shutdown().await;
 }
 
@@ -203,6 +223,11 @@ async fn workload_identity_reads_a_secret() {
     .unwrap();
     let got = c.get_secret("billing-key", None).await.unwrap();
     assert_eq!(got.value.as_ref().unwrap().expose(), "k-42");
+    // The admin API shows the federated credential.
+    assert_eq!(
+        admin_view(&k.lv, "wi-app").await["federated"],
+        serde_json::json!([{ "issuer": ISS, "subject": SUBJECT, "audience": EXCHANGE }])
+    );
 
     // The file is read at each request: the same credential follows a rotation, and a file holding another
     // service account's token (or one for another audience) is refused.

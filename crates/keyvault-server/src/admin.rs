@@ -119,6 +119,21 @@ pub struct PrincipalView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_on: Option<i64>,
     pub secrets: Vec<SecretInfo>,
+    /// The SHA-256 thumbprints (`x5t#S256`) of the certificates it may sign client assertions with
+    /// (`[[clients]] certificates`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
+    /// The federated credentials it may present (`[[clients]] federated`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub federated: Vec<FederatedView>,
+}
+
+/// A federated credential as the admin API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FederatedView {
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
 }
 
 /// A role assignment as the admin API shows it.
@@ -183,6 +198,8 @@ struct Applied {
 /// The admin side of access control.
 pub struct AccessAdmin {
     clients: Arc<ClientRegistry>,
+    /// Certificates and federated credentials of configured clients (shown, never changed, here).
+    assertions: Option<Arc<crate::auth::assertion::ClientAssertions>>,
     policy: Arc<Policy>,
     backend: Backend,
     applied: Mutex<Applied>,
@@ -271,6 +288,7 @@ impl AccessAdmin {
         };
         let admin = AccessAdmin {
             clients,
+            assertions: None,
             policy,
             backend,
             applied: Mutex::new(Applied {
@@ -284,6 +302,15 @@ impl AccessAdmin {
             admin.install(&mut applied, doc, revision);
         }
         Ok(admin)
+    }
+
+    /// Shows these certificates and federated credentials with the principals they belong to.
+    pub fn with_assertions(
+        mut self,
+        assertions: Arc<crate::auth::assertion::ClientAssertions>,
+    ) -> Self {
+        self.assertions = Some(assertions);
+        self
     }
 
     /// The shared document, after importing a local `access.json` into an empty store.
@@ -514,7 +541,7 @@ impl AccessAdmin {
 
     fn view(&self, doc: &AccessFile, client_id: &str) -> Option<PrincipalView> {
         let stored = doc.principals.iter().find(|p| p.client_id == client_id);
-        view_of(&self.clients, stored, client_id)
+        self.view_of(stored, client_id)
     }
 
     /// Every principal that may get tokens (managed or not), by client id.
@@ -526,7 +553,7 @@ impl AccessAdmin {
         self.clients
             .client_ids()
             .iter()
-            .filter_map(|id| view_of(&self.clients, stored.get(id.as_str()).copied(), id))
+            .filter_map(|id| self.view_of(stored.get(id.as_str()).copied(), id))
             .collect()
     }
 
@@ -931,20 +958,32 @@ fn managed_mut<'d>(
     }
 }
 
-/// How the admin API shows `client_id`, `stored` in the document if it is managed.
-fn view_of(
-    clients: &ClientRegistry,
-    stored: Option<&StoredPrincipal>,
-    client_id: &str,
-) -> Option<PrincipalView> {
-    let secrets = clients.secrets(client_id)?;
-    Some(PrincipalView {
-        client_id: client_id.to_string(),
-        display_name: stored.and_then(|p| p.display_name.clone()),
-        managed: stored.is_some(),
-        created_on: stored.map(|p| p.created_on),
-        secrets,
-    })
+impl AccessAdmin {
+    /// How the admin API shows `client_id`, `stored` in the document if it is managed.
+    fn view_of(&self, stored: Option<&StoredPrincipal>, client_id: &str) -> Option<PrincipalView> {
+        let secrets = self.clients.secrets(client_id)?;
+        let assertions = self.assertions.as_deref();
+        let federated = assertions
+            .map(|a| a.federated_of(client_id))
+            .unwrap_or_default();
+        Some(PrincipalView {
+            client_id: client_id.to_string(),
+            display_name: stored.and_then(|p| p.display_name.clone()),
+            managed: stored.is_some(),
+            created_on: stored.map(|p| p.created_on),
+            secrets,
+            certificates: assertions
+                .map(|a| a.certificate_thumbprints(client_id))
+                .unwrap_or_default(),
+            federated: (federated.into_iter())
+                .map(|(issuer, subject, audience)| FederatedView {
+                    issuer,
+                    subject,
+                    audience,
+                })
+                .collect(),
+        })
+    }
 }
 
 fn managed_view(a: Assignment, managed: bool) -> AssignmentView {

@@ -386,6 +386,7 @@ impl Server {
                 );
             }
         }
+        let assertions = Arc::new(assertions);
         // What a certificate assertion's `aud` may be: the token endpoint under the issuer's host, or under
         // the listening address (and `localhost` for a loopback one), as clients spell the authority.
         let mut assertion_hosts = vec![issuer_host.clone(), host.clone()];
@@ -428,7 +429,8 @@ impl Server {
                 policy.clone(),
             )
             .await
-            .map_err(StartError::Setup)?,
+            .map_err(StartError::Setup)?
+            .with_assertions(assertions.clone()),
         );
         admin.spawn_refresher();
         let audit = match config.audit_log_path() {
@@ -455,7 +457,7 @@ impl Server {
             tenant: config.tenant_id.clone(),
             audiences,
             clock: clock_fn,
-            assertions: Arc::new(assertions),
+            assertions,
             assertion_audiences,
         };
         let state = Arc::new(HttpState {

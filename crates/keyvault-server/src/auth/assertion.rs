@@ -214,6 +214,27 @@ impl ClientAssertions {
         keys.federated.push(federated);
     }
 
+    /// The SHA-256 thumbprints (`x5t#S256`, base64url) of a client's certificates, for the admin API.
+    pub fn certificate_thumbprints(&self, client_id: &str) -> Vec<String> {
+        (self.clients.get(client_id))
+            .map(|k| k.certificates.iter().map(|c| c.x5t_s256.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A client's federated credentials as (issuer, subject, audience), for the admin API.
+    pub fn federated_of(&self, client_id: &str) -> Vec<(String, String, String)> {
+        (self.clients.get(client_id))
+            .map(|k| {
+                (k.federated.iter())
+                    .map(|f| {
+                        let issuer = f.issuer.issuer().to_string();
+                        (issuer, f.subject.clone(), f.audience.clone())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether a client has any certificate or federated credential.
     pub fn has_client(&self, client_id: &str) -> bool {
         self.clients.contains_key(client_id)
