@@ -446,7 +446,7 @@ pub async fn run_principal(
                     out,
                     output,
                     &PRINCIPAL_HEADER,
-                    &principal_rows(&[v.clone()]),
+                    &principal_rows(std::slice::from_ref(&v)),
                     0,
                 )?;
                 out.write_all(b"\n").map_err(io_error)?;
