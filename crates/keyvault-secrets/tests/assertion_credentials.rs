@@ -9,9 +9,9 @@
 mod common;
 
 use keyvault_secrets::credentials::{
-    ClientCertificateCredential, ClientCertificateCredentialOptions, ClientSecretCredentialOptions,
-    DefaultAzureCredential, DefaultAzureCredentialOptions, TokenCredential,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    ClientAssertionCredential, ClientCertificateCredential, ClientCertificateCredentialOptions,
+    ClientSecretCredentialOptions, DefaultAzureCredential, DefaultAzureCredentialOptions,
+    TokenCredential, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use keyvault_secrets::{ErrorKind, SecretClient};
 use keyvault_server::auth::{SigningKey, TokenIssuer, unix_now};
@@ -151,7 +151,7 @@ const SUBJECT: &str = "system:serviceaccount:apps:billing";
 const EXCHANGE: &str = "api://AzureADTokenExchange";
 
 struct Cluster {
-    idp: TokenIssuer,
+    idp: Arc<TokenIssuer>,
     lv: LocalVault,
     dir: tempfile::TempDir,
 }
@@ -160,12 +160,12 @@ impl Cluster {
     /// A vault trusting a "cluster" issuer (JWKS file), with client `wi-app` federated to SUBJECT.
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let idp = TokenIssuer::new(
+        let idp = Arc::new(TokenIssuer::new(
             Arc::new(SigningKey::generate().unwrap()),
             ISS.into(),
             "cluster".into(),
             3600,
-        );
+        ));
         let jwks = write(dir.path(), "jwks.json", &idp.jwks().to_string());
         let lv = LocalVault::start_with(LocalVaultOptions {
             trusted_issuers: vec![TrustedIssuerConfig {
@@ -223,6 +223,33 @@ async fn workload_identity_reads_a_secret() {
     .unwrap();
     let got = c.get_secret("billing-key", None).await.unwrap();
     assert_eq!(got.value.as_ref().unwrap().expose(), "k-42");
+    // The same federated token from code (azure-identity's ClientAssertionCredential): asked for at each
+    // token request; an empty one is refused before any request.
+    let idp = k.idp.clone();
+    let assertion = ClientAssertionCredential::new(
+        k.lv.tenant_id(),
+        "wi-app",
+        Arc::new(move || Ok(idp.issue(SUBJECT, EXCHANGE, unix_now()).unwrap().0)),
+        Some(common_options(&k.lv)),
+    )
+    .unwrap();
+    let c = SecretClient::new(
+        k.lv.vault_url(),
+        Arc::new(assertion),
+        Some(common::options(&k.lv)),
+    )
+    .unwrap();
+    let got = c.get_secret("billing-key", None).await.unwrap();
+    assert_eq!(got.value.as_ref().unwrap().expose(), "k-42");
+    let empty = ClientAssertionCredential::new(
+        k.lv.tenant_id(),
+        "wi-app",
+        Arc::new(|| Ok(" ".to_string())),
+        Some(common_options(&k.lv)),
+    )
+    .unwrap();
+    let e = empty.get_token(&[&scope(&k.lv)], None).await.unwrap_err();
+    assert!(e.message().contains("empty assertion"), "{e}");
     // The admin API shows the federated credential.
     assert_eq!(
         admin_view(&k.lv, "wi-app").await["federated"],

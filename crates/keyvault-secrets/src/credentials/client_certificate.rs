@@ -13,6 +13,7 @@ use ring::signature::{
 };
 use std::fmt;
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// How long a client assertion is valid (Entra's libraries use 10 minutes).
 const ASSERTION_LIFETIME_SECS: i64 = 600;
@@ -111,7 +112,8 @@ impl ClientCertificateCredential {
         options: Option<ClientCertificateCredentialOptions>,
     ) -> Result<Self> {
         let path = certificate_path.as_ref();
-        let pem = std::fs::read(path).map_err(|e| {
+        // The file holds the private key: wiped once the key pair is made.
+        let pem = Zeroizing::new(std::fs::read(path).map_err(|e| {
             let what = if e.kind() == std::io::ErrorKind::NotFound {
                 "not found".to_string()
             } else {
@@ -122,7 +124,7 @@ impl ClientCertificateCredential {
                 format!("certificate file {}: {what}", path.display()),
                 e,
             )
-        })?;
+        })?);
         Self::build(
             tenant_id.into(),
             client_id.into(),
@@ -291,9 +293,10 @@ impl TokenCredential for ClientCertificateCredential {
     }
 }
 
+/// A private key's DER, wiped when dropped (ring keeps its own copy in the key pair).
 enum PemKey {
-    Pkcs8(Vec<u8>),
-    Pkcs1(Vec<u8>),
+    Pkcs8(Zeroizing<Vec<u8>>),
+    Pkcs1(Zeroizing<Vec<u8>>),
     Sec1,
 }
 
@@ -319,10 +322,10 @@ fn parse_pem(pem: &[u8]) -> std::result::Result<ParsedPem, String> {
         match item {
             Item::X509Certificate(der) => parsed.certificates.push(der.to_vec()),
             Item::Pkcs8Key(k) if parsed.key.is_none() => {
-                parsed.key = Some(PemKey::Pkcs8(k.secret_pkcs8_der().to_vec()))
+                parsed.key = Some(PemKey::Pkcs8(Zeroizing::new(k.secret_pkcs8_der().to_vec())))
             }
             Item::Pkcs1Key(k) if parsed.key.is_none() => {
-                parsed.key = Some(PemKey::Pkcs1(k.secret_pkcs1_der().to_vec()))
+                parsed.key = Some(PemKey::Pkcs1(Zeroizing::new(k.secret_pkcs1_der().to_vec())))
             }
             Item::Sec1Key(_) if parsed.key.is_none() => parsed.key = Some(PemKey::Sec1),
             _ => {}

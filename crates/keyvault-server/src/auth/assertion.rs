@@ -23,7 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 
-use super::external::{TrustedIssuer, numeric_date_ceil, token_times};
+use super::external::{TrustedIssuer, token_times};
 use super::token::CLOCK_SKEW_SECS;
 
 /// The assertion type of a JWT client assertion.
@@ -312,20 +312,8 @@ impl ClientAssertions {
         if !audience_matches(&claims["aud"], audiences) {
             return Err(AssertionError::WrongAudience);
         }
-        // MSAL writes `exp` and `iat` with a fraction (Python's `time.time()`): a NumericDate may have one
-        // (RFC 7519 §2). A fractional `exp` counts from its whole second (never later than it says).
-        let exp = match &claims["exp"] {
-            v if v.is_i64() => v.as_i64(),
-            v => v
-                .as_f64()
-                .filter(|f| f.is_finite())
-                .map(|f| f.floor() as i64),
-        }
-        .ok_or(AssertionError::NotInValidTimeRange)?;
-        let nbf = match &claims["nbf"] {
-            serde_json::Value::Null => i64::MIN / 2,
-            v => numeric_date_ceil(v).ok_or(AssertionError::NotInValidTimeRange)?,
-        };
+        // (MSAL writes `exp` with a fraction: Python's `time.time()`.)
+        let (nbf, exp) = token_times(&claims).map_err(|_| AssertionError::NotInValidTimeRange)?;
         if exp.saturating_add(CLOCK_SKEW_SECS) <= now
             || nbf.saturating_sub(CLOCK_SKEW_SECS) > now
             || exp.saturating_sub(now) > MAX_ASSERTION_LIFETIME_SECS + CLOCK_SKEW_SECS

@@ -437,9 +437,15 @@ impl TrustedIssuer {
 
 /// A verified token's `nbf` (very early when absent) and `exp` (required).
 pub(crate) fn token_times(claims: &serde_json::Value) -> Result<(i64, i64), AuthError> {
-    let exp = claims["exp"]
-        .as_i64()
-        .ok_or(AuthError::InvalidToken("missing claim"))?;
+    // A NumericDate may have a fraction (RFC 7519 §2; MSAL writes one): a fractional `exp` counts from its
+    // whole second, never later than it says. Beyond the range of seconds it is not a date.
+    let exp = match &claims["exp"] {
+        v if v.is_i64() => v.as_i64(),
+        v => (v.as_f64())
+            .filter(|f| f.is_finite() && f.abs() < 9.0e18)
+            .map(|f| f.floor() as i64),
+    }
+    .ok_or(AuthError::InvalidToken("missing claim"))?;
     // `nbf` is optional, but when present it counts, whatever JSON number it is (RFC 7519's NumericDate may
     // have a fraction): a fractional, exponent-form or out-of-range `nbf` is read as the second it falls in
     // (rounded up), and one that is not a number at all makes the token invalid.
@@ -451,7 +457,7 @@ pub(crate) fn token_times(claims: &serde_json::Value) -> Result<(i64, i64), Auth
 }
 
 /// A JSON number as whole seconds, rounded up (saturating); not a number: `None`.
-pub(crate) fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
+fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
     if let Some(i) = v.as_i64() {
         return Some(i);
     }
@@ -724,6 +730,17 @@ mod tests {
         let mut c = claims();
         c.as_object_mut().unwrap().remove("exp");
         assert!(check(&issuer, &sign(&a, h(&a), c)).is_err());
+        // `exp` with a fraction counts from its whole second (certificate and federated assertions, access
+        // tokens alike); out of range or not a number, the token is refused.
+        for (exp, want) in [
+            (serde_json::json!(1_000), Some(1_000)),
+            (serde_json::json!(1_500.75), Some(1_500)),
+            (serde_json::json!(1e300), None),
+            (serde_json::json!("1000"), None),
+        ] {
+            let times = token_times(&serde_json::json!({ "exp": exp.clone() }));
+            assert_eq!(times.ok().map(|(_, exp)| exp), want, "{exp}");
+        }
         // `nbf` in any JSON number form counts (rounded up); not a number, the token is refused.
         for (nbf, want) in [
             (serde_json::json!(1_500.5), Some(1_501)),
