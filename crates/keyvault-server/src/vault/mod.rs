@@ -29,12 +29,6 @@ pub struct VaultSettings {
     pub purge_protection: bool,
 }
 
-impl VaultSettings {
-    pub fn recovery_level(&self) -> DeletionRecoveryLevel {
-        DeletionRecoveryLevel::for_vault(self.retention_days, self.purge_protection)
-    }
-}
-
 /// What can go wrong in a vault operation. The HTTP layer maps each to a status and Key Vault error code.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
