@@ -593,7 +593,7 @@ fn certificate_parts(cert: &[u8]) -> Option<CertificateParts<'_>> {
     };
     let (nb_tag, nb, after) = der(validity)?;
     let (na_tag, na, _) = der(after)?;
-    // subject
+    // Past the subject.
     tbs = der(rest)?.2;
     let (SEQUENCE, spki, _) = der(tbs)? else {
         return None;
