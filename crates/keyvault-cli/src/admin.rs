@@ -455,11 +455,24 @@ pub async fn run_principal(
             if output == Output::Table {
                 // What else it may sign in with (`[[clients]] certificates`, `federated`).
                 let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
-                let certificates: Vec<Vec<String>> =
-                    list("certificates").iter().map(|c| vec![s(c)]).collect();
+                let certificates: Vec<Vec<String>> = (list("certificates").iter())
+                    .map(|c| {
+                        vec![
+                            s(&c["x5t#S256"]),
+                            when(&c["notBefore"]),
+                            when(&c["notAfter"]),
+                        ]
+                    })
+                    .collect();
                 if !certificates.is_empty() {
                     out.write_all(b"\n").map_err(io_error)?;
-                    rows(out, output, &["Certificate (x5t#S256)"], &certificates, 0)?;
+                    rows(
+                        out,
+                        output,
+                        &["Certificate (x5t#S256)", "Not before", "Not after"],
+                        &certificates,
+                        0,
+                    )?;
                 }
                 let federated: Vec<Vec<String>> = (list("federated").iter())
                     .map(|f| vec![s(&f["issuer"]), s(&f["subject"]), s(&f["audience"])])

@@ -3,7 +3,8 @@
 //! certificate configured for the client (`[[clients]] certificates`), and `WorkloadIdentityCredential` posts a
 //! federated token (a trusted issuer's JWT, as the kubelet projects a service account token) that the server
 //! matches against the client's `federated` credentials. Shown: both read a secret through `SecretClient`;
-//! an unknown certificate, a wrong client, a wrong subject or audience get the OAuth errors; the token file
+//! an unknown certificate, an expired or not yet valid one, a wrong client, a wrong subject or audience get
+//! the OAuth errors; the token file
 //! is read again at each request; `DefaultAzureCredential` finds the workload identity from the environment.
 
 mod common;
@@ -135,14 +136,112 @@ async fn certificate_credential_reads_a_secret() {
     let fine = credential(&format!("{ec_cert}{ec_key}"), "cert-app", false);
     fine.get_token(&[&scope(&lv)], None).await.unwrap();
     fine.get_token(&[&scope(&lv)], None).await.unwrap();
-    // The admin API shows the client's certificates by thumbprint (x5t#S256), as the credential computes it.
+    // The admin API shows the client's certificates by thumbprint (x5t#S256), as the credential computes it,
+    // with their validity periods (rcgen's default: 1975-01-01 to 4096-01-01).
     let shown = admin_view(&lv, "cert-app").await;
     let rsa = credential(&format!("{rsa_key}{rsa_cert}"), "cert-app", false);
+    let dates = (
+        rcgen::date_time_ymd(1975, 1, 1),
+        rcgen::date_time_ymd(4096, 1, 1),
+    );
+    let view = |x5t: &str| {
+        serde_json::json!({"x5t#S256": x5t, "notBefore": dates.0.unix_timestamp(),
+            "notAfter": dates.1.unix_timestamp()})
+    };
     assert_eq!(
         shown["certificates"],
-        serde_json::json!([fine.thumbprint_sha256(), rsa.thumbprint_sha256()])
+        serde_json::json!([
+            view(fine.thumbprint_sha256()),
+            view(rsa.thumbprint_sha256())
+        ])
     );
     assert!(shown.get("federated").is_none(), "{shown}");
+    lv.shutdown().await;
+}
+
+/// A certificate and its key valid between two dates: (certificate PEM, key PEM).
+fn certificate_between(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["cert-app".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A rotation through the real token endpoint: the client has an expired certificate and a valid one
+/// configured. The valid one gets a token; the expired one is refused with Entra's code for a key credential
+/// outside its dates (AADSTS700027), naming the certificate's thumbprint and notAfter; one not yet valid is
+/// refused the same way, naming its notBefore. The server still starts with them (it only warns).
+#[tokio::test]
+async fn certificates_outside_their_validity_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_cert, old_key) = certificate_between((2020, 1, 1), (2021, 1, 1));
+    let (new_cert, new_key) = certificate_between((2021, 1, 1), (2090, 1, 1));
+    let (next_cert, next_key) = certificate_between((2089, 1, 1), (2099, 1, 1));
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        clients: vec![ClientConfig {
+            client_id: "cert-app".into(),
+            certificates: vec![
+                write(dir.path(), "old.pem", &old_cert),
+                write(dir.path(), "new.pem", &format!("{new_cert}{next_cert}")),
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let credential = |name: &str, pem: &str| {
+        ClientCertificateCredential::new(
+            lv.tenant_id(),
+            "cert-app",
+            write(dir.path(), name, pem),
+            Some(ClientCertificateCredentialOptions {
+                common: common_options(&lv),
+                ..Default::default()
+            }),
+        )
+        .unwrap()
+    };
+    let valid = credential("new-client.pem", &format!("{new_cert}{new_key}"));
+    valid.get_token(&[&scope(&lv)], None).await.unwrap();
+
+    let expired = credential("old-client.pem", &format!("{old_cert}{old_key}"));
+    let e = expired.get_token(&[&scope(&lv)], None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Credential);
+    let text = e.message();
+    for part in [
+        "status 401",
+        "invalid_client: AADSTS700027",
+        "expired certificate",
+        &format!("x5t#S256 '{}'", expired.thumbprint_sha256()),
+        "notAfter 2021-01-01T00:00:00Z",
+    ] {
+        assert!(text.contains(part), "{part}: {e}");
+    }
+
+    let early = credential("next-client.pem", &format!("{next_cert}{next_key}"));
+    let e = early.get_token(&[&scope(&lv)], None).await.unwrap_err();
+    let text = e.message();
+    for part in [
+        "invalid_client: AADSTS700027",
+        "not yet valid",
+        &format!("x5t#S256 '{}'", early.thumbprint_sha256()),
+        "notBefore 2089-01-01T00:00:00Z",
+    ] {
+        assert!(text.contains(part), "{part}: {e}");
+    }
+
+    // The admin API shows each certificate's dates.
+    let shown = admin_view(&lv, "cert-app").await;
+    let day = |y, m, d| rcgen::date_time_ymd(y, m, d).unix_timestamp();
+    assert_eq!(
+        shown["certificates"][0]["x5t#S256"],
+        expired.thumbprint_sha256()
+    );
+    assert_eq!(shown["certificates"][0]["notAfter"], day(2021, 1, 1));
+    assert_eq!(shown["certificates"][2]["notBefore"], day(2089, 1, 1));
     lv.shutdown().await;
 }
 

@@ -119,13 +119,25 @@ pub struct PrincipalView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_on: Option<i64>,
     pub secrets: Vec<SecretInfo>,
-    /// The SHA-256 thumbprints (`x5t#S256`) of the certificates it may sign client assertions with
-    /// (`[[clients]] certificates`).
+    /// The certificates it may sign client assertions with (`[[clients]] certificates`): thumbprints and
+    /// validity periods.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub certificates: Vec<String>,
+    pub certificates: Vec<CertificateView>,
     /// The federated credentials it may present (`[[clients]] federated`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub federated: Vec<FederatedView>,
+}
+
+/// A configured client certificate as the admin API shows it: its SHA-256 thumbprint (`x5t#S256`, base64url,
+/// as an assertion's header names it) and its validity period (Unix seconds; an assertion it signs is refused
+/// outside it).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateView {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
 /// A federated credential as the admin API shows it.
@@ -972,9 +984,15 @@ impl AccessAdmin {
             managed: stored.is_some(),
             created_on: stored.map(|p| p.created_on),
             secrets,
-            certificates: assertions
-                .map(|a| a.certificate_thumbprints(client_id))
-                .unwrap_or_default(),
+            certificates: (assertions.map(|a| a.certificates_of(client_id)))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| CertificateView {
+                    x5t_s256: c.x5t_s256,
+                    not_before: c.not_before,
+                    not_after: c.not_after,
+                })
+                .collect(),
             federated: (federated.into_iter())
                 .map(|(issuer, subject, audience)| FederatedView {
                     issuer,

@@ -340,7 +340,9 @@ pub struct ClientConfig {
     /// (a TOML date-time with an offset, the same as an RFC 3339 string, or Unix seconds).
     #[serde(default)]
     pub secrets: Vec<ClientSecretConfig>,
-    /// PEM files of the client's certificates (public certificates; every certificate of a file counts).
+    /// PEM files of the client's certificates (public certificates; every certificate of a file counts). Each
+    /// signs valid assertions only within its validity period (notBefore to notAfter): one that is expired or
+    /// not yet valid is loaded all the same, with a warning at start, and its assertions are refused.
     #[serde(default)]
     pub certificates: Vec<PathBuf>,
     /// Federated credentials: `federated = [{ issuer = "…", subject = "system:serviceaccount:ns:sa" }]`.

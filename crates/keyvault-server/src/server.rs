@@ -370,8 +370,9 @@ impl Server {
                 clients.ensure(c.client_id.as_str());
             }
             for path in &c.certificates {
-                assertions
-                    .add_certificates(&c.client_id, ClientCertificate::load(path).map_err(bad)?);
+                let certificates = ClientCertificate::load(path).map_err(bad)?;
+                warn_if_out_of_dates(&c.client_id, path, &certificates, clock.now());
+                assertions.add_certificates(&c.client_id, certificates);
             }
             for f in &c.federated {
                 let issuer = (trusted.iter().find(|t| t.issuer() == f.issuer))
@@ -611,6 +612,38 @@ impl Server {
             audit.flush().await;
         }
         Ok(())
+    }
+}
+
+/// Warns about a configured client certificate that is expired or not yet valid: its assertions are refused
+/// until it is valid (a rotation may configure the next certificate early, or leave the old one for a while).
+/// Public facts only: the file, the thumbprint, the dates.
+fn warn_if_out_of_dates(
+    client_id: &str,
+    path: &Path,
+    certificates: &[ClientCertificate],
+    now: i64,
+) {
+    use crate::auth::assertion::Validity;
+    use crate::auth::util::rfc3339;
+    for c in certificates {
+        let why = match c.validity_at(now, 0) {
+            Validity::Valid => continue,
+            Validity::Expired => {
+                "a configured client certificate has expired: assertions it signs are refused"
+            }
+            Validity::NotYetValid => {
+                "a configured client certificate is not yet valid: assertions it signs are refused until notBefore"
+            }
+        };
+        tracing::warn!(
+            client_id,
+            path = %path.display(),
+            x5t_s256 = c.thumbprint_sha256(),
+            not_before = %rfc3339(c.not_before()),
+            not_after = %rfc3339(c.not_after()),
+            "{why}"
+        );
     }
 }
 

@@ -8,12 +8,20 @@
 //!   the future and at most [`MAX_ASSERTION_LIFETIME_SECS`] away; `nbf` (if any) not in the future; a `jti`
 //!   that was not used before (a replayed assertion is refused while it is valid), unless reuse is allowed
 //!   ([`ClientAssertions::allow_reuse`]: Entra accepts reuse, and MSAL relies on it for up to 9 minutes).
+//!   The certificate must be within its validity period (notBefore to notAfter, read when it is loaded) at the
+//!   time of the request: an expired or not yet valid certificate's assertions are refused as Entra refuses a
+//!   key credential outside its dates, so that with two certificates configured for a rotation, the one whose
+//!   time has come works and the other does not.
 //! - **federated credentials** (workload identity): a token of a `[[trusted_issuers]]` issuer (e.g. a
 //!   Kubernetes service account token) whose `sub` is the subject configured for the client
 //!   (`[[clients]] federated`) and whose `aud` is the entry's audience ([`DEFAULT_FEDERATED_AUDIENCE`] unless
 //!   set). Such a token may be presented again while it is valid (as the kubelet's projected token is).
 //!
-//! Clock skew: [`CLOCK_SKEW_SECS`] on both ends. No assertion or key appears in errors, logs or `Debug`.
+//! Either kind is refused if its header has a `crit` member (RFC 7515 §4.1.11: the header is read by
+//! `jws::decode_header`, as for access tokens).
+//!
+//! Clock skew: [`CLOCK_SKEW_SECS`] on both ends (of a certificate's validity too). No assertion or key appears
+//! in errors, logs or `Debug`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,6 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 
 use super::external::{TrustedIssuer, token_times};
+use super::jws::HeaderError;
 use super::token::CLOCK_SKEW_SECS;
 
 /// The assertion type of a JWT client assertion.
@@ -39,12 +48,18 @@ pub const REPLAY_CAPACITY: usize = 20_000;
 const MAX_ASSERTION_LEN: usize = 32 * 1024;
 
 /// Why an assertion was refused. The token endpoint turns each into an OAuth error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AssertionError {
     /// Not a JWT (or too large).
     Malformed,
+    /// The header has a `crit` member (no JWS extension is understood: RFC 7515 §4.1.11).
+    CriticalHeader,
     /// Unknown client, no certificate of its matches, or the signature does not verify.
     BadSignature,
+    /// The assertion is signed by the certificate, which has expired (its notAfter has passed).
+    CertificateExpired(CertificateInfo),
+    /// The assertion is signed by the certificate, which is not valid yet (its notBefore is to come).
+    CertificateNotYetValid(CertificateInfo),
     /// `iss` or `sub` is not the client id.
     WrongClient,
     /// `aud` is not this token endpoint.
@@ -65,10 +80,30 @@ pub enum AssertionError {
     FederatedSignature,
 }
 
-/// A client's certificate: its thumbprints and public key.
+/// A configured certificate as it is shown (admin API, errors, logs): public facts only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The base64url SHA-256 thumbprint (`x5t#S256`).
+    pub x5t_s256: String,
+    /// Unix seconds: the validity period, both ends included (RFC 5280 §4.1.2.5).
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Where a time falls in a certificate's validity period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    NotYetValid,
+    Valid,
+    Expired,
+}
+
+/// A client's certificate: its thumbprints, validity period and public key.
 pub struct ClientCertificate {
     x5t: String,
     x5t_s256: String,
+    not_before: i64,
+    not_after: i64,
     key: DecodingKey,
     rsa: bool,
 }
@@ -77,6 +112,8 @@ impl std::fmt::Debug for ClientCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientCertificate")
             .field("x5t#S256", &self.x5t_s256)
+            .field("not_before", &super::util::rfc3339(self.not_before))
+            .field("not_after", &super::util::rfc3339(self.not_after))
             .field("key", &if self.rsa { "RSA" } else { "EC P-256" })
             .finish()
     }
@@ -109,13 +146,23 @@ impl ClientCertificate {
         Ok(out)
     }
 
-    /// A DER X.509 certificate with an RSA or EC P-256 key.
+    /// A DER X.509 certificate (any version) with an RSA or EC P-256 key.
     pub fn from_der(der: &[u8]) -> Result<ClientCertificate, String> {
+        let parts = certificate_parts(der).ok_or("not a valid X.509 certificate")?;
+        let (not_before, not_after) = (parts.not_before, parts.not_after);
+        let (Some(not_before), Some(not_after)) = (der_time(not_before), der_time(not_after))
+        else {
+            return Err(
+                "the certificate's validity dates cannot be read (UTCTime or GeneralizedTime \
+                        in UTC expected)"
+                    .into(),
+            );
+        };
         let SubjectPublicKey {
             algorithm,
             curve,
             key: public,
-        } = subject_public_key(der).ok_or("not a valid X.509 certificate")?;
+        } = parts.key;
         let (key, rsa) = match (algorithm, curve) {
             (OID_RSA, _) => (DecodingKey::from_rsa_der(public), true),
             (OID_EC, Some(OID_P256)) if public.len() == 65 && public[0] == 4 => {
@@ -127,6 +174,8 @@ impl ClientCertificate {
         Ok(ClientCertificate {
             x5t: digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
             x5t_s256: digest(&ring::digest::SHA256),
+            not_before,
+            not_after,
             key,
             rsa,
         })
@@ -135,6 +184,36 @@ impl ClientCertificate {
     /// The base64url SHA-256 thumbprint (`x5t#S256`).
     pub fn thumbprint_sha256(&self) -> &str {
         &self.x5t_s256
+    }
+
+    /// The start of the validity period (notBefore), Unix seconds.
+    pub fn not_before(&self) -> i64 {
+        self.not_before
+    }
+
+    /// The end of the validity period (notAfter, included), Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// Where `now` falls in the validity period, with `skew` seconds of tolerance at both ends.
+    pub fn validity_at(&self, now: i64, skew: i64) -> Validity {
+        if now.saturating_add(skew) < self.not_before {
+            Validity::NotYetValid
+        } else if now.saturating_sub(skew) > self.not_after {
+            Validity::Expired
+        } else {
+            Validity::Valid
+        }
+    }
+
+    /// Its thumbprint and validity period, to show.
+    pub fn info(&self) -> CertificateInfo {
+        CertificateInfo {
+            x5t_s256: self.x5t_s256.clone(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
     }
 
     fn accepts(&self, alg: Algorithm) -> bool {
@@ -214,10 +293,10 @@ impl ClientAssertions {
         keys.federated.push(federated);
     }
 
-    /// The SHA-256 thumbprints (`x5t#S256`, base64url) of a client's certificates, for the admin API.
-    pub fn certificate_thumbprints(&self, client_id: &str) -> Vec<String> {
+    /// A client's certificates (`x5t#S256` thumbprint, validity period), for the admin API.
+    pub fn certificates_of(&self, client_id: &str) -> Vec<CertificateInfo> {
         (self.clients.get(client_id))
-            .map(|k| k.certificates.iter().map(|c| c.x5t_s256.clone()).collect())
+            .map(|k| k.certificates.iter().map(ClientCertificate::info).collect())
             .unwrap_or_default()
     }
 
@@ -253,8 +332,10 @@ impl ClientAssertions {
         if assertion.len() > MAX_ASSERTION_LEN {
             return Err(AssertionError::Malformed);
         }
-        let header =
-            jsonwebtoken::decode_header(assertion).map_err(|_| AssertionError::Malformed)?;
+        let header = super::jws::decode_header(assertion).map_err(|e| match e {
+            HeaderError::Malformed => AssertionError::Malformed,
+            HeaderError::Critical => AssertionError::CriticalHeader,
+        })?;
         let unverified = unverified_claims(assertion).ok_or(AssertionError::Malformed)?;
         let iss = unverified["iss"]
             .as_str()
@@ -306,6 +387,17 @@ impl ClientAssertions {
             jsonwebtoken::decode::<serde_json::Value>(assertion, &certificate.key, &validation)
                 .map_err(|_| AssertionError::BadSignature)?
                 .claims;
+        // Signed by the certificate's key (so what follows is told only to its holder), at a time the
+        // certificate is not valid.
+        match certificate.validity_at(now, CLOCK_SKEW_SECS) {
+            Validity::Valid => {}
+            Validity::Expired => {
+                return Err(AssertionError::CertificateExpired(certificate.info()));
+            }
+            Validity::NotYetValid => {
+                return Err(AssertionError::CertificateNotYetValid(certificate.info()));
+            }
+        }
         if claims["iss"].as_str() != Some(client_id) || claims["sub"].as_str() != Some(client_id) {
             return Err(AssertionError::WrongClient);
         }
@@ -435,7 +527,7 @@ fn unverified_claims(token: &str) -> Option<serde_json::Value> {
         .filter(|c| c.is_object())
 }
 
-// --- A minimal DER reader: just enough of X.509 to find the subject public key. --------------------------
+// --- A minimal DER reader: just enough of X.509 to find the validity and the subject public key. ----------
 
 const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 const OID_EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -468,8 +560,20 @@ struct SubjectPublicKey<'a> {
     key: &'a [u8],
 }
 
-/// The certificate's subject public key.
-fn subject_public_key(cert: &[u8]) -> Option<SubjectPublicKey<'_>> {
+/// A DER time of the validity period: (tag, content).
+type DerTime<'a> = (u8, &'a [u8]);
+
+/// What the server reads of a certificate.
+struct CertificateParts<'a> {
+    /// The validity period's notBefore and notAfter, not yet parsed.
+    not_before: DerTime<'a>,
+    not_after: DerTime<'a>,
+    key: SubjectPublicKey<'a>,
+}
+
+/// The certificate's validity period and subject public key. Any version: a v1 certificate has no `[0]`
+/// version field.
+fn certificate_parts(cert: &[u8]) -> Option<CertificateParts<'_>> {
     const SEQUENCE: u8 = 0x30;
     let (SEQUENCE, certificate, _) = der(cert)? else {
         return None;
@@ -481,9 +585,16 @@ fn subject_public_key(cert: &[u8]) -> Option<SubjectPublicKey<'_>> {
     if tbs.first() == Some(&0xa0) {
         tbs = der(tbs)?.2;
     }
-    for _ in 0..5 {
+    for _ in 0..3 {
         tbs = der(tbs)?.2;
     }
+    let (SEQUENCE, validity, rest) = der(tbs)? else {
+        return None;
+    };
+    let (nb_tag, nb, after) = der(validity)?;
+    let (na_tag, na, _) = der(after)?;
+    // Past the subject.
+    tbs = der(rest)?.2;
     let (SEQUENCE, spki, _) = der(tbs)? else {
         return None;
     };
@@ -504,11 +615,49 @@ fn subject_public_key(cert: &[u8]) -> Option<SubjectPublicKey<'_>> {
     let (0, public) = bits.split_first()? else {
         return None;
     };
-    Some(SubjectPublicKey {
-        algorithm: oid,
-        curve,
-        key: public,
+    Some(CertificateParts {
+        not_before: (nb_tag, nb),
+        not_after: (na_tag, na),
+        key: SubjectPublicKey {
+            algorithm: oid,
+            curve,
+            key: public,
+        },
     })
+}
+
+/// A validity time as Unix seconds: UTCTime `YYMMDDHHMMSSZ` (years 1950-2049; `YYMMDDHHMMZ` also read) or
+/// GeneralizedTime `YYYYMMDDHHMMSSZ`, in UTC (RFC 5280 §4.1.2.5). `None` for anything else, or a date that
+/// does not exist.
+fn der_time((tag, content): DerTime<'_>) -> Option<i64> {
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+    let digits = content.strip_suffix(b"Z")?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let number = |d: &[u8]| d.iter().fold(0i32, |n, &b| n * 10 + i32::from(b - b'0'));
+    let (year, rest) = match (tag, digits.len()) {
+        (UTC_TIME, 10 | 12) => {
+            let yy = number(&digits[..2]);
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
+        }
+        (GENERALIZED_TIME, 14) => (number(&digits[..4]), &digits[4..]),
+        _ => return None,
+    };
+    let two = |i: usize| rest.get(i..i + 2).map(number);
+    let month = time::Month::try_from(u8::try_from(two(0)?).ok()?).ok()?;
+    let day = u8::try_from(two(2)?).ok()?;
+    let hour = u8::try_from(two(4)?).ok()?;
+    let minute = u8::try_from(two(6)?).ok()?;
+    let second = u8::try_from(two(8).unwrap_or(0)).ok()?;
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    let time = time::Time::from_hms(hour, minute, second).ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, time)
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 #[cfg(test)]
@@ -525,11 +674,19 @@ mod tests {
     }
 
     fn test_cert() -> TestCert {
+        // rcgen's default validity: 1975 to 4096.
+        cert_valid(None)
+    }
+
+    /// A certificate valid from `not_before` to `not_after` (Unix seconds), or rcgen's default dates.
+    fn cert_valid(dates: Option<(i64, i64)>) -> TestCert {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["app".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["app".into()]).unwrap();
+        if let Some((nb, na)) = dates {
+            params.not_before = time::OffsetDateTime::from_unix_timestamp(nb).unwrap();
+            params.not_after = time::OffsetDateTime::from_unix_timestamp(na).unwrap();
+        }
+        let cert = params.self_signed(&key).unwrap();
         let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &key.serialize_der(),
@@ -671,6 +828,215 @@ mod tests {
         c["sub"] = "nobody".into();
         let unknown = rt.block_on(a.verify(None, &sign(&cert, header(&cert), c), &audiences, NOW));
         assert_eq!(unknown, Err(AssertionError::BadSignature));
+    }
+
+    const DAY: i64 = 86_400;
+
+    /// An expired or not yet valid certificate signs assertions that are refused (after its signature is
+    /// checked), naming the certificate; with a valid one configured beside it (a rotation), that one works.
+    #[test]
+    fn certificates_outside_their_validity_are_refused() {
+        let expired = cert_valid(Some((NOW - 400 * DAY, NOW - DAY)));
+        let current = cert_valid(Some((NOW - DAY, NOW + 365 * DAY)));
+        let next = cert_valid(Some((NOW + DAY, NOW + 400 * DAY)));
+        let mut a = ClientAssertions::new();
+        let configured: Vec<ClientCertificate> = [&expired, &current, &next]
+            .iter()
+            .map(|c| ClientCertificate::from_der(&c.der).unwrap())
+            .collect();
+        let infos: Vec<CertificateInfo> = configured.iter().map(ClientCertificate::info).collect();
+        assert_eq!(
+            (infos[0].not_before, infos[0].not_after),
+            (NOW - 400 * DAY, NOW - DAY)
+        );
+        a.add_certificates(CLIENT, configured);
+        assert_eq!(a.certificates_of(CLIENT), infos);
+
+        assert_eq!(
+            check(&a, &sign(&current, header(&current), claims("1")), NOW).unwrap(),
+            CLIENT
+        );
+        assert_eq!(
+            check(&a, &sign(&expired, header(&expired), claims("2")), NOW),
+            Err(AssertionError::CertificateExpired(infos[0].clone()))
+        );
+        assert_eq!(
+            check(&a, &sign(&next, header(&next), claims("3")), NOW),
+            Err(AssertionError::CertificateNotYetValid(infos[2].clone()))
+        );
+        // Someone else's key with the expired certificate's thumbprint learns nothing about it.
+        assert_eq!(
+            check(&a, &sign(&current, header(&expired), claims("4")), NOW),
+            Err(AssertionError::BadSignature)
+        );
+        // Once its notBefore has come (less the clock skew), the next certificate works; notAfter is included,
+        // then the skew.
+        let soon = NOW + DAY - CLOCK_SKEW_SECS;
+        let mut c = claims("5");
+        c["exp"] = (soon + 600).into();
+        assert!(check(&a, &sign(&next, header(&next), c), soon).is_ok());
+        let end = NOW - DAY + CLOCK_SKEW_SECS;
+        let mut c = claims("6");
+        (c["nbf"], c["exp"]) = (end.into(), (end + 600).into());
+        assert!(check(&a, &sign(&expired, header(&expired), c), end).is_ok());
+        let mut c = claims("7");
+        (c["nbf"], c["exp"]) = (end.into(), (end + 601).into());
+        assert!(matches!(
+            check(&a, &sign(&expired, header(&expired), c), end + 1),
+            Err(AssertionError::CertificateExpired(_))
+        ));
+    }
+
+    fn federated_setup() -> (crate::auth::SigningKey, ClientAssertions) {
+        let idp = crate::auth::SigningKey::generate().unwrap();
+        let jwks = serde_json::json!({"keys": [idp.jwk()]}).to_string();
+        let issuer = TrustedIssuer::from_jwks(FED_ISS, "api://keyvault", &jwks, None).unwrap();
+        let mut a = ClientAssertions::new();
+        a.add_federated(
+            CLIENT,
+            FederatedCredential {
+                issuer,
+                subject: FED_SUB.into(),
+                audience: DEFAULT_FEDERATED_AUDIENCE.into(),
+            },
+        );
+        (idp, a)
+    }
+
+    const FED_ISS: &str = "https://oidc.example.com/cluster";
+    const FED_SUB: &str = "system:serviceaccount:apps:app";
+
+    fn sign_es256(
+        key: &crate::auth::SigningKey,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> String {
+        let mut t = URL_SAFE_NO_PAD.encode(header.to_string());
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let sig = key.sign(t.as_bytes()).unwrap();
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(sig));
+        t
+    }
+
+    /// RFC 7515 §4.1.11: a `crit` header member (any value) makes a certificate assertion or a federated token
+    /// refused, however well it is signed; without it the same assertion is accepted.
+    #[test]
+    fn crit_headers_are_refused() {
+        let cert = test_cert();
+        let a = registry(&cert);
+        assert!(check(&a, &sign(&cert, header(&cert), claims("ok")), NOW).is_ok());
+        let (idp, fed) = federated_setup();
+        let fed_claims = serde_json::json!({"iss": FED_ISS, "sub": FED_SUB,
+            "aud": DEFAULT_FEDERATED_AUDIENCE, "nbf": NOW, "exp": NOW + 600});
+        let fed_header = serde_json::json!({"alg": "ES256", "kid": idp.kid()});
+        assert_eq!(
+            check(&fed, &sign_es256(&idp, &fed_header, &fed_claims), NOW).unwrap(),
+            CLIENT
+        );
+        for (i, crit) in [
+            serde_json::json!(["b64"]),
+            serde_json::json!([]),
+            serde_json::json!(null),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut h = header(&cert);
+            h["crit"] = crit.clone();
+            h["b64"] = true.into();
+            assert_eq!(
+                check(&a, &sign(&cert, h, claims(&format!("crit-{i}"))), NOW),
+                Err(AssertionError::CriticalHeader),
+                "{crit}"
+            );
+            let mut h = fed_header.clone();
+            h["crit"] = crit.clone();
+            assert_eq!(
+                check(&fed, &sign_es256(&idp, &h, &fed_claims), NOW),
+                Err(AssertionError::CriticalHeader),
+                "{crit}"
+            );
+        }
+    }
+
+    /// The validity dates of any X.509 version, UTCTime or GeneralizedTime; unreadable ones are an error.
+    #[test]
+    fn certificate_validity_dates() {
+        // 2049 is written as UTCTime, 2050 and later as GeneralizedTime.
+        let utc_end = 2_524_607_999; // 2049-12-31T23:59:59Z
+        let generalized_end = 2_871_763_200; // 2061-01-01T00:00:00Z
+        for (nb, na) in [(NOW, utc_end), (-631_152_000, generalized_end)] {
+            let c = ClientCertificate::from_der(&cert_valid(Some((nb, na))).der).unwrap();
+            assert_eq!((c.not_before(), c.not_after()), (nb, na));
+        }
+        // A v1 certificate (no version field): the same dates and key.
+        let v3 = cert_valid(Some((NOW, utc_end))).der;
+        let v1 = without_version(&v3);
+        assert_ne!(v1, v3);
+        let c = ClientCertificate::from_der(&v1).unwrap();
+        assert_eq!((c.not_before(), c.not_after()), (NOW, utc_end));
+        // A month 13: the file is refused with a clear error (not a panic, not a certificate without dates).
+        let good = b"491231235959Z";
+        let i = v3.windows(good.len()).position(|w| w == good).unwrap();
+        let mut bad = v3.clone();
+        bad[i + 2..i + 4].copy_from_slice(b"13");
+        let e = ClientCertificate::from_der(&bad).unwrap_err();
+        assert!(e.contains("validity dates cannot be read"), "{e}");
+
+        let t = |tag: u8, s: &str| der_time((tag, s.as_bytes()));
+        assert_eq!(t(0x17, "231114221320Z"), Some(1_700_000_000));
+        assert_eq!(t(0x17, "2311142213Z"), Some(1_700_000_000 - 20));
+        assert_eq!(t(0x18, "20231114221320Z"), Some(1_700_000_000));
+        assert_eq!(t(0x17, "500101000000Z"), Some(-631_152_000));
+        assert_eq!(t(0x18, "99991231235959Z"), Some(253_402_300_799));
+        assert_eq!(t(0x17, "000229000000Z"), Some(951_782_400));
+        for (tag, s) in [
+            (0x17, "010229000000Z"), // not a leap year
+            (0x17, "231114221320"),  // no Z
+            (0x17, "231114221320+0100"),
+            (0x17, "2311142213200Z"),
+            (0x18, "20231114221320.5Z"),
+            (0x18, "231114221320Z"), // GeneralizedTime needs four year digits
+            (0x17, "231114246000Z"), // hour 24
+            (0x17, "23111422136aZ"),
+            (0x17, "-31114221320Z"),
+            (0x04, "231114221320Z"), // not a time
+            (0x17, ""),
+        ] {
+            assert_eq!(t(tag, s), None, "{s}");
+        }
+    }
+
+    /// The same certificate as version 1: the TBSCertificate without its `[0]` version (the signature no
+    /// longer matches, which does not matter here: the configured certificate is trusted as it is).
+    fn without_version(cert: &[u8]) -> Vec<u8> {
+        fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            let len = content.len();
+            if len < 0x80 {
+                out.push(len as u8);
+            } else {
+                let bytes: Vec<u8> = len
+                    .to_be_bytes()
+                    .into_iter()
+                    .skip_while(|&b| b == 0)
+                    .collect();
+                out.push(0x80 | bytes.len() as u8);
+                out.extend(bytes);
+            }
+            out.extend_from_slice(content);
+            out
+        }
+        let (_, certificate, _) = der(cert).unwrap();
+        let (_, tbs, after_tbs) = der(certificate).unwrap();
+        let (0xa0, _, fields) = der(tbs).unwrap() else {
+            panic!("not a v3 certificate");
+        };
+        let mut inner = wrap(0x30, fields);
+        inner.extend_from_slice(after_tbs);
+        wrap(0x30, &inner)
     }
 
     #[test]

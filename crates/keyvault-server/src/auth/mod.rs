@@ -5,6 +5,7 @@
 //! - [`external`]: trusted external OIDC issuers (ES256/RS256 tokens verified with their JWKS).
 //! - [`assertion`]: client assertions at the token endpoint: certificates' signed JWTs and federated tokens
 //!   (workload identity) ([`ClientAssertions`]).
+//! - `jws`: the JWS header every verification path reads (a `crit` member is refused).
 //! - [`clients`]: known OAuth2 clients and their argon2-hashed secrets ([`ClientRegistry`]).
 //! - [`policy`]: access control: permissions, roles, assignments and the decision point
 //!   ([`Policy::authorize`]).
@@ -15,6 +16,7 @@
 pub mod assertion;
 pub mod clients;
 pub mod external;
+pub(crate) mod jws;
 pub mod keys;
 pub mod policy;
 pub mod routes;

@@ -24,7 +24,7 @@ use super::assertion::{AssertionError, ClientAssertions, JWT_BEARER};
 use super::clients::{ClientRegistry, generate_client_id};
 use super::keys::TOKEN_ALG;
 use super::token::TokenIssuer;
-use super::util::utc_from_unix;
+use super::util::{rfc3339, utc_from_unix};
 
 /// What the identity endpoints need. Cheap to clone.
 #[derive(Clone)]
@@ -351,6 +351,42 @@ fn assertion_error(e: AssertionError, client_id: &str) -> OAuthError {
             "invalid_client",
             "AADSTS50027: JWT token is invalid or malformed.".into(),
             &[50027],
+        ),
+        A::CriticalHeader => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS50027: JWT token is invalid or malformed. Its header has a 'crit' parameter: no JWS \
+             extension is supported (RFC 7515 section 4.1.11)."
+                .into(),
+            &[50027],
+        ),
+        // Entra answers a certificate (key credential) outside its dates with AADSTS700027 and the reason
+        // "The key used is expired", naming the thumbprint and the key's start and end.
+        A::CertificateExpired(c) => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            format!(
+                "AADSTS700027: Client assertion is signed with an expired certificate of app '{client_id}': \
+                 x5t#S256 '{}', notAfter {} (notBefore {}). Sign with a valid certificate configured for \
+                 the app.",
+                c.x5t_s256,
+                rfc3339(c.not_after),
+                rfc3339(c.not_before)
+            ),
+            &[700027],
+        ),
+        A::CertificateNotYetValid(c) => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            format!(
+                "AADSTS700027: Client assertion is signed with a certificate of app '{client_id}' that is \
+                 not yet valid: x5t#S256 '{}', notBefore {} (notAfter {}). Sign with a valid certificate \
+                 configured for the app.",
+                c.x5t_s256,
+                rfc3339(c.not_before),
+                rfc3339(c.not_after)
+            ),
+            &[700027],
         ),
         A::BadSignature => (
             StatusCode::UNAUTHORIZED,
@@ -1170,6 +1206,58 @@ mod tests {
         .await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
         assert_eq!(code(&body), Some(700027));
+        // A `crit` header member: refused as a malformed assertion (whoever it claims to come from).
+        let critical = format!(
+            "{}.{}.c2ln",
+            b64(json!({"alg": "RS256", "typ": "JWT", "x5t#S256": "abc", "crit": []})),
+            b64(
+                json!({"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": "x", "exp": NOW + 60, "jti": "1"})
+            )
+        );
+        let (status, _, body) = send(
+            &state,
+            post_form(
+                &token_path(),
+                format!(
+                    "client_id={CLIENT_ID}&client_assertion_type={jwt_bearer}&client_assertion={critical}\
+                     &grant_type=client_credentials&scope={scope}"
+                ),
+            ),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+        assert_eq!(code(&body), Some(50027));
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains("'crit'"), "{description}");
+    }
+
+    /// The refusals of a certificate outside its validity period name it: thumbprint and dates.
+    #[test]
+    fn certificate_validity_errors_name_the_certificate() {
+        let c = super::super::assertion::CertificateInfo {
+            x5t_s256: "dGh1bWI".into(),
+            not_before: 1_600_000_000,
+            not_after: 1_700_000_000,
+        };
+        for (e, state) in [
+            (AssertionError::CertificateExpired(c.clone()), "expired"),
+            (AssertionError::CertificateNotYetValid(c), "not yet valid"),
+        ] {
+            let err = assertion_error(e, "cert-app");
+            assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(err.error, "invalid_client");
+            let d = &err.description;
+            assert!(d.starts_with("AADSTS700027: "), "{d}");
+            for part in [
+                state,
+                "'cert-app'",
+                "x5t#S256 'dGh1bWI'",
+                "notBefore 2020-09-13T12:26:40Z",
+                "notAfter 2023-11-14T22:13:20Z",
+            ] {
+                assert!(d.contains(part), "{part}: {d}");
+            }
+        }
     }
 
     #[tokio::test]

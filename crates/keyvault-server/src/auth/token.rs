@@ -184,8 +184,12 @@ impl fmt::Debug for TokenIssuer {
 /// words its 401 for it: the token itself is well formed and signed).
 pub const CLIENT_GONE: &str = "the token's client does not exist";
 
-/// Verifies access tokens: algorithm pinned to ES256, `kid` among the known keys, signature, exact `iss`,
-/// `aud` among the accepted audiences, `exp`/`nbf` with [`CLOCK_SKEW_SECS`] of skew.
+/// Why a token whose header has a `crit` member is refused: RFC 7515 §4.1.11, and no extension is understood.
+pub const UNSUPPORTED_CRIT: &str =
+    "the token header has a crit parameter (no extension is supported)";
+
+/// Verifies access tokens: no `crit` in the header, algorithm pinned to ES256, `kid` among the known keys,
+/// signature, exact `iss`, `aud` among the accepted audiences, `exp`/`nbf` with [`CLOCK_SKEW_SECS`] of skew.
 ///
 /// Verified tokens are cached by SHA-256 (bounded; earliest-expiring entries go first), so a repeated token
 /// costs a hash and a map lookup; a cached token is still rejected once expired. Cloning is cheap and clones
@@ -315,8 +319,10 @@ impl TokenVerifier {
         }
         let inner = &*self.inner;
 
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthError::InvalidToken("malformed token"))?;
+        let header = super::jws::decode_header(token).map_err(|e| match e {
+            super::jws::HeaderError::Malformed => AuthError::InvalidToken("malformed token"),
+            super::jws::HeaderError::Critical => AuthError::InvalidToken(UNSUPPORTED_CRIT),
+        })?;
         if !inner.external.is_empty() {
             let iss = super::external::unverified_issuer(token);
             if let Some(ext) = iss.and_then(|iss| inner.external.iter().find(|e| e.issuer() == iss))
@@ -416,7 +422,7 @@ impl TokenVerifier {
         else {
             return first;
         };
-        let unknown_kid = jsonwebtoken::decode_header(token).is_ok_and(|h| ext.is_unknown_kid(&h));
+        let unknown_kid = super::jws::decode_header(token).is_ok_and(|h| ext.is_unknown_kid(&h));
         if unknown_kid && ext.refresh_for_unknown_kid().await {
             self.verify(token, now)
         } else {
@@ -817,6 +823,85 @@ mod tests {
         );
         let (token, _) = other.issue("c", AUD, NOW).unwrap();
         assert_eq!(invalid(verifier.verify(&token, NOW)), "unknown signing key");
+    }
+
+    /// A compact JWS of `claims` with this header, signed by `key` (ES256).
+    fn signed(key: &SigningKey, header: serde_json::Value, claims: &serde_json::Value) -> String {
+        let mut t = format!("{}.{}", b64(&header), b64(claims));
+        let sig = key.sign(t.as_bytes()).unwrap();
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(sig));
+        t
+    }
+
+    /// RFC 7515 §4.1.11: a header with `crit` is refused, whatever it lists (an empty list included), for our
+    /// own tokens and for a trusted issuer's, with a valid signature; the same token without it is accepted.
+    #[test]
+    fn crit_in_the_header_is_refused() {
+        let (issuer, verifier) = setup();
+        let own = serde_json::json!({"iss": ISS, "aud": AUD, "sub": "c", "appid": "c", "tid": "t1",
+            "iat": NOW, "nbf": NOW, "exp": NOW + 600, "jti": "j"});
+        let kid = issuer.key().kid();
+        let plain = serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": kid});
+        verifier
+            .verify(&signed(issuer.key(), plain, &own), NOW)
+            .unwrap();
+
+        let idp_key = SigningKey::generate().unwrap();
+        let idp_iss = "https://idp.example.com/corp";
+        let jwks = serde_json::json!({"keys": [idp_key.jwk()]}).to_string();
+        let ext =
+            super::super::external::TrustedIssuer::from_jwks(idp_iss, AUD, &jwks, None).unwrap();
+        let with_ext = TokenVerifier::with_trusted_issuers(
+            issuer.verification_keys(),
+            ISS.into(),
+            vec![AUD.into()],
+            vec![ext],
+        );
+        let external = serde_json::json!({"iss": idp_iss, "aud": AUD, "sub": "alice",
+            "nbf": NOW, "exp": NOW + 600});
+        let plain = serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": idp_key.kid()});
+        let p = with_ext
+            .verify(&signed(&idp_key, plain, &external), NOW)
+            .unwrap();
+        assert_eq!(&*p.id, "alice");
+
+        for crit in [
+            serde_json::json!(["b64"]),
+            serde_json::json!(["exp"]),
+            serde_json::json!([]),
+            serde_json::Value::Null,
+        ] {
+            let h = serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": kid, "crit": crit,
+                "b64": true, "exp": NOW + 600});
+            let token = signed(issuer.key(), h, &own);
+            assert_eq!(
+                invalid(verifier.verify(&token, NOW)),
+                UNSUPPORTED_CRIT,
+                "{crit}"
+            );
+            assert_eq!(
+                invalid(with_ext.verify(&token, NOW)),
+                UNSUPPORTED_CRIT,
+                "{crit}"
+            );
+            let h = serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": idp_key.kid(),
+                "crit": crit, "b64": true});
+            let token = signed(&idp_key, h, &external);
+            assert_eq!(
+                invalid(with_ext.verify(&token, NOW)),
+                UNSUPPORTED_CRIT,
+                "{crit}"
+            );
+            // The async path (a trusted issuer's unknown `kid` may fetch its keys) refuses it the same way.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            assert_eq!(
+                invalid(rt.block_on(with_ext.verify_async(&token, NOW))),
+                UNSUPPORTED_CRIT
+            );
+        }
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub(crate) fn utc_from_unix(secs: i64) -> (i64, u8, u8, u8, u8, u8) {
     )
 }
 
+/// RFC 3339 in UTC, seconds precision (`2030-01-31T12:00:00Z`), for messages and logs.
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let (y, mo, d, h, mi, s) = utc_from_unix(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
 /// PEM-encodes `der` with the given label (64-column base64 lines).
 pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     let b64 = Zeroizing::new(STANDARD.encode(der));
@@ -162,6 +168,8 @@ mod tests {
         assert_eq!(utc_from_unix(1_700_000_000), (2023, 11, 14, 22, 13, 20));
         assert_eq!(utc_from_unix(4_102_444_799), (2099, 12, 31, 23, 59, 59));
         assert_eq!(utc_from_unix(-1), (1969, 12, 31, 23, 59, 59));
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]
