@@ -446,3 +446,30 @@ async fn managed_identity_unreachable_is_unavailable() {
         "{e}"
     );
 }
+
+/// A connection error names the URL as the logs show it: a `$skiptoken`'s value redacted.
+#[tokio::test]
+async fn connection_errors_redact_the_query() {
+    use keyvault_secrets::http::{Method, Request};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let transport = SecretClientOptions::default().build_transport().unwrap();
+    let e = transport
+        .send(&Request::new(
+            Method::GET,
+            format!("http://127.0.0.1:{port}/secrets?api-version=7.6&$skiptoken=SKIP-CANARY"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection);
+    let all = format!("{e} {e:?}");
+    assert!(
+        !all.contains("SKIP-CANARY")
+            && e.message()
+                .contains("/secrets?api-version=7.6&$skiptoken=REDACTED"),
+        "{all}"
+    );
+}
