@@ -326,7 +326,10 @@ impl Outcome {
 fn is_fatal(e: &keyvault_secrets::Error) -> bool {
     matches!(
         e.kind(),
-        ErrorKind::Connection | ErrorKind::Credential | ErrorKind::ClientAuthentication
+        ErrorKind::Connection
+            | ErrorKind::Credential
+            | ErrorKind::CredentialUnavailable
+            | ErrorKind::ClientAuthentication
     )
 }
 

@@ -111,7 +111,7 @@ impl CliError {
                 }
                 (code::FORBIDDEN, m)
             }
-            ErrorKind::Credential => (
+            ErrorKind::Credential | ErrorKind::CredentialUnavailable => (
                 code::FORBIDDEN,
                 format!("cannot get a token: {}", with_sources(e)),
             ),

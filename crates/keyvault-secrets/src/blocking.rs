@@ -224,7 +224,7 @@ impl SecretClient {
         self.inner.api_version()
     }
 
-    /// The same client with request and response logging switched on or off (see
+    /// The same client with detailed (DEBUG) request and response logging switched on or off (see
     /// [`crate::SecretClient::with_logging_enable`]; Python's per-call `logging_enable=True`).
     pub fn with_logging_enable(&self, enabled: bool) -> SecretClient {
         SecretClient {

@@ -56,8 +56,9 @@ pub struct SecretClientOptions {
     pub request_timeout: Option<Duration>,
     /// Appended to the `User-Agent` header.
     pub user_agent_suffix: Option<String>,
-    /// Log requests and responses (headers and bodies, redacted) at `DEBUG` on target
-    /// `keyvault_secrets::http` (Python: `logging_enable`). Default `false`.
+    /// Also log requests and responses in detail (headers and bodies, redacted) at `DEBUG` on target
+    /// `keyvault_secrets::http` (Python: `logging_enable`). Default `false`: then only the INFO lines (method,
+    /// redacted URL, status, time taken, allow-listed headers) that every request gets.
     pub logging_enable: bool,
     /// Default delay between polls of a [`Poller`] (default 2 s).
     pub polling_interval: Duration,
@@ -664,8 +665,9 @@ impl SecretClient {
             .await
     }
 
-    /// The same client (the same connections, token cache and options) with request and response logging
-    /// switched on or off: the Python SDK's per-call `logging_enable=True`, as a view of the client.
+    /// The same client (the same connections, token cache and options) with detailed (DEBUG) request and
+    /// response logging switched on or off: the Python SDK's per-call `logging_enable=True`, as a view of the
+    /// client. The INFO lines are logged either way.
     ///
     /// ```no_run
     /// # async fn demo(client: keyvault_secrets::SecretClient) -> keyvault_secrets::Result<()> {

@@ -9,7 +9,8 @@
 //! | `ClientAuthenticationError` | [`ErrorKind::ClientAuthentication`] (401, or a challenge the client refuses) |
 //! | `HttpResponseError`         | [`ErrorKind::HttpResponse`] (every other error status) |
 //! | `ServiceRequestError`       | [`ErrorKind::Connection`]             |
-//! | `CredentialUnavailableError`, `ClientAuthenticationError` from a credential | [`ErrorKind::Credential`] |
+//! | `CredentialUnavailableError` (a credential that is not set up here) | [`ErrorKind::CredentialUnavailable`] |
+//! | `ClientAuthenticationError` from a credential (it is set up, and authentication failed) | [`ErrorKind::Credential`] |
 //! | `DecodeError`               | [`ErrorKind::Data`]                   |
 //! | `ValueError`                | [`ErrorKind::InvalidArgument`]        |
 //!
@@ -36,8 +37,18 @@ pub enum ErrorKind {
     HttpResponse,
     /// The request did not get an answer: DNS, TCP, TLS, timeout, or a closed client.
     Connection,
-    /// A credential could not produce a token.
+    /// A credential could not produce a token: it is set up, and authentication failed (a wrong secret, a
+    /// refused assertion, an error from the authority). Python: `ClientAuthenticationError` raised by a
+    /// credential. A credential chain stops at this error.
     Credential,
+    /// A credential is not usable here, so it did not try to authenticate: its settings are missing (no
+    /// `AZURE_CLIENT_SECRET`…), no managed identity endpoint answers, the Azure CLI is not installed or not
+    /// logged in. Python: `CredentialUnavailableError` (a subclass of `ClientAuthenticationError`, so
+    /// [`Error::is_client_authentication`] is true for it too). A credential chain
+    /// ([`ChainedTokenCredential`](crate::credentials::ChainedTokenCredential),
+    /// [`DefaultAzureCredential`](crate::credentials::DefaultAzureCredential)) tries its next credential
+    /// after this error, and after no other.
+    CredentialUnavailable,
     /// The service answered something this client cannot read.
     Data,
     /// An argument was rejected before any I/O (bad name, bad URL, bad id, bad page size, …).
@@ -55,6 +66,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::HttpResponse => "HTTP error response",
             ErrorKind::Connection => "connection error",
             ErrorKind::Credential => "credential error",
+            ErrorKind::CredentialUnavailable => "credential unavailable",
             ErrorKind::Data => "data error",
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::Other => "error",
@@ -175,13 +187,27 @@ impl Error {
         self.status.is_some()
     }
 
-    /// Whether authentication failed, at the vault (401, a refused challenge) or in the credential (Python:
-    /// an instance of `ClientAuthenticationError`, of which `CredentialUnavailableError` is a subclass).
+    /// Whether authentication failed, at the vault (401, a refused challenge) or in the credential, or no
+    /// credential was available (Python: an instance of `ClientAuthenticationError`, of which
+    /// `CredentialUnavailableError` is a subclass).
     pub fn is_client_authentication(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::ClientAuthentication | ErrorKind::Credential
+            ErrorKind::ClientAuthentication
+                | ErrorKind::Credential
+                | ErrorKind::CredentialUnavailable
         )
+    }
+
+    /// Whether a credential was not usable here (Python: an instance of `CredentialUnavailableError`).
+    pub fn is_credential_unavailable(&self) -> bool {
+        self.kind == ErrorKind::CredentialUnavailable
+    }
+
+    /// The same error (kind, status, codes, headers and source kept) with another message.
+    pub(crate) fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
     }
 
     /// The headers of the error response (Python: `error.response.headers`); `None` for errors that did not
@@ -273,6 +299,16 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::HttpResponse);
         assert_eq!(e.message(), "Forbidden");
         assert!(e.is_http_response());
+    }
+
+    /// Python's `CredentialUnavailableError` is a `ClientAuthenticationError`.
+    #[test]
+    fn credential_unavailable_is_client_authentication() {
+        let e = Error::new(ErrorKind::CredentialUnavailable, "no env");
+        assert!(e.is_client_authentication() && e.is_credential_unavailable());
+        assert_eq!(e.to_string(), "credential unavailable: no env");
+        let e = Error::new(ErrorKind::Credential, "wrong secret");
+        assert!(e.is_client_authentication() && !e.is_credential_unavailable());
     }
 
     #[test]

@@ -334,6 +334,11 @@ impl Transport for ReqwestTransport {
 }
 
 fn connection_error(e: reqwest::Error) -> Error {
+    // The URL as the logs show it (a `$skiptoken`'s value redacted), not as reqwest's Display would.
+    let url = e
+        .url()
+        .map(|u| crate::pipeline::logging::redacted_url(u.as_str()));
+    let e = e.without_url();
     // reqwest's Display omits the cause chain; include it, it is where TLS and DNS errors are told.
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -346,6 +351,10 @@ fn connection_error(e: reqwest::Error) -> Error {
         "request timed out"
     } else {
         "request failed"
+    };
+    let what = match url {
+        Some(url) => format!("{what} ({url})"),
+        None => what.to_string(),
     };
     Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e)
 }

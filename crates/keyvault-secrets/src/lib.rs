@@ -50,7 +50,10 @@
 //! Every request goes through retries (exponential backoff with jitter on 408/429/5xx and connection
 //! errors, honouring `Retry-After`), Key Vault's challenge authentication (the first request learns the
 //! scope and tenant from the 401; tokens are cached and refreshed before they expire), and logging with
-//! `tracing` (one span per operation; secret values, tokens and client secrets redacted).
+//! `tracing` (one span per operation). As in the Python SDK, every request and response is logged at INFO
+//! (target `keyvault_secrets::http`: method, URL, status, time taken, headers), and `logging_enable` adds DEBUG
+//! lines with the bodies; header values outside an allow-list, query values other than `api-version` and
+//! `maxresults`, secret values, tokens and client secrets are `REDACTED` in every line.
 
 #[cfg(feature = "blocking")]
 pub mod blocking;

@@ -301,3 +301,175 @@ async fn managed_identity_imds_and_app_service() {
     );
     assert!(!format!("{app:?}").contains("hdr"));
 }
+
+/// azure-identity's rules for IMDS: no answer, a 400 (no identity assigned, or not the one asked for), a 403
+/// from a proxy that cannot reach it, or an answer that is not JSON mean "unavailable" (a chain goes on);
+/// any other error answer is a failure. App Service's endpoint answering 400 is a failure too.
+#[tokio::test]
+async fn managed_identity_unavailable_or_failed() {
+    use keyvault_secrets::credentials::{
+        ManagedIdentityCredential, ManagedIdentityCredentialOptions, TokenCredential,
+    };
+    let server = start(|req, _| {
+        let path = req.target.split('?').next().unwrap_or_default();
+        match path {
+            "/imds-400" | "/app-400" => MockResponse::json(
+                400,
+                r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+            ),
+            "/imds-403" => MockResponse::json(
+                403,
+                r#"{"error":"connecting to 169.254.169.254:80: dial tcp: connectex: A socket operation was attempted to an unreachable network."}"#,
+            ),
+            "/imds-html" => MockResponse {
+                status: 200,
+                headers: vec![("content-type".into(), "text/html".into())],
+                body: "<html>captive portal</html>".into(),
+            },
+            _ => MockResponse::json(
+                500,
+                r#"{"error":"unknown","error_description":"IMDS is having a bad day"}"#,
+            ),
+        }
+    })
+    .await;
+    let transport = SecretClientOptions {
+        additional_ca_certificates: vec![server.ca_pem.clone()],
+        ..Default::default()
+    }
+    .build_transport()
+    .unwrap();
+    let scope = ["https://vault.azure.net/.default"];
+    let imds = |path: &str, client_id: Option<&str>| {
+        ManagedIdentityCredential::with_env(
+            |_| None,
+            Some(ManagedIdentityCredentialOptions {
+                imds_endpoint: Some(format!("{}{path}", server.url)),
+                client_id: client_id.map(str::to_string),
+                transport: Some(transport.clone()),
+                retry: RetryOptions::none(),
+                ..Default::default()
+            }),
+        )
+        .unwrap()
+    };
+    for (path, client_id, kind, says) in [
+        (
+            "/imds-400",
+            None,
+            ErrorKind::CredentialUnavailable,
+            "no identity has been assigned to this resource",
+        ),
+        (
+            "/imds-400",
+            Some("user-assigned"),
+            ErrorKind::CredentialUnavailable,
+            "the requested identity has not been assigned to this resource",
+        ),
+        (
+            "/imds-403",
+            None,
+            ErrorKind::CredentialUnavailable,
+            "unreachable",
+        ),
+        (
+            "/imds-html",
+            None,
+            ErrorKind::CredentialUnavailable,
+            "not IMDS",
+        ),
+        (
+            "/imds-500",
+            None,
+            ErrorKind::Credential,
+            "IMDS is having a bad day",
+        ),
+    ] {
+        let e = imds(path, client_id)
+            .get_token(&scope, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), kind, "{path}: {e}");
+        assert!(e.message().contains(says), "{path}: {e}");
+    }
+    let url = format!("{}/app-400", server.url);
+    let app = ManagedIdentityCredential::with_env(
+        |n| match n {
+            "IDENTITY_ENDPOINT" => Some(url.clone()),
+            "IDENTITY_HEADER" => Some("hdr".into()),
+            _ => None,
+        },
+        Some(ManagedIdentityCredentialOptions {
+            transport: Some(transport.clone()),
+            retry: RetryOptions::none(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let e = app.get_token(&scope, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Credential, "{e}");
+    assert!(e.message().contains("Identity not found"), "{e}");
+}
+
+/// Nothing listening at the IMDS address: unavailable.
+#[tokio::test]
+async fn managed_identity_unreachable_is_unavailable() {
+    use keyvault_secrets::credentials::{
+        ManagedIdentityCredential, ManagedIdentityCredentialOptions, TokenCredential,
+    };
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = ManagedIdentityCredential::with_env(
+        |_| None,
+        Some(ManagedIdentityCredentialOptions {
+            imds_endpoint: Some(format!(
+                "http://127.0.0.1:{port}/metadata/identity/oauth2/token"
+            )),
+            connect_timeout: Some(Duration::from_secs(1)),
+            retry: RetryOptions::none(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let e = c
+        .get_token(&["https://vault.azure.net/.default"], None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CredentialUnavailable, "{e}");
+    assert!(
+        e.message()
+            .contains("no managed identity endpoint responded"),
+        "{e}"
+    );
+}
+
+/// A connection error names the URL as the logs show it: a `$skiptoken`'s value redacted.
+#[tokio::test]
+async fn connection_errors_redact_the_query() {
+    use keyvault_secrets::http::{Method, Request};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let transport = SecretClientOptions::default().build_transport().unwrap();
+    let e = transport
+        .send(&Request::new(
+            Method::GET,
+            format!("http://127.0.0.1:{port}/secrets?api-version=7.6&$skiptoken=SKIP-CANARY"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection);
+    let all = format!("{e} {e:?}");
+    assert!(
+        !all.contains("SKIP-CANARY")
+            && e.message()
+                .contains("/secrets?api-version=7.6&$skiptoken=REDACTED"),
+        "{all}"
+    );
+}

@@ -34,9 +34,17 @@ impl Default for AzureCliCredentialOptions {
 }
 
 /// The signed-in Azure CLI user's token: runs `az account get-access-token --output json --resource …`.
+///
+/// Errors, as azure-identity's: [`ErrorKind::CredentialUnavailable`] when `az` is not installed (not found,
+/// or the shell's 127), cannot be started, does not answer within the timeout, or says to run `az login` /
+/// `az account set` (without an Entra `AADSTS` error); [`ErrorKind::Credential`] when it ran and failed
+/// otherwise, or printed something that is not a token — except inside
+/// [`DefaultAzureCredential`](super::DefaultAzureCredential), where those count as unavailable too.
 #[derive(Clone, Debug, Default)]
 pub struct AzureCliCredential {
     options: AzureCliCredentialOptions,
+    /// Inside `DefaultAzureCredential` (azure-identity's `within_dac`): every failure is "unavailable".
+    in_default_chain: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -56,24 +64,47 @@ impl AzureCliCredential {
                 format!("invalid tenant id '{t}'"),
             ));
         }
-        Ok(AzureCliCredential { options })
+        Ok(AzureCliCredential {
+            options,
+            in_default_chain: false,
+        })
+    }
+
+    /// The same credential as `DefaultAzureCredential` runs it.
+    pub(crate) fn in_default_chain(mut self) -> Self {
+        self.in_default_chain = true;
+        self
+    }
+
+    /// The kind of a failure of `az` that ran: unavailable inside `DefaultAzureCredential`, else failed.
+    fn failed_kind(&self) -> ErrorKind {
+        if self.in_default_chain {
+            ErrorKind::CredentialUnavailable
+        } else {
+            ErrorKind::Credential
+        }
     }
 }
 
 const WHO: &str = "AzureCliCredential";
 
-fn unavailable(message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Credential, format!("{WHO}: {}", message.into()))
+fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
+    Error::new(kind, format!("{WHO}: {}", message.into()))
 }
 
-/// Parse `az account get-access-token --output json`.
-fn parse_cli_output(stdout: &[u8]) -> Result<AccessToken> {
+fn unavailable(message: impl Into<String>) -> Error {
+    error(ErrorKind::CredentialUnavailable, message)
+}
+
+/// Parse `az account get-access-token --output json`; a failure is of `kind`.
+fn parse_cli_output(stdout: &[u8], kind: ErrorKind) -> Result<AccessToken> {
+    // The error of serde names a position, never the text (which may hold a token).
     let t: CliToken = serde_json::from_slice(stdout)
-        .map_err(|e| unavailable(format!("cannot parse the output of az: {e}")))?;
+        .map_err(|e| error(kind, format!("cannot parse the output of az: {e}")))?;
     let token = t
         .access_token
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| unavailable("the output of az has no accessToken"))?;
+        .ok_or_else(|| error(kind, "the output of az has no accessToken"))?;
     let expires_on = t
         .expires_on_unix
         .as_ref()
@@ -96,7 +127,10 @@ impl TokenCredential for AzureCliCredential {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
         {
-            return Err(unavailable(format!("invalid resource '{resource}'")));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{WHO}: invalid resource '{resource}'"),
+            ));
         }
         let requested = options.and_then(|o| o.tenant_id);
         let tenant = match &self.options.tenant_id {
@@ -145,7 +179,7 @@ impl TokenCredential for AzureCliCredential {
                     unavailable("Azure CLI not found on path")
                 } else {
                     Error::with_source(
-                        ErrorKind::Credential,
+                        ErrorKind::CredentialUnavailable,
                         format!("{WHO}: cannot run az: {e}"),
                         e,
                     )
@@ -153,15 +187,34 @@ impl TokenCredential for AzureCliCredential {
             })?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            let hint = if stderr.contains("az login") || stderr.contains("az account set") {
-                "please run 'az login' to set up an account"
-            } else {
-                stderr.trim()
-            };
-            return Err(unavailable(hint.chars().take(500).collect::<String>()));
+            return Err(cli_failure(
+                output.status.code(),
+                &stderr,
+                self.failed_kind(),
+            ));
         }
-        parse_cli_output(&output.stdout)
+        parse_cli_output(&output.stdout, self.failed_kind())
     }
+}
+
+/// The error for `az` that exited with `code` and said `stderr`; `failed` is the kind of a real failure.
+fn cli_failure(code: Option<i32>, stderr: &str, failed: ErrorKind) -> Error {
+    if code == Some(127) || stderr.starts_with("'az' is not recognized") {
+        // The shell (`cmd /c az`, or a wrapper script) did not find it.
+        return unavailable("Azure CLI not found on path");
+    }
+    if (stderr.contains("az login") || stderr.contains("az account set"))
+        && !stderr.contains("AADSTS")
+    {
+        return unavailable("please run 'az login' to set up an account");
+    }
+    let message = stderr.trim();
+    let message = if message.is_empty() {
+        "az failed without a message".to_string()
+    } else {
+        message.chars().take(500).collect()
+    };
+    error(failed, message)
 }
 
 #[cfg(test)]
@@ -172,17 +225,61 @@ mod tests {
     fn parses_cli_output() {
         let t = parse_cli_output(
             br#"{"accessToken":"eyJ0","expiresOn":"2023-10-31 21:59:10.000000","expires_on":1698789550,"subscription":"s","tenant":"t","tokenType":"Bearer"}"#,
+            ErrorKind::Credential,
         )
         .unwrap();
         assert_eq!(t.token.expose(), "eyJ0");
         assert_eq!(t.expires_on.unix_timestamp(), 1698789550);
-        let t =
-            parse_cli_output(br#"{"accessToken":"x","expiresOn":"2023-10-31 21:59:10.000000"}"#)
-                .unwrap();
+        let t = parse_cli_output(
+            br#"{"accessToken":"x","expiresOn":"2023-10-31 21:59:10.000000"}"#,
+            ErrorKind::Credential,
+        )
+        .unwrap();
         assert!(t.expires_on > OffsetDateTime::now_utc());
+        for kind in [ErrorKind::Credential, ErrorKind::CredentialUnavailable] {
+            assert_eq!(parse_cli_output(b"nope", kind).unwrap_err().kind(), kind);
+        }
+    }
+
+    /// azure-identity's rules: not installed or not logged in is unavailable; an Entra error, or any other
+    /// failure of a CLI that ran, is a failure (outside `DefaultAzureCredential`).
+    #[test]
+    fn cli_failures_unavailable_or_failed() {
+        let f = ErrorKind::Credential;
+        let u = ErrorKind::CredentialUnavailable;
+        for (code, stderr, want) in [
+            (Some(127), "sh: az: not found", u),
+            (
+                Some(1),
+                "'az' is not recognized as an internal or external command",
+                u,
+            ),
+            (Some(1), "ERROR: Please run 'az login' to setup account.", u),
+            (
+                Some(1),
+                "ERROR: Please run 'az account set' to select a subscription.",
+                u,
+            ),
+            (
+                Some(1),
+                "ERROR: AADSTS70043: The refresh token has expired. Please run 'az login'.",
+                f,
+            ),
+            (
+                Some(1),
+                "ERROR: The command failed with an unexpected error.",
+                f,
+            ),
+            (Some(2), "", f),
+        ] {
+            let e = cli_failure(code, stderr, f);
+            assert_eq!(e.kind(), want, "{stderr}: {e}");
+            assert!(e.message().starts_with("AzureCliCredential: "), "{e}");
+        }
         assert_eq!(
-            parse_cli_output(b"nope").unwrap_err().kind(),
-            ErrorKind::Credential
+            cli_failure(Some(1), "ERROR: something else", u).kind(),
+            u,
+            "inside DefaultAzureCredential"
         );
     }
 
@@ -217,6 +314,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.message().contains("az login"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::CredentialUnavailable);
         let missing = AzureCliCredential::new(Some(AzureCliCredentialOptions {
             program: Some(dir.path().join("nope")),
             ..Default::default()
@@ -227,5 +325,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.message().contains("not found"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::CredentialUnavailable);
     }
 }

@@ -216,19 +216,26 @@ pub(crate) fn as_i64(v: &serde_json::Value) -> Option<i64> {
     }
 }
 
+/// What an error answer of a token endpoint says: OAuth's `error: error_description`, else the message of
+/// the body as the vault's errors are read.
+pub(crate) fn error_detail(response: &Response) -> String {
+    serde_json::from_slice::<OAuthError>(&response.body)
+        .ok()
+        .filter(|e| e.error.is_some() || e.error_description.is_some())
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.error.unwrap_or_default(),
+                e.error_description.unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| response.to_error().message().to_string())
+}
+
 /// Turn a token endpoint's answer into an [`AccessToken`] (`expires_in` seconds, or `expires_on` Unix time).
 pub(crate) fn parse_token_response(who: &str, response: &Response) -> Result<AccessToken> {
     if !response.status.is_success() {
-        let detail = serde_json::from_slice::<OAuthError>(&response.body)
-            .ok()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.error.unwrap_or_default(),
-                    e.error_description.unwrap_or_default()
-                )
-            })
-            .unwrap_or_else(|| response.to_error().message().to_string());
+        let detail = error_detail(response);
         return Err(Error::new(
             ErrorKind::Credential,
             format!(

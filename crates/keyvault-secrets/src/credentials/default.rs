@@ -1,14 +1,14 @@
 use super::{
-    AccessToken, AzureCliCredential, AzureCliCredentialOptions, ClientSecretCredentialOptions,
-    EnvironmentCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    TokenCredential, TokenRequestOptions, WorkloadIdentityCredential,
-    WorkloadIdentityCredentialOptions,
+    AccessToken, AzureCliCredential, AzureCliCredentialOptions, ChainedTokenCredential,
+    ClientSecretCredentialOptions, EnvironmentCredential, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, TokenCredential, TokenRequestOptions,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::retry::RetryOptions;
 use async_trait::async_trait;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Options of [`DefaultAzureCredential`].
@@ -35,30 +35,35 @@ struct Unavailable(String);
 #[async_trait]
 impl TokenCredential for Unavailable {
     async fn get_token(&self, _: &[&str], _: Option<TokenRequestOptions>) -> Result<AccessToken> {
-        Err(Error::new(ErrorKind::Credential, self.0.clone()))
+        Err(Error::new(ErrorKind::CredentialUnavailable, self.0.clone()))
     }
 }
 
 /// Tries, in order, [`EnvironmentCredential`], [`WorkloadIdentityCredential`] (when
 /// `AZURE_FEDERATED_TOKEN_FILE` & co. are set, as on AKS), [`ManagedIdentityCredential`] (user-assigned
-/// with `managed_identity_client_id`, else `AZURE_CLIENT_ID` when set) and [`AzureCliCredential`]; uses the first that returns a token (and keeps using it). When none does,
-/// the error lists why each failed.
+/// with `managed_identity_client_id`, else `AZURE_CLIENT_ID` when set) and [`AzureCliCredential`], with the
+/// rules of [`ChainedTokenCredential`]: a credential that is not set up here
+/// ([`ErrorKind::CredentialUnavailable`]) is skipped; one that is set up and fails (a wrong
+/// `AZURE_CLIENT_SECRET`, say) stops the chain with its error, naming it; the first that returns a token is
+/// kept for later calls. When none is available, the error ([`ErrorKind::CredentialUnavailable`]) lists why
+/// for each.
+///
+/// As in azure-identity: the managed identity is unavailable when no endpoint answers (within 1 s here, with
+/// no retries) or IMDS says no identity (or not the requested one) is assigned (see
+/// [`ManagedIdentityCredential`]); and inside this chain every failure of the Azure CLI counts as unavailable
+/// (as azure-identity's `within_dac`: it is the developer's fallback, and the last one), while on its own or in
+/// a [`ChainedTokenCredential`] a CLI that is logged in but fails is an [`ErrorKind::Credential`].
 pub struct DefaultAzureCredential {
-    chain: Vec<(&'static str, Box<dyn TokenCredential>)>,
-    chosen: Mutex<Option<usize>>,
+    chain: ChainedTokenCredential,
 }
 
 impl fmt::Debug for DefaultAzureCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DefaultAzureCredential")
-            .field(
-                "chain",
-                &self.chain.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            )
-            .field("chosen", &self.chosen.lock().ok().and_then(|c| *c))
-            .finish()
+        self.chain.fmt(f)
     }
 }
+
+const LABEL: &str = "DefaultAzureCredential";
 
 impl DefaultAzureCredential {
     /// The default chain, reading the process environment.
@@ -82,11 +87,11 @@ impl DefaultAzureCredential {
         options: DefaultAzureCredentialOptions,
         lookup: impl Fn(&str) -> Option<String> + Clone,
     ) -> Result<Self> {
-        let mut chain: Vec<(&'static str, Box<dyn TokenCredential>)> = Vec::new();
+        let mut chain: Vec<(String, Arc<dyn TokenCredential>)> = Vec::new();
         if !options.exclude_environment_credential {
             chain.push((
-                "EnvironmentCredential",
-                Box::new(EnvironmentCredential::with_env(
+                "EnvironmentCredential".into(),
+                Arc::new(EnvironmentCredential::with_env(
                     lookup.clone(),
                     Some(options.environment.clone()),
                 )),
@@ -103,10 +108,10 @@ impl DefaultAzureCredential {
                 }),
             );
             chain.push((
-                "WorkloadIdentityCredential",
+                "WorkloadIdentityCredential".into(),
                 match workload {
-                    Ok(c) => Box::new(c),
-                    Err(e) => Box::new(Unavailable(e.message().to_string())),
+                    Ok(c) => Arc::new(c),
+                    Err(e) => Arc::new(Unavailable(e.message().to_string())),
                 },
             ));
         }
@@ -114,8 +119,8 @@ impl DefaultAzureCredential {
             let client_id =
                 (options.managed_identity_client_id.clone()).or_else(client_id_from_env);
             chain.push((
-                "ManagedIdentityCredential",
-                Box::new(ManagedIdentityCredential::with_env(
+                "ManagedIdentityCredential".into(),
+                Arc::new(ManagedIdentityCredential::with_env(
                     lookup,
                     Some(ManagedIdentityCredentialOptions {
                         client_id,
@@ -128,25 +133,41 @@ impl DefaultAzureCredential {
         }
         if !options.exclude_cli_credential {
             chain.push((
-                "AzureCliCredential",
-                Box::new(AzureCliCredential::new(Some(AzureCliCredentialOptions {
-                    tenant_id: options.tenant_id.clone(),
-                    ..Default::default()
-                }))?),
+                "AzureCliCredential".into(),
+                Arc::new(
+                    AzureCliCredential::new(Some(AzureCliCredentialOptions {
+                        tenant_id: options.tenant_id.clone(),
+                        ..Default::default()
+                    }))?
+                    .in_default_chain(),
+                ),
             ));
         }
         Ok(DefaultAzureCredential {
-            chain,
-            chosen: Mutex::new(None),
+            chain: ChainedTokenCredential::labelled(LABEL, chain),
         })
     }
 
-    /// A chain of your own credentials, tried in order.
+    /// A chain of your own credentials, tried in order, with the rules of [`ChainedTokenCredential`] (errors
+    /// name the chain `DefaultAzureCredential`).
     pub fn from_chain(chain: Vec<(&'static str, Box<dyn TokenCredential>)>) -> Self {
+        let chain = chain
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), Arc::from(c)))
+            .collect();
         DefaultAzureCredential {
-            chain,
-            chosen: Mutex::new(None),
+            chain: ChainedTokenCredential::labelled(LABEL, chain),
         }
+    }
+
+    /// The credentials' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.chain.names()
+    }
+
+    /// The name of the credential that returned a token, once one has.
+    pub fn chosen_name(&self) -> Option<&str> {
+        self.chain.chosen_name()
     }
 }
 
@@ -157,30 +178,7 @@ impl TokenCredential for DefaultAzureCredential {
         scopes: &[&str],
         options: Option<TokenRequestOptions>,
     ) -> Result<AccessToken> {
-        let chosen = self.chosen.lock().ok().and_then(|c| *c);
-        if let Some(i) = chosen {
-            return self.chain[i].1.get_token(scopes, options).await;
-        }
-        let mut failures = Vec::new();
-        for (i, (name, credential)) in self.chain.iter().enumerate() {
-            match credential.get_token(scopes, options.clone()).await {
-                Ok(token) => {
-                    tracing::info!(credential = name, "DefaultAzureCredential acquired a token");
-                    if let Ok(mut c) = self.chosen.lock() {
-                        *c = Some(i);
-                    }
-                    return Ok(token);
-                }
-                Err(e) => failures.push(format!("- {name}: {}", e.message())),
-            }
-        }
-        Err(Error::new(
-            ErrorKind::Credential,
-            format!(
-                "DefaultAzureCredential failed to retrieve a token from the included credentials:\n{}",
-                failures.join("\n")
-            ),
-        ))
+        self.chain.get_token(scopes, options).await
     }
 }
 
@@ -190,7 +188,7 @@ mod tests {
     use crate::credentials::StaticTokenCredential;
 
     #[derive(Debug)]
-    struct Failing;
+    struct Failing(ErrorKind);
     #[async_trait]
     impl TokenCredential for Failing {
         async fn get_token(
@@ -198,14 +196,17 @@ mod tests {
             _: &[&str],
             _: Option<TokenRequestOptions>,
         ) -> Result<AccessToken> {
-            Err(Error::new(ErrorKind::Credential, "nope"))
+            Err(Error::new(self.0, "nope"))
         }
     }
 
     #[tokio::test]
-    async fn first_that_works_and_combined_error() {
+    async fn from_chain_skips_the_unavailable_and_stops_at_a_failure() {
         let c = DefaultAzureCredential::from_chain(vec![
-            ("Failing", Box::new(Failing)),
+            (
+                "Unavailable",
+                Box::new(Failing(ErrorKind::CredentialUnavailable)),
+            ),
             ("Static", Box::new(StaticTokenCredential::from_token("t"))),
         ]);
         assert_eq!(
@@ -216,8 +217,25 @@ mod tests {
                 .expose(),
             "t"
         );
-        assert_eq!(*c.chosen.lock().unwrap(), Some(1));
+        assert_eq!(c.chosen_name(), Some("Static"));
 
+        let c = DefaultAzureCredential::from_chain(vec![
+            ("Failing", Box::new(Failing(ErrorKind::Credential))),
+            ("Static", Box::new(StaticTokenCredential::from_token("t"))),
+        ]);
+        let e = c.get_token(&["s/.default"], None).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Credential);
+        assert!(
+            e.message()
+                .starts_with("DefaultAzureCredential failed to retrieve a token: Failing failed")
+                && e.message().ends_with(": nope"),
+            "{e}"
+        );
+        assert_eq!(c.chosen_name(), None);
+    }
+
+    #[tokio::test]
+    async fn nothing_configured_lists_every_reason() {
         let c = DefaultAzureCredential::with_env(
             DefaultAzureCredentialOptions {
                 exclude_managed_identity_credential: true,
@@ -228,14 +246,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.chain.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            c.names(),
             ["EnvironmentCredential", "WorkloadIdentityCredential"]
         );
         let e = c
             .get_token(&["https://vault.azure.net/.default"], None)
             .await
             .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Credential);
+        assert_eq!(e.kind(), ErrorKind::CredentialUnavailable);
+        assert!(e.is_client_authentication());
         assert!(
             e.message().contains(
                 "- EnvironmentCredential: EnvironmentCredential authentication unavailable"
@@ -257,9 +276,8 @@ mod tests {
             _ => None,
         };
         let c = DefaultAzureCredential::with_env(Default::default(), env).unwrap();
-        let names: Vec<&str> = c.chain.iter().map(|(n, _)| *n).collect();
         assert_eq!(
-            names,
+            c.names(),
             [
                 "EnvironmentCredential",
                 "WorkloadIdentityCredential",
@@ -267,12 +285,12 @@ mod tests {
                 "AzureCliCredential"
             ]
         );
-        let dbg = format!("{:?}", c.chain[1].1);
+        let dbg = format!("{:?}", c.chain.chain[1].1);
         assert!(
             dbg.contains("wi-client") && dbg.contains("/var/run/secrets/token"),
             "{dbg}"
         );
-        let dbg = format!("{:?}", c.chain[2].1);
+        let dbg = format!("{:?}", c.chain.chain[2].1);
         assert!(dbg.contains("Some(\"wi-client\")"), "{dbg}");
         let c = DefaultAzureCredential::with_env(
             DefaultAzureCredentialOptions {
@@ -283,8 +301,7 @@ mod tests {
             env,
         )
         .unwrap();
-        let names: Vec<&str> = c.chain.iter().map(|(n, _)| *n).collect();
-        assert!(!names.contains(&"WorkloadIdentityCredential"), "{names:?}");
-        assert!(format!("{:?}", c.chain[1].1).contains("mi-client"));
+        assert!(!c.names().contains(&"WorkloadIdentityCredential"), "{c:?}");
+        assert!(format!("{:?}", c.chain.chain[1].1).contains("mi-client"));
     }
 }

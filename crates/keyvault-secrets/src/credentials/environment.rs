@@ -15,16 +15,20 @@ pub type EnvironmentCredentialOptions = ClientSecretCredentialOptions;
 /// secret, `AZURE_CLIENT_CERTIFICATE_PATH` (a [`ClientCertificateCredential`]; with
 /// `AZURE_CLIENT_CERTIFICATE_PASSWORD`, refused as an encrypted key is, and
 /// `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` = `true`/`1`); optionally `AZURE_AUTHORITY_HOST`. When they are
-/// incomplete, or the certificate file is not usable, the credential still builds, and `get_token` says why.
+/// incomplete, or the certificate file is not usable, the credential still builds, and `get_token` says why:
+/// incomplete variables are [`ErrorKind::CredentialUnavailable`] (a chain goes on), while variables that are
+/// all there but unusable (a bad tenant or authority, a certificate file missing or unreadable) are
+/// [`ErrorKind::Credential`], as is a failed authentication (a wrong secret): the environment asked for this
+/// service principal, so a chain stops and says what is wrong.
 pub struct EnvironmentCredential {
-    inner: std::result::Result<Box<dyn TokenCredential>, String>,
+    inner: std::result::Result<Box<dyn TokenCredential>, (ErrorKind, String)>,
 }
 
 impl fmt::Debug for EnvironmentCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
             Ok(c) => f.debug_tuple("EnvironmentCredential").field(c).finish(),
-            Err(e) => f.debug_tuple("EnvironmentCredential").field(e).finish(),
+            Err((_, e)) => f.debug_tuple("EnvironmentCredential").field(e).finish(),
         }
     }
 }
@@ -46,9 +50,12 @@ impl EnvironmentCredential {
         let secret = get("AZURE_CLIENT_SECRET");
         let certificate = get("AZURE_CLIENT_CERTIFICATE_PATH");
         let unusable = |e: Error| {
-            format!(
-                "EnvironmentCredential: the environment is not usable: {}",
-                e.message()
+            (
+                ErrorKind::Credential,
+                format!(
+                    "EnvironmentCredential: the environment is not usable: {}",
+                    e.message()
+                ),
             )
         };
         let mut options = options.unwrap_or_default();
@@ -83,10 +90,13 @@ impl EnvironmentCredential {
                 if s.is_none() && cert.is_none() {
                     missing.push("AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH");
                 }
-                Err(format!(
-                    "EnvironmentCredential authentication unavailable: environment variables are not fully \
-                     configured (missing {})",
-                    missing.join(", ")
+                Err((
+                    ErrorKind::CredentialUnavailable,
+                    format!(
+                        "EnvironmentCredential authentication unavailable: environment variables are not fully \
+                         configured (missing {})",
+                        missing.join(", ")
+                    ),
                 ))
             }
         };
@@ -108,7 +118,7 @@ impl TokenCredential for EnvironmentCredential {
     ) -> Result<AccessToken> {
         match &self.inner {
             Ok(c) => c.get_token(scopes, options).await,
-            Err(e) => Err(Error::new(ErrorKind::Credential, e.clone())),
+            Err((kind, e)) => Err(Error::new(*kind, e.clone())),
         }
     }
 }
@@ -128,7 +138,7 @@ mod tests {
             .get_token(&["https://vault.azure.net/.default"], None)
             .await
             .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Credential);
+        assert_eq!(e.kind(), ErrorKind::CredentialUnavailable);
         assert!(
             e.message()
                 .contains("AZURE_TENANT_ID, AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH"),
@@ -172,6 +182,8 @@ mod tests {
         assert!(!c.is_configured());
         let e = c.get_token(&["s/.default"], None).await.unwrap_err();
         assert!(e.message().contains("cert.pem: not found"), "{e}");
+        // Named but missing: set up wrongly, not absent, so a chain stops here.
+        assert_eq!(e.kind(), ErrorKind::Credential);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["app".into()])
             .unwrap()

@@ -1,4 +1,4 @@
-use super::client_secret::parse_token_response;
+use super::client_secret::{error_detail, parse_token_response};
 use super::{AccessToken, TokenCredential, TokenRequestOptions, one_scope, scope_to_resource};
 use crate::client::{make_transport, user_agent};
 use crate::error::{Error, ErrorKind, Result};
@@ -56,6 +56,12 @@ enum Source {
 
 /// A managed identity's token, from App Service's `IDENTITY_ENDPOINT` (with `IDENTITY_HEADER`) when
 /// those are set, else from IMDS.
+///
+/// Errors, as azure-identity's: [`ErrorKind::CredentialUnavailable`] when no endpoint answers (a connection
+/// error or timeout: not on Azure), when IMDS answers 400 (no identity is assigned to this resource, or not
+/// the requested user-assigned one), when IMDS answers 403 saying the address is unreachable (what Docker
+/// Desktop's proxy says), or when what answers at the IMDS address does not speak JSON (it is not IMDS);
+/// [`ErrorKind::Credential`] for any other error answer (the identity is there and the token request failed).
 pub struct ManagedIdentityCredential {
     source: Source,
     client_id: Option<String>,
@@ -167,15 +173,61 @@ impl TokenCredential for ManagedIdentityCredential {
         let mut request = Request::new(Method::GET, url.to_string());
         request.headers.insert(header.0, value);
         let response = self.pipeline.send(request).await.map_err(|e| {
-            Error::with_source(
-                ErrorKind::Credential,
-                format!(
-                    "{WHO} authentication unavailable: no managed identity endpoint responded ({})",
-                    e.message()
-                ),
-                e,
-            )
+            if e.kind() == ErrorKind::Connection {
+                Error::with_source(
+                    ErrorKind::CredentialUnavailable,
+                    format!(
+                        "{WHO} authentication unavailable: no managed identity endpoint responded ({})",
+                        e.message()
+                    ),
+                    e,
+                )
+            } else {
+                Error::with_source(
+                    ErrorKind::Credential,
+                    format!("{WHO}: the token request failed: {}", e.message()),
+                    e,
+                )
+            }
         })?;
+        if matches!(self.source, Source::Imds { .. })
+            && let Some(reason) = imds_unavailable(&response, self.client_id.is_some())
+        {
+            return Err(Error::new(
+                ErrorKind::CredentialUnavailable,
+                format!("{WHO} authentication unavailable: {reason}"),
+            ));
+        }
         parse_token_response(WHO, &response)
     }
+}
+
+/// Why an IMDS answer means that the managed identity is not available here, if it does.
+fn imds_unavailable(response: &crate::http::Response, user_assigned: bool) -> Option<String> {
+    let status = response.status.as_u16();
+    if status == 400 {
+        // IMDS's answer when the resource has no managed identity, or not the one asked for.
+        let what = if user_assigned {
+            "the requested identity has not been assigned to this resource"
+        } else {
+            "no identity has been assigned to this resource"
+        };
+        return Some(format!(
+            "{what} (IMDS answered 400: {})",
+            error_detail(response)
+        ));
+    }
+    if status == 403 && response.text().to_ascii_lowercase().contains("unreachable") {
+        // A proxy in front of the address (Docker Desktop's) that cannot reach IMDS.
+        return Some(format!(
+            "the IMDS endpoint is unreachable (403: {})",
+            error_detail(response)
+        ));
+    }
+    if serde_json::from_slice::<serde_json::Value>(&response.body).is_err() {
+        return Some(format!(
+            "what answered at the IMDS endpoint is not IMDS (status {status}, not JSON)"
+        ));
+    }
+    None
 }

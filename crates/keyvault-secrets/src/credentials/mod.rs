@@ -14,10 +14,28 @@
 //!   `AZURE_AUTHORITY_HOST`).
 //! - [`ManagedIdentityCredential`]: IMDS, or App Service's `IDENTITY_ENDPOINT`.
 //! - [`AzureCliCredential`]: `az account get-access-token`.
+//! - [`ChainedTokenCredential`]: credentials of your choice, tried in order.
 //! - [`DefaultAzureCredential`]: environment → workload identity → managed identity → Azure CLI, the first
 //!   that works.
+//!
+//! ## Unavailable or failed
+//!
+//! As in azure-identity, a credential's error says whether it *could not try* or *tried and failed*:
+//!
+//! - [`ErrorKind::CredentialUnavailable`] (Python's `CredentialUnavailableError`): the credential is not set
+//!   up here — environment variables missing, no managed identity endpoint answering (or IMDS saying no
+//!   identity is assigned), the Azure CLI not installed or not logged in, workload identity settings missing.
+//! - [`ErrorKind::Credential`] (Python's `ClientAuthenticationError` from a credential): it is set up and
+//!   authentication failed — a wrong client secret, a refused assertion, an error from the authority, a
+//!   certificate or token file named but not usable.
+//!
+//! A chain ([`ChainedTokenCredential`], [`DefaultAzureCredential`]) goes on to its next credential only after
+//! the first kind; any other error stops it, so a misconfigured service principal is reported instead of being
+//! masked by, say, the developer's `az login`. Both kinds are
+//! [`Error::is_client_authentication`](crate::Error::is_client_authentication).
 
 mod azure_cli;
+mod chained;
 mod client_assertion;
 mod client_certificate;
 mod client_secret;
@@ -28,6 +46,7 @@ mod static_token;
 mod workload_identity;
 
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialOptions};
+pub use chained::ChainedTokenCredential;
 pub use client_assertion::{AssertionFn, ClientAssertionCredential};
 pub use client_certificate::{ClientCertificateCredential, ClientCertificateCredentialOptions};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialOptions};

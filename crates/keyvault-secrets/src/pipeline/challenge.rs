@@ -176,7 +176,7 @@ impl ChallengeAuth {
             .get_token(&[challenge.scope.as_str()], Some(options))
             .await
             .map_err(|e| match e.kind() {
-                ErrorKind::Credential => e,
+                ErrorKind::Credential | ErrorKind::CredentialUnavailable => e,
                 _ => Error::with_source(
                     ErrorKind::Credential,
                     format!("cannot get a token: {}", e.message()),

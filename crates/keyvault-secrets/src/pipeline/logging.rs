@@ -1,10 +1,19 @@
-//! Request/response logging with `tracing`: headers outside an allow-list, secret values, tokens and
-//! client secrets never reach a log line.
+//! Request/response logging with `tracing`, target `keyvault_secrets::http`, as azure-core's
+//! `HttpLoggingPolicy` and `NetworkTraceLoggingPolicy` do in Python:
+//!
+//! - always, at INFO: the request's method, URL and headers; the response's status, time taken and headers.
+//! - with `logging_enable` (client or call), also at DEBUG: the same with the body.
+//!
+//! In every line, a query parameter's value outside [`ALLOWED_QUERY_PARAMS`] (e.g. a `$skiptoken`) and a
+//! header's value outside [`ALLOWED_HEADERS`] (e.g. `Authorization`) are `REDACTED`; a body is JSON with every
+//! secret field `REDACTED` (secret values, tokens, client secrets, passwords), or only its size. Unlike
+//! Python's detailed mode, nothing is ever logged unredacted.
 
 use crate::http::{HeaderMap, Request, Response};
 use std::time::Duration;
 
-const ALLOWED_HEADERS: &[&str] = &[
+/// Headers whose values are logged (azure-core's default allow-list, and Key Vault's `x-ms-keyvault-*`).
+pub(crate) const ALLOWED_HEADERS: &[&str] = &[
     "accept",
     "cache-control",
     "content-length",
@@ -25,6 +34,58 @@ const ALLOWED_HEADERS: &[&str] = &[
     "x-ms-request-id",
     "x-ms-retry-after-ms",
 ];
+
+/// Query parameters whose values are logged (compared without case, after percent-decoding). The Key Vault
+/// clients of the other SDKs allow `api-version`; `maxresults` is the page size. Everything else — the
+/// `$skiptoken` of a next link, IMDS's `resource` and `client_id` — is `REDACTED`.
+pub(crate) const ALLOWED_QUERY_PARAMS: &[&str] = &["api-version", "maxresults"];
+
+/// The tracing target of every HTTP line.
+pub(crate) const TARGET: &str = "keyvault_secrets::http";
+
+/// A URL as it may be logged: the value of each query parameter outside [`ALLOWED_QUERY_PARAMS`] replaced
+/// by `REDACTED`, user information (`user:password@`) likewise, and the fragment dropped.
+pub(crate) fn redacted_url(url: &str) -> String {
+    let url = url.split('#').next().unwrap_or_default();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if !allowed_query_param(key) => format!("{key}=REDACTED"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+fn allowed_query_param(raw_key: &str) -> bool {
+    let key: String = form_urlencoded::parse(raw_key.as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default();
+    ALLOWED_QUERY_PARAMS
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(&key))
+}
+
+/// `scheme://user:pass@host/…` → `scheme://REDACTED@host/…`.
+fn redact_userinfo(base: &str) -> String {
+    if let Some((scheme, rest)) = base.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{scheme}://REDACTED@{}", &rest[at + 1..]);
+        }
+    }
+    base.to_string()
+}
 
 /// Whether a JSON key's value is never logged: `value`, and any key that names a secret, token, password or
 /// credential in any spelling (`client_secret`, `clientSecret`, `accessToken`, `refresh_token`, …). A pattern,
@@ -59,6 +120,11 @@ fn redact(v: &mut serde_json::Value) {
             for (k, v) in map.iter_mut() {
                 if is_secret_key(k) && !v.is_array() && !v.is_null() {
                     *v = serde_json::Value::String("REDACTED".into());
+                } else if let (true, serde_json::Value::String(link)) =
+                    (k.eq_ignore_ascii_case("nextLink"), &*v)
+                {
+                    // A next page's URL: its `$skiptoken` as the URLs of requests are logged.
+                    *v = serde_json::Value::String(redacted_url(link));
                 } else {
                     redact(v);
                 }
@@ -84,39 +150,44 @@ pub(crate) fn redacted_body(body: &[u8]) -> String {
 }
 
 pub(crate) fn log_request(req: &Request, detailed: bool) {
+    tracing::info!(
+        target: TARGET,
+        method = %req.method,
+        url = %redacted_url(&req.url),
+        headers = ?redacted_headers(&req.headers),
+        "request"
+    );
     if detailed {
         tracing::debug!(
-            target: "keyvault_secrets::http",
+            target: TARGET,
             method = %req.method,
-            url = %req.url,
+            url = %redacted_url(&req.url),
             headers = ?redacted_headers(&req.headers),
             body = %req.body.as_deref().map(redacted_body).unwrap_or_default(),
             "request"
         );
-    } else {
-        tracing::trace!(target: "keyvault_secrets::http", method = %req.method, url = %req.url, "request");
     }
 }
 
 pub(crate) fn log_response(req: &Request, resp: &Response, elapsed: Duration, detailed: bool) {
+    tracing::info!(
+        target: TARGET,
+        method = %req.method,
+        url = %redacted_url(&req.url),
+        status = resp.status.as_u16(),
+        elapsed_ms = elapsed.as_millis() as u64,
+        headers = ?redacted_headers(&resp.headers),
+        "response"
+    );
     if detailed {
         tracing::debug!(
-            target: "keyvault_secrets::http",
+            target: TARGET,
             method = %req.method,
-            url = %req.url,
+            url = %redacted_url(&req.url),
             status = resp.status.as_u16(),
             elapsed_ms = elapsed.as_millis() as u64,
             headers = ?redacted_headers(&resp.headers),
             body = %redacted_body(&resp.body),
-            "response"
-        );
-    } else {
-        tracing::debug!(
-            target: "keyvault_secrets::http",
-            method = %req.method,
-            url = %req.url,
-            status = resp.status.as_u16(),
-            elapsed_ms = elapsed.as_millis() as u64,
             "response"
         );
     }
@@ -142,12 +213,42 @@ mod tests {
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains(r#""value":"REDACTED""#), "{s}");
         assert!(s.contains(r#""id":"a""#), "{s}");
+        let s = redacted_body(
+            br#"{"value":[],"nextLink":"https://v/secrets?api-version=7.6&$skiptoken=SKIP-CANARY&maxresults=1"}"#,
+        );
+        assert!(
+            !s.contains("SKIP-CANARY") && s.contains("$skiptoken=REDACTED&maxresults=1"),
+            "{s}"
+        );
         let s = redacted_body(br#"{"access_token":"eyJ","expires_in":3599}"#);
         assert!(!s.contains("eyJ"));
         assert_eq!(
             redacted_body(b"client_secret=abc&x=y"),
             "<21 bytes, not JSON, not logged>"
         );
+    }
+
+    #[test]
+    fn query_values_are_allow_listed() {
+        assert_eq!(
+            redacted_url(
+                "https://v.vault.azure.net/secrets?api-version=2025-07-01&$skiptoken=eyJTOKEN&maxresults=2"
+            ),
+            "https://v.vault.azure.net/secrets?api-version=2025-07-01&$skiptoken=REDACTED&maxresults=2"
+        );
+        // Case and percent-encoding of the name do not matter; a name without a value stays as it is.
+        assert_eq!(
+            redacted_url(
+                "https://h/p?API-Version=7.4&%24skiptoken=x&api%2Dversion=7.5&flag&resource=https%3A%2F%2Fv"
+            ),
+            "https://h/p?API-Version=7.4&%24skiptoken=REDACTED&api%2Dversion=7.5&flag&resource=REDACTED"
+        );
+        assert_eq!(
+            redacted_url("https://user:pa55@h:8443/p?client_id=c#frag"),
+            "https://REDACTED@h:8443/p?client_id=REDACTED"
+        );
+        assert_eq!(redacted_url("https://h/p"), "https://h/p");
+        assert_eq!(redacted_url("/p?x=1"), "/p?x=REDACTED");
     }
 
     #[test]

@@ -63,9 +63,13 @@ impl Pipeline {
         let result = self.transport.send(&req).await;
         match &result {
             Ok(resp) => logging::log_response(&req, resp, start.elapsed(), self.logging),
-            Err(e) => tracing::debug!(
-                target: "keyvault_secrets::http",
-                method = %req.method, url = %req.url, error = %e, "no response"
+            Err(e) => tracing::info!(
+                target: logging::TARGET,
+                method = %req.method,
+                url = %logging::redacted_url(&req.url),
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                error = %e,
+                "no response"
             ),
         }
         result
