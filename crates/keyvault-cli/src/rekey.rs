@@ -71,18 +71,22 @@ pub enum RekeyOutput {
 #[derive(Args)]
 #[command(
     after_help = "Rotating the key-encryption key (README: \"Rotating the key-encryption key\"):
-  keyvault kek new /etc/keyvault/kek-2026.key            # prints the new key's id
-  # every node: kek_file = the new file, previous_kek_files = [the old file]; restart
+  keyvault kek new /etc/keyvault/kek-new.key        # prints the new key's id
+  # 1. every node: add the new file to previous_kek_files; restart
+  # 2. every node: kek_file = the new file, previous_kek_files = [the old file]; restart
   keyvault rekey --config /etc/keyvault/keyvault.toml --dry-run
-  keyvault rekey --config /etc/keyvault/keyvault.toml
-  # every node: remove the old file from previous_kek_files; restart
+  keyvault rekey --config /etc/keyvault/keyvault.toml    # 3.
+  # 4. every node: remove the old file from previous_kek_files; restart
+A node must open whatever another node seals: so every node holds the new key (1) before any seals with it
+(2), and every node seals with it (2) before rekey checks that nothing is left under the old one (3). A single
+server can do 1 and 2 in one restart.
 
-SQLite: stop the server first (rekey refuses a database the server holds). PostgreSQL: rekey runs while
-nodes serve, once every node has the new key current (a node must open whatever another node seals).
-The key variables KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS are read as `serve` reads them.
+SQLite: stop the server first (rekey refuses a database a server holds). PostgreSQL: rekey runs while nodes
+serve (each version is replaced only if it still holds what was read). KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS
+are read as `serve` reads them. Backups made under the old key restore only while it is configured.
 
-Exit codes: 0 done (or dry run), 1 store or key failure, 2 bad configuration, 6 finished with versions
-left under other keys (listed; the key check stays, so the previous key must stay too)."
+Exit codes: 0 done (or dry run), 1 store or key failure, 2 bad configuration, 6 finished with versions left
+under other keys (listed; the key check stays under the old key, so it must stay configured)."
 )]
 pub struct RekeyArgs {
     #[command(flatten)]
