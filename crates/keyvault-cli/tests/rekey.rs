@@ -32,7 +32,12 @@ fn dev_serve_args(data: &Path) -> Vec<String> {
 
 /// `serve --dev` on `data` (plus `extra`), ready: its credentials written for the address it reports.
 fn serve(data: &Path, extra: &[&str]) -> Server {
+    serve_with_env(data, extra, &[])
+}
+
+fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut c = command(None);
+    c.envs(env.iter().copied());
     c.args(dev_serve_args(data))
         .args(extra)
         .env("KEYVAULT_LOG", "info")
@@ -315,8 +320,39 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     );
 }
 
-/// With the old key kept as a previous key, a backup made before the rotation still restores; a key file
-/// listed as previous must exist.
+/// Standard base64 of `bytes` (the form of `KEYVAULT_PREVIOUS_KEKS`).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The key in a key file (64 hex digits), as raw bytes.
+fn key_bytes(path: &Path) -> Vec<u8> {
+    let hex = file_text(path);
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// With the old key kept as a previous key (a file, or `KEYVAULT_PREVIOUS_KEKS`), a backup made before the
+/// rotation still restores; a key file listed as previous must exist.
 #[test]
 fn an_old_backup_restores_while_its_key_is_a_previous_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,6 +408,29 @@ fn an_old_backup_restores_while_its_key_is_a_previous_key() {
             .stdout,
         "v\n"
     );
+    stop(server);
+
+    // The same with the old key in KEYVAULT_PREVIOUS_KEKS (after an empty entry) instead of the file; and
+    // without it, the blob is refused.
+    let restore = |code: i32| {
+        kv(&data, &["secret", "delete", "s", "--wait"]).ok();
+        kv(&data, &["secret", "purge", "s"]).ok();
+        kv(
+            &data,
+            &["secret", "restore", "--file", blob.to_str().unwrap()],
+        )
+        .code(code);
+    };
+    let listed = format!(",{}", base64(&key_bytes(&key_a)));
+    let server = serve_with_env(
+        &data,
+        &["--kek-file", key_b.to_str().unwrap()],
+        &[("KEYVAULT_PREVIOUS_KEKS", &listed)],
+    );
+    restore(0);
+    stop(server);
+    let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
+    restore(2);
     stop(server);
 
     let missing = dir.path().join("missing.toml");
