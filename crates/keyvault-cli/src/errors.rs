@@ -15,7 +15,7 @@ pub mod code {
     pub const CONFLICT: u8 = 4;
     /// Unauthorized or forbidden: no token, a refused token, a disabled secret, a denied operation.
     pub const FORBIDDEN: u8 = 5;
-    /// A bulk import or export finished, but some items failed.
+    /// A bulk import or export (or a rekey) finished, but some items failed.
     pub const PARTIAL: u8 = 6;
 }
 
@@ -29,7 +29,7 @@ macro_rules! exit_codes_help {
   3  not found (secret, version or deleted secret)
   4  conflict (e.g. name held by a deleted secret, restore over an existing secret)
   5  unauthorized or forbidden (credential failure, 401, 403, disabled secret)
-  6  bulk import/export finished with some items failed"
+  6  bulk import/export or rekey finished with some items failed"
     };
 }
 

@@ -10,6 +10,7 @@ mod admin;
 mod allocator;
 mod bulk;
 mod conn;
+mod rekey;
 mod render;
 mod secret;
 mod serve;
@@ -32,6 +33,9 @@ client secret from --tenant-id/--client-id/--client-secret (AZURE_TENANT_ID, AZU
 AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST), else a certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload
 identity (AZURE_FEDERATED_TOKEN_FILE), managed identity or the Azure CLI; --ca-file (KEYVAULT_CA_FILE) trusts
 a private CA.
+
+Key rotation: keyvault kek new NEW.key; make it kek_file and the old key a previous_kek_files entry; then
+keyvault rekey (see keyvault rekey --help).
 
 ",
     exit_codes_help!()
@@ -63,6 +67,12 @@ enum Command {
     /// Manage role assignments and custom roles: assign, list, remove, definitions, define, delete-definition
     /// (the server's admin API; needs Key Vault Administrator).
     Role(admin::RoleArgs),
+    /// Re-seal every stored value under the current key-encryption key (after a key rotation; reads the
+    /// server's configuration).
+    Rekey(Box<rekey::RekeyArgs>),
+    /// Key-encryption key files: new (create one), id (print a key file's id).
+    #[command(subcommand)]
+    Kek(rekey::KekCommand),
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   keyvault completions bash > ~/.local/share/bash-completion/completions/keyvault
@@ -118,6 +128,15 @@ fn main() -> ExitCode {
             serve::run(*args).map_err(|e| CliError::new(2, e))
         }
         Command::HashSecret => hash_secret().map_err(|e| CliError::new(2, e)),
+        Command::Kek(command) => {
+            let mut out = std::io::stdout().lock();
+            rekey::run_kek(command, &mut out).and(out.flush().map_err(io_error))
+        }
+        Command::Rekey(args) => runtime().and_then(|rt| {
+            let mut out = std::io::stdout().lock();
+            let result = rt.block_on(rekey::run_rekey(*args, &mut out));
+            out.flush().map_err(io_error).and(result)
+        }),
         Command::Audit(AuditCommand::Verify { file, chain }) => audit_verify(&file, chain),
         Command::Completions { shell } => completions(shell),
         Command::Secret(args) => runtime().and_then(|rt| {

@@ -1,7 +1,8 @@
 //! Several real `keyvault serve` nodes over one PostgreSQL database (a private cluster started by the test):
 //! one node's writes are read, listed, deleted, recovered and restored through the other; concurrent sets,
 //! deletes and recovers through both nodes leave every acknowledged version and one state per name; a killed
-//! node hands the sweeper to the survivor; a database restart under load costs 503s, not data.
+//! node hands the sweeper to the survivor; a database restart under load costs 503s, not data; `keyvault
+//! rekey` re-seals every version under a new key-encryption key while a node serves, losing no update.
 //!
 //! Skipped (with a message) only where no PostgreSQL binaries exist.
 
@@ -32,6 +33,8 @@ struct Shared {
     dir: tempfile::TempDir,
     secret_hash: String,
     http: reqwest::Client,
+    /// The key lines of the nodes' configuration (`kek_file`, `previous_kek_files`): a key rotation changes them.
+    keys: Mutex<String>,
 }
 
 /// One running `keyvault serve` process.
@@ -59,10 +62,12 @@ impl Shared {
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap();
+        let keys = Mutex::new(format!("kek_file = {:?}", dir.path().join("keys/kek.key")));
         Shared {
             pg,
             dir,
             secret_hash: keyvault_server::auth::hash_secret(CLIENT_SECRET).unwrap(),
+            keys,
             http,
         }
     }
@@ -88,7 +93,7 @@ impl Shared {
                 retention_days = 7
                 sweep_interval_secs = 1
                 store = "{store}?application_name={name}"
-                kek_file = "{kek}"
+                {keys}
                 signing_key_file = "{signing}"
                 [tls]
                 cert = "{cert}"
@@ -99,7 +104,7 @@ impl Shared {
                 "#,
                 data = p(name),
                 store = self.pg.url(),
-                kek = p("keys/kek.key"),
+                keys = self.keys.lock().unwrap(),
                 signing = p("keys/token-signing.pk8"),
                 cert = p("pki/server.pem"),
                 key = p("pki/server-key.pem"),
@@ -751,6 +756,192 @@ async fn a_node_dies_and_the_database_restarts_under_load() {
 
 /// The venv of the end-to-end suite (`E2E_SETUP_ONLY=1 tests/e2e/run.sh` makes it; scripts/test.sh does so
 /// before `cargo test`).
+/// `keyvault rekey` with node `name`'s configuration: its exit code, stdout and stderr.
+fn rekey(s: &Shared, name: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(["rekey", "--config"])
+        .arg(s.path(&format!("{name}.toml")))
+        .args(extra)
+        .env_remove("KEYVAULT_KEK")
+        .env_remove("KEYVAULT_PREVIOUS_KEKS")
+        .env_remove("KEYVAULT_STORE")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A key rotation over PostgreSQL while a node serves: the node restarts with key B current and A previous,
+/// and `keyvault rekey` re-seals every version (live and deleted) while attribute updates run through the
+/// node. No update is lost (the re-seal replaces a row's value only if it still holds what was read, and
+/// only the value), every value reads back through a node with B alone, and a node with A alone is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rekey_while_a_node_serves() {
+    let Some(s) = start_cluster("postgres_nodes::rekey_while_a_node_serves") else {
+        return;
+    };
+    let a = s.start("node-a").await;
+    let token = s.token(&a).await;
+    // 12 names of 10 versions, one name deleted.
+    let mut versions: Vec<(String, String, String)> = Vec::new();
+    for n in 0..12 {
+        for i in 0..10 {
+            let name = format!("rot-{n}");
+            let value = format!("value-{n}-{i}");
+            let (st, b) = call(
+                &s,
+                &a,
+                &token,
+                Method::PUT,
+                &format!("/secrets/{name}"),
+                Some(json!({"value": value})),
+            )
+            .await;
+            assert_eq!(st, StatusCode::OK, "{b}");
+            versions.push((name, version_of(&b), value));
+        }
+    }
+    let (st, _) = call(&s, &a, &token, Method::DELETE, "/secrets/rot-11", None).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Key B; node A restarts with B current and A previous.
+    let key_a = s.path("keys/kek.key");
+    let key_b = s.path("keys/kek-b.key");
+    let made = Command::new(BIN)
+        .args(["kek", "new"])
+        .arg(&key_b)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    *s.keys.lock().unwrap() = format!("kek_file = {key_b:?}\nprevious_kek_files = [{key_a:?}]");
+    drop(a);
+    let a = s.start("node-a").await;
+    let token = s.token(&a).await;
+
+    // Attribute updates through the node, as fast as it answers, while rekey runs (in small batches).
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let live: Vec<(String, String)> = versions
+        .iter()
+        .filter(|(name, _, _)| name != "rot-11")
+        .map(|(name, version, _)| (name.clone(), version.clone()))
+        .collect();
+    let updater = {
+        let (http, base, token, stop, live, acknowledged) = (
+            s.http.clone(),
+            a.base.clone(),
+            token.clone(),
+            stop.clone(),
+            live.clone(),
+            acknowledged.clone(),
+        );
+        tokio::spawn(async move {
+            let mut last: BTreeMap<(String, String), usize> = BTreeMap::new();
+            let mut round = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                for (name, version) in &live {
+                    round += 1;
+                    let (st, body) = try_call(
+                        &http,
+                        &base,
+                        &token,
+                        Method::PATCH,
+                        &format!("/secrets/{name}/{version}"),
+                        Some(json!({"tags": {"round": round.to_string()}})),
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(st, StatusCode::OK, "{body}");
+                    last.insert((name.clone(), version.clone()), round);
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            last
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s_ref = &s;
+    let before_rekey = acknowledged.load(Ordering::Relaxed);
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| {
+        rekey(s_ref, "node-a", &["--batch-size", "3", "-o", "json"])
+    });
+    let during_rekey = acknowledged.load(Ordering::Relaxed) - before_rekey;
+    stop.store(true, Ordering::Relaxed);
+    let last = updater.await.unwrap();
+    assert!(
+        during_rekey > 0,
+        "no update was acknowledged while rekey ran"
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let id = |path: &Path| {
+        keyvault_server::crypto::FileKeyProvider::load_existing(path)
+            .unwrap()
+            .kek_id()
+            .to_string()
+    };
+    let (id_a, id_b) = (id(&key_a), id(&key_b));
+    assert_eq!(report["before"][&id_a], 120, "{report}");
+    assert_eq!(report["resealed"], 120, "{report}");
+    assert_eq!(report["after"], json!({ id_b.as_str(): 120 }), "{report}");
+    assert_eq!(report["key_check_after"], id_b.as_str());
+    assert_eq!(last.len(), live.len());
+
+    // Node A with B alone: every value, every last acknowledged update, the deleted name recovers.
+    *s.keys.lock().unwrap() = format!("kek_file = {key_b:?}");
+    drop(a);
+    let a = s.start("node-a").await;
+    let token = s.token(&a).await;
+    let (st, _) = call(
+        &s,
+        &a,
+        &token,
+        Method::POST,
+        "/deletedsecrets/rot-11/recover",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (name, version, value) in &versions {
+        let (st, got) = call(
+            &s,
+            &a,
+            &token,
+            Method::GET,
+            &format!("/secrets/{name}/{version}"),
+            None,
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{got}");
+        assert_eq!(got["value"], value.as_str());
+        if let Some(round) = last.get(&(name.clone(), version.clone())) {
+            assert_eq!(
+                got["tags"]["round"],
+                round.to_string(),
+                "{name}/{version}: an update was lost"
+            );
+        }
+    }
+    drop(a);
+
+    // A node with A alone is refused.
+    *s.keys.lock().unwrap() = format!("kek_file = {key_a:?}");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config("node-c"))
+        .env_remove("KEYVAULT_KEK")
+        .env_remove("KEYVAULT_STORE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&id_a) && stderr.contains(&id_b), "{stderr}");
+}
+
 fn e2e_python() -> Option<PathBuf> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/.venv/bin/python");
     python.is_file().then_some(python)

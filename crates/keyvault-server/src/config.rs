@@ -64,6 +64,12 @@ pub struct Config {
     /// The key-encryption key file (created at first start if missing). Default `{data_dir}/kek.key`.
     /// Every node over one shared store must use the same key (this file, or `KEYVAULT_KEK`).
     pub kek_file: Option<PathBuf>,
+    /// Previous key-encryption key files (existing, one key each, like `kek_file`): they open values,
+    /// backup blobs and listing cursors sealed under them, and never seal. Also `KEYVAULT_PREVIOUS_KEKS`
+    /// (comma-separated base64). To rotate: make a new key (`keyvault kek new`), list the old one here and
+    /// make the new one current, run `keyvault rekey`, then drop the old one (README: "Rotating the
+    /// key-encryption key").
+    pub previous_kek_files: Vec<PathBuf>,
     /// The token signing key file (PKCS#8 PEM; created at first start if missing). Default
     /// `{data_dir}/token-signing-key.pk8`. Nodes that share it accept each other's tokens.
     pub signing_key_file: Option<PathBuf>,
@@ -424,6 +430,7 @@ impl Default for Config {
             clients: Vec::new(),
             store: None,
             kek_file: None,
+            previous_kek_files: Vec::new(),
             signing_key_file: None,
             previous_signing_key_files: Vec::new(),
             roles: Vec::new(),

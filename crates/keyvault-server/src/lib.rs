@@ -9,7 +9,8 @@
 //! - [`admin`]: principals, client secrets and role assignments managed at run time (the admin API).
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`vault`]: versions, latest, soft delete, recover, purge, retention sweeper, backup.
-//! - [`crypto`]: envelope encryption, key providers.
+//! - [`crypto`]: envelope encryption, key providers (a current key-encryption key and previous ones).
+//! - [`rekey`]: re-sealing every stored value under the current key-encryption key (`keyvault rekey`).
 //! - [`store`]: the `SecretStore` trait and its SQLite implementation.
 //! - [`tls`]: certificates (files or a generated dev CA) and the rustls configuration.
 
@@ -22,6 +23,7 @@ pub mod http;
 mod idle;
 mod json;
 pub mod local;
+pub mod rekey;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -7,7 +7,7 @@ use crate::auth::{
     SigningKey, TokenIssuer, TokenVerifier,
 };
 use crate::config::{Config, ConfigError, StoreBackend};
-use crate::crypto::{Envelope, FileKeyProvider, KeyProvider, StaticKeyProvider};
+use crate::crypto::{Envelope, FileKeyProvider, Kek, KeyProvider, KeyRing, StaticKeyProvider};
 use crate::http::{self, HttpState};
 use crate::store::SecretStore;
 use crate::store::postgres::PostgresStore;
@@ -27,6 +27,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// The environment variable that may hold the key-encryption key (base64 of 32 bytes) instead of a key file.
 pub const KEK_ENV: &str = "KEYVAULT_KEK";
+/// The environment variable that may hold previous key-encryption keys (comma-separated base64 of 32 bytes
+/// each), in addition to `previous_kek_files`: they open, never seal.
+pub const PREVIOUS_KEKS_ENV: &str = "KEYVAULT_PREVIOUS_KEKS";
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a client may send without being answered: a request trickled byte by byte is cut off.
@@ -175,21 +178,66 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
     std::fs::rename(&tmp, path)
 }
 
-/// The key-encryption key: `KEYVAULT_KEK`, or the key file (created at the first start). A missing key file
-/// is made anew only while the store holds no sealed value: a new key could open none of those (the file was
-/// lost, or `kek_file` has a typo), and the values sealed from then on would be under a second key. The
-/// server refuses to start instead, before anything is written.
-async fn key_provider(
+/// Whether [`key_provider`] may make a new key file for the current key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFileCreation {
+    /// `serve`: a missing key file is made while the store holds no sealed value.
+    WhileEmpty,
+    /// Tools over an existing store (`keyvault rekey`): a missing key file is an error.
+    Never,
+}
+
+/// The key-encryption keys: the current one (`KEYVAULT_KEK`, or the key file, created at the first start)
+/// and the previous ones (`previous_kek_files`, `KEYVAULT_PREVIOUS_KEKS`), which open and never seal. A
+/// missing key file is made anew only while the store holds no sealed value: a new key could open none of
+/// those (the file was lost, or `kek_file` has a typo), and the values sealed from then on would be under a
+/// second key. The server refuses to start instead, before anything is written. (A rotation's new key is made
+/// with `keyvault kek new`, before it is made current.)
+pub async fn key_provider(
     config: &Config,
     store: &dyn SecretStore,
+    creation: KeyFileCreation,
 ) -> Result<Arc<dyn KeyProvider>, StartError> {
+    let current = current_kek(config, store, creation).await?;
+    let previous = previous_keks(config)?;
+    Ok(Arc::new(KeyRing::new(current, previous)))
+}
+
+/// The previous keys: the files of `previous_kek_files` (which must exist), then `KEYVAULT_PREVIOUS_KEKS`.
+fn previous_keks(config: &Config) -> Result<Vec<Kek>, StartError> {
+    let mut keys = Vec::new();
+    for path in &config.previous_kek_files {
+        let provider = FileKeyProvider::load_existing(path)
+            .map_err(setup("cannot load a previous key-encryption key"))?;
+        keys.push(provider.kek().clone());
+    }
+    if let Ok(list) = std::env::var(PREVIOUS_KEKS_ENV) {
+        keys.extend(
+            KeyRing::parse_base64_list(&list)
+                .map_err(setup("a key in KEYVAULT_PREVIOUS_KEKS is not usable"))?,
+        );
+    }
+    Ok(keys)
+}
+
+async fn current_kek(
+    config: &Config,
+    store: &dyn SecretStore,
+    creation: KeyFileCreation,
+) -> Result<Kek, StartError> {
     if let Ok(b64) = std::env::var(KEK_ENV) {
-        return Ok(Arc::new(
-            StaticKeyProvider::from_base64(&b64)
-                .map_err(setup("the key in KEYVAULT_KEK is not usable"))?,
-        ));
+        return Ok(StaticKeyProvider::from_base64(&b64)
+            .map_err(setup("the key in KEYVAULT_KEK is not usable"))?
+            .kek()
+            .clone());
     }
     let path = config.kek_path();
+    if creation == KeyFileCreation::Never {
+        return Ok(FileKeyProvider::load_existing(&path)
+            .map_err(setup("cannot load the key-encryption key"))?
+            .kek()
+            .clone());
+    }
     let missing = matches!(
         std::fs::symlink_metadata(&path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound
@@ -202,17 +250,42 @@ async fn key_provider(
         return Err(StartError::Setup(format!(
             "the key-encryption key file {} is missing, but this database already holds values sealed \
              under key id {kek_id}: restore that key file, point kek_file at it, or set KEYVAULT_KEK \
-             (a new key could not open them)",
+             (a new key could not open them; to rotate keys, make the new key file with `keyvault kek new` \
+             and keep the old one in previous_kek_files)",
             path.display()
         )));
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
     }
-    Ok(Arc::new(
-        FileKeyProvider::load_or_create(&path)
-            .map_err(setup("cannot load the key-encryption key"))?,
-    ))
+    Ok(FileKeyProvider::load_or_create(&path)
+        .map_err(setup("cannot load the key-encryption key"))?
+        .kek()
+        .clone())
+}
+
+/// Open the store `config` names (SQLite: locks the database file for this process, or fails if another
+/// process holds it).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartError> {
+    Ok(match config.store_backend()? {
+        StoreBackend::Sqlite(path) => {
+            let options = SqliteOptions {
+                cache_bytes: usize::try_from(config.cache_mib.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+                mmap_bytes: config.mmap_mib.saturating_mul(1 << 20),
+                ..SqliteOptions::default()
+            };
+            Arc::new(
+                SqliteStore::open_with(&path, options)
+                    .map_err(setup("cannot open the database"))?,
+            )
+        }
+        StoreBackend::Postgres(url) => Arc::new(
+            PostgresStore::open_with_pool(&url, config.pg_pool_size)
+                .await
+                .map_err(setup("cannot open the PostgreSQL store"))?,
+        ),
+    })
 }
 
 impl Server {
@@ -232,26 +305,8 @@ impl Server {
         create_private_dir(&data_dir)?;
 
         // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
-        let store: Arc<dyn SecretStore> = match config.store_backend()? {
-            StoreBackend::Sqlite(path) => {
-                let options = SqliteOptions {
-                    cache_bytes: usize::try_from(config.cache_mib.saturating_mul(1 << 20))
-                        .unwrap_or(usize::MAX),
-                    mmap_bytes: config.mmap_mib.saturating_mul(1 << 20),
-                    ..SqliteOptions::default()
-                };
-                Arc::new(
-                    SqliteStore::open_with(&path, options)
-                        .map_err(setup("cannot open the database"))?,
-                )
-            }
-            StoreBackend::Postgres(url) => Arc::new(
-                PostgresStore::open_with_pool(&url, config.pg_pool_size)
-                    .await
-                    .map_err(setup("cannot open the PostgreSQL store"))?,
-            ),
-        };
-        let provider = key_provider(&config, store.as_ref()).await?;
+        let store = open_store(&config).await?;
+        let provider = key_provider(&config, store.as_ref(), KeyFileCreation::WhileEmpty).await?;
         let envelope = Arc::new(Envelope::new(provider));
         crate::store::check_key(store.as_ref(), &envelope)
             .await

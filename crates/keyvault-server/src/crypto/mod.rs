@@ -11,8 +11,14 @@
 //! [format = 1][kek id len: u8][kek id][wrap nonce: 12][wrapped data key + tag: 48][data nonce: 12][ciphertext + tag]
 //! ```
 //!
+//! Rotation: a provider has one *current* key, which seals every new value, backup blob and listing cursor,
+//! and any number of *previous* keys, which only open ([`KeyRing`]). A value names its KEK id in its header
+//! and opens under the key with that id; one under an id the provider does not hold fails with
+//! [`CryptoError::UnknownKey`], naming the id. Re-sealing a value under the current key means opening it and
+//! sealing it again (the KEK id is part of the associated data of both encryptions): `keyvault rekey`.
+//!
 //! Backup blobs are encrypted under a key derived from the KEK with HKDF-SHA256, so any server holding the
-//! same KEK can restore them:
+//! same KEK (current or previous) can restore them:
 //!
 //! ```text
 //! ["KVRSBACKUP1"][kek id len: u8][kek id][nonce: 12][ciphertext + tag]      (AAD = everything before the ciphertext)
@@ -61,6 +67,12 @@ pub enum CryptoError {
     /// The key file (or key variable) could not be created, read or accepted.
     #[error("key file: {0}")]
     KeyFile(String),
+    /// The value or blob was sealed under a key-encryption key this provider does not hold (neither the
+    /// current key nor a previous one). Names the key id (a hash prefix, not key material).
+    #[error(
+        "sealed under key-encryption key id {0}, which is not configured (neither the current key nor a previous one)"
+    )]
+    UnknownKey(String),
     /// The system random number generator failed.
     #[error("random number generator failure")]
     Rng,
@@ -110,12 +122,16 @@ impl fmt::Debug for Kek {
 }
 
 /// Where key-encryption keys come from. `current` seals new values; `get` opens values sealed under any
-/// key the provider still knows (so the KEK can be rotated by re-wrapping).
+/// key the provider still knows (so the KEK can be rotated: see [`KeyRing`]).
 pub trait KeyProvider: Send + Sync + 'static {
     /// The id and key used to seal new values.
     fn current(&self) -> (&str, &Kek);
-    /// The key with this id, if known.
+    /// The key with this id, if known (the current key or a previous one).
     fn get(&self, kek_id: &str) -> Option<&Kek>;
+    /// The ids of the previous keys: they open, never seal. None by default.
+    fn previous_ids(&self) -> Vec<&str> {
+        Vec::new()
+    }
 }
 
 /// One fixed key with its id (shared by the file and static providers).
@@ -156,7 +172,7 @@ impl FileKeyProvider {
     pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
         match std::fs::symlink_metadata(path) {
             Ok(_) => Self::load(path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path, true),
             Err(e) => Err(key_file_err(path, "cannot inspect", &e)),
         }
     }
@@ -164,6 +180,36 @@ impl FileKeyProvider {
     /// The id of the key.
     pub fn kek_id(&self) -> &str {
         &self.key.id
+    }
+
+    /// The key itself (for a [`KeyRing`]).
+    pub fn kek(&self) -> &Kek {
+        &self.key.kek
+    }
+
+    /// Load an existing key file (never creates one): a previous key, or the current key of a command that
+    /// must not make keys (`keyvault rekey`). The same checks as [`FileKeyProvider::load_or_create`].
+    pub fn load_existing(path: &Path) -> Result<Self, CryptoError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Self::load(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CryptoError::KeyFile(
+                format!("{} does not exist", path.display()),
+            )),
+            Err(e) => Err(key_file_err(path, "cannot inspect", &e)),
+        }
+    }
+
+    /// Create a new key file with a fresh random key (mode 0600, fsynced), refusing if anything is at
+    /// `path` already: a key file is never overwritten (the values sealed under it would be lost).
+    pub fn create_new(path: &Path) -> Result<Self, CryptoError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Err(CryptoError::KeyFile(format!(
+                "{} already exists: a key file is never overwritten",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path, false),
+            Err(e) => Err(key_file_err(path, "cannot inspect", &e)),
+        }
     }
 
     fn load(path: &Path) -> Result<Self, CryptoError> {
@@ -201,7 +247,9 @@ impl FileKeyProvider {
         })
     }
 
-    fn create(path: &Path) -> Result<Self, CryptoError> {
+    /// Write a new key file. `use_existing`: one created by someone else meanwhile is loaded (start-up);
+    /// otherwise that is an error (a new key was asked for).
+    fn create(path: &Path, use_existing: bool) -> Result<Self, CryptoError> {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         SystemRandom::new()
             .fill(bytes.as_mut())
@@ -218,8 +266,16 @@ impl FileKeyProvider {
         }
         let mut file = match options.open(path) {
             Ok(f) => f,
-            // Someone else created it between our check and now: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Self::load(path),
+            // Someone else created it between our check and now: use theirs (at start-up).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && use_existing => {
+                return Self::load(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(CryptoError::KeyFile(format!(
+                    "{} already exists: a key file is never overwritten",
+                    path.display()
+                )));
+            }
             Err(e) => return Err(key_file_err(path, "cannot create", &e)),
         };
         let written = file
@@ -285,6 +341,11 @@ impl StaticKeyProvider {
     pub fn kek_id(&self) -> &str {
         &self.key.id
     }
+
+    /// The key itself (for a [`KeyRing`]).
+    pub fn kek(&self) -> &Kek {
+        &self.key.kek
+    }
 }
 
 impl KeyProvider for StaticKeyProvider {
@@ -293,6 +354,74 @@ impl KeyProvider for StaticKeyProvider {
     }
     fn get(&self, kek_id: &str) -> Option<&Kek> {
         self.key.get(kek_id)
+    }
+}
+
+/// A current key-encryption key and the previous ones (rotation). The current key seals every new value,
+/// backup blob and cursor; a previous key only opens what was sealed under it. A previous key with the
+/// current key's id (the same key listed twice) is dropped, as is a repeated previous key.
+pub struct KeyRing {
+    current: SingleKey,
+    previous: Vec<SingleKey>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("kek_id", &self.current.id)
+            .field("previous", &self.previous_ids())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// A ring sealing under `current` and opening under `current` and `previous`.
+    pub fn new(current: Kek, previous: impl IntoIterator<Item = Kek>) -> Self {
+        let current = SingleKey::new(current);
+        let mut kept: Vec<SingleKey> = Vec::new();
+        for kek in previous {
+            let key = SingleKey::new(kek);
+            if key.id != current.id && kept.iter().all(|k| k.id != key.id) {
+                kept.push(key);
+            }
+        }
+        KeyRing {
+            current,
+            previous: kept,
+        }
+    }
+
+    /// Previous keys from a comma-separated list of base64 keys (`KEYVAULT_PREVIOUS_KEKS`); empty entries
+    /// are skipped. The error names the entry's position, never its text.
+    pub fn parse_base64_list(list: &str) -> Result<Vec<Kek>, CryptoError> {
+        let mut keys = Vec::new();
+        for (i, item) in list.split(',').enumerate() {
+            if item.trim().is_empty() {
+                continue;
+            }
+            let provider = StaticKeyProvider::from_base64(item).map_err(|_| {
+                CryptoError::KeyFile(format!(
+                    "entry {} is not the base64 encoding of exactly 32 bytes",
+                    i + 1
+                ))
+            })?;
+            keys.push(provider.key.kek);
+        }
+        Ok(keys)
+    }
+}
+
+impl KeyProvider for KeyRing {
+    fn current(&self) -> (&str, &Kek) {
+        (&self.current.id, &self.current.kek)
+    }
+    fn get(&self, kek_id: &str) -> Option<&Kek> {
+        self.current
+            .get(kek_id)
+            .or_else(|| self.previous.iter().find_map(|k| k.get(kek_id)))
+    }
+    fn previous_ids(&self) -> Vec<&str> {
+        self.previous.iter().map(|k| k.id.as_str()).collect()
     }
 }
 
@@ -333,6 +462,30 @@ impl Envelope {
     /// The id of the KEK new values are sealed under.
     pub fn current_kek_id(&self) -> &str {
         self.provider.current().0
+    }
+
+    /// The ids of the previous KEKs (they open, never seal).
+    pub fn previous_kek_ids(&self) -> Vec<&str> {
+        self.provider.previous_ids()
+    }
+
+    /// Whether a key with this id is configured (current or previous).
+    pub fn knows(&self, kek_id: &str) -> bool {
+        self.provider.get(kek_id).is_some()
+    }
+
+    /// Open a value sealed for (vault, name, version) and seal it again under the current key: a value
+    /// under a previous key moves to the current one. (Not a re-wrap of the data key alone: the KEK id is
+    /// part of the associated data of the value's own encryption too.)
+    pub fn reseal(
+        &self,
+        vault: &str,
+        name_key: &str,
+        version: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let plain = self.open(vault, name_key, version, sealed)?;
+        self.seal(vault, name_key, version, &plain)
     }
 
     /// Seal `plaintext` for (vault, name, version). `name_key` is compared case-insensitively: it is
@@ -410,8 +563,9 @@ impl Envelope {
         Ok(out)
     }
 
-    /// Open a value sealed by [`Envelope::seal`] for the same (vault, name, version). Any mismatch, tampering,
-    /// truncation or unknown KEK gives [`CryptoError::Decrypt`].
+    /// Open a value sealed by [`Envelope::seal`] for the same (vault, name, version), under the current key
+    /// or a previous one (the value names its KEK id). A KEK id the provider does not hold gives
+    /// [`CryptoError::UnknownKey`]; any mismatch, tampering or truncation gives [`CryptoError::Decrypt`].
     pub fn open(
         &self,
         vault: &str,
@@ -434,7 +588,10 @@ impl Envelope {
         if ciphertext.len() < TAG_LEN {
             return Err(CryptoError::Decrypt);
         }
-        let kek = self.provider.get(kek_id).ok_or(CryptoError::Decrypt)?;
+        let kek = self
+            .provider
+            .get(kek_id)
+            .ok_or_else(|| unknown_key(kek_id))?;
         let name_key = ascii_lowercase(name_key);
 
         let mut aad = binding_aad(LABEL_WRAP, format, kek_id, vault, &name_key, version);
@@ -496,8 +653,9 @@ impl Envelope {
         Ok(out)
     }
 
-    /// Open a backup blob. Not a blob (bad magic, truncated header) → [`CryptoError::BadBlob`]; tampered,
-    /// foreign key or truncated body → [`CryptoError::Decrypt`].
+    /// Open a backup blob made under the current key or a previous one. Not a blob (bad magic, truncated
+    /// header) → [`CryptoError::BadBlob`]; a KEK id the provider does not hold → [`CryptoError::UnknownKey`];
+    /// tampered or truncated body → [`CryptoError::Decrypt`].
     pub fn open_backup(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let mut r = Reader(blob);
         if r.take(BACKUP_MAGIC.len()) != Some(BACKUP_MAGIC) {
@@ -512,7 +670,10 @@ impl Envelope {
         if body.len() < TAG_LEN {
             return Err(CryptoError::Decrypt);
         }
-        let kek = self.provider.get(kek_id).ok_or(CryptoError::Decrypt)?;
+        let kek = self
+            .provider
+            .get(kek_id)
+            .ok_or_else(|| unknown_key(kek_id))?;
         let mut buf = Zeroizing::new(body.to_vec());
         let len = backup_key(kek)?
             .open_in_place(
@@ -545,8 +706,10 @@ impl Envelope {
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
     }
 
-    /// Opens a cursor made by [`Envelope::seal_cursor`] for the same `kind`; `None` if it was not (altered,
-    /// another listing's, or sealed under another KEK).
+    /// Opens a cursor made by [`Envelope::seal_cursor`] for the same `kind`, under the current key or a
+    /// previous one (a cursor handed out just before a rotation still pages on); `None` if it was not
+    /// (altered, another listing's, or sealed under a key not configured). A cursor carries no key id: the
+    /// keys are tried in turn, the current one first (one or two keys: a rotation's).
     pub fn open_cursor(&self, kind: &str, text: &str) -> Option<String> {
         use base64::Engine;
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -554,18 +717,26 @@ impl Envelope {
             .ok()?;
         let mut r = Reader(&raw);
         let nonce = r.nonce()?;
-        let mut body = r.rest().to_vec();
-        let len = cursor_key(self.provider.current().1)
-            .ok()?
-            .open_in_place(
+        let sealed = r.rest();
+        let current = self.provider.current().1;
+        let previous = self.provider.previous_ids();
+        let keys =
+            std::iter::once(current).chain(previous.iter().filter_map(|id| self.provider.get(id)));
+        for kek in keys {
+            let mut body = sealed.to_vec();
+            let Ok(key) = cursor_key(kek) else { continue };
+            let Ok(plain) = key.open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(kind.as_bytes()),
                 &mut body,
-            )
-            .ok()?
-            .len();
-        body.truncate(len);
-        String::from_utf8(body).ok()
+            ) else {
+                continue;
+            };
+            let len = plain.len();
+            body.truncate(len);
+            return String::from_utf8(body).ok();
+        }
+        None
     }
 
     fn nonce(&self) -> Result<[u8; NONCE_LEN], CryptoError> {
@@ -618,6 +789,15 @@ fn binding_aad(
         aad.extend_from_slice(field);
     }
     aad
+}
+
+fn unknown_key(kek_id: &str) -> CryptoError {
+    // The id comes from stored bytes: shown only if it looks like one of ours (8 hex digits).
+    if kek_id.len() == 8 && kek_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        CryptoError::UnknownKey(kek_id.to_owned())
+    } else {
+        CryptoError::UnknownKey("(malformed)".to_owned())
+    }
 }
 
 fn aead_key(bytes: &[u8]) -> Result<LessSafeKey, CryptoError> {

@@ -76,8 +76,14 @@ fn every_byte_flip_fails() {
         for bit in [0x01u8, 0x80] {
             let mut t = sealed.clone();
             t[i] ^= bit;
+            // A flip in the key id (or its length) names a key this envelope does not hold.
+            let header = 1..2 + 8;
             assert!(
-                matches!(env.open(V, N, VER, &t), Err(CryptoError::Decrypt)),
+                match env.open(V, N, VER, &t) {
+                    Err(CryptoError::Decrypt) => true,
+                    Err(CryptoError::UnknownKey(_)) => header.contains(&i),
+                    _ => false,
+                },
                 "flip at {i}"
             );
         }
@@ -141,10 +147,184 @@ fn unknown_kek_fails() {
     let a = envelope_with([1u8; KEY_LEN]);
     let b = envelope_with([2u8; KEY_LEN]);
     let sealed = a.seal(V, N, VER, b"value").unwrap();
+    let err = b.open(V, N, VER, &sealed).unwrap_err();
+    let a_id = a.current_kek_id().to_string();
+    assert!(
+        matches!(&err, CryptoError::UnknownKey(id) if *id == a_id),
+        "{err:?}"
+    );
+    // The message names the key id, and nothing of either key.
+    let text = err.to_string();
+    assert!(
+        text.contains(&a_id) && text.contains("not configured"),
+        "{text}"
+    );
+    assert!(!text.contains("0101") && !text.contains("0202"), "{text}");
+    // So does a backup blob under another key.
+    let blob = a.seal_backup(b"payload").unwrap();
+    assert!(matches!(b.open_backup(&blob), Err(CryptoError::UnknownKey(id)) if id == a_id));
+}
+
+/// An envelope sealing under `current` and opening under `current` and `previous`.
+fn ring(current: u8, previous: &[u8]) -> Envelope {
+    Envelope::new(Arc::new(KeyRing::new(
+        Kek::from_bytes([current; KEY_LEN]),
+        previous.iter().map(|b| Kek::from_bytes([*b; KEY_LEN])),
+    )))
+}
+
+#[test]
+fn previous_keys_open_values_backups_and_cursors() {
+    let old = envelope_with([1u8; KEY_LEN]);
+    let value = old.seal(V, N, VER, b"sealed under the old key").unwrap();
+    let blob = old.seal_backup(b"backup under the old key").unwrap();
+    let cursor = old.seal_cursor("secrets", "name-17").unwrap();
+
+    let rotated = ring(2, &[1]);
+    assert_eq!(rotated.previous_kek_ids(), vec![old.current_kek_id()]);
+    assert!(rotated.knows(old.current_kek_id()));
+    assert_eq!(
+        rotated.open(V, N, VER, &value).unwrap().as_slice(),
+        b"sealed under the old key"
+    );
+    assert_eq!(
+        rotated.open_backup(&blob).unwrap().as_slice(),
+        b"backup under the old key"
+    );
+    assert_eq!(
+        rotated.open_cursor("secrets", &cursor).as_deref(),
+        Some("name-17")
+    );
+    // Still bound: another listing's cursor, another name's value.
+    assert_eq!(rotated.open_cursor("deleted", &cursor), None);
     assert!(matches!(
-        b.open(V, N, VER, &sealed),
+        rotated.open(V, "other", VER, &value),
         Err(CryptoError::Decrypt)
     ));
+    // A previous key among several, in any position.
+    let many = ring(3, &[9, 1, 8]);
+    assert_eq!(
+        many.open(V, N, VER, &value).unwrap().as_slice(),
+        b"sealed under the old key"
+    );
+}
+
+#[test]
+fn previous_keys_never_seal() {
+    let rotated = ring(2, &[1]);
+    let current_id = envelope_with([2u8; KEY_LEN]).current_kek_id().to_string();
+    let old_only = envelope_with([1u8; KEY_LEN]);
+    assert_eq!(rotated.current_kek_id(), current_id);
+
+    let value = rotated.seal(V, N, VER, b"new").unwrap();
+    assert_eq!(sealed_kek_id(&value), Some(current_id.as_str()));
+    assert!(matches!(
+        old_only.open(V, N, VER, &value),
+        Err(CryptoError::UnknownKey(_))
+    ));
+
+    let blob = rotated.seal_backup(b"new backup").unwrap();
+    assert!(matches!(
+        old_only.open_backup(&blob),
+        Err(CryptoError::UnknownKey(_))
+    ));
+    assert!(envelope_with([2u8; KEY_LEN]).open_backup(&blob).is_ok());
+
+    let cursor = rotated.seal_cursor("secrets", "n").unwrap();
+    assert_eq!(old_only.open_cursor("secrets", &cursor), None);
+    assert_eq!(
+        envelope_with([2u8; KEY_LEN])
+            .open_cursor("secrets", &cursor)
+            .as_deref(),
+        Some("n")
+    );
+}
+
+#[test]
+fn reseal_moves_a_value_to_the_current_key() {
+    let old = envelope_with([1u8; KEY_LEN]);
+    let value = old.seal(V, N, VER, b"moving").unwrap();
+    let rotated = ring(2, &[1]);
+    let moved = rotated.reseal(V, N, VER, &value).unwrap();
+    assert_eq!(sealed_kek_id(&moved), Some(rotated.current_kek_id()));
+    // The new key alone opens it; the old key alone no longer does.
+    let new_only = envelope_with([2u8; KEY_LEN]);
+    assert_eq!(
+        new_only.open(V, N, VER, &moved).unwrap().as_slice(),
+        b"moving"
+    );
+    assert!(old.open(V, N, VER, &moved).is_err());
+    // Bound as before: the re-sealed value opens for its own (vault, name, version) only.
+    assert!(
+        new_only
+            .open(V, N, "00000000000000000000000000000000", &moved)
+            .is_err()
+    );
+    // Re-sealing needs the value's key.
+    let stranger = envelope_with([5u8; KEY_LEN]).seal(V, N, VER, b"x").unwrap();
+    assert!(matches!(
+        rotated.reseal(V, N, VER, &stranger),
+        Err(CryptoError::UnknownKey(_))
+    ));
+}
+
+#[test]
+fn key_ring_drops_repeated_keys() {
+    let r = KeyRing::new(
+        Kek::from_bytes([2u8; KEY_LEN]),
+        [[2u8; KEY_LEN], [1u8; KEY_LEN], [1u8; KEY_LEN]].map(Kek::from_bytes),
+    );
+    assert_eq!(r.previous_ids(), vec![Kek::from_bytes([1u8; KEY_LEN]).id()]);
+    let shown = format!("{r:?}");
+    assert!(!shown.contains("0101") && !shown.contains("[1,"), "{shown}");
+}
+
+#[test]
+fn previous_keys_from_a_base64_list() {
+    use base64::engine::general_purpose::STANDARD;
+    let list = format!(
+        " {} ,,{}",
+        STANDARD.encode([1u8; 32]),
+        STANDARD.encode([2u8; 32])
+    );
+    let keys = KeyRing::parse_base64_list(&list).unwrap();
+    let ids: Vec<String> = keys.iter().map(Kek::id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            Kek::from_bytes([1u8; 32]).id(),
+            Kek::from_bytes([2u8; 32]).id()
+        ]
+    );
+    assert!(KeyRing::parse_base64_list("").unwrap().is_empty());
+    let bad = format!("{},c2VjcmV0", STANDARD.encode([1u8; 32]));
+    let err = KeyRing::parse_base64_list(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("entry 2") && !err.contains("c2VjcmV0"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_key_file_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.key");
+    let made = FileKeyProvider::create_new(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read(&path).unwrap();
+    let err = FileKeyProvider::create_new(&path).unwrap_err().to_string();
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(
+        FileKeyProvider::load_existing(&path).unwrap().kek_id(),
+        made.kek_id()
+    );
+    let missing = FileKeyProvider::load_existing(&dir.path().join("none.key")).unwrap_err();
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+    assert!(!dir.path().join("none.key").exists());
 }
 
 #[test]
@@ -159,7 +339,7 @@ fn backup_round_trip_and_rejections() {
     // A different KEK does not.
     assert!(matches!(
         envelope_with([9u8; KEY_LEN]).open_backup(&blob),
-        Err(CryptoError::Decrypt)
+        Err(CryptoError::UnknownKey(_))
     ));
     // Every bit flip is rejected.
     for i in 0..blob.len() {
@@ -167,7 +347,10 @@ fn backup_round_trip_and_rejections() {
         t[i] ^= 0x01;
         let r = env.open_backup(&t);
         assert!(
-            matches!(r, Err(CryptoError::Decrypt | CryptoError::BadBlob)),
+            matches!(
+                r,
+                Err(CryptoError::Decrypt | CryptoError::BadBlob | CryptoError::UnknownKey(_))
+            ),
             "flip at {i}"
         );
     }

@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{DeletedRow, SecretStore, StoreError, Tags, VersionPatch, VersionRow, name_key};
+use super::{
+    DeletedRow, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, Tags, VersionPatch,
+    VersionRow, name_key,
+};
 
 /// A purge date far in the future: never due in this suite.
 const FAR: i64 = 4_000_000_000_000;
@@ -34,6 +37,8 @@ pub async fn run_all(store: Arc<dyn SecretStore>) {
     concurrent_puts(store.clone(), &format!("conc-{run}")).await;
     meta_keeps_the_first_value(s, &format!("meta-{run}")).await;
     any_sealed_finds_a_stored_value(s).await;
+    meta_replace_is_compare_and_swap(s, &format!("metacas-{run}")).await;
+    sealed_pages_and_replace(s, &format!("reseal-{run}")).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1136,4 +1141,141 @@ async fn any_sealed_finds_a_stored_value(s: &dyn SecretStore) {
     assert_eq!(name_key(&found.name_key), found.name_key);
     assert_eq!(found.version.len(), 32, "{found:?}");
     assert!(!found.sealed.is_empty());
+}
+
+/// The key check moves to a new key by compare and swap: a stale `old` changes nothing.
+async fn meta_replace_is_compare_and_swap(s: &dyn SecretStore, key: &str) {
+    assert!(!s.meta_replace(key, b"a", b"b").await.unwrap(), "absent");
+    assert_eq!(s.meta(key).await.unwrap(), None);
+    s.meta_insert(key, b"a").await.unwrap();
+    assert!(!s.meta_replace(key, b"stale", b"b").await.unwrap());
+    assert_eq!(s.meta(key).await.unwrap().as_deref(), Some(&b"a"[..]));
+    assert!(s.meta_replace(key, b"a", b"b").await.unwrap());
+    assert_eq!(s.meta(key).await.unwrap().as_deref(), Some(&b"b"[..]));
+}
+
+/// Every stored version of the vault `v`, by paging through every vault's versions `page` at a time.
+async fn sealed_of(s: &dyn SecretStore, v: &str, page: usize) -> Vec<SealedValue> {
+    let mut out = Vec::new();
+    let mut after: Option<SealedKey> = None;
+    loop {
+        let got = s
+            .sealed_page(after.as_ref(), page)
+            .await
+            .expect("sealed_page");
+        assert!(got.len() <= page, "a page of at most {page}");
+        for w in got.windows(2) {
+            assert!(w[0].key() < w[1].key(), "pages are in key order");
+        }
+        if let (Some(a), Some(first)) = (&after, got.first()) {
+            assert!(*a < first.key(), "a page starts after the previous one");
+        }
+        let Some(last) = got.last() else { break };
+        after = Some(last.key());
+        out.extend(got.into_iter().filter(|x| x.vault == v));
+    }
+    out
+}
+
+fn change(x: &SealedValue, old: &[u8], new: &[u8]) -> SealedChange {
+    SealedChange {
+        vault: x.vault.clone(),
+        name_key: x.name_key.clone(),
+        version: x.version.clone(),
+        old: old.to_vec(),
+        new: new.to_vec(),
+    }
+}
+
+/// `keyvault rekey` relies on this: paging reaches every version of every name, live or deleted, with its
+/// value; a replace changes only the value, and only where the row still holds the old one.
+async fn sealed_pages_and_replace(s: &dyn SecretStore, v: &str) {
+    let live: Vec<VersionRow> = (0..5).map(|n| row("Live", n)).collect();
+    for r in &live {
+        put(s, v, r).await;
+    }
+    let gone: Vec<VersionRow> = (0..3).map(|n| row("gone", n)).collect();
+    for r in &gone {
+        put(s, v, r).await;
+    }
+    s.soft_delete(v, "gone", 1, FAR)
+        .await
+        .unwrap()
+        .expect("deleted");
+    let purged = row("purged", 0);
+    put(s, v, &purged).await;
+
+    let all = sealed_of(s, v, 3).await;
+    assert_eq!(all.len(), 9, "every version, live and deleted");
+    for x in &all {
+        let stored = live
+            .iter()
+            .chain(&gone)
+            .chain([&purged])
+            .find(|r| r.version == x.version)
+            .expect("a stored version");
+        assert_eq!(x.sealed, stored.sealed, "with its value");
+        assert_eq!(x.name_key, name_key(&stored.name), "and its name key");
+    }
+
+    // A purge between the read and the replace: that change is skipped; a stale `old` too.
+    s.soft_delete(v, "purged", 1, FAR).await.unwrap();
+    assert!(s.purge(v, "purged").await.unwrap());
+    let mut changes = Vec::new();
+    for x in &all {
+        let mut new = b"resealed:".to_vec();
+        new.extend_from_slice(&x.sealed);
+        changes.push(change(x, &x.sealed, &new));
+    }
+    let stale = all.iter().find(|x| x.name_key == "live").unwrap();
+    changes.push(change(stale, b"not what it holds", b"never"));
+    // Meanwhile an attribute update: the replace must not undo it.
+    let patched = s
+        .update_version(
+            v,
+            "Live",
+            Some(&live[1].version),
+            VersionPatch {
+                content_type: Some("patched".into()),
+                updated: 42,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // Read the latest version so that a store with a cache holds it when its value changes.
+    assert_eq!(latest(s, v, "live").await.unwrap().sealed, live[4].sealed);
+    assert_eq!(s.replace_sealed(changes).await.unwrap(), 8);
+
+    let after = sealed_of(s, v, 100).await;
+    assert_eq!(after.len(), 8);
+    assert!(after.iter().all(|x| x.sealed.starts_with(b"resealed:")));
+    let read = s
+        .get_version(v, "live", Some(&live[1].version))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.content_type.as_deref(), Some("patched"));
+    assert_eq!(read.updated, patched.updated);
+    assert!(
+        read.sealed.starts_with(b"resealed:"),
+        "reads see the new value"
+    );
+    // The latest version through the read path (a cache, if any) too.
+    assert!(
+        latest(s, v, "live")
+            .await
+            .unwrap()
+            .sealed
+            .starts_with(b"resealed:")
+    );
+    // The deleted name stays deleted, and recovers with its new values.
+    assert!(latest(s, v, "gone").await.is_none());
+    let back = s.recover(v, "gone").await.unwrap().expect("recovered");
+    assert!(back.sealed.starts_with(b"resealed:"));
+    // Replacing again with the first `old` bytes changes nothing.
+    let again: Vec<_> = all.iter().map(|x| change(x, &x.sealed, b"x")).collect();
+    assert_eq!(s.replace_sealed(again).await.unwrap(), 0);
+    assert_eq!(s.replace_sealed(Vec::new()).await.unwrap(), 0);
 }

@@ -211,6 +211,22 @@ pub trait SecretStore: Send + Sync + 'static {
     /// if the store holds no version. A store written before the key check existed has values but no check:
     /// [`check_key`] opens one of them before it writes the check.
     async fn any_sealed(&self) -> StoreResult<Option<SealedValue>>;
+    /// Stored versions of every vault and name, live or deleted, with their sealed values, in (vault, name
+    /// key, version) order: those after `after` (the last of the previous page), at most `limit`. For
+    /// re-sealing every value under a new key-encryption key (`keyvault rekey`); nothing else reads values
+    /// in bulk.
+    async fn sealed_page(
+        &self,
+        after: Option<&SealedKey>,
+        limit: usize,
+    ) -> StoreResult<Vec<SealedValue>>;
+    /// Replaces the sealed value of each version in `changes` whose row still holds `old` (compare and
+    /// swap: a version purged meanwhile, or given another value, is left as it is). Only the value changes:
+    /// attributes, and whether the name is live or deleted, stay what they are when the change commits.
+    /// Each change stands on its own (no lock is held across changes). Returns how many were replaced.
+    async fn replace_sealed(&self, changes: Vec<SealedChange>) -> StoreResult<u64>;
+    /// Replaces the value under `key` if it is still `old` (compare and swap); true if it was replaced.
+    async fn meta_replace(&self, key: &str, old: &[u8], new: &[u8]) -> StoreResult<bool>;
     /// Replaces the shared access-control document if its revision is still `expected` (0: there is none
     /// yet). Ok(Some(new revision)), or Ok(None) when another node changed it first (read it again, redo
     /// the change, and try again).
@@ -242,23 +258,72 @@ impl fmt::Debug for SealedValue {
     }
 }
 
+/// Where a stored version is: the keyset position of [`SecretStore::sealed_page`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SealedKey {
+    pub vault: String,
+    pub name_key: String,
+    pub version: String,
+}
+
+impl SealedValue {
+    /// This version's position (for the next [`SecretStore::sealed_page`]).
+    pub fn key(&self) -> SealedKey {
+        SealedKey {
+            vault: self.vault.clone(),
+            name_key: self.name_key.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// One compare-and-swap change of a sealed value ([`SecretStore::replace_sealed`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedChange {
+    pub vault: String,
+    pub name_key: String,
+    pub version: String,
+    /// What the row must still hold.
+    pub old: Vec<u8>,
+    /// What it then holds.
+    pub new: Vec<u8>,
+}
+
+impl fmt::Debug for SealedChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedChange")
+            .field("vault", &self.vault)
+            .field("name_key", &self.name_key)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The name under which a store keeps its key check ([`check_key`]).
 pub const KEY_CHECK: &str = "kek-check";
 
-/// Refuses a key-encryption key that cannot open what the store holds. The first server over a store seals
-/// a fixed text under its KEK and keeps it in the store; every start then opens it. A server with another
-/// key (another `kek_file` or `KEYVAULT_KEK`, or a lost key file made anew) could open none of the stored
-/// values and would seal new ones under its own key, leaving the store with values under two keys: it stops
-/// here instead, naming both key ids. Over a shared store, this keeps every node on one key.
+/// What the key check holds: a fixed text sealed under a key-encryption key.
+const KEY_CHECK_TEXT: &[u8] = b"keyvault-rs key check";
+
+/// Refuses key-encryption keys that cannot open what the store holds. The first server over a store seals
+/// a fixed text under its KEK and keeps it in the store; every start then opens it, under the current key
+/// or a previous one (`previous_kek_files`, `KEYVAULT_PREVIOUS_KEKS`: a rotation in progress). A server
+/// whose keys open none of it (another `kek_file` or `KEYVAULT_KEK`, or a lost key file made anew) could
+/// open none of the stored values and would seal new ones under its own key, leaving the store with values
+/// under keys no one server holds: it stops here instead, naming the key ids. Over a shared store, this keeps
+/// every node able to open what the others seal.
+///
+/// The check moves to the current key only once every stored version is under it ([`reseal_key_check`],
+/// at the end of `keyvault rekey`): from then on, a server with the previous key alone is refused, and the
+/// previous key can be dropped.
 ///
 /// A store written before the check existed holds values but no check. The check is written only once the
-/// key has opened one of those values: written blindly, it would make a wrong key the one every later start
+/// keys have opened one of those values: written blindly, it would make a wrong key the one every later start
 /// must have.
 pub async fn check_key(
     store: &dyn SecretStore,
     envelope: &crate::crypto::Envelope,
 ) -> Result<(), String> {
-    const TEXT: &[u8] = b"keyvault-rs key check";
     let stored = match store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? {
         Some(v) => v,
         None => {
@@ -270,7 +335,7 @@ pub async fn check_key(
                 }
             }
             let sealed = envelope
-                .seal("", KEY_CHECK, "", TEXT)
+                .seal("", KEY_CHECK, "", KEY_CHECK_TEXT)
                 .map_err(|e| e.to_string())?;
             store
                 .meta_insert(KEY_CHECK, &sealed)
@@ -279,24 +344,112 @@ pub async fn check_key(
         }
     };
     match envelope.open("", KEY_CHECK, "", &stored) {
-        Ok(text) if text.as_slice() == TEXT => Ok(()),
+        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => {
+            let check_id = crate::crypto::sealed_kek_id(&stored).unwrap_or("unknown");
+            if check_id != envelope.current_kek_id() {
+                tracing::warn!(
+                    kek_id = %envelope.current_kek_id(),
+                    previous_kek_id = %check_id,
+                    "this database still holds values sealed under a previous key-encryption key: keep that \
+                     key configured (previous_kek_files or KEYVAULT_PREVIOUS_KEKS) until `keyvault rekey` has \
+                     re-sealed them under the current key"
+                );
+            }
+            Ok(())
+        }
         _ => Err(wrong_key(store, envelope, &stored)),
     }
 }
 
-/// Why [`check_key`] refuses this key: both key ids, and what to change.
+/// The key id of the store's key check, after making sure these keys open it (read only: a store without a
+/// check answers None). The refusal is [`check_key`]'s.
+pub async fn verify_key_check(
+    store: &dyn SecretStore,
+    envelope: &crate::crypto::Envelope,
+) -> Result<Option<String>, String> {
+    let Some(stored) = store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    match envelope.open("", KEY_CHECK, "", &stored) {
+        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => Ok(Some(
+            crate::crypto::sealed_kek_id(&stored)
+                .unwrap_or("unknown")
+                .to_owned(),
+        )),
+        _ => Err(wrong_key(store, envelope, &stored)),
+    }
+}
+
+/// Moves the key check to the current key-encryption key, once every stored version is sealed under it
+/// (the caller, `keyvault rekey`, has made sure of that): from then on a server whose keys do not include
+/// the current one is refused, and previous keys may be removed. A compare and swap: a check another
+/// process changed meanwhile is left as it is. Returns the key id of the check before and after.
+pub async fn reseal_key_check(
+    store: &dyn SecretStore,
+    envelope: &crate::crypto::Envelope,
+) -> Result<(Option<String>, String), String> {
+    let current = envelope.current_kek_id().to_owned();
+    let fresh = || {
+        envelope
+            .seal("", KEY_CHECK, "", KEY_CHECK_TEXT)
+            .map_err(|e| e.to_string())
+    };
+    let Some(stored) = store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? else {
+        let kept = store
+            .meta_insert(KEY_CHECK, &fresh()?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = crate::crypto::sealed_kek_id(&kept).unwrap_or("unknown");
+        return Ok((None, id.to_owned()));
+    };
+    let before = crate::crypto::sealed_kek_id(&stored)
+        .unwrap_or("unknown")
+        .to_owned();
+    match envelope.open("", KEY_CHECK, "", &stored) {
+        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => {}
+        _ => return Err(wrong_key(store, envelope, &stored)),
+    }
+    if before == current {
+        return Ok((Some(before), current));
+    }
+    let replaced = store
+        .meta_replace(KEY_CHECK, &stored, &fresh()?)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !replaced {
+        return Err(
+            "the key check changed while it was being re-sealed (another rekey?): run keyvault rekey again"
+                .to_owned(),
+        );
+    }
+    Ok((Some(before), current))
+}
+
+/// Why [`check_key`] refuses these keys: the key ids, and what to change.
 fn wrong_key(store: &dyn SecretStore, envelope: &crate::crypto::Envelope, sealed: &[u8]) -> String {
     let ours = envelope.current_kek_id();
+    let previous = envelope.previous_kek_ids();
     let theirs = crate::crypto::sealed_kek_id(sealed).unwrap_or("unknown");
+    let keys = if previous.is_empty() {
+        format!("key-encryption key (id {ours})")
+    } else {
+        format!(
+            "key-encryption key (id {ours}) and previous keys (ids {})",
+            previous.join(", ")
+        )
+    };
+    let verb = if previous.is_empty() { "is" } else { "are" };
     if store.is_shared() {
         format!(
-            "this node's key-encryption key (id {ours}) cannot open what the other nodes of this store wrote \
-             (key id {theirs}): every node over one store must use the same kek_file or KEYVAULT_KEK"
+            "this node's {keys} cannot open what the other nodes of this store wrote (key id {theirs}): every \
+             node over one store must hold the key the others seal with (kek_file or KEYVAULT_KEK, or a \
+             previous key during a rotation)"
         )
     } else {
         format!(
-            "the key-encryption key (id {ours}) is not the one this database was written with (key id \
-             {theirs}): start with the kek_file or KEYVAULT_KEK it was written with"
+            "the {keys} {verb} not the one this database was written with (key id {theirs}): start with the \
+             kek_file or KEYVAULT_KEK it was written with, or list that key in previous_kek_files or \
+             KEYVAULT_PREVIOUS_KEKS"
         )
     }
 }

@@ -57,8 +57,8 @@ use tokio_postgres::error::SqlState;
 use self::batch::{Batcher, Get, Set};
 use self::pool::{Conn, Pool};
 use super::{
-    DeletedRow, SealedValue, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow,
-    name_key, tags_json,
+    DeletedRow, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, StoreResult,
+    VersionPatch, VersionRow, name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
@@ -1086,6 +1086,88 @@ impl SecretStore for PostgresStore {
             })
             .transpose()
             .map_err(Into::into)
+        })
+        .await
+    }
+
+    async fn sealed_page(
+        &self,
+        after: Option<&SealedKey>,
+        limit: usize,
+    ) -> StoreResult<Vec<SealedValue>> {
+        let empty = SealedKey {
+            vault: String::new(),
+            name_key: String::new(),
+            version: String::new(),
+        };
+        let after = after.unwrap_or(&empty);
+        let limit = sql_limit(limit);
+        self.run(async |c| {
+            // A row comparison over the unique (vault, name_key, version) index (COLLATE "C": byte order).
+            let rows = c
+                .client
+                .query(
+                    "SELECT vault, name_key, version, sealed FROM kv_versions
+                     WHERE (vault, name_key, version) > ($1, $2, $3)
+                     ORDER BY vault, name_key, version LIMIT $4",
+                    &[&after.vault, &after.name_key, &after.version, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SealedValue {
+                        vault: r.try_get(0)?,
+                        name_key: r.try_get(1)?,
+                        version: r.try_get(2)?,
+                        sealed: r.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                .map_err(Into::into)
+        })
+        .await
+    }
+
+    async fn replace_sealed(&self, changes: Vec<SealedChange>) -> StoreResult<u64> {
+        // One statement per change, each its own (implicit) transaction, pipelined on one connection: an
+        // update locks one version row and holds no other lock while it waits, so it cannot deadlock with a
+        // purge or a restore of the same name (which lock several), whatever the order. Only `sealed`
+        // changes, and only where the row still holds the old bytes: a concurrent attribute update stands,
+        // and a version purged or re-made meanwhile is skipped.
+        self.run(async |c| {
+            let st = c
+                .client
+                .prepare(
+                    "UPDATE kv_versions SET sealed = $5
+                     WHERE vault = $1 AND name_key = $2 AND version = $3 AND sealed = $4",
+                )
+                .await?;
+            let client = &c.client;
+            let st = &st;
+            let updates = changes.iter().map(|ch| async move {
+                client
+                    .execute(
+                        st,
+                        &[&ch.vault, &ch.name_key, &ch.version, &ch.old, &ch.new],
+                    )
+                    .await
+            });
+            let counts = futures_util::future::try_join_all(updates).await?;
+            Ok(counts.iter().sum())
+        })
+        .await
+    }
+
+    async fn meta_replace(&self, key: &str, old: &[u8], new: &[u8]) -> StoreResult<bool> {
+        self.run(async |c| {
+            let changed = c
+                .client
+                .execute(
+                    "UPDATE kv_meta SET value = $3 WHERE key = $1 AND value = $2",
+                    &[&key, &old, &new],
+                )
+                .await?;
+            Ok(changed > 0)
         })
         .await
     }

@@ -58,8 +58,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cache::{LiveCache, Lookup, WriteMark};
 use super::{
-    DeletedRow, SealedValue, SecretStore, StoreError, StoreResult, VersionPatch, VersionRow,
-    name_key, tags_json,
+    DeletedRow, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, StoreResult,
+    VersionPatch, VersionRow, name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
@@ -738,6 +738,96 @@ impl SecretStore for SqliteStore {
                 .optional()?;
             Ok(found)
         })
+    }
+
+    async fn sealed_page(
+        &self,
+        after: Option<&SealedKey>,
+        limit: usize,
+    ) -> StoreResult<Vec<SealedValue>> {
+        let after = after.cloned().unwrap_or(SealedKey {
+            vault: String::new(),
+            name_key: String::new(),
+            version: String::new(),
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            // Row values compare in order over the unique (vault, name_key, version) index.
+            let mut stmt = c.prepare_cached(
+                "SELECT vault, name_key, version, sealed FROM versions
+                 WHERE (vault, name_key, version) > (?1, ?2, ?3)
+                 ORDER BY vault, name_key, version LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![after.vault, after.name_key, after.version, limit],
+                    |r| {
+                        Ok(SealedValue {
+                            vault: r.get(0)?,
+                            name_key: r.get(1)?,
+                            version: r.get(2)?,
+                            sealed: r.get(3)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn replace_sealed(&self, changes: Vec<SealedChange>) -> StoreResult<u64> {
+        // One write request per change, all queued before any answer is awaited: the writer commits them
+        // together (group commit), each in its own savepoint, and each hides its name in the cache until then.
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        let mut answers = Vec::with_capacity(changes.len());
+        for change in changes {
+            let mark = self.mark(&change.vault, &change.name_key);
+            let (reply, answer) = oneshot::channel();
+            let f = move |c: &Tx<'_>| -> StoreResult<bool> {
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE versions SET sealed = ?5
+                         WHERE vault = ?1 AND name_key = ?2 AND version = ?3 AND sealed = ?4",
+                    )?
+                    .execute(params![
+                        change.vault,
+                        change.name_key,
+                        change.version,
+                        change.old,
+                        change.new
+                    ])?;
+                Ok(changed > 0)
+            };
+            tx.send(Msg::Job(Box::new(Job {
+                f: Some(f),
+                out: None,
+                reply,
+                mark,
+            })))
+            .await
+            .map_err(|_| closed())?;
+            answers.push(answer);
+        }
+        let mut replaced = 0;
+        for answer in answers {
+            let done = answer
+                .await
+                .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))??;
+            replaced += u64::from(done);
+        }
+        Ok(replaced)
+    }
+
+    async fn meta_replace(&self, key: &str, old: &[u8], new: &[u8]) -> StoreResult<bool> {
+        let (key, old, new) = (key.to_owned(), old.to_vec(), new.to_vec());
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached("UPDATE meta SET value = ?3 WHERE key = ?1 AND value = ?2")?
+                .execute(params![key, old, new])?;
+            Ok(changed > 0)
+        })
+        .await
     }
 
     async fn health(&self) -> StoreResult<()> {

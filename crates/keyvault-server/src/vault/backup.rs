@@ -103,7 +103,19 @@ impl Vault {
     /// Recreate a secret, with all its versions and their original ids, from a backup blob.
     /// Returns the latest version. Conflicts when the name is live or deleted.
     pub async fn restore(&self, blob: &[u8]) -> VaultResult<VersionRow> {
-        let json = self.envelope.open_backup(blob).map_err(|_| bad_blob())?;
+        let json = self.envelope.open_backup(blob).map_err(|e| {
+            // A blob made under a key-encryption key this server no longer holds (made before a rotation
+            // whose old key was removed): the caller sees a malformed blob, as Key Vault answers a blob of
+            // another vault; the operator is told which key it needs (an id, not key material).
+            if let crate::crypto::CryptoError::UnknownKey(id) = &e {
+                tracing::warn!(
+                    kek_id = %id,
+                    "a backup blob to restore was made under a key-encryption key that is not configured \
+                     (add it to previous_kek_files or KEYVAULT_PREVIOUS_KEKS to restore it)"
+                );
+            }
+            bad_blob()
+        })?;
         let payload: Payload = serde_json::from_slice(&json).map_err(|_| bad_blob())?;
         if payload.format != FORMAT || payload.versions.is_empty() {
             return Err(bad_blob());

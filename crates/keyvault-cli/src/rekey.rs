@@ -1,0 +1,276 @@
+//! `keyvault rekey` (re-seal every stored value under the current key-encryption key) and `keyvault kek`
+//! (make a new key file, show a key file's id): the server crate's store and keys, used as a library, with
+//! the configuration `serve` reads (config file, environment, flags).
+
+use crate::errors::{CliError, CliResult, code};
+use clap::{Args, Subcommand, ValueEnum};
+use keyvault_server::Config;
+use keyvault_server::config::{StoreBackend, StoreLocation};
+use keyvault_server::crypto::{Envelope, FileKeyProvider};
+use keyvault_server::rekey::{RekeyOptions, RekeyReport};
+use keyvault_server::server::{KeyFileCreation, key_provider, open_store};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Where the store and the keys are: the same settings (and variables) as `keyvault serve`.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// TOML configuration file (the server's: `store`, `data_dir`, `kek_file`, `previous_kek_files`).
+    #[arg(long, env = "KEYVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./keyvault-data].
+    #[arg(long, env = "KEYVAULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Storage: `sqlite`, `sqlite:PATH` or `postgres://…` [default: sqlite].
+    #[arg(long, env = "KEYVAULT_STORE", hide_env_values = true)]
+    store: Option<String>,
+    /// The current key-encryption key file (must exist; ignored when KEYVAULT_KEK is set)
+    /// [default: DATA_DIR/kek.key].
+    #[arg(long, env = "KEYVAULT_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn into_config(self) -> CliResult<Config> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    CliError::new(
+                        code::BAD_INPUT,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Config::from_toml(&text).map_err(|e| {
+                    CliError::new(code::BAD_INPUT, format!("{}: {e}", path.display()))
+                })?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.store {
+            config.store = Some(StoreLocation(v));
+        }
+        if let Some(v) = self.kek_file {
+            config.kek_file = Some(v);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Clone, Copy, Default, ValueEnum)]
+pub enum RekeyOutput {
+    /// A human-readable summary.
+    #[default]
+    Table,
+    /// The report as one JSON object (for scripts).
+    Json,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Rotating the key-encryption key (README: \"Rotating the key-encryption key\"):
+  keyvault kek new /etc/keyvault/kek-new.key        # prints the new key's id
+  # 1. every node: add the new file to previous_kek_files; restart
+  # 2. every node: kek_file = the new file, previous_kek_files = [the old file]; restart
+  keyvault rekey --config /etc/keyvault/keyvault.toml --dry-run
+  keyvault rekey --config /etc/keyvault/keyvault.toml    # 3.
+  # 4. every node: remove the old file from previous_kek_files; restart
+A node must open whatever another node seals: so every node holds the new key (1) before any seals with it
+(2), and every node seals with it (2) before rekey checks that nothing is left under the old one (3). A single
+server can do 1 and 2 in one restart.
+
+SQLite: stop the server first (rekey refuses a database a server holds). PostgreSQL: rekey runs while nodes
+serve (each version is replaced only if it still holds what was read). KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS
+are read as `serve` reads them. Backups made under the old key restore only while it is configured.
+
+Exit codes: 0 done (or dry run), 1 store or key failure, 2 bad configuration, 6 finished with versions left
+under other keys (listed; the key check stays under the old key, so it must stay configured)."
+)]
+pub struct RekeyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Count the stored versions per key id; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Versions read and re-sealed per batch.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    batch_size: u16,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: RekeyOutput,
+}
+
+#[derive(Subcommand)]
+pub enum KekCommand {
+    /// Create a new key-encryption key file (32 random bytes, hex, mode 0600); never overwrites a file.
+    #[command(after_help = "Example:\n  keyvault kek new /etc/keyvault/kek-2026.key")]
+    New {
+        /// Where to write it (must not exist).
+        path: PathBuf,
+    },
+    /// Print the id of the key in a key file (the id values, backups and errors name; not the key).
+    #[command(after_help = "Example:\n  keyvault kek id /etc/keyvault/kek.key")]
+    Id {
+        /// The key file.
+        path: PathBuf,
+    },
+}
+
+pub fn run_kek(command: KekCommand, out: &mut impl Write) -> CliResult {
+    match command {
+        KekCommand::New { path } => {
+            let made = FileKeyProvider::create_new(&path)
+                .map_err(|e| CliError::new(code::OTHER, e.to_string()))?;
+            writeln!(out, "created {} (key id {})", path.display(), made.kek_id())
+                .map_err(crate::errors::io_error)
+        }
+        KekCommand::Id { path } => {
+            let key = FileKeyProvider::load_existing(&path)
+                .map_err(|e| CliError::new(code::OTHER, e.to_string()))?;
+            writeln!(out, "{}", key.kek_id()).map_err(crate::errors::io_error)
+        }
+    }
+}
+
+pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
+    let config = args.store.into_config()?;
+    let backend = config
+        .store_backend()
+        .map_err(|e| CliError::new(code::BAD_INPUT, e.to_string()))?;
+    if let StoreBackend::Sqlite(path) = &backend
+        && !path.exists()
+    {
+        return Err(CliError::new(
+            code::BAD_INPUT,
+            format!(
+                "there is no database at {} (set --data-dir, --store or --config as for `keyvault serve`)",
+                path.display()
+            ),
+        ));
+    }
+    let store = open_store(&config).await.map_err(|e| {
+        let message = e.to_string();
+        match &backend {
+            StoreBackend::Sqlite(path) if message.contains("in use by another keyvault process") => {
+                CliError::new(
+                    code::OTHER,
+                    format!(
+                        "the database {} is in use by a running keyvault server (its lock file is held): \
+                         on SQLite, stop the server before running keyvault rekey",
+                        path.display()
+                    ),
+                )
+            }
+            _ => CliError::new(code::OTHER, message),
+        }
+    })?;
+    let provider = key_provider(&config, store.as_ref(), KeyFileCreation::Never)
+        .await
+        .map_err(|e| CliError::new(code::OTHER, e.to_string()))?;
+    let envelope = Envelope::new(provider);
+    let table = matches!(args.output, RekeyOutput::Table);
+    if table {
+        let previous = envelope.previous_kek_ids();
+        eprintln!(
+            "current key id {}; previous key ids: {}",
+            envelope.current_kek_id(),
+            if previous.is_empty() {
+                "none".to_string()
+            } else {
+                previous.join(", ")
+            }
+        );
+    }
+    let options = RekeyOptions {
+        batch_size: usize::from(args.batch_size),
+        dry_run: args.dry_run,
+    };
+    let report = keyvault_server::rekey::rekey(store.as_ref(), &envelope, &options, |p| {
+        if table {
+            eprintln!("  read {} versions, re-sealed {}", p.scanned, p.resealed);
+        }
+    })
+    .await
+    .map_err(|e| CliError::new(code::OTHER, e))?;
+    drop(store);
+
+    match args.output {
+        RekeyOutput::Json => {
+            let json = serde_json::to_string_pretty(&report).map_err(|e| {
+                CliError::new(code::OTHER, format!("cannot encode the report: {e}"))
+            })?;
+            writeln!(out, "{json}").map_err(crate::errors::io_error)?;
+        }
+        RekeyOutput::Table => print_summary(&report, out).map_err(crate::errors::io_error)?,
+    }
+    if report.dry_run || report.complete() {
+        return Ok(());
+    }
+    Err(CliError::new(
+        code::PARTIAL,
+        format!(
+            "{} version(s) remain under other keys ({} could not be opened): the key check stays under key id \
+             {}, so keep the previous key configured; fix what is listed, then run keyvault rekey again",
+            report.remaining(),
+            report.failed,
+            report.key_check_after.as_deref().unwrap_or("none"),
+        ),
+    ))
+}
+
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "no versions".to_string();
+    }
+    map.iter()
+        .map(|(id, n)| format!("{id}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_summary(r: &RekeyReport, out: &mut impl Write) -> std::io::Result<()> {
+    if r.dry_run {
+        writeln!(out, "dry run: nothing was changed")?;
+        writeln!(out, "versions per key id: {}", counts(&r.before))?;
+        writeln!(
+            out,
+            "would re-seal {} version(s) under key id {}; {} already under it; {} cannot be opened",
+            r.resealed, r.current_kek_id, r.already_current, r.failed
+        )?;
+    } else {
+        writeln!(
+            out,
+            "re-sealed {} version(s) under key id {}; {} already under it; {} changed meanwhile (skipped); \
+             {} cannot be opened",
+            r.resealed, r.current_kek_id, r.already_current, r.skipped, r.failed
+        )?;
+        writeln!(out, "versions per key id before: {}", counts(&r.before))?;
+        writeln!(out, "versions per key id after:  {}", counts(&r.after))?;
+        writeln!(
+            out,
+            "key check: {} -> {}",
+            r.key_check_before.as_deref().unwrap_or("none"),
+            r.key_check_after.as_deref().unwrap_or("none")
+        )?;
+        if r.complete() {
+            writeln!(
+                out,
+                "every version is under the current key: previous keys may now be removed from the \
+                 configuration (backups made under them will then no longer restore)"
+            )?;
+        }
+    }
+    for f in &r.failures {
+        writeln!(
+            out,
+            "cannot open {}/{}/{} (key id {}): {}",
+            f.vault, f.name_key, f.version, f.kek_id, f.error
+        )?;
+    }
+    if r.failed as usize > r.failures.len() {
+        writeln!(out, "… and {} more", r.failed as usize - r.failures.len())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,455 @@
+//! Rotating the key-encryption key with the real binary over SQLite: `serve` with key A, secrets written
+//! (several versions, a soft-deleted one, a backup); `keyvault rekey` refused while the server holds the
+//! database; `kek new` for key B; `rekey` with B current and A previous; `serve` with B alone reads every
+//! value, recovers the deleted one and restores a new backup but not the old one; `serve` with A alone is
+//! refused at start.
+
+mod cli_support;
+
+use cli_support::{Out, command, run_with};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server child process, killed if the test panics before stopping it.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dev_serve_args(data: &Path) -> Vec<String> {
+    ["serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([data.display().to_string()])
+        .collect()
+}
+
+/// `serve --dev` on `data` (plus `extra`), ready: its credentials written for the address it reports.
+fn serve(data: &Path, extra: &[&str]) -> Server {
+    serve_with_env(data, extra, &[])
+}
+
+fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut c = command(None);
+    c.envs(env.iter().copied());
+    c.args(dev_serve_args(data))
+        .args(extra)
+        .env("KEYVAULT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let server = Server(child);
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server reports its address");
+    let creds = data.join("dev-credentials.json");
+    let start = Instant::now();
+    loop {
+        let written = std::fs::read(&creds)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|c| c["vault_url"] == format!("https://{addr}"));
+        if written {
+            return server;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no credentials");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `serve --dev` on `data` (plus `extra`) that must fail to start: its stderr.
+fn refused(data: &Path, extra: &[&str]) -> String {
+    let mut c = command(None);
+    c.args(dev_serve_args(data)).args(extra);
+    let out = run_with(c, &[], None);
+    assert_ne!(out.code, 0, "the server started: {}", out.stderr);
+    out.stderr
+}
+
+fn stop(mut server: Server) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `keyvault ARGS` against the dev server of `data`.
+fn kv(data: &Path, args: &[&str]) -> Out {
+    let mut c = command(None);
+    c.env(
+        "KEYVAULT_DEV_CREDENTIALS",
+        data.join("dev-credentials.json"),
+    );
+    run_with(c, args, None)
+}
+
+/// `keyvault ARGS` (no vault: rekey and kek).
+fn tool(args: &[&str]) -> Out {
+    run_with(command(None), args, None)
+}
+
+fn key_id(path: &Path) -> String {
+    tool(&["kek", "id", path.to_str().unwrap()])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+fn file_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_string()
+}
+
+#[test]
+fn rotating_the_key_encryption_key_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key_a = data.join("kek.key");
+    let key_b = dir.path().join("kek-b.key");
+
+    // Key A (made at the first start): three versions, a deleted secret, a backup.
+    let server = serve(&data, &[]);
+    let mut versions = Vec::new();
+    for i in 0..3 {
+        let set = kv(
+            &data,
+            &[
+                "secret",
+                "set",
+                "db",
+                "--value",
+                &format!("db-{i}"),
+                "-o",
+                "json",
+            ],
+        )
+        .ok()
+        .json();
+        versions.push(set["version"].as_str().unwrap().to_string());
+    }
+    kv(&data, &["secret", "set", "gone", "--value", "bye"]).ok();
+    kv(&data, &["secret", "delete", "gone", "--wait"]).ok();
+    kv(&data, &["secret", "set", "kept", "--value", "k"]).ok();
+    let old_backup = dir.path().join("kept-old.kvbackup");
+    kv(
+        &data,
+        &[
+            "secret",
+            "backup",
+            "kept",
+            "--file",
+            old_backup.to_str().unwrap(),
+        ],
+    )
+    .ok();
+
+    // Key B, and a configuration with B current and A previous.
+    let made = tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
+    let (id_a, id_b) = (key_id(&key_a), key_id(&key_b));
+    assert_ne!(id_a, id_b);
+    assert!(made.stdout.contains(&id_b), "{}", made.stdout);
+    let again = tool(&["kek", "new", key_b.to_str().unwrap()]).code(1);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let config = dir.path().join("rotate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nkek_file = {:?}\nprevious_kek_files = [{:?}]\n",
+            data.display().to_string(),
+            key_b.display().to_string(),
+            key_a.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    // The server holds the database: rekey refuses, and changes nothing.
+    let busy = tool(&["rekey", "--config", config]).code(1);
+    assert!(
+        busy.stderr.contains("in use by a running keyvault server")
+            && busy.stderr.contains("stop the server"),
+        "{}",
+        busy.stderr
+    );
+    stop(server);
+
+    // A dry run counts, per key id.
+    let dry = tool(&["rekey", "--config", config, "--dry-run", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["before"], serde_json::json!({ id_a.as_str(): 5 }));
+    assert_eq!(dry["resealed"], 5);
+    assert_eq!(dry["key_check_before"], id_a.as_str());
+
+    // The rekey: five versions (live and deleted) move to B, and so does the key check.
+    let done = tool(&[
+        "rekey",
+        "--config",
+        config,
+        "--batch-size",
+        "2",
+        "-o",
+        "json",
+    ])
+    .ok();
+    let report = done.json();
+    assert_eq!(report["current_kek_id"], id_b.as_str());
+    assert_eq!(
+        report["previous_kek_ids"],
+        serde_json::json!([id_a.as_str()])
+    );
+    assert_eq!(report["resealed"], 5);
+    assert_eq!(report["already_current"], 0);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["before"], serde_json::json!({ id_a.as_str(): 5 }));
+    assert_eq!(report["after"], serde_json::json!({ id_b.as_str(): 5 }));
+    assert_eq!(report["key_check_after"], id_b.as_str());
+    // Again, as a person reads it: nothing left to do.
+    let table = tool(&["rekey", "--config", config]).ok();
+    assert!(
+        table.stdout.contains("re-sealed 0 version(s)")
+            && table.stdout.contains("5 already under it")
+            && table.stdout.contains("previous keys may now be removed"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stderr.contains(&format!("current key id {id_b}")),
+        "{}",
+        table.stderr
+    );
+    // No key material anywhere in what rekey printed.
+    for out in [&done, &table] {
+        for key in [file_text(&key_a), file_text(&key_b)] {
+            assert!(!out.stdout.contains(&key) && !out.stderr.contains(&key));
+        }
+    }
+
+    // Key B alone: every value, the deleted one recovered, a new backup restores, the old one does not.
+    let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
+    for (i, version) in versions.iter().enumerate() {
+        let shown = kv(
+            &data,
+            &["secret", "show", "db", "--version", version, "-o", "value"],
+        )
+        .ok();
+        assert_eq!(shown.stdout, format!("db-{i}\n"));
+    }
+    kv(&data, &["secret", "recover", "gone", "--wait"]).ok();
+    assert_eq!(
+        kv(&data, &["secret", "show", "gone", "-o", "value"])
+            .ok()
+            .stdout,
+        "bye\n"
+    );
+    let new_backup = dir.path().join("kept-new.kvbackup");
+    kv(
+        &data,
+        &[
+            "secret",
+            "backup",
+            "kept",
+            "--file",
+            new_backup.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    kv(&data, &["secret", "delete", "kept", "--wait"]).ok();
+    kv(&data, &["secret", "purge", "kept"]).ok();
+    let old = kv(
+        &data,
+        &["secret", "restore", "--file", old_backup.to_str().unwrap()],
+    )
+    .code(2);
+    assert!(
+        old.stderr.to_lowercase().contains("backup"),
+        "{}",
+        old.stderr
+    );
+    kv(
+        &data,
+        &["secret", "restore", "--file", new_backup.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(
+        kv(&data, &["secret", "show", "kept", "-o", "value"])
+            .ok()
+            .stdout,
+        "k\n"
+    );
+    stop(server);
+
+    // Key A alone is refused at start, naming both ids.
+    let stderr = refused(&data, &[]);
+    assert!(
+        stderr.contains(&format!(
+            "the key-encryption key (id {id_a}) is not the one this database was written with (key id {id_b})"
+        )),
+        "{stderr}"
+    );
+}
+
+/// Standard base64 of `bytes` (the form of `KEYVAULT_PREVIOUS_KEKS`).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The key in a key file (64 hex digits), as raw bytes.
+fn key_bytes(path: &Path) -> Vec<u8> {
+    let hex = file_text(path);
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// With the old key kept as a previous key (a file, or `KEYVAULT_PREVIOUS_KEKS`), a backup made before the
+/// rotation still restores; a key file listed as previous must exist.
+#[test]
+fn an_old_backup_restores_while_its_key_is_a_previous_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key_a: PathBuf = data.join("kek.key");
+    let key_b = dir.path().join("kek-b.key");
+    let server = serve(&data, &[]);
+    kv(&data, &["secret", "set", "s", "--value", "v"]).ok();
+    let blob = dir.path().join("s.kvbackup");
+    kv(
+        &data,
+        &["secret", "backup", "s", "--file", blob.to_str().unwrap()],
+    )
+    .ok();
+    stop(server);
+
+    tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
+    let config = dir.path().join("rotate.toml");
+    std::fs::write(
+        &config,
+        format!("previous_kek_files = [{:?}]\n", key_a.display().to_string()),
+    )
+    .unwrap();
+    tool(&[
+        "rekey",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--kek-file",
+        key_b.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .ok();
+    let server = serve(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--kek-file",
+            key_b.to_str().unwrap(),
+        ],
+    );
+    kv(&data, &["secret", "delete", "s", "--wait"]).ok();
+    kv(&data, &["secret", "purge", "s"]).ok();
+    kv(
+        &data,
+        &["secret", "restore", "--file", blob.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(
+        kv(&data, &["secret", "show", "s", "-o", "value"])
+            .ok()
+            .stdout,
+        "v\n"
+    );
+    stop(server);
+
+    // The same with the old key in KEYVAULT_PREVIOUS_KEKS (after an empty entry) instead of the file; and
+    // without it, the blob is refused.
+    let restore = |code: i32| {
+        kv(&data, &["secret", "delete", "s", "--wait"]).ok();
+        kv(&data, &["secret", "purge", "s"]).ok();
+        kv(
+            &data,
+            &["secret", "restore", "--file", blob.to_str().unwrap()],
+        )
+        .code(code);
+    };
+    let listed = format!(",{}", base64(&key_bytes(&key_a)));
+    let server = serve_with_env(
+        &data,
+        &["--kek-file", key_b.to_str().unwrap()],
+        &[("KEYVAULT_PREVIOUS_KEKS", &listed)],
+    );
+    restore(0);
+    stop(server);
+    let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
+    restore(2);
+    stop(server);
+
+    let missing = dir.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        "previous_kek_files = [\"/nonexistent/kek.key\"]\n",
+    )
+    .unwrap();
+    let stderr = refused(
+        &data,
+        &[
+            "--config",
+            missing.to_str().unwrap(),
+            "--kek-file",
+            key_b.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr.contains("previous key-encryption key") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,250 @@
+//! Re-sealing every stored value under the current key-encryption key (`keyvault rekey`), the step of a KEK
+//! rotation after which the previous key can be removed.
+//!
+//! Every version of every vault and name, live or soft-deleted, is read in pages of its sealed value
+//! ([`SecretStore::sealed_page`]). A version under a previous key is opened and sealed again under the
+//! current key ([`Envelope::reseal`]: the KEK id is part of the associated data of both the data key's wrap
+//! and the value's own encryption, so re-wrapping the data key alone would not do), and the page's new values
+//! are written by compare and swap ([`SecretStore::replace_sealed`]): a version whose row no longer holds
+//! the bytes that were read (purged, or re-made, meanwhile) is skipped, and a concurrent change of
+//! attributes, a delete or a recover is never undone (only the value column changes). So on PostgreSQL it
+//! runs while nodes serve; on SQLite the store's lock keeps it to when the server is stopped.
+//!
+//! After the pass, a second, read-only pass counts the versions per KEK id. Only when every version is under
+//! the current key is the key check moved to it ([`crate::store::reseal_key_check`]): from then on, a server
+//! without the current key is refused at start, and the previous key may be dropped from the configuration.
+//!
+//! Nothing here logs, prints or returns a value or key material; the report names key ids (hash prefixes)
+//! and, for versions that would not open, their vault, name and version.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::crypto::{Envelope, sealed_kek_id};
+use crate::store::{SealedChange, SealedKey, SecretStore};
+
+/// Versions read (and re-sealed) per page, unless told otherwise.
+pub const DEFAULT_BATCH: usize = 256;
+/// The most failures listed in a report (the count is always complete).
+const MAX_LISTED_FAILURES: usize = 20;
+
+/// How to run a rekey.
+#[derive(Clone, Debug)]
+pub struct RekeyOptions {
+    /// Versions per page (and per compare-and-swap batch), at least 1.
+    pub batch_size: usize,
+    /// Count the versions per KEK id only; change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for RekeyOptions {
+    fn default() -> Self {
+        RekeyOptions {
+            batch_size: DEFAULT_BATCH,
+            dry_run: false,
+        }
+    }
+}
+
+/// Where a rekey is, after each page.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RekeyProgress {
+    /// Versions read so far.
+    pub scanned: u64,
+    /// Versions re-sealed under the current key so far.
+    pub resealed: u64,
+}
+
+/// A version that could not be re-sealed (its value does not open: a key not configured, or damaged bytes).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RekeyFailure {
+    pub vault: String,
+    pub name_key: String,
+    pub version: String,
+    /// The KEK id the value names ("unknown" if its header is not one this server writes).
+    pub kek_id: String,
+    /// Why (never key material or plaintext).
+    pub error: String,
+}
+
+/// What a rekey did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct RekeyReport {
+    /// The key every value is re-sealed under.
+    pub current_kek_id: String,
+    /// The previous keys configured.
+    pub previous_kek_ids: Vec<String>,
+    pub dry_run: bool,
+    /// Versions read in the first pass.
+    pub scanned: u64,
+    /// Versions per KEK id when the pass read them.
+    pub before: BTreeMap<String, u64>,
+    /// Versions per KEK id after the pass (a second, read-only pass; equal to `before` in a dry run).
+    pub after: BTreeMap<String, u64>,
+    /// Versions re-sealed under the current key (in a dry run: that would be).
+    pub resealed: u64,
+    /// Versions already under the current key.
+    pub already_current: u64,
+    /// Versions skipped because their row changed between the read and the write (purged, or re-made, by a
+    /// node meanwhile; a value a node writes is under the current key once every node has it current).
+    pub skipped: u64,
+    /// Versions that could not be opened (the first few are listed in `failures`).
+    pub failed: u64,
+    pub failures: Vec<RekeyFailure>,
+    /// The key id of the key check before and after (None: the store had none).
+    pub key_check_before: Option<String>,
+    pub key_check_after: Option<String>,
+}
+
+impl RekeyReport {
+    /// Every version is under the current key and so is the key check: the previous keys may be removed.
+    pub fn complete(&self) -> bool {
+        !self.dry_run
+            && self.failed == 0
+            && self.after.keys().all(|id| *id == self.current_kek_id)
+            && self.key_check_after.as_deref() == Some(self.current_kek_id.as_str())
+    }
+
+    /// Versions under a key other than the current one after the pass.
+    pub fn remaining(&self) -> u64 {
+        (self.after.iter())
+            .filter(|(id, _)| **id != self.current_kek_id)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The KEK id a sealed value names, as the report shows it.
+fn id_of(sealed: &[u8]) -> String {
+    sealed_kek_id(sealed)
+        .filter(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Re-seal every version not under the current key (see the module documentation). `progress` is called
+/// after each page. Errors are the store's (or a key check that none of the keys opens); versions that do
+/// not open are counted in the report, and leave the key check where it was.
+pub async fn rekey(
+    store: &dyn SecretStore,
+    envelope: &Envelope,
+    options: &RekeyOptions,
+    mut progress: impl FnMut(&RekeyProgress),
+) -> Result<RekeyReport, String> {
+    let batch = options.batch_size.max(1);
+    let current = envelope.current_kek_id().to_owned();
+    // The keys must open the store's key check, as at a server's start.
+    let key_check_before = crate::store::verify_key_check(store, envelope).await?;
+    let mut report = RekeyReport {
+        current_kek_id: current.clone(),
+        previous_kek_ids: (envelope.previous_kek_ids().iter())
+            .map(|s| s.to_string())
+            .collect(),
+        dry_run: options.dry_run,
+        scanned: 0,
+        before: BTreeMap::new(),
+        after: BTreeMap::new(),
+        resealed: 0,
+        already_current: 0,
+        skipped: 0,
+        failed: 0,
+        failures: Vec::new(),
+        key_check_before: key_check_before.clone(),
+        key_check_after: key_check_before,
+    };
+    let mut state = RekeyProgress::default();
+    let mut after: Option<SealedKey> = None;
+    loop {
+        let page = store
+            .sealed_page(after.as_ref(), batch)
+            .await
+            .map_err(|e| format!("cannot read the stored versions: {e}"))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key());
+        let mut changes = Vec::new();
+        for value in page {
+            report.scanned += 1;
+            let id = id_of(&value.sealed);
+            *report.before.entry(id.clone()).or_default() += 1;
+            if id == current {
+                report.already_current += 1;
+                continue;
+            }
+            match envelope.reseal(&value.vault, &value.name_key, &value.version, &value.sealed) {
+                Ok(new) => {
+                    if options.dry_run {
+                        report.resealed += 1;
+                    } else {
+                        changes.push(SealedChange {
+                            vault: value.vault,
+                            name_key: value.name_key,
+                            version: value.version,
+                            old: value.sealed,
+                            new,
+                        });
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    if report.failures.len() < MAX_LISTED_FAILURES {
+                        report.failures.push(RekeyFailure {
+                            vault: value.vault,
+                            name_key: value.name_key,
+                            version: value.version,
+                            kek_id: id,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        if !changes.is_empty() {
+            let tried = changes.len() as u64;
+            let replaced = store
+                .replace_sealed(changes)
+                .await
+                .map_err(|e| format!("cannot write re-sealed versions: {e}"))?;
+            report.resealed += replaced;
+            report.skipped += tried.saturating_sub(replaced);
+        }
+        state.scanned = report.scanned;
+        state.resealed = report.resealed;
+        progress(&state);
+    }
+
+    if options.dry_run {
+        report.after = report.before.clone();
+        return Ok(report);
+    }
+    report.after = count_per_key(store, batch).await?;
+    if report.failed == 0 && report.remaining() == 0 {
+        let (_, now) = crate::store::reseal_key_check(store, envelope).await?;
+        report.key_check_after = Some(now);
+    }
+    Ok(report)
+}
+
+/// Stored versions per KEK id (a read-only pass).
+pub async fn count_per_key(
+    store: &dyn SecretStore,
+    batch: usize,
+) -> Result<BTreeMap<String, u64>, String> {
+    let mut counts = BTreeMap::new();
+    let mut after: Option<SealedKey> = None;
+    loop {
+        let page = store
+            .sealed_page(after.as_ref(), batch.max(1))
+            .await
+            .map_err(|e| format!("cannot read the stored versions: {e}"))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key());
+        for value in &page {
+            *counts.entry(id_of(&value.sealed)).or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests;

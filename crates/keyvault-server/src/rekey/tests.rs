@@ -1,0 +1,228 @@
+use super::*;
+use crate::crypto::{Kek, KeyRing};
+use crate::store::sqlite::SqliteStore;
+use crate::vault::{SystemClock, Vault, VaultSettings};
+use keyvault_types::SecretString;
+use std::sync::Arc;
+
+fn envelope(current: u8, previous: &[u8]) -> Arc<Envelope> {
+    Arc::new(Envelope::new(Arc::new(KeyRing::new(
+        Kek::from_bytes([current; 32]),
+        previous.iter().map(|b| Kek::from_bytes([*b; 32])),
+    ))))
+}
+
+fn vault(store: Arc<SqliteStore>, envelope: Arc<Envelope>) -> Vault {
+    Vault::new(
+        store,
+        envelope,
+        Arc::new(SystemClock),
+        VaultSettings {
+            name: "v".into(),
+            retention_days: 7,
+            purge_protection: false,
+        },
+    )
+}
+
+async fn value(v: &Vault, name: &str, version: Option<&str>) -> String {
+    let s = v.get(name, version).await.unwrap();
+    s.value.unwrap().expose().to_string()
+}
+
+/// A store written under key 1 (three versions of one name, a deleted name, a backup), re-sealed with key 2
+/// current and key 1 previous: afterwards key 2 alone opens everything, key 1 alone is refused by the key
+/// check, a second rekey finds nothing to do, and the old backup no longer restores without key 1.
+#[tokio::test]
+async fn rekey_moves_every_version_and_the_key_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    let old = envelope(1, &[]);
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    crate::store::check_key(store.as_ref(), &old).await.unwrap();
+    let v = vault(store.clone(), old.clone());
+    let mut versions = Vec::new();
+    for i in 0..3 {
+        let s = v
+            .set(
+                "db",
+                SecretString::new(format!("db-{i}")),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        versions.push(s.row.version);
+    }
+    v.set("gone", SecretString::new("bye"), Default::default())
+        .await
+        .unwrap();
+    v.delete("gone").await.unwrap();
+    v.set("kept", SecretString::new("k"), Default::default())
+        .await
+        .unwrap();
+    let old_blob = v.backup("kept").await.unwrap();
+
+    let rotated = envelope(2, &[1]);
+    // Start-up with the new key current and the old one previous is accepted.
+    crate::store::check_key(store.as_ref(), &rotated)
+        .await
+        .unwrap();
+    let dry = rekey(
+        store.as_ref(),
+        &rotated,
+        &RekeyOptions {
+            batch_size: 2,
+            dry_run: true,
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let old_id = old.current_kek_id().to_string();
+    let new_id = rotated.current_kek_id().to_string();
+    assert_eq!(dry.before, BTreeMap::from([(old_id.clone(), 5)]));
+    assert_eq!(dry.resealed, 5);
+    assert!(!dry.complete());
+    assert_eq!(count_per_key(store.as_ref(), 3).await.unwrap(), dry.before);
+
+    let mut pages = 0;
+    let report = rekey(
+        store.as_ref(),
+        &rotated,
+        &RekeyOptions {
+            batch_size: 2,
+            dry_run: false,
+        },
+        |_| pages += 1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pages, 3, "5 versions in pages of 2");
+    assert_eq!(report.scanned, 5);
+    assert_eq!(report.resealed, 5);
+    assert_eq!(report.already_current, 0);
+    assert_eq!((report.skipped, report.failed), (0, 0));
+    assert_eq!(report.before, BTreeMap::from([(old_id.clone(), 5)]));
+    assert_eq!(report.after, BTreeMap::from([(new_id.clone(), 5)]));
+    assert_eq!(report.key_check_before.as_deref(), Some(old_id.as_str()));
+    assert_eq!(report.key_check_after.as_deref(), Some(new_id.as_str()));
+    assert!(report.complete());
+
+    // The new key alone: every version reads, the deleted one recovers, the old backup is refused (its key
+    // is gone) while a new one restores.
+    let new_only = envelope(2, &[]);
+    crate::store::check_key(store.as_ref(), &new_only)
+        .await
+        .unwrap();
+    let v2 = vault(store.clone(), new_only.clone());
+    for (i, version) in versions.iter().enumerate() {
+        assert_eq!(value(&v2, "db", Some(version)).await, format!("db-{i}"));
+    }
+    v2.recover("gone").await.unwrap();
+    assert_eq!(value(&v2, "gone", None).await, "bye");
+    let new_blob = v2.backup("kept").await.unwrap();
+    v2.delete("kept").await.unwrap();
+    v2.purge("kept").await.unwrap();
+    assert!(matches!(
+        v2.restore(&old_blob).await,
+        Err(crate::vault::VaultError::MalformedBackup)
+    ));
+    v2.restore(&new_blob).await.unwrap();
+    assert_eq!(value(&v2, "kept", None).await, "k");
+    // With the old key kept as a previous key, the old backup restores too.
+    v2.delete("kept").await.unwrap();
+    v2.purge("kept").await.unwrap();
+    vault(store.clone(), rotated.clone())
+        .restore(&old_blob)
+        .await
+        .unwrap();
+
+    // The old key alone is refused, naming both ids.
+    let err = crate::store::check_key(store.as_ref(), &old)
+        .await
+        .unwrap_err();
+    assert!(err.contains(&old_id) && err.contains(&new_id), "{err}");
+
+    // Nothing left to do.
+    let again = rekey(store.as_ref(), &rotated, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((again.resealed, again.already_current), (0, 5));
+    assert!(again.complete());
+}
+
+/// A value under a key that is not configured is reported by vault, name, version and key id, and the key
+/// check stays under the previous key (which must not be removed yet); the others are re-sealed.
+#[tokio::test]
+async fn a_value_under_an_unknown_key_is_reported_and_keeps_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("v.db")).unwrap());
+    let old = envelope(1, &[]);
+    crate::store::check_key(store.as_ref(), &old).await.unwrap();
+    vault(store.clone(), old.clone())
+        .set("fine", SecretString::new("f"), Default::default())
+        .await
+        .unwrap();
+    // A version sealed under a third key (as if written by a misconfigured node).
+    let stranger = envelope(9, &[]);
+    let lost = vault(store.clone(), stranger.clone())
+        .set("lost", SecretString::new("l"), Default::default())
+        .await
+        .unwrap();
+
+    let rotated = envelope(2, &[1]);
+    let report = rekey(store.as_ref(), &rotated, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.resealed, report.failed), (1, 1));
+    let failure = &report.failures[0];
+    assert_eq!(
+        (failure.name_key.as_str(), failure.version.as_str()),
+        ("lost", lost.row.version.as_str())
+    );
+    assert_eq!(failure.kek_id, stranger.current_kek_id());
+    assert!(
+        failure.error.contains(stranger.current_kek_id()),
+        "{failure:?}"
+    );
+    assert_eq!(report.remaining(), 1);
+    assert_eq!(
+        report.key_check_after.as_deref(),
+        Some(old.current_kek_id()),
+        "the check stays under the old key"
+    );
+    assert!(!report.complete());
+    // Reading it names the key id.
+    let err = vault(store.clone(), rotated.clone())
+        .get("lost", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(stranger.current_kek_id()), "{err}");
+}
+
+/// Keys that do not open the store's key check are refused before anything is read or written.
+#[tokio::test]
+async fn rekey_refuses_keys_that_do_not_open_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("v.db")).unwrap());
+    let old = envelope(1, &[]);
+    crate::store::check_key(store.as_ref(), &old).await.unwrap();
+    vault(store.clone(), old.clone())
+        .set("s", SecretString::new("x"), Default::default())
+        .await
+        .unwrap();
+    let err = rekey(
+        store.as_ref(),
+        &envelope(2, &[3]),
+        &RekeyOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains(old.current_kek_id()), "{err}");
+    assert_eq!(
+        count_per_key(store.as_ref(), 10).await.unwrap(),
+        BTreeMap::from([(old.current_kek_id().to_string(), 1)])
+    );
+}
