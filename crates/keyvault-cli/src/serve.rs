@@ -22,12 +22,16 @@ pub struct ServeArgs {
     /// Development mode: generate a CA and server certificate, create a client, write dev-credentials.json.
     #[arg(long)]
     dev: bool,
-    /// Server certificate chain (PEM).
+    /// Server certificate chain (PEM). Reloaded without a restart on SIGHUP and when the files change.
     #[arg(long, env = "KEYVAULT_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
     #[arg(long, env = "KEYVAULT_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Seconds between looks at the certificate and key files; a change reloads them (a bad pair is refused
+    /// and the current certificate kept). 0 = off (SIGHUP still reloads) [default: 60].
+    #[arg(long, env = "KEYVAULT_TLS_RELOAD_INTERVAL_SECS", value_name = "SECS")]
+    tls_reload_interval_secs: Option<u64>,
     /// Days a deleted secret stays recoverable, 7-90 [default: 90].
     #[arg(long, env = "KEYVAULT_RETENTION_DAYS")]
     retention_days: Option<u32>,
@@ -89,6 +93,9 @@ impl ServeArgs {
         if let Some(v) = self.tls_key {
             config.tls.key = Some(v);
         }
+        if let Some(v) = self.tls_reload_interval_secs {
+            config.tls.reload_interval_secs = v;
+        }
         if let Some(v) = self.retention_days {
             config.retention_days = v;
         }
@@ -127,7 +134,16 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
         let shutdown = shutdown_signal()?;
+        let mut hangup = hangup_signal()?;
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+        // SIGHUP: read the TLS certificate and key files again (the outcome is logged).
+        let certificate = server.tls_certificate().clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                let _ = certificate.reload_in_background().await;
+            }
+        });
         // Start-up is done (with `--dev`, an argon2 hash of the client's secret: 19 MiB, freed): give back
         // what it used now rather than at the purger's next forced turn.
         crate::allocator::collect(true);
@@ -152,6 +168,13 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         tracing::info!("keyvault stopped");
         Ok(())
     })
+}
+
+/// SIGHUP, which reloads the TLS certificate. Handled from the start, so a SIGHUP during start-up does not end
+/// the process (the files are read at start anyway).
+fn hangup_signal() -> Result<tokio::signal::unix::Signal, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))
 }
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is first

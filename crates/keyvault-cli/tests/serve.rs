@@ -931,3 +931,199 @@ async fn another_vault_name_over_a_store_is_reported() {
     let same = start_lines("myvault");
     assert!(!same.contains("another vault name"), "{same}");
 }
+
+/// Starts the server and keeps every line it logs: (server, address, the lines so far).
+fn start_logged(
+    args: &[&str],
+) -> (
+    Server,
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("KEYVAULT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kept = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            kept.lock().unwrap().push(line);
+        }
+    });
+    let server = Server(child);
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server reports its address");
+    (server, addr, lines)
+}
+
+/// Waits (at most 10 s) for a logged line containing `text`; returns it.
+fn wait_for_line(lines: &std::sync::Mutex<Vec<String>>, text: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no line with '{text}' in {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection over TLS trusting `ca_pem`, or the handshake's error.
+fn http1_connection(
+    ca_pem: &[u8],
+    addr: &str,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, rustls::Error> {
+    let mut config = keyvault_server::tls::client_config_trusting(ca_pem).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            return Err(e
+                .into_inner()
+                .and_then(|e| e.downcast::<rustls::Error>().ok())
+                .map_or(rustls::Error::General("handshake".into()), |e| *e));
+        }
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// `GET /healthz` on `stream`: whether it answered 200 (and kept the connection open).
+fn healthz_ok(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+) -> bool {
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    stream.flush().unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+    }
+    // /healthz answers a short body that comes with its head.
+    String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200")
+}
+
+/// A CA and a `localhost` certificate it signs, expiring in `days`: (CA PEM, certificate PEM, key PEM).
+fn certificate_expiring_in(days: i64) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// SIGHUP to the real binary reloads the certificate files: new connections get the new certificate, a
+/// kept-alive connection from before keeps working; a bad pair is refused (logged, old certificate kept);
+/// the server keeps running through it all. A certificate about to expire is warned about.
+#[test]
+fn sighup_reloads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let write = |path: &std::path::Path, contents: &str| {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    let (ca_a, pem_a, key_a) = certificate_expiring_in(10);
+    write(&cert, &pem_a);
+    write(&key, &key_a);
+    let config = dir.path().join("keyvault.toml");
+    // The watch is off: only SIGHUP reloads.
+    std::fs::write(
+        &config,
+        format!(
+            "addr = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nreload_interval_secs = 0\n",
+            dir.path().join("data").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (server, addr, lines) = start_logged(&["serve", "--config", config.to_str().unwrap()]);
+    let expiring = wait_for_line(&lines, "expires within 14 days");
+    assert!(expiring.contains("WARN"), "{expiring}");
+    let mut open = http1_connection(ca_a.as_bytes(), &addr).unwrap();
+    assert!(healthz_ok(&mut open));
+
+    let (ca_b, pem_b, key_b) = certificate_expiring_in(90);
+    assert!(http1_connection(ca_b.as_bytes(), &addr).is_err());
+    write(&cert, &pem_b);
+    write(&key, &key_b);
+    let hup = |Server(child): &Server| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup(&server);
+    let reloaded = wait_for_line(&lines, "TLS certificate reloaded");
+    assert!(
+        reloaded.contains("sha256=") && reloaded.contains("not_after="),
+        "{reloaded}"
+    );
+    let mut fresh = http1_connection(ca_b.as_bytes(), &addr).unwrap();
+    assert!(healthz_ok(&mut fresh));
+    assert!(http1_connection(ca_a.as_bytes(), &addr).is_err());
+    assert!(
+        healthz_ok(&mut open),
+        "the connection from before still answers"
+    );
+
+    // A key that is not the certificate's: refused, logged, the current certificate kept.
+    write(&key, &key_a);
+    hup(&server);
+    let refused = wait_for_line(&lines, "reload refused");
+    assert!(
+        refused.contains("ERROR") && refused.contains("tls.key"),
+        "{refused}"
+    );
+    assert!(healthz_ok(
+        &mut http1_connection(ca_b.as_bytes(), &addr).unwrap()
+    ));
+    let mut server = server;
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop the server"
+    );
+    // No key material in the log.
+    let log = lines.lock().unwrap().join("\n");
+    for key_pem in [&key_a, &key_b] {
+        for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!log.contains(line));
+        }
+    }
+    sigterm(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
+}

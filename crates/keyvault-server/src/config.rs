@@ -325,11 +325,28 @@ impl std::fmt::Debug for StoreBackend {
 }
 
 /// TLS certificate and key (PEM files). Required unless `dev` is on.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Seconds between looks at the certificate and key files (what their paths resolve to: size, times,
+    /// inode); a change reloads them without a restart (as SIGHUP does). 0 turns the watch off. Default 60.
+    /// The `--dev` certificates are not reloaded.
+    pub reload_interval_secs: u64,
+}
+
+/// The default of [`TlsConfig::reload_interval_secs`].
+pub const DEFAULT_TLS_RELOAD_INTERVAL_SECS: u64 = 60;
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            reload_interval_secs: DEFAULT_TLS_RELOAD_INTERVAL_SECS,
+        }
+    }
 }
 
 /// An OAuth client: its id and how it proves it: the argon2 hashes (PHC strings) of its secrets — several,
@@ -646,6 +663,12 @@ impl Config {
                 self.sweep_interval_secs
             )));
         }
+        if self.tls.reload_interval_secs > 86_400 {
+            return Err(ConfigError(format!(
+                "tls.reload_interval_secs must be from 0 (off) to 86400, not {}",
+                self.tls.reload_interval_secs
+            )));
+        }
         if !self.dev && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return Err(ConfigError(
                 "a TLS certificate and key are required (tls.cert and tls.key, or --tls-cert/--tls-key); \
@@ -730,6 +753,11 @@ mod tests {
         assert_eq!(Config::default().audit_keep_files, 0);
         assert_eq!(c.clients[0].client_id, "app");
         c.validate().unwrap();
+        // The certificate files are watched every minute unless told otherwise; 0 turns the watch off.
+        assert_eq!(c.tls.reload_interval_secs, 60);
+        let off = Config::from_toml("dev = true\n[tls]\nreload_interval_secs = 0").unwrap();
+        assert_eq!(off.tls.reload_interval_secs, 0);
+        off.validate().unwrap();
     }
 
     /// A client secret's expiry: Unix seconds, a TOML date-time or an RFC 3339 string, all the same moment;
@@ -790,6 +818,7 @@ mod tests {
             "dev = true\ntoken_lifetime_secs = 9223372036854775807",
             "dev = true\ntoken_lifetime_secs = 599",
             "dev = true\nsweep_interval_secs = 0",
+            "dev = true\n[tls]\nreload_interval_secs = 86401",
         ] {
             let c = Config::from_toml(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

@@ -12,6 +12,7 @@ use crate::http::{self, HttpState};
 use crate::store::SecretStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::tls::ServerCertificate;
 use crate::vault::{Clock, SystemClock, Vault, VaultSettings};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -141,6 +142,10 @@ pub struct Server {
     idle_timeout: Duration,
     /// Trusted external issuers (those with a JWKS URL are refreshed while serving).
     trusted_issuers: Vec<crate::auth::external::TrustedIssuer>,
+    /// The certificate presented to new connections.
+    certificate: Arc<ServerCertificate>,
+    /// How often the certificate files are looked at (zero: never; SIGHUP still reloads).
+    tls_reload_interval: Duration,
 }
 
 fn host_of(addr: &SocketAddr) -> String {
@@ -326,16 +331,23 @@ impl Server {
         };
         let vault = Arc::new(Vault::new(store, envelope, clock.clone(), settings));
 
-        // TLS.
-        let material = if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
-            crate::tls::load_pem_files(cert, key)
-                .map_err(setup("cannot load the TLS certificate"))?
-        } else {
-            let named = format!("{}.localhost", config.vault_name.to_ascii_lowercase());
-            crate::tls::load_or_create_dev_pki_with_names(&data_dir.join("tls"), &[&named])
-                .map_err(setup("cannot create the development certificates"))?
-        };
-        let tls = crate::tls::server_config(&material).map_err(setup("bad TLS configuration"))?;
+        // TLS: files are reloaded while serving (`tls::reload`); the dev certificates are fixed.
+        let (certificate, ca_pem_path) =
+            if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+                let certificate = ServerCertificate::from_files(cert, key)
+                    .map_err(setup("cannot load the TLS certificate"))?;
+                (certificate, None)
+            } else {
+                let named = format!("{}.localhost", config.vault_name.to_ascii_lowercase());
+                let material =
+                    crate::tls::load_or_create_dev_pki_with_names(&data_dir.join("tls"), &[&named])
+                        .map_err(setup("cannot create the development certificates"))?;
+                let certificate =
+                    ServerCertificate::fixed(&material).map_err(setup("bad TLS certificate"))?;
+                (certificate, material.ca_pem_path)
+            };
+        let tls = crate::tls::server_config_with(certificate.clone())
+            .map_err(setup("bad TLS configuration"))?;
 
         // Listen: the port is known from here on.
         let listener = TcpListener::bind(config.addr)
@@ -456,7 +468,12 @@ impl Server {
         verifier.refuse_local_client_ids(clients.clone());
         let dev = if config.dev {
             Some(dev_credentials(
-                &config, &data_dir, &clients, &base_url, &host, &material,
+                &config,
+                &data_dir,
+                &clients,
+                &base_url,
+                &host,
+                ca_pem_path.as_deref(),
             )?)
         } else {
             None
@@ -540,9 +557,11 @@ impl Server {
                 local_addr,
                 base_url,
                 resource,
-                ca_cert: material.ca_pem_path.clone(),
+                ca_cert: ca_pem_path,
                 dev,
             },
+            certificate,
+            tls_reload_interval: Duration::from_secs(config.tls.reload_interval_secs),
             data_dir,
             sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
@@ -578,6 +597,13 @@ impl Server {
         self.audit.as_ref()
     }
 
+    /// The TLS certificate presented to new connections: [`ServerCertificate::reload`] replaces it from the
+    /// configured files (the CLI does on SIGHUP; [`Server::serve`] also watches the files every
+    /// `tls.reload_interval_secs`).
+    pub fn tls_certificate(&self) -> &Arc<ServerCertificate> {
+        &self.certificate
+    }
+
     /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish (up to 10 s),
     /// (every acknowledged write is already on disk).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
@@ -592,6 +618,11 @@ impl Server {
             .filter(|t| t.jwks_url().is_some())
             .map(|t| tokio::spawn(t.clone().refresh_loop(stop_rx.clone())))
             .collect();
+        let certificate_watch = tokio::spawn(
+            self.certificate
+                .clone()
+                .watch(self.tls_reload_interval, stop_rx.clone()),
+        );
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         raise_open_file_limit();
@@ -660,6 +691,7 @@ impl Server {
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
         }
         let _ = sweeper.await;
+        let _ = certificate_watch.await;
         for refresher in jwks_refreshers {
             let _ = refresher.await;
         }
@@ -779,7 +811,7 @@ fn dev_credentials(
     clients: &ClientRegistry,
     base_url: &str,
     host: &str,
-    material: &crate::tls::TlsMaterial,
+    ca_pem_path: Option<&Path>,
 ) -> Result<DevCredentials, StartError> {
     let previous: Option<DevCredentials> = std::fs::read(data_dir.join("dev-credentials.json"))
         .ok()
@@ -818,10 +850,8 @@ fn dev_credentials(
             "https://{}.localhost:{port}",
             config.vault_name.to_ascii_lowercase()
         ),
-        ca_cert: material
-            .ca_pem_path
-            .clone()
-            .map(|p| std::path::absolute(&p).unwrap_or(p))
+        ca_cert: ca_pem_path
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()))
             .unwrap_or_default(),
         tenant_id: config.tenant_id.clone(),
         client_id,

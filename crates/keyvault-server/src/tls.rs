@@ -5,7 +5,12 @@
 //! CA certificate: rustls (the Rust SDK) rejects a CA used as the server's end-entity certificate. Clients
 //! trust the CA's PEM (`ca.pem`), which survives restarts.
 //!
+//! The server presents its certificate through a [`ServerCertificate`], which [`reload`] can replace while
+//! serving (certificate rotation without a restart).
+//!
 //! rustls always runs with the ring provider, chosen explicitly (no process-wide default is needed).
+
+pub mod reload;
 
 use std::fmt;
 use std::io;
@@ -25,6 +30,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use zeroize::Zeroizing;
 
 use crate::auth::util::{unix_now, utc_from_unix, warn_if_exposed, write_file_atomic};
+pub use reload::{CertificateSummary, Reload, ServerCertificate};
 
 /// Subject common name of the generated dev CA.
 pub const DEV_CA_NAME: &str = "keyvault-rs dev CA";
@@ -446,12 +452,18 @@ fn gen_err(e: rcgen::Error) -> TlsError {
 /// A rustls server configuration (ring provider, safe default protocol versions, no client auth, ALPN `h2`
 /// then `http/1.1`).
 pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(ServerCertificate::fixed(m)?)
+}
+
+/// [`server_config`] presenting whatever `certificate` holds at each handshake (see [`reload`]).
+pub fn server_config_with(
+    certificate: Arc<ServerCertificate>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(config_err)?
         .with_no_client_auth()
-        .with_single_cert(m.cert_chain.clone(), m.key.clone_key())
-        .map_err(config_err)?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = alpn();
     Ok(Arc::new(config))
 }

@@ -534,7 +534,7 @@ const OID_EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// One DER element: (tag, content, rest).
-fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
@@ -561,7 +561,7 @@ struct SubjectPublicKey<'a> {
 }
 
 /// A DER time of the validity period: (tag, content).
-type DerTime<'a> = (u8, &'a [u8]);
+pub(crate) type DerTime<'a> = (u8, &'a [u8]);
 
 /// What the server reads of a certificate.
 struct CertificateParts<'a> {
@@ -629,7 +629,7 @@ fn certificate_parts(cert: &[u8]) -> Option<CertificateParts<'_>> {
 /// A validity time as Unix seconds: UTCTime `YYMMDDHHMMSSZ` (years 1950-2049; `YYMMDDHHMMZ` also read) or
 /// GeneralizedTime `YYYYMMDDHHMMSSZ`, in UTC (RFC 5280 §4.1.2.5). `None` for anything else, or a date that
 /// does not exist.
-fn der_time((tag, content): DerTime<'_>) -> Option<i64> {
+pub(crate) fn der_time((tag, content): DerTime<'_>) -> Option<i64> {
     const UTC_TIME: u8 = 0x17;
     const GENERALIZED_TIME: u8 = 0x18;
     let digits = content.strip_suffix(b"Z")?;
