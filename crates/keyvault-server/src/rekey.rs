@@ -52,8 +52,10 @@ impl Default for RekeyOptions {
 pub struct RekeyProgress {
     /// Versions read so far.
     pub scanned: u64,
-    /// Versions re-sealed under the current key so far.
+    /// Versions re-sealed under the current key so far (in a dry run: that would be).
     pub resealed: u64,
+    /// A dry run: nothing is changed.
+    pub dry_run: bool,
 }
 
 /// A version that could not be re-sealed (its value does not open: a key not configured, or damaged bytes).
@@ -95,6 +97,12 @@ pub struct RekeyReport {
     /// The key id of the key check before and after (None: the store had none).
     pub key_check_before: Option<String>,
     pub key_check_after: Option<String>,
+    /// The key ids this rekey recorded as retired (no server may make them current again).
+    pub retired: Vec<String>,
+    /// Versions found under another key by the final pass (over a shared store, after the old keys were
+    /// retired): written during the rekey by a node that still had a retired key current. They are
+    /// re-sealed (counted in `resealed`) or, if they do not open, in `failed`.
+    pub late: u64,
 }
 
 impl RekeyReport {
@@ -102,6 +110,7 @@ impl RekeyReport {
     pub fn complete(&self) -> bool {
         !self.dry_run
             && self.failed == 0
+            && self.late == 0
             && self.after.keys().all(|id| *id == self.current_kek_id)
             && self.key_check_after.as_deref() == Some(self.current_kek_id.as_str())
     }
@@ -123,37 +132,29 @@ fn id_of(sealed: &[u8]) -> String {
         .to_owned()
 }
 
-/// Re-seal every version not under the current key (see the module documentation). `progress` is called
-/// after each page. Errors are the store's (or a key check that none of the keys opens); versions that do
-/// not open are counted in the report, and leave the key check where it was.
-pub async fn rekey(
+/// What one pass over every stored version found and did.
+#[derive(Default)]
+struct Pass {
+    scanned: u64,
+    before: BTreeMap<String, u64>,
+    resealed: u64,
+    already_current: u64,
+    skipped: u64,
+    failed: u64,
+    failures: Vec<RekeyFailure>,
+}
+
+/// Re-seal every version not under the current key (with `dry_run`, count only). `progress` is called
+/// after each page with the pass's totals.
+async fn pass(
     store: &dyn SecretStore,
     envelope: &Envelope,
-    options: &RekeyOptions,
-    mut progress: impl FnMut(&RekeyProgress),
-) -> Result<RekeyReport, String> {
-    let batch = options.batch_size.max(1);
+    batch: usize,
+    dry_run: bool,
+    progress: &mut impl FnMut(&RekeyProgress),
+) -> Result<Pass, String> {
     let current = envelope.current_kek_id().to_owned();
-    // The keys must open the store's key check, as at a server's start.
-    let key_check_before = crate::store::verify_key_check(store, envelope).await?;
-    let mut report = RekeyReport {
-        current_kek_id: current.clone(),
-        previous_kek_ids: (envelope.previous_kek_ids().iter())
-            .map(|s| s.to_string())
-            .collect(),
-        dry_run: options.dry_run,
-        scanned: 0,
-        before: BTreeMap::new(),
-        after: BTreeMap::new(),
-        resealed: 0,
-        already_current: 0,
-        skipped: 0,
-        failed: 0,
-        failures: Vec::new(),
-        key_check_before: key_check_before.clone(),
-        key_check_after: key_check_before,
-    };
-    let mut state = RekeyProgress::default();
+    let mut report = Pass::default();
     let mut after: Option<SealedKey> = None;
     loop {
         let page = store
@@ -173,7 +174,7 @@ pub async fn rekey(
             }
             match envelope.reseal(&value.vault, &value.name_key, &value.version, &value.sealed) {
                 Ok(new) => {
-                    if options.dry_run {
+                    if dry_run {
                         report.resealed += 1;
                     } else {
                         changes.push(SealedChange {
@@ -208,19 +209,96 @@ pub async fn rekey(
             report.resealed += replaced;
             report.skipped += tried.saturating_sub(replaced);
         }
-        state.scanned = report.scanned;
-        state.resealed = report.resealed;
-        progress(&state);
+        progress(&RekeyProgress {
+            scanned: report.scanned,
+            resealed: report.resealed,
+            dry_run,
+        });
     }
+    Ok(report)
+}
 
+/// How long a rekey over a shared store waits, after it retired the old keys, before its final pass: longer
+/// than a node's poll ([`crate::store::KEK_RETIRED_POLL`]), so that every node serving has learnt that its
+/// key was retired (and refuses to seal) and the writes it sealed before then have landed.
+pub const RETIRE_WAIT: std::time::Duration = crate::store::KEK_RETIRED_POLL
+    .saturating_mul(2)
+    .saturating_add(std::time::Duration::from_secs(1));
+
+/// Re-seal every version not under the current key (see the module documentation). `progress` is called
+/// after each page. Errors are the store's (or a key check that none of the keys opens, or a current key a
+/// rekey retired); versions that do not open are counted in the report, and leave the key check where it was.
+pub async fn rekey(
+    store: &dyn SecretStore,
+    envelope: &Envelope,
+    options: &RekeyOptions,
+    mut progress: impl FnMut(&RekeyProgress),
+) -> Result<RekeyReport, String> {
+    let batch = options.batch_size.max(1);
+    let current = envelope.current_kek_id().to_owned();
+    // The keys must open the store's key check, as at a server's start, and the current key must not be
+    // a retired one.
+    let key_check_before = crate::store::verify_key_check(store, envelope).await?;
+    if !options.dry_run {
+        // Before the first re-seal: a server without the target key is refused from now on.
+        crate::store::begin_rekey(store, envelope).await?;
+    }
+    let first = pass(store, envelope, batch, options.dry_run, &mut progress).await?;
+    let mut report = RekeyReport {
+        current_kek_id: current.clone(),
+        previous_kek_ids: (envelope.previous_kek_ids().iter())
+            .map(|s| s.to_string())
+            .collect(),
+        dry_run: options.dry_run,
+        scanned: first.scanned,
+        after: BTreeMap::new(),
+        resealed: first.resealed,
+        already_current: first.already_current,
+        skipped: first.skipped,
+        failed: first.failed,
+        failures: first.failures,
+        key_check_before: key_check_before.clone(),
+        key_check_after: key_check_before.clone(),
+        retired: Vec::new(),
+        late: 0,
+        before: first.before,
+    };
     if options.dry_run {
         report.after = report.before.clone();
         return Ok(report);
     }
     report.after = count_per_key(store, batch).await?;
-    if report.failed == 0 && report.remaining() == 0 {
-        let (_, now) = crate::store::reseal_key_check(store, envelope).await?;
-        report.key_check_after = Some(now);
+    if report.failed != 0 || report.remaining() != 0 {
+        return Ok(report);
+    }
+    // Every key the store held values (or its check) under, other than the current one, is retired.
+    let retire: Vec<String> = (report.before.keys())
+        .chain(key_check_before.iter())
+        .filter(|id| **id != current && id.as_str() != "unknown")
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (_, now) = crate::store::reseal_key_check(store, envelope, &retire).await?;
+    report.key_check_after = Some(now);
+    report.retired = retire;
+    if store.is_shared() {
+        // A node still sealing under a retired key may have written behind the pass (or after the count):
+        // once every node has learnt that its key was retired, re-seal what such a node left.
+        tokio::time::sleep(RETIRE_WAIT).await;
+        let last = pass(store, envelope, batch, false, &mut progress).await?;
+        report.late = last.resealed + last.skipped + last.failed;
+        report.resealed += last.resealed;
+        report.skipped += last.skipped;
+        report.failed += last.failed;
+        for f in last.failures {
+            if report.failures.len() < MAX_LISTED_FAILURES {
+                report.failures.push(f);
+            }
+        }
+        if report.late > 0 {
+            report.after = count_per_key(store, batch).await?;
+        }
     }
     Ok(report)
 }
