@@ -10,9 +10,17 @@
 //! attributes, a delete or a recover is never undone (only the value column changes). So on PostgreSQL it
 //! runs while nodes serve; on SQLite the store's lock keeps it to when the server is stopped.
 //!
-//! After the pass, a second, read-only pass counts the versions per KEK id. Only when every version is under
-//! the current key is the key check moved to it ([`crate::store::reseal_key_check`]): from then on, a server
-//! without the current key is refused at start, and the previous key may be dropped from the configuration.
+//! Before its first re-seal a rekey records its target, the current key's id
+//! ([`crate::store::KEK_REKEY_TARGET`]): from then on a server that does not hold that key is refused at
+//! start (after an interruption, some values are under it). After the pass, a read-only pass counts the
+//! versions per KEK id. If every version opened, and whatever a node wrote meanwhile is under a key these
+//! keys hold, the rekey completes ([`crate::store::reseal_key_check`], one compare and swap): the key check
+//! moves to the current key, the other key ids the store held are recorded as retired (a server whose
+//! current key is retired is refused at start; a running PostgreSQL node learns it within
+//! [`crate::store::KEK_RETIRED_POLL`] and then refuses every write that seals) and the target is cleared.
+//! Over a shared store it then waits [`RETIRE_WAIT`] and re-seals, in a final pass, whatever a node still
+//! wrote under a retired key (reported as `late`). Otherwise the key check stays where it was and the
+//! previous key must stay configured.
 //!
 //! Nothing here logs, prints or returns a value or key material; the report names key ids (hash prefixes)
 //! and, for versions that would not open, their vault, name and version.
@@ -268,11 +276,16 @@ pub async fn rekey(
         return Ok(report);
     }
     report.after = count_per_key(store, batch).await?;
-    if report.failed != 0 || report.remaining() != 0 {
+    // Versions left under another key after the pass were written meanwhile (by a node that still seals
+    // under an old key): if these keys open them, the final pass below re-seals them; if not (or if the
+    // pass found versions that do not open), the rekey stops here and the key check stays where it is.
+    let unopenable = (report.after.keys()).any(|id| *id != current && !envelope.knows(id));
+    if report.failed != 0 || unopenable {
         return Ok(report);
     }
     // Every key the store held values (or its check) under, other than the current one, is retired.
     let retire: Vec<String> = (report.before.keys())
+        .chain(report.after.keys())
         .chain(key_check_before.iter())
         .filter(|id| **id != current && id.as_str() != "unknown")
         .cloned()
@@ -282,10 +295,13 @@ pub async fn rekey(
     let (_, now) = crate::store::reseal_key_check(store, envelope, &retire).await?;
     report.key_check_after = Some(now);
     report.retired = retire;
-    if store.is_shared() {
-        // A node still sealing under a retired key may have written behind the pass (or after the count):
-        // once every node has learnt that its key was retired, re-seal what such a node left.
-        tokio::time::sleep(RETIRE_WAIT).await;
+    if store.is_shared() || report.remaining() > 0 {
+        if store.is_shared() {
+            // A node still sealing under a retired key may have written behind the pass (or after the
+            // count): once every node has learnt that its key was retired (it polls), re-seal what such a
+            // node left.
+            tokio::time::sleep(RETIRE_WAIT).await;
+        }
         let last = pass(store, envelope, batch, false, &mut progress).await?;
         report.late = last.resealed + last.skipped + last.failed;
         report.resealed += last.resealed;
@@ -296,9 +312,7 @@ pub async fn rekey(
                 report.failures.push(f);
             }
         }
-        if report.late > 0 {
-            report.after = count_per_key(store, batch).await?;
-        }
+        report.after = count_per_key(store, batch).await?;
     }
     Ok(report)
 }
