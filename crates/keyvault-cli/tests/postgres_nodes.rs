@@ -857,7 +857,10 @@ async fn rekey_while_a_node_serves() {
                     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
                     assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
                     assert!(
-                        body["error"]["message"].as_str().unwrap().contains("retired"),
+                        body["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("retired"),
                         "{body}"
                     );
                     refused += 1;
@@ -952,7 +955,10 @@ async fn rekey_while_a_node_serves() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_m.store(true, Ordering::Relaxed);
     let (late_acked, late_refused) = writer_m.await.unwrap();
-    assert!(!late_acked.is_empty(), "node M wrote nothing during the rekey");
+    assert!(
+        !late_acked.is_empty(),
+        "node M wrote nothing during the rekey"
+    );
     assert!(late_refused > 0, "node M was never refused");
     drop(m);
     let id = |path: &Path| {

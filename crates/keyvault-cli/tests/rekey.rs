@@ -197,7 +197,9 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     let busy = tool(&["rekey", "--config", config]).code(1);
     assert!(
         busy.stderr.contains("in use by another process")
-            && busy.stderr.contains("a running keyvault server or another keyvault rekey"),
+            && busy
+                .stderr
+                .contains("a running keyvault server or another keyvault rekey"),
         "{}",
         busy.stderr
     );
@@ -329,10 +331,7 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     let backwards = dir.path().join("backwards.toml");
     std::fs::write(
         &backwards,
-        format!(
-            "previous_kek_files = [{:?}]\n",
-            key_b.display().to_string()
-        ),
+        format!("previous_kek_files = [{:?}]\n", key_b.display().to_string()),
     )
     .unwrap();
     let stderr = refused(&data, &["--config", backwards.to_str().unwrap()]);
@@ -360,7 +359,17 @@ fn an_interrupted_rekey_refuses_a_server_without_its_target() {
     let key_b = dir.path().join("kek-b.key");
     let server = serve(&data, &[]);
     for i in 0..3 {
-        kv(&data, &["secret", "set", &format!("s{i}"), "--value", &format!("v{i}")]).ok();
+        kv(
+            &data,
+            &[
+                "secret",
+                "set",
+                &format!("s{i}"),
+                "--value",
+                &format!("v{i}"),
+            ],
+        )
+        .ok();
     }
     stop(server);
     tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
@@ -404,8 +413,19 @@ fn an_interrupted_rekey_refuses_a_server_without_its_target() {
 
     // Key configuration errors are exit code 2; a variable's entry is named by position, not as a file.
     let data_arg = data.to_str().unwrap();
-    let missing = tool(&["rekey", "--data-dir", data_arg, "--kek-file", "/nonexistent/kek.key"]).code(2);
-    assert!(missing.stderr.contains("does not exist"), "{}", missing.stderr);
+    let missing = tool(&[
+        "rekey",
+        "--data-dir",
+        data_arg,
+        "--kek-file",
+        "/nonexistent/kek.key",
+    ])
+    .code(2);
+    assert!(
+        missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
     let mut c = command(None);
     c.env("KEYVAULT_PREVIOUS_KEKS", "not-a-key");
     let garbage = run_with(c, &["rekey", "--data-dir", data_arg], None).code(2);
@@ -434,7 +454,14 @@ fn an_interrupted_rekey_refuses_a_server_without_its_target() {
     assert_eq!(done["already_current"], 1);
     assert_eq!(done["retired"], serde_json::json!([id_a.as_str()]));
     // With no previous key configured, the summary does not talk of removing any.
-    let table = tool(&["rekey", "--data-dir", data_arg, "--kek-file", key_b.to_str().unwrap()]).ok();
+    let table = tool(&[
+        "rekey",
+        "--data-dir",
+        data_arg,
+        "--kek-file",
+        key_b.to_str().unwrap(),
+    ])
+    .ok();
     assert!(
         table.stdout.contains("3 already under it")
             && !table.stdout.contains("previous keys may now be removed"),

@@ -270,9 +270,9 @@ impl FileKeyProvider {
 
         // Written whole to a temporary file (0600) in the same directory, synced, then linked to `path`: the
         // link is atomic and fails if `path` exists, so a crash never leaves an empty or partial key file.
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| CryptoError::KeyFile(format!("{} is not a file path", path.display())))?;
+        let file_name = path.file_name().ok_or_else(|| {
+            CryptoError::KeyFile(format!("{} is not a file path", path.display()))
+        })?;
         let mut tag = [0u8; 8];
         SystemRandom::new()
             .fill(&mut tag)

@@ -357,7 +357,9 @@ fn a_new_key_file_appears_whole_and_leaves_no_temporary_file() {
 fn variable_key_errors_do_not_say_key_file() {
     let err = KeyRing::parse_base64_list(",nope").unwrap_err().to_string();
     assert!(err.starts_with("entry 2 is not"), "{err}");
-    let err = StaticKeyProvider::from_base64("nope").unwrap_err().to_string();
+    let err = StaticKeyProvider::from_base64("nope")
+        .unwrap_err()
+        .to_string();
     assert!(!err.contains("key file"), "{err}");
 }
 

@@ -12,8 +12,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{
     DeletedRow, MetaSwap, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, Tags,
-    VersionPatch,
-    VersionRow, name_key,
+    VersionPatch, VersionRow, name_key,
 };
 
 /// A purge date far in the future: never due in this suite.
@@ -1168,25 +1167,34 @@ async fn meta_swap_is_all_or_nothing(s: &dyn SecretStore, prefix: &str) {
     s.meta_insert(&a, b"1").await.unwrap();
     // b is expected to hold something it does not: neither changes.
     assert!(
-        !s.meta_swap(vec![swap(&a, Some(b"1"), Some(b"2")), swap(&b, Some(b"x"), None)])
-            .await
-            .unwrap()
+        !s.meta_swap(vec![
+            swap(&a, Some(b"1"), Some(b"2")),
+            swap(&b, Some(b"x"), None)
+        ])
+        .await
+        .unwrap()
     );
     assert_eq!(s.meta(&a).await.unwrap().as_deref(), Some(&b"1"[..]));
     assert_eq!(s.meta(&b).await.unwrap(), None);
     // Both hold: a changes, b is created.
     assert!(
-        s.meta_swap(vec![swap(&a, Some(b"1"), Some(b"2")), swap(&b, None, Some(b"t"))])
-            .await
-            .unwrap()
+        s.meta_swap(vec![
+            swap(&a, Some(b"1"), Some(b"2")),
+            swap(&b, None, Some(b"t"))
+        ])
+        .await
+        .unwrap()
     );
     assert_eq!(s.meta(&a).await.unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(s.meta(&b).await.unwrap().as_deref(), Some(&b"t"[..]));
     // b is removed; a stays as it is (expected and set to the same value).
     assert!(
-        s.meta_swap(vec![swap(&a, Some(b"2"), Some(b"2")), swap(&b, Some(b"t"), None)])
-            .await
-            .unwrap()
+        s.meta_swap(vec![
+            swap(&a, Some(b"2"), Some(b"2")),
+            swap(&b, Some(b"t"), None)
+        ])
+        .await
+        .unwrap()
     );
     assert_eq!(s.meta(&b).await.unwrap(), None);
     // A stale expectation of absence changes nothing.

@@ -58,8 +58,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cache::{LiveCache, Lookup, WriteMark};
 use super::{
-    DeletedRow, MetaSwap, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, StoreResult,
-    VersionPatch, VersionRow, name_key, tags_json,
+    DeletedRow, MetaSwap, SealedChange, SealedKey, SealedValue, SecretStore, StoreError,
+    StoreResult, VersionPatch, VersionRow, name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
