@@ -81,7 +81,7 @@ A node must open whatever another node seals: so every node holds the new key (1
 (2), and every node seals with it (2) before rekey checks that nothing is left under the old one (3). A single
 server can do 1 and 2 in one restart.
 
-SQLite: stop the server first (rekey refuses a database a server holds). PostgreSQL: rekey runs while nodes
+SQLite: stop the server first (rekey refuses a database a server, or another rekey, holds). PostgreSQL: rekey runs while nodes
 serve (each version is replaced only if it still holds what was read). KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS
 are read as `serve` reads them. Backups made under the old key restore only while it is configured.
 
@@ -92,7 +92,8 @@ that seals a value. From its first re-seal until it completes, the store names t
 target: a server without it is refused at start (configure it and run rekey again after an interruption).
 On PostgreSQL, rekey then waits a few seconds and re-seals whatever a node still wrote under a retired key.
 
-Exit codes: 0 done (or dry run), 1 store failure, 2 bad configuration (a missing or malformed key file,
+Exit codes: 0 done (or dry run), 1 store failure or keys the store refuses (they do not open its key
+check, or the current one was retired), 2 bad configuration (a missing or malformed key file,
 a bad KEYVAULT_KEK or KEYVAULT_PREVIOUS_KEKS, a bad config file), 6 finished with versions left under other
 keys (listed; the key check stays under the old key, so it must stay configured), or with versions a node
 wrote under a retired key during the rekey (re-sealed; restart that node with the new key current)."
