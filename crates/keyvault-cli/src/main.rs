@@ -107,6 +107,24 @@ enum AuditCommand {
     },
 }
 
+/// The log filter: `KEYVAULT_LOG` (else `default`), with `tokio_postgres=info` added unless the filter names
+/// tokio_postgres itself: at debug, tokio_postgres logs every statement's parameters (sealed values).
+fn log_filter(configured: Option<&str>, default: &str) -> tracing_subscriber::EnvFilter {
+    let text = match configured {
+        Some(t) if tracing_subscriber::EnvFilter::try_new(t).is_ok() => t,
+        _ => default,
+    };
+    let text = if text.contains("tokio_postgres") {
+        text.to_owned()
+    } else if text.trim().is_empty() {
+        "tokio_postgres=info".to_owned()
+    } else {
+        format!("{text},tokio_postgres=info")
+    };
+    tracing_subscriber::EnvFilter::try_new(&text)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
 fn main() -> ExitCode {
     allocator::configure();
     let cli = Cli::parse();
@@ -115,10 +133,10 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYVAULT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
-        )
+        .with_env_filter(log_filter(
+            std::env::var("KEYVAULT_LOG").ok().as_deref(),
+            default_log,
+        ))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -241,5 +259,22 @@ fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
             format!("cannot verify the audit log: {e}"),
         )),
         Err(e) => Err(CliError::new(2, format!("audit log is not intact: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    /// tokio_postgres logs statement parameters (sealed values) at debug: capped at info unless named.
+    #[test]
+    fn log_filter_caps_tokio_postgres_unless_named() {
+        let f = log_filter(Some("debug"), "warn").to_string();
+        assert!(f.contains("tokio_postgres=info"), "{f}");
+        let f = log_filter(None, "info").to_string();
+        assert!(f.contains("tokio_postgres=info"), "{f}");
+        let f = log_filter(Some("debug,tokio_postgres=trace"), "warn").to_string();
+        assert!(f.contains("tokio_postgres=trace"), "{f}");
+        assert!(!f.contains("tokio_postgres=info"), "{f}");
     }
 }

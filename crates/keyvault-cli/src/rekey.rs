@@ -6,7 +6,7 @@ use crate::errors::{CliError, CliResult, code};
 use clap::{Args, Subcommand, ValueEnum};
 use keyvault_server::Config;
 use keyvault_server::config::{StoreBackend, StoreLocation};
-use keyvault_server::crypto::{Envelope, FileKeyProvider};
+use keyvault_server::crypto::{CryptoError, Envelope, FileKeyProvider};
 use keyvault_server::rekey::{RekeyOptions, RekeyReport};
 use keyvault_server::server::{KeyFileCreation, key_provider, open_store};
 use std::io::Write;
@@ -81,12 +81,22 @@ A node must open whatever another node seals: so every node holds the new key (1
 (2), and every node seals with it (2) before rekey checks that nothing is left under the old one (3). A single
 server can do 1 and 2 in one restart.
 
-SQLite: stop the server first (rekey refuses a database a server holds). PostgreSQL: rekey runs while nodes
+SQLite: stop the server first (rekey refuses a database a server, or another rekey, holds). PostgreSQL: rekey runs while nodes
 serve (each version is replaced only if it still holds what was read). KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS
 are read as `serve` reads them. Backups made under the old key restore only while it is configured.
 
-Exit codes: 0 done (or dry run), 1 store or key failure, 2 bad configuration, 6 finished with versions left
-under other keys (listed; the key check stays under the old key, so it must stay configured)."
+A rekey that completes moves the key check to the new key and records the old key ids as retired: a server
+whose current key is a retired one is refused at start (make the new key current; the old one may stay
+previous), and a running PostgreSQL node learns it within about a second and answers 503 to every write
+that seals a value. From its first re-seal until it completes, the store names the new key as the rekey's
+target: a server without it is refused at start (configure it and run rekey again after an interruption).
+On PostgreSQL, rekey then waits a few seconds and re-seals whatever a node still wrote under a retired key.
+
+Exit codes: 0 done (or dry run), 1 store failure or keys the store refuses (they do not open its key
+check, or the current one was retired), 2 bad configuration (a missing or malformed key file,
+a bad KEYVAULT_KEK or KEYVAULT_PREVIOUS_KEKS, a bad config file), 6 finished with versions left under other
+keys (listed; the key check stays under the old key, so it must stay configured), or with versions a node
+wrote under a retired key during the rekey (re-sealed; restart that node with the new key current)."
 )]
 pub struct RekeyArgs {
     #[command(flatten)]
@@ -121,8 +131,10 @@ pub enum KekCommand {
 pub fn run_kek(command: KekCommand, out: &mut impl Write) -> CliResult {
     match command {
         KekCommand::New { path } => {
-            let made = FileKeyProvider::create_new(&path)
-                .map_err(|e| CliError::new(code::OTHER, e.to_string()))?;
+            let made = FileKeyProvider::create_new(&path).map_err(|e| match e {
+                CryptoError::KeyFileExists(_) => CliError::new(code::CONFLICT, e.to_string()),
+                e => CliError::new(code::OTHER, e.to_string()),
+            })?;
             writeln!(out, "created {} (key id {})", path.display(), made.kek_id())
                 .map_err(crate::errors::io_error)
         }
@@ -157,8 +169,9 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
                 CliError::new(
                     code::OTHER,
                     format!(
-                        "the database {} is in use by a running keyvault server (its lock file is held): \
-                         on SQLite, stop the server before running keyvault rekey",
+                        "the database {} is in use by another process (its lock file is held): a running \
+                         keyvault server or another keyvault rekey; on SQLite, rekey needs the database to \
+                         itself (stop the server, or wait for the other rekey to finish)",
                         path.display()
                     ),
                 )
@@ -166,9 +179,10 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
             _ => CliError::new(code::OTHER, message),
         }
     })?;
+    // Keys are configuration (a missing or malformed key file, a bad variable): exit code 2.
     let provider = key_provider(&config, store.as_ref(), KeyFileCreation::Never)
         .await
-        .map_err(|e| CliError::new(code::OTHER, e.to_string()))?;
+        .map_err(|e| CliError::new(code::BAD_INPUT, e.to_string()))?;
     let envelope = Envelope::new(provider);
     let table = matches!(args.output, RekeyOutput::Table);
     if table {
@@ -189,7 +203,7 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
     };
     let report = keyvault_server::rekey::rekey(store.as_ref(), &envelope, &options, |p| {
         if table {
-            eprintln!("  read {} versions, re-sealed {}", p.scanned, p.resealed);
+            eprintln!("  {}", progress_line(p));
         }
     })
     .await
@@ -208,16 +222,39 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
     if report.dry_run || report.complete() {
         return Ok(());
     }
+    if report.late > 0 && report.failed == 0 && report.remaining() == 0 {
+        return Err(CliError::new(
+            code::PARTIAL,
+            format!(
+                "{} version(s) were written under a retired key during the rekey: some node still had it \
+                 current (each node must make the new key current before rekey runs). They were re-sealed \
+                 and the key check is under key id {}; restart every node with key id {} current, then run \
+                 keyvault rekey again to make sure nothing is left",
+                report.late,
+                report.key_check_after.as_deref().unwrap_or("none"),
+                report.current_kek_id,
+            ),
+        ));
+    }
     Err(CliError::new(
         code::PARTIAL,
         format!(
-            "{} version(s) remain under other keys ({} could not be opened): the key check stays under key id \
+            "{} version(s) remain under other keys ({} could not be opened): the key check is under key id \
              {}, so keep the previous key configured; fix what is listed, then run keyvault rekey again",
             report.remaining(),
             report.failed,
             report.key_check_after.as_deref().unwrap_or("none"),
         ),
     ))
+}
+
+/// The progress line of a page (a dry run changes nothing: it says what it would do).
+fn progress_line(p: &keyvault_server::rekey::RekeyProgress) -> String {
+    if p.dry_run {
+        format!("read {} versions, would re-seal {}", p.scanned, p.resealed)
+    } else {
+        format!("read {} versions, re-sealed {}", p.scanned, p.resealed)
+    }
 }
 
 fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
@@ -254,7 +291,22 @@ fn print_summary(r: &RekeyReport, out: &mut impl Write) -> std::io::Result<()> {
             r.key_check_before.as_deref().unwrap_or("none"),
             r.key_check_after.as_deref().unwrap_or("none")
         )?;
-        if r.complete() {
+        if !r.retired.is_empty() {
+            writeln!(
+                out,
+                "retired key ids: {} (no server may make them current again)",
+                r.retired.join(", ")
+            )?;
+        }
+        if r.late > 0 {
+            writeln!(
+                out,
+                "{} version(s) were written under a retired key while the rekey ran (a node still had it \
+                 current)",
+                r.late
+            )?;
+        }
+        if r.complete() && !r.previous_kek_ids.is_empty() {
             writeln!(
                 out,
                 "every version is under the current key: previous keys may now be removed from the \

@@ -820,6 +820,56 @@ async fn rekey_while_a_node_serves() {
     drop(a);
     let a = s.start("node-a").await;
     let token = s.token(&a).await;
+    // Node M, misconfigured: it still has A current (B previous), so it seals new values under A while rekey
+    // runs. It learns that rekey retired A within a poll and then refuses every write that seals (503).
+    *s.keys.lock().unwrap() = format!("kek_file = {key_a:?}\nprevious_kek_files = [{key_b:?}]");
+    let m = s.start("node-m").await;
+    *s.keys.lock().unwrap() = format!("kek_file = {key_b:?}\nprevious_kek_files = [{key_a:?}]");
+    let stop_m = Arc::new(AtomicBool::new(false));
+    let writer_m = {
+        let (http, base, token, stop) = (
+            s.http.clone(),
+            m.base.clone(),
+            token.clone(),
+            stop_m.clone(),
+        );
+        tokio::spawn(async move {
+            let mut acked: Vec<(String, String, String)> = Vec::new();
+            let mut refused = 0usize;
+            let mut k = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                k += 1;
+                let (name, value) = (format!("late-{}", k % 40), format!("late-value-{k}"));
+                let (st, body) = try_call(
+                    &http,
+                    &base,
+                    &token,
+                    Method::PUT,
+                    &format!("/secrets/{name}"),
+                    Some(json!({"value": value})),
+                )
+                .await
+                .unwrap();
+                if st == StatusCode::OK {
+                    assert_eq!(refused, 0, "a write was acknowledged after one was refused");
+                    acked.push((name, version_of(&body), value));
+                } else {
+                    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                    assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
+                    assert!(
+                        body["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("retired"),
+                        "{body}"
+                    );
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            (acked, refused)
+        })
+    };
 
     // Attribute updates through the node, as fast as it answers, while rekey runs (in small batches).
     let stop = Arc::new(AtomicBool::new(false));
@@ -875,8 +925,42 @@ async fn rekey_while_a_node_serves() {
         during_rekey > 0,
         "no update was acknowledged while rekey ran"
     );
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    // Node M's writes under A either landed ahead of the pass (re-sealed there) or were found by the final
+    // pass after A was retired (re-sealed, exit code 6 naming them).
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: rekey exited {code:?}: {stdout}\n{stderr}"));
+    match code {
+        Some(0) => assert_eq!(report["late"], 0, "{report}"),
+        Some(6) => {
+            assert!(report["late"].as_u64().unwrap() > 0, "{report}");
+            assert!(
+                stderr.contains("written under a retired key during the rekey")
+                    && stderr.contains("some node still had it current"),
+                "{stderr}"
+            );
+        }
+        other => panic!("rekey exited {other:?}: {stdout}\n{stderr}"),
+    }
+    // Rekey waited longer than a node's poll before its final pass: node M refuses to seal by now.
+    let (st, body) = call(
+        &s,
+        &m,
+        &token,
+        Method::PUT,
+        "/secrets/after-rekey",
+        Some(json!({"value": "x"})),
+    )
+    .await;
+    assert_key_vault_error(st, &body, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_m.store(true, Ordering::Relaxed);
+    let (late_acked, late_refused) = writer_m.await.unwrap();
+    assert!(
+        !late_acked.is_empty(),
+        "node M wrote nothing during the rekey"
+    );
+    assert!(late_refused > 0, "node M was never refused");
+    drop(m);
     let id = |path: &Path| {
         keyvault_server::crypto::FileKeyProvider::load_existing(path)
             .unwrap()
@@ -884,10 +968,13 @@ async fn rekey_while_a_node_serves() {
             .to_string()
     };
     let (id_a, id_b) = (id(&key_a), id(&key_b));
-    assert_eq!(report["before"][&id_a], 120, "{report}");
-    assert_eq!(report["resealed"], 120, "{report}");
-    assert_eq!(report["after"], json!({ id_b.as_str(): 120 }), "{report}");
+    let total = 120 + late_acked.len() as u64;
+    assert!(report["before"][&id_a].as_u64().unwrap() >= 120, "{report}");
+    assert!(report["resealed"].as_u64().unwrap() >= 120, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["after"], json!({ id_b.as_str(): total }), "{report}");
     assert_eq!(report["key_check_after"], id_b.as_str());
+    assert_eq!(report["retired"], json!([id_a.as_str()]), "{report}");
     assert_eq!(last.len(), live.len());
 
     // Node A with B alone: every value, every last acknowledged update, the deleted name recovers.
@@ -926,7 +1013,39 @@ async fn rekey_while_a_node_serves() {
             );
         }
     }
+    // Every value node M acknowledged (sealed under A, re-sealed by rekey) reads with B alone.
+    for (name, version, value) in &late_acked {
+        let (st, got) = call(
+            &s,
+            &a,
+            &token,
+            Method::GET,
+            &format!("/secrets/{name}/{version}"),
+            None,
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{name}/{version}: {got}");
+        assert_eq!(got["value"], value.as_str());
+    }
     drop(a);
+
+    // A node with A current and B previous is refused: A was retired.
+    *s.keys.lock().unwrap() = format!("kek_file = {key_a:?}\nprevious_kek_files = [{key_b:?}]");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config("node-d"))
+        .env_remove("KEYVAULT_KEK")
+        .env_remove("KEYVAULT_STORE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "key-encryption key id {id_a} was retired by `keyvault rekey`; make key {id_b} current"
+        )),
+        "{stderr}"
+    );
 
     // A node with A alone is refused.
     *s.keys.lock().unwrap() = format!("kek_file = {key_a:?}");

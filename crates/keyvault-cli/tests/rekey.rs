@@ -178,7 +178,7 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     let (id_a, id_b) = (key_id(&key_a), key_id(&key_b));
     assert_ne!(id_a, id_b);
     assert!(made.stdout.contains(&id_b), "{}", made.stdout);
-    let again = tool(&["kek", "new", key_b.to_str().unwrap()]).code(1);
+    let again = tool(&["kek", "new", key_b.to_str().unwrap()]).code(4);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     let config = dir.path().join("rotate.toml");
     std::fs::write(
@@ -196,8 +196,10 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     // The server holds the database: rekey refuses, and changes nothing.
     let busy = tool(&["rekey", "--config", config]).code(1);
     assert!(
-        busy.stderr.contains("in use by a running keyvault server")
-            && busy.stderr.contains("stop the server"),
+        busy.stderr.contains("in use by another process")
+            && busy
+                .stderr
+                .contains("a running keyvault server or another keyvault rekey"),
         "{}",
         busy.stderr
     );
@@ -211,6 +213,13 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     assert_eq!(dry["before"], serde_json::json!({ id_a.as_str(): 5 }));
     assert_eq!(dry["resealed"], 5);
     assert_eq!(dry["key_check_before"], id_a.as_str());
+    // As a person reads it: the progress says what it would do, not what it did.
+    let dry = tool(&["rekey", "--config", config, "--dry-run"]).ok();
+    assert!(
+        dry.stderr.contains("would re-seal 5") && !dry.stderr.contains("re-sealed"),
+        "{}",
+        dry.stderr
+    );
 
     // The rekey: five versions (live and deleted) move to B, and so does the key check.
     let done = tool(&[
@@ -318,6 +327,150 @@ fn rotating_the_key_encryption_key_on_sqlite() {
         )),
         "{stderr}"
     );
+    // Key A current with B previous (which opens the key check) is refused too: rekey retired A.
+    let backwards = dir.path().join("backwards.toml");
+    std::fs::write(
+        &backwards,
+        format!("previous_kek_files = [{:?}]\n", key_b.display().to_string()),
+    )
+    .unwrap();
+    let stderr = refused(&data, &["--config", backwards.to_str().unwrap()]);
+    assert!(
+        stderr.contains(&format!(
+            "key-encryption key id {id_a} was retired by `keyvault rekey`; make key {id_b} current"
+        )) && stderr.contains(&format!("{id_a} may stay as a previous key")),
+        "{stderr}"
+    );
+}
+
+/// What an interrupted rekey leaves (its target recorded, one version re-sealed under key B, the key check
+/// still under A), made with the library, deterministically: a server with A alone is refused, naming B and
+/// what to do; with B as a previous key it starts and reads every value; `keyvault rekey` then completes.
+/// Key configuration errors exit 2.
+#[test]
+fn an_interrupted_rekey_refuses_a_server_without_its_target() {
+    use keyvault_server::crypto::{Envelope, FileKeyProvider, KeyRing};
+    use keyvault_server::store::{SealedChange, SecretStore, sqlite::SqliteStore};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key_a = data.join("kek.key");
+    let key_b = dir.path().join("kek-b.key");
+    let server = serve(&data, &[]);
+    for i in 0..3 {
+        kv(
+            &data,
+            &[
+                "secret",
+                "set",
+                &format!("s{i}"),
+                "--value",
+                &format!("v{i}"),
+            ],
+        )
+        .ok();
+    }
+    stop(server);
+    tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
+    let (id_a, id_b) = (key_id(&key_a), key_id(&key_b));
+
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let load = |p: &Path| FileKeyProvider::load_existing(p).unwrap().kek().clone();
+        let rotated = Envelope::new(Arc::new(KeyRing::new(load(&key_b), [load(&key_a)])));
+        let store = SqliteStore::open(&data.join("vault.db")).unwrap();
+        keyvault_server::store::begin_rekey(&store, &rotated)
+            .await
+            .unwrap();
+        let first = store.sealed_page(None, 1).await.unwrap().remove(0);
+        let new = rotated
+            .reseal(&first.vault, &first.name_key, &first.version, &first.sealed)
+            .unwrap();
+        let change = SealedChange {
+            vault: first.vault,
+            name_key: first.name_key,
+            version: first.version,
+            old: first.sealed,
+            new,
+        };
+        assert_eq!(store.replace_sealed(vec![change]).await.unwrap(), 1);
+    });
+
+    let stderr = refused(&data, &[]);
+    assert!(
+        stderr.contains(&format!(
+            "a `keyvault rekey` to key-encryption key id {id_b} started (and may have been interrupted)"
+        )) && stderr.contains("run `keyvault rekey` again"),
+        "{stderr}"
+    );
+    let previous_b = base64(&key_bytes(&key_b));
+    let server = serve_with_env(&data, &[], &[("KEYVAULT_PREVIOUS_KEKS", &previous_b)]);
+    for i in 0..3 {
+        let shown = kv(&data, &["secret", "show", &format!("s{i}"), "-o", "value"]).ok();
+        assert_eq!(shown.stdout, format!("v{i}\n"));
+    }
+    stop(server);
+
+    // Key configuration errors are exit code 2; a variable's entry is named by position, not as a file.
+    let data_arg = data.to_str().unwrap();
+    let missing = tool(&[
+        "rekey",
+        "--data-dir",
+        data_arg,
+        "--kek-file",
+        "/nonexistent/kek.key",
+    ])
+    .code(2);
+    assert!(
+        missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
+    let mut c = command(None);
+    c.env("KEYVAULT_PREVIOUS_KEKS", "not-a-key");
+    let garbage = run_with(c, &["rekey", "--data-dir", data_arg], None).code(2);
+    assert!(
+        garbage.stderr.contains("entry 1 is not") && !garbage.stderr.contains("key file:"),
+        "{}",
+        garbage.stderr
+    );
+
+    // The rekey run again completes (B current, A previous).
+    let config = dir.path().join("rotate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nkek_file = {:?}\nprevious_kek_files = [{:?}]\n",
+            data.display().to_string(),
+            key_b.display().to_string(),
+            key_a.display().to_string()
+        ),
+    )
+    .unwrap();
+    let done = tool(&["rekey", "--config", config.to_str().unwrap(), "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(done["resealed"], 2);
+    assert_eq!(done["already_current"], 1);
+    assert_eq!(done["retired"], serde_json::json!([id_a.as_str()]));
+    // With no previous key configured, the summary does not talk of removing any.
+    let table = tool(&[
+        "rekey",
+        "--data-dir",
+        data_arg,
+        "--kek-file",
+        key_b.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(
+        table.stdout.contains("3 already under it")
+            && !table.stdout.contains("previous keys may now be removed"),
+        "{}",
+        table.stdout
+    );
+    let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
+    stop(server);
+    assert_ne!(id_a, id_b);
 }
 
 /// Standard base64 of `bytes` (the form of `KEYVAULT_PREVIOUS_KEKS`).

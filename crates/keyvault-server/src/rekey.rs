@@ -10,9 +10,17 @@
 //! attributes, a delete or a recover is never undone (only the value column changes). So on PostgreSQL it
 //! runs while nodes serve; on SQLite the store's lock keeps it to when the server is stopped.
 //!
-//! After the pass, a second, read-only pass counts the versions per KEK id. Only when every version is under
-//! the current key is the key check moved to it ([`crate::store::reseal_key_check`]): from then on, a server
-//! without the current key is refused at start, and the previous key may be dropped from the configuration.
+//! Before its first re-seal a rekey records its target, the current key's id
+//! ([`crate::store::KEK_REKEY_TARGET`]): from then on a server that does not hold that key is refused at
+//! start (after an interruption, some values are under it). After the pass, a read-only pass counts the
+//! versions per KEK id. If every version opened, and whatever a node wrote meanwhile is under a key these
+//! keys hold, the rekey completes ([`crate::store::reseal_key_check`], one compare and swap): the key check
+//! moves to the current key, the other key ids the store held are recorded as retired (a server whose
+//! current key is retired is refused at start; a running PostgreSQL node learns it within
+//! [`crate::store::KEK_RETIRED_POLL`] and then refuses every write that seals) and the target is cleared.
+//! Over a shared store it then waits [`RETIRE_WAIT`] and re-seals, in a final pass, whatever a node still
+//! wrote under a retired key (reported as `late`). Otherwise the key check stays where it was and the
+//! previous key must stay configured.
 //!
 //! Nothing here logs, prints or returns a value or key material; the report names key ids (hash prefixes)
 //! and, for versions that would not open, their vault, name and version.
@@ -52,8 +60,10 @@ impl Default for RekeyOptions {
 pub struct RekeyProgress {
     /// Versions read so far.
     pub scanned: u64,
-    /// Versions re-sealed under the current key so far.
+    /// Versions re-sealed under the current key so far (in a dry run: that would be).
     pub resealed: u64,
+    /// A dry run: nothing is changed.
+    pub dry_run: bool,
 }
 
 /// A version that could not be re-sealed (its value does not open: a key not configured, or damaged bytes).
@@ -95,6 +105,12 @@ pub struct RekeyReport {
     /// The key id of the key check before and after (None: the store had none).
     pub key_check_before: Option<String>,
     pub key_check_after: Option<String>,
+    /// The key ids this rekey recorded as retired (no server may make them current again).
+    pub retired: Vec<String>,
+    /// Versions found under another key by the final pass (over a shared store, after the old keys were
+    /// retired): written during the rekey by a node that still had a retired key current. They are
+    /// re-sealed (counted in `resealed`) or, if they do not open, in `failed`.
+    pub late: u64,
 }
 
 impl RekeyReport {
@@ -102,6 +118,7 @@ impl RekeyReport {
     pub fn complete(&self) -> bool {
         !self.dry_run
             && self.failed == 0
+            && self.late == 0
             && self.after.keys().all(|id| *id == self.current_kek_id)
             && self.key_check_after.as_deref() == Some(self.current_kek_id.as_str())
     }
@@ -123,37 +140,29 @@ fn id_of(sealed: &[u8]) -> String {
         .to_owned()
 }
 
-/// Re-seal every version not under the current key (see the module documentation). `progress` is called
-/// after each page. Errors are the store's (or a key check that none of the keys opens); versions that do
-/// not open are counted in the report, and leave the key check where it was.
-pub async fn rekey(
+/// What one pass over every stored version found and did.
+#[derive(Default)]
+struct Pass {
+    scanned: u64,
+    before: BTreeMap<String, u64>,
+    resealed: u64,
+    already_current: u64,
+    skipped: u64,
+    failed: u64,
+    failures: Vec<RekeyFailure>,
+}
+
+/// Re-seal every version not under the current key (with `dry_run`, count only). `progress` is called
+/// after each page with the pass's totals.
+async fn pass(
     store: &dyn SecretStore,
     envelope: &Envelope,
-    options: &RekeyOptions,
-    mut progress: impl FnMut(&RekeyProgress),
-) -> Result<RekeyReport, String> {
-    let batch = options.batch_size.max(1);
+    batch: usize,
+    dry_run: bool,
+    progress: &mut impl FnMut(&RekeyProgress),
+) -> Result<Pass, String> {
     let current = envelope.current_kek_id().to_owned();
-    // The keys must open the store's key check, as at a server's start.
-    let key_check_before = crate::store::verify_key_check(store, envelope).await?;
-    let mut report = RekeyReport {
-        current_kek_id: current.clone(),
-        previous_kek_ids: (envelope.previous_kek_ids().iter())
-            .map(|s| s.to_string())
-            .collect(),
-        dry_run: options.dry_run,
-        scanned: 0,
-        before: BTreeMap::new(),
-        after: BTreeMap::new(),
-        resealed: 0,
-        already_current: 0,
-        skipped: 0,
-        failed: 0,
-        failures: Vec::new(),
-        key_check_before: key_check_before.clone(),
-        key_check_after: key_check_before,
-    };
-    let mut state = RekeyProgress::default();
+    let mut report = Pass::default();
     let mut after: Option<SealedKey> = None;
     loop {
         let page = store
@@ -173,7 +182,7 @@ pub async fn rekey(
             }
             match envelope.reseal(&value.vault, &value.name_key, &value.version, &value.sealed) {
                 Ok(new) => {
-                    if options.dry_run {
+                    if dry_run {
                         report.resealed += 1;
                     } else {
                         changes.push(SealedChange {
@@ -208,19 +217,102 @@ pub async fn rekey(
             report.resealed += replaced;
             report.skipped += tried.saturating_sub(replaced);
         }
-        state.scanned = report.scanned;
-        state.resealed = report.resealed;
-        progress(&state);
+        progress(&RekeyProgress {
+            scanned: report.scanned,
+            resealed: report.resealed,
+            dry_run,
+        });
     }
+    Ok(report)
+}
 
+/// How long a rekey over a shared store waits, after it retired the old keys, before its final pass: longer
+/// than a node's poll ([`crate::store::KEK_RETIRED_POLL`]), so that every node serving has learnt that its
+/// key was retired (and refuses to seal) and the writes it sealed before then have landed.
+pub const RETIRE_WAIT: std::time::Duration = crate::store::KEK_RETIRED_POLL
+    .saturating_mul(2)
+    .saturating_add(std::time::Duration::from_secs(1));
+
+/// Re-seal every version not under the current key (see the module documentation). `progress` is called
+/// after each page. Errors are the store's (or a key check that none of the keys opens, or a current key a
+/// rekey retired); versions that do not open are counted in the report, and leave the key check where it was.
+pub async fn rekey(
+    store: &dyn SecretStore,
+    envelope: &Envelope,
+    options: &RekeyOptions,
+    mut progress: impl FnMut(&RekeyProgress),
+) -> Result<RekeyReport, String> {
+    let batch = options.batch_size.max(1);
+    let current = envelope.current_kek_id().to_owned();
+    // The keys must open the store's key check, as at a server's start, and the current key must not be
+    // a retired one.
+    let key_check_before = crate::store::verify_key_check(store, envelope).await?;
+    if !options.dry_run {
+        // Before the first re-seal: a server without the target key is refused from now on.
+        crate::store::begin_rekey(store, envelope).await?;
+    }
+    let first = pass(store, envelope, batch, options.dry_run, &mut progress).await?;
+    let mut report = RekeyReport {
+        current_kek_id: current.clone(),
+        previous_kek_ids: (envelope.previous_kek_ids().iter())
+            .map(|s| s.to_string())
+            .collect(),
+        dry_run: options.dry_run,
+        scanned: first.scanned,
+        after: BTreeMap::new(),
+        resealed: first.resealed,
+        already_current: first.already_current,
+        skipped: first.skipped,
+        failed: first.failed,
+        failures: first.failures,
+        key_check_before: key_check_before.clone(),
+        key_check_after: key_check_before.clone(),
+        retired: Vec::new(),
+        late: 0,
+        before: first.before,
+    };
     if options.dry_run {
         report.after = report.before.clone();
         return Ok(report);
     }
     report.after = count_per_key(store, batch).await?;
-    if report.failed == 0 && report.remaining() == 0 {
-        let (_, now) = crate::store::reseal_key_check(store, envelope).await?;
-        report.key_check_after = Some(now);
+    // Versions left under another key after the pass were written meanwhile (by a node that still seals
+    // under an old key): if these keys open them, the final pass below re-seals them; if not (or if the
+    // pass found versions that do not open), the rekey stops here and the key check stays where it is.
+    let unopenable = (report.after.keys()).any(|id| *id != current && !envelope.knows(id));
+    if report.failed != 0 || unopenable {
+        return Ok(report);
+    }
+    // Every key the store held values (or its check) under, other than the current one, is retired.
+    let retire: Vec<String> = (report.before.keys())
+        .chain(report.after.keys())
+        .chain(key_check_before.iter())
+        .filter(|id| **id != current && id.as_str() != "unknown")
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (_, now) = crate::store::reseal_key_check(store, envelope, &retire).await?;
+    report.key_check_after = Some(now);
+    report.retired = retire;
+    if store.is_shared() || report.remaining() > 0 {
+        if store.is_shared() {
+            // A node still sealing under a retired key may have written behind the pass (or after the
+            // count): once every node has learnt that its key was retired (it polls), re-seal what such a
+            // node left.
+            tokio::time::sleep(RETIRE_WAIT).await;
+        }
+        let last = pass(store, envelope, batch, false, &mut progress).await?;
+        report.late = last.resealed + last.skipped + last.failed;
+        report.resealed += last.resealed;
+        report.skipped += last.skipped;
+        report.failed += last.failed;
+        for f in last.failures {
+            if report.failures.len() < MAX_LISTED_FAILURES {
+                report.failures.push(f);
+            }
+        }
+        report.after = count_per_key(store, batch).await?;
     }
     Ok(report)
 }

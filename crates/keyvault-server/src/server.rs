@@ -623,6 +623,11 @@ impl Server {
                 .clone()
                 .watch(self.tls_reload_interval, stop_rx.clone()),
         );
+        let retired_poll = self
+            .vault
+            .store()
+            .is_shared()
+            .then(|| tokio::spawn(kek_retired_loop(self.vault.clone(), stop_rx.clone())));
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         raise_open_file_limit();
@@ -692,6 +697,9 @@ impl Server {
         }
         let _ = sweeper.await;
         let _ = certificate_watch.await;
+        if let Some(poll) = retired_poll {
+            let _ = poll.await;
+        }
         for refresher in jwks_refreshers {
             let _ = refresher.await;
         }
@@ -751,6 +759,36 @@ async fn warn_if_vault_looks_renamed(store: &dyn SecretStore, vault: &str) {
             store_holds = %other.vault,
             "this vault has no secrets, but the store holds secrets of another vault name: is vault_name right?"
         );
+    }
+}
+
+/// Over a shared store, reads every [`crate::store::KEK_RETIRED_POLL`] whether `keyvault rekey` (run
+/// elsewhere) retired this node's current key-encryption key; once it has, the envelope seals nothing more
+/// (every write that seals a value gets 503) and the loop ends. One small meta read per interval; the write
+/// path only loads the flag.
+async fn kek_retired_loop(vault: Arc<Vault>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(crate::store::KEK_RETIRED_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        match crate::store::current_kek_retired(vault.store().as_ref(), vault.envelope()).await {
+            Ok(false) => {}
+            Ok(true) => {
+                vault.envelope().retire_current();
+                tracing::error!(
+                    kek_id = %vault.envelope().current_kek_id(),
+                    "`keyvault rekey` retired this node's key-encryption key: every write that seals a value \
+                     now gets 503; restart this node with the new key current (the old one may stay previous)"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read whether this node's key-encryption key was retired")
+            }
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine as _;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -67,6 +68,12 @@ pub enum CryptoError {
     /// The key file (or key variable) could not be created, read or accepted.
     #[error("key file: {0}")]
     KeyFile(String),
+    /// A new key file was asked for where a file already is (a key file is never overwritten).
+    #[error("key file: {0} already exists: a key file is never overwritten")]
+    KeyFileExists(String),
+    /// A key given in a variable (`KEYVAULT_KEK`, `KEYVAULT_PREVIOUS_KEKS`) is not usable. Never its text.
+    #[error("{0}")]
+    KeyVariable(String),
     /// The value or blob was sealed under a key-encryption key this provider does not hold (neither the
     /// current key nor a previous one). Names the key id (a hash prefix, not key material).
     #[error(
@@ -76,6 +83,13 @@ pub enum CryptoError {
     /// The system random number generator failed.
     #[error("random number generator failure")]
     Rng,
+    /// This server's current key-encryption key was retired by `keyvault rekey` (another process's): it
+    /// seals nothing more ([`Envelope::retire_current`]). Names the key id.
+    #[error(
+        "this node's key-encryption key (id {0}) was retired by `keyvault rekey`: it seals no new value; restart \
+         it with the new key current"
+    )]
+    Retired(String),
 }
 
 /// A 256-bit key-encryption key. Zeroized on drop; `Debug` never shows it.
@@ -203,10 +217,7 @@ impl FileKeyProvider {
     /// `path` already: a key file is never overwritten (the values sealed under it would be lost).
     pub fn create_new(path: &Path) -> Result<Self, CryptoError> {
         match std::fs::symlink_metadata(path) {
-            Ok(_) => Err(CryptoError::KeyFile(format!(
-                "{} already exists: a key file is never overwritten",
-                path.display()
-            ))),
+            Ok(_) => Err(CryptoError::KeyFileExists(path.display().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path, false),
             Err(e) => Err(key_file_err(path, "cannot inspect", &e)),
         }
@@ -257,6 +268,19 @@ impl FileKeyProvider {
         let mut line = Zeroizing::new(hex::encode(bytes.as_ref()));
         line.push('\n');
 
+        // Written whole to a temporary file (0600) in the same directory, synced, then linked to `path`: the
+        // link is atomic and fails if `path` exists, so a crash never leaves an empty or partial key file.
+        let file_name = path.file_name().ok_or_else(|| {
+            CryptoError::KeyFile(format!("{} is not a file path", path.display()))
+        })?;
+        let mut tag = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut tag)
+            .map_err(|_| CryptoError::Rng)?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(file_name);
+        temp_name.push(format!(".tmp-{}", hex::encode(tag)));
+        let temp = path.with_file_name(temp_name);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -264,30 +288,30 @@ impl FileKeyProvider {
             use std::os::unix::fs::OpenOptionsExt as _;
             options.mode(0o600);
         }
-        let mut file = match options.open(path) {
-            Ok(f) => f,
+        let mut file = options
+            .open(&temp)
+            .map_err(|e| key_file_err(path, "cannot create a temporary file beside", &e))?;
+        let written = file
+            .write_all(line.as_bytes())
+            .and_then(|()| file.sync_all());
+        drop(file);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(key_file_err(path, "cannot write", &e));
+        }
+        let linked = std::fs::hard_link(&temp, path);
+        let _ = std::fs::remove_file(&temp);
+        match linked {
+            Ok(()) => {}
             // Someone else created it between our check and now: use theirs (at start-up).
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && use_existing => {
                 return Self::load(path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(CryptoError::KeyFile(format!(
-                    "{} already exists: a key file is never overwritten",
-                    path.display()
-                )));
+                return Err(CryptoError::KeyFileExists(path.display().to_string()));
             }
             Err(e) => return Err(key_file_err(path, "cannot create", &e)),
-        };
-        let written = file
-            .write_all(line.as_bytes())
-            .and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            drop(file);
-            // Do not leave a half-written key file behind: the next start would refuse it.
-            let _ = std::fs::remove_file(path);
-            return Err(key_file_err(path, "cannot write", &e));
         }
-        drop(file);
         sync_parent_dir(path)?;
         let kek = Kek::from_bytes(*bytes);
         tracing::info!(path = %path.display(), kek_id = %kek.id(), "created a new key-encryption key file");
@@ -323,7 +347,7 @@ impl StaticKeyProvider {
     /// Standard or URL-safe base64 (padded or not) of exactly 32 bytes; surrounding whitespace is ignored.
     pub fn from_base64(s: &str) -> Result<Self, CryptoError> {
         let bytes = decode_base64_key(s.trim()).ok_or_else(|| {
-            CryptoError::KeyFile(
+            CryptoError::KeyVariable(
                 "the key must be the base64 encoding of exactly 32 bytes".to_string(),
             )
         })?;
@@ -400,7 +424,7 @@ impl KeyRing {
                 continue;
             }
             let provider = StaticKeyProvider::from_base64(item).map_err(|_| {
-                CryptoError::KeyFile(format!(
+                CryptoError::KeyVariable(format!(
                     "entry {} is not the base64 encoding of exactly 32 bytes",
                     i + 1
                 ))
@@ -440,6 +464,8 @@ pub fn sealed_kek_id(sealed: &[u8]) -> Option<&str> {
 pub struct Envelope {
     provider: Arc<dyn KeyProvider>,
     rng: SystemRandom,
+    /// Set once a rekey retired the current key (shared by clones): [`Envelope::seal`] then refuses.
+    retired: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Envelope {
@@ -456,7 +482,20 @@ impl Envelope {
         Envelope {
             provider,
             rng: SystemRandom::new(),
+            retired: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Marks the current key as retired (a node learnt that `keyvault rekey` retired it): from then on
+    /// [`Envelope::seal`] (every new value, restored version or re-seal) fails with [`CryptoError::Retired`].
+    /// Backup blobs and listing cursors are still sealed: nothing is stored under them.
+    pub fn retire_current(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Envelope::retire_current`] was called.
+    pub fn current_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// The id of the KEK new values are sealed under.
@@ -498,6 +537,9 @@ impl Envelope {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
         let (kek_id, kek) = self.provider.current();
+        if self.current_retired() {
+            return Err(CryptoError::Retired(kek_id.to_owned()));
+        }
         let kek_id_bytes = kek_id.as_bytes();
         let kek_id_len = u8::try_from(kek_id_bytes.len())
             .map_err(|_| CryptoError::KeyFile("key id too long".into()))?;

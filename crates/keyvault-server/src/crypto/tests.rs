@@ -327,6 +327,42 @@ fn a_new_key_file_never_overwrites() {
     assert!(!dir.path().join("none.key").exists());
 }
 
+/// A new key file appears whole or not at all (written to a temporary file, then linked): nothing but the
+/// key file is left in the directory, a complete key opens, and a second start-up creation uses it.
+#[cfg(unix)]
+#[test]
+fn a_new_key_file_appears_whole_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    let made = FileKeyProvider::create_new(&path).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("k.key")]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim().len(), 64);
+    assert!(matches!(
+        FileKeyProvider::create_new(&path),
+        Err(CryptoError::KeyFileExists(_))
+    ));
+    let again = FileKeyProvider::load_or_create(&path).unwrap();
+    assert_eq!(again.kek_id(), made.kek_id());
+    let fresh = FileKeyProvider::load_or_create(&dir.path().join("fresh.key")).unwrap();
+    assert_ne!(fresh.kek_id(), made.kek_id());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+/// A key in a variable that is not usable is named by its position, never as a "key file".
+#[test]
+fn variable_key_errors_do_not_say_key_file() {
+    let err = KeyRing::parse_base64_list(",nope").unwrap_err().to_string();
+    assert!(err.starts_with("entry 2 is not"), "{err}");
+    let err = StaticKeyProvider::from_base64("nope")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("key file"), "{err}");
+}
+
 #[test]
 fn backup_round_trip_and_rejections() {
     let env = envelope();
@@ -411,7 +447,7 @@ fn static_provider_base64() {
     assert_eq!(a.current().1.bytes(), &bytes);
     assert!(matches!(
         StaticKeyProvider::from_base64(&STANDARD.encode([1u8; 31])),
-        Err(CryptoError::KeyFile(_))
+        Err(CryptoError::KeyVariable(_))
     ));
     assert!(StaticKeyProvider::from_base64("not base64!").is_err());
     assert!(StaticKeyProvider::from_base64("").is_err());

@@ -164,6 +164,12 @@ impl ApiError {
                 "The service is temporarily unavailable. Please retry.",
             )
             .with_cause(cause),
+            // A node whose key a rekey retired: retrying elsewhere (a node with the new key) succeeds.
+            VaultError::KeyRetired(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("The service is temporarily unavailable. Please retry. ({message})"),
+            ),
             VaultError::Internal(cause) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalServerError",

@@ -1,6 +1,7 @@
 use super::*;
 use crate::crypto::{Kek, KeyRing};
 use crate::store::sqlite::SqliteStore;
+use crate::store::{SealedChange, SecretStore};
 use crate::vault::{SystemClock, Vault, VaultSettings};
 use keyvault_types::SecretString;
 use std::sync::Arc;
@@ -224,5 +225,173 @@ async fn rekey_refuses_keys_that_do_not_open_the_store() {
     assert_eq!(
         count_per_key(store.as_ref(), 10).await.unwrap(),
         BTreeMap::from([(old.current_kek_id().to_string(), 1)])
+    );
+}
+
+/// A store under key 1 with three versions, its key check written.
+async fn store_under_key_1(dir: &std::path::Path) -> Arc<SqliteStore> {
+    let store = Arc::new(SqliteStore::open(&dir.join("v.db")).unwrap());
+    let old = envelope(1, &[]);
+    crate::store::check_key(store.as_ref(), &old).await.unwrap();
+    let v = vault(store.clone(), old);
+    for i in 0..3 {
+        v.set("s", SecretString::new(format!("s-{i}")), Default::default())
+            .await
+            .unwrap();
+    }
+    store
+}
+
+/// After a complete rekey from key 1 to key 2, key 1 is retired: a server with key 1 current and key 2
+/// previous (which opens the key check) is refused with what to change, and so is a rekey back to key 1;
+/// key 2 current with key 1 previous starts. An envelope whose key was retired seals nothing (503).
+#[tokio::test]
+async fn a_completed_rekey_retires_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_under_key_1(dir.path()).await;
+    let rotated = envelope(2, &[1]);
+    let report = rekey(store.as_ref(), &rotated, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    let (id1, id2) = (
+        envelope(1, &[]).current_kek_id().to_string(),
+        rotated.current_kek_id().to_string(),
+    );
+    assert_eq!(report.retired, vec![id1.clone()]);
+    assert_eq!(
+        crate::store::kek_retired(store.as_ref()).await.unwrap(),
+        vec![id1.clone()]
+    );
+    assert_eq!(
+        store.meta(crate::store::KEK_REKEY_TARGET).await.unwrap(),
+        None,
+        "a completed rekey clears its target"
+    );
+
+    let backwards = envelope(1, &[2]);
+    let err = crate::store::check_key(store.as_ref(), &backwards)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "key-encryption key id {id1} was retired by `keyvault rekey`; make key {id2} current (kek_file or \
+             KEYVAULT_KEK; {id1} may stay as a previous key)"
+        )
+    );
+    let err = rekey(store.as_ref(), &backwards, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.contains("was retired"), "{err}");
+    crate::store::check_key(store.as_ref(), &rotated)
+        .await
+        .unwrap();
+    assert!(
+        crate::store::current_kek_retired(store.as_ref(), &backwards)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !crate::store::current_kek_retired(store.as_ref(), &rotated)
+            .await
+            .unwrap()
+    );
+
+    // A node that learnt its key was retired refuses every write that seals, and still reads.
+    let node = vault(store.clone(), backwards.clone());
+    backwards.retire_current();
+    let err = node
+        .set("s", SecretString::new("late"), Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, crate::vault::VaultError::KeyRetired(m) if m.contains(&id1)),
+        "{err:?}"
+    );
+    assert_eq!(value(&node, "s", None).await, "s-2");
+
+    // A second rotation (to key 3) keeps key 1 retired and retires key 2.
+    let third = envelope(3, &[2]);
+    let report = rekey(store.as_ref(), &third, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!(
+        crate::store::kek_retired(store.as_ref()).await.unwrap(),
+        vec![id1, id2]
+    );
+}
+
+/// A rekey records its target before its first re-seal: interrupted after re-sealing part of the store,
+/// a server with the old key alone (which still opens the key check) is refused, naming the target; with
+/// the target configured it starts, and the rekey run again completes and clears the target.
+#[tokio::test]
+async fn an_interrupted_rekey_refuses_servers_without_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_under_key_1(dir.path()).await;
+    let old = envelope(1, &[]);
+    let rotated = envelope(2, &[1]);
+    let id2 = rotated.current_kek_id().to_string();
+    // What an interrupted rekey leaves: the target, one version re-sealed, the check under key 1.
+    crate::store::begin_rekey(store.as_ref(), &rotated)
+        .await
+        .unwrap();
+    let first = store.sealed_page(None, 1).await.unwrap().remove(0);
+    let new = rotated
+        .reseal(&first.vault, &first.name_key, &first.version, &first.sealed)
+        .unwrap();
+    let change = SealedChange {
+        vault: first.vault,
+        name_key: first.name_key,
+        version: first.version,
+        old: first.sealed,
+        new,
+    };
+    assert_eq!(store.replace_sealed(vec![change]).await.unwrap(), 1);
+
+    let err = crate::store::check_key(store.as_ref(), &old)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "a `keyvault rekey` to key-encryption key id {id2} started (and may have been interrupted)"
+        )) && err.contains("run `keyvault rekey` again"),
+        "{err}"
+    );
+    // Holding the target as a previous key is enough to start (the node can open what was re-sealed).
+    crate::store::check_key(store.as_ref(), &envelope(1, &[2]))
+        .await
+        .unwrap();
+    crate::store::check_key(store.as_ref(), &rotated)
+        .await
+        .unwrap();
+
+    let report = rekey(store.as_ref(), &rotated, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!((report.resealed, report.already_current), (2, 1));
+    assert_eq!(
+        store.meta(crate::store::KEK_REKEY_TARGET).await.unwrap(),
+        None
+    );
+    // A dry run records nothing.
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = store_under_key_1(dir2.path()).await;
+    rekey(
+        store2.as_ref(),
+        &rotated,
+        &RekeyOptions {
+            batch_size: 10,
+            dry_run: true,
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store2.meta(crate::store::KEK_REKEY_TARGET).await.unwrap(),
+        None
     );
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{
-    DeletedRow, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, Tags, VersionPatch,
-    VersionRow, name_key,
+    DeletedRow, MetaSwap, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, Tags,
+    VersionPatch, VersionRow, name_key,
 };
 
 /// A purge date far in the future: never due in this suite.
@@ -38,6 +38,7 @@ pub async fn run_all(store: Arc<dyn SecretStore>) {
     meta_keeps_the_first_value(s, &format!("meta-{run}")).await;
     any_sealed_finds_a_stored_value(s).await;
     meta_replace_is_compare_and_swap(s, &format!("metacas-{run}")).await;
+    meta_swap_is_all_or_nothing(s, &format!("metaswap-{run}")).await;
     sealed_pages_and_replace(s, &format!("reseal-{run}")).await;
 }
 
@@ -1152,6 +1153,53 @@ async fn meta_replace_is_compare_and_swap(s: &dyn SecretStore, key: &str) {
     assert_eq!(s.meta(key).await.unwrap().as_deref(), Some(&b"a"[..]));
     assert!(s.meta_replace(key, b"a", b"b").await.unwrap());
     assert_eq!(s.meta(key).await.unwrap().as_deref(), Some(&b"b"[..]));
+}
+
+/// A rekey completes by one swap of several meta values (key check, retired keys, target): either every
+/// expectation holds and every key changes (set or removed), or nothing changes.
+async fn meta_swap_is_all_or_nothing(s: &dyn SecretStore, prefix: &str) {
+    let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let swap = |key: &str, expect: Option<&[u8]>, set: Option<&[u8]>| MetaSwap {
+        key: key.to_owned(),
+        expect: expect.map(<[u8]>::to_vec),
+        set: set.map(<[u8]>::to_vec),
+    };
+    s.meta_insert(&a, b"1").await.unwrap();
+    // b is expected to hold something it does not: neither changes.
+    assert!(
+        !s.meta_swap(vec![
+            swap(&a, Some(b"1"), Some(b"2")),
+            swap(&b, Some(b"x"), None)
+        ])
+        .await
+        .unwrap()
+    );
+    assert_eq!(s.meta(&a).await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(s.meta(&b).await.unwrap(), None);
+    // Both hold: a changes, b is created.
+    assert!(
+        s.meta_swap(vec![
+            swap(&a, Some(b"1"), Some(b"2")),
+            swap(&b, None, Some(b"t"))
+        ])
+        .await
+        .unwrap()
+    );
+    assert_eq!(s.meta(&a).await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(s.meta(&b).await.unwrap().as_deref(), Some(&b"t"[..]));
+    // b is removed; a stays as it is (expected and set to the same value).
+    assert!(
+        s.meta_swap(vec![
+            swap(&a, Some(b"2"), Some(b"2")),
+            swap(&b, Some(b"t"), None)
+        ])
+        .await
+        .unwrap()
+    );
+    assert_eq!(s.meta(&b).await.unwrap(), None);
+    // A stale expectation of absence changes nothing.
+    assert!(!s.meta_swap(vec![swap(&a, None, Some(b"3"))]).await.unwrap());
+    assert_eq!(s.meta(&a).await.unwrap().as_deref(), Some(&b"2"[..]));
 }
 
 /// Every stored version of the vault `v`, by paging through every vault's versions `page` at a time.

@@ -227,6 +227,9 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn replace_sealed(&self, changes: Vec<SealedChange>) -> StoreResult<u64>;
     /// Replaces the value under `key` if it is still `old` (compare and swap); true if it was replaced.
     async fn meta_replace(&self, key: &str, old: &[u8], new: &[u8]) -> StoreResult<bool>;
+    /// Several compare-and-swaps of meta values in one transaction: every key must hold its `expect` (None:
+    /// absent) for any to change; then each is set to its `set` (None: removed). true if they were applied.
+    async fn meta_swap(&self, swaps: Vec<MetaSwap>) -> StoreResult<bool>;
     /// Replaces the shared access-control document if its revision is still `expected` (0: there is none
     /// yet). Ok(Some(new revision)), or Ok(None) when another node changed it first (read it again, redo
     /// the change, and try again).
@@ -277,6 +280,16 @@ impl SealedValue {
     }
 }
 
+/// One compare-and-swap of a meta value ([`SecretStore::meta_swap`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaSwap {
+    pub key: String,
+    /// What the key must hold (None: absent).
+    pub expect: Option<Vec<u8>>,
+    /// What it then holds (None: removed).
+    pub set: Option<Vec<u8>>,
+}
+
 /// One compare-and-swap change of a sealed value ([`SecretStore::replace_sealed`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedChange {
@@ -302,20 +315,73 @@ impl fmt::Debug for SealedChange {
 /// The name under which a store keeps its key check ([`check_key`]).
 pub const KEY_CHECK: &str = "kek-check";
 
+/// The name under which a store keeps the ids of the key-encryption keys a completed `keyvault rekey`
+/// retired (comma-separated): no server may seal with them again ([`check_key`], [`kek_retired`]).
+pub const KEK_RETIRED: &str = "kek-retired";
+
+/// The name under which a store keeps the id of the key a `keyvault rekey` is re-sealing under, from before
+/// its first re-seal until it completes: a server that does not hold that key is refused ([`check_key`]).
+pub const KEK_REKEY_TARGET: &str = "kek-rekey-target";
+
+/// How often a node over a shared store reads [`KEK_RETIRED`] to learn that its current key was retired by a
+/// rekey (then it refuses every write that seals). `keyvault rekey` waits longer than this before its final
+/// pass ([`crate::rekey`]).
+pub const KEK_RETIRED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the key check holds: a fixed text sealed under a key-encryption key.
 const KEY_CHECK_TEXT: &[u8] = b"keyvault-rs key check";
 
-/// Refuses key-encryption keys that cannot open what the store holds. The first server over a store seals
-/// a fixed text under its KEK and keeps it in the store; every start then opens it, under the current key
-/// or a previous one (`previous_kek_files`, `KEYVAULT_PREVIOUS_KEKS`: a rotation in progress). A server
-/// whose keys open none of it (another `kek_file` or `KEYVAULT_KEK`, or a lost key file made anew) could
-/// open none of the stored values and would seal new ones under its own key, leaving the store with values
-/// under keys no one server holds: it stops here instead, naming the key ids. Over a shared store, this keeps
-/// every node able to open what the others seal.
+/// The ids in a [`KEK_RETIRED`] value.
+fn parse_ids(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The key ids a completed `keyvault rekey` retired (empty if none).
+pub async fn kek_retired(store: &dyn SecretStore) -> StoreResult<Vec<String>> {
+    Ok(store
+        .meta(KEK_RETIRED)
+        .await?
+        .map(|v| parse_ids(&v))
+        .unwrap_or_default())
+}
+
+/// Whether this node's current key is among the retired ones (what a node over a shared store polls).
+pub async fn current_kek_retired(
+    store: &dyn SecretStore,
+    envelope: &crate::crypto::Envelope,
+) -> StoreResult<bool> {
+    let current = envelope.current_kek_id();
+    Ok(kek_retired(store).await?.iter().any(|id| id == current))
+}
+
+/// The refusal of a server (or a rekey) whose current key was retired; `check_id` is the key check's key.
+fn refuse_retired(envelope: &crate::crypto::Envelope, check_id: &str) -> Result<(), String> {
+    let current = envelope.current_kek_id();
+    Err(format!(
+        "key-encryption key id {current} was retired by `keyvault rekey`; make key {check_id} current (kek_file \
+         or KEYVAULT_KEK; {current} may stay as a previous key)"
+    ))
+}
+
+/// Refuses keys that cannot open what the store holds, or would seal under a key a rekey retired. The
+/// first server over a store seals a fixed text under its KEK and keeps it in the store; every start then
+/// opens it, under the current key or a previous one (`previous_kek_files`, `KEYVAULT_PREVIOUS_KEKS`: a
+/// rotation in progress). A server whose keys open none of it (another `kek_file` or `KEYVAULT_KEK`, or a
+/// lost key file made anew) could open none of the stored values and would seal new ones under its own key,
+/// leaving the store with values under keys no one server holds: it stops here instead, naming the key ids.
+/// Over a shared store, this keeps every node able to open what the others seal.
 ///
 /// The check moves to the current key only once every stored version is under it ([`reseal_key_check`],
-/// at the end of `keyvault rekey`): from then on, a server with the previous key alone is refused, and the
-/// previous key can be dropped.
+/// at the end of `keyvault rekey`), which also records the keys it moved away from as retired
+/// ([`KEK_RETIRED`]): from then on, a server with the previous key alone is refused, so is one whose current
+/// key is a retired one, and the previous key can be dropped. While a rekey runs (or after one was
+/// interrupted) the store names its target key ([`KEK_REKEY_TARGET`]): a server without that key, which
+/// could not open the values already re-sealed, is refused.
 ///
 /// A store written before the check existed holds values but no check. The check is written only once the
 /// keys have opened one of those values: written blindly, it would make a wrong key the one every later start
@@ -343,26 +409,53 @@ pub async fn check_key(
                 .map_err(|e| e.to_string())?
         }
     };
-    match envelope.open("", KEY_CHECK, "", &stored) {
-        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => {
-            let check_id = crate::crypto::sealed_kek_id(&stored).unwrap_or("unknown");
-            if check_id != envelope.current_kek_id() {
-                tracing::warn!(
-                    kek_id = %envelope.current_kek_id(),
-                    previous_kek_id = %check_id,
-                    "this database still holds values sealed under a previous key-encryption key: keep that \
-                     key configured (previous_kek_files or KEYVAULT_PREVIOUS_KEKS) until `keyvault rekey` has \
-                     re-sealed them under the current key"
-                );
-            }
-            Ok(())
-        }
-        _ => Err(wrong_key(store, envelope, &stored)),
+    let check_id = match envelope.open("", KEY_CHECK, "", &stored) {
+        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => crate::crypto::sealed_kek_id(&stored)
+            .unwrap_or("unknown")
+            .to_owned(),
+        _ => return Err(wrong_key(store, envelope, &stored)),
+    };
+    let current = envelope.current_kek_id();
+    if current_kek_retired(store, envelope)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        refuse_retired(envelope, &check_id)?;
     }
+    let target = store
+        .meta(KEK_REKEY_TARGET)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|v| String::from_utf8_lossy(&v).trim().to_owned());
+    if let Some(target) = &target {
+        if !envelope.knows(target) {
+            return Err(format!(
+                "a `keyvault rekey` to key-encryption key id {target} started (and may have been interrupted): \
+                 values may already be sealed under it, which this server could not open. Configure key \
+                 {target} (kek_file or KEYVAULT_KEK, or previous_kek_files or KEYVAULT_PREVIOUS_KEKS) and run \
+                 `keyvault rekey` again"
+            ));
+        }
+        tracing::warn!(
+            kek_id = %current,
+            rekey_target = %target,
+            "a `keyvault rekey` to key id {target} has started and not completed (it is running, or was \
+             interrupted: then run it again); until it completes, keep every key configured"
+        );
+    } else if check_id != current {
+        tracing::warn!(
+            kek_id = %current,
+            key_check_kek_id = %check_id,
+            "the key check is still under key id {check_id}, a previous key of this server: values may be \
+             sealed under it until `keyvault rekey` has re-sealed them under the current key, so keep it \
+             configured (previous_kek_files or KEYVAULT_PREVIOUS_KEKS) until then"
+        );
+    }
+    Ok(())
 }
 
-/// The key id of the store's key check, after making sure these keys open it (read only: a store without a
-/// check answers None). The refusal is [`check_key`]'s.
+/// The key id of the store's key check, after making sure these keys open it and that the current key was
+/// not retired (read only: a store without a check answers None). The refusals are [`check_key`]'s.
 pub async fn verify_key_check(
     store: &dyn SecretStore,
     envelope: &crate::crypto::Envelope,
@@ -370,59 +463,126 @@ pub async fn verify_key_check(
     let Some(stored) = store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    match envelope.open("", KEY_CHECK, "", &stored) {
-        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => Ok(Some(
-            crate::crypto::sealed_kek_id(&stored)
-                .unwrap_or("unknown")
-                .to_owned(),
-        )),
-        _ => Err(wrong_key(store, envelope, &stored)),
+    let check_id = match envelope.open("", KEY_CHECK, "", &stored) {
+        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => crate::crypto::sealed_kek_id(&stored)
+            .unwrap_or("unknown")
+            .to_owned(),
+        _ => return Err(wrong_key(store, envelope, &stored)),
+    };
+    if current_kek_retired(store, envelope)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        refuse_retired(envelope, &check_id)?;
     }
+    Ok(Some(check_id))
 }
 
-/// Moves the key check to the current key-encryption key, once every stored version is sealed under it
-/// (the caller, `keyvault rekey`, has made sure of that): from then on a server whose keys do not include
-/// the current one is refused, and previous keys may be removed. A compare and swap: a check another
-/// process changed meanwhile is left as it is. Returns the key id of the check before and after.
-pub async fn reseal_key_check(
+/// Records, before a rekey's first re-seal, that it re-seals under the current key ([`KEK_REKEY_TARGET`]):
+/// a compare and swap over whatever target was there (an earlier, interrupted rekey's).
+pub async fn begin_rekey(
     store: &dyn SecretStore,
     envelope: &crate::crypto::Envelope,
-) -> Result<(Option<String>, String), String> {
-    let current = envelope.current_kek_id().to_owned();
-    let fresh = || {
-        envelope
-            .seal("", KEY_CHECK, "", KEY_CHECK_TEXT)
-            .map_err(|e| e.to_string())
-    };
-    let Some(stored) = store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? else {
-        let kept = store
-            .meta_insert(KEY_CHECK, &fresh()?)
-            .await
-            .map_err(|e| e.to_string())?;
-        let id = crate::crypto::sealed_kek_id(&kept).unwrap_or("unknown");
-        return Ok((None, id.to_owned()));
-    };
-    let before = crate::crypto::sealed_kek_id(&stored)
-        .unwrap_or("unknown")
-        .to_owned();
-    match envelope.open("", KEY_CHECK, "", &stored) {
-        Ok(text) if text.as_slice() == KEY_CHECK_TEXT => {}
-        _ => return Err(wrong_key(store, envelope, &stored)),
-    }
-    if before == current {
-        return Ok((Some(before), current));
-    }
-    let replaced = store
-        .meta_replace(KEY_CHECK, &stored, &fresh()?)
+) -> Result<(), String> {
+    let current = envelope.current_kek_id();
+    let old = store
+        .meta(KEK_REKEY_TARGET)
         .await
         .map_err(|e| e.to_string())?;
-    if !replaced {
+    if old.as_deref() == Some(current.as_bytes()) {
+        return Ok(());
+    }
+    let swapped = store
+        .meta_swap(vec![MetaSwap {
+            key: KEK_REKEY_TARGET.to_owned(),
+            expect: old,
+            set: Some(current.as_bytes().to_vec()),
+        }])
+        .await
+        .map_err(|e| e.to_string())?;
+    if !swapped {
         return Err(
-            "the key check changed while it was being re-sealed (another rekey?): run keyvault rekey again"
+            "the rekey target changed while it was being written (another rekey?): run keyvault rekey again"
                 .to_owned(),
         );
     }
-    Ok((Some(before), current))
+    Ok(())
+}
+
+/// Completes a rekey, once every stored version is sealed under the current key (the caller, `keyvault
+/// rekey`, has made sure of that), in one compare-and-swap of three meta values: the key check moves to the
+/// current key (from then on a server whose keys do not include it is refused, and previous keys may be
+/// removed), the key ids in `retire` join the retired ones ([`KEK_RETIRED`]: no server may make them
+/// current again), and the rekey target is cleared. If another process changed any of them meanwhile,
+/// nothing changes (an error). Returns the key id of the check before and after.
+pub async fn reseal_key_check(
+    store: &dyn SecretStore,
+    envelope: &crate::crypto::Envelope,
+    retire: &[String],
+) -> Result<(Option<String>, String), String> {
+    let current = envelope.current_kek_id().to_owned();
+    let meta = |key: &'static str| async move { store.meta(key).await.map_err(|e| e.to_string()) };
+    let stored = meta(KEY_CHECK).await?;
+    let before = match &stored {
+        None => None,
+        Some(stored) => {
+            match envelope.open("", KEY_CHECK, "", stored) {
+                Ok(text) if text.as_slice() == KEY_CHECK_TEXT => {}
+                _ => return Err(wrong_key(store, envelope, stored)),
+            }
+            Some(
+                crate::crypto::sealed_kek_id(stored)
+                    .unwrap_or("unknown")
+                    .to_owned(),
+            )
+        }
+    };
+    let check = if before.as_deref() == Some(current.as_str()) {
+        stored.clone()
+    } else {
+        Some(
+            envelope
+                .seal("", KEY_CHECK, "", KEY_CHECK_TEXT)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let retired_old = meta(KEK_RETIRED).await?;
+    let mut retired = retired_old.as_deref().map(parse_ids).unwrap_or_default();
+    for id in retire.iter().chain(before.iter()) {
+        if *id != current && !retired.contains(id) {
+            retired.push(id.clone());
+        }
+    }
+    let retired_new = (!retired.is_empty()).then(|| retired.join(",").into_bytes());
+    let target_old = meta(KEK_REKEY_TARGET).await?;
+    let mut swaps = vec![MetaSwap {
+        key: KEY_CHECK.to_owned(),
+        expect: stored,
+        set: check,
+    }];
+    if retired_new != retired_old {
+        swaps.push(MetaSwap {
+            key: KEK_RETIRED.to_owned(),
+            expect: retired_old,
+            set: retired_new,
+        });
+    }
+    if target_old.is_some() {
+        swaps.push(MetaSwap {
+            key: KEK_REKEY_TARGET.to_owned(),
+            expect: target_old,
+            set: None,
+        });
+    }
+    let swapped = store.meta_swap(swaps).await.map_err(|e| e.to_string())?;
+    if !swapped {
+        return Err(
+            "the key check, the retired keys or the rekey target changed while the rekey completed (another \
+             rekey?): run keyvault rekey again"
+                .to_owned(),
+        );
+    }
+    Ok((before, current))
 }
 
 /// Why [`check_key`] refuses these keys: the key ids, and what to change.

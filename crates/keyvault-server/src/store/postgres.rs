@@ -1172,6 +1172,57 @@ impl SecretStore for PostgresStore {
         .await
     }
 
+    async fn meta_swap(&self, swaps: Vec<super::MetaSwap>) -> StoreResult<bool> {
+        self.run(async |c| {
+            let tx = c.client.transaction().await?;
+            for swap in &swaps {
+                // FOR UPDATE: a concurrent swap of the same key waits, then sees this one's outcome.
+                let held: Option<Vec<u8>> = tx
+                    .query_opt(
+                        "SELECT value FROM kv_meta WHERE key = $1 FOR UPDATE",
+                        &[&swap.key],
+                    )
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+                if held != swap.expect {
+                    return Ok(false);
+                }
+            }
+            for swap in &swaps {
+                let changed = match &swap.set {
+                    Some(value) => match &swap.expect {
+                        Some(_) => {
+                            tx.execute(
+                                "UPDATE kv_meta SET value = $2 WHERE key = $1",
+                                &[&swap.key, value],
+                            )
+                            .await?
+                        }
+                        None => {
+                            tx.execute(
+                                "INSERT INTO kv_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                                &[&swap.key, value],
+                            )
+                            .await?
+                        }
+                    },
+                    None => {
+                        tx.execute("DELETE FROM kv_meta WHERE key = $1", &[&swap.key])
+                            .await?
+                    }
+                };
+                // An absent key cannot be locked: another insert may have won the race (then give up).
+                if changed == 0 && !(swap.set.is_none() && swap.expect.is_none()) {
+                    return Ok(false);
+                }
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn access_doc(&self) -> StoreResult<Option<super::AccessDoc>> {
         self.run(async |c| {
             let row = c

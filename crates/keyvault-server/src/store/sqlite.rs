@@ -58,8 +58,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cache::{LiveCache, Lookup, WriteMark};
 use super::{
-    DeletedRow, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, StoreResult,
-    VersionPatch, VersionRow, name_key, tags_json,
+    DeletedRow, MetaSwap, SealedChange, SealedKey, SealedValue, SecretStore, StoreError,
+    StoreResult, VersionPatch, VersionRow, name_key, tags_json,
 };
 
 /// The schema version this code writes and understands.
@@ -826,6 +826,38 @@ impl SecretStore for SqliteStore {
                 .prepare_cached("UPDATE meta SET value = ?3 WHERE key = ?1 AND value = ?2")?
                 .execute(params![key, old, new])?;
             Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn meta_swap(&self, swaps: Vec<MetaSwap>) -> StoreResult<bool> {
+        self.write(move |c| {
+            // Every expectation is checked before anything changes (the writer runs one request at a time).
+            for swap in &swaps {
+                let held: Option<Vec<u8>> = c
+                    .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                    .query_row([&swap.key], |r| r.get(0))
+                    .optional()?;
+                if held != swap.expect {
+                    return Ok(false);
+                }
+            }
+            for swap in &swaps {
+                match &swap.set {
+                    Some(value) => {
+                        c.prepare_cached(
+                            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        )?
+                        .execute(params![swap.key, value])?;
+                    }
+                    None => {
+                        c.prepare_cached("DELETE FROM meta WHERE key = ?1")?
+                            .execute([&swap.key])?;
+                    }
+                }
+            }
+            Ok(true)
         })
         .await
     }

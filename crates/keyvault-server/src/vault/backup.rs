@@ -135,7 +135,7 @@ impl Vault {
             let sealed = self
                 .envelope
                 .seal(self.vault(), &key, &v.version, v.value.expose().as_bytes())
-                .map_err(|e| VaultError::Internal(e.to_string()))?;
+                .map_err(super::seal_error)?;
             rows.push(VersionRow {
                 name: v.name,
                 version: v.version,

@@ -51,11 +51,22 @@ pub enum VaultError {
     BadParameter(String),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// This node's current key-encryption key was retired by `keyvault rekey`: it seals no new value.
+    #[error("{0}")]
+    KeyRetired(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 pub type VaultResult<T> = Result<T, VaultError>;
+
+/// A failure to seal a value: a retired key is the node's configuration, not an internal error.
+pub(crate) fn seal_error(e: crate::crypto::CryptoError) -> VaultError {
+    match e {
+        crate::crypto::CryptoError::Retired(_) => VaultError::KeyRetired(e.to_string()),
+        other => VaultError::Internal(other.to_string()),
+    }
+}
 
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
@@ -156,6 +167,11 @@ impl Vault {
         &self.store
     }
 
+    /// The envelope values are sealed with.
+    pub fn envelope(&self) -> &Arc<Envelope> {
+        &self.envelope
+    }
+
     pub fn now(&self) -> i64 {
         self.clock.now()
     }
@@ -184,7 +200,7 @@ impl Vault {
                 &version,
                 value.expose().as_bytes(),
             )
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
+            .map_err(seal_error)?;
         let row = VersionRow {
             name: name.to_string(),
             version,
