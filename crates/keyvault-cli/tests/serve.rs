@@ -63,8 +63,7 @@ fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Server, String, Optio
         };
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("keyvault listening") {
-                let metrics = None;
-                let _ = tx.send((field(&line, " addr=").unwrap_or_default(), metrics));
+                let _ = tx.send((field(&line, " addr=").unwrap_or_default(), None));
             } else if let Some(url) = field(&line, " metrics=") {
                 let _ = tx.send((String::new(), Some(url)));
             }
