@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8443].
     #[arg(long, env = "KEYVAULT_ADDR")]
     addr: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP, no auth) on this address, e.g. 127.0.0.1:9090
+    /// or 0.0.0.0:9090 for a scraper on the pod network [default: off].
+    #[arg(long, env = "KEYVAULT_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Data directory: database, keys, dev certificates [default: ./keyvault-data].
     #[arg(long, env = "KEYVAULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -83,6 +87,9 @@ impl ServeArgs {
         if let Some(v) = self.addr {
             config.addr = v;
         }
+        if let Some(v) = self.metrics_addr {
+            config.metrics_addr = Some(v);
+        }
         if let Some(v) = self.data_dir {
             config.data_dir = v;
         }
@@ -149,6 +156,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         crate::allocator::collect(true);
         let info = server.info().clone();
         tracing::info!(addr = %info.local_addr, resource = %info.resource, "keyvault listening");
+        if let Some(metrics) = info.metrics_addr {
+            tracing::info!(metrics = %format!("http://{metrics}/metrics"), "serving metrics");
+        }
         if let Some(dev) = &info.dev {
             let creds =
                 std::path::absolute(data_dir.join("dev-credentials.json")).unwrap_or_default();
@@ -163,6 +173,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             println!("  client_id:       {}", dev.client_id);
             println!("  client_secret:   (in {})", creds.display());
             println!("  authority_host:  {}", dev.authority_host);
+            if let Some(metrics) = info.metrics_addr {
+                println!("  metrics:         http://{metrics}/metrics");
+            }
         }
         server.serve(shutdown).await.map_err(|e| e.to_string())?;
         tracing::info!("keyvault stopped");

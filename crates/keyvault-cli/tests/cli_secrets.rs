@@ -761,6 +761,12 @@ fn completions_and_help() {
     run_with(command(None), &["completions", "tcsh"], None).code(2);
     let top = run_with(command(None), &["--help"], None).ok();
     assert!(top.stdout.contains("Exit codes:"), "{}", top.stdout);
+    let serve = run_with(command(None), &["serve", "--help"], None).ok();
+    assert!(
+        serve.stdout.contains("--metrics-addr") && serve.stdout.contains("KEYVAULT_METRICS_ADDR"),
+        "{}",
+        serve.stdout
+    );
     for cmd in [
         vec!["secret"],
         vec!["token"],

@@ -36,8 +36,15 @@ impl Drop for Server {
 
 /// Start the server and read its listening address from the log on stderr.
 fn start(args: &[&str]) -> (Server, String) {
+    let (server, addr, _) = start_with_env(args, &[]);
+    (server, addr)
+}
+
+/// [`start`] with these environment variables; also the metrics URL the server logs, if it logs one.
+fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Server, String, Option<String>) {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("KEYVAULT_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -46,22 +53,32 @@ fn start(args: &[&str]) -> (Server, String) {
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let field = |line: &str, name: &str| {
+            line.split(name).nth(1).map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        };
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
+            if line.contains("keyvault listening") {
+                let _ = tx.send((field(&line, " addr=").unwrap_or_default(), None));
+            } else if let Some(url) = field(&line, " metrics=") {
+                let _ = tx.send((String::new(), Some(url)));
             }
         }
     });
     let server = Server(child);
-    let addr = rx
+    let (addr, _) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the server reports its address");
-    (server, addr)
+    // The metrics line, if any, follows the address's at once.
+    let metrics = rx
+        .recv_timeout(Duration::from_millis(500))
+        .ok()
+        .and_then(|(_, url)| url);
+    (server, addr, metrics)
 }
 
 /// The arguments of `serve --dev` on `data`, on a port the kernel picks.
@@ -1126,4 +1143,46 @@ fn sighup_reloads_the_tls_certificate() {
     }
     sigterm(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
+}
+
+/// `--metrics-addr` and `KEYVAULT_METRICS_ADDR` start the metrics listener, whose URL is logged; without
+/// them there is none.
+#[test]
+fn metrics_listener_from_the_flag_or_the_environment() {
+    use std::io::{Read, Write};
+    for via_env in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("dev");
+        let mut args = dev_args(&data).to_vec();
+        let mut env = Vec::new();
+        if via_env {
+            env.push(("KEYVAULT_METRICS_ADDR", "127.0.0.1:0"));
+        } else {
+            args.extend(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        let (_server, _addr, metrics) = start_with_env(&args, &env);
+        let url = metrics.expect("the metrics URL is logged");
+        let host = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("{url}"));
+        let mut tcp = std::net::TcpStream::connect(host).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            tcp,
+            "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
+        assert!(
+            answer.contains("\nkeyvault_build_info{version=\""),
+            "{answer}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _addr, metrics) = start_with_env(&dev_args(&dir.path().join("dev")), &[]);
+    assert_eq!(metrics, None);
 }

@@ -528,6 +528,10 @@ struct Writer {
     written: (u64, HashHex, u64),
     /// Whether the last write failed (a failure is logged once, not per line).
     failing: bool,
+    /// Lines in `buf`, lines handed to the kernel, and writes that failed (for metrics).
+    buffered_lines: u64,
+    lines_written: u64,
+    write_errors: u64,
     time: TimeText,
 }
 
@@ -613,6 +617,9 @@ impl AuditLog {
             buf: Vec::with_capacity(64 * 1024),
             written: (next_seq, prev_hex, size),
             failing: false,
+            buffered_lines: 0,
+            lines_written: 0,
+            write_errors: 0,
             time: TimeText::default(),
         };
         let state = Arc::new(Mutex::new(writer));
@@ -648,6 +655,15 @@ impl AuditLog {
         let mut w = lock(&self.state);
         let result = w.append(&record).and_then(|()| w.write_out());
         w.report(result);
+    }
+
+    /// Lines written and failed writes so far (for metrics).
+    pub fn metrics(&self) -> crate::metrics::AuditMetrics {
+        let w = lock(&self.state);
+        crate::metrics::AuditMetrics {
+            lines_written: w.lines_written,
+            write_errors: w.write_errors,
+        }
     }
 
     /// Waits until every record queued before this call is written.
@@ -763,6 +779,7 @@ impl Writer {
         self.size += len;
         self.next_seq += 1;
         self.prev = hash;
+        self.buffered_lines += 1;
         Ok(())
     }
 
@@ -774,13 +791,16 @@ impl Writer {
         }
         let result = self.file.write_all(&self.buf);
         self.buf.clear();
+        let lines = std::mem::take(&mut self.buffered_lines);
         match result {
             Ok(()) => {
                 self.written = (self.next_seq, self.prev, self.size);
+                self.lines_written += lines;
                 Ok(())
             }
             Err(e) => {
                 (self.next_seq, self.prev, self.size) = self.written;
+                self.write_errors += 1;
                 Err(e)
             }
         }

@@ -17,6 +17,11 @@ pub const MIN_AUDIT_MAX_BYTES: u64 = 1024 * 1024;
 pub struct Config {
     /// Where to listen. Default `127.0.0.1:8443`.
     pub addr: SocketAddr,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, no authentication: counts only, never a
+    /// secret's name or value). Default: off. Any address is accepted, `0.0.0.0:9090` included (a scrape
+    /// endpoint on the pod network is normal in Kubernetes); keep it off networks that should not see request
+    /// rates.
+    pub metrics_addr: Option<SocketAddr>,
     /// Where the database, keys and dev certificates live. Default `./keyvault-data`.
     pub data_dir: PathBuf,
     /// Development mode: generate a CA and server certificate, create a client, write dev-credentials.json.
@@ -429,6 +434,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            metrics_addr: None,
             data_dir: PathBuf::from("keyvault-data"),
             dev: false,
             vault_name: "myvault".to_string(),
@@ -589,6 +595,15 @@ impl Config {
         self.store_backend()?;
         self.policy()?;
         self.validate_client_credentials()?;
+        if self
+            .metrics_addr
+            .is_some_and(|m| m == self.addr && m.port() != 0)
+        {
+            return Err(ConfigError(
+                "metrics_addr must differ from addr (the metrics have a listener of their own)"
+                    .to_string(),
+            ));
+        }
         if self.rate_limit_per_10s == Some(0) || self.rate_limit_create_per_10s == Some(0) {
             return Err(ConfigError(
                 "rate_limit_per_10s and rate_limit_create_per_10s must be at least 1 (leave them out for no limit)"
@@ -737,6 +752,7 @@ mod tests {
             purge_protection = true
             tenant_id = "contoso"
             audit_keep_files = 5
+            metrics_addr = "0.0.0.0:9090"
             [tls]
             cert = "server.pem"
             key = "server-key.pem"
@@ -752,12 +768,24 @@ mod tests {
         assert_eq!(c.audit_keep_files, 5);
         assert_eq!(Config::default().audit_keep_files, 0);
         assert_eq!(c.clients[0].client_id, "app");
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(Config::default().metrics_addr, None);
         c.validate().unwrap();
         // The certificate files are watched every minute unless told otherwise; 0 turns the watch off.
         assert_eq!(c.tls.reload_interval_secs, 60);
         let off = Config::from_toml("dev = true\n[tls]\nreload_interval_secs = 0").unwrap();
         assert_eq!(off.tls.reload_interval_secs, 0);
         off.validate().unwrap();
+        let same = Config {
+            metrics_addr: Some(c.addr),
+            ..c
+        };
+        assert!(
+            same.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("metrics_addr")
+        );
     }
 
     /// A client secret's expiry: Unix seconds, a TOML date-time or an RFC 3339 string, all the same moment;

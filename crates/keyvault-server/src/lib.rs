@@ -12,6 +12,7 @@
 //! - [`crypto`]: envelope encryption, key providers (a current key-encryption key and previous ones).
 //! - [`rekey`]: re-sealing every stored value under the current key-encryption key (`keyvault rekey`).
 //! - [`store`]: the `SecretStore` trait and its SQLite implementation.
+//! - [`metrics`]: Prometheus counters and the `/metrics` listener (`metrics_addr`).
 //! - [`tls`]: certificates (files or a generated dev CA) and the rustls configuration.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod http;
 mod idle;
 mod json;
 pub mod local;
+pub mod metrics;
 pub mod rekey;
 pub mod server;
 pub mod store;

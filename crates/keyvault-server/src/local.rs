@@ -32,6 +32,9 @@ pub struct LocalVaultOptions {
     /// Configured clients (`[[clients]]`: secrets, certificates, federated credentials), besides the dev
     /// client. Default: none.
     pub clients: Vec<crate::config::ClientConfig>,
+    /// Serve `/metrics` on this address (`127.0.0.1:0`: a port the kernel picks; see
+    /// [`LocalVault::metrics_url`]). Default: off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for LocalVaultOptions {
@@ -44,6 +47,7 @@ impl Default for LocalVaultOptions {
             trusted_issuers: Vec::new(),
             tenant_id: None,
             clients: Vec::new(),
+            metrics_addr: None,
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct LocalVault {
     policy: Arc<crate::auth::Policy>,
     clients: Arc<crate::auth::ClientRegistry>,
     audit: Option<crate::audit::AuditLog>,
+    metrics_url: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     dir: tempfile::TempDir,
@@ -86,6 +91,7 @@ impl LocalVault {
             rate_limit_window_secs: options.throttle.window.as_secs().max(1),
             trusted_issuers: options.trusted_issuers,
             clients: options.clients,
+            metrics_addr: options.metrics_addr,
             ..defaults
         };
         let server = Server::bind_with_clock(config, options.clock).await?;
@@ -100,6 +106,10 @@ impl LocalVault {
         let policy = server.policy().clone();
         let clients = server.clients().clone();
         let audit = server.audit().cloned();
+        let metrics_url = server
+            .info()
+            .metrics_addr
+            .map(|addr| format!("http://{addr}/metrics"));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
@@ -111,6 +121,7 @@ impl LocalVault {
             policy,
             clients,
             audit,
+            metrics_url,
             stop: Some(tx),
             task: Some(task),
             dir,
@@ -185,6 +196,11 @@ impl LocalVault {
             .add(id.as_str(), hash)
             .expect("a fresh hash is valid");
         (id, secret)
+    }
+
+    /// `http://127.0.0.1:{port}/metrics`, if metrics are on ([`LocalVaultOptions::metrics_addr`]).
+    pub fn metrics_url(&self) -> Option<&str> {
+        self.metrics_url.as_deref()
     }
 
     /// The audit log (`{data_dir}/audit.log`).

@@ -9,6 +9,7 @@ use crate::auth::{
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::crypto::{Envelope, FileKeyProvider, Kek, KeyProvider, KeyRing, StaticKeyProvider};
 use crate::http::{self, HttpState};
+use crate::metrics::{HttpMetrics, Metrics};
 use crate::store::SecretStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -22,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -123,6 +125,8 @@ pub struct ServerInfo {
     pub resource: String,
     pub ca_cert: Option<PathBuf>,
     pub dev: Option<DevCredentials>,
+    /// Where `/metrics` is served (plain HTTP), if `metrics_addr` is set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A bound, ready-to-serve vault server.
@@ -146,6 +150,10 @@ pub struct Server {
     certificate: Arc<ServerCertificate>,
     /// How often the certificate files are looked at (zero: never; SIGHUP still reloads).
     tls_reload_interval: Duration,
+    /// The metrics listener (`metrics_addr`) and what it shows.
+    metrics: Option<(TcpListener, Arc<Metrics>)>,
+    /// Connections open now (shown by the metrics).
+    open_connections: Arc<AtomicU64>,
 }
 
 fn host_of(addr: &SocketAddr) -> String {
@@ -533,7 +541,37 @@ impl Server {
             assertions,
             assertion_audiences,
         };
+        let http_metrics = Arc::new(HttpMetrics::new());
+        let open_connections = Arc::new(AtomicU64::new(0));
+        let metrics = match config.metrics_addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let gauge = open_connections.clone();
+                let metrics = Metrics {
+                    http: http_metrics.clone(),
+                    store: vault.store().clone(),
+                    audit: audit.clone(),
+                    connections: Arc::new(move || gauge.load(Ordering::Relaxed)),
+                    start_time: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                };
+                Some((listener, Arc::new(metrics)))
+            }
+            None => None,
+        };
+        let metrics_addr = match &metrics {
+            Some((listener, _)) => Some(
+                listener
+                    .local_addr()
+                    .map_err(setup("cannot read the metrics listener's address"))?,
+            ),
+            None => None,
+        };
         let state = Arc::new(HttpState {
+            metrics: http_metrics,
             vault: vault.clone(),
             verifier,
             challenge,
@@ -559,6 +597,7 @@ impl Server {
                 resource,
                 ca_cert: ca_pem_path,
                 dev,
+                metrics_addr,
             },
             certificate,
             tls_reload_interval: Duration::from_secs(config.tls.reload_interval_secs),
@@ -566,6 +605,8 @@ impl Server {
             sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
             trusted_issuers: trusted,
+            metrics,
+            open_connections,
         })
     }
 
@@ -628,6 +669,13 @@ impl Server {
             .store()
             .is_shared()
             .then(|| tokio::spawn(kek_retired_loop(self.vault.clone(), stop_rx.clone())));
+        let metrics_server = self.metrics.map(|(listener, metrics)| {
+            tokio::spawn(crate::metrics::listener::serve(
+                listener,
+                metrics,
+                stop_rx.clone(),
+            ))
+        });
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         raise_open_file_limit();
@@ -667,8 +715,10 @@ impl Server {
             let service = self.app.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
+            let open = OpenConnection::new(&self.open_connections);
             tokio::spawn(async move {
                 let _permit = permit;
+                let _open = open;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -700,6 +750,9 @@ impl Server {
         if let Some(poll) = retired_poll {
             let _ = poll.await;
         }
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         for refresher in jwks_refreshers {
             let _ = refresher.await;
         }
@@ -707,6 +760,22 @@ impl Server {
             audit.flush().await;
         }
         Ok(())
+    }
+}
+
+/// Counts a connection as open while it lives (for the metrics).
+struct OpenConnection(Arc<AtomicU64>);
+
+impl OpenConnection {
+    fn new(gauge: &Arc<AtomicU64>) -> OpenConnection {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -45,6 +45,8 @@ pub const MAX_RESTORE_BODY_BYTES: usize =
 
 /// What the vault routes share.
 pub struct HttpState {
+    /// Request counters (read by the metrics listener, if there is one).
+    pub metrics: Arc<crate::metrics::HttpMetrics>,
     pub vault: Arc<Vault>,
     pub verifier: Arc<TokenVerifier>,
     /// The `WWW-Authenticate` value of every 401.
@@ -87,14 +89,31 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
     >;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        // Counted here, for every request (the router's too): by route and status, with the time taken.
+        let started = Instant::now();
+        let route = crate::metrics::Route::of(req.method(), req.uri().path());
         let req = req.map(Body::new);
         let shaped_by_router = matches!(*req.method(), Method::HEAD | Method::CONNECT);
+        let state = self.state.clone();
         if !shaped_by_router && skips_router(req.uri().path()) {
-            let state = self.state.clone();
-            Box::pin(async move { Ok(vault_request(State(state), req).await) })
+            Box::pin(async move {
+                let resp = serve_vault(&state, req).await;
+                state
+                    .metrics
+                    .record(route, resp.status().as_u16(), started.elapsed());
+                Ok(resp)
+            })
         } else {
             let router = self.router.clone();
-            Box::pin(tower::ServiceExt::oneshot(router, req))
+            Box::pin(async move {
+                let result = tower::ServiceExt::oneshot(router, req).await;
+                if let Ok(resp) = &result {
+                    state
+                        .metrics
+                        .record(route, resp.status().as_u16(), started.elapsed());
+                }
+                result
+            })
         }
     }
 }
@@ -147,14 +166,18 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
 
 /// Entry point of every vault request.
 pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) -> Response {
-    let started = Instant::now();
+    serve_vault(&state, req).await
+}
+
+/// [`vault_request`], on a borrowed state.
+async fn serve_vault(state: &HttpState, req: Request) -> Response {
     let method = req.method().clone();
     // Only kept when it will be logged (the URI is reference-counted: no copy of the path).
-    let uri = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().clone());
+    let uri = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.uri().clone(), Instant::now()));
     let client_request_id = req.headers().get("x-ms-client-request-id").cloned();
     let request_id = RequestId::next();
     let mut record = AuditRecord::new(request_id.as_str().to_owned());
-    let mut resp = match handle(&state, req, &mut record).await {
+    let mut resp = match handle(state, req, &mut record).await {
         Ok(resp) => resp,
         Err(e) => {
             // With the id the client got (`x-ms-request-id`) and the audit log has: the three line up.
@@ -184,7 +207,7 @@ pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) ->
         headers.insert(header::WWW_AUTHENTICATE, state.challenge.clone());
     }
     decorate(headers, client_request_id, request_id.header_value());
-    if let Some(uri) = uri {
+    if let Some((uri, started)) = uri {
         tracing::debug!(request_id = request_id.as_str(), %method, path = uri.path(), status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     }
     resp
@@ -681,7 +704,9 @@ async fn handle(
     // 1. Who: before anything else, and before the body is read.
     let token = bearer(req.headers()).ok_or_else(unauthorized)?;
     let now = state.vault.now();
-    let verified = match state.verifier.verify_cached(token, now) {
+    let cached = state.verifier.verify_cached(token, now);
+    state.metrics.token_cache(cached.is_some());
+    let verified = match cached {
         Some(cached) => cached,
         // Not seen before (or no longer cached): a token must be text to be parsed.
         None => match std::str::from_utf8(token) {

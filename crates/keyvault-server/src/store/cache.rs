@@ -68,6 +68,9 @@ struct Shard {
     generation: u64,
     /// Rotates which rows an eviction drops.
     evictions: u64,
+    /// Lookups that found the row, and that did not (counted under the lock taken anyway: for metrics).
+    hits: u64,
+    misses: u64,
 }
 
 struct Slot {
@@ -204,7 +207,7 @@ impl LiveCache {
             return Lookup::Busy;
         }
         let hash = self.hash(vault, name_key);
-        let guard = self.lock(Self::shard_of(hash));
+        let mut guard = self.lock(Self::shard_of(hash));
         let ticket = Ticket {
             hash,
             generation: guard.generation,
@@ -218,14 +221,24 @@ impl LiveCache {
                 Some(v) if !packed_version_is(latest, v) => {
                     match older.as_ref().and_then(|o| o.find(v)) {
                         Some(packed) => packed.clone(),
-                        None => return Lookup::MissOlder(ticket),
+                        None => {
+                            guard.misses += 1;
+                            return Lookup::MissOlder(ticket);
+                        }
                     }
                 }
                 _ => latest.clone(),
             },
-            Some(_) => return Lookup::Busy,
-            None => return Lookup::Miss(ticket),
+            Some(_) => {
+                guard.misses += 1;
+                return Lookup::Busy;
+            }
+            None => {
+                guard.misses += 1;
+                return Lookup::Miss(ticket);
+            }
         };
+        guard.hits += 1;
         drop(guard);
         // Unpacking allocates: outside the lock. A row that does not unpack (never: it was packed here) is
         // read from the database instead.
@@ -392,7 +405,23 @@ impl LiveCache {
         }
     }
 
-    /// Rows cached now (for tests and metrics).
+    /// Lookups that hit, lookups that missed, and bytes held by the cached rows now (overhead included);
+    /// `None` when the cache is off.
+    pub(crate) fn metrics(&self) -> Option<(u64, u64, u64)> {
+        if self.shard_budget == 0 {
+            return None;
+        }
+        let (mut hits, mut misses, mut bytes) = (0u64, 0u64, 0u64);
+        for shard in 0..SHARDS {
+            let s = self.lock(shard);
+            hits += s.hits;
+            misses += s.misses;
+            bytes += s.bytes as u64;
+        }
+        Some((hits, misses, bytes))
+    }
+
+    /// Rows cached now (for tests).
     #[cfg(test)]
     pub(crate) fn rows(&self) -> usize {
         (0..SHARDS)

@@ -180,6 +180,11 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn restore(&self, vault: &str, versions: Vec<VersionRow>) -> StoreResult<()>;
     /// Is the store usable (for /readyz)?
     async fn health(&self) -> StoreResult<()>;
+    /// What the store has counted (group commit, its cache, checkpoints), for `/metrics`. Cheap: counters
+    /// read, no query. Default: nothing.
+    fn metrics(&self) -> crate::metrics::StoreMetrics {
+        crate::metrics::StoreMetrics::default()
+    }
     /// Should this node run background work (the retention sweeper) now? Called before each run. A store
     /// shared by several nodes answers true on one node at a time and moves the role to another node when
     /// that one dies; a store private to this node is always the leader.

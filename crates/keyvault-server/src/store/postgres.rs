@@ -466,6 +466,16 @@ impl PostgresStore {
     pub fn get_batches_run(&self) -> u64 {
         self.gets.batches_run()
     }
+
+    /// Sets per committed statement, and the statements' times (for metrics).
+    fn write_metrics(&self) -> crate::metrics::StoreMetrics {
+        let (sizes, seconds) = self.sets.metrics();
+        crate::metrics::StoreMetrics {
+            batch_size: Some(sizes),
+            commit_seconds: Some(seconds),
+            ..Default::default()
+        }
+    }
 }
 
 /// Run one operation on a connection of `pool`, bounded by [`OPERATION_TIMEOUT`].
@@ -1023,6 +1033,10 @@ impl SecretStore for PostgresStore {
 
     async fn restore(&self, vault: &str, versions: Vec<VersionRow>) -> StoreResult<()> {
         self.run(async |c| restore(c, vault, &versions).await).await
+    }
+
+    fn metrics(&self) -> crate::metrics::StoreMetrics {
+        self.write_metrics()
     }
 
     async fn health(&self) -> StoreResult<()> {

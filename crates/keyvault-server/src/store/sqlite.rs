@@ -862,6 +862,23 @@ impl SecretStore for SqliteStore {
         .await
     }
 
+    fn metrics(&self) -> crate::metrics::StoreMetrics {
+        crate::metrics::StoreMetrics {
+            batch_size: Some(self.stats.batch_sizes.snapshot()),
+            commit_seconds: Some(self.stats.commit_seconds.snapshot()),
+            cache: self
+                .cache
+                .metrics()
+                .map(|(hits, misses, bytes)| crate::metrics::CacheMetrics {
+                    hits,
+                    misses,
+                    bytes,
+                }),
+            checkpoints: Some(self.stats.checkpoints.load(Ordering::Relaxed)),
+            wal_rewinds: Some(self.stats.rewinds.load(Ordering::Relaxed)),
+        }
+    }
+
     async fn health(&self) -> StoreResult<()> {
         match &self.tx {
             Some(tx) if !tx.is_closed() => {}
@@ -1062,10 +1079,13 @@ impl Checkpointer {
             });
         match result {
             // -1 when the database is not in WAL mode (it always is here).
-            Ok((log, done)) => Some((
-                u32::try_from(log).unwrap_or(0),
-                u32::try_from(done).unwrap_or(0),
-            )),
+            Ok((log, done)) => {
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                Some((
+                    u32::try_from(log).unwrap_or(0),
+                    u32::try_from(done).unwrap_or(0),
+                ))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "WAL checkpoint skipped");
                 None
@@ -1385,12 +1405,31 @@ impl ReadPool {
 // ---------------------------------------------------------------------------------------------------------
 // The writer: group commit
 
-#[derive(Default)]
 struct Stats {
     commits: AtomicU64,
     writes: AtomicU64,
     rewinds: AtomicU64,
     rewind_pauses: AtomicU64,
+    /// PASSIVE checkpoint passes run.
+    checkpoints: AtomicU64,
+    /// Writes per committed batch.
+    batch_sizes: crate::metrics::Histogram,
+    /// Time to run and commit a batch (the WAL's sync included).
+    commit_seconds: crate::metrics::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            rewinds: AtomicU64::new(0),
+            rewind_pauses: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            batch_sizes: crate::metrics::Histogram::batch_sizes(),
+            commit_seconds: crate::metrics::Histogram::seconds(),
+        }
+    }
 }
 
 enum Msg {
@@ -1534,13 +1573,16 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: &Stats, gat
 }
 
 fn run_batch(tx: &Tx<'_>, mut batch: Vec<Box<dyn WriteJob>>, stats: &Stats) {
+    let started = std::time::Instant::now();
     let failure = execute_batch(tx, &mut batch);
     match &failure {
         None => {
+            stats.commit_seconds.observe_duration(started.elapsed());
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
                 .writes
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.batch_sizes.observe(batch.len() as u64);
         }
         Some(f) => {
             tracing::error!(error = %f.message, writes = batch.len(), "a database write batch failed")

@@ -25,6 +25,7 @@
 //! - A queued operation whose caller went away before its batch started is dropped: a set is then never
 //!   written.
 
+use crate::metrics::text::HistogramSnapshot;
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,6 +129,9 @@ pub struct Batcher<W: Work> {
     queue: Mutex<Queue<W>>,
     /// Batches of more than one operation run so far, for tests and diagnostics.
     batches: AtomicU64,
+    /// Operations per batch that ran (a batch of one included), and the batches' times (for metrics).
+    sizes: crate::metrics::Histogram,
+    durations: crate::metrics::Histogram,
 }
 
 impl<W: Work> Batcher<W> {
@@ -143,6 +147,8 @@ impl<W: Work> Batcher<W> {
                 writing: HashSet::new(),
             }),
             batches: AtomicU64::new(0),
+            sizes: crate::metrics::Histogram::batch_sizes(),
+            durations: crate::metrics::Histogram::seconds(),
         })
     }
 
@@ -153,6 +159,17 @@ impl<W: Work> Batcher<W> {
     /// Batches of more than one operation so far.
     pub fn batches_run(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Operations per batch and the batches' times, for batches that ran to their end (a batch of one
+    /// included).
+    pub fn metrics(&self) -> (HistogramSnapshot, HistogramSnapshot) {
+        (self.sizes.snapshot(), self.durations.snapshot())
+    }
+
+    fn ran(&self, operations: usize, started: Instant) {
+        self.sizes.observe(operations as u64);
+        self.durations.observe_duration(started.elapsed());
     }
 
     /// Do `work` in the next batch that can take it; answers once that batch is done (for sets: committed).
@@ -174,10 +191,12 @@ impl<W: Work> Batcher<W> {
                 batcher: self,
                 name,
             };
+            let started = Instant::now();
             let mut answers = run_on(&self.pool, async |c| {
                 W::run(c, std::slice::from_ref(&work)).await
             })
             .await?;
+            self.ran(1, started);
             return answers.pop().unwrap_or_else(|| {
                 Err(StoreError::Internal("a batch of one had no answer".into()))
             });
@@ -285,7 +304,11 @@ impl<W: Work> Batcher<W> {
 
     /// Run one batch and answer its operations.
     async fn run(&self, works: Vec<W>, answers: Vec<oneshot::Sender<StoreResult<W::Answer>>>) {
+        let started = Instant::now();
         let results = run_on(&self.pool, async |c| W::run(c, &works).await).await;
+        if results.is_ok() {
+            self.ran(works.len(), started);
+        }
         if works.len() > 1 {
             self.batches.fetch_add(1, Ordering::Relaxed);
         }
