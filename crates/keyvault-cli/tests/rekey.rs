@@ -6,21 +6,9 @@
 
 mod cli_support;
 
-use cli_support::{Out, command, run_with};
-use std::io::{BufRead, BufReader};
+use cli_support::{Out, Server, command, run_with, spawn_server};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// A server child process, killed if the test panics before stopping it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn dev_serve_args(data: &Path) -> Vec<String> {
     ["serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir"]
@@ -38,30 +26,8 @@ fn serve(data: &Path, extra: &[&str]) -> Server {
 fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut c = command(None);
     c.envs(env.iter().copied());
-    c.args(dev_serve_args(data))
-        .args(extra)
-        .env("KEYVAULT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    let server = Server(child);
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server reports its address");
+    c.args(dev_serve_args(data)).args(extra);
+    let (server, addr, _) = spawn_server(c);
     let creds = data.join("dev-credentials.json");
     let start = Instant::now();
     loop {

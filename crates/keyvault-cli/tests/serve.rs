@@ -1,11 +1,12 @@
 //! The real `keyvault` binary: `serve` from a config file with TLS files and a configured client,
 //! configuration errors, graceful shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod cli_support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyvault");
+use cli_support::{BIN, LogLines, Server, command, log_field, spawn_server};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn hash_secret(secret: &str) -> String {
     use std::io::Write;
@@ -24,16 +25,6 @@ fn hash_secret(secret: &str) -> String {
     hash
 }
 
-/// A server child process that is killed if a test panics before stopping it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Start the server and read its listening address from the log on stderr.
 fn start(args: &[&str]) -> (Server, String) {
     let (server, addr, _) = start_with_env(args, &[]);
@@ -42,42 +33,22 @@ fn start(args: &[&str]) -> (Server, String) {
 
 /// [`start`] with these environment variables; also the metrics URL the server logs, if it logs one.
 fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Server, String, Option<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("KEYVAULT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let field = |line: &str, name: &str| {
-            line.split(name).nth(1).map(|rest| {
-                rest.split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-        };
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("keyvault listening") {
-                let _ = tx.send((field(&line, " addr=").unwrap_or_default(), None));
-            } else if let Some(url) = field(&line, " metrics=") {
-                let _ = tx.send((String::new(), Some(url)));
-            }
-        }
-    });
-    let server = Server(child);
-    let (addr, _) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server reports its address");
+    let mut c = command(None);
+    c.args(args).envs(env.iter().copied());
+    let (server, addr, lines) = spawn_server(c);
     // The metrics line, if any, follows the address's at once.
-    let metrics = rx
-        .recv_timeout(Duration::from_millis(500))
-        .ok()
-        .and_then(|(_, url)| url);
+    let start = Instant::now();
+    let metrics = loop {
+        let found = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| log_field(l, " metrics="));
+        if found.is_some() || start.elapsed() > Duration::from_millis(500) {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     (server, addr, metrics)
 }
 
@@ -950,42 +921,10 @@ async fn another_vault_name_over_a_store_is_reported() {
 }
 
 /// Starts the server and keeps every line it logs: (server, address, the lines so far).
-fn start_logged(
-    args: &[&str],
-) -> (
-    Server,
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("KEYVAULT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let kept = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-            kept.lock().unwrap().push(line);
-        }
-    });
-    let server = Server(child);
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server reports its address");
-    (server, addr, lines)
+fn start_logged(args: &[&str]) -> (Server, String, LogLines) {
+    let mut c = command(None);
+    c.args(args);
+    spawn_server(c)
 }
 
 /// Waits (at most 10 s) for a logged line containing `text`; returns it.

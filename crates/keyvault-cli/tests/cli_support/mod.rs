@@ -144,3 +144,55 @@ pub fn kv(vault: &Vault, args: &[&str]) -> Out {
 pub fn kv_in(vault: &Vault, args: &[&str], stdin: &[u8]) -> Out {
     run_with(command(Some(vault)), args, Some(stdin))
 }
+
+/// A `keyvault serve` child process, killed (and reaped) if a test panics before stopping it.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every line a server has logged so far (stderr), kept by a reader thread.
+pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Spawns `serve` as `c` describes (its stderr is taken over, at `KEYVAULT_LOG=info`) and waits (at most
+/// 30 s) for the "keyvault listening" line: (server, its `addr=`, every line it logs).
+pub fn spawn_server(mut c: Command) -> (Server, String, LogLines) {
+    use std::io::{BufRead, BufReader};
+    let mut child = c
+        .env("KEYVAULT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let lines = LogLines::default();
+    let kept = lines.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("keyvault listening") {
+                let _ = tx.send(log_field(&line, " addr=").unwrap_or_default());
+            }
+            kept.lock().unwrap().push(line);
+        }
+    });
+    let server = Server(child);
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the server reports its address");
+    (server, addr, lines)
+}
+
+/// The value of `name` (such as `" addr="`) in a log line, up to the next space.
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    line.split(name).nth(1).map(|rest| {
+        rest.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
