@@ -487,8 +487,9 @@ impl Envelope {
     }
 
     /// Marks the current key as retired (a node learnt that `keyvault rekey` retired it): from then on
-    /// [`Envelope::seal`] (every new value, restored version or re-seal) fails with [`CryptoError::Retired`].
-    /// Backup blobs and listing cursors are still sealed: nothing is stored under them.
+    /// [`Envelope::seal`] (every new value, restored version or re-seal) and [`Envelope::seal_backup`] fail
+    /// with [`CryptoError::Retired`]: a backup made under a retired key would stop restoring once the old key
+    /// is removed. Listing cursors are still sealed (they live for a listing, and nothing is stored under them).
     pub fn retire_current(&self) {
         self.retired.store(true, Ordering::Release);
     }
@@ -669,6 +670,9 @@ impl Envelope {
     /// Encrypt and authenticate a backup payload under the backup key derived from the current KEK.
     pub fn seal_backup(&self, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let (kek_id, kek) = self.provider.current();
+        if self.current_retired() {
+            return Err(CryptoError::Retired(kek_id.to_owned()));
+        }
         let kek_id_len = u8::try_from(kek_id.len())
             .map_err(|_| CryptoError::KeyFile("key id too long".into()))?;
         let nonce = self.nonce()?;

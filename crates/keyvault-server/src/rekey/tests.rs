@@ -310,6 +310,12 @@ async fn a_completed_rekey_retires_the_old_key() {
         "{err:?}"
     );
     assert_eq!(value(&node, "s", None).await, "s-2");
+    // Nor does it make backups: one under the retired key would stop restoring once that key is removed.
+    let err = node.backup("s").await.unwrap_err();
+    assert!(
+        matches!(&err, crate::vault::VaultError::KeyRetired(m) if m.contains(&id1)),
+        "{err:?}"
+    );
 
     // A second rotation (to key 3) keeps key 1 retired and retires key 2.
     let third = envelope(3, &[2]);

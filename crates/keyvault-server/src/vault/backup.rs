@@ -88,7 +88,7 @@ impl Vault {
         let blob = self
             .envelope
             .seal_backup(&json)
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
+            .map_err(super::seal_error)?;
         // A backup that restore would refuse is no backup: refuse it now, while the secret still exists.
         if blob.len() > MAX_BACKUP_BLOB_BYTES {
             return Err(VaultError::BadParameter(format!(
