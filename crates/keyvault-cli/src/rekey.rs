@@ -88,7 +88,7 @@ are read as `serve` reads them. Backups made under the old key restore only whil
 A rekey that completes moves the key check to the new key and records the old key ids as retired: a server
 whose current key is a retired one is refused at start (make the new key current; the old one may stay
 previous), and a running PostgreSQL node learns it within about a second and answers 503 to every write
-that seals a value. From its first re-seal until it completes, the store names the new key as the rekey's
+that seals a value, and to backups. From its first re-seal until it completes, the store names the new key as the rekey's
 target: a server without it is refused at start (configure it and run rekey again after an interruption).
 On PostgreSQL, rekey then waits a few seconds and re-seals whatever a node still wrote under a retired key.
 
