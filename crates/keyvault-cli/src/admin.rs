@@ -213,7 +213,12 @@ fn segment(id: &str) -> CliResult<&str> {
 }
 
 /// Sends an admin request; a non-2xx answer becomes the CLI's error.
-async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> CliResult<Value> {
+pub(crate) async fn call(
+    conn: &Conn,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> CliResult<Value> {
     let vault = conn.vault().to_string();
     let mut req = Request::new(method, path);
     if let Some(b) = &body {

@@ -2,12 +2,14 @@
 //! (make a new key file, show a key file's id): the server crate's store and keys, used as a library, with
 //! the configuration `serve` reads (config file, environment, flags).
 
+use crate::conn::{ConnArgs, Output};
 use crate::errors::{CliError, CliResult, code};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use keyvault_server::Config;
 use keyvault_server::config::{StoreBackend, StoreLocation};
 use keyvault_server::crypto::{CryptoError, Envelope, FileKeyProvider};
-use keyvault_server::rekey::{RekeyOptions, RekeyReport};
+use keyvault_server::rekey::job::{RekeyJobView, RekeyStatus};
+use keyvault_server::rekey::{RekeyOptions, RekeyProgress, RekeyReport};
 use keyvault_server::server::{KeyFileCreation, key_provider, open_store};
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,15 +61,6 @@ impl StoreArgs {
     }
 }
 
-#[derive(Clone, Copy, Default, ValueEnum)]
-pub enum RekeyOutput {
-    /// A human-readable summary.
-    #[default]
-    Table,
-    /// The report as one JSON object (for scripts).
-    Json,
-}
-
 #[derive(Args)]
 #[command(
     after_help = "Rotating the key-encryption key (README: \"Rotating the key-encryption key\"):
@@ -81,8 +74,15 @@ A node must open whatever another node seals: so every node holds the new key (1
 (2), and every node seals with it (2) before rekey checks that nothing is left under the old one (3). A single
 server can do 1 and 2 in one restart.
 
-SQLite: stop the server first (rekey refuses a database a server, or another rekey, holds). PostgreSQL: rekey runs while nodes
-serve (each version is replaced only if it still holds what was read). KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS
+Online (--online): the running server re-seals, and this command follows its progress (GET /admin/rekey)
+until it finishes: on SQLite the way to rotate without stopping the server; on PostgreSQL any one node can
+run it. It needs a principal with the administration permission, e.g.
+  keyvault rekey --online --dev-credentials ./keyvault-data --dry-run
+  keyvault rekey --online --vault-url https://vault.example:8443 -o json
+Offline (the default): this process opens the store itself. SQLite: stop the server first (rekey refuses a
+database a server, or another rekey, holds). PostgreSQL: rekey runs while nodes serve (each version is
+replaced only if it still holds what was read). Either way the output is the same: a summary, or with -o json
+the report (-o defaults to the summary here, whatever standard output is). KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS
 are read as `serve` reads them. Backups made under the old key restore only while it is configured.
 
 A rekey that completes moves the key check to the new key and records the old key ids as retired: a server
@@ -93,7 +93,8 @@ target: a server without it is refused at start (configure it and run rekey agai
 On PostgreSQL, rekey then waits a few seconds and re-seals whatever a node still wrote under a retired key.
 
 Exit codes: 0 done (or dry run), 1 store failure or keys the store refuses (they do not open its key
-check, or the current one was retired), 2 bad configuration (a missing or malformed key file,
+check, or the current one was retired; online: the server's rekey failed), 4 online: a rekey is already
+running on that server, 5 online: the principal may not administer the vault, 2 bad configuration (a missing or malformed key file,
 a bad KEYVAULT_KEK or KEYVAULT_PREVIOUS_KEKS, a bad config file), 6 finished with versions left under other
 keys (listed; the key check stays under the old key, so it must stay configured), or with versions a node
 wrote under a retired key during the rekey (re-sealed; restart that node with the new key current)."
@@ -101,15 +102,21 @@ wrote under a retired key during the rekey (re-sealed; restart that node with th
 pub struct RekeyArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// Ask a running server to re-seal (the admin API, `POST /admin/rekey`): no downtime on SQLite, and no
+    /// store credentials needed here. Takes the connection options of `principal` (--vault-url,
+    /// --dev-credentials, … with the administration permission); the store options are not used.
+    #[arg(long)]
+    online: bool,
     /// Count the stored versions per key id; change nothing.
     #[arg(long)]
     dry_run: bool,
     /// Versions read and re-sealed per batch.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=10000))]
     batch_size: u16,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    output: RekeyOutput,
+    /// Connection (with --online) and output: `-o json` prints the report as one JSON object (for scripts);
+    /// otherwise a summary for people (progress on standard error).
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Subcommand)]
@@ -147,7 +154,24 @@ pub fn run_kek(command: KekCommand, out: &mut impl Write) -> CliResult {
 }
 
 pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
-    let config = args.store.into_config()?;
+    // The summary unless JSON is asked for (whatever standard output is: the progress goes to stderr).
+    let json = matches!(args.conn.output, Some(Output::Json));
+    let report = if args.online {
+        run_online(&args, json).await?
+    } else {
+        run_offline(args.store, args.dry_run, args.batch_size, json).await?
+    };
+    finish(&report, json, out)
+}
+
+/// The rekey in this process, over the store the configuration names.
+async fn run_offline(
+    store_args: StoreArgs,
+    dry_run: bool,
+    batch_size: u16,
+    json: bool,
+) -> CliResult<RekeyReport> {
+    let config = store_args.into_config()?;
     let backend = config
         .store_backend()
         .map_err(|e| CliError::new(code::BAD_INPUT, e.to_string()))?;
@@ -184,7 +208,7 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
         .await
         .map_err(|e| CliError::new(code::BAD_INPUT, e.to_string()))?;
     let envelope = Envelope::new(provider);
-    let table = matches!(args.output, RekeyOutput::Table);
+    let table = !json;
     if table {
         let previous = envelope.previous_kek_ids();
         eprintln!(
@@ -198,8 +222,8 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
         );
     }
     let options = RekeyOptions {
-        batch_size: usize::from(args.batch_size),
-        dry_run: args.dry_run,
+        batch_size: usize::from(batch_size),
+        dry_run,
     };
     let report = keyvault_server::rekey::rekey(store.as_ref(), &envelope, &options, |p| {
         if table {
@@ -209,15 +233,85 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
     .await
     .map_err(|e| CliError::new(code::OTHER, e))?;
     drop(store);
+    Ok(report)
+}
 
-    match args.output {
-        RekeyOutput::Json => {
-            let json = serde_json::to_string_pretty(&report).map_err(|e| {
-                CliError::new(code::OTHER, format!("cannot encode the report: {e}"))
-            })?;
-            writeln!(out, "{json}").map_err(crate::errors::io_error)?;
+/// How often `--online` asks the server how its rekey is going.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The rekey run by the server (`POST /admin/rekey`), followed until it finishes (`GET /admin/rekey`).
+async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
+    use keyvault_secrets::http::Method;
+    let conn = args.conn.connect(None)?;
+    let body = serde_json::json!({
+        "dryRun": args.dry_run,
+        "batchSize": args.batch_size,
+    });
+    let started: RekeyJobView =
+        job_view(crate::admin::call(&conn, Method::POST, "/admin/rekey", Some(body)).await?)?;
+    if !json {
+        eprintln!(
+            "rekey job {} started on {}{}",
+            started.id,
+            conn.vault(),
+            if started.dry_run { " (dry run)" } else { "" }
+        );
+    }
+    let mut shown: Option<(u64, u64)> = None;
+    loop {
+        let view = job_view(crate::admin::call(&conn, Method::GET, "/admin/rekey", None).await?)?;
+        if view.id != started.id {
+            return Err(CliError::new(
+                code::OTHER,
+                format!(
+                    "the server no longer shows rekey job {} (it restarted, or another rekey started): run \
+                     keyvault rekey again (what was re-sealed stays re-sealed)",
+                    started.id
+                ),
+            ));
         }
-        RekeyOutput::Table => print_summary(&report, out).map_err(crate::errors::io_error)?,
+        let seen = (view.progress.scanned, view.progress.resealed);
+        if !json && shown != Some(seen) && view.progress.scanned > 0 {
+            eprintln!("  {}", progress_line(&view.progress));
+            shown = Some(seen);
+        }
+        match view.status {
+            RekeyStatus::Running => tokio::time::sleep(POLL_INTERVAL).await,
+            RekeyStatus::Failed => {
+                return Err(CliError::new(
+                    code::OTHER,
+                    format!(
+                        "the server's rekey failed: {}",
+                        view.error.as_deref().unwrap_or("no reason given")
+                    ),
+                ));
+            }
+            RekeyStatus::Succeeded | RekeyStatus::Incomplete => {
+                return view.report.ok_or_else(|| {
+                    CliError::new(code::OTHER, "the server's finished rekey has no report")
+                });
+            }
+        }
+    }
+}
+
+fn job_view(v: serde_json::Value) -> CliResult<RekeyJobView> {
+    serde_json::from_value(v).map_err(|e| {
+        CliError::new(
+            code::OTHER,
+            format!("the server's rekey job is not in the expected shape ({e})"),
+        )
+    })
+}
+
+/// Prints the report and turns what is left into the exit code.
+fn finish(report: &RekeyReport, json: bool, out: &mut impl Write) -> CliResult {
+    if json {
+        let text = serde_json::to_string_pretty(report)
+            .map_err(|e| CliError::new(code::OTHER, format!("cannot encode the report: {e}")))?;
+        writeln!(out, "{text}").map_err(crate::errors::io_error)?;
+    } else {
+        print_summary(report, out).map_err(crate::errors::io_error)?;
     }
     if report.dry_run || report.complete() {
         return Ok(());
@@ -249,7 +343,7 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
 }
 
 /// The progress line of a page (a dry run changes nothing: it says what it would do).
-fn progress_line(p: &keyvault_server::rekey::RekeyProgress) -> String {
+fn progress_line(p: &RekeyProgress) -> String {
     if p.dry_run {
         format!("read {} versions, would re-seal {}", p.scanned, p.resealed)
     } else {

@@ -572,3 +572,143 @@ fn an_old_backup_restores_while_its_key_is_a_previous_key() {
         "{stderr}"
     );
 }
+
+/// `keyvault rekey --online` on SQLite: the server, restarted with key B current and A previous, re-seals
+/// while it serves (no downtime beyond that restart). A dry run counts; the rekey moves every version, the
+/// deleted one too, and the key check; writes go on meanwhile; a principal without the administration
+/// permission is refused (exit 5); afterwards B alone serves every value and A current is refused.
+#[test]
+fn rekey_online_re_seals_while_the_server_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key_a = data.join("kek.key");
+    let key_b = dir.path().join("kek-b.key");
+
+    let server = serve(&data, &[]);
+    for i in 0..3 {
+        kv(
+            &data,
+            &["secret", "set", "db", "--value", &format!("db-{i}")],
+        )
+        .ok();
+    }
+    kv(&data, &["secret", "set", "gone", "--value", "bye"]).ok();
+    kv(&data, &["secret", "delete", "gone", "--wait"]).ok();
+    stop(server);
+
+    tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
+    let (id_a, id_b) = (key_id(&key_a), key_id(&key_b));
+    let config = dir.path().join("rotate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kek_file = {:?}\nprevious_kek_files = [{:?}]\n",
+            key_b.display().to_string(),
+            key_a.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = serve(&data, &["--config", config.to_str().unwrap()]);
+
+    // A dry run through the server: the counts, nothing changed.
+    let dry = kv(&data, &["rekey", "--online", "--dry-run", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["before"], serde_json::json!({ id_a.as_str(): 4 }));
+    assert_eq!(dry["resealed"], 4);
+
+    // A write under B before the rekey, then the rekey with a small batch; the progress goes to stderr.
+    kv(&data, &["secret", "set", "db", "--value", "db-3"]).ok();
+    let done = kv(&data, &["rekey", "--online", "--batch-size", "2"]).ok();
+    assert!(
+        done.stdout.contains("re-sealed 4 version(s)")
+            && done.stdout.contains("1 already under it")
+            && done
+                .stdout
+                .contains(&format!("key check: {id_a} -> {id_b}"))
+            && done.stdout.contains(&format!("retired key ids: {id_a}")),
+        "{}",
+        done.stdout
+    );
+    assert!(
+        done.stderr.contains("rekey job 2 started") && done.stderr.contains("re-sealed 4"),
+        "{}",
+        done.stderr
+    );
+    // The server keeps serving, and the last job's report stays readable.
+    assert_eq!(
+        kv(&data, &["secret", "show", "db", "-o", "value"])
+            .ok()
+            .stdout,
+        "db-3\n"
+    );
+    let again = kv(&data, &["rekey", "--online", "-o", "json"]).ok().json();
+    assert_eq!(again["resealed"], 0);
+    assert_eq!(again["after"], serde_json::json!({ id_b.as_str(): 5 }));
+
+    // A principal that may read but not administer is refused, and starts nothing.
+    let reader = kv(
+        &data,
+        &[
+            "principal",
+            "create",
+            "--name",
+            "reader",
+            "--role",
+            "Key Vault Secrets User",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("dev-credentials.json")).unwrap()).unwrap();
+    let mut c = command(None);
+    c.env("KEYVAULT_URL", creds["vault_url"].as_str().unwrap())
+        .env("KEYVAULT_CA_FILE", creds["ca_cert"].as_str().unwrap())
+        .env("AZURE_TENANT_ID", creds["tenant_id"].as_str().unwrap())
+        .env(
+            "AZURE_AUTHORITY_HOST",
+            creds["authority_host"].as_str().unwrap(),
+        )
+        .env("AZURE_CLIENT_ID", reader["clientId"].as_str().unwrap())
+        .env(
+            "AZURE_CLIENT_SECRET",
+            reader["clientSecret"].as_str().unwrap(),
+        );
+    let refused_rekey = run_with(
+        c,
+        &["rekey", "--online", "--no-challenge-verification"],
+        None,
+    )
+    .code(5);
+    assert!(
+        refused_rekey.stderr.contains("forbidden"),
+        "{}",
+        refused_rekey.stderr
+    );
+    stop(server);
+
+    // Key B alone serves every value, the deleted one included; key A current is refused.
+    let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
+    assert_eq!(
+        kv(&data, &["secret", "list-versions", "db", "-o", "json"])
+            .ok()
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    kv(&data, &["secret", "recover", "gone", "--wait"]).ok();
+    assert_eq!(
+        kv(&data, &["secret", "show", "gone", "-o", "value"])
+            .ok()
+            .stdout,
+        "bye\n"
+    );
+    stop(server);
+    let stderr = refused(&data, &[]);
+    assert!(stderr.contains(&id_b), "{stderr}");
+}

@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Envelope, sealed_kek_id};
 use crate::store::{SealedChange, SealedKey, SecretStore};
@@ -56,7 +56,7 @@ impl Default for RekeyOptions {
 }
 
 /// Where a rekey is, after each page.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RekeyProgress {
     /// Versions read so far.
     pub scanned: u64,
@@ -67,7 +67,7 @@ pub struct RekeyProgress {
 }
 
 /// A version that could not be re-sealed (its value does not open: a key not configured, or damaged bytes).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RekeyFailure {
     pub vault: String,
     pub name_key: String,
@@ -79,7 +79,7 @@ pub struct RekeyFailure {
 }
 
 /// What a rekey did (or, with `dry_run`, would do).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RekeyReport {
     /// The key every value is re-sealed under.
     pub current_kek_id: String,
@@ -338,5 +338,6 @@ pub async fn count_per_key(
     Ok(counts)
 }
 
+pub mod job;
 #[cfg(test)]
 mod tests;

@@ -579,6 +579,7 @@ impl Server {
             audit: audit.clone(),
             throttle: crate::http::throttle::Throttle::new(config.throttle_settings()),
             admin: admin.clone(),
+            rekey: Default::default(),
         });
         let app = http::app(state, crate::auth::router(auth_state));
 

@@ -16,6 +16,8 @@
 //! | `GET /admin/roles` | the roles (`managed`: defined through this API) |
 //! | `PUT /admin/roles/{name}` `{"permissions": ["get", "list", …]}` | defines or redefines a custom role; 201 (200 if it existed) |
 //! | `DELETE /admin/roles/{name}` | removes a custom role made here (409 while assigned) |
+//! | `POST /admin/rekey` `{"dryRun"?, "batchSize"?}` | starts re-sealing every value under this node's current key-encryption key in the background (`crate::rekey::job`); 202 with the job (409 while one runs) |
+//! | `GET /admin/rekey` | this node's last rekey job: status, progress, the report when finished (404: none since it started) |
 //!
 //! `expiresOn` is unix seconds, like Key Vault's `exp`. Permissions: get, list, set, delete, recover,
 //! backup, restore, purge, admin.
@@ -77,6 +79,17 @@ struct CreateAssignment {
     role: String,
     scope: Option<String>,
 }
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StartRekey {
+    #[serde(default)]
+    dry_run: bool,
+    batch_size: Option<usize>,
+}
+
+/// The most versions a rekey reads and re-seals per batch (as `keyvault rekey --batch-size`).
+const MAX_REKEY_BATCH: usize = 10_000;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -238,9 +251,52 @@ pub(super) async fn handle(
             let role = admin.remove_role(name).await.map_err(err)?;
             Ok(json_response(StatusCode::OK, &role))
         }
+        (&Method::POST, ["admin", "rekey"]) => {
+            op("RekeyStart", None);
+            let p: StartRekey = optional_json(body).await?;
+            let batch_size = p.batch_size.unwrap_or(crate::rekey::DEFAULT_BATCH);
+            if !(1..=MAX_REKEY_BATCH).contains(&batch_size) {
+                return Err(ApiError::bad_parameter(format!(
+                    "batchSize must be between 1 and {MAX_REKEY_BATCH}."
+                )));
+            }
+            let options = crate::rekey::RekeyOptions {
+                batch_size,
+                dry_run: p.dry_run,
+            };
+            let vault = state.vault.clone();
+            let started = state.rekey.start(
+                vault.store().clone(),
+                vault.envelope().clone(),
+                options,
+                move || vault.now(),
+            );
+            match started {
+                Ok(view) => Ok(json_response(StatusCode::ACCEPTED, &view)),
+                Err(crate::rekey::job::AlreadyRunning(running)) => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "A rekey (job {running}) is already running on this node; wait for it to finish."
+                    ),
+                )),
+            }
+        }
+        (&Method::GET, ["admin", "rekey"]) => {
+            op("RekeyGet", None);
+            match state.rekey.view() {
+                Some(view) => Ok(json_response(StatusCode::OK, &view)),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "No rekey has run on this node since it started.",
+                )),
+            }
+        }
         (
             _,
-            ["admin", "principals"]
+            ["admin", "rekey"]
+            | ["admin", "principals"]
             | ["admin", "principals", _]
             | ["admin", "principals", _, "secrets"]
             | ["admin", "principals", _, "secrets", _]

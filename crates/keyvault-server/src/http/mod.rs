@@ -59,6 +59,8 @@ pub struct HttpState {
     pub throttle: Option<throttle::Throttle>,
     /// Principals, their secrets and role assignments made through the admin API.
     pub admin: Arc<crate::admin::AccessAdmin>,
+    /// This node's rekey job (`/admin/rekey`).
+    pub rekey: crate::rekey::job::RekeyJobs,
 }
 
 /// The whole HTTP application: health, the token issuer's routes, and the vault API (see [`App`]).

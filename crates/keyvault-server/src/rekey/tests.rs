@@ -401,3 +401,57 @@ async fn an_interrupted_rekey_refuses_servers_without_its_target() {
         None
     );
 }
+
+/// A node's rekey job: one at a time (a second start while one runs is refused with the running job's
+/// view), its view follows the rekey to its report, and a finished job makes way for the next.
+#[tokio::test]
+async fn a_node_runs_one_rekey_job_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("v.db")).unwrap());
+    let old = envelope(1, &[]);
+    crate::store::check_key(store.as_ref(), &old).await.unwrap();
+    let v = vault(store.clone(), old);
+    for i in 0..3 {
+        v.set("s", SecretString::new(format!("s-{i}")), Default::default())
+            .await
+            .unwrap();
+    }
+    let rotated = envelope(2, &[1]);
+    let jobs = job::RekeyJobs::default();
+    assert!(jobs.view().is_none());
+    let start = |dry_run| {
+        jobs.start(
+            store.clone(),
+            rotated.clone(),
+            RekeyOptions {
+                batch_size: 1,
+                dry_run,
+            },
+            || 1_700_000_000,
+        )
+    };
+    // This runtime runs one task at a time: the job cannot have finished before the second start.
+    let first = start(false).unwrap();
+    assert_eq!((first.id, first.status), (1, job::RekeyStatus::Running));
+    let refused = start(true).unwrap_err();
+    assert_eq!(refused.0, 1);
+
+    let done = loop {
+        let view = jobs.view().unwrap();
+        if view.status != job::RekeyStatus::Running {
+            break view;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(done.status, job::RekeyStatus::Succeeded);
+    assert_eq!(done.finished_on, Some(1_700_000_000));
+    assert_eq!(done.progress.scanned, 3);
+    let report = done.report.unwrap();
+    assert_eq!((report.resealed, report.failed), (3, 0));
+    assert!(report.complete());
+
+    // The next job (a dry run) gets the next id.
+    let second = start(true).unwrap();
+    assert_eq!(second.id, 2);
+    assert!(second.dry_run);
+}

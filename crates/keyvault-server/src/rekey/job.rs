@@ -1,0 +1,166 @@
+//! A rekey run by a serving node (`POST /admin/rekey`, `keyvault rekey --online`): the same
+//! [`rekey`](super::rekey) as the offline command, over the node's own store and keys, in a background task
+//! whose progress and report the admin API shows. On SQLite it is the way to rotate without stopping the
+//! server (the offline command needs the database to itself); on PostgreSQL any one node can run it.
+//!
+//! One rekey at a time per node: a second start while one runs is refused (409). Nodes sharing a PostgreSQL
+//! store do not lock against each other; two concurrent rekeys are still safe (every write is a compare and
+//! swap), they just do the work twice. The last job's view stays until the next start or a restart; a
+//! restart mid-rekey stops it where it was (a rekey can be run again: what is done stays done, and the
+//! store keeps naming its target key until one completes).
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{RekeyOptions, RekeyProgress, RekeyReport};
+use crate::crypto::Envelope;
+use crate::store::SecretStore;
+
+/// How a job ended (or that it has not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RekeyStatus {
+    Running,
+    /// Every version and the key check are under the current key (or: a dry run finished).
+    Succeeded,
+    /// Finished, but versions remain under other keys or were written under a retired key meanwhile (the
+    /// report says which): the previous keys must stay configured.
+    Incomplete,
+    /// Stopped by an error (the store, or keys the store refuses); `error` says which.
+    Failed,
+}
+
+/// A node's rekey job, as the admin API shows it. `report` is the document `keyvault rekey -o json` prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RekeyJobView {
+    /// Distinguishes one job from the next on this node.
+    pub id: u64,
+    pub status: RekeyStatus,
+    pub dry_run: bool,
+    pub batch_size: usize,
+    /// Unix seconds.
+    pub started_on: i64,
+    pub finished_on: Option<i64>,
+    pub progress: RekeyProgress,
+    pub report: Option<RekeyReport>,
+    /// Why a failed job stopped (never key material or values).
+    pub error: Option<String>,
+}
+
+/// The node's rekey job, if one has run since it started.
+#[derive(Default)]
+pub struct RekeyJobs {
+    last: Arc<Mutex<Option<RekeyJobView>>>,
+}
+
+/// A start refused because a job is running: the running job's id.
+#[derive(Debug)]
+pub struct AlreadyRunning(pub u64);
+
+impl RekeyJobs {
+    /// The last (or running) job's view.
+    pub fn view(&self) -> Option<RekeyJobView> {
+        lock(&self.last).clone()
+    }
+
+    /// Starts a rekey of `store` under `envelope`'s current key in a background task, unless one is
+    /// running. `now` gives unix seconds (the vault's clock).
+    pub fn start(
+        &self,
+        store: Arc<dyn SecretStore>,
+        envelope: Arc<Envelope>,
+        options: RekeyOptions,
+        now: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> Result<RekeyJobView, AlreadyRunning> {
+        let view = {
+            let mut last = lock(&self.last);
+            if let Some(running) = last.as_ref().filter(|v| v.status == RekeyStatus::Running) {
+                return Err(AlreadyRunning(running.id));
+            }
+            let view = RekeyJobView {
+                id: last.as_ref().map_or(1, |v| v.id + 1),
+                status: RekeyStatus::Running,
+                dry_run: options.dry_run,
+                batch_size: options.batch_size.max(1),
+                started_on: now(),
+                finished_on: None,
+                progress: RekeyProgress {
+                    dry_run: options.dry_run,
+                    ..RekeyProgress::default()
+                },
+                report: None,
+                error: None,
+            };
+            *last = Some(view.clone());
+            view
+        };
+        let shared = self.last.clone();
+        let id = view.id;
+        tokio::spawn(async move {
+            tracing::info!(
+                job = id,
+                dry_run = options.dry_run,
+                current_kek_id = envelope.current_kek_id(),
+                "rekey started"
+            );
+            let progress = {
+                let shared = shared.clone();
+                move |p: &RekeyProgress| {
+                    if let Some(v) = lock(&shared).as_mut().filter(|v| v.id == id) {
+                        v.progress = p.clone();
+                    }
+                }
+            };
+            let run = {
+                let options = options.clone();
+                tokio::spawn(async move {
+                    super::rekey(store.as_ref(), &envelope, &options, progress).await
+                })
+            };
+            // A panic inside the rekey ends the job as failed rather than leaving it running for ever.
+            let result = run
+                .await
+                .unwrap_or_else(|e| Err(format!("the rekey task ended abnormally: {e}")));
+            match &result {
+                Ok(report) => tracing::info!(
+                    job = id,
+                    resealed = report.resealed,
+                    remaining = report.remaining(),
+                    failed = report.failed,
+                    late = report.late,
+                    complete = report.complete(),
+                    "rekey finished"
+                ),
+                Err(e) => tracing::warn!(job = id, error = %e, "rekey failed"),
+            }
+            if let Some(v) = lock(&shared).as_mut().filter(|v| v.id == id) {
+                v.finished_on = Some(now());
+                match result {
+                    Ok(report) => {
+                        v.status = if report.dry_run || report.complete() {
+                            RekeyStatus::Succeeded
+                        } else {
+                            RekeyStatus::Incomplete
+                        };
+                        v.progress.scanned = report.scanned;
+                        v.progress.resealed = report.resealed;
+                        v.report = Some(report);
+                    }
+                    Err(e) => {
+                        v.status = RekeyStatus::Failed;
+                        v.error = Some(e);
+                    }
+                }
+            }
+        });
+        Ok(view)
+    }
+}
+
+/// The job's lock: a panic while it was held leaves a view that is still whole (every update is a plain
+/// field assignment), so a poisoned lock is used as it is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
