@@ -476,3 +476,64 @@ async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
     assert_eq!(get(as_app).await, StatusCode::UNAUTHORIZED);
     lv.shutdown().await;
 }
+
+/// `/admin/rekey`: nothing to show before a job; bad bodies are Key Vault-shaped 400s and start nothing; a
+/// dry run is accepted (202) and its report appears; a principal without `admin` is refused.
+#[tokio::test]
+async fn rekey_jobs_through_the_api() {
+    let h = H::start().await;
+    let (status, e) = h.admin(Method::GET, "/admin/rekey", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    assert_eq!(e["error"]["code"], "NotFound");
+    for bad in [
+        json!({"batchSize": 0}),
+        json!({"batchSize": 10001}),
+        json!({"dryRun": "yes"}),
+        json!({"dry_run": true}),
+    ] {
+        let (status, e) = h
+            .admin(Method::POST, "/admin/rekey", Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {e}");
+        assert_eq!(e["error"]["code"], "BadParameter", "{bad}: {e}");
+    }
+    let (status, _) = h.admin(Method::GET, "/admin/rekey", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = h
+        .call(
+            Some(&h.admin),
+            Method::PUT,
+            "/secrets/r1?api-version=7.6",
+            Some(json!({"value": "v"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, job) = h
+        .admin(Method::POST, "/admin/rekey", Some(json!({"dryRun": true})))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(
+        (job["id"].as_u64(), job["dryRun"].as_bool()),
+        (Some(1), Some(true))
+    );
+    let done = loop {
+        let (status, view) = h.admin(Method::GET, "/admin/rekey", None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        if view["status"] != "running" {
+            break view;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["report"]["dry_run"], true);
+    assert_eq!(done["report"]["scanned"], 1);
+    assert_eq!(done["report"]["already_current"], 1);
+
+    let (id, secret) = h.lv.add_client();
+    let tok = h.token(&id, &secret).await.unwrap();
+    let (status, e) = h.call(Some(&tok), Method::POST, "/admin/rekey", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    let (_, view) = h.admin(Method::GET, "/admin/rekey", None).await;
+    assert_eq!(view["id"], 1, "the refused start made no job");
+}
