@@ -109,9 +109,9 @@ pub struct Config {
     /// A separate budget for creates (PUT) per window; unset = creates count against
     /// `rate_limit_per_10s`. Default: off. (Key Vault: 300.)
     pub rate_limit_create_per_10s: Option<u32>,
-    /// External OIDC issuers whose tokens are accepted (`[[trusted_issuers]] issuer, audience, jwks_file` or
-    /// `jwks_url` (`ca_file`, `jwks_refresh_secs`), `principal_claim`); their principal is the claim's value
-    /// (default `sub`), for `[[assignments]]`.
+    /// External OIDC issuers whose tokens are accepted (`[[trusted_issuers]] issuer, audience, jwks_file`,
+    /// `jwks_url` or `discovery = true` (`ca_file`, `jwks_refresh_secs`), `principal_claim`); their principal
+    /// is the claim's value (default `sub`), for `[[assignments]]`.
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
     /// Accept a certificate's client assertion again while it is valid. Default `true`, as Entra ID does:
     /// MSAL, under azure-identity's `CertificateCredential`, reuses one assertion for up to 9 minutes when it
@@ -145,11 +145,13 @@ pub struct AssignmentConfig {
 /// A trusted external token issuer: the exact `iss`, the `aud` its tokens must carry, its keys (ES256 and
 /// RS256 keys of a JWKS) and the claim naming the principal (default `sub`).
 ///
-/// The keys come from exactly one of `jwks_file` (read at start) and `jwks_url` (`https://…`; `http://` only
-/// to 127.0.0.1, `localhost` or `::1`), fetched at start and every `jwks_refresh_secs` (default 3600), and
-/// when a token names a `kid` the issuer doesn't know (see [`crate::auth::external`]). `ca_file`: PEM
-/// certificates that are then the only roots trusted for `jwks_url` (for a private issuer: Keycloak,
-/// Kubernetes…); default: the platform's roots.
+/// The keys come from exactly one of `jwks_file` (read at start), `jwks_url` (`https://…`; `http://` only
+/// to 127.0.0.1, `localhost` or `::1`) and `discovery = true` (OpenID Connect discovery: the `jwks_uri` of
+/// `{issuer}/.well-known/openid-configuration`, whose `issuer` must be `issuer` exactly; the issuer itself
+/// is then a URL under `jwks_url`'s rules). Fetched keys are fetched at start, every `jwks_refresh_secs`
+/// (default 3600), and when a token names a `kid` the issuer doesn't know (see [`crate::auth::external`]).
+/// `ca_file`: PEM certificates that are then the only roots trusted for those fetches (for a private
+/// issuer: Keycloak, Kubernetes…); default: the platform's roots.
 #[derive(Clone, Default, Deserialize)]
 #[serde(try_from = "TrustedIssuerToml")]
 pub struct TrustedIssuerConfig {
@@ -157,6 +159,8 @@ pub struct TrustedIssuerConfig {
     pub audience: String,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
+    /// Find the JWKS URL by OpenID Connect discovery. Default `false`.
+    pub discovery: bool,
     pub ca_file: Option<PathBuf>,
     pub jwks_refresh_secs: Option<u64>,
     pub principal_claim: Option<String>,
@@ -175,6 +179,7 @@ impl std::fmt::Debug for TrustedIssuerConfig {
                     .as_deref()
                     .map(crate::auth::external::redact_query),
             )
+            .field("discovery", &self.discovery)
             .field("ca_file", &self.ca_file)
             .field("jwks_refresh_secs", &self.jwks_refresh_secs)
             .field("principal_claim", &self.principal_claim)
@@ -193,6 +198,8 @@ struct TrustedIssuerToml {
     #[serde(default)]
     jwks_url: Option<String>,
     #[serde(default)]
+    discovery: bool,
+    #[serde(default)]
     ca_file: Option<PathBuf>,
     #[serde(default)]
     jwks_refresh_secs: Option<u64>,
@@ -209,6 +216,7 @@ impl TryFrom<TrustedIssuerToml> for TrustedIssuerConfig {
             audience: t.audience,
             jwks_file: t.jwks_file,
             jwks_url: t.jwks_url,
+            discovery: t.discovery,
             ca_file: t.ca_file,
             jwks_refresh_secs: t.jwks_refresh_secs,
             principal_claim: t.principal_claim,
@@ -226,8 +234,17 @@ impl TrustedIssuerConfig {
             return Err(bad("issuer and audience must not be empty"));
         }
         match (&self.jwks_file, &self.jwks_url) {
+            _ if self.discovery && (self.jwks_file.is_some() || self.jwks_url.is_some()) => {
+                return Err(bad(
+                    "with discovery = true the keys' URL comes from the issuer's discovery document: \
+                     leave out jwks_file and jwks_url",
+                ));
+            }
             (Some(_), Some(_)) => return Err(bad("set either jwks_file or jwks_url, not both")),
-            (None, None) => return Err(bad("set jwks_file or jwks_url")),
+            (None, None) if self.discovery => {
+                crate::auth::external::discovery_url(&self.issuer).map_err(|e| bad(&e))?;
+            }
+            (None, None) => return Err(bad("set jwks_file, jwks_url or discovery = true")),
             (Some(_), None) => {
                 if self.ca_file.is_some() || self.jwks_refresh_secs.is_some() {
                     return Err(bad(
@@ -249,33 +266,41 @@ impl TrustedIssuerConfig {
         Ok(())
     }
 
-    /// Builds the issuer: reads the JWKS file, or prepares fetching the JWKS URL (nothing is fetched
-    /// yet: see [`TrustedIssuer::refresh`](crate::auth::external::TrustedIssuer::refresh)).
+    /// Builds the issuer: reads the JWKS file, or prepares fetching the JWKS URL or the discovery document
+    /// (nothing is fetched yet: see [`TrustedIssuer::refresh`](crate::auth::external::TrustedIssuer::refresh)).
     pub fn load(&self) -> Result<crate::auth::external::TrustedIssuer, ConfigError> {
         use crate::auth::external::{DEFAULT_JWKS_REFRESH_SECS, RemoteJwks, TrustedIssuer};
         self.validate()?;
         let bad = |e: String| ConfigError(format!("trusted issuer '{}': {e}", self.issuer));
         let claim = self.principal_claim.as_deref();
+        let ca_pem = || match &self.ca_file {
+            Some(path) => std::fs::read(path)
+                .map(Some)
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            None => Ok(None),
+        };
+        let refresh = std::time::Duration::from_secs(
+            self.jwks_refresh_secs.unwrap_or(DEFAULT_JWKS_REFRESH_SECS),
+        );
         match (&self.jwks_file, &self.jwks_url) {
             (Some(file), _) => TrustedIssuer::load(&self.issuer, &self.audience, file, claim),
-            (None, Some(url)) => {
-                let ca_pem = match &self.ca_file {
-                    Some(path) => Some(
-                        std::fs::read(path)
-                            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?,
-                    ),
-                    None => None,
-                };
+            (None, Some(url)) => ca_pem().and_then(|ca_pem| {
                 let source = RemoteJwks {
                     url: url.clone(),
                     ca_pem,
-                    refresh: std::time::Duration::from_secs(
-                        self.jwks_refresh_secs.unwrap_or(DEFAULT_JWKS_REFRESH_SECS),
-                    ),
+                    refresh,
                 };
                 TrustedIssuer::from_url(&self.issuer, &self.audience, source, claim)
-            }
-            (None, None) => Err("set jwks_file or jwks_url".into()),
+            }),
+            (None, None) => ca_pem().and_then(|ca_pem| {
+                TrustedIssuer::from_discovery(
+                    &self.issuer,
+                    &self.audience,
+                    ca_pem.as_deref(),
+                    refresh,
+                    claim,
+                )
+            }),
         }
         .map_err(bad)
     }
@@ -884,7 +909,10 @@ mod tests {
             .trusted_issuers[0]
             .load()
             .unwrap();
-        assert_eq!(t.jwks_url(), Some("https://idp.example.com/keys"));
+        assert_eq!(
+            t.jwks_url().as_deref(),
+            Some("https://idp.example.com/keys")
+        );
         assert!(!t.has_keys());
         // Plain http only to a loopback address.
         for ok in [
@@ -920,7 +948,10 @@ mod tests {
             );
         }
         let err = parse("principal_claim = \"oid\"").unwrap_err().to_string();
-        assert!(err.contains("set jwks_file or jwks_url"), "{err}");
+        assert!(
+            err.contains("set jwks_file, jwks_url or discovery = true"),
+            "{err}"
+        );
         let err = parse("jwks_url = \"http://idp.example.com/keys\"")
             .unwrap_err()
             .to_string();
@@ -934,6 +965,116 @@ mod tests {
             ..Default::default()
         };
         assert!(both.load().unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
+    fn trusted_issuers_with_discovery() {
+        let parse = |issuer: &str, fields: &str| {
+            Config::from_toml(&format!(
+                "dev = true\n[[trusted_issuers]]\nissuer = \"{issuer}\"\naudience = \"api://kv\"\n{fields}"
+            ))
+        };
+        // The document's URL: the issuer without its terminating slash, then the well-known path.
+        for (issuer, document) in [
+            (
+                "https://token.actions.githubusercontent.com",
+                "https://token.actions.githubusercontent.com/.well-known/openid-configuration",
+            ),
+            (
+                "https://oidc.prod-aks.azure.com/c-1/",
+                "https://oidc.prod-aks.azure.com/c-1/.well-known/openid-configuration",
+            ),
+            (
+                "https://login.microsoftonline.com/t-1/v2.0",
+                "https://login.microsoftonline.com/t-1/v2.0/.well-known/openid-configuration",
+            ),
+            (
+                "http://127.0.0.1:5556/dex",
+                "http://127.0.0.1:5556/dex/.well-known/openid-configuration",
+            ),
+        ] {
+            let c = parse(issuer, "discovery = true\njwks_refresh_secs = 600").unwrap();
+            let t = c.trusted_issuers[0].load().unwrap();
+            assert_eq!(t.discovery_url(), Some(document), "{issuer}");
+            assert!(t.fetches_keys());
+            // Nothing is fetched yet: no keys, no JWKS URL known.
+            assert_eq!((t.has_keys(), t.jwks_url()), (false, None));
+            assert_eq!(c.trusted_issuers[0].issuer, issuer);
+        }
+        // Without discovery nothing changes: a JWKS URL issuer has no discovery URL.
+        let t = parse(
+            "https://idp.example.com",
+            "jwks_url = \"https://idp.example.com/keys\"\ndiscovery = false",
+        )
+        .unwrap()
+        .trusted_issuers[0]
+            .load()
+            .unwrap();
+        assert_eq!(t.discovery_url(), None);
+
+        for (issuer, fields, want) in [
+            // Discovery and a key source of its own: which one would count?
+            (
+                "https://idp.example.com",
+                "discovery = true\njwks_url = \"https://idp.example.com/keys\"",
+                "leave out jwks_file and jwks_url",
+            ),
+            (
+                "https://idp.example.com",
+                "discovery = true\njwks_file = \"/etc/jwks.json\"",
+                "leave out jwks_file and jwks_url",
+            ),
+            // An issuer that is not a URL we fetch, or has a query or fragment (Discovery 1.0 §2).
+            ("idp-corp", "discovery = true", "not a URL"),
+            (
+                "http://idp.example.com",
+                "discovery = true",
+                "must be an https:// URL",
+            ),
+            (
+                "https://idp.example.com/?tenant=1",
+                "discovery = true",
+                "query or a fragment",
+            ),
+            (
+                "https://idp.example.com/#x",
+                "discovery = true",
+                "query or a fragment",
+            ),
+            (
+                "https://u:p@idp.example.com",
+                "discovery = true",
+                "credentials",
+            ),
+            // discovery = false is no key source.
+            (
+                "https://idp.example.com",
+                "discovery = false",
+                "set jwks_file, jwks_url or discovery = true",
+            ),
+            (
+                "https://idp.example.com",
+                "discovery = true\njwks_refresh_secs = 0",
+                "jwks_refresh_secs must be 1",
+            ),
+        ] {
+            let err = parse(issuer, fields).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains(&format!("trusted issuer '{issuer}'")),
+                "{issuer} {fields}: {err}"
+            );
+        }
+        // The CA file is read at load.
+        let e = parse(
+            "https://idp.example.com",
+            "discovery = true\nca_file = \"/nonexistent/ca.pem\"",
+        )
+        .unwrap()
+        .trusted_issuers[0]
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

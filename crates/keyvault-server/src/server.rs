@@ -408,9 +408,10 @@ impl Server {
                 "a trusted issuer cannot be this server's own issuer ({issuer})"
             )));
         }
-        // Issuers with a JWKS URL: the first fetches, side by side (a failure is logged; `serve` keeps retrying).
+        // Issuers whose keys are fetched (JWKS URL, discovery): the first fetches, side by side (a failure is
+        // logged; `serve` keeps retrying).
         let first_fetches: Vec<_> = (trusted.iter())
-            .filter(|t| t.jwks_url().is_some())
+            .filter(|t| t.fetches_keys())
             .map(|t| {
                 let t = t.clone();
                 tokio::spawn(async move { t.refresh_logged().await })
@@ -657,7 +658,7 @@ impl Server {
         let jwks_refreshers: Vec<_> = self
             .trusted_issuers
             .iter()
-            .filter(|t| t.jwks_url().is_some())
+            .filter(|t| t.fetches_keys())
             .map(|t| tokio::spawn(t.clone().refresh_loop(stop_rx.clone())))
             .collect();
         let certificate_watch = tokio::spawn(

@@ -14,15 +14,24 @@
 //! - a JWKS file ([`TrustedIssuer::load`]), read once at start; or
 //! - a JWKS URL ([`TrustedIssuer::from_url`]): `https` only (plain `http` only to 127.0.0.1, `localhost` or
 //!   `::1`), trusting the platform's root certificates or only those of a configured CA file; no redirects;
-//!   5 s to connect, 10 s in all, at most [`MAX_JWKS_BYTES`]. The server fetches the keys at start (a
-//!   failure is logged and the server starts anyway: that issuer's tokens get 401 until a fetch succeeds,
-//!   retried with backoff from 1 s up to 5 min), then every `jwks_refresh_secs` ([`refresh_loop`]).
-//!   A token whose `kid` the issuer does not know triggers a fetch right away and is verified again after
-//!   it (at most one such fetch per [`KID_MISS_REFRESH_INTERVAL`] per issuer, so a flood of made-up `kid`s
-//!   cannot hammer the identity provider), so a key rotation at the provider works at once. A failed or
-//!   unusable fetch keeps the last good keys. A new key set replaces the old one atomically; when it drops
-//!   a key, the token verifier forgets the tokens it had cached (so tokens signed by a withdrawn key stop
-//!   working at once, not when they expire).
+//!   5 s to connect, 10 s in all, at most [`MAX_JWKS_BYTES`]; or
+//! - OpenID Connect discovery ([`TrustedIssuer::from_discovery`]): each fetch first reads the issuer's
+//!   provider configuration, `{issuer}/.well-known/openid-configuration` ([`discovery_url`]; at most
+//!   [`MAX_DISCOVERY_BYTES`], same client rules), requires its `issuer` to be the configured issuer exactly
+//!   (Discovery 1.0 §4.3), and then fetches the JWKS from its `jwks_uri` (the URL rules of a JWKS URL; and
+//!   `https` whenever the issuer is). The document is read again at every fetch below, so a provider that
+//!   moves its keys is followed.
+//!
+//! Keys that are fetched (a JWKS URL, or discovery): the server fetches them at start (a failure is logged
+//! and the server starts anyway: that issuer's tokens get 401 until a fetch succeeds, retried with backoff
+//! from 1 s up to 5 min), then every `jwks_refresh_secs` ([`refresh_loop`]). A token whose `kid` the issuer
+//! does not know triggers a fetch right away and is verified again after it (at most one such fetch per
+//! [`KID_MISS_REFRESH_INTERVAL`] per issuer, so a flood of made-up `kid`s cannot hammer the identity
+//! provider), so a key rotation at the provider works at once. A failed or unusable fetch (with discovery:
+//! of either document, or a document for another issuer) keeps the last good keys. A new key set replaces
+//! the old one atomically; when it drops a key, the token verifier forgets the tokens it had cached (so
+//! tokens signed by a withdrawn key stop working at once, not when they expire). Fetch errors name the URL
+//! (its query redacted), never a token.
 //!
 //! [`refresh_loop`]: TrustedIssuer::refresh_loop
 
@@ -45,6 +54,10 @@ pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 3600;
 pub const MAX_JWKS_REFRESH_SECS: u64 = 7 * 24 * 3600;
 /// The largest JWKS document accepted from a URL.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// The largest OpenID Provider configuration document accepted (discovery). Real ones are a few KiB.
+pub const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
+/// Where a provider configuration document is, under its issuer (OpenID Connect Discovery 1.0 §4).
+pub const WELL_KNOWN_PATH: &str = "/.well-known/openid-configuration";
 /// At most one fetch per issuer in this interval is caused by tokens with an unknown `kid`.
 pub const KID_MISS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,11 +106,23 @@ struct IssuerKey {
 }
 
 struct Remote {
-    url: reqwest::Url,
+    source: Source,
     client: reqwest::Client,
     refresh: Duration,
     /// Held during a fetch (one at a time); the time of the last fetch an unknown `kid` caused.
     fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Where fetched keys come from.
+enum Source {
+    /// A configured JWKS URL.
+    Jwks(reqwest::Url),
+    /// OpenID Connect discovery: the `jwks_uri` of the provider configuration at `document`, read at each fetch.
+    Discovery {
+        document: reqwest::Url,
+        /// The `jwks_uri` of the last fetch that gave keys.
+        jwks_uri: RwLock<Option<reqwest::Url>>,
+    },
 }
 
 impl std::fmt::Debug for TrustedIssuer {
@@ -106,7 +131,8 @@ impl std::fmt::Debug for TrustedIssuer {
             .field("issuer", &self.inner.issuer)
             .field("audience", &self.inner.audience)
             .field("principal_claim", &self.inner.principal_claim)
-            .field("jwks_url", &self.jwks_url().map(redact_query))
+            .field("discovery_url", &self.discovery_url())
+            .field("jwks_url", &self.jwks_url().as_deref().map(redact_query))
             .field("kids", &self.kids())
             .finish()
     }
@@ -180,9 +206,36 @@ impl TrustedIssuer {
         }
         let client = http_client(source.ca_pem.as_deref(), url.scheme() == "https")?;
         let remote = Remote {
-            url,
+            source: Source::Jwks(url),
             client,
             refresh: source.refresh,
+            fetching: tokio::sync::Mutex::new(None),
+        };
+        Self::build(issuer, audience, principal_claim, Vec::new(), Some(remote))
+    }
+
+    /// An issuer whose JWKS URL comes from its OpenID Provider configuration ([`discovery_url`]), read
+    /// again at every fetch. `ca_pem`: the only roots trusted for both documents (`None`: the platform's).
+    /// Like [`from_url`](Self::from_url), it has no keys until a fetch.
+    pub fn from_discovery(
+        issuer: &str,
+        audience: &str,
+        ca_pem: Option<&[u8]>,
+        refresh: Duration,
+        principal_claim: Option<&str>,
+    ) -> Result<TrustedIssuer, String> {
+        let document = discovery_url(issuer)?;
+        if refresh.is_zero() {
+            return Err("the JWKS refresh period must be at least one second".into());
+        }
+        let client = http_client(ca_pem, document.scheme() == "https")?;
+        let remote = Remote {
+            source: Source::Discovery {
+                document,
+                jwks_uri: RwLock::new(None),
+            },
+            client,
+            refresh,
             fetching: tokio::sync::Mutex::new(None),
         };
         Self::build(issuer, audience, principal_claim, Vec::new(), Some(remote))
@@ -192,9 +245,30 @@ impl TrustedIssuer {
         &self.inner.issuer
     }
 
-    /// The JWKS URL, for an issuer whose keys are fetched.
-    pub fn jwks_url(&self) -> Option<&str> {
-        self.inner.remote.as_ref().map(|r| r.url.as_str())
+    /// Whether the keys are fetched (a JWKS URL or discovery), rather than read from a file.
+    pub fn fetches_keys(&self) -> bool {
+        self.inner.remote.is_some()
+    }
+
+    /// The JWKS URL of an issuer whose keys are fetched: the configured one, or with discovery the
+    /// `jwks_uri` of the last fetch that gave keys (`None` before it).
+    pub fn jwks_url(&self) -> Option<String> {
+        match &self.inner.remote.as_ref()?.source {
+            Source::Jwks(url) => Some(url.to_string()),
+            Source::Discovery { jwks_uri, .. } => jwks_uri
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|u| u.to_string()),
+        }
+    }
+
+    /// The provider configuration's URL, for an issuer whose keys are found by discovery.
+    pub fn discovery_url(&self) -> Option<&str> {
+        match &self.inner.remote.as_ref()?.source {
+            Source::Jwks(_) => None,
+            Source::Discovery { document, .. } => Some(document.as_str()),
+        }
     }
 
     /// The `kid`s of the current keys (`None` for a key without one).
@@ -280,10 +354,39 @@ impl TrustedIssuer {
     }
 
     async fn fetch_and_install(&self, remote: &Remote) -> Result<bool, String> {
-        let text = fetch(remote).await?;
-        let keys = parse_jwks(&text)?;
+        let url = match &remote.source {
+            Source::Jwks(url) => url.clone(),
+            Source::Discovery { document, .. } => {
+                let text = fetch(
+                    &remote.client,
+                    document,
+                    "application/json",
+                    MAX_DISCOVERY_BYTES,
+                    "the discovery document",
+                )
+                .await?;
+                jwks_uri_of(&self.inner.issuer, document, &text)?
+            }
+        };
+        let text = fetch(
+            &remote.client,
+            &url,
+            "application/jwk-set+json, application/json",
+            MAX_JWKS_BYTES,
+            "the JWKS",
+        )
+        .await?;
+        let keys = parse_jwks(&text).map_err(|e| format!("{}: {e}", redact_query(url.as_str())))?;
         let count = keys.len();
         let changed = self.install(keys);
+        if let Source::Discovery { jwks_uri, .. } = &remote.source {
+            let mut known = jwks_uri.write().unwrap_or_else(PoisonError::into_inner);
+            if known.as_ref() != Some(&url) {
+                tracing::info!(issuer = %self.inner.issuer, jwks_url = %redact_query(url.as_str()),
+                    "trusted issuer: JWKS URL discovered");
+                *known = Some(url);
+            }
+        }
         if changed {
             tracing::info!(issuer = %self.inner.issuer, keys = count,
                 "trusted issuer: signing keys fetched");
@@ -521,21 +624,40 @@ pub fn redact_query(url: &str) -> String {
 
 /// A JWKS URL we are willing to fetch: `https`, or `http` to a loopback address; no credentials in it.
 pub fn check_jwks_url(url: &str) -> Result<reqwest::Url, String> {
+    check_url("jwks_url", url)
+}
+
+/// The URL of an issuer's OpenID Provider configuration (OpenID Connect Discovery 1.0 §4): the issuer with
+/// any terminating `/` removed, then [`WELL_KNOWN_PATH`]. The issuer must be a URL without a query or a
+/// fragment (§2), under [`check_jwks_url`]'s rules (`https`, or `http` to a loopback address).
+pub fn discovery_url(issuer: &str) -> Result<reqwest::Url, String> {
+    let what = "an issuer found by discovery";
+    let parsed = check_url(what, issuer)?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("{what} must not have a query or a fragment"));
+    }
+    let base = issuer.trim().trim_end_matches('/');
+    check_url(what, &format!("{base}{WELL_KNOWN_PATH}"))
+}
+
+/// `url` (named `what` in errors) if we are willing to fetch it: `https`, or `http` to a loopback address;
+/// no credentials in it.
+fn check_url(what: &str, url: &str) -> Result<reqwest::Url, String> {
     let parsed =
-        reqwest::Url::parse(url.trim()).map_err(|e| format!("jwks_url is not a URL: {e}"))?;
+        reqwest::Url::parse(url.trim()).map_err(|e| format!("{what} is not a URL: {e}"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("jwks_url must not contain credentials".into());
+        return Err(format!("{what} must not contain credentials"));
     }
     let host = parsed.host_str().unwrap_or_default();
     if host.is_empty() {
-        return Err("jwks_url has no host".into());
+        return Err(format!("{what} has no host"));
     }
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(parsed),
-        _ => Err(
-            "jwks_url must be an https:// URL (http:// only to 127.0.0.1, localhost or ::1)".into(),
-        ),
+        _ => Err(format!(
+            "{what} must be an https:// URL (http:// only to 127.0.0.1, localhost or ::1)"
+        )),
     }
 }
 
@@ -563,7 +685,7 @@ fn http_client(ca_pem: Option<&[u8]>, https: bool) -> Result<reqwest::Client, St
                 roots.add_parsable_certificates(platform_roots().iter().cloned());
             if added == 0 && https {
                 tracing::warn!(
-                    "no platform root certificates found: set ca_file for a trusted issuer's jwks_url"
+                    "no platform root certificates found: set ca_file for a trusted issuer's jwks_url or discovery"
                 );
             }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -589,41 +711,85 @@ fn http_client(ca_pem: Option<&[u8]>, https: bool) -> Result<reqwest::Client, St
         .map_err(|e| format!("cannot build the HTTP client: {}", describe(e)))
 }
 
-/// GETs the JWKS document (a 2xx answer of at most [`MAX_JWKS_BYTES`]).
-async fn fetch(remote: &Remote) -> Result<String, String> {
-    let mut response = remote
-        .client
-        .get(remote.url.clone())
-        .header(
-            reqwest::header::ACCEPT,
-            "application/jwk-set+json, application/json",
-        )
+/// GETs `what` (the JWKS, the discovery document) from `url`: a 2xx answer of at most `limit` bytes of UTF-8.
+/// Errors name the URL (its query redacted).
+async fn fetch(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    accept: &str,
+    limit: usize,
+    what: &str,
+) -> Result<String, String> {
+    let at = redact_query(url.as_str());
+    let mut response = client
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, accept)
         .send()
         .await
-        .map_err(|e| format!("cannot fetch the JWKS: {}", describe(e)))?;
+        .map_err(|e| format!("cannot fetch {what} from {at}: {}", describe(e)))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("the JWKS endpoint answered {status}"));
+        return Err(format!("{at} answered {status} for {what}"));
     }
-    let too_large = || format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes");
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-    {
+    let too_large = || format!("{what} at {at} is larger than {limit} bytes");
+    if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("cannot read the JWKS: {}", describe(e)))?
+        .map_err(|e| format!("cannot read {what} from {at}: {}", describe(e)))?
     {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+        if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    String::from_utf8(body).map_err(|_| "the JWKS is not UTF-8 text".to_string())
+    String::from_utf8(body).map_err(|_| format!("{what} at {at} is not UTF-8 text"))
+}
+
+/// The `jwks_uri` of the provider configuration fetched from `document` for `issuer`: the document's `issuer`
+/// must be `issuer` exactly (Discovery 1.0 §4.3), and its `jwks_uri` a URL we fetch ([`check_jwks_url`]'s
+/// rules), `https` when the document came over `https`.
+fn jwks_uri_of(issuer: &str, document: &reqwest::Url, text: &str) -> Result<reqwest::Url, String> {
+    #[derive(serde::Deserialize)]
+    struct ProviderConfiguration {
+        issuer: Option<String>,
+        jwks_uri: Option<String>,
+    }
+    let at = document.as_str();
+    let config: ProviderConfiguration = serde_json::from_str(text)
+        .map_err(|e| format!("{at}: not an OpenID Provider configuration document: {e}"))?;
+    let found = config
+        .issuer
+        .ok_or_else(|| format!("{at}: the discovery document has no issuer"))?;
+    if found != issuer {
+        return Err(format!(
+            "{at}: the discovery document is for the issuer {}, not {issuer:?} (they must be equal exactly)",
+            shown(&found)
+        ));
+    }
+    let uri = config
+        .jwks_uri
+        .ok_or_else(|| format!("{at}: the discovery document has no jwks_uri"))?;
+    let url = check_url("the discovery document's jwks_uri", &uri)
+        .map_err(|e| format!("{at}: {e} (it is {})", shown(&redact_query(&uri))))?;
+    if document.scheme() == "https" && url.scheme() != "https" {
+        return Err(format!(
+            "{at}: the discovery document's jwks_uri must be an https:// URL (it is {})",
+            shown(&redact_query(&uri))
+        ));
+    }
+    Ok(url)
+}
+
+/// A value from a fetched document, for a message: quoted and escaped, at most 200 characters.
+fn shown(value: &str) -> String {
+    match value.char_indices().nth(200) {
+        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+        None => format!("{value:?}"),
+    }
 }
 
 /// A reqwest error and its causes, without the URL.
@@ -833,6 +999,39 @@ mod tests {
             .unwrap();
         assert!(rt.block_on(issuer.refresh()).is_err());
         assert!(!rt.block_on(issuer.refresh_for_unknown_kid()));
+    }
+
+    #[test]
+    fn a_document_s_values_are_quoted_and_cut_in_messages() {
+        let document = discovery_url("https://idp.example.com/corp/").unwrap();
+        assert_eq!(
+            document.as_str(),
+            "https://idp.example.com/corp/.well-known/openid-configuration"
+        );
+        // Another issuer, with a line break and far too long: one quoted line of at most 200 characters.
+        let forged = format!(
+            "https://x.example/\n2030-01-01 INFO all good{}",
+            "a".repeat(5000)
+        );
+        let doc = serde_json::json!({"issuer": forged, "jwks_uri": "https://x.example/keys"});
+        let e = jwks_uri_of(ISS, &document, &doc.to_string()).unwrap_err();
+        assert!(
+            !e.contains('\n') && e.contains("\\n2030") && e.len() < 600,
+            "{e}"
+        );
+        assert!(
+            e.contains(document.as_str()) && e.contains(&format!("not {ISS:?}")),
+            "{e}"
+        );
+        // A jwks_uri's query (it may carry a key) is not shown.
+        let doc =
+            serde_json::json!({"issuer": ISS, "jwks_uri": "http://x.example/keys?sig=s3cret"});
+        let e = jwks_uri_of(ISS, &document, &doc.to_string()).unwrap_err();
+        assert!(e.contains("https://") && !e.contains("s3cret"), "{e}");
+        // The issuer as configured, the jwks_uri of the document.
+        let doc = serde_json::json!({"issuer": ISS, "jwks_uri": "https://keys.example/jwks?v=2"});
+        let url = jwks_uri_of(ISS, &document, &doc.to_string()).unwrap();
+        assert_eq!(url.as_str(), "https://keys.example/jwks?v=2");
     }
 
     #[test]
