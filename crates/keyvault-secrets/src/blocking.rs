@@ -30,8 +30,8 @@ use crate::models::{
     UpdateSecretPropertiesOptions,
 };
 use crate::pager::Page;
-use crate::poller::PollerStatus;
-use crate::{ApiVersion, SecretClientOptions};
+use crate::poller::{DoneCallbackId, PollerResult, PollerStatus};
+use crate::{ApiVersion, CallOptions, SecretClientOptions};
 use futures_util::StreamExt;
 use keyvault_types::SecretString;
 use std::fmt;
@@ -100,7 +100,7 @@ impl<T> fmt::Debug for Pages<T> {
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for Poller<T> {
+impl<T: PollerResult + fmt::Debug> fmt::Debug for Poller<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.inner.fmt(f)
     }
@@ -176,6 +176,9 @@ impl<T> Poller<T> {
     pub fn set_polling_interval(&mut self, interval: Duration) {
         self.inner.set_polling_interval(interval);
     }
+}
+
+impl<T: PollerResult> Poller<T> {
     /// Check once.
     pub fn poll(&mut self) -> Result<PollerStatus> {
         self.rt.block_on(self.inner.poll())
@@ -193,6 +196,28 @@ impl<T> Poller<T> {
     pub fn wait_for_result(mut self) -> Result<T> {
         self.wait()?;
         Ok(self.inner.into_result())
+    }
+    /// See [`crate::Poller::add_done_callback`]: the callback runs in the thread that polls.
+    pub fn add_done_callback(
+        &mut self,
+        callback: impl FnOnce(&T) + Send + 'static,
+    ) -> DoneCallbackId {
+        self.inner.add_done_callback(callback)
+    }
+    /// See [`crate::Poller::remove_done_callback`].
+    pub fn remove_done_callback(&mut self, id: DoneCallbackId) -> bool {
+        self.inner.remove_done_callback(id)
+    }
+    /// See [`crate::Poller::continuation_token`] (the tokens of async and blocking pollers are the same).
+    pub fn continuation_token(&self) -> String {
+        self.inner.continuation_token()
+    }
+    /// See [`crate::Poller::from_continuation_token`].
+    pub fn from_continuation_token(client: &SecretClient, token: &str) -> Result<Self> {
+        Ok(Poller {
+            inner: crate::Poller::from_continuation_token(&client.inner, token)?,
+            rt: client.rt,
+        })
     }
 }
 
@@ -231,6 +256,15 @@ impl SecretClient {
             inner: self.inner.with_logging_enable(enabled),
             rt: self.rt,
         }
+    }
+
+    /// The same client with per-call options on top (see [`crate::SecretClient::with_call_options`]; Python's
+    /// per-call keyword arguments): every call through it, and its pagers' pages and pollers' polls, use them.
+    pub fn with_call_options(&self, options: CallOptions) -> Result<SecretClient> {
+        Ok(SecretClient {
+            inner: self.inner.with_call_options(options)?,
+            rt: self.rt,
+        })
     }
 
     /// Release the connections now (see [`crate::SecretClient::close`]); the runtime is driven briefly so

@@ -3,7 +3,8 @@
 use crate::credentials::TokenCredential;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
-    Method, Request, ReqwestTransport, Response, StatusCode, Transport, TransportConfig,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, ReqwestTransport, Response, StatusCode,
+    Transport, TransportConfig,
 };
 use crate::models::{
     DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties, SetSecretOptions,
@@ -41,7 +42,8 @@ use tracing::Instrument;
 pub struct SecretClientOptions {
     /// The api-version sent with every request. Default: the newest, [`ApiVersion::LATEST`].
     pub api_version: ApiVersion,
-    /// Retries (default: 4 retries, 0.8 s doubling, ±20 % jitter, at most 60 s apart).
+    /// Retries (default: azure-core's: 3 retries, the first at once, then 1.6 s, 3.2 s, … (±20 % jitter), at
+    /// most 120 s apart; see [`RetryOptions`]).
     pub retry: RetryOptions,
     /// Check that the challenge's resource is a parent domain of the vault (default `true`).
     /// Turn off for vaults on `localhost`/IP addresses.
@@ -108,6 +110,157 @@ impl SecretClientOptions {
     }
 }
 
+/// Options of one call, Python's per-call keyword arguments (`headers=…`, `timeout=…`, `read_timeout=…`,
+/// `retry_total=…`, `logging_enable=…`). Apply them with [`SecretClient::with_call_options`], which returns a
+/// view of the client (the same connections and token cache) whose calls, and the pages and polls of the pagers
+/// and pollers it returns, all use them:
+///
+/// ```no_run
+/// # async fn demo(client: keyvault_secrets::SecretClient) -> keyvault_secrets::Result<()> {
+/// use keyvault_secrets::{CallOptions, RetryOptions};
+/// use keyvault_secrets::http::{HeaderName, HeaderValue};
+/// use std::time::Duration;
+///
+/// let options = CallOptions::default()
+///     .header(HeaderName::from_static("x-ms-client-request-id"), HeaderValue::from_static("0f0e6c1c-2a2b-4c4d-8e8f-9a9b0c0d1e1f"))
+///     .timeout(Duration::from_secs(10))
+///     .retry(RetryOptions::none());
+/// let secret = client.with_call_options(options)?.get_secret("db-password", None).await?;
+/// # Ok(()) }
+/// ```
+///
+/// Headers replace the pipeline's own of the same name (so `x-ms-client-request-id` can be set); a few cannot
+/// be set and are refused with [`ErrorKind::InvalidArgument`]: `Authorization` (the credential authorizes every
+/// request: a header would either be overwritten or leak past the challenge, so neither happens silently) and
+/// the connection's own `Host`, `Content-Length`, `Transfer-Encoding`, `Connection` and `Proxy-Authorization`.
+/// Header values are logged `REDACTED` unless the header is on the logging allow-list.
+#[derive(Clone, Default)]
+pub struct CallOptions {
+    /// Extra headers sent with every request of the call (Python: `headers=`).
+    pub headers: HeaderMap,
+    /// The longest the call may take, every try, token request and retry delay included (Python: `timeout=`,
+    /// azure-core's absolute retry timeout). Fails with an [`ErrorKind::Connection`] error when it runs out.
+    /// For a pager or poller it bounds each page or poll request.
+    pub timeout: Option<Duration>,
+    /// The longest one try may take, from sending to the end of the body; replaces
+    /// [`SecretClientOptions::request_timeout`] (Python: `read_timeout=`). A try that runs out is a connection
+    /// error, retried like one. (There is no per-call connect timeout: connections are pooled, and the
+    /// client's [`SecretClientOptions::connect_timeout`] applies; `timeout` bounds everything.)
+    pub request_timeout: Option<Duration>,
+    /// Retries of the call, instead of the client's (Python: `retry_total=`, `retry_backoff_factor=`, …).
+    pub retry: Option<RetryOptions>,
+    /// Detailed (DEBUG) logging on or off for the call (Python: `logging_enable=`).
+    pub logging_enable: Option<bool>,
+}
+
+impl fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallOptions")
+            .field(
+                "headers",
+                &crate::pipeline::logging::redacted_headers(&self.headers),
+            )
+            .field("timeout", &self.timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .field("logging_enable", &self.logging_enable)
+            .finish()
+    }
+}
+
+/// Headers a caller cannot set: the credential's, and the HTTP connection's own.
+const REFUSED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+impl CallOptions {
+    /// Add a header (another value of the same name is added too, as `HeaderMap::append` does).
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+    /// Set [`CallOptions::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    /// Set [`CallOptions::request_timeout`].
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+    /// Set [`CallOptions::retry`].
+    pub fn retry(mut self, retry: RetryOptions) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+    /// Set [`CallOptions::logging_enable`].
+    pub fn logging_enable(mut self, enabled: bool) -> Self {
+        self.logging_enable = Some(enabled);
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        for name in self.headers.keys() {
+            if REFUSED_HEADERS.contains(&name.as_str()) {
+                let why = if name.as_str() == "authorization" {
+                    "the client's credential authorizes every request"
+                } else {
+                    "the HTTP connection sets it"
+                };
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("the header '{name}' cannot be set per call: {why}"),
+                ));
+            }
+        }
+        for (what, t) in [
+            ("timeout", self.timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if t == Some(Duration::ZERO) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("{what} must be longer than zero"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `pipeline` with these options on top.
+    fn apply(self, mut pipeline: Pipeline) -> Pipeline {
+        if !self.headers.is_empty() {
+            let mut headers = (*pipeline.headers).clone();
+            for name in self.headers.keys() {
+                headers.remove(name);
+            }
+            for (name, value) in self.headers.iter() {
+                headers.append(name, value.clone());
+            }
+            pipeline.headers = Arc::new(headers);
+        }
+        if self.timeout.is_some() {
+            pipeline.timeout = self.timeout;
+        }
+        if self.request_timeout.is_some() {
+            pipeline.try_timeout = self.request_timeout;
+        }
+        if let Some(retry) = self.retry {
+            pipeline.retry = retry;
+        }
+        if let Some(enabled) = self.logging_enable {
+            pipeline.logging = enabled;
+        }
+        pipeline
+    }
+}
+
 pub(crate) fn user_agent(suffix: Option<&str>) -> String {
     let base = format!(
         "azsdk-rust-keyvault-secrets/{} ({}; {})",
@@ -159,7 +312,7 @@ fn parse_vault_url(vault_url: &str) -> Result<Url> {
     Url::parse(&url.origin().ascii_serialization()).map_err(|e| bad(&e.to_string()))
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     if rules::is_valid_name(name) {
         Ok(())
     } else {
@@ -233,6 +386,20 @@ impl ClientInner {
 
     fn same_origin(&self, url: &Url) -> bool {
         url.origin() == self.vault.origin()
+    }
+
+    /// `https://host[:port]`.
+    pub(crate) fn vault_url(&self) -> &str {
+        self.vault.as_str().trim_end_matches('/')
+    }
+
+    /// Whether `vault_url` names this client's vault.
+    pub(crate) fn same_vault(&self, vault_url: &str) -> bool {
+        parse_vault_url(vault_url).is_ok_and(|u| self.same_origin(&u))
+    }
+
+    pub(crate) fn polling_interval(&self) -> Duration {
+        self.polling_interval
     }
 
     /// Send and turn an error status into an [`Error`].
@@ -337,15 +504,15 @@ impl SecretClient {
             inner: Arc::new(ClientInner {
                 vault,
                 api_version: options.api_version,
-                pipeline: Pipeline {
+                pipeline: Pipeline::new(
                     transport,
-                    retry: options.retry,
-                    auth: Some(Arc::new(ChallengeAuth::new(
+                    options.retry,
+                    Some(Arc::new(ChallengeAuth::new(
                         credential,
                         options.verify_challenge_resource,
                     ))),
-                    logging: options.logging_enable,
-                },
+                    options.logging_enable,
+                ),
                 polling_interval: options.polling_interval,
             }),
         })
@@ -353,7 +520,11 @@ impl SecretClient {
 
     /// The vault's URL, `https://host[:port]` (no trailing slash).
     pub fn vault_url(&self) -> &str {
-        self.inner.vault.as_str().trim_end_matches('/')
+        self.inner.vault_url()
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<ClientInner> {
+        &self.inner
     }
 
     /// The api-version this client sends.
@@ -548,19 +719,12 @@ impl SecretClient {
             Method::DELETE,
             self.inner.url(&format!("/secrets/{name}"), &[]),
         );
-        let deleted = async {
-            DeletedSecret::from_bundle(self.inner.call_json::<DeletedSecretBundle>(req).await?)
-        }
-        .instrument(span!("begin_delete_secret", name = name))
-        .await?;
-        let done = deleted.recovery_id.is_none();
-        Ok(Poller::new(
-            deleted,
-            done,
-            format!("/deletedsecrets/{name}"),
-            self.inner.clone(),
-            self.inner.polling_interval,
-        ))
+        let bundle: DeletedSecretBundle = self
+            .inner
+            .call_json(req)
+            .instrument(span!("begin_delete_secret", name = name))
+            .await?;
+        Poller::start(self.inner.clone(), self.inner.polling_interval, bundle)
     }
 
     /// Delete a secret and wait until the deletion is done: the async Python client's `delete_secret`
@@ -601,18 +765,12 @@ impl SecretClient {
             self.inner
                 .url(&format!("/deletedsecrets/{name}/recover"), &[]),
         );
-        let recovered = async {
-            SecretProperties::from_bundle(self.inner.call_json::<SecretBundle>(req).await?)
-        }
-        .instrument(span!("begin_recover_deleted_secret", name = name))
-        .await?;
-        Ok(Poller::new(
-            recovered,
-            false,
-            format!("/secrets/{name}/"),
-            self.inner.clone(),
-            self.inner.polling_interval,
-        ))
+        let bundle: SecretBundle = self
+            .inner
+            .call_json(req)
+            .instrument(span!("begin_recover_deleted_secret", name = name))
+            .await?;
+        Poller::start(self.inner.clone(), self.inner.polling_interval, bundle)
     }
 
     /// Permanently delete a deleted secret. `DELETE /deletedsecrets/{name}` (204).
@@ -675,15 +833,40 @@ impl SecretClient {
     /// # Ok(()) }
     /// ```
     pub fn with_logging_enable(&self, enabled: bool) -> SecretClient {
+        self.view(
+            CallOptions::default()
+                .logging_enable(enabled)
+                .apply(self.inner.pipeline.clone()),
+        )
+    }
+
+    /// The same client (the same connections, token cache and options) with per-call options on top: Python's
+    /// per-call keyword arguments. Every call made through the returned client uses them, and so do the page
+    /// requests of its pagers and the polls of its pollers. Options given to a view are added to the view's.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: keyvault_secrets::SecretClient) -> keyvault_secrets::Result<()> {
+    /// use keyvault_secrets::CallOptions;
+    /// use std::time::Duration;
+    /// let quick = client.with_call_options(CallOptions::default().timeout(Duration::from_secs(5)))?;
+    /// let secret = quick.get_secret("my-secret", None).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`ErrorKind::InvalidArgument`], before any I/O, for a header that cannot be set (see
+    /// [`CallOptions`]) or a zero timeout.
+    pub fn with_call_options(&self, options: CallOptions) -> Result<SecretClient> {
+        options.check()?;
+        Ok(self.view(options.apply(self.inner.pipeline.clone())))
+    }
+
+    fn view(&self, pipeline: Pipeline) -> SecretClient {
         let inner = &self.inner;
         SecretClient {
             inner: Arc::new(ClientInner {
                 vault: inner.vault.clone(),
                 api_version: inner.api_version,
-                pipeline: Pipeline {
-                    logging: enabled,
-                    ..inner.pipeline.clone()
-                },
+                pipeline,
                 polling_interval: inner.polling_interval,
             }),
         }

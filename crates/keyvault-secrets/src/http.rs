@@ -23,6 +23,11 @@ pub struct Request {
     pub url: String,
     pub headers: HeaderMap,
     pub body: Option<Bytes>,
+    /// The longest one try of this request may take, from sending to the end of the body; `None`: the client's
+    /// [`request_timeout`](crate::SecretClientOptions::request_timeout) (or
+    /// [`CallOptions::request_timeout`](crate::CallOptions::request_timeout)). A [`Transport`] should honour it;
+    /// the pipeline enforces it either way.
+    pub timeout: Option<Duration>,
 }
 
 impl Request {
@@ -33,6 +38,7 @@ impl Request {
             url: url.into(),
             headers: HeaderMap::new(),
             body: None,
+            timeout: None,
         }
     }
 
@@ -55,9 +61,10 @@ impl Request {
         self
     }
 
-    /// Whether retrying after a connection error is safe (everything but POST).
-    pub(crate) fn is_idempotent(&self) -> bool {
-        self.method != Method::POST
+    /// Set the timeout of one try (see [`Request::timeout`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 }
 
@@ -74,6 +81,7 @@ impl fmt::Debug for Request {
                 "body",
                 &self.body.as_ref().map(|b| format!("<{} bytes>", b.len())),
             )
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -314,6 +322,9 @@ impl Transport for ReqwestTransport {
             .headers(request.headers.clone());
         if let Some(body) = &request.body {
             builder = builder.body(body.clone());
+        }
+        if let Some(timeout) = request.timeout {
+            builder = builder.timeout(timeout);
         }
         let response = builder.send().await.map_err(connection_error)?;
         let status = response.status();

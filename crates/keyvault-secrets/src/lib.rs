@@ -8,11 +8,11 @@
 //!
 //! | Module | What is in it |
 //! |---|---|
-//! | crate root | [`SecretClient`] (async) and [`SecretClientOptions`]; the models re-exported |
+//! | crate root | [`SecretClient`] (async), [`SecretClientOptions`], [`CallOptions`] (per-call headers, timeouts, retries, logging: [`SecretClient::with_call_options`]); the models re-exported |
 //! | [`models`] | [`KeyVaultSecret`], [`SecretProperties`], [`DeletedSecret`], [`KeyVaultSecretIdentifier`], [`SetSecretOptions`], [`UpdateSecretPropertiesOptions`] |
 //! | [`credentials`] | [`TokenCredential`](credentials::TokenCredential) and the credentials: static token, client secret, environment, managed identity, Azure CLI, default chain |
 //! | [`pager`] | [`Pager`] (a `Stream` of items, resumable) and [`Pages`] |
-//! | [`poller`] | [`Poller`] for `begin_delete_secret` / `begin_recover_deleted_secret` |
+//! | [`poller`] | [`Poller`] for `begin_delete_secret` / `begin_recover_deleted_secret`: done callbacks, continuation tokens |
 //! | [`error`] | [`Error`] and [`ErrorKind`] (not found, exists, authentication, HTTP, connection, credential, data, invalid argument) |
 //! | [`http`] | raw [`Request`](http::Request) / [`Response`](http::Response) for [`SecretClient::send_request`], the [`Transport`](http::Transport) trait |
 //! | [`blocking`] | `blocking::SecretClient` with the same methods; pagers are `Iterator`s (feature `blocking`, on by default) |
@@ -47,8 +47,8 @@
 //!
 //! ## The pipeline
 //!
-//! Every request goes through retries (exponential backoff with jitter on 408/429/5xx and connection
-//! errors, honouring `Retry-After`), Key Vault's challenge authentication (the first request learns the
+//! Every request goes through retries (azure-core's rules and defaults: 408/429/5xx and connection errors,
+//! exponential backoff, honouring `Retry-After`; see [`RetryOptions`]), Key Vault's challenge authentication (the first request learns the
 //! scope and tenant from the 401; tokens are cached and refreshed before they expire), and logging with
 //! `tracing` (one span per operation). As in the Python SDK, every request and response is logged at INFO
 //! (target `keyvault_secrets::http`: method, URL, status, time taken, headers), and `logging_enable` adds DEBUG
@@ -66,7 +66,7 @@ pub mod pager;
 mod pipeline;
 pub mod poller;
 
-pub use client::{SecretClient, SecretClientOptions};
+pub use client::{CallOptions, SecretClient, SecretClientOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use keyvault_types::{ApiVersion, DeletionRecoveryLevel, SecretString};
 pub use models::{
@@ -75,7 +75,7 @@ pub use models::{
 };
 pub use pager::{Page, Pager, Pages};
 pub use pipeline::retry::RetryOptions;
-pub use poller::{Poller, PollerStatus};
+pub use poller::{DoneCallbackId, Poller, PollerResult, PollerStatus};
 pub use time::OffsetDateTime;
 
 /// The README's examples, compiled as doc tests.

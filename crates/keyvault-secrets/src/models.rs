@@ -50,8 +50,11 @@ pub struct SecretProperties {
     pub key_id: Option<String>,
     /// Whether Key Vault manages the secret's lifetime (certificate-backed secrets).
     pub managed: Option<bool>,
-    /// Application metadata. Empty when the secret has none.
+    /// Application metadata. Empty when the secret has none, or when the service sent no tags at all: Python's
+    /// `tags` is `None` then, and [`SecretProperties::tags_or_none`] tells the two apart.
     pub tags: Tags,
+    /// Whether the service sent a `tags` object (possibly `{}`).
+    tags_sent: bool,
 }
 
 /// A secret with its value. Python: `KeyVaultSecret`. `Debug` redacts the value.
@@ -105,7 +108,33 @@ impl SecretProperties {
             key_id: None,
             managed: None,
             tags: Tags::new(),
+            tags_sent: false,
         })
+    }
+
+    /// The tags as Python's `SecretProperties.tags` has them: `None` when the service sent no tags (and none
+    /// were added to [`SecretProperties::tags`] since), `Some` (possibly empty) when it sent a tag object, even
+    /// `{}`.
+    ///
+    /// ```
+    /// use keyvault_secrets::{SecretProperties, Tags};
+    /// let mut p = SecretProperties::new("https://myvault.vault.azure.net/secrets/db-password")?;
+    /// assert_eq!(p.tags_or_none(), None);
+    /// p.set_tags(Some(Tags::new()));
+    /// assert_eq!(p.tags_or_none(), Some(&Tags::new()));
+    /// p.tags.insert("env".into(), "prod".into());
+    /// assert_eq!(p.tags_or_none().map(|t| t.len()), Some(1));
+    /// # Ok::<(), keyvault_secrets::Error>(())
+    /// ```
+    pub fn tags_or_none(&self) -> Option<&Tags> {
+        (self.tags_sent || !self.tags.is_empty()).then_some(&self.tags)
+    }
+
+    /// Set the tags as Python's `tags` would be: `None` (no tag object) or `Some` (possibly empty), e.g. for
+    /// test doubles.
+    pub fn set_tags(&mut self, tags: Option<Tags>) {
+        self.tags_sent = tags.is_some();
+        self.tags = tags.unwrap_or_default();
     }
 }
 
@@ -262,7 +291,17 @@ pub struct SetSecretOptions {
 }
 
 /// Optional arguments of [`SecretClient::update_secret_properties`](crate::SecretClient::update_secret_properties):
-/// only the fields given change; `tags`, when given, replaces the tag set.
+/// only the fields given change. `tags`, as in Python: `None` leaves the tags as they are (no `tags` is sent);
+/// `Some` replaces the whole tag set, and `Some` of an empty map ([`UpdateSecretPropertiesOptions::clear_tags`])
+/// removes every tag (`"tags": {}` is sent).
+///
+/// ```
+/// use keyvault_secrets::UpdateSecretPropertiesOptions;
+/// let unchanged = UpdateSecretPropertiesOptions::default().enabled(false);
+/// let replaced = UpdateSecretPropertiesOptions::default().tags([("env", "prod")]);
+/// let cleared = UpdateSecretPropertiesOptions::default().clear_tags();
+/// assert_eq!((unchanged.tags, replaced.tags.map(|t| t.len()), cleared.tags.map(|t| t.len())), (None, Some(1), Some(0)));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpdateSecretPropertiesOptions {
     pub content_type: Option<String>,
@@ -332,6 +371,14 @@ macro_rules! builder_setters {
 builder_setters!(SetSecretOptions);
 builder_setters!(UpdateSecretPropertiesOptions);
 
+impl UpdateSecretPropertiesOptions {
+    /// Remove every tag (sends `"tags": {}`; Python: `tags={}`).
+    pub fn clear_tags(mut self) -> Self {
+        self.tags = Some(Tags::new());
+        self
+    }
+}
+
 // ---------------------------------------------------------------- wire → model
 
 fn date(field: &str, secs: Option<i64>) -> Result<Option<OffsetDateTime>> {
@@ -388,6 +435,7 @@ fn properties(c: Common) -> Result<SecretProperties> {
         recoverable_days: a.recoverable_days,
         key_id: c.kid,
         managed: c.managed,
+        tags_sent: c.tags.is_some(),
         tags: c.tags.unwrap_or_default(),
     })
 }

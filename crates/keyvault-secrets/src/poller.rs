@@ -3,13 +3,23 @@
 //! [`Poller::result`] is the service's first answer, available at once; [`Poller::wait`] polls until the
 //! operation is done server-side, with the SDKs' rule: 404 = still going, 200 or 403 = done, any other
 //! error fails. Awaiting a `Poller` waits and then returns the result.
+//!
+//! Like azure-core's `LROPoller`, a poller runs done callbacks ([`Poller::add_done_callback`]) and can be
+//! resumed elsewhere from a [`Poller::continuation_token`] with [`Poller::from_continuation_token`].
 
+use crate::SecretClient;
 use crate::client::ClientInner;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
+use crate::models::{DeletedSecret, SecretProperties};
+use base64::Engine;
+use keyvault_types::models::{DeletedSecretBundle, SecretBundle};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Where a long-running operation is.
@@ -22,48 +32,366 @@ pub enum PollerStatus {
     Succeeded,
 }
 
+/// The results a [`Poller`] can have: [`DeletedSecret`] (`begin_delete_secret`) and [`SecretProperties`]
+/// (`begin_recover_deleted_secret`). Sealed: it only names the operations this crate has.
+pub trait PollerResult: sealed::Sealed + Send + Sized + 'static {}
+
+impl PollerResult for DeletedSecret {}
+impl PollerResult for SecretProperties {}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// What a poller needs to know about its operation (crate-internal).
+    pub trait Sealed: Sized {
+        /// The service's answer to the first request.
+        type Bundle: DeserializeOwned + Serialize;
+        /// The operation's name in continuation tokens.
+        const OPERATION: &'static str;
+        /// The method that starts it, for error messages.
+        const METHOD: &'static str;
+        /// The path polled until the operation is done.
+        fn status_path(name: &str) -> String;
+        /// Remove anything secret from the answer before it goes into a token.
+        fn strip(bundle: &mut Self::Bundle);
+        fn from_bundle(bundle: Self::Bundle) -> Result<Self>;
+        /// Whether the operation is done as soon as it starts.
+        fn done_at_once(&self) -> bool;
+        /// The secret's name.
+        fn name(&self) -> &str;
+    }
+
+    impl Sealed for DeletedSecret {
+        type Bundle = DeletedSecretBundle;
+        const OPERATION: &'static str = "delete";
+        const METHOD: &'static str = "begin_delete_secret";
+        fn status_path(name: &str) -> String {
+            format!("/deletedsecrets/{name}")
+        }
+        fn strip(bundle: &mut DeletedSecretBundle) {
+            bundle.secret.value = None;
+        }
+        fn from_bundle(bundle: DeletedSecretBundle) -> Result<Self> {
+            DeletedSecret::from_bundle(bundle)
+        }
+        /// No recovery id: the vault has no soft delete, the secret is gone at once.
+        fn done_at_once(&self) -> bool {
+            self.recovery_id.is_none()
+        }
+        fn name(&self) -> &str {
+            &self.name
+        }
+    }
+
+    impl Sealed for SecretProperties {
+        type Bundle = SecretBundle;
+        const OPERATION: &'static str = "recover";
+        const METHOD: &'static str = "begin_recover_deleted_secret";
+        fn status_path(name: &str) -> String {
+            format!("/secrets/{name}/")
+        }
+        fn strip(bundle: &mut SecretBundle) {
+            bundle.value = None;
+        }
+        fn from_bundle(bundle: SecretBundle) -> Result<Self> {
+            SecretProperties::from_bundle(bundle)
+        }
+        fn done_at_once(&self) -> bool {
+            false
+        }
+        fn name(&self) -> &str {
+            &self.name
+        }
+    }
+}
+
+/// The version of the continuation tokens this crate writes and reads.
+const TOKEN_VERSION: u64 = 1;
+/// A token longer than this is not one of ours (ours are a few KB at most: ≤ 15 tags of ≤ 512 characters).
+const MAX_TOKEN_LEN: usize = 256 * 1024;
+
+/// Identifies a done callback, to remove it with [`Poller::remove_done_callback`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DoneCallbackId(u64);
+
+type DoneCallback<T> = Box<dyn FnOnce(&T) + Send>;
+
+struct Callbacks<T> {
+    next_id: u64,
+    pending: Vec<(DoneCallbackId, DoneCallback<T>)>,
+}
+
 /// A long-running operation with its initial result.
 pub struct Poller<T> {
     result: T,
     status: PollerStatus,
-    /// The path to GET to learn whether the operation is done.
-    status_path: String,
+    /// The secret's name (the operation's subject).
+    name: String,
+    /// The service's first answer without any value: the continuation token carries it.
+    resource: Value,
     client: Arc<ClientInner>,
     interval: Duration,
+    /// In a mutex only so that a poller stays `Sync` (callbacks need only be `Send`); never locked, `&mut self`
+    /// reaches it through `get_mut`.
+    callbacks: Mutex<Callbacks<T>>,
 }
 
-impl<T: fmt::Debug> fmt::Debug for Poller<T> {
+impl<T: PollerResult + fmt::Debug> fmt::Debug for Poller<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let callbacks = self
+            .callbacks
+            .lock()
+            .map(|c| c.pending.len())
+            .unwrap_or_default();
         f.debug_struct("Poller")
+            .field("operation", &T::OPERATION)
+            .field("name", &self.name)
             .field("result", &self.result)
             .field("status", &self.status)
-            .field("status_path", &self.status_path)
             .field("interval", &self.interval)
+            .field("done_callbacks", &callbacks)
             .finish()
     }
 }
 
-impl<T> Poller<T> {
-    pub(crate) fn new(
+impl<T: PollerResult> Poller<T> {
+    /// A poller for an operation the service just answered with `bundle`.
+    pub(crate) fn start(
+        client: Arc<ClientInner>,
+        interval: Duration,
+        mut bundle: T::Bundle,
+    ) -> Result<Self> {
+        T::strip(&mut bundle);
+        let resource = serde_json::to_value(&bundle).map_err(|e| {
+            Error::with_source(ErrorKind::Data, "cannot keep the operation's answer", e)
+        })?;
+        let result = T::from_bundle(bundle)?;
+        let done = result.done_at_once();
+        Ok(Self::assemble(result, done, resource, client, interval))
+    }
+
+    fn assemble(
         result: T,
         done: bool,
-        status_path: String,
+        resource: Value,
         client: Arc<ClientInner>,
         interval: Duration,
     ) -> Self {
         Poller {
+            name: result.name().to_string(),
             result,
             status: if done {
                 PollerStatus::Succeeded
             } else {
                 PollerStatus::InProgress
             },
-            status_path,
+            resource,
             client,
             interval,
+            callbacks: Mutex::new(Callbacks {
+                next_id: 0,
+                pending: Vec::new(),
+            }),
         }
     }
 
+    /// An opaque string from which [`Poller::from_continuation_token`] resumes this operation, in another
+    /// client or process (Python: `poller.continuation_token()`). It names the vault and the secret and holds
+    /// the service's first answer (the secret's properties and deletion facts, never a value), so treat it like
+    /// the secret's metadata. Versioned: a future format is refused with a clear error, not misread.
+    pub fn continuation_token(&self) -> String {
+        let token = json!({
+            "v": TOKEN_VERSION,
+            "op": T::OPERATION,
+            "vault": self.client.vault_url(),
+            "name": self.name,
+            "done": self.done(),
+            "resource": self.resource,
+        });
+        token_b64().encode(token.to_string())
+    }
+
+    /// Resume an operation from a [`Poller::continuation_token`], polling through `client` (Python:
+    /// `LROPoller.from_continuation_token`). The client must be on the token's vault; its polling interval and
+    /// per-call options apply. A token that is not one of ours, is of a newer version, is for another
+    /// operation (a delete's token cannot make a recover's poller) or another vault is refused with
+    /// [`ErrorKind::InvalidArgument`], before any I/O.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: keyvault_secrets::SecretClient, other: keyvault_secrets::SecretClient) -> keyvault_secrets::Result<()> {
+    /// use keyvault_secrets::{DeletedSecret, Poller};
+    /// let token = client.begin_delete_secret("db-password").await?.continuation_token();
+    /// // … later, maybe in another process:
+    /// let poller: Poller<DeletedSecret> = Poller::from_continuation_token(&other, &token)?;
+    /// let deleted = poller.await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_continuation_token(client: &SecretClient, token: &str) -> Result<Self> {
+        let bad = |why: String| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid poller continuation token: {why}"),
+            )
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(bad(format!("it is longer than {MAX_TOKEN_LEN} bytes")));
+        }
+        let bytes = token_b64().decode(token).map_err(|_| {
+            bad("it is not base64url (not a token from Poller::continuation_token)".into())
+        })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| bad("it does not hold a token from Poller::continuation_token".into()))?;
+        let Value::Object(mut fields) = value else {
+            return Err(bad(
+                "it does not hold a token from Poller::continuation_token".into(),
+            ));
+        };
+        match fields.get("v").and_then(Value::as_u64) {
+            Some(TOKEN_VERSION) => {}
+            Some(v) => {
+                return Err(bad(format!(
+                    "its version is {v}; this client reads version {TOKEN_VERSION}"
+                )));
+            }
+            None => return Err(bad("it has no version".into())),
+        }
+        let text = |fields: &serde_json::Map<String, Value>, key: &str| {
+            fields
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("'{key}' is missing")))
+        };
+        let op = text(&fields, "op")?;
+        if op != T::OPERATION {
+            return Err(bad(format!(
+                "it resumes a {op} operation, not a {} ({})",
+                T::OPERATION,
+                T::METHOD
+            )));
+        }
+        let vault = text(&fields, "vault")?;
+        if !client.inner().same_vault(&vault) {
+            return Err(bad(format!(
+                "it is for the vault '{vault}', not this client's vault '{}'",
+                client.vault_url()
+            )));
+        }
+        let name = text(&fields, "name")?;
+        crate::client::check_name(&name).map_err(|e| bad(e.message().to_string()))?;
+        let done = fields
+            .get("done")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| bad("'done' is missing".into()))?;
+        let resource = fields
+            .remove("resource")
+            .ok_or_else(|| bad("'resource' is missing".into()))?;
+        let mut bundle: T::Bundle = serde_json::from_value(resource)
+            .map_err(|e| bad(format!("its resource is not a {}: {e}", T::OPERATION)))?;
+        T::strip(&mut bundle);
+        let resource = serde_json::to_value(&bundle)
+            .map_err(|e| bad(format!("its resource cannot be kept: {e}")))?;
+        let result = T::from_bundle(bundle).map_err(|e| bad(e.message().to_string()))?;
+        if result.name() != name {
+            return Err(bad(format!(
+                "its resource is the secret '{}', not '{name}'",
+                result.name()
+            )));
+        }
+        let inner = client.inner().clone();
+        let interval = inner.polling_interval();
+        Ok(Self::assemble(result, done, resource, inner, interval))
+    }
+
+    /// Check once whether the operation is done (and run the done callbacks when it is).
+    pub async fn poll(&mut self) -> Result<PollerStatus> {
+        if !self.done()
+            && self
+                .client
+                .operation_done(&T::status_path(&self.name))
+                .await?
+        {
+            self.status = PollerStatus::Succeeded;
+            self.run_callbacks();
+        }
+        Ok(self.status)
+    }
+
+    /// Run `callback` with the result once the operation is done (Python: `add_done_callback`): at once if it
+    /// already is, else when a [`Poller::poll`] (or a wait) finds it done. Each callback runs at most once; a
+    /// poller dropped (or only waited on with a timeout that ran out) before the operation is done never runs
+    /// them. Callbacks run in the task that polls, in the order they were added.
+    pub fn add_done_callback(
+        &mut self,
+        callback: impl FnOnce(&T) + Send + 'static,
+    ) -> DoneCallbackId {
+        let id = {
+            let callbacks = self.callbacks_mut();
+            callbacks.next_id += 1;
+            DoneCallbackId(callbacks.next_id - 1)
+        };
+        if self.done() {
+            callback(&self.result);
+        } else {
+            self.callbacks_mut().pending.push((id, Box::new(callback)));
+        }
+        id
+    }
+
+    /// Remove a done callback that has not run yet (Python: `remove_done_callback`); `false` if there is none
+    /// with this id (it has run, or it was removed).
+    pub fn remove_done_callback(&mut self, id: DoneCallbackId) -> bool {
+        let pending = &mut self.callbacks_mut().pending;
+        let before = pending.len();
+        pending.retain(|(i, _)| *i != id);
+        pending.len() != before
+    }
+
+    fn callbacks_mut(&mut self) -> &mut Callbacks<T> {
+        self.callbacks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run_callbacks(&mut self) {
+        let pending = std::mem::take(&mut self.callbacks_mut().pending);
+        for (_, callback) in pending {
+            callback(&self.result);
+        }
+    }
+
+    /// Poll (at once, then every interval) until the operation is done.
+    pub async fn wait(&mut self) -> Result<()> {
+        loop {
+            if self.poll().await? == PollerStatus::Succeeded {
+                return Ok(());
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    /// Poll until the operation is done or `timeout` has passed, whichever comes first, and return the status
+    /// then (Python: `poller.wait(timeout)`; `InProgress` when the time ran out). Python's
+    /// `poller.result(timeout)` is this followed by [`Poller::result`].
+    pub async fn wait_timeout(&mut self, timeout: Duration) -> Result<PollerStatus> {
+        match tokio::time::timeout(timeout, self.wait()).await {
+            Ok(waited) => waited.map(|()| self.status),
+            Err(_elapsed) => Ok(self.status),
+        }
+    }
+
+    /// Wait, then return the result.
+    pub async fn wait_for_result(mut self) -> Result<T> {
+        self.wait().await?;
+        Ok(self.result)
+    }
+}
+
+impl<T> Poller<T> {
     /// The operation's result as the service first returned it, without waiting.
     pub fn result(&self) -> &T {
         &self.result
@@ -93,42 +421,19 @@ impl<T> Poller<T> {
     pub fn set_polling_interval(&mut self, interval: Duration) {
         self.interval = interval;
     }
-
-    /// Check once whether the operation is done.
-    pub async fn poll(&mut self) -> Result<PollerStatus> {
-        if !self.done() && self.client.operation_done(&self.status_path).await? {
-            self.status = PollerStatus::Succeeded;
-        }
-        Ok(self.status)
-    }
-
-    /// Poll (at once, then every interval) until the operation is done.
-    pub async fn wait(&mut self) -> Result<()> {
-        loop {
-            if self.poll().await? == PollerStatus::Succeeded {
-                return Ok(());
-            }
-            tokio::time::sleep(self.interval).await;
-        }
-    }
-
-    /// Poll until the operation is done or `timeout` has passed, whichever comes first, and return the status
-    /// then (Python: `poller.wait(timeout)`; `InProgress` when the time ran out).
-    pub async fn wait_timeout(&mut self, timeout: Duration) -> Result<PollerStatus> {
-        match tokio::time::timeout(timeout, self.wait()).await {
-            Ok(waited) => waited.map(|()| self.status),
-            Err(_elapsed) => Ok(self.status),
-        }
-    }
-
-    /// Wait, then return the result.
-    pub async fn wait_for_result(mut self) -> Result<T> {
-        self.wait().await?;
-        Ok(self.result)
-    }
 }
 
-impl<T: Send + 'static> IntoFuture for Poller<T> {
+/// base64url without padding (padding accepted on input).
+fn token_b64() -> base64::engine::GeneralPurpose {
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_encode_padding(false)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+}
+
+impl<T: PollerResult> IntoFuture for Poller<T> {
     type Output = Result<T>;
     type IntoFuture = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 

@@ -213,3 +213,62 @@ fn blocking_clients_share_one_credential() {
         started.elapsed()
     );
 }
+
+#[test]
+fn blocking_call_options_tokens_and_callbacks() {
+    use keyvault_secrets::blocking::Poller;
+    use keyvault_secrets::http::{HeaderName, HeaderValue};
+    use keyvault_secrets::{CallOptions, DeletedSecret};
+
+    let (rt, v) = server();
+    let c = SecretClient::new(v.vault_url(), credential(&v), Some(options(&v))).unwrap();
+    c.set_secret("blocking-token", "v", None).unwrap();
+
+    // A per-call header reaches the server (it echoes the client request id).
+    let id = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let view = c
+        .with_call_options(CallOptions::default().header(
+            HeaderName::from_static("x-ms-client-request-id"),
+            HeaderValue::from_static(id),
+        ))
+        .unwrap();
+    let r = view
+        .send_request(Request::new(Method::GET, "/secrets/blocking-token/"))
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers
+            .get("x-ms-client-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(id)
+    );
+    let e = c
+        .with_call_options(CallOptions::default().header(
+            HeaderName::from_static("authorization"),
+            HeaderValue::from_static("Bearer x"),
+        ))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+
+    // A delete's token resumes in another blocking client; the callback runs once, on the polling thread.
+    let token = view
+        .begin_delete_secret("blocking-token")
+        .unwrap()
+        .continuation_token();
+    let other = SecretClient::new(v.vault_url(), credential(&v), Some(options(&v))).unwrap();
+    let mut poller: Poller<DeletedSecret> =
+        Poller::from_continuation_token(&other, &token).unwrap();
+    assert_eq!(poller.status(), PollerStatus::InProgress);
+    poller.set_polling_interval(Duration::from_millis(20));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    poller.add_done_callback(move |d| {
+        assert_eq!(d.name, "blocking-token");
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    let deleted = poller.wait_for_result().unwrap();
+    assert_eq!(deleted.name, "blocking-token");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert!(other.get_deleted_secret("blocking-token").is_ok());
+    rt.block_on(v.shutdown());
+}

@@ -122,9 +122,14 @@ async fn throttled_requests_wait_for_retry_after() {
 }
 
 #[tokio::test]
-async fn server_errors_are_retried_for_idempotent_methods_only() {
+async fn server_errors_are_retried_as_azure_core_does() {
+    // 500 for everything; 502 for the path `/secrets/bad-gateway…`.
     let server = start(|req, _| match req.header("authorization") {
         None => unauthorized(),
+        Some(_) if req.target.contains("bad-gateway") => MockResponse::json(
+            502,
+            r#"{"error":{"code":"BadGateway","message":"upstream"}}"#,
+        ),
         Some(_) => MockResponse::json(
             500,
             r#"{"error":{"code":"InternalError","message":"boom"}}"#,
@@ -138,10 +143,30 @@ async fn server_errors_are_retried_for_idempotent_methods_only() {
     assert_eq!(e.error_code(), Some("InternalError"));
     assert_eq!(e.message(), "boom");
     assert_eq!(server.requests().len(), 1 + 3); // challenge + 1 try + 2 retries
+    // POST and PATCH are retried on 500, 503 and 504 (azure-core's rule) …
     let before = server.requests().len();
-    let e = c.backup_secret("n").await.unwrap_err(); // POST: not retried
+    let e = c.backup_secret("n").await.unwrap_err();
     assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(server.requests().len(), before + 3);
+    // … and not on 502, which GET is retried on.
+    let before = server.requests().len();
+    let e = c.backup_secret("bad-gateway").await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::BAD_GATEWAY));
     assert_eq!(server.requests().len(), before + 1);
+    let before = server.requests().len();
+    let e = c
+        .update_secret_properties(
+            "bad-gateway",
+            None,
+            keyvault_secrets::UpdateSecretPropertiesOptions::default().enabled(true),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::BAD_GATEWAY));
+    assert_eq!(server.requests().len(), before + 1);
+    let before = server.requests().len();
+    c.get_secret("bad-gateway", None).await.unwrap_err();
+    assert_eq!(server.requests().len(), before + 3);
 }
 
 #[tokio::test]
@@ -325,6 +350,7 @@ async fn managed_identity_unavailable_or_failed() {
                 status: 200,
                 headers: vec![("content-type".into(), "text/html".into())],
                 body: "<html>captive portal</html>".into(),
+                delay: None,
             },
             _ => MockResponse::json(
                 500,
@@ -472,4 +498,116 @@ async fn connection_errors_redact_the_query() {
                 .contains("/secrets?api-version=7.6&$skiptoken=REDACTED"),
         "{all}"
     );
+}
+
+#[tokio::test]
+async fn a_per_call_timeout_fires_against_a_slow_endpoint() {
+    // Every authorised request takes far longer than the call may.
+    let server = start(|req, _| match req.header("authorization") {
+        None => unauthorized(),
+        Some(_) => MockResponse::json(200, BUNDLE).delayed(Duration::from_secs(600)),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let quick = c
+        .with_call_options(
+            keyvault_secrets::CallOptions::default().timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    let e = quick.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection);
+    assert!(e.message().contains("timeout of 300ms"), "{e}");
+    // The whole call is bounded: the retries the client allows did not all happen.
+    assert!(server.requests().len() <= 3, "{}", server.requests().len());
+    // A per-try timeout: each try times out and is retried (GET), then the call fails with the try's error.
+    let per_try = c
+        .with_call_options(
+            keyvault_secrets::CallOptions::default()
+                .request_timeout(Duration::from_millis(200))
+                .retry(RetryOptions {
+                    max_retries: 1,
+                    initial_delay: Duration::from_millis(10),
+                    max_delay: Duration::from_secs(1),
+                }),
+        )
+        .unwrap();
+    let before = server.requests().len();
+    let e = per_try.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection);
+    assert!(e.message().contains("timed out"), "{e}");
+    assert_eq!(server.requests().len(), before + 2);
+}
+
+#[tokio::test]
+async fn a_timed_out_try_is_retried_and_the_retry_answers() {
+    // The first authorised request is slow, the next ones are quick.
+    let server = start(|req, n| match (req.header("authorization"), n) {
+        (None, _) => unauthorized(),
+        (Some(_), 1) => MockResponse::json(200, BUNDLE).delayed(Duration::from_secs(600)),
+        (Some(_), _) => MockResponse::json(200, BUNDLE),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let view = c
+        .with_call_options(
+            keyvault_secrets::CallOptions::default().request_timeout(Duration::from_millis(200)),
+        )
+        .unwrap();
+    let s = view.get_secret("n", None).await.unwrap();
+    assert_eq!(s.value(), Some("v"));
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn per_call_headers_and_retries_ride_on_every_request_of_the_call() {
+    let server = start(|req, _| match req.header("authorization") {
+        None => unauthorized(),
+        Some(_) => MockResponse::json(
+            503,
+            r#"{"error":{"code":"ServiceUnavailable","message":"busy"}}"#,
+        ),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let view = c
+        .with_call_options(
+            keyvault_secrets::CallOptions::default()
+                .header(
+                    keyvault_secrets::http::HeaderName::from_static("x-tenant-hint"),
+                    keyvault_secrets::http::HeaderValue::from_static("blue"),
+                )
+                .header(
+                    keyvault_secrets::http::HeaderName::from_static("accept"),
+                    keyvault_secrets::http::HeaderValue::from_static(
+                        "application/json; charset=utf-8",
+                    ),
+                ),
+        )
+        .unwrap();
+    view.get_secret("n", None).await.unwrap_err();
+    let reqs = server.requests();
+    // The challenge round and the try with its 2 retries (the client's retry options).
+    assert_eq!(reqs.len(), 4);
+    for r in &reqs {
+        assert_eq!(r.header("x-tenant-hint"), Some("blue"));
+        assert_eq!(r.header("accept"), Some("application/json; charset=utf-8"));
+    }
+    // A view of the view keeps the header and changes the retries: one try, no retry.
+    let no_retry = view
+        .with_call_options(keyvault_secrets::CallOptions::default().retry(RetryOptions::none()))
+        .unwrap();
+    no_retry.get_secret("n", None).await.unwrap_err();
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs[4].header("x-tenant-hint"), Some("blue"));
+    // The client itself sends neither.
+    c.with_call_options(keyvault_secrets::CallOptions::default().retry(RetryOptions::none()))
+        .unwrap()
+        .get_secret("n", None)
+        .await
+        .unwrap_err();
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 6);
+    assert_eq!(reqs[5].header("x-tenant-hint"), None);
+    assert_eq!(reqs[5].header("accept"), Some("application/json"));
 }

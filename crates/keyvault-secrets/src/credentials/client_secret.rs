@@ -126,12 +126,7 @@ impl TokenEndpoint {
             client_id,
             authority,
             allowed_tenants: options.additionally_allowed_tenants.clone(),
-            pipeline: Pipeline {
-                transport,
-                retry: options.retry.clone(),
-                auth: None,
-                logging: false,
-            },
+            pipeline: Pipeline::new(transport, options.retry.clone(), None, false),
         })
     }
 

@@ -121,12 +121,7 @@ impl ManagedIdentityCredential {
         Ok(ManagedIdentityCredential {
             source,
             client_id: options.client_id,
-            pipeline: Pipeline {
-                transport,
-                retry: options.retry,
-                auth: None,
-                logging: false,
-            },
+            pipeline: Pipeline::new(transport, options.retry, None, false),
         })
     }
 }

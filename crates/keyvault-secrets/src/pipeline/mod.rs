@@ -4,14 +4,15 @@ pub(crate) mod challenge;
 pub(crate) mod logging;
 pub(crate) mod retry;
 
-use crate::error::{ErrorKind, Result};
-use crate::http::{HeaderValue, Request, Response, Transport};
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{HeaderMap, HeaderValue, Request, Response, Transport};
 use challenge::ChallengeAuth;
 use retry::RetryOptions;
+use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A random `u64` from std's randomly keyed hasher (good enough for jitter and request ids).
 pub(crate) fn random_u64() -> u64 {
@@ -48,19 +49,72 @@ pub(crate) fn request_id() -> String {
 
 /// Sends requests with retries, optional challenge auth and logging. A clone shares the transport and the
 /// challenge state (the cached token).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Pipeline {
     pub transport: Arc<dyn Transport>,
     pub retry: RetryOptions,
     pub auth: Option<Arc<ChallengeAuth>>,
     pub logging: bool,
+    /// Headers added to every request (per-call options); they replace the pipeline's own of the same name.
+    pub headers: Arc<HeaderMap>,
+    /// The longest one try may take (per-call options; else the transport's own timeout).
+    pub try_timeout: Option<Duration>,
+    /// The longest a whole send may take, retries and their delays included (per-call options).
+    pub timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("transport", &self.transport)
+            .field("retry", &self.retry)
+            .field("auth", &self.auth.is_some())
+            .field("logging", &self.logging)
+            .field("headers", &logging::redacted_headers(&self.headers))
+            .field("try_timeout", &self.try_timeout)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Pipeline {
-    async fn send_once(&self, req: Request) -> Result<Response> {
+    pub(crate) fn new(
+        transport: Arc<dyn Transport>,
+        retry: RetryOptions,
+        auth: Option<Arc<ChallengeAuth>>,
+        logging: bool,
+    ) -> Self {
+        Pipeline {
+            transport,
+            retry,
+            auth,
+            logging,
+            headers: Arc::new(HeaderMap::new()),
+            try_timeout: None,
+            timeout: None,
+        }
+    }
+
+    async fn send_once(&self, mut req: Request) -> Result<Response> {
+        if req.timeout.is_none() {
+            req.timeout = self.try_timeout;
+        }
         logging::log_request(&req, self.logging);
         let start = Instant::now();
-        let result = self.transport.send(&req).await;
+        // The built-in transport applies `req.timeout` itself; this bounds any other transport too.
+        let result = match req.timeout {
+            Some(limit) => match tokio::time::timeout(limit, self.transport.send(&req)).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "request timed out after {limit:?} ({})",
+                        logging::redacted_url(&req.url)
+                    ),
+                )),
+            },
+            None => self.transport.send(&req).await,
+        };
         match &result {
             Ok(resp) => logging::log_response(&req, resp, start.elapsed(), self.logging),
             Err(e) => tracing::info!(
@@ -83,7 +137,21 @@ impl Pipeline {
     }
 
     /// Send `req` (absolute URL) and return the final response, whatever its status.
-    pub(crate) async fn send(&self, mut req: Request) -> Result<Response> {
+    pub(crate) async fn send(&self, req: Request) -> Result<Response> {
+        let Some(limit) = self.timeout else {
+            return self.send_with_retries(req).await;
+        };
+        let url = logging::redacted_url(&req.url);
+        match tokio::time::timeout(limit, self.send_with_retries(req)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::new(
+                ErrorKind::Connection,
+                format!("the call did not complete within its timeout of {limit:?} ({url})"),
+            )),
+        }
+    }
+
+    async fn send_with_retries(&self, mut req: Request) -> Result<Response> {
         if !req.headers.contains_key(http::header::ACCEPT) {
             req.headers.insert(
                 http::header::ACCEPT,
@@ -93,14 +161,24 @@ impl Pipeline {
         if let Ok(v) = HeaderValue::from_str(&request_id()) {
             req.headers.insert("x-ms-client-request-id", v);
         }
+        // The caller's headers replace ours of the same name (a caller's x-ms-client-request-id is sent as is).
+        for name in self.headers.keys() {
+            req.headers.remove(name);
+        }
+        for (name, value) in self.headers.iter() {
+            req.headers.append(name, value.clone());
+        }
         let mut attempt = 0u32;
         loop {
             let result = self.send_authorized(&req).await;
             let delay = match &result {
-                Ok(resp) if retry::retry_status(resp.status, &req.method) => {
+                Ok(resp) if retry::retry_status(resp.status, &req.method, &resp.headers) => {
                     retry::retry_after(&resp.headers).unwrap_or_else(|| self.retry.backoff(attempt))
                 }
-                Err(e) if e.kind() == ErrorKind::Connection && req.is_idempotent() => {
+                Err(e)
+                    if e.kind() == ErrorKind::Connection
+                        && retry::retry_connection_error(&req.method) =>
+                {
                     if e.message().contains("the client is closed") {
                         return result;
                     }

@@ -1,26 +1,50 @@
-//! Retry policy: exponential backoff with jitter on 408, 429 and 5xx (not 501/505) and on connection
-//! errors (idempotent requests only), honouring `retry-after-ms`, `x-ms-retry-after-ms` and `Retry-After`.
+//! Retry policy, after azure-core's `RetryPolicy` (Python): the statuses 408, 429, 500, 502, 503, 504 and
+//! 506–599 and connection errors are retried; the first retry is immediate, then the delay doubles from
+//! `initial_delay` (±20 % jitter), at most `max_delay`; `retry-after-ms`, `x-ms-retry-after-ms` and
+//! `Retry-After` are honoured (capped at `max_delay`). See [`RetryOptions`] for the differences from Python.
 
 use crate::http::{HeaderMap, Method, StatusCode};
 use std::time::{Duration, SystemTime};
 
-/// How the client retries.
+/// How the client retries. The defaults are azure-core's (Python `RetryPolicy`) where this type can say the
+/// same thing:
+///
+/// | azure-core | default there | here |
+/// |---|---|---|
+/// | `retry_total` / `retry_connect` / `retry_read` / `retry_status` | 10 / 3 / 3 / 3 | one budget, `max_retries`: 3 |
+/// | `retry_backoff_factor` | 0.8 s | `initial_delay`: 800 ms |
+/// | `retry_backoff_max` | 120 s | `max_delay`: 120 s |
+/// | `retry_mode` | exponential: 0, then factor × 2ⁿ⁻¹ | the same (0, 1.6 s, 3.2 s, …), with ±20 % jitter |
+/// | `Retry-After` | honoured, uncapped | honoured, capped at `max_delay` |
+/// | `timeout` (whole call) | 7 days | none by default; per call: [`CallOptions::timeout`](crate::CallOptions::timeout) |
+///
+/// The differences are deliberate: one budget instead of four counters (azure-core's total of 10 is only
+/// reachable by mixing connection, read and status failures; any one kind stops at 3, as here); jitter so that
+/// many clients throttled together do not retry in lockstep; and a server's `Retry-After` cannot stall a call
+/// for longer than `max_delay`.
+///
+/// Which requests are retried (as azure-core): 408, 429, 500, 502, 503, 504 and 506–599 for GET, PUT, DELETE
+/// and HEAD; POST and PATCH only on 500, 503 and 504. A response carrying `Retry-After` (any error status) is
+/// retried for every method. Connection errors (no response, including a timed-out try) are retried for every
+/// method but POST and PATCH. One difference: 429 is retried for POST and PATCH even without `Retry-After`
+/// (the service refused the request without processing it; Key Vault always sends `Retry-After` with it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryOptions {
-    /// Retries after the first try (0 disables retrying). Default 4.
+    /// Retries after the first try (0 disables retrying). Default 3.
     pub max_retries: u32,
-    /// Delay before the first retry; doubled each time, ±20 % jitter. Default 800 ms.
+    /// The delay before the second retry is twice this, and it doubles from there (the first retry is
+    /// immediate); ±20 % jitter. Default 800 ms (azure-core's `retry_backoff_factor`).
     pub initial_delay: Duration,
-    /// Longest delay between tries, including one asked for by `Retry-After`. Default 60 s.
+    /// Longest delay between tries, including one asked for by `Retry-After`. Default 120 s.
     pub max_delay: Duration,
 }
 
 impl Default for RetryOptions {
     fn default() -> Self {
         RetryOptions {
-            max_retries: 4,
+            max_retries: 3,
             initial_delay: Duration::from_millis(800),
-            max_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(120),
         }
     }
 }
@@ -34,8 +58,12 @@ impl RetryOptions {
         }
     }
 
-    /// The backoff before retry number `attempt` (0-based), with jitter.
+    /// The backoff before retry number `attempt` (0-based), with jitter: 0 for the first retry, then
+    /// `initial_delay × 2^attempt` (azure-core: `backoff_factor × 2^(retries − 1)`, 0 for the first).
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
         let base = self
             .initial_delay
             .saturating_mul(2u32.saturating_pow(attempt.min(20)));
@@ -44,14 +72,25 @@ impl RetryOptions {
     }
 }
 
-/// Whether a response with this status is worth another try. 429 and 503 mean the request was not
-/// processed, so they are retried for every method; the other statuses only for idempotent methods.
-pub(crate) fn retry_status(status: StatusCode, method: &Method) -> bool {
-    match status.as_u16() {
-        429 | 503 => true,
-        408 | 500 | 502 | 504 | 506..=599 => *method != Method::POST,
-        _ => false,
+/// Whether a response with this status is worth another try (azure-core's `is_retry`, see [`RetryOptions`]).
+pub(crate) fn retry_status(status: StatusCode, method: &Method, headers: &HeaderMap) -> bool {
+    let code = status.as_u16();
+    if code < 400 {
+        return false;
     }
+    if headers.contains_key(http::header::RETRY_AFTER) || code == 429 {
+        return true;
+    }
+    if *method == Method::POST || *method == Method::PATCH {
+        return matches!(code, 500 | 503 | 504);
+    }
+    matches!(code, 408 | 500 | 502 | 503 | 504 | 506..=599)
+}
+
+/// Whether a request that got no response may be sent again: every method but POST and PATCH (azure-core's
+/// method allow-list).
+pub(crate) fn retry_connection_error(method: &Method) -> bool {
+    *method != Method::POST && *method != Method::PATCH
 }
 
 /// The delay the server asked for, if any. A delay too long for a `Duration` (say `Retry-After: 1e20`) is the
@@ -88,24 +127,54 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert!(retry_status(StatusCode::TOO_MANY_REQUESTS, &Method::POST));
-        assert!(retry_status(StatusCode::SERVICE_UNAVAILABLE, &Method::GET));
-        assert!(retry_status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &Method::PUT
-        ));
-        assert!(!retry_status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &Method::POST
-        ));
-        assert!(retry_status(StatusCode::REQUEST_TIMEOUT, &Method::GET));
-        assert!(!retry_status(StatusCode::NOT_IMPLEMENTED, &Method::GET));
-        assert!(!retry_status(
-            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-            &Method::GET
-        ));
-        assert!(!retry_status(StatusCode::NOT_FOUND, &Method::GET));
-        assert!(!retry_status(StatusCode::UNAUTHORIZED, &Method::GET));
+        let none = HeaderMap::new();
+        let r = |code: u16, m: &Method| retry_status(StatusCode::from_u16(code).unwrap(), m, &none);
+        for code in [408, 429, 500, 502, 503, 504, 506, 599] {
+            assert!(r(code, &Method::GET), "{code}");
+            assert!(r(code, &Method::PUT), "{code}");
+            assert!(r(code, &Method::DELETE), "{code}");
+        }
+        for code in [200, 204, 400, 401, 403, 404, 409, 501, 505] {
+            assert!(!r(code, &Method::GET), "{code}");
+        }
+        for m in [Method::POST, Method::PATCH] {
+            for code in [429, 500, 503, 504] {
+                assert!(r(code, &m), "{m} {code}");
+            }
+            for code in [408, 502, 506, 404] {
+                assert!(!r(code, &m), "{m} {code}");
+            }
+        }
+        // A Retry-After makes any error status retryable, for any method (azure-core).
+        let mut after = HeaderMap::new();
+        after.insert("retry-after", HeaderValue::from_static("1"));
+        assert!(retry_status(StatusCode::BAD_GATEWAY, &Method::POST, &after));
+        assert!(retry_status(StatusCode::CONFLICT, &Method::GET, &after));
+        assert!(!retry_status(StatusCode::OK, &Method::GET, &after));
+        assert!(retry_connection_error(&Method::GET));
+        assert!(retry_connection_error(&Method::DELETE));
+        assert!(!retry_connection_error(&Method::POST));
+        assert!(!retry_connection_error(&Method::PATCH));
+    }
+
+    #[test]
+    fn defaults_are_azure_cores() {
+        let d = RetryOptions::default();
+        assert_eq!(d.max_retries, 3);
+        assert_eq!(d.initial_delay, Duration::from_millis(800));
+        assert_eq!(d.max_delay, Duration::from_secs(120));
+        // 0, then 1.6 s and 3.2 s (±20 %).
+        assert_eq!(d.backoff(0), Duration::ZERO);
+        let d1 = d.backoff(1);
+        assert!(
+            d1 >= Duration::from_millis(1280) && d1 <= Duration::from_millis(1920),
+            "{d1:?}"
+        );
+        let d2 = d.backoff(2);
+        assert!(
+            d2 >= Duration::from_millis(2560) && d2 <= Duration::from_millis(3840),
+            "{d2:?}"
+        );
     }
 
     #[test]
@@ -149,10 +218,11 @@ mod tests {
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
         };
-        let d0 = o.backoff(0);
+        assert_eq!(o.backoff(0), Duration::ZERO);
+        let d1 = o.backoff(1);
         assert!(
-            d0 >= Duration::from_millis(80) && d0 <= Duration::from_millis(120),
-            "{d0:?}"
+            d1 >= Duration::from_millis(160) && d1 <= Duration::from_millis(240),
+            "{d1:?}"
         );
         let d2 = o.backoff(2);
         assert!(

@@ -25,6 +25,8 @@ pub struct MockResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Wait this long before answering (a deliberately slow endpoint).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl MockResponse {
@@ -33,10 +35,15 @@ impl MockResponse {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.into(),
+            delay: None,
         }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn delayed(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
         self
     }
 }
@@ -146,6 +153,9 @@ where
                         s.len() - 1
                     };
                     let resp = handler(&req, n);
+                    if let Some(delay) = resp.delay {
+                        tokio::time::sleep(delay).await;
+                    }
                     let mut out = format!(
                         "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
                         resp.status,
