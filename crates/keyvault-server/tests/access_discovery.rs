@@ -57,38 +57,14 @@ struct Provider {
 
 impl Provider {
     async fn https() -> Provider {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use hyper_util::service::TowerToHyperService;
         let dir = tempfile::tempdir().unwrap();
-        let material = keyvault_server::tls::load_or_create_dev_pki(dir.path()).unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(
-            keyvault_server::tls::server_config(&material).unwrap(),
-        );
         let files = Arc::new(Files::default());
         let app = Router::new().fallback(serve_file).with_state(files.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("https://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        let (base, ca_file, task) = common::serve_https(app, dir.path()).await;
         Provider {
             files,
             base,
-            ca_file: material.ca_pem_path,
+            ca_file: Some(ca_file),
             task,
             _dir: dir,
         }

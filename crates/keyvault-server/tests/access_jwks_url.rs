@@ -107,34 +107,10 @@ impl Endpoint {
 
     /// https on 127.0.0.1 with a certificate of a private CA (the dev PKI made in `dir`); returns the CA file.
     async fn https(jwks: String, dir: &std::path::Path) -> (Endpoint, PathBuf) {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use hyper_util::service::TowerToHyperService;
-        let material = keyvault_server::tls::load_or_create_dev_pki(dir).unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(
-            keyvault_server::tls::server_config(&material).unwrap(),
-        );
         let state = Self::state(jwks, Mode::Serve);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://{}/jwks", listener.local_addr().unwrap());
-        let app = Self::router(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        (Endpoint { state, url, task }, material.ca_pem_path.unwrap())
+        let (base, ca, task) = common::serve_https(Self::router(&state), dir).await;
+        let url = format!("{base}/jwks");
+        (Endpoint { state, url, task }, ca)
     }
 
     fn hits(&self) -> usize {

@@ -149,3 +149,37 @@ pub fn assign(lv: &LocalVault, principal: &str, role: &str, scope: Scope) -> Ass
         })
         .unwrap()
 }
+
+/// Serves `app` over https on 127.0.0.1 with a certificate of a private CA (the dev PKI made in `dir`), as
+/// an identity provider or JWKS host would: the base URL (`https://127.0.0.1:port`), the CA file that
+/// trusts it, and the accept loop's task.
+pub async fn serve_https(
+    app: axum::Router,
+    dir: &std::path::Path,
+) -> (String, std::path::PathBuf, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    let material = keyvault_server::tls::load_or_create_dev_pki(dir).unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(keyvault_server::tls::server_config(&material).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (base, material.ca_pem_path.unwrap(), task)
+}
