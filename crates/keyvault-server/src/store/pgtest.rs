@@ -417,7 +417,9 @@ impl TestCa {
         let names = sans.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
         let mut params = rcgen::CertificateParams::new(names).expect("valid names");
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         params.is_ca = rcgen::IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,

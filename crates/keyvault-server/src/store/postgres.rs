@@ -416,7 +416,11 @@ fn report_tls(connector: &Connector) {
                         .is_ok_and(|ip| ip.is_loopback())
             }
             tokio_postgres::config::Host::Unix(_) => true,
-        }) && connector.config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+        }) && connector
+            .config
+            .get_hostaddrs()
+            .iter()
+            .all(|ip| ip.is_loopback());
         if connector.mode == tls::SslMode::Prefer && !local {
             tracing::warn!(
                 %target,

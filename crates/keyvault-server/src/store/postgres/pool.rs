@@ -147,20 +147,20 @@ impl Connector {
     /// Open one connection (bounded by [`CONNECT_TIMEOUT`]) and drive it on a background task.
     pub async fn connect(&self) -> StoreResult<Client> {
         let connected = match &self.tls {
-            None => {
-                connect_with(&self.config, NoTls)
+            None => connect_with(&self.config, NoTls)
+                .await
+                .map(|(client, connection)| {
+                    tokio::spawn(drive(connection));
+                    client
+                }),
+            Some(tls) => {
+                connect_with(&self.config, tls.clone())
                     .await
                     .map(|(client, connection)| {
                         tokio::spawn(drive(connection));
                         client
                     })
             }
-            Some(tls) => connect_with(&self.config, tls.clone())
-                .await
-                .map(|(client, connection)| {
-                    tokio::spawn(drive(connection));
-                    client
-                }),
         };
         connected.map_err(|e| {
             let target = super::describe_target(&self.config);
@@ -180,7 +180,10 @@ impl Connector {
 
 type Connected<T> = (
     Client,
-    tokio_postgres::Connection<tokio_postgres::Socket, <T as MakeTlsConnect<tokio_postgres::Socket>>::Stream>,
+    tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        <T as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+    >,
 );
 
 /// Connect with `tls`: the error, or `None` when [`CONNECT_TIMEOUT`] passed.

@@ -143,7 +143,10 @@ fn take(key: &str, value: String, found: &mut Vec<(String, String)>) -> Result<b
 fn split_url(url: &str, found: &mut Vec<(String, String)>) -> Result<String, String> {
     // tokio-postgres reads the credentials up to the first '@', then the host and path up to the first '?'.
     let after_credentials = url.find('@').map_or(0, |i| i + 1);
-    let Some(q) = url[after_credentials..].find('?').map(|i| i + after_credentials) else {
+    let Some(q) = url[after_credentials..]
+        .find('?')
+        .map(|i| i + after_credentials)
+    else {
         return Ok(url.to_string());
     };
     let mut kept = Vec::new();
@@ -381,12 +384,9 @@ impl PgTls {
         };
         let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, roots) {
             (SslMode::VerifyFull, Some((roots, _))) => {
-                rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    roots,
-                    provider.clone(),
-                )
-                .build()
-                .map_err(|e| format!("cannot set up certificate verification: {e}"))?
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| format!("cannot set up certificate verification: {e}"))?
             }
             (_, Some((roots, _))) => Arc::new(ChainOnly { roots, algorithms }),
             (_, None) => Arc::new(Unverified { algorithms }),
@@ -456,7 +456,9 @@ fn system_roots() -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(crate::tls::platform_roots().iter().cloned());
     if roots.is_empty() {
-        return Err("no system root certificates found: set sslrootcert=PATH to the CA file".into());
+        return Err(
+            "no system root certificates found: set sslrootcert=PATH to the CA file".into(),
+        );
     }
     Ok(roots)
 }
@@ -552,9 +554,9 @@ where
         let name = match ServerName::try_from(host.to_string()) {
             Ok(name) => name,
             // Only verify-full needs the name; otherwise it is only sent as SNI (an IP address is not).
-            Err(_) if !self.check_name => ServerName::IpAddress(
-                rustls::pki_types::IpAddr::V4(rustls::pki_types::Ipv4Addr::from([0, 0, 0, 0])),
-            ),
+            Err(_) if !self.check_name => ServerName::IpAddress(rustls::pki_types::IpAddr::V4(
+                rustls::pki_types::Ipv4Addr::from([0, 0, 0, 0]),
+            )),
             Err(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -611,7 +613,9 @@ fn explain(e: io::Error, tls: &PgTls, name: &ServerName<'_>) -> io::Error {
             "the server's certificate is not signed by a CA in {}",
             tls.roots
         ),
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
             format!(
                 "the server's certificate is not valid for the host name '{}'",
                 name.to_str()
@@ -699,7 +703,17 @@ fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
     };
     let digest = match oid {
         // md5WithRSAEncryption, sha1WithRSAEncryption, sha256WithRSAEncryption, ecdsa-with-SHA1/SHA256
-        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04 | 0x05 | 0x0b]
+        [
+            0x2a,
+            0x86,
+            0x48,
+            0x86,
+            0xf7,
+            0x0d,
+            0x01,
+            0x01,
+            0x04 | 0x05 | 0x0b,
+        ]
         | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01]
         | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02] => &ring::digest::SHA256,
         // sha384WithRSAEncryption, ecdsa-with-SHA384

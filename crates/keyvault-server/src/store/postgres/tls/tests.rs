@@ -40,7 +40,10 @@ fn url_settings_are_taken_out_and_the_rest_is_left_as_written() {
 
     // Nothing but TLS settings: no '?' left; nothing at all: the URL as given.
     let (rest, s) = split("postgresql://h/db?sslmode=require").unwrap();
-    assert_eq!((rest.as_str(), s.mode), ("postgresql://h/db", SslMode::Require));
+    assert_eq!(
+        (rest.as_str(), s.mode),
+        ("postgresql://h/db", SslMode::Require)
+    );
     let (rest, s) = split("postgres://u:pw@h/db").unwrap();
     assert_eq!(rest, "postgres://u:pw@h/db");
     assert_eq!(
@@ -80,7 +83,10 @@ fn key_value_settings_are_taken_out_and_the_rest_is_left_as_written() {
 fn settings_are_checked_and_errors_repeat_no_value() {
     let err = |conn: &str| split(conn).unwrap_err();
     let e = err("postgres://u:SECRETPW@h/db?sslmode=SECRETPW");
-    assert!(e.contains("sslmode must be") && !e.contains("SECRETPW"), "{e}");
+    assert!(
+        e.contains("sslmode must be") && !e.contains("SECRETPW"),
+        "{e}"
+    );
     assert!(err("postgres://h/db?sslmode=allow").contains("use prefer or disable"));
     let e = err("postgres://h/db?sslmode=verify-ca");
     assert!(e.contains("verify-ca needs sslrootcert=PATH"), "{e}");
@@ -93,11 +99,17 @@ fn settings_are_checked_and_errors_repeat_no_value() {
     let e = err("postgres://h/db?sslrootcert=");
     assert!(e.contains("sslrootcert is empty"), "{e}");
     let e = err("postgres://h/db?sslsni=SECRETPW");
-    assert!(e.contains("sslsni must be 0 or 1") && !e.contains("SECRETPW"), "{e}");
+    assert!(
+        e.contains("sslsni must be 0 or 1") && !e.contains("SECRETPW"),
+        "{e}"
+    );
     let e = err("postgres://h/db?sslcrl=/crl.pem");
     assert!(e.contains("sslcrl is not supported"), "{e}");
     let e = err("host=h sslpassword=SECRETPW");
-    assert!(e.contains("sslpassword is not supported") && !e.contains("SECRETPW"), "{e}");
+    assert!(
+        e.contains("sslpassword is not supported") && !e.contains("SECRETPW"),
+        "{e}"
+    );
 
     // sslrootcert=system: verify-full by default; verify-full without roots: the system's.
     let s = settings_of("postgres://h/db?sslrootcert=system");
@@ -117,7 +129,10 @@ fn certificate_files_that_cannot_be_used_are_named() {
     ))
     .unwrap_err();
     assert!(
-        e.starts_with(&format!("sslrootcert {}: cannot read it", missing.display())),
+        e.starts_with(&format!(
+            "sslrootcert {}: cannot read it",
+            missing.display()
+        )),
         "{e}"
     );
     let empty = dir.path().join("empty.pem");
@@ -152,7 +167,10 @@ fn certificate_files_that_cannot_be_used_are_named() {
         dir.path().display()
     ))
     .unwrap_err();
-    assert!(e.starts_with("sslcert/sslkey:") && e.contains("does not match"), "{e}");
+    assert!(
+        e.starts_with("sslcert/sslkey:") && e.contains("does not match"),
+        "{e}"
+    );
 
     // What each mode verifies; disable makes no connector.
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
@@ -163,7 +181,10 @@ fn certificate_files_that_cannot_be_used_are_named() {
         ("sslmode=require", Some("nothing")),
         (&format!("sslmode=require&{root}") as &str, Some("chain")),
         (&format!("sslmode=verify-ca&{root}"), Some("chain")),
-        (&format!("sslmode=verify-full&{root}"), Some("chain and host name")),
+        (
+            &format!("sslmode=verify-full&{root}"),
+            Some("chain and host name"),
+        ),
     ];
     for (query, want) in cases {
         assert_eq!(
@@ -330,11 +351,7 @@ async fn tls_to_a_real_postgresql() {
     let other = TestCa::new("another CA");
     let (cert, key) = ca.issue("127.0.0.1", &["127.0.0.1"]);
     std::fs::write(s.file("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(
-        s.file("both.pem"),
-        format!("{}{}", other.pem(), ca.pem()),
-    )
-    .unwrap();
+    std::fs::write(s.file("both.pem"), format!("{}{}", other.pem(), ca.pem())).unwrap();
     std::fs::write(s.file("other.pem"), other.pem()).unwrap();
     let (client_cert, client_key) = ca.issue("kvcert", &[]);
     std::fs::write(s.file("client.pem"), client_cert).unwrap();
@@ -367,7 +384,10 @@ async fn tls_to_a_real_postgresql() {
         format!("{store:?}").contains("verify-full") && !format!("{store:?}").contains(PASSWORD)
     );
     let (on, off) = s.sessions("kv").await;
-    assert!(on >= 1 && off == 0, "kv sessions: {on} with TLS, {off} without");
+    assert!(
+        on >= 1 && off == 0,
+        "kv sessions: {on} with TLS, {off} without"
+    );
     store.close().await;
     drop(store);
     // A file of several CAs: the one that signed is among them.
@@ -390,8 +410,10 @@ async fn tls_to_a_real_postgresql() {
         ))
         .await;
         assert!(
-            e.contains(&format!("not signed by a CA in sslrootcert {}", s.file("other.pem")))
-                && e.contains(&format!("sslmode={mode}")),
+            e.contains(&format!(
+                "not signed by a CA in sslrootcert {}",
+                s.file("other.pem")
+            )) && e.contains(&format!("sslmode={mode}")),
             "{mode}: {e}"
         );
     }
@@ -429,12 +451,21 @@ async fn tls_to_a_real_postgresql() {
     // disable, where pg_hba.conf lets kv in over TLS only: refused, saying so.
     let e = refused(&s.url("127.0.0.1", "tls", "sslmode=disable")).await;
     assert!(
-        e.contains("(sslmode=disable)") && e.contains("no pg_hba.conf entry") && e.contains("no encryption"),
+        e.contains("(sslmode=disable)")
+            && e.contains("no pg_hba.conf entry")
+            && e.contains("no encryption"),
         "{e}"
     );
     // A wrong password over TLS is the server's refusal, and does not show either password.
-    let e = refused(&s.url("127.0.0.1", "tls", "sslmode=require").replace(PASSWORD, "wrong-pw-0815")).await;
-    assert!(e.contains("password authentication failed") && !e.contains("wrong-pw-0815"), "{e}");
+    let e = refused(
+        &s.url("127.0.0.1", "tls", "sslmode=require")
+            .replace(PASSWORD, "wrong-pw-0815"),
+    )
+    .await;
+    assert!(
+        e.contains("password authentication failed") && !e.contains("wrong-pw-0815"),
+        "{e}"
+    );
 
     // Client certificates: kvcert gets in with the CA's certificate, not without one or with a stray one.
     let cert_url = |files: &str| {
@@ -477,9 +508,9 @@ fn setting_errors_are_internal() {
         .unwrap_err();
     assert!(matches!(e, StoreError::Internal(_)), "{e}");
     assert!(
-        e.to_string()
-            .starts_with("storage failure: invalid PostgreSQL connection string: sslmode=verify-ca needs")
-            && !e.to_string().contains(PASSWORD),
+        e.to_string().starts_with(
+            "storage failure: invalid PostgreSQL connection string: sslmode=verify-ca needs"
+        ) && !e.to_string().contains(PASSWORD),
         "{e}"
     );
 }
