@@ -23,7 +23,7 @@ pub struct StoreArgs {
     /// Data directory [default: ./keyvault-data].
     #[arg(long, env = "KEYVAULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Storage: `sqlite`, `sqlite:PATH` or `postgres://…` [default: sqlite].
+    /// Storage: `sqlite`, `sqlite:PATH` or `postgres://…` (TLS settings as for serve) [default: sqlite].
     #[arg(long, env = "KEYVAULT_STORE", hide_env_values = true)]
     store: Option<String>,
     /// The current key-encryption key file (must exist; ignored when KEYVAULT_KEK is set)

@@ -61,8 +61,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYVAULT_ISSUER_HOST")]
     issuer_host: Option<String>,
     /// Storage: `sqlite` (the data directory's vault.db), `sqlite:PATH`, or
-    /// `postgres://user:password@host:port/dbname` for several nodes over one database. Prefer the
-    /// environment variable or the config file for a URL with a password [default: sqlite].
+    /// `postgres://user:password@host:port/dbname` for several nodes over one database (TLS:
+    /// `?sslmode=verify-full&sslrootcert=CA.pem`, as libpq). Prefer the environment variable or the config
+    /// file for a URL with a password [default: sqlite].
     #[arg(long, env = "KEYVAULT_STORE", hide_env_values = true)]
     store: Option<String>,
     /// Key-encryption key file (created if missing; ignored when KEYVAULT_KEK is set)

@@ -52,7 +52,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Where secrets are stored: absent or `"sqlite"` = the embedded SQLite database `vault.db` in the data
     /// directory; `"sqlite:PATH"` = another SQLite file; `"postgres://user:password@host:port/dbname"` = a
-    /// PostgreSQL database that any number of server nodes may share.
+    /// PostgreSQL database that any number of server nodes may share (TLS: libpq's `sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey` and `sslsni` as query parameters; see [`crate::store::postgres::tls`]).
     pub store: Option<StoreLocation>,
     /// MiB of memory for the SQLite store's cache of live secrets' latest versions (rows as stored: values
     /// stay sealed). Reads of cached secrets skip the database. 0 turns it off. Default 64. (PostgreSQL: no

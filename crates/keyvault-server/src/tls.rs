@@ -15,7 +15,7 @@ pub mod reload;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rcgen::{
@@ -106,6 +106,18 @@ pub enum TlsError {
     Generate(String),
     #[error("TLS configuration: {0}")]
     Config(String),
+}
+
+/// The platform's root certificates (read once; a JWKS URL's and PostgreSQL's `verify-full` default).
+pub(crate) fn platform_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!(error = %e, "could not load some platform root certificates");
+        }
+        found.certs
+    })
 }
 
 fn provider() -> Arc<CryptoProvider> {

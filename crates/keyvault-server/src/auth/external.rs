@@ -37,7 +37,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -661,18 +661,6 @@ fn check_url(what: &str, url: &str) -> Result<reqwest::Url, String> {
     }
 }
 
-/// The platform's root certificates (read once).
-fn platform_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::debug!(error = %e, "could not load some platform root certificates");
-        }
-        found.certs
-    })
-}
-
 /// The HTTP client for one issuer's JWKS: rustls with the ring provider, the given roots (or the
 /// platform's), no redirects, bounded time.
 fn http_client(ca_pem: Option<&[u8]>, https: bool) -> Result<reqwest::Client, String> {
@@ -682,7 +670,7 @@ fn http_client(ca_pem: Option<&[u8]>, https: bool) -> Result<reqwest::Client, St
         None => {
             let mut roots = rustls::RootCertStore::empty();
             let (added, _ignored) =
-                roots.add_parsable_certificates(platform_roots().iter().cloned());
+                roots.add_parsable_certificates(crate::tls::platform_roots().iter().cloned());
             if added == 0 && https {
                 tracing::warn!(
                     "no platform root certificates found: set ca_file for a trusted issuer's jwks_url or discovery"

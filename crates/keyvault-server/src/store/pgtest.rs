@@ -7,6 +7,8 @@
 //! in a directory handed over to that user.
 //!
 //! The cluster is stopped (`-m immediate`) and its directory removed when the [`PgCluster`] is dropped.
+//!
+//! [`PgCluster::enable_tls`] turns TLS on with a certificate from a [`TestCa`] and replaces `pg_hba.conf`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -328,6 +330,105 @@ impl PgCluster {
                 .args(["-m", mode, "-w", "-t", "60", "stop"])
                 .output(),
         )
+    }
+}
+
+impl PgCluster {
+    /// Turn TLS on (`ssl = on`) with `cert_pem` and `key_pem` as the server's certificate and key, trust
+    /// `client_ca_pem` for client certificates (`ssl_ca_file`, for `cert` authentication), replace
+    /// `pg_hba.conf` with `hba`, and restart the cluster. Keep a `host all postgres 127.0.0.1/32 trust` line in
+    /// `hba` for [`PgCluster::create_database`] and [`PgCluster::query_text`], which connect without TLS.
+    pub fn enable_tls(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+        hba: &str,
+    ) -> Result<(), String> {
+        let data = self.data_dir();
+        let write = |name: &str, contents: &str, mode: u32| -> Result<(), String> {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(name);
+            std::fs::write(&path, contents).map_err(|e| format!("cannot write {name}: {e}"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot chmod {name}: {e}"))?;
+            if let Some(user) = &self.run_as {
+                let (uid, gid) = (id_of(user, "-u")?, id_of(user, "-g")?);
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("cannot hand {name} to {user}: {e}"))?;
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem, 0o644)?;
+        // PostgreSQL refuses a key file that others can read.
+        write("server.key", key_pem, 0o600)?;
+        write("root.crt", client_ca_pem, 0o644)?;
+        write("pg_hba.conf", hba, 0o600)?;
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)
+            .map_err(|e| format!("cannot read postgresql.conf: {e}"))?;
+        text.push_str(
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n",
+        );
+        std::fs::write(&conf, text).map_err(|e| format!("cannot write postgresql.conf: {e}"))?;
+        self.stop("fast")?;
+        self.start_again()
+    }
+}
+
+/// A throwaway certificate authority for tests (ECDSA P-256): it issues server and client certificates.
+pub struct TestCa {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// A new CA whose certificate's common name is `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("a CA certificate");
+        TestCa { key, cert }
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A certificate with common name `cn` and `sans` (DNS names, or IP addresses) as its subject
+    /// alternative names, signed by this CA: (certificate PEM, PKCS#8 key PEM).
+    pub fn issue(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+        let names = sans.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        let mut params = rcgen::CertificateParams::new(names).expect("valid names");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("a certificate");
+        (cert.pem(), key.serialize_pem())
     }
 }
 

@@ -46,6 +46,7 @@
 
 pub mod batch;
 pub mod pool;
+pub mod tls;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -55,7 +56,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use self::batch::{Batcher, Get, Set};
-use self::pool::{Conn, Pool};
+use self::pool::{Conn, Connector, Pool};
 use super::{
     DeletedRow, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, StoreResult,
     VersionPatch, VersionRow, name_key, tags_json,
@@ -364,7 +365,7 @@ const SQL_ACCESS_REVISION: &str = "SELECT revision FROM kv_access WHERE id = 1";
 
 /// The PostgreSQL [`SecretStore`]. See the module documentation.
 pub struct PostgresStore {
-    config: tokio_postgres::Config,
+    connector: Connector,
     pool: Arc<Pool>,
     /// Sets, written in batches ([`batch`]).
     sets: Arc<Batcher<Set>>,
@@ -377,7 +378,8 @@ pub struct PostgresStore {
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("target", &describe_target(&self.config))
+            .field("target", &describe_target(&self.connector.config))
+            .field("sslmode", &self.connector.mode.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -391,6 +393,7 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
             tokio_postgres::config::Host::Tcp(h) => h.clone(),
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         })
+        .or_else(|| config.get_hostaddrs().first().map(|ip| ip.to_string()))
         .unwrap_or_else(|| "localhost".into());
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config
@@ -400,21 +403,58 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
+/// Log once, at open, what protects the connections to the database (from the first connection): a warning
+/// when `prefer` found no TLS on a server that is not on this machine.
+fn report_tls(connector: &Connector) {
+    let target = describe_target(&connector.config);
+    let sslmode = connector.mode.as_str();
+    let Some(tls) = connector.tls.as_ref().filter(|t| t.handshakes() > 0) else {
+        let local = connector.config.get_hosts().iter().all(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        }) && connector
+            .config
+            .get_hostaddrs()
+            .iter()
+            .all(|ip| ip.is_loopback());
+        if connector.mode == tls::SslMode::Prefer && !local {
+            tracing::warn!(
+                %target,
+                sslmode,
+                "connections to PostgreSQL are not encrypted: the server offers no TLS. Turn ssl on in \
+                 PostgreSQL and set sslmode=verify-full (and sslrootcert) in the store URL"
+            );
+        } else {
+            tracing::info!(%target, sslmode, tls = "off", "PostgreSQL connections");
+        }
+        return;
+    };
+    tracing::info!(%target, sslmode, tls = "on", verified = tls.verifies(), "PostgreSQL connections");
+}
+
 impl PostgresStore {
     /// Connect to the database at `url` (`postgres://user:password@host:port/dbname?…`, or a libpq
     /// key=value string), apply pending schema migrations, and make the pool ready.
     ///
     /// Unless the URL says otherwise, connections time out after [`pool::CONNECT_TIMEOUT`], use TCP
-    /// keepalives (so a vanished database is noticed), and identify as `application_name=keyvault`.
+    /// keepalives (so a vanished database is noticed), and identify as `application_name=keyvault`. TLS is
+    /// libpq's `sslmode` (default `prefer`), `sslrootcert`, `sslcert`, `sslkey` and `sslsni` (see [`tls`]); a
+    /// certificate file that cannot be used, or a server that fails the mode's checks, fails here.
     pub async fn open(url: &str) -> StoreResult<PostgresStore> {
         Self::open_with_pool(url, POOL_SIZE).await
     }
 
     /// [`PostgresStore::open`] with a pool of at most `pool_size` connections (at least 1).
     pub async fn open_with_pool(url: &str, pool_size: usize) -> StoreResult<PostgresStore> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-            StoreError::Internal(format!("invalid PostgreSQL connection string: {e}"))
-        })?;
+        let invalid =
+            |e: String| StoreError::Internal(format!("invalid PostgreSQL connection string: {e}"));
+        let (rest, settings) = tls::split(url).map_err(invalid)?;
+        let mut config =
+            tokio_postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string()))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(pool::CONNECT_TIMEOUT);
         }
@@ -425,17 +465,37 @@ impl PostgresStore {
         config.keepalives_idle(Duration::from_secs(10));
         config.keepalives_interval(Duration::from_secs(5));
         config.keepalives_retries(3);
+        // PostgreSQL never offers TLS on a Unix-domain socket (libpq does not ask there either).
+        let all_unix = !config.get_hosts().is_empty()
+            && config.get_hostaddrs().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
+        let mode = if all_unix {
+            tls::SslMode::Disable
+        } else {
+            settings.mode
+        };
+        config.ssl_mode(tls::driver_mode(mode));
+        let tls = tls::PgTls::new(&tls::TlsSettings {
+            mode,
+            ..settings.clone()
+        })
+        .map_err(|e| StoreError::Internal(format!("PostgreSQL TLS: {e}")))?;
+        let connector = Connector { config, tls, mode };
 
-        let mut client = pool::connect(&config).await?;
+        let mut client = connector.connect().await?;
+        report_tls(&connector);
         migrate(&mut client).await?;
-        let pool = Arc::new(Pool::new(config.clone(), pool_size.max(1)));
+        let pool = Arc::new(Pool::new(connector.clone(), pool_size.max(1)));
         pool.add_idle(client);
         let in_flight = batch::MAX_IN_FLIGHT.min(pool_size);
         let sets = Batcher::new(pool.clone(), in_flight);
         let gets = Batcher::new(pool.clone(), in_flight);
-        tracing::debug!(target = %describe_target(&config), "opened the PostgreSQL store");
+        tracing::debug!(target = %describe_target(&connector.config), "opened the PostgreSQL store");
         Ok(PostgresStore {
-            config,
+            connector,
             pool,
             sets,
             gets,
@@ -1305,7 +1365,7 @@ impl SecretStore for PostgresStore {
             leader.take();
             tracing::warn!("lost the connection that held background-work leadership");
         }
-        let client = pool::connect(&self.config).await?;
+        let client = self.connector.connect().await?;
         let attempt = tokio::time::timeout(
             PROBE_TIMEOUT,
             client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK_KEY]),

@@ -8,14 +8,19 @@
 //!   connection-level error. A connection whose operation was cancelled half-way (the caller went away) or
 //!   that broke is dropped; the next checkout opens a fresh one. That is how the pool recovers by itself after
 //!   the database restarts: idle connections the server closed are noticed (`is_closed`) and replaced.
+//! - Connections are opened by a [`Connector`]: the driver's configuration and, unless `sslmode=disable`, the
+//!   TLS connector ([`super::tls`]). TLS costs only connection setup and the encryption of the bytes: the
+//!   pooled [`Client`]s are the same either way, and with `sslmode=disable` nothing of TLS is on the path.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use super::tls::{PgTls, SslMode};
 use crate::store::{StoreError, StoreResult};
 
 /// How long an operation waits for a free connection before failing with `Unavailable`.
@@ -48,16 +53,16 @@ impl Conn {
 
 /// A bounded pool of connections to one database.
 pub struct Pool {
-    config: tokio_postgres::Config,
+    connector: Connector,
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
     size: usize,
 }
 
 impl Pool {
-    pub fn new(config: tokio_postgres::Config, size: usize) -> Pool {
+    pub fn new(connector: Connector, size: usize) -> Pool {
         Pool {
-            config,
+            connector,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(size),
             size,
@@ -101,7 +106,7 @@ impl Pool {
                 });
             }
         }
-        let client = connect(&self.config).await?;
+        let client = self.connector.connect().await?;
         Ok(Pooled {
             pool: self,
             conn: Some(Conn {
@@ -119,29 +124,92 @@ impl Pool {
     }
 }
 
-/// Open one connection (bounded by [`CONNECT_TIMEOUT`]) and drive it on a background task.
-pub async fn connect(config: &tokio_postgres::Config) -> StoreResult<Client> {
-    let (client, connection) =
-        match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to PostgreSQL: {}",
-                    super::describe(&e)
-                )));
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "connecting to PostgreSQL took longer than {CONNECT_TIMEOUT:?}"
-                )));
+/// How to open a connection: the driver's configuration (its `ssl_mode` already set from [`SslMode`]) and
+/// the TLS connector (`None` with `sslmode=disable`).
+#[derive(Clone, Debug)]
+pub struct Connector {
+    pub config: tokio_postgres::Config,
+    pub tls: Option<PgTls>,
+    pub mode: SslMode,
+}
+
+impl Connector {
+    /// Connections without TLS (`sslmode=disable`).
+    pub fn plain(mut config: tokio_postgres::Config) -> Connector {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        Connector {
+            config,
+            tls: None,
+            mode: SslMode::Disable,
+        }
+    }
+
+    /// Open one connection (bounded by [`CONNECT_TIMEOUT`]) and drive it on a background task.
+    pub async fn connect(&self) -> StoreResult<Client> {
+        let connected = match &self.tls {
+            None => connect_with(&self.config, NoTls)
+                .await
+                .map(|(client, connection)| {
+                    tokio::spawn(drive(connection));
+                    client
+                }),
+            Some(tls) => {
+                connect_with(&self.config, tls.clone())
+                    .await
+                    .map(|(client, connection)| {
+                        tokio::spawn(drive(connection));
+                        client
+                    })
             }
         };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %super::describe(&e), "a PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
+        connected.map_err(|e| {
+            let target = super::describe_target(&self.config);
+            let mode = self.mode.as_str();
+            StoreError::Unavailable(match e {
+                Some(e) => format!(
+                    "cannot connect to PostgreSQL at {target} (sslmode={mode}): {}",
+                    super::describe(&e)
+                ),
+                None => format!(
+                    "connecting to PostgreSQL at {target} (sslmode={mode}) took longer than {CONNECT_TIMEOUT:?}"
+                ),
+            })
+        })
+    }
+}
+
+type Connected<T> = (
+    Client,
+    tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        <T as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+    >,
+);
+
+/// Connect with `tls`: the error, or `None` when [`CONNECT_TIMEOUT`] passed.
+async fn connect_with<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<Connected<T>, Option<tokio_postgres::Error>>
+where
+    T: MakeTlsConnect<tokio_postgres::Socket>,
+{
+    match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls)).await {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
+}
+
+/// Run a connection until it ends.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %super::describe(&e), "a PostgreSQL connection ended");
+    }
 }
 
 /// A connection checked out of the pool. It returns to the pool on drop only if [`Pooled::finish`] said the

@@ -634,7 +634,10 @@ async fn a_version_1_database_is_upgraded_with_its_data() {
     };
     let url = pg.create_database("from_v1").await.unwrap();
     // The schema and rows exactly as version 1 of this store made them.
-    let client = pool::connect(&url.parse().unwrap()).await.unwrap();
+    let client = pool::Connector::plain(url.parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
     client
         .batch_execute(&format!(
             "CREATE TABLE kv_schema_migrations (version INTEGER PRIMARY KEY,
@@ -1397,7 +1400,8 @@ async fn a_set_waiting_for_a_locked_name_does_not_hold_up_the_others() {
             .await
             .unwrap();
     }
-    let other = pool::connect(&tokio_postgres::Config::from_str(&pg.url()).unwrap())
+    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
+        .connect()
         .await
         .unwrap();
     other

@@ -1,0 +1,516 @@
+//! The connection-string settings (no database), and TLS against a real PostgreSQL (a private cluster with
+//! `ssl = on` and certificates made here): each `sslmode`, a wrong CA, a wrong host name, a server without
+//! TLS, `hostssl`-only access without TLS, client certificates and SCRAM channel binding. One cluster serves
+//! every case. Skipped (with a message) only where no PostgreSQL binaries exist.
+
+use super::*;
+use crate::store::pgtest::{self, PgCluster, TestCa};
+use crate::store::postgres::PostgresStore;
+use crate::store::{SecretStore, StoreError, VersionRow};
+
+fn settings_of(conn: &str) -> TlsSettings {
+    split(conn).unwrap().1
+}
+
+#[test]
+fn url_settings_are_taken_out_and_the_rest_is_left_as_written() {
+    let (rest, s) = split(
+        "postgres://kv:p%40ss?w0rd@db.example:5433/vault?application_name=a%20b&sslmode=verify-full\
+         &sslrootcert=%2Fetc%2Fkv%2Fca.pem&connect_timeout=3&sslcert=/c.pem&sslkey=/k.pem&sslsni=0",
+    )
+    .unwrap();
+    assert_eq!(
+        rest,
+        "postgres://kv:p%40ss?w0rd@db.example:5433/vault?application_name=a%20b&connect_timeout=3"
+    );
+    assert_eq!(
+        s,
+        TlsSettings {
+            mode: SslMode::VerifyFull,
+            mode_given: true,
+            root: Some(Roots::File("/etc/kv/ca.pem".into())),
+            client: Some(("/c.pem".into(), "/k.pem".into())),
+            sni: false,
+        }
+    );
+    // tokio-postgres reads what is left.
+    let config: tokio_postgres::Config = rest.parse().unwrap();
+    assert_eq!(config.get_password(), Some(&b"p@ss?w0rd"[..]));
+    assert_eq!(config.get_application_name(), Some("a b"));
+
+    // Nothing but TLS settings: no '?' left; nothing at all: the URL as given.
+    let (rest, s) = split("postgresql://h/db?sslmode=require").unwrap();
+    assert_eq!(
+        (rest.as_str(), s.mode),
+        ("postgresql://h/db", SslMode::Require)
+    );
+    let (rest, s) = split("postgres://u:pw@h/db").unwrap();
+    assert_eq!(rest, "postgres://u:pw@h/db");
+    assert_eq!(
+        (s.mode, s.mode_given, s.root, s.client, s.sni),
+        (SslMode::Prefer, false, None, None, true)
+    );
+    // The last of a repeated key wins, as in libpq.
+    assert_eq!(
+        settings_of("postgres://h/db?sslmode=disable&sslmode=verify-full").mode,
+        SslMode::VerifyFull
+    );
+}
+
+#[test]
+fn key_value_settings_are_taken_out_and_the_rest_is_left_as_written() {
+    let (rest, s) = split(
+        "host=db.example  sslmode = 'verify-ca' password='it''s' sslrootcert='/etc/my ca.pem' dbname=kv",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // A doubled quote is not libpq's escape (a backslash is): this string is not valid, and passes whole.
+    assert!(rest.contains("sslmode"), "{rest}");
+    assert_eq!(s.mode, SslMode::Prefer);
+
+    let (rest, s) = split(
+        r"host=db.example  sslmode = 'verify-ca' password='it\'s' sslrootcert='/etc/my ca.pem' dbname=kv",
+    )
+    .unwrap();
+    assert_eq!(rest, r"host=db.example   password='it\'s'  dbname=kv");
+    assert_eq!(s.mode, SslMode::VerifyCa);
+    assert_eq!(s.root, Some(Roots::File("/etc/my ca.pem".into())));
+    let config: tokio_postgres::Config = rest.parse().unwrap();
+    assert_eq!(config.get_password(), Some(&b"it's"[..]));
+    assert_eq!(config.get_dbname(), Some("kv"));
+}
+
+#[test]
+fn settings_are_checked_and_errors_repeat_no_value() {
+    let err = |conn: &str| split(conn).unwrap_err();
+    let e = err("postgres://u:SECRETPW@h/db?sslmode=SECRETPW");
+    assert!(
+        e.contains("sslmode must be") && !e.contains("SECRETPW"),
+        "{e}"
+    );
+    assert!(err("postgres://h/db?sslmode=allow").contains("use prefer or disable"));
+    let e = err("postgres://h/db?sslmode=verify-ca");
+    assert!(e.contains("verify-ca needs sslrootcert=PATH"), "{e}");
+    let e = err("postgres://h/db?sslmode=verify-ca&sslrootcert=system");
+    assert!(e.contains("weaker than sslrootcert=system"), "{e}");
+    let e = err("postgres://h/db?sslmode=require&sslrootcert=system");
+    assert!(e.contains("sslmode=require is weaker"), "{e}");
+    let e = err("postgres://h/db?sslcert=/c.pem");
+    assert!(e.contains("sslcert and sslkey go together"), "{e}");
+    let e = err("postgres://h/db?sslrootcert=");
+    assert!(e.contains("sslrootcert is empty"), "{e}");
+    let e = err("postgres://h/db?sslsni=SECRETPW");
+    assert!(
+        e.contains("sslsni must be 0 or 1") && !e.contains("SECRETPW"),
+        "{e}"
+    );
+    let e = err("postgres://h/db?sslcrl=/crl.pem");
+    assert!(e.contains("sslcrl is not supported"), "{e}");
+    let e = err("host=h sslpassword=SECRETPW");
+    assert!(
+        e.contains("sslpassword is not supported") && !e.contains("SECRETPW"),
+        "{e}"
+    );
+
+    // sslrootcert=system: verify-full by default; verify-full without roots: the system's.
+    let s = settings_of("postgres://h/db?sslrootcert=system");
+    assert_eq!((s.mode, s.root), (SslMode::VerifyFull, Some(Roots::System)));
+    let s = settings_of("postgres://h/db?sslmode=verify-full");
+    assert_eq!((s.mode, s.root), (SslMode::VerifyFull, None));
+}
+
+#[test]
+fn certificate_files_that_cannot_be_used_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = |conn: &str| PgTls::new(&settings_of(conn)).map(|t| t.map(|t| t.verifies()));
+    let missing = dir.path().join("missing.pem");
+    let e = new(&format!(
+        "postgres://h/db?sslmode=verify-full&sslrootcert={}",
+        missing.display()
+    ))
+    .unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "sslrootcert {}: cannot read it",
+            missing.display()
+        )),
+        "{e}"
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let e = new(&format!(
+        "postgres://h/db?sslmode=require&sslrootcert={}",
+        empty.display()
+    ))
+    .unwrap_err();
+    assert!(e.contains("no PEM CERTIFICATE block found"), "{e}");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = new(&format!(
+        "postgres://h/db?sslmode=verify-ca&sslrootcert={}",
+        garbage.display()
+    ))
+    .unwrap_err();
+    assert!(e.contains("certificate 1 is not usable"), "{e}");
+
+    // A client key that is not the certificate's.
+    let ca = TestCa::new("unit CA");
+    let (cert, _) = ca.issue("kv", &[]);
+    let (_, other_key) = ca.issue("other", &[]);
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), other_key).unwrap();
+    let e = new(&format!(
+        "postgres://h/db?sslcert={0}/c.pem&sslkey={0}/k.pem",
+        dir.path().display()
+    ))
+    .unwrap_err();
+    assert!(
+        e.starts_with("sslcert/sslkey:") && e.contains("does not match"),
+        "{e}"
+    );
+
+    // What each mode verifies; disable makes no connector.
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let root = format!("sslrootcert={}/ca.pem", dir.path().display());
+    let cases = [
+        ("sslmode=disable", None),
+        ("sslmode=prefer", Some("nothing")),
+        ("sslmode=require", Some("nothing")),
+        (&format!("sslmode=require&{root}") as &str, Some("chain")),
+        (&format!("sslmode=verify-ca&{root}"), Some("chain")),
+        (
+            &format!("sslmode=verify-full&{root}"),
+            Some("chain and host name"),
+        ),
+    ];
+    for (query, want) in cases {
+        assert_eq!(
+            new(&format!("postgres://h/db?{query}")).unwrap(),
+            want,
+            "{query}"
+        );
+    }
+}
+
+#[test]
+fn the_channel_binding_hash_follows_the_signature_algorithm() {
+    let ca = TestCa::new("unit CA");
+    let (pem, _) = ca.issue("db", &["db.example"]);
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    // ECDSA with SHA-256: SHA-256 of the whole certificate.
+    assert_eq!(
+        tls_server_end_point(&der).unwrap(),
+        ring::digest::digest(&ring::digest::SHA256, &der)
+            .as_ref()
+            .to_vec()
+    );
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["db.example".to_string()])
+        .unwrap()
+        .self_signed(&p384)
+        .unwrap();
+    assert_eq!(
+        tls_server_end_point(cert.der()).unwrap(),
+        ring::digest::digest(&ring::digest::SHA384, cert.der())
+            .as_ref()
+            .to_vec()
+    );
+    // Ed25519 has no hash of its own: no channel binding (PostgreSQL has none for it either).
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["db.example".to_string()])
+        .unwrap()
+        .self_signed(&ed)
+        .unwrap();
+    assert_eq!(tls_server_end_point(cert.der()), None);
+    assert_eq!(tls_server_end_point(b"\x30\x03\x02\x01\x00"), None);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Against a real server
+
+const PASSWORD: &str = "CANARY-pw-4711";
+
+struct Setup {
+    pg: PgCluster,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// The URL of database `db` as `kv` (password authentication), through `host` (`hostaddr` is
+    /// 127.0.0.1 either way), with `query` added.
+    fn url(&self, host: &str, db: &str, query: &str) -> String {
+        format!(
+            "postgres://kv:{PASSWORD}@{host}:{}/{db}?hostaddr=127.0.0.1&{query}",
+            self.pg.port()
+        )
+    }
+
+    /// Sessions of `user` (other than the asking one), by whether they use TLS.
+    async fn sessions(&self, user: &str) -> (usize, usize) {
+        let rows = self
+            .pg
+            .query_text(&format!(
+                "SELECT s.ssl::text FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.usename = '{user}'"
+            ))
+            .await
+            .unwrap();
+        let on = rows.iter().filter(|r| r.as_deref() == Some("true")).count();
+        (on, rows.len() - on)
+    }
+}
+
+fn row(name: &str) -> VersionRow {
+    VersionRow {
+        name: name.to_string(),
+        version: format!("{:032x}", name.len()),
+        sealed: b"sealed bytes".to_vec(),
+        content_type: None,
+        tags: None,
+        enabled: true,
+        nbf: None,
+        exp: None,
+        created: 1,
+        updated: 1,
+    }
+}
+
+/// A write and a read through the store, and the TLS state of the store's own session.
+async fn write_and_read(store: &PostgresStore, name: &str) -> bool {
+    store.put_version("v", row(name)).await.unwrap();
+    let got = store.get_version("v", name, None).await.unwrap().unwrap();
+    assert_eq!(got.sealed, b"sealed bytes");
+    store
+        .run(async |c| {
+            let row = c
+                .client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await?;
+            Ok(row.get::<_, bool>(0))
+        })
+        .await
+        .unwrap()
+}
+
+/// The start-up error for `url`, which must not show the password.
+async fn refused(url: &str) -> String {
+    let e = match PostgresStore::open(url).await {
+        Ok(_) => panic!("connected with {}", url.replace(PASSWORD, "***")),
+        Err(e) => e.to_string(),
+    };
+    assert!(!e.contains(PASSWORD), "the password shows: {e}");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_real_postgresql() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::tls::tls_to_a_real_postgresql") else {
+        return;
+    };
+    let s = Setup {
+        pg,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    s.pg.query_text(&format!("CREATE ROLE kv LOGIN PASSWORD '{PASSWORD}'"))
+        .await
+        .unwrap();
+    s.pg.query_text("CREATE ROLE kvcert LOGIN").await.unwrap();
+    s.pg.create_database_with("tls", "OWNER kv").await.unwrap();
+    s.pg.create_database_with("certs", "OWNER kvcert")
+        .await
+        .unwrap();
+
+    // Before TLS is on: require is refused, prefer (the default) connects without it.
+    let e = refused(&s.url("127.0.0.1", "tls", "sslmode=require")).await;
+    assert!(
+        e.contains("(sslmode=require)") && e.contains("server does not support TLS"),
+        "{e}"
+    );
+    let store = PostgresStore::open(&s.url("127.0.0.1", "tls", "connect_timeout=5"))
+        .await
+        .unwrap();
+    assert!(!write_and_read(&store, "plain").await, "no TLS yet");
+    store.close().await;
+    drop(store);
+
+    // TLS on: the server's certificate names 127.0.0.1 only; kv must use TLS, kvcert a client certificate.
+    let ca = TestCa::new("keyvault test CA");
+    let other = TestCa::new("another CA");
+    let (cert, key) = ca.issue("127.0.0.1", &["127.0.0.1"]);
+    std::fs::write(s.file("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(s.file("both.pem"), format!("{}{}", other.pem(), ca.pem())).unwrap();
+    std::fs::write(s.file("other.pem"), other.pem()).unwrap();
+    let (client_cert, client_key) = ca.issue("kvcert", &[]);
+    std::fs::write(s.file("client.pem"), client_cert).unwrap();
+    std::fs::write(s.file("client-key.pem"), client_key).unwrap();
+    let (stray_cert, stray_key) = other.issue("kvcert", &[]);
+    std::fs::write(s.file("stray.pem"), stray_cert).unwrap();
+    std::fs::write(s.file("stray-key.pem"), stray_key).unwrap();
+    s.pg.enable_tls(
+        &cert,
+        &key,
+        &ca.pem(),
+        "local all all trust\n\
+         host all postgres 127.0.0.1/32 trust\n\
+         hostssl all kv 127.0.0.1/32 scram-sha-256\n\
+         hostssl all kvcert 127.0.0.1/32 cert\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.pg.log()));
+    let ca_file = s.file("ca.pem");
+
+    // verify-full: the chain and the name (an IP address SAN) verify; a secret is written and read over TLS,
+    // and SCRAM used channel binding (required here, so it fails without it).
+    let url = s.url(
+        "127.0.0.1",
+        "tls",
+        &format!("sslmode=verify-full&sslrootcert={ca_file}&channel_binding=require"),
+    );
+    let store = PostgresStore::open(&url).await.unwrap();
+    assert!(write_and_read(&store, "full").await, "TLS in use");
+    assert!(
+        format!("{store:?}").contains("verify-full") && !format!("{store:?}").contains(PASSWORD)
+    );
+    let (on, off) = s.sessions("kv").await;
+    assert!(
+        on >= 1 && off == 0,
+        "kv sessions: {on} with TLS, {off} without"
+    );
+    store.close().await;
+    drop(store);
+    // A file of several CAs: the one that signed is among them.
+    let store = PostgresStore::open(&s.url(
+        "127.0.0.1",
+        "tls",
+        &format!("sslmode=verify-full&sslrootcert={}", s.file("both.pem")),
+    ))
+    .await
+    .unwrap();
+    assert!(write_and_read(&store, "bundle").await);
+    store.close().await;
+
+    // Another CA: refused, under verify-full, verify-ca, and require with a root file (as libpq).
+    for mode in ["verify-full", "verify-ca", "require", "prefer"] {
+        let e = refused(&s.url(
+            "127.0.0.1",
+            "tls",
+            &format!("sslmode={mode}&sslrootcert={}", s.file("other.pem")),
+        ))
+        .await;
+        assert!(
+            e.contains(&format!(
+                "not signed by a CA in sslrootcert {}",
+                s.file("other.pem")
+            )) && e.contains(&format!("sslmode={mode}")),
+            "{mode}: {e}"
+        );
+    }
+
+    // Another host name (connecting to 127.0.0.1 all the same): refused under verify-full only.
+    let e = refused(&s.url(
+        "db.example.test",
+        "tls",
+        &format!("sslmode=verify-full&sslrootcert={ca_file}"),
+    ))
+    .await;
+    assert!(
+        e.contains("not valid for the host name 'db.example.test'"),
+        "{e}"
+    );
+    let store = PostgresStore::open(&s.url(
+        "db.example.test",
+        "tls",
+        &format!("sslmode=verify-ca&sslrootcert={ca_file}"),
+    ))
+    .await
+    .unwrap();
+    assert!(write_and_read(&store, "ca-only").await);
+    store.close().await;
+
+    // require (and the default, prefer) without roots: encrypted, not verified.
+    for query in ["sslmode=require", "connect_timeout=5"] {
+        let store = PostgresStore::open(&s.url("db.example.test", "tls", query))
+            .await
+            .unwrap();
+        assert!(write_and_read(&store, query).await, "{query}: TLS in use");
+        store.close().await;
+    }
+
+    // disable, where pg_hba.conf lets kv in over TLS only: refused, saying so.
+    let e = refused(&s.url("127.0.0.1", "tls", "sslmode=disable")).await;
+    assert!(
+        e.contains("(sslmode=disable)")
+            && e.contains("no pg_hba.conf entry")
+            && e.contains("no encryption"),
+        "{e}"
+    );
+    // A wrong password over TLS is the server's refusal, and does not show either password.
+    let e = refused(
+        &s.url("127.0.0.1", "tls", "sslmode=require")
+            .replace(PASSWORD, "wrong-pw-0815"),
+    )
+    .await;
+    assert!(
+        e.contains("password authentication failed") && !e.contains("wrong-pw-0815"),
+        "{e}"
+    );
+
+    // Client certificates: kvcert gets in with the CA's certificate, not without one or with a stray one.
+    let cert_url = |files: &str| {
+        format!(
+            "postgres://kvcert@127.0.0.1:{}/certs?sslmode=verify-full&sslrootcert={ca_file}{files}",
+            s.pg.port()
+        )
+    };
+    let store = PostgresStore::open(&cert_url(&format!(
+        "&sslcert={}&sslkey={}",
+        s.file("client.pem"),
+        s.file("client-key.pem")
+    )))
+    .await
+    .unwrap();
+    assert!(write_and_read(&store, "by-certificate").await);
+    store.close().await;
+    let e = refused(&cert_url("")).await;
+    assert!(e.contains("certificate"), "{e}");
+    let e = refused(&cert_url(&format!(
+        "&sslcert={}&sslkey={}",
+        s.file("stray.pem"),
+        s.file("stray-key.pem")
+    )))
+    .await;
+    assert!(e.contains("cannot connect to PostgreSQL"), "{e}");
+}
+
+/// The store's errors for the cases above are `Unavailable` (a connection failure) or `Internal` (a setting).
+#[test]
+fn setting_errors_are_internal() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt
+        .block_on(PostgresStore::open(&format!(
+            "postgres://kv:{PASSWORD}@127.0.0.1:1/db?sslmode=verify-ca"
+        )))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Internal(_)), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "storage failure: invalid PostgreSQL connection string: sslmode=verify-ca needs"
+        ) && !e.to_string().contains(PASSWORD),
+        "{e}"
+    );
+}
