@@ -67,6 +67,8 @@ impl ServerProc {
             .arg(data_dir)
             .args(extra)
             .env("KEYVAULT_LOG", "warn")
+            // A non-dumpable server's /proc/PID/io (write_bytes) is root's only: this harness reads it.
+            .env("KEYVAULT_ALLOW_CORE_DUMPS", "1")
             .env_remove("KEYVAULT_STORE")
             .env_remove("KEYVAULT_CONFIG")
             .env_remove("KEYVAULT_KEK")

@@ -390,7 +390,10 @@ fn parse_input(
         }
         Format::Json => {
             let InOrder(entries) = serde_json::from_str(text).map_err(|e| {
-                CliError::bad_input(format!("{from} is not a JSON object of name → value: {e}"))
+                CliError::bad_input(format!(
+                    "{from} is not a JSON object of name → value: it {}",
+                    crate::errors::json_error(&e)
+                ))
             })?;
             Ok(entries
                 .into_iter()

@@ -131,8 +131,9 @@ impl ConnArgs {
         })?;
         let creds = serde_json::from_slice(&bytes).map_err(|e| {
             CliError::bad_input(format!(
-                "{} is not a dev-credentials.json: {e}",
-                path.display()
+                "{} is not a dev-credentials.json: it {}",
+                path.display(),
+                crate::errors::json_error(&e)
             ))
         })?;
         Ok(Some(creds))

@@ -179,3 +179,16 @@ pub fn io_error(e: std::io::Error) -> CliError {
 }
 
 pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// What is wrong with a JSON file, and where, without its text: serde's own messages quote the input
+/// (`invalid type: string "…"`), which may be a secret.
+pub fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "could not be read",
+        Category::Eof => "ends too early",
+        Category::Syntax => "is not valid JSON",
+        Category::Data => "has a value of the wrong type or shape",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
+}

@@ -10,6 +10,7 @@ mod admin;
 mod allocator;
 mod bulk;
 mod conn;
+mod hardening;
 mod rekey;
 mod render;
 mod secret;
@@ -107,19 +108,26 @@ enum AuditCommand {
     },
 }
 
-/// The log filter: `KEYVAULT_LOG` (else `default`), with `tokio_postgres=info` added unless the filter names
-/// tokio_postgres itself: at debug, tokio_postgres logs every statement's parameters (sealed values).
+/// Where tokio_postgres logs, at debug, every statement's parameters: sealed values, their names and tags.
+const PG_QUERY_TARGET: &str = "tokio_postgres::query";
+
+/// The log filter: `KEYVAULT_LOG` (else `default`), with `tokio_postgres::query=info` added unless one of its
+/// directives names exactly that target (`tokio_postgres=debug` or `debug` alone still leave it capped).
 fn log_filter(configured: Option<&str>, default: &str) -> tracing_subscriber::EnvFilter {
     let text = match configured {
         Some(t) if tracing_subscriber::EnvFilter::try_new(t).is_ok() => t,
         _ => default,
     };
-    let text = if text.contains("tokio_postgres") {
+    // A directive is `target[span{field}]=level`; its target is what comes before `[` or `=`.
+    let names_query_target = text
+        .split(',')
+        .any(|d| d.split(['[', '=']).next().map(str::trim) == Some(PG_QUERY_TARGET));
+    let text = if names_query_target {
         text.to_owned()
     } else if text.trim().is_empty() {
-        "tokio_postgres=info".to_owned()
+        format!("{PG_QUERY_TARGET}=info")
     } else {
-        format!("{text},tokio_postgres=info")
+        format!("{text},{PG_QUERY_TARGET}=info")
     };
     tracing_subscriber::EnvFilter::try_new(&text)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
@@ -140,6 +148,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before any key is read: no core dumps, no ptrace, no /proc/PID/environ for the same user.
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Rekey(_) | Command::Kek(_)
+    ) {
+        hardening::protect_process();
+    }
     let result = match cli.command {
         Command::Serve(args) => {
             allocator::start_purger();
@@ -266,15 +281,34 @@ fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
 mod tests {
     use super::log_filter;
 
-    /// tokio_postgres logs statement parameters (sealed values) at debug: capped at info unless named.
+    /// tokio_postgres logs statement parameters (sealed values) at debug: its `query` module is capped at info
+    /// unless a directive names that module exactly.
     #[test]
     fn log_filter_caps_tokio_postgres_unless_named() {
-        let f = log_filter(Some("debug"), "warn").to_string();
-        assert!(f.contains("tokio_postgres=info"), "{f}");
-        let f = log_filter(None, "info").to_string();
-        assert!(f.contains("tokio_postgres=info"), "{f}");
+        let capped = "tokio_postgres::query=info";
+        for configured in [
+            Some("debug"),
+            None,
+            Some(""),
+            Some("debug,tokio_postgres=trace"),
+            Some("tokio_postgres=debug"),
+            Some("warn,tokio_postgres::queryx=debug"),
+            Some("keyvault_server=debug,tokio_postgres::prepare=debug"),
+            Some("not a filter ==="),
+        ] {
+            let f = log_filter(configured, "info").to_string();
+            assert!(f.contains(capped), "{configured:?}: {f}");
+        }
         let f = log_filter(Some("debug,tokio_postgres=trace"), "warn").to_string();
         assert!(f.contains("tokio_postgres=trace"), "{f}");
-        assert!(!f.contains("tokio_postgres=info"), "{f}");
+        for named in [
+            "debug,tokio_postgres::query=debug",
+            "tokio_postgres::query=trace",
+            "info,tokio_postgres::query",
+        ] {
+            let f = log_filter(Some(named), "warn").to_string();
+            assert!(!f.contains(capped), "{named}: {f}");
+            assert!(f.contains("tokio_postgres::query"), "{named}: {f}");
+        }
     }
 }

@@ -42,9 +42,11 @@ impl StoreArgs {
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
-                Config::from_toml(&text).map_err(|e| {
+                let config = Config::from_toml(&text).map_err(|e| {
                     CliError::new(code::BAD_INPUT, format!("{}: {e}", path.display()))
-                })?
+                })?;
+                crate::hardening::warn_if_config_exposes_password(path, &config);
+                config
             }
             None => Config::default(),
         };

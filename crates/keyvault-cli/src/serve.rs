@@ -81,7 +81,10 @@ impl ServeArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                let config =
+                    Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                crate::hardening::warn_if_config_exposes_password(path, &config);
+                config
             }
             None => Config::default(),
         };

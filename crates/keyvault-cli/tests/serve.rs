@@ -538,7 +538,8 @@ fn mmap_mib_maps_the_database_for_reads() {
         std::fs::write(&config, format!("mmap_mib = {mmap_mib}\ncache_mib = 0\n")).unwrap();
         let mut args = dev_args(&data).to_vec();
         args.extend(["--config", config.to_str().unwrap()]);
-        let (mut child, addr) = start(&args);
+        // A non-dumpable server's /proc/PID/maps is root's only: this test reads it.
+        let (mut child, addr, _) = start_with_env(&args, &[("KEYVAULT_ALLOW_CORE_DUMPS", "1")]);
         let creds_path = data.join("dev-credentials.json");
         wait_for_dev_credentials(&creds_path, &addr);
         let cli = |args: &[&str], stdin: &str| {

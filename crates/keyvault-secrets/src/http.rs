@@ -72,7 +72,7 @@ impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")
             .field("method", &self.method)
-            .field("url", &self.url)
+            .field("url", &crate::pipeline::logging::redacted_url(&self.url))
             .field(
                 "headers",
                 &crate::pipeline::logging::redacted_headers(&self.headers),
@@ -400,6 +400,18 @@ mod alpn_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request's `Debug` shows its URL as the HTTP log does: query values such as `$skiptoken` redacted.
+    #[test]
+    fn request_debug_redacts_the_url() {
+        let r = Request::new(
+            Method::GET,
+            "https://v.example/secrets?api-version=7.6&$skiptoken=CANARY-cursor",
+        );
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(shown.contains("$skiptoken=REDACTED"), "{shown}");
+    }
 
     /// `close` drops the connection pool (its sockets with it); the next send builds a new one.
     #[test]

@@ -4,6 +4,7 @@
 //! [`Pager::by_page_from`] or [`Pager::resume_from`]; the client only ever sends it to its own vault.
 
 use crate::error::Result;
+use crate::pipeline::logging::redacted_url;
 use futures_core::Stream;
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,14 +16,27 @@ use std::task::{Context, Poll, ready};
 pub(crate) type PageFuture<T> = Pin<Box<dyn Future<Output = Result<Page<T>>> + Send>>;
 pub(crate) type FetchPage<T> = Arc<dyn Fn(Option<String>) -> PageFuture<T> + Send + Sync>;
 
-/// One page of a listing.
-#[derive(Clone, Debug)]
+/// One page of a listing. Its `Debug` shows the continuation token (the next page's URL) with its query values
+/// (such as `$skiptoken`) redacted, as the HTTP log does.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Page<T> {
     /// The items of this page (possibly fewer than the page size, possibly none).
     pub items: Vec<T>,
     /// The token of the next page; `None` on the last page.
     pub continuation_token: Option<String>,
+}
+
+impl<T: fmt::Debug> fmt::Debug for Page<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Page")
+            .field("items", &self.items)
+            .field(
+                "continuation_token",
+                &self.continuation_token.as_deref().map(redacted_url),
+            )
+            .finish()
+    }
 }
 
 /// A stream of pages. Ends after the last page, or after the first error.
@@ -36,7 +50,10 @@ pub struct Pages<T> {
 impl<T> fmt::Debug for Pages<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pages")
-            .field("continuation_token", &self.continuation_token())
+            .field(
+                "continuation_token",
+                &self.continuation_token().map(redacted_url),
+            )
             .field("in_flight", &self.in_flight.is_some())
             .finish()
     }
@@ -179,5 +196,28 @@ mod tests {
         assert_eq!(rest, vec![2, 3, 4, 5]);
         let mut empty = numbers(1, 0);
         assert!(empty.next().await.is_none());
+    }
+
+    /// A page's and a listing's `Debug` show the next link with its `$skiptoken` redacted.
+    #[tokio::test]
+    async fn debug_redacts_the_skiptoken() {
+        let next =
+            "https://v.example/secrets?api-version=7.6&$skiptoken=CANARY-cursor&maxresults=2";
+        let fetch: FetchPage<u8> = Arc::new(move |_| {
+            Box::pin(async move {
+                Ok(Page {
+                    items: vec![1u8],
+                    continuation_token: Some(next.to_string()),
+                })
+            }) as PageFuture<u8>
+        });
+        let mut pages = Pager::new(fetch).by_page();
+        let page = pages.next().await.unwrap().unwrap();
+        let shown = format!("{page:?} {pages:?}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(
+            shown.contains("$skiptoken=REDACTED") && shown.contains("api-version=7.6"),
+            "{shown}"
+        );
     }
 }

@@ -318,20 +318,101 @@ impl std::fmt::Debug for StoreLocation {
     }
 }
 
-/// `scheme://user:password@host…` → `scheme://user:***@host…` (other strings unchanged).
+/// A connection string with its passwords replaced by `***`: the URL form's
+/// `scheme://user:password@host…` (up to the last `@`: tokio-postgres ends the user information at the first
+/// `@`, a person may mean the last; either way nothing of the password shows) and every `password=` value, in a
+/// URL's query (`?password=…&…`) or in the key=value form (`host=h password=… user=u`, quoted or not). Other
+/// strings are unchanged.
 pub fn redact_url_password(url: &str) -> String {
+    redact_password_values(&redact_userinfo_password(url))
+}
+
+/// Whether [`redact_url_password`] hides anything in `url`: it carries a password.
+pub fn has_password(url: &str) -> bool {
+    redact_url_password(url) != url
+}
+
+/// `scheme://user:password@rest` → `scheme://user:***@rest`, splitting at the last `@`.
+fn redact_userinfo_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let is_scheme = !scheme.is_empty()
+        && (scheme.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !is_scheme {
+        return url.to_string();
+    }
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
             None => url.to_string(),
         },
         None => url.to_string(),
     }
+}
+
+/// Replaces the value of every `password` parameter: in a URL's query (after `?` or `&`, up to the next `&`)
+/// or a key=value string (at the start or after white space; `=` may have spaces around it; the value is
+/// quoted with `'` or ends at white space).
+fn redact_password_values(s: &str) -> String {
+    const KEY: &str = "password";
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let at_key = (bytes[i..].len() >= KEY.len())
+            && bytes[i..i + KEY.len()].eq_ignore_ascii_case(KEY.as_bytes())
+            && (i == 0
+                || matches!(bytes[i - 1], b'?' | b'&')
+                || bytes[i - 1].is_ascii_whitespace());
+        if !at_key {
+            i += 1;
+            continue;
+        }
+        let in_query = i > 0 && matches!(bytes[i - 1], b'?' | b'&');
+        let mut j = i + KEY.len();
+        if !in_query {
+            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                j += 1;
+            }
+        }
+        if bytes.get(j) != Some(&b'=') {
+            i += 1;
+            continue;
+        }
+        j += 1;
+        if !in_query {
+            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                j += 1;
+            }
+        }
+        let value_start = j;
+        if in_query {
+            while j < bytes.len() && bytes[j] != b'&' {
+                j += 1;
+            }
+        } else if bytes.get(j) == Some(&b'\'') {
+            // Quoted: up to the closing quote (a backslash escapes the next character).
+            j += 1;
+            while j < bytes.len() && bytes[j] != b'\'' {
+                j += if bytes[j] == b'\\' { 2 } else { 1 };
+            }
+            j = (j + 1).min(bytes.len());
+        } else {
+            while j < bytes.len() && !bytes[j].is_ascii_whitespace() {
+                j += if bytes[j] == b'\\' { 2 } else { 1 };
+            }
+            j = j.min(bytes.len());
+        }
+        // Every index here is at an ASCII byte or the end: slicing stays on character boundaries.
+        out.push_str(&s[copied..value_start]);
+        out.push_str("***");
+        copied = j;
+        i = j;
+    }
+    out.push_str(&s[copied..]);
+    out
 }
 
 /// The storage backend a configuration selects.
@@ -383,7 +464,7 @@ impl Default for TlsConfig {
 /// An OAuth client: its id and how it proves it: the argon2 hashes (PHC strings) of its secrets — several,
 /// for rotation —, certificates (client assertions signed with their keys), federated credentials (tokens of
 /// a trusted issuer: workload identity).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub client_id: String,
@@ -402,6 +483,22 @@ pub struct ClientConfig {
     /// Federated credentials: `federated = [{ issuer = "…", subject = "system:serviceaccount:ns:sa" }]`.
     #[serde(default)]
     pub federated: Vec<FederatedConfig>,
+}
+
+/// The hashes are not shown: a hash is what an offline guess of the secret is checked against.
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("client_id", &self.client_id)
+            .field(
+                "secret_hashes",
+                &format_args!("<{} redacted>", self.secret_hashes.len()),
+            )
+            .field("secrets", &self.secrets)
+            .field("certificates", &self.certificates)
+            .field("federated", &self.federated)
+            .finish()
+    }
 }
 
 /// A federated credential: tokens of `issuer` (one of `[[trusted_issuers]]`) whose `sub` is `subject` and whose
@@ -425,12 +522,22 @@ impl FederatedConfig {
 }
 
 /// One client secret's hash and, optionally, when it stops being accepted (Unix seconds).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSecretConfig {
     pub hash: String,
     #[serde(default, deserialize_with = "unix_seconds")]
     pub expires_on: Option<i64>,
+}
+
+/// The hash is not shown (see [`ClientConfig`]'s `Debug`).
+impl std::fmt::Debug for ClientSecretConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecretConfig")
+            .field("hash", &"<redacted>")
+            .field("expires_on", &self.expires_on)
+            .finish()
+    }
 }
 
 /// A moment as Unix seconds, written as an integer, a TOML date-time with an offset, or an RFC 3339 string.
@@ -1189,6 +1296,98 @@ mod tests {
         assert!(
             err.contains("'postgres'") && !err.contains("CANARYPW6"),
             "{err}"
+        );
+    }
+
+    /// Every form tokio-postgres reads a password from is redacted: the URL's user information however the
+    /// password is written (with `/`, `?`, `@` or `:` in it), `password=` in the query, the key=value form.
+    #[test]
+    fn store_passwords_are_redacted_in_every_form() {
+        let cases = [
+            (
+                "postgres://kv:CANARY1@db:5432/vault",
+                "postgres://kv:***@db:5432/vault",
+            ),
+            (
+                "postgres://kv@db/vault?password=CANARY2",
+                "postgres://kv@db/vault?password=***",
+            ),
+            (
+                "postgresql://kv@db/vault?sslmode=require&password=CANARY3&application_name=x",
+                "postgresql://kv@db/vault?sslmode=require&password=***&application_name=x",
+            ),
+            (
+                "postgres://kv:pa/CANARY4@db/vault",
+                "postgres://kv:***@db/vault",
+            ),
+            (
+                "postgres://kv:pa?CANARY5@db/vault",
+                "postgres://kv:***@db/vault",
+            ),
+            (
+                "postgres://kv:pa@CANARY6@db/vault",
+                "postgres://kv:***@db/vault",
+            ),
+            (
+                "postgres://kv:pa:CANARY7@db/vault",
+                "postgres://kv:***@db/vault",
+            ),
+            (
+                "host=db password=CANARY8 user=kv",
+                "host=db password=*** user=kv",
+            ),
+            (
+                "host=db password = 'CANARY9 \\' x' user=kv",
+                "host=db password = *** user=kv",
+            ),
+            ("password=CANARY10", "password=***"),
+            ("host=db PASSWORD=CANARY11", "host=db PASSWORD=***"),
+        ];
+        for (url, redacted) in cases {
+            assert_eq!(redact_url_password(url), redacted, "{url}");
+            assert!(has_password(url), "{url}");
+            let shown = format!("{:?}", StoreLocation(url.into()));
+            assert!(!shown.contains("CANARY"), "{shown}");
+        }
+        for plain in [
+            "postgres://kv@db:5432/vault?sslmode=require",
+            "postgres://db/vault",
+            "sqlite:/var/lib/keyvault/vault.db",
+            "sqlite",
+            "host=db user=kv",
+            "postgres://kv@db/vault?my_password_hint=x",
+        ] {
+            assert_eq!(redact_url_password(plain), plain);
+            assert!(!has_password(plain), "{plain}");
+        }
+        let c = Config {
+            store: Some(StoreLocation("postgres://kv@db/v?password=CANARY12".into())),
+            ..Config::default()
+        };
+        let shown = format!("{c:?} {:?}", c.store_backend().unwrap());
+        assert!(!shown.contains("CANARY"), "{shown}");
+    }
+
+    /// `Config`'s `Debug` shows no client secret hash (one is what an offline guess is checked against).
+    #[test]
+    fn client_secret_hashes_are_not_in_debug() {
+        let c = Config::from_toml(
+            r#"
+            [[clients]]
+            client_id = "app"
+            secret_hashes = ["$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$HASHCANARY1"]
+            secrets = [{ hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$HASHCANARY2", expires_on = 1 }]
+            "#,
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("HASHCANARY") && !shown.contains("argon2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"app\"") && shown.contains("expires_on: Some(1)"),
+            "{shown}"
         );
     }
 

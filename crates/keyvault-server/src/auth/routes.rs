@@ -256,7 +256,7 @@ async fn token_inner(
         .verify_async_at(&client_id, &secret, (state.clock)())
         .await;
     if verdict == super::clients::Verdict::Expired {
-        tracing::info!(client_id = ?truncate(&client_id, 64), "token request refused: expired client secret");
+        tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: expired client secret");
         return Err(OAuthError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -269,7 +269,7 @@ async fn token_inner(
         ));
     }
     if verdict != super::clients::Verdict::Valid {
-        tracing::info!(client_id = ?truncate(&client_id, 64), "token request refused: invalid client credentials");
+        tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: invalid client credentials");
         // The same answer for an unknown client and a wrong secret.
         let mut err = OAuthError::new(
             StatusCode::UNAUTHORIZED,
@@ -336,8 +336,8 @@ async fn verify_assertion(state: &AuthState, form: &TokenForm) -> Result<String,
             }
         });
     verdict.map_err(|e| {
+        tracing::info!(client_id = %logged_client_id(state, client_id), reason = ?e, "token request refused: client assertion");
         let who = truncate(client_id.unwrap_or("(from the assertion)"), 64);
-        tracing::info!(client_id = ?who, reason = ?e, "token request refused: client assertion");
         assertion_error(e, who)
     })
 }
@@ -465,6 +465,35 @@ fn assertion_error(e: AssertionError, client_id: &str) -> OAuthError {
         ),
     };
     OAuthError::new(status, error, description, codes)
+}
+
+/// A caller's client id as a log line shows it: the id when it names a known client; otherwise only that it is
+/// unknown and its length, never its text (a secret pasted into the wrong field, such as `client_id` and
+/// `client_secret` swapped, must not reach the log).
+enum LoggedClientId<'a> {
+    Known(&'a str),
+    Unknown { chars: usize },
+    FromAssertion,
+}
+
+fn logged_client_id<'a>(state: &AuthState, client_id: Option<&'a str>) -> LoggedClientId<'a> {
+    match client_id {
+        Some(id) if state.clients.contains(id) => LoggedClientId::Known(id),
+        Some(id) => LoggedClientId::Unknown {
+            chars: id.chars().count(),
+        },
+        None => LoggedClientId::FromAssertion,
+    }
+}
+
+impl fmt::Display for LoggedClientId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoggedClientId::Known(id) => write!(f, "{id:?}"),
+            LoggedClientId::Unknown { chars } => write!(f, "(unknown, {chars} characters)"),
+            LoggedClientId::FromAssertion => f.write_str("(from the assertion)"),
+        }
+    }
 }
 
 /// Issues an access token to `client_id` for `audience`.

@@ -36,6 +36,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 use wire::WireContext;
+use zeroize::Zeroizing;
 
 /// Largest body of a set or update request.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -536,7 +537,15 @@ const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// with unread request bytes resets it, and the client then never sees the 413 (an SDK sees a broken
 /// connection). A declared length over the limit is refused before any of the body is read (no
 /// `100 Continue`) when the body is too large to drain. A body that breaks off or is badly framed gets 400.
-pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+///
+/// The body may hold a secret's value or a client secret: it is gathered into a buffer that is wiped when
+/// dropped (and never reallocated with the old one left behind), and every frame read is wiped too when
+/// nothing else holds it. (A frame that is a slice of hyper's connection buffer cannot be: that buffer is
+/// reused for the connection's next bytes and freed unwiped; README, "Limits".)
+pub(crate) async fn read_body(
+    mut body: Body,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
@@ -548,21 +557,20 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<axum::body
     let declared = axum::body::HttpBody::size_hint(&body).exact();
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
         if n <= DRAIN_MAX_BYTES {
-            while let Some(Ok(_)) = body.frame().await {}
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    wipe_frame(data);
+                }
+            }
         }
         return Err(too_large());
     }
     let unreadable = || ApiError::bad_parameter("The request body could not be read.");
-    if declared.is_some() {
-        // The usual case: a declared length within the limit (a body longer than it declared is an error
-        // of hyper's, reported as unreadable).
-        return axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| unreadable());
-    }
-    // No declared length (chunked, or HTTP/2 without `content-length`): read up to the limit, then drain
-    // what is left, as for a declared length.
-    let mut buf = Vec::new();
+    // With a declared length (the usual case) the buffer is allocated once (up to 64 KiB: a client's word
+    // reserves no more before it sends); without one (chunked, or HTTP/2 without `content-length`) it grows as
+    // frames come, up to the limit, and what is left is drained.
+    let capacity = declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY as u64) as usize;
+    let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
     let mut seen = 0u64;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
@@ -576,21 +584,45 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<axum::body
             continue;
         };
         seen += data.len() as u64;
+        if seen <= limit as u64 {
+            append_wiped(&mut buf, &data);
+        } else if !buf.is_empty() {
+            // Over the limit: what was read is dropped (wiped on drop).
+            buf = Zeroizing::new(Vec::new());
+        }
+        wipe_frame(data);
         if seen > DRAIN_MAX_BYTES {
             break;
-        }
-        if seen <= limit as u64 {
-            buf.extend_from_slice(&data);
-        } else if !buf.is_empty() {
-            // Over the limit: what was read is dropped (wiped: it may hold a secret).
-            zeroize::Zeroize::zeroize(&mut buf);
-            buf = Vec::new();
         }
     }
     if seen > limit as u64 {
         return Err(too_large());
     }
-    Ok(axum::body::Bytes::from(buf))
+    // hyper checks the declared length; a body longer than it declared is an error of its (unreadable).
+    Ok(buf)
+}
+
+/// The most [`read_body`] allocates for a body before its bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
+/// Appends `data` to `buf`; when `buf` must grow, its contents move to a new allocation and the old one is
+/// wiped (a `Vec`'s own growth would free it with the bytes in it).
+fn append_wiped(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    if buf.capacity() - buf.len() < data.len() {
+        let wanted = (buf.len() + data.len()).max(buf.capacity() * 2);
+        let mut bigger = Vec::with_capacity(wanted);
+        bigger.extend_from_slice(buf);
+        *buf = Zeroizing::new(bigger);
+    }
+    buf.extend_from_slice(data);
+}
+
+/// Wipes a body frame read when this is its only handle; returns the wiped bytes (for the tests), or `None`
+/// when something else holds them (such as hyper's connection buffer, which the frame is a slice of).
+fn wipe_frame(data: axum::body::Bytes) -> Option<bytes::BytesMut> {
+    let mut owned = data.try_into_mut().ok()?;
+    zeroize::Zeroize::zeroize(&mut owned[..]);
+    Some(owned)
 }
 
 async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
@@ -1015,6 +1047,55 @@ fn decode_blob(value: &str) -> Result<Vec<u8>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body frame is wiped once read unless something else still holds its bytes.
+    #[test]
+    fn read_frames_are_wiped_when_nothing_else_holds_them() {
+        let frame = axum::body::Bytes::from(b"CANARY-frame".to_vec());
+        let wiped = wipe_frame(frame).expect("the only handle");
+        assert!(wiped.iter().all(|&b| b == 0), "{wiped:?}");
+        let frame = axum::body::Bytes::from(b"CANARY-shared".to_vec());
+        let other = frame.clone();
+        assert!(wipe_frame(frame).is_none());
+        assert_eq!(&other[..], b"CANARY-shared");
+    }
+
+    /// Bodies with and without a declared length, in one frame or several, arrive whole in a buffer that is
+    /// wiped on drop; over the limit they get 413 either way.
+    #[tokio::test]
+    async fn bodies_arrive_whole_in_a_wiped_buffer() {
+        use axum::body::Bytes;
+        let chunks = |n: usize| {
+            let frames: Vec<Result<Bytes, std::io::Error>> = (0..n)
+                .map(|i| Ok(Bytes::from(format!("chunk {i:04};").into_bytes())))
+                .collect();
+            Body::from_stream(futures_util::stream::iter(frames))
+        };
+        let whole: String = (0..300).map(|i| format!("chunk {i:04};")).collect();
+        let got: Zeroizing<Vec<u8>> = read_body(chunks(300), MAX_BODY_BYTES).await.unwrap();
+        assert_eq!(&got[..], whole.as_bytes());
+        let got = read_body(Body::from(whole.clone()), MAX_BODY_BYTES)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], whole.as_bytes());
+        let got = read_body(Body::empty(), MAX_BODY_BYTES).await.unwrap();
+        assert!(got.is_empty());
+        for body in [chunks(300), Body::from(whole.clone())] {
+            let e = read_body(body, whole.len() - 1).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        // Growth keeps every byte (a new allocation each time, the old one wiped).
+        let mut buf = Zeroizing::new(Vec::new());
+        for i in 0..100u8 {
+            append_wiped(&mut buf, &[i; 37]);
+        }
+        assert_eq!(buf.len(), 3700);
+        assert!(
+            buf.chunks(37)
+                .enumerate()
+                .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+        );
+    }
 
     #[test]
     fn hosts_are_checked_and_one_is_required() {
