@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: format and lint gates, every Rust test, then the official Python and JS
-# SDKs against the real `keyvault` binary. Needs the Rust toolchain, Python 3.11 and Node 20.
+# The project's test command: format and lint gates, every Rust test, then the official Python, JS and
+# Rust SDKs against the real `keyvault` binary. Needs the Rust toolchain, Python 3.11 and Node 20.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -274,7 +274,14 @@ async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
         }
         let seen = (view.progress.scanned, view.progress.resealed);
         if !json && shown != Some(seen) && view.progress.scanned > 0 {
-            eprintln!("  {}", progress_line(&view.progress));
+            eprintln!(
+                "  {}",
+                progress_line(&RekeyProgress {
+                    scanned: view.progress.scanned,
+                    resealed: view.progress.resealed,
+                    dry_run: view.dry_run,
+                })
+            );
             shown = Some(seen);
         }
         match view.status {

@@ -664,18 +664,11 @@ async fn jwks(
 
 /// `host[:port]` the client used: the `Host` header (HTTP/1.1), else the URI authority (HTTP/2
 /// `:authority`). Only characters valid in a host and port are accepted.
+/// The host the client addressed, by the vault API's rule ([`crate::http::request_host`]): the URI's
+/// authority (HTTP/2) or the one `Host` line; none when there are two `Host` lines or the name is not a
+/// valid host (the discovery document's URLs are built from it).
 fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
-    let host = match headers.get(header::HOST) {
-        Some(h) => h.to_str().ok()?.trim().to_owned(),
-        None => uri.authority()?.as_str().to_owned(),
-    };
-    let valid = !host.is_empty()
-        && host.len() <= 255
-        && !host.contains('@')
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
-    valid.then_some(host)
+    crate::http::request_host(uri, headers).map(str::to_owned)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1354,6 +1347,15 @@ mod tests {
             ),
         )
         .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        // Two Host lines: which one the client meant is not known (RFC 9112 §3.2), so neither is used.
+        let mut req = get(
+            &format!("/{TENANT}/v2.0/.well-known/openid-configuration"),
+            "localhost",
+        );
+        req.headers_mut()
+            .append(header::HOST, http::HeaderValue::from_static("evil.example"));
+        let (status, _, body) = send(&state, req).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
 

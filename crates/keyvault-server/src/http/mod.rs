@@ -391,23 +391,27 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
 fn vault_url(uri: &http::Uri, headers: &HeaderMap) -> Result<String, ApiError> {
+    let host = request_host(uri, headers).ok_or_else(|| {
+        ApiError::bad_parameter("The request has a missing or invalid Host header.")
+    })?;
+    let mut url = String::with_capacity("https://".len() + host.len());
+    url.push_str("https://");
+    url.push_str(host);
+    url.make_ascii_lowercase();
+    Ok(url)
+}
+
+/// The host a request addressed: the URI's authority (HTTP/2's `:authority`, or an absolute-form target),
+/// else its one `Host` line. None for a missing or invalid host, or for more than one `Host` line (RFC 9112
+/// §3.2: a 400).
+pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     let host = match uri.authority() {
         Some(a) => a.as_str(),
         None => first.and_then(|h| h.to_str().ok()).unwrap_or_default(),
     };
-    // RFC 9112 §3.2: more than one Host line, or an invalid one, is a 400.
-    if second.is_some() || !valid_host(host) {
-        return Err(ApiError::bad_parameter(
-            "The request has a missing or invalid Host header.",
-        ));
-    }
-    let mut url = String::with_capacity("https://".len() + host.len());
-    url.push_str("https://");
-    url.push_str(host);
-    url.make_ascii_lowercase();
-    Ok(url)
+    (second.is_none() && valid_host(host)).then_some(host)
 }
 
 /// `host[:port]` as a client may send it: a name of letters, digits, `-`, `.`, `_` or `~`, or an IPv6

@@ -43,10 +43,18 @@ pub struct RekeyJobView {
     /// Unix seconds.
     pub started_on: i64,
     pub finished_on: Option<i64>,
-    pub progress: RekeyProgress,
+    pub progress: JobProgress,
     pub report: Option<RekeyReport>,
     /// Why a failed job stopped (never key material or values).
     pub error: Option<String>,
+}
+
+/// How far a job got: versions read and re-sealed so far (in a dry run: that would be).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProgress {
+    pub scanned: u64,
+    pub resealed: u64,
 }
 
 /// The node's rekey job, if one has run since it started.
@@ -86,10 +94,7 @@ impl RekeyJobs {
                 batch_size: options.batch_size.max(1),
                 started_on: now(),
                 finished_on: None,
-                progress: RekeyProgress {
-                    dry_run: options.dry_run,
-                    ..RekeyProgress::default()
-                },
+                progress: JobProgress::default(),
                 report: None,
                 error: None,
             };
@@ -109,7 +114,10 @@ impl RekeyJobs {
                 let shared = shared.clone();
                 move |p: &RekeyProgress| {
                     if let Some(v) = lock(&shared).as_mut().filter(|v| v.id == id) {
-                        v.progress = p.clone();
+                        v.progress = JobProgress {
+                            scanned: p.scanned,
+                            resealed: p.resealed,
+                        };
                     }
                 }
             };
