@@ -260,17 +260,25 @@ async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
         );
     }
     let mut shown: Option<(u64, u64)> = None;
+    let gone = || {
+        CliError::new(
+            code::OTHER,
+            format!(
+                "the server no longer shows rekey job {} (it restarted, or another rekey started): run \
+                 keyvault rekey again (what was re-sealed stays re-sealed)",
+                started.id
+            ),
+        )
+    };
     loop {
-        let view = job_view(crate::admin::call(&conn, Method::GET, "/admin/rekey", None).await?)?;
-        if view.id != started.id {
-            return Err(CliError::new(
-                code::OTHER,
-                format!(
-                    "the server no longer shows rekey job {} (it restarted, or another rekey started): run \
-                     keyvault rekey again (what was re-sealed stays re-sealed)",
-                    started.id
-                ),
-            ));
+        // A 404: the server has no job at all, so it restarted since.
+        let view = match crate::admin::call(&conn, Method::GET, "/admin/rekey", None).await {
+            Ok(v) => job_view(v)?,
+            Err(e) if e.code == code::NOT_FOUND => return Err(gone()),
+            Err(e) => return Err(e),
+        };
+        if view.id != started.id || view.dry_run != started.dry_run {
+            return Err(gone());
         }
         let seen = (view.progress.scanned, view.progress.resealed);
         if !json && shown != Some(seen) && view.progress.scanned > 0 {

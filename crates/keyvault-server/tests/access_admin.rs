@@ -456,7 +456,20 @@ async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
     assert_eq!(get(alice).await, StatusCode::OK);
     // Wrong audience, an expired token, or a key the issuer never published: 401.
     let (wrong_aud, _) = idp.issue("alice@corp", "api://other", now).unwrap();
-    assert_eq!(get(wrong_aud).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(wrong_aud.clone()).await, StatusCode::UNAUTHORIZED);
+    // Its 401 does not name the vault's own resource as the audience expected (AKV10022 is for tokens of
+    // this vault's issuer): that would send whoever debugs it after the wrong scope.
+    let (_, body) = common::send_json(
+        http.get(common::api_url(lv.vault_url(), "/secrets", "7.6"))
+            .bearer_auth(&wrong_aud),
+        None,
+    )
+    .await;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("AKV10000") && !message.contains("AKV10022"),
+        "{body}"
+    );
     let (expired, _) = idp.issue("alice@corp", AUD, now - 7200).unwrap();
     assert_eq!(get(expired).await, StatusCode::UNAUTHORIZED);
     let rogue = TokenIssuer::new(
@@ -513,10 +526,8 @@ async fn rekey_jobs_through_the_api() {
         .admin(Method::POST, "/admin/rekey", Some(json!({"dryRun": true})))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    assert_eq!(
-        (job["id"].as_u64(), job["dryRun"].as_bool()),
-        (Some(1), Some(true))
-    );
+    assert_eq!(job["dryRun"], true);
+    let job_id = job["id"].as_str().unwrap().to_string();
     let done = loop {
         let (status, view) = h.admin(Method::GET, "/admin/rekey", None).await;
         assert_eq!(status, StatusCode::OK, "{view}");
@@ -535,5 +546,5 @@ async fn rekey_jobs_through_the_api() {
     let (status, e) = h.call(Some(&tok), Method::POST, "/admin/rekey", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
     let (_, view) = h.admin(Method::GET, "/admin/rekey", None).await;
-    assert_eq!(view["id"], 1, "the refused start made no job");
+    assert_eq!(view["id"], job_id.as_str(), "the refused start made no job");
 }

@@ -353,7 +353,21 @@ impl TrustedIssuer {
         self.has_keys()
     }
 
+    /// Fetches the keys (and, with discovery, the provider configuration first) and installs them, all within
+    /// [`FETCH_TIMEOUT`]: a request waiting on an unknown `kid` waits at most that long, however many
+    /// documents the fetch reads.
     async fn fetch_and_install(&self, remote: &Remote) -> Result<bool, String> {
+        tokio::time::timeout(FETCH_TIMEOUT, self.fetch_and_install_within(remote))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "fetching the keys took longer than {} s",
+                    FETCH_TIMEOUT.as_secs()
+                ))
+            })
+    }
+
+    async fn fetch_and_install_within(&self, remote: &Remote) -> Result<bool, String> {
         let url = match &remote.source {
             Source::Jwks(url) => url.clone(),
             Source::Discovery { document, .. } => {
@@ -487,7 +501,16 @@ impl TrustedIssuer {
         header: &Header,
     ) -> Result<(Principal, i64, i64), AuthError> {
         let inner = &*self.inner;
-        let claims = self.verify_claims(token, header, &inner.audience)?;
+        // Its audience is the issuer's configured one, not this vault's resource: the 401's AKV10022 text
+        // (which names the vault's resource as the one expected) would mislead, so it gets another reason.
+        let claims = self
+            .verify_claims(token, header, &inner.audience)
+            .map_err(|e| match e {
+                AuthError::InvalidToken("wrong audience") => {
+                    AuthError::InvalidToken("wrong audience for its issuer")
+                }
+                other => other,
+            })?;
         let (nbf, exp) = token_times(&claims)?;
         let id = claims[inner.principal_claim.as_str()]
             .as_str()
@@ -614,12 +637,25 @@ fn parse_jwks(jwks: &str) -> Result<Vec<IssuerKey>, String> {
     Ok(keys)
 }
 
-/// A URL for logs and `Debug`: its query (which may carry a signature or a key) replaced by `?…`.
+/// A URL for logs and `Debug`: its query (which may carry a signature or a key) replaced by `?…`, and any
+/// user information in it (`user:password@`) by `…@`.
 pub fn redact_query(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
-    }
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?…"),
+        None => (url, ""),
+    };
+    // User information (`user:password@`) in the authority goes too: a URL we refuse may still carry it.
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '#']).unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+                None => base.to_string(),
+            }
+        }
+        None => base.to_string(),
+    };
+    format!("{base}{query}")
 }
 
 /// A JWKS URL we are willing to fetch: `https`, or `http` to a loopback address; no credentials in it.
@@ -811,6 +847,23 @@ pub(crate) fn unverified_issuer(token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_in_messages_lose_their_query_and_credentials() {
+        assert_eq!(
+            redact_query("https://idp.example/keys?sig=abc"),
+            "https://idp.example/keys?…"
+        );
+        assert_eq!(
+            redact_query("http://user:pw@127.0.0.1:19001/keys"),
+            "http://…@127.0.0.1:19001/keys"
+        );
+        assert_eq!(
+            redact_query("https://a:b@c@idp.example/k@eys?x=1"),
+            "https://…@idp.example/k@eys?…"
+        );
+        assert_eq!(redact_query("not a url"), "not a url");
+    }
     use crate::auth::SigningKey;
 
     const ISS: &str = "https://idp.example.com/corp";

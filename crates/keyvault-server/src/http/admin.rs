@@ -272,7 +272,13 @@ pub(super) async fn handle(
                 move || vault.now(),
             );
             match started {
-                Ok(view) => Ok(json_response(StatusCode::ACCEPTED, &view)),
+                Ok(view) => {
+                    rec.target = Some(format!(
+                        "job={} dryRun={} batchSize={}",
+                        view.id, view.dry_run, view.batch_size
+                    ));
+                    Ok(json_response(StatusCode::ACCEPTED, &view))
+                }
                 Err(crate::rekey::job::AlreadyRunning(running)) => Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "Conflict",

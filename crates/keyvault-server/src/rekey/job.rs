@@ -35,8 +35,9 @@ pub enum RekeyStatus {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RekeyJobView {
-    /// Distinguishes one job from the next on this node.
-    pub id: u64,
+    /// The job's id: 16 random hex digits, so that a client following a job never mistakes another one (made
+    /// after a restart, or on another node) for it.
+    pub id: String,
     pub status: RekeyStatus,
     pub dry_run: bool,
     pub batch_size: usize,
@@ -65,7 +66,7 @@ pub struct RekeyJobs {
 
 /// A start refused because a job is running: the running job's id.
 #[derive(Debug)]
-pub struct AlreadyRunning(pub u64);
+pub struct AlreadyRunning(pub String);
 
 impl RekeyJobs {
     /// The last (or running) job's view.
@@ -85,10 +86,10 @@ impl RekeyJobs {
         let view = {
             let mut last = lock(&self.last);
             if let Some(running) = last.as_ref().filter(|v| v.status == RekeyStatus::Running) {
-                return Err(AlreadyRunning(running.id));
+                return Err(AlreadyRunning(running.id.clone()));
             }
             let view = RekeyJobView {
-                id: last.as_ref().map_or(1, |v| v.id + 1),
+                id: new_job_id(),
                 status: RekeyStatus::Running,
                 dry_run: options.dry_run,
                 batch_size: options.batch_size.max(1),
@@ -102,16 +103,16 @@ impl RekeyJobs {
             view
         };
         let shared = self.last.clone();
-        let id = view.id;
+        let id = view.id.clone();
         tokio::spawn(async move {
             tracing::info!(
-                job = id,
+                job = %id,
                 dry_run = options.dry_run,
                 current_kek_id = envelope.current_kek_id(),
                 "rekey started"
             );
             let progress = {
-                let shared = shared.clone();
+                let (shared, id) = (shared.clone(), id.clone());
                 move |p: &RekeyProgress| {
                     if let Some(v) = lock(&shared).as_mut().filter(|v| v.id == id) {
                         v.progress = JobProgress {
@@ -133,15 +134,18 @@ impl RekeyJobs {
                 .unwrap_or_else(|e| Err(format!("the rekey task ended abnormally: {e}")));
             match &result {
                 Ok(report) => tracing::info!(
-                    job = id,
+                    job = %id,
+                    dry_run = report.dry_run,
                     resealed = report.resealed,
                     remaining = report.remaining(),
                     failed = report.failed,
                     late = report.late,
                     complete = report.complete(),
+                    key_check = report.key_check_after.as_deref().unwrap_or("none"),
+                    retired = %report.retired.join(","),
                     "rekey finished"
                 ),
-                Err(e) => tracing::warn!(job = id, error = %e, "rekey failed"),
+                Err(e) => tracing::warn!(job = %id, error = %e, "rekey failed"),
             }
             if let Some(v) = lock(&shared).as_mut().filter(|v| v.id == id) {
                 v.finished_on = Some(now());
@@ -165,6 +169,19 @@ impl RekeyJobs {
         });
         Ok(view)
     }
+}
+
+/// 16 random hex digits (a clock-derived id if the system's generator fails, which it does not on Linux).
+fn new_job_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos as u64).to_be_bytes();
+    }
+    hex::encode(bytes)
 }
 
 /// The job's lock: a panic while it was held leaves a view that is still whole (every update is a plain
