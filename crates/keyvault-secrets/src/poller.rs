@@ -487,7 +487,8 @@ impl<T: PollerResult> Poller<T> {
 }
 
 impl<T> Poller<T> {
-    /// The operation's result as the service first returned it, without waiting.
+    /// The operation's result as the service first returned it, without waiting. For a poller resumed from a
+    /// continuation token: the token's, until a poll finds the operation done and reads the service's.
     pub fn result(&self) -> &T {
         &self.result
     }
