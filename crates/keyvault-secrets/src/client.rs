@@ -62,7 +62,8 @@ pub struct SecretClientOptions {
     /// `keyvault_secrets::http` (Python: `logging_enable`). Default `false`: then only the INFO lines (method,
     /// redacted URL, status, time taken, allow-listed headers) that every request gets.
     pub logging_enable: bool,
-    /// Default delay between polls of a [`Poller`] (default 2 s).
+    /// Default delay between polls of a [`Poller`] (default 2 s). Zero is refused by [`SecretClient::new`]
+    /// with [`ErrorKind::InvalidArgument`] (it would poll without pause).
     pub polling_interval: Duration,
     /// Send requests through this transport instead of the built-in one (tests, proxies, …).
     pub transport: Option<Arc<dyn Transport>>,
@@ -384,7 +385,7 @@ impl ClientInner {
         url.into()
     }
 
-    fn same_origin(&self, url: &Url) -> bool {
+    pub(crate) fn same_origin(&self, url: &Url) -> bool {
         url.origin() == self.vault.origin()
     }
 
@@ -411,15 +412,16 @@ impl ClientInner {
         self.call(request).await?.json()
     }
 
-    /// One poll of a long-running operation: 200/403 = done, 404 = not yet, else an error.
-    pub(crate) async fn operation_done(&self, path: &str) -> Result<bool> {
+    /// One poll of a long-running operation: 200/403 = done (`true`), 404 = not yet (`false`), else an
+    /// error. The response comes back for the poller to read (the service's answer, or the 404's error).
+    pub(crate) async fn operation_done(&self, path: &str) -> Result<(bool, Response)> {
         let response = self
             .pipeline
             .send(Request::new(Method::GET, self.url(path, &[])))
             .await?;
         match response.status {
-            s if s.is_success() || s == StatusCode::FORBIDDEN => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() || s == StatusCode::FORBIDDEN => Ok((true, response)),
+            StatusCode::NOT_FOUND => Ok((false, response)),
             _ => Err(response.to_error()),
         }
     }
@@ -491,7 +493,8 @@ macro_rules! span {
 
 impl SecretClient {
     /// A client for the vault at `vault_url` (`https://{name}.vault.azure.net`), authenticating with
-    /// `credential`. Fails (without I/O) on a URL that is not an https URL of a host root.
+    /// `credential`. Fails (without I/O) on a URL that is not an https URL of a host root, and on a zero
+    /// [`SecretClientOptions::polling_interval`].
     pub fn new(
         vault_url: &str,
         credential: Arc<dyn TokenCredential>,
@@ -499,6 +502,12 @@ impl SecretClient {
     ) -> Result<Self> {
         let options = options.unwrap_or_default();
         let vault = parse_vault_url(vault_url)?;
+        if options.polling_interval.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "polling_interval must be longer than zero (a zero interval would poll the vault without pause)",
+            ));
+        }
         let transport = make_transport(options.transport.clone(), options.transport_config())?;
         Ok(SecretClient {
             inner: Arc::new(ClientInner {

@@ -75,7 +75,7 @@ pub use models::{
 };
 pub use pager::{Page, Pager, Pages};
 pub use pipeline::retry::RetryOptions;
-pub use poller::{DoneCallbackId, Poller, PollerResult, PollerStatus};
+pub use poller::{DoneCallbackId, Poller, PollerResult, PollerStatus, RESUMED_NOT_FOUND_LIMIT};
 pub use time::OffsetDateTime;
 
 /// The README's examples, compiled as doc tests.

@@ -6,6 +6,11 @@
 //!
 //! Like azure-core's `LROPoller`, a poller runs done callbacks ([`Poller::add_done_callback`]) and can be
 //! resumed elsewhere from a [`Poller::continuation_token`] with [`Poller::from_continuation_token`].
+//!
+//! An operation the service forgets (a deleted secret purged, or deleted again after a recovery, by someone
+//! else) answers 404 for ever, which reads as "still going": a poller started by `begin_*` then waits until
+//! dropped, so bound such waits with [`Poller::wait_timeout`]. A poller resumed from a token, which may be
+//! stale, gives up instead after [`RESUMED_NOT_FOUND_LIMIT`] "not found" answers in a row.
 
 use crate::SecretClient;
 use crate::client::ClientInner;
@@ -59,6 +64,10 @@ pub(crate) mod sealed {
         fn done_at_once(&self) -> bool;
         /// The secret's name.
         fn name(&self) -> &str;
+        /// The vault of the secret's id, `https://host[:port]`.
+        fn vault_url(&self) -> &str;
+        /// The answer's other ids: (field, id, collection, whether a version may follow the name).
+        fn other_ids(&self) -> Vec<(&'static str, &str, &'static str, bool)>;
     }
 
     impl Sealed for DeletedSecret {
@@ -81,6 +90,16 @@ pub(crate) mod sealed {
         fn name(&self) -> &str {
             &self.name
         }
+        fn vault_url(&self) -> &str {
+            &self.properties.vault_url
+        }
+        fn other_ids(&self) -> Vec<(&'static str, &str, &'static str, bool)> {
+            let mut ids = self.properties.other_ids();
+            if let Some(id) = &self.recovery_id {
+                ids.push(("recoveryId", id, "deletedsecrets", false));
+            }
+            ids
+        }
     }
 
     impl Sealed for SecretProperties {
@@ -102,6 +121,17 @@ pub(crate) mod sealed {
         fn name(&self) -> &str {
             &self.name
         }
+        fn vault_url(&self) -> &str {
+            &self.vault_url
+        }
+        fn other_ids(&self) -> Vec<(&'static str, &str, &'static str, bool)> {
+            // A certificate's secret names its key: `/keys/{the same name}/{version}`.
+            self.key_id
+                .as_deref()
+                .map(|kid| ("kid", kid, "keys", true))
+                .into_iter()
+                .collect()
+        }
     }
 }
 
@@ -109,6 +139,10 @@ pub(crate) mod sealed {
 const TOKEN_VERSION: u64 = 1;
 /// A token longer than this is not one of ours (ours are a few KB at most: ≤ 15 tags of ≤ 512 characters).
 const MAX_TOKEN_LEN: usize = 256 * 1024;
+/// A poller resumed from a continuation token fails after this many "not found" (404) answers in a row
+/// (a minute at the default 2 s interval): the token may be stale, its operation forgotten by the service, and
+/// 404 would otherwise mean "still going" for ever.
+pub const RESUMED_NOT_FOUND_LIMIT: u32 = 30;
 
 /// Identifies a done callback, to remove it with [`Poller::remove_done_callback`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,6 +165,11 @@ pub struct Poller<T> {
     resource: Value,
     client: Arc<ClientInner>,
     interval: Duration,
+    /// Resumed from a continuation token: the result is the token's until a poll finds the operation done
+    /// and reads the service's own answer, and "not found" answers are counted.
+    resumed: bool,
+    /// "Not found" answers in a row (counted for resumed pollers only).
+    not_found: u32,
     /// In a mutex only so that a poller stays `Sync` (callbacks need only be `Send`); never locked, `&mut self`
     /// reaches it through `get_mut`.
     callbacks: Mutex<Callbacks<T>>,
@@ -149,6 +188,7 @@ impl<T: PollerResult + fmt::Debug> fmt::Debug for Poller<T> {
             .field("result", &self.result)
             .field("status", &self.status)
             .field("interval", &self.interval)
+            .field("resumed", &self.resumed)
             .field("done_callbacks", &callbacks)
             .finish()
     }
@@ -178,6 +218,8 @@ impl<T: PollerResult> Poller<T> {
         interval: Duration,
     ) -> Self {
         Poller {
+            resumed: false,
+            not_found: 0,
             name: result.name().to_string(),
             result,
             status: if done {
@@ -214,8 +256,19 @@ impl<T: PollerResult> Poller<T> {
     /// Resume an operation from a [`Poller::continuation_token`], polling through `client` (Python:
     /// `LROPoller.from_continuation_token`). The client must be on the token's vault; its polling interval and
     /// per-call options apply. A token that is not one of ours, is of a newer version, is for another
-    /// operation (a delete's token cannot make a recover's poller) or another vault is refused with
+    /// operation (a delete's token cannot make a recover's poller) or another vault, or whose answer carries an
+    /// id (`id`, `recoveryId`, `kid`) on another host or naming another secret, is refused with
     /// [`ErrorKind::InvalidArgument`], before any I/O.
+    ///
+    /// Tokens are not signed, so a resumed poller trusts the service, not the token: it starts
+    /// [`PollerStatus::InProgress`] even when the token says the operation was done, and its first poll (or
+    /// wait, or `.await`) asks the service. When the service says done, [`Poller::result`] becomes the service's
+    /// answer (the deleted secret, or the recovered secret's properties) in place of the token's; until then it
+    /// is the token's. A resumed poller whose operation the service does not know (404) fails with
+    /// [`ErrorKind::ResourceNotFound`] after [`RESUMED_NOT_FOUND_LIMIT`] polls in a row instead of polling for
+    /// ever: a delete replayed after the secret was purged, a recovery after it was deleted again, a forged
+    /// token, or a delete on a vault without soft delete (nothing left to find). A resumed poller's first poll is
+    /// immediate, so the limit runs out after about `RESUMED_NOT_FOUND_LIMIT − 1` polling intervals.
     ///
     /// ```no_run
     /// # async fn demo(client: keyvault_secrets::SecretClient, other: keyvault_secrets::SecretClient) -> keyvault_secrets::Result<()> {
@@ -283,7 +336,8 @@ impl<T: PollerResult> Poller<T> {
         }
         let name = text(&fields, "name")?;
         crate::client::check_name(&name).map_err(|e| bad(e.message().to_string()))?;
-        let done = fields
+        // Required by the format, but not trusted: the resumed poller asks the service (see above).
+        fields
             .get("done")
             .and_then(Value::as_bool)
             .ok_or_else(|| bad("'done' is missing".into()))?;
@@ -296,29 +350,70 @@ impl<T: PollerResult> Poller<T> {
         let resource = serde_json::to_value(&bundle)
             .map_err(|e| bad(format!("its resource cannot be kept: {e}")))?;
         let result = T::from_bundle(bundle).map_err(|e| bad(e.message().to_string()))?;
-        if result.name() != name {
-            return Err(bad(format!(
-                "its resource is the secret '{}', not '{name}'",
-                result.name()
-            )));
-        }
+        check_ids(client.inner(), &name, &result).map_err(bad)?;
         let inner = client.inner().clone();
         let interval = inner.polling_interval();
-        Ok(Self::assemble(result, done, resource, inner, interval))
+        let mut poller = Self::assemble(result, false, resource, inner, interval);
+        poller.resumed = true;
+        Ok(poller)
     }
 
-    /// Check once whether the operation is done (and run the done callbacks when it is).
+    /// Check once whether the operation is done (and run the done callbacks when it is). A poller resumed
+    /// from a token fails with [`ErrorKind::ResourceNotFound`] when this is its
+    /// [`RESUMED_NOT_FOUND_LIMIT`]th "not found" answer in a row (see [`Poller::from_continuation_token`]).
     pub async fn poll(&mut self) -> Result<PollerStatus> {
-        if !self.done()
-            && self
-                .client
-                .operation_done(&T::status_path(&self.name))
-                .await?
-        {
-            self.status = PollerStatus::Succeeded;
-            self.run_callbacks();
+        if self.done() {
+            return Ok(self.status);
         }
+        let (done, response) = self
+            .client
+            .operation_done(&T::status_path(&self.name))
+            .await?;
+        if !done {
+            if self.resumed {
+                self.not_found += 1;
+                if self.not_found >= RESUMED_NOT_FOUND_LIMIT {
+                    let gone = response.to_error();
+                    let message = format!(
+                        "the {} of the secret '{}' resumed from a continuation token is unknown to the service: \
+                         {} polls in a row found nothing (the token may be stale: the secret purged, deleted \
+                         again or never there); the last answer: {}",
+                        T::OPERATION,
+                        self.name,
+                        self.not_found,
+                        gone.message()
+                    );
+                    return Err(gone.with_message(message));
+                }
+            }
+            return Ok(self.status);
+        }
+        if self.resumed && response.status.is_success() {
+            self.take_services_answer(&response)?;
+        }
+        self.status = PollerStatus::Succeeded;
+        self.run_callbacks();
         Ok(self.status)
+    }
+
+    /// A resumed poller's result becomes the service's answer (what the status request returned), after the
+    /// same checks as the token's.
+    fn take_services_answer(&mut self, response: &crate::http::Response) -> Result<()> {
+        let mut bundle: T::Bundle = response.json()?;
+        T::strip(&mut bundle);
+        let resource = serde_json::to_value(&bundle).map_err(|e| {
+            Error::with_source(ErrorKind::Data, "cannot keep the operation's answer", e)
+        })?;
+        let result = T::from_bundle(bundle)?;
+        check_ids(&self.client, &self.name, &result).map_err(|why| {
+            Error::new(
+                ErrorKind::Data,
+                format!("the service's answer to a poll does not fit the operation: {why}"),
+            )
+        })?;
+        self.result = result;
+        self.resource = resource;
+        Ok(())
     }
 
     /// Run `callback` with the result once the operation is done (Python: `add_done_callback`): at once if it
@@ -392,7 +487,8 @@ impl<T: PollerResult> Poller<T> {
 }
 
 impl<T> Poller<T> {
-    /// The operation's result as the service first returned it, without waiting.
+    /// The operation's result as the service first returned it, without waiting. For a poller resumed from a
+    /// continuation token: the token's, until a poll finds the operation done and reads the service's.
     pub fn result(&self) -> &T {
         &self.result
     }
@@ -417,10 +513,64 @@ impl<T> Poller<T> {
         self.interval
     }
 
-    /// Change the delay between polls.
+    /// Change the delay between polls. Zero is raised to 1 ms (a zero interval would poll without pause;
+    /// [`SecretClientOptions::polling_interval`](crate::SecretClientOptions::polling_interval) refuses it).
     pub fn set_polling_interval(&mut self, interval: Duration) {
-        self.interval = interval;
+        self.interval = interval.max(MIN_POLLING_INTERVAL);
     }
+}
+
+/// The shortest delay between polls ([`Poller::set_polling_interval`] raises a zero to it).
+const MIN_POLLING_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Why the answer `result` (from a token, or a poll of a resumed poller) does not belong to the secret `name`
+/// of `client`'s vault: its id on another host or naming another secret, or another id it carries
+/// (`recoveryId`, `kid`) elsewhere than `{vault}/{collection}/{name}[/{version}]`.
+fn check_ids<T: PollerResult>(
+    client: &ClientInner,
+    name: &str,
+    result: &T,
+) -> std::result::Result<(), String> {
+    if !client.same_vault(result.vault_url()) {
+        return Err(format!(
+            "its resource's id is on '{}', not on this client's vault '{}'",
+            result.vault_url(),
+            client.vault_url()
+        ));
+    }
+    if result.name() != name {
+        return Err(format!(
+            "its resource is the secret '{}', not '{name}'",
+            result.name()
+        ));
+    }
+    for (field, id, collection, versioned) in result.other_ids() {
+        let url = reqwest::Url::parse(id)
+            .map_err(|_| format!("its resource's '{field}' is not a URL"))?;
+        if !client.same_origin(&url) {
+            return Err(format!(
+                "its resource's '{field}' is on '{}', not on this client's vault '{}'",
+                url.origin().ascii_serialization(),
+                client.vault_url()
+            ));
+        }
+        let segments: Vec<&str> = url.path().trim_start_matches('/').split('/').collect();
+        let fits = url.query().is_none()
+            && url.fragment().is_none()
+            && match segments.as_slice() {
+                [c, n] => *c == collection && *n == name,
+                [c, n, version] => {
+                    versioned && *c == collection && *n == name && !version.is_empty()
+                }
+                _ => false,
+            };
+        if !fits {
+            return Err(format!(
+                "its resource's '{field}' does not name /{collection}/{name} on this vault"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// base64url without padding (padding accepted on input).

@@ -330,14 +330,256 @@ async fn done_callbacks_run_once_and_can_be_removed() {
     });
     assert_eq!(late.load(Ordering::SeqCst), 1);
     assert!(!poller.remove_done_callback(id));
-    // A done poller's token resumes as done: no poll needed, callbacks run at once.
+    // A done poller's token says so, but a token is not trusted: the resumed poller asks the service once,
+    // and its callbacks run when that answer says done.
     let token = poller.continuation_token();
     let mut resumed: Poller<DeletedSecret> = Poller::from_continuation_token(&c, &token).unwrap();
-    assert!(resumed.done());
+    assert!(!resumed.done());
     let l = late.clone();
     resumed.add_done_callback(move |_| {
         l.fetch_add(1, Ordering::SeqCst);
     });
+    assert_eq!(late.load(Ordering::SeqCst), 1);
+    assert_eq!(resumed.poll().await.unwrap(), PollerStatus::Succeeded);
     assert_eq!(late.load(Ordering::SeqCst), 2);
+    v.shutdown().await;
+}
+
+/// A delete's continuation token for `name`, decoded, edited and encoded again.
+fn edited(token: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut json: serde_json::Value = serde_json::from_slice(&b64.decode(token).unwrap()).unwrap();
+    edit(&mut json);
+    b64.encode(json.to_string())
+}
+
+/// A client on `v` whose requests are counted.
+fn counted_client(v: &keyvault_server::local::LocalVault) -> (SecretClient, Arc<Throttling>) {
+    let counter = Arc::new(Throttling {
+        inner: options(v).build_transport().unwrap(),
+        throttle: AtomicUsize::new(0),
+        headers: vec![],
+        seen: AtomicUsize::new(0),
+    });
+    let mut o = options(v);
+    o.transport = Some(counter.clone());
+    o.polling_interval = Duration::from_millis(5);
+    (
+        SecretClient::new(v.vault_url(), credential(v), Some(o)).unwrap(),
+        counter,
+    )
+}
+
+#[tokio::test]
+async fn tampered_continuation_tokens_are_refused() {
+    let v = vault().await;
+    let c = client(&v);
+    c.set_secret("ct", "v", None).await.unwrap();
+    c.set_secret("other", "v", None).await.unwrap();
+    let token = c
+        .begin_delete_secret("ct")
+        .await
+        .unwrap()
+        .continuation_token();
+    let vault = c.vault_url().to_string();
+    let port = port_of(&vault);
+    let elsewhere = vault.replace(&format!(":{port}"), &format!(":{}", port + 1));
+    let cases: Vec<(String, &str)> = vec![
+        // The auditor's: the resource's id on another host.
+        (
+            edited(&token, |j| {
+                j["resource"]["id"] = "https://evil.example/secrets/ct/abc".into()
+            }),
+            "'https://evil.example'",
+        ),
+        // The same host on another port is another vault.
+        (
+            edited(&token, |j| {
+                j["resource"]["id"] = format!("{elsewhere}/secrets/ct/abc").into()
+            }),
+            "not on this client's vault",
+        ),
+        (
+            edited(&token, |j| {
+                j["resource"]["recoveryId"] = "https://evil.example/deletedsecrets/ct".into()
+            }),
+            "'recoveryId' is on 'https://evil.example'",
+        ),
+        // Ids naming another secret than the token's.
+        (
+            edited(&token, |j| {
+                j["resource"]["id"] = format!("{vault}/secrets/other/abc").into()
+            }),
+            "not 'ct'",
+        ),
+        (
+            edited(&token, |j| {
+                j["resource"]["recoveryId"] = format!("{vault}/deletedsecrets/other").into()
+            }),
+            "'recoveryId' does not name /deletedsecrets/ct",
+        ),
+        (
+            edited(&token, |j| {
+                j["resource"]["recoveryId"] = format!("{vault}/secrets/ct").into()
+            }),
+            "'recoveryId' does not name /deletedsecrets/ct",
+        ),
+        (
+            edited(&token, |j| {
+                j["resource"]["recoveryId"] = format!("{vault}/deletedsecrets/ct/extra").into()
+            }),
+            "'recoveryId' does not name /deletedsecrets/ct",
+        ),
+        (
+            edited(&token, |j| {
+                j["resource"]["kid"] = "https://evil.example/keys/ct/abc".into()
+            }),
+            "'kid' is on 'https://evil.example'",
+        ),
+        (
+            edited(&token, |j| {
+                j["resource"]["kid"] = format!("{vault}/keys/other/abc").into()
+            }),
+            "'kid' does not name /keys/ct",
+        ),
+        (
+            edited(&token, |j| j["resource"]["kid"] = "not a url".into()),
+            "'kid' is not a URL",
+        ),
+    ];
+    for (bad, why) in cases {
+        let e = Poller::<DeletedSecret>::from_continuation_token(&c, &bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{why}");
+        assert!(e.message().contains("continuation token"), "{e}");
+        assert!(e.message().contains(why), "{why}: {e}");
+    }
+    // Ids on the vault naming the secret are fine (a certificate's secret names its key).
+    let fine = edited(&token, |j| {
+        j["resource"]["kid"] = format!("{vault}/keys/ct/0123").into()
+    });
+    let resumed = Poller::<DeletedSecret>::from_continuation_token(&c, &fine).unwrap();
+    assert_eq!(
+        resumed.result().properties.key_id.as_deref(),
+        Some(format!("{vault}/keys/ct/0123").as_str())
+    );
+    v.shutdown().await;
+}
+
+fn port_of(vault_url: &str) -> u16 {
+    vault_url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_forged_done_token_is_checked_with_the_service() {
+    let v = vault().await;
+    let c = client(&v);
+    c.set_secret("real", "v", None).await.unwrap();
+    let mut poller = c.begin_delete_secret("real").await.unwrap();
+    poller.set_polling_interval(Duration::from_millis(5));
+    poller.wait().await.unwrap();
+    let token = poller.continuation_token();
+    let vault = c.vault_url().to_string();
+
+    // A done token for a secret that never existed: no "deleted" result from the token alone; the service is
+    // asked, says 404 every time, and the poller gives up after RESUMED_NOT_FOUND_LIMIT polls.
+    let ghost = edited(&token, |j| {
+        j["done"] = true.into();
+        j["name"] = "ghost".into();
+        j["resource"]["id"] = format!("{vault}/secrets/ghost/0123").into();
+        j["resource"]["recoveryId"] = format!("{vault}/deletedsecrets/ghost").into();
+    });
+    let (counted, requests) = counted_client(&v);
+    let resumed = Poller::<DeletedSecret>::from_continuation_token(&counted, &ghost).unwrap();
+    assert_eq!(resumed.status(), PollerStatus::InProgress);
+    assert!(!resumed.done());
+    assert_eq!(requests.seen.load(Ordering::SeqCst), 0);
+    let e = resumed.await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceNotFound);
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
+    assert!(e.message().contains("continuation token"), "{e}");
+    assert!(e.message().contains("'ghost'"), "{e}");
+    // The challenge round, then the polls.
+    assert_eq!(
+        requests.seen.load(Ordering::SeqCst),
+        1 + keyvault_secrets::RESUMED_NOT_FOUND_LIMIT as usize
+    );
+
+    // A done token with forged facts about a real deletion: the result is the service's, not the token's.
+    let forged = edited(&token, |j| {
+        j["done"] = true.into();
+        j["resource"]["scheduledPurgeDate"] = 4_000_000_000i64.into();
+        j["resource"]["tags"] = serde_json::json!({"forged": "yes"});
+    });
+    let resumed = Poller::<DeletedSecret>::from_continuation_token(&c, &forged).unwrap();
+    assert_eq!(
+        resumed
+            .result()
+            .properties
+            .tags
+            .get("forged")
+            .map(String::as_str),
+        Some("yes")
+    );
+    let deleted = resumed.await.unwrap();
+    assert_eq!(deleted, c.get_deleted_secret("real").await.unwrap());
+    assert!(deleted.properties.tags.is_empty());
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn stale_continuation_tokens_fail_instead_of_polling_for_ever() {
+    let v = vault().await;
+    let c = client(&v);
+    c.set_secret("stale", "v", None).await.unwrap();
+    let delete_token = c
+        .begin_delete_secret("stale")
+        .await
+        .unwrap()
+        .continuation_token();
+    let mut recover = c.begin_recover_deleted_secret("stale").await;
+    // The delete has to finish before the recovery can start.
+    while recover.is_err() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        recover = c.begin_recover_deleted_secret("stale").await;
+    }
+    let recover_token = recover.unwrap().continuation_token();
+    c.get_secret("stale", None).await.unwrap();
+
+    // Deleted again: the recovery's token finds no secret.
+    let mut again = c.begin_delete_secret("stale").await.unwrap();
+    again.set_polling_interval(Duration::from_millis(5));
+    again.wait().await.unwrap();
+    let (counted, _) = counted_client(&v);
+    let e = Poller::<SecretProperties>::from_continuation_token(&counted, &recover_token)
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceNotFound);
+    assert!(e.message().contains("recover of the secret 'stale'"), "{e}");
+
+    // Purged: the first delete's token finds no deleted secret.
+    c.purge_deleted_secret("stale").await.unwrap();
+    let mut resumed =
+        Poller::<DeletedSecret>::from_continuation_token(&counted, &delete_token).unwrap();
+    let e = resumed.wait().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceNotFound);
+    assert!(e.message().contains("delete of the secret 'stale'"), "{e}");
+    assert!(!resumed.done());
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_zero_polling_interval_is_refused_or_raised() {
+    let v = vault().await;
+    let mut o = options(&v);
+    o.polling_interval = Duration::ZERO;
+    let e = SecretClient::new(v.vault_url(), credential(&v), Some(o)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("polling_interval"), "{e}");
+    let c = client(&v);
+    c.set_secret("z", "v", None).await.unwrap();
+    let mut poller = c.begin_delete_secret("z").await.unwrap();
+    poller.set_polling_interval(Duration::ZERO);
+    assert_eq!(poller.polling_interval(), Duration::from_millis(1));
     v.shutdown().await;
 }

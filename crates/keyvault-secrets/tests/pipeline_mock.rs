@@ -611,3 +611,70 @@ async fn per_call_headers_and_retries_ride_on_every_request_of_the_call() {
     assert_eq!(reqs[5].header("x-tenant-hint"), None);
     assert_eq!(reqs[5].header("accept"), Some("application/json"));
 }
+
+#[tokio::test]
+async fn extreme_retry_delays_never_panic_and_statuses_up_to_998_are_retried() {
+    // 503 for everything; the status in the path `/secrets/status-NNN` otherwise.
+    let server = start(|req, _| match req.header("authorization") {
+        None => unauthorized(),
+        Some(_) => {
+            let status = req
+                .target
+                .split("status-")
+                .nth(1)
+                .and_then(|s| s.get(..3))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(503);
+            MockResponse::json(
+                status,
+                r#"{"error":{"code":"ServiceUnavailable","message":"busy"}}"#,
+            )
+        }
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    // The auditor's options: the longest initial delay, a short cap. Two 503s used to panic in the backoff.
+    for (i, initial_delay) in [Duration::MAX, Duration::from_secs(u64::MAX), Duration::ZERO]
+        .into_iter()
+        .enumerate()
+    {
+        let view = c
+            .with_call_options(
+                keyvault_secrets::CallOptions::default().retry(RetryOptions {
+                    max_retries: 2,
+                    initial_delay,
+                    max_delay: Duration::from_millis(10),
+                }),
+            )
+            .unwrap();
+        let before = server.requests().len();
+        let e = view.get_secret("n", None).await.unwrap_err();
+        assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        // One try and 2 retries (the first call also has the challenge round).
+        let challenge = usize::from(i == 0);
+        assert_eq!(server.requests().len() - before, challenge + 3);
+    }
+    // azure-core retries 506..=998 (not 501, 505 nor 999).
+    let before = server.requests().len();
+    let cases = [(599, 3), (600, 3), (998, 3), (999, 1), (501, 1), (505, 1)];
+    for (status, _) in cases {
+        let e = c
+            .get_secret(&format!("status-{status}"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(status));
+    }
+    let counts: Vec<usize> = server.requests()[before..]
+        .iter()
+        .fold(Vec::<(String, usize)>::new(), |mut acc, r| {
+            match acc.last_mut() {
+                Some((t, n)) if *t == r.target => *n += 1,
+                _ => acc.push((r.target.clone(), 1)),
+            }
+            acc
+        })
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(counts, cases.map(|(_, tries)| tries));
+}

@@ -1,5 +1,5 @@
 //! Retry policy, after azure-core's `RetryPolicy` (Python): the statuses 408, 429, 500, 502, 503, 504 and
-//! 506–599 and connection errors are retried; the first retry is immediate, then the delay doubles from
+//! 506–998 and connection errors are retried; the first retry is immediate, then the delay doubles from
 //! `initial_delay` (±20 % jitter), at most `max_delay`; `retry-after-ms`, `x-ms-retry-after-ms` and
 //! `Retry-After` are honoured (capped at `max_delay`). See [`RetryOptions`] for the differences from Python.
 
@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 /// many clients throttled together do not retry in lockstep; and a server's `Retry-After` cannot stall a call
 /// for longer than `max_delay`.
 ///
-/// Which requests are retried (as azure-core): 408, 429, 500, 502, 503, 504 and 506–599 for GET, PUT, DELETE
+/// Which requests are retried (as azure-core): 408, 429, 500, 502, 503, 504 and 506–998 for GET, PUT, DELETE
 /// and HEAD; POST and PATCH only on 500, 503 and 504. A response carrying `Retry-After` (any error status) is
 /// retried for every method. Connection errors (no response, including a timed-out try) are retried for every
 /// method but POST and PATCH. One difference: 429 is retried for POST and PATCH even without `Retry-After`
@@ -59,16 +59,27 @@ impl RetryOptions {
     }
 
     /// The backoff before retry number `attempt` (0-based), with jitter: 0 for the first retry, then
-    /// `initial_delay × 2^attempt` (azure-core: `backoff_factor × 2^(retries − 1)`, 0 for the first).
+    /// `initial_delay × 2^attempt` (azure-core: `backoff_factor × 2^(retries − 1)`, 0 for the first), at most
+    /// `max_delay`. Never panics, whatever the durations (`Duration::MAX` included) and the attempt.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        self.backoff_with(attempt, crate::pipeline::random_unit())
+    }
+
+    /// [`RetryOptions::backoff`] with the random number in [0, 1] given (tests try the extremes).
+    fn backoff_with(&self, attempt: u32, unit: f64) -> Duration {
         if attempt == 0 {
             return Duration::ZERO;
         }
+        // Capped before the jitter, so that the float arithmetic only ever sees a delay that fits; the
+        // jittered delay is capped again (1.2 × the cap may not fit, or be longer than the cap).
         let base = self
             .initial_delay
-            .saturating_mul(2u32.saturating_pow(attempt.min(20)));
-        let jitter = 0.8 + 0.4 * crate::pipeline::random_unit();
-        base.mul_f64(jitter).min(self.max_delay)
+            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+            .min(self.max_delay);
+        let jitter = 0.8 + 0.4 * unit.clamp(0.0, 1.0);
+        Duration::try_from_secs_f64(base.as_secs_f64() * jitter)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
     }
 }
 
@@ -84,7 +95,7 @@ pub(crate) fn retry_status(status: StatusCode, method: &Method, headers: &Header
     if *method == Method::POST || *method == Method::PATCH {
         return matches!(code, 500 | 503 | 504);
     }
-    matches!(code, 408 | 500 | 502 | 503 | 504 | 506..=599)
+    matches!(code, 408 | 500 | 502 | 503 | 504 | 506..=998)
 }
 
 /// Whether a request that got no response may be sent again: every method but POST and PATCH (azure-core's
@@ -129,12 +140,12 @@ mod tests {
     fn statuses() {
         let none = HeaderMap::new();
         let r = |code: u16, m: &Method| retry_status(StatusCode::from_u16(code).unwrap(), m, &none);
-        for code in [408, 429, 500, 502, 503, 504, 506, 599] {
+        for code in [408, 429, 500, 502, 503, 504, 506, 599, 600, 998] {
             assert!(r(code, &Method::GET), "{code}");
             assert!(r(code, &Method::PUT), "{code}");
             assert!(r(code, &Method::DELETE), "{code}");
         }
-        for code in [200, 204, 400, 401, 403, 404, 409, 501, 505] {
+        for code in [200, 204, 400, 401, 403, 404, 409, 501, 505, 999] {
             assert!(!r(code, &Method::GET), "{code}");
         }
         for m in [Method::POST, Method::PATCH] {
@@ -229,6 +240,79 @@ mod tests {
             d2 >= Duration::from_millis(320) && d2 <= Duration::from_millis(480),
             "{d2:?}"
         );
-        assert_eq!(o.backoff(10), Duration::from_secs(1));
+        // Capped, then jittered (−20 %), then capped again.
+        let d10 = o.backoff(10);
+        assert!(
+            d10 >= Duration::from_millis(800) && d10 <= Duration::from_secs(1),
+            "{d10:?}"
+        );
+        assert_eq!(o.backoff_with(10, 1.0), Duration::from_secs(1));
+    }
+
+    /// The backoff never panics: `Duration::MAX` anywhere, a cap below the initial delay, zeros, any attempt
+    /// number (a huge `max_retries` reaches them all), and both ends of the jitter.
+    #[test]
+    fn backoff_never_panics_on_extreme_durations() {
+        let ms = Duration::from_millis;
+        let durations = [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            ms(10),
+            ms(800),
+            Duration::from_secs(u64::MAX / 4),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ];
+        let attempts = [0, 1, 2, 3, 19, 20, 21, 63, 64, 1000, u32::MAX - 1, u32::MAX];
+        for initial_delay in durations {
+            for max_delay in durations {
+                let o = RetryOptions {
+                    max_retries: u32::MAX,
+                    initial_delay,
+                    max_delay,
+                };
+                for attempt in attempts {
+                    for unit in [0.0, 0.5, 0.999_999, 1.0] {
+                        let d = o.backoff_with(attempt, unit);
+                        assert!(d <= max_delay, "{o:?} {attempt} {unit}: {d:?}");
+                        if attempt == 0 {
+                            assert_eq!(d, Duration::ZERO);
+                        }
+                    }
+                    assert!(o.backoff(attempt) <= max_delay);
+                }
+            }
+        }
+        // The auditor's case: the delay is the cap, whatever the jitter.
+        let o = RetryOptions {
+            max_retries: 2,
+            initial_delay: Duration::MAX,
+            max_delay: ms(10),
+        };
+        assert_eq!(o.backoff_with(1, 0.0), ms(8));
+        assert_eq!(o.backoff_with(1, 1.0), ms(10));
+        // A cap below the initial delay: the cap (−20 % at most).
+        let o = RetryOptions {
+            max_retries: 5,
+            initial_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(1),
+        };
+        assert_eq!(o.backoff_with(1, 1.0), Duration::from_secs(1));
+        assert_eq!(o.backoff_with(4, 0.0), ms(800));
+        // No cap at all: Duration::MAX is the longest delay, not an overflow.
+        let o = RetryOptions {
+            max_retries: 5,
+            initial_delay: Duration::MAX,
+            max_delay: Duration::MAX,
+        };
+        assert_eq!(o.backoff_with(3, 1.0), Duration::MAX);
+        assert!(o.backoff_with(3, 0.0) > Duration::from_secs(u64::MAX / 2));
+        // Zero initial delay: retries at once.
+        let o = RetryOptions {
+            max_retries: u32::MAX,
+            initial_delay: Duration::ZERO,
+            max_delay: Duration::MAX,
+        };
+        assert_eq!(o.backoff_with(u32::MAX, 1.0), Duration::ZERO);
     }
 }
