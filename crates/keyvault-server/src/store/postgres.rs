@@ -387,7 +387,7 @@ impl std::fmt::Debug for PostgresStore {
 /// `host:port/db` of a configuration (never the password), for messages: every host, comma-separated, when
 /// there are several (a connection may go to any of them); of a host name with an `@` in it (the rest of a
 /// password tokio-postgres cut at its first `@`, in a `key=value` string), only what follows the last `@`.
-fn describe_target(config: &tokio_postgres::Config) -> String {
+pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
     let hosts = config.get_hosts();
     let addrs = config.get_hostaddrs();
     let ports = config.get_ports();
@@ -432,7 +432,10 @@ fn all_local(config: &tokio_postgres::Config) -> bool {
 /// The warning for connections that a man in the middle can take over: TLS whose certificate is not checked
 /// (`prefer`, `require` without `sslrootcert`), without `channel_binding=require`, to a server that is not on
 /// this machine. `None` when verification or channel binding stops him, or the server is local.
-fn unverified_tls_warning(config: &tokio_postgres::Config, verifies: &str) -> Option<&'static str> {
+pub(crate) fn unverified_tls_warning(
+    config: &tokio_postgres::Config,
+    verifies: &str,
+) -> Option<&'static str> {
     let binding = config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require;
     (verifies == "nothing" && !binding && !all_local(config)).then_some(
         "connections to PostgreSQL are encrypted but the server's certificate is not verified, and without \
