@@ -669,6 +669,22 @@ async fn tls_to_a_real_postgresql() {
         store.close().await;
     }
 
+    // Only hostaddr (no host): the address names the TLS connection (the default prefer, and require).
+    for query in ["connect_timeout=5", "sslmode=require"] {
+        let url = format!(
+            "postgres://kv:{PASSWORD}@/tls?hostaddr=127.0.0.1&port={}&{query}",
+            s.pg.port()
+        );
+        let store = PostgresStore::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+        assert!(
+            write_and_read(&store, &format!("by-address, {query}")).await,
+            "{query}: TLS in use"
+        );
+        store.close().await;
+    }
+
     // disable, where pg_hba.conf lets kv in over TLS only: refused, saying so.
     let e = refused(&s.url("127.0.0.1", "tls", "sslmode=disable")).await;
     assert!(
@@ -713,6 +729,51 @@ async fn tls_to_a_real_postgresql() {
     )))
     .await;
     assert!(e.contains("cannot connect to PostgreSQL"), "{e}");
+
+    // A server certificate signed with Ed25519 has no tls-server-end-point hash: channel_binding=require
+    // cannot be met, and the connection fails saying so (not that the server skipped channel binding).
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ed_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&ed)
+        .unwrap();
+    // OpenSSL (PostgreSQL 15) does not load ring's PKCS#8 v2 Ed25519 key: the same seed as PKCS#8 v1.
+    let v2 = ed.serialize_der();
+    // SEQUENCE, version 1, the Ed25519 algorithm, OCTET STRING { OCTET STRING seed }, then the public key.
+    assert_eq!(
+        &v2[2..16],
+        b"\x02\x01\x01\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20"
+    );
+    let mut v1 = b"\x30\x2e\x02\x01\x00\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20".to_vec();
+    v1.extend_from_slice(&v2[16..48]);
+    let ed_key = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &v1)
+    );
+    s.pg.enable_tls(
+        &ed_cert.pem(),
+        &ed_key,
+        &ca.pem(),
+        "host all postgres 127.0.0.1/32 trust\nhostssl all kv 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.pg.log()));
+    let e = refused(&s.url(
+        "127.0.0.1",
+        "tls",
+        "sslmode=require&channel_binding=require",
+    ))
+    .await;
+    assert!(
+        e.contains("channel_binding=require cannot be met")
+            && e.contains("no tls-server-end-point hash"),
+        "{e}"
+    );
+    // Without it, SCRAM runs without channel binding (what the start-up warning is about).
+    let store = PostgresStore::open(&s.url("127.0.0.1", "tls", "sslmode=require"))
+        .await
+        .unwrap();
+    assert!(write_and_read(&store, "ed25519-signed server certificate").await);
+    store.close().await;
 }
 
 /// The store's errors for the cases above are `Unavailable` (a connection failure) or `Internal` (a setting).
