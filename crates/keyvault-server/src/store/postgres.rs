@@ -451,17 +451,24 @@ pub(crate) fn unverified_tls_warning(
 /// channel binding not required (see [`unverified_tls_warning`]).
 fn report_tls(connector: &Connector) {
     let target = describe_target(&connector.config);
-    let sslmode = connector.sslmode_label();
+    let sslmode = match connector.unix_socket_mode {
+        Some(asked) if asked != tls::SslMode::Disable => format!(
+            "{} (not used: TLS does not apply to a Unix-domain socket)",
+            asked.as_str()
+        ),
+        _ => connector.mode.as_str().to_string(),
+    };
+    let sslmode = sslmode.as_str();
     let Some(tls) = connector.tls.as_ref().filter(|t| t.handshakes() > 0) else {
         if connector.mode == tls::SslMode::Prefer && !all_local(&connector.config) {
             tracing::warn!(
                 %target,
-                %sslmode,
+                sslmode,
                 "connections to PostgreSQL are not encrypted: the server offers no TLS. Turn ssl on in \
                  PostgreSQL and set sslmode=verify-full (and sslrootcert) in the store URL"
             );
         } else {
-            tracing::info!(%target, %sslmode, tls = "off", "PostgreSQL connections");
+            tracing::info!(%target, sslmode, tls = "off", "PostgreSQL connections");
         }
         return;
     };
@@ -471,11 +478,11 @@ fn report_tls(connector: &Connector) {
         _ => "prefer",
     };
     if let Some(warning) = unverified_tls_warning(&connector.config, tls.verifies()) {
-        tracing::warn!(%target, %sslmode, tls = "on", verified = tls.verifies(), channel_binding, "{warning}");
+        tracing::warn!(%target, sslmode, tls = "on", verified = tls.verifies(), channel_binding, "{warning}");
     } else {
         tracing::info!(
             %target,
-            %sslmode,
+            sslmode,
             tls = "on",
             verified = tls.verifies(),
             channel_binding,
