@@ -138,6 +138,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Serve(_) => "info",
+        // rekey says what protects its database connection (the store's start-up line).
+        Command::Rekey(_) => "warn,keyvault_server::store::postgres=info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -11,6 +11,7 @@ use keyvault_server::crypto::{CryptoError, Envelope, FileKeyProvider};
 use keyvault_server::rekey::job::{RekeyJobView, RekeyStatus};
 use keyvault_server::rekey::{RekeyOptions, RekeyProgress, RekeyReport};
 use keyvault_server::server::{KeyFileCreation, key_provider, open_store};
+use keyvault_server::store::postgres::PostgresStore;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -187,6 +188,16 @@ async fn run_offline(
                 path.display()
             ),
         ));
+    }
+    // The URL's settings and TLS files are configuration too (exit code 2, as `serve`); only connecting
+    // and what follows are not.
+    if let StoreBackend::Postgres(url) = &backend {
+        PostgresStore::check_url(url).map_err(|e| {
+            CliError::new(
+                code::BAD_INPUT,
+                format!("cannot open the PostgreSQL store: {e}"),
+            )
+        })?;
     }
     let store = open_store(&config).await.map_err(|e| {
         let message = e.to_string();

@@ -165,3 +165,33 @@ async fn serve_and_rekey_over_verified_tls() {
         assert!(!stderr.contains(PASSWORD), "{tool}: {stderr}");
     }
 }
+
+/// `keyvault rekey` with a store URL whose settings or TLS files are wrong exits 2 (bad configuration), as
+/// `serve` does, before connecting (no database needed), and shows no password.
+#[test]
+fn rekey_setting_errors_are_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let missing = dir.path().join("missing-ca.pem").display().to_string();
+    for (query, says) in [
+        ("sslmode=bogus", "sslmode must be"),
+        (
+            &format!("sslmode=verify-full&sslrootcert={missing}") as &str,
+            "cannot read it",
+        ),
+        ("sslmode=verify-ca", "verify-ca needs sslrootcert=PATH"),
+        ("sslrootcrt=/x", "unknown option `sslrootcrt`"),
+    ] {
+        let mut c = command(None);
+        c.args(["rekey", "--data-dir", &data]).env(
+            "KEYVAULT_STORE",
+            format!("postgres://kv:{PASSWORD}@127.0.0.1:1/vault?{query}"),
+        );
+        let (status, stderr) = failed_start(c);
+        assert_eq!(status.code(), Some(2), "{query}: {stderr}");
+        assert!(
+            stderr.contains(says) && !stderr.contains(PASSWORD),
+            "{query}: {stderr}"
+        );
+    }
+}

@@ -379,49 +379,88 @@ impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
             .field("target", &describe_target(&self.connector.config))
-            .field("sslmode", &self.connector.mode.as_str())
+            .field("sslmode", &self.connector.sslmode_label())
             .finish_non_exhaustive()
     }
 }
 
-/// `host:port/db` of a configuration (never the password), for messages.
-fn describe_target(config: &tokio_postgres::Config) -> String {
-    let host = config
-        .get_hosts()
-        .first()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+/// `host:port/db` of a configuration (never the password), for messages: every host, comma-separated, when
+/// there are several (a connection may go to any of them); of a host name with an `@` in it (the rest of a
+/// password tokio-postgres cut at its first `@`, in a `key=value` string), only what follows the last `@`.
+pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
+    let hosts = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    let ports = config.get_ports();
+    let count = hosts.len().max(addrs.len()).max(1);
+    let targets: Vec<String> = (0..count)
+        .map(|i| {
+            let host = match (hosts.get(i), addrs.get(i)) {
+                (Some(tokio_postgres::config::Host::Tcp(h)), _) => {
+                    h.rsplit('@').next().unwrap_or_default().to_string()
+                }
+                (Some(tokio_postgres::config::Host::Unix(p)), _) => p.display().to_string(),
+                (None, Some(ip)) => ip.to_string(),
+                (None, None) => "localhost".into(),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
         })
-        .or_else(|| config.get_hostaddrs().first().map(|ip| ip.to_string()))
-        .unwrap_or_else(|| "localhost".into());
-    let port = config.get_ports().first().copied().unwrap_or(5432);
+        .collect();
     let db = config
         .get_dbname()
         .or(config.get_user())
         .unwrap_or_default();
-    format!("{host}:{port}/{db}")
+    format!("{}/{db}", targets.join(","))
+}
+
+/// Whether every server the configuration may connect to is this machine: a Unix-domain socket, `localhost`
+/// or a loopback address (the `hostaddr`, where one is given, is where the connection goes).
+fn all_local(config: &tokio_postgres::Config) -> bool {
+    let hosts = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    (0..hosts.len().max(addrs.len())).all(|i| match (addrs.get(i), hosts.get(i)) {
+        (Some(ip), _) => ip.is_loopback(),
+        (None, Some(tokio_postgres::config::Host::Tcp(h))) => {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        (None, Some(tokio_postgres::config::Host::Unix(_))) | (None, None) => true,
+    })
+}
+
+/// The warning for connections that a man in the middle can take over: TLS whose certificate is not checked
+/// (`prefer`, `require` without `sslrootcert`), without `channel_binding=require`, to a server that is not on
+/// this machine. `None` when verification or channel binding stops him, or the server is local.
+pub(crate) fn unverified_tls_warning(
+    config: &tokio_postgres::Config,
+    verifies: &str,
+) -> Option<&'static str> {
+    let binding = config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require;
+    (verifies == "nothing" && !binding && !all_local(config)).then_some(
+        "connections to PostgreSQL are encrypted but the server's certificate is not verified, and without \
+         channel_binding=require a man in the middle can read them and take the password (by showing a \
+         certificate channel binding cannot use, or by asking for the password in cleartext). Set \
+         sslmode=verify-full and sslrootcert=PATH (the CA of the server's certificate), or, with SCRAM \
+         password authentication, channel_binding=require",
+    )
 }
 
 /// Log once, at open, what protects the connections to the database (from the first connection): a warning
-/// when `prefer` found no TLS on a server that is not on this machine.
+/// when `prefer` found no TLS on a server that is not on this machine, or when TLS is not verified and
+/// channel binding not required (see [`unverified_tls_warning`]).
 fn report_tls(connector: &Connector) {
     let target = describe_target(&connector.config);
-    let sslmode = connector.mode.as_str();
+    let sslmode = match connector.unix_socket_mode {
+        Some(asked) if asked != tls::SslMode::Disable => format!(
+            "{} (not used: TLS does not apply to a Unix-domain socket)",
+            asked.as_str()
+        ),
+        _ => connector.mode.as_str().to_string(),
+    };
+    let sslmode = sslmode.as_str();
     let Some(tls) = connector.tls.as_ref().filter(|t| t.handshakes() > 0) else {
-        let local = connector.config.get_hosts().iter().all(|h| match h {
-            tokio_postgres::config::Host::Tcp(h) => {
-                h == "localhost"
-                    || h.parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            tokio_postgres::config::Host::Unix(_) => true,
-        }) && connector
-            .config
-            .get_hostaddrs()
-            .iter()
-            .all(|ip| ip.is_loopback());
-        if connector.mode == tls::SslMode::Prefer && !local {
+        if connector.mode == tls::SslMode::Prefer && !all_local(&connector.config) {
             tracing::warn!(
                 %target,
                 sslmode,
@@ -433,7 +472,102 @@ fn report_tls(connector: &Connector) {
         }
         return;
     };
-    tracing::info!(%target, sslmode, tls = "on", verified = tls.verifies(), "PostgreSQL connections");
+    let channel_binding = match connector.config.get_channel_binding() {
+        tokio_postgres::config::ChannelBinding::Require => "require",
+        tokio_postgres::config::ChannelBinding::Disable => "disable",
+        _ => "prefer",
+    };
+    if let Some(warning) = unverified_tls_warning(&connector.config, tls.verifies()) {
+        tracing::warn!(%target, sslmode, tls = "on", verified = tls.verifies(), channel_binding, "{warning}");
+    } else {
+        tracing::info!(
+            %target,
+            sslmode,
+            tls = "on",
+            verified = tls.verifies(),
+            channel_binding,
+            "PostgreSQL connections"
+        );
+    }
+}
+
+/// A connection string error (from [`prepare`]): the driver's error with its causes, which name options,
+/// never values; the one that quotes a character of the string is cut before it.
+fn invalid_connection_string(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        let said = match said.find(" but got ") {
+            Some(i) => said[..i].to_string(),
+            None => said,
+        };
+        text.push_str(": ");
+        text.push_str(&said);
+        cause = c.source();
+    }
+    text
+}
+
+/// The connector for `url`, checked but not connected: its settings, the driver's configuration (with this
+/// store's defaults) and the TLS connector (certificate files read). Errors are the URL's or its TLS files'
+/// (bad configuration), never a connection's.
+pub fn prepare(url: &str) -> Result<Connector, String> {
+    let invalid = |e: String| format!("invalid PostgreSQL connection string: {e}");
+    let (rest, settings) = tls::split(url).map_err(invalid)?;
+    let mut config = tokio_postgres::Config::from_str(&rest)
+        .map_err(|e| invalid(invalid_connection_string(&e)))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(pool::CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("keyvault");
+    }
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
+    // Only hostaddr: tokio-postgres would have no name for the TLS handshake. The addresses serve as names
+    // (rustls sends no SNI for an IP address), except where the name is checked.
+    if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
+        if settings.mode == tls::SslMode::VerifyFull {
+            return Err(invalid(
+                "sslmode=verify-full checks the server's certificate against the host name, and there is \
+                 only hostaddr: set host= to the name in the server's certificate"
+                    .into(),
+            ));
+        }
+        for ip in config.get_hostaddrs().to_vec() {
+            config.host(ip.to_string());
+        }
+    }
+    // PostgreSQL never offers TLS on a Unix-domain socket (libpq does not ask there either).
+    let all_unix = !config.get_hosts().is_empty()
+        && config.get_hostaddrs().is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
+    let mode = if all_unix {
+        tls::SslMode::Disable
+    } else {
+        settings.mode
+    };
+    config.ssl_mode(tls::driver_mode(mode));
+    let binding_required =
+        config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require;
+    let tls = tls::PgTls::new(&tls::TlsSettings {
+        mode,
+        ..settings.clone()
+    })
+    .map_err(|e| format!("PostgreSQL TLS: {e}"))?
+    .map(|t| t.with_channel_binding_required(binding_required));
+    Ok(Connector {
+        config,
+        tls,
+        mode,
+        unix_socket_mode: all_unix.then_some(settings.mode),
+    })
 }
 
 impl PostgresStore {
@@ -448,42 +582,15 @@ impl PostgresStore {
         Self::open_with_pool(url, POOL_SIZE).await
     }
 
+    /// Check `url` as [`PostgresStore::open`] would, without connecting: its settings and the TLS files it
+    /// names. An error here is bad configuration (the message names settings and files, never values).
+    pub fn check_url(url: &str) -> Result<(), String> {
+        prepare(url).map(drop)
+    }
+
     /// [`PostgresStore::open`] with a pool of at most `pool_size` connections (at least 1).
     pub async fn open_with_pool(url: &str, pool_size: usize) -> StoreResult<PostgresStore> {
-        let invalid =
-            |e: String| StoreError::Internal(format!("invalid PostgreSQL connection string: {e}"));
-        let (rest, settings) = tls::split(url).map_err(invalid)?;
-        let mut config =
-            tokio_postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string()))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(pool::CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("keyvault");
-        }
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(10));
-        config.keepalives_interval(Duration::from_secs(5));
-        config.keepalives_retries(3);
-        // PostgreSQL never offers TLS on a Unix-domain socket (libpq does not ask there either).
-        let all_unix = !config.get_hosts().is_empty()
-            && config.get_hostaddrs().is_empty()
-            && config
-                .get_hosts()
-                .iter()
-                .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
-        let mode = if all_unix {
-            tls::SslMode::Disable
-        } else {
-            settings.mode
-        };
-        config.ssl_mode(tls::driver_mode(mode));
-        let tls = tls::PgTls::new(&tls::TlsSettings {
-            mode,
-            ..settings.clone()
-        })
-        .map_err(|e| StoreError::Internal(format!("PostgreSQL TLS: {e}")))?;
-        let connector = Connector { config, tls, mode };
+        let connector = prepare(url).map_err(StoreError::Internal)?;
 
         let mut client = connector.connect().await?;
         report_tls(&connector);

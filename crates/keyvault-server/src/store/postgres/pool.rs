@@ -131,6 +131,9 @@ pub struct Connector {
     pub config: tokio_postgres::Config,
     pub tls: Option<PgTls>,
     pub mode: SslMode,
+    /// The `sslmode` the URL asked for, when it does not apply: every host is a Unix-domain socket, where
+    /// PostgreSQL offers no TLS (`mode` is then `disable`).
+    pub unix_socket_mode: Option<SslMode>,
 }
 
 impl Connector {
@@ -141,6 +144,18 @@ impl Connector {
             config,
             tls: None,
             mode: SslMode::Disable,
+            unix_socket_mode: None,
+        }
+    }
+
+    /// `sslmode=…` for messages, saying when TLS does not apply (a Unix-domain socket).
+    pub fn sslmode_label(&self) -> String {
+        match self.unix_socket_mode {
+            Some(asked) if asked != SslMode::Disable => format!(
+                "sslmode={}, not used: TLS does not apply to a Unix-domain socket",
+                asked.as_str()
+            ),
+            _ => format!("sslmode={}", self.mode.as_str()),
         }
     }
 
@@ -164,14 +179,14 @@ impl Connector {
         };
         connected.map_err(|e| {
             let target = super::describe_target(&self.config);
-            let mode = self.mode.as_str();
+            let mode = self.sslmode_label();
             StoreError::Unavailable(match e {
                 Some(e) => format!(
-                    "cannot connect to PostgreSQL at {target} (sslmode={mode}): {}",
+                    "cannot connect to PostgreSQL at {target} ({mode}): {}",
                     super::describe(&e)
                 ),
                 None => format!(
-                    "connecting to PostgreSQL at {target} (sslmode={mode}) took longer than {CONNECT_TIMEOUT:?}"
+                    "connecting to PostgreSQL at {target} ({mode}) took longer than {CONNECT_TIMEOUT:?}"
                 ),
             })
         })

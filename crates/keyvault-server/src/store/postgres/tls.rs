@@ -16,10 +16,20 @@
 //! As in libpq, `sslrootcert=system` means the system's trusted roots, makes `verify-full` the default and
 //! refuses weaker modes; unlike libpq, no file is read implicitly (`~/.postgresql/root.crt`), and
 //! `verify-full` without `sslrootcert` uses the system's roots rather than failing. Unix-domain sockets never
-//! use TLS (PostgreSQL does not offer it there). Even unverified, the handshake proves the server holds the key
-//! of the certificate it showed, which SCRAM's channel binding (`tls-server-end-point`, used whenever the
-//! server offers `SCRAM-SHA-256-PLUS`) ties to the password exchange: a man in the middle then fails the
-//! authentication.
+//! use TLS (PostgreSQL does not offer it there).
+//!
+//! Unverified (`prefer`, `require` without `sslrootcert`), TLS stops a passive listener only. A man in the
+//! middle can show a certificate of his own, and tokio-postgres's default `channel_binding=prefer` does not
+//! stop him: it gives up channel binding when he shows a certificate without a `tls-server-end-point` hash
+//! (Ed25519, RSA-PSS), and answers a request for a cleartext or MD5 password. Only `channel_binding=require`
+//! (with SCRAM) or a verified certificate (`verify-full`) stops him; the store warns at start when neither
+//! holds for a host that is not this machine. With `channel_binding=require`, a server certificate without
+//! that hash fails the handshake, saying why.
+//!
+//! Unlike libpq: `verify-full` needs the host name among the certificate's subject alternative names (a
+//! certificate with a common name only is refused); any certificate in `sslrootcert` is a trust anchor (an
+//! intermediate CA alone there is trusted, libpq needs the chain up to a self-signed root); and a client key
+//! file that others can read is warned about rather than refused.
 
 use std::future::Future;
 use std::io;
@@ -141,6 +151,7 @@ fn take(key: &str, value: String, found: &mut Vec<(String, String)>) -> Result<b
 
 /// The URL form: query parameters, percent-decoded as tokio-postgres decodes them.
 fn split_url(url: &str, found: &mut Vec<(String, String)>) -> Result<String, String> {
+    check_at_signs(url)?;
     // tokio-postgres reads the credentials up to the first '@', then the host and path up to the first '?'.
     let after_credentials = url.find('@').map_or(0, |i| i + 1);
     let Some(q) = url[after_credentials..]
@@ -173,13 +184,92 @@ fn split_url(url: &str, found: &mut Vec<(String, String)>) -> Result<String, Str
     Ok(out)
 }
 
-/// libpq's `key = value` form (values bare with `\` escapes, or single-quoted): the pairs this module reads
-/// are cut out, the rest is left as written. Text this cannot read is passed on whole for tokio-postgres to
-/// report.
-fn split_key_values(conn: &str, found: &mut Vec<(String, String)>) -> Result<String, String> {
-    let Some(pairs) = key_value_spans(conn) else {
-        return Ok(conn.to_string());
+/// The settings tokio-postgres and libpq know, by name: what a query swallowed into the user information
+/// (by an `@` in the query) is recognised by.
+const KNOWN_PARAMETERS: [&str; 19] = [
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "sslnegotiation",
+    "gssencmode",
+];
+
+/// tokio-postgres ends the user information at the URL's first `@`, wherever it is. Refused, rather than
+/// read as tokio-postgres would:
+/// - an `@` left in the host part (`postgres://kv:pa@ss@host/db`): the password would end at the first `@`
+///   and the host name begin with the rest of it;
+/// - a query swallowed into the user information (`postgres://host/db?sslmode=verify-full&application_name=
+///   kv@host`): every setting before the `@` would be dropped, the TLS settings with them. Recognised by a
+///   `?` followed by a known setting's name, or by two or more `name=value` pairs joined by `&`.
+///
+/// Passwords with an unencoded `/`, `?` or `=` (`postgres://u:pa/ss@h/db`, `postgres://u:pa?ss@h/db`) are
+/// read by tokio-postgres as written, and pass. Errors repeat no part of the URL.
+fn check_at_signs(url: &str) -> Result<(), String> {
+    let body = url.split_once("://").map_or(url, |(_, b)| b);
+    let Some((userinfo, after)) = body.split_once('@') else {
+        return Ok(());
     };
+    let host_part = &after[..after.find(['/', '?']).unwrap_or(after.len())];
+    if host_part.contains('@') {
+        return Err(
+            "the URL has more than one '@' before its host: the user name and password end at the \
+             first one. Percent-encode '@' as %40 in the user name and password"
+                .into(),
+        );
+    }
+    if let Some((_, query)) = userinfo.split_once('?') {
+        let keys: Vec<String> = query
+            .split('&')
+            .filter_map(|segment| segment.split_once('='))
+            .map(|(key, _)| {
+                percent_encoding::percent_decode_str(key)
+                    .decode_utf8_lossy()
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let known = keys.iter().any(|k| {
+            KNOWN_PARAMETERS.contains(&k.as_str())
+                || KEYS.contains(&k.as_str())
+                || UNSUPPORTED.contains(&k.as_str())
+        });
+        let names = keys
+            .iter()
+            .filter(|k| {
+                !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .count();
+        if known || names >= 2 {
+            return Err("the URL's query (or path) holds an '@': everything before it would be read as the \
+                 user name and password, and the settings there (sslmode, sslrootcert, …) dropped. \
+                 Percent-encode '@' as %40"
+                .into());
+        }
+    }
+    Ok(())
+}
+
+/// libpq's `key = value` form (values bare with `\\` escapes, or single-quoted), read by tokio-postgres's
+/// rules (any Unicode whitespace separates; a `\\` at the end of a bare value is dropped): the pairs this
+/// module reads are cut out, the rest is left as written. Text that does not parse is refused here, so that
+/// tokio-postgres never reads a setting this did not see.
+fn split_key_values(conn: &str, found: &mut Vec<(String, String)>) -> Result<String, String> {
+    let pairs = key_value_spans(conn)?;
     let mut out = String::with_capacity(conn.len());
     let mut from = 0;
     for (start, end, key, value) in pairs {
@@ -192,63 +282,70 @@ fn split_key_values(conn: &str, found: &mut Vec<(String, String)>) -> Result<Str
     Ok(out)
 }
 
-/// Each pair's byte range, key and unescaped value; `None` if the text does not parse.
-fn key_value_spans(s: &str) -> Option<Vec<(usize, usize, String, String)>> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
+/// Each pair's byte range, key and unescaped value. Errors give a byte offset and a key, never a value.
+fn key_value_spans(s: &str) -> Result<Vec<(usize, usize, String, String)>, String> {
+    let mut it = s.char_indices().peekable();
     let mut out = Vec::new();
-    let skip_ws = |i: &mut usize| {
-        while *i < bytes.len() && bytes[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
+    let at = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        it.peek().map_or(s.len(), |&(i, _)| i)
+    };
+    let skip_ws = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        while it.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
     };
     loop {
-        skip_ws(&mut i);
-        if i == bytes.len() {
-            return Some(out);
+        skip_ws(&mut it);
+        let start = at(&mut it);
+        while it
+            .next_if(|&(_, c)| !c.is_whitespace() && c != '=')
+            .is_some()
+        {}
+        let key = &s[start..at(&mut it)];
+        if key.is_empty() {
+            if it.peek().is_none() {
+                return Ok(out);
+            }
+            return Err(format!(
+                "a key=value connection string: no key before the '=' at byte {start}"
+            ));
         }
-        let start = i;
-        while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'=' {
-            i += 1;
+        skip_ws(&mut it);
+        if it.next_if(|&(_, c)| c == '=').is_none() {
+            // Not the key: unparsable text may be a piece of a password.
+            return Err(format!(
+                "a key=value connection string: the word at byte {start} is not followed by '=' (quote \
+                 values with spaces in single quotes)"
+            ));
         }
-        let key = s[start..i].to_string();
-        skip_ws(&mut i);
-        if key.is_empty() || bytes.get(i) != Some(&b'=') {
-            return None;
-        }
-        i += 1;
-        skip_ws(&mut i);
-        let mut value = Vec::new();
-        if bytes.get(i) == Some(&b'\'') {
-            i += 1;
+        skip_ws(&mut it);
+        let mut value = String::new();
+        if it.next_if(|&(_, c)| c == '\'').is_some() {
             loop {
-                match *bytes.get(i)? {
-                    b'\'' => {
-                        i += 1;
-                        break;
-                    }
-                    b'\\' => {
-                        value.push(*bytes.get(i + 1)?);
-                        i += 2;
-                    }
-                    b => {
-                        value.push(b);
-                        i += 1;
+                match it.next() {
+                    Some((_, '\'')) => break,
+                    Some((_, '\\')) => value.extend(it.next().map(|(_, c)| c)),
+                    Some((_, c)) => value.push(c),
+                    None => {
+                        return Err(format!(
+                            "a key=value connection string: the quoted value of `{key}` has no closing quote"
+                        ));
                     }
                 }
             }
         } else {
-            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
-                if bytes[i] == b'\\' {
-                    value.push(*bytes.get(i + 1)?);
-                    i += 2;
+            while let Some((_, c)) = it.next_if(|&(_, c)| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(it.next().map(|(_, c)| c));
                 } else {
-                    value.push(bytes[i]);
-                    i += 1;
+                    value.push(c);
                 }
             }
+            if value.is_empty() {
+                return Err(format!(
+                    "a key=value connection string: `{key}` has no value"
+                ));
+            }
         }
-        out.push((start, i, key, String::from_utf8(value).ok()?));
+        out.push((start, at(&mut it), key.to_string(), value));
     }
 }
 
@@ -338,6 +435,9 @@ pub struct PgTls {
     verifies: &'static str,
     /// Handshakes completed (whether `prefer` got TLS).
     handshakes: Arc<AtomicU64>,
+    /// `channel_binding=require`: a server certificate without a `tls-server-end-point` hash fails the
+    /// handshake (tokio-postgres would only say that the server did not use channel binding).
+    binding_required: bool,
 }
 
 impl std::fmt::Debug for PgTls {
@@ -398,8 +498,18 @@ impl PgTls {
             .with_custom_certificate_verifier(verifier);
         let mut config = match &settings.client {
             Some((cert, key)) => {
-                let material = crate::tls::load_pem_files(cert, key)
-                    .map_err(|e| format!("sslcert/sslkey: {e}"))?;
+                let material = crate::tls::load_pem_files(cert, key).map_err(|e| {
+                    if is_encrypted_key(key) {
+                        format!(
+                            "sslkey {}: the key is encrypted, and encrypted keys are not supported (no \
+                             sslpassword): store it decrypted (e.g. `openssl pkey -in KEY -out NEW`), readable \
+                             by the node's user only",
+                            key.display()
+                        )
+                    } else {
+                        format!("sslcert/sslkey: {e}")
+                    }
+                })?;
                 builder
                     .with_client_auth_cert(material.cert_chain, material.key)
                     .map_err(|e| format!("sslcert/sslkey: {e}"))?
@@ -415,7 +525,15 @@ impl PgTls {
             roots: roots_name.into(),
             verifies,
             handshakes: Arc::default(),
+            binding_required: false,
         }))
+    }
+
+    /// With `channel_binding=require`: refuse, at the handshake, a server certificate that channel binding
+    /// cannot use (signed with Ed25519 or RSA-PSS), saying so.
+    pub fn with_channel_binding_required(mut self, required: bool) -> PgTls {
+        self.binding_required = required;
+        self
     }
 
     /// What is checked of the server's certificate: "chain and host name", "chain" or "nothing".
@@ -427,6 +545,17 @@ impl PgTls {
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)
     }
+}
+
+/// Whether the PEM file at `path` holds an encrypted private key (PKCS#8 `ENCRYPTED PRIVATE KEY`, or a
+/// traditional key with `Proc-Type: 4,ENCRYPTED`).
+fn is_encrypted_key(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|pem| {
+        let pem = zeroize::Zeroizing::new(pem);
+        let text = String::from_utf8_lossy(&pem);
+        text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || text.contains("Proc-Type: 4,ENCRYPTED")
+    })
 }
 
 fn system_roots_name() -> String {
@@ -593,6 +722,24 @@ where
             let connector = tokio_rustls::TlsConnector::from(self.tls.config.clone());
             match connector.connect(self.name.clone(), stream).await {
                 Ok(stream) => {
+                    if self.tls.binding_required {
+                        let hashable = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|cert| tls_server_end_point(cert))
+                            .is_some();
+                        if !hashable {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "channel_binding=require cannot be met: the server's certificate is signed \
+                                 with an algorithm that has no tls-server-end-point hash (Ed25519 or RSA-PSS); \
+                                 give the server a certificate signed with ECDSA or RSA (PKCS#1 v1.5), or \
+                                 verify it (sslmode=verify-full with sslrootcert) instead",
+                            ));
+                        }
+                    }
                     self.tls.handshakes.fetch_add(1, Ordering::Relaxed);
                     Ok(PgTlsStream(stream))
                 }
@@ -610,21 +757,44 @@ fn explain(e: io::Error, tls: &PgTls, name: &ServerName<'_>) -> io::Error {
     };
     let what = match rustls_error {
         rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
-            "the server's certificate is not signed by a CA in {}",
+            "the server's certificate is not signed by a CA in {} ({rustls_error})",
             tls.roots
         ),
         rustls::Error::InvalidCertificate(
             C::NotValidForName | C::NotValidForNameContext { .. },
         ) => {
             format!(
-                "the server's certificate is not valid for the host name '{}'",
+                "the server's certificate is not valid for the host name '{}' ({rustls_error})",
                 name.to_str()
             )
         }
-        rustls::Error::InvalidCertificate(_) => "the server's certificate is refused".to_string(),
-        _ => "TLS handshake failed".to_string(),
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the server's certificate is refused: it has expired".to_string()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the server's certificate is refused: it is not valid yet".to_string()
+        }
+        // webpki's reasons come as text (its Display is its Debug), e.g. `CaUsedAsEndEntity`.
+        rustls::Error::InvalidCertificate(C::Other(other)) => match other.to_string().as_str() {
+            "CaUsedAsEndEntity" => {
+                "the server's certificate is refused: it is a CA certificate, not a server's".to_string()
+            }
+            reason if reason.starts_with("RequiredEkuNotFound") => {
+                "the server's certificate is refused: its extended key usage does not allow a server"
+                    .to_string()
+            }
+            reason => format!("the server's certificate is refused ({reason})"),
+        },
+        rustls::Error::InvalidCertificate(reason) => {
+            format!("the server's certificate is refused ({reason:?})")
+        }
+        rustls::Error::AlertReceived(alert) => format!(
+            "TLS handshake failed: the server sent the alert {alert:?} (a server key it cannot use with \
+             this client, e.g. RSA-PSS, or a client certificate it refused)"
+        ),
+        other => format!("TLS handshake failed: {other}"),
     };
-    io::Error::new(e.kind(), format!("{what}: {rustls_error}"))
+    io::Error::new(e.kind(), what)
 }
 
 /// A TLS connection to PostgreSQL.

@@ -59,13 +59,16 @@ fn url_settings_are_taken_out_and_the_rest_is_left_as_written() {
 
 #[test]
 fn key_value_settings_are_taken_out_and_the_rest_is_left_as_written() {
-    let (rest, s) = split(
+    let e = split(
         "host=db.example  sslmode = 'verify-ca' password='it''s' sslrootcert='/etc/my ca.pem' dbname=kv",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    // A doubled quote is not libpq's escape (a backslash is): this string is not valid, and passes whole.
-    assert!(rest.contains("sslmode"), "{rest}");
-    assert_eq!(s.mode, SslMode::Prefer);
+    .unwrap_err();
+    // A doubled quote is not libpq's escape (a backslash is): this string does not parse, and is refused
+    // without repeating any of it.
+    assert!(
+        e.contains("not followed by '='") && !e.contains("'s'"),
+        "{e}"
+    );
 
     let (rest, s) = split(
         r"host=db.example  sslmode = 'verify-ca' password='it\'s' sslrootcert='/etc/my ca.pem' dbname=kv",
@@ -77,6 +80,224 @@ fn key_value_settings_are_taken_out_and_the_rest_is_left_as_written() {
     let config: tokio_postgres::Config = rest.parse().unwrap();
     assert_eq!(config.get_password(), Some(&b"it's"[..]));
     assert_eq!(config.get_dbname(), Some("kv"));
+}
+
+#[test]
+fn key_value_strings_are_read_as_tokio_postgres_reads_them_or_refused() {
+    // Whitespace is any Unicode whitespace (a no-break space, a vertical tab), as tokio-postgres has it:
+    // the sslmode it would read is the one taken out.
+    for sep in ["\u{a0}", "\u{b}", "\u{2003}", "\t\n"] {
+        let conn = format!("host=db.example{sep}sslmode=require{sep}dbname=kv");
+        let (rest, s) = split(&conn).unwrap();
+        assert_eq!(s.mode, SslMode::Require, "{sep:?}");
+        assert!(!rest.contains("sslmode"), "{rest:?}");
+        let config: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(config.get_dbname(), Some("kv"));
+    }
+    // A trailing backslash ends a bare value (tokio-postgres drops it): read, not passed on whole.
+    let (rest, s) =
+        split(r"host=h sslmode=verify-ca sslrootcert=/ca.pem password=SECRETPW\").unwrap();
+    assert_eq!(s.mode, SslMode::VerifyCa);
+    let config: tokio_postgres::Config = rest.parse().unwrap();
+    assert_eq!(config.get_password(), Some(&b"SECRETPW"[..]));
+    // What does not parse is refused, repeating no value.
+    for conn in [
+        "host=h password=SECRET PW sslmode=require",
+        "host=h password='SECRETPW sslmode=require",
+        "host=h sslmode=",
+        "host=h =SECRETPW",
+    ] {
+        let e = split(conn).unwrap_err();
+        assert!(
+            e.starts_with("a key=value connection string") && !e.contains("SECRET"),
+            "{conn}: {e}"
+        );
+    }
+}
+
+#[test]
+fn an_at_sign_outside_the_user_information_is_refused() {
+    // The auditor's URL: tokio-postgres would read everything before the '@' as credentials and drop the
+    // TLS settings with it.
+    for url in [
+        "postgres://localhost:55432/vault?sslmode=verify-full&sslrootcert=/x&application_name=kv@localhost:55432",
+        "postgres://h/db?user=kv@corp&sslmode=require",
+        "postgres://h/db?SSLMODE=verify-full@h",
+        "postgres://h/db?a=1&b=2@h",
+        // A password with an unencoded '@': it would end at the first one, the host name begin with the rest.
+        "postgres://kv:S3cr3t@PW@h/db",
+        "postgres://kv:S3cr3t@PW-canary@127.0.0.1:55431/vault",
+    ] {
+        let e = split(url).unwrap_err();
+        assert!(
+            e.contains("Percent-encode '@' as %40")
+                && !e.contains("S3cr3t")
+                && !e.contains("canary")
+                && !e.contains("vault"),
+            "{url}: {e}"
+        );
+    }
+    // Kept: unencoded '/', '?' or '=' in a password (tokio-postgres reads them as written), an '@' in the
+    // query after the credentials, and an encoded one.
+    for (url, password) in [
+        ("postgres://u:pa/ss@h/db?sslmode=require", &b"pa/ss"[..]),
+        ("postgres://u:pa?ss@h/db?sslmode=require", b"pa?ss"),
+        ("postgres://u:pa?s=s@h/db?sslmode=require", b"pa?s=s"),
+        (
+            "postgres://u:S3cr3t%40PW@h/db?sslmode=require",
+            b"S3cr3t@PW",
+        ),
+    ] {
+        let (rest, s) = split(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(s.mode, SslMode::Require, "{url}");
+        let config: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(config.get_password(), Some(password), "{url}");
+        assert_eq!(
+            config.get_hosts(),
+            &[tokio_postgres::config::Host::Tcp("h".into())],
+            "{url}"
+        );
+    }
+    let (rest, s) = split("postgres://u:p@h/db?application_name=kv@h&sslmode=verify-full").unwrap();
+    assert_eq!(s.mode, SslMode::VerifyFull);
+    let config: tokio_postgres::Config = rest.parse().unwrap();
+    assert_eq!(config.get_application_name(), Some("kv@h"));
+}
+
+#[test]
+fn connection_string_errors_say_why_and_repeat_no_value() {
+    let prepared = |url: &str| crate::store::postgres::prepare(url);
+    let e = prepared("postgres://kv:SECRETPW@h/db?sslrootcrt=/x").unwrap_err();
+    assert!(
+        e.contains("invalid connection string: unknown option `sslrootcrt`")
+            && !e.contains("SECRETPW"),
+        "{e}"
+    );
+    let e = prepared("postgres://kv:SECRETPW@h/db?port=SECRETPW").unwrap_err();
+    assert!(
+        e.contains("invalid value for option `port`") && !e.contains("SECRETPW"),
+        "{e}"
+    );
+    let e = prepared("postgres://kv:SECRETPW@h/db?channel_binding=SECRETPW").unwrap_err();
+    assert!(
+        e.contains("`channel_binding`") && !e.contains("SECRETPW"),
+        "{e}"
+    );
+
+    // An encrypted client key: said so.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("unit CA");
+    let (cert, _) = ca.issue("kv", &[]);
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(
+        dir.path().join("k.pem"),
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = prepared(&format!(
+        "postgres://h/db?sslcert={0}/c.pem&sslkey={0}/k.pem",
+        dir.path().display()
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("the key is encrypted, and encrypted keys are not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostaddr_alone_names_the_tls_host_except_under_verify_full() {
+    let prepared = |url: &str| crate::store::postgres::prepare(url);
+    let c =
+        prepared("postgres://kv@/vault?hostaddr=127.0.0.1,::1&port=5433&sslmode=require").unwrap();
+    assert_eq!(
+        c.config.get_hosts(),
+        &[
+            tokio_postgres::config::Host::Tcp("127.0.0.1".into()),
+            tokio_postgres::config::Host::Tcp("::1".into())
+        ]
+    );
+    assert_eq!(
+        crate::store::postgres::describe_target(&c.config),
+        "127.0.0.1:5433,::1:5433/vault"
+    );
+    let e = prepared("postgres://kv@/vault?hostaddr=127.0.0.1&sslmode=verify-full").unwrap_err();
+    assert!(
+        e.contains("set host= to the name in the server's certificate"),
+        "{e}"
+    );
+    // With host= as well, nothing changes.
+    let c = prepared("postgres://kv@db.example/vault?hostaddr=127.0.0.1").unwrap();
+    assert_eq!(
+        c.config.get_hosts(),
+        &[tokio_postgres::config::Host::Tcp("db.example".into())]
+    );
+}
+
+#[test]
+fn targets_and_modes_in_messages() {
+    let prepared = |url: &str| crate::store::postgres::prepare(url).unwrap();
+    // Several hosts: every one (a connection may go to any), each with its port.
+    let c = prepared("postgres://kv@a.example:5433,b.example:5434/vault");
+    assert_eq!(
+        crate::store::postgres::describe_target(&c.config),
+        "a.example:5433,b.example:5434/vault"
+    );
+    // A host name with an '@' (the tail of a password tokio-postgres cut): only what follows the last '@'.
+    let c = prepared("host=PW-canary@127.0.0.1 port=55431 dbname=vault");
+    let target = crate::store::postgres::describe_target(&c.config);
+    assert_eq!(target, "127.0.0.1:55431/vault");
+    // A Unix-domain socket: TLS does not apply, said so rather than "disable".
+    let c = prepared("postgres://kv@/vault?host=/run/postgresql&sslmode=verify-full");
+    assert_eq!(
+        c.sslmode_label(),
+        "sslmode=verify-full, not used: TLS does not apply to a Unix-domain socket"
+    );
+    assert!(c.tls.is_none());
+    let c = prepared("postgres://kv@h/vault?sslmode=require");
+    assert_eq!(c.sslmode_label(), "sslmode=require");
+}
+
+#[test]
+fn unverified_tls_without_required_channel_binding_is_warned_about_off_this_machine() {
+    let warns = |conn: &str, verifies: &str| {
+        let c = crate::store::postgres::prepare(conn).unwrap();
+        crate::store::postgres::unverified_tls_warning(&c.config, verifies).is_some()
+    };
+    assert!(warns(
+        "postgres://kv@db.example/vault?sslmode=require",
+        "nothing"
+    ));
+    assert!(warns("postgres://kv@db.example/vault", "nothing"));
+    assert!(warns("postgres://kv@localhost,db.example/vault", "nothing"));
+    assert!(warns("postgres://kv@/vault?hostaddr=10.1.2.3", "nothing"));
+    // Not: channel binding required, a verified chain, or this machine.
+    assert!(!warns(
+        "postgres://kv@db.example/vault?sslmode=require&channel_binding=require",
+        "nothing"
+    ));
+    assert!(!warns("postgres://kv@db.example/vault", "chain"));
+    assert!(!warns(
+        "postgres://kv@db.example/vault",
+        "chain and host name"
+    ));
+    assert!(!warns(
+        "postgres://kv@localhost/vault?sslmode=require",
+        "nothing"
+    ));
+    assert!(!warns("postgres://kv@127.0.0.1,[::1]/vault", "nothing"));
+    assert!(!warns(
+        "postgres://kv@db.example/vault?hostaddr=127.0.0.1",
+        "nothing"
+    ));
+    // The warning names both ways out.
+    let c = crate::store::postgres::prepare("postgres://kv@db.example/vault").unwrap();
+    let text = crate::store::postgres::unverified_tls_warning(&c.config, "nothing").unwrap();
+    assert!(
+        text.contains("sslmode=verify-full and sslrootcert=PATH")
+            && text.contains("channel_binding=require"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -448,6 +669,22 @@ async fn tls_to_a_real_postgresql() {
         store.close().await;
     }
 
+    // Only hostaddr (no host): the address names the TLS connection (the default prefer, and require).
+    for query in ["connect_timeout=5", "sslmode=require"] {
+        let url = format!(
+            "postgres://kv:{PASSWORD}@/tls?hostaddr=127.0.0.1&port={}&{query}",
+            s.pg.port()
+        );
+        let store = PostgresStore::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+        assert!(
+            write_and_read(&store, &format!("by-address, {query}")).await,
+            "{query}: TLS in use"
+        );
+        store.close().await;
+    }
+
     // disable, where pg_hba.conf lets kv in over TLS only: refused, saying so.
     let e = refused(&s.url("127.0.0.1", "tls", "sslmode=disable")).await;
     assert!(
@@ -492,6 +729,51 @@ async fn tls_to_a_real_postgresql() {
     )))
     .await;
     assert!(e.contains("cannot connect to PostgreSQL"), "{e}");
+
+    // A server certificate signed with Ed25519 has no tls-server-end-point hash: channel_binding=require
+    // cannot be met, and the connection fails saying so (not that the server skipped channel binding).
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ed_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&ed)
+        .unwrap();
+    // OpenSSL (PostgreSQL 15) does not load ring's PKCS#8 v2 Ed25519 key: the same seed as PKCS#8 v1.
+    let v2 = ed.serialize_der();
+    // SEQUENCE, version 1, the Ed25519 algorithm, OCTET STRING { OCTET STRING seed }, then the public key.
+    assert_eq!(
+        &v2[2..16],
+        b"\x02\x01\x01\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20"
+    );
+    let mut v1 = b"\x30\x2e\x02\x01\x00\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20".to_vec();
+    v1.extend_from_slice(&v2[16..48]);
+    let ed_key = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &v1)
+    );
+    s.pg.enable_tls(
+        &ed_cert.pem(),
+        &ed_key,
+        &ca.pem(),
+        "host all postgres 127.0.0.1/32 trust\nhostssl all kv 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.pg.log()));
+    let e = refused(&s.url(
+        "127.0.0.1",
+        "tls",
+        "sslmode=require&channel_binding=require",
+    ))
+    .await;
+    assert!(
+        e.contains("channel_binding=require cannot be met")
+            && e.contains("no tls-server-end-point hash"),
+        "{e}"
+    );
+    // Without it, SCRAM runs without channel binding (what the start-up warning is about).
+    let store = PostgresStore::open(&s.url("127.0.0.1", "tls", "sslmode=require"))
+        .await
+        .unwrap();
+    assert!(write_and_read(&store, "ed25519-signed server certificate").await);
+    store.close().await;
 }
 
 /// The store's errors for the cases above are `Unavailable` (a connection failure) or `Internal` (a setting).
