@@ -135,7 +135,8 @@ async fn serve_and_rekey_over_verified_tls() {
 
     // keyvault rekey takes the same URL, TLS included (a dry run, while the node serves).
     let mut c = command(None);
-    c.env("KEYVAULT_STORE", url("ca.pem"));
+    c.env("KEYVAULT_STORE", url("ca.pem"))
+        .env("KEYVAULT_LOG", "info");
     let dry = run_with(
         c,
         &["rekey", "--data-dir", &data, "--dry-run", "-o", "json"],
@@ -143,6 +144,13 @@ async fn serve_and_rekey_over_verified_tls() {
     )
     .ok();
     assert_eq!(dry.json()["dry_run"], true, "{}", dry.stdout);
+    // Its start-up says what protects its connection, and (even at INFO) no notice from the migration's
+    // `CREATE TABLE IF NOT EXISTS` of a schema that exists.
+    assert!(
+        dry.stderr.contains("PostgreSQL connections") && !dry.stderr.contains("NOTICE"),
+        "{}",
+        dry.stderr
+    );
     drop(server);
 
     // Another CA: the node does not start, says why, and shows no password.

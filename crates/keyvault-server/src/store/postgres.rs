@@ -731,8 +731,11 @@ async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
     // Serialize migrations across nodes starting at once; released at commit or rollback.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
+    // `IF NOT EXISTS` on an existing table is a NOTICE, which tokio-postgres logs at INFO (every node start and
+    // every `keyvault rekey` would print one): this transaction reports warnings and errors only.
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS kv_schema_migrations (
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS kv_schema_migrations (
              version    INTEGER PRIMARY KEY,
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     )
