@@ -98,9 +98,24 @@ fn unavailable(message: impl Into<String>) -> Error {
 
 /// Parse `az account get-access-token --output json`; a failure is of `kind`.
 fn parse_cli_output(stdout: &[u8], kind: ErrorKind) -> Result<AccessToken> {
-    // The error of serde names a position, never the text (which may hold a token).
-    let t: CliToken = serde_json::from_slice(stdout)
-        .map_err(|e| error(kind, format!("cannot parse the output of az: {e}")))?;
+    // Only the kind of error and its position: serde's own message can quote the text (`invalid type:
+    // string "…"`), which may hold a token.
+    let t: CliToken = serde_json::from_slice(stdout).map_err(|e| {
+        error(
+            kind,
+            format!(
+                "cannot parse the output of az ({} at line {}, column {})",
+                match e.classify() {
+                    serde_json::error::Category::Io => "a read error",
+                    serde_json::error::Category::Syntax => "not JSON",
+                    serde_json::error::Category::Data => "not the expected fields",
+                    serde_json::error::Category::Eof => "cut short",
+                },
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
     let token = t
         .access_token
         .filter(|t| !t.is_empty())
@@ -239,6 +254,22 @@ mod tests {
         for kind in [ErrorKind::Credential, ErrorKind::CredentialUnavailable] {
             assert_eq!(parse_cli_output(b"nope", kind).unwrap_err().kind(), kind);
         }
+        // A field of the wrong type: serde would quote its value, which may be a token; the error does not.
+        for output in [
+            &br#"{"accessToken":{"x":1},"expiresOn":"eyJ0-CANARY"}"#[..],
+            br#""eyJ0-CANARY""#,
+            br#"{"accessToken":"eyJ0-CANARY","expires_on":"eyJ0-CANARY"}"#,
+        ] {
+            if let Err(e) = parse_cli_output(output, ErrorKind::Credential) {
+                assert!(!e.to_string().contains("CANARY"), "{e}");
+            }
+        }
+        let e = parse_cli_output(br#""eyJ0-CANARY""#, ErrorKind::Credential).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not the expected fields at line 1, column"),
+            "{e}"
+        );
     }
 
     /// azure-identity's rules: not installed or not logged in is unavailable; an Entra error, or any other

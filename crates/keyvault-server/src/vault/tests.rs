@@ -372,3 +372,50 @@ fn visible_from_jumps_between_ranges() {
         NameRange::Name("a0".into()).covers("A0") && !NameRange::Name("a0".into()).covers("a00")
     );
 }
+
+/// A backup holds at most `MAX_BACKUP_VERSIONS` versions (as Key Vault's): one more is refused with a 400 that
+/// says so, while the secret is untouched; at the limit the backup is made and restores every version.
+#[tokio::test]
+async fn a_backup_holds_at_most_the_version_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    for i in 0..rules::MAX_BACKUP_VERSIONS {
+        v.set(
+            "many",
+            SecretString::new(format!("v{i}")),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let blob = v.backup("many").await.unwrap();
+    v.set("many", SecretString::new("one more"), Default::default())
+        .await
+        .unwrap();
+    let err = v.backup("many").await.unwrap_err();
+    assert!(
+        matches!(&err, VaultError::BadParameter(m)
+            if m.contains(&format!("has {} versions", rules::MAX_BACKUP_VERSIONS + 1))
+                && m.contains(&format!("at most {}", rules::MAX_BACKUP_VERSIONS))),
+        "{err:?}"
+    );
+
+    // The blob made at the limit restores all of its versions under a fresh vault.
+    let other = tempfile::tempdir().unwrap();
+    let fresh = vault_in(other.path(), Arc::new(SystemClock), false);
+    fresh.restore(&blob).await.unwrap();
+    let mut count = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = fresh
+            .list_versions("many", after.as_deref(), 25)
+            .await
+            .unwrap();
+        count += page.items.len();
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(count, rules::MAX_BACKUP_VERSIONS);
+}
