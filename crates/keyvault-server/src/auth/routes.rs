@@ -1359,6 +1359,48 @@ mod tests {
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
 
+    /// Every refused assertion's description starts with the AADSTS code its `error_codes` carries (clients
+    /// such as MSAL read the number; people read the text), and names no more than the client id given.
+    #[test]
+    fn assertion_errors_carry_their_aadsts_code() {
+        use AssertionError as A;
+        let cert = crate::auth::assertion::CertificateInfo {
+            x5t_s256: "thumb".into(),
+            not_before: 0,
+            not_after: 1,
+        };
+        let all = [
+            (A::Malformed, None),
+            (A::CriticalHeader, None),
+            (A::BadSignature, Some(700027)),
+            (A::CertificateExpired(cert.clone()), Some(700027)),
+            (A::CertificateNotYetValid(cert), Some(700027)),
+            (A::WrongClient, Some(700021)),
+            (A::WrongAudience, Some(700023)),
+            (A::NotInValidTimeRange, Some(700024)),
+            (A::Replayed, Some(50027)),
+            (A::ReplayCacheFull, Some(90033)),
+            (A::NoFederatedIssuer, Some(700211)),
+            (A::NoFederatedAudience, Some(700212)),
+            (A::NoFederatedSubject, Some(700213)),
+            (A::FederatedSignature, Some(50013)),
+        ];
+        for (e, want) in all {
+            let shown = format!("{e:?}");
+            let err = assertion_error(e, "app-1");
+            assert_eq!(err.codes.len(), 1, "{shown}");
+            let code = err.codes[0];
+            assert!(
+                err.description.starts_with(&format!("AADSTS{code}: ")),
+                "{shown}: {}",
+                err.description
+            );
+            if let Some(want) = want {
+                assert_eq!(code, want, "{shown}");
+            }
+        }
+    }
+
     #[test]
     fn scope_to_audience() {
         let auds = vec![
