@@ -1126,3 +1126,47 @@ fn metrics_listener_from_the_flag_or_the_environment() {
     let (_server, _addr, metrics) = start_with_env(&dev_args(&dir.path().join("dev")), &[]);
     assert_eq!(metrics, None);
 }
+
+/// `serve` raises its soft limit on open files towards the hard one (to 5,120: its 4,096 connections and its
+/// files), so that a default soft limit of 1,024 does not make `accept` fail early. Started through
+/// `prlimit` with 1,024 soft and 8,192 hard.
+#[test]
+fn serve_raises_its_open_file_limit() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("prlimit (util-linux) is not installed: nothing to check");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reference = command(None);
+    let mut c = Command::new("prlimit");
+    c.arg("--nofile=1024:8192")
+        .arg("--")
+        .arg(BIN)
+        .args(["serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"));
+    for (k, v) in reference.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let (server, _, _) = spawn_server(c);
+    let open_files = || {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.0.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_string();
+        let mut fields = line["Max open files".len()..].split_whitespace();
+        (
+            fields.next().unwrap().to_string(),
+            fields.next().unwrap().to_string(),
+        )
+    };
+    let start = Instant::now();
+    while open_files().0 == "1024" && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(open_files(), ("5120".to_string(), "8192".to_string()));
+}
