@@ -419,3 +419,82 @@ async fn a_backup_holds_at_most_the_version_limit() {
     }
     assert_eq!(count, rules::MAX_BACKUP_VERSIONS);
 }
+
+/// A purge overwrites what it removes (SQLite's `secure_delete`): after a secret's versions are purged and the
+/// store is closed (its log checkpointed into the database file), the database file holds none of their sealed
+/// bytes, which it did hold before the purge; another secret's stay.
+#[tokio::test]
+async fn a_purge_leaves_no_sealed_bytes_in_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    let envelope = Arc::new(Envelope::new(Arc::new(StaticKeyProvider::from_bytes(
+        [7u8; 32],
+    ))));
+    let settings = || VaultSettings {
+        name: "v".into(),
+        retention_days: 7,
+        purge_protection: false,
+    };
+    let sealed_of = |page: &[crate::store::SealedValue], name: &str| -> Vec<Vec<u8>> {
+        page.iter()
+            .filter(|s| s.name_key == name)
+            .map(|s| s.sealed.clone())
+            .collect()
+    };
+    let file_holds = |needle: &[u8]| {
+        let bytes = std::fs::read(&path).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    };
+
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let v = Vault::new(
+        store.clone(),
+        envelope.clone(),
+        Arc::new(SystemClock),
+        settings(),
+    );
+    for i in 0..3 {
+        v.set(
+            "gone",
+            SecretString::new(format!("{i}-{}", "x".repeat(600))),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    v.set(
+        "kept",
+        SecretString::new("y".repeat(600)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let page = store.sealed_page(None, 100).await.unwrap();
+    let (gone, kept) = (sealed_of(&page, "gone"), sealed_of(&page, "kept"));
+    assert_eq!((gone.len(), kept.len()), (3, 1));
+    store.close().await;
+    drop(v);
+    assert!(gone.iter().all(|s| file_holds(s)), "written to the file");
+
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let v = Vault::new(store.clone(), envelope, Arc::new(SystemClock), settings());
+    v.delete("gone").await.unwrap();
+    v.purge("gone").await.unwrap();
+    store.close().await;
+    drop(v);
+    assert!(
+        !path.with_extension("db-wal").exists()
+            || std::fs::metadata(path.with_extension("db-wal"))
+                .unwrap()
+                .len()
+                == 0,
+        "the log was checkpointed and removed at close"
+    );
+    for s in &gone {
+        assert!(
+            !file_holds(s),
+            "a purged version's sealed bytes remain in the file"
+        );
+    }
+    assert!(file_holds(&kept[0]), "another secret's stay");
+}
