@@ -249,8 +249,10 @@ async fn run_offline(
     Ok(report)
 }
 
-/// How often `--online` asks the server how its rekey is going.
-const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often `--online` asks the server how its rekey is going: soon at first (a small store is done in
+/// moments), then every 2 s at most (each ask is a request the server audits).
+const FIRST_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The rekey run by the server (`POST /admin/rekey`), followed until it finishes (`GET /admin/rekey`).
 async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
@@ -271,6 +273,7 @@ async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
         );
     }
     let mut shown: Option<(u64, u64)> = None;
+    let mut poll = FIRST_POLL;
     let gone = || {
         CliError::new(
             code::OTHER,
@@ -304,7 +307,10 @@ async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
             shown = Some(seen);
         }
         match view.status {
-            RekeyStatus::Running => tokio::time::sleep(POLL_INTERVAL).await,
+            RekeyStatus::Running => {
+                tokio::time::sleep(poll).await;
+                poll = (poll * 2).min(MAX_POLL);
+            }
             RekeyStatus::Failed => {
                 return Err(CliError::new(
                     code::OTHER,
