@@ -636,6 +636,33 @@ fn rekey_online_re_seals_while_the_server_serves() {
         "{}",
         done.stderr
     );
+    // The audit log has the job's start, with its settings, and its end, with the retired key id.
+    let audit = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    let line_of = |op: &str| -> serde_json::Value {
+        let line = audit
+            .lines()
+            .rfind(|l| l.contains(&format!("\"operation\":\"{op}\"")))
+            .unwrap_or_else(|| panic!("no {op} line in {audit}"));
+        serde_json::from_str(line).unwrap()
+    };
+    let started = line_of("RekeyStart");
+    let finished = line_of("RekeyFinished");
+    assert!(
+        started["target"]
+            .as_str()
+            .is_some_and(|t| t.contains("dryRun=false batchSize=2")),
+        "{started}"
+    );
+    assert_eq!(finished["requestId"], started["requestId"]);
+    assert_eq!(finished["principal"], started["principal"]);
+    assert!(
+        finished["target"]
+            .as_str()
+            .is_some_and(|t| t.contains("dryRun=false status=succeeded")
+                && t.ends_with(&format!("retired={id_a}"))),
+        "{finished}"
+    );
+
     // The server keeps serving, and the last job's report stays readable.
     assert_eq!(
         kv(&data, &["secret", "show", "db", "-o", "value"])

@@ -265,11 +265,37 @@ pub(super) async fn handle(
                 dry_run: p.dry_run,
             };
             let vault = state.vault.clone();
+            // The job's end changes what the store holds (and, when it completes, retires keys): it gets an
+            // audit line of its own, under the starting request's id and principal.
+            let audit = state.audit.clone();
+            let (request_id, principal) = (rec.request_id.clone(), rec.principal.clone());
+            let finished = move |view: &crate::rekey::job::RekeyJobView| {
+                let Some(audit) = audit else { return };
+                let mut line = AuditRecord::new(request_id);
+                line.principal = principal;
+                line.operation = Some("RekeyFinished");
+                line.outcome = crate::audit::Outcome::Allowed;
+                line.status = 200;
+                let retired = view
+                    .report
+                    .as_ref()
+                    .map(|r| r.retired.join(","))
+                    .unwrap_or_default();
+                line.target = Some(format!(
+                    "job={} dryRun={} status={} retired={}",
+                    view.id,
+                    view.dry_run,
+                    view.status.as_str(),
+                    if retired.is_empty() { "none" } else { &retired }
+                ));
+                audit.record_written(line);
+            };
             let started = state.rekey.start(
                 vault.store().clone(),
                 vault.envelope().clone(),
                 options,
                 move || vault.now(),
+                finished,
             );
             match started {
                 Ok(view) => {

@@ -31,6 +31,18 @@ pub enum RekeyStatus {
     Failed,
 }
 
+impl RekeyStatus {
+    /// The name the admin API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RekeyStatus::Running => "running",
+            RekeyStatus::Succeeded => "succeeded",
+            RekeyStatus::Incomplete => "incomplete",
+            RekeyStatus::Failed => "failed",
+        }
+    }
+}
+
 /// A node's rekey job, as the admin API shows it. `report` is the document `keyvault rekey -o json` prints.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,13 +87,15 @@ impl RekeyJobs {
     }
 
     /// Starts a rekey of `store` under `envelope`'s current key in a background task, unless one is
-    /// running. `now` gives unix seconds (the vault's clock).
+    /// running. `now` gives unix seconds (the vault's clock); `finished` is called once with the job's final
+    /// view (to audit it).
     pub fn start(
         &self,
         store: Arc<dyn SecretStore>,
         envelope: Arc<Envelope>,
         options: RekeyOptions,
         now: impl Fn() -> i64 + Send + Sync + 'static,
+        finished: impl FnOnce(&RekeyJobView) + Send + 'static,
     ) -> Result<RekeyJobView, AlreadyRunning> {
         let view = {
             let mut last = lock(&self.last);
@@ -165,6 +179,10 @@ impl RekeyJobs {
                         v.error = Some(e);
                     }
                 }
+            }
+            let last = lock(&shared).clone().filter(|v| v.id == id);
+            if let Some(view) = last {
+                finished(&view);
             }
         });
         Ok(view)

@@ -428,6 +428,7 @@ async fn a_node_runs_one_rekey_job_at_a_time() {
                 dry_run,
             },
             || 1_700_000_000,
+            |_| {},
         )
     };
     // This runtime runs one task at a time: the job cannot have finished before the second start.
