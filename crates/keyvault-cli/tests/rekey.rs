@@ -96,12 +96,34 @@ fn file_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
 }
 
+/// A rotation's paths under `dir`: the data directory, key A (made there by the first `serve`) and key B
+/// (made by `kek new`, outside it).
+fn rotation_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = dir.join("data");
+    let key_a = data.join("kek.key");
+    (data, key_a, dir.join("kek-b.key"))
+}
+
+/// `DIR/rotate.toml`: the data directory, key B current and key A previous.
+fn rotation_config(dir: &Path, data: &Path, key_a: &Path, key_b: &Path) -> PathBuf {
+    let config = dir.join("rotate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nkek_file = {:?}\nprevious_kek_files = [{:?}]\n",
+            data.display().to_string(),
+            key_b.display().to_string(),
+            key_a.display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn rotating_the_key_encryption_key_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let key_a = data.join("kek.key");
-    let key_b = dir.path().join("kek-b.key");
+    let (data, key_a, key_b) = rotation_paths(dir.path());
 
     // Key A (made at the first start): three versions, a deleted secret, a backup.
     let server = serve(&data, &[]);
@@ -146,17 +168,7 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     assert!(made.stdout.contains(&id_b), "{}", made.stdout);
     let again = tool(&["kek", "new", key_b.to_str().unwrap()]).code(4);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
-    let config = dir.path().join("rotate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nkek_file = {:?}\nprevious_kek_files = [{:?}]\n",
-            data.display().to_string(),
-            key_b.display().to_string(),
-            key_a.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = rotation_config(dir.path(), &data, &key_a, &key_b);
     let config = config.to_str().unwrap();
 
     // The server holds the database: rekey refuses, and changes nothing.
@@ -316,13 +328,11 @@ fn rotating_the_key_encryption_key_on_sqlite() {
 #[test]
 fn an_interrupted_rekey_refuses_a_server_without_its_target() {
     use keyvault_server::crypto::{Envelope, FileKeyProvider, KeyRing};
-    use keyvault_server::store::{SealedChange, SecretStore, sqlite::SqliteStore};
+    use keyvault_server::store::{SecretStore, sqlite::SqliteStore};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let key_a = data.join("kek.key");
-    let key_b = dir.path().join("kek-b.key");
+    let (data, key_a, key_b) = rotation_paths(dir.path());
     let server = serve(&data, &[]);
     for i in 0..3 {
         kv(
@@ -352,13 +362,7 @@ fn an_interrupted_rekey_refuses_a_server_without_its_target() {
         let new = rotated
             .reseal(&first.vault, &first.name_key, &first.version, &first.sealed)
             .unwrap();
-        let change = SealedChange {
-            vault: first.vault,
-            name_key: first.name_key,
-            version: first.version,
-            old: first.sealed,
-            new,
-        };
+        let change = first.replace_with(new);
         assert_eq!(store.replace_sealed(vec![change]).await.unwrap(), 1);
     });
 
@@ -475,9 +479,7 @@ fn key_bytes(path: &Path) -> Vec<u8> {
 #[test]
 fn an_old_backup_restores_while_its_key_is_a_previous_key() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let key_a: PathBuf = data.join("kek.key");
-    let key_b = dir.path().join("kek-b.key");
+    let (data, key_a, key_b) = rotation_paths(dir.path());
     let server = serve(&data, &[]);
     kv(&data, &["secret", "set", "s", "--value", "v"]).ok();
     let blob = dir.path().join("s.kvbackup");
@@ -580,9 +582,7 @@ fn an_old_backup_restores_while_its_key_is_a_previous_key() {
 #[test]
 fn rekey_online_re_seals_while_the_server_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let key_a = data.join("kek.key");
-    let key_b = dir.path().join("kek-b.key");
+    let (data, key_a, key_b) = rotation_paths(dir.path());
 
     let server = serve(&data, &[]);
     for i in 0..3 {
@@ -598,16 +598,7 @@ fn rekey_online_re_seals_while_the_server_serves() {
 
     tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
     let (id_a, id_b) = (key_id(&key_a), key_id(&key_b));
-    let config = dir.path().join("rotate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kek_file = {:?}\nprevious_kek_files = [{:?}]\n",
-            key_b.display().to_string(),
-            key_a.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = rotation_config(dir.path(), &data, &key_a, &key_b);
     let server = serve(&data, &["--config", config.to_str().unwrap()]);
 
     // A dry run through the server: the counts, nothing changed.

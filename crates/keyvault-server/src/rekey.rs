@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Envelope, sealed_kek_id};
-use crate::store::{SealedChange, SealedKey, SecretStore};
+use crate::store::{SealedKey, SecretStore};
 
 /// Versions read (and re-sealed) per page, unless told otherwise.
 pub const DEFAULT_BATCH: usize = 256;
@@ -185,13 +185,7 @@ async fn pass(
                     if dry_run {
                         report.resealed += 1;
                     } else {
-                        changes.push(SealedChange {
-                            vault: value.vault,
-                            name_key: value.name_key,
-                            version: value.version,
-                            old: value.sealed,
-                            new,
-                        });
+                        changes.push(value.replace_with(new));
                     }
                 }
                 Err(e) => {

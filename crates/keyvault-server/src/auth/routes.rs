@@ -1208,45 +1208,36 @@ mod tests {
             use base64::engine::general_purpose::URL_SAFE_NO_PAD;
             URL_SAFE_NO_PAD.encode(v.to_string())
         };
-        let unsigned = format!(
-            "{}.{}.c2ln",
-            b64(json!({"alg": "RS256", "typ": "JWT", "x5t#S256": "abc"})),
-            b64(
-                json!({"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": "x", "exp": NOW + 60, "jti": "1"})
-            )
-        );
-        let (status, _, body) = send(
-            &state,
-            post_form(
-                &token_path(),
-                format!(
-                    "client_id={CLIENT_ID}&client_assertion_type={jwt_bearer}&client_assertion={unsigned}\
-                     &grant_type=client_credentials&scope={scope}"
+        // An assertion with this header, unsigned claims of the client and a made-up signature.
+        let send_assertion = async |header: Value| {
+            let assertion = format!(
+                "{}.{}.c2ln",
+                b64(header),
+                b64(
+                    json!({"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": "x", "exp": NOW + 60, "jti": "1"})
+                )
+            );
+            let (status, _, body) = send(
+                &state,
+                post_form(
+                    &token_path(),
+                    format!(
+                        "client_id={CLIENT_ID}&client_assertion_type={jwt_bearer}&client_assertion={assertion}\
+                         &grant_type=client_credentials&scope={scope}"
+                    ),
                 ),
-            ),
-        )
-        .await;
+            )
+            .await;
+            (status, body)
+        };
+        let (status, body) =
+            send_assertion(json!({"alg": "RS256", "typ": "JWT", "x5t#S256": "abc"})).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
         assert_eq!(code(&body), Some(700027));
         // A `crit` header member: refused as a malformed assertion (whoever it claims to come from).
-        let critical = format!(
-            "{}.{}.c2ln",
-            b64(json!({"alg": "RS256", "typ": "JWT", "x5t#S256": "abc", "crit": []})),
-            b64(
-                json!({"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": "x", "exp": NOW + 60, "jti": "1"})
-            )
-        );
-        let (status, _, body) = send(
-            &state,
-            post_form(
-                &token_path(),
-                format!(
-                    "client_id={CLIENT_ID}&client_assertion_type={jwt_bearer}&client_assertion={critical}\
-                     &grant_type=client_credentials&scope={scope}"
-                ),
-            ),
-        )
-        .await;
+        let (status, body) =
+            send_assertion(json!({"alg": "RS256", "typ": "JWT", "x5t#S256": "abc", "crit": []}))
+                .await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
         assert_eq!(code(&body), Some(50027));
         let description = body["error_description"].as_str().unwrap();

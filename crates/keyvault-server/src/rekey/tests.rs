@@ -1,7 +1,7 @@
 use super::*;
 use crate::crypto::{Kek, KeyRing};
+use crate::store::SecretStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{SealedChange, SecretStore};
 use crate::vault::{SystemClock, Vault, VaultSettings};
 use keyvault_types::SecretString;
 use std::sync::Arc;
@@ -347,13 +347,7 @@ async fn an_interrupted_rekey_refuses_servers_without_its_target() {
     let new = rotated
         .reseal(&first.vault, &first.name_key, &first.version, &first.sealed)
         .unwrap();
-    let change = SealedChange {
-        vault: first.vault,
-        name_key: first.name_key,
-        version: first.version,
-        old: first.sealed,
-        new,
-    };
+    let change = first.replace_with(new);
     assert_eq!(store.replace_sealed(vec![change]).await.unwrap(), 1);
 
     let err = crate::store::check_key(store.as_ref(), &old)

@@ -266,6 +266,19 @@ impl fmt::Debug for SealedValue {
     }
 }
 
+impl SealedValue {
+    /// The compare-and-swap change of this version from what it holds now to `new`.
+    pub fn replace_with(self, new: Vec<u8>) -> SealedChange {
+        SealedChange {
+            vault: self.vault,
+            name_key: self.name_key,
+            version: self.version,
+            old: self.sealed,
+            new,
+        }
+    }
+}
+
 /// Where a stored version is: the keyset position of [`SecretStore::sealed_page`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SealedKey {

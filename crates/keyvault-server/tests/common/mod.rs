@@ -183,3 +183,20 @@ pub async fn serve_https(
     });
     (base, material.ca_pem_path.unwrap(), task)
 }
+
+/// Asks `status` every 250 ms until it answers `want`, for at most about 10 s: the last answer (for an
+/// outcome that follows a background retry or refresh).
+pub async fn status_within_10s(
+    want: StatusCode,
+    mut status: impl AsyncFnMut() -> StatusCode,
+) -> StatusCode {
+    let mut last = status().await;
+    for _ in 0..40 {
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        last = status().await;
+    }
+    last
+}
