@@ -271,41 +271,68 @@ async fn bad_tokens_get_401_with_the_challenge() {
             "{what} must be refused"
         );
     }
-    // A well-signed token for another resource gets Key Vault's text naming both audiences; others the generic one.
-    let other_resource = s.token(json!({"aud": "https://management.azure.com/"}));
-    let resp = s
-        .http
-        .get(format!("{}/secrets?api-version=7.6", s.lv.vault_url()))
-        .header("authorization", format!("Bearer {other_resource}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = resp.json().await.unwrap();
+    // Refusals in Key Vault's words where it has some: a well-signed token for another resource names both
+    // audiences (AKV10022); a token of another issuer names both issuers (AKV10032); an unknown key shows
+    // the token's encoded header back (AKV10046); an expired token gets the [TokenExpired] text; every other
+    // reason the generic AKV10000 text.
+    let message = |token: String| {
+        let (http, url) = (
+            &s.http,
+            format!("{}/secrets?api-version=7.6", s.lv.vault_url()),
+        );
+        async move {
+            let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "Unauthorized", "{body}");
+            body["error"]["message"].as_str().unwrap().to_string()
+        }
+    };
     assert_eq!(
-        body["error"]["message"],
+        message(s.token(json!({"aud": "https://management.azure.com/"}))).await,
         format!(
             "AKV10022: Invalid audience. Expected {aud}, found: https://management.azure.com/."
         )
     );
-    let resp = s
-        .http
-        .get(format!("{}/secrets?api-version=7.6", s.lv.vault_url()))
-        .header(
-            "authorization",
+    let foreign_header = json!({"alg": "ES256", "kid": "other-idp-key"});
+    for foreign in [
+        s.token(json!({"iss": "https://sts.windows.net/other-tenant/"})),
+        s.sign_es256(
+            &foreign_header,
+            &s.claims(json!({"iss": "https://sts.windows.net/other-tenant/"})),
+        ),
+    ] {
+        assert_eq!(
+            message(foreign).await,
             format!(
-                "Bearer {}",
-                s.token(json!({"exp": now - 120, "iat": now - 4000, "nbf": now - 4000}))
-            ),
-        )
-        .send()
-        .await
-        .unwrap();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        body["error"]["message"],
-        "AKV10000: Request is missing a Bearer or PoP token."
+                "AKV10032: Invalid issuer. Expected one of {iss}, found https://sts.windows.net/other-tenant/."
+            )
+        );
+    }
+    let unknown_key = s.sign_es256(
+        &json!({"alg": "ES256", "kid": "not-a-key"}),
+        &s.claims(json!({})),
     );
+    let header = unknown_key.split('.').next().unwrap().to_string();
+    assert_eq!(
+        message(unknown_key).await,
+        format!(
+            "AKV10046: Unable to resolve the key used for signature validation. EncodedJwtHeader: '{header}'."
+        )
+    );
+    assert_eq!(
+        message(s.token(json!({"exp": now - 120, "iat": now - 4000, "nbf": now - 4000}))).await,
+        "[TokenExpired] Error validating token: 'S2S12086'."
+    );
+    for generic in [s.token(json!({"nbf": now + 4000})), "a.b.c".to_string(), {
+        let t = s.token(json!({}));
+        format!("{}x", t)
+    }] {
+        assert_eq!(
+            message(generic).await,
+            "AKV10000: Request is missing a Bearer or PoP token."
+        );
+    }
     // A token too big for the server's header limit is refused before it reaches the verifier.
     let status = s.status(&"a".repeat(20_000)).await;
     assert!(

@@ -220,10 +220,23 @@ async fn set_get_and_versions() {
         )
         .await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "SecretNotFound");
+    // Key Vault's 404 for a version names name/version.
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "A secret with (name/id) db-pass/00000000000000000000000000000000 was not found in this key vault."
+        ),
+        "{message}"
+    );
     let (s, b) = v
         .call(Method::GET, "/secrets/db-pass/not-a-version", None)
         .await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "SecretNotFound");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("A secret with (name/id) db-pass/not-a-version was not found"),
+        "{message}"
+    );
     let (s, b) = v.call(Method::GET, "/secrets/missing", None).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "SecretNotFound");
     assert!(
@@ -426,6 +439,120 @@ async fn bad_input_gets_key_vault_errors() {
         .call(Method::POST, "/secrets/restore", Some(json!({"value": 7})))
         .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "BadParameter");
+}
+
+/// Key Vault is an ASP.NET service: body property names and query parameter names match in any case (a
+/// .NET client writing PascalCase is not silently ignored), and a UTF-8 byte-order mark before the JSON is
+/// skipped. A property given twice (in any cases) is refused rather than one of them dropped.
+#[tokio::test]
+async fn names_in_any_case_and_a_byte_order_mark_are_read_as_key_vault_reads_them() {
+    let v = Vault::start().await;
+    let b = v
+        .set(
+            "pascal",
+            json!({"Value": "x", "ContentType": "text/plain", "Tags": {"Env": "dev"},
+                   "Attributes": {"Enabled": false, "EXP": 2000000000}}),
+        )
+        .await;
+    assert_eq!(b["contentType"], "text/plain", "{b}");
+    assert_eq!(b["tags"], json!({"Env": "dev"}), "{b}");
+    assert_eq!(b["attributes"]["enabled"], false, "{b}");
+    assert_eq!(b["attributes"]["exp"], 2000000000, "{b}");
+    let (s, b) = v
+        .call(
+            Method::PATCH,
+            "/secrets/pascal",
+            Some(json!({"ATTRIBUTES": {"enabled": true}, "contenttype": "t2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (&b["attributes"]["enabled"], &b["contentType"]),
+        (&json!(true), &json!("t2"))
+    );
+    for twice in [
+        r#"{"value":"a","Value":"b"}"#,
+        r#"{"value":"a","attributes":{"enabled":true,"ENABLED":false}}"#,
+    ] {
+        let resp = v
+            .http
+            .put(v.url("/secrets/twice"))
+            .bearer_auth(&v.token)
+            .header("content-type", "application/json")
+            .body(twice)
+            .send()
+            .await
+            .unwrap();
+        let s = resp.status();
+        let b: Value = resp.json().await.unwrap();
+        assert_error(s, &b, StatusCode::BAD_REQUEST, "BadParameter");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("has a property more than once"),
+            "{b}"
+        );
+    }
+    let (s, _) = v.call(Method::GET, "/secrets/twice", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a refused body sets nothing");
+    // A byte-order mark before the JSON.
+    let resp = v
+        .http
+        .put(v.url("/secrets/bom"))
+        .bearer_auth(&v.token)
+        .header("content-type", "application/json; charset=utf-8")
+        .body([&b"\xEF\xBB\xBF"[..], br#"{"value":"with a BOM"}"#].concat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (_, b) = v.call(Method::GET, "/secrets/bom", None).await;
+    assert_eq!(b["value"], "with a BOM");
+    // Query names: `API-Version`, `MaxResults`, `$SkipToken` (a client spelling it so gets the next page, not
+    // the first one again).
+    for name in ["a1", "a2", "a3"] {
+        v.set(name, json!({"value": "x"})).await;
+    }
+    let base = v.lv.vault_url();
+    let (s, first) = v
+        .raw(
+            Method::GET,
+            &format!("{base}/secrets?API-Version={API}&MaxResults=2"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    assert_eq!(first["value"].as_array().unwrap().len(), 2, "{first}");
+    let link = first["nextLink"].as_str().unwrap();
+    let token = link
+        .split("$skiptoken=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let (s, second) = v
+        .raw(
+            Method::GET,
+            &format!("{base}/secrets?api-version={API}&maxresults=2&$SkipToken={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    let ids = |page: &Value| -> Vec<String> {
+        page["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (first, second) = (ids(&first), ids(&second));
+    assert!(
+        !second.is_empty() && second.iter().all(|id| !first.contains(id)),
+        "{first:?} {second:?}"
+    );
 }
 
 #[tokio::test]
@@ -802,6 +929,13 @@ async fn purge_protection_and_custom_retention() {
             .unwrap()
             .contains("purge protection is enabled")
     );
+    // Key Vault's text ends with the vault's name (not its URL), like the RBAC 403's.
+    let message = b["error"]["message"].as_str().unwrap();
+    let name = v.lv.vault().settings().name.clone();
+    assert!(
+        message.ends_with(&format!("\r\nVault: {name};location=local")),
+        "{message}"
+    );
     let (s, _) = v.call(Method::GET, "/deletedsecrets/p", None).await;
     assert_eq!(s, StatusCode::OK, "still there after the refused purge");
     // Older api-versions carry no recoverableDays.
@@ -879,6 +1013,14 @@ async fn backup_and_restore() {
         )
         .await;
     assert_error(s, &b, StatusCode::CONFLICT, "Conflict");
+    // Key Vault's text (recorded by the JS SDK's tests), naming the backed-up version.
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("There was a conflict restoring the secret '")
+            && message.to_lowercase().contains("/secrets/bk/")
+            && message.ends_with("perform operations against a secret in a sequential manner."),
+        "{message}"
+    );
     v.call(Method::DELETE, "/secrets/bk", None).await;
     let (s, b) = v
         .call(

@@ -215,7 +215,7 @@ async fn purge_protection_cannot_be_turned_off() {
     let server = start(config(&data, None, true)).await.unwrap();
     assert!(matches!(
         server.vault().purge("guarded").await,
-        Err(VaultError::PurgeProtected)
+        Err(VaultError::PurgeProtected { .. })
     ));
     assert!(server.vault().get_deleted("guarded").await.is_ok());
 }

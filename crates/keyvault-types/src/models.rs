@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod request_de;
+
 /// Tags: name → value.
 pub type Tags = BTreeMap<String, String>;
 
-/// `attributes` of a secret.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `attributes` of a secret. Read with property names in any case (see [`request_de`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretAttributes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,37 +136,8 @@ where
 pub type SecretListResult = ListResult<SecretItem>;
 pub type DeletedSecretListResult = ListResult<DeletedSecretItem>;
 
-/// An optional struct read from a JSON object (or `null`) only. serde's derive also reads a struct from an
-/// array of its fields in order, so `"attributes": [false]` would disable a secret; Key Vault refuses it.
-fn object_only<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct ObjectOnly<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
-        type Value = Option<T>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object or null")
-        }
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
-            d.deserialize_map(self)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
-        }
-    }
-    d.deserialize_option(ObjectOnly(std::marker::PhantomData))
-}
-
-/// Body of `PUT /secrets/{name}`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Body of `PUT /secrets/{name}`. Read with property names in any case (see [`request_de`]).
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretSetParameters {
     pub value: SecretString,
@@ -172,11 +145,7 @@ pub struct SecretSetParameters {
     pub tags: Option<Tags>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "object_only"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<SecretAttributes>,
 }
 
@@ -191,24 +160,22 @@ impl fmt::Debug for SecretSetParameters {
     }
 }
 
-/// Body of `PATCH /secrets/{name}/{version}`: only the fields present change.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Body of `PATCH /secrets/{name}/{version}`: only the fields present change. Read with property names in any
+/// case (see [`request_de`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretUpdateParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "object_only"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<SecretAttributes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Tags>,
 }
 
-/// Body of `POST /secrets/restore`: the backup blob, base64url without padding.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Body of `POST /secrets/restore`: the backup blob, base64url without padding. Read with property names in
+/// any case (see [`request_de`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SecretRestoreParameters {
     pub value: String,
 }

@@ -301,6 +301,11 @@ impl TokenVerifier {
         &self.inner.issuer
     }
 
+    /// Whether `iss` is this vault's own issuer or a trusted external one.
+    pub fn knows_issuer(&self, iss: &str) -> bool {
+        iss == self.inner.issuer || self.inner.external.iter().any(|e| e.issuer() == iss)
+    }
+
     /// The accepted audiences.
     pub fn audiences(&self) -> &[String] {
         &self.inner.audiences

@@ -138,17 +138,19 @@ impl ApiError {
                 format!(
                     "There was a conflict restoring the secret '{vault_url}/secrets/{name}/{version}'. This can \
                      happen if either: a second secret with the same name was created after the first secret was \
-                     deleted; or the secret is still in a deleted state and has not been purged. Purge the deleted \
-                     secret or choose another vault, then try again."
+                     deleted; thus trying to restore a secret whose name is already in use. To fix this, rename the \
+                     second secret to something else so that the restore works. The second probable cause of this \
+                     exception is when multiple operations are performed in parallel against the secret. To avoid \
+                     this error, perform operations against a secret in a sequential manner."
                 ),
             ),
-            VaultError::PurgeProtected => ApiError::new(
+            VaultError::PurgeProtected { vault } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 format!(
                     "Operation \"purge\" is not allowed because purge protection is enabled for this vault. Key \
                      Vault service will automatically purge it after the retention period has passed.\r\nVault: \
-                     {vault_url};location=local"
+                     {vault};location=local"
                 ),
             ),
             // Key Vault's own code and text for a blob it cannot restore (the JS SDK's tests compare the text).

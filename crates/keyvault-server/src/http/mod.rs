@@ -334,50 +334,92 @@ fn unauthorized() -> ApiError {
     )
 }
 
-/// The 401 for a presented token that was refused. A token whose signature holds but whose audience is not
-/// this vault's gets Key Vault's own text for it (`AKV10022`, naming both), the usual mistake (a token asked
-/// for another resource's scope); every other reason gets the generic `AKV10000` text.
-fn refused(e: &crate::auth::AuthError, token: &[u8], challenge: &HeaderValue) -> ApiError {
-    match e {
-        crate::auth::AuthError::InvalidToken("wrong audience") => {}
-        // Key Vault has no such case (its identities live in Entra ID): say what happened, without an AKV code.
-        crate::auth::AuthError::InvalidToken(crate::auth::token::CLIENT_GONE) => {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "The access token was issued to a client that has since been deleted.",
-            );
-        }
+/// The 401 for a presented token that was refused, in Key Vault's words where it has some for the reason:
+/// - `AKV10032` for a token of another issuer (the usual mistake: a token from another tenant or token
+///   endpoint), naming the vault's own issuer and the token's (the client's own claim, shown back if short
+///   printable text; trusted external issuers are not listed to anonymous callers);
+/// - `AKV10022` for a token whose signature holds but whose audience is not this vault's (a token asked for
+///   another resource's scope), naming both;
+/// - `AKV10046` for a token signed by a key the issuer does not publish (its encoded header shown back);
+/// - Key Vault's `[TokenExpired]` text for an expired token;
+/// - the generic `AKV10000` text for every other reason (malformed, bad signature, wrong algorithm…).
+fn refused(
+    e: &crate::auth::AuthError,
+    token: &[u8],
+    verifier: &crate::auth::TokenVerifier,
+    challenge: &HeaderValue,
+) -> ApiError {
+    use crate::auth::AuthError::InvalidToken;
+    let reason = match e {
+        InvalidToken(reason) => *reason,
         _ => return unauthorized(),
+    };
+    let message = |text: String| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", text);
+    // Key Vault has no such case (its identities live in Entra ID): say what happened, without an AKV code.
+    if reason == crate::auth::token::CLIENT_GONE {
+        return message(
+            "The access token was issued to a client that has since been deleted.".into(),
+        );
     }
-    let expected = challenge
-        .to_str()
-        .ok()
-        .and_then(|c| c.split("resource=\"").nth(1))
-        .and_then(|r| r.split('"').next())
-        .unwrap_or_default();
-    let found = token_audience(token).unwrap_or_else(|| "none".to_string());
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized",
-        format!("AKV10022: Invalid audience. Expected {expected}, found: {found}."),
-    )
+    let issuer = token_claim(token, "iss");
+    let foreign = match &issuer {
+        Some(iss) => !verifier.knows_issuer(iss),
+        None => false,
+    };
+    if foreign || reason == "wrong issuer" {
+        return message(format!(
+            "AKV10032: Invalid issuer. Expected one of {}, found {}.",
+            verifier.issuer(),
+            issuer.as_deref().unwrap_or("none")
+        ));
+    }
+    match reason {
+        "wrong audience" => {
+            let expected = challenge
+                .to_str()
+                .ok()
+                .and_then(|c| c.split("resource=\"").nth(1))
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default();
+            let found = token_claim(token, "aud").unwrap_or_else(|| "none".to_string());
+            message(format!(
+                "AKV10022: Invalid audience. Expected {expected}, found: {found}."
+            ))
+        }
+        "unknown signing key" => {
+            let header = token.split(|&b| b == b'.').next().unwrap_or_default();
+            let shown = header.len() <= 1024
+                && header
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+            let header = if shown {
+                std::str::from_utf8(header).unwrap_or_default()
+            } else {
+                ""
+            };
+            message(format!(
+                "AKV10046: Unable to resolve the key used for signature validation. EncodedJwtHeader: '{header}'."
+            ))
+        }
+        "token expired" => message("[TokenExpired] Error validating token: 'S2S12086'.".into()),
+        _ => unauthorized(),
+    }
 }
 
-/// The `aud` claim of a token whose signature was checked (its first, if a list), if it is short printable
-/// text: it is the client's own claim, shown back to help it ask for the right scope.
-fn token_audience(token: &[u8]) -> Option<String> {
+/// A claim of a refused token (its first, if a list), if it is short printable text: the client's own claim,
+/// shown back to it to help it ask for the right token. Unverified: only ever used in the 401's text.
+fn token_claim(token: &[u8], claim: &str) -> Option<String> {
     use base64::Engine;
     let payload = token.split(|&b| b == b'.').nth(1)?;
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    let aud = match &claims["aud"] {
+    let value = match &claims[claim] {
         serde_json::Value::Array(list) => list.first()?.as_str()?,
         v => v.as_str()?,
     };
-    (aud.len() <= 200 && aud.bytes().all(|b| b.is_ascii_graphic())).then(|| aud.to_string())
+    (value.len() <= 200 && value.bytes().all(|b| b.is_ascii_graphic())).then(|| value.to_string())
 }
 
 /// The bearer token of a request, if it carries one, as bytes: `handle` checks that it is text only when it
@@ -453,12 +495,16 @@ struct Query<'a> {
 fn parse_query(query: Option<&str>) -> Query<'_> {
     let query = query.unwrap_or_default();
     let mut q = Query::default();
+    // Names match in any case, as Key Vault's (ASP.NET) query binding does: `API-Version`, `$SkipToken`.
     let mut take = |k: Cow<'_, str>, v| {
-        let slot = match k.as_ref() {
-            "api-version" => &mut q.api_version,
-            "maxresults" => &mut q.maxresults,
-            "$skiptoken" => &mut q.skiptoken,
-            _ => return,
+        let slot = if k.eq_ignore_ascii_case("api-version") {
+            &mut q.api_version
+        } else if k.eq_ignore_ascii_case("maxresults") {
+            &mut q.maxresults
+        } else if k.eq_ignore_ascii_case("$skiptoken") {
+            &mut q.skiptoken
+        } else {
+            return;
         };
         if slot.is_none() {
             *slot = Some(v);
@@ -631,8 +677,10 @@ fn wipe_frame(data: axum::body::Bytes) -> Option<bytes::BytesMut> {
 
 async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
     let bytes = read_body(body, limit).await?;
+    // A UTF-8 byte-order mark before the JSON is skipped, as Key Vault's .NET reader does.
+    let json = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+    match json.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(ApiError::bad_parameter("The request body is missing.")),
         // serde reads a struct from an array of its fields in order too: `["v"]` would set a secret.
         Some(b'{') => {}
@@ -642,7 +690,7 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
             ));
         }
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(json).map_err(|e| {
         // serde's own message can quote the input (which may hold a value): describe, never quote.
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
@@ -651,6 +699,9 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
             _ if e.to_string().starts_with("missing field `value`") => {
                 "lacks the required 'value' property"
             }
+            // The secrets API matches property names in any case (`keyvault_types::models`): `value` and
+            // `Value` are one property.
+            _ if e.to_string().starts_with("duplicate field") => "has a property more than once",
             _ => "has a property of the wrong type or shape",
         };
         ApiError::bad_parameter(format!(
@@ -752,7 +803,7 @@ async fn handle(
             Err(_) => Err(crate::auth::AuthError::InvalidToken("malformed token")),
         },
     };
-    let principal = verified.map_err(|e| refused(&e, token, &state.challenge))?;
+    let principal = verified.map_err(|e| refused(&e, token, &state.verifier, &state.challenge))?;
     let who: &str = &principal.id;
     rec.principal = Some(principal.id.clone());
 
@@ -912,9 +963,10 @@ async fn handle(
                 Some(version),
             )?;
             if !rules::is_valid_version(version) {
-                return Err(map(crate::vault::VaultError::NotFound {
-                    name: name.to_string(),
-                }));
+                return Err(map(crate::vault::VaultError::not_found(
+                    name,
+                    Some(&printable(version)),
+                )));
             }
             let secret = vault.get(name, Some(version)).await.map_err(map)?;
             Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
@@ -930,9 +982,10 @@ async fn handle(
                 Some(version),
             )?;
             if !rules::is_valid_version(version) {
-                return Err(map(crate::vault::VaultError::NotFound {
-                    name: name.to_string(),
-                }));
+                return Err(map(crate::vault::VaultError::not_found(
+                    name,
+                    Some(&printable(version)),
+                )));
             }
             update(vault, &ctx, name, Some(version), body)
                 .await
@@ -1179,6 +1232,22 @@ mod tests {
         assert_eq!(q.api_version.as_deref(), Some("7.4"));
         assert_eq!(q.maxresults.as_deref(), Some("3"));
         assert_eq!(q.skiptoken.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn query_names_match_in_any_case() {
+        for query in [
+            "API-Version=7.4&MaxResults=3&$SkipToken=abc",
+            "api%2DVERSION=7.4&MAXRESULTS=3&%24skipToken=abc",
+        ] {
+            let q = parse_query(Some(query));
+            assert_eq!(q.api_version.as_deref(), Some("7.4"), "{query}");
+            assert_eq!(q.maxresults.as_deref(), Some("3"), "{query}");
+            assert_eq!(q.skiptoken.as_deref(), Some("abc"), "{query}");
+        }
+        // The first of two spellings counts, as for one.
+        let q = parse_query(Some("Api-Version=7.5&api-version=7.6"));
+        assert_eq!(q.api_version.as_deref(), Some("7.5"));
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub enum VaultError {
     DeletedButRecoverable { name: String },
     #[error("restore conflict for {name}/{version}")]
     RestoreConflict { name: String, version: String },
+    /// Purge refused: purge protection is on for the vault (named for Key Vault's message).
     #[error("purge protection is on")]
-    PurgeProtected,
+    PurgeProtected { vault: String },
     /// A restore blob that does not open: not made by this vault's key, altered, or not a backup at all.
     #[error("malformed backup blob")]
     MalformedBackup,
@@ -59,6 +60,18 @@ pub enum VaultError {
 }
 
 pub type VaultResult<T> = Result<T, VaultError>;
+
+impl VaultError {
+    /// A secret, or one version of it, that does not exist: Key Vault's 404 names `name/version` for a
+    /// version.
+    pub fn not_found(name: &str, version: Option<&str>) -> Self {
+        let name = match version {
+            Some(version) => format!("{name}/{version}"),
+            None => name.to_string(),
+        };
+        VaultError::NotFound { name }
+    }
+}
 
 /// A failure to seal a value: a retired key is the node's configuration, not an internal error.
 pub(crate) fn seal_error(e: crate::crypto::CryptoError) -> VaultError {
@@ -240,13 +253,11 @@ impl Vault {
 
     async fn find(&self, name: &str, version: Option<&str>) -> VaultResult<VersionRow> {
         check_name(name)?;
-        let version = version.map(str::to_ascii_lowercase);
+        let lower = version.map(str::to_ascii_lowercase);
         self.store
-            .get_version(self.vault(), name, version.as_deref())
+            .get_version(self.vault(), name, lower.as_deref())
             .await?
-            .ok_or_else(|| VaultError::NotFound {
-                name: name.to_string(),
-            })
+            .ok_or_else(|| VaultError::not_found(name, version))
     }
 
     fn open(&self, row: &VersionRow) -> VaultResult<SecretString> {
@@ -284,14 +295,12 @@ impl Vault {
             exp: attrs.exp,
             updated: self.now(),
         };
-        let version = version.map(str::to_ascii_lowercase);
+        let lower = version.map(str::to_ascii_lowercase);
         let row = self
             .store
-            .update_version(self.vault(), name, version.as_deref(), patch)
+            .update_version(self.vault(), name, lower.as_deref(), patch)
             .await?
-            .ok_or_else(|| VaultError::NotFound {
-                name: name.to_string(),
-            })?;
+            .ok_or_else(|| VaultError::not_found(name, version))?;
         Ok(Secret { row, value: None })
     }
 
@@ -507,11 +516,15 @@ impl Vault {
             });
         }
         if self.purge_protection() {
-            return Err(VaultError::PurgeProtected);
+            return Err(VaultError::PurgeProtected {
+                vault: self.settings.name.clone(),
+            });
         }
         if crate::store::purge_protection_recorded(self.store.as_ref(), self.vault()).await? {
             self.note_purge_protection_recorded();
-            return Err(VaultError::PurgeProtected);
+            return Err(VaultError::PurgeProtected {
+                vault: self.settings.name.clone(),
+            });
         }
         if self.store.purge(self.vault(), name).await? {
             Ok(())

@@ -153,7 +153,7 @@ async fn errors_by_state() {
     ));
     assert!(matches!(
         v.purge("x").await,
-        Err(VaultError::PurgeProtected)
+        Err(VaultError::PurgeProtected { .. })
     ));
     assert!(matches!(
         v.purge("y").await,
@@ -317,7 +317,7 @@ async fn purge_protection_turned_on_elsewhere_stops_purges_here() {
         .unwrap();
     assert!(matches!(
         v.purge("after").await,
-        Err(VaultError::PurgeProtected)
+        Err(VaultError::PurgeProtected { .. })
     ));
     // The refused purge noted it: this node reports the level the vault now has.
     assert_eq!(
