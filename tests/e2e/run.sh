@@ -5,8 +5,9 @@
 #   E2E_SETUP_ONLY=1 tests/e2e/run.sh      # only install the pinned SDKs (and compile the Rust tests)
 #
 # Builds nothing but the Python venv (tests/e2e/.venv), the npm packages
-# (tests/e2e/js/node_modules) and the standalone Rust SDK test project tests/e2e/rust
-# (CARGO_TARGET_DIR=target/e2e-rust). The caller must have built the binary
+# (tests/e2e/js/node_modules) and the standalone Rust SDK test projects tests/e2e/rust
+# (CARGO_TARGET_DIR=target/e2e-rust) and tests/e2e/rust-beta (the same tests, the SDK's newest beta;
+# CARGO_TARGET_DIR=target/e2e-rust-beta). The caller must have built the binary
 # (default: target/debug/keyvault relative to the repository root).
 set -euo pipefail
 
@@ -49,12 +50,17 @@ fi
 RUST_DIR="$E2E_DIR/rust"
 RUST_CARGO=(env CARGO_TARGET_DIR="$REPO_ROOT/target/e2e-rust" cargo)
 RUST_ARGS=(--locked --manifest-path "$RUST_DIR/Cargo.toml")
+# The same tests against the SDK's newest beta (api-version 2026-03-01-preview): rust-beta/Cargo.toml.
+RUST_BETA_DIR="$E2E_DIR/rust-beta"
+RUST_BETA_CARGO=(env CARGO_TARGET_DIR="$REPO_ROOT/target/e2e-rust-beta" cargo)
+RUST_BETA_ARGS=(--locked --manifest-path "$RUST_BETA_DIR/Cargo.toml")
 
 # E2E_SETUP_ONLY=1: only prepare the venv and npm packages (Rust tests that drive the Python SDK use the venv)
 # and compile the Rust SDK tests (no server is started).
 if [[ "${E2E_SETUP_ONLY:-}" == 1 ]]; then
   echo "e2e: cargo build --tests ($RUST_DIR)" >&2
   "${RUST_CARGO[@]}" build --tests "${RUST_ARGS[@]}"
+  "${RUST_BETA_CARGO[@]}" build --tests "${RUST_BETA_ARGS[@]}"
   echo "e2e: setup done ($VENV, $JS_DIR/node_modules, Rust SDK tests built)" >&2
   exit 0
 fi
@@ -80,6 +86,13 @@ echo "e2e: node --test" >&2
 echo "e2e: cargo test (official Rust SDK, $RUST_DIR)" >&2
 if "${RUST_CARGO[@]}" build --tests "${RUST_ARGS[@]}"; then
   with_timeout 300 "${RUST_CARGO[@]}" test "${RUST_ARGS[@]}" || status=1
+else
+  status=1
+fi
+
+echo "e2e: cargo test (official Rust SDK's newest beta, $RUST_BETA_DIR)" >&2
+if "${RUST_BETA_CARGO[@]}" build --tests "${RUST_BETA_ARGS[@]}"; then
+  with_timeout 300 "${RUST_BETA_CARGO[@]}" test "${RUST_BETA_ARGS[@]}" || status=1
 else
   status=1
 fi
