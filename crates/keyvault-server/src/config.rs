@@ -605,6 +605,44 @@ impl Default for Config {
     }
 }
 
+/// `invalid configuration: line L, column C: reason`, with any double-quoted text in the reason (serde quotes
+/// a string value of the wrong type: `invalid type: string "…", expected u32`) hidden.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let mut reason = String::with_capacity(e.message().len());
+    let mut quoted = false;
+    for c in e.message().trim().chars() {
+        if c == '"' {
+            if !quoted {
+                reason.push_str("\"…");
+            } else {
+                reason.push('"');
+            }
+            quoted = !quoted;
+        } else if c == '\n' {
+            // toml's reasons can span lines ("invalid string\nexpected …"): one line.
+            reason.push_str("; ");
+        } else if !quoted {
+            reason.push(c);
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
+            format!("invalid configuration: line {line}, column {column}: {reason}")
+        }
+        None => format!("invalid configuration: {reason}"),
+    }
+}
+
 /// A configuration that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -612,8 +650,11 @@ pub struct ConfigError(pub String);
 
 impl Config {
     /// Parse a TOML configuration file's text.
+    /// A parse error names the place (line, column) and the reason, never the text there: the file can hold
+    /// a store URL's password or a client secret (toml's own rendering quotes the line; serde's type errors
+    /// quote the value).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))
+        toml::from_str(text).map_err(|e| ConfigError(describe_toml_error(&e, text)))
     }
 
     /// The storage backend selected by `store`.
@@ -1523,5 +1564,27 @@ mod tests {
         use crate::auth::policy::Operation;
         assert!(p.authorize("reader", Operation::SecretList, None).is_ok());
         assert!(p.authorize("reader", Operation::VaultAdmin, None).is_err());
+    }
+    #[test]
+    fn parse_errors_name_the_place_not_the_text() {
+        for (text, want) in [
+            (
+                "retention_days = 7\nstore = \"postgres://kv:Sup3rSecretPw@db:5432/kv\n",
+                "invalid configuration: line 2, column ",
+            ),
+            (
+                "retention_days = \"Sup3rSecretPw\"\n",
+                "invalid configuration: line 1, column 18: invalid type: string \"…\", expected u32",
+            ),
+            (
+                "[[clients]]\nclient_id = 'a'\nsecret_hash = Sup3rSecretPw\n",
+                "line 3, column ",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.starts_with(want) || e.contains(want), "{e}");
+            assert!(!e.contains("Sup3rSecretPw"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
     }
 }
