@@ -37,7 +37,20 @@ impl Ca {
 
     /// A server certificate for `localhost` with `key`: (PEM, DER).
     fn leaf(&self, key: &KeyPair) -> (String, Vec<u8>) {
-        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        self.leaf_valid(key, None)
+    }
+
+    /// [`Ca::leaf`], valid from the first to the second date when given (`(y, m, d)` each).
+    fn leaf_valid(
+        &self,
+        key: &KeyPair,
+        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+    ) -> (String, Vec<u8>) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        if let Some(((y1, m1, d1), (y2, m2, d2))) = validity {
+            params.not_before = rcgen::date_time_ymd(y1, m1, d1);
+            params.not_after = rcgen::date_time_ymd(y2, m2, d2);
+        }
         let cert = params.signed_by(key, &self.cert, &self.key).unwrap();
         (cert.pem(), cert.der().to_vec())
     }
@@ -234,6 +247,58 @@ async fn a_refused_reload_keeps_the_old_certificate_on_the_wire() {
         presented(&connect(server.addr, &ca2.pem()).await.unwrap()),
         der_b
     );
+    server.stop().await;
+}
+
+/// A new pair outside its validity period (expired, or not valid yet) would put every client offline: while
+/// the certificate served is valid, it is refused and the old one stays on the wire. Over an expired one, an
+/// expired replacement is taken (nothing to lose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_outside_its_validity_does_not_replace_a_valid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let ca = Ca::new("CA");
+    let key_a = KeyPair::generate().unwrap();
+    let (pem_a, der_a) = ca.leaf(&key_a);
+    replace(&cert, &pem_a);
+    replace(&key, &key_a.serialize_pem());
+    let server = start(&dir.path().join("data"), cert.clone(), key.clone(), 0).await;
+
+    let key_b = KeyPair::generate().unwrap();
+    for (validity, want) in [
+        (
+            ((2001, 1, 1), (2002, 1, 1)),
+            "the certificate expired at 2002-01-01T00:00:00Z",
+        ),
+        (
+            ((2090, 1, 1), (2091, 1, 1)),
+            "the certificate is not valid before 2090-01-01T00:00:00Z",
+        ),
+    ] {
+        let (pem_b, _) = ca.leaf_valid(&key_b, Some(validity));
+        replace(&cert, &pem_b);
+        replace(&key, &key_b.serialize_pem());
+        let e = server.certificate.reload().unwrap_err().to_string();
+        assert!(e.contains("tls.crt") && e.contains(want), "{e}");
+        let mut tls = connect(server.addr, &ca.pem()).await.unwrap();
+        assert_eq!(presented(&tls), der_a);
+        assert_eq!(healthz(&mut tls, server.addr).await, 200);
+    }
+    server.stop().await;
+
+    // Serving an expired certificate already: an expired replacement is no worse, and is taken.
+    let (pem_old, _) = ca.leaf_valid(&key_a, Some(((2001, 1, 1), (2002, 1, 1))));
+    replace(&cert, &pem_old);
+    replace(&key, &key_a.serialize_pem());
+    let server = start(&dir.path().join("data2"), cert.clone(), key.clone(), 0).await;
+    let (pem_b, der_b) = ca.leaf_valid(&key_b, Some(((2003, 1, 1), (2004, 1, 1))));
+    replace(&cert, &pem_b);
+    replace(&key, &key_b.serialize_pem());
+    assert!(matches!(
+        server.certificate.reload().unwrap(),
+        Reload::Replaced(_)
+    ));
+    assert_eq!(server.certificate.current().cert[0].as_ref(), &der_b[..]);
     server.stop().await;
 }
 

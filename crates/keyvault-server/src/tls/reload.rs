@@ -41,8 +41,17 @@ pub struct CertificateSummary {
     pub serial: String,
     /// SHA-256 of the DER certificate, hex.
     pub sha256: String,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
     /// notAfter, Unix seconds.
     pub not_after: i64,
+}
+
+impl CertificateSummary {
+    /// Whether the certificate is within its validity period at `now` (Unix seconds).
+    pub fn is_valid_at(&self, now: i64) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
 }
 
 impl CertificateSummary {
@@ -213,6 +222,30 @@ impl ServerCertificate {
                 return Err(e);
             }
         };
+        // A new certificate outside its validity period would put every client offline: refused while the one
+        // served is valid (a not-yet-valid one is taken at the first check after its notBefore: the watch
+        // tries again at every interval while a reload stays refused).
+        let now = unix_now();
+        let serving_valid = self.summary().is_some_and(|s| s.is_valid_at(now));
+        if serving_valid && !summary.is_valid_at(now) && certified.cert != self.current().cert {
+            state.failed = true;
+            let e = TlsError::Invalid {
+                path: files.cert.clone(),
+                reason: if summary.not_after < now {
+                    format!("the certificate expired at {}", rfc3339(summary.not_after))
+                } else {
+                    format!(
+                        "the certificate is not valid before {}",
+                        rfc3339(summary.not_before)
+                    )
+                },
+            };
+            tracing::error!(
+                error = %e,
+                "TLS certificate reload refused; still serving the previous certificate, which is valid"
+            );
+            return Err(e);
+        }
         state.failed = false;
         if certified.cert == self.current().cert {
             tracing::info!(
@@ -411,7 +444,7 @@ fn summarize(cert: &[u8]) -> Option<CertificateSummary> {
     };
     let (nb_tag, nb, after) = der(validity)?;
     let (na_tag, na, _) = der(after)?;
-    der_time((nb_tag, nb))?;
+    let not_before = der_time((nb_tag, nb))?;
     let not_after = der_time((na_tag, na))?;
     let (SEQUENCE, subject, rest) = der(rest)? else {
         return None;
@@ -432,6 +465,7 @@ fn summarize(cert: &[u8]) -> Option<CertificateSummary> {
         names,
         serial: hex::encode(serial),
         sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, cert)),
+        not_before,
         not_after,
     })
 }
