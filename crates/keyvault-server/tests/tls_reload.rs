@@ -40,16 +40,12 @@ impl Ca {
         self.leaf_valid(key, None)
     }
 
-    /// [`Ca::leaf`], valid from the first to the second date when given (`(y, m, d)` each).
-    fn leaf_valid(
-        &self,
-        key: &KeyPair,
-        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
-    ) -> (String, Vec<u8>) {
+    /// [`Ca::leaf`], valid from 1 January of the first year to 1 January of the second when given.
+    fn leaf_valid(&self, key: &KeyPair, years: Option<(i32, i32)>) -> (String, Vec<u8>) {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        if let Some(((y1, m1, d1), (y2, m2, d2))) = validity {
-            params.not_before = rcgen::date_time_ymd(y1, m1, d1);
-            params.not_after = rcgen::date_time_ymd(y2, m2, d2);
+        if let Some((from, to)) = years {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(to, 1, 1);
         }
         let cert = params.signed_by(key, &self.cert, &self.key).unwrap();
         (cert.pem(), cert.der().to_vec())
@@ -267,11 +263,11 @@ async fn a_certificate_outside_its_validity_does_not_replace_a_valid_one() {
     let key_b = KeyPair::generate().unwrap();
     for (validity, want) in [
         (
-            ((2001, 1, 1), (2002, 1, 1)),
+            (2001, 2002),
             "the certificate expired at 2002-01-01T00:00:00Z",
         ),
         (
-            ((2090, 1, 1), (2091, 1, 1)),
+            (2090, 2091),
             "the certificate is not valid before 2090-01-01T00:00:00Z",
         ),
     ] {
@@ -287,11 +283,11 @@ async fn a_certificate_outside_its_validity_does_not_replace_a_valid_one() {
     server.stop().await;
 
     // Serving an expired certificate already: an expired replacement is no worse, and is taken.
-    let (pem_old, _) = ca.leaf_valid(&key_a, Some(((2001, 1, 1), (2002, 1, 1))));
+    let (pem_old, _) = ca.leaf_valid(&key_a, Some((2001, 2002)));
     replace(&cert, &pem_old);
     replace(&key, &key_a.serialize_pem());
     let server = start(&dir.path().join("data2"), cert.clone(), key.clone(), 0).await;
-    let (pem_b, der_b) = ca.leaf_valid(&key_b, Some(((2003, 1, 1), (2004, 1, 1))));
+    let (pem_b, der_b) = ca.leaf_valid(&key_b, Some((2003, 2004)));
     replace(&cert, &pem_b);
     replace(&key, &key_b.serialize_pem());
     assert!(matches!(
