@@ -1170,3 +1170,160 @@ fn serve_raises_its_open_file_limit() {
     }
     assert_eq!(open_files(), ("5120".to_string(), "8192".to_string()));
 }
+
+/// A disk that fills up under the audit log (here: the file-size limit, `RLIMIT_FSIZE`, reached by the log,
+/// with `SIGXFSZ` ignored so that writes fail with `EFBIG` as they would with `ENOSPC`): the change whose
+/// line could not be written is answered (it is committed) and named in the server's log; the part of its
+/// line that reached the file is cut off (the file still verifies and ends in a whole line); changes are then
+/// refused with 503 before they are made; reads go on; once the log can be written again the refusals end
+/// by themselves; and the server starts again on that log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_audit_log_refuses_changes_until_it_can_be_written() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("prlimit (util-linux) is not installed: nothing to check");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    // First run: an audit log much larger than every other file (unauthenticated reads write nothing else).
+    let (mut server, addr) = start(&dev_args(&data));
+    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
+    let (_, _, http) = dev_token(&data.join("dev-credentials.json"), &addr).await;
+    for _ in 0..400 {
+        let resp = http
+            .get(format!("https://{addr}/secrets?api-version=7.6"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    sigterm(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
+    let log = data.join("audit.log");
+    let audit_size = std::fs::metadata(&log).unwrap().len();
+    // Room for about one more line: the second change's line fails part-way.
+    let limit = audit_size + 500;
+    for entry in walk(&data) {
+        let len = std::fs::metadata(&entry).unwrap().len();
+        assert!(
+            entry == log || len + 64 * 1024 < limit,
+            "{} ({len} bytes) would reach the limit too",
+            entry.display()
+        );
+    }
+
+    let reference = command(None);
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"trap '' XFSZ; exec prlimit --fsize="$1":unlimited -- "$2" serve --dev --addr 127.0.0.1:0 --data-dir "$3""#)
+        .arg("sh")
+        .arg(limit.to_string())
+        .arg(BIN)
+        .arg(&data);
+    for (k, v) in reference.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let (mut server, addr, lines) = spawn_server(c);
+    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
+    let (_, token2, http) = dev_token(&data.join("dev-credentials.json"), &addr).await;
+    let put = |name: String| {
+        let (http, token2, addr) = (&http, &token2, &addr);
+        async move {
+            let resp = http
+                .put(format!("https://{addr}/secrets/{name}?api-version=7.6"))
+                .bearer_auth(token2)
+                .json(&serde_json::json!({"value": "v"}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let mut made = Vec::new();
+    let refused = loop {
+        let name = format!("s{}", made.len());
+        let (status, body) = put(name.clone()).await;
+        match status {
+            200 => made.push(name),
+            503 => break body,
+            other => panic!("{other}: {body}"),
+        }
+        assert!(made.len() < 20, "changes were never refused");
+    };
+    assert_eq!(refused["error"]["code"], "ServiceUnavailable", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audit log"),
+        "{refused}"
+    );
+    // The change whose line failed was made, answered, and named in the server's log.
+    let unaudited = made.last().unwrap().clone();
+    let logged = wait_for_line(&lines, "its audit line could not be written");
+    assert!(logged.contains("SecretSet"), "{logged}");
+    // Every acknowledged change is there; reads are served while changes are refused.
+    for name in &made {
+        let resp = http
+            .get(format!("https://{addr}/secrets/{name}?api-version=7.6"))
+            .bearer_auth(&token2)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+    }
+    // The file ends in a whole line and verifies; the unaudited change has no line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.ends_with('\n'));
+    assert!(!text.contains(&format!("\"secret\":\"{unaudited}\"")));
+    let verify = Command::new(BIN)
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+
+    // Room again (the soft limit raised from outside): a refusal's own line gets written, and changes go on.
+    let raised = Command::new("prlimit")
+        .args(["--pid", &server.0.id().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(raised.success());
+    let mut statuses = Vec::new();
+    for attempt in 0..3 {
+        let (status, body) = put(format!("after{attempt}")).await;
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+    }
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    sigterm(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
+    let verify = Command::new(BIN)
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    let (server, _) = start(&dev_args(&data));
+    drop(server);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

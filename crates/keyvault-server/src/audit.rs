@@ -20,8 +20,14 @@
 //!   the server process can never lose the audit line of a change a client was told about. Writing inline
 //!   costs one `write` of a few hundred bytes into the page cache; handing the line to a thread and waiting to
 //!   be woken cost far more (two cross-thread wake-ups per request: 20–30 µs of server CPU per SET measured).
-//!   If the write itself fails (a full disk), the error is logged and the response still goes out: the change
-//!   is already committed, and the chain resumes after the last line written.
+//!   If the write itself fails (a full disk), the error is logged with the request's id and operation and the
+//!   response still goes out (the change is already committed); whatever part of the lines reached the file is
+//!   cut off again, so the chain resumes after the last line written and the file still verifies. While the
+//!   log cannot be written ([`AuditLog::is_failing`]), the HTTP layer refuses further changes (503) before
+//!   making them; the refusal's own line is the next attempt, and the first that is written ends the refusals.
+//! - At start, a last line without its newline (a write torn by a power failure) is moved to `FILE.torn-N`
+//!   and cut off, with a warning, so the server starts; a complete last line that does not verify still
+//!   stops it ([`AuditError::Damaged`]).
 //! - **Reads** use [`AuditLog::record`]: queued for a background thread, which takes whatever is queued,
 //!   formats it and hands it to the kernel in a few `write`s (taking the mutex per [`LOCK_CHUNK`] lines, so
 //!   an inline writer never waits long), then waits up to [`LINGER`] for more (no wake-up, no syscall per
@@ -37,6 +43,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -500,6 +507,8 @@ pub struct AuditLog {
     writer: std::thread::Thread,
     /// The chain and the file, shared by the background thread and inline writers.
     state: Arc<Mutex<Writer>>,
+    /// Whether the last write failed (read without the mutex by every change before it is made).
+    failing: Arc<AtomicBool>,
     path: PathBuf,
 }
 
@@ -526,8 +535,8 @@ struct Writer {
     buf: Vec<u8>,
     /// `(next_seq, prev, size)` as of the last successful write: where the chain resumes if a write fails.
     written: (u64, HashHex, u64),
-    /// Whether the last write failed (a failure is logged once, not per line).
-    failing: bool,
+    /// Whether the last write failed (a failure is logged once, not per line); shared with [`AuditLog`].
+    failing: Arc<AtomicBool>,
     /// Lines in `buf`, lines handed to the kernel, and writes that failed (for metrics).
     buffered_lines: u64,
     lines_written: u64,
@@ -564,6 +573,62 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
     ))
 }
 
+/// A last line without its newline (a write torn by a power failure, or by a full disk in a build that did not
+/// cut it off): a whole, well-formed line gets its newline; anything else is moved to `FILE.torn-N` (N: Unix
+/// seconds) and cut off, with a warning, so that the chain continues from the last whole line.
+fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let start = len.saturating_sub(16 * 1024);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let cut = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let fragment = &tail[cut..];
+    if std::str::from_utf8(fragment).is_ok_and(|line| check_line(line).is_ok()) {
+        f.seek(SeekFrom::End(0))?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        tracing::warn!(path = %path.display(), "the audit log's last line had no newline; added");
+        return Ok(());
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".torn-{secs}"));
+    let aside = PathBuf::from(aside);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&aside)?;
+        out.write_all(fragment)?;
+        out.sync_all()?;
+    }
+    f.set_len(start + cut as u64)?;
+    f.sync_all()?;
+    tracing::warn!(
+        path = %path.display(),
+        moved_to = %aside.display(),
+        bytes = fragment.len(),
+        "the audit log ended in a torn line (a write cut short): moved aside; the chain continues from the last whole line"
+    );
+    Ok(())
+}
+
 impl AuditLog {
     /// Opens (or creates, mode 0600) the audit log at `path`, continuing its chain (or that of its newest
     /// rotated file), and starts the writer thread. Every rotated file is kept.
@@ -585,6 +650,7 @@ impl AuditLog {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
+        repair_torn_tail(path).map_err(io)?;
         // Where the chain stands: the active file's last line, or the newest rotated file's.
         let mut last = None;
         for candidate in chain_files(path).iter().rev() {
@@ -616,12 +682,13 @@ impl AuditLog {
             prev: prev_hex,
             buf: Vec::with_capacity(64 * 1024),
             written: (next_seq, prev_hex, size),
-            failing: false,
+            failing: Arc::new(AtomicBool::new(false)),
             buffered_lines: 0,
             lines_written: 0,
             write_errors: 0,
             time: TimeText::default(),
         };
+        let failing = writer.failing.clone();
         let state = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_state = state.clone();
@@ -633,6 +700,7 @@ impl AuditLog {
             tx,
             writer: handle.thread().clone(),
             state,
+            failing,
             path: path.to_path_buf(),
         })
     }
@@ -651,10 +719,19 @@ impl AuditLog {
     /// kernel (for mutating requests: see the module documentation). Blocks for one `write` into the page
     /// cache, and for the background thread's current chunk if it holds the chain; on the rare call that
     /// rotates the file, also for the old file's `fsync`.
-    pub fn record_written(&self, record: AuditRecord) {
+    /// Returns whether the line was written.
+    pub fn record_written(&self, record: AuditRecord) -> bool {
         let mut w = lock(&self.state);
         let result = w.append(&record).and_then(|()| w.write_out());
+        let written = result.is_ok();
         w.report(result);
+        written
+    }
+
+    /// Whether the last attempt to write the log failed (a full disk): changes are then refused before they
+    /// are made, until a line can be written again.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Lines written and failed writes so far (for metrics).
@@ -746,12 +823,19 @@ impl Writer {
     /// Logs a failed write once (not once per line while the disk stays full).
     fn report(&mut self, result: std::io::Result<()>) {
         match result {
-            Ok(()) => self.failing = false,
-            Err(e) => {
-                if !self.failing {
-                    tracing::error!(error = %e, path = %self.path.display(), "cannot write the audit log");
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(path = %self.path.display(), "the audit log is written again");
                 }
-                self.failing = true;
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        error = %e,
+                        path = %self.path.display(),
+                        "cannot write the audit log: changes are refused (503) until it can be written again"
+                    );
+                }
             }
         }
     }
@@ -801,6 +885,11 @@ impl Writer {
             Err(e) => {
                 (self.next_seq, self.prev, self.size) = self.written;
                 self.write_errors += 1;
+                // Part of the buffer may have reached the file (a disk that filled up mid-write): cut it off,
+                // so that the next line follows the last whole one. Shrinking a file needs no free space.
+                if let Err(cut) = self.file.set_len(self.size) {
+                    tracing::error!(error = %cut, path = %self.path.display(), "cannot cut a partly written audit line off");
+                }
                 Err(e)
             }
         }
@@ -1064,6 +1153,59 @@ mod tests {
         assert!(!r.complete);
         assert!(r.first_seq.unwrap() > 0);
         assert_eq!(r.lines, 200 - r.first_seq.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_moved_aside_and_a_whole_one_gets_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, 1 << 20).unwrap();
+        for i in 0..3 {
+            log.record(record(i));
+        }
+        log.flush().await;
+        drop(log);
+        let whole = std::fs::read(&path).unwrap();
+        // A write cut short: the start of a line.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"{\"seq\":3,\"time\":\"2026-");
+        std::fs::write(&path, &torn).unwrap();
+        assert!(verify_file(&path).is_err());
+        let log = AuditLog::open(&path, 1 << 20).unwrap();
+        log.record(record(3));
+        log.flush().await;
+        drop(log);
+        let r = verify_file(&path).unwrap();
+        assert_eq!((r.lines, r.last_seq), (4, Some(3)));
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("audit.log.torn-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&aside[0])).unwrap(),
+            b"{\"seq\":3,\"time\":\"2026-"
+        );
+        // A whole last line without its newline keeps its place in the chain.
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 1]).unwrap();
+        let log = AuditLog::open(&path, 1 << 20).unwrap();
+        log.record(record(4));
+        log.flush().await;
+        drop(log);
+        let r = verify_file(&path).unwrap();
+        assert_eq!((r.lines, r.last_seq), (5, Some(4)));
+        // A complete last line that does not verify (edited) still stops the start.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (before, last) = text.trim_end().rsplit_once('\n').unwrap();
+        let edited = last.replacen("\"status\":", "\"status\":1", 1);
+        assert_ne!(edited, last);
+        std::fs::write(&path, format!("{before}\n{edited}\n")).unwrap();
+        assert!(matches!(
+            AuditLog::open(&path, 1 << 20),
+            Err(AuditError::Damaged { .. })
+        ));
     }
 
     #[tokio::test]

@@ -180,7 +180,21 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
     let client_request_id = req.headers().get("x-ms-client-request-id").cloned();
     let request_id = RequestId::next();
     let mut record = AuditRecord::new(request_id.as_str().to_owned());
-    let mut resp = match handle(state, req, &mut record).await {
+    let reads = method == Method::GET || method == Method::HEAD;
+    // A change is audited before its answer; while the log cannot be written (a full disk), changes are
+    // refused before they are made. This refusal's own line is the next attempt to write.
+    let unaudited = !reads && state.audit.as_ref().is_some_and(|a| a.is_failing());
+    let handled = if unaudited {
+        record.outcome = crate::audit::Outcome::Rejected;
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable (its audit log cannot be written). Please retry.",
+        ))
+    } else {
+        handle(state, req, &mut record).await
+    };
+    let mut resp = match handled {
         Ok(resp) => resp,
         Err(e) => {
             // With the id the client got (`x-ms-request-id`) and the audit log has: the three line up.
@@ -198,11 +212,21 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
     let status = resp.status();
     if let Some(audit) = &state.audit {
         record.status = status.as_u16();
-        if method == Method::GET || method == Method::HEAD {
+        if reads {
             audit.record(record);
         } else {
             // A change (or an attempt at one) is in the audit log before the client hears of it.
-            audit.record_written(record);
+            let (operation, made) = (record.operation, status.is_success());
+            if !audit.record_written(record) && made {
+                // Already committed: answered, and named here (the log's error says why).
+                tracing::error!(
+                    request_id = request_id.as_str(),
+                    %method,
+                    operation = operation.unwrap_or("-"),
+                    status = status.as_u16(),
+                    "a change was made but its audit line could not be written"
+                );
+            }
         }
     }
     let headers = resp.headers_mut();
