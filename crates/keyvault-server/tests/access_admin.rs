@@ -409,6 +409,36 @@ async fn role_assignments_through_the_api() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} → {body}");
         assert_eq!(body["error"]["code"], "BadParameter");
     }
+    // The admin API's bodies carry no secret: a wrong value is named, with what was expected.
+    let (status, body) = h
+        .admin(
+            Method::PUT,
+            "/admin/roles/Typo",
+            Some(serde_json::json!({"permissions": ["get", "lst"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("unknown permission 'lst' (expected get, list,")
+            && !message.contains(" at line "),
+        "{message}"
+    );
+    let (status, body) = h
+        .admin(
+            Method::POST,
+            "/admin/principals",
+            Some(serde_json::json!({"displayName": "x", "rol": "Key Vault Reader"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `rol`"),
+        "{body}"
+    );
     let (_, roles) = h.admin(Method::GET, "/admin/roles", None).await;
     assert_eq!(roles["value"].as_array().unwrap().len(), 4);
     let (status, _) = h.admin(Method::GET, "/admin/nothing", None).await;

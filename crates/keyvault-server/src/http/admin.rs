@@ -24,7 +24,7 @@
 
 use super::error::ApiError;
 use super::respond::{empty, json_response};
-use super::{HttpState, gate, printable, read_json};
+use super::{HttpState, gate, printable, read_json_quoting};
 use crate::admin::AdminError;
 use crate::audit::AuditRecord;
 use crate::auth::policy::{Operation, Permission, Scope};
@@ -105,9 +105,12 @@ async fn optional_json<T: serde::de::DeserializeOwned + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    // The admin API's bodies carry no secret: serde's reason (the property, the value expected) is given.
     serde_json::from_slice(&bytes).map_err(|e| {
+        let reason = e.to_string();
+        let reason = reason.split(" at line ").next().unwrap_or_default();
         ApiError::bad_parameter(format!(
-            "The request body is not valid for this operation (line {}, column {}).",
+            "The request body is not valid for this operation (line {}, column {}): {reason}.",
             e.line(),
             e.column()
         ))
@@ -208,7 +211,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "roleAssignments"]) => {
             op("RoleAssignmentCreate", None);
-            let p: CreateAssignment = read_json(body, MAX_ADMIN_BODY_BYTES).await?;
+            let p: CreateAssignment = read_json_quoting(body, MAX_ADMIN_BODY_BYTES).await?;
             let scope = scope_of(p.scope.as_deref())?;
             let (a, created) = admin
                 .assign(&p.principal, &p.role, scope)
@@ -237,7 +240,7 @@ pub(super) async fn handle(
         }
         (&Method::PUT, ["admin", "roles", name]) => {
             op("RoleDefine", Some(name));
-            let p: DefineRole = read_json(body, MAX_ADMIN_BODY_BYTES).await?;
+            let p: DefineRole = read_json_quoting(body, MAX_ADMIN_BODY_BYTES).await?;
             let (role, created) = admin.define_role(name, p.permissions).await.map_err(err)?;
             let status = if created {
                 StatusCode::CREATED

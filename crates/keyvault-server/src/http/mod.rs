@@ -700,6 +700,20 @@ fn wipe_frame(data: axum::body::Bytes) -> Option<bytes::BytesMut> {
 }
 
 async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    read_json_describing(body, limit, false).await
+}
+
+/// [`read_json`] for bodies that carry no secret (the admin API's): a wrong value's error also gives serde's
+/// reason, which names the property and can quote the value (`unknown permission 'lst' (expected get, …)`).
+async fn read_json_quoting<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    read_json_describing(body, limit, true).await
+}
+
+async fn read_json_describing<T: DeserializeOwned>(
+    body: Body,
+    limit: usize,
+    quote: bool,
+) -> Result<T, ApiError> {
     let bytes = read_body(body, limit).await?;
     // A UTF-8 byte-order mark before the JSON is skipped, as Key Vault's .NET reader does.
     let json = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
@@ -715,7 +729,8 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
         }
     }
     serde_json::from_slice(json).map_err(|e| {
-        // serde's own message can quote the input (which may hold a value): describe, never quote.
+        // serde's own message can quote the input (which may hold a value): describe, never quote — but for
+        // bodies without secrets (`quote`), where its reason is what the caller needs to fix the body.
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 "is not valid JSON"
@@ -728,8 +743,15 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
             _ if e.to_string().starts_with("duplicate field") => "has a property more than once",
             _ => "has a property of the wrong type or shape",
         };
+        let reason = if quote {
+            // serde's text ends with " at line L column C": the position is given once, below.
+            let text = e.to_string();
+            format!(": {}", text.split(" at line ").next().unwrap_or_default())
+        } else {
+            String::new()
+        };
         ApiError::bad_parameter(format!(
-            "The request body {what} (line {}, column {}).",
+            "The request body {what} (line {}, column {}){reason}.",
             e.line(),
             e.column()
         ))
