@@ -191,6 +191,65 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
     std::fs::rename(&tmp, path)
 }
 
+/// A file in the data directory that records which store this directory's server has used (see
+/// [`check_store_marker`]).
+pub const STORE_MARKER: &str = "store.initialized";
+
+/// The marker's line naming the store (its password redacted).
+fn store_line(config: &Config) -> Result<String, StartError> {
+    Ok(format!("store: {:?}", config.store_backend()?))
+}
+
+/// Refuses a store that holds nothing (no values, no key check) when the data directory records
+/// ([`STORE_MARKER`]) that its server used that same store before: the database was lost, emptied or
+/// replaced, and starting would serve an empty vault in its place. A marker naming another store is a move
+/// (such as from SQLite to PostgreSQL): allowed, with a warning when the new store is empty. Returns whether
+/// the marker names this store (otherwise it is written once the key check passes).
+async fn check_store_marker(config: &Config, store: &dyn SecretStore) -> Result<bool, StartError> {
+    let marker = config.data_dir.join(STORE_MARKER);
+    let recorded = match std::fs::read_to_string(&marker) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(StartError::Setup(format!(
+                "cannot read {}: {e}",
+                marker.display()
+            )));
+        }
+    };
+    let Some(recorded) = recorded else {
+        return Ok(false);
+    };
+    let line = store_line(config)?;
+    let same = recorded.lines().any(|l| l == line);
+    let empty = crate::store::sealed_key_id(store)
+        .await
+        .map_err(setup("cannot read the database"))?
+        .is_none();
+    if same && empty {
+        return Err(StartError::Setup(format!(
+            "the store {:?} is empty (no values, no key check), but {} records that this data directory's \
+             server used it when it held data: the database was lost, emptied or replaced. Restore it; to \
+             start a new, empty vault here instead, delete {}",
+            config.store_backend()?,
+            marker.display(),
+            marker.display()
+        )));
+    }
+    if !same && empty {
+        tracing::warn!(
+            marker = %marker.display(),
+            "this data directory's server used another store before ({}); this one is empty: a new, empty vault \
+             starts here (if that is not what you meant, stop and fix `store`)",
+            recorded
+                .lines()
+                .find_map(|l| l.strip_prefix("store: "))
+                .unwrap_or("unknown")
+        );
+    }
+    Ok(same)
+}
+
 /// Whether [`key_provider`] may make a new key file for the current key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyFileCreation {
@@ -321,9 +380,22 @@ impl Server {
         let store = open_store(&config).await?;
         let provider = key_provider(&config, store.as_ref(), KeyFileCreation::WhileEmpty).await?;
         let envelope = Arc::new(Envelope::new(provider));
+        let initialized = check_store_marker(&config, store.as_ref()).await?;
         crate::store::check_key(store.as_ref(), &envelope)
             .await
             .map_err(StartError::Setup)?;
+        if !initialized {
+            let marker = format!(
+                "This data directory's server has used this store since {}.\n{}\nkey id: {}\n\
+                 While this file names it, the server refuses to start over it if it is found empty (a lost, \
+                 emptied or replaced database). Delete this file to start a new, empty vault there.\n",
+                crate::auth::util::rfc3339(crate::auth::util::unix_now()),
+                store_line(&config)?,
+                envelope.current_kek_id(),
+            );
+            write_private_file(&data_dir.join(STORE_MARKER), marker.as_bytes())
+                .map_err(setup("cannot write the store marker"))?;
+        }
         crate::store::check_purge_protection(
             store.as_ref(),
             &config.vault_name,

@@ -87,6 +87,80 @@ async fn a_fresh_data_dir_starts_and_makes_its_key() {
     assert_eq!(value_of(&server, "kept").await, "across restarts");
 }
 
+/// A data directory whose database was lost, emptied or replaced (its key file kept) does not start as a new,
+/// empty vault in its place: `store.initialized` records the store it used. Deleting that file, or naming
+/// another store (a move, such as to PostgreSQL), starts an empty vault, with a warning for the latter.
+#[tokio::test]
+async fn a_lost_or_emptied_database_does_not_start_as_a_new_empty_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(config(&data, None, false)).await.unwrap();
+    set(&server, "kept", "v").await;
+    drop(server);
+    let marker = data.join(keyvault_server::server::STORE_MARKER);
+    assert!(
+        std::fs::read_to_string(&marker)
+            .unwrap()
+            .contains("vault.db")
+    );
+    let db = data.join("vault.db");
+    let saved = std::fs::read(&db).unwrap();
+    let wal = std::fs::read(data.join("vault.db-wal")).unwrap_or_default();
+
+    // Deleted, or emptied to 0 bytes (with its WAL): refused, naming the marker; nothing is written.
+    for emptied in [false, true] {
+        for f in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+            let _ = std::fs::remove_file(data.join(f));
+        }
+        if emptied {
+            std::fs::write(&db, b"").unwrap();
+        }
+        let err = start(config(&data, None, false))
+            .await
+            .err()
+            .expect("an empty store under a marker is refused");
+        assert!(
+            err.contains("is empty") && err.contains(&marker.display().to_string()),
+            "{err}"
+        );
+    }
+    // Restored: it starts and holds what it held.
+    for f in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    std::fs::write(&db, &saved).unwrap();
+    if !wal.is_empty() {
+        std::fs::write(data.join("vault.db-wal"), &wal).unwrap();
+    }
+    let server = start(config(&data, None, false)).await.unwrap();
+    assert_eq!(value_of(&server, "kept").await, "v");
+    drop(server);
+
+    // Another store named (here another SQLite file): a move, allowed; the marker then names it.
+    let other = dir.path().join("other.db");
+    let moved = || Config {
+        store: Some(keyvault_server::config::StoreLocation(format!(
+            "sqlite:{}",
+            other.display()
+        ))),
+        ..config(&data, None, false)
+    };
+    drop(start(moved()).await.unwrap());
+    assert!(
+        std::fs::read_to_string(&marker)
+            .unwrap()
+            .contains("other.db")
+    );
+    // That one lost in turn: refused; deleting the marker is how to start anew over an empty store.
+    for f in ["other.db", "other.db-wal", "other.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    assert!(start(moved()).await.is_err());
+    std::fs::remove_file(&marker).unwrap();
+    drop(start(moved()).await.unwrap());
+    assert!(marker.exists(), "written again, for the new store");
+}
+
 #[tokio::test]
 async fn a_key_the_database_was_not_written_with_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
