@@ -241,7 +241,14 @@ pub struct SqliteStore {
     /// `DB.lock`, locked exclusively while the store is open: the cache is exact only if this process is
     /// the database's only writer.
     lock: Mutex<Option<std::fs::File>>,
+    /// Set when SQLite reported the file damaged (`SQLITE_CORRUPT`, `SQLITE_NOTADB`): from then on changes are
+    /// refused (503) and `/readyz` fails, so that nothing more is written into a damaged file (see
+    /// [`SqliteStore::note_damage`]).
+    damaged: AtomicBool,
 }
+
+/// How [`StoreError::Internal`] messages of a damaged database begin (`From<rusqlite::Error>`).
+const DAMAGED: &str = "the database file is damaged: ";
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -339,7 +346,34 @@ impl SqliteStore {
             stats,
             cache: Arc::new(LiveCache::new(cache_bytes)),
             lock: Mutex::new(Some(lock)),
+            damaged: AtomicBool::new(false),
         })
+    }
+
+    /// Remembers a result that found the file damaged (logged once), and hands the result back.
+    fn note_damage<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        if let Err(StoreError::Internal(m)) = &result
+            && m.starts_with(DAMAGED)
+            && !self.damaged.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %m,
+                "the database file is damaged: changes are refused and /readyz fails from now on; stop the \
+                 server and restore the database from a backup (reads of undamaged rows go on meanwhile)"
+            );
+        }
+        result
+    }
+
+    /// The refusal of a change once the file is known to be damaged.
+    fn refuse_if_damaged(&self) -> StoreResult<()> {
+        if self.damaged.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "the database file is damaged: changes are refused until it is restored".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Finish the writes already queued, stop the writer and close every connection. Later calls on this
@@ -433,6 +467,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
     {
+        self.refuse_if_damaged()?;
         let tx = self.tx.as_ref().ok_or_else(closed)?;
         let (reply, answer) = oneshot::channel();
         tx.send(Msg::Job(Box::new(Job {
@@ -443,9 +478,10 @@ impl SqliteStore {
         })))
         .await
         .map_err(|_| closed())?;
-        answer
+        let result = answer
             .await
-            .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?
+            .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?;
+        self.note_damage(result)
     }
 
     /// A short read, run on the calling thread (see the module documentation).
@@ -453,7 +489,7 @@ impl SqliteStore {
         let conn = self.readers.checkout()?;
         let result = f(&conn);
         self.readers.checkin(conn);
-        result
+        self.note_damage(result)
     }
 
     /// A read of unbounded size, run on `spawn_blocking` (at most [`MAX_READERS`] at once).
@@ -470,7 +506,7 @@ impl SqliteStore {
             .await
             .map_err(|_| closed())?;
         let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = pool.checkout()?;
             let result = f(&conn);
@@ -478,7 +514,8 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("a database read task failed: {e}")))?
+        .map_err(|e| StoreError::Internal(format!("a database read task failed: {e}")))?;
+        self.note_damage(result)
     }
 }
 
@@ -779,6 +816,7 @@ impl SecretStore for SqliteStore {
     async fn replace_sealed(&self, changes: Vec<SealedChange>) -> StoreResult<u64> {
         // One write request per change, all queued before any answer is awaited: the writer commits them
         // together (group commit), each in its own savepoint, and each hides its name in the cache until then.
+        self.refuse_if_damaged()?;
         let tx = self.tx.as_ref().ok_or_else(closed)?;
         let mut answers = Vec::with_capacity(changes.len());
         for change in changes {
@@ -880,6 +918,7 @@ impl SecretStore for SqliteStore {
     }
 
     async fn health(&self) -> StoreResult<()> {
+        self.refuse_if_damaged()?;
         match &self.tx {
             Some(tx) if !tx.is_closed() => {}
             _ => {
@@ -1325,8 +1364,15 @@ impl From<rusqlite::Error> for StoreError {
                     | ErrorCode::ReadOnly
             )
         );
+        let damaged = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+        );
         if transient {
             StoreError::Unavailable(e.to_string())
+        } else if damaged {
+            StoreError::Internal(format!("{DAMAGED}{e}"))
         } else {
             StoreError::Internal(e.to_string())
         }

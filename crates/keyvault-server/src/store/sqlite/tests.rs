@@ -2152,3 +2152,55 @@ async fn database_files_are_private() {
         "a"
     );
 }
+
+/// A file SQLite finds damaged (`SQLITE_CORRUPT`): the read that found it fails (500), and from then on
+/// changes are refused (503) and the store is not healthy (`/readyz`), so nothing more goes into it.
+#[tokio::test]
+async fn a_damaged_file_refuses_changes_and_is_not_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        for i in 0..400usize {
+            store
+                .put_version("v", row(&format!("name-{i:03}"), &version(i), 1))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+    }
+    for side in ["kv.db-wal", "kv.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(side));
+    }
+    // The second half of the file's pages overwritten (the schema, at its start, stays readable).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let half = bytes.len() / 2;
+    assert!(half > 16 * 1024, "{} bytes", bytes.len());
+    bytes[half..].fill(0xA5);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let store = SqliteStore::open(&path).unwrap();
+    let mut after: Option<String> = None;
+    let found = loop {
+        match store.list_latest("v", after.as_deref(), 25).await {
+            Ok(rows) if rows.is_empty() => break None,
+            Ok(rows) => after = rows.last().map(|r| r.name.clone()),
+            Err(e) => break Some(e),
+        }
+    };
+    let found = found.expect("a listing of every name reads a damaged page");
+    assert!(
+        matches!(&found, StoreError::Internal(m) if m.starts_with(DAMAGED)),
+        "{found:?}"
+    );
+    let refused = store
+        .put_version("v", row("new", &version(10_000), 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Unavailable(m) if m.contains("damaged")),
+        "{refused:?}"
+    );
+    assert!(store.health().await.is_err());
+    store.close().await;
+}
