@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 pub const IMPORT_HELP: &str = "Input: a JSON object of name → value (the output of `export`), or a .env file \
 (NAME=value lines; `export NAME=…`, # comments, 'single' and \"double\" quotes with \\n, \\\", \\\\, \\$ escapes). \
 In a .env file every '_' in a name becomes '-' (Key Vault names allow only letters, digits and '-'), so \
-DB_PASSWORD is stored as DB-PASSWORD; names in JSON are used as they are. Names are case-insensitive: when \
+DB_PASSWORD is stored as DB-PASSWORD; names in JSON are used as they are. JSON values are strings; true and \
+false are stored as that text; a number, null, an array or an object fails that secret (quote a number, \
+\"0.10\", to store its digits as written: a JSON reader does not keep them). Names are case-insensitive: when \
 one appears twice, the last value wins.
 
 Safe to re-run: each secret's latest value is read first, and a new version is written only when the secret \
@@ -400,9 +402,22 @@ fn parse_input(
                 .map(|(k, v)| {
                     let v = match v {
                         serde_json::Value::String(s) => Ok(s),
-                        serde_json::Value::Number(n) => Ok(n.to_string()),
+                        // `true` and `false` have one spelling each: stored as that text, exactly.
                         serde_json::Value::Bool(b) => Ok(b.to_string()),
-                        _ => Err("the value is not a string".to_string()),
+                        // A number's digits are not kept as written (`0.10` is read as 0.1, a big integer
+                        // rounds): a value must be stored exactly, so the file has to say which text it means.
+                        serde_json::Value::Number(_) => Err(
+                            "the value is a JSON number, whose digits would not be kept exactly as written: \
+                             quote it (e.g. \"0.10\") to store that text"
+                                .to_string(),
+                        ),
+                        serde_json::Value::Null => {
+                            Err("the value is null, not a string: quote it or leave the name out".to_string())
+                        }
+                        serde_json::Value::Array(_) | serde_json::Value::Object(_) => Err(
+                            "the value is not a string (an array or object): store JSON as a quoted string"
+                                .to_string(),
+                        ),
                     };
                     (k, v)
                 })
@@ -837,12 +852,29 @@ mod tests {
 
     #[test]
     fn json_members_keep_the_file_order() {
-        let got = parse_input(r#"{"j1":"v","b":2,"J1":"w","a":true}"#, Format::Json, "f").unwrap();
+        let got =
+            parse_input(r#"{"j1":"v","b":"2","J1":"w","a":true}"#, Format::Json, "f").unwrap();
         let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["j1", "b", "J1", "a"]);
         assert_eq!(got[2].1, Ok("w".to_string()));
         assert_eq!(got[1].1, Ok("2".to_string()));
+        assert_eq!(got[3].1, Ok("true".to_string()));
         assert!(parse_input("[1]", Format::Json, "f").is_err());
+        let got = parse_input(
+            r#"{"bignum": 12345678901234567890123, "pin": 0.10, "exp": 1e3, "neg": -0, "n": null, "o": {}}"#,
+            Format::Json,
+            "f",
+        )
+        .unwrap();
+        for (name, v) in &got[..4] {
+            let e = v.as_ref().unwrap_err();
+            assert!(
+                e.contains("JSON number") && e.contains("quote it"),
+                "{name}: {e}"
+            );
+        }
+        assert!(got[4].1.as_ref().unwrap_err().contains("null"));
+        assert!(got[5].1.as_ref().unwrap_err().contains("not a string"));
     }
 
     #[cfg(unix)]
