@@ -6,7 +6,9 @@ use keyvault_secrets::credentials::{
     AccessToken, ClientSecretCredential, ClientSecretCredentialOptions, DefaultAzureCredential,
     DefaultAzureCredentialOptions, TokenCredential, TokenRequestOptions,
 };
-use keyvault_secrets::{RetryOptions, SecretClient, SecretClientOptions, SecretString};
+use keyvault_secrets::{
+    CallOptions, RetryOptions, SecretClient, SecretClientOptions, SecretString,
+};
 use serde::Deserialize;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,17 @@ pub struct ConnArgs {
     /// Retries of a failed request (connection errors, 408, 429, 5xx).
     #[arg(long, env = "KEYVAULT_MAX_RETRIES", global = true, default_value_t = 3)]
     pub max_retries: u32,
+    /// The longest each request of the command may take, in seconds, its token request, retries and waits
+    /// included (each page of a listing, each poll of --wait and each secret of an import or export gets this
+    /// long); 0: no limit.
+    #[arg(
+        long,
+        env = "KEYVAULT_TIMEOUT",
+        global = true,
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
+    pub timeout: u64,
     /// Skip the check that the vault's authentication challenge names a resource of the vault's own
     /// domain (needed for a vault on an IP address without --dev-credentials; never use it with real
     /// Azure credentials against a vault you do not trust).
@@ -86,6 +99,9 @@ struct DevCredentials {
     client_secret: SecretString,
     authority_host: String,
 }
+
+/// The longest a TCP connection and TLS handshake may take (less when `--timeout` is shorter).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Extra trusted CA certificates, PEM.
 type CaCerts = Vec<Vec<u8>>;
@@ -112,6 +128,11 @@ impl ConnArgs {
                 Output::Json
             }
         })
+    }
+
+    /// `--timeout`: how long each call may take (`None`: no limit).
+    pub fn call_timeout(&self) -> Option<Duration> {
+        (self.timeout > 0).then(|| Duration::from_secs(self.timeout))
     }
 
     fn dev_credentials(&self) -> CliResult<Option<DevCredentials>> {
@@ -174,13 +195,21 @@ impl ConnArgs {
                 initial_delay: Duration::from_millis(500),
                 max_delay: Duration::from_secs(30),
             },
-            connect_timeout: Some(Duration::from_secs(15)),
+            connect_timeout: Some(
+                self.call_timeout()
+                    .map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)),
+            ),
             polling_interval: Duration::from_secs(1),
             user_agent_suffix: Some(format!("keyvault-cli/{}", env!("CARGO_PKG_VERSION"))),
             ..Default::default()
         };
-        let client = SecretClient::new(&vault_url, credential, Some(options))
-            .map_err(|e| CliError::from_client(&e, crate::errors::Target::Vault, &vault_url))?;
+        let fail = |e| CliError::from_client(&e, crate::errors::Target::Vault, &vault_url);
+        let mut client = SecretClient::new(&vault_url, credential, Some(options)).map_err(fail)?;
+        if let Some(limit) = self.call_timeout() {
+            client = client
+                .with_call_options(CallOptions::default().timeout(limit))
+                .map_err(fail)?;
+        }
         Ok(Conn {
             client,
             output: self.output(),
@@ -346,6 +375,7 @@ impl std::fmt::Debug for ConnArgs {
             )
             .field("authority_host", &self.authority_host)
             .field("output", &self.output)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }

@@ -135,6 +135,14 @@ impl CliError {
                 ),
             ),
             ErrorKind::InvalidArgument => (code::BAD_INPUT, with_sources(e)),
+            // The call's time ran out (`--timeout`): the vault may have been reached (e.g. a throttled call that
+            // waits to retry), so not "cannot reach".
+            ErrorKind::Connection if msg.contains("did not complete within its timeout") => (
+                code::OTHER,
+                format!(
+                    "gave up on {vault}: {msg} [--timeout SECS (KEYVAULT_TIMEOUT) sets the limit; 0: none]"
+                ),
+            ),
             ErrorKind::Connection => {
                 let mut m = format!("cannot reach {vault}: {}", with_sources(e));
                 if m.contains("certificate") {

@@ -11,6 +11,7 @@ mod allocator;
 mod bulk;
 mod conn;
 mod hardening;
+mod notes;
 mod rekey;
 mod render;
 mod secret;
@@ -142,14 +143,21 @@ fn main() -> ExitCode {
         Command::Rekey(_) => "warn,keyvault_server::store::postgres=info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(
-            std::env::var("KEYVAULT_LOG").ok().as_deref(),
-            default_log,
-        ))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(log_filter(
+                std::env::var("KEYVAULT_LOG").ok().as_deref(),
+                default_log,
+            ));
+        // Whatever the log level: a throttled request's wait is announced.
+        let notes = notes::ThrottleNotes.with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.target() == keyvault_secrets::RETRY_LOG_TARGET
+        }));
+        tracing_subscriber::registry().with(log).with(notes).init();
+    }
     // Before any key is read: no core dumps, no ptrace, no /proc/PID/environ for the same user.
     if matches!(
         cli.command,

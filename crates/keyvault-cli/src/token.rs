@@ -33,10 +33,18 @@ pub async fn run(args: TokenArgs, out: &mut dyn Write) -> CliResult {
     let (scope, token) = match &args.scope {
         Some(scope) => {
             let credential = args.conn.credential()?;
-            let token = credential
-                .get_token(&[scope.as_str()], None)
-                .await
-                .map_err(|e| CliError::from_client(&e, Target::Vault, ""))?;
+            let scopes = [scope.as_str()];
+            let request = credential.get_token(&scopes, None);
+            let token = match args.conn.call_timeout() {
+                Some(limit) => tokio::time::timeout(limit, request).await.map_err(|_| {
+                    CliError::other(format!(
+                        "the token request did not complete within its timeout of {limit:?} \
+                         [--timeout SECS (KEYVAULT_TIMEOUT) sets the limit; 0: none]"
+                    ))
+                })?,
+                None => request.await,
+            }
+            .map_err(|e| CliError::from_client(&e, Target::Vault, ""))?;
             (scope.clone(), token)
         }
         None => {

@@ -811,3 +811,89 @@ fn completions_and_help() {
         );
     }
 }
+
+/// A listener on 127.0.0.1 that accepts connections and never says a word (not even TLS's): its URL. The
+/// connections are held until the test process ends.
+fn silent_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    url
+}
+
+#[test]
+fn a_vault_that_never_answers_is_given_up_on_after_the_timeout() {
+    let v = shared();
+    let url = silent_server();
+    // Without the limit this waits 15 s per try, 4 tries; with --timeout 1 the call ends after a second.
+    let e = kv(
+        v,
+        &["secret", "show", "x", "--vault-url", &url, "--timeout", "1"],
+    )
+    .code(1);
+    assert!(
+        e.stderr.starts_with(&format!("error: gave up on {url}"))
+            && e.stderr
+                .contains("did not complete within its timeout of 1s")
+            && e.stderr.contains("--timeout SECS (KEYVAULT_TIMEOUT)"),
+        "{}",
+        e.stderr
+    );
+    assert_eq!(e.stderr.lines().count(), 1, "{}", e.stderr);
+    // The variable too, and for every command that talks to a vault.
+    let mut c = command(Some(v));
+    c.env("KEYVAULT_TIMEOUT", "2");
+    let e = run_with(c, &["secret", "list", "--vault-url", &url], None).code(1);
+    assert!(
+        e.stderr
+            .contains("did not complete within its timeout of 2s"),
+        "{}",
+        e.stderr
+    );
+    let e = kv(v, &["token", "--vault-url", &url, "--timeout", "1"]).code(1);
+    assert!(e.stderr.contains("timeout of 1s"), "{}", e.stderr);
+    let e = kv(
+        v,
+        &["principal", "list", "--vault-url", &url, "--timeout", "1"],
+    )
+    .code(1);
+    assert!(e.stderr.contains("timeout of 1s"), "{}", e.stderr);
+    kv(v, &["secret", "list", "--timeout", "soon"]).code(2);
+}
+
+#[test]
+fn a_throttled_request_says_that_it_waits() {
+    let v = cli_support::start_vault_with(keyvault_server::local::LocalVaultOptions {
+        // One request an hour: the second is refused with a Retry-After of up to an hour.
+        throttle: keyvault_server::http::throttle::ThrottleSettings {
+            limit: Some(1),
+            create_limit: None,
+            window: std::time::Duration::from_secs(3600),
+        },
+        ..Default::default()
+    });
+    kv(&v, &["secret", "set", "slow", "--value", "x"]).ok();
+    // The client waits (at most 30 s) before its retry; the user is told, and --timeout ends the wait.
+    let e = kv(&v, &["secret", "show", "slow", "--timeout", "2"]).code(1);
+    assert!(
+        e.stderr.contains(&format!(
+            "note: {}/secrets/slow answered 429 (too many requests): waiting 30.0 s before retry 1 of 3",
+            v.url
+        )),
+        "{}",
+        e.stderr
+    );
+    assert!(
+        e.stderr.contains(&format!(
+            "error: gave up on {}: the call did not complete within its timeout of 2s",
+            v.url
+        )),
+        "{}",
+        e.stderr
+    );
+}
