@@ -116,7 +116,9 @@ Example:
 
 const SET_HELP: &str = concat!(
     "Exactly one of --value, --file or --value-stdin gives the value. --file is read as is; --value-stdin \
-     drops one trailing newline (so `echo pass | …` stores `pass`). Values must be UTF-8 text (encode binary \
+     drops one trailing newline (so `echo pass | …` stores `pass`). An empty value (no input, an empty file, \
+     `--value ''`) is refused with exit code 2 unless --allow-empty is given, so that `producer | keyvault \
+     secret set …` does not wipe the secret when the producer fails. Values must be UTF-8 text (encode binary \
      data first, e.g. with base64). Prefer --file or --value-stdin to --value: command lines end up in shell \
      history and `ps`.
 
@@ -204,6 +206,10 @@ pub struct SetArgs {
     pub name: String,
     #[command(flatten)]
     pub source: ValueSource,
+    /// Store an empty value (refused otherwise: empty input is more often a failed command before a pipe,
+    /// an empty file or an unset variable than a wish to wipe the secret).
+    #[arg(long)]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub props: PropertyArgs,
 }
@@ -362,6 +368,17 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
         SecretCommand::Set(a) => {
             let options = a.props.set_options()?;
             let value = zeroize::Zeroizing::new(read_value(&a.source)?);
+            if value.is_empty() && !a.allow_empty {
+                let from = match (&a.source.value, &a.source.file) {
+                    (Some(_), _) => "--value".to_string(),
+                    (None, Some(p)) => format!("'{}'", p.display()),
+                    (None, None) => "standard input".to_string(),
+                };
+                return Err(CliError::bad_input(format!(
+                    "the value from {from} is empty; nothing was written (a failed command before a pipe, an \
+                     empty file or an unset variable gives no input): pass --allow-empty to store an empty value"
+                )));
+            }
             let s = client
                 .set_secret(&a.name, value.as_str(), Some(options))
                 .await

@@ -139,6 +139,62 @@ fn value_sources_and_utf8() {
     let j = kv(v, &["secret", "show", "src-stdin"]).ok().json();
     assert_eq!(j["value"], "from stdin");
 
+    // Empty input (a failed producer before the pipe, an empty file, an unset variable) writes nothing…
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let e = kv_in(v, &["secret", "set", "src-stdin", "--value-stdin"], b"").code(2);
+    assert!(
+        e.stderr
+            .starts_with("error: the value from standard input is empty; nothing was written")
+            && e.stderr.contains("--allow-empty"),
+        "{}",
+        e.stderr
+    );
+    kv_in(v, &["secret", "set", "src-stdin", "--value-stdin"], b"\n").code(2);
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "set",
+            "src-file",
+            "--file",
+            empty.to_str().unwrap(),
+        ],
+    )
+    .code(2);
+    assert!(e.stderr.contains("empty.txt' is empty"), "{}", e.stderr);
+    kv(v, &["secret", "set", "src-file", "--value", ""]).code(2);
+    let versions = |name: &str| {
+        kv(v, &["secret", "list-versions", name, "-o", "value"])
+            .ok()
+            .stdout
+            .lines()
+            .count()
+    };
+    assert_eq!(versions("src-stdin"), 1);
+    assert_eq!(versions("src-file"), 1);
+    assert_eq!(
+        kv(v, &["secret", "show", "src-stdin"]).ok().json()["value"],
+        "from stdin"
+    );
+    // …unless asked for.
+    kv_in(
+        v,
+        &[
+            "secret",
+            "set",
+            "src-empty",
+            "--value-stdin",
+            "--allow-empty",
+        ],
+        b"",
+    )
+    .ok();
+    assert_eq!(
+        kv(v, &["secret", "show", "src-empty"]).ok().json()["value"],
+        ""
+    );
+
     // Not UTF-8: a clear error, exit 2, and the bytes are never echoed.
     let bin = dir.path().join("binary.bin");
     std::fs::write(&bin, b"ok\n\xff\xfesecret-bytes").unwrap();
