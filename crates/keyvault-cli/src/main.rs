@@ -17,6 +17,7 @@ mod render;
 mod secret;
 mod serve;
 mod token;
+mod tty;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use errors::{CliError, CliResult, io_error};
@@ -86,6 +87,8 @@ enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the argon2 hash of a client secret read from standard input (for `[[clients]]` in the config).
+    ///
+    /// On a terminal it prompts and reads one line without echo.
     #[command(after_help = "Example:\n  keyvault hash-secret <<< 'my-client-secret'")]
     HashSecret,
     /// Work with the server's hash-chained audit log.
@@ -170,7 +173,7 @@ fn main() -> ExitCode {
             allocator::start_purger();
             serve::run(*args).map_err(|e| CliError::new(2, e))
         }
-        Command::HashSecret => hash_secret().map_err(|e| CliError::new(2, e)),
+        Command::HashSecret => hash_secret(),
         Command::Kek(command) => {
             let mut out = std::io::stdout().lock();
             rekey::run_kek(command, &mut out).and(out.flush().map_err(io_error))
@@ -240,16 +243,21 @@ fn completions(shell: clap_complete::Shell) -> CliResult {
         .map_err(io_error)
 }
 
-fn hash_secret() -> Result<(), String> {
-    let mut secret = String::new();
-    std::io::stdin()
-        .read_line(&mut secret)
-        .map_err(|e| format!("cannot read standard input: {e}"))?;
-    let secret = zeroize::Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_string());
+fn hash_secret() -> CliResult {
+    let secret = if tty::stdin_is_terminal() {
+        runtime()?.block_on(tty::read_hidden_line("Client secret: "))?
+    } else {
+        let mut secret = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut secret)
+            .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
+        zeroize::Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_string())
+    };
     if secret.is_empty() {
-        return Err("no secret on standard input".to_string());
+        return Err(CliError::bad_input("no secret on standard input"));
     }
-    let hash = keyvault_server::auth::hash_secret(&secret).map_err(|e| e.to_string())?;
+    let hash = keyvault_server::auth::hash_secret(&secret)
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
     println!("{hash}");
     Ok(())
 }

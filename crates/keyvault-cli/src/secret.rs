@@ -118,7 +118,8 @@ const SET_HELP: &str = concat!(
     "Exactly one of --value, --file or --value-stdin gives the value. --file is read as is; --value-stdin \
      drops one trailing newline (so `echo pass | …` stores `pass`). An empty value (no input, an empty file, \
      `--value ''`) is refused with exit code 2 unless --allow-empty is given, so that `producer | keyvault \
-     secret set …` does not wipe the secret when the producer fails. Values must be UTF-8 text (encode binary \
+     secret set …` does not wipe the secret when the producer fails. On a terminal, --value-stdin prompts \
+     and reads one line without echo (Ctrl-C: exit 130). Values must be UTF-8 text (encode binary \
      data first, e.g. with base64). Prefer --file or --value-stdin to --value: command lines end up in shell \
      history and `ps`.
 
@@ -173,7 +174,8 @@ pub struct ValueSource {
     /// Read the value from a file, as is.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// Read the value from standard input (one trailing newline is dropped).
+    /// Read the value from standard input (one trailing newline is dropped); on a terminal, one line typed
+    /// at a prompt, not echoed.
     #[arg(long)]
     pub value_stdin: bool,
 }
@@ -367,7 +369,11 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
     match command {
         SecretCommand::Set(a) => {
             let options = a.props.set_options()?;
-            let value = zeroize::Zeroizing::new(read_value(&a.source)?);
+            let value = if a.source.value_stdin && crate::tty::stdin_is_terminal() {
+                crate::tty::read_hidden_line(&format!("Value for '{}': ", a.name)).await?
+            } else {
+                zeroize::Zeroizing::new(read_value(&a.source)?)
+            };
             if value.is_empty() && !a.allow_empty {
                 let from = match (&a.source.value, &a.source.file) {
                     (Some(_), _) => "--value".to_string(),

@@ -953,3 +953,138 @@ fn a_throttled_request_says_that_it_waits() {
         e.stderr
     );
 }
+
+/// A pseudo-terminal: its controller side, and a file on its terminal side (what a command's stdin and
+/// stderr are given).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let controller = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&controller).unwrap();
+    unlockpt(&controller).unwrap();
+    let name = ptsname(&controller, Vec::new()).unwrap();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    (std::fs::File::from(controller), terminal)
+}
+
+/// Run `keyvault ARGS` with stdin and stderr on a new terminal; once it shows `prompt`, type `typed` (unless
+/// `None`: then send the command SIGINT instead). Its exit code, stdout, what the terminal showed, and whether
+/// the terminal echoes after the command.
+fn at_a_terminal(
+    mut c: std::process::Command,
+    args: &[&str],
+    prompt: &str,
+    typed: Option<&str>,
+) -> (i32, String, String, bool) {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let (controller, terminal) = pty();
+    let mut child = c
+        .args(args)
+        .stdin(terminal.try_clone().unwrap())
+        .stderr(terminal.try_clone().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c);
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = controller.try_clone().unwrap();
+    let kept = shown.clone();
+    // Reading ends with an error (EIO) once no process holds the terminal side open (`terminal` is dropped
+    // after the command has exited).
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let start = std::time::Instant::now();
+    while !String::from_utf8_lossy(&shown.lock().unwrap()).contains(prompt) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no prompt: {:?}",
+            String::from_utf8_lossy(&shown.lock().unwrap())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    match typed {
+        Some(t) => (&controller).write_all(t.as_bytes()).unwrap(),
+        None => {
+            let status = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    let echoes = rustix::termios::tcgetattr(&terminal)
+        .unwrap()
+        .local_modes
+        .contains(rustix::termios::LocalModes::ECHO);
+    drop(terminal);
+    // What the command wrote before it exited is in the terminal's buffer: read until the reader is done.
+    let start = std::time::Instant::now();
+    while Arc::strong_count(&shown) > 1 && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let shown = String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    (code, stdout, shown, echoes)
+}
+
+#[test]
+fn value_stdin_at_a_terminal_prompts_without_echo() {
+    let v = shared();
+    let (code, stdout, shown, echoes) = at_a_terminal(
+        command(Some(v)),
+        &["secret", "set", "tty-typed", "--value-stdin", "-o", "json"],
+        "Value for 'tty-typed': ",
+        Some("typed-s3cret-value\n"),
+    );
+    assert_eq!(code, 0, "{stdout} {shown}");
+    assert!(!shown.contains("typed-s3cret-value"), "echoed: {shown:?}");
+    assert!(shown.contains("Value for 'tty-typed': \r\n"), "{shown:?}");
+    assert!(echoes, "the terminal echoes again");
+    assert_eq!(
+        kv(v, &["secret", "show", "tty-typed"]).ok().json()["value"],
+        "typed-s3cret-value"
+    );
+
+    // Ctrl-C (SIGINT) at the prompt: exit 130, nothing written, the terminal restored.
+    let (code, _, shown, echoes) = at_a_terminal(
+        command(Some(v)),
+        &["secret", "set", "tty-typed", "--value-stdin"],
+        "Value for 'tty-typed': ",
+        None,
+    );
+    assert_eq!(code, 130, "{shown:?}");
+    assert!(shown.contains("error: interrupted"), "{shown:?}");
+    assert!(echoes, "the terminal echoes again after Ctrl-C");
+    let versions = kv(v, &["secret", "list-versions", "tty-typed", "-o", "value"]).ok();
+    assert_eq!(versions.stdout.lines().count(), 1, "{}", versions.stdout);
+
+    // hash-secret too.
+    let (code, stdout, shown, echoes) = at_a_terminal(
+        command(None),
+        &["hash-secret"],
+        "Client secret: ",
+        Some("typed-client-secret\n"),
+    );
+    assert_eq!(code, 0, "{shown:?}");
+    assert!(stdout.starts_with("$argon2"), "{stdout}");
+    assert!(!shown.contains("typed-client-secret"), "echoed: {shown:?}");
+    assert!(echoes);
+}
