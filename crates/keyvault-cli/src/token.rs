@@ -32,7 +32,7 @@ pub struct TokenArgs {
 pub async fn run(args: TokenArgs, out: &mut dyn Write) -> CliResult {
     let (scope, token) = match &args.scope {
         Some(scope) => {
-            let credential = args.conn.credential()?;
+            let credential = args.conn.credential(scope)?;
             let scopes = [scope.as_str()];
             let request = credential.get_token(&scopes, None);
             let token = match args.conn.call_timeout() {

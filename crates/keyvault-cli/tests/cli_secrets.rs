@@ -1088,3 +1088,88 @@ fn value_stdin_at_a_terminal_prompts_without_echo() {
     assert!(!shown.contains("typed-client-secret"), "echoed: {shown:?}");
     assert!(echoes);
 }
+
+/// A listener on 127.0.0.1 that counts the connections made to it (and closes them): its URL and the count.
+fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for _ in listener.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn a_client_secret_is_not_sent_to_microsoft_for_a_vault_elsewhere() {
+    let (url, connections) = counting_listener();
+    let azure_client = |extra: &[(&str, &str)]| {
+        let mut c = command(None);
+        c.env("KEYVAULT_URL", &url)
+            .env("AZURE_TENANT_ID", "my-tenant")
+            .env("AZURE_CLIENT_ID", "my-app")
+            .envs(extra.iter().copied());
+        c
+    };
+    let e = run_with(
+        azure_client(&[("AZURE_CLIENT_SECRET", "s3cret-for-azure")]),
+        &["secret", "list", "--no-challenge-verification"],
+        None,
+    )
+    .code(2);
+    assert!(
+        e.stderr.starts_with(
+            "error: refusing to send the client secret to the default authority (https://login.microsoftonline.com)"
+        ) && e.stderr.contains(&format!("--authority-host {url}"))
+            && e.stderr.contains("custom domain in front of Azure Key Vault"),
+        "{}",
+        e.stderr
+    );
+    assert!(!e.stderr.contains("s3cret-for-azure"), "{}", e.stderr);
+    // The flag form, a certificate, and `token --scope` for a resource elsewhere: refused too.
+    run_with(
+        command(None),
+        &[
+            "secret",
+            "list",
+            "--vault-url",
+            &url,
+            "--tenant-id",
+            "t",
+            "--client-id",
+            "c",
+            "--client-secret",
+            "s",
+        ],
+        None,
+    )
+    .code(2);
+    let e = run_with(
+        azure_client(&[("AZURE_CLIENT_CERTIFICATE_PATH", "/nonexistent/cert.pem")]),
+        &["secret", "list"],
+        None,
+    )
+    .code(2);
+    assert!(
+        e.stderr
+            .contains("an assertion signed with the client certificate"),
+        "{}",
+        e.stderr
+    );
+    let e = run_with(
+        azure_client(&[("AZURE_CLIENT_SECRET", "s")]),
+        &["token", "--scope", &format!("{url}/.default")],
+        None,
+    )
+    .code(2);
+    assert!(
+        e.stderr.contains("refusing to send the client secret"),
+        "{}",
+        e.stderr
+    );
+    // Nothing was sent anywhere, not even to the vault.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
