@@ -99,7 +99,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check that an audit log has not been edited, truncated or reordered (exit 0 when intact, 2 when not).
+    /// Check that an audit log has not been edited, truncated or reordered (exit 0 when intact, 2 when not,
+    /// 1 when it cannot be read).
     #[command(
         after_help = "Examples:\n  keyvault audit verify vault-data/audit.log\n  \
                             keyvault audit verify --chain vault-data/audit.log   # with audit.log.1, .2, … rotated files"
@@ -287,12 +288,10 @@ fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
             }
             Ok(())
         }
-        // Line 0 is the file itself: it could not be read, which says nothing about the chain.
-        Err(e) if e.line == 0 => Err(CliError::new(
-            2,
-            format!("cannot verify the audit log: {e}"),
-        )),
-        Err(e) => Err(CliError::new(2, format!("audit log is not intact: {e}"))),
+        // Line 0 is the file itself: it could not be read, which says nothing about the chain (exit 1, apart
+        // from a log that is not intact).
+        Err(e) if e.line == 0 => Err(CliError::other(format!("cannot verify the audit log: {e}"))),
+        Err(e) => Err(CliError::bad_input(format!("audit log is not intact: {e}"))),
     }
 }
 

@@ -615,7 +615,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> CliResult {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(path).map_err(fail)?;
+    // A path that cannot be opened for writing (a missing directory, no permission, a directory) is bad input;
+    // a write that fails after (a full disk) is not.
+    let mut f = options
+        .open(path)
+        .map_err(|e| CliError::bad_input(format!("cannot write {}: {e}", path.display())))?;
     let meta = f.metadata().map_err(fail)?;
     if meta.is_file() {
         #[cfg(unix)]

@@ -6,9 +6,6 @@ use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr
 use std::io::{BufRead, IsTerminal, Write};
 use zeroize::Zeroizing;
 
-/// The exit code of a command interrupted at a prompt (128 + SIGINT, as shells report it).
-const INTERRUPTED: u8 = 130;
-
 /// Whether standard input is a terminal (where a typed value should not be echoed).
 pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
@@ -54,7 +51,7 @@ pub async fn read_hidden_line(prompt: &str) -> CliResult<Zeroizing<String>> {
         _ = interrupt.recv() => {
             drop(restore);
             eprintln!();
-            return Err(CliError::new(INTERRUPTED, "interrupted"));
+            return Err(CliError::new(crate::errors::code::INTERRUPTED, "interrupted"));
         }
     };
     drop(restore);

@@ -952,6 +952,74 @@ fn a_throttled_request_says_that_it_waits() {
         "{}",
         e.stderr
     );
+    // With no retries left, a 429 has its own exit code.
+    let e = kv(&v, &["secret", "show", "slow", "--max-retries", "0"]).code(7);
+    assert!(
+        e.stderr.starts_with(&format!(
+            "error: {} is throttling requests (429) and the retries ran out",
+            v.url
+        )) && e.stderr.contains("--max-retries"),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn local_files_that_cannot_be_read_or_written_are_bad_input() {
+    let v = shared();
+    let dir = tempfile::tempdir().unwrap();
+    kv(v, &["secret", "set", "file-codes", "--value", "v"]).ok();
+    // A backup into a missing directory.
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "backup",
+            "file-codes",
+            "--file",
+            "/nonexistent/dir/x",
+        ],
+    )
+    .code(2);
+    assert!(
+        e.stderr.contains("cannot write /nonexistent/dir/x"),
+        "{}",
+        e.stderr
+    );
+    let e = kv(
+        v,
+        &["secret", "export", "--file", "/nonexistent/dir/all.json"],
+    )
+    .code(2);
+    assert!(e.stderr.contains("cannot write"), "{}", e.stderr);
+    // Key files: created into a missing directory, or malformed, as `rekey` says of them.
+    let e = run_with(
+        command(None),
+        &["kek", "new", "/nonexistent/dir/k.key"],
+        None,
+    )
+    .code(2);
+    assert!(!e.stderr.is_empty());
+    let bad = dir.path().join("bad.key");
+    std::fs::write(
+        &bad,
+        "not a key
+",
+    )
+    .unwrap();
+    run_with(command(None), &["kek", "id", bad.to_str().unwrap()], None).code(2);
+    // audit verify: 2 is for a log that is not intact; one that cannot be read is 1.
+    let e = run_with(
+        command(None),
+        &["audit", "verify", "/nonexistent/audit.log"],
+        None,
+    )
+    .code(1);
+    assert!(
+        e.stderr.contains("cannot verify the audit log"),
+        "{}",
+        e.stderr
+    );
 }
 
 /// A pseudo-terminal: its controller side, and a file on its terminal side (what a command's stdin and
