@@ -22,7 +22,8 @@ pub enum Output {
     Table,
     /// JSON (the default when standard output is not a terminal).
     Json,
-    /// Tab-separated columns, no header, one line per item (tabs and newlines in fields escaped).
+    /// Tab-separated columns, no header, one line per item (backslashes, tabs and newlines in fields escaped
+    /// with a backslash; in the tags column also ',' and '=' inside a tag's name or value).
     Tsv,
     /// Only the value: the secret's value for `show`, else one bare field per item (see each command's help).
     Value,

@@ -185,7 +185,9 @@ pub struct PropertyArgs {
     /// Content type, e.g. text/plain or application/json.
     #[arg(long, value_name = "TYPE")]
     pub content_type: Option<String>,
-    /// Tags: space-separated KEY=VALUE pairs (a bare KEY has an empty value).
+    /// Tags: space-separated KEY=VALUE pairs (a bare KEY has an empty value; the value is everything after
+    /// the first '=', commas included). Table and TSV output print them as KEY=VALUE,KEY=VALUE with '\', ','
+    /// and '=' inside a key or value escaped by a backslash.
     #[arg(long, num_args = 0.., value_name = "KEY=VALUE")]
     pub tags: Option<Vec<String>>,
     /// Expiry date (see WHEN below).

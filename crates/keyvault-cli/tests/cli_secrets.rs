@@ -97,6 +97,62 @@ fn set_and_show_in_every_format() {
 }
 
 #[test]
+fn tags_are_unambiguous_in_table_and_tsv() {
+    let v = shared();
+    kv(
+        v,
+        &[
+            "secret", "set", "tags-one", "--value", "v", "--tags", "a=x,b=y",
+        ],
+    )
+    .ok();
+    kv(
+        v,
+        &[
+            "secret", "set", "tags-two", "--value", "v", "--tags", "a=x", "b=y",
+        ],
+    )
+    .ok();
+    kv(
+        v,
+        &[
+            "secret", "set", "tags-odd", "--value", "v", "--tags", "k\\=v\tw",
+        ],
+    )
+    .ok();
+    let tags = |name: &str, format: &str| {
+        let out = kv(v, &["secret", "show", name, "-o", format]).ok();
+        match format {
+            "tsv" => out
+                .stdout
+                .trim_end()
+                .split('\t')
+                .nth(10)
+                .unwrap()
+                .to_string(),
+            _ => out
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("Tags"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        }
+    };
+    for format in ["tsv", "table"] {
+        assert_eq!(tags("tags-one", format), r"a=x\,b\=y", "{format}");
+        assert_eq!(tags("tags-two", format), "a=x,b=y", "{format}");
+    }
+    // A tag's backslash is one escape, in TSV too (not escaped twice); its tab is \t.
+    assert_eq!(tags("tags-odd", "tsv"), r"k\\=v\tw");
+    // JSON has them as they are.
+    let j = kv(v, &["secret", "show", "tags-one"]).ok().json();
+    assert_eq!(j["tags"], serde_json::json!({"a": "x,b=y"}));
+    let j = kv(v, &["secret", "show", "tags-odd"]).ok().json();
+    assert_eq!(j["tags"], serde_json::json!({"k\\": "v\tw"}));
+}
+
+#[test]
 fn value_sources_and_utf8() {
     let v = shared();
     let dir = tempfile::tempdir().unwrap();
