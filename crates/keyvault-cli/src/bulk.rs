@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub const IMPORT_HELP: &str = "Input: a JSON object of name → value (the output of `export`), or a .env file \
+pub const IMPORT_HELP: &str = "Input: a JSON object of name → value (the output of `export`), or a .env file (either may start with a UTF-8 \
+byte-order mark) \
 (NAME=value lines; `export NAME=…`, # comments, 'single' and \"double\" quotes with \\n, \\\", \\\\, \\$ escapes). \
 In a .env file every '_' in a name becomes '-' (Key Vault names allow only letters, digits and '-'), so \
 DB_PASSWORD is stored as DB-PASSWORD; names in JSON are used as they are. JSON values are strings; true and \
@@ -41,6 +42,8 @@ every '-' in a name becomes '_' (so the file can be sourced; `import` maps them 
 with a digit cannot be a shell variable and is reported instead of written). Disabled secrets \
 cannot be read and are skipped, as are secrets deleted while the export runs. The file is created readable by its owner only (mode 600). A secret that \
 fails is reported and the others go on; the exit code is then 6.
+Written to standard output, an export whose reader closes the pipe before it is all written fails (exit 1, no \
+summary).
 
 Examples:
   keyvault secret export --file secrets.json
@@ -439,7 +442,11 @@ enum Failed {
 
 pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliResult {
     let (bytes, from) = read_input(&args.file)?;
-    let text = zeroize::Zeroizing::new(utf8_value(bytes, &from)?);
+    let mut text = zeroize::Zeroizing::new(utf8_value(bytes, &from)?);
+    // A byte-order mark (Windows editors write one) is not part of the content, in JSON as in .env.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
     let format = args.format.unwrap_or_else(|| {
         let by_name = args
             .file
@@ -738,7 +745,20 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
             p.display().to_string()
         }
         None => {
-            out.write_all(text.as_bytes()).map_err(io_error)?;
+            // Flushed before the summary, and a closed pipe is an error here (not the quiet end of other
+            // commands): the export did not reach its reader.
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        CliError::other(
+                            "standard output was closed before the export was written: its reader did \
+                             not get every secret",
+                        )
+                    } else {
+                        io_error(e)
+                    }
+                })?;
             "standard output".to_string()
         }
     };

@@ -16,9 +16,10 @@ authentication challenge, exactly as every other command does.
 Output: the bare token by default (`-o value`); `-o json` gives {\"accessToken\", \"expiresOn\", \"scope\", \
 \"tokenType\"}.
 
-Examples:
-  curl -H \"Authorization: Bearer $(keyvault token --dev-credentials ./keyvault-data)\" \\
-       --cacert ./keyvault-data/tls/ca.pem \"https://127.0.0.1:8443/secrets?api-version=7.6\"
+Examples (curl reads the header from standard input, so the token is not on a command line, where `ps` shows
+it; curl 7.55 or later):
+  keyvault token --dev-credentials ./keyvault-data | sed 's/^/Authorization: Bearer /' |
+    curl -H @- --cacert ./keyvault-data/tls/ca.pem \"https://127.0.0.1:8443/secrets?api-version=7.6\"
   keyvault token --scope https://vault.azure.net/.default -o json"
 )]
 pub struct TokenArgs {

@@ -313,3 +313,50 @@ fn import_reports_item_errors_and_goes_on() {
     .code(2);
     assert!(e.stderr.contains("not a JSON object"), "{}", e.stderr);
 }
+
+#[test]
+fn import_skips_a_byte_order_mark_and_export_notices_a_closed_pipe() {
+    let v = start_vault();
+    // A JSON file from a Windows editor, with a UTF-8 byte-order mark.
+    let out = kv_in(
+        &v,
+        &["secret", "import", "--file", "-"],
+        "\u{feff}{\"bom-a\": \"1\"}".as_bytes(),
+    )
+    .ok();
+    assert!(out.stderr.contains("1 created"), "{}", out.stderr);
+    assert_eq!(
+        kv(&v, &["secret", "show", "bom-a"]).ok().json()["value"],
+        "1"
+    );
+
+    // An export larger than a pipe's buffer, read by a reader that stops after 10 bytes (`| head -c 10`).
+    let big: BTreeMap<String, String> = (0..25)
+        .map(|i| (format!("big-{i:02}"), "x".repeat(20_000)))
+        .collect();
+    kv_in(
+        &v,
+        &["secret", "import", "--file", "-"],
+        &serde_json::to_vec(&big).unwrap(),
+    )
+    .ok();
+    let mut child = command(Some(&v))
+        .args(["secret", "export"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("exported 25"), "{stderr}");
+    assert!(
+        stderr.contains("standard output was closed before the export was written"),
+        "{stderr}"
+    );
+}

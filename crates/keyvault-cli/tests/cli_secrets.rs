@@ -194,6 +194,16 @@ fn value_sources_and_utf8() {
     .ok();
     let j = kv(v, &["secret", "show", "src-stdin"]).ok().json();
     assert_eq!(j["value"], "from stdin");
+    // --file - is standard input too, read as is (as import, restore and backup read '-').
+    kv_in(
+        v,
+        &["secret", "set", "src-dash-file", "--file", "-"],
+        b"as is\n",
+    )
+    .ok();
+    let j = kv(v, &["secret", "show", "src-dash-file"]).ok().json();
+    assert_eq!(j["value"], "as is\n");
+    kv_in(v, &["secret", "set", "src-dash-file", "--file", "-"], b"").code(2);
 
     // Empty input (a failed producer before the pipe, an empty file, an unset variable) writes nothing…
     let empty = dir.path().join("empty.txt");
@@ -792,6 +802,30 @@ fn connection_and_credential_errors() {
     // Usage errors are bad input.
     kv(v, &["secret", "frobnicate"]).code(2);
     kv(v, &["secret", "list", "-o", "yaml"]).code(2);
+}
+
+#[test]
+fn versions_of_a_missing_secret_are_an_empty_list_with_a_hint() {
+    let v = shared();
+    // Key Vault answers an empty list (exit 0); a person at a table is told why.
+    let t = kv(
+        v,
+        &["secret", "list-versions", "no-such-versions", "-o", "table"],
+    )
+    .ok();
+    assert!(
+        t.stderr
+            .contains("no versions: there is no secret 'no-such-versions' in"),
+        "{}",
+        t.stderr
+    );
+    let j = kv(
+        v,
+        &["secret", "list-versions", "no-such-versions", "-o", "json"],
+    )
+    .ok();
+    assert_eq!(j.json(), serde_json::json!([]));
+    assert!(j.stderr.is_empty(), "{}", j.stderr);
 }
 
 #[test]
