@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub const IMPORT_HELP: &str = "Input: a JSON object of name → value (the output of `export`), or a .env file \
+pub const IMPORT_HELP: &str = "Input: a JSON object of name → value (the output of `export`), or a .env file (either may start with a UTF-8 \
+byte-order mark) \
 (NAME=value lines; `export NAME=…`, # comments, 'single' and \"double\" quotes with \\n, \\\", \\\\, \\$ escapes). \
 In a .env file every '_' in a name becomes '-' (Key Vault names allow only letters, digits and '-'), so \
-DB_PASSWORD is stored as DB-PASSWORD; names in JSON are used as they are. Names are case-insensitive: when \
+DB_PASSWORD is stored as DB-PASSWORD; names in JSON are used as they are. JSON values are strings; true and \
+false are stored as that text; a number, null, an array or an object fails that secret (quote a number, \
+\"0.10\", to store its digits as written: a JSON reader does not keep them). Names are case-insensitive: when \
 one appears twice, the last value wins.
 
 Safe to re-run: each secret's latest value is read first, and a new version is written only when the secret \
@@ -39,6 +42,8 @@ every '-' in a name becomes '_' (so the file can be sourced; `import` maps them 
 with a digit cannot be a shell variable and is reported instead of written). Disabled secrets \
 cannot be read and are skipped, as are secrets deleted while the export runs. The file is created readable by its owner only (mode 600). A secret that \
 fails is reported and the others go on; the exit code is then 6.
+Written to standard output, an export whose reader closes the pipe before it is all written fails (exit 1, no \
+summary).
 
 Examples:
   keyvault secret export --file secrets.json
@@ -400,9 +405,22 @@ fn parse_input(
                 .map(|(k, v)| {
                     let v = match v {
                         serde_json::Value::String(s) => Ok(s),
-                        serde_json::Value::Number(n) => Ok(n.to_string()),
+                        // `true` and `false` have one spelling each: stored as that text, exactly.
                         serde_json::Value::Bool(b) => Ok(b.to_string()),
-                        _ => Err("the value is not a string".to_string()),
+                        // A number's digits are not kept as written (`0.10` is read as 0.1, a big integer
+                        // rounds): a value must be stored exactly, so the file has to say which text it means.
+                        serde_json::Value::Number(_) => Err(
+                            "the value is a JSON number, whose digits would not be kept exactly as written: \
+                             quote it (e.g. \"0.10\") to store that text"
+                                .to_string(),
+                        ),
+                        serde_json::Value::Null => {
+                            Err("the value is null, not a string: quote it or leave the name out".to_string())
+                        }
+                        serde_json::Value::Array(_) | serde_json::Value::Object(_) => Err(
+                            "the value is not a string (an array or object): store JSON as a quoted string"
+                                .to_string(),
+                        ),
                     };
                     (k, v)
                 })
@@ -424,7 +442,11 @@ enum Failed {
 
 pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliResult {
     let (bytes, from) = read_input(&args.file)?;
-    let text = zeroize::Zeroizing::new(utf8_value(bytes, &from)?);
+    let mut text = zeroize::Zeroizing::new(utf8_value(bytes, &from)?);
+    // A byte-order mark (Windows editors write one) is not part of the content, in JSON as in .env.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
     let format = args.format.unwrap_or_else(|| {
         let by_name = args
             .file
@@ -723,7 +745,20 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
             p.display().to_string()
         }
         None => {
-            out.write_all(text.as_bytes()).map_err(io_error)?;
+            // Flushed before the summary, and a closed pipe is an error here (not the quiet end of other
+            // commands): the export did not reach its reader.
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        CliError::other(
+                            "standard output was closed before the export was written: its reader did \
+                             not get every secret",
+                        )
+                    } else {
+                        io_error(e)
+                    }
+                })?;
             "standard output".to_string()
         }
     };
@@ -837,12 +872,29 @@ mod tests {
 
     #[test]
     fn json_members_keep_the_file_order() {
-        let got = parse_input(r#"{"j1":"v","b":2,"J1":"w","a":true}"#, Format::Json, "f").unwrap();
+        let got =
+            parse_input(r#"{"j1":"v","b":"2","J1":"w","a":true}"#, Format::Json, "f").unwrap();
         let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["j1", "b", "J1", "a"]);
         assert_eq!(got[2].1, Ok("w".to_string()));
         assert_eq!(got[1].1, Ok("2".to_string()));
+        assert_eq!(got[3].1, Ok("true".to_string()));
         assert!(parse_input("[1]", Format::Json, "f").is_err());
+        let got = parse_input(
+            r#"{"bignum": 12345678901234567890123, "pin": 0.10, "exp": 1e3, "neg": -0, "n": null, "o": {}}"#,
+            Format::Json,
+            "f",
+        )
+        .unwrap();
+        for (name, v) in &got[..4] {
+            let e = v.as_ref().unwrap_err();
+            assert!(
+                e.contains("JSON number") && e.contains("quote it"),
+                "{name}: {e}"
+            );
+        }
+        assert!(got[4].1.as_ref().unwrap_err().contains("null"));
+        assert!(got[5].1.as_ref().unwrap_err().contains("not a string"));
     }
 
     #[cfg(unix)]

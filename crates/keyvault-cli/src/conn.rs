@@ -3,10 +3,12 @@
 use crate::errors::{CliError, CliResult};
 use clap::{Args, ValueEnum};
 use keyvault_secrets::credentials::{
-    AccessToken, ClientSecretCredential, ClientSecretCredentialOptions, DefaultAzureCredential,
-    DefaultAzureCredentialOptions, TokenCredential, TokenRequestOptions,
+    AccessToken, ClientSecretCredential, ClientSecretCredentialOptions, DEFAULT_AUTHORITY_HOST,
+    DefaultAzureCredential, DefaultAzureCredentialOptions, TokenCredential, TokenRequestOptions,
 };
-use keyvault_secrets::{RetryOptions, SecretClient, SecretClientOptions, SecretString};
+use keyvault_secrets::{
+    CallOptions, RetryOptions, SecretClient, SecretClientOptions, SecretString,
+};
 use serde::Deserialize;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,8 @@ pub enum Output {
     Table,
     /// JSON (the default when standard output is not a terminal).
     Json,
-    /// Tab-separated columns, no header, one line per item (tabs and newlines in fields escaped).
+    /// Tab-separated columns, no header, one line per item (backslashes, tabs and newlines in fields escaped
+    /// with a backslash; in the tags column also ',' and '=' inside a tag's name or value).
     Tsv,
     /// Only the value: the secret's value for `show`, else one bare field per item (see each command's help).
     Value,
@@ -60,7 +63,9 @@ pub struct ConnArgs {
         allow_hyphen_values = true
     )]
     pub client_secret: Option<String>,
-    /// Token authority [default: https://login.microsoftonline.com].
+    /// Token authority of a client secret, certificate or workload identity [default:
+    /// https://login.microsoftonline.com, only for a vault on an Azure Key Vault domain (*.vault.azure.net, …);
+    /// any other vault needs it: for a keyvault-rs server, its own URL].
     #[arg(long, env = "AZURE_AUTHORITY_HOST", global = true, value_name = "URL")]
     pub authority_host: Option<String>,
     /// Output format [default: table on a terminal, json otherwise].
@@ -69,6 +74,17 @@ pub struct ConnArgs {
     /// Retries of a failed request (connection errors, 408, 429, 5xx).
     #[arg(long, env = "KEYVAULT_MAX_RETRIES", global = true, default_value_t = 3)]
     pub max_retries: u32,
+    /// The longest each request of the command may take, in seconds, its token request, retries and waits
+    /// included (each page of a listing, each poll of --wait and each secret of an import or export gets this
+    /// long); 0: no limit.
+    #[arg(
+        long,
+        env = "KEYVAULT_TIMEOUT",
+        global = true,
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
+    pub timeout: u64,
     /// Skip the check that the vault's authentication challenge names a resource of the vault's own
     /// domain (needed for a vault on an IP address without --dev-credentials; never use it with real
     /// Azure credentials against a vault you do not trust).
@@ -86,6 +102,9 @@ struct DevCredentials {
     client_secret: SecretString,
     authority_host: String,
 }
+
+/// The longest a TCP connection and TLS handshake may take (less when `--timeout` is shorter).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Extra trusted CA certificates, PEM.
 type CaCerts = Vec<Vec<u8>>;
@@ -112,6 +131,11 @@ impl ConnArgs {
                 Output::Json
             }
         })
+    }
+
+    /// `--timeout`: how long each call may take (`None`: no limit).
+    pub fn call_timeout(&self) -> Option<Duration> {
+        (self.timeout > 0).then(|| Duration::from_secs(self.timeout))
     }
 
     fn dev_credentials(&self) -> CliResult<Option<DevCredentials>> {
@@ -162,7 +186,7 @@ impl ConnArgs {
                     "no vault URL: pass --vault-url, set KEYVAULT_URL, or pass --dev-credentials",
                 )
             })?;
-        let (credential, cas) = self.credential_from(&dev)?;
+        let (credential, cas) = self.credential_from(&dev, &vault_url)?;
         let credential = wrap(credential);
         let local = is_local_host(&vault_url);
         let options = SecretClientOptions {
@@ -174,27 +198,55 @@ impl ConnArgs {
                 initial_delay: Duration::from_millis(500),
                 max_delay: Duration::from_secs(30),
             },
-            connect_timeout: Some(Duration::from_secs(15)),
+            connect_timeout: Some(
+                self.call_timeout()
+                    .map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)),
+            ),
             polling_interval: Duration::from_secs(1),
             user_agent_suffix: Some(format!("keyvault-cli/{}", env!("CARGO_PKG_VERSION"))),
             ..Default::default()
         };
-        let client = SecretClient::new(&vault_url, credential, Some(options))
-            .map_err(|e| CliError::from_client(&e, crate::errors::Target::Vault, &vault_url))?;
+        let fail = |e| CliError::from_client(&e, crate::errors::Target::Vault, &vault_url);
+        let mut client = SecretClient::new(&vault_url, credential, Some(options)).map_err(fail)?;
+        if let Some(limit) = self.call_timeout() {
+            client = client
+                .with_call_options(CallOptions::default().timeout(limit))
+                .map_err(fail)?;
+        }
         Ok(Conn {
             client,
             output: self.output(),
         })
     }
 
-    /// The credential (and extra CAs) the flags, the environment or the dev credentials describe.
-    pub fn credential(&self) -> CliResult<Arc<dyn TokenCredential>> {
-        Ok(self.credential_from(&self.dev_credentials()?)?.0)
+    /// The credential the flags, the environment or the dev credentials describe, for tokens of `resource`
+    /// (a URL: a vault's, or a scope).
+    pub fn credential(&self, resource: &str) -> CliResult<Arc<dyn TokenCredential>> {
+        Ok(self.credential_from(&self.dev_credentials()?, resource)?.0)
+    }
+
+    /// A credential that would send a secret (a client secret, a certificate's or a workload identity's
+    /// assertion) to Microsoft's authority because none is configured, for tokens of a resource that is not
+    /// on an Azure Key Vault domain, is refused before anything is sent: such a vault (e.g. keyvault-rs) has
+    /// its own authority, and Microsoft has no business seeing the secret. The authority a vault names in its
+    /// challenge is never followed (a rogue vault could name its own, to collect the secret).
+    fn check_authority(&self, what: &str, resource: &str) -> CliResult {
+        if self.authority_host.is_some() || is_azure_resource(resource) {
+            return Ok(());
+        }
+        let origin = origin(resource);
+        Err(CliError::bad_input(format!(
+            "refusing to send {what} to the default authority ({DEFAULT_AUTHORITY_HOST}) for {origin}, which is \
+             not an Azure Key Vault domain: pass --authority-host (or set AZURE_AUTHORITY_HOST) to the authority \
+             that issues its tokens (for a keyvault-rs server, its own URL, e.g. --authority-host {origin}), or \
+             --authority-host {DEFAULT_AUTHORITY_HOST} for a custom domain in front of Azure Key Vault"
+        )))
     }
 
     fn credential_from(
         &self,
         dev: &Option<DevCredentials>,
+        resource: &str,
     ) -> CliResult<(Arc<dyn TokenCredential>, CaCerts)> {
         let mut cas = Vec::new();
         if let Some(d) = &dev {
@@ -218,6 +270,7 @@ impl ConnArgs {
                          --client-id (or set AZURE_TENANT_ID and AZURE_CLIENT_ID)",
                     ));
                 };
+                self.check_authority("the client secret", resource)?;
                 Arc::new(client_secret_credential(
                     tenant,
                     client,
@@ -228,20 +281,40 @@ impl ConnArgs {
                     cas.clone(),
                 )?)
             }
-            (None, None) => Arc::new(
-                DefaultAzureCredential::with_options(DefaultAzureCredentialOptions {
-                    environment: ClientSecretCredentialOptions {
-                        additional_ca_certificates: cas.clone(),
-                        ..Default::default()
-                    },
-                    tenant_id: self.tenant_id.clone(),
-                    managed_identity_client_id: self.client_id.clone(),
-                    ..Default::default()
-                })
-                .map_err(|e| CliError::from_client(&e, crate::errors::Target::Vault, ""))?,
-            ),
+            (None, None) => {
+                let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+                if set("AZURE_CLIENT_CERTIFICATE_PATH") {
+                    self.check_authority(
+                        "an assertion signed with the client certificate",
+                        resource,
+                    )?;
+                } else if set("AZURE_FEDERATED_TOKEN_FILE") {
+                    self.check_authority("the workload identity's federated token", resource)?;
+                }
+                self.default_credential(cas.clone())?
+            }
         };
         Ok((credential, cas))
+    }
+
+    /// The chain of `DefaultAzureCredential`, with the extra CAs and `--authority-host`.
+    fn default_credential(&self, cas: CaCerts) -> CliResult<Arc<dyn TokenCredential>> {
+        let mut environment = ClientSecretCredentialOptions {
+            additional_ca_certificates: cas,
+            ..Default::default()
+        };
+        if let Some(a) = &self.authority_host {
+            environment.authority_host = a.clone();
+        }
+        Ok(Arc::new(
+            DefaultAzureCredential::with_options(DefaultAzureCredentialOptions {
+                environment,
+                tenant_id: self.tenant_id.clone(),
+                managed_identity_client_id: self.client_id.clone(),
+                ..Default::default()
+            })
+            .map_err(|e| CliError::from_client(&e, crate::errors::Target::Vault, ""))?,
+        ))
     }
 }
 
@@ -291,6 +364,56 @@ fn read_pem_certificates(path: &Path, what: &str) -> CliResult<Vec<u8>> {
 }
 
 const CERT_PEM_BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
+/// The DNS suffixes of Azure Key Vault and Managed HSM in Azure's clouds (public, China, US Government,
+/// Germany).
+const AZURE_VAULT_SUFFIXES: &[&str] = &[
+    "vault.azure.net",
+    "vault.azure.cn",
+    "vault.usgovcloudapi.net",
+    "vault.microsoftazure.de",
+    "managedhsm.azure.net",
+    "managedhsm.azure.cn",
+    "managedhsm.usgovcloudapi.net",
+    "managedhsm.microsoftazure.de",
+];
+
+/// Whether a URL (a vault's, or a scope such as `https://vault.azure.net/.default`) is on an Azure Key Vault
+/// domain.
+pub fn is_azure_resource(url: &str) -> bool {
+    let host = url_host(url);
+    let host = host.trim_end_matches('.');
+    AZURE_VAULT_SUFFIXES.iter().any(|suffix| {
+        host == *suffix
+            || host
+                .strip_suffix(suffix)
+                .is_some_and(|name| name.ends_with('.'))
+    })
+}
+
+/// `scheme://host[:port]` of a URL (for messages).
+fn origin(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            &url[..scheme.len() + 3 + end]
+        }
+        None => url,
+    }
+}
+
+/// The URL's host, lowercase, without its port (an IPv6 address in its brackets).
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.to_ascii_lowercase()
+}
 
 /// Whether the URL's host is an IP address, `localhost` or a `*.localhost` name.
 pub fn is_local_host(url: &str) -> bool {
@@ -346,6 +469,7 @@ impl std::fmt::Debug for ConnArgs {
             )
             .field("authority_host", &self.authority_host)
             .field("output", &self.output)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -375,6 +499,40 @@ mod tests {
             shown.contains("app") && shown.contains("<redacted>"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn azure_resources() {
+        use super::{is_azure_resource, origin};
+        for azure in [
+            "https://myvault.vault.azure.net",
+            "https://myvault.vault.azure.net:443/secrets/x",
+            "https://MyVault.Vault.Azure.Net/",
+            "https://vault.azure.net/.default",
+            "https://v.vault.azure.cn",
+            "https://v.vault.usgovcloudapi.net",
+            "https://v.vault.microsoftazure.de",
+            "https://h.managedhsm.azure.net",
+            "https://myvault.vault.azure.net./",
+        ] {
+            assert!(is_azure_resource(azure), "{azure}");
+        }
+        for other in [
+            "https://127.0.0.1:8443",
+            "https://[::1]:8443",
+            "https://vault.example.com",
+            "https://evilvault.azure.net",
+            "https://vault.azure.net.evil.example",
+            "https://myvault.vault.azure.net@evil.example/",
+            "https://localhost:8443/.default",
+        ] {
+            assert!(!is_azure_resource(other), "{other}");
+        }
+        assert_eq!(
+            origin("https://127.0.0.1:8443/.default"),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(origin("https://h:1"), "https://h:1");
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub mod code {
     pub const FORBIDDEN: u8 = 5;
     /// A bulk import or export (or a rekey) finished, but some items failed.
     pub const PARTIAL: u8 = 6;
+    /// The vault throttled the request (429) and the retries ran out.
+    pub const THROTTLED: u8 = 7;
+    /// Interrupted (Ctrl-C) at a prompt: 128 + SIGINT, as shells report it.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// The exit-code table, for `--help` (a macro so that `concat!` can use it).
@@ -24,12 +28,15 @@ macro_rules! exit_codes_help {
     () => {
         "Exit codes:
   0  success
-  1  connection failure, server error, anything else
-  2  bad input (usage, invalid name/value/date/file, 400 or 413 from the vault)
+  1  connection failure or timeout, server error, anything else (audit verify: the log cannot be read)
+  2  bad input (usage, invalid name/value/date, a file that cannot be read or created, 400 or 413 from the
+     vault; audit verify: the log is not intact)
   3  not found (secret, version or deleted secret)
   4  conflict (e.g. name held by a deleted secret, restore over an existing secret)
   5  unauthorized or forbidden (credential failure, 401, 403, disabled secret)
-  6  bulk import/export or rekey finished with some items failed"
+  6  bulk import/export or rekey finished with some items failed
+  7  throttled: the vault answered 429 (too many requests) after every retry
+130  interrupted (Ctrl-C at a prompt)"
     };
 }
 
@@ -123,6 +130,13 @@ impl CliError {
                 };
                 (code::FORBIDDEN, format!("forbidden{on}: {msg}"))
             }
+            ErrorKind::HttpResponse if status == Some(429) => (
+                code::THROTTLED,
+                format!(
+                    "{vault} is throttling requests (429) and the retries ran out: {msg} [--max-retries \
+                     (KEYVAULT_MAX_RETRIES) sets how many; wait and try again]"
+                ),
+            ),
             // 413 too: whether a too-large value gets 400 or 413 depends only on how large it is.
             ErrorKind::HttpResponse if matches!(status, Some(400 | 413)) => {
                 (code::BAD_INPUT, format!("rejected by {vault}: {msg}"))
@@ -135,6 +149,14 @@ impl CliError {
                 ),
             ),
             ErrorKind::InvalidArgument => (code::BAD_INPUT, with_sources(e)),
+            // The call's time ran out (`--timeout`): the vault may have been reached (e.g. a throttled call that
+            // waits to retry), so not "cannot reach".
+            ErrorKind::Connection if msg.contains("did not complete within its timeout") => (
+                code::OTHER,
+                format!(
+                    "gave up on {vault}: {msg} [--timeout SECS (KEYVAULT_TIMEOUT) sets the limit; 0: none]"
+                ),
+            ),
             ErrorKind::Connection => {
                 let mut m = format!("cannot reach {vault}: {}", with_sources(e));
                 if m.contains("certificate") {

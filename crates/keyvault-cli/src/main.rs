@@ -11,11 +11,13 @@ mod allocator;
 mod bulk;
 mod conn;
 mod hardening;
+mod notes;
 mod rekey;
 mod render;
 mod secret;
 mod serve;
 mod token;
+mod tty;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use errors::{CliError, CliResult, io_error};
@@ -31,9 +33,10 @@ const AFTER_HELP: &str = concat!(
 
 Connection: --vault-url (KEYVAULT_URL); credentials from --dev-credentials (KEYVAULT_DEV_CREDENTIALS), else a
 client secret from --tenant-id/--client-id/--client-secret (AZURE_TENANT_ID, AZURE_CLIENT_ID,
-AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST), else a certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload
-identity (AZURE_FEDERATED_TOKEN_FILE), managed identity or the Azure CLI; --ca-file (KEYVAULT_CA_FILE) trusts
-a private CA.
+AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST: required unless the vault is on an Azure Key Vault domain), else a
+certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload identity (AZURE_FEDERATED_TOKEN_FILE), managed identity
+or the Azure CLI; --ca-file (KEYVAULT_CA_FILE) trusts a private CA; --timeout (KEYVAULT_TIMEOUT) bounds each
+request (default 60 s).
 
 Key rotation: keyvault kek new NEW.key; make it kek_file and the old key a previous_kek_files entry; then
 keyvault rekey (see keyvault rekey --help).
@@ -85,6 +88,8 @@ enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the argon2 hash of a client secret read from standard input (for `[[clients]]` in the config).
+    ///
+    /// On a terminal it prompts and reads one line without echo.
     #[command(after_help = "Example:\n  keyvault hash-secret <<< 'my-client-secret'")]
     HashSecret,
     /// Work with the server's hash-chained audit log.
@@ -94,7 +99,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check that an audit log has not been edited, truncated or reordered (exit 0 when intact, 2 when not).
+    /// Check that an audit log has not been edited, truncated or reordered (exit 0 when intact, 2 when not,
+    /// 1 when it cannot be read).
     #[command(
         after_help = "Examples:\n  keyvault audit verify vault-data/audit.log\n  \
                             keyvault audit verify --chain vault-data/audit.log   # with audit.log.1, .2, … rotated files"
@@ -142,14 +148,21 @@ fn main() -> ExitCode {
         Command::Rekey(_) => "warn,keyvault_server::store::postgres=info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(
-            std::env::var("KEYVAULT_LOG").ok().as_deref(),
-            default_log,
-        ))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(log_filter(
+                std::env::var("KEYVAULT_LOG").ok().as_deref(),
+                default_log,
+            ));
+        // Whatever the log level: a throttled request's wait is announced.
+        let notes = notes::ThrottleNotes.with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.target() == keyvault_secrets::RETRY_LOG_TARGET
+        }));
+        tracing_subscriber::registry().with(log).with(notes).init();
+    }
     // Before any key is read: no core dumps, no ptrace, no /proc/PID/environ for the same user.
     if matches!(
         cli.command,
@@ -162,7 +175,7 @@ fn main() -> ExitCode {
             allocator::start_purger();
             serve::run(*args).map_err(|e| CliError::new(2, e))
         }
-        Command::HashSecret => hash_secret().map_err(|e| CliError::new(2, e)),
+        Command::HashSecret => hash_secret(),
         Command::Kek(command) => {
             let mut out = std::io::stdout().lock();
             rekey::run_kek(command, &mut out).and(out.flush().map_err(io_error))
@@ -232,16 +245,21 @@ fn completions(shell: clap_complete::Shell) -> CliResult {
         .map_err(io_error)
 }
 
-fn hash_secret() -> Result<(), String> {
-    let mut secret = String::new();
-    std::io::stdin()
-        .read_line(&mut secret)
-        .map_err(|e| format!("cannot read standard input: {e}"))?;
-    let secret = zeroize::Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_string());
+fn hash_secret() -> CliResult {
+    let secret = if tty::stdin_is_terminal() {
+        runtime()?.block_on(tty::read_hidden_line("Client secret: "))?
+    } else {
+        let mut secret = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut secret)
+            .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
+        zeroize::Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_string())
+    };
     if secret.is_empty() {
-        return Err("no secret on standard input".to_string());
+        return Err(CliError::bad_input("no secret on standard input"));
     }
-    let hash = keyvault_server::auth::hash_secret(&secret).map_err(|e| e.to_string())?;
+    let hash = keyvault_server::auth::hash_secret(&secret)
+        .map_err(|e| CliError::bad_input(e.to_string()))?;
     println!("{hash}");
     Ok(())
 }
@@ -270,12 +288,10 @@ fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
             }
             Ok(())
         }
-        // Line 0 is the file itself: it could not be read, which says nothing about the chain.
-        Err(e) if e.line == 0 => Err(CliError::new(
-            2,
-            format!("cannot verify the audit log: {e}"),
-        )),
-        Err(e) => Err(CliError::new(2, format!("audit log is not intact: {e}"))),
+        // Line 0 is the file itself: it could not be read, which says nothing about the chain (exit 1, apart
+        // from a log that is not intact).
+        Err(e) if e.line == 0 => Err(CliError::other(format!("cannot verify the audit log: {e}"))),
+        Err(e) => Err(CliError::bad_input(format!("audit log is not intact: {e}"))),
     }
 }
 

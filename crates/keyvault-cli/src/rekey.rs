@@ -143,14 +143,16 @@ pub fn run_kek(command: KekCommand, out: &mut impl Write) -> CliResult {
         KekCommand::New { path } => {
             let made = FileKeyProvider::create_new(&path).map_err(|e| match e {
                 CryptoError::KeyFileExists(_) => CliError::new(code::CONFLICT, e.to_string()),
-                e => CliError::new(code::OTHER, e.to_string()),
+                // A file that cannot be created (a missing directory, no permission): bad input, as for `rekey`.
+                e => CliError::new(code::BAD_INPUT, e.to_string()),
             })?;
             writeln!(out, "created {} (key id {})", path.display(), made.kek_id())
                 .map_err(crate::errors::io_error)
         }
         KekCommand::Id { path } => {
+            // A missing or malformed key file: bad input, as `rekey` says of the same file.
             let key = FileKeyProvider::load_existing(&path)
-                .map_err(|e| CliError::new(code::OTHER, e.to_string()))?;
+                .map_err(|e| CliError::new(code::BAD_INPUT, e.to_string()))?;
             writeln!(out, "{}", key.kek_id()).map_err(crate::errors::io_error)
         }
     }

@@ -135,7 +135,7 @@ impl Col {
             Col::Tags => v
                 .tags
                 .iter()
-                .map(|(k, v)| format!("{k}={v}"))
+                .map(|(k, v)| format!("{}={}", tag_escape(k), tag_escape(v)))
                 .collect::<Vec<_>>()
                 .join(","),
             Col::DeletedDate => s(&v.deleted_date),
@@ -220,6 +220,37 @@ pub const DELETED_LIST: &[Col] = &[
     Col::Tags,
 ];
 
+impl Col {
+    /// The cell as a TSV field. The tags are escaped already (their escapes include TSV's), and are not
+    /// escaped twice.
+    fn tsv_cell(self, v: &View) -> String {
+        match self {
+            Col::Tags => self.cell(v),
+            _ => tsv_escape(&self.cell(v)),
+        }
+    }
+}
+
+/// Escape a tag's name or value for the Tags column, `name=value` pairs joined by `,`: a backslash before
+/// `\`, `,` and `=`, and `\t`, `\n`, `\r` for tab, newline and carriage return (so the column is also a valid
+/// TSV field). JSON output has the tags as they are.
+fn tag_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | ',' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Escape a TSV field: backslash, tab, newline and carriage return.
 pub fn tsv_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -270,7 +301,7 @@ pub fn print_list(
         }
         Output::Tsv => {
             for v in views {
-                let line: Vec<String> = cols.iter().map(|c| tsv_escape(&c.cell(v))).collect();
+                let line: Vec<String> = cols.iter().map(|c| c.tsv_cell(v)).collect();
                 writeln!(out, "{}", line.join("\t")).map_err(io_error)?;
             }
             Ok(())
@@ -371,6 +402,26 @@ mod tests {
     fn escapes() {
         assert_eq!(tsv_escape("a\tb\nc\\"), "a\\tb\\nc\\\\");
         assert_eq!(table_escape("a\nb"), "a\\nb");
+        assert_eq!(tag_escape(r"a=x,b\y"), r"a\=x\,b\\y");
+        assert_eq!(tag_escape("t\tn\n"), r"t\tn\n");
+    }
+
+    #[test]
+    fn tags_are_unambiguous() {
+        let view = |tags: &[(&str, &str)]| View {
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let one = view(&[("a", "x,b=y")]);
+        let two = view(&[("a", "x"), ("b", "y")]);
+        assert_eq!(Col::Tags.cell(&one), r"a=x\,b\=y");
+        assert_eq!(Col::Tags.cell(&two), "a=x,b=y");
+        // In TSV the column is escaped once: a backslash in a tag is two, not four.
+        let odd = view(&[("k", "back\\slash\ttab")]);
+        assert_eq!(Col::Tags.tsv_cell(&odd), r"k=back\\slash\ttab");
     }
 
     #[test]

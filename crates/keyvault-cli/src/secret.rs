@@ -47,10 +47,13 @@ Examples:
   keyvault secret list -o tsv | cut -f1")]
     List,
     /// List the versions of a secret (properties; never values).
-    #[command(after_help = "Output: `-o value` prints one version per line.
+    #[command(
+        after_help = "Output: `-o value` prints one version per line. A secret that does not exist has
+no versions (an empty list and exit code 0, as Key Vault answers); table output says so on stderr.
 
 Example:
-  keyvault secret list-versions db-pass")]
+  keyvault secret list-versions db-pass"
+    )]
     ListVersions(NameArg),
     /// Change a version's properties (not its value): the latest version, or --version.
     #[command(after_help = UPDATE_HELP)]
@@ -115,8 +118,12 @@ Example:
 }
 
 const SET_HELP: &str = concat!(
-    "Exactly one of --value, --file or --value-stdin gives the value. --file is read as is; --value-stdin \
-     drops one trailing newline (so `echo pass | …` stores `pass`). Values must be UTF-8 text (encode binary \
+    "Exactly one of --value, --file or --value-stdin gives the value. --file is read as is (`--file -`: \
+     standard input, as is); --value-stdin \
+     drops one trailing newline (so `echo pass | …` stores `pass`). An empty value (no input, an empty file, \
+     `--value ''`) is refused with exit code 2 unless --allow-empty is given, so that `producer | keyvault \
+     secret set …` does not wipe the secret when the producer fails. On a terminal, --value-stdin prompts \
+     and reads one line without echo (Ctrl-C: exit 130). Values must be UTF-8 text (encode binary \
      data first, e.g. with base64). Prefer --file or --value-stdin to --value: command lines end up in shell \
      history and `ps`.
 
@@ -168,10 +175,11 @@ pub struct ValueSource {
     /// '-' (`--value -x` is the value "-x").
     #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
     pub value: Option<String>,
-    /// Read the value from a file, as is.
+    /// Read the value from a file, as is (`-`: standard input, as is).
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// Read the value from standard input (one trailing newline is dropped).
+    /// Read the value from standard input (one trailing newline is dropped); on a terminal, one line typed
+    /// at a prompt, not echoed.
     #[arg(long)]
     pub value_stdin: bool,
 }
@@ -181,7 +189,9 @@ pub struct PropertyArgs {
     /// Content type, e.g. text/plain or application/json.
     #[arg(long, value_name = "TYPE")]
     pub content_type: Option<String>,
-    /// Tags: space-separated KEY=VALUE pairs (a bare KEY has an empty value).
+    /// Tags: space-separated KEY=VALUE pairs (a bare KEY has an empty value; the value is everything after
+    /// the first '=', commas included). Table and TSV output print them as KEY=VALUE,KEY=VALUE with '\', ','
+    /// and '=' inside a key or value escaped by a backslash.
     #[arg(long, num_args = 0.., value_name = "KEY=VALUE")]
     pub tags: Option<Vec<String>>,
     /// Expiry date (see WHEN below).
@@ -204,6 +214,10 @@ pub struct SetArgs {
     pub name: String,
     #[command(flatten)]
     pub source: ValueSource,
+    /// Store an empty value (refused otherwise: empty input is more often a failed command before a pipe,
+    /// an empty file or an unset variable than a wish to wipe the secret).
+    #[arg(long)]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub props: PropertyArgs,
 }
@@ -312,7 +326,7 @@ fn read_value(source: &ValueSource) -> CliResult<String> {
     if let Some(v) = &source.value {
         return Ok(v.clone());
     }
-    if let Some(path) = &source.file {
+    if let Some(path) = source.file.as_ref().filter(|p| *p != Path::new("-")) {
         let bytes = std::fs::read(path)
             .map_err(|e| CliError::bad_input(format!("cannot read {}: {e}", path.display())))?;
         return utf8_value(bytes, &format!("'{}'", path.display()));
@@ -322,7 +336,8 @@ fn read_value(source: &ValueSource) -> CliResult<String> {
         .read_to_end(&mut bytes)
         .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
     let mut value = utf8_value(bytes, "standard input")?;
-    if value.ends_with('\n') {
+    // `--file -` is read as is, as any --file.
+    if source.value_stdin && value.ends_with('\n') {
         value.pop();
         if value.ends_with('\r') {
             value.pop();
@@ -361,7 +376,24 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
     match command {
         SecretCommand::Set(a) => {
             let options = a.props.set_options()?;
-            let value = zeroize::Zeroizing::new(read_value(&a.source)?);
+            let from_stdin =
+                a.source.value_stdin || a.source.file.as_deref() == Some(Path::new("-"));
+            let value = if from_stdin && crate::tty::stdin_is_terminal() {
+                crate::tty::read_hidden_line(&format!("Value for '{}': ", a.name)).await?
+            } else {
+                zeroize::Zeroizing::new(read_value(&a.source)?)
+            };
+            if value.is_empty() && !a.allow_empty {
+                let from = match (&a.source.value, &a.source.file) {
+                    (Some(_), _) => "--value".to_string(),
+                    (None, Some(p)) if p != Path::new("-") => format!("'{}'", p.display()),
+                    (None, _) => "standard input".to_string(),
+                };
+                return Err(CliError::bad_input(format!(
+                    "the value from {from} is empty; nothing was written (a failed command before a pipe, an \
+                     empty file or an unset variable gives no input): pass --allow-empty to store an empty value"
+                )));
+            }
             let s = client
                 .set_secret(&a.name, value.as_str(), Some(options))
                 .await
@@ -405,6 +437,13 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             // Oldest first, like a history.
             items.sort_by_key(|p| p.created_on);
             let views: Vec<View> = items.iter().map(View::from_properties).collect();
+            // Key Vault answers an empty list for a secret that does not exist: a person is told.
+            if views.is_empty() && fmt == crate::conn::Output::Table {
+                eprintln!(
+                    "no versions: there is no secret '{}' in {vault} (a deleted one is in list-deleted)",
+                    a.name
+                );
+            }
             render::print_list(out, fmt, &views, render::VERSIONS, render::value_version)
         }
         SecretCommand::Update(a) => {
@@ -592,7 +631,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> CliResult {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(path).map_err(fail)?;
+    // A path that cannot be opened for writing (a missing directory, no permission, a directory) is bad input;
+    // a write that fails after (a full disk) is not.
+    let mut f = options
+        .open(path)
+        .map_err(|e| CliError::bad_input(format!("cannot write {}: {e}", path.display())))?;
     let meta = f.metadata().map_err(fail)?;
     if meta.is_file() {
         #[cfg(unix)]

@@ -16,9 +16,10 @@ authentication challenge, exactly as every other command does.
 Output: the bare token by default (`-o value`); `-o json` gives {\"accessToken\", \"expiresOn\", \"scope\", \
 \"tokenType\"}.
 
-Examples:
-  curl -H \"Authorization: Bearer $(keyvault token --dev-credentials ./keyvault-data)\" \\
-       --cacert ./keyvault-data/tls/ca.pem \"https://127.0.0.1:8443/secrets?api-version=7.6\"
+Examples (curl reads the header from standard input, so the token is not on a command line, where `ps` shows
+it; curl 7.55 or later):
+  keyvault token --dev-credentials ./keyvault-data | sed 's/^/Authorization: Bearer /' |
+    curl -H @- --cacert ./keyvault-data/tls/ca.pem \"https://127.0.0.1:8443/secrets?api-version=7.6\"
   keyvault token --scope https://vault.azure.net/.default -o json"
 )]
 pub struct TokenArgs {
@@ -32,11 +33,19 @@ pub struct TokenArgs {
 pub async fn run(args: TokenArgs, out: &mut dyn Write) -> CliResult {
     let (scope, token) = match &args.scope {
         Some(scope) => {
-            let credential = args.conn.credential()?;
-            let token = credential
-                .get_token(&[scope.as_str()], None)
-                .await
-                .map_err(|e| CliError::from_client(&e, Target::Vault, ""))?;
+            let credential = args.conn.credential(scope)?;
+            let scopes = [scope.as_str()];
+            let request = credential.get_token(&scopes, None);
+            let token = match args.conn.call_timeout() {
+                Some(limit) => tokio::time::timeout(limit, request).await.map_err(|_| {
+                    CliError::other(format!(
+                        "the token request did not complete within its timeout of {limit:?} \
+                         [--timeout SECS (KEYVAULT_TIMEOUT) sets the limit; 0: none]"
+                    ))
+                })?,
+                None => request.await,
+            }
+            .map_err(|e| CliError::from_client(&e, Target::Vault, ""))?;
             (scope.clone(), token)
         }
         None => {

@@ -152,6 +152,7 @@ fn import_reports_item_errors_and_goes_on() {
         "held": "4",
         "not-a-string": ["x"],
         "a-number": 42,
+        "a-flag": true,
         "good-two": "5",
     });
     let path = dir.path().join("mixed.json");
@@ -162,7 +163,7 @@ fn import_reports_item_errors_and_goes_on() {
     let dry = kv(&v, &["secret", "import", "--file", p, "--dry-run"]).code(6);
     assert!(
         dry.stderr
-            .contains("dry run: 7 secrets: 3 would be created"),
+            .contains("dry run: 8 secrets: 3 would be created"),
         "{}",
         dry.stderr
     );
@@ -183,29 +184,60 @@ fn import_reports_item_errors_and_goes_on() {
         .map(|n| n.as_str().unwrap())
         .collect();
     created.sort();
-    assert_eq!(created, ["a-number", "good-one", "good-two"]);
+    assert_eq!(created, ["a-flag", "good-one", "good-two"]);
     let failed: BTreeMap<&str, &str> = r["failed"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| (f["name"].as_str().unwrap(), f["error"].as_str().unwrap()))
         .collect();
-    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert_eq!(failed.len(), 5, "{failed:?}");
     assert!(failed["bad_name"].contains("invalid secret name"));
     assert!(failed["ünï"].contains("invalid secret name"));
     assert!(failed["held"].contains("ObjectIsDeletedButRecoverable"));
     assert!(failed["not-a-string"].contains("not a string"));
+    // A number's digits would not be kept as written: refused, naming the key, saying to quote it.
+    assert!(
+        failed["a-number"].contains("JSON number") && failed["a-number"].contains("quote it"),
+        "{failed:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("error: a-number: the value is a JSON number"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("error: held:"), "{}", out.stderr);
     assert!(
-        out.stderr.contains("error: 4 of 7 secrets failed"),
+        out.stderr.contains("error: 5 of 8 secrets failed"),
         "{}",
         out.stderr
     );
     // Values never appear in errors.
     assert!(!out.stderr.contains("\"4\""));
-    let j = kv(&v, &["secret", "show", "a-number"]).ok().json();
-    assert_eq!(j["value"], "42");
+    kv(&v, &["secret", "show", "a-number"]).code(3);
+    let j = kv(&v, &["secret", "show", "a-flag"]).ok().json();
+    assert_eq!(j["value"], "true");
     assert_eq!(j["tags"]["src"], "test");
+
+    // Numbers that a JSON reader would change (digits lost, 0.10 → 0.1, 1e3 → 1000.0, -0 → -0.0) are all
+    // refused; nothing is written.
+    let nums = dir.path().join("nums.json");
+    std::fs::write(
+        &nums,
+        r#"{"bignum": 12345678901234567890123, "pin": 0.10, "exp": 1e3, "neg": -0}"#,
+    )
+    .unwrap();
+    let out = kv(&v, &["secret", "import", "--file", nums.to_str().unwrap()]).code(6);
+    for name in ["bignum", "pin", "exp", "neg"] {
+        assert!(
+            out.stderr
+                .contains(&format!("error: {name}: the value is a JSON number")),
+            "{}",
+            out.stderr
+        );
+        kv(&v, &["secret", "show", name]).code(3);
+    }
 
     // A .env file: '_' becomes '-', comments and quotes understood, the last of a name wins.
     let env = dir.path().join("app.env");
@@ -280,4 +312,51 @@ fn import_reports_item_errors_and_goes_on() {
     )
     .code(2);
     assert!(e.stderr.contains("not a JSON object"), "{}", e.stderr);
+}
+
+#[test]
+fn import_skips_a_byte_order_mark_and_export_notices_a_closed_pipe() {
+    let v = start_vault();
+    // A JSON file from a Windows editor, with a UTF-8 byte-order mark.
+    let out = kv_in(
+        &v,
+        &["secret", "import", "--file", "-"],
+        "\u{feff}{\"bom-a\": \"1\"}".as_bytes(),
+    )
+    .ok();
+    assert!(out.stderr.contains("1 created"), "{}", out.stderr);
+    assert_eq!(
+        kv(&v, &["secret", "show", "bom-a"]).ok().json()["value"],
+        "1"
+    );
+
+    // An export larger than a pipe's buffer, read by a reader that stops after 10 bytes (`| head -c 10`).
+    let big: BTreeMap<String, String> = (0..25)
+        .map(|i| (format!("big-{i:02}"), "x".repeat(20_000)))
+        .collect();
+    kv_in(
+        &v,
+        &["secret", "import", "--file", "-"],
+        &serde_json::to_vec(&big).unwrap(),
+    )
+    .ok();
+    let mut child = command(Some(&v))
+        .args(["secret", "export"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("exported 25"), "{stderr}");
+    assert!(
+        stderr.contains("standard output was closed before the export was written"),
+        "{stderr}"
+    );
 }

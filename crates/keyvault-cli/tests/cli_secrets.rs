@@ -97,6 +97,62 @@ fn set_and_show_in_every_format() {
 }
 
 #[test]
+fn tags_are_unambiguous_in_table_and_tsv() {
+    let v = shared();
+    kv(
+        v,
+        &[
+            "secret", "set", "tags-one", "--value", "v", "--tags", "a=x,b=y",
+        ],
+    )
+    .ok();
+    kv(
+        v,
+        &[
+            "secret", "set", "tags-two", "--value", "v", "--tags", "a=x", "b=y",
+        ],
+    )
+    .ok();
+    kv(
+        v,
+        &[
+            "secret", "set", "tags-odd", "--value", "v", "--tags", "k\\=v\tw",
+        ],
+    )
+    .ok();
+    let tags = |name: &str, format: &str| {
+        let out = kv(v, &["secret", "show", name, "-o", format]).ok();
+        match format {
+            "tsv" => out
+                .stdout
+                .trim_end()
+                .split('\t')
+                .nth(10)
+                .unwrap()
+                .to_string(),
+            _ => out
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("Tags"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        }
+    };
+    for format in ["tsv", "table"] {
+        assert_eq!(tags("tags-one", format), r"a=x\,b\=y", "{format}");
+        assert_eq!(tags("tags-two", format), "a=x,b=y", "{format}");
+    }
+    // A tag's backslash is one escape, in TSV too (not escaped twice); its tab is \t.
+    assert_eq!(tags("tags-odd", "tsv"), r"k\\=v\tw");
+    // JSON has them as they are.
+    let j = kv(v, &["secret", "show", "tags-one"]).ok().json();
+    assert_eq!(j["tags"], serde_json::json!({"a": "x,b=y"}));
+    let j = kv(v, &["secret", "show", "tags-odd"]).ok().json();
+    assert_eq!(j["tags"], serde_json::json!({"k\\": "v\tw"}));
+}
+
+#[test]
 fn value_sources_and_utf8() {
     let v = shared();
     let dir = tempfile::tempdir().unwrap();
@@ -138,6 +194,72 @@ fn value_sources_and_utf8() {
     .ok();
     let j = kv(v, &["secret", "show", "src-stdin"]).ok().json();
     assert_eq!(j["value"], "from stdin");
+    // --file - is standard input too, read as is (as import, restore and backup read '-').
+    kv_in(
+        v,
+        &["secret", "set", "src-dash-file", "--file", "-"],
+        b"as is\n",
+    )
+    .ok();
+    let j = kv(v, &["secret", "show", "src-dash-file"]).ok().json();
+    assert_eq!(j["value"], "as is\n");
+    kv_in(v, &["secret", "set", "src-dash-file", "--file", "-"], b"").code(2);
+
+    // Empty input (a failed producer before the pipe, an empty file, an unset variable) writes nothing…
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let e = kv_in(v, &["secret", "set", "src-stdin", "--value-stdin"], b"").code(2);
+    assert!(
+        e.stderr
+            .starts_with("error: the value from standard input is empty; nothing was written")
+            && e.stderr.contains("--allow-empty"),
+        "{}",
+        e.stderr
+    );
+    kv_in(v, &["secret", "set", "src-stdin", "--value-stdin"], b"\n").code(2);
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "set",
+            "src-file",
+            "--file",
+            empty.to_str().unwrap(),
+        ],
+    )
+    .code(2);
+    assert!(e.stderr.contains("empty.txt' is empty"), "{}", e.stderr);
+    kv(v, &["secret", "set", "src-file", "--value", ""]).code(2);
+    let versions = |name: &str| {
+        kv(v, &["secret", "list-versions", name, "-o", "value"])
+            .ok()
+            .stdout
+            .lines()
+            .count()
+    };
+    assert_eq!(versions("src-stdin"), 1);
+    assert_eq!(versions("src-file"), 1);
+    assert_eq!(
+        kv(v, &["secret", "show", "src-stdin"]).ok().json()["value"],
+        "from stdin"
+    );
+    // …unless asked for.
+    kv_in(
+        v,
+        &[
+            "secret",
+            "set",
+            "src-empty",
+            "--value-stdin",
+            "--allow-empty",
+        ],
+        b"",
+    )
+    .ok();
+    assert_eq!(
+        kv(v, &["secret", "show", "src-empty"]).ok().json()["value"],
+        ""
+    );
 
     // Not UTF-8: a clear error, exit 2, and the bytes are never echoed.
     let bin = dir.path().join("binary.bin");
@@ -683,6 +805,30 @@ fn connection_and_credential_errors() {
 }
 
 #[test]
+fn versions_of_a_missing_secret_are_an_empty_list_with_a_hint() {
+    let v = shared();
+    // Key Vault answers an empty list (exit 0); a person at a table is told why.
+    let t = kv(
+        v,
+        &["secret", "list-versions", "no-such-versions", "-o", "table"],
+    )
+    .ok();
+    assert!(
+        t.stderr
+            .contains("no versions: there is no secret 'no-such-versions' in"),
+        "{}",
+        t.stderr
+    );
+    let j = kv(
+        v,
+        &["secret", "list-versions", "no-such-versions", "-o", "json"],
+    )
+    .ok();
+    assert_eq!(j.json(), serde_json::json!([]));
+    assert!(j.stderr.is_empty(), "{}", j.stderr);
+}
+
+#[test]
 fn broken_pipe_is_not_an_error() {
     let v = shared();
     kv(v, &["secret", "set", "pipe-a", "--value", "v"]).ok();
@@ -810,4 +956,378 @@ fn completions_and_help() {
             "{sub}"
         );
     }
+}
+
+/// A listener on 127.0.0.1 that accepts connections and never says a word (not even TLS's): its URL. The
+/// connections are held until the test process ends.
+fn silent_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    url
+}
+
+#[test]
+fn a_vault_that_never_answers_is_given_up_on_after_the_timeout() {
+    let v = shared();
+    let url = silent_server();
+    // Without the limit this waits 15 s per try, 4 tries; with --timeout 1 the call ends after a second.
+    let e = kv(
+        v,
+        &["secret", "show", "x", "--vault-url", &url, "--timeout", "1"],
+    )
+    .code(1);
+    assert!(
+        e.stderr.starts_with(&format!("error: gave up on {url}"))
+            && e.stderr
+                .contains("did not complete within its timeout of 1s")
+            && e.stderr.contains("--timeout SECS (KEYVAULT_TIMEOUT)"),
+        "{}",
+        e.stderr
+    );
+    assert_eq!(e.stderr.lines().count(), 1, "{}", e.stderr);
+    // The variable too, and for every command that talks to a vault.
+    let mut c = command(Some(v));
+    c.env("KEYVAULT_TIMEOUT", "2");
+    let e = run_with(c, &["secret", "list", "--vault-url", &url], None).code(1);
+    assert!(
+        e.stderr
+            .contains("did not complete within its timeout of 2s"),
+        "{}",
+        e.stderr
+    );
+    let e = kv(v, &["token", "--vault-url", &url, "--timeout", "1"]).code(1);
+    assert!(e.stderr.contains("timeout of 1s"), "{}", e.stderr);
+    let e = kv(
+        v,
+        &["principal", "list", "--vault-url", &url, "--timeout", "1"],
+    )
+    .code(1);
+    assert!(e.stderr.contains("timeout of 1s"), "{}", e.stderr);
+    kv(v, &["secret", "list", "--timeout", "soon"]).code(2);
+}
+
+#[test]
+fn a_throttled_request_says_that_it_waits() {
+    let v = cli_support::start_vault_with(keyvault_server::local::LocalVaultOptions {
+        // One request an hour: the second is refused with a Retry-After of up to an hour.
+        throttle: keyvault_server::http::throttle::ThrottleSettings {
+            limit: Some(1),
+            create_limit: None,
+            window: std::time::Duration::from_secs(3600),
+        },
+        ..Default::default()
+    });
+    kv(&v, &["secret", "set", "slow", "--value", "x"]).ok();
+    // The client waits (at most 30 s) before its retry; the user is told, and --timeout ends the wait.
+    let e = kv(&v, &["secret", "show", "slow", "--timeout", "2"]).code(1);
+    assert!(
+        e.stderr.contains(&format!(
+            "note: {}/secrets/slow answered 429 (too many requests): waiting 30.0 s before retry 1 of 3",
+            v.url
+        )),
+        "{}",
+        e.stderr
+    );
+    assert!(
+        e.stderr.contains(&format!(
+            "error: gave up on {}: the call did not complete within its timeout of 2s",
+            v.url
+        )),
+        "{}",
+        e.stderr
+    );
+    // With no retries left, a 429 has its own exit code.
+    let e = kv(&v, &["secret", "show", "slow", "--max-retries", "0"]).code(7);
+    assert!(
+        e.stderr.starts_with(&format!(
+            "error: {} is throttling requests (429) and the retries ran out",
+            v.url
+        )) && e.stderr.contains("--max-retries"),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn local_files_that_cannot_be_read_or_written_are_bad_input() {
+    let v = shared();
+    let dir = tempfile::tempdir().unwrap();
+    kv(v, &["secret", "set", "file-codes", "--value", "v"]).ok();
+    // A backup into a missing directory.
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "backup",
+            "file-codes",
+            "--file",
+            "/nonexistent/dir/x",
+        ],
+    )
+    .code(2);
+    assert!(
+        e.stderr.contains("cannot write /nonexistent/dir/x"),
+        "{}",
+        e.stderr
+    );
+    let e = kv(
+        v,
+        &["secret", "export", "--file", "/nonexistent/dir/all.json"],
+    )
+    .code(2);
+    assert!(e.stderr.contains("cannot write"), "{}", e.stderr);
+    // Key files: created into a missing directory, or malformed, as `rekey` says of them.
+    let e = run_with(
+        command(None),
+        &["kek", "new", "/nonexistent/dir/k.key"],
+        None,
+    )
+    .code(2);
+    assert!(!e.stderr.is_empty());
+    let bad = dir.path().join("bad.key");
+    std::fs::write(
+        &bad,
+        "not a key
+",
+    )
+    .unwrap();
+    run_with(command(None), &["kek", "id", bad.to_str().unwrap()], None).code(2);
+    // audit verify: 2 is for a log that is not intact; one that cannot be read is 1.
+    let e = run_with(
+        command(None),
+        &["audit", "verify", "/nonexistent/audit.log"],
+        None,
+    )
+    .code(1);
+    assert!(
+        e.stderr.contains("cannot verify the audit log"),
+        "{}",
+        e.stderr
+    );
+}
+
+/// A pseudo-terminal: its controller side, and a file on its terminal side (what a command's stdin and
+/// stderr are given).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let controller = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&controller).unwrap();
+    unlockpt(&controller).unwrap();
+    let name = ptsname(&controller, Vec::new()).unwrap();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    (std::fs::File::from(controller), terminal)
+}
+
+/// Run `keyvault ARGS` with stdin and stderr on a new terminal; once it shows `prompt`, type `typed` (unless
+/// `None`: then send the command SIGINT instead). Its exit code, stdout, what the terminal showed, and whether
+/// the terminal echoes after the command.
+fn at_a_terminal(
+    mut c: std::process::Command,
+    args: &[&str],
+    prompt: &str,
+    typed: Option<&str>,
+) -> (i32, String, String, bool) {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let (controller, terminal) = pty();
+    let mut child = c
+        .args(args)
+        .stdin(terminal.try_clone().unwrap())
+        .stderr(terminal.try_clone().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c);
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = controller.try_clone().unwrap();
+    let kept = shown.clone();
+    // Reading ends with an error (EIO) once no process holds the terminal side open (`terminal` is dropped
+    // after the command has exited).
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let start = std::time::Instant::now();
+    while !String::from_utf8_lossy(&shown.lock().unwrap()).contains(prompt) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no prompt: {:?}",
+            String::from_utf8_lossy(&shown.lock().unwrap())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    match typed {
+        Some(t) => (&controller).write_all(t.as_bytes()).unwrap(),
+        None => {
+            let status = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    let echoes = rustix::termios::tcgetattr(&terminal)
+        .unwrap()
+        .local_modes
+        .contains(rustix::termios::LocalModes::ECHO);
+    drop(terminal);
+    // What the command wrote before it exited is in the terminal's buffer: read until the reader is done.
+    let start = std::time::Instant::now();
+    while Arc::strong_count(&shown) > 1 && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let shown = String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    (code, stdout, shown, echoes)
+}
+
+#[test]
+fn value_stdin_at_a_terminal_prompts_without_echo() {
+    let v = shared();
+    let (code, stdout, shown, echoes) = at_a_terminal(
+        command(Some(v)),
+        &["secret", "set", "tty-typed", "--value-stdin", "-o", "json"],
+        "Value for 'tty-typed': ",
+        Some("typed-s3cret-value\n"),
+    );
+    assert_eq!(code, 0, "{stdout} {shown}");
+    assert!(!shown.contains("typed-s3cret-value"), "echoed: {shown:?}");
+    assert!(shown.contains("Value for 'tty-typed': \r\n"), "{shown:?}");
+    assert!(echoes, "the terminal echoes again");
+    assert_eq!(
+        kv(v, &["secret", "show", "tty-typed"]).ok().json()["value"],
+        "typed-s3cret-value"
+    );
+
+    // Ctrl-C (SIGINT) at the prompt: exit 130, nothing written, the terminal restored.
+    let (code, _, shown, echoes) = at_a_terminal(
+        command(Some(v)),
+        &["secret", "set", "tty-typed", "--value-stdin"],
+        "Value for 'tty-typed': ",
+        None,
+    );
+    assert_eq!(code, 130, "{shown:?}");
+    assert!(shown.contains("error: interrupted"), "{shown:?}");
+    assert!(echoes, "the terminal echoes again after Ctrl-C");
+    let versions = kv(v, &["secret", "list-versions", "tty-typed", "-o", "value"]).ok();
+    assert_eq!(versions.stdout.lines().count(), 1, "{}", versions.stdout);
+
+    // hash-secret too.
+    let (code, stdout, shown, echoes) = at_a_terminal(
+        command(None),
+        &["hash-secret"],
+        "Client secret: ",
+        Some("typed-client-secret\n"),
+    );
+    assert_eq!(code, 0, "{shown:?}");
+    assert!(stdout.starts_with("$argon2"), "{stdout}");
+    assert!(!shown.contains("typed-client-secret"), "echoed: {shown:?}");
+    assert!(echoes);
+}
+
+/// A listener on 127.0.0.1 that counts the connections made to it (and closes them): its URL and the count.
+fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for _ in listener.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn a_client_secret_is_not_sent_to_microsoft_for_a_vault_elsewhere() {
+    let (url, connections) = counting_listener();
+    let azure_client = |extra: &[(&str, &str)]| {
+        let mut c = command(None);
+        c.env("KEYVAULT_URL", &url)
+            .env("AZURE_TENANT_ID", "my-tenant")
+            .env("AZURE_CLIENT_ID", "my-app")
+            .envs(extra.iter().copied());
+        c
+    };
+    let e = run_with(
+        azure_client(&[("AZURE_CLIENT_SECRET", "s3cret-for-azure")]),
+        &["secret", "list", "--no-challenge-verification"],
+        None,
+    )
+    .code(2);
+    assert!(
+        e.stderr.starts_with(
+            "error: refusing to send the client secret to the default authority (https://login.microsoftonline.com)"
+        ) && e.stderr.contains(&format!("--authority-host {url}"))
+            && e.stderr.contains("custom domain in front of Azure Key Vault"),
+        "{}",
+        e.stderr
+    );
+    assert!(!e.stderr.contains("s3cret-for-azure"), "{}", e.stderr);
+    // The flag form, a certificate, and `token --scope` for a resource elsewhere: refused too.
+    run_with(
+        command(None),
+        &[
+            "secret",
+            "list",
+            "--vault-url",
+            &url,
+            "--tenant-id",
+            "t",
+            "--client-id",
+            "c",
+            "--client-secret",
+            "s",
+        ],
+        None,
+    )
+    .code(2);
+    let e = run_with(
+        azure_client(&[("AZURE_CLIENT_CERTIFICATE_PATH", "/nonexistent/cert.pem")]),
+        &["secret", "list"],
+        None,
+    )
+    .code(2);
+    assert!(
+        e.stderr
+            .contains("an assertion signed with the client certificate"),
+        "{}",
+        e.stderr
+    );
+    let e = run_with(
+        azure_client(&[("AZURE_CLIENT_SECRET", "s")]),
+        &["token", "--scope", &format!("{url}/.default")],
+        None,
+    )
+    .code(2);
+    assert!(
+        e.stderr.contains("refusing to send the client secret"),
+        "{}",
+        e.stderr
+    );
+    // Nothing was sent anywhere, not even to the vault.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -74,7 +74,7 @@ pub use models::{
     Tags, UpdateSecretPropertiesOptions,
 };
 pub use pager::{Page, Pager, Pages};
-pub use pipeline::retry::RetryOptions;
+pub use pipeline::retry::{RETRY_LOG_TARGET, RetryOptions};
 pub use poller::{DoneCallbackId, Poller, PollerResult, PollerStatus, RESUMED_NOT_FOUND_LIMIT};
 pub use time::OffsetDateTime;
 

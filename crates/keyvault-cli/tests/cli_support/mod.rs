@@ -20,6 +20,11 @@ pub struct Vault {
 
 /// Start a vault on its own runtime thread; it runs until the test process ends.
 pub fn start_vault() -> Vault {
+    start_vault_with(keyvault_server::local::LocalVaultOptions::default())
+}
+
+/// [`start_vault`] with these settings (e.g. throttling).
+pub fn start_vault_with(options: keyvault_server::local::LocalVaultOptions) -> Vault {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -28,7 +33,9 @@ pub fn start_vault() -> Vault {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let lv = keyvault_server::LocalVault::start().await.unwrap();
+            let lv = keyvault_server::LocalVault::start_with(options)
+                .await
+                .unwrap();
             let creds = serde_json::to_vec(lv.credentials()).unwrap();
             tx.send((
                 creds,

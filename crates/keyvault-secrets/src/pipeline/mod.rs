@@ -7,7 +7,7 @@ pub(crate) mod retry;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{HeaderMap, HeaderValue, Request, Response, Transport};
 use challenge::ChallengeAuth;
-use retry::RetryOptions;
+use retry::{RETRY_LOG_TARGET as RETRY_TARGET, RetryOptions};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -190,12 +190,29 @@ impl Pipeline {
                 return result;
             }
             let delay = delay.min(self.retry.max_delay);
-            tracing::debug!(
-                attempt = attempt + 1,
-                delay_ms = delay.as_millis() as u64,
-                status = result.as_ref().ok().map(|r| r.status.as_u16()),
-                "retrying"
-            );
+            // At INFO under its own target, so that an application can tell its user why a call waits (a 429's
+            // `Retry-After` can be many seconds) without turning on the HTTP log.
+            let url = logging::redacted_url(&req.url);
+            match &result {
+                Ok(resp) => tracing::info!(
+                    target: RETRY_TARGET,
+                    url = %url,
+                    status = resp.status.as_u16(),
+                    retry = attempt + 1,
+                    max_retries = self.retry.max_retries,
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying after an error status"
+                ),
+                Err(e) => tracing::info!(
+                    target: RETRY_TARGET,
+                    url = %url,
+                    error = %e,
+                    retry = attempt + 1,
+                    max_retries = self.retry.max_retries,
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying after a connection error"
+                ),
+            }
             tokio::time::sleep(delay).await;
             attempt += 1;
         }

@@ -6,6 +6,11 @@
 use crate::http::{HeaderMap, Method, StatusCode};
 use std::time::{Duration, SystemTime};
 
+/// The tracing target of the INFO event logged before each retry (fields: `url` (redacted), `status` or
+/// `error`, `retry` (1, 2, …), `max_retries`, `delay_ms`), e.g. to tell a user that a throttled (429) call
+/// is waiting.
+pub const RETRY_LOG_TARGET: &str = "keyvault_secrets::retry";
+
 /// How the client retries. The defaults are azure-core's (Python `RetryPolicy`) where this type can say the
 /// same thing:
 ///
