@@ -521,14 +521,15 @@ fn parse_query(query: Option<&str>) -> Query<'_> {
     let mut q = Query::default();
     // Names match in any case, as Key Vault's (ASP.NET) query binding does: `API-Version`, `$SkipToken`.
     let mut take = |k: Cow<'_, str>, v| {
-        let slot = if k.eq_ignore_ascii_case("api-version") {
-            &mut q.api_version
-        } else if k.eq_ignore_ascii_case("maxresults") {
-            &mut q.maxresults
-        } else if k.eq_ignore_ascii_case("$skiptoken") {
-            &mut q.skiptoken
-        } else {
-            return;
+        let slot = match k.as_ref() {
+            // The SDKs' spelling first: one comparison on every request.
+            "api-version" => &mut q.api_version,
+            "maxresults" => &mut q.maxresults,
+            "$skiptoken" => &mut q.skiptoken,
+            k if k.eq_ignore_ascii_case("api-version") => &mut q.api_version,
+            k if k.eq_ignore_ascii_case("maxresults") => &mut q.maxresults,
+            k if k.eq_ignore_ascii_case("$skiptoken") => &mut q.skiptoken,
+            _ => return,
         };
         if slot.is_none() {
             *slot = Some(v);
