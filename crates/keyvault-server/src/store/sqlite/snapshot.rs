@@ -56,9 +56,13 @@ pub struct SnapshotReport {
 /// Why a snapshot failed. Messages name files and SQLite's reasons, never a value.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// The source database cannot be opened or read, or is not a vault's database.
+    /// The source database cannot be opened or read.
     #[error("{0}")]
     Source(String),
+    /// The source is not a vault's database (not a regular file, not SQLite, no vault schema, or a schema
+    /// newer than this build reads).
+    #[error("{0}")]
+    NotAVault(String),
     /// The target already exists (it is never overwritten).
     #[error("{} already exists (a snapshot never overwrites a file)", .0.display())]
     TargetExists(PathBuf),
@@ -79,7 +83,7 @@ pub fn snapshot(source: &Path, target: &Path) -> Result<SnapshotReport, Snapshot
     let meta = std::fs::metadata(source)
         .map_err(|e| SnapshotError::Source(format!("cannot read {}: {e}", source.display())))?;
     if !meta.is_file() {
-        return Err(SnapshotError::Source(format!(
+        return Err(SnapshotError::NotAVault(format!(
             "{} is not a regular file",
             source.display()
         )));
@@ -98,10 +102,12 @@ pub fn snapshot(source: &Path, target: &Path) -> Result<SnapshotReport, Snapshot
 /// checking that the file is a vault's database of a schema this build reads.
 fn open_source(source: &Path) -> Result<Connection, SnapshotError> {
     let fail = |e: rusqlite::Error| {
-        SnapshotError::Source(format!(
-            "cannot read the database {}: {e}",
-            source.display()
-        ))
+        let message = format!("cannot read the database {}: {e}", source.display());
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+            SnapshotError::NotAVault(message)
+        } else {
+            SnapshotError::Source(message)
+        }
     };
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(source, flags).map_err(fail)?;
@@ -116,13 +122,13 @@ fn open_source(source: &Path) -> Result<Connection, SnapshotError> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(fail)?;
     if version < 1 {
-        return Err(SnapshotError::Source(format!(
+        return Err(SnapshotError::NotAVault(format!(
             "{} is not a keyvault database (it has no vault schema)",
             source.display()
         )));
     }
     if version > SCHEMA_VERSION {
-        return Err(SnapshotError::Source(format!(
+        return Err(SnapshotError::NotAVault(format!(
             "{} has schema version {version}, newer than this keyvault reads ({SCHEMA_VERSION}): use the \
              keyvault build that serves it",
             source.display()
@@ -416,11 +422,17 @@ mod tests {
             .unwrap()
             .execute_batch("CREATE TABLE t (x)")
             .unwrap();
-        for source in [garbage, empty_sqlite, dir.path().join("missing.db")] {
+        for source in [garbage, empty_sqlite, dir.path().to_path_buf()] {
             let e = snapshot(&source, &target).unwrap_err();
-            assert!(matches!(e, SnapshotError::Source(_)), "{source:?}: {e}");
+            assert!(matches!(e, SnapshotError::NotAVault(_)), "{source:?}: {e}");
             assert!(!target.exists(), "{source:?}");
         }
+        let e = snapshot(&dir.path().join("missing.db"), &target).unwrap_err();
+        assert!(
+            matches!(&e, SnapshotError::Source(m) if m.contains("missing.db")),
+            "{e}"
+        );
+        assert!(!target.exists());
     }
 
     /// A target in a directory that does not exist: a clear error, nothing created.
