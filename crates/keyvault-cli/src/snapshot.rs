@@ -1,10 +1,9 @@
 //! `keyvault snapshot --out DIR`: an online backup of a SQLite vault (the database, copied while the server
 //! may be writing, and the data directory's `access.json`), with the configuration `serve` reads.
 
-use crate::conn::Output;
 use crate::errors::{CliError, CliResult, code};
 use crate::rekey::StoreArgs;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use keyvault_server::admin::ACCESS_FILE;
 use keyvault_server::config::StoreBackend;
 use keyvault_server::store::sqlite::snapshot::{SnapshotError, SnapshotReport, snapshot, sync_dir};
@@ -51,9 +50,17 @@ pub struct SnapshotArgs {
     /// The directory to write the snapshot into (must not exist, or be empty; made 0700).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// `-o json` prints the report as one JSON object (for scripts); otherwise a summary for people.
-    #[arg(long, short = 'o', env = "KEYVAULT_OUTPUT", value_enum)]
-    output: Option<Output>,
+    /// What to print (whatever standard output is).
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// A summary for people.
+    Table,
+    /// The report as one JSON object (for scripts).
+    Json,
 }
 
 /// What `-o json` prints.
@@ -76,7 +83,7 @@ struct Report {
 }
 
 pub fn run_snapshot(args: SnapshotArgs, out: &mut impl Write) -> CliResult {
-    let json = matches!(args.output, Some(Output::Json));
+    let json = args.output == Format::Json;
     let config = args.store.into_config()?;
     let backend = config
         .store_backend()
