@@ -32,7 +32,8 @@ macro_rules! exit_codes_help {
   2  bad input (usage, invalid name/value/date, a file that cannot be read or created, 400 or 413 from the
      vault; audit verify: the log is not intact)
   3  not found (secret, version or deleted secret)
-  4  conflict (e.g. name held by a deleted secret, restore over an existing secret)
+  4  conflict (e.g. name held by a deleted secret, restore over an existing secret, snapshot into a
+     directory that is not empty)
   5  unauthorized or forbidden (credential failure, 401, 403, disabled secret)
   6  bulk import/export or rekey finished with some items failed
   7  throttled: the vault answered 429 (too many requests) after every retry

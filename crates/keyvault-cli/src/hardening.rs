@@ -1,4 +1,5 @@
-//! What the commands that hold keys (`serve`, `rekey`, `kek`) do to keep them in the process: no core dumps
+//! What the commands that hold keys (`serve`, `rekey`, `kek`), and `snapshot` (the vault's pages: sealed
+//! values, names, tags), do to keep them in the process: no core dumps
 //! (a crash would write the key-encryption key, client secrets and recent values to disk), no debugger of the
 //! same user attaching, no `/proc/PID/environ` (`KEYVAULT_KEK`, a database password) or `/proc/PID/mem` for
 //! other processes of the same user. And a warning when the configuration file shows a database password to

@@ -16,6 +16,7 @@ mod rekey;
 mod render;
 mod secret;
 mod serve;
+mod snapshot;
 mod token;
 mod tty;
 
@@ -40,6 +41,9 @@ request (default 60 s).
 
 Key rotation: keyvault kek new NEW.key; make it kek_file and the old key a previous_kek_files entry; then
 keyvault rekey (see keyvault rekey --help).
+
+Backup (SQLite, while the server runs): keyvault snapshot --data-dir DATA --out DIR copies the database and
+access.json; the key-encryption key is not in it: keep it apart (see keyvault snapshot --help).
 
 ",
     exit_codes_help!()
@@ -74,6 +78,9 @@ enum Command {
     /// Re-seal every stored value under the current key-encryption key (after a key rotation; reads the
     /// server's configuration).
     Rekey(Box<rekey::RekeyArgs>),
+    /// Copy a SQLite vault's database (and access.json) into a new directory while the server runs: an online
+    /// backup (reads the server's configuration; the key-encryption key is not copied).
+    Snapshot(Box<snapshot::SnapshotArgs>),
     /// Key-encryption key files: new (create one), id (print a key file's id).
     #[command(subcommand)]
     Kek(rekey::KekCommand),
@@ -163,10 +170,11 @@ fn main() -> ExitCode {
         }));
         tracing_subscriber::registry().with(log).with(notes).init();
     }
-    // Before any key is read: no core dumps, no ptrace, no /proc/PID/environ for the same user.
+    // Before any key (or, for snapshot, the vault's database) is read: no core dumps, no ptrace, no
+    // /proc/PID/environ for the same user.
     if matches!(
         cli.command,
-        Command::Serve(_) | Command::Rekey(_) | Command::Kek(_)
+        Command::Serve(_) | Command::Rekey(_) | Command::Kek(_) | Command::Snapshot(_)
     ) {
         hardening::protect_process();
     }
@@ -185,6 +193,11 @@ fn main() -> ExitCode {
             let result = rt.block_on(rekey::run_rekey(*args, &mut out));
             out.flush().map_err(io_error).and(result)
         }),
+        Command::Snapshot(args) => {
+            let mut out = std::io::stdout().lock();
+            let result = snapshot::run_snapshot(*args, &mut out);
+            out.flush().map_err(io_error).and(result)
+        }
         Command::Audit(AuditCommand::Verify { file, chain }) => audit_verify(&file, chain),
         Command::Completions { shell } => completions(shell),
         Command::Secret(args) => runtime().and_then(|rt| {

@@ -15,7 +15,7 @@ use keyvault_server::store::postgres::PostgresStore;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// Where the store and the keys are: the same settings (and variables) as `keyvault serve`.
+/// Where the store is: the same settings (and variables) as `keyvault serve` (`rekey` and `snapshot`).
 #[derive(Args)]
 pub struct StoreArgs {
     /// TOML configuration file (the server's: `store`, `data_dir`, `kek_file`, `previous_kek_files`).
@@ -27,14 +27,11 @@ pub struct StoreArgs {
     /// Storage: `sqlite`, `sqlite:PATH` or `postgres://…` (TLS settings as for serve) [default: sqlite].
     #[arg(long, env = "KEYVAULT_STORE", hide_env_values = true)]
     store: Option<String>,
-    /// The current key-encryption key file (must exist; ignored when KEYVAULT_KEK is set)
-    /// [default: DATA_DIR/kek.key].
-    #[arg(long, env = "KEYVAULT_KEK_FILE")]
-    kek_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    fn into_config(self) -> CliResult<Config> {
+    /// The configuration file (if any) with the flags and variables over it.
+    pub fn into_config(self) -> CliResult<Config> {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -56,9 +53,6 @@ impl StoreArgs {
         }
         if let Some(v) = self.store {
             config.store = Some(StoreLocation(v));
-        }
-        if let Some(v) = self.kek_file {
-            config.kek_file = Some(v);
         }
         Ok(config)
     }
@@ -105,6 +99,10 @@ wrote under a retired key during the rekey (re-sealed; restart that node with th
 pub struct RekeyArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// The current key-encryption key file (must exist; ignored when KEYVAULT_KEK is set)
+    /// [default: DATA_DIR/kek.key].
+    #[arg(long, env = "KEYVAULT_KEK_FILE")]
+    kek_file: Option<PathBuf>,
     /// Ask a running server to re-seal (the admin API, `POST /admin/rekey`): no downtime on SQLite, and no
     /// store credentials needed here. Takes the connection options of `principal` (--vault-url,
     /// --dev-credentials, … with the administration permission); the store options are not used.
@@ -164,7 +162,14 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
     let report = if args.online {
         run_online(&args, json).await?
     } else {
-        run_offline(args.store, args.dry_run, args.batch_size, json).await?
+        run_offline(
+            args.store,
+            args.kek_file,
+            args.dry_run,
+            args.batch_size,
+            json,
+        )
+        .await?
     };
     finish(&report, json, out)
 }
@@ -172,11 +177,15 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
 /// The rekey in this process, over the store the configuration names.
 async fn run_offline(
     store_args: StoreArgs,
+    kek_file: Option<PathBuf>,
     dry_run: bool,
     batch_size: u16,
     json: bool,
 ) -> CliResult<RekeyReport> {
-    let config = store_args.into_config()?;
+    let mut config = store_args.into_config()?;
+    if let Some(v) = kek_file {
+        config.kek_file = Some(v);
+    }
     let backend = config
         .store_backend()
         .map_err(|e| CliError::new(code::BAD_INPUT, e.to_string()))?;

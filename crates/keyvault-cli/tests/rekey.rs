@@ -6,41 +6,16 @@
 
 mod cli_support;
 
-use cli_support::{Out, Server, command, run_with, spawn_server};
+use cli_support::{Out, Server, command, dev_serve_args, kv_dev, run_with, serve_dev, stop_server};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-fn dev_serve_args(data: &Path) -> Vec<String> {
-    ["serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([data.display().to_string()])
-        .collect()
-}
 
 /// `serve --dev` on `data` (plus `extra`), ready: its credentials written for the address it reports.
 fn serve(data: &Path, extra: &[&str]) -> Server {
-    serve_with_env(data, extra, &[])
+    serve_dev(data, extra, &[])
 }
 
 fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut c = command(None);
-    c.envs(env.iter().copied());
-    c.args(dev_serve_args(data)).args(extra);
-    let (server, addr, _) = spawn_server(c);
-    let creds = data.join("dev-credentials.json");
-    let start = Instant::now();
-    loop {
-        let written = std::fs::read(&creds)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|c| c["vault_url"] == format!("https://{addr}"));
-        if written {
-            return server;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no credentials");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    serve_dev(data, extra, env)
 }
 
 /// `serve --dev` on `data` (plus `extra`) that must fail to start: its stderr.
@@ -52,31 +27,13 @@ fn refused(data: &Path, extra: &[&str]) -> String {
     out.stderr
 }
 
-fn stop(mut server: Server) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let start = Instant::now();
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn stop(server: Server) {
+    stop_server(server)
 }
 
 /// `keyvault ARGS` against the dev server of `data`.
 fn kv(data: &Path, args: &[&str]) -> Out {
-    let mut c = command(None);
-    c.env(
-        "KEYVAULT_DEV_CREDENTIALS",
-        data.join("dev-credentials.json"),
-    );
-    run_with(c, args, None)
+    kv_dev(data, args)
 }
 
 /// `keyvault ARGS` (no vault: rekey and kek).

@@ -203,3 +203,68 @@ pub fn log_field(line: &str, name: &str) -> Option<String> {
             .to_string()
     })
 }
+
+/// The arguments of `serve --dev` on 127.0.0.1 (any port) over the data directory `data`.
+pub fn dev_serve_args(data: &std::path::Path) -> Vec<String> {
+    ["serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([data.display().to_string()])
+        .collect()
+}
+
+/// `serve --dev` on `data` (plus `extra` arguments and `env` variables), ready: its dev-credentials.json
+/// written for the address it reports (at most 10 s after it listens).
+pub fn serve_dev(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut c = command(None);
+    c.envs(env.iter().copied());
+    c.args(dev_serve_args(data)).args(extra);
+    let (server, addr, _) = spawn_server(c);
+    let creds = data.join("dev-credentials.json");
+    let start = std::time::Instant::now();
+    loop {
+        let written = std::fs::read(&creds)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|c| c["vault_url"] == format!("https://{addr}"));
+        if written {
+            return server;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no credentials"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Stops a server with SIGTERM and checks that it exits cleanly (within 15 s).
+pub fn stop_server(mut server: Server) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `keyvault ARGS` against the dev server of the data directory `data`.
+pub fn kv_dev(data: &std::path::Path, args: &[&str]) -> Out {
+    let mut c = command(None);
+    c.env(
+        "KEYVAULT_DEV_CREDENTIALS",
+        data.join("dev-credentials.json"),
+    );
+    run_with(c, args, None)
+}

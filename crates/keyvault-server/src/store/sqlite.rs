@@ -2082,6 +2082,7 @@ fn restore(c: &Tx<'_>, vault: &str, versions: &[VersionRow]) -> StoreResult<()> 
     Ok(())
 }
 
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 mod walbuf;
