@@ -474,3 +474,65 @@ async fn a_change_is_in_the_audit_file_before_its_response() {
     }
     audit::verify_file(&path).unwrap();
 }
+
+/// A client that sends a change and resets its connection at once: hyper drops the request's future, but the
+/// change runs to its end as a task of its own, so every change that was made has its audit line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_client_goes_away_is_still_audited() {
+    use tokio::io::AsyncWriteExt;
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let path = lv.audit().expect("dev mode audits").path().to_path_buf();
+    let base = lv.vault_url().to_string();
+    let authority = base.trim_start_matches("https://").to_string();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap(),
+    ));
+    let host = authority.rsplit_once(':').unwrap().0.to_string();
+    let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone()).unwrap();
+    for i in 0..40 {
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let mut stream = tls.connect(server_name.clone(), tcp).await.unwrap();
+        let body = format!("{{\"value\":\"{VALUE}\"}}");
+        let request = format!(
+            "PUT /secrets/gone-{i}?api-version=7.6 HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {admin}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        // Reset, not close: the server sees the connection end without a goodbye.
+        let (tcp, _) = stream.into_inner();
+        tcp.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(tcp);
+    }
+    // Let the changes still under way finish, then compare what was made with what was audited.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    lv.audit().unwrap().flush().await;
+    let audited = lines(&path);
+    let mut made = 0;
+    for i in 0..40 {
+        let (status, _) = send(
+            &lv,
+            &http,
+            Some(&admin),
+            Method::GET,
+            &format!("/secrets/gone-{i}?api-version=7.6"),
+            None,
+        )
+        .await;
+        if status == StatusCode::OK {
+            made += 1;
+            assert!(
+                audited
+                    .iter()
+                    .any(|l| l.contains(&format!("\"secret\":\"gone-{i}\""))
+                        && l.contains("\"operation\":\"SecretSet\"")),
+                "gone-{i} was set but has no audit line"
+            );
+        }
+    }
+    eprintln!("{made} of 40 changes were made after their client went away");
+    audit::verify_file(&path).unwrap();
+}

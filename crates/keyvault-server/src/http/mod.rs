@@ -100,7 +100,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
         let state = self.state.clone();
         if !shaped_by_router && skips_router(req.uri().path()) {
             Box::pin(async move {
-                let resp = serve_vault(&state, req).await;
+                let resp = serve_vault_to_the_end(state.clone(), req).await;
                 state
                     .metrics
                     .record(route, resp.status().as_u16(), started.elapsed());
@@ -169,7 +169,29 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
 
 /// Entry point of every vault request.
 pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) -> Response {
-    serve_vault(&state, req).await
+    serve_vault_to_the_end(state, req).await
+}
+
+/// [`serve_vault`], run to its end even if the client goes away. hyper drops a request's future when its
+/// connection closes; a change whose store write was under way would still commit (the writer does not know),
+/// but its audit line, written after, would never be. So a change (every method but GET and HEAD) runs as a
+/// task of its own, which finishes — audit line included — whether or not anyone waits for its answer.
+async fn serve_vault_to_the_end(state: Arc<HttpState>, req: Request) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return serve_vault(&state, req).await;
+    }
+    match tokio::spawn(async move { serve_vault(&state, req).await }).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "a request's task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "The server encountered an internal error. Please retry the request.",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// [`vault_request`], on a borrowed state.
