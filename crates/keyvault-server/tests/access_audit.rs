@@ -504,7 +504,7 @@ async fn a_change_whose_client_goes_away_is_still_audited() {
         stream.flush().await.unwrap();
         // Reset, not close: the server sees the connection end without a goodbye.
         let (tcp, _) = stream.into_inner();
-        tcp.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        tcp.set_zero_linger().unwrap();
         drop(tcp);
     }
     // Let the changes still under way finish, then compare what was made with what was audited.
