@@ -786,14 +786,20 @@ fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
             for msg in queued.by_ref().take(LOCK_CHUNK) {
                 match msg {
                     Msg::Record(record) => {
-                        let result = w.append(&record);
-                        w.report(result);
+                        // Formatting writes nothing (unless it rotates): only its failure is news. A success
+                        // here must not end a failure only a write can end.
+                        if let Err(e) = w.append(&record) {
+                            w.report(Err(e));
+                        }
                     }
                     Msg::Flush(done) => waiters.push(done),
                 }
             }
-            let result = w.write_out();
-            w.report(result);
+            // Only a write that happened can end a failure (an empty buffer proves nothing).
+            if !w.buf.is_empty() {
+                let result = w.write_out();
+                w.report(result);
+            }
         }
         drop(queued);
         for done in waiters.drain(..) {
@@ -805,8 +811,10 @@ fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
         }
     }
     let mut w = lock(state);
-    let result = w.write_out();
-    w.report(result);
+    if !w.buf.is_empty() {
+        let result = w.write_out();
+        w.report(result);
+    }
     let _ = w.file.sync_all();
 }
 
@@ -1153,6 +1161,36 @@ mod tests {
         assert!(!r.complete);
         assert!(r.first_seq.unwrap() > 0);
         assert_eq!(r.lines, 200 - r.first_seq.unwrap());
+    }
+
+    /// While writes fail, nothing but a write that succeeds ends the failure: not a queued read's line being
+    /// formatted, not a flush with nothing to write (either made changes pass unaudited in a full-disk race).
+    #[tokio::test]
+    async fn only_a_successful_write_ends_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, 1 << 20).unwrap();
+        assert!(log.record_written(record(0)));
+        // Writes fail from now on: the file handle is read-only.
+        lock(&log.state).file = File::open(&path).unwrap();
+        assert!(!log.record_written(record(1)));
+        assert!(log.is_failing());
+        log.flush().await;
+        assert!(
+            log.is_failing(),
+            "a flush with nothing to write ended the failure"
+        );
+        for i in 2..10 {
+            log.record(record(i));
+        }
+        log.flush().await;
+        assert!(log.is_failing());
+        // Writable again: the next line written ends it, and the file verifies.
+        lock(&log.state).file = open_append(&path).unwrap();
+        assert!(log.record_written(record(10)));
+        assert!(!log.is_failing());
+        let r = verify_file(&path).unwrap();
+        assert_eq!(r.lines, 2);
     }
 
     #[tokio::test]
