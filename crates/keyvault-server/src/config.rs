@@ -547,8 +547,10 @@ fn unix_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map(|t| Some(t.unix_timestamp()))
             .map_err(|_| {
+                // Not quoted: a configuration error never repeats the file's text.
                 D::Error::custom(format!(
-                    "'{s}' is not a date-time with an offset (e.g. 2030-01-01T00:00:00Z)"
+                    "not a date-time with an offset (e.g. 2030-01-01T00:00:00Z){}",
+                    if s.is_empty() { " (empty)" } else { "" }
                 ))
             })
     };
@@ -609,21 +611,34 @@ impl Default for Config {
 /// a string value of the wrong type: `invalid type: string "…", expected u32`) hidden.
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let mut reason = String::with_capacity(e.message().len());
-    let mut quoted = false;
+    // Whether inside a double-quoted text being hidden (serde quotes a string value in `"`, with `\"` inside
+    // it escaped); identifiers in backticks (property names) and this crate's own messages are kept.
+    let mut quoted: Option<char> = None;
+    let mut escaped = false;
     for c in e.message().trim().chars() {
-        if c == '"' {
-            if !quoted {
-                reason.push_str("\"…");
-            } else {
-                reason.push('"');
+        match quoted {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    reason.push(q);
+                    quoted = None;
+                }
             }
-            quoted = !quoted;
-        } else if c == '\n' {
+            None if c == '"' => {
+                reason.push(c);
+                reason.push('…');
+                quoted = Some(c);
+            }
             // toml's reasons can span lines ("invalid string\nexpected …"): one line.
-            reason.push_str("; ");
-        } else if !quoted {
-            reason.push(c);
+            None if c == '\n' => reason.push_str("; "),
+            None => reason.push(c),
         }
+    }
+    if quoted.is_some() {
+        reason.push('…');
     }
     match e.span() {
         Some(span) => {
@@ -1578,6 +1593,19 @@ mod tests {
             ),
             (
                 "[[clients]]\nclient_id = 'a'\nsecret_hash = Sup3rSecretPw\n",
+                "line 3, column ",
+            ),
+            // A quote inside the value: serde escapes it, and the hidden text goes on to the closing quote.
+            (
+                "retention_days = 'x7\"Sup3rSecretPw'\n",
+                "invalid type: string \"…\"",
+            ),
+            (
+                "retention_days = \"a\\\"b\\\\\\\"Sup3rSecretPw\"\n",
+                "invalid type: string \"…\"",
+            ),
+            (
+                "[[clients]]\nclient_id = 'a'\nexpires_on = \"Sup3rSecretPw\"\n",
                 "line 3, column ",
             ),
         ] {
