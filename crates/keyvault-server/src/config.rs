@@ -324,7 +324,36 @@ impl std::fmt::Debug for StoreLocation {
 /// URL's query (`?password=…&…`) or in the key=value form (`host=h password=… user=u`, quoted or not). Other
 /// strings are unchanged.
 pub fn redact_url_password(url: &str) -> String {
-    redact_password_values(&redact_userinfo_password(url))
+    redact_password_values(&redact_encoded_query_passwords(&redact_userinfo_password(
+        url,
+    )))
+}
+
+/// A URL query parameter whose name is `password` once percent-decoded (`pass%77ord=…`, which the driver
+/// reads as `password`): its value replaced by `***`. Other parameters are left as written.
+fn redact_encoded_query_passwords(url: &str) -> String {
+    let Some((head, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    if !url.contains("://") || !query.contains('%') {
+        return url.to_string();
+    }
+    let pieces: Vec<String> = query
+        .split('&')
+        .map(|piece| {
+            let name = piece.split('=').next().unwrap_or_default();
+            let decoded = form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if decoded.eq_ignore_ascii_case("password") && piece.contains('=') {
+                format!("{name}=***")
+            } else {
+                piece.to_string()
+            }
+        })
+        .collect();
+    format!("{head}?{}", pieces.join("&"))
 }
 
 /// Whether [`redact_url_password`] hides anything in `url`: it carries a password.
@@ -1387,6 +1416,14 @@ mod tests {
             (
                 "postgres://kv:pa:CANARY7@db/vault",
                 "postgres://kv:***@db/vault",
+            ),
+            (
+                "postgres://kv@db/vault?sslmode=require&pass%77ord=CANARY9&x=%41",
+                "postgres://kv@db/vault?sslmode=require&pass%77ord=***&x=%41",
+            ),
+            (
+                "postgres://kv@db/vault?%70assword=CANARY10",
+                "postgres://kv@db/vault?%70assword=***",
             ),
             (
                 "host=db password=CANARY8 user=kv",

@@ -195,9 +195,60 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
 /// [`check_store_marker`]).
 pub const STORE_MARKER: &str = "store.initialized";
 
-/// The marker's line naming the store (its password redacted).
+/// The marker's line naming the store: what identifies it, however it is spelled — a SQLite file's canonical
+/// path; a PostgreSQL database's hosts, ports and name (no user, password or parameters).
 fn store_line(config: &Config) -> Result<String, StartError> {
-    Ok(format!("store: {:?}", config.store_backend()?))
+    Ok(format!(
+        "store: {}",
+        store_identity(&config.store_backend()?)
+    ))
+}
+
+fn store_identity(backend: &StoreBackend) -> String {
+    match backend {
+        StoreBackend::Sqlite(path) => {
+            // The file may be missing (that is the case to catch): canonicalize its directory.
+            let canonical = std::fs::canonicalize(path).or_else(|_| {
+                let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+                std::fs::canonicalize(dir.unwrap_or(Path::new(".")))
+                    .map(|d| d.join(path.file_name().unwrap_or_default()))
+            });
+            let shown =
+                canonical.unwrap_or_else(|_| std::path::absolute(path).unwrap_or(path.clone()));
+            format!("sqlite {}", shown.display())
+        }
+        StoreBackend::Postgres(url) => {
+            let parsed = crate::store::postgres::tls::split(url)
+                .ok()
+                .and_then(|(rest, _)| rest.parse::<tokio_postgres::Config>().ok());
+            let Some(c) = parsed else {
+                return "postgres (unparsed)".to_string();
+            };
+            let hosts: Vec<String> = if c.get_hosts().is_empty() {
+                c.get_hostaddrs().iter().map(|a| a.to_string()).collect()
+            } else {
+                c.get_hosts()
+                    .iter()
+                    .map(|h| match h {
+                        tokio_postgres::config::Host::Tcp(name) => name.to_ascii_lowercase(),
+                        tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
+                    })
+                    .collect()
+            };
+            let ports = c.get_ports();
+            let at: Vec<String> = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                    format!("{h}:{port}")
+                })
+                .collect();
+            // libpq's default database is the user's name.
+            let db = c.get_dbname().or(c.get_user()).unwrap_or_default();
+            format!("postgres {}/{db}", at.join(","))
+        }
+    }
 }
 
 /// Refuses a store that holds nothing (no values, no key check) when the data directory records
@@ -228,10 +279,10 @@ async fn check_store_marker(config: &Config, store: &dyn SecretStore) -> Result<
         .is_none();
     if same && empty {
         return Err(StartError::Setup(format!(
-            "the store {:?} is empty (no values, no key check), but {} records that this data directory's \
+            "the store ({}) is empty (no values, no key check), but {} records that this data directory's \
              server used it when it held data: the database was lost, emptied or replaced. Restore it; to \
              start a new, empty vault here instead, delete {}",
-            config.store_backend()?,
+            store_identity(&config.store_backend()?),
             marker.display(),
             marker.display()
         )));
@@ -1039,4 +1090,50 @@ fn dev_credentials(
         client_secret,
         authority_host: base_url.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One store, however it is spelled, has one identity in `store.initialized`: otherwise a start under
+    /// another spelling rewrites the marker, and a later loss under the first goes unnoticed.
+    #[test]
+    fn a_store_has_one_identity_however_it_is_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let sqlite = |p: PathBuf| store_identity(&StoreBackend::Sqlite(p));
+        let canonical = sqlite(data.join("vault.db"));
+        assert_eq!(sqlite(data.join("../d/vault.db")), canonical);
+        assert_eq!(sqlite(data.join("./vault.db")), canonical);
+        std::fs::write(data.join("vault.db"), b"").unwrap();
+        assert_eq!(
+            sqlite(data.join("../d/./vault.db")),
+            canonical,
+            "existing or not"
+        );
+        assert_ne!(sqlite(data.join("other.db")), canonical);
+
+        let pg = |u: &str| store_identity(&StoreBackend::Postgres(u.to_string()));
+        let one = pg("postgres://kv@db.example:5432/vault");
+        for same in [
+            "postgres://kv:Sup3rSecretPw@db.example:5432/vault",
+            "postgresql://kv@DB.example/vault",
+            "postgres://kv@db.example:5432/vault?sslmode=verify-full&connect_timeout=5",
+            "postgres://kv@db.example/vault?pass%77ord=Sup3rSecretPw",
+            "host=db.example port=5432 dbname=vault user=other password=Sup3rSecretPw",
+        ] {
+            let id = pg(same);
+            assert_eq!(id, one, "{same}");
+            assert!(!id.contains("Sup3rSecretPw"));
+        }
+        assert_eq!(one, "postgres db.example:5432/vault");
+        assert_ne!(pg("postgres://kv@db.example:5432/other"), one);
+        assert_ne!(pg("postgres://kv@db2.example:5432/vault"), one);
+        assert_eq!(
+            pg("postgres://kv@db.example/"),
+            "postgres db.example:5432/kv"
+        );
+    }
 }
