@@ -586,12 +586,23 @@ fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let start = len.saturating_sub(16 * 1024);
-    f.seek(SeekFrom::Start(start))?;
+    // Read back from the end until the last newline (a torn tail can be long: zero bytes a crash left).
+    let mut start = len;
     let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
-    if tail.last() == Some(&b'\n') {
-        return Ok(());
+    loop {
+        let from = start.saturating_sub(64 * 1024);
+        let mut chunk = vec![0u8; (start - from) as usize];
+        f.seek(SeekFrom::Start(from))?;
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        start = from;
+        if tail.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if start == 0 || tail[..tail.len() - 1].contains(&b'\n') {
+            break;
+        }
     }
     let cut = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let fragment = &tail[cut..];
@@ -605,21 +616,35 @@ fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".torn-{secs}"));
-    let aside = PathBuf::from(aside);
-    {
+    // A name no earlier repair took (two within a second would collide on the seconds alone).
+    let (aside, mut out) = {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&aside)?;
-        out.write_all(fragment)?;
-        out.sync_all()?;
-    }
+        let mut n = 0u32;
+        loop {
+            let mut name = path.as_os_str().to_owned();
+            name.push(if n == 0 {
+                format!(".torn-{secs}")
+            } else {
+                format!(".torn-{secs}-{n}")
+            });
+            let name = PathBuf::from(name);
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&name)
+            {
+                Ok(file) => break (name, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    out.write_all(fragment)?;
+    out.sync_all()?;
     f.set_len(start + cut as u64)?;
     f.sync_all()?;
+    drop(out);
     tracing::warn!(
         path = %path.display(),
         moved_to = %aside.display(),
@@ -1224,6 +1249,24 @@ mod tests {
         assert_eq!(
             std::fs::read(dir.path().join(&aside[0])).unwrap(),
             b"{\"seq\":3,\"time\":\"2026-"
+        );
+        // A long torn tail (zero bytes a crash left, beyond any one read), repaired within the same second as
+        // the first: moved aside whole, under a name of its own.
+        let mut zeros = std::fs::read(&path).unwrap();
+        zeros.extend(std::iter::repeat_n(0u8, 100 * 1024));
+        std::fs::write(&path, &zeros).unwrap();
+        drop(AuditLog::open(&path, 1 << 20).unwrap());
+        assert_eq!(verify_file(&path).unwrap().lines, 4);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("audit.log.torn-"))
+            .collect();
+        assert_eq!(aside.len(), 2, "{aside:?}");
+        assert!(
+            aside
+                .iter()
+                .any(|p| std::fs::metadata(p).unwrap().len() == 100 * 1024)
         );
         // A whole last line without its newline keeps its place in the chain.
         let text = std::fs::read(&path).unwrap();

@@ -203,20 +203,7 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
     let request_id = RequestId::next();
     let mut record = AuditRecord::new(request_id.as_str().to_owned());
     let reads = method == Method::GET || method == Method::HEAD;
-    // A change is audited before its answer; while the log cannot be written (a full disk), changes are
-    // refused before they are made. This refusal's own line is the next attempt to write.
-    let unaudited = !reads && state.audit.as_ref().is_some_and(|a| a.is_failing());
-    let handled = if unaudited {
-        record.outcome = crate::audit::Outcome::Rejected;
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "The service is temporarily unavailable (its audit log cannot be written). Please retry.",
-        ))
-    } else {
-        handle(state, req, &mut record).await
-    };
-    let mut resp = match handled {
+    let mut resp = match handle(state, req, &mut record).await {
         Ok(resp) => resp,
         Err(e) => {
             // With the id the client got (`x-ms-request-id`) and the audit log has: the three line up.
@@ -875,6 +862,20 @@ async fn handle(
     let principal = verified.map_err(|e| refused(&e, token, &state.verifier, &state.challenge))?;
     let who: &str = &principal.id;
     rec.principal = Some(principal.id.clone());
+
+    // A change is audited before its answer; while the log cannot be written (a full disk), changes are
+    // refused before they are made (after authentication: anonymous callers learn nothing of it). This
+    // refusal's own line is the next attempt to write.
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && state.audit.as_ref().is_some_and(|a| a.is_failing())
+    {
+        rec.outcome = crate::audit::Outcome::Rejected;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable (its audit log cannot be written). Please retry.",
+        ));
+    }
 
     // 1b. How much: over the vault's budget → 429 (after authentication, so that requests without a valid
     // token neither use up the budget nor learn anything but 401).

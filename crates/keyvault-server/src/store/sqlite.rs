@@ -851,8 +851,8 @@ impl SecretStore for SqliteStore {
         for answer in answers {
             let done = answer
                 .await
-                .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))??;
-            replaced += u64::from(done);
+                .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?;
+            replaced += u64::from(self.note_damage(done)?);
         }
         Ok(replaced)
     }
