@@ -280,6 +280,33 @@ async fn a_certificate_outside_its_validity_does_not_replace_a_valid_one() {
         assert_eq!(presented(&tls), der_a);
         assert_eq!(healthz(&mut tls, server.addr).await, 200);
     }
+    // A valid leaf whose intermediate has expired: clients refuse the chain, so it is refused too.
+    let inter_key = KeyPair::generate().unwrap();
+    let mut inter_params = CertificateParams::default();
+    inter_params
+        .distinguished_name
+        .push(DnType::CommonName, "Expired intermediate");
+    inter_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    inter_params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+    inter_params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+    let inter = inter_params
+        .signed_by(&inter_key, &ca.cert, &ca.key)
+        .unwrap();
+    let leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let leaf = leaf_params.signed_by(&key_b, &inter, &inter_key).unwrap();
+    replace(&cert, &format!("{}{}", leaf.pem(), inter.pem()));
+    replace(&key, &key_b.serialize_pem());
+    let e = server.certificate.reload().unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "certificate 2 of the chain (CN=Expired intermediate) expired at 2002-01-01T00:00:00Z"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        presented(&connect(server.addr, &ca.pem()).await.unwrap()),
+        der_a
+    );
     server.stop().await;
 
     // Serving an expired certificate already: an expired replacement is no worse, and is taken.

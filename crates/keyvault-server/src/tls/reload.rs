@@ -226,18 +226,27 @@ impl ServerCertificate {
         // served is valid (a not-yet-valid one is taken at the first check after its notBefore: the watch
         // tries again at every interval while a reload stays refused).
         let now = unix_now();
-        let serving_valid = self.summary().is_some_and(|s| s.is_valid_at(now));
-        if serving_valid && !summary.is_valid_at(now) && certified.cert != self.current().cert {
+        let serving_valid = chain_invalid_at(&self.current().cert, now).is_none();
+        let new_invalid = chain_invalid_at(&certified.cert, now);
+        if let (true, Some((position, bad))) = (serving_valid, &new_invalid)
+            && certified.cert != self.current().cert
+        {
             state.failed = true;
+            let which = if *position == 0 {
+                "the certificate".to_string()
+            } else {
+                format!(
+                    "certificate {} of the chain ({})",
+                    position + 1,
+                    bad.subject
+                )
+            };
             let e = TlsError::Invalid {
                 path: files.cert.clone(),
-                reason: if summary.not_after < now {
-                    format!("the certificate expired at {}", rfc3339(summary.not_after))
+                reason: if bad.not_after < now {
+                    format!("{which} expired at {}", rfc3339(bad.not_after))
                 } else {
-                    format!(
-                        "the certificate is not valid before {}",
-                        rfc3339(summary.not_before)
-                    )
+                    format!("{which} is not valid before {}", rfc3339(bad.not_before))
                 },
             };
             tracing::error!(
@@ -379,6 +388,32 @@ fn log_certificate(what: &str, path: &Path, s: &CertificateSummary) {
         "{what}"
     );
     warn_if_expiring(path, s);
+}
+
+/// The first certificate of a chain (its position, leaf first, and summary) outside its validity period at
+/// `now`; None when every one is valid (one that does not parse counts as invalid: clients refuse it too).
+fn chain_invalid_at(
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    now: i64,
+) -> Option<(usize, CertificateSummary)> {
+    chain
+        .iter()
+        .enumerate()
+        .find_map(|(i, der)| match summarize(der) {
+            Some(s) if s.is_valid_at(now) => None,
+            Some(s) => Some((i, s)),
+            None => Some((
+                i,
+                CertificateSummary {
+                    subject: String::new(),
+                    names: Vec::new(),
+                    serial: String::new(),
+                    sha256: String::new(),
+                    not_before: i64::MAX,
+                    not_after: i64::MIN,
+                },
+            )),
+        })
 }
 
 /// A warning when the certificate expires within [`EXPIRY_WARNING_DAYS`], an error when it has expired.
