@@ -366,7 +366,7 @@ fn print_new_secret(out: &mut dyn Write, output: Output, v: &Value) -> CliResult
     let text = zeroize::Zeroizing::new(match output {
         Output::Json => {
             json(out, v)?;
-            eprintln!("note: store the client secret now; it cannot be shown again");
+            stderr_line!("note: store the client secret now; it cannot be shown again");
             return Ok(());
         }
         Output::Value => format!("{}\n", secret.as_str()),
@@ -386,7 +386,7 @@ fn print_new_secret(out: &mut dyn Write, output: Output, v: &Value) -> CliResult
         ),
     });
     out.write_all(text.as_bytes()).map_err(io_error)?;
-    eprintln!("note: store the client secret now; it cannot be shown again");
+    stderr_line!("note: store the client secret now; it cannot be shown again");
     Ok(())
 }
 

@@ -132,7 +132,7 @@ impl Progress {
         }
         const WIDTH: usize = 30;
         let filled = (self.done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
-        eprint!(
+        stderr_text!(
             "\r\x1b[2K{} [{}{}] {}/{}",
             self.label,
             "#".repeat(filled),
@@ -156,9 +156,9 @@ impl Progress {
     /// Print a line above the bar.
     fn message(&mut self, line: &str) {
         if self.enabled {
-            eprint!("\r\x1b[2K");
+            stderr_text!("\r\x1b[2K");
         }
-        eprintln!("{line}");
+        stderr_line!("{line}");
         if self.enabled && self.last.is_some() {
             self.draw();
         }
@@ -166,7 +166,7 @@ impl Progress {
 
     fn finish(&mut self) {
         if self.enabled && self.last.is_some() {
-            eprint!("\r\x1b[2K");
+            stderr_text!("\r\x1b[2K");
         }
     }
 }
@@ -465,7 +465,7 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
     for (name, value) in entries {
         match seen.get(&name.to_ascii_lowercase()) {
             Some(&at) => {
-                eprintln!(
+                stderr_line!(
                     "warning: '{name}' appears more than once (names are case-insensitive); the last value wins"
                 );
                 order[at] = (name, value);
@@ -599,7 +599,7 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
     if skipped > 0 {
         summary.push_str(&format!(", {skipped} not attempted"));
     }
-    eprintln!("{summary}");
+    stderr_line!("{summary}");
 
     match conn.output {
         Output::Json => {
@@ -731,7 +731,7 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
                 } else {
                     // Sourced, the line would run as a command (and show the value in its error).
                     skipped += 1;
-                    eprintln!(
+                    stderr_line!(
                         "error: {k}: a name that starts with a digit cannot be a shell variable; not written (--format json keeps it)"
                     );
                 }
@@ -773,7 +773,7 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
     if failed > 0 {
         summary.push_str(&format!(", {failed} failed"));
     }
-    eprintln!("{summary}");
+    stderr_line!("{summary}");
     if failed > 0 {
         return Err(CliError::new(
             code::PARTIAL,

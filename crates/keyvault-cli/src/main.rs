@@ -2,6 +2,25 @@
 //! Azure Key Vault) through the `keyvault-secrets` client. Parsing and wiring only; the work is done by
 //! the library crates.
 
+/// `eprintln!` that ignores a failed write: a closed or broken standard error (`2>&- `, `2>&1 | true`) must
+/// not turn into a panic (exit 101) instead of the command's own exit code.
+macro_rules! stderr_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that ignores a failed write (see `stderr_line!`).
+macro_rules! stderr_text {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut err = std::io::stderr();
+        let _ = write!(err, $($arg)*);
+        let _ = err.flush();
+    }};
+}
+
 #[macro_use]
 mod errors;
 #[macro_use]
@@ -235,7 +254,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.code == 0 => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            stderr_line!("error: {e}");
             ExitCode::from(e.code)
         }
     }
@@ -295,7 +314,7 @@ fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
                 r.last_hash.as_deref().unwrap_or("-")
             );
             if !r.complete {
-                eprintln!(
+                stderr_line!(
                     "warning: the chain does not start at its first line (older lines are missing)"
                 );
             }

@@ -62,7 +62,7 @@ impl<S: tracing::Subscriber> Layer<S> for ThrottleNotes {
         let mut retry = Retry::default();
         event.record(&mut retry);
         if let Some(note) = retry.note() {
-            eprintln!("{note}");
+            stderr_line!("{note}");
         }
     }
 }

@@ -235,7 +235,7 @@ async fn run_offline(
     let table = !json;
     if table {
         let previous = envelope.previous_kek_ids();
-        eprintln!(
+        stderr_line!(
             "current key id {}; previous key ids: {}",
             envelope.current_kek_id(),
             if previous.is_empty() {
@@ -251,7 +251,7 @@ async fn run_offline(
     };
     let report = keyvault_server::rekey::rekey(store.as_ref(), &envelope, &options, |p| {
         if table {
-            eprintln!("  {}", progress_line(p));
+            stderr_line!("  {}", progress_line(p));
         }
     })
     .await
@@ -276,7 +276,7 @@ async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
     let started: RekeyJobView =
         job_view(crate::admin::call(&conn, Method::POST, "/admin/rekey", Some(body)).await?)?;
     if !json {
-        eprintln!(
+        stderr_line!(
             "rekey job {} started on {}{}",
             started.id,
             conn.vault(),
@@ -307,7 +307,7 @@ async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
         }
         let seen = (view.progress.scanned, view.progress.resealed);
         if !json && shown != Some(seen) && view.progress.scanned > 0 {
-            eprintln!(
+            stderr_line!(
                 "  {}",
                 progress_line(&RekeyProgress {
                     scanned: view.progress.scanned,

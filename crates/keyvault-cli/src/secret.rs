@@ -439,7 +439,7 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             let views: Vec<View> = items.iter().map(View::from_properties).collect();
             // Key Vault answers an empty list for a secret that does not exist: a person is told.
             if views.is_empty() && fmt == crate::conn::Output::Table {
-                eprintln!(
+                stderr_line!(
                     "no versions: there is no secret '{}' in {vault} (a deleted one is in list-deleted)",
                     a.name
                 );
@@ -608,7 +608,7 @@ fn done_line(
         // As it is: `$(… -o value)` must give the real path.
         Output::Value => writeln!(out, "{bare}").map_err(io_error),
         Output::Table => {
-            eprintln!("{}", sentence());
+            stderr_line!("{}", sentence());
             Ok(())
         }
     }

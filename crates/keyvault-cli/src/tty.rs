@@ -36,7 +36,7 @@ pub async fn read_hidden_line(prompt: &str) -> CliResult<Zeroizing<String>> {
     // Echo off before the prompt: whatever is typed once it shows is not echoed.
     tcsetattr(std::io::stdin(), OptionalActions::Now, &quiet).map_err(|e| fail(e.into()))?;
     let restore = Restore(saved);
-    eprint!("{prompt}");
+    stderr_text!("{prompt}");
     let _ = std::io::stderr().flush();
     // Ctrl-C delivers SIGINT while the read blocks: the read runs on its own thread (left behind, blocked, if
     // the command ends first), and the signal is awaited here so the terminal is restored before exiting.
@@ -50,12 +50,12 @@ pub async fn read_hidden_line(prompt: &str) -> CliResult<Zeroizing<String>> {
         read = rx => read.unwrap_or_else(|_| Err(std::io::Error::other("the reader stopped"))),
         _ = interrupt.recv() => {
             drop(restore);
-            eprintln!();
+            stderr_line!();
             return Err(CliError::new(crate::errors::code::INTERRUPTED, "interrupted"));
         }
     };
     drop(restore);
-    eprintln!();
+    stderr_line!();
     let mut line = result.map_err(fail)?;
     if line.last() == Some(&b'\n') {
         line.pop();

@@ -5,6 +5,7 @@
 mod cli_support;
 
 use cli_support::{command, kv, kv_in, run_with, shared};
+use std::process::Stdio;
 
 #[test]
 fn set_and_show_in_every_format() {
@@ -1330,4 +1331,20 @@ fn a_client_secret_is_not_sent_to_microsoft_for_a_vault_elsewhere() {
     );
     // Nothing was sent anywhere, not even to the vault.
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A standard error that is closed (`2>&-`) or whose reader has gone (`2>&1 | true`): the command still
+/// exits with its own code, not with a panic's 101.
+#[test]
+fn a_closed_standard_error_keeps_the_exit_code() {
+    let v = shared();
+    let mut c = command(Some(v));
+    c.args(["secret", "show", "no-such-secret-here"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // The child's standard error: the write end of a pipe whose read end is closed at once.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = c.stderr(writer).status().unwrap();
+    assert_eq!(status.code(), Some(3), "{status:?}");
 }
