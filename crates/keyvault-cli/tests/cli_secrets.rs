@@ -1111,6 +1111,14 @@ fn local_files_that_cannot_be_read_or_written_are_bad_input() {
         "{}",
         e.stderr
     );
+    // A directory opens but cannot be read: the same.
+    let dir = tempfile::tempdir().unwrap();
+    run_with(
+        command(None),
+        &["audit", "verify", dir.path().to_str().unwrap()],
+        None,
+    )
+    .code(1);
 }
 
 /// A pseudo-terminal: its controller side, and a file on its terminal side (what a command's stdin and

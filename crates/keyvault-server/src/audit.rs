@@ -378,7 +378,8 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
             buf.clear();
             let read = reader
                 .read_until(b'\n', &mut buf)
-                .map_err(|e| err(n + 1, format!("cannot read: {e}")))?;
+                // Reading failed (a directory, an I/O error): the file itself, not the chain (line 0).
+                .map_err(|e| err(0, format!("cannot read line {}: {e}", n + 1)))?;
             if read == 0 {
                 break;
             }
