@@ -37,7 +37,7 @@ macro_rules! exit_codes_help {
   5  unauthorized or forbidden (credential failure, 401, 403, disabled secret)
   6  bulk import/export or rekey finished with some items failed
   7  throttled: the vault answered 429 (too many requests) after every retry
-130  interrupted (Ctrl-C at a prompt)"
+130  interrupted (Ctrl-C, Ctrl-\\, SIGTERM or SIGHUP at a prompt)"
     };
 }
 

@@ -123,7 +123,8 @@ const SET_HELP: &str = concat!(
      drops one trailing newline (so `echo pass | …` stores `pass`). An empty value (no input, an empty file, \
      `--value ''`) is refused with exit code 2 unless --allow-empty is given, so that `producer | keyvault \
      secret set …` does not wipe the secret when the producer fails. On a terminal, --value-stdin prompts \
-     and reads one line without echo (Ctrl-C: exit 130). Values must be UTF-8 text (encode binary \
+     and reads one line without echo, and `--file -` everything typed until Ctrl-D, as is, without echo \
+     (Ctrl-C: exit 130). Values must be UTF-8 text (encode binary \
      data first, e.g. with base64). Prefer --file or --value-stdin to --value: command lines end up in shell \
      history and `ps`.
 
@@ -378,8 +379,15 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             let options = a.props.set_options()?;
             let from_stdin =
                 a.source.value_stdin || a.source.file.as_deref() == Some(Path::new("-"));
-            let value = if from_stdin && crate::tty::stdin_is_terminal() {
+            let value = if a.source.value_stdin && crate::tty::stdin_is_terminal() {
                 crate::tty::read_hidden_line(&format!("Value for '{}': ", a.name)).await?
+            } else if from_stdin && crate::tty::stdin_is_terminal() {
+                // `--file -`: as is, every line typed or pasted, until Ctrl-D.
+                crate::tty::read_hidden_text(&format!(
+                    "Value for '{}' (as is, end with Ctrl-D on a line of its own): ",
+                    a.name
+                ))
+                .await?
             } else {
                 zeroize::Zeroizing::new(read_value(&a.source)?)
             };

@@ -1180,11 +1180,13 @@ fn at_a_terminal(
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // What is typed; `None` or a signal's name (`"\u{1b}QUIT"`: ESC then the name) sends that signal instead.
     match typed {
-        Some(t) => (&controller).write_all(t.as_bytes()).unwrap(),
-        None => {
+        Some(t) if !t.starts_with('\u{1b}') => (&controller).write_all(t.as_bytes()).unwrap(),
+        other => {
+            let signal = other.map_or("INT", |t| &t[1..]);
             let status = std::process::Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
+                .args([&format!("-{signal}"), &child.id().to_string()])
                 .status()
                 .unwrap();
             assert!(status.success());
@@ -1242,6 +1244,33 @@ fn value_stdin_at_a_terminal_prompts_without_echo() {
     assert!(echoes, "the terminal echoes again after Ctrl-C");
     let versions = kv(v, &["secret", "list-versions", "tty-typed", "-o", "value"]).ok();
     assert_eq!(versions.stdout.lines().count(), 1, "{}", versions.stdout);
+
+    // Ctrl-\ (SIGQUIT) and a SIGTERM: the same.
+    for signal in ["\u{1b}QUIT", "\u{1b}TERM"] {
+        let (code, _, shown, echoes) = at_a_terminal(
+            command(Some(v)),
+            &["secret", "set", "tty-typed", "--value-stdin"],
+            "Value for 'tty-typed': ",
+            Some(signal),
+        );
+        assert_eq!(code, 130, "{signal}: {shown:?}");
+        assert!(echoes, "the terminal echoes again after {signal}");
+    }
+
+    // `--file -` at a terminal: everything typed until Ctrl-D (at the start of a line), as is.
+    let (code, _, shown, echoes) = at_a_terminal(
+        command(Some(v)),
+        &["secret", "set", "tty-pem", "--file", "-"],
+        "end with Ctrl-D on a line of its own): ",
+        Some("-----BEGIN X-----\nline two\n\u{4}"),
+    );
+    assert_eq!(code, 0, "{shown:?}");
+    assert!(!shown.contains("line two"), "echoed: {shown:?}");
+    assert!(echoes);
+    assert_eq!(
+        kv(v, &["secret", "show", "tty-pem"]).ok().json()["value"],
+        "-----BEGIN X-----\nline two\n"
+    );
 
     // hash-secret too.
     let (code, stdout, shown, echoes) = at_a_terminal(
