@@ -475,8 +475,9 @@ async fn a_change_is_in_the_audit_file_before_its_response() {
     audit::verify_file(&path).unwrap();
 }
 
-/// A client that sends a change and resets its connection at once: hyper drops the request's future, but the
-/// change runs to its end as a task of its own, so every change that was made has its audit line.
+/// A client that sends a change and resets its connection at once: hyper drops the request's future, and a
+/// change already authorized may still commit; its line is written as the future is dropped (status 499), so
+/// every change that was made has its audit line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_whose_client_goes_away_is_still_audited() {
     use tokio::io::AsyncWriteExt;

