@@ -343,14 +343,18 @@ fn snapshot_refuses_postgres_a_missing_database_and_a_file_as_dir() {
     assert!(!out.exists());
 
     let empty = dir.path().join("empty-data");
-    let missing = tool(&[
-        "snapshot",
-        "--data-dir",
-        empty.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .code(2);
+    // `snapshot --data-dir DATA --out OUT`, expected to exit 2.
+    let refused = |data: &std::path::Path, out: &std::path::Path| {
+        tool(&[
+            "snapshot",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .code(2)
+    };
+    let missing = refused(&empty, &out);
     assert!(
         missing.stderr.contains("there is no database"),
         "{}",
@@ -361,14 +365,7 @@ fn snapshot_refuses_postgres_a_missing_database_and_a_file_as_dir() {
     // A data directory with a database that is not a vault's: exit 2, and no directory left behind.
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(empty.join("vault.db"), b"not a database, just text").unwrap();
-    let not_vault = tool(&[
-        "snapshot",
-        "--data-dir",
-        empty.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .code(2);
+    let not_vault = refused(&empty, &out);
     assert!(
         not_vault.stderr.contains("vault.db"),
         "{}",
@@ -378,14 +375,7 @@ fn snapshot_refuses_postgres_a_missing_database_and_a_file_as_dir() {
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let not_dir = tool(&[
-        "snapshot",
-        "--data-dir",
-        empty.to_str().unwrap(),
-        "--out",
-        file.to_str().unwrap(),
-    ])
-    .code(2);
+    let not_dir = refused(&empty, &file);
     assert!(
         not_dir.stderr.contains("not a directory"),
         "{}",
