@@ -41,9 +41,12 @@ vault.db (and access.json) there; start it with the key-encryption key the repor
 
 A PostgreSQL store is refused (exit 2): back it up with pg_dump or a base backup.
 
+The copy is made under a temporary name in DIR and named vault.db only once checked; Ctrl-C, SIGTERM or
+SIGHUP removes it (exit 130); a SIGKILL leaves the temporary .vault.db.partial-PID file, never a vault.db.
+
 Exit codes: 0 done, 1 the copy failed (reading the database, writing the copy, or the copy's check), 2 bad
-input (no database, not a vault's database, a PostgreSQL store, a bad config file, DIR not a directory or not
-creatable), 4 DIR is not empty.")]
+input (no database, not a vault's database, a PostgreSQL store, a bad config file, DIR not a directory, not
+creatable or another user's), 4 DIR is not empty, 130 interrupted.")]
 pub struct SnapshotArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -111,11 +114,12 @@ pub fn run_snapshot(args: SnapshotArgs, out: &mut impl Write) -> CliResult {
     }
     let made_dir = prepare_dir(&args.out)?;
     let access_source = config.data_dir.join(ACCESS_FILE);
-    let result = take(&source, &args.out, &access_source);
+    let result = take_unless_interrupted(&source, &args.out, &access_source);
     let (database, access_file) = match result {
         Ok(done) => done,
         Err(e) => {
             // Nothing half-made is left to be taken for a snapshot.
+            keyvault_server::store::sqlite::snapshot::remove_partial(&args.out.join(DATABASE_FILE));
             for name in [DATABASE_FILE, ACCESS_FILE] {
                 let _ = std::fs::remove_file(args.out.join(name));
             }
@@ -125,6 +129,12 @@ pub fn run_snapshot(args: SnapshotArgs, out: &mut impl Write) -> CliResult {
             return Err(e);
         }
     };
+    // Paths in the report as absolute ones (a script may read it from elsewhere).
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (out_dir, source) = (absolute(&args.out), absolute(&source));
+    let mut database = database;
+    database.path = absolute(&database.path);
+    let access_file = access_file.map(|p| absolute(&p));
     let mut needed: Vec<String> = database
         .key_check_kek_id
         .iter()
@@ -146,7 +156,7 @@ pub fn run_snapshot(args: SnapshotArgs, out: &mut impl Write) -> CliResult {
         }
     );
     let report = Report {
-        path: args.out.clone(),
+        path: out_dir,
         source,
         started_at: rfc3339(database.started_at),
         database,
@@ -172,7 +182,25 @@ fn prepare_dir(dir: &Path) -> CliResult<bool> {
             code::BAD_INPUT,
             format!("{} exists and is not a directory", dir.display()),
         )),
-        Ok(_) => {
+        Ok(meta) => {
+            // Another user's directory (even 0700 afterwards, it stays theirs): they could swap the copy
+            // for a link to a place of their choosing while it is made, or replace it before a restore.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let me = rustix::process::geteuid().as_raw();
+                if meta.uid() != me {
+                    return Err(CliError::new(
+                        code::BAD_INPUT,
+                        format!(
+                            "{} belongs to another user (uid {}): a snapshot goes into a directory of this \
+                             user's own (another could swap the copy for a link while it is made)",
+                            dir.display(),
+                            meta.uid()
+                        ),
+                    ));
+                }
+            }
             let mut entries = std::fs::read_dir(dir).map_err(|e| {
                 CliError::new(
                     code::BAD_INPUT,
@@ -221,6 +249,52 @@ fn prepare_dir(dir: &Path) -> CliResult<bool> {
             format!("cannot read {}: {e}", dir.display()),
         )),
     }
+}
+
+/// [`take`] on a thread of its own, while this one waits for it or for Ctrl-C, SIGTERM or SIGHUP: then the
+/// command ends at once (exit 130), and the caller removes what was made (the copy under its temporary name
+/// included: a file named vault.db is only ever a whole, checked copy). A SIGKILL leaves the temporary file.
+fn take_unless_interrupted(
+    source: &Path,
+    dir: &Path,
+    access_source: &Path,
+) -> CliResult<(SnapshotReport, Option<PathBuf>)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::other(format!("cannot start the runtime: {e}")))?;
+    let (source, dir, access_source) = (
+        source.to_path_buf(),
+        dir.to_path_buf(),
+        access_source.to_path_buf(),
+    );
+    rt.block_on(async move {
+        let listen = |kind: SignalKind| {
+            signal(kind).map_err(|e| CliError::other(format!("cannot listen for signals: {e}")))
+        };
+        let (mut interrupt, mut terminate, mut hangup) = (
+            listen(SignalKind::interrupt())?,
+            listen(SignalKind::terminate())?,
+            listen(SignalKind::hangup())?,
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(take(&source, &dir, &access_source));
+        });
+        let interrupted = || {
+            Err(CliError::new(
+                code::INTERRUPTED,
+                "interrupted: the unfinished snapshot was removed",
+            ))
+        };
+        tokio::select! {
+            done = rx => done.unwrap_or_else(|_| Err(CliError::other("the snapshot stopped"))),
+            _ = interrupt.recv() => interrupted(),
+            _ = terminate.recv() => interrupted(),
+            _ = hangup.recv() => interrupted(),
+        }
+    })
 }
 
 /// The database's copy, then access.json's; both synced, with the directory.

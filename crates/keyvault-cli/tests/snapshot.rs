@@ -375,6 +375,15 @@ fn snapshot_refuses_postgres_a_missing_database_and_a_file_as_dir() {
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
+    // Another user's directory, even empty and whatever its mode: refused (they could swap the copy for a
+    // link while it is made). Only when this test may give a directory away (root).
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    if std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_ok() {
+        let e = refused(&empty, &theirs);
+        assert!(e.stderr.contains("belongs to another user"), "{}", e.stderr);
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+    }
     let not_dir = refused(&empty, &file);
     assert!(
         not_dir.stderr.contains("not a directory"),

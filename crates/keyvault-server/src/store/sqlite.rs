@@ -295,6 +295,7 @@ impl SqliteStore {
     pub fn open_with(path: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let cache_bytes = options.cache_bytes;
         let lock = lock_database(path)?;
+        refuse_foreign_wal(path)?;
         make_private(path)?;
         let mut conn = open_writer_with(path, options.buffer_wal_writes)?;
         migrate(&mut conn)?;
@@ -533,6 +534,33 @@ impl Drop for SqliteStore {
             let _ = handle.join();
         }
     }
+}
+
+/// Refuses a database in rollback-journal mode next to a write-ahead log that holds frames: the database
+/// was put there (a restored snapshot, whose copy is in rollback mode until a server opens it), and the log
+/// is the replaced database's — SQLite would apply its pages to the new file and damage it. A database this
+/// store has written is in WAL mode (file header bytes 18–19 are 2), and so is its log's.
+fn refuse_foreign_wal(path: &Path) -> StoreResult<()> {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    if read.is_err() || &header[..16] != b"SQLite format 3\0" || header[18..20] != [1, 1] {
+        return Ok(());
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Err(StoreError::Internal(format!(
+            "{} was put in place (it is in rollback-journal mode, as a snapshot's copy is) next to {}, the \
+             write-ahead log of the database it replaced: remove {} and the -shm file beside it, then start \
+             again (README: restoring a snapshot)",
+            path.display(),
+            wal.display(),
+            wal.display()
+        )));
+    }
+    Ok(())
 }
 
 fn closed() -> StoreError {

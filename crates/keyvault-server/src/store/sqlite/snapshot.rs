@@ -11,8 +11,13 @@
 //! cannot start the log over, so the WAL grows until the copy is done. The copy is a new, compact file: no free pages (so none of what a
 //! purge or re-seal left in free space), no WAL, in rollback-journal mode until a server opens it.
 //!
-//! The target is created empty first, owner-only (0600), so the copy is never readable by others, even for a
-//! moment; then it is filled, checked (`PRAGMA quick_check`), counted and synced with its directory. Values
+//! The copy is written under a temporary name beside the target ([`partial_path`]), created empty first,
+//! owner-only (0600), so it is never readable by others, even for a moment; then it is filled, checked
+//! (`PRAGMA quick_check`), counted and synced, and only then linked under the target's name (never replacing
+//! a file) and synced with its directory: a file found under the target's name is always a whole, checked
+//! copy, and an interrupted snapshot leaves only the temporary file (and SQLite's journal beside it). The
+//! directory must be the caller's own (`keyvault snapshot` makes sure): `VACUUM INTO` opens the temporary
+//! file again by name. Values
 //! are never read or opened: the counts come from the tables' keys, and the key ids from the first bytes of
 //! each sealed value (its header names the key-encryption key it was sealed under).
 
@@ -49,7 +54,9 @@ pub struct SnapshotReport {
     /// A `keyvault rekey` that started and has not completed names its target key here: a server over the
     /// copy must hold it too.
     pub rekey_target_kek_id: Option<String>,
-    /// When the copy's read began (Unix seconds): every write acknowledged before then is in the copy.
+    /// When the copy's read began (Unix seconds): every write acknowledged before then is in the copy. Not
+    /// serialized: `keyvault snapshot`'s report gives it once, as RFC 3339 text.
+    #[serde(skip)]
     pub started_at: i64,
 }
 
@@ -76,9 +83,8 @@ pub enum SnapshotError {
 }
 
 /// Copies the SQLite vault database `source` into `target` (which must not exist) while a server may be
-/// running on it: see the module documentation. On any error after the target was created, the target is
-/// removed, so that a file found there is a whole, checked copy (unless the process dies meanwhile: then
-/// `PRAGMA quick_check` on it tells).
+/// running on it: see the module documentation. The copy is made under [`partial_path`] and linked under
+/// `target` only once checked; on any error the partial files are removed.
 pub fn snapshot(source: &Path, target: &Path) -> Result<SnapshotReport, SnapshotError> {
     let meta = std::fs::metadata(source)
         .map_err(|e| SnapshotError::Source(format!("cannot read {}: {e}", source.display())))?;
@@ -88,14 +94,54 @@ pub fn snapshot(source: &Path, target: &Path) -> Result<SnapshotReport, Snapshot
             source.display()
         )));
     }
+    if std::fs::symlink_metadata(target).is_ok() {
+        return Err(SnapshotError::TargetExists(target.to_path_buf()));
+    }
     let conn = open_source(source)?;
-    create_private(target)?;
-    let result = copy_and_check(&conn, source, target);
+    let partial = partial_path(target);
+    create_private(&partial)?;
+    let result = copy_and_check(&conn, source, &partial).and_then(|mut report| {
+        // Under the final name only now, never replacing anything (a link fails on an existing name).
+        std::fs::hard_link(&partial, target).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                SnapshotError::TargetExists(target.to_path_buf())
+            } else {
+                SnapshotError::Copy(format!("cannot name the copy {}: {e}", target.display()))
+            }
+        })?;
+        report.path = target.to_path_buf();
+        Ok(report)
+    });
     drop(conn);
+    remove_partial(target);
     if result.is_err() {
-        let _ = std::fs::remove_file(target);
+        return result;
+    }
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sync_dir(dir).map_err(|e| {
+            SnapshotError::Copy(format!("cannot sync the directory {}: {e}", dir.display()))
+        })?;
     }
     result
+}
+
+/// The temporary name a copy for `target` is made under (beside it, hidden, naming this process):
+/// `DIR/.vault.db.partial-PID`.
+pub fn partial_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".to_string());
+    target.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Removes what an unfinished copy for `target` left (the partial file and SQLite's journal beside it).
+pub fn remove_partial(target: &Path) {
+    let partial = partial_path(target);
+    let mut journal = partial.clone().into_os_string();
+    journal.push("-journal");
+    let _ = std::fs::remove_file(&partial);
+    let _ = std::fs::remove_file(PathBuf::from(journal));
 }
 
 /// A read-only connection to the source that never checkpoints (nor deletes the WAL) when it closes, after
@@ -346,6 +392,14 @@ mod tests {
         let target = dir.path().join("copy.db");
         let report = snapshot(&source, &target).unwrap();
         assert_eq!(report.path, target);
+        // Made under a temporary name, then linked: nothing of it is left beside the copy.
+        assert!(!partial_path(&target).exists());
+        let beside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".copy.db"))
+            .collect();
+        assert!(beside.is_empty(), "{beside:?}");
         assert_eq!(
             (report.names, report.deleted_names, report.versions),
             (3, 1, 5)

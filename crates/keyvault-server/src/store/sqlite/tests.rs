@@ -2204,3 +2204,36 @@ async fn a_damaged_file_refuses_changes_and_is_not_healthy() {
     assert!(store.health().await.is_err());
     store.close().await;
 }
+
+/// A restored snapshot (a database in rollback-journal mode) put next to the write-ahead log of the database
+/// it replaced is refused, naming the log to remove: SQLite would apply the old log's pages to it. Without
+/// the log it opens, and a database the store wrote itself (WAL mode) opens next to its own log.
+#[tokio::test]
+async fn a_restored_copy_next_to_the_replaced_databases_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .put_version("v", row("a", &version(1), 1))
+        .await
+        .unwrap();
+    let copy = dir.path().join("copy.db");
+    super::snapshot::snapshot(&path, &copy).unwrap();
+    store.close().await;
+    drop(store);
+    let wal = dir.path().join("copy.db-wal");
+    std::fs::write(&wal, vec![7u8; 4096]).unwrap();
+    let e = SqliteStore::open(&copy).unwrap_err().to_string();
+    assert!(
+        e.contains("copy.db-wal") && e.contains("rollback-journal"),
+        "{e}"
+    );
+    std::fs::remove_file(&wal).unwrap();
+    let store = SqliteStore::open(&copy).unwrap();
+    assert!(store.get_version("v", "a", None).await.unwrap().is_some());
+    store.close().await;
+    drop(store);
+    // Now in WAL mode: its own (empty or not) log is no reason to refuse.
+    std::fs::write(&wal, b"").unwrap();
+    SqliteStore::open(&copy).unwrap().close().await;
+}
