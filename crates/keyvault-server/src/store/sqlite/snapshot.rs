@@ -114,15 +114,13 @@ pub fn snapshot(source: &Path, target: &Path) -> Result<SnapshotReport, Snapshot
     });
     drop(conn);
     remove_partial(target);
-    if result.is_err() {
-        return result;
-    }
+    let report = result?;
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         sync_dir(dir).map_err(|e| {
             SnapshotError::Copy(format!("cannot sync the directory {}: {e}", dir.display()))
         })?;
     }
-    result
+    Ok(report)
 }
 
 /// The temporary name a copy for `target` is made under (beside it, hidden, naming this process):
