@@ -391,3 +391,102 @@ fn snapshot_refuses_postgres_a_missing_database_and_a_file_as_dir() {
         not_dir.stderr
     );
 }
+
+/// Ctrl-C (SIGINT) while the copy is being made: exit 130, and nothing is left — no `vault.db`, no temporary
+/// copy, and the directory the command made is gone. The database is made large enough (about 40 MB, through
+/// the store library: a snapshot never opens values) for the copy to take a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_snapshot_leaves_nothing() {
+    use keyvault_server::store::{SecretStore, VersionRow, sqlite::SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let store = SqliteStore::open(&data.join("vault.db")).unwrap();
+    let mut writes = Vec::new();
+    for i in 0..5_000u32 {
+        writes.push(store.put_version(
+            "v",
+            VersionRow {
+                name: format!("s{i}"),
+                version: format!("{i:032x}"),
+                sealed: vec![(i % 251) as u8; 8192],
+                content_type: None,
+                tags: None,
+                enabled: true,
+                nbf: None,
+                exp: None,
+                created: 1,
+                updated: 1,
+            },
+        ));
+        if writes.len() == 512 {
+            for w in writes.drain(..) {
+                w.await.unwrap();
+            }
+        }
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    store.close().await;
+    drop(store);
+
+    let out = dir.path().join("snap");
+    let child = command(None)
+        .args([
+            "snapshot",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        // The temporary copy appears once the copy has begun.
+        let copying = || {
+            std::fs::read_dir(&out).is_ok_and(|mut d| {
+                d.any(|e| {
+                    e.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(".vault.db.partial-")
+                })
+            })
+        };
+        while !copying() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the copy never began"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let output = child.wait_with_output().unwrap();
+        (output, out)
+    })
+    .await
+    .unwrap();
+    let (output, out) = status;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.code() == Some(0) {
+        // The copy won the race (a fast disk): then it is whole, and named.
+        eprintln!("the copy finished before the signal");
+        assert!(out.join("vault.db").is_file(), "{stderr}");
+        return;
+    }
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        !out.exists(),
+        "left behind: {:?}",
+        std::fs::read_dir(&out).map(|d| d.count())
+    );
+}
