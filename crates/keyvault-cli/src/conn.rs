@@ -417,17 +417,13 @@ fn url_host(url: &str) -> String {
 
 /// Whether the URL's host is an IP address, `localhost` or a `*.localhost` name.
 pub fn is_local_host(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = if let Some(v6) = authority.strip_prefix('[') {
+    let host = url_host(url);
+    if let Some(v6) = host.strip_prefix('[') {
         return v6
-            .split(']')
-            .next()
-            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    let host = host.to_ascii_lowercase();
+            .trim_end_matches(']')
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
+    }
     host.parse::<std::net::Ipv4Addr>().is_ok()
         || host == "localhost"
         || host.ends_with(".localhost")

@@ -379,9 +379,10 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             let options = a.props.set_options()?;
             let from_stdin =
                 a.source.value_stdin || a.source.file.as_deref() == Some(Path::new("-"));
-            let value = if a.source.value_stdin && crate::tty::stdin_is_terminal() {
+            let at_terminal = from_stdin && crate::tty::stdin_is_terminal();
+            let value = if at_terminal && a.source.value_stdin {
                 crate::tty::read_hidden_line(&format!("Value for '{}': ", a.name)).await?
-            } else if from_stdin && crate::tty::stdin_is_terminal() {
+            } else if at_terminal {
                 // `--file -`: as is, every line typed or pasted, until Ctrl-D.
                 crate::tty::read_hidden_text(&format!(
                     "Value for '{}' (as is, end with Ctrl-D on a line of its own): ",

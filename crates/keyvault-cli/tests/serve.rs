@@ -447,18 +447,7 @@ async fn audit_verify_detects_tampering() {
     assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
 
     let log = data.join("audit.log");
-    let verify = |path: &std::path::Path| {
-        let out = Command::new(BIN)
-            .args(["audit", "verify", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
-    let (code, out) = verify(&log);
+    let (code, out) = audit_verify(&log);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("ok: 3 line(s)"), "{out}");
 
@@ -466,9 +455,21 @@ async fn audit_verify_detects_tampering() {
     let edited = text.replacen("\"status\":401", "\"status\":200", 1);
     assert_ne!(edited, text);
     std::fs::write(&log, edited).unwrap();
-    let (code, out) = verify(&log);
+    let (code, out) = audit_verify(&log);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("not intact"), "{out}");
+}
+
+/// `keyvault audit verify PATH`: its exit code, and what it printed (stdout, then stderr).
+fn audit_verify(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// `RssAnon` of a process, in KiB (Linux).
@@ -1281,11 +1282,8 @@ async fn a_full_disk_under_the_audit_log_refuses_changes_until_it_can_be_written
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.ends_with('\n'));
     assert!(!text.contains(&format!("\"secret\":\"{unaudited}\"")));
-    let verify = Command::new(BIN)
-        .args(["audit", "verify", log.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{verify:?}");
+    let (code, out) = audit_verify(&log);
+    assert_eq!(code, Some(0), "{out}");
 
     // Room again (the soft limit raised from outside): a refusal's own line gets written, and changes go on.
     let raised = Command::new("prlimit")
@@ -1305,11 +1303,8 @@ async fn a_full_disk_under_the_audit_log_refuses_changes_until_it_can_be_written
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
     sigterm(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(15)).success());
-    let verify = Command::new(BIN)
-        .args(["audit", "verify", log.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{verify:?}");
+    let (code, out) = audit_verify(&log);
+    assert_eq!(code, Some(0), "{out}");
     let (server, _) = start(&dev_args(&data));
     drop(server);
 }

@@ -601,7 +601,8 @@ fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
         if tail.last() == Some(&b'\n') {
             return Ok(());
         }
-        if start == 0 || tail[..tail.len() - 1].contains(&b'\n') {
+        // (The last byte is not a newline: any newline is an earlier one.)
+        if start == 0 || tail.contains(&b'\n') {
             break;
         }
     }

@@ -195,15 +195,13 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
 /// [`check_store_marker`]).
 pub const STORE_MARKER: &str = "store.initialized";
 
-/// The marker's line naming the store: what identifies it, however it is spelled — a SQLite file's canonical
-/// path; a PostgreSQL database's hosts, ports and name (no user, password or parameters).
-fn store_line(config: &Config) -> Result<String, StartError> {
-    Ok(format!(
-        "store: {}",
-        store_identity(&config.store_backend()?)
-    ))
+/// The marker's line naming the store (see [`store_identity`]).
+fn store_line(identity: &str) -> String {
+    format!("store: {identity}")
 }
 
+/// What identifies a store, however the setting spells it: a SQLite file's canonical path; a PostgreSQL
+/// database's hosts, ports and name (no user, password or parameters).
 fn store_identity(backend: &StoreBackend) -> String {
     match backend {
         StoreBackend::Sqlite(path) => {
@@ -271,18 +269,17 @@ async fn check_store_marker(config: &Config, store: &dyn SecretStore) -> Result<
     let Some(recorded) = recorded else {
         return Ok(false);
     };
-    let line = store_line(config)?;
-    let same = recorded.lines().any(|l| l == line);
+    let identity = store_identity(&config.store_backend()?);
+    let same = recorded.lines().any(|l| l == store_line(&identity));
     let empty = crate::store::sealed_key_id(store)
         .await
         .map_err(setup("cannot read the database"))?
         .is_none();
     if same && empty {
         return Err(StartError::Setup(format!(
-            "the store ({}) is empty (no values, no key check), but {} records that this data directory's \
-             server used it when it held data: the database was lost, emptied or replaced. Restore it; to \
-             start a new, empty vault here instead, delete {}",
-            store_identity(&config.store_backend()?),
+            "the store ({identity}) is empty (no values, no key check), but {} records that this data \
+             directory's server used it when it held data: the database was lost, emptied or replaced. Restore \
+             it; to start a new, empty vault here instead, delete {}",
             marker.display(),
             marker.display()
         )));
@@ -441,7 +438,7 @@ impl Server {
                  While this file names it, the server refuses to start over it if it is found empty (a lost, \
                  emptied or replaced database). Delete this file to start a new, empty vault there.\n",
                 crate::auth::util::rfc3339(crate::auth::util::unix_now()),
-                store_line(&config)?,
+                store_line(&store_identity(&config.store_backend()?)),
                 envelope.current_kek_id(),
             );
             write_private_file(&data_dir.join(STORE_MARKER), marker.as_bytes())
