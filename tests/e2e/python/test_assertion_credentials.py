@@ -4,7 +4,8 @@ The server is started with ``--config FILE`` declaring:
 
 - a client with a certificate (``[[clients]] certificates``): ``azure.identity.CertificateCredential`` signs a
   client assertion with the certificate's RSA key (MSAL builds it: header thumbprint, ``aud`` = the token
-  endpoint from the discovery document) and the server verifies it;
+  endpoint from the discovery document) and the server verifies it; ``azure.identity.aio``'s builds its own,
+  with base64 padding on every part;
 - a trusted issuer (a JWKS file: the test's own "cluster" key) and a client federated to one of its subjects
   (``federated``): ``azure.identity.WorkloadIdentityCredential`` posts the token file's content, as on AKS.
 
@@ -127,6 +128,27 @@ def test_certificate_credential_reads_a_secret(server, seeded, send_chain):
     cred = certificate_credential(srv, srv.client_pem, send_certificate_chain=send_chain)
     client = srv.client(cred)
     assert client.get_secret(seeded).value == "seen-through-an-assertion"
+
+
+async def test_async_certificate_credential_reads_a_secret(server, seeded):
+    """azure.identity.aio's CertificateCredential builds its assertion itself (not through MSAL), with
+    ``base64.urlsafe_b64encode`` padding on every part and the signature made over the padded text: a 2048-bit
+    RSA signature always ends in ``==``. Entra accepts it; so must the server."""
+    from azure.identity.aio import CertificateCredential as AsyncCertificateCredential
+
+    srv = server
+    cred = AsyncCertificateCredential(
+        srv.creds["tenant_id"], CERT_CLIENT, str(srv.client_pem),
+        authority=srv.creds["authority_host"], connection_verify=srv.ca_cert,
+        disable_instance_discovery=True,
+    )
+    client = srv.async_client(cred)
+    try:
+        secret = await client.get_secret(seeded)
+        assert secret.value == "seen-through-an-assertion"
+    finally:
+        await client.close()
+        await cred.close()
 
 
 def test_unknown_certificate_is_refused(server, tmp_path):

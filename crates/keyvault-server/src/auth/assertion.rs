@@ -29,7 +29,7 @@ use std::sync::{Mutex, PoisonError};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header};
 
 use super::external::{TrustedIssuer, token_times};
 use super::jws::HeaderError;
@@ -332,7 +332,7 @@ impl ClientAssertions {
         if assertion.len() > MAX_ASSERTION_LEN {
             return Err(AssertionError::Malformed);
         }
-        let header = super::jws::decode_header(assertion).map_err(|e| match e {
+        let header = super::jws::decode_assertion_header(assertion).map_err(|e| match e {
             HeaderError::Malformed => AssertionError::Malformed,
             HeaderError::Critical => AssertionError::CriticalHeader,
         })?;
@@ -365,28 +365,19 @@ impl ClientAssertions {
         audiences: &[String],
         now: i64,
     ) -> Result<(), AssertionError> {
-        let s256 = header.x5t_s256.as_deref().map(|t| t.trim_end_matches('='));
-        let sha1 = header.x5t.as_deref().map(|t| t.trim_end_matches('='));
+        let s256 = header.x5t_s256.as_deref().map(thumbprint);
+        let sha1 = header.x5t.as_deref().map(thumbprint);
         let certificate = keys
             .certificates
             .iter()
-            .find(|c| match (s256, sha1) {
-                (Some(t), _) => c.x5t_s256 == t,
-                (None, Some(t)) => c.x5t == t,
+            .find(|c| match (&s256, &sha1) {
+                (Some(t), _) => c.x5t_s256 == *t,
+                (None, Some(t)) => c.x5t == *t,
                 (None, None) => false,
             })
             .filter(|c| c.accepts(header.alg))
             .ok_or(AssertionError::BadSignature)?;
-        let mut validation = Validation::new(header.alg);
-        validation.set_required_spec_claims::<&str>(&[]);
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
-        let claims =
-            jsonwebtoken::decode::<serde_json::Value>(assertion, &certificate.key, &validation)
-                .map_err(|_| AssertionError::BadSignature)?
-                .claims;
+        let claims = verified_claims(assertion, certificate, header.alg)?;
         // Signed by the certificate's key (so what follows is told only to its holder), at a time the
         // certificate is not valid.
         match certificate.validity_at(now, CLOCK_SKEW_SECS) {
@@ -518,10 +509,46 @@ fn audience_matches(aud: &serde_json::Value, audiences: &[String]) -> bool {
     }
 }
 
+/// A thumbprint as the certificates hold it: base64url without padding. Senders pad it, and the Rust
+/// `azure_identity` crate writes `x5t` in standard base64 (`+` and `/`); the digest is the same.
+fn thumbprint(t: &str) -> String {
+    t.trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// The claims of a certificate assertion whose signature, over its first two parts exactly as sent,
+/// verifies with `certificate`'s key under `alg` (one the certificate accepts: [`ClientCertificate::accepts`]
+/// keeps an RSA key out of HMAC). Any part may carry `=` padding ([`super::jws::trim_padding`]).
+fn verified_claims(
+    assertion: &str,
+    certificate: &ClientCertificate,
+    alg: jsonwebtoken::Algorithm,
+) -> Result<serde_json::Value, AssertionError> {
+    let (signed, signature) = assertion
+        .rsplit_once('.')
+        .ok_or(AssertionError::Malformed)?;
+    let signature = super::jws::trim_padding(signature);
+    let verified =
+        jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &certificate.key, alg)
+            .unwrap_or(false);
+    if !verified {
+        return Err(AssertionError::BadSignature);
+    }
+    unverified_claims(assertion).ok_or(AssertionError::Malformed)
+}
+
 /// A JWT's claims, not verified (to choose how to verify them).
 fn unverified_claims(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(super::jws::trim_padding(payload))
+        .ok()?;
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
         .filter(|c| c.is_object())
@@ -828,6 +855,77 @@ mod tests {
         c["sub"] = "nobody".into();
         let unknown = rt.block_on(a.verify(None, &sign(&cert, header(&cert), c), &audiences, NOW));
         assert_eq!(unknown, Err(AssertionError::BadSignature));
+    }
+
+    /// Python azure-identity's async `CertificateCredential` pads every part (`base64.urlsafe_b64encode`)
+    /// and signs the padded text; the Rust `azure_identity` crate pads too and writes `x5t` in standard
+    /// base64. Entra accepts both; so does this server, verifying the signature over the text as sent.
+    #[test]
+    fn padded_assertions_and_standard_base64_thumbprints() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        fn sign_padded(
+            cert: &TestCert,
+            header: &serde_json::Value,
+            claims: &serde_json::Value,
+        ) -> String {
+            let signed = format!(
+                "{}.{}",
+                URL_SAFE.encode(header.to_string()),
+                URL_SAFE.encode(claims.to_string())
+            );
+            let rng = ring::rand::SystemRandom::new();
+            let sig = cert.key.sign(&rng, signed.as_bytes()).unwrap();
+            // A P-256 signature is 64 bytes: its base64 always ends in '='.
+            format!("{signed}.{}", URL_SAFE.encode(sig.as_ref()))
+        }
+        // A certificate whose SHA-1 thumbprint has a '+' or '/' in standard base64 (most do).
+        let (cert, x5t) = (0..64)
+            .map(|_| test_cert())
+            .find_map(|c| {
+                let t = STANDARD.encode(ring::digest::digest(
+                    &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                    &c.der,
+                ));
+                t.contains(['+', '/']).then_some((c, t))
+            })
+            .unwrap();
+        let a = registry(&cert);
+        let mut padded_header = header(&cert);
+        let s256 = URL_SAFE.encode(ring::digest::digest(&ring::digest::SHA256, &cert.der));
+        padded_header["x5t#S256"] = s256.into();
+        for (i, h) in [
+            padded_header,
+            serde_json::json!({"alg": "ES256", "typ": "JWT", "x5t": x5t}),
+        ]
+        .iter()
+        .enumerate()
+        {
+            // Header and payload lengths that need padding, and ones that do not.
+            for pad in ["", "x", "xx"] {
+                let mut c = claims(&format!("p{i}{pad}"));
+                c["pad"] = pad.into();
+                let token = sign_padded(&cert, h, &c);
+                assert!(token.ends_with('='), "{token}");
+                assert_eq!(check(&a, &token, NOW).unwrap(), CLIENT, "{token}");
+                // The signature covers the padded text: the same parts unpadded do not verify.
+                let mut c = claims(&format!("q{i}{pad}"));
+                c["pad"] = pad.into();
+                let token = sign_padded(&cert, h, &c);
+                let unpadded: Vec<&str> =
+                    token.split('.').map(|p| p.trim_end_matches('=')).collect();
+                let unpadded = unpadded.join(".");
+                if unpadded.len() + 2 < token.len() {
+                    assert_eq!(check(&a, &unpadded, NOW), Err(AssertionError::BadSignature));
+                }
+            }
+        }
+        // More '=' than padding can be, or '=' inside a part: malformed, or a signature that fails.
+        let token = sign_padded(&cert, &header(&cert), &claims("r1"));
+        let (head, rest) = token.split_once('.').unwrap();
+        let triple = format!("{}===.{rest}", head.trim_end_matches('='));
+        assert_eq!(check(&a, &triple, NOW), Err(AssertionError::Malformed));
+        let extra = format!("{token}==");
+        assert_eq!(check(&a, &extra, NOW), Err(AssertionError::BadSignature));
     }
 
     const DAY: i64 = 86_400;

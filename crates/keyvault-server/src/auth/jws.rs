@@ -35,11 +35,40 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 
 /// The header of a compact JWS (`header.payload.signature`), refused if it has a `crit` member.
 pub(crate) fn decode_header(token: &str) -> Result<Header, HeaderError> {
+    header_of(token, false)
+}
+
+/// [`decode_header`] for a client assertion, whose parts may carry base64 `=` padding
+/// ([`trim_padding`]).
+pub(crate) fn decode_assertion_header(token: &str) -> Result<Header, HeaderError> {
+    header_of(token, true)
+}
+
+/// A base64url part without the `=` padding some signers keep (RFC 7515 says to omit it). Entra accepts
+/// padded client assertions, and two official SDKs send them: azure-identity's async
+/// `CertificateCredential` for Python (`base64.urlsafe_b64encode`, every part) and the Rust
+/// `azure_identity` crate's `ClientCertificateCredential` (padded url-safe base64). At most two `=` can
+/// be padding; a part with more is left as it is (and fails to decode).
+pub(crate) fn trim_padding(part: &str) -> &str {
+    let trimmed = part.trim_end_matches('=');
+    if part.len() - trimmed.len() <= 2 {
+        trimmed
+    } else {
+        part
+    }
+}
+
+fn header_of(token: &str, padded: bool) -> Result<Header, HeaderError> {
     let mut parts = token.split('.');
     let (Some(encoded), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(HeaderError::Malformed);
+    };
+    let encoded = if padded {
+        trim_padding(encoded)
+    } else {
+        encoded
     };
     let json = URL_SAFE_NO_PAD
         .decode(encoded)
