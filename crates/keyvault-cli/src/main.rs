@@ -183,8 +183,8 @@ fn main() -> ExitCode {
                 std::env::var("KEYVAULT_LOG").ok().as_deref(),
                 default_log,
             ));
-        // Whatever the log level: a throttled request's wait is announced.
-        let notes = notes::ThrottleNotes.with_filter(tracing_subscriber::filter::filter_fn(|m| {
+        // Whatever the log level: a retry, and a throttled request's wait, is announced.
+        let notes = notes::RetryNotes.with_filter(tracing_subscriber::filter::filter_fn(|m| {
             m.target() == keyvault_secrets::RETRY_LOG_TARGET
         }));
         tracing_subscriber::registry().with(log).with(notes).init();

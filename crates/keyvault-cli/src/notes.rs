@@ -1,16 +1,19 @@
 //! Notes on standard error about what the client is waiting for: a request throttled by the vault (HTTP 429)
-//! is retried after the time the vault names, which can be many seconds of silence otherwise.
+//! is retried after the time the vault names, which can be many seconds of silence otherwise; a request
+//! that failed with a retryable status (500, 503, …) or a connection error is retried after a back-off.
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer};
 
-/// Prints `note: …` for each retry of a throttled request (the client's `RETRY_LOG_TARGET` events).
-pub struct ThrottleNotes;
+/// Prints `note: …` for each retry (the client's `RETRY_LOG_TARGET` events).
+pub struct RetryNotes;
 
 #[derive(Default)]
 struct Retry {
     url: String,
     status: Option<u64>,
+    /// A connection error's description (no status then).
+    error: Option<String>,
     retry: u64,
     max_retries: u64,
     delay_ms: u64,
@@ -34,30 +37,54 @@ impl Visit for Retry {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "url" {
-            self.url = format!("{value:?}");
+        match field.name() {
+            "url" => self.url = format!("{value:?}"),
+            "error" => self.error = Some(format!("{value:?}")),
+            _ => {}
         }
     }
 }
 
 impl Retry {
     fn note(&self) -> Option<String> {
-        if self.status != Some(429) {
-            return None;
-        }
         // The URL without its query (api-version and the like say nothing here).
         let url = self.url.split('?').next().unwrap_or_default();
         let url = url.trim_end_matches('/');
-        Some(format!(
-            "note: {url} answered 429 (too many requests): waiting {:.1} s before retry {} of {}",
-            self.delay_ms as f64 / 1000.0,
-            self.retry,
-            self.max_retries
-        ))
+        let (retry, of, secs) = (self.retry, self.max_retries, self.delay_ms as f64 / 1000.0);
+        match (self.status, &self.error) {
+            (Some(429), _) => Some(format!(
+                "note: {url} answered 429 (too many requests): waiting {secs:.1} s before retry {retry} of {of}"
+            )),
+            (Some(status), _) => {
+                let reason = match status {
+                    408 => " (request timeout)",
+                    500 => " (internal server error)",
+                    502 => " (bad gateway)",
+                    503 => " (service unavailable)",
+                    504 => " (gateway timeout)",
+                    _ => "",
+                };
+                Some(format!(
+                    "note: {url} answered {status}{reason}: retry {retry} of {of} in {secs:.1} s"
+                ))
+            }
+            (None, Some(error)) => {
+                // The client's text repeats the URL (`connection error: request failed (URL): cause`): the
+                // cause is what is new.
+                let cause = error
+                    .split_once("request failed (")
+                    .and_then(|(_, rest)| rest.split_once("): "))
+                    .map_or(error.as_str(), |(_, cause)| cause);
+                Some(format!(
+                    "note: {url} failed ({cause}): retry {retry} of {of} in {secs:.1} s"
+                ))
+            }
+            (None, None) => None,
+        }
     }
 }
 
-impl<S: tracing::Subscriber> Layer<S> for ThrottleNotes {
+impl<S: tracing::Subscriber> Layer<S> for RetryNotes {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let mut retry = Retry::default();
         event.record(&mut retry);
@@ -72,10 +99,11 @@ mod tests {
     use super::Retry;
 
     #[test]
-    fn only_a_throttled_retry_is_noted() {
+    fn every_retry_is_noted() {
         let mut r = Retry {
             url: "https://v.example/secrets/a?api-version=7.6".into(),
             status: Some(429),
+            error: None,
             retry: 1,
             max_retries: 3,
             delay_ms: 9500,
@@ -85,8 +113,29 @@ mod tests {
             "note: https://v.example/secrets/a answered 429 (too many requests): waiting 9.5 s before retry 1 of 3"
         );
         r.status = Some(503);
-        assert_eq!(r.note(), None);
+        assert_eq!(
+            r.note().unwrap(),
+            "note: https://v.example/secrets/a answered 503 (service unavailable): retry 1 of 3 in 9.5 s"
+        );
+        r.status = Some(599);
+        assert_eq!(
+            r.note().unwrap(),
+            "note: https://v.example/secrets/a answered 599: retry 1 of 3 in 9.5 s"
+        );
         r.status = None;
         assert_eq!(r.note(), None);
+        r.error = Some("cannot connect: connection refused".into());
+        assert_eq!(
+            r.note().unwrap(),
+            "note: https://v.example/secrets/a failed (cannot connect: connection refused): retry 1 of 3 in 9.5 s"
+        );
+        r.error = Some(
+            "connection error: request failed (https://v.example/secrets/a?api-version=7.6): tcp connect error"
+                .into(),
+        );
+        assert_eq!(
+            r.note().unwrap(),
+            "note: https://v.example/secrets/a failed (tcp connect error): retry 1 of 3 in 9.5 s"
+        );
     }
 }

@@ -693,6 +693,29 @@ fn connection_and_credential_errors() {
         "{}",
         e.stderr
     );
+    // With a retry, the retry is announced before the error (retries of connection errors and 5xx are
+    // otherwise silent).
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "list",
+            "--vault-url",
+            "https://127.0.0.1:1",
+            "--max-retries",
+            "1",
+        ],
+    )
+    .code(1);
+    let lines: Vec<&str> = e.stderr.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].starts_with("note: https://127.0.0.1:1/secrets failed (")
+            && lines[0].contains("): retry 1 of 1 in ")
+            && lines[1].starts_with("error: cannot reach https://127.0.0.1:1"),
+        "{}",
+        e.stderr
+    );
     // Untrusted certificate.
     let e = run_with(
         command(None),
