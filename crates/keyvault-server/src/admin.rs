@@ -480,7 +480,8 @@ impl AccessAdmin {
                         limit_secs = UNCONFIRMED_LIMIT.as_secs(),
                         error = %e,
                         "cannot confirm that this node's access control is current (the shared access document \
-                         cannot be read): refusing requests that depend on it (503) and failing /readyz until it can"
+                         cannot be read or parsed): refusing requests that depend on it (503) and failing /readyz \
+                         until it can"
                     );
                 }
             }
