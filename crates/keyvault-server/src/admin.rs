@@ -13,6 +13,13 @@
 //!   one node works on every node within about a second, and a revocation takes effect as fast. A node
 //!   switching to a shared store imports its `access.json` if the store has no document yet.
 //!
+//!   A node that cannot confirm its copy is current (the document cannot be read within
+//!   [`REFRESH_TIMEOUT`], or cannot be parsed) fails closed: once [`UNCONFIRMED_LIMIT`] has passed since the
+//!   start of the last read (or save of its own) that confirmed it, [`AccessAdmin::unconfirmed`] says so, and
+//!   the node refuses every request that depends on access control (503) and fails `/readyz` until a refresh
+//!   succeeds. So a revocation is in force on every node within about a second, and no node acts on an access
+//!   state more than [`UNCONFIRMED_LIMIT`] older than the database's (measured on the monotonic clock).
+//!
 //! What the configuration declares (`[[clients]]`, `[[roles]]`, `[[assignments]]`, the default and dev
 //! roles) is not managed: it is listed, but it can only be changed in the configuration (the API answers
 //! 409).
@@ -23,8 +30,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +43,20 @@ use crate::store::{SecretStore, StoreError};
 
 /// How often a node asks a shared store whether another node changed the access document.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest one refresh may take (reading the revision and, if it changed, reading and applying the
+/// document, including the wait for a change of this node's own): one that takes longer fails, and the next
+/// poll tries again. Well under [`UNCONFIRMED_LIMIT`], so that a hung read cannot hold the node past it
+/// unnoticed, and well over a refresh's usual milliseconds.
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a node over a shared store may go without confirming that its access state is current, counted
+/// from the start of the last refresh (or save of its own change) that succeeded. Past it the node refuses
+/// every request that depends on access control (503 with `Retry-After`) and fails `/readyz`, until a
+/// refresh succeeds. It allows one failed refresh (at most [`REFRESH_TIMEOUT`]) between two polls, so a
+/// moment of contention does not take a node out, and bounds how long a revoked assignment or principal
+/// can still be honoured on a node that cannot read the document.
+pub const UNCONFIRMED_LIMIT: Duration = Duration::from_secs(5);
 
 /// The file's name in the data directory.
 pub const ACCESS_FILE: &str = "access.json";
@@ -207,6 +229,43 @@ struct Applied {
     doc: AccessFile,
 }
 
+/// When a node over a shared store last confirmed that its access state is current, on the monotonic clock
+/// (a wall-clock jump changes nothing).
+struct Confirmation {
+    /// The origin of `at`.
+    origin: Instant,
+    /// Nanoseconds from `origin` to the start of the last read or save that confirmed the state.
+    at: AtomicU64,
+    /// Whether the refresher has logged that the node refuses (its next success logs that it serves again).
+    refusing: AtomicBool,
+    /// Refreshes that failed (a metric).
+    failures: AtomicU64,
+}
+
+impl Confirmation {
+    fn new(origin: Instant) -> Self {
+        Confirmation {
+            origin,
+            at: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// A read or save that started at `started` succeeded: the state is current as of then (or later).
+    fn confirm(&self, started: Instant) {
+        let nanos = started.saturating_duration_since(self.origin).as_nanos();
+        self.at
+            .fetch_max(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long ago (at `now`) the state was last confirmed.
+    fn age(&self, now: Instant) -> Duration {
+        let at = self.origin + Duration::from_nanos(self.at.load(Ordering::Relaxed));
+        now.saturating_duration_since(at)
+    }
+}
+
 /// The admin side of access control.
 pub struct AccessAdmin {
     clients: Arc<ClientRegistry>,
@@ -217,6 +276,8 @@ pub struct AccessAdmin {
     applied: Mutex<Applied>,
     /// Serialises changes and reloads on this node (held across the save).
     writer: tokio::sync::Mutex<()>,
+    /// With a shared store: when the access state was last confirmed current.
+    confirmation: Option<Confirmation>,
 }
 
 impl std::fmt::Debug for AccessAdmin {
@@ -260,8 +321,17 @@ fn valid_expiry(expires_on: Option<i64>, now: i64) -> Result<(), AdminError> {
     }
 }
 
+/// The document in `bytes`. The error names where it failed, never what is there (serde's message can quote
+/// the document's text: hashes, client ids).
 fn parse_doc(bytes: &[u8], origin: &str) -> Result<AccessFile, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("{origin}: not a valid access document: {e}"))
+    serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "{origin}: not a valid access document ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
@@ -284,6 +354,7 @@ impl AccessAdmin {
         policy: Arc<Policy>,
     ) -> Result<AccessAdmin, String> {
         let path = data_dir.map(|d| d.join(ACCESS_FILE));
+        let started = Instant::now();
         let (backend, revision, doc) = match (store.filter(|s| s.is_shared()), path) {
             (Some(store), path) => {
                 let (revision, doc) = Self::load_shared(store.as_ref(), path.as_deref()).await?;
@@ -298,6 +369,9 @@ impl AccessAdmin {
             }
             (None, None) => (Backend::Memory, 0, AccessFile::default()),
         };
+        // What was just loaded from a shared store is current as of the start of the load.
+        let confirmation =
+            matches!(backend, Backend::Shared(_)).then(|| Confirmation::new(started));
         let admin = AccessAdmin {
             clients,
             assertions: None,
@@ -308,6 +382,7 @@ impl AccessAdmin {
                 doc: AccessFile::default(),
             }),
             writer: tokio::sync::Mutex::new(()),
+            confirmation,
         };
         {
             let mut applied = admin.lock();
@@ -375,24 +450,85 @@ impl AccessAdmin {
             loop {
                 tick.tick().await;
                 let Some(admin) = weak.upgrade() else { return };
-                if let Err(e) = admin.refresh().await {
-                    tracing::warn!(error = %e, "cannot read the shared access document");
-                }
+                admin.poll().await;
             }
         });
     }
 
-    /// Applies what other nodes changed in a shared store's access document. Returns whether anything
-    /// changed. (Nothing to do for a private store.)
+    /// One poll of the refresher: [`AccessAdmin::refresh`], and the log lines saying why the node refuses
+    /// requests (once, when it starts to) and that it serves again.
+    async fn poll(&self) {
+        let Some(confirmation) = &self.confirmation else {
+            return;
+        };
+        match self.refresh().await {
+            Ok(_) => {
+                if confirmation.refusing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the shared access document is confirmed current again: authorizing requests again"
+                    );
+                }
+            }
+            Err(e) => {
+                confirmation.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot read the shared access document");
+                if let Some(age) = self.unconfirmed()
+                    && !confirmation.refusing.swap(true, Ordering::Relaxed)
+                {
+                    tracing::error!(
+                        unconfirmed_secs = age.as_secs(),
+                        limit_secs = UNCONFIRMED_LIMIT.as_secs(),
+                        error = %e,
+                        "cannot confirm that this node's access control is current (the shared access document \
+                         cannot be read or parsed): refusing requests that depend on it (503) and failing /readyz \
+                         until it can"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Some(how long ago it was last confirmed) when this node keeps access control in a shared store and
+    /// has not confirmed it current for longer than [`UNCONFIRMED_LIMIT`]: it must not authorize anything
+    /// until it has. None otherwise (always None for a private store: nothing can change it elsewhere).
+    pub fn unconfirmed(&self) -> Option<Duration> {
+        let age = self.confirmation.as_ref()?.age(Instant::now());
+        (age > UNCONFIRMED_LIMIT).then_some(age)
+    }
+
+    /// With a shared store: how long ago the access state was last confirmed current, and how many refreshes
+    /// have failed (for the metrics).
+    pub fn confirmation_state(&self) -> Option<(Duration, u64)> {
+        let c = self.confirmation.as_ref()?;
+        Some((c.age(Instant::now()), c.failures.load(Ordering::Relaxed)))
+    }
+
+    /// Applies what other nodes changed in a shared store's access document, within [`REFRESH_TIMEOUT`], and
+    /// on success counts the access state confirmed as of the start of the call. Returns whether anything
+    /// changed. (Nothing to do for a private store.) A document that cannot be read in time, or cannot be
+    /// parsed, is an error, and the state stays unconfirmed.
     pub async fn refresh(&self) -> Result<bool, AdminError> {
-        let Backend::Shared(store) = &self.backend else {
+        let (Backend::Shared(store), Some(confirmation)) = (&self.backend, &self.confirmation)
+        else {
             return Ok(false);
         };
-        if store.access_revision().await? == self.lock().revision {
-            return Ok(false);
-        }
-        let _writer = self.writer.lock().await;
-        self.reload_locked().await
+        let started = Instant::now();
+        let refresh = async {
+            if store.access_revision().await? == self.lock().revision {
+                return Ok(false);
+            }
+            let _writer = self.writer.lock().await;
+            self.reload_locked().await
+        };
+        let changed = tokio::time::timeout(REFRESH_TIMEOUT, refresh)
+            .await
+            .map_err(|_| {
+                AdminError::Unavailable(format!(
+                    "the refresh did not finish within {REFRESH_TIMEOUT:?}"
+                ))
+            })??;
+        confirmation.confirm(started);
+        Ok(changed)
     }
 
     /// Reads the shared document and applies it if it is newer. The caller holds `writer`.
@@ -455,10 +591,15 @@ impl AccessAdmin {
                 (applied.revision, applied.doc.clone())
             };
             let out = edit(&mut next)?;
+            let started = Instant::now();
             match self.save(revision, &next).await? {
                 Some(new_revision) => {
                     let mut applied = self.lock();
                     self.install(&mut applied, next, new_revision);
+                    // A shared store took it by compare-and-set: `revision` was the latest when it did.
+                    if let Some(confirmation) = &self.confirmation {
+                        confirmation.confirm(started);
+                    }
                     return Ok(out);
                 }
                 None => {
@@ -1316,5 +1457,89 @@ mod tests {
             admin.remove_role("a\u{202E}b").await,
             Err(AdminError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn the_confirmation_keeps_the_latest_and_ages_on_the_monotonic_clock() {
+        let origin = Instant::now();
+        let c = Confirmation::new(origin);
+        let at = |secs| origin + Duration::from_secs(secs);
+        assert_eq!(c.age(at(3)), Duration::from_secs(3));
+        c.confirm(at(10));
+        // A read that started earlier but finished later confirms nothing newer.
+        c.confirm(at(4));
+        assert_eq!(c.age(at(12)), Duration::from_secs(2));
+        assert_eq!(c.age(at(10) + UNCONFIRMED_LIMIT), UNCONFIRMED_LIMIT);
+        // Before the confirmation (a reading taken earlier): not negative.
+        assert_eq!(c.age(at(9)), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_private_store_is_never_unconfirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (admin, _) = file_admin(dir.path()).await;
+        assert!(admin.confirmation.is_none());
+        assert_eq!(admin.unconfirmed(), None);
+        assert_eq!(admin.confirmation_state(), None);
+        assert!(!admin.refresh().await.unwrap());
+    }
+
+    /// Over a real PostgreSQL store: reads and own changes confirm the state; a document that cannot be
+    /// parsed (written by another version, damaged) does not, and its error quotes none of it.
+    #[tokio::test]
+    async fn only_a_read_and_applied_document_confirms_the_state() {
+        let Some(pg) = crate::store::pgtest::start_or_skip(
+            "admin::only_a_read_and_applied_document_confirms_the_state",
+        ) else {
+            return;
+        };
+        let store: Arc<dyn SecretStore> = Arc::new(
+            crate::store::postgres::PostgresStore::open(&pg.url())
+                .await
+                .unwrap(),
+        );
+        let (clients, policy) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
+        let admin = AccessAdmin::open(None, Some(store), clients, policy.clone())
+            .await
+            .unwrap();
+        let at = |a: &AccessAdmin| a.confirmation.as_ref().unwrap().at.load(Ordering::Relaxed);
+        assert_eq!(admin.unconfirmed(), None);
+
+        let before = at(&admin);
+        admin
+            .define_role("Reader Two", vec![Permission::Get])
+            .await
+            .unwrap();
+        assert!(at(&admin) > before, "a change saved by compare-and-set");
+        let before = at(&admin);
+        assert!(!admin.refresh().await.unwrap());
+        assert!(at(&admin) > before, "a refresh that found nothing new");
+
+        pg.query_text(
+            "UPDATE kv_access SET revision = revision + 1, \
+             doc = convert_to('{\"roles\": \"quoted-document-text\"}', 'UTF8')",
+        )
+        .await
+        .unwrap();
+        let before = at(&admin);
+        let e = admin.refresh().await.unwrap_err().to_string();
+        assert!(e.contains("not a valid access document"), "{e}");
+        assert!(!e.contains("quoted-document-text"), "{e}");
+        assert_eq!(
+            at(&admin),
+            before,
+            "an unparseable document confirms nothing"
+        );
+        let has_role = || policy.roles().iter().any(|r| r.name == "Reader Two");
+        assert!(has_role(), "what was applied stays");
+
+        pg.query_text(
+            "UPDATE kv_access SET revision = revision + 1, doc = convert_to('{}', 'UTF8')",
+        )
+        .await
+        .unwrap();
+        assert!(admin.refresh().await.unwrap());
+        assert!(at(&admin) > before);
+        assert!(!has_role());
     }
 }

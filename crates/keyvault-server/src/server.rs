@@ -678,6 +678,7 @@ impl Server {
                     start_time: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64()),
+                    access: admin.clone(),
                 };
                 Some((listener, Arc::new(metrics)))
             }

@@ -25,6 +25,8 @@ const PROPAGATION: Duration = Duration::from_secs(10);
 
 struct Node {
     base: String,
+    /// `http://…/metrics`.
+    metrics: String,
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -40,12 +42,14 @@ impl Node {
         let ca = std::fs::read(server.info().ca_cert.as_ref().unwrap()).unwrap();
         let http = common::https_client(&ca);
         let base = server.info().base_url.clone();
+        let metrics = format!("http://{}/metrics", server.info().metrics_addr.unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
         }));
         Node {
             base,
+            metrics,
             http,
             stop: Some(tx),
             task,
@@ -60,6 +64,7 @@ impl Node {
         let toml = format!(
             r#"
 addr = "127.0.0.1:0"
+metrics_addr = "127.0.0.1:0"
 dev = true
 data_dir = "{data}"
 {store_line}kek_file = "{shared}/kek.key"
@@ -482,4 +487,216 @@ async fn a_node_with_another_key_encryption_key_does_not_start() {
     let same = Node::start(same_dir.path(), shared.path(), Some(&url)).await;
     same.stop().await;
     first.stop().await;
+}
+
+/// The answer to a GET of `url` with `token` (if any): status, `Retry-After`, body text.
+async fn get_raw(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> (StatusCode, Option<String>, String) {
+    let mut req = http.get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.unwrap();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (resp.status(), retry_after, resp.text().await.unwrap())
+}
+
+/// One sample of a scrape of `/metrics`.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http.get(url).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Finding 1 of the access-control audit: an assignment is deleted through A, and B cannot read the access
+/// document right after (`LOCK TABLE kv_access`, standing for any fault that stops that read). B must not go
+/// on authorizing with what it has: it turns to 503 (with `Retry-After`) for the vault API, the admin API and
+/// the token endpoint, and fails `/readyz`, and never serves the revoked principal meanwhile; once it can read
+/// the document again it serves, with the revocation in force. `/readyz` names no address, also while the
+/// database is down (finding 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_read_the_access_document_refuses_until_it_can() {
+    let Some((cluster, url)) =
+        cluster("a_node_that_cannot_read_the_access_document_refuses_until_it_can").await
+    else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(dir_a.path(), shared.path(), Some(&url)).await;
+    let b = Node::start(dir_b.path(), shared.path(), Some(&url)).await;
+    let (admin_a, admin_b) = (a.admin_token().await, b.admin_token().await);
+    let plain = reqwest::Client::new();
+    let (st, _) = a
+        .call(
+            &admin_a,
+            Method::PUT,
+            "/secrets/pub",
+            Some(json!({"value": "v"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, created) = a
+        .call(
+            &admin_a,
+            Method::POST,
+            "/admin/principals",
+            Some(json!({"displayName": "p", "role": "Key Vault Secrets User", "scope": "/secrets/pub"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let id = created["clientId"].as_str().unwrap().to_string();
+    let secret = created["clientSecret"].as_str().unwrap().to_string();
+    let assignment = created["assignments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("B issues tokens to a principal made through A", || async {
+        b.token(&id, &secret).await.is_ok()
+    })
+    .await;
+    let p = b.token(&id, &secret).await.unwrap();
+    let read_on_b = format!("{}/secrets/pub?api-version=7.5", b.base);
+    let (st, _, _) = get_raw(&b.http, &read_on_b, Some(&p)).await;
+    assert_eq!(st, StatusCode::OK);
+    let readyz_b = format!("{}/readyz", b.base);
+    assert_eq!(
+        metric(&plain, &b.metrics, "keyvault_access_refresh_failures_total").await,
+        Some(0.0)
+    );
+
+    // Revoked through A; then B cannot read the document.
+    let (st, body) = a
+        .call(
+            &admin_a,
+            Method::DELETE,
+            &format!("/admin/roleAssignments/{assignment}"),
+            None,
+        )
+        .await;
+    assert!(st.is_success(), "{st} {body}");
+    let lock = cluster
+        .begin_holding("access", "LOCK TABLE kv_access IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    // B answers 200 (it had not seen the revocation) or 403 (it had), then refuses.
+    let deadline = Instant::now() + keyvault_server::admin::UNCONFIRMED_LIMIT + PROPAGATION;
+    let (retry_after, body) = loop {
+        let (st, retry_after, body) = get_raw(&b.http, &read_on_b, Some(&p)).await;
+        match st {
+            StatusCode::OK | StatusCode::FORBIDDEN => {
+                assert!(Instant::now() < deadline, "B never stopped authorizing")
+            }
+            StatusCode::SERVICE_UNAVAILABLE => break (retry_after, body),
+            other => panic!("unexpected {other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+
+    // While it lasts: every request that depends on access control is refused, the revoked principal is
+    // never served, /readyz fails without details, and the metrics show it.
+    for _ in 0..3 {
+        let (st, _, body) = get_raw(&b.http, &read_on_b, Some(&p)).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    let (st, _, body) = get_raw(
+        &b.http,
+        &format!("{}/admin/principals", b.base),
+        Some(&admin_b),
+    )
+    .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let resp = b
+        .http
+        .post(format!("{}/keyvault-rs/oauth2/v2.0/token", b.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(common::form_body(&[
+            ("client_id", ADMIN_ID),
+            ("client_secret", ADMIN_SECRET),
+            ("grant_type", "client_credentials"),
+            ("scope", "https://vault.test/.default"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let token_body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        token_body["error"], "temporarily_unavailable",
+        "{token_body}"
+    );
+    assert_eq!(token_body["error_codes"], json!([90033]), "{token_body}");
+    let (st, _, _) = get_raw(
+        &b.http,
+        &format!("{}/keyvault-rs/discovery/v2.0/keys", b.base),
+        None,
+    )
+    .await;
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "the signing keys decide nothing about access"
+    );
+    let (st, _, body) = get_raw(&b.http, &readyz_b, None).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"status": "unavailable", "reason": "access control not confirmed current"})
+    );
+    let unconfirmed = metric(&plain, &b.metrics, "keyvault_access_unconfirmed_seconds")
+        .await
+        .unwrap();
+    assert!(
+        unconfirmed > keyvault_server::admin::UNCONFIRMED_LIMIT.as_secs_f64(),
+        "{unconfirmed}"
+    );
+    assert!(
+        metric(&plain, &b.metrics, "keyvault_access_refresh_failures_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+
+    // The reads waiting on the lock are ended by the database (statement_timeout), not abandoned there: at
+    // most one per node waits at any time, however long the lock is held.
+    let waiting = cluster
+        .query_text(
+            "SELECT count(*)::text FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%kv_access%'",
+        )
+        .await
+        .unwrap();
+    let waiting: u32 = waiting[0].as_deref().unwrap().parse().unwrap();
+    assert!(waiting <= 2, "{waiting} sessions wait on the lock");
+
+    // The document can be read again: B serves, with the revocation in force.
+    lock.commit().await.unwrap();
+    eventually("B serves again, with the revocation in force", || async {
+        get_raw(&b.http, &read_on_b, Some(&p)).await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    let (st, _, _) = get_raw(&b.http, &readyz_b, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(b.token(ADMIN_ID, ADMIN_SECRET).await.is_ok());
+
+    // The database down: /readyz says so, and nothing about where it is or why.
+    cluster.stop("immediate").unwrap();
+    let (st, _, body) = get_raw(&b.http, &readyz_b, None).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"status": "unavailable", "reason": "storage unavailable"})
+    );
+    assert!(!body.contains(&cluster.port().to_string()), "{body}");
 }

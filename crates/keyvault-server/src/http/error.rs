@@ -7,6 +7,9 @@ use axum::response::Response;
 use http::StatusCode;
 use keyvault_types::models::ErrorBody;
 
+/// `Retry-After` of a refusal while access control is unconfirmed: the refresher polls each second.
+pub const ACCESS_RETRY_AFTER_SECS: u64 = crate::admin::POLL_INTERVAL.as_secs();
+
 /// An error on its way to the client, already in Key Vault's terms.
 #[derive(Debug)]
 pub struct ApiError {
@@ -74,6 +77,19 @@ impl ApiError {
              VaultRequestTypeLimitReached",
         );
         e.retry_after = Some(retry_after_secs);
+        e
+    }
+
+    /// A node that cannot confirm that its access control is current ([`crate::admin::UNCONFIRMED_LIMIT`]):
+    /// 503 `ServiceUnavailable` with `Retry-After` (the next refresh may succeed; another node may answer).
+    pub fn access_unconfirmed() -> Self {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable (this node cannot confirm that its access control is \
+             current). Please retry.",
+        );
+        e.retry_after = Some(ACCESS_RETRY_AFTER_SECS);
         e
     }
 

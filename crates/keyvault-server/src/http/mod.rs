@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod error;
+mod ready;
 mod respond;
 pub mod throttle;
 mod wire;
@@ -149,22 +150,12 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
             "/readyz",
             get(move || {
                 let state = health_state.clone();
-                async move {
-                    match state.vault.store().health().await {
-                        Ok(()) => {
-                            json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
-                        }
-                        Err(e) => json_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &serde_json::json!({"status": "unavailable", "reason": e.to_string()}),
-                        ),
-                    }
-                }
+                async move { ready::readyz(&state).await }
             }),
         )
         .fallback(vault_request)
-        .with_state(state)
-        .merge(auth_routes)
+        .with_state(state.clone())
+        .merge(ready::guard_token_endpoint(auth_routes, state))
 }
 
 /// Entry point of every vault request.
@@ -884,6 +875,12 @@ async fn handle(
     let principal = verified.map_err(|e| refused(&e, token, &state.verifier, &state.challenge))?;
     let who: &str = &principal.id;
     rec.principal = Some(principal.id.clone());
+
+    // Access control this node cannot confirm is current is not used (admin.rs, UNCONFIRMED_LIMIT).
+    if state.admin.unconfirmed().is_some() {
+        rec.outcome = crate::audit::Outcome::Rejected;
+        return Err(ApiError::access_unconfirmed());
+    }
 
     // A change is audited before its answer; while the log cannot be written (a full disk), changes are
     // refused before they are made (after authentication: anonymous callers learn nothing of it). This

@@ -421,6 +421,8 @@ pub struct Metrics {
     pub connections: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// Unix seconds when the server started.
     pub start_time: f64,
+    /// Access control (with a shared store: how current it is known to be).
+    pub access: Arc<crate::admin::AccessAdmin>,
 }
 
 impl Metrics {
@@ -451,6 +453,25 @@ impl Metrics {
         e.sample("keyvault_http_open_connections", &[], (self.connections)());
         self.render_http(&mut e);
         self.render_store(&mut e);
+        if let Some((age, failures)) = self.access.confirmation_state() {
+            e.family(
+                "keyvault_access_unconfirmed_seconds",
+                Kind::Gauge,
+                "Seconds since the shared access document was last confirmed current (over 5 the node \
+                 refuses requests).",
+            );
+            e.sample_f64(
+                "keyvault_access_unconfirmed_seconds",
+                &[],
+                age.as_secs_f64(),
+            );
+            e.family(
+                "keyvault_access_refresh_failures_total",
+                Kind::Counter,
+                "Reads of the shared access document that failed or timed out.",
+            );
+            e.sample("keyvault_access_refresh_failures_total", &[], failures);
+        }
         if let Some(audit) = &self.audit {
             let a = audit.metrics();
             e.family(

@@ -260,6 +260,22 @@ impl PgCluster {
             .collect()
     }
 
+    /// Begin a transaction on a session of its own on database `dbname` and run `sql` in it (e.g. `LOCK TABLE
+    /// …`): what it takes (its locks) is held until [`OpenTransaction::commit`], or until the session is dropped
+    /// (which ends it, rolling back).
+    pub async fn begin_holding(&self, dbname: &str, sql: &str) -> Result<OpenTransaction, String> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url_for(dbname), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("cannot connect: {}", crate::store::postgres::describe(&e)))?;
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("BEGIN; {sql}"))
+            .await
+            .map_err(|e| format!("query failed: {}", crate::store::postgres::describe(&e)))?;
+        Ok(OpenTransaction { client, driver })
+    }
+
     /// The `application_name` of the session holding the background-work leader lock
     /// ([`crate::store::postgres::LEADER_LOCK_KEY`]) in the `postgres` database, if any.
     pub async fn leader(&self) -> Result<Option<String>, String> {
@@ -330,6 +346,30 @@ impl PgCluster {
                 .args(["-m", mode, "-w", "-t", "60", "stop"])
                 .output(),
         )
+    }
+}
+
+/// A transaction left open on a session of its own ([`PgCluster::begin_holding`]).
+pub struct OpenTransaction {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl OpenTransaction {
+    /// Run more of the transaction: `sql`, one or more statements.
+    pub async fn execute(&self, sql: &str) -> Result<(), String> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| format!("query failed: {}", crate::store::postgres::describe(&e)))
+    }
+
+    /// Commit the transaction and close the session.
+    pub async fn commit(self) -> Result<(), String> {
+        self.execute("COMMIT").await?;
+        drop(self.client);
+        let _ = self.driver.await;
+        Ok(())
     }
 }
 

@@ -79,6 +79,14 @@ const PURGE_CHUNK: i64 = 256;
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the leader's liveness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read of the access document or its revision may take, on this side (the pool's wait included),
+/// the same as a node's whole refresh ([`crate::admin::REFRESH_TIMEOUT`]).
+const ACCESS_READ_TIMEOUT: Duration = crate::admin::REFRESH_TIMEOUT;
+/// The same read's limit in the database (`statement_timeout`), shorter: a read waiting on a lock (`LOCK TABLE
+/// kv_access`) is ended by the server, rather than abandoned by this side with its session still waiting in
+/// the database (a node polls each second: one more such session, and connection slot, per poll for as long
+/// as the lock is held).
+const SQL_ACCESS_READ_LIMIT: &str = "SET LOCAL statement_timeout = 1500";
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, SCHEMA_V1),
@@ -1408,11 +1416,13 @@ impl SecretStore for PostgresStore {
     }
 
     async fn access_doc(&self) -> StoreResult<Option<super::AccessDoc>> {
-        self.run(async |c| {
-            let row = c
-                .client
+        run_on_within(&self.pool, ACCESS_READ_TIMEOUT, async |c| {
+            let tx = c.client.transaction().await?;
+            tx.batch_execute(SQL_ACCESS_READ_LIMIT).await?;
+            let row = tx
                 .query_opt("SELECT revision, doc FROM kv_access WHERE id = 1", &[])
                 .await?;
+            tx.commit().await?;
             row.map(|r| {
                 Ok(super::AccessDoc {
                     revision: r.try_get(0)?,
@@ -1425,9 +1435,12 @@ impl SecretStore for PostgresStore {
     }
 
     async fn access_revision(&self) -> StoreResult<i64> {
-        self.run(async |c| {
-            let st = Conn::prepare(&mut c.stmts, &c.client, SQL_ACCESS_REVISION).await?;
-            let row = c.client.query_opt(&st, &[]).await?;
+        run_on_within(&self.pool, ACCESS_READ_TIMEOUT, async |c| {
+            let tx = c.client.transaction().await?;
+            tx.batch_execute(SQL_ACCESS_READ_LIMIT).await?;
+            let st = Conn::prepare(&mut c.stmts, &tx, SQL_ACCESS_REVISION).await?;
+            let row = tx.query_opt(&st, &[]).await?;
+            tx.commit().await?;
             Ok(match row {
                 Some(r) => r.try_get(0)?,
                 None => 0,

@@ -1,0 +1,87 @@
+//! `/readyz`: whether this node can serve, for load balancers and orchestrators. Unauthenticated, so the body
+//! says what kind of trouble there is, never its details (a database's address, a file's path, a driver's
+//! message): those go to the server's log.
+
+use super::HttpState;
+use super::respond::json_response;
+use axum::response::Response;
+use http::StatusCode;
+use std::sync::Arc;
+
+/// The reason a node is not ready, as `/readyz` names it.
+pub const STORAGE_UNAVAILABLE: &str = "storage unavailable";
+/// See [`crate::admin::UNCONFIRMED_LIMIT`].
+pub const ACCESS_UNCONFIRMED: &str = "access control not confirmed current";
+
+/// 200 `{"status":"ready"}`, or 503 `{"status":"unavailable","reason":…}` with one of the reasons above
+/// (the store's health first: without a store nothing is served anyway).
+pub async fn readyz(state: &HttpState) -> Response {
+    let reason = match state.vault.store().health().await {
+        Err(e) => {
+            tracing::warn!(error = %e, "/readyz: the store is not healthy");
+            Some(STORAGE_UNAVAILABLE)
+        }
+        // Logged by the access refresher, which knows why (admin.rs).
+        Ok(()) if state.admin.unconfirmed().is_some() => Some(ACCESS_UNCONFIRMED),
+        Ok(()) => None,
+    };
+    match reason {
+        None => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        Some(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "unavailable", "reason": reason}),
+        ),
+    }
+}
+
+/// The identity endpoints (`auth_routes`), with the token endpoint refusing to issue tokens while this node's
+/// access control is unconfirmed: the credentials it checks for managed principals come from the access
+/// document, and a token it issued would be honoured by every node for its whole lifetime (a client secret
+/// removed through another node, after a leak, would still buy one). 503 `temporarily_unavailable` in Entra
+/// ID's shape, with `Retry-After`. Discovery and the signing keys (GETs) are served as ever: they decide
+/// nothing about access.
+pub fn guard_token_endpoint(auth_routes: axum::Router, state: Arc<HttpState>) -> axum::Router {
+    auth_routes.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let state = state.clone();
+            async move {
+                if req.method() == http::Method::POST && state.admin.unconfirmed().is_some() {
+                    return token_unavailable(req.headers(), state.vault.now());
+                }
+                next.run(req).await
+            }
+        },
+    ))
+}
+
+/// Entra ID's answer to a transient failure (`AADSTS90033`), as the token endpoint words its errors.
+fn token_unavailable(headers: &http::HeaderMap, now: i64) -> Response {
+    let (y, mo, d, h, mi, s) = crate::auth::util::utc_from_unix(now);
+    let timestamp = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z");
+    let trace_id = crate::auth::generate_client_id();
+    // The client's `client-request-id` when it is UUID-shaped, else a fresh id.
+    let correlation_id = headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 36 && v.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .unwrap_or_else(crate::auth::generate_client_id);
+    let body = serde_json::json!({
+        "error": "temporarily_unavailable",
+        "error_description": format!(
+            "AADSTS90033: A transient error has occurred (this node cannot confirm that its access control is \
+             current). Please try again.\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation_id}\r\n\
+             Timestamp: {timestamp}"
+        ),
+        "error_codes": [90033],
+        "timestamp": timestamp,
+        "trace_id": trace_id,
+        "correlation_id": correlation_id,
+    });
+    let mut resp = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(super::error::ACCESS_RETRY_AFTER_SECS),
+    );
+    resp
+}
