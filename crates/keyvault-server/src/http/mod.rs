@@ -1,9 +1,9 @@
 //! The HTTP face of the vault: Key Vault's secrets REST API, wire-exact (protocol.md).
 //!
 //! Every vault request goes through [`vault_request`]: authentication first (before the body is read or
-//! anything is validated, as the SDKs' challenge flow requires), then the request budget ([`throttle`]),
-//! then api-version, route, name,
-//! authorization ([`Policy::authorize`], before the body is read or the store touched), body.
+//! anything is validated, as the SDKs' challenge flow requires), then api-version, route, name,
+//! authorization ([`Policy::authorize`], before the body is read or the store touched) with the request
+//! budgets ([`throttle`]: a permitted request spends the vault's, a refused one its principal's), body.
 //! Errors become responses in one place ([`error::ApiError`]). Every request's decision is written to the
 //! audit log, if there is one.
 
@@ -827,15 +827,41 @@ fn gate(
     rec.secret = name.map(str::to_string);
     rec.version = version.map(printable);
     match state.policy.authorize(principal, op, name) {
-        Ok(()) => {
-            rec.outcome = Outcome::Allowed;
-            Ok(())
-        }
-        Err(denied) => {
-            rec.outcome = Outcome::Denied;
-            Err(ApiError::forbidden(&denied, &state.vault.settings().name))
+        Ok(()) => admitted(state, rec, op),
+        Err(denied) => Err(refused_by_policy(state, principal, rec, &denied)),
+    }
+}
+
+/// A permitted request: over its budget (the vault's, creates', or the admin API's) → 429.
+fn admitted(state: &HttpState, rec: &mut AuditRecord, op: Operation) -> Result<(), ApiError> {
+    if let Some(throttle) = &state.throttle {
+        let kind = match op {
+            Operation::SecretSet => throttle::RequestKind::Create,
+            Operation::VaultAdmin => throttle::RequestKind::Admin,
+            _ => throttle::RequestKind::Other,
+        };
+        if let Err(retry_after) = throttle.admit(kind) {
+            rec.outcome = Outcome::Throttled;
+            return Err(ApiError::throttled(retry_after));
         }
     }
+    rec.outcome = Outcome::Allowed;
+    Ok(())
+}
+
+/// A request access control refused: 403, or 429 once its principal's refusal budget is spent.
+fn refused_by_policy(
+    state: &HttpState,
+    principal: &str,
+    rec: &mut AuditRecord,
+    denied: &crate::auth::policy::Denied,
+) -> ApiError {
+    if let Some(Err(retry_after)) = state.throttle.as_ref().map(|t| t.admit_refusal(principal)) {
+        rec.outcome = Outcome::Throttled;
+        return ApiError::throttled(retry_after);
+    }
+    rec.outcome = Outcome::Denied;
+    ApiError::forbidden(denied, &state.vault.settings().name)
 }
 
 /// [`gate`] for listings: which names the principal may see (a 403 if none).
@@ -847,14 +873,8 @@ fn gate_list(
 ) -> Result<Visibility, ApiError> {
     rec.operation = Some(op.as_str());
     match state.policy.visibility(principal, op) {
-        Ok(v) => {
-            rec.outcome = Outcome::Allowed;
-            Ok(v)
-        }
-        Err(denied) => {
-            rec.outcome = Outcome::Denied;
-            Err(ApiError::forbidden(&denied, &state.vault.settings().name))
-        }
+        Ok(v) => admitted(state, rec, op).map(|()| v),
+        Err(denied) => Err(refused_by_policy(state, principal, rec, &denied)),
     }
 }
 
@@ -899,19 +919,8 @@ async fn handle(
         ));
     }
 
-    // 1b. How much: over the vault's budget → 429 (after authentication, so that requests without a valid
-    // token neither use up the budget nor learn anything but 401).
-    if let Some(throttle) = &state.throttle {
-        let kind = if req.method() == Method::PUT {
-            throttle::RequestKind::Create
-        } else {
-            throttle::RequestKind::Other
-        };
-        if let Err(retry_after) = throttle.admit(kind) {
-            rec.outcome = Outcome::Throttled;
-            return Err(ApiError::throttled(retry_after));
-        }
-    }
+    // How much (the request budgets) is decided with the policy's answer, in `gate`: a request refused by
+    // access control spends only its principal's refusal budget, never the vault's.
     rec.outcome = Outcome::Rejected;
 
     // The admin API (no api-version).
