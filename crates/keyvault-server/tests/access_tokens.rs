@@ -409,3 +409,62 @@ async fn a_valid_token_maps_to_its_principal_assignments() {
     );
     assert_eq!(s.status(&stranger).await, StatusCode::OK);
 }
+
+/// The token endpoint's argon2 checks wait in a bounded line (the auth audit's finding 3): while every check
+/// is taken and the line is full of wrong secrets, a legitimate first-time request is answered at once with
+/// Entra's transient error (503 `temporarily_unavailable`, `Retry-After`), not queued behind the flood; once
+/// the line drains it gets its token, and the waiting wrong secrets their 401.
+#[tokio::test]
+async fn a_full_line_of_secret_checks_answers_503_temporarily_unavailable_at_once() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let (id, secret) = lv.add_client();
+    let held = lv.clients().hold_verifications().await;
+    let (_, max) = lv.clients().waiting_verifications();
+    let flood: Vec<_> = (0..max)
+        .map(|i| {
+            let (lv_http, url, scope) = (
+                http.clone(),
+                common::token_url(&lv),
+                common::vault_scope(&lv),
+            );
+            tokio::spawn(async move {
+                common::request_token(&lv_http, &url, &format!("nobody-{i}"), "wrong", &scope).await
+            })
+        })
+        .collect();
+    while lv.clients().waiting_verifications().0 < max {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let resp = http
+        .post(common::token_url(&lv))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(common::form_body(&[
+            ("client_id", &id),
+            ("client_secret", &secret),
+            ("grant_type", "client_credentials"),
+            ("scope", &common::vault_scope(&lv)),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert_eq!(body["error_codes"], json!([90033]), "{body}");
+    assert!(
+        !body.to_string().contains(&secret),
+        "the secret is not echoed"
+    );
+
+    drop(held);
+    for f in flood {
+        let (status, body) = f.await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert_eq!(lv.clients().waiting_verifications().0, 0);
+    common::vault_token(&lv, &http, &id, &secret).await;
+    lv.shutdown().await;
+}

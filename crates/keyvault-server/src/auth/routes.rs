@@ -255,6 +255,19 @@ async fn token_inner(
         .clients
         .verify_async_at(&client_id, &secret, (state.clock)())
         .await;
+    if verdict == super::clients::Verdict::Busy {
+        tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: too many client secret checks running and waiting");
+        let mut err = OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "AADSTS90033: A transient error has occurred (too many token requests are being checked). \
+             Please try again."
+                .into(),
+            &[90033],
+        );
+        err.retry_after = Some(1);
+        return Err(err);
+    }
     if verdict == super::clients::Verdict::Expired {
         tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: expired client secret");
         return Err(OAuthError::new(
@@ -684,6 +697,8 @@ struct OAuthError {
     codes: &'static [u32],
     /// Add `WWW-Authenticate: Basic` (RFC 6749 §5.2, when the client used HTTP Basic).
     basic_challenge: bool,
+    /// `Retry-After` seconds (a busy endpoint: MSAL and the Azure SDKs' retry policies honour it).
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -699,6 +714,7 @@ impl OAuthError {
             description,
             codes,
             basic_challenge: false,
+            retry_after: None,
         }
     }
 
@@ -746,6 +762,11 @@ impl OAuthError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"keyvault-rs\""),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
