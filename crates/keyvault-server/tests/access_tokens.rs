@@ -468,3 +468,58 @@ async fn a_full_line_of_secret_checks_answers_503_temporarily_unavailable_at_onc
     common::vault_token(&lv, &http, &id, &secret).await;
     lv.shutdown().await;
 }
+
+/// Two `Authorization` headers are refused with Key Vault's 400, in either order, on the vault API and the
+/// admin API (the auth audit's finding 8: the first one was used).
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let (id, secret) = lv.add_client();
+    common::assign(
+        &lv,
+        &id,
+        keyvault_server::auth::policy::READER,
+        keyvault_server::auth::policy::Scope::Secret("mine".into()),
+    );
+    let narrow = common::vault_token(&lv, &http, &id, &secret).await;
+    let put = http
+        .put(format!("{}/secrets/top?api-version=7.6", lv.vault_url()))
+        .bearer_auth(&admin)
+        .json(&json!({"value": "v"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let urls = [
+        format!("{}/secrets/top?api-version=7.6", lv.vault_url()),
+        format!("{}/admin/roles", lv.vault_url()),
+    ];
+    for url in &urls {
+        for (first, second) in [(&narrow, &admin), (&admin, &narrow), (&admin, &admin)] {
+            let mut headers = reqwest::header::HeaderMap::new();
+            for t in [first, second] {
+                headers.append(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {t}").parse().unwrap(),
+                );
+            }
+            let resp = http.get(url).headers(headers).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{url}");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "BadParameter", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("more than one Authorization header"),
+                "{body}"
+            );
+        }
+        // One header still works.
+        let resp = http.get(url).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{url}");
+    }
+    lv.shutdown().await;
+}

@@ -478,12 +478,24 @@ fn token_claim(token: &[u8], claim: &str) -> Option<String> {
 }
 
 /// The bearer token of a request, if it carries one, as bytes: `handle` checks that it is text only when it
-/// is not in the token cache.
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let space = value.iter().position(|&b| b == b' ')?;
+/// is not in the token cache. More than one `Authorization` header is a 400 (which one counts would be a
+/// guess, and a proxy in front may have guessed otherwise).
+fn bearer(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(ApiError::bad_parameter(
+            "The request has more than one Authorization header.",
+        ));
+    }
+    let value = value.as_bytes();
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return Ok(None);
+    };
     let token = value[space + 1..].trim_ascii();
-    (value[..space].eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
+    Ok((value[..space].eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token))
 }
 
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
@@ -889,7 +901,7 @@ async fn handle(
     rec: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
     // 1. Who: before anything else, and before the body is read.
-    let token = bearer(req.headers()).ok_or_else(unauthorized)?;
+    let token = bearer(req.headers())?.ok_or_else(unauthorized)?;
     let now = state.vault.now();
     let cached = state.verifier.verify_cached(token, now);
     state.metrics.token_cache(cached.is_some());
@@ -1427,26 +1439,37 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h).unwrap(), None);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer abc"),
         );
-        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        assert_eq!(bearer(&h).unwrap(), Some(&b"abc"[..]));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h).unwrap(), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h).unwrap(), None);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("BEARER  a.b.c "),
         );
-        assert_eq!(bearer(&h), Some(&b"a.b.c"[..]));
+        assert_eq!(bearer(&h).unwrap(), Some(&b"a.b.c"[..]));
         // Not text: handed on as bytes; `handle` answers 401 unless the token cache holds exactly these bytes.
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_bytes(b"Bearer a\xffb").unwrap(),
         );
-        assert_eq!(bearer(&h), Some(&b"a\xffb"[..]));
+        assert_eq!(bearer(&h).unwrap(), Some(&b"a\xffb"[..]));
+        // Two Authorization headers: refused, whatever they hold.
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer x.y.z"),
+        );
+        let e = bearer(&h).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        h.remove(header::AUTHORIZATION);
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(bearer(&h).is_err());
     }
 }
