@@ -523,3 +523,185 @@ async fn two_authorization_headers_are_refused() {
     }
     lv.shutdown().await;
 }
+
+const EXT_ISS: &str = "https://idp.example.com/corp/v2.0";
+const EXT_AUD: &str = "api://keyvault";
+
+/// A trusted issuer of our own making (a JWKS file), whose tokens are signed from raw JSON text, so that a
+/// payload may name a member twice; the vault trusts it with `principal_claim = "oid"`, and a configured
+/// client `fed` has a federated credential of it (subject `repo:x`).
+struct ExtIdp {
+    pair: EcdsaKeyPair,
+    kid: String,
+    lv: LocalVault,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl ExtIdp {
+    async fn start() -> ExtIdp {
+        let rng = SystemRandom::new();
+        let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
+        let key = SigningKey::from_pkcs8_der(der.as_ref()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, json!({"keys": [key.jwk()]}).to_string()).unwrap();
+        let lv = LocalVault::start_with(keyvault_server::local::LocalVaultOptions {
+            trusted_issuers: vec![keyvault_server::config::TrustedIssuerConfig {
+                issuer: EXT_ISS.into(),
+                audience: EXT_AUD.into(),
+                jwks_file: Some(jwks),
+                principal_claim: Some("oid".into()),
+                ..Default::default()
+            }],
+            clients: vec![keyvault_server::config::ClientConfig {
+                client_id: "fed".into(),
+                federated: vec![keyvault_server::config::FederatedConfig {
+                    issuer: EXT_ISS.into(),
+                    subject: "repo:x".into(),
+                    audience: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let http = common::vault_client(&lv);
+        ExtIdp {
+            pair,
+            kid: key.kid().to_string(),
+            lv,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// A token whose payload is `payload` as written.
+    fn sign(&self, payload: &str) -> String {
+        let header = json!({"typ": "JWT", "alg": "ES256", "kid": self.kid});
+        let input = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode(payload));
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn now() -> i64 {
+        keyvault_server::auth::unix_now()
+    }
+
+    /// An access token's payload: `members` (JSON members, comma-separated) and valid times, issuer, audience.
+    fn access_payload(members: &str) -> String {
+        let now = Self::now();
+        format!(
+            r#"{{"iss":"{EXT_ISS}","aud":"{EXT_AUD}","nbf":{},"exp":{},{members}}}"#,
+            now - 10,
+            now + 600
+        )
+    }
+
+    /// A federated assertion's payload for `fed`: `members` and valid times, issuer, audience.
+    fn assertion_payload(members: &str) -> String {
+        let now = Self::now();
+        format!(
+            r#"{{"iss":"{EXT_ISS}","aud":"api://AzureADTokenExchange","nbf":{},"exp":{},{members}}}"#,
+            now - 10,
+            now + 600
+        )
+    }
+
+    async fn list_status(&self, token: &str) -> StatusCode {
+        common::list_status(&self.http, self.lv.vault_url(), token).await
+    }
+
+    /// Asks for a token for `client_id` with `assertion`: the status and the JSON body.
+    async fn assertion_token(&self, client_id: &str, assertion: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(common::token_url(&self.lv))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(common::form_body(&[
+                ("client_id", client_id),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+                ("grant_type", "client_credentials"),
+                ("scope", &common::vault_scope(&self.lv)),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+}
+
+/// A payload that names a member twice is refused (the auth audit's finding 10): a trusted issuer's access
+/// token (where, with `principal_claim = "oid"`, the last `oid` used to win), our own access token (where
+/// members we do not read were ignored however often given), and a federated client assertion (whose last
+/// `sub` used to win).
+#[tokio::test]
+async fn payloads_naming_a_member_twice_are_refused() {
+    let idp = ExtIdp::start().await;
+    common::assign(
+        &idp.lv,
+        "ext-oid-1",
+        keyvault_server::auth::policy::READER,
+        keyvault_server::auth::policy::Scope::Vault,
+    );
+    let once = idp.sign(&ExtIdp::access_payload(r#""sub":"s","oid":"ext-oid-1""#));
+    assert_eq!(idp.list_status(&once).await, StatusCode::OK);
+    for twice in [
+        r#""sub":"s","oid":"nobody","oid":"ext-oid-1""#,
+        r#""sub":"s","oid":"ext-oid-1","oid":"ext-oid-1""#,
+        r#""sub":"s","oid":"nobody","o\u0069d":"ext-oid-1""#,
+        r#""sub":"s","oid":"ext-oid-1","groups":[],"groups":[]"#,
+    ] {
+        let token = idp.sign(&ExtIdp::access_payload(twice));
+        assert_eq!(
+            idp.list_status(&token).await,
+            StatusCode::UNAUTHORIZED,
+            "{twice}"
+        );
+    }
+
+    // Federated assertions: the right subject once works; twice (last one right) is malformed.
+    let (status, body) = idp
+        .assertion_token(
+            "fed",
+            &idp.sign(&ExtIdp::assertion_payload(r#""sub":"repo:x""#)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = idp
+        .assertion_token(
+            "fed",
+            &idp.sign(&ExtIdp::assertion_payload(
+                r#""sub":"repo:y","sub":"repo:x""#,
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error_codes"], json!([50027]), "{body}");
+    idp.lv.shutdown().await;
+
+    // Our own tokens: a member we do not read, given twice.
+    let s = Setup::start().await;
+    let claims = s.claims(json!({}));
+    let text = claims.to_string();
+    let header = json!({"typ": "JWT", "alg": "ES256", "kid": s.kid});
+    let sign_text = |payload: &str| {
+        let input = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode(payload));
+        let sig = s.pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    };
+    assert_eq!(s.status(&sign_text(&text)).await, StatusCode::OK);
+    let twice = text.replacen('{', r#"{"xms_x":1,"xms_x":2,"#, 1);
+    assert_eq!(s.status(&sign_text(&twice)).await, StatusCode::UNAUTHORIZED);
+    s.lv.shutdown().await;
+}

@@ -336,18 +336,23 @@ async fn verify_assertion(state: &AuthState, form: &TokenForm) -> Result<String,
         .ok_or_else(|| OAuthError::missing_parameter("client_assertion"))?;
     let client_id = form.client_id.as_deref().filter(|c| !c.is_empty());
     let now = (state.clock)();
-    let verdict = state
-        .assertions
-        .verify(client_id, assertion, &state.assertion_audiences, now)
-        .await
-        .and_then(|id| {
-            // A client removed since (or only in the assertion configuration) gets no token.
-            if state.clients.contains(&id) {
-                Ok(id)
-            } else {
-                Err(AssertionError::BadSignature)
-            }
-        });
+    // A claim given twice (certificate assertions and federated tokens alike): refused before anything else.
+    let verdict = if super::token::payload_has_duplicate_member(assertion) {
+        Err(AssertionError::Malformed)
+    } else {
+        state
+            .assertions
+            .verify(client_id, assertion, &state.assertion_audiences, now)
+            .await
+    };
+    let verdict = verdict.and_then(|id| {
+        // A client removed since (or only in the assertion configuration) gets no token.
+        if state.clients.contains(&id) {
+            Ok(id)
+        } else {
+            Err(AssertionError::BadSignature)
+        }
+    });
     verdict.map_err(|e| {
         tracing::info!(client_id = %logged_client_id(state, client_id), reason = ?e, "token request refused: client assertion");
         let who = truncate(client_id.unwrap_or("(from the assertion)"), 64);
