@@ -524,6 +524,14 @@ async fn two_authorization_headers_are_refused() {
     lv.shutdown().await;
 }
 
+/// An ES256 JWS of `payload` as written, with `kid` in its header.
+fn sign_raw(pair: &EcdsaKeyPair, kid: &str, payload: &str) -> String {
+    let header = json!({"typ": "JWT", "alg": "ES256", "kid": kid});
+    let input = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode(payload));
+    let sig = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
 const EXT_ISS: &str = "https://idp.example.com/corp/v2.0";
 const EXT_AUD: &str = "api://keyvault";
 
@@ -581,13 +589,7 @@ impl ExtIdp {
 
     /// A token whose payload is `payload` as written.
     fn sign(&self, payload: &str) -> String {
-        let header = json!({"typ": "JWT", "alg": "ES256", "kid": self.kid});
-        let input = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode(payload));
-        let sig = self
-            .pair
-            .sign(&SystemRandom::new(), input.as_bytes())
-            .unwrap();
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+        sign_raw(&self.pair, &self.kid, payload)
     }
 
     fn now() -> i64 {
@@ -694,14 +696,68 @@ async fn payloads_naming_a_member_twice_are_refused() {
     let s = Setup::start().await;
     let claims = s.claims(json!({}));
     let text = claims.to_string();
-    let header = json!({"typ": "JWT", "alg": "ES256", "kid": s.kid});
-    let sign_text = |payload: &str| {
-        let input = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode(payload));
-        let sig = s.pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    };
+    let sign_text = |payload: &str| sign_raw(&s.pair, &s.kid, payload);
     assert_eq!(s.status(&sign_text(&text)).await, StatusCode::OK);
     let twice = text.replacen('{', r#"{"xms_x":1,"xms_x":2,"#, 1);
     assert_eq!(s.status(&sign_text(&twice)).await, StatusCode::UNAUTHORIZED);
     s.lv.shutdown().await;
+}
+
+/// A junk assertion naming a trusted issuer gets one refusal whichever client it names, so it does not tell
+/// which client ids have a federated credential for that issuer (the auth audit's finding 5b: 50013 for
+/// those, 700211 for the others); an assertion the issuer did sign still gets the telling codes.
+#[tokio::test]
+async fn an_unverified_assertion_does_not_tell_which_clients_are_federated() {
+    let idp = ExtIdp::start().await;
+    let rng = SystemRandom::new();
+    let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let rogue =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
+    // Signed by another key under the issuer's kid.
+    let junk = sign_raw(
+        &rogue,
+        &idp.kid,
+        &ExtIdp::assertion_payload(r#""sub":"repo:x""#),
+    );
+    let dev_client = idp.lv.client_id().to_string();
+    let mut answers = Vec::new();
+    for client in ["fed", "nobody", dev_client.as_str()] {
+        let (status, body) = idp.assertion_token(client, &junk).await;
+        let first_line = body["error_description"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string();
+        answers.push((
+            status,
+            body["error"].clone(),
+            body["error_codes"].clone(),
+            first_line,
+        ));
+    }
+    assert_eq!(answers[0].0, StatusCode::UNAUTHORIZED);
+    assert_eq!(answers[0].2, json!([50013]), "{answers:?}");
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+
+    // Signed by the issuer: the codes that help, only now.
+    let (status, body) = idp
+        .assertion_token(
+            "fed",
+            &idp.sign(&ExtIdp::assertion_payload(r#""sub":"repo:other""#)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_codes"], json!([700213]), "{body}");
+    let now = ExtIdp::now();
+    let elsewhere = format!(
+        r#"{{"iss":"{EXT_ISS}","aud":"api://elsewhere","nbf":{},"exp":{},"sub":"repo:x"}}"#,
+        now - 10,
+        now + 600
+    );
+    let (status, body) = idp.assertion_token("fed", &idp.sign(&elsewhere)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_codes"], json!([700212]), "{body}");
+    idp.lv.shutdown().await;
 }

@@ -454,13 +454,6 @@ fn assertion_error(e: AssertionError, client_id: &str) -> OAuthError {
                 .into(),
             &[90033],
         ),
-        A::NoFederatedIssuer => (
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "AADSTS700211: No matching federated identity record found for presented assertion issuer."
-                .into(),
-            &[700211],
-        ),
         A::NoFederatedAudience => (
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -475,10 +468,16 @@ fn assertion_error(e: AssertionError, client_id: &str) -> OAuthError {
                 .into(),
             &[700213],
         ),
-        A::FederatedSignature => (
+        // One answer until a signature has verified: whether the client has a federated credential for the
+        // assertion's issuer at all (Entra's AADSTS700211) is not told to a caller who cannot sign for that
+        // issuer (the log has the reason). The audience and subject codes above come only after it verified.
+        A::NoFederatedIssuer | A::FederatedSignature => (
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            "AADSTS50013: Assertion failed signature validation (with the keys of its issuer).".into(),
+            "AADSTS50013: Assertion failed signature validation: it is not signed by a key of an issuer \
+             that a federated identity record of this app names (no record names the assertion's issuer, \
+             or none of that issuer's keys verifies it)."
+                .into(),
             &[50013],
         ),
     };
@@ -1397,7 +1396,7 @@ mod tests {
             (A::NotInValidTimeRange, Some(700024)),
             (A::Replayed, Some(50027)),
             (A::ReplayCacheFull, Some(90033)),
-            (A::NoFederatedIssuer, Some(700211)),
+            (A::NoFederatedIssuer, Some(50013)),
             (A::NoFederatedAudience, Some(700212)),
             (A::NoFederatedSubject, Some(700213)),
             (A::FederatedSignature, Some(50013)),
