@@ -357,6 +357,25 @@ fn assignment_rows(list: &[Value]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// What a principal's default role (`defaultRole`, `defaultRoleApplies`) means, in a line; `None` if absent.
+fn default_role_line(d: &Value) -> Option<String> {
+    d.is_object().then(|| {
+        format!(
+            "it holds the default role '{}' on {} (default_client_role in the server's configuration) until \
+             an assignment names it",
+            s(&d["role"]),
+            s(&d["scope"])
+        )
+    })
+}
+
+/// [`default_role_line`] as a note on stderr (for outputs that other programs read).
+fn default_role_note(d: &Value) {
+    if let Some(line) = default_role_line(d) {
+        stderr_line!("note: {}: {line}", s(&d["principal"]));
+    }
+}
+
 const PRINCIPAL_HEADER: [&str; 4] = ["Client id", "Name", "Source", "Secrets"];
 const ASSIGNMENT_HEADER: [&str; 5] = ["Id", "Principal", "Role", "Scope", "Source"];
 
@@ -457,7 +476,14 @@ pub async fn run_principal(
                 out.write_all(b"\n").map_err(io_error)?;
             }
             rows(out, output, &["Secret key id", "Expires"], &secrets, 0)?;
+            if output != Output::Table {
+                default_role_note(&v["defaultRole"]);
+            }
             if output == Output::Table {
+                if let Some(line) = default_role_line(&v["defaultRole"]) {
+                    out.write_all(format!("\n{line}\n").as_bytes())
+                        .map_err(io_error)?;
+                }
                 // What else it may sign in with (`[[clients]] certificates`, `federated`).
                 let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
                 let certificates: Vec<Vec<String>> = (list("certificates").iter())
@@ -557,15 +583,38 @@ pub async fn run_role(conn: &Conn, command: RoleCommand, out: &mut dyn Write) ->
                 None => "/admin/roleAssignments".to_string(),
             };
             let v = call(conn, Method::GET, &path, None).await?;
-            if output == Output::Json {
-                return json(out, &v["value"]);
+            let defaults = v["defaultRoles"].as_array().cloned().unwrap_or_default();
+            if matches!(output, Output::Json | Output::Value) {
+                // The output stays a list of assignments (ids); what defaults are held goes to stderr.
+                defaults.iter().for_each(default_role_note);
+                if output == Output::Json {
+                    return json(out, &v["value"]);
+                }
             }
-            let list = v["value"].as_array().cloned().unwrap_or_default();
-            rows(out, output, &ASSIGNMENT_HEADER, &assignment_rows(&list), 0)
+            let mut list = assignment_rows(&v["value"].as_array().cloned().unwrap_or_default());
+            if output != Output::Value {
+                // Not assignments (no id): the role held while none names the principal.
+                list.extend(defaults.iter().map(|d| {
+                    vec![
+                        "-".to_string(),
+                        s(&d["principal"]),
+                        s(&d["role"]),
+                        s(&d["scope"]),
+                        "default".to_string(),
+                    ]
+                }));
+            }
+            rows(out, output, &ASSIGNMENT_HEADER, &list, 0)
         }
         RoleCommand::Remove { id } => {
             let path = format!("/admin/roleAssignments/{}", segment(&id)?);
             let v = call(conn, Method::DELETE, &path, None).await?;
+            if let Some(line) = default_role_line(&v["defaultRoleApplies"]) {
+                stderr_line!(
+                    "note: {} has no role assignment left: {line}",
+                    s(&v["principal"])
+                );
+            }
             match output {
                 Output::Json => json(out, &v),
                 _ => Ok(()),

@@ -258,3 +258,70 @@ fn custom_roles_from_the_command_line() {
     assert!(!names.stdout.contains("CI Reader"), "{}", names.stdout);
     kv(v, &["principal", "delete", &id]).ok();
 }
+
+/// A configured client that no assignment names holds the default role, and the CLI says so: `principal
+/// show`, `role list` (a row of source `default`; a note on stderr with `-o json`), and `role remove` of its
+/// last assignment (the auth audit's finding 4).
+#[test]
+fn the_default_role_of_a_configured_client_is_shown() {
+    let hash = keyvault_server::auth::hash_secret("cfg-secret-not-used-here").unwrap();
+    let v = cli_support::start_vault_with(keyvault_server::local::LocalVaultOptions {
+        clients: vec![keyvault_server::config::ClientConfig {
+            client_id: "cfgdef".into(),
+            secret_hashes: vec![hash],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let says_default = |text: &str| {
+        text.contains("default role 'Key Vault Administrator' on /")
+            && text.contains("default_client_role")
+    };
+    let shown = kv(&v, &["principal", "show", "cfgdef", "-o", "table"]).ok();
+    assert!(says_default(&shown.stdout), "{}", shown.stdout);
+    let listed = kv(
+        &v,
+        &["role", "list", "--principal", "cfgdef", "-o", "table"],
+    )
+    .ok();
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.contains("cfgdef"))
+        .unwrap_or_else(|| panic!("{}", listed.stdout));
+    assert!(
+        row.starts_with('-') && row.contains("Key Vault Administrator") && row.ends_with("default"),
+        "{row}"
+    );
+    let as_json = kv(&v, &["role", "list", "--principal", "cfgdef", "-o", "json"]).ok();
+    assert_eq!(as_json.json(), serde_json::json!([]));
+    assert!(says_default(&as_json.stderr), "{}", as_json.stderr);
+
+    // Narrowed, then its only assignment removed: the removal says the default applies again.
+    let assigned = kv(
+        &v,
+        &[
+            "role",
+            "assign",
+            "--principal",
+            "cfgdef",
+            "--role",
+            "Key Vault Reader",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let id = assigned.json()["id"].as_str().unwrap().to_string();
+    let shown = kv(&v, &["principal", "show", "cfgdef", "-o", "table"]).ok();
+    assert!(!shown.stdout.contains("default role"), "{}", shown.stdout);
+    let removed = kv(&v, &["role", "remove", &id]).ok();
+    assert!(
+        removed
+            .stderr
+            .contains("cfgdef has no role assignment left")
+            && says_default(&removed.stderr),
+        "{}",
+        removed.stderr
+    );
+}

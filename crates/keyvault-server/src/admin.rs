@@ -148,6 +148,30 @@ pub struct PrincipalView {
     /// The federated credentials it may present (`[[clients]] federated`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub federated: Vec<FederatedView>,
+    /// The role it holds on the whole vault because no assignment names it (`default_client_role`); absent
+    /// when an assignment names it, or it gets no default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_role: Option<DefaultRoleView>,
+}
+
+/// A default role a principal holds (`default_client_role`, `dev_client_role`): not an assignment (it has no
+/// id, and goes when an assignment names the principal), always on the whole vault.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultRoleView {
+    pub principal: String,
+    pub role: String,
+    pub scope: Scope,
+}
+
+impl DefaultRoleView {
+    pub fn new(principal: &str, role: String) -> Self {
+        DefaultRoleView {
+            principal: principal.to_string(),
+            role,
+            scope: Scope::Vault,
+        }
+    }
 }
 
 /// A configured client certificate as the admin API shows it: its SHA-256 thumbprint (`x5t#S256`, base64url,
@@ -909,6 +933,18 @@ impl AccessAdmin {
         ))
     }
 
+    /// The default roles held now (principals no assignment names), optionally of one principal.
+    pub fn default_roles(&self, principal: Option<&str>) -> Vec<DefaultRoleView> {
+        match principal {
+            Some(p) => (self.policy.default_role_of(p).into_iter())
+                .map(|role| DefaultRoleView::new(p, role))
+                .collect(),
+            None => (self.policy.default_role_holders().into_iter())
+                .map(|(p, role)| DefaultRoleView::new(&p, role))
+                .collect(),
+        }
+    }
+
     /// The assignments, optionally of one principal.
     pub fn assignments(&self, principal: Option<&str>) -> Vec<AssignmentView> {
         let applied = self.lock();
@@ -1119,7 +1155,10 @@ impl AccessAdmin {
         let federated = assertions
             .map(|a| a.federated_of(client_id))
             .unwrap_or_default();
+        let default_role = (self.policy.default_role_of(client_id))
+            .map(|role| DefaultRoleView::new(client_id, role));
         Some(PrincipalView {
+            default_role,
             client_id: client_id.to_string(),
             display_name: stored.and_then(|p| p.display_name.clone()),
             managed: stored.is_some(),

@@ -578,3 +578,102 @@ async fn rekey_jobs_through_the_api() {
     let (_, view) = h.admin(Method::GET, "/admin/rekey", None).await;
     assert_eq!(view["id"], job_id.as_str(), "the refused start made no job");
 }
+
+/// A configured client that no assignment names holds `default_client_role` (Administrator by default), and
+/// the admin API says so (the auth audit's finding 4: deleting its last assignment made it Administrator
+/// again while the API showed it with no role): the principal view's `defaultRole`, the listing's
+/// `defaultRoles`, and the deletion's `defaultRoleApplies`.
+#[tokio::test]
+async fn the_default_role_a_configured_client_holds_is_shown() {
+    let secret = keyvault_server::auth::generate_secret();
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        clients: vec![keyvault_server::config::ClientConfig {
+            client_id: "cfgdef".into(),
+            secret_hashes: vec![keyvault_server::auth::hash_secret(&secret).unwrap()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let call = async |method: Method, path: &str, body: Option<Value>| {
+        let req = http.request(method, format!("{}{path}", lv.vault_url()));
+        common::send_json(req.bearer_auth(&admin), body).await
+    };
+    let administrator =
+        json!({"principal": "cfgdef", "role": "Key Vault Administrator", "scope": "/"});
+
+    let (status, view) = call(Method::GET, "/admin/principals/cfgdef", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["defaultRole"], administrator, "{view}");
+    let (_, list) = call(Method::GET, "/admin/roleAssignments?principal=cfgdef", None).await;
+    assert_eq!(list["value"], json!([]), "{list}");
+    assert_eq!(list["defaultRoles"], json!([administrator]), "{list}");
+    let (_, all) = call(Method::GET, "/admin/roleAssignments", None).await;
+    assert!(
+        all["defaultRoles"]
+            .as_array()
+            .unwrap()
+            .contains(&administrator),
+        "{all}"
+    );
+    let (_, principals) = call(Method::GET, "/admin/principals", None).await;
+    let listed = principals["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["clientId"] == "cfgdef")
+        .unwrap();
+    assert_eq!(listed["defaultRole"], administrator);
+
+    // Narrowed: the default goes, and the views say so.
+    let (status, a) = call(
+        Method::POST,
+        "/admin/roleAssignments",
+        Some(json!({"principal": "cfgdef", "role": "Key Vault Reader", "scope": "/secrets/pub"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    let (_, view) = call(Method::GET, "/admin/principals/cfgdef", None).await;
+    assert!(view.get("defaultRole").is_none(), "{view}");
+    let (_, list) = call(Method::GET, "/admin/roleAssignments?principal=cfgdef", None).await;
+    assert_eq!(list["defaultRoles"], json!([]), "{list}");
+    let cfg_token = common::vault_token(&lv, &http, "cfgdef", &secret).await;
+    let get_other = async || {
+        let url = format!("{}/secrets/other?api-version=7.6", lv.vault_url());
+        http.get(url)
+            .bearer_auth(&cfg_token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(get_other().await, StatusCode::FORBIDDEN);
+
+    // Its last assignment deleted: the answer says the default applies again, and it does.
+    let id = a["id"].as_str().unwrap();
+    let (status, removed) = call(
+        Method::DELETE,
+        &format!("/admin/roleAssignments/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    assert_eq!(removed["defaultRoleApplies"], administrator, "{removed}");
+    let (_, view) = call(Method::GET, "/admin/principals/cfgdef", None).await;
+    assert_eq!(view["defaultRole"], administrator, "{view}");
+    // (Administrator again: the secret is not there, and it may look.)
+    assert_eq!(get_other().await, StatusCode::NOT_FOUND);
+
+    // A principal without a default: nothing said.
+    let (_, view) = call(
+        Method::GET,
+        &format!("/admin/principals/{}", lv.client_id()),
+        None,
+    )
+    .await;
+    assert!(view.get("defaultRole").is_none(), "{view}");
+    lv.shutdown().await;
+}

@@ -438,6 +438,129 @@ async fn throttling_is_429_with_retry_after_after_authentication_and_audited() {
     lv.shutdown().await;
 }
 
+/// A principal refused by access control spends its own refusal budget, not the vault's: a flood of 403s
+/// turns into 429s for the flooder alone, and the administrator still reads and administers (audit finding 2).
+/// Permitted vault traffic that spends the vault's budget leaves the admin API its own.
+#[tokio::test]
+async fn refusals_spend_the_refused_principals_budget_not_the_vaults() {
+    let lv = LocalVault::start_with(keyvault_server::local::LocalVaultOptions {
+        throttle: keyvault_server::http::throttle::ThrottleSettings {
+            limit: Some(40),
+            create_limit: None,
+            window: std::time::Duration::from_secs(3600),
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    // A principal that may read one secret, and nothing else.
+    let (id, secret) = lv.add_client();
+    common::assign(&lv, &id, READER, Scope::Secret("mine".into()));
+    let flooder = common::vault_token(&lv, &http, &id, &secret).await;
+    let q = "?api-version=7.6";
+    let (status, _) = send(
+        &lv,
+        &http,
+        Some(&admin),
+        Method::PUT,
+        &format!("/secrets/top{q}"),
+        Some(json!({"value": VALUE})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // More refused requests than the whole vault's budget: the first 10 (a tenth of 40, at least 10) are
+    // 403, the rest 429 with a Retry-After.
+    let mut statuses = Vec::new();
+    let mut last_id = String::new();
+    for _ in 0..50 {
+        let (status, id) = send(
+            &lv,
+            &http,
+            Some(&flooder),
+            Method::GET,
+            &format!("/secrets/top{q}"),
+            None,
+        )
+        .await;
+        statuses.push(status);
+        last_id = id;
+    }
+    assert!(
+        statuses[..10].iter().all(|s| *s == StatusCode::FORBIDDEN),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[10..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+
+    // Nobody else paid: the administrator reads, and uses the admin API.
+    let (status, _) = send(
+        &lv,
+        &http,
+        Some(&admin),
+        Method::GET,
+        &format!("/secrets/top{q}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(&lv, &http, Some(&admin), Method::GET, "/admin/roles", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Permitted requests do spend the vault's budget (2 used so far)...
+    let mut vault_statuses = Vec::new();
+    for _ in 0..40 {
+        let (status, _) = send(
+            &lv,
+            &http,
+            Some(&admin),
+            Method::GET,
+            &format!("/secrets/top{q}"),
+            None,
+        )
+        .await;
+        vault_statuses.push(status);
+    }
+    assert_eq!(
+        vault_statuses
+            .iter()
+            .filter(|s| **s == StatusCode::OK)
+            .count(),
+        38,
+        "{vault_statuses:?}"
+    );
+    assert_eq!(vault_statuses[39], StatusCode::TOO_MANY_REQUESTS);
+    // ... and the admin API keeps a budget of its own.
+    let (status, _) = send(
+        &lv,
+        &http,
+        Some(&admin),
+        Method::GET,
+        "/admin/principals",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    lv.audit().unwrap().flush().await;
+    let log = lv.data_dir().join("audit.log");
+    let records: Vec<Value> = lines(&log)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = records.iter().find(|r| r["requestId"] == last_id).unwrap();
+    assert_eq!(last["outcome"], "throttled");
+    assert_eq!(last["principal"], id.as_str());
+    assert_eq!(last["operation"], "SecretGet");
+    lv.shutdown().await;
+}
+
 /// A change's line is in the file by the time its response arrives (no flush, no waiting): a crash right
 /// after the response could not lose it. Checked for changes that succeed and for one that fails (404).
 #[tokio::test]

@@ -409,3 +409,355 @@ async fn a_valid_token_maps_to_its_principal_assignments() {
     );
     assert_eq!(s.status(&stranger).await, StatusCode::OK);
 }
+
+/// The token endpoint's argon2 checks wait in a bounded line (the auth audit's finding 3): while every check
+/// is taken and the line is full of wrong secrets, a legitimate first-time request is answered at once with
+/// Entra's transient error (503 `temporarily_unavailable`, `Retry-After`), not queued behind the flood; once
+/// the line drains it gets its token, and the waiting wrong secrets their 401.
+#[tokio::test]
+async fn a_full_line_of_secret_checks_answers_503_temporarily_unavailable_at_once() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let (id, secret) = lv.add_client();
+    let held = lv.clients().hold_verifications().await;
+    let (_, max) = lv.clients().waiting_verifications();
+    let flood: Vec<_> = (0..max)
+        .map(|i| {
+            let (lv_http, url, scope) = (
+                http.clone(),
+                common::token_url(&lv),
+                common::vault_scope(&lv),
+            );
+            tokio::spawn(async move {
+                common::request_token(&lv_http, &url, &format!("nobody-{i}"), "wrong", &scope).await
+            })
+        })
+        .collect();
+    while lv.clients().waiting_verifications().0 < max {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let resp = http
+        .post(common::token_url(&lv))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(common::form_body(&[
+            ("client_id", &id),
+            ("client_secret", &secret),
+            ("grant_type", "client_credentials"),
+            ("scope", &common::vault_scope(&lv)),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert_eq!(body["error_codes"], json!([90033]), "{body}");
+    assert!(
+        !body.to_string().contains(&secret),
+        "the secret is not echoed"
+    );
+
+    drop(held);
+    for f in flood {
+        let (status, body) = f.await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert_eq!(lv.clients().waiting_verifications().0, 0);
+    common::vault_token(&lv, &http, &id, &secret).await;
+    lv.shutdown().await;
+}
+
+/// Two `Authorization` headers are refused with Key Vault's 400, in either order, on the vault API and the
+/// admin API (the auth audit's finding 8: the first one was used).
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let admin = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let (id, secret) = lv.add_client();
+    common::assign(
+        &lv,
+        &id,
+        keyvault_server::auth::policy::READER,
+        keyvault_server::auth::policy::Scope::Secret("mine".into()),
+    );
+    let narrow = common::vault_token(&lv, &http, &id, &secret).await;
+    let put = http
+        .put(format!("{}/secrets/top?api-version=7.6", lv.vault_url()))
+        .bearer_auth(&admin)
+        .json(&json!({"value": "v"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let urls = [
+        format!("{}/secrets/top?api-version=7.6", lv.vault_url()),
+        format!("{}/admin/roles", lv.vault_url()),
+    ];
+    for url in &urls {
+        for (first, second) in [(&narrow, &admin), (&admin, &narrow), (&admin, &admin)] {
+            let mut headers = reqwest::header::HeaderMap::new();
+            for t in [first, second] {
+                headers.append(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {t}").parse().unwrap(),
+                );
+            }
+            let resp = http.get(url).headers(headers).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{url}");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "BadParameter", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("more than one Authorization header"),
+                "{body}"
+            );
+        }
+        // One header still works.
+        let resp = http.get(url).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{url}");
+    }
+    lv.shutdown().await;
+}
+
+/// An ES256 JWS of `payload` as written, with `kid` in its header.
+fn sign_raw(pair: &EcdsaKeyPair, kid: &str, payload: &str) -> String {
+    let header = json!({"typ": "JWT", "alg": "ES256", "kid": kid});
+    let input = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode(payload));
+    let sig = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+const EXT_ISS: &str = "https://idp.example.com/corp/v2.0";
+const EXT_AUD: &str = "api://keyvault";
+
+/// A trusted issuer of our own making (a JWKS file), whose tokens are signed from raw JSON text, so that a
+/// payload may name a member twice; the vault trusts it with `principal_claim = "oid"`, and a configured
+/// client `fed` has a federated credential of it (subject `repo:x`).
+struct ExtIdp {
+    pair: EcdsaKeyPair,
+    kid: String,
+    lv: LocalVault,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl ExtIdp {
+    async fn start() -> ExtIdp {
+        let rng = SystemRandom::new();
+        let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
+        let key = SigningKey::from_pkcs8_der(der.as_ref()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, json!({"keys": [key.jwk()]}).to_string()).unwrap();
+        let lv = LocalVault::start_with(keyvault_server::local::LocalVaultOptions {
+            trusted_issuers: vec![keyvault_server::config::TrustedIssuerConfig {
+                issuer: EXT_ISS.into(),
+                audience: EXT_AUD.into(),
+                jwks_file: Some(jwks),
+                principal_claim: Some("oid".into()),
+                ..Default::default()
+            }],
+            clients: vec![keyvault_server::config::ClientConfig {
+                client_id: "fed".into(),
+                federated: vec![keyvault_server::config::FederatedConfig {
+                    issuer: EXT_ISS.into(),
+                    subject: "repo:x".into(),
+                    audience: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let http = common::vault_client(&lv);
+        ExtIdp {
+            pair,
+            kid: key.kid().to_string(),
+            lv,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// A token whose payload is `payload` as written.
+    fn sign(&self, payload: &str) -> String {
+        sign_raw(&self.pair, &self.kid, payload)
+    }
+
+    fn now() -> i64 {
+        keyvault_server::auth::unix_now()
+    }
+
+    /// An access token's payload: `members` (JSON members, comma-separated) and valid times, issuer, audience.
+    fn access_payload(members: &str) -> String {
+        let now = Self::now();
+        format!(
+            r#"{{"iss":"{EXT_ISS}","aud":"{EXT_AUD}","nbf":{},"exp":{},{members}}}"#,
+            now - 10,
+            now + 600
+        )
+    }
+
+    /// A federated assertion's payload for `fed`: `members` and valid times, issuer, audience.
+    fn assertion_payload(members: &str) -> String {
+        let now = Self::now();
+        format!(
+            r#"{{"iss":"{EXT_ISS}","aud":"api://AzureADTokenExchange","nbf":{},"exp":{},{members}}}"#,
+            now - 10,
+            now + 600
+        )
+    }
+
+    async fn list_status(&self, token: &str) -> StatusCode {
+        common::list_status(&self.http, self.lv.vault_url(), token).await
+    }
+
+    /// Asks for a token for `client_id` with `assertion`: the status and the JSON body.
+    async fn assertion_token(&self, client_id: &str, assertion: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(common::token_url(&self.lv))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(common::form_body(&[
+                ("client_id", client_id),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+                ("grant_type", "client_credentials"),
+                ("scope", &common::vault_scope(&self.lv)),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+}
+
+/// A payload that names a member twice is refused (the auth audit's finding 10): a trusted issuer's access
+/// token (where, with `principal_claim = "oid"`, the last `oid` used to win), our own access token (where
+/// members we do not read were ignored however often given), and a federated client assertion (whose last
+/// `sub` used to win).
+#[tokio::test]
+async fn payloads_naming_a_member_twice_are_refused() {
+    let idp = ExtIdp::start().await;
+    common::assign(
+        &idp.lv,
+        "ext-oid-1",
+        keyvault_server::auth::policy::READER,
+        keyvault_server::auth::policy::Scope::Vault,
+    );
+    let once = idp.sign(&ExtIdp::access_payload(r#""sub":"s","oid":"ext-oid-1""#));
+    assert_eq!(idp.list_status(&once).await, StatusCode::OK);
+    for twice in [
+        r#""sub":"s","oid":"nobody","oid":"ext-oid-1""#,
+        r#""sub":"s","oid":"ext-oid-1","oid":"ext-oid-1""#,
+        r#""sub":"s","oid":"nobody","o\u0069d":"ext-oid-1""#,
+        r#""sub":"s","oid":"ext-oid-1","groups":[],"groups":[]"#,
+    ] {
+        let token = idp.sign(&ExtIdp::access_payload(twice));
+        assert_eq!(
+            idp.list_status(&token).await,
+            StatusCode::UNAUTHORIZED,
+            "{twice}"
+        );
+    }
+
+    // Federated assertions: the right subject once works; twice (last one right) is malformed.
+    let (status, body) = idp
+        .assertion_token(
+            "fed",
+            &idp.sign(&ExtIdp::assertion_payload(r#""sub":"repo:x""#)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = idp
+        .assertion_token(
+            "fed",
+            &idp.sign(&ExtIdp::assertion_payload(
+                r#""sub":"repo:y","sub":"repo:x""#,
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error_codes"], json!([50027]), "{body}");
+    idp.lv.shutdown().await;
+
+    // Our own tokens: a member we do not read, given twice.
+    let s = Setup::start().await;
+    let claims = s.claims(json!({}));
+    let text = claims.to_string();
+    let sign_text = |payload: &str| sign_raw(&s.pair, &s.kid, payload);
+    assert_eq!(s.status(&sign_text(&text)).await, StatusCode::OK);
+    let twice = text.replacen('{', r#"{"xms_x":1,"xms_x":2,"#, 1);
+    assert_eq!(s.status(&sign_text(&twice)).await, StatusCode::UNAUTHORIZED);
+    s.lv.shutdown().await;
+}
+
+/// A junk assertion naming a trusted issuer gets one refusal whichever client it names, so it does not tell
+/// which client ids have a federated credential for that issuer (the auth audit's finding 5b: 50013 for
+/// those, 700211 for the others); an assertion the issuer did sign still gets the telling codes.
+#[tokio::test]
+async fn an_unverified_assertion_does_not_tell_which_clients_are_federated() {
+    let idp = ExtIdp::start().await;
+    let rng = SystemRandom::new();
+    let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let rogue =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
+    // Signed by another key under the issuer's kid.
+    let junk = sign_raw(
+        &rogue,
+        &idp.kid,
+        &ExtIdp::assertion_payload(r#""sub":"repo:x""#),
+    );
+    let dev_client = idp.lv.client_id().to_string();
+    let mut answers = Vec::new();
+    for client in ["fed", "nobody", dev_client.as_str()] {
+        let (status, body) = idp.assertion_token(client, &junk).await;
+        let first_line = body["error_description"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string();
+        answers.push((
+            status,
+            body["error"].clone(),
+            body["error_codes"].clone(),
+            first_line,
+        ));
+    }
+    assert_eq!(answers[0].0, StatusCode::UNAUTHORIZED);
+    assert_eq!(answers[0].2, json!([50013]), "{answers:?}");
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+
+    // Signed by the issuer: the codes that help, only now.
+    let (status, body) = idp
+        .assertion_token(
+            "fed",
+            &idp.sign(&ExtIdp::assertion_payload(r#""sub":"repo:other""#)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_codes"], json!([700213]), "{body}");
+    let now = ExtIdp::now();
+    let elsewhere = format!(
+        r#"{{"iss":"{EXT_ISS}","aud":"api://elsewhere","nbf":{},"exp":{},"sub":"repo:x"}}"#,
+        now - 10,
+        now + 600
+    );
+    let (status, body) = idp.assertion_token("fed", &idp.sign(&elsewhere)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_codes"], json!([700212]), "{body}");
+    idp.lv.shutdown().await;
+}

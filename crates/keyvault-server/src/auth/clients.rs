@@ -16,12 +16,16 @@
 //! a failed attempt then costs one run per selector-less hash of the client — at most 16 for a principal of the
 //! admin API (its limit of secrets), as many as the configuration lists for a configured client. Rotating an
 //! old secret (add a new one, remove the old) brings an admin-API principal down to one run.
+//!
+//! At most one argon2 verification runs per core (each takes ~19 MiB and a core for tens of milliseconds),
+//! and at most [`QUEUE_PER_PERMIT`] per core wait for their turn: past that, [`ClientRegistry::verify_async_at`]
+//! answers [`Verdict::Busy`] at once (the token endpoint's 503 `temporarily_unavailable`), so a flood of wrong
+//! secrets makes a legitimate first request wait a few argon2 runs at most, never in proportion to the
+//! flood, and asks it to retry instead.
 
 use std::collections::HashMap;
 use std::fmt;
-#[cfg(test)]
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -162,6 +166,20 @@ pub enum Verdict {
     Expired,
     /// Unknown client, or no matching secret.
     Invalid,
+    /// Not checked: too many verifications are running and waiting (retry shortly).
+    Busy,
+}
+
+/// How many verifications may wait for each one that runs (see the module documentation).
+pub const QUEUE_PER_PERMIT: usize = 4;
+
+/// Counts a waiter while it waits (also when its future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Called with a client's id after the client is removed.
@@ -173,6 +191,9 @@ pub struct ClientRegistry {
     clients: RwLock<HashMap<String, Vec<StoredSecret>>>,
     /// Bounds concurrent argon2 verifications (each takes ~19 MiB and a core for tens of milliseconds).
     limiter: Arc<Semaphore>,
+    /// Verifications waiting for a permit of `limiter`, and how many may.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     /// Remembered successful verifications: tag → client id.
     verified: Mutex<HashMap<[u8; 32], String>>,
     /// The key of the tags (random, never leaves the process).
@@ -205,6 +226,8 @@ impl ClientRegistry {
         Self {
             clients: RwLock::new(HashMap::new()),
             limiter: Arc::new(Semaphore::new(permits)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: permits * QUEUE_PER_PERMIT,
             verified: Mutex::new(HashMap::new()),
             verified_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key[..]),
             removals: AtomicU64::new(0),
@@ -514,8 +537,9 @@ impl ClientRegistry {
         })
     }
 
-    /// [`verify`](Self::verify) on a blocking thread, with at most one verification per core at a time (the
-    /// rest wait), so a burst of token requests can neither stall the async runtime nor exhaust memory.
+    /// [`verify`](Self::verify) on a blocking thread, with at most one verification per core at a time and
+    /// [`QUEUE_PER_PERMIT`] per core waiting (the rest are refused, [`Verdict::Busy`]), so a burst of token
+    /// requests can neither stall the async runtime, nor exhaust memory, nor make the next caller wait long.
     pub async fn verify_async(self: &Arc<Self>, client_id: &str, secret: &str) -> bool {
         self.verify_async_at(client_id, secret, i64::MIN).await == Verdict::Valid
     }
@@ -535,8 +559,21 @@ impl ClientRegistry {
         if let Some(verdict) = self.remembered(client_id, secret, &secrets, now) {
             return verdict;
         }
-        let Ok(permit) = self.limiter.clone().acquire_owned().await else {
-            return Verdict::Invalid;
+        let permit = match self.limiter.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Verdict::Invalid,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // Wait in a bounded line, or not at all.
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Verdict::Busy;
+                }
+                let _waiting = Waiting(&self.waiting);
+                let Ok(permit) = self.limiter.clone().acquire_owned().await else {
+                    return Verdict::Invalid;
+                };
+                permit
+            }
         };
         let this = Arc::clone(self);
         let client_id = client_id.to_owned();
@@ -548,6 +585,26 @@ impl ClientRegistry {
         })
         .await
         .unwrap_or(Verdict::Invalid)
+    }
+}
+
+impl ClientRegistry {
+    /// For tests: takes every verification permit (verifications that need argon2 wait, or are refused
+    /// once the line is full, until the result is dropped).
+    #[doc(hidden)]
+    pub async fn hold_verifications(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let all = self.limiter.available_permits().max(1) as u32;
+        self.limiter
+            .clone()
+            .acquire_many_owned(all)
+            .await
+            .expect("the limiter is never closed")
+    }
+
+    /// For tests: how many verifications wait for a permit, and how many may.
+    #[doc(hidden)]
+    pub fn waiting_verifications(&self) -> (usize, usize) {
+        (self.waiting.load(Ordering::Relaxed), self.max_waiting)
     }
 }
 
@@ -697,6 +754,55 @@ mod tests {
         assert!(registry.remove_secret_by_key_id("c", &key_id_of(&hash)));
         assert!(!registry.verify_async("c", &secret).await);
         assert_eq!(remembered_len(&registry), 0);
+    }
+
+    #[tokio::test]
+    async fn the_line_for_argon2_is_bounded_and_a_full_line_answers_busy_at_once() {
+        let registry = Arc::new(ClientRegistry::new());
+        let secret = generate_secret();
+        registry.add("c", hash_secret(&secret).unwrap()).unwrap();
+        let held = registry.hold_verifications().await;
+        let (_, max) = registry.waiting_verifications();
+        assert!(max >= QUEUE_PER_PERMIT, "{max}");
+        let waiters: Vec<_> = (0..max)
+            .map(|i| {
+                let r = registry.clone();
+                tokio::spawn(async move { r.verify_async_at(&format!("x{i}"), "wrong", 0).await })
+            })
+            .collect();
+        while registry.waiting_verifications().0 < max {
+            tokio::task::yield_now().await;
+        }
+        // The line is full: the right secret is not checked, and the answer does not wait for the line.
+        assert_eq!(
+            registry.verify_async_at("c", &secret, 0).await,
+            Verdict::Busy
+        );
+        assert_eq!(registry.waiting_verifications().0, max);
+        drop(held);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Verdict::Invalid);
+        }
+        assert_eq!(registry.waiting_verifications().0, 0);
+        assert_eq!(
+            registry.verify_async_at("c", &secret, 0).await,
+            Verdict::Valid
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_leaves_the_line() {
+        let registry = Arc::new(ClientRegistry::new());
+        let held = registry.hold_verifications().await;
+        let r = registry.clone();
+        let waiter = tokio::spawn(async move { r.verify_async_at("x", "wrong", 0).await });
+        while registry.waiting_verifications().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(registry.waiting_verifications().0, 0);
+        drop(held);
     }
 
     /// How many argon2 runs `f` made.

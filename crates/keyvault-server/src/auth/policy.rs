@@ -688,6 +688,35 @@ impl Policy {
         Ok(())
     }
 
+    /// The default role (see [`set_default_role`](Self::set_default_role)) `principal` holds now, on the whole
+    /// vault: `None` when it is not one of the default's principals, or an assignment names it.
+    pub fn default_role_of(&self, principal: &str) -> Option<String> {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let (role, principals) = s.default_role.as_ref()?;
+        let holds = principals.contains(principal)
+            && !s.assignments.iter().any(|a| a.principal == principal)
+            && s.role(role).is_some();
+        holds.then(|| role.clone())
+    }
+
+    /// Every principal that holds the default role now, with it (by principal).
+    pub fn default_role_holders(&self) -> Vec<(String, String)> {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let Some((role, principals)) = s.default_role.as_ref() else {
+            return Vec::new();
+        };
+        if s.role(role).is_none() {
+            return Vec::new();
+        }
+        let named: HashSet<&str> = s.assignments.iter().map(|a| a.principal.as_str()).collect();
+        let mut holders: Vec<(String, String)> = (principals.iter())
+            .filter(|p| !named.contains(p.as_str()))
+            .map(|p| (p.clone(), role.clone()))
+            .collect();
+        holders.sort();
+        holders
+    }
+
     /// Adds an assignment (the role must exist). An identical assignment (same principal, role and scope) is
     /// not added twice: the existing one is returned. The returned assignment carries its id and the role's
     /// canonical name.
@@ -892,9 +921,20 @@ mod tests {
             p.authorize("other", Operation::SecretGet, Some("a"))
                 .is_err()
         );
-        // Not an assignment: nothing listed.
+        // Not an assignment: nothing listed; but said where asked.
         assert!(p.assignments(Some("cfg")).is_empty());
+        assert_eq!(p.default_role_of("cfg").as_deref(), Some(ADMINISTRATOR));
+        assert_eq!(p.default_role_of("other"), None);
+        assert_eq!(
+            p.default_role_holders(),
+            [
+                ("cfg".to_string(), ADMINISTRATOR.to_string()),
+                ("named".to_string(), ADMINISTRATOR.to_string())
+            ]
+        );
         let a = assign(&p, "cfg", READER, "/");
+        assert_eq!(p.default_role_of("cfg"), None);
+        assert_eq!(p.default_role_holders().len(), 1);
         assert!(p.authorize("cfg", Operation::SecretList, None).is_ok());
         assert!(p.authorize("cfg", Operation::SecretGet, Some("a")).is_err());
         assert!(p.authorize("cfg", Operation::VaultAdmin, None).is_err());
@@ -902,6 +942,7 @@ mod tests {
         assert!(p.authorize("named", Operation::VaultAdmin, None).is_ok());
         assert!(p.unassign(&a.id));
         assert!(p.authorize("cfg", Operation::VaultAdmin, None).is_ok());
+        assert_eq!(p.default_role_of("cfg").as_deref(), Some(ADMINISTRATOR));
     }
 
     #[test]

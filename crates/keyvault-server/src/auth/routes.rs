@@ -255,6 +255,19 @@ async fn token_inner(
         .clients
         .verify_async_at(&client_id, &secret, (state.clock)())
         .await;
+    if verdict == super::clients::Verdict::Busy {
+        tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: too many client secret checks running and waiting");
+        let mut err = OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "AADSTS90033: A transient error has occurred (too many token requests are being checked). \
+             Please try again."
+                .into(),
+            &[90033],
+        );
+        err.retry_after = Some(1);
+        return Err(err);
+    }
     if verdict == super::clients::Verdict::Expired {
         tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: expired client secret");
         return Err(OAuthError::new(
@@ -323,18 +336,23 @@ async fn verify_assertion(state: &AuthState, form: &TokenForm) -> Result<String,
         .ok_or_else(|| OAuthError::missing_parameter("client_assertion"))?;
     let client_id = form.client_id.as_deref().filter(|c| !c.is_empty());
     let now = (state.clock)();
-    let verdict = state
-        .assertions
-        .verify(client_id, assertion, &state.assertion_audiences, now)
-        .await
-        .and_then(|id| {
-            // A client removed since (or only in the assertion configuration) gets no token.
-            if state.clients.contains(&id) {
-                Ok(id)
-            } else {
-                Err(AssertionError::BadSignature)
-            }
-        });
+    // A claim given twice (certificate assertions and federated tokens alike): refused before anything else.
+    let verdict = if super::token::payload_has_duplicate_member(assertion) {
+        Err(AssertionError::Malformed)
+    } else {
+        state
+            .assertions
+            .verify(client_id, assertion, &state.assertion_audiences, now)
+            .await
+    };
+    let verdict = verdict.and_then(|id| {
+        // A client removed since (or only in the assertion configuration) gets no token.
+        if state.clients.contains(&id) {
+            Ok(id)
+        } else {
+            Err(AssertionError::BadSignature)
+        }
+    });
     verdict.map_err(|e| {
         tracing::info!(client_id = %logged_client_id(state, client_id), reason = ?e, "token request refused: client assertion");
         let who = truncate(client_id.unwrap_or("(from the assertion)"), 64);
@@ -436,13 +454,6 @@ fn assertion_error(e: AssertionError, client_id: &str) -> OAuthError {
                 .into(),
             &[90033],
         ),
-        A::NoFederatedIssuer => (
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "AADSTS700211: No matching federated identity record found for presented assertion issuer."
-                .into(),
-            &[700211],
-        ),
         A::NoFederatedAudience => (
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -457,10 +468,16 @@ fn assertion_error(e: AssertionError, client_id: &str) -> OAuthError {
                 .into(),
             &[700213],
         ),
-        A::FederatedSignature => (
+        // One answer until a signature has verified: whether the client has a federated credential for the
+        // assertion's issuer at all (Entra's AADSTS700211) is not told to a caller who cannot sign for that
+        // issuer (the log has the reason). The audience and subject codes above come only after it verified.
+        A::NoFederatedIssuer | A::FederatedSignature => (
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            "AADSTS50013: Assertion failed signature validation (with the keys of its issuer).".into(),
+            "AADSTS50013: Assertion failed signature validation: it is not signed by a key of an issuer \
+             that a federated identity record of this app names (no record names the assertion's issuer, \
+             or none of that issuer's keys verifies it)."
+                .into(),
             &[50013],
         ),
     };
@@ -684,6 +701,8 @@ struct OAuthError {
     codes: &'static [u32],
     /// Add `WWW-Authenticate: Basic` (RFC 6749 §5.2, when the client used HTTP Basic).
     basic_challenge: bool,
+    /// `Retry-After` seconds (a busy endpoint: MSAL and the Azure SDKs' retry policies honour it).
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -699,6 +718,7 @@ impl OAuthError {
             description,
             codes,
             basic_challenge: false,
+            retry_after: None,
         }
     }
 
@@ -746,6 +766,11 @@ impl OAuthError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"keyvault-rs\""),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -1371,7 +1396,7 @@ mod tests {
             (A::NotInValidTimeRange, Some(700024)),
             (A::Replayed, Some(50027)),
             (A::ReplayCacheFull, Some(90033)),
-            (A::NoFederatedIssuer, Some(700211)),
+            (A::NoFederatedIssuer, Some(50013)),
             (A::NoFederatedAudience, Some(700212)),
             (A::NoFederatedSubject, Some(700213)),
             (A::FederatedSignature, Some(50013)),

@@ -328,6 +328,12 @@ impl TokenVerifier {
             super::jws::HeaderError::Malformed => AuthError::InvalidToken("malformed token"),
             super::jws::HeaderError::Critical => AuthError::InvalidToken(UNSUPPORTED_CRIT),
         })?;
+        // A claim given twice would be read one way here and perhaps another elsewhere (`serde_json` keeps
+        // the last): refused, ours and trusted issuers' alike, as a header's are (checked once: a verified
+        // token is cached).
+        if payload_has_duplicate_member(token) {
+            return Err(AuthError::InvalidToken("malformed token"));
+        }
         if !inner.external.is_empty() {
             let iss = super::external::unverified_issuer(token);
             if let Some(ext) = iss.and_then(|iss| inner.external.iter().find(|e| e.issuer() == iss))
@@ -466,6 +472,67 @@ fn check_times(nbf: i64, exp: i64, now: i64) -> Result<(), AuthError> {
     Ok(())
 }
 
+/// Whether the payload of a compact JWS (`header.payload.signature`), once decoded, is a JSON object that
+/// names a member twice (at the top level; escapes decoded, so `"oid"` and `"o\u0069d"` are one name). A
+/// payload that does not decode or is not an object is `false`: the verification that follows refuses it.
+pub(crate) fn payload_has_duplicate_member(token: &str) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::borrow::Cow;
+
+    /// Reads a member's name, borrowed when it has no escapes.
+    struct Name;
+    impl<'de> DeserializeSeed<'de> for Name {
+        type Value = Cow<'de, str>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Name {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a member name")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+    }
+
+    /// Sets `found` (and stops, with an error) at the first name that repeats.
+    struct Members<'a> {
+        found: &'a std::cell::Cell<bool>,
+    }
+    impl<'de> Visitor<'de> for Members<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(name) = map.next_key_seed(Name)? {
+                if !seen.insert(name) {
+                    self.found.set(true);
+                    return Err(serde::de::Error::custom("a member named twice"));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(json) = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else {
+        return false;
+    };
+    let found = std::cell::Cell::new(false);
+    let _ = serde_json::Deserializer::from_slice(&json).deserialize_map(Members { found: &found });
+    found.get()
+}
+
 pub(crate) fn map_jwt_error(kind: &ErrorKind) -> AuthError {
     AuthError::InvalidToken(match kind {
         ErrorKind::InvalidSignature => "bad signature",
@@ -598,6 +665,43 @@ impl Cache {
             let (entry, _) = found.remove();
             self.bytes -= entry.token.len();
         }
+    }
+}
+
+#[cfg(test)]
+mod duplicate_member_tests {
+    use super::*;
+
+    fn token(payload: &str) -> String {
+        format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(payload))
+    }
+
+    #[test]
+    fn a_member_named_twice_is_found_at_the_top_level_only() {
+        for twice in [
+            r#"{"oid":"a","oid":"b"}"#,
+            r#"{"oid":"a","sub":"x","oid":"a"}"#,
+            r#"{"oid":"a","o\u0069d":"b"}"#,
+            r#"{"x":{"y":1},"x":null}"#,
+        ] {
+            assert!(payload_has_duplicate_member(&token(twice)), "{twice}");
+        }
+        for once in [
+            r#"{"oid":"a","sub":"b","nested":{"oid":1,"oid":2}}"#,
+            r#"{"aud":["a","a"]}"#,
+            "{}",
+            // Not an object, or not JSON, or not base64url: for the verification to refuse.
+            "[]",
+            "not json",
+        ] {
+            assert!(!payload_has_duplicate_member(&token(once)), "{once}");
+        }
+        assert!(!payload_has_duplicate_member("e30.!!!.c2ln"));
+        assert!(!payload_has_duplicate_member("nodots"));
+        // Case matters: JSON names are case-sensitive, and so are the claims read.
+        assert!(!payload_has_duplicate_member(&token(
+            r#"{"oid":"a","OID":"b"}"#
+        )));
     }
 }
 

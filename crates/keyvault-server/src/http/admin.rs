@@ -204,9 +204,11 @@ pub(super) async fn handle(
             op("RoleAssignmentList", None);
             let principal = query_principal(query);
             let value = admin.assignments(principal.as_deref());
+            // Not assignments (no id; they go when one names the principal), but what those principals hold.
+            let defaults = admin.default_roles(principal.as_deref());
             Ok(json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "value": value }),
+                &serde_json::json!({ "value": value, "defaultRoles": defaults }),
             ))
         }
         (&Method::POST, ["admin", "roleAssignments"]) => {
@@ -228,7 +230,12 @@ pub(super) async fn handle(
         (&Method::DELETE, ["admin", "roleAssignments", id]) => {
             op("RoleAssignmentDelete", Some(id));
             let a = admin.unassign(id).await.map_err(err)?;
-            Ok(json_response(StatusCode::OK, &a))
+            let mut body = serde_json::to_value(&a).unwrap_or_default();
+            // Its last assignment gone, a configured client holds the default role again: say so.
+            if let Some(default) = admin.default_roles(Some(&a.principal)).pop() {
+                body["defaultRoleApplies"] = serde_json::to_value(default).unwrap_or_default();
+            }
+            Ok(json_response(StatusCode::OK, &body))
         }
         (&Method::GET, ["admin", "roles"]) => {
             op("RoleList", None);

@@ -1,9 +1,9 @@
 //! The HTTP face of the vault: Key Vault's secrets REST API, wire-exact (protocol.md).
 //!
 //! Every vault request goes through [`vault_request`]: authentication first (before the body is read or
-//! anything is validated, as the SDKs' challenge flow requires), then the request budget ([`throttle`]),
-//! then api-version, route, name,
-//! authorization ([`Policy::authorize`], before the body is read or the store touched), body.
+//! anything is validated, as the SDKs' challenge flow requires), then api-version, route, name,
+//! authorization ([`Policy::authorize`], before the body is read or the store touched) with the request
+//! budgets ([`throttle`]: a permitted request spends the vault's, a refused one its principal's), body.
 //! Errors become responses in one place ([`error::ApiError`]). Every request's decision is written to the
 //! audit log, if there is one.
 
@@ -469,12 +469,24 @@ fn token_claim(token: &[u8], claim: &str) -> Option<String> {
 }
 
 /// The bearer token of a request, if it carries one, as bytes: `handle` checks that it is text only when it
-/// is not in the token cache.
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let space = value.iter().position(|&b| b == b' ')?;
+/// is not in the token cache. More than one `Authorization` header is a 400 (which one counts would be a
+/// guess, and a proxy in front may have guessed otherwise).
+fn bearer(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(ApiError::bad_parameter(
+            "The request has more than one Authorization header.",
+        ));
+    }
+    let value = value.as_bytes();
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return Ok(None);
+    };
     let token = value[space + 1..].trim_ascii();
-    (value[..space].eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
+    Ok((value[..space].eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token))
 }
 
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
@@ -818,15 +830,41 @@ fn gate(
     rec.secret = name.map(str::to_string);
     rec.version = version.map(printable);
     match state.policy.authorize(principal, op, name) {
-        Ok(()) => {
-            rec.outcome = Outcome::Allowed;
-            Ok(())
-        }
-        Err(denied) => {
-            rec.outcome = Outcome::Denied;
-            Err(ApiError::forbidden(&denied, &state.vault.settings().name))
+        Ok(()) => admitted(state, rec, op),
+        Err(denied) => Err(refused_by_policy(state, principal, rec, &denied)),
+    }
+}
+
+/// A permitted request: over its budget (the vault's, creates', or the admin API's) → 429.
+fn admitted(state: &HttpState, rec: &mut AuditRecord, op: Operation) -> Result<(), ApiError> {
+    if let Some(throttle) = &state.throttle {
+        let kind = match op {
+            Operation::SecretSet => throttle::RequestKind::Create,
+            Operation::VaultAdmin => throttle::RequestKind::Admin,
+            _ => throttle::RequestKind::Other,
+        };
+        if let Err(retry_after) = throttle.admit(kind) {
+            rec.outcome = Outcome::Throttled;
+            return Err(ApiError::throttled(retry_after));
         }
     }
+    rec.outcome = Outcome::Allowed;
+    Ok(())
+}
+
+/// A request access control refused: 403, or 429 once its principal's refusal budget is spent.
+fn refused_by_policy(
+    state: &HttpState,
+    principal: &str,
+    rec: &mut AuditRecord,
+    denied: &crate::auth::policy::Denied,
+) -> ApiError {
+    if let Some(Err(retry_after)) = state.throttle.as_ref().map(|t| t.admit_refusal(principal)) {
+        rec.outcome = Outcome::Throttled;
+        return ApiError::throttled(retry_after);
+    }
+    rec.outcome = Outcome::Denied;
+    ApiError::forbidden(denied, &state.vault.settings().name)
 }
 
 /// [`gate`] for listings: which names the principal may see (a 403 if none).
@@ -838,14 +876,8 @@ fn gate_list(
 ) -> Result<Visibility, ApiError> {
     rec.operation = Some(op.as_str());
     match state.policy.visibility(principal, op) {
-        Ok(v) => {
-            rec.outcome = Outcome::Allowed;
-            Ok(v)
-        }
-        Err(denied) => {
-            rec.outcome = Outcome::Denied;
-            Err(ApiError::forbidden(&denied, &state.vault.settings().name))
-        }
+        Ok(v) => admitted(state, rec, op).map(|()| v),
+        Err(denied) => Err(refused_by_policy(state, principal, rec, &denied)),
     }
 }
 
@@ -860,7 +892,7 @@ async fn handle(
     rec: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
     // 1. Who: before anything else, and before the body is read.
-    let token = bearer(req.headers()).ok_or_else(unauthorized)?;
+    let token = bearer(req.headers())?.ok_or_else(unauthorized)?;
     let now = state.vault.now();
     let cached = state.verifier.verify_cached(token, now);
     state.metrics.token_cache(cached.is_some());
@@ -896,19 +928,8 @@ async fn handle(
         ));
     }
 
-    // 1b. How much: over the vault's budget → 429 (after authentication, so that requests without a valid
-    // token neither use up the budget nor learn anything but 401).
-    if let Some(throttle) = &state.throttle {
-        let kind = if req.method() == Method::PUT {
-            throttle::RequestKind::Create
-        } else {
-            throttle::RequestKind::Other
-        };
-        if let Err(retry_after) = throttle.admit(kind) {
-            rec.outcome = Outcome::Throttled;
-            return Err(ApiError::throttled(retry_after));
-        }
-    }
+    // How much (the request budgets) is decided with the policy's answer, in `gate`: a request refused by
+    // access control spends only its principal's refusal budget, never the vault's.
     rec.outcome = Outcome::Rejected;
 
     // The admin API (no api-version).
@@ -1415,26 +1436,37 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h).unwrap(), None);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer abc"),
         );
-        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        assert_eq!(bearer(&h).unwrap(), Some(&b"abc"[..]));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h).unwrap(), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h).unwrap(), None);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("BEARER  a.b.c "),
         );
-        assert_eq!(bearer(&h), Some(&b"a.b.c"[..]));
+        assert_eq!(bearer(&h).unwrap(), Some(&b"a.b.c"[..]));
         // Not text: handed on as bytes; `handle` answers 401 unless the token cache holds exactly these bytes.
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_bytes(b"Bearer a\xffb").unwrap(),
         );
-        assert_eq!(bearer(&h), Some(&b"a\xffb"[..]));
+        assert_eq!(bearer(&h).unwrap(), Some(&b"a\xffb"[..]));
+        // Two Authorization headers: refused, whatever they hold.
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer x.y.z"),
+        );
+        let e = bearer(&h).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        h.remove(header::AUTHORIZATION);
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(bearer(&h).is_err());
     }
 }
