@@ -257,16 +257,9 @@ async fn token_inner(
         .await;
     if verdict == super::clients::Verdict::Busy {
         tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: too many client secret checks running and waiting");
-        let mut err = OAuthError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "AADSTS90033: A transient error has occurred (too many token requests are being checked). \
-             Please try again."
-                .into(),
-            &[90033],
-        );
-        err.retry_after = Some(1);
-        return Err(err);
+        return Err(OAuthError::temporarily_unavailable(
+            "too many token requests are being checked",
+        ));
     }
     if verdict == super::clients::Verdict::Expired {
         tracing::info!(client_id = %logged_client_id(state, Some(&client_id)), "token request refused: expired client secret");
@@ -745,8 +738,25 @@ impl OAuthError {
         )
     }
 
+    /// Entra ID's answer to a transient failure (`AADSTS90033`, 503 with `Retry-After: 1`); `what` says what
+    /// is too busy or not ready.
+    fn temporarily_unavailable(what: &str) -> Self {
+        let mut err = OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            format!("AADSTS90033: A transient error has occurred ({what}). Please try again."),
+            &[90033],
+        );
+        err.retry_after = Some(1);
+        err
+    }
+
     fn into_response(self, state: &AuthState, correlation_id: &str) -> Response {
-        let (y, mo, d, h, mi, s) = utc_from_unix((state.clock)());
+        self.into_response_at((state.clock)(), correlation_id)
+    }
+
+    fn into_response_at(self, now: i64, correlation_id: &str) -> Response {
+        let (y, mo, d, h, mi, s) = utc_from_unix(now);
         let timestamp = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z");
         let trace_id = generate_client_id();
         let body = json!({
@@ -774,6 +784,12 @@ impl OAuthError {
         }
         response
     }
+}
+
+/// The token endpoint's 503 `temporarily_unavailable` (`AADSTS90033`, `Retry-After: 1`) at time `now`, for a
+/// refusal made in front of it; `what` says what is not ready.
+pub(crate) fn temporarily_unavailable(headers: &HeaderMap, now: i64, what: &str) -> Response {
+    OAuthError::temporarily_unavailable(what).into_response_at(now, &correlation_id(headers))
 }
 
 /// The client's `client-request-id` when it is UUID-shaped, else a fresh id.

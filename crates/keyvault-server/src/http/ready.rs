@@ -46,42 +46,14 @@ pub fn guard_token_endpoint(auth_routes: axum::Router, state: Arc<HttpState>) ->
             let state = state.clone();
             async move {
                 if req.method() == http::Method::POST && state.admin.unconfirmed().is_some() {
-                    return token_unavailable(req.headers(), state.vault.now());
+                    return crate::auth::routes::temporarily_unavailable(
+                        req.headers(),
+                        state.vault.now(),
+                        "this node cannot confirm that its access control is current",
+                    );
                 }
                 next.run(req).await
             }
         },
     ))
-}
-
-/// Entra ID's answer to a transient failure (`AADSTS90033`), as the token endpoint words its errors.
-fn token_unavailable(headers: &http::HeaderMap, now: i64) -> Response {
-    let (y, mo, d, h, mi, s) = crate::auth::util::utc_from_unix(now);
-    let timestamp = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z");
-    let trace_id = crate::auth::generate_client_id();
-    // The client's `client-request-id` when it is UUID-shaped, else a fresh id.
-    let correlation_id = headers
-        .get("client-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 36 && v.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()))
-        .map(str::to_owned)
-        .unwrap_or_else(crate::auth::generate_client_id);
-    let body = serde_json::json!({
-        "error": "temporarily_unavailable",
-        "error_description": format!(
-            "AADSTS90033: A transient error has occurred (this node cannot confirm that its access control is \
-             current). Please try again.\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation_id}\r\n\
-             Timestamp: {timestamp}"
-        ),
-        "error_codes": [90033],
-        "timestamp": timestamp,
-        "trace_id": trace_id,
-        "correlation_id": correlation_id,
-    });
-    let mut resp = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
-    resp.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from(super::error::ACCESS_RETRY_AFTER_SECS),
-    );
-    resp
 }
