@@ -69,10 +69,11 @@ impl Retry {
                 ))
             }
             (None, Some(error)) => {
-                // The client's text repeats the URL (`connection error: request failed (URL): cause`): the
-                // cause is what is new.
+                // The client's text repeats the URL (`connection error: request failed (URL): cause`, `…
+                // request timed out (URL): cause`): the cause is what is new.
                 let cause = error
-                    .split_once("request failed (")
+                    .split_once(" (https://")
+                    .or_else(|| error.split_once(" (http://"))
                     .and_then(|(_, rest)| rest.split_once("): "))
                     .map_or(error.as_str(), |(_, cause)| cause);
                 Some(format!(
@@ -136,6 +137,14 @@ mod tests {
         assert_eq!(
             r.note().unwrap(),
             "note: https://v.example/secrets/a failed (tcp connect error): retry 1 of 3 in 9.5 s"
+        );
+        r.error = Some(
+            "connection error: request timed out (https://v.example/secrets/a?x=1): operation timed out"
+                .into(),
+        );
+        assert_eq!(
+            r.note().unwrap(),
+            "note: https://v.example/secrets/a failed (operation timed out): retry 1 of 3 in 9.5 s"
         );
     }
 }
