@@ -277,15 +277,38 @@ pub async fn rekey(
     if report.failed != 0 || unopenable {
         return Ok(report);
     }
-    // Every key the store held values (or its check) under, other than the current one, is retired.
-    let retire: Vec<String> = (report.before.keys())
-        .chain(report.after.keys())
-        .chain(key_check_before.iter())
+    // The key the check was under, if not the current one, is retired: the key this rotation moves away
+    // from. Keys older than it were retired when the check moved to it. A key the store holds values under
+    // that is neither retired nor the check's is newer, not older: another node seals under it as its
+    // current key (a rotation toward it is under way, and this node has not made it current yet). The pass
+    // re-sealed those values under this node's key, which every node holds; that key is not retired (it
+    // would stop that node's writes, and no node could ever make it current).
+    let retire: Vec<String> = key_check_before
+        .iter()
         .filter(|id| **id != current && id.as_str() != "unknown")
         .cloned()
+        .collect();
+    let retired_before = crate::store::kek_retired(store)
+        .await
+        .map_err(|e| format!("cannot read the retired keys: {e}"))?;
+    let newer: Vec<&String> = (report.before.keys())
+        .chain(report.after.keys())
+        .filter(|id| {
+            **id != current
+                && id.as_str() != "unknown"
+                && !retire.contains(id)
+                && !retired_before.contains(id)
+        })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    if !newer.is_empty() {
+        tracing::warn!(
+            kek_id = %current,
+            other_kek_ids = ?newer,
+            "values were sealed under keys that are neither retired nor the key check's: another node seals              under one as its current key (a rotation toward it under way?); they were re-sealed under this              node's key and are not retired; to rotate toward one, run `keyvault rekey` on a node whose current              key it is"
+        );
+    }
     let (_, now) = crate::store::reseal_key_check(store, envelope, &retire).await?;
     report.key_check_after = Some(now);
     report.retired = retire;

@@ -455,3 +455,106 @@ async fn a_node_runs_one_rekey_job_at_a_time() {
     assert_ne!(second.id, first.id);
     assert!(second.dry_run);
 }
+
+/// A rotation from key 1 to key 2 under way: node A already seals under key 2 (key 1 previous), node B not yet
+/// (key 1 current, key 2 previous). A rekey sent to B (a load balancer's choice) re-seals A's values under
+/// key 1, which every node holds, and retires nothing: key 2 is newer, not older, and retiring it would stop
+/// A's writes and keep it from ever becoming current. A's own rekey then completes the rotation.
+#[tokio::test]
+async fn a_rekey_on_a_node_behind_the_rotation_retires_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_under_key_1(dir.path()).await;
+    let (ahead, behind) = (envelope(2, &[1]), envelope(1, &[2]));
+    let (id1, id2) = (
+        behind.current_kek_id().to_string(),
+        ahead.current_kek_id().to_string(),
+    );
+    let a = vault(store.clone(), ahead.clone());
+    a.set("new", SecretString::new("from A"), Default::default())
+        .await
+        .unwrap();
+    let report = rekey(store.as_ref(), &behind, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.before.get(&id2), Some(&1));
+    assert!(report.retired.is_empty(), "{:?}", report.retired);
+    assert!(
+        crate::store::kek_retired(store.as_ref())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(report.after, BTreeMap::from([(id1.clone(), 4)]));
+    // A still starts and writes under key 2; B reads what A wrote.
+    crate::store::check_key(store.as_ref(), &ahead)
+        .await
+        .unwrap();
+    a.set("new", SecretString::new("again"), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&vault(store.clone(), behind.clone()), "new", None).await,
+        "again"
+    );
+    // A's rekey completes the rotation: key 1 retired, B refused from then on.
+    let report = rekey(store.as_ref(), &ahead, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.retired, vec![id1.clone()]);
+    assert_eq!(report.after, BTreeMap::from([(id2, 5)]));
+    let err = crate::store::check_key(store.as_ref(), &behind)
+        .await
+        .unwrap_err();
+    assert!(err.contains(&format!("{id1} was retired")), "{err}");
+}
+
+/// Two rekeys toward different keys do not overlap: while one toward key 2 has started (and not completed),
+/// a rekey toward key 1 (a node behind the rotation) or toward key 3 is refused before it re-seals anything,
+/// naming the target to finish; the one toward key 2 then completes. A rekey whose key was retired, or whose
+/// target was replaced, while it ran completes nothing.
+#[tokio::test]
+async fn rekeys_toward_different_keys_do_not_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_under_key_1(dir.path()).await;
+    let rotated = envelope(2, &[1]);
+    let id2 = rotated.current_kek_id().to_string();
+    crate::store::begin_rekey(store.as_ref(), &rotated)
+        .await
+        .unwrap();
+    for other in [envelope(1, &[2]), envelope(3, &[1, 2])] {
+        let err = rekey(store.as_ref(), &other, &RekeyOptions::default(), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "a `keyvault rekey` to key-encryption key id {id2} has started"
+            )),
+            "{err}"
+        );
+        let err = crate::store::reseal_key_check(store.as_ref(), &other, &[])
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "another `keyvault rekey`, to key-encryption key id {id2}"
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        count_per_key(store.as_ref(), 10).await.unwrap(),
+        BTreeMap::from([(envelope(1, &[]).current_kek_id().to_string(), 3)]),
+        "the refused rekeys re-sealed nothing"
+    );
+    let report = rekey(store.as_ref(), &rotated, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    // The retired key 1 cannot complete a rekey (its check would move under a retired key).
+    let err = crate::store::reseal_key_check(store.as_ref(), &envelope(1, &[2]), &[])
+        .await
+        .unwrap_err();
+    assert!(err.contains("was retired while this rekey ran"), "{err}");
+}

@@ -380,6 +380,12 @@ pub async fn current_kek_retired(
 /// The refusal of a server (or a rekey) whose current key was retired; `check_id` is the key check's key.
 fn refuse_retired(envelope: &crate::crypto::Envelope, check_id: &str) -> Result<(), String> {
     let current = envelope.current_kek_id();
+    if check_id == current {
+        // Only two rekeys racing (before they were kept apart) could leave the check under a retired key.
+        return Err(format!(
+            "key-encryption key id {current} was retired by `keyvault rekey`, and the store's key check is              under it: configure a new key as current (kek_file or KEYVAULT_KEK), keep {current} as a previous              key, and run `keyvault rekey`"
+        ));
+    }
     Err(format!(
         "key-encryption key id {current} was retired by `keyvault rekey`; make key {check_id} current (kek_file \
          or KEYVAULT_KEK; {current} may stay as a previous key)"
@@ -497,7 +503,9 @@ pub async fn verify_key_check(
 }
 
 /// Records, before a rekey's first re-seal, that it re-seals under the current key ([`KEK_REKEY_TARGET`]):
-/// a compare and swap over whatever target was there (an earlier, interrupted rekey's).
+/// a compare and swap over no target. A rekey toward another key, running (on another node) or interrupted,
+/// is finished first: two rekeys toward different keys would each re-seal what the other did and retire the
+/// other's key.
 pub async fn begin_rekey(
     store: &dyn SecretStore,
     envelope: &crate::crypto::Envelope,
@@ -507,8 +515,16 @@ pub async fn begin_rekey(
         .meta(KEK_REKEY_TARGET)
         .await
         .map_err(|e| e.to_string())?;
-    if old.as_deref() == Some(current.as_bytes()) {
-        return Ok(());
+    match old.as_deref() {
+        Some(target) if target == current.as_bytes() => return Ok(()),
+        Some(target) => {
+            let target = String::from_utf8_lossy(target);
+            let target = target.trim();
+            return Err(format!(
+                "a `keyvault rekey` to key-encryption key id {target} has started and not completed (it is                  running on another node, or was interrupted), and this node's current key is {current}: run                  `keyvault rekey` on a node whose current key is {target} (to finish that rotation first)"
+            ));
+        }
+        None => {}
     }
     let swapped = store
         .meta_swap(vec![MetaSwap {
@@ -566,6 +582,12 @@ pub async fn reseal_key_check(
     };
     let retired_old = meta(KEK_RETIRED).await?;
     let mut retired = retired_old.as_deref().map(parse_ids).unwrap_or_default();
+    if retired.contains(&current) {
+        // Retired while this rekey ran (by one toward another key): completing would put the check under it.
+        return Err(format!(
+            "key-encryption key id {current} was retired while this rekey ran (another rekey completed): nothing              was completed; run `keyvault rekey` on a node whose current key is the store's"
+        ));
+    }
     for id in retire.iter().chain(before.iter()) {
         if *id != current && !retired.contains(id) {
             retired.push(id.clone());
@@ -573,6 +595,12 @@ pub async fn reseal_key_check(
     }
     let retired_new = (!retired.is_empty()).then(|| retired.join(",").into_bytes());
     let target_old = meta(KEK_REKEY_TARGET).await?;
+    if let Some(target) = target_old.as_deref().filter(|t| *t != current.as_bytes()) {
+        return Err(format!(
+            "another `keyvault rekey`, to key-encryption key id {}, started while this one ran: nothing was              completed; finish that one (on a node whose current key is {0})",
+            String::from_utf8_lossy(target).trim()
+        ));
+    }
     let mut swaps = vec![MetaSwap {
         key: KEY_CHECK.to_owned(),
         expect: stored,
