@@ -1322,3 +1322,33 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// A previous token-signing key still verifies tokens (whoever reads it can mint them): a file others may read
+/// is warned about at start, as the current key's is.
+#[test]
+fn a_readable_previous_signing_key_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let (first, mut server, _) = dev_server();
+    sigterm(&server);
+    wait_exit(&mut server, Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let previous = dir.path().join("previous-signing-key.pk8");
+    std::fs::copy(first.path().join("dev/token-signing-key.pk8"), &previous).unwrap();
+    std::fs::set_permissions(&previous, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.path().join("keyvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "previous_signing_key_files = [{:?}]\n",
+            previous.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut args = dev_args(&data).to_vec();
+    args.extend(["--config", config.to_str().unwrap()]);
+    let (server, _, lines) = start_logged(&args);
+    let line = wait_for_line(&lines, "private key file is accessible by group or others");
+    assert!(line.contains("previous-signing-key.pk8"), "{line}");
+    sigterm(&server);
+}

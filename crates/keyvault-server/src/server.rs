@@ -498,10 +498,21 @@ impl Server {
         let issuer = format!("https://{issuer_host}/{}/v2.0", config.tenant_id);
 
         // Tokens.
+        let signing_key_path = config.signing_key_path();
+        let made = !signing_key_path.exists();
         let signing_key = Arc::new(
-            SigningKey::load_or_create(&config.signing_key_path())
+            SigningKey::load_or_create(&signing_key_path)
                 .map_err(setup("cannot load the token signing key"))?,
         );
+        if made && vault.store().is_shared() {
+            // Right for the first node over a shared store (the others then use this file); wrong for a node
+            // whose file is missing (a typo, a secret not mounted): its tokens and the others' refuse each other.
+            tracing::warn!(
+                path = %signing_key_path.display(),
+                kid = %signing_key.kid(),
+                "created a new token signing key: every node over this store must sign with this same key                  (signing_key_file); a node with another key refuses the tokens of this one, and this one theirs"
+            );
+        }
         let previous_keys = config
             .previous_signing_key_files
             .iter()

@@ -78,12 +78,14 @@ impl SigningKey {
         }
     }
 
-    /// Loads an existing key file (PEM or DER PKCS#8); never creates one.
+    /// Loads an existing key file (PEM or DER PKCS#8); never creates one. A previous key still verifies
+    /// tokens (whoever reads it can mint them), so a file others may read is warned about, as the current one.
     pub fn load(path: &Path) -> Result<Self, AuthError> {
         let bytes = Zeroizing::new(
             std::fs::read(path)
                 .map_err(|e| AuthError::Key(format!("{}: cannot read: {e}", path.display())))?,
         );
+        warn_if_exposed(path);
         Self::from_file_bytes(&bytes, path)
     }
 
