@@ -702,9 +702,24 @@ impl AccessAdmin {
         let ids: Vec<String> = added.iter().map(|a| a.id.clone()).collect();
         for (id, result) in ids.iter().zip(self.policy.assign_all(added)) {
             if let Err(e) = result {
-                tracing::warn!(assignment = %id, error = %e, "skipping a stored role assignment");
+                tracing::warn!(
+                    assignment = %id,
+                    error = %e,
+                    "skipping a stored role assignment (it grants nothing here, and its principal gets no \
+                     default role)"
+                );
             }
         }
+        // Stored assignments not in force here (skipped now or before) still take the default role away.
+        let applied: HashSet<String> = (self.policy.assignments(None).into_iter())
+            .map(|a| a.id)
+            .collect();
+        self.policy.set_unapplied(
+            (new.assignments.iter())
+                .filter(|a| !applied.contains(&a.id))
+                .map(|a| a.principal.clone())
+                .collect(),
+        );
         for role in old
             .roles
             .iter()
@@ -1294,6 +1309,88 @@ mod tests {
         assert!(admin3.principals().is_empty());
         assert!(admin3.assignments(None).is_empty());
         assert!(!clients3.contains(&view.client_id));
+    }
+
+    /// A configured client narrowed by an assignment to a role of the configuration; the role is removed from
+    /// the configuration and the server restarts (or another node never had it): the stored assignment is
+    /// skipped, grants nothing, and the client does not fall back to its default role (Administrator).
+    #[tokio::test]
+    async fn an_assignment_to_a_role_not_defined_here_keeps_the_default_away() {
+        use crate::auth::policy::{ADMINISTRATOR, Operation, Permission};
+        let dir = tempfile::tempdir().unwrap();
+        let with_role = || {
+            let policy = Arc::new(Policy::new());
+            policy
+                .define_role("Rotator", vec![Permission::Get, Permission::Set])
+                .unwrap();
+            policy
+                .set_default_role(ADMINISTRATOR, ["cfgdef".to_string()])
+                .unwrap();
+            policy
+        };
+        let policy = with_role();
+        let admin = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            Arc::new(ClientRegistry::new()),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+        admin
+            .assign("cfgdef", "Rotator", Scope::parse("/secrets/pub").unwrap())
+            .await
+            .unwrap();
+        assert!(
+            policy
+                .authorize("cfgdef", Operation::VaultAdmin, None)
+                .is_err()
+        );
+
+        // Restarted without the role.
+        let policy2 = Arc::new(Policy::new());
+        policy2
+            .set_default_role(ADMINISTRATOR, ["cfgdef".to_string()])
+            .unwrap();
+        let _admin2 = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            Arc::new(ClientRegistry::new()),
+            policy2.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            policy2
+                .authorize("cfgdef", Operation::VaultAdmin, None)
+                .is_err()
+        );
+        assert!(
+            policy2
+                .authorize("cfgdef", Operation::SecretGet, Some("pub"))
+                .is_err()
+        );
+        assert_eq!(policy2.default_role_of("cfgdef"), None);
+        // With the role back, the assignment is in force again.
+        let policy3 = with_role();
+        let _admin3 = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            Arc::new(ClientRegistry::new()),
+            policy3.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            policy3
+                .authorize("cfgdef", Operation::SecretGet, Some("pub"))
+                .is_ok()
+        );
+        assert!(
+            policy3
+                .authorize("cfgdef", Operation::VaultAdmin, None)
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -474,6 +474,9 @@ struct Snapshot {
     /// A role on the whole vault for these principals while no assignment names them
     /// ([`Policy::set_default_role`]).
     default_role: Option<(String, HashSet<String>)>,
+    /// Principals named by stored assignments this node could not apply (their role is not defined here):
+    /// they grant nothing, and they still displace the default role ([`Policy::set_unapplied`]).
+    unapplied: HashSet<String>,
 }
 
 impl Snapshot {
@@ -501,7 +504,7 @@ impl Snapshot {
             && let Some(role) = self.role(role)
         {
             for p in principals {
-                if !grants.contains_key(p) {
+                if !grants.contains_key(p) && !self.unapplied.contains(p) {
                     grants.insert(p.clone(), vec![(role.perms(), Scope::Vault)]);
                 }
             }
@@ -695,6 +698,7 @@ impl Policy {
         let (role, principals) = s.default_role.as_ref()?;
         let holds = principals.contains(principal)
             && !s.assignments.iter().any(|a| a.principal == principal)
+            && !s.unapplied.contains(principal)
             && s.role(role).is_some();
         holds.then(|| role.clone())
     }
@@ -708,7 +712,9 @@ impl Policy {
         if s.role(role).is_none() {
             return Vec::new();
         }
-        let named: HashSet<&str> = s.assignments.iter().map(|a| a.principal.as_str()).collect();
+        let named: HashSet<&str> = (s.assignments.iter().map(|a| a.principal.as_str()))
+            .chain(s.unapplied.iter().map(String::as_str))
+            .collect();
         let mut holders: Vec<(String, String)> = (principals.iter())
             .filter(|p| !named.contains(p.as_str()))
             .map(|p| (p.clone(), role.clone()))
@@ -821,6 +827,18 @@ impl Policy {
             .filter(|a| principal.is_none_or(|p| a.principal == p))
             .cloned()
             .collect()
+    }
+
+    /// Records the principals named by stored assignments that could not be applied (a role this node does not
+    /// define: configurations differ between nodes, or a role was removed from the configuration). An
+    /// administrator who narrowed a configured client with such an assignment meant it to hold that, not the
+    /// default role (Administrator by default): such a principal gets nothing from the default (fail closed).
+    pub fn set_unapplied(&self, principals: HashSet<String>) {
+        let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if s.unapplied != principals {
+            s.unapplied = principals;
+            s.rebuild();
+        }
     }
 
     /// Whether the principal has any assignment.
@@ -943,6 +961,27 @@ mod tests {
         assert!(p.unassign(&a.id));
         assert!(p.authorize("cfg", Operation::VaultAdmin, None).is_ok());
         assert_eq!(p.default_role_of("cfg").as_deref(), Some(ADMINISTRATOR));
+    }
+
+    /// A stored assignment this node cannot apply (its role is not defined here) grants nothing and still
+    /// takes the default role away: the configured client it narrowed does not become an Administrator.
+    #[test]
+    fn an_unapplied_assignment_still_displaces_the_default_role() {
+        let p = Policy::new();
+        p.set_default_role(ADMINISTRATOR, ["cfg".to_string(), "other".to_string()])
+            .unwrap();
+        p.set_unapplied(HashSet::from(["cfg".to_string()]));
+        assert!(p.authorize("cfg", Operation::SecretGet, Some("a")).is_err());
+        assert!(p.authorize("cfg", Operation::VaultAdmin, None).is_err());
+        assert_eq!(p.default_role_of("cfg"), None);
+        assert_eq!(
+            p.default_role_holders(),
+            [("other".to_string(), ADMINISTRATOR.to_string())]
+        );
+        assert!(p.authorize("other", Operation::VaultAdmin, None).is_ok());
+        // Once no unapplied assignment names it (deleted, or applied after all), the default is back.
+        p.set_unapplied(HashSet::new());
+        assert!(p.authorize("cfg", Operation::VaultAdmin, None).is_ok());
     }
 
     #[test]
