@@ -52,8 +52,9 @@ Examples:
     #[command(after_help = "Example:
   keyvault principal show 6f1c…")]
     Show {
-        /// The client id.
-        client_id: String,
+        /// The client id (an argument of its own: `--client-id` is the credential's).
+        #[arg(value_name = "CLIENT_ID")]
+        principal: String,
     },
     /// Delete a principal made with `principal create`, its secrets and its role assignments.
     #[command(
@@ -63,8 +64,9 @@ Example:
   keyvault principal delete 6f1c…"
     )]
     Delete {
-        /// The client id.
-        client_id: String,
+        /// The client id (an argument of its own: `--client-id` is the credential's).
+        #[arg(value_name = "CLIENT_ID")]
+        principal: String,
     },
     /// Add a secret to a principal (rotation): printed once. Remove the old one with `remove-secret`.
     #[command(after_help = "Output: `-o value` prints only the new client secret.
@@ -74,8 +76,9 @@ Examples:
   keyvault principal show 6f1c…            # the key ids of its secrets
   keyvault principal remove-secret 6f1c… KEY_ID_OF_THE_OLD_ONE")]
     AddSecret {
-        /// The client id.
-        client_id: String,
+        /// The client id (an argument of its own: `--client-id` is the credential's).
+        #[arg(value_name = "CLIENT_ID")]
+        principal: String,
         /// When the secret expires: 30d, 12h, 2w, 2030-01-01 or RFC 3339 [default: never].
         #[arg(long, value_name = "WHEN", value_parser = crate::when::when_arg)]
         expires: Option<time::OffsetDateTime>,
@@ -84,8 +87,9 @@ Examples:
     #[command(after_help = "Example:
   keyvault principal remove-secret 6f1c… 2c9d…")]
     RemoveSecret {
-        /// The client id.
-        client_id: String,
+        /// The client id (an argument of its own: `--client-id` is the credential's).
+        #[arg(value_name = "CLIENT_ID")]
+        principal: String,
         /// The secret's key id.
         key_id: String,
     },
@@ -452,8 +456,8 @@ pub async fn run_principal(
             let list = v["value"].as_array().cloned().unwrap_or_default();
             rows(out, output, &PRINCIPAL_HEADER, &principal_rows(&list), 0)
         }
-        PrincipalCommand::Show { client_id } => {
-            let path = format!("/admin/principals/{}", segment(&client_id)?);
+        PrincipalCommand::Show { principal } => {
+            let path = format!("/admin/principals/{}", segment(&principal)?);
             let v = call(conn, Method::GET, &path, None).await?;
             if output == Output::Json {
                 return json(out, &v);
@@ -521,8 +525,8 @@ pub async fn run_principal(
             }
             Ok(())
         }
-        PrincipalCommand::Delete { client_id } => {
-            let path = format!("/admin/principals/{}", segment(&client_id)?);
+        PrincipalCommand::Delete { principal } => {
+            let path = format!("/admin/principals/{}", segment(&principal)?);
             let v = call(conn, Method::DELETE, &path, None).await?;
             match output {
                 Output::Json => json(out, &v),
@@ -530,10 +534,10 @@ pub async fn run_principal(
             }
         }
         PrincipalCommand::AddSecret {
-            client_id,
+            principal,
             expires: exp,
         } => {
-            let path = format!("/admin/principals/{}/secrets", segment(&client_id)?);
+            let path = format!("/admin/principals/{}/secrets", segment(&principal)?);
             let body = serde_json::json!({ "expiresOn": expires(exp) });
             let mut v = call(conn, Method::POST, &path, Some(body)).await?;
             let r = print_new_secret(out, output, &v);
@@ -542,10 +546,10 @@ pub async fn run_principal(
             }
             r
         }
-        PrincipalCommand::RemoveSecret { client_id, key_id } => {
+        PrincipalCommand::RemoveSecret { principal, key_id } => {
             let path = format!(
                 "/admin/principals/{}/secrets/{}",
-                segment(&client_id)?,
+                segment(&principal)?,
                 segment(&key_id)?
             );
             call(conn, Method::DELETE, &path, None).await.map(|_| ())

@@ -59,6 +59,50 @@ fn principals_and_roles_from_the_command_line() {
     as_app(&id, &secret, &["secret", "set", "adm-db", "--value", "v2"]).code(5);
     as_app(&id, &secret, &["principal", "list"]).code(5);
 
+    // An administrator signed in with a client secret (environment, or flags) names another principal: the
+    // positional CLIENT_ID is the principal shown, not the credential's client id (they shared one argument
+    // id, and the administrator's secret was sent as the other's).
+    let admin = kv(
+        v,
+        &[
+            "principal",
+            "create",
+            "--role",
+            "Key Vault Administrator",
+            "-o",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    let (admin_id, admin_secret) = (
+        admin["clientId"].as_str().unwrap(),
+        admin["clientSecret"].as_str().unwrap(),
+    );
+    let shown = as_app(
+        admin_id,
+        admin_secret,
+        &["principal", "show", &id, "-o", "json"],
+    )
+    .ok();
+    assert_eq!(shown.json()["clientId"], id.as_str(), "{}", shown.stdout);
+    let shown = as_app(
+        admin_id,
+        admin_secret,
+        &[
+            "principal",
+            "show",
+            &id,
+            "--client-id",
+            admin_id,
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    assert_eq!(shown.json()["clientId"], id.as_str(), "{}", shown.stdout);
+    kv(v, &["principal", "delete", admin_id]).ok();
+
     // Listed, with its assignment.
     let ids = kv(v, &["principal", "list", "-o", "value"]).ok();
     assert!(ids.stdout.lines().any(|l| l == id), "{}", ids.stdout);
