@@ -609,6 +609,9 @@ impl AccessAdmin {
         mut edit: impl FnMut(&mut AccessFile) -> Result<T, AdminError>,
     ) -> Result<T, AdminError> {
         let _writer = self.writer.lock().await;
+        // Over a shared store, another node's latest first: a change naming what it just made (an assignment,
+        // a principal) is then found here, instead of a 404 that leaves the grant in force.
+        self.reload_locked().await?;
         for _ in 0..8 {
             let (revision, mut next) = {
                 let applied = self.lock();
@@ -805,6 +808,7 @@ impl AccessAdmin {
 
     /// Deletes a managed principal, its secrets and every assignment naming it.
     pub async fn delete_principal(&self, client_id: &str) -> Result<PrincipalView, AdminError> {
+        self.refresh().await?;
         let view = self.principal(client_id)?;
         self.change(|doc| {
             if !doc.principals.iter().any(|p| p.client_id == client_id) {
@@ -833,6 +837,7 @@ impl AccessAdmin {
         now: i64,
     ) -> Result<NewSecret, AdminError> {
         valid_expiry(expires_on, now)?;
+        self.refresh().await?;
         self.check_managed(client_id)?;
         let (secret, stored) = new_secret_and_hash(expires_on, now).await?;
         let hash = stored.hash.clone();

@@ -350,6 +350,49 @@ async fn admin_changes_through_one_node_are_in_force_on_the_other() {
     )
     .await;
 
+    // Made through A and removed through B at once (before B's poll applied it): B reads the store first,
+    // so it finds them (it answered 404 and the grant stayed in force).
+    for _ in 0..3 {
+        let (st, fresh) = a
+            .call(
+                &admin_a,
+                Method::POST,
+                "/admin/principals",
+                Some(json!({"role": "Key Vault Secrets User"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{fresh}");
+        let fresh_id = fresh["clientId"].as_str().unwrap();
+        let (st, quick) = a
+            .call(
+                &admin_a,
+                Method::POST,
+                "/admin/roleAssignments",
+                Some(json!({"principal": "ext-quick", "role": "Key Vault Reader"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{quick}");
+        let quick_id = quick["id"].as_str().unwrap();
+        let (st, body) = b
+            .call(
+                &admin_b,
+                Method::DELETE,
+                &format!("/admin/roleAssignments/{quick_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let (st, body) = b
+            .call(
+                &admin_b,
+                Method::DELETE,
+                &format!("/admin/principals/{fresh_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+    }
+
     // A new node reads it all from the store.
     let dir_c = tempfile::tempdir().unwrap();
     let c = Node::start(dir_c.path(), shared.path(), Some(&url)).await;
