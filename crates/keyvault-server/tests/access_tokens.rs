@@ -521,6 +521,46 @@ async fn two_authorization_headers_are_refused() {
         let resp = http.get(url).bearer_auth(&admin).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{url}");
     }
+    // The token endpoint's client credentials in Basic headers: two are refused there too.
+    use base64::Engine;
+    let basic = |id: &str, secret: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        )
+    };
+    let token = |headers: reqwest::header::HeaderMap| {
+        http.post(common::token_url(&lv))
+            .headers(headers)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(format!(
+                "grant_type=client_credentials&scope={}",
+                common::vault_scope(&lv)
+                    .replace(':', "%3A")
+                    .replace('/', "%2F")
+            ))
+            .send()
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (i, s) in [
+        (id.as_str(), secret.as_str()),
+        (lv.client_id(), lv.client_secret()),
+    ] {
+        headers.append(reqwest::header::AUTHORIZATION, basic(i, s).parse().unwrap());
+    }
+    let resp = token(headers).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        basic(&id, &secret).parse().unwrap(),
+    );
+    assert_eq!(token(headers).await.unwrap().status(), StatusCode::OK);
     lv.shutdown().await;
 }
 

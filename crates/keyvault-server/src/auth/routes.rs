@@ -529,13 +529,23 @@ fn issue(state: &AuthState, client_id: &str, audience: &str) -> Result<Response,
 }
 
 /// Client credentials from `Authorization: Basic` (RFC 6749 §2.3.1: each part form-urlencoded). `None` when
-/// there is no Basic header.
+/// there is no Basic header. Two `Authorization` headers are refused, as on the vault API: which one counts
+/// would be a guess, and a proxy in front may have guessed otherwise.
 fn basic_credentials(
     headers: &HeaderMap,
 ) -> Result<Option<(String, Zeroizing<String>)>, OAuthError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS900144: The request has more than one Authorization header.".into(),
+            &[900144],
+        ));
+    }
     let bad = || {
         OAuthError::new(
             StatusCode::UNAUTHORIZED,
