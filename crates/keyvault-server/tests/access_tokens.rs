@@ -410,61 +410,122 @@ async fn a_valid_token_maps_to_its_principal_assignments() {
     assert_eq!(s.status(&stranger).await, StatusCode::OK);
 }
 
-/// The token endpoint's argon2 checks wait in a bounded line (the auth audit's finding 3): while every check
-/// is taken and the line is full of wrong secrets, a legitimate first-time request is answered at once with
-/// Entra's transient error (503 `temporarily_unavailable`, `Retry-After`), not queued behind the flood; once
-/// the line drains it gets its token, and the waiting wrong secrets their 401.
-#[tokio::test]
-async fn a_full_line_of_secret_checks_answers_503_temporarily_unavailable_at_once() {
-    let lv = LocalVault::start().await.unwrap();
-    let http = common::vault_client(&lv);
-    let (id, secret) = lv.add_client();
-    let held = lv.clients().hold_verifications().await;
-    let (_, max) = lv.clients().waiting_verifications();
-    let flood: Vec<_> = (0..max)
-        .map(|i| {
-            let (lv_http, url, scope) = (
-                http.clone(),
-                common::token_url(&lv),
-                common::vault_scope(&lv),
-            );
-            tokio::spawn(async move {
-                common::request_token(&lv_http, &url, &format!("nobody-{i}"), "wrong", &scope).await
-            })
-        })
-        .collect();
-    while lv.clients().waiting_verifications().0 < max {
+/// Asks for a token with client credentials in a task that has to wait in the line of secret checks (the
+/// test holds every check), and returns once it waits there.
+async fn waiting_token_request(
+    lv: &LocalVault,
+    http: &reqwest::Client,
+    client_id: &str,
+    secret: &str,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let before = lv.clients().waiting_verifications().0;
+    let (http, url, scope) = (http.clone(), common::token_url(lv), common::vault_scope(lv));
+    let (id, secret) = (client_id.to_owned(), secret.to_owned());
+    let task =
+        tokio::spawn(async move { common::request_token(&http, &url, &id, &secret, &scope).await });
+    while lv.clients().waiting_verifications().0 == before {
+        assert!(
+            !task.is_finished(),
+            "{client_id}'s request was answered instead of waiting: {:?}",
+            task.await.unwrap()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    task
+}
 
+/// A token request answered at once with Entra's transient error (503 `temporarily_unavailable`,
+/// `Retry-After: 1`), without the secret in the answer.
+async fn assert_busy(lv: &LocalVault, http: &reqwest::Client, client_id: &str, secret: &str) {
     let resp = http
-        .post(common::token_url(&lv))
+        .post(common::token_url(lv))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(common::form_body(&[
-            ("client_id", &id),
-            ("client_secret", &secret),
+            ("client_id", client_id),
+            ("client_secret", secret),
             ("grant_type", "client_credentials"),
-            ("scope", &common::vault_scope(&lv)),
+            ("scope", &common::vault_scope(lv)),
         ]))
+        // Not a timing assertion: a request let into the held line would wait for ever instead of failing.
+        .timeout(std::time::Duration::from_secs(60))
         .send()
         .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        .expect("answered at once, not queued in the line");
+    assert_eq!(
+        resp.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{client_id}"
+    );
     assert_eq!(resp.headers()["retry-after"], "1");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     assert_eq!(body["error_codes"], json!([90033]), "{body}");
     assert!(
-        !body.to_string().contains(&secret),
+        !body.to_string().contains(secret),
         "the secret is not echoed"
     );
+}
 
+/// The token endpoint's argon2 checks wait in a bounded line whose places are shared out by who asks (the
+/// argon2 audit: a paced flood of wrong secrets for random client ids kept the whole line full, and
+/// legitimate first requests failed every retry). While the few places of unknown client ids are all taken
+/// (and every check is held), another unknown id is answered at once with 503 `temporarily_unavailable`, but a
+/// configured client's first request still gets a place, and its token once the checks run.
+#[tokio::test]
+async fn a_line_full_of_unknown_client_ids_does_not_keep_a_configured_client_from_its_token() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let (id, secret) = lv.add_client();
+    let held = lv.clients().hold_verifications().await;
+    let mut flood = Vec::new();
+    for i in 0..keyvault_server::auth::clients::UNKNOWN_CLIENT_PLACES {
+        flood.push(waiting_token_request(&lv, &http, &format!("nobody-{i}"), "wrong").await);
+    }
+    assert_busy(&lv, &http, "nobody-else", "wrong").await;
+
+    let legit = waiting_token_request(&lv, &http, &id, &secret).await;
     drop(held);
+    let (status, body) = legit.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["access_token"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
     for f in flood {
         let (status, body) = f.await.unwrap();
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     }
     assert_eq!(lv.clients().waiting_verifications().0, 0);
+    assert_eq!(lv.clients().places_in_line().0, 0);
+    lv.shutdown().await;
+}
+
+/// A flood of wrong secrets naming one configured client id fills that id's own places only: its next request
+/// (the right secret too) is answered at once with 503 `temporarily_unavailable` and `Retry-After`, not queued
+/// behind the flood, while another client's first request still gets its token; once the line drains, the
+/// flooded client gets its token too.
+#[tokio::test]
+async fn a_flood_naming_one_client_id_answers_that_id_503_and_no_other() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let (id, secret) = lv.add_client();
+    let (other, other_secret) = lv.add_client();
+    let held = lv.clients().hold_verifications().await;
+    let mut flood = Vec::new();
+    for _ in 0..keyvault_server::auth::clients::CLIENT_PLACES {
+        flood.push(waiting_token_request(&lv, &http, &id, "wrong").await);
+    }
+    assert_busy(&lv, &http, &id, &secret).await;
+    let legit = waiting_token_request(&lv, &http, &other, &other_secret).await;
+
+    drop(held);
+    let (status, body) = legit.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for f in flood {
+        let (status, body) = f.await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert_eq!(lv.clients().places_in_line().0, 0);
     common::vault_token(&lv, &http, &id, &secret).await;
     lv.shutdown().await;
 }

@@ -18,10 +18,17 @@
 //! old secret (add a new one, remove the old) brings an admin-API principal down to one run.
 //!
 //! At most one argon2 verification runs per core (each takes ~19 MiB and a core for tens of milliseconds),
-//! and at most [`QUEUE_PER_PERMIT`] per core wait for their turn: past that, [`ClientRegistry::verify_async_at`]
-//! answers [`Verdict::Busy`] at once (the token endpoint's 503 `temporarily_unavailable`), so a flood of wrong
-//! secrets makes a legitimate first request wait a few argon2 runs at most, never in proportion to the
-//! flood, and asks it to retry instead.
+//! and at most [`QUEUE_PER_PERMIT`] per core wait for their turn. Places in that line (running or waiting)
+//! are shared out by *who asks*: requests naming a client id that has no secret here (an unknown id, or a
+//! client with certificates or federated credentials only) share [`UNKNOWN_CLIENT_PLACES`] places between
+//! them, and each client id with a secret has [`CLIENT_PLACES`] of its own. A request that finds its
+//! allowance (or the whole line) full is answered [`Verdict::Busy`] at once by
+//! [`ClientRegistry::verify_async_at`] (the token endpoint's 503 `temporarily_unavailable`). So a flood of
+//! wrong secrets for made-up client ids holds a few places at most and cannot keep a client that has a secret
+//! from a place; a flood naming one client id can crowd out that id's own requests only (until the whole line
+//! is full, which takes floods naming several ids). Both allowances are the same size, so without other
+//! traffic a caller's own concurrency gets the same answers for a known id and an unknown one; under a flood of
+//! unknown ids, whether a request naming an id is answered 503 at once tells whether the id has a secret.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -173,6 +180,52 @@ pub enum Verdict {
 /// How many verifications may wait for each one that runs (see the module documentation).
 pub const QUEUE_PER_PERMIT: usize = 4;
 
+/// Places in the line shared by every request naming a client id without a secret (see the module
+/// documentation): such a request only runs the dummy hash (which accepts nothing, and is there so that a
+/// failure takes as long as a known client's), so one running and two waiting are plenty, and they are all a
+/// flood of made-up ids can hold.
+pub const UNKNOWN_CLIENT_PLACES: usize = 3;
+
+/// Places in the line of each client id that has a secret: as many as the unknown ids' (so that a caller's
+/// own concurrency does not tell the two apart), enough for a few instances of one application starting at
+/// once (the first verified secret is remembered and skips the line after), and few enough that a flood
+/// naming one id leaves the rest of the line to the others.
+pub const CLIENT_PLACES: usize = 3;
+
+/// Who a place in the line is held for: a client id with a secret, or `None` for every other id.
+type Group = Option<String>;
+
+/// The places held in the line (running or waiting for a permit), in all and by group.
+#[derive(Default)]
+struct Line {
+    total: usize,
+    /// Only groups that hold a place (at most one entry per place).
+    held: HashMap<Group, usize>,
+}
+
+/// A place in the line; given back when dropped (after the hashing ends, or when a waiter is dropped).
+struct Place {
+    registry: Arc<ClientRegistry>,
+    group: Group,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut line = self
+            .registry
+            .line
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        line.total = line.total.saturating_sub(1);
+        if let Some(n) = line.held.get_mut(&self.group) {
+            *n -= 1;
+            if *n == 0 {
+                line.held.remove(&self.group);
+            }
+        }
+    }
+}
+
 /// Counts a waiter while it waits (also when its future is dropped).
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -191,9 +244,14 @@ pub struct ClientRegistry {
     clients: RwLock<HashMap<String, Vec<StoredSecret>>>,
     /// Bounds concurrent argon2 verifications (each takes ~19 MiB and a core for tens of milliseconds).
     limiter: Arc<Semaphore>,
+    /// `limiter`'s permits (one per core, at most 16).
+    permits: usize,
     /// Verifications waiting for a permit of `limiter`, and how many may.
     waiting: AtomicUsize,
     max_waiting: usize,
+    /// Places in the line (running or waiting), shared out by who asks (see the module documentation);
+    /// at most `limiter`'s permits + `max_waiting` in all.
+    line: Mutex<Line>,
     /// Remembered successful verifications: tag → client id.
     verified: Mutex<HashMap<[u8; 32], String>>,
     /// The key of the tags (random, never leaves the process).
@@ -217,17 +275,25 @@ impl Default for ClientRegistry {
 impl ClientRegistry {
     /// An empty registry.
     pub fn new() -> Self {
-        let permits = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 16);
+        Self::with_permits(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+    }
+
+    /// An empty registry that runs at most `permits` argon2 verifications at once (one per core).
+    fn with_permits(permits: usize) -> Self {
+        let permits = permits.clamp(1, 16);
         let mut key = Zeroizing::new([0u8; 32]);
         fill_random(&mut key[..]);
         Self {
             clients: RwLock::new(HashMap::new()),
             limiter: Arc::new(Semaphore::new(permits)),
+            permits,
             waiting: AtomicUsize::new(0),
             max_waiting: permits * QUEUE_PER_PERMIT,
+            line: Mutex::new(Line::default()),
             verified: Mutex::new(HashMap::new()),
             verified_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key[..]),
             removals: AtomicU64::new(0),
@@ -538,8 +604,9 @@ impl ClientRegistry {
     }
 
     /// [`verify`](Self::verify) on a blocking thread, with at most one verification per core at a time and
-    /// [`QUEUE_PER_PERMIT`] per core waiting (the rest are refused, [`Verdict::Busy`]), so a burst of token
-    /// requests can neither stall the async runtime, nor exhaust memory, nor make the next caller wait long.
+    /// [`QUEUE_PER_PERMIT`] per core waiting, shared out by who asks (the rest are refused, [`Verdict::Busy`];
+    /// see the module documentation), so a burst of token requests can neither stall the async runtime, nor
+    /// exhaust memory, nor make the next caller wait long, and made-up client ids cannot take every place.
     pub async fn verify_async(self: &Arc<Self>, client_id: &str, secret: &str) -> bool {
         self.verify_async_at(client_id, secret, i64::MIN).await == Verdict::Valid
     }
@@ -554,20 +621,22 @@ impl ClientRegistry {
         if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
             return Verdict::Invalid;
         }
-        // A remembered verification costs a few hashes: no need for a blocking thread.
+        // A remembered verification costs a few hashes: no need for a place in the line.
         let secrets = self.secrets_of(client_id);
         if let Some(verdict) = self.remembered(client_id, secret, &secrets, now) {
             return verdict;
         }
+        // A place in the line of whoever is named, or none at all.
+        let group = (!secrets.is_empty()).then(|| client_id.to_owned());
+        let Some(place) = self.take_place(group) else {
+            return Verdict::Busy;
+        };
         let permit = match self.limiter.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Verdict::Invalid,
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                // Wait in a bounded line, or not at all.
-                if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
-                    return Verdict::Busy;
-                }
+                // Wait for a turn (first come, first served: the semaphore is fair).
+                self.waiting.fetch_add(1, Ordering::Relaxed);
                 let _waiting = Waiting(&self.waiting);
                 let Ok(permit) = self.limiter.clone().acquire_owned().await else {
                     return Verdict::Invalid;
@@ -578,13 +647,34 @@ impl ClientRegistry {
         let this = Arc::clone(self);
         let client_id = client_id.to_owned();
         let secret = Zeroizing::new(secret.to_owned());
-        // The permit moves into the task: it is held until the hashing ends, even if this future is dropped.
+        // The permit and the place move into the task: they are held until the hashing ends, even if this
+        // future is dropped.
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _place = place;
             this.verify_at(&client_id, &secret, now)
         })
         .await
         .unwrap_or(Verdict::Invalid)
+    }
+
+    /// A place in the line for `group`, if its allowance and the line have room.
+    fn take_place(self: &Arc<Self>, group: Group) -> Option<Place> {
+        let allowance = match group {
+            Some(_) => CLIENT_PLACES,
+            None => UNKNOWN_CLIENT_PLACES,
+        };
+        let mut line = self.line.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = line.held.get(&group).copied().unwrap_or(0);
+        if held >= allowance || line.total >= self.permits + self.max_waiting {
+            return None;
+        }
+        line.total += 1;
+        *line.held.entry(group.clone()).or_default() += 1;
+        Some(Place {
+            registry: Arc::clone(self),
+            group,
+        })
     }
 }
 
@@ -601,10 +691,17 @@ impl ClientRegistry {
             .expect("the limiter is never closed")
     }
 
-    /// For tests: how many verifications wait for a permit, and how many may.
+    /// For tests: how many verifications wait for a permit, and how many may (with every permit free).
     #[doc(hidden)]
     pub fn waiting_verifications(&self) -> (usize, usize) {
         (self.waiting.load(Ordering::Relaxed), self.max_waiting)
+    }
+
+    /// For tests: how many places in the line are held (running or waiting), and how many there are.
+    #[doc(hidden)]
+    pub fn places_in_line(&self) -> (usize, usize) {
+        let line = self.line.lock().unwrap_or_else(PoisonError::into_inner);
+        (line.total, self.permits + self.max_waiting)
     }
 }
 
@@ -756,36 +853,108 @@ mod tests {
         assert_eq!(remembered_len(&registry), 0);
     }
 
-    #[tokio::test]
-    async fn the_line_for_argon2_is_bounded_and_a_full_line_answers_busy_at_once() {
-        let registry = Arc::new(ClientRegistry::new());
-        let secret = generate_secret();
-        registry.add("c", hash_secret(&secret).unwrap()).unwrap();
-        let held = registry.hold_verifications().await;
-        let (_, max) = registry.waiting_verifications();
-        assert!(max >= QUEUE_PER_PERMIT, "{max}");
-        let waiters: Vec<_> = (0..max)
-            .map(|i| {
-                let r = registry.clone();
-                tokio::spawn(async move { r.verify_async_at(&format!("x{i}"), "wrong", 0).await })
-            })
-            .collect();
-        while registry.waiting_verifications().0 < max {
+    /// Starts a verification of `secret` for `client_id` that waits in the line (the caller holds every
+    /// permit), and returns once it waits.
+    async fn waiter(
+        registry: &Arc<ClientRegistry>,
+        client_id: &str,
+        secret: &str,
+    ) -> tokio::task::JoinHandle<Verdict> {
+        let before = registry.waiting_verifications().0;
+        let (r, id, secret) = (registry.clone(), client_id.to_owned(), secret.to_owned());
+        let task = tokio::spawn(async move { r.verify_async_at(&id, &secret, 0).await });
+        while registry.waiting_verifications().0 == before {
+            assert!(!task.is_finished(), "{client_id} was not let into the line");
             tokio::task::yield_now().await;
         }
-        // The line is full: the right secret is not checked, and the answer does not wait for the line.
+        task
+    }
+
+    /// The verdict of `verify_async_at` if it answers on its first poll (a refusal must not wait in the line;
+    /// one that does fails here instead of hanging).
+    fn at_once(registry: &Arc<ClientRegistry>, client_id: &str, secret: &str) -> Option<Verdict> {
+        use futures_util::FutureExt;
+        registry
+            .verify_async_at(client_id, secret, 0)
+            .now_or_never()
+    }
+
+    /// Made-up client ids share a few places; each client id with a secret has its own (the argon2 audit:
+    /// a flood of wrong secrets for random ids kept every legitimate first request out).
+    #[tokio::test]
+    async fn places_in_the_line_are_shared_out_by_who_asks() {
+        let registry = Arc::new(ClientRegistry::with_permits(2));
+        let (c, d) = (generate_secret(), generate_secret());
+        registry.add("c", hash_secret(&c).unwrap()).unwrap();
+        registry.add("d", hash_secret(&d).unwrap()).unwrap();
+        registry.ensure("no-secret");
+        let held = registry.hold_verifications().await;
+
+        // The made-up ids' allowance fills; then any id without a secret is refused at once, a known client
+        // without a secret too (its check could only run the dummy hash).
+        let mut unknown = Vec::new();
+        for i in 0..UNKNOWN_CLIENT_PLACES {
+            unknown.push(waiter(&registry, &format!("x{i}"), "wrong").await);
+        }
+        for id in ["x-next", "no-secret"] {
+            assert_eq!(at_once(&registry, id, "wrong"), Some(Verdict::Busy), "{id}");
+        }
+        // A client with a secret still gets a place, and so do wrong secrets naming it, up to its allowance;
+        // then its own requests are refused (the right secret too), while another client's are not.
+        let mut flood_c = Vec::new();
+        for _ in 0..CLIENT_PLACES {
+            flood_c.push(waiter(&registry, "c", "wrong").await);
+        }
+        assert_eq!(at_once(&registry, "c", &c), Some(Verdict::Busy));
+        let right_d = waiter(&registry, "d", &d).await;
         assert_eq!(
-            registry.verify_async_at("c", &secret, 0).await,
-            Verdict::Busy
+            registry.places_in_line().0,
+            UNKNOWN_CLIENT_PLACES + CLIENT_PLACES + 1
         );
-        assert_eq!(registry.waiting_verifications().0, max);
+
+        drop(held);
+        for w in unknown.into_iter().chain(flood_c) {
+            assert_eq!(w.await.unwrap(), Verdict::Invalid);
+        }
+        assert_eq!(right_d.await.unwrap(), Verdict::Valid);
+        assert_eq!(registry.places_in_line().0, 0);
+        assert!(registry.line.lock().unwrap().held.is_empty());
+        assert_eq!(registry.verify_async_at("c", &c, 0).await, Verdict::Valid);
+    }
+
+    /// The whole line stays bounded as before (one running and four waiting per core): floods naming several
+    /// known ids fill it, and then every request that needs a check is refused at once.
+    #[tokio::test]
+    async fn the_whole_line_is_bounded_and_a_full_line_answers_busy_at_once() {
+        let registry = Arc::new(ClientRegistry::with_permits(1));
+        let (_, max) = registry.places_in_line();
+        assert_eq!(max, 1 + QUEUE_PER_PERMIT);
+        let secret = generate_secret();
+        let ids: Vec<String> = (0..max.div_ceil(CLIENT_PLACES) + 1)
+            .map(|i| format!("c{i}"))
+            .collect();
+        let hash = hash_secret(&secret).unwrap();
+        for id in &ids {
+            registry.add(id, hash.clone()).unwrap();
+        }
+        let held = registry.hold_verifications().await;
+        let mut waiters = Vec::new();
+        for i in 0..max {
+            waiters.push(waiter(&registry, &ids[i / CLIENT_PLACES], "wrong").await);
+        }
+        assert_eq!(registry.places_in_line(), (max, max));
+        // Full: the right secret of a client with room in its own allowance is not checked, nor is an unknown
+        // id, and the answer does not wait for the line.
+        let last = ids.last().unwrap();
+        assert_eq!(at_once(&registry, last, &secret), Some(Verdict::Busy));
+        assert_eq!(at_once(&registry, "unknown", "wrong"), Some(Verdict::Busy));
         drop(held);
         for w in waiters {
             assert_eq!(w.await.unwrap(), Verdict::Invalid);
         }
-        assert_eq!(registry.waiting_verifications().0, 0);
+        assert_eq!(registry.places_in_line().0, 0);
         assert_eq!(
-            registry.verify_async_at("c", &secret, 0).await,
+            registry.verify_async_at(last, &secret, 0).await,
             Verdict::Valid
         );
     }
@@ -799,9 +968,11 @@ mod tests {
         while registry.waiting_verifications().0 < 1 {
             tokio::task::yield_now().await;
         }
+        assert_eq!(registry.places_in_line().0, 1);
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
         assert_eq!(registry.waiting_verifications().0, 0);
+        assert_eq!(registry.places_in_line().0, 0);
         drop(held);
     }
 
