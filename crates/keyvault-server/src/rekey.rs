@@ -159,6 +159,7 @@ async fn pass(
     envelope: &Envelope,
     batch: usize,
     dry_run: bool,
+    only: Option<&[String]>,
     progress: &mut impl FnMut(&RekeyProgress),
 ) -> Result<Pass, String> {
     let current = envelope.current_kek_id().to_owned();
@@ -178,6 +179,9 @@ async fn pass(
             *report.before.entry(id.clone()).or_default() += 1;
             if id == current {
                 report.already_current += 1;
+                continue;
+            }
+            if only.is_some_and(|keys| !keys.contains(&id)) {
                 continue;
             }
             match envelope.reseal(&value.vault, &value.name_key, &value.version, &value.sealed) {
@@ -245,7 +249,7 @@ pub async fn rekey(
         // Before the first re-seal: a server without the target key is refused from now on.
         crate::store::begin_rekey(store, envelope).await?;
     }
-    let first = pass(store, envelope, batch, options.dry_run, &mut progress).await?;
+    let first = pass(store, envelope, batch, options.dry_run, None, &mut progress).await?;
     let mut report = RekeyReport {
         current_kek_id: current.clone(),
         previous_kek_ids: (envelope.previous_kek_ids().iter())
@@ -306,20 +310,24 @@ pub async fn rekey(
         tracing::warn!(
             kek_id = %current,
             other_kek_ids = ?newer,
-            "values were sealed under keys that are neither retired nor the key check's: another node seals              under one as its current key (a rotation toward it under way?); they were re-sealed under this              node's key and are not retired; to rotate toward one, run `keyvault rekey` on a node whose current              key it is"
+            "values were sealed under keys that are neither retired nor the key check's: another node seals \
+             under one as its current key (a rotation toward it under way?); they were re-sealed under this \
+             node's key and are not retired; to rotate toward one, run `keyvault rekey` on a node whose current \
+             key it is"
         );
     }
     let (_, now) = crate::store::reseal_key_check(store, envelope, &retire).await?;
     report.key_check_after = Some(now);
-    report.retired = retire;
-    if store.is_shared() || report.remaining() > 0 {
+    report.retired = retire.clone();
+    // What a node still sealing under a retired key wrote behind the pass (or after the count) is re-sealed
+    // in a final pass, once every node has learnt that its key was retired (it polls). Only values under the
+    // keys just retired: a value under a newer key is another node's current work (a rekey toward that key
+    // may be running by now), and nothing was retired when the check already was under this node's key.
+    if !retire.is_empty() && (store.is_shared() || report.remaining() > 0) {
         if store.is_shared() {
-            // A node still sealing under a retired key may have written behind the pass (or after the
-            // count): once every node has learnt that its key was retired (it polls), re-seal what such a
-            // node left.
             tokio::time::sleep(RETIRE_WAIT).await;
         }
-        let last = pass(store, envelope, batch, false, &mut progress).await?;
+        let last = pass(store, envelope, batch, false, Some(&retire), &mut progress).await?;
         report.late = last.resealed + last.skipped + last.failed;
         report.resealed += last.resealed;
         report.skipped += last.skipped;

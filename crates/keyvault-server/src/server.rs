@@ -510,7 +510,8 @@ impl Server {
             tracing::warn!(
                 path = %signing_key_path.display(),
                 kid = %signing_key.kid(),
-                "created a new token signing key: every node over this store must sign with this same key                  (signing_key_file); a node with another key refuses the tokens of this one, and this one theirs"
+                "created a new token signing key: every node over this store must sign with this same key \
+                 (signing_key_file); a node with another key refuses the tokens of this one, and this one theirs"
             );
         }
         let previous_keys = config

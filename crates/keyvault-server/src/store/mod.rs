@@ -383,7 +383,9 @@ fn refuse_retired(envelope: &crate::crypto::Envelope, check_id: &str) -> Result<
     if check_id == current {
         // Only two rekeys racing (before they were kept apart) could leave the check under a retired key.
         return Err(format!(
-            "key-encryption key id {current} was retired by `keyvault rekey`, and the store's key check is              under it: configure a new key as current (kek_file or KEYVAULT_KEK), keep {current} as a previous              key, and run `keyvault rekey`"
+            "key-encryption key id {current} was retired by `keyvault rekey`, and the store's key check is \
+             under it: configure a new key as current (kek_file or KEYVAULT_KEK), keep {current} as a previous \
+             key, and run `keyvault rekey`"
         ));
     }
     Err(format!(
@@ -521,7 +523,9 @@ pub async fn begin_rekey(
             let target = String::from_utf8_lossy(target);
             let target = target.trim();
             return Err(format!(
-                "a `keyvault rekey` to key-encryption key id {target} has started and not completed (it is                  running on another node, or was interrupted), and this node's current key is {current}: run                  `keyvault rekey` on a node whose current key is {target} (to finish that rotation first)"
+                "a `keyvault rekey` to key-encryption key id {target} has started and not completed (it is \
+                 running on another node, or was interrupted), and this node's current key is {current}: run \
+                 `keyvault rekey` on a node whose current key is {target} (to finish that rotation first)"
             ));
         }
         None => {}
@@ -585,7 +589,8 @@ pub async fn reseal_key_check(
     if retired.contains(&current) {
         // Retired while this rekey ran (by one toward another key): completing would put the check under it.
         return Err(format!(
-            "key-encryption key id {current} was retired while this rekey ran (another rekey completed): nothing              was completed; run `keyvault rekey` on a node whose current key is the store's"
+            "key-encryption key id {current} was retired while this rekey ran (another rekey completed): nothing \
+             was completed; run `keyvault rekey` on a node whose current key is the store's"
         ));
     }
     for id in retire.iter().chain(before.iter()) {
@@ -597,7 +602,8 @@ pub async fn reseal_key_check(
     let target_old = meta(KEK_REKEY_TARGET).await?;
     if let Some(target) = target_old.as_deref().filter(|t| *t != current.as_bytes()) {
         return Err(format!(
-            "another `keyvault rekey`, to key-encryption key id {}, started while this one ran: nothing was              completed; finish that one (on a node whose current key is {0})",
+            "another `keyvault rekey`, to key-encryption key id {}, started while this one ran: nothing was \
+             completed; finish that one (on a node whose current key is {0})",
             String::from_utf8_lossy(target).trim()
         ));
     }
