@@ -350,7 +350,10 @@ fn assignment_rows(list: &[Value]) -> Vec<Vec<String>> {
                 s(&a["principal"]),
                 s(&a["role"]),
                 s(&a["scope"]),
-                if a["managed"] == true {
+                if a["notInForce"] == true {
+                    // Its role is not defined on the node that answered.
+                    "api (not in force: unknown role)"
+                } else if a["managed"] == true {
                     "api"
                 } else {
                     "config"

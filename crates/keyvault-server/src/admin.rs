@@ -204,6 +204,11 @@ pub struct AssignmentView {
     pub scope: Scope,
     /// Made through the admin API (`false`: from the configuration).
     pub managed: bool,
+    /// Stored, but not in force on this node: its role is not defined here (another node's configuration
+    /// has it, or it was removed from this one). It grants nothing, and keeps the default role from its
+    /// principal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_in_force: bool,
 }
 
 /// A role as the admin API shows it.
@@ -971,13 +976,30 @@ impl AccessAdmin {
         let managed: HashSet<&str> = (applied.doc.assignments.iter())
             .map(|m| m.id.as_str())
             .collect();
-        self.policy
-            .assignments(principal)
-            .into_iter()
+        let in_force = self.policy.assignments(principal);
+        let roles = self.policy.roles();
+        let known = |name: &str| {
+            roles.iter().any(|r| {
+                r.name.eq_ignore_ascii_case(name.trim())
+                    || r.id
+                        .as_deref()
+                        .is_some_and(|id| id.eq_ignore_ascii_case(name.trim()))
+            })
+        };
+        let unapplied: Vec<AssignmentView> = (applied.doc.assignments.iter())
+            .filter(|a| !known(&a.role))
+            .filter(|a| principal.is_none_or(|p| a.principal == p))
+            .map(|a| AssignmentView {
+                not_in_force: true,
+                ..managed_view(a.clone(), true)
+            })
+            .collect();
+        (in_force.into_iter())
             .map(|a| {
                 let managed = managed.contains(a.id.as_str());
                 managed_view(a, managed)
             })
+            .chain(unapplied)
             .collect()
     }
 
@@ -1211,6 +1233,7 @@ fn managed_view(a: Assignment, managed: bool) -> AssignmentView {
         role: a.role,
         scope: a.scope,
         managed,
+        not_in_force: false,
     }
 }
 
@@ -1357,7 +1380,7 @@ mod tests {
         policy2
             .set_default_role(ADMINISTRATOR, ["cfgdef".to_string()])
             .unwrap();
-        let _admin2 = AccessAdmin::open(
+        let admin2 = AccessAdmin::open(
             Some(dir.path()),
             None,
             Arc::new(ClientRegistry::new()),
@@ -1365,6 +1388,12 @@ mod tests {
         )
         .await
         .unwrap();
+        // Listed, marked as not in force here.
+        let listed = admin2.assignments(Some("cfgdef"));
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].not_in_force && listed[0].role == "Rotator");
+        let json = serde_json::to_value(&listed[0]).unwrap();
+        assert_eq!(json["notInForce"], true, "{json}");
         assert!(
             policy2
                 .authorize("cfgdef", Operation::VaultAdmin, None)
@@ -1378,7 +1407,7 @@ mod tests {
         assert_eq!(policy2.default_role_of("cfgdef"), None);
         // With the role back, the assignment is in force again.
         let policy3 = with_role();
-        let _admin3 = AccessAdmin::open(
+        let admin3 = AccessAdmin::open(
             Some(dir.path()),
             None,
             Arc::new(ClientRegistry::new()),
@@ -1386,6 +1415,15 @@ mod tests {
         )
         .await
         .unwrap();
+        let listed = admin3.assignments(Some("cfgdef"));
+        assert_eq!(listed.len(), 1);
+        assert!(!listed[0].not_in_force);
+        assert!(
+            serde_json::to_value(&listed[0])
+                .unwrap()
+                .get("notInForce")
+                .is_none()
+        );
         assert!(
             policy3
                 .authorize("cfgdef", Operation::SecretGet, Some("pub"))
