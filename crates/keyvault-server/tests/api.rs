@@ -1187,3 +1187,54 @@ async fn a_backup_too_large_to_restore_is_refused() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert!(b["value"].as_str().unwrap().len() < keyvault_server::http::MAX_RESTORE_BODY_BYTES);
 }
+
+/// A request with a body answered before its body is read (refused: no token, a bad name) says
+/// `Connection: close` over HTTP/1.1: the server cannot reuse the connection, and a client that pooled it would
+/// otherwise learn so only when its next request failed. A request whose body was read keeps the connection.
+#[tokio::test]
+async fn answers_before_the_body_is_read_close_the_connection_and_say_so() {
+    let lv = LocalVault::start().await.unwrap();
+    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http1_only()
+        .build()
+        .unwrap();
+    let token = token_for(&lv, &http).await;
+    let url = |name: &str| format!("{}/secrets/{name}?api-version=7.6", lv.vault_url());
+    let body = json!({"value": "x".repeat(20_000)});
+    let put = |name: &str, auth: bool| {
+        let req = http
+            .put(url(name))
+            .version(reqwest::Version::HTTP_11)
+            .json(&body);
+        if auth { req.bearer_auth(&token) } else { req }
+    };
+    let connection = |r: &reqwest::Response| {
+        r.headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let resp = put("bad_name!", true).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(connection(&resp).as_deref(), Some("close"));
+    let resp = put("fine", false).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(connection(&resp).as_deref(), Some("close"));
+    let resp = put("fine", true).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(connection(&resp), None);
+    // A GET (no body) is never marked.
+    let resp = http
+        .get(url("nothing-here"))
+        .version(reqwest::Version::HTTP_11)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(connection(&resp), None);
+    lv.shutdown().await;
+}

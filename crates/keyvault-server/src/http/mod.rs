@@ -96,12 +96,17 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
         // Counted here, for every request (the router's too): by route and status, with the time taken.
         let started = Instant::now();
         let route = crate::metrics::Route::of(req.method(), req.uri().path());
-        let req = req.map(Body::new);
+        // A request with a body may be answered before its body is read (refused: 401, 403, 429, 503, a bad
+        // name): hyper then cannot reuse the connection and closes it after the answer, which without
+        // `Connection: close` a client learns only when its next request on it fails. Tracked for requests
+        // that declare a body (not GETs).
+        let (req, body_read) = ReadTracker::wrap(req);
         let shaped_by_router = matches!(*req.method(), Method::HEAD | Method::CONNECT);
         let state = self.state.clone();
         if !shaped_by_router && skips_router(req.uri().path()) {
             Box::pin(async move {
-                let resp = serve_vault(&state, req).await;
+                let mut resp = serve_vault(&state, req).await;
+                ReadTracker::close_if_unread(body_read, &mut resp);
                 state
                     .metrics
                     .record(route, resp.status().as_u16(), started.elapsed());
@@ -110,8 +115,9 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
         } else {
             let router = self.router.clone();
             Box::pin(async move {
-                let result = tower::ServiceExt::oneshot(router, req).await;
-                if let Ok(resp) = &result {
+                let mut result = tower::ServiceExt::oneshot(router, req).await;
+                if let Ok(resp) = &mut result {
+                    ReadTracker::close_if_unread(body_read, resp);
                     state
                         .metrics
                         .record(route, resp.status().as_u16(), started.elapsed());
@@ -119,6 +125,69 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
                 result
             })
         }
+    }
+}
+
+/// A request body that records when it has been read to its end ([`App::call`]).
+struct ReadTracker {
+    inner: hyper::body::Incoming,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReadTracker {
+    /// The request with its body as an axum [`Body`]; for a request that declares a body, also the flag its
+    /// end sets.
+    fn wrap(
+        req: Request<hyper::body::Incoming>,
+    ) -> (Request, Option<Arc<std::sync::atomic::AtomicBool>>) {
+        // HTTP/1 only: HTTP/2 has no `Connection` header (a stream is reset, not the connection). GETs and
+        // DELETEs carry no body here: skipped before any header lookup (the GET path is the hot one).
+        let headers = req.headers();
+        let declares_body = !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE)
+            && req.version() <= http::Version::HTTP_11
+            && (headers.contains_key(header::TRANSFER_ENCODING)
+                || (headers.get(header::CONTENT_LENGTH)).is_some_and(|v| v.as_bytes() != b"0"));
+        if !declares_body {
+            return (req.map(Body::new), None);
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        (
+            req.map(|inner| Body::new(ReadTracker { inner, done })),
+            Some(flag),
+        )
+    }
+
+    /// `Connection: close` on the answer to a request whose body was not read to its end.
+    fn close_if_unread(done: Option<Arc<std::sync::atomic::AtomicBool>>, resp: &mut Response) {
+        if done.is_some_and(|d| !d.load(std::sync::atomic::Ordering::Acquire)) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+}
+
+impl hyper::body::Body for ReadTracker {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
