@@ -71,7 +71,7 @@ pub struct ConnArgs {
     /// Output format [default: table on a terminal, json otherwise].
     #[arg(long, short = 'o', env = "KEYVAULT_OUTPUT", global = true, value_enum)]
     pub output: Option<Output>,
-    /// Retries of a failed request (connection errors, 408, 429, 5xx).
+    /// Retries of a failed request, the token request included (connection errors, 408, 429, 5xx).
     #[arg(long, env = "KEYVAULT_MAX_RETRIES", global = true, default_value_t = 3)]
     pub max_retries: u32,
     /// The longest each request of the command may take, in seconds, its token request, retries and waits
@@ -262,6 +262,7 @@ impl ConnArgs {
                 d.client_secret.expose(),
                 d.authority_host.clone(),
                 cas.clone(),
+                self.max_retries,
             )?),
             (None, Some(secret)) => {
                 let (Some(tenant), Some(client)) = (&self.tenant_id, &self.client_id) else {
@@ -279,6 +280,7 @@ impl ConnArgs {
                         .clone()
                         .unwrap_or_else(|| ClientSecretCredentialOptions::default().authority_host),
                     cas.clone(),
+                    self.max_retries,
                 )?)
             }
             (None, None) => {
@@ -324,6 +326,7 @@ fn client_secret_credential(
     secret: &str,
     authority_host: String,
     cas: Vec<Vec<u8>>,
+    max_retries: u32,
 ) -> CliResult<ClientSecretCredential> {
     ClientSecretCredential::new(
         tenant,
@@ -332,8 +335,10 @@ fn client_secret_credential(
         Some(ClientSecretCredentialOptions {
             authority_host,
             additional_ca_certificates: cas,
+            // `--max-retries` bounds the token request's retries too (a busy token endpoint answers 503
+            // with Retry-After: 1).
             retry: RetryOptions {
-                max_retries: 2,
+                max_retries,
                 ..Default::default()
             },
             ..Default::default()

@@ -369,3 +369,57 @@ fn the_default_role_of_a_configured_client_is_shown() {
         removed.stderr
     );
 }
+
+/// `--max-retries` bounds the token request's retries too, and each one is announced: a token endpoint that
+/// cannot be reached (an authority on a closed port) is tried 1 + N times.
+#[test]
+fn the_token_request_is_retried_as_max_retries_says() {
+    let v = shared();
+    let creds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&v.creds).unwrap()).unwrap();
+    for retries in [0usize, 2] {
+        let mut c = command(None);
+        c.env("KEYVAULT_URL", &v.url)
+            .env("KEYVAULT_CA_FILE", &v.ca)
+            .env("AZURE_TENANT_ID", creds["tenant_id"].as_str().unwrap())
+            .env("AZURE_AUTHORITY_HOST", "https://127.0.0.1:1")
+            .env("AZURE_CLIENT_ID", creds["client_id"].as_str().unwrap())
+            .env(
+                "AZURE_CLIENT_SECRET",
+                creds["client_secret"].as_str().unwrap(),
+            );
+        let max = retries.to_string();
+        let out = run_with(
+            c,
+            &[
+                "secret",
+                "list",
+                "--no-challenge-verification",
+                "--max-retries",
+                &max,
+            ],
+            None,
+        );
+        let notes = out
+            .stderr
+            .lines()
+            .filter(|l| {
+                l.starts_with("note: https://127.0.0.1:1/") && l.contains("/token failed (")
+            })
+            .count();
+        assert_eq!(notes, retries, "{}", out.stderr);
+        assert!(
+            out.stderr
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .starts_with("error: "),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr
+                .contains(creds["client_secret"].as_str().unwrap())
+        );
+    }
+}

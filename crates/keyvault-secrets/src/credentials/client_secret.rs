@@ -126,7 +126,7 @@ impl TokenEndpoint {
             client_id,
             authority,
             allowed_tenants: options.additionally_allowed_tenants.clone(),
-            pipeline: Pipeline::new(transport, options.retry.clone(), None, false),
+            pipeline: Pipeline::for_tokens(transport, options.retry.clone()),
         })
     }
 

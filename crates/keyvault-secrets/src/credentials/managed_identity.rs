@@ -121,7 +121,7 @@ impl ManagedIdentityCredential {
         Ok(ManagedIdentityCredential {
             source,
             client_id: options.client_id,
-            pipeline: Pipeline::new(transport, options.retry, None, false),
+            pipeline: Pipeline::for_tokens(transport, options.retry),
         })
     }
 }

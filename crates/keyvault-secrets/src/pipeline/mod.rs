@@ -61,6 +61,10 @@ pub(crate) struct Pipeline {
     pub try_timeout: Option<Duration>,
     /// The longest a whole send may take, retries and their delays included (per-call options).
     pub timeout: Option<Duration>,
+    /// Every request may be sent again after a connection error, POSTs included: a credential's token
+    /// requests, which change nothing (a second token at worst). Off for the vault's requests, where a
+    /// POST or PATCH that got no response may have been applied (azure-core's rule).
+    pub resend_any: bool,
 }
 
 impl fmt::Debug for Pipeline {
@@ -92,6 +96,15 @@ impl Pipeline {
             headers: Arc::new(HeaderMap::new()),
             try_timeout: None,
             timeout: None,
+            resend_any: false,
+        }
+    }
+
+    /// A pipeline for token requests ([`Pipeline::resend_any`]).
+    pub(crate) fn for_tokens(transport: Arc<dyn Transport>, retry: RetryOptions) -> Self {
+        Pipeline {
+            resend_any: true,
+            ..Pipeline::new(transport, retry, None, false)
         }
     }
 
@@ -177,7 +190,7 @@ impl Pipeline {
                 }
                 Err(e)
                     if e.kind() == ErrorKind::Connection
-                        && retry::retry_connection_error(&req.method) =>
+                        && (self.resend_any || retry::retry_connection_error(&req.method)) =>
                 {
                     if e.message().contains("the client is closed") {
                         return result;
