@@ -42,6 +42,14 @@ struct Node {
     name: String,
     child: Child,
     base: String,
+    /// Every line it logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Node {
+    fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
 }
 
 impl Drop for Node {
@@ -131,11 +139,14 @@ impl Shared {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let log_name = name.to_string();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("KEYVAULT_TEST_LOGS").is_some() {
                     eprintln!("[{log_name}] {line}");
                 }
+                lines.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("addr=").nth(1) {
                     let _ = tx.send(
                         rest.split_whitespace()
@@ -158,6 +169,7 @@ impl Shared {
             name: name.to_string(),
             child,
             base: format!("https://{addr}"),
+            log,
         };
         self.wait_ready(&node, Duration::from_secs(20)).await;
         node
@@ -325,6 +337,10 @@ async fn two_nodes_serve_one_vault() {
         keys_dir_exists(&s.path("keys")),
         "the nodes share one set of key files"
     );
+    // The first node made the shared signing key and says that every node must use it; the second used it.
+    let made =
+        "created a new token signing key: every node over this store must sign with this same key";
+    assert!(a.logged(made) && !b.logged(made));
     // Tokens from either node's issuer work on both.
     let ta = s.token(&a).await;
     let tb = s.token(&b).await;

@@ -155,6 +155,16 @@ async fn cluster(test: &str) -> Option<(PgCluster, String)> {
     Some((cluster, url))
 }
 
+/// Two nodes over the database at `url`, sharing a directory of key files: (the shared directory, the nodes'
+/// data directories, node A, node B).
+async fn two_nodes(url: &str) -> (tempfile::TempDir, [tempfile::TempDir; 2], Node, Node) {
+    let shared = tempfile::tempdir().unwrap();
+    let data = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = Node::start(data[0].path(), shared.path(), Some(url)).await;
+    let b = Node::start(data[1].path(), shared.path(), Some(url)).await;
+    (shared, data, a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_through_one_node_are_in_force_on_the_other() {
     let Some((_cluster, url)) =
@@ -162,10 +172,7 @@ async fn admin_changes_through_one_node_are_in_force_on_the_other() {
     else {
         return;
     };
-    let shared = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Node::start(dir_a.path(), shared.path(), Some(&url)).await;
-    let b = Node::start(dir_b.path(), shared.path(), Some(&url)).await;
+    let (shared, _data, a, b) = two_nodes(&url).await;
     let (admin_a, admin_b) = (a.admin_token().await, b.admin_token().await);
     let (st, _) = a
         .call(
@@ -570,10 +577,7 @@ async fn a_node_that_cannot_read_the_access_document_refuses_until_it_can() {
     else {
         return;
     };
-    let shared = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Node::start(dir_a.path(), shared.path(), Some(&url)).await;
-    let b = Node::start(dir_b.path(), shared.path(), Some(&url)).await;
+    let (_shared, _data, a, b) = two_nodes(&url).await;
     let (admin_a, admin_b) = (a.admin_token().await, b.admin_token().await);
     let plain = reqwest::Client::new();
     let (st, _) = a
