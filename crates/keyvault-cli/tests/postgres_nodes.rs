@@ -736,6 +736,7 @@ async fn a_node_dies_and_the_database_restarts_under_load() {
         down_at.elapsed()
     );
     assert_eq!(s.ready(&b).await, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(s.ready(&b).await, Some(StatusCode::SERVICE_UNAVAILABLE));
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.pg.start_again().unwrap();
     let up_at = Instant::now();
@@ -747,6 +748,16 @@ async fn a_node_dies_and_the_database_restarts_under_load() {
     );
     s.wait_ready(&b, Duration::from_secs(10)).await;
     s.wait_leader("node-b", Duration::from_secs(10)).await;
+    // Two failed probes (at least), one warning; and a line when the store came back.
+    let warnings = b
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("/readyz: the store is not healthy"))
+        .count();
+    assert_eq!(warnings, 1, "{:#?}", b.log.lock().unwrap());
+    assert!(b.logged("/readyz: the store is healthy again"));
 
     stop.store(true, Ordering::Relaxed);
     for w in writers {

@@ -714,6 +714,7 @@ impl Server {
             throttle: crate::http::throttle::Throttle::new(config.throttle_settings()),
             admin: admin.clone(),
             rekey: Default::default(),
+            store_health: Default::default(),
         });
         let app = http::app(state, crate::auth::router(auth_state));
 

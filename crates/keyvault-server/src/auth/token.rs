@@ -144,9 +144,15 @@ impl TokenIssuer {
         Ok((token, self.lifetime_secs - 1))
     }
 
-    /// Also publish and accept these retired keys (tokens they signed stay valid until they expire).
+    /// Also publish and accept these retired keys (tokens they signed stay valid until they expire). A key
+    /// given twice, or the signing key itself given again (a rotation's first step lists the new key as
+    /// previous on every node, then makes it current), is kept once: the JWKS names each key once.
     pub fn with_previous_keys(mut self, previous: Vec<Arc<SigningKey>>) -> Self {
-        self.previous = previous;
+        let mut seen = std::collections::HashSet::from([self.key.kid().to_owned()]);
+        self.previous = previous
+            .into_iter()
+            .filter(|k| seen.insert(k.kid().to_owned()))
+            .collect();
         self
     }
 
@@ -761,6 +767,21 @@ mod tests {
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::ES256);
         assert_eq!(header.kid.as_deref(), Some(issuer.key().kid()));
+    }
+
+    #[test]
+    fn each_key_is_published_once() {
+        let (issuer, _) = setup();
+        let current = issuer.key().clone();
+        let other = Arc::new(SigningKey::generate().unwrap());
+        let issuer = issuer.with_previous_keys(vec![other.clone(), current.clone(), other.clone()]);
+        let kids: Vec<String> = issuer.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kids, [current.kid(), other.kid()]);
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct HttpState {
     pub admin: Arc<crate::admin::AccessAdmin>,
     /// This node's rekey job (`/admin/rekey`).
     pub rekey: crate::rekey::job::RekeyJobs,
+    /// What `/readyz` last found of the store, so that a failing probe warns once.
+    pub store_health: ready::StoreHealthLog,
 }
 
 /// The whole HTTP application: health, the token issuer's routes, and the vault API (see [`App`]).

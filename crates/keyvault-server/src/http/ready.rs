@@ -7,23 +7,52 @@ use super::respond::json_response;
 use axum::response::Response;
 use http::StatusCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The reason a node is not ready, as `/readyz` names it.
 pub const STORAGE_UNAVAILABLE: &str = "storage unavailable";
 /// See [`crate::admin::UNCONFIRMED_LIMIT`].
 pub const ACCESS_UNCONFIRMED: &str = "access control not confirmed current";
 
+/// Whether the last `/readyz` found the store unhealthy: a probe that fails logs a warning only when the store
+/// turns unhealthy, and one line when it recovers (load balancers probe every few seconds, each of them).
+#[derive(Debug, Default)]
+pub struct StoreHealthLog {
+    unhealthy: AtomicBool,
+}
+
+impl StoreHealthLog {
+    fn failed(&self, error: &dyn std::fmt::Display) {
+        if self.unhealthy.swap(true, Ordering::Relaxed) {
+            tracing::debug!(error = %error, "/readyz: the store is still not healthy");
+        } else {
+            tracing::warn!(
+                error = %error,
+                "/readyz: the store is not healthy (not logged again until it recovers)"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.unhealthy.swap(false, Ordering::Relaxed) {
+            tracing::info!("/readyz: the store is healthy again");
+        }
+    }
+}
+
 /// 200 `{"status":"ready"}`, or 503 `{"status":"unavailable","reason":…}` with one of the reasons above
 /// (the store's health first: without a store nothing is served anyway).
 pub async fn readyz(state: &HttpState) -> Response {
     let reason = match state.vault.store().health().await {
         Err(e) => {
-            tracing::warn!(error = %e, "/readyz: the store is not healthy");
+            state.store_health.failed(&e);
             Some(STORAGE_UNAVAILABLE)
         }
-        // Logged by the access refresher, which knows why (admin.rs).
-        Ok(()) if state.admin.unconfirmed().is_some() => Some(ACCESS_UNCONFIRMED),
-        Ok(()) => None,
+        Ok(()) => {
+            state.store_health.succeeded();
+            // Logged by the access refresher, which knows why (admin.rs).
+            state.admin.unconfirmed().map(|_| ACCESS_UNCONFIRMED)
+        }
     };
     match reason {
         None => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
