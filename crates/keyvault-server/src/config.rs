@@ -785,7 +785,11 @@ impl Config {
             let scope = Scope::parse(a.scope.as_deref().unwrap_or("/")).map_err(bad)?;
             policy
                 .assign(Assignment {
-                    id: String::new(),
+                    id: crate::auth::configured_assignment_id(
+                        &a.principal,
+                        &a.role,
+                        &scope.to_string(),
+                    ),
                     principal: a.principal.clone(),
                     role: a.role.clone(),
                     scope,
@@ -1528,6 +1532,16 @@ mod tests {
         assert!(p.authorize("ci", Operation::SecretSet, Some("x")).is_ok());
         assert!(p.authorize("ci", Operation::SecretGet, Some("x")).is_err());
         assert_eq!(c.audit_log_path(), Some(c.data_dir.join("audit.log")));
+        // Configured assignments keep their ids from one start (one node) to the next, and differ.
+        let ids = |p: &crate::auth::policy::Policy| -> Vec<String> {
+            let mut ids: Vec<String> = p.assignments(None).into_iter().map(|a| a.id).collect();
+            ids.sort();
+            ids
+        };
+        let first = ids(&p);
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1]);
+        assert_eq!(ids(&c.policy().unwrap()), first);
 
         let strict = Config {
             default_client_role: "none".into(),

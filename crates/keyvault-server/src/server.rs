@@ -627,7 +627,11 @@ impl Server {
         {
             policy
                 .assign(Assignment {
-                    id: String::new(),
+                    id: crate::auth::configured_assignment_id(
+                        &dev.client_id,
+                        role,
+                        &Scope::Vault.to_string(),
+                    ),
                     principal: dev.client_id.clone(),
                     role: role.to_string(),
                     scope: Scope::Vault,

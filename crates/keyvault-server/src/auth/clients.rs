@@ -119,7 +119,28 @@ fn selector_of(secret: &str) -> Option<&str> {
 pub fn generate_client_id() -> String {
     let mut b = [0u8; 16];
     fill_random(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
+    uuid_text(b, 0x40)
+}
+
+/// The id of a role assignment made by the configuration (`[[assignments]]`, `dev_client_role`): a version 8
+/// (name-based, SHA-256) UUID of what it assigns, so that it is the same at every start and on every node
+/// reading the same configuration (a random one changed at each start, so ids recorded from `role list` led
+/// nowhere afterwards).
+pub fn configured_assignment_id(principal: &str, role: &str, scope: &str) -> String {
+    let mut input = Vec::with_capacity(32 + principal.len() + role.len() + scope.len());
+    for part in ["keyvault configured assignment", principal, role, scope] {
+        input.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        input.extend_from_slice(part.as_bytes());
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest.as_ref()[..16]);
+    uuid_text(b, 0x80)
+}
+
+/// `b` as UUID text, with its version nibble set to `version` (`0x40`, `0x80`) and the RFC 9562 variant.
+fn uuid_text(mut b: [u8; 16], version: u8) -> String {
+    b[6] = (b[6] & 0x0f) | version;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!(

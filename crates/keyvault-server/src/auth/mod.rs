@@ -24,7 +24,9 @@ pub mod token;
 pub(crate) mod util;
 
 pub use assertion::{ClientAssertions, ClientCertificate, FederatedCredential};
-pub use clients::{ClientRegistry, generate_client_id, generate_secret, hash_secret};
+pub use clients::{
+    ClientRegistry, configured_assignment_id, generate_client_id, generate_secret, hash_secret,
+};
 pub use keys::{SigningKey, TOKEN_ALG};
 pub use policy::{Assignment, Denied, Operation, Permission, Policy, Role, Scope};
 pub use routes::{AuthState, router};
