@@ -366,9 +366,11 @@ fn finish(report: &RekeyReport, json: bool, out: &mut impl Write) -> CliResult {
             code::PARTIAL,
             format!(
                 "{} version(s) were written under a retired key during the rekey: some node still had it \
-                 current (each node must make the new key current before rekey runs). They were re-sealed \
-                 and the key check is under key id {}; restart every node with key id {} current, then run \
-                 keyvault rekey again to make sure nothing is left",
+                 current (each node must make the new key current before rekey runs), or runs a build older \
+                 than key rotation (one without previous_kek_files), which does not learn that a key was \
+                 retired and goes on writing under it. They were re-sealed and the key check is under key id \
+                 {}; restart every node with key id {} current (upgrade an older build first), then run \
+                 keyvault rekey again, and remove the old key only once it finds nothing left",
                 report.late,
                 report.key_check_after.as_deref().unwrap_or("none"),
                 report.current_kek_id,

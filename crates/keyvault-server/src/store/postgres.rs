@@ -757,7 +757,9 @@ async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
         .try_get(0)?;
     if current > SCHEMA_VERSION {
         return Err(StoreError::Internal(format!(
-            "the database has schema version {current}, newer than this server supports ({SCHEMA_VERSION})"
+            "the database has schema version {current}, newer than this server supports ({SCHEMA_VERSION}): \
+             a newer build has upgraded it, and an upgrade is one way; run that build (or a newer one), or \
+             restore a copy taken before the upgrade"
         )));
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {

@@ -1332,7 +1332,9 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Internal(format!(
-            "the database has schema version {version}, newer than this server supports ({SCHEMA_VERSION})"
+            "the database has schema version {version}, newer than this server supports ({SCHEMA_VERSION}): \
+             a newer build has upgraded it, and an upgrade is one way; run that build (or a newer one), or \
+             restore a copy taken before the upgrade"
         )));
     }
     if version < 1 {
