@@ -129,6 +129,7 @@ impl SecretClientOptions {
             user_agent: user_agent(self.user_agent_suffix.as_deref()),
             http2: self.http2,
             max_body_bytes: self.max_response_body_size,
+            max_body_setting: "SecretClientOptions::max_response_body_size",
         }
     }
 }

@@ -241,11 +241,15 @@ pub(crate) struct TransportConfig {
     pub http2: bool,
     /// The most bytes of a response body read; a longer body is refused with [`ErrorKind::Data`].
     pub max_body_bytes: usize,
+    /// What sets `max_body_bytes`, for the error past it.
+    pub max_body_setting: &'static str,
 }
 
 /// What the built-in transport reads at most of a token endpoint's answer (every credential's): a token
 /// response is a few KB.
 pub(crate) const TOKEN_RESPONSE_LIMIT: usize = 1024 * 1024;
+/// What sets [`TOKEN_RESPONSE_LIMIT`], as its error says.
+pub(crate) const TOKEN_RESPONSE_LIMIT_SETTING: &str = "the fixed limit of a token response";
 
 /// The built-in transport: reqwest over rustls with the ring provider. `close` drops the connection pool;
 /// the next send builds a new one from the same settings.
@@ -372,7 +376,8 @@ impl Transport for ReqwestTransport {
         let mut response = builder.send().await.map_err(connection_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = read_body(&mut response, self.config.max_body_bytes, &request.url).await?;
+        let limit = (self.config.max_body_bytes, self.config.max_body_setting);
+        let body = read_body(&mut response, limit, &request.url).await?;
         Ok(Response {
             status,
             headers,
@@ -391,14 +396,18 @@ impl Transport for ReqwestTransport {
 /// read any length, and hold it twice at its end). A longer body, announced by its `Content-Length` or found
 /// while reading, is not read further: an [`ErrorKind::Data`] error naming the limit and the URL (without its
 /// query). The connection is dropped with the response.
-async fn read_body(response: &mut reqwest::Response, limit: usize, url: &str) -> Result<Bytes> {
+async fn read_body(
+    response: &mut reqwest::Response,
+    (limit, setting): (usize, &str),
+    url: &str,
+) -> Result<Bytes> {
     let too_large = |seen: String| {
         let url = url.split(['?', '#']).next().unwrap_or_default();
         Error::new(
             ErrorKind::Data,
             format!(
-                "the response of {url} is {seen}, more than the client reads of a response ({limit} bytes; \
-                 SecretClientOptions::max_response_body_size); not read further"
+                "the response of {url} is {seen}, more than the client reads of a response ({limit} bytes: \
+                 {setting}); not read further"
             ),
         )
     };
@@ -462,6 +471,7 @@ mod alpn_tests {
             user_agent: "test".into(),
             http2,
             max_body_bytes: 1024,
+            max_body_setting: "test",
         }
     }
 
@@ -540,6 +550,7 @@ mod tests {
             user_agent: "test".into(),
             http2: false,
             max_body_bytes: 1024,
+            max_body_setting: "test",
         })
         .unwrap();
         let open = |t: &ReqwestTransport| t.client.lock().unwrap().is_some();

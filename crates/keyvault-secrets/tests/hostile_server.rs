@@ -88,7 +88,7 @@ async fn an_answer_past_the_body_limit_is_refused() {
         assert_eq!(e.kind(), ErrorKind::Data, "{name}: {e}");
         let m = e.message();
         assert!(
-            m.contains("(1000 bytes; SecretClientOptions::max_response_body_size)")
+            m.contains("(1000 bytes: SecretClientOptions::max_response_body_size)")
                 && m.contains(&format!("{}/secrets/{name}/ is", server.url))
                 && !m.contains("api-version"),
             "{name}: {m}"
@@ -145,7 +145,8 @@ async fn a_token_answer_past_one_mib_is_refused() {
     assert_eq!(e.kind(), ErrorKind::Credential, "{e}");
     assert!(
         e.message().contains("cannot read the authority's answer")
-            && e.message().contains("(1048576 bytes;"),
+            && e.message()
+                .contains("(1048576 bytes: the fixed limit of a token response)"),
         "{e}"
     );
 }
@@ -193,7 +194,11 @@ async fn a_managed_identity_endpoint_that_never_stops_is_cut_off() {
     .unwrap();
     let e = credential.get_token(&[SCOPE], None).await.unwrap_err();
     assert!(e.is_client_authentication(), "{e}");
-    assert!(e.message().contains("(1048576 bytes;"), "{e}");
+    assert!(
+        e.message()
+            .contains("(1048576 bytes: the fixed limit of a token response)"),
+        "{e}"
+    );
 }
 
 /// An authority whose error quotes the request (or a client id that was really the secret) does not get the

@@ -120,6 +120,7 @@ impl TokenEndpoint {
                 user_agent: user_agent(None),
                 http2: false,
                 max_body_bytes: crate::http::TOKEN_RESPONSE_LIMIT,
+                max_body_setting: crate::http::TOKEN_RESPONSE_LIMIT_SETTING,
             },
         )?;
         Ok(TokenEndpoint {

@@ -117,6 +117,7 @@ impl ManagedIdentityCredential {
                 user_agent: user_agent(None),
                 http2: false,
                 max_body_bytes: crate::http::TOKEN_RESPONSE_LIMIT,
+                max_body_setting: crate::http::TOKEN_RESPONSE_LIMIT_SETTING,
             },
         )?;
         Ok(ManagedIdentityCredential {
