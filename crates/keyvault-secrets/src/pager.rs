@@ -235,7 +235,7 @@ mod tests {
         let fetch: FetchPage<usize> = Arc::new(move |token: Option<String>| {
             Box::pin(async move {
                 let (items, next) = match token.as_deref() {
-                    None => (vec![0], "https://v.example/secrets?$skiptoken=1"),
+                    None => (vec![0usize], "https://v.example/secrets?$skiptoken=1"),
                     Some("https://v.example/secrets?$skiptoken=1") => {
                         (vec![1], "https://v.example/secrets?$skiptoken=2")
                     }
