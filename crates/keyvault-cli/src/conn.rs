@@ -22,8 +22,9 @@ pub enum Output {
     Table,
     /// JSON (the default when standard output is not a terminal).
     Json,
-    /// Tab-separated columns, no header, one line per item (backslashes, tabs and newlines in fields escaped
-    /// with a backslash; in the tags column also ',' and '=' inside a tag's name or value).
+    /// Tab-separated columns, no header, one line per item (a backslash doubled; tabs, newlines, control
+    /// characters and bidi/format characters written as escapes such as \t, \n, \u{1b}, \u{202e}; in the tags
+    /// column also ',' and '=' inside a tag's name or value escaped with a backslash).
     Tsv,
     /// Only the value: the secret's value for `show`, else one bare field per item (see each command's help).
     Value,
@@ -76,7 +77,7 @@ pub struct ConnArgs {
     pub max_retries: u32,
     /// The longest each request of the command may take, in seconds, its token request, retries and waits
     /// included (each page of a listing, each poll of --wait and each secret of an import or export gets this
-    /// long); 0: no limit.
+    /// long; --wait-timeout bounds the whole wait); 0: no limit.
     #[arg(
         long,
         env = "KEYVAULT_TIMEOUT",

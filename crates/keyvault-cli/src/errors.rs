@@ -59,7 +59,8 @@ pub enum Target<'a> {
 }
 
 impl CliError {
-    /// An error with `message` made one line (services put line breaks in some descriptions).
+    /// An error with `message` made one line (services put line breaks in some descriptions) and safe for a
+    /// terminal (a server's text may hold escape sequences: see [`crate::render::terminal_safe`]).
     pub fn new(code: u8, message: impl Into<String>) -> Self {
         let message: String = message.into();
         let message = if message.contains(['\n', '\r']) {
@@ -72,6 +73,7 @@ impl CliError {
         } else {
             message
         };
+        let message = crate::render::terminal_safe(&message);
         CliError { code, message }
     }
 

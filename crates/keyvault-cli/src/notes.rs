@@ -90,7 +90,7 @@ impl<S: tracing::Subscriber> Layer<S> for RetryNotes {
         let mut retry = Retry::default();
         event.record(&mut retry);
         if let Some(note) = retry.note() {
-            stderr_line!("{note}");
+            stderr_line!("{}", crate::render::terminal_safe(&note));
         }
     }
 }

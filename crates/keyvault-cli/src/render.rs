@@ -232,8 +232,8 @@ impl Col {
 }
 
 /// Escape a tag's name or value for the Tags column, `name=value` pairs joined by `,`: a backslash before
-/// `\`, `,` and `=`, and `\t`, `\n`, `\r` for tab, newline and carriage return (so the column is also a valid
-/// TSV field). JSON output has the tags as they are.
+/// `\`, `,` and `=`, and the characters [`unsafe_char`] names as escapes (`\t`, `\n`, `\u{1b}`, …; so the column
+/// is also a valid TSV field, and safe on a terminal). JSON output has the tags as they are.
 fn tag_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -242,41 +242,50 @@ fn tag_escape(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => out.extend(c.escape_default()),
             c => out.push(c),
         }
     }
     out
 }
 
-/// Escape a TSV field: backslash, tab, newline and carriage return.
+/// Escape a TSV field: a backslash doubled, and the characters [`unsafe_char`] names as escapes (`\t`, `\n`,
+/// `\r`, `\u{1b}`, `\u{202e}`, …): a field holds no tab or line break, and nothing a terminal would act on.
 pub fn tsv_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => out.extend(c.escape_default()),
             c => out.push(c),
         }
     }
     out
 }
 
-/// Table cells: control characters shown as escapes so a value cannot break the layout.
-fn table_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+/// Characters not printed as they are to a terminal: control characters (C0, DEL, C1: escape sequences, a
+/// carriage return that overwrites the line, a bell) and the invisible format and bidirectional controls
+/// (U+200B-U+200F, U+202A-U+202E, U+2066-U+2069) that hide or reorder text.
+pub fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text made safe for a terminal: each [`unsafe_char`] shown as its Rust escape (`\u{1b}`, `\n`, `\u{202e}`).
+/// Table cells and every message on standard error go through it.
+pub fn terminal_safe(s: &str) -> String {
+    if !s.chars().any(unsafe_char) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn width(s: &str) -> usize {
@@ -315,7 +324,7 @@ pub fn print_list(
         Output::Table => {
             let rows: Vec<Vec<String>> = views
                 .iter()
-                .map(|v| cols.iter().map(|c| table_escape(&c.cell(v))).collect())
+                .map(|v| cols.iter().map(|c| terminal_safe(&c.cell(v))).collect())
                 .collect();
             let headers: Vec<String> = cols.iter().map(|c| c.header().to_string()).collect();
             let widths: Vec<usize> = (0..cols.len())
@@ -369,7 +378,7 @@ pub fn print_one(
         Output::Table => {
             let w = cols.iter().map(|c| width(c.header())).max().unwrap_or(0);
             for c in cols {
-                let cell = table_escape(&c.cell(view));
+                let cell = terminal_safe(&c.cell(view));
                 let h = c.header();
                 writeln!(out, "{h}{}  {cell}", " ".repeat(w - width(h))).map_err(io_error)?;
             }
@@ -399,9 +408,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn terminal_unsafe_characters_are_escaped() {
+        let hostile = "a\u{1b}]0;t\u{7}\u{1b}[2J\rb\u{7f}\u{9b}c\u{202e}d\u{200b}e\u{2066}f";
+        let safe = r"a\u{1b}]0;t\u{7}\u{1b}[2J\rb\u{7f}\u{9b}c\u{202e}d\u{200b}e\u{2066}f";
+        assert_eq!(terminal_safe(hostile), safe);
+        assert_eq!(tsv_escape(hostile), safe);
+        assert_eq!(tag_escape(hostile), safe);
+        // Parseable: a backslash of the text is doubled in TSV, so an escape is never ambiguous.
+        assert_eq!(tsv_escape(r"\u{1b}"), r"\\u{1b}");
+        // Other text is kept, accents and emoji included.
+        assert_eq!(terminal_safe("é ü 🔑 名前"), "é ü 🔑 名前");
+    }
+
+    #[test]
     fn escapes() {
         assert_eq!(tsv_escape("a\tb\nc\\"), "a\\tb\\nc\\\\");
-        assert_eq!(table_escape("a\nb"), "a\\nb");
+        assert_eq!(terminal_safe("a\nb"), "a\\nb");
         assert_eq!(tag_escape(r"a=x,b\y"), r"a\=x\,b\\y");
         assert_eq!(tag_escape("t\tn\n"), r"t\tn\n");
     }

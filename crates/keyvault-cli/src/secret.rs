@@ -167,6 +167,41 @@ pub struct WaitArgs {
     /// Wait until the vault has finished the operation.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: the longest to wait in all, in seconds (each poll also gets --timeout); past it, exit 1
+    /// with an error saying the operation was accepted and is still running. 0: no limit.
+    #[arg(
+        long,
+        env = "KEYVAULT_WAIT_TIMEOUT",
+        default_value_t = 120,
+        value_name = "SECS",
+        requires = "wait"
+    )]
+    pub wait_timeout: u64,
+}
+
+/// Wait for `poller` for at most `secs` seconds (0: no limit); past it, an error (exit 1) saying that the
+/// vault accepted the operation (`doing`, e.g. "deleting secret 'x'") and has not finished it yet.
+async fn wait_bounded<T: keyvault_secrets::PollerResult>(
+    poller: &mut keyvault_secrets::Poller<T>,
+    secs: u64,
+    doing: &str,
+    on_error: impl Fn(keyvault_secrets::Error) -> CliError,
+) -> CliResult {
+    if secs == 0 {
+        return poller.wait().await.map_err(on_error);
+    }
+    let status = poller
+        .wait_timeout(std::time::Duration::from_secs(secs))
+        .await
+        .map_err(on_error)?;
+    if status == keyvault_secrets::PollerStatus::Succeeded {
+        Ok(())
+    } else {
+        Err(CliError::other(format!(
+            "the vault accepted the request and is still {doing} after {secs} s of --wait; it may finish \
+             later [--wait-timeout SECS sets how long to wait; 0: no limit]"
+        )))
+    }
 }
 
 #[derive(Args)]
@@ -482,7 +517,8 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
                 .await
                 .map_err(err(target))?;
             if a.wait {
-                poller.wait().await.map_err(err(target))?;
+                let doing = format!("deleting secret '{}'", a.name);
+                wait_bounded(&mut poller, a.wait_timeout, &doing, err(target)).await?;
             }
             let d = poller.into_result();
             render::print_one(
@@ -521,10 +557,9 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
                 .await
                 .map_err(err(target))?;
             if a.wait {
-                poller
-                    .wait()
-                    .await
-                    .map_err(err(Target::Secret(&a.name, None)))?;
+                let doing = format!("recovering secret '{}'", a.name);
+                let on_error = err(Target::Secret(&a.name, None));
+                wait_bounded(&mut poller, a.wait_timeout, &doing, on_error).await?;
             }
             let p = poller.into_result();
             render::print_one(

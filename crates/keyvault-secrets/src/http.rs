@@ -164,7 +164,7 @@ impl Response {
                     }
                     inner = d.innererror.as_deref();
                 }
-                (error.code, inner_code, error.message)
+                (error.code, inner_code, error.message.map(cut_message))
             }
             None => {
                 let text = self.text();
@@ -176,8 +176,45 @@ impl Response {
                 )
             }
         };
+        let message = if self.status.is_redirection() {
+            Some(self.redirect_message())
+        } else {
+            message
+        };
         Error::from_response(self.status, header_code.or(code), inner, message)
             .with_headers(self.headers.clone())
+    }
+
+    /// A 3xx is not followed (a token must not go elsewhere): the error says so, naming where it pointed by
+    /// its origin only (a path or query may carry anything).
+    fn redirect_message(&self) -> String {
+        let to = self
+            .headers
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| match reqwest::Url::parse(l.trim()) {
+                Ok(url) => format!("to {}", url.origin().ascii_serialization()),
+                Err(_) => "to another path of the same host".to_string(),
+            })
+            .unwrap_or_else(|| "without a Location".to_string());
+        format!(
+            "a redirect ({} {to}), which the client does not follow",
+            self.status.as_u16()
+        )
+    }
+}
+
+/// The most characters of a service's error message kept in an [`Error`]; a longer one is cut, with a note
+/// of how much was cut.
+const MAX_ERROR_MESSAGE_CHARS: usize = 2000;
+
+fn cut_message(message: String) -> String {
+    match message.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
+        None => message,
+        Some((cut, _)) => {
+            let rest = message[cut..].chars().count();
+            format!("{}… [{rest} more characters cut]", &message[..cut])
+        }
     }
 }
 
@@ -202,7 +239,17 @@ pub(crate) struct TransportConfig {
     pub user_agent: String,
     /// Offer HTTP/2 by ALPN (else HTTP/1.1 only).
     pub http2: bool,
+    /// The most bytes of a response body read; a longer body is refused with [`ErrorKind::Data`].
+    pub max_body_bytes: usize,
+    /// What sets `max_body_bytes`, for the error past it.
+    pub max_body_setting: &'static str,
 }
+
+/// What the built-in transport reads at most of a token endpoint's answer (every credential's): a token
+/// response is a few KB.
+pub(crate) const TOKEN_RESPONSE_LIMIT: usize = 1024 * 1024;
+/// What sets [`TOKEN_RESPONSE_LIMIT`], as its error says.
+pub(crate) const TOKEN_RESPONSE_LIMIT_SETTING: &str = "the fixed limit of a token response";
 
 /// The built-in transport: reqwest over rustls with the ring provider. `close` drops the connection pool;
 /// the next send builds a new one from the same settings.
@@ -326,10 +373,11 @@ impl Transport for ReqwestTransport {
         if let Some(timeout) = request.timeout {
             builder = builder.timeout(timeout);
         }
-        let response = builder.send().await.map_err(connection_error)?;
+        let mut response = builder.send().await.map_err(connection_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(connection_error)?;
+        let limit = (self.config.max_body_bytes, self.config.max_body_setting);
+        let body = read_body(&mut response, limit, &request.url).await?;
         Ok(Response {
             status,
             headers,
@@ -342,6 +390,46 @@ impl Transport for ReqwestTransport {
             c.take();
         }
     }
+}
+
+/// Read a response body of at most `limit` bytes into one buffer, chunk by chunk (reqwest's `bytes()` would
+/// read any length, and hold it twice at its end). A longer body, announced by its `Content-Length` or found
+/// while reading, is not read further: an [`ErrorKind::Data`] error naming the limit and the URL (without its
+/// query). The connection is dropped with the response.
+async fn read_body(
+    response: &mut reqwest::Response,
+    (limit, setting): (usize, &str),
+    url: &str,
+) -> Result<Bytes> {
+    let too_large = |seen: String| {
+        let url = url.split(['?', '#']).next().unwrap_or_default();
+        Error::new(
+            ErrorKind::Data,
+            format!(
+                "the response of {url} is {seen}, more than the client reads of a response ({limit} bytes: \
+                 {setting}); not read further"
+            ),
+        )
+    };
+    let announced = response.content_length();
+    if let Some(len) = announced
+        && len > limit as u64
+    {
+        return Err(too_large(format!("{len} bytes (its Content-Length)")));
+    }
+    // Announced (and within the limit): one allocation; else grown as chunks come.
+    let capacity = announced.map_or(0, |len| len as usize);
+    let mut body = bytes::BytesMut::with_capacity(capacity);
+    while let Some(chunk) = response.chunk().await.map_err(connection_error)? {
+        if chunk.len() > limit - body.len() {
+            return Err(too_large(format!(
+                "longer than {} bytes",
+                body.len() + chunk.len() - 1
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn connection_error(e: reqwest::Error) -> Error {
@@ -382,6 +470,8 @@ mod alpn_tests {
             timeout: None,
             user_agent: "test".into(),
             http2,
+            max_body_bytes: 1024,
+            max_body_setting: "test",
         }
     }
 
@@ -403,6 +493,42 @@ mod tests {
 
     /// A request's `Debug` shows its URL as the HTTP log does: query values such as `$skiptoken` redacted.
     #[test]
+    fn long_messages_are_cut_and_redirects_named() {
+        let long = format!(
+            r#"{{"error":{{"code":"X","message":"{}"}}}}"#,
+            "é".repeat(2500)
+        );
+        let e = Response::new(StatusCode::BAD_REQUEST, HeaderMap::new(), long).to_error();
+        assert_eq!(e.message().chars().filter(|c| *c == 'é').count(), 2000);
+        assert!(
+            e.message().ends_with("… [500 more characters cut]"),
+            "{}",
+            e.message()
+        );
+        let short = r#"{"error":{"code":"X","message":"short"}}"#;
+        let e = Response::new(StatusCode::BAD_REQUEST, HeaderMap::new(), short).to_error();
+        assert_eq!(e.message(), "short");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::LOCATION,
+            HeaderValue::from_static("https://evil.example:8443/steal?token=CANARY"),
+        );
+        let e = Response::new(StatusCode::MOVED_PERMANENTLY, headers, "{}").to_error();
+        assert_eq!(e.kind(), ErrorKind::HttpResponse);
+        assert_eq!(
+            e.message(),
+            "a redirect (301 to https://evil.example:8443), which the client does not follow"
+        );
+        let e = Response::new(StatusCode::TEMPORARY_REDIRECT, HeaderMap::new(), "").to_error();
+        assert!(
+            e.message().contains("307 without a Location"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
     fn request_debug_redacts_the_url() {
         let r = Request::new(
             Method::GET,
@@ -423,6 +549,8 @@ mod tests {
             timeout: None,
             user_agent: "test".into(),
             http2: false,
+            max_body_bytes: 1024,
+            max_body_setting: "test",
         })
         .unwrap();
         let open = |t: &ReqwestTransport| t.client.lock().unwrap().is_some();

@@ -3,12 +3,13 @@
 //! The continuation token is the service's `nextLink` (opaque). Resume a listing with
 //! [`Pager::by_page_from`] or [`Pager::resume_from`]; the client only ever sends it to its own vault.
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::logging::redacted_url;
 use futures_core::Stream;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -40,11 +41,28 @@ impl<T: fmt::Debug> fmt::Debug for Page<T> {
 }
 
 /// A stream of pages. Ends after the last page, or after the first error.
+///
+/// A `nextLink` this listing has already followed (a paging loop: a broken or hostile service) is not followed
+/// again: the stream ends with an [`ErrorKind::Data`] error instead.
 pub struct Pages<T> {
     fetch: FetchPage<T>,
     /// `Some(token)`: a fetch is due (`None` token = the first page). `None`: finished.
     next: Option<Option<String>>,
     in_flight: Option<PageFuture<T>>,
+    /// The links followed in this listing, by a hash of their path and query (the client sends every link to
+    /// its own vault, whatever its scheme and host): 8 bytes a page.
+    followed: HashSet<u64>,
+}
+
+/// What identifies a link: its path and query (a link's scheme and host are replaced by the vault's).
+fn link_key(link: &str) -> u64 {
+    let rest = match link.split_once("://") {
+        Some((_, after)) => after.find('/').map_or("/", |i| &after[i..]),
+        None => link,
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rest.hash(&mut h);
+    h.finish()
 }
 
 impl<T> fmt::Debug for Pages<T> {
@@ -74,6 +92,16 @@ impl<T> Stream for Pages<T> {
         if this.in_flight.is_none() {
             match this.next.take() {
                 None => return Poll::Ready(None),
+                Some(Some(token)) if !this.followed.insert(link_key(&token)) => {
+                    return Poll::Ready(Some(Err(Error::new(
+                        ErrorKind::Data,
+                        format!(
+                            "the service's nextLink {} names a page this listing has already read (a paging \
+                             loop); the listing stops here",
+                            redacted_url(&token)
+                        ),
+                    ))));
+                }
                 Some(token) => this.in_flight = Some((this.fetch)(token)),
             }
         }
@@ -113,6 +141,7 @@ impl<T> Pager<T> {
                 fetch,
                 next: Some(None),
                 in_flight: None,
+                followed: HashSet::new(),
             },
             buffer: VecDeque::new(),
         }
@@ -132,6 +161,7 @@ impl<T> Pager<T> {
     pub fn resume_from(mut self, continuation_token: impl Into<String>) -> Self {
         self.buffer.clear();
         self.pages.in_flight = None;
+        self.pages.followed.clear();
         self.pages.next = Some(Some(continuation_token.into()));
         self
     }
@@ -196,6 +226,40 @@ mod tests {
         assert_eq!(rest, vec![2, 3, 4, 5]);
         let mut empty = numbers(1, 0);
         assert!(empty.next().await.is_none());
+    }
+
+    /// A next link already followed in this listing (here from page 2 back to page 1, on another host) ends
+    /// the listing with a Data error after the items read so far, instead of going round forever.
+    #[tokio::test]
+    async fn a_paging_loop_ends_with_an_error() {
+        let fetch: FetchPage<usize> = Arc::new(move |token: Option<String>| {
+            Box::pin(async move {
+                let (items, next) = match token.as_deref() {
+                    None => (vec![0usize], "https://v.example/secrets?$skiptoken=1"),
+                    Some("https://v.example/secrets?$skiptoken=1") => {
+                        (vec![1], "https://v.example/secrets?$skiptoken=2")
+                    }
+                    _ => (vec![2], "https://other.example:9/secrets?$skiptoken=1"),
+                };
+                Ok(Page {
+                    items,
+                    continuation_token: Some(next.to_string()),
+                })
+            }) as PageFuture<usize>
+        });
+        let results: Vec<Result<usize>> = Pager::new(fetch).collect().await;
+        assert_eq!(
+            results.len(),
+            4,
+            "three pages, then the error, then the end"
+        );
+        for (i, r) in results[..3].iter().enumerate() {
+            assert_eq!(*r.as_ref().unwrap(), i);
+        }
+        let e = results[3].as_ref().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Data);
+        assert!(e.message().contains("paging loop"), "{e}");
+        assert!(!e.message().contains("skiptoken=1"), "redacted: {e}");
     }
 
     /// A page's and a listing's `Debug` show the next link with its `$skiptoken` redacted.

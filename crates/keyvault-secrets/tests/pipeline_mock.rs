@@ -351,6 +351,7 @@ async fn managed_identity_unavailable_or_failed() {
                 headers: vec![("content-type".into(), "text/html".into())],
                 body: "<html>captive portal</html>".into(),
                 delay: None,
+                chunked: false,
             },
             _ => MockResponse::json(
                 500,

@@ -119,6 +119,8 @@ impl TokenEndpoint {
                 timeout: options.timeout,
                 user_agent: user_agent(None),
                 http2: false,
+                max_body_bytes: crate::http::TOKEN_RESPONSE_LIMIT,
+                max_body_setting: crate::http::TOKEN_RESPONSE_LIMIT_SETTING,
             },
         )?;
         Ok(TokenEndpoint {
@@ -154,7 +156,7 @@ impl TokenEndpoint {
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.append_pair("client_id", &self.client_id);
-            match auth {
+            match &auth {
                 ClientAuth::Secret(secret) => {
                     form.append_pair("client_secret", secret.expose());
                 }
@@ -177,13 +179,21 @@ impl TokenEndpoint {
         );
         request.body = Some(bytes::Bytes::copy_from_slice(body.expose().as_bytes()));
         let response = self.pipeline.send(request).await.map_err(|e| {
+            let what = if e.kind() == ErrorKind::Connection {
+                "cannot reach the authority"
+            } else {
+                "cannot read the authority's answer"
+            };
             Error::with_source(
                 ErrorKind::Credential,
-                format!("{who}: cannot reach the authority: {}", e.message()),
+                format!("{who}: {what}: {}", e.message()),
                 e,
             )
         })?;
-        parse_token_response(who, &response)
+        let own_secret = match &auth {
+            ClientAuth::Secret(s) | ClientAuth::Assertion(s) => s.expose(),
+        };
+        parse_token_response(who, &response, &[own_secret])
     }
 }
 
@@ -227,10 +237,31 @@ pub(crate) fn error_detail(response: &Response) -> String {
         .unwrap_or_else(|| response.to_error().message().to_string())
 }
 
+/// `text` with every occurrence of each of `secrets` (as is, and form-encoded as a token request carries it)
+/// replaced by `REDACTED`: an authority's error may quote the request (or a client id that is really the
+/// secret, when the two were swapped), and the error ends up in logs.
+pub(crate) fn redact_secrets(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for form in [*secret, encoded.as_str()] {
+            if out.contains(form) {
+                out = out.replace(form, "REDACTED");
+            }
+        }
+    }
+    out
+}
+
 /// Turn a token endpoint's answer into an [`AccessToken`] (`expires_in` seconds, or `expires_on` Unix time).
-pub(crate) fn parse_token_response(who: &str, response: &Response) -> Result<AccessToken> {
+/// `secrets`, what the request carried to prove the client's identity, are kept out of an error's text.
+pub(crate) fn parse_token_response(
+    who: &str,
+    response: &Response,
+    secrets: &[&str],
+) -> Result<AccessToken> {
     if !response.status.is_success() {
-        let detail = error_detail(response);
+        let detail = redact_secrets(&error_detail(response), secrets);
         return Err(Error::new(
             ErrorKind::Credential,
             format!(
@@ -239,9 +270,12 @@ pub(crate) fn parse_token_response(who: &str, response: &Response) -> Result<Acc
             ),
         ));
     }
-    let t: TokenResponse = response
-        .json()
-        .map_err(|e| Error::new(ErrorKind::Credential, format!("{who}: {}", e.message())))?;
+    let t: TokenResponse = response.json().map_err(|e| {
+        Error::new(
+            ErrorKind::Credential,
+            format!("{who}: {}", redact_secrets(e.message(), secrets)),
+        )
+    })?;
     let token = t.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
         Error::new(
             ErrorKind::Credential,
@@ -374,12 +408,17 @@ mod tests {
     /// and zero or negative it is expired now.
     #[test]
     fn token_lifetimes_out_of_range() {
-        let far = parse_token_response("t", &answer(r#"{"access_token":"a","expires_in":1e19}"#))
-            .unwrap();
+        let far = parse_token_response(
+            "t",
+            &answer(r#"{"access_token":"a","expires_in":1e19}"#),
+            &[],
+        )
+        .unwrap();
         assert_eq!(far.expires_on, time::PrimitiveDateTime::MAX.assume_utc());
         let far = parse_token_response(
             "t",
             &answer(r#"{"access_token":"a","expires_in":"9223372036854775807"}"#),
+            &[],
         )
         .unwrap();
         assert_eq!(far.expires_on, time::PrimitiveDateTime::MAX.assume_utc());
@@ -390,6 +429,7 @@ mod tests {
                 &answer(&format!(
                     r#"{{"access_token":"a","expires_in":{lifetime}}}"#
                 )),
+                &[],
             )
             .unwrap();
             assert!(
@@ -397,8 +437,12 @@ mod tests {
                 "{lifetime}"
             );
         }
-        let hour = parse_token_response("t", &answer(r#"{"access_token":"a","expires_in":3600}"#))
-            .unwrap();
+        let hour = parse_token_response(
+            "t",
+            &answer(r#"{"access_token":"a","expires_in":3600}"#),
+            &[],
+        )
+        .unwrap();
         assert!(hour.expires_on > before + time::Duration::seconds(3590));
     }
 }

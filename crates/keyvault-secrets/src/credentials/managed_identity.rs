@@ -116,6 +116,8 @@ impl ManagedIdentityCredential {
                 timeout: options.timeout,
                 user_agent: user_agent(None),
                 http2: false,
+                max_body_bytes: crate::http::TOKEN_RESPONSE_LIMIT,
+                max_body_setting: crate::http::TOKEN_RESPONSE_LIMIT_SETTING,
             },
         )?;
         Ok(ManagedIdentityCredential {
@@ -193,7 +195,12 @@ impl TokenCredential for ManagedIdentityCredential {
                 format!("{WHO} authentication unavailable: {reason}"),
             ));
         }
-        parse_token_response(WHO, &response)
+        // App Service's header is a secret of the identity: an error that quotes it does not show it.
+        let secrets = match &self.source {
+            Source::AppService { header, .. } => vec![header.expose()],
+            Source::Imds { .. } => Vec::new(),
+        };
+        parse_token_response(WHO, &response, &secrets)
     }
 }
 

@@ -99,6 +99,71 @@ pub(crate) fn verify_resource(challenge: &Challenge, request_url: &str) -> Resul
     }
 }
 
+/// A challenge's text in an error: at most 200 characters of it.
+fn shown(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// The challenge's scope (its `scope`, or its `resource` + `/.default`) must be one absolute https URL: no
+/// whitespace (several scopes), no user info, query or fragment. It is sent to the authority as the token
+/// request's scope as it is.
+fn check_scope(scope: &str) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(Error::new(
+            ErrorKind::ClientAuthentication,
+            format!(
+                "the vault's challenge names the scope '{}', which is {why}; the challenge is refused",
+                shown(scope)
+            ),
+        ))
+    };
+    if scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("not one URL (it holds whitespace: several scopes?)");
+    }
+    let Ok(url) = reqwest::Url::parse(scope) else {
+        return refuse("not an absolute URL");
+    };
+    if url.scheme() != "https" {
+        return refuse("not an https URL");
+    }
+    if url.host_str().is_none_or(str::is_empty)
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return refuse("not a plain https URL (a host, no user info, query or fragment)");
+    }
+    Ok(())
+}
+
+/// A challenge's `claims` (CAE): base64url, padded or not, of a JSON object. The credential is given the JSON,
+/// as azure-core's challenge policies decode it.
+fn decode_claims(encoded: &str) -> Result<String> {
+    use base64::Engine;
+    let trimmed = encoded.trim_end_matches('=');
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|text| {
+            serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object())
+        });
+    json.ok_or_else(|| {
+        Error::new(
+            ErrorKind::ClientAuthentication,
+            format!(
+                "the vault's challenge has claims '{}' that are not base64url-encoded JSON; the challenge is refused",
+                shown(encoded)
+            ),
+        )
+    })
+}
+
 #[derive(Default)]
 struct State {
     challenge: Option<Challenge>,
@@ -199,11 +264,15 @@ impl ChallengeAuth {
         s.token = None;
     }
 
-    fn accept(&self, challenge: &Challenge, url: &str) -> Result<()> {
+    /// The challenge as the credential is asked for its token: its scope checked (and its resource, unless
+    /// told not to), its claims decoded.
+    fn accept(&self, mut challenge: Challenge, url: &str) -> Result<Challenge> {
+        check_scope(&challenge.scope)?;
         if self.verify_resource {
-            verify_resource(challenge, url)?;
+            verify_resource(&challenge, url)?;
         }
-        Ok(())
+        challenge.claims = challenge.claims.as_deref().map(decode_claims).transpose()?;
+        Ok(challenge)
     }
 
     /// Send `req` through `next`, authorising it.
@@ -228,7 +297,7 @@ impl ChallengeAuth {
                 let Some(challenge) = challenge_of(&response) else {
                     return Ok(response);
                 };
-                self.accept(&challenge, &req.url)?;
+                let challenge = self.accept(challenge, &req.url)?;
                 let token = self.token(&challenge, false).await?;
                 next(with_token(req, &token)?).await?
             }
@@ -245,7 +314,7 @@ impl ChallengeAuth {
             self.clear().await;
             return Ok(response);
         };
-        self.accept(&challenge, &req.url)?;
+        let challenge = self.accept(challenge, &req.url)?;
         let token = self.token(&challenge, true).await?;
         next(with_token(req, &token)?).await
     }
@@ -285,6 +354,49 @@ mod tests {
             parse_challenge(r#"Bearer authorization="https://login/x""#),
             None
         );
+    }
+
+    /// A challenge's scope is one absolute https URL, or the challenge is refused (verification on or off).
+    #[test]
+    fn a_scope_must_be_one_https_url() {
+        for good in [
+            "https://vault.azure.net/.default",
+            "https://localhost:8443/.default",
+        ] {
+            assert!(check_scope(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "https://localhost/x https://management.azure.com/.default",
+            "https://localhost/.default https://graph.microsoft.com/.default offline_access",
+            "http://localhost/.default",
+            "vault.azure.net/.default",
+            "https://user:pw@vault.azure.net/.default",
+            "https://vault.azure.net/.default?x=1",
+            "https://vault.azure.net/.default#x",
+            "https://vault.azure.net/\t.default",
+        ] {
+            let e = check_scope(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ClientAuthentication, "{bad}");
+            assert!(
+                e.message().contains("the challenge is refused"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// CAE claims are base64url of JSON, padded or not; anything else refuses the challenge.
+    #[test]
+    fn claims_are_decoded() {
+        let json = r#"{"access_token":{"nbf":{"essential":true,"value":"1603742800"}}}"#;
+        use base64::Engine;
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(json);
+        assert!(padded.ends_with('='));
+        assert_eq!(decode_claims(&padded).unwrap(), json);
+        assert_eq!(decode_claims(padded.trim_end_matches('=')).unwrap(), json);
+        for bad in ["not base64!", "bm90IGpzb24", json] {
+            let e = decode_claims(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ClientAuthentication, "{bad}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct MockResponse {
     pub body: String,
     /// Wait this long before answering (a deliberately slow endpoint).
     pub delay: Option<std::time::Duration>,
+    /// Send the body chunked (without a `Content-Length`), in chunks of at most 64 KiB.
+    pub chunked: bool,
 }
 
 impl MockResponse {
@@ -36,6 +38,7 @@ impl MockResponse {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.into(),
             delay: None,
+            chunked: false,
         }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
@@ -44,6 +47,10 @@ impl MockResponse {
     }
     pub fn delayed(mut self, delay: std::time::Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+    pub fn chunked(mut self) -> Self {
+        self.chunked = true;
         self
     }
 }
@@ -156,16 +163,32 @@ where
                     if let Some(delay) = resp.delay {
                         tokio::time::sleep(delay).await;
                     }
-                    let mut out = format!(
-                        "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
-                        resp.status,
-                        resp.body.len()
-                    );
+                    let mut out = if resp.chunked {
+                        format!(
+                            "HTTP/1.1 {} X\r\ntransfer-encoding: chunked\r\n",
+                            resp.status
+                        )
+                    } else {
+                        format!(
+                            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+                            resp.status,
+                            resp.body.len()
+                        )
+                    };
                     for (k, v) in &resp.headers {
                         out.push_str(&format!("{k}: {v}\r\n"));
                     }
                     out.push_str("\r\n");
-                    out.push_str(&resp.body);
+                    if resp.chunked {
+                        for chunk in resp.body.as_bytes().chunks(64 * 1024) {
+                            out.push_str(&format!("{:x}\r\n", chunk.len()));
+                            out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                            out.push_str("\r\n");
+                        }
+                        out.push_str("0\r\n\r\n");
+                    } else {
+                        out.push_str(&resp.body);
+                    }
                     if tls.write_all(out.as_bytes()).await.is_err() {
                         return;
                     }

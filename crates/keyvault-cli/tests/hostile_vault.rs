@@ -1,0 +1,330 @@
+//! The `keyvault` binary against a broken or hostile vault: a small HTTPS server on 127.0.0.1 (rustls over
+//! std sockets, a connection per request) that answers what each test tells it to. What the server says must
+//! reach the terminal escaped, and `--wait` must end.
+
+mod cli_support;
+
+use cli_support::{Out, command, run_with};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// An answer: status, extra headers, body.
+type Answer = (u16, Vec<(&'static str, String)>, String);
+
+struct FakeVault {
+    url: String,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Start a fake vault whose every answer is `answer(method, target)`.
+fn fake_vault(answer: impl Fn(&str, &str) -> Answer + Send + Sync + 'static) -> FakeVault {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let (config, answer) = (config.clone(), answer.clone());
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let mut first = head.lines().next().unwrap_or_default().split(' ');
+                let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                let length: usize = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                if tls.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let (status, headers, body) = answer(method, target);
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&body);
+                let _ = tls.write_all(out.as_bytes());
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    FakeVault {
+        url,
+        ca: ca_path,
+        _dir: dir,
+    }
+}
+
+/// `keyvault ARGS` against `vault`, with a client secret whose authority is the fake vault too.
+fn kv_at(vault: &FakeVault, args: &[&str]) -> Out {
+    let mut c = command(None);
+    c.env("KEYVAULT_URL", &vault.url)
+        .env("KEYVAULT_CA_FILE", &vault.ca)
+        .env("AZURE_TENANT_ID", "tenant-1")
+        .env("AZURE_CLIENT_ID", "app-1")
+        .env("AZURE_CLIENT_SECRET", "CLIENTSECRET-CANARY")
+        .env("AZURE_AUTHORITY_HOST", &vault.url)
+        .env("KEYVAULT_MAX_RETRIES", "0");
+    let mut all = args.to_vec();
+    all.push("--no-challenge-verification");
+    run_with(c, &all, None)
+}
+
+fn json(status: u16, body: impl Into<String>) -> Answer {
+    (
+        status,
+        vec![("content-type", "application/json".to_string())],
+        body.into(),
+    )
+}
+
+/// Control characters a terminal would act on, and the invisible and bidirectional format characters.
+const HOSTILE: &str =
+    "\u{1b}]0;owned\u{7}\u{1b}[2J\u{1b}[31mFAKE\u{1b}[0m\rline\u{202e}txt\u{200b}\u{9b}";
+
+fn assert_terminal_safe(text: &str) {
+    for c in ['\u{1b}', '\u{7}', '\r', '\u{202e}', '\u{200b}', '\u{9b}'] {
+        assert!(!text.contains(c), "{c:?} printed raw: {text:?}");
+    }
+}
+
+fn secret_bundle(url: &str, value: &str, content_type: &str) -> String {
+    serde_json::json!({
+        "value": value,
+        "contentType": content_type,
+        "id": format!("{url}/secrets/x/0123456789abcdef0123456789abcdef"),
+        "attributes": {"enabled": true, "created": 1613504488, "updated": 1613504488},
+        "tags": {"t": value},
+    })
+    .to_string()
+}
+
+/// An error's code and message, an HTML error page, and a token endpoint's error, as a hostile server writes
+/// them with escape sequences, reach stderr escaped (`\u{1b}`), on one line, with the exit code of the status.
+#[test]
+fn what_a_server_says_on_stderr_is_escaped() {
+    let v = fake_vault(|_, target| {
+        let path = target.split('?').next().unwrap_or_default();
+        let error =
+            serde_json::json!({"error": {"code": format!("Bad{HOSTILE}Code"), "message": HOSTILE}});
+        match path {
+            "/secrets/json400/" => json(400, error.to_string()),
+            "/secrets/html500/" => (
+                500,
+                vec![("content-type", "text/html".to_string())],
+                format!("<html>{HOSTILE}</html>"),
+            ),
+            _ => json(404, "{}"),
+        }
+    });
+    let e = kv_at(&v, &["secret", "show", "json400"]).code(2);
+    assert_terminal_safe(&e.stderr);
+    assert!(
+        e.stderr.contains(r"\u{1b}]0;owned\u{7}\u{1b}[2J") && e.stderr.contains(r"(Bad\u{1b}]0;"),
+        "{}",
+        e.stderr
+    );
+    assert_eq!(e.stderr.lines().count(), 1, "{}", e.stderr);
+    let e = kv_at(&v, &["secret", "show", "html500"]).code(1);
+    assert_terminal_safe(&e.stderr);
+    assert!(e.stderr.contains(r"<html>\u{1b}]0;owned"), "{}", e.stderr);
+    drop(v);
+
+    // A vault that challenges, and an authority whose error is hostile.
+    let v = fake_vault(|_, target| {
+        let path = target.split('?').next().unwrap_or_default();
+        if path.ends_with("/oauth2/v2.0/token") {
+            json(
+                400,
+                serde_json::json!({"error": format!("invalid_client{HOSTILE}"), "error_description": HOSTILE})
+                    .to_string(),
+            )
+        } else {
+            let mut a = json(401, "{}");
+            a.1.push((
+                "www-authenticate",
+                r#"Bearer authorization="https://login.example/tenant-1", resource="https://vault.azure.net""#
+                    .to_string(),
+            ));
+            a
+        }
+    });
+    let e = kv_at(&v, &["secret", "show", "x"]).code(5);
+    assert_terminal_safe(&e.stderr);
+    assert!(
+        e.stderr.contains(r"invalid_client\u{1b}]0;owned") && !e.stderr.contains("CANARY"),
+        "{}",
+        e.stderr
+    );
+}
+
+/// `-o tsv` escapes what a terminal would act on (and stays one line of fields a reader can split on tabs);
+/// table output too; `-o value` prints the value as it is.
+#[test]
+fn tsv_and_table_output_escape_controls_value_stays_raw() {
+    let v = fake_vault(|_, target| {
+        let url = "https://kv.vault.azure.net";
+        if target.starts_with("/secrets/x/") {
+            json(200, secret_bundle(url, HOSTILE, "text/\u{202e}plain"))
+        } else {
+            json(404, "{}")
+        }
+    });
+    for format in ["tsv", "table"] {
+        let out = kv_at(&v, &["secret", "show", "x", "-o", format]).ok();
+        assert_terminal_safe(&out.stdout);
+        assert!(
+            out.stdout.contains(r"\u{1b}]0;owned\u{7}")
+                && out.stdout.contains(r"text/\u{202e}plain"),
+            "{format}: {}",
+            out.stdout
+        );
+    }
+    let tsv = kv_at(&v, &["secret", "show", "x", "-o", "tsv"]).ok();
+    assert_eq!(tsv.stdout.lines().count(), 1, "{}", tsv.stdout);
+    let raw = kv_at(&v, &["secret", "show", "x", "-o", "value"]).ok();
+    assert_eq!(raw.stdout, format!("{HOSTILE}\n"));
+}
+
+/// A JSON error message of 20,000 characters is cut to 2,000, saying how much was left out.
+#[test]
+fn a_huge_error_message_is_cut() {
+    let v = fake_vault(|_, _| {
+        json(
+            400,
+            serde_json::json!({"error": {"code": "BadParameter", "message": "m".repeat(20_000)}})
+                .to_string(),
+        )
+    });
+    let e = kv_at(&v, &["secret", "show", "x"]).code(2);
+    assert!(
+        e.stderr.contains(&format!(
+            "{}… [18000 more characters cut]",
+            "m".repeat(2000)
+        )) && !e.stderr.contains(&"m".repeat(2001)),
+        "{} bytes",
+        e.stderr.len()
+    );
+}
+
+/// `delete --wait` against a vault that never finishes the deletion (the deleted secret stays "not found")
+/// ends after --wait-timeout with exit 1 and an error that says the delete was accepted and is still running;
+/// `recover --wait` likewise.
+#[test]
+fn wait_ends_after_the_wait_timeout() {
+    let v = fake_vault(|method, target| {
+        let url = "https://kv.vault.azure.net";
+        match (method, target.split('?').next().unwrap_or_default()) {
+            ("DELETE", "/secrets/x") => json(
+                200,
+                serde_json::json!({
+                    "recoveryId": format!("{url}/deletedsecrets/x"),
+                    "deletedDate": 1613504488, "scheduledPurgeDate": 1614109288,
+                    "id": format!("{url}/secrets/x"),
+                    "attributes": {"enabled": true, "recoveryLevel": "Recoverable+Purgeable"},
+                })
+                .to_string(),
+            ),
+            ("POST", "/deletedsecrets/x/recover") => json(
+                200,
+                serde_json::json!({
+                    "id": format!("{url}/secrets/x/0123456789abcdef0123456789abcdef"),
+                    "attributes": {"enabled": true},
+                })
+                .to_string(),
+            ),
+            _ => json(
+                404,
+                r#"{"error":{"code":"SecretNotFound","message":"not yet"}}"#,
+            ),
+        }
+    });
+    let e = kv_at(
+        &v,
+        &["secret", "delete", "x", "--wait", "--wait-timeout", "2"],
+    )
+    .code(1);
+    assert!(
+        e.stderr.contains(
+            "error: the vault accepted the request and is still deleting secret 'x' after 2 s of --wait"
+        ) && e.stderr.contains("--wait-timeout SECS"),
+        "{}",
+        e.stderr
+    );
+    let e = kv_at(
+        &v,
+        &["secret", "recover", "x", "--wait", "--wait-timeout", "2"],
+    )
+    .code(1);
+    assert!(
+        e.stderr
+            .contains("still recovering secret 'x' after 2 s of --wait"),
+        "{}",
+        e.stderr
+    );
+    // Without --wait there is nothing to bound.
+    let e = kv_at(&v, &["secret", "delete", "x", "--wait-timeout", "2"]).code(2);
+    assert!(e.stderr.contains("--wait"), "{}", e.stderr);
+}
+
+/// A listing whose nextLink goes back to a page already read ends with an error (exit 1) instead of
+/// fetching forever.
+#[test]
+fn a_paging_loop_ends_the_listing() {
+    let v = fake_vault(|_, target| {
+        let item = r#"{"id":"https://kv.vault.azure.net/secrets/a","attributes":{"enabled":true}}"#;
+        let next = "/secrets?api-version=2026-04-01&$skiptoken=again";
+        if target.contains("skiptoken=again") || target.starts_with("/secrets?") {
+            json(200, format!(r#"{{"value":[{item}],"nextLink":"{next}"}}"#))
+        } else {
+            json(404, "{}")
+        }
+    });
+    let e = kv_at(&v, &["secret", "list"]).code(1);
+    assert!(e.stderr.contains("paging loop"), "{}", e.stderr);
+}
