@@ -47,6 +47,11 @@ pub struct Config {
     /// Seconds a connection may stay without traffic either way before the server closes it (1–86400).
     /// Default 120. A client sending for 30 s (or this long, if shorter) without an answer is cut off too.
     pub idle_timeout_secs: u64,
+    /// Connections one source may hold open at once (an IPv4 address, or an IPv6 /64: one host's usual
+    /// share), so that one client cannot take all of the server's 4,096; past it, a new connection from that
+    /// source is closed at once. 0: no limit per source (behind a proxy whose connections all come from one
+    /// address, if it opens more than this many). Default 512.
+    pub max_connections_per_source: u32,
     pub tls: TlsConfig,
     /// OAuth clients allowed to get tokens (client credentials).
     pub clients: Vec<ClientConfig>,
@@ -610,6 +615,7 @@ impl Default for Config {
             token_lifetime_secs: 3600,
             sweep_interval_secs: 60,
             idle_timeout_secs: 120,
+            max_connections_per_source: 512,
             cache_mib: 64,
             mmap_mib: 0,
             pg_pool_size: crate::store::postgres::POOL_SIZE,
@@ -850,6 +856,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "idle_timeout_secs must be from 1 to 86400, not {}",
                 self.idle_timeout_secs
+            )));
+        }
+        if self.max_connections_per_source > 4096 {
+            return Err(ConfigError(format!(
+                "max_connections_per_source must be from 0 (no limit) to 4096, not {}",
+                self.max_connections_per_source
             )));
         }
         if self.mmap_mib > MAX_MMAP_MIB {

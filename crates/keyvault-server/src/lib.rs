@@ -24,6 +24,7 @@ pub mod http;
 mod idle;
 mod json;
 pub mod local;
+pub mod lograte;
 pub mod metrics;
 pub mod rekey;
 pub mod server;

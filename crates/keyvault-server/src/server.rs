@@ -44,6 +44,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// `accept failed` is logged twice per 10 s at most (with a count of the lines left out).
+static ACCEPT_FAILURES_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(2);
+
 /// Raises the soft limit on open files towards the hard one, so that `MAX_CONNECTIONS` connections (and the
 /// database's and logs' files) fit: a soft limit of 1,024, common by default, would make `accept` fail long
 /// before the connection budget is spent.
@@ -154,6 +157,8 @@ pub struct Server {
     metrics: Option<(TcpListener, Arc<Metrics>)>,
     /// Connections open now (shown by the metrics).
     open_connections: Arc<AtomicU64>,
+    /// Connections open now per source, and the limit (`max_connections_per_source`).
+    sources: Arc<SourceLimit>,
 }
 
 fn host_of(addr: &SocketAddr) -> String {
@@ -680,6 +685,7 @@ impl Server {
         };
         let http_metrics = Arc::new(HttpMetrics::new());
         let open_connections = Arc::new(AtomicU64::new(0));
+        let sources = Arc::new(SourceLimit::new(config.max_connections_per_source));
         let metrics = match config.metrics_addr {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -691,6 +697,10 @@ impl Server {
                     store: vault.store().clone(),
                     audit: audit.clone(),
                     connections: Arc::new(move || gauge.load(Ordering::Relaxed)),
+                    connections_refused: {
+                        let sources = sources.clone();
+                        Arc::new(move || sources.refused.load(Ordering::Relaxed))
+                    },
                     start_time: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64()),
@@ -747,6 +757,7 @@ impl Server {
             trusted_issuers: trusted,
             metrics,
             open_connections,
+            sources,
         })
     }
 
@@ -839,16 +850,29 @@ impl Server {
                 _ = &mut shutdown => break,
                 permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let (tcp, _peer) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        // Repeats every 50 ms while file descriptors are exhausted.
+                        crate::budgeted_log!(ACCEPT_FAILURES_LOG, warn, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
+            };
+            let Some(source) = self.sources.enter(peer.ip()) else {
+                // Closed at once, before any TLS: the client sees its connection end, and the slot stays
+                // free for other sources.
+                crate::budgeted_log!(
+                    SOURCE_LIMIT_LOG,
+                    warn,
+                    source = %source_key(peer.ip()),
+                    limit = self.sources.limit,
+                    "a connection was refused: its source has as many open as max_connections_per_source allows"
+                );
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
@@ -859,6 +883,7 @@ impl Server {
             tokio::spawn(async move {
                 let _permit = permit;
                 let _open = open;
+                let _source = source;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -900,6 +925,100 @@ impl Server {
             audit.flush().await;
         }
         Ok(())
+    }
+}
+
+/// A connection's source, as [`SourceLimit`] counts it: an IPv4 address (also when it comes IPv4-mapped),
+/// or the /64 an IPv6 address is in (one host's usual share of addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4(std::net::Ipv4Addr),
+    V6(u64),
+}
+
+fn source_key(ip: std::net::IpAddr) -> SourceKey {
+    match ip {
+        std::net::IpAddr::V4(v4) => SourceKey::V4(v4),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SourceKey::V4(v4),
+            None => SourceKey::V6((v6.to_bits() >> 64) as u64),
+        },
+    }
+}
+
+impl std::fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceKey::V4(v4) => write!(f, "{v4}"),
+            SourceKey::V6(prefix) => {
+                let net = std::net::Ipv6Addr::from_bits(u128::from(*prefix) << 64);
+                write!(f, "{net}/64")
+            }
+        }
+    }
+}
+
+/// `accept`'s refusals for the per-source limit are logged twice per 10 s at most (with a count).
+static SOURCE_LIMIT_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(2);
+
+/// Open connections per source, against `max_connections_per_source`: without it one client could hold all
+/// of the server's [`MAX_CONNECTIONS`] (a request a minute, or an HTTP/2 PING, keeps a connection from being
+/// idle), and new clients would wait in the listen backlog.
+struct SourceLimit {
+    /// 0: no limit (nothing is counted).
+    limit: u32,
+    open: std::sync::Mutex<std::collections::HashMap<SourceKey, u32>>,
+    /// Connections refused for the limit (for the metrics).
+    refused: AtomicU64,
+}
+
+impl SourceLimit {
+    fn new(limit: u32) -> SourceLimit {
+        SourceLimit {
+            limit,
+            open: Default::default(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a new connection from `ip`, or refuses it (`None`) when its source has `limit` open.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceGuard> {
+        if self.limit == 0 {
+            return Some(SourceGuard(None));
+        }
+        let key = source_key(ip);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.limit {
+            drop(open);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *count += 1;
+        Some(SourceGuard(Some((self.clone(), key))))
+    }
+}
+
+/// A connection counted against its source while it lives.
+struct SourceGuard(Option<(Arc<SourceLimit>, SourceKey)>);
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        if let Some((limit, key)) = self.0.take() {
+            let mut open = limit
+                .open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(count) = open.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
     }
 }
 

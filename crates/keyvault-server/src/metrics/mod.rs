@@ -419,6 +419,8 @@ pub struct Metrics {
     pub audit: Option<crate::audit::AuditLog>,
     /// Connections open now.
     pub connections: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Connections refused because their source had `max_connections_per_source` open.
+    pub connections_refused: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// Unix seconds when the server started.
     pub start_time: f64,
     /// Access control (with a shared store: how current it is known to be).
@@ -451,6 +453,17 @@ impl Metrics {
             "Connections to the vault's listener open now.",
         );
         e.sample("keyvault_http_open_connections", &[], (self.connections)());
+        e.family(
+            "keyvault_http_connections_refused_total",
+            Kind::Counter,
+            "Connections closed at once because their source (an IPv4 address or an IPv6 /64) had \
+             max_connections_per_source open.",
+        );
+        e.sample(
+            "keyvault_http_connections_refused_total",
+            &[],
+            (self.connections_refused)(),
+        );
         self.render_http(&mut e);
         self.render_store(&mut e);
         if let Some((age, failures)) = self.access.confirmation_state() {
