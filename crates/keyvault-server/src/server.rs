@@ -669,6 +669,9 @@ impl Server {
             let clock = clock.clone();
             Arc::new(move || clock.now())
         };
+        let limiter = Arc::new(crate::http::limits::Limiter::new(
+            config.request_limits.clone(),
+        ));
         let auth_state = AuthState {
             issuer: token_issuer.clone(),
             clients: clients.clone(),
@@ -677,6 +680,7 @@ impl Server {
             clock: clock_fn,
             assertions,
             assertion_audiences,
+            limiter: limiter.clone(),
         };
         let http_metrics = Arc::new(HttpMetrics::new());
         let open_connections = Arc::new(AtomicU64::new(0));
@@ -695,6 +699,7 @@ impl Server {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64()),
                     access: admin.clone(),
+                    limiter: limiter.clone(),
                 };
                 Some((listener, Arc::new(metrics)))
             }
@@ -717,6 +722,7 @@ impl Server {
             audit: audit.clone(),
             throttle: crate::http::throttle::Throttle::new(config.throttle_settings()),
             admin: admin.clone(),
+            limiter,
             rekey: Default::default(),
             store_health: Default::default(),
         });
