@@ -126,6 +126,10 @@ pub struct Config {
     pub allow_client_assertion_reuse: bool,
     /// The throttling window in seconds. Default 10 (Key Vault's); the limits' names keep saying "10s".
     pub rate_limit_window_secs: u64,
+    /// The bounds on request bodies and on backups and restores in progress
+    /// ([`crate::http::limits`]). Not read from the file (always the defaults there): tests shorten them.
+    #[serde(skip)]
+    pub request_limits: crate::http::limits::RequestLimits,
 }
 
 /// A custom role: a name and a permission set (`get`, `list`, `set`, `delete`, `recover`, `backup`,
@@ -638,6 +642,7 @@ impl Default for Config {
             rate_limit_window_secs: 10,
             trusted_issuers: Vec::new(),
             allow_client_assertion_reuse: true,
+            request_limits: Default::default(),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct LocalVaultOptions {
     /// Serve `/metrics` on this address (`127.0.0.1:0`: a port the kernel picks; see
     /// [`LocalVault::metrics_url`]). Default: off.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The bounds on request bodies and on backups and restores ([`crate::http::limits`]). Default: the
+    /// server's.
+    pub request_limits: crate::http::limits::RequestLimits,
 }
 
 impl Default for LocalVaultOptions {
@@ -48,6 +51,7 @@ impl Default for LocalVaultOptions {
             tenant_id: None,
             clients: Vec::new(),
             metrics_addr: None,
+            request_limits: Default::default(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl LocalVault {
             trusted_issuers: options.trusted_issuers,
             clients: options.clients,
             metrics_addr: options.metrics_addr,
+            request_limits: options.request_limits,
             ..defaults
         };
         let server = Server::bind_with_clock(config, options.clock).await?;

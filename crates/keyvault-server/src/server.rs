@@ -674,6 +674,9 @@ impl Server {
             let clock = clock.clone();
             Arc::new(move || clock.now())
         };
+        let limiter = Arc::new(crate::http::limits::Limiter::new(
+            config.request_limits.clone(),
+        ));
         let auth_state = AuthState {
             issuer: token_issuer.clone(),
             clients: clients.clone(),
@@ -682,6 +685,7 @@ impl Server {
             clock: clock_fn,
             assertions,
             assertion_audiences,
+            limiter: limiter.clone(),
         };
         let http_metrics = Arc::new(HttpMetrics::new());
         let open_connections = Arc::new(AtomicU64::new(0));
@@ -705,6 +709,7 @@ impl Server {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64()),
                     access: admin.clone(),
+                    limiter: limiter.clone(),
                 };
                 Some((listener, Arc::new(metrics)))
             }
@@ -727,6 +732,7 @@ impl Server {
             audit: audit.clone(),
             throttle: crate::http::throttle::Throttle::new(config.throttle_settings()),
             admin: admin.clone(),
+            limiter,
             rekey: Default::default(),
             store_health: Default::default(),
         });
@@ -836,7 +842,9 @@ impl Server {
         // on HTTP/2), so a large token works or fails alike whichever protocol the client negotiated.
         builder
             .http2()
-            .max_concurrent_streams(256)
+            // RFC 9113's floor; the SDKs and keyvault-bench (64) use fewer (each stream's body is bounded by
+            // the body deadline and budget, `http::limits`).
+            .max_concurrent_streams(100)
             .max_header_list_size(MAX_HEADER_BYTES as u32);
         builder.http1().max_buf_size(MAX_HEADER_BYTES);
         // Quiet connections, and clients that trickle a request without ever completing it, are cut off by

@@ -48,6 +48,8 @@ pub struct AuthState {
     /// The token endpoint's URLs a certificate assertion's `aud` may name
     /// (`https://{host}/{tenant}/oauth2/v2.0/token`).
     pub assertion_audiences: Vec<String>,
+    /// The server's bounds on request bodies (the form's deadline and its share of the body budget).
+    pub limiter: Arc<crate::http::limits::Limiter>,
 }
 
 impl fmt::Debug for AuthState {
@@ -153,12 +155,16 @@ async fn token(
     // The extractors' own refusals are plain text; a client of this endpoint expects the OAuth error shape.
     let result = match (
         tenant,
-        crate::http::read_body(body, MAX_TOKEN_FORM_BYTES).await,
+        crate::http::read_body(&state.limiter, body, MAX_TOKEN_FORM_BYTES).await,
     ) {
         (Err(_), _) => Err(OAuthError::tenant_not_found(
             "invalid_request",
             "(not valid UTF-8)",
         )),
+        // The body budget spent: Entra ID's transient 503, with `Retry-After`.
+        (_, Err(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE => Err(
+            OAuthError::temporarily_unavailable("too many request bodies being received"),
+        ),
         (_, Err(e)) => Err(OAuthError::new(e.status, "invalid_request", e.message, &[])),
         (Ok(Path(tenant)), Ok(body)) => token_inner(&state, &tenant, &headers, &body).await,
     };
@@ -879,6 +885,7 @@ mod tests {
             clock: Arc::new(|| NOW),
             assertions: Arc::new(ClientAssertions::new()),
             assertion_audiences: vec![format!("https://localhost:8443/{TENANT}/oauth2/v2.0/token")],
+            limiter: Default::default(),
         }
     }
 

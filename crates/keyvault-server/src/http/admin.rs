@@ -99,9 +99,10 @@ struct DefineRole {
 
 /// An optional JSON body: empty = the default.
 async fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    limiter: &super::limits::Limiter,
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = super::read_body(body, MAX_ADMIN_BODY_BYTES).await?;
+    let bytes = super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -156,7 +157,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "principals"]) => {
             op("PrincipalCreate", None);
-            let p: CreatePrincipal = optional_json(body).await?;
+            let p: CreatePrincipal = optional_json(&state.limiter, body).await?;
             let role = match (p.role, p.scope) {
                 (Some(role), scope) => Some((role, scope_of(scope.as_deref())?)),
                 (None, Some(_)) => {
@@ -191,7 +192,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "principals", id, "secrets"]) => {
             op("PrincipalSecretAdd", Some(id));
-            let p: AddSecret = optional_json(body).await?;
+            let p: AddSecret = optional_json(&state.limiter, body).await?;
             let secret = admin.add_secret(id, p.expires_on, now).await.map_err(err)?;
             Ok(json_response(StatusCode::CREATED, &secret))
         }
@@ -213,7 +214,8 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "roleAssignments"]) => {
             op("RoleAssignmentCreate", None);
-            let p: CreateAssignment = read_json_quoting(body, MAX_ADMIN_BODY_BYTES).await?;
+            let p: CreateAssignment =
+                read_json_quoting(&state.limiter, body, MAX_ADMIN_BODY_BYTES).await?;
             let scope = scope_of(p.scope.as_deref())?;
             let (a, created) = admin
                 .assign(&p.principal, &p.role, scope)
@@ -247,7 +249,8 @@ pub(super) async fn handle(
         }
         (&Method::PUT, ["admin", "roles", name]) => {
             op("RoleDefine", Some(name));
-            let p: DefineRole = read_json_quoting(body, MAX_ADMIN_BODY_BYTES).await?;
+            let p: DefineRole =
+                read_json_quoting(&state.limiter, body, MAX_ADMIN_BODY_BYTES).await?;
             let (role, created) = admin.define_role(name, p.permissions).await.map_err(err)?;
             let status = if created {
                 StatusCode::CREATED
@@ -263,7 +266,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "rekey"]) => {
             op("RekeyStart", None);
-            let p: StartRekey = optional_json(body).await?;
+            let p: StartRekey = optional_json(&state.limiter, body).await?;
             let batch_size = p.batch_size.unwrap_or(crate::rekey::DEFAULT_BATCH);
             if !(1..=MAX_REKEY_BATCH).contains(&batch_size) {
                 return Err(ApiError::bad_parameter(format!(

@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod error;
+pub mod limits;
 mod ready;
 mod respond;
 pub mod throttle;
@@ -61,6 +62,8 @@ pub struct HttpState {
     pub throttle: Option<throttle::Throttle>,
     /// Principals, their secrets and role assignments made through the admin API.
     pub admin: Arc<crate::admin::AccessAdmin>,
+    /// The bounds on request bodies, and on backups and restores in progress.
+    pub limiter: Arc<limits::Limiter>,
     /// This node's rekey job (`/admin/rekey`).
     pub rekey: crate::rekey::job::RekeyJobs,
     /// What `/readyz` last found of the store, so that a failing probe warns once.
@@ -718,15 +721,20 @@ const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// connection). A declared length over the limit is refused before any of the body is read (no
 /// `100 Continue`) when the body is too large to drain. A body that breaks off or is badly framed gets 400.
 ///
+/// The whole body must arrive within the body deadline ([`limits::BODY_DEADLINE`]; else 408), and the bytes
+/// kept are taken from the server's body budget as they arrive ([`limits::BODY_BUDGET_BYTES`]; when it is
+/// spent the read waits, within its deadline, then gets 503) and given back when this returns, whatever it
+/// returns.
+///
 /// The body may hold a secret's value or a client secret: it is gathered into a buffer that is wiped when
 /// dropped (and never reallocated with the old one left behind), and every frame read is wiped too when
 /// nothing else holds it. (A frame that is a slice of hyper's connection buffer cannot be: that buffer is
 /// reused for the connection's next bytes and freed unwiped; README, "Limits".)
 pub(crate) async fn read_body(
+    limiter: &limits::Limiter,
     mut body: Body,
     limit: usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -734,10 +742,16 @@ pub(crate) async fn read_body(
             format!("The request body is larger than the limit of {limit} bytes."),
         )
     };
+    let mut read = limiter.body_read();
+    // One timer for the whole body, armed only if a frame is not there at once (a small body that came with
+    // its request's head is read without one).
+    let deadline = tokio::time::sleep_until(read.deadline());
+    tokio::pin!(deadline);
     let declared = axum::body::HttpBody::size_hint(&body).exact();
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
         if n <= DRAIN_MAX_BYTES {
-            while let Some(Ok(frame)) = body.frame().await {
+            // Drained within the deadline (its bytes are dropped as they come: no budget).
+            while let Some(Some(Ok(frame))) = next_frame(&mut body, deadline.as_mut()).await {
                 if let Ok(data) = frame.into_data() {
                     wipe_frame(data);
                 }
@@ -752,7 +766,14 @@ pub(crate) async fn read_body(
     let capacity = declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY as u64) as usize;
     let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
     let mut seen = 0u64;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match next_frame(&mut body, deadline.as_mut()).await {
+            Some(Some(frame)) => frame,
+            Some(None) => break,
+            // Past the deadline: a body already over the limit was only being drained for its 413.
+            None if seen > limit as u64 => return Err(too_large()),
+            None => return Err(read.timed_out()),
+        };
         let Ok(frame) = frame else {
             return Err(if seen > limit as u64 {
                 too_large()
@@ -765,6 +786,10 @@ pub(crate) async fn read_body(
         };
         seen += data.len() as u64;
         if seen <= limit as u64 {
+            if let Err(e) = read.take(data.len()).await {
+                wipe_frame(data);
+                return Err(e);
+            }
             append_wiped(&mut buf, &data);
         } else if !buf.is_empty() {
             // Over the limit: what was read is dropped (wiped on drop).
@@ -780,6 +805,24 @@ pub(crate) async fn read_body(
     }
     // hyper checks the declared length; a body longer than it declared is an error of its (unreadable).
     Ok(buf)
+}
+
+/// The body's next frame (`Some(None)` at its end), or `None` once `deadline` has passed.
+async fn next_frame(
+    body: &mut Body,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Option<Option<Result<hyper::body::Frame<axum::body::Bytes>, axum::Error>>> {
+    use std::future::Future;
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(frame) =
+            axum::body::HttpBody::poll_frame(std::pin::Pin::new(&mut *body), cx)
+        {
+            return Poll::Ready(Some(frame));
+        }
+        deadline.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// The most [`read_body`] allocates for a body before its bytes arrive.
@@ -805,22 +848,31 @@ fn wipe_frame(data: axum::body::Bytes) -> Option<bytes::BytesMut> {
     Some(owned)
 }
 
-async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    read_json_describing(body, limit, false).await
+async fn read_json<T: DeserializeOwned>(
+    limiter: &limits::Limiter,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    read_json_describing(limiter, body, limit, false).await
 }
 
 /// [`read_json`] for bodies that carry no secret (the admin API's): a wrong value's error also gives serde's
 /// reason, which names the property and can quote the value (`unknown permission 'lst' (expected get, …)`).
-async fn read_json_quoting<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    read_json_describing(body, limit, true).await
+async fn read_json_quoting<T: DeserializeOwned>(
+    limiter: &limits::Limiter,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    read_json_describing(limiter, body, limit, true).await
 }
 
 async fn read_json_describing<T: DeserializeOwned>(
+    limiter: &limits::Limiter,
     body: Body,
     limit: usize,
     quote: bool,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(body, limit).await?;
+    let bytes = read_body(limiter, body, limit).await?;
     // A UTF-8 byte-order mark before the JSON is skipped, as Key Vault's .NET reader does.
     let json = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
@@ -1068,7 +1120,11 @@ async fn handle(
         }
         (&Method::POST, ["secrets", "restore"]) => {
             gate(state, who, rec, Operation::SecretRestore, None, None)?;
-            let params: SecretRestoreParameters = read_json(body, MAX_RESTORE_BODY_BYTES).await?;
+            // A place among the backups and restores in progress, from before the body is read until the
+            // restore is done (at most `bulk_operations` restore bodies and their work at once).
+            let _place = state.limiter.bulk_place().await?;
+            let params: SecretRestoreParameters =
+                read_json(&state.limiter, body, MAX_RESTORE_BODY_BYTES).await?;
             let blob = decode_blob(&params.value)?;
             let row = vault.restore(&blob).await.map_err(map)?;
             Ok(bundle_response(
@@ -1079,7 +1135,7 @@ async fn handle(
         (&Method::PUT, ["secrets", name]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretSet, Some(name), None)?;
-            let p: SecretSetParameters = read_json(body, MAX_BODY_BYTES).await?;
+            let p: SecretSetParameters = read_json(&state.limiter, body, MAX_BODY_BYTES).await?;
             let attrs = attributes_input(p.content_type, p.tags, p.attributes);
             let secret = vault.set(name, p.value, attrs).await.map_err(map)?;
             Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
@@ -1093,7 +1149,7 @@ async fn handle(
         (&Method::PATCH, ["secrets", name]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretUpdate, Some(name), None)?;
-            update(vault, &ctx, name, None, body)
+            update(state, &ctx, name, None, body)
                 .await
                 .map_err(|e| e.or_vault(&base))
         }
@@ -1126,11 +1182,15 @@ async fn handle(
         (&Method::POST, ["secrets", name, "backup"]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretBackup, Some(name), None)?;
+            // The place is held until the answer has been sent or dropped: a client that does not read its
+            // answers cannot pile up more than `bulk_operations` of them.
+            let place = state.limiter.bulk_place().await?;
             let blob = vault.backup(name).await.map_err(map)?;
             let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(blob);
-            Ok(json_response(
+            Ok(respond::json_response_holding(
                 StatusCode::OK,
                 &BackupSecretResult { value: Some(value) },
+                place,
             ))
         }
         (&Method::GET, ["secrets", name, version]) => {
@@ -1168,7 +1228,7 @@ async fn handle(
                     Some(&printable(version)),
                 )));
             }
-            update(vault, &ctx, name, Some(version), body)
+            update(state, &ctx, name, Some(version), body)
                 .await
                 .map_err(|e| e.or_vault(&base))
         }
@@ -1254,14 +1314,15 @@ impl UpdateError {
 }
 
 async fn update(
-    vault: &Vault,
+    state: &HttpState,
     ctx: &WireContext<'_>,
     name: &str,
     version: Option<&str>,
     body: Body,
 ) -> Result<Response, UpdateError> {
     crate::vault::check_name(name).map_err(UpdateError::Vault)?;
-    let p: SecretUpdateParameters = read_json(body, MAX_BODY_BYTES)
+    let vault = &state.vault;
+    let p: SecretUpdateParameters = read_json(&state.limiter, body, MAX_BODY_BYTES)
         .await
         .map_err(UpdateError::Api)?;
     let attrs = attributes_input(p.content_type, p.tags, p.attributes);
@@ -1309,17 +1370,24 @@ mod tests {
                 .collect();
             Body::from_stream(futures_util::stream::iter(frames))
         };
+        let limiter = limits::Limiter::default();
         let whole: String = (0..300).map(|i| format!("chunk {i:04};")).collect();
-        let got: Zeroizing<Vec<u8>> = read_body(chunks(300), MAX_BODY_BYTES).await.unwrap();
-        assert_eq!(&got[..], whole.as_bytes());
-        let got = read_body(Body::from(whole.clone()), MAX_BODY_BYTES)
+        let got: Zeroizing<Vec<u8>> = read_body(&limiter, chunks(300), MAX_BODY_BYTES)
             .await
             .unwrap();
         assert_eq!(&got[..], whole.as_bytes());
-        let got = read_body(Body::empty(), MAX_BODY_BYTES).await.unwrap();
+        let got = read_body(&limiter, Body::from(whole.clone()), MAX_BODY_BYTES)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], whole.as_bytes());
+        let got = read_body(&limiter, Body::empty(), MAX_BODY_BYTES)
+            .await
+            .unwrap();
         assert!(got.is_empty());
         for body in [chunks(300), Body::from(whole.clone())] {
-            let e = read_body(body, whole.len() - 1).await.unwrap_err();
+            let e = read_body(&limiter, body, whole.len() - 1)
+                .await
+                .unwrap_err();
             assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         }
         // Growth keeps every byte (a new allocation each time, the old one wiped).
@@ -1333,6 +1401,71 @@ mod tests {
                 .enumerate()
                 .all(|(i, c)| c.iter().all(|&b| b == i as u8))
         );
+    }
+
+    /// The body budget a read takes is given back whatever the read ends in: a whole body, 413, a body
+    /// that breaks off (400), one that stalls past its deadline (408, holding budget until then), and one
+    /// the budget cannot hold (503).
+    #[tokio::test(start_paused = true)]
+    async fn the_body_budget_is_given_back_on_every_path() {
+        use axum::body::Bytes;
+        use futures_util::StreamExt;
+        use std::time::Duration;
+        let frames = |n: usize| -> Vec<Result<Bytes, std::io::Error>> {
+            (0..n).map(|_| Ok(Bytes::from(vec![b'x'; 100]))).collect()
+        };
+        let limiter = Arc::new(limits::Limiter::new(limits::RequestLimits {
+            body_deadline: Duration::from_secs(5),
+            body_budget_bytes: 10_000,
+            body_budget_wait: Duration::from_millis(100),
+            ..Default::default()
+        }));
+        let l = &*limiter;
+        let body = |n| Body::from_stream(futures_util::stream::iter(frames(n)));
+
+        assert_eq!(read_body(l, body(30), 3000).await.unwrap().len(), 3000);
+        assert_eq!(l.body_bytes_buffered(), 0);
+
+        let e = read_body(l, body(30), 2999).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(l.body_bytes_buffered(), 0);
+
+        let broken =
+            futures_util::stream::iter(frames(5)).chain(futures_util::stream::iter([Err(
+                std::io::Error::other("reset"),
+            )]));
+        let e = read_body(l, Body::from_stream(broken), 3000)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(l.body_bytes_buffered(), 0);
+
+        // More than the budget: 503 once the wait is over.
+        let e = read_body(l, body(101), 20_000).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(limits::BUSY_RETRY_AFTER_SECS));
+        assert_eq!(l.body_bytes_buffered(), 0);
+        assert_eq!(l.budget_refusals(), 1);
+
+        // A stalled body holds what it has until its deadline, then gets 408 and gives it back.
+        let stalled = futures_util::stream::iter(frames(7)).chain(futures_util::stream::pending());
+        let reading = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                read_body(&limiter, Body::from_stream(stalled), 3000)
+                    .await
+                    .map(|b| b.len())
+            })
+        };
+        while l.body_bytes_buffered() < 700 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(l.body_bytes_buffered(), 700);
+        let e = reading.await.unwrap().unwrap_err();
+        assert_eq!(e.status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(e.code, "RequestTimeout");
+        assert_eq!(l.body_bytes_buffered(), 0);
+        assert_eq!(l.body_timeouts(), 1);
     }
 
     #[test]

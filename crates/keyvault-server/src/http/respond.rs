@@ -21,6 +21,62 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     }
 }
 
+/// [`json_response`] for a large answer (a backup) that holds `place` until its body has been sent or
+/// dropped. The body goes out in pieces of [`HELD_PIECE_BYTES`]: the HTTP/2 layer takes a piece only when the
+/// client's window has room, so a client that keeps its window shut keeps the whole answer here, and its
+/// place with it (handed over whole, the answer would wait in the connection's send buffer, place given
+/// back).
+pub fn json_response_holding<T: Serialize>(
+    status: StatusCode,
+    body: &T,
+    place: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let Ok(bytes) = serde_json::to_vec(body) else {
+        return json_response(status, body);
+    };
+    let mut resp = body_response(status, Vec::new());
+    *resp.body_mut() = Body::new(HeldBody {
+        data: bytes::Bytes::from(bytes),
+        _place: place,
+    });
+    resp
+}
+
+/// The most of a held answer handed to the connection at once.
+pub const HELD_PIECE_BYTES: usize = 64 * 1024;
+
+/// A response body that gives out its bytes in pieces and holds a permit until it is dropped.
+struct HeldBody {
+    /// What is left to send.
+    data: bytes::Bytes,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::body::HttpBody for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.data.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.data.len().min(HELD_PIECE_BYTES);
+        let piece = self.data.split_to(n);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.len() as u64)
+    }
+}
+
 /// [`json_response`] for a secret bundle (GET, PUT, PATCH, recover, restore), written by hand: the same bytes
 /// for about a third of the work.
 pub fn bundle_response(status: StatusCode, bundle: &SecretBundle) -> Response {

@@ -425,6 +425,8 @@ pub struct Metrics {
     pub start_time: f64,
     /// Access control (with a shared store: how current it is known to be).
     pub access: Arc<crate::admin::AccessAdmin>,
+    /// The bounds on request bodies, backups and restores, with their counts.
+    pub limiter: Arc<crate::http::limits::Limiter>,
 }
 
 impl Metrics {
@@ -465,6 +467,7 @@ impl Metrics {
             (self.connections_refused)(),
         );
         self.render_http(&mut e);
+        self.render_limits(&mut e);
         self.render_store(&mut e);
         if let Some((age, failures)) = self.access.confirmation_state() {
             e.family(
@@ -501,6 +504,52 @@ impl Metrics {
             e.sample("keyvault_audit_write_errors_total", &[], a.write_errors);
         }
         e.finish()
+    }
+
+    fn render_limits(&self, e: &mut Exposition) {
+        let l = &self.limiter;
+        e.family(
+            "keyvault_http_body_bytes_buffered",
+            Kind::Gauge,
+            "Request-body bytes being received now (taken from the body budget).",
+        );
+        e.sample(
+            "keyvault_http_body_bytes_buffered",
+            &[],
+            l.body_bytes_buffered() as u64,
+        );
+        e.family(
+            "keyvault_http_body_budget_bytes",
+            Kind::Gauge,
+            "The most request-body bytes received at once (over it, requests wait, then get 503).",
+        );
+        e.sample(
+            "keyvault_http_body_budget_bytes",
+            &[],
+            l.settings().body_budget_bytes as u64,
+        );
+        e.family(
+            "keyvault_http_body_timeouts_total",
+            Kind::Counter,
+            "Requests whose body did not arrive within its deadline (408).",
+        );
+        e.sample("keyvault_http_body_timeouts_total", &[], l.body_timeouts());
+        e.family(
+            "keyvault_http_busy_refusals_total",
+            Kind::Counter,
+            "Requests refused with 503 for want of body budget, or of a place among the backups and restores \
+             in progress.",
+        );
+        e.sample(
+            "keyvault_http_busy_refusals_total",
+            &[("reason", "body_budget")],
+            l.budget_refusals(),
+        );
+        e.sample(
+            "keyvault_http_busy_refusals_total",
+            &[("reason", "backup_restore")],
+            l.bulk_refusals(),
+        );
     }
 
     fn render_http(&self, e: &mut Exposition) {

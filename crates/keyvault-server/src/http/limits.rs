@@ -1,0 +1,354 @@
+//! What requests may hold while they wait on their clients: a deadline for each request's body, a
+//! process-wide budget of buffered request-body bytes, and a bound on backups and restores in progress.
+//!
+//! A connection's idle clock ([`crate::idle`]) counts any bytes, so over HTTP/2 a client that pings keeps a
+//! connection, and every stream on it, alive: without these bounds each of its streams could hold a body
+//! that never ends, or an answer it never reads, for as long as it liked (the resource audit's findings 2
+//! and 3).
+//!
+//! The budget costs the request path one atomic compare-and-swap per body frame and one atomic subtraction
+//! per body: nothing is locked, allocated or timed unless the budget is short (then the request waits on a
+//! [`Notify`] for bytes to be given back, within its body deadline).
+
+use super::error::ApiError;
+use http::StatusCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// How long a request's whole body may take to arrive, from when the server starts reading it (whatever
+/// else the connection does: an HTTP/2 client's PINGs keep its connection open, not a stalled body). Past
+/// it: 408 `RequestTimeout`. HTTP/1.1 clients got the same in effect from the connection's answer timeout.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The most request-body bytes the server buffers at once, over every request being read. A request that
+/// finds it spent waits for bytes to be given back (within its body deadline), then gets 503.
+pub const BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+
+/// The most backups and restores in progress at once (a backup answer can be tens of MB: it holds its place
+/// until its body has been sent or dropped; a restore from before its body is read until it is done).
+pub const BULK_OPERATIONS: usize = 8;
+
+/// How long a backup or restore waits for a place before it gets 503.
+pub const BULK_WAIT: Duration = Duration::from_secs(10);
+
+/// `Retry-After` of a 503 for want of body budget or of a backup/restore place.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 2;
+
+/// The bounds of [`Limiter`]; the defaults are the constants above. Not read from the configuration file:
+/// tests shorten them so as not to wait 30 s.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// [`BODY_DEADLINE`].
+    pub body_deadline: Duration,
+    /// [`BODY_BUDGET_BYTES`].
+    pub body_budget_bytes: usize,
+    /// The longest a body read waits for budget (never past its deadline). Default: the body deadline.
+    pub body_budget_wait: Duration,
+    /// [`BULK_OPERATIONS`].
+    pub bulk_operations: usize,
+    /// [`BULK_WAIT`].
+    pub bulk_wait: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            body_deadline: BODY_DEADLINE,
+            body_budget_bytes: BODY_BUDGET_BYTES,
+            body_budget_wait: BODY_DEADLINE,
+            bulk_operations: BULK_OPERATIONS,
+            bulk_wait: BULK_WAIT,
+        }
+    }
+}
+
+/// The server's request bounds (one per server, shared by the vault API, the admin API and the token
+/// endpoint), with their counts for `/metrics`.
+#[derive(Debug)]
+pub struct Limiter {
+    settings: RequestLimits,
+    budget: BodyBudget,
+    bulk: Arc<Semaphore>,
+    /// Bodies cut at their deadline (408).
+    body_timeouts: AtomicU64,
+    /// Requests refused for want of body budget (503).
+    budget_refusals: AtomicU64,
+    /// Backups and restores refused for want of a place (503).
+    bulk_refusals: AtomicU64,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter::new(RequestLimits::default())
+    }
+}
+
+impl Limiter {
+    pub fn new(settings: RequestLimits) -> Limiter {
+        Limiter {
+            budget: BodyBudget::new(settings.body_budget_bytes),
+            bulk: Arc::new(Semaphore::new(settings.bulk_operations.max(1))),
+            settings,
+            body_timeouts: AtomicU64::new(0),
+            budget_refusals: AtomicU64::new(0),
+            bulk_refusals: AtomicU64::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> &RequestLimits {
+        &self.settings
+    }
+
+    /// Request-body bytes buffered now.
+    pub fn body_bytes_buffered(&self) -> usize {
+        self.budget.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Bodies cut at their deadline.
+    pub fn body_timeouts(&self) -> u64 {
+        self.body_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused for want of body budget.
+    pub fn budget_refusals(&self) -> u64 {
+        self.budget_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Backups and restores refused for want of a place.
+    pub fn bulk_refusals(&self) -> u64 {
+        self.bulk_refusals.load(Ordering::Relaxed)
+    }
+
+    /// A body read starting now: its deadline, and its hold on the budget (given back when dropped).
+    pub(crate) fn body_read(&self) -> BodyRead<'_> {
+        let started = Instant::now();
+        BodyRead {
+            limiter: self,
+            deadline: started + self.settings.body_deadline,
+            wait_until: started
+                + self
+                    .settings
+                    .body_budget_wait
+                    .min(self.settings.body_deadline),
+            held: 0,
+        }
+    }
+
+    /// A place for a backup or a restore, waiting for one up to [`RequestLimits::bulk_wait`]; else 503.
+    pub(crate) async fn bulk_place(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let acquire = self.bulk.clone().acquire_owned();
+        match tokio::time::timeout(self.settings.bulk_wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Never closed; refused like a timeout if it were.
+            Ok(Err(_)) | Err(_) => {
+                self.bulk_refusals.fetch_add(1, Ordering::Relaxed);
+                Err(busy(
+                    "The service is busy (too many backups and restores in progress). Please retry.",
+                ))
+            }
+        }
+    }
+}
+
+/// 503 `ServiceUnavailable` with `Retry-After` ([`BUSY_RETRY_AFTER_SECS`]).
+fn busy(message: &str) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        message,
+    );
+    e.retry_after = Some(BUSY_RETRY_AFTER_SECS);
+    e
+}
+
+/// Bytes of the budget in use, and a way to wait for some to be given back.
+#[derive(Debug)]
+struct BodyBudget {
+    limit: usize,
+    in_use: AtomicUsize,
+    /// Reads waiting for budget (given-back bytes wake them only when there are some).
+    waiting: AtomicUsize,
+    given_back: Notify,
+}
+
+impl BodyBudget {
+    fn new(limit: usize) -> BodyBudget {
+        BodyBudget {
+            limit,
+            in_use: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            given_back: Notify::new(),
+        }
+    }
+
+    /// Takes `n` bytes if the budget has them.
+    fn try_take(&self, n: usize) -> bool {
+        let mut now = self.in_use.load(Ordering::SeqCst);
+        loop {
+            match now.checked_add(n) {
+                Some(after) if after <= self.limit => {}
+                _ => return false,
+            }
+            match self.in_use.compare_exchange_weak(
+                now,
+                now + n,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
+        }
+    }
+
+    /// Takes `n` bytes, waiting for them until `until`; `false` if they did not come in time.
+    async fn take_waiting(&self, n: usize, until: Instant) -> bool {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let taken = loop {
+            // Made before the check: bytes given back after it wake this (`notify_waiters` wakes every
+            // `Notified` already made, polled or not).
+            let notified = self.given_back.notified();
+            if self.try_take(n) {
+                break true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                break false;
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        taken
+    }
+
+    fn give_back(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.in_use.fetch_sub(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.given_back.notify_waiters();
+        }
+    }
+}
+
+/// One body being read: its deadline, and the budget it holds (given back when dropped, on every path).
+pub(crate) struct BodyRead<'a> {
+    limiter: &'a Limiter,
+    deadline: Instant,
+    /// No waiting for budget past this (at most the deadline).
+    wait_until: Instant,
+    held: usize,
+}
+
+impl BodyRead<'_> {
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Takes `n` more bytes of the budget (at once when it has them, else waiting within the body's
+    /// deadline); 503 if they do not come.
+    pub(crate) async fn take(&mut self, n: usize) -> Result<(), ApiError> {
+        let budget = &self.limiter.budget;
+        if !budget.try_take(n) && !budget.take_waiting(n, self.wait_until).await {
+            self.limiter.budget_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(busy(
+                "The service is busy (too many request bodies being received). Please retry.",
+            ));
+        }
+        self.held += n;
+        Ok(())
+    }
+
+    /// The body did not arrive by its deadline: 408 `RequestTimeout`.
+    pub(crate) fn timed_out(&self) -> ApiError {
+        self.limiter.body_timeouts.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!(
+                "The request body did not arrive within {} seconds.",
+                self.limiter.settings.body_deadline.as_secs_f64()
+            ),
+        )
+    }
+}
+
+impl Drop for BodyRead<'_> {
+    fn drop(&mut self) {
+        self.limiter.budget.give_back(self.held);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(budget: usize, wait: Duration) -> Limiter {
+        Limiter::new(RequestLimits {
+            body_budget_bytes: budget,
+            body_budget_wait: wait,
+            ..RequestLimits::default()
+        })
+    }
+
+    /// Bytes taken are given back when the read ends; a read that cannot get its bytes in time gets 503 and
+    /// gives back what it held; one waiting gets them when another gives them back.
+    #[tokio::test]
+    async fn the_budget_is_taken_and_given_back() {
+        let l = limiter(100, Duration::from_millis(50));
+        let mut a = l.body_read();
+        a.take(60).await.unwrap();
+        a.take(30).await.unwrap();
+        assert_eq!(l.body_bytes_buffered(), 90);
+        {
+            let mut b = l.body_read();
+            b.take(10).await.unwrap();
+            let e = b.take(1).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.code, "ServiceUnavailable");
+            assert_eq!(e.retry_after, Some(BUSY_RETRY_AFTER_SECS));
+            assert_eq!(l.budget_refusals(), 1);
+        }
+        assert_eq!(l.body_bytes_buffered(), 90);
+        // More than the whole budget never comes.
+        let l2 = limiter(100, Duration::from_millis(10));
+        assert!(l2.body_read().take(101).await.is_err());
+        assert_eq!(l2.body_bytes_buffered(), 0);
+
+        // A waiting read gets its bytes once another gives them back.
+        let l = Arc::new(limiter(100, Duration::from_secs(60)));
+        let mut a = l.body_read();
+        a.take(100).await.unwrap();
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut b = l.body_read();
+                b.take(40).await.map(|()| l.body_bytes_buffered())
+            })
+        };
+        while l.budget.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(a);
+        assert_eq!(waiter.await.unwrap().unwrap(), 40);
+        assert_eq!(l.body_bytes_buffered(), 0);
+    }
+
+    #[tokio::test]
+    async fn bulk_places_are_bounded_and_come_back() {
+        let l = Limiter::new(RequestLimits {
+            bulk_operations: 1,
+            bulk_wait: Duration::from_millis(20),
+            ..RequestLimits::default()
+        });
+        let first = l.bulk_place().await.unwrap();
+        let e = l.bulk_place().await.unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(BUSY_RETRY_AFTER_SECS));
+        assert_eq!(l.bulk_refusals(), 1);
+        drop(first);
+        let _again = l.bulk_place().await.unwrap();
+    }
+}

@@ -1,0 +1,334 @@
+//! The bounds on what requests may hold, over real TLS and raw HTTP/2 streams (`http::limits`): a body
+//! that stalls gets 408 at its deadline whatever the connection does, a spent body budget gives 503 and
+//! recovers, and a backup whose answer is not read keeps its place from further backups and restores.
+
+mod common;
+
+use bytes::Bytes;
+use common::{api_url, status_within_10s, vault_client, vault_token};
+use keyvault_server::http::limits::RequestLimits;
+use keyvault_server::local::{LocalVault, LocalVaultOptions};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An HTTP/2 connection to the vault (over TLS, ALPN `h2`), with `window` as each stream's receive window.
+async fn h2_connect(lv: &LocalVault, window: Option<u32>) -> h2::client::SendRequest<Bytes> {
+    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let port: u16 = lv.vault_url().rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut builder = h2::client::Builder::new();
+    if let Some(window) = window {
+        builder.initial_window_size(window);
+    }
+    let (send, conn) = builder.handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    send.ready().await.unwrap()
+}
+
+/// Starts a request on `h2` with these headers and `body` sent (not ended: the stream stays open for more).
+async fn start_request(
+    h2: &mut h2::client::SendRequest<Bytes>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let (resp, mut stream) = h2.send_request(req.body(()).unwrap(), false).unwrap();
+    if !body.is_empty() {
+        stream.reserve_capacity(body.len());
+        stream
+            .send_data(Bytes::copy_from_slice(body), false)
+            .unwrap();
+    }
+    (resp, stream)
+}
+
+/// A response's status, `Retry-After` and JSON body (read whole).
+async fn answer(resp: h2::client::ResponseFuture) -> (StatusCode, Option<String>, Value) {
+    let resp = resp.await.unwrap();
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, retry, serde_json::from_slice(&bytes).unwrap())
+}
+
+fn token_path(lv: &LocalVault) -> String {
+    format!("/{}/oauth2/v2.0/token", lv.tenant_id())
+}
+
+/// A body that stops coming gets 408 once its deadline has passed, on the vault API (Key Vault's shape,
+/// nothing stored) and on the token endpoint (the OAuth shape), though its connection stays open.
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_nothing_is_stored() {
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        request_limits: RequestLimits {
+            body_deadline: Duration::from_secs(1),
+            ..RequestLimits::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = vault_client(&lv);
+    let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let mut h2 = h2_connect(&lv, None).await;
+
+    let (resp, _stream) = start_request(
+        &mut h2,
+        "PUT",
+        "/secrets/stalled?api-version=7.6",
+        &[
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".into()),
+            ("content-length", "100".into()),
+        ],
+        br#"{"value":"never fin"#,
+    )
+    .await;
+    let (status, _, body) = answer(resp).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "RequestTimeout", "{body}");
+    let (status, body) = common::send_json(
+        http.get(api_url(lv.vault_url(), "/secrets/stalled", "7.6"))
+            .bearer_auth(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let (resp, _stream) = start_request(
+        &mut h2,
+        "POST",
+        &token_path(&lv),
+        &[
+            ("content-type", "application/x-www-form-urlencoded".into()),
+            ("content-length", "1000".into()),
+        ],
+        b"grant_type=client_credentials&client_id=",
+    )
+    .await;
+    let (status, _, body) = answer(resp).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    lv.shutdown().await;
+}
+
+/// The value of an unlabelled sample in a metrics exposition.
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// With the body budget spent by an anonymous client's unfinished token request, other requests wait, then
+/// get 503 with `Retry-After` (the vault's shape, and the token endpoint's `temporarily_unavailable`); once
+/// the holder goes, they succeed again.
+#[tokio::test]
+async fn a_spent_body_budget_gives_503_and_recovers() {
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        request_limits: RequestLimits {
+            body_budget_bytes: 64 * 1024,
+            body_budget_wait: Duration::from_millis(300),
+            ..RequestLimits::default()
+        },
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = vault_client(&lv);
+    let plain = reqwest::Client::new();
+    let metrics_url = lv.metrics_url().unwrap().to_string();
+    let scrape = async || {
+        plain
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let put = async |value: &str| {
+        common::send_json(
+            http.put(api_url(lv.vault_url(), "/secrets/budget", "7.6"))
+                .bearer_auth(&token),
+            Some(json!({ "value": value })),
+        )
+        .await
+    };
+
+    // All but 36 bytes of the budget, held by a token request that never ends.
+    let held = 64 * 1024 - 36;
+    let mut h2 = h2_connect(&lv, None).await;
+    let (_resp, mut holder) = start_request(
+        &mut h2,
+        "POST",
+        &token_path(&lv),
+        &[
+            ("content-type", "application/x-www-form-urlencoded".into()),
+            ("content-length", (64 * 1024).to_string()),
+        ],
+        &vec![b'a'; held],
+    )
+    .await;
+    for _ in 0..200 {
+        if sample(&scrape().await, "keyvault_http_body_bytes_buffered") == held as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sample(&scrape().await, "keyvault_http_body_bytes_buffered"),
+        held as u64
+    );
+
+    let resp = http
+        .put(api_url(lv.vault_url(), "/secrets/budget", "7.6"))
+        .bearer_auth(&token)
+        .json(&json!({ "value": "a value longer than what is left of the budget" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().get("retry-after").is_some());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
+
+    let (status, body) =
+        common::request_vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let text = scrape().await;
+    assert!(
+        text.contains("keyvault_http_busy_refusals_total{reason=\"body_budget\"} 2"),
+        "{text}"
+    );
+
+    // The holder goes: its budget comes back, and requests are answered again.
+    holder.send_reset(h2::Reason::CANCEL);
+    let status = status_within_10s(StatusCode::OK, async || put("stored").await.0).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        sample(&scrape().await, "keyvault_http_body_bytes_buffered"),
+        0
+    );
+    lv.shutdown().await;
+}
+
+/// A backup whose answer the client does not read (its window kept small) keeps its place until the answer
+/// is sent or dropped: with one place, a further backup and a restore get 503 with `Retry-After`, and get
+/// through once the first client goes.
+#[tokio::test]
+async fn an_unread_backup_keeps_its_place() {
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        request_limits: RequestLimits {
+            bulk_operations: 1,
+            bulk_wait: Duration::from_millis(300),
+            ..RequestLimits::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = vault_client(&lv);
+    let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    // About 300 KB of values that do not compress (the backup is far larger than the client's window).
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..12 {
+        let value: String = (0..25_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        let (status, body) = common::send_json(
+            http.put(api_url(lv.vault_url(), "/secrets/big", "7.6"))
+                .bearer_auth(&token),
+            Some(json!({ "value": value })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let backup = async || {
+        http.post(api_url(lv.vault_url(), "/secrets/big/backup", "7.6"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+    };
+    // The blob to restore from, taken while the place is free.
+    let blob: Value = backup().await.json().await.unwrap();
+
+    let mut h2 = h2_connect(&lv, Some(16 * 1024)).await;
+    let (resp, _s) = start_request(
+        &mut h2,
+        "POST",
+        "/secrets/big/backup?api-version=7.6",
+        &[("authorization", format!("Bearer {token}"))],
+        b"",
+    )
+    .await;
+    let unread = resp.await.unwrap();
+    assert_eq!(unread.status(), 200);
+    let length: usize = unread.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 300_000, "{length}");
+
+    let resp = backup().await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().get("retry-after").is_some());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
+    let restore = async || {
+        common::send_json(
+            http.post(api_url(lv.vault_url(), "/secrets/restore", "7.6"))
+                .bearer_auth(&token),
+            Some(blob.clone()),
+        )
+        .await
+        .0
+    };
+    assert_eq!(restore().await, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The unread answer dropped (the connection closed): the place comes back.
+    drop((unread, _s, h2));
+    let status = status_within_10s(StatusCode::OK, async || backup().await.status()).await;
+    assert_eq!(status, StatusCode::OK);
+    // The secret exists, so the restore itself is refused: a conflict, not a busy server.
+    assert_eq!(restore().await, StatusCode::CONFLICT);
+    lv.shutdown().await;
+}
