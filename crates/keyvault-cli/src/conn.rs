@@ -23,7 +23,7 @@ pub enum Output {
     /// JSON (the default when standard output is not a terminal).
     Json,
     /// Tab-separated columns, no header, one line per item (a backslash doubled; tabs, newlines, control
-    /// characters and bidi/format characters written as escapes such as \t, \n, \u{1b}, \u{202e}; in the tags
+    /// characters, line/paragraph separators and invisible format characters written as escapes such as \t, \n, \u{1b}, \u{202e}; in the tags
     /// column also ',' and '=' inside a tag's name or value escaped with a backslash).
     Tsv,
     /// Only the value: the secret's value for `show`, else one bare field per item (see each command's help).

@@ -264,11 +264,29 @@ pub fn tsv_escape(s: &str) -> String {
 }
 
 /// Characters not printed as they are to a terminal: control characters (C0, DEL, C1: escape sequences, a
-/// carriage return that overwrites the line, a bell) and the invisible format and bidirectional controls
-/// (U+200B-U+200F, U+202A-U+202E, U+2066-U+2069) that hide or reorder text.
+/// carriage return that overwrites the line, a bell), the line and paragraph separators (U+2028, U+2029:
+/// line breaks to many readers, Python's `splitlines` among them), and the invisible format characters that
+/// hide or reorder text (Unicode's category Cf: the soft hyphen, the bidirectional marks and controls, the zero-
+/// width characters, the byte-order mark, …).
 pub fn unsafe_char(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
 }
 
 /// Text made safe for a terminal: each [`unsafe_char`] shown as its Rust escape (`\u{1b}`, `\n`, `\u{202e}`).
@@ -416,6 +434,11 @@ mod tests {
         assert_eq!(tag_escape(hostile), safe);
         // Parseable: a backslash of the text is doubled in TSV, so an escape is never ambiguous.
         assert_eq!(tsv_escape(r"\u{1b}"), r"\\u{1b}");
+        // Separators and format characters that split or hide text in other readers.
+        let more = "a\u{2028}b\u{2029}c\u{61c}d\u{feff}e\u{2060}f\u{ad}g";
+        let escaped = r"a\u{2028}b\u{2029}c\u{61c}d\u{feff}e\u{2060}f\u{ad}g";
+        assert_eq!(tsv_escape(more), escaped);
+        assert_eq!(tsv_escape(more).lines().count(), 1);
         // Other text is kept, accents and emoji included.
         assert_eq!(terminal_safe("é ü 🔑 名前"), "é ü 🔑 名前");
     }

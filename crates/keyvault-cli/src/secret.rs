@@ -168,13 +168,13 @@ pub struct WaitArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: the longest to wait in all, in seconds (each poll also gets --timeout); past it, exit 1
-    /// with an error saying the operation was accepted and is still running. 0: no limit.
+    /// with an error saying the operation was accepted and is still running. 0: no limit. Without --wait it
+    /// does nothing (so KEYVAULT_WAIT_TIMEOUT can be set for every command).
     #[arg(
         long,
         env = "KEYVAULT_WAIT_TIMEOUT",
         default_value_t = 120,
-        value_name = "SECS",
-        requires = "wait"
+        value_name = "SECS"
     )]
     pub wait_timeout: u64,
 }

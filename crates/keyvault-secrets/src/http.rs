@@ -208,7 +208,7 @@ impl Response {
 /// of how much was cut.
 const MAX_ERROR_MESSAGE_CHARS: usize = 2000;
 
-fn cut_message(message: String) -> String {
+pub(crate) fn cut_message(message: String) -> String {
     match message.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
         None => message,
         Some((cut, _)) => {
@@ -401,13 +401,17 @@ async fn read_body(
     (limit, setting): (usize, &str),
     url: &str,
 ) -> Result<Bytes> {
-    let too_large = |seen: String| {
+    let too_large = |announced: Option<u64>| {
         let url = url.split(['?', '#']).next().unwrap_or_default();
+        let is = match announced {
+            Some(len) => format!("is {len} bytes (its Content-Length), more than"),
+            None => "is longer than".to_string(),
+        };
         Error::new(
             ErrorKind::Data,
             format!(
-                "the response of {url} is {seen}, more than the client reads of a response ({limit} bytes: \
-                 {setting}); not read further"
+                "the response of {url} {is} the client reads of a response ({limit} bytes: {setting}); not \
+                 read further"
             ),
         )
     };
@@ -415,17 +419,14 @@ async fn read_body(
     if let Some(len) = announced
         && len > limit as u64
     {
-        return Err(too_large(format!("{len} bytes (its Content-Length)")));
+        return Err(too_large(Some(len)));
     }
     // Announced (and within the limit): one allocation; else grown as chunks come.
     let capacity = announced.map_or(0, |len| len as usize);
     let mut body = bytes::BytesMut::with_capacity(capacity);
     while let Some(chunk) = response.chunk().await.map_err(connection_error)? {
         if chunk.len() > limit - body.len() {
-            return Err(too_large(format!(
-                "longer than {} bytes",
-                body.len() + chunk.len() - 1
-            )));
+            return Err(too_large(None));
         }
         body.extend_from_slice(&chunk);
     }

@@ -796,9 +796,10 @@ impl Config {
             let scope = Scope::parse(a.scope.as_deref().unwrap_or("/")).map_err(bad)?;
             policy
                 .assign(Assignment {
+                    // Of the role's own name, however the configuration writes it.
                     id: crate::auth::configured_assignment_id(
                         &a.principal,
-                        &a.role,
+                        &policy.role_name(&a.role).unwrap_or_else(|| a.role.clone()),
                         &scope.to_string(),
                     ),
                     principal: a.principal.clone(),
@@ -1559,6 +1560,13 @@ mod tests {
         assert_eq!(first.len(), 2);
         assert_ne!(first[0], first[1]);
         assert_eq!(ids(&c.policy().unwrap()), first);
+        // The role written in another case, or by its Azure id, is the same assignment with the same id.
+        let mut respelled = c.clone();
+        respelled.assignments[0].role = "KEY VAULT SECRETS USER".into();
+        respelled.assignments[1].role = "ROTATOR".into();
+        assert_eq!(ids(&respelled.policy().unwrap()), first);
+        respelled.assignments[0].role = "4633458b-17de-408a-b874-0445c86b69e6".into();
+        assert_eq!(ids(&respelled.policy().unwrap()), first);
 
         let strict = Config {
             default_client_role: "none".into(),

@@ -634,7 +634,7 @@ impl Server {
                 .assign(Assignment {
                     id: crate::auth::configured_assignment_id(
                         &dev.client_id,
-                        role,
+                        &policy.role_name(role).unwrap_or_else(|| role.to_string()),
                         &Scope::Vault.to_string(),
                     ),
                     principal: dev.client_id.clone(),

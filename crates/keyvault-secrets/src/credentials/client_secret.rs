@@ -179,16 +179,14 @@ impl TokenEndpoint {
         );
         request.body = Some(bytes::Bytes::copy_from_slice(body.expose().as_bytes()));
         let response = self.pipeline.send(request).await.map_err(|e| {
-            let what = if e.kind() == ErrorKind::Connection {
-                "cannot reach the authority"
+            if e.kind() == ErrorKind::Connection {
+                let message = format!("{who}: cannot reach the authority: {}", e.message());
+                Error::with_source(ErrorKind::Credential, message, e)
             } else {
-                "cannot read the authority's answer"
-            };
-            Error::with_source(
-                ErrorKind::Credential,
-                format!("{who}: {what}: {}", e.message()),
-                e,
-            )
+                // The message says it all (a source would repeat it).
+                let message = format!("{who}: cannot read the authority's answer: {}", e.message());
+                Error::new(ErrorKind::Credential, message)
+            }
         })?;
         let own_secret = match &auth {
             ClientAuth::Secret(s) | ClientAuth::Assertion(s) => s.expose(),
@@ -222,35 +220,124 @@ pub(crate) fn as_i64(v: &serde_json::Value) -> Option<i64> {
 }
 
 /// What an error answer of a token endpoint says: OAuth's `error: error_description`, else the message of
-/// the body as the vault's errors are read.
-pub(crate) fn error_detail(response: &Response) -> String {
-    serde_json::from_slice::<OAuthError>(&response.body)
+/// the body as the vault's errors are read; cut as a vault's error messages are. `secrets` (what the request
+/// carried to prove the client's identity) are taken out of the text before it is cut, so no part of one is
+/// left at a cut either.
+pub(crate) fn error_detail(response: &Response, secrets: &[&str]) -> String {
+    let oauth = serde_json::from_slice::<OAuthError>(&response.body)
         .ok()
-        .filter(|e| e.error.is_some() || e.error_description.is_some())
-        .map(|e| {
-            format!(
+        .filter(|e| e.error.is_some() || e.error_description.is_some());
+    match oauth {
+        Some(e) => crate::http::cut_message(redact_secrets(
+            &format!(
                 "{}: {}",
                 e.error.unwrap_or_default(),
                 e.error_description.unwrap_or_default()
-            )
-        })
-        .unwrap_or_else(|| response.to_error().message().to_string())
+            ),
+            secrets,
+        )),
+        None if secrets.is_empty() => response.to_error().message().to_string(),
+        None => {
+            let text = redact_secrets(&response.text(), secrets);
+            let redacted = Response::new(response.status, response.headers.clone(), text);
+            redact_secrets(redacted.to_error().message(), secrets)
+        }
+    }
 }
 
-/// `text` with every occurrence of each of `secrets` (as is, and form-encoded as a token request carries it)
-/// replaced by `REDACTED`: an authority's error may quote the request (or a client id that is really the
-/// secret, when the two were swapped), and the error ends up in logs.
+/// The notice that replaces an authority's text that still holds a secret in some encoding not taken out.
+const QUOTED_SECRET: &str =
+    "(the authority's answer quotes this credential's secret in some form: not shown)";
+
+/// `text` with every occurrence of each of `secrets` replaced by `REDACTED`: as it is, percent-encoded (as a
+/// form encodes it, or leaving `~` as it is; upper- or lower-case hex), and HTML-escaped. An authority's error
+/// may quote the request (or a client id that is really the secret, when the two were swapped), and the
+/// error ends up in logs. If the text still holds a secret once percent-decoded or HTML-unescaped, all of it
+/// is replaced by a notice.
 pub(crate) fn redact_secrets(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_string();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        for form in [*secret, encoded.as_str()] {
-            if out.contains(form) {
-                out = out.replace(form, "REDACTED");
+        for form in secret_forms(secret) {
+            if out.contains(&form) {
+                out = out.replace(&form, "REDACTED");
             }
+        }
+        if decoded_forms(&out).iter().any(|d| d.contains(secret)) {
+            return QUOTED_SECRET.to_string();
         }
     }
     out
+}
+
+/// The ways a secret can be written in an authority's text.
+fn secret_forms(secret: &str) -> Vec<String> {
+    let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    // RFC 3986's unreserved characters kept (`~` is one; a form encodes it), space as %20.
+    let mut percent = String::new();
+    for b in secret.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            percent.push(b as char);
+        } else {
+            percent.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let html = secret
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+    let mut forms = vec![secret.to_string()];
+    for f in [form, percent, html] {
+        let lower = lower_hex(&f);
+        for f in [f, lower] {
+            if !forms.contains(&f) {
+                forms.push(f);
+            }
+        }
+    }
+    // Longest first: a form that contains another is replaced whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
+}
+
+/// `s` with the hex digits of its percent escapes in lower case.
+fn lower_hex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut after_percent = 0;
+    for c in s.chars() {
+        if after_percent > 0 {
+            out.push(c.to_ascii_lowercase());
+            after_percent -= 1;
+        } else {
+            if c == '%' {
+                after_percent = 2;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `text` percent-decoded (with `+` as a space, and without), and HTML-unescaped (the usual entities).
+fn decoded_forms(text: &str) -> [String; 3] {
+    let percent = |t: &str| {
+        form_urlencoded::parse(
+            format!("x={}", t.replace('&', "%26").replace('=', "%3D")).as_bytes(),
+        )
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+    };
+    let plus_kept = percent(&text.replace('+', "%2B"));
+    let html = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&");
+    [percent(text), plus_kept, html]
 }
 
 /// Turn a token endpoint's answer into an [`AccessToken`] (`expires_in` seconds, or `expires_on` Unix time).
@@ -261,7 +348,7 @@ pub(crate) fn parse_token_response(
     secrets: &[&str],
 ) -> Result<AccessToken> {
     if !response.status.is_success() {
-        let detail = redact_secrets(&error_detail(response), secrets);
+        let detail = error_detail(response, secrets);
         return Err(Error::new(
             ErrorKind::Credential,
             format!(
@@ -372,6 +459,66 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from(body.to_string()),
         }
+    }
+
+    /// An authority that quotes the client's secret, in whatever encoding, does not get it into the error;
+    /// nor does a cut leave part of it (the secret is taken out before the text is cut).
+    #[test]
+    fn a_quoted_secret_is_taken_out_in_every_form() {
+        const SECRET: &str = "Abc~d.E_f-8Q~xyz+/=&<q'é";
+        let fail = |body: String| {
+            let r = Response {
+                status: StatusCode::BAD_REQUEST,
+                headers: HeaderMap::new(),
+                body: Bytes::from(body),
+            };
+            let e = parse_token_response("T", &r, &[SECRET]).unwrap_err();
+            e.message().to_string()
+        };
+        let form: String = form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+        let quote = |keep: &str| -> String {
+            SECRET
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || keep.as_bytes().contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02x}")
+                    }
+                })
+                .collect()
+        };
+        let html = SECRET.replace('&', "&amp;").replace('<', "&lt;");
+        let quoted = [
+            SECRET.to_string(),
+            form.clone(),
+            lower_hex(&form),
+            quote("-._~"),
+            quote("-._~/"),
+            html.clone(),
+        ];
+        for q in &quoted {
+            for body in [
+                serde_json::json!({"error": "invalid_client", "error_description": format!("got {q} here")})
+                    .to_string(),
+                format!("<html>got {q}</html>"),
+                serde_json::json!({"error": {"code": "X", "message": format!("{}{q}", "m".repeat(1995))}})
+                    .to_string(),
+                format!("{}{q}", "t".repeat(505)),
+            ] {
+                let shown = fail(body.clone());
+                for part in [&SECRET[..8], &form[..8], &q[..8]] {
+                    assert!(!shown.contains(part), "{part:?} of {q:?} in {shown:?}");
+                }
+            }
+        }
+        // Text without the secret is kept (and an OAuth description cut like a vault's message).
+        let shown = fail(
+            serde_json::json!({"error": "invalid_client", "error_description": "x".repeat(3000)})
+                .to_string(),
+        );
+        assert!(shown.contains("invalid_client: xxx"), "{shown}");
+        assert!(shown.ends_with("[1016 more characters cut]"), "{shown}");
     }
 
     #[test]

@@ -216,14 +216,14 @@ fn imds_unavailable(response: &crate::http::Response, user_assigned: bool) -> Op
         };
         return Some(format!(
             "{what} (IMDS answered 400: {})",
-            error_detail(response)
+            error_detail(response, &[])
         ));
     }
     if status == 403 && response.text().to_ascii_lowercase().contains("unreachable") {
         // A proxy in front of the address (Docker Desktop's) that cannot reach IMDS.
         return Some(format!(
             "the IMDS endpoint is unreachable (403: {})",
-            error_detail(response)
+            error_detail(response, &[])
         ));
     }
     if serde_json::from_slice::<serde_json::Value>(&response.body).is_err() {

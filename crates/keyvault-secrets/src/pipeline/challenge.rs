@@ -141,6 +141,15 @@ fn check_scope(scope: &str) -> Result<()> {
     Ok(())
 }
 
+/// A challenge's claims as the credential is given them: decoded ([`decode_claims`]); an empty `claims=""`
+/// asks for nothing, as if the challenge had none.
+fn claims_of(claims: Option<&str>) -> Result<Option<String>> {
+    claims
+        .filter(|c| !c.trim().is_empty())
+        .map(decode_claims)
+        .transpose()
+}
+
 /// A challenge's `claims` (CAE): base64url, padded or not, of a JSON object. The credential is given the JSON,
 /// as azure-core's challenge policies decode it.
 fn decode_claims(encoded: &str) -> Result<String> {
@@ -271,7 +280,7 @@ impl ChallengeAuth {
         if self.verify_resource {
             verify_resource(&challenge, url)?;
         }
-        challenge.claims = challenge.claims.as_deref().map(decode_claims).transpose()?;
+        challenge.claims = claims_of(challenge.claims.as_deref())?;
         Ok(challenge)
     }
 
@@ -396,7 +405,12 @@ mod tests {
         for bad in ["not base64!", "bm90IGpzb24", json] {
             let e = decode_claims(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::ClientAuthentication, "{bad}");
+            assert!(claims_of(Some(bad)).is_err());
         }
+        assert_eq!(claims_of(Some(&padded)).unwrap().as_deref(), Some(json));
+        assert_eq!(claims_of(Some("")).unwrap(), None);
+        assert_eq!(claims_of(Some("  ")).unwrap(), None);
+        assert_eq!(claims_of(None).unwrap(), None);
     }
 
     #[test]

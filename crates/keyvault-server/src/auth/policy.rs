@@ -613,6 +613,12 @@ impl Policy {
         Permissions(bits)
     }
 
+    /// The name of the role `name_or_id` names (any case, or the role's Azure id), if it is defined.
+    pub fn role_name(&self, name_or_id: &str) -> Option<String> {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        s.role(name_or_id).map(|r| r.name.clone())
+    }
+
     /// All roles, built-in first, then custom by name.
     pub fn roles(&self) -> Vec<Role> {
         let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);

@@ -26,9 +26,14 @@ use super::keys::TOKEN_ALG;
 use super::token::TokenIssuer;
 use super::util::{rfc3339, utc_from_unix};
 
-/// Refused token requests are logged within a budget (anyone can cause them: a flood of wrong secrets or
-/// made-up client ids): 20 lines per 10 s, then a count (`not_logged`) on the next line logged.
-static TOKEN_REFUSALS_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(20);
+/// Refused token requests are logged within budgets (anyone can cause them: a flood of wrong secrets or
+/// made-up client ids): 20 lines per 10 s for each reason, then a count (`not_logged`) on the reason's next
+/// line logged. One budget per reason, so that a flood of one kind (wrong secrets, a full line) does not hide
+/// the lines of another (an expired secret, an assertion a real client got wrong).
+static TOKEN_BUSY_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(20);
+static TOKEN_EXPIRED_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(20);
+static TOKEN_INVALID_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(20);
+static TOKEN_ASSERTION_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(20);
 
 /// What the identity endpoints need. Cheap to clone.
 #[derive(Clone)]
@@ -266,13 +271,13 @@ async fn token_inner(
         .verify_async_at(&client_id, &secret, (state.clock)())
         .await;
     if verdict == super::clients::Verdict::Busy {
-        crate::budgeted_log!(TOKEN_REFUSALS_LOG, info, client_id = %logged_client_id(state, Some(&client_id)), "token request refused: too many client secret checks running and waiting");
+        crate::budgeted_log!(TOKEN_BUSY_LOG, info, client_id = %logged_client_id(state, Some(&client_id)), "token request refused: too many client secret checks running and waiting");
         return Err(OAuthError::temporarily_unavailable(
             "too many token requests are being checked",
         ));
     }
     if verdict == super::clients::Verdict::Expired {
-        crate::budgeted_log!(TOKEN_REFUSALS_LOG, info, client_id = %logged_client_id(state, Some(&client_id)), "token request refused: expired client secret");
+        crate::budgeted_log!(TOKEN_EXPIRED_LOG, info, client_id = %logged_client_id(state, Some(&client_id)), "token request refused: expired client secret");
         return Err(OAuthError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -285,7 +290,7 @@ async fn token_inner(
         ));
     }
     if verdict != super::clients::Verdict::Valid {
-        crate::budgeted_log!(TOKEN_REFUSALS_LOG, info, client_id = %logged_client_id(state, Some(&client_id)), "token request refused: invalid client credentials");
+        crate::budgeted_log!(TOKEN_INVALID_LOG, info, client_id = %logged_client_id(state, Some(&client_id)), "token request refused: invalid client credentials");
         // The same answer for an unknown client and a wrong secret.
         let mut err = OAuthError::new(
             StatusCode::UNAUTHORIZED,
@@ -357,7 +362,7 @@ async fn verify_assertion(state: &AuthState, form: &TokenForm) -> Result<String,
         }
     });
     verdict.map_err(|e| {
-        crate::budgeted_log!(TOKEN_REFUSALS_LOG, info, client_id = %logged_client_id(state, client_id), reason = ?e, "token request refused: client assertion");
+        crate::budgeted_log!(TOKEN_ASSERTION_LOG, info, client_id = %logged_client_id(state, client_id), reason = ?e, "token request refused: client assertion");
         let who = truncate(client_id.unwrap_or("(from the assertion)"), 64);
         assertion_error(e, who)
     })
