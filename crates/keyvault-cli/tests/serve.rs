@@ -592,15 +592,23 @@ fn tls_connection(
     ca_pem: &[u8],
     addr: &str,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    try_tls_connection(ca_pem, addr).unwrap()
+}
+
+/// [`tls_connection`], or why the connection or its handshake failed.
+fn try_tls_connection(
+    ca_pem: &[u8],
+    addr: &str,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
     let config = keyvault_server::tls::client_config_trusting(ca_pem).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).unwrap();
+        conn.complete_io(&mut tcp)?;
     }
-    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    rustls::StreamOwned::new(conn, tcp)
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 /// How long until the server ends the connection (a read returns end of input or an error).
@@ -733,17 +741,8 @@ fn one_source_cannot_hold_every_connection() {
     // Once the server has seen one end, a new connection is admitted.
     let started = Instant::now();
     let mut third = loop {
-        let config = keyvault_server::tls::client_config_trusting(&ca).unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut handshake = Ok(());
-        while conn.is_handshaking() && handshake.is_ok() {
-            handshake = conn.complete_io(&mut tcp).map(|_| ());
-        }
-        if handshake.is_ok() {
-            break rustls::StreamOwned::new(conn, tcp);
+        if let Ok(stream) = try_tls_connection(&ca, &addr) {
+            break stream;
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
