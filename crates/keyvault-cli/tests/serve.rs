@@ -755,6 +755,70 @@ fn one_source_cannot_hold_every_connection() {
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
 
+/// Over HTTP/1.1 a body that stops coming is cut off by the connection's answer timeout (here 2 s:
+/// `idle_timeout_secs`), and the request gets 408 `RequestTimeout` (as over HTTP/2), not a 400 that would say
+/// it was malformed; nothing is stored. The token endpoint answers the same in its OAuth shape.
+#[tokio::test]
+async fn a_stalled_body_gets_408_over_http1() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let config = dir.path().join("keyvault.toml");
+    std::fs::write(&config, "idle_timeout_secs = 2\n").unwrap();
+    let mut args = dev_args(&data).to_vec();
+    args.extend(["--config", config.to_str().unwrap()]);
+    let (mut child, addr) = start(&args);
+    let creds = data.join("dev-credentials.json");
+    wait_for_dev_credentials(&creds, &addr);
+    let (ca, token, _) = dev_token(&creds, &addr).await;
+    let tenant: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    let tenant = tenant["tenant_id"].as_str().unwrap().to_string();
+
+    let stalled = |head: String, part: &str| {
+        let mut stream = tls_connection(&ca, &addr);
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(part.as_bytes()).unwrap();
+        stream.flush().unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let got = stalled(
+        format!(
+            "PUT /secrets/slow?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        ),
+        r#"{"value":"#,
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains(r#""code":"RequestTimeout""#), "{got}");
+    // On a new connection: the server closed the token request's after 2 s without traffic.
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(keyvault_server::tls::client_config_trusting(&ca).unwrap())
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("https://{addr}/secrets/slow?api-version=7.6"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let got = stalled(
+        format!(
+            "POST /{tenant}/oauth2/v2.0/token HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+        ),
+        "grant_type=client_credentials&client_id=",
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains(r#""error":"invalid_request""#), "{got}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
 /// An HTTP/1.1 request whose body is over the limit gets its 413 (Key Vault-shaped), even when the client sends
 /// the whole body before it reads the answer (as `requests`, under the Python SDK, does): the server reads the
 /// rest before it answers, so closing the connection does not reset the answer away. A badly framed chunked

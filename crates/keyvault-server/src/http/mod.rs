@@ -774,12 +774,15 @@ pub(crate) async fn read_body(
             None if seen > limit as u64 => return Err(too_large()),
             None => return Err(read.timed_out()),
         };
-        let Ok(frame) = frame else {
-            return Err(if seen > limit as u64 {
-                too_large()
-            } else {
-                unreadable()
-            });
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) if seen > limit as u64 => return Err(too_large()),
+            // The body's input ended before the body did: over HTTP/1.1 that is the connection's answer
+            // timeout (`crate::idle`: 30 s of a request's bytes without an answer, which starts with the
+            // request's head, so it comes before this read's own deadline) or a client that went away; the
+            // request timed out (408, as over HTTP/2), it was not malformed.
+            Err(e) if ended_early(&e) => return Err(read.timed_out()),
+            Err(_) => return Err(unreadable()),
         };
         let Ok(data) = frame.into_data() else {
             continue;
@@ -805,6 +808,25 @@ pub(crate) async fn read_body(
     }
     // hyper checks the declared length; a body longer than it declared is an error of its (unreadable).
     Ok(buf)
+}
+
+/// Whether a body error is its input ending before the body did (hyper's body decoder: an `UnexpectedEof`
+/// under the error; or an incomplete message), rather than a badly framed body.
+fn ended_early(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            || err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The body's next frame (`Some(None)` at its end), or `None` once `deadline` has passed.
