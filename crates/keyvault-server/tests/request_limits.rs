@@ -147,14 +147,16 @@ fn sample(text: &str, name: &str) -> u64 {
         .unwrap()
 }
 
-/// With the body budget spent by an anonymous client's unfinished token request, other requests wait, then
-/// get 503 with `Retry-After` (the vault's shape, and the token endpoint's `temporarily_unavailable`); once
-/// the holder goes, they succeed again.
+/// The two body budgets: an anonymous client's unfinished token requests spend the token endpoint's, and
+/// then token requests wait and get 503 `temporarily_unavailable` while the vault's writes go on; an
+/// authorised caller's unfinished PUT spends the vault's, and then other writes wait and get 503 (Key Vault's
+/// shape, `Retry-After`). Once the holders go, their budgets come back and requests succeed again.
 #[tokio::test]
 async fn a_spent_body_budget_gives_503_and_recovers() {
     let lv = LocalVault::start_with(LocalVaultOptions {
         request_limits: RequestLimits {
             body_budget_bytes: 64 * 1024,
+            token_body_budget_bytes: 64 * 1024,
             body_budget_wait: Duration::from_millis(300),
             ..RequestLimits::default()
         },
@@ -176,6 +178,10 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
             .await
             .unwrap()
     };
+    let buffered = async |budget: &str| {
+        let name = format!("keyvault_http_body_bytes_buffered{{budget=\"{budget}\"}}");
+        sample(&scrape().await, &name)
+    };
     let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
     let put = async |value: &str| {
         common::send_json(
@@ -185,11 +191,12 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
         )
         .await
     };
+    let value = "a value longer than what is left of the budget";
 
-    // All but 36 bytes of the budget, held by a token request that never ends.
+    // All but 36 bytes of the token endpoint's budget, held by a token request that never ends.
     let held = 64 * 1024 - 36;
     let mut h2 = h2_connect(&lv, None).await;
-    let (_resp, mut holder) = start_request(
+    let (_resp, mut token_holder) = start_request(
         &mut h2,
         "POST",
         &token_path(&lv),
@@ -201,20 +208,45 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
     )
     .await;
     for _ in 0..200 {
-        if sample(&scrape().await, "keyvault_http_body_bytes_buffered") == held as u64 {
+        if buffered("token").await == held as u64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        sample(&scrape().await, "keyvault_http_body_bytes_buffered"),
-        held as u64
-    );
+    assert_eq!(buffered("token").await, held as u64);
+    let (status, body) =
+        common::request_vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    // The vault's writes are not held back by it.
+    let (status, body) = put(value).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(buffered("vault").await, 0);
 
+    // All but 36 bytes of the vault's budget, held by an authorised PUT that never ends.
+    let (_resp, mut put_holder) = start_request(
+        &mut h2,
+        "PUT",
+        "/secrets/held?api-version=7.6",
+        &[
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".into()),
+            ("content-length", (64 * 1024).to_string()),
+        ],
+        &vec![b' '; held],
+    )
+    .await;
+    for _ in 0..200 {
+        if buffered("vault").await == held as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(buffered("vault").await, held as u64);
     let resp = http
         .put(api_url(lv.vault_url(), "/secrets/budget", "7.6"))
         .bearer_auth(&token)
-        .json(&json!({ "value": "a value longer than what is left of the budget" }))
+        .json(&json!({ "value": value }))
         .send()
         .await
         .unwrap();
@@ -222,25 +254,24 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
     assert!(resp.headers().get("retry-after").is_some());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
-
-    let (status, body) =
-        common::request_vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     let text = scrape().await;
-    assert!(
-        text.contains("keyvault_http_busy_refusals_total{reason=\"body_budget\"} 2"),
-        "{text}"
-    );
+    for refused in [
+        "keyvault_http_busy_refusals_total{reason=\"body_budget\"} 1",
+        "keyvault_http_busy_refusals_total{reason=\"token_body_budget\"} 1",
+    ] {
+        assert!(text.contains(refused), "{refused} in {text}");
+    }
 
-    // The holder goes: its budget comes back, and requests are answered again.
-    holder.send_reset(h2::Reason::CANCEL);
+    // The holders go: their budgets come back, and requests are answered again.
+    token_holder.send_reset(h2::Reason::CANCEL);
+    put_holder.send_reset(h2::Reason::CANCEL);
     let status = status_within_10s(StatusCode::OK, async || put("stored").await.0).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        sample(&scrape().await, "keyvault_http_body_bytes_buffered"),
-        0
-    );
+    let (status, body) =
+        common::request_vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(buffered("vault").await, 0);
+    assert_eq!(buffered("token").await, 0);
     lv.shutdown().await;
 }
 

@@ -23,9 +23,14 @@ use tokio::time::Instant;
 /// it: 408 `RequestTimeout`. HTTP/1.1 clients got the same in effect from the connection's answer timeout.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The most request-body bytes the server buffers at once, over every request being read. A request that
-/// finds it spent waits for bytes to be given back (within its body deadline), then gets 503.
+/// The most request-body bytes the server buffers at once, over every request being read whose caller has
+/// been authenticated and authorised first (the vault API, the admin API). A request that finds it spent
+/// waits for bytes to be given back (within its body deadline), then gets 503.
 pub const BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+
+/// The token endpoint's own budget (its callers are anonymous until the body is read): a flood of unfinished
+/// token requests spends this one, never the one the vault's writes use. 256 of its largest forms (64 KiB).
+pub const TOKEN_BODY_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// The most backups and restores in progress at once (a backup answer can be tens of MB: it holds its place
 /// until its body has been sent or dropped; a restore from before its body is read until it is done).
@@ -45,6 +50,8 @@ pub struct RequestLimits {
     pub body_deadline: Duration,
     /// [`BODY_BUDGET_BYTES`].
     pub body_budget_bytes: usize,
+    /// [`TOKEN_BODY_BUDGET_BYTES`].
+    pub token_body_budget_bytes: usize,
     /// The longest a body read waits for budget (never past its deadline). Default: the body deadline.
     pub body_budget_wait: Duration,
     /// [`BULK_OPERATIONS`].
@@ -58,6 +65,7 @@ impl Default for RequestLimits {
         RequestLimits {
             body_deadline: BODY_DEADLINE,
             body_budget_bytes: BODY_BUDGET_BYTES,
+            token_body_budget_bytes: TOKEN_BODY_BUDGET_BYTES,
             body_budget_wait: BODY_DEADLINE,
             bulk_operations: BULK_OPERATIONS,
             bulk_wait: BULK_WAIT,
@@ -71,11 +79,15 @@ impl Default for RequestLimits {
 pub struct Limiter {
     settings: RequestLimits,
     budget: BodyBudget,
+    /// The token endpoint's ([`TOKEN_BODY_BUDGET_BYTES`]).
+    token_budget: BodyBudget,
     bulk: Arc<Semaphore>,
     /// Bodies cut at their deadline (408).
     body_timeouts: AtomicU64,
     /// Requests refused for want of body budget (503).
     budget_refusals: AtomicU64,
+    /// Token requests refused for want of the token endpoint's body budget (503).
+    token_budget_refusals: AtomicU64,
     /// Backups and restores refused for want of a place (503).
     bulk_refusals: AtomicU64,
 }
@@ -90,10 +102,12 @@ impl Limiter {
     pub fn new(settings: RequestLimits) -> Limiter {
         Limiter {
             budget: BodyBudget::new(settings.body_budget_bytes),
+            token_budget: BodyBudget::new(settings.token_body_budget_bytes),
             bulk: Arc::new(Semaphore::new(settings.bulk_operations.max(1))),
             settings,
             body_timeouts: AtomicU64::new(0),
             budget_refusals: AtomicU64::new(0),
+            token_budget_refusals: AtomicU64::new(0),
             bulk_refusals: AtomicU64::new(0),
         }
     }
@@ -102,9 +116,14 @@ impl Limiter {
         &self.settings
     }
 
-    /// Request-body bytes buffered now.
+    /// Request-body bytes buffered now (the vault's and the admin API's requests).
     pub fn body_bytes_buffered(&self) -> usize {
         self.budget.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Token-request body bytes buffered now.
+    pub fn token_body_bytes_buffered(&self) -> usize {
+        self.token_budget.in_use.load(Ordering::Relaxed)
     }
 
     /// Bodies cut at their deadline.
@@ -117,6 +136,11 @@ impl Limiter {
         self.budget_refusals.load(Ordering::Relaxed)
     }
 
+    /// Token requests refused for want of the token endpoint's body budget.
+    pub fn token_budget_refusals(&self) -> u64 {
+        self.token_budget_refusals.load(Ordering::Relaxed)
+    }
+
     /// Backups and restores refused for want of a place.
     pub fn bulk_refusals(&self) -> u64 {
         self.bulk_refusals.load(Ordering::Relaxed)
@@ -124,9 +148,20 @@ impl Limiter {
 
     /// A body read starting now: its deadline, and its hold on the budget (given back when dropped).
     pub(crate) fn body_read(&self) -> BodyRead<'_> {
+        self.read_from(&self.budget, &self.budget_refusals)
+    }
+
+    /// [`body_read`](Self::body_read) for a token request, from the token endpoint's own budget.
+    pub(crate) fn token_body_read(&self) -> BodyRead<'_> {
+        self.read_from(&self.token_budget, &self.token_budget_refusals)
+    }
+
+    fn read_from<'a>(&'a self, budget: &'a BodyBudget, refusals: &'a AtomicU64) -> BodyRead<'a> {
         let started = Instant::now();
         BodyRead {
             limiter: self,
+            budget,
+            refusals,
             deadline: started + self.settings.body_deadline,
             wait_until: started
                 + self
@@ -236,6 +271,9 @@ impl BodyBudget {
 /// One body being read: its deadline, and the budget it holds (given back when dropped, on every path).
 pub(crate) struct BodyRead<'a> {
     limiter: &'a Limiter,
+    budget: &'a BodyBudget,
+    /// Where a refusal for want of budget is counted.
+    refusals: &'a AtomicU64,
     deadline: Instant,
     /// No waiting for budget past this (at most the deadline).
     wait_until: Instant,
@@ -250,9 +288,9 @@ impl BodyRead<'_> {
     /// Takes `n` more bytes of the budget (at once when it has them, else waiting within the body's
     /// deadline); 503 if they do not come.
     pub(crate) async fn take(&mut self, n: usize) -> Result<(), ApiError> {
-        let budget = &self.limiter.budget;
+        let budget = self.budget;
         if !budget.try_take(n) && !budget.take_waiting(n, self.wait_until).await {
-            self.limiter.budget_refusals.fetch_add(1, Ordering::Relaxed);
+            self.refusals.fetch_add(1, Ordering::Relaxed);
             return Err(busy(
                 "The service is busy (too many request bodies being received). Please retry.",
             ));
@@ -277,7 +315,7 @@ impl BodyRead<'_> {
 
 impl Drop for BodyRead<'_> {
     fn drop(&mut self) {
-        self.limiter.budget.give_back(self.held);
+        self.budget.give_back(self.held);
     }
 }
 

@@ -732,6 +732,24 @@ const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// reused for the connection's next bytes and freed unwiped; README, "Limits".)
 pub(crate) async fn read_body(
     limiter: &limits::Limiter,
+    body: Body,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    read_body_as(limiter.body_read(), body, limit).await
+}
+
+/// [`read_body`] for the token endpoint: from its own budget ([`limits::TOKEN_BODY_BUDGET_BYTES`]), so that
+/// anonymous callers' unfinished bodies never hold back the vault's writes.
+pub(crate) async fn read_token_body(
+    limiter: &limits::Limiter,
+    body: Body,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    read_body_as(limiter.token_body_read(), body, limit).await
+}
+
+async fn read_body_as(
+    mut read: limits::BodyRead<'_>,
     mut body: Body,
     limit: usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
@@ -742,7 +760,6 @@ pub(crate) async fn read_body(
             format!("The request body is larger than the limit of {limit} bytes."),
         )
     };
-    let mut read = limiter.body_read();
     // One timer for the whole body, armed only if a frame is not there at once (a small body that came with
     // its request's head is read without one).
     let deadline = tokio::time::sleep_until(read.deadline());

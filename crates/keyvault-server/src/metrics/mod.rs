@@ -511,22 +511,33 @@ impl Metrics {
         e.family(
             "keyvault_http_body_bytes_buffered",
             Kind::Gauge,
-            "Request-body bytes being received now (taken from the body budget).",
+            "Request-body bytes being received now, by the budget they are taken from (vault: the vault's and \
+             the admin API's requests; token: the token endpoint's).",
         );
         e.sample(
             "keyvault_http_body_bytes_buffered",
-            &[],
+            &[("budget", "vault")],
             l.body_bytes_buffered() as u64,
+        );
+        e.sample(
+            "keyvault_http_body_bytes_buffered",
+            &[("budget", "token")],
+            l.token_body_bytes_buffered() as u64,
         );
         e.family(
             "keyvault_http_body_budget_bytes",
             Kind::Gauge,
-            "The most request-body bytes received at once (over it, requests wait, then get 503).",
+            "The most request-body bytes received at once, by budget (over it, requests wait, then get 503).",
         );
         e.sample(
             "keyvault_http_body_budget_bytes",
-            &[],
+            &[("budget", "vault")],
             l.settings().body_budget_bytes as u64,
+        );
+        e.sample(
+            "keyvault_http_body_budget_bytes",
+            &[("budget", "token")],
+            l.settings().token_body_budget_bytes as u64,
         );
         e.family(
             "keyvault_http_body_timeouts_total",
@@ -544,6 +555,11 @@ impl Metrics {
             "keyvault_http_busy_refusals_total",
             &[("reason", "body_budget")],
             l.budget_refusals(),
+        );
+        e.sample(
+            "keyvault_http_busy_refusals_total",
+            &[("reason", "token_body_budget")],
+            l.token_budget_refusals(),
         );
         e.sample(
             "keyvault_http_busy_refusals_total",
