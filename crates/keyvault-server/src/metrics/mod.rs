@@ -143,8 +143,8 @@ impl Route {
 }
 
 /// The status codes counted one by one; others are counted by class (`1xx` … `5xx`).
-const CODES: [u16; 13] = [
-    200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 429, 500, 503,
+const CODES: [u16; 14] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 429, 500, 503,
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const CODE_SLOTS: usize = CODES.len() + CLASSES.len();
