@@ -159,11 +159,12 @@ fn code_slot(status: u16) -> usize {
         403 => 5,
         404 => 6,
         405 => 7,
-        409 => 8,
-        413 => 9,
-        429 => 10,
-        500 => 11,
-        503 => 12,
+        408 => 8,
+        409 => 9,
+        413 => 10,
+        429 => 11,
+        500 => 12,
+        503 => 13,
         s => CODES.len() + (usize::from(s / 100).clamp(1, 5) - 1),
     }
 }
@@ -738,6 +739,10 @@ mod tests {
     fn codes_and_buckets() {
         assert_eq!(code_label(code_slot(200)), "200");
         assert_eq!(code_label(code_slot(429)), "429");
+        // Every listed code has its own slot, in order.
+        for (slot, code) in CODES.iter().enumerate() {
+            assert_eq!(code_slot(*code), slot, "{code}");
+        }
         assert_eq!(code_label(code_slot(418)), "4xx");
         assert_eq!(code_label(code_slot(302)), "3xx");
         assert_eq!(code_label(code_slot(101)), "1xx");
