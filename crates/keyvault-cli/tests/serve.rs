@@ -631,15 +631,7 @@ fn closed_after(
 #[test]
 fn quiet_connections_are_closed() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dev");
-    let config = dir.path().join("keyvault.toml");
-    std::fs::write(&config, "idle_timeout_secs = 2\n").unwrap();
-    let mut args = dev_args(&data).to_vec();
-    args.extend(["--config", config.to_str().unwrap()]);
-    let (mut child, addr) = start(&args);
-    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
-    let ca = std::fs::read(data.join("tls").join("ca.pem")).unwrap();
+    let (_dir, mut child, addr, ca) = dev_server_configured("idle_timeout_secs = 2\n");
     // The open-file limit leaves room for the 4,096 connections the server admits (up to the hard limit).
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
     let files: Vec<String> = limits
@@ -699,15 +691,7 @@ fn quiet_connections_are_closed() {
 #[test]
 fn one_source_cannot_hold_every_connection() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dev");
-    let config = dir.path().join("keyvault.toml");
-    std::fs::write(&config, "max_connections_per_source = 2\n").unwrap();
-    let mut args = dev_args(&data).to_vec();
-    args.extend(["--config", config.to_str().unwrap()]);
-    let (mut child, addr) = start(&args);
-    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
-    let ca = std::fs::read(data.join("tls").join("ca.pem")).unwrap();
+    let (_dir, mut child, addr, ca) = dev_server_configured("max_connections_per_source = 2\n");
 
     let request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     let healthz =
@@ -761,15 +745,8 @@ fn one_source_cannot_hold_every_connection() {
 #[tokio::test]
 async fn a_stalled_body_gets_408_over_http1() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dev");
-    let config = dir.path().join("keyvault.toml");
-    std::fs::write(&config, "idle_timeout_secs = 2\n").unwrap();
-    let mut args = dev_args(&data).to_vec();
-    args.extend(["--config", config.to_str().unwrap()]);
-    let (mut child, addr) = start(&args);
-    let creds = data.join("dev-credentials.json");
-    wait_for_dev_credentials(&creds, &addr);
+    let (dir, mut child, addr, _) = dev_server_configured("idle_timeout_secs = 2\n");
+    let creds = dir.path().join("dev/dev-credentials.json");
     let (ca, token, _) = dev_token(&creds, &addr).await;
     let tenant: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
@@ -943,6 +920,20 @@ fn dev_server() -> (tempfile::TempDir, Server, String) {
     let (child, addr) = start(&dev_args(&data));
     wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
     (dir, child, addr)
+}
+
+/// [`dev_server`] with `toml` as its configuration file; also its CA (`DIR/dev/tls/ca.pem`).
+fn dev_server_configured(toml: &str) -> (tempfile::TempDir, Server, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let config = dir.path().join("keyvault.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut args = dev_args(&data).to_vec();
+    args.extend(["--config", config.to_str().unwrap()]);
+    let (child, addr) = start(&args);
+    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
+    let ca = std::fs::read(data.join("tls").join("ca.pem")).unwrap();
+    (dir, child, addr, ca)
 }
 
 /// The dev server's CA, a token for its client, and the HTTPS client that fetched it (keep it alive).

@@ -182,6 +182,16 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
         let name = format!("keyvault_http_body_bytes_buffered{{budget=\"{budget}\"}}");
         sample(&scrape().await, &name)
     };
+    // Until `budget` has `want` bytes in use (a held body's bytes arrive a little after they are sent).
+    let wait_buffered = async |budget: &str, want: usize| {
+        for _ in 0..200 {
+            if buffered(budget).await == want as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(buffered(budget).await, want as u64, "{budget}");
+    };
     let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
     let put = async |value: &str| {
         common::send_json(
@@ -207,13 +217,7 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
         &vec![b'a'; held],
     )
     .await;
-    for _ in 0..200 {
-        if buffered("token").await == held as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(buffered("token").await, held as u64);
+    wait_buffered("token", held).await;
     let (status, body) =
         common::request_vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -236,13 +240,7 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
         &vec![b' '; held],
     )
     .await;
-    for _ in 0..200 {
-        if buffered("vault").await == held as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(buffered("vault").await, held as u64);
+    wait_buffered("vault", held).await;
     let resp = http
         .put(api_url(lv.vault_url(), "/secrets/budget", "7.6"))
         .bearer_auth(&token)
