@@ -7,7 +7,9 @@
 //! closes the connection) once either
 //! - neither side has sent a byte for the idle limit, or
 //! - the client has been sending for the answer limit while the server wrote nothing back (a request the
-//!   server never got whole: a complete request is answered in far less).
+//!   server never got whole: a complete request is answered in far less), plus the time the bytes it sent
+//!   meanwhile earn at the minimum upload rate (`http::limits::BODY_MIN_RATE`): a large upload over a slow
+//!   link goes on as long as it keeps that rate on average, a trickle is cut off at the answer limit.
 //!
 //! The clock is read on each read and write that moves bytes. The one timer per connection fires at the
 //! earliest deadline, or within the answer limit at most, and is re-armed only then: no timer is made or
@@ -25,33 +27,45 @@ pub(crate) struct IdleIo<T> {
     inner: T,
     idle: Duration,
     answer: Duration,
+    /// Bytes per second read unanswered that extend the answer limit (0: none do).
+    min_rate: u64,
     /// When the last byte was read or written.
     last: Instant,
     /// When the client started sending what the server has not answered yet (the first byte read since the
     /// server last wrote).
     asked: Option<Instant>,
+    /// Bytes read since `asked`.
+    asked_bytes: u64,
     timer: Pin<Box<Sleep>>,
 }
 
 impl<T> IdleIo<T> {
-    /// Quiet for `idle`, or sending unanswered for `answer` (at most `idle`), ends the input.
-    pub(crate) fn new(inner: T, idle: Duration, answer: Duration) -> Self {
+    /// Quiet for `idle`, or sending unanswered for `answer` (at most `idle`) and the time the bytes sent
+    /// meanwhile earn at `min_rate` bytes a second (0: nothing), ends the input.
+    pub(crate) fn new(inner: T, idle: Duration, answer: Duration, min_rate: u64) -> Self {
         let now = Instant::now();
         let answer = answer.min(idle);
         IdleIo {
             inner,
             idle,
             answer,
+            min_rate,
             last: now,
             asked: None,
+            asked_bytes: 0,
             timer: Box::pin(tokio::time::sleep_until(now + answer)),
         }
     }
 
     fn due(&self) -> Instant {
         let quiet = self.last + self.idle;
-        self.asked
-            .map_or(quiet, |asked| quiet.min(asked + self.answer))
+        self.asked.map_or(quiet, |asked| {
+            let earned = match self.min_rate {
+                0 => Duration::ZERO,
+                rate => crate::http::limits::earned(self.asked_bytes, rate),
+            };
+            quiet.min(asked + self.answer + earned)
+        })
     }
 
     /// Whether a deadline has passed (re-arming the timer when it fired before one).
@@ -72,6 +86,7 @@ impl<T> IdleIo<T> {
         if n > 0 {
             self.last = Instant::now();
             self.asked = None;
+            self.asked_bytes = 0;
         }
     }
 }
@@ -86,10 +101,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
+                let read = buf.filled().len() - before;
+                if read > 0 {
                     let now = Instant::now();
                     this.last = now;
                     this.asked.get_or_insert(now);
+                    this.asked_bytes += read as u64;
                 }
                 Poll::Ready(result)
             }
@@ -149,7 +166,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn quiet_for_the_idle_limit_ends_the_input() {
         let (client, server) = tokio::io::duplex(64);
-        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4));
+        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 0);
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let started = Instant::now();
         // A request every 6 s for 30 s, each answered at once: never idle for 10, never unanswered for 4.
@@ -180,7 +197,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trickled_request_ends_at_the_answer_limit() {
         let (client, server) = tokio::io::duplex(64);
-        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4));
+        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 0);
         let (_client_read, mut client_write) = tokio::io::split(client);
         tokio::spawn(async move {
             for _ in 0..60 {
@@ -201,5 +218,53 @@ mod tests {
         }
         assert!(got >= 4, "{got}");
         assert_eq!(started.elapsed(), Duration::from_secs(4));
+    }
+
+    /// With a minimum rate, an upload that keeps above it on average goes on past the answer limit until
+    /// it is answered; one below it is cut off once its bytes no longer cover the time it has taken.
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_above_the_minimum_rate_outlasts_the_answer_limit() {
+        async fn upload(per_second: usize, seconds: usize) -> (usize, Duration) {
+            let (client, server) = tokio::io::duplex(64);
+            // 4 s to answer, and a second more for every 100 bytes.
+            let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 100);
+            let (_client_read, mut client_write) = tokio::io::split(client);
+            tokio::spawn(async move {
+                for _ in 0..seconds {
+                    if client_write
+                        .write_all(&vec![b'x'; per_second])
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // Then nothing more: the request is whole and waits for its answer.
+                std::future::pending::<()>().await;
+            });
+            let started = Instant::now();
+            let mut buf = [0u8; 64];
+            let mut got = 0;
+            while got < per_second * seconds {
+                match io.read(&mut buf).await.unwrap() {
+                    0 => return (got, started.elapsed()),
+                    n => got += n,
+                }
+            }
+            io.write_all(b"answer").await.unwrap();
+            (got, started.elapsed())
+        }
+        // 200 bytes a second for 20 s: 5 times the answer limit, read whole.
+        let (got, took) = upload(200, 20).await;
+        assert_eq!(got, 4000);
+        assert!(took >= Duration::from_secs(19), "{took:?}");
+        // 50 bytes a second: 4 s + t / 2 runs out at t = 8 s (the bytes of second 8 came at its start).
+        let (got, took) = upload(50, 20).await;
+        assert!(got < 1000, "{got}");
+        assert!(
+            took >= Duration::from_secs(8) && took <= Duration::from_secs(9),
+            "{took:?}"
+        );
     }
 }

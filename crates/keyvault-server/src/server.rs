@@ -147,6 +147,9 @@ pub struct Server {
     sweep_interval: Duration,
     /// A connection without traffic for this long is closed ([`crate::idle`]).
     idle_timeout: Duration,
+    /// `RequestLimits::body_min_rate`: bytes per second an upload needs to keep its connection's answer timeout
+    /// moving.
+    min_body_rate: u64,
     /// Trusted external issuers (those with a JWKS URL are refreshed while serving).
     trusted_issuers: Vec<crate::auth::external::TrustedIssuer>,
     /// The certificate presented to new connections.
@@ -760,6 +763,7 @@ impl Server {
             data_dir,
             sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            min_body_rate: config.request_limits.body_min_rate,
             trusted_issuers: trusted,
             metrics,
             open_connections,
@@ -852,6 +856,8 @@ impl Server {
         // HTTP/1.1 too, but makes and drops a timer for every request: 2.8 % of a GET's instructions.
         let (idle_timeout, answer_timeout) =
             (self.idle_timeout, self.idle_timeout.min(ANSWER_TIMEOUT));
+        // An upload's bytes extend the answer timeout as they extend its body's deadline.
+        let min_rate = self.min_body_rate;
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -901,7 +907,7 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                let io = crate::idle::IdleIo::new(tls, idle_timeout, answer_timeout);
+                let io = crate::idle::IdleIo::new(tls, idle_timeout, answer_timeout, min_rate);
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(io), service)
                     .into_owned();

@@ -138,6 +138,124 @@ async fn a_stalled_body_gets_408_and_nothing_is_stored() {
     lv.shutdown().await;
 }
 
+/// A body's deadline moves with the bytes it receives (`body_min_rate`): an upload that keeps above the
+/// minimum rate is stored though it takes longer than the deadline, one below it gets 408 and nothing is
+/// stored. The token endpoint's deadline does not move.
+#[tokio::test]
+async fn an_upload_above_the_minimum_rate_outlasts_the_deadline() {
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        request_limits: RequestLimits {
+            body_deadline: Duration::from_secs(1),
+            // A second more for every 2 KiB.
+            body_min_rate: 2048,
+            ..RequestLimits::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = vault_client(&lv);
+    let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let mut h2 = h2_connect(&lv, None).await;
+    let value = "v".repeat(16 * 1024);
+    let body = serde_json::to_vec(&json!({ "value": value })).unwrap();
+    // `piece` bytes every `every`, the first with the head.
+    let upload =
+        async |h2: &mut h2::client::SendRequest<Bytes>, name: &str, piece: usize, every| {
+            let (resp, mut stream) = start_request(
+                h2,
+                "PUT",
+                &format!("/secrets/{name}?api-version=7.6"),
+                &[
+                    ("authorization", format!("Bearer {token}")),
+                    ("content-type", "application/json".into()),
+                    ("content-length", body.len().to_string()),
+                ],
+                &body[..piece],
+            )
+            .await;
+            let started = std::time::Instant::now();
+            let sender = async {
+                for chunk in body[piece..].chunks(piece) {
+                    tokio::time::sleep(every).await;
+                    stream.reserve_capacity(chunk.len());
+                    if stream
+                        .send_data(Bytes::copy_from_slice(chunk), false)
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = stream.send_data(Bytes::new(), true);
+            };
+            let ((status, _, answer), ()) = tokio::join!(answer(resp), sender);
+            (status, answer, started.elapsed())
+        };
+
+    // 1 KiB every 100 ms (≈ 10 KiB/s, five times the minimum): about 1.6 s, past the 1 s deadline.
+    let (status, body_back, took) =
+        upload(&mut h2, "slow-link", 1024, Duration::from_millis(100)).await;
+    assert_eq!(status, StatusCode::OK, "{body_back}");
+    assert!(took > Duration::from_secs(1), "{took:?}");
+    let (status, got) = common::send_json(
+        http.get(api_url(lv.vault_url(), "/secrets/slow-link", "7.6"))
+            .bearer_auth(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["value"], value.as_str());
+
+    // 256 bytes every 250 ms (1 KiB/s, half the minimum): cut off after about 2 s, nothing stored.
+    let (status, body_back, _) = upload(&mut h2, "trickle", 256, Duration::from_millis(250)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body_back}");
+    assert_eq!(body_back["error"]["code"], "RequestTimeout", "{body_back}");
+    let message = body_back["error"]["message"].as_str().unwrap();
+    assert!(message.contains("every 2 KiB"), "{message}");
+    let (status, got) = common::send_json(
+        http.get(api_url(lv.vault_url(), "/secrets/trickle", "7.6"))
+            .bearer_auth(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{got}");
+
+    // The token endpoint: 1 s, whatever comes. Its body would be whole after 1.6 s at 2.5 KiB/s (and then
+    // refused for its scope): a deadline that moved would answer 400, not 408.
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}&scope=https%3A%2F%2Fvault.azure.net%2F.default",
+        lv.client_id(),
+        lv.client_secret()
+    );
+    let (resp, mut stream) = start_request(
+        &mut h2,
+        "POST",
+        &token_path(&lv),
+        &[
+            ("content-type", "application/x-www-form-urlencoded".into()),
+            ("content-length", (form.len() + 4096).to_string()),
+        ],
+        form.as_bytes(),
+    )
+    .await;
+    let sender = async {
+        for _ in 0..16 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stream.reserve_capacity(256);
+            if stream
+                .send_data(Bytes::from(vec![b'x'; 256]), false)
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let ((status, _, answer), ()) = tokio::join!(answer(resp), sender);
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{answer}");
+    assert_eq!(answer["error"], "invalid_request", "{answer}");
+    lv.shutdown().await;
+}
+
 /// The value of an unlabelled sample in a metrics exposition.
 fn sample(text: &str, name: &str) -> u64 {
     text.lines()

@@ -18,10 +18,18 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// How long a request's whole body may take to arrive, from when the server starts reading it (whatever
-/// else the connection does: an HTTP/2 client's PINGs keep its connection open, not a stalled body). Past
-/// it: 408 `RequestTimeout`. HTTP/1.1 clients got the same in effect from the connection's answer timeout.
+/// How long a request's body may take to arrive, from when the server starts reading it (whatever else the
+/// connection does: an HTTP/2 client's PINGs keep its connection open, not a stalled body), before the time
+/// its bytes earn ([`BODY_MIN_RATE`]). Past it: 408 `RequestTimeout`. HTTP/1.1 clients get the same in
+/// effect from the connection's answer timeout, which the bytes of an upload extend alike.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Each byte of a body received extends its deadline by 1 / this many seconds (16 KiB/s, 128 kbit/s): a
+/// body that keeps coming at least this fast on average after its first 30 s is never cut off, however large
+/// (a 32 MiB restore over a slow link), while a trickle is cut off as before (a byte a second earns nothing
+/// that counts). Not for the token endpoint, whose callers are anonymous and whose bodies are small: its
+/// bodies get [`BODY_DEADLINE`] alone.
+pub const BODY_MIN_RATE: u64 = 16 * 1024;
 
 /// The most request-body bytes the server buffers at once, over every request being read whose caller has
 /// been authenticated and authorised first (the vault API, the admin API). A request that finds it spent
@@ -48,6 +56,8 @@ pub const BUSY_RETRY_AFTER_SECS: u64 = 2;
 pub struct RequestLimits {
     /// [`BODY_DEADLINE`].
     pub body_deadline: Duration,
+    /// [`BODY_MIN_RATE`], in bytes per second; 0: every body gets the deadline alone.
+    pub body_min_rate: u64,
     /// [`BODY_BUDGET_BYTES`].
     pub body_budget_bytes: usize,
     /// [`TOKEN_BODY_BUDGET_BYTES`].
@@ -64,6 +74,7 @@ impl Default for RequestLimits {
     fn default() -> Self {
         RequestLimits {
             body_deadline: BODY_DEADLINE,
+            body_min_rate: BODY_MIN_RATE,
             body_budget_bytes: BODY_BUDGET_BYTES,
             token_body_budget_bytes: TOKEN_BODY_BUDGET_BYTES,
             body_budget_wait: BODY_DEADLINE,
@@ -148,21 +159,31 @@ impl Limiter {
 
     /// A body read starting now: its deadline, and its hold on the budget (given back when dropped).
     pub(crate) fn body_read(&self) -> BodyRead<'_> {
-        self.read_from(&self.budget, &self.budget_refusals)
+        self.read_from(
+            &self.budget,
+            &self.budget_refusals,
+            self.settings.body_min_rate,
+        )
     }
 
     /// [`body_read`](Self::body_read) for a token request, from the token endpoint's own budget.
     pub(crate) fn token_body_read(&self) -> BodyRead<'_> {
-        self.read_from(&self.token_budget, &self.token_budget_refusals)
+        self.read_from(&self.token_budget, &self.token_budget_refusals, 0)
     }
 
-    fn read_from<'a>(&'a self, budget: &'a BodyBudget, refusals: &'a AtomicU64) -> BodyRead<'a> {
+    fn read_from<'a>(
+        &'a self,
+        budget: &'a BodyBudget,
+        refusals: &'a AtomicU64,
+        min_rate: u64,
+    ) -> BodyRead<'a> {
         let started = Instant::now();
         BodyRead {
             limiter: self,
             budget,
             refusals,
             deadline: started + self.settings.body_deadline,
+            min_rate,
             wait_until: started
                 + self
                     .settings
@@ -274,15 +295,23 @@ pub(crate) struct BodyRead<'a> {
     budget: &'a BodyBudget,
     /// Where a refusal for want of budget is counted.
     refusals: &'a AtomicU64,
+    /// The deadline before any bytes are received.
     deadline: Instant,
+    /// Bytes per second that extend the deadline ([`BODY_MIN_RATE`]); 0: none do.
+    min_rate: u64,
     /// No waiting for budget past this (at most the deadline).
     wait_until: Instant,
     held: usize,
 }
 
 impl BodyRead<'_> {
-    pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
+    /// The deadline once `received` bytes of the body have come: [`BODY_DEADLINE`] from the start of the
+    /// read, and 1 / [`BODY_MIN_RATE`] of a second more for each byte.
+    pub(crate) fn deadline(&self, received: u64) -> Instant {
+        match self.min_rate {
+            0 => self.deadline,
+            rate => self.deadline + earned(received, rate),
+        }
     }
 
     /// Takes `n` more bytes of the budget (at once when it has them, else waiting within the body's
@@ -302,15 +331,23 @@ impl BodyRead<'_> {
     /// The body did not arrive by its deadline: 408 `RequestTimeout`.
     pub(crate) fn timed_out(&self) -> ApiError {
         self.limiter.body_timeouts.fetch_add(1, Ordering::Relaxed);
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "RequestTimeout",
-            format!(
-                "The request body did not arrive within {} seconds.",
-                self.limiter.settings.body_deadline.as_secs_f64()
+        let seconds = self.limiter.settings.body_deadline.as_secs_f64();
+        let message = match self.min_rate {
+            0 => format!("The request body did not arrive within {seconds} seconds."),
+            rate => format!(
+                "The request body did not arrive in time: a body may take {seconds} seconds, and one second \
+                 more for every {} KiB received.",
+                rate as f64 / 1024.0
             ),
-        )
+        };
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", message)
     }
+}
+
+/// The time `bytes` earn at `rate` bytes per second (`rate` > 0).
+pub(crate) fn earned(bytes: u64, rate: u64) -> Duration {
+    let rest = u128::from(bytes % rate) * 1_000_000_000 / u128::from(rate);
+    Duration::from_secs(bytes / rate) + Duration::from_nanos(rest as u64)
 }
 
 impl Drop for BodyRead<'_> {

@@ -36,7 +36,7 @@ use respond::{bundle_response, empty, json_response};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wire::WireContext;
 use zeroize::Zeroizing;
 
@@ -761,8 +761,10 @@ async fn read_body_as(
         )
     };
     // One timer for the whole body, armed only if a frame is not there at once (a small body that came with
-    // its request's head is read without one).
-    let deadline = tokio::time::sleep_until(read.deadline());
+    // its request's head is read without one). The bytes received move it later (`limits::BODY_MIN_RATE`):
+    // it is reset when they have earned a second more than it was last set to, so a small body never resets it.
+    let mut armed = read.deadline(0);
+    let deadline = tokio::time::sleep_until(armed);
     tokio::pin!(deadline);
     let declared = axum::body::HttpBody::size_hint(&body).exact();
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
@@ -805,6 +807,11 @@ async fn read_body_as(
             continue;
         };
         seen += data.len() as u64;
+        let due = read.deadline(seen);
+        if due >= armed + Duration::from_secs(1) {
+            armed = due;
+            deadline.as_mut().reset(due);
+        }
         if seen <= limit as u64 {
             if let Err(e) = read.take(data.len()).await {
                 wipe_frame(data);
