@@ -188,6 +188,33 @@ async fn a_key_the_database_was_not_written_with_does_not_start() {
     // Nothing was written under the other key: the right one still reads and starts.
     let server = start(config(&data, Some(&key_a), false)).await.unwrap();
     assert_eq!(value_of(&server, "db-password").await, "hunter2");
+    drop(server);
+
+    // The key check damaged (its last byte, in the tag): the right key is refused, and told that the stored
+    // check, not the key, is at fault.
+    let db = rusqlite::Connection::open(data.join("vault.db")).unwrap();
+    let mut check: Vec<u8> = db
+        .query_row("SELECT value FROM meta WHERE key = 'kek-check'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    *check.last_mut().unwrap() ^= 1;
+    db.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'kek-check'",
+        [&check],
+    )
+    .unwrap();
+    drop(db);
+    let err = start(config(&data, Some(&key_a), false))
+        .await
+        .err()
+        .expect("a damaged key check is refused");
+    assert!(
+        err.contains(&format!(
+            "sealed under key id {id_a}, which this server holds"
+        )) && err.contains("damaged or changed outside the server"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

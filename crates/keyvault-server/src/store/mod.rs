@@ -651,6 +651,15 @@ fn wrong_key(store: &dyn SecretStore, envelope: &crate::crypto::Envelope, sealed
         )
     };
     let verb = if previous.is_empty() { "is" } else { "are" };
+    if envelope.knows(theirs) {
+        // Sealed under a key this server holds, and still it does not open: the stored value was damaged or
+        // changed outside the server (the key is not the problem).
+        return format!(
+            "what the store holds to check its key (its key check, or else a stored value) is sealed under key \
+             id {theirs}, which this server holds, and does not open: it was damaged or changed outside the \
+             server, the key is not the problem. Restore the database from a backup, or find out who wrote to it"
+        );
+    }
     if store.is_shared() {
         format!(
             "this node's {keys} cannot open what the other nodes of this store wrote (key id {theirs}): every \

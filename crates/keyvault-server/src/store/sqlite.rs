@@ -1786,7 +1786,7 @@ macro_rules! list_live {
             listed_vcols!(),
             " FROM ",
             $names,
-            " JOIN versions AS v ON v.seq = n.latest_seq
+            " JOIN versions AS v ON v.seq = n.latest_seq AND v.vault = n.vault AND v.name_key = n.name_key
              WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
         )
     };
@@ -1799,13 +1799,13 @@ const SQL_LIST_DELETED: &str = concat!(
     "SELECT n.display_name, ",
     listed_vcols!(),
     ", n.deleted_on, n.scheduled_purge FROM names AS n INDEXED BY names_deleted
-     JOIN versions AS v ON v.seq = n.latest_seq
+     JOIN versions AS v ON v.seq = n.latest_seq AND v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = ?1 AND n.deleted_on IS NOT NULL AND n.name_key > ?2 ORDER BY n.name_key"
 );
 const SQL_FIND_LATEST: &str = concat!(
     "SELECT v.seq, n.display_name, ",
     vcols!(),
-    " FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
+    " FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq AND v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL"
 );
 const SQL_FIND_VERSION: &str = concat!(
@@ -1817,7 +1817,7 @@ const SQL_FIND_VERSION: &str = concat!(
 const SQL_FIND_DELETED: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
-    ", n.deleted_on, n.scheduled_purge FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq
+    ", n.deleted_on, n.scheduled_purge FROM names AS n JOIN versions AS v ON v.seq = n.latest_seq AND v.vault = n.vault AND v.name_key = n.name_key
      WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NOT NULL"
 );
 const SQL_VERSIONS_OF_LIVE: &str = concat!(

@@ -63,7 +63,7 @@ impl Vault {
         }
         let mut versions = Vec::with_capacity(rows.len());
         for row in rows {
-            let value = self.open(&row)?;
+            let value = self.open(name, &row)?;
             versions.push(BackupVersion {
                 name: row.name,
                 version: row.version,

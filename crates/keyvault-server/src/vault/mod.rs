@@ -244,7 +244,14 @@ impl Vault {
         if !row.enabled {
             return Err(VaultError::Disabled { name: row.name });
         }
-        let value = self.open(&row)?;
+        if version.is_some_and(|v| !v.is_empty() && !row.version.eq_ignore_ascii_case(v)) {
+            return Err(VaultError::Internal(format!(
+                "the stored row for {name}/{} is labelled version {}: the store was changed outside the server",
+                version.unwrap_or_default(),
+                row.version
+            )));
+        }
+        let value = self.open(name, &row)?;
         Ok(Secret {
             row,
             value: Some(value),
@@ -260,15 +267,19 @@ impl Vault {
             .ok_or_else(|| VaultError::not_found(name, version))
     }
 
-    fn open(&self, row: &VersionRow) -> VaultResult<SecretString> {
+    /// The value of `row`, read for the secret `name`. The value is opened bound to the name that was asked
+    /// for (and authorised), never to the name the row says it has: a row moved or relabelled under another
+    /// name outside the server (by a writer of the store, who has no key) is refused, not served as this one.
+    fn open(&self, name: &str, row: &VersionRow) -> VaultResult<SecretString> {
+        if !row.name.eq_ignore_ascii_case(name) {
+            return Err(VaultError::Internal(format!(
+                "the stored row for {name}/{} is labelled {}: the store was changed outside the server",
+                row.version, row.name
+            )));
+        }
         let plain = self
             .envelope
-            .open(
-                self.vault(),
-                &name_key(&row.name),
-                &row.version,
-                &row.sealed,
-            )
+            .open(self.vault(), &name_key(name), &row.version, &row.sealed)
             .map_err(|e| {
                 VaultError::Internal(format!("cannot open {}/{}: {e}", row.name, row.version))
             })?;

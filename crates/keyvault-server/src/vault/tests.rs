@@ -498,3 +498,79 @@ async fn a_purge_leaves_no_sealed_bytes_in_the_database_file() {
     }
     assert!(file_holds(&kept[0]), "another secret's stay");
 }
+
+/// A writer of the store (who holds no key) relabels or moves one secret's row under another name: the value
+/// is opened bound to the name that was asked for, so the row is refused, never served as the other secret —
+/// by the latest pointer, by version id, or in a backup (the tampering audit's finding 1).
+#[tokio::test]
+async fn a_row_moved_under_another_name_is_not_served_as_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || vault_in(dir.path(), Arc::new(SystemClock), false);
+    let tamper = |sql: &str| {
+        let db = rusqlite::Connection::open(dir.path().join("v.db")).unwrap();
+        db.execute_batch(sql).unwrap();
+    };
+    let served =
+        |r: VaultResult<Secret>| r.ok().and_then(|s| s.value).map(|v| v.expose().to_owned());
+    let alpha_version = {
+        let v = open();
+        v.set("beta", SecretString::new("beta-value"), Default::default())
+            .await
+            .unwrap();
+        v.set(
+            "alpha",
+            SecretString::new("ALPHA-VALUE"),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .row
+        .version
+    };
+
+    // 1. beta's latest pointer aimed at alpha's row, labelled alpha.
+    tamper(
+        "UPDATE names SET display_name = 'alpha',
+             latest_seq = (SELECT latest_seq FROM names WHERE name_key = 'alpha')
+         WHERE name_key = 'beta'",
+    );
+    {
+        let v = open();
+        let got = served(v.get("beta", None).await);
+        assert_ne!(got.as_deref(), Some("ALPHA-VALUE"));
+    }
+
+    // 2. alpha's row copied under beta (same version id and sealed bytes), labelled alpha: what a PostgreSQL
+    // writer can do too.
+    tamper(
+        "INSERT INTO versions (vault, name_key, version, content_type, tags, enabled, nbf, exp, created,
+             updated, sealed)
+         SELECT vault, 'beta', version, content_type, tags, enabled, nbf, exp, created, updated, sealed
+         FROM versions WHERE name_key = 'alpha';
+         UPDATE names SET display_name = 'alpha', latest_seq = (SELECT max(seq) FROM versions)
+         WHERE name_key = 'beta';",
+    );
+    {
+        let v = open();
+        let latest = v.get("beta", None).await;
+        assert!(matches!(latest, Err(VaultError::Internal(_))), "{latest:?}");
+        let by_version = v.get("beta", Some(&alpha_version)).await;
+        assert!(
+            matches!(by_version, Err(VaultError::Internal(_))),
+            "{by_version:?}"
+        );
+        let backup = v.backup("beta").await;
+        assert!(matches!(backup, Err(VaultError::Internal(_))), "{backup:?}");
+    }
+
+    // Labelled beta instead: the value is bound to alpha, so it does not open under beta either.
+    tamper("UPDATE names SET display_name = 'beta' WHERE name_key = 'beta'");
+    let v = open();
+    let relabelled = v.get("beta", None).await;
+    assert!(relabelled.is_err(), "{:?}", served(relabelled));
+    // alpha itself is untouched.
+    assert_eq!(
+        served(v.get("alpha", None).await).as_deref(),
+        Some("ALPHA-VALUE")
+    );
+}
