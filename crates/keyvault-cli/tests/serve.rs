@@ -1476,3 +1476,26 @@ fn a_readable_previous_signing_key_is_warned_about() {
     assert!(line.contains("previous-signing-key.pk8"), "{line}");
     sigterm(&server);
 }
+
+/// A data directory others can write is warned about at start (they could replace the database or the
+/// access-control document in it); a private one is not.
+#[test]
+fn a_data_directory_others_can_write_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    for (mode, warned) in [(0o777, true), (0o700, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut c = command(None);
+        c.args(cli_support::dev_serve_args(&data));
+        let (server, _, lines) = spawn_server(c);
+        let said = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("the data directory is writable by group or others"));
+        drop(server);
+        assert_eq!(said, warned, "mode {mode:o}");
+    }
+}

@@ -172,13 +172,23 @@ fn host_of(addr: &SocketAddr) -> String {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(setup("cannot create the data directory"))?;
+    } else if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o022 != 0
+    {
+        // Whoever can write the directory can replace the database, the access-control document or the
+        // audit log (the files themselves are made private, not the names in the directory).
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+            "the data directory is writable by group or others: they can replace the files in it; chmod 700 it"
+        );
     }
     Ok(())
 }
