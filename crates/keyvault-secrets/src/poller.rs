@@ -173,6 +173,9 @@ pub struct Poller<T> {
     /// In a mutex only so that a poller stays `Sync` (callbacks need only be `Send`); never locked, `&mut self`
     /// reaches it through `get_mut`.
     callbacks: Mutex<Callbacks<T>>,
+    /// A poll that finds the operation done leaves the callbacks to [`Poller::run_done_callbacks`] (the
+    /// blocking poller runs them after its `block_on` has returned, so that they may block).
+    defer_callbacks: bool,
 }
 
 impl<T: PollerResult + fmt::Debug> fmt::Debug for Poller<T> {
@@ -234,6 +237,7 @@ impl<T: PollerResult> Poller<T> {
                 next_id: 0,
                 pending: Vec::new(),
             }),
+            defer_callbacks: false,
         }
     }
 
@@ -392,7 +396,9 @@ impl<T: PollerResult> Poller<T> {
             self.take_services_answer(&response)?;
         }
         self.status = PollerStatus::Succeeded;
-        self.run_callbacks();
+        if !self.defer_callbacks {
+            self.run_callbacks();
+        }
         Ok(self.status)
     }
 
@@ -450,6 +456,20 @@ impl<T: PollerResult> Poller<T> {
         self.callbacks
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// From now on, polls leave the done callbacks to [`Poller::run_done_callbacks`].
+    #[cfg(feature = "blocking")]
+    pub(crate) fn defer_done_callbacks(&mut self) {
+        self.defer_callbacks = true;
+    }
+
+    /// Run the pending done callbacks if the operation is done.
+    #[cfg(feature = "blocking")]
+    pub(crate) fn run_done_callbacks(&mut self) {
+        if self.done() {
+            self.run_callbacks();
+        }
     }
 
     fn run_callbacks(&mut self) {
