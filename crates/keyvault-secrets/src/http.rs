@@ -117,16 +117,18 @@ impl Response {
         }
     }
 
-    /// Parse the body as JSON; a body that does not fit is an [`ErrorKind::Data`] error.
+    /// Parse the body as JSON; a body that does not fit is an [`ErrorKind::Data`] error. The error says what
+    /// kind of mismatch it is and where (line and column), and quotes nothing of the body (which may hold a
+    /// secret's value or a token): serde's own message, which does, is not kept, not even as the source.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            Error::with_source(
+            Error::new(
                 ErrorKind::Data,
                 format!(
-                    "cannot parse the {} response body: {e}",
-                    self.status.as_u16()
+                    "cannot parse the {} response body: {}",
+                    self.status.as_u16(),
+                    crate::error::json_failure(&e)
                 ),
-                e,
             )
         })
     }

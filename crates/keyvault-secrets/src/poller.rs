@@ -348,8 +348,13 @@ impl<T: PollerResult> Poller<T> {
         let resource = fields
             .remove("resource")
             .ok_or_else(|| bad("'resource' is missing".into()))?;
-        let mut bundle: T::Bundle = serde_json::from_value(resource)
-            .map_err(|e| bad(format!("its resource is not a {}: {e}", T::OPERATION)))?;
+        let mut bundle: T::Bundle = serde_json::from_value(resource).map_err(|e| {
+            bad(format!(
+                "its resource is not a {}: {}",
+                T::OPERATION,
+                crate::error::json_failure(&e)
+            ))
+        })?;
         T::strip(&mut bundle);
         let resource = serde_json::to_value(&bundle)
             .map_err(|e| bad(format!("its resource cannot be kept: {e}")))?;
