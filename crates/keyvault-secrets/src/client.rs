@@ -935,7 +935,8 @@ impl SecretClient {
     }
 
     /// Send a raw request through this client's pipeline (auth, retries, logging), like the SDK's
-    /// `send_request`. The URL may be relative to the vault (`/secrets/x/`) or absolute on the vault;
+    /// `send_request`. The URL may be relative to the vault (a path starting with `/`: `/secrets/x/`) or
+    /// absolute on the vault;
     /// `api-version` is added when missing. Returns the response whatever its status.
     ///
     /// ```no_run
@@ -951,7 +952,22 @@ impl SecretClient {
         } else {
             Url::parse(&request.url)
         }
-        .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, "invalid request URL", e))?;
+        .map_err(|e| {
+            let shown = crate::pipeline::logging::redacted_url(&request.url);
+            let why = if !request.url.contains("://") {
+                format!(
+                    "it is neither absolute (https://…) nor a path relative to the vault, which must start with \
+                     '/' (e.g. '/{}')",
+                    shown.trim_start_matches(['.', '/'])
+                )
+            } else {
+                e.to_string()
+            };
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid request URL '{shown}': {why}"),
+            )
+        })?;
         if !self.inner.same_origin(&url) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -1063,6 +1079,35 @@ mod tests {
             .send_request(Request::new(Method::GET, "https://evil.example/secrets"))
             .await;
         assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+
+    /// A request URL without the leading `/` (the a17 audit's L1) is refused before any I/O with an error that
+    /// names the URL (query values redacted, as in the logs) and says a relative path must start with `/`.
+    #[tokio::test]
+    async fn send_request_names_a_path_without_its_slash() {
+        let c = client("https://192.0.2.1:9").unwrap();
+        let e = c
+            .send_request(Request::new(Method::GET, "secrets/x?$skiptoken=CANARY"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("invalid request URL 'secrets/x?$skiptoken=REDACTED'")
+                && e.message()
+                    .contains("must start with '/' (e.g. '/secrets/x?"),
+            "{e}"
+        );
+        let e = c
+            .send_request(Request::new(Method::GET, "https://[::1"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("invalid request URL 'https://[::1': "),
+            "{e}"
+        );
     }
 
     fn caller(link: &str) -> NextPage {
