@@ -53,7 +53,8 @@ pub enum ErrorKind {
     Data,
     /// An argument was rejected before any I/O (bad name, bad URL, bad id, bad page size, …).
     InvalidArgument,
-    /// Anything else (e.g. an I/O error while reading a CA file).
+    /// Anything else (e.g. an I/O error while reading a CA file), and a misuse that is not an argument: a
+    /// [`blocking`](crate::blocking) client called from async code.
     Other,
 }
 

@@ -2,7 +2,8 @@
 //! [`KeyVaultSecretIdentifier`], and the option structs of the operations.
 //!
 //! Dates are [`time::OffsetDateTime`] in UTC (the wire carries Unix seconds). Secret values are
-//! [`SecretString`]s: `Debug` never prints them, and the bytes are wiped on drop.
+//! [`SecretString`]s: `Debug` never prints them, and the model's copy of the bytes is wiped on drop (what that
+//! covers and what it does not: the crate documentation, "Secret values in memory").
 
 use crate::error::{Error, ErrorKind, Result};
 use keyvault_types::models::{
