@@ -46,7 +46,8 @@ impl Request {
     /// exact size (measured first, so no growing buffer leaves partial copies behind), which is wiped when the
     /// last clone of the body is dropped: a secret's value in it does not stay in freed memory through it.
     pub fn with_json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Result<Self> {
-        let cannot = |e| Error::with_source(ErrorKind::InvalidArgument, "cannot serialise the body", e);
+        let cannot =
+            |e| Error::with_source(ErrorKind::InvalidArgument, "cannot serialise the body", e);
         let mut size = ByteCount(0);
         serde_json::to_writer(&mut size, body).map_err(cannot)?;
         let mut bytes = Wiped(Vec::with_capacity(size.0));
@@ -500,6 +501,13 @@ fn connection_error(e: reqwest::Error) -> Error {
         Some(url) => format!("{what} ({url})"),
         None => what.to_string(),
     };
+    if message.contains("UnknownIssuer") {
+        message.push_str(
+            " (the server's certificate is not issued by a CA this client trusts: add the CA's PEM to \
+             SecretClientOptions::additional_ca_certificates, or to the credential options' \
+             additional_ca_certificates for a token authority)",
+        );
+    }
     Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e)
 }
 
@@ -578,7 +586,9 @@ mod tests {
     #[test]
     fn with_json_writes_the_same_body_in_one_buffer() {
         let body = serde_json::json!({"value": "a \"quoted\" \\ é 🦀 \u{1}", "tags": {"k": "v"}, "n": 1.5});
-        let r = Request::new(Method::PUT, "/secrets/x").with_json(&body).unwrap();
+        let r = Request::new(Method::PUT, "/secrets/x")
+            .with_json(&body)
+            .unwrap();
         assert_eq!(
             r.body.as_deref().unwrap(),
             serde_json::to_vec(&body).unwrap().as_slice()

@@ -27,14 +27,32 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Where a long-running operation is.
+/// Where a long-running operation is. Its text ([`PollerStatus::as_str`], `Display`) is what the Python SDK's
+/// Key Vault pollers' `status()` returns: `"polling"` and `"finished"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum PollerStatus {
-    /// The service has not finished yet (or the poller has not checked).
+    /// The service has not finished yet (or the poller has not checked). Python: `"polling"`.
     InProgress,
-    /// Done.
+    /// Done. Python: `"finished"`.
     Succeeded,
+}
+
+impl PollerStatus {
+    /// The Python SDK's `poller.status()` text: `"polling"` ([`PollerStatus::InProgress`]) or `"finished"`
+    /// ([`PollerStatus::Succeeded`]).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PollerStatus::InProgress => "polling",
+            PollerStatus::Succeeded => "finished",
+        }
+    }
+}
+
+impl fmt::Display for PollerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The results a [`Poller`] can have: [`DeletedSecret`] (`begin_delete_secret`) and [`SecretProperties`]
@@ -614,5 +632,21 @@ impl<T: PollerResult> IntoFuture for Poller<T> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.wait_for_result())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status reads as the Python SDK's Key Vault pollers' `status()`.
+    #[test]
+    fn status_text_is_pythons() {
+        assert_eq!(PollerStatus::InProgress.as_str(), "polling");
+        assert_eq!(PollerStatus::Succeeded.to_string(), "finished");
+        assert_eq!(
+            format!("{:>9}", PollerStatus::Succeeded.as_str()),
+            " finished"
+        );
     }
 }

@@ -460,3 +460,24 @@ async fn a_body_that_does_not_parse_is_not_quoted() {
     assert!(!all.contains("CANARY"), "{all}");
     assert!(all.contains("line 1, column"), "{all}");
 }
+
+/// A vault whose certificate's CA the client does not trust: a Connection error whose message names the
+/// option that adds a CA (rustls says only `UnknownIssuer`).
+#[tokio::test]
+async fn an_untrusted_ca_names_the_option_that_adds_one() {
+    let server = start(|_, _| MockResponse::json(200, BUNDLE)).await;
+    let c = client_with(
+        &server.url,
+        &server.ca_pem,
+        Arc::new(Recording::default()),
+        |o| o.additional_ca_certificates.clear(),
+    );
+    let e = c.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(
+        e.message().contains("UnknownIssuer")
+            && e.message()
+                .contains("SecretClientOptions::additional_ca_certificates"),
+        "{e}"
+    );
+}
