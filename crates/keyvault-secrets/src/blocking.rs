@@ -6,7 +6,15 @@
 //! credentials' pooled connections) run on that worker, so a connection opened during one client's call keeps
 //! working for another client that shares its credential or transport.
 //!
-//! Like `reqwest::blocking`, do not call it inside an async runtime.
+//! Do not call it from async code (like `reqwest::blocking`): a call made inside a Tokio runtime's task or
+//! `block_on` (a `#[tokio::main]` function, a `tokio::spawn`ed task) returns an [`ErrorKind::Other`] error
+//! that says so, without doing anything, instead of blocking the runtime's thread. From async code, use the
+//! async [`crate::SecretClient`], or call the blocking client inside `tokio::task::spawn_blocking` (that works:
+//! the call then runs on a helper thread of its own). The same holds for the iterators of its pagers (the
+//! refusal is their one item) and for its pollers' `poll`/`wait`.
+//!
+//! Done callbacks of a blocking [`Poller`] run on the calling thread after the wait has returned, outside the
+//! runtime, so a callback may use the blocking client (e.g. purge the secret a delete has just deleted).
 //!
 //! ```no_run
 //! use keyvault_secrets::blocking::SecretClient;
@@ -35,7 +43,9 @@ use crate::{ApiVersion, CallOptions, SecretClientOptions};
 use futures_util::StreamExt;
 use keyvault_types::SecretString;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::runtime::Runtime;
 
@@ -53,6 +63,70 @@ fn runtime() -> Result<&'static Runtime> {
         .map_err(|e| Error::with_source(ErrorKind::Other, "cannot start a runtime", e))?;
     // Two first clients racing: one runtime wins, the other is dropped here (outside any runtime).
     Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// The message of the error a blocking call made from async code returns.
+const IN_ASYNC_CODE: &str = "the blocking client was called from async code running on a Tokio runtime, \
+     where it must not block the runtime's thread; use the async keyvault_secrets::SecretClient (with .await), or \
+     call the blocking client inside tokio::task::spawn_blocking";
+
+/// Whether the calling thread is running async code of a Tokio runtime: a task, or the future of a `block_on`
+/// (where Tokio's `block_on` would panic). Tokio gives such code a cooperative budget (128 operations a poll)
+/// and leaves every other thread unconstrained, including those of `spawn_blocking` and a thread under
+/// `Runtime::enter`, which may block. The budget is probed by taking it until Tokio says it is spent (it
+/// never is, unconstrained), and then given back as it was: every guard restores the budget it found, and the
+/// first one is dropped last. The probe costs nothing outside a runtime (the first check), and errs only on
+/// the safe side: async code made `unconstrained` looks like a blocking thread, and [`block_on`] then runs the
+/// call on a helper thread, which works (it blocks the caller's thread, as a blocking call does).
+fn in_async_code() -> bool {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut taken = Vec::new();
+    let mut spent = false;
+    for _ in 0..4096 {
+        match tokio::task::coop::poll_proceed(&mut cx) {
+            Poll::Ready(restore) => taken.push(restore),
+            Poll::Pending => {
+                spent = true;
+                break;
+            }
+        }
+    }
+    while let Some(restore) = taken.pop() {
+        drop(restore);
+    }
+    spent
+}
+
+/// Drive `future` to its end on the blocking clients' runtime, from a thread that may block. From async
+/// code: the error that says to use the async client or `spawn_blocking`, before anything is done. From a
+/// thread where a runtime is current but blocking is allowed (`spawn_blocking`, `Runtime::enter`): on a
+/// scoped helper thread, where no runtime is current (Tokio refuses a `block_on` nested in another runtime's
+/// context).
+fn block_on<F>(rt: &'static Runtime, future: F) -> Result<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(rt.block_on(future));
+    }
+    if in_async_code() {
+        return Err(Error::new(ErrorKind::Other, IN_ASYNC_CODE));
+    }
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new()
+            .name("keyvault-blocking-call".into())
+            .spawn_scoped(scope, || rt.block_on(future))
+            .map_err(|e| Error::with_source(ErrorKind::Other, "cannot start a thread", e))?
+            .join()
+        {
+            Ok(output) => Ok(output),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// The blocking counterpart of [`crate::SecretClient`], with the same methods.
@@ -74,12 +148,16 @@ impl fmt::Debug for SecretClient {
 pub struct Pager<T> {
     inner: crate::Pager<T>,
     rt: &'static Runtime,
+    /// A call from async code was refused: the refusal was the last item.
+    ended: bool,
 }
 
 /// A listing as an [`Iterator`] of pages.
 pub struct Pages<T> {
     inner: crate::Pages<T>,
     rt: &'static Runtime,
+    /// A call from async code was refused: the refusal was the last item.
+    ended: bool,
 }
 
 /// A long-running operation; [`Poller::wait`] blocks until it is done.
@@ -106,17 +184,39 @@ impl<T: PollerResult + fmt::Debug> fmt::Debug for Poller<T> {
     }
 }
 
-impl<T: Unpin> Iterator for Pager<T> {
+/// The next item of a blocking iterator: a refusal (a call from async code) is its last item.
+fn next_item<I>(
+    rt: &'static Runtime,
+    ended: &mut bool,
+    next: impl Future<Output = Option<Result<I>>> + Send,
+) -> Option<Result<I>>
+where
+    I: Send,
+{
+    if *ended {
+        return None;
+    }
+    block_on(rt, next).unwrap_or_else(|refused| {
+        *ended = true;
+        Some(Err(refused))
+    })
+}
+
+/// Items, fetching pages as needed. Called from async code, the one item is the error that says to use the
+/// async client or `spawn_blocking` (see the [module documentation](self)).
+impl<T: Unpin + Send> Iterator for Pager<T> {
     type Item = Result<T>;
     fn next(&mut self) -> Option<Result<T>> {
-        self.rt.block_on(self.inner.next())
+        next_item(self.rt, &mut self.ended, self.inner.next())
     }
 }
 
-impl<T> Iterator for Pages<T> {
+/// Pages. Called from async code, the one item is the error that says to use the async client or
+/// `spawn_blocking` (see the [module documentation](self)).
+impl<T: Send> Iterator for Pages<T> {
     type Item = Result<Page<T>>;
     fn next(&mut self) -> Option<Result<Page<T>>> {
-        self.rt.block_on(self.inner.next())
+        next_item(self.rt, &mut self.ended, self.inner.next())
     }
 }
 
@@ -126,6 +226,7 @@ impl<T> Pager<T> {
         Pages {
             inner: self.inner.by_page(),
             rt: self.rt,
+            ended: self.ended,
         }
     }
     /// Page by page, from the page `continuation_token` names.
@@ -133,6 +234,7 @@ impl<T> Pager<T> {
         Pages {
             inner: self.inner.by_page_from(continuation_token),
             rt: self.rt,
+            ended: false,
         }
     }
     /// Restart at the page `continuation_token` names.
@@ -140,6 +242,7 @@ impl<T> Pager<T> {
         Pager {
             inner: self.inner.resume_from(continuation_token),
             rt: self.rt,
+            ended: false,
         }
     }
     /// The token of the next page to fetch.
@@ -179,25 +282,37 @@ impl<T> Poller<T> {
 }
 
 impl<T: PollerResult> Poller<T> {
-    /// Check once.
-    pub fn poll(&mut self) -> Result<PollerStatus> {
-        self.rt.block_on(self.inner.poll())
+    fn new(mut inner: crate::Poller<T>, rt: &'static Runtime) -> Self {
+        inner.defer_done_callbacks();
+        Poller { inner, rt }
     }
-    /// Block until the operation is done.
+    /// Check once (and run the done callbacks when done).
+    pub fn poll(&mut self) -> Result<PollerStatus> {
+        let result = block_on(self.rt, self.inner.poll());
+        self.inner.run_done_callbacks();
+        result?
+    }
+    /// Block until the operation is done (then run the done callbacks).
     pub fn wait(&mut self) -> Result<()> {
-        self.rt.block_on(self.inner.wait())
+        let result = block_on(self.rt, self.inner.wait());
+        self.inner.run_done_callbacks();
+        result?
     }
     /// Block until the operation is done or `timeout` has passed, whichever comes first; the status then
     /// (Python: `poller.wait(timeout)`).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<PollerStatus> {
-        self.rt.block_on(self.inner.wait_timeout(timeout))
+        let result = block_on(self.rt, self.inner.wait_timeout(timeout));
+        self.inner.run_done_callbacks();
+        result?
     }
     /// Block until done, then return the result.
     pub fn wait_for_result(mut self) -> Result<T> {
         self.wait()?;
         Ok(self.inner.into_result())
     }
-    /// See [`crate::Poller::add_done_callback`]: the callback runs in the thread that polls.
+    /// See [`crate::Poller::add_done_callback`]: the callback runs in the thread that polls, after the poll
+    /// or wait that found the operation done has returned (outside the blocking clients' runtime), so it may
+    /// call the blocking client, e.g. to purge the deleted secret.
     pub fn add_done_callback(
         &mut self,
         callback: impl FnOnce(&T) + Send + 'static,
@@ -214,10 +329,10 @@ impl<T: PollerResult> Poller<T> {
     }
     /// See [`crate::Poller::from_continuation_token`].
     pub fn from_continuation_token(client: &SecretClient, token: &str) -> Result<Self> {
-        Ok(Poller {
-            inner: crate::Poller::from_continuation_token(&client.inner, token)?,
-            rt: client.rt,
-        })
+        Ok(Poller::new(
+            crate::Poller::from_continuation_token(&client.inner, token)?,
+            client.rt,
+        ))
     }
 }
 
@@ -271,7 +386,8 @@ impl SecretClient {
     /// that the connection tasks see it and close their sockets.
     pub fn close(&self) {
         self.inner.close();
-        self.rt.block_on(async {
+        // From async code there is no driving (the runtime's worker still closes the sockets, a moment later).
+        let _ = block_on(self.rt, async {
             for _ in 0..8 {
                 tokio::task::yield_now().await;
             }
@@ -284,20 +400,25 @@ impl SecretClient {
         value: impl Into<SecretString>,
         options: Option<SetSecretOptions>,
     ) -> Result<KeyVaultSecret> {
-        self.rt
-            .block_on(self.inner.set_secret(name, value, options))
+        // Converted here: the value's type need not be `Send`.
+        let value: SecretString = value.into();
+        block_on(self.rt, self.inner.set_secret(name, value, options))?
     }
 
     pub fn get_secret(&self, name: &str, version: Option<&str>) -> Result<KeyVaultSecret> {
-        self.rt.block_on(self.inner.get_secret(name, version))
+        block_on(self.rt, self.inner.get_secret(name, version))?
     }
 
     pub fn get_secret_by_id(&self, id: &KeyVaultSecretIdentifier) -> Result<KeyVaultSecret> {
-        self.rt.block_on(self.inner.get_secret_by_id(id))
+        block_on(self.rt, self.inner.get_secret_by_id(id))?
     }
 
     fn pager<T>(&self, inner: crate::Pager<T>) -> Pager<T> {
-        Pager { inner, rt: self.rt }
+        Pager {
+            inner,
+            rt: self.rt,
+            ended: false,
+        }
     }
 
     pub fn list_properties_of_secrets(
@@ -328,39 +449,39 @@ impl SecretClient {
         version: Option<&str>,
         options: UpdateSecretPropertiesOptions,
     ) -> Result<SecretProperties> {
-        self.rt
-            .block_on(self.inner.update_secret_properties(name, version, options))
+        block_on(
+            self.rt,
+            self.inner.update_secret_properties(name, version, options),
+        )?
     }
 
     pub fn begin_delete_secret(&self, name: &str) -> Result<Poller<DeletedSecret>> {
-        let inner = self.rt.block_on(self.inner.begin_delete_secret(name))?;
-        Ok(Poller { inner, rt: self.rt })
+        let inner = block_on(self.rt, self.inner.begin_delete_secret(name))??;
+        Ok(Poller::new(inner, self.rt))
     }
 
     pub fn get_deleted_secret(&self, name: &str) -> Result<DeletedSecret> {
-        self.rt.block_on(self.inner.get_deleted_secret(name))
+        block_on(self.rt, self.inner.get_deleted_secret(name))?
     }
 
     pub fn begin_recover_deleted_secret(&self, name: &str) -> Result<Poller<SecretProperties>> {
-        let inner = self
-            .rt
-            .block_on(self.inner.begin_recover_deleted_secret(name))?;
-        Ok(Poller { inner, rt: self.rt })
+        let inner = block_on(self.rt, self.inner.begin_recover_deleted_secret(name))??;
+        Ok(Poller::new(inner, self.rt))
     }
 
     pub fn purge_deleted_secret(&self, name: &str) -> Result<()> {
-        self.rt.block_on(self.inner.purge_deleted_secret(name))
+        block_on(self.rt, self.inner.purge_deleted_secret(name))?
     }
 
     pub fn backup_secret(&self, name: &str) -> Result<Vec<u8>> {
-        self.rt.block_on(self.inner.backup_secret(name))
+        block_on(self.rt, self.inner.backup_secret(name))?
     }
 
     pub fn restore_secret_backup(&self, backup: &[u8]) -> Result<SecretProperties> {
-        self.rt.block_on(self.inner.restore_secret_backup(backup))
+        block_on(self.rt, self.inner.restore_secret_backup(backup))?
     }
 
     pub fn send_request(&self, request: Request) -> Result<Response> {
-        self.rt.block_on(self.inner.send_request(request))
+        block_on(self.rt, self.inner.send_request(request))?
     }
 }

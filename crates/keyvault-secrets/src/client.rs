@@ -10,7 +10,7 @@ use crate::models::{
     DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties, SetSecretOptions,
     UpdateSecretPropertiesOptions,
 };
-use crate::pager::{FetchPage, Page, PageFuture, Pager};
+use crate::pager::{FetchPage, NextPage, Page, PageFuture, Pager};
 use crate::pipeline::Pipeline;
 use crate::pipeline::challenge::ChallengeAuth;
 use crate::pipeline::retry::RetryOptions;
@@ -449,13 +449,41 @@ impl ClientInner {
         }
     }
 
-    /// The URL of a next page: the path and query of `next_link` on this vault, with our api-version.
-    fn next_page_url(&self, next_link: &str) -> Result<String> {
+    /// The URL of a next page: the path and query of `next.link` on this vault, with our api-version. The link
+    /// must name the listing's own `path` (a continuation token of another listing, a secret's id or any other
+    /// text is refused: fetched, it could answer with a secret's value); its scheme and host are not used.
+    fn next_page_url(&self, next: &NextPage, path: &str) -> Result<String> {
+        let refused = || {
+            if next.from_caller {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "the continuation token is not one of this listing's (GET {path}): resume a listing \
+                         with a Page::continuation_token of the same listing"
+                    ),
+                )
+            } else {
+                Error::new(
+                    ErrorKind::Data,
+                    format!(
+                        "the service's nextLink names another path than this listing's (GET {path}); the \
+                         listing stops here"
+                    ),
+                )
+            }
+        };
+        let next_link = next.link.as_str();
         let link = Url::parse(next_link)
             .or_else(|_| self.vault.join(next_link))
-            .map_err(|e| {
-                Error::with_source(ErrorKind::InvalidArgument, "invalid continuation token", e)
-            })?;
+            .map_err(|_| refused())?;
+        // What is sent is the link's path as the URL parser normalised it (dot segments resolved), so that is
+        // what is compared. Key Vault's paths (and secret names) are case-insensitive; a trailing `/` is kept
+        // by some proxies.
+        let link_path = link.path();
+        let link_path = link_path.strip_suffix('/').unwrap_or(link_path);
+        if !link_path.eq_ignore_ascii_case(path) {
+            return Err(refused());
+        }
         let mut url = self.vault.clone();
         url.set_path(link.path());
         // Keep the link's query verbatim (the skip token is opaque), replacing only the api-version.
@@ -697,14 +725,15 @@ impl SecretClient {
             .map(|n| vec![("maxresults", n.to_string())])
             .unwrap_or_default();
         let first = inner.url(&path, &query);
-        let fetch: FetchPage<T> = Arc::new(move |token: Option<String>| {
+        let fetch: FetchPage<T> = Arc::new(move |token: Option<NextPage>| {
             let inner = inner.clone();
             let first = first.clone();
+            let path = path.clone();
             Box::pin(
                 async move {
                     let url = match token {
                         None => first,
-                        Some(t) => inner.next_page_url(&t)?,
+                        Some(next) => inner.next_page_url(&next, &path)?,
                     };
                     let list: L = inner.call_json(Request::new(Method::GET, url)).await?;
                     let (items, next) = split(list);
@@ -906,7 +935,8 @@ impl SecretClient {
     }
 
     /// Send a raw request through this client's pipeline (auth, retries, logging), like the SDK's
-    /// `send_request`. The URL may be relative to the vault (`/secrets/x/`) or absolute on the vault;
+    /// `send_request`. The URL may be relative to the vault (a path starting with `/`: `/secrets/x/`) or
+    /// absolute on the vault;
     /// `api-version` is added when missing. Returns the response whatever its status.
     ///
     /// ```no_run
@@ -922,7 +952,22 @@ impl SecretClient {
         } else {
             Url::parse(&request.url)
         }
-        .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, "invalid request URL", e))?;
+        .map_err(|e| {
+            let shown = crate::pipeline::logging::redacted_url(&request.url);
+            let why = if !request.url.contains("://") {
+                format!(
+                    "it is neither absolute (https://…) nor a path relative to the vault, which must start with \
+                     '/' (e.g. '/{}')",
+                    shown.trim_start_matches(['.', '/'])
+                )
+            } else {
+                e.to_string()
+            };
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid request URL '{shown}': {why}"),
+            )
+        })?;
         if !self.inner.same_origin(&url) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -1036,12 +1081,51 @@ mod tests {
         assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidArgument);
     }
 
+    /// A request URL without the leading `/` (the a17 audit's L1) is refused before any I/O with an error that
+    /// names the URL (query values redacted, as in the logs) and says a relative path must start with `/`.
+    #[tokio::test]
+    async fn send_request_names_a_path_without_its_slash() {
+        let c = client("https://192.0.2.1:9").unwrap();
+        let e = c
+            .send_request(Request::new(Method::GET, "secrets/x?$skiptoken=CANARY"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("invalid request URL 'secrets/x?$skiptoken=REDACTED'")
+                && e.message()
+                    .contains("must start with '/' (e.g. '/secrets/x?"),
+            "{e}"
+        );
+        let e = c
+            .send_request(Request::new(Method::GET, "https://[::1"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("invalid request URL 'https://[::1': "),
+            "{e}"
+        );
+    }
+
+    fn caller(link: &str) -> NextPage {
+        NextPage {
+            link: link.to_string(),
+            from_caller: true,
+        }
+    }
+
     #[test]
     fn next_links_stay_on_the_vault() {
         let c = client("https://v.vault.azure.net").unwrap();
         let u = c
             .inner
-            .next_page_url("https://v.vault.azure.net:443/secrets?api-version=7.2&$skiptoken=eyJ+a=&maxresults=1")
+            .next_page_url(
+                &caller("https://v.vault.azure.net:443/secrets?api-version=7.2&$skiptoken=eyJ+a=&maxresults=1"),
+                "/secrets",
+            )
             .unwrap();
         assert_eq!(
             u,
@@ -1049,12 +1133,74 @@ mod tests {
         );
         let u = c
             .inner
-            .next_page_url("https://elsewhere.example/deletedsecrets?$skiptoken=x")
+            .next_page_url(
+                &caller("https://elsewhere.example/deletedsecrets?$skiptoken=x"),
+                "/deletedsecrets",
+            )
             .unwrap();
         assert!(
             u.starts_with("https://v.vault.azure.net/deletedsecrets?"),
             "{u}"
         );
+        // A versions listing's own link, in another case or with a trailing slash; a relative link.
+        for ok in [
+            "https://v.vault.azure.net:443/secrets/My-Secret/versions?api-version=7.6&$skiptoken=a-b_c&maxresults=3",
+            "https://v.vault.azure.net/SECRETS/my-secret/Versions/?$skiptoken=a",
+            "/secrets/my-secret/versions?$skiptoken=a",
+        ] {
+            c.inner
+                .next_page_url(&caller(ok), "/secrets/my-secret/versions")
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    /// A token must name its listing's path: another listing's token, a secret's id (which would be fetched
+    /// with its value), a path that only resolves to the listing's with dot segments elsewhere, or text that is
+    /// not a token is an InvalidArgument error when the caller gave it, a Data error when the service did;
+    /// neither quotes the token.
+    #[test]
+    fn next_links_must_name_the_listing() {
+        let c = client("https://v.vault.azure.net").unwrap();
+        let cases = [
+            ("https://v.vault.azure.net/secrets/db/0123abcd", "/secrets"),
+            ("https://v.vault.azure.net/secrets/db/", "/secrets"),
+            (
+                "https://v.vault.azure.net/secrets?$skiptoken=x",
+                "/deletedsecrets",
+            ),
+            (
+                "https://v.vault.azure.net/deletedsecrets?$skiptoken=x",
+                "/secrets",
+            ),
+            (
+                "/secrets/other/versions?$skiptoken=x",
+                "/secrets/db/versions",
+            ),
+            (
+                "/secrets/db/versions/../../db2/versions?$skiptoken=x",
+                "/secrets/db/versions",
+            ),
+            ("/secrets/db/versions/0123abcd", "/secrets/db/versions"),
+            ("not a token", "/secrets"),
+            ("", "/secrets"),
+            ("https://", "/secrets"),
+        ];
+        for (link, path) in cases {
+            let e = c.inner.next_page_url(&caller(link), path).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{link}: {e}");
+            assert!(e.message().contains(path), "{e}");
+            let shown = format!("{e} {e:?}");
+            assert!(
+                link.is_empty() || !shown.contains(link),
+                "the token is not quoted: {shown}"
+            );
+            let service = NextPage {
+                link: link.to_string(),
+                from_caller: false,
+            };
+            let e = c.inner.next_page_url(&service, path).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Data, "{link}: {e}");
+        }
     }
 
     #[test]

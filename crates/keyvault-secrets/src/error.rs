@@ -53,7 +53,8 @@ pub enum ErrorKind {
     Data,
     /// An argument was rejected before any I/O (bad name, bad URL, bad id, bad page size, …).
     InvalidArgument,
-    /// Anything else (e.g. an I/O error while reading a CA file).
+    /// Anything else (e.g. an I/O error while reading a CA file), and a misuse that is not an argument: a
+    /// [`blocking`](crate::blocking) client called from async code.
     Other,
 }
 
@@ -225,6 +226,19 @@ impl Error {
     }
 }
 
+/// What went wrong parsing JSON, without any of the text parsed: serde's category and position. (serde's own
+/// message quotes what it found, `invalid type: string "…"`, which may be a secret's value or a token, so it
+/// never goes into an [`Error`], not even as its source.)
+pub(crate) fn json_failure(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "a read error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON without the expected fields or types",
+        serde_json::error::Category::Eof => "JSON cut short",
+    };
+    format!("{what} (at line {}, column {})", e.line(), e.column())
+}
+
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
@@ -309,6 +323,35 @@ mod tests {
         assert_eq!(e.to_string(), "credential unavailable: no env");
         let e = Error::new(ErrorKind::Credential, "wrong secret");
         assert!(e.is_client_authentication() && !e.is_credential_unavailable());
+    }
+
+    /// serde's message quotes what it read; the failure text keeps only its category and position.
+    #[test]
+    fn json_failures_do_not_quote_the_text() {
+        #[derive(Debug, serde::Deserialize)]
+        struct List {
+            #[allow(dead_code)]
+            value: Vec<u8>,
+        }
+        for (body, what) in [
+            (
+                r#"{"value":"CANARY-value"}"#,
+                "JSON without the expected fields or types",
+            ),
+            (r#"{"value": CANARY"#, "not JSON"),
+            (r#"{"value":["CANARY"#, "JSON cut short"),
+        ] {
+            let e = serde_json::from_str::<List>(body).unwrap_err();
+            if body.contains("CANARY-value") {
+                assert!(e.to_string().contains("CANARY"), "serde quotes it: {e}");
+            }
+            let shown = json_failure(&e);
+            assert!(!shown.contains("CANARY"), "{shown}");
+            assert!(
+                shown.starts_with(what) && shown.contains("line 1, column"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

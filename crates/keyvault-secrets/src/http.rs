@@ -42,16 +42,21 @@ impl Request {
         }
     }
 
-    /// Set a JSON body (and `Content-Type: application/json`).
+    /// Set a JSON body (and `Content-Type: application/json`). The body is written into one buffer of its
+    /// exact size (measured first, so no growing buffer leaves partial copies behind), which is wiped when the
+    /// last clone of the body is dropped: a secret's value in it does not stay in freed memory through it.
     pub fn with_json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Result<Self> {
-        let bytes = serde_json::to_vec(body).map_err(|e| {
-            Error::with_source(ErrorKind::InvalidArgument, "cannot serialise the body", e)
-        })?;
+        let cannot =
+            |e| Error::with_source(ErrorKind::InvalidArgument, "cannot serialise the body", e);
+        let mut size = ByteCount(0);
+        serde_json::to_writer(&mut size, body).map_err(cannot)?;
+        let mut bytes = Wiped(Vec::with_capacity(size.0));
+        serde_json::to_writer(&mut bytes.0, body).map_err(cannot)?;
         self.headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        self.body = Some(Bytes::from(bytes));
+        self.body = Some(Bytes::from_owner(bytes));
         Ok(self)
     }
 
@@ -86,6 +91,37 @@ impl fmt::Debug for Request {
     }
 }
 
+/// Counts the bytes written to it (the size of a body before it is written for real).
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A buffer wiped (its whole capacity) when dropped: the owner of a request body this crate serialised or of a
+/// response body its transport read, held by every [`Bytes`] cut from it, so that a secret's value does not
+/// stay in freed memory through this crate's own buffers. (Buffers inside hyper, reqwest and rustls, and
+/// serde_json's scratch buffer for a string with escapes, are out of its reach.)
+pub(crate) struct Wiped(pub(crate) Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// An HTTP response, whatever its status.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -117,16 +153,18 @@ impl Response {
         }
     }
 
-    /// Parse the body as JSON; a body that does not fit is an [`ErrorKind::Data`] error.
+    /// Parse the body as JSON; a body that does not fit is an [`ErrorKind::Data`] error. The error says what
+    /// kind of mismatch it is and where (line and column), and quotes nothing of the body (which may hold a
+    /// secret's value or a token): serde's own message, which does, is not kept, not even as the source.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            Error::with_source(
+            Error::new(
                 ErrorKind::Data,
                 format!(
-                    "cannot parse the {} response body: {e}",
-                    self.status.as_u16()
+                    "cannot parse the {} response body: {}",
+                    self.status.as_u16(),
+                    crate::error::json_failure(&e)
                 ),
-                e,
             )
         })
     }
@@ -421,16 +459,23 @@ async fn read_body(
     {
         return Err(too_large(Some(len)));
     }
-    // Announced (and within the limit): one allocation; else grown as chunks come.
+    // Announced (and within the limit): one allocation; else grown as chunks come, each outgrown buffer wiped
+    // (a `Vec`'s own growth would free it as it is). The buffer is wiped when dropped, read or not.
     let capacity = announced.map_or(0, |len| len as usize);
-    let mut body = bytes::BytesMut::with_capacity(capacity);
+    let mut body = Wiped(Vec::with_capacity(capacity));
     while let Some(chunk) = response.chunk().await.map_err(connection_error)? {
-        if chunk.len() > limit - body.len() {
+        if chunk.len() > limit - body.0.len() {
             return Err(too_large(None));
         }
-        body.extend_from_slice(&chunk);
+        let needed = body.0.len() + chunk.len();
+        if needed > body.0.capacity() {
+            let mut bigger = Vec::with_capacity(needed.max(body.0.capacity() * 2).min(limit));
+            bigger.extend_from_slice(&body.0);
+            body = Wiped(bigger);
+        }
+        body.0.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok(Bytes::from_owner(body))
 }
 
 fn connection_error(e: reqwest::Error) -> Error {
@@ -456,6 +501,13 @@ fn connection_error(e: reqwest::Error) -> Error {
         Some(url) => format!("{what} ({url})"),
         None => what.to_string(),
     };
+    if message.contains("UnknownIssuer") {
+        message.push_str(
+            " (the server's certificate is not issued by a CA this client trusts: add the CA's PEM to \
+             SecretClientOptions::additional_ca_certificates, or to the credential options' \
+             additional_ca_certificates for a token authority)",
+        );
+    }
     Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e)
 }
 
@@ -526,6 +578,28 @@ mod tests {
             e.message().contains("307 without a Location"),
             "{}",
             e.message()
+        );
+    }
+
+    /// `with_json` writes the body in one buffer of its measured size: the same bytes as `serde_json::to_vec`,
+    /// escapes and non-ASCII included.
+    #[test]
+    fn with_json_writes_the_same_body_in_one_buffer() {
+        let body = serde_json::json!({"value": "a \"quoted\" \\ é 🦀 \u{1}", "tags": {"k": "v"}, "n": 1.5});
+        let r = Request::new(Method::PUT, "/secrets/x")
+            .with_json(&body)
+            .unwrap();
+        assert_eq!(
+            r.body.as_deref().unwrap(),
+            serde_json::to_vec(&body).unwrap().as_slice()
+        );
+        assert_eq!(r.headers[http::header::CONTENT_TYPE], "application/json");
+        let clone = r.clone();
+        drop(r);
+        assert_eq!(
+            clone.body.as_deref().unwrap(),
+            serde_json::to_vec(&body).unwrap().as_slice(),
+            "a clone keeps the buffer alive"
         );
     }
 

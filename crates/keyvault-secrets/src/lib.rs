@@ -10,7 +10,7 @@
 //! |---|---|
 //! | crate root | [`SecretClient`] (async), [`SecretClientOptions`], [`CallOptions`] (per-call headers, timeouts, retries, logging: [`SecretClient::with_call_options`]); the models re-exported |
 //! | [`models`] | [`KeyVaultSecret`], [`SecretProperties`], [`DeletedSecret`], [`KeyVaultSecretIdentifier`], [`SetSecretOptions`], [`UpdateSecretPropertiesOptions`] |
-//! | [`credentials`] | [`TokenCredential`](credentials::TokenCredential) and the credentials: static token, client secret, environment, managed identity, Azure CLI, default chain |
+//! | [`credentials`] | [`TokenCredential`](credentials::TokenCredential) and the credentials: static token, client secret, client certificate, client assertion, workload identity, environment, managed identity, Azure CLI, chained, default chain |
 //! | [`pager`] | [`Pager`] (a `Stream` of items, resumable) and [`Pages`] |
 //! | [`poller`] | [`Poller`] for `begin_delete_secret` / `begin_recover_deleted_secret`: done callbacks, continuation tokens |
 //! | [`error`] | [`Error`] and [`ErrorKind`] (not found, exists, authentication, HTTP, connection, credential, data, invalid argument) |
@@ -18,6 +18,28 @@
 //! | [`blocking`] | `blocking::SecretClient` with the same methods; pagers are `Iterator`s (feature `blocking`, on by default) |
 //!
 //! Dates are [`time::OffsetDateTime`] (UTC). Secret values are [`SecretString`]: `Debug` never shows them.
+//!
+//! ## Runtime
+//!
+//! The async [`SecretClient`] needs a Tokio 1.x runtime with its I/O and time drivers (`#[tokio::main]`, or a
+//! `Builder` with `enable_all()`), of either flavour (`current_thread` or `multi_thread`): its connections,
+//! timeouts, retry delays and pollers use Tokio. Driven by another executor (smol, async-std,
+//! `futures::executor`) a call panics with Tokio's "there is no reactor running". The
+//! [`blocking`] client brings its own runtime; from async code it returns an [`ErrorKind::Other`] error
+//! instead of blocking (use the async client there, or call it inside `tokio::task::spawn_blocking`).
+//! Iterating a [`Pager`] with `.next().await` takes `futures_util::StreamExt` (or `futures::StreamExt`): add
+//! `futures-util = "0.3"` (or `futures`) to your dependencies.
+//!
+//! ## Secret values in memory
+//!
+//! A [`SecretString`] (the `value` of [`KeyVaultSecret`] and [`DeletedSecret`]) wipes its bytes when dropped.
+//! Copies on the way to and from the service are wiped where this crate owns them: the JSON body of a request
+//! it serialises (`set_secret`, `restore_secret_backup`, a credential's token request) and the body of a
+//! response its built-in transport reads, once the last copy of either is dropped. Buffers inside hyper,
+//! reqwest and rustls (the TLS records, encrypted or not), serde_json's scratch buffer for a value with escape
+//! sequences, a value you copied out of a `SecretString`, and the bodies of a
+//! [`Transport`](http::Transport) of your own are out of its reach, so copies of a value may stay in freed
+//! memory until it is reused.
 //!
 //! ## Example
 //!

@@ -2,7 +2,8 @@
 //! [`KeyVaultSecretIdentifier`], and the option structs of the operations.
 //!
 //! Dates are [`time::OffsetDateTime`] in UTC (the wire carries Unix seconds). Secret values are
-//! [`SecretString`]s: `Debug` never prints them, and the bytes are wiped on drop.
+//! [`SecretString`]s: `Debug` never prints them, and the model's copy of the bytes is wiped on drop (what that
+//! covers and what it does not: the crate documentation, "Secret values in memory").
 
 use crate::error::{Error, ErrorKind, Result};
 use keyvault_types::models::{
@@ -239,13 +240,16 @@ impl fmt::Debug for DeletedSecret {
 pub struct KeyVaultSecretIdentifier(SecretId);
 
 impl KeyVaultSecretIdentifier {
-    /// Parse an id; a malformed one is an [`ErrorKind::InvalidArgument`] error saying why.
+    /// Parse an id; a malformed one is an [`ErrorKind::InvalidArgument`] error saying why. Surrounding whitespace
+    /// is ignored. An id with user information (`https://user:password@…`) is refused (the error does not show
+    /// it), and so is one with a query or fragment before its path (`https://vault?x=/secrets/n` has no path).
+    /// A query or fragment after the path is ignored.
     pub fn parse(source_id: &str) -> Result<Self> {
         SecretId::parse(source_id)
             .map(KeyVaultSecretIdentifier)
             .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, e.to_string(), e))
     }
-    /// The id as given.
+    /// The id as given (without surrounding whitespace).
     pub fn source_id(&self) -> &str {
         &self.0.source_id
     }
@@ -685,6 +689,37 @@ mod tests {
         let id = KeyVaultSecretIdentifier::parse("https://v.vault.azure.net/secrets/n").unwrap();
         assert_eq!(id.version(), None);
         assert_eq!(id.source_id(), "https://v.vault.azure.net/secrets/n");
+    }
+
+    /// The a17 audit's L2: a query right after the host is not read into the vault URL (the id has no path);
+    /// user information is refused, and the error does not show it; surrounding whitespace is trimmed, as
+    /// `SecretClient::new` trims a vault URL.
+    #[test]
+    fn identifiers_refuse_queries_and_user_information_and_trim() {
+        let e =
+            KeyVaultSecretIdentifier::parse("https://vault.vault.azure.net?x=/secrets/my-secret")
+                .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().ends_with("missing path"), "{e}");
+        let e = KeyVaultSecretIdentifier::parse(
+            "https://user:CANARY-pw@vault.vault.azure.net/secrets/n",
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        let shown = format!("{e} {e:?}");
+        assert!(
+            !shown.contains("CANARY") && shown.contains("user information"),
+            "{shown}"
+        );
+        let id: KeyVaultSecretIdentifier = "  https://vault.vault.azure.net/secrets/n/abc12\t"
+            .parse()
+            .unwrap();
+        assert_eq!(id.vault_url(), "https://vault.vault.azure.net");
+        assert_eq!((id.name(), id.version()), ("n", Some("abc12")));
+        assert_eq!(
+            id.to_string(),
+            "https://vault.vault.azure.net/secrets/n/abc12"
+        );
     }
 
     #[test]

@@ -15,7 +15,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 pub(crate) type PageFuture<T> = Pin<Box<dyn Future<Output = Result<Page<T>>> + Send>>;
-pub(crate) type FetchPage<T> = Arc<dyn Fn(Option<String>) -> PageFuture<T> + Send + Sync>;
+/// Fetches a page: the first (`None`), or the page a link names, with whether the link is the caller's (a
+/// continuation token given to [`Pager::resume_from`]/[`Pager::by_page_from`]) or the service's `nextLink`.
+pub(crate) type FetchPage<T> = Arc<dyn Fn(Option<NextPage>) -> PageFuture<T> + Send + Sync>;
+
+/// A page to fetch by its link.
+pub(crate) struct NextPage {
+    pub link: String,
+    /// From the caller (a continuation token), not from the service.
+    pub from_caller: bool,
+}
 
 /// One page of a listing. Its `Debug` shows the continuation token (the next page's URL) with its query values
 /// (such as `$skiptoken`) redacted, as the HTTP log does.
@@ -48,6 +57,8 @@ pub struct Pages<T> {
     fetch: FetchPage<T>,
     /// `Some(token)`: a fetch is due (`None` token = the first page). `None`: finished.
     next: Option<Option<String>>,
+    /// The token in `next` is the caller's (a resumed listing's first fetch).
+    next_from_caller: bool,
     in_flight: Option<PageFuture<T>>,
     /// The links followed in this listing, by a hash of their path and query (the client sends every link to
     /// its own vault, whatever its scheme and host): 8 bytes a page.
@@ -102,7 +113,12 @@ impl<T> Stream for Pages<T> {
                         ),
                     ))));
                 }
-                Some(token) => this.in_flight = Some((this.fetch)(token)),
+                Some(token) => {
+                    let from_caller = std::mem::take(&mut this.next_from_caller);
+                    this.in_flight = Some((this.fetch)(
+                        token.map(|link| NextPage { link, from_caller }),
+                    ))
+                }
             }
         }
         let fut = this.in_flight.as_mut().expect("a fetch is in flight");
@@ -140,6 +156,7 @@ impl<T> Pager<T> {
             pages: Pages {
                 fetch,
                 next: Some(None),
+                next_from_caller: false,
                 in_flight: None,
                 followed: HashSet::new(),
             },
@@ -152,17 +169,25 @@ impl<T> Pager<T> {
         self.pages
     }
 
-    /// Python's `by_page(continuation_token=…)`: the pages from the page `token` names.
+    /// Python's `by_page(continuation_token=…)`: the pages from the page `token` names (a token of this
+    /// listing: see [`Pager::resume_from`]).
     pub fn by_page_from(self, continuation_token: impl Into<String>) -> Pages<T> {
         self.resume_from(continuation_token).pages
     }
 
     /// Restart this pager at the page `token` names (a token from [`Page::continuation_token`]).
+    ///
+    /// A token belongs to its listing: one whose path is not this listing's (`/secrets`,
+    /// `/secrets/{name}/versions` of the same name, `/deletedsecrets`), such as another listing's token, a
+    /// secret's id or text that is not a token at all, makes the first item an [`ErrorKind::InvalidArgument`]
+    /// error, without any request. (The token's scheme and host are not used: every page is fetched from the
+    /// client's own vault.)
     pub fn resume_from(mut self, continuation_token: impl Into<String>) -> Self {
         self.buffer.clear();
         self.pages.in_flight = None;
         self.pages.followed.clear();
         self.pages.next = Some(Some(continuation_token.into()));
+        self.pages.next_from_caller = true;
         self
     }
 
@@ -196,9 +221,9 @@ mod tests {
     use futures_util::StreamExt;
 
     fn numbers(pages: usize, per_page: usize) -> Pager<usize> {
-        Pager::new(Arc::new(move |token: Option<String>| {
+        Pager::new(Arc::new(move |token: Option<NextPage>| {
             Box::pin(async move {
-                let page: usize = token.map(|t| t.parse().unwrap()).unwrap_or(0);
+                let page: usize = token.map(|t| t.link.parse().unwrap()).unwrap_or(0);
                 let items = (page * per_page..(page + 1) * per_page).collect();
                 let next = (page + 1 < pages).then(|| (page + 1).to_string());
                 Ok(Page {
@@ -232,9 +257,9 @@ mod tests {
     /// the listing with a Data error after the items read so far, instead of going round forever.
     #[tokio::test]
     async fn a_paging_loop_ends_with_an_error() {
-        let fetch: FetchPage<usize> = Arc::new(move |token: Option<String>| {
+        let fetch: FetchPage<usize> = Arc::new(move |token: Option<NextPage>| {
             Box::pin(async move {
-                let (items, next) = match token.as_deref() {
+                let (items, next) = match token.as_ref().map(|t| t.link.as_str()) {
                     None => (vec![0usize], "https://v.example/secrets?$skiptoken=1"),
                     Some("https://v.example/secrets?$skiptoken=1") => {
                         (vec![1], "https://v.example/secrets?$skiptoken=2")

@@ -27,14 +27,32 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Where a long-running operation is.
+/// Where a long-running operation is. Its text ([`PollerStatus::as_str`], `Display`) is what the Python SDK's
+/// Key Vault pollers' `status()` returns: `"polling"` and `"finished"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum PollerStatus {
-    /// The service has not finished yet (or the poller has not checked).
+    /// The service has not finished yet (or the poller has not checked). Python: `"polling"`.
     InProgress,
-    /// Done.
+    /// Done. Python: `"finished"`.
     Succeeded,
+}
+
+impl PollerStatus {
+    /// The Python SDK's `poller.status()` text: `"polling"` ([`PollerStatus::InProgress`]) or `"finished"`
+    /// ([`PollerStatus::Succeeded`]).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PollerStatus::InProgress => "polling",
+            PollerStatus::Succeeded => "finished",
+        }
+    }
+}
+
+impl fmt::Display for PollerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The results a [`Poller`] can have: [`DeletedSecret`] (`begin_delete_secret`) and [`SecretProperties`]
@@ -173,6 +191,9 @@ pub struct Poller<T> {
     /// In a mutex only so that a poller stays `Sync` (callbacks need only be `Send`); never locked, `&mut self`
     /// reaches it through `get_mut`.
     callbacks: Mutex<Callbacks<T>>,
+    /// A poll that finds the operation done leaves the callbacks to [`Poller::run_done_callbacks`] (the
+    /// blocking poller runs them after its `block_on` has returned, so that they may block).
+    defer_callbacks: bool,
 }
 
 impl<T: PollerResult + fmt::Debug> fmt::Debug for Poller<T> {
@@ -234,6 +255,7 @@ impl<T: PollerResult> Poller<T> {
                 next_id: 0,
                 pending: Vec::new(),
             }),
+            defer_callbacks: false,
         }
     }
 
@@ -344,8 +366,13 @@ impl<T: PollerResult> Poller<T> {
         let resource = fields
             .remove("resource")
             .ok_or_else(|| bad("'resource' is missing".into()))?;
-        let mut bundle: T::Bundle = serde_json::from_value(resource)
-            .map_err(|e| bad(format!("its resource is not a {}: {e}", T::OPERATION)))?;
+        let mut bundle: T::Bundle = serde_json::from_value(resource).map_err(|e| {
+            bad(format!(
+                "its resource is not a {}: {}",
+                T::OPERATION,
+                crate::error::json_failure(&e)
+            ))
+        })?;
         T::strip(&mut bundle);
         let resource = serde_json::to_value(&bundle)
             .map_err(|e| bad(format!("its resource cannot be kept: {e}")))?;
@@ -392,7 +419,9 @@ impl<T: PollerResult> Poller<T> {
             self.take_services_answer(&response)?;
         }
         self.status = PollerStatus::Succeeded;
-        self.run_callbacks();
+        if !self.defer_callbacks {
+            self.run_callbacks();
+        }
         Ok(self.status)
     }
 
@@ -450,6 +479,20 @@ impl<T: PollerResult> Poller<T> {
         self.callbacks
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// From now on, polls leave the done callbacks to [`Poller::run_done_callbacks`].
+    #[cfg(feature = "blocking")]
+    pub(crate) fn defer_done_callbacks(&mut self) {
+        self.defer_callbacks = true;
+    }
+
+    /// Run the pending done callbacks if the operation is done.
+    #[cfg(feature = "blocking")]
+    pub(crate) fn run_done_callbacks(&mut self) {
+        if self.done() {
+            self.run_callbacks();
+        }
     }
 
     fn run_callbacks(&mut self) {
@@ -589,5 +632,21 @@ impl<T: PollerResult> IntoFuture for Poller<T> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.wait_for_result())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status reads as the Python SDK's Key Vault pollers' `status()`.
+    #[test]
+    fn status_text_is_pythons() {
+        assert_eq!(PollerStatus::InProgress.as_str(), "polling");
+        assert_eq!(PollerStatus::Succeeded.to_string(), "finished");
+        assert_eq!(
+            format!("{:>9}", PollerStatus::Succeeded.as_str()),
+            " finished"
+        );
     }
 }

@@ -790,3 +790,169 @@ async fn a_closed_client_reopens() {
     assert_eq!(c.get_secret("c", None).await.unwrap().value(), Some("v"));
     v.shutdown().await;
 }
+
+/// A continuation token belongs to its listing (the a17 audit's H1): a secret's id given as a token (fetched,
+/// it would answer with the value, which the parse error then quoted), another listing's token, another
+/// secret's versions token or text that is not a token is an InvalidArgument error without any request, and
+/// the error shows no value. The listings' own tokens (and the server's nextLinks) keep working.
+#[tokio::test]
+async fn continuation_tokens_must_belong_to_their_listing() {
+    let v = vault().await;
+    let counting = Arc::new(Throttling {
+        inner: options(&v).build_transport().unwrap(),
+        throttle: AtomicUsize::new(0),
+        headers: Vec::new(),
+        seen: AtomicUsize::new(0),
+    });
+    let c = SecretClient::new(
+        v.vault_url(),
+        credential(&v),
+        Some(SecretClientOptions {
+            transport: Some(counting.clone()),
+            ..options(&v)
+        }),
+    )
+    .unwrap();
+    const VALUE: &str = "CANARY-value-3";
+    let first = c.set_secret("tok-a", VALUE, None).await.unwrap();
+    c.set_secret("tok-a", "CANARY-value-4", None).await.unwrap();
+    c.set_secret("tok-b", "CANARY-value-5", None).await.unwrap();
+    c.set_secret("tok-c", "x", None).await.unwrap();
+    c.begin_delete_secret("tok-c").await.unwrap().await.unwrap();
+
+    // The listings' own tokens resume them.
+    let secrets_token = {
+        let mut pages = c.list_properties_of_secrets(Some(1)).unwrap().by_page();
+        pages
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .continuation_token
+            .unwrap()
+    };
+    let versions_token = {
+        let mut pages = c
+            .list_properties_of_secret_versions("tok-a", Some(1))
+            .unwrap()
+            .by_page();
+        pages
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .continuation_token
+            .unwrap()
+    };
+    let rest: Vec<_> = c
+        .list_properties_of_secret_versions("TOK-A", Some(1))
+        .unwrap()
+        .resume_from(versions_token.clone())
+        .collect()
+        .await;
+    assert_eq!(rest.len(), 1);
+    assert!(rest[0].is_ok(), "{:?}", rest[0]);
+    let rest: Vec<_> = c
+        .list_properties_of_secrets(Some(1))
+        .unwrap()
+        .resume_from(secrets_token.clone())
+        .collect()
+        .await;
+    assert_eq!(rest.len(), 1, "tok-b after tok-a");
+    assert!(rest[0].is_ok());
+
+    let vault_url = v.vault_url().to_string();
+    let secret_id = first.id.clone();
+    let refused = [
+        ("the secret's id", secret_id.clone(), "secrets"),
+        (
+            "the latest version's path",
+            format!("{vault_url}/secrets/tok-a/"),
+            "secrets",
+        ),
+        ("text", "not a token".to_string(), "secrets"),
+        ("the live listing's token", secrets_token.clone(), "deleted"),
+        (
+            "the deleted listing's path",
+            format!("{vault_url}/deletedsecrets"),
+            "secrets",
+        ),
+        (
+            "another secret's versions",
+            versions_token.clone(),
+            "versions-b",
+        ),
+        (
+            "a deleted secret",
+            format!("{vault_url}/deletedsecrets/tok-c"),
+            "deleted",
+        ),
+    ];
+    for (what, token, listing) in refused {
+        let before = counting.seen.load(Ordering::SeqCst);
+        let first: keyvault_secrets::Result<()> = match listing {
+            "secrets" => c
+                .list_properties_of_secrets(None)
+                .unwrap()
+                .resume_from(token.clone())
+                .next()
+                .await
+                .unwrap()
+                .map(drop),
+            "deleted" => c
+                .list_deleted_secrets(None)
+                .unwrap()
+                .by_page_from(token.clone())
+                .next()
+                .await
+                .unwrap()
+                .map(drop),
+            _ => c
+                .list_properties_of_secret_versions("tok-b", None)
+                .unwrap()
+                .resume_from(token.clone())
+                .next()
+                .await
+                .unwrap()
+                .map(drop),
+        };
+        let e = first.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{what}: {e}");
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("CANARY"), "{what}: {shown}");
+        assert!(
+            !shown.contains(&token),
+            "{what}: the token is not quoted: {shown}"
+        );
+        assert!(shown.contains("continuation token"), "{shown}");
+        assert_eq!(
+            counting.seen.load(Ordering::SeqCst),
+            before,
+            "{what}: no request"
+        );
+    }
+    // The blocking pager refuses the same way (its iterator's first item).
+    #[cfg(feature = "blocking")]
+    {
+        let blocking = keyvault_secrets::blocking::SecretClient::new(
+            v.vault_url(),
+            credential(&v),
+            Some(options(&v)),
+        )
+        .unwrap();
+        let e = tokio::task::spawn_blocking(move || {
+            blocking
+                .list_properties_of_secrets(None)
+                .unwrap()
+                .resume_from(secret_id)
+                .next()
+                .unwrap()
+                .unwrap_err()
+        })
+        .await
+        .unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(!format!("{e} {e:?}").contains("CANARY"), "{e:?}");
+    }
+    v.shutdown().await;
+}

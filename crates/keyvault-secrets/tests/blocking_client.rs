@@ -272,3 +272,120 @@ fn blocking_call_options_tokens_and_callbacks() {
     assert!(other.get_deleted_secret("blocking-token").is_ok());
     rt.block_on(v.shutdown());
 }
+
+/// A done callback may use the blocking client: it runs after the wait's `block_on` has returned (inside it,
+/// Tokio panicked with "Cannot start a runtime from within a runtime"). Here it purges what the delete deleted.
+#[test]
+fn blocking_done_callback_purges_with_the_blocking_client() {
+    let (rt, v) = server();
+    let c = SecretClient::new(v.vault_url(), credential(&v), Some(options(&v))).unwrap();
+    c.set_secret("callback-purge", "v", None).unwrap();
+    let mut poller = c.begin_delete_secret("callback-purge").unwrap();
+    poller.set_polling_interval(Duration::from_millis(20));
+    let purged = Arc::new(std::sync::Mutex::new(None));
+    let (c2, p2) = (c.clone(), purged.clone());
+    poller.add_done_callback(move |d| {
+        *p2.lock().unwrap() = Some(c2.purge_deleted_secret(&d.name));
+    });
+    poller.wait().unwrap();
+    let outcome = purged.lock().unwrap().take().expect("the callback ran");
+    outcome.expect("the purge in the callback succeeded");
+    let e = c.get_deleted_secret("callback-purge").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceNotFound, "{e}");
+
+    // The same through `poll` (a callback added to a poller whose operation is still going).
+    c.set_secret("callback-purge-2", "v", None).unwrap();
+    let mut poller = c.begin_delete_secret("callback-purge-2").unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (c3, r3) = (c.clone(), ran.clone());
+    poller.add_done_callback(move |d| {
+        c3.purge_deleted_secret(&d.name).unwrap();
+        r3.fetch_add(1, Ordering::SeqCst);
+    });
+    while poller.poll().unwrap() != PollerStatus::Succeeded {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        c.get_deleted_secret("callback-purge-2").unwrap_err().kind(),
+        ErrorKind::ResourceNotFound
+    );
+    rt.block_on(v.shutdown());
+}
+
+/// Called from async code (here a `#[tokio::test]`'s body and a spawned task), the blocking client returns an
+/// `Other` error that names the way out, instead of Tokio's "Cannot start a runtime from within a runtime"
+/// panic; its pagers' iterators and pollers' waits too. Inside `spawn_blocking` it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_calls_from_async_code_are_refused_and_spawn_blocking_works() {
+    let v = vault().await;
+    let c = SecretClient::new(v.vault_url(), credential(&v), Some(options(&v))).unwrap();
+    let refused = |e: keyvault_secrets::Error| {
+        assert_eq!(e.kind(), ErrorKind::Other, "{e}");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("spawn_blocking") && shown.contains("async"),
+            "{shown}"
+        );
+    };
+    refused(c.get_secret("in-async", None).unwrap_err());
+    refused(c.set_secret("in-async", "v", None).unwrap_err());
+    let mut pager = c.list_properties_of_secrets(None).unwrap();
+    refused(pager.next().unwrap().unwrap_err());
+    assert!(pager.next().is_none(), "the refusal ends the iteration");
+
+    // In a spawned task as well.
+    let c2 = c.clone();
+    let e = tokio::spawn(async move { c2.get_secret("in-async", None) })
+        .await
+        .unwrap()
+        .unwrap_err();
+    refused(e);
+    // Nothing was sent: the secret the refused set_secret named does not exist.
+    let async_client = client(&v);
+    assert_eq!(
+        async_client
+            .get_secret("in-async", None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::ResourceNotFound
+    );
+
+    // Inside spawn_blocking every call works, and the poller made there can be waited on there.
+    let c3 = c.clone();
+    let poller = tokio::task::spawn_blocking(move || {
+        c3.set_secret("in-blocking", "v", None).unwrap();
+        assert_eq!(
+            c3.get_secret("in-blocking", None).unwrap().value(),
+            Some("v")
+        );
+        assert_eq!(c3.list_properties_of_secrets(None).unwrap().count(), 1);
+        c3.begin_delete_secret("in-blocking").unwrap()
+    })
+    .await
+    .unwrap();
+    // Back in async code, its wait is refused…
+    let mut poller = poller;
+    refused(poller.wait().unwrap_err());
+    // …and works again in spawn_blocking.
+    tokio::task::spawn_blocking(move || poller.wait_for_result().unwrap())
+        .await
+        .unwrap();
+    c.close();
+    v.shutdown().await;
+}
+
+/// The same on a current-thread runtime: the refusal does not depend on the runtime's flavour.
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_calls_in_a_current_thread_runtime_are_refused() {
+    let c = SecretClient::new(
+        "https://192.0.2.1:9",
+        Arc::new(StaticTokenCredential::from_token("t")),
+        None,
+    )
+    .unwrap();
+    let e = c.get_deleted_secret("x").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Other, "{e}");
+    assert!(e.to_string().contains("spawn_blocking"), "{e}");
+}

@@ -391,3 +391,93 @@ async fn a_redirect_is_named_in_the_error() {
     );
     assert_eq!(server.requests().len(), 1);
 }
+
+/// A body that does not parse as expected gives a Data error with serde's category and position, never the
+/// text serde would quote (a value where a list was expected, a string where a flag was): neither in
+/// `Display`, nor `Debug`, nor the source chain. The same for a token endpoint's answer (a credential error).
+#[tokio::test]
+async fn a_body_that_does_not_parse_is_not_quoted() {
+    let server = start(|req, _| match path(&req.target) {
+        "/secrets" => MockResponse::json(200, r#"{"value":"CANARY-value-3","nextLink":null}"#),
+        "/secrets/flag/" => MockResponse::json(
+            200,
+            r#"{"value":"v","id":"https://kv.vault.azure.net/secrets/flag/0123","attributes":{"enabled":"CANARY-flag"}}"#,
+        ),
+        "/tenant-1/oauth2/v2.0/token" => MockResponse::json(200, r#""eyJ0-CANARY-token""#),
+        _ => MockResponse::json(200, BUNDLE),
+    })
+    .await;
+    let c = client_with(
+        &server.url,
+        &server.ca_pem,
+        Arc::new(Recording::default()),
+        |_| {},
+    );
+    let shown = |e: &keyvault_secrets::Error| {
+        let mut all = format!("{e} {e:?}");
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            all.push_str(&format!(" {s} {s:?}"));
+            source = s.source();
+        }
+        all
+    };
+    let e = c
+        .list_properties_of_secrets(None)
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Data, "{e}");
+    let all = shown(&e);
+    assert!(!all.contains("CANARY"), "{all}");
+    assert!(
+        all.contains("cannot parse the 200 response body: JSON without the expected fields or types (at line 1, column"),
+        "{all}"
+    );
+    let e = c.get_secret("flag", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Data, "{e}");
+    let all = shown(&e);
+    assert!(!all.contains("CANARY"), "{all}");
+
+    let credential = ClientSecretCredential::new(
+        "tenant-1",
+        "app-1",
+        "s3cret",
+        Some(ClientSecretCredentialOptions {
+            authority_host: server.url.clone(),
+            additional_ca_certificates: vec![server.ca_pem.clone()],
+            trust_system_roots: false,
+            retry: RetryOptions::none(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let e = credential.get_token(&[SCOPE], None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Credential, "{e}");
+    let all = shown(&e);
+    assert!(!all.contains("CANARY"), "{all}");
+    assert!(all.contains("line 1, column"), "{all}");
+}
+
+/// A vault whose certificate's CA the client does not trust: a Connection error whose message names the
+/// option that adds a CA (rustls says only `UnknownIssuer`).
+#[tokio::test]
+async fn an_untrusted_ca_names_the_option_that_adds_one() {
+    let server = start(|_, _| MockResponse::json(200, BUNDLE)).await;
+    let c = client_with(
+        &server.url,
+        &server.ca_pem,
+        Arc::new(Recording::default()),
+        |o| o.additional_ca_certificates.clear(),
+    );
+    let e = c.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(
+        e.message().contains("UnknownIssuer")
+            && e.message()
+                .contains("SecretClientOptions::additional_ca_certificates"),
+        "{e}"
+    );
+}

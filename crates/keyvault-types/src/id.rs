@@ -35,8 +35,11 @@ impl fmt::Display for SecretIdError {
 impl std::error::Error for SecretIdError {}
 
 impl SecretId {
-    /// Parse an identifier such as `https://myvault.vault.azure.net/secrets/name/0123…`.
+    /// Parse an identifier such as `https://myvault.vault.azure.net/secrets/name/0123…`. Surrounding
+    /// whitespace is ignored (and not kept in `source_id`). User information (`user:password@`) is refused,
+    /// and the error does not quote it.
     pub fn parse(id: &str) -> Result<SecretId, SecretIdError> {
+        let id = id.trim();
         let err = |reason| SecretIdError {
             id: id.to_string(),
             reason,
@@ -48,7 +51,18 @@ impl SecretId {
         if scheme != "https" && scheme != "http" {
             return Err(err("the scheme must be https"));
         }
-        let (host, path) = rest.split_once('/').ok_or_else(|| err("missing path"))?;
+        // The authority ends at the first '/', '?' or '#' (a query or fragment right after the host is not part
+        // of the host: `https://v?x=/secrets/n` has no path, as Python's `urlparse` reads it).
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (host, path) = rest.split_at(end);
+        if host.contains('@') {
+            let after = host.rsplit_once('@').map_or("", |(_, h)| h);
+            return Err(SecretIdError {
+                id: format!("{scheme}://REDACTED@{after}{path}"),
+                reason: "user information (user:password@) is not allowed in an identifier",
+            });
+        }
+        let path = path.strip_prefix('/').ok_or_else(|| err("missing path"))?;
         if host.is_empty() {
             return Err(err("missing host"));
         }
@@ -124,6 +138,33 @@ mod tests {
         assert_eq!(id.version, None);
         let id = SecretId::parse("https://kv.vault.azure.net/deletedsecrets/abc").unwrap();
         assert_eq!(id.collection, "deletedsecrets");
+    }
+
+    /// Whitespace around an id is ignored; a query or fragment before any path is not read as part of the host
+    /// (the id has no path); user information is refused without being quoted.
+    #[test]
+    fn whitespace_queries_and_user_information() {
+        let id = SecretId::parse("  https://kv.vault.azure.net/secrets/n/abc \n").unwrap();
+        assert_eq!(id.vault_url, "https://kv.vault.azure.net");
+        assert_eq!(id.version.as_deref(), Some("abc"));
+        assert_eq!(id.source_id, "https://kv.vault.azure.net/secrets/n/abc");
+        for bad in [
+            "https://kv.vault.azure.net?x=/secrets/n",
+            "https://kv.vault.azure.net#/secrets/n",
+            "https://kv.vault.azure.net?x=/secrets/n/abc",
+        ] {
+            let e = SecretId::parse(bad).unwrap_err();
+            assert_eq!(e.reason, "missing path", "{bad}");
+        }
+        let e = SecretId::parse("https://user:CANARY-pw@kv.vault.azure.net/secrets/n").unwrap_err();
+        assert!(e.reason.contains("user information"), "{e}");
+        assert!(!e.to_string().contains("CANARY"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("https://REDACTED@kv.vault.azure.net/secrets/n"),
+            "{e}"
+        );
+        assert!(SecretId::parse("https://@kv.vault.azure.net/secrets/n").is_err());
     }
 
     #[test]

@@ -104,15 +104,8 @@ fn parse_cli_output(stdout: &[u8], kind: ErrorKind) -> Result<AccessToken> {
         error(
             kind,
             format!(
-                "cannot parse the output of az ({} at line {}, column {})",
-                match e.classify() {
-                    serde_json::error::Category::Io => "a read error",
-                    serde_json::error::Category::Syntax => "not JSON",
-                    serde_json::error::Category::Data => "not the expected fields",
-                    serde_json::error::Category::Eof => "cut short",
-                },
-                e.line(),
-                e.column()
+                "cannot parse the output of az: {}",
+                crate::error::json_failure(&e)
             ),
         )
     })?;
@@ -267,7 +260,7 @@ mod tests {
         let e = parse_cli_output(br#""eyJ0-CANARY""#, ErrorKind::Credential).unwrap_err();
         assert!(
             e.to_string()
-                .contains("not the expected fields at line 1, column"),
+                .contains("JSON without the expected fields or types (at line 1, column"),
             "{e}"
         );
     }

@@ -177,7 +177,10 @@ impl TokenEndpoint {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        request.body = Some(bytes::Bytes::copy_from_slice(body.expose().as_bytes()));
+        // The copy sent holds the client secret (or assertion): wiped when the request is done with it.
+        request.body = Some(bytes::Bytes::from_owner(crate::http::Wiped(
+            body.expose().as_bytes().to_vec(),
+        )));
         let response = self.pipeline.send(request).await.map_err(|e| {
             if e.kind() == ErrorKind::Connection {
                 let message = format!("{who}: cannot reach the authority: {}", e.message());
