@@ -61,8 +61,14 @@ fn runtime() -> Result<&'static Runtime> {
         .enable_all()
         .build()
         .map_err(|e| Error::with_source(ErrorKind::Other, "cannot start a runtime", e))?;
-    // Two first clients racing: one runtime wins, the other is dropped here (outside any runtime).
-    Ok(RUNTIME.get_or_init(|| rt))
+    // Two first clients racing: one runtime wins; the other is shut down without waiting for its threads (a
+    // client may be made in async code, where dropping a runtime, which waits, panics).
+    if let Err(lost) = RUNTIME.set(rt) {
+        lost.shutdown_background();
+    }
+    RUNTIME
+        .get()
+        .ok_or_else(|| Error::new(ErrorKind::Other, "cannot start a runtime"))
 }
 
 /// The message of the error a blocking call made from async code returns.
