@@ -2237,3 +2237,47 @@ async fn a_restored_copy_next_to_the_replaced_databases_log_is_refused() {
     std::fs::write(&wal, b"").unwrap();
     SqliteStore::open(&copy).unwrap().close().await;
 }
+
+/// The retention sweep's write requests end at a number of versions as well as of names, so a few names with
+/// many versions each do not hold the writer (and every set) for long; each request says whether more may
+/// be due, and the sweep goes on until none is.
+#[test]
+fn a_purge_chunk_ends_at_its_versions_too() {
+    let (_dir, c) = migrated_writer();
+    let setup = |c: &Connection| {
+        for n in 0..3 {
+            let key = format!("gone-{n}");
+            for v in 0..5 {
+                c.execute(
+                    "INSERT INTO versions (vault, name_key, version, enabled, created, updated, sealed)
+                     VALUES ('v', ?1, ?2, 1, 1, 1, X'00')",
+                    params![key, version(n * 10 + v)],
+                )
+                .unwrap();
+            }
+            c.execute(
+                "INSERT INTO names (vault, name_key, display_name, latest_seq, deleted_on, scheduled_purge)
+                 VALUES ('v', ?1, ?1, (SELECT max(seq) FROM versions), 1, 10)",
+                params![key],
+            )
+            .unwrap();
+        }
+    };
+    let versions = |c: &Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM versions", [], |r| r.get(0))
+            .unwrap()
+    };
+    setup(&c);
+    // At most 6 versions a request: two names (5 + 5 reach it), more may be due; then the last one.
+    assert_eq!(purge_expired_chunk(&c, 100, 256, 6).unwrap(), (2, true));
+    assert_eq!(versions(&c), 5);
+    assert_eq!(purge_expired_chunk(&c, 100, 256, 6).unwrap(), (1, false));
+    assert_eq!(versions(&c), 0);
+    // Not yet due: nothing.
+    setup(&c);
+    assert_eq!(purge_expired_chunk(&c, 5, 256, 6).unwrap(), (0, false));
+    // The bound on names still holds.
+    assert_eq!(purge_expired_chunk(&c, 100, 2, 1000).unwrap(), (2, true));
+    assert_eq!(purge_expired_chunk(&c, 100, 2, 1000).unwrap(), (1, false));
+    assert_eq!(versions(&c), 0);
+}
