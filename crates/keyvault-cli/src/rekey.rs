@@ -9,7 +9,7 @@ use keyvault_server::Config;
 use keyvault_server::config::{StoreBackend, StoreLocation};
 use keyvault_server::crypto::{CryptoError, Envelope, FileKeyProvider};
 use keyvault_server::rekey::job::{RekeyJobView, RekeyStatus};
-use keyvault_server::rekey::{RekeyOptions, RekeyProgress, RekeyReport};
+use keyvault_server::rekey::{AccessLocation, RekeyOptions, RekeyProgress, RekeyReport};
 use keyvault_server::server::{KeyFileCreation, key_provider, open_store};
 use keyvault_server::store::postgres::PostgresStore;
 use std::io::Write;
@@ -245,9 +245,17 @@ async fn run_offline(
             }
         );
     }
+    // The access-control document's tag moves to the current key too: in the store when it is shared,
+    // else the data directory's access.json.
+    let access = if store.is_shared() {
+        AccessLocation::Store
+    } else {
+        AccessLocation::File(config.data_dir.join(keyvault_server::admin::ACCESS_FILE))
+    };
     let options = RekeyOptions {
         batch_size: usize::from(batch_size),
         dry_run,
+        access,
     };
     let report = keyvault_server::rekey::rekey(store.as_ref(), &envelope, &options, |p| {
         if table {
@@ -380,10 +388,15 @@ fn finish(report: &RekeyReport, json: bool, out: &mut impl Write) -> CliResult {
     Err(CliError::new(
         code::PARTIAL,
         format!(
-            "{} version(s) remain under other keys ({} could not be opened): the key check is under key id \
-             {}, so keep the previous key configured; fix what is listed, then run keyvault rekey again",
+            "{} version(s) remain under other keys ({} could not be opened){}: the key check is under key \
+             id {}, so keep the previous key configured; fix what is listed, then run keyvault rekey again",
             report.remaining(),
             report.failed,
+            if report.access_document_pending() {
+                ", and the access-control document is still tagged under another key"
+            } else {
+                ""
+            },
             report.key_check_after.as_deref().unwrap_or("none"),
         ),
     ))
@@ -408,7 +421,29 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// The access-control document's line of the summary (none when it was not looked at).
+fn access_line(r: &RekeyReport) -> Option<String> {
+    let a = r.access_document.as_ref()?;
+    let Some(before) = &a.kek_id_before else {
+        return Some("access-control document: none".to_string());
+    };
+    let after = a.kek_id_after.as_deref().unwrap_or("none");
+    Some(if r.dry_run && before != &r.current_kek_id {
+        format!(
+            "access-control document: tagged under key id {before}; would be re-tagged under key id {}",
+            r.current_kek_id
+        )
+    } else if before == after {
+        format!("access-control document: tagged under key id {before}")
+    } else {
+        format!("access-control document: re-tagged, key id {before} -> {after}")
+    })
+}
+
 fn print_summary(r: &RekeyReport, out: &mut impl Write) -> std::io::Result<()> {
+    if let Some(line) = access_line(r) {
+        writeln!(out, "{line}")?;
+    }
     if r.dry_run {
         writeln!(out, "dry run: nothing was changed")?;
         writeln!(out, "versions per key id: {}", counts(&r.before))?;

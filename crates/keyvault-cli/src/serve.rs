@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// Token signing key file (created if missing) [default: DATA_DIR/token-signing-key.pk8].
     #[arg(long, env = "KEYVAULT_SIGNING_KEY_FILE")]
     signing_key_file: Option<PathBuf>,
+    /// Accept an access-control document without an integrity tag (one written by a build before the tag)
+    /// and save it tagged under the key-encryption key; once, at an upgrade, after checking its principals
+    /// and assignments. A flag only (no variable, no file setting): an untagged document is also what a
+    /// writer of the store without the key would leave.
+    #[arg(long)]
+    adopt_access_document: bool,
 }
 
 impl ServeArgs {
@@ -98,6 +104,7 @@ impl ServeArgs {
             config.data_dir = v;
         }
         config.dev |= self.dev;
+        config.adopt_access_document |= self.adopt_access_document;
         if let Some(v) = self.tls_cert {
             config.tls.cert = Some(v);
         }

@@ -105,6 +105,14 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     kv(&data, &["secret", "set", "gone", "--value", "bye"]).ok();
     kv(&data, &["secret", "delete", "gone", "--wait"]).ok();
     kv(&data, &["secret", "set", "kept", "--value", "k"]).ok();
+    // A principal made through the admin API: the access document, tagged under key A.
+    let app = kv(
+        &data,
+        &["principal", "create", "--name", "app", "-o", "json"],
+    )
+    .ok()
+    .json();
+    let app = app["clientId"].as_str().unwrap().to_string();
     let old_backup = dir.path().join("kept-old.kvbackup");
     kv(
         &data,
@@ -148,6 +156,11 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     assert_eq!(dry["before"], serde_json::json!({ id_a.as_str(): 5 }));
     assert_eq!(dry["resealed"], 5);
     assert_eq!(dry["key_check_before"], id_a.as_str());
+    // The access document is counted too: under A, it would move to B.
+    assert_eq!(
+        dry["access_document"],
+        serde_json::json!({"kekIdBefore": id_a.as_str(), "kekIdAfter": id_a.as_str()})
+    );
     // As a person reads it: the progress says what it would do, not what it did.
     let dry = tool(&["rekey", "--config", config, "--dry-run"]).ok();
     assert!(
@@ -155,6 +168,14 @@ fn rotating_the_key_encryption_key_on_sqlite() {
         "{}",
         dry.stderr
     );
+    assert!(
+        dry.stdout.contains(&format!(
+            "access-control document: tagged under key id {id_a}; would be re-tagged under key id {id_b}"
+        )),
+        "{}",
+        dry.stdout
+    );
+    assert!(!dry.stdout.is_empty(), "{}", dry.stderr);
 
     // The rekey: five versions (live and deleted) move to B, and so does the key check.
     let done = tool(&[
@@ -179,6 +200,13 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     assert_eq!(report["before"], serde_json::json!({ id_a.as_str(): 5 }));
     assert_eq!(report["after"], serde_json::json!({ id_b.as_str(): 5 }));
     assert_eq!(report["key_check_after"], id_b.as_str());
+    assert_eq!(
+        report["access_document"],
+        serde_json::json!({"kekIdBefore": id_a.as_str(), "kekIdAfter": id_b.as_str()})
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("access.json")).unwrap()).unwrap();
+    assert_eq!(stored["kek"], id_b.as_str());
     // Again, as a person reads it: nothing left to do.
     let table = tool(&["rekey", "--config", config]).ok();
     assert!(
@@ -202,6 +230,16 @@ fn rotating_the_key_encryption_key_on_sqlite() {
 
     // Key B alone: every value, the deleted one recovered, a new backup restores, the old one does not.
     let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
+    // The access document verifies under B alone: the principal is there.
+    let listed = kv(&data, &["principal", "list", "-o", "json"]).ok().json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["clientId"] == app.as_str()),
+        "{listed}"
+    );
     for (i, version) in versions.iter().enumerate() {
         let shown = kv(
             &data,

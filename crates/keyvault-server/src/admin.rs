@@ -39,7 +39,11 @@ use serde::{Deserialize, Serialize};
 use crate::auth::clients::{SecretInfo, generate_selected_secret, key_id_of};
 use crate::auth::policy::{Assignment, Permission, Policy, Role, Scope, check_role_name};
 use crate::auth::{ClientRegistry, generate_client_id, hash_secret};
+use crate::crypto::{CryptoError, Envelope};
 use crate::store::{SecretStore, StoreError};
+
+pub mod tagged;
+use tagged::DocError;
 
 /// How often a node asks a shared store whether another node changed the access document.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -256,6 +260,46 @@ enum Backend {
 struct Applied {
     revision: i64,
     doc: AccessFile,
+    /// The KEK the stored document was tagged under (None: nothing stored yet, or memory only).
+    kek_id: Option<String>,
+    /// The shared store's document at this revision was refused (its tag does not verify): this node keeps
+    /// the state above, and a change through the admin API replaces that document with it.
+    refused: Option<Refused>,
+}
+
+/// A shared document a node refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Refused {
+    revision: i64,
+    /// A change of this node's may replace it: it does not name a key this node lacks (a document tagged
+    /// under a key this node does not hold may be genuine: another node's, with a key this one was not
+    /// given).
+    replaceable: bool,
+}
+
+/// What a reload found.
+enum Reload {
+    Unchanged,
+    Applied,
+    Refused(Refused, String),
+}
+
+/// The keys that tag the access document, and whether an untagged one is adopted at start
+/// (`keyvault serve --adopt-access-document`).
+#[derive(Clone)]
+pub struct AccessKeys {
+    pub envelope: Arc<Envelope>,
+    pub adopt: bool,
+}
+
+impl AccessKeys {
+    /// Tagging under `envelope`, adopting nothing.
+    pub fn new(envelope: Arc<Envelope>) -> Self {
+        AccessKeys {
+            envelope,
+            adopt: false,
+        }
+    }
 }
 
 /// When a node over a shared store last confirmed that its access state is current, on the monotonic clock
@@ -307,6 +351,8 @@ pub struct AccessAdmin {
     writer: tokio::sync::Mutex<()>,
     /// With a shared store: when the access state was last confirmed current.
     confirmation: Option<Confirmation>,
+    /// The keys the stored document is tagged under.
+    envelope: Arc<Envelope>,
 }
 
 impl std::fmt::Debug for AccessAdmin {
@@ -350,6 +396,65 @@ fn valid_expiry(expires_on: Option<i64>, now: i64) -> Result<(), AdminError> {
     }
 }
 
+/// How many principals, assignments and roles a document holds (for log lines: never what they are).
+fn counts(doc: &AccessFile) -> (usize, usize, usize) {
+    (doc.principals.len(), doc.assignments.len(), doc.roles.len())
+}
+
+fn tag_error(e: CryptoError) -> AdminError {
+    match e {
+        CryptoError::Retired(_) => AdminError::Unavailable(e.to_string()),
+        other => AdminError::Internal(format!("cannot tag the access document: {other}")),
+    }
+}
+
+/// The document in stored `bytes` (tagged, verified) and the key it was tagged under.
+fn open_tagged(
+    envelope: &Envelope,
+    bytes: &[u8],
+    origin: &str,
+) -> Result<(AccessFile, String), DocError> {
+    let verified = tagged::unwrap(envelope, bytes, origin)?;
+    let doc = parse_doc(verified.document.as_bytes(), origin).map_err(DocError::Invalid)?;
+    Ok((doc, verified.kek_id))
+}
+
+/// A document read at start: tagged and verified, or untagged and adopted (`adopt`), else the reason the
+/// server does not start. The second value: it was adopted (it must be saved tagged).
+fn load_at_start(
+    envelope: &Envelope,
+    bytes: &[u8],
+    origin: &str,
+    adopt: bool,
+) -> Result<(AccessFile, Option<String>, bool), String> {
+    match open_tagged(envelope, bytes, origin) {
+        Ok((doc, kek_id)) => {
+            if adopt {
+                tracing::info!(
+                    origin,
+                    "--adopt-access-document: the access-control document is tagged already; nothing to adopt"
+                );
+            }
+            Ok((doc, Some(kek_id), false))
+        }
+        Err(DocError::Untagged) if adopt => Ok((parse_doc(bytes, origin)?, None, true)),
+        Err(e) => Err(e.at_start(origin)),
+    }
+}
+
+fn log_adopted(doc: &AccessFile, origin: &str, kek_id: &str) {
+    let (principals, assignments, roles) = counts(doc);
+    tracing::warn!(
+        origin,
+        principals,
+        assignments,
+        roles,
+        kek_id,
+        "--adopt-access-document: adopted the untagged access-control document and saved it tagged; every \
+         principal and role assignment in it grants access from now on: check them"
+    );
+}
+
 /// The document in `bytes`. The error names where it failed, never what is there (serde's message can quote
 /// the document's text: hashes, client ids).
 fn parse_doc(bytes: &[u8], origin: &str) -> Result<AccessFile, String> {
@@ -376,27 +481,55 @@ impl AccessAdmin {
     /// nodes (importing `{data_dir}/access.json` if the store has none yet), else from
     /// `{data_dir}/access.json`; with neither, changes are kept in memory only. A managed assignment whose
     /// role no longer exists is kept in the document and skipped, with a warning.
+    ///
+    /// The stored document must carry a tag that verifies under `keys` (see [`tagged`]); an untagged one is
+    /// refused unless `keys.adopt`, which saves it tagged.
     pub async fn open(
         data_dir: Option<&Path>,
         store: Option<Arc<dyn SecretStore>>,
         clients: Arc<ClientRegistry>,
         policy: Arc<Policy>,
+        keys: AccessKeys,
     ) -> Result<AccessAdmin, String> {
         let path = data_dir.map(|d| d.join(ACCESS_FILE));
         let started = Instant::now();
-        let (backend, revision, doc) = match (store.filter(|s| s.is_shared()), path) {
+        let envelope = keys.envelope.as_ref();
+        let (backend, revision, doc, kek_id) = match (store.filter(|s| s.is_shared()), path) {
             (Some(store), path) => {
-                let (revision, doc) = Self::load_shared(store.as_ref(), path.as_deref()).await?;
-                (Backend::Shared(store), revision, doc)
+                let (revision, doc, kek_id) =
+                    Self::load_shared(store.as_ref(), path.as_deref(), &keys).await?;
+                (Backend::Shared(store), revision, doc, kek_id)
             }
             (None, Some(path)) => {
-                let doc = match read_file(&path)? {
-                    Some(bytes) => parse_doc(&bytes, &path.display().to_string())?,
-                    None => AccessFile::default(),
+                let origin = path.display().to_string();
+                let (doc, kek_id) = match read_file(&path)? {
+                    Some(bytes) => {
+                        let (doc, kek_id, adopted) =
+                            load_at_start(envelope, &bytes, &origin, keys.adopt)?;
+                        if adopted {
+                            let json = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
+                            let stored = tagged::wrap(envelope, &json, true)
+                                .map_err(|e| format!("cannot tag the access document: {e}"))?;
+                            crate::server::write_private_file(&path, &stored)
+                                .map_err(|e| format!("cannot write {origin}: {e}"))?;
+                            log_adopted(&doc, &origin, envelope.current_kek_id());
+                            (doc, Some(envelope.current_kek_id().to_owned()))
+                        } else {
+                            (doc, kek_id)
+                        }
+                    }
+                    None => {
+                        if keys.adopt {
+                            tracing::info!(
+                                "--adopt-access-document: there is no access-control document; nothing to adopt"
+                            );
+                        }
+                        (AccessFile::default(), None)
+                    }
                 };
-                (Backend::File(path), 0, doc)
+                (Backend::File(path), 0, doc, kek_id)
             }
-            (None, None) => (Backend::Memory, 0, AccessFile::default()),
+            (None, None) => (Backend::Memory, 0, AccessFile::default(), None),
         };
         // What was just loaded from a shared store is current as of the start of the load.
         let confirmation =
@@ -409,13 +542,17 @@ impl AccessAdmin {
             applied: Mutex::new(Applied {
                 revision: 0,
                 doc: AccessFile::default(),
+                kek_id: None,
+                refused: None,
             }),
             writer: tokio::sync::Mutex::new(()),
             confirmation,
+            envelope: keys.envelope,
         };
         {
             let mut applied = admin.lock();
             admin.install(&mut applied, doc, revision);
+            applied.kek_id = kek_id;
         }
         Ok(admin)
     }
@@ -429,15 +566,19 @@ impl AccessAdmin {
         self
     }
 
-    /// The shared document, after importing a local `access.json` into an empty store.
+    /// The shared document, after importing a local `access.json` into an empty store (it must verify,
+    /// or be adopted, as the store's own), with the key it is tagged under.
     async fn load_shared(
         store: &dyn SecretStore,
         local: Option<&Path>,
-    ) -> Result<(i64, AccessFile), String> {
+        keys: &AccessKeys,
+    ) -> Result<(i64, AccessFile, Option<String>), String> {
+        let envelope = keys.envelope.as_ref();
         let local_doc = match local {
             Some(p) => read_file(p)?.map(|b| (p, b)),
             None => None,
         };
+        let current = envelope.current_kek_id().to_owned();
         for _ in 0..4 {
             if let Some(shared) = store.access_doc().await.map_err(|e| e.to_string())? {
                 if let Some((p, _)) = &local_doc {
@@ -446,20 +587,48 @@ impl AccessAdmin {
                         "ignoring the local access file: the shared store's access document is used"
                     );
                 }
-                return Ok((shared.revision, parse_doc(&shared.doc, "the store")?));
+                let (doc, kek_id, adopted) =
+                    load_at_start(envelope, &shared.doc, "the store", keys.adopt)?;
+                if !adopted {
+                    return Ok((shared.revision, doc, kek_id));
+                }
+                let json = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
+                let stored = tagged::wrap(envelope, &json, false)
+                    .map_err(|e| format!("cannot tag the access document: {e}"))?;
+                if let Some(revision) = store
+                    .put_access_doc(shared.revision, &stored)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    log_adopted(&doc, "the store", &current);
+                    return Ok((revision, doc, Some(current)));
+                }
+                // Another node changed it meanwhile: look again.
+                continue;
             }
             let Some((p, bytes)) = &local_doc else {
-                return Ok((0, AccessFile::default()));
+                if keys.adopt {
+                    tracing::info!(
+                        "--adopt-access-document: there is no access-control document; nothing to adopt"
+                    );
+                }
+                return Ok((0, AccessFile::default(), None));
             };
-            let doc = parse_doc(bytes, &p.display().to_string())?;
-            let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+            let origin = p.display().to_string();
+            let (doc, _, adopted) = load_at_start(envelope, bytes, &origin, keys.adopt)?;
+            let json = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
+            let stored = tagged::wrap(envelope, &json, false)
+                .map_err(|e| format!("cannot tag the access document: {e}"))?;
             if let Some(revision) = store
-                .put_access_doc(0, &json)
+                .put_access_doc(0, &stored)
                 .await
                 .map_err(|e| e.to_string())?
             {
+                if adopted {
+                    log_adopted(&doc, &origin, &current);
+                }
                 tracing::info!(file = %p.display(), "imported the local access file into the shared store");
-                return Ok((revision, doc));
+                return Ok((revision, doc, Some(current)));
             }
             // Another node wrote the first document meanwhile: use it.
         }
@@ -547,7 +716,11 @@ impl AccessAdmin {
                 return Ok(false);
             }
             let _writer = self.writer.lock().await;
-            self.reload_locked().await
+            match self.reload_locked().await? {
+                Reload::Unchanged => Ok(false),
+                Reload::Applied => Ok(true),
+                Reload::Refused(_, message) => Err(AdminError::Unavailable(message)),
+            }
         };
         let changed = tokio::time::timeout(REFRESH_TIMEOUT, refresh)
             .await
@@ -560,25 +733,72 @@ impl AccessAdmin {
         Ok(changed)
     }
 
-    /// Reads the shared document and applies it if it is newer. The caller holds `writer`.
-    async fn reload_locked(&self) -> Result<bool, AdminError> {
+    /// Whether this node refuses the shared document (its tag does not verify) in a way a change through the
+    /// admin API may repair: the admin API stays open (to whom the last good state lets in) while the rest
+    /// is refused, so that an administrator can save a tagged document again.
+    pub fn refuses_replaceable_document(&self) -> bool {
+        self.lock().refused.is_some_and(|r| r.replaceable)
+    }
+
+    /// Reads the shared document and applies it if it is newer and verifies; one that does not verify is
+    /// refused (logged once per revision), and the last good state kept. The caller holds `writer`.
+    async fn reload_locked(&self) -> Result<Reload, AdminError> {
         let Backend::Shared(store) = &self.backend else {
-            return Ok(false);
+            return Ok(Reload::Unchanged);
         };
         let Some(shared) = store.access_doc().await? else {
-            return Ok(false);
+            return Ok(Reload::Unchanged);
         };
-        if shared.revision == self.lock().revision {
-            return Ok(false);
+        let (revision, refused) = {
+            let applied = self.lock();
+            (applied.revision, applied.refused)
+        };
+        if shared.revision == revision {
+            return Ok(Reload::Unchanged);
         }
-        let doc = parse_doc(&shared.doc, "the store").map_err(AdminError::Internal)?;
-        let mut applied = self.lock();
-        self.install(&mut applied, doc, shared.revision);
-        tracing::info!(
-            revision = shared.revision,
-            "applied another node's access-control change"
-        );
-        Ok(true)
+        match open_tagged(&self.envelope, &shared.doc, "the store") {
+            Ok((doc, kek_id)) => {
+                let mut applied = self.lock();
+                self.install(&mut applied, doc, shared.revision);
+                applied.kek_id = Some(kek_id);
+                if applied.refused.take().is_some() {
+                    tracing::warn!(
+                        revision = shared.revision,
+                        "the shared access-control document verifies again: applied it"
+                    );
+                } else {
+                    tracing::info!(
+                        revision = shared.revision,
+                        "applied another node's access-control change"
+                    );
+                }
+                Ok(Reload::Applied)
+            }
+            Err(e) => {
+                let message = e.at_refresh(shared.revision);
+                let now = Refused {
+                    revision: shared.revision,
+                    replaceable: !matches!(
+                        e,
+                        DocError::NotVerified {
+                            unknown_key: true,
+                            ..
+                        }
+                    ),
+                };
+                if refused != Some(now) {
+                    tracing::error!(
+                        error = %message,
+                        kept_revision = revision,
+                        "refusing the shared access-control document: this node keeps its last good access \
+                         state, refuses requests that depend on access control (503) and fails /readyz until a \
+                         document that verifies is stored (a change through the admin API saves one)"
+                    );
+                    self.lock().refused = Some(now);
+                }
+                Ok(Reload::Refused(now, message))
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -587,22 +807,22 @@ impl AccessAdmin {
 
     /// Saves `next` if the document is still at `revision`: the new revision, or None when another node
     /// changed it first.
+    /// Either way the stored form is tagged under the current key.
     async fn save(&self, revision: i64, next: &AccessFile) -> Result<Option<i64>, AdminError> {
+        let json = || serde_json::to_string(next).map_err(|e| AdminError::Internal(e.to_string()));
         match &self.backend {
             Backend::Memory => Ok(Some(revision + 1)),
             Backend::File(path) => {
-                let json = serde_json::to_vec_pretty(next)
-                    .map_err(|e| AdminError::Internal(e.to_string()))?;
-                crate::server::write_private_file(path, &json).map_err(|e| {
+                let stored = tagged::wrap(&self.envelope, &json()?, true).map_err(tag_error)?;
+                crate::server::write_private_file(path, &stored).map_err(|e| {
                     tracing::error!(error = %e, path = %path.display(), "cannot write the access file");
                     AdminError::Internal("the change could not be saved".into())
                 })?;
                 Ok(Some(revision + 1))
             }
             Backend::Shared(store) => {
-                let json =
-                    serde_json::to_vec(next).map_err(|e| AdminError::Internal(e.to_string()))?;
-                Ok(store.put_access_doc(revision, &json).await?)
+                let stored = tagged::wrap(&self.envelope, &json()?, false).map_err(tag_error)?;
+                Ok(store.put_access_doc(revision, &stored).await?)
             }
         }
     }
@@ -616,7 +836,7 @@ impl AccessAdmin {
         let _writer = self.writer.lock().await;
         // Over a shared store, another node's latest first: a change naming what it just made (an assignment,
         // a principal) is then found here, instead of a 404 that leaves the grant in force.
-        self.reload_locked().await?;
+        let mut replace = self.replaceable(self.reload_locked().await?)?;
         for _ in 0..8 {
             let (revision, mut next) = {
                 let applied = self.lock();
@@ -624,10 +844,23 @@ impl AccessAdmin {
             };
             let out = edit(&mut next)?;
             let started = Instant::now();
-            match self.save(revision, &next).await? {
+            // A refused document is replaced by this node's last good state with the change.
+            let expected = replace.take().map_or(revision, |r| r.revision);
+            match self.save(expected, &next).await? {
                 Some(new_revision) => {
                     let mut applied = self.lock();
                     self.install(&mut applied, next, new_revision);
+                    applied.kek_id = (!matches!(self.backend, Backend::Memory))
+                        .then(|| self.envelope.current_kek_id().to_owned());
+                    if let Some(refused) = applied.refused.take() {
+                        tracing::warn!(
+                            refused_revision = refused.revision,
+                            kept_revision = revision,
+                            revision = new_revision,
+                            "replaced the shared access-control document that did not verify with this node's \
+                             last good state and an admin change"
+                        );
+                    }
                     // A shared store took it by compare-and-set: `revision` was the latest when it did.
                     if let Some(confirmation) = &self.confirmation {
                         confirmation.confirm(started);
@@ -635,13 +868,53 @@ impl AccessAdmin {
                     return Ok(out);
                 }
                 None => {
-                    self.reload_locked().await?;
+                    replace = self.replaceable(self.reload_locked().await?)?;
                 }
             }
         }
         Err(AdminError::Unavailable(
             "the access document kept changing on other nodes; try again".into(),
         ))
+    }
+
+    /// After a reload: the refused document a change may replace (None: nothing refused), or why no change
+    /// can be made (a document under a key this node does not hold may be another node's genuine one).
+    fn replaceable(&self, reload: Reload) -> Result<Option<Refused>, AdminError> {
+        match reload {
+            Reload::Refused(refused, _) if refused.replaceable => Ok(Some(refused)),
+            Reload::Refused(_, message) => Err(AdminError::Unavailable(message)),
+            Reload::Unchanged | Reload::Applied => Ok(None),
+        }
+    }
+
+    /// [`AccessAdmin::refresh`] before a change: a refused document is no error here (the change replaces
+    /// it).
+    async fn catch_up(&self) -> Result<(), AdminError> {
+        match self.refresh().await {
+            Err(_) if self.refuses_replaceable_document() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The KEK the stored document is tagged under (None: nothing stored yet, or memory only).
+    pub fn stored_kek_id(&self) -> Option<String> {
+        self.lock().kek_id.clone()
+    }
+
+    /// Saves the document again, tagged under the current key, if it is stored under another (a rekey; a
+    /// dry run only says). Returns the key id before and after.
+    pub async fn retag(
+        &self,
+        dry_run: bool,
+    ) -> Result<(Option<String>, Option<String>), AdminError> {
+        self.refresh().await?;
+        let before = self.stored_kek_id();
+        let current = self.envelope.current_kek_id();
+        if dry_run || before.as_deref().is_none_or(|id| id == current) {
+            return Ok((before.clone(), before));
+        }
+        self.change(|_| Ok(())).await?;
+        Ok((before, self.stored_kek_id()))
     }
 
     /// Puts `next` into the registry and the policy, as the difference from what is there now.
@@ -813,7 +1086,7 @@ impl AccessAdmin {
 
     /// Deletes a managed principal, its secrets and every assignment naming it.
     pub async fn delete_principal(&self, client_id: &str) -> Result<PrincipalView, AdminError> {
-        self.refresh().await?;
+        self.catch_up().await?;
         let view = self.principal(client_id)?;
         self.change(|doc| {
             if !doc.principals.iter().any(|p| p.client_id == client_id) {
@@ -842,7 +1115,7 @@ impl AccessAdmin {
         now: i64,
     ) -> Result<NewSecret, AdminError> {
         valid_expiry(expires_on, now)?;
-        self.refresh().await?;
+        self.catch_up().await?;
         self.check_managed(client_id)?;
         let (secret, stored) = new_secret_and_hash(expires_on, now).await?;
         let hash = stored.hash.clone();
@@ -1273,13 +1546,42 @@ mod tests {
     use super::*;
     use crate::auth::policy::READER;
 
+    /// The keys of every test here: one fixed KEK (and another, for documents tagged elsewhere).
+    fn test_envelope(byte: u8) -> Arc<Envelope> {
+        Arc::new(Envelope::new(Arc::new(
+            crate::crypto::StaticKeyProvider::from_bytes([byte; 32]),
+        )))
+    }
+
+    fn test_keys() -> AccessKeys {
+        AccessKeys::new(test_envelope(7))
+    }
+
+    /// The document in stored bytes tagged under the test key.
+    fn read_stored(bytes: &[u8]) -> AccessFile {
+        let (doc, kek_id) = open_tagged(&test_envelope(7), bytes, "test").unwrap();
+        assert_eq!(kek_id, test_envelope(7).current_kek_id());
+        doc
+    }
+
+    /// `doc` (JSON) in the stored form, tagged under the test key.
+    fn tagged_json(doc: &str) -> Vec<u8> {
+        tagged::wrap(&test_envelope(7), doc, true).unwrap()
+    }
+
     #[tokio::test]
     async fn changes_persist_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let (clients, policy) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
-        let admin = AccessAdmin::open(Some(dir.path()), None, clients.clone(), policy.clone())
-            .await
-            .unwrap();
+        let admin = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            clients.clone(),
+            policy.clone(),
+            test_keys(),
+        )
+        .await
+        .unwrap();
         let (view, secret, a) = admin
             .create_principal(
                 Some("app".into()),
@@ -1306,9 +1608,15 @@ mod tests {
 
         // A fresh start from the same data directory.
         let (clients2, policy2) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
-        let admin2 = AccessAdmin::open(Some(dir.path()), None, clients2.clone(), policy2.clone())
-            .await
-            .unwrap();
+        let admin2 = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            clients2.clone(),
+            policy2.clone(),
+            test_keys(),
+        )
+        .await
+        .unwrap();
         use crate::auth::clients::Verdict;
         assert_eq!(
             clients2.verify_at(&view.client_id, &secret.client_secret, 1_500),
@@ -1331,9 +1639,15 @@ mod tests {
         admin2.unassign(&ext.id).await.unwrap();
         admin2.delete_principal(&view.client_id).await.unwrap();
         let (clients3, policy3) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
-        let admin3 = AccessAdmin::open(Some(dir.path()), None, clients3.clone(), policy3)
-            .await
-            .unwrap();
+        let admin3 = AccessAdmin::open(
+            Some(dir.path()),
+            None,
+            clients3.clone(),
+            policy3,
+            test_keys(),
+        )
+        .await
+        .unwrap();
         assert!(admin3.principals().is_empty());
         assert!(admin3.assignments(None).is_empty());
         assert!(!clients3.contains(&view.client_id));
@@ -1362,6 +1676,7 @@ mod tests {
             None,
             Arc::new(ClientRegistry::new()),
             policy.clone(),
+            test_keys(),
         )
         .await
         .unwrap();
@@ -1385,6 +1700,7 @@ mod tests {
             None,
             Arc::new(ClientRegistry::new()),
             policy2.clone(),
+            test_keys(),
         )
         .await
         .unwrap();
@@ -1412,6 +1728,7 @@ mod tests {
             None,
             Arc::new(ClientRegistry::new()),
             policy3.clone(),
+            test_keys(),
         )
         .await
         .unwrap();
@@ -1449,7 +1766,7 @@ mod tests {
             .await
             .unwrap();
         let bytes = std::fs::read(dir.path().join(ACCESS_FILE)).unwrap();
-        let doc = parse_doc(&bytes, "test").unwrap();
+        let doc = read_stored(&bytes);
         let selectors: Vec<&str> = doc.principals[0]
             .secrets
             .iter()
@@ -1474,6 +1791,7 @@ mod tests {
             None,
             clients.clone(),
             Arc::new(Policy::new()),
+            test_keys(),
         )
         .await
         .unwrap();
@@ -1523,7 +1841,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(ACCESS_FILE),
-            serde_json::to_vec(&doc).unwrap(),
+            tagged_json(&serde_json::to_string(&doc).unwrap()),
         )
         .unwrap();
         let started = std::time::Instant::now();
@@ -1555,6 +1873,7 @@ mod tests {
             None,
             Arc::new(ClientRegistry::new()),
             policy.clone(),
+            test_keys(),
         )
         .await
         .unwrap();
@@ -1565,7 +1884,7 @@ mod tests {
         let Ok(bytes) = std::fs::read(dir.join(ACCESS_FILE)) else {
             return Vec::new();
         };
-        let doc = parse_doc(&bytes, "test").unwrap();
+        let doc = read_stored(&bytes);
         doc.roles.into_iter().map(|r| r.name).collect()
     }
 
@@ -1625,7 +1944,7 @@ mod tests {
         // Saved by an older version, whose rule let it through.
         std::fs::write(
             dir.path().join(ACCESS_FILE),
-            r#"{"roles":[{"name":"a\u202eb","permissions":["get"]}]}"#,
+            tagged_json(r#"{"roles":[{"name":"a\u202eb","permissions":["get"]}]}"#),
         )
         .unwrap();
         let (admin, policy) = file_admin(dir.path()).await;
@@ -1678,7 +1997,7 @@ mod tests {
                 .unwrap(),
         );
         let (clients, policy) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
-        let admin = AccessAdmin::open(None, Some(store), clients, policy.clone())
+        let admin = AccessAdmin::open(None, Some(store), clients, policy.clone(), test_keys())
             .await
             .unwrap();
         let at = |a: &AccessAdmin| a.confirmation.as_ref().unwrap().at.load(Ordering::Relaxed);
@@ -1696,7 +2015,7 @@ mod tests {
 
         pg.query_text(
             "UPDATE kv_access SET revision = revision + 1, \
-             doc = convert_to('{\"roles\": \"quoted-document-text\"}', 'UTF8')",
+             doc = convert_to('[\"quoted-document-text\"]', 'UTF8')",
         )
         .await
         .unwrap();
@@ -1712,9 +2031,22 @@ mod tests {
         let has_role = || policy.roles().iter().any(|r| r.name == "Reader Two");
         assert!(has_role(), "what was applied stays");
 
+        // An untagged document (what an older build wrote, or a DBA): refused the same way.
         pg.query_text(
             "UPDATE kv_access SET revision = revision + 1, doc = convert_to('{}', 'UTF8')",
         )
+        .await
+        .unwrap();
+        let e = admin.refresh().await.unwrap_err().to_string();
+        assert!(e.contains(tagged::NOT_VERIFIED), "{e}");
+        assert_eq!(at(&admin), before);
+        assert!(has_role());
+
+        let empty =
+            String::from_utf8(tagged::wrap(&test_envelope(7), "{}", false).unwrap()).unwrap();
+        pg.query_text(&format!(
+            "UPDATE kv_access SET revision = revision + 1, doc = convert_to('{empty}', 'UTF8')"
+        ))
         .await
         .unwrap();
         assert!(admin.refresh().await.unwrap());

@@ -130,6 +130,12 @@ pub struct Config {
     /// ([`crate::http::limits`]). Not read from the file (always the defaults there): tests shorten them.
     #[serde(skip)]
     pub request_limits: crate::http::limits::RequestLimits,
+    /// Accept an access-control document without an integrity tag (one an older build wrote) and save it
+    /// tagged (`keyvault serve --adopt-access-document`). Not read from the file: a one-time decision of the
+    /// operator's at one start, never a standing setting (an untagged document is also what a writer of the
+    /// store without the key-encryption key would leave).
+    #[serde(skip)]
+    pub adopt_access_document: bool,
 }
 
 /// A custom role: a name and a permission set (`get`, `list`, `set`, `delete`, `recover`, `backup`,
@@ -643,6 +649,7 @@ impl Default for Config {
             trusted_issuers: Vec::new(),
             allow_client_assertion_reuse: true,
             request_limits: Default::default(),
+            adopt_access_document: false,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct RekeyOptions {
     pub batch_size: usize,
     /// Count the versions per KEK id only; change nothing.
     pub dry_run: bool,
+    /// Where the access-control document is, whose tag a rekey moves to the current key too.
+    pub access: AccessLocation,
 }
 
 impl Default for RekeyOptions {
@@ -51,8 +53,33 @@ impl Default for RekeyOptions {
         RekeyOptions {
             batch_size: DEFAULT_BATCH,
             dry_run: false,
+            access: AccessLocation::None,
         }
     }
+}
+
+/// Where a rekey finds the access-control document (see [`crate::admin::tagged`]).
+#[derive(Clone, Debug, Default)]
+pub enum AccessLocation {
+    /// Nowhere (or not to be looked at).
+    #[default]
+    None,
+    /// A file (`{data_dir}/access.json` of a SQLite vault, whose server is stopped).
+    File(std::path::PathBuf),
+    /// The shared store's document (re-tagged by compare and set while nodes serve).
+    Store,
+    /// A running server's own (an online rekey): re-saved through its admin side.
+    Admin(std::sync::Arc<crate::admin::AccessAdmin>),
+}
+
+/// What a rekey found of the access-control document's tag, and did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessDocRekey {
+    /// The KEK id it was tagged under before (None: there is no document).
+    pub kek_id_before: Option<String>,
+    /// The KEK id it is tagged under after (in a dry run: the same).
+    pub kek_id_after: Option<String>,
 }
 
 /// Where a rekey is, after each page.
@@ -111,6 +138,9 @@ pub struct RekeyReport {
     /// retired): written during the rekey by a node that still had a retired key current. They are
     /// re-sealed (counted in `resealed`) or, if they do not open, in `failed`.
     pub late: u64,
+    /// The access-control document's tag (None: not looked at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_document: Option<AccessDocRekey>,
 }
 
 impl RekeyReport {
@@ -121,6 +151,17 @@ impl RekeyReport {
             && self.late == 0
             && self.after.keys().all(|id| *id == self.current_kek_id)
             && self.key_check_after.as_deref() == Some(self.current_kek_id.as_str())
+            && !self.access_document_pending()
+    }
+
+    /// The access-control document is tagged under a key other than the current one (after the rekey; in
+    /// a dry run: before it). The old key must stay configured until it is not.
+    pub fn access_document_pending(&self) -> bool {
+        self.access_document.as_ref().is_some_and(|a| {
+            a.kek_id_after
+                .as_deref()
+                .is_some_and(|id| id != self.current_kek_id)
+        })
     }
 
     /// Versions under a key other than the current one after the pass.
@@ -249,6 +290,7 @@ pub async fn rekey(
         // Before the first re-seal: a server without the target key is refused from now on.
         crate::store::begin_rekey(store, envelope).await?;
     }
+    let access = retag_access(store, envelope, &options.access, options.dry_run).await?;
     let first = pass(store, envelope, batch, options.dry_run, None, &mut progress).await?;
     let mut report = RekeyReport {
         current_kek_id: current.clone(),
@@ -268,6 +310,7 @@ pub async fn rekey(
         retired: Vec::new(),
         late: 0,
         before: first.before,
+        access_document: access,
     };
     if options.dry_run {
         report.after = report.before.clone();
@@ -338,8 +381,108 @@ pub async fn rekey(
             }
         }
         report.after = count_per_key(store, batch).await?;
+        // A node that had not yet learnt that its key was retired may have tagged a change under it too.
+        if store.is_shared() {
+            let late = retag_access(store, envelope, &options.access, false).await?;
+            if let (Some(first), Some(late)) = (&mut report.access_document, late) {
+                first.kek_id_after = late.kek_id_after;
+            }
+        }
     }
     Ok(report)
+}
+
+/// Re-tags the access-control document under the current key if it is tagged under another (`dry_run`:
+/// only says which). A document that does not verify (or has no tag) stops the rekey: it is refused at every
+/// start anyway, and re-tagging it would make it look genuine.
+async fn retag_access(
+    store: &dyn SecretStore,
+    envelope: &Envelope,
+    location: &AccessLocation,
+    dry_run: bool,
+) -> Result<Option<AccessDocRekey>, String> {
+    let what = "the access-control document";
+    let current = envelope.current_kek_id().to_owned();
+    let verified = |bytes: &[u8], origin: &str| {
+        crate::admin::tagged::unwrap(envelope, bytes, origin)
+            .map_err(|e| format!("{what} cannot be re-tagged: {}", e.at_start(origin)))
+    };
+    match location {
+        AccessLocation::None => Ok(None),
+        AccessLocation::Admin(admin) => {
+            let (kek_id_before, kek_id_after) = admin
+                .retag(dry_run)
+                .await
+                .map_err(|e| format!("{what} cannot be re-tagged: {e}"))?;
+            Ok(Some(AccessDocRekey {
+                kek_id_before,
+                kek_id_after,
+            }))
+        }
+        AccessLocation::File(path) => {
+            let origin = path.display().to_string();
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Some(AccessDocRekey::default()));
+                }
+                Err(e) => return Err(format!("cannot read {origin}: {e}")),
+            };
+            let doc = verified(&bytes, &origin)?;
+            let before = Some(doc.kek_id.clone());
+            if dry_run || doc.kek_id == current {
+                return Ok(Some(AccessDocRekey {
+                    kek_id_before: before.clone(),
+                    kek_id_after: before,
+                }));
+            }
+            let stored = crate::admin::tagged::wrap(envelope, &doc.document, true)
+                .map_err(|e| format!("cannot tag {what}: {e}"))?;
+            crate::server::write_private_file(path, &stored)
+                .map_err(|e| format!("cannot write {origin}: {e}"))?;
+            Ok(Some(AccessDocRekey {
+                kek_id_before: before,
+                kek_id_after: Some(current),
+            }))
+        }
+        AccessLocation::Store => {
+            let mut before = None;
+            for _ in 0..8 {
+                let Some(shared) = store
+                    .access_doc()
+                    .await
+                    .map_err(|e| format!("cannot read {what}: {e}"))?
+                else {
+                    return Ok(Some(AccessDocRekey::default()));
+                };
+                let doc = verified(&shared.doc, "the store")?;
+                let first = before.get_or_insert_with(|| doc.kek_id.clone()).clone();
+                if dry_run || doc.kek_id == current {
+                    return Ok(Some(AccessDocRekey {
+                        kek_id_before: Some(first),
+                        kek_id_after: Some(doc.kek_id),
+                    }));
+                }
+                let stored = crate::admin::tagged::wrap(envelope, &doc.document, false)
+                    .map_err(|e| format!("cannot tag {what}: {e}"))?;
+                // Compare and set: a node's change meanwhile is read again (and is under its current key).
+                if store
+                    .put_access_doc(shared.revision, &stored)
+                    .await
+                    .map_err(|e| format!("cannot write {what}: {e}"))?
+                    .is_some()
+                {
+                    return Ok(Some(AccessDocRekey {
+                        kek_id_before: Some(first),
+                        kek_id_after: Some(current),
+                    }));
+                }
+            }
+            Err(format!(
+                "{what} kept changing while re-tagging it; run keyvault rekey again"
+            ))
+        }
+    }
 }
 
 /// Stored versions per KEK id (a read-only pass).

@@ -663,6 +663,10 @@ impl Server {
                 Some(vault.store().clone()),
                 clients.clone(),
                 policy.clone(),
+                crate::admin::AccessKeys {
+                    envelope: vault.envelope().clone(),
+                    adopt: config.adopt_access_document,
+                },
             )
             .await
             .map_err(StartError::Setup)?

@@ -747,3 +747,138 @@ async fn a_node_that_cannot_read_the_access_document_refuses_until_it_can() {
     );
     assert!(!body.contains(&cluster.port().to_string()), "{body}");
 }
+
+/// The audit's F2 over PostgreSQL: a DBA (no key-encryption key) adds a principal with a hash of his own and
+/// an Administrator assignment to `kv_access`, keeping the old tag, and bumps the revision. Neither node
+/// applies it: the backdoor never gets a token, both nodes turn to 503 for the vault API and fail `/readyz`,
+/// and count failed refreshes. The way back: an administrator (the last good state's) makes a change through
+/// the admin API, which stores that state, with the change, tagged: both nodes serve again, and the backdoor
+/// is still unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dba_edit_of_the_access_document_is_refused_by_every_node() {
+    let Some((_cluster, url)) =
+        cluster("a_dba_edit_of_the_access_document_is_refused_by_every_node").await
+    else {
+        return;
+    };
+    let (_shared, _data, a, b) = two_nodes(&url).await;
+    let admin_a = a.admin_token().await;
+    let (st, _) = a
+        .call(
+            &admin_a,
+            Method::PUT,
+            "/secrets/prod-db-password",
+            Some(json!({"value": "S3CRET-PROD"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, created) = a
+        .call(
+            &admin_a,
+            Method::POST,
+            "/admin/principals",
+            Some(json!({"displayName": "app", "role": "Key Vault Reader"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let app = created["clientId"].as_str().unwrap().to_string();
+    let app_secret = created["clientSecret"].as_str().unwrap().to_string();
+    eventually("B knows the principal made through A", || async {
+        b.token(&app, &app_secret).await.is_ok()
+    })
+    .await;
+
+    // The DBA's edit: the old tag kept over a document with his principal and assignment.
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = db
+        .query_one("SELECT revision, doc FROM kv_access WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let (revision, stored): (i64, Vec<u8>) = (row.get(0), row.get(1));
+    let mut wrapper: Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(wrapper["format"], "keyvault-access/2");
+    let mut doc: Value = serde_json::from_str(wrapper["document"].as_str().unwrap()).unwrap();
+    doc["principals"].as_array_mut().unwrap().push(json!({
+        "clientId": "dba-backdoor", "createdOn": 1,
+        "secrets": [{"hash": hash_secret("dba-pass-123").unwrap(), "createdOn": 1}]
+    }));
+    doc["assignments"].as_array_mut().unwrap().push(json!({
+        "id": "00000000-0000-0000-0000-000000000001", "principal": "dba-backdoor",
+        "role": "Key Vault Administrator", "scope": "/"
+    }));
+    wrapper["document"] = Value::String(doc.to_string());
+    db.execute(
+        "UPDATE kv_access SET doc = $1, revision = revision + 1 WHERE id = 1",
+        &[&serde_json::to_vec(&wrapper).unwrap()],
+    )
+    .await
+    .unwrap();
+
+    // Both nodes refuse it: 503 for the vault API, /readyz fails, failed refreshes counted; the backdoor
+    // never gets a token meanwhile.
+    let plain = reqwest::Client::new();
+    for node in [&a, &b] {
+        let read = format!("{}/secrets/prod-db-password?api-version=7.5", node.base);
+        let deadline = Instant::now() + keyvault_server::admin::UNCONFIRMED_LIMIT + PROPAGATION;
+        loop {
+            assert!(
+                node.token("dba-backdoor", "dba-pass-123").await.is_err(),
+                "the backdoor got a token"
+            );
+            let (st, _, _) = get_raw(&node.http, &read, Some(&admin_a)).await;
+            if st == StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            assert_eq!(st, StatusCode::OK, "the last good state until it refuses");
+            assert!(Instant::now() < deadline, "the node never refused");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (st, _, _) = get_raw(&node.http, &format!("{}/readyz", node.base), None).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+        let failures = metric(
+            &plain,
+            &node.metrics,
+            "keyvault_access_refresh_failures_total",
+        )
+        .await
+        .unwrap();
+        assert!(failures >= 1.0, "{failures}");
+    }
+
+    // The way back: B's administrator (a new token, from B's last good state) makes a change through B.
+    let admin_b = b.admin_token().await;
+    let (st, body) = b
+        .call(
+            &admin_b,
+            Method::PUT,
+            "/admin/roles/Auditor",
+            Some(json!({"permissions": ["list"]})),
+        )
+        .await;
+    assert!(st.is_success(), "{st} {body}");
+    let row = db
+        .query_one("SELECT revision, doc FROM kv_access WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let (now, stored): (i64, Vec<u8>) = (row.get(0), row.get(1));
+    assert!(now > revision + 1);
+    let wrapper: Value = serde_json::from_slice(&stored).unwrap();
+    let doc = wrapper["document"].as_str().unwrap();
+    assert!(!doc.contains("dba-backdoor") && doc.contains(&app), "{doc}");
+    for node in [&a, &b] {
+        let read = format!("{}/secrets/prod-db-password?api-version=7.5", node.base);
+        eventually("the node serves again", || async {
+            get_raw(&node.http, &read, Some(&admin_a)).await.0 == StatusCode::OK
+        })
+        .await;
+        assert!(node.token("dba-backdoor", "dba-pass-123").await.is_err());
+        let token = node.token(&app, &app_secret).await.unwrap();
+        let (st, _) = node.call(&token, Method::GET, "/secrets", None).await;
+        assert_eq!(st, StatusCode::OK, "the Reader made before the edit lists");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -220,6 +220,12 @@ pub fn serve_dev(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -
     c.envs(env.iter().copied());
     c.args(dev_serve_args(data)).args(extra);
     let (server, addr, _) = spawn_server(c);
+    wait_for_dev_credentials_at(data, &addr);
+    server
+}
+
+/// Waits (at most 10 s) until the dev server of `data` listening on `addr` has written its credentials.
+pub fn wait_for_dev_credentials_at(data: &std::path::Path, addr: &str) {
     let creds = data.join("dev-credentials.json");
     let start = std::time::Instant::now();
     loop {
@@ -228,7 +234,7 @@ pub fn serve_dev(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .is_some_and(|c| c["vault_url"] == format!("https://{addr}"));
         if written {
-            return server;
+            return;
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),

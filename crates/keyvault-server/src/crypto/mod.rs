@@ -50,6 +50,8 @@ const BACKUP_INFO: &[u8] = b"keyvault-rs backup v1";
 const BACKUP_SALT: &[u8] = b"keyvault-rs backup salt";
 /// HKDF info for the key of listing cursors shown to callers who may not see every name.
 const CURSOR_INFO: &[u8] = b"keyvault-rs list cursor v1";
+/// HKDF info for the key of the access-control document's integrity tag ([`Envelope::tag_access_doc`]).
+const ACCESS_INFO: &[u8] = b"keyvault-rs access document tag v1";
 /// Domain labels mixed into the AAD so the wrap and data encryptions can never be confused.
 const LABEL_WRAP: &[u8] = b"keyvault-rs wrap";
 const LABEL_DATA: &[u8] = b"keyvault-rs data";
@@ -449,6 +451,17 @@ impl KeyProvider for KeyRing {
     }
 }
 
+/// The integrity tag of an access-control document: HMAC-SHA256 of its exact bytes under a key derived from
+/// one KEK (HKDF, for this purpose only), and that KEK's id, so that a document tagged under a previous key
+/// still verifies after a rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessTag {
+    /// The id of the KEK the tag was made under (8 hex digits).
+    pub kek_id: String,
+    /// The HMAC, base64url without padding.
+    pub tag: String,
+}
+
 /// The id of the KEK a value from [`Envelope::seal`] was sealed under (None if it is not such a value).
 pub fn sealed_kek_id(sealed: &[u8]) -> Option<&str> {
     let mut r = Reader(sealed);
@@ -785,6 +798,34 @@ impl Envelope {
         None
     }
 
+    /// Tags an access-control document's exact bytes under the current KEK. Refused, as a seal is, once the
+    /// current key was retired: a document tagged under it would stop verifying when the old key is removed.
+    pub fn tag_access_doc(&self, document: &[u8]) -> Result<AccessTag, CryptoError> {
+        let (kek_id, kek) = self.provider.current();
+        if self.current_retired() {
+            return Err(CryptoError::Retired(kek_id.to_owned()));
+        }
+        let tag = ring::hmac::sign(&access_key(kek), document);
+        Ok(AccessTag {
+            kek_id: kek_id.to_owned(),
+            tag: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref()),
+        })
+    }
+
+    /// Checks a tag made by [`Envelope::tag_access_doc`] over `document`, under the key it names (the
+    /// current one or a previous one), in constant time. A key id the provider does not hold gives
+    /// [`CryptoError::UnknownKey`]; a tag that does not match (or is not one) gives [`CryptoError::Decrypt`].
+    pub fn verify_access_doc(&self, tag: &AccessTag, document: &[u8]) -> Result<(), CryptoError> {
+        let kek = self
+            .provider
+            .get(&tag.kek_id)
+            .ok_or_else(|| unknown_key(&tag.kek_id))?;
+        let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&tag.tag)
+            .map_err(|_| CryptoError::Decrypt)?;
+        ring::hmac::verify(&access_key(kek), document, &mac).map_err(|_| CryptoError::Decrypt)
+    }
+
     fn nonce(&self) -> Result<[u8; NONCE_LEN], CryptoError> {
         let mut n = [0u8; NONCE_LEN];
         self.rng.fill(&mut n).map_err(|_| CryptoError::Rng)?;
@@ -858,6 +899,17 @@ fn backup_key(kek: &Kek) -> Result<LessSafeKey, CryptoError> {
 
 fn cursor_key(kek: &Kek) -> Result<LessSafeKey, CryptoError> {
     derived_key(kek, CURSOR_INFO)
+}
+
+/// The HMAC-SHA256 key of access-document tags, derived from the KEK with HKDF-SHA256 (its own `info`).
+fn access_key(kek: &Kek) -> ring::hmac::Key {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, BACKUP_SALT).extract(kek.bytes());
+    let info = [ACCESS_INFO];
+    match prk.expand(&info, ring::hmac::HMAC_SHA256) {
+        Ok(okm) => ring::hmac::Key::from(okm),
+        // Unreachable: ring refuses only an output longer than 255 hashes (this one is one hash long).
+        Err(_) => unreachable!("HKDF-SHA256 gives a 32-byte key"),
+    }
 }
 
 /// An AES-256-GCM key derived from the KEK with HKDF-SHA256 for one purpose (`info`).

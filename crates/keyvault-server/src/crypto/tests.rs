@@ -620,3 +620,61 @@ fn format_v1_is_stable() {
         .unwrap();
     assert_eq!(value, b"another value");
 }
+
+#[test]
+fn access_doc_tags_verify_under_current_and_previous_keys_only() {
+    let doc = br#"{"principals":[],"assignments":[],"roles":[]}"#;
+    let old = ring(1, &[]);
+    let tag = old.tag_access_doc(doc).unwrap();
+    assert_eq!(tag.kek_id, old.current_kek_id());
+    old.verify_access_doc(&tag, doc).unwrap();
+    // After a rotation: the old key as a previous one still verifies; new tags are under the new key.
+    let rotated = ring(2, &[1]);
+    rotated.verify_access_doc(&tag, doc).unwrap();
+    let new_tag = rotated.tag_access_doc(doc).unwrap();
+    assert_eq!(new_tag.kek_id, rotated.current_kek_id());
+    assert_ne!(new_tag.tag, tag.tag);
+    // Without the old key: its id is unknown.
+    let without = ring(2, &[]);
+    assert!(matches!(
+        without.verify_access_doc(&tag, doc),
+        Err(CryptoError::UnknownKey(id)) if id == old.current_kek_id()
+    ));
+    // Another document, a byte changed, another tag, a tag under another key named as this one's: refused.
+    let mut changed = doc.to_vec();
+    changed[3] ^= 1;
+    assert!(matches!(
+        old.verify_access_doc(&tag, &changed),
+        Err(CryptoError::Decrypt)
+    ));
+    let forged = AccessTag {
+        kek_id: tag.kek_id.clone(),
+        tag: new_tag.tag.clone(),
+    };
+    assert!(matches!(
+        rotated.verify_access_doc(&forged, doc),
+        Err(CryptoError::Decrypt)
+    ));
+    for bad in ["", "not base64!", "AAAA"] {
+        let t = AccessTag {
+            kek_id: tag.kek_id.clone(),
+            tag: bad.into(),
+        };
+        assert!(old.verify_access_doc(&t, doc).is_err(), "{bad}");
+    }
+    // The tag's key is its own: not the KEK, not the backup or cursor key (an HMAC under those differs).
+    let raw = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[1u8; KEY_LEN]),
+        doc,
+    );
+    assert_ne!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref()),
+        tag.tag
+    );
+    // A retired current key tags nothing more.
+    old.retire_current();
+    assert!(matches!(
+        old.tag_access_doc(doc),
+        Err(CryptoError::Retired(_))
+    ));
+}

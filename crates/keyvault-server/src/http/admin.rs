@@ -276,6 +276,7 @@ pub(super) async fn handle(
             let options = crate::rekey::RekeyOptions {
                 batch_size,
                 dry_run: p.dry_run,
+                access: crate::rekey::AccessLocation::Admin(state.admin.clone()),
             };
             let vault = state.vault.clone();
             // The job's end changes what the store holds (and, when it completes, retires keys): it gets an

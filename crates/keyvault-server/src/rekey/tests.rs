@@ -74,6 +74,7 @@ async fn rekey_moves_every_version_and_the_key_check() {
         &RekeyOptions {
             batch_size: 2,
             dry_run: true,
+            ..Default::default()
         },
         |_| {},
     )
@@ -93,6 +94,7 @@ async fn rekey_moves_every_version_and_the_key_check() {
         &RekeyOptions {
             batch_size: 2,
             dry_run: false,
+            ..Default::default()
         },
         |_| pages += 1,
     )
@@ -385,6 +387,7 @@ async fn an_interrupted_rekey_refuses_servers_without_its_target() {
         &RekeyOptions {
             batch_size: 10,
             dry_run: true,
+            ..Default::default()
         },
         |_| {},
     )
@@ -420,6 +423,7 @@ async fn a_node_runs_one_rekey_job_at_a_time() {
             RekeyOptions {
                 batch_size: 1,
                 dry_run,
+                ..Default::default()
             },
             || 1_700_000_000,
             |_| {},
