@@ -142,11 +142,11 @@ impl DocError {
             DocError::Invalid(m) | DocError::NotVerified { message: m, .. } => m.clone(),
             DocError::Untagged => format!(
                 "{origin}: the access-control document has no integrity tag: it was written by an older \
-                 keyvault (before access documents were tagged), or by someone other than this server. Check \
-                 its principals and role assignments (`keyvault principal list` and `keyvault role list` \
-                 after the start; anyone who could write it could have granted access), then start once \
-                 with `keyvault serve --adopt-access-document` to accept it and save it tagged under the \
-                 key-encryption key"
+                 keyvault (before access documents were tagged), or by someone other than this server. If \
+                 you upgraded, start once with `keyvault serve --adopt-access-document` to accept it and save \
+                 it tagged under the key-encryption key, then check its principals and role assignments \
+                 (`keyvault principal list`, `keyvault role list`): anyone who could write it could have \
+                 granted access"
             ),
         }
     }
