@@ -7,9 +7,10 @@
 //! closes the connection) once either
 //! - neither side has sent a byte for the idle limit, or
 //! - the client has been sending for the answer limit while the server wrote nothing back (a request the
-//!   server never got whole: a complete request is answered in far less), plus the time the bytes it sent
-//!   meanwhile earn at the minimum upload rate (`http::limits::BODY_MIN_RATE`): a large upload over a slow
-//!   link goes on as long as it keeps that rate on average, a trickle is cut off at the answer limit.
+//!   server never got whole: a complete request is answered in far less) — counted again from each time
+//!   another answer limit's worth of bytes at the minimum upload rate (`http::limits::BODY_MIN_RATE`) has
+//!   come: a large upload over a slow link goes on as long as it keeps that rate, a trickle (or a burst
+//!   followed by a trickle) is cut off an answer limit after its last such renewal.
 //!
 //! The clock is read on each read and write that moves bytes. The one timer per connection fires at the
 //! earliest deadline, or within the answer limit at most, and is re-armed only then: no timer is made or
@@ -27,21 +28,22 @@ pub(crate) struct IdleIo<T> {
     inner: T,
     idle: Duration,
     answer: Duration,
-    /// Bytes per second read unanswered that extend the answer limit (0: none do).
-    min_rate: u64,
+    /// Bytes read unanswered whose arrival renews the answer limit (0: none do).
+    renewal: u64,
     /// When the last byte was read or written.
     last: Instant,
-    /// When the client started sending what the server has not answered yet (the first byte read since the
-    /// server last wrote).
-    asked: Option<Instant>,
-    /// Bytes read since `asked`.
+    /// Bytes read since the server last wrote.
     asked_bytes: u64,
+    /// When the answer limit was last renewed: when the client started sending what the server has not
+    /// answered yet (the first byte read since the server last wrote), or the last time `asked_bytes` passed a
+    /// multiple of `renewal`.
+    renewed: Option<Instant>,
     timer: Pin<Box<Sleep>>,
 }
 
 impl<T> IdleIo<T> {
-    /// Quiet for `idle`, or sending unanswered for `answer` (at most `idle`) and the time the bytes sent
-    /// meanwhile earn at `min_rate` bytes a second (0: nothing), ends the input.
+    /// Quiet for `idle`, or sending unanswered for `answer` (at most `idle`) since the start or the last time
+    /// another `answer`'s worth of bytes at `min_rate` bytes a second (0: none) came, ends the input.
     pub(crate) fn new(inner: T, idle: Duration, answer: Duration, min_rate: u64) -> Self {
         let now = Instant::now();
         let answer = answer.min(idle);
@@ -49,23 +51,18 @@ impl<T> IdleIo<T> {
             inner,
             idle,
             answer,
-            min_rate,
+            renewal: crate::http::limits::renewal_bytes(answer, min_rate),
             last: now,
-            asked: None,
             asked_bytes: 0,
+            renewed: None,
             timer: Box::pin(tokio::time::sleep_until(now + answer)),
         }
     }
 
     fn due(&self) -> Instant {
         let quiet = self.last + self.idle;
-        self.asked.map_or(quiet, |asked| {
-            let earned = match self.min_rate {
-                0 => Duration::ZERO,
-                rate => crate::http::limits::earned(self.asked_bytes, rate),
-            };
-            quiet.min(asked + self.answer + earned)
-        })
+        self.renewed
+            .map_or(quiet, |renewed| quiet.min(renewed + self.answer))
     }
 
     /// Whether a deadline has passed (re-arming the timer when it fired before one).
@@ -85,8 +82,8 @@ impl<T> IdleIo<T> {
     fn wrote(&mut self, n: usize) {
         if n > 0 {
             self.last = Instant::now();
-            self.asked = None;
             self.asked_bytes = 0;
+            self.renewed = None;
         }
     }
 }
@@ -105,8 +102,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
                 if read > 0 {
                     let now = Instant::now();
                     this.last = now;
-                    this.asked.get_or_insert(now);
+                    this.renewed.get_or_insert(now);
+                    let before = this.asked_bytes;
                     this.asked_bytes += read as u64;
+                    if this.renewal > 0 && this.asked_bytes / this.renewal > before / this.renewal {
+                        this.renewed = Some(now);
+                    }
                 }
                 Poll::Ready(result)
             }
@@ -220,16 +221,21 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(4));
     }
 
-    /// With a minimum rate, an upload that keeps above it on average goes on past the answer limit until
-    /// it is answered; one below it is cut off once its bytes no longer cover the time it has taken.
+    /// With a minimum rate, an upload that keeps it goes on past the answer limit until it is answered; one
+    /// below it, or a burst followed by a trickle, is cut off an answer limit after its last renewal.
     #[tokio::test(start_paused = true)]
-    async fn an_upload_above_the_minimum_rate_outlasts_the_answer_limit() {
-        async fn upload(per_second: usize, seconds: usize) -> (usize, Duration) {
+    async fn an_upload_that_keeps_the_minimum_rate_outlasts_the_answer_limit() {
+        /// `burst` bytes at once, then `per_second` bytes a second for `seconds`: what was read, and when the
+        /// input ended (or the whole was read and answered).
+        async fn upload(burst: usize, per_second: usize, seconds: usize) -> (usize, Duration) {
             let (client, server) = tokio::io::duplex(64);
-            // 4 s to answer, and a second more for every 100 bytes.
+            // 4 s to answer, renewed by every 400 bytes (4 s at 100 bytes a second).
             let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 100);
             let (_client_read, mut client_write) = tokio::io::split(client);
             tokio::spawn(async move {
+                if client_write.write_all(&vec![b'x'; burst]).await.is_err() {
+                    return;
+                }
                 for _ in 0..seconds {
                     if client_write
                         .write_all(&vec![b'x'; per_second])
@@ -246,7 +252,7 @@ mod tests {
             let started = Instant::now();
             let mut buf = [0u8; 64];
             let mut got = 0;
-            while got < per_second * seconds {
+            while got < burst + per_second * seconds {
                 match io.read(&mut buf).await.unwrap() {
                     0 => return (got, started.elapsed()),
                     n => got += n,
@@ -256,15 +262,16 @@ mod tests {
             (got, started.elapsed())
         }
         // 200 bytes a second for 20 s: 5 times the answer limit, read whole.
-        let (got, took) = upload(200, 20).await;
+        let (got, took) = upload(0, 200, 20).await;
         assert_eq!(got, 4000);
         assert!(took >= Duration::from_secs(19), "{took:?}");
-        // 50 bytes a second: 4 s + t / 2 runs out at t = 8 s (the bytes of second 8 came at its start).
-        let (got, took) = upload(50, 20).await;
-        assert!(got < 1000, "{got}");
-        assert!(
-            took >= Duration::from_secs(8) && took <= Duration::from_secs(9),
-            "{took:?}"
-        );
+        // 50 bytes a second: 400 bytes take 8 s, so the first renewal never comes: cut at 4 s.
+        let (got, took) = upload(0, 50, 20).await;
+        assert!(got <= 250, "{got}");
+        assert_eq!(took, Duration::from_secs(4));
+        // 4,000 bytes at once, then a byte a second: the burst renews once (time is not banked), cut 4 s later.
+        let (got, took) = upload(4000, 1, 60).await;
+        assert!((4000..4010).contains(&got), "{got}");
+        assert!(took <= Duration::from_secs(5), "{took:?}");
     }
 }

@@ -172,14 +172,21 @@ fn host_of(addr: &SocketAddr) -> String {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(setup("cannot create the data directory"))?;
-    } else if let Ok(meta) = std::fs::metadata(dir)
+    }
+    Ok(())
+}
+
+/// Warns (once, at start) when group or others can write the data directory.
+fn warn_if_others_can_write(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dir)
         && meta.permissions().mode() & 0o022 != 0
     {
         // Whoever can write the directory can replace the database, the access-control document or the
@@ -190,7 +197,6 @@ fn create_private_dir(dir: &Path) -> Result<(), StartError> {
             "the data directory is writable by group or others: they can replace the files in it; chmod 700 it"
         );
     }
-    Ok(())
 }
 
 /// Write `contents` to `path` atomically (temporary file, fsync, rename) with mode 0600.
@@ -441,6 +447,7 @@ impl Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
+        warn_if_others_can_write(&data_dir);
 
         // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
         let store = open_store(&config).await?;

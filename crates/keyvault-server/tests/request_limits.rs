@@ -138,9 +138,9 @@ async fn a_stalled_body_gets_408_and_nothing_is_stored() {
     lv.shutdown().await;
 }
 
-/// A body's deadline moves with the bytes it receives (`body_min_rate`): an upload that keeps above the
-/// minimum rate is stored though it takes longer than the deadline, one below it gets 408 and nothing is
-/// stored. The token endpoint's deadline does not move.
+/// A body's deadline is renewed as its bytes keep coming (`body_min_rate`): an upload that keeps above the
+/// minimum rate is stored though it takes longer than the deadline; one below it, or a burst followed by a
+/// trickle, gets 408 and nothing is stored. The token endpoint's deadline does not move.
 #[tokio::test]
 async fn an_upload_above_the_minimum_rate_outlasts_the_deadline() {
     let lv = LocalVault::start_with(LocalVaultOptions {
@@ -159,42 +159,45 @@ async fn an_upload_above_the_minimum_rate_outlasts_the_deadline() {
     let mut h2 = h2_connect(&lv, None).await;
     let value = "v".repeat(16 * 1024);
     let body = serde_json::to_vec(&json!({ "value": value })).unwrap();
-    // `piece` bytes every `every`, the first with the head.
-    let upload =
-        async |h2: &mut h2::client::SendRequest<Bytes>, name: &str, piece: usize, every| {
-            let (resp, mut stream) = start_request(
-                h2,
-                "PUT",
-                &format!("/secrets/{name}?api-version=7.6"),
-                &[
-                    ("authorization", format!("Bearer {token}")),
-                    ("content-type", "application/json".into()),
-                    ("content-length", body.len().to_string()),
-                ],
-                &body[..piece],
-            )
-            .await;
-            let started = std::time::Instant::now();
-            let sender = async {
-                for chunk in body[piece..].chunks(piece) {
-                    tokio::time::sleep(every).await;
-                    stream.reserve_capacity(chunk.len());
-                    if stream
-                        .send_data(Bytes::copy_from_slice(chunk), false)
-                        .is_err()
-                    {
-                        return;
-                    }
+    // `first` bytes with the head, then `piece` bytes every `every`.
+    let upload = async |h2: &mut h2::client::SendRequest<Bytes>,
+                        name: &str,
+                        first: usize,
+                        piece: usize,
+                        every| {
+        let (resp, mut stream) = start_request(
+            h2,
+            "PUT",
+            &format!("/secrets/{name}?api-version=7.6"),
+            &[
+                ("authorization", format!("Bearer {token}")),
+                ("content-type", "application/json".into()),
+                ("content-length", body.len().to_string()),
+            ],
+            &body[..first],
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let sender = async {
+            for chunk in body[first..].chunks(piece) {
+                tokio::time::sleep(every).await;
+                stream.reserve_capacity(chunk.len());
+                if stream
+                    .send_data(Bytes::copy_from_slice(chunk), false)
+                    .is_err()
+                {
+                    return;
                 }
-                let _ = stream.send_data(Bytes::new(), true);
-            };
-            let ((status, _, answer), ()) = tokio::join!(answer(resp), sender);
-            (status, answer, started.elapsed())
+            }
+            let _ = stream.send_data(Bytes::new(), true);
         };
+        let ((status, _, answer), ()) = tokio::join!(answer(resp), sender);
+        (status, answer, started.elapsed())
+    };
 
     // 1 KiB every 100 ms (≈ 10 KiB/s, five times the minimum): about 1.6 s, past the 1 s deadline.
     let (status, body_back, took) =
-        upload(&mut h2, "slow-link", 1024, Duration::from_millis(100)).await;
+        upload(&mut h2, "slow-link", 1024, 1024, Duration::from_millis(100)).await;
     assert_eq!(status, StatusCode::OK, "{body_back}");
     assert!(took > Duration::from_secs(1), "{took:?}");
     let (status, got) = common::send_json(
@@ -206,19 +209,24 @@ async fn an_upload_above_the_minimum_rate_outlasts_the_deadline() {
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["value"], value.as_str());
 
-    // 256 bytes every 250 ms (1 KiB/s, half the minimum): cut off after about 2 s, nothing stored.
-    let (status, body_back, _) = upload(&mut h2, "trickle", 256, Duration::from_millis(250)).await;
-    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body_back}");
-    assert_eq!(body_back["error"]["code"], "RequestTimeout", "{body_back}");
-    let message = body_back["error"]["message"].as_str().unwrap();
-    assert!(message.contains("every 2 KiB"), "{message}");
-    let (status, got) = common::send_json(
-        http.get(api_url(lv.vault_url(), "/secrets/trickle", "7.6"))
-            .bearer_auth(&token),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{got}");
+    // 256 bytes every 250 ms (1 KiB/s, half the minimum): 2 KiB never comes within a second, so it is cut
+    // off, and nothing stored. Then most of the body at once and the rest trickled: time is not banked (at
+    // 2 KiB a second the burst would have bought 7 s, and the trickle ends within them), so it is cut off too.
+    for (name, first) in [("trickle", 256), ("burst", body.len() - 2048)] {
+        let (status, body_back, _) =
+            upload(&mut h2, name, first, 256, Duration::from_millis(250)).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{name}: {body_back}");
+        assert_eq!(body_back["error"]["code"], "RequestTimeout", "{body_back}");
+        let message = body_back["error"]["message"].as_str().unwrap();
+        assert!(message.contains("each 2 KiB within 1 seconds"), "{message}");
+        let (status, got) = common::send_json(
+            http.get(api_url(lv.vault_url(), &format!("/secrets/{name}"), "7.6"))
+                .bearer_auth(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{got}");
+    }
 
     // The token endpoint: 1 s, whatever comes. Its body would be whole after 1.6 s at 2.5 KiB/s (and then
     // refused for its scope): a deadline that moved would answer 400, not 408.
@@ -265,8 +273,9 @@ fn sample(text: &str, name: &str) -> u64 {
         .unwrap()
 }
 
-/// The two body budgets: an anonymous client's unfinished token requests spend the token endpoint's, and
-/// then token requests wait and get 503 `temporarily_unavailable` while the vault's writes go on; an
+/// The three body budgets: an anonymous client's unfinished token requests spend the token endpoint's, and
+/// then token requests wait and get 503 `temporarily_unavailable` while the vault's writes go on; a restore's
+/// unfinished body spends restores', and then other restores get 503 while the vault's writes go on; an
 /// authorised caller's unfinished PUT spends the vault's, and then other writes wait and get 503 (Key Vault's
 /// shape, `Retry-After`). Once the holders go, their budgets come back and requests succeed again.
 #[tokio::test]
@@ -275,6 +284,7 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
         request_limits: RequestLimits {
             body_budget_bytes: 64 * 1024,
             token_body_budget_bytes: 64 * 1024,
+            restore_body_budget_bytes: 64 * 1024,
             body_budget_wait: Duration::from_millis(300),
             ..RequestLimits::default()
         },
@@ -345,6 +355,37 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(buffered("vault").await, 0);
 
+    // All but 36 bytes of restores' budget, held by a restore that never ends: another restore waits and
+    // gets 503, the vault's writes go on.
+    let restore_head = [
+        ("authorization", format!("Bearer {token}")),
+        ("content-type", "application/json".into()),
+        ("content-length", (64 * 1024).to_string()),
+    ];
+    let (_resp, mut restore_holder) = start_request(
+        &mut h2,
+        "POST",
+        "/secrets/restore?api-version=7.6",
+        &restore_head,
+        &vec![b' '; held],
+    )
+    .await;
+    wait_buffered("restore", held).await;
+    let (resp, _second) = start_request(
+        &mut h2,
+        "POST",
+        "/secrets/restore?api-version=7.6",
+        &restore_head,
+        &[b' '; 100],
+    )
+    .await;
+    let (status, retry, body) = answer(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(retry.is_some());
+    let (status, body) = put(value).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(buffered("vault").await, 0);
+
     // All but 36 bytes of the vault's budget, held by an authorised PUT that never ends.
     let (_resp, mut put_holder) = start_request(
         &mut h2,
@@ -372,7 +413,8 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
     assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
     let text = scrape().await;
     for refused in [
-        "keyvault_http_busy_refusals_total{reason=\"body_budget\"} 1",
+        // The PUT's, and the restore's (counted with the vault's).
+        "keyvault_http_busy_refusals_total{reason=\"body_budget\"} 2",
         "keyvault_http_busy_refusals_total{reason=\"token_body_budget\"} 1",
     ] {
         assert!(text.contains(refused), "{refused} in {text}");
@@ -381,6 +423,7 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
     // The holders go: their budgets come back, and requests are answered again.
     token_holder.send_reset(h2::Reason::CANCEL);
     put_holder.send_reset(h2::Reason::CANCEL);
+    restore_holder.send_reset(h2::Reason::CANCEL);
     let status = status_within_10s(StatusCode::OK, async || put("stored").await.0).await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) =
@@ -388,6 +431,7 @@ async fn a_spent_body_budget_gives_503_and_recovers() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(buffered("vault").await, 0);
     assert_eq!(buffered("token").await, 0);
+    wait_buffered("restore", 0).await;
     lv.shutdown().await;
 }
 

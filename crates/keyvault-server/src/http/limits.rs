@@ -19,22 +19,34 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// How long a request's body may take to arrive, from when the server starts reading it (whatever else the
-/// connection does: an HTTP/2 client's PINGs keep its connection open, not a stalled body), before the time
-/// its bytes earn ([`BODY_MIN_RATE`]). Past it: 408 `RequestTimeout`. HTTP/1.1 clients get the same in
-/// effect from the connection's answer timeout, which the bytes of an upload extend alike.
+/// connection does: an HTTP/2 client's PINGs keep its connection open, not a stalled body), unless it keeps
+/// coming ([`BODY_MIN_RATE`]). Past it: 408 `RequestTimeout`. HTTP/1.1 clients get the same in effect from
+/// the connection's answer timeout, which an upload's bytes move alike.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Each byte of a body received extends its deadline by 1 / this many seconds (16 KiB/s, 128 kbit/s): a
-/// body that keeps coming at least this fast on average after its first 30 s is never cut off, however large
-/// (a 32 MiB restore over a slow link), while a trickle is cut off as before (a byte a second earns nothing
-/// that counts). Not for the token endpoint, whose callers are anonymous and whose bodies are small: its
-/// bodies get [`BODY_DEADLINE`] alone.
+/// A body that keeps coming at this rate (16 KiB/s, 128 kbit/s) is never cut off, however large (a 32 MiB
+/// restore over a slow link): each time another [`BODY_DEADLINE`]'s worth at this rate (480 KiB) has come,
+/// the body gets [`BODY_DEADLINE`] again from then. So time cannot be banked: a body sent in one burst and
+/// then trickled gets 30 s after the burst's last whole 480 KiB, not the burst's size over the rate; a trickle
+/// is cut off as before; the bytes of a request's head (at most 64 KiB) never move it; bytes past a route's
+/// limit (drained only to answer 413) do not either. Not for the token endpoint, whose callers are anonymous
+/// and whose bodies are small: its bodies get [`BODY_DEADLINE`] alone.
 pub const BODY_MIN_RATE: u64 = 16 * 1024;
 
+/// The bytes whose arrival renews a body's deadline: a deadline's worth at `rate` bytes per second (0: none).
+pub(crate) fn renewal_bytes(deadline: Duration, rate: u64) -> u64 {
+    (u128::from(rate) * deadline.as_millis() / 1000).min(u128::from(u64::MAX)) as u64
+}
+
 /// The most request-body bytes the server buffers at once, over every request being read whose caller has
-/// been authenticated and authorised first (the vault API, the admin API). A request that finds it spent
-/// waits for bytes to be given back (within its body deadline), then gets 503.
-pub const BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// been authenticated and authorised first (the vault API but restores, the admin API): 512 of the largest
+/// secret bodies. A request that finds it spent waits for bytes to be given back (within its body deadline),
+/// then gets 503.
+pub const BODY_BUDGET_BYTES: usize = 128 * 1024 * 1024;
+
+/// Restores' own budget (four of the largest, 32 MiB): a restore may take half an hour over a slow link and
+/// keep its bytes meanwhile, so restores never spend the budget every other write needs.
+pub const RESTORE_BODY_BUDGET_BYTES: usize = 128 * 1024 * 1024;
 
 /// The token endpoint's own budget (its callers are anonymous until the body is read): a flood of unfinished
 /// token requests spends this one, never the one the vault's writes use. 256 of its largest forms (64 KiB).
@@ -62,6 +74,8 @@ pub struct RequestLimits {
     pub body_budget_bytes: usize,
     /// [`TOKEN_BODY_BUDGET_BYTES`].
     pub token_body_budget_bytes: usize,
+    /// [`RESTORE_BODY_BUDGET_BYTES`].
+    pub restore_body_budget_bytes: usize,
     /// The longest a body read waits for budget (never past its deadline). Default: the body deadline.
     pub body_budget_wait: Duration,
     /// [`BULK_OPERATIONS`].
@@ -77,6 +91,7 @@ impl Default for RequestLimits {
             body_min_rate: BODY_MIN_RATE,
             body_budget_bytes: BODY_BUDGET_BYTES,
             token_body_budget_bytes: TOKEN_BODY_BUDGET_BYTES,
+            restore_body_budget_bytes: RESTORE_BODY_BUDGET_BYTES,
             body_budget_wait: BODY_DEADLINE,
             bulk_operations: BULK_OPERATIONS,
             bulk_wait: BULK_WAIT,
@@ -92,6 +107,8 @@ pub struct Limiter {
     budget: BodyBudget,
     /// The token endpoint's ([`TOKEN_BODY_BUDGET_BYTES`]).
     token_budget: BodyBudget,
+    /// Restores' ([`RESTORE_BODY_BUDGET_BYTES`]).
+    restore_budget: BodyBudget,
     bulk: Arc<Semaphore>,
     /// Bodies cut at their deadline (408).
     body_timeouts: AtomicU64,
@@ -114,6 +131,7 @@ impl Limiter {
         Limiter {
             budget: BodyBudget::new(settings.body_budget_bytes),
             token_budget: BodyBudget::new(settings.token_body_budget_bytes),
+            restore_budget: BodyBudget::new(settings.restore_body_budget_bytes),
             bulk: Arc::new(Semaphore::new(settings.bulk_operations.max(1))),
             settings,
             body_timeouts: AtomicU64::new(0),
@@ -135,6 +153,11 @@ impl Limiter {
     /// Token-request body bytes buffered now.
     pub fn token_body_bytes_buffered(&self) -> usize {
         self.token_budget.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Restore body bytes buffered now.
+    pub fn restore_body_bytes_buffered(&self) -> usize {
+        self.restore_budget.in_use.load(Ordering::Relaxed)
     }
 
     /// Bodies cut at their deadline.
@@ -166,6 +189,16 @@ impl Limiter {
         )
     }
 
+    /// [`body_read`](Self::body_read) for a restore, from restores' own budget (refusals counted with the
+    /// vault's).
+    pub(crate) fn restore_body_read(&self) -> BodyRead<'_> {
+        self.read_from(
+            &self.restore_budget,
+            &self.budget_refusals,
+            self.settings.body_min_rate,
+        )
+    }
+
     /// [`body_read`](Self::body_read) for a token request, from the token endpoint's own budget.
     pub(crate) fn token_body_read(&self) -> BodyRead<'_> {
         self.read_from(&self.token_budget, &self.token_budget_refusals, 0)
@@ -183,7 +216,7 @@ impl Limiter {
             budget,
             refusals,
             deadline: started + self.settings.body_deadline,
-            min_rate,
+            renewal: renewal_bytes(self.settings.body_deadline, min_rate),
             wait_until: started
                 + self
                     .settings
@@ -297,21 +330,28 @@ pub(crate) struct BodyRead<'a> {
     refusals: &'a AtomicU64,
     /// The deadline before any bytes are received.
     deadline: Instant,
-    /// Bytes per second that extend the deadline ([`BODY_MIN_RATE`]); 0: none do.
-    min_rate: u64,
+    /// Bytes whose arrival renews the deadline ([`renewal_bytes`] of [`BODY_MIN_RATE`]); 0: none do.
+    renewal: u64,
     /// No waiting for budget past this (at most the deadline).
     wait_until: Instant,
     held: usize,
 }
 
 impl BodyRead<'_> {
-    /// The deadline once `received` bytes of the body have come: [`BODY_DEADLINE`] from the start of the
-    /// read, and 1 / [`BODY_MIN_RATE`] of a second more for each byte.
-    pub(crate) fn deadline(&self, received: u64) -> Instant {
-        match self.min_rate {
-            0 => self.deadline,
-            rate => self.deadline + earned(received, rate),
-        }
+    /// The deadline before any bytes have come.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The bytes whose arrival renews the deadline (0: none do): each time the body's kept bytes pass another
+    /// multiple of them, its deadline is [`BODY_DEADLINE`] from then.
+    pub(crate) fn renewal(&self) -> u64 {
+        self.renewal
+    }
+
+    /// The deadline renewed now.
+    pub(crate) fn renewed(&self) -> Instant {
+        Instant::now() + self.limiter.settings.body_deadline
     }
 
     /// Takes `n` more bytes of the budget (at once when it has them, else waiting within the body's
@@ -332,22 +372,16 @@ impl BodyRead<'_> {
     pub(crate) fn timed_out(&self) -> ApiError {
         self.limiter.body_timeouts.fetch_add(1, Ordering::Relaxed);
         let seconds = self.limiter.settings.body_deadline.as_secs_f64();
-        let message = match self.min_rate {
+        let message = match self.renewal {
             0 => format!("The request body did not arrive within {seconds} seconds."),
-            rate => format!(
-                "The request body did not arrive in time: a body may take {seconds} seconds, and one second \
-                 more for every {} KiB received.",
-                rate as f64 / 1024.0
+            renewal => format!(
+                "The request body did not arrive in time: it must keep coming, each {} KiB within {seconds} \
+                 seconds of the last.",
+                renewal as f64 / 1024.0
             ),
         };
         ApiError::new(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", message)
     }
-}
-
-/// The time `bytes` earn at `rate` bytes per second (`rate` > 0).
-pub(crate) fn earned(bytes: u64, rate: u64) -> Duration {
-    let rest = u128::from(bytes % rate) * 1_000_000_000 / u128::from(rate);
-    Duration::from_secs(bytes / rate) + Duration::from_nanos(rest as u64)
 }
 
 impl Drop for BodyRead<'_> {

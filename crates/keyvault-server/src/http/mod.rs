@@ -36,7 +36,7 @@ use respond::{bundle_response, empty, json_response};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wire::WireContext;
 use zeroize::Zeroizing;
 
@@ -761,11 +761,11 @@ async fn read_body_as(
         )
     };
     // One timer for the whole body, armed only if a frame is not there at once (a small body that came with
-    // its request's head is read without one). The bytes received move it later (`limits::BODY_MIN_RATE`):
-    // it is reset when they have earned a second more than it was last set to, so a small body never resets it.
-    let mut armed = read.deadline(0);
-    let deadline = tokio::time::sleep_until(armed);
+    // its request's head is read without one). It is renewed each time another `renewal` bytes within the
+    // limit have come (`limits::BODY_MIN_RATE`), so a small body never renews it.
+    let deadline = tokio::time::sleep_until(read.deadline());
     tokio::pin!(deadline);
+    let renewal = read.renewal();
     let declared = axum::body::HttpBody::size_hint(&body).exact();
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
         if n <= DRAIN_MAX_BYTES {
@@ -806,11 +806,10 @@ async fn read_body_as(
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        let before = seen;
         seen += data.len() as u64;
-        let due = read.deadline(seen);
-        if due >= armed + Duration::from_secs(1) {
-            armed = due;
-            deadline.as_mut().reset(due);
+        if renewal > 0 && seen <= limit as u64 && seen / renewal > before / renewal {
+            deadline.as_mut().reset(read.renewed());
         }
         if seen <= limit as u64 {
             if let Err(e) = read.take(data.len()).await {
@@ -899,7 +898,7 @@ async fn read_json<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
-    read_json_describing(limiter, body, limit, false).await
+    read_json_describing(limiter.body_read(), body, limit, false).await
 }
 
 /// [`read_json`] for bodies that carry no secret (the admin API's): a wrong value's error also gives serde's
@@ -909,16 +908,16 @@ async fn read_json_quoting<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
-    read_json_describing(limiter, body, limit, true).await
+    read_json_describing(limiter.body_read(), body, limit, true).await
 }
 
 async fn read_json_describing<T: DeserializeOwned>(
-    limiter: &limits::Limiter,
+    read: limits::BodyRead<'_>,
     body: Body,
     limit: usize,
     quote: bool,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(limiter, body, limit).await?;
+    let bytes = read_body_as(read, body, limit).await?;
     // A UTF-8 byte-order mark before the JSON is skipped, as Key Vault's .NET reader does.
     let json = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
@@ -1174,8 +1173,14 @@ async fn handle(
             // A place among the backups and restores in progress, from before the body is read until the
             // restore is done (at most `bulk_operations` restore bodies and their work at once).
             let _place = state.limiter.bulk_place().await?;
-            let params: SecretRestoreParameters =
-                read_json(&state.limiter, body, MAX_RESTORE_BODY_BYTES).await?;
+            // From restores' own body budget: a slow restore keeps its bytes for as long as it takes.
+            let params: SecretRestoreParameters = read_json_describing(
+                state.limiter.restore_body_read(),
+                body,
+                MAX_RESTORE_BODY_BYTES,
+                false,
+            )
+            .await?;
             let blob = decode_blob(&params.value)?;
             let row = vault.restore(&blob).await.map_err(map)?;
             Ok(bundle_response(

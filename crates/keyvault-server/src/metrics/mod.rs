@@ -513,12 +513,17 @@ impl Metrics {
             "keyvault_http_body_bytes_buffered",
             Kind::Gauge,
             "Request-body bytes being received now, by the budget they are taken from (vault: the vault's and \
-             the admin API's requests; token: the token endpoint's).",
+             the admin API's requests but restores; restore: restores'; token: the token endpoint's).",
         );
         e.sample(
             "keyvault_http_body_bytes_buffered",
             &[("budget", "vault")],
             l.body_bytes_buffered() as u64,
+        );
+        e.sample(
+            "keyvault_http_body_bytes_buffered",
+            &[("budget", "restore")],
+            l.restore_body_bytes_buffered() as u64,
         );
         e.sample(
             "keyvault_http_body_bytes_buffered",
@@ -534,6 +539,11 @@ impl Metrics {
             "keyvault_http_body_budget_bytes",
             &[("budget", "vault")],
             l.settings().body_budget_bytes as u64,
+        );
+        e.sample(
+            "keyvault_http_body_budget_bytes",
+            &[("budget", "restore")],
+            l.settings().restore_body_budget_bytes as u64,
         );
         e.sample(
             "keyvault_http_body_budget_bytes",
