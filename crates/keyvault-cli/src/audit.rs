@@ -104,7 +104,7 @@ fn print_report(r: &VerifyReport) {
             r.lines
         );
     }
-    if !r.complete {
+    if !r.complete && r.lines > 0 {
         stderr_line!(
             "warning: the chain does not start at its first line (older lines are missing: pruned by \
              audit_keep_files, or removed)"
