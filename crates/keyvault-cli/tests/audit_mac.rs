@@ -318,3 +318,61 @@ async fn an_old_log_is_continued_and_the_head_is_logged_at_rotation() {
         out.stdout
     );
 }
+
+/// A KEK rotation: lines signed under the old key verify while it is given as a previous key, and not without
+/// it; the restarted server, whose current key is the new one, continues a log whose last line is under the old.
+#[tokio::test]
+async fn lines_under_a_previous_kek_verify_while_it_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let log = data.join("audit.log");
+    let (server, addr, _) = serve(&data, &[]);
+    requests(&data, &addr, 3).await;
+    stop(server);
+    let new_key = dir.path().join("kek-new.key");
+    run_with(
+        command(None),
+        &["kek", "new", new_key.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    let old_key = data.join("kek.key");
+    let rotated = config_for(
+        dir.path(),
+        &data,
+        &format!(
+            "kek_file = {:?}\nprevious_kek_files = [{:?}]\n",
+            new_key.to_str().unwrap(),
+            old_key.to_str().unwrap()
+        ),
+    );
+    let (server, addr, _) = serve(&data, &["--config", rotated.to_str().unwrap()]);
+    requests(&data, &addr, 4).await;
+    stop(server);
+
+    let out = verify(Some(&rotated), &[log.to_str().unwrap()]).ok();
+    assert!(
+        out.stdout.contains(
+            "macs: 7 line(s) authenticated (3 under a previous key); 0 line(s) from before MACs"
+        ),
+        "{}",
+        out.stdout
+    );
+    // The new key alone: the old key's first line fails.
+    let new_only = dir.path().join("new-only.toml");
+    std::fs::write(
+        &new_only,
+        format!(
+            "data_dir = {:?}\nkek_file = {:?}\n",
+            data.to_str().unwrap(),
+            new_key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = verify(Some(&new_only), &[log.to_str().unwrap()]).code(2);
+    assert!(out.stderr.contains("audit.log:1: "), "{}", out.stderr);
+    // The old key alone: the first line under the new key fails.
+    let old_only = config_for(dir.path(), &data, "");
+    let out = verify(Some(&old_only), &[log.to_str().unwrap()]).code(2);
+    assert!(out.stderr.contains("audit.log:4: "), "{}", out.stderr);
+}
