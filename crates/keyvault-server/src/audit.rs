@@ -949,17 +949,23 @@ impl AuditLog {
                     reason,
                 })?;
                 match (&checked.mac, keys) {
-                    (Some(mac), Some(keys)) => {
-                        if keys.check(&checked.hash, mac).is_none() {
+                    (Some(mac), Some(keys)) => match keys.check(&checked.hash, mac) {
+                        Some(0) => {}
+                        Some(_) => tracing::warn!(
+                            file = %file.display(),
+                            "the audit log's last line is signed under a previous key-encryption key: keep that \
+                             key configured until this server has written a line (any request does): a start \
+                             without it is refused, as the last line then verifies under no key it has"
+                        ),
+                        None => {
                             return Err(AuditError::Unauthenticated {
                                 path: file,
-                                reason:
-                                    "the last line's MAC does not verify under this server's keys \
-                                         (current or previous)"
-                                        .into(),
+                                reason: "the last line's MAC does not verify under this server's keys (current \
+                                         or previous)"
+                                    .into(),
                             });
                         }
-                    }
+                    },
                     // Read through only here: at the first start after an upgrade, or after tampering.
                     (None, Some(_)) if has_mac_line(&file).map_err(io)? => {
                         return Err(AuditError::Unauthenticated {
