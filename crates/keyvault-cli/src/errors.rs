@@ -28,7 +28,8 @@ macro_rules! exit_codes_help {
     () => {
         "Exit codes:
   0  success
-  1  connection failure or timeout, server error, anything else (audit verify: the log cannot be read)
+  1  connection failure or timeout, server error, anything else (audit verify: the log cannot be read,
+     or its keys cannot be loaded)
   2  bad input (usage, invalid name/value/date, a file that cannot be read or created, 400 or 413 from the
      vault; audit verify: the log is not intact)
   3  not found (secret, version or deleted secret)

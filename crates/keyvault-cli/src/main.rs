@@ -27,6 +27,7 @@ mod errors;
 mod when;
 mod admin;
 mod allocator;
+mod audit;
 mod bulk;
 mod conn;
 mod hardening;
@@ -125,19 +126,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check that an audit log has not been edited, truncated or reordered (exit 0 when intact, 2 when not,
-    /// 1 when it cannot be read).
-    #[command(
-        after_help = "Examples:\n  keyvault audit verify vault-data/audit.log\n  \
-                            keyvault audit verify --chain vault-data/audit.log   # with audit.log.1, .2, … rotated files"
-    )]
-    Verify {
-        /// The audit log file.
-        file: std::path::PathBuf,
-        /// Also verify the rotated files (FILE.1, FILE.2, …) as one chain, oldest first.
-        #[arg(long)]
-        chain: bool,
-    },
+    /// Check that an audit log has not been edited, truncated or reordered, and with the server's keys that
+    /// its lines' MACs verify (exit 0 when intact, 2 when not, 1 when it cannot be read or the keys cannot be
+    /// loaded).
+    Verify(audit::VerifyArgs),
 }
 
 /// Where tokio_postgres logs, at debug, every statement's parameters: sealed values, their names and tags.
@@ -189,11 +181,15 @@ fn main() -> ExitCode {
         }));
         tracing_subscriber::registry().with(log).with(notes).init();
     }
-    // Before any key (or, for snapshot, the vault's database) is read: no core dumps, no ptrace, no
-    // /proc/PID/environ for the same user.
+    // Before any key (or, for snapshot, the vault's database) is read (audit verify may read the keys): no
+    // core dumps, no ptrace, no /proc/PID/environ for the same user.
     if matches!(
         cli.command,
-        Command::Serve(_) | Command::Rekey(_) | Command::Kek(_) | Command::Snapshot(_)
+        Command::Serve(_)
+            | Command::Rekey(_)
+            | Command::Kek(_)
+            | Command::Snapshot(_)
+            | Command::Audit(_)
     ) {
         hardening::protect_process();
     }
@@ -217,7 +213,7 @@ fn main() -> ExitCode {
             let result = snapshot::run_snapshot(*args, &mut out);
             out.flush().map_err(io_error).and(result)
         }
-        Command::Audit(AuditCommand::Verify { file, chain }) => audit_verify(&file, chain),
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify(args),
         Command::Completions { shell } => completions(shell),
         Command::Secret(args) => runtime().and_then(|rt| {
             let mut out = std::io::stdout().lock();
@@ -294,37 +290,6 @@ fn hash_secret() -> CliResult {
         .map_err(|e| CliError::bad_input(e.to_string()))?;
     println!("{hash}");
     Ok(())
-}
-
-fn audit_verify(file: &std::path::Path, chain: bool) -> Result<(), CliError> {
-    use keyvault_server::audit;
-    let report = if chain {
-        audit::verify_chain(file)
-    } else {
-        audit::verify_file(file)
-    };
-    match report {
-        Ok(r) => {
-            println!(
-                "ok: {} line(s) in {} file(s), seq {}..{}, last hash {}",
-                r.lines,
-                r.files,
-                r.first_seq.map_or("-".to_string(), |s| s.to_string()),
-                r.last_seq.map_or("-".to_string(), |s| s.to_string()),
-                r.last_hash.as_deref().unwrap_or("-")
-            );
-            if !r.complete {
-                stderr_line!(
-                    "warning: the chain does not start at its first line (older lines are missing)"
-                );
-            }
-            Ok(())
-        }
-        // Line 0 is the file itself: it could not be read, which says nothing about the chain (exit 1, apart
-        // from a log that is not intact).
-        Err(e) if e.line == 0 => Err(CliError::other(format!("cannot verify the audit log: {e}"))),
-        Err(e) => Err(CliError::bad_input(format!("audit log is not intact: {e}"))),
-    }
 }
 
 #[cfg(test)]

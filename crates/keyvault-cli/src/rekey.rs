@@ -33,19 +33,7 @@ impl StoreArgs {
     /// The configuration file (if any) with the flags and variables over it.
     pub fn into_config(self) -> CliResult<Config> {
         let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    CliError::new(
-                        code::BAD_INPUT,
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                let config = Config::from_toml(&text).map_err(|e| {
-                    CliError::new(code::BAD_INPUT, format!("{}: {e}", path.display()))
-                })?;
-                crate::hardening::warn_if_config_exposes_password(path, &config);
-                config
-            }
+            Some(path) => config_file(path)?,
             None => Config::default(),
         };
         if let Some(v) = self.data_dir {
@@ -56,6 +44,20 @@ impl StoreArgs {
         }
         Ok(config)
     }
+}
+
+/// The server's configuration file at `path` (exit code 2 if it cannot be read or parsed).
+pub fn config_file(path: &std::path::Path) -> CliResult<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::new(
+            code::BAD_INPUT,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let config = Config::from_toml(&text)
+        .map_err(|e| CliError::new(code::BAD_INPUT, format!("{}: {e}", path.display())))?;
+    crate::hardening::warn_if_config_exposes_password(path, &config);
+    Ok(config)
 }
 
 #[derive(Args)]

@@ -228,6 +228,17 @@ fn rotating_the_key_encryption_key_on_sqlite() {
         }
     }
 
+    // The audit log's last line is still signed under A: a server without A is refused until a line under B
+    // is written (any request to a server with B current and A previous).
+    let early = refused(&data, &["--kek-file", key_b.to_str().unwrap()]);
+    assert!(
+        early.contains("the last line's MAC does not verify under this server's keys"),
+        "{early}"
+    );
+    let server = serve(&data, &["--config", config]);
+    kv(&data, &["secret", "list"]).ok();
+    stop(server);
+
     // Key B alone: every value, the deleted one recovered, a new backup restores, the old one does not.
     let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
     // The access document verifies under B alone: the principal is there.
@@ -433,6 +444,10 @@ fn an_interrupted_rekey_refuses_a_server_without_its_target() {
         "{}",
         table.stdout
     );
+    // A line under B first (the audit log's last line is under A), then B alone.
+    let server = serve(&data, &["--config", config.to_str().unwrap()]);
+    kv(&data, &["secret", "list"]).ok();
+    stop(server);
     let server = serve(&data, &["--kek-file", key_b.to_str().unwrap()]);
     stop(server);
     assert_ne!(id_a, id_b);

@@ -8,6 +8,18 @@
 //! removing, inserting or reordering a line breaks the chain at that line; [`verify_files`] says where.
 //! Never a secret value or a token.
 //!
+//! The hash alone is keyed by nothing: whoever can write the file can edit a line and compute every later
+//! hash again. So a line written by a server also carries `"mac":"<hex>"` after its `hash`: HMAC-SHA256, under
+//! a key derived from the key-encryption key for this purpose only ([`crate::crypto::audit_mac_key`]), over
+//! the 32 bytes of the line's hash (hex-decoded), which cover the whole line and its `prev`. A writer without
+//! the KEK cannot make a line whose MAC verifies. The line names no key: a verifier given keys
+//! ([`AuditKeys`]: the current KEK's, then the previous KEKs') tries each, so lines written before a KEK
+//! rotation verify while the old key is configured as a previous one ([`verify_chain_keyed`]). Lines without
+//! a MAC (written by a build before MACs) are accepted only before the first line that has one: once a MAC
+//! has been seen, a line without one is a stripped MAC. What no MAC can show is lines removed from the end
+//! (or every file removed): the server logs the chain's head (file, `seq`, `hash`) to its own log, a sink
+//! apart from this file, when it opens the log, at every rotation and at a clean shutdown, to compare against.
+//!
 //! Rotation: when the active file would exceed the size limit it is renamed `FILE.1`, `FILE.2`, … (higher
 //! = newer) and a new `FILE` continues the chain: its first line's `prev` is the last hash of the previous
 //! file. [`chain_files`] lists a chain's files oldest first; [`verify_chain`] verifies all of them.
@@ -52,8 +64,10 @@ use serde::{Deserialize, Serialize};
 /// The `prev` of the first line of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// `,"hash":"` + 64 hex + `"}`.
-const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+/// `,"hash":"` + 64 hex + `"` (before the line's closing `}`, or its `mac` member).
+const HASH_MEMBER_LEN: usize = 9 + 64 + 1;
+/// `,"mac":"` + 64 hex + `"`.
+const MAC_MEMBER_LEN: usize = 8 + 64 + 1;
 
 /// How long the background thread waits for more queued lines after a write, so that lines under load go out in
 /// batches. [`AuditLog::flush`] cuts the wait short.
@@ -186,17 +200,80 @@ fn rfc3339_ms_into(ms: i64, buf: &mut [u8; TIME_BUF]) -> usize {
     start - out.len()
 }
 
-/// A line's hash as lowercase hex.
+/// A line's hash (or MAC) as lowercase hex.
 type HashHex = [u8; 64];
 
-fn sha256_hex(data: &[u8]) -> HashHex {
+fn to_hex(bytes: &[u8]) -> HashHex {
     let mut out = [0u8; 64];
     // Cannot fail: 32 bytes make exactly 64 hex digits.
-    let _ = hex::encode_to_slice(
-        ring::digest::digest(&ring::digest::SHA256, data).as_ref(),
-        &mut out,
-    );
+    let _ = hex::encode_to_slice(bytes, &mut out);
     out
+}
+
+fn sha256_hex(data: &[u8]) -> HashHex {
+    to_hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// 64 lowercase hex digits as their 32 bytes (`None` for anything else).
+fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    let lower = text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (lower && hex::decode_to_slice(text, &mut out).is_ok()).then_some(out)
+}
+
+/// The keys that sign and check the MACs of audit lines: HMAC-SHA256 keys derived from the current
+/// key-encryption key (which signs new lines) and the previous ones (which only check). `Debug` shows how
+/// many, never a key.
+#[derive(Clone)]
+pub struct AuditKeys {
+    /// The current KEK's first; never empty.
+    keys: Vec<ring::hmac::Key>,
+}
+
+impl std::fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKeys")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditKeys {
+    /// The keys of a provider's current key-encryption key, then of its previous ones.
+    pub fn from_provider(
+        provider: &dyn crate::crypto::KeyProvider,
+    ) -> Result<AuditKeys, crate::crypto::CryptoError> {
+        let mut keys = vec![crate::crypto::audit_mac_key(provider.current().1)?];
+        for id in provider.previous_ids() {
+            if let Some(kek) = provider.get(id) {
+                keys.push(crate::crypto::audit_mac_key(kek)?);
+            }
+        }
+        Ok(AuditKeys { keys })
+    }
+
+    /// How many keys (1 + the previous keys).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never: there is always the current key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The MAC of a line whose hash is `hash` (its 32 bytes), under the current key, as hex.
+    fn sign(key: &ring::hmac::Key, hash: &[u8]) -> HashHex {
+        to_hex(ring::hmac::sign(key, hash).as_ref())
+    }
+
+    /// Which key (0 = the current one) `mac` (hex) verifies under for the line hash `hash` (hex), if any.
+    fn check(&self, hash: &str, mac: &str) -> Option<usize> {
+        let (hash, mac) = (from_hex(hash)?, from_hex(mac)?);
+        self.keys
+            .iter()
+            .position(|k| ring::hmac::verify(k, &hash, &mac).is_ok())
+    }
 }
 
 fn hex_str(h: &HashHex) -> &str {
@@ -207,8 +284,19 @@ fn hex_str(h: &HashHex) -> &str {
 /// The line for `record` at position `seq` after `prev`, without the trailing newline; and its hash.
 #[cfg(test)]
 fn make_line(record: &AuditRecord, seq: u64, prev: &str) -> (String, String) {
+    make_line_signed(record, seq, prev, None)
+}
+
+/// [`make_line`], with a MAC under `key` if there is one.
+#[cfg(test)]
+fn make_line_signed(
+    record: &AuditRecord,
+    seq: u64,
+    prev: &str,
+    key: Option<&ring::hmac::Key>,
+) -> (String, String) {
     let mut buf = Vec::new();
-    let hash = append_line(&mut buf, &mut TimeText::default(), record, seq, prev);
+    let hash = append_line(&mut buf, &mut TimeText::default(), record, seq, prev, key);
     buf.pop(); // the newline
     (
         String::from_utf8(buf).unwrap_or_default(),
@@ -248,13 +336,15 @@ impl TimeText {
 }
 
 /// Appends the line for `record` at position `seq` after `prev`, with its newline, to `buf`; returns its
-/// hash. Formats straight into `buf`: no allocation once `buf` has grown.
+/// hash. With a key, the line's `mac` member follows its `hash`. Formats straight into `buf`: no allocation
+/// once `buf` has grown.
 fn append_line(
     buf: &mut Vec<u8>,
     time: &mut TimeText,
     record: &AuditRecord,
     seq: u64,
     prev: &str,
+    mac_key: Option<&ring::hmac::Key>,
 ) -> HashHex {
     let start = buf.len();
     buf.extend_from_slice(b"{\"seq\":");
@@ -286,26 +376,58 @@ fn append_line(
     buf.extend_from_slice(b",\"prev\":");
     crate::json::push_str(buf, prev);
     buf.push(b'}');
-    let hash = sha256_hex(&buf[start..]);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &buf[start..]);
+    let hash = to_hex(digest.as_ref());
     buf.pop(); // the closing brace
     buf.extend_from_slice(b",\"hash\":\"");
     buf.extend_from_slice(&hash);
+    if let Some(key) = mac_key {
+        buf.extend_from_slice(b"\",\"mac\":\"");
+        buf.extend_from_slice(&AuditKeys::sign(key, digest.as_ref()));
+    }
     buf.extend_from_slice(b"\"}\n");
     hash
 }
 
-/// Checks one line on its own: its `hash` matches its content. Returns (seq, prev, hash).
-fn check_line(line: &str) -> Result<(u64, String, String), String> {
+/// The member `,"NAME":"<64 hex>"` at the end of `text`: (what comes before it, the hex).
+fn split_member<'a>(text: &'a str, name: &str, len: usize) -> Option<(&'a str, &'a str)> {
+    // `len` counts ASCII bytes only: a char boundary if the text is long enough and ends in ASCII.
+    if text.len() < len + 1 || !text.is_char_boundary(text.len() - len) {
+        return None;
+    }
+    let (head, member) = text.split_at(text.len() - len);
+    let value = member
+        .strip_prefix(',')?
+        .strip_prefix('"')?
+        .strip_prefix(name)?
+        .strip_prefix("\":\"")?
+        .strip_suffix('"')
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    Some((head, value))
+}
+
+/// A line checked on its own (see [`check_line`]).
+#[derive(Debug, PartialEq, Eq)]
+struct CheckedLine {
+    seq: u64,
+    prev: String,
+    hash: String,
+    /// The `mac` member's hex, if the line has one (checked only against keys: [`AuditKeys::check`]).
+    mac: Option<String>,
+}
+
+/// Checks one line on its own: its `hash` matches its content (its MAC, if any, is left to the caller).
+fn check_line(line: &str) -> Result<CheckedLine, String> {
     let bad_shape = || "not an audit line (no trailing hash member)".to_string();
-    if line.len() < HASH_SUFFIX_LEN + 2 || !line.is_char_boundary(line.len() - HASH_SUFFIX_LEN) {
+    let inner = line.strip_suffix('}').ok_or_else(bad_shape)?;
+    let (inner, mac) = match split_member(inner, "mac", MAC_MEMBER_LEN) {
+        Some((head, mac)) => (head, Some(mac)),
+        None => (inner, None),
+    };
+    let (head, hash) = split_member(inner, "hash", HASH_MEMBER_LEN).ok_or_else(bad_shape)?;
+    if head.len() < 2 {
         return Err(bad_shape());
     }
-    let (head, suffix) = line.split_at(line.len() - HASH_SUFFIX_LEN);
-    let hash = suffix
-        .strip_prefix(",\"hash\":\"")
-        .and_then(|s| s.strip_suffix("\"}"))
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(bad_shape)?;
     let mut body = String::with_capacity(head.len() + 1);
     body.push_str(head);
     body.push('}');
@@ -314,7 +436,12 @@ fn check_line(line: &str) -> Result<(u64, String, String), String> {
     }
     let fields: ChainFields =
         serde_json::from_str(&body).map_err(|_| "the line is not valid audit JSON".to_string())?;
-    Ok((fields.seq, fields.prev, hash.to_string()))
+    Ok(CheckedLine {
+        seq: fields.seq,
+        prev: fields.prev,
+        hash: hash.to_string(),
+        mac: mac.map(str::to_string),
+    })
 }
 
 /// What a verified chain looks like.
@@ -333,6 +460,14 @@ pub struct VerifyReport {
     /// Whether the chain starts at its beginning (`seq` 0 after [`GENESIS`]). `false` for a rotated file on
     /// its own, or when the oldest files or lines are missing.
     pub complete: bool,
+    /// Whether the lines' MACs were checked (keys were given: [`verify_chain_keyed`]).
+    pub macs_checked: bool,
+    /// Lines that carry a MAC (each verified under one of the keys, when [`VerifyReport::macs_checked`]).
+    pub mac_lines: u64,
+    /// Of those, lines whose MAC verified under a previous key (not the first one given).
+    pub previous_key_lines: u64,
+    /// Lines before the first line with a MAC (written by a build before MACs): not authenticated by any key.
+    pub lines_before_macs: u64,
 }
 
 /// Where and why verification failed.
@@ -346,14 +481,37 @@ pub struct VerifyError {
 }
 
 /// Verifies one file (it may start mid-chain: a rotated file's first line follows the previous file).
+/// Checks no MAC: [`verify_file_keyed`] does.
 pub fn verify_file(path: &Path) -> Result<VerifyReport, VerifyError> {
     verify_files(&[path.to_path_buf()])
 }
 
+/// [`verify_file`], also checking every line's MAC under `keys`.
+pub fn verify_file_keyed(path: &Path, keys: &AuditKeys) -> Result<VerifyReport, VerifyError> {
+    verify_files_keyed(&[path.to_path_buf()], keys)
+}
+
 /// Verifies files that form one chain, oldest first: every line's hash, `seq` + 1 and `prev` = the hash of
 /// the line before, across files. The first line may start mid-chain unless its `seq` is 0, in which case
-/// its `prev` must be [`GENESIS`].
+/// its `prev` must be [`GENESIS`]. Without keys, no MAC is checked (anyone can compute the hashes again:
+/// see the module documentation); a line without a MAC after one with a MAC still fails (a stripped MAC).
 pub fn verify_files(paths: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
+    verify_files_with(paths, None)
+}
+
+/// [`verify_files`], also checking the MAC of every line that has one under `keys` (any of them): a MAC that
+/// verifies under none fails at that line.
+pub fn verify_files_keyed(
+    paths: &[PathBuf],
+    keys: &AuditKeys,
+) -> Result<VerifyReport, VerifyError> {
+    verify_files_with(paths, Some(keys))
+}
+
+fn verify_files_with(
+    paths: &[PathBuf],
+    keys: Option<&AuditKeys>,
+) -> Result<VerifyReport, VerifyError> {
     let mut report = VerifyReport {
         files: 0,
         lines: 0,
@@ -362,6 +520,10 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
         first_prev: None,
         last_hash: None,
         complete: false,
+        macs_checked: keys.is_some(),
+        mac_lines: 0,
+        previous_key_lines: 0,
+        lines_before_macs: 0,
     };
     for path in paths {
         let err = |line: u64, reason: String| VerifyError {
@@ -389,7 +551,38 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
             }
             buf.pop();
             let line = std::str::from_utf8(&buf).map_err(|_| err(n, "not UTF-8".into()))?;
-            let (seq, prev, hash) = check_line(line).map_err(|r| err(n, r))?;
+            let CheckedLine {
+                seq,
+                prev,
+                hash,
+                mac,
+            } = check_line(line).map_err(|r| err(n, r))?;
+            match (&mac, keys) {
+                (Some(mac), Some(keys)) => match keys.check(&hash, mac) {
+                    Some(0) => {}
+                    Some(_) => report.previous_key_lines += 1,
+                    None => {
+                        return Err(err(
+                            n,
+                            "the line's MAC does not verify under any of the keys given (the line was written \
+                             or rewritten without the key-encryption key, or under a key that was not given)"
+                                .into(),
+                        ));
+                    }
+                },
+                (Some(_), None) => {}
+                (None, _) if report.mac_lines > 0 => {
+                    return Err(err(
+                        n,
+                        "the line has no MAC, but a line before it has one (a MAC was removed)"
+                            .into(),
+                    ));
+                }
+                (None, _) => report.lines_before_macs += 1,
+            }
+            if mac.is_some() {
+                report.mac_lines += 1;
+            }
             match (&report.last_seq, &report.last_hash) {
                 (Some(last_seq), Some(last_hash)) => {
                     if seq != last_seq + 1 {
@@ -459,18 +652,25 @@ pub fn chain_files(active: &Path) -> Vec<PathBuf> {
 /// Verifies the whole chain of an active file and its rotated predecessors. A running server may rotate while
 /// the files are read (the list then misses the files made meanwhile, and the chain seems to skip lines): a
 /// failure is checked again on a fresh list, up to three times, and reported only if the list did not change.
+/// Checks no MAC: [`verify_chain_keyed`] does.
 pub fn verify_chain(active: &Path) -> Result<VerifyReport, VerifyError> {
-    verify_listed(active, chain_files)
+    verify_listed(active, chain_files, None)
+}
+
+/// [`verify_chain`], also checking every line's MAC under `keys` ([`verify_files_keyed`]).
+pub fn verify_chain_keyed(active: &Path, keys: &AuditKeys) -> Result<VerifyReport, VerifyError> {
+    verify_listed(active, chain_files, Some(keys))
 }
 
 fn verify_listed(
     active: &Path,
     mut list: impl FnMut(&Path) -> Vec<PathBuf>,
+    keys: Option<&AuditKeys>,
 ) -> Result<VerifyReport, VerifyError> {
     let mut files = list(active);
     let mut tries = 1;
     loop {
-        let result = verify_files(&files);
+        let result = verify_files_with(&files, keys);
         if result.is_ok() || tries == 3 {
             return result;
         }
@@ -493,6 +693,13 @@ pub enum AuditError {
     },
     #[error("audit log {}: the last line is damaged ({reason}); verify the file and move it aside", path.display())]
     Damaged { path: PathBuf, reason: String },
+    /// The last line's MAC verifies under none of the server's keys, or was removed.
+    #[error(
+        "audit log {}: {reason}: the log was rewritten by someone without the key-encryption key, or written \
+         under a key that is no longer configured (list it in previous_kek_files or KEYVAULT_PREVIOUS_KEKS); \
+         check it with `keyvault audit verify --chain --config …` and move the files aside", path.display()
+    )]
+    Unauthenticated { path: PathBuf, reason: String },
 }
 
 enum Msg {
@@ -543,6 +750,8 @@ struct Writer {
     lines_written: u64,
     write_errors: u64,
     time: TimeText,
+    /// Signs every line (the current key-encryption key's [`AuditKeys`] key); none: lines without a MAC.
+    mac_key: Option<ring::hmac::Key>,
 }
 
 /// The last line of a file (without the newline), if the file has any.
@@ -572,6 +781,27 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
     Ok(Some(
         trimmed.rsplit('\n').next().unwrap_or_default().to_string(),
     ))
+}
+
+/// Whether any line of the file ends in a `mac` member.
+fn has_mac_line(path: &Path) -> std::io::Result<bool> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(false);
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let Some(inner) = line.strip_suffix(b"}") else {
+            continue;
+        };
+        let tail = &inner[inner.len().saturating_sub(MAC_MEMBER_LEN + 1)..];
+        if std::str::from_utf8(tail).is_ok_and(|t| split_member(t, "mac", MAC_MEMBER_LEN).is_some())
+        {
+            return Ok(true);
+        }
+    }
 }
 
 /// A last line without its newline (a write torn by a power failure, or by a full disk in a build that did not
@@ -664,11 +894,33 @@ impl AuditLog {
     }
 
     /// [`AuditLog::open`], keeping at most `keep_files` rotated files (0 = all): after each rotation the
-    /// oldest beyond that many are deleted.
+    /// oldest beyond that many are deleted. Its lines carry no MAC (the server opens its log with
+    /// [`AuditLog::open_signed`]).
     pub fn open_keeping(
         path: &Path,
         max_bytes: u64,
         keep_files: u32,
+    ) -> Result<AuditLog, AuditError> {
+        Self::open_with(path, max_bytes, keep_files, None)
+    }
+
+    /// [`AuditLog::open_keeping`], every line signed with the first of `keys` (see the module documentation).
+    /// The last line of the log, if it has a MAC, must verify under one of `keys`
+    /// ([`AuditError::Unauthenticated`]); one without (written before MACs) is continued, with a warning.
+    pub fn open_signed(
+        path: &Path,
+        max_bytes: u64,
+        keep_files: u32,
+        keys: &AuditKeys,
+    ) -> Result<AuditLog, AuditError> {
+        Self::open_with(path, max_bytes, keep_files, Some(keys))
+    }
+
+    fn open_with(
+        path: &Path,
+        max_bytes: u64,
+        keep_files: u32,
+        keys: Option<&AuditKeys>,
     ) -> Result<AuditLog, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
@@ -687,11 +939,57 @@ impl AuditLog {
             }
         }
         let (next_seq, prev) = match last {
-            None => (0, GENESIS.to_string()),
+            None => {
+                tracing::info!(file = %path.display(), "the audit log starts a new chain (no earlier line)");
+                (0, GENESIS.to_string())
+            }
             Some((file, line)) => {
-                let (seq, _, hash) = check_line(&line)
-                    .map_err(|reason| AuditError::Damaged { path: file, reason })?;
-                (seq + 1, hash)
+                let checked = check_line(&line).map_err(|reason| AuditError::Damaged {
+                    path: file.clone(),
+                    reason,
+                })?;
+                match (&checked.mac, keys) {
+                    (Some(mac), Some(keys)) => match keys.check(&checked.hash, mac) {
+                        Some(0) => {}
+                        Some(_) => tracing::warn!(
+                            file = %file.display(),
+                            "the audit log's last line is signed under a previous key-encryption key: keep that \
+                             key configured until this server has written a line (any request does): a start \
+                             without it is refused, as the last line then verifies under no key it has"
+                        ),
+                        None => {
+                            return Err(AuditError::Unauthenticated {
+                                path: file,
+                                reason: "the last line's MAC does not verify under this server's keys (current \
+                                         or previous)"
+                                    .into(),
+                            });
+                        }
+                    },
+                    // Read through only here: at the first start after an upgrade, or after tampering.
+                    (None, Some(_)) if has_mac_line(&file).map_err(io)? => {
+                        return Err(AuditError::Unauthenticated {
+                            path: file,
+                            reason: "the last line has no MAC, but a line before it has one (a MAC was removed)"
+                                .into(),
+                        });
+                    }
+                    (None, Some(_)) => tracing::warn!(
+                        file = %file.display(),
+                        seq = checked.seq,
+                        "the audit log's last line has no MAC (written by a build before audit MACs, or its MAC \
+                         was removed): the chain continues, with a MAC on every line from here on; `keyvault \
+                         audit verify` given the keys reports the lines before as not authenticated"
+                    ),
+                    (_, None) => {}
+                }
+                tracing::info!(
+                    file = %file.display(),
+                    seq = checked.seq,
+                    hash = %checked.hash,
+                    "the audit log continues its chain after this head"
+                );
+                (checked.seq + 1, checked.hash)
             }
         };
         let mut prev_hex = [0u8; 64];
@@ -714,6 +1012,7 @@ impl AuditLog {
             lines_written: 0,
             write_errors: 0,
             time: TimeText::default(),
+            mac_key: keys.map(|k| k.keys[0].clone()),
         };
         let failing = writer.failing.clone();
         let state = Arc::new(Mutex::new(writer));
@@ -767,6 +1066,41 @@ impl AuditLog {
         crate::metrics::AuditMetrics {
             lines_written: w.lines_written,
             write_errors: w.write_errors,
+        }
+    }
+
+    /// The chain's head: the last line written (`seq`, `hash`) and the file it is in; `None` before any line.
+    pub fn head(&self) -> Option<(PathBuf, u64, String)> {
+        let w = lock(&self.state);
+        let (next_seq, prev, size) = w.written;
+        let seq = next_seq.checked_sub(1)?;
+        // Just rotated, nothing written since: the last line is in the newest rotated file.
+        let file = if size > 0 {
+            w.path.clone()
+        } else {
+            let files = chain_files(&w.path);
+            match files.len() {
+                n if n >= 2 && files[n - 1] == w.path => files[n - 2].clone(),
+                _ => files.last().cloned().unwrap_or_else(|| w.path.clone()),
+            }
+        };
+        Some((file, seq, hex_str(&prev).to_string()))
+    }
+
+    /// Writes what is queued, then logs the chain's head (to the server's own log, not the audit file): an
+    /// anchor outside the file, for a clean shutdown.
+    pub async fn close(&self) {
+        self.flush().await;
+        match self.head() {
+            Some((file, seq, hash)) => tracing::info!(
+                file = %file.display(),
+                seq,
+                hash = %hash,
+                "the audit log's chain head at shutdown (keep it to detect lines removed from the end)"
+            ),
+            None => {
+                tracing::info!(file = %self.path.display(), "the audit log has no line at shutdown")
+            }
         }
     }
 
@@ -886,6 +1220,7 @@ impl Writer {
             record,
             self.next_seq,
             hex_str(&prev),
+            self.mac_key.as_ref(),
         );
         let len = (self.buf.len() - start) as u64;
         if self.size > 0 && self.size + len > self.max_bytes {
@@ -944,7 +1279,18 @@ impl Writer {
             + 1;
         let mut rotated = self.path.clone().into_os_string();
         rotated.push(format!(".{next}"));
-        std::fs::rename(&self.path, PathBuf::from(rotated))?;
+        let rotated = PathBuf::from(rotated);
+        std::fs::rename(&self.path, &rotated)?;
+        // What the rotated file ends with (everything buffered was written before rotating): an anchor in
+        // the server's own log.
+        if let Some(seq) = self.next_seq.checked_sub(1) {
+            tracing::info!(
+                file = %rotated.display(),
+                seq,
+                hash = %hex_str(&self.prev),
+                "the audit log was rotated: the chain's head"
+            );
+        }
         self.file = open_append(&self.path)?;
         self.size = 0;
         self.written.2 = 0;
@@ -979,6 +1325,281 @@ mod tests {
             outcome: Outcome::Allowed,
             status: 200,
         }
+    }
+
+    fn keys_of(current: u8, previous: &[u8]) -> AuditKeys {
+        use crate::crypto::{Kek, KeyRing};
+        let ring = KeyRing::new(
+            Kek::from_bytes([current; 32]),
+            previous.iter().map(|b| Kek::from_bytes([*b; 32])),
+        );
+        AuditKeys::from_provider(&ring).unwrap()
+    }
+
+    /// `n` lines written through a log opened with `keys` (none: lines without MACs).
+    async fn write_lines(path: &Path, keys: Option<&AuditKeys>, from: u64, n: u64) {
+        let log = match keys {
+            Some(k) => AuditLog::open_signed(path, 1 << 20, 0, k).unwrap(),
+            None => AuditLog::open(path, 1 << 20).unwrap(),
+        };
+        for i in from..from + n {
+            if i % 2 == 0 {
+                log.record_written(record(i));
+            } else {
+                log.record(record(i));
+            }
+        }
+        log.close().await;
+    }
+
+    /// The tampering audit's rewrite (a19 t6_rechain.py): line `n` (1-based) edited, and every hash and `prev`
+    /// from there on computed again with plain SHA-256. Like the script, the rewritten lines lose their `mac`
+    /// (everything from `,"hash":` is replaced), unless `keep_mac` keeps each line's old one.
+    fn rechain(path: &Path, n: usize, keep_mac: bool) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut prev: Option<String> = None;
+        for (i, line) in lines.iter_mut().enumerate().skip(n - 1) {
+            let cut = line.rfind(",\"hash\":").unwrap();
+            let mac = line
+                .find(",\"mac\":")
+                .map(|m| line[m..line.len() - 1].to_string());
+            let mut body = line[..cut].to_string();
+            if i == n - 1 {
+                body = body
+                    .replacen("\"status\":200", "\"status\":201", 1)
+                    .replacen("\"principal\":\"", "\"principal\":\"someone-else-", 1);
+            }
+            if let Some(p) = &prev {
+                let at = body.find(",\"prev\":\"").unwrap() + 9;
+                body.replace_range(at..at + 64, p);
+            }
+            let hash = hex_str(&sha256_hex(format!("{body}}}").as_bytes())).to_string();
+            *line = match (keep_mac, mac) {
+                (true, Some(mac)) => format!("{body},\"hash\":\"{hash}\"{mac}}}"),
+                _ => format!("{body},\"hash\":\"{hash}\"}}"),
+            };
+            prev = Some(hash);
+        }
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[tokio::test]
+    async fn signed_lines_carry_a_mac_after_their_hash_and_nothing_else_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_of(1, &[]);
+        let (plain, hash) = make_line(&record(3), 3, GENESIS);
+        let (signed, signed_hash) = make_line_signed(&record(3), 3, GENESIS, Some(&keys.keys[0]));
+        assert_eq!(hash, signed_hash);
+        let mac = signed
+            .strip_prefix(&plain[..plain.len() - 1])
+            .and_then(|rest| rest.strip_prefix(",\"mac\":\""))
+            .and_then(|rest| rest.strip_suffix("\"}"))
+            .unwrap_or_else(|| panic!("{signed}"));
+        // HMAC-SHA256 over the hash's 32 bytes, under the key derived from the KEK.
+        let expected = ring::hmac::sign(
+            &crate::crypto::audit_mac_key(&crate::crypto::Kek::from_bytes([1; 32])).unwrap(),
+            &hex::decode(&hash).unwrap(),
+        );
+        assert_eq!(mac, hex::encode(expected.as_ref()));
+        let checked = check_line(&signed).unwrap();
+        assert_eq!((checked.hash, checked.mac), (hash, Some(mac.to_string())));
+
+        let path = dir.path().join("audit.log");
+        write_lines(&path, Some(&keys), 0, 10).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\",\"mac\":\"").count(), 10);
+        let r = verify_file_keyed(&path, &keys).unwrap();
+        assert_eq!(
+            (
+                r.lines,
+                r.mac_lines,
+                r.lines_before_macs,
+                r.previous_key_lines
+            ),
+            (10, 10, 0, 0)
+        );
+        assert!(r.macs_checked);
+        // Without keys the chain verifies, and the MACs are counted, not checked.
+        let r = verify_file(&path).unwrap();
+        assert_eq!((r.lines, r.mac_lines, r.macs_checked), (10, 10, false));
+        // Another KEK's keys: the first line fails.
+        let e = verify_file_keyed(&path, &keys_of(2, &[])).unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.reason.contains("MAC does not verify"), "{e}");
+    }
+
+    /// The audit's F3: a line edited and every later hash computed again passes the unkeyed check (when the
+    /// MACs are kept), and fails the keyed one at the edited line.
+    #[tokio::test]
+    async fn a_rewritten_chain_fails_keyed_verification_at_the_edited_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_of(1, &[]);
+        let path = dir.path().join("audit.log");
+        write_lines(&path, Some(&keys), 0, 20).await;
+        let pristine = std::fs::read(&path).unwrap();
+
+        // The MACs kept: the hash chain holds, so only the keys tell.
+        rechain(&path, 12, true);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("someone-else-")
+        );
+        let r = verify_file(&path).unwrap();
+        assert_eq!(r.lines, 20);
+        let e = verify_file_keyed(&path, &keys).unwrap_err();
+        assert_eq!((e.file.clone(), e.line), (path.clone(), 12), "{e}");
+        assert!(e.reason.contains("MAC does not verify"), "{e}");
+        let e = verify_chain_keyed(&path, &keys).unwrap_err();
+        assert_eq!(e.line, 12);
+
+        // As the audit's script does it (the MACs dropped from the rewritten lines): a removed MAC.
+        std::fs::write(&path, &pristine).unwrap();
+        rechain(&path, 12, false);
+        for e in [
+            verify_file_keyed(&path, &keys).unwrap_err(),
+            verify_file(&path).unwrap_err(),
+        ] {
+            assert_eq!(e.line, 12, "{e}");
+            assert!(e.reason.contains("no MAC"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_last_line_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_of(1, &[]);
+        let path = dir.path().join("audit.log");
+        write_lines(&path, Some(&keys), 0, 8).await;
+        let pristine = std::fs::read(&path).unwrap();
+        for keep_mac in [true, false] {
+            std::fs::write(&path, &pristine).unwrap();
+            rechain(&path, 8, keep_mac);
+            let e = AuditLog::open_signed(&path, 1 << 20, 0, &keys).unwrap_err();
+            assert!(matches!(e, AuditError::Unauthenticated { .. }), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("audit.log"), "{text}");
+            assert!(
+                text.contains(if keep_mac {
+                    "MAC does not verify"
+                } else {
+                    "a MAC was removed"
+                }),
+                "{text}"
+            );
+            // Nothing was written.
+            assert_eq!(verify_file(&path).is_ok(), keep_mac);
+        }
+        // Untouched, it starts (and continues the chain).
+        std::fs::write(&path, &pristine).unwrap();
+        write_lines(&path, Some(&keys), 8, 2).await;
+        assert_eq!(verify_file_keyed(&path, &keys).unwrap().lines, 10);
+    }
+
+    #[tokio::test]
+    async fn a_stripped_mac_after_signed_lines_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_of(1, &[]);
+        let path = dir.path().join("audit.log");
+        write_lines(&path, Some(&keys), 0, 6).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        // Line 4 without its `mac` member: its hash still matches.
+        let at = lines[3].find(",\"mac\":").unwrap();
+        lines[3] = format!("{}}}", &lines[3][..at]);
+        assert!(check_line(&lines[3]).is_ok());
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        for e in [
+            verify_file_keyed(&path, &keys).unwrap_err(),
+            verify_file(&path).unwrap_err(),
+        ] {
+            assert_eq!(e.line, 4, "{e}");
+            assert!(e.reason.contains("a MAC was removed"), "{e}");
+        }
+        // Across files too: a rotated file with MACs, then an active file without.
+        let active = dir.path().join("split.log");
+        let rotated = dir.path().join("split.log.1");
+        std::fs::write(&rotated, lines[..3].join("\n") + "\n").unwrap();
+        std::fs::write(&active, lines[3..].join("\n") + "\n").unwrap();
+        let e = verify_chain_keyed(&active, &keys).unwrap_err();
+        assert_eq!((e.file, e.line), (active.clone(), 1));
+    }
+
+    /// The upgrade boundary: an old log (no MACs) is continued, and its lines are reported as not
+    /// authenticated.
+    #[tokio::test]
+    async fn a_log_from_before_macs_is_continued_with_macs() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_of(1, &[]);
+        let path = dir.path().join("audit.log");
+        write_lines(&path, None, 0, 5).await;
+        let old = std::fs::read_to_string(&path).unwrap();
+        assert!(!old.contains("\"mac\""));
+        write_lines(&path, Some(&keys), 5, 3).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The old lines are as they were.
+        assert!(text.starts_with(&old));
+        let r = verify_file_keyed(&path, &keys).unwrap();
+        assert_eq!(
+            (r.lines, r.lines_before_macs, r.mac_lines, r.last_seq),
+            (8, 5, 3, Some(7))
+        );
+        // Opened again: the last line now has a MAC, which is checked.
+        write_lines(&path, Some(&keys), 8, 1).await;
+        assert_eq!(verify_file_keyed(&path, &keys).unwrap().mac_lines, 4);
+    }
+
+    /// KEK rotation: lines signed under the old key verify while it is given as a previous key.
+    #[tokio::test]
+    async fn lines_under_a_previous_key_verify_when_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_lines(&path, Some(&keys_of(1, &[])), 0, 3).await;
+        // Rotated: key 2 current, key 1 previous. The start checks the last line under key 1.
+        let rotated = keys_of(2, &[1]);
+        write_lines(&path, Some(&rotated), 3, 4).await;
+        let r = verify_file_keyed(&path, &rotated).unwrap();
+        assert_eq!((r.lines, r.mac_lines, r.previous_key_lines), (7, 7, 3));
+        // Without the old key, its lines fail.
+        let e = verify_file_keyed(&path, &keys_of(2, &[])).unwrap_err();
+        assert_eq!(e.line, 1);
+        // Without the new one, its first line fails.
+        let e = verify_file_keyed(&path, &keys_of(1, &[])).unwrap_err();
+        assert_eq!(e.line, 4);
+        // A server that holds neither refuses to continue.
+        assert!(matches!(
+            AuditLog::open_signed(&path, 1 << 20, 0, &keys_of(3, &[])),
+            Err(AuditError::Unauthenticated { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_head_is_the_last_line_written_even_just_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let keys = keys_of(1, &[]);
+        let log = AuditLog::open_signed(&path, 4096, 0, &keys).unwrap();
+        assert_eq!(log.head(), None);
+        let mut i = 0;
+        while chain_files(&path).len() < 2 {
+            log.record_written(record(i));
+            i += 1;
+        }
+        let r = verify_chain_keyed(&path, &keys).unwrap();
+        let (file, seq, hash) = log.head().unwrap();
+        assert_eq!((Some(seq), Some(hash)), (r.last_seq, r.last_hash));
+        // The line that rotated is in the new active file.
+        assert_eq!(file, path);
+        // Written out with nothing after a rotation (forced here): the newest rotated file holds the head.
+        {
+            let mut w = lock(&log.state);
+            w.rotate().unwrap();
+            w.written.2 = 0;
+        }
+        let (file, seq2, _) = log.head().unwrap();
+        assert_eq!(seq2, seq);
+        assert_eq!(file, chain_files(&path)[chain_files(&path).len() - 2]);
     }
 
     #[test]
@@ -1027,7 +1648,7 @@ mod tests {
                 };
                 let seq = [0, 1, u64::MAX][(i + j) % 3];
                 let mut buf = Vec::new();
-                let hash = append_line(&mut buf, &mut time, &record, seq, text);
+                let hash = append_line(&mut buf, &mut time, &record, seq, text, None);
                 let line = String::from_utf8(buf).unwrap();
                 let time_text = rfc3339_ms(record.time_ms);
                 let reference = serde_json::to_string(&Body {
@@ -1076,11 +1697,14 @@ mod tests {
     fn lines_hash_and_chain() {
         let (a, ha) = make_line(&record(0), 0, GENESIS);
         let (b, hb) = make_line(&record(1), 1, &ha);
-        assert_eq!(
-            check_line(&a).unwrap(),
-            (0, GENESIS.to_string(), ha.clone())
-        );
-        assert_eq!(check_line(&b).unwrap(), (1, ha.clone(), hb));
+        let checked = |seq, prev: &str, hash: &str| CheckedLine {
+            seq,
+            prev: prev.to_string(),
+            hash: hash.to_string(),
+            mac: None,
+        };
+        assert_eq!(check_line(&a).unwrap(), checked(0, GENESIS, &ha));
+        assert_eq!(check_line(&b).unwrap(), checked(1, &ha, &hb));
         let v: serde_json::Value = serde_json::from_str(&a).unwrap();
         assert_eq!(v["requestId"], "req-0");
         assert_eq!(v["outcome"], "allowed");
@@ -1334,16 +1958,20 @@ mod tests {
             .collect();
         assert!(verify_files(&stale).is_err());
         let mut calls = 0;
-        let r = verify_listed(&path, |p| {
-            calls += 1;
-            if calls == 1 {
-                stale.clone()
-            } else {
-                chain_files(p)
-            }
-        })
+        let r = verify_listed(
+            &path,
+            |p| {
+                calls += 1;
+                if calls == 1 {
+                    stale.clone()
+                } else {
+                    chain_files(p)
+                }
+            },
+            None,
+        )
         .unwrap();
         assert_eq!((r.lines, calls), (100, 2));
-        assert!(verify_listed(&path, |_| stale.clone()).is_err());
+        assert!(verify_listed(&path, |_| stale.clone(), None).is_err());
     }
 }

@@ -347,6 +347,27 @@ pub async fn key_provider(
     Ok(Arc::new(KeyRing::new(current, previous)))
 }
 
+/// The keys `config` and the environment name, as [`key_provider`] reads them, without a store: the current key
+/// (`KEYVAULT_KEK`, else `kek_file`, which must exist) and the previous ones. For tools that only check
+/// (`keyvault audit verify`).
+pub fn configured_keys(config: &Config) -> Result<KeyRing, StartError> {
+    Ok(KeyRing::new(existing_kek(config)?, previous_keks(config)?))
+}
+
+/// The current key as it is: `KEYVAULT_KEK`, else the existing `kek_file`.
+fn existing_kek(config: &Config) -> Result<Kek, StartError> {
+    if let Ok(b64) = std::env::var(KEK_ENV) {
+        return Ok(StaticKeyProvider::from_base64(&b64)
+            .map_err(setup("the key in KEYVAULT_KEK is not usable"))?
+            .kek()
+            .clone());
+    }
+    Ok(FileKeyProvider::load_existing(&config.kek_path())
+        .map_err(setup("cannot load the key-encryption key"))?
+        .kek()
+        .clone())
+}
+
 /// The previous keys: the files of `previous_kek_files` (which must exist), then `KEYVAULT_PREVIOUS_KEKS`.
 fn previous_keks(config: &Config) -> Result<Vec<Kek>, StartError> {
     let mut keys = Vec::new();
@@ -369,19 +390,10 @@ async fn current_kek(
     store: &dyn SecretStore,
     creation: KeyFileCreation,
 ) -> Result<Kek, StartError> {
-    if let Ok(b64) = std::env::var(KEK_ENV) {
-        return Ok(StaticKeyProvider::from_base64(&b64)
-            .map_err(setup("the key in KEYVAULT_KEK is not usable"))?
-            .kek()
-            .clone());
+    if std::env::var(KEK_ENV).is_ok() || creation == KeyFileCreation::Never {
+        return existing_kek(config);
     }
     let path = config.kek_path();
-    if creation == KeyFileCreation::Never {
-        return Ok(FileKeyProvider::load_existing(&path)
-            .map_err(setup("cannot load the key-encryption key"))?
-            .kek()
-            .clone());
-    }
     let missing = matches!(
         std::fs::symlink_metadata(&path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound
@@ -452,6 +464,8 @@ impl Server {
         // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
         let store = open_store(&config).await?;
         let provider = key_provider(&config, store.as_ref(), KeyFileCreation::WhileEmpty).await?;
+        let audit_keys = crate::audit::AuditKeys::from_provider(provider.as_ref())
+            .map_err(setup("cannot derive the audit log's key"))?;
         let envelope = Arc::new(Envelope::new(provider));
         let initialized = check_store_marker(&config, store.as_ref()).await?;
         crate::store::check_key(store.as_ref(), &envelope)
@@ -682,8 +696,13 @@ impl Server {
         admin.spawn_refresher();
         let audit = match config.audit_log_path() {
             Some(path) => Some(
-                AuditLog::open_keeping(&path, config.audit_max_bytes, config.audit_keep_files)
-                    .map_err(setup("cannot open the audit log"))?,
+                AuditLog::open_signed(
+                    &path,
+                    config.audit_max_bytes,
+                    config.audit_keep_files,
+                    &audit_keys,
+                )
+                .map_err(setup("cannot open the audit log"))?,
             ),
             None => None,
         };
@@ -957,7 +976,8 @@ impl Server {
             let _ = refresher.await;
         }
         if let Some(audit) = &self.audit {
-            audit.flush().await;
+            // Written out, and its head logged here: an anchor apart from the audit file.
+            audit.close().await;
         }
         Ok(())
     }

@@ -276,13 +276,16 @@ async fn every_request_is_audited_once_and_the_chain_detects_tampering() {
     });
     assert_eq!(line, 6);
     let (line, reason) = tampered("re-hash an edited line", &|l| {
-        // An edit whose own hash is recomputed still breaks the link from the next line.
+        // An edit whose own hash is recomputed (its MAC kept: it is not checked here) still breaks the link
+        // from the next line.
         let edited = edit(&l[2]);
-        let mut body = edited[..edited.len() - 75].to_string();
+        let cut = edited.rfind(",\"hash\":").unwrap();
+        let mac = &edited[edited.rfind(",\"mac\":").unwrap()..edited.len() - 1];
+        let mut body = edited[..cut].to_string();
         body.push('}');
         let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()));
         body.pop();
-        l[2] = format!("{body},\"hash\":\"{hash}\"}}");
+        l[2] = format!("{body},\"hash\":\"{hash}\"{mac}}}");
     });
     assert_eq!(line, 4, "{reason}");
     assert!(reason.contains("chain"), "{reason}");

@@ -37,6 +37,9 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::{Zeroize, Zeroizing};
 
+mod audit_mac;
+pub use audit_mac::audit_mac_key;
+
 /// Length of a key-encryption key and of a data key, in bytes.
 pub const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;

@@ -1,0 +1,113 @@
+//! `keyvault audit verify`: the audit log's hash chain, and with the server's keys its lines' MACs.
+
+use crate::errors::{CliError, CliResult};
+use clap::Args;
+use keyvault_server::audit::{self, AuditKeys, VerifyReport};
+use keyvault_server::server::{KEK_ENV, PREVIOUS_KEKS_ENV, configured_keys};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  keyvault audit verify vault-data/audit.log
+  keyvault audit verify --chain vault-data/audit.log   # with audit.log.1, .2, … rotated files
+  keyvault audit verify --chain --config /etc/keyvault/keyvault.toml /var/lib/keyvault/audit.log
+
+Without keys, only the hash chain is checked, and anyone who can write the log can compute it again. With the
+keys (--config, which names kek_file and previous_kek_files as for `keyvault serve`, or KEYVAULT_KEK and
+KEYVAULT_PREVIOUS_KEKS), every line's MAC is checked too: a line that was edited, inserted or forged without
+the key-encryption key fails. Lines removed from the end (or every file) are found only against a head kept
+elsewhere: the server logs it at start, at each rotation and at shutdown; compare it with the last hash here.")]
+pub struct VerifyArgs {
+    /// The audit log file.
+    file: PathBuf,
+    /// Also verify the rotated files (FILE.1, FILE.2, …) as one chain, oldest first.
+    #[arg(long)]
+    chain: bool,
+    /// The server's TOML configuration file: its kek_file (or data_dir's kek.key) and previous_kek_files
+    /// give the keys that check the lines' MACs.
+    #[arg(long, env = "KEYVAULT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The keys to check MACs with, if any were given (`--config`, `KEYVAULT_KEK`, `KEYVAULT_PREVIOUS_KEKS`).
+fn keys(config: Option<&Path>) -> CliResult<Option<AuditKeys>> {
+    let from_env = [KEK_ENV, PREVIOUS_KEKS_ENV]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if config.is_none() && !from_env {
+        return Ok(None);
+    }
+    let config = match config {
+        Some(path) => crate::rekey::config_file(path)?,
+        None => keyvault_server::Config::default(),
+    };
+    // Keys that cannot be loaded leave the log unchecked: exit 1, as for a log that cannot be read (2 says
+    // the log is not intact).
+    let ring = configured_keys(&config)
+        .map_err(|e| CliError::other(format!("cannot verify the audit log's MACs: {e}")))?;
+    AuditKeys::from_provider(&ring)
+        .map(Some)
+        .map_err(|e| CliError::other(format!("cannot derive the audit log's key: {e}")))
+}
+
+pub fn verify(args: VerifyArgs) -> CliResult {
+    let keys = keys(args.config.as_deref())?;
+    let report = match (&keys, args.chain) {
+        (None, false) => audit::verify_file(&args.file),
+        (None, true) => audit::verify_chain(&args.file),
+        (Some(k), false) => audit::verify_file_keyed(&args.file, k),
+        (Some(k), true) => audit::verify_chain_keyed(&args.file, k),
+    };
+    match report {
+        Ok(r) => {
+            print_report(&r);
+            Ok(())
+        }
+        // Line 0 is the file itself: it could not be read, which says nothing about the chain (exit 1, apart
+        // from a log that is not intact).
+        Err(e) if e.line == 0 => Err(CliError::other(format!("cannot verify the audit log: {e}"))),
+        Err(e) => Err(CliError::bad_input(format!("audit log is not intact: {e}"))),
+    }
+}
+
+fn print_report(r: &VerifyReport) {
+    println!(
+        "ok: {} line(s) in {} file(s), seq {}..{}, last hash {}",
+        r.lines,
+        r.files,
+        r.first_seq.map_or("-".to_string(), |s| s.to_string()),
+        r.last_seq.map_or("-".to_string(), |s| s.to_string()),
+        r.last_hash.as_deref().unwrap_or("-")
+    );
+    if r.macs_checked {
+        let previous = if r.previous_key_lines > 0 {
+            format!(" ({} under a previous key)", r.previous_key_lines)
+        } else {
+            String::new()
+        };
+        println!(
+            "macs: {} line(s) authenticated{previous}; {} line(s) from before MACs (not authenticated)",
+            r.mac_lines, r.lines_before_macs
+        );
+        if r.lines > 0 && r.mac_lines == 0 {
+            stderr_line!(
+                "warning: no line has a MAC, so none is authenticated (a log written before audit MACs, or one \
+                 whose MACs were all removed)"
+            );
+        }
+    } else {
+        stderr_line!(
+            "note: the MACs were not checked ({} of {} line(s) carry one): without them, anyone who can write the \
+             log can compute its hashes again; check them with --config PATH (the server's configuration) or \
+             KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS",
+            r.mac_lines,
+            r.lines
+        );
+    }
+    if !r.complete && r.lines > 0 {
+        stderr_line!(
+            "warning: the chain does not start at its first line (older lines are missing: pruned by \
+             audit_keep_files, or removed)"
+        );
+    }
+}
