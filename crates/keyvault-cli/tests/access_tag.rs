@@ -126,7 +126,7 @@ fn vault_with_a_principal(data: &Path) -> (String, String) {
 fn stored(data: &Path) -> (Value, Value) {
     let wrapper: Value =
         serde_json::from_slice(&std::fs::read(data.join("access.json")).unwrap()).unwrap();
-    assert_eq!(wrapper["format"], "keyvault-access/2", "{wrapper}");
+    assert_eq!(wrapper["format"], "keyvault-access/3", "{wrapper}");
     let doc = serde_json::from_str(wrapper["document"].as_str().unwrap()).unwrap();
     (wrapper, doc)
 }
