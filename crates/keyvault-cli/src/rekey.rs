@@ -249,10 +249,15 @@ async fn run_offline(
     }
     // The access-control document's tag moves to the current key too: in the store when it is shared,
     // else the data directory's access.json.
+    let binding =
+        keyvault_server::admin::tagged::Binding::new(&config.vault_name, &config.tenant_id);
     let access = if store.is_shared() {
-        AccessLocation::Store
+        AccessLocation::Store(binding)
     } else {
-        AccessLocation::File(config.data_dir.join(keyvault_server::admin::ACCESS_FILE))
+        AccessLocation::File(
+            config.data_dir.join(keyvault_server::admin::ACCESS_FILE),
+            binding,
+        )
     };
     let options = RekeyOptions {
         batch_size: usize::from(batch_size),

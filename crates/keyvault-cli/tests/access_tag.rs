@@ -126,7 +126,7 @@ fn vault_with_a_principal(data: &Path) -> (String, String) {
 fn stored(data: &Path) -> (Value, Value) {
     let wrapper: Value =
         serde_json::from_slice(&std::fs::read(data.join("access.json")).unwrap()).unwrap();
-    assert_eq!(wrapper["format"], "keyvault-access/2", "{wrapper}");
+    assert_eq!(wrapper["format"], "keyvault-access/3", "{wrapper}");
     let doc = serde_json::from_str(wrapper["document"].as_str().unwrap()).unwrap();
     (wrapper, doc)
 }
@@ -242,6 +242,16 @@ fn an_untagged_access_file_is_adopted_only_with_the_flag() {
         serde_json::to_vec_pretty(&doc).unwrap(),
     )
     .unwrap();
+    // This build recorded in the store that its document is tagged: an untagged one is then refused even
+    // with the flag (tampering, not an upgrade).
+    let out = refused(&data, &["--adopt-access-document"]).code(2);
+    assert!(
+        out.stderr.contains(NOT_VERIFIED) && out.stderr.contains("saved tagged before"),
+        "{}",
+        out.stderr
+    );
+    // A data directory an older build wrote has no such record.
+    forget_tagged(&data);
 
     let out = refused(&data, &[]).code(2);
     assert!(
@@ -312,4 +322,43 @@ fn an_untagged_access_file_is_adopted_only_with_the_flag() {
     );
     assert_eq!(token_status(&data, &app, &app_secret), 200);
     stop_server(server);
+
+    // The audit's M4: the flag left on (a unit file), and an untagged document written by hand: refused.
+    write(
+        &data,
+        &json!({"principals": doc["principals"], "assignments": doc["assignments"], "roles": []}),
+    );
+    let out = refused(&data, &["--adopt-access-document"]).code(2);
+    assert!(
+        out.stderr.contains(NOT_VERIFIED) && out.stderr.contains("saved tagged before"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Removes the store's record that its access document was tagged (what a data directory of a build before
+/// the record looks like).
+fn forget_tagged(data: &Path) {
+    use keyvault_server::store::SecretStore;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store =
+            keyvault_server::store::sqlite::SqliteStore::open(&data.join("vault.db")).unwrap();
+        let key = keyvault_server::admin::tagged::TAGGED_MARKER;
+        let held = store.meta(key).await.unwrap();
+        assert!(held.is_some(), "the record is there");
+        assert!(
+            store
+                .meta_swap(vec![keyvault_server::store::MetaSwap {
+                    key: key.to_string(),
+                    expect: held,
+                    set: None,
+                }])
+                .await
+                .unwrap()
+        );
+    });
 }

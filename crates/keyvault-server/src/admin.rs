@@ -289,14 +289,17 @@ enum Reload {
 #[derive(Clone)]
 pub struct AccessKeys {
     pub envelope: Arc<Envelope>,
+    /// The vault (name, tenant) the document's tag binds it to.
+    pub binding: tagged::Binding,
     pub adopt: bool,
 }
 
 impl AccessKeys {
-    /// Tagging under `envelope`, adopting nothing.
+    /// Tagging under `envelope` for an unnamed vault (tests), adopting nothing.
     pub fn new(envelope: Arc<Envelope>) -> Self {
         AccessKeys {
             envelope,
+            binding: tagged::Binding::default(),
             adopt: false,
         }
     }
@@ -353,6 +356,14 @@ pub struct AccessAdmin {
     confirmation: Option<Confirmation>,
     /// The keys the stored document is tagged under.
     envelope: Arc<Envelope>,
+    /// The vault the tag binds the document to.
+    binding: tagged::Binding,
+    /// Where the record that the document is tagged is kept ([`tagged::TAGGED_MARKER`]), and whether this
+    /// process has seen it kept.
+    marker: Option<Arc<dyn SecretStore>>,
+    marked: AtomicBool,
+    /// `applied.refused` is set (read on every request, without the lock).
+    refusing_document: AtomicBool,
 }
 
 impl std::fmt::Debug for AccessAdmin {
@@ -408,37 +419,70 @@ fn tag_error(e: CryptoError) -> AdminError {
     }
 }
 
-/// The document in stored `bytes` (tagged, verified) and the key it was tagged under.
+/// The document in stored `bytes` (tagged for `binding`'s vault, verified; at `revision` if given), the key
+/// it was tagged under and the revision it was tagged with.
 fn open_tagged(
     envelope: &Envelope,
+    binding: &tagged::Binding,
     bytes: &[u8],
+    revision: Option<i64>,
     origin: &str,
-) -> Result<(AccessFile, String), DocError> {
-    let verified = tagged::unwrap(envelope, bytes, origin)?;
+) -> Result<(AccessFile, String, i64), DocError> {
+    let verified = tagged::unwrap(envelope, binding, bytes, revision, origin)?;
     let doc = parse_doc(verified.document.as_bytes(), origin).map_err(DocError::Invalid)?;
-    Ok((doc, verified.kek_id))
+    Ok((doc, verified.kek_id, verified.revision))
 }
 
-/// A document read at start: tagged and verified, or untagged and adopted (`adopt`), else the reason the
-/// server does not start. The second value: it was adopted (it must be saved tagged).
+/// A document read at start: tagged and verified, or untagged and adopted (`keys.adopt`, unless the store
+/// records that its document was tagged before: `tagged_before`), else the reason the server does not
+/// start. Returns the document, the key it is tagged under (None: adopted, it must be saved tagged) and its
+/// revision.
 fn load_at_start(
-    envelope: &Envelope,
+    keys: &AccessKeys,
     bytes: &[u8],
+    revision: Option<i64>,
     origin: &str,
-    adopt: bool,
-) -> Result<(AccessFile, Option<String>, bool), String> {
-    match open_tagged(envelope, bytes, origin) {
-        Ok((doc, kek_id)) => {
-            if adopt {
+    tagged_before: bool,
+) -> Result<(AccessFile, Option<String>, i64), String> {
+    let envelope = keys.envelope.as_ref();
+    match open_tagged(envelope, &keys.binding, bytes, revision, origin) {
+        Ok((doc, kek_id, revision)) => {
+            if keys.adopt {
                 tracing::info!(
                     origin,
                     "--adopt-access-document: the access-control document is tagged already; nothing to adopt"
                 );
             }
-            Ok((doc, Some(kek_id), false))
+            Ok((doc, Some(kek_id), revision))
         }
-        Err(DocError::Untagged) if adopt => Ok((parse_doc(bytes, origin)?, None, true)),
+        Err(DocError::Untagged { .. }) if tagged_before => Err(format!(
+            "{origin}: {} (it has no integrity tag of this build, and this store records that its document was \
+             saved tagged before: an untagged document now was written by someone other than this server, not \
+             left by an older build, and --adopt-access-document does not accept it). Put back the document \
+             this server saved, or a backup of it",
+            tagged::NOT_VERIFIED
+        )),
+        Err(DocError::Untagged { .. }) if keys.adopt => {
+            let document = tagged::adoptable(envelope, bytes, origin)?;
+            Ok((
+                parse_doc(document.as_bytes(), origin)?,
+                None,
+                revision.unwrap_or(0),
+            ))
+        }
         Err(e) => Err(e.at_start(origin)),
+    }
+}
+
+/// Whether `store` records that its access document was saved tagged.
+async fn tagged_before(store: Option<&Arc<dyn SecretStore>>) -> Result<bool, String> {
+    match store {
+        Some(store) => Ok(store
+            .meta(tagged::TAGGED_MARKER)
+            .await
+            .map_err(|e| format!("cannot read the store's access-document record: {e}"))?
+            .is_some()),
+        None => Ok(false),
     }
 }
 
@@ -494,28 +538,35 @@ impl AccessAdmin {
         let path = data_dir.map(|d| d.join(ACCESS_FILE));
         let started = Instant::now();
         let envelope = keys.envelope.as_ref();
+        let marker = store.clone();
+        let was_tagged = tagged_before(marker.as_ref()).await?;
         let (backend, revision, doc, kek_id) = match (store.filter(|s| s.is_shared()), path) {
             (Some(store), path) => {
                 let (revision, doc, kek_id) =
-                    Self::load_shared(store.as_ref(), path.as_deref(), &keys).await?;
+                    Self::load_shared(store.as_ref(), path.as_deref(), &keys, was_tagged).await?;
                 (Backend::Shared(store), revision, doc, kek_id)
             }
             (None, Some(path)) => {
                 let origin = path.display().to_string();
-                let (doc, kek_id) = match read_file(&path)? {
+                let (doc, kek_id, revision) = match read_file(&path)? {
                     Some(bytes) => {
-                        let (doc, kek_id, adopted) =
-                            load_at_start(envelope, &bytes, &origin, keys.adopt)?;
-                        if adopted {
+                        let (doc, kek_id, revision) =
+                            load_at_start(&keys, &bytes, None, &origin, was_tagged)?;
+                        if kek_id.is_none() {
                             let json = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
-                            let stored = tagged::wrap(envelope, &json, true)
-                                .map_err(|e| format!("cannot tag the access document: {e}"))?;
+                            let stored =
+                                tagged::wrap(envelope, &keys.binding, revision + 1, &json, true)
+                                    .map_err(|e| format!("cannot tag the access document: {e}"))?;
                             crate::server::write_private_file(&path, &stored)
                                 .map_err(|e| format!("cannot write {origin}: {e}"))?;
                             log_adopted(&doc, &origin, envelope.current_kek_id());
-                            (doc, Some(envelope.current_kek_id().to_owned()))
+                            (
+                                doc,
+                                Some(envelope.current_kek_id().to_owned()),
+                                revision + 1,
+                            )
                         } else {
-                            (doc, kek_id)
+                            (doc, kek_id, revision)
                         }
                     }
                     None => {
@@ -524,10 +575,10 @@ impl AccessAdmin {
                                 "--adopt-access-document: there is no access-control document; nothing to adopt"
                             );
                         }
-                        (AccessFile::default(), None)
+                        (AccessFile::default(), None, 0)
                     }
                 };
-                (Backend::File(path), 0, doc, kek_id)
+                (Backend::File(path), revision, doc, kek_id)
             }
             (None, None) => (Backend::Memory, 0, AccessFile::default(), None),
         };
@@ -548,11 +599,19 @@ impl AccessAdmin {
             writer: tokio::sync::Mutex::new(()),
             confirmation,
             envelope: keys.envelope,
+            binding: keys.binding,
+            marker,
+            marked: AtomicBool::new(was_tagged),
+            refusing_document: AtomicBool::new(false),
         };
+        let stored = kek_id.is_some();
         {
             let mut applied = admin.lock();
             admin.install(&mut applied, doc, revision);
             applied.kek_id = kek_id;
+        }
+        if stored {
+            admin.record_tagged().await.map_err(|e| e.to_string())?;
         }
         Ok(admin)
     }
@@ -572,6 +631,7 @@ impl AccessAdmin {
         store: &dyn SecretStore,
         local: Option<&Path>,
         keys: &AccessKeys,
+        tagged_before: bool,
     ) -> Result<(i64, AccessFile, Option<String>), String> {
         let envelope = keys.envelope.as_ref();
         let local_doc = match local {
@@ -587,14 +647,20 @@ impl AccessAdmin {
                         "ignoring the local access file: the shared store's access document is used"
                     );
                 }
-                let (doc, kek_id, adopted) =
-                    load_at_start(envelope, &shared.doc, "the store", keys.adopt)?;
-                if !adopted {
+                let (doc, kek_id, _) = load_at_start(
+                    keys,
+                    &shared.doc,
+                    Some(shared.revision),
+                    "the store",
+                    tagged_before,
+                )?;
+                if kek_id.is_some() {
                     return Ok((shared.revision, doc, kek_id));
                 }
                 let json = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
-                let stored = tagged::wrap(envelope, &json, false)
-                    .map_err(|e| format!("cannot tag the access document: {e}"))?;
+                let stored =
+                    tagged::wrap(envelope, &keys.binding, shared.revision + 1, &json, false)
+                        .map_err(|e| format!("cannot tag the access document: {e}"))?;
                 if let Some(revision) = store
                     .put_access_doc(shared.revision, &stored)
                     .await
@@ -615,9 +681,10 @@ impl AccessAdmin {
                 return Ok((0, AccessFile::default(), None));
             };
             let origin = p.display().to_string();
-            let (doc, _, adopted) = load_at_start(envelope, bytes, &origin, keys.adopt)?;
+            let (doc, kek_id, _) = load_at_start(keys, bytes, None, &origin, tagged_before)?;
+            let adopted = kek_id.is_none();
             let json = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
-            let stored = tagged::wrap(envelope, &json, false)
+            let stored = tagged::wrap(envelope, &keys.binding, 1, &json, false)
                 .map_err(|e| format!("cannot tag the access document: {e}"))?;
             if let Some(revision) = store
                 .put_access_doc(0, &stored)
@@ -691,7 +758,8 @@ impl AccessAdmin {
     /// until it has. None otherwise (always None for a private store: nothing can change it elsewhere).
     pub fn unconfirmed(&self) -> Option<Duration> {
         let age = self.confirmation.as_ref()?.age(Instant::now());
-        (age > UNCONFIRMED_LIMIT).then_some(age)
+        // A shared document this node refuses: at once (its last good state is no longer the store's).
+        (age > UNCONFIRMED_LIMIT || self.refusing_document.load(Ordering::Relaxed)).then_some(age)
     }
 
     /// With a shared store: how long ago the access state was last confirmed current, and how many refreshes
@@ -740,6 +808,64 @@ impl AccessAdmin {
         self.lock().refused.is_some_and(|r| r.replaceable)
     }
 
+    /// Whether `who` may use the admin API while this node refuses the shared document: only while a change
+    /// may replace it, and only a principal the configuration declares (`[[clients]]`, the dev client: not a
+    /// managed one of the document, which another node may have removed) holding the admin permission on the
+    /// whole vault through an assignment of the configuration (or the configured default role), with a role
+    /// that is not one of the document's. The node's last good state may lack a revocation made elsewhere;
+    /// what the configuration grants, it does not.
+    pub fn admits_while_refusing(&self, who: &str) -> bool {
+        let applied = self.lock();
+        if !applied.refused.is_some_and(|r| r.replaceable)
+            || !self.clients.contains(who)
+            || applied.doc.principals.iter().any(|p| p.client_id == who)
+        {
+            return false;
+        }
+        let managed_role = |name: &str| {
+            let name = self
+                .policy
+                .role_name(name)
+                .unwrap_or_else(|| name.to_owned());
+            applied
+                .doc
+                .roles
+                .iter()
+                .any(|r| r.name.eq_ignore_ascii_case(&name))
+        };
+        let grants_admin = |role: &str| {
+            !managed_role(role)
+                && self.policy.roles().iter().any(|r| {
+                    (r.name.eq_ignore_ascii_case(role) || r.id.as_deref() == Some(role))
+                        && r.permissions.contains(&Permission::Admin)
+                })
+        };
+        let configured = (self.policy.assignments(Some(who)).into_iter())
+            .filter(|a| !applied.doc.assignments.iter().any(|m| m.id == a.id))
+            .any(|a| a.scope == Scope::Vault && grants_admin(&a.role));
+        configured
+            || self
+                .policy
+                .default_role_of(who)
+                .is_some_and(|r| grants_admin(&r))
+    }
+
+    /// Records in the store that its access document is tagged (once per process: the record, once there,
+    /// stays).
+    async fn record_tagged(&self) -> Result<(), AdminError> {
+        let Some(store) = &self.marker else {
+            return Ok(());
+        };
+        if self.marked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        store
+            .meta_insert(tagged::TAGGED_MARKER, tagged::FORMAT.as_bytes())
+            .await?;
+        self.marked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Reads the shared document and applies it if it is newer and verifies; one that does not verify is
     /// refused (logged once per revision), and the last good state kept. The caller holds `writer`.
     async fn reload_locked(&self) -> Result<Reload, AdminError> {
@@ -756,11 +882,35 @@ impl AccessAdmin {
         if shared.revision == revision {
             return Ok(Reload::Unchanged);
         }
-        match open_tagged(&self.envelope, &shared.doc, "the store") {
-            Ok((doc, kek_id)) => {
+        // A verified document older than the one applied: an older row put back with its own revision.
+        let opened = if shared.revision < revision {
+            Err(DocError::NotVerified {
+                message: format!(
+                    "the store: {} (its revision {} is lower than revision {revision}, which this node applied: \
+                     an older document was put back; a change through the admin API cannot replace it: put the \
+                     newer document back, or restart every node to accept this one, then check principals, \
+                     secrets and role assignments)",
+                    tagged::NOT_VERIFIED,
+                    shared.revision
+                ),
+                // Not replaceable: a change would store a revision other nodes have passed.
+                unknown_key: true,
+            })
+        } else {
+            open_tagged(
+                &self.envelope,
+                &self.binding,
+                &shared.doc,
+                Some(shared.revision),
+                "the store",
+            )
+        };
+        match opened {
+            Ok((doc, kek_id, _)) => {
                 let mut applied = self.lock();
                 self.install(&mut applied, doc, shared.revision);
                 applied.kek_id = Some(kek_id);
+                self.refusing_document.store(false, Ordering::Relaxed);
                 if applied.refused.take().is_some() {
                     tracing::warn!(
                         revision = shared.revision,
@@ -795,6 +945,7 @@ impl AccessAdmin {
                          document that verifies is stored (a change through the admin API saves one)"
                     );
                     self.lock().refused = Some(now);
+                    self.refusing_document.store(true, Ordering::Relaxed);
                 }
                 Ok(Reload::Refused(now, message))
             }
@@ -813,7 +964,9 @@ impl AccessAdmin {
         match &self.backend {
             Backend::Memory => Ok(Some(revision + 1)),
             Backend::File(path) => {
-                let stored = tagged::wrap(&self.envelope, &json()?, true).map_err(tag_error)?;
+                let stored =
+                    tagged::wrap(&self.envelope, &self.binding, revision + 1, &json()?, true)
+                        .map_err(tag_error)?;
                 crate::server::write_private_file(path, &stored).map_err(|e| {
                     tracing::error!(error = %e, path = %path.display(), "cannot write the access file");
                     AdminError::Internal("the change could not be saved".into())
@@ -821,7 +974,9 @@ impl AccessAdmin {
                 Ok(Some(revision + 1))
             }
             Backend::Shared(store) => {
-                let stored = tagged::wrap(&self.envelope, &json()?, false).map_err(tag_error)?;
+                let stored =
+                    tagged::wrap(&self.envelope, &self.binding, revision + 1, &json()?, false)
+                        .map_err(tag_error)?;
                 Ok(store.put_access_doc(revision, &stored).await?)
             }
         }
@@ -848,10 +1003,14 @@ impl AccessAdmin {
             let expected = replace.take().map_or(revision, |r| r.revision);
             match self.save(expected, &next).await? {
                 Some(new_revision) => {
+                    if !matches!(self.backend, Backend::Memory) {
+                        self.record_tagged().await?;
+                    }
                     let mut applied = self.lock();
                     self.install(&mut applied, next, new_revision);
                     applied.kek_id = (!matches!(self.backend, Backend::Memory))
                         .then(|| self.envelope.current_kek_id().to_owned());
+                    self.refusing_document.store(false, Ordering::Relaxed);
                     if let Some(refused) = applied.refused.take() {
                         tracing::warn!(
                             refused_revision = refused.revision,
@@ -1544,7 +1703,7 @@ async fn new_secret_and_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::policy::READER;
+    use crate::auth::policy::{ADMINISTRATOR, READER};
 
     /// The keys of every test here: one fixed KEK (and another, for documents tagged elsewhere).
     fn test_envelope(byte: u8) -> Arc<Envelope> {
@@ -1559,14 +1718,21 @@ mod tests {
 
     /// The document in stored bytes tagged under the test key.
     fn read_stored(bytes: &[u8]) -> AccessFile {
-        let (doc, kek_id) = open_tagged(&test_envelope(7), bytes, "test").unwrap();
+        let (doc, kek_id, _) = open_tagged(
+            &test_envelope(7),
+            &tagged::Binding::default(),
+            bytes,
+            None,
+            "test",
+        )
+        .unwrap();
         assert_eq!(kek_id, test_envelope(7).current_kek_id());
         doc
     }
 
     /// `doc` (JSON) in the stored form, tagged under the test key.
     fn tagged_json(doc: &str) -> Vec<u8> {
-        tagged::wrap(&test_envelope(7), doc, true).unwrap()
+        tagged::wrap(&test_envelope(7), &tagged::Binding::default(), 1, doc, true).unwrap()
     }
 
     #[tokio::test]
@@ -2042,8 +2208,18 @@ mod tests {
         assert_eq!(at(&admin), before);
         assert!(has_role());
 
-        let empty =
-            String::from_utf8(tagged::wrap(&test_envelope(7), "{}", false).unwrap()).unwrap();
+        // Tagged, for this vault, at the row's revision (define_role: 1, and three updates).
+        let empty = String::from_utf8(
+            tagged::wrap(
+                &test_envelope(7),
+                &tagged::Binding::default(),
+                4,
+                "{}",
+                false,
+            )
+            .unwrap(),
+        )
+        .unwrap();
         pg.query_text(&format!(
             "UPDATE kv_access SET revision = revision + 1, doc = convert_to('{empty}', 'UTF8')"
         ))
@@ -2052,5 +2228,230 @@ mod tests {
         assert!(admin.refresh().await.unwrap());
         assert!(at(&admin) > before);
         assert!(!has_role());
+    }
+
+    /// The audit's H1: the tag binds the vault's name and tenant (the name in any case), and the revision
+    /// when the caller knows the row's.
+    #[test]
+    fn a_tag_binds_the_vault_the_tenant_and_the_revision() {
+        let envelope = test_envelope(7);
+        let vx = tagged::Binding::new("vx", "tenant-a");
+        let stored = tagged::wrap(&envelope, &vx, 3, r#"{"principals":[]}"#, false).unwrap();
+        let open = |binding: &tagged::Binding, revision: Option<i64>| {
+            tagged::unwrap(&envelope, binding, &stored, revision, "test")
+        };
+        let ok = open(&tagged::Binding::new("VX", "tenant-a"), Some(3)).unwrap();
+        assert_eq!(
+            (ok.revision, ok.document.as_str()),
+            (3, r#"{"principals":[]}"#)
+        );
+        assert!(open(&vx, None).is_ok(), "a file: any revision it carries");
+        for (binding, revision) in [
+            (tagged::Binding::new("vy", "tenant-a"), Some(3)),
+            (tagged::Binding::new("vx", "tenant-b"), Some(3)),
+            (vx.clone(), Some(4)),
+        ] {
+            match open(&binding, revision) {
+                Err(DocError::NotVerified {
+                    message,
+                    unknown_key: false,
+                }) => {
+                    assert!(message.contains(tagged::NOT_VERIFIED), "{message}")
+                }
+                Err(e) => panic!("{e:?}"),
+                Ok(_) => panic!("verified for {binding:?} at {revision:?}"),
+            }
+        }
+        // The revision in the wrapper changed by hand: the tag no longer matches.
+        let text = String::from_utf8(stored.clone()).unwrap();
+        let bumped = text.replace(r#""revision":3"#, r#""revision":4"#);
+        assert_ne!(bumped, text);
+        assert!(matches!(
+            tagged::unwrap(&envelope, &vx, bumped.as_bytes(), Some(4), "test"),
+            Err(DocError::NotVerified { .. })
+        ));
+    }
+
+    /// H1 over files: access.json copied from a vault of another name (the same KEK) is refused at start.
+    #[tokio::test]
+    async fn an_access_file_of_another_vault_is_refused_at_start() {
+        let (x, y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let keys = |vault: &str| AccessKeys {
+            binding: tagged::Binding::new(vault, "tenant"),
+            ..test_keys()
+        };
+        let open = |dir: PathBuf, vault: &'static str| async move {
+            AccessAdmin::open(
+                Some(&dir),
+                None,
+                Arc::new(ClientRegistry::new()),
+                Arc::new(Policy::new()),
+                keys(vault),
+            )
+            .await
+        };
+        let admin = open(x.path().to_owned(), "vx").await.unwrap();
+        admin
+            .create_principal(
+                Some("evil".into()),
+                None,
+                Some((ADMINISTRATOR.into(), Scope::Vault)),
+                0,
+            )
+            .await
+            .unwrap();
+        drop(admin);
+        std::fs::copy(x.path().join(ACCESS_FILE), y.path().join(ACCESS_FILE)).unwrap();
+        let e = open(y.path().to_owned(), "vy").await.unwrap_err();
+        assert!(e.contains(tagged::NOT_VERIFIED), "{e}");
+        // Its own vault still reads it (and a revision that counts its changes).
+        let admin = open(x.path().to_owned(), "vx").await.unwrap();
+        assert_eq!(admin.principals().len(), 1);
+        assert_eq!(admin.lock().revision, 1);
+    }
+
+    /// M4: once a store recorded that its document is tagged, an untagged one is refused even with
+    /// --adopt-access-document; and an object that is not an access document is never adopted.
+    #[tokio::test]
+    async fn adoption_is_once_per_store_and_only_of_an_access_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SecretStore> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("vault.db")).unwrap(),
+        );
+        let adopting = AccessKeys {
+            adopt: true,
+            ..test_keys()
+        };
+        let open = |keys: AccessKeys| {
+            AccessAdmin::open(
+                Some(dir.path()),
+                Some(store.clone()),
+                Arc::new(ClientRegistry::new()),
+                Arc::new(Policy::new()),
+                keys,
+            )
+        };
+        let file = dir.path().join(ACCESS_FILE);
+        // Not an access document (a wrapper's members renamed): refused, nothing written.
+        let renamed =
+            br#"{"Format":"keyvault-access/3","Kek":"00000000","Tag":"x","Document":"{}"}"#;
+        std::fs::write(&file, renamed).unwrap();
+        let e = open(adopting.clone()).await.unwrap_err();
+        assert!(e.contains("not a valid access document"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), renamed);
+        assert_eq!(store.meta(tagged::TAGGED_MARKER).await.unwrap(), None);
+
+        // An old build's document: adopted once, and the store records that it is tagged.
+        std::fs::write(
+            &file,
+            br#"{"principals":[],"roles":[{"name":"R1","permissions":["get"]}]}"#,
+        )
+        .unwrap();
+        let admin = open(adopting.clone()).await.unwrap();
+        assert_eq!(
+            admin.roles().iter().filter(|r| r.role.name == "R1").count(),
+            1
+        );
+        drop(admin);
+        assert!(store.meta(tagged::TAGGED_MARKER).await.unwrap().is_some());
+
+        // The flag left on, and an untagged document written by hand: tampering, not an upgrade.
+        std::fs::write(&file, br#"{"roles":[{"name":"R2","permissions":["get"]}]}"#).unwrap();
+        let e = open(adopting.clone()).await.unwrap_err();
+        assert!(e.contains("saved tagged before"), "{e}");
+        assert!(e.contains(tagged::NOT_VERIFIED), "{e}");
+        let e = open(test_keys()).await.unwrap_err();
+        assert!(e.contains("saved tagged before"), "{e}");
+    }
+
+    /// M1 and H2 over a real PostgreSQL store: an older row put back under a later revision, or with its
+    /// own lower revision, is refused by a running node (at once unconfirmed); while it refuses, only a
+    /// configured administrator may use the admin API, never a managed one.
+    #[tokio::test]
+    async fn an_older_row_is_refused_and_only_configured_administrators_may_repair() {
+        let Some(pg) = crate::store::pgtest::start_or_skip(
+            "admin::an_older_row_is_refused_and_only_configured_administrators_may_repair",
+        ) else {
+            return;
+        };
+        let store: Arc<dyn SecretStore> = Arc::new(
+            crate::store::postgres::PostgresStore::open(&pg.url())
+                .await
+                .unwrap(),
+        );
+        let clients = Arc::new(ClientRegistry::new());
+        let policy = Arc::new(Policy::new());
+        clients.ensure("cfg-admin");
+        clients.ensure("cfg-reader");
+        for (principal, role) in [("cfg-admin", ADMINISTRATOR), ("cfg-reader", READER)] {
+            policy
+                .assign(Assignment {
+                    id: format!("configured-{principal}"),
+                    principal: principal.into(),
+                    role: role.into(),
+                    scope: Scope::Vault,
+                })
+                .unwrap();
+        }
+        let admin = AccessAdmin::open(None, Some(store.clone()), clients, policy, test_keys())
+            .await
+            .unwrap();
+        let (p, _, _) = admin
+            .create_principal(
+                Some("p".into()),
+                None,
+                Some((ADMINISTRATOR.into(), Scope::Vault)),
+                0,
+            )
+            .await
+            .unwrap();
+        let old = store.access_doc().await.unwrap().unwrap();
+        assert_eq!(old.revision, 1);
+        admin.delete_principal(&p.client_id).await.unwrap();
+        let old_text = String::from_utf8(old.doc.clone())
+            .unwrap()
+            .replace('\'', "''");
+
+        // The revision-1 row put back as revision 3: refused, at once.
+        pg.query_text(&format!(
+            "UPDATE kv_access SET revision = revision + 1, doc = convert_to('{old_text}', 'UTF8')"
+        ))
+        .await
+        .unwrap();
+        let e = admin.refresh().await.unwrap_err().to_string();
+        assert!(
+            e.contains(tagged::NOT_VERIFIED) && e.contains("tagged as revision 1"),
+            "{e}"
+        );
+        assert!(admin.unconfirmed().is_some());
+        assert!(
+            admin
+                .principals()
+                .iter()
+                .all(|v| v.client_id != p.client_id)
+        );
+        // While refusing: a configured administrator only.
+        assert!(admin.admits_while_refusing("cfg-admin"));
+        assert!(!admin.admits_while_refusing("cfg-reader"));
+        assert!(!admin.admits_while_refusing(&p.client_id));
+        assert!(!admin.admits_while_refusing("unknown"));
+
+        // The same row with its own revision (1, below the 2 applied): refused, and not replaceable.
+        pg.query_text(&format!(
+            "UPDATE kv_access SET revision = 1, doc = convert_to('{old_text}', 'UTF8')"
+        ))
+        .await
+        .unwrap();
+        let e = admin.refresh().await.unwrap_err().to_string();
+        assert!(e.contains("is lower than revision 2"), "{e}");
+        assert!(admin.unconfirmed().is_some());
+        assert!(!admin.refuses_replaceable_document());
+        assert!(!admin.admits_while_refusing("cfg-admin"));
+        assert!(
+            admin
+                .principals()
+                .iter()
+                .all(|v| v.client_id != p.client_id)
+        );
     }
 }

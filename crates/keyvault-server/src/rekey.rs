@@ -64,10 +64,10 @@ pub enum AccessLocation {
     /// Nowhere (or not to be looked at).
     #[default]
     None,
-    /// A file (`{data_dir}/access.json` of a SQLite vault, whose server is stopped).
-    File(std::path::PathBuf),
-    /// The shared store's document (re-tagged by compare and set while nodes serve).
-    Store,
+    /// A file (`{data_dir}/access.json` of a SQLite vault, whose server is stopped), of the vault named.
+    File(std::path::PathBuf, crate::admin::tagged::Binding),
+    /// The shared store's document (re-tagged by compare and set while nodes serve), of the vault named.
+    Store(crate::admin::tagged::Binding),
     /// A running server's own (an online rekey): re-saved through its admin side.
     Admin(std::sync::Arc<crate::admin::AccessAdmin>),
 }
@@ -403,8 +403,11 @@ async fn retag_access(
 ) -> Result<Option<AccessDocRekey>, String> {
     let what = "the access-control document";
     let current = envelope.current_kek_id().to_owned();
-    let verified = |bytes: &[u8], origin: &str| {
-        crate::admin::tagged::unwrap(envelope, bytes, origin)
+    let verified = |binding: &crate::admin::tagged::Binding,
+                    bytes: &[u8],
+                    revision: Option<i64>,
+                    origin: &str| {
+        crate::admin::tagged::unwrap(envelope, binding, bytes, revision, origin)
             .map_err(|e| format!("{what} cannot be re-tagged: {}", e.at_start(origin)))
     };
     match location {
@@ -419,7 +422,7 @@ async fn retag_access(
                 kek_id_after,
             }))
         }
-        AccessLocation::File(path) => {
+        AccessLocation::File(path, binding) => {
             let origin = path.display().to_string();
             let bytes = match std::fs::read(path) {
                 Ok(b) => b,
@@ -428,7 +431,7 @@ async fn retag_access(
                 }
                 Err(e) => return Err(format!("cannot read {origin}: {e}")),
             };
-            let doc = verified(&bytes, &origin)?;
+            let doc = verified(binding, &bytes, None, &origin)?;
             let before = Some(doc.kek_id.clone());
             if dry_run || doc.kek_id == current {
                 return Ok(Some(AccessDocRekey {
@@ -436,8 +439,9 @@ async fn retag_access(
                     kek_id_after: before,
                 }));
             }
-            let stored = crate::admin::tagged::wrap(envelope, &doc.document, true)
-                .map_err(|e| format!("cannot tag {what}: {e}"))?;
+            let stored =
+                crate::admin::tagged::wrap(envelope, binding, doc.revision, &doc.document, true)
+                    .map_err(|e| format!("cannot tag {what}: {e}"))?;
             crate::server::write_private_file(path, &stored)
                 .map_err(|e| format!("cannot write {origin}: {e}"))?;
             Ok(Some(AccessDocRekey {
@@ -445,7 +449,7 @@ async fn retag_access(
                 kek_id_after: Some(current),
             }))
         }
-        AccessLocation::Store => {
+        AccessLocation::Store(binding) => {
             let mut before = None;
             for _ in 0..8 {
                 let Some(shared) = store
@@ -455,7 +459,7 @@ async fn retag_access(
                 else {
                     return Ok(Some(AccessDocRekey::default()));
                 };
-                let doc = verified(&shared.doc, "the store")?;
+                let doc = verified(binding, &shared.doc, Some(shared.revision), "the store")?;
                 let first = before.get_or_insert_with(|| doc.kek_id.clone()).clone();
                 if dry_run || doc.kek_id == current {
                     return Ok(Some(AccessDocRekey {
@@ -463,8 +467,14 @@ async fn retag_access(
                         kek_id_after: Some(doc.kek_id),
                     }));
                 }
-                let stored = crate::admin::tagged::wrap(envelope, &doc.document, false)
-                    .map_err(|e| format!("cannot tag {what}: {e}"))?;
+                let stored = crate::admin::tagged::wrap(
+                    envelope,
+                    binding,
+                    shared.revision + 1,
+                    &doc.document,
+                    false,
+                )
+                .map_err(|e| format!("cannot tag {what}: {e}"))?;
                 // Compare and set: a node's change meanwhile is read again (and is under its current key).
                 if store
                     .put_access_doc(shared.revision, &stored)

@@ -686,6 +686,10 @@ impl Server {
                 policy.clone(),
                 crate::admin::AccessKeys {
                     envelope: vault.envelope().clone(),
+                    binding: crate::admin::tagged::Binding::new(
+                        &config.vault_name,
+                        &config.tenant_id,
+                    ),
                     adopt: config.adopt_access_document,
                 },
             )

@@ -799,7 +799,7 @@ async fn a_dba_edit_of_the_access_document_is_refused_by_every_node() {
         .unwrap();
     let (revision, stored): (i64, Vec<u8>) = (row.get(0), row.get(1));
     let mut wrapper: Value = serde_json::from_slice(&stored).unwrap();
-    assert_eq!(wrapper["format"], "keyvault-access/2");
+    assert_eq!(wrapper["format"], "keyvault-access/3");
     let mut doc: Value = serde_json::from_str(wrapper["document"].as_str().unwrap()).unwrap();
     doc["principals"].as_array_mut().unwrap().push(json!({
         "clientId": "dba-backdoor", "createdOn": 1,

@@ -1077,11 +1077,12 @@ async fn handle(
     rec.principal = Some(principal.id.clone());
 
     // Access control this node cannot confirm is current is not used (admin.rs, UNCONFIRMED_LIMIT). Except the
-    // admin API while the node refuses a shared document that does not verify: its last good state decides who
-    // may use it, and a change through it stores a tagged document again (the way back).
+    // admin API while the node refuses a shared document that does not verify, for a principal and admin role
+    // the configuration declares (never a managed one, which another node may have revoked): a change through
+    // it stores a tagged document again (the way back).
     let admin_path = req.uri().path() == "/admin" || req.uri().path().starts_with("/admin/");
     if state.admin.unconfirmed().is_some()
-        && !(admin_path && state.admin.refuses_replaceable_document())
+        && !(admin_path && state.admin.admits_while_refusing(who))
     {
         rec.outcome = crate::audit::Outcome::Rejected;
         return Err(ApiError::access_unconfirmed());
