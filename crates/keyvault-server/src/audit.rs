@@ -804,6 +804,20 @@ fn has_mac_line(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// Whether the file before `file` in `active`'s chain ends with a line that carries a MAC.
+fn previous_file_signed(active: &Path, file: &Path) -> std::io::Result<bool> {
+    let files = chain_files(active);
+    let Some(at) = files.iter().position(|f| f == file) else {
+        return Ok(false);
+    };
+    let Some(previous) = at.checked_sub(1).map(|i| &files[i]) else {
+        return Ok(false);
+    };
+    Ok(last_line(previous)?
+        .and_then(|line| check_line(&line).ok())
+        .is_some_and(|checked| checked.mac.is_some()))
+}
+
 /// A last line without its newline (a write torn by a power failure, or by a full disk in a build that did not
 /// cut it off): a whole, well-formed line gets its newline; anything else is moved to `FILE.torn-N` (N: Unix
 /// seconds) and cut off, with a warning, so that the chain continues from the last whole line.
@@ -966,8 +980,13 @@ impl AuditLog {
                             });
                         }
                     },
-                    // Read through only here: at the first start after an upgrade, or after tampering.
-                    (None, Some(_)) if has_mac_line(&file).map_err(io)? => {
+                    // Read through only here: at the first start after an upgrade, or after tampering. The file
+                    // before this one in the chain counts too (its last line): every MAC of the newest file
+                    // removed is as much a removal as one.
+                    (None, Some(_))
+                        if has_mac_line(&file).map_err(io)?
+                            || previous_file_signed(path, &file).map_err(io)? =>
+                    {
                         return Err(AuditError::Unauthenticated {
                             path: file,
                             reason: "the last line has no MAC, but a line before it has one (a MAC was removed)"
@@ -1524,6 +1543,25 @@ mod tests {
         std::fs::write(&active, lines[3..].join("\n") + "\n").unwrap();
         let e = verify_chain_keyed(&active, &keys).unwrap_err();
         assert_eq!((e.file, e.line), (active.clone(), 1));
+        // Every MAC of the active file removed (its lines re-hashed needlessly: the hashes do not cover the
+        // MAC): the start is refused too, for the rotated file before it ends signed.
+        let stripped: Vec<String> = lines[3..]
+            .iter()
+            .map(|l| match l.find(",\"mac\":") {
+                Some(at) => format!("{}}}", &l[..at]),
+                None => l.clone(),
+            })
+            .collect();
+        std::fs::write(&active, stripped.join("\n") + "\n").unwrap();
+        assert!(
+            !std::fs::read_to_string(&active)
+                .unwrap()
+                .contains("\"mac\"")
+        );
+        assert!(matches!(
+            AuditLog::open_signed(&active, 1 << 20, 0, &keys),
+            Err(AuditError::Unauthenticated { .. })
+        ));
     }
 
     /// The upgrade boundary: an old log (no MACs) is continued, and its lines are reported as not
