@@ -56,6 +56,17 @@ impl Node {
         }
     }
 
+    /// Creates a principal through this node's admin API (201 asserted): the answer, its client id and secret.
+    async fn create_principal(&self, admin: &str, body: Value) -> (Value, String, String) {
+        let (st, created) = self
+            .call(admin, Method::POST, "/admin/principals", Some(body))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{created}");
+        let id = created["clientId"].as_str().unwrap().to_string();
+        let secret = created["clientSecret"].as_str().unwrap().to_string();
+        (created, id, secret)
+    }
+
     fn config(data_dir: &Path, shared: &Path, store: Option<&str>) -> Config {
         let hash = hash_secret(ADMIN_SECRET).unwrap();
         let store_line = store
@@ -185,17 +196,12 @@ async fn admin_changes_through_one_node_are_in_force_on_the_other() {
     assert_eq!(st, StatusCode::OK);
 
     // A principal made through A, with Secrets User: B issues it tokens and lets it read, not write.
-    let (st, created) = a
-        .call(
+    let (_, id, secret) = a
+        .create_principal(
             &admin_a,
-            Method::POST,
-            "/admin/principals",
-            Some(json!({"displayName": "app", "role": "Key Vault Secrets User"})),
+            json!({"displayName": "app", "role": "Key Vault Secrets User"}),
         )
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{created}");
-    let id = created["clientId"].as_str().unwrap().to_string();
-    let secret = created["clientSecret"].as_str().unwrap().to_string();
     eventually("B issues tokens to a principal made through A", || async {
         b.token(&id, &secret).await.is_ok()
     })
@@ -432,17 +438,9 @@ async fn a_node_moving_to_a_shared_store_brings_its_access_file() {
     // On its own SQLite store first: the admin API writes DATA_DIR/access.json.
     let alone = Node::start(dir.path(), shared.path(), None).await;
     let admin = alone.admin_token().await;
-    let (st, created) = alone
-        .call(
-            &admin,
-            Method::POST,
-            "/admin/principals",
-            Some(json!({"role": "Key Vault Reader"})),
-        )
+    let (_, id, secret) = alone
+        .create_principal(&admin, json!({"role": "Key Vault Reader"}))
         .await;
-    assert_eq!(st, StatusCode::CREATED);
-    let id = created["clientId"].as_str().unwrap().to_string();
-    let secret = created["clientSecret"].as_str().unwrap().to_string();
     alone.stop().await;
     assert!(dir.path().join("access.json").exists());
 
@@ -589,17 +587,12 @@ async fn a_node_that_cannot_read_the_access_document_refuses_until_it_can() {
         )
         .await;
     assert_eq!(st, StatusCode::OK);
-    let (st, created) = a
-        .call(
+    let (created, id, secret) = a
+        .create_principal(
             &admin_a,
-            Method::POST,
-            "/admin/principals",
-            Some(json!({"displayName": "p", "role": "Key Vault Secrets User", "scope": "/secrets/pub"})),
+            json!({"displayName": "p", "role": "Key Vault Secrets User", "scope": "/secrets/pub"}),
         )
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{created}");
-    let id = created["clientId"].as_str().unwrap().to_string();
-    let secret = created["clientSecret"].as_str().unwrap().to_string();
     let assignment = created["assignments"][0]["id"]
         .as_str()
         .unwrap()
@@ -772,17 +765,12 @@ async fn a_dba_edit_of_the_access_document_is_refused_by_every_node() {
         )
         .await;
     assert_eq!(st, StatusCode::OK);
-    let (st, created) = a
-        .call(
+    let (_, app, app_secret) = a
+        .create_principal(
             &admin_a,
-            Method::POST,
-            "/admin/principals",
-            Some(json!({"displayName": "app", "role": "Key Vault Reader"})),
+            json!({"displayName": "app", "role": "Key Vault Reader"}),
         )
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{created}");
-    let app = created["clientId"].as_str().unwrap().to_string();
-    let app_secret = created["clientSecret"].as_str().unwrap().to_string();
     eventually("B knows the principal made through A", || async {
         b.token(&app, &app_secret).await.is_ok()
     })
