@@ -320,7 +320,8 @@ async fn an_old_log_is_continued_and_the_head_is_logged_at_rotation() {
 }
 
 /// A KEK rotation: lines signed under the old key verify while it is given as a previous key, and not without
-/// it; the restarted server, whose current key is the new one, continues a log whose last line is under the old.
+/// it; the restarted server, whose current key is the new one, continues a log whose last line is under the old
+/// with a line of its own under the new key (`AuditKeyChange`).
 #[tokio::test]
 async fn lines_under_a_previous_kek_verify_while_it_is_configured() {
     let dir = tempfile::tempdir().unwrap();
@@ -350,13 +351,24 @@ async fn lines_under_a_previous_kek_verify_while_it_is_configured() {
     requests(&data, &addr, 4).await;
     stop(server);
 
+    // 3 lines under the old key, the start's own AuditKeyChange line under the new one, then 4 requests.
     let out = verify(Some(&rotated), &[log.to_str().unwrap()]).ok();
     assert!(
         out.stdout.contains(
-            "macs: 7 line(s) authenticated (3 under a previous key); 0 line(s) from before MACs"
+            "macs: 8 line(s) authenticated (3 under a previous key); 0 line(s) from before MACs"
         ),
         "{}",
         out.stdout
+    );
+    let fourth = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .nth(3)
+        .unwrap()
+        .to_string();
+    assert!(
+        fourth.contains("\"operation\":\"AuditKeyChange\""),
+        "{fourth}"
     );
     // The new key alone: the old key's first line fails.
     let new_only = dir.path().join("new-only.toml");

@@ -818,6 +818,10 @@ fn previous_file_signed(active: &Path, file: &Path) -> std::io::Result<bool> {
         .is_some_and(|checked| checked.mac.is_some()))
 }
 
+/// The operation of the line a server writes at start when the log's last line is signed under a previous
+/// key-encryption key: it carries the chain over to the current key (no principal, no request id).
+pub const KEY_CHANGE_OPERATION: &str = "AuditKeyChange";
+
 /// A last line without its newline (a write torn by a power failure, or by a full disk in a build that did not
 /// cut it off): a whole, well-formed line gets its newline; anything else is moved to `FILE.torn-N` (N: Unix
 /// seconds) and cut off, with a warning, so that the chain continues from the last whole line.
@@ -952,6 +956,7 @@ impl AuditLog {
                 break;
             }
         }
+        let mut under_previous_key = false;
         let (next_seq, prev) = match last {
             None => {
                 tracing::info!(file = %path.display(), "the audit log starts a new chain (no earlier line)");
@@ -965,12 +970,10 @@ impl AuditLog {
                 match (&checked.mac, keys) {
                     (Some(mac), Some(keys)) => match keys.check(&checked.hash, mac) {
                         Some(0) => {}
-                        Some(_) => tracing::warn!(
-                            file = %file.display(),
-                            "the audit log's last line is signed under a previous key-encryption key: keep that \
-                             key configured until this server has written a line (any request does): a start \
-                             without it is refused, as the last line then verifies under no key it has"
-                        ),
+                        // Under a previous key: a line under the current one is written at once (below), so
+                        // that the previous key can go without the next start finding a last line it cannot
+                        // verify.
+                        Some(_) => under_previous_key = true,
                         None => {
                             return Err(AuditError::Unauthenticated {
                                 path: file,
@@ -1041,13 +1044,35 @@ impl AuditLog {
             .name("audit-log".into())
             .spawn(move || writer_loop(&thread_state, rx))
             .map_err(io)?;
-        Ok(AuditLog {
+        let log = AuditLog {
             tx,
             writer: handle.thread().clone(),
             state,
             failing,
             path: path.to_path_buf(),
-        })
+        };
+        if under_previous_key {
+            let mut line = AuditRecord::new(String::new());
+            line.operation = Some(KEY_CHANGE_OPERATION);
+            line.outcome = Outcome::Allowed;
+            line.status = 200;
+            line.target = Some("the chain continues under the current key-encryption key".into());
+            if log.record_written(line) {
+                tracing::info!(
+                    file = %path.display(),
+                    "the audit log's last line was signed under a previous key-encryption key: a line under \
+                     the current key follows it (AuditKeyChange), so the previous key may now go"
+                );
+            } else {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the audit log's last line is signed under a previous key-encryption key and a line under \
+                     the current one could not be written: keep the previous key configured until one is (a \
+                     start without it is refused)"
+                );
+            }
+        }
+        Ok(log)
     }
 
     /// The active file.
@@ -1594,9 +1619,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         write_lines(&path, Some(&keys_of(1, &[])), 0, 3).await;
-        // Rotated: key 2 current, key 1 previous. The start checks the last line under key 1.
+        // Rotated: key 2 current, key 1 previous. The start checks the last line under key 1, and carries the
+        // chain over to key 2 at once with a line of its own (no request needed).
         let rotated = keys_of(2, &[1]);
-        write_lines(&path, Some(&rotated), 3, 4).await;
+        drop(AuditLog::open_signed(&path, 1 << 20, 0, &rotated).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let carried = text.lines().nth(3).unwrap();
+        assert!(
+            carried.contains("\"operation\":\"AuditKeyChange\""),
+            "{carried}"
+        );
+        // So key 1 may go: a start with key 2 alone continues, and writes no second such line.
+        write_lines(&path, Some(&keys_of(2, &[])), 4, 3).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("AuditKeyChange").count(), 1);
         let r = verify_file_keyed(&path, &rotated).unwrap();
         assert_eq!((r.lines, r.mac_lines, r.previous_key_lines), (7, 7, 3));
         // Without the old key, its lines fail.
