@@ -6,35 +6,14 @@
 mod cli_support;
 
 use cli_support::{
-    BIN, Out, command, dev_serve_args, kv_dev, run_with, serve_dev, spawn_server, stop_server,
+    command, dev_serve_args, hash_secret, kv_dev, run_dev_serve, run_with, serve_dev, spawn_server,
+    stop_server,
 };
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const NOT_VERIFIED: &str = "the access-control document does not verify: it was changed outside the server, or \
                             written under a key this server does not hold";
-
-fn hash_secret(secret: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("hash-secret")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// `serve --dev` on `data` (plus `extra`) that must not start: its output.
-fn refused(data: &Path, extra: &[&str]) -> Out {
-    let mut c = command(None);
-    c.args(dev_serve_args(data)).args(extra);
-    run_with(c, &[], None)
-}
 
 /// The token endpoint's status for these credentials, at the dev server of `data`.
 fn token_status(data: &Path, client_id: &str, secret: &str) -> u16 {
@@ -170,7 +149,7 @@ fn a_hand_edited_access_file_is_refused_at_start() {
 
     // Re-serialised without the wrapper (untagged): refused, naming the flag.
     write(&data, &doc);
-    let out = refused(&data, &[]).code(2);
+    let out = run_dev_serve(&data, &[]).code(2);
     assert!(
         out.stderr.contains("has no integrity tag"),
         "{}",
@@ -191,7 +170,7 @@ fn a_hand_edited_access_file_is_refused_at_start() {
     let mut kept = wrapper.clone();
     kept["document"] = Value::String(serde_json::to_string(&doc).unwrap());
     write(&data, &kept);
-    let out = refused(&data, &[]).code(2);
+    let out = run_dev_serve(&data, &[]).code(2);
     assert!(out.stderr.contains(NOT_VERIFIED), "{}", out.stderr);
     assert!(
         out.stderr.contains("its tag does not match"),
@@ -204,13 +183,13 @@ fn a_hand_edited_access_file_is_refused_at_start() {
         out.stderr
     );
     // --adopt-access-document adopts only an untagged document, never one whose tag does not verify.
-    refused(&data, &["--adopt-access-document"]).code(2);
+    run_dev_serve(&data, &["--adopt-access-document"]).code(2);
 
     // A tag naming a key this server does not hold.
     let mut foreign = kept.clone();
     foreign["kek"] = json!("0badc0de");
     write(&data, &foreign);
-    let out = refused(&data, &[]).code(2);
+    let out = run_dev_serve(&data, &[]).code(2);
     assert!(
         out.stderr.contains(NOT_VERIFIED)
             && out
@@ -244,7 +223,7 @@ fn an_untagged_access_file_is_adopted_only_with_the_flag() {
     .unwrap();
     // This build recorded in the store that its document is tagged: an untagged one is then refused even
     // with the flag (tampering, not an upgrade).
-    let out = refused(&data, &["--adopt-access-document"]).code(2);
+    let out = run_dev_serve(&data, &["--adopt-access-document"]).code(2);
     assert!(
         out.stderr.contains(NOT_VERIFIED) && out.stderr.contains("saved tagged before"),
         "{}",
@@ -253,7 +232,7 @@ fn an_untagged_access_file_is_adopted_only_with_the_flag() {
     // A data directory an older build wrote has no such record.
     forget_tagged(&data);
 
-    let out = refused(&data, &[]).code(2);
+    let out = run_dev_serve(&data, &[]).code(2);
     assert!(
         out.stderr.contains("has no integrity tag")
             && out
@@ -328,7 +307,7 @@ fn an_untagged_access_file_is_adopted_only_with_the_flag() {
         &data,
         &json!({"principals": doc["principals"], "assignments": doc["assignments"], "roles": []}),
     );
-    let out = refused(&data, &["--adopt-access-document"]).code(2);
+    let out = run_dev_serve(&data, &["--adopt-access-document"]).code(2);
     assert!(
         out.stderr.contains(NOT_VERIFIED) && out.stderr.contains("saved tagged before"),
         "{}",

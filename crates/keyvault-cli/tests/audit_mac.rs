@@ -4,9 +4,8 @@
 
 mod cli_support;
 
-use cli_support::{LogLines, Out, Server, command, log_field, run_with, spawn_server};
+use cli_support::{LogLines, Out, Server, command, log_field, run_with, spawn_server, stop_server};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// `serve --dev` over `data` (plus `extra` arguments); its address and every line it logs.
@@ -14,24 +13,6 @@ fn serve(data: &Path, extra: &[&str]) -> (Server, String, LogLines) {
     let mut c = command(None);
     c.args(cli_support::dev_serve_args(data)).args(extra);
     spawn_server(c)
-}
-
-/// SIGTERM, and a clean exit within 15 s.
-fn stop(mut server: Server) {
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let start = Instant::now();
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `n` unauthenticated GETs (each a 401 and an audit line).
@@ -143,7 +124,7 @@ async fn a_rewritten_chain_fails_verify_with_the_keys_and_a_rewritten_last_line_
     let log = data.join("audit.log");
     let (server, addr, lines) = serve(&data, &[]);
     requests(&data, &addr, 20).await;
-    stop(server);
+    stop_server(server);
 
     // Without keys: the chain holds, and it says the MACs were not checked and how to check them.
     let out = verify(None, &[log.to_str().unwrap()]).ok();
@@ -249,7 +230,7 @@ async fn an_old_log_is_continued_and_the_head_is_logged_at_rotation() {
     let data = dir.path().join("dev");
     // First start: the keys and the data directory; then the log is replaced by one from before MACs.
     let (server, _, _) = serve(&data, &[]);
-    stop(server);
+    stop_server(server);
     let log = data.join("audit.log");
     std::fs::remove_file(&log).unwrap();
     {
@@ -299,7 +280,7 @@ async fn an_old_log_is_continued_and_the_head_is_logged_at_rotation() {
         logged(&lines, "the audit log was rotated", " hash="),
         rotated.last_hash.unwrap()
     );
-    stop(server);
+    stop_server(server);
 
     let out = verify(Some(&config), &["--chain", log.to_str().unwrap()]).ok();
     let total = old.lines + 30;
@@ -329,7 +310,7 @@ async fn lines_under_a_previous_kek_verify_while_it_is_configured() {
     let log = data.join("audit.log");
     let (server, addr, _) = serve(&data, &[]);
     requests(&data, &addr, 3).await;
-    stop(server);
+    stop_server(server);
     let new_key = dir.path().join("kek-new.key");
     run_with(
         command(None),
@@ -349,7 +330,7 @@ async fn lines_under_a_previous_kek_verify_while_it_is_configured() {
     );
     let (server, addr, _) = serve(&data, &["--config", rotated.to_str().unwrap()]);
     requests(&data, &addr, 4).await;
-    stop(server);
+    stop_server(server);
 
     // 3 lines under the old key, the start's own AuditKeyChange line under the new one, then 4 requests.
     let out = verify(Some(&rotated), &[log.to_str().unwrap()]).ok();

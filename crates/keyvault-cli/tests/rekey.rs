@@ -6,7 +6,7 @@
 
 mod cli_support;
 
-use cli_support::{Out, Server, command, dev_serve_args, kv_dev, run_with, serve_dev, stop_server};
+use cli_support::{Out, Server, command, kv_dev, run_dev_serve, run_with, serve_dev, stop_server};
 use std::path::{Path, PathBuf};
 
 /// `serve --dev` on `data` (plus `extra`), ready: its credentials written for the address it reports.
@@ -20,9 +20,7 @@ fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
 
 /// `serve --dev` on `data` (plus `extra`) that must fail to start: its stderr.
 fn refused(data: &Path, extra: &[&str]) -> String {
-    let mut c = command(None);
-    c.args(dev_serve_args(data)).args(extra);
-    let out = run_with(c, &[], None);
+    let out = run_dev_serve(data, extra);
     assert_ne!(out.code, 0, "the server started: {}", out.stderr);
     out.stderr
 }

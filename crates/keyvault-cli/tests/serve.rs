@@ -3,27 +3,10 @@
 
 mod cli_support;
 
-use cli_support::{BIN, LogLines, Server, command, log_field, spawn_server};
+use cli_support::{BIN, LogLines, Server, command, hash_secret, log_field, spawn_server};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn hash_secret(secret: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("hash-secret")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(hash.starts_with("$argon2id$"), "{hash}");
-    assert!(!hash.contains(secret));
-    hash
-}
 
 /// Start the server and read its listening address from the log on stderr.
 fn start(args: &[&str]) -> (Server, String) {

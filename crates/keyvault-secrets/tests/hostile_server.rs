@@ -11,7 +11,7 @@ use keyvault_secrets::credentials::{
     ManagedIdentityCredentialOptions, TokenCredential, TokenRequestOptions,
 };
 use keyvault_secrets::{ErrorKind, RetryOptions, SecretClient, SecretClientOptions};
-use mock::{MockResponse, start};
+use mock::{MockResponse, MockServer, start};
 use std::sync::{Arc, Mutex};
 
 const BUNDLE: &str = r#"{"value":"v","id":"https://kv.vault.azure.net/secrets/n/968bc1b35f5449dfaf7109294020deb5","attributes":{"enabled":true,"created":1613504488,"updated":1613504488,"recoveryLevel":"CustomizedRecoverable+Purgeable","recoverableDays":7}}"#;
@@ -53,6 +53,23 @@ fn client_with(
     };
     tweak(&mut options);
     SecretClient::new(url, credential, Some(options)).unwrap()
+}
+
+/// A client-secret credential (tenant-1, app-1, `secret`) whose authority is `server`, without retries.
+fn credential_at(server: &MockServer, secret: &str) -> ClientSecretCredential {
+    ClientSecretCredential::new(
+        "tenant-1",
+        "app-1",
+        secret,
+        Some(ClientSecretCredentialOptions {
+            authority_host: server.url.clone(),
+            additional_ca_certificates: vec![server.ca_pem.clone()],
+            trust_system_roots: false,
+            retry: RetryOptions::none(),
+            ..Default::default()
+        }),
+    )
+    .unwrap()
 }
 
 fn path(target: &str) -> &str {
@@ -128,19 +145,7 @@ async fn a_token_answer_past_one_mib_is_refused() {
         .chunked()
     })
     .await;
-    let credential = ClientSecretCredential::new(
-        "tenant-1",
-        "app-1",
-        "the-secret",
-        Some(ClientSecretCredentialOptions {
-            authority_host: server.url.clone(),
-            additional_ca_certificates: vec![server.ca_pem.clone()],
-            trust_system_roots: false,
-            retry: RetryOptions::none(),
-            ..Default::default()
-        }),
-    )
-    .unwrap();
+    let credential = credential_at(&server, "the-secret");
     let e = credential.get_token(&[SCOPE], None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Credential, "{e}");
     assert!(
@@ -218,19 +223,7 @@ async fn an_authority_quoting_the_secret_does_not_get_it_into_the_error() {
         )
     })
     .await;
-    let credential = ClientSecretCredential::new(
-        "tenant-1",
-        "app-1",
-        SECRET,
-        Some(ClientSecretCredentialOptions {
-            authority_host: server.url.clone(),
-            additional_ca_certificates: vec![server.ca_pem.clone()],
-            trust_system_roots: false,
-            retry: RetryOptions::none(),
-            ..Default::default()
-        }),
-    )
-    .unwrap();
+    let credential = credential_at(&server, SECRET);
     let e = credential.get_token(&[SCOPE], None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Credential);
     let shown = format!("{e} {e:?}");
@@ -441,19 +434,7 @@ async fn a_body_that_does_not_parse_is_not_quoted() {
     let all = shown(&e);
     assert!(!all.contains("CANARY"), "{all}");
 
-    let credential = ClientSecretCredential::new(
-        "tenant-1",
-        "app-1",
-        "s3cret",
-        Some(ClientSecretCredentialOptions {
-            authority_host: server.url.clone(),
-            additional_ca_certificates: vec![server.ca_pem.clone()],
-            trust_system_roots: false,
-            retry: RetryOptions::none(),
-            ..Default::default()
-        }),
-    )
-    .unwrap();
+    let credential = credential_at(&server, "s3cret");
     let e = credential.get_token(&[SCOPE], None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Credential, "{e}");
     let all = shown(&e);

@@ -265,6 +265,30 @@ pub fn stop_server(mut server: Server) {
     }
 }
 
+/// `serve --dev` on `data` (plus `extra` arguments) run to its end: a server that must not start.
+pub fn run_dev_serve(data: &std::path::Path, extra: &[&str]) -> Out {
+    let mut c = command(None);
+    c.args(dev_serve_args(data)).args(extra);
+    run_with(c, &[], None)
+}
+
+/// The argon2 hash `keyvault hash-secret` prints for `secret` (checked to be one, and not to contain it).
+pub fn hash_secret(secret: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains(secret));
+    hash
+}
+
 /// `keyvault ARGS` against the dev server of the data directory `data`.
 pub fn kv_dev(data: &std::path::Path, args: &[&str]) -> Out {
     let mut c = command(None);
