@@ -893,8 +893,8 @@ impl AccessAdmin {
                     tagged::NOT_VERIFIED,
                     shared.revision
                 ),
-                // Not replaceable: a change would store a revision other nodes have passed.
-                unknown_key: true,
+                // A change would store a revision other nodes have passed.
+                replaceable: false,
             })
         } else {
             open_tagged(
@@ -931,7 +931,7 @@ impl AccessAdmin {
                     replaceable: !matches!(
                         e,
                         DocError::NotVerified {
-                            unknown_key: true,
+                            replaceable: false,
                             ..
                         }
                     ),
@@ -2254,7 +2254,7 @@ mod tests {
             match open(&binding, revision) {
                 Err(DocError::NotVerified {
                     message,
-                    unknown_key: false,
+                    replaceable: true,
                 }) => {
                     assert!(message.contains(tagged::NOT_VERIFIED), "{message}")
                 }

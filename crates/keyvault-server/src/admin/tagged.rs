@@ -115,8 +115,10 @@ pub enum DocError {
     /// Not JSON, or not an object.
     Invalid(String),
     /// A wrapper that does not verify (a tag that does not match, a key not held, a malformed wrapper).
-    /// `unknown_key`: it names a key this server does not hold (the document may be genuine).
-    NotVerified { message: String, unknown_key: bool },
+    /// `replaceable`: whether a change through the admin API may store a document over it — not when it names
+    /// a key this server does not hold (it may be genuine), nor when it is an older revision put back (a
+    /// change would store a revision other nodes have passed).
+    NotVerified { message: String, replaceable: bool },
     /// No wrapper at all (written by an older build, or by hand), or the earlier tagged form (`v2`: it bound
     /// neither the vault nor the revision).
     Untagged { v2: bool },
@@ -175,7 +177,7 @@ pub fn unwrap(
     })?;
     let not_verified = |detail: &str| DocError::NotVerified {
         message: format!("{origin}: {NOT_VERIFIED} ({detail})"),
-        unknown_key: false,
+        replaceable: true,
     };
     let Some(format) = probe.format else {
         if probe.kek.is_some() || probe.tag.is_some() || probe.document.is_some() {
@@ -214,7 +216,7 @@ pub fn unwrap(
                 "{origin}: {NOT_VERIFIED} (tagged under key-encryption key id {id}, which is not configured: \
                  neither the current key nor a previous one)"
             ),
-            unknown_key: true,
+            replaceable: false,
         }),
         Err(_) => Err(not_verified(
             "its tag does not match: changed, or tagged for another vault or tenant",
