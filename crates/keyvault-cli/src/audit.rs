@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
   keyvault audit verify vault-data/audit.log
   keyvault audit verify --chain vault-data/audit.log   # with audit.log.1, .2, … rotated files
   keyvault audit verify --chain --config /etc/keyvault/keyvault.toml /var/lib/keyvault/audit.log
+  keyvault audit verify --data-dir vault-data vault-data/audit.log   # a dev vault: its kek.key
 
 Without keys, only the hash chain is checked, and anyone who can write the log can compute it again. With the
-keys (--config, which names kek_file and previous_kek_files as for `keyvault serve`, or KEYVAULT_KEK and
-KEYVAULT_PREVIOUS_KEKS), every line's MAC is checked too: a line that was edited, inserted or forged without
+keys (--config, which names kek_file and previous_kek_files as for `keyvault serve`; --data-dir, whose kek.key
+is the key; or KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS), every line's MAC is checked too: a line that was edited, inserted or forged without
 the key-encryption key fails. Lines removed from the end (or every file) are found only against a head kept
 elsewhere: the server logs it at start, at each rotation and at shutdown; compare it with the last hash here.")]
 pub struct VerifyArgs {
@@ -27,18 +28,33 @@ pub struct VerifyArgs {
     /// give the keys that check the lines' MACs.
     #[arg(long, env = "KEYVAULT_CONFIG")]
     config: Option<PathBuf>,
+    /// The server's data directory, for a server started without a configuration file (as `serve --dev
+    /// --data-dir DIR`): its kek.key is the key that checks the lines' MACs.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    data_dir: Option<PathBuf>,
 }
 
-/// The keys to check MACs with, if any were given (`--config`, `KEYVAULT_KEK`, `KEYVAULT_PREVIOUS_KEKS`).
-fn keys(config: Option<&Path>) -> CliResult<Option<AuditKeys>> {
+/// Where the keys come from: a configuration file, or a data directory's key file.
+enum KeySource<'a> {
+    Config(&'a Path),
+    DataDir(&'a Path),
+}
+
+/// The keys to check MACs with, if any were given (`--config`, `--data-dir`, `KEYVAULT_KEK`,
+/// `KEYVAULT_PREVIOUS_KEKS`).
+fn keys(source: Option<KeySource<'_>>) -> CliResult<Option<AuditKeys>> {
     let from_env = [KEK_ENV, PREVIOUS_KEKS_ENV]
         .iter()
         .any(|v| std::env::var_os(v).is_some());
-    if config.is_none() && !from_env {
+    if source.is_none() && !from_env {
         return Ok(None);
     }
-    let config = match config {
-        Some(path) => crate::rekey::config_file(path)?,
+    let config = match source {
+        Some(KeySource::Config(path)) => crate::rekey::config_file(path)?,
+        Some(KeySource::DataDir(dir)) => keyvault_server::Config {
+            data_dir: dir.to_path_buf(),
+            ..keyvault_server::Config::default()
+        },
         None => keyvault_server::Config::default(),
     };
     // Keys that cannot be loaded leave the log unchecked: exit 1, as for a log that cannot be read (2 says
@@ -51,7 +67,12 @@ fn keys(config: Option<&Path>) -> CliResult<Option<AuditKeys>> {
 }
 
 pub fn verify(args: VerifyArgs) -> CliResult {
-    let keys = keys(args.config.as_deref())?;
+    let source = match (&args.config, &args.data_dir) {
+        (Some(path), _) => Some(KeySource::Config(path)),
+        (None, Some(dir)) => Some(KeySource::DataDir(dir)),
+        (None, None) => None,
+    };
+    let keys = keys(source)?;
     let report = match (&keys, args.chain) {
         (None, false) => audit::verify_file(&args.file),
         (None, true) => audit::verify_chain(&args.file),
@@ -98,8 +119,8 @@ fn print_report(r: &VerifyReport) {
     } else {
         stderr_line!(
             "note: the MACs were not checked ({} of {} line(s) carry one): without them, anyone who can write the \
-             log can compute its hashes again; check them with --config PATH (the server's configuration) or \
-             KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS",
+             log can compute its hashes again; check them with --config PATH (the server's configuration), \
+             --data-dir DIR (a server started without one) or KEYVAULT_KEK and KEYVAULT_PREVIOUS_KEKS",
             r.mac_lines,
             r.lines
         );

@@ -368,4 +368,67 @@ async fn lines_under_a_previous_kek_verify_while_it_is_configured() {
     let old_only = config_for(dir.path(), &data, "");
     let out = verify(Some(&old_only), &[log.to_str().unwrap()]).code(2);
     assert!(out.stderr.contains("audit.log:4: "), "{}", out.stderr);
+    // The same keys in the variables, as the key files hold them (64 hex characters, what `kek new` and the
+    // server write), not only as base64.
+    let hex_of = |path: &Path| std::fs::read_to_string(path).unwrap().trim().to_string();
+    let mut c = command(None);
+    c.env("KEYVAULT_KEK", hex_of(&new_key))
+        .env("KEYVAULT_PREVIOUS_KEKS", format!("{},", hex_of(&old_key)));
+    let out = run_with(c, &["audit", "verify", log.to_str().unwrap()], None).ok();
+    assert!(
+        out.stdout
+            .contains("macs: 8 line(s) authenticated (3 under a previous key)"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A dev vault (started without a configuration file): `--data-dir` gives its kek.key, which checks the MACs
+/// and catches an edit the chain alone does not.
+#[tokio::test]
+async fn a_dev_vault_log_is_checked_with_its_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let log = data.join("audit.log");
+    let (server, addr, _) = serve(&data, &[]);
+    requests(&data, &addr, 5).await;
+    stop_server(server);
+    let with_dir = |args: &[&str]| {
+        let mut all = vec!["--data-dir", data.to_str().unwrap()];
+        all.extend(args);
+        verify(None, &all)
+    };
+    let out = with_dir(&[log.to_str().unwrap()]).ok();
+    assert!(
+        out.stdout
+            .contains("macs: 5 line(s) authenticated; 0 line(s) from before MACs"),
+        "{}",
+        out.stdout
+    );
+    rechain(&log, 3, true);
+    assert!(
+        verify(None, &[log.to_str().unwrap()])
+            .ok()
+            .stdout
+            .contains("ok: 5 line(s)")
+    );
+    let out = with_dir(&[log.to_str().unwrap()]).code(2);
+    assert!(
+        out.stderr.contains("audit.log:3: ") && out.stderr.contains("MAC does not verify"),
+        "{}",
+        out.stderr
+    );
+    // A directory without a key: the MACs cannot be checked (exit 1), said so.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = verify(
+        None,
+        &["--data-dir", empty.to_str().unwrap(), log.to_str().unwrap()],
+    )
+    .code(1);
+    assert!(
+        out.stderr.contains("cannot verify the audit log's MACs"),
+        "{}",
+        out.stderr
+    );
 }

@@ -284,7 +284,7 @@ async fn a_key_that_does_not_open_the_database_is_refused() {
 
     // 32 bytes of 2, another key than the one the database was written with.
     let other = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
-    let other_id = keyvault_server::crypto::StaticKeyProvider::from_base64(other)
+    let other_id = keyvault_server::crypto::StaticKeyProvider::from_text(other)
         .unwrap()
         .kek_id()
         .to_string();

@@ -357,7 +357,7 @@ pub fn configured_keys(config: &Config) -> Result<KeyRing, StartError> {
 /// The current key as it is: `KEYVAULT_KEK`, else the existing `kek_file`.
 fn existing_kek(config: &Config) -> Result<Kek, StartError> {
     if let Ok(b64) = std::env::var(KEK_ENV) {
-        return Ok(StaticKeyProvider::from_base64(&b64)
+        return Ok(StaticKeyProvider::from_text(&b64)
             .map_err(setup("the key in KEYVAULT_KEK is not usable"))?
             .kek()
             .clone());
@@ -378,7 +378,7 @@ fn previous_keks(config: &Config) -> Result<Vec<Kek>, StartError> {
     }
     if let Ok(list) = std::env::var(PREVIOUS_KEKS_ENV) {
         keys.extend(
-            KeyRing::parse_base64_list(&list)
+            KeyRing::parse_list(&list)
                 .map_err(setup("a key in KEYVAULT_PREVIOUS_KEKS is not usable"))?,
         );
     }

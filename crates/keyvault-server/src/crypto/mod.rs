@@ -335,7 +335,7 @@ impl KeyProvider for FileKeyProvider {
     }
 }
 
-/// A KEK given directly: from base64 (e.g. the `KEYVAULT_KEK` environment variable) or raw bytes.
+/// A KEK given directly: from text (e.g. the `KEYVAULT_KEK` environment variable) or raw bytes.
 pub struct StaticKeyProvider {
     key: SingleKey,
 }
@@ -349,14 +349,14 @@ impl fmt::Debug for StaticKeyProvider {
 }
 
 impl StaticKeyProvider {
-    /// Standard or URL-safe base64 (padded or not) of exactly 32 bytes; surrounding whitespace is ignored.
-    pub fn from_base64(s: &str) -> Result<Self, CryptoError> {
-        let bytes = decode_base64_key(s.trim()).ok_or_else(|| {
-            CryptoError::KeyVariable(
-                "the key must be the base64 encoding of exactly 32 bytes".to_string(),
-            )
-        })?;
-        Ok(Self::from_bytes(*bytes))
+    /// A key written as a key file holds it: 64 hex characters (what `kek.key` holds), or standard or
+    /// URL-safe base64 (padded or not) of exactly 32 bytes; surrounding whitespace is ignored.
+    pub fn from_text(s: &str) -> Result<Self, CryptoError> {
+        let kek = parse_key_text(s)
+            .ok_or_else(|| CryptoError::KeyVariable(format!("the key must be {KEY_TEXT_FORMS}")))?;
+        Ok(StaticKeyProvider {
+            key: SingleKey::new(kek),
+        })
     }
 
     /// A provider for these raw key bytes.
@@ -420,19 +420,17 @@ impl KeyRing {
         }
     }
 
-    /// Previous keys from a comma-separated list of base64 keys (`KEYVAULT_PREVIOUS_KEKS`); empty entries
-    /// are skipped. The error names the entry's position, never its text.
-    pub fn parse_base64_list(list: &str) -> Result<Vec<Kek>, CryptoError> {
+    /// Previous keys from a comma-separated list of keys, each hex or base64 as [`StaticKeyProvider::from_text`]
+    /// reads it (`KEYVAULT_PREVIOUS_KEKS`); empty entries are skipped. The error names the entry's position,
+    /// never its text.
+    pub fn parse_list(list: &str) -> Result<Vec<Kek>, CryptoError> {
         let mut keys = Vec::new();
         for (i, item) in list.split(',').enumerate() {
             if item.trim().is_empty() {
                 continue;
             }
-            let provider = StaticKeyProvider::from_base64(item).map_err(|_| {
-                CryptoError::KeyVariable(format!(
-                    "entry {} is not the base64 encoding of exactly 32 bytes",
-                    i + 1
-                ))
+            let provider = StaticKeyProvider::from_text(item).map_err(|_| {
+                CryptoError::KeyVariable(format!("entry {} is not {KEY_TEXT_FORMS}", i + 1))
             })?;
             keys.push(provider.key.kek);
         }
@@ -961,7 +959,10 @@ fn decode_base64_key(s: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
     None
 }
 
-/// The key in a key file: one line, 64 hex characters (what we write) or base64 of 32 bytes.
+/// How a key may be written, for messages.
+const KEY_TEXT_FORMS: &str = "64 hex characters or the base64 encoding of exactly 32 bytes";
+
+/// The key in a key file or a variable: one line, 64 hex characters (what we write) or base64 of 32 bytes.
 fn parse_key_text(text: &str) -> Option<Kek> {
     let t = text.trim();
     if t.is_empty() || t.contains(['\n', '\r']) {

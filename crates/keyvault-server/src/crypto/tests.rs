@@ -287,7 +287,7 @@ fn previous_keys_from_a_base64_list() {
         STANDARD.encode([1u8; 32]),
         STANDARD.encode([2u8; 32])
     );
-    let keys = KeyRing::parse_base64_list(&list).unwrap();
+    let keys = KeyRing::parse_list(&list).unwrap();
     let ids: Vec<String> = keys.iter().map(Kek::id).collect();
     assert_eq!(
         ids,
@@ -296,9 +296,9 @@ fn previous_keys_from_a_base64_list() {
             Kek::from_bytes([2u8; 32]).id()
         ]
     );
-    assert!(KeyRing::parse_base64_list("").unwrap().is_empty());
+    assert!(KeyRing::parse_list("").unwrap().is_empty());
     let bad = format!("{},c2VjcmV0", STANDARD.encode([1u8; 32]));
-    let err = KeyRing::parse_base64_list(&bad).unwrap_err().to_string();
+    let err = KeyRing::parse_list(&bad).unwrap_err().to_string();
     assert!(
         err.contains("entry 2") && !err.contains("c2VjcmV0"),
         "{err}"
@@ -355,9 +355,9 @@ fn a_new_key_file_appears_whole_and_leaves_no_temporary_file() {
 /// A key in a variable that is not usable is named by its position, never as a "key file".
 #[test]
 fn variable_key_errors_do_not_say_key_file() {
-    let err = KeyRing::parse_base64_list(",nope").unwrap_err().to_string();
+    let err = KeyRing::parse_list(",nope").unwrap_err().to_string();
     assert!(err.starts_with("entry 2 is not"), "{err}");
-    let err = StaticKeyProvider::from_base64("nope")
+    let err = StaticKeyProvider::from_text("nope")
         .unwrap_err()
         .to_string();
     assert!(!err.contains("key file"), "{err}");
@@ -437,20 +437,23 @@ fn kek_id_is_sha256_prefix() {
 }
 
 #[test]
-fn static_provider_base64() {
+fn static_provider_base64_or_hex() {
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     let bytes: [u8; KEY_LEN] = std::array::from_fn(|i| (i * 37 + 250) as u8);
-    let a = StaticKeyProvider::from_base64(&STANDARD.encode(bytes)).unwrap();
-    let b =
-        StaticKeyProvider::from_base64(&format!(" {}\n", URL_SAFE_NO_PAD.encode(bytes))).unwrap();
+    let a = StaticKeyProvider::from_text(&STANDARD.encode(bytes)).unwrap();
+    let b = StaticKeyProvider::from_text(&format!(" {}\n", URL_SAFE_NO_PAD.encode(bytes))).unwrap();
     assert_eq!(a.kek_id(), b.kek_id());
     assert_eq!(a.current().1.bytes(), &bytes);
+    // As a key file holds it (64 hex characters, either case).
+    let h = StaticKeyProvider::from_text(&format!("{}\n", hex::encode_upper(bytes))).unwrap();
+    assert_eq!(h.kek_id(), a.kek_id());
+    assert!(StaticKeyProvider::from_text(&hex::encode(&bytes[..31])).is_err());
     assert!(matches!(
-        StaticKeyProvider::from_base64(&STANDARD.encode([1u8; 31])),
+        StaticKeyProvider::from_text(&STANDARD.encode([1u8; 31])),
         Err(CryptoError::KeyVariable(_))
     ));
-    assert!(StaticKeyProvider::from_base64("not base64!").is_err());
-    assert!(StaticKeyProvider::from_base64("").is_err());
+    assert!(StaticKeyProvider::from_text("not base64!").is_err());
+    assert!(StaticKeyProvider::from_text("").is_err());
 }
 
 #[cfg(unix)]
