@@ -77,7 +77,7 @@ pub struct Config {
     pub kek_file: Option<PathBuf>,
     /// Previous key-encryption key files (existing, one key each, like `kek_file`): they open values,
     /// backup blobs and listing cursors sealed under them, and never seal. Also `KEYVAULT_PREVIOUS_KEKS`
-    /// (comma-separated base64). To rotate: make a new key (`keyvault kek new`), list the old one here and
+    /// (comma-separated, each 64 hex characters or base64). To rotate: make a new key (`keyvault kek new`), list the old one here and
     /// make the new one current, run `keyvault rekey`, then drop the old one (README: "Rotating the
     /// key-encryption key").
     pub previous_kek_files: Vec<PathBuf>,

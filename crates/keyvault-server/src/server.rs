@@ -28,10 +28,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// The environment variable that may hold the key-encryption key (base64 of 32 bytes) instead of a key file.
+/// The environment variable that may hold the key-encryption key (32 bytes: 64 hex characters, as a key file
+/// holds them, or base64) instead of a key file.
 pub const KEK_ENV: &str = "KEYVAULT_KEK";
-/// The environment variable that may hold previous key-encryption keys (comma-separated base64 of 32 bytes
-/// each), in addition to `previous_kek_files`: they open, never seal.
+/// The environment variable that may hold previous key-encryption keys (comma-separated, each 32 bytes as hex or
+/// base64), in addition to `previous_kek_files`: they open, never seal.
 pub const PREVIOUS_KEKS_ENV: &str = "KEYVAULT_PREVIOUS_KEKS";
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
