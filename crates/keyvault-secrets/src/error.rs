@@ -88,6 +88,8 @@ pub struct Error {
     /// The error response's headers (boxed: most errors have none).
     headers: Option<Box<http::HeaderMap>>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// A connection error no retry can change (the server's certificate refused): not retried.
+    permanent: bool,
 }
 
 impl Error {
@@ -101,6 +103,7 @@ impl Error {
             inner_error_code: None,
             headers: None,
             source: None,
+            permanent: false,
         }
     }
 
@@ -113,6 +116,17 @@ impl Error {
         let mut e = Error::new(kind, message);
         e.source = Some(Box::new(source));
         e
+    }
+
+    /// Marks a connection error that retrying cannot change.
+    pub(crate) fn permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+
+    /// Whether retrying cannot change this error (a refused server certificate).
+    pub(crate) fn is_permanent(&self) -> bool {
+        self.permanent
     }
 
     /// The error for an HTTP error response: the kind follows the status (Python's `error_map`).
@@ -142,6 +156,7 @@ impl Error {
             inner_error_code,
             headers: None,
             source: None,
+            permanent: false,
         }
     }
 

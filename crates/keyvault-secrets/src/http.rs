@@ -508,7 +508,29 @@ fn connection_error(e: reqwest::Error) -> Error {
              additional_ca_certificates for a token authority)",
         );
     }
-    Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e)
+    let refused = certificate_refused(&e);
+    let error = Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e);
+    if refused { error.permanent() } else { error }
+}
+
+/// Whether the TLS handshake failed because this client refused the server's certificate (an untrusted CA, a
+/// name it is not for, outside its validity, a CA used as the server's own): the same server answers the same
+/// way to every retry, so it is not retried. rustls's error sits inside `io::Error`s (nested), whose `source`
+/// skips the error they wrap: those are walked through `get_ref`.
+fn certificate_refused(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return matches!(tls, rustls::Error::InvalidCertificate(_));
+        }
+        cause = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
 }
 
 #[cfg(test)]

@@ -443,7 +443,8 @@ async fn a_body_that_does_not_parse_is_not_quoted() {
 }
 
 /// A vault whose certificate's CA the client does not trust: a Connection error whose message names the
-/// option that adds a CA (rustls says only `UnknownIssuer`).
+/// option that adds a CA (rustls says only `UnknownIssuer`), after one try even with retries on (every retry
+/// would meet the same certificate); the same for a token authority.
 #[tokio::test]
 async fn an_untrusted_ca_names_the_option_that_adds_one() {
     let server = start(|_, _| MockResponse::json(200, BUNDLE)).await;
@@ -451,7 +452,10 @@ async fn an_untrusted_ca_names_the_option_that_adds_one() {
         &server.url,
         &server.ca_pem,
         Arc::new(Recording::default()),
-        |o| o.additional_ca_certificates.clear(),
+        |o| {
+            o.additional_ca_certificates.clear();
+            o.retry = RetryOptions::default();
+        },
     );
     let e = c.get_secret("n", None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
@@ -461,4 +465,20 @@ async fn an_untrusted_ca_names_the_option_that_adds_one() {
                 .contains("SecretClientOptions::additional_ca_certificates"),
         "{e}"
     );
+    assert_eq!(server.connections(), 1);
+
+    let credential = ClientSecretCredential::new(
+        "tenant-1",
+        "app-1",
+        "s3cret",
+        Some(ClientSecretCredentialOptions {
+            authority_host: server.url.clone(),
+            trust_system_roots: false,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let e = credential.get_token(&[SCOPE], None).await.unwrap_err();
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    assert_eq!(server.connections(), 2);
 }

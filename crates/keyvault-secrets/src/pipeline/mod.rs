@@ -192,7 +192,7 @@ impl Pipeline {
                     if e.kind() == ErrorKind::Connection
                         && (self.resend_any || retry::retry_connection_error(&req.method)) =>
                 {
-                    if e.message().contains("the client is closed") {
+                    if e.is_permanent() || e.message().contains("the client is closed") {
                         return result;
                     }
                     self.retry.backoff(attempt)

@@ -32,7 +32,9 @@ pub const RETRY_LOG_TARGET: &str = "keyvault_secrets::retry";
 /// and HEAD; POST and PATCH only on 500, 503 and 504. A response carrying `Retry-After` (any error status) is
 /// retried for every method. Connection errors (no response, including a timed-out try) are retried for every
 /// method but POST and PATCH, except a credential's token requests (POSTs that change nothing), which are
-/// retried after a connection error too. One difference: 429 is retried for POST and PATCH even without `Retry-After`
+/// retried after a connection error too. A server certificate the client refuses (an untrusted CA, a name it is
+/// not for, expired) is not retried, for any method: every retry would meet the same certificate (azure-core
+/// retries it like any connection error). One difference: 429 is retried for POST and PATCH even without `Retry-After`
 /// (the service refused the request without processing it; Key Vault always sends `Retry-After` with it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryOptions {

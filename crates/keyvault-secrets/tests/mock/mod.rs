@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! A tiny HTTPS/1.1 server for testing one pipeline policy at a time: every request goes to a handler.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -59,11 +60,19 @@ pub struct MockServer {
     pub url: String,
     pub ca_pem: Vec<u8>,
     pub requests: Arc<Mutex<Vec<MockRequest>>>,
+    /// TCP connections accepted (a refused TLS handshake counts too).
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl MockServer {
     pub fn requests(&self) -> Vec<MockRequest> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    #[allow(dead_code)]
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -99,12 +108,15 @@ where
     );
     let requests = Arc::new(Mutex::new(Vec::new()));
     let seen = requests.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             let handler = handler.clone();
             let seen = seen.clone();
@@ -201,5 +213,6 @@ where
         url,
         ca_pem: ca.pem().into_bytes(),
         requests,
+        connections,
     }
 }
