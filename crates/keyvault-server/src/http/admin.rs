@@ -24,11 +24,10 @@
 
 use super::error::ApiError;
 use super::respond::{empty, json_response};
-use super::{HttpState, gate, printable, read_json_quoting};
+use super::{HttpState, IncomingBody, gate, printable, read_json_quoting};
 use crate::admin::AdminError;
 use crate::audit::AuditRecord;
 use crate::auth::policy::{Operation, Permission, Scope};
-use axum::body::Body;
 use axum::response::Response;
 use http::{Method, StatusCode};
 use serde::Deserialize;
@@ -100,7 +99,7 @@ struct DefineRole {
 /// An optional JSON body: empty = the default.
 async fn optional_json<T: serde::de::DeserializeOwned + Default>(
     limiter: &super::limits::Limiter,
-    body: Body,
+    body: IncomingBody,
 ) -> Result<T, ApiError> {
     let bytes = super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -136,7 +135,7 @@ pub(super) async fn handle(
     method: Method,
     segs: &[&str],
     query: Option<&str>,
-    body: Body,
+    body: IncomingBody,
 ) -> Result<Response, ApiError> {
     gate(state, who, rec, Operation::VaultAdmin, None, None)?;
     let admin = &state.admin;
@@ -339,27 +338,31 @@ pub(super) async fn handle(
                 )),
             }
         }
-        (
-            _,
-            ["admin", "rekey"]
-            | ["admin", "principals"]
-            | ["admin", "principals", _]
-            | ["admin", "principals", _, "secrets"]
-            | ["admin", "principals", _, "secrets", _]
-            | ["admin", "roleAssignments"]
-            | ["admin", "roleAssignments", _]
-            | ["admin", "roles"]
-            | ["admin", "roles", _],
-        ) => Err(super::method_not_allowed(&method)),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!(
-                "The requested path was not found: {}",
-                printable(&segs.join("/"))
+        _ => Err(match admin_route_methods(segs) {
+            Some(allow) => ApiError::method_not_allowed(&method, allow),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!(
+                    "The requested path was not found: {}",
+                    printable(&segs.join("/"))
+                ),
             ),
-        )),
+        }),
     }
+}
+
+/// The methods an admin route answers (its 405's `Allow`), or `None` for a path that is no route.
+fn admin_route_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["admin", "rekey"] | ["admin", "principals"] | ["admin", "roleAssignments"] => "GET, POST",
+        ["admin", "principals", _] => "GET, DELETE",
+        ["admin", "principals", _, "secrets"] => "POST",
+        ["admin", "principals", _, "secrets", _] | ["admin", "roleAssignments", _] => "DELETE",
+        ["admin", "roles"] => "GET",
+        ["admin", "roles", _] => "PUT, DELETE",
+        _ => return None,
+    })
 }
 
 /// Overwrites the strings of a JSON value that held a generated secret.
