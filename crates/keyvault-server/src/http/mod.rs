@@ -769,7 +769,19 @@ impl IncomingBody {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         IncomingBody {
             body,
-            coding: coding.map(|c| printable(&c)),
+            // Echoed in the 415: bounded, printable (spaces kept: `identity, gzip`).
+            coding: coding.map(|c| {
+                c.chars()
+                    .take(64)
+                    .map(|c| {
+                        if c == ' ' || c.is_ascii_graphic() {
+                            c
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect()
+            }),
             expects_continue,
         }
     }
@@ -1105,14 +1117,13 @@ fn attributes_input(
 }
 
 /// The methods a vault route answers (its 405's `Allow`), or `None` for a path that is no route. `restore`
-/// is a secret's name as well; `versions` and `backup` can never be a version id (32 hex digits).
+/// is a secret's name as well, and `versions` and `backup` a version's place (GET and PATCH answer them: 404).
 fn vault_route_methods(segs: &[&str]) -> Option<&'static str> {
     Some(match segs {
         ["secrets"] | ["deletedsecrets"] => "GET",
         ["secrets", "restore"] => "GET, PUT, PATCH, DELETE, POST",
         ["secrets", _] => "GET, PUT, PATCH, DELETE",
-        ["secrets", _, "versions"] => "GET",
-        ["secrets", _, "backup"] => "POST",
+        ["secrets", _, "backup"] => "GET, PATCH, POST",
         ["secrets", _, _] => "GET, PATCH",
         ["deletedsecrets", _] => "GET, DELETE",
         ["deletedsecrets", _, "recover"] => "POST",
