@@ -447,3 +447,106 @@ async fn every_bad_restore_blob_is_a_malformed_backup() {
     }
     v.lv.shutdown().await;
 }
+
+/// The admin API's errors follow the vault API's conventions: an echoed id or name is cut (128 characters and
+/// an ellipsis) with its control and bidirectional characters escaped; a bad body names the property and what
+/// it must be, never a Rust type or serde's text; a mis-cased property is named (camelCase only).
+#[tokio::test]
+async fn admin_errors_bound_and_escape_what_they_echo_and_name_the_property() {
+    let v = Vault::start().await;
+    let long = "p".repeat(20_000);
+    for path in [
+        format!("/admin/principals/{long}"),
+        format!("/admin/principals/{long}/secrets/{long}"),
+        format!("/admin/roleAssignments/{long}"),
+    ] {
+        let method = if path.contains("/secrets/") || path.contains("roleAssignments") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let (s, _, b) = v.send(method, &path, None, &[]).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(message.len() < 400, "{} bytes", message.len());
+        assert!(
+            message.contains(&format!("{}…'", "p".repeat(128))),
+            "{message}"
+        );
+    }
+    let (s, _, b) = v
+        .send(Method::GET, "/admin/principals/%E2%80%AEevil%0A", None, &[])
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "Principal '\\u{202e}evil\\u{000a}' was not found."
+    );
+    for (method, path, body, want) in [
+        (
+            Method::POST,
+            "/admin/principals",
+            &br#"{"expiresOn":"x"}"#[..],
+            "The request body's property 'expiresOn' is not valid: it must be an integer of Unix seconds.",
+        ),
+        (
+            Method::POST,
+            "/admin/principals",
+            br#"{"Role":"Key Vault Reader"}"#,
+            "The request body's property 'Role' is not known: property names are camelCase ('role').",
+        ),
+        (
+            Method::POST,
+            "/admin/principals",
+            br#"[1, 2, 3, 4]"#,
+            "The request body is not a JSON object.",
+        ),
+        (
+            Method::POST,
+            "/admin/roleAssignments",
+            br#"{"role":"Key Vault Reader"}"#,
+            "The request body lacks the required property 'principal' (a principal's client id (a string)).",
+        ),
+        (
+            Method::PUT,
+            "/admin/roles/r",
+            br#"{"permissions":["get"],"permissions":["list"]}"#,
+            "The request body has the property 'permissions' more than once.",
+        ),
+        (
+            Method::PUT,
+            "/admin/roles/r",
+            br#"{"permissions":"get"}"#,
+            "The request body's property 'permissions' is not valid: it must be a list of permissions (get, list, set, \
+             delete, recover, backup, restore, purge, admin).",
+        ),
+        (
+            Method::POST,
+            "/admin/rekey",
+            br#"{"batchSize":-1}"#,
+            "The request body's property 'batchSize' is not valid: it must be an integer from 1 to 10000.",
+        ),
+    ] {
+        let (s, _, b) = v.send(method.clone(), path, Some(body), &[]).await;
+        assert_error(s, &b, StatusCode::BAD_REQUEST, "BadParameter");
+        assert_eq!(b["error"]["message"], want, "{method} {path}");
+    }
+    // A permission's own message names the value, bounded.
+    let (s, _, b) = v
+        .send(
+            Method::PUT,
+            "/admin/roles/r",
+            Some(format!(r#"{{"permissions":["get","{}"]}}"#, "l".repeat(1000)).as_bytes()),
+            &[],
+        )
+        .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "BadParameter");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "The request body's property 'permissions[1]' is not valid: unknown permission 'lll"
+        ) && message.len() < 500,
+        "{message}"
+    );
+    v.lv.shutdown().await;
+}

@@ -1019,31 +1019,20 @@ async fn read_json<T: DeserializeOwned>(
     body: IncomingBody,
     limit: usize,
 ) -> Result<T, ApiError> {
-    read_json_describing(limiter.body_read(), body, limit, false).await
-}
-
-/// [`read_json`] for bodies that carry no secret (the admin API's): a wrong value's error also gives serde's
-/// reason, which names the property and can quote the value (`unknown permission 'lst' (expected get, …)`).
-async fn read_json_quoting<T: DeserializeOwned>(
-    limiter: &limits::Limiter,
-    body: IncomingBody,
-    limit: usize,
-) -> Result<T, ApiError> {
-    read_json_describing(limiter.body_read(), body, limit, true).await
+    read_json_describing(limiter.body_read(), body, limit).await
 }
 
 async fn read_json_describing<T: DeserializeOwned>(
     read: limits::BodyRead<'_>,
     body: IncomingBody,
     limit: usize,
-    quote: bool,
 ) -> Result<T, ApiError> {
     let bytes = read_body_as(read, body, limit).await?;
-    parse_json(&bytes, quote)
+    parse_json(&bytes)
 }
 
 /// A request body's JSON object, read as [`read_json`] describes.
-fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], quote: bool) -> Result<T, ApiError> {
+fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // A UTF-8 byte-order mark before the JSON is skipped, as Key Vault's .NET reader does.
     let json = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
@@ -1066,8 +1055,7 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], quote: bool) -> Re
         )));
     }
     serde_json::from_slice(json).map_err(|e| {
-        // serde's own message can quote the input (which may hold a value): describe, never quote — but for
-        // bodies without secrets (`quote`), where its reason is what the caller needs to fix the body.
+        // serde's own message can quote the input (which may hold a value): describe, never quote.
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 "is not valid JSON"
@@ -1086,15 +1074,8 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], quote: bool) -> Re
             }
             _ => "has a property of the wrong type or shape",
         };
-        let reason = if quote {
-            // serde's text ends with " at line L column C": the position is given once, below.
-            let text = e.to_string();
-            format!(": {}", text.split(" at line ").next().unwrap_or_default())
-        } else {
-            String::new()
-        };
         ApiError::bad_parameter(format!(
-            "The request body {what} (line {}, column {}){reason}.",
+            "The request body {what} (line {}, column {}).",
             e.line(),
             e.column()
         ))
@@ -1606,7 +1587,7 @@ impl<'de> serde::Deserialize<'de> for RestoreBody<'de> {
 /// not base64url (the SDKs send it without padding; padding and standard base64 are tolerated) is a malformed
 /// backup, as a blob that decodes to something else is.
 fn restore_blob(bytes: &mut Zeroizing<Vec<u8>>) -> Result<&[u8], crate::vault::VaultError> {
-    let parsed: RestoreBody<'_> = match parse_json(bytes, false) {
+    let parsed: RestoreBody<'_> = match parse_json(bytes) {
         Ok(parsed) => parsed,
         Err(e) => return Err(crate::vault::VaultError::BadParameter(e.message)),
     };
