@@ -906,6 +906,7 @@ async fn read_identity(
     let capacity = declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY as u64) as usize;
     let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
     let mut seen = 0u64;
+    let mut charged = 0usize;
     loop {
         let frame = match next_frame(&mut body, deadline.as_mut()).await {
             Some(Some(frame)) => frame,
@@ -933,9 +934,25 @@ async fn read_identity(
             deadline.as_mut().reset(read.renewed());
         }
         if seen <= limit as u64 {
-            if let Err(e) = read.take(data.len()).await {
-                wipe_frame(data);
-                return Err(e);
+            // With a declared length, the buffer grows once, to that length, when the first frames have
+            // filled it: no chain of doublings, each leaving a freed copy to the allocator (a 30 MiB restore
+            // held about twice its body that way). The budget is charged for what is held: the bytes, or the
+            // buffer reserved for them.
+            let kept = seen as usize;
+            let reserve = match declared {
+                Some(n) if buf.capacity() < kept => n as usize,
+                _ => 0,
+            };
+            let held = kept.max(reserve);
+            if held > charged {
+                if let Err(e) = read.take(held - charged).await {
+                    wipe_frame(data);
+                    return Err(e);
+                }
+                charged = held;
+            }
+            if reserve > 0 {
+                grow_wiped(&mut buf, reserve);
             }
             append_wiped(&mut buf, &data);
         } else if !buf.is_empty() {
@@ -998,12 +1015,18 @@ const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 /// wiped (a `Vec`'s own growth would free it with the bytes in it).
 fn append_wiped(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
     if buf.capacity() - buf.len() < data.len() {
-        let wanted = (buf.len() + data.len()).max(buf.capacity() * 2);
-        let mut bigger = Vec::with_capacity(wanted);
+        grow_wiped(buf, (buf.len() + data.len()).max(buf.capacity() * 2));
+    }
+    buf.extend_from_slice(data);
+}
+
+/// Moves `buf`'s contents to a new allocation of `capacity` bytes (when that is more), wiping the old one.
+fn grow_wiped(buf: &mut Zeroizing<Vec<u8>>, capacity: usize) {
+    if capacity > buf.capacity() {
+        let mut bigger = Vec::with_capacity(capacity);
         bigger.extend_from_slice(buf);
         *buf = Zeroizing::new(bigger);
     }
-    buf.extend_from_slice(data);
 }
 
 /// Wipes a body frame read when this is its only handle; returns the wiped bytes (for the tests), or `None`
