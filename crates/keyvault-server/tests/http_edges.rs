@@ -239,7 +239,7 @@ async fn a_coded_body_is_415_and_the_content_type_is_not_checked() {
                 Method::PUT,
                 &put("coded"),
                 Some(br#"{"value":"v"}"#),
-                &[("content-encoding", &coding)],
+                &[("content-encoding", coding)],
             )
             .await;
         assert_error(
