@@ -247,11 +247,19 @@ fn expires(t: Option<time::OffsetDateTime>) -> Value {
     t.map_or(Value::Null, |t| Value::from(t.unix_timestamp()))
 }
 
+/// A time the admin API gives as Unix seconds: RFC 3339, or the seconds themselves when no date can show it
+/// (the admin API takes any 64-bit `expiresOn`, far past year 9999); "never" only for none.
 fn when(v: &Value) -> String {
-    v.as_i64()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .map(crate::when::format)
-        .unwrap_or_else(|| "never".to_string())
+    match v {
+        Value::Null => "never".to_string(),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+            .map(crate::when::format)
+            .filter(|text| text.contains('T'))
+            .unwrap_or_else(|| format!("{n} (Unix seconds)")),
+        other => s(other),
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -663,5 +671,31 @@ pub async fn run_role(conn: &Conn, command: RoleCommand, out: &mut dyn Write) ->
                 _ => Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An expiry no date can show is printed as its seconds, never as "never" (which means none).
+    #[test]
+    fn times_past_year_9999_print_as_seconds() {
+        assert_eq!(when(&Value::Null), "never");
+        assert_eq!(when(&serde_json::json!(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            when(&serde_json::json!(253402300799i64)),
+            "9999-12-31T23:59:59Z"
+        );
+        for secs in [99999999999999i64, i64::MAX, i64::MIN] {
+            assert_eq!(
+                when(&serde_json::json!(secs)),
+                format!("{secs} (Unix seconds)")
+            );
+        }
+        assert_eq!(
+            when(&serde_json::json!(u64::MAX)),
+            format!("{} (Unix seconds)", u64::MAX)
+        );
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::clients::{SecretInfo, generate_selected_secret, key_id_of};
-use crate::auth::policy::{Assignment, Permission, Policy, Role, Scope, check_role_name};
+use crate::auth::policy::{Assignment, Permission, Policy, Role, Scope, check_role_name, shown};
 use crate::auth::{ClientRegistry, generate_client_id, hash_secret};
 use crate::crypto::{CryptoError, Envelope};
 use crate::store::{SecretStore, StoreError};
@@ -1305,7 +1305,9 @@ impl AccessAdmin {
             stored.secrets.retain(|s| key_id_of(&s.hash) != key_id);
             if stored.secrets.len() == before {
                 return Err(AdminError::NotFound(format!(
-                    "Principal '{client_id}' has no secret with key id '{key_id}'."
+                    "Principal '{}' has no secret with key id '{}'.",
+                    shown(client_id),
+                    shown(key_id)
                 )));
             }
             Ok(())
@@ -1365,7 +1367,7 @@ impl AccessAdmin {
         }
         let role = self
             .find_role(role)
-            .ok_or_else(|| AdminError::BadParameter(format!("unknown role '{role}'")))?;
+            .ok_or_else(|| AdminError::BadParameter(format!("unknown role '{}'", shown(role))))?;
         let same =
             |a: &Assignment| a.principal == principal && a.role == role.name && a.scope == scope;
         if let Some(existing) = doc.assignments.iter().find(|a| same(a)) {
@@ -1465,11 +1467,13 @@ impl AccessAdmin {
                 }
                 if self.policy.assignments(None).iter().any(|a| a.id == id) {
                     return Err(AdminError::Conflict(format!(
-                        "Role assignment '{id}' is declared in the server configuration; change it there."
+                        "Role assignment '{}' is declared in the server configuration; change it there.",
+                        shown(id)
                     )));
                 }
                 Err(AdminError::NotFound(format!(
-                    "Role assignment '{id}' was not found."
+                    "Role assignment '{}' was not found.",
+                    shown(id)
                 )))
             })
             .await?;
@@ -1564,7 +1568,7 @@ impl AccessAdmin {
             .find_role(name)
             .or_else(|| self.stored_role_not_in_force(name))
             .ok_or_else(|| {
-                AdminError::NotFound(format!("Role '{}' was not found.", name.trim()))
+                AdminError::NotFound(format!("Role '{}' was not found.", shown(name.trim())))
             })?;
         self.change(|doc| {
             let Some(at) = doc
@@ -1670,12 +1674,13 @@ fn managed_view(a: Assignment, managed: bool) -> AssignmentView {
 }
 
 fn not_found_principal(client_id: &str) -> AdminError {
-    AdminError::NotFound(format!("Principal '{client_id}' was not found."))
+    AdminError::NotFound(format!("Principal '{}' was not found.", shown(client_id)))
 }
 
 fn not_managed_principal(client_id: &str) -> AdminError {
     AdminError::Conflict(format!(
-        "Principal '{client_id}' is declared in the server configuration (or is the dev client); change it there."
+        "Principal '{}' is declared in the server configuration (or is the dev client); change it there.",
+        shown(client_id)
     ))
 }
 

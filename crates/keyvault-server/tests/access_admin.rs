@@ -436,7 +436,7 @@ async fn role_assignments_through_the_api() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("unknown field `rol`"),
+            .contains("property 'rol' is not known"),
         "{body}"
     );
     let (_, roles) = h.admin(Method::GET, "/admin/roles", None).await;

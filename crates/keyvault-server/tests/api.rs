@@ -426,7 +426,7 @@ async fn bad_input_gets_key_vault_errors() {
             Some(json!({"value": "!!!not base64!!!"})),
         )
         .await;
-    assert_error(s, &b, StatusCode::BAD_REQUEST, "BadParameter");
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "Malformed backup blob");
     let (s, b) = v
         .call(
             Method::POST,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod request_de;
+pub use request_de::DUPLICATE_TAG;
 
 /// Tags: name → value.
 pub type Tags = BTreeMap<String, String>;

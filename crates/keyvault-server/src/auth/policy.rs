@@ -91,7 +91,8 @@ impl<'de> Deserialize<'de> for Permission {
         let s = String::deserialize(d)?;
         Permission::parse(&s).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "unknown permission '{s}' (expected get, list, set, delete, recover, backup, restore, purge or admin)"
+                "unknown permission '{}' (expected get, list, set, delete, recover, backup, restore, purge or admin)",
+                shown(&s)
             ))
         })
     }
@@ -372,6 +373,26 @@ pub fn check_role_name(name: &str) -> Result<&str, PolicyError> {
         )));
     }
     Ok(name)
+}
+
+/// Text from a request (an id, a name) as a message echoes it: at most 128 characters (then `…`), its control,
+/// invisible and bidirectional-formatting characters escaped (`\u{202e}`), so that an echo can neither grow an
+/// answer without bound nor reorder or hide the text around it.
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 128;
+    let mut out = String::with_capacity(text.len().min(MAX * 2));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || is_invisible_format(c) || c == char::REPLACEMENT_CHARACTER {
+            out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Characters that change how text displays without showing themselves: Unicode's format characters (general

@@ -160,7 +160,12 @@ async fn token(
     // The extractors' own refusals are plain text; a client of this endpoint expects the OAuth error shape.
     let result = match (
         tenant,
-        crate::http::read_token_body(&state.limiter, body, MAX_TOKEN_FORM_BYTES).await,
+        crate::http::read_token_body(
+            &state.limiter,
+            crate::http::IncomingBody::new(&headers, body),
+            MAX_TOKEN_FORM_BYTES,
+        )
+        .await,
     ) {
         (Err(_), _) => Err(OAuthError::tenant_not_found(
             "invalid_request",

@@ -24,11 +24,11 @@
 
 use super::error::ApiError;
 use super::respond::{empty, json_response};
-use super::{HttpState, gate, printable, read_json_quoting};
+use super::{HttpState, IncomingBody, gate, printable};
 use crate::admin::AdminError;
 use crate::audit::AuditRecord;
+use crate::auth::policy::shown;
 use crate::auth::policy::{Operation, Permission, Scope};
-use axum::body::Body;
 use axum::response::Response;
 use http::{Method, StatusCode};
 use serde::Deserialize;
@@ -66,10 +66,27 @@ struct CreatePrincipal {
     scope: Option<String>,
 }
 
+const DISPLAY_NAME: Property = ("displayName", "a string of at most 256 characters", false);
+const EXPIRES_ON: Property = ("expiresOn", "an integer of Unix seconds", false);
+const ROLE: Property = ("role", "a role's name (a string)", false);
+const SCOPE: Property = (
+    "scope",
+    "a scope (a string: \"/\", \"/secrets/NAME\" or \"/secrets/PREFIX*\")",
+    false,
+);
+
+impl AdminBody for CreatePrincipal {
+    const PROPERTIES: &'static [Property] = &[DISPLAY_NAME, EXPIRES_ON, ROLE, SCOPE];
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AddSecret {
     expires_on: Option<i64>,
+}
+
+impl AdminBody for AddSecret {
+    const PROPERTIES: &'static [Property] = &[EXPIRES_ON];
 }
 
 #[derive(Deserialize)]
@@ -80,12 +97,27 @@ struct CreateAssignment {
     scope: Option<String>,
 }
 
+impl AdminBody for CreateAssignment {
+    const PROPERTIES: &'static [Property] = &[
+        ("principal", "a principal's client id (a string)", true),
+        (ROLE.0, ROLE.1, true),
+        SCOPE,
+    ];
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct StartRekey {
     #[serde(default)]
     dry_run: bool,
     batch_size: Option<usize>,
+}
+
+impl AdminBody for StartRekey {
+    const PROPERTIES: &'static [Property] = &[
+        ("dryRun", "true or false", false),
+        ("batchSize", "an integer from 1 to 10000", false),
+    ];
 }
 
 /// The most versions a rekey reads and re-seals per batch (as `keyvault rekey --batch-size`).
@@ -97,25 +129,155 @@ struct DefineRole {
     permissions: Vec<Permission>,
 }
 
+impl AdminBody for DefineRole {
+    const PROPERTIES: &'static [Property] = &[(
+        "permissions",
+        "a list of permissions (get, list, set, delete, recover, backup, restore, purge, admin)",
+        true,
+    )];
+}
+
+/// A property of an admin body: its name (camelCase, the only casing read), what its value must be (for the
+/// message when it is not), and whether it is required.
+type Property = (&'static str, &'static str, bool);
+
+/// An admin API body: a JSON object of these properties.
+trait AdminBody: serde::de::DeserializeOwned {
+    const PROPERTIES: &'static [Property];
+}
+
+/// An object's properties in the order given (each name as many times as given).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// An admin body, or a 400 that says which property is wrong and what it must be, in the API's words (never
+/// serde's, which name Rust types): an unknown or mis-cased property by its name (echoed as [`shown`]), a
+/// property given twice, a required one missing.
+fn parse_admin_body<T: AdminBody>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_parameter(
+            "The request body is not a JSON object.",
+        ));
+    }
+    let Entries(entries) = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_parameter(format!(
+            "The request body is not valid JSON (line {}, column {}).",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let names = || {
+        T::PROPERTIES
+            .iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut object = serde_json::Map::new();
+    for (name, value) in entries {
+        if !T::PROPERTIES.iter().any(|p| p.0 == name) {
+            let message = match T::PROPERTIES
+                .iter()
+                .find(|p| p.0.eq_ignore_ascii_case(&name))
+            {
+                Some(p) => format!(
+                    "The request body's property '{}' is not known: property names are camelCase ('{}').",
+                    shown(&name),
+                    p.0
+                ),
+                None => format!(
+                    "The request body's property '{}' is not known (this operation reads {}).",
+                    shown(&name),
+                    names()
+                ),
+            };
+            return Err(ApiError::bad_parameter(message));
+        }
+        if object.contains_key(&name) {
+            return Err(ApiError::bad_parameter(format!(
+                "The request body has the property '{name}' more than once."
+            )));
+        }
+        object.insert(name, value);
+    }
+    if let Some(p) = T::PROPERTIES
+        .iter()
+        .find(|p| p.2 && object.get(p.0).is_none_or(serde_json::Value::is_null))
+    {
+        return Err(ApiError::bad_parameter(format!(
+            "The request body lacks the required property '{}' ({}).",
+            p.0, p.1
+        )));
+    }
+    serde_path_to_error::deserialize(serde_json::Value::Object(object)).map_err(|e| {
+        let path = e.path().to_string();
+        let root = match e.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => key.as_str(),
+            _ => "",
+        };
+        let expected = T::PROPERTIES
+            .iter()
+            .find(|p| p.0 == root)
+            .map_or("another value", |p| p.1);
+        // Our own words (a permission's name) are given as they are; serde's are not.
+        let inner = e.inner().to_string();
+        let detail = if inner.starts_with("unknown permission") {
+            inner
+        } else {
+            format!("it must be {expected}")
+        };
+        ApiError::bad_parameter(format!(
+            "The request body's property '{}' is not valid: {detail}.",
+            shown(&path)
+        ))
+    })
+}
+
 /// An optional JSON body: empty = the default.
-async fn optional_json<T: serde::de::DeserializeOwned + Default>(
+async fn optional_json<T: AdminBody + Default>(
     limiter: &super::limits::Limiter,
-    body: Body,
+    body: IncomingBody,
 ) -> Result<T, ApiError> {
     let bytes = super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    // The admin API's bodies carry no secret: serde's reason (the property, the value expected) is given.
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let reason = e.to_string();
-        let reason = reason.split(" at line ").next().unwrap_or_default();
-        ApiError::bad_parameter(format!(
-            "The request body is not valid for this operation (line {}, column {}): {reason}.",
-            e.line(),
-            e.column()
-        ))
-    })
+    parse_admin_body(&bytes)
+}
+
+/// A required JSON body.
+async fn required_json<T: AdminBody>(
+    limiter: &super::limits::Limiter,
+    body: IncomingBody,
+) -> Result<T, ApiError> {
+    let bytes = super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_parameter("The request body is missing."));
+    }
+    parse_admin_body(&bytes)
 }
 
 fn scope_of(s: Option<&str>) -> Result<Scope, ApiError> {
@@ -136,7 +298,7 @@ pub(super) async fn handle(
     method: Method,
     segs: &[&str],
     query: Option<&str>,
-    body: Body,
+    body: IncomingBody,
 ) -> Result<Response, ApiError> {
     gate(state, who, rec, Operation::VaultAdmin, None, None)?;
     let admin = &state.admin;
@@ -214,8 +376,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "roleAssignments"]) => {
             op("RoleAssignmentCreate", None);
-            let p: CreateAssignment =
-                read_json_quoting(&state.limiter, body, MAX_ADMIN_BODY_BYTES).await?;
+            let p: CreateAssignment = required_json(&state.limiter, body).await?;
             let scope = scope_of(p.scope.as_deref())?;
             let (a, created) = admin
                 .assign(&p.principal, &p.role, scope)
@@ -249,8 +410,7 @@ pub(super) async fn handle(
         }
         (&Method::PUT, ["admin", "roles", name]) => {
             op("RoleDefine", Some(name));
-            let p: DefineRole =
-                read_json_quoting(&state.limiter, body, MAX_ADMIN_BODY_BYTES).await?;
+            let p: DefineRole = required_json(&state.limiter, body).await?;
             let (role, created) = admin.define_role(name, p.permissions).await.map_err(err)?;
             let status = if created {
                 StatusCode::CREATED
@@ -339,27 +499,31 @@ pub(super) async fn handle(
                 )),
             }
         }
-        (
-            _,
-            ["admin", "rekey"]
-            | ["admin", "principals"]
-            | ["admin", "principals", _]
-            | ["admin", "principals", _, "secrets"]
-            | ["admin", "principals", _, "secrets", _]
-            | ["admin", "roleAssignments"]
-            | ["admin", "roleAssignments", _]
-            | ["admin", "roles"]
-            | ["admin", "roles", _],
-        ) => Err(super::method_not_allowed(&method)),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!(
-                "The requested path was not found: {}",
-                printable(&segs.join("/"))
+        _ => Err(match admin_route_methods(segs) {
+            Some(allow) => ApiError::method_not_allowed(&method, allow),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!(
+                    "The requested path was not found: {}",
+                    printable(&segs.join("/"))
+                ),
             ),
-        )),
+        }),
     }
+}
+
+/// The methods an admin route answers (its 405's `Allow`), or `None` for a path that is no route.
+fn admin_route_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["admin", "rekey"] | ["admin", "principals"] | ["admin", "roleAssignments"] => "GET, POST",
+        ["admin", "principals", _] => "GET, DELETE",
+        ["admin", "principals", _, "secrets"] => "POST",
+        ["admin", "principals", _, "secrets", _] | ["admin", "roleAssignments", _] => "DELETE",
+        ["admin", "roles"] => "GET",
+        ["admin", "roles", _] => "PUT, DELETE",
+        _ => return None,
+    })
 }
 
 /// Overwrites the strings of a JSON value that held a generated secret.

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (throttling).
     pub retry_after: Option<u64>,
+    /// The methods for an `Allow` header (a 405 names what its route answers: RFC 9110 §15.5.6).
+    pub allow: Option<&'static str>,
     /// For a 5xx: what went wrong inside, for the server's log (logged with the request's id where the
     /// request is answered, never sent to the client).
     pub cause: Option<String>,
@@ -32,8 +34,22 @@ impl ApiError {
             inner: None,
             message: message.into(),
             retry_after: None,
+            allow: None,
             cause: None,
         }
+    }
+
+    /// 405 `MethodNotAllowed` in Key Vault's words, with an `Allow` header naming `allow` (the methods the
+    /// route answers; empty for a target that is no route, such as CONNECT's host and port).
+    pub fn method_not_allowed(method: &http::Method, allow: &'static str) -> Self {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            // Key Vault's text (recorded for `PUT /secrets/`, 2022); the method is bounded and printable.
+            format!("HTTP {} not allowed", super::printable(method.as_str())),
+        );
+        e.allow = Some(allow);
+        e
     }
 
     /// With the internal cause the server logs.
@@ -64,6 +80,10 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
         }
         resp
     }

@@ -28,8 +28,7 @@ use base64::Engine;
 use error::ApiError;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use keyvault_types::models::{
-    BackupSecretResult, ListResult, SecretRestoreParameters, SecretSetParameters,
-    SecretUpdateParameters,
+    BackupSecretResult, ListResult, SecretSetParameters, SecretUpdateParameters,
 };
 use keyvault_types::{ApiVersion, rules};
 use respond::{bundle_response, empty, json_response};
@@ -230,6 +229,25 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
         .fallback(vault_request)
         .with_state(state.clone())
         .merge(ready::guard_token_endpoint(auth_routes, state))
+        .layer(axum::middleware::from_fn(shape_router_405))
+}
+
+/// The router's own 405s (health, readiness, the token issuer's routes: a known path, another method) come
+/// with an `Allow` header and an empty body: given Key Vault's JSON error, as the vault's own 405s have.
+async fn shape_router_405(req: Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED
+        || resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let mut shaped = ApiError::method_not_allowed(&method, "").into_response();
+    match resp.headers().get(header::ALLOW) {
+        Some(allow) => shaped.headers_mut().insert(header::ALLOW, allow.clone()),
+        None => shaped.headers_mut().remove(header::ALLOW),
+    };
+    shaped
 }
 
 /// Entry point of every vault request.
@@ -589,7 +607,7 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
 }
 
 /// `host[:port]` as a client may send it: a name of letters, digits, `-`, `.`, `_` or `~`, or an IPv6
-/// address in brackets, then at most a port number.
+/// address in brackets, then at most a port number (1 to 65535).
 fn valid_host(host: &str) -> bool {
     let (name_ok, port) = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
@@ -610,7 +628,12 @@ fn valid_host(host: &str) -> bool {
     };
     let port_ok = match port.strip_prefix(':') {
         None => port.is_empty(),
-        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
+        // A port is 1 to 65535 (`h:` and `h:99999` are not hosts a client could have reached).
+        Some(digits) => {
+            digits.len() <= 5
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok_and(|port| port != 0)
+        }
     };
     host.len() <= 255 && name_ok && port_ok
 }
@@ -715,11 +738,75 @@ fn path_segments<'a>(path: &'a str, decoded: &'a mut Vec<Cow<'a, str>>) -> Vec<&
 /// The most of an oversized body read (and dropped) before its 413 is sent.
 const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+/// A request's body, with what its head says about reading it.
+pub(crate) struct IncomingBody {
+    body: Body,
+    /// A `Content-Encoding` other than `identity` (as sent, bounded and printable): refused with 415.
+    coding: Option<String>,
+    /// The client sent `Expect: 100-continue`: it waits for `100 Continue` (which hyper sends when the body is
+    /// first read) before it sends the body, so a body refused on its head alone is answered before any of it
+    /// is read, and never sent.
+    expects_continue: bool,
+}
+
+impl IncomingBody {
+    pub(crate) fn new(headers: &HeaderMap, body: Body) -> IncomingBody {
+        let mut codings = headers.get_all(header::CONTENT_ENCODING).iter().peekable();
+        let coding = codings.peek().is_some().then(|| {
+            codings
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        // `identity` (in any case, listed any number of times) is no coding at all.
+        let coding = coding.filter(|c| {
+            c.split(',')
+                .map(str::trim)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        });
+        let expects_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        IncomingBody {
+            body,
+            // Echoed in the 415: bounded, printable (spaces kept: `identity, gzip`).
+            coding: coding.map(|c| {
+                c.chars()
+                    .take(64)
+                    .map(|c| {
+                        if c == ' ' || c.is_ascii_graphic() {
+                            c
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect()
+            }),
+            expects_continue,
+        }
+    }
+
+    /// A body read for what it is, whatever the head said (the unit tests).
+    #[cfg(test)]
+    fn plain(body: Body) -> IncomingBody {
+        IncomingBody {
+            body,
+            coding: None,
+            expects_continue: false,
+        }
+    }
+}
+
 /// A request body of at most `limit` bytes. A larger one gets 413, sent once the client has sent the body
 /// (up to [`DRAIN_MAX_BYTES`]), not while it still sends: over HTTP/1.1 a server that closes a connection
 /// with unread request bytes resets it, and the client then never sees the 413 (an SDK sees a broken
 /// connection). A declared length over the limit is refused before any of the body is read (no
-/// `100 Continue`) when the body is too large to drain. A body that breaks off or is badly framed gets 400.
+/// `100 Continue`) when the client waits for `100 Continue` before sending (`Expect`), or when the body is
+/// too large to drain. A body that breaks off or is badly framed gets 400.
+///
+/// A body sent with a `Content-Encoding` (gzip, br, …) gets 415: bodies are read as sent (Key Vault documents
+/// no compressed requests, and the SDKs send none). It is read (within the limit) before the 415 is sent, as
+/// an oversized one is, unless the client waits for `100 Continue`.
 ///
 /// The whole body must arrive within the body deadline ([`limits::BODY_DEADLINE`]; else 408), and the bytes
 /// kept are taken from the server's body budget as they arrive ([`limits::BODY_BUDGET_BYTES`]; when it is
@@ -732,7 +819,7 @@ const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// reused for the connection's next bytes and freed unwiped; README, "Limits".)
 pub(crate) async fn read_body(
     limiter: &limits::Limiter,
-    body: Body,
+    body: IncomingBody,
     limit: usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     read_body_as(limiter.body_read(), body, limit).await
@@ -742,16 +829,49 @@ pub(crate) async fn read_body(
 /// anonymous callers' unfinished bodies never hold back the vault's writes.
 pub(crate) async fn read_token_body(
     limiter: &limits::Limiter,
-    body: Body,
+    body: IncomingBody,
     limit: usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     read_body_as(limiter.token_body_read(), body, limit).await
 }
 
 async fn read_body_as(
+    read: limits::BodyRead<'_>,
+    incoming: IncomingBody,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let IncomingBody {
+        body,
+        coding,
+        expects_continue,
+    } = incoming;
+    let refused_coding = coding.map(|coding| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "The request body's Content-Encoding '{coding}' is not supported: send the body as it is \
+                 (identity)."
+            ),
+        )
+    });
+    if let Some(e) = refused_coding {
+        if expects_continue {
+            return Err(e);
+        }
+        // Read as any body is (an oversized one still gets its 413), then refused.
+        read_identity(read, body, limit, false).await?;
+        return Err(e);
+    }
+    read_identity(read, body, limit, expects_continue).await
+}
+
+/// [`read_body_as`] for a body sent as it is.
+async fn read_identity(
     mut read: limits::BodyRead<'_>,
     mut body: Body,
     limit: usize,
+    expects_continue: bool,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -768,7 +888,8 @@ async fn read_body_as(
     let renewal = read.renewal();
     let declared = axum::body::HttpBody::size_hint(&body).exact();
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
-        if n <= DRAIN_MAX_BYTES {
+        // A client waiting for `100 Continue` has sent none of it: answered at once, it sends none.
+        if n <= DRAIN_MAX_BYTES && !expects_continue {
             // Drained within the deadline (its bytes are dropped as they come: no budget).
             while let Some(Some(Ok(frame))) = next_frame(&mut body, deadline.as_mut()).await {
                 if let Ok(data) = frame.into_data() {
@@ -785,6 +906,7 @@ async fn read_body_as(
     let capacity = declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY as u64) as usize;
     let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
     let mut seen = 0u64;
+    let mut charged = 0usize;
     loop {
         let frame = match next_frame(&mut body, deadline.as_mut()).await {
             Some(Some(frame)) => frame,
@@ -812,9 +934,25 @@ async fn read_body_as(
             deadline.as_mut().reset(read.renewed());
         }
         if seen <= limit as u64 {
-            if let Err(e) = read.take(data.len()).await {
-                wipe_frame(data);
-                return Err(e);
+            // With a declared length, the buffer grows once, to that length, when the first frames have
+            // filled it: no chain of doublings, each leaving a freed copy to the allocator (a 30 MiB restore
+            // held about twice its body that way). The budget is charged for what is held: the bytes, or the
+            // buffer reserved for them.
+            let kept = seen as usize;
+            let reserve = match declared {
+                Some(n) if buf.capacity() < kept => n as usize,
+                _ => 0,
+            };
+            let held = kept.max(reserve);
+            if held > charged {
+                if let Err(e) = read.take(held - charged).await {
+                    wipe_frame(data);
+                    return Err(e);
+                }
+                charged = held;
+            }
+            if reserve > 0 {
+                grow_wiped(&mut buf, reserve);
             }
             append_wiped(&mut buf, &data);
         } else if !buf.is_empty() {
@@ -877,12 +1015,18 @@ const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 /// wiped (a `Vec`'s own growth would free it with the bytes in it).
 fn append_wiped(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
     if buf.capacity() - buf.len() < data.len() {
-        let wanted = (buf.len() + data.len()).max(buf.capacity() * 2);
-        let mut bigger = Vec::with_capacity(wanted);
+        grow_wiped(buf, (buf.len() + data.len()).max(buf.capacity() * 2));
+    }
+    buf.extend_from_slice(data);
+}
+
+/// Moves `buf`'s contents to a new allocation of `capacity` bytes (when that is more), wiping the old one.
+fn grow_wiped(buf: &mut Zeroizing<Vec<u8>>, capacity: usize) {
+    if capacity > buf.capacity() {
+        let mut bigger = Vec::with_capacity(capacity);
         bigger.extend_from_slice(buf);
         *buf = Zeroizing::new(bigger);
     }
-    buf.extend_from_slice(data);
 }
 
 /// Wipes a body frame read when this is its only handle; returns the wiped bytes (for the tests), or `None`
@@ -895,31 +1039,25 @@ fn wipe_frame(data: axum::body::Bytes) -> Option<bytes::BytesMut> {
 
 async fn read_json<T: DeserializeOwned>(
     limiter: &limits::Limiter,
-    body: Body,
+    body: IncomingBody,
     limit: usize,
 ) -> Result<T, ApiError> {
-    read_json_describing(limiter.body_read(), body, limit, false).await
-}
-
-/// [`read_json`] for bodies that carry no secret (the admin API's): a wrong value's error also gives serde's
-/// reason, which names the property and can quote the value (`unknown permission 'lst' (expected get, …)`).
-async fn read_json_quoting<T: DeserializeOwned>(
-    limiter: &limits::Limiter,
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
-    read_json_describing(limiter.body_read(), body, limit, true).await
+    read_json_describing(limiter.body_read(), body, limit).await
 }
 
 async fn read_json_describing<T: DeserializeOwned>(
     read: limits::BodyRead<'_>,
-    body: Body,
+    body: IncomingBody,
     limit: usize,
-    quote: bool,
 ) -> Result<T, ApiError> {
     let bytes = read_body_as(read, body, limit).await?;
+    parse_json(&bytes)
+}
+
+/// A request body's JSON object, read as [`read_json`] describes.
+fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // A UTF-8 byte-order mark before the JSON is skipped, as Key Vault's .NET reader does.
-    let json = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let json = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     // Parsed in place: a copy would add an allocation and could not wipe the original buffer anyway.
     match json.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(ApiError::bad_parameter("The request body is missing.")),
@@ -931,9 +1069,16 @@ async fn read_json_describing<T: DeserializeOwned>(
             ));
         }
     }
+    // JSON is UTF-8 (RFC 8259 §8.1) throughout: serde checks the strings it reads, not those it skips (an
+    // unknown property's value, PATCH's `value`).
+    if let Err(e) = std::str::from_utf8(json) {
+        return Err(ApiError::bad_parameter(format!(
+            "The request body is not valid JSON: it is not UTF-8 (at byte {}).",
+            e.valid_up_to()
+        )));
+    }
     serde_json::from_slice(json).map_err(|e| {
-        // serde's own message can quote the input (which may hold a value): describe, never quote — but for
-        // bodies without secrets (`quote`), where its reason is what the caller needs to fix the body.
+        // serde's own message can quote the input (which may hold a value): describe, never quote.
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 "is not valid JSON"
@@ -944,17 +1089,16 @@ async fn read_json_describing<T: DeserializeOwned>(
             // The secrets API matches property names in any case (`keyvault_types::models`): `value` and
             // `Value` are one property.
             _ if e.to_string().starts_with("duplicate field") => "has a property more than once",
+            _ if e
+                .to_string()
+                .starts_with(keyvault_types::models::DUPLICATE_TAG) =>
+            {
+                "has a tag name more than once"
+            }
             _ => "has a property of the wrong type or shape",
         };
-        let reason = if quote {
-            // serde's text ends with " at line L column C": the position is given once, below.
-            let text = e.to_string();
-            format!(": {}", text.split(" at line ").next().unwrap_or_default())
-        } else {
-            String::new()
-        };
         ApiError::bad_parameter(format!(
-            "The request body {what} (line {}, column {}){reason}.",
+            "The request body {what} (line {}, column {}).",
             e.line(),
             e.column()
         ))
@@ -976,12 +1120,27 @@ fn attributes_input(
     }
 }
 
-fn method_not_allowed(method: &Method) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowed",
-        // Key Vault's text (recorded for `PUT /secrets/`, 2022).
-        format!("HTTP {method} not allowed"),
+/// The methods a vault route answers (its 405's `Allow`), or `None` for a path that is no route. `restore`
+/// is a secret's name as well, and `versions` and `backup` a version's place (GET and PATCH answer them: 404).
+fn vault_route_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["secrets"] | ["deletedsecrets"] => "GET",
+        ["secrets", "restore"] => "GET, PUT, PATCH, DELETE, POST",
+        ["secrets", _] => "GET, PUT, PATCH, DELETE",
+        ["secrets", _, "backup"] => "GET, PATCH, POST",
+        ["secrets", _, _] => "GET, PATCH",
+        ["deletedsecrets", _] => "GET, DELETE",
+        ["deletedsecrets", _, "recover"] => "POST",
+        _ => return None,
+    })
+}
+
+/// Whether any route of the vault or admin API answers this method (others, such as HEAD, OPTIONS, TRACE and
+/// CONNECT, are a 405 wherever they go).
+fn routed_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::PUT | Method::PATCH | Method::DELETE | Method::POST
     )
 }
 
@@ -1113,6 +1272,7 @@ async fn handle(
         let mut decoded = Vec::new();
         let segs = path_segments(&path, &mut decoded);
         let query = req.uri().query().map(str::to_string);
+        let (parts, body) = req.into_parts();
         return admin::handle(
             state,
             who,
@@ -1120,14 +1280,24 @@ async fn handle(
             method,
             &segs,
             query.as_deref(),
-            req.into_body(),
+            IncomingBody::new(&parts.headers, body),
         )
         .await;
     }
 
-    // 2. Which version of the API, and where the client thinks we are.
+    // 2. Which version of the API, and where the client thinks we are (a method no route answers is a 405
+    // whatever the query says).
     let method = req.method().clone();
     let (parts, body) = req.into_parts();
+    let body = IncomingBody::new(&parts.headers, body);
+    let mut decoded = Vec::new();
+    let segs = path_segments(parts.uri.path(), &mut decoded);
+    if !routed_method(&method) {
+        return Err(ApiError::method_not_allowed(
+            &method,
+            vault_route_methods(&segs).unwrap_or_default(),
+        ));
+    }
     let query = parse_query(parts.uri.query());
     let api_version = api_version(&query)?;
     let base = vault_url(&parts.uri, &parts.headers)?;
@@ -1141,8 +1311,6 @@ async fn handle(
     let map = |e| ApiError::from_vault(e, &base);
 
     // 3. What: route on method and path segments.
-    let mut decoded = Vec::new();
-    let segs = path_segments(parts.uri.path(), &mut decoded);
     let next_link = |path: &str, token: Option<String>| {
         token.map(|t| {
             let mut link = format!("{base}{path}?api-version={api_version}&$skiptoken={t}");
@@ -1175,15 +1343,14 @@ async fn handle(
             // restore is done (at most `bulk_operations` restore bodies and their work at once).
             let _place = state.limiter.bulk_place().await?;
             // From restores' own body budget: a slow restore keeps its bytes for as long as it takes.
-            let params: SecretRestoreParameters = read_json_describing(
+            let mut bytes = read_body_as(
                 state.limiter.restore_body_read(),
                 body,
                 MAX_RESTORE_BODY_BYTES,
-                false,
             )
             .await?;
-            let blob = decode_blob(&params.value)?;
-            let row = vault.restore(&blob).await.map_err(map)?;
+            let blob = restore_blob(&mut bytes).map_err(map)?;
+            let row = vault.restore(blob).await.map_err(map)?;
             Ok(bundle_response(
                 StatusCode::OK,
                 &ctx.bundle(crate::vault::Secret { row, value: None }),
@@ -1335,23 +1502,17 @@ async fn handle(
                 &ctx.bundle(crate::vault::Secret { row, value: None }),
             ))
         }
-        (
-            _,
-            ["secrets"]
-            | ["secrets", _]
-            | ["secrets", _, _]
-            | ["deletedsecrets"]
-            | ["deletedsecrets", _],
-        )
-        | (_, ["deletedsecrets", _, "recover"]) => Err(method_not_allowed(&method)),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!(
-                "The requested path was not found: {}",
-                printable(&segs.join("/"))
+        _ => Err(match vault_route_methods(&segs) {
+            Some(allow) => ApiError::method_not_allowed(&method, allow),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!(
+                    "The requested path was not found: {}",
+                    printable(&segs.join("/"))
+                ),
             ),
-        )),
+        }),
     }
 }
 
@@ -1375,7 +1536,7 @@ async fn update(
     ctx: &WireContext<'_>,
     name: &str,
     version: Option<&str>,
-    body: Body,
+    body: IncomingBody,
 ) -> Result<Response, UpdateError> {
     crate::vault::check_name(name).map_err(UpdateError::Vault)?;
     let vault = &state.vault;
@@ -1390,19 +1551,134 @@ async fn update(
     Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
 }
 
-/// A backup blob as the SDKs send it: base64url without padding (tolerating padding and standard base64).
-fn decode_blob(value: &str) -> Result<Vec<u8>, ApiError> {
+/// The body of `POST /secrets/restore` (`{"value": blob}`, the property's name in any case, once). Its value
+/// is borrowed from the body where it can be (a base64 text has nothing to unescape).
+struct RestoreBody<'a> {
+    value: Cow<'a, str>,
+}
+
+impl<'de> serde::Deserialize<'de> for RestoreBody<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+        }
+        struct Value<'de>(Cow<'de, str>);
+        impl<'de> serde::Deserialize<'de> for Value<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(Text).map(Value)
+            }
+        }
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = RestoreBody<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a restore object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut value = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if !key.eq_ignore_ascii_case("value") {
+                        map.next_value::<IgnoredAny>()?;
+                    } else if value.is_some() {
+                        return Err(A::Error::duplicate_field("value"));
+                    } else {
+                        value = Some(map.next_value::<Value<'de>>()?.0);
+                    }
+                }
+                value
+                    .map(|value| RestoreBody { value })
+                    .ok_or_else(|| A::Error::missing_field("value"))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// The backup blob of a restore body, decoded in the body's own buffer: the request's bytes are not held
+/// beside a decoded copy, so a restore in flight holds about its body once (README, "Limits"). A blob that is
+/// not base64url (the SDKs send it without padding; padding and standard base64 are tolerated) is a malformed
+/// backup, as a blob that decodes to something else is.
+fn restore_blob(bytes: &mut Zeroizing<Vec<u8>>) -> Result<&[u8], crate::vault::VaultError> {
+    let parsed: RestoreBody<'_> = match parse_json(bytes) {
+        Ok(parsed) => parsed,
+        Err(e) => return Err(crate::vault::VaultError::BadParameter(e.message)),
+    };
+    let range = match &parsed.value {
+        // Where the value lies in the body (it was borrowed from it).
+        Cow::Borrowed(text) => {
+            let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
+            start..start + text.len()
+        }
+        // Escapes in the text (no SDK writes them): decoded from the copy, into the body's buffer.
+        Cow::Owned(text) => {
+            let text = Zeroizing::new(text.clone().into_bytes());
+            drop(parsed);
+            bytes.clear();
+            bytes.extend_from_slice(&text);
+            0..text.len()
+        }
+    };
+    let n = decode_blob_in_place(bytes, range)?;
+    Ok(&bytes[..n])
+}
+
+/// Decodes the base64 text at `range` of `buf` into the start of `buf`, a chunk at a time (each chunk is copied
+/// out before its decoded bytes, never more than its text, are written at or before where it lay); returns the
+/// decoded length.
+fn decode_blob_in_place(
+    buf: &mut [u8],
+    range: std::ops::Range<usize>,
+) -> Result<usize, crate::vault::VaultError> {
     use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-    let trimmed = value.trim().trim_end_matches('=');
-    URL_SAFE_NO_PAD
-        .decode(trimmed)
-        .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
-        .map_err(|_| ApiError::bad_parameter("The backup blob is not valid base64url."))
+    let text = &buf[range.clone()];
+    let trimmed = text.trim_ascii();
+    let trimmed =
+        &trimmed[..trimmed.len() - trimmed.iter().rev().take_while(|&&b| b == b'=').count()];
+    let start = range.start + (trimmed.as_ptr() as usize - text.as_ptr() as usize);
+    let end = start + trimmed.len();
+    // One alphabet for the whole text: standard base64 when it has `+` or `/` (a text with no character of
+    // either alphabet's own reads the same in both).
+    let engine = if trimmed.iter().any(|&b| b == b'+' || b == b'/') {
+        &STANDARD_NO_PAD
+    } else {
+        &URL_SAFE_NO_PAD
+    };
+    const CHUNK: usize = 4 * 1024;
+    let mut chunk = Zeroizing::new([0u8; CHUNK]);
+    let (mut read, mut written) = (start, 0);
+    while read < end {
+        let n = (end - read).min(CHUNK);
+        chunk[..n].copy_from_slice(&buf[read..read + n]);
+        read += n;
+        written += base64::Engine::decode_slice(engine, &chunk[..n], &mut buf[written..])
+            .map_err(|_| crate::vault::VaultError::MalformedBackup)?;
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::read_body`] of a body sent as it is, without `Expect`.
+    async fn read_body(
+        limiter: &limits::Limiter,
+        body: Body,
+        limit: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+        super::read_body(limiter, IncomingBody::plain(body), limit).await
+    }
 
     /// A body frame is wiped once read unless something else still holds its bytes.
     #[test]
@@ -1526,6 +1802,44 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_blob_is_decoded_in_the_body_buffer() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        // Several chunks and a remainder, with bytes that differ between the two alphabets.
+        let blob: Vec<u8> = (0..10_000u32)
+            .map(|i| (i * 7919 % 251) as u8 ^ 0xfb)
+            .collect();
+        let url = URL_SAFE_NO_PAD.encode(&blob);
+        let std = STANDARD.encode(&blob);
+        assert!(url.contains(['-', '_']) && std.contains(['+', '/']) && std.ends_with('='));
+        for body in [
+            format!(r#"{{"value":"{url}"}}"#),
+            format!("\u{feff}{{ \"Value\" : \" {std} \", \"other\": [1] }}"),
+            // An escape in the text: decoded from a copy.
+            format!(r#"{{"value":"\u{:04x}{}"}}"#, url.as_bytes()[0], &url[1..]),
+        ] {
+            let mut bytes = Zeroizing::new(body.into_bytes());
+            assert_eq!(restore_blob(&mut bytes).unwrap(), &blob[..]);
+        }
+        for (body, malformed) in [
+            (format!(r#"{{"value":"{}"}}"#, &url[..url.len() - 1]), true),
+            (r#"{"value":"a-b+c"}"#.to_string(), true),
+            (r#"{"value":"not base64!"}"#.to_string(), true),
+            (r#"{"value":"a","VALUE":"b"}"#.to_string(), false),
+            (r#"{"blob":"a"}"#.to_string(), false),
+            (r#"{"value":null}"#.to_string(), false),
+        ] {
+            let mut bytes = Zeroizing::new(body.clone().into_bytes());
+            let e = restore_blob(&mut bytes).unwrap_err();
+            assert_eq!(
+                matches!(e, crate::vault::VaultError::MalformedBackup),
+                malformed,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
     fn hosts_are_checked_and_one_is_required() {
         for good in [
             "myvault.localhost:8443",
@@ -1534,11 +1848,31 @@ mod tests {
             "[::1]:8443",
             "[::1]",
             "under_score~x",
+            "h:1",
+            "h:65535",
+            "[::1]:65535",
         ] {
             assert!(valid_host(good), "{good}");
         }
         for bad in [
-            "", ":::", "a]b[:", "[::1", "[zz]:1", "a:b", "a:123456", "a b", "a/b", "a@b", ":80",
+            "",
+            ":::",
+            "a]b[:",
+            "[::1",
+            "[zz]:1",
+            "a:b",
+            "a:123456",
+            "a b",
+            "a/b",
+            "a@b",
+            ":80",
+            // An empty port, port 0, or one past 65535.
+            "h:",
+            "h:0",
+            "h:99999",
+            "h:65536",
+            "[::1]:",
+            "[::1]:65536",
         ] {
             assert!(!valid_host(bad), "{bad}");
         }

@@ -3,7 +3,9 @@
 //! ignored — `{"value":"x","Attributes":{"Enabled":false}}` disables the secret instead of dropping its
 //! attributes. A property given twice (in any cases) is refused; unknown properties are ignored; `null` is an
 //! absent optional property. Only JSON objects are read (serde's derive would also take an array of the
-//! fields in order, so that `"attributes": [false]` would disable a secret).
+//! fields in order, so that `"attributes": [false]` would disable a secret). A tag name given twice (the
+//! same name exactly: tag names are data, and keep their case) is refused too, rather than one of its values
+//! dropped. A timestamp may be written `-0` (a JSON integer, read as 0 as .NET reads it).
 
 use super::{
     SecretAttributes, SecretRestoreParameters, SecretSetParameters, SecretUpdateParameters, Tags,
@@ -42,6 +44,81 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> 
     Ok(())
 }
 
+/// Tags whose names are each given once (serde's map would keep the last of two values for one name).
+struct UniqueTags(Tags);
+
+impl From<UniqueTags> for Tags {
+    fn from(tags: UniqueTags) -> Tags {
+        tags.0
+    }
+}
+
+/// The start of the error for a tag name given twice (the caller words it; the name is not quoted).
+pub const DUPLICATE_TAG: &str = "duplicate tag name";
+
+impl<'de> Deserialize<'de> for UniqueTags {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TagsVisitor;
+        impl<'de> Visitor<'de> for TagsVisitor {
+            type Value = UniqueTags;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a tags object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueTags, A::Error> {
+                let mut tags = Tags::new();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = tags.entry(name) {
+                        slot.insert(value);
+                    } else {
+                        return Err(de::Error::custom(DUPLICATE_TAG));
+                    }
+                }
+                Ok(UniqueTags(tags))
+            }
+        }
+        d.deserialize_map(TagsVisitor)
+    }
+}
+
+/// Unix seconds: a JSON integer, `-0` included (serde_json reads `-0` as the float -0.0).
+struct Seconds(i64);
+
+impl From<Seconds> for i64 {
+    fn from(s: Seconds) -> i64 {
+        s.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SecondsVisitor;
+        impl Visitor<'_> for SecondsVisitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer of seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                Ok(Seconds(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                i64::try_from(v)
+                    .map(Seconds)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+                // serde_json reports the integer `-0` as the float -0.0, so it is taken as 0 here; `0.0`, `1e3`
+                // and every other float stay refused (but `-0.0` and `-0e0`, which read the same as `-0`).
+                if v == 0.0 && v.is_sign_negative() {
+                    Ok(Seconds(0))
+                } else {
+                    Err(E::invalid_type(de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_i64(SecondsVisitor)
+    }
+}
+
 /// `Deserialize` for a struct from a JSON object whose property names match in any case. Each field is
 /// `(field, "wireName", opt Type)` for an `Option<Type>` field (absent or `null`: `None`) or
 /// `(field, "wireName", req Type)` for a required one.
@@ -75,7 +152,8 @@ macro_rules! read_any_case {
     };
     (@slot opt $fty:ty) => { Option<$fty> };
     (@slot req $fty:ty) => { $fty };
-    (@finish opt $field:ident, $name:literal) => { $field.flatten() };
+    // Through `Into`: a field read through a wrapper (tags, seconds) becomes the struct's type.
+    (@finish opt $field:ident, $name:literal) => { $field.flatten().map(Into::into) };
     (@finish req $field:ident, $name:literal) => {
         $field.ok_or_else(|| de::Error::missing_field($name))?
     };
@@ -85,10 +163,10 @@ read_any_case!(
     SecretAttributes,
     "an attributes object",
     (enabled, "enabled", opt bool),
-    (nbf, "nbf", opt i64),
-    (exp, "exp", opt i64),
-    (created, "created", opt i64),
-    (updated, "updated", opt i64),
+    (nbf, "nbf", opt Seconds),
+    (exp, "exp", opt Seconds),
+    (created, "created", opt Seconds),
+    (updated, "updated", opt Seconds),
     (recovery_level, "recoveryLevel", opt String),
     (recoverable_days, "recoverableDays", opt i32),
 );
@@ -97,7 +175,7 @@ read_any_case!(
     SecretSetParameters,
     "a secret's parameters object",
     (value, "value", req SecretString),
-    (tags, "tags", opt Tags),
+    (tags, "tags", opt UniqueTags),
     (content_type, "contentType", opt String),
     (attributes, "attributes", opt SecretAttributes),
 );
@@ -107,7 +185,7 @@ read_any_case!(
     "a secret's update object",
     (content_type, "contentType", opt String),
     (attributes, "attributes", opt SecretAttributes),
-    (tags, "tags", opt Tags),
+    (tags, "tags", opt UniqueTags),
 );
 
 read_any_case!(
@@ -154,6 +232,43 @@ mod tests {
         ] {
             let e = serde_json::from_str::<SecretSetParameters>(body).unwrap_err();
             assert!(e.to_string().starts_with("duplicate field"), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_tag_name_twice_is_refused_and_names_differing_in_case_are_two() {
+        for body in [
+            r#"{"value":"a","tags":{"k":"1","k":"2"}}"#,
+            r#"{"value":"a","tags":{"k":"1","\u006b":"1"}}"#,
+        ] {
+            let e = serde_json::from_str::<SecretSetParameters>(body).unwrap_err();
+            assert!(e.to_string().starts_with(DUPLICATE_TAG), "{body}: {e}");
+        }
+        let e = serde_json::from_str::<SecretUpdateParameters>(
+            r#"{"tags":{"env":"prod","env":"dev"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with(DUPLICATE_TAG), "{e}");
+        let p: SecretSetParameters =
+            serde_json::from_str(r#"{"value":"a","tags":{"k":"1","K":"2"}}"#).unwrap();
+        assert_eq!(p.tags.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn minus_zero_seconds_are_zero_and_floats_stay_refused() {
+        let a: SecretAttributes = serde_json::from_str(r#"{"nbf":-0,"exp":-0}"#).unwrap();
+        assert_eq!((a.nbf, a.exp), (Some(0), Some(0)));
+        for body in [
+            r#"{"exp":0.0}"#,
+            r#"{"exp":1e3}"#,
+            r#"{"exp":0.5}"#,
+            r#"{"exp":18446744073709551615}"#,
+            r#"{"exp":"0"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<SecretAttributes>(body).is_err(),
+                "{body}"
+            );
         }
     }
 
