@@ -448,58 +448,6 @@ async fn every_bad_restore_blob_is_a_malformed_backup() {
     v.lv.shutdown().await;
 }
 
-/// A route that takes no body reads one sent anyway before it answers (the concurrency audit's L1: a backup
-/// answered before its request's empty closing HTTP/2 frame reset the stream under httpx, which failed the
-/// call): small bodies are read and dropped — the answers are as without them, over HTTP/2 and HTTP/1.1 —
-/// and one over 64 KiB is a 413, which only a server that reads it can give.
-#[tokio::test]
-async fn a_body_sent_to_a_route_that_takes_none_is_read_before_the_answer() {
-    let v = Vault::start().await;
-    let (s, _, _) = v
-        .send(
-            Method::PUT,
-            "/secrets/b?api-version=7.6",
-            Some(br#"{"value":"x"}"#),
-            &[],
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    for (method, path, changes) in [
-        (Method::GET, "/secrets/b", false),
-        (Method::GET, "/secrets", false),
-        (Method::POST, "/secrets/b/backup", false),
-        (Method::DELETE, "/secrets/b", true),
-        (Method::GET, "/deletedsecrets/b", false),
-        (Method::POST, "/deletedsecrets/b/recover", true),
-    ] {
-        let path = format!("{path}?api-version=7.6");
-        let big = vec![b' '; 100 * 1024];
-        let (s, _, b) = v.send(method.clone(), &path, Some(&big), &[]).await;
-        assert_error(
-            s,
-            &b,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-        );
-        if !changes {
-            // Over HTTP/1.1, the body in the same write as the head.
-            let head = format!(
-                "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nAuthorization: Bearer {}\r\n\
-                 Content-Length: 2\r\nConnection: close\r\n\r\n{{}}",
-                v.port(),
-                v.token
-            );
-            let got = v.raw_http1(head.as_bytes()).await;
-            assert!(got.starts_with("HTTP/1.1 200 "), "{method} {path}: {got}");
-        }
-        let (s, _, b) = v.send(method.clone(), &path, Some(b"{}"), &[]).await;
-        assert_eq!(s, StatusCode::OK, "{method} {path}: {b}");
-    }
-    // The secret is as the calls left it (recovered, one version).
-    assert_eq!(v.get("b").await["value"], "x");
-    v.lv.shutdown().await;
-}
-
 /// The admin API's errors follow the vault API's conventions: an echoed id or name is cut (128 characters and
 /// an ellipsis) with its control and bidirectional characters escaped; a bad body names the property and what
 /// it must be, never a Rust type or serde's text; a mis-cased property is named (camelCase only).

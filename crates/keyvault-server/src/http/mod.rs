@@ -786,12 +786,6 @@ impl IncomingBody {
         }
     }
 
-    /// Whether no body follows the head (what hyper knows: a GET without a length, an HTTP/2 HEADERS frame that
-    /// ends its stream, `Content-Length: 0`).
-    fn is_end_stream(&self) -> bool {
-        axum::body::HttpBody::is_end_stream(&self.body)
-    }
-
     /// A body read for what it is, whatever the head said (the unit tests).
     #[cfg(test)]
     fn plain(body: Body) -> IncomingBody {
@@ -1141,19 +1135,6 @@ fn vault_route_methods(segs: &[&str]) -> Option<&'static str> {
     })
 }
 
-/// Whether the vault route for this method and path reads a body (set, update, restore).
-fn takes_body(method: &Method, segs: &[&str]) -> bool {
-    matches!(
-        (method, segs),
-        (&Method::PUT, ["secrets", _])
-            | (&Method::PATCH, ["secrets", _] | ["secrets", _, _])
-            | (&Method::POST, ["secrets", "restore"])
-    )
-}
-
-/// The most a route that takes no body reads of one sent anyway, and drops (more is a 413).
-const UNUSED_BODY_MAX_BYTES: usize = 64 * 1024;
-
 /// Whether any route of the vault or admin API answers this method (others, such as HEAD, OPTIONS, TRACE and
 /// CONNECT, are a 405 wherever they go).
 fn routed_method(method: &Method) -> bool {
@@ -1317,15 +1298,6 @@ async fn handle(
             vault_route_methods(&segs).unwrap_or_default(),
         ));
     }
-    // A route that takes no body reads what the client sends anyway (an SDK's empty `{}` on a POST, a
-    // separate empty DATA frame that ends an HTTP/2 stream) before it answers: answered first, an HTTP/2 stream
-    // is reset under the client while it still sends, which some clients (httpx) take as their own error.
-    let body = if takes_body(&method, &segs) || body.is_end_stream() {
-        body
-    } else {
-        read_body(&state.limiter, body, UNUSED_BODY_MAX_BYTES).await?;
-        IncomingBody::new(&parts.headers, Body::empty())
-    };
     let query = parse_query(parts.uri.query());
     let api_version = api_version(&query)?;
     let base = vault_url(&parts.uri, &parts.headers)?;
