@@ -906,7 +906,6 @@ async fn read_identity(
     let capacity = declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY as u64) as usize;
     let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
     let mut seen = 0u64;
-    let mut charged = 0usize;
     loop {
         let frame = match next_frame(&mut body, deadline.as_mut()).await {
             Some(Some(frame)) => frame,
@@ -934,25 +933,20 @@ async fn read_identity(
             deadline.as_mut().reset(read.renewed());
         }
         if seen <= limit as u64 {
-            // With a declared length, the buffer grows once, to that length, when the first frames have
-            // filled it: no chain of doublings, each leaving a freed copy to the allocator (a 30 MiB restore
-            // held about twice its body that way). The budget is charged for what is held: the bytes, or the
-            // buffer reserved for them.
-            let kept = seen as usize;
-            let reserve = match declared {
-                Some(n) if buf.capacity() < kept => n as usize,
-                _ => 0,
-            };
-            let held = kept.max(reserve);
-            if held > charged {
-                if let Err(e) = read.take(held - charged).await {
-                    wipe_frame(data);
-                    return Err(e);
-                }
-                charged = held;
+            // The budget counts the bytes received. A body declaring more than a set's limit (a restore, one of
+            // at most `bulk_operations` in flight) gets one buffer of its declared length once the first
+            // frames have filled the initial one: no chain of doublings, each leaving a freed copy with the
+            // allocator (a 30 MiB restore held about twice its body that way). Reserving is not charged: a
+            // caller declaring 32 MiB and sending 64 KiB would otherwise hold the budget with bytes it never
+            // sends, and the pages of a fresh buffer are backed as its bytes are written.
+            if let Err(e) = read.take(data.len()).await {
+                wipe_frame(data);
+                return Err(e);
             }
-            if reserve > 0 {
-                grow_wiped(&mut buf, reserve);
+            if let Some(n) = declared.filter(|&n| n > MAX_BODY_BYTES as u64)
+                && buf.capacity() < seen as usize
+            {
+                grow_wiped(&mut buf, n as usize);
             }
             append_wiped(&mut buf, &data);
         } else if !buf.is_empty() {
@@ -1610,6 +1604,10 @@ impl<'de> serde::Deserialize<'de> for RestoreBody<'de> {
 /// not base64url (the SDKs send it without padding; padding and standard base64 are tolerated) is a malformed
 /// backup, as a blob that decodes to something else is.
 fn restore_blob(bytes: &mut Zeroizing<Vec<u8>>) -> Result<&[u8], crate::vault::VaultError> {
+    // Escapes of plain characters (`\u0041`, `\/`; no SDK writes them) are written out in place first, so that
+    // the value is borrowed from the body: serde would otherwise build it in a scratch buffer and hand over a
+    // copy, two more of a 32 MiB text beside the body.
+    unescape_plain_in_place(bytes);
     let parsed: RestoreBody<'_> = match parse_json(bytes) {
         Ok(parsed) => parsed,
         Err(e) => return Err(crate::vault::VaultError::BadParameter(e.message)),
@@ -1620,17 +1618,69 @@ fn restore_blob(bytes: &mut Zeroizing<Vec<u8>>) -> Result<&[u8], crate::vault::V
             let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
             start..start + text.len()
         }
-        // Escapes in the text (no SDK writes them): decoded from the copy, into the body's buffer.
-        Cow::Owned(text) => {
-            let text = Zeroizing::new(text.clone().into_bytes());
-            drop(parsed);
-            bytes.clear();
-            bytes.extend_from_slice(&text);
-            0..text.len()
-        }
+        // Another escape is left (a quote, a backslash, a control or non-ASCII character): no base64 text
+        // holds one.
+        Cow::Owned(_) => return Err(crate::vault::VaultError::MalformedBackup),
     };
     let n = decode_blob_in_place(bytes, range)?;
     Ok(&bytes[..n])
+}
+
+/// Rewrites, inside the JSON strings of `buf`, each escape of a printable ASCII character other than `"` and
+/// `\` (`\uXXXX`, `\/`) as the character itself, in place (the text only shrinks; the bytes freed at the end are
+/// wiped). What it means is unchanged: those characters need no escape in a JSON string. Other escapes, and
+/// anything outside strings, are left as they are (a malformed body stays malformed).
+fn unescape_plain_in_place(buf: &mut Zeroizing<Vec<u8>>) {
+    let Some(first) = buf.iter().position(|&b| b == b'\\') else {
+        return;
+    };
+    // Whether `first` is inside a string: the quotes before it, not escaped, are odd in number.
+    let mut in_string = false;
+    let mut i = 0;
+    while i < first {
+        match buf[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            _ => {}
+        }
+        i += 1;
+    }
+    let (mut r, mut w) = (first, first);
+    while r < buf.len() {
+        let b = buf[r];
+        if b == b'"' {
+            in_string = !in_string;
+        } else if b == b'\\' && in_string && r + 1 < buf.len() {
+            let plain = match buf[r + 1] {
+                b'/' => Some((b'/', 2)),
+                b'u' if r + 6 <= buf.len() => std::str::from_utf8(&buf[r + 2..r + 6])
+                    .ok()
+                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .filter(|c| (0x20..0x7f).contains(c) && *c != b'"' && *c != b'\\')
+                    .map(|c| (c, 6)),
+                _ => None,
+            };
+            let (c, len) = plain.unwrap_or((b, 0));
+            if len > 0 {
+                buf[w] = c;
+                w += 1;
+                r += len;
+                continue;
+            }
+            // Kept as it is: the backslash and the character it escapes.
+            buf[w] = b;
+            buf[w + 1] = buf[r + 1];
+            w += 2;
+            r += 2;
+            continue;
+        }
+        buf[w] = b;
+        w += 1;
+        r += 1;
+    }
+    buf[w..].fill(0);
+    buf.truncate(w);
 }
 
 /// Decodes the base64 text at `range` of `buf` into the start of `buf`, a chunk at a time (each chunk is copied
@@ -1801,6 +1851,71 @@ mod tests {
         assert_eq!(l.body_timeouts(), 1);
     }
 
+    /// A body that declares `declared` bytes, sends its frames, then stalls.
+    struct Declared {
+        declared: u64,
+        frames: std::collections::VecDeque<axum::body::Bytes>,
+    }
+
+    impl hyper::body::Body for Declared {
+        type Data = axum::body::Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<axum::body::Bytes>, std::io::Error>>>
+        {
+            match self.frames.pop_front() {
+                Some(data) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+                None => std::task::Poll::Pending,
+            }
+        }
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.declared)
+        }
+    }
+
+    /// A restore declaring 32 MiB that sends 64 KiB and a byte holds what it sent of the restore budget, not what
+    /// it declared (the audit of the session's changes, M1: four such restores held the whole budget).
+    #[tokio::test]
+    async fn a_declared_length_is_not_charged_before_its_bytes_come() {
+        let limiter = Arc::new(limits::Limiter::new(limits::RequestLimits {
+            body_deadline: std::time::Duration::from_secs(60),
+            ..Default::default()
+        }));
+        let sent = INITIAL_BODY_CAPACITY + 1;
+        let body = Declared {
+            declared: 32 << 20,
+            frames: [
+                axum::body::Bytes::from(vec![b' '; INITIAL_BODY_CAPACITY]),
+                axum::body::Bytes::from_static(b" "),
+            ]
+            .into(),
+        };
+        let reading = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                read_body_as(
+                    limiter.restore_body_read(),
+                    IncomingBody::plain(Body::new(body)),
+                    MAX_RESTORE_BODY_BYTES,
+                )
+                .await
+                .map(|b| b.len())
+            })
+        };
+        while limiter.restore_body_bytes_buffered() < sent {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(limiter.restore_body_bytes_buffered(), sent);
+        reading.abort();
+        let _ = reading.await;
+        assert_eq!(limiter.restore_body_bytes_buffered(), 0);
+    }
+
     #[test]
     fn a_restore_blob_is_decoded_in_the_body_buffer() {
         use base64::Engine;
@@ -1815,8 +1930,13 @@ mod tests {
         for body in [
             format!(r#"{{"value":"{url}"}}"#),
             format!("\u{feff}{{ \"Value\" : \" {std} \", \"other\": [1] }}"),
-            // An escape in the text: decoded from a copy.
-            format!(r#"{{"value":"\u{:04x}{}"}}"#, url.as_bytes()[0], &url[1..]),
+            // Escapes of plain characters in the text (and in another property), written out in place.
+            format!(
+                r#"{{"x":"a\"\u0041\/","value":"\u{:04x}{}\u{:04X}"}}"#,
+                url.as_bytes()[0],
+                &url[1..url.len() - 1],
+                url.as_bytes()[url.len() - 1]
+            ),
         ] {
             let mut bytes = Zeroizing::new(body.into_bytes());
             assert_eq!(restore_blob(&mut bytes).unwrap(), &blob[..]);
@@ -1828,6 +1948,13 @@ mod tests {
             (r#"{"value":"a","VALUE":"b"}"#.to_string(), false),
             (r#"{"blob":"a"}"#.to_string(), false),
             (r#"{"value":null}"#.to_string(), false),
+            // Other escapes: no base64 text holds them.
+            (r#"{"value":"AAAA\nAAAA"}"#.to_string(), true),
+            (r#"{"value":"AAAA\u00e9AA"}"#.to_string(), true),
+            (r#"{"value":"AAAA\u0022AA"}"#.to_string(), true),
+            (r#"{"value":"AAAA\u+041"}"#.to_string(), false),
+            // Outside a string an escape stays what it is: not JSON.
+            (r#"{"value":"AAAA"\u007d"#.to_string(), false),
         ] {
             let mut bytes = Zeroizing::new(body.clone().into_bytes());
             let e = restore_blob(&mut bytes).unwrap_err();
