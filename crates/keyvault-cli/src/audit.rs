@@ -29,7 +29,7 @@ pub struct VerifyArgs {
     #[arg(long, env = "KEYVAULT_CONFIG")]
     config: Option<PathBuf>,
     /// The server's data directory, for a server started without a configuration file (as `serve --dev
-    /// --data-dir DIR`): its kek.key is the key that checks the lines' MACs.
+    /// --data-dir DIR`): its kek.key is the key that checks the lines' MACs (with KEYVAULT_KEK unset).
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     data_dir: Option<PathBuf>,
 }
@@ -51,6 +51,14 @@ fn keys(source: Option<KeySource<'_>>) -> CliResult<Option<AuditKeys>> {
     }
     let config = match source {
         Some(KeySource::Config(path)) => crate::rekey::config_file(path)?,
+        // The directory's key is the key: a KEYVAULT_KEK (which a server would take over it) would check the
+        // lines under another key and call them forged.
+        Some(KeySource::DataDir(_)) if std::env::var_os(KEK_ENV).is_some() => {
+            return Err(CliError::other(format!(
+                "--data-dir checks the MACs with the directory's kek.key, but {KEK_ENV} is set: unset it, or \
+                 leave out --data-dir to use it"
+            )));
+        }
         Some(KeySource::DataDir(dir)) => keyvault_server::Config {
             data_dir: dir.to_path_buf(),
             ..keyvault_server::Config::default()

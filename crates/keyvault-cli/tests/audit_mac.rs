@@ -418,6 +418,22 @@ async fn a_dev_vault_log_is_checked_with_its_data_directory() {
         "{}",
         out.stderr
     );
+    // KEYVAULT_KEK set as well: refused (exit 1), not a log reported forged under another key.
+    let mut c = command(None);
+    c.env("KEYVAULT_KEK", "11".repeat(32));
+    let out = run_with(
+        c,
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            data.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        None,
+    )
+    .code(1);
+    assert!(out.stderr.contains("KEYVAULT_KEK is set"), "{}", out.stderr);
     // A directory without a key: the MACs cannot be checked (exit 1), said so.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
