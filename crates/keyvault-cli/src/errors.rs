@@ -161,17 +161,55 @@ impl CliError {
                     "gave up on {vault}: {msg} [--timeout SECS (KEYVAULT_TIMEOUT) sets the limit; 0: none]"
                 ),
             ),
-            ErrorKind::Connection => {
-                let mut m = format!("cannot reach {vault}: {}", with_sources(e));
-                if m.contains("certificate") {
-                    m.push_str(" [trust a private CA with --ca-file]");
+            ErrorKind::Connection => match certificate_hint(msg) {
+                // Reached, and its certificate refused: say which way it is wrong, in the CLI's terms (the
+                // library's own hint names its Rust option).
+                Some(hint) => {
+                    let text = with_sources(e);
+                    let text = match text.find(" (the server's certificate is not issued") {
+                        Some(at) => {
+                            let end = text[at..].find(')').map_or(text.len(), |i| at + i + 1);
+                            format!("{}{}", &text[..at], &text[end..])
+                        }
+                        None => text,
+                    };
+                    (
+                        code::OTHER,
+                        format!("refused the certificate of {vault}: {text} [{hint}]"),
+                    )
                 }
-                (code::OTHER, m)
-            }
+                None => (
+                    code::OTHER,
+                    format!("cannot reach {vault}: {}", with_sources(e)),
+                ),
+            },
             _ => (code::OTHER, with_sources(e)),
         };
         CliError::new(code, format!("{message}{codes}"))
     }
+}
+
+/// What to do about a server certificate the client refused, from rustls's words for it (`None`: not such
+/// an error).
+fn certificate_hint(message: &str) -> Option<&'static str> {
+    let m = message.to_ascii_lowercase();
+    if !m.contains("invalid peer certificate") {
+        return None;
+    }
+    Some(
+        if m.contains("unknownissuer") || m.contains("unknown issuer") {
+            "it is not issued by a CA this machine trusts: trust a private CA with --ca-file (KEYVAULT_CA_FILE)"
+        } else if m.contains("notvalidforname") || m.contains("not valid for name") {
+            "it is not for this host name: use a name in its SANs in --vault-url"
+        } else if m.contains("expired") || m.contains("notvalidyet") || m.contains("not valid yet")
+        {
+            "it is outside its validity period: renew it, or check this machine's clock"
+        } else if m.contains("ca used as end entity") || m.contains("causedasendentity") {
+            "it is a CA certificate: the server needs an end-entity certificate issued by a CA"
+        } else {
+            "the server's certificate or chain is not acceptable"
+        },
+    )
 }
 
 /// The message followed by its causes (`a: b: c`), without repeats.
@@ -217,4 +255,42 @@ pub fn json_error(e: &serde_json::Error) -> String {
         Category::Data => "has a value of the wrong type or shape",
     };
     format!("{what} (line {}, column {})", e.line(), e.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::certificate_hint;
+    use rustls::{CertificateError, Error};
+
+    /// Each refusal rustls reports gets its own hint; other connection errors none.
+    #[test]
+    fn certificate_refusals_are_told_apart() {
+        let hint =
+            |e: CertificateError| certificate_hint(&Error::InvalidCertificate(e).to_string());
+        assert!(
+            hint(CertificateError::UnknownIssuer)
+                .unwrap()
+                .contains("--ca-file")
+        );
+        assert!(
+            hint(CertificateError::NotValidForName)
+                .unwrap()
+                .contains("host name")
+        );
+        assert!(
+            hint(CertificateError::Expired)
+                .unwrap()
+                .contains("validity")
+        );
+        assert!(
+            hint(CertificateError::NotValidYet)
+                .unwrap()
+                .contains("validity")
+        );
+        assert!(hint(CertificateError::BadSignature).is_some());
+        assert_eq!(
+            certificate_hint("error trying to connect: Connection refused"),
+            None
+        );
+    }
 }
