@@ -1916,6 +1916,61 @@ mod tests {
         assert_eq!(limiter.restore_body_bytes_buffered(), 0);
     }
 
+    /// The in-place unescaping gives what a full JSON parse gives: seeded random restore bodies whose blob text
+    /// and another property mix plain escapes (`\uXXXX` of base64url characters in either case, `\/`) with
+    /// escapes it must leave (`\"`, `\\`, `\n`, non-ASCII), compared with serde_json's reading of the same
+    /// body followed by the same base64url decoding.
+    #[test]
+    fn in_place_unescaping_reads_as_a_json_parser_does() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut decoded, mut escaped) = (0, 0);
+        for _ in 0..2_000 {
+            let blob: Vec<u8> = (0..next(40)).map(|_| next(256) as u8).collect();
+            let text = URL_SAFE_NO_PAD.encode(&blob);
+            let mut value = String::new();
+            for (i, c) in text.chars().enumerate() {
+                match next(8) {
+                    0 => value.push_str(&format!("\\u{:04x}", c as u32)),
+                    1 => value.push_str(&format!("\\u{:04X}", c as u32)),
+                    // Escapes a base64 text cannot hold, in its middle only (at its ends a JSON parser's
+                    // whitespace would be trimmed away).
+                    2 if i > 0 && next(6) == 0 => {
+                        value.push_str(["\\\"", "\\\\", "\\n", "\\u00e9"][next(4) as usize]);
+                        value.push(c);
+                    }
+                    _ => value.push(c),
+                }
+            }
+            let other = ["", r#""x":"a\"b\\","#, r#""x":"\u0022\/\"","#][next(3) as usize];
+            let body = format!(r#"{{{other}"value":"{value}"}}"#);
+            let reference = serde_json::from_str::<serde_json::Value>(&body).unwrap()["value"]
+                .as_str()
+                .map(|v| URL_SAFE_NO_PAD.decode(v.trim_ascii()).ok())
+                .unwrap();
+            let mut bytes = Zeroizing::new(body.clone().into_bytes());
+            let ours = restore_blob(&mut bytes).ok().map(<[u8]>::to_vec);
+            assert_eq!(ours, reference, "{body}");
+            if reference.is_some() {
+                assert_eq!(ours.as_deref(), Some(&blob[..]), "{body}");
+                decoded += 1;
+            }
+            escaped += usize::from(body.contains("\\u"));
+        }
+        // Both outcomes, and escapes, were met.
+        assert!(
+            decoded > 500 && decoded < 2_000 && escaped > 1_000,
+            "{decoded} {escaped}"
+        );
+    }
+
     #[test]
     fn a_restore_blob_is_decoded_in_the_body_buffer() {
         use base64::Engine;
