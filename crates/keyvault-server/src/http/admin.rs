@@ -499,17 +499,7 @@ pub(super) async fn handle(
                 )),
             }
         }
-        _ => Err(match admin_route_methods(segs) {
-            Some(allow) => ApiError::method_not_allowed(&method, allow),
-            None => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!(
-                    "The requested path was not found: {}",
-                    printable(&segs.join("/"))
-                ),
-            ),
-        }),
+        _ => Err(super::unrouted(&method, admin_route_methods(segs), segs)),
     }
 }
 

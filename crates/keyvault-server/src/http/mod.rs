@@ -1129,6 +1129,22 @@ fn vault_route_methods(segs: &[&str]) -> Option<&'static str> {
     })
 }
 
+/// The answer to a request no route takes: 405 with the methods its path answers (`allow`), or 404 for a
+/// path that is no route.
+pub(crate) fn unrouted(method: &Method, allow: Option<&'static str>, segs: &[&str]) -> ApiError {
+    match allow {
+        Some(allow) => ApiError::method_not_allowed(method, allow),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "The requested path was not found: {}",
+                printable(&segs.join("/"))
+            ),
+        ),
+    }
+}
+
 /// Whether any route of the vault or admin API answers this method (others, such as HEAD, OPTIONS, TRACE and
 /// CONNECT, are a 405 wherever they go).
 fn routed_method(method: &Method) -> bool {
@@ -1496,17 +1512,7 @@ async fn handle(
                 &ctx.bundle(crate::vault::Secret { row, value: None }),
             ))
         }
-        _ => Err(match vault_route_methods(&segs) {
-            Some(allow) => ApiError::method_not_allowed(&method, allow),
-            None => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!(
-                    "The requested path was not found: {}",
-                    printable(&segs.join("/"))
-                ),
-            ),
-        }),
+        _ => Err(unrouted(&method, vault_route_methods(&segs), &segs)),
     }
 }
 
