@@ -284,6 +284,31 @@ async fn a_coded_body_is_415_and_the_content_type_is_not_checked() {
         resp.json::<Value>().await.unwrap()["error"],
         "invalid_request"
     );
+    // A transfer coding other than chunked (HTTP/1.1): 501, nothing stored; chunked alone is read.
+    for (transfer, want) in [("gzip, chunked", "501 "), ("chunked", "200 ")] {
+        let body = r#"{"value":"v"}"#;
+        let request = format!(
+            "PUT {} HTTP/1.1\r\nHost: localhost:{}\r\nAuthorization: Bearer {}\r\n\
+             Transfer-Encoding: {transfer}\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            put("transfer"),
+            v.port(),
+            v.token,
+            body.len()
+        );
+        let got = v.raw_http1(request.as_bytes()).await;
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {want}")),
+            "{transfer}: {got}"
+        );
+        if want == "501 " {
+            assert!(
+                got.contains("\"NotImplemented\"") && got.contains("'gzip, chunked'"),
+                "{got}"
+            );
+            assert_eq!(v.get("transfer").await, Value::Null);
+        }
+    }
+    assert_eq!(v.get("transfer").await["value"], "v");
     // identity is no coding; any content type is read as JSON.
     for (headers, name) in [
         (vec![("content-encoding", "identity")], "plain"),

@@ -743,6 +743,9 @@ pub(crate) struct IncomingBody {
     body: Body,
     /// A `Content-Encoding` other than `identity` (as sent, bounded and printable): refused with 415.
     coding: Option<String>,
+    /// A `Transfer-Encoding` with a coding other than `chunked` (gzip, …; HTTP/1.1 only): hyper takes the
+    /// chunks apart and hands the coded bytes on, so it is refused with 501, as RFC 9112 §6.1 says.
+    transfer_coding: Option<String>,
     /// The client sent `Expect: 100-continue`: it waits for `100 Continue` (which hyper sends when the body is
     /// first read) before it sends the body, so a body refused on its head alone is answered before any of it
     /// is read, and never sent.
@@ -764,24 +767,41 @@ impl IncomingBody {
                 .map(str::trim)
                 .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
         });
+        let mut transfer = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+        let transfer_coding = transfer
+            .peek()
+            .is_some()
+            .then(|| {
+                transfer
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+            });
         let expects_continue = headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        // Echoed in the refusal: bounded, printable (spaces kept: `identity, gzip`).
+        let shown = |c: String| -> String {
+            c.chars()
+                .take(64)
+                .map(|c| {
+                    if c == ' ' || c.is_ascii_graphic() {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect()
+        };
         IncomingBody {
             body,
-            // Echoed in the 415: bounded, printable (spaces kept: `identity, gzip`).
-            coding: coding.map(|c| {
-                c.chars()
-                    .take(64)
-                    .map(|c| {
-                        if c == ' ' || c.is_ascii_graphic() {
-                            c
-                        } else {
-                            '?'
-                        }
-                    })
-                    .collect()
-            }),
+            coding: coding.map(shown),
+            transfer_coding: transfer_coding.map(shown),
             expects_continue,
         }
     }
@@ -792,6 +812,7 @@ impl IncomingBody {
         IncomingBody {
             body,
             coding: None,
+            transfer_coding: None,
             expects_continue: false,
         }
     }
@@ -843,18 +864,28 @@ async fn read_body_as(
     let IncomingBody {
         body,
         coding,
+        transfer_coding,
         expects_continue,
     } = incoming;
-    let refused_coding = coding.map(|coding| {
-        ApiError::new(
+    let refused_coding = match (transfer_coding, coding) {
+        (Some(transfer), _) => Some(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            format!(
+                "The request's Transfer-Encoding '{transfer}' is not supported: send the body as it is, with \
+                 Content-Length or chunked alone."
+            ),
+        )),
+        (None, Some(coding)) => Some(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             format!(
                 "The request body's Content-Encoding '{coding}' is not supported: send the body as it is \
                  (identity)."
             ),
-        )
-    });
+        )),
+        (None, None) => None,
+    };
     if let Some(e) = refused_coding {
         if expects_continue {
             return Err(e);
