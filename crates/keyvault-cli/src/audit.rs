@@ -30,7 +30,8 @@ pub struct VerifyArgs {
     config: Option<PathBuf>,
     /// The server's data directory, for a server started without a configuration file (as `serve --dev
     /// --data-dir DIR`): its kek.key is the key that checks the lines' MACs (with KEYVAULT_KEK unset).
-    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    /// (Wins over KEYVAULT_CONFIG; with --config as well it is refused.)
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 }
 
@@ -75,9 +76,18 @@ fn keys(source: Option<KeySource<'_>>) -> CliResult<Option<AuditKeys>> {
 }
 
 pub fn verify(args: VerifyArgs) -> CliResult {
+    // --data-dir names the keys on the command line: it wins over a KEYVAULT_CONFIG in the environment (a
+    // usage error here would exit 2, which says "not intact"), not over --config given with it.
+    let config_from_env =
+        std::env::var_os("KEYVAULT_CONFIG").is_some_and(|v| Some(PathBuf::from(v)) == args.config);
     let source = match (&args.config, &args.data_dir) {
-        (Some(path), _) => Some(KeySource::Config(path)),
-        (None, Some(dir)) => Some(KeySource::DataDir(dir)),
+        (Some(_), Some(_)) if !config_from_env => {
+            return Err(CliError::other(
+                "give --config or --data-dir, not both: each names the keys that check the MACs",
+            ));
+        }
+        (_, Some(dir)) => Some(KeySource::DataDir(dir)),
+        (Some(path), None) => Some(KeySource::Config(path)),
         (None, None) => None,
     };
     let keys = keys(source)?;

@@ -418,6 +418,30 @@ async fn a_dev_vault_log_is_checked_with_its_data_directory() {
         "{}",
         out.stderr
     );
+    // With KEYVAULT_CONFIG in the environment, --data-dir wins (no usage error, whose exit 2 would read as "not
+    // intact"); with --config on the command line too, refused (exit 1).
+    let mut c = command(None);
+    c.env("KEYVAULT_CONFIG", "/nonexistent/keyvault.toml");
+    let out = run_with(
+        c,
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            data.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        None,
+    )
+    .code(2);
+    assert!(out.stderr.contains("MAC does not verify"), "{}", out.stderr);
+    let out = with_dir(&[
+        "--config",
+        "/nonexistent/keyvault.toml",
+        log.to_str().unwrap(),
+    ])
+    .code(1);
+    assert!(out.stderr.contains("not both"), "{}", out.stderr);
     // KEYVAULT_KEK set as well: refused (exit 1), not a log reported forged under another key.
     let mut c = command(None);
     c.env("KEYVAULT_KEK", "11".repeat(32));

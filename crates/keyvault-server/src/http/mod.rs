@@ -1664,9 +1664,10 @@ fn restore_blob(bytes: &mut Zeroizing<Vec<u8>>) -> Result<&[u8], crate::vault::V
 }
 
 /// Rewrites, inside the JSON strings of `buf`, each escape of a printable ASCII character other than `"` and
-/// `\` (`\uXXXX`, `\/`) as the character itself, in place (the text only shrinks; the bytes freed at the end are
-/// wiped). What it means is unchanged: those characters need no escape in a JSON string. Other escapes, and
-/// anything outside strings, are left as they are (a malformed body stays malformed).
+/// `\` (`\uXXXX`, `\/`) as the character itself, and each escape of ASCII whitespace as a space, in place (the
+/// text only shrinks; the bytes freed at the end are wiped). What a restore reads is unchanged: those characters
+/// need no escape in a JSON string, and a blob's text is trimmed of whitespace at its ends and refused with it
+/// inside. Other escapes, and anything outside strings, are left as they are (a malformed body stays malformed).
 fn unescape_plain_in_place(buf: &mut Zeroizing<Vec<u8>>) {
     let Some(first) = buf.iter().position(|&b| b == b'\\') else {
         return;
@@ -1688,12 +1689,17 @@ fn unescape_plain_in_place(buf: &mut Zeroizing<Vec<u8>>) {
         if b == b'"' {
             in_string = !in_string;
         } else if b == b'\\' && in_string && r + 1 < buf.len() {
+            // ASCII whitespace (`\n`, `\u000a`, …) is written as a space: a blob's text is trimmed of it at its
+            // ends and refused with it inside, so the value reads the same (and a raw control character would
+            // not be JSON).
             let plain = match buf[r + 1] {
                 b'/' => Some((b'/', 2)),
+                b't' | b'n' | b'f' | b'r' => Some((b' ', 2)),
                 b'u' if r + 6 <= buf.len() => std::str::from_utf8(&buf[r + 2..r + 6])
                     .ok()
                     .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .map(|c| if c.is_ascii_whitespace() { b' ' } else { c })
                     .filter(|c| (0x20..0x7f).contains(c) && *c != b'"' && *c != b'\\')
                     .map(|c| (c, 6)),
                 _ => None,
@@ -1979,8 +1985,20 @@ mod tests {
                     1 => value.push_str(&format!("\\u{:04X}", c as u32)),
                     // Escapes a base64 text cannot hold, in its middle only (at its ends a JSON parser's
                     // whitespace would be trimmed away).
+                    // Escaped whitespace, which a JSON parser's reading keeps and the blob's trim drops at
+                    // its ends.
+                    3 if (i == 0 || i + 1 == text.len()) && next(3) == 0 => {
+                        let ws = ["\\n", "\\r\\n", "\\t", "\\f", "\\u000a", " "][next(6) as usize];
+                        if i == 0 {
+                            value.push_str(ws);
+                            value.push(c);
+                        } else {
+                            value.push(c);
+                            value.push_str(ws);
+                        }
+                    }
                     2 if i > 0 && next(6) == 0 => {
-                        value.push_str(["\\\"", "\\\\", "\\n", "\\u00e9"][next(4) as usize]);
+                        value.push_str(["\\\"", "\\\\", "\\n", "\\u00e9", "\\t"][next(5) as usize]);
                         value.push(c);
                     }
                     _ => value.push(c),
@@ -2040,7 +2058,7 @@ mod tests {
             (r#"{"value":"a","VALUE":"b"}"#.to_string(), false),
             (r#"{"blob":"a"}"#.to_string(), false),
             (r#"{"value":null}"#.to_string(), false),
-            // Other escapes: no base64 text holds them.
+            // Other escapes: no base64 text holds them (whitespace inside the text neither).
             (r#"{"value":"AAAA\nAAAA"}"#.to_string(), true),
             (r#"{"value":"AAAA\u00e9AA"}"#.to_string(), true),
             (r#"{"value":"AAAA\u0022AA"}"#.to_string(), true),
