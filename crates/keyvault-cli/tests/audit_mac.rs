@@ -420,20 +420,14 @@ async fn a_dev_vault_log_is_checked_with_its_data_directory() {
     );
     // With KEYVAULT_CONFIG in the environment, --data-dir wins (no usage error, whose exit 2 would read as "not
     // intact"); with --config on the command line too, refused (exit 1).
-    let mut c = command(None);
-    c.env("KEYVAULT_CONFIG", "/nonexistent/keyvault.toml");
-    let out = run_with(
-        c,
-        &[
-            "audit",
-            "verify",
-            "--data-dir",
-            data.to_str().unwrap(),
-            log.to_str().unwrap(),
-        ],
-        None,
-    )
-    .code(2);
+    // `audit verify --data-dir DATA LOG` with `var` set in its environment.
+    let with_dir_and = |var: &str, value: &str| {
+        let mut c = command(None);
+        c.env(var, value);
+        let (data, log) = (data.to_str().unwrap(), log.to_str().unwrap());
+        run_with(c, &["audit", "verify", "--data-dir", data, log], None)
+    };
+    let out = with_dir_and("KEYVAULT_CONFIG", "/nonexistent/keyvault.toml").code(2);
     assert!(out.stderr.contains("MAC does not verify"), "{}", out.stderr);
     let out = with_dir(&[
         "--config",
@@ -443,20 +437,7 @@ async fn a_dev_vault_log_is_checked_with_its_data_directory() {
     .code(1);
     assert!(out.stderr.contains("not both"), "{}", out.stderr);
     // KEYVAULT_KEK set as well: refused (exit 1), not a log reported forged under another key.
-    let mut c = command(None);
-    c.env("KEYVAULT_KEK", "11".repeat(32));
-    let out = run_with(
-        c,
-        &[
-            "audit",
-            "verify",
-            "--data-dir",
-            data.to_str().unwrap(),
-            log.to_str().unwrap(),
-        ],
-        None,
-    )
-    .code(1);
+    let out = with_dir_and("KEYVAULT_KEK", &"11".repeat(32)).code(1);
     assert!(out.stderr.contains("KEYVAULT_KEK is set"), "{}", out.stderr);
     // A directory without a key: the MACs cannot be checked (exit 1), said so.
     let empty = dir.path().join("empty");

@@ -2153,6 +2153,15 @@ mod tests {
         assert!(!admin.refresh().await.unwrap());
     }
 
+    /// A store over the test cluster's database.
+    async fn pg_store(pg: &crate::store::pgtest::PgCluster) -> Arc<dyn SecretStore> {
+        Arc::new(
+            crate::store::postgres::PostgresStore::open(&pg.url())
+                .await
+                .unwrap(),
+        )
+    }
+
     /// Over a real PostgreSQL store: reads and own changes confirm the state; a document that cannot be
     /// parsed (written by another version, damaged) does not, and its error quotes none of it.
     #[tokio::test]
@@ -2162,11 +2171,7 @@ mod tests {
         ) else {
             return;
         };
-        let store: Arc<dyn SecretStore> = Arc::new(
-            crate::store::postgres::PostgresStore::open(&pg.url())
-                .await
-                .unwrap(),
-        );
+        let store = pg_store(&pg).await;
         let (clients, policy) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
         let admin = AccessAdmin::open(None, Some(store), clients, policy.clone(), test_keys())
             .await
@@ -2379,11 +2384,7 @@ mod tests {
         ) else {
             return;
         };
-        let store: Arc<dyn SecretStore> = Arc::new(
-            crate::store::postgres::PostgresStore::open(&pg.url())
-                .await
-                .unwrap(),
-        );
+        let store = pg_store(&pg).await;
         let clients = Arc::new(ClientRegistry::new());
         let policy = Arc::new(Policy::new());
         clients.ensure("cfg-admin");
