@@ -39,8 +39,8 @@ pub struct ServeArgs {
     /// Days a deleted secret stays recoverable, 7-90 [default: 90].
     #[arg(long, env = "KEYVAULT_RETENTION_DAYS")]
     retention_days: Option<u32>,
-    /// Refuse purges before the retention period ends (cannot be undone). The variable takes true/false,
-    /// 1/0, yes/no, on/off.
+    /// Refuse every purge request: deleted secrets are purged only by the server, when their retention period
+    /// ends (cannot be undone). The variable takes true/false, 1/0, yes/no, on/off.
     #[arg(
         long,
         env = "KEYVAULT_PURGE_PROTECTION",

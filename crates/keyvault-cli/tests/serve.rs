@@ -1483,3 +1483,85 @@ fn a_data_directory_others_can_write_is_warned_about() {
         assert_eq!(said, usize::from(warned), "mode {mode:o}");
     }
 }
+
+/// Version ids continue after the store's record of how far they had reached (recorded at shutdown, and
+/// every few seconds while serving, so also before a crash): after a restart with the clock set back — here
+/// the record says the earlier ids were made an hour ahead of the clock — a new version still lists after the
+/// earlier ones, its id in the hour after the record, and the server says why at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_made_after_a_restart_with_the_clock_set_back_list_after_the_earlier_ones() {
+    use cli_support::{kv_dev, serve_dev, stop_server, wait_for_dev_credentials_at};
+    use keyvault_server::store::{SecretStore, VERSION_CLOCK, sqlite::SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let set = |value: &str| {
+        let out = kv_dev(
+            &data,
+            &["secret", "set", "rolling", "--value", value, "-o", "json"],
+        );
+        out.ok().json()["version"].as_str().unwrap().to_string()
+    };
+    let ms = |id: &str| u64::from_str_radix(&id[..12], 16).unwrap();
+    async fn recorded(store: &SqliteStore) -> (Vec<u8>, u64) {
+        let bytes = store.meta(VERSION_CLOCK).await.unwrap().expect("recorded");
+        (bytes.clone(), u64::from_be_bytes(bytes.try_into().unwrap()))
+    }
+    let db = data.join("vault.db");
+
+    let server = serve_dev(&data, &[], &[]);
+    let first = set("one");
+    stop_server(server);
+    let store = SqliteStore::open(&db).unwrap();
+    let (old, at_stop) = recorded(&store).await;
+    assert!(at_stop >= ms(&first), "recorded at shutdown");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ahead = now + 3_600_000;
+    assert!(
+        store
+            .meta_replace(VERSION_CLOCK, &old, &ahead.to_be_bytes())
+            .await
+            .unwrap()
+    );
+    store.close().await;
+    drop(store);
+
+    let mut c = command(None);
+    c.args(cli_support::dev_serve_args(&data));
+    let (server, addr, lines) = spawn_server(c);
+    wait_for_dev_credentials_at(&data, &addr);
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("ahead of this machine's clock")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    let second = set("two");
+    assert!(
+        ms(&second) > ahead && ms(&second) < ahead + 60_000,
+        "{second} after {ahead}"
+    );
+    let listed = kv_dev(&data, &["secret", "list-versions", "rolling", "-o", "json"])
+        .ok()
+        .json();
+    let order: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, [first.as_str(), second.as_str()]);
+
+    // Recorded while serving: a crash after that keeps it.
+    std::thread::sleep(keyvault_server::store::VERSION_CLOCK_SAVE + Duration::from_secs(1));
+    drop(server); // SIGKILL
+    let store = SqliteStore::open(&db).unwrap();
+    let (_, after_crash) = recorded(&store).await;
+    assert!(after_crash >= ms(&second), "{after_crash} < {second}");
+    store.close().await;
+}

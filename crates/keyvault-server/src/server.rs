@@ -491,6 +491,18 @@ impl Server {
         )
         .await
         .map_err(StartError::Setup)?;
+        if let Some(ahead) = crate::store::load_version_clock(store.as_ref())
+            .await
+            .map_err(StartError::Setup)?
+            .filter(|ms| *ms > 60_000)
+        {
+            tracing::warn!(
+                ahead_secs = ahead / 1000,
+                "version ids made over this store have reached a time ahead of this machine's clock (its clock \
+                 was ahead then, or is behind now): new version ids continue after them, so that versions list \
+                 in the order they were made"
+            );
+        }
         warn_if_vault_looks_renamed(store.as_ref(), &config.vault_name).await;
         let settings = VaultSettings {
             name: config.vault_name.clone(),
@@ -882,6 +894,7 @@ impl Server {
                 stop_rx.clone(),
             ))
         });
+        let version_clock = tokio::spawn(version_clock_loop(self.vault.clone(), stop_rx.clone()));
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         raise_open_file_limit();
@@ -970,6 +983,13 @@ impl Server {
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
         }
         let _ = sweeper.await;
+        // After the requests in flight: the last ids they made are recorded too.
+        let mut saved = version_clock.await.unwrap_or(0);
+        if let Err(e) =
+            crate::store::save_version_clock(self.vault.store().as_ref(), &mut saved).await
+        {
+            tracing::warn!(error = %e, "cannot record how far version ids have reached");
+        }
         let _ = certificate_watch.await;
         if let Some(poll) = retired_poll {
             let _ = poll.await;
@@ -1176,6 +1196,26 @@ async fn kek_retired_loop(vault: Arc<Vault>, mut stop: tokio::sync::watch::Recei
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read whether this node's key-encryption key was retired")
             }
+        }
+    }
+}
+
+/// Records every few seconds how far version ids have reached (see [`crate::store::VERSION_CLOCK`]); returns
+/// what it last recorded when the server stops.
+async fn version_clock_loop(
+    vault: Arc<Vault>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
+    let mut saved = crate::vault::version_id::reached_ms();
+    let mut ticker = tokio::time::interval(crate::store::VERSION_CLOCK_SAVE);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return saved,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = crate::store::save_version_clock(vault.store().as_ref(), &mut saved).await {
+            tracing::debug!(error = %e, "cannot record how far version ids have reached");
         }
     }
 }

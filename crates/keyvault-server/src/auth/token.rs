@@ -21,8 +21,12 @@ use super::keys::{SigningKey, TOKEN_ALG};
 /// renews a cached token.
 pub const DEFAULT_TOKEN_LIFETIME_SECS: i64 = 3600;
 
-/// Tolerated clock skew, applied to both `exp` and `nbf`.
-pub const CLOCK_SKEW_SECS: i64 = 60;
+/// Tolerated clock skew, applied to both `exp` and `nbf` (and to client assertions and certificates' dates):
+/// five minutes, the default of Microsoft's token validation (`TokenValidationParameters.ClockSkew`), which
+/// Key Vault and Entra ID apply. With less, a step of the vault's clock back by a minute or two (an NTP
+/// correction), or a token issuer whose clock runs ahead, refused every token the SDKs had cached, for up to
+/// their hour.
+pub const CLOCK_SKEW_SECS: i64 = 300;
 
 /// Tokens longer than this are rejected before any parsing or hashing.
 const MAX_TOKEN_LEN: usize = 16 * 1024;

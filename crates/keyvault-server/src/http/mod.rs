@@ -480,6 +480,8 @@ fn unauthorized() -> ApiError {
 ///   another resource's scope), naming both;
 /// - `AKV10046` for a token signed by a key the issuer does not publish (its encoded header shown back);
 /// - Key Vault's `[TokenExpired]` text for an expired token;
+/// - for a token not valid yet (its `nbf` ahead of this vault's clock by more than the allowed skew), a text
+///   that says so (Key Vault has none we know of), so that a clock out of step is not taken for a missing token;
 /// - the generic `AKV10000` text for every other reason (malformed, bad signature, wrong algorithm…).
 fn refused(
     e: &crate::auth::AuthError,
@@ -540,6 +542,11 @@ fn refused(
             ))
         }
         "token expired" => message("[TokenExpired] Error validating token: 'S2S12086'.".into()),
+        "token not yet valid" => message(format!(
+            "The access token is not yet valid: its nbf is more than {} s ahead of the vault's clock. \
+             Check the clocks of the token's issuer and of this vault.",
+            crate::auth::token::CLOCK_SKEW_SECS
+        )),
         _ => unauthorized(),
     }
 }

@@ -364,6 +364,8 @@ async fn case_insensitive_names(s: &dyn SecretStore, v: &str) {
 }
 
 async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
+    // Update times after the rows' `created` (an update never sets `updated` before it).
+    const T: i64 = 1_800_000_000;
     let v1 = row("upd", 1);
     let v2 = row("upd", 2);
     put(s, v, &v1).await;
@@ -376,14 +378,14 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
             "upd",
             None,
             VersionPatch {
-                updated: 5,
+                updated: T + 5,
                 ..Default::default()
             },
         )
         .await
         .unwrap();
     let mut want = VersionRow {
-        updated: 5,
+        updated: T + 5,
         ..v2.clone()
     };
     assert_eq!(got.as_ref(), Some(&want));
@@ -391,11 +393,11 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
     // Each field on its own.
     let patch = VersionPatch {
         enabled: Some(!want.enabled),
-        updated: 6,
+        updated: T + 6,
         ..Default::default()
     };
     want.enabled = !want.enabled;
-    want.updated = 6;
+    want.updated = T + 6;
     assert_eq!(
         s.update_version(v, "UPD", None, patch)
             .await
@@ -405,11 +407,11 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
     );
     let patch = VersionPatch {
         content_type: Some("text/x".into()),
-        updated: 7,
+        updated: T + 7,
         ..Default::default()
     };
     want.content_type = Some("text/x".into());
-    want.updated = 7;
+    want.updated = T + 7;
     assert_eq!(
         s.update_version(v, "upd", None, patch)
             .await
@@ -420,11 +422,11 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
     let tags = Tags::from([("new".to_string(), "tag".to_string())]);
     let patch = VersionPatch {
         tags: Some(tags.clone()),
-        updated: 8,
+        updated: T + 8,
         ..Default::default()
     };
     want.tags = Some(tags);
-    want.updated = 8;
+    want.updated = T + 8;
     assert_eq!(
         s.update_version(v, "upd", None, patch)
             .await
@@ -436,13 +438,13 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
         tags: Some(Tags::new()),
         nbf: Some(11),
         exp: Some(12),
-        updated: 9,
+        updated: T + 9,
         ..Default::default()
     };
     want.tags = Some(Tags::new());
     want.nbf = Some(11);
     want.exp = Some(12);
-    want.updated = 9;
+    want.updated = T + 9;
     assert_eq!(
         s.update_version(v, "upd", None, patch)
             .await
@@ -455,11 +457,27 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
         Some(&want),
         "the update is stored"
     );
+    // A clock stepped back: the change is made, `updated` does not go back (nor below `created`).
+    let patch = VersionPatch {
+        content_type: Some("text/after-a-step-back".into()),
+        updated: 3,
+        ..Default::default()
+    };
+    want.content_type = Some("text/after-a-step-back".into());
+    assert_eq!(want.updated, T + 9);
+    assert_eq!(
+        s.update_version(v, "upd", None, patch)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&want)
+    );
+    assert_eq!(latest(s, v, "upd").await.as_ref(), Some(&want));
 
     // An older version by id; the latest stays the latest and untouched.
     let patch = VersionPatch {
         enabled: Some(false),
-        updated: 10,
+        updated: T + 10,
         ..Default::default()
     };
     let old = s
@@ -470,7 +488,7 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
         old,
         Some(VersionRow {
             enabled: false,
-            updated: 10,
+            updated: T + 10,
             ..v1.clone()
         })
     );
@@ -483,7 +501,7 @@ async fn update_changes_only_given_fields(s: &dyn SecretStore, v: &str) {
     // Absent name or version: None, and nothing created.
     let patch = VersionPatch {
         enabled: Some(true),
-        updated: 11,
+        updated: T + 11,
         ..Default::default()
     };
     assert_eq!(

@@ -74,7 +74,9 @@ pub struct VersionPatch {
 }
 
 impl VersionPatch {
-    /// Change the fields this patch sets (the others stay), and the `updated` time.
+    /// Change the fields this patch sets (the others stay), and the `updated` time — never to before the
+    /// version's `created` or its last `updated` (after the clock stepped back, `updated` stays put rather
+    /// than show a change made before the version existed).
     pub fn apply_to(self, row: &mut VersionRow) {
         if self.content_type.is_some() {
             row.content_type = self.content_type;
@@ -91,7 +93,7 @@ impl VersionPatch {
         if self.exp.is_some() {
             row.exp = self.exp;
         }
-        row.updated = self.updated;
+        row.updated = self.updated.max(row.updated).max(row.created);
     }
 }
 
@@ -693,7 +695,62 @@ pub async fn sealed_key_id(store: &dyn SecretStore) -> StoreResult<Option<String
     ))
 }
 
-/// The name under which a store records that purge protection was turned on for `vault`.
+/// The meta key under which a store keeps the millisecond that version ids made over it had reached (8 bytes,
+/// big-endian): ids made after a restart with the clock set back continue after it, so a name's versions
+/// still list in the order they were made (see `vault::version_id`).
+pub const VERSION_CLOCK: &str = "version-clock";
+
+/// How often a server records how far its version ids have reached (when they went further): a crash loses
+/// at most this much of the record, which matters only if the clock is also set back at the restart.
+pub const VERSION_CLOCK_SAVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// At start: version ids continue after the millisecond recorded in `store` (see [`VERSION_CLOCK`]). Returns
+/// how far ahead of this machine's clock that is, in ms, when it is ahead.
+pub async fn load_version_clock(store: &dyn SecretStore) -> Result<Option<u64>, String> {
+    let Some(value) = store.meta(VERSION_CLOCK).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| {
+        format!(
+            "the store's record of version ids ({VERSION_CLOCK}) is {} bytes, not 8",
+            value.len()
+        )
+    })?;
+    let recorded = u64::from_be_bytes(bytes);
+    crate::vault::version_id::continue_after(recorded);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Ok((recorded > now).then(|| recorded - now))
+}
+
+/// Records how far this process's version ids have reached, if further than the store's record (several
+/// nodes over one store keep the largest). `saved` is what this process last recorded: nothing is read or
+/// written while no id was made since.
+pub async fn save_version_clock(store: &dyn SecretStore, saved: &mut u64) -> StoreResult<()> {
+    let reached = crate::vault::version_id::reached_ms();
+    if reached <= *saved {
+        return Ok(());
+    }
+    let new = reached.to_be_bytes();
+    // A compare-and-swap against the other nodes' records: a few tries, then the next round's.
+    for _ in 0..4 {
+        let Some(old) = store.meta(VERSION_CLOCK).await? else {
+            if store.meta_insert(VERSION_CLOCK, &new).await? == new {
+                *saved = reached;
+                return Ok(());
+            }
+            continue;
+        };
+        let recorded = <[u8; 8]>::try_from(old.as_slice()).map_or(0, u64::from_be_bytes);
+        if recorded >= reached || store.meta_replace(VERSION_CLOCK, &old, &new).await? {
+            *saved = reached;
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 fn purge_protection_key(vault: &str) -> String {
     format!("purge-protection:{vault}")
 }

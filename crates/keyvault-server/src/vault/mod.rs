@@ -6,7 +6,7 @@
 mod backup;
 pub use backup::MAX_BACKUP_BLOB_BYTES;
 pub mod clock;
-mod version_id;
+pub(crate) mod version_id;
 
 use crate::crypto::Envelope;
 use crate::store::{DeletedRow, SecretStore, StoreError, Tags, VersionPatch, VersionRow};

@@ -10,7 +10,10 @@
 //! millisecond as the previous one, or after the clock stepped back, continues from the previous id plus a
 //! random increment of 1 to 2³², keeping its time. Ids made by several processes (nodes sharing
 //! PostgreSQL) interleave by their clocks; the order of two sets of one name racing each other is
-//! arbitrary either way.
+//! arbitrary either way. Across restarts, the store keeps the millisecond the ids had reached
+//! ([`crate::store::save_version_clock`], every few seconds and at shutdown), and a server starts from
+//! there ([`continue_after`]): versions made after a restart with the clock set back still list after the
+//! ones made before it.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,6 +42,29 @@ pub fn new_version() -> String {
         *last
     };
     format!("{:032x}", layout(ms, r))
+}
+
+/// Makes every id from now on sort after any id whose millisecond is `ms` or earlier (what the generator of
+/// an earlier process over the same store had reached): ids continue at `ms + 1` while the clock is behind.
+pub fn continue_after(ms: u64) {
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    *last = continued(*last, ms);
+}
+
+/// The state after [`continue_after`]`(ms)` from `last`.
+fn continued(last: (u64, u128), ms: u64) -> (u64, u128) {
+    let ms = ms & MS_MASK;
+    if ms > last.0 {
+        // The random part full: the next id borrows the next millisecond (see `next`).
+        (ms, RANDOM_MASK)
+    } else {
+        last
+    }
+}
+
+/// The millisecond of the last id made or continued after (0: none yet).
+pub fn reached_ms() -> u64 {
+    LAST.lock().unwrap_or_else(PoisonError::into_inner).0
 }
 
 /// The (milliseconds, random part) following `last` at `now_ms`, drawing on `random`.
@@ -92,6 +118,22 @@ mod tests {
     }
 
     #[test]
+    fn continuing_after_a_recorded_millisecond_only_ever_raises_the_state() {
+        let ahead = 5_000;
+        let state = continued((1_000, 7), ahead);
+        assert_eq!(state, (ahead, RANDOM_MASK));
+        // The next id borrows the millisecond after it, whatever the clock says.
+        assert_eq!(
+            next(state, 1_200, 9 << 96),
+            (ahead + 1, (9 << 96) & (RANDOM_MASK >> 1))
+        );
+        assert!(layout(ahead + 1, 0) > layout(ahead, RANDOM_MASK));
+        // An earlier (or the same) millisecond changes nothing.
+        assert_eq!(continued((1_000, 7), 999), (1_000, 7));
+        assert_eq!(continued((1_000, 7), 1_000), (1_000, 7));
+    }
+
+    #[test]
     fn ids_strictly_increase_across_threads() {
         let threads: Vec<_> = (0..4)
             .map(|_| std::thread::spawn(|| (0..5_000).map(|_| new_version()).collect::<Vec<_>>()))
@@ -137,6 +179,12 @@ mod tests {
             (ms, r),
             (1_001, 3),
             "exhausted: borrow the next millisecond"
+        );
+        // Continuing after a recorded millisecond: the next id takes the one after it, freshly random.
+        assert_eq!(
+            next((1_000, RANDOM_MASK), 900, 3 << 96),
+            (1_001, 0),
+            "continued after 1,000 with the clock at 900"
         );
         // The layout keeps the order of (ms, r).
         assert!(layout(1_000, RANDOM_MASK) < layout(1_001, 0));
