@@ -136,11 +136,44 @@ enum AuditCommand {
 const PG_QUERY_TARGET: &str = "tokio_postgres::query";
 
 /// The log filter: `KEYVAULT_LOG` (else `default`), with `tokio_postgres::query=info` added unless one of its
-/// directives names exactly that target (`tokio_postgres=debug` or `debug` alone still leave it capped).
-fn log_filter(configured: Option<&str>, default: &str) -> tracing_subscriber::EnvFilter {
-    let text = match configured {
-        Some(t) if tracing_subscriber::EnvFilter::try_new(t).is_ok() => t,
-        _ => default,
+/// directives names exactly that target (`tokio_postgres=debug` or `debug` alone still leave it capped); and,
+/// when `KEYVAULT_LOG` was set but not used, why (to be logged). An empty value counts as unset. A value that
+/// does not parse, or that holds a bare word which is not a level (`warning`, `verbose`: the filter would take
+/// it for a target, and log nothing else — errors included), is not used: the default is.
+fn log_filter(
+    configured: Option<&str>,
+    default: &str,
+) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let mut problem = None;
+    let text = match configured.map(str::trim).filter(|t| !t.is_empty()) {
+        None => default,
+        Some(t) => {
+            // A directive is `target[span{field}]=level`, or a level alone, or a target alone; a target
+            // alone in plain letters is almost always a mistyped level.
+            let stray = t.split(',').map(str::trim).find(|d| {
+                !d.is_empty()
+                    && d.chars().all(|c| c.is_ascii_alphabetic())
+                    && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+            });
+            if let Some(word) = stray {
+                problem = Some(format!(
+                    "KEYVAULT_LOG: {word:?} is not a level ({}); a target alone takes a level \
+                     (target=debug). Logging at the default ({default}) instead",
+                    LEVELS.join(", ")
+                ));
+                default
+            } else if tracing_subscriber::EnvFilter::try_new(t).is_err() {
+                problem = Some(format!(
+                    "KEYVAULT_LOG is not a log filter (levels: {}; directives: target=level, comma-separated). \
+                     Logging at the default ({default}) instead",
+                    LEVELS.join(", ")
+                ));
+                default
+            } else {
+                t
+            }
+        }
     };
     // A directive is `target[span{field}]=level`; its target is what comes before `[` or `=`.
     let names_query_target = text
@@ -148,13 +181,12 @@ fn log_filter(configured: Option<&str>, default: &str) -> tracing_subscriber::En
         .any(|d| d.split(['[', '=']).next().map(str::trim) == Some(PG_QUERY_TARGET));
     let text = if names_query_target {
         text.to_owned()
-    } else if text.trim().is_empty() {
-        format!("{PG_QUERY_TARGET}=info")
     } else {
         format!("{text},{PG_QUERY_TARGET}=info")
     };
-    tracing_subscriber::EnvFilter::try_new(&text)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    let filter = tracing_subscriber::EnvFilter::try_new(&text)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    (filter, problem)
 }
 
 fn main() -> ExitCode {
@@ -166,20 +198,23 @@ fn main() -> ExitCode {
         Command::Rekey(_) => "warn,keyvault_server::store::postgres=info",
         _ => "warn",
     };
-    {
+    let log_problem = {
         use tracing_subscriber::prelude::*;
+        let (filter, problem) =
+            log_filter(std::env::var("KEYVAULT_LOG").ok().as_deref(), default_log);
         let log = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_filter(log_filter(
-                std::env::var("KEYVAULT_LOG").ok().as_deref(),
-                default_log,
-            ));
+            .with_filter(filter);
         // Whatever the log level: a retry, and a throttled request's wait, is announced.
         let notes = notes::RetryNotes.with_filter(tracing_subscriber::filter::filter_fn(|m| {
             m.target() == keyvault_secrets::RETRY_LOG_TARGET
         }));
         tracing_subscriber::registry().with(log).with(notes).init();
+        problem
+    };
+    if let Some(problem) = log_problem {
+        tracing::warn!("{problem}");
     }
     // Before any key (or, for snapshot, the vault's database) is read (audit verify may read the keys): no
     // core dumps, no ptrace, no /proc/PID/environ for the same user.
@@ -311,19 +346,54 @@ mod tests {
             Some("keyvault_server=debug,tokio_postgres::prepare=debug"),
             Some("not a filter ==="),
         ] {
-            let f = log_filter(configured, "info").to_string();
+            let f = log_filter(configured, "info").0.to_string();
             assert!(f.contains(capped), "{configured:?}: {f}");
         }
-        let f = log_filter(Some("debug,tokio_postgres=trace"), "warn").to_string();
+        let f = log_filter(Some("debug,tokio_postgres=trace"), "warn")
+            .0
+            .to_string();
         assert!(f.contains("tokio_postgres=trace"), "{f}");
         for named in [
             "debug,tokio_postgres::query=debug",
             "tokio_postgres::query=trace",
             "info,tokio_postgres::query",
         ] {
-            let f = log_filter(Some(named), "warn").to_string();
+            let f = log_filter(Some(named), "warn").0.to_string();
             assert!(!f.contains(capped), "{named}: {f}");
             assert!(f.contains("tokio_postgres::query"), "{named}: {f}");
+        }
+    }
+
+    /// A mistyped level, or an empty value, never turns logging off: the default is used, and a value that was
+    /// not used is reported.
+    #[test]
+    fn log_filter_falls_back_to_the_default_on_a_mistake() {
+        for (configured, reported) in [
+            (Some(""), false),
+            (Some("  "), false),
+            (None, false),
+            (Some("warning"), true),
+            (Some("information"), true),
+            (Some("debug,verbose"), true),
+            (Some("not a filter ==="), true),
+        ] {
+            let (f, problem) = log_filter(configured, "info");
+            let f = f.to_string();
+            assert!(f.split(',').any(|d| d == "info"), "{configured:?}: {f}");
+            assert_eq!(problem.is_some(), reported, "{configured:?}: {problem:?}");
+        }
+        for used in [
+            "WARN",
+            "debug",
+            "keyvault_server=debug",
+            "warn,keyvault_server::audit=trace",
+        ] {
+            let (f, problem) = log_filter(Some(used), "info");
+            assert!(problem.is_none(), "{used}: {problem:?}");
+            let f = f.to_string().to_lowercase();
+            for d in used.split(',') {
+                assert!(f.split(',').any(|x| x == d.to_lowercase()), "{used}: {f}");
+            }
         }
     }
 }

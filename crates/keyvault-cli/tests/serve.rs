@@ -1565,3 +1565,24 @@ async fn versions_made_after_a_restart_with_the_clock_set_back_list_after_the_ea
     assert!(after_crash >= ms(&second), "{after_crash} < {second}");
     store.close().await;
 }
+
+/// A mistyped log level (`warning`) or an empty `KEYVAULT_LOG` does not turn the server's log off (the filter
+/// would take the word for a target and show nothing else, errors included): the server logs at info, and
+/// says why the value was not used.
+#[test]
+fn a_mistyped_log_level_logs_at_the_default_and_says_so() {
+    for (value, warned) in [("warning", true), ("", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut c = command(None);
+        c.env("KEYVAULT_LOG", value).args(dev_args(&data));
+        // spawn_server waits for the info-level "keyvault listening" line.
+        let (server, _, lines) = spawn_server(c);
+        let said =
+            lines.lock().unwrap().iter().any(|l| {
+                l.contains("KEYVAULT_LOG: \"warning\" is not a level") && l.contains("WARN")
+            });
+        assert_eq!(said, warned, "{value:?}: {:?}", lines.lock().unwrap());
+        drop(server);
+    }
+}

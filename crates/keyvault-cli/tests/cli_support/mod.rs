@@ -165,12 +165,14 @@ impl Drop for Server {
 /// Every line a server has logged so far (stderr), kept by a reader thread.
 pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-/// Spawns `serve` as `c` describes (its stderr is taken over, at `KEYVAULT_LOG=info`) and waits (at most
-/// 30 s) for the "keyvault listening" line: (server, its `addr=`, every line it logs).
+/// Spawns `serve` as `c` describes (its stderr is taken over, at `KEYVAULT_LOG=info` unless `c` sets it) and
+/// waits (at most 30 s) for the "keyvault listening" line: (server, its `addr=`, every line it logs).
 pub fn spawn_server(mut c: Command) -> (Server, String, LogLines) {
     use std::io::{BufRead, BufReader};
+    if !c.get_envs().any(|(k, _)| k == "KEYVAULT_LOG") {
+        c.env("KEYVAULT_LOG", "info");
+    }
     let mut child = c
-        .env("KEYVAULT_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
