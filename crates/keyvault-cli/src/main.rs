@@ -135,8 +135,13 @@ enum AuditCommand {
 /// Where tokio_postgres logs, at debug, every statement's parameters: sealed values, their names and tags.
 const PG_QUERY_TARGET: &str = "tokio_postgres::query";
 
+/// Where the HTTP/2 library warns of what a peer did (such as too many streams reset: a rapid-reset attack), once
+/// per connection: lines anyone can cause without a token, so capped at errors unless named.
+const H2_TARGET: &str = "h2";
+
 /// The log filter: `KEYVAULT_LOG` (else `default`), with `tokio_postgres::query=info` added unless one of its
-/// directives names exactly that target (`tokio_postgres=debug` or `debug` alone still leave it capped); and,
+/// directives names exactly that target (`tokio_postgres=debug` or `debug` alone still leave it capped), and
+/// `h2=error` unless one names `h2` or a module of it; and,
 /// when `KEYVAULT_LOG` was set but not used, why (to be logged). An empty value counts as unset. A value that
 /// does not parse, or that holds a bare word which is not a level (`warning`, `verbose`: the filter would take
 /// it for a target, and log nothing else — errors included), is not used: the default is.
@@ -176,15 +181,22 @@ fn log_filter(
         }
     };
     // A directive is `target[span{field}]=level`; its target is what comes before `[` or `=`.
-    let names_query_target = text
+    let targets: Vec<&str> = text
         .split(',')
-        .any(|d| d.split(['[', '=']).next().map(str::trim) == Some(PG_QUERY_TARGET));
-    let text = if names_query_target {
-        text.to_owned()
-    } else {
-        format!("{text},{PG_QUERY_TARGET}=info")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&text)
+        .filter_map(|d| d.split(['[', '=']).next().map(str::trim))
+        .collect();
+    let mut text = text.to_owned();
+    if !targets.contains(&PG_QUERY_TARGET) {
+        text.push_str(&format!(",{PG_QUERY_TARGET}=info"));
+    }
+    if !targets
+        .iter()
+        .any(|t| *t == H2_TARGET || t.starts_with("h2::"))
+    {
+        text.push_str(&format!(",{H2_TARGET}=error"));
+    }
+    let text = text.trim_start_matches(',');
+    let filter = tracing_subscriber::EnvFilter::try_new(text)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     (filter, problem)
 }
@@ -361,6 +373,25 @@ mod tests {
             let f = log_filter(Some(named), "warn").0.to_string();
             assert!(!f.contains(capped), "{named}: {f}");
             assert!(f.contains("tokio_postgres::query"), "{named}: {f}");
+        }
+    }
+
+    /// The HTTP/2 library's warnings about peers (a rapid reset) are anyone's to cause: capped at errors
+    /// unless a directive names `h2`.
+    #[test]
+    fn log_filter_caps_h2_unless_named() {
+        for configured in [
+            None,
+            Some("debug"),
+            Some("warn,hyper=debug"),
+            Some("h2x=debug"),
+        ] {
+            let f = log_filter(configured, "info").0.to_string();
+            assert!(f.split(',').any(|d| d == "h2=error"), "{configured:?}: {f}");
+        }
+        for named in ["h2=debug", "info,h2::proto=trace"] {
+            let f = log_filter(Some(named), "info").0.to_string();
+            assert!(!f.contains("h2=error"), "{named}: {f}");
         }
     }
 

@@ -36,9 +36,10 @@ pub const KEK_ENV: &str = "KEYVAULT_KEK";
 pub const PREVIOUS_KEKS_ENV: &str = "KEYVAULT_PREVIOUS_KEKS";
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a client may send without being answered: a request trickled byte by byte is cut off.
 /// The most a request's headers may take (64 KiB: a bearer token with many group claims fits).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The longest a client may send without being answered, over HTTP/1.1: a request trickled byte by byte is cut
+/// off.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -909,6 +910,10 @@ impl Server {
             .max_concurrent_streams(100)
             .max_header_list_size(MAX_HEADER_BYTES as u32);
         builder.http1().max_buf_size(MAX_HEADER_BYTES);
+        // A connection speaks the protocol its TLS handshake chose (RFC 7301; over TLS, HTTP/2 only by ALPN:
+        // RFC 9113 §3.3): HTTP/2 when the client offered `h2`, HTTP/1.1 otherwise. Sniffing the first bytes
+        // instead answered HTTP/1.1 text on an `h2` connection, and a bad preface with an HTTP/1.1 400.
+        let builders = Arc::new((builder.clone().http1_only(), builder.http2_only()));
         // Quiet connections, and clients that trickle a request without ever completing it, are cut off by
         // `IdleIo` (one timer per connection). hyper's own `header_read_timeout` would do the second for
         // HTTP/1.1 too, but makes and drops a timer for every request: 2.8 % of a GET's instructions.
@@ -949,7 +954,7 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let service = self.app.clone();
-            let builder = builder.clone();
+            let builders = builders.clone();
             let watcher = graceful.watcher();
             let open = OpenConnection::new(&self.open_connections);
             tokio::spawn(async move {
@@ -965,9 +970,17 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                let io = crate::idle::IdleIo::new(tls, idle_timeout, answer_timeout, min_rate);
+                // Over HTTP/2 a client's last bytes are often frames that get no answer (WINDOW_UPDATE,
+                // a SETTINGS acknowledgement, PRIORITY): counted as a request left unanswered, they closed
+                // quiet connections after the answer limit instead of the idle one. HTTP/2 needs no such
+                // limit: a stream's body has its own deadline (`http::limits`), a header block is bounded by
+                // the header list size, and PINGs keep a connection open whatever the limit.
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                let answer = if h2 { idle_timeout } else { answer_timeout };
+                let io = crate::idle::IdleIo::new(tls, idle_timeout, answer, min_rate);
+                let builder = if h2 { &builders.1 } else { &builders.0 };
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .serve_connection(TokioIo::new(io), service)
                     .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "connection ended with an error");

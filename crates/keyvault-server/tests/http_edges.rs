@@ -81,8 +81,14 @@ impl Vault {
     /// Sends `request` (a raw HTTP/1.1 head, and a body if any) over a new TLS connection and reads what comes
     /// back until the server closes it or 5 s pass without a byte.
     async fn raw_http1(&self, request: &[u8]) -> String {
+        String::from_utf8_lossy(&self.raw(b"http/1.1", request).await).into_owned()
+    }
+
+    /// Sends `request` over a new TLS connection whose client offers the protocol `alpn`, and reads what comes
+    /// back until the server closes it or 5 s pass without a byte.
+    async fn raw(&self, alpn: &[u8], request: &[u8]) -> Vec<u8> {
         let mut tls = keyvault_server::tls::client_config_trusting(self.lv.ca_cert_pem()).unwrap();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         let port: u16 = self.port().parse().unwrap();
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -105,7 +111,7 @@ impl Vault {
                 _ => break,
             }
         }
-        String::from_utf8_lossy(&got).into_owned()
+        got
     }
 
     fn port(&self) -> &str {
@@ -440,6 +446,137 @@ async fn a_host_port_must_be_one_to_65535() {
     }
     let response = v.raw_http1(get("h:65535").as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    v.lv.shutdown().await;
+}
+
+/// A connection speaks the protocol its TLS handshake chose: HTTP/1.1 text on a connection that negotiated
+/// `h2` gets no HTTP/1.1 answer: only the server's HTTP/2 SETTINGS, before the bad preface ends the connection.
+/// Over HTTP/2 a `Host` line naming another host than `:authority`, or a scheme other than https, is a 400
+/// and nothing is stored; the same host in other letter cases is the same host.
+#[tokio::test]
+async fn h2_connections_speak_h2_and_check_their_authority_and_scheme() {
+    let v = Vault::start().await;
+    let got = v
+        .raw(b"h2", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    assert!(
+        !got.starts_with(b"HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // HTTP/2 frames: a 9-byte header (length: 3 bytes, type, flags, stream id) and the payload.
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len =
+            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        types.push(got[at + 3]);
+        at += 9 + len;
+    }
+    assert_eq!(
+        types,
+        [4],
+        "the server's SETTINGS, and nothing more: {got:?}"
+    );
+
+    let port = v.port().to_string();
+    let mut h2 = common::h2_connect(&v.lv, None).await;
+    let mut put = |scheme: &str, host: Option<&str>, name: &str| {
+        let mut req = http::Request::builder()
+            .method("PUT")
+            .uri(format!(
+                "{scheme}://localhost:{port}/secrets/{name}?api-version=7.6"
+            ))
+            .header("authorization", format!("Bearer {}", v.token))
+            .header("content-type", "application/json");
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let (resp, mut body) = h2.send_request(req.body(()).unwrap(), false).unwrap();
+        body.send_data(bytes::Bytes::from_static(br#"{"value":"v"}"#), true)
+            .unwrap();
+        async move {
+            let resp = resp.await.unwrap();
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                text.extend_from_slice(&chunk);
+            }
+            (status, String::from_utf8_lossy(&text).into_owned())
+        }
+    };
+    let (status, body) = put("https", Some("evil.example"), "other-host").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("disagrees with its :authority"), "{body}");
+    let (status, body) = put("http", None, "plain-scheme").await;
+    assert_eq!(status, 400, "{body}");
+    let same = format!("LOCALHOST:{}", v.port());
+    let (status, body) = put("https", Some(&same), "same-host").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put("https", None, "no-host").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(v.get("other-host").await.is_null());
+    assert!(v.get("plain-scheme").await.is_null());
+    v.lv.shutdown().await;
+}
+
+/// A client that goes away in the middle of a body, with or without TLS's close_notify (a killed process, a
+/// dropped network), timed out its request: the audit line says 408, not a 400 that would call the body
+/// malformed; nothing is stored.
+#[tokio::test]
+async fn a_client_gone_mid_body_is_audited_as_408() {
+    let v = Vault::start().await;
+    let mut tls = keyvault_server::tls::client_config_trusting(v.lv.ca_cert_pem()).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = Arc::new(tls);
+    let port: u16 = v.port().parse().unwrap();
+    for (name, notify) in [("gone-abruptly", false), ("gone-with-notify", true)] {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(server, tcp)
+            .await
+            .unwrap();
+        let head = format!(
+            "PUT /secrets/{name}?api-version=7.6 HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer {}\r\nContent-Length: 5000\r\n\r\n{{\"value\":\"",
+            v.token
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[b'a'; 100]).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if notify {
+            stream.shutdown().await.unwrap();
+        } else {
+            // The TCP connection closed under TLS: no close_notify.
+            let (tcp, _) = stream.into_inner();
+            drop(tcp);
+        }
+    }
+    let audit = v.lv.audit().expect("dev mode audits");
+    let started = std::time::Instant::now();
+    for name in ["gone-abruptly", "gone-with-notify"] {
+        let line = loop {
+            audit.flush().await;
+            let text = std::fs::read_to_string(audit.path()).unwrap();
+            if let Some(line) = text.lines().find(|l| l.contains(name)) {
+                break line.to_string();
+            }
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "no audit line for {name}:\n{text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let line: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["status"], 408, "{name}: {line}");
+        assert!(v.get(name).await.is_null(), "{name} stored");
+    }
     v.lv.shutdown().await;
 }
 

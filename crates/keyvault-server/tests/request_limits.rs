@@ -5,35 +5,12 @@
 mod common;
 
 use bytes::Bytes;
-use common::{api_url, status_within_10s, vault_client, vault_token};
+use common::{api_url, h2_connect, status_within_10s, vault_client, vault_token};
 use keyvault_server::http::limits::RequestLimits;
 use keyvault_server::local::{LocalVault, LocalVaultOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
-
-/// An HTTP/2 connection to the vault (over TLS, ALPN `h2`), with `window` as each stream's receive window.
-async fn h2_connect(lv: &LocalVault, window: Option<u32>) -> h2::client::SendRequest<Bytes> {
-    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let port: u16 = lv.vault_url().rsplit(':').next().unwrap().parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut builder = h2::client::Builder::new();
-    if let Some(window) = window {
-        builder.initial_window_size(window);
-    }
-    let (send, conn) = builder.handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    send.ready().await.unwrap()
-}
 
 /// Starts a request on `h2` with these headers and `body` sent (not ended: the stream stays open for more).
 async fn start_request(

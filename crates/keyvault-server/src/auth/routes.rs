@@ -653,6 +653,7 @@ fn audience_for_scope(scope: &str, audiences: &[String]) -> Option<String> {
 async fn openid_configuration(
     State(state): State<AuthState>,
     Path(tenant): Path<String>,
+    version: http::Version,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
@@ -661,7 +662,7 @@ async fn openid_configuration(
         return OAuthError::tenant_not_found("invalid_tenant", &tenant)
             .into_response(&state, &correlation);
     }
-    let Some(host) = request_host(&headers, &uri) else {
+    let Some(host) = request_host(&headers, &uri, version) else {
         return OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -707,8 +708,8 @@ async fn jwks(
 /// The host the client addressed, by the vault API's rule ([`crate::http::request_host`]): the URI's
 /// authority (HTTP/2) or the one `Host` line; none when there are two `Host` lines or the name is not a
 /// valid host (the discovery document's URLs are built from it).
-fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
-    crate::http::request_host(uri, headers).map(str::to_owned)
+fn request_host(headers: &HeaderMap, uri: &Uri, version: http::Version) -> Option<String> {
+    crate::http::request_host(uri, headers, version).map(str::to_owned)
 }
 
 // ---------------------------------------------------------------------------------------------------------

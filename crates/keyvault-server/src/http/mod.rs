@@ -312,6 +312,12 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
     let headers = resp.headers_mut();
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, state.challenge.clone());
+    } else if status == StatusCode::SERVICE_UNAVAILABLE
+        && !headers.contains_key(header::RETRY_AFTER)
+    {
+        // Every 503 says when to try again (the store's, too: a full disk, a database away), so that clients
+        // whose retry policy waits for the header (the JS SDK's throttling policy) retry whatever the cause.
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     decorate(headers, client_request_id, request_id.header_value());
     if let Some((uri, started)) = uri {
@@ -424,21 +430,38 @@ const X_MS_SERVICE_VERSION: header::HeaderName =
 /// system call and no allocation (ids are not secrets, and need not be unpredictable).
 struct RequestId([u8; 36]);
 
+/// A permutation of the 48-bit numbers (the low 48 bits of `n`): three Feistel rounds over 24-bit halves, each
+/// with the round function `f(round, half)`. One to one whatever `f` is.
+fn permute48(n: u64, f: impl Fn(u8, u32) -> u64) -> u64 {
+    const HALF: u64 = (1 << 24) - 1;
+    let (mut left, mut right) = ((n >> 24) & HALF, n & HALF);
+    for round in 0..3 {
+        (left, right) = (right, left ^ (f(round, right as u32) & HALF));
+    }
+    (left << 24) | right
+}
+
 impl RequestId {
+    /// A random prefix per process, then 48 bits that are a keyed permutation of a request counter (three
+    /// Feistel rounds over SipHash with the process's random keys): unique within the process, since the
+    /// permutation is one to one, and telling nothing of how many requests came between two ids (the counter
+    /// itself did: anyone could read the vault's request rate off two 401s).
     fn next() -> RequestId {
+        use std::hash::BuildHasher;
         use std::sync::OnceLock;
         use std::sync::atomic::{AtomicU64, Ordering};
-        static PREFIX: OnceLock<[u8; 10]> = OnceLock::new();
+        static KEYS: OnceLock<([u8; 10], std::hash::RandomState)> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let prefix = PREFIX.get_or_init(|| {
+        let (prefix, keys) = KEYS.get_or_init(|| {
             let mut bytes = [0u8; 10];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
                 .expect("the system random number generator failed");
             bytes[6] = (bytes[6] & 0x0f) | 0x40; // shaped like a UUIDv4
             bytes[8] = (bytes[8] & 0x3f) | 0x80;
-            bytes
+            (bytes, std::hash::RandomState::new())
         });
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = permute48(n, |round, half| keys.hash_one((round, half)));
         let mut raw = [0u8; 16];
         raw[..10].copy_from_slice(prefix);
         raw[10..].copy_from_slice(&n.to_be_bytes()[2..]);
@@ -589,9 +612,16 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
 }
 
 /// `https://host[:port]` as the client addressed us (HTTP/2 `:authority` or HTTP/1.1 `Host`), lowercased.
-fn vault_url(uri: &http::Uri, headers: &HeaderMap) -> Result<String, ApiError> {
-    let host = request_host(uri, headers).ok_or_else(|| {
-        ApiError::bad_parameter("The request has a missing or invalid Host header.")
+fn vault_url(
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    version: http::Version,
+) -> Result<String, ApiError> {
+    let host = request_host(uri, headers, version).ok_or_else(|| {
+        ApiError::bad_parameter(
+            "The request has a missing or invalid Host header (or one that disagrees with its :authority, or a \
+             scheme other than https).",
+        )
     })?;
     let mut url = String::with_capacity("https://".len() + host.len());
     url.push_str("https://");
@@ -601,16 +631,32 @@ fn vault_url(uri: &http::Uri, headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// The host a request addressed: the URI's authority (HTTP/2's `:authority`, or an absolute-form target),
-/// else its one `Host` line. None for a missing or invalid host, or for more than one `Host` line (RFC 9112
-/// §3.2: a 400).
-pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+/// else its one `Host` line. None for a missing or invalid host, for more than one `Host` line (RFC 9112
+/// §3.2: a 400), for a scheme other than `https` (HTTP/2's `:scheme`, or an absolute-form target's: this server
+/// speaks only TLS), and over HTTP/2 for a `Host` line naming another host than `:authority` (RFC 9113 §8.3.1;
+/// over HTTP/1.1 an absolute-form target's authority wins over `Host`, as RFC 9112 §3.2.2 says).
+pub(crate) fn request_host<'a>(
+    uri: &'a http::Uri,
+    headers: &'a HeaderMap,
+    version: http::Version,
+) -> Option<&'a str> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() || uri.scheme().is_some_and(|s| *s != http::uri::Scheme::HTTPS) {
+        return None;
+    }
     let host = match uri.authority() {
-        Some(a) => a.as_str(),
+        Some(a) => {
+            let disagree = version == http::Version::HTTP_2
+                && first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
+            if disagree {
+                return None;
+            }
+            a.as_str()
+        }
         None => first.and_then(|h| h.to_str().ok()).unwrap_or_default(),
     };
-    (second.is_none() && valid_host(host)).then_some(host)
+    valid_host(host).then_some(host)
 }
 
 /// `host[:port]` as a client may send it: a name of letters, digits, `-`, `.`, `_` or `~`, or an IPv6
@@ -1004,16 +1050,24 @@ async fn read_identity(
 }
 
 /// Whether a body error is its input ending before the body did (hyper's body decoder: an `UnexpectedEof`
-/// under the error; or an incomplete message), rather than a badly framed body.
+/// under the error, or a connection reset or aborted — a client killed, or a network dropped, closes its TCP
+/// connection without TLS's close_notify —; or an incomplete message), rather than a badly framed body.
 fn ended_early(e: &axum::Error) -> bool {
+    use std::io::ErrorKind;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_incomplete_message)
-            || err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+            || err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::UnexpectedEof
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::BrokenPipe
+                )
+            })
         {
             return true;
         }
@@ -1348,7 +1402,7 @@ async fn handle(
     }
     let query = parse_query(parts.uri.query());
     let api_version = api_version(&query)?;
-    let base = vault_url(&parts.uri, &parts.headers)?;
+    let base = vault_url(&parts.uri, &parts.headers, parts.version)?;
     let ctx = WireContext {
         vault_url: &base,
         recovery_level: state.vault.recovery_level(),
@@ -2123,9 +2177,76 @@ mod tests {
         let uri: http::Uri = "/secrets".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.append(header::HOST, HeaderValue::from_static("a.example"));
-        assert_eq!(vault_url(&uri, &headers).unwrap(), "https://a.example");
+        let h1 = http::Version::HTTP_11;
+        assert_eq!(vault_url(&uri, &headers, h1).unwrap(), "https://a.example");
         headers.append(header::HOST, HeaderValue::from_static("b.example"));
-        assert!(vault_url(&uri, &headers).is_err());
+        assert!(vault_url(&uri, &headers, h1).is_err());
+        // An authority (HTTP/2's :authority, an absolute-form target) and a Host line: over HTTP/2 they must
+        // agree (in any case); over HTTP/1.1 the target's authority wins. A scheme must be https.
+        let h2 = http::Version::HTTP_2;
+        let uri: http::Uri = "https://A.example:8443/secrets".parse().unwrap();
+        let host = |h: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.append(header::HOST, HeaderValue::from_static(h));
+            headers
+        };
+        assert_eq!(
+            vault_url(&uri, &host("a.EXAMPLE:8443"), h2).unwrap(),
+            "https://a.example:8443"
+        );
+        assert_eq!(
+            vault_url(&uri, &HeaderMap::new(), h2).unwrap(),
+            "https://a.example:8443"
+        );
+        assert!(vault_url(&uri, &host("evil.example"), h2).is_err());
+        assert!(
+            vault_url(&uri, &host("a.example"), h2).is_err(),
+            "the port differs"
+        );
+        assert_eq!(
+            vault_url(&uri, &host("evil.example"), h1).unwrap(),
+            "https://a.example:8443"
+        );
+        for scheme in ["http", "ftp"] {
+            let uri: http::Uri = format!("{scheme}://a.example/secrets").parse().unwrap();
+            assert!(vault_url(&uri, &HeaderMap::new(), h2).is_err(), "{scheme}");
+            assert!(vault_url(&uri, &HeaderMap::new(), h1).is_err(), "{scheme}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_unique_and_do_not_count() {
+        // The permutation is one to one, whatever its round function.
+        for f in [
+            |r: u8, h: u32| u64::from(h) * 31 + u64::from(r),
+            |_: u8, _: u32| 0,
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            for n in (0..20_000u64).chain((1 << 48) - 100..1 << 48) {
+                assert!(seen.insert(permute48(n, f)), "{n}");
+                assert!(permute48(n, f) < 1 << 48);
+            }
+        }
+        let ids: Vec<String> = (0..10_000)
+            .map(|_| RequestId::next().as_str().to_string())
+            .collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), 36);
+            assert_eq!(&id[14..15], "4", "{id}");
+            assert_eq!(id[..24], ids[0][..24], "one prefix per process");
+        }
+        // Consecutive ids are not consecutive numbers (nor, mostly, close: a counter showed the request rate).
+        let tail = |id: &str| u64::from_str_radix(&id[24..], 16).unwrap();
+        let close = ids
+            .windows(2)
+            .filter(|w| tail(&w[1]).abs_diff(tail(&w[0])) < 1 << 32)
+            .count();
+        assert!(
+            close < 100,
+            "{close} of 10,000 consecutive ids within 2^32 of each other"
+        );
     }
 
     #[test]

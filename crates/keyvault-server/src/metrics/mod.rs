@@ -142,9 +142,10 @@ impl Route {
     }
 }
 
-/// The status codes counted one by one; others are counted by class (`1xx` … `5xx`).
-const CODES: [u16; 14] = [
-    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 429, 500, 503,
+/// The status codes counted one by one (every code the server sends itself); others are counted by class
+/// (`1xx` … `5xx`: what hyper answers for itself never reaches these counts).
+const CODES: [u16; 17] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 500, 501, 503,
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const CODE_SLOTS: usize = CODES.len() + CLASSES.len();
@@ -153,18 +154,21 @@ fn code_slot(status: u16) -> usize {
     match status {
         200 => 0,
         201 => 1,
-        204 => 2,
-        400 => 3,
-        401 => 4,
-        403 => 5,
-        404 => 6,
-        405 => 7,
-        408 => 8,
-        409 => 9,
-        413 => 10,
-        429 => 11,
-        500 => 12,
-        503 => 13,
+        202 => 2,
+        204 => 3,
+        400 => 4,
+        401 => 5,
+        403 => 6,
+        404 => 7,
+        405 => 8,
+        408 => 9,
+        409 => 10,
+        413 => 11,
+        415 => 12,
+        429 => 13,
+        500 => 14,
+        501 => 15,
+        503 => 16,
         s => CODES.len() + (usize::from(s / 100).clamp(1, 5) - 1),
     }
 }
@@ -602,7 +606,7 @@ impl Metrics {
         e.family(
             "keyvault_http_refused_total",
             Kind::Counter,
-            "Requests refused: 401 (no valid token), 403 (not permitted), 429 (throttled).",
+            "Requests refused: 401 (no valid token, or refused client credentials), 403 (not permitted), 429 (throttled).",
         );
         for (code, reason) in [(401, "401"), (403, "403"), (429, "429")] {
             let n: u64 = Route::ALL

@@ -200,3 +200,28 @@ pub async fn status_within_10s(
     }
     last
 }
+
+/// An HTTP/2 connection to the vault (over TLS, ALPN `h2`), with `window` as each stream's receive window.
+pub async fn h2_connect(
+    lv: &LocalVault,
+    window: Option<u32>,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let port: u16 = lv.vault_url().rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut builder = h2::client::Builder::new();
+    if let Some(window) = window {
+        builder.initial_window_size(window);
+    }
+    let (send, conn) = builder.handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    send.ready().await.unwrap()
+}
