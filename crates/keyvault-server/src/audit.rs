@@ -1,6 +1,6 @@
 //! The audit log: one JSON line per request decision, hash-chained, rotated by size.
 //!
-//! A line is `{"seq":N,"time":"…","requestId":"…","principal":"…"|null,"operation":"SecretGet"|null,
+//! A line is `{"seq":N,"time":"…","requestId":"…",["clientRequestId":"…",]"principal":"…"|null,"operation":"SecretGet"|null,
 //! "secret":"…"|null,"version":"…"|null,["target":"…",]"outcome":"allowed"|"denied"|"unauthenticated"|"rejected"|"throttled",
 //! "status":200,"prev":"<hex>","hash":"<hex>"}`: `hash` is the SHA-256 of the line as written without its
 //! `hash` member (that is, the text up to `"prev":"<hex>"` and a closing `}`), and `prev` is the `hash` of
@@ -111,6 +111,9 @@ pub struct AuditRecord {
     /// Unix milliseconds.
     pub time_ms: i64,
     pub request_id: String,
+    /// The client's own id for the request (`x-ms-client-request-id`, which the SDKs send and log), so that a
+    /// request a user knows by it can be found; absent from lines without one.
+    pub client_request_id: Option<String>,
     /// Shared with the token cache's copy (no allocation per request).
     pub principal: Option<std::sync::Arc<str>>,
     pub operation: Option<&'static str>,
@@ -128,6 +131,7 @@ impl AuditRecord {
         AuditRecord {
             time_ms: now_ms(),
             request_id,
+            client_request_id: None,
             principal: None,
             operation: None,
             secret: None,
@@ -148,6 +152,8 @@ struct Body<'a> {
     seq: u64,
     time: &'a str,
     request_id: &'a str,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_request_id: Option<&'a str>,
     principal: Option<&'a str>,
     operation: Option<&'a str>,
     secret: Option<&'a str>,
@@ -353,6 +359,10 @@ fn append_line(
     crate::json::push_str(buf, time.at(record.time_ms));
     buf.extend_from_slice(b",\"requestId\":");
     crate::json::push_str(buf, &record.request_id);
+    if let Some(id) = record.client_request_id.as_deref() {
+        buf.extend_from_slice(b",\"clientRequestId\":");
+        crate::json::push_str(buf, id);
+    }
     for (key, value) in [
         (&b",\"principal\":"[..], record.principal.as_deref()),
         (b",\"operation\":", record.operation),
@@ -1361,6 +1371,7 @@ mod tests {
         AuditRecord {
             time_ms: 1_700_000_000_000 + i as i64,
             request_id: format!("req-{i}"),
+            client_request_id: None,
             principal: Some("client".into()),
             operation: Some("SecretGet"),
             secret: Some(format!("s{i}")),
@@ -1712,6 +1723,7 @@ mod tests {
                 let record = AuditRecord {
                     time_ms: 1_795_000_123_456 + (i * 7 + j) as i64,
                     request_id: text.to_string(),
+                    client_request_id: some(5),
                     principal: some(1).map(Into::into),
                     operation: ((i + j) % 2 == 0).then_some("SecretGet"),
                     secret: some(2),
@@ -1729,6 +1741,7 @@ mod tests {
                     seq,
                     time: &time_text,
                     request_id: &record.request_id,
+                    client_request_id: record.client_request_id.as_deref(),
                     principal: record.principal.as_deref(),
                     operation: record.operation,
                     secret: record.secret.as_deref(),

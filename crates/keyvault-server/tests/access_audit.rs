@@ -663,3 +663,65 @@ async fn a_change_whose_client_goes_away_is_still_audited() {
     eprintln!("{made} of 40 changes were made after their client went away");
     audit::verify_file(&path).unwrap();
 }
+
+/// The client's own request id (`x-ms-client-request-id`, which the SDKs send and log) is in the request's
+/// audit line, so a request a user knows by it can be found: cut to 128 characters, and left out when it is not
+/// visible ASCII.
+#[tokio::test]
+async fn the_clients_request_id_is_in_the_audit_line() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let token = common::vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let long = "x".repeat(300);
+    let mut ids = Vec::new();
+    for client_id in [
+        "b5f0c7f4-3d8e-4a55-9d1a-2f3c4b5a6d7e",
+        long.as_str(),
+        "has space",
+    ] {
+        let resp = http
+            .get(format!("{}/secrets?api-version=7.6", lv.vault_url()))
+            .bearer_auth(&token)
+            .header("x-ms-client-request-id", client_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        // Echoed whole, as Key Vault does.
+        assert_eq!(resp.headers()["x-ms-client-request-id"], client_id);
+        ids.push(
+            resp.headers()["x-ms-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let log = lv.audit().expect("dev mode audits");
+    log.flush().await;
+    let records: Vec<Value> = lines(log.path())
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["requestId"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        of(&ids[0])["clientRequestId"],
+        "b5f0c7f4-3d8e-4a55-9d1a-2f3c4b5a6d7e"
+    );
+    assert_eq!(of(&ids[1])["clientRequestId"], "x".repeat(128));
+    assert!(
+        of(&ids[2]).get("clientRequestId").is_none(),
+        "{}",
+        of(&ids[2])
+    );
+    assert!(
+        audit::verify_chain(log.path()).is_ok(),
+        "the chain verifies"
+    );
+    lv.shutdown().await;
+}

@@ -267,7 +267,8 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
         audit: if reads { None } else { state.audit.as_ref() },
         record: None,
     };
-    let record = AuditRecord::new(request_id.as_str().to_owned());
+    let mut record = AuditRecord::new(request_id.as_str().to_owned());
+    record.client_request_id = client_request_id.as_ref().and_then(audited_client_id);
     let handled = handle(state, req, guard.record.insert(record)).await;
     // Answered: the guard has nothing left to do (it always holds the record here).
     let mut record = guard
@@ -324,6 +325,15 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
         tracing::debug!(request_id = request_id.as_str(), %method, path = uri.path(), status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     }
     resp
+}
+
+/// The client's request id as the audit line keeps it: text of at most 128 characters (longer ids are cut;
+/// the SDKs send a 36-character UUID), or nothing if it is not visible ASCII.
+fn audited_client_id(value: &HeaderValue) -> Option<String> {
+    let bytes = value.as_bytes();
+    let bytes = &bytes[..bytes.len().min(128)];
+    (!bytes.is_empty() && bytes.iter().all(|b| b.is_ascii_graphic()))
+        .then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// A change's audit record while the change runs. hyper drops a request's future when its client goes away;
