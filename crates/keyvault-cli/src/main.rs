@@ -151,7 +151,9 @@ fn log_filter(
 ) -> (tracing_subscriber::EnvFilter, Option<String>) {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let mut problem = None;
-    let text = match configured.map(str::trim).filter(|t| !t.is_empty()) {
+    // Empty, or only commas and spaces (no directive at all: the filter would log nothing), counts as unset.
+    let given = configured.filter(|t| t.split(',').any(|d| !d.trim().is_empty()));
+    let text = match given.map(str::trim) {
         None => default,
         Some(t) => {
             // A directive is `target[span{field}]=level`, or a level alone, or a target alone; a target
@@ -402,6 +404,8 @@ mod tests {
         for (configured, reported) in [
             (Some(""), false),
             (Some("  "), false),
+            (Some(","), false),
+            (Some(" , "), false),
             (None, false),
             (Some("warning"), true),
             (Some("information"), true),

@@ -1571,9 +1571,33 @@ async fn versions_made_after_a_restart_with_the_clock_set_back_list_after_the_ea
     std::thread::sleep(keyvault_server::store::VERSION_CLOCK_SAVE + Duration::from_secs(1));
     drop(server); // SIGKILL
     let store = SqliteStore::open(&db).unwrap();
-    let (_, after_crash) = recorded(&store).await;
+    let (bytes, after_crash) = recorded(&store).await;
     assert!(after_crash >= ms(&second), "{after_crash} < {second}");
+
+    // A damaged record is only a hint gone bad: the server starts, says so, and sets go on.
+    assert!(
+        store
+            .meta_replace(VERSION_CLOCK, &bytes, b"bad")
+            .await
+            .unwrap()
+    );
     store.close().await;
+    drop(store);
+    let mut c = command(None);
+    c.args(cli_support::dev_serve_args(&data));
+    let (server, addr, lines) = spawn_server(c);
+    wait_for_dev_credentials_at(&data, &addr);
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("is damaged: ignored")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    set("three");
+    stop_server(server);
 }
 
 /// A mistyped log level (`warning`) or an empty `KEYVAULT_LOG` does not turn the server's log off (the filter

@@ -520,11 +520,28 @@ async fn h2_connections_speak_h2_and_check_their_authority_and_scheme() {
     assert_eq!(status, 200, "{body}");
     assert!(v.get("other-host").await.is_null());
     assert!(v.get("plain-scheme").await.is_null());
+    // The routes besides the vault API's check the same (health, the token issuer, the admin API).
+    for (scheme, host, path, want) in [
+        ("http", None, "/healthz", 400),
+        ("https", Some("evil.example"), "/healthz", 400),
+        ("https", Some("evil.example"), "/admin/principals", 400),
+        ("https", None, "/healthz", 200),
+    ] {
+        let mut req = http::Request::builder()
+            .uri(format!("{scheme}://localhost:{port}{path}"))
+            .header("authorization", format!("Bearer {}", v.token));
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let (resp, _) = h2.send_request(req.body(()).unwrap(), true).unwrap();
+        let status = resp.await.unwrap().status().as_u16();
+        assert_eq!(status, want, "{scheme} {host:?} {path}");
+    }
     v.lv.shutdown().await;
 }
 
 /// A client that goes away in the middle of a body, with or without TLS's close_notify (a killed process, a
-/// dropped network), timed out its request: the audit line says 408, not a 400 that would call the body
+/// dropped network), or over HTTP/2 resets its stream, timed out its request: the audit line says 408, not a 400 that would call the body
 /// malformed; nothing is stored.
 #[tokio::test]
 async fn a_client_gone_mid_body_is_audited_as_408() {
@@ -558,9 +575,25 @@ async fn a_client_gone_mid_body_is_audited_as_408() {
             drop(tcp);
         }
     }
+    // Over HTTP/2: the stream reset mid-body.
+    let mut h2 = common::h2_connect(&v.lv, None).await;
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri(format!(
+            "https://localhost:{port}/secrets/gone-h2-reset?api-version=7.6"
+        ))
+        .header("authorization", format!("Bearer {}", v.token))
+        .header("content-length", "5000")
+        .body(())
+        .unwrap();
+    let (_resp, mut body) = h2.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(br#"{"value":"aaaa"#), false)
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    body.send_reset(h2::Reason::CANCEL);
     let audit = v.lv.audit().expect("dev mode audits");
     let started = std::time::Instant::now();
-    for name in ["gone-abruptly", "gone-with-notify"] {
+    for name in ["gone-abruptly", "gone-with-notify", "gone-h2-reset"] {
         let line = loop {
             audit.flush().await;
             let text = std::fs::read_to_string(audit.path()).unwrap();

@@ -118,8 +118,12 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
             })
         } else {
             let router = self.router.clone();
+            let misdirected = misdirected_answer(&req);
             Box::pin(async move {
-                let mut result = tower::ServiceExt::oneshot(router, req).await;
+                let mut result = match misdirected {
+                    Some(resp) => Ok(resp),
+                    None => tower::ServiceExt::oneshot(router, req).await,
+                };
                 if let Ok(resp) = &mut result {
                     ReadTracker::close_if_unread(body_read, resp);
                     state
@@ -655,21 +659,51 @@ pub(crate) fn request_host<'a>(
 ) -> Option<&'a str> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
-    if second.is_some() || uri.scheme().is_some_and(|s| *s != http::uri::Scheme::HTTPS) {
+    if second.is_some() || misdirected(uri, first, version) {
         return None;
     }
     let host = match uri.authority() {
-        Some(a) => {
-            let disagree = version == http::Version::HTTP_2
-                && first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
-            if disagree {
-                return None;
-            }
-            a.as_str()
-        }
+        Some(a) => a.as_str(),
         None => first.and_then(|h| h.to_str().ok()).unwrap_or_default(),
     };
     valid_host(host).then_some(host)
+}
+
+/// Whether a request names a scheme other than https (in any case), or, over HTTP/2, carries a `Host` line
+/// naming another origin than its `:authority` (in any case; a port of 443 is the default one). See
+/// [`request_host`].
+fn misdirected(uri: &http::Uri, host: Option<&HeaderValue>, version: http::Version) -> bool {
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("https"))
+    {
+        return true;
+    }
+    let (Some(authority), Some(host), true) =
+        (uri.authority(), host, version == http::Version::HTTP_2)
+    else {
+        return false;
+    };
+    let origin = |h: &[u8]| -> Vec<u8> {
+        let h = h.strip_suffix(b":443").unwrap_or(h);
+        h.to_ascii_lowercase()
+    };
+    origin(authority.as_str().as_bytes()) != origin(host.as_bytes())
+}
+
+/// A request the router takes (health, the token issuer, discovery, JWKS, the admin API) that names another
+/// scheme than https, or over HTTP/2 another host in `Host` than in `:authority` (see [`request_host`]): its
+/// 400, as the vault API answers it. Requests without any `Host` (some health probes) are let through here.
+fn misdirected_answer<B>(req: &http::Request<B>) -> Option<Response> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    misdirected(req.uri(), host, req.version()).then(|| {
+        ApiError::bad_parameter(
+            "The request has a missing or invalid Host header (or one that disagrees with its :authority, or a \
+             scheme other than https).",
+        )
+        .into_response()
+    })
 }
 
 /// `host[:port]` as a client may send it: a name of letters, digits, `-`, `.`, `_` or `~`, or an IPv6
@@ -1064,7 +1098,8 @@ async fn read_identity(
 
 /// Whether a body error is its input ending before the body did (hyper's body decoder: an `UnexpectedEof`
 /// under the error, or a connection reset or aborted — a client killed, or a network dropped, closes its TCP
-/// connection without TLS's close_notify —; or an incomplete message), rather than a badly framed body.
+/// connection without TLS's close_notify —; or an incomplete message; over HTTP/2, the stream reset, the
+/// connection gone away or lost), rather than a badly framed body.
 fn ended_early(e: &axum::Error) -> bool {
     use std::io::ErrorKind;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -1072,6 +1107,9 @@ fn ended_early(e: &axum::Error) -> bool {
         if err
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_incomplete_message)
+            || err
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.is_reset() || h2.is_go_away() || h2.is_io())
             || err.downcast_ref::<std::io::Error>().is_some_and(|io| {
                 matches!(
                     io.kind(),

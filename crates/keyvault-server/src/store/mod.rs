@@ -700,23 +700,31 @@ pub async fn sealed_key_id(store: &dyn SecretStore) -> StoreResult<Option<String
 /// still list in the order they were made (see `vault::version_id`).
 pub const VERSION_CLOCK: &str = "version-clock";
 
+/// The latest record of [`VERSION_CLOCK`] taken as sound: 9999-12-31T23:59:59.999Z, in Unix milliseconds.
+const VERSION_CLOCK_LAST_MS: u64 = 253_402_300_799_999;
+
 /// How often a server records how far its version ids have reached (when they went further): a crash loses
 /// at most this much of the record, which matters only if the clock is also set back at the restart.
 pub const VERSION_CLOCK_SAVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// At start: version ids continue after the millisecond recorded in `store` (see [`VERSION_CLOCK`]). Returns
-/// how far ahead of this machine's clock that is, in ms, when it is ahead.
+/// how far ahead of this machine's clock that is, in ms, when it is ahead. A record that is not 8 bytes, or
+/// that lies beyond the year 10000 (ids would run out of time bits and start over at zero), is only an
+/// ordering hint gone bad: it is ignored with a warning (and replaced by the next record).
 pub async fn load_version_clock(store: &dyn SecretStore) -> Result<Option<u64>, String> {
     let Some(value) = store.meta(VERSION_CLOCK).await.map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| {
-        format!(
-            "the store's record of version ids ({VERSION_CLOCK}) is {} bytes, not 8",
-            value.len()
-        )
-    })?;
-    let recorded = u64::from_be_bytes(bytes);
+    let recorded = match <[u8; 8]>::try_from(value.as_slice()).map(u64::from_be_bytes) {
+        Ok(ms) if ms <= VERSION_CLOCK_LAST_MS => ms,
+        _ => {
+            tracing::warn!(
+                bytes = value.len(),
+                "the store's record of how far version ids have reached ({VERSION_CLOCK}) is damaged: ignored"
+            );
+            return Ok(None);
+        }
+    };
     crate::vault::version_id::continue_after(recorded);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -742,7 +750,12 @@ pub async fn save_version_clock(store: &dyn SecretStore, saved: &mut u64) -> Sto
             }
             continue;
         };
-        let recorded = <[u8; 8]>::try_from(old.as_slice()).map_or(0, u64::from_be_bytes);
+        // A damaged record (see `load_version_clock`) counts as none: it is replaced.
+        let recorded = <[u8; 8]>::try_from(old.as_slice())
+            .map(u64::from_be_bytes)
+            .ok()
+            .filter(|ms| *ms <= VERSION_CLOCK_LAST_MS)
+            .unwrap_or(0);
         if recorded >= reached || store.meta_replace(VERSION_CLOCK, &old, &new).await? {
             *saved = reached;
             return Ok(());
