@@ -967,9 +967,13 @@ impl AccessAdmin {
                 let stored =
                     tagged::wrap(&self.envelope, &self.binding, revision + 1, &json()?, true)
                         .map_err(tag_error)?;
+                // A file that cannot be written (a full disk, above all) is the store being unavailable, as
+                // for the vault's own writes: a 503 with Retry-After, nothing changed.
                 crate::server::write_private_file(path, &stored).map_err(|e| {
                     tracing::error!(error = %e, path = %path.display(), "cannot write the access file");
-                    AdminError::Internal("the change could not be saved".into())
+                    AdminError::Unavailable(
+                        "The change could not be saved: the access-control file cannot be written.".into(),
+                    )
                 })?;
                 Ok(Some(revision + 1))
             }
@@ -1738,6 +1742,30 @@ mod tests {
     /// `doc` (JSON) in the stored form, tagged under the test key.
     fn tagged_json(doc: &str) -> Vec<u8> {
         tagged::wrap(&test_envelope(7), &tagged::Binding::default(), 1, doc, true).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_change_that_cannot_be_saved_is_unavailable_and_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let (clients, policy) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
+        let admin = AccessAdmin::open(Some(&data), None, clients, policy, test_keys())
+            .await
+            .unwrap();
+        // The directory gone: the file cannot be written (as with a full disk).
+        std::fs::remove_dir_all(&data).unwrap();
+        match admin.assign("external-1", READER, Scope::Vault).await {
+            Err(AdminError::Unavailable(m)) => assert!(m.contains("cannot be written"), "{m}"),
+            other => panic!("{:?}", other.map(|(a, created)| (a.id, created))),
+        }
+        // Writable again: the change is made then, as a new one (it was not applied before).
+        std::fs::create_dir(&data).unwrap();
+        let (_, created) = admin
+            .assign("external-1", READER, Scope::Vault)
+            .await
+            .unwrap();
+        assert!(created);
     }
 
     #[tokio::test]

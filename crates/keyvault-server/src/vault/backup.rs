@@ -150,8 +150,17 @@ impl Vault {
             });
         }
         let latest = rows.last().cloned().ok_or_else(bad_blob)?;
+        let restored_time =
+            super::version_id::latest_time_in(rows.iter().map(|r| r.version.as_str()));
         match self.store.restore(self.vault(), rows).await {
-            Ok(()) => Ok(latest),
+            Ok(()) => {
+                // Versions set after this one list after the restored ones, even if their vault's clock
+                // ran ahead of this one's.
+                if let Some(ms) = restored_time {
+                    super::version_id::continue_after(ms);
+                }
+                Ok(latest)
+            }
             Err(StoreError::Exists) | Err(StoreError::Deleted) => {
                 Err(VaultError::RestoreConflict {
                     name: latest.name,

@@ -62,6 +62,28 @@ fn continued(last: (u64, u128), ms: u64) -> (u64, u128) {
     }
 }
 
+/// The latest millisecond among `ids` laid out as this module lays them out, if it is no more than a day
+/// ahead of the clock: after a restore, ids made from then on continue after the restored ones
+/// ([`continue_after`]) — a backup from a vault whose clock ran ahead keeps its order. Random ids (earlier
+/// releases', Key Vault's) look like this layout one time in 64, with a time anywhere up to the year 10889:
+/// the bound leaves those alone.
+pub fn latest_time_in<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<u64> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    ids.into_iter()
+        .filter_map(|id| {
+            let b = id.as_bytes();
+            let shaped =
+                b.len() == 32 && b[12] == b'7' && matches!(b[16], b'8' | b'9' | b'a' | b'b');
+            shaped
+                .then(|| u64::from_str_radix(&id[..12], 16).ok())
+                .flatten()
+        })
+        .filter(|ms| *ms <= now_ms.saturating_add(86_400_000))
+        .max()
+}
+
 /// The millisecond of the last id made or continued after (0: none yet).
 pub fn reached_ms() -> u64 {
     LAST.lock().unwrap_or_else(PoisonError::into_inner).0
@@ -131,6 +153,29 @@ mod tests {
         // An earlier (or the same) millisecond changes nothing.
         assert_eq!(continued((1_000, 7), 999), (1_000, 7));
         assert_eq!(continued((1_000, 7), 1_000), (1_000, 7));
+    }
+
+    #[test]
+    fn the_latest_time_of_restored_ids_ignores_random_ones() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let id = |ms: u64, rest: &str| format!("{ms:012x}{rest}");
+        let hour_ahead = id(now + 3_600_000, "7abc8def0123456789ab");
+        let earlier = id(now - 1_000, "7abc9def0123456789ab");
+        let far = id(now * 100, "7abcadef0123456789ab");
+        let random = id(now + 7_200_000, "4abc8def0123456789ab");
+        assert_eq!(
+            latest_time_in([
+                earlier.as_str(),
+                hour_ahead.as_str(),
+                far.as_str(),
+                random.as_str()
+            ]),
+            Some(now + 3_600_000)
+        );
+        assert_eq!(latest_time_in([random.as_str()]), None);
     }
 
     #[test]
