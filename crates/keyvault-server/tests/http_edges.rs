@@ -591,9 +591,28 @@ async fn a_client_gone_mid_body_is_audited_as_408() {
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     body.send_reset(h2::Reason::CANCEL);
+    // A stream the client breaks itself — more body than it declared — is malformed (400), even though the
+    // server's HTTP/2 library answers it with a reset too.
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri(format!(
+            "https://localhost:{port}/secrets/malformed-h2-length?api-version=7.6"
+        ))
+        .header("authorization", format!("Bearer {}", v.token))
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    let (_resp, mut body) = h2.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(br#"{"value":"too long"}"#), true)
+        .unwrap();
     let audit = v.lv.audit().expect("dev mode audits");
     let started = std::time::Instant::now();
-    for name in ["gone-abruptly", "gone-with-notify", "gone-h2-reset"] {
+    for (name, status) in [
+        ("gone-abruptly", 408),
+        ("gone-with-notify", 408),
+        ("gone-h2-reset", 408),
+        ("malformed-h2-length", 400),
+    ] {
         let line = loop {
             audit.flush().await;
             let text = std::fs::read_to_string(audit.path()).unwrap();
@@ -607,7 +626,7 @@ async fn a_client_gone_mid_body_is_audited_as_408() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
         let line: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(line["status"], 408, "{name}: {line}");
+        assert_eq!(line["status"], status, "{name}: {line}");
         assert!(v.get(name).await.is_null(), "{name} stored");
     }
     v.lv.shutdown().await;

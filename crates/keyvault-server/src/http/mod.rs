@@ -1109,7 +1109,11 @@ fn ended_early(e: &axum::Error) -> bool {
             .is_some_and(hyper::Error::is_incomplete_message)
             || err
                 .downcast_ref::<h2::Error>()
-                .is_some_and(|h2| h2.is_reset() || h2.is_go_away() || h2.is_io())
+                // Reset or gone away by the client, or the connection lost; not a reset the server's own
+                // HTTP/2 library sent for a malformed stream (a body longer or shorter than declared…).
+                .is_some_and(|h2| {
+                    h2.is_io() || ((h2.is_reset() || h2.is_go_away()) && h2.is_remote())
+                })
             || err.downcast_ref::<std::io::Error>().is_some_and(|io| {
                 matches!(
                     io.kind(),

@@ -700,8 +700,10 @@ pub async fn sealed_key_id(store: &dyn SecretStore) -> StoreResult<Option<String
 /// still list in the order they were made (see `vault::version_id`).
 pub const VERSION_CLOCK: &str = "version-clock";
 
-/// The latest record of [`VERSION_CLOCK`] taken as sound: 9999-12-31T23:59:59.999Z, in Unix milliseconds.
-const VERSION_CLOCK_LAST_MS: u64 = 253_402_300_799_999;
+/// The latest record of [`VERSION_CLOCK`] taken as sound: 2^32 ms (about 50 days) short of the 48 bits an id
+/// has for its time. Ids continuing after a record take its next millisecond and stay there (their random
+/// part counts on), so a record in range never brings the time bits near their end.
+const VERSION_CLOCK_LAST_MS: u64 = (1 << 48) - 1 - (1 << 32);
 
 /// How often a server records how far its version ids have reached (when they went further): a crash loses
 /// at most this much of the record, which matters only if the clock is also set back at the restart.
@@ -712,15 +714,27 @@ pub const VERSION_CLOCK_SAVE: std::time::Duration = std::time::Duration::from_se
 /// that lies beyond the year 10000 (ids would run out of time bits and start over at zero), is only an
 /// ordering hint gone bad: it is ignored with a warning (and replaced by the next record).
 pub async fn load_version_clock(store: &dyn SecretStore) -> Result<Option<u64>, String> {
-    let Some(value) = store.meta(VERSION_CLOCK).await.map_err(|e| e.to_string())? else {
-        return Ok(None);
+    let value = match store.meta(VERSION_CLOCK).await {
+        Ok(Some(value)) => value,
+        Ok(None) => return Ok(None),
+        // The store answered the reads before this one at start: a record it cannot read (one edited by
+        // hand, stored as text) is a damaged hint, not a reason to stay down.
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "the store's record of how far version ids have reached ({VERSION_CLOCK}) cannot be read: \
+                 ignored (delete it from the store's meta table to stop this warning)"
+            );
+            return Ok(None);
+        }
     };
     let recorded = match <[u8; 8]>::try_from(value.as_slice()).map(u64::from_be_bytes) {
         Ok(ms) if ms <= VERSION_CLOCK_LAST_MS => ms,
         _ => {
             tracing::warn!(
                 bytes = value.len(),
-                "the store's record of how far version ids have reached ({VERSION_CLOCK}) is damaged: ignored"
+                "the store's record of how far version ids have reached ({VERSION_CLOCK}) is damaged: ignored \
+                 (the next record replaces it)"
             );
             return Ok(None);
         }

@@ -393,6 +393,32 @@ async fn meta_is_kept_and_a_version_5_database_gets_it() {
     assert_eq!(v, SCHEMA_VERSION);
 }
 
+/// A version-clock record edited by hand (stored as text, which the store cannot read as bytes, or of the
+/// wrong size) is ignored at start, not a reason to stay down.
+#[tokio::test]
+async fn a_damaged_version_clock_record_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(crate::store::load_version_clock(&store).await, Ok(None));
+    store
+        .meta_insert(crate::store::VERSION_CLOCK, b"bad")
+        .await
+        .unwrap();
+    assert_eq!(crate::store::load_version_clock(&store).await, Ok(None));
+    store.close().await;
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = '1700000000000' WHERE key = ?1",
+            [crate::store::VERSION_CLOCK],
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(crate::store::load_version_clock(&store).await, Ok(None));
+    store.close().await;
+}
+
 /// Reads run inline on the caller's thread: they work on a current-thread runtime and see every acknowledged
 /// write at once; pages too large to read inline are read whole as well.
 #[tokio::test(flavor = "current_thread")]
