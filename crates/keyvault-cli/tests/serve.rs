@@ -1517,6 +1517,16 @@ async fn versions_made_after_a_restart_with_the_clock_set_back_list_after_the_ea
         (bytes.clone(), u64::from_be_bytes(bytes.try_into().unwrap()))
     }
     let db = data.join("vault.db");
+    // Starts the server again over `data`; it must log a line containing `said` on its way up.
+    let restart_saying = |said: &str| {
+        let mut c = command(None);
+        c.args(cli_support::dev_serve_args(&data));
+        let (server, addr, lines) = spawn_server(c);
+        wait_for_dev_credentials_at(&data, &addr);
+        let lines = lines.lock().unwrap();
+        assert!(lines.iter().any(|l| l.contains(said)), "{said}: {lines:?}");
+        server
+    };
 
     let server = serve_dev(&data, &[], &[]);
     let first = set("one");
@@ -1538,19 +1548,7 @@ async fn versions_made_after_a_restart_with_the_clock_set_back_list_after_the_ea
     store.close().await;
     drop(store);
 
-    let mut c = command(None);
-    c.args(cli_support::dev_serve_args(&data));
-    let (server, addr, lines) = spawn_server(c);
-    wait_for_dev_credentials_at(&data, &addr);
-    assert!(
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("ahead of this machine's clock")),
-        "{:?}",
-        lines.lock().unwrap()
-    );
+    let server = restart_saying("ahead of this machine's clock");
     let second = set("two");
     assert!(
         ms(&second) > ahead && ms(&second) < ahead + 60_000,
@@ -1583,19 +1581,7 @@ async fn versions_made_after_a_restart_with_the_clock_set_back_list_after_the_ea
     );
     store.close().await;
     drop(store);
-    let mut c = command(None);
-    c.args(cli_support::dev_serve_args(&data));
-    let (server, addr, lines) = spawn_server(c);
-    wait_for_dev_credentials_at(&data, &addr);
-    assert!(
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("is damaged: ignored")),
-        "{:?}",
-        lines.lock().unwrap()
-    );
+    let server = restart_saying("is damaged: ignored");
     set("three");
     stop_server(server);
 }
