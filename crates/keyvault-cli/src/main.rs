@@ -163,42 +163,52 @@ fn log_filter(
                     && d.chars().all(|c| c.is_ascii_alphabetic())
                     && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
             });
-            if let Some(word) = stray {
-                problem = Some(format!(
-                    "KEYVAULT_LOG: {word:?} is not a level ({}); a target alone takes a level \
-                     (target=debug). Logging at the default ({default}) instead",
-                    LEVELS.join(", ")
-                ));
-                default
-            } else if tracing_subscriber::EnvFilter::try_new(t).is_err() {
-                problem = Some(format!(
-                    "KEYVAULT_LOG is not a log filter (levels: {}; directives: target=level, comma-separated). \
-                     Logging at the default ({default}) instead",
-                    LEVELS.join(", ")
-                ));
-                default
-            } else {
-                t
+            let wrong = match stray {
+                Some(word) => Some(format!(
+                    "{word:?} is not a level; a target alone takes a level (target=debug)"
+                )),
+                None => tracing_subscriber::EnvFilter::try_new(t)
+                    .is_err()
+                    .then(|| "it is not a log filter".to_owned()),
+            };
+            match wrong {
+                Some(why) => {
+                    problem = Some(format!(
+                        "KEYVAULT_LOG: {why} (levels: {}; directives: target=level, comma-separated). \
+                         Logging at the default ({default}) instead",
+                        LEVELS.join(", ")
+                    ));
+                    default
+                }
+                None => t,
             }
         }
     };
     // A directive is `target[span{field}]=level`; its target is what comes before `[` or `=`.
-    let targets: Vec<&str> = text
+    let mut directives: Vec<String> = text
         .split(',')
-        .filter_map(|d| d.split(['[', '=']).next().map(str::trim))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
         .collect();
-    let mut text = text.to_owned();
-    if !targets.contains(&PG_QUERY_TARGET) {
-        text.push_str(&format!(",{PG_QUERY_TARGET}=info"));
+    let target = |d: &String| {
+        d.split(['[', '='])
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let targets: Vec<String> = directives.iter().map(target).collect();
+    if !targets.iter().any(|t| t == PG_QUERY_TARGET) {
+        directives.push(format!("{PG_QUERY_TARGET}=info"));
     }
     if !targets
         .iter()
-        .any(|t| *t == H2_TARGET || t.starts_with("h2::"))
+        .any(|t| t == H2_TARGET || t.starts_with("h2::"))
     {
-        text.push_str(&format!(",{H2_TARGET}=error"));
+        directives.push(format!("{H2_TARGET}=error"));
     }
-    let text = text.trim_start_matches(',');
-    let filter = tracing_subscriber::EnvFilter::try_new(text)
+    let filter = tracing_subscriber::EnvFilter::try_new(directives.join(","))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     (filter, problem)
 }

@@ -481,10 +481,12 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             // Oldest first, like a history. This server's version ids grow in the order the versions were
             // made (even across a clock set back, which `created` does not), and it lists them in that order;
             // Key Vault's ids are random, so there the versions are put in order by creation time.
-            if !items
-                .iter()
-                .all(|p| p.version.as_deref().is_some_and(time_ordered_id))
-            {
+            if !items.iter().all(|p| {
+                p.version
+                    .as_deref()
+                    .and_then(keyvault_types::rules::time_ordered_version_ms)
+                    .is_some()
+            }) {
                 items.sort_by_key(|p| p.created_on);
             }
             let views: Vec<View> = items.iter().map(View::from_properties).collect();
@@ -705,31 +707,4 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> CliResult {
         f.set_len(0).map_err(fail)?;
     }
     f.write_all(bytes).and_then(|()| f.flush()).map_err(fail)
-}
-
-/// Whether a version id is laid out as this server makes them (a UUIDv7 without dashes: 48 bits of time, the
-/// version nibble `7`, the variant bits `10`), so that ids sort in the order their versions were made. Random
-/// ids (Key Vault's) are rarely all so shaped: one in 64 is.
-fn time_ordered_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    b.len() == 32
-        && b.iter().all(u8::is_ascii_hexdigit)
-        && b[12] == b'7'
-        && matches!(b[16], b'8' | b'9' | b'a' | b'b' | b'A' | b'B')
-}
-
-#[cfg(test)]
-mod version_order_tests {
-    use super::time_ordered_id;
-
-    #[test]
-    fn ids_made_by_this_server_are_time_ordered_and_random_ones_are_not() {
-        assert!(time_ordered_id("019af0c1d2e37a4b8c5d6e7f80912345"));
-        assert!(time_ordered_id("019AF0C1D2E37A4BBC5D6E7F80912345"));
-        // Key Vault's: random hex (here with a 4 and a c where this server has its 7 and variant).
-        assert!(!time_ordered_id("4f112f638867c4cf3dbfb9fc91c243d4"));
-        assert!(!time_ordered_id("019af0c1d2e37a4bcc5d6e7f80912345"));
-        assert!(!time_ordered_id("019af0c1d2e37a4b8c5d6e7f8091234"));
-        assert!(!time_ordered_id("019af0c1d2e37a4b8c5d6e7f8091234g"));
-    }
 }

@@ -494,7 +494,6 @@ impl Server {
         .map_err(StartError::Setup)?;
         if let Some(ahead) = crate::store::load_version_clock(store.as_ref())
             .await
-            .map_err(StartError::Setup)?
             .filter(|ms| *ms > 60_000)
         {
             tracing::warn!(

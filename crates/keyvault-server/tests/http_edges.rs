@@ -84,9 +84,8 @@ impl Vault {
         String::from_utf8_lossy(&self.raw(b"http/1.1", request).await).into_owned()
     }
 
-    /// Sends `request` over a new TLS connection whose client offers the protocol `alpn`, and reads what comes
-    /// back until the server closes it or 5 s pass without a byte.
-    async fn raw(&self, alpn: &[u8], request: &[u8]) -> Vec<u8> {
+    /// A new TLS connection to the vault whose client offers the protocol `alpn`.
+    async fn tls(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let mut tls = keyvault_server::tls::client_config_trusting(self.lv.ca_cert_pem()).unwrap();
         tls.alpn_protocols = vec![alpn.to_vec()];
         let port: u16 = self.port().parse().unwrap();
@@ -94,10 +93,31 @@ impl Vault {
             .await
             .unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(name, tcp)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// An HTTP/2 `PUT` of the secret `name` with the vault's token and these headers (the body is sent apart).
+    fn h2_put(&self, scheme: &str, name: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut req = http::Request::builder()
+            .method("PUT")
+            .uri(format!(
+                "{scheme}://localhost:{}/secrets/{name}?api-version=7.6",
+                self.port()
+            ))
+            .header("authorization", format!("Bearer {}", self.token));
+        for (header, value) in headers {
+            req = req.header(*header, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    /// Sends `request` over a new TLS connection whose client offers the protocol `alpn`, and reads what comes
+    /// back until the server closes it or 5 s pass without a byte.
+    async fn raw(&self, alpn: &[u8], request: &[u8]) -> Vec<u8> {
+        let mut stream = self.tls(alpn).await;
         stream.write_all(request).await.unwrap();
         stream.flush().await.unwrap();
         let mut got = Vec::new();
@@ -482,17 +502,10 @@ async fn h2_connections_speak_h2_and_check_their_authority_and_scheme() {
     let port = v.port().to_string();
     let mut h2 = common::h2_connect(&v.lv, None).await;
     let mut put = |scheme: &str, host: Option<&str>, name: &str| {
-        let mut req = http::Request::builder()
-            .method("PUT")
-            .uri(format!(
-                "{scheme}://localhost:{port}/secrets/{name}?api-version=7.6"
-            ))
-            .header("authorization", format!("Bearer {}", v.token))
-            .header("content-type", "application/json");
-        if let Some(host) = host {
-            req = req.header("host", host);
-        }
-        let (resp, mut body) = h2.send_request(req.body(()).unwrap(), false).unwrap();
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(host.map(|h| ("host", h)));
+        let req = v.h2_put(scheme, name, &headers);
+        let (resp, mut body) = h2.send_request(req, false).unwrap();
         body.send_data(bytes::Bytes::from_static(br#"{"value":"v"}"#), true)
             .unwrap();
         async move {
@@ -541,24 +554,14 @@ async fn h2_connections_speak_h2_and_check_their_authority_and_scheme() {
 }
 
 /// A client that goes away in the middle of a body, with or without TLS's close_notify (a killed process, a
-/// dropped network), or over HTTP/2 resets its stream, timed out its request: the audit line says 408, not a 400 that would call the body
-/// malformed; nothing is stored.
+/// dropped network), or over HTTP/2 resets its stream, timed out its request: the audit line says 408, not a
+/// 400 that would call the body malformed; nothing is stored.
 #[tokio::test]
 async fn a_client_gone_mid_body_is_audited_as_408() {
     let v = Vault::start().await;
-    let mut tls = keyvault_server::tls::client_config_trusting(v.lv.ca_cert_pem()).unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = Arc::new(tls);
-    let port: u16 = v.port().parse().unwrap();
+    let port = v.port();
     for (name, notify) in [("gone-abruptly", false), ("gone-with-notify", true)] {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(server, tcp)
-            .await
-            .unwrap();
+        let mut stream = v.tls(b"http/1.1").await;
         let head = format!(
             "PUT /secrets/{name}?api-version=7.6 HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer {}\r\nContent-Length: 5000\r\n\r\n{{\"value\":\"",
             v.token
@@ -577,15 +580,7 @@ async fn a_client_gone_mid_body_is_audited_as_408() {
     }
     // Over HTTP/2: the stream reset mid-body.
     let mut h2 = common::h2_connect(&v.lv, None).await;
-    let req = http::Request::builder()
-        .method("PUT")
-        .uri(format!(
-            "https://localhost:{port}/secrets/gone-h2-reset?api-version=7.6"
-        ))
-        .header("authorization", format!("Bearer {}", v.token))
-        .header("content-length", "5000")
-        .body(())
-        .unwrap();
+    let req = v.h2_put("https", "gone-h2-reset", &[("content-length", "5000")]);
     let (_resp, mut body) = h2.send_request(req, false).unwrap();
     body.send_data(bytes::Bytes::from_static(br#"{"value":"aaaa"#), false)
         .unwrap();
@@ -593,15 +588,7 @@ async fn a_client_gone_mid_body_is_audited_as_408() {
     body.send_reset(h2::Reason::CANCEL);
     // A stream the client breaks itself — more body than it declared — is malformed (400), even though the
     // server's HTTP/2 library answers it with a reset too.
-    let req = http::Request::builder()
-        .method("PUT")
-        .uri(format!(
-            "https://localhost:{port}/secrets/malformed-h2-length?api-version=7.6"
-        ))
-        .header("authorization", format!("Bearer {}", v.token))
-        .header("content-length", "5")
-        .body(())
-        .unwrap();
+    let req = v.h2_put("https", "malformed-h2-length", &[("content-length", "5")]);
     let (_resp, mut body) = h2.send_request(req, false).unwrap();
     body.send_data(bytes::Bytes::from_static(br#"{"value":"too long"}"#), true)
         .unwrap();

@@ -33,6 +33,18 @@ pub fn is_valid_version(version: &str) -> bool {
     version.len() == 32 && version.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The time (Unix milliseconds) a version id carries, if it is laid out as this project's server makes them:
+/// a UUIDv7 without dashes (48 bits of time, the version nibble `7`, the variant bits `10`), so that ids sort
+/// in the order their versions were made. None for other ids; random ids (Key Vault's, earlier releases')
+/// look like this layout one time in 64, with any time up to the year 10889.
+pub fn time_ordered_version_ms(version: &str) -> Option<u64> {
+    let b = version.as_bytes();
+    let shaped = is_valid_version(version)
+        && b[12] == b'7'
+        && matches!(b[16], b'8' | b'9' | b'a' | b'b' | b'A' | b'B');
+    shaped.then(|| u64::from_str_radix(&version[..12], 16).ok())?
+}
+
 /// The key under which a name is stored and compared: names are case-insensitive.
 pub fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
@@ -41,6 +53,32 @@ pub fn name_key(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_ordered_versions() {
+        assert_eq!(
+            time_ordered_version_ms("019af0c1d2e37a4b8c5d6e7f80912345"),
+            Some(0x019af0c1d2e3)
+        );
+        assert!(time_ordered_version_ms("019AF0C1D2E37A4BBC5D6E7F80912345").is_some());
+        // Random hex (a 4 and a c where the layout has its 7 and variant), the wrong length, not hex.
+        assert_eq!(
+            time_ordered_version_ms("4f112f638867c4cf3dbfb9fc91c243d4"),
+            None
+        );
+        assert_eq!(
+            time_ordered_version_ms("019af0c1d2e37a4bcc5d6e7f80912345"),
+            None
+        );
+        assert_eq!(
+            time_ordered_version_ms("019af0c1d2e37a4b8c5d6e7f8091234"),
+            None
+        );
+        assert_eq!(
+            time_ordered_version_ms("019af0c1d2e37a4b8c5d6e7f8091234g"),
+            None
+        );
+    }
 
     #[test]
     fn names() {

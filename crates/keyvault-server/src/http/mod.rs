@@ -634,12 +634,7 @@ fn vault_url(
     headers: &HeaderMap,
     version: http::Version,
 ) -> Result<String, ApiError> {
-    let host = request_host(uri, headers, version).ok_or_else(|| {
-        ApiError::bad_parameter(
-            "The request has a missing or invalid Host header (or one that disagrees with its :authority, or a \
-             scheme other than https).",
-        )
-    })?;
+    let host = request_host(uri, headers, version).ok_or_else(bad_host)?;
     let mut url = String::with_capacity("https://".len() + host.len());
     url.push_str("https://");
     url.push_str(host);
@@ -684,26 +679,29 @@ fn misdirected(uri: &http::Uri, host: Option<&HeaderValue>, version: http::Versi
     else {
         return false;
     };
-    let origin = |h: &[u8]| -> Vec<u8> {
-        let h = h.strip_suffix(b":443").unwrap_or(h);
-        h.to_ascii_lowercase()
-    };
-    origin(authority.as_str().as_bytes()) != origin(host.as_bytes())
+    !default_port_off(authority.as_str().as_bytes())
+        .eq_ignore_ascii_case(default_port_off(host.as_bytes()))
+}
+
+/// A `host[:port]` without its port when that is https's default, 443.
+fn default_port_off(host: &[u8]) -> &[u8] {
+    host.strip_suffix(b":443").unwrap_or(host)
+}
+
+/// The 400 for a request whose host [`request_host`] refuses.
+fn bad_host() -> ApiError {
+    ApiError::bad_parameter(
+        "The request has a missing or invalid Host header (or one that disagrees with its :authority, or a \
+         scheme other than https).",
+    )
 }
 
 /// A request the router takes (health, the token issuer, discovery, JWKS, the admin API) that names another
 /// scheme than https, or over HTTP/2 another host in `Host` than in `:authority` (see [`request_host`]): its
 /// 400, as the vault API answers it. Requests without any `Host` (some health probes) are let through here.
 fn misdirected_answer<B>(req: &http::Request<B>) -> Option<Response> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    misdirected(req.uri(), host, req.version()).then(|| {
-        ApiError::bad_parameter(
-            "The request has a missing or invalid Host header (or one that disagrees with its :authority, or a \
-             scheme other than https).",
-        )
-        .into_response()
-    })
+    let host = req.headers().get(header::HOST);
+    misdirected(req.uri(), host, req.version()).then(|| bad_host().into_response())
 }
 
 /// `host[:port]` as a client may send it: a name of letters, digits, `-`, `.`, `_` or `~`, or an IPv6

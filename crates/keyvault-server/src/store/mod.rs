@@ -710,13 +710,13 @@ const VERSION_CLOCK_LAST_MS: u64 = (1 << 48) - 1 - (1 << 32);
 pub const VERSION_CLOCK_SAVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// At start: version ids continue after the millisecond recorded in `store` (see [`VERSION_CLOCK`]). Returns
-/// how far ahead of this machine's clock that is, in ms, when it is ahead. A record that is not 8 bytes, or
-/// that lies beyond the year 10000 (ids would run out of time bits and start over at zero), is only an
-/// ordering hint gone bad: it is ignored with a warning (and replaced by the next record).
-pub async fn load_version_clock(store: &dyn SecretStore) -> Result<Option<u64>, String> {
+/// how far ahead of this machine's clock that is, in ms, when it is ahead. A record that cannot be read, is not
+/// 8 bytes, or lies past [`VERSION_CLOCK_LAST_MS`] (ids would run out of time bits and start over at zero) is
+/// only an ordering hint gone bad: it is ignored with a warning (and replaced by the next record).
+pub async fn load_version_clock(store: &dyn SecretStore) -> Option<u64> {
     let value = match store.meta(VERSION_CLOCK).await {
         Ok(Some(value)) => value,
-        Ok(None) => return Ok(None),
+        Ok(None) => return None,
         // The store answered the reads before this one at start: a record it cannot read (one edited by
         // hand, stored as text) is a damaged hint, not a reason to stay down.
         Err(e) => {
@@ -725,7 +725,7 @@ pub async fn load_version_clock(store: &dyn SecretStore) -> Result<Option<u64>, 
                 "the store's record of how far version ids have reached ({VERSION_CLOCK}) cannot be read: \
                  ignored (delete it from the store's meta table to stop this warning)"
             );
-            return Ok(None);
+            return None;
         }
     };
     let recorded = match <[u8; 8]>::try_from(value.as_slice()).map(u64::from_be_bytes) {
@@ -736,14 +736,11 @@ pub async fn load_version_clock(store: &dyn SecretStore) -> Result<Option<u64>, 
                 "the store's record of how far version ids have reached ({VERSION_CLOCK}) is damaged: ignored \
                  (the next record replaces it)"
             );
-            return Ok(None);
+            return None;
         }
     };
     crate::vault::version_id::continue_after(recorded);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Ok((recorded > now).then(|| recorded - now))
+    recorded.checked_sub(crate::vault::version_id::now_ms())
 }
 
 /// Records how far this process's version ids have reached, if further than the store's record (several

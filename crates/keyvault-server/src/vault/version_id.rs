@@ -15,6 +15,7 @@
 //! there ([`continue_after`]): versions made after a restart with the clock set back still list after the
 //! ones made before it.
 
+use keyvault_types::rules;
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,10 +33,7 @@ pub fn new_version() -> String {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("the system random number generator failed");
     let random = u128::from_le_bytes(bytes);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        & MS_MASK;
+    let now_ms = now_ms() & MS_MASK;
     let (ms, r) = {
         let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
         *last = next(*last, now_ms, random);
@@ -64,24 +62,22 @@ fn continued(last: (u64, u128), ms: u64) -> (u64, u128) {
 
 /// The latest millisecond among `ids` laid out as this module lays them out, if it is no more than a day
 /// ahead of the clock: after a restore, ids made from then on continue after the restored ones
-/// ([`continue_after`]) — a backup from a vault whose clock ran ahead keeps its order. Random ids (earlier
-/// releases', Key Vault's) look like this layout one time in 64, with a time anywhere up to the year 10889:
-/// the bound leaves those alone.
+/// ([`continue_after`]) — a backup from a vault whose clock ran ahead keeps its order. Random ids that look
+/// like this layout by chance (see [`rules::time_ordered_version_ms`]) carry a time anywhere up to the year
+/// 10889: the bound leaves those alone.
 pub fn latest_time_in<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<u64> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let bound = now_ms().saturating_add(86_400_000);
     ids.into_iter()
-        .filter_map(|id| {
-            let b = id.as_bytes();
-            let shaped =
-                b.len() == 32 && b[12] == b'7' && matches!(b[16], b'8' | b'9' | b'a' | b'b');
-            shaped
-                .then(|| u64::from_str_radix(&id[..12], 16).ok())
-                .flatten()
-        })
-        .filter(|ms| *ms <= now_ms.saturating_add(86_400_000))
+        .filter_map(rules::time_ordered_version_ms)
+        .filter(|ms| *ms <= bound)
         .max()
+}
+
+/// The clock, in Unix milliseconds (0 before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The millisecond of the last id made or continued after (0: none yet).
@@ -114,7 +110,6 @@ fn layout(ms: u64, r: u128) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyvault_types::rules;
 
     #[test]
     fn ids_are_uuidv7_shaped_lowercase_hex_and_carry_the_time() {
