@@ -509,16 +509,8 @@ async fn h2_connections_speak_h2_and_check_their_authority_and_scheme() {
         body.send_data(bytes::Bytes::from_static(br#"{"value":"v"}"#), true)
             .unwrap();
         async move {
-            let resp = resp.await.unwrap();
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut text = Vec::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk.unwrap();
-                let _ = body.flow_control().release_capacity(chunk.len());
-                text.extend_from_slice(&chunk);
-            }
-            (status, String::from_utf8_lossy(&text).into_owned())
+            let (status, _, body) = common::answer(resp).await;
+            (status.as_u16(), body.to_string())
         }
     };
     let (status, body) = put("https", Some("evil.example"), "other-host").await;

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{api_url, h2_connect, status_within_10s, vault_client, vault_token};
+use common::{answer, api_url, h2_connect, status_within_10s, vault_client, vault_token};
 use keyvault_server::http::limits::RequestLimits;
 use keyvault_server::local::{LocalVault, LocalVaultOptions};
 use reqwest::StatusCode;
@@ -34,24 +34,6 @@ async fn start_request(
             .unwrap();
     }
     (resp, stream)
-}
-
-/// A response's status, `Retry-After` and JSON body (read whole).
-async fn answer(resp: h2::client::ResponseFuture) -> (StatusCode, Option<String>, Value) {
-    let resp = resp.await.unwrap();
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    let mut body = resp.into_body();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
-    (status, retry, serde_json::from_slice(&bytes).unwrap())
 }
 
 fn token_path(lv: &LocalVault) -> String {

@@ -225,3 +225,21 @@ pub async fn h2_connect(
     tokio::spawn(conn);
     send.ready().await.unwrap()
 }
+
+/// A response's status, `Retry-After` and JSON body (read whole).
+pub async fn answer(resp: h2::client::ResponseFuture) -> (StatusCode, Option<String>, Value) {
+    let resp = resp.await.unwrap();
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, retry, serde_json::from_slice(&bytes).unwrap())
+}
