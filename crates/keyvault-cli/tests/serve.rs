@@ -584,8 +584,17 @@ fn try_tls_connection(
     addr: &str,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
     // These connections speak HTTP/1.1 text: they offer only that (the server speaks what ALPN chose).
+    tls_connection_offering(ca_pem, addr, b"http/1.1")
+}
+
+/// A TLS connection to the server offering only `protocol` by ALPN.
+fn tls_connection_offering(
+    ca_pem: &[u8],
+    addr: &str,
+    protocol: &[u8],
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
     let mut config = keyvault_server::tls::client_config_trusting(ca_pem).unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![protocol.to_vec()];
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let mut tcp = std::net::TcpStream::connect(addr)?;
@@ -667,6 +676,94 @@ fn quiet_connections_are_closed() {
         waited > Duration::from_millis(800) && waited < Duration::from_secs(6),
         "unused keep-alive connection closed after {waited:?}"
     );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+/// A quiet HTTP/2 connection is told it is being closed (GOAWAY, no error, no stream processed) before the
+/// server closes it, after the idle limit even when the client's last frame got no answer (a SETTINGS
+/// acknowledgement); a client that answers the GOAWAY's PING is closed at once, one that does not within the
+/// closing grace (5 s).
+#[test]
+fn quiet_http2_connections_are_told_before_they_are_closed() {
+    use std::io::{Read, Write};
+    let (_dir, mut child, addr, ca) = dev_server_configured("idle_timeout_secs = 2\n");
+    /// Frames read until the server ends the connection: (type, flags, payload, when), answering the
+    /// server's SETTINGS and, if `answer_pings`, its PINGs.
+    fn frames_until_closed(
+        mut tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+        answer_pings: bool,
+    ) -> Vec<(u8, u8, Vec<u8>, Instant)> {
+        let frame = |kind: u8, flags: u8, payload: &[u8]| {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([kind, flags, 0, 0, 0, 0]);
+            f.extend(payload);
+            f
+        };
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        tls.write_all(&frame(4, 0, &[])).unwrap();
+        tls.flush().unwrap();
+        let (mut buf, mut frames) = (Vec::new(), Vec::new());
+        let mut chunk = [0u8; 4096];
+        loop {
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                let reply = match (kind, flags & 1) {
+                    (4, 0) => Some(frame(4, 1, &[])),
+                    (6, 0) if answer_pings => Some(frame(6, 1, &payload)),
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    tls.write_all(&reply).unwrap();
+                    tls.flush().unwrap();
+                }
+                frames.push((kind, flags, payload, Instant::now()));
+            }
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => {
+                    frames.push((u8::MAX, 0, Vec::new(), Instant::now()));
+                    return frames;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    let connect = || tls_connection_offering(&ca, &addr, b"h2").unwrap();
+    let (answering, silent) = (connect(), connect());
+    let started = Instant::now();
+    let silent = std::thread::spawn(move || frames_until_closed(silent, false));
+    let answering = frames_until_closed(answering, true);
+    let silent = silent.join().unwrap();
+    for (what, frames, grace) in [
+        ("answering", &answering, Duration::ZERO),
+        ("silent", &silent, Duration::from_secs(5)),
+    ] {
+        let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        let goaway = frames
+            .iter()
+            .position(|f| f.0 == 7)
+            .unwrap_or_else(|| panic!("{what}: no GOAWAY before the close: {kinds:?}"));
+        let (_, _, payload, told) = &frames[goaway];
+        // Last stream id 0 or the maximum (a graceful GOAWAY's first), error code NO_ERROR.
+        assert_eq!(payload[4..8], [0, 0, 0, 0], "{what}: {payload:?}");
+        let quiet_for = told.duration_since(started);
+        assert!(
+            quiet_for > Duration::from_millis(1500) && quiet_for < Duration::from_secs(5),
+            "{what}: GOAWAY after {quiet_for:?}"
+        );
+        let closed = frames.last().unwrap().3.duration_since(*told);
+        assert!(
+            closed >= grace.saturating_sub(Duration::from_millis(500))
+                && closed < grace + Duration::from_secs(2),
+            "{what}: closed {closed:?} after the GOAWAY: {kinds:?}"
+        );
+    }
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }

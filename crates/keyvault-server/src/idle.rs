@@ -18,9 +18,11 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// A byte stream whose input ends when the connection is idle or a request goes unanswered (see above).
@@ -39,7 +41,16 @@ pub(crate) struct IdleIo<T> {
     /// multiple of `renewal`.
     renewed: Option<Instant>,
     timer: Pin<Box<Sleep>>,
+    /// Told once when the connection goes quiet, before its input ends (HTTP/2: the connection then sends
+    /// GOAWAY); the input ends [`CLOSING_GRACE`] later if the connection has not closed by then.
+    on_idle: Option<Arc<Notify>>,
+    /// When the input ends after `on_idle` was told.
+    closing: Option<Instant>,
 }
+
+/// How long a connection told it is idle has to close before its input ends: an HTTP/2 peer acknowledges a
+/// GOAWAY's PING in a round trip; one that does not (gone, or stalling) is cut off.
+pub(crate) const CLOSING_GRACE: Duration = Duration::from_secs(5);
 
 impl<T> IdleIo<T> {
     /// Quiet for `idle`, or sending unanswered for `answer` (at most `idle`) since the start or the last time
@@ -56,7 +67,15 @@ impl<T> IdleIo<T> {
             asked_bytes: 0,
             renewed: None,
             timer: Box::pin(tokio::time::sleep_until(now + answer)),
+            on_idle: None,
+            closing: None,
         }
+    }
+
+    /// When a limit passes, `on_idle` is notified first and the input ends [`CLOSING_GRACE`] later (for
+    /// HTTP/2, whose answer limit is its idle limit).
+    pub(crate) fn notify_when_idle(&mut self, on_idle: Arc<Notify>) {
+        self.on_idle = Some(on_idle);
     }
 
     fn due(&self) -> Instant {
@@ -69,9 +88,24 @@ impl<T> IdleIo<T> {
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
+            if let Some(closing) = self.closing {
+                if now >= closing {
+                    return true;
+                }
+                self.timer.as_mut().reset(closing);
+                continue;
+            }
             let due = self.due();
             if now >= due {
-                return true;
+                // Told first, when someone listens.
+                let Some(on_idle) = self.on_idle.take() else {
+                    return true;
+                };
+                on_idle.notify_one();
+                let closing = now + CLOSING_GRACE;
+                self.closing = Some(closing);
+                self.timer.as_mut().reset(closing);
+                continue;
             }
             // An unanswered request may start after this: look again within the answer limit.
             self.timer.as_mut().reset(due.min(now + self.answer));
@@ -273,5 +307,27 @@ mod tests {
         let (got, took) = upload(4000, 1, 60).await;
         assert!((4000..4010).contains(&got), "{got}");
         assert!(took <= Duration::from_secs(5), "{took:?}");
+    }
+
+    /// Told when idle: the listener hears at the idle limit, and the input ends the closing grace later (a
+    /// connection that closes by itself in between is never cut off).
+    #[tokio::test(start_paused = true)]
+    async fn a_listener_is_told_before_the_input_ends() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(10), 0);
+        let told = Arc::new(Notify::new());
+        io.notify_when_idle(told.clone());
+        let started = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+            started.elapsed()
+        });
+        told.notified().await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(
+            reader.await.unwrap(),
+            Duration::from_secs(10) + CLOSING_GRACE
+        );
     }
 }

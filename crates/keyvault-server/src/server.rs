@@ -895,8 +895,11 @@ impl Server {
             ))
         });
         let version_clock = tokio::spawn(version_clock_loop(self.vault.clone(), stop_rx.clone()));
-        let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_interval, stop_rx));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let sweeper = tokio::spawn(sweep_loop(
+            self.vault.clone(),
+            self.sweep_interval,
+            stop_rx.clone(),
+        ));
         raise_open_file_limit();
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -954,20 +957,24 @@ impl Server {
             let acceptor = self.acceptor.clone();
             let service = self.app.clone();
             let builders = builders.clone();
-            let watcher = graceful.watcher();
+            let mut stop = stop_rx.clone();
             let open = OpenConnection::new(&self.open_connections);
             tokio::spawn(async move {
+                // Held until the connection ends: the drain below waits for every permit.
                 let _permit = permit;
                 let _open = open;
                 let _source = source;
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let tls = tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                    _ = stopping(&mut stop) => return,
                 };
                 // Over HTTP/2 a client's last bytes are often frames that get no answer (WINDOW_UPDATE,
                 // a SETTINGS acknowledgement, PRIORITY): counted as a request left unanswered, they closed
@@ -976,19 +983,49 @@ impl Server {
                 // the header list size, and PINGs keep a connection open whatever the limit.
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                 let answer = if h2 { idle_timeout } else { answer_timeout };
-                let io = crate::idle::IdleIo::new(tls, idle_timeout, answer, min_rate);
+                let mut io = crate::idle::IdleIo::new(tls, idle_timeout, answer, min_rate);
+                // A quiet HTTP/2 connection is told it is being closed (GOAWAY) before it is (RFC 9113
+                // §9.1), so that its client opens a new one for its next request instead of sending it on a
+                // connection about to end. HTTP/1.1 has no such message: its idle connections just close.
+                let idle = h2.then(|| {
+                    let idle = Arc::new(tokio::sync::Notify::new());
+                    io.notify_when_idle(idle.clone());
+                    idle
+                });
                 let builder = if h2 { &builders.1 } else { &builders.0 };
                 let conn = builder
                     .serve_connection(TokioIo::new(io), service)
                     .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
+                tokio::pin!(conn);
+                let idle = async {
+                    match idle {
+                        Some(idle) => idle.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                // Stopping, or quiet: requests in flight finish, then the connection closes (HTTP/2: GOAWAY
+                // first).
+                let ended = tokio::select! {
+                    ended = conn.as_mut() => ended,
+                    _ = stopping(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                    _ = idle => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             });
         }
         drop(self.listener);
         let _ = stop_tx.send(true);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        // Every connection holds a permit until it ends.
+        let all = u32::try_from(MAX_CONNECTIONS).expect("MAX_CONNECTIONS fits a u32");
+        if tokio::time::timeout(DRAIN_TIMEOUT, limit.acquire_many(all))
             .await
             .is_err()
         {
@@ -1115,6 +1152,11 @@ impl Drop for SourceGuard {
 }
 
 /// Counts a connection as open while it lives (for the metrics).
+/// Until the server stops (or the sender is gone).
+async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
 struct OpenConnection(Arc<AtomicU64>);
 
 impl OpenConnection {
