@@ -208,9 +208,19 @@ async fn every_request_is_audited_once_and_the_chain_detects_tampering() {
     );
     assert!(!text.contains(lv.client_secret()), "a client secret leaked");
     let lines = lines(&path);
-    assert_eq!(lines.len(), want.len(), "one line per request:\n{text}");
+    // The two token requests made first, then one line per vault request.
+    let mut tokens = Vec::new();
     for line in &lines {
         let v: Value = serde_json::from_str(line).unwrap();
+        if v["operation"] == "TokenRequest" {
+            assert_eq!(
+                (&v["outcome"], &v["status"]),
+                (&json!("allowed"), &json!(200))
+            );
+            assert_eq!(v["principal"], v["target"], "{line}");
+            tokens.push(v["principal"].as_str().unwrap().to_string());
+            continue;
+        }
         let id = v["requestId"].as_str().unwrap();
         let (principal, op, secret, outcome, status) = want.remove(id).expect("each request once");
         assert_eq!(
@@ -224,7 +234,8 @@ async fn every_request_is_audited_once_and_the_chain_detects_tampering() {
         assert_eq!(v["status"], status, "{line}");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
     }
-    assert!(want.is_empty());
+    assert!(want.is_empty(), "one line per request:\n{text}");
+    assert_eq!(tokens, [lv.client_id(), reader_id.as_str()]);
 
     let report = audit::verify_file(&path).unwrap();
     assert_eq!(report.lines, lines.len() as u64);
@@ -723,5 +734,118 @@ async fn the_clients_request_id_is_in_the_audit_line() {
         audit::verify_chain(log.path()).is_ok(),
         "the chain verifies"
     );
+    lv.shutdown().await;
+}
+
+/// The token endpoint's requests are audited too (`TokenRequest`): the client id a request named (`target`;
+/// `principal` only once it got a token), how it ended, the client's `client-request-id`; never a secret.
+/// Every answer carries an `x-ms-request-id`, which is the line's `requestId` and an error's `trace_id`, and
+/// echoes `client-request-id`, as Entra ID does.
+#[tokio::test]
+async fn token_requests_are_audited_with_their_request_ids() {
+    let lv = LocalVault::start().await.unwrap();
+    let http = common::vault_client(&lv);
+    let url = common::token_url(&lv);
+    let scope = common::vault_scope(&lv);
+    let ask = async |pairs: &[(&str, &str)], correlation: &str| {
+        let resp = http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("client-request-id", correlation)
+            .body(common::form_body(pairs))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["client-request-id"], correlation);
+        let id = resp.headers()["x-ms-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        if status != 200 {
+            assert_eq!(body["trace_id"], id, "{body}");
+            assert_eq!(body["correlation_id"], correlation, "{body}");
+        }
+        (id, status)
+    };
+    let creds = |id: &'static str, secret: &'static str| {
+        [
+            ("client_id", id),
+            ("client_secret", secret),
+            ("grant_type", "client_credentials"),
+            ("scope", scope.as_str()),
+        ]
+    };
+    let me: &'static str = lv.client_id().to_string().leak();
+    let my_secret: &'static str = lv.client_secret().to_string().leak();
+    let correlation = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let good = ask(&creds(me, my_secret), correlation).await;
+    let wrong = ask(&creds(me, "not-the-secret-1234"), correlation).await;
+    let unknown = ask(&creds("no-such-client", "whatever-5678"), correlation).await;
+    let bad_grant = ask(
+        &[("client_id", me), ("grant_type", "password")],
+        correlation,
+    )
+    .await;
+    let unprintable = ask(&creds("has space", "x"), correlation).await;
+    assert_eq!(
+        [good.1, wrong.1, unknown.1, bad_grant.1, unprintable.1],
+        [200, 401, 401, 400, 401]
+    );
+    // Discovery has its id too; it is not audited.
+    let discovery = http
+        .get(format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            lv.authority_host(),
+            lv.tenant_id()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discovery.status(), StatusCode::OK);
+    let discovery_id = discovery.headers()["x-ms-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let log = lv.audit().expect("dev mode audits");
+    log.flush().await;
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    for secret in [my_secret, "not-the-secret-1234", "whatever-5678"] {
+        assert!(!text.contains(secret), "a client secret leaked: {text}");
+    }
+    assert!(!text.contains(&discovery_id), "{text}");
+    let records: Vec<Value> = lines(log.path())
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 5, "{text}");
+    let of = |id: &str| records.iter().find(|r| r["requestId"] == id).unwrap();
+    for ((id, status), principal, target, outcome) in [
+        (&good, json!(me), json!(me), "allowed"),
+        (&wrong, Value::Null, json!(me), "unauthenticated"),
+        (
+            &unknown,
+            Value::Null,
+            json!("no-such-client"),
+            "unauthenticated",
+        ),
+        (&bad_grant, Value::Null, json!(me), "rejected"),
+        (&unprintable, Value::Null, Value::Null, "unauthenticated"),
+    ] {
+        let line = of(id);
+        assert_eq!(line["operation"], "TokenRequest", "{line}");
+        assert_eq!(line["principal"], principal, "{line}");
+        assert_eq!(
+            line.get("target").unwrap_or(&Value::Null),
+            &target,
+            "{line}"
+        );
+        assert_eq!(line["outcome"], outcome, "{line}");
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["clientRequestId"], correlation, "{line}");
+    }
+    assert!(audit::verify_chain(log.path()).is_ok());
     lv.shutdown().await;
 }

@@ -150,13 +150,36 @@ impl TokenForm {
 /// The most a token request's form may take (a client credentials request is a few hundred bytes).
 const MAX_TOKEN_FORM_BYTES: usize = 64 * 1024;
 
+/// The request's id, when the server gave it one (`x-ms-request-id`): an error's `trace_id` is the same, as
+/// Entra ID's are.
+#[derive(Clone, Debug)]
+pub(crate) struct TraceId(pub(crate) String);
+
+impl TraceId {
+    /// The request's id, or a fresh one (a router without the server's layer: tests).
+    fn or_new(given: Option<axum::Extension<TraceId>>) -> String {
+        given.map_or_else(generate_client_id, |axum::Extension(TraceId(id))| id)
+    }
+}
+
+/// What a token request's audit line records of it, on its response: the client id it named (`None`: none,
+/// or not printable) and whether it got a token.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenRequestAudit {
+    pub(crate) client_id: Option<String>,
+    pub(crate) outcome: crate::audit::Outcome,
+}
+
 async fn token(
     State(state): State<AuthState>,
     tenant: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    trace_id: Option<axum::Extension<TraceId>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let correlation = correlation_id(&headers);
+    let trace_id = TraceId::or_new(trace_id);
+    let mut client_id = None;
     // The extractors' own refusals are plain text; a client of this endpoint expects the OAuth error shape.
     let result = match (
         tenant,
@@ -176,25 +199,45 @@ async fn token(
             OAuthError::temporarily_unavailable("too many request bodies being received"),
         ),
         (_, Err(e)) => Err(OAuthError::new(e.status, "invalid_request", e.message, &[])),
-        (Ok(Path(tenant)), Ok(body)) => token_inner(&state, &tenant, &headers, &body).await,
+        (Ok(Path(tenant)), Ok(body)) => {
+            token_inner(&state, &tenant, &headers, &body, &mut client_id).await
+        }
     };
-    match result {
-        Ok(response) => response,
-        Err(e) => e.into_response(&state, &correlation),
-    }
+    use crate::audit::Outcome;
+    let (mut response, outcome) = match result {
+        Ok(response) => (response, Outcome::Allowed),
+        Err(e) => {
+            let outcome = match e.status {
+                StatusCode::UNAUTHORIZED => Outcome::Unauthenticated,
+                // The line of secret checks, or the body budget, is full.
+                StatusCode::SERVICE_UNAVAILABLE => Outcome::Throttled,
+                _ => Outcome::Rejected,
+            };
+            (e.into_response(&state, &trace_id, &correlation), outcome)
+        }
+    };
+    let client_id = client_id
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()));
+    response
+        .extensions_mut()
+        .insert(TokenRequestAudit { client_id, outcome });
+    response
 }
 
+/// The token request in `body`; `client_id` is set to the client id it names as soon as that is known.
 async fn token_inner(
     state: &AuthState,
     tenant: &str,
     headers: &HeaderMap,
     body: &[u8],
+    client_id: &mut Option<String>,
 ) -> Result<Response, OAuthError> {
     if tenant != state.tenant {
         return Err(OAuthError::tenant_not_found("invalid_request", tenant));
     }
     let form = TokenForm::parse(body)?;
 
+    client_id.clone_from(&form.client_id);
     let grant_type = form
         .grant_type
         .as_deref()
@@ -222,12 +265,17 @@ async fn token_inner(
             ));
         }
         let audience = requested_audience(&form, state)?;
-        let client_id = verify_assertion(state, &form).await?;
-        return issue(state, &client_id, &audience);
+        let verified = verify_assertion(state, &form).await?;
+        *client_id = Some(verified.clone());
+        return issue(state, &verified, &audience);
     }
 
     // Client credentials: in the body (client_secret_post) or in HTTP Basic (client_secret_basic), not both.
-    let (client_id, client_secret) = match basic_credentials(headers)? {
+    let basic = basic_credentials(headers)?;
+    if let Some((id, _)) = &basic {
+        *client_id = Some(id.clone());
+    }
+    let (client_id, client_secret) = match basic {
         Some((id, secret)) => {
             if form.client_secret.is_some() {
                 return Err(OAuthError::new(
@@ -654,13 +702,17 @@ async fn openid_configuration(
     State(state): State<AuthState>,
     Path(tenant): Path<String>,
     version: http::Version,
+    trace_id: Option<axum::Extension<TraceId>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let correlation = correlation_id(&headers);
+    let (trace_id, correlation) = (TraceId::or_new(trace_id), correlation_id(&headers));
     if tenant != state.tenant {
-        return OAuthError::tenant_not_found("invalid_tenant", &tenant)
-            .into_response(&state, &correlation);
+        return OAuthError::tenant_not_found("invalid_tenant", &tenant).into_response(
+            &state,
+            &trace_id,
+            &correlation,
+        );
     }
     let Some(host) = request_host(&headers, &uri, version) else {
         return OAuthError::new(
@@ -669,7 +721,7 @@ async fn openid_configuration(
             "AADSTS900023: The request has no valid Host header.".into(),
             &[900023],
         )
-        .into_response(&state, &correlation);
+        .into_response(&state, &trace_id, &correlation);
     };
     let base = format!("https://{host}/{tenant}");
     let doc = json!({
@@ -694,11 +746,15 @@ async fn openid_configuration(
 async fn jwks(
     State(state): State<AuthState>,
     Path(tenant): Path<String>,
+    trace_id: Option<axum::Extension<TraceId>>,
     headers: HeaderMap,
 ) -> Response {
     if tenant != state.tenant {
-        return OAuthError::tenant_not_found("invalid_tenant", &tenant)
-            .into_response(&state, &correlation_id(&headers));
+        return OAuthError::tenant_not_found("invalid_tenant", &tenant).into_response(
+            &state,
+            &TraceId::or_new(trace_id),
+            &correlation_id(&headers),
+        );
     }
     json_response(StatusCode::OK, &state.issuer.jwks())
 }
@@ -782,14 +838,13 @@ impl OAuthError {
         err
     }
 
-    fn into_response(self, state: &AuthState, correlation_id: &str) -> Response {
-        self.into_response_at((state.clock)(), correlation_id)
+    fn into_response(self, state: &AuthState, trace_id: &str, correlation_id: &str) -> Response {
+        self.into_response_at((state.clock)(), trace_id, correlation_id)
     }
 
-    fn into_response_at(self, now: i64, correlation_id: &str) -> Response {
+    fn into_response_at(self, now: i64, trace_id: &str, correlation_id: &str) -> Response {
         let (y, mo, d, h, mi, s) = utc_from_unix(now);
         let timestamp = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z");
-        let trace_id = generate_client_id();
         let body = json!({
             "error": self.error,
             "error_description": format!(
@@ -819,8 +874,17 @@ impl OAuthError {
 
 /// The token endpoint's 503 `temporarily_unavailable` (`AADSTS90033`, `Retry-After: 1`) at time `now`, for a
 /// refusal made in front of it; `what` says what is not ready.
-pub(crate) fn temporarily_unavailable(headers: &HeaderMap, now: i64, what: &str) -> Response {
-    OAuthError::temporarily_unavailable(what).into_response_at(now, &correlation_id(headers))
+pub(crate) fn temporarily_unavailable(
+    headers: &HeaderMap,
+    now: i64,
+    trace_id: &str,
+    what: &str,
+) -> Response {
+    OAuthError::temporarily_unavailable(what).into_response_at(
+        now,
+        trace_id,
+        &correlation_id(headers),
+    )
 }
 
 /// The client's `client-request-id` when it is UUID-shaped, else a fresh id.

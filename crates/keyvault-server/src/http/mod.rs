@@ -232,9 +232,67 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
         )
         .fallback(vault_request)
         .with_state(state.clone())
-        .merge(ready::guard_token_endpoint(auth_routes, state))
+        .merge(identity_routes(auth_routes, state))
         .layer(axum::middleware::from_fn(shape_router_405))
 }
+
+/// The identity endpoints (`auth_routes`). Every answer carries an `x-ms-request-id` (an error's `trace_id`
+/// is the same id) and echoes the client's `client-request-id`, as Entra ID's do. A token request (a POST) is
+/// refused with 503 `temporarily_unavailable` while [`ready::token_endpoint_refusal`] says so, and gets its
+/// audit line (`TokenRequest`: the client id it named as `target`, and as `principal` once it got a token).
+fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
+    use crate::auth::routes::{TokenRequestAudit, TraceId};
+    auth_routes.layer(axum::middleware::from_fn(
+        move |mut req: Request, next: axum::middleware::Next| {
+            let state = state.clone();
+            async move {
+                let request_id = RequestId::next();
+                let client_request_id = req.headers().get(CLIENT_REQUEST_ID).cloned();
+                let token_request = req.method() == Method::POST;
+                let mut record = AuditRecord::new(request_id.as_str().to_owned());
+                record.operation = Some("TokenRequest");
+                record.client_request_id = client_request_id
+                    .as_ref()
+                    .or_else(|| req.headers().get(X_MS_CLIENT_REQUEST_ID))
+                    .and_then(audited_client_id);
+                let mut resp = match ready::token_endpoint_refusal(&state) {
+                    Some(why) if token_request => crate::auth::routes::temporarily_unavailable(
+                        req.headers(),
+                        state.vault.now(),
+                        request_id.as_str(),
+                        why,
+                    ),
+                    _ => {
+                        req.extensions_mut()
+                            .insert(TraceId(request_id.as_str().to_owned()));
+                        next.run(req).await
+                    }
+                };
+                if let (true, Some(audit)) = (token_request, &state.audit) {
+                    record.status = resp.status().as_u16();
+                    record.outcome = crate::audit::Outcome::Rejected;
+                    if let Some(seen) = resp.extensions_mut().remove::<TokenRequestAudit>() {
+                        record.outcome = seen.outcome;
+                        if seen.outcome == crate::audit::Outcome::Allowed {
+                            record.principal = seen.client_id.as_deref().map(Arc::from);
+                        }
+                        record.target = seen.client_id;
+                    }
+                    audit.record(record);
+                }
+                let headers = resp.headers_mut();
+                headers.insert(X_MS_REQUEST_ID, request_id.header_value());
+                if let Some(v) = client_request_id {
+                    headers.insert(CLIENT_REQUEST_ID, v);
+                }
+                resp
+            }
+        },
+    ))
+}
+
+/// The id MSAL (and so azure-identity) sends with a token request, which Entra ID echoes.
+const CLIENT_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("client-request-id");
 
 /// The router's own 405s (health, readiness, the token issuer's routes: a known path, another method) come
 /// with an `Allow` header and an empty body: given Key Vault's JSON error, as the vault's own 405s have.

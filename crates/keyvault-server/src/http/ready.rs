@@ -6,7 +6,6 @@ use super::HttpState;
 use super::respond::json_response;
 use axum::response::Response;
 use http::StatusCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The reason a node is not ready, as `/readyz` names it.
@@ -63,31 +62,13 @@ pub async fn readyz(state: &HttpState) -> Response {
     }
 }
 
-/// The identity endpoints (`auth_routes`), with the token endpoint refusing to issue tokens while this node's
-/// access control is unconfirmed: the credentials it checks for managed principals come from the access
-/// document, and a token it issued would be honoured by every node for its whole lifetime (a client secret
-/// removed through another node, after a leak, would still buy one). 503 `temporarily_unavailable` in Entra
-/// ID's shape, with `Retry-After`. Discovery and the signing keys (GETs) are served as ever: they decide
-/// nothing about access.
-pub fn guard_token_endpoint(auth_routes: axum::Router, state: Arc<HttpState>) -> axum::Router {
-    auth_routes.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let state = state.clone();
-            async move {
-                // Except while the node refuses a shared document that does not verify: its last good state
-                // issues tokens, so that an administrator can reach the admin API and store a tagged one.
-                if req.method() == http::Method::POST
-                    && state.admin.unconfirmed().is_some()
-                    && !state.admin.refuses_replaceable_document()
-                {
-                    return crate::auth::routes::temporarily_unavailable(
-                        req.headers(),
-                        state.vault.now(),
-                        "this node cannot confirm that its access control is current",
-                    );
-                }
-                next.run(req).await
-            }
-        },
-    ))
+/// Why the token endpoint refuses to issue tokens now, if it does: while this node's access control is
+/// unconfirmed, since the credentials it checks for managed principals come from the access document, and a
+/// token it issued would be honoured by every node for its whole lifetime (a client secret removed through
+/// another node, after a leak, would still buy one). Except while the node refuses a shared document that does
+/// not verify: its last good state issues tokens, so that an administrator can reach the admin API and store
+/// a tagged one. Discovery and the signing keys (GETs) are served as ever: they decide nothing about access.
+pub fn token_endpoint_refusal(state: &HttpState) -> Option<&'static str> {
+    (state.admin.unconfirmed().is_some() && !state.admin.refuses_replaceable_document())
+        .then_some("this node cannot confirm that its access control is current")
 }
