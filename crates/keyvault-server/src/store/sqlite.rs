@@ -86,7 +86,7 @@ pub const INLINE_SCAN_ROWS: usize = 128;
 /// Prepared statements cached per connection (every query of this module fits).
 const STATEMENT_CACHE: usize = 32;
 /// How often the checkpointer copies the WAL into the database. A page changed many times between two
-/// checkpoints is copied once; the WAL grows meanwhile (bounded by `wal_autocheckpoint`).
+/// checkpoints is copied once; the WAL grows meanwhile (bounded by the writer's own checkpoint, [`WAL_AUTOCHECKPOINT_PAGES`]).
 const CHECKPOINT_EVERY_MS: u64 = 100;
 /// WAL pages after which a commit checkpoints by itself (in the commit path): only a safety net should the
 /// checkpointer fall behind or stop. About 100 MiB of WAL with 1 KiB pages, well above
@@ -1082,9 +1082,44 @@ fn open_writer_with(path: &Path, buffer_wal: bool) -> StoreResult<Connection> {
     // key) would recover it. Copies in older WAL frames last until the log is overwritten.
     conn.pragma_update(None, "secure_delete", "ON")?;
     // Checkpoints run on their own thread (checkpoint_loop), not inside a commit; this is only a safety net
-    // should that thread fall behind.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    // should that thread fall behind. SQLite's own (`wal_autocheckpoint`) ignores a checkpoint's errors: this
+    // one stops on an I/O error, as the checkpointer does (`checkpoint_io_failed`).
+    conn.wal_hook(Some(writer_wal_hook));
     Ok(conn)
+}
+
+/// After each of the writer's commits: a PASSIVE checkpoint once the WAL holds
+/// [`WAL_AUTOCHECKPOINT_PAGES`]. Always `Ok`: the commit is made whatever the checkpoint does.
+fn writer_wal_hook(wal: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    if i64::from(pages) >= WAL_AUTOCHECKPOINT_PAGES
+        && let Err(e) = wal.checkpoint()
+    {
+        if is_io_error(&e) {
+            checkpoint_io_failed("a WAL checkpoint", &e);
+        }
+        tracing::debug!(error = %e, "the writer's WAL checkpoint skipped");
+    }
+    Ok(())
+}
+
+/// Whether a checkpoint failed writing or syncing the database file (`SQLITE_IOERR_*`), not for being busy.
+fn is_io_error(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::SystemIoFailure)
+}
+
+/// Stops the process: a checkpoint's write of the database file, or its sync, failed. The pages may never
+/// reach the disk while the page cache keeps serving them, and Linux reports a failed write-back once per
+/// open file: the next sync would succeed, the checkpoint would count the pages as copied, and the writer's
+/// next commit would start the WAL over — on top of the only good copy of writes already acknowledged. Stopped
+/// now, the WAL keeps every committed frame and the next start copies them again (what PostgreSQL does on a
+/// failed fsync, for the same reason).
+fn checkpoint_io_failed(what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(
+        error = %error,
+        "{what} could not write the database file: stopping now, before the WAL can be started over; every \
+         acknowledged write is in the WAL, and the next start copies it into the database again (check the disk)"
+    );
+    std::process::abort()
 }
 
 fn open_checkpointer(path: &Path) -> StoreResult<Connection> {
@@ -1157,6 +1192,7 @@ impl Checkpointer {
                     u32::try_from(done).unwrap_or(0),
                 ))
             }
+            Err(e) if is_io_error(&e) => checkpoint_io_failed("a WAL checkpoint", &e),
             Err(e) => {
                 tracing::debug!(error = %e, "WAL checkpoint skipped");
                 None
@@ -1184,8 +1220,7 @@ impl Checkpointer {
             // the paused one, with every page copied since the last rewind still to write back. Sync here,
             // while the writer keeps going.
             if let Err(e) = self.db_file.sync_data() {
-                tracing::debug!(error = %e, "syncing the database file before a WAL rewind failed");
-                return;
+                checkpoint_io_failed("syncing the database file before a WAL rewind", &e);
             }
             if copied <= REWIND_FINAL_FRAMES {
                 break;
@@ -1296,7 +1331,7 @@ impl Drop for GatePause<'_> {
 ///
 /// The log itself is started over only by a commit that begins when every frame in it has been copied. Under
 /// a sustained write load that never happens by itself — the writer appends while a pass copies — so the
-/// WAL would grow until SQLite's own checkpoint ran inside a commit (`wal_autocheckpoint`), whose sync of the
+/// WAL would grow until the writer's own checkpoint ran inside a commit ([`writer_wal_hook`]), whose sync of the
 /// database file (tens of milliseconds with many pages written) every queued write waited for: SET's p99.9
 /// (BENCHMARKS.md, session 15). So once the WAL is past [`SqliteOptions::wal_rewind_frames`], the
 /// checkpointer repeats passes while the writer keeps going, each copying what was committed during the
@@ -1369,8 +1404,15 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             r.get::<_, i64>(0)
         });
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "WAL checkpoint after the schema upgrade failed");
+        match done {
+            // Nothing may start the log over now: the start stops here, the WAL intact.
+            Err(e) if is_io_error(&e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the WAL checkpoint after the schema upgrade could not write the database file: {e}"
+                )));
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint after the schema upgrade failed"),
+            Ok(_) => {}
         }
     }
     if (1..SCHEMA_VERSION).contains(&version) {

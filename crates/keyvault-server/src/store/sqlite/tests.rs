@@ -1948,7 +1948,7 @@ async fn sustained_writes_have_the_wal_started_over_by_the_checkpointer() {
     );
     // The writer starts the log over at its first commit after such a pass.
     assert!(restarts >= 3, "the log was started over {restarts} times");
-    // Without the rewinds it grows to SQLite's own checkpoint inside a commit (WAL_AUTOCHECKPOINT_PAGES).
+    // Without the rewinds it grows to the writer's own checkpoint inside a commit (WAL_AUTOCHECKPOINT_PAGES).
     assert!(
         wal_frames < 20_000,
         "the log stayed short ({wal_frames} frames)"
