@@ -612,6 +612,10 @@ impl Server {
         ));
         let clients = Arc::new(ClientRegistry::new());
         for c in &config.clients {
+            // Every configured client is known, whatever its credentials (none at all, only certificates or
+            // federated credentials): it holds the default role, and a known id is one no trusted issuer's
+            // token may name, and one the admin API lists.
+            clients.ensure(c.client_id.as_str());
             let never = c.secret_hashes.iter().map(|hash| (hash, None));
             let expiring = c.secrets.iter().map(|s| (&s.hash, s.expires_on));
             for (hash, expires_on) in never.chain(expiring) {
@@ -625,10 +629,6 @@ impl Server {
         assertions.allow_reuse(config.allow_client_assertion_reuse);
         for c in &config.clients {
             let bad = |e: String| StartError::Setup(format!("[[clients]] '{}': {e}", c.client_id));
-            // A client with only certificates or federated credentials is known all the same.
-            if !c.certificates.is_empty() || !c.federated.is_empty() {
-                clients.ensure(c.client_id.as_str());
-            }
             for path in &c.certificates {
                 let certificates = ClientCertificate::load(path).map_err(bad)?;
                 warn_if_out_of_dates(&c.client_id, path, &certificates, clock.now());

@@ -464,6 +464,11 @@ async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
             jwks_file: Some(jwks),
             ..Default::default()
         }],
+        // A configured client without credentials (yet): it holds the default role all the same.
+        clients: vec![keyvault_server::config::ClientConfig {
+            client_id: "ghost".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     })
     .await
@@ -517,6 +522,9 @@ async fn tokens_of_a_trusted_external_issuer_map_to_assignments() {
     let (app_id, _) = lv.add_client();
     let (as_app, _) = idp.issue(&app_id, AUD, now).unwrap();
     assert_eq!(get(as_app).await, StatusCode::UNAUTHORIZED);
+    // Nor for a configured client that has no credentials.
+    let (as_ghost, _) = idp.issue("ghost", AUD, now).unwrap();
+    assert_eq!(get(as_ghost).await, StatusCode::UNAUTHORIZED);
     lv.shutdown().await;
 }
 

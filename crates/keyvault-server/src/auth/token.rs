@@ -59,6 +59,10 @@ pub struct Claims {
     pub jti: String,
 }
 
+/// The warning for an external token that names a local client: 20 lines per 10 s (every request that carries
+/// such a token is refused again, and its sender chooses how often).
+static LOCAL_CLIENT_NAMED_LOG: crate::lograte::LogBudget = crate::lograte::LogBudget::new(20);
+
 /// Who a verified token speaks for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Principal {
@@ -356,7 +360,9 @@ impl TokenVerifier {
                     .get()
                     .is_some_and(|c| c.contains(&principal.id))
                 {
-                    tracing::warn!(
+                    crate::budgeted_log!(
+                        LOCAL_CLIENT_NAMED_LOG,
+                        warn,
                         issuer = ext.issuer(),
                         "refused an external token whose principal is a local client id"
                     );
