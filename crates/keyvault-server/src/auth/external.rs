@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 
 use super::AuthError;
@@ -592,12 +592,29 @@ fn numeric_date_ceil(v: &serde_json::Value) -> Option<i64> {
     Some(f.ceil() as i64)
 }
 
-/// The usable keys of a JWKS document: EC P-256 (ES256) and RSA (RS256) signature keys; at least one.
+/// A JWKS document, each key read on its own: one of a kind the JWK parser does not model (an encryption key
+/// such as `ECDH-ES`, a curve or algorithm it lacks) is skipped, not a reason to refuse the others.
+#[derive(serde::Deserialize)]
+struct RawJwkSet {
+    keys: Vec<serde_json::Value>,
+}
+
+/// The usable keys of a JWKS document: EC P-256 (ES256) and RSA (RS256) signature keys; at least one. Others
+/// are skipped (logged at debug; a signature key that does not load, at warn).
 fn parse_jwks(jwks: &str) -> Result<Vec<IssuerKey>, String> {
-    let set: JwkSet =
+    let set: RawJwkSet =
         serde_json::from_str(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::new();
-    for jwk in &set.keys {
+    for value in set.keys {
+        let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
+        let jwk: Jwk = match serde_json::from_value(value) {
+            Ok(jwk) => jwk,
+            Err(e) => {
+                tracing::debug!(kid = ?kid, error = %e, "a JWKS key of a kind not used here is skipped");
+                continue;
+            }
+        };
+        let jwk = &jwk;
         if jwk
             .common
             .public_key_use
@@ -623,7 +640,13 @@ fn parse_jwks(jwks: &str) -> Result<Vec<IssuerKey>, String> {
                 continue;
             }
         }
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key in the JWKS: {e}"))?;
+        let key = match DecodingKey::from_jwk(jwk) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(kid = ?kid, error = %e, "a JWKS signature key that does not load is skipped");
+                continue;
+            }
+        };
         keys.push(IssuerKey {
             kid: jwk.common.key_id.clone(),
             alg,
@@ -974,6 +997,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&*p.id, "s-1");
+    }
+
+    /// A key the JWK parser does not model (an `ECDH-ES` encryption key, an Ed448 key), or a signature key
+    /// that does not load, is skipped: the document's other keys are used.
+    #[test]
+    fn keys_of_kinds_not_used_are_skipped_not_fatal() {
+        let a = SigningKey::generate().unwrap();
+        let broken = serde_json::json!({"kty": "RSA", "use": "sig", "kid": "broken", "n": "!!", "e": "AQAB"});
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "EC", "use": "enc", "alg": "ECDH-ES", "crv": "P-256", "kid": "enc-1",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "OKP", "crv": "Ed448", "x": "AAAA", "kid": "okp-1"},
+            broken,
+            a.jwk(),
+        ]})
+        .to_string();
+        let keys = parse_jwks(&jwks).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some(a.kid()));
+        let issuer = TrustedIssuer::from_jwks(ISS, AUD, &jwks, None).unwrap();
+        let (p, _, _) = check(
+            &issuer,
+            &sign(
+                &a,
+                serde_json::json!({"alg": "ES256", "kid": a.kid()}),
+                claims(),
+            ),
+        )
+        .unwrap();
+        assert_eq!(&*p.id, "s-1");
+        // Nothing usable at all is still refused.
+        let none = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed448", "x": "AAAA"}]});
+        assert!(parse_jwks(&none.to_string()).is_err());
     }
 
     #[test]
