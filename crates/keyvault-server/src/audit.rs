@@ -535,6 +535,9 @@ fn verify_files_with(
         previous_key_lines: 0,
         lines_before_macs: 0,
     };
+    // Keys move one way: once a line is under the current key, a line under a previous one after it was written
+    // (or rewritten) by someone holding a retired key — often retired because it leaked.
+    let mut current_key_seen = false;
     for path in paths {
         let err = |line: u64, reason: String| VerifyError {
             file: path.clone(),
@@ -569,7 +572,15 @@ fn verify_files_with(
             } = check_line(line).map_err(|r| err(n, r))?;
             match (&mac, keys) {
                 (Some(mac), Some(keys)) => match keys.check(&hash, mac) {
-                    Some(0) => {}
+                    Some(0) => current_key_seen = true,
+                    Some(_) if current_key_seen => {
+                        return Err(err(
+                            n,
+                            "the line's MAC verifies only under a previous key, after lines under the current \
+                             key (written or rewritten with a retired key)"
+                                .into(),
+                        ));
+                    }
                     Some(_) => report.previous_key_lines += 1,
                     None => {
                         return Err(err(
@@ -814,6 +825,35 @@ fn has_mac_line(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// Whether a line of `active`'s chain (its rotated files too) has a MAC that verifies under `keys`' key
+/// `index` (0: the current one).
+fn any_line_under(active: &Path, keys: &AuditKeys, index: usize) -> std::io::Result<bool> {
+    for path in chain_files(active) {
+        let mut reader = BufReader::new(File::open(&path)?);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let Some(checked) = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| check_line(l).ok())
+            else {
+                continue;
+            };
+            if checked
+                .mac
+                .is_some_and(|mac| keys.check(&checked.hash, &mac) == Some(index))
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Whether the file before `file` in `active`'s chain ends with a line that carries a MAC.
 fn previous_file_signed(active: &Path, file: &Path) -> std::io::Result<bool> {
     let files = chain_files(active);
@@ -982,7 +1022,16 @@ impl AuditLog {
                         Some(0) => {}
                         // Under a previous key: a line under the current one is written at once (below), so
                         // that the previous key can go without the next start finding a last line it cannot
-                        // verify.
+                        // verify. Unless the chain already has a line under the current key: then lines after
+                        // it were written or rewritten with a retired key.
+                        Some(_) if any_line_under(path, keys, 0).map_err(io)? => {
+                            return Err(AuditError::Unauthenticated {
+                                path: file,
+                                reason: "the last line's MAC verifies only under a previous key, after lines \
+                                         under the current key (written or rewritten with a retired key)"
+                                    .into(),
+                            });
+                        }
                         Some(_) => under_previous_key = true,
                         None => {
                             return Err(AuditError::Unauthenticated {
@@ -1655,6 +1704,23 @@ mod tests {
         // A server that holds neither refuses to continue.
         assert!(matches!(
             AuditLog::open_signed(&path, 1 << 20, 0, &keys_of(3, &[])),
+            Err(AuditError::Unauthenticated { .. })
+        ));
+        // Whoever holds only the retired key 1 cannot add (or rewrite) lines after those under key 2: the
+        // chain and its MAC are right, but the key went back.
+        let last = check_line(text.lines().last().unwrap()).unwrap();
+        let (forged, _) = make_line_signed(
+            &record(99),
+            last.seq + 1,
+            &last.hash,
+            Some(&keys_of(1, &[]).keys[0]),
+        );
+        std::fs::write(&path, format!("{text}{forged}\n")).unwrap();
+        let e = verify_file_keyed(&path, &rotated).unwrap_err();
+        assert_eq!(e.line, 8);
+        assert!(e.reason.contains("only under a previous key"), "{e}");
+        assert!(matches!(
+            AuditLog::open_signed(&path, 1 << 20, 0, &rotated),
             Err(AuditError::Unauthenticated { .. })
         ));
     }
