@@ -214,7 +214,12 @@ async fn put_and_get(s: &dyn SecretStore, v: &str) {
             .unwrap(),
         None
     );
-    assert!(s.all_versions(v, "alpha").await.unwrap().is_empty());
+    assert!(
+        s.all_versions(v, "alpha", usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         s.list_versions(v, "alpha", None, 10)
             .await
@@ -282,7 +287,7 @@ async fn put_and_get(s: &dyn SecretStore, v: &str) {
     );
     assert_eq!(latest(s, v, "alpha").await.as_ref(), Some(&v2));
     assert_eq!(
-        s.all_versions(v, "alpha").await.unwrap(),
+        s.all_versions(v, "alpha", usize::MAX).await.unwrap(),
         vec![v1.clone(), v2.clone()]
     );
 
@@ -332,7 +337,7 @@ async fn case_insensitive_names(s: &dyn SecretStore, v: &str) {
         vec![listed(&v2)],
         "one name, listed as its latest version"
     );
-    let versions = s.all_versions(v, "mysecret").await.unwrap();
+    let versions = s.all_versions(v, "mysecret", usize::MAX).await.unwrap();
     assert_eq!(versions, vec![shown(&v1, "MYSECRET"), v2.clone()]);
     assert_eq!(
         s.list_versions(v, "MySeCrEt", None, 10)
@@ -628,10 +633,15 @@ async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
     put(s, v, &r25).await;
     rows.push(r25);
     assert_eq!(
-        s.all_versions(v, "many").await.unwrap(),
+        s.all_versions(v, "many", usize::MAX).await.unwrap(),
         rows,
         "all_versions in creation order"
     );
+    // At most so many: a name with more gives that many (of its own), and no more is read.
+    let some = s.all_versions(v, "many", 5).await.unwrap();
+    assert_eq!(some.len(), 5);
+    assert!(some.iter().all(|r| rows.contains(r)));
+    assert_eq!(s.all_versions(v, "many", 26).await.unwrap(), rows);
     // The ids are random here, so version-id order is not creation order.
     let sorted = by_version(&rows);
     assert_ne!(
@@ -761,7 +771,12 @@ async fn soft_delete_and_recover(s: &dyn SecretStore, v: &str) {
             .unwrap()
             .is_empty()
     );
-    assert!(s.all_versions(v, "doomed").await.unwrap().is_empty());
+    assert!(
+        s.all_versions(v, "doomed", usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let live: Vec<String> = all_live(s, v, 10)
         .await
         .into_iter()
@@ -796,12 +811,15 @@ async fn soft_delete_and_recover(s: &dyn SecretStore, v: &str) {
         "recovering twice"
     );
     assert_eq!(s.get_deleted(v, "doomed").await.unwrap(), None);
-    assert_eq!(s.all_versions(v, "doomed").await.unwrap(), rows);
+    assert_eq!(s.all_versions(v, "doomed", usize::MAX).await.unwrap(), rows);
     assert_eq!(all_live(s, v, 10).await.len(), 2);
     let v4 = row("doomed", 4);
     put(s, v, &v4).await;
     assert_eq!(latest(s, v, "Doomed").await.as_ref(), Some(&v4));
-    assert_eq!(s.all_versions(v, "doomed").await.unwrap().len(), 4);
+    assert_eq!(
+        s.all_versions(v, "doomed", usize::MAX).await.unwrap().len(),
+        4
+    );
     assert!(
         s.soft_delete(v, "doomed", 2_000, FAR)
             .await
@@ -890,7 +908,10 @@ async fn purge(s: &dyn SecretStore, v: &str) {
         ..row("gone", 2)
     };
     put(s, v, &new).await;
-    assert_eq!(s.all_versions(v, "gone").await.unwrap(), vec![new]);
+    assert_eq!(
+        s.all_versions(v, "gone", usize::MAX).await.unwrap(),
+        vec![new]
+    );
 }
 
 async fn purge_expired(store: Arc<dyn SecretStore>, run: &str) {
@@ -931,7 +952,13 @@ async fn purge_expired(store: Arc<dyn SecretStore>, run: &str) {
     assert!(s.get_deleted(&vb, "far").await.unwrap().is_some());
     // Purged names are free again.
     put(s, &va, &row("due-1", 3)).await;
-    assert_eq!(s.all_versions(&va, "due-1").await.unwrap().len(), 1);
+    assert_eq!(
+        s.all_versions(&va, "due-1", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Many due names at once (more than any batch a backend might use internally).
     let vc = format!("exp-c-{run}");
@@ -970,7 +997,7 @@ async fn restore(s: &dyn SecretStore, v: &str) {
     ];
     s.restore(v, versions.clone()).await.expect("restore");
     assert_eq!(
-        s.all_versions(v, "restored").await.unwrap(),
+        s.all_versions(v, "restored", usize::MAX).await.unwrap(),
         versions,
         "ids, order and attributes kept"
     );
@@ -994,7 +1021,13 @@ async fn restore(s: &dyn SecretStore, v: &str) {
     let next = row("restored", 4);
     put(s, v, &next).await;
     assert_eq!(latest(s, v, "restored").await.as_ref(), Some(&next));
-    assert_eq!(s.all_versions(v, "restored").await.unwrap().len(), 4);
+    assert_eq!(
+        s.all_versions(v, "restored", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
 
     // Conflicts: a live name (any casing) or a deleted name; nothing changes.
     let again = vec![row("RESTORED", 10)];
@@ -1002,7 +1035,13 @@ async fn restore(s: &dyn SecretStore, v: &str) {
         matches!(s.restore(v, again.clone()).await, Err(StoreError::Exists)),
         "restore over a live name"
     );
-    assert_eq!(s.all_versions(v, "restored").await.unwrap().len(), 4);
+    assert_eq!(
+        s.all_versions(v, "restored", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
     s.soft_delete(v, "restored", 1, FAR)
         .await
         .unwrap()
@@ -1017,7 +1056,10 @@ async fn restore(s: &dyn SecretStore, v: &str) {
         Some(&next)
     );
     assert_eq!(
-        s.all_versions(v, "restored").await.unwrap().len(),
+        s.all_versions(v, "restored", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
         4,
         "the refused restores added nothing"
     );
@@ -1031,7 +1073,10 @@ async fn restore(s: &dyn SecretStore, v: &str) {
     s.restore(v, versions.clone())
         .await
         .expect("restore after purge");
-    assert_eq!(s.all_versions(v, "restored").await.unwrap(), versions);
+    assert_eq!(
+        s.all_versions(v, "restored", usize::MAX).await.unwrap(),
+        versions
+    );
 
     // All or nothing: a restore that cannot complete (a repeated version id) leaves no trace.
     let mut bad = vec![row("halfway", 1), row("halfway", 2)];
@@ -1045,7 +1090,12 @@ async fn restore(s: &dyn SecretStore, v: &str) {
     );
     assert_eq!(latest(s, v, "halfway").await, None);
     assert_eq!(s.get_deleted(v, "halfway").await.unwrap(), None);
-    assert!(s.all_versions(v, "halfway").await.unwrap().is_empty());
+    assert!(
+        s.all_versions(v, "halfway", usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // And an empty restore is refused.
     assert!(s.restore(v, Vec::new()).await.is_err(), "an empty restore");
 }
@@ -1075,7 +1125,13 @@ async fn vaults_are_separate(s: &dyn SecretStore, va: &str, vb: &str) {
     assert_eq!(all_live(s, va, 10).await, Vec::<VersionRow>::new());
     assert_eq!(all_deleted(s, vb, 10).await, Vec::<DeletedRow>::new());
     assert!(s.purge(va, "shared").await.unwrap());
-    assert_eq!(s.all_versions(vb, "shared").await.unwrap().len(), 2);
+    assert_eq!(
+        s.all_versions(vb, "shared", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     // A restore in one vault does not conflict with the same name in another.
     s.restore(va, vec![row("shared", 4)])
         .await
@@ -1127,7 +1183,7 @@ async fn concurrent_puts(store: Arc<dyn SecretStore>, v: &str) {
     );
     let newest = latest(s, v, "hot").await.expect("latest");
     assert_eq!(
-        s.all_versions(v, "hot").await.unwrap().last(),
+        s.all_versions(v, "hot", usize::MAX).await.unwrap().last(),
         Some(&newest),
         "the latest is the last created"
     );
@@ -1135,7 +1191,10 @@ async fn concurrent_puts(store: Arc<dyn SecretStore>, v: &str) {
     assert_eq!(live.len(), TASKS + 1);
     for t in 0..TASKS {
         assert_eq!(
-            s.all_versions(v, &format!("own-{t}")).await.unwrap().len(),
+            s.all_versions(v, &format!("own-{t}"), usize::MAX)
+                .await
+                .unwrap()
+                .len(),
             EACH
         );
     }

@@ -153,8 +153,15 @@ pub trait SecretStore: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<VersionRow>>;
-    /// Every version of a live name, creation order (for backup). Empty if absent or deleted.
-    async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>>;
+    /// Every version of a live name, creation order (for backup); but if it has more than `at_most`, some
+    /// `at_most` of them (whoever asks refuses so many, without reading every value). Empty if absent or
+    /// deleted.
+    async fn all_versions(
+        &self,
+        vault: &str,
+        name: &str,
+        at_most: usize,
+    ) -> StoreResult<Vec<VersionRow>>;
     /// Soft-delete a live name (all its versions leave the live listings). None if not live.
     async fn soft_delete(
         &self,

@@ -313,7 +313,7 @@ const SQL_ALL_VERSIONS_OF_LIVE: &str = concat!(
     "SELECT n.display_name, ",
     vcols!(),
     " FROM kv_names AS n JOIN kv_versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
-     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL ORDER BY v.seq"
+     WHERE n.vault = $1 AND n.name_key = $2 AND n.deleted_on IS NULL ORDER BY v.seq LIMIT $3"
 );
 /// A new version in one statement (one round trip, autocommit): create the name's row, or lock and point
 /// the existing one at the new version unless it is deleted (an update that changes no indexed column:
@@ -1127,13 +1127,19 @@ impl SecretStore for PostgresStore {
         .await
     }
 
-    async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>> {
+    async fn all_versions(
+        &self,
+        vault: &str,
+        name: &str,
+        at_most: usize,
+    ) -> StoreResult<Vec<VersionRow>> {
         let key = name_key(name);
+        let limit = i64::try_from(at_most).unwrap_or(i64::MAX);
         self.run(async |c| {
             let Conn { client, stmts } = c;
             let st = Conn::prepare(stmts, &*client, SQL_ALL_VERSIONS_OF_LIVE).await?;
             client
-                .query(&st, &[&vault, &key])
+                .query(&st, &[&vault, &key, &limit])
                 .await?
                 .iter()
                 .map(|r| version_row(r, 0))

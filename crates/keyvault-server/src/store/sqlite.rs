@@ -653,14 +653,20 @@ impl SecretStore for SqliteStore {
             .await
     }
 
-    async fn all_versions(&self, vault: &str, name: &str) -> StoreResult<Vec<VersionRow>> {
+    async fn all_versions(
+        &self,
+        vault: &str,
+        name: &str,
+        at_most: usize,
+    ) -> StoreResult<Vec<VersionRow>> {
         let (vault, key) = (vault.to_owned(), name_key(name));
+        let limit = i64::try_from(at_most).unwrap_or(i64::MAX);
         self.read(move |c| {
             // Read in version-id order (the index), returned in creation order (a backup restores its last
             // version as the latest).
             let mut stmt = c.prepare_cached(SQL_ALL_VERSIONS_OF_LIVE)?;
             let mut rows = stmt
-                .query_map(params![vault, key], |r| {
+                .query_map(params![vault, key, limit], |r| {
                     Ok((r.get::<_, i64>(0)?, version_row(r, 1)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -1876,7 +1882,7 @@ const SQL_ALL_VERSIONS_OF_LIVE: &str = concat!(
     "SELECT v.seq, n.display_name, ",
     vcols!(),
     " FROM names AS n JOIN versions AS v ON v.vault = n.vault AND v.name_key = n.name_key
-     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL"
+     WHERE n.vault = ?1 AND n.name_key = ?2 AND n.deleted_on IS NULL LIMIT ?3"
 );
 const SQL_INSERT_VERSION: &str = "INSERT INTO versions
     (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)

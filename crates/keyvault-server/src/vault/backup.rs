@@ -48,7 +48,10 @@ impl Vault {
     /// Every version of a live secret, sealed into one blob.
     pub async fn backup(&self, name: &str) -> VaultResult<Vec<u8>> {
         check_name(name)?;
-        let rows = self.store.all_versions(self.vault(), name).await?;
+        // One more than a backup may hold: enough to refuse a name with too many, without reading them all.
+        let rows = (self.store)
+            .all_versions(self.vault(), name, rules::MAX_BACKUP_VERSIONS + 1)
+            .await?;
         if rows.is_empty() {
             return Err(VaultError::NotFound {
                 name: name.to_string(),
@@ -56,8 +59,8 @@ impl Vault {
         }
         if rows.len() > rules::MAX_BACKUP_VERSIONS {
             return Err(VaultError::BadParameter(format!(
-                "Secret {name} has {} versions; a backup holds at most {}.",
-                rows.len(),
+                "Secret {name} has more than {} versions; a backup holds at most {}.",
+                rules::MAX_BACKUP_VERSIONS,
                 rules::MAX_BACKUP_VERSIONS
             )));
         }
@@ -81,10 +84,15 @@ impl Vault {
             format: FORMAT.to_string(),
             versions,
         };
-        let size: usize = payload.versions.iter().map(|v| v.value.len() + 512).sum();
-        let mut json = Zeroizing::new(Vec::with_capacity(size + 64));
+        // Measured first, so that the buffer never grows: a grown one would leave its earlier copy of the
+        // values in freed memory, unwiped.
+        let mut size = ByteCount(0);
+        serde_json::to_writer(&mut size, &payload)
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        let mut json = Zeroizing::new(Vec::with_capacity(size.0));
         serde_json::to_writer(&mut *json, &payload)
             .map_err(|e| VaultError::Internal(e.to_string()))?;
+        debug_assert_eq!(json.len(), size.0);
         let blob = self
             .envelope
             .seal_backup(&json)
@@ -169,5 +177,19 @@ impl Vault {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

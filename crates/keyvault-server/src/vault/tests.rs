@@ -395,7 +395,7 @@ async fn a_backup_holds_at_most_the_version_limit() {
     let err = v.backup("many").await.unwrap_err();
     assert!(
         matches!(&err, VaultError::BadParameter(m)
-            if m.contains(&format!("has {} versions", rules::MAX_BACKUP_VERSIONS + 1))
+            if m.contains(&format!("has more than {} versions", rules::MAX_BACKUP_VERSIONS))
                 && m.contains(&format!("at most {}", rules::MAX_BACKUP_VERSIONS))),
         "{err:?}"
     );

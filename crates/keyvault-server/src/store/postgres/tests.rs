@@ -373,7 +373,10 @@ async fn concurrent_sweeps_and_recovers_share_the_due_names() {
         recovered.len()
     );
     for i in 0..NAMES {
-        let versions = nodes[0].all_versions("s", &name(i)).await.unwrap();
+        let versions = nodes[0]
+            .all_versions("s", &name(i), usize::MAX)
+            .await
+            .unwrap();
         let deleted = nodes[0].get_deleted("s", &name(i)).await.unwrap();
         assert!(deleted.is_none(), "{}: still deleted", name(i));
         if recovered.contains(&i) {
@@ -440,7 +443,7 @@ async fn no_acknowledged_set_is_lost_under_delete_recover_races() {
         // Bring it back if it ended deleted, then compare.
         let _ = nodes[1].recover("r", &name).await.unwrap();
         let stored: BTreeSet<String> = nodes[0]
-            .all_versions("r", &name)
+            .all_versions("r", &name, usize::MAX)
             .await
             .unwrap()
             .into_iter()
@@ -1062,13 +1065,13 @@ async fn point_statements_and_sweeps_read_only_their_rows() {
         (
             "all versions",
             SQL_ALL_VERSIONS_OF_LIVE,
-            "('v', 'n-02000')".into(),
+            "('v', 'n-02000', 501)".into(),
             1,
         ),
         (
             "all versions of many",
             SQL_ALL_VERSIONS_OF_LIVE,
-            "('v', 'many')".into(),
+            "('v', 'many', 5000)".into(),
             3000,
         ),
         ("lock", SQL_LOCK_LIVE, "('v', 'n-02000')".into(), 1),
@@ -1275,7 +1278,7 @@ async fn sets_in_flight_together_share_one_statement() {
             set.name
         );
     }
-    let dups = store.all_versions(v, "dup").await.unwrap();
+    let dups = store.all_versions(v, "dup", usize::MAX).await.unwrap();
     assert_eq!(dups.len(), 3, "every set of one name landed");
     let latest = store.get_version(v, "dup", None).await.unwrap().unwrap();
     assert_eq!(Some(&latest), dups.last(), "the last written is the latest");
@@ -1314,7 +1317,10 @@ async fn a_failing_set_in_a_batch_fails_alone() {
             assert_eq!(latest.as_ref(), Some(set));
         }
     }
-    assert_eq!(store.all_versions(v, "taken").await.unwrap(), vec![taken]);
+    assert_eq!(
+        store.all_versions(v, "taken", usize::MAX).await.unwrap(),
+        vec![taken]
+    );
     store.close().await;
 }
 
@@ -1376,7 +1382,13 @@ async fn a_set_abandoned_before_its_batch_is_not_written() {
     assert!(store.get_version(v, "first", None).await.unwrap().is_some());
     assert!(store.get_version(v, "kept", None).await.unwrap().is_some());
     assert_eq!(store.get_version(v, "abandoned", None).await.unwrap(), None);
-    assert!(store.all_versions(v, "abandoned").await.unwrap().is_empty());
+    assert!(
+        store
+            .all_versions(v, "abandoned", usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.close().await;
 }
 

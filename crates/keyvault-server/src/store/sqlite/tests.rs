@@ -115,7 +115,10 @@ async fn reopen_sees_everything() {
             .unwrap();
         let live = store.list_latest("v", None, 1000).await.unwrap();
         let deleted = store.list_deleted("v", None, 1000).await.unwrap();
-        let versions = store.all_versions("w", "restored").await.unwrap();
+        let versions = store
+            .all_versions("w", "restored", usize::MAX)
+            .await
+            .unwrap();
         (live, deleted, versions)
         // Dropped here without close(): the writer drains and exits.
     };
@@ -125,7 +128,13 @@ async fn reopen_sees_everything() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.list_latest("v", None, 1000).await.unwrap(), live);
     assert_eq!(store.list_deleted("v", None, 1000).await.unwrap(), deleted);
-    assert_eq!(store.all_versions("w", "RESTORED").await.unwrap(), versions);
+    assert_eq!(
+        store
+            .all_versions("w", "RESTORED", usize::MAX)
+            .await
+            .unwrap(),
+        versions
+    );
     let updated = store
         .get_version("v", "secret-03", None)
         .await
@@ -199,11 +208,19 @@ async fn many_concurrent_puts_all_land() {
         expected
     );
     for r in &names {
-        found += store.all_versions("v", &r.name).await.unwrap().len();
+        found += store
+            .all_versions("v", &r.name, usize::MAX)
+            .await
+            .unwrap()
+            .len();
     }
     assert_eq!(found, TOTAL, "every acknowledged put is stored");
     assert_eq!(
-        store.all_versions("v", "shared").await.unwrap().len(),
+        store
+            .all_versions("v", "shared", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
         TOTAL / 4
     );
 
@@ -256,7 +273,11 @@ async fn a_failing_write_does_not_spoil_its_batch() {
     assert_eq!(store.list_latest("v", None, 1000).await.unwrap().len(), 100);
     store.recover("v", "dead").await.unwrap().unwrap();
     assert_eq!(
-        store.all_versions("v", "dead").await.unwrap().len(),
+        store
+            .all_versions("v", "dead", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
         1,
         "no refused version slipped in"
     );
@@ -473,7 +494,7 @@ async fn a_refused_put_on_a_deleted_name_leaves_no_version() {
     let deleted = store.get_deleted("v", "gone").await.unwrap().unwrap();
     assert_eq!(deleted.latest.name, "Gone");
     store.recover("v", "gone").await.unwrap().unwrap();
-    let versions = store.all_versions("v", "gone").await.unwrap();
+    let versions = store.all_versions("v", "gone", usize::MAX).await.unwrap();
     assert_eq!(versions.len(), 1);
     assert_eq!(versions[0].version, version(1));
     store.close().await;
