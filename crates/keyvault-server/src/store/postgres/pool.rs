@@ -177,7 +177,7 @@ impl Connector {
                     })
             }
         };
-        connected.map_err(|e| {
+        let client = connected.map_err(|e| {
             let target = super::describe_target(&self.config);
             let mode = self.sslmode_label();
             StoreError::Unavailable(match e {
@@ -189,8 +189,32 @@ impl Connector {
                     "connecting to PostgreSQL at {target} ({mode}) took longer than {CONNECT_TIMEOUT:?}"
                 ),
             })
-        })
+        })?;
+        insist_on_durable_commits(&client).await?;
+        Ok(client)
     }
+}
+
+/// Commits are acknowledged only once they are on disk: a database, role or URL that sets
+/// `synchronous_commit = off` (which acknowledges a commit before its WAL is flushed: a crash of PostgreSQL
+/// loses the last ones) gets `on` for this connection, with a warning (once per process). Every other value
+/// (`local`, `remote_write`, `on`, `remote_apply`) flushes the commit locally first and is kept.
+async fn insist_on_durable_commits(client: &Client) -> StoreResult<()> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let setting: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await?
+        .try_get(0)?;
+    if setting == "off" {
+        client.batch_execute("SET synchronous_commit = on").await?;
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "PostgreSQL's synchronous_commit is off for this database or role: keyvault sets it on for its \
+                 own connections (a commit acknowledged before it is on disk could be lost)"
+            );
+        }
+    }
+    Ok(())
 }
 
 type Connected<T> = (

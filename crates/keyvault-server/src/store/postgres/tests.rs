@@ -773,6 +773,38 @@ async fn the_pool_size_bounds_the_connections() {
     assert_eq!(listed.len(), 6);
 }
 
+/// A database whose `synchronous_commit` is `off` (acknowledging commits before their WAL is flushed) still
+/// gets durable commits from keyvault: its connections set it `on`.
+#[tokio::test]
+async fn commits_are_durable_on_a_database_that_turned_synchronous_commit_off() {
+    let Some(pg) = pgtest::start_or_skip(
+        "store::postgres::commits_are_durable_on_a_database_that_turned_synchronous_commit_off",
+    ) else {
+        return;
+    };
+    let (admin, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let url = pg.create_database("lazy").await.unwrap();
+    admin
+        .batch_execute("ALTER DATABASE lazy SET synchronous_commit = off")
+        .await
+        .unwrap();
+    let store = PostgresStore::open_with_pool(&url, 2).await.unwrap();
+    let setting: Vec<String> = column(&store, "SHOW synchronous_commit").await;
+    assert_eq!(setting, ["on"]);
+    // Values that flush locally are kept as they are.
+    let url = pg.create_database("standby").await.unwrap();
+    admin
+        .batch_execute("ALTER DATABASE standby SET synchronous_commit = local")
+        .await
+        .unwrap();
+    let store = PostgresStore::open_with_pool(&url, 2).await.unwrap();
+    let setting: Vec<String> = column(&store, "SHOW synchronous_commit").await;
+    assert_eq!(setting, ["local"]);
+}
+
 /// Rows a plan's scans of tables and indexes read (`EXPLAIN (ANALYZE, FORMAT JSON)` output): returned and
 /// filtered out, every loop. Scans of functions, subqueries and CTEs read no stored rows and are not counted,
 /// nor are the rows a statement changes.
