@@ -230,6 +230,11 @@ async fn every_request_is_audited_once_and_the_chain_detects_tampering() {
         );
         assert_eq!(v["operation"], op, "{line}");
         assert_eq!(v["secret"], secret, "{line}");
+        // A set names the version it made; one refused, none.
+        if op == "SecretSet" {
+            let made = v["version"].as_str().is_some_and(|id| id.len() == 32);
+            assert_eq!(made, status == 200, "{line}");
+        }
         assert_eq!(v["outcome"], outcome, "{line}");
         assert_eq!(v["status"], status, "{line}");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
@@ -651,23 +656,23 @@ async fn a_change_whose_client_goes_away_is_still_audited() {
     let audited = lines(&path);
     let mut made = 0;
     for i in 0..40 {
-        let (status, _) = send(
-            &lv,
-            &http,
-            Some(&admin),
-            Method::GET,
-            &format!("/secrets/gone-{i}?api-version=7.6"),
+        let (status, body) = common::send_json(
+            http.get(format!("{base}/secrets/gone-{i}?api-version=7.6"))
+                .bearer_auth(&admin),
             None,
         )
         .await;
         if status == StatusCode::OK {
             made += 1;
+            // The line names the version that was made (whether it says 200 or 499).
+            let version = body["id"].as_str().unwrap().rsplit('/').next().unwrap();
             assert!(
                 audited
                     .iter()
                     .any(|l| l.contains(&format!("\"secret\":\"gone-{i}\""))
-                        && l.contains("\"operation\":\"SecretSet\"")),
-                "gone-{i} was set but has no audit line"
+                        && l.contains("\"operation\":\"SecretSet\"")
+                        && l.contains(&format!("\"version\":\"{version}\""))),
+                "gone-{i} was set but has no audit line naming version {version}"
             );
         }
     }

@@ -1574,7 +1574,15 @@ async fn handle(
             gate(state, who, rec, Operation::SecretSet, Some(name), None)?;
             let p: SecretSetParameters = read_json(&state.limiter, body, MAX_BODY_BYTES).await?;
             let attrs = attributes_input(p.content_type, p.tags, p.attributes);
-            let secret = vault.set(name, p.value, attrs).await.map_err(map)?;
+            // Named in the audit line before the write: if the client goes away during it, the line (status
+            // 499) says which version may have been made. A set refused names none.
+            let version = crate::vault::new_version();
+            rec.version = Some(version.clone());
+            let secret = vault.set_as(name, version, p.value, attrs).await;
+            if secret.is_err() {
+                rec.version = None;
+            }
+            let secret = secret.map_err(map)?;
             Ok(bundle_response(StatusCode::OK, &ctx.bundle(secret)))
         }
         (&Method::GET, ["secrets", name]) => {

@@ -200,10 +200,21 @@ impl Vault {
         value: SecretString,
         attrs: SecretAttributesInput,
     ) -> VaultResult<Secret> {
+        self.set_as(name, new_version(), value, attrs).await
+    }
+
+    /// [`Vault::set`], the new version's id made by the caller ([`new_version`]), who can then name it
+    /// before the write is done (an audit line of a change whose client went away).
+    pub async fn set_as(
+        &self,
+        name: &str,
+        version: String,
+        value: SecretString,
+        attrs: SecretAttributesInput,
+    ) -> VaultResult<Secret> {
         check_name(name)?;
         check_value(&value)?;
         check_attributes(&attrs)?;
-        let version = new_version();
         let now = self.now();
         let sealed = self
             .envelope
