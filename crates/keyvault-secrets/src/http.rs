@@ -48,10 +48,7 @@ impl Request {
     pub fn with_json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Result<Self> {
         let cannot =
             |e| Error::with_source(ErrorKind::InvalidArgument, "cannot serialise the body", e);
-        let mut size = ByteCount(0);
-        serde_json::to_writer(&mut size, body).map_err(cannot)?;
-        let mut bytes = Wiped(Vec::with_capacity(size.0));
-        serde_json::to_writer(&mut bytes.0, body).map_err(cannot)?;
+        let bytes = keyvault_types::secret::to_json_wiped(body).map_err(cannot)?;
         self.headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -88,19 +85,6 @@ impl fmt::Debug for Request {
             )
             .field("timeout", &self.timeout)
             .finish()
-    }
-}
-
-/// Counts the bytes written to it (the size of a body before it is written for real).
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -46,6 +46,30 @@ impl fmt::Debug for SecretString {
     }
 }
 
+/// `value` as JSON in one buffer of exactly its size (measured first), wiped when dropped: a buffer that grew
+/// while it was written would leave its earlier copies — a secret's value among them — in freed memory.
+pub fn to_json_wiped<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Zeroizing<Vec<u8>>> {
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, value)?;
+    let mut json = Zeroizing::new(Vec::with_capacity(size.0));
+    serde_json::to_writer(&mut *json, value)?;
+    Ok(json)
+}
+
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@ use crate::store::{StoreError, Tags, VersionRow};
 use keyvault_types::SecretString;
 use keyvault_types::rules::{self, name_key};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 /// The largest backup blob made and restored. Within the limits on values (25 KB) and tags, 500 versions can
 /// exceed it (JSON escapes a control character in six bytes), so the size is checked, not assumed.
@@ -84,15 +83,9 @@ impl Vault {
             format: FORMAT.to_string(),
             versions,
         };
-        // Measured first, so that the buffer never grows: a grown one would leave its earlier copy of the
-        // values in freed memory, unwiped.
-        let mut size = ByteCount(0);
-        serde_json::to_writer(&mut size, &payload)
+        // In a buffer that never grows (a grown one would leave copies of the values in freed memory).
+        let json = keyvault_types::secret::to_json_wiped(&payload)
             .map_err(|e| VaultError::Internal(e.to_string()))?;
-        let mut json = Zeroizing::new(Vec::with_capacity(size.0));
-        serde_json::to_writer(&mut *json, &payload)
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
-        debug_assert_eq!(json.len(), size.0);
         let blob = self
             .envelope
             .seal_backup(&json)
@@ -177,19 +170,5 @@ impl Vault {
             }
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-/// A writer that only counts the bytes written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
