@@ -1527,6 +1527,24 @@ impl AccessAdmin {
                     .roles
                     .iter()
                     .position(|r| r.name.eq_ignore_ascii_case(&name));
+                // Stored assignments of a role this node does not define (not in force): defining one of
+                // that name here would give them its permissions — at the next start, silently. They go
+                // first.
+                let waiting: Vec<&str> = doc
+                    .assignments
+                    .iter()
+                    .filter(|a| a.role.eq_ignore_ascii_case(&name))
+                    .map(|a| a.id.as_str())
+                    .collect();
+                if existing.is_none() && self.find_role(&name).is_none() && !waiting.is_empty() {
+                    return Err(AdminError::Conflict(format!(
+                        "Role '{name}' is named by {} assignment(s) not in force (their role is not defined \
+                         here): {}{}. Defining it would put them in force; remove them first.",
+                        waiting.len(),
+                        waiting.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                        if waiting.len() > 5 { ", …" } else { "" }
+                    )));
+                }
                 if existing.is_none()
                     && let Some(r) = self.find_role(&name)
                 {
@@ -1920,6 +1938,16 @@ mod tests {
                 .is_err()
         );
         assert_eq!(policy2.default_role_of("cfgdef"), None);
+        // A role of that name cannot be made through the API meanwhile: it would put the forgotten assignment
+        // in force (at the next start) with whatever permissions the new role has.
+        let refused = admin2
+            .define_role("rotator", vec![Permission::Get, Permission::Admin])
+            .await;
+        let Err(AdminError::Conflict(message)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(message.contains(&listed[0].id), "{message}");
+        assert_eq!(admin2.assignments(Some("cfgdef")).len(), 1);
         // With the role back, the assignment is in force again.
         let policy3 = with_role();
         let admin3 = AccessAdmin::open(

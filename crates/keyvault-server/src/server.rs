@@ -201,7 +201,8 @@ fn warn_if_others_can_write(dir: &Path) {
     }
 }
 
-/// Write `contents` to `path` atomically (temporary file, fsync, rename) with mode 0600.
+/// Write `contents` to `path` atomically and durably (temporary file, fsync, rename, fsync of the directory:
+/// without the last, a crash soon after could bring back the file's previous contents) with mode 0600.
 pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -214,7 +215,8 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
         .open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    crate::store::sqlite::snapshot::sync_dir(path.parent().unwrap_or(Path::new("")))
 }
 
 /// A file in the data directory that records which store this directory's server has used (see

@@ -116,12 +116,7 @@ pub(crate) fn write_file_atomic(
 /// Persists the directory entry of `path`; not all platforms allow opening a directory, so failures are
 /// ignored.
 fn sync_parent_dir(path: &Path) {
-    let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
-        return;
-    };
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let _ = crate::store::sqlite::snapshot::sync_dir(path.parent().unwrap_or(Path::new("")));
 }
 
 fn create_new_with_mode(path: &Path, mode: u32) -> io::Result<fs::File> {

@@ -996,15 +996,8 @@ fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), CryptoEr
 
 fn sync_parent_dir(path: &Path) -> Result<(), CryptoError> {
     #[cfg(unix)]
-    {
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| key_file_err(path, "cannot sync the directory of", &e))?;
-    }
+    crate::store::sqlite::snapshot::sync_dir(path.parent().unwrap_or(Path::new("")))
+        .map_err(|e| key_file_err(path, "cannot sync the directory of", &e))?;
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
