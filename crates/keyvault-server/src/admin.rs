@@ -1362,11 +1362,21 @@ impl AccessAdmin {
         role: &str,
         scope: Scope,
     ) -> Result<(Assignment, bool), AdminError> {
-        let principal = principal.trim();
-        if principal.is_empty() || principal.len() > 256 || principal.chars().any(char::is_control)
+        // As the configuration's: ids compare exactly, so surrounding whitespace is refused, not trimmed; and,
+        // as role names, no character that would let a listing show one principal as another.
+        if principal.is_empty()
+            || principal.len() > 256
+            || principal.trim() != principal
+            || principal.chars().any(|c| {
+                c.is_control()
+                    || crate::auth::policy::is_invisible_format(c)
+                    || c == char::REPLACEMENT_CHARACTER
+            })
         {
             return Err(AdminError::BadParameter(
-                "a principal id must be 1-256 characters, without control characters".into(),
+                "a principal id must be 1-256 bytes, without leading or trailing whitespace, control, \
+                 invisible or bidirectional-formatting characters (nor U+FFFD)"
+                    .into(),
             ));
         }
         let role = self
@@ -2163,6 +2173,30 @@ mod tests {
         }
         assert!(stored_role_names(dir.path()).is_empty());
         assert!(admin.roles().iter().all(|r| !r.managed));
+
+        // An assignment's principal follows the same rule (a listing must not show one principal as another),
+        // and surrounding whitespace is refused as the configuration refuses it, not trimmed.
+        for bad in [
+            "ops\u{202E}\u{2066}nimda",
+            "a\u{200B}b",
+            " spaced ",
+            "a\u{7}b",
+            "",
+        ] {
+            let e = admin.assign(bad, "Key Vault Reader", Scope::Vault).await;
+            assert!(
+                matches!(e, Err(AdminError::BadParameter(_))),
+                "{bad:?}: {e:?}"
+            );
+        }
+        assert!(admin.assignments(None).is_empty());
+        // A bad scope is echoed as every echo is: cut, its control and bidirectional characters escaped.
+        let e = Scope::parse(&format!("\u{202E}\u{7}{}", "x".repeat(300))).unwrap_err();
+        assert!(
+            e.0.contains("\\u{202e}\\u{0007}") && e.0.len() < 300,
+            "{}",
+            e.0
+        );
     }
 
     #[tokio::test]

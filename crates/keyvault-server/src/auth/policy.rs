@@ -234,7 +234,8 @@ impl Scope {
         let t = t.trim_start_matches('/');
         let bad = || {
             PolicyError(format!(
-                "scope must be \"/\", \"/secrets/NAME\" or \"/secrets/PREFIX*\", not '{s}'"
+                "scope must be \"/\", \"/secrets/NAME\" or \"/secrets/PREFIX*\", not '{}'",
+                shown(s)
             ))
         };
         let rest = t.strip_prefix("secrets/").ok_or_else(bad)?;
