@@ -3,8 +3,8 @@
 use crate::credentials::TokenCredential;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, ReqwestTransport, Response, StatusCode,
-    Transport, TransportConfig,
+    ANSWER_LIMIT, HeaderMap, HeaderName, HeaderValue, Method, Request, ReqwestTransport, Response,
+    StatusCode, Transport, TransportConfig,
 };
 use crate::models::{
     DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties, SetSecretOptions,
@@ -72,7 +72,8 @@ pub struct SecretClientOptions {
     /// what HTTP/2 does (`BENCHMARKS.md`). Turn it on to multiplex many concurrent requests on one connection.
     pub http2: bool,
     /// The most bytes the built-in transport reads of one response body (default 64 MiB: the largest answer
-    /// of Key Vault, a backup of a secret with 500 versions, is under 33 MiB). A longer answer is not read
+    /// of Key Vault, a backup of a secret with 500 versions, is under 33 MiB; every other operation asks for
+    /// at most [`ANSWER_LIMIT`](crate::http::ANSWER_LIMIT), 4 MiB). A longer answer is not read
     /// further and fails with [`ErrorKind::Data`], so a broken or hostile server cannot fill the client's
     /// memory. Zero is refused by [`SecretClient::new`]. A [`SecretClientOptions::transport`] of your own sets
     /// its own limit. (Credentials' token requests are limited to 1 MiB.)
@@ -426,8 +427,10 @@ impl ClientInner {
         self.polling_interval
     }
 
-    /// Send and turn an error status into an [`Error`].
-    async fn call(&self, request: Request) -> Result<Response> {
+    /// Send and turn an error status into an [`Error`]. The answer is read up to [`ANSWER_LIMIT`] unless the
+    /// request says otherwise (a backup's).
+    async fn call(&self, mut request: Request) -> Result<Response> {
+        request.max_response_bytes.get_or_insert(ANSWER_LIMIT);
         self.pipeline.send(request).await?.error_for_status()
     }
 
@@ -440,7 +443,10 @@ impl ClientInner {
     pub(crate) async fn operation_done(&self, path: &str) -> Result<(bool, Response)> {
         let response = self
             .pipeline
-            .send(Request::new(Method::GET, self.url(path, &[])))
+            .send(
+                Request::new(Method::GET, self.url(path, &[]))
+                    .with_max_response_bytes(ANSWER_LIMIT),
+            )
             .await?;
         match response.status {
             s if s.is_success() || s == StatusCode::FORBIDDEN => Ok((true, response)),
@@ -850,10 +856,12 @@ impl SecretClient {
     /// A protected backup of every version of a secret. `POST /secrets/{name}/backup`.
     pub async fn backup_secret(&self, name: &str) -> Result<Vec<u8>> {
         check_name(name)?;
+        // The one answer that may be large: read up to the transport's own limit.
         let req = Request::new(
             Method::POST,
             self.inner.url(&format!("/secrets/{name}/backup"), &[]),
-        );
+        )
+        .with_max_response_bytes(usize::MAX);
         async {
             let r: BackupSecretResult = self.inner.call_json(req).await?;
             let value = r

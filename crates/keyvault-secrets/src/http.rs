@@ -28,7 +28,17 @@ pub struct Request {
     /// [`CallOptions::request_timeout`](crate::CallOptions::request_timeout)). A [`Transport`] should honour it;
     /// the pipeline enforces it either way.
     pub timeout: Option<Duration>,
+    /// The most bytes of this request's response body to read, when that is less than the transport's own
+    /// limit ([`max_response_body_size`](crate::SecretClientOptions::max_response_body_size)); `None`: the
+    /// transport's. [`SecretClient`](crate::SecretClient) sets [`ANSWER_LIMIT`] on every operation's
+    /// requests but a backup's, so that many requests in flight cannot each hold the transport's limit.
+    pub max_response_bytes: Option<usize>,
 }
+
+/// The most bytes [`SecretClient`](crate::SecretClient) reads of an answer other than a backup's (4 MiB): Key
+/// Vault's largest such answers — a secret of 25 KiB with its tags, a page of 25 items with theirs — are far
+/// smaller.
+pub const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 
 impl Request {
     /// A request without headers or body.
@@ -39,7 +49,14 @@ impl Request {
             headers: HeaderMap::new(),
             body: None,
             timeout: None,
+            max_response_bytes: None,
         }
+    }
+
+    /// Read at most `bytes` of the response body (see [`Request::max_response_bytes`]).
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = Some(bytes);
+        self
     }
 
     /// Set a JSON body (and `Content-Type: application/json`). The body is written into one buffer of its
@@ -398,7 +415,12 @@ impl Transport for ReqwestTransport {
         let mut response = builder.send().await.map_err(connection_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let limit = (self.config.max_body_bytes, self.config.max_body_setting);
+        let limit = match request.max_response_bytes {
+            Some(bytes) if bytes < self.config.max_body_bytes => {
+                (bytes, "the operation's limit on its answer")
+            }
+            _ => (self.config.max_body_bytes, self.config.max_body_setting),
+        };
         let body = read_body(&mut response, limit, &request.url).await?;
         Ok(Response {
             status,

@@ -131,6 +131,38 @@ async fn an_answer_past_the_body_limit_is_refused() {
     assert_eq!(zero.kind(), ErrorKind::InvalidArgument);
 }
 
+/// Only a backup's answer may be as long as `max_response_body_size`: every other operation's is read up to
+/// 4 MiB (`ANSWER_LIMIT`), so that many requests in flight (an export's) cannot each hold 64 MiB of a hostile
+/// server's answer.
+#[tokio::test]
+async fn answers_other_than_a_backup_are_read_up_to_4_mib() {
+    use keyvault_secrets::http::ANSWER_LIMIT;
+    let big = "A".repeat(ANSWER_LIMIT + 1000);
+    let backup = format!(r#"{{"value":"{big}"}}"#);
+    let server = start(move |req, _| match path(&req.target) {
+        "/secrets/big/" => MockResponse::json(200, "x".repeat(ANSWER_LIMIT + 1)).chunked(),
+        "/secrets/big/backup" => MockResponse::json(200, backup.clone()),
+        _ => MockResponse::json(200, BUNDLE),
+    })
+    .await;
+    let c = client_with(
+        &server.url,
+        &server.ca_pem,
+        Arc::new(Recording::default()),
+        |o| o.retry = RetryOptions::none(),
+    );
+    let e = c.get_secret("big", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Data, "{e}");
+    assert!(
+        e.message().contains(&format!(
+            "({ANSWER_LIMIT} bytes: the operation's limit on its answer)"
+        )),
+        "{e}"
+    );
+    let blob = c.backup_secret("big").await.unwrap();
+    assert_eq!(blob.len(), (ANSWER_LIMIT + 1000) / 4 * 3);
+}
+
 /// A token endpoint's answer is read up to 1 MiB: a longer one fails the credential, without reading it all.
 #[tokio::test]
 async fn a_token_answer_past_one_mib_is_refused() {
