@@ -335,4 +335,34 @@ fn a_paging_loop_ends_the_listing() {
     });
     let e = kv_at(&v, &["secret", "list"]).code(1);
     assert!(e.stderr.contains("paging loop"), "{}", e.stderr);
+    // Links that differ only in what is not sent (their api-version, which the client replaces, a fragment,
+    // the case of the path, a trailing `/`) are one page all the same.
+    let pages = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = pages.clone();
+    let v = fake_vault(move |_, target| {
+        let item = r#"{"id":"https://kv.vault.azure.net/secrets/a","attributes":{"enabled":true}}"#;
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n > 20 {
+            // A client that does not see the loop: ended here (and the test fails below).
+            return json(404, "{}");
+        }
+        let next = match n % 4 {
+            0 => format!("/secrets?api-version=7.{n}&$skiptoken=same"),
+            1 => format!("/secrets?$skiptoken=same#{n}"),
+            2 => "/Secrets/?$skiptoken=same".to_string(),
+            _ => "https://elsewhere.example/secrets?$skiptoken=same".to_string(),
+        };
+        if target.starts_with("/secrets?") || target.starts_with("/Secrets/?") {
+            json(200, format!(r#"{{"value":[{item}],"nextLink":"{next}"}}"#))
+        } else {
+            json(404, "{}")
+        }
+    });
+    let e = kv_at(&v, &["secret", "list"]).code(1);
+    assert!(e.stderr.contains("paging loop"), "{}", e.stderr);
+    assert!(
+        pages.load(std::sync::atomic::Ordering::SeqCst) <= 3,
+        "{}",
+        e.stderr
+    );
 }

@@ -65,14 +65,34 @@ pub struct Pages<T> {
     followed: HashSet<u64>,
 }
 
-/// What identifies a link: its path and query (a link's scheme and host are replaced by the vault's).
+/// What identifies a link: the request it makes — its path (dot segments resolved, case and a trailing `/`
+/// ignored, as Key Vault ignores them) and its query without `api-version` (replaced by the client's own) —
+/// not its scheme, host or fragment, which are not sent. Links that differ only in those are one page.
 fn link_key(link: &str) -> u64 {
-    let rest = match link.split_once("://") {
-        Some((_, after)) => after.find('/').map_or("/", |i| &after[i..]),
-        None => link,
-    };
+    static BASE: std::sync::LazyLock<reqwest::Url> = std::sync::LazyLock::new(|| {
+        reqwest::Url::parse("https://vault.invalid/").expect("a valid URL")
+    });
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    rest.hash(&mut h);
+    match reqwest::Url::parse(link).or_else(|_| BASE.join(link)) {
+        Ok(url) => {
+            let path = url.path();
+            path.strip_suffix('/')
+                .unwrap_or(path)
+                .to_ascii_lowercase()
+                .hash(&mut h);
+            for part in url.query().unwrap_or("").split('&') {
+                let name = part.split('=').next().unwrap_or("");
+                if !part.is_empty()
+                    && !name.eq_ignore_ascii_case("api-version")
+                    && !name.eq_ignore_ascii_case("api%2dversion")
+                {
+                    part.hash(&mut h);
+                }
+            }
+        }
+        // Not a URL: refused when fetched; any key will do.
+        Err(_) => link.hash(&mut h),
+    }
     h.finish()
 }
 
