@@ -263,6 +263,28 @@ fn a_huge_error_message_is_cut() {
 /// `recover --wait` likewise.
 #[test]
 fn wait_ends_after_the_wait_timeout() {
+    // An answer about another secret is refused: `--wait` must not poll, and confirm, another secret's delete.
+    let v = fake_vault(|method, target| {
+        let url = "https://kv.vault.azure.net";
+        match (method, target.split('?').next().unwrap_or_default()) {
+            ("DELETE", "/secrets/mine") => json(
+                200,
+                serde_json::json!({
+                    "recoveryId": format!("{url}/deletedsecrets/other-secret"),
+                    "deletedDate": 1613504488, "scheduledPurgeDate": 1614109288,
+                    "id": format!("{url}/secrets/other-secret"),
+                    "attributes": {"enabled": true, "recoveryLevel": "Recoverable+Purgeable"},
+                })
+                .to_string(),
+            ),
+            ("GET", "/deletedsecrets/other-secret") => json(200, "{}"),
+            _ => json(404, r#"{"error":{"code":"SecretNotFound","message":"no"}}"#),
+        }
+    });
+    let e = kv_at(&v, &["secret", "delete", "mine", "--wait"]);
+    assert_ne!(e.code, 0, "{}", e.stdout);
+    assert!(e.stderr.contains("not 'mine'"), "{}", e.stderr);
+
     let v = fake_vault(|method, target| {
         let url = "https://kv.vault.azure.net";
         match (method, target.split('?').next().unwrap_or_default()) {

@@ -792,7 +792,12 @@ impl SecretClient {
             .call_json(req)
             .instrument(span!("begin_delete_secret", name = name))
             .await?;
-        Poller::start(self.inner.clone(), self.inner.polling_interval, bundle)
+        Poller::start(
+            self.inner.clone(),
+            self.inner.polling_interval,
+            name,
+            bundle,
+        )
     }
 
     /// Delete a secret and wait until the deletion is done: the async Python client's `delete_secret`
@@ -838,7 +843,12 @@ impl SecretClient {
             .call_json(req)
             .instrument(span!("begin_recover_deleted_secret", name = name))
             .await?;
-        Poller::start(self.inner.clone(), self.inner.polling_interval, bundle)
+        Poller::start(
+            self.inner.clone(),
+            self.inner.polling_interval,
+            name,
+            bundle,
+        )
     }
 
     /// Permanently delete a deleted secret. `DELETE /deletedsecrets/{name}` (204).

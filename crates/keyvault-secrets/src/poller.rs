@@ -216,10 +216,14 @@ impl<T: PollerResult + fmt::Debug> fmt::Debug for Poller<T> {
 }
 
 impl<T: PollerResult> Poller<T> {
-    /// A poller for an operation the service just answered with `bundle`.
+    /// A poller for an operation on the secret `asked` that the service just answered with `bundle`: an answer
+    /// about another secret (names compare without case, as Key Vault's do) is refused, so that the poller
+    /// never polls, and confirms, another secret's operation. (Its ids' host is not checked: a vault reached
+    /// through another name, such as a private endpoint's, answers with ids of its own name.)
     pub(crate) fn start(
         client: Arc<ClientInner>,
         interval: Duration,
+        asked: &str,
         mut bundle: T::Bundle,
     ) -> Result<Self> {
         T::strip(&mut bundle);
@@ -227,6 +231,16 @@ impl<T: PollerResult> Poller<T> {
             Error::with_source(ErrorKind::Data, "cannot keep the operation's answer", e)
         })?;
         let result = T::from_bundle(bundle)?;
+        if !result.name().eq_ignore_ascii_case(asked) {
+            return Err(Error::new(
+                ErrorKind::Data,
+                format!(
+                    "the service's answer does not fit the operation: its resource is the secret '{}', not \
+                     '{asked}'",
+                    result.name()
+                ),
+            ));
+        }
         let done = result.done_at_once();
         Ok(Self::assemble(result, done, resource, client, interval))
     }
