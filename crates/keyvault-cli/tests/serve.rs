@@ -1712,26 +1712,9 @@ fn a_mistyped_log_level_logs_at_the_default_and_says_so() {
 async fn a_failed_write_back_of_the_database_stops_the_server_and_loses_nothing() {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
-    let shim = dir.path().join("fsync_eio.so");
-    let built = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&shim)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fault/fsync_eio.c"
-        ))
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(built.success());
     let (data, trigger) = (dir.path().join("dev"), dir.path().join("fail-syncs"));
-    let mut c = command(None);
-    c.args(dev_args(&data))
-        .env("LD_PRELOAD", &shim)
-        .env("KV_FAULT_TRIGGER", &trigger);
-    let (mut child, addr, lines) = spawn_server(c);
+    let (mut child, addr, lines) = serve_with_faults(dir.path(), &data, &trigger, &[]);
     let creds = data.join("dev-credentials.json");
-    wait_for_dev_credentials(&creds, &addr);
     let (_, token, http) = dev_token(&creds, &addr).await;
 
     // Four writers until the server is gone; every acknowledged (name, value) is kept.
@@ -1780,7 +1763,7 @@ async fn a_failed_write_back_of_the_database_stops_the_server_and_loses_nothing(
     }
     assert_eq!(status.signal(), Some(6), "aborted: {status:?}");
     let log = lines.lock().unwrap().join("\n");
-    assert!(log.contains("could not write the database file"), "{log}");
+    assert!(log.contains("could not sync the database file"), "{log}");
     assert!(
         std::fs::read_to_string(dir.path().join("fail-syncs.log"))
             .unwrap()
@@ -1814,5 +1797,98 @@ async fn a_failed_write_back_of_the_database_stops_the_server_and_loses_nothing(
             .unwrap_or_else(|| panic!("{name}: {got}"));
         let index = |v: &str| v.rsplit('-').next().unwrap().parse::<u64>().unwrap();
         assert!(index(got) >= index(&value), "{name}: {got} after {value}");
+    }
+}
+
+/// A dev server on `data` with `tests/fault/fsync_eio.c` preloaded (built into `dir`), its faults armed by the
+/// file `trigger` (and `env`): the server, its address (credentials written) and its log lines.
+fn serve_with_faults(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    trigger: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Server, String, LogLines) {
+    let shim = dir.join("fsync_eio.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&shim)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fault/fsync_eio.c"
+        ))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let mut c = command(None);
+    c.args(dev_args(data))
+        .env("LD_PRELOAD", &shim)
+        .env("KV_FAULT_TRIGGER", trigger)
+        .envs(env.iter().copied());
+    let (child, addr, lines) = spawn_server(c);
+    wait_for_dev_credentials(&data.join("dev-credentials.json"), &addr);
+    (child, addr, lines)
+}
+
+/// A checkpoint whose writes the kernel refuses at once (here EDQUOT: a quota) loses nothing and is tried
+/// again: the server goes on serving reads and sets (a commit writes only the WAL), and stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_of_the_database_is_tried_again_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, trigger) = (dir.path().join("dev"), dir.path().join("refuse-writes"));
+    let (mut child, addr, lines) =
+        serve_with_faults(dir.path(), &data, &trigger, &[("KV_FAULT_WRITES", "1")]);
+    let creds = data.join("dev-credentials.json");
+    let (_, token, http) = dev_token(&creds, &addr).await;
+    let set = async |name: &str, value: &str| {
+        http.put(format!("https://{addr}/secrets/{name}?api-version=7.6"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "value": value }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    std::fs::write(&trigger, b"").unwrap();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(set(&format!("s{}", i % 20), &format!("v{i}")).await, 200);
+        i += 1;
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "the server stopped");
+    let refused = std::fs::read_to_string(dir.path().join("refuse-writes.log")).unwrap_or_default();
+    assert!(
+        refused.contains("EDQUOT"),
+        "no checkpoint write was refused"
+    );
+    std::fs::remove_file(&trigger).unwrap();
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    assert!(
+        !lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("could not sync")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    // Started again: every set is there.
+    let (_again, addr) = start(&dev_args(&data));
+    wait_for_dev_credentials(&creds, &addr);
+    let (_, token, http) = dev_token(&creds, &addr).await;
+    for n in 0..20.min(i) {
+        let got: serde_json::Value = http
+            .get(format!("https://{addr}/secrets/s{n}?api-version=7.6"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let latest = (0..i).filter(|k| k % 20 == n).max().unwrap();
+        assert_eq!(got["value"], format!("v{latest}"), "s{n}");
     }
 }

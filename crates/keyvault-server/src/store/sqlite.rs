@@ -1100,7 +1100,7 @@ fn writer_wal_hook(wal: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqli
     if i64::from(pages) >= WAL_AUTOCHECKPOINT_PAGES
         && let Err(e) = wal.checkpoint()
     {
-        if is_io_error(&e) {
+        if is_sync_error(&e) {
             checkpoint_io_failed("a WAL checkpoint", &e);
         }
         tracing::debug!(error = %e, "the writer's WAL checkpoint skipped");
@@ -1108,12 +1108,18 @@ fn writer_wal_hook(wal: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqli
     Ok(())
 }
 
-/// Whether a checkpoint failed writing or syncing the database file (`SQLITE_IOERR_*`), not for being busy.
-fn is_io_error(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::SystemIoFailure)
+/// Whether a checkpoint failed syncing the database file (`SQLITE_IOERR_FSYNC`): the one failure after which
+/// pages SQLite wrote may never reach the disk although it can read them back. A write the kernel refuses at
+/// once (a quota, a read-only file system, a full disk) fails the pass before it counts any page as copied,
+/// and the next pass tries again: no abort for those.
+fn is_sync_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_FSYNC
+    )
 }
 
-/// Stops the process: a checkpoint's write of the database file, or its sync, failed. The pages may never
+/// Stops the process: a checkpoint's sync of the database file failed. The pages it wrote may never
 /// reach the disk while the page cache keeps serving them, and Linux reports a failed write-back once per
 /// open file: the next sync would succeed, the checkpoint would count the pages as copied, and the writer's
 /// next commit would start the WAL over — on top of the only good copy of writes already acknowledged. Stopped
@@ -1122,7 +1128,7 @@ fn is_io_error(e: &rusqlite::Error) -> bool {
 fn checkpoint_io_failed(what: &str, error: &dyn std::fmt::Display) -> ! {
     tracing::error!(
         error = %error,
-        "{what} could not write the database file: stopping now, before the WAL can be started over; every \
+        "{what} could not sync the database file to disk: stopping now, before the WAL can be started over; every \
          acknowledged write is in the WAL, and the next start copies it into the database again (check the disk)"
     );
     std::process::abort()
@@ -1198,7 +1204,7 @@ impl Checkpointer {
                     u32::try_from(done).unwrap_or(0),
                 ))
             }
-            Err(e) if is_io_error(&e) => checkpoint_io_failed("a WAL checkpoint", &e),
+            Err(e) if is_sync_error(&e) => checkpoint_io_failed("a WAL checkpoint", &e),
             Err(e) => {
                 tracing::debug!(error = %e, "WAL checkpoint skipped");
                 None
@@ -1412,9 +1418,9 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         });
         match done {
             // Nothing may start the log over now: the start stops here, the WAL intact.
-            Err(e) if is_io_error(&e) => {
+            Err(e) if is_sync_error(&e) => {
                 return Err(StoreError::Unavailable(format!(
-                    "the WAL checkpoint after the schema upgrade could not write the database file: {e}"
+                    "the WAL checkpoint after the schema upgrade could not sync the database file: {e}"
                 )));
             }
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint after the schema upgrade failed"),
