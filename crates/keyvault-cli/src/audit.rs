@@ -128,6 +128,15 @@ fn print_report(r: &VerifyReport) {
             "macs: {} line(s) authenticated{previous}; {} line(s) from before MACs (not authenticated)",
             r.mac_lines, r.lines_before_macs
         );
+        if let Some((file, line)) = &r.first_previous_key_after_current {
+            stderr_line!(
+                "warning: {} line(s) under a previous key come after lines under the current key, the first at \
+                 {}:{line}: the key was rolled back after them, or they were written (or rewritten) by someone \
+                 holding a previous key",
+                r.previous_key_after_current,
+                file.display()
+            );
+        }
         if r.lines > 0 && r.mac_lines == 0 {
             stderr_line!(
                 "warning: no line has a MAC, so none is authenticated (a log written before audit MACs, or one \

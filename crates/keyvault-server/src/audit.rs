@@ -478,6 +478,12 @@ pub struct VerifyReport {
     pub previous_key_lines: u64,
     /// Lines before the first line with a MAC (written by a build before MACs): not authenticated by any key.
     pub lines_before_macs: u64,
+    /// Lines under a previous key that come after a line under the current one, and the first of them (file,
+    /// line number): written before the key was rolled back (a previous key made current again), or written —
+    /// or rewritten — by someone holding a retired key. Not an error (a rollback is legitimate), but worth a
+    /// look: whoever holds a previous key can forge lines after the rotation while it is configured.
+    pub previous_key_after_current: u64,
+    pub first_previous_key_after_current: Option<(PathBuf, u64)>,
 }
 
 /// Where and why verification failed.
@@ -534,9 +540,11 @@ fn verify_files_with(
         mac_lines: 0,
         previous_key_lines: 0,
         lines_before_macs: 0,
+        previous_key_after_current: 0,
+        first_previous_key_after_current: None,
     };
-    // Keys move one way: once a line is under the current key, a line under a previous one after it was written
-    // (or rewritten) by someone holding a retired key — often retired because it leaked.
+    // Once a line is under the current key, a line under a previous one after it was written before a rollback
+    // of the key, or (re)written by someone holding a retired key: counted and reported.
     let mut current_key_seen = false;
     for path in paths {
         let err = |line: u64, reason: String| VerifyError {
@@ -573,15 +581,15 @@ fn verify_files_with(
             match (&mac, keys) {
                 (Some(mac), Some(keys)) => match keys.check(&hash, mac) {
                     Some(0) => current_key_seen = true,
-                    Some(_) if current_key_seen => {
-                        return Err(err(
-                            n,
-                            "the line's MAC verifies only under a previous key, after lines under the current \
-                             key (written or rewritten with a retired key)"
-                                .into(),
-                        ));
+                    Some(_) => {
+                        report.previous_key_lines += 1;
+                        if current_key_seen {
+                            report.previous_key_after_current += 1;
+                            report
+                                .first_previous_key_after_current
+                                .get_or_insert_with(|| (path.clone(), n));
+                        }
                     }
-                    Some(_) => report.previous_key_lines += 1,
                     None => {
                         return Err(err(
                             n,
@@ -1022,17 +1030,19 @@ impl AuditLog {
                         Some(0) => {}
                         // Under a previous key: a line under the current one is written at once (below), so
                         // that the previous key can go without the next start finding a last line it cannot
-                        // verify. Unless the chain already has a line under the current key: then lines after
-                        // it were written or rewritten with a retired key.
-                        Some(_) if any_line_under(path, keys, 0).map_err(io)? => {
-                            return Err(AuditError::Unauthenticated {
-                                path: file,
-                                reason: "the last line's MAC verifies only under a previous key, after lines \
-                                         under the current key (written or rewritten with a retired key)"
-                                    .into(),
-                            });
+                        // verify. If the chain has lines under the current key before it, the key was rolled
+                        // back — or the lines after them were written with a retired key: said.
+                        Some(_) => {
+                            under_previous_key = true;
+                            if any_line_under(path, keys, 0).map_err(io)? {
+                                tracing::warn!(
+                                    file = %file.display(),
+                                    "the audit log's last line is under a previous key, after lines under the \
+                                     current key: the key was rolled back, or lines were written with a retired \
+                                     key; `keyvault audit verify` says where"
+                                );
+                            }
                         }
-                        Some(_) => under_previous_key = true,
                         None => {
                             return Err(AuditError::Unauthenticated {
                                 path: file,
@@ -1706,23 +1716,26 @@ mod tests {
             AuditLog::open_signed(&path, 1 << 20, 0, &keys_of(3, &[])),
             Err(AuditError::Unauthenticated { .. })
         ));
-        // Whoever holds only the retired key 1 cannot add (or rewrite) lines after those under key 2: the
-        // chain and its MAC are right, but the key went back.
+        // A line under the old key 1 after lines under key 2 — written after a rollback, or by whoever holds
+        // only the retired key — is reported (not refused: a rollback is legitimate), and a start continues.
         let last = check_line(text.lines().last().unwrap()).unwrap();
-        let (forged, _) = make_line_signed(
+        let (late, _) = make_line_signed(
             &record(99),
             last.seq + 1,
             &last.hash,
             Some(&keys_of(1, &[]).keys[0]),
         );
-        std::fs::write(&path, format!("{text}{forged}\n")).unwrap();
-        let e = verify_file_keyed(&path, &rotated).unwrap_err();
-        assert_eq!(e.line, 8);
-        assert!(e.reason.contains("only under a previous key"), "{e}");
-        assert!(matches!(
-            AuditLog::open_signed(&path, 1 << 20, 0, &rotated),
-            Err(AuditError::Unauthenticated { .. })
-        ));
+        std::fs::write(&path, format!("{text}{late}\n")).unwrap();
+        let r = verify_file_keyed(&path, &rotated).unwrap();
+        assert_eq!(r.previous_key_after_current, 1);
+        assert_eq!(r.first_previous_key_after_current, Some((path.clone(), 8)));
+        // The key rolled back (1 current again, 2 previous) over the honest log: the start carries the chain
+        // over to key 1, and the log verifies (key 2's lines reported as after key 1's).
+        std::fs::write(&path, &text).unwrap();
+        let back = keys_of(1, &[2]);
+        drop(AuditLog::open_signed(&path, 1 << 20, 0, &back).unwrap());
+        let r = verify_file_keyed(&path, &back).unwrap();
+        assert_eq!((r.lines, r.previous_key_after_current), (8, 4));
     }
 
     #[tokio::test]
