@@ -813,11 +813,31 @@ async fn token_requests_are_audited_with_their_request_ids() {
         .to_str()
         .unwrap()
         .to_string();
+    // A 405 (the token endpoint asked with GET, discovery with POST) has its id too, and no audit line.
+    let wrong_method = http.get(&url).send().await.unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong_method.headers().contains_key("x-ms-request-id"));
+    let posted = http
+        .post(format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            lv.authority_host(),
+            lv.tenant_id()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(posted.headers().contains_key("x-ms-request-id"));
 
     let log = lv.audit().expect("dev mode audits");
     log.flush().await;
     let text = std::fs::read_to_string(log.path()).unwrap();
-    for secret in [my_secret, "not-the-secret-1234", "whatever-5678"] {
+    for secret in [
+        my_secret,
+        "not-the-secret-1234",
+        "whatever-5678",
+        "no-such-client",
+    ] {
         assert!(!text.contains(secret), "a client secret leaked: {text}");
     }
     assert!(!text.contains(&discovery_id), "{text}");
@@ -830,12 +850,8 @@ async fn token_requests_are_audited_with_their_request_ids() {
     for ((id, status), principal, target, outcome) in [
         (&good, json!(me), json!(me), "allowed"),
         (&wrong, Value::Null, json!(me), "unauthenticated"),
-        (
-            &unknown,
-            Value::Null,
-            json!("no-such-client"),
-            "unauthenticated",
-        ),
+        // An id this server does not know is not written (it may be a secret pasted into the wrong field).
+        (&unknown, Value::Null, Value::Null, "unauthenticated"),
         (&bad_grant, Value::Null, json!(me), "rejected"),
         (&unprintable, Value::Null, Value::Null, "unauthenticated"),
     ] {

@@ -162,8 +162,8 @@ impl TraceId {
     }
 }
 
-/// What a token request's audit line records of it, on its response: the client id it named (`None`: none,
-/// or not printable) and whether it got a token.
+/// What a token request's audit line records of it, on its response: the client id it named, if this server
+/// knows it (`None`: none, unknown, or not printable) and whether it got a token.
 #[derive(Clone, Debug)]
 pub(crate) struct TokenRequestAudit {
     pub(crate) client_id: Option<String>,
@@ -216,8 +216,14 @@ async fn token(
             (e.into_response(&state, &trace_id, &correlation), outcome)
         }
     };
-    let client_id = client_id
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()));
+    // Only a client id this server knows: what a request names may be anything — a secret pasted into the
+    // wrong field among them.
+    let client_id = client_id.filter(|id| {
+        !id.is_empty()
+            && id.len() <= 128
+            && id.bytes().all(|b| b.is_ascii_graphic())
+            && state.clients.contains(id)
+    });
     response
         .extensions_mut()
         .insert(TokenRequestAudit { client_id, outcome });

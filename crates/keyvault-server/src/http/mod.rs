@@ -248,7 +248,7 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
             async move {
                 let request_id = RequestId::next();
                 let client_request_id = req.headers().get(CLIENT_REQUEST_ID).cloned();
-                let token_request = req.method() == Method::POST;
+                let token_request = req.method() == Method::POST && is_token_path(req.uri().path());
                 let mut record = AuditRecord::new(request_id.as_str().to_owned());
                 record.operation = Some("TokenRequest");
                 record.client_request_id = client_request_id
@@ -291,6 +291,13 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
     ))
 }
 
+/// Whether `path` is the token endpoint's (`/{tenant}/oauth2/v2.0/token`, with or without a trailing `/`).
+fn is_token_path(path: &str) -> bool {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    path.strip_suffix("/oauth2/v2.0/token")
+        .is_some_and(|tenant| tenant.len() > 1 && tenant[1..].find('/').is_none())
+}
+
 /// The id MSAL (and so azure-identity) sends with a token request, which Entra ID echoes.
 const CLIENT_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("client-request-id");
 
@@ -309,6 +316,12 @@ async fn shape_router_405(req: Request, next: axum::middleware::Next) -> Respons
         Some(allow) => shaped.headers_mut().insert(header::ALLOW, allow.clone()),
         None => shaped.headers_mut().remove(header::ALLOW),
     };
+    // The identity endpoints' ids (`identity_routes`) stay.
+    for name in [X_MS_REQUEST_ID, CLIENT_REQUEST_ID] {
+        if let Some(v) = resp.headers().get(&name) {
+            shaped.headers_mut().insert(name, v.clone());
+        }
+    }
     shaped
 }
 
