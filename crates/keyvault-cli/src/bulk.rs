@@ -466,7 +466,8 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
         match seen.get(&name.to_ascii_lowercase()) {
             Some(&at) => {
                 stderr_line!(
-                    "warning: '{name}' appears more than once (names are case-insensitive); the last value wins"
+                    "warning: '{}' appears more than once (names are case-insensitive); the last value wins",
+                    crate::render::terminal_safe(&name)
                 );
                 order[at] = (name, value);
             }
@@ -559,7 +560,10 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
     let mut report: Vec<(String, Result<Outcome, Failed>)> = Vec::new();
     while let Some((name, result)) = results.next().await {
         if let Err(Failed::Error(e)) = &result {
-            progress.message(&format!("error: {name}: {e}"));
+            progress.message(&format!(
+                "error: {}: {e}",
+                crate::render::terminal_safe(&name)
+            ));
         }
         progress.tick();
         report.push((name, result));
@@ -627,7 +631,7 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
                     Err(Failed::Error(_) | Failed::Fatal(_)) => "failed",
                     Err(Failed::NotAttempted) => "not-attempted",
                 };
-                writeln!(out, "{name}\t{result}").map_err(io_error)?;
+                writeln!(out, "{}\t{result}", crate::render::tsv_escape(name)).map_err(io_error)?;
             }
         }
         Output::Table | Output::Value => {}
@@ -704,7 +708,10 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
             Err(e) => {
                 failed += 1;
                 let msg = CliError::from_client(&e, Target::Secret(&name, None), vault);
-                progress.message(&format!("error: {name}: {msg}"));
+                progress.message(&format!(
+                    "error: {}: {msg}",
+                    crate::render::terminal_safe(&name)
+                ));
             }
         }
         progress.tick();

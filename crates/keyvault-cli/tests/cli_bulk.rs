@@ -139,6 +139,44 @@ fn import_export_round_trip_of_500_secrets() {
     );
 }
 
+/// Names from an import file (often someone else's) reach stderr and TSV escaped: a name with escape sequences
+/// sets no terminal title and colours nothing, in the duplicate warning, the error line or the report.
+#[test]
+fn import_escapes_the_names_it_prints() {
+    let v = start_vault();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.json");
+    std::fs::write(
+        &path,
+        r#"{"bad\u001b]0;TITLE\u0007name": "1", "dup\u001b[31mX": "2", "DUP\u001b[31mx": "3"}"#,
+    )
+    .unwrap();
+    let out = kv(
+        &v,
+        &[
+            "secret",
+            "import",
+            "--file",
+            path.to_str().unwrap(),
+            "-o",
+            "tsv",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    for text in [&out.stdout, &out.stderr] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+    }
+    assert!(
+        out.stderr.contains("appears more than once"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("\\u{1b}"), "{}", out.stdout);
+}
+
 #[test]
 fn import_reports_item_errors_and_goes_on() {
     let v = start_vault();

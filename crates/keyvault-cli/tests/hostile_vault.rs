@@ -256,6 +256,23 @@ fn a_huge_error_message_is_cut() {
         "{} bytes",
         e.stderr.len()
     );
+    // Codes too (the outer one, an inner one): a code is an identifier, cut at 128 characters.
+    let v = fake_vault(|_, _| {
+        json(
+            404,
+            serde_json::json!({"error": {"code": "C".repeat(200_000), "message": "m",
+                "innererror": {"code": "I".repeat(200_000)}}})
+            .to_string(),
+        )
+    });
+    let e = kv_at(&v, &["secret", "show", "x"]);
+    assert_ne!(e.code, 0);
+    assert!(e.stderr.len() < 4_000, "{} bytes", e.stderr.len());
+    assert!(
+        e.stderr.contains(&format!("{}…", "C".repeat(128))),
+        "{}",
+        e.stderr
+    );
 }
 
 /// `delete --wait` against a vault that never finishes the deletion (the deleted secret stays "not found")

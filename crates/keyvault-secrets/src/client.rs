@@ -991,7 +991,7 @@ impl SecretClient {
                 ErrorKind::InvalidArgument,
                 format!(
                     "the request URL '{}' is not on this client's vault '{}'",
-                    request.url,
+                    crate::pipeline::logging::redacted_url(&request.url),
                     self.vault_url()
                 ),
             ));
@@ -1097,6 +1097,18 @@ mod tests {
             .send_request(Request::new(Method::GET, "https://evil.example/secrets"))
             .await;
         assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidArgument);
+        // Its message names the URL as the logs do: no user information, no query values.
+        let e = c
+            .send_request(Request::new(
+                Method::GET,
+                "https://user:pw@other.example/secrets?$skiptoken=CANARY",
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            !e.message().contains("pw@") && !e.message().contains("CANARY"),
+            "{e}"
+        );
     }
 
     /// A request URL without the leading `/` (the a17 audit's L1) is refused before any I/O with an error that

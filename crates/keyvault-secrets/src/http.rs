@@ -220,7 +220,9 @@ impl Response {
         } else {
             message
         };
-        Error::from_response(self.status, header_code.or(code), inner, message)
+        // A code is a short identifier (`SecretNotFound`): a longer one is cut as a message is, shorter.
+        let code = header_code.or(code).map(cut_code);
+        Error::from_response(self.status, code, inner.map(cut_code), message)
             .with_headers(self.headers.clone())
     }
 
@@ -246,6 +248,17 @@ impl Response {
 /// The most characters of a service's error message kept in an [`Error`]; a longer one is cut, with a note
 /// of how much was cut.
 const MAX_ERROR_MESSAGE_CHARS: usize = 2000;
+
+/// An error code cut to [`MAX_ERROR_CODE_CHARS`] (then `…`).
+fn cut_code(code: String) -> String {
+    match code.char_indices().nth(MAX_ERROR_CODE_CHARS) {
+        None => code,
+        Some((cut, _)) => format!("{}…", &code[..cut]),
+    }
+}
+
+/// The longest error code kept whole (Key Vault's are identifiers of a few dozen characters).
+const MAX_ERROR_CODE_CHARS: usize = 128;
 
 pub(crate) fn cut_message(message: String) -> String {
     match message.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {

@@ -44,6 +44,13 @@ impl SecretId {
             id: id.to_string(),
             reason,
         };
+        // A URL is printable ASCII throughout (RFC 3986: anything else is percent-encoded): an id with a space, a
+        // control character or other text in it is no id, and is not passed on (to a terminal, a script).
+        if !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err(
+                "an identifier is a URL: printable ASCII without spaces or control characters",
+            ));
+        }
         // As the Python SDK reads an id (`urlparse`): scheme and host in any case (kept in lower case), and empty
         // path segments ignored (`https://v//secrets/n/{version}/` is the same id).
         let (scheme, rest) = id.split_once("://").ok_or_else(|| err("missing scheme"))?;
@@ -116,6 +123,11 @@ mod tests {
             "https://kv/secrets/n/v/extra",
             "ftp://kv/secrets/n",
             "https:///secrets/n",
+            // Not printable ASCII: escape sequences in the host or a query, a space, text beyond ASCII.
+            "https://evil\u{1b}]0;TITLE\u{7}x/secrets/n/0123abcd",
+            "https://kv/secrets/n/0123abcd?\u{1b}[31mRED",
+            "https://kv/secrets/n?a b",
+            "https://kv\u{202e}/secrets/n",
         ] {
             assert!(SecretId::parse(bad).is_err(), "{bad}");
         }
