@@ -1892,3 +1892,43 @@ async fn a_refused_write_of_the_database_is_tried_again_not_fatal() {
         assert_eq!(got["value"], format!("v{latest}"), "s{n}");
     }
 }
+
+/// A request still in flight when the 10-s drain runs out is given up while the audit log is open: its line
+/// (499) is written before the chain's head is logged at shutdown, so the logged head is the file's last line.
+#[tokio::test]
+async fn the_head_logged_at_shutdown_is_the_last_line_even_after_the_drain_runs_out() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let mut c = command(None);
+    c.args(dev_args(&data));
+    let (mut child, addr, lines) = spawn_server(c);
+    let creds = data.join("dev-credentials.json");
+    wait_for_dev_credentials(&creds, &addr);
+    let (ca, token, _http) = dev_token(&creds, &addr).await;
+    let mut stuck = tls_connection(&ca, &addr);
+    let head = format!(
+        "PUT /secrets/s?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"val"
+    );
+    stuck.write_all(head.as_bytes()).unwrap();
+    stuck.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&child);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(stuck);
+    let logged = lines.lock().unwrap().clone();
+    let head_line = logged
+        .iter()
+        .find(|l| l.contains("chain head at shutdown"))
+        .unwrap_or_else(|| panic!("{logged:?}"));
+    let logged_seq: u64 = log_field(head_line, " seq=").unwrap().parse().unwrap();
+    let audit = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["seq"], logged_seq, "{audit}");
+    assert_eq!(last["status"], 499, "{audit}");
+}

@@ -926,7 +926,12 @@ impl Server {
         // An upload's bytes extend the answer timeout as they extend its body's deadline.
         let min_rate = self.min_body_rate;
         tokio::pin!(shutdown);
+        // Every connection's task: drained at shutdown, and given up (aborted) past the drain's limit while the
+        // audit log is still open, so that what their ends write (a 499 line) comes before its head is logged.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            // Those that have ended, reaped (each keeps a few bytes until joined).
+            while connections.try_join_next().is_some() {}
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
                 permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -961,8 +966,7 @@ impl Server {
             let builders = builders.clone();
             let mut stop = stop_rx.clone();
             let open = OpenConnection::new(&self.open_connections);
-            tokio::spawn(async move {
-                // Held until the connection ends: the drain below waits for every permit.
+            connections.spawn(async move {
                 let _permit = permit;
                 let _open = open;
                 let _source = source;
@@ -1025,13 +1029,13 @@ impl Server {
         }
         drop(self.listener);
         let _ = stop_tx.send(true);
-        // Every connection holds a permit until it ends.
-        let all = u32::try_from(MAX_CONNECTIONS).expect("MAX_CONNECTIONS fits a u32");
-        if tokio::time::timeout(DRAIN_TIMEOUT, limit.acquire_many(all))
-            .await
-            .is_err()
-        {
-            tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while connections.join_next().await.is_some() {}
+        });
+        if drained.await.is_err() {
+            tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}: given up");
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
         }
         let _ = sweeper.await;
         // After the requests in flight: the last ids they made are recorded too.
