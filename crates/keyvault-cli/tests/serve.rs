@@ -1769,7 +1769,7 @@ async fn a_failed_write_back_of_the_database_stops_the_server_and_loses_nothing(
     }
     assert_eq!(status.signal(), Some(6), "aborted: {status:?}");
     let log = lines.lock().unwrap().join("\n");
-    assert!(log.contains("could not sync the database file"), "{log}");
+    assert!(log.contains("could not sync its files"), "{log}");
     assert!(
         std::fs::read_to_string(dir.path().join("fail-syncs.log"))
             .unwrap()

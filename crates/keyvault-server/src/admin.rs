@@ -2182,6 +2182,12 @@ mod tests {
             " spaced ",
             "a\u{7}b",
             "",
+            "a\u{034F}b",
+            "a\u{FE0F}b",
+            "a\u{3164}b",
+            "a\u{115F}b",
+            "a\u{00A0}b",
+            "a\u{3000}b",
         ] {
             let e = admin.assign(bad, "Key Vault Reader", Scope::Vault).await;
             assert!(

@@ -216,7 +216,17 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    crate::store::sqlite::snapshot::sync_dir(path.parent().unwrap_or(Path::new("")))
+    // In place now, whatever follows: a failed sync of the directory is said, not reported as a failed write
+    // (the file holds the new contents, and a caller told otherwise would act on the old ones).
+    if let Err(e) = crate::store::sqlite::snapshot::sync_dir(path.parent().unwrap_or(Path::new("")))
+    {
+        tracing::warn!(
+            file = %path.display(),
+            error = %e,
+            "a file was replaced, but its directory could not be synced: a crash soon after may bring back its previous contents"
+        );
+    }
+    Ok(())
 }
 
 /// A file in the data directory that records which store this directory's server has used (see

@@ -398,22 +398,31 @@ pub fn shown(text: &str) -> String {
 
 /// Characters that change how text displays without showing themselves: Unicode's format characters (general
 /// category Cf) that occur in text — soft hyphen, zero-width spaces and joiners, directional marks, embeddings,
-/// overrides and isolates, invisible operators, the byte-order mark, tags — and the line and paragraph
-/// separators. (`char::is_control` covers only category Cc.)
+/// overrides and isolates, invisible operators, the byte-order mark, tags —, the other default-ignorable ones
+/// that display as nothing (the combining grapheme joiner, variation selectors, Hangul fillers, Khmer and
+/// Mongolian invisible vowels and separators), and every whitespace character but the ASCII space (the line and
+/// paragraph separators, no-break and typographic spaces). (`char::is_control` covers only category Cc.)
 pub(crate) fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
             | '\u{061C}'
-            | '\u{180E}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-            | '\u{E0000}'..='\u{E007F}'
-    )
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    ) || (c.is_whitespace() && c != ' ')
 }
 
 /// A role given to a principal at a scope.

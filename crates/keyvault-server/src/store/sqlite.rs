@@ -1108,10 +1108,11 @@ fn writer_wal_hook(wal: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqli
     Ok(())
 }
 
-/// Whether a checkpoint failed syncing the database file (`SQLITE_IOERR_FSYNC`): the one failure after which
-/// pages SQLite wrote may never reach the disk although it can read them back. A write the kernel refuses at
-/// once (a quota, a read-only file system, a full disk) fails the pass before it counts any page as copied,
-/// and the next pass tries again: no abort for those.
+/// Whether a checkpoint failed syncing its files (`SQLITE_IOERR_FSYNC`, the WAL's or the database file's:
+/// SQLite does not say which): the failure after which pages it wrote may never reach the disk although it can
+/// read them back — also when the file system turned read-only under it (ext4's `errors=remount-ro`: its
+/// unwritten pages are lost). A write the kernel refuses at once (a quota, a full disk) fails the pass before
+/// it counts any page as copied, and the next pass tries again: no abort for those.
 fn is_sync_error(e: &rusqlite::Error) -> bool {
     matches!(
         e,
@@ -1128,7 +1129,7 @@ fn is_sync_error(e: &rusqlite::Error) -> bool {
 fn checkpoint_io_failed(what: &str, error: &dyn std::fmt::Display) -> ! {
     tracing::error!(
         error = %error,
-        "{what} could not sync the database file to disk: stopping now, before the WAL can be started over; every \
+        "{what} could not sync its files to disk: stopping now, before the WAL can be started over; every \
          acknowledged write is in the WAL, and the next start copies it into the database again (check the disk)"
     );
     std::process::abort()
