@@ -1777,9 +1777,7 @@ async fn a_failed_write_back_of_the_database_stops_the_server_and_loses_nothing(
     );
 
     // Started again (without the fault): the latest acknowledged value of every name is there.
-    let (_again, addr) = start(&dev_args(&data));
-    wait_for_dev_credentials(&creds, &addr);
-    let (_, token, http) = dev_token(&creds, &addr).await;
+    let (_again, addr, token, http) = restarted(&data).await;
     let mut latest = std::collections::HashMap::new();
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     assert!(acknowledged.len() >= 300);
@@ -1787,15 +1785,7 @@ async fn a_failed_write_back_of_the_database_stops_the_server_and_loses_nothing(
         latest.insert(name, value);
     }
     for (name, value) in latest {
-        let got: serde_json::Value = http
-            .get(format!("https://{addr}/secrets/{name}?api-version=7.6"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got = secret_json(&http, &addr, &token, &name).await;
         // The latest acknowledged value or a later one a writer sent as the server stopped (made, never
         // acknowledged): never an earlier one.
         let got = got["value"]
@@ -1804,6 +1794,32 @@ async fn a_failed_write_back_of_the_database_stops_the_server_and_loses_nothing(
         let index = |v: &str| v.rsplit('-').next().unwrap().parse::<u64>().unwrap();
         assert!(index(got) >= index(&value), "{name}: {got} after {value}");
     }
+}
+
+/// The dev server of `data` started again (no faults): it, its address, a token and the client that got it.
+async fn restarted(data: &std::path::Path) -> (Server, String, String, reqwest::Client) {
+    let (server, addr) = start(&dev_args(data));
+    let creds = data.join("dev-credentials.json");
+    wait_for_dev_credentials(&creds, &addr);
+    let (_, token, http) = dev_token(&creds, &addr).await;
+    (server, addr, token, http)
+}
+
+/// `GET /secrets/{name}`'s JSON body.
+async fn secret_json(
+    http: &reqwest::Client,
+    addr: &str,
+    token: &str,
+    name: &str,
+) -> serde_json::Value {
+    http.get(format!("https://{addr}/secrets/{name}?api-version=7.6"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// A dev server on `data` with `tests/fault/fsync_eio.c` preloaded (built into `dir`), its faults armed by the
@@ -1881,19 +1897,9 @@ async fn a_refused_write_of_the_database_is_tried_again_not_fatal() {
         lines.lock().unwrap()
     );
     // Started again: every set is there.
-    let (_again, addr) = start(&dev_args(&data));
-    wait_for_dev_credentials(&creds, &addr);
-    let (_, token, http) = dev_token(&creds, &addr).await;
+    let (_again, addr, token, http) = restarted(&data).await;
     for n in 0..20.min(i) {
-        let got: serde_json::Value = http
-            .get(format!("https://{addr}/secrets/s{n}?api-version=7.6"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got = secret_json(&http, &addr, &token, &format!("s{n}")).await;
         let latest = (0..i).filter(|k| k % 20 == n).max().unwrap();
         assert_eq!(got["value"], format!("v{latest}"), "s{n}");
     }

@@ -799,15 +799,12 @@ async fn token_requests_are_audited_with_their_request_ids() {
         [200, 401, 401, 400, 401]
     );
     // Discovery has its id too; it is not audited.
-    let discovery = http
-        .get(format!(
-            "{}/{}/v2.0/.well-known/openid-configuration",
-            lv.authority_host(),
-            lv.tenant_id()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let discovery_url = format!(
+        "{}/{}/v2.0/.well-known/openid-configuration",
+        lv.authority_host(),
+        lv.tenant_id()
+    );
+    let discovery = http.get(&discovery_url).send().await.unwrap();
     assert_eq!(discovery.status(), StatusCode::OK);
     let discovery_id = discovery.headers()["x-ms-request-id"]
         .to_str()
@@ -817,15 +814,7 @@ async fn token_requests_are_audited_with_their_request_ids() {
     let wrong_method = http.get(&url).send().await.unwrap();
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(wrong_method.headers().contains_key("x-ms-request-id"));
-    let posted = http
-        .post(format!(
-            "{}/{}/v2.0/.well-known/openid-configuration",
-            lv.authority_host(),
-            lv.tenant_id()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let posted = http.post(&discovery_url).send().await.unwrap();
     assert_eq!(posted.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(posted.headers().contains_key("x-ms-request-id"));
 
