@@ -202,7 +202,8 @@ fn warn_if_others_can_write(dir: &Path) {
 }
 
 /// Write `contents` to `path` atomically and durably (temporary file, fsync, rename, fsync of the directory:
-/// without the last, a crash soon after could bring back the file's previous contents) with mode 0600.
+/// without the last, a crash soon after could bring back the file's previous contents; if only that fails, it
+/// is logged and the write counts as done) with mode 0600.
 pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -1167,12 +1168,12 @@ impl Drop for SourceGuard {
     }
 }
 
-/// Counts a connection as open while it lives (for the metrics).
 /// Until the server stops (or the sender is gone).
 async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
+/// Counts a connection as open while it lives (for the metrics).
 struct OpenConnection(Arc<AtomicU64>);
 
 impl OpenConnection {

@@ -237,9 +237,10 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
 }
 
 /// The identity endpoints (`auth_routes`). Every answer carries an `x-ms-request-id` (an error's `trace_id`
-/// is the same id) and echoes the client's `client-request-id`, as Entra ID's do. A token request (a POST) is
-/// refused with 503 `temporarily_unavailable` while [`ready::token_endpoint_refusal`] says so, and gets its
-/// audit line (`TokenRequest`: the client id it named as `target`, and as `principal` once it got a token).
+/// is the same id) and echoes the client's `client-request-id`, as Entra ID's do. A token request (a POST to
+/// the token path) is refused with 503 `temporarily_unavailable` while [`ready::token_endpoint_refusal`] says
+/// so, and gets its audit line (`TokenRequest`: the client id it named as `target` if the server knows it, and
+/// as `principal` once it got a token).
 fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
     use crate::auth::routes::{TokenRequestAudit, TraceId};
     auth_routes.layer(axum::middleware::from_fn(
