@@ -1371,6 +1371,9 @@ impl AccessAdmin {
                 c.is_control()
                     || crate::auth::policy::is_invisible_format(c)
                     || c == char::REPLACEMENT_CHARACTER
+                    // An identifier (a client id, an e-mail, a UPN, an object id): no space but ASCII's.
+                    || (c.is_whitespace() && c != ' ')
+                    || ('\u{FE00}'..='\u{FE0F}').contains(&c)
             })
         {
             return Err(AdminError::BadParameter(
@@ -2175,7 +2178,8 @@ mod tests {
         assert!(admin.roles().iter().all(|r| !r.managed));
 
         // An assignment's principal follows the same rule (a listing must not show one principal as another),
-        // and surrounding whitespace is refused as the configuration refuses it, not trimmed.
+        // and surrounding whitespace is refused as the configuration refuses it, not trimmed; an identifier has
+        // no space but ASCII's, nor a variation selector.
         for bad in [
             "ops\u{202E}\u{2066}nimda",
             "a\u{200B}b",
@@ -2196,6 +2200,18 @@ mod tests {
             );
         }
         assert!(admin.assignments(None).is_empty());
+        // Names people have, in role names: accepted.
+        for name in [
+            "山田\u{3000}太郎",
+            "App \u{2764}\u{FE0F}",
+            "José a\u{00A0}b",
+        ] {
+            admin
+                .define_role(name, vec![Permission::Get])
+                .await
+                .unwrap_or_else(|e| panic!("{name:?}: {e:?}"));
+            admin.remove_role(name).await.unwrap();
+        }
         // A bad scope is echoed as every echo is: cut, its control and bidirectional characters escaped.
         let e = Scope::parse(&format!("\u{202E}\u{7}{}", "x".repeat(300))).unwrap_err();
         assert!(

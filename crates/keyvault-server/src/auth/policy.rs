@@ -398,10 +398,10 @@ pub fn shown(text: &str) -> String {
 
 /// Characters that change how text displays without showing themselves: Unicode's format characters (general
 /// category Cf) that occur in text — soft hyphen, zero-width spaces and joiners, directional marks, embeddings,
-/// overrides and isolates, invisible operators, the byte-order mark, tags —, the other default-ignorable ones
-/// that display as nothing (the combining grapheme joiner, variation selectors, Hangul fillers, Khmer and
-/// Mongolian invisible vowels and separators), and every whitespace character but the ASCII space (the line and
-/// paragraph separators, no-break and typographic spaces). (`char::is_control` covers only category Cc.)
+/// overrides and isolates, invisible operators, the byte-order mark, tags —, the line and paragraph
+/// separators, and the other default-ignorable characters that display as nothing in any text (the combining
+/// grapheme joiner, Hangul fillers, Khmer inherent vowels). Not the variation selectors (emoji use them) nor
+/// other spaces (a Japanese name has its full-width one). (`char::is_control` covers only category Cc.)
 pub(crate) fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
@@ -410,19 +410,18 @@ pub(crate) fn is_invisible_format(c: char) -> bool {
             | '\u{061C}'
             | '\u{115F}'..='\u{1160}'
             | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
+            | '\u{180E}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
             | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
             | '\u{FFA0}'
             | '\u{FFF0}'..='\u{FFFB}'
             | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    ) || (c.is_whitespace() && c != ' ')
+            | '\u{E0000}'..='\u{E007F}'
+    )
 }
 
 /// A role given to a principal at a scope.
