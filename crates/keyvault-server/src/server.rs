@@ -43,6 +43,8 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits, after the drain, for requests whose connections are gone to end.
+const REQUESTS_GIVEN_UP_WAIT: Duration = Duration::from_secs(3);
 /// Most connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 4096;
 
@@ -1047,6 +1049,12 @@ impl Server {
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}: given up");
             connections.abort_all();
             while connections.join_next().await.is_some() {}
+        }
+        // An HTTP/2 request runs as a task of its own, which outlives its connection's: those given up end
+        // soon (their connection is gone), and their audit lines are written before the log's head is.
+        let given_up = tokio::time::Instant::now() + REQUESTS_GIVEN_UP_WAIT;
+        while self.app.requests_in_flight() > 0 && tokio::time::Instant::now() < given_up {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = sweeper.await;
         // After the requests in flight: the last ids they made are recorded too.

@@ -74,6 +74,7 @@ pub fn app(state: Arc<HttpState>, auth_routes: Router) -> App {
     App {
         router: router(state.clone(), auth_routes),
         state,
+        in_flight: Arc::default(),
     }
 }
 
@@ -87,6 +88,31 @@ pub fn app(state: Arc<HttpState>, auth_routes: Router) -> App {
 pub struct App {
     state: Arc<HttpState>,
     router: Router,
+    /// Requests being handled: over HTTP/2 each runs as a task of its own, which outlives its connection's.
+    in_flight: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl App {
+    /// Requests being handled now (a shutdown waits for them before it closes the audit log).
+    pub fn requests_in_flight(&self) -> u64 {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight(Arc<std::sync::atomic::AtomicU64>);
+
+impl InFlight {
+    fn new(count: &Arc<std::sync::atomic::AtomicU64>) -> InFlight {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
@@ -107,8 +133,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
         let (req, body_read) = ReadTracker::wrap(req);
         let shaped_by_router = matches!(*req.method(), Method::HEAD | Method::CONNECT);
         let state = self.state.clone();
+        let in_flight = InFlight::new(&self.in_flight);
         if !shaped_by_router && skips_router(req.uri().path()) {
             Box::pin(async move {
+                let _in_flight = in_flight;
                 let mut resp = serve_vault(&state, req).await;
                 ReadTracker::close_if_unread(body_read, &mut resp);
                 state
@@ -120,6 +148,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
             let router = self.router.clone();
             let misdirected = misdirected_answer(&req);
             Box::pin(async move {
+                let _in_flight = in_flight;
                 let mut result = match misdirected {
                     Some(resp) => Ok(resp),
                     None => tower::ServiceExt::oneshot(router, req).await,
