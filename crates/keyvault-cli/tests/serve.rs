@@ -1057,17 +1057,10 @@ async fn dev_token(creds_path: &std::path::Path, addr: &str) -> (Vec<u8>, String
 /// signal ends the process at once, with exit code 130.
 #[tokio::test]
 async fn a_second_signal_stops_at_once() {
-    use std::io::Write;
     use std::os::unix::process::ExitStatusExt;
     let (dir, mut child, addr) = dev_server();
     let (ca, token, _http) = dev_token(&dir.path().join("dev/dev-credentials.json"), &addr).await;
-    let mut stuck = tls_connection(&ca, &addr);
-    let head = format!(
-        "PUT /secrets/s?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"val"
-    );
-    stuck.write_all(head.as_bytes()).unwrap();
-    stuck.flush().unwrap();
+    let stuck = stuck_put(&ca, &addr, &token);
     std::thread::sleep(Duration::from_millis(300));
     sigterm(&child);
     std::thread::sleep(Duration::from_millis(500));
@@ -1905,11 +1898,27 @@ async fn a_refused_write_of_the_database_is_tried_again_not_fatal() {
     }
 }
 
+/// A PUT whose body never arrives (its first bytes sent, its length declared): a request held in flight.
+fn stuck_put(
+    ca: &[u8],
+    addr: &str,
+    token: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use std::io::Write;
+    let mut stuck = tls_connection(ca, addr);
+    let head = format!(
+        "PUT /secrets/s?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"val"
+    );
+    stuck.write_all(head.as_bytes()).unwrap();
+    stuck.flush().unwrap();
+    stuck
+}
+
 /// A request still in flight when the 10-s drain runs out is given up while the audit log is open: its line
 /// (499) is written before the chain's head is logged at shutdown, so the logged head is the file's last line.
 #[tokio::test]
 async fn the_head_logged_at_shutdown_is_the_last_line_even_after_the_drain_runs_out() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
     let mut c = command(None);
@@ -1918,13 +1927,7 @@ async fn the_head_logged_at_shutdown_is_the_last_line_even_after_the_drain_runs_
     let creds = data.join("dev-credentials.json");
     wait_for_dev_credentials(&creds, &addr);
     let (ca, token, _http) = dev_token(&creds, &addr).await;
-    let mut stuck = tls_connection(&ca, &addr);
-    let head = format!(
-        "PUT /secrets/s?api-version=7.6 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"val"
-    );
-    stuck.write_all(head.as_bytes()).unwrap();
-    stuck.flush().unwrap();
+    let stuck = stuck_put(&ca, &addr, &token);
     std::thread::sleep(Duration::from_millis(300));
     sigterm(&child);
     let status =

@@ -1120,7 +1120,7 @@ fn is_sync_error(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Stops the process: a checkpoint's sync of the database file failed. The pages it wrote may never
+/// Stops the process: a checkpoint's sync of its files failed. The pages it wrote may never
 /// reach the disk while the page cache keeps serving them, and Linux reports a failed write-back once per
 /// open file: the next sync would succeed, the checkpoint would count the pages as copied, and the writer's
 /// next commit would start the WAL over — on top of the only good copy of writes already acknowledged. Stopped
@@ -1421,7 +1421,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
             // Nothing may start the log over now: the start stops here, the WAL intact.
             Err(e) if is_sync_error(&e) => {
                 return Err(StoreError::Unavailable(format!(
-                    "the WAL checkpoint after the schema upgrade could not sync the database file: {e}"
+                    "the WAL checkpoint after the schema upgrade could not sync its files: {e}"
                 )));
             }
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint after the schema upgrade failed"),
