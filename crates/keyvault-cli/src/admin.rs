@@ -288,15 +288,19 @@ fn rows(
         }
         Output::Tsv => {
             for r in rows {
-                let fields: Vec<String> = r
-                    .iter()
-                    .map(|f| f.replace('\t', "\\t").replace('\n', "\\n"))
-                    .collect();
+                // As the secret commands' TSV: a backslash doubled, a terminal-unsafe character as its escape.
+                let fields: Vec<String> = r.iter().map(|f| crate::render::tsv_escape(f)).collect();
                 text.push_str(&fields.join("\t"));
                 text.push('\n');
             }
         }
         Output::Table | Output::Json => {
+            // Shown to a person: a stored name or id must not move the cursor, hide text or reorder it.
+            let rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| r.iter().map(|f| crate::render::terminal_safe(f)).collect())
+                .collect();
+            let rows = &rows;
             let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
             for r in rows {
                 for (w, f) in widths.iter_mut().zip(r) {
@@ -677,6 +681,41 @@ pub async fn run_role(conn: &Conn, command: RoleCommand, out: &mut dyn Write) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A principal stored before its characters were checked (an older access document, another node's) is
+    /// shown escaped: a table cell cannot reorder or hide text, a TSV line stays one line of its columns.
+    #[test]
+    fn listed_ids_are_escaped() {
+        let list = [serde_json::json!({
+            "id": "a1", "principal": "evil\u{202e}nimda\tx\\y\n", "role": "Reader", "scope": "/"
+        })];
+        let rows_of = |output| {
+            let mut out = Vec::new();
+            rows(
+                &mut out,
+                output,
+                &ASSIGNMENT_HEADER,
+                &assignment_rows(&list),
+                0,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let tsv = rows_of(Output::Tsv);
+        assert_eq!(
+            tsv,
+            "a1\tevil\\u{202e}nimda\\tx\\\\y\\n\tReader\t/\tconfig\n"
+        );
+        let table = rows_of(Output::Table);
+        assert!(
+            table.contains("evil\\u{202e}nimda\\tx\\y\\n  Reader"),
+            "{table}"
+        );
+        assert!(
+            !table.contains('\u{202e}') && table.lines().count() == 2,
+            "{table}"
+        );
+    }
 
     /// An expiry no date can show is printed as its seconds, never as "never" (which means none).
     #[test]

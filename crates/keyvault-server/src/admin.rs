@@ -1362,20 +1362,9 @@ impl AccessAdmin {
         role: &str,
         scope: Scope,
     ) -> Result<(Assignment, bool), AdminError> {
-        // As the configuration's: ids compare exactly, so surrounding whitespace is refused, not trimmed; and,
-        // as role names, no character that would let a listing show one principal as another.
-        if principal.is_empty()
-            || principal.len() > 256
-            || principal.trim() != principal
-            || principal.chars().any(|c| {
-                c.is_control()
-                    || crate::auth::policy::is_invisible_format(c)
-                    || c == char::REPLACEMENT_CHARACTER
-                    // An identifier (a client id, an e-mail, a UPN, an object id): no space but ASCII's.
-                    || (c.is_whitespace() && c != ' ')
-                    || ('\u{FE00}'..='\u{FE0F}').contains(&c)
-            })
-        {
+        // As the configuration's (`valid_principal_id`): ids compare exactly, and no character that would let a
+        // listing show one principal as another.
+        if !crate::auth::policy::valid_principal_id(principal) {
             return Err(AdminError::BadParameter(
                 "a principal id must be 1-256 bytes, without leading or trailing whitespace, control, \
                  invisible or bidirectional-formatting characters (nor U+FFFD)"

@@ -793,6 +793,13 @@ impl Config {
                     "access control: {what} {id:?} has leading or trailing whitespace; remove it"
                 )));
             }
+            // As the admin API's: nothing that would let a listing show one principal as another.
+            if !crate::auth::policy::valid_principal_id(id) {
+                return Err(ConfigError(format!(
+                    "access control: {what} {id:?} must be 1-256 bytes, without control, invisible or \
+                     bidirectional-formatting characters, spaces other than ASCII's or U+FFFD"
+                )));
+            }
         }
         for r in &self.roles {
             policy
@@ -1652,6 +1659,42 @@ mod tests {
         .unwrap();
         let e = c.policy().unwrap_err().to_string();
         assert!(e.contains("[[clients]] client_id \"reader\\t\""), "{e}");
+
+        // Nor what the admin API refuses: a principal shown as another one in a listing.
+        for id in [
+            "read\u{200B}er",
+            "reader\u{202E}",
+            "read\u{00A0}er",
+            "reader\u{FE0F}",
+            "",
+        ] {
+            let id: String = (id.chars())
+                .map(|c| format!("\\U{:08X}", c as u32))
+                .collect();
+            let id = format!("\"{id}\"");
+            let text = format!(
+                "[[clients]]\nclient_id = \"reader\"\nsecret_hashes = []\n[[assignments]]\nprincipal = {id}\nrole = \"Key Vault Reader\""
+            );
+            let e = Config::from_toml(&text)
+                .unwrap()
+                .policy()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("[[assignments]] principal") && e.contains("invisible"),
+                "{id:?}: {e}"
+            );
+            let text = format!("[[clients]]\nclient_id = {id}\nsecret_hashes = []");
+            let e = Config::from_toml(&text)
+                .unwrap()
+                .policy()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("[[clients]] client_id") && e.contains("invisible"),
+                "{id:?}: {e}"
+            );
+        }
 
         // Without the whitespace: only the assignment, no default Administrator.
         let c = Config::from_toml(

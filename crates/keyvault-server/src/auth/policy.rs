@@ -424,6 +424,24 @@ pub(crate) fn is_invisible_format(c: char) -> bool {
     )
 }
 
+/// Whether `id` can name a principal (a client id, an e-mail, a UPN, an object id): 1-256 bytes, compared
+/// exactly, so no surrounding whitespace (it would be trimmed away by eye, not by the comparison); and nothing
+/// that would let a listing show one principal as another: no control, invisible or direction-changing
+/// character, no U+FFFD, no space but ASCII's, no variation selector. The admin API and the configuration
+/// apply the same rule.
+pub(crate) fn valid_principal_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id.trim() == id
+        && !id.chars().any(|c| {
+            c.is_control()
+                || is_invisible_format(c)
+                || c == char::REPLACEMENT_CHARACTER
+                || (c.is_whitespace() && c != ' ')
+                || ('\u{FE00}'..='\u{FE0F}').contains(&c)
+        })
+}
+
 /// A role given to a principal at a scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
