@@ -45,6 +45,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a shutdown waits, after the drain, for requests whose connections are gone to end.
 const REQUESTS_GIVEN_UP_WAIT: Duration = Duration::from_secs(3);
+/// How long a shutdown waits for a running rekey job to stop (it stops at its next await: a store write).
+const REKEY_STOP_WAIT: Duration = Duration::from_secs(2);
 /// Most connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 4096;
 
@@ -1056,6 +1058,8 @@ impl Server {
         while self.app.requests_in_flight() > 0 && tokio::time::Instant::now() < given_up {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // A rekey started by a request outlives it: stopped here, its end is audited before the log closes.
+        self.app.stop_rekey(REKEY_STOP_WAIT).await;
         let _ = sweeper.await;
         // After the requests in flight: the last ids they made are recorded too.
         let mut saved = version_clock.await.unwrap_or(0);

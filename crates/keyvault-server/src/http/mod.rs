@@ -97,6 +97,12 @@ impl App {
     pub fn requests_in_flight(&self) -> u64 {
         self.in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
+
+    /// Stops this node's rekey job if one runs (a shutdown), waiting at most `within` for its end to be
+    /// recorded.
+    pub async fn stop_rekey(&self, within: std::time::Duration) {
+        self.state.rekey.stop(within).await;
+    }
 }
 
 /// Counts a request as in flight while it lives.

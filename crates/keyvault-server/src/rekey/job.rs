@@ -6,8 +6,8 @@
 //! One rekey at a time per node: a second start while one runs is refused (409). Nodes sharing a PostgreSQL
 //! store do not lock against each other; two concurrent rekeys are still safe (every write is a compare and
 //! swap), they just do the work twice. The last job's view stays until the next start or a restart; a
-//! restart mid-rekey stops it where it was (a rekey can be run again: what is done stays done, and the
-//! store keeps naming its target key until one completes).
+//! shutdown mid-rekey stops it where it was, as failed, with its audit line (a rekey can be run again: what
+//! is done stays done, and the store keeps naming its target key until one completes).
 
 use std::sync::{Arc, Mutex};
 
@@ -71,10 +71,28 @@ pub struct JobProgress {
 }
 
 /// The node's rekey job, if one has run since it started.
-#[derive(Default)]
 pub struct RekeyJobs {
     last: Arc<Mutex<Option<RekeyJobView>>>,
+    /// Becomes true when the node shuts down: a running job stops there and ends as failed, with its audit
+    /// line written before the log is closed.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// The running (or last) job's task, for [`RekeyJobs::stop`] to wait for.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+impl Default for RekeyJobs {
+    fn default() -> Self {
+        RekeyJobs {
+            last: Default::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+/// Why a job stopped by a shutdown failed (the admin API's `error`, the audit line's).
+pub const STOPPED_BY_SHUTDOWN: &str =
+    "stopped: the server shut down (run the rekey again: what is done stays done)";
 
 /// A start refused because a job is running: the running job's id.
 #[derive(Debug)]
@@ -84,6 +102,19 @@ impl RekeyJobs {
     /// The last (or running) job's view.
     pub fn view(&self) -> Option<RekeyJobView> {
         lock(&self.last).clone()
+    }
+
+    /// Stops a running job (the node is shutting down) and waits, at most `within`, for it to end: its view
+    /// says failed, and `finished` has been called (its audit line written) when this returns in time. Jobs
+    /// started afterwards stop at once.
+    pub async fn stop(&self, within: std::time::Duration) {
+        self.stopping.send_replace(true);
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            if tokio::time::timeout(within, task).await.is_err() {
+                tracing::warn!("the rekey job did not stop within {within:?}");
+            }
+        }
     }
 
     /// Starts a rekey of `store` under `envelope`'s current key in a background task, unless one is
@@ -118,7 +149,8 @@ impl RekeyJobs {
         };
         let shared = self.last.clone();
         let id = view.id.clone();
-        tokio::spawn(async move {
+        let mut stopping = self.stopping.subscribe();
+        let task = tokio::spawn(async move {
             tracing::info!(
                 job = %id,
                 dry_run = options.dry_run,
@@ -136,16 +168,30 @@ impl RekeyJobs {
                     }
                 }
             };
-            let run = {
+            let mut run = {
                 let options = options.clone();
                 tokio::spawn(async move {
                     super::rekey(store.as_ref(), &envelope, &options, progress).await
                 })
             };
-            // A panic inside the rekey ends the job as failed rather than leaving it running for ever.
-            let result = run
-                .await
-                .unwrap_or_else(|e| Err(format!("the rekey task ended abnormally: {e}")));
+            let result = tokio::select! {
+                // A panic inside the rekey ends the job as failed rather than leaving it running for ever.
+                ended = &mut run => {
+                    ended.unwrap_or_else(|e| Err(format!("the rekey task ended abnormally: {e}")))
+                }
+                // Where it is: each of its writes is a compare and swap of its own, so what it did stays.
+                _ = async {
+                    // (Its sender gone, nothing can stop the job: it runs on.)
+                    let stopped = stopping.wait_for(|stop| *stop).await.is_ok();
+                    if !stopped {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    run.abort();
+                    let _ = run.await;
+                    Err(STOPPED_BY_SHUTDOWN.to_string())
+                }
+            };
             match &result {
                 Ok(report) => tracing::info!(
                     job = %id,
@@ -185,6 +231,7 @@ impl RekeyJobs {
                 finished(&view);
             }
         });
+        *lock(&self.task) = Some(task);
         Ok(view)
     }
 }

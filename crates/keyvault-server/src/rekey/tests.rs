@@ -460,6 +460,68 @@ async fn a_node_runs_one_rekey_job_at_a_time() {
     assert!(second.dry_run);
 }
 
+/// A shutdown stops a running job: it ends as failed, saying why, and its end is reported (audited) before
+/// `stop` returns; a job started afterwards stops at once.
+#[tokio::test]
+async fn a_shutdown_stops_the_rekey_job_and_reports_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("v.db")).unwrap());
+    let old = envelope(1, &[]);
+    crate::store::check_key(store.as_ref(), &old).await.unwrap();
+    let v = vault(store.clone(), old);
+    for i in 0..3 {
+        v.set("s", SecretString::new(format!("s-{i}")), Default::default())
+            .await
+            .unwrap();
+    }
+    let rotated = envelope(2, &[1]);
+    let jobs = job::RekeyJobs::default();
+    let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let start = || {
+        let ended = ended.clone();
+        jobs.start(
+            store.clone(),
+            rotated.clone(),
+            RekeyOptions {
+                batch_size: 1,
+                ..Default::default()
+            },
+            || 1_700_000_000,
+            move |view: &job::RekeyJobView| ended.lock().unwrap().push(view.clone()),
+        )
+        .unwrap()
+    };
+    // This runtime runs one task at a time: the job has not begun when the shutdown comes.
+    let first = start();
+    jobs.stop(std::time::Duration::from_secs(5)).await;
+    let reported = ended.lock().unwrap().clone();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0].id, first.id);
+    assert_eq!(reported[0].status, job::RekeyStatus::Failed);
+    assert_eq!(reported[0].error.as_deref(), Some(job::STOPPED_BY_SHUTDOWN));
+    assert_eq!(jobs.view().unwrap().status, job::RekeyStatus::Failed);
+
+    let second = start();
+    jobs.stop(std::time::Duration::from_secs(5)).await;
+    let reported = ended.lock().unwrap().clone();
+    assert_eq!(reported.len(), 2, "{reported:?}");
+    assert_eq!(reported[1].id, second.id);
+    assert_eq!(reported[1].error.as_deref(), Some(job::STOPPED_BY_SHUTDOWN));
+    // What it did not do stays for the next run: every version is still under key 1.
+    let report = crate::rekey::rekey(
+        store.as_ref(),
+        &rotated,
+        &RekeyOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.resealed, 3, "{report:?}");
+}
+
 /// A rotation from key 1 to key 2 under way: node A already seals under key 2 (key 1 previous), node B not yet
 /// (key 1 current, key 2 previous). A rekey sent to B (a load balancer's choice) re-seals A's values under
 /// key 1, which every node holds, and retires nothing: key 2 is newer, not older, and retiring it would stop
