@@ -738,3 +738,88 @@ fn rekey_online_re_seals_while_the_server_serves() {
     let stderr = refused(&data, &[]);
     assert!(stderr.contains(&id_b), "{stderr}");
 }
+
+/// A shutdown in the middle of `keyvault rekey --online`: the server still exits cleanly, the job ends as
+/// failed with its `RekeyFinished` line written before the audit log closes (the log verifies), and a later
+/// rekey completes the rotation (what was done stayed done).
+#[test]
+fn a_shutdown_mid_rekey_audits_the_jobs_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key_a, key_b) = rotation_paths(dir.path());
+    let server = serve(&data, &[]);
+    // Enough versions that a rekey one version per commit (each synced) runs for a while.
+    let secrets = serde_json::Value::Object(
+        (0..1500)
+            .map(|i| (format!("s-{i}"), serde_json::json!(format!("v-{i}"))))
+            .collect(),
+    );
+    let file = dir.path().join("many.json");
+    std::fs::write(&file, secrets.to_string()).unwrap();
+    kv(
+        &data,
+        &["secret", "import", "--file", file.to_str().unwrap()],
+    )
+    .ok();
+    stop(server);
+
+    tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
+    let id_b = key_id(&key_b);
+    let config = rotation_config(dir.path(), &data, &key_a, &key_b);
+    let server = serve(&data, &["--config", config.to_str().unwrap()]);
+    let mut c = command(None);
+    c.env(
+        "KEYVAULT_DEV_CREDENTIALS",
+        data.join("dev-credentials.json"),
+    )
+    .args(["rekey", "--online", "--batch-size", "1"])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut follower = c.spawn().unwrap();
+    let audit = data.join("audit.log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .contains("\"operation\":\"RekeyStart\"")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no rekey started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    stop(server);
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let line_of = |op: &str| -> serde_json::Value {
+        let line = log
+            .lines()
+            .rfind(|l| l.contains(&format!("\"operation\":\"{op}\"")))
+            .unwrap_or_else(|| panic!("no {op} line in the audit log"));
+        serde_json::from_str(line).unwrap()
+    };
+    let (start, end) = (line_of("RekeyStart"), line_of("RekeyFinished"));
+    assert_eq!(end["requestId"], start["requestId"]);
+    assert!(
+        end["target"]
+            .as_str()
+            .is_some_and(|t| t.contains("status=failed") && t.ends_with("retired=none")),
+        "{end}"
+    );
+    let verified = tool(&[
+        "audit",
+        "verify",
+        "--chain",
+        "--config",
+        config.to_str().unwrap(),
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+
+    // Run again, it completes: every version under key B.
+    let server = serve(&data, &["--config", config.to_str().unwrap()]);
+    let done = kv(&data, &["rekey", "--online", "-o", "json"]).ok().json();
+    assert_eq!(done["after"], serde_json::json!({ id_b.as_str(): 1500 }));
+    stop(server);
+}
