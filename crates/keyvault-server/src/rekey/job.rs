@@ -110,10 +110,10 @@ impl RekeyJobs {
     pub async fn stop(&self, within: std::time::Duration) {
         self.stopping.send_replace(true);
         let task = lock(&self.task).take();
-        if let Some(task) = task {
-            if tokio::time::timeout(within, task).await.is_err() {
-                tracing::warn!("the rekey job did not stop within {within:?}");
-            }
+        if let Some(task) = task
+            && tokio::time::timeout(within, task).await.is_err()
+        {
+            tracing::warn!("the rekey job did not stop within {within:?}");
         }
     }
 
