@@ -1916,7 +1916,8 @@ fn stuck_put(
 }
 
 /// A request still in flight when the 10-s drain runs out is given up while the audit log is open: its line
-/// (499) is written before the chain's head is logged at shutdown, so the logged head is the file's last line.
+/// is written before the chain's head is logged at shutdown, so the logged head is the file's last line. Its
+/// body never came whole, so nothing was changed: 408, not 499 (which says the change may have been made).
 #[tokio::test]
 async fn the_head_logged_at_shutdown_is_the_last_line_even_after_the_drain_runs_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -1945,5 +1946,12 @@ async fn the_head_logged_at_shutdown_is_the_last_line_even_after_the_drain_runs_
     let audit = std::fs::read_to_string(data.join("audit.log")).unwrap();
     let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
     assert_eq!(last["seq"], logged_seq, "{audit}");
-    assert_eq!(last["status"], 499, "{audit}");
+    assert_eq!(last["status"], 408, "{audit}");
+    assert_eq!(last["operation"], "SecretSet", "{audit}");
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("before its body was whole")),
+        "{logged:?}"
+    );
 }

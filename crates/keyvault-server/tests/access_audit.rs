@@ -662,6 +662,14 @@ async fn a_change_whose_client_goes_away_is_still_audited() {
             None,
         )
         .await;
+        // A line saying 408 (dropped before its body was whole) says nothing was changed: true.
+        let timed_out = audited.iter().any(|l| {
+            l.contains(&format!("\"secret\":\"gone-{i}\"")) && l.contains("\"status\":408")
+        });
+        assert!(
+            !(timed_out && status == StatusCode::OK),
+            "gone-{i} was set, but its audit line says 408"
+        );
         if status == StatusCode::OK {
             made += 1;
             // The line names the version that was made (whether it says 200 or 499).

@@ -259,9 +259,11 @@ fn parse_admin_body<T: AdminBody>(bytes: &[u8]) -> Result<T, ApiError> {
 /// An optional JSON body: empty = the default.
 async fn optional_json<T: AdminBody + Default>(
     limiter: &super::limits::Limiter,
+    rec: &mut AuditRecord,
     body: IncomingBody,
 ) -> Result<T, ApiError> {
-    let bytes = super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES).await?;
+    let bytes =
+        super::change_body(rec, super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES)).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -271,9 +273,11 @@ async fn optional_json<T: AdminBody + Default>(
 /// A required JSON body.
 async fn required_json<T: AdminBody>(
     limiter: &super::limits::Limiter,
+    rec: &mut AuditRecord,
     body: IncomingBody,
 ) -> Result<T, ApiError> {
-    let bytes = super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES).await?;
+    let bytes =
+        super::change_body(rec, super::read_body(limiter, body, MAX_ADMIN_BODY_BYTES)).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_parameter("The request body is missing."));
     }
@@ -319,7 +323,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "principals"]) => {
             op("PrincipalCreate", None);
-            let p: CreatePrincipal = optional_json(&state.limiter, body).await?;
+            let p: CreatePrincipal = optional_json(&state.limiter, rec, body).await?;
             let role = match (p.role, p.scope) {
                 (Some(role), scope) => Some((role, scope_of(scope.as_deref())?)),
                 (None, Some(_)) => {
@@ -354,7 +358,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "principals", id, "secrets"]) => {
             op("PrincipalSecretAdd", Some(id));
-            let p: AddSecret = optional_json(&state.limiter, body).await?;
+            let p: AddSecret = optional_json(&state.limiter, rec, body).await?;
             let secret = admin.add_secret(id, p.expires_on, now).await.map_err(err)?;
             Ok(json_response(StatusCode::CREATED, &secret))
         }
@@ -376,7 +380,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "roleAssignments"]) => {
             op("RoleAssignmentCreate", None);
-            let p: CreateAssignment = required_json(&state.limiter, body).await?;
+            let p: CreateAssignment = required_json(&state.limiter, rec, body).await?;
             let scope = scope_of(p.scope.as_deref())?;
             let (a, created) = admin
                 .assign(&p.principal, &p.role, scope)
@@ -410,7 +414,7 @@ pub(super) async fn handle(
         }
         (&Method::PUT, ["admin", "roles", name]) => {
             op("RoleDefine", Some(name));
-            let p: DefineRole = required_json(&state.limiter, body).await?;
+            let p: DefineRole = required_json(&state.limiter, rec, body).await?;
             let (role, created) = admin.define_role(name, p.permissions).await.map_err(err)?;
             let status = if created {
                 StatusCode::CREATED
@@ -426,7 +430,7 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["admin", "rekey"]) => {
             op("RekeyStart", None);
-            let p: StartRekey = optional_json(&state.limiter, body).await?;
+            let p: StartRekey = optional_json(&state.limiter, rec, body).await?;
             let batch_size = p.batch_size.unwrap_or(crate::rekey::DEFAULT_BATCH);
             if !(1..=MAX_REKEY_BATCH).contains(&batch_size) {
                 return Err(ApiError::bad_parameter(format!(

@@ -447,6 +447,22 @@ fn audited_client_id(value: &HeaderValue) -> Option<String> {
         .then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
+/// A change's audit status while its body is being read: dropped then (its client gone, or given up at the
+/// end of a shutdown's drain), the request changed nothing, and [`AbandonedChange`] writes 408 (the request
+/// timed out, as one whose body stops coming does), not 499.
+const BODY_PENDING: u16 = 408;
+
+/// Reads a change's body (`read`), with the change's audit record saying [`BODY_PENDING`] until it is whole.
+pub(crate) async fn change_body<T>(
+    rec: &mut AuditRecord,
+    read: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    rec.status = BODY_PENDING;
+    let read = read.await;
+    rec.status = 0;
+    read
+}
+
 /// A change's audit record while the change runs. hyper drops a request's future when its client goes away;
 /// a change whose store write was under way may still commit (the writer does not know), but its audit line,
 /// written after, would never be. Dropped with the record still in it, after the change was authorized, the
@@ -467,14 +483,22 @@ impl Drop for AbandonedChange<'_> {
         if record.outcome != crate::audit::Outcome::Allowed {
             return;
         }
-        record.status = 499;
         let request_id = record.request_id.clone();
         let operation = record.operation.unwrap_or("-");
-        tracing::warn!(
-            request_id = %request_id,
-            operation,
-            "the client went away during a change: audited with status 499 (it may or may not have been made)"
-        );
+        if record.status == BODY_PENDING {
+            tracing::warn!(
+                request_id = %request_id,
+                operation,
+                "a change ended before its body was whole: audited with status 408 (nothing was changed)"
+            );
+        } else {
+            record.status = 499;
+            tracing::warn!(
+                request_id = %request_id,
+                operation,
+                "the client went away during a change: audited with status 499 (it may or may not have been made)"
+            );
+        }
         if !audit.record_written(record) {
             tracing::error!(request_id = %request_id, "an abandoned change's audit line could not be written");
         }
@@ -1605,10 +1629,13 @@ async fn handle(
             // restore is done (at most `bulk_operations` restore bodies and their work at once).
             let _place = state.limiter.bulk_place().await?;
             // From restores' own body budget: a slow restore keeps its bytes for as long as it takes.
-            let mut bytes = read_body_as(
-                state.limiter.restore_body_read(),
-                body,
-                MAX_RESTORE_BODY_BYTES,
+            let mut bytes = change_body(
+                rec,
+                read_body_as(
+                    state.limiter.restore_body_read(),
+                    body,
+                    MAX_RESTORE_BODY_BYTES,
+                ),
             )
             .await?;
             let blob = restore_blob(&mut bytes).map_err(map)?;
@@ -1621,7 +1648,8 @@ async fn handle(
         (&Method::PUT, ["secrets", name]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretSet, Some(name), None)?;
-            let p: SecretSetParameters = read_json(&state.limiter, body, MAX_BODY_BYTES).await?;
+            let p: SecretSetParameters =
+                change_body(rec, read_json(&state.limiter, body, MAX_BODY_BYTES)).await?;
             let attrs = attributes_input(p.content_type, p.tags, p.attributes);
             // Named in the audit line before the write: if the client goes away during it, the line (status
             // 499) says which version may have been made. A set refused names none.
@@ -1643,7 +1671,7 @@ async fn handle(
         (&Method::PATCH, ["secrets", name]) => {
             valid_name(name, &base)?;
             gate(state, who, rec, Operation::SecretUpdate, Some(name), None)?;
-            update(state, &ctx, name, None, body)
+            update(state, &ctx, rec, name, None, body)
                 .await
                 .map_err(|e| e.or_vault(&base))
         }
@@ -1722,7 +1750,7 @@ async fn handle(
                     Some(&printable(version)),
                 )));
             }
-            update(state, &ctx, name, Some(version), body)
+            update(state, &ctx, rec, name, Some(version), body)
                 .await
                 .map_err(|e| e.or_vault(&base))
         }
@@ -1794,15 +1822,17 @@ impl UpdateError {
 async fn update(
     state: &HttpState,
     ctx: &WireContext<'_>,
+    rec: &mut AuditRecord,
     name: &str,
     version: Option<&str>,
     body: IncomingBody,
 ) -> Result<Response, UpdateError> {
     crate::vault::check_name(name).map_err(UpdateError::Vault)?;
     let vault = &state.vault;
-    let p: SecretUpdateParameters = read_json(&state.limiter, body, MAX_BODY_BYTES)
-        .await
-        .map_err(UpdateError::Api)?;
+    let p: SecretUpdateParameters =
+        change_body(rec, read_json(&state.limiter, body, MAX_BODY_BYTES))
+            .await
+            .map_err(UpdateError::Api)?;
     let attrs = attributes_input(p.content_type, p.tags, p.attributes);
     let secret = vault
         .update(name, version, attrs)
