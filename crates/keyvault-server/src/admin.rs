@@ -1002,6 +1002,7 @@ impl AccessAdmin {
                 (applied.revision, applied.doc.clone())
             };
             let out = edit(&mut next)?;
+            self.keeps_an_administrator(&next)?;
             let started = Instant::now();
             // A refused document is replaced by this node's last good state with the change.
             let expected = replace.take().map_or(revision, |r| r.revision);
@@ -1038,6 +1039,62 @@ impl AccessAdmin {
         Err(AdminError::Unavailable(
             "the access document kept changing on other nodes; try again".into(),
         ))
+    }
+
+    /// Refuses a change after which no principal would hold the admin permission on the whole vault while
+    /// one does now: nobody could use the admin API again but through the configuration and a restart of
+    /// every node (Azure has a subscription's owners above a vault; here nothing is). What counts is what the
+    /// configuration declares (its assignments, its roles, its default role) with `next`'s assignments and
+    /// roles; any principal counts, whether or not it can get a token today.
+    fn keeps_an_administrator(&self, next: &AccessFile) -> Result<(), AdminError> {
+        let applied = self.lock();
+        let current = &applied.doc;
+        if !self.administered(current, current) || self.administered(current, next) {
+            return Ok(());
+        }
+        Err(AdminError::Conflict(
+            "This change would leave no principal with the admin permission on the whole vault, and nobody \
+             could administer it again but through the server's configuration; give another principal an \
+             administrator role first."
+                .into(),
+        ))
+    }
+
+    /// Whether some principal holds `admin` on the whole vault under `doc` (the document's part; `current` is
+    /// the one in force, whose roles and assignments the policy holds now) and the configuration.
+    fn administered(&self, current: &AccessFile, doc: &AccessFile) -> bool {
+        let is_managed_role =
+            |name: &str| (current.roles.iter()).any(|r| r.name.eq_ignore_ascii_case(name));
+        // Roles granting `admin`: the built-in and configured ones (the policy's, less the document's), and
+        // the document's own; by name or Azure id.
+        let mut admin_roles: Vec<String> = (self.policy.roles().into_iter())
+            .filter(|r| !is_managed_role(&r.name) && r.permissions.contains(&Permission::Admin))
+            .flat_map(|r| r.id.into_iter().chain([r.name]))
+            .collect();
+        admin_roles.extend(
+            (doc.roles.iter())
+                .filter(|r| r.permissions.contains(&Permission::Admin))
+                .map(|r| r.name.clone()),
+        );
+        let grants_admin = |role: &str| admin_roles.iter().any(|r| r.eq_ignore_ascii_case(role));
+        // The configuration's assignments (those in force that are not the document's), and the document's.
+        let managed: HashSet<&str> = (current.assignments.iter())
+            .map(|m| m.id.as_str())
+            .collect();
+        let configured: Vec<Assignment> = (self.policy.assignments(None).into_iter())
+            .filter(|a| !managed.contains(a.id.as_str()))
+            .collect();
+        let all = || configured.iter().chain(&doc.assignments);
+        if all().any(|a| a.scope == Scope::Vault && grants_admin(&a.role)) {
+            return true;
+        }
+        // The default role (a built-in or configured one), held by those of its principals that no assignment
+        // names (one whose role is unknown here displaces it too).
+        let Some((role, principals)) = self.policy.default_role_setting() else {
+            return false;
+        };
+        let named: HashSet<&str> = all().map(|a| a.principal.as_str()).collect();
+        grants_admin(&role) && principals.iter().any(|p| !named.contains(p.as_str()))
     }
 
     /// After a reload: the refused document a change may replace (None: nothing refused), or why no change
@@ -1872,6 +1929,91 @@ mod tests {
         assert!(!clients3.contains(&view.client_id));
     }
 
+    /// The last administrator cannot be removed: narrowing the configured one by an assignment, removing the
+    /// only administrator assignment, deleting the principal that holds it, or taking `admin` out of the role
+    /// that grants it is refused (409) while nobody else would hold it; with another administrator, each is
+    /// allowed.
+    #[tokio::test]
+    async fn the_last_administrator_is_kept() {
+        use crate::auth::policy::{ADMINISTRATOR, Operation, Permission};
+        let policy = Arc::new(Policy::new());
+        policy
+            .set_default_role(ADMINISTRATOR, ["cfg".to_string()])
+            .unwrap();
+        let clients = Arc::new(ClientRegistry::new());
+        clients.ensure("cfg");
+        let admin = AccessAdmin::open(None, None, clients, policy.clone(), test_keys())
+            .await
+            .unwrap();
+        let last = |r: Result<_, AdminError>| match r {
+            Err(AdminError::Conflict(m)) => {
+                assert!(m.contains("no principal with the admin permission"), "{m}")
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("the last administrator was removed"),
+        };
+        // The configured client, administrator by default, narrowed: refused.
+        last(
+            admin
+                .assign("cfg", "Key Vault Reader", Scope::Vault)
+                .await
+                .map(|_| ()),
+        );
+        // An administrator role at a narrower scope is not the vault's administration either.
+        last(
+            admin
+                .assign("cfg", ADMINISTRATOR, Scope::parse("/secrets/x").unwrap())
+                .await
+                .map(|_| ()),
+        );
+        assert!(policy.authorize("cfg", Operation::VaultAdmin, None).is_ok());
+
+        // A custom role with `admin`, given to a managed principal: then the configured client may be narrowed.
+        admin
+            .define_role("Keeper", vec![Permission::Admin, Permission::List])
+            .await
+            .unwrap();
+        let (keeper, _, _) = admin
+            .create_principal(
+                Some("keeper".into()),
+                None,
+                Some(("Keeper".into(), Scope::Vault)),
+                1_700_000_000,
+            )
+            .await
+            .unwrap();
+        let keeper = keeper.client_id;
+        let (narrowed, _) = admin
+            .assign("cfg", "Key Vault Reader", Scope::Vault)
+            .await
+            .unwrap();
+        assert!(
+            policy
+                .authorize("cfg", Operation::VaultAdmin, None)
+                .is_err()
+        );
+        // Now the keeper is the last: its role cannot lose `admin`, be deleted, its assignment removed, or the
+        // principal deleted.
+        last(
+            admin
+                .define_role("keeper", vec![Permission::List])
+                .await
+                .map(|_| ()),
+        );
+        let keeper_assignment = admin.assignments(Some(&keeper)).pop().unwrap();
+        last(admin.unassign(&keeper_assignment.id).await.map(|_| ()));
+        last(admin.delete_principal(&keeper).await.map(|_| ()));
+        assert!(
+            policy
+                .authorize(&keeper, Operation::VaultAdmin, None)
+                .is_ok()
+        );
+        // With the configured client's narrowing removed it holds the default again: then all of it goes.
+        admin.unassign(&narrowed.id).await.unwrap();
+        admin.delete_principal(&keeper).await.unwrap();
+        assert!(policy.authorize("cfg", Operation::VaultAdmin, None).is_ok());
+    }
+
     /// A configured client narrowed by an assignment to a role of the configuration; the role is removed from
     /// the configuration and the server restarts (or another node never had it): the stored assignment is
     /// skipped, grants nothing, and the client does not fall back to its default role (Administrator).
@@ -1899,6 +2041,11 @@ mod tests {
         )
         .await
         .unwrap();
+        // Another administrator first: narrowing the only one is refused (`keeps_an_administrator`).
+        admin
+            .assign("other-admin", ADMINISTRATOR, Scope::Vault)
+            .await
+            .unwrap();
         admin
             .assign("cfgdef", "Rotator", Scope::parse("/secrets/pub").unwrap())
             .await

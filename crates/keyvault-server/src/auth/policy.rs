@@ -757,6 +757,14 @@ impl Policy {
         holds.then(|| role.clone())
     }
 
+    /// The default role's setting: the role's name and the principals it is for (whether or not an
+    /// assignment names them now).
+    pub fn default_role_setting(&self) -> Option<(String, Vec<String>)> {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let (role, principals) = s.default_role.as_ref()?;
+        Some((role.clone(), principals.iter().cloned().collect()))
+    }
+
     /// Every principal that holds the default role now, with it (by principal).
     pub fn default_role_holders(&self) -> Vec<(String, String)> {
         let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
