@@ -705,6 +705,15 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     }
 }
 
+/// Whether a `store` setting is libpq's `key=value` form (`host=db dbname=kv user=kv …`): it starts with a
+/// setting's name (lower-case letters and `_`) and `=`. What it says is checked when the store is opened.
+fn is_key_value_form(location: &str) -> bool {
+    let name_end = location
+        .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .unwrap_or(location.len());
+    name_end > 0 && location[name_end..].trim_start().starts_with('=')
+}
+
 /// A configuration that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -735,7 +744,10 @@ impl Config {
                 ));
             }
             Ok(StoreBackend::Sqlite(PathBuf::from(path)))
-        } else if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        } else if location.starts_with("postgres://")
+            || location.starts_with("postgresql://")
+            || is_key_value_form(location)
+        {
             Ok(StoreBackend::Postgres(location.to_string()))
         } else {
             // Not echoed whole: a mistyped URL (`postgres:/user:password@…`) may carry a password anywhere.
@@ -745,7 +757,7 @@ impl Config {
                 .take(20)
                 .collect();
             Err(ConfigError(format!(
-                "store must be \"sqlite\", \"sqlite:PATH\" or a postgres:// URL; the one given starts with '{start}' and is not one of them"
+                "store must be \"sqlite\", \"sqlite:PATH\", a postgres:// URL or a PostgreSQL key=value string; the one given starts with '{start}' and is not one of them"
             )))
         }
     }
@@ -1392,6 +1404,25 @@ mod tests {
         let shown = format!("{c:?} {:?}", c.store_backend().unwrap());
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("kv:***@db.example"), "{shown}");
+        // libpq's key=value form, as the store opens it.
+        let kv = "host=db.example dbname=keyvault user=kv password=s3cret";
+        let c = Config {
+            store: Some(StoreLocation(kv.into())),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.store_backend().unwrap(),
+            StoreBackend::Postgres(kv.into())
+        );
+        let shown = format!("{c:?} {:?}", c.store_backend().unwrap());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        for not_a_store in ["Host=db", "=x", "host db", "path/to=x"] {
+            let c = Config {
+                store: Some(StoreLocation(not_a_store.into())),
+                ..Config::default()
+            };
+            assert!(c.store_backend().is_err(), "{not_a_store}");
+        }
         let c = Config {
             store: Some(StoreLocation("sqlite:/x/y.db".into())),
             ..Config::default()

@@ -77,6 +77,20 @@ const PURGE_CHUNK: i64 = 256;
 /// restore of 500 versions of 25 KB, well under a second); a database host that stops answering (rather than
 /// refusing connections, which fails within the pool's 5 s) is noticed within this.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// What every keyvault session tells PostgreSQL, so that the database ends what this side gives up on:
+/// - `statement_timeout`, under [`OPERATION_TIMEOUT`] (which counts from when the statement's connection is
+///   in hand): a statement this side stops waiting for has been ended by the database first, so a set
+///   answered 503 was not committed, and no abandoned session goes on waiting past `pg_pool_size`;
+/// - `lock_timeout`: a row lock another session holds (a DBA's open transaction, a stalled node) or a table
+///   lock (`VACUUM FULL`) fails the request after 3 s instead of holding a connection for the whole 8 s —
+///   the writes that wait for one another's row locks here take milliseconds;
+/// - `idle_in_transaction_session_timeout`: a node frozen or cut off between two statements of a transaction
+///   (delete, recover, update, purge hold a name's row across round trips) releases the row after 5 s,
+///   instead of when its TCP connection is given up (hours, with the kernel's default keepalives).
+///
+/// Migrations, which may take long and wait for another node's, lift the first two for their transaction.
+const SQL_SESSION_LIMITS: &str = "SET statement_timeout = 8000; SET lock_timeout = 3000; \
+     SET idle_in_transaction_session_timeout = 5000";
 /// How long the leader's liveness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a read of the access document or its revision may take, on this side (the pool's wait included),
@@ -381,6 +395,10 @@ pub struct PostgresStore {
     gets: Arc<Batcher<Get>>,
     /// The dedicated connection holding the leader lock, while this node is the leader.
     leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// One connection of its own for reading the access document: a node that cannot read it for a few
+    /// seconds refuses every request, so requests holding every connection of `pool` (waiting for a row
+    /// another session has locked) must not keep it from the read.
+    access: Pool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -609,18 +627,21 @@ impl PostgresStore {
         let sets = Batcher::new(pool.clone(), in_flight);
         let gets = Batcher::new(pool.clone(), in_flight);
         tracing::debug!(target = %describe_target(&connector.config), "opened the PostgreSQL store");
+        let access = Pool::new(connector.clone(), 1);
         Ok(PostgresStore {
             connector,
             pool,
             sets,
             gets,
             leader: tokio::sync::Mutex::new(None),
+            access,
         })
     }
 
     /// Drop the idle connections and give up leadership (in-use connections close as they come back).
     pub async fn close(&self) {
         self.pool.clear();
+        self.access.clear();
         self.leader.lock().await.take();
     }
 
@@ -653,12 +674,22 @@ impl PostgresStore {
     }
 }
 
-/// Run one operation on a connection of `pool`, bounded by [`OPERATION_TIMEOUT`].
+/// Run one operation on a connection of `pool`: the wait for the connection is bounded by the pool
+/// ([`pool::WAIT_TIMEOUT`]), the operation by [`OPERATION_TIMEOUT`] from then on, which is longer than what
+/// the database gives any of its statements ([`SQL_SESSION_LIMITS`]): a statement still running when this
+/// side gives up is one the database stopped answering for altogether (the network), never one that would
+/// commit later.
 async fn run_on<T, F>(pool: &Pool, op: F) -> StoreResult<T>
 where
     F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
 {
-    run_on_within(pool, OPERATION_TIMEOUT, op).await
+    let mut pooled = pool.get().await?;
+    match tokio::time::timeout(OPERATION_TIMEOUT, op(pooled.conn())).await {
+        Ok(result) => pooled.finish(result),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the database did not answer within {OPERATION_TIMEOUT:?}"
+        ))),
+    }
 }
 
 /// Run one operation on a connection of `pool`, bounded by `limit`.
@@ -697,8 +728,10 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
         Some(code) => {
             let class = &code.code()[..2];
             // 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
-            // 53 insufficient resources, 57 operator intervention (shutdown, cancel, timeouts), 58 system error.
+            // 53 insufficient resources, 57 operator intervention (shutdown, cancel, timeouts), 58 system error;
+            // and a lock another session held past `lock_timeout` (55P03).
             matches!(class, "08" | "40" | "53" | "57" | "58")
+                || *code == SqlState::LOCK_NOT_AVAILABLE
         }
         None => {
             if e.is_closed() {
@@ -736,6 +769,10 @@ fn sql_limit(limit: usize) -> i64 {
 
 async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
     let tx = client.transaction().await?;
+    // A migration may rewrite large tables, and waits for another node's (the lock below): not bounded as
+    // requests are (`SQL_SESSION_LIMITS`).
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await?;
     // Serialize migrations across nodes starting at once; released at commit or rollback.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
@@ -1424,7 +1461,7 @@ impl SecretStore for PostgresStore {
     }
 
     async fn access_doc(&self) -> StoreResult<Option<super::AccessDoc>> {
-        run_on_within(&self.pool, ACCESS_READ_TIMEOUT, async |c| {
+        run_on_within(&self.access, ACCESS_READ_TIMEOUT, async |c| {
             let tx = c.client.transaction().await?;
             tx.batch_execute(SQL_ACCESS_READ_LIMIT).await?;
             let row = tx
@@ -1443,7 +1480,7 @@ impl SecretStore for PostgresStore {
     }
 
     async fn access_revision(&self) -> StoreResult<i64> {
-        run_on_within(&self.pool, ACCESS_READ_TIMEOUT, async |c| {
+        run_on_within(&self.access, ACCESS_READ_TIMEOUT, async |c| {
             let tx = c.client.transaction().await?;
             tx.batch_execute(SQL_ACCESS_READ_LIMIT).await?;
             let st = Conn::prepare(&mut c.stmts, &tx, SQL_ACCESS_REVISION).await?;

@@ -49,8 +49,9 @@ pub const MAX_BATCH: usize = 128;
 pub const MAX_IN_FLIGHT: usize = 4;
 /// How long the oldest waiting operation may wait before the running batches count as stalled.
 pub const STALL: Duration = Duration::from_millis(20);
-/// How long a queued operation waits for its answer: its turn in the queue plus the batch itself, which is
-/// bounded by [`OPERATION_TIMEOUT`]; one that waits longer is answered `Unavailable` (a set may still commit).
+/// How long an operation waits in the queue for a batch to take it; one still queued then is taken out and
+/// answered `Unavailable` (never written). Once a batch has taken it, it waits for that batch's answer,
+/// which the batch's own bounds ([`super::run_on`]) make come.
 const ANSWER_TIMEOUT: Duration = OPERATION_TIMEOUT.saturating_mul(2);
 
 /// Many sets in one statement: the arrays hold one set each, at the same index (the parameters of
@@ -96,6 +97,8 @@ pub trait Work: Sized + Send + Sync + 'static {
 
 /// One operation waiting for (or in) a batch.
 struct Job<W: Work> {
+    /// Unique within its batcher: how a caller whose wait ran out finds its job still queued.
+    id: u64,
     work: W,
     /// Of [`Work::exclusive_name`], with the batcher's hasher.
     name: Option<u64>,
@@ -129,6 +132,8 @@ pub struct Batcher<W: Work> {
     queue: Mutex<Queue<W>>,
     /// Batches of more than one operation run so far, for tests and diagnostics.
     batches: AtomicU64,
+    /// The next [`Job::id`].
+    next_id: AtomicU64,
     /// Operations per batch that ran (a batch of one included), and the batches' times (for metrics).
     sizes: crate::metrics::Histogram,
     durations: crate::metrics::Histogram,
@@ -147,6 +152,7 @@ impl<W: Work> Batcher<W> {
                 writing: HashSet::new(),
             }),
             batches: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
             sizes: crate::metrics::Histogram::batch_sizes(),
             durations: crate::metrics::Histogram::seconds(),
         })
@@ -203,7 +209,9 @@ impl<W: Work> Batcher<W> {
         }
         let (answer, mut answered) = oneshot::channel();
         let queued = Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let job = Job {
+            id,
             name,
             work,
             queued,
@@ -220,9 +228,14 @@ impl<W: Work> Batcher<W> {
                     ));
                 }
                 Err(_) if queued.elapsed() >= ANSWER_TIMEOUT => {
-                    return Err(StoreError::Unavailable(format!(
-                        "the database did not answer within {ANSWER_TIMEOUT:?}"
-                    )));
+                    // Still queued: taken out, never written. Taken by a batch: its answer comes.
+                    let mut queue = self.lock();
+                    if let Some(at) = queue.waiting.iter().position(|job| job.id == id) {
+                        queue.waiting.remove(at);
+                        return Err(StoreError::Unavailable(format!(
+                            "no database connection took the operation within {ANSWER_TIMEOUT:?}"
+                        )));
+                    }
                 }
                 // Still waiting: if the batches ahead are stalled, another may take this operation.
                 Err(_) => self.start_if_needed(),
@@ -464,9 +477,15 @@ async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResu
                     })
                     .collect());
             }
-            // One set's fault (a version id its name has, or data the database refuses, class 22) or a
-            // rollback: each on its own below, so that the others are not failed with it.
-            Err(e) if is_unique_violation(&e) || is_rollback(&e) || is_data_exception(&e) => {
+            // One set's fault (a version id its name has, or data the database refuses, class 22), a
+            // rollback, or a name's row another session held past `lock_timeout`: each on its own below, so
+            // that the others are not failed with it.
+            Err(e)
+                if is_unique_violation(&e)
+                    || is_rollback(&e)
+                    || is_data_exception(&e)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+            {
                 tracing::debug!(sets = batch.len(), error = %super::describe(&e), "a batch of sets failed; writing them one by one");
             }
             Err(e) => return Err(e.into()),

@@ -191,6 +191,7 @@ impl Connector {
             })
         })?;
         insist_on_durable_commits(&client).await?;
+        client.batch_execute(super::SQL_SESSION_LIMITS).await?;
         Ok(client)
     }
 }

@@ -1548,3 +1548,117 @@ async fn reads_in_flight_together_share_one_query() {
     }
     store.close().await;
 }
+
+/// Every keyvault session bounds what the database gives it (`SQL_SESSION_LIMITS`), and a row another
+/// session keeps locked (a DBA's open transaction, a stalled node) fails the requests for that name in
+/// seconds, in the database too: no session is left waiting behind them (the node opens no more than its
+/// pool), the access document is still read (its own connection), a set answered `Unavailable` is not
+/// committed when the lock goes, and other names are written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_locked_elsewhere_fails_its_requests_and_ends_their_sessions() {
+    let Some(pg) = pgtest::start_or_skip(
+        "store::postgres::a_row_locked_elsewhere_fails_its_requests_and_ends_their_sessions",
+    ) else {
+        return;
+    };
+    let url = pg.create_database("locks").await.unwrap();
+    let store = Arc::new(PostgresStore::open_with_pool(&url, 3).await.unwrap());
+    let limits: Vec<String> = column(
+        &store,
+        "SELECT setting FROM pg_settings WHERE name IN \
+         ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') ORDER BY name",
+    )
+    .await;
+    assert_eq!(limits, ["5000", "3000", "8000"]);
+
+    let v = "vault";
+    for name in ["locked", "free"] {
+        store
+            .put_version(v, row(name, unique_version(0, 0), 0))
+            .await
+            .unwrap();
+    }
+    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&url).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0; BEGIN; \
+             SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key = 'locked' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Three writes of the locked name hold the pool's three connections while they wait.
+    let mut waiting = Vec::new();
+    for i in 0..3u8 {
+        let store = store.clone();
+        waiting.push(tokio::spawn(async move {
+            let patch = VersionPatch {
+                content_type: Some(format!("t{i}")),
+                ..Default::default()
+            };
+            store.update_version(v, "locked", None, patch).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile the access document is read on its own connection.
+    tokio::time::timeout(Duration::from_secs(2), store.access_revision())
+        .await
+        .expect("the access read is not held up by a full pool")
+        .unwrap();
+    for w in waiting {
+        let e = w.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("55P03")),
+            "{e:?}"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2900) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+    // A set of the locked name alongside another name's: the other is written, it fails.
+    let sets = [
+        row("locked", unique_version(1, 0), 1),
+        row("free", unique_version(1, 1), 1),
+    ];
+    let answers = join_all(
+        sets.iter()
+            .map(|r| store.put_version(v, r.clone()))
+            .collect(),
+    )
+    .await;
+    assert!(
+        matches!(&answers[0], Err(StoreError::Unavailable(_))),
+        "{answers:?}"
+    );
+    assert!(answers[1].is_ok(), "{answers:?}");
+    // No session of the store waits in the database behind the failed ones.
+    let waiting_sessions: Vec<i64> = column(
+        &store,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'keyvault' AND wait_event_type = 'Lock'",
+    )
+    .await;
+    assert_eq!(waiting_sessions, [0]);
+    let open: Vec<i64> = column(
+        &store,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'keyvault'",
+    )
+    .await;
+    // The pool's three and the access read's one; the other session does not say it is keyvault's.
+    assert!(open[0] <= 4, "{open:?}");
+    other.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let latest = store.get_version(v, "locked", None).await.unwrap().unwrap();
+    assert_eq!(
+        (latest.version.as_str(), latest.content_type.as_deref()),
+        (unique_version(0, 0).as_str(), None),
+        "nothing that failed landed later"
+    );
+    store.close().await;
+}
