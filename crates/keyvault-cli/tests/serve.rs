@@ -821,6 +821,40 @@ fn one_source_cannot_hold_every_connection() {
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
 
+/// An HTTP/1.1 client that pipelines requests and never reads the answers: once the answers fill the socket
+/// buffers, hyper waits on the write alone (it reads no more while a request is already buffered), and the
+/// idle limit (here 2 s) must still close the connection — cut in the middle of its answers, not kept open
+/// until the client reads them all.
+#[test]
+fn a_client_that_never_reads_its_pipelined_answers_is_cut_off() {
+    use std::io::{Read, Write};
+    let (_dir, mut child, addr, ca) = dev_server_configured("idle_timeout_secs = 2\n");
+    const REQUESTS: usize = 200_000;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr2 = addr.clone();
+    std::thread::spawn(move || {
+        let mut stream = tls_connection(&ca, &addr2);
+        let one = format!("GET /healthz HTTP/1.1\r\nHost: {addr2}\r\n\r\n");
+        let all = one.repeat(REQUESTS);
+        // Blocks once the server stops reading; fails when it closes the connection.
+        let _ = stream
+            .write_all(all.as_bytes())
+            .and_then(|_| stream.flush());
+        // Past the idle limit, whatever the write did, before reading anything.
+        std::thread::sleep(Duration::from_secs(5));
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        let answers = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+        let _ = tx.send(answers);
+    });
+    let answers = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the connection was never closed: the client's write still waits");
+    assert!(answers < REQUESTS, "every answer was delivered: {answers}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
 /// Over HTTP/1.1 a body that stops coming is cut off by the connection's answer timeout (here 2 s:
 /// `idle_timeout_secs`), and the request gets 408 `RequestTimeout` (as over HTTP/2), not a 400 that would say
 /// it was malformed; nothing is stored. The token endpoint answers the same in its OAuth shape.

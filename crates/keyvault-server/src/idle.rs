@@ -152,6 +152,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
     }
 }
 
+/// A write (or flush) the client has not let through for a limit: hyper may be waiting on it alone — an
+/// HTTP/1.1 connection writing an answer does not read while a pipelined request is already buffered — so
+/// the limits are checked here too, and the write fails.
+fn stalled<R>(
+    this: &mut IdleIo<impl Unpin>,
+    cx: &mut Context<'_>,
+    result: Poll<io::Result<R>>,
+) -> Poll<io::Result<R>> {
+    if result.is_pending() && this.expired(cx) {
+        return Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took nothing of the answer for the idle limit",
+        )));
+    }
+    result
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -163,7 +180,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         if let Poll::Ready(Ok(n)) = result {
             this.wrote(n);
         }
-        result
+        stalled(this, cx, result)
     }
 
     fn poll_write_vectored(
@@ -176,7 +193,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         if let Poll::Ready(Ok(n)) = result {
             this.wrote(n);
         }
-        result
+        stalled(this, cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -184,7 +201,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        stalled(this, cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -307,6 +326,33 @@ mod tests {
         let (got, took) = upload(4000, 1, 60).await;
         assert!((4000..4010).contains(&got), "{got}");
         assert!(took <= Duration::from_secs(5), "{took:?}");
+    }
+
+    /// A client that stops taking the answer (its window full, nothing read): the write fails at the idle
+    /// limit, counted from the last byte it took, whether or not anything reads the connection meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_nobody_takes_fails_at_the_idle_limit() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 0);
+        let (mut client_read, _client_write) = tokio::io::split(client);
+        // The client takes 64 bytes a second for 20 s, then nothing.
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = client_read.read(&mut buf).await;
+            }
+            std::future::pending::<()>().await;
+        });
+        let started = Instant::now();
+        let e = io.write_all(&[b'a'; 64 * 1024]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        // Taking bytes kept it going for 20 s; the last one's write came at 20 s; cut 10 s later.
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_secs(29)..=Duration::from_secs(31)).contains(&took),
+            "{took:?}"
+        );
     }
 
     /// Told when idle: the listener hears at the idle limit, and the input ends the closing grace later (a
