@@ -821,6 +821,43 @@ fn one_source_cannot_hold_every_connection() {
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
 
+/// A second server on a data directory another one serves from is refused (exit 2, saying why), whatever
+/// its store: the two would share one audit log. The first's files are left as they were.
+#[test]
+fn a_second_server_on_one_data_directory_is_refused() {
+    let (dir, mut child, _addr) = dev_server();
+    let data = dir.path().join("dev");
+    let marker = std::fs::read(data.join("store.initialized")).unwrap();
+    let audit_before = std::fs::read(data.join("audit.log")).unwrap_or_default();
+    let other = dir.path().join("other.db");
+    let out = Command::new(BIN)
+        .args(dev_args(&data))
+        .args(["--store", &format!("sqlite:{}", other.display())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("in use by another keyvault server"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("store.initialized")).unwrap(),
+        marker
+    );
+    assert_eq!(
+        std::fs::read(data.join("audit.log")).unwrap_or_default(),
+        audit_before
+    );
+    assert!(!other.exists(), "the second server opened its store");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    // Stopped, the directory is free again.
+    let (mut again, _) = start(&dev_args(&data));
+    sigterm(&again);
+    assert!(wait_exit(&mut again, Duration::from_secs(15)).success());
+}
+
 /// An HTTP/1.1 client that pipelines requests and never reads the answers: once the answers fill the socket
 /// buffers, hyper waits on the write alone (it reads no more while a request is already buffered), and the
 /// idle limit (here 2 s) must still close the connection — cut in the middle of its answers, not kept open

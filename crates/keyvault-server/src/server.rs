@@ -92,6 +92,35 @@ pub enum StartError {
     },
 }
 
+/// Locks the data directory for this server (`DIR/serve.lock`, an advisory `flock` the kernel releases when
+/// the process ends): two servers there would interleave two hash chains in one audit log (which then reads
+/// as tampered with), and each would rewrite the other's `store.initialized` and `dev-credentials.json`. The
+/// SQLite store's own lock catches two servers over one database; this, two over one directory whatever
+/// their stores.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join("serve.lock");
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
+        .open(&path)
+        .map_err(|e| StartError::Setup(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Setup(format!(
+            "the data directory {} is in use by another keyvault server (its lock {} is held); give each \
+             server a data directory of its own",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StartError::Setup(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> StartError + '_ {
     move |e| StartError::Setup(format!("{what}: {e}"))
 }
@@ -150,6 +179,8 @@ pub struct Server {
     audit: Option<AuditLog>,
     info: ServerInfo,
     data_dir: PathBuf,
+    /// Held while the server lives (`lock_data_dir`).
+    _data_dir_lock: std::fs::File,
     sweep_interval: Duration,
     /// A connection without traffic for this long is closed ([`crate::idle`]).
     idle_timeout: Duration,
@@ -479,6 +510,7 @@ impl Server {
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
         warn_if_others_can_write(&data_dir);
+        let data_dir_lock = lock_data_dir(&data_dir)?;
 
         // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
         let store = open_store(&config).await?;
@@ -835,6 +867,7 @@ impl Server {
             certificate,
             tls_reload_interval: Duration::from_secs(config.tls.reload_interval_secs),
             data_dir,
+            _data_dir_lock: data_dir_lock,
             sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
             min_body_rate: config.request_limits.body_min_rate,
