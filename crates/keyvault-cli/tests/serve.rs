@@ -366,7 +366,7 @@ fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
         assert_eq!(token.stdout.split(|b| *b == b'.').count(), 3, "a JWT");
         let identity = (identity.0, identity.1, identity.2, kept_hash);
         if round == 0 {
-            // A second server on the same data directory is refused (its database is in use), and the
+            // A second server on the same data directory is refused (the directory is in use), and the
             // running one is unaffected.
             let second = Command::new(BIN)
                 .args(args)
@@ -388,7 +388,7 @@ fn dev_mode_writes_credentials_and_keeps_them_across_restarts() {
                 .read_to_string(&mut stderr)
                 .unwrap();
             assert!(
-                stderr.contains("in use by another keyvault process"),
+                stderr.contains("in use by another keyvault server"),
                 "{stderr}"
             );
             assert!(

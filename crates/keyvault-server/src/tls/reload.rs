@@ -25,6 +25,11 @@ use super::{TlsError, TlsMaterial, provider, read_certs, read_key};
 use crate::auth::assertion::{der, der_time};
 use crate::auth::util::{rfc3339, unix_now};
 
+/// How long changed files must stay unchanged before the watch reads them ([`ServerCertificate::reload_if_changed`]).
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// Looks at most for files to settle: files that keep changing are read after this many.
+const SETTLE_LOOKS: usize = 10;
+
 /// A certificate expiring within this many days is warned about at start and at each reload.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
 const DAY: i64 = 86_400;
@@ -278,14 +283,34 @@ impl ServerCertificate {
     }
 
     /// [`ServerCertificate::reload`] if the files changed since the last load (or the last reload was
-    /// refused); `None` when there was nothing to do.
+    /// refused); `None` when there was nothing to do. Files that changed are read once they have stayed as
+    /// they are for [`SETTLE`]: a chain written in place a certificate at a time (`cat leaf.pem ca.pem >
+    /// chain.pem`) is a shorter valid chain while half-written, and would be served until the next look.
     pub fn reload_if_changed(&self) -> Option<Result<Reload, TlsError>> {
+        self.reload_if_changed_settling(SETTLE)
+    }
+
+    fn reload_if_changed_settling(&self, settle: Duration) -> Option<Result<Reload, TlsError>> {
         let files = self.files.as_ref()?;
+        let mut seen = [stamp(&files.cert), stamp(&files.key)];
         {
             let state = lock(&self.state);
-            if !state.failed && state.stamps == [stamp(&files.cert), stamp(&files.key)] {
-                return None;
+            if state.stamps == seen {
+                if !state.failed {
+                    return None;
+                }
+                // Refused before and not changed since: tried again as it is.
+                drop(state);
+                return Some(self.reload());
             }
+        }
+        for _ in 0..SETTLE_LOOKS {
+            std::thread::sleep(settle);
+            let now = [stamp(&files.cert), stamp(&files.key)];
+            if now == seen {
+                break;
+            }
+            seen = now;
         }
         Some(self.reload())
     }
@@ -795,6 +820,45 @@ mod tests {
         ));
         assert_eq!(served(&c), sha256_of_pem(&pem_a));
         assert!(c.reload_if_changed().is_none());
+    }
+
+    /// A chain written in place a certificate at a time, seen by the watch between the two writes: read
+    /// only once the file stopped changing, so the whole chain is served, not the leaf alone.
+    #[test]
+    fn a_chain_being_written_is_read_once_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let ca = ca("CA");
+        let (key_a, key_b) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        std::fs::write(&cert, leaf(&ca, &key_a, "a")).unwrap();
+        std::fs::write(&key, key_a.serialize_pem()).unwrap();
+        let c = ServerCertificate::from_files(&cert, &key).unwrap();
+        // The new key, then the chain's leaf (the half-written state), then the rest of it 300 ms later.
+        replace(&key, &key_b.serialize_pem());
+        let leaf_b = leaf(&ca, &key_b, "b");
+        std::fs::write(&cert, &leaf_b).unwrap();
+        let writer = {
+            let (cert, rest) = (cert.clone(), ca.cert.pem());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&cert)
+                    .unwrap();
+                std::io::Write::write_all(&mut f, rest.as_bytes()).unwrap();
+            })
+        };
+        assert!(matches!(
+            c.reload_if_changed_settling(Duration::from_millis(500)),
+            Some(Ok(Reload::Replaced(_)))
+        ));
+        writer.join().unwrap();
+        assert_eq!(served(&c), sha256_of_pem(&leaf_b));
+        assert_eq!(c.current().cert.len(), 2, "the whole chain is served");
+        assert!(
+            c.reload_if_changed_settling(Duration::from_millis(10))
+                .is_none()
+        );
     }
 
     #[test]
