@@ -1036,9 +1036,15 @@ async fn recover(conn: &mut Conn, vault: &str, key: &str) -> StoreResult<Option<
     Ok(live.map(|(_, row)| row))
 }
 
+/// Purges delete every version of their names, however many (a name's versions are not limited): not
+/// bounded by `statement_timeout` (`SQL_SESSION_LIMITS`), which would keep a name with very many versions from
+/// ever being purged; their lock waits still are.
+const SQL_UNBOUNDED_DELETE: &str = "SET LOCAL statement_timeout = 0";
+
 async fn purge(conn: &mut Conn, vault: &str, key: &str) -> StoreResult<bool> {
     let Conn { client, stmts } = conn;
     let tx = client.transaction().await?;
+    tx.batch_execute(SQL_UNBOUNDED_DELETE).await?;
     let st = Conn::prepare(stmts, &tx, SQL_PURGE_NAME).await?;
     if tx.execute(&st, &[&vault, &key]).await? == 0 {
         return Ok(false);
@@ -1054,6 +1060,7 @@ async fn purge(conn: &mut Conn, vault: &str, key: &str) -> StoreResult<bool> {
 async fn purge_expired_chunk(conn: &mut Conn, now: i64) -> StoreResult<u64> {
     let Conn { client, stmts } = conn;
     let tx = client.transaction().await?;
+    tx.batch_execute(SQL_UNBOUNDED_DELETE).await?;
     let st = Conn::prepare(stmts, &tx, SQL_PURGE_DUE_NAMES).await?;
     let gone = tx.query(&st, &[&now, &PURGE_CHUNK]).await?;
     if gone.is_empty() {
