@@ -405,21 +405,28 @@ fn redact_password_values(s: &str) -> String {
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
+        // `i` is at an ASCII byte when the key matches there, so `s[..i]` is on a character boundary; a key=value
+        // string's pairs are separated by any Unicode white space, as tokio-postgres reads them.
         let at_key = (bytes[i..].len() >= KEY.len())
             && bytes[i..i + KEY.len()].eq_ignore_ascii_case(KEY.as_bytes())
             && (i == 0
                 || matches!(bytes[i - 1], b'?' | b'&')
-                || bytes[i - 1].is_ascii_whitespace());
+                || s[..i].chars().next_back().is_some_and(char::is_whitespace));
         if !at_key {
             i += 1;
             continue;
         }
         let in_query = i > 0 && matches!(bytes[i - 1], b'?' | b'&');
         let mut j = i + KEY.len();
+        let skip_space = |j: usize| -> usize {
+            j + s[j..]
+                .chars()
+                .take_while(|c| c.is_whitespace())
+                .map(char::len_utf8)
+                .sum::<usize>()
+        };
         if !in_query {
-            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-                j += 1;
-            }
+            j = skip_space(j);
         }
         if bytes.get(j) != Some(&b'=') {
             i += 1;
@@ -427,9 +434,7 @@ fn redact_password_values(s: &str) -> String {
         }
         j += 1;
         if !in_query {
-            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-                j += 1;
-            }
+            j = skip_space(j);
         }
         let value_start = j;
         if in_query {
@@ -444,12 +449,22 @@ fn redact_password_values(s: &str) -> String {
             }
             j = (j + 1).min(bytes.len());
         } else {
-            while j < bytes.len() && !bytes[j].is_ascii_whitespace() {
-                j += if bytes[j] == b'\\' { 2 } else { 1 };
+            // Up to white space (Unicode's: a value ends there for tokio-postgres too); a backslash escapes the
+            // next character.
+            let mut chars = s[j..].char_indices();
+            let mut end = s.len();
+            while let Some((k, c)) = chars.next() {
+                if c.is_whitespace() {
+                    end = j + k;
+                    break;
+                }
+                if c == '\\' {
+                    chars.next();
+                }
             }
-            j = j.min(bytes.len());
+            j = end;
         }
-        // Every index here is at an ASCII byte or the end: slicing stays on character boundaries.
+        // Every index here is at a character boundary (an ASCII byte, a character's start, or the end).
         out.push_str(&s[copied..value_start]);
         out.push_str("***");
         copied = j;
@@ -1502,6 +1517,16 @@ mod tests {
             ),
             ("password=CANARY10", "password=***"),
             ("host=db PASSWORD=CANARY11", "host=db PASSWORD=***"),
+            // Pairs separated by Unicode white space, as tokio-postgres reads them.
+            (
+                "host=db\u{a0}password=CANARY12\u{3000}user=kv",
+                "host=db\u{a0}password=***\u{3000}user=kv",
+            ),
+            (
+                "host=db\u{2003}password\u{a0}=\u{a0}CANARY13",
+                "host=db\u{2003}password\u{a0}=\u{a0}***",
+            ),
+            ("host=é password=CANARY\\é14 x=1", "host=é password=*** x=1"),
         ];
         for (url, redacted) in cases {
             assert_eq!(redact_url_password(url), redacted, "{url}");
