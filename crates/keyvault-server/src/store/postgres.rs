@@ -91,6 +91,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Migrations, which may take long and wait for another node's, lift the first two for their transaction.
 const SQL_SESSION_LIMITS: &str = "SET statement_timeout = 8000; SET lock_timeout = 3000; \
      SET idle_in_transaction_session_timeout = 5000";
+/// `statement_timeout` of [`SQL_SESSION_LIMITS`].
+const STATEMENT_LIMIT: Duration = Duration::from_secs(8);
 /// How long the leader's liveness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a read of the access document or its revision may take, on this side (the pool's wait included),
@@ -683,11 +685,19 @@ async fn run_on<T, F>(pool: &Pool, op: F) -> StoreResult<T>
 where
     F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
 {
+    run_on_for(pool, OPERATION_TIMEOUT, op).await
+}
+
+/// [`run_on`] with the operation bounded by `limit` (more than [`STATEMENT_LIMIT`]).
+async fn run_on_for<T, F>(pool: &Pool, limit: Duration, op: F) -> StoreResult<T>
+where
+    F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
+{
     let mut pooled = pool.get().await?;
-    match tokio::time::timeout(OPERATION_TIMEOUT, op(pooled.conn())).await {
+    match tokio::time::timeout(limit, op(pooled.conn())).await {
         Ok(result) => pooled.finish(result),
         Err(_) => Err(StoreError::Unavailable(format!(
-            "the database did not answer within {OPERATION_TIMEOUT:?}"
+            "the database did not answer within {limit:?}"
         ))),
     }
 }

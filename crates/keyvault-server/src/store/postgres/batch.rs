@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use super::pool::{Conn, Pool};
 use super::{
-    OPERATION_TIMEOUT, SQL_GET_MANY, find_live, is_unique_violation, put, run_on, version_row,
+    OPERATION_TIMEOUT, SQL_GET_MANY, find_live, is_unique_violation, put, run_on_for, version_row,
 };
 use crate::store::{StoreError, StoreResult, VersionRow, tags_json};
 
@@ -53,6 +53,11 @@ pub const STALL: Duration = Duration::from_millis(20);
 /// answered `Unavailable` (never written). Once a batch has taken it, it waits for that batch's answer,
 /// which the batch's own bounds ([`super::run_on`]) make come.
 const ANSWER_TIMEOUT: Duration = OPERATION_TIMEOUT.saturating_mul(2);
+/// A batch of sets that failed because of one of them writes each alone (see [`write_sets`]): those not
+/// started this long after the batch began are answered `Unavailable` unwritten. (Each alone may wait
+/// `lock_timeout` for a row another session holds: a batch with several such names would otherwise run on
+/// for as many times that.)
+const FALLBACK_STARTS_WITHIN: Duration = OPERATION_TIMEOUT;
 
 /// Many sets in one statement: the arrays hold one set each, at the same index (the parameters of
 /// [`super::SQL_PUT`], each as an array). Names are created, or locked and pointed at their new versions
@@ -88,6 +93,10 @@ pub trait Work: Sized + Send + Sync + 'static {
     /// The (vault, name key) this operation holds while it runs, if operations of one name must not share a
     /// batch nor run in two batches at once.
     fn exclusive_name(&self) -> Option<(&str, &str)>;
+    /// How long a batch of this work may run on its connection before this side gives up on it: longer than
+    /// any statement it can still start may take in the database ([`super::STATEMENT_LIMIT`]), so that an
+    /// operation answered `Unavailable` for it was not done.
+    const LIMIT: Duration;
     /// Run `batch` on `conn`: each operation's answer, in order; Err when the whole batch failed.
     fn run(
         conn: &mut Conn,
@@ -198,7 +207,7 @@ impl<W: Work> Batcher<W> {
                 name,
             };
             let started = Instant::now();
-            let mut answers = run_on(&self.pool, async |c| {
+            let mut answers = run_on_for(&self.pool, W::LIMIT, async |c| {
                 W::run(c, std::slice::from_ref(&work)).await
             })
             .await?;
@@ -318,7 +327,7 @@ impl<W: Work> Batcher<W> {
     /// Run one batch and answer its operations.
     async fn run(&self, works: Vec<W>, answers: Vec<oneshot::Sender<StoreResult<W::Answer>>>) {
         let started = Instant::now();
-        let results = run_on(&self.pool, async |c| W::run(c, &works).await).await;
+        let results = run_on_for(&self.pool, W::LIMIT, async |c| W::run(c, &works).await).await;
         if results.is_ok() {
             self.ran(works.len(), started);
         }
@@ -394,6 +403,11 @@ pub struct Set {
 
 impl Work for Set {
     type Answer = ();
+    /// The batch's statement, then (after a failure one set caused) each set alone, started only within
+    /// [`FALLBACK_STARTS_WITHIN`]: the last one started ends within [`super::STATEMENT_LIMIT`] after.
+    const LIMIT: Duration = FALLBACK_STARTS_WITHIN
+        .saturating_add(super::STATEMENT_LIMIT)
+        .saturating_add(Duration::from_secs(2));
 
     fn exclusive_name(&self) -> Option<(&str, &str)> {
         Some((&self.vault, &self.key))
@@ -413,6 +427,7 @@ pub struct Get {
 
 impl Work for Get {
     type Answer = Option<VersionRow>;
+    const LIMIT: Duration = OPERATION_TIMEOUT;
 
     fn exclusive_name(&self) -> Option<(&str, &str)> {
         None
@@ -459,6 +474,7 @@ impl Work for Get {
 /// The answer of each set of `batch`, in order: one statement for the whole batch, or (for one set, or after
 /// a failure caused by one of them) the one-set statement for each.
 async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResult<()>>> {
+    let started = Instant::now();
     // Tags are checked when a request is parsed; should one still not serialize, the one-set statement
     // reports it for that set alone.
     let tags: StoreResult<Vec<Option<String>>> =
@@ -497,6 +513,11 @@ async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResu
             // The connection broke: the rest cannot be written on it (the sets written before keep their
             // answers: they are committed).
             Some(Err(e @ StoreError::Unavailable(_))) if conn.client.is_closed() => Err(e.clone()),
+            _ if started.elapsed() >= FALLBACK_STARTS_WITHIN => Err(StoreError::Unavailable(
+                "not written: the sets before it in its batch waited too long for rows another session \
+                 holds"
+                    .into(),
+            )),
             _ => put(conn, &job.vault, &job.row).await,
         };
         answers.push(answer);

@@ -1569,7 +1569,8 @@ async fn a_row_locked_elsewhere_fails_its_requests_and_ends_their_sessions() {
          ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') ORDER BY name",
     )
     .await;
-    assert_eq!(limits, ["5000", "3000", "8000"]);
+    let statement_ms = STATEMENT_LIMIT.as_millis().to_string();
+    assert_eq!(limits, ["5000", "3000", statement_ms.as_str()]);
 
     let v = "vault";
     for name in ["locked", "free"] {
@@ -1660,5 +1661,69 @@ async fn a_row_locked_elsewhere_fails_its_requests_and_ends_their_sessions() {
         (unique_version(0, 0).as_str(), None),
         "nothing that failed landed later"
     );
+    store.close().await;
+}
+
+/// A batch of sets that fails on a row another session keeps locked writes its sets one by one: those of
+/// free names are written and answered as written, however long the locked ones wait (each `lock_timeout`),
+/// and those of locked names are answered `Unavailable` and are not written (not even once the lock goes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_locked_names_answers_each_set_as_it_was() {
+    let Some((pg, store)) =
+        open_or_skip("store::postgres::a_batch_with_locked_names_answers_each_set_as_it_was").await
+    else {
+        return;
+    };
+    let v = "vault";
+    let names = ["free0", "l1", "f1", "l2", "f2", "l3"];
+    for name in names {
+        store
+            .put_version(v, row(name, unique_version(0, 0), 0))
+            .await
+            .unwrap();
+    }
+    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0; BEGIN; \
+             SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key IN ('l1', 'l2', 'l3') FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // The first runs alone (its name is free: at once); the others queue meanwhile and share a batch.
+    let sets: Vec<VersionRow> = names
+        .iter()
+        .map(|n| row(n, unique_version(1, 0), 1))
+        .collect();
+    let answers = join_all(
+        sets.iter()
+            .map(|r| store.put_version(v, r.clone()))
+            .collect(),
+    )
+    .await;
+    let took = started.elapsed();
+    for (name, answer) in names.iter().zip(&answers) {
+        if name.starts_with('l') {
+            assert!(
+                matches!(answer, Err(StoreError::Unavailable(_))),
+                "{name}: {answer:?}"
+            );
+        } else {
+            assert!(answer.is_ok(), "{name}: {answer:?}");
+        }
+    }
+    assert!(store.set_batches_run() >= 1, "the sets shared a batch");
+    assert!(took < <Set as batch::Work>::LIMIT, "{took:?}");
+    other.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for name in names {
+        let latest = store.get_version(v, name, None).await.unwrap().unwrap();
+        let want = if name.starts_with('l') { 0 } else { 1 };
+        assert_eq!(latest.version, unique_version(want, 0), "{name}");
+    }
     store.close().await;
 }
