@@ -41,6 +41,13 @@ pub(crate) struct IdleIo<T> {
     /// multiple of `renewal`.
     renewed: Option<Instant>,
     timer: Pin<Box<Sleep>>,
+    /// How long a write may wait before the connection counts as stalled ([`IdleIo::limit_write_stalls`]);
+    /// `None`: writes are not watched.
+    write_stall: Option<Duration>,
+    /// Whether a write is waiting now (none went through since it began to), with its own timer, made the
+    /// first time one waits (most connections never have a write wait).
+    write_waiting: bool,
+    write_timer: Option<Pin<Box<Sleep>>>,
     /// Told once when the connection goes quiet, before its input ends (HTTP/2: the connection then sends
     /// GOAWAY); the input ends [`CLOSING_GRACE`] later if the connection has not closed by then.
     on_idle: Option<Arc<Notify>>,
@@ -67,9 +74,41 @@ impl<T> IdleIo<T> {
             asked_bytes: 0,
             renewed: None,
             timer: Box::pin(tokio::time::sleep_until(now + answer)),
+            write_stall: None,
+            write_waiting: false,
+            write_timer: None,
             on_idle: None,
             closing: None,
         }
+    }
+
+    /// A write that has waited `limit` (the client taking nothing of the answer) fails the connection. Needed
+    /// because hyper may be waiting on that write alone: an HTTP/1.1 connection writing an answer does not
+    /// read while a pipelined request is already buffered, so the read side's limits never come round. (When
+    /// the read side is polled, a write that waits the idle limit ends the connection there too: no byte
+    /// moved either way. A client reading a large answer so slowly that a write waits that long — its
+    /// receive window opens seconds apart — is cut off either way.)
+    pub(crate) fn limit_write_stalls(&mut self, limit: Duration) {
+        self.write_stall = Some(limit);
+    }
+
+    /// Whether the write waiting now has waited past [`IdleIo::limit_write_stalls`]'s limit (its timer armed
+    /// when it began to wait, and polled here).
+    fn write_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.write_stall else {
+            return false;
+        };
+        if !self.write_waiting {
+            self.write_waiting = true;
+            let at = Instant::now() + limit;
+            match &mut self.write_timer {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.write_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.write_timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
     }
 
     /// When a limit passes, `on_idle` is notified first and the input ends [`CLOSING_GRACE`] later (for
@@ -114,6 +153,7 @@ impl<T> IdleIo<T> {
     }
 
     fn wrote(&mut self, n: usize) {
+        self.write_waiting = false;
         if n > 0 {
             self.last = Instant::now();
             self.asked_bytes = 0;
@@ -152,18 +192,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
     }
 }
 
-/// A write (or flush) the client has not let through for a limit: hyper may be waiting on it alone — an
-/// HTTP/1.1 connection writing an answer does not read while a pipelined request is already buffered — so
-/// the limits are checked here too, and the write fails.
+/// A write (or flush) that waits: failed once it has waited past the write-stall limit
+/// ([`IdleIo::limit_write_stalls`]).
 fn stalled<R>(
     this: &mut IdleIo<impl Unpin>,
     cx: &mut Context<'_>,
     result: Poll<io::Result<R>>,
 ) -> Poll<io::Result<R>> {
-    if result.is_pending() && this.expired(cx) {
+    if result.is_pending() && this.write_stalled(cx) {
         return Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "the client took nothing of the answer for the idle limit",
+            "the client took nothing of the answer for the write-stall limit",
         )));
     }
     result
@@ -203,6 +242,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_flush(cx);
+        if result.is_ready() {
+            this.write_waiting = false;
+        }
         stalled(this, cx, result)
     }
 
@@ -328,12 +370,14 @@ mod tests {
         assert!(took <= Duration::from_secs(5), "{took:?}");
     }
 
-    /// A client that stops taking the answer (its window full, nothing read): the write fails at the idle
-    /// limit, counted from the last byte it took, whether or not anything reads the connection meanwhile.
+    /// A client that stops taking the answer (its window full, nothing read): the write fails at the
+    /// write-stall limit, counted from the last byte it took, whether or not anything reads the connection
+    /// meanwhile; before, a write that waits less than that (a slow reader) goes on.
     #[tokio::test(start_paused = true)]
     async fn an_answer_nobody_takes_fails_at_the_idle_limit() {
         let (client, server) = tokio::io::duplex(64);
         let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 0);
+        io.limit_write_stalls(Duration::from_secs(10));
         let (mut client_read, _client_write) = tokio::io::split(client);
         // The client takes 64 bytes a second for 20 s, then nothing.
         tokio::spawn(async move {

@@ -1038,6 +1038,7 @@ impl Server {
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                 let answer = if h2 { idle_timeout } else { answer_timeout };
                 let mut io = crate::idle::IdleIo::new(tls, idle_timeout, answer, min_rate);
+                io.limit_write_stalls(idle_timeout);
                 // A quiet HTTP/2 connection is told it is being closed (GOAWAY) before it is (RFC 9113
                 // §9.1), so that its client opens a new one for its next request instead of sending it on a
                 // connection about to end. HTTP/1.1 has no such message: its idle connections just close.

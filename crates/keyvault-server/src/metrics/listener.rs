@@ -110,7 +110,9 @@ async fn serve_within<A>(
                 let resp = answer(req.method(), req.uri().path());
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
-            let io = crate::idle::IdleIo::new(tcp, quiet, quiet, 0);
+            let mut io = crate::idle::IdleIo::new(tcp, quiet, quiet, 0);
+            // A scrape's answer is a few KiB: one that waits this long is not being read.
+            io.limit_write_stalls(quiet);
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
