@@ -2324,6 +2324,8 @@ mod tests {
             "",
             "a\u{034F}b",
             "a\u{FE0F}b",
+            "admin\u{E0100}",
+            "a\u{180B}b",
             "a\u{3164}b",
             "a\u{115F}b",
             "a\u{00A0}b",

@@ -1722,6 +1722,7 @@ mod tests {
             "reader\u{202E}",
             "read\u{00A0}er",
             "reader\u{FE0F}",
+            "reader\u{E0100}",
             "",
         ] {
             let id: String = (id.chars())

@@ -473,6 +473,26 @@ async fn an_unread_backup_keeps_its_place() {
         .0
     };
     assert_eq!(restore().await, StatusCode::SERVICE_UNAVAILABLE);
+    // A restore whose client goes away while it waits for a place changed nothing: audited 408, not 499.
+    let gone = http
+        .post(api_url(lv.vault_url(), "/secrets/restore", "7.6"))
+        .bearer_auth(&token)
+        .timeout(Duration::from_millis(100))
+        .json(&blob)
+        .send()
+        .await;
+    assert!(gone.is_err(), "{gone:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let audit = lv.audit().expect("dev mode audits");
+    audit.flush().await;
+    let log = std::fs::read_to_string(audit.path()).unwrap();
+    let last: Value = serde_json::from_str(
+        log.lines()
+            .rfind(|l| l.contains("\"operation\":\"SecretRestore\""))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["status"], 408, "{last}");
 
     // The unread answer dropped (the connection closed): the place comes back.
     drop((unread, _s, h2));

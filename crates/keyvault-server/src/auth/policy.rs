@@ -438,8 +438,15 @@ pub(crate) fn valid_principal_id(id: &str) -> bool {
                 || is_invisible_format(c)
                 || c == char::REPLACEMENT_CHARACTER
                 || (c.is_whitespace() && c != ' ')
-                || ('\u{FE00}'..='\u{FE0F}').contains(&c)
+                || is_variation_selector(c)
         })
+}
+
+/// The variation selectors (U+FE00–FE0F, U+E0100–E01EF) and Mongolian's free variation selectors
+/// (U+180B–180F): invisible, they change how the character before them looks. Emoji need U+FE0F, so role
+/// and display names keep them; an id does not.
+fn is_variation_selector(c: char) -> bool {
+    matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' | '\u{180B}'..='\u{180F}')
 }
 
 /// A role given to a principal at a scope.

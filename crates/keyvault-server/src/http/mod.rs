@@ -1627,16 +1627,18 @@ async fn handle(
             gate(state, who, rec, Operation::SecretRestore, None, None)?;
             // A place among the backups and restores in progress, from before the body is read until the
             // restore is done (at most `bulk_operations` restore bodies and their work at once).
-            let _place = state.limiter.bulk_place().await?;
+            // Dropped while it waits for its place, it changed nothing either (408, as `change_body` says).
             // From restores' own body budget: a slow restore keeps its bytes for as long as it takes.
-            let mut bytes = change_body(
-                rec,
-                read_body_as(
+            let (_place, mut bytes) = change_body(rec, async {
+                let place = state.limiter.bulk_place().await?;
+                let bytes = read_body_as(
                     state.limiter.restore_body_read(),
                     body,
                     MAX_RESTORE_BODY_BYTES,
-                ),
-            )
+                )
+                .await?;
+                Ok((place, bytes))
+            })
             .await?;
             let blob = restore_blob(&mut bytes).map_err(map)?;
             let row = vault.restore(blob).await.map_err(map)?;
