@@ -856,6 +856,28 @@ fn a_second_server_on_one_data_directory_is_refused() {
     let (mut again, _) = start(&dev_args(&data));
     sigterm(&again);
     assert!(wait_exit(&mut again, Duration::from_secs(15)).success());
+
+    // Directories of their own, one audit log outside both: the second is refused too.
+    let shared = dir.path().join("shared-audit.log");
+    let toml = format!("audit_log = {:?}\n", shared.display().to_string());
+    let (_first_dir, mut first, _, _) = dev_server_configured(&toml);
+    let second_dir = tempfile::tempdir().unwrap();
+    let config = second_dir.path().join("keyvault.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let second_data = second_dir.path().join("dev");
+    let out = Command::new(BIN)
+        .args(dev_args(&second_data))
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the audit log") && stderr.contains("in use by another keyvault server"),
+        "{stderr}"
+    );
+    sigterm(&first);
+    assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
 }
 
 /// An HTTP/1.1 client that pipelines requests and never reads the answers: once the answers fill the socket

@@ -96,22 +96,64 @@ pub enum StartError {
 /// the process ends): two servers there would interleave two hash chains in one audit log (which then reads
 /// as tampered with), and each would rewrite the other's `store.initialized` and `dev-credentials.json`. The
 /// SQLite store's own lock catches two servers over one database; this, two over one directory whatever
-/// their stores.
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
-    let path = dir.join("serve.lock");
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).truncate(false).write(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options
-        .open(&path)
-        .map_err(|e| StartError::Setup(format!("cannot open {}: {e}", path.display())))?;
+/// their stores. An audit log kept outside the directory gets a lock of its own beside it (`PATH.lock`), for
+/// two servers with directories of their own and one `audit_log`.
+fn lock_server_files(config: &Config) -> Result<Vec<std::fs::File>, StartError> {
+    let dir = &config.data_dir;
+    let mut locks = Vec::new();
+    let what = format!("the data directory {}", dir.display());
+    locks.extend(lock_for_server(&dir.join("serve.lock"), &what)?);
+    if let Some(audit) = config.audit_log_path().filter(|p| !p.starts_with(dir)) {
+        let mut name = audit.as_os_str().to_owned();
+        name.push(".lock");
+        let what = format!("the audit log {}", audit.display());
+        locks.extend(lock_for_server(Path::new(&name), &what)?);
+    }
+    Ok(locks)
+}
+
+/// An exclusive `flock` on `path` (made, mode 0600, if missing), or an error saying `what` another server
+/// holds. A lock file that is missing and cannot be made (a read-only file system, a directory this user
+/// may not write) is warned about and skipped: such a directory was served before there were locks, and a
+/// lock on an existing file needs no write access.
+fn lock_for_server(path: &Path, what: &str) -> Result<Option<std::fs::File>, StartError> {
+    let opened = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).truncate(false).write(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options.open(path)
+        }
+        opened => opened,
+    };
+    let file = match opened {
+        Ok(file) => file,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            tracing::warn!(
+                lock = %path.display(),
+                error = %e,
+                "cannot make the lock that keeps a second server off {what}: serving without it"
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(StartError::Setup(format!(
+                "cannot open {}: {e}",
+                path.display()
+            )));
+        }
+    };
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Setup(format!(
-            "the data directory {} is in use by another keyvault server (its lock {} is held); give each \
-             server a data directory of its own",
-            dir.display(),
+            "{what} is in use by another keyvault server (its lock {} is held); give each server a data \
+             directory (and audit log) of its own",
             path.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(StartError::Setup(format!(
@@ -179,8 +221,8 @@ pub struct Server {
     audit: Option<AuditLog>,
     info: ServerInfo,
     data_dir: PathBuf,
-    /// Held while the server lives (`lock_data_dir`).
-    _data_dir_lock: std::fs::File,
+    /// Held while the server lives (`lock_server_files`).
+    _locks: Vec<std::fs::File>,
     sweep_interval: Duration,
     /// A connection without traffic for this long is closed ([`crate::idle`]).
     idle_timeout: Duration,
@@ -510,7 +552,7 @@ impl Server {
         let data_dir = config.data_dir.clone();
         create_private_dir(&data_dir)?;
         warn_if_others_can_write(&data_dir);
-        let data_dir_lock = lock_data_dir(&data_dir)?;
+        let locks = lock_server_files(&config)?;
 
         // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
         let store = open_store(&config).await?;
@@ -867,7 +909,7 @@ impl Server {
             certificate,
             tls_reload_interval: Duration::from_secs(config.tls.reload_interval_secs),
             data_dir,
-            _data_dir_lock: data_dir_lock,
+            _locks: locks,
             sweep_interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
             min_body_rate: config.request_limits.body_min_rate,
