@@ -397,6 +397,8 @@ pub struct PostgresStore {
     gets: Arc<Batcher<Get>>,
     /// The dedicated connection holding the leader lock, while this node is the leader.
     leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// Writes of one name that take a connection each, one at a time ([`NameTurns`]).
+    turns: NameTurns,
     /// One connection of its own for reading the access document: a node that cannot read it for a few
     /// seconds refuses every request, so requests holding every connection of `pool` (waiting for a row
     /// another session has locked) must not keep it from the read.
@@ -636,6 +638,7 @@ impl PostgresStore {
             sets,
             gets,
             leader: tokio::sync::Mutex::new(None),
+            turns: NameTurns::default(),
             access,
         })
     }
@@ -673,6 +676,50 @@ impl PostgresStore {
             commit_seconds: Some(seconds),
             ..Default::default()
         }
+    }
+}
+
+/// Writes of one name that each take a connection of their own (update, delete, recover, purge) run one at
+/// a time on a node, the others waiting for their turn without a connection. They would wait for one another
+/// in the database anyway (each locks the name's row); waiting there, requests retrying a name whose row
+/// another session keeps locked (a stalled node, an open transaction) would hold every pooled connection,
+/// `lock_timeout` each, and starve every other name's requests. A turn not had within [`OPERATION_TIMEOUT`]
+/// is answered `Unavailable`, the write not tried.
+type Turns = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
+#[derive(Default)]
+struct NameTurns {
+    turns: std::sync::Mutex<Turns>,
+}
+
+impl NameTurns {
+    async fn run<T>(
+        &self,
+        vault: &str,
+        key: &str,
+        write: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let name = (vault.to_owned(), key.to_owned());
+        let turn = self.lock().entry(name.clone()).or_default().clone();
+        let result = match tokio::time::timeout(OPERATION_TIMEOUT, turn.lock()).await {
+            Ok(_mine) => write.await,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "other writes of this name waited before it for {OPERATION_TIMEOUT:?} (its row is locked \
+                 by another session, or the database is slow): not tried"
+            ))),
+        };
+        // Forgotten when no one else holds or awaits it (every clone is made under this lock).
+        let mut turns = self.lock();
+        if Arc::strong_count(&turn) == 2 {
+            turns.remove(&name);
+        }
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Turns> {
+        self.turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -1141,8 +1188,8 @@ impl SecretStore for PostgresStore {
         patch: VersionPatch,
     ) -> StoreResult<Option<VersionRow>> {
         let key = name_key(name);
-        self.run(async |c| update(c, vault, &key, version, patch).await)
-            .await
+        let write = self.run(async |c| update(c, vault, &key, version, patch).await);
+        self.turns.run(vault, &key, write).await
     }
 
     async fn list_latest(
@@ -1210,8 +1257,9 @@ impl SecretStore for PostgresStore {
         scheduled_purge: i64,
     ) -> StoreResult<Option<DeletedRow>> {
         let key = name_key(name);
-        self.run(async |c| soft_delete(c, vault, &key, deleted_on, scheduled_purge).await)
-            .await
+        let write =
+            self.run(async |c| soft_delete(c, vault, &key, deleted_on, scheduled_purge).await);
+        self.turns.run(vault, &key, write).await
     }
 
     async fn get_deleted(&self, vault: &str, name: &str) -> StoreResult<Option<DeletedRow>> {
@@ -1244,12 +1292,14 @@ impl SecretStore for PostgresStore {
 
     async fn recover(&self, vault: &str, name: &str) -> StoreResult<Option<VersionRow>> {
         let key = name_key(name);
-        self.run(async |c| recover(c, vault, &key).await).await
+        let write = self.run(async |c| recover(c, vault, &key).await);
+        self.turns.run(vault, &key, write).await
     }
 
     async fn purge(&self, vault: &str, name: &str) -> StoreResult<bool> {
         let key = name_key(name);
-        self.run(async |c| purge(c, vault, &key).await).await
+        let write = self.run(async |c| purge(c, vault, &key).await);
+        self.turns.run(vault, &key, write).await
     }
 
     async fn purge_expired(&self, now: i64) -> StoreResult<u64> {
