@@ -878,6 +878,26 @@ fn a_second_server_on_one_data_directory_is_refused() {
     );
     sigterm(&first);
     assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
+
+    // Another naming a running server's own log (in that server's data directory), through a symlink: refused.
+    let (third_dir, mut third, _) = dev_server();
+    let link = dir.path().join("link-to-third");
+    std::os::unix::fs::symlink(third_dir.path().join("dev"), &link).unwrap();
+    let toml = format!(
+        "audit_log = {:?}\n",
+        link.join("audit.log").display().to_string()
+    );
+    std::fs::write(&config, &toml).unwrap();
+    let out = Command::new(BIN)
+        .args(dev_args(&second_data))
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the audit log"), "{stderr}");
+    sigterm(&third);
+    assert!(wait_exit(&mut third, Duration::from_secs(15)).success());
 }
 
 /// An HTTP/1.1 client that pipelines requests and never reads the answers: once the answers fill the socket

@@ -2326,6 +2326,7 @@ mod tests {
             "a\u{FE0F}b",
             "admin\u{E0100}",
             "a\u{180B}b",
+            "admin\u{2800}",
             "a\u{3164}b",
             "a\u{115F}b",
             "a\u{00A0}b",

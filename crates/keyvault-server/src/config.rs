@@ -411,6 +411,8 @@ fn redact_password_values(s: &str) -> String {
             && bytes[i..i + KEY.len()].eq_ignore_ascii_case(KEY.as_bytes())
             && (i == 0
                 || matches!(bytes[i - 1], b'?' | b'&')
+                // A quoted value's closing quote ends it: `host='db'password=x` is two pairs.
+                || bytes[i - 1] == b'\''
                 || s[..i].chars().next_back().is_some_and(char::is_whitespace));
         if !at_key {
             i += 1;
@@ -1527,6 +1529,7 @@ mod tests {
                 "host=db\u{2003}password\u{a0}=\u{a0}***",
             ),
             ("host=é password=CANARY\\é14 x=1", "host=é password=*** x=1"),
+            ("host='db'password=CANARY15", "host='db'password=***"),
         ];
         for (url, redacted) in cases {
             assert_eq!(redact_url_password(url), redacted, "{url}");

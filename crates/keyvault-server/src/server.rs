@@ -103,8 +103,20 @@ fn lock_server_files(config: &Config) -> Result<Vec<std::fs::File>, StartError> 
     let mut locks = Vec::new();
     let what = format!("the data directory {}", dir.display());
     locks.extend(lock_for_server(&dir.join("serve.lock"), &what)?);
-    if let Some(audit) = config.audit_log_path().filter(|p| !p.starts_with(dir)) {
-        let mut name = audit.as_os_str().to_owned();
+    if let Some(audit) = config.audit_log_path() {
+        // Named from where the log really is (a symlinked directory, another spelling of the path), in a
+        // directory made now if it is not there yet (the log's own open would make it).
+        let parent = audit
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StartError::Setup(format!("cannot create {}: {e}", parent.display())))?;
+        let real = std::fs::canonicalize(&audit).unwrap_or_else(|_| {
+            let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+            parent.join(audit.file_name().unwrap_or_default())
+        });
+        let mut name = real.as_os_str().to_owned();
         name.push(".lock");
         let what = format!("the audit log {}", audit.display());
         locks.extend(lock_for_server(Path::new(&name), &what)?);
@@ -117,13 +129,26 @@ fn lock_server_files(config: &Config) -> Result<Vec<std::fs::File>, StartError> 
 /// may not write) is warned about and skipped: such a directory was served before there were locks, and a
 /// lock on an existing file needs no write access.
 fn lock_for_server(path: &Path, what: &str) -> Result<Option<std::fs::File>, StartError> {
-    let opened = match std::fs::File::open(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut options = std::fs::OpenOptions::new();
-            options.create(true).truncate(false).write(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            options.open(path)
+    // For writing where it can be (an exclusive `flock` over NFS needs it), read-only where it cannot (a
+    // read-only mount: a lock on a file opened for reading works locally).
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let opened = match options.open(path) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            std::fs::File::open(path).map_err(|read_only| {
+                if read_only.kind() == std::io::ErrorKind::NotFound {
+                    e
+                } else {
+                    read_only
+                }
+            })
         }
         opened => opened,
     };

@@ -439,6 +439,8 @@ pub(crate) fn valid_principal_id(id: &str) -> bool {
                 || c == char::REPLACEMENT_CHARACTER
                 || (c.is_whitespace() && c != ' ')
                 || is_variation_selector(c)
+                // Blank, yet not white space: `admin\u{2800}` lines up as `admin` in a table.
+                || c == '\u{2800}'
         })
 }
 
