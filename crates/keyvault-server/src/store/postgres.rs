@@ -701,25 +701,43 @@ impl NameTurns {
     ) -> StoreResult<T> {
         let name = (vault.to_owned(), key.to_owned());
         let turn = self.lock().entry(name.clone()).or_default().clone();
-        let result = match tokio::time::timeout(OPERATION_TIMEOUT, turn.lock()).await {
+        // Forgotten however this ends (its request dropped too), once no one else holds or awaits it.
+        let _forget = ForgetTurn {
+            turns: self,
+            name,
+            turn: turn.clone(),
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, turn.lock()).await {
             Ok(_mine) => write.await,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "other writes of this name waited before it for {OPERATION_TIMEOUT:?} (its row is locked \
                  by another session, or the database is slow): not tried"
             ))),
-        };
-        // Forgotten when no one else holds or awaits it (every clone is made under this lock).
-        let mut turns = self.lock();
-        if Arc::strong_count(&turn) == 2 {
-            turns.remove(&name);
         }
-        result
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Turns> {
         self.turns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Removes a name's turn from [`NameTurns`] when dropped, unless another write holds or awaits it.
+struct ForgetTurn<'a> {
+    turns: &'a NameTurns,
+    name: (String, String),
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for ForgetTurn<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock();
+        // The map's, this guard's and the caller's (dropped after this, or already): every clone is made
+        // under the map's lock.
+        if Arc::strong_count(&self.turn) <= 3 {
+            turns.remove(&self.name);
+        }
     }
 }
 
@@ -1095,8 +1113,11 @@ async fn recover(conn: &mut Conn, vault: &str, key: &str) -> StoreResult<Option<
 
 /// Purges delete every version of their names, however many (a name's versions are not limited): not
 /// bounded by `statement_timeout` (`SQL_SESSION_LIMITS`), which would keep a name with very many versions from
-/// ever being purged; their lock waits still are.
+/// ever being purged; their lock waits still are. This side waits [`PURGE_LIMIT`] for one (a transaction
+/// given up by this side is rolled back when its statement ends).
 const SQL_UNBOUNDED_DELETE: &str = "SET LOCAL statement_timeout = 0";
+/// How long a purge (by name, or a chunk of the sweep) may take on its connection.
+const PURGE_LIMIT: Duration = Duration::from_secs(120);
 
 async fn purge(conn: &mut Conn, vault: &str, key: &str) -> StoreResult<bool> {
     let Conn { client, stmts } = conn;
@@ -1298,16 +1319,19 @@ impl SecretStore for PostgresStore {
 
     async fn purge(&self, vault: &str, name: &str) -> StoreResult<bool> {
         let key = name_key(name);
-        let write = self.run(async |c| purge(c, vault, &key).await);
+        let write = run_on_for(&self.pool, PURGE_LIMIT, async |c| {
+            purge(c, vault, &key).await
+        });
         self.turns.run(vault, &key, write).await
     }
 
     async fn purge_expired(&self, now: i64) -> StoreResult<u64> {
         let mut total = 0u64;
         loop {
-            let n = self
-                .run(async |c| purge_expired_chunk(c, now).await)
-                .await?;
+            let n = run_on_for(&self.pool, PURGE_LIMIT, async |c| {
+                purge_expired_chunk(c, now).await
+            })
+            .await?;
             total += n;
             if n < PURGE_CHUNK as u64 {
                 if total > 0 {

@@ -404,9 +404,10 @@ pub struct Set {
 impl Work for Set {
     type Answer = ();
     /// The batch's statement, then (after a failure one set caused) each set alone, started only within
-    /// [`FALLBACK_STARTS_WITHIN`]: the last one started ends within [`super::STATEMENT_LIMIT`] after.
+    /// [`FALLBACK_STARTS_WITHIN`]: the last one started ends within two statements' bound after (its
+    /// statement may be prepared first, a statement of its own).
     const LIMIT: Duration = FALLBACK_STARTS_WITHIN
-        .saturating_add(super::STATEMENT_LIMIT)
+        .saturating_add(super::STATEMENT_LIMIT.saturating_mul(2))
         .saturating_add(Duration::from_secs(2));
 
     fn exclusive_name(&self) -> Option<(&str, &str)> {

@@ -1740,3 +1740,43 @@ async fn a_batch_with_locked_names_answers_each_set_as_it_was() {
     }
     store.close().await;
 }
+
+/// A name's turn is forgotten however its write ends — done, or dropped while it waits or runs — once no
+/// other write of the name holds or awaits it; while one does, the others wait for it.
+#[tokio::test]
+async fn a_names_turn_is_forgotten_however_its_write_ends() {
+    let turns = NameTurns::default();
+    let done: StoreResult<u8> = turns.run("v", "a", async { Ok(1) }).await;
+    assert_eq!(done.unwrap(), 1);
+    assert!(turns.lock().is_empty());
+    // Dropped while it runs (its request gone), and one dropped while it waits behind it.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = turns.run("v", "a", async move {
+        let _ = started_tx.send(());
+        std::future::pending::<StoreResult<()>>().await
+    });
+    let waiting = turns.run("v", "a", async { Ok(()) });
+    let both = async {
+        tokio::join!(running, waiting);
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(100), both).await;
+    let _ = started_rx.await;
+    assert!(turns.lock().is_empty(), "{} left", turns.lock().len());
+    // Two writes of one name: the second starts once the first is done.
+    let order = std::sync::Mutex::new(Vec::new());
+    let first = turns.run("v", "b", async {
+        order.lock().unwrap().push("first in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        order.lock().unwrap().push("first out");
+        Ok(())
+    });
+    let second = turns.run("v", "b", async {
+        order.lock().unwrap().push("second");
+        Ok(())
+    });
+    let (a, b) = tokio::join!(first, second);
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(*order.lock().unwrap(), ["first in", "first out", "second"]);
+    assert!(turns.lock().is_empty());
+}
