@@ -1757,7 +1757,7 @@ async fn a_names_turn_is_forgotten_however_its_write_ends() {
     });
     let waiting = turns.run("v", "a", async { Ok(()) });
     let both = async {
-        tokio::join!(running, waiting);
+        let _ = tokio::join!(running, waiting);
     };
     let _ = tokio::time::timeout(Duration::from_millis(100), both).await;
     let _ = started_rx.await;
