@@ -102,6 +102,7 @@ impl Pool {
                     pool: self,
                     conn: Some(conn),
                     reusable: false,
+                    finished: false,
                     _permit: permit,
                 });
             }
@@ -114,6 +115,7 @@ impl Pool {
                 stmts: HashMap::new(),
             }),
             reusable: false,
+            finished: false,
             _permit: permit,
         })
     }
@@ -157,6 +159,28 @@ impl Connector {
             ),
             _ => format!("sslmode={}", self.mode.as_str()),
         }
+    }
+
+    /// Asks the server to cancel what `client`'s session is running (a request on a connection of its own,
+    /// sent from a task; nothing happens outside a runtime). Best effort: a session that is idle ignores it.
+    pub fn cancel(&self, client: &Client) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let token = client.cancel_token();
+        let tls = self.tls.clone();
+        runtime.spawn(async move {
+            let sent = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                match tls {
+                    None => token.cancel_query(NoTls).await,
+                    Some(tls) => token.cancel_query(tls).await,
+                }
+            })
+            .await;
+            if let Ok(Err(e)) = sent {
+                tracing::debug!(error = %super::describe(&e), "cancelling an abandoned PostgreSQL query failed");
+            }
+        });
     }
 
     /// Open one connection (bounded by [`CONNECT_TIMEOUT`]) and drive it on a background task.
@@ -258,6 +282,8 @@ pub struct Pooled<'a> {
     pool: &'a Pool,
     conn: Option<Conn>,
     reusable: bool,
+    /// [`Pooled::finish`] was called: dropped without it, the operation was given up half-way.
+    finished: bool,
     _permit: SemaphorePermit<'a>,
 }
 
@@ -269,17 +295,23 @@ impl Pooled<'_> {
     /// The operation is over with `result`: keep the connection unless the failure was the connection's.
     pub fn finish<T>(mut self, result: StoreResult<T>) -> StoreResult<T> {
         self.reusable = !matches!(result, Err(StoreError::Unavailable(_)));
+        self.finished = true;
         result
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        let keep = self
-            .conn
-            .take()
-            .filter(|conn| self.reusable && !conn.client.is_closed());
-        if let Some(conn) = keep {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if !self.finished && !conn.client.is_closed() {
+            // Given up half-way (its caller gone, or its time up): a statement may still be running or
+            // waiting for a lock in the database, where dropping the connection is not noticed until it ends.
+            // Cancelled there, so that no session outlives what this side gave up on.
+            self.pool.connector.cancel(&conn.client);
+        }
+        if self.reusable && !conn.client.is_closed() {
             self.pool.lock_idle().push(conn);
         }
     }

@@ -1780,3 +1780,66 @@ async fn a_names_turn_is_forgotten_however_its_write_ends() {
     assert_eq!(*order.lock().unwrap(), ["first in", "first out", "second"]);
     assert!(turns.lock().is_empty());
 }
+
+/// A write given up by its caller while it waits in the database for a row another session holds is
+/// cancelled there: no keyvault session is left waiting behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_is_cancelled_in_the_database() {
+    let Some((pg, store)) =
+        open_or_skip("store::postgres::a_write_given_up_is_cancelled_in_the_database").await
+    else {
+        return;
+    };
+    let v = "vault";
+    store
+        .put_version(v, row("locked", unique_version(0, 0), 0))
+        .await
+        .unwrap();
+    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0; BEGIN; \
+             SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key = 'locked' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let waiting_sessions = async || -> i64 {
+        let rows = other
+            .query(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'keyvault' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows[0].get(0)
+    };
+    for i in 0..4 {
+        let patch = VersionPatch {
+            content_type: Some(format!("t{i}")),
+            ..Default::default()
+        };
+        let given_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            store.update_version(v, "locked", None, patch),
+        )
+        .await;
+        assert!(given_up.is_err(), "{given_up:?}");
+    }
+    // Well within `lock_timeout` (3 s), which would end them otherwise.
+    let started = Instant::now();
+    while waiting_sessions().await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "sessions still waiting behind writes given up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    other.batch_execute("COMMIT").await.unwrap();
+    let latest = store.get_version(v, "locked", None).await.unwrap().unwrap();
+    assert_eq!(latest.content_type, None, "nothing given up was written");
+    store.close().await;
+}
