@@ -821,6 +821,18 @@ fn one_source_cannot_hold_every_connection() {
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
 
+/// `serve --dev` on `data` with `extra`, which must be refused at start (exit 2): its standard error.
+fn refused_start_with(data: &std::path::Path, extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(dev_args(data))
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 /// A second server on a data directory another one serves from is refused (exit 2, saying why), whatever
 /// its store: the two would share one audit log. The first's files are left as they were.
 #[test]
@@ -830,13 +842,7 @@ fn a_second_server_on_one_data_directory_is_refused() {
     let marker = std::fs::read(data.join("store.initialized")).unwrap();
     let audit_before = std::fs::read(data.join("audit.log")).unwrap_or_default();
     let other = dir.path().join("other.db");
-    let out = Command::new(BIN)
-        .args(dev_args(&data))
-        .args(["--store", &format!("sqlite:{}", other.display())])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_start_with(&data, &["--store", &format!("sqlite:{}", other.display())]);
     assert!(
         stderr.contains("in use by another keyvault server"),
         "{stderr}"
@@ -865,13 +871,7 @@ fn a_second_server_on_one_data_directory_is_refused() {
     let config = second_dir.path().join("keyvault.toml");
     std::fs::write(&config, &toml).unwrap();
     let second_data = second_dir.path().join("dev");
-    let out = Command::new(BIN)
-        .args(dev_args(&second_data))
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_start_with(&second_data, &["--config", config.to_str().unwrap()]);
     assert!(
         stderr.contains("the audit log") && stderr.contains("in use by another keyvault server"),
         "{stderr}"
@@ -888,13 +888,7 @@ fn a_second_server_on_one_data_directory_is_refused() {
         link.join("audit.log").display().to_string()
     );
     std::fs::write(&config, &toml).unwrap();
-    let out = Command::new(BIN)
-        .args(dev_args(&second_data))
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_start_with(&second_data, &["--config", config.to_str().unwrap()]);
     assert!(stderr.contains("the audit log"), "{stderr}");
     sigterm(&third);
     assert!(wait_exit(&mut third, Duration::from_secs(15)).success());

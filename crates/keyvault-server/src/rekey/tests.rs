@@ -399,12 +399,10 @@ async fn an_interrupted_rekey_refuses_servers_without_its_target() {
     );
 }
 
-/// A node's rekey job: one at a time (a second start while one runs is refused with the running job's
-/// view), its view follows the rekey to its report, and a finished job makes way for the next.
-#[tokio::test]
-async fn a_node_runs_one_rekey_job_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("v.db")).unwrap());
+/// A store in `dir` holding three versions of one secret under key 1, and the envelope of its rotation to
+/// key 2 (key 1 previous).
+async fn three_versions_to_rotate(dir: &std::path::Path) -> (Arc<SqliteStore>, Arc<Envelope>) {
+    let store = Arc::new(SqliteStore::open(&dir.join("v.db")).unwrap());
     let old = envelope(1, &[]);
     crate::store::check_key(store.as_ref(), &old).await.unwrap();
     let v = vault(store.clone(), old);
@@ -413,7 +411,15 @@ async fn a_node_runs_one_rekey_job_at_a_time() {
             .await
             .unwrap();
     }
-    let rotated = envelope(2, &[1]);
+    (store, envelope(2, &[1]))
+}
+
+/// A node's rekey job: one at a time (a second start while one runs is refused with the running job's
+/// view), its view follows the rekey to its report, and a finished job makes way for the next.
+#[tokio::test]
+async fn a_node_runs_one_rekey_job_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rotated) = three_versions_to_rotate(dir.path()).await;
     let jobs = job::RekeyJobs::default();
     assert!(jobs.view().is_none());
     let start = |dry_run| {
@@ -465,16 +471,7 @@ async fn a_node_runs_one_rekey_job_at_a_time() {
 #[tokio::test]
 async fn a_shutdown_stops_the_rekey_job_and_reports_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("v.db")).unwrap());
-    let old = envelope(1, &[]);
-    crate::store::check_key(store.as_ref(), &old).await.unwrap();
-    let v = vault(store.clone(), old);
-    for i in 0..3 {
-        v.set("s", SecretString::new(format!("s-{i}")), Default::default())
-            .await
-            .unwrap();
-    }
-    let rotated = envelope(2, &[1]);
+    let (store, rotated) = three_versions_to_rotate(dir.path()).await;
     let jobs = job::RekeyJobs::default();
     let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
     let start = || {

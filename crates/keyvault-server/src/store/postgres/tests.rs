@@ -1216,6 +1216,28 @@ async fn open_or_skip(test: &str) -> Option<(pgtest::PgCluster, PostgresStore)> 
     Some((pg, store))
 }
 
+/// Another session (not keyvault's) holding the rows of `names` in vault `vault` locked, in a transaction
+/// left open (never timed out), until it runs `COMMIT`.
+async fn lock_rows_elsewhere(url: &str, names: &[&str]) -> tokio_postgres::Client {
+    let other = pool::Connector::plain(tokio_postgres::Config::from_str(url).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let list = names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    other
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = 0; BEGIN; \
+             SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key IN ({list}) FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    other
+}
+
 /// Drive `futures` together on the calling task, each polled before any of them is polled twice: everything
 /// they start without waiting (here: joining the queue of sets) happens before other tasks run.
 async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
@@ -1444,16 +1466,7 @@ async fn a_set_waiting_for_a_locked_name_does_not_hold_up_the_others() {
             .await
             .unwrap();
     }
-    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
-        .connect()
-        .await
-        .unwrap();
-    other
-        .batch_execute(
-            "BEGIN; SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key = 'locked' FOR UPDATE",
-        )
-        .await
-        .unwrap();
+    let other = lock_rows_elsewhere(&pg.url(), &["locked"]).await;
     let waiting = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -1579,17 +1592,7 @@ async fn a_row_locked_elsewhere_fails_its_requests_and_ends_their_sessions() {
             .await
             .unwrap();
     }
-    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&url).unwrap())
-        .connect()
-        .await
-        .unwrap();
-    other
-        .batch_execute(
-            "SET idle_in_transaction_session_timeout = 0; BEGIN; \
-             SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key = 'locked' FOR UPDATE",
-        )
-        .await
-        .unwrap();
+    let other = lock_rows_elsewhere(&url, &["locked"]).await;
     let started = Instant::now();
     // Six writes of the locked name, more than the pool's three connections: they take turns (one
     // connection), each waiting `lock_timeout` in the database; those whose turn does not come within 10 s
@@ -1695,17 +1698,7 @@ async fn a_batch_with_locked_names_answers_each_set_as_it_was() {
             .await
             .unwrap();
     }
-    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
-        .connect()
-        .await
-        .unwrap();
-    other
-        .batch_execute(
-            "SET idle_in_transaction_session_timeout = 0; BEGIN; \
-             SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key IN ('l1', 'l2', 'l3') FOR UPDATE",
-        )
-        .await
-        .unwrap();
+    let other = lock_rows_elsewhere(&pg.url(), &["l1", "l2", "l3"]).await;
     let started = Instant::now();
     // The first runs alone (its name is free: at once); the others queue meanwhile and share a batch.
     let sets: Vec<VersionRow> = names
@@ -1795,17 +1788,7 @@ async fn a_write_given_up_is_cancelled_in_the_database() {
         .put_version(v, row("locked", unique_version(0, 0), 0))
         .await
         .unwrap();
-    let other = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
-        .connect()
-        .await
-        .unwrap();
-    other
-        .batch_execute(
-            "SET idle_in_transaction_session_timeout = 0; BEGIN; \
-             SELECT 1 FROM kv_names WHERE vault = 'vault' AND name_key = 'locked' FOR UPDATE",
-        )
-        .await
-        .unwrap();
+    let other = lock_rows_elsewhere(&pg.url(), &["locked"]).await;
     let waiting_sessions = async || -> i64 {
         let rows = other
             .query(
