@@ -1216,6 +1216,16 @@ async fn open_or_skip(test: &str) -> Option<(pgtest::PgCluster, PostgresStore)> 
     Some((pg, store))
 }
 
+/// A first version (version 0 of node 0) of each of `names` in vault `v`.
+async fn put_first_versions(store: &PostgresStore, v: &str, names: &[&str]) {
+    for name in names {
+        store
+            .put_version(v, row(name, unique_version(0, 0), 0))
+            .await
+            .unwrap();
+    }
+}
+
 /// Another session (not keyvault's) holding the rows of `names` in vault `vault` locked, in a transaction
 /// left open (never timed out), until it runs `COMMIT`.
 async fn lock_rows_elsewhere(url: &str, names: &[&str]) -> tokio_postgres::Client {
@@ -1272,12 +1282,7 @@ async fn sets_in_flight_together_share_one_statement() {
         return;
     };
     let v = "vault";
-    for name in ["gone-1", "gone-2", "live"] {
-        store
-            .put_version(v, row(name, unique_version(0, 0), 0))
-            .await
-            .unwrap();
-    }
+    put_first_versions(&store, v, &["gone-1", "gone-2", "live"]).await;
     for name in ["gone-1", "gone-2"] {
         store.soft_delete(v, name, 10, 20).await.unwrap().unwrap();
     }
@@ -1460,12 +1465,7 @@ async fn a_set_waiting_for_a_locked_name_does_not_hold_up_the_others() {
     };
     let store = Arc::new(store);
     let v = "vault";
-    for name in ["locked", "free"] {
-        store
-            .put_version(v, row(name, unique_version(0, 0), 0))
-            .await
-            .unwrap();
-    }
+    put_first_versions(&store, v, &["locked", "free"]).await;
     let other = lock_rows_elsewhere(&pg.url(), &["locked"]).await;
     let waiting = {
         let store = store.clone();
@@ -1586,12 +1586,7 @@ async fn a_row_locked_elsewhere_fails_its_requests_and_ends_their_sessions() {
     assert_eq!(limits, ["5000", "3000", statement_ms.as_str()]);
 
     let v = "vault";
-    for name in ["locked", "free"] {
-        store
-            .put_version(v, row(name, unique_version(0, 0), 0))
-            .await
-            .unwrap();
-    }
+    put_first_versions(&store, v, &["locked", "free"]).await;
     let other = lock_rows_elsewhere(&url, &["locked"]).await;
     let started = Instant::now();
     // Six writes of the locked name, more than the pool's three connections: they take turns (one
@@ -1692,12 +1687,7 @@ async fn a_batch_with_locked_names_answers_each_set_as_it_was() {
     };
     let v = "vault";
     let names = ["free0", "l1", "f1", "l2", "f2", "l3"];
-    for name in names {
-        store
-            .put_version(v, row(name, unique_version(0, 0), 0))
-            .await
-            .unwrap();
-    }
+    put_first_versions(&store, v, &names).await;
     let other = lock_rows_elsewhere(&pg.url(), &["l1", "l2", "l3"]).await;
     let started = Instant::now();
     // The first runs alone (its name is free: at once); the others queue meanwhile and share a batch.
