@@ -1732,28 +1732,25 @@ mod tests {
                 .map(|c| format!("\\U{:08X}", c as u32))
                 .collect();
             let id = format!("\"{id}\"");
-            let text = format!(
-                "[[clients]]\nclient_id = \"reader\"\nsecret_hashes = []\n[[assignments]]\nprincipal = {id}\nrole = \"Key Vault Reader\""
-            );
-            let e = Config::from_toml(&text)
-                .unwrap()
-                .policy()
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("[[assignments]] principal") && e.contains("invisible"),
-                "{id:?}: {e}"
-            );
-            let text = format!("[[clients]]\nclient_id = {id}\nsecret_hashes = []");
-            let e = Config::from_toml(&text)
-                .unwrap()
-                .policy()
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("[[clients]] client_id") && e.contains("invisible"),
-                "{id:?}: {e}"
-            );
+            for (text, what) in [
+                (
+                    format!(
+                        "[[clients]]\nclient_id = \"reader\"\nsecret_hashes = []\n[[assignments]]\nprincipal = {id}\nrole = \"Key Vault Reader\""
+                    ),
+                    "[[assignments]] principal",
+                ),
+                (
+                    format!("[[clients]]\nclient_id = {id}\nsecret_hashes = []"),
+                    "[[clients]] client_id",
+                ),
+            ] {
+                let e = Config::from_toml(&text)
+                    .unwrap()
+                    .policy()
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(what) && e.contains("invisible"), "{id:?}: {e}");
+            }
         }
 
         // Without the whitespace: only the assignment, no default Administrator.
