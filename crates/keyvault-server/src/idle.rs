@@ -12,6 +12,9 @@
 //!   come: a large upload over a slow link goes on as long as it keeps that rate, a trickle (or a burst
 //!   followed by a trickle) is cut off an answer limit after its last such renewal.
 //!
+//! and fails its writes once one has waited for the write-stall limit ([`IdleIo::limit_write_stalls`]):
+//! the client takes nothing of an answer, while hyper may not be reading at all.
+//!
 //! The clock is read on each read and write that moves bytes. The one timer per connection fires at the
 //! earliest deadline, or within the answer limit at most, and is re-armed only then: no timer is made or
 //! moved per request (hyper's `header_read_timeout` does both, for 2.8 % of a GET's instructions).
