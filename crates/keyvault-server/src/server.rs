@@ -96,8 +96,9 @@ pub enum StartError {
 /// the process ends): two servers there would interleave two hash chains in one audit log (which then reads
 /// as tampered with), and each would rewrite the other's `store.initialized` and `dev-credentials.json`. The
 /// SQLite store's own lock catches two servers over one database; this, two over one directory whatever
-/// their stores. An audit log kept outside the directory gets a lock of its own beside it (`PATH.lock`), for
-/// two servers with directories of their own and one `audit_log`.
+/// their stores. The audit log, wherever it is, gets a lock of its own beside where it really is
+/// (`PATH.lock`, symlinks followed): for two servers with directories of their own and one `audit_log`, or one
+/// naming another's log inside that one's directory.
 fn lock_server_files(config: &Config) -> Result<Vec<std::fs::File>, StartError> {
     let dir = &config.data_dir;
     let mut locks = Vec::new();

@@ -51,7 +51,7 @@ pub const MAX_IN_FLIGHT: usize = 4;
 pub const STALL: Duration = Duration::from_millis(20);
 /// How long an operation waits in the queue for a batch to take it; one still queued then is taken out and
 /// answered `Unavailable` (never written). Once a batch has taken it, it waits for that batch's answer,
-/// which the batch's own bounds ([`super::run_on`]) make come.
+/// which the batch's own bound ([`Work::LIMIT`]) makes come.
 const ANSWER_TIMEOUT: Duration = OPERATION_TIMEOUT.saturating_mul(2);
 /// A batch of sets that failed because of one of them writes each alone (see [`write_sets`]): those not
 /// started this long after the batch began are answered `Unavailable` unwritten. (Each alone may wait
