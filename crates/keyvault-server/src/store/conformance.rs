@@ -11,8 +11,8 @@ use std::sync::Arc;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{
-    DeletedRow, MetaSwap, SealedChange, SealedKey, SealedValue, SecretStore, StoreError, Tags,
-    VersionPatch, VersionRow, name_key,
+    DeletedRow, MetaSwap, PAST_EVERY_KEY, SealedChange, SealedKey, SealedValue, SecretStore,
+    StoreError, Tags, VersionPatch, VersionRow, name_key,
 };
 
 /// A purge date far in the future: never due in this suite.
@@ -620,6 +620,28 @@ async fn list_latest_paging(s: &dyn SecretStore, v: &str) {
             .unwrap()
             .is_empty()
     );
+    // Up to a bound (included), and no further, however many rows the limit allows: one name, the names
+    // under a prefix (its end: the prefix and `\x7f`), a bound that is not a name, none past the last.
+    for (after, until) in [
+        (Some("name-00\x7f"), "name-010"),
+        (None, "a"),
+        (Some("name-01"), "name-01\x7f"),
+        (Some("name-050"), "name-0525"),
+        (Some("name-09"), "name-0\x7f"),
+        (Some("name-100"), "name-100"),
+        (Some("zzz-last"), PAST_EVERY_KEY),
+    ] {
+        let got = s.list_latest_upto(v, after, until, 50).await.unwrap();
+        let expect: Vec<VersionRow> = want
+            .iter()
+            .filter(|r| {
+                let key = name_key(&r.name);
+                after.is_none_or(|a| key.as_str() > a) && key.as_str() <= until
+            })
+            .map(listed)
+            .collect();
+        assert_eq!(got, expect, "after {after:?} up to {until:?}");
+    }
 }
 
 async fn list_versions_paging(s: &dyn SecretStore, v: &str) {
@@ -864,6 +886,27 @@ async fn list_deleted_paging(s: &dyn SecretStore, v: &str) {
         s.list_deleted(v, None, 0).await.unwrap().is_empty(),
         "limit 0"
     );
+    // Up to a bound, and no further.
+    for (after, until, names) in [
+        (None, "del-04", &["Del-01", "Del-03", "Del-04"][..]),
+        (
+            Some("del-1"),
+            "del-1\x7f",
+            &[
+                "Del-11", "Del-12", "Del-13", "Del-14", "Del-16", "Del-17", "Del-18", "Del-19",
+            ][..],
+        ),
+        (Some("del-21"), "del-21", &[][..]),
+    ] {
+        let got: Vec<String> = s
+            .list_deleted_upto(v, after, until, 50)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.latest.name)
+            .collect();
+        assert_eq!(got, names, "after {after:?} up to {until:?}");
+    }
     // Live names are not listed as deleted, nor deleted ones as live.
     let live = all_live(s, v, 100).await;
     assert_eq!(live.len() + want.len(), 23);

@@ -114,6 +114,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The storage of one or more vaults: versioned rows keyed by (vault, name key, version), the live/deleted
 /// state of each name, keyset-paged listings and transactional set / delete / recover / purge / restore.
+/// A listing bound above every name key (name keys are ASCII below `\x7f`): the `until` of a listing that
+/// goes to the end.
+pub const PAST_EVERY_KEY: &str = "\x7f";
+
 #[async_trait::async_trait]
 pub trait SecretStore: Send + Sync + 'static {
     /// Add a version and make it the latest of its name; the name's display casing becomes row.name.
@@ -141,6 +145,17 @@ pub trait SecretStore: Send + Sync + 'static {
         &self,
         vault: &str,
         after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRow>> {
+        self.list_latest_upto(vault, after, PAST_EVERY_KEY, limit)
+            .await
+    }
+    /// [`SecretStore::list_latest`] for the keys up to `until` (inclusive) only: no name past it is read.
+    async fn list_latest_upto(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        until: &str,
         limit: usize,
     ) -> StoreResult<Vec<VersionRow>>;
     /// Versions of a live name sorted by version id (as Key Vault lists them; ids this server makes grow with
@@ -177,6 +192,17 @@ pub trait SecretStore: Send + Sync + 'static {
         &self,
         vault: &str,
         after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeletedRow>> {
+        self.list_deleted_upto(vault, after, PAST_EVERY_KEY, limit)
+            .await
+    }
+    /// [`SecretStore::list_deleted`] for the keys up to `until` (inclusive) only: no name past it is read.
+    async fn list_deleted_upto(
+        &self,
+        vault: &str,
+        after: Option<&str>,
+        until: &str,
         limit: usize,
     ) -> StoreResult<Vec<DeletedRow>>;
     /// Make a deleted name live again with all its versions; returns its latest version. None if not deleted.

@@ -252,7 +252,8 @@ const SQL_LIST_LATEST: &str = concat!(
     "SELECT n.display_name, ",
     listed_vcols!(),
     " FROM (SELECT vault, name_key, display_name, latest_version FROM kv_names
-           WHERE vault = $1 AND deleted_on IS NULL AND name_key > $2 ORDER BY name_key LIMIT $3) AS n
+           WHERE vault = $1 AND deleted_on IS NULL AND name_key > $2 AND name_key <= $4
+           ORDER BY name_key LIMIT $3) AS n
      CROSS JOIN LATERAL (",
     latest_of_n!(),
     ") AS v ORDER BY n.name_key"
@@ -263,7 +264,8 @@ const SQL_LIST_DELETED: &str = concat!(
     listed_vcols!(),
     ", n.deleted_on, n.scheduled_purge
      FROM (SELECT vault, name_key, display_name, latest_version, deleted_on, scheduled_purge FROM kv_names
-           WHERE vault = $1 AND deleted_on IS NOT NULL AND name_key > $2 ORDER BY name_key LIMIT $3) AS n
+           WHERE vault = $1 AND deleted_on IS NOT NULL AND name_key > $2 AND name_key <= $4
+           ORDER BY name_key LIMIT $3) AS n
      CROSS JOIN LATERAL (",
     latest_of_n!(),
     ") AS v ORDER BY n.name_key"
@@ -1213,17 +1215,18 @@ impl SecretStore for PostgresStore {
         self.turns.run(vault, &key, write).await
     }
 
-    async fn list_latest(
+    async fn list_latest_upto(
         &self,
         vault: &str,
         after: Option<&str>,
+        until: &str,
         limit: usize,
     ) -> StoreResult<Vec<VersionRow>> {
         let after = after.map(name_key).unwrap_or_default();
         self.run(async |c| {
             let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_LATEST).await?;
             c.client
-                .query(&st, &[&vault, &after, &sql_limit(limit)])
+                .query(&st, &[&vault, &after, &sql_limit(limit), &until])
                 .await?
                 .iter()
                 .map(|r| version_row(r, 0))
@@ -1292,17 +1295,18 @@ impl SecretStore for PostgresStore {
         .await
     }
 
-    async fn list_deleted(
+    async fn list_deleted_upto(
         &self,
         vault: &str,
         after: Option<&str>,
+        until: &str,
         limit: usize,
     ) -> StoreResult<Vec<DeletedRow>> {
         let after = after.map(name_key).unwrap_or_default();
         self.run(async |c| {
             let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_DELETED).await?;
             c.client
-                .query(&st, &[&vault, &after, &sql_limit(limit)])
+                .query(&st, &[&vault, &after, &sql_limit(limit), &until])
                 .await?
                 .iter()
                 .map(deleted_row)

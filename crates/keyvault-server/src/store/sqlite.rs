@@ -621,18 +621,19 @@ impl SecretStore for SqliteStore {
         .await
     }
 
-    async fn list_latest(
+    async fn list_latest_upto(
         &self,
         vault: &str,
         after: Option<&str>,
+        until: &str,
         limit: usize,
     ) -> StoreResult<Vec<VersionRow>> {
         let after = after.map(name_key).unwrap_or_default();
         if limit <= INLINE_SCAN_ROWS {
-            return self.read_inline(|c| list_latest(c, vault, &after, limit));
+            return self.read_inline(|c| list_latest(c, vault, (&after, until), limit));
         }
-        let vault = vault.to_owned();
-        self.read(move |c| list_latest(c, &vault, &after, limit))
+        let (vault, until) = (vault.to_owned(), until.to_owned());
+        self.read(move |c| list_latest(c, &vault, (&after, &until), limit))
             .await
     }
 
@@ -705,18 +706,19 @@ impl SecretStore for SqliteStore {
         self.read_inline(|c| find_deleted(c, vault, &key))
     }
 
-    async fn list_deleted(
+    async fn list_deleted_upto(
         &self,
         vault: &str,
         after: Option<&str>,
+        until: &str,
         limit: usize,
     ) -> StoreResult<Vec<DeletedRow>> {
         let after = after.map(name_key).unwrap_or_default();
         if limit <= INLINE_SCAN_ROWS {
-            return self.read_inline(|c| list_deleted(c, vault, &after, limit));
+            return self.read_inline(|c| list_deleted(c, vault, (&after, until), limit));
         }
-        let vault = vault.to_owned();
-        self.read(move |c| list_deleted(c, &vault, &after, limit))
+        let (vault, until) = (vault.to_owned(), until.to_owned());
+        self.read(move |c| list_deleted(c, &vault, (&after, &until), limit))
             .await
     }
 
@@ -1837,7 +1839,7 @@ macro_rules! listed_vcols {
     };
 }
 
-/// Live names after `?2` in key order, with their latest versions, reading `names` as `$names` says.
+/// Live names after `?2` up to `?3` in key order, with their latest versions, reading `names` as `$names` says.
 macro_rules! list_live {
     ($names:literal) => {
         concat!(
@@ -1846,7 +1848,8 @@ macro_rules! list_live {
             " FROM ",
             $names,
             " JOIN versions AS v ON v.seq = n.latest_seq AND v.vault = n.vault AND v.name_key = n.name_key
-             WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 ORDER BY n.name_key"
+             WHERE n.vault = ?1 AND n.deleted_on IS NULL AND n.name_key > ?2 AND n.name_key <= ?3
+             ORDER BY n.name_key"
         )
     };
 }
@@ -1859,7 +1862,8 @@ const SQL_LIST_DELETED: &str = concat!(
     listed_vcols!(),
     ", n.deleted_on, n.scheduled_purge FROM names AS n INDEXED BY names_deleted
      JOIN versions AS v ON v.seq = n.latest_seq AND v.vault = n.vault AND v.name_key = n.name_key
-     WHERE n.vault = ?1 AND n.deleted_on IS NOT NULL AND n.name_key > ?2 ORDER BY n.name_key"
+     WHERE n.vault = ?1 AND n.deleted_on IS NOT NULL AND n.name_key > ?2 AND n.name_key <= ?3
+     ORDER BY n.name_key"
 );
 const SQL_FIND_LATEST: &str = concat!(
     "SELECT v.seq, n.display_name, ",
@@ -1978,7 +1982,7 @@ const LIST_SCAN_STEPS_BASE: usize = 1_000;
 fn list_latest(
     c: &Connection,
     vault: &str,
-    after: &str,
+    (after, until): (&str, &str),
     limit: usize,
 ) -> StoreResult<Vec<VersionRow>> {
     if limit == 0 {
@@ -1989,7 +1993,7 @@ fn list_latest(
     c.progress_handler(i32::try_from(budget).unwrap_or(i32::MAX), Some(|| true));
     let scanned = (|| -> rusqlite::Result<()> {
         let mut stmt = c.prepare_cached(SQL_LIST_LATEST)?;
-        let mut rows = stmt.query(params![vault, after])?;
+        let mut rows = stmt.query(params![vault, after, until])?;
         while page.len() < limit {
             match rows.next()? {
                 Some(r) => page.push(version_row(r, 0)?),
@@ -2009,7 +2013,7 @@ fn list_latest(
         .last()
         .map_or_else(|| after.to_owned(), |r| name_key(&r.name));
     let mut stmt = c.prepare_cached(SQL_LIST_LIVE)?;
-    let rest = stmt.query_map(params![vault, from], |r| version_row(r, 0))?;
+    let rest = stmt.query_map(params![vault, from, until], |r| version_row(r, 0))?;
     for row in rest.take(limit - page.len()) {
         page.push(row?);
     }
@@ -2019,11 +2023,11 @@ fn list_latest(
 fn list_deleted(
     c: &Connection,
     vault: &str,
-    after: &str,
+    (after, until): (&str, &str),
     limit: usize,
 ) -> StoreResult<Vec<DeletedRow>> {
     let mut stmt = c.prepare_cached(SQL_LIST_DELETED)?;
-    let rows = stmt.query_map(params![vault, after], deleted_row)?;
+    let rows = stmt.query_map(params![vault, after, until], deleted_row)?;
     Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
 }
 

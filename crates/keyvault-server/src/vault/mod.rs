@@ -9,7 +9,9 @@ pub mod clock;
 pub(crate) mod version_id;
 
 use crate::crypto::Envelope;
-use crate::store::{DeletedRow, SecretStore, StoreError, Tags, VersionPatch, VersionRow};
+use crate::store::{
+    DeletedRow, PAST_EVERY_KEY, SecretStore, StoreError, Tags, VersionPatch, VersionRow,
+};
 use keyvault_types::rules::{self, name_key};
 use keyvault_types::{DeletionRecoveryLevel, SecretString};
 use std::sync::Arc;
@@ -342,7 +344,11 @@ impl Vault {
             limit,
             visible,
             |r: &VersionRow| &r.name,
-            |after, n| async move { store.list_latest(vault, after.as_deref(), n).await },
+            |after, until, n| async move {
+                store
+                    .list_latest_upto(vault, after.as_deref(), &until, n)
+                    .await
+            },
         )
         .await
     }
@@ -418,19 +424,24 @@ impl Vault {
             limit,
             visible,
             |r: &DeletedRow| &r.latest.name,
-            |after, n| async move { store.list_deleted(vault, after.as_deref(), n).await },
+            |after, until, n| async move {
+                store
+                    .list_deleted_upto(vault, after.as_deref(), &until, n)
+                    .await
+            },
         )
         .await
     }
 
     /// One page of a listing in name order. For a caller who may see every name (`visible` = `None`) the
     /// cursor is the last name of the page, as it is. For a caller who may see only some names, hidden
-    /// names must not show through the cursor, and pages should not come back empty for every hidden name
-    /// in a row. The scan jumps over the stretches of the name order that no visible range covers (each
-    /// store call starts at the next visible name it can), so hidden rows are read only where a range
-    /// ends inside a batch, and it stops after [`SCAN_BUDGET`] rows or [`SCAN_CALLS`] store calls with what
-    /// it has. The cursor is sealed (opaque, authenticated: such a caller cannot start a listing anywhere
-    /// but where a page of its own ended).
+    /// names must not show, through the page, its cursor or whether it has one, and pages should not come
+    /// back empty for every hidden name in a row. The scan reads the visible stretches of the name order
+    /// one after the other, each store call bounded by its stretch's end ([`Stretch`]), so no hidden row is
+    /// read at all; it stops after [`SCAN_BUDGET`] rows or [`SCAN_CALLS`] store calls with what it has (both
+    /// counted over visible rows and stretches only). The cursor is sealed (opaque, authenticated: such a
+    /// caller cannot start a listing anywhere but where a page of its own ended); it holds the last name
+    /// listed or, when a page stopped between stretches, the end of the last stretch read.
     async fn scan<T, Fut>(
         &self,
         kind: &str,
@@ -438,42 +449,53 @@ impl Vault {
         limit: usize,
         visible: Option<Visible<'_>>,
         name_of: impl Fn(&T) -> &str,
-        fetch: impl Fn(Option<String>, usize) -> Fut,
+        fetch: impl Fn(Option<String>, String, usize) -> Fut,
     ) -> VaultResult<Page<T>>
     where
         Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
     {
-        let mut after = match after {
+        let after = match after {
             None => None,
             Some(t) => Some(match t.strip_prefix(SEALED_CURSOR) {
                 Some(sealed) => self
                     .envelope
                     .open_cursor(kind, sealed)
                     .map(|c| c.trim_end_matches('\0').to_string())
-                    .filter(|c| rules::is_valid_name(c))
+                    .filter(|c| is_scan_position(c))
                     .ok_or_else(bad_skiptoken)?,
                 None if visible.is_none() => parse_name_cursor(t)?,
                 None => return Err(bad_skiptoken()),
             }),
         };
         let Some(visible) = visible else {
-            let mut rows = fetch(after, limit + 1).await?;
+            let mut rows = fetch(after, PAST_EVERY_KEY.to_string(), limit + 1).await?;
             let next = next_cursor(&mut rows, limit, |r| name_key(name_of(r)));
             return Ok(Page { items: rows, next });
         };
+        let stretches = Stretch::all(visible);
         let mut items = Vec::new();
         let (mut scanned, mut calls) = (0, 0);
-        // The name key the scan stopped after, when it stopped before the end of the listing.
-        let mut stopped = None;
-        // `after` is always a name key that was listed (or none): the cursor of a short page names a row.
-        while let Some(from) = visible_from(visible, after.as_deref()) {
-            // Rows inside a range are all visible: ask for what the page still needs, and one more.
+        // Everything up to `at` has been listed (a name key, or a stretch's end).
+        let mut at = after;
+        while let Some(stretch) = stretches.iter().find(|s| s.goes_past(at.as_deref())) {
+            if scanned >= SCAN_BUDGET || calls >= SCAN_CALLS {
+                // More stretches to read: the next page goes on from here (`at` is set by the first call).
+                let next = at.map(|k| self.seal_cursor(kind, &k)).transpose()?;
+                return Ok(Page { items, next });
+            }
+            let from = match at {
+                Some(a) if a.as_str() >= stretch.first.as_str() => Some(a),
+                _ => just_before(&stretch.first),
+            };
+            // Rows of a stretch are all visible: ask for what the page still needs, and one more.
             let batch = limit + 1 - items.len();
-            let rows = fetch(from, batch).await?;
-            let full = rows.len() == batch;
+            let rows = fetch(from, stretch.last.clone(), batch).await?;
             scanned += rows.len();
             calls += 1;
-            let last = rows.last().map(|r| name_key(name_of(r)));
+            at = match rows.last() {
+                Some(row) if rows.len() == batch => Some(name_key(name_of(row))),
+                _ => Some(stretch.last.clone()),
+            };
             for row in rows {
                 if !visible.iter().any(|r| r.covers(name_of(&row))) {
                     continue;
@@ -488,17 +510,8 @@ impl Vault {
                 }
                 items.push(row);
             }
-            if !full {
-                break;
-            }
-            if scanned >= SCAN_BUDGET || calls >= SCAN_CALLS {
-                stopped = last;
-                break;
-            }
-            after = last;
         }
-        let next = stopped.map(|k| self.seal_cursor(kind, &k)).transpose()?;
-        Ok(Page { items, next })
+        Ok(Page { items, next: None })
     }
 
     fn seal_cursor(&self, kind: &str, cursor: &str) -> VaultResult<String> {
@@ -585,36 +598,58 @@ impl NameRange {
                 .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
         }
     }
+}
 
-    /// The first name key the range can hold.
-    fn start(&self) -> &str {
-        match self {
-            NameRange::Name(k) | NameRange::Prefix(k) => k,
+/// A stretch of the name-key order that a filtered listing reads in one go: the keys from `first` to `last`
+/// (both included), every one of them visible. Ranges that overlap (a prefix inside another, a name under a
+/// prefix) make one stretch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stretch {
+    first: String,
+    last: String,
+}
+
+impl Stretch {
+    /// The stretches `ranges` cover, in key order, apart from each other.
+    fn all(ranges: &[NameRange]) -> Vec<Stretch> {
+        let mut each: Vec<Stretch> = ranges
+            .iter()
+            .map(|r| match r {
+                NameRange::Name(k) => Stretch {
+                    first: k.clone(),
+                    last: k.clone(),
+                },
+                // Every key that starts with the prefix, and no other, sorts from it to it + `\x7f`.
+                NameRange::Prefix(p) => Stretch {
+                    first: p.clone(),
+                    last: format!("{p}{PAST_EVERY_KEY}"),
+                },
+            })
+            .collect();
+        each.sort_unstable_by(|a, b| a.first.cmp(&b.first));
+        let mut merged: Vec<Stretch> = Vec::with_capacity(each.len());
+        for s in each {
+            match merged.last_mut() {
+                Some(m) if s.first <= m.last => {
+                    if s.last > m.last {
+                        m.last = s.last;
+                    }
+                }
+                _ => merged.push(s),
+            }
         }
+        merged
     }
 
-    /// Whether the range can hold a name key that sorts after `key`.
-    fn goes_past(&self, key: &str) -> bool {
-        match self {
-            NameRange::Name(n) => key < n.as_str(),
-            NameRange::Prefix(p) => key < p.as_str() || key.starts_with(p.as_str()),
-        }
+    /// Whether the stretch holds a key after `at` (anything, for `None`).
+    fn goes_past(&self, at: Option<&str>) -> bool {
+        at.is_none_or(|a| a < self.last.as_str())
     }
 }
 
-/// Where a filtered scan that has listed up to `after` goes on from: `after` itself while a range still
-/// holds it, or a bound just before the next range's first key (the store lists the keys after a bound).
-/// `None`: no range holds a key after `after`, the listing is over.
-fn visible_from(ranges: &[NameRange], after: Option<&str>) -> Option<Option<String>> {
-    let start = ranges
-        .iter()
-        .filter(|r| after.is_none_or(|a| r.goes_past(a)))
-        .map(NameRange::start)
-        .min()?;
-    Some(match after {
-        Some(a) if a >= start => Some(a.to_string()),
-        _ => just_before(start),
-    })
+/// What a sealed cursor may hold: a name key, or a stretch's end (a prefix and `\x7f`).
+fn is_scan_position(c: &str) -> bool {
+    rules::is_valid_name(c.strip_suffix(PAST_EVERY_KEY).unwrap_or(c))
 }
 
 /// A bound that sorts before `key` and after every name key that sorts before `key` (name keys are ASCII

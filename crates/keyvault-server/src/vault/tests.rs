@@ -200,22 +200,9 @@ async fn a_disabled_deleted_secret_is_listed_and_recovered_but_not_shown() {
     assert!(!v.recover("dark").await.unwrap().enabled);
 }
 
-/// A caller who may see only some names pages through exactly those, in order, and no cursor shows a hidden
-/// name: cursors are sealed, other callers' plain cursors are refused, a cursor of one listing does not open
-/// in another. Long runs of hidden names between the visible ranges are jumped over (no empty pages), and a
-/// page that crosses more ranges than a scan may is cut short, not wrong.
-#[tokio::test]
-async fn filtered_listings_show_no_hidden_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let v = Arc::new(vault_in(dir.path(), Arc::new(SystemClock), false));
-    // Visible: app-0 … app-4 (one name each) and team-*; hidden names sort between and around them, with a
-    // run of more than twice the scan budget between app-3 and app-4. Then 60 one-name ranges whose names
-    // do not exist, each followed by more hidden names than a page asks for: every one costs a store call.
-    let mut names: Vec<String> = (0..5).map(|i| format!("app-{i}")).collect();
-    names.extend((0..5).map(|i| format!("app-{i}-hidden")));
-    names.extend((0..2 * SCAN_BUDGET + 50).map(|i| format!("app-3-z{i:05}")));
-    names.extend((0..60 * 30).map(|i| format!("gone-{:03}-h{:02}", i / 30, i % 30)));
-    names.extend(["team-a", "Team-B", "team-c", "teams", "zz-payroll"].map(String::from));
+/// A vault holding `names` (set concurrently, 64 at a time).
+async fn vault_holding(dir: &std::path::Path, names: &[String]) -> Arc<Vault> {
+    let v = Arc::new(vault_in(dir, Arc::new(SystemClock), false));
     let mut sets = tokio::task::JoinSet::new();
     for chunk in names.chunks(64) {
         let (v, chunk) = (v.clone(), chunk.to_vec());
@@ -230,47 +217,77 @@ async fn filtered_listings_show_no_hidden_name() {
     while let Some(done) = sets.join_next().await {
         done.unwrap();
     }
+    v
+}
+
+/// A whole filtered listing, `limit` names a page: the names listed, each page's size and whether it had a
+/// `nextLink`, and the lengths of the cursors (none shows a hidden name: every one is sealed).
+async fn walk_filtered(
+    v: &Vault,
+    limit: usize,
+    filter: Visible<'_>,
+) -> (Vec<String>, Vec<(usize, bool)>, BTreeSet<usize>) {
+    let (mut seen, mut pages, mut lengths) = (Vec::new(), Vec::new(), BTreeSet::new());
+    let mut after: Option<String> = None;
+    loop {
+        let page = v.list(after.as_deref(), limit, Some(filter)).await.unwrap();
+        pages.push((page.items.len(), page.next.is_some()));
+        seen.extend(page.items.iter().map(|r| r.name.clone()));
+        let Some(next) = page.next else { break };
+        lengths.insert(next.len());
+        assert!(next.starts_with('_'), "{next}");
+        assert!(
+            !next.contains("hidden") && !next.contains("payroll"),
+            "{next}"
+        );
+        after = Some(next);
+    }
+    (seen, pages, lengths)
+}
+
+/// The names a filtered caller may see in the listing tests: app-0 … app-4 (one name each), 60 one-name ranges
+/// whose names do not exist (gone-000 …), and team-*.
+fn listing_ranges() -> Vec<NameRange> {
     let mut ranges: Vec<NameRange> = (0..5)
         .map(|i| NameRange::Name(format!("app-{i}")))
         .collect();
     ranges.extend((0..60).map(|i| NameRange::Name(format!("gone-{i:03}"))));
     ranges.push(NameRange::Prefix("team-".into()));
+    ranges
+}
+
+const LISTED: [&str; 8] = [
+    "app-0", "app-1", "app-2", "app-3", "app-4", "team-a", "Team-B", "team-c",
+];
+
+/// A caller who may see only some names pages through exactly those, in order, and no cursor shows a hidden
+/// name: cursors are sealed, other callers' plain cursors are refused, a cursor of one listing does not open
+/// in another. Long runs of hidden names between the visible ranges are jumped over (no empty pages), and a
+/// page that crosses more ranges than a scan may is cut short, not wrong.
+#[tokio::test]
+async fn filtered_listings_show_no_hidden_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hidden names sort between and around the visible ones, with a run of more than twice the scan budget
+    // between app-3 and app-4, and more hidden names than a page asks for just past each empty range.
+    let mut names: Vec<String> = LISTED.map(String::from).to_vec();
+    names.extend((0..5).map(|i| format!("app-{i}-hidden")));
+    names.extend((0..2 * SCAN_BUDGET + 50).map(|i| format!("app-3-z{i:05}")));
+    names.extend((0..60 * 30).map(|i| format!("gone-{:03}-h{:02}", i / 30, i % 30)));
+    names.extend(["teams", "zz-payroll"].map(String::from));
+    let v = vault_holding(dir.path(), &names).await;
+    let ranges = listing_ranges();
     let filter: Visible = &ranges;
-    let walk = |limit: usize| {
-        let v = v.clone();
-        async move {
-            let (mut seen, mut sizes, mut lengths) = (Vec::new(), Vec::new(), BTreeSet::new());
-            let mut after: Option<String> = None;
-            loop {
-                let page = v.list(after.as_deref(), limit, Some(filter)).await.unwrap();
-                sizes.push(page.items.len());
-                seen.extend(page.items.iter().map(|r| r.name.clone()));
-                let Some(next) = page.next else { break };
-                lengths.insert(next.len());
-                assert!(next.starts_with('_'), "{next}");
-                assert!(
-                    !next.contains("hidden") && !next.contains("payroll"),
-                    "{next}"
-                );
-                after = Some(next);
-            }
-            (seen, sizes, lengths)
-        }
-    };
-    let visible = [
-        "app-0", "app-1", "app-2", "app-3", "app-4", "team-a", "Team-B", "team-c",
-    ];
     // One name per page: no empty page, though 2,000 hidden names sit between app-3 and app-4.
-    let (seen, sizes, lengths) = walk(1).await;
-    assert_eq!(seen, visible);
-    assert_eq!(sizes, [1; 8]);
+    let (seen, pages, lengths) = walk_filtered(&v, 1, filter).await;
+    assert_eq!(seen, LISTED);
+    assert_eq!(pages.iter().map(|p| p.0).collect::<Vec<_>>(), [1; 8]);
     // Every sealed cursor has the same length, whatever the length of the name it holds.
     assert_eq!(lengths.len(), 1, "{lengths:?}");
     // Pages of 25: the 60 empty ranges take more store calls than one page may make, so a page comes back
     // short with a cursor, and the walk still ends with every visible name once.
-    let (seen, sizes, _) = walk(25).await;
-    assert_eq!(seen, visible);
-    assert!(sizes.len() > 1 && sizes[0] < 25, "{sizes:?}");
+    let (seen, pages, _) = walk_filtered(&v, 25, filter).await;
+    assert_eq!(seen, LISTED);
+    assert!(pages.len() > 1 && pages[0].0 < 25, "{pages:?}");
 
     // A caller who sees everything gets plain cursors; the restricted caller cannot use one.
     let all = v.list(None, 2, None).await.unwrap();
@@ -341,31 +358,109 @@ async fn purge_protection_turned_on_elsewhere_stops_purges_here() {
     );
 }
 
-/// Where a filtered scan goes on from: inside a range it stays, between ranges it jumps to just before the
-/// next one, and after the last range it stops.
+/// What a filtered caller learns from its pages — their sizes, which have a `nextLink`, what they list — does
+/// not depend on hidden names: a vault with hidden names right past every range (and before, and between)
+/// pages exactly as one holding only the visible names, at every page size. (Scans used to read a page's
+/// worth past a range's end, and hidden rows there counted against the page's budget.)
+#[tokio::test]
+async fn filtered_pages_do_not_depend_on_hidden_names() {
+    let (bare, crowded) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let listed = LISTED.map(String::from).to_vec();
+    let mut names = listed.clone();
+    for i in 0..60 {
+        names.extend((0..30).map(|h| format!("gone-{i:03}-h{h:02}")));
+        names.push(format!("gone-{i:03}0"));
+    }
+    for i in 0..5 {
+        names.extend((0..30).map(|h| format!("app-{i}-hidden{h:02}")));
+    }
+    names.extend(["app", "app-", "team", "teams", "team0", "zz-payroll"].map(String::from));
+    let bare = vault_holding(bare.path(), &listed).await;
+    let crowded = vault_holding(crowded.path(), &names).await;
+    let ranges = listing_ranges();
+    for limit in [1, 2, 7, 25] {
+        let (seen, pages, _) = walk_filtered(&crowded, limit, &ranges).await;
+        assert_eq!(seen, LISTED, "page size {limit}");
+        assert_eq!(
+            pages,
+            walk_filtered(&bare, limit, &ranges).await.1,
+            "page size {limit}"
+        );
+    }
+    // Deleted listings too.
+    for v in [&bare, &crowded] {
+        for name in ["app-1", "app-1-hidden00", "gone-003-h00", "team-a", "teams"] {
+            if v.get(name, None).await.is_ok() {
+                v.delete(name).await.unwrap();
+            }
+        }
+    }
+    let deleted = |v: Arc<Vault>| async move {
+        let (mut pages, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = v
+                .list_deleted(after.as_deref(), 1, Some(&listing_ranges()))
+                .await
+                .unwrap();
+            pages.push(
+                page.items
+                    .iter()
+                    .map(|r| r.latest.name.clone())
+                    .collect::<Vec<_>>(),
+            );
+            let Some(next) = page.next else { break };
+            after = Some(next);
+        }
+        pages
+    };
+    let seen = deleted(crowded).await;
+    assert_eq!(seen, [vec!["app-1"], vec!["team-a"]]);
+    assert_eq!(seen, deleted(bare).await);
+}
+
+/// The stretches a filtered scan reads: one per range, in key order, overlapping ranges made one; each holds
+/// exactly the keys of its ranges.
 #[test]
-fn visible_from_jumps_between_ranges() {
+fn stretches_cover_the_ranges() {
     let ranges = [
         NameRange::Prefix("b-".into()),
         NameRange::Name("a0".into()),
         NameRange::Name("c".into()),
+        NameRange::Name("b-x".into()),
+        NameRange::Prefix("b-y".into()),
+        NameRange::Name("b".into()),
     ];
-    let from = |after: Option<&str>| visible_from(&ranges, after);
-    assert_eq!(from(None), Some(Some("a/\x7f".into())));
-    assert_eq!(from(Some("a0")), Some(Some("b,\x7f".into())));
-    assert_eq!(from(Some("b-x")), Some(Some("b-x".into())));
-    assert_eq!(from(Some("b-zzz")), Some(Some("b-zzz".into())));
-    assert_eq!(from(Some("b0")), Some(Some("b\x7f".into())));
-    assert_eq!(from(Some("c")), None);
-    assert_eq!(from(Some("zz")), None);
+    let stretch = |first: &str, last: &str| Stretch {
+        first: first.into(),
+        last: last.into(),
+    };
+    assert_eq!(
+        Stretch::all(&ranges),
+        [
+            stretch("a0", "a0"),
+            stretch("b", "b"),
+            stretch("b-", "b-\x7f"),
+            stretch("c", "c")
+        ]
+    );
+    let prefix = &Stretch::all(&[NameRange::Prefix("b-".into())])[0];
+    for key in ["b-", "b-0", "b-zzz", "b--"] {
+        assert!(prefix.first.as_str() <= key && key <= prefix.last.as_str());
+    }
+    for key in ["b", "b,zzz", "b0", "c"] {
+        assert!(!(prefix.first.as_str() <= key && key <= prefix.last.as_str()));
+    }
+    assert!(prefix.goes_past(None) && prefix.goes_past(Some("b-zzz")));
+    assert!(!prefix.goes_past(Some("b-\x7f")) && !prefix.goes_past(Some("b0")));
+    // A cursor holds a name key or a stretch's end, nothing else.
+    assert!(is_scan_position("b-x") && is_scan_position("b-\x7f"));
+    assert!(
+        !is_scan_position("b-\x7f\x7f") && !is_scan_position("\x7f") && !is_scan_position("b x")
+    );
     // The bound sorts after every name before the range and before the range's first name.
     let bound = just_before("b-").unwrap();
     assert!("b" < bound.as_str() && "b,zzz" < bound.as_str() && bound.as_str() < "b-");
     assert_eq!(just_before(""), None);
-    assert_eq!(
-        visible_from(&[NameRange::Prefix(String::new())], None),
-        Some(None)
-    );
     assert!(NameRange::Prefix("b-".into()).covers("B-Q"));
     assert!(!NameRange::Prefix("b-".into()).covers("b"));
     assert!(

@@ -975,10 +975,33 @@ async fn listings_read_only_their_page() {
     let url = pg.create_database("plans").await.unwrap();
     let store = PostgresStore::open(&url).await.unwrap();
     fill_for_plans(&store).await;
-    let cases: [(&str, &str, &str, usize); 6] = [
-        ("first page", SQL_LIST_LATEST, "('v', '', 26)", 26),
-        ("deep page", SQL_LIST_LATEST, "('v', 'n-02700', 26)", 26),
-        ("deleted names", SQL_LIST_DELETED, "('v', '', 26)", 26),
+    let cases: [(&str, &str, &str, usize); 8] = [
+        ("first page", SQL_LIST_LATEST, "('v', '', 26, chr(127))", 26),
+        (
+            "deep page",
+            SQL_LIST_LATEST,
+            "('v', 'n-02700', 26, chr(127))",
+            26,
+        ),
+        (
+            "deleted names",
+            SQL_LIST_DELETED,
+            "('v', '', 26, chr(127))",
+            26,
+        ),
+        // A scoped listing's one-name range: the page ends at the range's end.
+        (
+            "one-name range",
+            SQL_LIST_LATEST,
+            "('v', 'n-02699', 26, 'n-02700')",
+            1,
+        ),
+        (
+            "one deleted name",
+            SQL_LIST_DELETED,
+            "('v', 'n-01099', 26, 'n-01100')",
+            1,
+        ),
         (
             "versions",
             SQL_VERSIONS_OF_LIVE,

@@ -1,6 +1,6 @@
 use super::*;
-use crate::store::Tags;
 use crate::store::conformance;
+use crate::store::{PAST_EVERY_KEY, Tags};
 use std::sync::atomic::{AtomicI64, AtomicUsize};
 
 fn row(name: &str, version: &str, n: i64) -> VersionRow {
@@ -825,13 +825,13 @@ async fn live_listing_seeks_the_primary_key_and_v1_migrates() {
     let plan: Vec<String> = c
         .prepare(&format!("EXPLAIN QUERY PLAN {SQL_LIST_LATEST} LIMIT 25"))
         .unwrap()
-        .query_map(params!["v", ""], |r| r.get::<_, String>(3))
+        .query_map(params!["v", "", PAST_EVERY_KEY], |r| r.get::<_, String>(3))
         .unwrap()
         .map(Result::unwrap)
         .collect();
     let plan = plan.join(" | ");
     assert!(
-        plan.contains("SEARCH n USING PRIMARY KEY (vault=? AND name_key>?)"),
+        plan.contains("SEARCH n USING PRIMARY KEY (vault=? AND name_key>? AND name_key<?)"),
         "{plan}"
     );
     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
@@ -1817,7 +1817,7 @@ fn pages_do_not_read_every_deleted_name() {
         let mut seen = Vec::new();
         let mut after = String::new();
         loop {
-            let page = list_latest(&c, "v", &after, limit).unwrap();
+            let page = list_latest(&c, "v", (&after, PAST_EVERY_KEY), limit).unwrap();
             assert!(page.len() <= limit);
             let Some(last) = page.last() else { break };
             after = name_key(&last.name);
@@ -1833,7 +1833,7 @@ fn pages_do_not_read_every_deleted_name() {
                 .unwrap()
                 .reset_status(rusqlite::StatementStatus::VmStep);
         }
-        let page = list_latest(&c, "v", after, 26).unwrap();
+        let page = list_latest(&c, "v", (after, PAST_EVERY_KEY), 26).unwrap();
         assert_eq!(page.len(), 26);
         [SQL_LIST_LATEST, SQL_LIST_LIVE]
             .iter()
