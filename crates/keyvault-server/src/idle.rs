@@ -15,6 +15,11 @@
 //! and fails its writes once one has waited for the write-stall limit ([`IdleIo::limit_write_stalls`]):
 //! the client takes nothing of an answer, while hyper may not be reading at all.
 //!
+//! Neither of the first two cuts a connection while one of its requests is being handled
+//! ([`IdleIo::wait_for_requests`]): a whole request whose handling takes long (a PostgreSQL purge may take
+//! 120 s, a set queued behind a batch up to a minute) is answered, not cut off at the answer limit with its
+//! work given up. Handlers bound their own waits (a body's arrival rate, a backup place, the store's).
+//!
 //! The clock is read on each read and write that moves bytes. The one timer per connection fires at the
 //! earliest deadline, or within the answer limit at most, and is re-armed only then: no timer is made or
 //! moved per request (hyper's `header_read_timeout` does both, for 2.8 % of a GET's instructions).
@@ -22,6 +27,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -56,6 +62,8 @@ pub(crate) struct IdleIo<T> {
     on_idle: Option<Arc<Notify>>,
     /// When the input ends after `on_idle` was told.
     closing: Option<Instant>,
+    /// The connection's requests being handled now ([`IdleIo::wait_for_requests`]).
+    handling: Option<Arc<AtomicU64>>,
 }
 
 /// How long a connection told it is idle has to close before its input ends: an HTTP/2 peer acknowledges a
@@ -82,7 +90,14 @@ impl<T> IdleIo<T> {
             write_timer: None,
             on_idle: None,
             closing: None,
+            handling: None,
         }
+    }
+
+    /// While `handling` (the connection's requests being handled, counted by the service) is above zero,
+    /// the idle and answer limits do not end the input: they are looked at again an answer limit later.
+    pub(crate) fn wait_for_requests(&mut self, handling: Arc<AtomicU64>) {
+        self.handling = Some(handling);
     }
 
     /// A write that has waited `limit` (the client taking nothing of the answer) fails the connection. Needed
@@ -138,6 +153,12 @@ impl<T> IdleIo<T> {
                 continue;
             }
             let due = self.due();
+            if now >= due && (self.handling.as_ref()).is_some_and(|n| n.load(Ordering::Acquire) > 0)
+            {
+                // A request is being handled: its answer will come (or its handler gives up).
+                self.timer.as_mut().reset(now + self.answer);
+                continue;
+            }
             if now >= due {
                 // Told first, when someone listens.
                 let Some(on_idle) = self.on_idle.take() else {
@@ -317,6 +338,55 @@ mod tests {
         }
         assert!(got >= 4, "{got}");
         assert_eq!(started.elapsed(), Duration::from_secs(4));
+    }
+
+    /// A whole request being handled holds the connection past both limits: read at once, answered 25 s
+    /// later (the idle limit 10 s, the answer limit 4 s), then quiet: the read ends the idle limit after the
+    /// answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_being_handled_outlasts_both_limits() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 0);
+        let handling = Arc::new(AtomicU64::new(0));
+        io.wait_for_requests(handling.clone());
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        client_write.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        handling.fetch_add(1, Ordering::AcqRel);
+        let started = Instant::now();
+        // The handler: 25 s, then its answer.
+        let handler = {
+            let handling = handling.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(25)).await;
+                handling.fetch_sub(1, Ordering::AcqRel);
+            })
+        };
+        // Meanwhile the connection is read (as hyper does, to notice a client going away): no end.
+        let read = tokio::time::timeout(Duration::from_secs(25), io.read(&mut buf)).await;
+        assert!(
+            read.is_err(),
+            "the input ended while the request was handled: {read:?}"
+        );
+        handler.await.unwrap();
+        io.write_all(b"200").await.unwrap();
+        assert_eq!(client_read.read(&mut buf).await.unwrap(), 3);
+        let answered = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(answered.elapsed(), Duration::from_secs(10));
+        assert!(started.elapsed() >= Duration::from_secs(35));
+
+        // Without a request being handled, the same wait ends at the answer limit.
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(server, Duration::from_secs(10), Duration::from_secs(4), 0);
+        io.wait_for_requests(Arc::new(AtomicU64::new(0)));
+        let (_client_read, mut client_write) = tokio::io::split(client);
+        client_write.write_all(b"GET").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        let asked = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(asked.elapsed(), Duration::from_secs(4));
     }
 
     /// With a minimum rate, an upload that keeps it goes on past the answer limit until it is answered; one

@@ -38,6 +38,9 @@ pub struct LocalVaultOptions {
     /// The bounds on request bodies and on backups and restores ([`crate::http::limits`]). Default: the
     /// server's.
     pub request_limits: crate::http::limits::RequestLimits,
+    /// `idle_timeout_secs`: quiet connections, and requests trickled for this long (30 s at most), are
+    /// cut off. Default: the configuration's (120).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 impl Default for LocalVaultOptions {
@@ -52,6 +55,7 @@ impl Default for LocalVaultOptions {
             clients: Vec::new(),
             metrics_addr: None,
             request_limits: Default::default(),
+            idle_timeout_secs: None,
         }
     }
 }
@@ -97,6 +101,9 @@ impl LocalVault {
             clients: options.clients,
             metrics_addr: options.metrics_addr,
             request_limits: options.request_limits,
+            idle_timeout_secs: options
+                .idle_timeout_secs
+                .unwrap_or(defaults.idle_timeout_secs),
             ..defaults
         };
         let server = Server::bind_with_clock(config, options.clock).await?;

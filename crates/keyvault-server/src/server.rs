@@ -1078,7 +1078,7 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
-            let service = self.app.clone();
+            let (service, handling) = self.app.for_connection();
             let builders = builders.clone();
             let mut stop = stop_rx.clone();
             let open = OpenConnection::new(&self.open_connections);
@@ -1107,6 +1107,7 @@ impl Server {
                 let answer = if h2 { idle_timeout } else { answer_timeout };
                 let mut io = crate::idle::IdleIo::new(tls, idle_timeout, answer, min_rate);
                 io.limit_write_stalls(idle_timeout);
+                io.wait_for_requests(handling);
                 // A quiet HTTP/2 connection is told it is being closed (GOAWAY) before it is (RFC 9113
                 // §9.1), so that its client opens a new one for its next request instead of sending it on a
                 // connection about to end. HTTP/1.1 has no such message: its idle connections just close.

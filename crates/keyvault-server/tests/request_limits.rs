@@ -502,3 +502,99 @@ async fn an_unread_backup_keeps_its_place() {
     assert_eq!(restore().await, StatusCode::CONFLICT);
     lv.shutdown().await;
 }
+
+/// A whole request whose handling outlasts its connection's idle and answer limits is answered, not cut off
+/// with its work given up: with both limits at 1 s, an HTTP/1.1 backup that waits 3 s for a place (held by a
+/// restore whose body is still coming) gets its 503 after those 3 s, and its connection serves the next
+/// request.
+#[tokio::test]
+async fn a_request_handled_past_the_idle_limit_is_answered() {
+    let lv = LocalVault::start_with(LocalVaultOptions {
+        request_limits: RequestLimits {
+            bulk_operations: 1,
+            bulk_wait: Duration::from_secs(3),
+            ..RequestLimits::default()
+        },
+        idle_timeout_secs: Some(1),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http1_only()
+        .build()
+        .unwrap();
+    let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
+    let (status, body) = common::send_json(
+        http.put(api_url(lv.vault_url(), "/secrets/kept", "7.6"))
+            .bearer_auth(&token),
+        Some(json!({ "value": "v" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The one place, held by a restore whose body has only begun (its deadline is 30 s).
+    let mut h2 = h2_connect(&lv, None).await;
+    let (_resp, mut holder) = start_request(
+        &mut h2,
+        "POST",
+        "/secrets/restore?api-version=7.6",
+        &[
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".into()),
+            ("content-length", "1000".into()),
+        ],
+        b"{\"value\": \"",
+    )
+    .await;
+    let metrics_url = lv.metrics_url().unwrap().to_string();
+    let restore_buffered = async || {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sample(
+            &text,
+            "keyvault_http_body_bytes_buffered{budget=\"restore\"}",
+        )
+    };
+    for _ in 0..100 {
+        if restore_buffered().await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(restore_buffered().await > 0, "the holder's body is read");
+
+    let started = std::time::Instant::now();
+    let resp = http
+        .post(api_url(lv.vault_url(), "/secrets/kept/backup", "7.6"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("an answer, not a connection cut off while the backup waits");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
+    let resp = http
+        .get(api_url(lv.vault_url(), "/secrets/kept", "7.6"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    holder.send_reset(h2::Reason::CANCEL);
+    lv.shutdown().await;
+}

@@ -75,6 +75,7 @@ pub fn app(state: Arc<HttpState>, auth_routes: Router) -> App {
         router: router(state.clone(), auth_routes),
         state,
         in_flight: Arc::default(),
+        on_connection: None,
     }
 }
 
@@ -90,12 +91,24 @@ pub struct App {
     router: Router,
     /// Requests being handled: over HTTP/2 each runs as a task of its own, which outlives its connection's.
     in_flight: Arc<std::sync::atomic::AtomicU64>,
+    /// The requests being handled on this App's connection ([`App::for_connection`]).
+    on_connection: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl App {
     /// Requests being handled now (a shutdown waits for them before it closes the audit log).
     pub fn requests_in_flight(&self) -> u64 {
         self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// This App for one connection, and the count of that connection's requests being handled (from the
+    /// call with a whole request head until the answer is handed back), which its idle limits wait for
+    /// ([`crate::idle::IdleIo::wait_for_requests`]).
+    pub fn for_connection(&self) -> (App, Arc<std::sync::atomic::AtomicU64>) {
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut app = self.clone();
+        app.on_connection = Some(count.clone());
+        (app, count)
     }
 
     /// Stops this node's rekey job if one runs (a shutdown), waiting at most `within` for its end to be
@@ -105,19 +118,26 @@ impl App {
     }
 }
 
-/// Counts a request as in flight while it lives.
-struct InFlight(Arc<std::sync::atomic::AtomicU64>);
+/// Counts a request as in flight while it lives: on the server, and on its connection when that counts.
+struct InFlight([Option<Arc<std::sync::atomic::AtomicU64>>; 2]);
 
 impl InFlight {
-    fn new(count: &Arc<std::sync::atomic::AtomicU64>) -> InFlight {
-        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        InFlight(count.clone())
+    fn new(app: &App) -> InFlight {
+        let counts = [Some(&app.in_flight), app.on_connection.as_ref()].map(|count| {
+            count.map(|count| {
+                count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                count.clone()
+            })
+        });
+        InFlight(counts)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        for count in self.0.iter().flatten() {
+            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }
 
@@ -139,7 +159,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
         let (req, body_read) = ReadTracker::wrap(req);
         let shaped_by_router = matches!(*req.method(), Method::HEAD | Method::CONNECT);
         let state = self.state.clone();
-        let in_flight = InFlight::new(&self.in_flight);
+        let in_flight = InFlight::new(self);
         if !shaped_by_router && skips_router(req.uri().path()) {
             Box::pin(async move {
                 let _in_flight = in_flight;
