@@ -40,13 +40,18 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYVAULT_RETENTION_DAYS")]
     retention_days: Option<u32>,
     /// Refuse every purge request: deleted secrets are purged only by the server, when their retention period
-    /// ends (cannot be undone). The variable takes true/false, 1/0, yes/no, on/off.
+    /// ends (cannot be undone). Takes true/false, 1/0, yes/no, on/off (the flag alone: true); overrides the
+    /// configuration file either way.
     #[arg(
         long,
         env = "KEYVAULT_PURGE_PROTECTION",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
         value_parser = clap::builder::BoolishValueParser::new()
     )]
-    purge_protection: bool,
+    purge_protection: Option<bool>,
     /// Tenant id in tokens and the auth challenge [default: keyvault-rs].
     #[arg(long, env = "KEYVAULT_TENANT_ID")]
     tenant_id: Option<String>,
@@ -117,7 +122,9 @@ impl ServeArgs {
         if let Some(v) = self.retention_days {
             config.retention_days = v;
         }
-        config.purge_protection |= self.purge_protection;
+        if let Some(v) = self.purge_protection {
+            config.purge_protection = v;
+        }
         if let Some(v) = self.tenant_id {
             config.tenant_id = v;
         }
@@ -227,4 +234,39 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
             std::process::exit(130);
         });
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Purge protection as the file says, the flag alone, or the flag with a value (which wins either way,
+    /// as flags do over the file; a vault that had it refuses to start without it, in the server).
+    #[test]
+    fn the_purge_protection_flag_overrides_the_file_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolved = |file: &str, flags: &[&str]| {
+            let path = dir.path().join("keyvault.toml");
+            std::fs::write(&path, file).unwrap();
+            let mut args = vec!["keyvault", "--config", path.to_str().unwrap()];
+            args.extend_from_slice(flags);
+            let cli = Cli::try_parse_from(args).unwrap();
+            cli.serve.into_config().unwrap().purge_protection
+        };
+        let on = "purge_protection = true\n";
+        assert!(resolved(on, &[]));
+        assert!(!resolved("", &[]));
+        assert!(resolved("", &["--purge-protection"]));
+        assert!(resolved("", &["--purge-protection=on"]));
+        assert!(!resolved(on, &["--purge-protection=false"]));
+        assert!(!resolved(on, &["--purge-protection=0"]));
+        assert!(Cli::try_parse_from(["keyvault", "--purge-protection=maybe"]).is_err());
+    }
 }
