@@ -285,7 +285,8 @@ pub fn unsafe_char(c: char) -> bool {
                 | '\u{feff}'
                 | '\u{fff9}'..='\u{fffb}'
                 | '\u{e0001}'
-                | '\u{e0020}'..='\u{e007f}'
+                | '\u{e0020}'..='\u{e00ff}'
+                | '\u{e01f0}'..='\u{e0fff}'
         )
 }
 
@@ -439,6 +440,11 @@ mod tests {
         let escaped = r"a\u{2028}b\u{2029}c\u{61c}d\u{feff}e\u{2060}f\u{ad}g";
         assert_eq!(tsv_escape(more), escaped);
         assert_eq!(tsv_escape(more).lines().count(), 1);
+        // The tag block's characters, unassigned ones included (they display as nothing).
+        assert_eq!(
+            terminal_safe("a\u{e0041}\u{e0080}\u{e0fff}b"),
+            r"a\u{e0041}\u{e0080}\u{e0fff}b"
+        );
         // Other text is kept, accents and emoji included.
         assert_eq!(terminal_safe("é ü 🔑 名前"), "é ü 🔑 名前");
     }

@@ -113,16 +113,36 @@ fn lock_server_files(config: &Config) -> Result<Vec<std::fs::File>, StartError> 
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)
             .map_err(|e| StartError::Setup(format!("cannot create {}: {e}", parent.display())))?;
-        let real = std::fs::canonicalize(&audit).unwrap_or_else(|_| {
-            let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
-            parent.join(audit.file_name().unwrap_or_default())
-        });
-        let mut name = real.as_os_str().to_owned();
+        let mut name = where_it_really_is(&audit).into_os_string();
         name.push(".lock");
         let what = format!("the audit log {}", audit.display());
         locks.extend(lock_for_server(Path::new(&name), &what)?);
     }
     Ok(locks)
+}
+
+/// Where `path` is, symlinks followed, also when it is not there yet: a symlink to a file still to be made
+/// (a fresh install's link to where the log will be) is followed to its target, and a missing file is named
+/// in its directory's real path. At most 40 links are followed, as the kernel does.
+fn where_it_really_is(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        if let Ok(real) = std::fs::canonicalize(&path) {
+            return real;
+        }
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let here = parent.join(path.file_name().unwrap_or_default());
+        match std::fs::read_link(&here) {
+            // Relative to the link's directory; an absolute target replaces it.
+            Ok(target) => path = parent.join(target),
+            Err(_) => return here,
+        }
+    }
+    path
 }
 
 /// An exclusive `flock` on `path` (made, mode 0600, if missing), or an error saying `what` another server
@@ -1515,6 +1535,39 @@ fn dev_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The audit log's lock is named from where the log really is, also before it exists: through a
+    /// symlink to a file not made yet (relative or absolute, a link to a link), a symlinked directory, or
+    /// another spelling of the path; a loop of links ends.
+    #[cfg(unix)]
+    #[test]
+    fn a_path_is_followed_to_where_it_really_is_before_it_exists() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = std::fs::canonicalize(dir.path()).unwrap();
+        let logs = real_dir.join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let want = logs.join("audit.log");
+        symlink(&want, dir.path().join("absolute")).unwrap();
+        symlink("logs/audit.log", dir.path().join("relative")).unwrap();
+        symlink("relative", dir.path().join("twice")).unwrap();
+        symlink(&logs, dir.path().join("dir-link")).unwrap();
+        for path in [
+            "absolute",
+            "relative",
+            "twice",
+            "dir-link/audit.log",
+            "logs/../logs/audit.log",
+        ] {
+            assert_eq!(where_it_really_is(&dir.path().join(path)), want, "{path}");
+        }
+        // Once made, the same.
+        std::fs::write(&want, b"").unwrap();
+        assert_eq!(where_it_really_is(&dir.path().join("twice")), want);
+        symlink("loop-b", dir.path().join("loop-a")).unwrap();
+        symlink("loop-a", dir.path().join("loop-b")).unwrap();
+        let _ = where_it_really_is(&dir.path().join("loop-a"));
+    }
 
     /// One store, however it is spelled, has one identity in `store.initialized`: otherwise a start under
     /// another spelling rewrites the marker, and a later loss under the first goes unnoticed.

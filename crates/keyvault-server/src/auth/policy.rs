@@ -400,7 +400,7 @@ pub fn shown(text: &str) -> String {
 /// category Cf) that occur in text — soft hyphen, zero-width spaces and joiners, directional marks, embeddings,
 /// overrides and isolates, invisible operators, the byte-order mark, tags —, the line and paragraph
 /// separators, and the other default-ignorable characters that display as nothing in any text (the combining
-/// grapheme joiner, Hangul fillers, Khmer inherent vowels). Not the variation selectors (emoji use them) nor
+/// grapheme joiner, Hangul fillers, Khmer inherent vowels, the tag block's unassigned rest up to U+E0FFF). Not the variation selectors (emoji use them) nor
 /// other spaces (a Japanese name has its full-width one). (`char::is_control` covers only category Cc.)
 pub(crate) fn is_invisible_format(c: char) -> bool {
     matches!(
@@ -420,7 +420,8 @@ pub(crate) fn is_invisible_format(c: char) -> bool {
             | '\u{FFF0}'..='\u{FFFB}'
             | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0000}'..='\u{E00FF}'
+            | '\u{E01F0}'..='\u{E0FFF}'
     )
 }
 
@@ -440,7 +441,7 @@ pub(crate) fn valid_principal_id(id: &str) -> bool {
                 || (c.is_whitespace() && c != ' ')
                 || is_variation_selector(c)
                 // Blank, yet not white space: `admin\u{2800}` lines up as `admin` in a table.
-                || c == '\u{2800}'
+                || matches!(c, '\u{2800}' | '\u{1D159}')
         })
 }
 
