@@ -378,14 +378,10 @@ pub fn has_password(url: &str) -> bool {
 
 /// `scheme://user:password@rest` → `scheme://user:***@rest`, splitting at the last `@`.
 fn redact_userinfo_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(scheme) = url_scheme(url) else {
         return url.to_string();
     };
-    let is_scheme = !scheme.is_empty()
-        && (scheme.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    if !is_scheme {
-        return url.to_string();
-    }
+    let rest = &url[scheme.len() + 3..];
     match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
@@ -396,77 +392,32 @@ fn redact_userinfo_password(url: &str) -> String {
 }
 
 /// Replaces the value of every `password` parameter: in a URL's query (after `?` or `&`, up to the next `&`)
-/// or a key=value string (at the start or after white space; `=` may have spaces around it; the value is
-/// quoted with `'` or ends at white space).
+/// or in a key=value string ([`redact_key_value_passwords`]).
 fn redact_password_values(s: &str) -> String {
+    if url_scheme(s).is_none() {
+        return redact_key_value_passwords(s);
+    }
     const KEY: &str = "password";
     let bytes = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
-        // `i` is at an ASCII byte when the key matches there, so `s[..i]` is on a character boundary; a key=value
-        // string's pairs are separated by any Unicode white space, as tokio-postgres reads them.
-        let at_key = (bytes[i..].len() >= KEY.len())
+        // `i` is at an ASCII byte when the key matches there, so `s[..i]` is on a character boundary.
+        let at_key = i > 0
+            && matches!(bytes[i - 1], b'?' | b'&')
+            && bytes[i..].len() > KEY.len()
             && bytes[i..i + KEY.len()].eq_ignore_ascii_case(KEY.as_bytes())
-            && (i == 0
-                || matches!(bytes[i - 1], b'?' | b'&')
-                // A quoted value's closing quote ends it: `host='db'password=x` is two pairs.
-                || bytes[i - 1] == b'\''
-                || s[..i].chars().next_back().is_some_and(char::is_whitespace));
+            && bytes[i + KEY.len()] == b'=';
         if !at_key {
             i += 1;
             continue;
         }
-        let in_query = i > 0 && matches!(bytes[i - 1], b'?' | b'&');
-        let mut j = i + KEY.len();
-        let skip_space = |j: usize| -> usize {
-            j + s[j..]
-                .chars()
-                .take_while(|c| c.is_whitespace())
-                .map(char::len_utf8)
-                .sum::<usize>()
-        };
-        if !in_query {
-            j = skip_space(j);
-        }
-        if bytes.get(j) != Some(&b'=') {
-            i += 1;
-            continue;
-        }
-        j += 1;
-        if !in_query {
-            j = skip_space(j);
-        }
-        let value_start = j;
-        if in_query {
-            while j < bytes.len() && bytes[j] != b'&' {
-                j += 1;
-            }
-        } else if bytes.get(j) == Some(&b'\'') {
-            // Quoted: up to the closing quote (a backslash escapes the next character).
+        let value_start = i + KEY.len() + 1;
+        let mut j = value_start;
+        while j < bytes.len() && bytes[j] != b'&' {
             j += 1;
-            while j < bytes.len() && bytes[j] != b'\'' {
-                j += if bytes[j] == b'\\' { 2 } else { 1 };
-            }
-            j = (j + 1).min(bytes.len());
-        } else {
-            // Up to white space (Unicode's: a value ends there for tokio-postgres too); a backslash escapes the
-            // next character.
-            let mut chars = s[j..].char_indices();
-            let mut end = s.len();
-            while let Some((k, c)) = chars.next() {
-                if c.is_whitespace() {
-                    end = j + k;
-                    break;
-                }
-                if c == '\\' {
-                    chars.next();
-                }
-            }
-            j = end;
         }
-        // Every index here is at a character boundary (an ASCII byte, a character's start, or the end).
         out.push_str(&s[copied..value_start]);
         out.push_str("***");
         copied = j;
@@ -474,6 +425,82 @@ fn redact_password_values(s: &str) -> String {
     }
     out.push_str(&s[copied..]);
     out
+}
+
+/// The scheme of `s` when it is a URL (`scheme://…`; a key=value string's first key is followed by `=` or
+/// white space, which no scheme holds).
+fn url_scheme(s: &str) -> Option<&str> {
+    let (scheme, _) = s.split_once("://")?;
+    let is_scheme = !scheme.is_empty()
+        && (scheme.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    is_scheme.then_some(scheme)
+}
+
+/// Whether `value` holds what reads as a password pair (`password=`, any case, white space before `=`
+/// allowed): such a value is hidden too, whatever its key — a string a reader could split otherwise.
+fn mentions_password(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    lower
+        .match_indices("password")
+        .any(|(at, key)| lower[at + key.len()..].trim_start().starts_with('='))
+}
+
+/// A key=value connection string with the value of every `password` key (any case) replaced by `***`, read
+/// pair by pair as tokio-postgres reads it: pairs apart by any Unicode white space (or none after a quoted
+/// value), a key up to white space or `=`, `=` with white space around it allowed, and a value quoted with `'`
+/// (to the closing quote) or up to white space, a backslash escaping the next character in either. So a
+/// `password=` inside another key's value is that value, not a key. Text that is not a pair is kept as it is.
+fn redact_key_value_passwords(s: &str) -> String {
+    /// The white space `rest` starts with, moved to `out`.
+    fn white_space<'a>(rest: &'a str, out: &mut String) -> &'a str {
+        let trimmed = rest.trim_start();
+        out.push_str(&rest[..rest.len() - trimmed.len()]);
+        trimmed
+    }
+    /// The length of the value `rest` starts with.
+    fn value_len(rest: &str) -> usize {
+        let quoted = rest.starts_with('\'');
+        let mut chars = rest.char_indices().skip(usize::from(quoted));
+        while let Some((k, c)) = chars.next() {
+            if quoted && c == '\'' {
+                return k + 1;
+            }
+            if !quoted && c.is_whitespace() {
+                return k;
+            }
+            if c == '\\' {
+                chars.next();
+            }
+        }
+        rest.len()
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    loop {
+        rest = white_space(rest, &mut out);
+        if rest.is_empty() {
+            return out;
+        }
+        let key_len = rest
+            .find(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or(rest.len());
+        let key = &rest[..key_len];
+        out.push_str(key);
+        rest = white_space(&rest[key_len..], &mut out);
+        // Not a pair (tokio-postgres refuses the string): what follows is read as the next key.
+        let Some(value) = rest.strip_prefix('=') else {
+            continue;
+        };
+        out.push('=');
+        rest = white_space(value, &mut out);
+        let len = value_len(rest);
+        if key.eq_ignore_ascii_case("password") || mentions_password(&rest[..len]) {
+            out.push_str("***");
+        } else {
+            out.push_str(&rest[..len]);
+        }
+        rest = &rest[len..];
+    }
 }
 
 /// The storage backend a configuration selects.
@@ -1530,6 +1557,18 @@ mod tests {
             ),
             ("host=é password=CANARY\\é14 x=1", "host=é password=*** x=1"),
             ("host='db'password=CANARY15", "host='db'password=***"),
+            // A `password=` inside another key's value is that value (hidden too); the real one is redacted.
+            (
+                "host=h'password='x password='CANARY16\\'x'",
+                "host=*** password=***",
+            ),
+            (
+                "options='-c password=x' password=CANARY17",
+                "options=*** password=***",
+            ),
+            ("password=CANARY18\\ still", "password=***"),
+            ("password='CANARY19", "password=***"),
+            ("x y password=CANARY20", "x y password=***"),
         ];
         for (url, redacted) in cases {
             assert_eq!(redact_url_password(url), redacted, "{url}");
@@ -1554,6 +1593,37 @@ mod tests {
         };
         let shown = format!("{c:?} {:?}", c.store_backend().unwrap());
         assert!(!shown.contains("CANARY"), "{shown}");
+    }
+
+    /// Redaction takes any string without panicking (odd quotes, backslashes at the end, multi-byte white
+    /// space next to quotes and `=`), and a password pair appended to any of them is hidden.
+    #[test]
+    fn redaction_takes_any_string() {
+        let alphabet = [
+            "password", "=", "'", "\\", " ", "\u{3000}", "\u{a0}", "é", "x", "?", "&", "://", "@",
+            ":",
+        ];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(x % 12) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push_str(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let _ = redact_url_password(&text);
+            // A password pair after it, whether or not the text left a quote open.
+            for pair in [
+                format!("{text} password=CANARY"),
+                format!("{text}' password=CANARY"),
+            ] {
+                if url_scheme(&pair).is_none() && !text.ends_with('\\') {
+                    let shown = redact_url_password(&pair);
+                    assert!(!shown.contains("CANARY"), "{pair:?} → {shown:?}");
+                }
+            }
+        }
     }
 
     /// `Config`'s `Debug` shows no client secret hash (one is what an offline guess is checked against).
