@@ -415,6 +415,16 @@ impl SecretClient {
         block_on(self.rt, self.inner.get_secret(name, version))?
     }
 
+    /// [`crate::SecretClient::get_secret_as`]: a certificate-backed secret's value in `format`.
+    pub fn get_secret_as(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        format: crate::ContentType,
+    ) -> Result<KeyVaultSecret> {
+        block_on(self.rt, self.inner.get_secret_as(name, version, format))?
+    }
+
     pub fn get_secret_by_id(&self, id: &KeyVaultSecretIdentifier) -> Result<KeyVaultSecret> {
         block_on(self.rt, self.inner.get_secret_by_id(id))?
     }

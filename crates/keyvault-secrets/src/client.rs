@@ -7,8 +7,8 @@ use crate::http::{
     StatusCode, Transport, TransportConfig,
 };
 use crate::models::{
-    DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties, SetSecretOptions,
-    UpdateSecretPropertiesOptions,
+    ContentType, DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties,
+    SetSecretOptions, UpdateSecretPropertiesOptions,
 };
 use crate::pager::{FetchPage, NextPage, Page, PageFuture, Pager};
 use crate::pipeline::Pipeline;
@@ -633,12 +633,44 @@ impl SecretClient {
     /// Get a secret with its value: the latest version (`None` or `Some("")`), or `version`.
     /// `GET /secrets/{name}/{version}`.
     pub async fn get_secret(&self, name: &str, version: Option<&str>) -> Result<KeyVaultSecret> {
+        self.get(name, version, &[]).await
+    }
+
+    /// [`SecretClient::get_secret`], with a certificate-backed secret's value in `format` (Python:
+    /// `get_secret(name, version, out_content_type=…)`; `outContentType`). Needs api-version 2025-06-01-preview
+    /// or later (refused before any request otherwise, as Python does); a secret not backed by a
+    /// certificate comes back as it is.
+    pub async fn get_secret_as(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        format: ContentType,
+    ) -> Result<KeyVaultSecret> {
+        if self.inner.api_version < ApiVersion::V2025_06_01Preview {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "get_secret_as (outContentType) needs api-version 2025-06-01-preview or later, not {}",
+                    self.inner.api_version
+                ),
+            ));
+        }
+        self.get(name, version, &[("outContentType", format.as_str().into())])
+            .await
+    }
+
+    async fn get(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        query: &[(&str, String)],
+    ) -> Result<KeyVaultSecret> {
         check_name(name)?;
         if let Some(v) = version {
             check_version(v)?;
         }
         let path = format!("/secrets/{name}/{}", version.unwrap_or(""));
-        let req = Request::new(Method::GET, self.inner.url(&path, &[]));
+        let req = Request::new(Method::GET, self.inner.url(&path, query));
         async { KeyVaultSecret::from_bundle(self.inner.call_json::<SecretBundle>(req).await?) }
             .instrument(span!("get_secret", name = name))
             .await

@@ -92,8 +92,8 @@ pub use client::{CallOptions, SecretClient, SecretClientOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use keyvault_types::{ApiVersion, DeletionRecoveryLevel, SecretString};
 pub use models::{
-    DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties, SetSecretOptions,
-    Tags, UpdateSecretPropertiesOptions,
+    ContentType, DeletedSecret, KeyVaultSecret, KeyVaultSecretIdentifier, SecretProperties,
+    SetSecretOptions, Tags, UpdateSecretPropertiesOptions,
 };
 pub use pager::{Page, Pager, Pages};
 pub use pipeline::retry::{RETRY_LOG_TARGET, RetryOptions};

@@ -51,11 +51,35 @@ pub struct SecretProperties {
     pub key_id: Option<String>,
     /// Whether Key Vault manages the secret's lifetime (certificate-backed secrets).
     pub managed: Option<bool>,
+    /// For a certificate-backed secret: the version of the certificate before this one (api-version
+    /// 2025-07-01 and later, certificates made since mid-2025). Python: `previous_version`.
+    pub previous_version: Option<String>,
     /// Application metadata. Empty when the secret has none, or when the service sent no tags at all: Python's
     /// `tags` is `None` then, and [`SecretProperties::tags_or_none`] tells the two apart.
     pub tags: Tags,
     /// Whether the service sent a `tags` object (possibly `{}`).
     tags_sent: bool,
+}
+
+/// The format to have a certificate-backed secret's value in ([`crate::SecretClient::get_secret_as`]). Python:
+/// `ContentType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ContentType {
+    /// PKCS #12: `application/x-pkcs12`.
+    Pfx,
+    /// PEM: `application/x-pem-file`.
+    Pem,
+}
+
+impl ContentType {
+    /// The media type sent as `outContentType`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentType::Pfx => "application/x-pkcs12",
+            ContentType::Pem => "application/x-pem-file",
+        }
+    }
 }
 
 /// A secret with its value. Python: `KeyVaultSecret`. `Debug` redacts the value.
@@ -108,6 +132,7 @@ impl SecretProperties {
             recoverable_days: None,
             key_id: None,
             managed: None,
+            previous_version: None,
             tags: Tags::new(),
             tags_sent: false,
         })
@@ -410,6 +435,7 @@ fn parse_id(id: Option<String>) -> Result<SecretId> {
 }
 
 struct Common {
+    previous_version: Option<String>,
     id: Option<String>,
     content_type: Option<String>,
     attributes: Option<SecretAttributes>,
@@ -439,6 +465,7 @@ fn properties(c: Common) -> Result<SecretProperties> {
         recoverable_days: a.recoverable_days,
         key_id: c.kid,
         managed: c.managed,
+        previous_version: c.previous_version,
         tags_sent: c.tags.is_some(),
         tags: c.tags.unwrap_or_default(),
     })
@@ -448,6 +475,7 @@ fn split_bundle(b: SecretBundle) -> (Option<SecretString>, Common) {
     (
         b.value,
         Common {
+            previous_version: b.previous_version,
             id: b.id,
             content_type: b.content_type,
             attributes: b.attributes,
@@ -465,6 +493,7 @@ impl SecretProperties {
 
     pub(crate) fn from_item(i: SecretItem) -> Result<Self> {
         properties(Common {
+            previous_version: None,
             id: i.id,
             content_type: i.content_type,
             attributes: i.attributes,

@@ -560,7 +560,9 @@ impl<T> Poller<T> {
         self.status
     }
 
-    /// Whether the operation is known to be done.
+    /// Whether the operation is known to be done, as of the last check: it changes only when this poller
+    /// polls ([`Poller::poll`], [`Poller::wait`], [`Poller::wait_timeout`], awaiting it), never by itself
+    /// (Python's poller polls on a thread of its own).
     pub fn done(&self) -> bool {
         self.status == PollerStatus::Succeeded
     }

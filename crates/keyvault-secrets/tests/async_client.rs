@@ -76,6 +76,14 @@ async fn set_get_update_with_every_field() {
     // An empty version is the latest, as in the Python SDK (`version or ""`).
     let got = c.get_secret("api-key", Some("")).await.unwrap();
     assert_eq!(got.id, s.id);
+    // A secret not backed by a certificate comes back as it is, whatever format is asked for.
+    let got = c
+        .get_secret_as("api-key", None, keyvault_secrets::ContentType::Pfx)
+        .await
+        .unwrap();
+    assert_eq!(got.value(), Some("sk-1234567890abcdef"));
+    assert_eq!(got.properties, s.properties);
+    assert_eq!(got.properties.previous_version, None);
     let id = KeyVaultSecretIdentifier::parse(&s.id).unwrap();
     assert_eq!(id.name(), "api-key");
     assert_eq!(id.version(), Some(version.as_str()));

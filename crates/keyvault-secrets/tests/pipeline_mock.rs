@@ -679,3 +679,52 @@ async fn extreme_retry_delays_never_panic_and_statuses_up_to_998_are_retried() {
         .collect();
     assert_eq!(counts, cases.map(|(_, tries)| tries));
 }
+
+/// A certificate-backed secret: `get_secret_as` asks for the value's format (`outContentType`), and the
+/// answer's `previousVersion` reaches `SecretProperties::previous_version`; an api-version before
+/// 2025-06-01-preview is refused before any request, as Python refuses `out_content_type` there.
+#[tokio::test]
+async fn a_certificate_backed_secret_in_another_format() {
+    const CERT_BUNDLE: &str = r#"{"value":"-----BEGIN CERTIFICATE-----","contentType":"application/x-pem-file","id":"https://kv.vault.azure.net/secrets/cert/968bc1b35f5449dfaf7109294020deb5","kid":"https://kv.vault.azure.net/keys/cert/968bc1b35f5449dfaf7109294020deb5","managed":true,"previousVersion":"0123456789abcdef0123456789abcdef","attributes":{"enabled":true,"created":1613504488,"updated":1613504488}}"#;
+    let server = start(|req, _| match req.header("authorization") {
+        Some("Bearer tok-1") => MockResponse::json(200, CERT_BUNDLE),
+        _ => unauthorized(),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let s = c
+        .get_secret_as("cert", None, keyvault_secrets::ContentType::Pem)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.properties.previous_version.as_deref(),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(
+        s.properties.content_type.as_deref(),
+        Some("application/x-pem-file")
+    );
+    let last = server.requests().pop().unwrap();
+    assert_eq!(
+        last.target,
+        "/secrets/cert/?api-version=2026-04-01&outContentType=application%2Fx-pem-file"
+    );
+    let old = SecretClient::new(
+        &server.url,
+        Arc::new(StaticTokenCredential::from_token("tok-1")),
+        Some(SecretClientOptions {
+            api_version: keyvault_secrets::ApiVersion::V7_6,
+            additional_ca_certificates: vec![server.ca_pem.clone()],
+            trust_system_roots: false,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let asked = server.requests().len();
+    let e = old
+        .get_secret_as("cert", None, keyvault_secrets::ContentType::Pfx)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(server.requests().len(), asked);
+}
