@@ -485,6 +485,17 @@ impl SecretClient {
         Ok(Poller::new(inner, self.rt))
     }
 
+    /// Delete a secret and wait until the deletion is done (`begin_delete_secret(name)?.wait_for_result()`).
+    pub fn delete_secret(&self, name: &str) -> Result<DeletedSecret> {
+        block_on(self.rt, self.inner.delete_secret(name))?
+    }
+
+    /// Recover a deleted secret and wait until it can be read, as the seed's sync example calls it
+    /// (`begin_recover_deleted_secret(name)?.wait_for_result()`).
+    pub fn recover_deleted_secret(&self, name: &str) -> Result<SecretProperties> {
+        block_on(self.rt, self.inner.recover_deleted_secret(name))?
+    }
+
     pub fn purge_deleted_secret(&self, name: &str) -> Result<()> {
         block_on(self.rt, self.inner.purge_deleted_secret(name))?
     }

@@ -120,6 +120,20 @@ fn every_operation_blocking() {
         .wait_for_result()
         .unwrap();
     assert_eq!(recovered.name, "app-config");
+    // The one-call forms (the seed's sync `recover_deleted_secret`): each returns once the service is done.
+    assert_eq!(c.delete_secret("app-config").unwrap().name, "app-config");
+    assert_eq!(
+        c.get_deleted_secret("app-config").unwrap().name,
+        "app-config"
+    );
+    assert_eq!(
+        c.recover_deleted_secret("app-config").unwrap().name,
+        "app-config"
+    );
+    assert_eq!(
+        c.get_secret("app-config", None).unwrap().value(),
+        Some("two")
+    );
     c.begin_delete_secret("app-config").unwrap().wait().unwrap();
     c.purge_deleted_secret("app-config").unwrap();
     let restored = c.restore_secret_backup(&backup).unwrap();
