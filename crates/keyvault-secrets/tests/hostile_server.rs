@@ -342,6 +342,53 @@ async fn challenge_claims_are_decoded_for_the_credential() {
     assert!(credential.asked.lock().unwrap().is_empty());
 }
 
+/// CAE in Key Vault's own form — a 401 on an authorised request whose challenge names no scope or resource,
+/// only `claims` (tenant `common`) — gets a token for the scope and tenant in use, with the claims, and the
+/// request goes through (azure-core's Key Vault policy does the same).
+#[tokio::test]
+async fn a_claims_only_challenge_reuses_the_scope_in_use() {
+    const CLAIMS_JSON: &str = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(CLAIMS_JSON);
+    let cae = format!(
+        r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", error="insufficient_claims", claims="{encoded}""#
+    );
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = answered.clone();
+    let challenge = cae.clone();
+    let server = start(move |req, _| {
+        match (req.header("authorization"), seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) {
+            (None, _) => MockResponse::json(401, "{}").header(
+                "www-authenticate",
+                r#"Bearer authorization="https://login.example/tenant-1", resource="https://vault.azure.net""#,
+            ),
+            (Some(_), 1) => MockResponse::json(401, "{}").header("www-authenticate", &challenge),
+            (Some(_), _) => MockResponse::json(200, BUNDLE),
+        }
+    })
+    .await;
+    let credential = Arc::new(Recording::default());
+    let c = client_with(&server.url, &server.ca_pem, credential.clone(), |_| {});
+    c.get_secret("n", None).await.unwrap();
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let asked = credential.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    let (scope, options) = &asked[1];
+    assert_eq!(scope, SCOPE);
+    let options = options.as_ref().unwrap();
+    assert_eq!(options.tenant_id.as_deref(), Some("tenant-1"));
+    assert_eq!(options.claims.as_deref(), Some(CLAIMS_JSON));
+
+    // Without a scope in use (the first answer is such a challenge), it is no challenge to follow: the 401.
+    let server =
+        start(move |_, _| MockResponse::json(401, "{}").header("www-authenticate", &cae)).await;
+    let credential = Arc::new(Recording::default());
+    let c = client_with(&server.url, &server.ca_pem, credential.clone(), |_| {});
+    let e = c.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ClientAuthentication, "{e}");
+    assert!(credential.asked.lock().unwrap().is_empty());
+}
+
 /// A listing whose nextLink leads back to a page already read (here on another host, which the client
 /// rebases onto the vault anyway) ends with a Data error after the items read, instead of going round.
 #[tokio::test]

@@ -26,29 +26,56 @@ pub(crate) struct Challenge {
     pub resource_host: Option<String>,
 }
 
-/// Parse the parameters of a `Bearer` challenge. `None` when there is no usable Bearer challenge.
-pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+/// The parameters of a `Bearer` challenge that matter here.
+#[derive(Default)]
+struct BearerParams {
+    scope: Option<String>,
+    resource: Option<String>,
+    authorization: Option<String>,
+    claims: Option<String>,
+}
+
+/// The parameters of the header's `Bearer` challenge; `None` when it has none.
+fn bearer_params(header: &str) -> Option<BearerParams> {
     let header = header.trim();
     let idx = header.to_ascii_lowercase().find("bearer")?;
-    let params = &header[idx + "bearer".len()..];
-    let mut scope = None;
-    let mut resource = None;
-    let mut authorization = None;
-    let mut claims = None;
-    for part in params.split(',') {
+    let mut p = BearerParams::default();
+    for part in header[idx + "bearer".len()..].split(',') {
         let Some((k, v)) = part.split_once('=') else {
             continue;
         };
-        let k = k.trim().to_ascii_lowercase();
-        let v = v.trim().trim_matches('"').trim();
-        match k.as_str() {
-            "scope" => scope = Some(v.to_string()),
-            "resource" => resource = Some(v.to_string()),
-            "authorization" | "authorization_uri" => authorization = Some(v.to_string()),
-            "claims" => claims = Some(v.to_string()),
+        let v = Some(v.trim().trim_matches('"').trim().to_string());
+        match k.trim().to_ascii_lowercase().as_str() {
+            "scope" => p.scope = v,
+            "resource" => p.resource = v,
+            "authorization" | "authorization_uri" => p.authorization = v,
+            "claims" => p.claims = v,
             _ => {}
         }
     }
+    Some(p)
+}
+
+/// The `claims` of a CAE challenge that names no scope or resource (Key Vault's form: `Bearer realm="",
+/// authorization_uri="…/common/…", error="insufficient_claims", claims="…"`): the scope and tenant are the
+/// ones already in use, as azure-core's Key Vault policy takes them.
+fn claims_only(header: &str) -> Option<String> {
+    let p = bearer_params(header)?;
+    let named = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    if named(&p.scope) || named(&p.resource) {
+        return None;
+    }
+    p.claims.filter(|c| !c.trim().is_empty())
+}
+
+/// Parse the parameters of a `Bearer` challenge. `None` when there is no usable Bearer challenge.
+pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+    let BearerParams {
+        scope,
+        resource,
+        authorization,
+        claims,
+    } = bearer_params(header)?;
     let scope = match (scope, &resource) {
         (Some(s), _) if !s.is_empty() => s,
         (_, Some(r)) if !r.is_empty() => format!("{}/.default", r.trim_end_matches('/')),
@@ -206,6 +233,18 @@ fn challenge_of(resp: &Response) -> Option<Challenge> {
         .find_map(parse_challenge)
 }
 
+/// The claims of a 401's CAE challenge that names no scope ([`claims_only`]).
+fn claims_challenge_of(resp: &Response) -> Option<String> {
+    if resp.status != StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    resp.headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(claims_only)
+}
+
 fn with_token(req: &Request, token: &AccessToken) -> Result<Request> {
     let mut req = req.clone();
     let mut value =
@@ -318,12 +357,24 @@ impl ChallengeAuth {
         if response.status != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        // A 401 on an authorised request: one more challenge round with a fresh token.
-        let Some(challenge) = challenge_of(&response) else {
-            self.clear().await;
-            return Ok(response);
+        // A 401 on an authorised request: one more challenge round with a fresh token — for a CAE challenge
+        // without a scope, the scope and tenant in use with its claims.
+        let challenge = match challenge_of(&response) {
+            Some(challenge) => self.accept(challenge, &req.url)?,
+            None => match (
+                claims_challenge_of(&response),
+                self.cached_challenge().await,
+            ) {
+                (Some(claims), Some(in_use)) => Challenge {
+                    claims: claims_of(Some(&claims))?,
+                    ..in_use
+                },
+                _ => {
+                    self.clear().await;
+                    return Ok(response);
+                }
+            },
         };
-        let challenge = self.accept(challenge, &req.url)?;
         let token = self.token(&challenge, true).await?;
         next(with_token(req, &token)?).await
     }
