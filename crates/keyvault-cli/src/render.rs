@@ -267,27 +267,13 @@ pub fn tsv_escape(s: &str) -> String {
 /// carriage return that overwrites the line, a bell), the line and paragraph separators (U+2028, U+2029:
 /// line breaks to many readers, Python's `splitlines` among them), and the invisible format characters that
 /// hide or reorder text (Unicode's category Cf: the soft hyphen, the bidirectional marks and controls, the zero-
-/// width characters, the byte-order mark, …).
+/// width characters, the byte-order mark, …) or show as nothing (Hangul fillers, the tag block): the set the
+/// server refuses in principal ids ([`keyvault_types::rules::is_invisible_format`]).
 pub fn unsafe_char(c: char) -> bool {
     c.is_control()
-        || matches!(
-            c,
-            '\u{ad}'
-                | '\u{600}'..='\u{605}'
-                | '\u{61c}'
-                | '\u{6dd}'
-                | '\u{70f}'
-                | '\u{180e}'
-                | '\u{200b}'..='\u{200f}'
-                | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206f}'
-                | '\u{feff}'
-                | '\u{fff9}'..='\u{fffb}'
-                | '\u{e0001}'
-                | '\u{e0020}'..='\u{e00ff}'
-                | '\u{e01f0}'..='\u{e0fff}'
-        )
+        || keyvault_types::rules::is_invisible_format(c)
+        // Arabic and Syriac marks that prefix a number (category Cf as well).
+        || matches!(c, '\u{600}'..='\u{605}' | '\u{6dd}' | '\u{70f}')
 }
 
 /// Text made safe for a terminal: each [`unsafe_char`] shown as its Rust escape (`\u{1b}`, `\n`, `\u{202e}`).
@@ -442,8 +428,13 @@ mod tests {
         assert_eq!(tsv_escape(more).lines().count(), 1);
         // The tag block's characters, unassigned ones included (they display as nothing).
         assert_eq!(
-            terminal_safe("a\u{e0041}\u{e0080}\u{e0fff}b"),
-            r"a\u{e0041}\u{e0080}\u{e0fff}b"
+            terminal_safe("a\u{e0041}\u{e0080}\u{e0fff}\u{e0000}\u{e0010}b"),
+            r"a\u{e0041}\u{e0080}\u{e0fff}\u{e0000}\u{e0010}b"
+        );
+        // Other characters that show as nothing: Hangul fillers, shorthand format controls, musical ones.
+        assert_eq!(
+            terminal_safe("a\u{3164}\u{ffa0}\u{1bca0}\u{1d173}\u{2065}b"),
+            r"a\u{3164}\u{ffa0}\u{1bca0}\u{1d173}\u{2065}b"
         );
         // Other text is kept, accents and emoji included.
         assert_eq!(terminal_safe("é ü 🔑 名前"), "é ü 🔑 名前");

@@ -345,30 +345,35 @@ pub fn redact_url_password(url: &str) -> String {
 }
 
 /// A URL query parameter whose name is `password` once percent-decoded (`pass%77ord=…`, which the driver
-/// reads as `password`): its value replaced by `***`. Other parameters are left as written.
+/// reads as `password`): its value replaced by `***`. Other parameters are left as written. Every `?` may
+/// start the query (one can sit in the user part, `postgres://me?x@host/db?…`, where the driver's query
+/// starts at a later one): the parameters after each are looked at.
 fn redact_encoded_query_passwords(url: &str) -> String {
-    let Some((head, query)) = url.split_once('?') else {
-        return url.to_string();
-    };
-    if !url.contains("://") || !query.contains('%') {
+    if url_scheme(url).is_none() || !url.contains('?') || !url.contains('%') {
         return url.to_string();
     }
-    let pieces: Vec<String> = query
-        .split('&')
-        .map(|piece| {
-            let name = piece.split('=').next().unwrap_or_default();
-            let decoded = form_urlencoded::parse(name.as_bytes())
-                .next()
-                .map(|(k, _)| k.into_owned())
-                .unwrap_or_default();
-            if decoded.eq_ignore_ascii_case("password") && piece.contains('=') {
-                format!("{name}=***")
-            } else {
-                piece.to_string()
-            }
-        })
-        .collect();
-    format!("{head}?{}", pieces.join("&"))
+    let mut segments = url.split('?');
+    let mut out = segments.next().unwrap_or_default().to_string();
+    for segment in segments {
+        let pieces: Vec<String> = segment
+            .split('&')
+            .map(|piece| {
+                let name = piece.split('=').next().unwrap_or_default();
+                let decoded = form_urlencoded::parse(name.as_bytes())
+                    .next()
+                    .map(|(k, _)| k.into_owned())
+                    .unwrap_or_default();
+                if decoded.eq_ignore_ascii_case("password") && piece.contains('=') {
+                    format!("{name}=***")
+                } else {
+                    piece.to_string()
+                }
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pieces.join("&"));
+    }
+    out
 }
 
 /// Whether [`redact_url_password`] hides anything in `url`: it carries a password.
@@ -1535,6 +1540,15 @@ mod tests {
             (
                 "postgres://kv@db/vault?%70assword=CANARY10",
                 "postgres://kv@db/vault?%70assword=***",
+            ),
+            // A `?` in the user part: the query is after the host.
+            (
+                "postgres://me?x@db/vault?%70assword=CANARY21",
+                "postgres://me?x@db/vault?%70assword=***",
+            ),
+            (
+                "postgres://me?x@db/vault?sslmode=require&password=CANARY22",
+                "postgres://me?x@db/vault?sslmode=require&password=***",
             ),
             (
                 "host=db password=CANARY8 user=kv",

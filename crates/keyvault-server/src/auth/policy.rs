@@ -396,34 +396,7 @@ pub fn shown(text: &str) -> String {
     out
 }
 
-/// Characters that change how text displays without showing themselves: Unicode's format characters (general
-/// category Cf) that occur in text — soft hyphen, zero-width spaces and joiners, directional marks, embeddings,
-/// overrides and isolates, invisible operators, the byte-order mark, tags —, the line and paragraph
-/// separators, and the other default-ignorable characters that display as nothing in any text (the combining
-/// grapheme joiner, Hangul fillers, Khmer inherent vowels, the tag block's unassigned rest up to U+E0FFF). Not the variation selectors (emoji use them) nor
-/// other spaces (a Japanese name has its full-width one). (`char::is_control` covers only category Cc.)
-pub(crate) fn is_invisible_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{061C}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E00FF}'
-            | '\u{E01F0}'..='\u{E0FFF}'
-    )
-}
+pub(crate) use keyvault_types::rules::is_invisible_format;
 
 /// Whether `id` can name a principal (a client id, an e-mail, a UPN, an object id): 1-256 bytes, compared
 /// exactly, so no surrounding whitespace (it would be trimmed away by eye, not by the comparison); and nothing

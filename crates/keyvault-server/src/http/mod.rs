@@ -118,25 +118,92 @@ impl App {
     }
 }
 
-/// Counts a request as in flight while it lives: on the server, and on its connection when that counts.
-struct InFlight([Option<Arc<std::sync::atomic::AtomicU64>>; 2]);
+/// Counts a request as in flight while it lives on the server, and as being handled on its connection
+/// (when the connection counts) from when it is whole until it is answered: at once for a request without a
+/// body (or over HTTP/2, whose streams' bodies have their own deadline), once its body has been read to its
+/// end for an HTTP/1.1 one ([`BodyEnd`]) — until then, a body that stops coming is the connection's answer
+/// limit's to cut.
+struct InFlight {
+    server: Arc<std::sync::atomic::AtomicU64>,
+    connection: OnConnection,
+}
+
+enum OnConnection {
+    Uncounted,
+    Counted(Arc<std::sync::atomic::AtomicU64>),
+    OnceWhole(Arc<BodyEnd>),
+}
 
 impl InFlight {
-    fn new(app: &App) -> InFlight {
-        let counts = [Some(&app.in_flight), app.on_connection.as_ref()].map(|count| {
-            count.map(|count| {
-                count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                count.clone()
-            })
-        });
-        InFlight(counts)
+    fn new(app: &App, body: Option<&Arc<BodyEnd>>) -> InFlight {
+        use std::sync::atomic::Ordering::AcqRel;
+        app.in_flight.fetch_add(1, AcqRel);
+        let connection = match (body, &app.on_connection) {
+            (Some(body), _) => OnConnection::OnceWhole(body.clone()),
+            (None, Some(count)) => {
+                count.fetch_add(1, AcqRel);
+                OnConnection::Counted(count.clone())
+            }
+            (None, None) => OnConnection::Uncounted,
+        };
+        InFlight {
+            server: app.in_flight.clone(),
+            connection,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        for count in self.0.iter().flatten() {
-            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        use std::sync::atomic::Ordering::AcqRel;
+        self.server.fetch_sub(1, AcqRel);
+        match &self.connection {
+            OnConnection::Uncounted => {}
+            OnConnection::Counted(count) => {
+                count.fetch_sub(1, AcqRel);
+            }
+            OnConnection::OnceWhole(body) => body.answered(),
+        }
+    }
+}
+
+/// Where an HTTP/1.1 request's declared body is: whether it has been read to its end (an answer to one that
+/// was not closes the connection), and its part in its connection's count of requests being handled.
+struct BodyEnd {
+    read: std::sync::atomic::AtomicBool,
+    /// The connection's count of requests being handled, if it keeps one.
+    connection: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// 0: not counted on the connection yet; 1: counted (the body was read whole); 2: answered (not counted
+    /// again).
+    counted: std::sync::atomic::AtomicU8,
+}
+
+impl BodyEnd {
+    /// The body has been read to its end: the request counts as being handled.
+    fn reached(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        self.read.store(true, Release);
+        if let Some(count) = &self.connection {
+            // Counted before it is marked, so that an answer seeing the mark always has a count to take back;
+            // taken back at once if it was counted already or has been answered.
+            count.fetch_add(1, AcqRel);
+            if self
+                .counted
+                .compare_exchange(0, 1, AcqRel, Acquire)
+                .is_err()
+            {
+                count.fetch_sub(1, AcqRel);
+            }
+        }
+    }
+
+    /// The request has been answered (or given up): it no longer counts.
+    fn answered(&self) {
+        use std::sync::atomic::Ordering::AcqRel;
+        if self.counted.swap(2, AcqRel) == 1
+            && let Some(count) = &self.connection
+        {
+            count.fetch_sub(1, AcqRel);
         }
     }
 }
@@ -156,10 +223,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
         // name): hyper then cannot reuse the connection and closes it after the answer, which without
         // `Connection: close` a client learns only when its next request on it fails. Tracked for requests
         // that declare a body (not GETs).
-        let (req, body_read) = ReadTracker::wrap(req);
+        let (req, body_read) = ReadTracker::wrap(req, self.on_connection.as_ref());
         let shaped_by_router = matches!(*req.method(), Method::HEAD | Method::CONNECT);
         let state = self.state.clone();
-        let in_flight = InFlight::new(self);
+        let in_flight = InFlight::new(self, body_read.as_ref());
         if !shaped_by_router && skips_router(req.uri().path()) {
             Box::pin(async move {
                 let _in_flight = in_flight;
@@ -194,15 +261,16 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
 /// A request body that records when it has been read to its end ([`App::call`]).
 struct ReadTracker {
     inner: hyper::body::Incoming,
-    done: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<BodyEnd>,
 }
 
 impl ReadTracker {
-    /// The request with its body as an axum [`Body`]; for a request that declares a body, also the flag its
-    /// end sets.
+    /// The request with its body as an axum [`Body`]; for a request that declares a body, also what its end
+    /// sets (and counts on `connection`).
     fn wrap(
         req: Request<hyper::body::Incoming>,
-    ) -> (Request, Option<Arc<std::sync::atomic::AtomicBool>>) {
+        connection: Option<&Arc<std::sync::atomic::AtomicU64>>,
+    ) -> (Request, Option<Arc<BodyEnd>>) {
         // HTTP/1 only: HTTP/2 has no `Connection` header (a stream is reset, not the connection). GETs and
         // DELETEs carry no body here: skipped before any header lookup (the GET path is the hot one).
         let headers = req.headers();
@@ -213,7 +281,11 @@ impl ReadTracker {
         if !declares_body {
             return (req.map(Body::new), None);
         }
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(BodyEnd {
+            read: std::sync::atomic::AtomicBool::new(false),
+            connection: connection.cloned(),
+            counted: std::sync::atomic::AtomicU8::new(0),
+        });
         let flag = done.clone();
         (
             req.map(|inner| Body::new(ReadTracker { inner, done })),
@@ -222,8 +294,8 @@ impl ReadTracker {
     }
 
     /// `Connection: close` on the answer to a request whose body was not read to its end.
-    fn close_if_unread(done: Option<Arc<std::sync::atomic::AtomicBool>>, resp: &mut Response) {
-        if done.is_some_and(|d| !d.load(std::sync::atomic::Ordering::Acquire)) {
+    fn close_if_unread(done: Option<Arc<BodyEnd>>, resp: &mut Response) {
+        if done.is_some_and(|d| !d.read.load(std::sync::atomic::Ordering::Acquire)) {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -240,7 +312,7 @@ impl hyper::body::Body for ReadTracker {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.done.store(true, std::sync::atomic::Ordering::Release);
+            self.done.reached();
         }
         polled
     }
