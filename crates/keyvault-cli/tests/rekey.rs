@@ -157,7 +157,7 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     // The access document is counted too: under A, it would move to B.
     assert_eq!(
         dry["access_document"],
-        serde_json::json!({"kekIdBefore": id_a.as_str(), "kekIdAfter": id_a.as_str()})
+        serde_json::json!({"kek_id_before": id_a.as_str(), "kek_id_after": id_a.as_str()})
     );
     // As a person reads it: the progress says what it would do, not what it did.
     let dry = tool(&["rekey", "--config", config, "--dry-run"]).ok();
@@ -200,7 +200,7 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     assert_eq!(report["key_check_after"], id_b.as_str());
     assert_eq!(
         report["access_document"],
-        serde_json::json!({"kekIdBefore": id_a.as_str(), "kekIdAfter": id_b.as_str()})
+        serde_json::json!({"kek_id_before": id_a.as_str(), "kek_id_after": id_b.as_str()})
     );
     let stored: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("access.json")).unwrap()).unwrap();

@@ -74,11 +74,13 @@ pub enum AccessLocation {
 
 /// What a rekey found of the access-control document's tag, and did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
 pub struct AccessDocRekey {
-    /// The KEK id it was tagged under before (None: there is no document).
+    /// The KEK id it was tagged under before (None: there is no document). Snake case, as the rest of the
+    /// report (camelCase read too, as reports before session 31 wrote it).
+    #[serde(alias = "kekIdBefore")]
     pub kek_id_before: Option<String>,
     /// The KEK id it is tagged under after (in a dry run: the same).
+    #[serde(alias = "kekIdAfter")]
     pub kek_id_after: Option<String>,
 }
 

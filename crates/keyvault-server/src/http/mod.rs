@@ -2117,6 +2117,40 @@ fn decode_blob_in_place(
 mod tests {
     use super::*;
 
+    /// An HTTP/1.1 request with a body counts as being handled on its connection from when its body has been
+    /// read to its end until it is answered — however often its end is seen — and not at all when it is
+    /// answered first (refused, or given up, before its body was whole).
+    #[test]
+    fn a_body_counts_on_its_connection_from_its_end_to_its_answer() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let body = || {
+            Arc::new(BodyEnd {
+                read: std::sync::atomic::AtomicBool::new(false),
+                connection: Some(count.clone()),
+                counted: std::sync::atomic::AtomicU8::new(0),
+            })
+        };
+        let whole = body();
+        assert_eq!(count.load(SeqCst), 0);
+        whole.reached();
+        whole.reached();
+        assert_eq!(count.load(SeqCst), 1);
+        let other = body();
+        other.reached();
+        assert_eq!(count.load(SeqCst), 2);
+        whole.answered();
+        whole.answered();
+        assert_eq!(count.load(SeqCst), 1);
+        other.answered();
+        assert_eq!(count.load(SeqCst), 0);
+        let refused = body();
+        refused.answered();
+        refused.reached();
+        assert_eq!(count.load(SeqCst), 0);
+        assert!(refused.read.load(SeqCst));
+    }
+
     /// [`super::read_body`] of a body sent as it is, without `Expect`.
     async fn read_body(
         limiter: &limits::Limiter,
