@@ -345,34 +345,43 @@ pub fn redact_url_password(url: &str) -> String {
 }
 
 /// A URL query parameter whose name is `password` once percent-decoded (`pass%77ord=…`, which the driver
-/// reads as `password`): its value replaced by `***`. Other parameters are left as written. Every `?` may
-/// start the query (one can sit in the user part, `postgres://me?x@host/db?…`, where the driver's query
-/// starts at a later one): the parameters after each are looked at.
+/// reads as `password`): its value, up to the next `&`, replaced by `***`. Other parameters are left as
+/// written. Every `?` may start the query (one can sit in the user part, `postgres://me?x@host/db?…`, where the
+/// driver's query starts at a later one), and a value runs past a `?` in it.
 fn redact_encoded_query_passwords(url: &str) -> String {
     if url_scheme(url).is_none() || !url.contains('?') || !url.contains('%') {
         return url.to_string();
     }
-    let mut segments = url.split('?');
-    let mut out = segments.next().unwrap_or_default().to_string();
-    for segment in segments {
-        let pieces: Vec<String> = segment
-            .split('&')
-            .map(|piece| {
-                let name = piece.split('=').next().unwrap_or_default();
-                let decoded = form_urlencoded::parse(name.as_bytes())
-                    .next()
-                    .map(|(k, _)| k.into_owned())
-                    .unwrap_or_default();
-                if decoded.eq_ignore_ascii_case("password") && piece.contains('=') {
-                    format!("{name}=***")
-                } else {
-                    piece.to_string()
-                }
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&pieces.join("&"));
+    let bytes = url.as_bytes();
+    let mut out = String::with_capacity(url.len());
+    let (mut copied, mut i) = (0, 0);
+    while i < bytes.len() {
+        // Every index compared or cut at is an ASCII byte's: a character boundary.
+        if !matches!(bytes[i], b'?' | b'&') {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let name_end = url[start..]
+            .find(['=', '&', '?'])
+            .map_or(url.len(), |k| start + k);
+        let name = form_urlencoded::parse(url[start..name_end].as_bytes())
+            .next()
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default();
+        if bytes.get(name_end) != Some(&b'=') || !name.eq_ignore_ascii_case("password") {
+            i += 1;
+            continue;
+        }
+        let value_start = name_end + 1;
+        let value_end = url[value_start..]
+            .find('&')
+            .map_or(url.len(), |k| value_start + k);
+        out.push_str(&url[copied..value_start]);
+        out.push_str("***");
+        (copied, i) = (value_end, value_end);
     }
+    out.push_str(&url[copied..]);
     out
 }
 
@@ -381,15 +390,21 @@ pub fn has_password(url: &str) -> bool {
     redact_url_password(url) != url
 }
 
-/// `scheme://user:password@rest` → `scheme://user:***@rest`, splitting at the last `@`.
+/// `scheme://user:password@rest` → `scheme://user:***@rest`, splitting at the last `@` before the query.
 fn redact_userinfo_password(url: &str) -> String {
     let Some(scheme) = url_scheme(url) else {
         return url.to_string();
     };
     let rest = &url[scheme.len() + 3..];
-    match rest.rsplit_once('@') {
+    // The user part ends at the last `@` before the query, which starts at the first `?` after the first `@`
+    // (a `?` before it is the user part's: `me?x@host`); an `@` in the query (`?password=a@b`) is the query's.
+    let query = rest
+        .find('@')
+        .and_then(|at| rest[at..].find('?').map(|q| at + q))
+        .unwrap_or(rest.len());
+    match rest[..query].rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{}", &rest[query..]),
             None => url.to_string(),
         },
         None => url.to_string(),
@@ -1541,7 +1556,19 @@ mod tests {
                 "postgres://kv@db/vault?%70assword=CANARY10",
                 "postgres://kv@db/vault?%70assword=***",
             ),
-            // A `?` in the user part: the query is after the host.
+            // A `?` in the user part: the query is after the host; a `?` or `@` in a query's password is its.
+            (
+                "postgres://kv@db/vault?%70assword=CANARY23?horse",
+                "postgres://kv@db/vault?%70assword=***",
+            ),
+            (
+                "postgres://kv@db:5432/vault?password=CANARY24@horse-battery",
+                "postgres://kv@db:5432/vault?password=***",
+            ),
+            (
+                "postgres://kv:CANARY25@db:5432/vault?sslmode=require&password=x@y",
+                "postgres://kv:***@db:5432/vault?sslmode=require&password=***",
+            ),
             (
                 "postgres://me?x@db/vault?%70assword=CANARY21",
                 "postgres://me?x@db/vault?%70assword=***",
@@ -1636,6 +1663,15 @@ mod tests {
                     let shown = redact_url_password(&pair);
                     assert!(!shown.contains("CANARY"), "{pair:?} → {shown:?}");
                 }
+            }
+            // In a URL: the text in the user part or the query, a password parameter after it.
+            for url in [
+                format!("postgres://{text}@db/v?x=1&password=CANARY"),
+                format!("postgres://kv@db/v?{text}&pass%77ord=CANARY"),
+                format!("postgres://kv:CANARY@db/v?{text}"),
+            ] {
+                let shown = redact_url_password(&url);
+                assert!(!shown.contains("CANARY"), "{url:?} → {shown:?}");
             }
         }
     }
