@@ -365,7 +365,7 @@ fn redact_encoded_query_passwords(url: &str) -> String {
         let name_end = url[start..]
             .find(['=', '&', '?'])
             .map_or(url.len(), |k| start + k);
-        let name = form_urlencoded::parse(url[start..name_end].as_bytes())
+        let name = form_urlencoded::parse(&bytes[start..name_end])
             .next()
             .map(|(k, _)| k.into_owned())
             .unwrap_or_default();
