@@ -1185,7 +1185,7 @@ impl Server {
         self.app.stop_rekey(REKEY_STOP_WAIT).await;
         let _ = sweeper.await;
         // After the requests in flight: the last ids they made are recorded too.
-        let mut saved = version_clock.await.unwrap_or(0);
+        let mut saved = version_clock.await.unwrap_or_default();
         if let Err(e) =
             crate::store::save_version_clock(self.vault.store().as_ref(), &mut saved).await
         {
@@ -1411,8 +1411,8 @@ async fn kek_retired_loop(vault: Arc<Vault>, mut stop: tokio::sync::watch::Recei
 async fn version_clock_loop(
     vault: Arc<Vault>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> u64 {
-    let mut saved = crate::vault::version_id::reached_ms();
+) -> crate::store::VersionClockRecord {
+    let mut saved = crate::store::VersionClockRecord::at_start();
     let mut ticker = tokio::time::interval(crate::store::VERSION_CLOCK_SAVE);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
