@@ -1032,7 +1032,6 @@ impl Server {
                 stop_rx.clone(),
             ))
         });
-        let version_clock = tokio::spawn(version_clock_loop(self.vault.clone(), stop_rx.clone()));
         let sweeper = tokio::spawn(sweep_loop(
             self.vault.clone(),
             self.sweep_interval,
@@ -1184,13 +1183,6 @@ impl Server {
         // A rekey started by a request outlives it: stopped here, its end is audited before the log closes.
         self.app.stop_rekey(REKEY_STOP_WAIT).await;
         let _ = sweeper.await;
-        // After the requests in flight: the last ids they made are recorded too.
-        let mut saved = version_clock.await.unwrap_or_default();
-        if let Err(e) =
-            crate::store::save_version_clock(self.vault.store().as_ref(), &mut saved).await
-        {
-            tracing::warn!(error = %e, "cannot record how far version ids have reached");
-        }
         let _ = certificate_watch.await;
         if let Some(poll) = retired_poll {
             let _ = poll.await;
@@ -1402,26 +1394,6 @@ async fn kek_retired_loop(vault: Arc<Vault>, mut stop: tokio::sync::watch::Recei
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read whether this node's key-encryption key was retired")
             }
-        }
-    }
-}
-
-/// Records every few seconds how far version ids have reached (see [`crate::store::VERSION_CLOCK`]); returns
-/// what it last recorded when the server stops.
-async fn version_clock_loop(
-    vault: Arc<Vault>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> crate::store::VersionClockRecord {
-    let mut saved = crate::store::VersionClockRecord::at_start();
-    let mut ticker = tokio::time::interval(crate::store::VERSION_CLOCK_SAVE);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return saved,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = crate::store::save_version_clock(vault.store().as_ref(), &mut saved).await {
-            tracing::debug!(error = %e, "cannot record how far version ids have reached");
         }
     }
 }

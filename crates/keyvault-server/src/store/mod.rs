@@ -738,33 +738,11 @@ pub const VERSION_CLOCK: &str = "version-clock";
 /// part counts on), so a record in range never brings the time bits near their end.
 const VERSION_CLOCK_LAST_MS: u64 = (1 << 48) - 1 - (1 << 32);
 
-/// How often a server looks at how far its version ids have reached, and records it when they went on.
-pub const VERSION_CLOCK_SAVE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How far ahead of the ids made a record reaches: a record is written as `reached` + this, again whenever
-/// ids come within two looks ([`VERSION_CLOCK_SAVE`]) of it, so that it is ahead of every id made before the
-/// next look — a crash between looks, then a restart with the clock set back, still has new ids list after
-/// every earlier one. (Ids made after such a restart carry a time up to this much ahead of the last ones.)
-pub const VERSION_CLOCK_RESERVE: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// What a server knows of its record of [`VERSION_CLOCK`]: the millisecond it last recorded, and how far its
-/// ids had reached then.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VersionClockRecord {
-    pub recorded: u64,
-    pub reached: u64,
-}
-
-impl VersionClockRecord {
-    /// At start, after [`load_version_clock`]: nothing made yet.
-    pub fn at_start() -> VersionClockRecord {
-        let reached = crate::vault::version_id::reached_ms();
-        VersionClockRecord {
-            recorded: reached,
-            reached,
-        }
-    }
-}
+/// How far ahead of a new version id a reservation reaches ([`reserve_version_clock`]): a set whose id passes
+/// the store's record first moves the record this far past it, so under steady writes the record is written
+/// about once per this long. Ids made after a restart with the clock behind carry a time up to this much
+/// ahead of the last ones.
+pub const VERSION_CLOCK_RESERVE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// At start: version ids continue after the millisecond recorded in `store` (see [`VERSION_CLOCK`]). Returns
 /// how far ahead of this machine's clock that is, in ms, when it is ahead. A record that cannot be read, is not
@@ -800,40 +778,17 @@ pub async fn load_version_clock(store: &dyn SecretStore) -> Option<u64> {
     recorded.checked_sub(crate::vault::version_id::now_ms())
 }
 
-/// Records how far this process's version ids have reached, [`VERSION_CLOCK_RESERVE`] ahead, when ids were made
-/// since the last record and have come within two looks of it; several nodes over one store keep the largest.
-/// `saved` is what this process last recorded: nothing is read or written while no id was made since.
-pub async fn save_version_clock(
-    store: &dyn SecretStore,
-    saved: &mut VersionClockRecord,
-) -> StoreResult<()> {
-    record_version_clock(store, saved, crate::vault::version_id::reached_ms()).await
-}
-
-/// [`save_version_clock`] for ids that have reached `reached`.
-pub(crate) async fn record_version_clock(
-    store: &dyn SecretStore,
-    saved: &mut VersionClockRecord,
-    reached: u64,
-) -> StoreResult<()> {
-    let look = u64::try_from(VERSION_CLOCK_SAVE.as_millis()).unwrap_or(u64::MAX);
-    if reached <= saved.reached || reached.saturating_add(2 * look) <= saved.recorded {
-        return Ok(());
-    }
-    let reserved = reached
-        .saturating_add(u64::try_from(VERSION_CLOCK_RESERVE.as_millis()).unwrap_or(u64::MAX))
-        .min(VERSION_CLOCK_LAST_MS);
-    let new = reserved.to_be_bytes();
-    let done = VersionClockRecord {
-        recorded: reserved,
-        reached,
-    };
-    // A compare-and-swap against the other nodes' records: a few tries, then the next round's.
-    for _ in 0..4 {
+/// Makes the store's record of how far version ids have reached (see [`VERSION_CLOCK`]) at least `until` (a
+/// millisecond), keeping a larger one another node wrote: a compare-and-swap, a few tries. Returns the record
+/// as it now is. Called before an id past the record is stored ([`crate::vault::Vault`]'s sets and restores),
+/// so that every stored id is at or below it and a restart — after a crash too — continues after them all.
+pub async fn reserve_version_clock(store: &dyn SecretStore, until: u64) -> StoreResult<u64> {
+    let until = until.min(VERSION_CLOCK_LAST_MS);
+    let new = until.to_be_bytes();
+    for _ in 0..8 {
         let Some(old) = store.meta(VERSION_CLOCK).await? else {
             if store.meta_insert(VERSION_CLOCK, &new).await? == new {
-                *saved = done;
-                return Ok(());
+                return Ok(until);
             }
             continue;
         };
@@ -843,15 +798,16 @@ pub(crate) async fn record_version_clock(
             .ok()
             .filter(|ms| *ms <= VERSION_CLOCK_LAST_MS)
             .unwrap_or(0);
-        if recorded >= reserved || store.meta_replace(VERSION_CLOCK, &old, &new).await? {
-            *saved = VersionClockRecord {
-                recorded: recorded.max(reserved),
-                reached,
-            };
-            return Ok(());
+        if recorded >= until {
+            return Ok(recorded);
+        }
+        if store.meta_replace(VERSION_CLOCK, &old, &new).await? {
+            return Ok(until);
         }
     }
-    Ok(())
+    Err(StoreError::Unavailable(
+        "the record of how far version ids have reached kept changing under this node".into(),
+    ))
 }
 
 fn purge_protection_key(vault: &str) -> String {

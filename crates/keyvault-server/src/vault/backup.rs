@@ -153,6 +153,10 @@ impl Vault {
         let latest = rows.last().cloned().ok_or_else(bad_blob)?;
         let restored_time =
             super::version_id::latest_time_in(rows.iter().map(|r| r.version.as_str()));
+        if let Some(ms) = restored_time {
+            // Stored ids are all at or below the store's record, restored ones too.
+            self.reserve_time(ms).await?;
+        }
         match self.store.restore(self.vault(), rows).await {
             Ok(()) => {
                 // Versions set after this one list after the restored ones, even if their vault's clock

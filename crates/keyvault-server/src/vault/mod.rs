@@ -125,6 +125,10 @@ pub struct Vault {
     /// Purge protection found recorded in the store without being configured here: another node over the
     /// same store turned it on (it cannot be turned off again).
     purge_protection_recorded: AtomicBool,
+    /// How far the store's record of version ids' time is known to reach ([`Vault::reserve_time`]).
+    clock_reserved: std::sync::atomic::AtomicU64,
+    /// One reservation at a time.
+    clock_reserving: tokio::sync::Mutex<()>,
 }
 
 impl Vault {
@@ -140,6 +144,8 @@ impl Vault {
             clock,
             settings,
             purge_protection_recorded: AtomicBool::new(false),
+            clock_reserved: std::sync::atomic::AtomicU64::new(0),
+            clock_reserving: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -195,6 +201,27 @@ impl Vault {
         &self.settings.name
     }
 
+    /// Before a version id whose time is `ms` is stored: the store's record of how far ids have reached is at
+    /// or past it ([`crate::store::reserve_version_clock`], [`crate::store::VERSION_CLOCK_RESERVE`] ahead),
+    /// so that a restart — after a crash, with the clock set back — continues after every stored id. A set
+    /// checks an atomic; about once per reserve, one set writes the record first.
+    pub(crate) async fn reserve_time(&self, ms: u64) -> VaultResult<()> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if ms <= self.clock_reserved.load(Acquire) {
+            return Ok(());
+        }
+        let _turn = self.clock_reserving.lock().await;
+        if ms <= self.clock_reserved.load(Acquire) {
+            return Ok(());
+        }
+        let reserve = u64::try_from(crate::store::VERSION_CLOCK_RESERVE.as_millis()).unwrap_or(0);
+        let recorded =
+            crate::store::reserve_version_clock(self.store.as_ref(), ms.saturating_add(reserve))
+                .await?;
+        self.clock_reserved.fetch_max(recorded, AcqRel);
+        Ok(())
+    }
+
     /// Add a new version of `name` holding `value`; it becomes the latest.
     pub async fn set(
         &self,
@@ -217,6 +244,9 @@ impl Vault {
         check_name(name)?;
         check_value(&value)?;
         check_attributes(&attrs)?;
+        if let Some(ms) = rules::time_ordered_version_ms(&version) {
+            self.reserve_time(ms).await?;
+        }
         let now = self.now();
         let sealed = self
             .envelope

@@ -10,10 +10,10 @@
 //! millisecond as the previous one, or after the clock stepped back, continues from the previous id plus a
 //! random increment of 1 to 2³², keeping its time. Ids made by several processes (nodes sharing
 //! PostgreSQL) interleave by their clocks; the order of two sets of one name racing each other is
-//! arbitrary either way. Across restarts, the store keeps a millisecond ahead of the ones the ids had reached
-//! ([`crate::store::save_version_clock`]: [`crate::store::VERSION_CLOCK_RESERVE`] ahead, looked at every few
-//! seconds and at shutdown), and a server starts from there ([`continue_after`]): versions made after a
-//! restart with the clock set back, after a crash too, still list after the ones made before it.
+//! arbitrary either way. Across restarts, the store keeps a millisecond at or past every stored id (a set
+//! whose id passes it moves it on first: [`crate::store::reserve_version_clock`]), and a server starts from
+//! there ([`continue_after`]): versions made after a restart with the clock set back — after a crash too —
+//! still list after the ones made before it.
 
 use keyvault_types::rules;
 use std::sync::{Mutex, PoisonError};
@@ -78,11 +78,6 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The millisecond of the last id made or continued after (0: none yet).
-pub fn reached_ms() -> u64 {
-    LAST.lock().unwrap_or_else(PoisonError::into_inner).0
 }
 
 /// The (milliseconds, random part) following `last` at `now_ms`, drawing on `random`.

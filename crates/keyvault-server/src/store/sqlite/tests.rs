@@ -440,63 +440,28 @@ async fn a_damaged_version_clock_record_is_ignored() {
     store.close().await;
 }
 
-/// The record of how far version ids reached is written ahead of them (`VERSION_CLOCK_RESERVE`), so that ids
-/// made before the next look are below it — a crash between looks, then a restart with the clock set back,
-/// still has new ids list after them — and written again only once ids come within two looks of it.
+/// A reservation of version ids' time moves the store's record on, never back (another node's larger one is
+/// kept), and replaces a damaged one.
 #[tokio::test]
-async fn the_version_clock_record_stays_ahead_of_the_ids_made() {
-    use crate::store::{VERSION_CLOCK, VersionClockRecord, record_version_clock};
+async fn a_version_clock_reservation_only_moves_the_record_on() {
+    use crate::store::{VERSION_CLOCK, reserve_version_clock};
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
-    let stored = async || {
-        u64::from_be_bytes(
-            store
-                .meta(VERSION_CLOCK)
-                .await
-                .unwrap()
-                .expect("recorded")
-                .try_into()
-                .unwrap(),
-        )
-    };
-    let mut saved = VersionClockRecord::default();
-    let made = 1_800_000_000_000;
-    record_version_clock(&store, &mut saved, made)
-        .await
-        .unwrap();
-    assert_eq!(stored().await, made + 15_000);
-    assert_eq!(
-        saved,
-        VersionClockRecord {
-            recorded: made + 15_000,
-            reached: made
-        }
-    );
-    // Nothing made since, or ids made since still more than two looks below the record: nothing written.
-    for reached in [made, made + 4_999] {
-        record_version_clock(&store, &mut saved, reached)
-            .await
-            .unwrap();
-        assert_eq!(stored().await, made + 15_000);
-    }
-    // Ids within two looks of it (5 s later): written again, ahead of them.
-    record_version_clock(&store, &mut saved, made + 5_001)
-        .await
-        .unwrap();
-    assert_eq!(stored().await, made + 20_001);
-    // Another node's record further ahead is kept.
-    let other = (made + 60_000).to_be_bytes();
+    let stored = async || store.meta(VERSION_CLOCK).await.unwrap().unwrap();
+    let at = 1_800_000_000_000u64;
+    assert_eq!(reserve_version_clock(&store, at).await.unwrap(), at);
+    assert_eq!(stored().await, at.to_be_bytes());
+    assert_eq!(reserve_version_clock(&store, at - 1).await.unwrap(), at);
+    assert_eq!(stored().await, at.to_be_bytes());
+    assert_eq!(reserve_version_clock(&store, at + 5).await.unwrap(), at + 5);
     assert!(
         store
-            .meta_replace(VERSION_CLOCK, &(made + 20_001).to_be_bytes(), &other)
+            .meta_replace(VERSION_CLOCK, &(at + 5).to_be_bytes(), b"bad")
             .await
             .unwrap()
     );
-    record_version_clock(&store, &mut saved, made + 20_002)
-        .await
-        .unwrap();
-    assert_eq!(stored().await, made + 60_000);
-    assert_eq!(saved.recorded, made + 60_000);
+    assert_eq!(reserve_version_clock(&store, at).await.unwrap(), at);
+    assert_eq!(stored().await, at.to_be_bytes());
     store.close().await;
 }
 
