@@ -334,14 +334,18 @@ impl std::fmt::Debug for StoreLocation {
 }
 
 /// A connection string with its passwords replaced by `***`: the URL form's
-/// `scheme://user:password@host…` (up to the last `@`: tokio-postgres ends the user information at the first
-/// `@`, a person may mean the last; either way nothing of the password shows) and every `password=` value, in a
-/// URL's query (`?password=…&…`) or in the key=value form (`host=h password=… user=u`, quoted or not). Other
+/// `scheme://user:password@host…` (up to the last `@` before the query: tokio-postgres ends the user
+/// information at the first `@`, a person may mean the last; either way nothing of the password shows) and every
+/// `password=` value, in a URL's query (`?password=…&…`) or in the key=value form (`host=h password=… user=u`,
+/// quoted or not). White space around the string is kept, and read past as the store setting reads it. Other
 /// strings are unchanged.
 pub fn redact_url_password(url: &str) -> String {
-    redact_password_values(&redact_encoded_query_passwords(&redact_userinfo_password(
-        url,
-    )))
+    let trimmed = url.trim_start();
+    let lead = &url[..url.len() - trimmed.len()];
+    let redacted = redact_password_values(&redact_encoded_query_passwords(
+        &redact_userinfo_password(trimmed),
+    ));
+    format!("{lead}{redacted}")
 }
 
 /// A URL query parameter whose name is `password` once percent-decoded (`pass%77ord=…`, which the driver
@@ -1555,6 +1559,11 @@ mod tests {
             (
                 "postgres://kv@db/vault?%70assword=CANARY10",
                 "postgres://kv@db/vault?%70assword=***",
+            ),
+            // White space before the URL (the store setting is trimmed before use).
+            (
+                " \tpostgres://kv:CANARY26@db/vault",
+                " \tpostgres://kv:***@db/vault",
             ),
             // A `?` in the user part: the query is after the host; a `?` or `@` in a query's password is its.
             (
