@@ -154,7 +154,25 @@ impl Vault {
         let restored_time =
             super::version_id::latest_time_in(rows.iter().map(|r| r.version.as_str()));
         if let Some(ms) = restored_time {
-            // Stored ids are all at or below the store's record, restored ones too.
+            // Stored ids are all at or below the store's record, restored ones too. A name that is taken is
+            // refused first, so that its restore does not move the record (for ids made ahead of this clock,
+            // up to a day) for nothing; one taken between this look and the restore still may.
+            let taken = self
+                .store
+                .get_version(self.vault(), &latest.name, None)
+                .await?
+                .is_some()
+                || self
+                    .store
+                    .get_deleted(self.vault(), &latest.name)
+                    .await?
+                    .is_some();
+            if taken {
+                return Err(VaultError::RestoreConflict {
+                    name: latest.name,
+                    version: latest.version,
+                });
+            }
             self.reserve_time(ms).await?;
         }
         match self.store.restore(self.vault(), rows).await {

@@ -214,10 +214,12 @@ impl Vault {
         if ms <= self.clock_reserved.load(Acquire) {
             return Ok(());
         }
+        // Past the id, and a reserve past the clock: writes come about once per reserve under steady sets,
+        // while ids pinned ahead of a clock that is behind (after a restart) move the record no further than
+        // they are (a record that moved a reserve past each quick restart's first id ran away).
         let reserve = u64::try_from(crate::store::VERSION_CLOCK_RESERVE.as_millis()).unwrap_or(0);
-        let recorded =
-            crate::store::reserve_version_clock(self.store.as_ref(), ms.saturating_add(reserve))
-                .await?;
+        let until = ms.max(version_id::now_ms().saturating_add(reserve));
+        let recorded = crate::store::reserve_version_clock(self.store.as_ref(), until).await?;
         self.clock_reserved.fetch_max(recorded, AcqRel);
         Ok(())
     }

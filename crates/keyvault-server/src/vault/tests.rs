@@ -468,6 +468,63 @@ fn stretches_cover_the_ranges() {
     );
 }
 
+/// The store's record of how far version ids reached covers every stored id: a set whose id is ahead of the
+/// record moves it to that id (not a reserve past it: ids pinned ahead of a clock that is behind do not run
+/// it away), one behind it writes nothing, and a set near the clock reserves 2 s past the clock. A restore
+/// refused because its name is taken does not move it.
+#[tokio::test]
+async fn the_version_clock_record_covers_every_stored_id() {
+    use crate::store::VERSION_CLOCK;
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    let record = async |v: &Vault| {
+        v.store()
+            .meta(VERSION_CLOCK)
+            .await
+            .unwrap()
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+    };
+    let id_at = |ms: u64| format!("{ms:012x}7abc9def0123456789ab");
+    let now = version_id::now_ms();
+    let set_at = async |v: &Vault, name: &str, ms: u64| {
+        v.set_as(name, id_at(ms), SecretString::new("v"), Default::default())
+            .await
+            .unwrap();
+    };
+    // Near the clock: 2 s past it.
+    set_at(&v, "near", now).await;
+    let reserved = record(&v).await.unwrap();
+    assert!(
+        reserved >= now + 2_000 && reserved < now + 60_000,
+        "{reserved}"
+    );
+    // An hour ahead: the record is the id's time itself.
+    let ahead = now + 3_600_000;
+    set_at(&v, "ahead", ahead).await;
+    assert_eq!(record(&v).await, Some(ahead));
+    set_at(&v, "ahead", ahead + 1).await;
+    assert_eq!(record(&v).await, Some(ahead + 1));
+    // Behind the record: nothing written.
+    set_at(&v, "near", now + 1).await;
+    assert_eq!(record(&v).await, Some(ahead + 1));
+
+    // A backup of the ids an hour ahead, restored over a vault where the name is taken: refused, and that
+    // vault's record is as it was.
+    let blob = v.backup("ahead").await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let w = vault_in(other.path(), Arc::new(SystemClock), false);
+    w.set("ahead", SecretString::new("mine"), Default::default())
+        .await
+        .unwrap();
+    let before = record(&w).await;
+    assert!(before.unwrap() < ahead);
+    assert!(matches!(
+        w.restore(&blob).await,
+        Err(VaultError::RestoreConflict { .. })
+    ));
+    assert_eq!(record(&w).await, before);
+}
+
 /// A backup holds at most `MAX_BACKUP_VERSIONS` versions (as Key Vault's): one more is refused with a 400 that
 /// says so, while the secret is untouched; at the limit the backup is made and restores every version.
 #[tokio::test]
