@@ -1194,13 +1194,7 @@ async fn a_backup_too_large_to_restore_is_refused() {
 #[tokio::test]
 async fn answers_before_the_body_is_read_close_the_connection_and_say_so() {
     let lv = LocalVault::start().await.unwrap();
-    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .http1_only()
-        .build()
-        .unwrap();
+    let http = common::vault_client_h1(&lv);
     let token = token_for(&lv, &http).await;
     let url = |name: &str| format!("{}/secrets/{name}?api-version=7.6", lv.vault_url());
     let body = json!({"value": "x".repeat(20_000)});

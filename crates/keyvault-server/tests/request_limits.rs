@@ -521,13 +521,7 @@ async fn a_request_handled_past_the_idle_limit_is_answered() {
     })
     .await
     .unwrap();
-    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .http1_only()
-        .build()
-        .unwrap();
+    let http = common::vault_client_h1(&lv);
     let token = vault_token(&lv, &http, lv.client_id(), lv.client_secret()).await;
     let (status, body) = common::send_json(
         http.put(api_url(lv.vault_url(), "/secrets/kept", "7.6"))

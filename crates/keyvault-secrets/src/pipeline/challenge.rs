@@ -222,7 +222,8 @@ impl std::fmt::Debug for ChallengeAuth {
     }
 }
 
-fn challenge_of(resp: &Response) -> Option<Challenge> {
+/// The first of a 401's `WWW-Authenticate` headers that `read` makes something of.
+fn from_challenges<T>(resp: &Response, read: fn(&str) -> Option<T>) -> Option<T> {
     if resp.status != StatusCode::UNAUTHORIZED {
         return None;
     }
@@ -230,19 +231,16 @@ fn challenge_of(resp: &Response) -> Option<Challenge> {
         .get_all(http::header::WWW_AUTHENTICATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(parse_challenge)
+        .find_map(read)
+}
+
+fn challenge_of(resp: &Response) -> Option<Challenge> {
+    from_challenges(resp, parse_challenge)
 }
 
 /// The claims of a 401's CAE challenge that names no scope ([`claims_only`]).
 fn claims_challenge_of(resp: &Response) -> Option<String> {
-    if resp.status != StatusCode::UNAUTHORIZED {
-        return None;
-    }
-    resp.headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(claims_only)
+    from_challenges(resp, claims_only)
 }
 
 fn with_token(req: &Request, token: &AccessToken) -> Result<Request> {

@@ -23,6 +23,17 @@ pub fn vault_client(lv: &LocalVault) -> reqwest::Client {
     https_client(lv.ca_cert_pem())
 }
 
+/// [`vault_client`] speaking HTTP/1.1 only (ALPN `http/1.1`).
+pub fn vault_client_h1(lv: &LocalVault) -> reqwest::Client {
+    let mut tls = keyvault_server::tls::client_config_trusting(lv.ca_cert_pem()).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http1_only()
+        .build()
+        .unwrap()
+}
+
 /// `pairs` as an `application/x-www-form-urlencoded` body.
 pub fn form_body(pairs: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
