@@ -4,7 +4,8 @@
 #   KEYVAULT_BIN=path/to/keyvault tests/e2e/run.sh [extra pytest args...]
 #   E2E_SETUP_ONLY=1 tests/e2e/run.sh      # only install the pinned SDKs (and compile the Rust tests)
 #
-# Builds nothing but the Python venv (tests/e2e/.venv), the npm packages
+# Builds nothing but the Python venv (tests/e2e/.venv; the official Python SDK's test suite is fetched into
+# tests/e2e/.sdk-suite), the npm packages
 # (tests/e2e/js/node_modules) and the standalone Rust SDK test projects tests/e2e/rust
 # (CARGO_TARGET_DIR=target/e2e-rust) and tests/e2e/rust-beta (the same tests, the SDK's newest beta;
 # CARGO_TARGET_DIR=target/e2e-rust-beta). The caller must have built the binary
@@ -58,6 +59,7 @@ RUST_BETA_ARGS=(--locked --manifest-path "$RUST_BETA_DIR/Cargo.toml")
 # E2E_SETUP_ONLY=1: only prepare the venv and npm packages (Rust tests that drive the Python SDK use the venv)
 # and compile the Rust SDK tests (no server is started).
 if [[ "${E2E_SETUP_ONLY:-}" == 1 ]]; then
+  "$VENV/bin/python" "$E2E_DIR/sdk-suite/run.py" --fetch-only
   echo "e2e: cargo build --tests ($RUST_DIR)" >&2
   "${RUST_CARGO[@]}" build --tests "${RUST_ARGS[@]}"
   "${RUST_BETA_CARGO[@]}" build --tests "${RUST_BETA_ARGS[@]}"
@@ -79,6 +81,10 @@ status=0
 
 echo "e2e: pytest (binary: $KEYVAULT_BIN)" >&2
 (cd "$E2E_DIR/python" && with_timeout 420 "$VENV/bin/python" -m pytest -q "$@") || status=1
+
+# The official Python SDK's own test suite (from its PyPI source distribution, pinned), in live mode.
+echo "e2e: the azure-keyvault-secrets test suite (sdk-suite/run.py)" >&2
+with_timeout 300 "$VENV/bin/python" "$E2E_DIR/sdk-suite/run.py" --bin "$KEYVAULT_BIN" -p no:warnings || status=1
 
 echo "e2e: node --test" >&2
 (cd "$JS_DIR" && with_timeout 240 node --test --test-reporter=spec secrets.test.mjs) || status=1
