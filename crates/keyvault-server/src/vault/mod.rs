@@ -127,8 +127,10 @@ pub struct Vault {
     purge_protection_recorded: AtomicBool,
     /// How far the store's record of version ids' time is known to reach ([`Vault::reserve_time`]).
     clock_reserved: std::sync::atomic::AtomicU64,
-    /// One reservation at a time.
-    clock_reserving: tokio::sync::Mutex<()>,
+    /// One reservation at a time; holds the last failed one's number and message (see [`Vault::reserve_time`]).
+    clock_reserving: tokio::sync::Mutex<Option<(u64, String)>>,
+    /// Reservations made (ended, either way) so far.
+    clock_attempts: std::sync::atomic::AtomicU64,
 }
 
 impl Vault {
@@ -145,7 +147,8 @@ impl Vault {
             settings,
             purge_protection_recorded: AtomicBool::new(false),
             clock_reserved: std::sync::atomic::AtomicU64::new(0),
-            clock_reserving: tokio::sync::Mutex::new(()),
+            clock_reserving: tokio::sync::Mutex::new(None),
+            clock_attempts: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -205,22 +208,54 @@ impl Vault {
     /// or past it ([`crate::store::reserve_version_clock`], [`crate::store::VERSION_CLOCK_RESERVE`] ahead),
     /// so that a restart — after a crash, with the clock set back — continues after every stored id. A set
     /// checks an atomic; about once per reserve, one set writes the record first.
+    ///
+    /// While the store cannot be reached, the sets waiting for a reservation do not try again one after
+    /// another (each taking the store's whole timeout: N waiting sets answered after N timeouts): a set whose
+    /// wait saw a reservation fail is answered with that failure.
     pub(crate) async fn reserve_time(&self, ms: u64) -> VaultResult<()> {
         use std::sync::atomic::Ordering::{AcqRel, Acquire};
         if ms <= self.clock_reserved.load(Acquire) {
             return Ok(());
         }
-        let _turn = self.clock_reserving.lock().await;
+        let before = self.clock_attempts.load(Acquire);
+        let mut turn = self.clock_reserving.lock().await;
         if ms <= self.clock_reserved.load(Acquire) {
             return Ok(());
+        }
+        if let Some((attempt, message)) = turn.as_ref()
+            && *attempt > before
+        {
+            return Err(VaultError::Unavailable(message.clone()));
         }
         // Past the id, and a reserve past the clock: writes come about once per reserve under steady sets,
         // while ids pinned ahead of a clock that is behind (after a restart) move the record no further than
         // they are (a record that moved a reserve past each quick restart's first id ran away).
         let reserve = u64::try_from(crate::store::VERSION_CLOCK_RESERVE.as_millis()).unwrap_or(0);
         let until = ms.max(version_id::now_ms().saturating_add(reserve));
-        let recorded = crate::store::reserve_version_clock(self.store.as_ref(), until).await?;
-        self.clock_reserved.fetch_max(recorded, AcqRel);
+        let result = crate::store::reserve_version_clock(self.store.as_ref(), until).await;
+        let attempt = self.clock_attempts.fetch_add(1, AcqRel) + 1;
+        let recorded = match result {
+            Ok(recorded) => {
+                *turn = None;
+                self.clock_reserved.fetch_max(recorded, AcqRel);
+                recorded
+            }
+            Err(e) => {
+                let e = VaultError::from(e);
+                if let VaultError::Unavailable(message) = &e {
+                    *turn = Some((attempt, message.clone()));
+                }
+                return Err(e);
+            }
+        };
+        // A record cannot pass the last millisecond ids may carry (`reserve_version_clock` stops there, about
+        // 50 days short of the year 10889): an id past it is not stored.
+        if recorded < ms {
+            return Err(VaultError::Unavailable(
+                "version ids have reached the end of their time range (the clock is near the year 10889)"
+                    .to_string(),
+            ));
+        }
         Ok(())
     }
 

@@ -525,6 +525,94 @@ async fn the_version_clock_record_covers_every_stored_id() {
     assert_eq!(record(&w).await, before);
 }
 
+/// An id past the last millisecond a record may hold (about 50 days short of the year 10889) is refused with
+/// 503 and not stored: the record could not cover it (a57-4: it was stored above the record).
+#[tokio::test]
+async fn an_id_the_record_cannot_cover_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    let last: u64 = (1 << 48) - 1 - (1 << 32);
+    let id = format!("{:012x}7abc9def0123456789ab", last + 10);
+    let refused = v
+        .set_as("far", id, SecretString::new("v"), Default::default())
+        .await;
+    assert!(
+        matches!(refused, Err(VaultError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        v.get("far", None).await,
+        Err(VaultError::NotFound { .. })
+    ));
+    // At the last millisecond itself: stored.
+    let id = format!("{last:012x}7abc9def0123456789ab");
+    v.set_as("far", id, SecretString::new("v"), Default::default())
+        .await
+        .unwrap();
+}
+
+/// Over PostgreSQL, while the record cannot be reached (`kv_meta` locked by another session: each try fails
+/// after the store's lock timeout, 3 s), concurrent sets that need a reservation are all answered (503) after
+/// about one timeout: those that waited while a reservation failed share its failure instead of each trying
+/// again in turn (a57-1: 5 sets answered after 3, 6, 9, 12 and 15 s). Once the lock goes, sets succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sets_waiting_for_an_unreachable_record_share_one_failure() {
+    let Some(pg) = crate::store::pgtest::start_or_skip("clock_queue") else {
+        return;
+    };
+    let store = Arc::new(
+        crate::store::postgres::PostgresStore::open(&pg.url())
+            .await
+            .unwrap(),
+    );
+    let envelope = Arc::new(Envelope::new(Arc::new(StaticKeyProvider::from_bytes(
+        [7u8; 32],
+    ))));
+    let settings = VaultSettings {
+        name: "v".into(),
+        retention_days: 7,
+        purge_protection: false,
+    };
+    let v = Arc::new(Vault::new(store, envelope, Arc::new(SystemClock), settings));
+    v.set("warm", SecretString::new("x"), Default::default())
+        .await
+        .unwrap();
+    // Past the reserve: the next sets need a reservation.
+    tokio::time::sleep(crate::store::VERSION_CLOCK_RESERVE + std::time::Duration::from_millis(200))
+        .await;
+    let hold = pg
+        .begin_holding("postgres", "LOCK TABLE kv_meta IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let v = v.clone();
+            tokio::spawn(async move {
+                let r = v
+                    .set(&format!("s{i}"), SecretString::new("x"), Default::default())
+                    .await;
+                (start.elapsed(), r)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    drop(hold);
+    for (after, r) in &answers {
+        assert!(matches!(r, Err(VaultError::Unavailable(_))), "{r:?}");
+        assert!(
+            *after < std::time::Duration::from_secs(7),
+            "a set answered after {after:?} (one lock timeout is 3 s)"
+        );
+    }
+    v.set("after", SecretString::new("x"), Default::default())
+        .await
+        .unwrap();
+}
+
 /// A backup holds at most `MAX_BACKUP_VERSIONS` versions (as Key Vault's): one more is refused with a 400 that
 /// says so, while the secret is untouched; at the limit the backup is made and restores every version.
 #[tokio::test]

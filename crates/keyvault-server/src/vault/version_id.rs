@@ -52,7 +52,9 @@ pub fn continue_after(ms: u64) {
 /// The state after [`continue_after`]`(ms)` from `last`.
 fn continued(last: (u64, u128), ms: u64) -> (u64, u128) {
     let ms = ms & MS_MASK;
-    if ms > last.0 {
+    // In `last`'s own millisecond too: an id of that millisecond with a larger random part (a restored one)
+    // may have been stored.
+    if ms >= last.0 {
         // The random part full: the next id borrows the next millisecond (see `next`).
         (ms, RANDOM_MASK)
     } else {
@@ -140,9 +142,16 @@ mod tests {
             (ahead + 1, (9 << 96) & (RANDOM_MASK >> 1))
         );
         assert!(layout(ahead + 1, 0) > layout(ahead, RANDOM_MASK));
-        // An earlier (or the same) millisecond changes nothing.
+        // An earlier millisecond changes nothing.
         assert_eq!(continued((1_000, 7), 999), (1_000, 7));
-        assert_eq!(continued((1_000, 7), 1_000), (1_000, 7));
+        // The state's own millisecond: ids of it may have been stored with any random part (a restore of ids
+        // made in that millisecond elsewhere), so the next id takes the millisecond after (a57-3: it went on
+        // in the same millisecond, from a random part that may be below theirs).
+        let same = continued((1_000, 7), 1_000);
+        assert_eq!(same, (1_000, RANDOM_MASK));
+        let after = next(same, 1_000, 3 << 96);
+        assert_eq!(after.0, 1_001);
+        assert!(layout(after.0, after.1) > layout(1_000, RANDOM_MASK));
     }
 
     #[test]
