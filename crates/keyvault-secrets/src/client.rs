@@ -310,7 +310,9 @@ pub(crate) fn make_transport(
     }
 }
 
-/// Check a vault URL and reduce it to `https://host[:port]`.
+/// Check a vault URL and reduce it to `https://host[:port]` and its path, if any, without a trailing `/` (a
+/// vault behind a gateway that routes by path, `https://gateway/keyvault`: requests go under that path, as the
+/// Python SDK sends them).
 fn parse_vault_url(vault_url: &str) -> Result<Url> {
     let bad = |why: &str| {
         Error::new(
@@ -328,13 +330,13 @@ fn parse_vault_url(vault_url: &str) -> Result<Url> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("credentials in the URL are not allowed"));
     }
-    if url.path() != "/" && !url.path().is_empty() {
-        return Err(bad("the vault must be at the root of the host (no path)"));
-    }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("no query or fragment allowed"));
     }
-    Url::parse(&url.origin().ascii_serialization()).map_err(|e| bad(&e.to_string()))
+    let mut vault =
+        Url::parse(&url.origin().ascii_serialization()).map_err(|e| bad(&e.to_string()))?;
+    vault.set_path(url.path().trim_end_matches('/'));
+    Ok(vault)
 }
 
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -395,10 +397,16 @@ pub(crate) struct ClientInner {
 }
 
 impl ClientInner {
+    /// The vault URL's path (`/keyvault` for `https://gateway/keyvault`), `""` for a vault at the root: every
+    /// request's path starts with it.
+    fn prefix(&self) -> &str {
+        self.vault.path().trim_end_matches('/')
+    }
+
     /// `{vault}{path}?api-version=…` plus extra query pairs.
     fn url(&self, path: &str, query: &[(&str, String)]) -> String {
         let mut url = self.vault.clone();
-        url.set_path(path);
+        url.set_path(&format!("{}{path}", self.prefix()));
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("api-version", self.api_version.as_str());
@@ -413,7 +421,7 @@ impl ClientInner {
         url.origin() == self.vault.origin()
     }
 
-    /// `https://host[:port]`.
+    /// `https://host[:port]`, and the path the client was given, if any.
     pub(crate) fn vault_url(&self) -> &str {
         self.vault.as_str().trim_end_matches('/')
     }
@@ -484,14 +492,20 @@ impl ClientInner {
             .map_err(|_| refused())?;
         // What is sent is the link's path as the URL parser normalised it (dot segments resolved), so that is
         // what is compared. Key Vault's paths (and secret names) are case-insensitive; a trailing `/` is kept
-        // by some proxies.
+        // by some proxies. Under a vault URL with a path, the link may carry it (a gateway that rewrites the
+        // links it passes on) or not (one that does not): either way the next page is asked for under it.
         let link_path = link.path();
         let link_path = link_path.strip_suffix('/').unwrap_or(link_path);
-        if !link_path.eq_ignore_ascii_case(path) {
+        let prefix = self.prefix();
+        let sent = if link_path.eq_ignore_ascii_case(&format!("{prefix}{path}")) {
+            link.path().to_string()
+        } else if !prefix.is_empty() && link_path.eq_ignore_ascii_case(path) {
+            format!("{prefix}{}", link.path())
+        } else {
             return Err(refused());
-        }
+        };
         let mut url = self.vault.clone();
-        url.set_path(link.path());
+        url.set_path(&sent);
         // Keep the link's query verbatim (the skip token is opaque), replacing only the api-version.
         let mut query = format!("api-version={}", self.api_version.as_str());
         for part in link.query().unwrap_or("").split('&') {
@@ -550,7 +564,9 @@ macro_rules! span {
 
 impl SecretClient {
     /// A client for the vault at `vault_url` (`https://{name}.vault.azure.net`), authenticating with
-    /// `credential`. Fails (without I/O) on a URL that is not an https URL of a host root, and on a zero
+    /// `credential`. A vault behind a gateway that routes by path may be named with that path
+    /// (`https://gateway.example/keyvault`): requests go under it, as the Python SDK sends them. Fails (without
+    /// I/O) on a URL that is not https, or has credentials, a query or a fragment, and on a zero
     /// [`SecretClientOptions::polling_interval`] or [`SecretClientOptions::max_response_body_size`].
     pub fn new(
         vault_url: &str,
@@ -998,7 +1014,9 @@ impl SecretClient {
     /// ```
     pub async fn send_request(&self, mut request: Request) -> Result<Response> {
         let mut url = if request.url.starts_with('/') {
-            self.inner.vault.join(&request.url)
+            self.inner
+                .vault
+                .join(&format!("{}{}", self.inner.prefix(), request.url))
         } else {
             Url::parse(&request.url)
         }
@@ -1064,10 +1082,20 @@ mod tests {
             client("https://127.0.0.1:8443").unwrap().vault_url(),
             "https://127.0.0.1:8443"
         );
+        // A path (a gateway that routes by path) is kept, without its trailing '/'.
+        assert_eq!(
+            client("https://gw.example/keyvault/").unwrap().vault_url(),
+            "https://gw.example/keyvault"
+        );
+        assert_eq!(
+            client("https://gw.example/a/b").unwrap().vault_url(),
+            "https://gw.example/a/b"
+        );
         for bad in [
             "http://v.vault.azure.net",
             "v.vault.azure.net",
-            "https://v.vault.azure.net/x",
+            "https://v/x?a=b",
+            "https://v/#f",
             "https://v/?a=b",
             "https://u:p@v/",
         ] {

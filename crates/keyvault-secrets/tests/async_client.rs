@@ -964,3 +964,86 @@ async fn continuation_tokens_must_belong_to_their_listing() {
     }
     v.shutdown().await;
 }
+
+/// A gateway that routes by path: what comes to `{vault}/kv/…` goes to the vault's `/…` (and what does not
+/// start with `/kv/` is refused). It passes answers on untouched, so the vault's `nextLink`s lack `/kv`.
+#[derive(Debug)]
+struct PathGateway {
+    inner: Arc<dyn keyvault_secrets::http::Transport>,
+    vault: String,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl keyvault_secrets::http::Transport for PathGateway {
+    async fn send(
+        &self,
+        request: &Request,
+    ) -> keyvault_secrets::Result<keyvault_secrets::http::Response> {
+        self.seen.lock().unwrap().push(request.url.clone());
+        let routed = format!("{}/kv/", self.vault);
+        let Some(rest) = request.url.strip_prefix(&routed) else {
+            return Err(keyvault_secrets::Error::new(
+                ErrorKind::Connection,
+                format!("the gateway routes only {routed}…, not {}", request.url),
+            ));
+        };
+        let mut forwarded = request.clone();
+        forwarded.url = format!("{}/{rest}", self.vault);
+        self.inner.send(&forwarded).await
+    }
+}
+
+/// A vault URL with a path (a gateway that routes by path): every request goes under it — operations, the
+/// pages after the first (the vault's `nextLink`s do not carry the path), a poller's polls, `send_request`'s
+/// relative paths — as the Python SDK sends them (it was refused: "the vault must be at the root").
+#[tokio::test]
+async fn a_vault_url_with_a_path_sends_every_request_under_it() {
+    let v = vault().await;
+    let gateway = Arc::new(PathGateway {
+        inner: options(&v).build_transport().unwrap(),
+        vault: v.vault_url().to_string(),
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut o = options(&v);
+    o.transport = Some(gateway.clone());
+    let url = format!("{}/kv/", v.vault_url());
+    let c = SecretClient::new(&url, credential(&v), Some(o)).unwrap();
+    assert_eq!(c.vault_url(), format!("{}/kv", v.vault_url()));
+
+    for i in 0..5 {
+        c.set_secret(&format!("g-{i}"), format!("value-{i}"), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        c.get_secret("g-3", None).await.unwrap().value(),
+        Some("value-3")
+    );
+    let names: Vec<_> = c
+        .list_properties_of_secrets(Some(2))
+        .unwrap()
+        .map(|r| r.unwrap().name)
+        .collect()
+        .await;
+    assert_eq!(names, ["g-0", "g-1", "g-2", "g-3", "g-4"]);
+    let mut poller = c.begin_delete_secret("g-4").await.unwrap();
+    poller.wait().await.unwrap();
+    let raw = c
+        .send_request(Request::new(Method::GET, "/deletedsecrets/g-4"))
+        .await
+        .unwrap();
+    assert_eq!(raw.status, StatusCode::OK);
+
+    let seen = gateway.seen.lock().unwrap().clone();
+    let pages = seen
+        .iter()
+        .filter(|u| u.contains("/kv/secrets?") && u.contains("skiptoken"))
+        .count();
+    assert!(pages >= 2, "{seen:#?}");
+    assert!(
+        seen.iter().any(|u| u.contains("/kv/deletedsecrets/g-4")),
+        "{seen:#?}"
+    );
+    v.shutdown().await;
+}
