@@ -85,8 +85,8 @@ pub struct Error {
     status: Option<StatusCode>,
     error_code: Option<String>,
     inner_error_code: Option<String>,
-    /// The error response's headers (boxed: most errors have none).
-    headers: Option<Box<http::HeaderMap>>,
+    /// The error response's headers and body (boxed: most errors have none).
+    response: Option<Box<(http::HeaderMap, bytes::Bytes)>>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     /// A connection error no retry can change (the server's certificate refused): not retried.
     permanent: bool,
@@ -101,7 +101,7 @@ impl Error {
             status: None,
             error_code: None,
             inner_error_code: None,
-            headers: None,
+            response: None,
             source: None,
             permanent: false,
         }
@@ -154,15 +154,15 @@ impl Error {
             status: Some(status),
             error_code,
             inner_error_code,
-            headers: None,
+            response: None,
             source: None,
             permanent: false,
         }
     }
 
-    /// The same error, with the headers of the response it came from.
-    pub(crate) fn with_headers(mut self, headers: http::HeaderMap) -> Self {
-        self.headers = Some(Box::new(headers));
+    /// The same error, with the headers and body of the response it came from.
+    pub(crate) fn with_response(mut self, headers: http::HeaderMap, body: bytes::Bytes) -> Self {
+        self.response = Some(Box::new((headers, body)));
         self
     }
 
@@ -229,7 +229,20 @@ impl Error {
     /// The headers of the error response (Python: `error.response.headers`); `None` for errors that did not
     /// come from a response.
     pub fn response_headers(&self) -> Option<&http::HeaderMap> {
-        self.headers.as_deref()
+        self.response.as_deref().map(|(headers, _)| headers)
+    }
+
+    /// The body of the error response as it came (Python: `error.response.text()`, as bytes; Key Vault's is
+    /// JSON, `{"error": {"code": …, "message": …}}`), read up to the client's limit for an answer; `None` for
+    /// errors that did not come from a response. Neither `Display` nor `Debug` shows it.
+    pub fn response_body(&self) -> Option<&[u8]> {
+        self.response.as_deref().map(|(_, body)| body.as_ref())
+    }
+
+    /// The status's reason phrase, e.g. `Not Found` (Python: `HttpResponseError.reason`); `None` for errors
+    /// that did not come from a response, and for statuses without a standard phrase.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.status?.canonical_reason()
     }
 
     /// The service's id for the failed request (`x-ms-request-id`), the one to quote to its operators.
@@ -328,6 +341,9 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::HttpResponse);
         assert_eq!(e.message(), "Forbidden");
         assert!(e.is_http_response());
+        assert_eq!(e.reason(), Some("Forbidden"));
+        assert_eq!(e.response_body(), None);
+        assert_eq!(Error::new(ErrorKind::Other, "x").reason(), None);
     }
 
     /// Python's `CredentialUnavailableError` is a `ClientAuthenticationError`.

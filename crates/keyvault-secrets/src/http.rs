@@ -223,7 +223,7 @@ impl Response {
         // A code is a short identifier (`SecretNotFound`): a longer one is cut as a message is, shorter.
         let code = header_code.or(code).map(cut_code);
         Error::from_response(self.status, code, inner.map(cut_code), message)
-            .with_headers(self.headers.clone())
+            .with_response(self.headers.clone(), self.body.clone())
     }
 
     /// A 3xx is not followed (a token must not go elsewhere): the error says so, naming where it pointed by

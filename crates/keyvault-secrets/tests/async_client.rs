@@ -268,6 +268,12 @@ async fn delete_recover_purge_with_pollers() {
     let e = c.get_secret("important-secret", None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ResourceNotFound);
     assert_eq!(e.error_code(), Some("SecretNotFound"));
+    // Python's `error.reason` and `error.response.text()`: the reason phrase and the body as it came.
+    assert_eq!(e.reason(), Some("Not Found"));
+    let body: serde_json::Value = serde_json::from_slice(e.response_body().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "SecretNotFound");
+    assert_eq!(body["error"]["message"].as_str(), Some(e.message()));
+    assert!(!format!("{e:?}{e}").contains("\"error\""));
     let live: Vec<_> = c.list_properties_of_secrets(None).unwrap().collect().await;
     assert!(live.is_empty());
     let d = c.get_deleted_secret("important-secret").await.unwrap();
