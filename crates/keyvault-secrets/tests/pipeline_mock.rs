@@ -255,7 +255,27 @@ async fn client_secret_credential_posts_the_v2_form() {
     assert!(form.contains(&("grant_type".into(), "client_credentials".into())));
     assert!(form.contains(&("scope".into(), "https://vault.azure.net/.default".into())));
     assert!(form.contains(&("client_id".into(), "app-id".into())));
+    // A caller that does not handle CAE challenges: no client capability announced.
+    assert!(!form.iter().any(|(k, _)| k == "claims"), "{form:?}");
     assert!(!format!("{c:?}").contains("p@ss"));
+    // One that does (the SecretClient): `CP1` in the claims, as MSAL sends its client capabilities.
+    let cae = keyvault_secrets::credentials::TokenRequestOptions {
+        enable_cae: true,
+        ..Default::default()
+    };
+    c.get_token(&["https://vault.azure.net/.default"], Some(cae))
+        .await
+        .unwrap();
+    let req = &server.requests()[1];
+    let form: Vec<(String, String)> = form_urlencoded::parse(&req.body).into_owned().collect();
+    let claims = form
+        .iter()
+        .find(|(k, _)| k == "claims")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        claims.map(|c| serde_json::from_str::<serde_json::Value>(c).unwrap()),
+        Some(serde_json::json!({"access_token": {"xms_cc": {"values": ["CP1"]}}}))
+    );
     let other = ClientSecretCredential::new("other", "app-id", "s", Some(options)).unwrap();
     let e = other
         .get_token(&["https://vault.azure.net/.default"], None)

@@ -326,7 +326,7 @@ mod tests {
         .unwrap();
         let opts = TokenRequestOptions {
             tenant_id: Some("t1".into()),
-            claims: None,
+            ..Default::default()
         };
         let t = c
             .get_token(&["https://vault.azure.net/.default"], Some(opts))

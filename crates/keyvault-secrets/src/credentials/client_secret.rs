@@ -167,8 +167,8 @@ impl TokenEndpoint {
             }
             form.append_pair("grant_type", "client_credentials")
                 .append_pair("scope", scope);
-            if let Some(claims) = &options.claims {
-                form.append_pair("claims", claims);
+            if let Some(claims) = super::request_claims(options) {
+                form.append_pair("claims", &claims);
             }
             SecretString::new(form.finish())
         };

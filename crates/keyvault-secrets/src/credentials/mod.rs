@@ -100,6 +100,50 @@ pub struct TokenRequestOptions {
     pub tenant_id: Option<String>,
     /// CAE claims from a challenge, if any.
     pub claims: Option<String>,
+    /// The caller handles continuous access evaluation's claims challenges (Python: `enable_cae`; the
+    /// [`SecretClient`](crate::SecretClient) does): the credentials that post to a token endpoint announce
+    /// the client capability `CP1` (in the request's `claims`), so that Entra ID may issue tokens that CAE can
+    /// revoke — and that live longer.
+    pub enable_cae: bool,
+}
+
+/// The `claims` a token request sends: the challenge's claims, with the client capability `CP1` added
+/// (`{"access_token": {"xms_cc": {"values": ["CP1"]}}}`, merged) when the caller handles CAE challenges, as
+/// MSAL merges its `client_capabilities`. Claims that are not a JSON object are sent as they are.
+pub(crate) fn request_claims(options: &TokenRequestOptions) -> Option<String> {
+    use serde_json::{Map, Value, json};
+    if !options.enable_cae {
+        return options.claims.clone();
+    }
+    let mut claims = match options.claims.as_deref().map(serde_json::from_str::<Value>) {
+        None => Map::new(),
+        Some(Ok(Value::Object(map))) => map,
+        Some(_) => return options.claims.clone(),
+    };
+    let access_token = claims.entry("access_token").or_insert_with(|| json!({}));
+    if !access_token.is_object() {
+        *access_token = json!({});
+    }
+    let xms_cc = access_token
+        .as_object_mut()
+        .map(|a| a.entry("xms_cc").or_insert_with(|| json!({})));
+    if let Some(xms_cc) = xms_cc {
+        if !xms_cc.is_object() {
+            *xms_cc = json!({});
+        }
+        if let Some(cc) = xms_cc.as_object_mut() {
+            let values = cc.entry("values").or_insert_with(|| json!([]));
+            if !values.is_array() {
+                *values = json!([]);
+            }
+            if let Some(values) = values.as_array_mut()
+                && !values.iter().any(|v| v.as_str() == Some("CP1"))
+            {
+                values.push(json!("CP1"));
+            }
+        }
+    }
+    Some(Value::Object(claims).to_string())
 }
 
 /// Something that can get an access token. Implement it to plug in your own source of tokens.
@@ -168,5 +212,55 @@ pub(crate) fn resolve_tenant<'a>(
                  add it to `additionally_allowed_tenants` (or \"*\") to allow it"
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(enable_cae: bool, claims: Option<&str>) -> Option<serde_json::Value> {
+        request_claims(&TokenRequestOptions {
+            tenant_id: None,
+            claims: claims.map(str::to_string),
+            enable_cae,
+        })
+        .map(|c| serde_json::from_str(&c).unwrap_or(serde_json::Value::String(c)))
+    }
+
+    #[test]
+    fn cae_callers_announce_cp1_merged_with_a_challenges_claims() {
+        let cp1 = serde_json::json!({"access_token": {"xms_cc": {"values": ["CP1"]}}});
+        assert_eq!(claims(false, None), None);
+        assert_eq!(claims(true, None), Some(cp1.clone()));
+        // A CAE challenge's claims keep what they ask, with the capability beside it.
+        let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}"#;
+        assert_eq!(
+            claims(true, Some(challenge)),
+            Some(serde_json::json!({"access_token": {
+                "nbf": {"essential": true, "value": "1700000000"},
+                "xms_cc": {"values": ["CP1"]}
+            }}))
+        );
+        assert_eq!(
+            claims(false, Some(challenge)),
+            Some(serde_json::from_str(challenge).unwrap())
+        );
+        // Already there: not twice; other capabilities kept.
+        let both = r#"{"access_token":{"xms_cc":{"values":["CP2","CP1"]}}}"#;
+        assert_eq!(
+            claims(true, Some(both)),
+            Some(serde_json::from_str(both).unwrap())
+        );
+        // Claims that are not a JSON object go as they came.
+        assert_eq!(
+            claims(true, Some("not json")),
+            Some(serde_json::Value::String("not json".into()))
+        );
+        // Odd shapes inside are replaced by the capability's.
+        assert_eq!(
+            claims(true, Some(r#"{"access_token":{"xms_cc":7}}"#)),
+            Some(cp1)
+        );
     }
 }

@@ -281,6 +281,8 @@ impl ChallengeAuth {
         let options = TokenRequestOptions {
             tenant_id: challenge.tenant_id.clone(),
             claims: challenge.claims.clone(),
+            // This policy answers claims challenges (as Key Vault's policy in the Python SDK does).
+            enable_cae: true,
         };
         let token = self
             .credential
