@@ -1125,3 +1125,50 @@ async fn the_official_python_sdk_sees_one_vault_through_either_node() {
     assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("two nodes: one vault"), "{stdout}");
 }
+
+/// The official `azure-keyvault-secrets` test suite (tests/e2e/sdk-suite, live mode) against a dev server whose
+/// store is PostgreSQL: the SDK's own tests of every operation pass on this store too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdks_own_test_suite_passes_on_postgresql() {
+    let Some(python) = e2e_python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must prepare tests/e2e/.venv before cargo test"
+        );
+        eprintln!("skipped: no tests/e2e/.venv (run: E2E_SETUP_ONLY=1 tests/e2e/run.sh)");
+        return;
+    };
+    let Some(s) = start_cluster("postgres_nodes::the_python_sdks_own_test_suite") else {
+        return;
+    };
+    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/sdk-suite/run.py");
+    let out = tokio::process::Command::new(python)
+        .arg(runner)
+        .args(["--bin", BIN])
+        .arg(format!("--serve-arg=--store={}", s.pg.url()))
+        .args(["-p", "no:warnings"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the suite failed:\n{stdout}\n{stderr}"
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains(" passed") && !summary.contains("failed"),
+        "{stdout}"
+    );
+    // The vault's writes went to PostgreSQL.
+    let versions: i64 =
+        s.pg.query_text("SELECT count(*)::text FROM kv_versions")
+            .await
+            .unwrap()[0]
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
+    assert!(versions >= 50, "{versions} versions in PostgreSQL");
+}

@@ -2,7 +2,7 @@
 """Runs the official ``azure-keyvault-secrets`` test suite, as published in its source distribution on PyPI,
 in live mode against a ``keyvault serve --dev`` started here.
 
-    run.py [--bin KEYVAULT_BIN] [--python PYTHON] [pytest args...]
+    run.py [--bin KEYVAULT_BIN] [--python PYTHON] [--serve-arg ARG]... [pytest args...]
     run.py --fetch-only
 
 The suite is fetched once (pinned version, checked against its SHA-256) into ``../.sdk-suite``; nothing of it
@@ -67,10 +67,10 @@ def fetch_suite(python: str) -> Path:
     return tests
 
 
-def start_server(binary: Path, data: Path, log) -> tuple[subprocess.Popen, dict]:
+def start_server(binary: Path, data: Path, log, extra: list[str]) -> tuple[subprocess.Popen, dict]:
     creds_path = data / "dev-credentials.json"
     proc = subprocess.Popen(
-        [str(binary), "serve", "--dev", "--data-dir", str(data), "--addr", "127.0.0.1:0"],
+        [str(binary), "serve", "--dev", "--data-dir", str(data), "--addr", "127.0.0.1:0", *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -90,6 +90,8 @@ def main() -> int:
     p.add_argument("--bin", default=os.environ.get("KEYVAULT_BIN", str(REPO / "target" / "debug" / "keyvault")))
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--fetch-only", action="store_true", help="fetch and unpack the suite, run nothing")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for `keyvault serve` (repeat it), e.g. --serve-arg=--store=postgres://…")
     a, pytest_args = p.parse_known_args()
     if a.fetch_only:
         fetch_suite(a.python)
@@ -102,7 +104,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="kv-sdk-suite-"))
     log_path = work / "server.log"
     with open(log_path, "wb") as log:
-        proc, creds = start_server(binary, work / "data", log)
+        proc, creds = start_server(binary, work / "data", log, a.serve_arg)
         env = dict(os.environ)
         env.update({
             "AZURE_TEST_RUN_LIVE": "true",
