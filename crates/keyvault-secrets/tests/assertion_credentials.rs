@@ -413,6 +413,7 @@ async fn default_credential_uses_the_workload_identity() {
             environment: common_options(&k.lv),
             exclude_managed_identity_credential: true,
             exclude_cli_credential: true,
+            exclude_developer_cli_credential: true,
             ..Default::default()
         },
         env,

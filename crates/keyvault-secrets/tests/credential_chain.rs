@@ -69,7 +69,8 @@ async fn default_credential_stops_at_a_wrong_client_secret() {
             "EnvironmentCredential",
             "WorkloadIdentityCredential",
             "ManagedIdentityCredential",
-            "AzureCliCredential"
+            "AzureCliCredential",
+            "AzureDeveloperCliCredential"
         ]
     );
     let e = c.get_token(&[&scope(&lv)], None).await.unwrap_err();
@@ -117,6 +118,7 @@ async fn missing_environment_is_unavailable() {
             environment: common_options(&lv),
             exclude_managed_identity_credential: true,
             exclude_cli_credential: true,
+            exclude_developer_cli_credential: true,
             ..Default::default()
         },
         service_principal_env(&lv, None),

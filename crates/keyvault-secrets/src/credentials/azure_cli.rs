@@ -153,46 +153,26 @@ impl TokenCredential for AzureCliCredential {
             ),
             None => requested.filter(|t| valid_tenant(t)),
         };
-        let program = self
-            .options
-            .program
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("az"));
-        let mut command = if cfg!(windows) && self.options.program.is_none() {
-            let mut c = tokio::process::Command::new("cmd");
-            c.arg("/c").arg("az");
-            c
-        } else {
-            tokio::process::Command::new(&program)
-        };
-        command.args([
+        let mut args = vec![
             "account",
             "get-access-token",
             "--output",
             "json",
             "--resource",
             resource,
-        ]);
+        ];
         if let Some(t) = &tenant {
-            command.args(["--tenant", t]);
+            args.extend(["--tenant", t]);
         }
-        command
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let output = tokio::time::timeout(self.options.timeout, command.output())
-            .await
-            .map_err(|_| unavailable("az did not answer in time"))?
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    unavailable("Azure CLI not found on path")
-                } else {
-                    Error::with_source(
-                        ErrorKind::CredentialUnavailable,
-                        format!("{WHO}: cannot run az: {e}"),
-                        e,
-                    )
-                }
-            })?;
+        let output = super::cli::run(
+            WHO,
+            "Azure CLI",
+            "az",
+            self.options.program.as_ref(),
+            &args,
+            self.options.timeout,
+        )
+        .await?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(cli_failure(
@@ -207,7 +187,7 @@ impl TokenCredential for AzureCliCredential {
 
 /// The error for `az` that exited with `code` and said `stderr`; `failed` is the kind of a real failure.
 fn cli_failure(code: Option<i32>, stderr: &str, failed: ErrorKind) -> Error {
-    if code == Some(127) || stderr.starts_with("'az' is not recognized") {
+    if super::cli::not_found(code, stderr, "az") {
         // The shell (`cmd /c az`, or a wrapper script) did not find it.
         return unavailable("Azure CLI not found on path");
     }

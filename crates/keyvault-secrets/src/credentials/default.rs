@@ -1,8 +1,9 @@
 use super::{
-    AccessToken, AzureCliCredential, AzureCliCredentialOptions, ChainedTokenCredential,
-    ClientSecretCredentialOptions, EnvironmentCredential, ManagedIdentityCredential,
-    ManagedIdentityCredentialOptions, TokenCredential, TokenRequestOptions,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    AccessToken, AzureCliCredential, AzureCliCredentialOptions, AzureDeveloperCliCredential,
+    AzureDeveloperCliCredentialOptions, ChainedTokenCredential, ClientSecretCredentialOptions,
+    EnvironmentCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    TokenCredential, TokenRequestOptions, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::retry::RetryOptions;
@@ -20,12 +21,13 @@ pub struct DefaultAzureCredentialOptions {
     pub managed_identity_client_id: Option<String>,
     /// Client id of the workload identity. Default: `AZURE_CLIENT_ID`.
     pub workload_identity_client_id: Option<String>,
-    /// Tenant for the Azure CLI credential.
+    /// Tenant for the Azure CLI and Azure Developer CLI credentials.
     pub tenant_id: Option<String>,
     pub exclude_environment_credential: bool,
     pub exclude_workload_identity_credential: bool,
     pub exclude_managed_identity_credential: bool,
     pub exclude_cli_credential: bool,
+    pub exclude_developer_cli_credential: bool,
 }
 
 /// A credential of the chain that could not be made (its settings are missing): says why when asked.
@@ -41,7 +43,8 @@ impl TokenCredential for Unavailable {
 
 /// Tries, in order, [`EnvironmentCredential`], [`WorkloadIdentityCredential`] (when
 /// `AZURE_FEDERATED_TOKEN_FILE` & co. are set, as on AKS), [`ManagedIdentityCredential`] (user-assigned
-/// with `managed_identity_client_id`, else `AZURE_CLIENT_ID` when set) and [`AzureCliCredential`], with the
+/// with `managed_identity_client_id`, else `AZURE_CLIENT_ID` when set), [`AzureCliCredential`] and
+/// [`AzureDeveloperCliCredential`], with the
 /// rules of [`ChainedTokenCredential`]: a credential that is not set up here
 /// ([`ErrorKind::CredentialUnavailable`]) is skipped; one that is set up and fails (a wrong
 /// `AZURE_CLIENT_SECRET`, say) stops the chain with its error, naming it; the first that returns a token is
@@ -50,9 +53,11 @@ impl TokenCredential for Unavailable {
 ///
 /// As in azure-identity: the managed identity is unavailable when no endpoint answers (within 1 s here, with
 /// no retries) or IMDS says no identity (or not the requested one) is assigned (see
-/// [`ManagedIdentityCredential`]); and inside this chain every failure of the Azure CLI counts as unavailable
-/// (as azure-identity's `within_dac`: it is the developer's fallback, and the last one), while on its own or in
-/// a [`ChainedTokenCredential`] a CLI that is logged in but fails is an [`ErrorKind::Credential`].
+/// [`ManagedIdentityCredential`]); and inside this chain every failure of the Azure CLI or the Azure Developer
+/// CLI counts as unavailable (as azure-identity's `within_dac`: they are the developer's fallbacks, and the
+/// last ones), while on its own or in a [`ChainedTokenCredential`] a CLI that is logged in but fails is an
+/// [`ErrorKind::Credential`]. Not in this chain (as in azure-identity, where they are excluded by default or
+/// not here): the shared token cache, Azure PowerShell, Visual Studio Code, interactive browser sign-in.
 pub struct DefaultAzureCredential {
     chain: ChainedTokenCredential,
 }
@@ -136,6 +141,18 @@ impl DefaultAzureCredential {
                 "AzureCliCredential".into(),
                 Arc::new(
                     AzureCliCredential::new(Some(AzureCliCredentialOptions {
+                        tenant_id: options.tenant_id.clone(),
+                        ..Default::default()
+                    }))?
+                    .in_default_chain(),
+                ),
+            ));
+        }
+        if !options.exclude_developer_cli_credential {
+            chain.push((
+                "AzureDeveloperCliCredential".into(),
+                Arc::new(
+                    AzureDeveloperCliCredential::new(Some(AzureDeveloperCliCredentialOptions {
                         tenant_id: options.tenant_id.clone(),
                         ..Default::default()
                     }))?
@@ -240,6 +257,7 @@ mod tests {
             DefaultAzureCredentialOptions {
                 exclude_managed_identity_credential: true,
                 exclude_cli_credential: true,
+                exclude_developer_cli_credential: true,
                 ..Default::default()
             },
             |_| None,
@@ -282,7 +300,8 @@ mod tests {
                 "EnvironmentCredential",
                 "WorkloadIdentityCredential",
                 "ManagedIdentityCredential",
-                "AzureCliCredential"
+                "AzureCliCredential",
+                "AzureDeveloperCliCredential"
             ]
         );
         let dbg = format!("{:?}", c.chain.chain[1].1);

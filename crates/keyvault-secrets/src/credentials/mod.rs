@@ -35,7 +35,9 @@
 //! [`Error::is_client_authentication`](crate::Error::is_client_authentication).
 
 mod azure_cli;
+mod azure_developer_cli;
 mod chained;
+mod cli;
 mod client_assertion;
 mod client_certificate;
 mod client_secret;
@@ -46,6 +48,7 @@ mod static_token;
 mod workload_identity;
 
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialOptions};
+pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialOptions};
 pub use chained::ChainedTokenCredential;
 pub use client_assertion::{AssertionFn, ClientAssertionCredential};
 pub use client_certificate::{ClientCertificateCredential, ClientCertificateCredentialOptions};
