@@ -55,8 +55,8 @@ const AFTER_HELP: &str = concat!(
 Connection: --vault-url (KEYVAULT_URL); credentials from --dev-credentials (KEYVAULT_DEV_CREDENTIALS), else a
 client secret from --tenant-id/--client-id/--client-secret (AZURE_TENANT_ID, AZURE_CLIENT_ID,
 AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST: required unless the vault is on an Azure Key Vault domain), else a
-certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload identity (AZURE_FEDERATED_TOKEN_FILE), managed identity
-or the Azure CLI; --ca-file (KEYVAULT_CA_FILE) trusts a private CA; --timeout (KEYVAULT_TIMEOUT) bounds each
+certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload identity (AZURE_FEDERATED_TOKEN_FILE), managed identity,
+the Azure CLI or the Azure Developer CLI; --ca-file (KEYVAULT_CA_FILE) trusts a private CA; --timeout (KEYVAULT_TIMEOUT) bounds each
 request (default 60 s).
 
 Key rotation: keyvault kek new NEW.key; make it kek_file and the old key a previous_kek_files entry; then
