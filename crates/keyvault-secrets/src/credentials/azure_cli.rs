@@ -1,8 +1,5 @@
 use super::client_secret::as_i64;
-use super::{
-    AccessToken, TokenCredential, TokenRequestOptions, one_scope, resolve_tenant,
-    scope_to_resource, valid_tenant,
-};
+use super::{AccessToken, TokenCredential, TokenRequestOptions, one_scope, scope_to_resource};
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -58,12 +55,7 @@ struct CliToken {
 impl AzureCliCredential {
     pub fn new(options: Option<AzureCliCredentialOptions>) -> Result<Self> {
         let options = options.unwrap_or_default();
-        if let Some(t) = options.tenant_id.as_deref().filter(|t| !valid_tenant(t)) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("invalid tenant id '{t}'"),
-            ));
-        }
+        super::cli::check_tenant(options.tenant_id.as_deref())?;
         Ok(AzureCliCredential {
             options,
             in_default_chain: false,
@@ -78,11 +70,7 @@ impl AzureCliCredential {
 
     /// The kind of a failure of `az` that ran: unavailable inside `DefaultAzureCredential`, else failed.
     fn failed_kind(&self) -> ErrorKind {
-        if self.in_default_chain {
-            ErrorKind::CredentialUnavailable
-        } else {
-            ErrorKind::Credential
-        }
+        super::cli::failed_kind(self.in_default_chain)
     }
 }
 
@@ -141,18 +129,12 @@ impl TokenCredential for AzureCliCredential {
             ));
         }
         let requested = options.and_then(|o| o.tenant_id);
-        let tenant = match &self.options.tenant_id {
-            Some(own) => Some(
-                resolve_tenant(
-                    WHO,
-                    own,
-                    requested.as_deref(),
-                    &self.options.additionally_allowed_tenants,
-                )?
-                .to_string(),
-            ),
-            None => requested.filter(|t| valid_tenant(t)),
-        };
+        let tenant = super::cli::tenant_for(
+            WHO,
+            self.options.tenant_id.as_deref(),
+            requested.as_deref(),
+            &self.options.additionally_allowed_tenants,
+        )?;
         let mut args = vec![
             "account",
             "get-access-token",
@@ -164,24 +146,17 @@ impl TokenCredential for AzureCliCredential {
         if let Some(t) = &tenant {
             args.extend(["--tenant", t]);
         }
-        let output = super::cli::run(
-            WHO,
-            "Azure CLI",
-            "az",
-            self.options.program.as_ref(),
-            &args,
-            self.options.timeout,
-        )
-        .await?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(cli_failure(
-                output.status.code(),
-                &stderr,
-                self.failed_kind(),
-            ));
-        }
-        parse_cli_output(&output.stdout, self.failed_kind())
+        let tool = super::cli::Tool {
+            who: WHO,
+            what: "Azure CLI",
+            name: "az",
+            program: self.options.program.as_ref(),
+            timeout: self.options.timeout,
+            failure: cli_failure,
+            failed: self.failed_kind(),
+        };
+        let stdout = super::cli::output(&tool, &args).await?;
+        parse_cli_output(&stdout, self.failed_kind())
     }
 }
 
@@ -196,13 +171,7 @@ fn cli_failure(code: Option<i32>, stderr: &str, failed: ErrorKind) -> Error {
     {
         return unavailable("please run 'az login' to set up an account");
     }
-    let message = stderr.trim();
-    let message = if message.is_empty() {
-        "az failed without a message".to_string()
-    } else {
-        message.chars().take(500).collect()
-    };
-    error(failed, message)
+    error(failed, super::cli::said(stderr, "az"))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use super::{AccessToken, TokenCredential, TokenRequestOptions, resolve_tenant, valid_tenant};
+use super::{AccessToken, TokenCredential, TokenRequestOptions};
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -49,12 +49,7 @@ const WHO: &str = "AzureDeveloperCliCredential";
 impl AzureDeveloperCliCredential {
     pub fn new(options: Option<AzureDeveloperCliCredentialOptions>) -> Result<Self> {
         let options = options.unwrap_or_default();
-        if let Some(t) = options.tenant_id.as_deref().filter(|t| !valid_tenant(t)) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("invalid tenant id '{t}'"),
-            ));
-        }
+        super::cli::check_tenant(options.tenant_id.as_deref())?;
         Ok(AzureDeveloperCliCredential {
             options,
             in_default_chain: false,
@@ -68,11 +63,7 @@ impl AzureDeveloperCliCredential {
     }
 
     fn failed_kind(&self) -> ErrorKind {
-        if self.in_default_chain {
-            ErrorKind::CredentialUnavailable
-        } else {
-            ErrorKind::Credential
-        }
+        super::cli::failed_kind(self.in_default_chain)
     }
 }
 
@@ -127,13 +118,7 @@ fn failure(code: Option<i32>, stderr: &str, failed: ErrorKind) -> Error {
             "please run 'azd auth login' to sign in",
         );
     }
-    let message = stderr.trim();
-    let message = if message.is_empty() {
-        "azd failed without a message".to_string()
-    } else {
-        message.chars().take(500).collect()
-    };
-    error(failed, message)
+    error(failed, super::cli::said(stderr, "azd"))
 }
 
 #[async_trait]
@@ -161,18 +146,12 @@ impl TokenCredential for AzureDeveloperCliCredential {
             ));
         }
         let requested = options.and_then(|o| o.tenant_id);
-        let tenant = match &self.options.tenant_id {
-            Some(own) => Some(
-                resolve_tenant(
-                    WHO,
-                    own,
-                    requested.as_deref(),
-                    &self.options.additionally_allowed_tenants,
-                )?
-                .to_string(),
-            ),
-            None => requested.filter(|t| valid_tenant(t)),
-        };
+        let tenant = super::cli::tenant_for(
+            WHO,
+            self.options.tenant_id.as_deref(),
+            requested.as_deref(),
+            &self.options.additionally_allowed_tenants,
+        )?;
         let mut args = vec!["auth", "token", "--output", "json", "--no-prompt"];
         for scope in scopes {
             args.extend(["--scope", scope]);
@@ -180,20 +159,17 @@ impl TokenCredential for AzureDeveloperCliCredential {
         if let Some(t) = &tenant {
             args.extend(["--tenant-id", t]);
         }
-        let output = super::cli::run(
-            WHO,
-            "Azure Developer CLI",
-            "azd",
-            self.options.program.as_ref(),
-            &args,
-            self.options.timeout,
-        )
-        .await?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(failure(output.status.code(), &stderr, self.failed_kind()));
-        }
-        parse_output(&output.stdout, self.failed_kind())
+        let tool = super::cli::Tool {
+            who: WHO,
+            what: "Azure Developer CLI",
+            name: "azd",
+            program: self.options.program.as_ref(),
+            timeout: self.options.timeout,
+            failure,
+            failed: self.failed_kind(),
+        };
+        let stdout = super::cli::output(&tool, &args).await?;
+        parse_output(&stdout, self.failed_kind())
     }
 }
 
