@@ -84,7 +84,7 @@ echo "e2e: pytest (binary: $KEYVAULT_BIN)" >&2
 
 # The official Python SDK's own test suite (from its PyPI source distribution, pinned), in live mode.
 echo "e2e: the azure-keyvault-secrets test suite (sdk-suite/run.py)" >&2
-with_timeout 300 "$VENV/bin/python" "$E2E_DIR/sdk-suite/run.py" --bin "$KEYVAULT_BIN" -p no:warnings || status=1
+with_timeout 300 "$VENV/bin/python" "$E2E_DIR/sdk-suite/run.py" --bin "$KEYVAULT_BIN" || status=1
 
 echo "e2e: node --test" >&2
 (cd "$JS_DIR" && with_timeout 240 node --test --test-reporter=spec secrets.test.mjs) || status=1

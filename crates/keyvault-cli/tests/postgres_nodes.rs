@@ -1146,7 +1146,6 @@ async fn the_python_sdks_own_test_suite_passes_on_postgresql() {
         .arg(runner)
         .args(["--bin", BIN])
         .arg(format!("--serve-arg=--store={}", s.pg.url()))
-        .args(["-p", "no:warnings"])
         .output()
         .await
         .unwrap();

@@ -492,20 +492,21 @@ impl ClientInner {
             .map_err(|_| refused())?;
         // What is sent is the link's path as the URL parser normalised it (dot segments resolved), so that is
         // what is compared. Key Vault's paths (and secret names) are case-insensitive; a trailing `/` is kept
-        // by some proxies. Under a vault URL with a path, the link may carry it (a gateway that rewrites the
-        // links it passes on) or not (one that does not): either way the next page is asked for under it.
-        let link_path = link.path();
-        let link_path = link_path.strip_suffix('/').unwrap_or(link_path);
+        // by some proxies. Under a vault URL with a path, the link may carry it or not (a gateway that passes
+        // the vault's answers on untouched: the usual case, as ids must keep their Key Vault form to be read):
+        // either way the next page is asked for under it. That path is matched exactly (a gateway may route by it
+        // case-sensitively) and is sent as the client was given it.
         let prefix = self.prefix();
-        let sent = if link_path.eq_ignore_ascii_case(&format!("{prefix}{path}")) {
-            link.path().to_string()
-        } else if !prefix.is_empty() && link_path.eq_ignore_ascii_case(path) {
-            format!("{prefix}{}", link.path())
-        } else {
-            return Err(refused());
+        let rest = match link.path().strip_prefix(prefix) {
+            Some(rest) if !prefix.is_empty() && rest.starts_with('/') => rest,
+            _ => link.path(),
         };
+        let rest_path = rest.strip_suffix('/').unwrap_or(rest);
+        if !rest_path.eq_ignore_ascii_case(path) {
+            return Err(refused());
+        }
         let mut url = self.vault.clone();
-        url.set_path(&sent);
+        url.set_path(&format!("{prefix}{rest}"));
         // Keep the link's query verbatim (the skip token is opaque), replacing only the api-version.
         let mut query = format!("api-version={}", self.api_version.as_str());
         for part in link.query().unwrap_or("").split('&') {
@@ -1036,7 +1037,15 @@ impl SecretClient {
                 format!("invalid request URL '{shown}': {why}"),
             )
         })?;
-        if !self.inner.same_origin(&url) {
+        // On the vault: its host, and under its path when it has one (a gateway that routes by path sends what is
+        // outside it elsewhere, and the request carries the vault's token).
+        let prefix = self.inner.prefix();
+        let under_prefix = prefix.is_empty()
+            || url
+                .path()
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !self.inner.same_origin(&url) || !under_prefix {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!(
@@ -1241,6 +1250,64 @@ mod tests {
             c.inner
                 .next_page_url(&caller(ok), "/secrets/my-secret/versions")
                 .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    /// Under a vault URL with a path (a gateway that routes by it): a next link with or without that path is
+    /// asked for under it, spelled as the client was given it; one whose path differs from it (in case too:
+    /// gateways route by exact paths), or lies outside it, is refused (the a58 audit's L5).
+    #[test]
+    fn next_links_under_a_vault_path() {
+        let c = client("https://gw.example/kv").unwrap();
+        for link in [
+            "https://gw.example/kv/secrets?$skiptoken=x",
+            "https://backend.internal/secrets?$skiptoken=x",
+            "/kv/secrets/?$skiptoken=x",
+            "https://gw.example/kv/SECRETS?$skiptoken=x",
+        ] {
+            let url = c.inner.next_page_url(&caller(link), "/secrets").unwrap();
+            assert!(
+                url.starts_with("https://gw.example/kv/")
+                    && url.to_ascii_lowercase().contains("/kv/secrets"),
+                "{link} → {url}"
+            );
+        }
+        for link in [
+            "https://gw.example/KV/secrets?$skiptoken=x",
+            "https://gw.example/kvsecrets?$skiptoken=x",
+            "https://gw.example/kv/kv/secrets?$skiptoken=x",
+            "https://gw.example/other/secrets?$skiptoken=x",
+            "https://gw.example/kv/secrets/db/0123abcd",
+            "https://gw.example/kv/%73ecrets?$skiptoken=x",
+        ] {
+            let e = c
+                .inner
+                .next_page_url(&caller(link), "/secrets")
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{link}: {e}");
+        }
+    }
+
+    /// `send_request` under a vault URL with a path stays under it: an absolute URL elsewhere on the host, or a
+    /// relative path that climbs out with `..`, is refused before any I/O (it would carry the vault's token to
+    /// what the gateway routes there; the a58 audit's L6).
+    #[tokio::test]
+    async fn send_request_stays_under_the_vault_path() {
+        // Port 9 (discard) on a reserved address: any I/O would be a connection error, not this.
+        let c = client("https://192.0.2.1:9/kv").unwrap();
+        for url in [
+            "https://192.0.2.1:9/other/secrets/a/",
+            "https://192.0.2.1:9/kvx/secrets/a/",
+            "https://192.0.2.1:9/",
+            "/../other/secrets/b/",
+            "/x/../../other/secrets/b/",
+        ] {
+            let e = c
+                .send_request(Request::new(Method::GET, url))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{url}: {e}");
+            assert!(e.message().contains("is not on this client's vault"), "{e}");
         }
     }
 

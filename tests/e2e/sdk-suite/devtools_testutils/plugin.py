@@ -1,9 +1,12 @@
 """pytest plugin of the ``devtools_testutils`` stand-in (loaded with ``-p devtools_testutils.plugin``): the
-suite's own marks, and live mode's rule that a test marked ``playback_test_only`` does not run."""
+suite's own marks, live mode's rule that a test marked ``playback_test_only`` does not run, every API version
+run (see ``run_every_api_version``), and the counts run.py checks."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import time
 
@@ -13,6 +16,8 @@ import pytest
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "playback_test_only(reason): runs against recordings only")
     config.addinivalue_line("markers", "live_test_only(reason): runs against a live service only")
+    if os.environ.get("KV_SUITE_DEFAULT_VERSION_ONLY") != "1":
+        run_every_api_version()
 
 
 def pytest_runtest_setup(item) -> None:
@@ -56,3 +61,28 @@ async def _async_sleep(delay, result=None):
 
 time.sleep = _sleep
 asyncio.sleep = _async_sleep
+
+
+def run_every_api_version() -> None:
+    """The suite's preparers skip every API version but the SDK's default when live (`_skip_if_not_configured`:
+    a rule to keep Azure's live pipelines short). Here every version the SDK supports runs, from 2016-10-01 on:
+    the skip is turned off."""
+    import _async_test_case
+    import _test_case
+
+    def run_every_version(self, api_version, **kwargs) -> None:
+        return None
+
+    _test_case.SecretsClientPreparer._skip_if_not_configured = run_every_version
+    _async_test_case.AsyncSecretsClientPreparer._skip_if_not_configured = run_every_version
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """How many tests passed, failed and were skipped, for run.py (which fails a run that passed too few: a suite
+    cut short or partly missing)."""
+    path = os.environ.get("KV_SUITE_COUNTS")
+    if path:
+        stats = terminalreporter.stats
+        counts = {k: len(stats.get(k, [])) for k in ("passed", "failed", "error", "skipped")}
+        with open(path, "w") as f:
+            json.dump(counts, f)
