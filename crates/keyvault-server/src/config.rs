@@ -462,7 +462,7 @@ fn url_scheme(s: &str) -> Option<&str> {
 
 /// Whether `value` holds what reads as a password pair (`password=`, any case, white space before `=`
 /// allowed): such a value is hidden too, whatever its key — a string a reader could split otherwise.
-fn mentions_password(value: &str) -> bool {
+pub(crate) fn mentions_password(value: &str) -> bool {
     let lower = value.to_ascii_lowercase();
     lower
         .match_indices("password")

@@ -524,14 +524,23 @@ fn report_tls(connector: &Connector) {
 }
 
 /// A connection string error (from [`prepare`]): the driver's error with its causes, which name options,
-/// never values; the one that quotes a character of the string is cut before it.
-fn invalid_connection_string(e: &tokio_postgres::Error) -> String {
+/// never values; the one that quotes a character of the string is cut before it. In a key=value string that
+/// has a password, an unknown option is not named: a password with white space in it, not quoted, reads as
+/// more options, and the "option" named would be a piece of the password.
+fn invalid_connection_string(e: &tokio_postgres::Error, conn: &str) -> String {
+    let key_value = !(conn.starts_with("postgres://") || conn.starts_with("postgresql://"));
+    let hide_unknown = key_value && crate::config::mentions_password(conn);
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         let said = c.to_string();
         let said = match said.find(" but got ") {
             Some(i) => said[..i].to_string(),
+            None if hide_unknown && said.starts_with("unknown option `") => {
+                "an unknown option (not named, as it may be a piece of the password: a password with white \
+                 space in it must be quoted, password='…')"
+                    .to_string()
+            }
             None => said,
         };
         text.push_str(": ");
@@ -548,7 +557,7 @@ pub fn prepare(url: &str) -> Result<Connector, String> {
     let invalid = |e: String| format!("invalid PostgreSQL connection string: {e}");
     let (rest, settings) = tls::split(url).map_err(invalid)?;
     let mut config = tokio_postgres::Config::from_str(&rest)
-        .map_err(|e| invalid(invalid_connection_string(&e)))?;
+        .map_err(|e| invalid(invalid_connection_string(&e, &rest)))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(pool::CONNECT_TIMEOUT);
     }

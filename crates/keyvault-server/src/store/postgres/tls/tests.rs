@@ -173,6 +173,18 @@ fn connection_string_errors_say_why_and_repeat_no_value() {
             && !e.contains("SECRETPW"),
         "{e}"
     );
+    // A key=value string whose password has a space and no quotes: the rest of the password reads as another
+    // option, which is refused without being named.
+    let e = prepared("host=h user=kv password=SECRET PWPART=x dbname=db").unwrap_err();
+    assert!(
+        e.contains("an unknown option (not named")
+            && !e.contains("PWPART")
+            && !e.contains("SECRET"),
+        "{e}"
+    );
+    // Without a password, the unknown option is named.
+    let e = prepared("host=h user=kv sslrootcrt=/x").unwrap_err();
+    assert!(e.contains("unknown option `sslrootcrt`"), "{e}");
     let e = prepared("postgres://kv:SECRETPW@h/db?port=SECRETPW").unwrap_err();
     assert!(
         e.contains("invalid value for option `port`") && !e.contains("SECRETPW"),
