@@ -449,6 +449,12 @@ impl TokenCredential for Capturing {
         scopes: &[&str],
         options: Option<TokenRequestOptions>,
     ) -> keyvault_secrets::Result<AccessToken> {
+        // The token is printed for tools (curl) that cannot answer a CAE claims challenge: asked for without the
+        // CAE capability, as `--scope` asks (a59-6).
+        let options = options.map(|o| TokenRequestOptions {
+            enable_cae: false,
+            ..o
+        });
         let token = self.inner.get_token(scopes, options).await?;
         if let Ok(mut last) = self.last.lock() {
             *last = Some((scopes.join(" "), token.clone()));
@@ -554,5 +560,52 @@ mod tests {
         ] {
             assert!(!is_local_host(remote), "{remote}");
         }
+    }
+}
+
+#[cfg(test)]
+mod capturing_tests {
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<TokenRequestOptions>>);
+
+    #[async_trait::async_trait]
+    impl TokenCredential for Seen {
+        async fn get_token(
+            &self,
+            _: &[&str],
+            options: Option<TokenRequestOptions>,
+        ) -> keyvault_secrets::Result<AccessToken> {
+            self.0.lock().unwrap().push(options.unwrap_or_default());
+            Ok(AccessToken::new(
+                "t".to_string(),
+                time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            ))
+        }
+    }
+
+    /// `keyvault token` prints a token for tools that cannot answer a CAE challenge: it is asked for without the
+    /// CAE capability even though the client's policy asks with it (a59-6); the tenant and claims pass on.
+    #[tokio::test]
+    async fn a_printed_token_is_asked_for_without_cae() {
+        let seen = Arc::new(Seen::default());
+        let c = Capturing {
+            inner: seen.clone(),
+            last: Arc::new(Mutex::new(None)),
+        };
+        let options = TokenRequestOptions {
+            tenant_id: Some("t1".into()),
+            enable_cae: true,
+            ..Default::default()
+        };
+        c.get_token(&["https://vault.azure.net/.default"], Some(options))
+            .await
+            .unwrap();
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        assert!(!seen[0].enable_cae);
+        assert_eq!(seen[0].tenant_id.as_deref(), Some("t1"));
+        assert!(c.last.lock().unwrap().is_some());
     }
 }

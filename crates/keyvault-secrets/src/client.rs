@@ -1039,12 +1039,22 @@ impl SecretClient {
         })?;
         // On the vault: its host, and under its path when it has one (a gateway that routes by path sends what is
         // outside it elsewhere, and the request carries the vault's token).
+        // What follows the path must not climb out of it once a gateway decodes it: an encoded `/` or `\`, or a
+        // segment that decodes to `.` or `..` (the URL parser resolves only the plain ones; a59-1).
         let prefix = self.inner.prefix();
+        let stays_inside = |rest: &str| {
+            let lower = rest.to_ascii_lowercase();
+            !lower.contains("%2f")
+                && !lower.contains("%5c")
+                && !lower.split('/').any(|segment| {
+                    segment.contains("%2e")
+                        && segment.replace("%2e", ".").trim_matches('.').is_empty()
+                })
+        };
         let under_prefix = prefix.is_empty()
-            || url
-                .path()
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            || url.path().strip_prefix(prefix).is_some_and(|rest| {
+                (rest.is_empty() || rest.starts_with('/')) && stays_inside(rest)
+            });
         if !self.inner.same_origin(&url) || !under_prefix {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -1301,6 +1311,13 @@ mod tests {
             "https://192.0.2.1:9/",
             "/../other/secrets/b/",
             "/x/../../other/secrets/b/",
+            // Encoded so that the URL parser leaves them, while a gateway decodes them (a59-1).
+            "/..%2Fother/secrets/x/",
+            "https://192.0.2.1:9/kv/..%2fother/secrets/x/",
+            "/%2e%2e%2Fother/secrets/x/",
+            "/%2E%2E/other/secrets/x/",
+            "/.%2e/other/secrets/x/",
+            "/secrets%5C..%5Cother/",
         ] {
             let e = c
                 .send_request(Request::new(Method::GET, url))

@@ -258,7 +258,7 @@ mod tests {
         // Prints its arguments back in the token, so the test sees what was asked.
         std::fs::write(
             &azd,
-            "#!/bin/sh\nif [ \"$6\" = \"--scope\" ] && [ \"$7\" = \"https://vault.azure.net/.default\" ]; then\n  echo \"{\\\"token\\\":\\\"tok $*\\\",\\\"expiresOn\\\":\\\"2099-01-01T00:00:00Z\\\"}\"\nelse\n  echo 'ERROR: not logged in, run `azd auth login` to login' >&2; exit 1\nfi\n",
+            "#!/bin/sh\nif [ \"$6\" = \"--scope\" ] && [ \"$7\" = \"https://vault.azure.net/.default\" ]; then\n  echo \"{\\\"token\\\":\\\"tok $* in $(pwd)\\\",\\\"expiresOn\\\":\\\"2099-01-01T00:00:00Z\\\"}\"\nelse\n  echo 'ERROR: not logged in, run `azd auth login` to login' >&2; exit 1\nfi\n",
         )
         .unwrap();
         std::fs::set_permissions(&azd, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -275,9 +275,14 @@ mod tests {
             .get_token(&["https://vault.azure.net/.default"], Some(opts))
             .await
             .unwrap();
+        let bin = std::fs::canonicalize("/bin").unwrap();
         assert_eq!(
             t.token.expose(),
-            "tok auth token --output json --no-prompt --scope https://vault.azure.net/.default --tenant-id t1"
+            format!(
+                "tok auth token --output json --no-prompt --scope https://vault.azure.net/.default --tenant-id t1 in {}",
+                bin.display()
+            ),
+            "run from a directory of the system's, not the caller's (a59-2)"
         );
         let e = c
             .get_token(&["https://other/.default"], None)

@@ -297,7 +297,12 @@ impl ChallengeAuth {
                 ),
             })?;
         tracing::debug!(scope = %challenge.scope, tenant = ?challenge.tenant_id, "got an access token");
-        state.challenge = Some(challenge.clone());
+        // Claims answer one challenge: the challenge is kept without them, so that later tokens (refreshes) are
+        // asked for without them, as azure-core's policy asks (a59-4: they were sent with every refresh).
+        state.challenge = Some(Challenge {
+            claims: None,
+            ..challenge.clone()
+        });
         state.token = Some(token.clone());
         Ok(token)
     }
@@ -383,6 +388,80 @@ impl ChallengeAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records each token request's options; its tokens are always within the refresh margin, so every request
+    /// asks for one.
+    #[derive(Debug, Default)]
+    struct Recording(std::sync::Mutex<Vec<TokenRequestOptions>>);
+
+    #[async_trait::async_trait]
+    impl TokenCredential for Recording {
+        async fn get_token(
+            &self,
+            _scopes: &[&str],
+            options: Option<TokenRequestOptions>,
+        ) -> Result<AccessToken> {
+            self.0.lock().unwrap().push(options.unwrap_or_default());
+            Ok(AccessToken::new(
+                "tok".to_string(),
+                OffsetDateTime::now_utc() + time::Duration::minutes(1),
+            ))
+        }
+    }
+
+    /// A CAE challenge's claims are sent with the one token request that answers it, not with the refreshes
+    /// after it (a59-4); every request says the caller handles CAE.
+    #[tokio::test]
+    async fn the_claims_of_a_challenge_are_sent_once() {
+        use base64::Engine;
+        let cred = Arc::new(Recording::default());
+        let auth = ChallengeAuth::new(cred.clone(), true);
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}"#);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let req = Request::new(http::Method::GET, "https://v.vault.azure.net/secrets/a/");
+        let answer = |status: StatusCode, challenge: Option<String>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(c) = challenge {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_str(&c).unwrap(),
+                );
+            }
+            Response::new(status, headers, "")
+        };
+        let next = |_r: Request| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let claims = claims.clone();
+            async move {
+                Ok(match n {
+                    0 => answer(
+                        StatusCode::UNAUTHORIZED,
+                        Some(r#"Bearer authorization="https://login.example/t1", resource="https://vault.azure.net""#.into()),
+                    ),
+                    1 => answer(
+                        StatusCode::UNAUTHORIZED,
+                        Some(format!(
+                            r#"Bearer realm="", authorization_uri="https://login.example/common/oauth2/authorize", error="insufficient_claims", claims="{claims}""#
+                        )),
+                    ),
+                    _ => answer(StatusCode::OK, None),
+                })
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(auth.send(&req, &next).await.unwrap().status, StatusCode::OK);
+        }
+        let seen = cred.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(seen[0].claims.is_none());
+        assert!(seen[1].claims.as_deref().unwrap().contains("1700000000"));
+        assert!(
+            seen[2].claims.is_none() && seen[3].claims.is_none(),
+            "{seen:?}"
+        );
+        assert!(seen.iter().all(|o| o.enable_cae));
+    }
 
     #[test]
     fn parses_key_vault_challenges() {
