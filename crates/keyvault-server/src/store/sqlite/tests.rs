@@ -1799,14 +1799,33 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
         other => panic!("expected the second open to be refused, got {other:?}"),
     }
     first.close().await;
-    let second = SqliteStore::open(&path).unwrap();
+    let second = open_once_released(&path).await;
     second.close().await;
     drop(first);
     drop(second);
     // Dropping (not closing) also releases it.
-    let third = SqliteStore::open(&path).unwrap();
+    let third = open_once_released(&path).await;
     drop(third);
-    SqliteStore::open(&path).unwrap().close().await;
+    open_once_released(&path).await.close().await;
+}
+
+/// Opens the store at `path` once its lock is released. Another test of this binary may fork (to start a
+/// process) while a store's lock file is open: the child holds the lock (an `flock`, on the shared open file)
+/// until it execs and closes its close-on-exec copy, so a release may take a moment to show under load (a CI
+/// run failed here on the first open after a close).
+async fn open_once_released(path: &std::path::Path) -> SqliteStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SqliteStore::open(path) {
+            Ok(store) => return store,
+            Err(StoreError::Unavailable(m))
+                if m.contains("in use") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("the store did not open: {e:?}"),
+        }
+    }
 }
 
 /// Soft-deleted names crowding the key order do not make a page read them all: with 3,000 deleted names
