@@ -1039,16 +1039,19 @@ impl SecretClient {
         })?;
         // On the vault: its host, and under its path when it has one (a gateway that routes by path sends what is
         // outside it elsewhere, and the request carries the vault's token).
-        // What follows the path must not climb out of it once a gateway decodes it: an encoded `/` or `\`, or a
-        // segment that decodes to `.` or `..` (the URL parser resolves only the plain ones; a59-1).
+        // What follows the path must not climb out of it once a gateway decodes it. The URL parser resolves
+        // `..` and its `%2e` spellings itself; what it leaves, and a gateway may read as a way out, is refused: an
+        // encoded `/` or `\`, an encoded `%` (a gateway that decodes twice), and a segment that is `.` or `..`
+        // before a `;` (path parameters, as some servers read `..;`) (a59-1, a60-5).
         let prefix = self.inner.prefix();
         let stays_inside = |rest: &str| {
             let lower = rest.to_ascii_lowercase();
-            !lower.contains("%2f")
-                && !lower.contains("%5c")
+            !["%2f", "%5c", "%25"]
+                .iter()
+                .any(|encoded| lower.contains(encoded))
                 && !lower.split('/').any(|segment| {
-                    segment.contains("%2e")
-                        && segment.replace("%2e", ".").trim_matches('.').is_empty()
+                    let name = segment.split(';').next().unwrap_or(segment);
+                    segment.contains(';') && matches!(name, "." | "..")
                 })
         };
         let under_prefix = prefix.is_empty()
@@ -1315,9 +1318,12 @@ mod tests {
             "/..%2Fother/secrets/x/",
             "https://192.0.2.1:9/kv/..%2fother/secrets/x/",
             "/%2e%2e%2Fother/secrets/x/",
+            "/secrets%5C..%5Cother/",
+            "/..;/other/secrets/x/",
+            "/%252e%252e%252fother/secrets/x/",
+            // Resolved by the URL parser itself (refused as outside, whatever the check after it).
             "/%2E%2E/other/secrets/x/",
             "/.%2e/other/secrets/x/",
-            "/secrets%5C..%5Cother/",
         ] {
             let e = c
                 .send_request(Request::new(Method::GET, url))

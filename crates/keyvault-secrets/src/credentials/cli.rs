@@ -55,6 +55,7 @@ async fn run(
     // `cmd.exe` is named by its full path as well, and a program given by a relative path is made absolute first.
     let system_dir = if cfg!(windows) {
         std::env::var_os("SYSTEMROOT")
+            .filter(|root| !root.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(r"C:\Windows"))
     } else if std::path::Path::new("/bin").is_dir() {
@@ -63,6 +64,8 @@ async fn run(
         PathBuf::from("/")
     };
     let mut command = match program {
+        // A bare name is looked up on `PATH`, as documented; a path with a directory in it is made absolute.
+        Some(program) if program.components().count() == 1 => tokio::process::Command::new(program),
         Some(program) => {
             tokio::process::Command::new(std::path::absolute(program).map_err(|e| {
                 Error::with_source(
@@ -159,63 +162,181 @@ pub(crate) fn said(stderr: &str, name: &str) -> String {
     }
 }
 
-/// `text` with the value of every JSON `"token"`, `"accessToken"` or `"access_token"` member, and every run
-/// that looks like a JWT (`eyJ` and 20 or more base64url characters or dots), replaced by `****`: a tool may
-/// print a token to stderr with its error (azure-identity sanitizes it as well).
+/// `text` with the value of every token member — `token`, `accessToken`, `access_token`, `refresh_token`,
+/// `id_token`, in any case, as JSON (`"key": "…"`), a Python dict (`'key': '…'`), JSON escaped in a string
+/// (`\"key\": \"…\"`) or `key=…` — and every run that looks like a JWT (`eyJ` and 20 or more base64url
+/// characters or dots), replaced by `****`: a tool may print a token to stderr with its error (azure-identity
+/// sanitizes it as well).
 pub(crate) fn without_tokens(text: &str) -> String {
+    const KEYS: [&str; 5] = [
+        "accesstoken",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "token",
+    ];
+    const QUOTES: [&str; 3] = ["\\\"", "\"", "'"];
+    let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    'scan: while !rest.is_empty() {
-        for key in ["\"token\"", "\"accessToken\"", "\"access_token\""] {
-            if let Some(after_key) = rest.strip_prefix(key) {
-                let after_colon = after_key
-                    .trim_start()
-                    .strip_prefix(':')
-                    .map(str::trim_start);
-                if let Some(value) = after_colon.and_then(|v| v.strip_prefix('"')) {
-                    let mut end = value.len();
-                    let mut chars = value.char_indices();
-                    while let Some((i, c)) = chars.next() {
-                        match c {
-                            '\\' => {
-                                chars.next();
-                            }
-                            '"' => {
-                                end = i;
-                                break;
-                            }
-                            _ => {}
-                        }
-                    }
-                    out.push_str(&rest[..rest.len() - value.len()]);
-                    out.push_str("****");
-                    rest = &value[end..];
-                    continue 'scan;
-                }
-            }
+    let mut at = 0;
+    while at < text.len() {
+        if let Some((kept, skipped)) = token_member(&text[at..], &lower[at..], &lower[..at]) {
+            out.push_str(&text[at..at + kept]);
+            out.push_str("****");
+            at += kept + skipped;
+            continue;
         }
+        let rest = &text[at..];
         if rest.starts_with("eyJ") {
             let run = rest
                 .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
                 .unwrap_or(rest.len());
             if run >= 23 {
                 out.push_str("****");
-                rest = &rest[run..];
+                at += run;
                 continue;
             }
         }
-        let mut chars = rest.chars();
-        if let Some(c) = chars.next() {
-            out.push(c);
-        }
-        rest = chars.as_str();
+        let c = rest.chars().next().unwrap_or_default();
+        out.push(c);
+        at += c.len_utf8();
     }
-    out
+    return out;
+
+    /// At the start of `rest` (`lower`: the same, lower-cased; `before`: the text before it, lower-cased), a
+    /// token member: how many bytes to keep (the key, the separator, the value's opening quote) and how many
+    /// to replace (the value).
+    fn token_member(rest: &str, lower: &str, before: &str) -> Option<(usize, usize)> {
+        for key in KEYS {
+            for quote in QUOTES.iter().copied().chain([""]) {
+                let Some(after_key) = lower
+                    .strip_prefix(quote)
+                    .and_then(|r| r.strip_prefix(key))
+                    .and_then(|r| r.strip_prefix(quote))
+                else {
+                    continue;
+                };
+                // A bare key starts a word (`mytoken=` is not one).
+                if quote.is_empty()
+                    && before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    continue;
+                }
+                let trimmed = after_key.trim_start();
+                let separator = if quote.is_empty() { '=' } else { ':' };
+                let Some(after_separator) = trimmed.strip_prefix(separator) else {
+                    continue;
+                };
+                let value = after_separator.trim_start();
+                let value_at = rest.len() - value.len();
+                let open = QUOTES.iter().copied().find(|q| value.starts_with(q));
+                let len = match open {
+                    Some(q) => {
+                        let inner = &value[q.len()..];
+                        let mut end = inner.len();
+                        let mut chars = inner.char_indices();
+                        while let Some((i, c)) = chars.next() {
+                            if inner[i..].starts_with(q) {
+                                end = i;
+                                break;
+                            }
+                            if c == '\\' {
+                                chars.next();
+                            }
+                        }
+                        return Some((value_at + q.len(), end));
+                    }
+                    None if quote.is_empty() => value
+                        .find(|c: char| c.is_whitespace() || matches!(c, '&' | ',' | ';'))
+                        .unwrap_or(value.len()),
+                    None => continue,
+                };
+                return Some((value_at, len));
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shapes a60 found passing through (a60-6), and some that must be left alone.
+    #[test]
+    fn tokens_in_other_shapes_are_taken_out() {
+        for (text, kept) in [
+            (
+                "{'accessToken': 'CANARY-1', 'tokenType': 'Bearer'}",
+                "{'accessToken': '****', 'tokenType': 'Bearer'}",
+            ),
+            (r#"{"AccessToken":"CANARY-2"}"#, r#"{"AccessToken":"****"}"#),
+            (
+                r#""refresh_token": "CANARY-3""#,
+                r#""refresh_token": "****""#,
+            ),
+            (r#""id_token":"CANARY-4""#, r#""id_token":"****""#),
+            (
+                r#"msg "{\"accessToken\": \"CANARY-5\"}""#,
+                r#"msg "{\"accessToken\": \"****\"}""#,
+            ),
+            ("access_token=CANARY-6&x=1", "access_token=****&x=1"),
+            ("Token = CANARY-7 more", "Token = **** more"),
+            ("mytoken=kept", "mytoken=kept"),
+            ("a token: not a member", "a token: not a member"),
+        ] {
+            let got = without_tokens(text);
+            assert!(!got.contains("CANARY"), "{text} → {got}");
+            assert_eq!(got, kept, "{text}");
+        }
+        // Any text: no panic (slices stay on character boundaries), and a planted token never stays.
+        let pieces = [
+            "\"",
+            "'",
+            "\\",
+            ":",
+            "=",
+            " ",
+            "token",
+            "Access_Token",
+            "eyJ",
+            "é",
+            "𝄞",
+            "a",
+            "&",
+            "\\\"",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 12) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let planted = format!("{text} \"token\": \"CANARY\"");
+            assert!(!without_tokens(&planted).contains("CANARY"), "{planted:?}");
+        }
+    }
+
+    /// A program named without a directory is found on `PATH`, as documented (a60-1: it was made absolute
+    /// against the current directory, and not found).
+    #[tokio::test]
+    async fn a_bare_program_name_is_looked_up_on_the_path() {
+        let echo = PathBuf::from("echo");
+        let tool = Tool {
+            who: "W",
+            what: "echo",
+            name: "echo",
+            program: Some(&echo),
+            timeout: Duration::from_secs(10),
+            failure: |_, _, kind| Error::new(kind, "failed"),
+            failed: ErrorKind::Credential,
+        };
+        let out = output(&tool, &["hello"]).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "hello");
+    }
 
     #[test]
     fn tokens_are_taken_out_of_what_a_tool_said() {

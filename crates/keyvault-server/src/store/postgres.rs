@@ -524,19 +524,35 @@ fn report_tls(connector: &Connector) {
 }
 
 /// A connection string error (from [`prepare`]): the driver's error with its causes, which name options,
-/// never values; the one that quotes a character of the string is cut before it. In a key=value string that
-/// has a password, an unknown option is not named: a password with white space in it, not quoted, reads as
-/// more options, and the "option" named would be a piece of the password.
+/// never values; the one that quotes a character of the string is cut before it. In a key=value string, an
+/// unknown option right after an unquoted password is not named: a password with white space in it, not
+/// quoted, reads as more options, and the "option" named would be a piece of the password (other unknown
+/// options, typos, are named).
 fn invalid_connection_string(e: &tokio_postgres::Error, conn: &str) -> String {
     let key_value = !(conn.starts_with("postgres://") || conn.starts_with("postgresql://"));
-    let hide_unknown = key_value && crate::config::mentions_password(conn);
+    let after_unquoted_password = |option: &str| match tls::key_value_spans(conn) {
+        Ok(spans) => spans.windows(2).any(|pair| {
+            let (start, end, key, _) = &pair[0];
+            let unquoted = conn[*start..*end]
+                .split_once('=')
+                .is_none_or(|(_, value)| !value.trim_start().starts_with('\''));
+            key.eq_ignore_ascii_case("password") && unquoted && pair[1].2 == option
+        }),
+        // Unreadable here: named only when the string has no password at all.
+        Err(_) => crate::config::mentions_password(conn),
+    };
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         let said = c.to_string();
         let said = match said.find(" but got ") {
             Some(i) => said[..i].to_string(),
-            None if hide_unknown && said.starts_with("unknown option `") => {
+            None if key_value
+                && said
+                    .strip_prefix("unknown option `")
+                    .and_then(|rest| rest.strip_suffix('`'))
+                    .is_some_and(after_unquoted_password) =>
+            {
                 "an unknown option (not named, as it may be a piece of the password: a password with white \
                  space in it must be quoted, password='…')"
                     .to_string()

@@ -283,7 +283,7 @@ fn split_key_values(conn: &str, found: &mut Vec<(String, String)>) -> Result<Str
 }
 
 /// Each pair's byte range, key and unescaped value. Errors give a byte offset and a key, never a value.
-fn key_value_spans(s: &str) -> Result<Vec<(usize, usize, String, String)>, String> {
+pub(super) fn key_value_spans(s: &str) -> Result<Vec<(usize, usize, String, String)>, String> {
     let mut it = s.char_indices().peekable();
     let mut out = Vec::new();
     let at = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
@@ -325,8 +325,10 @@ fn key_value_spans(s: &str) -> Result<Vec<(usize, usize, String, String)>, Strin
                     Some((_, '\\')) => value.extend(it.next().map(|(_, c)| c)),
                     Some((_, c)) => value.push(c),
                     None => {
+                        // Not named: the key may be a piece of an unquoted password before it (a60-2).
                         return Err(format!(
-                            "a key=value connection string: the quoted value of `{key}` has no closing quote"
+                            "a key=value connection string: the quoted value of the key at byte {start} has no \
+                             closing quote"
                         ));
                     }
                 }
@@ -341,7 +343,7 @@ fn key_value_spans(s: &str) -> Result<Vec<(usize, usize, String, String)>, Strin
             }
             if value.is_empty() {
                 return Err(format!(
-                    "a key=value connection string: `{key}` has no value"
+                    "a key=value connection string: the key at byte {start} has no value"
                 ));
             }
         }

@@ -182,9 +182,23 @@ fn connection_string_errors_say_why_and_repeat_no_value() {
             && !e.contains("SECRET"),
         "{e}"
     );
-    // Without a password, the unknown option is named.
-    let e = prepared("host=h user=kv sslrootcrt=/x").unwrap_err();
-    assert!(e.contains("unknown option `sslrootcrt`"), "{e}");
+    // Without a password, or after a quoted one, or not right after it, the unknown option is named (a60-4).
+    for conn in [
+        "host=h user=kv sslrootcrt=/x",
+        "host=h password='quoted ok' sslrootcrt=/x",
+        "host=h password=p user=kv sslrootcrt=/x",
+    ] {
+        let e = prepared(conn).unwrap_err();
+        assert!(e.contains("unknown option `sslrootcrt`"), "{conn}: {e}");
+    }
+    // The splitter's own errors do not name a key that may be a piece of the password either (a60-2).
+    for conn in [
+        "host=h password=SECRET PIECE4='x",
+        "host=h password=SECRET PIECE5=",
+    ] {
+        let e = prepared(conn).unwrap_err();
+        assert!(!e.contains("PIECE") && !e.contains("SECRET"), "{conn}: {e}");
+    }
     let e = prepared("postgres://kv:SECRETPW@h/db?port=SECRETPW").unwrap_err();
     assert!(
         e.contains("invalid value for option `port`") && !e.contains("SECRETPW"),
