@@ -1027,8 +1027,14 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// How long a lock held by someone else is waited for before the database counts as in use. A lock file's
+/// `flock` stays held while any copy of its descriptor is open: a process that forks to start another program
+/// (a test binary starting a server, say) lends its children a copy until they exec, so a store closed just
+/// before may look held for a moment (a CI run failed on that).
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
 /// Lock `DB.lock` exclusively (an advisory `flock`, released by the kernel if the process dies): a second
-/// server on the same database would make the other's cache stale, so it is refused.
+/// server on the same database would make the other's cache stale, so it is refused (after [`LOCK_WAIT`]).
 fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
     let lock_path = sibling(path, ".lock");
     let mut options = std::fs::OpenOptions::new();
@@ -1039,7 +1045,15 @@ fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
     let file = options.open(&lock_path).map_err(|e| {
         StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
     })?;
-    match file.try_lock() {
+    let waited_until = std::time::Instant::now() + LOCK_WAIT;
+    let mut locked = file.try_lock();
+    while matches!(locked, Err(std::fs::TryLockError::WouldBlock))
+        && std::time::Instant::now() < waited_until
+    {
+        std::thread::sleep(Duration::from_millis(5));
+        locked = file.try_lock();
+    }
+    match locked {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
             "{} is in use by another keyvault process (its lock {} is held)",

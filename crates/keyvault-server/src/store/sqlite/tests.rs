@@ -2372,3 +2372,27 @@ fn a_purge_chunk_ends_at_its_versions_too() {
     assert_eq!(purge_expired_chunk(&c, 100, 2, 1000).unwrap(), (1, false));
     assert_eq!(versions(&c), 0);
 }
+
+/// A lock that its holder lets go of within `LOCK_WAIT` is taken (a store closed a moment before, whose lock
+/// a forked child still held); one held past it is refused.
+#[test]
+fn a_lock_released_within_the_wait_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let holder = super::lock_database(&path).unwrap();
+    let started = std::time::Instant::now();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        drop(holder);
+    });
+    let taken = super::lock_database(&path).unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+    release.join().unwrap();
+    let started = std::time::Instant::now();
+    match super::lock_database(&path) {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("in use"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(started.elapsed() >= super::LOCK_WAIT);
+    drop(taken);
+}
