@@ -2,33 +2,10 @@ use super::client_secret::as_i64;
 use super::{AccessToken, TokenCredential, TokenRequestOptions, one_scope, scope_to_resource};
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
-use std::path::PathBuf;
-use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Options of [`AzureCliCredential`].
-#[derive(Clone, Debug)]
-pub struct AzureCliCredentialOptions {
-    /// Ask the CLI for a token of this tenant (default: the CLI's current tenant, or the challenge's).
-    pub tenant_id: Option<String>,
-    /// Tenants besides `tenant_id` that a challenge may name (`"*"` for any).
-    pub additionally_allowed_tenants: Vec<String>,
-    /// The `az` program (default `az`, found on `PATH`).
-    pub program: Option<PathBuf>,
-    /// How long `az` may take (default 10 s).
-    pub timeout: Duration,
-}
-
-impl Default for AzureCliCredentialOptions {
-    fn default() -> Self {
-        AzureCliCredentialOptions {
-            tenant_id: None,
-            additionally_allowed_tenants: Vec::new(),
-            program: None,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
+/// Options of [`AzureCliCredential`] (`program`: default `az`).
+pub type AzureCliCredentialOptions = super::CliCredentialOptions;
 
 /// The signed-in Azure CLI user's token: runs `az account get-access-token --output json --resource …`.
 ///
@@ -54,8 +31,7 @@ struct CliToken {
 
 impl AzureCliCredential {
     pub fn new(options: Option<AzureCliCredentialOptions>) -> Result<Self> {
-        let options = options.unwrap_or_default();
-        super::cli::check_tenant(options.tenant_id.as_deref())?;
+        let options = AzureCliCredentialOptions::checked(options)?;
         Ok(AzureCliCredential {
             options,
             in_default_chain: false,
@@ -119,22 +95,14 @@ impl TokenCredential for AzureCliCredential {
         options: Option<TokenRequestOptions>,
     ) -> Result<AccessToken> {
         let resource = scope_to_resource(one_scope(WHO, scopes)?);
-        if !resource
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
-        {
+        if !super::cli::safe_argument(resource) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!("{WHO}: invalid resource '{resource}'"),
             ));
         }
         let requested = options.and_then(|o| o.tenant_id);
-        let tenant = super::cli::tenant_for(
-            WHO,
-            self.options.tenant_id.as_deref(),
-            requested.as_deref(),
-            &self.options.additionally_allowed_tenants,
-        )?;
+        let tenant = self.options.tenant_for(WHO, requested.as_deref())?;
         let mut args = vec![
             "account",
             "get-access-token",

@@ -1,33 +1,10 @@
 use super::{AccessToken, TokenCredential, TokenRequestOptions};
 use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
-use std::path::PathBuf;
-use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Options of [`AzureDeveloperCliCredential`].
-#[derive(Clone, Debug)]
-pub struct AzureDeveloperCliCredentialOptions {
-    /// Ask `azd` for a token of this tenant (default: azd's own, or the challenge's).
-    pub tenant_id: Option<String>,
-    /// Tenants besides `tenant_id` that a challenge may name (`"*"` for any).
-    pub additionally_allowed_tenants: Vec<String>,
-    /// The `azd` program (default `azd`, found on `PATH`).
-    pub program: Option<PathBuf>,
-    /// How long `azd` may take (default 10 s).
-    pub timeout: Duration,
-}
-
-impl Default for AzureDeveloperCliCredentialOptions {
-    fn default() -> Self {
-        AzureDeveloperCliCredentialOptions {
-            tenant_id: None,
-            additionally_allowed_tenants: Vec::new(),
-            program: None,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
+/// Options of [`AzureDeveloperCliCredential`] (`program`: default `azd`).
+pub type AzureDeveloperCliCredentialOptions = super::CliCredentialOptions;
 
 /// The token of the user signed in to the Azure Developer CLI: runs
 /// `azd auth token --output json --no-prompt --scope …` (Python: `AzureDeveloperCliCredential`).
@@ -48,8 +25,7 @@ const WHO: &str = "AzureDeveloperCliCredential";
 
 impl AzureDeveloperCliCredential {
     pub fn new(options: Option<AzureDeveloperCliCredentialOptions>) -> Result<Self> {
-        let options = options.unwrap_or_default();
-        super::cli::check_tenant(options.tenant_id.as_deref())?;
+        let options = AzureDeveloperCliCredentialOptions::checked(options)?;
         Ok(AzureDeveloperCliCredential {
             options,
             in_default_chain: false,
@@ -134,24 +110,14 @@ impl TokenCredential for AzureDeveloperCliCredential {
                 format!("{WHO}: at least one scope is required"),
             ));
         }
-        if let Some(bad) = scopes.iter().find(|s| {
-            s.is_empty()
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
-        }) {
+        if let Some(bad) = scopes.iter().find(|s| !super::cli::safe_argument(s)) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!("{WHO}: invalid scope '{bad}'"),
             ));
         }
         let requested = options.and_then(|o| o.tenant_id);
-        let tenant = super::cli::tenant_for(
-            WHO,
-            self.options.tenant_id.as_deref(),
-            requested.as_deref(),
-            &self.options.additionally_allowed_tenants,
-        )?;
+        let tenant = self.options.tenant_for(WHO, requested.as_deref())?;
         let mut args = vec!["auth", "token", "--output", "json", "--no-prompt"];
         for scope in scopes {
             args.extend(["--scope", scope]);

@@ -23,15 +23,7 @@ pub(crate) struct Tool<'a> {
 
 /// Runs the tool with `args` and returns what it printed, or the error for a run that failed (`tool.failure`).
 pub(crate) async fn output(tool: &Tool<'_>, args: &[&str]) -> Result<Vec<u8>> {
-    let output = run(
-        tool.who,
-        tool.what,
-        tool.name,
-        tool.program,
-        args,
-        tool.timeout,
-    )
-    .await?;
+    let output = run(tool, args).await?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err((tool.failure)(output.status.code(), &stderr, tool.failed));
@@ -39,17 +31,18 @@ pub(crate) async fn output(tool: &Tool<'_>, args: &[&str]) -> Result<Vec<u8>> {
     Ok(output.stdout)
 }
 
-/// Runs `program` (default: `name`, found on `PATH`; on Windows through `cmd /c`, as azure-identity does) with
-/// `args`, no input, for at most `timeout`. Not found, not startable or not answering in time is
-/// [`ErrorKind::CredentialUnavailable`], its message starting with `who`; `what` names the tool in messages.
-async fn run(
-    who: &str,
-    what: &str,
-    name: &str,
-    program: Option<&PathBuf>,
-    args: &[&str],
-    timeout: Duration,
-) -> Result<std::process::Output> {
+/// Runs the tool's program (default: its `name`, found on `PATH`; on Windows through `cmd /c`, as
+/// azure-identity does) with `args`, no input, for at most its timeout. Not found, not startable or not
+/// answering in time is [`ErrorKind::CredentialUnavailable`].
+async fn run(tool: &Tool<'_>, args: &[&str]) -> Result<std::process::Output> {
+    let Tool {
+        who,
+        what,
+        name,
+        program,
+        timeout,
+        ..
+    } = *tool;
     // The tool runs in a directory of the system's, not the caller's (a59-2): on Windows `cmd` looks for the
     // program in the current directory before `PATH`, and a cloned repository could hold an `az.cmd`. So
     // `cmd.exe` is named by its full path as well, and a program given by a relative path is made absolute first.
@@ -93,8 +86,22 @@ async fn run(
             format!("{who}: {message}"),
         )
     };
-    tokio::time::timeout(timeout, command.output())
-        .await
+    // A program file that is still open for writing somewhere cannot be run (`ETXTBSY`): another thread that
+    // forks while a program is being written lends the child its descriptor until the child execs (tests that
+    // write a fake tool and run it meet this). Tried again a few times, briefly.
+    let mut busy_tries = 0;
+    let started = tokio::time::Instant::now();
+    let output = loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, command.output()).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && busy_tries < 5 => {
+                busy_tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    output
         .map_err(|_| unavailable(format!("{name} did not answer in time")))?
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -115,31 +122,70 @@ pub(crate) fn not_found(code: Option<i32>, stderr: &str, name: &str) -> bool {
     code == Some(127) || stderr.starts_with(&format!("'{name}' is not recognized"))
 }
 
-/// A tool credential's `tenant_id` option, checked when the credential is made.
-pub(crate) fn check_tenant(tenant: Option<&str>) -> Result<()> {
-    match tenant.filter(|t| !super::valid_tenant(t)) {
-        Some(t) => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("invalid tenant id '{t}'"),
-        )),
-        None => Ok(()),
+/// Options of the credentials that run a developer tool: [`AzureCliCredential`](super::AzureCliCredential)
+/// (as `AzureCliCredentialOptions`) and [`AzureDeveloperCliCredential`](super::AzureDeveloperCliCredential)
+/// (as `AzureDeveloperCliCredentialOptions`).
+#[derive(Clone, Debug)]
+pub struct CliCredentialOptions {
+    /// Ask the tool for a token of this tenant (default: the tool's current tenant, or the challenge's).
+    pub tenant_id: Option<String>,
+    /// Tenants besides `tenant_id` that a challenge may name (`"*"` for any).
+    pub additionally_allowed_tenants: Vec<String>,
+    /// The program (default `az` or `azd`, found on `PATH`).
+    pub program: Option<PathBuf>,
+    /// How long the tool may take (default 10 s).
+    pub timeout: Duration,
+}
+
+impl Default for CliCredentialOptions {
+    fn default() -> Self {
+        CliCredentialOptions {
+            tenant_id: None,
+            additionally_allowed_tenants: Vec::new(),
+            program: None,
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 
-/// The tenant to ask the tool for: the credential's own (a challenge's other tenant only if allowed), else the
-/// challenge's, else none (the tool's current one).
-pub(crate) fn tenant_for(
-    who: &str,
-    own: Option<&str>,
-    requested: Option<&str>,
-    allowed: &[String],
-) -> Result<Option<String>> {
-    Ok(match own {
-        Some(own) => Some(super::resolve_tenant(who, own, requested, allowed)?.to_string()),
-        None => requested
-            .filter(|t| super::valid_tenant(t))
-            .map(str::to_string),
-    })
+impl CliCredentialOptions {
+    /// The options as a credential is made with them: `tenant_id` checked.
+    pub(crate) fn checked(options: Option<Self>) -> Result<Self> {
+        let options = options.unwrap_or_default();
+        if let Some(t) = options
+            .tenant_id
+            .as_deref()
+            .filter(|t| !super::valid_tenant(t))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid tenant id '{t}'"),
+            ));
+        }
+        Ok(options)
+    }
+
+    /// The tenant to ask the tool for: the credential's own (a challenge's other tenant only if allowed), else
+    /// the challenge's, else none (the tool's current one).
+    pub(crate) fn tenant_for(&self, who: &str, requested: Option<&str>) -> Result<Option<String>> {
+        Ok(match self.tenant_id.as_deref() {
+            Some(own) => Some(
+                super::resolve_tenant(who, own, requested, &self.additionally_allowed_tenants)?
+                    .to_string(),
+            ),
+            None => requested
+                .filter(|t| super::valid_tenant(t))
+                .map(str::to_string),
+        })
+    }
+}
+
+/// Whether `s` may go to a tool as a scope or resource: not empty, and only ASCII letters, digits and `-_.:/`
+/// (no white space, quotes or shell characters; as azure-identity checks).
+pub(crate) fn safe_argument(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
 }
 
 /// The kind of a failure of a tool that ran: unavailable inside `DefaultAzureCredential` (azure-identity's
@@ -336,6 +382,41 @@ mod tests {
         };
         let out = output(&tool, &["hello"]).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out).trim(), "hello");
+    }
+
+    /// A program still open for writing (`ETXTBSY`: a fake tool written by a test while another thread forks)
+    /// is run once it is closed, within a few tries.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_program_still_open_for_writing_is_tried_again() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("tool");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&program)
+            .unwrap();
+        file.write_all(b"#!/bin/sh\necho ran\n").unwrap();
+        file.flush().unwrap();
+        let closing = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            drop(file);
+        });
+        let tool = Tool {
+            who: "W",
+            what: "tool",
+            name: "tool",
+            program: Some(&program),
+            timeout: Duration::from_secs(10),
+            failure: |_, _, kind| Error::new(kind, "failed"),
+            failed: ErrorKind::Credential,
+        };
+        let out = output(&tool, &[]).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "ran");
+        closing.await.unwrap();
     }
 
     #[test]

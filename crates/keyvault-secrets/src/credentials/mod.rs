@@ -50,6 +50,7 @@ mod workload_identity;
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialOptions};
 pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialOptions};
 pub use chained::ChainedTokenCredential;
+pub use cli::CliCredentialOptions;
 pub use client_assertion::{AssertionFn, ClientAssertionCredential};
 pub use client_certificate::{ClientCertificateCredential, ClientCertificateCredentialOptions};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialOptions};
