@@ -231,21 +231,24 @@ fn check_at_signs(url: &str) -> Result<(), String> {
                 .into(),
         );
     }
+    // A password with an unencoded '@' and then a '?' (`kv:pa@ss?x=y@h/db`): the credentials end at its first
+    // '@', and the rest of it reads as a host and a query whose keys are pieces of it. A query that runs into
+    // a later '@' and holds a key nobody knows is taken for that (an '@' in a known setting's value, such as
+    // `application_name=kv@h`, is kept), and refused before any key is named.
+    if let Some(last) = after.rfind('@')
+        && let Some((_, query)) = after[..last].split_once('?')
+        && query_keys(query).iter().any(|k| !is_known(k))
+    {
+        return Err(
+            "the URL has an '@' after a '?' that follows the first '@': a password with an unencoded '@' \
+             ends there, and its rest would be read as the host and the query. Percent-encode '@' as %40 in \
+             the user name and password"
+                .into(),
+        );
+    }
     if let Some((_, query)) = userinfo.split_once('?') {
-        let keys: Vec<String> = query
-            .split('&')
-            .filter_map(|segment| segment.split_once('='))
-            .map(|(key, _)| {
-                percent_encoding::percent_decode_str(key)
-                    .decode_utf8_lossy()
-                    .to_ascii_lowercase()
-            })
-            .collect();
-        let known = keys.iter().any(|k| {
-            KNOWN_PARAMETERS.contains(&k.as_str())
-                || KEYS.contains(&k.as_str())
-                || UNSUPPORTED.contains(&k.as_str())
-        });
+        let keys = query_keys(query);
+        let known = keys.iter().any(|k| is_known(k));
         let names = keys
             .iter()
             .filter(|k| {
@@ -262,6 +265,24 @@ fn check_at_signs(url: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The keys of a URL query's `key=value` segments, percent-decoded and lower-cased.
+fn query_keys(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|segment| segment.split_once('='))
+        .map(|(key, _)| {
+            percent_encoding::percent_decode_str(key)
+                .decode_utf8_lossy()
+                .to_ascii_lowercase()
+        })
+        .collect()
+}
+
+/// Whether tokio-postgres, libpq or this module knows a (lower-case) setting by that name.
+fn is_known(key: &str) -> bool {
+    KNOWN_PARAMETERS.contains(&key) || KEYS.contains(&key) || UNSUPPORTED.contains(&key)
 }
 
 /// libpq's `key = value` form (values bare with `\\` escapes, or single-quoted), read by tokio-postgres's

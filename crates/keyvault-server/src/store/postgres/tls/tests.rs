@@ -127,11 +127,16 @@ fn an_at_sign_outside_the_user_information_is_refused() {
         // A password with an unencoded '@': it would end at the first one, the host name begin with the rest.
         "postgres://kv:S3cr3t@PW@h/db",
         "postgres://kv:S3cr3t@PW-canary@127.0.0.1:55431/vault",
+        // The same with a '?' in the rest of the password: its pieces would read as a host and a query (a60-3).
+        "postgres://kv:S3cr3t@PW10?PW11=1@h/db",
+        "postgres://kv:S3cr3t@PW12?PW13=%ff@h/db",
+        "postgres://kv:S3cr3t@PW14?sslmode=x&PW15=1@h/db",
     ] {
         let e = split(url).unwrap_err();
         assert!(
             e.contains("Percent-encode '@' as %40")
                 && !e.contains("S3cr3t")
+                && !e.contains("PW1")
                 && !e.contains("canary")
                 && !e.contains("vault"),
             "{url}: {e}"
@@ -158,10 +163,15 @@ fn an_at_sign_outside_the_user_information_is_refused() {
             "{url}"
         );
     }
-    let (rest, s) = split("postgres://u:p@h/db?application_name=kv@h&sslmode=verify-full").unwrap();
-    assert_eq!(s.mode, SslMode::VerifyFull);
-    let config: tokio_postgres::Config = rest.parse().unwrap();
-    assert_eq!(config.get_application_name(), Some("kv@h"));
+    for url in [
+        "postgres://u:p@h/db?application_name=kv@h&sslmode=verify-full",
+        "postgres://u:p@h?application_name=kv@h&sslmode=verify-full",
+    ] {
+        let (rest, s) = split(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        let config: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(config.get_application_name(), Some("kv@h"));
+    }
 }
 
 #[test]
