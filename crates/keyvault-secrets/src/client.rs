@@ -1042,13 +1042,15 @@ impl SecretClient {
         // What follows the path must not climb out of it once a gateway decodes it. The URL parser resolves
         // `..` and its `%2e` spellings itself; what it leaves, and a gateway may read as a way out, is refused: an
         // encoded `/` or `\`, an encoded `%` (a gateway that decodes twice), and a segment that is `.` or `..`
-        // before a `;` (path parameters, as some servers read `..;`) (a59-1, a60-5).
+        // before a `;` (path parameters, as some servers read `..;`) (a59-1, a60-5); and the spellings of `.` and
+        // `/` older servers decode: IIS's `%u002e`, and overlong UTF-8 (`%c0%ae`), which is not UTF-8 at all.
         let prefix = self.inner.prefix();
         let stays_inside = |rest: &str| {
             let lower = rest.to_ascii_lowercase();
-            !["%2f", "%5c", "%25"]
+            !["%2f", "%5c", "%25", "%u"]
                 .iter()
                 .any(|encoded| lower.contains(encoded))
+                && decodes_to_utf8(rest)
                 && !lower.split('/').any(|segment| {
                     let name = segment.split(';').next().unwrap_or(segment);
                     segment.contains(';') && matches!(name, "." | "..")
@@ -1079,6 +1081,31 @@ impl SecretClient {
             .instrument(span!("send_request"))
             .await
     }
+}
+
+/// Whether `path`, its `%XX` escapes decoded, is UTF-8 (an escape that is not two hex digits is kept as written).
+fn decodes_to_utf8(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|&b| hex(b)),
+            bytes.get(i + 2).and_then(|&b| hex(b)),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 #[cfg(test)]
@@ -1321,6 +1348,12 @@ mod tests {
             "/secrets%5C..%5Cother/",
             "/..;/other/secrets/x/",
             "/%252e%252e%252fother/secrets/x/",
+            // What legacy IIS decodes: `%u` escapes, overlong UTF-8 for '.' and '/'.
+            "/%u002e%u002e/other/secrets/x/",
+            "/%U002E%U002E%u2215other/secrets/x/",
+            "/%c0%ae%c0%ae/other/secrets/x/",
+            "/%C0%AE%C0%AE%c0%afother/secrets/x/",
+            "/%e0%80%ae%e0%80%ae/other/secrets/x/",
             // Resolved by the URL parser itself (refused as outside, whatever the check after it).
             "/%2E%2E/other/secrets/x/",
             "/.%2e/other/secrets/x/",
@@ -1331,6 +1364,23 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{url}: {e}");
             assert!(e.message().contains("is not on this client's vault"), "{e}");
+        }
+    }
+
+    #[test]
+    fn escapes_decode_to_utf8_or_not() {
+        for ok in [
+            "/secrets/a/",
+            "/a%C3%A9b",
+            "/%zz",
+            "/100%",
+            "/%4",
+            "/%e2%88%95",
+        ] {
+            assert!(decodes_to_utf8(ok), "{ok}");
+        }
+        for bad in ["/%c0%ae", "/%ff", "/a%C3", "/%e0%80%ae"] {
+            assert!(!decodes_to_utf8(bad), "{bad}");
         }
     }
 
