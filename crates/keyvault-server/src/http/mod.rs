@@ -1056,6 +1056,39 @@ fn path_segments<'a>(path: &'a str, decoded: &'a mut Vec<Cow<'a, str>>) -> Vec<&
     segs
 }
 
+/// Key Vault reads the words of its routes in any case (`/Secrets/x/Versions` lists versions): they are put in
+/// lower case, as the routes spell them. A secret's name keeps the case it was sent in (names compare without
+/// case, and a new name is shown as first written), so `restore` in the second place is the route only for
+/// POST, where it is one (`PUT /secrets/Restore` sets the secret `Restore`).
+fn route_words_in_lower_case(method: &Method, segs: &mut [&str]) {
+    const COLLECTIONS: [&str; 2] = ["secrets", "deletedsecrets"];
+    let Some(first) = COLLECTIONS
+        .iter()
+        .find(|c| segs.first().is_some_and(|s| s.eq_ignore_ascii_case(c)))
+    else {
+        return;
+    };
+    segs[0] = first;
+    match segs {
+        [_, second]
+            if *first == "secrets"
+                && method == Method::POST
+                && second.eq_ignore_ascii_case("restore") =>
+        {
+            *second = "restore";
+        }
+        [_, _, third] => {
+            if let Some(word) = ["versions", "backup", "recover"]
+                .iter()
+                .find(|w| third.eq_ignore_ascii_case(w))
+            {
+                *third = word;
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The most of an oversized body read (and dropped) before its 413 is sent.
 const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -1669,7 +1702,8 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let body = IncomingBody::new(&parts.headers, body);
     let mut decoded = Vec::new();
-    let segs = path_segments(parts.uri.path(), &mut decoded);
+    let mut segs = path_segments(parts.uri.path(), &mut decoded);
+    route_words_in_lower_case(&method, &mut segs);
     if !routed_method(&method) {
         return Err(ApiError::method_not_allowed(
             &method,

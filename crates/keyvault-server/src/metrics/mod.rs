@@ -84,7 +84,7 @@ impl Route {
     /// The route a request takes, from its method and path as sent (before authentication, so that a
     /// refused request counts under the operation it asked for). A name with an escaped `/` counts as the
     /// path's shape says; health checks, discovery, the JWKS and anything unknown are `other`.
-    pub fn of(method: &Method, path: &str) -> Route {
+    pub fn of<'p>(method: &Method, path: &'p str) -> Route {
         // Bytes, scanned once: on every request (a `str` split costs twice as much).
         let p = path.as_bytes();
         let p = p.strip_prefix(b"/").unwrap_or(p);
@@ -107,6 +107,20 @@ impl Route {
         }
         let more = rest.is_some();
         let m = method;
+        // The routes' words in any case, as the server reads them (`route_words_in_lower_case`).
+        let word = |seg: Option<&'p [u8]>, words: &[&'static [u8]]| {
+            seg.map(|s| {
+                *words
+                    .iter()
+                    .find(|w| s.eq_ignore_ascii_case(w))
+                    .unwrap_or(&s)
+            })
+        };
+        segs[0] = word(segs[0], &[b"secrets", b"deletedsecrets"]);
+        segs[2] = word(segs[2], &[b"versions", b"backup", b"recover"]);
+        if m == Method::POST && segs[2].is_none() {
+            segs[1] = word(segs[1], &[b"restore"]);
+        }
         match (segs[0].unwrap_or_default(), segs[1], segs[2], segs[3]) {
             (b"secrets", None, _, _) if m == Method::GET => Route::List,
             (b"secrets", Some(b"restore"), None, _) if m == Method::POST => Route::Restore,
@@ -742,6 +756,16 @@ mod tests {
             ("HEAD", "/secrets/a", Route::Other),
             ("GET", "/secrets/a/b/c", Route::Other),
             ("GET", "/", Route::Other),
+            // The words in any case, as the server reads them.
+            ("GET", "/SECRETS", Route::List),
+            ("POST", "/Secrets/RESTORE", Route::Restore),
+            ("PUT", "/Secrets/RESTORE", Route::Set),
+            ("PUT", "/sEcrets/A", Route::Set),
+            ("GET", "/secrets/A/Versions", Route::ListVersions),
+            ("POST", "/secrets/a/BACKUP", Route::Backup),
+            ("GET", "/DeletedSecrets", Route::ListDeleted),
+            ("POST", "/DELETEDSECRETS/a/Recover", Route::Recover),
+            ("GET", "/secretz/a", Route::Other),
         ];
         for (method, path, want) in cases {
             let method: Method = method.parse().unwrap();
