@@ -1062,6 +1062,14 @@ fn path_segments<'a>(path: &'a str, decoded: &'a mut Vec<Cow<'a, str>>) -> Vec<&
 /// POST, where it is one (`PUT /secrets/Restore` sets the secret `Restore`).
 fn route_words_in_lower_case(method: &Method, segs: &mut [&str]) {
     const COLLECTIONS: [&str; 2] = ["secrets", "deletedsecrets"];
+    let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
+    // What every SDK sends, on every request: nothing to do.
+    if !segs.first().is_some_and(|s| upper(s))
+        && !segs.get(2).is_some_and(|s| upper(s))
+        && !(method == Method::POST && segs.len() == 2)
+    {
+        return;
+    }
     let Some(first) = COLLECTIONS
         .iter()
         .find(|c| segs.first().is_some_and(|s| s.eq_ignore_ascii_case(c)))
