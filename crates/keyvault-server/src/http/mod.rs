@@ -1064,10 +1064,10 @@ fn route_words_in_lower_case(method: &Method, segs: &mut [&str]) {
     const COLLECTIONS: [&str; 2] = ["secrets", "deletedsecrets"];
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
     // What every SDK sends, on every request: nothing to do.
-    if !segs.first().is_some_and(|s| upper(s))
-        && !segs.get(2).is_some_and(|s| upper(s))
-        && !(method == Method::POST && segs.len() == 2)
-    {
+    let maybe_folded = segs.first().is_some_and(|s| upper(s))
+        || segs.get(2).is_some_and(|s| upper(s))
+        || (method == Method::POST && segs.len() == 2);
+    if !maybe_folded {
         return;
     }
     let Some(first) = COLLECTIONS
