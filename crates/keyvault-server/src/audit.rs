@@ -55,7 +55,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,6 +75,12 @@ pub const LINGER: Duration = Duration::from_millis(2);
 
 /// Queued lines the background thread formats and writes per hold of the chain's mutex.
 const LOCK_CHUNK: usize = 32;
+
+/// Records queued for the background thread at most (a few hundred bytes each): past it,
+/// [`AuditLog::record_queued`] waits for room. Reached only when the thread cannot write (a disk that hangs):
+/// reads then slow down to what the log can take, rather than the queue growing with every read for as long
+/// as the stall lasts (half a second of reads at 60k/s in normal running is far below it).
+pub const QUEUE_CAP: usize = 32_768;
 
 /// How a request was decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -740,6 +746,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    /// Records sent to the background thread that it has not written yet (see [`QUEUE_CAP`]).
+    queued: Arc<AtomicUsize>,
     /// The background thread, woken early by [`AuditLog::flush`].
     writer: std::thread::Thread,
     /// The chain and the file, shared by the background thread and inline writers.
@@ -1109,12 +1117,15 @@ impl AuditLog {
         let state = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_state = state.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let thread_queued = queued.clone();
         let handle = std::thread::Builder::new()
             .name("audit-log".into())
-            .spawn(move || writer_loop(&thread_state, rx))
+            .spawn(move || writer_loop(&thread_state, rx, &thread_queued))
             .map_err(io)?;
         let log = AuditLog {
             tx,
+            queued,
             writer: handle.thread().clone(),
             state,
             failing,
@@ -1149,9 +1160,22 @@ impl AuditLog {
         &self.path
     }
 
-    /// Queues a record (never blocks on I/O); it is written within about [`LINGER`].
+    /// Queues a record (never blocks on I/O); it is written within about [`LINGER`]. Requests use
+    /// [`AuditLog::record_queued`], which bounds the queue.
     pub fn record(&self, record: AuditRecord) {
-        let _ = self.tx.send(Msg::Record(record));
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Record(record)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// [`AuditLog::record`], once fewer than [`QUEUE_CAP`] records wait for the background thread: while it
+    /// cannot write, the caller waits (polling every millisecond) instead of the queue growing.
+    pub async fn record_queued(&self, record: AuditRecord) {
+        while self.queued.load(Ordering::Relaxed) >= QUEUE_CAP {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.record(record);
     }
 
     /// Writes the record's line now, on the calling thread, and returns once it has been handed to the
@@ -1235,7 +1259,7 @@ fn lock(state: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 }
 
 /// The background thread: take what is queued, write it in chunks, answer the flushes, linger, repeat.
-fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
+fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>, queued: &AtomicUsize) {
     let mut waiters = Vec::new();
     let mut pending = Vec::new();
     let mut open = true;
@@ -1254,12 +1278,14 @@ fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
                 }
             }
         }
-        let mut queued = pending.drain(..).peekable();
-        while queued.peek().is_some() {
+        let mut taken = pending.drain(..).peekable();
+        while taken.peek().is_some() {
             let mut w = lock(state);
-            for msg in queued.by_ref().take(LOCK_CHUNK) {
+            let mut records = 0;
+            for msg in taken.by_ref().take(LOCK_CHUNK) {
                 match msg {
                     Msg::Record(record) => {
+                        records += 1;
                         // Formatting writes nothing (unless it rotates): only its failure is news. A success
                         // here must not end a failure only a write can end.
                         if let Err(e) = w.append(&record) {
@@ -1274,8 +1300,13 @@ fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
                 let result = w.write_out();
                 w.report(result);
             }
+            drop(w);
+            // Counted out once written (or failed): the bound covers what this thread holds as well.
+            queued.fetch_sub(records, Ordering::Relaxed);
         }
-        drop(queued);
+        drop(taken);
+        // A backlog after a stall is not kept as capacity for the rest of the process's life.
+        pending.shrink_to(4 * LOCK_CHUNK);
         for done in waiters.drain(..) {
             let _ = done.send(());
         }
@@ -1877,6 +1908,59 @@ mod tests {
         assert_eq!(v["version"], serde_json::Value::Null);
         let edited = a.replace("\"status\":200", "\"status\":201");
         assert!(check_line(&edited).unwrap_err().contains("edited"));
+    }
+
+    /// While the background thread cannot write (here: the chain's mutex held, as by a write that hangs), no
+    /// more than QUEUE_CAP records wait: the next read waits for room, and once the thread can write again,
+    /// every record is in the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_writer_holds_reads_at_the_queue_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = Arc::new(AuditLog::open(&path, 1 << 30).unwrap());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let stall = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let _stalled = lock(&log.state);
+                locked.send(()).unwrap();
+                let _ = held.recv();
+            })
+        };
+        is_locked.recv().unwrap();
+        let extra = 10;
+        let producer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..(QUEUE_CAP + extra) as u64 {
+                    log.record_queued(record(i)).await;
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while log.queued.load(Ordering::Relaxed) < QUEUE_CAP {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue never filled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(log.queued.load(Ordering::Relaxed), QUEUE_CAP);
+        assert!(!producer.is_finished(), "recorded past the cap");
+        release.send(()).unwrap();
+        stall.join().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), producer)
+            .await
+            .expect("the waiting read never got room")
+            .unwrap();
+        log.flush().await;
+        assert_eq!(log.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            verify_file(&path).unwrap().lines,
+            (QUEUE_CAP + extra) as u64
+        );
     }
 
     #[tokio::test]

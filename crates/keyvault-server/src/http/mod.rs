@@ -406,7 +406,7 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
                         }
                         record.target = seen.client_id;
                     }
-                    audit.record(record);
+                    audit.record_queued(record).await;
                 }
                 let headers = resp.headers_mut();
                 headers.insert(X_MS_REQUEST_ID, request_id.header_value());
@@ -497,7 +497,7 @@ async fn serve_vault(state: &HttpState, req: Request) -> Response {
     if let Some(audit) = &state.audit {
         record.status = status.as_u16();
         if reads {
-            audit.record(record);
+            audit.record_queued(record).await;
         } else {
             // A change (or an attempt at one) is in the audit log before the client hears of it.
             let (operation, made) = (record.operation, status.is_success());
