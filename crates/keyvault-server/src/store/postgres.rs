@@ -728,13 +728,15 @@ impl NameTurns {
     ) -> StoreResult<T> {
         let name = (vault.to_owned(), key.to_owned());
         let turn = self.lock().entry(name.clone()).or_default().clone();
-        // Forgotten however this ends (its request dropped too), once no one else holds or awaits it.
-        let _forget = ForgetTurn {
+        // Forgotten however this ends (its request dropped too), once no one else holds or awaits it. The
+        // guard's is this write's only copy: with a second one, dropped after the guard, two writes ending at
+        // once could each see the other's copy and leave the entry behind (a62-3).
+        let forget = ForgetTurn {
             turns: self,
             name,
-            turn: turn.clone(),
+            turn,
         };
-        match tokio::time::timeout(OPERATION_TIMEOUT, turn.lock()).await {
+        match tokio::time::timeout(OPERATION_TIMEOUT, forget.turn.lock()).await {
             Ok(_mine) => write.await,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "other writes of this name waited before it for {OPERATION_TIMEOUT:?} (its row is locked \
@@ -760,9 +762,8 @@ struct ForgetTurn<'a> {
 impl Drop for ForgetTurn<'_> {
     fn drop(&mut self) {
         let mut turns = self.turns.lock();
-        // The map's, this guard's and the caller's (dropped after this, or already): every clone is made
-        // under the map's lock.
-        if Arc::strong_count(&self.turn) <= 3 {
+        // The map's and this guard's (the write's only one): every clone is made under the map's lock.
+        if Arc::strong_count(&self.turn) <= 2 {
             turns.remove(&self.name);
         }
     }
