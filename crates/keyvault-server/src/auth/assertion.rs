@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -239,13 +240,17 @@ struct ClientKeys {
     federated: Vec<FederatedCredential>,
 }
 
-/// One client's assertion ids, each until its assertion expires.
+/// One client's assertion ids, each until its assertion expires. Kept by the monotonic clock: the time an
+/// assertion had left when it was seen, counted from then, so that a step of the wall clock (NTP, a VM
+/// resumed) neither forgets ids whose assertions are still valid (a step forward and back: replays) nor
+/// keeps a full memory refusing for as long as a step back (a63-2). Each assertion's own `exp` and `nbf`
+/// are still checked against the wall clock.
 #[derive(Default)]
 struct SeenIds {
-    /// `jti` → the assertion's `exp`.
-    ids: HashMap<String, i64>,
+    /// `jti` → when its assertion expires (skew included).
+    ids: HashMap<String, Instant>,
     /// While full: no id is due to expire before this time, so there is nothing to sweep until then.
-    full_until: Option<i64>,
+    full_until: Option<Instant>,
 }
 
 /// The clients that may authenticate with assertions, and the assertion ids seen.
@@ -410,16 +415,18 @@ impl ClientAssertions {
         if self.allow_reuse {
             return Ok(());
         }
-        self.remember(client_id, jti, exp, now)
+        self.remember(client_id, jti, exp, now, Instant::now())
     }
 
-    /// Records an assertion id until its assertion expires; refuses one seen before.
+    /// Records an assertion id until its assertion expires (`exp` by the wall clock's `now`, kept as the time
+    /// left from `mono`); refuses one seen before.
     fn remember(
         &self,
         client_id: &str,
         jti: &str,
         exp: i64,
         now: i64,
+        mono: Instant,
     ) -> Result<(), AssertionError> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if !seen.contains_key(client_id) {
@@ -428,26 +435,28 @@ impl ClientAssertions {
         let Some(mine) = seen.get_mut(client_id) else {
             return Err(AssertionError::ReplayCacheFull);
         };
-        let live = |until: i64| until.saturating_add(CLOCK_SKEW_SECS) > now;
-        if mine.ids.get(jti).is_some_and(|&until| live(until)) {
+        let live = |until: &Instant| *until > mono;
+        if mine.ids.get(jti).is_some_and(live) {
             return Err(AssertionError::Replayed);
         }
         if mine.ids.len() >= self.capacity {
-            if mine.full_until.is_some_and(|t| now < t) {
+            if mine.full_until.is_some_and(|t| mono < t) {
                 return Err(AssertionError::ReplayCacheFull);
             }
-            mine.ids.retain(|_, until| live(*until));
+            mine.ids.retain(|_, until| live(until));
             if mine.ids.len() >= self.capacity {
-                mine.full_until = mine
-                    .ids
-                    .values()
-                    .min()
-                    .map(|until| until.saturating_add(CLOCK_SKEW_SECS));
+                mine.full_until = mine.ids.values().min().copied();
                 return Err(AssertionError::ReplayCacheFull);
             }
             mine.full_until = None;
         }
-        mine.ids.insert(jti.to_string(), exp);
+        // `verify` bounds what is left (`MAX_ASSERTION_LIFETIME_SECS` and the skew).
+        let left = exp
+            .saturating_add(CLOCK_SKEW_SECS)
+            .saturating_sub(now)
+            .max(0);
+        mine.ids
+            .insert(jti.to_string(), mono + Duration::from_secs(left as u64));
         Ok(())
     }
 }
@@ -1142,26 +1151,58 @@ mod tests {
         let cert = test_cert();
         let mut a = registry(&cert);
         a.capacity = 2;
-        a.remember(CLIENT, "a", NOW + 10, NOW).unwrap();
-        a.remember(CLIENT, "b", NOW + 600, NOW).unwrap();
+        // The monotonic clock at wall time `t`, the wall clock not stepped.
+        let base = Instant::now();
+        let at = |t: i64| base + Duration::from_secs((t - NOW) as u64);
+        a.remember(CLIENT, "a", NOW + 10, NOW, at(NOW)).unwrap();
+        a.remember(CLIENT, "b", NOW + 600, NOW, at(NOW)).unwrap();
         assert_eq!(
-            a.remember(CLIENT, "c", NOW + 600, NOW),
+            a.remember(CLIENT, "c", NOW + 600, NOW, at(NOW)),
             Err(AssertionError::ReplayCacheFull)
         );
         // Another client's room is its own.
-        a.remember("other", "c", NOW + 600, NOW).unwrap();
+        a.remember("other", "c", NOW + 600, NOW, at(NOW)).unwrap();
         // Nothing expires before "a": still full a second before, without a sweep.
         let later = NOW + 10 + CLOCK_SKEW_SECS;
         assert_eq!(
-            a.remember(CLIENT, "c", NOW + 600, later - 1),
+            a.remember(CLIENT, "c", NOW + 600, later - 1, at(later - 1)),
             Err(AssertionError::ReplayCacheFull)
         );
         // Once "a" has expired its room is free again, and its id may come back.
-        a.remember(CLIENT, "c", later + 600, later).unwrap();
+        a.remember(CLIENT, "c", later + 600, later, at(later))
+            .unwrap();
         assert_eq!(
-            a.remember(CLIENT, "b", NOW + 600, later),
+            a.remember(CLIENT, "b", NOW + 600, later, at(later)),
             Err(AssertionError::Replayed)
         );
+    }
+
+    /// A step of the wall clock changes neither what the replay memory holds nor for how long (a63-2).
+    #[test]
+    fn replay_memory_ignores_wall_clock_steps() {
+        let cert = test_cert();
+        let mut a = registry(&cert);
+        a.capacity = 2;
+        let base = Instant::now();
+        let after = |secs: u64| base + Duration::from_secs(secs);
+        a.remember(CLIENT, "a", NOW + 10, NOW, after(0)).unwrap();
+        a.remember(CLIENT, "b", NOW + 600, NOW, after(0)).unwrap();
+        // The wall clock a day ahead a second later: "a" is still live, so the memory is still full...
+        let day = 86_400;
+        assert_eq!(
+            a.remember(CLIENT, "c", NOW + day + 600, NOW + day, after(1)),
+            Err(AssertionError::ReplayCacheFull)
+        );
+        // ...and once the clock is back, "a" (still valid) is a replay, not a new assertion.
+        assert_eq!(
+            a.remember(CLIENT, "a", NOW + 10, NOW + 2, after(2)),
+            Err(AssertionError::Replayed)
+        );
+        // The wall clock an hour behind once "a" has really expired: its room is free.
+        let gone = 10 + CLOCK_SKEW_SECS as u64;
+        let behind = NOW - 3_600;
+        a.remember(CLIENT, "d", behind + 600, behind, after(gone))
+            .unwrap();
     }
 
     #[test]
