@@ -882,6 +882,18 @@ async fn route_words_are_read_in_any_case() {
         named["id"].as_str().unwrap().contains("/secrets/Restore/"),
         "{named}"
     );
+    // A 405 names POST for the restore route in any case (a64-5).
+    for path in ["/secrets/Restore", "/SECRETS/RESTORE/"] {
+        let (s, allow, _) = v
+            .send(Method::OPTIONS, &format!("{path}?{api}"), None, &[])
+            .await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(
+            allow.as_deref(),
+            Some("GET, PUT, PATCH, DELETE, POST"),
+            "{path}"
+        );
+    }
     // Words that are not the route's stay refused: a 404 in Key Vault's shape.
     let (s, _, body) = v
         .send(

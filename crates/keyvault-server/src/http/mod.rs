@@ -1060,6 +1060,7 @@ fn path_segments<'a>(path: &'a str, decoded: &'a mut Vec<Cow<'a, str>>) -> Vec<&
 /// lower case, as the routes spell them. A secret's name keeps the case it was sent in (names compare without
 /// case, and a new name is shown as first written), so `restore` in the second place is the route only for
 /// POST, where it is one (`PUT /secrets/Restore` sets the secret `Restore`).
+#[inline]
 fn route_words_in_lower_case(method: &Method, segs: &mut [&str]) {
     const COLLECTIONS: [&str; 2] = ["secrets", "deletedsecrets"];
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
@@ -1528,7 +1529,9 @@ fn attributes_input(
 fn vault_route_methods(segs: &[&str]) -> Option<&'static str> {
     Some(match segs {
         ["secrets"] | ["deletedsecrets"] => "GET",
-        ["secrets", "restore"] => "GET, PUT, PATCH, DELETE, POST",
+        ["secrets", restore] if restore.eq_ignore_ascii_case("restore") => {
+            "GET, PUT, PATCH, DELETE, POST"
+        }
         ["secrets", _] => "GET, PUT, PATCH, DELETE",
         ["secrets", _, "backup"] => "GET, PATCH, POST",
         ["secrets", _, _] => "GET, PATCH",

@@ -106,8 +106,16 @@ impl Route {
             }
         }
         let more = rest.is_some();
-        let m = method;
-        // The routes' words in any case, as the server reads them (`route_words_in_lower_case`).
+        let route = Route::of_segments(method, &segs, more);
+        // A third segment that can be a word (`versions`, `backup`, `recover`; not a version id) not in
+        // lower case: another route than as sent.
+        let odd_third =
+            segs[2].is_some_and(|s| s.len() <= 8 && s.iter().any(u8::is_ascii_uppercase));
+        if (route != Route::Other && !odd_third) || !p.iter().any(u8::is_ascii_uppercase) {
+            return route;
+        }
+        // The routes' words in any case, as the server reads them (`route_words_in_lower_case`); looked at
+        // only for a path that is no route as sent, or may be another (every SDK sends them in lower case).
         let word = |seg: Option<&'p [u8]>, words: &[&'static [u8]]| {
             seg.map(|s| {
                 *words
@@ -118,9 +126,15 @@ impl Route {
         };
         segs[0] = word(segs[0], &[b"secrets", b"deletedsecrets"]);
         segs[2] = word(segs[2], &[b"versions", b"backup", b"recover"]);
-        if m == Method::POST && segs[2].is_none() {
+        if method == Method::POST && segs[2].is_none() {
             segs[1] = word(segs[1], &[b"restore"]);
         }
+        Route::of_segments(method, &segs, more)
+    }
+
+    /// [`Route::of`] for a path's first four segments, as sent; `more`: the path has more.
+    #[inline]
+    fn of_segments(m: &Method, segs: &[Option<&[u8]>; 4], more: bool) -> Route {
         match (segs[0].unwrap_or_default(), segs[1], segs[2], segs[3]) {
             (b"secrets", None, _, _) if m == Method::GET => Route::List,
             (b"secrets", Some(b"restore"), None, _) if m == Method::POST => Route::Restore,
@@ -766,6 +780,9 @@ mod tests {
             ("GET", "/DeletedSecrets", Route::ListDeleted),
             ("POST", "/DELETEDSECRETS/a/Recover", Route::Recover),
             ("GET", "/secretz/a", Route::Other),
+            ("GET", "/secrets/a/BACKUP", Route::Get),
+            ("GET", "/secrets/A/0123ABCD", Route::Get),
+            ("PATCH", "/Secrets/a/0123ABCD", Route::Update),
         ];
         for (method, path, want) in cases {
             let method: Method = method.parse().unwrap();
