@@ -748,6 +748,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     /// Records sent to the background thread that it has not written yet (see [`QUEUE_CAP`]).
     queued: Arc<AtomicUsize>,
+    /// Signalled by the background thread for each record it takes while the queue was full.
+    room: Arc<tokio::sync::Notify>,
     /// The background thread, woken early by [`AuditLog::flush`].
     writer: std::thread::Thread,
     /// The chain and the file, shared by the background thread and inline writers.
@@ -1118,14 +1120,16 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_state = state.clone();
         let queued = Arc::new(AtomicUsize::new(0));
-        let thread_queued = queued.clone();
+        let room = Arc::new(tokio::sync::Notify::new());
+        let (thread_queued, thread_room) = (queued.clone(), room.clone());
         let handle = std::thread::Builder::new()
             .name("audit-log".into())
-            .spawn(move || writer_loop(&thread_state, rx, &thread_queued))
+            .spawn(move || writer_loop(&thread_state, rx, &thread_queued, &thread_room))
             .map_err(io)?;
         let log = AuditLog {
             tx,
             queued,
+            room,
             writer: handle.thread().clone(),
             state,
             failing,
@@ -1170,12 +1174,27 @@ impl AuditLog {
     }
 
     /// [`AuditLog::record`], once fewer than [`QUEUE_CAP`] records wait for the background thread: while it
-    /// cannot write, the caller waits (polling every millisecond) instead of the queue growing.
+    /// cannot write, the caller waits (woken as the thread takes records) instead of the queue growing.
     pub async fn record_queued(&self, record: AuditRecord) {
-        while self.queued.load(Ordering::Relaxed) >= QUEUE_CAP {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if self.queued.load(Ordering::Relaxed) >= QUEUE_CAP {
+            // Boxed: the future of every read holds no timer for what only a stall needs.
+            Box::pin(self.wait_for_room()).await;
         }
         self.record(record);
+    }
+
+    #[cold]
+    async fn wait_for_room(&self) {
+        loop {
+            // Registered before the count is read: a record taken in between wakes it.
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.queued.load(Ordering::Relaxed) < QUEUE_CAP {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Writes the record's line now, on the calling thread, and returns once it has been handed to the
@@ -1259,7 +1278,12 @@ fn lock(state: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 }
 
 /// The background thread: take what is queued, write it in chunks, answer the flushes, linger, repeat.
-fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>, queued: &AtomicUsize) {
+fn writer_loop(
+    state: &Mutex<Writer>,
+    rx: mpsc::Receiver<Msg>,
+    queued: &AtomicUsize,
+    room: &tokio::sync::Notify,
+) {
     let mut waiters = Vec::new();
     let mut pending = Vec::new();
     let mut open = true;
@@ -1301,8 +1325,13 @@ fn writer_loop(state: &Mutex<Writer>, rx: mpsc::Receiver<Msg>, queued: &AtomicUs
                 w.report(result);
             }
             drop(w);
-            // Counted out once written (or failed): the bound covers what this thread holds as well.
-            queued.fetch_sub(records, Ordering::Relaxed);
+            // Counted out once written (or failed): the bound covers what this thread holds as well. Each
+            // record taken while the queue was full wakes one read waiting for room.
+            if queued.fetch_sub(records, Ordering::Relaxed) >= QUEUE_CAP {
+                for _ in 0..records {
+                    room.notify_one();
+                }
+            }
         }
         drop(taken);
         // A backlog after a stall is not kept as capacity for the rest of the process's life.
