@@ -237,12 +237,27 @@ fn check_at_signs(url: &str) -> Result<(), String> {
     // `application_name=kv@h`, is kept), and refused before any key is named.
     if let Some(last) = after.rfind('@')
         && let Some((_, query)) = after[..last].split_once('?')
-        && query_keys(query).iter().any(|k| !is_known(k))
+        && tokio_postgres_keys(query)
+            .iter()
+            .any(|k| !is_known(k) || k.to_ascii_lowercase() != *k)
     {
         return Err(
             "the URL has an '@' after a '?' that follows the first '@': a password with an unencoded '@' \
              ends there, and its rest would be read as the host and the query. Percent-encode '@' as %40 in \
              the user name and password"
+                .into(),
+        );
+    }
+    // The same with a '/' instead (`kv:pa@ss/x@h/db`): the rest reads as a host and a database name, which
+    // errors name (a64-1). An '@' in the database name itself must be encoded as well.
+    let before_query = &after[..after.find('?').unwrap_or(after.len())];
+    if let Some((_, path)) = before_query.split_once('/')
+        && path.contains('@')
+    {
+        return Err(
+            "the URL has an '@' after its host, before any '?': in a password with an unencoded '@' the \
+             password ends at its first '@' and its rest would be read as the host and the database name. \
+             Percent-encode '@' as %40 (in the user name, password and database name)"
                 .into(),
         );
     }
@@ -278,6 +293,23 @@ fn query_keys(query: &str) -> Vec<String> {
                 .to_ascii_lowercase()
         })
         .collect()
+}
+
+/// A URL query's keys as tokio-postgres reads them: each up to the next '=' (an '&' before it is part of
+/// the key), percent-decoded, in the case written.
+fn tokio_postgres_keys(query: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut rest = query;
+    while let Some(eq) = rest.find('=') {
+        keys.push(
+            percent_encoding::percent_decode_str(&rest[..eq])
+                .decode_utf8_lossy()
+                .into_owned(),
+        );
+        let value = &rest[eq + 1..];
+        rest = value.find('&').map_or("", |amp| &value[amp + 1..]);
+    }
+    keys
 }
 
 /// Whether tokio-postgres, libpq or this module knows a (lower-case) setting by that name.

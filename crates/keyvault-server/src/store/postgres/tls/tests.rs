@@ -131,6 +131,14 @@ fn an_at_sign_outside_the_user_information_is_refused() {
         "postgres://kv:S3cr3t@PW10?PW11=1@h/db",
         "postgres://kv:S3cr3t@PW12?PW13=%ff@h/db",
         "postgres://kv:S3cr3t@PW14?sslmode=x&PW15=1@h/db",
+        // Keys as tokio-postgres reads them: in their case, and up to the '=' (a64-2).
+        "postgres://kv:S3cr3t@PW16?Application_Name=1@h/db",
+        "postgres://kv:S3cr3t@PW17?PW18&user=x@h/db",
+        // A '/' instead of the '?': the rest reads as a host and a database name (a64-1).
+        "postgres://kv:S3cr3t@PWhost/PWdb-canary@127.0.0.1:55431/vault",
+        "postgres://kv:S3cr3t@PW19/PW20@h",
+        // An '@' in the database name is refused the same way (write it %40).
+        "postgres://kv:pw@h/d@b",
     ] {
         let e = split(url).unwrap_err();
         assert!(
