@@ -734,9 +734,12 @@ impl NameTurns {
         let forget = ForgetTurn {
             turns: self,
             name,
-            turn,
+            turn: Some(turn),
         };
-        match tokio::time::timeout(OPERATION_TIMEOUT, forget.turn.lock()).await {
+        let Some(turn) = forget.turn.as_deref() else {
+            return Err(StoreError::Internal("a name's turn went missing".into()));
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, turn.lock()).await {
             Ok(_mine) => write.await,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "other writes of this name waited before it for {OPERATION_TIMEOUT:?} (its row is locked \
@@ -756,15 +759,20 @@ impl NameTurns {
 struct ForgetTurn<'a> {
     turns: &'a NameTurns,
     name: (String, String),
-    turn: Arc<tokio::sync::Mutex<()>>,
+    /// The write's only copy (taken, and dropped under the map's lock, when the guard is dropped).
+    turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Drop for ForgetTurn<'_> {
     fn drop(&mut self) {
         let mut turns = self.turns.lock();
-        // The map's and this guard's (the write's only one): every clone is made under the map's lock.
-        if Arc::strong_count(&self.turn) <= 2 {
-            turns.remove(&self.name);
+        // The map's and this guard's: every clone is made, and every guard's copy dropped, under the map's
+        // lock, so two writes ending at once cannot each count the other's copy (a62-3, a64-4).
+        if let Some(turn) = self.turn.take() {
+            if Arc::strong_count(&turn) <= 2 {
+                turns.remove(&self.name);
+            }
+            drop(turn);
         }
     }
 }

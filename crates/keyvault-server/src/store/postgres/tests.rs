@@ -1787,6 +1787,32 @@ async fn a_names_turn_is_forgotten_however_its_write_ends() {
     assert!(turns.lock().is_empty());
 }
 
+/// Writes of one name ending at once, on two threads, leave no turn behind (a62-3, a64-4: the guard's copy was
+/// dropped after the map's lock, so two guards could each count the other's; a few entries in 100k rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_of_writes_ending_at_once_are_all_forgotten() {
+    let turns = Arc::new(NameTurns::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut rounds = 0u64;
+    while std::time::Instant::now() < deadline {
+        let name = format!("n{rounds}");
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let (turns, name) = (turns.clone(), name.clone());
+            tasks.push(tokio::spawn(async move {
+                let r: StoreResult<()> = turns.run("v", &name, async { Ok(()) }).await;
+                r
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        rounds += 1;
+    }
+    let left = turns.lock().len();
+    assert_eq!(left, 0, "{left} of {rounds} names left behind");
+}
+
 /// A write given up by its caller while it waits in the database for a row another session holds is
 /// cancelled there: no keyvault session is left waiting behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
