@@ -240,17 +240,25 @@ struct ClientKeys {
     federated: Vec<FederatedCredential>,
 }
 
-/// One client's assertion ids, each until its assertion expires. Kept by the monotonic clock: the time an
-/// assertion had left when it was seen, counted from then, so that a step of the wall clock (NTP, a VM
-/// resumed) neither forgets ids whose assertions are still valid (a step forward and back: replays) nor
-/// keeps a full memory refusing for as long as a step back (a63-2). Each assertion's own `exp` and `nbf`
-/// are still checked against the wall clock.
+/// One client's assertion ids, each until its assertion expires by both clocks: the wall clock (its `exp`,
+/// against which `verify` checks it) and the monotonic one (the time it had left when it was seen, counted
+/// from then). An id is forgotten only once both say it has expired, so that a step of the wall clock (NTP,
+/// a VM resumed) forgets no id whose assertion is still valid: neither a step forward and back (a63-2) nor a
+/// step back after the monotonic time ran out (a64-3) lets a used assertion in again. The price: after a
+/// step back, a full memory refuses new assertions for as long as the step.
 #[derive(Default)]
 struct SeenIds {
     /// `jti` → when its assertion expires (skew included).
-    ids: HashMap<String, Instant>,
-    /// While full: no id is due to expire before this time, so there is nothing to sweep until then.
-    full_until: Option<Instant>,
+    ids: HashMap<String, Until>,
+    /// While full: no id is due to expire by both clocks before this, so there is nothing to sweep until then.
+    full_until: Option<Until>,
+}
+
+/// A time by both clocks: the wall clock's seconds, and the monotonic clock's instant.
+#[derive(Clone, Copy)]
+struct Until {
+    wall: i64,
+    mono: Instant,
 }
 
 /// The clients that may authenticate with assertions, and the assertion ids seen.
@@ -435,28 +443,34 @@ impl ClientAssertions {
         let Some(mine) = seen.get_mut(client_id) else {
             return Err(AssertionError::ReplayCacheFull);
         };
-        let live = |until: &Instant| *until > mono;
+        // Live while either clock says so.
+        let live = |until: &Until| until.wall > now || until.mono > mono;
         if mine.ids.get(jti).is_some_and(live) {
             return Err(AssertionError::Replayed);
         }
         if mine.ids.len() >= self.capacity {
-            if mine.full_until.is_some_and(|t| mono < t) {
+            if mine.full_until.is_some_and(|t| live(&t)) {
                 return Err(AssertionError::ReplayCacheFull);
             }
             mine.ids.retain(|_, until| live(until));
             if mine.ids.len() >= self.capacity {
-                mine.full_until = mine.ids.values().min().copied();
+                // Nothing can be swept before the earliest expiry by either clock.
+                mine.full_until = Some(Until {
+                    wall: mine.ids.values().map(|u| u.wall).min().unwrap_or(now),
+                    mono: mine.ids.values().map(|u| u.mono).min().unwrap_or(mono),
+                });
                 return Err(AssertionError::ReplayCacheFull);
             }
             mine.full_until = None;
         }
         // `verify` bounds what is left (`MAX_ASSERTION_LIFETIME_SECS` and the skew).
-        let left = exp
-            .saturating_add(CLOCK_SKEW_SECS)
-            .saturating_sub(now)
-            .max(0);
-        mine.ids
-            .insert(jti.to_string(), mono + Duration::from_secs(left as u64));
+        let wall = exp.saturating_add(CLOCK_SKEW_SECS);
+        let left = wall.saturating_sub(now).max(0);
+        let until = Until {
+            wall,
+            mono: mono + Duration::from_secs(left as u64),
+        };
+        mine.ids.insert(jti.to_string(), until);
         Ok(())
     }
 }
@@ -1198,11 +1212,25 @@ mod tests {
             a.remember(CLIENT, "a", NOW + 10, NOW + 2, after(2)),
             Err(AssertionError::Replayed)
         );
-        // The wall clock an hour behind once "a" has really expired: its room is free.
-        let gone = 10 + CLOCK_SKEW_SECS as u64;
-        let behind = NOW - 3_600;
-        a.remember(CLIENT, "d", behind + 600, behind, after(gone))
-            .unwrap();
+        // Once "a" has expired by both clocks its room is free.
+        let gone = 10 + CLOCK_SKEW_SECS;
+        a.remember(
+            CLIENT,
+            "d",
+            NOW + gone + 600,
+            NOW + gone,
+            after(gone as u64),
+        )
+        .unwrap();
+        // A step back after an id's monotonic time ran out: the id is still known while its assertion is
+        // valid by the wall clock, which is what `verify` checks it against (a64-3).
+        let a = registry(&cert);
+        a.remember(CLIENT, "e", NOW + 60, NOW, after(0)).unwrap();
+        let back = NOW + 361 - 600;
+        assert_eq!(
+            a.remember(CLIENT, "e", NOW + 60, back, after(361)),
+            Err(AssertionError::Replayed)
+        );
     }
 
     #[test]
