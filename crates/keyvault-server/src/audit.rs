@@ -1191,6 +1191,10 @@ impl AuditLog {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.queued.load(Ordering::Relaxed) < QUEUE_CAP {
+                // The wake-up goes on to the next waiter: the background thread wakes them only for the
+                // records it takes while the queue is full, and after a stall it drains the backlog in
+                // chunks of which only the first starts full (a65-1).
+                self.room.notify_one();
                 return;
             }
             notified.await;
@@ -1990,6 +1994,56 @@ mod tests {
             verify_file(&path).unwrap().lines,
             (QUEUE_CAP + extra) as u64
         );
+    }
+
+    /// Reads waiting for room after a stall all go on once the background thread writes again, some of them
+    /// cancelled meanwhile (a65-1: after the first chunk of the backlog, nothing woke the others).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_read_waiting_for_room_goes_on_after_a_stall() {
+        for (waiters, cancel_every) in [(40, 0), (200, 3)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.log");
+            let log = Arc::new(AuditLog::open(&path, 1 << 30).unwrap());
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+            let stall = {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _stalled = lock(&log.state);
+                    locked.send(()).unwrap();
+                    let _ = held.recv();
+                })
+            };
+            is_locked.recv().unwrap();
+            for i in 0..QUEUE_CAP as u64 {
+                log.record(record(i));
+            }
+            let mut kept = Vec::new();
+            for i in 0..waiters {
+                let log = log.clone();
+                let task = tokio::spawn(async move {
+                    log.record_queued(record(1_000_000 + i as u64)).await;
+                });
+                if cancel_every > 0 && i % cancel_every == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    task.abort();
+                } else {
+                    kept.push(task);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(kept.iter().all(|t| !t.is_finished()), "a read passed the cap");
+            release.send(()).unwrap();
+            stall.join().unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut stuck = 0;
+            for t in kept {
+                if tokio::time::timeout_at(deadline, t).await.is_err() {
+                    stuck += 1;
+                }
+            }
+            assert_eq!(stuck, 0, "{stuck} of {waiters} reads still wait 10 s after the stall");
+        }
     }
 
     #[tokio::test]
