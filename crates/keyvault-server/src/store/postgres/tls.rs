@@ -223,6 +223,19 @@ fn check_at_signs(url: &str) -> Result<(), String> {
     let Some((userinfo, after)) = body.split_once('@') else {
         return Ok(());
     };
+    // Before the first '@', a '/' with no ':' ahead of it: no user name and password but a host and a path
+    // (`postgres://localhost/my@db`), which tokio-postgres would read as credentials, the rest as the host
+    // (a65-2). With a ':' ahead it is read as a password holding a '/' (`u:pa/ss@h`), as written.
+    if let Some((before_slash, _)) = userinfo.split_once('/')
+        && !before_slash.contains(':')
+    {
+        return Err(
+            "the URL has an '@' after a '/' and no user name and password before it: tokio-postgres would \
+             read what comes before the '@' as credentials. Percent-encode '@' as %40 (in the database name \
+             and query too)"
+                .into(),
+        );
+    }
     let host_part = &after[..after.find(['/', '?']).unwrap_or(after.len())];
     if host_part.contains('@') {
         return Err(

@@ -137,8 +137,12 @@ fn an_at_sign_outside_the_user_information_is_refused() {
         // A '/' instead of the '?': the rest reads as a host and a database name (a64-1).
         "postgres://kv:S3cr3t@PWhost/PWdb-canary@127.0.0.1:55431/vault",
         "postgres://kv:S3cr3t@PW19/PW20@h",
-        // An '@' in the database name is refused the same way (write it %40).
+        // An '@' in the database name is refused the same way (write it %40), with or without credentials
+        // before it (a65-2).
         "postgres://kv:pw@h/d@b",
+        "postgres://localhost/my@db",
+        "postgres://h/d@b?sslmode=verify-full",
+        "postgres:///d@b",
     ] {
         let e = split(url).unwrap_err();
         assert!(
