@@ -2032,7 +2032,10 @@ mod tests {
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(kept.iter().all(|t| !t.is_finished()), "a read passed the cap");
+            assert!(
+                kept.iter().all(|t| !t.is_finished()),
+                "a read passed the cap"
+            );
             release.send(()).unwrap();
             stall.join().unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -2042,7 +2045,10 @@ mod tests {
                     stuck += 1;
                 }
             }
-            assert_eq!(stuck, 0, "{stuck} of {waiters} reads still wait 10 s after the stall");
+            assert_eq!(
+                stuck, 0,
+                "{stuck} of {waiters} reads still wait 10 s after the stall"
+            );
         }
     }
 
