@@ -252,6 +252,10 @@ struct SeenIds {
     ids: HashMap<String, Until>,
     /// While full: no id is due to expire by both clocks before this, so there is nothing to sweep until then.
     full_until: Option<Until>,
+    /// The latest wall-clock expiry of an id swept: an assertion expiring at or before it may be one of them,
+    /// valid again only by a step back of the wall clock, and is refused (a65-3). Without a step back no new
+    /// assertion expires that early.
+    swept_wall: i64,
 }
 
 /// A time by both clocks: the wall clock's seconds, and the monotonic clock's instant.
@@ -445,14 +449,23 @@ impl ClientAssertions {
         };
         // Live while either clock says so.
         let live = |until: &Until| until.wall > now || until.mono > mono;
-        if mine.ids.get(jti).is_some_and(live) {
+        let wall = exp.saturating_add(CLOCK_SKEW_SECS);
+        if mine.ids.get(jti).is_some_and(live) || (mine.swept_wall > 0 && wall <= mine.swept_wall) {
             return Err(AssertionError::Replayed);
         }
         if mine.ids.len() >= self.capacity {
             if mine.full_until.is_some_and(|t| live(&t)) {
                 return Err(AssertionError::ReplayCacheFull);
             }
-            mine.ids.retain(|_, until| live(until));
+            let mut swept_wall = mine.swept_wall;
+            mine.ids.retain(|_, until| {
+                let keep = live(until);
+                if !keep {
+                    swept_wall = swept_wall.max(until.wall);
+                }
+                keep
+            });
+            mine.swept_wall = swept_wall;
             if mine.ids.len() >= self.capacity {
                 // Nothing can be swept before the earliest expiry by either clock.
                 mine.full_until = Some(Until {
@@ -464,7 +477,6 @@ impl ClientAssertions {
             mine.full_until = None;
         }
         // `verify` bounds what is left (`MAX_ASSERTION_LIFETIME_SECS` and the skew).
-        let wall = exp.saturating_add(CLOCK_SKEW_SECS);
         let left = wall.saturating_sub(now).max(0);
         let until = Until {
             wall,
@@ -1191,7 +1203,8 @@ mod tests {
         );
     }
 
-    /// A step of the wall clock changes neither what the replay memory holds nor for how long (a63-2).
+    /// A step of the wall clock lets no used assertion in again: neither forward and back (a63-2), nor back
+    /// after an id's monotonic time ran out (a64-3), nor back after its id was swept (a65-3).
     #[test]
     fn replay_memory_ignores_wall_clock_steps() {
         let cert = test_cert();
@@ -1231,6 +1244,20 @@ mod tests {
             a.remember(CLIENT, "e", NOW + 60, back, after(361)),
             Err(AssertionError::Replayed)
         );
+        // Swept (expired by both clocks, the memory full), then the wall clock steps back into its validity.
+        let mut a = registry(&cert);
+        a.capacity = 2;
+        a.remember(CLIENT, "f", NOW + 60, NOW, after(0)).unwrap();
+        a.remember(CLIENT, "g", NOW + 60, NOW, after(0)).unwrap();
+        a.remember(CLIENT, "h", NOW + 1600, NOW + 1000, after(1000))
+            .unwrap();
+        assert_eq!(
+            a.remember(CLIENT, "f", NOW + 60, NOW + 10, after(1001)),
+            Err(AssertionError::Replayed)
+        );
+        // A new assertion expiring later than the swept ones goes in as before.
+        a.remember(CLIENT, "i", NOW + 1700, NOW + 1100, after(1100))
+            .unwrap();
     }
 
     #[test]
