@@ -226,13 +226,16 @@ fn check_at_signs(url: &str) -> Result<(), String> {
     // Before the first '@', a '/' with no ':' ahead of it: no user name and password but a host and a path
     // (`postgres://localhost/my@db`), which tokio-postgres would read as credentials, the rest as the host
     // (a65-2). With a ':' ahead it is read as a password holding a '/' (`u:pa/ss@h`), as written.
-    if let Some((before_slash, _)) = userinfo.split_once('/')
-        && !before_slash.contains(':')
-    {
+    // Nor does one start with '[' (an IPv6 host: `postgres://[::1]/my@db`, a66-2).
+    let host_like = userinfo.starts_with('[')
+        || userinfo
+            .split_once('/')
+            .is_some_and(|(before_slash, _)| !before_slash.contains(':'));
+    if host_like {
         return Err(
-            "the URL has an '@' after a '/' and no user name and password before it: tokio-postgres would \
-             read what comes before the '@' as credentials. Percent-encode '@' as %40 (in the database name \
-             and query too)"
+            "the URL has an '@' after a host or a '/', with no user name and password before it: \
+             tokio-postgres would read what comes before the '@' as credentials. Percent-encode '@' as %40 \
+             (in the database name and query too), and a '/' in a user name as %2F"
                 .into(),
         );
     }

@@ -143,6 +143,8 @@ fn an_at_sign_outside_the_user_information_is_refused() {
         "postgres://localhost/my@db",
         "postgres://h/d@b?sslmode=verify-full",
         "postgres:///d@b",
+        "postgres://[::1]/my@db",
+        "postgres://[::1]:5432/my@db",
     ] {
         let e = split(url).unwrap_err();
         assert!(
