@@ -1943,6 +1943,33 @@ mod tests {
         assert!(check_line(&edited).unwrap_err().contains("edited"));
     }
 
+    /// The background thread kept from writing, as by a write that hangs: the chain's mutex held by another
+    /// thread until [`Stall::release`].
+    struct Stall {
+        release: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+    }
+
+    impl Stall {
+        fn of(log: &Arc<AuditLog>) -> Stall {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+            let log = log.clone();
+            let holder = std::thread::spawn(move || {
+                let _stalled = lock(&log.state);
+                locked.send(()).unwrap();
+                let _ = held.recv();
+            });
+            is_locked.recv().unwrap();
+            Stall { release, holder }
+        }
+
+        fn release(self) {
+            self.release.send(()).unwrap();
+            self.holder.join().unwrap();
+        }
+    }
+
     /// While the background thread cannot write (here: the chain's mutex held, as by a write that hangs), no
     /// more than QUEUE_CAP records wait: the next read waits for room, and once the thread can write again,
     /// every record is in the file.
@@ -1951,17 +1978,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let log = Arc::new(AuditLog::open(&path, 1 << 30).unwrap());
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-        let stall = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let _stalled = lock(&log.state);
-                locked.send(()).unwrap();
-                let _ = held.recv();
-            })
-        };
-        is_locked.recv().unwrap();
+        let stall = Stall::of(&log);
         let extra = 10;
         let producer = {
             let log = log.clone();
@@ -1982,8 +1999,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(log.queued.load(Ordering::Relaxed), QUEUE_CAP);
         assert!(!producer.is_finished(), "recorded past the cap");
-        release.send(()).unwrap();
-        stall.join().unwrap();
+        stall.release();
         tokio::time::timeout(Duration::from_secs(20), producer)
             .await
             .expect("the waiting read never got room")
@@ -2004,17 +2020,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("audit.log");
             let log = Arc::new(AuditLog::open(&path, 1 << 30).unwrap());
-            let (release, held) = std::sync::mpsc::channel::<()>();
-            let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-            let stall = {
-                let log = log.clone();
-                std::thread::spawn(move || {
-                    let _stalled = lock(&log.state);
-                    locked.send(()).unwrap();
-                    let _ = held.recv();
-                })
-            };
-            is_locked.recv().unwrap();
+            let stall = Stall::of(&log);
             for i in 0..QUEUE_CAP as u64 {
                 log.record(record(i));
             }
@@ -2036,8 +2042,7 @@ mod tests {
                 kept.iter().all(|t| !t.is_finished()),
                 "a read passed the cap"
             );
-            release.send(()).unwrap();
-            stall.join().unwrap();
+            stall.release();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             let mut stuck = 0;
             for t in kept {
