@@ -227,15 +227,12 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn runs_the_program() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let az = dir.path().join("az");
-        std::fs::write(
-            &az,
+        let az = crate::credentials::cli::fake_tool(
+            dir.path(),
+            "az",
             "#!/bin/sh\nif [ \"$5\" = \"--resource\" ] && [ \"$6\" = \"https://vault.azure.net\" ]; then\n  echo '{\"accessToken\":\"tok-'\"$8\"'\",\"expires_on\":4102444800}'\nelse\n  echo 'ERROR: Please run az login to setup account.' >&2; exit 1\nfi\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let c = AzureCliCredential::new(Some(AzureCliCredentialOptions {
             program: Some(az.clone()),
             ..Default::default()

@@ -218,16 +218,13 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn runs_the_program() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let azd = dir.path().join("azd");
         // Prints its arguments back in the token, so the test sees what was asked.
-        std::fs::write(
-            &azd,
+        let azd = crate::credentials::cli::fake_tool(
+            dir.path(),
+            "azd",
             "#!/bin/sh\nif [ \"$6\" = \"--scope\" ] && [ \"$7\" = \"https://vault.azure.net/.default\" ]; then\n  echo \"{\\\"token\\\":\\\"tok $* in $(pwd)\\\",\\\"expiresOn\\\":\\\"2099-01-01T00:00:00Z\\\"}\"\nelse\n  echo 'ERROR: not logged in, run `azd auth login` to login' >&2; exit 1\nfi\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&azd, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let c = AzureDeveloperCliCredential::new(Some(AzureDeveloperCliCredentialOptions {
             program: Some(azd.clone()),
             ..Default::default()

@@ -304,9 +304,38 @@ pub(crate) fn without_tokens(text: &str) -> String {
     }
 }
 
+/// A fake tool for tests: an executable shell script `name` in `dir`, closed before it is returned.
+#[cfg(all(test, unix))]
+pub(crate) fn fake_tool(dir: &std::path::Path, name: &str, script: &str) -> PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let program = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&program)
+        .and_then(|mut file| file.write_all(script.as_bytes()))
+        .unwrap();
+    program
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tool running `program`, failing with a plain error.
+    fn tool(program: &PathBuf) -> Tool<'_> {
+        Tool {
+            who: "W",
+            what: "tool",
+            name: "tool",
+            program: Some(program),
+            timeout: Duration::from_secs(10),
+            failure: |_, _, kind| Error::new(kind, "failed"),
+            failed: ErrorKind::Credential,
+        }
+    }
 
     /// Shapes a60 found passing through (a60-6), and some that must be left alone.
     #[test]
@@ -371,16 +400,7 @@ mod tests {
     #[tokio::test]
     async fn a_bare_program_name_is_looked_up_on_the_path() {
         let echo = PathBuf::from("echo");
-        let tool = Tool {
-            who: "W",
-            what: "echo",
-            name: "echo",
-            program: Some(&echo),
-            timeout: Duration::from_secs(10),
-            failure: |_, _, kind| Error::new(kind, "failed"),
-            failed: ErrorKind::Credential,
-        };
-        let out = output(&tool, &["hello"]).await.unwrap();
+        let out = output(&tool(&echo), &["hello"]).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out).trim(), "hello");
     }
 
@@ -405,16 +425,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(40)).await;
             drop(file);
         });
-        let tool = Tool {
-            who: "W",
-            what: "tool",
-            name: "tool",
-            program: Some(&program),
-            timeout: Duration::from_secs(10),
-            failure: |_, _, kind| Error::new(kind, "failed"),
-            failed: ErrorKind::Credential,
-        };
-        let out = output(&tool, &[]).await.unwrap();
+        let out = output(&tool(&program), &[]).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out).trim(), "ran");
         closing.await.unwrap();
     }
