@@ -253,9 +253,7 @@ fn check_at_signs(url: &str) -> Result<(), String> {
     // `application_name=kv@h`, is kept), and refused before any key is named.
     if let Some(last) = after.rfind('@')
         && let Some((_, query)) = after[..last].split_once('?')
-        && tokio_postgres_keys(query)
-            .iter()
-            .any(|k| !is_known(k) || k.to_ascii_lowercase() != *k)
+        && tokio_postgres_keys(query).iter().any(|k| !is_known(k))
     {
         return Err(
             "the URL has an '@' after a '?' that follows the first '@': a password with an unencoded '@' \
@@ -328,7 +326,7 @@ fn tokio_postgres_keys(query: &str) -> Vec<String> {
     keys
 }
 
-/// Whether tokio-postgres, libpq or this module knows a (lower-case) setting by that name.
+/// Whether tokio-postgres, libpq or this module knows a setting by that name (all lower case: `Sslmode` is not one).
 fn is_known(key: &str) -> bool {
     KNOWN_PARAMETERS.contains(&key) || KEYS.contains(&key) || UNSUPPORTED.contains(&key)
 }
