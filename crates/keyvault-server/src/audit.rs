@@ -740,6 +740,9 @@ pub enum AuditError {
 enum Msg {
     Record(AuditRecord),
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Makes the background thread panic, as a bug in it would (tests of what follows).
+    #[cfg(test)]
+    Panic,
 }
 
 /// A handle to the audit log. Cloning is cheap; the background thread ends when every handle is gone.
@@ -750,6 +753,8 @@ pub struct AuditLog {
     queued: Arc<AtomicUsize>,
     /// Signalled by the background thread for each record it takes while the queue was full.
     room: Arc<tokio::sync::Notify>,
+    /// Set if the background thread has stopped on a panic: records are then written by their requests.
+    stopped: Arc<AtomicBool>,
     /// The background thread, woken early by [`AuditLog::flush`].
     writer: std::thread::Thread,
     /// The chain and the file, shared by the background thread and inline writers.
@@ -1121,15 +1126,24 @@ impl AuditLog {
         let thread_state = state.clone();
         let queued = Arc::new(AtomicUsize::new(0));
         let room = Arc::new(tokio::sync::Notify::new());
+        let stopped = Arc::new(AtomicBool::new(false));
         let (thread_queued, thread_room) = (queued.clone(), room.clone());
+        let watch = PanicWatch {
+            stopped: stopped.clone(),
+            room: room.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("audit-log".into())
-            .spawn(move || writer_loop(&thread_state, rx, &thread_queued, &thread_room))
+            .spawn(move || {
+                let _watch = watch;
+                writer_loop(&thread_state, rx, &thread_queued, &thread_room)
+            })
             .map_err(io)?;
         let log = AuditLog {
             tx,
             queued,
             room,
+            stopped,
             writer: handle.thread().clone(),
             state,
             failing,
@@ -1168,8 +1182,13 @@ impl AuditLog {
     /// [`AuditLog::record_queued`], which bounds the queue.
     pub fn record(&self, record: AuditRecord) {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Msg::Record(record)).is_err() {
+        if let Err(mpsc::SendError(msg)) = self.tx.send(Msg::Record(record)) {
+            // The background thread has stopped (only a panic ends it while a handle exists): the line is
+            // written here instead of being lost.
             self.queued.fetch_sub(1, Ordering::Relaxed);
+            if let Msg::Record(record) = msg {
+                self.record_written(record);
+            }
         }
     }
 
@@ -1190,6 +1209,10 @@ impl AuditLog {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Records the stopped thread held are never counted out: without it, nothing makes room.
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
             if self.queued.load(Ordering::Relaxed) < QUEUE_CAP {
                 // The wake-up goes on to the next waiter: the background thread wakes them only for the
                 // records it takes while the queue is full, and after a stall it drains the backlog in
@@ -1281,6 +1304,26 @@ fn lock(state: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Dropped when the background thread ends: on a panic, records are from then on written by the requests
+/// that make them ([`AuditLog::record`]), and reads waiting for room in the queue go on.
+struct PanicWatch {
+    stopped: Arc<AtomicBool>,
+    room: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for PanicWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the audit log's background thread stopped on a panic: lines are written by each request from \
+                 now on; the lines of reads it held unwritten (at most one queue's worth) are lost"
+            );
+            self.stopped.store(true, Ordering::SeqCst);
+            self.room.notify_waiters();
+        }
+    }
+}
+
 /// The background thread: take what is queued, write it in chunks, answer the flushes, linger, repeat.
 fn writer_loop(
     state: &Mutex<Writer>,
@@ -1321,6 +1364,10 @@ fn writer_loop(
                         }
                     }
                     Msg::Flush(done) => waiters.push(done),
+                    #[cfg(test)]
+                    Msg::Panic => {
+                        panic!("the audit log's background thread, made to panic by a test")
+                    }
                 }
             }
             // Only a write that happened can end a failure (an empty buffer proves nothing).
@@ -2010,6 +2057,36 @@ mod tests {
             verify_file(&path).unwrap().lines,
             (QUEUE_CAP + extra) as u64
         );
+    }
+
+    /// Should the background thread ever panic, reads go on — those waiting for room in a full queue too — and
+    /// their lines are written by the requests themselves instead of being lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_are_logged_and_go_on_after_the_background_thread_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = Arc::new(AuditLog::open(&path, 1 << 30).unwrap());
+        log.record(record(0));
+        log.flush().await;
+        // A full queue, as the records the thread holds when it panics leave it: never counted out.
+        log.queued.store(QUEUE_CAP, Ordering::Relaxed);
+        let waiting = {
+            let log = log.clone();
+            tokio::spawn(async move { log.record_queued(record(1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a read passed the cap");
+        log.tx.send(Msg::Panic).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("a read waiting for room hangs after the thread's panic")
+            .unwrap();
+        assert!(log.stopped.load(Ordering::SeqCst));
+        tokio::time::timeout(Duration::from_secs(10), log.record_queued(record(2)))
+            .await
+            .expect("a read hangs after the thread's panic");
+        let report = verify_file(&path).unwrap();
+        assert_eq!(report.lines, 3, "every read's line is in the file");
     }
 
     /// Reads waiting for room after a stall all go on once the background thread writes again, some of them
