@@ -1,9 +1,10 @@
 //! `keyvault audit verify`: the audit log's hash chain, and with the server's keys its lines' MACs.
 
-use crate::errors::{CliError, CliResult};
+use crate::errors::{CliError, CliResult, io_error};
 use clap::Args;
 use keyvault_server::audit::{self, AuditKeys, VerifyReport};
 use keyvault_server::server::{KEK_ENV, PREVIOUS_KEKS_ENV, configured_keys};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -98,10 +99,7 @@ pub fn verify(args: VerifyArgs) -> CliResult {
         (Some(k), true) => audit::verify_chain_keyed(&args.file, k),
     };
     match report {
-        Ok(r) => {
-            print_report(&r);
-            Ok(())
-        }
+        Ok(r) => print_report(&r),
         // Line 0 is the file itself: it could not be read, which says nothing about the chain (exit 1, apart
         // from a log that is not intact).
         Err(e) if e.line == 0 => Err(CliError::other(format!("cannot verify the audit log: {e}"))),
@@ -109,25 +107,30 @@ pub fn verify(args: VerifyArgs) -> CliResult {
     }
 }
 
-fn print_report(r: &VerifyReport) {
-    println!(
+fn print_report(r: &VerifyReport) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "ok: {} line(s) in {} file(s), seq {}..{}, last hash {}",
         r.lines,
         r.files,
         r.first_seq.map_or("-".to_string(), |s| s.to_string()),
         r.last_seq.map_or("-".to_string(), |s| s.to_string()),
         r.last_hash.as_deref().unwrap_or("-")
-    );
+    )
+    .map_err(io_error)?;
     if r.macs_checked {
         let previous = if r.previous_key_lines > 0 {
             format!(" ({} under a previous key)", r.previous_key_lines)
         } else {
             String::new()
         };
-        println!(
+        writeln!(
+            out,
             "macs: {} line(s) authenticated{previous}; {} line(s) from before MACs (not authenticated)",
             r.mac_lines, r.lines_before_macs
-        );
+        )
+        .map_err(io_error)?;
         if let Some((file, line)) = &r.first_previous_key_after_current {
             stderr_line!(
                 "warning: {} line(s) under a previous key come after lines under the current key, the first at \
@@ -158,4 +161,5 @@ fn print_report(r: &VerifyReport) {
              audit_keep_files, or removed)"
         );
     }
+    Ok(())
 }

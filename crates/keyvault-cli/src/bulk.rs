@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use futures_util::StreamExt;
 use keyvault_secrets::{ErrorKind, SetSecretOptions};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -298,6 +298,30 @@ pub fn env_line(name: &str, value: &str) -> String {
     s
 }
 
+/// [`env_line`] for a terminal, when the value holds characters a terminal would act on (escape sequences can
+/// retitle a window, write the clipboard, or hide text): bash's `$'…'` form, those characters' bytes as `\xHH`
+/// escapes, so the line shows what the value is and, pasted into bash, sets it exactly.
+pub fn env_line_escaped(name: &str, value: &str) -> String {
+    let mut s = String::with_capacity(name.len() + value.len() + 16);
+    s.push_str(name);
+    s.push_str("=$'");
+    for c in value.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '\'' => s.push_str("\\'"),
+            c if crate::render::unsafe_char(c) => {
+                // Byte by byte: bash turns a `\U` escape into text only in a UTF-8 locale.
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    s.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => s.push(c),
+        }
+    }
+    s.push_str("'\n");
+    s
+}
+
 /// Whether `name` can be a shell variable's name (letters, digits and '_', not starting with a digit), so that a
 /// sourced line assigns it instead of running as a command.
 fn is_shell_name(name: &str) -> bool {
@@ -338,19 +362,8 @@ fn is_fatal(e: &keyvault_secrets::Error) -> bool {
     )
 }
 
-fn read_input(path: &Path) -> CliResult<(Vec<u8>, String)> {
-    if path == Path::new("-") {
-        let mut b = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut b)
-            .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
-        Ok((b, "standard input".to_string()))
-    } else {
-        let b = std::fs::read(path)
-            .map_err(|e| CliError::bad_input(format!("cannot read {}: {e}", path.display())))?;
-        Ok((b, format!("'{}'", path.display())))
-    }
-}
+/// The largest import file read: a bound for a mistaken `--file /dev/zero`, far above any vault's export.
+const MAX_IMPORT_BYTES: usize = 1 << 30;
 
 /// A JSON object's members in the order the file has them (a `serde_json::Map` sorts them by name, which would
 /// make "the last value wins" depend on the names' order instead of the file's).
@@ -441,8 +454,21 @@ enum Failed {
 }
 
 pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliResult {
-    let (bytes, from) = read_input(&args.file)?;
-    let mut text = zeroize::Zeroizing::new(utf8_value(bytes, &from)?);
+    let (mut text, from) = if args.file == Path::new("-") && crate::tty::stdin_is_terminal() {
+        // Typed or pasted values are not echoed, as with `secret set --file -`.
+        let text = crate::tty::read_hidden_text(
+            "name=value lines or a JSON object to import (not echoed; end with Ctrl-D on a line of its own): ",
+        )
+        .await?;
+        (text, "standard input".to_string())
+    } else {
+        let (bytes, from) = crate::input::read_bounded(
+            &args.file,
+            MAX_IMPORT_BYTES,
+            "an import file may be (1 GiB: split it)",
+        )?;
+        (zeroize::Zeroizing::new(utf8_value(bytes, &from)?), from)
+    };
     // A byte-order mark (Windows editors write one) is not part of the content, in JSON as in .env.
     if text.starts_with('\u{feff}') {
         text.drain(..'\u{feff}'.len_utf8());
@@ -731,10 +757,15 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
         }
         Format::Env => {
             let mut text = String::new();
+            let at_terminal = to_file.is_none() && std::io::stdout().is_terminal();
             for (k, v) in &values {
                 let var = k.replace('-', "_");
                 if is_shell_name(&var) {
-                    text.push_str(&env_line(&var, v));
+                    if at_terminal && v.chars().any(crate::render::unsafe_char) {
+                        text.push_str(&env_line_escaped(&var, v));
+                    } else {
+                        text.push_str(&env_line(&var, v));
+                    }
                 } else {
                     // Sourced, the line would run as a command (and show the value in its error).
                     skipped += 1;
@@ -756,16 +787,7 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
             // commands): the export did not reach its reader.
             out.write_all(text.as_bytes())
                 .and_then(|()| out.flush())
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        CliError::other(
-                            "standard output was closed before the export was written: its reader did \
-                             not get every secret",
-                        )
-                    } else {
-                        io_error(e)
-                    }
-                })?;
+                .map_err(crate::errors::whole_output_error("the export"))?;
             "standard output".to_string()
         }
     };
@@ -793,6 +815,26 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a terminal, a value with escape sequences is shown escaped, and the line still sets it exactly in bash.
+    #[test]
+    fn an_escaped_env_line_shows_no_control_character_and_sets_the_value() {
+        let v = "a\u{1b}]52;c;eA==\u{7}b\u{1b}[31m'q'\\ \"$x\u{202e}\u{85}\u{e9}\nend\r";
+        let line = env_line_escaped("K", v);
+        assert!(
+            !line[..line.len() - 1]
+                .chars()
+                .any(crate::render::unsafe_char),
+            "{line:?}"
+        );
+        let out = std::process::Command::new("bash")
+            .env("LC_ALL", "C")
+            .args(["-c", &format!("{line}printf %s \"$K\"")])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
+    }
 
     #[test]
     fn env_parsing() {

@@ -7,7 +7,7 @@ use keyvault_secrets::credentials::{
     DefaultAzureCredential, DefaultAzureCredentialOptions, TokenCredential, TokenRequestOptions,
 };
 use keyvault_secrets::{
-    CallOptions, RetryOptions, SecretClient, SecretClientOptions, SecretString,
+    ApiVersion, CallOptions, RetryOptions, SecretClient, SecretClientOptions, SecretString,
 };
 use serde::Deserialize;
 use std::io::IsTerminal;
@@ -91,6 +91,26 @@ pub struct ConnArgs {
     /// Azure credentials against a vault you do not trust).
     #[arg(long, global = true)]
     pub no_challenge_verification: bool,
+    /// The Key Vault REST api-version to send [default: the newest the client knows]: an older one for a
+    /// vault that does not know the newest yet (7.6, 2025-07-01, …).
+    #[arg(
+        long,
+        env = "KEYVAULT_API_VERSION",
+        global = true,
+        value_name = "VERSION",
+        value_parser = parse_api_version
+    )]
+    pub api_version: Option<ApiVersion>,
+}
+
+fn parse_api_version(text: &str) -> Result<ApiVersion, String> {
+    text.parse().map_err(|_| {
+        let known: Vec<&str> = ApiVersion::ALL.iter().map(|v| v.as_str()).collect();
+        format!(
+            "not an api-version this client knows; one of: {}",
+            known.join(", ")
+        )
+    })
 }
 
 /// The `dev-credentials.json` of `keyvault serve --dev`.
@@ -187,6 +207,7 @@ impl ConnArgs {
                     "no vault URL: pass --vault-url, set KEYVAULT_URL, or pass --dev-credentials",
                 )
             })?;
+        refuse_secret_url(&vault_url)?;
         let (credential, cas) = self.credential_from(&dev, &vault_url)?;
         let credential = wrap(credential);
         let local = is_local_host(&vault_url);
@@ -205,6 +226,7 @@ impl ConnArgs {
             ),
             polling_interval: Duration::from_secs(1),
             user_agent_suffix: Some(format!("keyvault-cli/{}", env!("CARGO_PKG_VERSION"))),
+            api_version: self.api_version.unwrap_or_default(),
             ..Default::default()
         };
         let fail = |e| CliError::from_client(&e, crate::errors::Target::Vault, &vault_url);
@@ -231,8 +253,14 @@ impl ConnArgs {
     /// on an Azure Key Vault domain, is refused before anything is sent: such a vault (e.g. keyvault-rs) has
     /// its own authority, and Microsoft has no business seeing the secret. The authority a vault names in its
     /// challenge is never followed (a rogue vault could name its own, to collect the secret).
+    /// `--authority-host` (`AZURE_AUTHORITY_HOST`); an empty one is none, as an unset variable (the Azure SDKs
+    /// read an empty variable so).
+    fn authority(&self) -> Option<&str> {
+        self.authority_host.as_deref().filter(|a| !a.is_empty())
+    }
+
     fn check_authority(&self, what: &str, resource: &str) -> CliResult {
-        if self.authority_host.is_some() || is_azure_resource(resource) {
+        if self.authority().is_some() || is_azure_resource(resource) {
             return Ok(());
         }
         let origin = origin(resource);
@@ -277,8 +305,8 @@ impl ConnArgs {
                     tenant,
                     client,
                     secret,
-                    self.authority_host
-                        .clone()
+                    self.authority()
+                        .map(str::to_string)
                         .unwrap_or_else(|| ClientSecretCredentialOptions::default().authority_host),
                     cas.clone(),
                     self.max_retries,
@@ -306,8 +334,8 @@ impl ConnArgs {
             additional_ca_certificates: cas,
             ..Default::default()
         };
-        if let Some(a) = &self.authority_host {
-            environment.authority_host = a.clone();
+        if let Some(a) = self.authority() {
+            environment.authority_host = a.to_string();
         }
         Ok(Arc::new(
             DefaultAzureCredential::with_options(DefaultAzureCredentialOptions {
@@ -421,6 +449,26 @@ fn url_host(url: &str) -> String {
     host.to_ascii_lowercase()
 }
 
+/// A vault URL whose path names the vault's own routes (`…/secrets`, `…/secrets/x`, `…/deletedsecrets`): a
+/// secret's URL pasted where the vault's belongs. The client allows a path (a gateway in front of a vault),
+/// so without this check every name would be looked up under it, and a script would read the 404s as "no such
+/// secret" (exit 3).
+fn refuse_secret_url(url: &str) -> CliResult {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    let mut segments = path.split('/').skip(1);
+    if segments
+        .any(|s| s.eq_ignore_ascii_case("secrets") || s.eq_ignore_ascii_case("deletedsecrets"))
+    {
+        return Err(CliError::bad_input(format!(
+            "the vault URL {url} names a secrets route in its path: give the vault's own URL (such as \
+             https://myvault.vault.azure.net) and the secret by its name, or a secret's full URL to `secret show \
+             --id`"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether the URL's host is an IP address, `localhost` or a `*.localhost` name.
 pub fn is_local_host(url: &str) -> bool {
     let host = url_host(url);
@@ -478,6 +526,7 @@ impl std::fmt::Debug for ConnArgs {
             .field("authority_host", &self.authority_host)
             .field("output", &self.output)
             .field("timeout", &self.timeout)
+            .field("api_version", &self.api_version)
             .finish_non_exhaustive()
     }
 }
@@ -485,6 +534,30 @@ impl std::fmt::Debug for ConnArgs {
 #[cfg(test)]
 mod tests {
     use super::is_local_host;
+
+    #[test]
+    fn a_secret_url_given_as_the_vault_url_is_refused() {
+        use super::refuse_secret_url;
+        for bad in [
+            "https://v.vault.azure.net/secrets",
+            "https://v.vault.azure.net/secrets/",
+            "https://v.vault.azure.net/Secrets/db-pass",
+            "https://127.0.0.1:8443/gw/secrets/x/0123",
+            "https://v.vault.azure.net/deletedsecrets?api-version=7.6",
+        ] {
+            let e = refuse_secret_url(bad).unwrap_err();
+            assert_eq!(e.code, crate::errors::code::BAD_INPUT, "{bad}");
+        }
+        for good in [
+            "https://v.vault.azure.net",
+            "https://v.vault.azure.net/",
+            "https://gw.example/kv/secrets-vault",
+            "https://gw.example/kv?x=/secrets",
+            "https://secrets.example",
+        ] {
+            assert!(refuse_secret_url(good).is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn debug_hides_the_client_secret() {

@@ -122,10 +122,18 @@ impl CliError {
                 }
                 (code::FORBIDDEN, m)
             }
-            ErrorKind::Credential | ErrorKind::CredentialUnavailable => (
-                code::FORBIDDEN,
-                format!("cannot get a token: {}", with_sources(e)),
-            ),
+            ErrorKind::Credential | ErrorKind::CredentialUnavailable => {
+                let mut m = format!("cannot get a token: {}", with_sources(e));
+                // The library's advice names its option; the CLI's is the tenant itself.
+                if let Some((cause, _)) = m.split_once("; add it to `additionally_allowed_tenants`")
+                {
+                    m = format!(
+                        "{cause} [keyvault: if the credential's application is registered in the vault's tenant, \
+                         pass that tenant as --tenant-id (AZURE_TENANT_ID)]"
+                    );
+                }
+                (code::FORBIDDEN, m)
+            }
             ErrorKind::HttpResponse if status == Some(403) => {
                 let on = if what.is_empty() {
                     String::new()
@@ -239,6 +247,20 @@ pub fn io_error(e: std::io::Error) -> CliError {
         CliError::new(0, "")
     } else {
         CliError::other(format!("cannot write the output: {e}"))
+    }
+}
+
+/// Writing something to standard output that is of no use in part (an export, a backup): a closed pipe is an
+/// error here, not the quiet end [`io_error`] makes of it, since the reader did not get all of `what`.
+pub fn whole_output_error(what: &'static str) -> impl Fn(std::io::Error) -> CliError {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError::other(format!(
+                "standard output was closed before {what} was written: its reader did not get all of it"
+            ))
+        } else {
+            io_error(e)
+        }
     }
 }
 

@@ -31,6 +31,7 @@ mod audit;
 mod bulk;
 mod conn;
 mod hardening;
+mod input;
 mod notes;
 mod rekey;
 mod render;
@@ -49,7 +50,7 @@ const AFTER_HELP: &str = concat!(
     "Quick start:
   keyvault serve --dev --data-dir ./vault-data &
   export KEYVAULT_DEV_CREDENTIALS=./vault-data/dev-credentials.json
-  keyvault secret set db-pass --value-stdin <<< 's3cr3t'
+  keyvault secret set db-pass --value-stdin        # prompts; what is typed is not echoed
   keyvault secret show db-pass -o value
 
 Connection: --vault-url (KEYVAULT_URL); credentials from --dev-credentials (KEYVAULT_DEV_CREDENTIALS), else a
@@ -117,7 +118,10 @@ enum Command {
     /// Print the argon2 hash of a client secret read from standard input (for `[[clients]]` in the config).
     ///
     /// On a terminal it prompts and reads one line without echo.
-    #[command(after_help = "Example:\n  keyvault hash-secret <<< 'my-client-secret'")]
+    #[command(
+        after_help = "Examples:\n  keyvault hash-secret                # prompts; what is typed is not echoed\n  \
+                      keyvault hash-secret < client-secret.txt"
+    )]
     HashSecret,
     /// Work with the server's hash-chained audit log.
     #[command(subcommand)]
@@ -228,7 +232,10 @@ fn main() -> ExitCode {
             log_filter(std::env::var("KEYVAULT_LOG").ok().as_deref(), default_log);
         let log = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(colour_on(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR"),
+            ))
             .with_filter(filter);
         // Whatever the log level: a retry, and a throttled request's wait, is announced.
         let notes = notes::RetryNotes.with_filter(tracing_subscriber::filter::filter_fn(|m| {
@@ -332,6 +339,11 @@ fn completions(shell: clap_complete::Shell) -> CliResult {
         .map_err(io_error)
 }
 
+/// Whether log lines are coloured: on a terminal, unless `NO_COLOR` is set to anything but "" (no-color.org).
+fn colour_on(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn hash_secret() -> CliResult {
     let secret = if tty::stdin_is_terminal() {
         runtime()?.block_on(tty::read_hidden_line("Client secret: "))?
@@ -347,12 +359,20 @@ fn hash_secret() -> CliResult {
     }
     let hash = keyvault_server::auth::hash_secret(&secret)
         .map_err(|e| CliError::bad_input(e.to_string()))?;
-    println!("{hash}");
-    Ok(())
+    writeln!(std::io::stdout(), "{hash}").map_err(io_error)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn no_color_turns_colours_off_on_a_terminal() {
+        use super::colour_on;
+        assert!(colour_on(true, None));
+        assert!(colour_on(true, Some("".into())));
+        assert!(!colour_on(true, Some("1".into())));
+        assert!(!colour_on(false, None));
+    }
+
     use super::log_filter;
 
     /// tokio_postgres logs statement parameters (sealed values) at debug: its `query` module is capped at info

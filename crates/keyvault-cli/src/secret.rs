@@ -11,7 +11,7 @@ use keyvault_secrets::{
     KeyVaultSecretIdentifier, OffsetDateTime, Pager, SetSecretOptions, Tags,
     UpdateSecretPropertiesOptions,
 };
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -30,13 +30,16 @@ pub enum SecretCommand {
     Set(SetArgs),
     /// Show a secret with its value: the latest version, a given version, or a full secret id.
     #[command(
-        after_help = "Output: `-o value` prints only the value (followed by a newline).
+        after_help = "Output: `-o value` prints only the value (followed by a newline); `--file PATH` writes its
+bytes exactly (`--file -`: to standard output, nothing added).
 
 Examples:
   keyvault secret show db-pass
+  keyvault secret show tls-key --file tls-key.pem
   keyvault secret show db-pass --version 3f0c5d2e8b6a4c1e9d7f0a2b4c6d8e0f -o json
   keyvault secret show --id https://myvault.vault.azure.net/secrets/db-pass/3f0c5d2e8b6a4c1e9d7f0a2b4c6d8e0f
-  export DB_PASS=\"$(keyvault secret show db-pass -o value)\""
+  export DB_PASS=\"$(keyvault secret show db-pass -o value)\"",
+        visible_alias = "get"
     )]
     Show(ShowArgs),
     /// List the secrets of the vault (names and properties; never values).
@@ -120,7 +123,8 @@ Example:
 const SET_HELP: &str = concat!(
     "Exactly one of --value, --file or --value-stdin gives the value. --file is read as is (`--file -`: \
      standard input, as is); --value-stdin \
-     drops one trailing newline (so `echo pass | …` stores `pass`). An empty value (no input, an empty file, \
+     drops one trailing newline, `\\n` or `\\r\\n` (so `echo pass | …` stores `pass`). A value holds at most \
+     25,600 bytes: longer input is refused (exit 2) before anything is sent. An empty value (no input, an empty file, \
      `--value ''`) is refused with exit code 2 unless --allow-empty is given, so that `producer | keyvault \
      secret set …` does not wipe the secret when the producer fails. On a terminal, --value-stdin prompts \
      and reads one line without echo, and `--file -` everything typed until Ctrl-D, as is, without echo \
@@ -269,6 +273,13 @@ pub struct ShowArgs {
     /// A full secret id, https://{vault}/secrets/{name}[/{version}] (also gives the vault URL).
     #[arg(long, value_name = "URL", conflicts_with = "name")]
     pub id: Option<String>,
+    /// Write only the value, its bytes exactly (no newline added), to PATH (mode 0600; `-` for standard
+    /// output) instead of printing the secret.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Replace the --file if it exists.
+    #[arg(long, requires = "file")]
+    pub overwrite: bool,
 }
 
 #[derive(Args)]
@@ -311,7 +322,11 @@ pub fn parse_tags(tags: &[String]) -> CliResult<Tags> {
                 "invalid tag '{t}': expected KEY=VALUE"
             )));
         }
-        out.insert(k.to_string(), v.to_string());
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(CliError::bad_input(format!(
+                "tag '{k}' is given twice (tag names are case-sensitive: each names one tag)"
+            )));
+        }
     }
     Ok(out)
 }
@@ -362,15 +377,14 @@ fn read_value(source: &ValueSource) -> CliResult<String> {
     if let Some(v) = &source.value {
         return Ok(v.clone());
     }
-    if let Some(path) = source.file.as_ref().filter(|p| *p != Path::new("-")) {
-        let bytes = std::fs::read(path)
-            .map_err(|e| CliError::bad_input(format!("cannot read {}: {e}", path.display())))?;
-        return utf8_value(bytes, &format!("'{}'", path.display()));
+    // With `--value-stdin`, room for the line break dropped below.
+    let what = "a secret value may be (25,600 bytes)";
+    let limit = keyvault_types::rules::MAX_VALUE_BYTES + 2;
+    let path = source.file.as_deref().unwrap_or(Path::new("-"));
+    let (bytes, from) = crate::input::read_bounded(path, limit, what)?;
+    if path != Path::new("-") {
+        return utf8_value(bytes, &from);
     }
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut bytes)
-        .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
     let mut value = utf8_value(bytes, "standard input")?;
     // `--file -` is read as is, as any --file.
     if source.value_stdin && value.ends_with('\n') {
@@ -446,6 +460,9 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             render::print_one(out, fmt, &v, render::DETAIL, render::value_id)
         }
         SecretCommand::Show(a) => {
+            if let Some(file) = &a.file {
+                refuse_existing(file, a.overwrite)?;
+            }
             let s = match (&a.id, &a.name) {
                 (Some(id), _) => {
                     let id = KeyVaultSecretIdentifier::parse(id)
@@ -461,6 +478,18 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
                     .map_err(err(Target::Secret(name, a.version.as_deref())))?,
                 (None, None) => return Err(CliError::bad_input("a name or --id is required")),
             };
+            if let Some(file) = &a.file {
+                let value = s.value().unwrap_or_default().as_bytes();
+                return write_result(
+                    out,
+                    fmt,
+                    file,
+                    value,
+                    &s.name,
+                    "the value",
+                    "wrote the value of",
+                );
+            }
             let v = View::from_secret(&s);
             render::print_one(out, fmt, &v, render::DETAIL_WITH_VALUE, render::value_value)
         }
@@ -588,42 +617,27 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             done_line(out, fmt, &done, &a.name, || format!("purged '{}'", a.name))
         }
         SecretCommand::Backup(a) => {
-            let to_stdout = a.file == Path::new("-");
-            if !to_stdout && !a.overwrite && a.file.exists() {
-                return Err(CliError::bad_input(format!(
-                    "{} exists (pass --overwrite to replace it)",
-                    a.file.display()
-                )));
-            }
+            refuse_existing(&a.file, a.overwrite)?;
             let bytes = client
                 .backup_secret(&a.name)
                 .await
                 .map_err(err(Target::Secret(&a.name, None)))?;
-            if to_stdout {
-                out.write_all(&bytes).map_err(io_error)?;
-            } else {
-                write_private(&a.file, &bytes)?;
-                let file = a.file.display().to_string();
-                let done =
-                    serde_json::json!({ "name": a.name, "file": file, "bytes": bytes.len() });
-                done_line(out, fmt, &done, &file, || {
-                    format!("backed up '{}' to {file} ({} bytes)", a.name, bytes.len())
-                })?;
-            }
-            Ok(())
+            write_result(
+                out,
+                fmt,
+                &a.file,
+                &bytes,
+                &a.name,
+                "the backup",
+                "backed up",
+            )
         }
         SecretCommand::Restore(a) => {
-            let bytes = if a.file == Path::new("-") {
-                let mut b = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut b)
-                    .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
-                b
-            } else {
-                std::fs::read(&a.file).map_err(|e| {
-                    CliError::bad_input(format!("cannot read {}: {e}", a.file.display()))
-                })?
-            };
+            let (bytes, _) = crate::input::read_bounded(
+                &a.file,
+                keyvault_server::vault::MAX_BACKUP_BLOB_BYTES,
+                "the largest backup (24 MiB)",
+            )?;
             let p = client
                 .restore_secret_backup(&bytes)
                 .await
@@ -675,6 +689,42 @@ fn on<'a>(target: Target<'a>, vault: &'a str) -> impl Fn(keyvault_secrets::Error
 /// Write a file readable by its owner only (it holds secrets). A regular file that already exists (`--overwrite`)
 /// is made private before it is emptied and written, not left with the mode it had; a file that cannot be made
 /// private is not written. Other files (a pipe, a terminal) are written as they are.
+/// `--file PATH` to write: an existing file is refused unless `--overwrite` (before any request is made).
+fn refuse_existing(file: &Path, overwrite: bool) -> CliResult {
+    if file != Path::new("-") && !overwrite && file.exists() {
+        return Err(CliError::bad_input(format!(
+            "{} exists (pass --overwrite to replace it)",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What `backup` and `show --file` write: `bytes` exactly, to standard output (`-`: all of them, or an error)
+/// or to a file readable by its owner only, which is then reported in the output format.
+fn write_result(
+    out: &mut dyn Write,
+    fmt: crate::conn::Output,
+    file: &Path,
+    bytes: &[u8],
+    name: &str,
+    what: &'static str,
+    done: &str,
+) -> CliResult {
+    if file == Path::new("-") {
+        return out
+            .write_all(bytes)
+            .and_then(|()| out.flush())
+            .map_err(crate::errors::whole_output_error(what));
+    }
+    write_private(file, bytes)?;
+    let file = file.display().to_string();
+    let json = serde_json::json!({ "name": name, "file": file, "bytes": bytes.len() });
+    done_line(out, fmt, &json, &file, || {
+        format!("{done} '{name}' to {file} ({} bytes)", bytes.len())
+    })
+}
+
 pub fn write_private(path: &Path, bytes: &[u8]) -> CliResult {
     let fail = |e: std::io::Error| CliError::other(format!("cannot write {}: {e}", path.display()));
     let mut options = std::fs::OpenOptions::new();

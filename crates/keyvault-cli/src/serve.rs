@@ -2,6 +2,7 @@
 
 use clap::Args;
 use keyvault_server::{Config, Server};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -180,20 +181,25 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         if let Some(dev) = &info.dev {
             let creds =
                 std::path::absolute(data_dir.join("dev-credentials.json")).unwrap_or_default();
-            println!("keyvault dev server listening on {}", info.local_addr);
-            println!("  vault_url:       {}", dev.vault_url);
-            println!(
-                "  vault_url_named: {} (where *.localhost resolves)",
-                dev.vault_url_named
+            let mut banner = format!(
+                "keyvault dev server listening on {}\n  vault_url:       {}\n  vault_url_named: {} (where \
+                 *.localhost resolves)\n  ca_cert:         {}\n  tenant_id:       {}\n  client_id:       {}\n  \
+                 client_secret:   (in {})\n  authority_host:  {}\n",
+                info.local_addr,
+                dev.vault_url,
+                dev.vault_url_named,
+                dev.ca_cert.display(),
+                dev.tenant_id,
+                dev.client_id,
+                creds.display(),
+                dev.authority_host
             );
-            println!("  ca_cert:         {}", dev.ca_cert.display());
-            println!("  tenant_id:       {}", dev.tenant_id);
-            println!("  client_id:       {}", dev.client_id);
-            println!("  client_secret:   (in {})", creds.display());
-            println!("  authority_host:  {}", dev.authority_host);
             if let Some(metrics) = info.metrics_addr {
-                println!("  metrics:         http://{metrics}/metrics");
+                banner.push_str(&format!("  metrics:         http://{metrics}/metrics\n"));
             }
+            // Information only: a closed or full standard output does not stop the server.
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
         }
         server.serve(shutdown).await.map_err(|e| e.to_string())?;
         tracing::info!("keyvault stopped");

@@ -287,8 +287,9 @@ fn value_sources_and_utf8() {
     );
     kv(v, &["secret", "show", "src-bin"]).code(3);
 
-    // The vault's 400 (too large) is bad input too, and the value is not echoed.
-    let big = "v".repeat(30_000);
+    // The vault's 400 (too large) is bad input too, and the value is not echoed (a byte past the limit is
+    // sent: the CLI's own bound leaves room for a line break).
+    let big = "v".repeat(25_601);
     let e = kv_in(
         v,
         &["secret", "set", "src-big", "--value-stdin"],
@@ -297,16 +298,13 @@ fn value_sources_and_utf8() {
     .code(2);
     assert!(e.stderr.contains("too large"), "{}", e.stderr);
     assert!(!e.stderr.contains("vvvvvvvv"));
-    // Larger than the request limit, it is the vault's 413: the same exit code.
-    let huge = "v".repeat(300_000);
-    let e = kv_in(
-        v,
-        &["secret", "set", "src-big", "--value-stdin"],
-        huge.as_bytes(),
-    )
-    .code(2);
+    // A body larger than the request limit (256 KiB) is the vault's 413: the same exit code. From a file or
+    // standard input, a value that long is refused before it is sent (above); on the command line, control
+    // characters, each six bytes of JSON (`\u0001`), make one.
+    let huge = "\u{1}".repeat(50_000);
+    let e = kv(v, &["secret", "set", "src-big", "--value", &huge]).code(2);
     assert!(e.stderr.contains("RequestEntityTooLarge"), "{}", e.stderr);
-    assert!(!e.stderr.contains("vvvvvvvv"));
+    assert!(!e.stderr.contains("\\u{1}\\u{1}"), "{}", e.stderr);
 
     // Exactly one source.
     kv(v, &["secret", "set", "src-none"]).code(2);
@@ -794,6 +792,24 @@ fn connection_and_credential_errors() {
         .env("KEYVAULT_URL", &v.url)
         .env("KEYVAULT_CA_FILE", &v.ca);
     run_with(c, &["secret", "list", "--no-challenge-verification"], None).ok();
+    // A credential for another tenant than the challenge names: the advice is the CLI's own flag.
+    let mut c = command(None);
+    c.env("AZURE_TENANT_ID", "other-tenant")
+        .env("AZURE_CLIENT_ID", creds["client_id"].as_str().unwrap())
+        .env(
+            "AZURE_CLIENT_SECRET",
+            creds["client_secret"].as_str().unwrap(),
+        )
+        .env("AZURE_AUTHORITY_HOST", &v.url)
+        .env("KEYVAULT_URL", &v.url)
+        .env("KEYVAULT_CA_FILE", &v.ca);
+    let e = run_with(c, &["secret", "list", "--no-challenge-verification"], None).code(5);
+    assert!(e.stderr.contains("--tenant-id"), "{}", e.stderr);
+    assert!(
+        !e.stderr.contains("additionally_allowed_tenants"),
+        "{}",
+        e.stderr
+    );
     // The dev-credentials flag (a file or its directory) instead of the variable.
     let creds_path = v.creds.to_str().unwrap();
     run_with(
@@ -1310,6 +1326,21 @@ fn value_stdin_at_a_terminal_prompts_without_echo() {
         "-----BEGIN X-----\nline two\n"
     );
 
+    // An import typed or pasted at the terminal.
+    let (code, _, shown, echoes) = at_a_terminal(
+        command(Some(v)),
+        &["secret", "import", "--file", "-", "--no-progress"],
+        "end with Ctrl-D on a line of its own): ",
+        Some("TTY_IMPORTED=pasted-import-value\n\u{4}"),
+    );
+    assert_eq!(code, 0, "{shown:?}");
+    assert!(!shown.contains("pasted-import-value"), "echoed: {shown:?}");
+    assert!(echoes);
+    assert_eq!(
+        kv(v, &["secret", "show", "tty-imported"]).ok().json()["value"],
+        "pasted-import-value"
+    );
+
     // hash-secret too.
     let (code, stdout, shown, echoes) = at_a_terminal(
         command(None),
@@ -1422,4 +1453,190 @@ fn a_closed_standard_error_keeps_the_exit_code() {
     drop(reader);
     let status = c.stderr(writer).status().unwrap();
     assert_eq!(status.code(), Some(3), "{status:?}");
+}
+
+/// Input larger than the vault takes is refused before any request, after reading only that much
+/// (`--file /dev/zero` ends at once); a backup whose reader goes away is an error, not a success; a full
+/// standard output is an error, never a panic.
+#[test]
+fn oversized_input_and_lost_output() {
+    let v = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("long");
+    std::fs::write(&long, "x".repeat(25_603)).unwrap();
+    for args in [
+        vec!["secret", "set", "big-in", "--file", long.to_str().unwrap()],
+        vec!["secret", "set", "big-in", "--file", "/dev/zero"],
+    ] {
+        let e = kv(v, &args).code(2);
+        assert!(
+            e.stderr.contains("longer than a secret value may be"),
+            "{}",
+            e.stderr
+        );
+    }
+    let e = kv_in(
+        v,
+        &["secret", "set", "big-in", "--value-stdin"],
+        &[b'y'; 100_000],
+    )
+    .code(2);
+    assert!(
+        e.stderr.contains("standard input is longer"),
+        "{}",
+        e.stderr
+    );
+    kv(v, &["secret", "show", "big-in"]).code(3);
+    let e = kv(v, &["secret", "restore", "--file", "/dev/zero"]).code(2);
+    assert!(
+        e.stderr.contains("longer than the largest backup"),
+        "{}",
+        e.stderr
+    );
+
+    // A backup larger than a pipe's buffer, read by a reader that stops after 10 bytes.
+    for i in 0..5 {
+        kv_in(
+            v,
+            &["secret", "set", "big-out", "--file", "-"],
+            format!("{i}{}", "v".repeat(20_000)).as_bytes(),
+        )
+        .ok();
+    }
+    let mut child = command(Some(v))
+        .args(["secret", "backup", "big-out", "--file", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("standard output was closed before the backup was written"),
+        "{stderr}"
+    );
+
+    // Standard output on a full device.
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for (mut c, args, input) in [
+        (
+            command(None),
+            vec!["hash-secret"],
+            &b"a-client-secret\n"[..],
+        ),
+        (
+            command(Some(v)),
+            vec!["secret", "show", "big-out", "-o", "value"],
+            &b""[..],
+        ),
+    ] {
+        let mut child = c
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(full())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("No space left on device"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// `show --file` writes the value's bytes exactly (trailing newlines kept, none added), `get` is `show`, a tag
+/// given twice is refused, `--api-version` picks what is sent (2016-10-01 answers have no recoverableDays).
+#[test]
+fn exact_values_aliases_tags_and_api_versions() {
+    let v = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let value = "line one\r\nline two\n\n";
+    kv_in(
+        v,
+        &["secret", "set", "exact-a", "--file", "-"],
+        value.as_bytes(),
+    )
+    .ok();
+    let file = dir.path().join("value");
+    let f = file.to_str().unwrap();
+    let done = kv(v, &["secret", "show", "exact-a", "--file", f, "-o", "json"]).ok();
+    assert_eq!(done.json()["bytes"], value.len());
+    assert_eq!(std::fs::read(&file).unwrap(), value.as_bytes());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let e = kv(v, &["secret", "show", "exact-a", "--file", f]).code(2);
+    assert!(e.stderr.contains("--overwrite"), "{}", e.stderr);
+    kv_in(v, &["secret", "set", "exact-a", "--file", "-"], b"short").ok();
+    kv(
+        v,
+        &["secret", "show", "exact-a", "--file", f, "--overwrite"],
+    )
+    .ok();
+    assert_eq!(std::fs::read(&file).unwrap(), b"short");
+    let raw = kv(v, &["secret", "get", "exact-a", "--file", "-"]).ok();
+    assert_eq!(raw.stdout_bytes, b"short");
+
+    let e = kv(
+        v,
+        &[
+            "secret", "set", "exact-b", "--value", "x", "--tags", "a=1", "a=2",
+        ],
+    )
+    .code(2);
+    assert!(e.stderr.contains("tag 'a' is given twice"), "{}", e.stderr);
+    kv(v, &["secret", "show", "exact-b"]).code(3);
+
+    let latest = kv(v, &["secret", "show", "exact-a", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(latest["recoverableDays"], 90);
+    let old = kv(
+        v,
+        &[
+            "secret",
+            "show",
+            "exact-a",
+            "-o",
+            "json",
+            "--api-version",
+            "2016-10-01",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(old["recoverableDays"], serde_json::Value::Null);
+    let e = kv(v, &["secret", "show", "exact-a", "--api-version", "9.9"]).code(2);
+    assert!(e.stderr.contains("2026-04-01"), "{}", e.stderr);
+
+    let e = kv(
+        v,
+        &[
+            "secret",
+            "show",
+            "exact-a",
+            "--vault-url",
+            &format!("{}/secrets", v.url),
+        ],
+    )
+    .code(2);
+    assert!(e.stderr.contains("names a secrets route"), "{}", e.stderr);
 }
