@@ -616,8 +616,8 @@ impl SecretClient {
         self.inner.api_version
     }
 
-    /// Release the connections now (this client's and its clones'). A later call opens new ones, as the
-    /// Python SDK's clients do after `close()`. Dropping the last clone releases them too.
+    /// Release the connections now (this client's and its clones'). A later call opens new ones (where the
+    /// Python SDK's clients refuse every call after `close()`). Dropping the last clone releases them too.
     pub fn close(&self) {
         self.inner.pipeline.transport.close();
     }

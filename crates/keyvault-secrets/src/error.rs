@@ -14,6 +14,11 @@
 //! | `DecodeError`               | [`ErrorKind::Data`]                   |
 //! | `ValueError`                | [`ErrorKind::InvalidArgument`]        |
 //!
+//! [`ErrorKind::InvalidArgument`] is also what arguments the client checks before any request get — a bad
+//! secret name or version, a `max_page_size` outside 1–25, an empty backup, a bad vault URL — where Python
+//! sends the request and raises the service's error (`HttpResponseError` 400; `ResourceNotFoundError` for a
+//! malformed version).
+//!
 //! Every error that came from an HTTP response carries [`Error::status`], the Key Vault error code
 //! ([`Error::error_code`], e.g. `SecretNotFound`) and the service's message ([`Error::message`]).
 

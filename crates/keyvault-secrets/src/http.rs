@@ -276,8 +276,8 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Send `request` (its URL is absolute).
     async fn send(&self, request: &Request) -> Result<Response>;
 
-    /// Release connections now; a later send opens new ones (as azure-core's transports reopen their
-    /// session). The default does nothing.
+    /// Release connections now; a later send opens new ones (azure-core's transports refuse sends after
+    /// `close()` instead). The default does nothing.
     fn close(&self) {}
 }
 

@@ -49,14 +49,21 @@ impl<T: fmt::Debug> fmt::Debug for Page<T> {
     }
 }
 
-/// A stream of pages. Ends after the last page, or after the first error.
+/// A stream of pages. Ends after the last page, or after the first error; after an error,
+/// [`Pages::continuation_token`] is the token of the page that failed, to resume from (as Python's pagers keep
+/// it), unless the first page failed (start over) or the listing went round in a loop.
 ///
 /// A `nextLink` this listing has already followed (a paging loop: a broken or hostile service) is not followed
 /// again: the stream ends with an [`ErrorKind::Data`] error instead.
 pub struct Pages<T> {
     fetch: FetchPage<T>,
+    /// Items already fetched, given out as the first page (the rest of a page a [`Pager`] had begun). Boxed:
+    /// `Pages` stays `Unpin` whatever the items are.
+    buffered: Option<Box<Page<T>>>,
     /// `Some(token)`: a fetch is due (`None` token = the first page). `None`: finished.
     next: Option<Option<String>>,
+    /// The token of the page whose fetch failed (the stream has ended).
+    failed: Option<String>,
     /// The token in `next` is the caller's (a resumed listing's first fetch).
     next_from_caller: bool,
     in_flight: Option<PageFuture<T>>,
@@ -109,9 +116,14 @@ impl<T> fmt::Debug for Pages<T> {
 }
 
 impl<T> Pages<T> {
-    /// The token of the next page to fetch (`None` before the first page and after the last).
+    /// The token of the next page to fetch (`None` before the first page and after the last); after an error,
+    /// the token of the page that failed (resume from it with [`Pager::by_page_from`]).
     pub fn continuation_token(&self) -> Option<&str> {
-        self.next.as_ref().and_then(|t| t.as_deref())
+        match &self.buffered {
+            // The buffered items come first; the token after them is the page's own.
+            Some(page) => page.continuation_token.as_deref(),
+            None => (self.next.as_ref().and_then(|t| t.as_deref())).or(self.failed.as_deref()),
+        }
     }
 }
 
@@ -120,6 +132,9 @@ impl<T> Stream for Pages<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(page) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(*page)));
+        }
         if this.in_flight.is_none() {
             match this.next.take() {
                 None => return Poll::Ready(None),
@@ -135,6 +150,7 @@ impl<T> Stream for Pages<T> {
                 }
                 Some(token) => {
                     let from_caller = std::mem::take(&mut this.next_from_caller);
+                    this.failed = token.clone();
                     this.in_flight = Some((this.fetch)(
                         token.map(|link| NextPage { link, from_caller }),
                     ))
@@ -145,7 +161,11 @@ impl<T> Stream for Pages<T> {
         let result = ready!(fut.as_mut().poll(cx));
         this.in_flight = None;
         match &result {
-            Ok(page) => this.next = page.continuation_token.clone().map(Some),
+            Ok(page) => {
+                this.failed = None;
+                this.next = page.continuation_token.clone().map(Some);
+            }
+            // `failed` keeps the page's token.
             Err(_) => this.next = None,
         }
         Poll::Ready(Some(result))
@@ -175,7 +195,9 @@ impl<T> Pager<T> {
         Pager {
             pages: Pages {
                 fetch,
+                buffered: None,
                 next: Some(None),
+                failed: None,
                 next_from_caller: false,
                 in_flight: None,
                 followed: HashSet::new(),
@@ -184,8 +206,15 @@ impl<T> Pager<T> {
         }
     }
 
-    /// The listing page by page, from where this pager is (items of a partly consumed page are dropped).
-    pub fn by_page(self) -> Pages<T> {
+    /// The listing page by page, from where this pager is: the items of a partly read page not yet given out
+    /// come first, as a page of their own. (Python's `by_page()` starts the listing over.)
+    pub fn by_page(mut self) -> Pages<T> {
+        if !self.buffer.is_empty() {
+            self.pages.buffered = Some(Box::new(Page {
+                items: self.buffer.into_iter().collect(),
+                continuation_token: self.pages.continuation_token().map(str::to_string),
+            }));
+        }
         self.pages
     }
 
@@ -204,6 +233,8 @@ impl<T> Pager<T> {
     /// client's own vault.)
     pub fn resume_from(mut self, continuation_token: impl Into<String>) -> Self {
         self.buffer.clear();
+        self.pages.buffered = None;
+        self.pages.failed = None;
         self.pages.in_flight = None;
         self.pages.followed.clear();
         self.pages.next = Some(Some(continuation_token.into()));
@@ -211,7 +242,8 @@ impl<T> Pager<T> {
         self
     }
 
-    /// The token of the next page to fetch: resuming from it skips the items still buffered.
+    /// The token of the next page to fetch: resuming from it skips the items still buffered. After an error,
+    /// the token of the page that failed (see [`Pages`]).
     pub fn continuation_token(&self) -> Option<&str> {
         self.pages.continuation_token()
     }
@@ -271,6 +303,75 @@ mod tests {
         assert_eq!(rest, vec![2, 3, 4, 5]);
         let mut empty = numbers(1, 0);
         assert!(empty.next().await.is_none());
+    }
+
+    /// A page that fails ends the stream, and its token stays the continuation token: the listing resumes from
+    /// the page that failed, losing and repeating nothing (a67-1: the token was gone with the error).
+    #[tokio::test]
+    async fn a_failed_page_keeps_its_token_to_resume_from() {
+        let failing = |fail_on: usize| -> Pager<usize> {
+            let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            Pager::new(Arc::new(move |token: Option<NextPage>| {
+                let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move {
+                    let page: usize = token.map(|t| t.link.parse().unwrap()).unwrap_or(0);
+                    if call == fail_on {
+                        return Err(Error::new(ErrorKind::Connection, "connection reset"));
+                    }
+                    Ok(Page {
+                        items: vec![page * 2, page * 2 + 1],
+                        continuation_token: (page + 1 < 3).then(|| (page + 1).to_string()),
+                    })
+                }) as PageFuture<usize>
+            }))
+        };
+        // Items: 0, 1, then the second page fails.
+        let mut pager = failing(1);
+        assert_eq!(pager.next().await.unwrap().unwrap(), 0);
+        assert_eq!(pager.next().await.unwrap().unwrap(), 1);
+        assert_eq!(
+            pager.next().await.unwrap().unwrap_err().kind(),
+            ErrorKind::Connection
+        );
+        assert!(
+            pager.next().await.is_none(),
+            "the stream ends after an error"
+        );
+        let token = pager
+            .continuation_token()
+            .expect("the failed page's token")
+            .to_string();
+        assert_eq!(token, "1");
+        let rest: Vec<usize> = numbers(3, 2)
+            .resume_from(token)
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        assert_eq!(rest, vec![2, 3, 4, 5]);
+        // Pages: the same.
+        let mut pages = failing(2).by_page();
+        pages.next().await.unwrap().unwrap();
+        pages.next().await.unwrap().unwrap();
+        assert!(pages.next().await.unwrap().is_err());
+        assert_eq!(pages.continuation_token(), Some("2"));
+        // The first page failing leaves nothing to resume from but the start.
+        let mut first = failing(0);
+        assert!(first.next().await.unwrap().is_err());
+        assert_eq!(first.continuation_token(), None);
+    }
+
+    /// `by_page()` on a pager part-way through a page gives the rest of that page first, then the next pages.
+    #[tokio::test]
+    async fn by_page_after_some_items_loses_none() {
+        let mut pager = numbers(3, 3);
+        assert_eq!(pager.next().await.unwrap().unwrap(), 0);
+        let mut pages = pager.by_page();
+        assert_eq!(pages.continuation_token(), Some("1"));
+        let mut seen = Vec::new();
+        while let Some(page) = pages.next().await {
+            seen.extend(page.unwrap().items);
+        }
+        assert_eq!(seen, (1..9).collect::<Vec<_>>());
     }
 
     /// A next link already followed in this listing (here from page 2 back to page 1, on another host) ends

@@ -561,8 +561,9 @@ impl<T> Poller<T> {
     }
 
     /// Whether the operation is known to be done, as of the last check: it changes only when this poller
-    /// polls ([`Poller::poll`], [`Poller::wait`], [`Poller::wait_timeout`], awaiting it), never by itself
-    /// (Python's poller polls on a thread of its own).
+    /// polls ([`Poller::poll`], [`Poller::wait`], [`Poller::wait_timeout`], awaiting it), never by itself.
+    /// (Python's Key Vault pollers poll on a thread only from `wait()`; before it, their `done()` is
+    /// already true while `status()` still says "polling".)
     pub fn done(&self) -> bool {
         self.status == PollerStatus::Succeeded
     }

@@ -81,6 +81,8 @@ impl SecretId {
             [c, n, v] => (*c, *n, Some(*v)),
             _ => return Err(err("expected /secrets/{name}[/{version}]")),
         };
+        // In any case, as Key Vault reads its routes (kept in lower case).
+        let collection = collection.to_ascii_lowercase();
         if collection != "secrets" && collection != "deletedsecrets" {
             return Err(err("the collection must be 'secrets' or 'deletedsecrets'"));
         }
@@ -99,7 +101,7 @@ impl SecretId {
         Ok(SecretId {
             source_id: id.to_string(),
             vault_url: format!("{scheme}://{host}"),
-            collection: collection.to_string(),
+            collection,
             name: name.to_string(),
             version: version.map(str::to_string),
         })
@@ -149,6 +151,14 @@ mod tests {
         assert_eq!(id.vault_url, "https://127.0.0.1:8443");
         assert_eq!(id.version, None);
         let id = SecretId::parse("https://kv.vault.azure.net/deletedsecrets/abc").unwrap();
+        assert_eq!(id.collection, "deletedsecrets");
+        // The collection in any case, as Key Vault reads its paths (a67-5).
+        let id = SecretId::parse("https://kv.vault.azure.net/Secrets/abc/v1").unwrap();
+        assert_eq!(
+            (id.collection.as_str(), id.name.as_str()),
+            ("secrets", "abc")
+        );
+        let id = SecretId::parse("https://kv.vault.azure.net/DeletedSecrets/abc").unwrap();
         assert_eq!(id.collection, "deletedsecrets");
     }
 
