@@ -58,7 +58,10 @@ client secret from --tenant-id/--client-id/--client-secret (AZURE_TENANT_ID, AZU
 AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST: required unless the vault is on an Azure Key Vault domain), else a
 certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload identity (AZURE_FEDERATED_TOKEN_FILE), managed identity,
 the Azure CLI or the Azure Developer CLI; --ca-file (KEYVAULT_CA_FILE) trusts a private CA; --timeout (KEYVAULT_TIMEOUT) bounds each
-request (default 60 s).
+request (default 60 s); --api-version (KEYVAULT_API_VERSION) sends an older api-version.
+
+Logs: on stderr, warnings and errors by default; KEYVAULT_LOG=debug (or info, trace, target=level,…) shows more,
+the HTTP requests included (values and tokens are never logged); NO_COLOR turns colours off.
 
 Key rotation: keyvault kek new NEW.key; make it kek_file and the old key a previous_kek_files entry; then
 keyvault rekey (see keyvault rekey --help).
