@@ -300,7 +300,8 @@ pub fn env_line(name: &str, value: &str) -> String {
 
 /// [`env_line`] for a terminal, when the value holds characters a terminal would act on (escape sequences can
 /// retitle a window, write the clipboard, or hide text): bash's `$'…'` form, those characters' bytes as `\xHH`
-/// escapes, so the line shows what the value is and, pasted into bash, sets it exactly.
+/// escapes, so the line shows what the value is and, pasted into bash, sets it exactly (but for a NUL, which no
+/// shell variable can hold).
 pub fn env_line_escaped(name: &str, value: &str) -> String {
     let mut s = String::with_capacity(name.len() + value.len() + 16);
     s.push_str(name);
@@ -362,8 +363,9 @@ fn is_fatal(e: &keyvault_secrets::Error) -> bool {
     )
 }
 
-/// The largest import file read: a bound for a mistaken `--file /dev/zero`, far above any vault's export.
-const MAX_IMPORT_BYTES: usize = 1 << 30;
+/// The largest import file read (about ten thousand secrets of the largest size): a bound for a mistaken
+/// `--file /dev/zero`, whose reading buffer may take twice as much.
+const MAX_IMPORT_BYTES: usize = 256 << 20;
 
 /// A JSON object's members in the order the file has them (a `serde_json::Map` sorts them by name, which would
 /// make "the last value wins" depend on the names' order instead of the file's).
@@ -465,7 +467,7 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
         let (bytes, from) = crate::input::read_bounded(
             &args.file,
             MAX_IMPORT_BYTES,
-            "an import file may be (1 GiB: split it)",
+            "an import file may be (256 MiB: split it)",
         )?;
         (zeroize::Zeroizing::new(utf8_value(bytes, &from)?), from)
     };
@@ -647,7 +649,7 @@ pub async fn import(conn: &Conn, args: ImportArgs, out: &mut dyn Write) -> CliRe
                 "unchanged": names(Outcome::Unchanged),
                 "failed": failed.iter().map(|(n, e)| serde_json::json!({"name": n, "error": e})).collect::<Vec<_>>(),
             });
-            let text = serde_json::to_string_pretty(&json).expect("json serialises");
+            let text = crate::render::json_text(&json);
             writeln!(out, "{text}").map_err(io_error)?;
         }
         Output::Tsv => {
@@ -744,6 +746,7 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
     }
     progress.finish();
     let mut skipped = 0usize;
+    let at_terminal = to_file.is_none() && std::io::stdout().is_terminal();
     let text = zeroize::Zeroizing::new(match format {
         Format::Json => {
             let map: serde_json::Map<String, serde_json::Value> = values
@@ -752,12 +755,15 @@ pub async fn export(conn: &Conn, args: ExportArgs, out: &mut dyn Write) -> CliRe
                 .collect();
             let mut s =
                 serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("serialises");
+            if at_terminal && let Some(escaped) = crate::render::json_for_terminal(&s) {
+                zeroize::Zeroize::zeroize(&mut s);
+                s = escaped;
+            }
             s.push('\n');
             s
         }
         Format::Env => {
             let mut text = String::new();
-            let at_terminal = to_file.is_none() && std::io::stdout().is_terminal();
             for (k, v) in &values {
                 let var = k.replace('-', "_");
                 if is_shell_name(&var) {

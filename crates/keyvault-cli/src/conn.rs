@@ -168,12 +168,12 @@ impl ConnArgs {
         } else {
             path.clone()
         };
-        let bytes = std::fs::read(&path).map_err(|e| {
-            CliError::bad_input(format!(
-                "cannot read the dev credentials {}: {e}",
-                path.display()
-            ))
-        })?;
+        let bytes = crate::input::read_file(
+            &path,
+            1 << 20,
+            &format!("the dev credentials {}", path.display()),
+            "a dev-credentials.json (1 MiB)",
+        )?;
         let creds = serde_json::from_slice(&bytes).map_err(|e| {
             CliError::bad_input(format!(
                 "{} is not a dev-credentials.json: it {}",
@@ -248,17 +248,17 @@ impl ConnArgs {
         Ok(self.credential_from(&self.dev_credentials()?, resource)?.0)
     }
 
-    /// A credential that would send a secret (a client secret, a certificate's or a workload identity's
-    /// assertion) to Microsoft's authority because none is configured, for tokens of a resource that is not
-    /// on an Azure Key Vault domain, is refused before anything is sent: such a vault (e.g. keyvault-rs) has
-    /// its own authority, and Microsoft has no business seeing the secret. The authority a vault names in its
-    /// challenge is never followed (a rogue vault could name its own, to collect the secret).
     /// `--authority-host` (`AZURE_AUTHORITY_HOST`); an empty one is none, as an unset variable (the Azure SDKs
     /// read an empty variable so).
     fn authority(&self) -> Option<&str> {
         self.authority_host.as_deref().filter(|a| !a.is_empty())
     }
 
+    /// A credential that would send a secret (a client secret, a certificate's or a workload identity's
+    /// assertion) to Microsoft's authority because none is configured, for tokens of a resource that is not
+    /// on an Azure Key Vault domain, is refused before anything is sent: such a vault (e.g. keyvault-rs) has
+    /// its own authority, and Microsoft has no business seeing the secret. The authority a vault names in its
+    /// challenge is never followed (a rogue vault could name its own, to collect the secret).
     fn check_authority(&self, what: &str, resource: &str) -> CliResult {
         if self.authority().is_some() || is_azure_resource(resource) {
             return Ok(());
@@ -376,9 +376,15 @@ fn client_secret_credential(
     .map_err(|e| CliError::bad_input(format!("invalid credential: {}", e.message())))
 }
 
+/// A certificate, key or CA bundle file (at most 16 MiB).
 fn read_file(path: &Path, what: &str) -> CliResult<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| CliError::bad_input(format!("cannot read {what} {}: {e}", path.display())))
+    let described = format!("{what} {}", path.display());
+    crate::input::read_file(
+        path,
+        16 << 20,
+        &described,
+        "a certificate or CA file (16 MiB)",
+    )
 }
 
 /// A file that must hold PEM certificates (a CA bundle); one that holds none is named in the error.
@@ -450,22 +456,30 @@ fn url_host(url: &str) -> String {
 }
 
 /// A vault URL whose path names the vault's own routes (`…/secrets`, `…/secrets/x`, `…/deletedsecrets`): a
-/// secret's URL pasted where the vault's belongs. The client allows a path (a gateway in front of a vault),
-/// so without this check every name would be looked up under it, and a script would read the 404s as "no such
-/// secret" (exit 3).
+/// secret's URL pasted where the vault's belongs. Every name would then be looked up under it, and a script would
+/// read the 404s as "no such secret" (exit 3). On an Azure Key Vault domain, which serves a vault at its root, it
+/// is refused; elsewhere the path may be a gateway's (the client allows one), so it is only pointed out.
 fn refuse_secret_url(url: &str) -> CliResult {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path = rest.split(['?', '#']).next().unwrap_or("");
     let mut segments = path.split('/').skip(1);
-    if segments
+    if !segments
         .any(|s| s.eq_ignore_ascii_case("secrets") || s.eq_ignore_ascii_case("deletedsecrets"))
     {
+        return Ok(());
+    }
+    let advice = "give the vault's own URL (such as https://myvault.vault.azure.net) and the secret by its name, \
+                  or a secret's full URL to `secret show --id`";
+    if is_azure_resource(url) {
         return Err(CliError::bad_input(format!(
-            "the vault URL {url} names a secrets route in its path: give the vault's own URL (such as \
-             https://myvault.vault.azure.net) and the secret by its name, or a secret's full URL to `secret show \
-             --id`"
+            "the vault URL {url} names a secrets route in its path (Key Vault serves a vault at its root): {advice}"
         )));
     }
+    stderr_line!(
+        "note: the vault URL {} names a secrets route in its path; unless a gateway serves the vault there, \
+         {advice}",
+        crate::render::terminal_safe(url)
+    );
     Ok(())
 }
 
@@ -542,7 +556,7 @@ mod tests {
             "https://v.vault.azure.net/secrets",
             "https://v.vault.azure.net/secrets/",
             "https://v.vault.azure.net/Secrets/db-pass",
-            "https://127.0.0.1:8443/gw/secrets/x/0123",
+            "https://v.vault.azure.net/gw/secrets/x/0123",
             "https://v.vault.azure.net/deletedsecrets?api-version=7.6",
         ] {
             let e = refuse_secret_url(bad).unwrap_err();
@@ -554,6 +568,9 @@ mod tests {
             "https://gw.example/kv/secrets-vault",
             "https://gw.example/kv?x=/secrets",
             "https://secrets.example",
+            // Elsewhere, a gateway's path may hold the word: pointed out on stderr, not refused.
+            "https://gw.example/secrets/prod-vault",
+            "https://127.0.0.1:8443/secrets",
         ] {
             assert!(refuse_secret_url(good).is_ok(), "{good}");
         }

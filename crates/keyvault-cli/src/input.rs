@@ -14,12 +14,23 @@ pub fn read_bounded(path: &Path, limit: usize, what: &str) -> CliResult<(Vec<u8>
         let bytes = read_from(std::io::stdin().lock(), limit, what, &from)?;
         Ok((bytes, from))
     } else {
-        let from = format!("'{}'", path.display());
-        let file = std::fs::File::open(path)
-            .map_err(|e| CliError::bad_input(format!("cannot read {}: {e}", path.display())))?;
-        let bytes = read_from(file, limit, what, &from)?;
-        Ok((bytes, from))
+        let bytes = read_file(path, limit, &path.display().to_string(), what)?;
+        Ok((bytes, format!("'{}'", path.display())))
     }
+}
+
+/// Reads the file at `path` whole, refusing more than `limit` bytes (`what`: what may be that long), without
+/// reading a regular file whose size is already too large. `described` names the file in messages.
+pub fn read_file(path: &Path, limit: usize, described: &str, what: &str) -> CliResult<Vec<u8>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| CliError::bad_input(format!("cannot read {described}: {e}")))?;
+    if file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > limit as u64)
+    {
+        return Err(too_long(described, what));
+    }
+    read_from(file, limit, what, described)
 }
 
 fn read_from(input: impl Read, limit: usize, what: &str, from: &str) -> CliResult<Vec<u8>> {
@@ -29,11 +40,13 @@ fn read_from(input: impl Read, limit: usize, what: &str, from: &str) -> CliResul
         .read_to_end(&mut bytes)
         .map_err(|e| CliError::bad_input(format!("cannot read {from}: {e}")))?;
     if bytes.len() > limit {
-        return Err(CliError::bad_input(format!(
-            "{from} is longer than {what}; nothing was sent"
-        )));
+        return Err(too_long(from, what));
     }
     Ok(bytes)
+}
+
+fn too_long(from: &str, what: &str) -> CliError {
+    CliError::bad_input(format!("{from} is longer than {what}; nothing was sent"))
 }
 
 #[cfg(test)]

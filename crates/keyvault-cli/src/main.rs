@@ -60,7 +60,7 @@ certificate (AZURE_CLIENT_CERTIFICATE_PATH), a workload identity (AZURE_FEDERATE
 the Azure CLI or the Azure Developer CLI; --ca-file (KEYVAULT_CA_FILE) trusts a private CA; --timeout (KEYVAULT_TIMEOUT) bounds each
 request (default 60 s); --api-version (KEYVAULT_API_VERSION) sends an older api-version.
 
-Logs: on stderr, warnings and errors by default; KEYVAULT_LOG=debug (or info, trace, target=level,…) shows more,
+Logs: on stderr, warnings and errors by default (serve: info); KEYVAULT_LOG=debug (or info, trace, target=level,…) shows more,
 the HTTP requests included (values and tokens are never logged); NO_COLOR turns colours off.
 
 Key rotation: keyvault kek new NEW.key; make it kek_file and the old key a previous_kek_files entry; then
@@ -352,9 +352,16 @@ fn hash_secret() -> CliResult {
         runtime()?.block_on(tty::read_hidden_line("Client secret: "))?
     } else {
         let mut secret = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_line(&mut secret)
+        // One line of at most 64 KiB: `< /dev/zero` ends at once.
+        const LIMIT: u64 = 64 << 10;
+        let mut input = std::io::BufReader::new(std::io::Read::take(std::io::stdin(), LIMIT));
+        std::io::BufRead::read_line(&mut input, &mut secret)
             .map_err(|e| CliError::bad_input(format!("cannot read standard input: {e}")))?;
+        if secret.len() as u64 == LIMIT && !secret.ends_with('\n') {
+            return Err(CliError::bad_input(
+                "the line on standard input is longer than a client secret may be (64 KiB)",
+            ));
+        }
         zeroize::Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_string())
     };
     if secret.is_empty() {

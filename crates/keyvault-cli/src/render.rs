@@ -276,6 +276,37 @@ pub fn unsafe_char(c: char) -> bool {
         || matches!(c, '\u{600}'..='\u{605}' | '\u{6dd}' | '\u{70f}')
 }
 
+/// Pretty JSON for standard output; on a terminal, [`json_for_terminal`].
+pub fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        json_for_terminal(&text).unwrap_or(text)
+    } else {
+        text
+    }
+}
+
+/// JSON text with every [`unsafe_char`] that JSON leaves as it is (DEL, C1 controls, bidirectional and
+/// invisible format characters: serde escapes C0 already, and the text's own line breaks are not in strings)
+/// written as `\uXXXX` escapes: the same JSON, which a terminal shows without acting on it. `None` when
+/// there is nothing to escape.
+pub fn json_for_terminal(text: &str) -> Option<String> {
+    if !text.chars().any(|c| c >= ' ' && unsafe_char(c)) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c >= ' ' && unsafe_char(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 /// Text made safe for a terminal: each [`unsafe_char`] shown as its Rust escape (`\u{1b}`, `\n`, `\u{202e}`).
 /// Table cells and every message on standard error go through it.
 pub fn terminal_safe(s: &str) -> String {
@@ -310,7 +341,7 @@ pub fn print_list(
 ) -> CliResult {
     match format {
         Output::Json => {
-            let text = serde_json::to_string_pretty(views).expect("views serialise");
+            let text = json_text(views);
             writeln!(out, "{text}").map_err(io_error)
         }
         Output::Tsv => {
@@ -374,7 +405,7 @@ pub fn print_one(
 ) -> CliResult {
     match format {
         Output::Json => {
-            let text = serde_json::to_string_pretty(view).expect("views serialise");
+            let text = json_text(view);
             writeln!(out, "{text}").map_err(io_error)
         }
         Output::Tsv | Output::Value => {
@@ -411,6 +442,23 @@ pub fn value_value(v: &View) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a terminal, JSON keeps no character a terminal would act on, and still reads as the same value.
+    #[test]
+    fn json_for_a_terminal_escapes_what_json_leaves_raw() {
+        let value = serde_json::json!({"v": "a\u{9b}31m\u{7f}\u{202e}b\u{e0041}\n\u{1b}é"});
+        let text = json_for_terminal(&serde_json::to_string_pretty(&value).unwrap()).unwrap();
+        let inner: String = text.lines().filter(|l| l.contains("\"v\"")).collect();
+        assert!(!inner.chars().any(unsafe_char), "{inner:?}");
+        assert!(
+            inner.contains("\\u009b") && inner.contains("\\udb40\\udc41"),
+            "{inner}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
+    }
 
     #[test]
     fn terminal_unsafe_characters_are_escaped() {

@@ -124,7 +124,7 @@ const SET_HELP: &str = concat!(
     "Exactly one of --value, --file or --value-stdin gives the value. --file is read as is (`--file -`: \
      standard input, as is); --value-stdin \
      drops one trailing newline, `\\n` or `\\r\\n` (so `echo pass | …` stores `pass`). A value holds at most \
-     25,600 bytes: longer input is refused (exit 2) before anything is sent. An empty value (no input, an empty file, \
+     25,600 bytes: a longer one is refused (exit 2) before anything is sent (input is read no further). An empty value (no input, an empty file, \
      `--value ''`) is refused with exit code 2 unless --allow-empty is given, so that `producer | keyvault \
      secret set …` does not wipe the secret when the producer fails. On a terminal, --value-stdin prompts \
      and reads one line without echo, and `--file -` everything typed until Ctrl-D, as is, without echo \
@@ -441,15 +441,24 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
             } else {
                 zeroize::Zeroizing::new(read_value(&a.source)?)
             };
+            let from = || match (&a.source.value, &a.source.file) {
+                (Some(_), _) => "--value".to_string(),
+                (None, Some(p)) if p != Path::new("-") => format!("'{}'", p.display()),
+                (None, _) => "standard input".to_string(),
+            };
             if value.is_empty() && !a.allow_empty {
-                let from = match (&a.source.value, &a.source.file) {
-                    (Some(_), _) => "--value".to_string(),
-                    (None, Some(p)) if p != Path::new("-") => format!("'{}'", p.display()),
-                    (None, _) => "standard input".to_string(),
-                };
                 return Err(CliError::bad_input(format!(
-                    "the value from {from} is empty; nothing was written (a failed command before a pipe, an \
-                     empty file or an unset variable gives no input): pass --allow-empty to store an empty value"
+                    "the value from {} is empty; nothing was written (a failed command before a pipe, an \
+                     empty file or an unset variable gives no input): pass --allow-empty to store an empty value",
+                    from()
+                )));
+            }
+            if value.len() > keyvault_types::rules::MAX_VALUE_BYTES {
+                return Err(CliError::bad_input(format!(
+                    "the value from {} is {} bytes, more than a secret value may be (25,600 bytes); nothing \
+                     was sent",
+                    from(),
+                    value.len()
                 )));
             }
             let s = client
@@ -668,7 +677,7 @@ fn done_line(
     use crate::conn::Output;
     match fmt {
         Output::Json => {
-            let text = serde_json::to_string_pretty(json).expect("JSON values serialise");
+            let text = render::json_text(json);
             writeln!(out, "{text}").map_err(io_error)
         }
         Output::Tsv => writeln!(out, "{}", render::tsv_escape(bare)).map_err(io_error),
@@ -686,9 +695,6 @@ fn on<'a>(target: Target<'a>, vault: &'a str) -> impl Fn(keyvault_secrets::Error
     move |e| CliError::from_client(&e, target, vault)
 }
 
-/// Write a file readable by its owner only (it holds secrets). A regular file that already exists (`--overwrite`)
-/// is made private before it is emptied and written, not left with the mode it had; a file that cannot be made
-/// private is not written. Other files (a pipe, a terminal) are written as they are.
 /// `--file PATH` to write: an existing file is refused unless `--overwrite` (before any request is made).
 fn refuse_existing(file: &Path, overwrite: bool) -> CliResult {
     if file != Path::new("-") && !overwrite && file.exists() {
@@ -725,6 +731,9 @@ fn write_result(
     })
 }
 
+/// Write a file readable by its owner only (it holds secrets). A regular file that already exists (`--overwrite`)
+/// is made private before it is emptied and written, not left with the mode it had; a file that cannot be made
+/// private is not written. Other files (a pipe, a terminal) are written as they are.
 pub fn write_private(path: &Path, bytes: &[u8]) -> CliResult {
     let fail = |e: std::io::Error| CliError::other(format!("cannot write {}: {e}", path.display()));
     let mut options = std::fs::OpenOptions::new();

@@ -251,14 +251,16 @@ impl<T> Pager<T> {
             ended: false,
         }
     }
-    /// The token of the next page to fetch.
+    /// The token of the next page to fetch; after an error, the failed page's, when fetching it again may help
+    /// (see [`crate::Pages`]).
     pub fn continuation_token(&self) -> Option<&str> {
         self.inner.continuation_token()
     }
 }
 
 impl<T> Pages<T> {
-    /// The token of the next page to fetch.
+    /// The token of the next page to fetch; after an error, the failed page's, when fetching it again may help
+    /// (see [`crate::Pages`]).
     pub fn continuation_token(&self) -> Option<&str> {
         self.inner.continuation_token()
     }

@@ -49,9 +49,11 @@ impl<T: fmt::Debug> fmt::Debug for Page<T> {
     }
 }
 
-/// A stream of pages. Ends after the last page, or after the first error; after an error,
-/// [`Pages::continuation_token`] is the token of the page that failed, to resume from (as Python's pagers keep
-/// it), unless the first page failed (start over) or the listing went round in a loop.
+/// A stream of pages. Ends after the last page, or after the first error; after an error that fetching the
+/// page again may mend (a connection lost, a timeout, 401, 408, 429, a 5xx), [`Pages::continuation_token`] is
+/// the token of the page that failed, to resume from (as Python's pagers keep it), unless it was the first page
+/// (start over). After any other error (a link or answer the client refuses, another 4xx, a paging loop) it is
+/// `None`: resuming would fail again.
 ///
 /// A `nextLink` this listing has already followed (a paging loop: a broken or hostile service) is not followed
 /// again: the stream ends with an [`ErrorKind::Data`] error instead.
@@ -165,8 +167,19 @@ impl<T> Stream for Pages<T> {
                 this.failed = None;
                 this.next = page.continuation_token.clone().map(Some);
             }
-            // `failed` keeps the page's token.
-            Err(_) => this.next = None,
+            Err(e) => {
+                this.next = None;
+                // `failed` keeps the page's token to resume from, unless fetching it again cannot help: a link
+                // the client refuses, an answer it cannot read, or the service refusing the request itself.
+                let status = e.status().map(|s| s.as_u16());
+                let hopeless = matches!(e.kind(), ErrorKind::Data | ErrorKind::InvalidArgument)
+                    || e.is_permanent()
+                    || status
+                        .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 408 | 429));
+                if hopeless {
+                    this.failed = None;
+                }
+            }
         }
         Poll::Ready(Some(result))
     }
@@ -354,6 +367,28 @@ mod tests {
         pages.next().await.unwrap().unwrap();
         assert!(pages.next().await.unwrap().is_err());
         assert_eq!(pages.continuation_token(), Some("2"));
+        // A page the service refuses (400), or whose answer the client cannot read, has no token to resume
+        // from: it would fail again.
+        for refused in [
+            || Error::from_response(http::StatusCode::BAD_REQUEST, None, None, None),
+            || Error::new(ErrorKind::Data, "not a page"),
+        ] {
+            let fetch: FetchPage<usize> = Arc::new(move |token: Option<NextPage>| {
+                Box::pin(async move {
+                    match token {
+                        None => Ok(Page {
+                            items: vec![0usize],
+                            continuation_token: Some("1".into()),
+                        }),
+                        Some(_) => Err(refused()),
+                    }
+                }) as PageFuture<usize>
+            });
+            let mut pages = Pager::new(fetch).by_page();
+            pages.next().await.unwrap().unwrap();
+            assert!(pages.next().await.unwrap().is_err());
+            assert_eq!(pages.continuation_token(), None, "{:?}", refused());
+        }
         // The first page failing leaves nothing to resume from but the start.
         let mut first = failing(0);
         assert!(first.next().await.unwrap().is_err());
