@@ -337,10 +337,11 @@ const SQL_ALL_VERSIONS_OF_LIVE: &str = concat!(
 /// the existing one at the new version unless it is deleted (an update that changes no indexed column:
 /// HOT), then insert the version; its `seq` is drawn while the row is locked, so seqs order a name's
 /// versions by commit. No row back: the name is deleted. A repeated version id fails the whole statement
-/// (unique violation), leaving the name as it was.
+/// (unique violation), leaving the name as it was. `$13` is the set's deadline ([`set_deadline_ms`]).
 const SQL_PUT: &str = "WITH n AS (
          INSERT INTO kv_names (vault, name_key, display_name, latest_version)
-         VALUES ($1::text, $2::text, $12::text, $3::text)
+         SELECT $1::text, $2::text, $12::text, $3::text
+         WHERE 1 / (CASE WHEN clock_timestamp() < to_timestamp($13::bigint / 1000.0) THEN 1 ELSE 0 END) = 1
          ON CONFLICT (vault, name_key) DO UPDATE
              SET display_name = EXCLUDED.display_name,
                  latest_version = EXCLUDED.latest_version
@@ -351,6 +352,40 @@ const SQL_PUT: &str = "WITH n AS (
      SELECT $1, $2, $3::text, $4::bytea, $5::text, $6::text, $7::boolean, $8::bigint,
             $9::bigint, $10::bigint, $11::bigint FROM n
      RETURNING 1";
+/// The deadline of the set statements of a batch whose connection this side got now, in ms since the epoch by
+/// this node's clock. The database checks it, on its own clock, before a set's statement writes anything:
+/// `1 / (CASE WHEN clock_timestamp() < deadline THEN 1 ELSE 0 END) = 1` fails the statement with
+/// `division_by_zero` (22012), an error no other part of it can raise. A statement that starts by then ends
+/// within [`STATEMENT_LIMIT`], so it has committed or failed [`DEADLINE_MARGIN`] before this side gives up on it
+/// (`limit`) and answers 503 — the database's clock may be that much behind this node's. Without the check, a
+/// statement that reached the database later (held in a stalled backend's socket, or in the network) would
+/// still commit, and could make an older version the latest over a newer one acknowledged meanwhile (a70-1).
+pub(crate) fn set_deadline_ms(limit: Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let within = limit
+        .saturating_sub(STATEMENT_LIMIT)
+        .saturating_sub(DEADLINE_MARGIN);
+    now.saturating_add(within.as_millis() as i64)
+}
+
+/// How far behind this node's clock the database's may be for [`set_deadline_ms`] to hold.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Whether a set's statement failed because it reached the database after its deadline.
+pub(crate) fn is_past_deadline(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::DIVISION_BY_ZERO)
+}
+
+pub(crate) fn past_deadline() -> StoreError {
+    StoreError::Unavailable(
+        "the set reached the database after its deadline and was not written (the database or the network \
+         held it)"
+            .into(),
+    )
+}
+
 const SQL_INSERT_VERSION: &str = "INSERT INTO kv_versions
      (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
@@ -1057,18 +1092,20 @@ async fn insert_version<C: tokio_postgres::GenericClient>(
     }
 }
 
-async fn put(conn: &mut Conn, vault: &str, row: &VersionRow) -> StoreResult<()> {
+async fn put(conn: &mut Conn, vault: &str, row: &VersionRow, deadline_ms: i64) -> StoreResult<()> {
     let key = name_key(&row.name);
     let Conn { client, stmts } = conn;
     let st = Conn::prepare(stmts, &*client, SQL_PUT).await?;
     let tags = tags_json(&row.tags)?;
     let mut params = version_params(&vault, &key, row, &tags);
     params.push(&row.name);
+    params.push(&deadline_ms);
     let inserted = client.query_opt(&st, &params).await;
     match inserted {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(StoreError::Deleted),
         Err(e) if is_unique_violation(&e) => Err(StoreError::Exists),
+        Err(e) if is_past_deadline(&e) => Err(past_deadline()),
         Err(e) => Err(e.into()),
     }
 }

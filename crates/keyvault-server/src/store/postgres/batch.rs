@@ -62,7 +62,8 @@ const FALLBACK_STARTS_WITHIN: Duration = OPERATION_TIMEOUT;
 /// Many sets in one statement: the arrays hold one set each, at the same index (the parameters of
 /// [`super::SQL_PUT`], each as an array). Names are created, or locked and pointed at their new versions
 /// unless deleted, in byte order; then a version is inserted for each name that was (drawing its `seq` while
-/// the name's row is locked). The (vault, name key) of each set that was done comes back.
+/// the name's row is locked). The (vault, name key) of each set that was done comes back. `$13` is the sets'
+/// deadline ([`super::set_deadline_ms`]).
 pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
          SELECT vault COLLATE "C" AS vault, name_key COLLATE "C" AS name_key, version, sealed,
                 content_type, tags, enabled, nbf, exp, created, updated, display_name
@@ -72,7 +73,9 @@ pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
                    updated, display_name)),
      n AS (
          INSERT INTO kv_names (vault, name_key, display_name, latest_version)
-         SELECT vault, name_key, display_name, version FROM i ORDER BY vault, name_key
+         SELECT vault, name_key, display_name, version FROM i
+         WHERE 1 / (CASE WHEN clock_timestamp() < to_timestamp($13::bigint / 1000.0) THEN 1 ELSE 0 END) = 1
+         ORDER BY vault, name_key
          ON CONFLICT (vault, name_key) DO UPDATE
              SET display_name = EXCLUDED.display_name,
                  latest_version = EXCLUDED.latest_version
@@ -476,12 +479,13 @@ impl Work for Get {
 /// a failure caused by one of them) the one-set statement for each.
 async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResult<()>>> {
     let started = Instant::now();
+    let deadline_ms = super::set_deadline_ms(Set::LIMIT);
     // Tags are checked when a request is parsed; should one still not serialize, the one-set statement
     // reports it for that set alone.
     let tags: StoreResult<Vec<Option<String>>> =
         batch.iter().map(|job| tags_json(&job.row.tags)).collect();
     if let (true, Ok(tags)) = (batch.len() > 1, tags) {
-        match put_many(conn, batch, &tags).await {
+        match put_many(conn, batch, &tags, deadline_ms).await {
             Ok(done) => {
                 return Ok(batch
                     .iter()
@@ -493,6 +497,10 @@ async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResu
                         }
                     })
                     .collect());
+            }
+            // Too late for every set of it: none was written.
+            Err(e) if super::is_past_deadline(&e) => {
+                return Ok(batch.iter().map(|_| Err(super::past_deadline())).collect());
             }
             // One set's fault (a version id its name has, or data the database refuses, class 22), a
             // rollback, or a name's row another session held past `lock_timeout`: each on its own below, so
@@ -519,7 +527,7 @@ async fn write_sets(conn: &mut Conn, batch: &[Set]) -> StoreResult<Vec<StoreResu
                  holds"
                     .into(),
             )),
-            _ => put(conn, &job.vault, &job.row).await,
+            _ => put(conn, &job.vault, &job.row, deadline_ms).await,
         };
         answers.push(answer);
     }
@@ -542,6 +550,7 @@ async fn put_many(
     conn: &mut Conn,
     batch: &[Set],
     tags: &[Option<String>],
+    deadline_ms: i64,
 ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let Conn { client, stmts } = conn;
     let st = Conn::prepare(stmts, &*client, SQL_PUT_MANY).await?;
@@ -577,6 +586,7 @@ async fn put_many(
                 &created,
                 &updated,
                 &names,
+                &deadline_ms,
             ],
         )
         .await?;

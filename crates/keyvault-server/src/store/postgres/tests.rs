@@ -1045,13 +1045,14 @@ async fn listings_read_only_their_page() {
         .run(async |c| {
             let tx = c.client.transaction().await?;
             let put = tx.prepare(SQL_PUT).await?;
+            let deadline = set_deadline_ms(Duration::from_secs(60));
             for i in 0..20 {
                 let key = format!("n-{:05}", 2000 + i * 7);
                 let version = crate::vault::new_version();
                 tx.query_opt(
                     &put,
                     &[&"v", &key, &version, &vec![0u8, 1], &None::<String>, &None::<String>, &true,
-                      &None::<i64>, &None::<i64>, &1i64, &1i64, &key.to_uppercase()],
+                      &None::<i64>, &None::<i64>, &1i64, &1i64, &key.to_uppercase(), &deadline],
                 )
                 .await?
                 .expect("the name is live");
@@ -1133,13 +1134,13 @@ async fn point_statements_and_sweeps_read_only_their_rows() {
         (
             "set",
             SQL_PUT,
-            "('v', 'n-02000', 'new', '\\x00', NULL, NULL, true, NULL, NULL, 1, 1, 'N')".into(),
+            "('v', 'n-02000', 'new', '\\x00', NULL, NULL, true, NULL, NULL, 1, 1, 'N', 99999999999999)".into(),
             1,
         ),
         (
             "set of a new name",
             SQL_PUT,
-            "('v', 'n-09999', 'new', '\\x00', NULL, NULL, true, NULL, NULL, 1, 1, 'N')".into(),
+            "('v', 'n-09999', 'new', '\\x00', NULL, NULL, true, NULL, NULL, 1, 1, 'N', 99999999999999)".into(),
             1,
         ),
         (
@@ -1149,7 +1150,7 @@ async fn point_statements_and_sweeps_read_only_their_rows() {
               ARRAY['\\x00', '\\x00', '\\x00']::bytea[], ARRAY[NULL, NULL, NULL]::text[], \
               ARRAY[NULL, NULL, NULL]::text[], ARRAY[true, true, true], ARRAY[NULL, NULL, NULL]::bigint[], \
               ARRAY[NULL, NULL, NULL]::bigint[], ARRAY[1, 1, 1]::bigint[], ARRAY[1, 1, 1]::bigint[], \
-              ARRAY['N', 'N', 'N'])"
+              ARRAY['N', 'N', 'N'], 99999999999999)"
                 .into(),
             2,
         ),
@@ -1863,5 +1864,84 @@ async fn a_write_given_up_is_cancelled_in_the_database() {
     other.batch_execute("COMMIT").await.unwrap();
     let latest = store.get_version(v, "locked", None).await.unwrap().unwrap();
     assert_eq!(latest.content_type, None, "nothing given up was written");
+    store.close().await;
+}
+
+/// A set's statement that reaches the database after its deadline — held in a stalled backend's socket or in the
+/// network while this side gave up and answered 503 — writes nothing, alone or in a batch, so it cannot make an
+/// older version the latest over one acknowledged meanwhile (a70-1). Before the deadline it is written.
+#[tokio::test]
+async fn a_set_reaching_the_database_after_its_deadline_is_not_written() {
+    let Some((_pg, store)) = open_or_skip(
+        "store::postgres::a_set_reaching_the_database_after_its_deadline_is_not_written",
+    )
+    .await
+    else {
+        return;
+    };
+    let v = "vault";
+    let acknowledged = unique_version(0, 2);
+    store
+        .put_version(v, row("late", acknowledged.clone(), 2))
+        .await
+        .unwrap();
+    let past = set_deadline_ms(Duration::ZERO) - 60_000;
+    let late = row("late", unique_version(0, 1), 1);
+    let answer = store.run(async |c| put(c, v, &late, past).await).await;
+    match answer {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("after its deadline"), "{m}"),
+        other => panic!("a late set answered {other:?}"),
+    }
+    // A batch's statement: refused whole, by the error that tells it.
+    let refused = store
+        .run(async |c| {
+            let st = c.client.prepare(batch::SQL_PUT_MANY).await?;
+            let e = c
+                .client
+                .query(
+                    &st,
+                    &[
+                        &vec![v, v],
+                        &vec!["late", "other"],
+                        &vec![late.version.as_str(), "0".repeat(32).as_str()],
+                        &vec![vec![0u8], vec![0u8]],
+                        &vec![None::<String>, None],
+                        &vec![None::<String>, None],
+                        &vec![true, true],
+                        &vec![None::<i64>, None],
+                        &vec![None::<i64>, None],
+                        &vec![1i64, 1],
+                        &vec![1i64, 1],
+                        &vec!["late", "other"],
+                        &past,
+                    ],
+                )
+                .await
+                .expect_err("a late batch is refused");
+            Ok(is_past_deadline(&e))
+        })
+        .await
+        .unwrap();
+    assert!(refused, "the batch failed with another error");
+    let latest = store.get_version(v, "late", None).await.unwrap().unwrap();
+    assert_eq!(latest.version, acknowledged, "a late set became the latest");
+    assert_eq!(
+        store
+            .all_versions(v, "late", usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.get_version(v, "other", None).await.unwrap(), None);
+    // In time, the same statement writes.
+    let in_time = set_deadline_ms(Duration::from_secs(60));
+    let next = row("late", unique_version(0, 3), 3);
+    store
+        .run(async |c| put(c, v, &next, in_time).await)
+        .await
+        .unwrap();
+    let latest = store.get_version(v, "late", None).await.unwrap().unwrap();
+    assert_eq!(latest.version, next.version);
     store.close().await;
 }
