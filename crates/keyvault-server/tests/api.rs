@@ -494,6 +494,32 @@ async fn names_in_any_case_and_a_byte_order_mark_are_read_as_key_vault_reads_the
             "{b}"
         );
     }
+    // A lone UTF-16 surrogate escape (a JS string cut inside an emoji) is no Unicode text: said so.
+    for lone in [
+        r#"{"value":"a\ud800b"}"#,
+        r#"{"value":"a\udc00b"}"#,
+        r#"{"value":"a\ud800\u0041"}"#,
+        r#"{"value":"ok","tags":{"t":"\ud83d"}}"#,
+    ] {
+        let resp = v
+            .http
+            .put(v.url("/secrets/twice"))
+            .bearer_auth(&v.token)
+            .body(lone)
+            .send()
+            .await
+            .unwrap();
+        let s = resp.status();
+        let b: Value = resp.json().await.unwrap();
+        assert_error(s, &b, StatusCode::BAD_REQUEST, "BadParameter");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unpaired UTF-16 surrogate"),
+            "{lone}: {b}"
+        );
+    }
     let (s, _) = v.call(Method::GET, "/secrets/twice", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "a refused body sets nothing");
     // A byte-order mark before the JSON.

@@ -1484,6 +1484,15 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiEr
     serde_json::from_slice(json).map_err(|e| {
         // serde's own message can quote the input (which may hold a value): describe, never quote.
         let what = match e.classify() {
+            // `"\ud800"` with no trailing half after it, or a trailing half alone: JSON's grammar lets the
+            // escape through, but it names no Unicode character, and a secret's text is Unicode (a JS string cut
+            // inside an emoji gives one: the JS SDK review, a72-1).
+            serde_json::error::Category::Syntax
+                if e.to_string().contains("surrogate") || e.to_string().contains("end of hex escape") =>
+            {
+                "has a string with an unpaired UTF-16 surrogate escape (\\uD800 to \\uDFFF without its other \
+                 half), which is no Unicode character"
+            }
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 "is not valid JSON"
             }
