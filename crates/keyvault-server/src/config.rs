@@ -70,7 +70,8 @@ pub struct Config {
     /// (up to the file's size), and an I/O error on the file becomes a crash instead of an error.
     pub mmap_mib: u64,
     /// PostgreSQL connections this node keeps open at most (1–1000). Default 16. Size it so that every
-    /// node's pool (plus one leader connection per node) fits the database's `max_connections`.
+    /// node's pool (plus two connections of its own per node: the leader lock's and the access document's) fits
+    /// the database's `max_connections`.
     pub pg_pool_size: usize,
     /// The key-encryption key file (created at first start if missing). Default `{data_dir}/kek.key`.
     /// Every node over one shared store must use the same key (this file, or `KEYVAULT_KEK`).
