@@ -3,7 +3,7 @@
 
 mod cli_support;
 
-use cli_support::{command, kv, kv_in, run_with, start_vault};
+use cli_support::{command, kv, kv_in, run_with, start_vault, with_reader_gone_early};
 use std::collections::BTreeMap;
 
 fn tricky_value(i: usize) -> String {
@@ -378,20 +378,8 @@ fn import_skips_a_byte_order_mark_and_export_notices_a_closed_pipe() {
         &serde_json::to_vec(&big).unwrap(),
     )
     .ok();
-    let mut child = command(Some(&v))
-        .args(["secret", "export"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 10];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    drop(stdout);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = with_reader_gone_early(command(Some(&v)), &["secret", "export"]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(!stderr.contains("exported 25"), "{stderr}");
     assert!(
         stderr.contains("standard output was closed before the export was written"),

@@ -4,7 +4,7 @@
 
 mod cli_support;
 
-use cli_support::{command, kv, kv_in, run_with, shared};
+use cli_support::{command, kv, kv_in, run_with, shared, with_reader_gone_early};
 use std::process::Stdio;
 
 #[test]
@@ -1317,35 +1317,34 @@ fn value_stdin_at_a_terminal_prompts_without_echo() {
         assert!(echoes, "the terminal echoes again after {signal}");
     }
 
-    // `--file -` at a terminal: everything typed until Ctrl-D (at the start of a line), as is.
-    let (code, _, shown, echoes) = at_a_terminal(
-        command(Some(v)),
-        &["secret", "set", "tty-pem", "--file", "-"],
-        "end with Ctrl-D on a line of its own): ",
-        Some("-----BEGIN X-----\nline two\n\u{4}"),
-    );
-    assert_eq!(code, 0, "{shown:?}");
-    assert!(!shown.contains("line two"), "echoed: {shown:?}");
-    assert!(echoes);
-    assert_eq!(
-        kv(v, &["secret", "show", "tty-pem"]).ok().json()["value"],
-        "-----BEGIN X-----\nline two\n"
-    );
-
-    // An import typed or pasted at the terminal.
-    let (code, _, shown, echoes) = at_a_terminal(
-        command(Some(v)),
-        &["secret", "import", "--file", "-", "--no-progress"],
-        "end with Ctrl-D on a line of its own): ",
-        Some("TTY_IMPORTED=pasted-import-value\n\u{4}"),
-    );
-    assert_eq!(code, 0, "{shown:?}");
-    assert!(!shown.contains("pasted-import-value"), "echoed: {shown:?}");
-    assert!(echoes);
-    assert_eq!(
-        kv(v, &["secret", "show", "tty-imported"]).ok().json()["value"],
-        "pasted-import-value"
-    );
+    // `--file -` of set and import at a terminal: everything typed or pasted until Ctrl-D (at the start of a
+    // line), as is, without echo.
+    for (args, typed, name, value) in [
+        (
+            &["secret", "set", "tty-pem", "--file", "-"][..],
+            "-----BEGIN X-----\nline two\n\u{4}",
+            "tty-pem",
+            "-----BEGIN X-----\nline two\n",
+        ),
+        (
+            &["secret", "import", "--file", "-", "--no-progress"][..],
+            "TTY_IMPORTED=pasted-import-value\n\u{4}",
+            "tty-imported",
+            "pasted-import-value",
+        ),
+    ] {
+        let (code, _, shown, echoes) = at_a_terminal(
+            command(Some(v)),
+            args,
+            "end with Ctrl-D on a line of its own): ",
+            Some(typed),
+        );
+        assert_eq!(code, 0, "{args:?}: {shown:?}");
+        let secret_part = value.lines().last().unwrap();
+        assert!(!shown.contains(secret_part), "echoed: {shown:?}");
+        assert!(echoes);
+        assert_eq!(kv(v, &["secret", "show", name]).ok().json()["value"], value);
+    }
 
     // hash-secret too.
     let (code, stdout, shown, echoes) = at_a_terminal(
@@ -1509,20 +1508,11 @@ fn oversized_input_and_lost_output() {
         )
         .ok();
     }
-    let mut child = command(Some(v))
-        .args(["secret", "backup", "big-out", "--file", "-"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 10];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    drop(stdout);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = with_reader_gone_early(
+        command(Some(v)),
+        &["secret", "backup", "big-out", "--file", "-"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("standard output was closed before the backup was written"),
         "{stderr}"

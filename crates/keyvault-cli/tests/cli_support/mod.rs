@@ -142,6 +142,27 @@ pub fn run_with(mut c: Command, args: &[&str], stdin: Option<&[u8]>) -> Out {
     }
 }
 
+/// `keyvault ARGS` whose reader takes 10 bytes of standard output and closes it (`| head -c 10`): the exit code
+/// and standard error.
+pub fn with_reader_gone_early(mut c: Command, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = c
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `keyvault ARGS` against `vault`.
 pub fn kv(vault: &Vault, args: &[&str]) -> Out {
     run_with(command(Some(vault)), args, None)
