@@ -381,7 +381,7 @@ pub(crate) fn is_past_deadline(e: &tokio_postgres::Error) -> bool {
 pub(crate) fn past_deadline() -> StoreError {
     StoreError::Unavailable(
         "the set reached the database after its deadline and was not written (the database or the network \
-         held it)"
+         held it, or the database's clock is ahead of this node's)"
             .into(),
     )
 }
@@ -876,8 +876,11 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
             // 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
             // 53 insufficient resources, 57 operator intervention (shutdown, cancel, timeouts), 58 system error;
             // and a lock another session held past `lock_timeout` (55P03).
+            // And a session ended by `idle_in_transaction_session_timeout` (25P03: this node stalled inside a
+            // transaction, a74-3).
             matches!(class, "08" | "40" | "53" | "57" | "58")
                 || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
         }
         None => {
             if e.is_closed() {
