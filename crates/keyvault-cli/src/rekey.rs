@@ -493,7 +493,9 @@ fn print_summary(r: &RekeyReport, out: &mut impl Write) -> std::io::Result<()> {
             writeln!(
                 out,
                 "every version is under the current key: previous keys may now be removed from the \
-                 configuration (backups made under them will then no longer restore)"
+                 configuration once every server has started with the current key and its audit log goes on \
+                 under it (after an offline rekey: start once with both keys first; a start without the old key \
+                 is refused until then), and backups made under them will then no longer restore"
             )?;
         }
     }
