@@ -470,15 +470,15 @@ fn refuse_secret_url(url: &str) -> CliResult {
     }
     let advice = "give the vault's own URL (such as https://myvault.vault.azure.net) and the secret by its name, \
                   or a secret's full URL to `secret show --id`";
+    // The URL is not quoted: it may carry user information (`user:password@`).
     if is_azure_resource(url) {
         return Err(CliError::bad_input(format!(
-            "the vault URL {url} names a secrets route in its path (Key Vault serves a vault at its root): {advice}"
+            "the vault URL names a secrets route in its path (Key Vault serves a vault at its root): {advice}"
         )));
     }
     stderr_line!(
-        "note: the vault URL {} names a secrets route in its path; unless a gateway serves the vault there, \
-         {advice}",
-        crate::render::terminal_safe(url)
+        "note: the vault URL names a secrets route in its path; unless a gateway serves the vault there, \
+         {advice}"
     );
     Ok(())
 }

@@ -299,6 +299,10 @@ mod tests {
         }))
     }
 
+    async fn resumed(pager: Pager<usize>, token: String) -> Vec<usize> {
+        pager.resume_from(token).map(|r| r.unwrap()).collect().await
+    }
+
     #[tokio::test]
     async fn items_pages_and_resume() {
         let all: Vec<usize> = numbers(3, 2).map(|r| r.unwrap()).collect().await;
@@ -308,12 +312,7 @@ mod tests {
         assert_eq!(first.items, vec![0, 1]);
         let token = first.continuation_token.unwrap();
         assert_eq!(pages.continuation_token(), Some(token.as_str()));
-        let rest: Vec<usize> = numbers(3, 2)
-            .resume_from(token)
-            .map(|r| r.unwrap())
-            .collect()
-            .await;
-        assert_eq!(rest, vec![2, 3, 4, 5]);
+        assert_eq!(resumed(numbers(3, 2), token).await, vec![2, 3, 4, 5]);
         let mut empty = numbers(1, 0);
         assert!(empty.next().await.is_none());
     }
@@ -355,12 +354,7 @@ mod tests {
             .expect("the failed page's token")
             .to_string();
         assert_eq!(token, "1");
-        let rest: Vec<usize> = numbers(3, 2)
-            .resume_from(token)
-            .map(|r| r.unwrap())
-            .collect()
-            .await;
-        assert_eq!(rest, vec![2, 3, 4, 5]);
+        assert_eq!(resumed(numbers(3, 2), token).await, vec![2, 3, 4, 5]);
         // Pages: the same.
         let mut pages = failing(2).by_page();
         pages.next().await.unwrap().unwrap();

@@ -44,6 +44,14 @@
 //! version row with one index entry. Version 5 pages live names over a partial index of their own
 //! (`SCHEMA_V5`).
 
+/// The condition that fails a set's statement (`division_by_zero`) once it runs after its deadline, `$13`
+/// ([`set_deadline_ms`]); shared by [`SQL_PUT`] and [`batch::SQL_PUT_MANY`].
+macro_rules! before_deadline {
+    () => {
+        "WHERE 1 / (CASE WHEN clock_timestamp() < to_timestamp($13::bigint / 1000.0) THEN 1 ELSE 0 END) = 1"
+    };
+}
+
 pub mod batch;
 pub mod pool;
 pub mod tls;
@@ -338,10 +346,13 @@ const SQL_ALL_VERSIONS_OF_LIVE: &str = concat!(
 /// HOT), then insert the version; its `seq` is drawn while the row is locked, so seqs order a name's
 /// versions by commit. No row back: the name is deleted. A repeated version id fails the whole statement
 /// (unique violation), leaving the name as it was. `$13` is the set's deadline ([`set_deadline_ms`]).
-const SQL_PUT: &str = "WITH n AS (
+const SQL_PUT: &str = concat!(
+    "WITH n AS (
          INSERT INTO kv_names (vault, name_key, display_name, latest_version)
          SELECT $1::text, $2::text, $12::text, $3::text
-         WHERE 1 / (CASE WHEN clock_timestamp() < to_timestamp($13::bigint / 1000.0) THEN 1 ELSE 0 END) = 1
+         ",
+    before_deadline!(),
+    "
          ON CONFLICT (vault, name_key) DO UPDATE
              SET display_name = EXCLUDED.display_name,
                  latest_version = EXCLUDED.latest_version
@@ -351,7 +362,8 @@ const SQL_PUT: &str = "WITH n AS (
          (vault, name_key, version, sealed, content_type, tags, enabled, nbf, exp, created, updated)
      SELECT $1, $2, $3::text, $4::bytea, $5::text, $6::text, $7::boolean, $8::bigint,
             $9::bigint, $10::bigint, $11::bigint FROM n
-     RETURNING 1";
+     RETURNING 1"
+);
 /// The deadline of the set statements of a batch whose connection this side got now, in ms since the epoch by
 /// this node's clock. The database checks it, on its own clock, before a set's statement writes anything:
 /// `1 / (CASE WHEN clock_timestamp() < deadline THEN 1 ELSE 0 END) = 1` fails the statement with

@@ -64,7 +64,8 @@ const FALLBACK_STARTS_WITHIN: Duration = OPERATION_TIMEOUT;
 /// unless deleted, in byte order; then a version is inserted for each name that was (drawing its `seq` while
 /// the name's row is locked). The (vault, name key) of each set that was done comes back. `$13` is the sets'
 /// deadline ([`super::set_deadline_ms`]).
-pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
+pub(super) const SQL_PUT_MANY: &str = concat!(
+    r#"WITH i AS (
          SELECT vault COLLATE "C" AS vault, name_key COLLATE "C" AS name_key, version, sealed,
                 content_type, tags, enabled, nbf, exp, created, updated, display_name
          FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[],
@@ -74,7 +75,9 @@ pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
      n AS (
          INSERT INTO kv_names (vault, name_key, display_name, latest_version)
          SELECT vault, name_key, display_name, version FROM i
-         WHERE 1 / (CASE WHEN clock_timestamp() < to_timestamp($13::bigint / 1000.0) THEN 1 ELSE 0 END) = 1
+         "#,
+    before_deadline!(),
+    r#"
          ORDER BY vault, name_key
          ON CONFLICT (vault, name_key) DO UPDATE
              SET display_name = EXCLUDED.display_name,
@@ -87,7 +90,8 @@ pub(super) const SQL_PUT_MANY: &str = r#"WITH i AS (
             i.created, i.updated
      FROM i JOIN n ON n.vault = i.vault AND n.name_key = i.name_key
      ORDER BY i.vault, i.name_key
-     RETURNING vault, name_key"#;
+     RETURNING vault, name_key"#
+);
 
 /// Work that concurrent callers can share a statement for.
 pub trait Work: Sized + Send + Sync + 'static {
