@@ -373,6 +373,18 @@ fn finish(report: &RekeyReport, json: bool, out: &mut impl Write) -> CliResult {
     } else {
         print_summary(report, out).map_err(crate::errors::io_error)?;
     }
+    if report.dry_run && report.failed > 0 {
+        // The gate before dropping a key: a script reads the exit code, not the summary.
+        return Err(CliError::new(
+            code::PARTIAL,
+            format!(
+                "{} version(s) could not be opened with these keys (listed in the report): a rekey would leave them \
+                 where they are, and the key check with them; configure the key they name (or find out who \
+                 wrote them) before removing any key",
+                report.failed
+            ),
+        ));
+    }
     if report.dry_run || report.complete() {
         return Ok(());
     }

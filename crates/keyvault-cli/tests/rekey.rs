@@ -325,6 +325,58 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     );
 }
 
+/// A dry run is the gate before dropping a key, and scripts read its exit code: with versions its keys cannot
+/// open (written under key B, which a configuration with key A alone lacks) it exits 6, still printing its
+/// report; with both keys, 0.
+#[test]
+fn a_dry_run_that_cannot_open_versions_exits_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key_a, key_b) = rotation_paths(dir.path());
+    let server = serve(&data, &[]);
+    kv(&data, &["secret", "set", "old", "--value", "a"]).ok();
+    stop(server);
+    tool(&["kek", "new", key_b.to_str().unwrap()]).ok();
+    let config = rotation_config(dir.path(), &data, &key_a, &key_b);
+    let config = config.to_str().unwrap();
+    let server = serve(&data, &["--config", config]);
+    kv(&data, &["secret", "set", "new", "--value", "b"]).ok();
+    stop(server);
+
+    let only_a = dir.path().join("only-a.toml");
+    std::fs::write(
+        &only_a,
+        format!(
+            "data_dir = {:?}\nkek_file = {:?}\n",
+            data.display().to_string(),
+            key_a.display().to_string()
+        ),
+    )
+    .unwrap();
+    let dry = tool(&[
+        "rekey",
+        "--config",
+        only_a.to_str().unwrap(),
+        "--dry-run",
+        "-o",
+        "json",
+    ])
+    .code(6);
+    let report = dry.json();
+    assert_eq!(report["failed"], 1, "{report}");
+    assert_eq!(report["failures"][0]["name_key"], "new", "{report}");
+    assert!(
+        dry.stderr
+            .contains("1 version(s) could not be opened with these keys"),
+        "{}",
+        dry.stderr
+    );
+    let dry = tool(&["rekey", "--config", config, "--dry-run", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(dry["failed"], 0, "{dry}");
+    assert_eq!(dry["resealed"], 1, "{dry}");
+}
+
 /// What an interrupted rekey leaves (its target recorded, one version re-sealed under key B, the key check
 /// still under A), made with the library, deterministically: a server with A alone is refused, naming B and
 /// what to do; with B as a previous key it starts and reads every value; `keyvault rekey` then completes.

@@ -15,7 +15,8 @@
 //! start (after an interruption, some values are under it). After the pass, a read-only pass counts the
 //! versions per KEK id. If every version opened, and whatever a node wrote meanwhile is under a key these
 //! keys hold, the rekey completes ([`crate::store::reseal_key_check`], one compare and swap): the key check
-//! moves to the current key, the other key ids the store held are recorded as retired (a server whose
+//! moves to the current key, the key it was under and every key servers had current before the current one
+//! ([`crate::store::KEK_CURRENT_ORDER`]) are recorded as retired (a server whose
 //! current key is retired is refused at start; a running PostgreSQL node learns it within
 //! [`crate::store::KEK_RETIRED_POLL`] and then refuses every write that seals) and the target is cleared.
 //! Over a shared store it then waits [`RETIRE_WAIT`] and re-seals, in a final pass, whatever a node still
@@ -326,17 +327,26 @@ pub async fn rekey(
     if report.failed != 0 || unopenable {
         return Ok(report);
     }
-    // The key the check was under, if not the current one, is retired: the key this rotation moves away
-    // from. Keys older than it were retired when the check moved to it. A key the store holds values under
-    // that is neither retired nor the check's is newer, not older: another node seals under it as its
-    // current key (a rotation toward it is under way, and this node has not made it current yet). The pass
-    // re-sealed those values under this node's key, which every node holds; that key is not retired (it
-    // would stop that node's writes, and no node could ever make it current).
-    let retire: Vec<String> = key_check_before
-        .iter()
+    // When the check moves, every key the rotation moves away from is retired: the key the check was under,
+    // and every key servers had current before this one (in the order kept since servers note their current
+    // key: K1 -> K2 -> K3 with no rekey between leaves the check under K1, and K2 is retired with it). A key
+    // the store holds values under that is neither retired nor older is newer: another node seals under it as
+    // its current key (a rotation toward it is under way, and this node has not made it current yet), or its
+    // place is unknown (current only before servers kept the order). The pass re-sealed those values under
+    // this node's key, which every node holds; that key is not retired (it would stop that node's writes, and
+    // no node could ever make it current). When the check already is under this node's key, nothing is.
+    let order = crate::store::note_current_key(store, envelope).await?;
+    let moves = key_check_before.as_deref().is_some_and(|id| id != current);
+    let older = order.iter().take_while(|id| **id != current);
+    let retire: Vec<String> = (key_check_before.iter())
+        .chain(older.filter(|_| moves))
         .filter(|id| **id != current && id.as_str() != "unknown")
-        .cloned()
-        .collect();
+        .fold(Vec::new(), |mut ids, id| {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+            ids
+        });
     let retired_before = crate::store::kek_retired(store)
         .await
         .map_err(|e| format!("cannot read the retired keys: {e}"))?;
@@ -355,7 +365,7 @@ pub async fn rekey(
         tracing::warn!(
             kek_id = %current,
             other_kek_ids = ?newer,
-            "values were sealed under keys that are neither retired nor the key check's: another node seals \
+            "values were sealed under keys that are neither retired nor older than this node's current key: another node seals \
              under one as its current key (a rotation toward it under way?); they were re-sealed under this \
              node's key and are not retired; to rotate toward one, run `keyvault rekey` on a node whose current \
              key it is"

@@ -621,3 +621,82 @@ async fn rekeys_toward_different_keys_do_not_overlap() {
         .unwrap_err();
     assert!(err.contains("was retired while this rekey ran"), "{err}");
 }
+
+/// K1 -> K2 -> K3 with no rekey between: the key check stays under K1 and values are under all three (each
+/// key current on a server in turn). Returns the store and the three key ids.
+async fn three_keys_current_in_turn(dir: &std::path::Path) -> (Arc<SqliteStore>, Vec<String>) {
+    let store = store_under_key_1(dir).await;
+    for (e, v) in [(envelope(2, &[1]), "two"), (envelope(3, &[2, 1]), "three")] {
+        crate::store::check_key(store.as_ref(), &e).await.unwrap();
+        vault(store.clone(), e)
+            .set("s", SecretString::new(v), Default::default())
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = (1..=3u8)
+        .map(|b| envelope(b, &[]).current_kek_id().to_string())
+        .collect();
+    assert_eq!(
+        crate::store::note_current_key(store.as_ref(), &envelope(3, &[]))
+            .await
+            .unwrap(),
+        ids,
+        "the servers' starts noted their current keys in order"
+    );
+    (store, ids)
+}
+
+/// After K1 -> K2 -> K3 with no rekey between, the rekey to K3 retires K2 with K1 (every key current before
+/// K3, not only the key check's), so a server from a stale configuration cannot make K2 current again, nor
+/// run a rekey that would retire K3.
+#[tokio::test]
+async fn a_rekey_retires_every_key_current_before_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = three_keys_current_in_turn(dir.path()).await;
+    let report = rekey(
+        store.as_ref(),
+        &envelope(3, &[2, 1]),
+        &RekeyOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.retired, ids[..2].to_vec());
+    assert_eq!(report.after, BTreeMap::from([(ids[2].clone(), 5)]));
+    assert_eq!(
+        crate::store::kek_retired(store.as_ref()).await.unwrap(),
+        ids[..2].to_vec()
+    );
+    let stale = envelope(2, &[3, 1]);
+    let err = crate::store::check_key(store.as_ref(), &stale)
+        .await
+        .unwrap_err();
+    assert!(err.contains(&format!("{} was retired", ids[1])), "{err}");
+    let err = rekey(store.as_ref(), &stale, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.contains("was retired"), "{err}");
+}
+
+/// The same history, rekeyed by a node with K2 current (K3 previous: a node behind the rotation to K3): the
+/// check moves to K2 and K1 alone is retired; K3 is newer, not older, and stays free to become current.
+#[tokio::test]
+async fn a_rekey_does_not_retire_a_key_current_after_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = three_keys_current_in_turn(dir.path()).await;
+    let report = rekey(
+        store.as_ref(),
+        &envelope(2, &[3, 1]),
+        &RekeyOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.retired, vec![ids[0].clone()]);
+    assert_eq!(report.after, BTreeMap::from([(ids[1].clone(), 5)]));
+    crate::store::check_key(store.as_ref(), &envelope(3, &[2]))
+        .await
+        .unwrap();
+}

@@ -376,6 +376,11 @@ pub const KEK_RETIRED: &str = "kek-retired";
 /// its first re-seal until it completes: a server that does not hold that key is refused ([`check_key`]).
 pub const KEK_REKEY_TARGET: &str = "kek-rekey-target";
 
+/// The name under which a store keeps the ids of the key-encryption keys servers (and `keyvault rekey`) have
+/// had current, comma-separated in the order each was first current ([`note_current_key`]): a rekey that moves
+/// the key check retires every key before its own in this order, not only the check's ([`crate::rekey`]).
+pub const KEK_CURRENT_ORDER: &str = "kek-current-order";
+
 /// How often a node over a shared store reads [`KEK_RETIRED`] to learn that its current key was retired by a
 /// rekey (then it refuses every write that seals). `keyvault rekey` waits longer than this before its final
 /// pass ([`crate::rekey`]).
@@ -512,7 +517,44 @@ pub async fn check_key(
              configured (previous_kek_files or KEYVAULT_PREVIOUS_KEKS) until then"
         );
     }
+    note_current_key(store, envelope).await?;
     Ok(())
+}
+
+/// Adds this server's current key to [`KEK_CURRENT_ORDER`] if it is not there yet (a compare and swap,
+/// tried again if another node changed the list meanwhile), and returns the list. Only what servers of a
+/// build that keeps the list had current is in it: keys current before are not, and count as neither older
+/// nor newer.
+pub async fn note_current_key(
+    store: &dyn SecretStore,
+    envelope: &crate::crypto::Envelope,
+) -> Result<Vec<String>, String> {
+    let current = envelope.current_kek_id();
+    for _ in 0..16 {
+        let old = store
+            .meta(KEK_CURRENT_ORDER)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut order = old.as_deref().map(parse_ids).unwrap_or_default();
+        if order.iter().any(|id| id == current) {
+            return Ok(order);
+        }
+        order.push(current.to_owned());
+        let swapped = store
+            .meta_swap(vec![MetaSwap {
+                key: KEK_CURRENT_ORDER.to_owned(),
+                expect: old,
+                set: Some(order.join(",").into_bytes()),
+            }])
+            .await
+            .map_err(|e| e.to_string())?;
+        if swapped {
+            return Ok(order);
+        }
+    }
+    Err("the list of key-encryption keys servers have had current kept changing (other nodes starting?): \
+         try again"
+        .to_owned())
 }
 
 /// The key id of the store's key check, after making sure these keys open it and that the current key was
