@@ -706,6 +706,7 @@ fn rekey_online_re_seals_while_the_server_serves() {
     );
     assert_eq!(finished["requestId"], started["requestId"]);
     assert_eq!(finished["principal"], started["principal"]);
+    assert_eq!(finished["status"], 200, "{finished}");
     assert!(
         finished["target"]
             .as_str()
@@ -853,6 +854,7 @@ fn a_shutdown_mid_rekey_audits_the_jobs_end() {
     };
     let (start, end) = (line_of("RekeyStart"), line_of("RekeyFinished"));
     assert_eq!(end["requestId"], start["requestId"]);
+    assert_eq!(end["status"], 500, "{end}");
     assert!(
         end["target"]
             .as_str()

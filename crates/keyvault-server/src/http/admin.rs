@@ -453,7 +453,12 @@ pub(super) async fn handle(
                 line.principal = principal;
                 line.operation = Some("RekeyFinished");
                 line.outcome = crate::audit::Outcome::Allowed;
-                line.status = 200;
+                // How the job ended, as a request's status would say it: a job that failed (a store error,
+                // or the server stopping mid-rekey) is the server's failure.
+                line.status = match view.status {
+                    crate::rekey::job::RekeyStatus::Failed => 500,
+                    _ => 200,
+                };
                 let retired = view
                     .report
                     .as_ref()
