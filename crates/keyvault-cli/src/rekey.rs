@@ -93,7 +93,7 @@ On PostgreSQL, rekey then waits a few seconds and re-seals whatever a node still
 
 Exit codes: 0 done (or dry run), 1 store failure or keys the store refuses (they do not open its key
 check, or the current one was retired; online: the server's rekey failed), 4 online: a rekey is already
-running on that server, 5 online: the principal may not administer the vault, 2 bad configuration (a missing or malformed key file,
+running on that server (--follow follows it), 5 online: the principal may not administer the vault, 2 bad configuration (a missing or malformed key file,
 a bad KEYVAULT_KEK or KEYVAULT_PREVIOUS_KEKS, a bad config file), 6 finished with versions left under other
 keys (listed; the key check stays under the old key, so it must stay configured), or with versions a node
 wrote under a retired key during the rekey (re-sealed; restart that node with the new key current)."
@@ -110,6 +110,11 @@ pub struct RekeyArgs {
     /// --dev-credentials, … with the administration permission); the store options are not used.
     #[arg(long)]
     online: bool,
+    /// With --online: start nothing; follow the server's rekey job (one already running, e.g. after this
+    /// command was interrupted) until it finishes, or show the last one's report. Exit codes as for a rekey
+    /// this command started.
+    #[arg(long, requires = "online", conflicts_with = "dry_run")]
+    follow: bool,
     /// Count the stored versions per key id; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -288,16 +293,55 @@ async fn run_online(args: &RekeyArgs, json: bool) -> CliResult<RekeyReport> {
         "dryRun": args.dry_run,
         "batchSize": args.batch_size,
     });
-    let started: RekeyJobView =
-        job_view(crate::admin::call(&conn, Method::POST, "/admin/rekey", Some(body)).await?)?;
-    if !json {
-        stderr_line!(
-            "rekey job {} started on {}{}",
-            started.id,
-            conn.vault(),
-            if started.dry_run { " (dry run)" } else { "" }
-        );
-    }
+    let started: RekeyJobView = if args.follow {
+        let view = match crate::admin::call(&conn, Method::GET, "/admin/rekey", None).await {
+            Ok(v) => job_view(v)?,
+            Err(e) if e.code == code::NOT_FOUND => {
+                return Err(CliError::new(
+                    code::NOT_FOUND,
+                    format!(
+                        "{} has run no rekey since it started: nothing to follow",
+                        conn.vault()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if !json {
+            stderr_line!(
+                "following rekey job {} on {}{} ({})",
+                view.id,
+                conn.vault(),
+                if view.dry_run { " (dry run)" } else { "" },
+                view.status.as_str()
+            );
+        }
+        view
+    } else {
+        let started = crate::admin::call(&conn, Method::POST, "/admin/rekey", Some(body))
+            .await
+            .map_err(|e| {
+                if e.code == code::CONFLICT {
+                    let message = e.message.trim_end_matches('.');
+                    CliError::new(
+                        e.code,
+                        format!("{message} (follow it: keyvault rekey --online --follow)"),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        let started = job_view(started)?;
+        if !json {
+            stderr_line!(
+                "rekey job {} started on {}{}",
+                started.id,
+                conn.vault(),
+                if started.dry_run { " (dry run)" } else { "" }
+            );
+        }
+        started
+    };
     let mut shown: Option<(u64, u64)> = None;
     let mut poll = FIRST_POLL;
     let gone = || {

@@ -840,20 +840,35 @@ fn a_shutdown_mid_rekey_audits_the_jobs_end() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // One job at a time: another is refused (4), pointing at --follow.
+    let again = kv(&data, &["rekey", "--online"]).code(4);
+    assert!(
+        again.stderr.contains("already running")
+            && again
+                .stderr
+                .contains("follow it: keyvault rekey --online --follow"),
+        "{}",
+        again.stderr
+    );
     stop(server);
     let _ = follower.kill();
     let _ = follower.wait();
 
     let log = std::fs::read_to_string(&audit).unwrap();
-    let line_of = |op: &str| -> serde_json::Value {
+    // The last line of an operation with that status (the refused second start is a RekeyStart too).
+    let line_of = |op: &str, status: u16| -> serde_json::Value {
         let line = log
             .lines()
-            .rfind(|l| l.contains(&format!("\"operation\":\"{op}\"")))
-            .unwrap_or_else(|| panic!("no {op} line in the audit log"));
+            .rfind(|l| {
+                l.contains(&format!("\"operation\":\"{op}\""))
+                    && l.contains(&format!("\"status\":{status}"))
+            })
+            .unwrap_or_else(|| panic!("no {op} line with status {status} in the audit log"));
         serde_json::from_str(line).unwrap()
     };
-    let (start, end) = (line_of("RekeyStart"), line_of("RekeyFinished"));
+    let (start, end) = (line_of("RekeyStart", 202), line_of("RekeyFinished", 500));
     assert_eq!(end["requestId"], start["requestId"]);
+    assert_eq!(line_of("RekeyStart", 409)["operation"], "RekeyStart");
     assert_eq!(end["status"], 500, "{end}");
     assert!(
         end["target"]
@@ -873,7 +888,18 @@ fn a_shutdown_mid_rekey_audits_the_jobs_end() {
 
     // Run again, it completes: every version under key B.
     let server = serve(&data, &["--config", config.to_str().unwrap()]);
+    let none = kv(&data, &["rekey", "--online", "--follow"]).code(3);
+    assert!(
+        none.stderr.contains("has run no rekey since it started"),
+        "{}",
+        none.stderr
+    );
     let done = kv(&data, &["rekey", "--online", "-o", "json"]).ok().json();
     assert_eq!(done["after"], serde_json::json!({ id_b.as_str(): 1500 }));
+    // --follow starts nothing: it shows the last job's report, with the same exit code.
+    let followed = kv(&data, &["rekey", "--online", "--follow", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(followed, done);
     stop(server);
 }
