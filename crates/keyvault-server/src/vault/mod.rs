@@ -506,9 +506,11 @@ impl Vault {
     /// back empty for every hidden name in a row. The scan reads the visible stretches of the name order
     /// one after the other, each store call bounded by its stretch's end ([`Stretch`]), so no hidden row is
     /// read at all; it stops after [`SCAN_BUDGET`] rows or [`SCAN_CALLS`] store calls with what it has (both
-    /// counted over visible rows and stretches only). The cursor is sealed (opaque, authenticated: such a
-    /// caller cannot start a listing anywhere but where a page of its own ended); it holds the last name
-    /// listed or, when a page stopped between stretches, the end of the last stretch read.
+    /// counted over visible rows and stretches only). The cursor is sealed (opaque, authenticated, and bound
+    /// to the listing and to the names its caller may see: such a caller cannot start a listing anywhere but
+    /// where a page of a listing with the same view ended, so another principal's cursor tells it nothing);
+    /// it holds the last name listed or, when a page stopped between stretches, the end of the last stretch
+    /// read.
     async fn scan<T, Fut>(
         &self,
         kind: &str,
@@ -521,6 +523,8 @@ impl Vault {
     where
         Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
     {
+        let binding = cursor_binding(kind, visible);
+        let kind = binding.as_str();
         let after = match after {
             None => None,
             Some(t) => Some(match t.strip_prefix(SEALED_CURSOR) {
@@ -645,6 +649,33 @@ impl Vault {
 
 /// Which names a caller may see in a listing: those in any of these ranges.
 pub type Visible<'a> = &'a [NameRange];
+
+/// What a listing's sealed cursor is bound to (its associated data): the listing (`kind`) and, for a caller
+/// who may see only some names, those names' ranges in one order and case (the same view, however its
+/// assignments list it, gives the same binding). A cursor handed out under one view does not open under
+/// another: a principal given another's `nextLink` gets a 400, not a position among names it may not see. A
+/// caller whose view changes mid-listing starts it again.
+fn cursor_binding(kind: &str, visible: Option<Visible<'_>>) -> String {
+    let Some(visible) = visible else {
+        return kind.to_owned();
+    };
+    let mut ranges: Vec<String> = visible
+        .iter()
+        .map(|r| match r {
+            NameRange::Name(n) => format!("n:{}", n.to_ascii_lowercase()),
+            NameRange::Prefix(p) => format!("p:{}", p.to_ascii_lowercase()),
+        })
+        .collect();
+    ranges.sort_unstable();
+    ranges.dedup();
+    let mut binding = String::from(kind);
+    for r in ranges {
+        // Names and prefixes hold no NUL (names are letters, digits and dashes).
+        binding.push('\0');
+        binding.push_str(&r);
+    }
+    binding
+}
 
 /// A stretch of the name order: one name, or every name that starts with a prefix. Held lowercase (name
 /// keys); names of any case match.

@@ -297,9 +297,23 @@ async fn filtered_listings_show_no_hidden_name() {
         v.list(Some(&plain), 1, Some(filter)).await,
         Err(VaultError::BadParameter(_))
     ));
-    // A sealed cursor opens only in its own listing, and not once altered.
+    // A sealed cursor opens only in its own listing, for a caller with the same view (however its ranges are
+    // listed), and not once altered: not for a caller who sees everything, nor for one who sees other names
+    // (it would learn where a name it may not see sorts among its own).
     let sealed = v.list(None, 1, Some(filter)).await.unwrap().next.unwrap();
-    assert!(v.list(Some(&sealed), 1, None).await.is_ok());
+    let mut same: Vec<NameRange> = ranges.iter().rev().cloned().collect();
+    same.push(NameRange::Name("APP-0".into()));
+    assert_eq!(
+        v.list(Some(&sealed), 1, Some(&same)).await.unwrap().items[0].name,
+        "app-1"
+    );
+    let other = [NameRange::Prefix("team-".into())];
+    for view in [None, Some(&other[..])] {
+        assert!(matches!(
+            v.list(Some(&sealed), 1, view).await,
+            Err(VaultError::BadParameter(_))
+        ));
+    }
     assert!(matches!(
         v.list_deleted(Some(&sealed), 1, Some(filter)).await,
         Err(VaultError::BadParameter(_))
