@@ -68,6 +68,7 @@ pub fn config_file(path: &std::path::Path) -> CliResult<Config> {
   # 2. every node: kek_file = the new file, previous_kek_files = [the old file]; restart
   keyvault rekey --config /etc/keyvault/keyvault.toml --dry-run
   keyvault rekey --config /etc/keyvault/keyvault.toml    # 3.
+  keyvault rekey --config /etc/keyvault/keyvault.toml --check   # exit 0: nothing left under the old key
   # 4. every node: remove the old file from previous_kek_files; restart
 A node must open whatever another node seals: so every node holds the new key (1) before any seals with it
 (2), and every node seals with it (2) before rekey checks that nothing is left under the old one (3). A single
@@ -91,11 +92,12 @@ that seals a value, and to backups. From its first re-seal until it completes, t
 target: a server without it is refused at start (configure it and run rekey again after an interruption).
 On PostgreSQL, rekey then waits a few seconds and re-seals whatever a node still wrote under a retired key.
 
-Exit codes: 0 done (or dry run), 1 store failure or keys the store refuses (they do not open its key
+Exit codes: 0 done (or dry run; --check: nothing left under another key), 1 store failure or keys the store refuses (they do not open its key
 check, or the current one was retired; online: the server's rekey failed), 4 online: a rekey is already
 running on that server (--follow follows it), 5 online: the principal may not administer the vault, 2 bad configuration (a missing or malformed key file,
 a bad KEYVAULT_KEK or KEYVAULT_PREVIOUS_KEKS, a bad config file), 6 finished with versions left under other
-keys (listed; the key check stays under the old key, so it must stay configured), or with versions a node
+keys (listed; the key check stays under the old key, so it must stay configured; a dry run: versions it
+cannot open; --check: anything left under another key), or with versions a node
 wrote under a retired key during the rekey (re-sealed; restart that node with the new key current)."
 )]
 pub struct RekeyArgs {
@@ -118,6 +120,11 @@ pub struct RekeyArgs {
     /// Count the stored versions per key id; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// A dry run that exits 6 unless nothing is left under another key (every version, the key check and the
+    /// access-control document under the current key): the gate before removing a previous key, also
+    /// --online, where the server still holds both keys.
+    #[arg(long, conflicts_with = "follow")]
+    check: bool,
     /// Versions read and re-sealed per batch.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=10000))]
     batch_size: u16,
@@ -163,9 +170,11 @@ pub fn run_kek(command: KekCommand, out: &mut impl Write) -> CliResult {
     }
 }
 
-pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
+pub async fn run_rekey(mut args: RekeyArgs, out: &mut impl Write) -> CliResult {
     // The summary unless JSON is asked for (whatever standard output is: the progress goes to stderr).
     let json = matches!(args.conn.output, Some(Output::Json));
+    let check = args.check;
+    args.dry_run |= check;
     let report = if args.online {
         run_online(&args, json).await?
     } else {
@@ -178,7 +187,41 @@ pub async fn run_rekey(args: RekeyArgs, out: &mut impl Write) -> CliResult {
         )
         .await?
     };
-    finish(&report, json, out)
+    finish(&report, json, out)?;
+    if check {
+        nothing_left(&report)?;
+    }
+    Ok(())
+}
+
+/// `--check`: whether a dry run found everything under the current key (exit 6 if not).
+fn nothing_left(r: &RekeyReport) -> CliResult {
+    let check_current = r.key_check_before.as_deref() == Some(r.current_kek_id.as_str());
+    if r.remaining() == 0 && check_current && !r.access_document_pending() {
+        return Ok(());
+    }
+    let mut left = Vec::new();
+    if r.remaining() > 0 {
+        left.push(format!("{} version(s) under other keys", r.remaining()));
+    }
+    if !check_current {
+        left.push(format!(
+            "the key check under key id {}",
+            r.key_check_before.as_deref().unwrap_or("none")
+        ));
+    }
+    if r.access_document_pending() {
+        left.push("the access-control document tagged under another key".to_owned());
+    }
+    Err(CliError::new(
+        code::PARTIAL,
+        format!(
+            "not everything is under the current key (id {}): {}; run keyvault rekey, and keep the previous \
+             key configured until this check passes",
+            r.current_kek_id,
+            left.join(", ")
+        ),
+    ))
 }
 
 /// The rekey in this process, over the store the configuration names.

@@ -325,9 +325,10 @@ fn rotating_the_key_encryption_key_on_sqlite() {
     );
 }
 
-/// A dry run is the gate before dropping a key, and scripts read its exit code: with versions its keys cannot
-/// open (written under key B, which a configuration with key A alone lacks) it exits 6, still printing its
-/// report; with both keys, 0.
+/// Scripts read a dry run's exit code: with versions its keys cannot open (written under key B, which a
+/// configuration with key A alone lacks) it exits 6, still printing its report; with both keys, 0 (a rekey
+/// would re-seal what is under A); `--check`, the gate before dropping a key, exits 6 until nothing is left
+/// under A, and 0 after the rekey.
 #[test]
 fn a_dry_run_that_cannot_open_versions_exits_6() {
     let dir = tempfile::tempdir().unwrap();
@@ -375,6 +376,16 @@ fn a_dry_run_that_cannot_open_versions_exits_6() {
         .json();
     assert_eq!(dry["failed"], 0, "{dry}");
     assert_eq!(dry["resealed"], 1, "{dry}");
+    let check = tool(&["rekey", "--config", config, "--check"]).code(6);
+    assert!(
+        check
+            .stderr
+            .contains("1 version(s) under other keys, the key check under key id"),
+        "{}",
+        check.stderr
+    );
+    tool(&["rekey", "--config", config]).ok();
+    tool(&["rekey", "--config", config, "--check"]).ok();
 }
 
 /// What an interrupted rekey leaves (its target recorded, one version re-sealed under key B, the key check
@@ -668,6 +679,15 @@ fn rekey_online_re_seals_while_the_server_serves() {
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["before"], serde_json::json!({ id_a.as_str(): 4 }));
     assert_eq!(dry["resealed"], 4);
+    // --check, the gate before dropping key A: the server holds both keys, and still it is not passed.
+    let check = kv(&data, &["rekey", "--online", "--check"]).code(6);
+    assert!(
+        check.stderr.contains(&format!(
+            "4 version(s) under other keys, the key check under key id {id_a}"
+        )),
+        "{}",
+        check.stderr
+    );
 
     // A write under B before the rekey, then the rekey with a small batch; the progress goes to stderr.
     kv(&data, &["secret", "set", "db", "--value", "db-3"]).ok();
@@ -714,6 +734,9 @@ fn rekey_online_re_seals_while_the_server_serves() {
                 && t.ends_with(&format!("retired={id_a}"))),
         "{finished}"
     );
+
+    // Now everything is under B: the gate passes.
+    kv(&data, &["rekey", "--online", "--check"]).ok();
 
     // The server keeps serving, and the last job's report stays readable.
     assert_eq!(

@@ -332,14 +332,14 @@ pub async fn rekey(
     // key: K1 -> K2 -> K3 with no rekey between leaves the check under K1, and K2 is retired with it). A key
     // the store holds values under that is neither retired nor older is newer: another node seals under it as
     // its current key (a rotation toward it is under way, and this node has not made it current yet), or its
-    // place is unknown (current only before servers kept the order). The pass re-sealed those values under
+    // place is unknown (noted before a rekey completed over a store used before the order was kept). The pass re-sealed those values under
     // this node's key, which every node holds; that key is not retired (it would stop that node's writes, and
     // no node could ever make it current). When the check already is under this node's key, nothing is.
     let order = crate::store::note_current_key(store, envelope).await?;
     let moves = key_check_before.as_deref().is_some_and(|id| id != current);
-    let older = order.iter().take_while(|id| **id != current);
+    let older = crate::store::keys_ranked_before(&order, &current);
     let retire: Vec<String> = (key_check_before.iter())
-        .chain(older.filter(|_| moves))
+        .chain(older.iter().filter(|_| moves))
         .filter(|id| **id != current && id.as_str() != "unknown")
         .fold(Vec::new(), |mut ids, id| {
             if !ids.contains(id) {

@@ -934,6 +934,11 @@ impl Server {
             store_health: Default::default(),
         });
         let app = http::app(state, crate::auth::router(auth_state));
+        // Last, once nothing can refuse this start: the current key is noted as one servers have had current
+        // (a key refused at start was never current).
+        crate::store::note_current_key(vault.store().as_ref(), vault.envelope())
+            .await
+            .map_err(StartError::Setup)?;
 
         Ok(Server {
             listener,

@@ -231,10 +231,19 @@ async fn rekey_refuses_keys_that_do_not_open_the_store() {
 }
 
 /// A store under key 1 with three versions, its key check written.
+/// What a server's start does with its keys: the key check, then (once the start can no longer fail) its
+/// current key noted.
+async fn start(store: &SqliteStore, envelope: &Envelope) {
+    crate::store::check_key(store, envelope).await.unwrap();
+    crate::store::note_current_key(store, envelope)
+        .await
+        .unwrap();
+}
+
 async fn store_under_key_1(dir: &std::path::Path) -> Arc<SqliteStore> {
     let store = Arc::new(SqliteStore::open(&dir.join("v.db")).unwrap());
     let old = envelope(1, &[]);
-    crate::store::check_key(store.as_ref(), &old).await.unwrap();
+    start(&store, &old).await;
     let v = vault(store.clone(), old);
     for i in 0..3 {
         v.set("s", SecretString::new(format!("s-{i}")), Default::default())
@@ -627,7 +636,7 @@ async fn rekeys_toward_different_keys_do_not_overlap() {
 async fn three_keys_current_in_turn(dir: &std::path::Path) -> (Arc<SqliteStore>, Vec<String>) {
     let store = store_under_key_1(dir).await;
     for (e, v) in [(envelope(2, &[1]), "two"), (envelope(3, &[2, 1]), "three")] {
-        crate::store::check_key(store.as_ref(), &e).await.unwrap();
+        start(&store, &e).await;
         vault(store.clone(), e)
             .set("s", SecretString::new(v), Default::default())
             .await
@@ -699,4 +708,85 @@ async fn a_rekey_does_not_retire_a_key_current_after_its_own() {
     crate::store::check_key(store.as_ref(), &envelope(3, &[2]))
         .await
         .unwrap();
+}
+
+/// A store used before the order of current keys was kept (no list): the keys its servers note from then on
+/// may have been current before in another order (here the node behind, with K2 current, restarts last), so
+/// they are not ranked, and a rekey retires only the key check's key, as before — never K3, which is newer.
+/// Once a rekey has completed, keys first current after it are ranked: the next rotation retires them too.
+#[tokio::test]
+async fn keys_noted_over_a_store_used_before_the_order_are_not_ranked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_under_key_1(dir.path()).await;
+    let old_list = store.meta(crate::store::KEK_CURRENT_ORDER).await.unwrap();
+    let forget = crate::store::MetaSwap {
+        key: crate::store::KEK_CURRENT_ORDER.to_owned(),
+        expect: old_list,
+        set: None,
+    };
+    assert!(store.meta_swap(vec![forget]).await.unwrap());
+    let ids: Vec<String> = (1..=5u8)
+        .map(|b| envelope(b, &[]).current_kek_id().to_string())
+        .collect();
+    let (ahead, behind) = (envelope(3, &[2, 1]), envelope(2, &[3, 1]));
+    for e in [&ahead, &behind] {
+        start(&store, e).await;
+        vault(store.clone(), e.clone())
+            .set("s", SecretString::new("v"), Default::default())
+            .await
+            .unwrap();
+    }
+    let report = rekey(store.as_ref(), &behind, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.retired, vec![ids[0].clone()]);
+    start(&store, &ahead).await;
+
+    // After that rekey: K4 then K5 current in turn, with no rekey between. The rekey to K5 retires the
+    // check's key (K2) and K4, ranked before K5; K3, noted before any rekey completed, stays unranked.
+    let (k4, k5) = (envelope(4, &[2, 3]), envelope(5, &[4, 2, 3]));
+    for e in [&k4, &k5] {
+        start(&store, e).await;
+        vault(store.clone(), e.clone())
+            .set("s", SecretString::new("v"), Default::default())
+            .await
+            .unwrap();
+    }
+    let report = rekey(store.as_ref(), &k5, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.retired, vec![ids[1].clone(), ids[3].clone()]);
+}
+
+/// A server's key is noted only once its start can no longer fail: a start refused after the key check (its
+/// metrics address taken) leaves the new store's list empty; the next start, which succeeds, notes it.
+#[tokio::test]
+async fn a_refused_start_notes_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = |metrics_addr| crate::Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        dev: true,
+        metrics_addr,
+        ..crate::Config::default()
+    };
+    let order = || async {
+        let store = SqliteStore::open(&dir.path().join("vault.db")).unwrap();
+        store.meta(crate::store::KEK_CURRENT_ORDER).await.unwrap()
+    };
+    let Err(err) = crate::Server::bind(config(Some(taken.local_addr().unwrap()))).await else {
+        panic!("the start was not refused");
+    };
+    assert!(
+        matches!(err, crate::server::StartError::Bind { .. }),
+        "{err}"
+    );
+    assert_eq!(order().await, Some(Vec::new()));
+    let server = crate::Server::bind(config(None)).await.unwrap();
+    let id = server.vault().envelope().current_kek_id().to_owned();
+    drop(server);
+    assert_eq!(order().await, Some(id.into_bytes()));
 }

@@ -378,8 +378,19 @@ pub const KEK_REKEY_TARGET: &str = "kek-rekey-target";
 
 /// The name under which a store keeps the ids of the key-encryption keys servers (and `keyvault rekey`) have
 /// had current, comma-separated in the order each was first current ([`note_current_key`]): a rekey that moves
-/// the key check retires every key before its own in this order, not only the check's ([`crate::rekey`]).
+/// the key check retires every key ranked before its own in this order, not only the check's
+/// ([`keys_ranked_before`], [`crate::rekey`]). A store made by a build that keeps the list starts it empty,
+/// with its key check; a store that had a key check before (written by a build that kept no list) starts it
+/// with [`ORDER_UNRANKED`].
 pub const KEK_CURRENT_ORDER: &str = "kek-current-order";
+
+/// The first entry of a [`KEK_CURRENT_ORDER`] begun over a store used before it was kept: the keys noted
+/// from then on may have been current before, in another order (a node with an older key restarted last),
+/// so they are not ranked; the first rekey that completes adds [`ORDER_RANKED_FROM`], and the keys noted
+/// after it are ranked among themselves.
+const ORDER_UNRANKED: &str = "?";
+/// Where the ranked part of an [`ORDER_UNRANKED`] list starts.
+const ORDER_RANKED_FROM: &str = "~";
 
 /// How often a node over a shared store reads [`KEK_RETIRED`] to learn that its current key was retired by a
 /// rekey (then it refuses every write that seals). `keyvault rekey` waits longer than this before its final
@@ -459,7 +470,9 @@ pub async fn check_key(
     let stored = match store.meta(KEY_CHECK).await.map_err(|e| e.to_string())? {
         Some(v) => v,
         None => {
-            if let Some(value) = store.any_sealed().await.map_err(|e| e.to_string())? {
+            let any = store.any_sealed().await.map_err(|e| e.to_string())?;
+            let had_values = any.is_some();
+            if let Some(value) = any {
                 let opened =
                     envelope.open(&value.vault, &value.name_key, &value.version, &value.sealed);
                 if opened.is_err() {
@@ -469,10 +482,23 @@ pub async fn check_key(
             let sealed = envelope
                 .seal("", KEY_CHECK, "", KEY_CHECK_TEXT)
                 .map_err(|e| e.to_string())?;
-            store
+            let stored = store
                 .meta_insert(KEY_CHECK, &sealed)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if stored == sealed && !had_values {
+                // A new store: every key noted from now on is ranked ([`KEK_CURRENT_ORDER`]). Another
+                // node's check (inserted first) leaves the list to that node.
+                store
+                    .meta_swap(vec![MetaSwap {
+                        key: KEK_CURRENT_ORDER.to_owned(),
+                        expect: None,
+                        set: Some(Vec::new()),
+                    }])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            stored
         }
     };
     let check_id = match envelope.open("", KEY_CHECK, "", &stored) {
@@ -517,14 +543,14 @@ pub async fn check_key(
              configured (previous_kek_files or KEYVAULT_PREVIOUS_KEKS) until then"
         );
     }
-    note_current_key(store, envelope).await?;
     Ok(())
 }
 
 /// Adds this server's current key to [`KEK_CURRENT_ORDER`] if it is not there yet (a compare and swap,
-/// tried again if another node changed the list meanwhile), and returns the list. Only what servers of a
-/// build that keeps the list had current is in it: keys current before are not, and count as neither older
-/// nor newer.
+/// tried again if another node changed the list meanwhile), and returns the list's entries. A server notes
+/// its key once its start can no longer fail (a start refused later would rank a key that never was
+/// current); `keyvault rekey` notes its own before it retires keys. A store without the list (used by
+/// builds that kept none) gets one that starts [`ORDER_UNRANKED`].
 pub async fn note_current_key(
     store: &dyn SecretStore,
     envelope: &crate::crypto::Envelope,
@@ -535,7 +561,10 @@ pub async fn note_current_key(
             .meta(KEK_CURRENT_ORDER)
             .await
             .map_err(|e| e.to_string())?;
-        let mut order = old.as_deref().map(parse_ids).unwrap_or_default();
+        let mut order = match old.as_deref() {
+            Some(text) => parse_ids(text),
+            None => vec![ORDER_UNRANKED.to_owned()],
+        };
         if order.iter().any(|id| id == current) {
             return Ok(order);
         }
@@ -555,6 +584,22 @@ pub async fn note_current_key(
     Err("the list of key-encryption keys servers have had current kept changing (other nodes starting?): \
          try again"
         .to_owned())
+}
+
+/// The keys a [`KEK_CURRENT_ORDER`] list (`order`, its entries) ranks before `current`: none if `current` is
+/// not ranked (not in the list, or in its unranked part), and only ranked ones.
+pub fn keys_ranked_before(order: &[String], current: &str) -> Vec<String> {
+    let ranked = match order.first().map(String::as_str) {
+        Some(ORDER_UNRANKED) => match order.iter().position(|id| id == ORDER_RANKED_FROM) {
+            Some(at) => &order[at + 1..],
+            None => &[],
+        },
+        _ => order,
+    };
+    match ranked.iter().position(|id| id == current) {
+        Some(at) => ranked[..at].to_vec(),
+        None => Vec::new(),
+    }
 }
 
 /// The key id of the store's key check, after making sure these keys open it and that the current key was
@@ -711,7 +756,38 @@ pub async fn reseal_key_check(
                 .to_owned(),
         );
     }
+    // Every value is under the current key now: keys first current from here on are ranked. Not part of the
+    // swap above (a node noting its key would make the completion fail): a key noted in between stays
+    // unranked, which retires less, never more.
+    if let Err(e) = rank_from_here(store).await {
+        tracing::warn!(error = %e, "the order of current keys could not be marked as ranked from here");
+    }
     Ok((before, current))
+}
+
+/// Adds [`ORDER_RANKED_FROM`] to an [`ORDER_UNRANKED`] list that has none yet (a rekey completed).
+async fn rank_from_here(store: &dyn SecretStore) -> StoreResult<()> {
+    for _ in 0..16 {
+        let Some(old) = store.meta(KEK_CURRENT_ORDER).await? else {
+            return Ok(());
+        };
+        let mut order = parse_ids(&old);
+        if order.first().map(String::as_str) != Some(ORDER_UNRANKED)
+            || order.iter().any(|id| id == ORDER_RANKED_FROM)
+        {
+            return Ok(());
+        }
+        order.push(ORDER_RANKED_FROM.to_owned());
+        let swap = MetaSwap {
+            key: KEK_CURRENT_ORDER.to_owned(),
+            expect: Some(old),
+            set: Some(order.join(",").into_bytes()),
+        };
+        if store.meta_swap(vec![swap]).await? {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Why [`check_key`] refuses these keys: the key ids, and what to change.
