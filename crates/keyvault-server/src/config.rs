@@ -783,10 +783,69 @@ fn is_key_value_form(location: &str) -> bool {
     name_end > 0 && location[name_end..].trim_start().starts_with('=')
 }
 
-/// A configuration that cannot be used, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+/// A configuration that cannot be used, and why. Shown with what could be a secret put in the wrong
+/// setting hidden ([`scrub_secrets`]): a URL's password, a client secret's hash.
+#[derive(thiserror::Error)]
+#[error("{}", scrub_secrets(.0))]
 pub struct ConfigError(pub String);
+
+impl std::fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConfigError")
+            .field(&scrub_secrets(&self.0))
+            .finish()
+    }
+}
+
+/// `text` with every client-secret hash (`$argon2…`, up to the next white space or quote) cut to its
+/// algorithm, and every URL's password (`scheme://user:password@…`) replaced by `***`: a refusal quotes the
+/// setting's value, and a hash or a URL with credentials can be given in the wrong setting.
+pub fn scrub_secrets(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("$argon2") && !text.contains("://") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("$argon2") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        // A PHC string's characters: `$argon2id$v=19$m=19456,t=2,p=1$salt$hash`.
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "$=,+/.-_".contains(c)))
+            .unwrap_or(tail.len());
+        let algorithm_end = tail[1..].find('$').map_or(end, |i| (i + 1).min(end));
+        out.push_str(&tail[..algorithm_end]);
+        out.push_str("$…");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    if !out.contains("://") {
+        return std::borrow::Cow::Owned(out);
+    }
+    // Each white-space- or quote-separated word that holds a URL, its password hidden.
+    let mut scrubbed = String::with_capacity(out.len());
+    let mut word_start = None;
+    for (i, c) in out.char_indices().chain(std::iter::once((out.len(), ' '))) {
+        let separator = c.is_whitespace() || matches!(c, '\'' | '"');
+        match (word_start, separator) {
+            (None, false) => word_start = Some(i),
+            (Some(start), true) => {
+                let word = &out[start..i];
+                if word.contains("://") {
+                    scrubbed.push_str(&redact_url_password(word));
+                } else {
+                    scrubbed.push_str(word);
+                }
+                word_start = None;
+            }
+            _ => {}
+        }
+        if separator && i < out.len() {
+            scrubbed.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(scrubbed)
+}
 
 impl Config {
     /// Parse a TOML configuration file's text.
@@ -803,7 +862,17 @@ impl Config {
             return Ok(StoreBackend::Sqlite(self.data_dir.join("vault.db")));
         };
         let location = location.trim();
-        if location.is_empty() || location == "sqlite" {
+        if location.is_empty() {
+            // Not the default: an empty value is more often a variable or template left unfilled (a
+            // PostgreSQL URL that did not arrive) than a wish for SQLite, and on its own it would make each
+            // node a vault of its own.
+            return Err(ConfigError(
+                "store is empty: leave it out (or write \"sqlite\") for the SQLite database in the data \
+                 directory, or give \"sqlite:PATH\" or a postgres:// URL"
+                    .to_string(),
+            ));
+        }
+        if location == "sqlite" {
             Ok(StoreBackend::Sqlite(self.data_dir.join("vault.db")))
         } else if let Some(path) = location.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
@@ -848,7 +917,7 @@ impl Config {
     /// The audit log file, if auditing is on.
     pub fn audit_log_path(&self) -> Option<PathBuf> {
         match &self.audit_log {
-            Some(p) if p.as_os_str().is_empty() || p.as_os_str() == "none" => None,
+            Some(p) if p.as_os_str() == "none" => None,
             Some(p) => Some(p.clone()),
             None if self.dev => Some(self.data_dir.join("audit.log")),
             None => None,
@@ -921,6 +990,42 @@ impl Config {
 
     /// Check the values that have rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError(
+                "data_dir is empty: give a directory (leave it out for ./keyvault-data)"
+                    .to_string(),
+            ));
+        }
+        if self
+            .audit_log
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError(
+                "audit_log is empty: give a file, or \"none\" to turn the audit log off"
+                    .to_string(),
+            ));
+        }
+        for (setting, value) in [
+            ("resource_suffix", &self.resource_suffix),
+            ("issuer_host", &self.issuer_host),
+        ] {
+            if let Some(v) = value
+                && !is_host_and_port(v)
+            {
+                return Err(ConfigError(format!(
+                    "{setting} must be a host name or address with an optional port (such as \
+                     vault.example.com or vault.example.com:8443: no scheme, path, quotes or spaces), not {:?}",
+                    v.chars().take(100).collect::<String>()
+                )));
+            }
+        }
+        if self.cache_mib > MAX_CACHE_MIB {
+            return Err(ConfigError(format!(
+                "cache_mib must be from 0 to {MAX_CACHE_MIB}, not {}",
+                self.cache_mib
+            )));
+        }
         self.store_backend()?;
         self.policy()?;
         self.validate_client_credentials()?;
@@ -1065,6 +1170,41 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The largest `cache_mib` (1 TiB): more is a typo, not a cache.
+pub const MAX_CACHE_MIB: u64 = 1 << 20;
+
+/// `host[:port]` as `resource_suffix` and `issuer_host` take it (they are put after `https://` in tokens, the
+/// challenge header and URLs): a DNS name or an IPv4 address, or an IPv6 address in brackets, then an optional
+/// port.
+fn is_host_and_port(v: &str) -> bool {
+    let (host_ok, port) = match v.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((addr, after)) => (addr.parse::<std::net::Ipv6Addr>().is_ok(), after),
+            None => return false,
+        },
+        None => {
+            let (host, port) = v.split_at(v.find(':').unwrap_or(v.len()));
+            let dns = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            (dns, port)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n != 0)
+        });
+    host_ok && port_ok
 }
 
 /// A role setting: `None` for "none" or empty.
@@ -1369,8 +1509,10 @@ mod tests {
             ),
         ] {
             let err = parse(issuer, fields).unwrap_err().to_string();
+            // Named as given, but for a password in it.
+            let named = redact_url_password(issuer);
             assert!(
-                err.contains(want) && err.contains(&format!("trusted issuer '{issuer}'")),
+                err.contains(want) && err.contains(&format!("trusted issuer '{named}'")),
                 "{issuer} {fields}: {err}"
             );
         }
@@ -1444,6 +1586,131 @@ mod tests {
             ..Config::default()
         };
         c.validate().unwrap();
+    }
+
+    /// Empty values that would quietly change what the server does are refused, naming the setting: an
+    /// empty `store` (an unfilled PostgreSQL URL would make each node a vault of its own), `audit_log` (off is
+    /// "none"), `data_dir`; `resource_suffix` and `issuer_host` must be a host and optional port (they are put
+    /// after `https://` and into the challenge header); `cache_mib` has a ceiling.
+    #[test]
+    fn empty_or_malformed_values_are_refused() {
+        let dev = || Config {
+            dev: true,
+            ..Config::default()
+        };
+        let refused = |c: Config, setting: &str| {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(setting), "{setting}: {err}");
+        };
+        for empty in ["", "  "] {
+            refused(
+                Config {
+                    store: Some(StoreLocation(empty.into())),
+                    ..dev()
+                },
+                "store is empty",
+            );
+        }
+        refused(
+            Config {
+                audit_log: Some(PathBuf::new()),
+                ..dev()
+            },
+            "audit_log is empty",
+        );
+        let off = Config {
+            audit_log: Some("none".into()),
+            ..dev()
+        };
+        off.validate().unwrap();
+        assert_eq!(off.audit_log_path(), None);
+        refused(
+            Config {
+                data_dir: PathBuf::new(),
+                ..dev()
+            },
+            "data_dir is empty",
+        );
+        for bad in [
+            "",
+            "https://vault.example",
+            "vault.example/x",
+            "vault.example\", evil=\"y",
+            "vault example",
+            "vault.example:",
+            "vault.example:0",
+            "vault.example:99999",
+            "-vault.example",
+            "[::1",
+            "[zz]:1",
+            ":8443",
+        ] {
+            for setting in ["resource_suffix", "issuer_host"] {
+                let mut c = dev();
+                if setting == "issuer_host" {
+                    c.issuer_host = Some(bad.into());
+                } else {
+                    c.resource_suffix = Some(bad.into());
+                }
+                refused(c, setting);
+            }
+        }
+        for good in [
+            "vault.example",
+            "vault.example:8443",
+            "localhost:1",
+            "127.0.0.1:8443",
+            "[::1]:8443",
+            "[::1]",
+        ] {
+            let c = Config {
+                resource_suffix: Some(good.into()),
+                issuer_host: Some(good.into()),
+                ..dev()
+            };
+            c.validate().unwrap();
+        }
+        refused(
+            Config {
+                cache_mib: MAX_CACHE_MIB + 1,
+                ..dev()
+            },
+            "cache_mib",
+        );
+    }
+
+    /// A refusal quotes the value given, and a secret can be given in the wrong setting: a client secret's
+    /// hash or a URL's password never shows in a configuration error.
+    #[test]
+    fn refusals_do_not_show_hashes_or_url_passwords() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$CANARYHASH0123456789";
+        let c = Config {
+            vault_name: hash.into(),
+            dev: true,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err();
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(
+                shown.contains("$argon2id$…") && !shown.contains("CANARYHASH"),
+                "{shown}"
+            );
+        }
+        let err = ConfigError(
+            "trusted issuer 'https://u:CANARYPW@issuer.example/t' (\"https://v:CANARYPW2@x\"): bad"
+                .into(),
+        )
+        .to_string();
+        assert!(
+            !err.contains("CANARYPW") && err.contains("https://u:***@issuer.example/t"),
+            "{err}"
+        );
+        let err = crate::server::StartError::Setup(format!("certificate file {hash}: not found"));
+        assert!(!err.to_string().contains("CANARYHASH"), "{err}");
+        assert_eq!(
+            scrub_secrets("nothing to hide: a:b@c"),
+            "nothing to hide: a:b@c"
+        );
     }
 
     #[test]

@@ -83,7 +83,7 @@ fn raise_open_file_limit() {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
+    #[error("{}", crate::config::scrub_secrets(.0))]
     Setup(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -1011,7 +1011,10 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         if let Some(dev) = &self.info.dev {
             let json = serde_json::to_vec_pretty(dev).map_err(std::io::Error::other)?;
-            write_private_file(&self.data_dir.join("dev-credentials.json"), &json)?;
+            let path = self.data_dir.join("dev-credentials.json");
+            write_private_file(&path, &json).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+            })?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let jwks_refreshers: Vec<_> = self
