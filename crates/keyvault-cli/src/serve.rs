@@ -34,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYVAULT_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Seconds between looks at the certificate and key files; a change reloads them (a bad pair is refused
-    /// and the current certificate kept). 0 = off (SIGHUP still reloads) [default: 60].
+    /// and the current certificate kept). 0 = off (SIGHUP still reloads), at most 86400 [default: 60].
     #[arg(long, env = "KEYVAULT_TLS_RELOAD_INTERVAL_SECS", value_name = "SECS")]
     tls_reload_interval_secs: Option<u64>,
     /// Days a deleted secret stays recoverable, 7-90 [default: 90].
