@@ -309,6 +309,23 @@ fn rotating_the_key_encryption_key_on_sqlite() {
         )),
         "{stderr}"
     );
+    // KEYVAULT_KEK wins over --kek-file (as documented), and the server says so: here with key A's bytes,
+    // refused like key A's file.
+    let mut c = command(None);
+    c.env("KEYVAULT_KEK", file_text(&key_a))
+        .args(cli_support::dev_serve_args(&data))
+        .args(["--kek-file", key_b.to_str().unwrap()]);
+    let out = run_with(c, &[], None);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("KEYVAULT_KEK is set")
+            && out
+                .stderr
+                .contains("kek_file (--kek-file, KEYVAULT_KEK_FILE) is not read")
+            && out.stderr.contains(&format!("key id {id_b}")),
+        "{}",
+        out.stderr
+    );
     // Key A current with B previous (which opens the key check) is refused too: rekey retired A.
     let backwards = dir.path().join("backwards.toml");
     std::fs::write(

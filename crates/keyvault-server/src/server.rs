@@ -495,6 +495,14 @@ pub fn configured_keys(config: &Config) -> Result<KeyRing, StartError> {
 /// The current key as it is: `KEYVAULT_KEK`, else the existing `kek_file`.
 fn existing_kek(config: &Config) -> Result<Kek, StartError> {
     if let Ok(b64) = std::env::var(KEK_ENV) {
+        if let Some(path) = &config.kek_file {
+            // Documented, but against the flags-over-environment rule: say which key is in use.
+            tracing::warn!(
+                kek_file = %path.display(),
+                "KEYVAULT_KEK is set: the key-encryption key is the one it holds, and kek_file (--kek-file, \
+                 KEYVAULT_KEK_FILE) is not read"
+            );
+        }
         return Ok(StaticKeyProvider::from_text(&b64)
             .map_err(setup("the key in KEYVAULT_KEK is not usable"))?
             .kek()
