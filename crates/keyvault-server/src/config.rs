@@ -186,7 +186,7 @@ pub struct TrustedIssuerConfig {
 impl std::fmt::Debug for TrustedIssuerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustedIssuerConfig")
-            .field("issuer", &self.issuer)
+            .field("issuer", &redact_url_password(&self.issuer))
             .field("audience", &self.audience)
             .field("jwks_file", &self.jwks_file)
             .field(
@@ -246,7 +246,8 @@ impl TryFrom<TrustedIssuerToml> for TrustedIssuerConfig {
 impl TrustedIssuerConfig {
     /// Checks the settings without reading any file or fetching anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |what: &str| ConfigError(format!("trusted issuer '{}': {what}", self.issuer));
+        let issuer = redact_url_password(&self.issuer);
+        let bad = |what: &str| ConfigError(format!("trusted issuer '{issuer}': {what}"));
         if self.issuer.trim().is_empty() || self.audience.trim().is_empty() {
             return Err(bad("issuer and audience must not be empty"));
         }
@@ -288,7 +289,8 @@ impl TrustedIssuerConfig {
     pub fn load(&self) -> Result<crate::auth::external::TrustedIssuer, ConfigError> {
         use crate::auth::external::{DEFAULT_JWKS_REFRESH_SECS, RemoteJwks, TrustedIssuer};
         self.validate()?;
-        let bad = |e: String| ConfigError(format!("trusted issuer '{}': {e}", self.issuer));
+        let issuer = redact_url_password(&self.issuer);
+        let bad = |e: String| ConfigError(format!("trusted issuer '{issuer}': {e}"));
         let claim = self.principal_claim.as_deref();
         let ca_pem = || match &self.ca_file {
             Some(path) => std::fs::read(path)
@@ -1186,6 +1188,9 @@ fn is_host_and_port(v: &str) -> bool {
         },
         None => {
             let (host, port) = v.split_at(v.find(':').unwrap_or(v.len()));
+            // A fully qualified name may end with a dot; labels may hold underscores (docker-compose's
+            // `project_service_1`), which TLS clients accept in server names.
+            let host = host.strip_suffix('.').unwrap_or(host);
             let dns = !host.is_empty()
                 && host.len() <= 253
                 && host.split('.').all(|label| {
@@ -1195,7 +1200,7 @@ fn is_host_and_port(v: &str) -> bool {
                         && !label.ends_with('-')
                         && label
                             .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 });
             (dns, port)
         }
@@ -1641,6 +1646,8 @@ mod tests {
             "vault.example:0",
             "vault.example:99999",
             "-vault.example",
+            "vault..example",
+            "vault.example..",
             "[::1",
             "[zz]:1",
             ":8443",
@@ -1657,6 +1664,8 @@ mod tests {
         }
         for good in [
             "vault.example",
+            "vault.example.",
+            "my_host.internal:8443",
             "vault.example:8443",
             "localhost:1",
             "127.0.0.1:8443",
@@ -1711,6 +1720,23 @@ mod tests {
             scrub_secrets("nothing to hide: a:b@c"),
             "nothing to hide: a:b@c"
         );
+        // A trusted issuer is named with its password hidden before the message is made (a quote or a space
+        // in the password would end the word scrub_secrets looks at), and in its Debug output.
+        for password in ["Pa'ss", "Pa ss"] {
+            let t = TrustedIssuerConfig {
+                issuer: format!("https://u:{password}@idp.example/x"),
+                audience: "api://kv".into(),
+                discovery: true,
+                ..TrustedIssuerConfig::default()
+            };
+            let err = t.validate().unwrap_err().to_string();
+            for shown in [err, format!("{t:?}")] {
+                assert!(
+                    !shown.contains("Pa") && shown.contains("https://u:***@idp.example/x"),
+                    "{shown}"
+                );
+            }
+        }
     }
 
     #[test]

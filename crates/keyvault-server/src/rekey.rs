@@ -372,6 +372,14 @@ pub async fn rekey(
         );
     }
     let (_, now) = crate::store::reseal_key_check(store, envelope, &retire).await?;
+    let seen: Vec<String> = (report.before.keys())
+        .chain(report.after.keys())
+        .filter(|id| **id != current)
+        .cloned()
+        .collect();
+    if let Err(e) = crate::store::rank_from_here(store, &seen).await {
+        tracing::warn!(error = %e, "the order of current keys could not be marked as ranked from here");
+    }
     report.key_check_after = Some(now);
     report.retired = retire.clone();
     // What a node still sealing under a retired key wrote behind the pass (or after the count) is re-sealed

@@ -790,3 +790,51 @@ async fn a_refused_start_notes_no_key() {
     drop(server);
     assert_eq!(order().await, Some(id.into_bytes()));
 }
+
+/// A store used before the order was kept, after K1 -> K2 -> K3 with no rekey between: the first rekey (to
+/// K3) puts the keys it found values under (K1, K2) in the unranked part, so a node from a stale configuration
+/// that makes K2 current again later is not ranked as the newest key: its rekey, with K5 newer (another node
+/// current), retires the key check's key alone — not K5, which would stop that node's writes for good.
+#[tokio::test]
+async fn a_key_with_values_before_the_first_rekey_stays_unranked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = three_keys_current_in_turn(dir.path()).await;
+    let old_list = store.meta(crate::store::KEK_CURRENT_ORDER).await.unwrap();
+    let forget = crate::store::MetaSwap {
+        key: crate::store::KEK_CURRENT_ORDER.to_owned(),
+        expect: old_list,
+        set: None,
+    };
+    assert!(store.meta_swap(vec![forget]).await.unwrap());
+    let k3 = envelope(3, &[2, 1]);
+    start(&store, &k3).await;
+    let report = rekey(store.as_ref(), &k3, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.retired, vec![ids[0].clone()]);
+
+    let (k5, stale) = (envelope(5, &[3]), envelope(2, &[5, 3]));
+    let id5 = k5.current_kek_id().to_string();
+    for e in [&k5, &stale] {
+        start(&store, e).await;
+        vault(store.clone(), e.clone())
+            .set("s", SecretString::new("v"), Default::default())
+            .await
+            .unwrap();
+    }
+    let report = rekey(store.as_ref(), &stale, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete());
+    assert_eq!(report.retired, vec![ids[2].clone()]);
+    assert!(
+        !crate::store::kek_retired(store.as_ref())
+            .await
+            .unwrap()
+            .contains(&id5)
+    );
+    crate::store::check_key(store.as_ref(), &envelope(5, &[2]))
+        .await
+        .unwrap();
+}

@@ -386,8 +386,8 @@ pub const KEK_CURRENT_ORDER: &str = "kek-current-order";
 
 /// The first entry of a [`KEK_CURRENT_ORDER`] begun over a store used before it was kept: the keys noted
 /// from then on may have been current before, in another order (a node with an older key restarted last),
-/// so they are not ranked; the first rekey that completes adds [`ORDER_RANKED_FROM`], and the keys noted
-/// after it are ranked among themselves.
+/// so they are not ranked; the first rekey that completes adds the keys it found values under, then
+/// [`ORDER_RANKED_FROM`] ([`rank_from_here`]), and the keys noted after it are ranked among themselves.
 const ORDER_UNRANKED: &str = "?";
 /// Where the ranked part of an [`ORDER_UNRANKED`] list starts.
 const ORDER_RANKED_FROM: &str = "~";
@@ -756,17 +756,15 @@ pub async fn reseal_key_check(
                 .to_owned(),
         );
     }
-    // Every value is under the current key now: keys first current from here on are ranked. Not part of the
-    // swap above (a node noting its key would make the completion fail): a key noted in between stays
-    // unranked, which retires less, never more.
-    if let Err(e) = rank_from_here(store).await {
-        tracing::warn!(error = %e, "the order of current keys could not be marked as ranked from here");
-    }
     Ok((before, current))
 }
 
-/// Adds [`ORDER_RANKED_FROM`] to an [`ORDER_UNRANKED`] list that has none yet (a rekey completed).
-async fn rank_from_here(store: &dyn SecretStore) -> StoreResult<()> {
+/// After a rekey completed over a store whose [`KEK_CURRENT_ORDER`] is [`ORDER_UNRANKED`]: keys first noted
+/// from here on are ranked ([`ORDER_RANKED_FROM`] is added, once). Every key the rekey found values under
+/// (`seen`) joins the unranked part first: some server had it current before, so one that makes it current
+/// again later must not rank it as the newest. Not part of the completing swap (a node noting its key would
+/// make the completion fail): a key noted in between stays unranked, which retires less, never more.
+pub async fn rank_from_here(store: &dyn SecretStore, seen: &[String]) -> StoreResult<()> {
     for _ in 0..16 {
         let Some(old) = store.meta(KEK_CURRENT_ORDER).await? else {
             return Ok(());
@@ -776,6 +774,11 @@ async fn rank_from_here(store: &dyn SecretStore) -> StoreResult<()> {
             || order.iter().any(|id| id == ORDER_RANKED_FROM)
         {
             return Ok(());
+        }
+        for id in seen {
+            if id != "unknown" && !order.contains(id) {
+                order.push(id.clone());
+            }
         }
         order.push(ORDER_RANKED_FROM.to_owned());
         let swap = MetaSwap {
