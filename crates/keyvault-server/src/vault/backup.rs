@@ -118,21 +118,34 @@ impl Vault {
             bad_blob()
         })?;
         let payload: Payload = serde_json::from_slice(&json).map_err(|_| bad_blob())?;
-        if payload.format != FORMAT || payload.versions.is_empty() {
+        // What a backup of this server holds, and nothing else: one valid name, at most as many versions as a
+        // backup takes, each id once, values and attributes within what a set accepts. A blob that passes
+        // the seal's check and still breaks one of these was made with the key outside the server: malformed,
+        // like any other (a repeated id reached the store as a 500).
+        if payload.format != FORMAT
+            || payload.versions.is_empty()
+            || payload.versions.len() > rules::MAX_BACKUP_VERSIONS
+        {
             return Err(bad_blob());
         }
         let key = name_key(&payload.versions[0].name);
         let mut rows = Vec::with_capacity(payload.versions.len());
+        let mut ids = std::collections::HashSet::with_capacity(payload.versions.len());
         for v in payload.versions {
-            check_name(&v.name)?;
-            if name_key(&v.name) != key || !rules::is_valid_version(&v.version) {
+            let within_rules = check_name(&v.name).is_ok()
+                && name_key(&v.name) == key
+                && rules::is_valid_version(&v.version)
+                && ids.insert(v.version.to_ascii_lowercase())
+                && super::check_value(&v.value).is_ok()
+                && check_attributes(&super::SecretAttributesInput {
+                    content_type: v.content_type.clone(),
+                    tags: v.tags.clone(),
+                    ..Default::default()
+                })
+                .is_ok();
+            if !within_rules {
                 return Err(bad_blob());
             }
-            check_attributes(&super::SecretAttributesInput {
-                content_type: v.content_type.clone(),
-                tags: v.tags.clone(),
-                ..Default::default()
-            })?;
             let sealed = self
                 .envelope
                 .seal(self.vault(), &key, &v.version, v.value.expose().as_bytes())

@@ -828,3 +828,67 @@ async fn a_row_moved_under_another_name_is_not_served_as_it() {
         Some("ALPHA-VALUE")
     );
 }
+
+/// A blob that passes the seal's check but holds what no backup of this server holds (made with the key
+/// outside it) is malformed, as any other (400, nothing restored): a version id twice (it reached the store
+/// as a 500), more versions than a backup takes, a value over a set's limit, an invalid name.
+#[tokio::test]
+async fn a_sealed_blob_outside_the_rules_is_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    for i in 0..2 {
+        v.set(
+            "made",
+            SecretString::new(format!("v{i}")),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let blob = v.backup("made").await.unwrap();
+    let payload: serde_json::Value =
+        serde_json::from_slice(&v.envelope().open_backup(&blob).unwrap()).unwrap();
+    let resealed = |p: &serde_json::Value| {
+        v.envelope()
+            .seal_backup(&serde_json::to_vec(p).unwrap())
+            .unwrap()
+    };
+    let other = tempfile::tempdir().unwrap();
+    let fresh = vault_in(other.path(), Arc::new(SystemClock), false);
+    let mut twice = payload.clone();
+    twice["versions"][1]["version"] = twice["versions"][0]["version"].clone();
+    let mut many = payload.clone();
+    many["versions"] = (0..=rules::MAX_BACKUP_VERSIONS)
+        .map(|i| {
+            let mut one = payload["versions"][0].clone();
+            one["version"] = format!("{i:032x}").into();
+            one
+        })
+        .collect();
+    let mut large = payload.clone();
+    large["versions"][0]["value"] = "x".repeat(rules::MAX_VALUE_BYTES + 1).into();
+    let mut named = payload.clone();
+    for i in 0..2 {
+        named["versions"][i]["name"] = "bad_name!".into();
+    }
+    for (what, p) in [
+        ("an id twice", twice),
+        ("too many", many),
+        ("large", large),
+        ("a bad name", named),
+    ] {
+        let err = fresh.restore(&resealed(&p)).await.unwrap_err();
+        assert!(
+            matches!(err, VaultError::MalformedBackup),
+            "{what}: {err:?}"
+        );
+        assert!(matches!(
+            fresh.get("made", None).await,
+            Err(VaultError::NotFound { .. })
+        ));
+    }
+    // The blob as made restores.
+    fresh.restore(&resealed(&payload)).await.unwrap();
+    let got = fresh.get("made", None).await.unwrap();
+    assert_eq!(got.value.unwrap().expose(), "v1");
+}
