@@ -17,7 +17,7 @@ pub mod code {
     pub const FORBIDDEN: u8 = 5;
     /// A bulk import or export (or a rekey) finished, but some items failed.
     pub const PARTIAL: u8 = 6;
-    /// The vault throttled the request (429) and the retries ran out.
+    /// The vault throttled the request (429): the retries ran out, or it asked for a longer wait than the client makes.
     pub const THROTTLED: u8 = 7;
     /// Interrupted (Ctrl-C) at a prompt: 128 + SIGINT, as shells report it.
     pub const INTERRUPTED: u8 = 130;
@@ -142,13 +142,23 @@ impl CliError {
                 };
                 (code::FORBIDDEN, format!("forbidden{on}: {msg}"))
             }
-            ErrorKind::HttpResponse if status == Some(429) => (
-                code::THROTTLED,
-                format!(
-                    "{vault} is throttling requests (429) and the retries ran out: {msg} [--max-retries \
-                     (KEYVAULT_MAX_RETRIES) sets how many; wait and try again]"
-                ),
-            ),
+            ErrorKind::HttpResponse if status == Some(429) => {
+                // The client waits for a Retry-After of up to its longest delay (30 s), retries left; a
+                // longer one, or one past --timeout, is given back at once.
+                let asked = (e.response_headers())
+                    .and_then(|h| h.get("retry-after"))
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|secs| format!("; it asks to wait {secs} s (Retry-After)"))
+                    .unwrap_or_default();
+                (
+                    code::THROTTLED,
+                    format!(
+                        "{vault} is throttling requests (429){asked}: {msg} [the client waits for it at most \
+                         30 s, and --max-retries (KEYVAULT_MAX_RETRIES) times; wait and try again]"
+                    ),
+                )
+            }
             // 413 too: whether a too-large value gets 400 or 413 depends only on how large it is.
             ErrorKind::HttpResponse if matches!(status, Some(400 | 413)) => {
                 (code::BAD_INPUT, format!("rejected by {vault}: {msg}"))

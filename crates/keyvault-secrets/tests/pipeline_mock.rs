@@ -121,6 +121,55 @@ async fn throttled_requests_wait_for_retry_after() {
     assert_eq!(server.requests().len(), 3);
 }
 
+/// A `Retry-After` longer than `max_delay` (5 s here) is not waited for, nor retried sooner than asked: the
+/// 429 comes back at once, with its code. Nor does a retry wait past the call's timeout: a 3-s `Retry-After`
+/// within a 2-s call ends the call with the 429, not with a timeout.
+#[tokio::test]
+async fn throttling_longer_than_the_caller_waits_returns_the_429() {
+    let server = start(|req, _| match req.header("authorization") {
+        None => unauthorized(),
+        Some(_) => MockResponse::json(
+            429,
+            r#"{"error":{"code":"Throttled","message":"slow down"}}"#,
+        )
+        .header(
+            "retry-after",
+            if req.target.contains("long") {
+                "3600"
+            } else {
+                "3"
+            },
+        ),
+    })
+    .await;
+    let c = client(&server.url, &server.ca_pem);
+    let started = Instant::now();
+    let e = c.get_secret("long", None).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(e.error_code(), Some("Throttled"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.requests().len(), 1 + 1); // challenge + 1 try
+    let within = c
+        .with_call_options(keyvault_secrets::CallOptions {
+            timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        })
+        .unwrap();
+    let started = Instant::now();
+    let e = within.get_secret("short", None).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.requests().len(), 2 + 1);
+}
+
 #[tokio::test]
 async fn server_errors_are_retried_as_azure_core_does() {
     // 500 for everything; 502 for the path `/secrets/bad-gateway…`.

@@ -152,10 +152,11 @@ impl Pipeline {
     /// Send `req` (absolute URL) and return the final response, whatever its status.
     pub(crate) async fn send(&self, req: Request) -> Result<Response> {
         let Some(limit) = self.timeout else {
-            return self.send_with_retries(req).await;
+            return self.send_with_retries(req, None).await;
         };
         let url = logging::redacted_url(&req.url);
-        match tokio::time::timeout(limit, self.send_with_retries(req)).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        match tokio::time::timeout_at(deadline, self.send_with_retries(req, Some(deadline))).await {
             Ok(result) => result,
             Err(_elapsed) => Err(Error::new(
                 ErrorKind::Connection,
@@ -164,7 +165,15 @@ impl Pipeline {
         }
     }
 
-    async fn send_with_retries(&self, mut req: Request) -> Result<Response> {
+    /// Send with the retry policy. A delay after an error status that would end after `deadline` (the call's
+    /// timeout) is not waited: the response is returned at once (a 429 stays a 429, not a timeout), and so is
+    /// one the server asks for (`Retry-After`) that is longer than `max_delay` (retrying sooner than asked
+    /// would only be throttled again).
+    async fn send_with_retries(
+        &self,
+        mut req: Request,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Response> {
         if !req.headers.contains_key(http::header::ACCEPT) {
             req.headers.insert(
                 http::header::ACCEPT,
@@ -186,7 +195,11 @@ impl Pipeline {
             let result = self.send_authorized(&req).await;
             let delay = match &result {
                 Ok(resp) if retry::retry_status(resp.status, &req.method, &resp.headers) => {
-                    retry::retry_after(&resp.headers).unwrap_or_else(|| self.retry.backoff(attempt))
+                    match retry::retry_after(&resp.headers) {
+                        Some(asked) if asked > self.retry.max_delay => return result,
+                        Some(asked) => asked,
+                        None => self.retry.backoff(attempt),
+                    }
                 }
                 Err(e)
                     if e.kind() == ErrorKind::Connection
@@ -203,6 +216,12 @@ impl Pipeline {
                 return result;
             }
             let delay = delay.min(self.retry.max_delay);
+            // A response is returned rather than lost to the timeout; a connection error waits on, and the
+            // call ends as timed out (what its caller set a timeout for).
+            if result.is_ok() && deadline.is_some_and(|d| tokio::time::Instant::now() + delay >= d)
+            {
+                return result;
+            }
             // At INFO under its own target, so that an application can tell its user why a call waits (a 429's
             // `Retry-After` can be many seconds) without turning on the HTTP log.
             let url = logging::redacted_url(&req.url);

@@ -1,7 +1,8 @@
 //! Retry policy, after azure-core's `RetryPolicy` (Python): the statuses 408, 429, 500, 502, 503, 504 and
 //! 506–998 and connection errors are retried; the first retry is immediate, then the delay doubles from
 //! `initial_delay` (±20 % jitter), at most `max_delay`; `retry-after-ms`, `x-ms-retry-after-ms` and
-//! `Retry-After` are honoured (capped at `max_delay`). See [`RetryOptions`] for the differences from Python.
+//! `Retry-After` are honoured (one longer than `max_delay` ends the retries: the response is returned). See
+//! [`RetryOptions`] for the differences from Python.
 
 use crate::http::{HeaderMap, Method, StatusCode};
 use std::time::{Duration, SystemTime};
@@ -20,13 +21,16 @@ pub const RETRY_LOG_TARGET: &str = "keyvault_secrets::retry";
 /// | `retry_backoff_factor` | 0.8 s | `initial_delay`: 800 ms |
 /// | `retry_backoff_max` | 120 s | `max_delay`: 120 s |
 /// | `retry_mode` | exponential: 0, then factor × 2ⁿ⁻¹ | the same (0, 1.6 s, 3.2 s, …), with ±20 % jitter |
-/// | `Retry-After` | honoured, uncapped | honoured, capped at `max_delay` |
+/// | `Retry-After` | honoured, uncapped | honoured up to `max_delay`; a longer one returns the response at once |
 /// | `timeout` (whole call) | 7 days | none by default; per call: [`CallOptions::timeout`](crate::CallOptions::timeout) |
 ///
 /// The differences are deliberate: one budget instead of four counters (azure-core's total of 10 is only
 /// reachable by mixing connection, read and status failures; any one kind stops at 3, as here); jitter so that
-/// many clients throttled together do not retry in lockstep; and a server's `Retry-After` cannot stall a call
-/// for longer than `max_delay`.
+/// clients do not retry their own failures in lockstep (a delay the server asks for is kept as it is, as
+/// azure-core does); and a server's `Retry-After` cannot stall a call for longer than `max_delay`: the
+/// caller gets the 429 (or 503) at once instead, with its `Retry-After`. No retry waits past the call's
+/// timeout ([`CallOptions::timeout`](crate::CallOptions::timeout)) after an error status either: the response
+/// is returned when the next delay would reach it.
 ///
 /// Which requests are retried (as azure-core): 408, 429, 500, 502, 503, 504 and 506–998 for GET, PUT, DELETE
 /// and HEAD; POST and PATCH only on 500, 503 and 504. A response carrying `Retry-After` (any error status) is
@@ -43,7 +47,8 @@ pub struct RetryOptions {
     /// The delay before the second retry is twice this, and it doubles from there (the first retry is
     /// immediate); ±20 % jitter. Default 800 ms (azure-core's `retry_backoff_factor`).
     pub initial_delay: Duration,
-    /// Longest delay between tries, including one asked for by `Retry-After`. Default 120 s.
+    /// Longest delay between tries; a `Retry-After` asking for longer ends the retries (the response is
+    /// returned). Default 120 s.
     pub max_delay: Duration,
 }
 

@@ -39,6 +39,27 @@ struct BackupVersion {
     updated: i64,
 }
 
+/// A backup's payload is padded with trailing white space (which JSON readers skip: older builds restore it
+/// too) to a multiple of this many bytes, so that a blob's size does not tell a value's length (a one-version
+/// secret's blob is one size whatever its value, up to about 3.9 KB).
+const BACKUP_PAD: usize = 4096;
+
+/// `json` padded to a multiple of [`BACKUP_PAD`] (in a buffer of its final size: a grown one would leave
+/// copies of the values in freed memory; the unpadded one is wiped when dropped), unless the padding would
+/// take the blob past [`MAX_BACKUP_BLOB_BYTES`].
+fn padded(json: zeroize::Zeroizing<Vec<u8>>) -> zeroize::Zeroizing<Vec<u8>> {
+    // Room for the seal's header, nonce and tag.
+    const SEAL_ROOM: usize = 1024;
+    let target = json.len().div_ceil(BACKUP_PAD) * BACKUP_PAD;
+    if target == json.len() || target > MAX_BACKUP_BLOB_BYTES - SEAL_ROOM {
+        return json;
+    }
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(target));
+    out.extend_from_slice(&json);
+    out.resize(target, b' ');
+    out
+}
+
 fn bad_blob() -> VaultError {
     VaultError::MalformedBackup
 }
@@ -86,6 +107,7 @@ impl Vault {
         // In a buffer that never grows (a grown one would leave copies of the values in freed memory).
         let json = keyvault_types::secret::to_json_wiped(&payload)
             .map_err(|e| VaultError::Internal(e.to_string()))?;
+        let json = padded(json);
         let blob = self
             .envelope
             .seal_backup(&json)

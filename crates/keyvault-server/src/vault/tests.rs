@@ -892,3 +892,26 @@ async fn a_sealed_blob_outside_the_rules_is_malformed() {
     let got = fresh.get("made", None).await.unwrap();
     assert_eq!(got.value.unwrap().expose(), "v1");
 }
+
+/// A blob's size does not tell its value's length: backups of one-version secrets with values of 1 and 3,000
+/// bytes (and names of different lengths) are the same size, and both restore exactly.
+#[tokio::test]
+async fn backups_are_padded() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_in(dir.path(), Arc::new(SystemClock), false);
+    let long = "b".repeat(3000);
+    let mut sizes = Vec::new();
+    for (name, value) in [("s", "a"), ("a-longer-name", long.as_str())] {
+        v.set(name, SecretString::new(value), Default::default())
+            .await
+            .unwrap();
+        let blob = v.backup(name).await.unwrap();
+        sizes.push(blob.len());
+        let other = tempfile::tempdir().unwrap();
+        let fresh = vault_in(other.path(), Arc::new(SystemClock), false);
+        fresh.restore(&blob).await.unwrap();
+        let got = fresh.get(name, None).await.unwrap();
+        assert_eq!(got.value.unwrap().expose(), value);
+    }
+    assert_eq!(sizes[0], sizes[1], "{sizes:?}");
+}
