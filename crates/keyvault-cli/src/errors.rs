@@ -122,6 +122,22 @@ impl CliError {
                 }
                 (code::FORBIDDEN, m)
             }
+            // The authority unreachable or answering 5xx/408/429 is not a refused credential (exit 5): a
+            // script would conclude the secret is wrong.
+            ErrorKind::Credential
+                if matches!(status, Some(408 | 429 | 500..=599))
+                    || std::error::Error::source(e)
+                        .and_then(|s| s.downcast_ref::<Error>())
+                        .is_some_and(|s| s.kind() == ErrorKind::Connection) =>
+            {
+                (
+                    code::OTHER,
+                    format!(
+                        "cannot get a token, the authority is unavailable: {}",
+                        with_sources(e)
+                    ),
+                )
+            }
             ErrorKind::Credential | ErrorKind::CredentialUnavailable => {
                 let mut m = format!("cannot get a token: {}", with_sources(e));
                 // The library's advice names its option; the CLI's is the tenant itself.

@@ -767,6 +767,37 @@ fn connection_and_credential_errors() {
     );
     assert_eq!(e.stderr.lines().count(), 1, "one line: {}", e.stderr);
     assert!(!e.stderr.contains("wrong-secret-xyz"));
+    // An authority that cannot be reached is not a refused credential: exit 1, not 5.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut c = command(None);
+    c.env("AZURE_TENANT_ID", "keyvault-rs")
+        .env("AZURE_CLIENT_ID", "nobody")
+        .env("AZURE_CLIENT_SECRET", "any-secret-xyz")
+        .env("AZURE_AUTHORITY_HOST", &gone)
+        .env("KEYVAULT_CA_FILE", &v.ca);
+    let e = run_with(
+        c,
+        &[
+            "secret",
+            "list",
+            "--vault-url",
+            &v.url,
+            "--no-challenge-verification",
+            "--max-retries",
+            "0",
+        ],
+        None,
+    )
+    .code(1);
+    assert!(
+        e.stderr
+            .starts_with("error: cannot get a token, the authority is unavailable:"),
+        "{}",
+        e.stderr
+    );
+    assert!(!e.stderr.contains("any-secret-xyz"));
     // The challenge's resource does not match an IP-address URL without dev credentials.
     let creds: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&v.creds).unwrap()).unwrap();

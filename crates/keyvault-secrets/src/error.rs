@@ -182,7 +182,9 @@ impl Error {
     }
 
     /// The HTTP status, for errors that came from a response (every kind from `ResourceNotFound` to
-    /// `HttpResponse`, as Python's `HttpResponseError.status_code`).
+    /// `HttpResponse`, as Python's `HttpResponseError.status_code`; for a [`ErrorKind::Credential`] error
+    /// from a token endpoint's answer, that answer's status: a 5xx, 408 or 429 there is the authority's
+    /// trouble, not the credential's).
     pub fn status(&self) -> Option<StatusCode> {
         self.status
     }
@@ -226,6 +228,12 @@ impl Error {
     }
 
     /// The same error (kind, status, codes, headers and source kept) with another message.
+    /// The status of the answer the error is about (a token endpoint's, for a credential's error).
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
     pub(crate) fn with_message(mut self, message: impl Into<String>) -> Self {
         self.message = message.into();
         self

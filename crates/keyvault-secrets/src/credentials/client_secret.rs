@@ -358,7 +358,8 @@ pub(crate) fn parse_token_response(
                 "{who}: the token request failed with status {}: {detail}",
                 response.status.as_u16()
             ),
-        ));
+        )
+        .with_status(response.status));
     }
     let t: TokenResponse = response.json().map_err(|e| {
         Error::new(
@@ -476,6 +477,8 @@ mod tests {
                 body: Bytes::from(body),
             };
             let e = parse_token_response("T", &r, &[SECRET]).unwrap_err();
+            // The authority's status is kept (a 5xx there is its trouble, not the credential's).
+            assert_eq!(e.status(), Some(StatusCode::BAD_REQUEST));
             e.message().to_string()
         };
         let form: String = form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
