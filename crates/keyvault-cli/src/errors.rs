@@ -212,9 +212,18 @@ impl CliError {
                         format!("refused the certificate of {vault}: {text} [{hint}]"),
                     )
                 }
-                None => (
+                None if e.is_request_unsent() => (
                     code::OTHER,
                     format!("cannot reach {vault}: {}", with_sources(e)),
+                ),
+                // The request may have reached the vault: a change may have been made (a set, a restore).
+                None => (
+                    code::OTHER,
+                    format!(
+                        "lost the connection to {vault} after sending the request: {} [a change it asked for \
+                         may have been made: look before repeating it]",
+                        with_sources(e)
+                    ),
                 ),
             },
             _ => (code::OTHER, with_sources(e)),

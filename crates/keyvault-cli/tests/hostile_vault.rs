@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// An answer: status, extra headers, body.
+/// An answer: status (0: close the connection without answering), extra headers, body.
 type Answer = (u16, Vec<(&'static str, String)>, String);
 
 struct FakeVault {
@@ -74,6 +74,10 @@ fn fake_vault(answer: impl Fn(&str, &str) -> Answer + Send + Sync + 'static) -> 
                     return;
                 }
                 let (status, headers, body) = answer(method, target);
+                if status == 0 {
+                    // The request read, the connection closed without an answer.
+                    return;
+                }
                 let mut out = format!(
                     "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
                     body.len()
@@ -401,6 +405,31 @@ fn a_paging_loop_ends_the_listing() {
     assert!(e.stderr.contains("paging loop"), "{}", e.stderr);
     assert!(
         pages.load(std::sync::atomic::Ordering::SeqCst) <= 3,
+        "{}",
+        e.stderr
+    );
+}
+
+/// A connection that ends after the request was sent is not "cannot reach": the change may have been made,
+/// and the error says so; a vault that cannot be connected to at all is "cannot reach".
+#[test]
+fn a_connection_lost_after_the_request_says_a_change_may_have_been_made() {
+    let v = fake_vault(|_, _| (0, Vec::new(), String::new()));
+    let e = kv_at(&v, &["secret", "set", "x", "--value", "v"]).code(1);
+    assert!(
+        e.stderr.starts_with(&format!(
+            "error: lost the connection to {} after sending the request",
+            v.url
+        )) && e.stderr.contains("may have been made"),
+        "{}",
+        e.stderr
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let e = kv_at(&v, &["secret", "show", "x", "--vault-url", &gone]).code(1);
+    assert!(
+        e.stderr.starts_with(&format!("error: cannot reach {gone}")),
         "{}",
         e.stderr
     );

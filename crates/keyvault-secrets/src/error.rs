@@ -95,6 +95,8 @@ pub struct Error {
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     /// A connection error no retry can change (the server's certificate refused): not retried.
     permanent: bool,
+    /// A connection error from before the request was sent (no connection could be made).
+    unsent: bool,
 }
 
 impl Error {
@@ -109,6 +111,7 @@ impl Error {
             response: None,
             source: None,
             permanent: false,
+            unsent: false,
         }
     }
 
@@ -132,6 +135,21 @@ impl Error {
     /// Whether retrying cannot change this error (a refused server certificate).
     pub(crate) fn is_permanent(&self) -> bool {
         self.permanent
+    }
+
+    /// Marks a connection error from before the request was sent.
+    pub(crate) fn unsent(mut self) -> Self {
+        self.unsent = true;
+        self
+    }
+
+    /// For an [`ErrorKind::Connection`] error: whether it came before the request was sent (no connection
+    /// could be made: name resolution, a refused connection, the TLS handshake), so the service did not get
+    /// it. `false` when the request may have been sent (a connection dropped, or a try timed out, after it
+    /// went out): a change it asked for may have been made — Python's `ServiceRequestError` against
+    /// `ServiceResponseError`.
+    pub fn is_request_unsent(&self) -> bool {
+        self.unsent
     }
 
     /// The error for an HTTP error response: the kind follows the status (Python's `error_map`).
@@ -162,6 +180,7 @@ impl Error {
             response: None,
             source: None,
             permanent: false,
+            unsent: false,
         }
     }
 

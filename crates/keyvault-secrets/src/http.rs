@@ -528,7 +528,11 @@ fn connection_error(e: reqwest::Error) -> Error {
         );
     }
     let refused = certificate_refused(&e);
-    let error = Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e);
+    let unsent = e.is_connect();
+    let mut error = Error::with_source(ErrorKind::Connection, format!("{what}: {message}"), e);
+    if unsent {
+        error = error.unsent();
+    }
     if refused { error.permanent() } else { error }
 }
 

@@ -170,6 +170,41 @@ async fn throttling_longer_than_the_caller_waits_returns_the_429() {
     assert_eq!(server.requests().len(), 2 + 1);
 }
 
+/// A connection error tells whether the request may have reached the service: not for a port that refuses
+/// connections, yes for a try that timed out after the request went out (a change may have been made).
+#[tokio::test]
+async fn connection_errors_tell_whether_the_request_was_sent() {
+    let server = start(|req, _| match req.header("authorization") {
+        None => unauthorized(),
+        Some(_) => MockResponse::json(200, BUNDLE).delayed(Duration::from_secs(3)),
+    })
+    .await;
+    let once = keyvault_secrets::CallOptions {
+        request_timeout: Some(Duration::from_millis(300)),
+        retry: Some(RetryOptions {
+            max_retries: 0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let c = client(&server.url, &server.ca_pem)
+        .with_call_options(once.clone())
+        .unwrap();
+    let e = c.set_secret("n", "v", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(!e.is_request_unsent(), "{e}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let c = client(&url, &server.ca_pem)
+        .with_call_options(once)
+        .unwrap();
+    let e = c.get_secret("n", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(e.is_request_unsent(), "{e}");
+}
+
 #[tokio::test]
 async fn server_errors_are_retried_as_azure_core_does() {
     // 500 for everything; 502 for the path `/secrets/bad-gateway…`.
