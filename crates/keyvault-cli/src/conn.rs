@@ -368,7 +368,9 @@ fn client_secret_credential(
             // with Retry-After: 1).
             retry: RetryOptions {
                 max_retries,
-                ..Default::default()
+                initial_delay: Duration::from_millis(500),
+                // As the vault's: a longer Retry-After is given back, not waited for.
+                max_delay: Duration::from_secs(30),
             },
             ..Default::default()
         }),

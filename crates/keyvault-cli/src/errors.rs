@@ -124,6 +124,14 @@ impl CliError {
             }
             // The authority unreachable or answering 5xx/408/429 is not a refused credential (exit 5): a
             // script would conclude the secret is wrong.
+            // The authority's certificate refused: configuration, not an outage.
+            ErrorKind::Credential if let Some(hint) = certificate_hint(&with_sources(e)) => (
+                code::OTHER,
+                format!(
+                    "cannot get a token, the authority's certificate was refused: {} [{hint}]",
+                    e.message()
+                ),
+            ),
             ErrorKind::Credential
                 if matches!(status, Some(408 | 429 | 500..=599))
                     || std::error::Error::source(e)
@@ -171,7 +179,8 @@ impl CliError {
                     code::THROTTLED,
                     format!(
                         "{vault} is throttling requests (429){asked}: {msg} [the client waits for it at most \
-                         30 s, and --max-retries (KEYVAULT_MAX_RETRIES) times; wait and try again]"
+                         30 s, within --timeout, and --max-retries (KEYVAULT_MAX_RETRIES) times; wait and try \
+                         again]"
                     ),
                 )
             }

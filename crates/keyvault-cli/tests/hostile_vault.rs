@@ -109,10 +109,9 @@ fn kv_at(vault: &FakeVault, args: &[&str]) -> Out {
     kv_at_env(vault, &[], args)
 }
 
-/// [`kv_at`] with more environment variables.
+/// [`kv_at`] with more environment variables (which may replace its own).
 fn kv_at_env(vault: &FakeVault, env: &[(&str, &str)], args: &[&str]) -> Out {
     let mut c = command(None);
-    c.envs(env.iter().copied());
     c.env("KEYVAULT_URL", &vault.url)
         .env("KEYVAULT_CA_FILE", &vault.ca)
         .env("AZURE_TENANT_ID", "tenant-1")
@@ -120,6 +119,8 @@ fn kv_at_env(vault: &FakeVault, env: &[(&str, &str)], args: &[&str]) -> Out {
         .env("AZURE_CLIENT_SECRET", "CLIENTSECRET-CANARY")
         .env("AZURE_AUTHORITY_HOST", &vault.url)
         .env("KEYVAULT_MAX_RETRIES", "0");
+    // The test's own variables last: they may replace these.
+    c.envs(env.iter().copied());
     let mut all = args.to_vec();
     all.push("--no-challenge-verification");
     run_with(c, &all, None)
@@ -430,6 +431,69 @@ fn a_connection_lost_after_the_request_says_a_change_may_have_been_made() {
     let e = kv_at(&v, &["secret", "show", "x", "--vault-url", &gone]).code(1);
     assert!(
         e.stderr.starts_with(&format!("error: cannot reach {gone}")),
+        "{}",
+        e.stderr
+    );
+}
+
+/// An authority whose certificate this machine does not trust is a configuration error, said as one (with
+/// the CLI's hint), not "the authority is unavailable" nor a refused credential; an authority answering 503
+/// is unavailable (exit 1), one refusing the client (400 invalid_client) a refused credential (exit 5).
+#[test]
+fn token_authority_failures_are_told_apart() {
+    let challenge = || {
+        let mut a = json(401, "{}");
+        a.1.push((
+            "www-authenticate",
+            r#"Bearer authorization="https://login.example/tenant-1", resource="https://vault.azure.net""#
+                .to_string(),
+        ));
+        a
+    };
+    // The vault challenges; its token endpoint answers `token` (a fake vault is its own authority).
+    let vault_with = |token: Answer| {
+        fake_vault(move |_, target| {
+            let path = target.split('?').next().unwrap_or_default();
+            if path.ends_with("/oauth2/v2.0/token") {
+                token.clone()
+            } else {
+                challenge()
+            }
+        })
+    };
+    let v = vault_with(json(
+        400,
+        r#"{"error":"invalid_client","error_description":"AADSTS7000215: bad secret"}"#,
+    ));
+    let busy = vault_with(json(
+        503,
+        r#"{"error":"temporarily_unavailable","error_description":"busy"}"#,
+    ));
+    let untrusted = fake_vault(|_, _| json(200, "{}"));
+    let e = kv_at_env(
+        &v,
+        &[("AZURE_AUTHORITY_HOST", &untrusted.url)],
+        &["secret", "show", "x"],
+    )
+    .code(1);
+    assert!(
+        e.stderr
+            .starts_with("error: cannot get a token, the authority's certificate was refused:")
+            && e.stderr.contains("invalid peer certificate")
+            && e.stderr.matches("invalid peer certificate").count() == 1,
+        "{}",
+        e.stderr
+    );
+    let e = kv_at(&busy, &["secret", "show", "x"]).code(1);
+    assert!(
+        e.stderr
+            .starts_with("error: cannot get a token, the authority is unavailable:"),
+        "{}",
+        e.stderr
+    );
+    let e = kv_at(&v, &["secret", "show", "x"]).code(5);
+    assert!(
+        e.stderr.starts_with("error: cannot get a token:"),
         "{}",
         e.stderr
     );

@@ -411,7 +411,8 @@ impl<T: PollerResult> Poller<T> {
             .operation_done(&T::status_path(&self.name))
             .await?;
         if !done {
-            if self.resumed {
+            // Only "not found" answers count (a throttled poll tells nothing).
+            if self.resumed && response.status == crate::http::StatusCode::NOT_FOUND {
                 self.not_found += 1;
                 if self.not_found >= RESUMED_NOT_FOUND_LIMIT {
                     let gone = response.to_error();
