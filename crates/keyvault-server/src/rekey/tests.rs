@@ -631,6 +631,26 @@ async fn rekeys_toward_different_keys_do_not_overlap() {
     assert!(err.contains("was retired while this rekey ran"), "{err}");
 }
 
+/// A rekey with `envelope`'s keys that completes: its report.
+async fn completed_rekey(store: &SqliteStore, envelope: &Envelope) -> RekeyReport {
+    let report = rekey(store, envelope, &RekeyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.complete(), "{report:?}");
+    report
+}
+
+/// Removes the order of current keys, as on a store used by builds that kept none.
+async fn forget_the_order(store: &SqliteStore) {
+    let old = store.meta(crate::store::KEK_CURRENT_ORDER).await.unwrap();
+    let forget = crate::store::MetaSwap {
+        key: crate::store::KEK_CURRENT_ORDER.to_owned(),
+        expect: old,
+        set: None,
+    };
+    assert!(store.meta_swap(vec![forget]).await.unwrap());
+}
+
 /// K1 -> K2 -> K3 with no rekey between: the key check stays under K1 and values are under all three (each
 /// key current on a server in turn). Returns the store and the three key ids.
 async fn three_keys_current_in_turn(dir: &std::path::Path) -> (Arc<SqliteStore>, Vec<String>) {
@@ -662,15 +682,7 @@ async fn three_keys_current_in_turn(dir: &std::path::Path) -> (Arc<SqliteStore>,
 async fn a_rekey_retires_every_key_current_before_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let (store, ids) = three_keys_current_in_turn(dir.path()).await;
-    let report = rekey(
-        store.as_ref(),
-        &envelope(3, &[2, 1]),
-        &RekeyOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.complete());
+    let report = completed_rekey(&store, &envelope(3, &[2, 1])).await;
     assert_eq!(report.retired, ids[..2].to_vec());
     assert_eq!(report.after, BTreeMap::from([(ids[2].clone(), 5)]));
     assert_eq!(
@@ -694,15 +706,7 @@ async fn a_rekey_retires_every_key_current_before_its_own() {
 async fn a_rekey_does_not_retire_a_key_current_after_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let (store, ids) = three_keys_current_in_turn(dir.path()).await;
-    let report = rekey(
-        store.as_ref(),
-        &envelope(2, &[3, 1]),
-        &RekeyOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.complete());
+    let report = completed_rekey(&store, &envelope(2, &[3, 1])).await;
     assert_eq!(report.retired, vec![ids[0].clone()]);
     assert_eq!(report.after, BTreeMap::from([(ids[1].clone(), 5)]));
     crate::store::check_key(store.as_ref(), &envelope(3, &[2]))
@@ -718,13 +722,7 @@ async fn a_rekey_does_not_retire_a_key_current_after_its_own() {
 async fn keys_noted_over_a_store_used_before_the_order_are_not_ranked() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_under_key_1(dir.path()).await;
-    let old_list = store.meta(crate::store::KEK_CURRENT_ORDER).await.unwrap();
-    let forget = crate::store::MetaSwap {
-        key: crate::store::KEK_CURRENT_ORDER.to_owned(),
-        expect: old_list,
-        set: None,
-    };
-    assert!(store.meta_swap(vec![forget]).await.unwrap());
+    forget_the_order(&store).await;
     let ids: Vec<String> = (1..=5u8)
         .map(|b| envelope(b, &[]).current_kek_id().to_string())
         .collect();
@@ -736,10 +734,7 @@ async fn keys_noted_over_a_store_used_before_the_order_are_not_ranked() {
             .await
             .unwrap();
     }
-    let report = rekey(store.as_ref(), &behind, &RekeyOptions::default(), |_| {})
-        .await
-        .unwrap();
-    assert!(report.complete());
+    let report = completed_rekey(&store, &behind).await;
     assert_eq!(report.retired, vec![ids[0].clone()]);
     start(&store, &ahead).await;
 
@@ -753,10 +748,7 @@ async fn keys_noted_over_a_store_used_before_the_order_are_not_ranked() {
             .await
             .unwrap();
     }
-    let report = rekey(store.as_ref(), &k5, &RekeyOptions::default(), |_| {})
-        .await
-        .unwrap();
-    assert!(report.complete());
+    let report = completed_rekey(&store, &k5).await;
     assert_eq!(report.retired, vec![ids[1].clone(), ids[3].clone()]);
 }
 
@@ -799,19 +791,10 @@ async fn a_refused_start_notes_no_key() {
 async fn a_key_with_values_before_the_first_rekey_stays_unranked() {
     let dir = tempfile::tempdir().unwrap();
     let (store, ids) = three_keys_current_in_turn(dir.path()).await;
-    let old_list = store.meta(crate::store::KEK_CURRENT_ORDER).await.unwrap();
-    let forget = crate::store::MetaSwap {
-        key: crate::store::KEK_CURRENT_ORDER.to_owned(),
-        expect: old_list,
-        set: None,
-    };
-    assert!(store.meta_swap(vec![forget]).await.unwrap());
+    forget_the_order(&store).await;
     let k3 = envelope(3, &[2, 1]);
     start(&store, &k3).await;
-    let report = rekey(store.as_ref(), &k3, &RekeyOptions::default(), |_| {})
-        .await
-        .unwrap();
-    assert!(report.complete());
+    let report = completed_rekey(&store, &k3).await;
     assert_eq!(report.retired, vec![ids[0].clone()]);
 
     let (k5, stale) = (envelope(5, &[3]), envelope(2, &[5, 3]));
@@ -823,10 +806,7 @@ async fn a_key_with_values_before_the_first_rekey_stays_unranked() {
             .await
             .unwrap();
     }
-    let report = rekey(store.as_ref(), &stale, &RekeyOptions::default(), |_| {})
-        .await
-        .unwrap();
-    assert!(report.complete());
+    let report = completed_rekey(&store, &stale).await;
     assert_eq!(report.retired, vec![ids[2].clone()]);
     assert!(
         !crate::store::kek_retired(store.as_ref())
