@@ -332,9 +332,10 @@ pub async fn rekey(
     // key: K1 -> K2 -> K3 with no rekey between leaves the check under K1, and K2 is retired with it). A key
     // the store holds values under that is neither retired nor older is newer: another node seals under it as
     // its current key (a rotation toward it is under way, and this node has not made it current yet), or its
-    // place is unknown (noted before a rekey completed over a store used before the order was kept). The pass re-sealed those values under
-    // this node's key, which every node holds; that key is not retired (it would stop that node's writes, and
-    // no node could ever make it current). When the check already is under this node's key, nothing is.
+    // place is unknown (noted before a rekey completed over a store used before the order was kept). The
+    // pass re-sealed those values under this node's key, which every node holds; that key is not retired (it
+    // would stop that node's writes, and no node could ever make it current). When the check already is
+    // under this node's key, nothing is.
     let order = crate::store::note_current_key(store, envelope).await?;
     let moves = key_check_before.as_deref().is_some_and(|id| id != current);
     let older = crate::store::keys_ranked_before(&order, &current);
@@ -365,10 +366,10 @@ pub async fn rekey(
         tracing::warn!(
             kek_id = %current,
             other_kek_ids = ?newer,
-            "values were sealed under keys that are neither retired nor older than this node's current key: another node seals \
-             under one as its current key (a rotation toward it under way?); they were re-sealed under this \
-             node's key and are not retired; to rotate toward one, run `keyvault rekey` on a node whose current \
-             key it is"
+            "values were sealed under keys that are neither retired nor older than this node's current key: \
+             another node seals under one as its current key (a rotation toward it under way?); they were \
+             re-sealed under this node's key and are not retired; to rotate toward one, run `keyvault rekey` on \
+             a node whose current key it is"
         );
     }
     let (_, now) = crate::store::reseal_key_check(store, envelope, &retire).await?;
