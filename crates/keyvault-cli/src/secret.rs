@@ -183,6 +183,17 @@ pub struct WaitArgs {
     pub wait_timeout: u64,
 }
 
+/// The deleted secret `name`, if it was deleted at or after `since` (with 5 s for the two clocks' difference).
+async fn deleted_since(
+    client: &keyvault_secrets::SecretClient,
+    name: &str,
+    since: OffsetDateTime,
+) -> Option<keyvault_secrets::DeletedSecret> {
+    let deleted = client.get_deleted_secret(name).await.ok()?;
+    let when = deleted.deleted_date()?;
+    (when >= since - time::Duration::seconds(5)).then_some(deleted)
+}
+
 /// Wait for `poller` for at most `secs` seconds (0: no limit); past it, an error (exit 1) saying that the
 /// vault accepted the operation (`doing`, e.g. "deleting secret 'x'") and has not finished it yet.
 async fn wait_bounded<T: keyvault_secrets::PollerResult>(
@@ -559,10 +570,31 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
         }
         SecretCommand::Delete(a) => {
             let target = Target::Secret(&a.name, None);
-            let mut poller = client
-                .begin_delete_secret(&a.name)
-                .await
-                .map_err(err(target))?;
+            let started = OffsetDateTime::now_utc();
+            let mut poller = match client.begin_delete_secret(&a.name).await {
+                Ok(poller) => poller,
+                // A delete whose answer was lost (a dropped connection, a gateway's 5xx) is tried again and
+                // meets the secret it deleted: 404. A secret deleted while this command ran is taken as this
+                // command's doing, not as "not found".
+                Err(e) if e.kind() == keyvault_secrets::ErrorKind::ResourceNotFound => {
+                    let Some(d) = deleted_since(client, &a.name, started).await else {
+                        return Err(err(target)(e));
+                    };
+                    stderr_line!(
+                        "note: {vault} answered that secret '{}' does not exist, and it was deleted just now: \
+                         an earlier try of this delete did it (its answer was lost)",
+                        a.name
+                    );
+                    return render::print_one(
+                        out,
+                        fmt,
+                        &View::from_deleted(&d),
+                        render::DELETED_DETAIL,
+                        render::value_name,
+                    );
+                }
+                Err(e) => return Err(err(target)(e)),
+            };
             if a.wait {
                 let doing = format!("deleting secret '{}'", a.name);
                 wait_bounded(&mut poller, a.wait_timeout, &doing, err(target)).await?;

@@ -498,3 +498,51 @@ fn token_authority_failures_are_told_apart() {
         e.stderr
     );
 }
+
+/// A delete whose answer was lost is tried again and meets a secret already deleted (404): if the vault
+/// deleted it while the command ran, the command reports it deleted (with a note), not "not found"; a secret
+/// deleted long before is still "not found" (exit 3).
+#[test]
+fn a_retried_delete_that_finds_its_own_deletion_succeeds() {
+    let v = fake_vault(|method, target| {
+        let path = target.split('?').next().unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let deleted = |name: &str, at: u64| {
+            json(
+                200,
+                serde_json::json!({
+                    "recoveryId": format!("https://kv.example/deletedsecrets/{name}"),
+                    "deletedDate": at,
+                    "scheduledPurgeDate": at + 7 * 86400,
+                    "id": format!("https://kv.example/secrets/{name}/968bc1b35f5449dfaf7109294020deb5"),
+                    "attributes": {"enabled": true, "created": at - 10, "updated": at - 10,
+                        "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 7}
+                })
+                .to_string(),
+            )
+        };
+        match (method, path) {
+            ("DELETE", _) => json(
+                404,
+                r#"{"error":{"code":"SecretNotFound","message":"A secret with (name/id) was not found in this key vault."}}"#,
+            ),
+            ("GET", "/deletedsecrets/just-now") => deleted("just-now", now),
+            ("GET", "/deletedsecrets/long-ago") => deleted("long-ago", now - 3600),
+            _ => json(404, "{}"),
+        }
+    });
+    let out = kv_at(&v, &["secret", "delete", "just-now", "-o", "json"]).code(0);
+    assert!(
+        out.stderr
+            .contains("it was deleted just now: an earlier try of this delete did it"),
+        "{}",
+        out.stderr
+    );
+    let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(shown["name"], "just-now", "{shown}");
+    let e = kv_at(&v, &["secret", "delete", "long-ago"]).code(3);
+    assert!(e.stderr.contains("not found"), "{}", e.stderr);
+}
