@@ -332,6 +332,7 @@ impl ConnArgs {
     fn default_credential(&self, cas: CaCerts) -> CliResult<Arc<dyn TokenCredential>> {
         let mut environment = ClientSecretCredentialOptions {
             additional_ca_certificates: cas,
+            retry: token_retry(self.max_retries),
             ..Default::default()
         };
         if let Some(a) = self.authority() {
@@ -346,6 +347,16 @@ impl ConnArgs {
             })
             .map_err(|e| CliError::from_client(&e, crate::errors::Target::Vault, ""))?,
         ))
+    }
+}
+
+/// The retries of a token request: `--max-retries`, and as the vault's, a `Retry-After` longer than 30 s
+/// given back, not waited for.
+fn token_retry(max_retries: u32) -> RetryOptions {
+    RetryOptions {
+        max_retries,
+        initial_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(30),
     }
 }
 
@@ -366,12 +377,7 @@ fn client_secret_credential(
             additional_ca_certificates: cas,
             // `--max-retries` bounds the token request's retries too (a busy token endpoint answers 503
             // with Retry-After: 1).
-            retry: RetryOptions {
-                max_retries,
-                initial_delay: Duration::from_millis(500),
-                // As the vault's: a longer Retry-After is given back, not waited for.
-                max_delay: Duration::from_secs(30),
-            },
+            retry: token_retry(max_retries),
             ..Default::default()
         }),
     )

@@ -125,13 +125,21 @@ impl CliError {
             // The authority unreachable or answering 5xx/408/429 is not a refused credential (exit 5): a
             // script would conclude the secret is wrong.
             // The authority's certificate refused: configuration, not an outage.
-            ErrorKind::Credential if let Some(hint) = certificate_hint(&with_sources(e)) => (
-                code::OTHER,
-                format!(
-                    "cannot get a token, the authority's certificate was refused: {} [{hint}]",
-                    e.message()
-                ),
-            ),
+            ErrorKind::Credential if let Some(hint) = certificate_hint(&with_sources(e)) => {
+                let hint = if hint.contains("--vault-url") {
+                    "it is not for this host name: use a name in its SANs in --authority-host \
+                     (AZURE_AUTHORITY_HOST)"
+                } else {
+                    hint
+                };
+                (
+                    code::OTHER,
+                    format!(
+                        "cannot get a token, the authority's certificate was refused: {} [{hint}]",
+                        without_library_hint(e.message().to_string())
+                    ),
+                )
+            }
             ErrorKind::Credential
                 if matches!(status, Some(408 | 429 | 500..=599))
                     || std::error::Error::source(e)
@@ -208,14 +216,7 @@ impl CliError {
                 // Reached, and its certificate refused: say which way it is wrong, in the CLI's terms (the
                 // library's own hint names its Rust option).
                 Some(hint) => {
-                    let text = with_sources(e);
-                    let text = match text.find(" (the server's certificate is not issued") {
-                        Some(at) => {
-                            let end = text[at..].find(')').map_or(text.len(), |i| at + i + 1);
-                            format!("{}{}", &text[..at], &text[end..])
-                        }
-                        None => text,
-                    };
+                    let text = without_library_hint(with_sources(e));
                     (
                         code::OTHER,
                         format!("refused the certificate of {vault}: {text} [{hint}]"),
@@ -243,6 +244,18 @@ impl CliError {
 
 /// What to do about a server certificate the client refused, from rustls's words for it (`None`: not such
 /// an error).
+/// `text` without the library's own advice on an untrusted CA (it names a Rust option; the CLI's hint
+/// names its flag).
+fn without_library_hint(text: String) -> String {
+    match text.find(" (the server's certificate is not issued") {
+        Some(at) => {
+            let end = text[at..].find(')').map_or(text.len(), |i| at + i + 1);
+            format!("{}{}", &text[..at], &text[end..])
+        }
+        None => text,
+    }
+}
+
 fn certificate_hint(message: &str) -> Option<&'static str> {
     let m = message.to_ascii_lowercase();
     if !m.contains("invalid peer certificate") {

@@ -8,6 +8,16 @@ use tracing_subscriber::layer::{Context, Layer};
 /// Prints `note: …` for each retry (the client's `RETRY_LOG_TARGET` events).
 pub struct RetryNotes;
 
+/// Whether a request was retried after a try the vault may have applied (a connection error, or a 5xx or
+/// 408 that a gateway may have sent after forwarding it) — not after a 429, which the vault refused.
+static RETRIED_AFTER_MAYBE_APPLIED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process retried a request after a try the vault may have applied (see [`RetryNotes`]).
+pub fn retried_after_a_try_that_may_have_been_applied() -> bool {
+    RETRIED_AFTER_MAYBE_APPLIED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Default)]
 struct Retry {
     url: String,
@@ -89,6 +99,9 @@ impl<S: tracing::Subscriber> Layer<S> for RetryNotes {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let mut retry = Retry::default();
         event.record(&mut retry);
+        if retry.error.is_some() || retry.status.is_some_and(|s| s != 429) {
+            RETRIED_AFTER_MAYBE_APPLIED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(note) = retry.note() {
             stderr_line!("{}", crate::render::terminal_safe(&note));
         }

@@ -202,6 +202,17 @@ async fn wait_bounded<T: keyvault_secrets::PollerResult>(
     doing: &str,
     on_error: impl Fn(keyvault_secrets::Error) -> CliError,
 ) -> CliResult {
+    // A poll that fails (throttled, the vault unavailable) fails the wait, not the request: say so.
+    let on_error = |e: keyvault_secrets::Error| {
+        let cli = on_error(e);
+        CliError::new(
+            cli.code,
+            format!(
+                "the vault accepted the request ({doing}), but waiting for it to finish failed: {}",
+                cli.message
+            ),
+        )
+    };
     if secs == 0 {
         return poller.wait().await.map_err(on_error);
     }
@@ -576,7 +587,10 @@ pub async fn run(conn: &Conn, command: SecretCommand, out: &mut dyn Write) -> Cl
                 // A delete whose answer was lost (a dropped connection, a gateway's 5xx) is tried again and
                 // meets the secret it deleted: 404. A secret deleted while this command ran is taken as this
                 // command's doing, not as "not found".
-                Err(e) if e.kind() == keyvault_secrets::ErrorKind::ResourceNotFound => {
+                Err(e)
+                    if e.kind() == keyvault_secrets::ErrorKind::ResourceNotFound
+                        && crate::notes::retried_after_a_try_that_may_have_been_applied() =>
+                {
                     let Some(d) = deleted_since(client, &a.name, started).await else {
                         return Err(err(target)(e));
                     };

@@ -480,7 +480,23 @@ fn token_authority_failures_are_told_apart() {
         e.stderr
             .starts_with("error: cannot get a token, the authority's certificate was refused:")
             && e.stderr.contains("invalid peer certificate")
-            && e.stderr.matches("invalid peer certificate").count() == 1,
+            && e.stderr.matches("invalid peer certificate").count() == 1
+            && !e.stderr.contains("SecretClientOptions"),
+        "{}",
+        e.stderr
+    );
+    // The authority's certificate, trusted, but not for the name used: the hint names --authority-host.
+    let by_name = v.url.replace("127.0.0.1", "localhost");
+    let e = kv_at_env(
+        &v,
+        &[("AZURE_AUTHORITY_HOST", &by_name)],
+        &["secret", "show", "x"],
+    )
+    .code(1);
+    assert!(
+        e.stderr.contains("the authority's certificate was refused")
+            && e.stderr.contains("--authority-host")
+            && !e.stderr.contains("--vault-url"),
         "{}",
         e.stderr
     );
@@ -500,11 +516,14 @@ fn token_authority_failures_are_told_apart() {
 }
 
 /// A delete whose answer was lost is tried again and meets a secret already deleted (404): if the vault
-/// deleted it while the command ran, the command reports it deleted (with a note), not "not found"; a secret
-/// deleted long before is still "not found" (exit 3).
+/// deleted it while the command ran, the command reports it deleted (with a note), not "not found"; not when
+/// the 404 came without a retry (someone else deleted it), nor for a secret deleted long before (exit 3).
 #[test]
 fn a_retried_delete_that_finds_its_own_deletion_succeeds() {
-    let v = fake_vault(|method, target| {
+    let tried = std::sync::Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let v = fake_vault(move |method, target| {
         let path = target.split('?').next().unwrap_or_default();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -525,6 +544,10 @@ fn a_retried_delete_that_finds_its_own_deletion_succeeds() {
             )
         };
         match (method, path) {
+            // Each name's first DELETE "applied" and its answer lost (the connection closed); then 404.
+            ("DELETE", _) if tried.lock().unwrap().insert(path.to_string()) => {
+                (0, Vec::new(), String::new())
+            }
             ("DELETE", _) => json(
                 404,
                 r#"{"error":{"code":"SecretNotFound","message":"A secret with (name/id) was not found in this key vault."}}"#,
@@ -534,7 +557,8 @@ fn a_retried_delete_that_finds_its_own_deletion_succeeds() {
             _ => json(404, "{}"),
         }
     });
-    let out = kv_at(&v, &["secret", "delete", "just-now", "-o", "json"]).code(0);
+    let retry = [("KEYVAULT_MAX_RETRIES", "1")];
+    let out = kv_at_env(&v, &retry, &["secret", "delete", "just-now", "-o", "json"]).code(0);
     assert!(
         out.stderr
             .contains("it was deleted just now: an earlier try of this delete did it"),
@@ -543,6 +567,43 @@ fn a_retried_delete_that_finds_its_own_deletion_succeeds() {
     );
     let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(shown["name"], "just-now", "{shown}");
-    let e = kv_at(&v, &["secret", "delete", "long-ago"]).code(3);
+    // Again: a 404 at the first try (no retry) is "not found", whoever deleted it just now.
+    let e = kv_at_env(&v, &retry, &["secret", "delete", "just-now"]).code(3);
     assert!(e.stderr.contains("not found"), "{}", e.stderr);
+    let e = kv_at_env(&v, &retry, &["secret", "delete", "long-ago"]).code(3);
+    assert!(e.stderr.contains("not found"), "{}", e.stderr);
+}
+
+/// A poll of `delete --wait` throttled past what the client waits fails the wait, and the error says the
+/// delete itself was accepted (exit 7: throttled).
+#[test]
+fn a_throttled_wait_says_the_request_was_accepted() {
+    let deleted = serde_json::json!({
+        "recoveryId": "https://kv.example/deletedsecrets/x",
+        "deletedDate": 1_700_000_000u64,
+        "scheduledPurgeDate": 1_700_604_800u64,
+        "id": "https://kv.example/secrets/x/968bc1b35f5449dfaf7109294020deb5",
+        "attributes": {"enabled": true, "created": 1_699_999_990u64, "updated": 1_699_999_990u64,
+            "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 7}
+    })
+    .to_string();
+    let v = fake_vault(move |method, _| match method {
+        "DELETE" => json(200, deleted.clone()),
+        _ => {
+            let mut a = json(
+                429,
+                r#"{"error":{"code":"Throttled","message":"slow down"}}"#,
+            );
+            a.1.push(("retry-after", "3600".to_string()));
+            a
+        }
+    });
+    let e = kv_at(&v, &["secret", "delete", "x", "--wait"]).code(7);
+    assert!(
+        e.stderr.starts_with(
+            "error: the vault accepted the request (deleting secret 'x'), but waiting for it to finish failed:"
+        ) && e.stderr.contains("429"),
+        "{}",
+        e.stderr
+    );
 }

@@ -446,10 +446,10 @@ impl ClientInner {
         self.call(request).await?.json()
     }
 
-    /// One poll of a long-running operation: 200/403 = done (`true`), 404 = not yet (`false`), a 429 or 503
-    /// that the retries gave back (its `Retry-After` longer than the client waits, or the retries ran out) =
-    /// not known yet (`false`: the operation was accepted, and the next poll asks again), else an error. The
-    /// response comes back for the poller to read (the service's answer, or the 404's error).
+    /// One poll of a long-running operation: 200/403 = done (`true`), 404 = not yet (`false`), else an
+    /// error (as Python's poller: a 429 or 503 the retries gave back fails the wait, with the service's
+    /// answer, rather than polling on without saying why). The response comes back for the poller to read
+    /// (the service's answer, or the 404's error).
     pub(crate) async fn operation_done(&self, path: &str) -> Result<(bool, Response)> {
         let response = self
             .pipeline
@@ -460,9 +460,7 @@ impl ClientInner {
             .await?;
         match response.status {
             s if s.is_success() || s == StatusCode::FORBIDDEN => Ok((true, response)),
-            StatusCode::NOT_FOUND
-            | StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::SERVICE_UNAVAILABLE => Ok((false, response)),
+            StatusCode::NOT_FOUND => Ok((false, response)),
             _ => Err(response.to_error()),
         }
     }

@@ -411,8 +411,7 @@ impl<T: PollerResult> Poller<T> {
             .operation_done(&T::status_path(&self.name))
             .await?;
         if !done {
-            // Only "not found" answers count (a throttled poll tells nothing).
-            if self.resumed && response.status == crate::http::StatusCode::NOT_FOUND {
+            if self.resumed {
                 self.not_found += 1;
                 if self.not_found >= RESUMED_NOT_FOUND_LIMIT {
                     let gone = response.to_error();

@@ -170,10 +170,11 @@ async fn throttling_longer_than_the_caller_waits_returns_the_429() {
     assert_eq!(server.requests().len(), 2 + 1);
 }
 
-/// A delete poll throttled for longer than the client waits (the 429 given back at once) is not the
-/// operation's failure: the delete was accepted, and the poller asks again at its next poll.
+/// A delete poll throttled for longer than the client waits (the 429 given back at once) fails the wait
+/// with the service's answer, as Python's poller does (it does not poll on without saying why); the delete
+/// itself was accepted, and a later wait finds it done.
 #[tokio::test]
-async fn a_throttled_poll_is_polled_again() {
+async fn a_throttled_poll_fails_the_wait_with_the_429() {
     const DELETED: &str = r#"{"recoveryId":"https://kv.vault.azure.net/deletedsecrets/n","deletedDate":1613504488,"scheduledPurgeDate":1614109288,"id":"https://kv.vault.azure.net/secrets/n/968bc1b35f5449dfaf7109294020deb5","attributes":{"enabled":true,"created":1613504488,"updated":1613504488,"recoveryLevel":"CustomizedRecoverable+Purgeable","recoverableDays":7}}"#;
     let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = polls.clone();
@@ -196,11 +197,18 @@ async fn a_throttled_poll_is_polled_again() {
     let c = client(&server.url, &server.ca_pem);
     let mut poller = c.begin_delete_secret("n").await.unwrap();
     poller.set_polling_interval(Duration::from_millis(20));
+    let started = Instant::now();
+    let e = poller
+        .wait_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(
         poller.wait_timeout(Duration::from_secs(5)).await.unwrap(),
         keyvault_secrets::PollerStatus::Succeeded
     );
-    assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 /// A connection error tells whether the request may have reached the service: not for a port that refuses
