@@ -242,8 +242,6 @@ impl CliError {
     }
 }
 
-/// What to do about a server certificate the client refused, from rustls's words for it (`None`: not such
-/// an error).
 /// `text` without the library's own advice on an untrusted CA (it names a Rust option; the CLI's hint
 /// names its flag).
 fn without_library_hint(text: String) -> String {
@@ -256,6 +254,8 @@ fn without_library_hint(text: String) -> String {
     }
 }
 
+/// What to do about a server certificate the client refused, from rustls's words for it (`None`: not such
+/// an error).
 fn certificate_hint(message: &str) -> Option<&'static str> {
     let m = message.to_ascii_lowercase();
     if !m.contains("invalid peer certificate") {

@@ -8,8 +8,9 @@ use tracing_subscriber::layer::{Context, Layer};
 /// Prints `note: …` for each retry (the client's `RETRY_LOG_TARGET` events).
 pub struct RetryNotes;
 
-/// Whether a request was retried after a try the vault may have applied (a connection error, or a 5xx or
-/// 408 that a gateway may have sent after forwarding it) — not after a 429, which the vault refused.
+/// Whether a secret's DELETE was retried after a try the vault may have applied (a connection lost after
+/// the request was sent, or an error status other than 429, which a gateway may have sent after forwarding
+/// it) — not a token request's retry, nor one after a 429 (refused) or a connection never made.
 static RETRIED_AFTER_MAYBE_APPLIED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -21,6 +22,9 @@ pub fn retried_after_a_try_that_may_have_been_applied() -> bool {
 #[derive(Default)]
 struct Retry {
     url: String,
+    method: String,
+    /// For a connection error: whether the failed try may have reached the vault.
+    sent: Option<bool>,
     status: Option<u64>,
     /// A connection error's description (no status then).
     error: Option<String>,
@@ -46,9 +50,16 @@ impl Visit for Retry {
         }
     }
 
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if field.name() == "sent" {
+            self.sent = Some(value);
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         match field.name() {
             "url" => self.url = format!("{value:?}"),
+            "method" => self.method = format!("{value:?}"),
             "error" => self.error = Some(format!("{value:?}")),
             _ => {}
         }
@@ -56,6 +67,18 @@ impl Visit for Retry {
 }
 
 impl Retry {
+    /// A retry of a secret's DELETE after a try the vault may have applied.
+    fn may_have_applied_a_delete(&self) -> bool {
+        let path = self.url.split('?').next().unwrap_or_default();
+        let deletes_a_secret = self.method == "DELETE" && path.contains("/secrets/");
+        let applied = match (self.status, self.sent) {
+            (Some(status), _) => status != 429,
+            (None, Some(sent)) => sent,
+            (None, None) => false,
+        };
+        deletes_a_secret && applied
+    }
+
     fn note(&self) -> Option<String> {
         // The URL without its query (api-version and the like say nothing here).
         let url = self.url.split('?').next().unwrap_or_default();
@@ -99,7 +122,7 @@ impl<S: tracing::Subscriber> Layer<S> for RetryNotes {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let mut retry = Retry::default();
         event.record(&mut retry);
-        if retry.error.is_some() || retry.status.is_some_and(|s| s != 429) {
+        if retry.may_have_applied_a_delete() {
             RETRIED_AFTER_MAYBE_APPLIED.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(note) = retry.note() {
@@ -112,6 +135,34 @@ impl<S: tracing::Subscriber> Layer<S> for RetryNotes {
 mod tests {
     use super::Retry;
 
+    /// Only a secret's DELETE retried after a try the vault may have applied counts: not a token request's
+    /// retry, not a 429, not a connection that was never made.
+    #[test]
+    fn a_delete_that_may_have_been_applied_is_told() {
+        let mut r = Retry {
+            url: "https://v.example/secrets/a?api-version=7.6".into(),
+            method: "DELETE".into(),
+            status: Some(503),
+            ..Default::default()
+        };
+        assert!(r.may_have_applied_a_delete());
+        r.status = Some(429);
+        assert!(!r.may_have_applied_a_delete());
+        r.status = None;
+        r.sent = Some(true);
+        assert!(r.may_have_applied_a_delete());
+        r.sent = Some(false);
+        assert!(!r.may_have_applied_a_delete());
+        r.sent = None;
+        r.status = Some(503);
+        r.method = "POST".into();
+        r.url = "https://login.example/t/oauth2/v2.0/token".into();
+        assert!(!r.may_have_applied_a_delete());
+        r.method = "GET".into();
+        r.url = "https://v.example/deletedsecrets/a".into();
+        assert!(!r.may_have_applied_a_delete());
+    }
+
     #[test]
     fn every_retry_is_noted() {
         let mut r = Retry {
@@ -121,6 +172,7 @@ mod tests {
             retry: 1,
             max_retries: 3,
             delay_ms: 9500,
+            ..Default::default()
         };
         assert_eq!(
             r.note().unwrap(),

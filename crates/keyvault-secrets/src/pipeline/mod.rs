@@ -229,6 +229,7 @@ impl Pipeline {
                 Ok(resp) => tracing::info!(
                     target: RETRY_TARGET,
                     url = %url,
+                    method = %req.method,
                     status = resp.status.as_u16(),
                     retry = attempt + 1,
                     max_retries = self.retry.max_retries,
@@ -238,6 +239,9 @@ impl Pipeline {
                 Err(e) => tracing::info!(
                     target: RETRY_TARGET,
                     url = %url,
+                    method = %req.method,
+                    // Whether the failed try may have reached the service.
+                    sent = !e.is_request_unsent(),
                     error = %e,
                     retry = attempt + 1,
                     max_retries = self.retry.max_retries,
