@@ -741,15 +741,19 @@ fn connection_and_credential_errors() {
     );
     assert!(!e.stderr.contains("SecretClientOptions"), "{}", e.stderr);
     assert!(!e.stderr.contains("retry"), "{}", e.stderr);
-    // A wrong client secret from the AZURE_* variables: exit 5.
-    let mut c = command(None);
-    c.env("AZURE_TENANT_ID", "keyvault-rs")
-        .env("AZURE_CLIENT_ID", "nobody")
-        .env("AZURE_CLIENT_SECRET", "wrong-secret-xyz")
-        .env("AZURE_AUTHORITY_HOST", &v.url)
-        .env("KEYVAULT_CA_FILE", &v.ca);
+    // A client secret from the AZURE_* variables, for the authority at `authority`.
+    let with_secret = |secret: &str, authority: &str| {
+        let mut c = command(None);
+        c.env("AZURE_TENANT_ID", "keyvault-rs")
+            .env("AZURE_CLIENT_ID", "nobody")
+            .env("AZURE_CLIENT_SECRET", secret)
+            .env("AZURE_AUTHORITY_HOST", authority)
+            .env("KEYVAULT_CA_FILE", &v.ca);
+        c
+    };
+    // A wrong one: exit 5.
     let e = run_with(
-        c,
+        with_secret("wrong-secret-xyz", &v.url),
         &[
             "secret",
             "list",
@@ -771,14 +775,8 @@ fn connection_and_credential_errors() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gone = format!("https://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut c = command(None);
-    c.env("AZURE_TENANT_ID", "keyvault-rs")
-        .env("AZURE_CLIENT_ID", "nobody")
-        .env("AZURE_CLIENT_SECRET", "any-secret-xyz")
-        .env("AZURE_AUTHORITY_HOST", &gone)
-        .env("KEYVAULT_CA_FILE", &v.ca);
     let e = run_with(
-        c,
+        with_secret("any-secret-xyz", &gone),
         &[
             "secret",
             "list",

@@ -529,20 +529,7 @@ fn a_retried_delete_that_finds_its_own_deletion_succeeds() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let deleted = |name: &str, at: u64| {
-            json(
-                200,
-                serde_json::json!({
-                    "recoveryId": format!("https://kv.example/deletedsecrets/{name}"),
-                    "deletedDate": at,
-                    "scheduledPurgeDate": at + 7 * 86400,
-                    "id": format!("https://kv.example/secrets/{name}/968bc1b35f5449dfaf7109294020deb5"),
-                    "attributes": {"enabled": true, "created": at - 10, "updated": at - 10,
-                        "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 7}
-                })
-                .to_string(),
-            )
-        };
+        let deleted = |name: &str, at: u64| json(200, deleted_bundle(name, at));
         match (method, path) {
             // Each name's first DELETE "applied" and its answer lost (the connection closed); then 404.
             ("DELETE", _) if tried.lock().unwrap().insert(path.to_string()) => {
@@ -578,15 +565,7 @@ fn a_retried_delete_that_finds_its_own_deletion_succeeds() {
 /// delete itself was accepted (exit 7: throttled).
 #[test]
 fn a_throttled_wait_says_the_request_was_accepted() {
-    let deleted = serde_json::json!({
-        "recoveryId": "https://kv.example/deletedsecrets/x",
-        "deletedDate": 1_700_000_000u64,
-        "scheduledPurgeDate": 1_700_604_800u64,
-        "id": "https://kv.example/secrets/x/968bc1b35f5449dfaf7109294020deb5",
-        "attributes": {"enabled": true, "created": 1_699_999_990u64, "updated": 1_699_999_990u64,
-            "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 7}
-    })
-    .to_string();
+    let deleted = deleted_bundle("x", 1_700_000_000);
     let v = fake_vault(move |method, _| match method {
         "DELETE" => json(200, deleted.clone()),
         _ => {
@@ -606,4 +585,17 @@ fn a_throttled_wait_says_the_request_was_accepted() {
         "{}",
         e.stderr
     );
+}
+
+/// A deleted secret's bundle as Key Vault answers it, deleted at `at` (Unix seconds).
+fn deleted_bundle(name: &str, at: u64) -> String {
+    serde_json::json!({
+        "recoveryId": format!("https://kv.example/deletedsecrets/{name}"),
+        "deletedDate": at,
+        "scheduledPurgeDate": at + 7 * 86400,
+        "id": format!("https://kv.example/secrets/{name}/968bc1b35f5449dfaf7109294020deb5"),
+        "attributes": {"enabled": true, "created": at - 10, "updated": at - 10,
+            "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 7}
+    })
+    .to_string()
 }
