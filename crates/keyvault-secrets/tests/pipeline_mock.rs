@@ -771,10 +771,15 @@ async fn extreme_retry_delays_never_panic_and_statuses_up_to_998_are_retried() {
                 .and_then(|s| s.get(..3))
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(503);
-            MockResponse::json(
+            let answer = MockResponse::json(
                 status,
                 r#"{"error":{"code":"ServiceUnavailable","message":"busy"}}"#,
-            )
+            );
+            if req.target.contains("huge") {
+                answer.header("retry-after", &u64::MAX.to_string())
+            } else {
+                answer
+            }
         }
     })
     .await;
@@ -800,6 +805,26 @@ async fn extreme_retry_delays_never_panic_and_statuses_up_to_998_are_retried() {
         let challenge = usize::from(i == 0);
         assert_eq!(server.requests().len() - before, challenge + 3);
     }
+    // The longest cap there is, with a Retry-After too long for any clock, within a call timeout: no panic
+    // (the deadline's arithmetic overflows), the 503 comes back at once. And the longest timeout there is
+    // is no timeout (no panic either).
+    let options = |timeout| keyvault_secrets::CallOptions {
+        timeout: Some(timeout),
+        retry: Some(RetryOptions {
+            max_retries: 1,
+            initial_delay: Duration::ZERO,
+            max_delay: Duration::MAX,
+        }),
+        ..Default::default()
+    };
+    let view = c
+        .with_call_options(options(Duration::from_secs(3600)))
+        .unwrap();
+    let e = view.get_secret("status-503-huge", None).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    let view = c.with_call_options(options(Duration::MAX)).unwrap();
+    let e = view.get_secret("status-404", None).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
     // azure-core retries 506..=998 (not 501, 505 nor 999).
     let before = server.requests().len();
     let cases = [(599, 3), (600, 3), (998, 3), (999, 1), (501, 1), (505, 1)];

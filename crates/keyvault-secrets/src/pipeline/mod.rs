@@ -155,7 +155,10 @@ impl Pipeline {
             return self.send_with_retries(req, None).await;
         };
         let url = logging::redacted_url(&req.url);
-        let deadline = tokio::time::Instant::now() + limit;
+        // A timeout too long to be a time (`Duration::MAX`) is no timeout.
+        let Some(deadline) = tokio::time::Instant::now().checked_add(limit) else {
+            return self.send_with_retries(req, None).await;
+        };
         match tokio::time::timeout_at(deadline, self.send_with_retries(req, Some(deadline))).await {
             Ok(result) => result,
             Err(_elapsed) => Err(Error::new(
@@ -218,8 +221,9 @@ impl Pipeline {
             let delay = delay.min(self.retry.max_delay);
             // A response is returned rather than lost to the timeout; a connection error waits on, and the
             // call ends as timed out (what its caller set a timeout for).
-            if result.is_ok() && deadline.is_some_and(|d| tokio::time::Instant::now() + delay >= d)
-            {
+            let past_deadline =
+                |d| (tokio::time::Instant::now().checked_add(delay)).is_none_or(|end| end >= d);
+            if result.is_ok() && deadline.is_some_and(past_deadline) {
                 return result;
             }
             // At INFO under its own target, so that an application can tell its user why a call waits (a 429's
