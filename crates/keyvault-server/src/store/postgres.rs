@@ -732,6 +732,16 @@ impl PostgresStore {
         run_on(&self.pool, op).await
     }
 
+    /// Run one operation that only reads on a pooled connection, bounded by [`OPERATION_TIMEOUT`], and once
+    /// more on another if the database closed that connection under it ([`read_on_for`]).
+    async fn read<T, M, F>(&self, op: M) -> StoreResult<T>
+    where
+        M: Fn() -> F,
+        F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
+    {
+        read_on_for(&self.pool, OPERATION_TIMEOUT, op).await
+    }
+
     /// Statements that wrote more than one set (see [`batch`]).
     pub fn set_batches_run(&self) -> u64 {
         self.sets.batches_run()
@@ -843,6 +853,45 @@ where
 {
     let mut pooled = pool.get().await?;
     match tokio::time::timeout(limit, op(pooled.conn())).await {
+        Ok(result) => pooled.finish(result),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the database did not answer within {limit:?}"
+        ))),
+    }
+}
+
+/// [`run_on_for`] for an operation that only reads: when the pooled connection it ran on was closed under it
+/// (the database ended the session: a restart, a failover, `pg_terminate_backend`), it runs once more on
+/// another connection within what is left of `limit`. A read changes nothing, so running it twice is safe;
+/// a write is never run again (its first try may have committed). A connection opened for this read that
+/// fails is not retried: the database itself is unreachable, and the caller gets `Unavailable` at once.
+/// `op` makes the operation (called once per try).
+async fn read_on_for<T, M, F>(pool: &Pool, limit: Duration, op: M) -> StoreResult<T>
+where
+    M: Fn() -> F,
+    F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pooled = pool.get().await?;
+    let result = match tokio::time::timeout_at(deadline, op()(pooled.conn())).await {
+        Ok(result) => result,
+        Err(_) => {
+            return Err(StoreError::Unavailable(format!(
+                "the database did not answer within {limit:?}"
+            )));
+        }
+    };
+    let lost =
+        matches!(result, Err(StoreError::Unavailable(_))) && pooled.lost_while_pooled().await;
+    let result = pooled.finish(result);
+    if !lost {
+        return result;
+    }
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, "a pooled PostgreSQL connection was closed under a read: reading again on another");
+    }
+    let mut pooled = pool.get().await?;
+    match tokio::time::timeout_at(deadline, op()(pooled.conn())).await {
         Ok(result) => pooled.finish(result),
         Err(_) => Err(StoreError::Unavailable(format!(
             "the database did not answer within {limit:?}"
@@ -1309,14 +1358,16 @@ impl SecretStore for PostgresStore {
         limit: usize,
     ) -> StoreResult<Vec<VersionRow>> {
         let after = after.map(name_key).unwrap_or_default();
-        self.run(async |c| {
-            let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_LATEST).await?;
-            c.client
-                .query(&st, &[&vault, &after, &sql_limit(limit), &until])
-                .await?
-                .iter()
-                .map(|r| version_row(r, 0))
-                .collect()
+        self.read(|| {
+            async |c| {
+                let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_LATEST).await?;
+                c.client
+                    .query(&st, &[&vault, &after, &sql_limit(limit), &until])
+                    .await?
+                    .iter()
+                    .map(|r| version_row(r, 0))
+                    .collect()
+            }
         })
         .await
     }
@@ -1331,9 +1382,11 @@ impl SecretStore for PostgresStore {
         let key = name_key(name);
         // Every version id sorts after "" (ids are 32 hex digits).
         let after = after.unwrap_or_default();
-        self.run(async |c| {
-            let Conn { client, stmts } = c;
-            versions_of_live(stmts, &*client, vault, &key, after, sql_limit(limit)).await
+        self.read(|| {
+            async |c| {
+                let Conn { client, stmts } = c;
+                versions_of_live(stmts, &*client, vault, &key, after, sql_limit(limit)).await
+            }
         })
         .await
     }
@@ -1346,15 +1399,17 @@ impl SecretStore for PostgresStore {
     ) -> StoreResult<Vec<VersionRow>> {
         let key = name_key(name);
         let limit = i64::try_from(at_most).unwrap_or(i64::MAX);
-        self.run(async |c| {
-            let Conn { client, stmts } = c;
-            let st = Conn::prepare(stmts, &*client, SQL_ALL_VERSIONS_OF_LIVE).await?;
-            client
-                .query(&st, &[&vault, &key, &limit])
-                .await?
-                .iter()
-                .map(|r| version_row(r, 0))
-                .collect()
+        self.read(|| {
+            async |c| {
+                let Conn { client, stmts } = c;
+                let st = Conn::prepare(stmts, &*client, SQL_ALL_VERSIONS_OF_LIVE).await?;
+                client
+                    .query(&st, &[&vault, &key, &limit])
+                    .await?
+                    .iter()
+                    .map(|r| version_row(r, 0))
+                    .collect()
+            }
         })
         .await
     }
@@ -1374,9 +1429,11 @@ impl SecretStore for PostgresStore {
 
     async fn get_deleted(&self, vault: &str, name: &str) -> StoreResult<Option<DeletedRow>> {
         let key = name_key(name);
-        self.run(async |c| {
-            let Conn { client, stmts } = c;
-            find_deleted(stmts, &*client, vault, &key).await
+        self.read(|| {
+            async |c| {
+                let Conn { client, stmts } = c;
+                find_deleted(stmts, &*client, vault, &key).await
+            }
         })
         .await
     }
@@ -1389,14 +1446,16 @@ impl SecretStore for PostgresStore {
         limit: usize,
     ) -> StoreResult<Vec<DeletedRow>> {
         let after = after.map(name_key).unwrap_or_default();
-        self.run(async |c| {
-            let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_DELETED).await?;
-            c.client
-                .query(&st, &[&vault, &after, &sql_limit(limit), &until])
-                .await?
-                .iter()
-                .map(deleted_row)
-                .collect()
+        self.read(|| {
+            async |c| {
+                let st = Conn::prepare(&mut c.stmts, &c.client, SQL_LIST_DELETED).await?;
+                c.client
+                    .query(&st, &[&vault, &after, &sql_limit(limit), &until])
+                    .await?
+                    .iter()
+                    .map(deleted_row)
+                    .collect()
+            }
         })
         .await
     }
@@ -1458,12 +1517,14 @@ impl SecretStore for PostgresStore {
     }
 
     async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.run(async |c| {
-            let row = c
-                .client
-                .query_opt("SELECT value FROM kv_meta WHERE key = $1", &[&key])
-                .await?;
-            row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+        self.read(|| {
+            async |c| {
+                let row = c
+                    .client
+                    .query_opt("SELECT value FROM kv_meta WHERE key = $1", &[&key])
+                    .await?;
+                row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+            }
         })
         .await
     }
@@ -1486,24 +1547,26 @@ impl SecretStore for PostgresStore {
     }
 
     async fn any_sealed(&self) -> StoreResult<Option<SealedValue>> {
-        self.run(async |c| {
-            let row = c
-                .client
-                .query_opt(
-                    "SELECT vault, name_key, version, sealed FROM kv_versions LIMIT 1",
-                    &[],
-                )
-                .await?;
-            row.map(|r| -> Result<SealedValue, tokio_postgres::Error> {
-                Ok(SealedValue {
-                    vault: r.try_get(0)?,
-                    name_key: r.try_get(1)?,
-                    version: r.try_get(2)?,
-                    sealed: r.try_get(3)?,
+        self.read(|| {
+            async |c| {
+                let row = c
+                    .client
+                    .query_opt(
+                        "SELECT vault, name_key, version, sealed FROM kv_versions LIMIT 1",
+                        &[],
+                    )
+                    .await?;
+                row.map(|r| -> Result<SealedValue, tokio_postgres::Error> {
+                    Ok(SealedValue {
+                        vault: r.try_get(0)?,
+                        name_key: r.try_get(1)?,
+                        version: r.try_get(2)?,
+                        sealed: r.try_get(3)?,
+                    })
                 })
-            })
-            .transpose()
-            .map_err(Into::into)
+                .transpose()
+                .map_err(Into::into)
+            }
         })
         .await
     }
@@ -1520,28 +1583,30 @@ impl SecretStore for PostgresStore {
         };
         let after = after.unwrap_or(&empty);
         let limit = sql_limit(limit);
-        self.run(async |c| {
-            // A row comparison over the unique (vault, name_key, version) index (COLLATE "C": byte order).
-            let rows = c
-                .client
-                .query(
-                    "SELECT vault, name_key, version, sealed FROM kv_versions
+        self.read(|| {
+            async |c| {
+                // A row comparison over the unique (vault, name_key, version) index (COLLATE "C": byte order).
+                let rows = c
+                    .client
+                    .query(
+                        "SELECT vault, name_key, version, sealed FROM kv_versions
                      WHERE (vault, name_key, version) > ($1, $2, $3)
                      ORDER BY vault, name_key, version LIMIT $4",
-                    &[&after.vault, &after.name_key, &after.version, &limit],
-                )
-                .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(SealedValue {
-                        vault: r.try_get(0)?,
-                        name_key: r.try_get(1)?,
-                        version: r.try_get(2)?,
-                        sealed: r.try_get(3)?,
+                        &[&after.vault, &after.name_key, &after.version, &limit],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(SealedValue {
+                            vault: r.try_get(0)?,
+                            name_key: r.try_get(1)?,
+                            version: r.try_get(2)?,
+                            sealed: r.try_get(3)?,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
-                .map_err(Into::into)
+                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                    .map_err(Into::into)
+            }
         })
         .await
     }

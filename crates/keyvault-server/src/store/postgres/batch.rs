@@ -36,7 +36,8 @@ use tokio::sync::oneshot;
 
 use super::pool::{Conn, Pool};
 use super::{
-    OPERATION_TIMEOUT, SQL_GET_MANY, find_live, is_unique_violation, put, run_on_for, version_row,
+    OPERATION_TIMEOUT, SQL_GET_MANY, find_live, is_unique_violation, put, read_on_for, run_on_for,
+    version_row,
 };
 use crate::store::{StoreError, StoreResult, VersionRow, tags_json};
 
@@ -104,6 +105,9 @@ pub trait Work: Sized + Send + Sync + 'static {
     /// any statement it can still start may take in the database ([`super::STATEMENT_LIMIT`]), so that an
     /// operation answered `Unavailable` for it was not done.
     const LIMIT: Duration;
+    /// Whether this work only reads: then a batch whose pooled connection the database closed under it runs
+    /// once more on another ([`super::read_on_for`]); a write never does (its first try may have committed).
+    const READ_ONLY: bool;
     /// Run `batch` on `conn`: each operation's answer, in order; Err when the whole batch failed.
     fn run(
         conn: &mut Conn,
@@ -214,10 +218,7 @@ impl<W: Work> Batcher<W> {
                 name,
             };
             let started = Instant::now();
-            let mut answers = run_on_for(&self.pool, W::LIMIT, async |c| {
-                W::run(c, std::slice::from_ref(&work)).await
-            })
-            .await?;
+            let mut answers = run_batch(&self.pool, std::slice::from_ref(&work)).await?;
             self.ran(1, started);
             return answers.pop().unwrap_or_else(|| {
                 Err(StoreError::Internal("a batch of one had no answer".into()))
@@ -334,7 +335,7 @@ impl<W: Work> Batcher<W> {
     /// Run one batch and answer its operations.
     async fn run(&self, works: Vec<W>, answers: Vec<oneshot::Sender<StoreResult<W::Answer>>>) {
         let started = Instant::now();
-        let results = run_on_for(&self.pool, W::LIMIT, async |c| W::run(c, &works).await).await;
+        let results = run_batch(&self.pool, &works).await;
         if results.is_ok() {
             self.ran(works.len(), started);
         }
@@ -353,6 +354,15 @@ impl<W: Work> Batcher<W> {
                 }
             }
         }
+    }
+}
+
+/// Run `works` as one batch on a pooled connection, bounded by [`Work::LIMIT`].
+async fn run_batch<W: Work>(pool: &Pool, works: &[W]) -> StoreResult<Vec<StoreResult<W::Answer>>> {
+    if W::READ_ONLY {
+        read_on_for(pool, W::LIMIT, || async |c| W::run(c, works).await).await
+    } else {
+        run_on_for(pool, W::LIMIT, async |c| W::run(c, works).await).await
     }
 }
 
@@ -416,6 +426,7 @@ impl Work for Set {
     const LIMIT: Duration = FALLBACK_STARTS_WITHIN
         .saturating_add(super::STATEMENT_LIMIT.saturating_mul(2))
         .saturating_add(Duration::from_secs(2));
+    const READ_ONLY: bool = false;
 
     fn exclusive_name(&self) -> Option<(&str, &str)> {
         Some((&self.vault, &self.key))
@@ -436,6 +447,7 @@ pub struct Get {
 impl Work for Get {
     type Answer = Option<VersionRow>;
     const LIMIT: Duration = OPERATION_TIMEOUT;
+    const READ_ONLY: bool = true;
 
     fn exclusive_name(&self) -> Option<(&str, &str)> {
         None

@@ -28,6 +28,9 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long opening a connection (TCP, startup, authentication) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`Pooled::lost_while_pooled`] waits for a connection whose operation failed to close.
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
+
 /// One connection and the statements prepared on it.
 pub struct Conn {
     pub client: Client,
@@ -101,6 +104,7 @@ impl Pool {
                 return Ok(Pooled {
                     pool: self,
                     conn: Some(conn),
+                    reused: true,
                     reusable: false,
                     finished: false,
                     _permit: permit,
@@ -114,6 +118,7 @@ impl Pool {
                 client,
                 stmts: HashMap::new(),
             }),
+            reused: false,
             reusable: false,
             finished: false,
             _permit: permit,
@@ -281,6 +286,8 @@ where
 pub struct Pooled<'a> {
     pool: &'a Pool,
     conn: Option<Conn>,
+    /// Taken from the idle connections (not opened for this checkout).
+    reused: bool,
     reusable: bool,
     /// [`Pooled::finish`] was called: dropped without it, the operation was given up half-way.
     finished: bool,
@@ -290,6 +297,24 @@ pub struct Pooled<'a> {
 impl Pooled<'_> {
     pub fn conn(&mut self) -> &mut Conn {
         self.conn.as_mut().expect("present until drop")
+    }
+
+    /// Whether this connection was taken from the idle ones and has closed since: the database ended its
+    /// session (a restart, a failover, `pg_terminate_backend`) while it idled or under the operation. A
+    /// session ended by the server sends its error first and then closes, so a connection that is still open
+    /// is given [`CLOSE_GRACE`] to close.
+    pub async fn lost_while_pooled(&self) -> bool {
+        let Some(conn) = self.conn.as_ref().filter(|_| self.reused) else {
+            return false;
+        };
+        let until = tokio::time::Instant::now() + CLOSE_GRACE;
+        while !conn.client.is_closed() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
     }
 
     /// The operation is over with `result`: keep the connection unless the failure was the connection's.

@@ -527,6 +527,86 @@ async fn a_database_restart_fails_fast_then_heals() {
     assert!(store.try_acquire_leadership().await.unwrap());
 }
 
+/// Ends the session of backend `pid` from another thread, with its own runtime and connection, and returns
+/// once the backend is gone. The calling thread is blocked meanwhile: on a current-thread runtime, the store's
+/// connection task cannot notice its session ending before the store next uses it (a connection that died
+/// in the pool or under a statement, as when the database restarts or fails over).
+fn end_session_unnoticed(url: &str, pid: i32) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let other = pool::Connector::plain(tokio_postgres::Config::from_str(&url).unwrap())
+                .connect()
+                .await
+                .unwrap();
+            let ended: bool = other
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(ended, "backend {pid} was not there to end");
+            let started = Instant::now();
+            loop {
+                let left: i64 = other
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                        &[&pid],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if left == 0 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "backend {pid} stayed"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// A read whose pooled connection the database closed (a restart, a failover, `pg_terminate_backend`) runs
+/// again on a fresh connection instead of failing (a70-3); a write on such a connection fails `Unavailable`
+/// and is not run again (its first try could have committed).
+#[tokio::test]
+async fn a_read_on_a_connection_the_database_closed_runs_again_on_another() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::a_read_on_a_closed_connection") else {
+        return;
+    };
+    let store = PostgresStore::open_with_pool(&pg.url(), 1).await.unwrap();
+    put_first_versions(&store, "v", &["kept"]).await;
+    let pid =
+        async |store: &PostgresStore| column::<i32>(store, "SELECT pg_backend_pid()").await[0];
+
+    end_session_unnoticed(&pg.url(), pid(&store).await);
+    let found = store.get_version("v", "kept", None).await.unwrap().unwrap();
+    assert_eq!(found.version, unique_version(0, 0));
+
+    end_session_unnoticed(&pg.url(), pid(&store).await);
+    let versions = store.list_versions("v", "kept", None, 25).await.unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+
+    end_session_unnoticed(&pg.url(), pid(&store).await);
+    let err = store
+        .put_version("v", row("kept", unique_version(0, 1), 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    // Not written by a second try, and the store works on.
+    let found = store.get_version("v", "kept", None).await.unwrap().unwrap();
+    assert_eq!(found.version, unique_version(0, 0));
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_key_is_refused() {
     use crate::crypto::{Envelope, StaticKeyProvider};
