@@ -120,6 +120,9 @@ fn redact(v: &mut serde_json::Value) {
             for (k, v) in map.iter_mut() {
                 if is_secret_key(k) && !v.is_array() && !v.is_null() {
                     *v = serde_json::Value::String("REDACTED".into());
+                } else if let (true, serde_json::Value::Array(items)) = (is_secret_key(k), &mut *v)
+                {
+                    redact_secret_list(items);
                 } else if let (true, serde_json::Value::String(link)) =
                     (k.eq_ignore_ascii_case("nextLink"), &*v)
                 {
@@ -132,6 +135,19 @@ fn redact(v: &mut serde_json::Value) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
+    }
+}
+
+/// A list under a key [`is_secret_key`] names (a listing's `value`, a principal's `secrets`): its objects are
+/// looked into, and anything else in it (at any depth of lists) is replaced.
+fn redact_secret_list(items: &mut [serde_json::Value]) {
+    for item in items {
+        match item {
+            serde_json::Value::Object(_) => redact(item),
+            serde_json::Value::Array(inner) => redact_secret_list(inner),
+            serde_json::Value::Null => {}
+            _ => *item = serde_json::Value::String("REDACTED".into()),
+        }
     }
 }
 
@@ -204,6 +220,12 @@ mod tests {
         let s = redacted_body(b);
         assert!(!s.contains("CANARY"), "{s}");
         assert!(s.contains(r#""clientId":"app""#), "{s}");
+        // Scalars in a list under such a key are replaced too; its objects are looked into (a86).
+        let s = redacted_body(
+            br#"{"clientSecrets":["CANARY-6",["CANARY-7"],null],"value":[{"id":"a","value":"CANARY-8"}]}"#,
+        );
+        assert!(!s.contains("CANARY"), "{s}");
+        assert!(s.contains(r#""id":"a""#), "{s}");
     }
 
     #[test]
