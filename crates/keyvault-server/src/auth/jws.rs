@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeaderError {
     /// Not three dot-separated parts, not base64url, not a JSON object, or not a header `jsonwebtoken` reads
-    /// (no `alg`, an unknown one, a member of the wrong type, a member given twice).
+    /// (no `alg`, an unknown one, a member of the wrong type), or naming a member twice (any member).
     Malformed,
     /// The header has a `crit` member.
     Critical,
@@ -73,6 +73,11 @@ fn header_of(token: &str, padded: bool) -> Result<Header, HeaderError> {
     let json = URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|_| HeaderError::Malformed)?;
+    // serde refuses a repeat of the members `Header` reads, not of the others (which it skips): the same
+    // rule for every member as for a payload's (a88-2).
+    if super::token::object_has_duplicate_member(&json) {
+        return Err(HeaderError::Malformed);
+    }
     let probe: CritProbe = serde_json::from_slice(&json).map_err(|_| HeaderError::Malformed)?;
     if probe.crit {
         return Err(HeaderError::Critical);
@@ -136,6 +141,9 @@ mod tests {
             // A member given twice, `crit` or another: not a header we read two ways.
             token(r#"{"alg":"ES256","crit":["b64"],"crit":["b64"]}"#),
             token(r#"{"alg":"ES256","alg":"HS256"}"#),
+            // Also a member `Header` does not read (a88-2), escaped or not.
+            token(r#"{"alg":"ES256","kid":"k1","foo":1,"foo":2}"#),
+            token(r#"{"alg":"ES256","x5c":["a"],"\u0078\u0035c":["b"]}"#),
         ] {
             assert_eq!(
                 decode_header(&t).unwrap_err(),

@@ -489,9 +489,21 @@ fn check_times(nbf: i64, exp: i64, now: i64) -> Result<(), AuthError> {
 }
 
 /// Whether the payload of a compact JWS (`header.payload.signature`), once decoded, is a JSON object that
-/// names a member twice (at the top level; escapes decoded, so `"oid"` and `"o\u0069d"` are one name). A
-/// payload that does not decode or is not an object is `false`: the verification that follows refuses it.
+/// names a member twice ([`object_has_duplicate_member`]). A payload that does not decode or is not an
+/// object is `false`: the verification that follows refuses it.
 pub(crate) fn payload_has_duplicate_member(token: &str) -> bool {
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(json) = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else {
+        return false;
+    };
+    object_has_duplicate_member(&json)
+}
+
+/// Whether `json` is a JSON object that names a member twice (at the top level; escapes decoded, so `"oid"`
+/// and `"o\u0069d"` are one name). Text that is not an object is `false`.
+pub(crate) fn object_has_duplicate_member(json: &[u8]) -> bool {
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
     use std::borrow::Cow;
 
@@ -538,14 +550,8 @@ pub(crate) fn payload_has_duplicate_member(token: &str) -> bool {
         }
     }
 
-    let Some(payload) = token.split('.').nth(1) else {
-        return false;
-    };
-    let Ok(json) = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else {
-        return false;
-    };
     let found = std::cell::Cell::new(false);
-    let _ = serde_json::Deserializer::from_slice(&json).deserialize_map(Members { found: &found });
+    let _ = serde_json::Deserializer::from_slice(json).deserialize_map(Members { found: &found });
     found.get()
 }
 
