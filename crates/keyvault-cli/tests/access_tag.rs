@@ -315,6 +315,65 @@ fn an_untagged_access_file_is_adopted_only_with_the_flag() {
     );
 }
 
+/// The SQLite schema version of `data`'s database.
+fn schema_version(data: &Path) -> i64 {
+    rusqlite::Connection::open(data.join("vault.db"))
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+/// A data directory as a build before the tag left it — an untagged access.json beside a database of an older
+/// schema (5: no `meta` table, so no record of a tagged document): without the flag the start is refused
+/// before the database is upgraded (a87-2), so that the older build still opens it while the document is
+/// checked; with the flag the database is upgraded and the document adopted.
+#[test]
+fn an_untagged_access_file_is_refused_before_the_database_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (app, app_secret) = vault_with_a_principal(&data);
+    let (_, doc) = stored(&data);
+    std::fs::write(
+        data.join("access.json"),
+        serde_json::to_vec_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+    rusqlite::Connection::open(data.join("vault.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE meta; PRAGMA user_version = 5;")
+        .unwrap();
+
+    let out = run_dev_serve(&data, &[]).code(2);
+    assert!(
+        out.stderr.contains("has no integrity tag")
+            && out
+                .stderr
+                .contains("start once with `keyvault serve --adopt-access-document`")
+            && out.stderr.contains("Nothing was changed")
+            && out.stderr.contains("(schema version 5)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(schema_version(&data), 5, "the database was not upgraded");
+
+    let mut c = command(None);
+    c.args(dev_serve_args(&data)).arg("--adopt-access-document");
+    let (server, addr, _) = spawn_server(c);
+    cli_support::wait_for_dev_credentials_at(&data, &addr);
+    let (_, now) = stored(&data);
+    assert_eq!(now, doc);
+    assert_eq!(token_status(&data, &app, &app_secret), 200);
+    assert_eq!(
+        kv_dev(&data, &["secret", "show", "payroll", "-o", "value"])
+            .ok()
+            .stdout
+            .trim(),
+        "PAYROLL-SECRET"
+    );
+    stop_server(server);
+    assert!(schema_version(&data) > 5);
+}
+
 /// Removes the store's record that its access document was tagged (what a data directory of a build before
 /// the record looks like).
 fn forget_tagged(data: &Path) {

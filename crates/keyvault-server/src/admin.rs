@@ -512,7 +512,7 @@ fn parse_doc(bytes: &[u8], origin: &str) -> Result<AccessFile, String> {
     })
 }
 
-fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

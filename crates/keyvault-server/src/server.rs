@@ -590,6 +590,35 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartEr
     })
 }
 
+/// Refuses, before the store is opened, a start over a SQLite store that opening would upgrade to this build's
+/// schema, while its access document would then be refused (untagged, and `--adopt-access-document` not
+/// given): an upgrade is one way, so a refusal after it would leave the operator unable to go back to the older
+/// build while checking the document (a87-2). Over a store in this build's schema the same refusal comes when
+/// the document is read.
+fn check_access_document_before_an_upgrade(config: &Config) -> Result<(), StartError> {
+    if config.adopt_access_document {
+        return Ok(());
+    }
+    let Ok(StoreBackend::Sqlite(db)) = config.store_backend() else {
+        return Ok(());
+    };
+    let Some(version) = crate::store::sqlite::schema_to_upgrade(&db) else {
+        return Ok(());
+    };
+    let path = config.data_dir.join(crate::admin::ACCESS_FILE);
+    let Ok(Some(bytes)) = crate::admin::read_file(&path) else {
+        return Ok(());
+    };
+    let Some(untagged) = crate::admin::tagged::untagged(&bytes) else {
+        return Ok(());
+    };
+    Err(StartError::Setup(format!(
+        "{}. Nothing was changed: the database {} is still in an older build's form (schema version {version}),          which this build upgrades, one way, only at a start that goes on — an older build still opens it",
+        untagged.at_start(&path.display().to_string()),
+        db.display()
+    )))
+}
+
 impl Server {
     /// Open everything and bind the listener. Nothing is served until [`Server::serve`].
     pub async fn bind(config: Config) -> Result<Server, StartError> {
@@ -608,6 +637,7 @@ impl Server {
         warn_if_others_can_write(&data_dir);
         let locks = lock_server_files(&config)?;
 
+        check_access_document_before_an_upgrade(&config)?;
         // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
         let store = open_store(&config).await?;
         let provider = key_provider(&config, store.as_ref(), KeyFileCreation::WhileEmpty).await?;

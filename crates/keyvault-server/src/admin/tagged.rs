@@ -151,6 +151,22 @@ pub fn wrap(
     Ok(bytes.unwrap_or_default())
 }
 
+/// Whether stored `bytes` are an access document without this build's tag (no tag at all, or the earlier
+/// `keyvault-access/2` form): what [`unwrap`] answers [`DocError::Untagged`] for, told without any key.
+pub fn untagged(bytes: &[u8]) -> Option<DocError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let probe: Probe = serde_json::from_slice(bytes).ok()?;
+    match probe.format.as_deref() {
+        None if probe.kek.is_none() && probe.tag.is_none() && probe.document.is_none() => {
+            Some(DocError::Untagged { v2: false })
+        }
+        Some(FORMAT_V2) => Some(DocError::Untagged { v2: true }),
+        _ => None,
+    }
+}
+
 /// The document in stored `bytes`, if its tag verifies under a key `envelope` holds, for the vault `binding`
 /// names and (`revision`: the shared store's row) at that revision. `origin` names where it was read (a path,
 /// "the store").

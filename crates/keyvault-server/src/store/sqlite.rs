@@ -1395,6 +1395,21 @@ fn open_reader(path: &Path, mmap_bytes: i64) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// The schema version of the existing database at `path` when opening it would upgrade it (older than this
+/// build's, not new), read without changing anything; None for a database in this build's schema, a newer one,
+/// none at all, or one that cannot be read here (opening it says why).
+pub fn schema_to_upgrade(path: &Path) -> Option<i64> {
+    if !path.is_file() {
+        return None;
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .ok()?;
+    (1..SCHEMA_VERSION).contains(&version).then_some(version)
+}
+
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
