@@ -2,7 +2,8 @@
 """Runs the official ``azure-keyvault-secrets`` test suite, as published in its source distribution on PyPI,
 in live mode against a ``keyvault serve --dev`` started here.
 
-    run.py [--bin KEYVAULT_BIN] [--python PYTHON] [--default-version-only] [--serve-arg ARG]... [pytest args...]
+    run.py [--bin KEYVAULT_BIN] [--python PYTHON] [--default-version-only] [--serve-arg ARG]... [--nodes N]
+           [pytest args...]
     run.py --fetch-only
 
 The suite is fetched once (pinned version, checked against its SHA-256) into ``../.sdk-suite``; nothing of it
@@ -15,6 +16,13 @@ Live mode is how the Azure SDK team runs the suite against real vaults, except t
 API versions run at every version the SDK supports (the suite runs only the default one live, to keep Azure's
 pipelines short; ``--default-version-only`` keeps that rule). Its unit tests run as they are; the perf-stress
 harness is left out. A whole run fails unless at least as many tests pass as the pinned suite holds.
+
+``--nodes N`` (with a shared store: ``--serve-arg=--store=postgres://…``) runs N servers over that one store, as
+a deployment behind a load balancer does: the first node's data directory (its CA and certificate, key-encryption
+key, token-signing key and dev client) is copied for the others, every node issues and accepts tokens for one
+public address, and a TCP balancer here hands the suite's connections to the nodes in turn — a test's token may
+come from one node and its requests go to another, and consecutive tests (each with its own client) land on
+different nodes. The run fails unless every node served connections.
 """
 
 from __future__ import annotations
@@ -25,11 +33,15 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -91,10 +103,13 @@ def fetch_suite(python: str) -> Path:
     return root / "tests"
 
 
-def start_server(binary: Path, data: Path, log, extra: list[str]) -> tuple[subprocess.Popen, dict]:
+def start_server(binary: Path, data: Path, log, extra: list[str], addr: str = "127.0.0.1:0",
+                 ready=None) -> tuple[subprocess.Popen, dict]:
+    """Start ``keyvault serve --dev``; ready once ``ready()`` holds (by default: once it has written its
+    dev-credentials.json), then its credentials."""
     creds_path = data / "dev-credentials.json"
     proc = subprocess.Popen(
-        [str(binary), "serve", "--dev", "--data-dir", str(data), "--addr", "127.0.0.1:0", *extra],
+        [str(binary), "serve", "--dev", "--data-dir", str(data), "--addr", addr, *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -102,12 +117,113 @@ def start_server(binary: Path, data: Path, log, extra: list[str]) -> tuple[subpr
         if proc.poll() is not None:
             not_started(f"keyvault serve exited with {proc.returncode} before it was ready", log)
         try:
-            return proc, json.loads(creds_path.read_text())
+            if ready is None or ready():
+                return proc, json.loads(creds_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     proc.kill()
     proc.wait()
     not_started("keyvault serve was not ready within the start-up limit", log)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(port: int, ca_cert: str):
+    """A readiness check for a node at ``port``: its ``/healthz`` answers 200 over TLS with the dev CA."""
+    context = ssl.create_default_context(cafile=ca_cert)
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    return check
+
+
+class Balancer:
+    """A TCP balancer on 127.0.0.1:``port``: each accepted connection goes to the next node in turn, bytes relayed both
+    ways until either side closes. ``served[i]`` counts the connections node i got."""
+
+    def __init__(self, port: int, ports: list[int]):
+        self.ports = ports
+        self.served = [0] * len(ports)
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.port = port
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        turn = 0
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            node = turn % len(self.ports)
+            turn += 1
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.ports[node]), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            self.served[node] += 1
+            # Bytes go on as they come (Nagle's delay on relayed TLS records would cost each request ~40 ms).
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _relay(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+
+def start_nodes(binary: Path, work: Path, log, extra: list[str], nodes: int):
+    """``nodes`` servers over the store ``extra`` names, behind a [`Balancer`]: their processes, the credentials
+    to reach them through it, and the balancer."""
+    public = free_port()
+    ports = [free_port() for _ in range(nodes)]
+    shared = [f"--issuer-host=127.0.0.1:{public}", f"--resource-suffix=localhost:{public}", *extra]
+    first = work / "data"
+    proc, creds = start_server(binary, first, log, shared, f"127.0.0.1:{ports[0]}")
+    procs = [proc]
+    try:
+        for i, port in enumerate(ports[1:], start=2):
+            data = work / f"data{i}"
+            shutil.copytree(first, data, ignore=shutil.ignore_patterns("serve.lock", "audit.log*"))
+            ready = healthy(port, creds["ca_cert"])
+            procs.append(start_server(binary, data, log, shared, f"127.0.0.1:{port}", ready)[0])
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
+    balancer = Balancer(public, ports)
+    vault = creds["vault_url_named"].split("//", 1)[1].split(".", 1)[0]
+    creds = dict(creds, vault_url_named=f"https://{vault}.localhost:{balancer.port}",
+                 authority_host=f"https://127.0.0.1:{balancer.port}")
+    return procs, creds, balancer
 
 
 def not_started(why: str, log) -> None:
@@ -125,7 +241,12 @@ def main() -> int:
                    help="run the tests over API versions at the SDK's default only (the suite's own live rule)")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="one more argument for `keyvault serve` (repeat it), e.g. --serve-arg=--store=postgres://…")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="servers over one shared store (give it with --serve-arg=--store=postgres://…), behind a "
+                        "balancer that hands out connections in turn")
     a, pytest_args = p.parse_known_args()
+    if a.nodes < 1 or (a.nodes > 1 and not any(x.startswith("--store=postgres") for x in a.serve_arg)):
+        sys.exit("--nodes N needs N ≥ 1, and more than one node a shared store (--serve-arg=--store=postgres://…)")
     if a.fetch_only:
         fetch_suite(a.python)
         return 0
@@ -136,8 +257,13 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="kv-sdk-suite-"))
     log_path = work / "server.log"
+    balancer = None
     with open(log_path, "wb") as log:
-        proc, creds = start_server(binary, work / "data", log, a.serve_arg)
+        if a.nodes == 1:
+            proc, creds = start_server(binary, work / "data", log, a.serve_arg)
+            procs = [proc]
+        else:
+            procs, creds, balancer = start_nodes(binary, work, log, a.serve_arg, a.nodes)
         env = dict(os.environ)
         env.update({
             "AZURE_TEST_RUN_LIVE": "true",
@@ -160,17 +286,21 @@ def main() -> int:
         cmd = [a.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", "-p", "devtools_testutils.plugin",
                "--rootdir", str(tests), "--ignore", str(tests / "perfstress_tests"), str(tests), *pytest_args]
         try:
-            status = subprocess.run(cmd, cwd=tests, env=env, timeout=SUITE_TIMEOUT_S).returncode
+            status = subprocess.run(cmd, cwd=tests, env=env, timeout=SUITE_TIMEOUT_S * a.nodes).returncode
         except subprocess.TimeoutExpired:
-            print(f"the suite did not finish within {SUITE_TIMEOUT_S} s", file=sys.stderr)
+            print(f"the suite did not finish within {SUITE_TIMEOUT_S * a.nodes} s", file=sys.stderr)
             status = 1
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if balancer is not None:
+                balancer.close()
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     try:
         counts = json.loads(counts_path.read_text())
     except (OSError, ValueError):
@@ -180,7 +310,12 @@ def main() -> int:
         # A whole run that passed fewer tests than the suite holds: the suite is cut short or partly missing.
         print(f"the suite passed {counts.get('passed', 0)} tests, fewer than the {least} it holds", file=sys.stderr)
         status = 1
-    if status != 0 or proc.returncode not in (0, -signal.SIGTERM):
+    if balancer is not None:
+        print(f"connections per node: {balancer.served}")
+        if status == 0 and not all(balancer.served):
+            print("a node served no connection", file=sys.stderr)
+            status = 1
+    if status != 0 or any(proc.returncode not in (0, -signal.SIGTERM) for proc in procs):
         print(f"server log: {log_path}", file=sys.stderr)
         print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
         return status or 1
