@@ -159,9 +159,17 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let shutdown = shutdown_signal()?;
+        let mut shutdown = Box::pin(shutdown_signal()?);
         let mut hangup = hangup_signal()?;
-        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+        // A stop asked for while the server starts (which can wait, e.g. for another node's migration of a
+        // PostgreSQL store) ends the start: what it opened is dropped (a migration in progress rolls back).
+        let server = tokio::select! {
+            bound = Server::bind(config) => bound.map_err(|e| e.to_string())?,
+            () = &mut shutdown => {
+                tracing::info!("stopped while starting: nothing was served");
+                return Ok(());
+            }
+        };
         // SIGHUP: read the TLS certificate and key files again (the outcome is logged).
         let certificate = server.tls_certificate().clone();
         tokio::spawn(async move {

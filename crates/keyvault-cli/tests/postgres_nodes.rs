@@ -125,6 +125,35 @@ impl Shared {
 
     /// Start node `name` and wait until it reports its address and is ready.
     async fn start(&self, name: &str) -> Node {
+        let (child, log, rx) = self.launch(name);
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "node {name} did not start; database log:\n{}",
+                    self.pg.log()
+                )
+            });
+        let node = Node {
+            name: name.to_string(),
+            child,
+            base: format!("https://{addr}"),
+            log,
+        };
+        self.wait_ready(&node, Duration::from_secs(20)).await;
+        node
+    }
+
+    /// Start node `name`'s process: it, every line it logs (as it logs them), and its address once it
+    /// listens.
+    fn launch(
+        &self,
+        name: &str,
+    ) -> (
+        Child,
+        Arc<Mutex<Vec<String>>>,
+        std::sync::mpsc::Receiver<String>,
+    ) {
         let config = self.config(name);
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
@@ -157,22 +186,7 @@ impl Shared {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "node {name} did not start; database log:\n{}",
-                    self.pg.log()
-                )
-            });
-        let node = Node {
-            name: name.to_string(),
-            child,
-            base: format!("https://{addr}"),
-            log,
-        };
-        self.wait_ready(&node, Duration::from_secs(20)).await;
-        node
+        (child, log, rx)
     }
 
     async fn ready(&self, node: &Node) -> Option<StatusCode> {
@@ -1129,6 +1143,53 @@ async fn the_official_python_sdk_sees_one_vault_through_either_node() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("two nodes: one vault"), "{stdout}");
+}
+
+/// A node whose start waits for the schema lock (another session holds it: a node migrating the store, an
+/// operator's transaction) says so in its log, and stops when asked (SIGTERM), exit 0, without ever listening
+/// — it waited, deaf to signals, until the lock was released, then listened a moment before stopping (a89-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waiting_for_the_schema_lock_says_so_and_stops_when_asked() {
+    let Some(s) = start_cluster("postgres_nodes::a_start_waiting_for_the_schema_lock") else {
+        return;
+    };
+    let lock = keyvault_server::store::postgres::MIGRATION_LOCK_KEY;
+    let holder =
+        s.pg.begin_holding("postgres", &format!("SELECT pg_advisory_xact_lock({lock})"))
+            .await
+            .unwrap();
+    let (mut child, log, listening) = s.launch("waiting");
+    let logged = |text: &str| log.lock().unwrap().iter().any(|l| l.contains(text));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logged("waiting for the schema lock") {
+        assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still starting 5 s after SIGTERM: {:?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        logged("stopped while starting"),
+        "{:?}",
+        log.lock().unwrap()
+    );
+    assert!(listening.try_recv().is_err(), "it listened");
+    drop(holder);
 }
 
 /// The official `azure-keyvault-secrets` test suite (tests/e2e/sdk-suite, live mode) against two dev nodes over

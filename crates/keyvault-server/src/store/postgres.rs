@@ -76,6 +76,10 @@ pub const SCHEMA_VERSION: i32 = 5;
 pub const POOL_SIZE: usize = 16;
 /// The advisory lock held (per transaction) while migrations run.
 pub const MIGRATION_LOCK_KEY: i64 = 0x6b76_5f6d_6967_7261; // "kv_migra"
+/// How often a start tries the schema lock while another session holds it.
+const MIGRATION_LOCK_RETRY: Duration = Duration::from_millis(100);
+/// How long a start waits for the schema lock before it says so in the log.
+const MIGRATION_WAIT_TOLD_AFTER: Duration = Duration::from_secs(3);
 /// The advisory lock held (per session) by the node that runs background work.
 pub const LEADER_LOCK_KEY: i64 = 0x6b76_5f6c_6561_6472; // "kv_leadr"
 /// Names purged per transaction by `purge_expired`.
@@ -939,8 +943,12 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
             // and a lock another session held past `lock_timeout` (55P03).
             // And a session ended by `idle_in_transaction_session_timeout` (25P03: this node stalled inside a
             // transaction, a74-3).
+            // And a write refused by a read-only database (25006: a standby after a failover, a primary
+            // demoted, `default_transaction_read_only`): the connection is dropped, and a new one may reach
+            // the new primary (a89-3).
             matches!(class, "08" | "40" | "53" | "57" | "58")
                 || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
                 || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
         }
         None => {
@@ -984,8 +992,35 @@ async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
     tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
         .await?;
     // Serialize migrations across nodes starting at once; released at commit or rollback.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?;
+    // Taken by tries rather than by a wait, so that a start held up by another session (a node's long
+    // migration, an open transaction of an operator) says so in the log.
+    let waiting = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let taken: bool = tx
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&MIGRATION_LOCK_KEY],
+            )
+            .await?
+            .try_get(0)?;
+        if taken {
+            break;
+        }
+        if !told && waiting.elapsed() >= MIGRATION_WAIT_TOLD_AFTER {
+            told = true;
+            tracing::warn!(
+                lock = MIGRATION_LOCK_KEY,
+                "waiting for the schema lock, which another session holds (another node migrating the \
+                 store, or a session that took pg_advisory_lock({MIGRATION_LOCK_KEY})): the start goes on \
+                 once it is released"
+            );
+        }
+        tokio::time::sleep(MIGRATION_LOCK_RETRY).await;
+    }
+    if told {
+        tracing::info!(waited = ?waiting.elapsed(), "took the schema lock");
+    }
     // `IF NOT EXISTS` on an existing table is a NOTICE, which tokio-postgres logs at INFO (every node start and
     // every `keyvault rekey` would print one): this transaction reports warnings and errors only.
     tx.batch_execute(
