@@ -287,10 +287,16 @@ impl ServerCertificate {
     /// they are for [`SETTLE`]: a chain written in place a certificate at a time (`cat leaf.pem ca.pem >
     /// chain.pem`) is a shorter valid chain while half-written, and would be served until the next look.
     pub fn reload_if_changed(&self) -> Option<Result<Reload, TlsError>> {
-        self.reload_if_changed_settling(SETTLE)
+        self.reload_if_changed_settling(SETTLE, &|| false)
     }
 
-    fn reload_if_changed_settling(&self, settle: Duration) -> Option<Result<Reload, TlsError>> {
+    /// [`ServerCertificate::reload_if_changed`], given up (`None`, nothing read) while files settle once
+    /// `stopped` holds: a server shutting down does not wait for a certificate it will not serve (a89-2).
+    fn reload_if_changed_settling(
+        &self,
+        settle: Duration,
+        stopped: &dyn Fn() -> bool,
+    ) -> Option<Result<Reload, TlsError>> {
         let files = self.files.as_ref()?;
         let mut seen = [stamp(&files.cert), stamp(&files.key)];
         {
@@ -305,12 +311,18 @@ impl ServerCertificate {
             }
         }
         for _ in 0..SETTLE_LOOKS {
+            if stopped() {
+                return None;
+            }
             std::thread::sleep(settle);
             let now = [stamp(&files.cert), stamp(&files.key)];
             if now == seen {
                 break;
             }
             seen = now;
+        }
+        if stopped() {
+            return None;
         }
         Some(self.reload())
     }
@@ -341,8 +353,12 @@ impl ServerCertificate {
                 _ = ticker.tick() => {}
             }
             let this = self.clone();
+            let stopping = stop.clone();
             // The outcome is logged by `reload`.
-            let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                this.reload_if_changed_settling(SETTLE, &|| *stopping.borrow())
+            })
+            .await;
         }
     }
 }
@@ -822,6 +838,49 @@ mod tests {
         assert!(c.reload_if_changed().is_none());
     }
 
+    /// A server stopping while its watch waits for files that keep changing to settle: the watch ends within
+    /// one look, not after all of them (up to 10 s, which delayed the shutdown: a89-2), and serves on what it
+    /// had.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watch_ends_while_files_are_still_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let ca = ca("CA");
+        let key_a = KeyPair::generate().unwrap();
+        let pem = leaf(&ca, &key_a, "a");
+        std::fs::write(&cert, &pem).unwrap();
+        std::fs::write(&key, key_a.serialize_pem()).unwrap();
+        let c = ServerCertificate::from_files(&cert, &key).unwrap();
+        let before = served(&c);
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = {
+            let (writing, cert) = (writing.clone(), cert.clone());
+            std::thread::spawn(move || {
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::write(&cert, &pem).unwrap();
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+            })
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let watch = tokio::spawn(c.clone().watch(Duration::from_millis(10), stopped));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let asked = std::time::Instant::now();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), watch)
+            .await
+            .expect("the watch ended within 3 s of the stop")
+            .unwrap();
+        assert!(
+            asked.elapsed() <= SETTLE + Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(served(&c), before);
+    }
+
     /// A chain written in place a certificate at a time, seen by the watch between the two writes: read
     /// only once the file stopped changing, so the whole chain is served, not the leaf alone.
     #[test]
@@ -849,14 +908,14 @@ mod tests {
             })
         };
         assert!(matches!(
-            c.reload_if_changed_settling(Duration::from_millis(500)),
+            c.reload_if_changed_settling(Duration::from_millis(500), &|| false),
             Some(Ok(Reload::Replaced(_)))
         ));
         writer.join().unwrap();
         assert_eq!(served(&c), sha256_of_pem(&leaf_b));
         assert_eq!(c.current().cert.len(), 2, "the whole chain is served");
         assert!(
-            c.reload_if_changed_settling(Duration::from_millis(10))
+            c.reload_if_changed_settling(Duration::from_millis(10), &|| false)
                 .is_none()
         );
     }
