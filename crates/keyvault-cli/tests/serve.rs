@@ -233,6 +233,30 @@ fn bad_configuration_is_a_clear_error() {
     let (code, err) = run(&["serve", "--config", "/nonexistent/keyvault.toml"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("cannot read"), "{err}");
+
+    // A certificate that does not load stops the start before anything is made in a new data directory (no
+    // key-encryption key, database or store marker for a vault that never served: a89-4).
+    let fresh = dir.path().join("fresh");
+    let missing = dir.path().join("missing.pem");
+    let (code, err) = run(&[
+        "serve",
+        "--data-dir",
+        fresh.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        missing.to_str().unwrap(),
+        "--tls-key",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot load the TLS certificate"), "{err}");
+    let mut made: Vec<String> = std::fs::read_dir(&fresh)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["serve.lock"], "only the lock");
 }
 
 /// `serve` on a data dir whose database holds secrets: the exit status and stderr of a start that fails.

@@ -303,7 +303,12 @@ fn create_private_dir(dir: &Path) -> Result<(), StartError> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(setup("cannot create the data directory"))?;
+            .map_err(|e| {
+                StartError::Setup(format!(
+                    "cannot create the data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
     }
     Ok(())
 }
@@ -337,9 +342,15 @@ pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Resul
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let written = f
+        .write_all(contents)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // Not left behind half-written (a full disk: a89-4).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     // In place now, whatever follows: a failed sync of the directory is said, not reported as a failed write
     // (the file holds the new contents, and a caller told otherwise would act on the old ones).
     if let Err(e) = crate::store::sqlite::snapshot::sync_dir(path.parent().unwrap_or(Path::new("")))
@@ -638,6 +649,26 @@ impl Server {
         let locks = lock_server_files(&config)?;
 
         check_access_document_before_an_upgrade(&config)?;
+        // TLS first, before anything is made in a new data directory: a certificate that does not load stops
+        // the start with nothing created (a89-4). Files are reloaded while serving (`tls::reload`); the dev
+        // certificates are fixed.
+        let (certificate, ca_pem_path) =
+            if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+                let certificate = ServerCertificate::from_files(cert, key)
+                    .map_err(setup("cannot load the TLS certificate"))?;
+                (certificate, None)
+            } else {
+                let named = format!("{}.localhost", config.vault_name.to_ascii_lowercase());
+                let material =
+                    crate::tls::load_or_create_dev_pki_with_names(&data_dir.join("tls"), &[&named])
+                        .map_err(setup("cannot create the development certificates"))?;
+                let certificate =
+                    ServerCertificate::fixed(&material).map_err(setup("bad TLS certificate"))?;
+                (certificate, material.ca_pem_path)
+            };
+        let tls = crate::tls::server_config_with(certificate.clone())
+            .map_err(setup("bad TLS configuration"))?;
+
         // Storage, then keys: whether a missing key file may be made anew depends on what the store holds.
         let store = open_store(&config).await?;
         let provider = key_provider(&config, store.as_ref(), KeyFileCreation::WhileEmpty).await?;
@@ -657,8 +688,13 @@ impl Server {
                 store_line(&store_identity(&config.store_backend()?)),
                 envelope.current_kek_id(),
             );
-            write_private_file(&data_dir.join(STORE_MARKER), marker.as_bytes())
-                .map_err(setup("cannot write the store marker"))?;
+            let path = data_dir.join(STORE_MARKER);
+            write_private_file(&path, marker.as_bytes()).map_err(|e| {
+                StartError::Setup(format!(
+                    "cannot write the store marker {}: {e}",
+                    path.display()
+                ))
+            })?;
         }
         crate::store::check_purge_protection(
             store.as_ref(),
@@ -685,24 +721,6 @@ impl Server {
             purge_protection: config.purge_protection,
         };
         let vault = Arc::new(Vault::new(store, envelope, clock.clone(), settings));
-
-        // TLS: files are reloaded while serving (`tls::reload`); the dev certificates are fixed.
-        let (certificate, ca_pem_path) =
-            if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
-                let certificate = ServerCertificate::from_files(cert, key)
-                    .map_err(setup("cannot load the TLS certificate"))?;
-                (certificate, None)
-            } else {
-                let named = format!("{}.localhost", config.vault_name.to_ascii_lowercase());
-                let material =
-                    crate::tls::load_or_create_dev_pki_with_names(&data_dir.join("tls"), &[&named])
-                        .map_err(setup("cannot create the development certificates"))?;
-                let certificate =
-                    ServerCertificate::fixed(&material).map_err(setup("bad TLS certificate"))?;
-                (certificate, material.ca_pem_path)
-            };
-        let tls = crate::tls::server_config_with(certificate.clone())
-            .map_err(setup("bad TLS configuration"))?;
 
         // Listen: the port is known from here on.
         let listener = TcpListener::bind(config.addr)
@@ -1553,6 +1571,23 @@ fn dev_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A private file whose write fails part-way leaves no temporary file behind (a89-4: a full disk left an
+    /// empty `store.tmp` in the data directory). Here the rename fails: a non-empty directory holds the name.
+    #[test]
+    fn a_failed_private_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.initialized");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), b"x").unwrap();
+        assert!(write_private_file(&path, b"contents").is_err());
+        assert!(!path.with_extension("tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["store.initialized"]);
+    }
 
     /// The audit log's lock is named from where the log really is, also before it exists: through a
     /// symlink to a file not made yet (relative or absolute, a link to a link), a symlinked directory, or
