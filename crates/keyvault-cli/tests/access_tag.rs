@@ -350,7 +350,9 @@ fn an_untagged_access_file_is_refused_before_the_database_is_upgraded() {
                 .stderr
                 .contains("start once with `keyvault serve --adopt-access-document`")
             && out.stderr.contains("Nothing was changed")
-            && out.stderr.contains("(schema version 5)"),
+            && out
+                .stderr
+                .contains("(schema version 5), which this build upgrades"),
         "{}",
         out.stderr
     );

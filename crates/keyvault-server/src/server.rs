@@ -624,7 +624,8 @@ fn check_access_document_before_an_upgrade(config: &Config) -> Result<(), StartE
         return Ok(());
     };
     Err(StartError::Setup(format!(
-        "{}. Nothing was changed: the database {} is still in an older build's form (schema version {version}),          which this build upgrades, one way, only at a start that goes on — an older build still opens it",
+        "{}. Nothing was changed: the database {} is still in an older build's form (schema version {version}), \
+         which this build upgrades, one way, only at a start that goes on — an older build still opens it",
         untagged.at_start(&path.display().to_string()),
         db.display()
     )))
@@ -649,8 +650,8 @@ impl Server {
         let locks = lock_server_files(&config)?;
 
         check_access_document_before_an_upgrade(&config)?;
-        // TLS first, before anything is made in a new data directory: a certificate that does not load stops
-        // the start with nothing created (a89-4). Files are reloaded while serving (`tls::reload`); the dev
+        // TLS first, before the store, keys and marker are made in a new data directory: a certificate that
+        // does not load stops the start with none of them created (a89-4). Files are reloaded while serving (`tls::reload`); the dev
         // certificates are fixed.
         let (certificate, ca_pem_path) =
             if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {

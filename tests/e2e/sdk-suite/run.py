@@ -22,7 +22,8 @@ a deployment behind a load balancer does: the first node's data directory (its C
 key, token-signing key and dev client) is copied for the others, every node issues and accepts tokens for one
 public address, and a TCP balancer here hands the suite's connections to the nodes in turn — a test's token may
 come from one node and its requests go to another, and consecutive tests (each with its own client) land on
-different nodes. The run fails unless every node served connections.
+different nodes; within one test the client keeps its connection, so its requests mostly reach one node. The
+run fails unless every node served at least a third of an even share of the connections.
 """
 
 from __future__ import annotations
@@ -112,19 +113,24 @@ def start_server(binary: Path, data: Path, log, extra: list[str], addr: str = "1
         [str(binary), "serve", "--dev", "--data-dir", str(data), "--addr", addr, *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            not_started(f"keyvault serve exited with {proc.returncode} before it was ready", log)
-        try:
-            if ready is None or ready():
-                return proc, json.loads(creds_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    not_started("keyvault serve was not ready within the start-up limit", log)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                not_started(f"keyvault serve exited with {proc.returncode} before it was ready", log)
+            try:
+                if ready is None or ready():
+                    return proc, json.loads(creds_path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                pass
+            time.sleep(0.05)
+        not_started("keyvault serve was not ready within the start-up limit", log)
+    except BaseException:
+        # Not left running, however the wait ended (the limit, an interrupt).
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def free_port() -> int:
@@ -148,15 +154,20 @@ def healthy(port: int, ca_cert: str):
 
 
 class Balancer:
-    """A TCP balancer on 127.0.0.1:``port``: each accepted connection goes to the next node in turn, bytes relayed both
-    ways until either side closes. ``served[i]`` counts the connections node i got."""
+    """A TCP balancer on 127.0.0.1 (its port taken at once and kept, so that the nodes can be told it): once
+    started, each accepted connection goes to the next node in turn, bytes relayed both ways until either side
+    closes. ``served[i]`` counts the connections node i got."""
 
-    def __init__(self, port: int, ports: list[int]):
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.ports: list[int] = []
+        self.served: list[int] = []
+        self.closed = False
+
+    def start(self, ports: list[int]) -> None:
         self.ports = ports
         self.served = [0] * len(ports)
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.port = port
-        self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -202,24 +213,27 @@ class Balancer:
 def start_nodes(binary: Path, work: Path, log, extra: list[str], nodes: int):
     """``nodes`` servers over the store ``extra`` names, behind a [`Balancer`]: their processes, the credentials
     to reach them through it, and the balancer."""
-    public = free_port()
+    balancer = Balancer()
+    public = balancer.port
     ports = [free_port() for _ in range(nodes)]
     shared = [f"--issuer-host=127.0.0.1:{public}", f"--resource-suffix=localhost:{public}", *extra]
     first = work / "data"
-    proc, creds = start_server(binary, first, log, shared, f"127.0.0.1:{ports[0]}")
-    procs = [proc]
+    procs = []
     try:
+        proc, creds = start_server(binary, first, log, shared, f"127.0.0.1:{ports[0]}")
+        procs.append(proc)
         for i, port in enumerate(ports[1:], start=2):
             data = work / f"data{i}"
             shutil.copytree(first, data, ignore=shutil.ignore_patterns("serve.lock", "audit.log*"))
             ready = healthy(port, creds["ca_cert"])
             procs.append(start_server(binary, data, log, shared, f"127.0.0.1:{port}", ready)[0])
+        balancer.start(ports)
     except BaseException:
+        balancer.close()
         for proc in procs:
             proc.kill()
             proc.wait()
         raise
-    balancer = Balancer(public, ports)
     vault = creds["vault_url_named"].split("//", 1)[1].split(".", 1)[0]
     creds = dict(creds, vault_url_named=f"https://{vault}.localhost:{balancer.port}",
                  authority_host=f"https://127.0.0.1:{balancer.port}")
@@ -312,8 +326,9 @@ def main() -> int:
         status = 1
     if balancer is not None:
         print(f"connections per node: {balancer.served}")
-        if status == 0 and not all(balancer.served):
-            print("a node served no connection", file=sys.stderr)
+        fair = sum(balancer.served) / len(balancer.served)
+        if status == 0 and min(balancer.served) < fair / 3:
+            print("a node served far fewer connections than the others", file=sys.stderr)
             status = 1
     if status != 0 or any(proc.returncode not in (0, -signal.SIGTERM) for proc in procs):
         print(f"server log: {log_path}", file=sys.stderr)

@@ -867,16 +867,18 @@ where
 /// [`run_on_for`] for an operation that only reads: when the pooled connection it ran on was closed under it
 /// (the database ended the session: a restart, a failover, `pg_terminate_backend`), it runs once more on
 /// another connection within what is left of `limit`. A read changes nothing, so running it twice is safe;
-/// a write is never run again (its first try may have committed). A connection opened for this read that
-/// fails is not retried: the database itself is unreachable, and the caller gets `Unavailable` at once.
+/// a write is never run again (its first try may have committed). The second try is on a connection opened for
+/// it, within what is left of `limit`. A connection opened for this read that fails is not retried: the
+/// database itself is unreachable, and the caller gets `Unavailable` at once.
 /// `op` makes the operation (called once per try).
 async fn read_on_for<T, M, F>(pool: &Pool, limit: Duration, op: M) -> StoreResult<T>
 where
     M: Fn() -> F,
     F: for<'c> AsyncFnOnce(&'c mut Conn) -> StoreResult<T>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
     let mut pooled = pool.get().await?;
+    // Bounded as `run_on_for` bounds an operation: from when it has its connection.
+    let deadline = tokio::time::Instant::now() + limit;
     let result = match tokio::time::timeout_at(deadline, op()(pooled.conn())).await {
         Ok(result) => result,
         Err(_) => {
@@ -894,12 +896,16 @@ where
     if let Err(e) = &result {
         tracing::debug!(error = %e, "a pooled PostgreSQL connection was closed under a read: reading again on another");
     }
-    let mut pooled = pool.get().await?;
+    // On a connection opened for it: after a failover every idle connection may be as dead as the first
+    // (one the server or a proxy reset looks open until it is written to).
+    let late = || StoreError::Unavailable(format!("the database did not answer within {limit:?}"));
+    let mut pooled = match tokio::time::timeout_at(deadline, pool.get_fresh()).await {
+        Ok(pooled) => pooled?,
+        Err(_) => return Err(late()),
+    };
     match tokio::time::timeout_at(deadline, op()(pooled.conn())).await {
         Ok(result) => pooled.finish(result),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "the database did not answer within {limit:?}"
-        ))),
+        Err(_) => Err(late()),
     }
 }
 

@@ -86,6 +86,15 @@ impl Pool {
 
     /// A connection for one operation: an idle one that is still open, or a new one.
     pub async fn get(&self) -> StoreResult<Pooled<'_>> {
+        self.checkout(true).await
+    }
+
+    /// A connection opened for one operation (no idle one: they may all be dead, as after a failover).
+    pub async fn get_fresh(&self) -> StoreResult<Pooled<'_>> {
+        self.checkout(false).await
+    }
+
+    async fn checkout(&self, idle: bool) -> StoreResult<Pooled<'_>> {
         let permit = match tokio::time::timeout(WAIT_TIMEOUT, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(StoreError::Unavailable("the pool is closed".into())),
@@ -96,7 +105,7 @@ impl Pool {
                 )));
             }
         };
-        loop {
+        while idle {
             let Some(conn) = self.lock_idle().pop() else {
                 break;
             };

@@ -527,12 +527,12 @@ async fn a_database_restart_fails_fast_then_heals() {
     assert!(store.try_acquire_leadership().await.unwrap());
 }
 
-/// Ends the session of backend `pid` from another thread, with its own runtime and connection, and returns
-/// once the backend is gone. The calling thread is blocked meanwhile: on a current-thread runtime, the store's
-/// connection task cannot notice its session ending before the store next uses it (a connection that died
+/// Ends the sessions of backends `pids` from another thread, with its own runtime and connection, and returns
+/// once they are gone. The calling thread is blocked meanwhile: on a current-thread runtime, the store's
+/// connection tasks cannot notice their sessions ending before the store next uses them (connections that died
 /// in the pool or under a statement, as when the database restarts or fails over).
-fn end_session_unnoticed(url: &str, pid: i32) {
-    let url = url.to_owned();
+fn end_sessions_unnoticed(url: &str, pids: &[i32]) {
+    let (url, pids) = (url.to_owned(), pids.to_vec());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -543,18 +543,20 @@ fn end_session_unnoticed(url: &str, pid: i32) {
                 .connect()
                 .await
                 .unwrap();
-            let ended: bool = other
-                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                .await
-                .unwrap()
-                .get(0);
-            assert!(ended, "backend {pid} was not there to end");
+            for pid in &pids {
+                let ended: bool = other
+                    .query_one("SELECT pg_terminate_backend($1)", &[pid])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert!(ended, "backend {pid} was not there to end");
+            }
             let started = Instant::now();
             loop {
                 let left: i64 = other
                     .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                        &[&pid],
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                        &[&pids],
                     )
                     .await
                     .unwrap()
@@ -564,7 +566,7 @@ fn end_session_unnoticed(url: &str, pid: i32) {
                 }
                 assert!(
                     started.elapsed() < Duration::from_secs(10),
-                    "backend {pid} stayed"
+                    "backends {pids:?} stayed"
                 );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -575,27 +577,46 @@ fn end_session_unnoticed(url: &str, pid: i32) {
 }
 
 /// A read whose pooled connection the database closed (a restart, a failover, `pg_terminate_backend`) runs
-/// again on a fresh connection instead of failing (a70-3); a write on such a connection fails `Unavailable`
-/// and is not run again (its first try could have committed).
+/// again on a connection opened for it instead of failing (a70-3) — not on another idle one, which after a
+/// failover is as dead (a90-1); a write on such a connection fails `Unavailable` and is not run again (its
+/// first try could have committed).
 #[tokio::test]
 async fn a_read_on_a_connection_the_database_closed_runs_again_on_another() {
     let Some(pg) = pgtest::start_or_skip("store::postgres::a_read_on_a_closed_connection") else {
         return;
     };
-    let store = PostgresStore::open_with_pool(&pg.url(), 1).await.unwrap();
+    let store = PostgresStore::open_with_pool(&pg.url(), 2).await.unwrap();
     put_first_versions(&store, "v", &["kept"]).await;
-    let pid =
-        async |store: &PostgresStore| column::<i32>(store, "SELECT pg_backend_pid()").await[0];
+    // The backends of both pooled connections (two operations at once hold both; both go back idle).
+    let backends = async |store: &PostgresStore| {
+        let pid = || async {
+            store
+                .run(async |c| {
+                    let pid: i32 = c
+                        .client
+                        .query_one("SELECT pg_backend_pid()", &[])
+                        .await?
+                        .get(0);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(pid)
+                })
+                .await
+                .unwrap()
+        };
+        let pids = join_all(vec![pid(), pid()]).await;
+        assert_ne!(pids[0], pids[1]);
+        pids
+    };
 
-    end_session_unnoticed(&pg.url(), pid(&store).await);
+    end_sessions_unnoticed(&pg.url(), &backends(&store).await);
     let found = store.get_version("v", "kept", None).await.unwrap().unwrap();
     assert_eq!(found.version, unique_version(0, 0));
 
-    end_session_unnoticed(&pg.url(), pid(&store).await);
+    end_sessions_unnoticed(&pg.url(), &backends(&store).await);
     let versions = store.list_versions("v", "kept", None, 25).await.unwrap();
     assert_eq!(versions.len(), 1, "{versions:?}");
 
-    end_session_unnoticed(&pg.url(), pid(&store).await);
+    end_sessions_unnoticed(&pg.url(), &backends(&store).await);
     let err = store
         .put_version("v", row("kept", unique_version(0, 1), 1))
         .await
@@ -607,54 +628,103 @@ async fn a_read_on_a_connection_the_database_closed_runs_again_on_another() {
     store.close().await;
 }
 
-/// A database that turned read-only (a standby after a failover, a demoted primary,
-/// `default_transaction_read_only`) refuses writes as unavailable (503 with Retry-After, the connection
-/// dropped), not as an internal error; reads go on, and writes work again once it is writable (a89-3).
-#[tokio::test]
-async fn writes_to_a_read_only_database_are_unavailable() {
-    let Some((pg, store)) = open_or_skip("store::postgres::writes_to_a_read_only_database").await
-    else {
+/// A TCP relay to the cluster standing for a failover behind a proxy: after [`FailoverRelay::fail_over`], every
+/// connection made before it is reset (RST) when its client next writes, and looks open until then — no FATAL
+/// message, no close, as when a proxy or a load balancer moves to a new primary.
+struct FailoverRelay {
+    port: u16,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FailoverRelay {
+    async fn start(to: u16) -> FailoverRelay {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let current = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let current = current.clone();
+                tokio::spawn(async move {
+                    let (mut from_client, to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let back = tokio::spawn(async move {
+                        let mut to_client = to_client;
+                        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                        to_client
+                    });
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from_client.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if current.load(Ordering::SeqCst) != born {
+                            // Failed over: reset the client's connection, as the proxy would.
+                            back.abort();
+                            if let Ok(to_client) = back.await {
+                                let client = from_client.reunite(to_client).unwrap();
+                                let _ = client.set_linger(Some(Duration::ZERO));
+                            }
+                            return;
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        FailoverRelay { port, generation }
+    }
+
+    fn fail_over(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// After a failover behind a proxy, every pooled connection is dead but looks open until written to: a read
+/// meets one, and its second try, on a connection opened for it (not the next idle one, as dead: a90-1),
+/// answers; so does every read after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answer_after_a_failover_that_left_every_pooled_connection_dead() {
+    let Some(pg) = pgtest::start_or_skip("store::postgres::reads_answer_after_a_failover") else {
         return;
     };
+    let relay = FailoverRelay::start(pg.port()).await;
+    let url = pg.url().replace(
+        &format!("127.0.0.1:{}/", pg.port()),
+        &format!("127.0.0.1:{}/", relay.port),
+    );
+    let store = PostgresStore::open_with_pool(&url, 3).await.unwrap();
     put_first_versions(&store, "v", &["kept"]).await;
-    let admin = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
-        .connect()
-        .await
-        .unwrap();
-    let database: String = admin
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" SET default_transaction_read_only = on"
-        ))
-        .await
-        .unwrap();
-    // Connections opened from now on are read-only.
-    store.pool.clear();
-    let err = store
-        .put_version("v", row("kept", unique_version(0, 1), 1))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    let err = store.soft_delete("v", "kept", 1, 2).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    let found = store.get_version("v", "kept", None).await.unwrap().unwrap();
-    assert_eq!(found.version, unique_version(0, 0));
+    // Three operations at once: three pooled connections, all idle after.
+    let hold = || async {
+        store
+            .run(async |c| {
+                c.client.simple_query("SELECT 1").await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(())
+            })
+            .await
+            .unwrap()
+    };
+    join_all(vec![hold(), hold(), hold()]).await;
 
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" SET default_transaction_read_only = off"
-        ))
-        .await
-        .unwrap();
-    store.pool.clear();
-    store
-        .put_version("v", row("kept", unique_version(0, 1), 1))
-        .await
-        .unwrap();
+    relay.fail_over();
+    for _ in 0..4 {
+        let found = store.get_version("v", "kept", None).await.unwrap().unwrap();
+        assert_eq!(found.version, unique_version(0, 0));
+    }
+    let versions = store.list_versions("v", "kept", None, 25).await.unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
     store.close().await;
 }
 
