@@ -105,19 +105,21 @@ impl Pool {
                 )));
             }
         };
-        while idle {
-            let Some(conn) = self.lock_idle().pop() else {
-                break;
-            };
-            if !conn.client.is_closed() {
-                return Ok(Pooled {
-                    pool: self,
-                    conn: Some(conn),
-                    reused: true,
-                    reusable: false,
-                    finished: false,
-                    _permit: permit,
-                });
+        if idle {
+            loop {
+                let Some(conn) = self.lock_idle().pop() else {
+                    break;
+                };
+                if !conn.client.is_closed() {
+                    return Ok(Pooled {
+                        pool: self,
+                        conn: Some(conn),
+                        reused: true,
+                        reusable: false,
+                        finished: false,
+                        _permit: permit,
+                    });
+                }
             }
         }
         let client = self.connector.connect().await?;

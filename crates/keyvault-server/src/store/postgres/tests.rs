@@ -670,6 +670,9 @@ impl FailoverRelay {
                             back.abort();
                             if let Ok(to_client) = back.await {
                                 let client = from_client.reunite(to_client).unwrap();
+                                // SO_LINGER 0 (deprecated because a non-zero linger blocks the drop):
+                                // the drop sends a reset at once, it never blocks.
+                                #[allow(deprecated)]
                                 let _ = client.set_linger(Some(Duration::ZERO));
                             }
                             return;
