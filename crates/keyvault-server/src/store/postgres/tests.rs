@@ -731,6 +731,57 @@ async fn reads_answer_after_a_failover_that_left_every_pooled_connection_dead() 
     store.close().await;
 }
 
+/// A database that turned read-only (a standby after a failover, a demoted primary,
+/// `default_transaction_read_only`) refuses writes as unavailable (503 with Retry-After, the connection
+/// dropped), not as an internal error; reads go on, and writes work again once it is writable (a89-3).
+#[tokio::test]
+async fn writes_to_a_read_only_database_are_unavailable() {
+    let Some((pg, store)) = open_or_skip("store::postgres::writes_to_a_read_only_database").await
+    else {
+        return;
+    };
+    put_first_versions(&store, "v", &["kept"]).await;
+    let admin = pool::Connector::plain(tokio_postgres::Config::from_str(&pg.url()).unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let database: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{database}\" SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap();
+    // Connections opened from now on are read-only.
+    store.pool.clear();
+    let err = store
+        .put_version("v", row("kept", unique_version(0, 1), 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = store.soft_delete("v", "kept", 1, 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let found = store.get_version("v", "kept", None).await.unwrap().unwrap();
+    assert_eq!(found.version, unique_version(0, 0));
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{database}\" SET default_transaction_read_only = off"
+        ))
+        .await
+        .unwrap();
+    store.pool.clear();
+    store
+        .put_version("v", row("kept", unique_version(0, 1), 1))
+        .await
+        .unwrap();
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_key_is_refused() {
     use crate::crypto::{Envelope, StaticKeyProvider};
