@@ -1502,7 +1502,13 @@ async fn sweep_loop(
                 continue;
             }
         }
-        match vault.sweep().await {
+        // A stop ends a sweep in progress (a backlog, or a database that makes it wait, would otherwise hold up
+        // the shutdown): what it purged so far stays purged, the rest is left for the next start.
+        let swept = tokio::select! {
+            _ = stop.changed() => return,
+            swept = vault.sweep() => swept,
+        };
+        match swept {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "retention sweep purged deleted secrets"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
@@ -1572,6 +1578,67 @@ fn dev_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server stopping while its retention sweep waits (here for the database's write lock, which another
+    /// connection holds, as a long backlog would keep it busy) ends the sweep at once instead of waiting for it
+    /// to finish or fail (a89).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_ends_a_sweep_in_progress() {
+        use crate::store::VersionRow;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let row = VersionRow {
+            name: "gone".into(),
+            version: "0".repeat(32),
+            sealed: vec![1, 2, 3],
+            content_type: None,
+            tags: None,
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: 1,
+            updated: 1,
+        };
+        store.put_version("v", row).await.unwrap();
+        // Deleted long ago: due for purging.
+        store.soft_delete("v", "gone", 1, 2).await.unwrap();
+        let envelope = Arc::new(Envelope::new(Arc::new(KeyRing::new(
+            Kek::from_bytes([7; 32]),
+            [],
+        ))));
+        let settings = VaultSettings {
+            name: "v".into(),
+            retention_days: 7,
+            purge_protection: false,
+        };
+        let vault = Arc::new(Vault::new(store, envelope, Arc::new(SystemClock), settings));
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // (The test keeps the vault: the last one dropped closes the store, which waits for its writer.)
+        let sweeper = tokio::spawn(sweep_loop(
+            vault.clone(),
+            Duration::from_millis(10),
+            stopped,
+        ));
+        // The first sweep has started, and waits for the lock.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = std::time::Instant::now();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), sweeper)
+            .await
+            .expect("the sweeper stopped within 3 s")
+            .unwrap();
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        blocker.execute_batch("ROLLBACK").unwrap();
+        drop(vault);
+    }
 
     /// A private file whose write fails part-way leaves no temporary file behind (a89-4: a full disk left an
     /// empty `store.tmp` in the data directory). Here the rename fails: a non-empty directory holds the name.
