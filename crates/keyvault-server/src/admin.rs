@@ -1008,26 +1008,39 @@ impl AccessAdmin {
             let expected = replace.take().map_or(revision, |r| r.revision);
             match self.save(expected, &next).await? {
                 Some(new_revision) => {
-                    if !matches!(self.backend, Backend::Memory) {
-                        self.record_tagged().await?;
-                    }
-                    let mut applied = self.lock();
-                    self.install(&mut applied, next, new_revision);
-                    applied.kek_id = (!matches!(self.backend, Backend::Memory))
-                        .then(|| self.envelope.current_kek_id().to_owned());
-                    self.refusing_document.store(false, Ordering::Relaxed);
-                    if let Some(refused) = applied.refused.take() {
-                        tracing::warn!(
-                            refused_revision = refused.revision,
-                            kept_revision = revision,
-                            revision = new_revision,
-                            "replaced the shared access-control document that did not verify with this node's \
-                             last good state and an admin change"
-                        );
+                    // Saved: applied at once, before anything else is awaited. A request dropped at a later
+                    // await (its client gone) would otherwise leave the change saved but not in force, and
+                    // the next change would save over it from the state without it (a92-1).
+                    {
+                        let mut applied = self.lock();
+                        self.install(&mut applied, next, new_revision);
+                        applied.kek_id = (!matches!(self.backend, Backend::Memory))
+                            .then(|| self.envelope.current_kek_id().to_owned());
+                        self.refusing_document.store(false, Ordering::Relaxed);
+                        if let Some(refused) = applied.refused.take() {
+                            tracing::warn!(
+                                refused_revision = refused.revision,
+                                kept_revision = revision,
+                                revision = new_revision,
+                                "replaced the shared access-control document that did not verify with this \
+                                 node's last good state and an admin change"
+                            );
+                        }
                     }
                     // A shared store took it by compare-and-set: `revision` was the latest when it did.
                     if let Some(confirmation) = &self.confirmation {
                         confirmation.confirm(started);
+                    }
+                    // The store's record that its document is tagged: tried again at the next change (and
+                    // start) if it cannot be written now; the change itself is made.
+                    if !matches!(self.backend, Backend::Memory)
+                        && let Err(e) = self.record_tagged().await
+                    {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot record in the store that its access document is tagged (tried again at the \
+                             next change)"
+                        );
                     }
                     return Ok(out);
                 }
@@ -1819,6 +1832,44 @@ mod tests {
     /// `doc` (JSON) in the stored form, tagged under the test key.
     fn tagged_json(doc: &str) -> Vec<u8> {
         tagged::wrap(&test_envelope(7), &tagged::Binding::default(), 1, doc, true).unwrap()
+    }
+
+    /// An admin change whose request is dropped once it is saved (its client gone while the store records that
+    /// the document is tagged: the first change over a new data directory waits there) is in force as saved,
+    /// and the next change keeps it. It was saved but not applied, and the next change saved over it (a92-1).
+    #[tokio::test]
+    async fn a_change_dropped_after_its_save_is_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let store: Arc<dyn SecretStore> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("v.db")).unwrap());
+        let (clients, policy) = (Arc::new(ClientRegistry::new()), Arc::new(Policy::new()));
+        let admin = AccessAdmin::open(Some(&data), Some(store), clients, policy, test_keys())
+            .await
+            .unwrap();
+        let saved = |principal: &str| {
+            read_stored(&std::fs::read(data.join(ACCESS_FILE)).unwrap())
+                .assignments
+                .iter()
+                .any(|a| a.principal == principal)
+        };
+        let mut change = Box::pin(admin.assign("external-1", READER, Scope::Vault));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            change.as_mut().poll(&mut cx).is_pending(),
+            "the change waits for the store's record"
+        );
+        drop(change);
+        assert!(saved("external-1"));
+        assert_eq!(admin.assignments(Some("external-1")).len(), 1, "in force");
+
+        admin
+            .assign("external-2", READER, Scope::Vault)
+            .await
+            .unwrap();
+        assert!(saved("external-1") && saved("external-2"));
+        assert_eq!(admin.assignments(Some("external-1")).len(), 1);
     }
 
     #[tokio::test]
