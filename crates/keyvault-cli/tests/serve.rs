@@ -1184,6 +1184,70 @@ async fn dev_token(creds_path: &std::path::Path, addr: &str) -> (Vec<u8>, String
     (ca, token, http)
 }
 
+/// A token request whose client hangs up before the answer (here while its secret is checked: the client's
+/// configured hash costs seconds to check) still gets its audit line, with status 499: a credential guess
+/// leaves a trace (a92-2: it left none).
+#[test]
+fn a_token_request_whose_client_leaves_is_audited() {
+    use std::io::Write;
+    // A hash of another secret whose argon2 time cost makes one check take seconds.
+    let slow = hash_secret("the-right-secret").replacen(",t=2,", ",t=400,", 1);
+    assert!(slow.contains(",t=400,"), "{slow}");
+    let (dir, child, addr, ca) = dev_server_configured(&format!(
+        "[[clients]]\nclient_id = \"slow\"\nsecret_hashes = [\"{slow}\"]\n"
+    ));
+    let data = dir.path().join("dev");
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("dev-credentials.json")).unwrap()).unwrap();
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_id", "slow")
+        .append_pair("client_secret", "a-wrong-secret")
+        .append_pair(
+            "scope",
+            &format!(
+                "https://localhost:{}/.default",
+                addr.rsplit(':').next().unwrap()
+            ),
+        )
+        .finish();
+    let request = format!(
+        "POST /{}/oauth2/v2.0/token HTTP/1.1\r\nhost: {addr}\r\ncontent-type: \
+         application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+        creds["tenant_id"].as_str().unwrap(),
+        form.len()
+    );
+    let mut stream = tls_connection(&ca, &addr);
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    // Gone while the secret is checked.
+    std::thread::sleep(Duration::from_millis(300));
+    stream.conn.send_close_notify();
+    let _ = stream.conn.complete_io(&mut stream.sock);
+    let _ = stream.sock.shutdown(std::net::Shutdown::Both);
+    drop(stream);
+
+    let log = data.join("audit.log");
+    let start = Instant::now();
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("\"TokenRequest\"")) {
+            break line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no TokenRequest line:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        line.contains("\"status\":499") && line.contains("\"rejected\""),
+        "{line}"
+    );
+    assert!(!line.contains("a-wrong-secret"), "{line}");
+    sigterm(&child);
+}
+
 /// SIGTERM waits for a request in flight (here one whose body never arrives, up to the 10-s drain); a second
 /// signal ends the process at once, with exit code 130.
 #[tokio::test]

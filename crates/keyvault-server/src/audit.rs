@@ -1195,11 +1195,16 @@ impl AuditLog {
     /// [`AuditLog::record`], once fewer than [`QUEUE_CAP`] records wait for the background thread: while it
     /// cannot write, the caller waits (woken as the thread takes records) instead of the queue growing.
     pub async fn record_queued(&self, record: AuditRecord) {
+        self.room().await;
+        self.record(record);
+    }
+
+    /// Returns once fewer than [`QUEUE_CAP`] records wait for the background thread (at once, nearly always).
+    pub async fn room(&self) {
         if self.queued.load(Ordering::Relaxed) >= QUEUE_CAP {
             // Boxed: the future of every read holds no timer for what only a stall needs.
             Box::pin(self.wait_for_room()).await;
         }
-        self.record(record);
     }
 
     #[cold]

@@ -383,6 +383,10 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
                     .as_ref()
                     .or_else(|| req.headers().get(X_MS_CLIENT_REQUEST_ID))
                     .and_then(audited_client_id);
+                let mut line = TokenRequestLine {
+                    state: state.clone(),
+                    record: token_request.then_some(record),
+                };
                 let mut resp = match ready::token_endpoint_refusal(&state) {
                     Some(why) if token_request => crate::auth::routes::temporarily_unavailable(
                         req.headers(),
@@ -396,7 +400,7 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
                         next.run(req).await
                     }
                 };
-                if let (true, Some(audit)) = (token_request, &state.audit) {
+                if let (Some(audit), Some(record)) = (&state.audit, line.record.as_mut()) {
                     record.status = resp.status().as_u16();
                     record.outcome = crate::audit::Outcome::Rejected;
                     if let Some(seen) = resp.extensions_mut().remove::<TokenRequestAudit>() {
@@ -406,7 +410,10 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
                         }
                         record.target = seen.client_id;
                     }
-                    audit.record_queued(record).await;
+                    audit.room().await;
+                    if let Some(record) = line.record.take() {
+                        audit.record(record);
+                    }
                 }
                 let headers = resp.headers_mut();
                 headers.insert(X_MS_REQUEST_ID, request_id.header_value());
@@ -537,6 +544,28 @@ fn audited_client_id(value: &HeaderValue) -> Option<String> {
     let bytes = &bytes[..bytes.len().min(128)];
     (!bytes.is_empty() && bytes.iter().all(|b| b.is_ascii_graphic()))
         .then(|| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// A token request's audit record until its line is queued. Dropped before (its client gone while the request
+/// was read or its credential checked, or while the line waited for room), the line is written anyway, with
+/// status 499: every token request has its line, also one whose client never saw the answer (a92-2: a
+/// credential guess whose client hung up left no trace).
+struct TokenRequestLine {
+    state: Arc<HttpState>,
+    record: Option<AuditRecord>,
+}
+
+impl Drop for TokenRequestLine {
+    fn drop(&mut self) {
+        if let (Some(audit), Some(mut record)) = (self.state.audit.as_ref(), self.record.take()) {
+            if record.status == 0 {
+                // Not answered: no token was issued.
+                record.outcome = crate::audit::Outcome::Rejected;
+            }
+            record.status = 499;
+            audit.record(record);
+        }
+    }
 }
 
 /// A change's audit status while its body is being read: dropped then (its client gone, or given up at the
