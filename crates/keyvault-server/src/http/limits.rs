@@ -296,19 +296,20 @@ impl BodyBudget {
     /// Takes `n` bytes, waiting for them until `until`; `false` if they did not come in time.
     async fn take_waiting(&self, n: usize, until: Instant) -> bool {
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let taken = loop {
+        // Counted out however the wait ends, also when its request is dropped (its client gone): a count left
+        // behind would make every later give-back wake nobody in vain (a92-3).
+        let _waiting = Waiting(&self.waiting);
+        loop {
             // Made before the check: bytes given back after it wake this (`notify_waiters` wakes every
             // `Notified` already made, polled or not).
             let notified = self.given_back.notified();
             if self.try_take(n) {
-                break true;
+                return true;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
-                break false;
+                return false;
             }
-        };
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        taken
+        }
     }
 
     fn give_back(&self, n: usize) {
@@ -319,6 +320,15 @@ impl BodyBudget {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.given_back.notify_waiters();
         }
+    }
+}
+
+/// A read counted in [`BodyBudget::waiting`] until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -393,6 +403,25 @@ impl Drop for BodyRead<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read waiting for budget that is dropped (its request gone) is no longer counted as waiting (a92-3).
+    #[tokio::test]
+    async fn a_dropped_wait_for_budget_is_counted_out() {
+        let budget = BodyBudget::new(10);
+        assert!(budget.try_take(10));
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut wait = Box::pin(budget.take_waiting(5, until));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(budget.waiting.load(Ordering::SeqCst), 1);
+        drop(wait);
+        assert_eq!(budget.waiting.load(Ordering::SeqCst), 0);
+        // A wait that ends (here: the budget given back) is counted out too.
+        let waiting = budget.take_waiting(5, until);
+        budget.give_back(10);
+        assert!(waiting.await);
+        assert_eq!(budget.waiting.load(Ordering::SeqCst), 0);
+    }
 
     fn limiter(budget: usize, wait: Duration) -> Limiter {
         Limiter::new(RequestLimits {
