@@ -162,7 +162,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         let mut shutdown = Box::pin(shutdown_signal()?);
         let mut hangup = hangup_signal()?;
         // A stop asked for while the server starts (which can wait, e.g. for another node's migration of a
-        // PostgreSQL store) ends the start: what it opened is dropped (a migration in progress rolls back).
+        // PostgreSQL store) ends the start: what it opened is dropped (a migration in progress rolls back
+        // once the database notices the connection gone: within a second, on PostgreSQL 14 and later).
         let server = tokio::select! {
             bound = Server::bind(config) => bound.map_err(|e| e.to_string())?,
             () = &mut shutdown => {

@@ -1192,6 +1192,58 @@ async fn a_start_waiting_for_the_schema_lock_says_so_and_stops_when_asked() {
     drop(holder);
 }
 
+/// A start stopped while a statement of its migration waits (a lock another session holds; the migration's
+/// timeouts are off) leaves no session behind: the database notices the client gone and ends it, so it does
+/// not go on waiting, and holding the schema lock, after the node exited (a91-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_stopped_inside_its_migration_leaves_no_session_behind() {
+    let Some(s) = start_cluster("postgres_nodes::a_start_stopped_inside_its_migration") else {
+        return;
+    };
+    drop(s.start("first").await);
+    let holder =
+        s.pg.begin_holding(
+            "postgres",
+            "LOCK TABLE kv_schema_migrations IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%kv_schema_migrations%' AND pid <> pg_backend_pid()";
+    let count = async || -> i64 {
+        s.pg.query_text(waiting).await.unwrap()[0]
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (mut child, log, _) = s.launch("stopped");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count().await == 0 {
+        assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped start's session still waits in the database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(holder);
+}
+
 /// The official `azure-keyvault-secrets` test suite (tests/e2e/sdk-suite, live mode) against two dev nodes over
 /// one PostgreSQL store, behind the runner's balancer, which hands their connections out in turn (a test's token
 /// from one node, its requests to the other; consecutive tests on different nodes): the SDK's own tests of

@@ -482,23 +482,34 @@ pub async fn check_key(
             let sealed = envelope
                 .seal("", KEY_CHECK, "", KEY_CHECK_TEXT)
                 .map_err(|e| e.to_string())?;
-            let stored = store
-                .meta_insert(KEY_CHECK, &sealed)
-                .await
-                .map_err(|e| e.to_string())?;
-            if stored == sealed && !had_values {
-                // A new store: every key noted from now on is ranked ([`KEK_CURRENT_ORDER`]). Another
-                // node's check (inserted first) leaves the list to that node.
-                store
-                    .meta_swap(vec![MetaSwap {
-                        key: KEK_CURRENT_ORDER.to_owned(),
-                        expect: None,
-                        set: Some(Vec::new()),
-                    }])
+            // A new store: the check and an empty key order (every key noted from now on is ranked:
+            // [`KEK_CURRENT_ORDER`]) in one write. Two writes left a store whose start failed between them
+            // (a crash, a lock timeout, a stop) looking like one an older build made, its keys unranked
+            // (a91-2). Another node's check, written first, wins, with its list.
+            let swapped = !had_values
+                && store
+                    .meta_swap(vec![
+                        MetaSwap {
+                            key: KEY_CHECK.to_owned(),
+                            expect: None,
+                            set: Some(sealed.clone()),
+                        },
+                        MetaSwap {
+                            key: KEK_CURRENT_ORDER.to_owned(),
+                            expect: None,
+                            set: Some(Vec::new()),
+                        },
+                    ])
                     .await
                     .map_err(|e| e.to_string())?;
+            if swapped {
+                sealed
+            } else {
+                store
+                    .meta_insert(KEY_CHECK, &sealed)
+                    .await
+                    .map_err(|e| e.to_string())?
             }
-            stored
         }
     };
     let check_id = match envelope.open("", KEY_CHECK, "", &stored) {

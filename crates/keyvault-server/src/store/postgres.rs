@@ -992,6 +992,24 @@ fn sql_limit(limit: usize) -> i64 {
 }
 
 async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
+    // Its statements may wait without bound (the timeouts are off below): a start stopped meanwhile (its
+    // process gone) would leave the session waiting, and holding the schema lock, until the statement ended;
+    // with this the server notices the client gone within a second (PostgreSQL 14 and later; an older server
+    // does not know the setting, and refuses it, which changes nothing) (a91-1).
+    let checking = client
+        .batch_execute("SET client_connection_check_interval = 1000")
+        .await
+        .is_ok();
+    migrate_in_transaction(client).await?;
+    if checking {
+        client
+            .batch_execute("RESET client_connection_check_interval")
+            .await?;
+    }
+    Ok(())
+}
+
+async fn migrate_in_transaction(client: &mut tokio_postgres::Client) -> StoreResult<()> {
     let tx = client.transaction().await?;
     // A migration may rewrite large tables, and waits for another node's (the lock below): not bounded as
     // requests are (`SQL_SESSION_LIMITS`).

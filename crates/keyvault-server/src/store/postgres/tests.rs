@@ -629,8 +629,8 @@ async fn a_read_on_a_connection_the_database_closed_runs_again_on_another() {
 }
 
 /// A TCP relay to the cluster standing for a failover behind a proxy: after [`FailoverRelay::fail_over`], every
-/// connection made before it is reset (RST) when its client next writes, and looks open until then — no FATAL
-/// message, no close, as when a proxy or a load balancer moves to a new primary.
+/// connection made before it is closed when its client next writes, and looks open until then — no FATAL
+/// message from the database first, as when a proxy or a load balancer moves to a new primary.
 struct FailoverRelay {
     port: u16,
     generation: Arc<std::sync::atomic::AtomicU64>,
@@ -652,12 +652,10 @@ impl FailoverRelay {
                 let born = current.load(Ordering::SeqCst);
                 let current = current.clone();
                 tokio::spawn(async move {
-                    let (mut from_client, to_client) = client.into_split();
+                    let (mut from_client, mut to_client) = client.into_split();
                     let (mut from_server, mut to_server) = server.into_split();
                     let back = tokio::spawn(async move {
-                        let mut to_client = to_client;
                         let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
-                        to_client
                     });
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
@@ -666,15 +664,10 @@ impl FailoverRelay {
                             Ok(n) => n,
                         };
                         if current.load(Ordering::SeqCst) != born {
-                            // Failed over: reset the client's connection, as the proxy would.
+                            // Failed over: the client's connection is closed under it (no message first),
+                            // as the proxy would.
                             back.abort();
-                            if let Ok(to_client) = back.await {
-                                let client = from_client.reunite(to_client).unwrap();
-                                // SO_LINGER 0 (deprecated because a non-zero linger blocks the drop):
-                                // the drop sends a reset at once, it never blocks.
-                                #[allow(deprecated)]
-                                let _ = client.set_linger(Some(Duration::ZERO));
-                            }
+                            let _ = back.await;
                             return;
                         }
                         if to_server.write_all(&buf[..n]).await.is_err() {
