@@ -101,6 +101,19 @@ fn vault_with_a_principal(data: &Path) -> (String, String) {
     )
 }
 
+/// [`vault_with_a_principal`], its access.json then rewritten without its tag (as a build before the tag
+/// stored it): also the document.
+fn vault_with_an_untagged_document(data: &Path) -> (String, String, Value) {
+    let (app, app_secret) = vault_with_a_principal(data);
+    let (_, doc) = stored(data);
+    std::fs::write(
+        data.join("access.json"),
+        serde_json::to_vec_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+    (app, app_secret, doc)
+}
+
 /// The stored wrapper of `data`'s access.json, and the document it carries.
 fn stored(data: &Path) -> (Value, Value) {
     let wrapper: Value =
@@ -214,13 +227,7 @@ fn a_hand_edited_access_file_is_refused_at_start() {
 fn an_untagged_access_file_is_adopted_only_with_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (app, app_secret) = vault_with_a_principal(&data);
-    let (_, doc) = stored(&data);
-    std::fs::write(
-        data.join("access.json"),
-        serde_json::to_vec_pretty(&doc).unwrap(),
-    )
-    .unwrap();
+    let (app, app_secret, doc) = vault_with_an_untagged_document(&data);
     // This build recorded in the store that its document is tagged: an untagged one is then refused even
     // with the flag (tampering, not an upgrade).
     let out = run_dev_serve(&data, &["--adopt-access-document"]).code(2);
@@ -331,13 +338,7 @@ fn schema_version(data: &Path) -> i64 {
 fn an_untagged_access_file_is_refused_before_the_database_is_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (app, app_secret) = vault_with_a_principal(&data);
-    let (_, doc) = stored(&data);
-    std::fs::write(
-        data.join("access.json"),
-        serde_json::to_vec_pretty(&doc).unwrap(),
-    )
-    .unwrap();
+    let (app, app_secret, doc) = vault_with_an_untagged_document(&data);
     rusqlite::Connection::open(data.join("vault.db"))
         .unwrap()
         .execute_batch("DROP TABLE meta; PRAGMA user_version = 5;")

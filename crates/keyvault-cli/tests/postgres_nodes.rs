@@ -1145,6 +1145,26 @@ async fn the_official_python_sdk_sees_one_vault_through_either_node() {
     assert!(stdout.contains("two nodes: one vault"), "{stdout}");
 }
 
+/// Sends `child` SIGTERM and waits for it to exit, at most `limit`.
+async fn stop_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {limit:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A node whose start waits for the schema lock (another session holds it: a node migrating the store, an
 /// operator's transaction) says so in its log, and stops when asked (SIGTERM), exit 0, without ever listening
 /// — it waited, deaf to signals, until the lock was released, then listened a moment before stopping (a89-1).
@@ -1165,23 +1185,7 @@ async fn a_start_waiting_for_the_schema_lock_says_so_and_stops_when_asked() {
         assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still starting 5 s after SIGTERM: {:?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = stop_within(&mut child, Duration::from_secs(5)).await;
     assert!(status.success(), "{status:?}");
     assert!(
         logged("stopped while starting"),
@@ -1223,16 +1227,7 @@ async fn a_start_stopped_inside_its_migration_leaves_no_session_behind() {
         assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stop_within(&mut child, Duration::from_secs(5)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while count().await > 0 {
         assert!(
