@@ -1185,8 +1185,8 @@ async fn dev_token(creds_path: &std::path::Path, addr: &str) -> (Vec<u8>, String
 }
 
 /// A token request whose client hangs up before the answer (here while its secret is checked: the client's
-/// configured hash costs seconds to check) still gets its audit line, with status 499: a credential guess
-/// leaves a trace (a92-2: it left none).
+/// configured hash costs seconds to check) still gets its audit line, with status 499 and the client it named:
+/// a credential guess leaves a trace (a92-2: it left none; a93-1: without the client).
 #[test]
 fn a_token_request_whose_client_leaves_is_audited() {
     use std::io::Write;
@@ -1241,7 +1241,9 @@ fn a_token_request_whose_client_leaves_is_audited() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
-        line.contains("\"status\":499") && line.contains("\"rejected\""),
+        line.contains("\"status\":499")
+            && line.contains("\"rejected\"")
+            && line.contains("\"target\":\"slow\""),
         "{line}"
     );
     assert!(!line.contains("a-wrong-secret"), "{line}");

@@ -170,15 +170,33 @@ pub(crate) struct TokenRequestAudit {
     pub(crate) outcome: crate::audit::Outcome,
 }
 
+/// Where a token request's handler leaves the client id it named, once known and known to this server, for the
+/// request's audit line when the request is dropped before its answer (its client gone while the secret is
+/// checked: the line's `target`).
+#[derive(Clone, Default)]
+pub(crate) struct NamedClient(pub(crate) Arc<std::sync::OnceLock<String>>);
+
+/// `id` if it is a client this server knows: what a request names may be anything — a secret pasted into the
+/// wrong field among them.
+fn known_client(state: &AuthState, id: &str) -> Option<String> {
+    (!id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_graphic())
+        && state.clients.contains(id))
+    .then(|| id.to_owned())
+}
+
 async fn token(
     State(state): State<AuthState>,
     tenant: Result<Path<String>, axum::extract::rejection::PathRejection>,
     trace_id: Option<axum::Extension<TraceId>>,
+    named: Option<axum::Extension<NamedClient>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let correlation = correlation_id(&headers);
     let trace_id = TraceId::or_new(trace_id);
+    let named = named.map(|n| n.0).unwrap_or_default();
     let mut client_id = None;
     // The extractors' own refusals are plain text; a client of this endpoint expects the OAuth error shape.
     let result = match (
@@ -200,7 +218,7 @@ async fn token(
         ),
         (_, Err(e)) => Err(OAuthError::new(e.status, "invalid_request", e.message, &[])),
         (Ok(Path(tenant)), Ok(body)) => {
-            token_inner(&state, &tenant, &headers, &body, &mut client_id).await
+            token_inner(&state, &tenant, &headers, &body, &mut client_id, &named).await
         }
     };
     use crate::audit::Outcome;
@@ -216,14 +234,7 @@ async fn token(
             (e.into_response(&state, &trace_id, &correlation), outcome)
         }
     };
-    // Only a client id this server knows: what a request names may be anything — a secret pasted into the
-    // wrong field among them.
-    let client_id = client_id.filter(|id| {
-        !id.is_empty()
-            && id.len() <= 128
-            && id.bytes().all(|b| b.is_ascii_graphic())
-            && state.clients.contains(id)
-    });
+    let client_id = client_id.and_then(|id| known_client(&state, &id));
     response
         .extensions_mut()
         .insert(TokenRequestAudit { client_id, outcome });
@@ -237,6 +248,7 @@ async fn token_inner(
     headers: &HeaderMap,
     body: &[u8],
     client_id: &mut Option<String>,
+    named: &NamedClient,
 ) -> Result<Response, OAuthError> {
     if tenant != state.tenant {
         return Err(OAuthError::tenant_not_found("invalid_request", tenant));
@@ -271,6 +283,13 @@ async fn token_inner(
             ));
         }
         let audience = requested_audience(&form, state)?;
+        if let Some(id) = form
+            .client_id
+            .as_deref()
+            .and_then(|id| known_client(state, id))
+        {
+            let _ = named.0.set(id);
+        }
         let verified = verify_assertion(state, &form).await?;
         *client_id = Some(verified.clone());
         return issue(state, &verified, &audience);
@@ -325,6 +344,9 @@ async fn token_inner(
         ));
     };
 
+    if let Some(id) = known_client(state, &client_id) {
+        let _ = named.0.set(id);
+    }
     let verdict = state
         .clients
         .verify_async_at(&client_id, &secret, (state.clock)())

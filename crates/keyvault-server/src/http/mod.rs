@@ -369,7 +369,7 @@ fn router(state: Arc<HttpState>, auth_routes: Router) -> Router {
 /// so, and gets its audit line (`TokenRequest`: the client id it named as `target` if the server knows it, and
 /// as `principal` once it got a token).
 fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
-    use crate::auth::routes::{TokenRequestAudit, TraceId};
+    use crate::auth::routes::{NamedClient, TokenRequestAudit, TraceId};
     auth_routes.layer(axum::middleware::from_fn(
         move |mut req: Request, next: axum::middleware::Next| {
             let state = state.clone();
@@ -383,9 +383,11 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
                     .as_ref()
                     .or_else(|| req.headers().get(X_MS_CLIENT_REQUEST_ID))
                     .and_then(audited_client_id);
+                let named = NamedClient::default();
                 let mut line = TokenRequestLine {
                     state: state.clone(),
                     record: token_request.then_some(record),
+                    named: named.clone(),
                 };
                 let mut resp = match ready::token_endpoint_refusal(&state) {
                     Some(why) if token_request => crate::auth::routes::temporarily_unavailable(
@@ -397,6 +399,7 @@ fn identity_routes(auth_routes: Router, state: Arc<HttpState>) -> Router {
                     _ => {
                         req.extensions_mut()
                             .insert(TraceId(request_id.as_str().to_owned()));
+                        req.extensions_mut().insert(named);
                         next.run(req).await
                     }
                 };
@@ -553,6 +556,8 @@ fn audited_client_id(value: &HeaderValue) -> Option<String> {
 struct TokenRequestLine {
     state: Arc<HttpState>,
     record: Option<AuditRecord>,
+    /// The client the request named, once the handler knows it is one of this server's (the line's target).
+    named: crate::auth::routes::NamedClient,
 }
 
 impl Drop for TokenRequestLine {
@@ -561,6 +566,9 @@ impl Drop for TokenRequestLine {
             if record.status == 0 {
                 // Not answered: no token was issued.
                 record.outcome = crate::audit::Outcome::Rejected;
+            }
+            if record.target.is_none() {
+                record.target = self.named.0.get().cloned();
             }
             record.status = 499;
             audit.record(record);

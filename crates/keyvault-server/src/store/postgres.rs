@@ -994,12 +994,19 @@ fn sql_limit(limit: usize) -> i64 {
 async fn migrate(client: &mut tokio_postgres::Client) -> StoreResult<()> {
     // Its statements may wait without bound (the timeouts are off below): a start stopped meanwhile (its
     // process gone) would leave the session waiting, and holding the schema lock, until the statement ended;
-    // with this the server notices the client gone within a second (PostgreSQL 14 and later; an older server
-    // does not know the setting, and refuses it, which changes nothing) (a91-1).
-    let checking = client
-        .batch_execute("SET client_connection_check_interval = 1000")
-        .await
-        .is_ok();
+    // with this the server notices the client gone within a second (a91-1). PostgreSQL 14 and later know the
+    // setting; an older server is not asked (it would log an error at every start: a93-4).
+    let version: i32 = client
+        .query_one("SHOW server_version_num", &[])
+        .await?
+        .try_get::<_, String>(0)?
+        .parse()
+        .unwrap_or(0);
+    let checking = version >= 140_000
+        && client
+            .batch_execute("SET client_connection_check_interval = 1000")
+            .await
+            .is_ok();
     migrate_in_transaction(client).await?;
     if checking {
         client
